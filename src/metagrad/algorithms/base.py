@@ -1,0 +1,180 @@
+"""The meta-learning engine shared by every algorithm.
+
+A ``MetaLearner`` owns a model, its task loss and an inner-loop rule. It runs the inner loop as a pure
+function of the meta-parameters, maps it over the tasks of a meta-batch (``torch.func.vmap``, or a
+per-task loop that serves as the reference path), and writes the meta-gradient into ``.grad`` so that
+any ``torch.optim`` optimizer takes the outer step. An algorithm only says how one task contributes:
+``task_objective`` (differentiated here) or, for Reptile, its own ``meta_gradient``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+from torch.utils._pytree import tree_map
+
+from .. import losses
+from ..errors import ConfigError
+from ..functional import Params, buffers_of, call, detach, params_of, write_grads
+from ..inner import SGD, InnerRule
+from ..tasks.base import Split, TaskBatch
+
+BATCHING = ("auto", "vmap", "loop")
+Meta = dict[str, Params]
+
+
+def has_torch_batchnorm(model: nn.Module) -> bool:
+    """``nn.BatchNorm*`` gives wrong second-order gradients under vmap (DESIGN.md, measured pitfalls)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class MetaLearner(nn.Module):
+    """Base class of MAML, Reptile and joint training: a model adapted to each task by an inner loop.
+
+    Args:
+        model: any ``nn.Module``; its parameters are the meta-learned initialization.
+        loss_fn: ``loss(prediction, target) -> scalar`` for one task.
+        inner: the inner-loop update rule (default: SGD with step size 0.01).
+        inner_steps: inner steps during meta-training.
+        inner_batch_size: examples per inner step, drawn without replacement from the support set
+            (0: the whole support set at every step, as MAML; Reptile uses minibatches).
+        batching: ``vmap`` (tasks batched), ``loop`` (per-task reference path) or ``auto``.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] = losses.mse,
+                 inner: InnerRule | None = None, inner_steps: int = 1, inner_batch_size: int = 0,
+                 batching: str = "auto"):
+        super().__init__()
+        if inner_steps < 0:
+            raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
+        if inner_batch_size < 0:
+            raise ConfigError(f"inner_batch_size {inner_batch_size} must be >= 0 (0: whole support set)")
+        if batching not in BATCHING:
+            raise ConfigError(f"unknown batching '{batching}'; choose one of {', '.join(BATCHING)}")
+        if batching == "vmap" and has_torch_batchnorm(model):
+            raise ConfigError("batching 'vmap' with torch.nn.BatchNorm gives wrong second-order gradients; "
+                              "use batching 'loop' or a batch norm written from mean/var primitives")
+        self.model = model
+        self.inner = inner if inner is not None else SGD(0.01)
+        self.loss_fn = loss_fn
+        self.inner_steps = inner_steps
+        self.inner_batch_size = inner_batch_size
+        self.batching = batching
+        self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
+
+    # ----------------------------------------------------------------- functional views
+    def meta_params(self) -> Meta:
+        """The meta-parameters as detached trees: the model's and the inner rule's (learned step sizes)."""
+        return {"model": params_of(self.model), "inner": params_of(self.inner)}
+
+    def buffers(self) -> Params:
+        return buffers_of(self.model)
+
+    @property
+    def vmapped(self) -> bool:
+        return self.batching == "vmap" or (self.batching == "auto" and not has_torch_batchnorm(self.model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The model at its meta-learned initialization."""
+        return self.model(x)
+
+    # ----------------------------------------------------------------- the inner loop
+    def loss_at(self, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
+        return self.loss_fn(call(self.model, params, buffers, x), y)
+
+    def inner_loop(self, meta: Meta, buffers: Params, support: Split, steps: int, *,
+                   inner: InnerRule | None = None, first_order: bool = False,
+                   minibatches: Tensor | None = None) -> Iterator[Params]:
+        """Yield the parameters before and after each of ``steps`` inner updates on ``support``.
+
+        Differentiable with respect to ``meta`` unless ``first_order`` (then the inner gradients are
+        treated as constants, so d(adapted)/d(initial) = I).
+        """
+        rule = inner if inner is not None else self.inner
+        params = meta["model"]
+        state = rule.init_state(params)
+        yield params
+        for s in range(steps):
+            x, y = support
+            if minibatches is not None:
+                x, y = x[minibatches[s]], y[minibatches[s]]
+            grads = torch.func.grad(self.loss_at)(params, buffers, x, y)
+            if first_order:
+                grads = detach(grads)
+            params, state = rule.step(params, grads, state, s, meta["inner"])
+            yield params
+
+    def adapt(self, meta: Meta, buffers: Params, support: Split, steps: int | None = None, **kw: Any) -> Params:
+        """Parameters after ``steps`` inner updates (default: ``inner_steps``)."""
+        *_, last = self.inner_loop(meta, buffers, support, self.inner_steps if steps is None else steps, **kw)
+        return last
+
+    def minibatch_indices(self, num_tasks: int, support_size: int, steps: int, batch_size: int,
+                          generator: torch.Generator | None) -> Tensor | None:
+        """Indices ``[tasks, steps, batch]`` of each inner step's minibatch: epochs of random permutations
+        of the support set, consumed in order (as Reptile's inner loop); ``None`` for full-batch steps."""
+        if batch_size == 0 or batch_size >= support_size or steps == 0:
+            return None
+        epochs = -(-steps * batch_size // support_size)
+        noise = torch.rand(num_tasks, epochs, support_size, generator=generator)
+        order = noise.argsort(dim=-1).reshape(num_tasks, -1)[:, : steps * batch_size]
+        return order.reshape(num_tasks, steps, batch_size)
+
+    # ----------------------------------------------------------------- mapping over tasks
+    def map_tasks(self, fn: Callable[..., Any], batch: TaskBatch, minibatches: Tensor | None = None) -> Any:
+        """``fn(task, minibatches)`` for every task of ``batch``, stacked: under vmap or in a per-task loop."""
+        if self.vmapped:
+            if minibatches is None:
+                return vmap(lambda t: fn(t, None), randomness="error")(batch)
+            return vmap(fn, randomness="error")(batch, minibatches)
+        outs = [fn(batch.task(i), None if minibatches is None else minibatches[i]) for i in range(batch.num_tasks)]
+        return tree_map(lambda *xs: torch.stack(xs), *outs)
+
+    # ----------------------------------------------------------------- meta-gradients
+    def task_objective(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None) -> Tensor:
+        """The outer loss of one task, differentiated with respect to ``meta`` by ``meta_gradient``."""
+        raise NotImplementedError
+
+    def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None) -> dict[str, float]:
+        """Compute the meta-gradient of ``batch`` into ``.grad`` of the meta-parameters; return metrics."""
+        meta, buffers = self.meta_params(), self.buffers()
+        mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], self.inner_steps,
+                                    self.inner_batch_size, generator)
+
+        def objective(meta: Meta) -> tuple[Tensor, Tensor]:
+            loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()
+            return loss, loss
+
+        grads, loss = torch.func.grad(objective, has_aux=True)(meta)
+        self.write_meta_gradient(grads)
+        return {"meta_loss": float(loss)}
+
+    def write_meta_gradient(self, grads: Meta) -> None:
+        write_grads(dict(self.model.named_parameters()), grads["model"])
+        write_grads(dict(self.inner.named_parameters()), grads["inner"])
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def adaptation_metrics(self, batch: TaskBatch, steps: int, inner: InnerRule | None = None,
+                           inner_batch_size: int = 0, generator: torch.Generator | None = None,
+                           chunk: int = 256) -> dict[str, Tensor]:
+        """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``."""
+        rule = inner if inner is not None else self.inner
+        meta, buffers = self.meta_params(), self.buffers()
+        mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
+
+        def one_task(task: TaskBatch, m: Tensor | None) -> Tensor:
+            rows = []
+            for params in self.inner_loop(meta, buffers, task.support, steps, inner=rule, minibatches=m):
+                pred = call(self.model, params, buffers, task.query.x)
+                rows.append(torch.stack([fn(pred, task.query.y) for fn in self.metrics.values()]))
+            return torch.stack(rows)
+
+        out = [self.map_tasks(one_task, batch.slice(i, i + chunk), None if mb is None else mb[i:i + chunk])
+               for i in range(0, batch.num_tasks, chunk)]
+        values = torch.cat(out)
+        return {name: values[..., i] for i, name in enumerate(self.metrics)}

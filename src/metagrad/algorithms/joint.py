@@ -1,0 +1,31 @@
+"""Joint training / DRS: one model trained on the pooled tasks, fine-tuned at evaluation.
+
+This is the "pretrained on all tasks" baseline of the MAML paper and the DRS of the trade-off paper:
+its outer loss is the task loss on support and query together at the initial parameters (no inner
+loop). At test time it adapts with the same inner rule as the meta-learners, with its own step size
+(the reproduction tunes it on validation tasks, as the MAML paper's "automatically tuned step size").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..functional import Params
+from ..tasks.base import TaskBatch
+from .base import Meta, MetaLearner
+
+
+class JointTraining(MetaLearner):
+    """DRS / joint training; ``inner`` is only used when adapting at evaluation."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("inner_steps", 0)
+        super().__init__(*args, **kwargs)
+
+    def task_objective(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None) -> Tensor:
+        x = torch.cat([task.support.x, task.query.x])
+        y = torch.cat([task.support.y, task.query.y])
+        return self.loss_at(meta["model"], buffers, x, y)

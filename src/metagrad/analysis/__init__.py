@@ -1,0 +1,1 @@
+"""Statistics and closed-form analyses."""

@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints their message as one line and exits with code 2."""
+
+
+class MetagradError(Exception):
+    """A problem the user can fix (bad config value, missing file, diverged run); the message names the fix."""
+
+
+class ConfigError(MetagradError, ValueError):
+    """A configuration value is invalid."""
+
+
+class TrainingDiverged(MetagradError, RuntimeError):
+    """The meta-loss became NaN or infinite."""
+
+
+class CheckpointError(MetagradError, RuntimeError):
+    """A checkpoint is missing, incomplete or inconsistent."""

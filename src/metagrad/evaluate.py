@@ -1,0 +1,62 @@
+"""Adaptation curves on held-out tasks: query metrics after 0..k inner steps, with 95% confidence intervals."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .algorithms import MetaLearner
+from .analysis.stats import mean_ci95
+from .inner import InnerRule
+from .tasks.base import TaskBatch
+
+
+@dataclass
+class Curve:
+    """One metric's mean and 95% half-width after 0..steps adaptation steps, over ``tasks`` test tasks."""
+
+    metric: str
+    shots: int
+    tasks: int
+    mean: list[float]
+    ci95: list[float]
+
+    def at(self, step: int) -> tuple[float, float]:
+        return self.mean[step], self.ci95[step]
+
+
+def held_out_tasks(tasks: Any, num_tasks: int, shots: int, seed: int, query: int | None = None) -> TaskBatch:
+    """A fixed set of test tasks: the same ``seed`` gives every method the same tasks."""
+    if query is not None and dataclasses.is_dataclass(tasks) and hasattr(tasks, "query"):
+        tasks = dataclasses.replace(tasks, query=query)
+    return tasks.sample(num_tasks, torch.Generator().manual_seed(seed), shots=shots)
+
+
+def adaptation_curves(learner: MetaLearner, batch: TaskBatch, steps: int, inner: InnerRule | None = None,
+                      inner_batch_size: int = 0, seed: int = 0) -> dict[str, Curve]:
+    """Every metric of ``learner`` (loss, and accuracy for classifiers) after 0..steps adaptation steps."""
+    values = learner.adaptation_metrics(batch, steps, inner=inner, inner_batch_size=inner_batch_size,
+                                        generator=torch.Generator().manual_seed(seed))
+    shots = batch.support.x.shape[1]
+    out = {}
+    for name, v in values.items():
+        mean, half = mean_ci95(v, dim=0)
+        out[name] = Curve(name, shots, v.shape[0], mean.tolist(), half.tolist())
+    return out
+
+
+def tune_step_size(learner: MetaLearner, batch: TaskBatch, steps: int, grid: Sequence[float],
+                   inner_batch_size: int = 0) -> tuple[float, dict[float, float]]:
+    """The test-time step size from ``grid`` with the lowest query loss averaged over steps 1..steps on
+    ``batch`` (validation tasks, never the test tasks); returns it and the loss of every candidate."""
+    scores = {}
+    for lr in grid:
+        loss = learner.adaptation_metrics(batch, steps, inner=learner.inner.with_lr(lr),
+                                          inner_batch_size=inner_batch_size)["loss"]
+        score = loss[:, 1:].mean() if steps > 0 else loss.mean()
+        scores[float(lr)] = float(score) if torch.isfinite(score) else float("inf")
+    return min(scores, key=scores.__getitem__), scores

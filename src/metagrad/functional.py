@@ -1,0 +1,57 @@
+"""Parameters as dicts of tensors, and the one place that calls a module functionally.
+
+Every algorithm works on ``Params`` (name -> tensor) so that inner loops are pure functions that
+``torch.func.grad`` and ``torch.func.vmap`` can transform; any ``torch.nn.Module`` works unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+
+
+def params_of(module: nn.Module) -> Params:
+    """The module's parameters as a detached dict (the functional view of its current values)."""
+    return {name: p.detach() for name, p in module.named_parameters()}
+
+
+def buffers_of(module: nn.Module) -> Params:
+    """The module's buffers (e.g. batch-norm running statistics) as a dict."""
+    return dict(module.named_buffers())
+
+
+def call(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """Run ``model`` on ``x`` with the given parameters and buffers instead of its own."""
+    return functional_call(model, ({**params, **buffers},), (x,), strict=False)
+
+
+def tree_map(fn: Callable[..., Tensor], *trees: Mapping[str, Tensor]) -> Params:
+    """Apply ``fn`` leaf-wise over dicts that share their keys."""
+    return {k: fn(*(t[k] for t in trees)) for k in trees[0]}
+
+
+def detach(tree: Mapping[str, Tensor]) -> Params:
+    """Cut a tree from the autograd graph (first-order approximations)."""
+    return {k: v.detach() for k, v in tree.items()}
+
+
+def max_abs_diff(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
+    """Largest absolute difference between two trees with the same keys."""
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def write_grads(module_params: Mapping[str, nn.Parameter], grads: Mapping[str, Tensor]) -> None:
+    """Store ``grads`` in the ``.grad`` fields so that any ``torch.optim`` optimizer can take the step."""
+    for name, p in module_params.items():
+        g = grads[name].detach().to(p.dtype)
+        p.grad = g.clone() if p.grad is None else p.grad.copy_(g)
+
+
+def to_dtype(tree: Mapping[str, Tensor], dtype: torch.dtype) -> Params:
+    """Cast floating-point leaves to ``dtype``."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tree.items()}

@@ -1,0 +1,29 @@
+"""Fully connected networks (the sinusoid regressors of both papers)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..errors import ConfigError
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class MLP(nn.Sequential):
+    """``in -> hidden... -> out`` with the given activation between layers; ``MLP(1, [40, 40], 1)`` is MAML's."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu"):
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}")
+        if in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden):
+            raise ConfigError(f"layer sizes must be positive, got {in_dim} -> {list(hidden)} -> {out_dim}")
+        sizes = [in_dim, *hidden, out_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(ACTIVATIONS[activation]())
+        super().__init__(*layers)
