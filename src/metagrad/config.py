@@ -77,8 +77,8 @@ class Config:
     eval_tasks: int = opt(600, "eval", "test tasks (the papers use 600)")
     eval_lr: tuple[float, ...] = opt((), "eval", "test-time step size(s) (empty: the training inner_lr)")
     tune_eval_lr: bool = opt(False, "eval", "choose the test-time step size on validation tasks (pretrained)")
-    eval_lr_grid: tuple[float, ...] = opt((0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), "eval",
-                                          "step sizes tried by tune_eval_lr")
+    eval_lr_grid: tuple[float, ...] = opt((0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), "eval",
+                                          "step sizes tried by tune_eval_lr (0: no fine-tuning)")
     eval_inner_batch_size: int = opt(0, "eval", "examples per test-time step (0: the whole support set)")
     eval_seed: int = opt(12345, "eval", "seed of the test tasks (the same tasks for every method)")
 
@@ -100,10 +100,13 @@ class Config:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
-        for name in ("inner_lr", "eval_lr", "eval_lr_grid"):
+        for v in self.inner_lr:
+            if not v > 0:
+                raise ConfigError(f"inner_lr {v} must be positive (e.g. 0.01)")
+        for name in ("eval_lr", "eval_lr_grid"):
             for v in getattr(self, name):
-                if not v > 0:
-                    raise ConfigError(f"{name} {v} must be positive (e.g. 0.01)")
+                if not v >= 0:
+                    raise ConfigError(f"{name} {v} must be >= 0 (0: no fine-tuning)")
         if not self.inner_lr:
             raise ConfigError("inner_lr is empty; give a step size such as 0.01")
         if not self.outer_lr > 0:

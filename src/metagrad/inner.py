@@ -27,8 +27,8 @@ def _schedule(lr: float | Sequence[float]) -> tuple[float, ...]:
     if not lrs:
         raise ConfigError("inner_lr is empty; give a step size such as 0.01, or one per inner step")
     for v in lrs:
-        if not v > 0:
-            raise ConfigError(f"inner_lr {v} must be positive (e.g. 0.01)")
+        if not v >= 0:  # 0 is allowed at test time: "do not fine-tune" is a candidate when tuning
+            raise ConfigError(f"inner_lr {v} must not be negative (e.g. 0.01)")
     return lrs
 
 

@@ -100,6 +100,10 @@ class Trainer:
         self.iteration, self.elapsed, self.best_val = info["iteration"], info["elapsed"], info["best_val"]
         self._truncate_metrics()
 
+    def request_stop(self) -> None:
+        """Stop after the current iteration, with a checkpoint (what Ctrl-C does)."""
+        self._stop_requested = True
+
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> FitResult:
         """Train until ``iterations`` (or the time budget, or Ctrl-C); checkpoints on the way and at the end."""
@@ -211,7 +215,7 @@ class Trainer:
         def handle(signum: int, frame: object) -> None:
             if self._stop_requested:
                 raise KeyboardInterrupt  # a second Ctrl-C aborts at once
-            self._stop_requested = True
+            self.request_stop()
             print("\nmetagrad: stopping after this iteration and saving (Ctrl-C again to abort)", file=sys.stderr)
 
         previous = signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,32 @@
+"""Shared helpers for the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import metagrad as mg
+from metagrad.tasks import Split, TaskBatch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def small_mlp(in_dim: int = 1, hidden: tuple[int, ...] = (8, 8), activation: str = "tanh") -> nn.Module:
+    """A small smooth network (tanh) so that finite differences are accurate."""
+    return mg.models.MLP(in_dim, hidden, 1, activation)
+
+
+def sinusoid_batch(tasks: int = 6, shots: int = 5, query: int = 7, seed: int = 0,
+                   dtype: torch.dtype = torch.float64) -> TaskBatch:
+    return mg.tasks.Sinusoid(shots=shots, query=query).sample(tasks, torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def grads_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in module.named_parameters()}
+
+
+__all__ = ["Split", "TaskBatch", "grads_of", "sinusoid_batch", "small_mlp"]

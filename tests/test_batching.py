@@ -1,0 +1,60 @@
+"""The vmap path and the per-task loop (the reference) give the same meta-gradients and evaluations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import metagrad as mg
+from conftest import grads_of, sinusoid_batch, small_mlp
+from metagrad.errors import ConfigError
+from metagrad.functional import params_of
+
+
+def learners(model: torch.nn.Module) -> dict[str, mg.MetaLearner]:
+    return {
+        "maml-2-steps": mg.MAML(model, inner=mg.SGD([0.05, 0.02]), inner_steps=2),
+        "fomaml": mg.FOMAML(model, inner=mg.SGD(0.05), inner_steps=2),
+        "meta-sgd": mg.MAML(model, inner=mg.SGD(0.05, learn=True, params=params_of(model)), inner_steps=2),
+        "maml-minibatch": mg.MAML(model, inner=mg.SGD(0.05), inner_steps=3, inner_batch_size=4),
+        "reptile-adam": mg.Reptile(model, inner=mg.Adam(0.01), inner_steps=5, inner_batch_size=4),
+        "joint": mg.JointTraining(model),
+    }
+
+
+@pytest.mark.parametrize("name", list(learners(torch.nn.Linear(1, 1))))
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_vmap_equals_loop(name, dtype, tol):
+    model = small_mlp(hidden=(40, 40), activation="relu").to(dtype)
+    learner = learners(model)[name].to(dtype)
+    batch = sinusoid_batch(tasks=8, shots=10, query=10, dtype=dtype)
+    out = {}
+    for batching in ("vmap", "loop"):
+        learner.batching = batching
+        learner.zero_grad()
+        metrics = learner.meta_gradient(batch, torch.Generator().manual_seed(1))
+        out[batching] = (metrics["meta_loss"], {**grads_of(learner)})
+    assert out["vmap"][0] == pytest.approx(out["loop"][0], rel=tol)
+    for n, g in out["vmap"][1].items():
+        torch.testing.assert_close(g, out["loop"][1][n], rtol=tol, atol=tol)
+
+
+def test_evaluation_vmap_equals_loop():
+    learner = mg.MAML(small_mlp(), inner=mg.SGD(0.05)).double()
+    batch = sinusoid_batch(tasks=10)
+    curves = {}
+    for batching in ("vmap", "loop"):
+        learner.batching = batching
+        curves[batching] = learner.adaptation_metrics(batch, steps=4, chunk=3)["loss"]
+    torch.testing.assert_close(curves["vmap"], curves["loop"], rtol=1e-12, atol=1e-12)
+    assert curves["vmap"].shape == (10, 5)
+
+
+def test_torch_batchnorm_is_refused_under_vmap_and_auto_uses_the_loop():
+    model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.BatchNorm1d(4, track_running_stats=False),
+                                torch.nn.Linear(4, 1))
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        mg.MAML(copy.deepcopy(model), batching="vmap")
+    assert not mg.MAML(model, batching="auto").vmapped

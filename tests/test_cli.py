@@ -1,0 +1,84 @@
+"""The command line: bad input gives one line and exit code 2; train, eval and reproduce write their files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from metagrad.cli import main
+
+TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--checkpoint-every", "10",
+        "--no-progress"]
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["train", "--inner-lr", "-0.1"], "inner_lr -0.1 must be positive"),
+    (["train", "--shots", "0"], "shots 0 must be >= 1"),
+    (["train", "--algo", "mamll"], "unknown algo 'mamll' (did you mean 'maml'?)"),
+    (["train", "--config", "missing.toml"], "config file 'missing.toml' not found"),
+    (["train", "--shots", "ten"], "'ten' is not an integer"),
+    (["train", "--nonsense"], "unrecognized arguments: --nonsense"),
+    (["reproduce", "imagenet"], "invalid choice: 'imagenet'"),
+    (["eval", "no/such/run"], "no 'last' checkpoint in no/such/run"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1, err
+
+
+def test_a_config_key_with_a_typo(capsys, tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text("[algo]\ninner_step = 5\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown key 'inner_step' in [algo] (did you mean 'inner_steps'?)" in err and "\n" not in err
+
+
+def test_the_installed_command_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "metagrad", "train", "--algo", "nope"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown algo 'nope'" in proc.stderr
+
+
+def test_train_then_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    assert {"last.json", "last.safetensors", "best.json", "best.safetensors", "metrics.jsonl", "config.toml"} <= {
+        p.name for p in run.iterdir()}
+    assert main(["train", "--out", str(run), *TINY]) == 2  # an existing run is kept
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", *TINY[:-1], "--iterations", "30", "--no-progress"]) == 0
+    assert json.loads((run / "last.json").read_text())["iteration"] == 30
+    assert main(["eval", str(run), "--eval-tasks", "50", "--eval-shots", "5,10", "--eval-steps", "3"]) == 0
+    out = json.loads((run / "eval.json").read_text())
+    assert out["iteration"] == 30 and set(out["curves"]) == {"5", "10"}
+    curve = out["curves"]["5"]["loss"]
+    assert len(curve["mean"]) == 4 and len(curve["ci95"]) == 4 and curve["tasks"] == 50
+    assert all(h > 0 for h in curve["ci95"])
+
+
+@pytest.mark.parametrize("experiment", ["sinusoid", "sinusoid-reptile"])
+def test_reproduce_writes_table_results_and_figures(experiment, tmp_path, capsys):
+    out = tmp_path / experiment
+    assert main(["reproduce", experiment, "--iterations", "20", "--eval-tasks", "30", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["experiment"] == experiment and "paper" in results
+    for method in results["methods"].values():
+        for curve in method["curves"].values():
+            assert curve["loss"]["tasks"] == 30 and len(curve["loss"]["mean"]) == len(curve["loss"]["ci95"])
+    for png in ("adaptation_curves.png", "fits.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert str(out / png) in printed
+    assert "paper" in printed and "±" in printed
+    if experiment == "sinusoid":
+        assert "| MAML (paper) | - | 0.67 | 0.38 | 0.35 |" in printed
+        assert "| pretrained (paper) | - | 2.41 | 2.23 | 2.19 |" in printed

@@ -1,0 +1,46 @@
+"""Inner-loop rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import metagrad as mg
+from metagrad.errors import ConfigError
+
+
+def test_sgd_schedule_repeats_its_last_step_size():
+    rule = mg.SGD([0.1, 0.05])
+    p, g = {"w": torch.ones(2)}, {"w": torch.ones(2)}
+    for step, lr in enumerate([0.1, 0.05, 0.05]):
+        new, _ = rule.step(p, g, None, step, {})
+        torch.testing.assert_close(new["w"], p["w"] - lr)
+
+
+def test_adam_with_beta1_zero_matches_torch():
+    rule = mg.Adam(0.01)
+    w = torch.randn(5, dtype=torch.float64)
+    ref = w.clone().requires_grad_()
+    opt = torch.optim.Adam([ref], lr=0.01, betas=(0.0, 0.999), eps=1e-8)
+    params, state = {"w": w}, rule.init_state({"w": w})
+    for step in range(4):
+        grad = torch.sin(params["w"] * (step + 1))
+        params, state = rule.step(params, {"w": grad}, state, step, {})
+        opt.zero_grad()
+        ref.grad = torch.sin(ref.detach() * (step + 1))
+        opt.step()
+        torch.testing.assert_close(params["w"], ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lr", [-0.1, [0.1, -1.0], []])
+def test_bad_step_sizes_are_refused(lr):
+    with pytest.raises(ConfigError, match="inner_lr"):
+        mg.SGD(lr)
+
+
+def test_learned_step_sizes_cannot_be_overridden():
+    model = torch.nn.Linear(1, 1)
+    rule = mg.SGD(0.1, learn=True, params=dict(model.named_parameters()))
+    assert {n for n, _ in rule.named_parameters()} == {"lr.weight", "lr.bias"}
+    with pytest.raises(ConfigError, match="meta-learns"):
+        rule.with_lr(0.2)

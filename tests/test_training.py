@@ -1,0 +1,109 @@
+"""The trainer: learning, resume, interruption, divergence, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import metagrad as mg
+from metagrad.config import load_config
+from metagrad.errors import CheckpointError, TrainingDiverged
+from metagrad.experiment import evaluate, make_trainer
+
+FAST = {"eval_tasks": 200, "eval_shots": (5,), "val_every": 0, "log_every": 10}
+
+
+def test_maml_beats_joint_training_after_adaptation():
+    """A short seeded run: MAML's 5-shot MSE after 10 steps is below the pretrained baseline's."""
+    results = {}
+    for preset in ("sinusoid-maml", "sinusoid-pretrained"):
+        cfg = load_config(preset).replace(iterations=1500, **FAST)
+        trainer = make_trainer(cfg, None, progress=False)
+        trainer.fit()
+        results[preset] = evaluate(trainer.learner, cfg)[5]["loss"]["mean"]
+    maml, joint = results["sinusoid-maml"], results["sinusoid-pretrained"]
+    assert maml[10] < 1.2, maml
+    assert maml[10] < 0.6 * joint[10], (maml, joint)
+    assert maml[10] < maml[0]  # adaptation helps
+
+
+def _config(preset: str = "sinusoid-maml", **kw):
+    return load_config(preset).replace(**{"iterations": 30, "meta_batch_size": 4, "checkpoint_every": 10, **FAST, **kw})
+
+
+def _final_state(trainer: mg.Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.learner.state_dict().items()}
+
+
+@pytest.mark.parametrize("preset", ["sinusoid-maml", "sinusoid-reptile", "sinusoid-metasgd"])
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, preset):
+    cfg = _config(preset, val_every=10)
+    straight = make_trainer(cfg, tmp_path / "straight", progress=False)
+    straight.fit()
+    first = make_trainer(cfg, tmp_path / "split", progress=False,
+                         on_iteration=lambda t, i, m: t.request_stop() if i == 20 else None)
+    assert first.fit().iteration == 20
+    second = make_trainer(cfg, tmp_path / "split", progress=False)
+    second.fit(resume=True)
+    a, b = _final_state(straight), _final_state(second)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert second.best_val == straight.best_val
+    lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    straight_lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    drop = ("elapsed",)
+    assert [{k: v for k, v in x.items() if k not in drop} for x in lines] == [
+        {k: v for k, v in x.items() if k not in drop} for x in straight_lines]
+
+
+def test_ctrl_c_saves_and_the_resumed_run_matches(tmp_path):
+    cfg = _config()
+    straight = make_trainer(cfg, tmp_path / "straight", progress=False)
+    straight.fit()
+
+    def interrupt(trainer, iteration, metrics):
+        if iteration == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopped = make_trainer(cfg, tmp_path / "run", progress=False, on_iteration=interrupt)
+    result = stopped.fit()
+    assert result.stopped == "interrupted" and result.iteration == 7
+    assert json.loads((tmp_path / "run" / "last.json").read_text())["iteration"] == 7
+    resumed = make_trainer(cfg, tmp_path / "run", progress=False)
+    assert resumed.fit(resume=True).stopped == "done"
+    a, b = _final_state(straight), _final_state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    cfg = _config(outer_lr=1e6, inner_lr=(10.0,))
+    trainer = make_trainer(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(TrainingDiverged, match="diverged; lower the outer step size"):
+        trainer.fit()
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    cfg = _config(iterations=10)
+    make_trainer(cfg, tmp_path / "run", progress=False).fit()
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        make_trainer(cfg, tmp_path / "run", progress=False).fit()
+
+
+def test_time_budget_stops_with_a_checkpoint(tmp_path):
+    cfg = _config(time_budget=1e-9)
+    result = make_trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert result.stopped == "time_budget" and result.iteration == 1
+    assert json.loads((tmp_path / "run" / "last.json").read_text())["iteration"] == 1
+
+
+def test_metrics_lines_follow_their_schema(tmp_path):
+    make_trainer(_config(val_every=10), tmp_path / "run", progress=False).fit()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if "meta_loss" in x]
+    val = [x for x in lines if "val_loss" in x]
+    assert [x["iteration"] for x in train] == [10, 20, 30] and [x["iteration"] for x in val] == [10, 20, 30]
+    assert all(set(x) == {"iteration", "meta_loss", "outer_lr", "elapsed"} for x in train)
+    assert all(set(x) == {"iteration", "val_loss", "best"} and x["val_loss"] > 0 for x in val)
