@@ -10,6 +10,7 @@ any ``torch.optim`` optimizer takes the outer step. An algorithm only says how o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.utils._pytree import tree_map
 
-from .. import losses
+from .. import checkpoint, losses
 from ..errors import ConfigError
 from ..functional import Params, buffers_of, call, detach, params_of, write_grads
 from ..inner import SGD, InnerRule
@@ -81,6 +82,16 @@ class MetaLearner(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The model at its meta-learned initialization."""
         return self.model(x)
+
+    def save(self, path: str | Path) -> None:
+        """Write the meta-parameters to ``path.safetensors`` (+ ``path.json``), atomically."""
+        checkpoint.save(path, {"learner": self.state_dict()}, {"learner": type(self).__name__})
+
+    def load(self, path: str | Path) -> MetaLearner:
+        """Load meta-parameters saved by ``save`` or by the Trainer (``run_dir/last``, ``run_dir/best``)."""
+        state, _ = checkpoint.load(path)
+        self.load_state_dict(state["learner"])
+        return self
 
     # ----------------------------------------------------------------- the inner loop
     def loss_at(self, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
