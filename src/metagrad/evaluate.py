@@ -14,16 +14,22 @@ from .analysis.stats import mean_ci95
 from .inner import InnerRule
 from .tasks.base import TaskBatch
 
+DIVERGED = 10.0  # a task diverged at a step when its loss is not finite or above 10x its pre-update loss
+
 
 @dataclass
 class Curve:
-    """One metric's mean and 95% half-width after 0..steps adaptation steps, over ``tasks`` test tasks."""
+    """One metric after 0..steps adaptation steps over ``tasks`` test tasks: mean and 95% half-width, median,
+    and (for losses) how many tasks diverged at each step and the mean over the others."""
 
     metric: str
     shots: int
     tasks: int
     mean: list[float]
     ci95: list[float]
+    median: list[float]
+    diverged: list[int]
+    mean_converged: list[float]
 
     def at(self, step: int) -> tuple[float, float]:
         return self.mean[step], self.ci95[step]
@@ -45,7 +51,10 @@ def adaptation_curves(learner: MetaLearner, batch: TaskBatch, steps: int, inner:
     out = {}
     for name, v in values.items():
         mean, half = mean_ci95(v, dim=0)
-        out[name] = Curve(name, shots, v.shape[0], mean.tolist(), half.tolist())
+        bad = ~torch.isfinite(v) | (v > DIVERGED * v[:, :1]) if name == "loss" else torch.zeros_like(v, dtype=bool)
+        converged = [float(v[~bad[:, s], s].double().mean()) for s in range(v.shape[1])]
+        out[name] = Curve(name, shots, v.shape[0], mean.tolist(), half.tolist(), v.median(dim=0).values.tolist(),
+                          bad.sum(0).tolist(), converged)
     return out
 
 

@@ -15,5 +15,3 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Softmax cross-entropy for N-way classification."""
     return F.cross_entropy(logits, labels)
 
-
-LOSSES = {"mse": mse, "cross_entropy": cross_entropy}

@@ -119,6 +119,7 @@ class Trainer:
         start_iteration, session_start = self.iteration, time.perf_counter()
         stopped = "done"
         window: list[float] = []
+        postfix: dict[str, str] = {}
         bar = tqdm(total=self.iterations, initial=self.iteration, disable=not self.progress, unit="it",
                    dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
         with self._sigint_saves():
@@ -132,10 +133,12 @@ class Trainer:
                 if self.iteration % self.log_every == 0 or self.iteration == self.iterations:
                     self._log({"iteration": self.iteration, "meta_loss": sum(window) / len(window),
                                "outer_lr": self.optimizer.param_groups[0]["lr"], "elapsed": round(self.elapsed, 3)})
-                    bar.set_postfix(meta_loss=f"{sum(window) / len(window):.4f}", refresh=False)
+                    postfix["meta_loss"] = f"{sum(window) / len(window):.4f}"
+                    bar.set_postfix(postfix, refresh=False)
                     window.clear()
                 if self.val_every and self.iteration % self.val_every == 0:
-                    self._validate(bar)
+                    postfix["val_loss"] = f"{self._validate():.4f}"
+                    bar.set_postfix(postfix, refresh=False)
                 if self.run_dir is not None and (self.iteration % self.checkpoint_every == 0
                                                  or self.iteration == self.iterations):
                     self.save("last")
@@ -180,7 +183,7 @@ class Trainer:
         loss = self.learner.adaptation_metrics(self._val_batch, self.learner.inner_steps)["loss"]
         return float(loss[:, -1].mean())
 
-    def _validate(self, bar: tqdm) -> None:
+    def _validate(self) -> float:
         val = self.validation_loss()
         improved = self.best_val is None or val < self.best_val
         if improved:
@@ -188,7 +191,7 @@ class Trainer:
             if self.run_dir is not None:
                 self.save("best")
         self._log({"iteration": self.iteration, "val_loss": val, "best": improved})
-        bar.set_postfix(val_loss=f"{val:.4f}", refresh=False)
+        return val
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:

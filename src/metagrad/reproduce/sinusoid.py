@@ -134,6 +134,13 @@ def format_table(exp: Experiment, results: dict[str, Any]) -> str:
             lines.append(f"| {r['label']} (paper) | " + " | ".join(
                 f"{exp.paper[name][s]:.2f}" if s in exp.paper[name] else "-" for s in exp.table_steps) + " |")
     lines += ["", exp.paper_note]
+    for r in results["methods"].values():
+        c = r["curves"][str(exp.table_shots)]["loss"]
+        for s in exp.table_steps:
+            if c["diverged"][s]:
+                lines.append(f"{r['label']}, k = {s}: {c['diverged'][s]} of {n_tasks} tasks diverged (loss above "
+                             f"10x its pre-update value); mean of the others {c['mean_converged'][s]:.2f}, "
+                             f"median of all {c['median'][s]:.2f}")
     other = [k for k in any_method["curves"] if k != str(exp.table_shots)]
     last = exp.table_steps[-1]
     for k in other:
