@@ -14,7 +14,8 @@ from .analysis.stats import mean_ci95
 from .inner import InnerRule
 from .tasks.base import TaskBatch
 
-DIVERGED = 10.0  # a task diverged at a step when its loss is not finite or above 10x its pre-update loss
+DIVERGED = 10.0  # a task diverged when its loss is not finite, or above 10x its own pre-update loss and
+# above the mean pre-update loss of all tasks (so that a near-zero loss that grows a little does not count)
 
 
 @dataclass
@@ -51,7 +52,9 @@ def adaptation_curves(learner: MetaLearner, batch: TaskBatch, steps: int, inner:
     out = {}
     for name, v in values.items():
         mean, half = mean_ci95(v, dim=0)
-        bad = ~torch.isfinite(v) | (v > DIVERGED * v[:, :1]) if name == "loss" else torch.zeros_like(v, dtype=bool)
+        bad = torch.zeros_like(v, dtype=torch.bool)
+        if name == "loss":
+            bad = ~torch.isfinite(v) | ((v > DIVERGED * v[:, :1]) & (v > v[:, 0].mean()))
         converged = [float(v[~bad[:, s], s].double().mean()) for s in range(v.shape[1])]
         out[name] = Curve(name, shots, v.shape[0], mean.tolist(), half.tolist(), v.median(dim=0).values.tolist(),
                           bad.sum(0).tolist(), converged)

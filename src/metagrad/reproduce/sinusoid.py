@@ -138,9 +138,9 @@ def format_table(exp: Experiment, results: dict[str, Any]) -> str:
         c = r["curves"][str(exp.table_shots)]["loss"]
         for s in exp.table_steps:
             if c["diverged"][s]:
-                lines.append(f"{r['label']}, k = {s}: {c['diverged'][s]} of {n_tasks} tasks diverged (loss above "
-                             f"10x its pre-update value); mean of the others {c['mean_converged'][s]:.2f}, "
-                             f"median of all {c['median'][s]:.2f}")
+                lines.append(f"{r['label']}, k = {s}: {c['diverged'][s]} of {n_tasks} tasks diverged (loss above 10x "
+                             "its own and the average pre-update loss); mean of the others "
+                             f"{c['mean_converged'][s]:.2f}, median of all {c['median'][s]:.2f}")
     other = [k for k in any_method["curves"] if k != str(exp.table_shots)]
     last = exp.table_steps[-1]
     for k in other:
