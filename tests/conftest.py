@@ -30,3 +30,24 @@ def grads_of(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["Split", "TaskBatch", "grads_of", "sinusoid_batch", "small_mlp"]
+
+
+@pytest.fixture(scope="session")
+def real_omniglot(tmp_path_factory):
+    """The real Omniglot splits from ../shared (decoded once per test session into a private cache)."""
+    import os
+
+    from images_fixtures import SHARED_OMNIGLOT
+    from metagrad.tasks import images
+
+    if not SHARED_OMNIGLOT.is_dir():
+        pytest.skip("the real Omniglot is in ../shared/data/omniglot")
+    old = os.environ.get("METAGRAD_CACHE")
+    os.environ["METAGRAD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        yield images.omniglot_splits(SHARED_OMNIGLOT)
+    finally:
+        if old is None:
+            os.environ.pop("METAGRAD_CACHE", None)
+        else:
+            os.environ["METAGRAD_CACHE"] = old

@@ -2,26 +2,51 @@
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
 import torch
 from torch import nn
 
 from . import losses
 from .algorithms import MAML, JointTraining, MetaLearner, Reptile
-from .config import Config
+from .config import IMAGE_FAMILIES, Config
 from .functional import params_of
 from .inner import make_inner
-from .models import MLP
+from .models import MLP, MLPBN, Conv4
 from .tasks import Sinusoid
+from .tasks.fewshot import FewShotClassification
+from .tasks.images import ImageDataset, data_root, load_miniimagenet, omniglot_splits
+
+SPLITS = ("train", "val", "test")
 
 
-def build_tasks(cfg: Config) -> Sinusoid:
-    """The task distribution of the config."""
-    return Sinusoid(shots=cfg.shots, query=cfg.query, amplitude=tuple(cfg.amplitude), phase=tuple(cfg.phase),
-                    x_range=tuple(cfg.x_range), grid=cfg.grid, oracle=cfg.oracle)
+def build_tasks(cfg: Config, split: str = "train") -> Sinusoid | FewShotClassification:
+    """The task distribution of ``split`` (train, val or test; sinusoids have one infinite distribution)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    if cfg.family == "sinusoid":
+        return Sinusoid(shots=cfg.shots, query=cfg.query, amplitude=tuple(cfg.amplitude), phase=tuple(cfg.phase),
+                        x_range=tuple(cfg.x_range), grid=cfg.grid, oracle=cfg.oracle)
+    data = image_splits(cfg.family, cfg.data_root)[split]
+    return FewShotClassification(data.images, cfg.ways, cfg.shots, cfg.query,
+                                 rotations=cfg.rotations and cfg.family == "omniglot", split=split)
 
 
-def build_model(cfg: Config, input_dim: int, output_dim: int = 1) -> nn.Module:
-    return MLP(input_dim, cfg.hidden, output_dim, cfg.activation)
+@lru_cache(maxsize=2)
+def image_splits(family: str, root: str) -> dict[str, ImageDataset]:
+    """The train/val/test splits of an image dataset (decoded once per process, cached on disk)."""
+    folder = data_root(root or None, family)
+    return omniglot_splits(folder) if family == "omniglot" else load_miniimagenet(folder)
+
+
+def build_model(cfg: Config, tasks: Sinusoid | FewShotClassification) -> nn.Module:
+    if cfg.model == "mlp":
+        return MLP(tasks.input_dim, cfg.hidden, 1, cfg.activation)
+    channels, height, _ = tasks.image_shape
+    if cfg.model == "conv4":
+        return Conv4(channels, cfg.ways, cfg.filters, cfg.pool, height)
+    return MLPBN(math.prod(tasks.image_shape), cfg.ways, cfg.hidden)
 
 
 def build_learner(cfg: Config) -> MetaLearner:
@@ -29,16 +54,21 @@ def build_learner(cfg: Config) -> MetaLearner:
     tasks = build_tasks(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg, tasks.input_dim)
+        model = build_model(cfg, tasks)
     inner = make_inner(cfg.inner_optimizer, cfg.inner_lr, learn=cfg.learn_inner_lr, params=params_of(model))
-    kw = dict(loss_fn=losses.mse, inner=inner, inner_steps=cfg.inner_steps,
+    classify = cfg.family in IMAGE_FAMILIES
+    kw = dict(loss_fn=losses.cross_entropy if classify else losses.mse, inner=inner, inner_steps=cfg.inner_steps,
               inner_batch_size=cfg.inner_batch_size, batching=cfg.batching)
     if cfg.algo in ("maml", "fomaml"):
-        return MAML(model, first_order=cfg.algo == "fomaml", **kw)
-    if cfg.algo == "reptile":
-        return Reptile(model, **kw)
-    kw["inner_steps"] = 0
-    return JointTraining(model, **kw)
+        learner: MetaLearner = MAML(model, first_order=cfg.algo == "fomaml", **kw)
+    elif cfg.algo == "reptile":
+        learner = Reptile(model, **kw)
+    else:
+        kw["inner_steps"] = 0
+        learner = JointTraining(model, **kw)
+    if classify:
+        learner.metrics["accuracy"] = losses.accuracy
+    return learner
 
 
 def build_outer(cfg: Config, learner: MetaLearner

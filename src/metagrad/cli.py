@@ -15,7 +15,7 @@ from typing import Any
 from . import __version__
 from .analysis.stats import format_ci
 from .config import SECTIONS, add_config_arguments, load_config, overrides_from_args, preset_names
-from .errors import MetagradError
+from .errors import Interrupted, MetagradError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -48,11 +48,11 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", default="last", choices=("last", "best"), help="which checkpoint (default: last)")
     add_config_arguments(p, ("eval",))
 
-    from .reproduce import EXPERIMENTS
+    from .reproduce import EXPERIMENTS, FEWSHOT
 
     p = sub.add_parser("reproduce", help="reproduce a paper's experiment", description="Train the paper's methods, "
                        "evaluate them on the same test tasks, print the paper's numbers beside ours, draw figures.")
-    p.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
+    p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), *FEWSHOT], help="which experiment")
     p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
     p.add_argument("--out", help="results folder (default: results/<experiment>[-full])")
@@ -60,6 +60,13 @@ def build_parser() -> Parser:
     p.add_argument("--eval-tasks", type=int, help="test tasks (default: 600)")
     p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
+    images.add_argument("--algo", default="maml", choices=("maml", "fomaml", "reptile"), help="algorithm")
+    images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
+    images.add_argument("--shots", type=int, default=1, help="examples per class, K (default: 1)")
+    images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
+                        "(default: 30; 0 or --full: no limit); rerun the same command to continue")
+    images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>)")
     return parser
 
 
@@ -67,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce}[args.command](args)
+    except Interrupted as e:
+        print(f"metagrad {args.command}: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MetagradError as e:
         print(f"metagrad {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -116,14 +126,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import EXPERIMENTS
-    from .reproduce.sinusoid import run
+    from .reproduce import EXPERIMENTS, fewshot, sinusoid
 
-    exp = EXPERIMENTS[args.experiment]
-    overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
-                                   ("batching", args.batching)) if v is not None}
     if args.iterations is not None and args.iterations < 0:
         raise MetagradError(f"--iterations {args.iterations} must be >= 0")
-    out = args.out or f"results/{exp.name}{'-full' if args.full else ''}"
-    run(exp, out, full=args.full, iterations=args.iterations, overrides=overrides, progress=not args.no_progress)
+    overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
+                                   ("batching", args.batching)) if v is not None}
+    out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
+    if args.experiment in EXPERIMENTS:
+        sinusoid.run(EXPERIMENTS[args.experiment], out, full=args.full, iterations=args.iterations,
+                     overrides=overrides, progress=not args.no_progress)
+        return 0
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    fewshot.run(args.experiment, args.algo, args.ways, args.shots, out, full=args.full, iterations=args.iterations,
+                time_budget=args.time_budget, overrides=overrides, progress=not args.no_progress)
     return 0

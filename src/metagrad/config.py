@@ -23,6 +23,8 @@ from .errors import ConfigError
 
 SECTIONS = ("task", "model", "algo", "train", "eval")
 ALGOS = ("maml", "fomaml", "reptile", "joint")
+FAMILIES = ("sinusoid", "omniglot", "miniimagenet")
+IMAGE_FAMILIES = ("omniglot", "miniimagenet")
 
 
 def opt(default: Any, section: str, help: str) -> Any:
@@ -37,9 +39,12 @@ class Config:
     """Everything that determines a run; a run is reproducible from its config (and seed)."""
 
     # [task]
-    family: str = opt("sinusoid", "task", "task family (sinusoid)")
-    shots: int = opt(10, "task", "support examples per task during meta-training (K)")
-    query: int = opt(10, "task", "query examples per task during meta-training")
+    family: str = opt("sinusoid", "task", "task family (sinusoid, omniglot, miniimagenet)")
+    shots: int = opt(10, "task", "support examples per task during meta-training (K; per class for images)")
+    query: int = opt(10, "task", "query examples per task during meta-training (per class for images)")
+    ways: int = opt(5, "task", "classes per task (N) for image classification")
+    data_root: str = opt("", "task", "image dataset folder (empty: $METAGRAD_DATA/<family>)")
+    rotations: bool = opt(True, "task", "Omniglot: characters rotated by 90, 180, 270 degrees are new classes")
     amplitude: tuple[float, ...] = opt((0.1, 5.0), "task", "sinusoid amplitude range [low, high]")
     phase: tuple[float, ...] = opt((0.0, math.pi), "task", "sinusoid phase range [low, high] (radians)")
     x_range: tuple[float, ...] = opt((-5.0, 5.0), "task", "sinusoid input range [low, high]")
@@ -47,9 +52,11 @@ class Config:
                     "whole grid (Reptile's variant: 50)")
     oracle: bool = opt(False, "task", "append the task's amplitude and phase to the input (oracle baseline)")
     # [model]
-    model: str = opt("mlp", "model", "network (mlp)")
-    hidden: tuple[int, ...] = opt((40, 40), "model", "hidden layer sizes")
-    activation: str = opt("relu", "model", "hidden activation (relu, tanh)")
+    model: str = opt("mlp", "model", "network: mlp, conv4 (few-shot images), mlp-bn (images, non-convolutional)")
+    hidden: tuple[int, ...] = opt((40, 40), "model", "hidden layer sizes (mlp, mlp-bn)")
+    activation: str = opt("relu", "model", "hidden activation of mlp (relu, tanh)")
+    filters: int = opt(64, "model", "conv4 filters per layer (64 for Omniglot, 32 for MiniImagenet)")
+    pool: bool = opt(False, "model", "conv4: 2x2 max-pooling (MiniImagenet) instead of stride-2 convolutions")
     # [algo]
     algo: str = opt("maml", "algo", "algorithm: maml, fomaml (first-order MAML), reptile, joint (pretrained/DRS)")
     inner_lr: tuple[float, ...] = opt((0.01,), "algo", "inner step size, or one per inner step (the last repeats)")
@@ -72,7 +79,7 @@ class Config:
     time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
     # [eval]
     eval_shots: tuple[int, ...] = opt((5, 10, 20), "eval", "support sizes K to evaluate")
-    eval_query: int = opt(100, "eval", "query examples per test task")
+    eval_query: int = opt(100, "eval", "query examples per test task (per class for images)")
     eval_steps: int = opt(10, "eval", "adaptation steps at test time (curves report 0..eval_steps)")
     eval_tasks: int = opt(600, "eval", "test tasks (the papers use 600)")
     eval_lr: tuple[float, ...] = opt((), "eval", "test-time step size(s) (empty: the training inner_lr)")
@@ -81,11 +88,14 @@ class Config:
                                           "step sizes tried by tune_eval_lr (0: no fine-tuning)")
     eval_inner_batch_size: int = opt(0, "eval", "examples per test-time step (0: the whole support set)")
     eval_seed: int = opt(12345, "eval", "seed of the test tasks (the same tasks for every method)")
+    transductive: bool = opt(True, "eval", "batch-norm statistics over the whole query set (MAML's numbers); "
+                             "false: support set + one query example at a time (Reptile's)")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Check every value; raise ``ConfigError`` naming the first bad one."""
-        choices = {"family": ("sinusoid",), "model": ("mlp",), "activation": ("relu", "tanh"), "algo": ALGOS,
+        choices = {"family": FAMILIES, "model": ("mlp", "conv4", "mlp-bn"), "activation": ("relu", "tanh"),
+                   "algo": ALGOS,
                    "inner_optimizer": ("sgd", "adam"), "outer_optimizer": ("adam", "sgd"),
                    "outer_lr_schedule": ("constant", "linear"), "batching": ("auto", "vmap", "loop")}
         for name, allowed in choices.items():
@@ -93,7 +103,8 @@ class Config:
             if value not in allowed:
                 raise ConfigError(f"unknown {name} '{value}'{_suggest(value, allowed)}; choose one of "
                                   f"{', '.join(allowed)}")
-        at_least = {"shots": 1, "query": 0, "grid": 0, "inner_steps": 0, "inner_batch_size": 0, "iterations": 0,
+        at_least = {"ways": 2, "filters": 1, "shots": 1, "query": 0, "grid": 0, "inner_steps": 0,
+                    "inner_batch_size": 0, "iterations": 0,
                     "meta_batch_size": 1, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
                     "val_tasks": 1, "eval_query": 1, "eval_steps": 0, "eval_tasks": 2,
                     "eval_inner_batch_size": 0}
@@ -123,6 +134,11 @@ class Config:
             raise ConfigError(f"eval_shots {list(self.eval_shots)} must hold positive sizes, e.g. 5,10,20")
         if self.algo == "reptile" and self.learn_inner_lr:
             raise ConfigError("learn_inner_lr works with maml or fomaml, not reptile")
+        if (self.family in IMAGE_FAMILIES) != (self.model in ("conv4", "mlp-bn")):
+            raise ConfigError(f"model '{self.model}' does not fit family '{self.family}'; use conv4 or mlp-bn for "
+                              "images and mlp for sinusoids")
+        if self.family in IMAGE_FAMILIES and self.query < 1:
+            raise ConfigError(f"query {self.query} must be >= 1 for image classification")
         if self.grid and max(self.shots, *self.eval_shots) > self.grid:
             raise ConfigError(f"shots {max(self.shots, *self.eval_shots)} exceed grid {self.grid}")
         return self

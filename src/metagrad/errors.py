@@ -15,3 +15,7 @@ class TrainingDiverged(MetagradError, RuntimeError):
 
 class CheckpointError(MetagradError, RuntimeError):
     """A checkpoint is missing, incomplete or inconsistent."""
+
+
+class Interrupted(MetagradError):
+    """The user stopped a run (Ctrl-C); a checkpoint was saved. The CLI exits with code 130."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,16 +37,16 @@ class Curve:
 
 def held_out_tasks(tasks: Any, num_tasks: int, shots: int, seed: int, query: int | None = None) -> TaskBatch:
     """A fixed set of test tasks: the same ``seed`` gives every method the same tasks."""
-    if query is not None and dataclasses.is_dataclass(tasks) and hasattr(tasks, "query"):
-        tasks = dataclasses.replace(tasks, query=query)
+    if query is not None:
+        tasks = tasks.with_query(query)
     return tasks.sample(num_tasks, torch.Generator().manual_seed(seed), shots=shots)
 
 
 def adaptation_curves(learner: MetaLearner, batch: TaskBatch, steps: int, inner: InnerRule | None = None,
-                      inner_batch_size: int = 0, seed: int = 0) -> dict[str, Curve]:
+                      inner_batch_size: int = 0, seed: int = 0, transductive: bool = True) -> dict[str, Curve]:
     """Every metric of ``learner`` (loss, and accuracy for classifiers) after 0..steps adaptation steps."""
     values = learner.adaptation_metrics(batch, steps, inner=inner, inner_batch_size=inner_batch_size,
-                                        generator=torch.Generator().manual_seed(seed))
+                                        generator=torch.Generator().manual_seed(seed), transductive=transductive)
     shots = batch.support.x.shape[1]
     out = {}
     for name, v in values.items():

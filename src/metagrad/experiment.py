@@ -14,7 +14,7 @@ import torch
 from . import checkpoint
 from .algorithms import MetaLearner
 from .build import build_learner, build_outer, build_tasks
-from .config import Config, dump_toml
+from .config import IMAGE_FAMILIES, Config, dump_toml
 from .errors import CheckpointError
 from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
@@ -28,7 +28,8 @@ def make_trainer(cfg: Config, run_dir: str | Path | None, progress: bool = True,
     """Learner, outer optimizer and trainer for ``cfg``."""
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
-    return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, iterations=cfg.iterations,
+    validation = build_tasks(cfg, "val") if cfg.family in IMAGE_FAMILIES else None
+    return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, validation=validation, iterations=cfg.iterations,
                    meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir,
                    config=cfg.to_sections(), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                    val_every=cfg.val_every, val_tasks=cfg.val_tasks, time_budget=cfg.time_budget,
@@ -77,7 +78,7 @@ def evaluation_lrs(learner: MetaLearner, cfg: Config, shots: int) -> tuple[float
     if cfg.learn_inner_lr:
         return None
     if cfg.tune_eval_lr:
-        val = held_out_tasks(build_tasks(cfg), cfg.val_tasks, shots, cfg.eval_seed + VAL_EVAL_SEED_OFFSET,
+        val = held_out_tasks(build_tasks(cfg, "val"), cfg.val_tasks, shots, cfg.eval_seed + VAL_EVAL_SEED_OFFSET,
                              query=cfg.eval_query)
         best, _ = tune_step_size(learner, val, cfg.eval_steps, cfg.eval_lr_grid, cfg.eval_inner_batch_size)
         return (best,)
@@ -86,14 +87,15 @@ def evaluation_lrs(learner: MetaLearner, cfg: Config, shots: int) -> tuple[float
 
 def evaluate(learner: MetaLearner, cfg: Config, shots: list[int] | None = None) -> dict[int, dict[str, Any]]:
     """Adaptation curves on ``cfg.eval_tasks`` test tasks for every K in ``shots`` (default: eval_shots)."""
-    tasks = build_tasks(cfg)
+    tasks = build_tasks(cfg, "test")
     out: dict[int, dict[str, Any]] = {}
     for k in shots or list(cfg.eval_shots):
         lrs = evaluation_lrs(learner, cfg, k)
         inner = learner.inner.with_lr(lrs) if lrs else None
         batch = held_out_tasks(tasks, cfg.eval_tasks, k, cfg.eval_seed, query=cfg.eval_query)
         curves: dict[str, Curve] = adaptation_curves(learner, batch, cfg.eval_steps, inner=inner,
-                                                     inner_batch_size=cfg.eval_inner_batch_size, seed=cfg.eval_seed)
+                                                     inner_batch_size=cfg.eval_inner_batch_size, seed=cfg.eval_seed,
+                                                     transductive=cfg.transductive)
         lr_used = list(lrs) if lrs else (list(cfg.inner_lr) if not cfg.learn_inner_lr else "learned")
         out[k] = {"lr": lr_used, **{name: asdict(c) for name, c in curves.items()}}
     return out

@@ -15,3 +15,8 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Softmax cross-entropy for N-way classification."""
     return F.cross_entropy(logits, labels)
 
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of correct argmax predictions."""
+    return (logits.argmax(dim=-1) == labels).float().mean()

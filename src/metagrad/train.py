@@ -39,6 +39,7 @@ class FitResult:
     iterations_per_second: float  # of this session
     stopped: str  # "done", "time_budget" or "interrupted"
     best_val: float | None
+    sampling_seconds: float  # of ``seconds``, the time spent sampling meta-batches (data loading)
 
 
 class Trainer:
@@ -48,7 +49,9 @@ class Trainer:
         optimizer / scheduler: the outer optimizer over ``learner.parameters()`` and its step-size schedule.
         run_dir: where ``last``/``best`` checkpoints and ``metrics.jsonl`` go (None: nothing written).
         config: saved in every checkpoint's sidecar (what ``metagrad eval`` rebuilds the learner from).
-        val_every / val_tasks: validate on fixed held-out tasks; the best (lowest query loss) is kept.
+        validation: where validation tasks come from (default: ``tasks``; a held-out split for images).
+        val_every / val_tasks: validate on fixed held-out tasks; the best is kept (highest query accuracy
+            for classifiers, else lowest query loss).
         time_budget: minutes after which the run stops with a checkpoint (0: none).
         on_iteration: called as ``on_iteration(trainer, iteration, metrics)`` after each iteration.
     """
@@ -56,6 +59,7 @@ class Trainer:
     def __init__(self, learner: MetaLearner, tasks: TaskDistribution, optimizer: torch.optim.Optimizer, *,
                  iterations: int, meta_batch_size: int,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, seed: int = 0,
+                 validation: TaskDistribution | None = None,
                  run_dir: str | Path | None = None, config: dict[str, Any] | None = None,
                  log_every: int = 100, checkpoint_every: int = 1000, val_every: int = 0, val_tasks: int = 100,
                  time_budget: float = 0.0, progress: bool = True,
@@ -66,11 +70,13 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config = config or {}
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
+        self.validation = validation if validation is not None else tasks
         self.val_every, self.val_tasks = val_every, val_tasks
         self.time_budget, self.progress, self.on_iteration = time_budget, progress, on_iteration
         self.generator = torch.Generator().manual_seed(seed)
         self.iteration = 0
         self.elapsed = 0.0
+        self.sampling = 0.0  # seconds spent sampling tasks, across resumes
         self.best_val: float | None = None
         self._val_batch: TaskBatch | None = None
         self._stop_requested = False
@@ -85,7 +91,8 @@ class Trainer:
         assert self.run_dir is not None
         stem = self.run_dir / name
         checkpoint.save(stem, self.state(), {"iteration": self.iteration, "elapsed": self.elapsed,
-                                             "best_val": self.best_val, "config": self.config})
+                                             "sampling": self.sampling, "best_val": self.best_val,
+                                             "config": self.config})
         return stem
 
     def restore(self, name: str = "last") -> None:
@@ -98,6 +105,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["rng"])
         self.iteration, self.elapsed, self.best_val = info["iteration"], info["elapsed"], info["best_val"]
+        self.sampling = info.get("sampling", 0.0)
         self._truncate_metrics()
 
     def request_stop(self) -> None:
@@ -137,7 +145,7 @@ class Trainer:
                     bar.set_postfix(postfix, refresh=False)
                     window.clear()
                 if self.val_every and self.iteration % self.val_every == 0:
-                    postfix["val_loss"] = f"{self._validate():.4f}"
+                    postfix["val"] = f"{self._validate():.4f}"
                     bar.set_postfix(postfix, refresh=False)
                 if self.run_dir is not None and (self.iteration % self.checkpoint_every == 0
                                                  or self.iteration == self.iterations):
@@ -156,11 +164,13 @@ class Trainer:
         done = self.iteration - start_iteration
         session = time.perf_counter() - session_start
         return FitResult(self.iteration, self.elapsed, done / session if session > 0 else 0.0, stopped,
-                         self.best_val)
+                         self.best_val, self.sampling)
 
     def step(self) -> dict[str, float]:
         """One meta-iteration: sample a meta-batch, form the meta-gradient, take the outer step."""
+        t0 = time.perf_counter()
         batch = self.tasks.sample(self.meta_batch_size, self.generator)
+        self.sampling += time.perf_counter() - t0
         self.optimizer.zero_grad()
         metrics = self.learner.meta_gradient(batch, self.generator)
         if not math.isfinite(metrics["meta_loss"]):
@@ -175,22 +185,24 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ validation and logs
-    def validation_loss(self) -> float:
-        """Mean query loss after the training number of inner steps on fixed validation tasks."""
+    def validation_metrics(self) -> dict[str, float]:
+        """Mean query metrics after the training number of inner steps on fixed validation tasks."""
         if self._val_batch is None:
             gen = torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)
-            self._val_batch = self.tasks.sample(self.val_tasks, gen)
-        loss = self.learner.adaptation_metrics(self._val_batch, self.learner.inner_steps)["loss"]
-        return float(loss[:, -1].mean())
+            self._val_batch = self.validation.sample(self.val_tasks, gen)
+        values = self.learner.adaptation_metrics(self._val_batch, self.learner.inner_steps)
+        return {name: float(v[:, -1].mean()) for name, v in values.items()}
 
     def _validate(self) -> float:
-        val = self.validation_loss()
-        improved = self.best_val is None or val < self.best_val
+        metrics = self.validation_metrics()
+        maximize = "accuracy" in metrics
+        val = metrics["accuracy"] if maximize else metrics["loss"]
+        improved = self.best_val is None or (val > self.best_val if maximize else val < self.best_val)
         if improved:
             self.best_val = val
             if self.run_dir is not None:
                 self.save("best")
-        self._log({"iteration": self.iteration, "val_loss": val, "best": improved})
+        self._log({"iteration": self.iteration, **{f"val_{k}": v for k, v in metrics.items()}, "best": improved})
         return val
 
     def _log(self, record: dict[str, Any]) -> None:

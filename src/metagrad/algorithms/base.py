@@ -170,18 +170,35 @@ class MetaLearner(nn.Module):
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
+    def predict(self, params: Params, buffers: Params, support_x: Tensor, query_x: Tensor,
+                transductive: bool = True) -> Tensor:
+        """Outputs on the query set. Transductive: the query set is one batch (its batch-norm statistics are
+        shared, as in MAML's reported numbers). Non-transductive: each query example is passed with the
+        support set alone (Reptile's setting), so its prediction does not depend on the other queries."""
+        if transductive:
+            return call(self.model, params, buffers, query_x)
+
+        def one(q: Tensor) -> Tensor:
+            return call(self.model, params, buffers, torch.cat([support_x, q[None]]))[-1]
+
+        return vmap(one)(query_x)
+
     def adaptation_metrics(self, batch: TaskBatch, steps: int, inner: InnerRule | None = None,
                            inner_batch_size: int = 0, generator: torch.Generator | None = None,
-                           chunk: int = 256) -> dict[str, Tensor]:
+                           chunk: int | None = None, transductive: bool = True) -> dict[str, Tensor]:
         """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``."""
         rule = inner if inner is not None else self.inner
         meta, buffers = self.meta_params(), self.buffers()
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
+        if chunk is None:  # tasks per vmap call: bounded so that image tasks do not exhaust memory
+            per_task = batch.support.x[0].numel() + batch.query.x[0].numel() * (
+                1 if transductive else batch.support.x.shape[1] + 1)
+            chunk = int(min(256, max(1, 4e6 // per_task)))
 
         def one_task(task: TaskBatch, m: Tensor | None) -> Tensor:
             rows = []
             for params in self.inner_loop(meta, buffers, task.support, steps, inner=rule, minibatches=m):
-                pred = call(self.model, params, buffers, task.query.x)
+                pred = self.predict(params, buffers, task.support.x, task.query.x, transductive)
                 rows.append(torch.stack([fn(pred, task.query.y) for fn in self.metrics.values()]))
             return torch.stack(rows)
 

@@ -1,5 +1,6 @@
 """Models: plain ``torch.nn.Module``s; the engine calls them functionally."""
 
+from .conv4 import MLPBN, Conv4, TaskBatchNorm
 from .mlp import MLP
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "MLPBN", "Conv4", "TaskBatchNorm"]

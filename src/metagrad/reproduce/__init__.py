@@ -1,7 +1,7 @@
 """Paper reproductions: each trains the paper's methods, evaluates them and prints the paper's numbers beside."""
 
-from .sinusoid import EXPERIMENTS as _SINUSOID
+from .sinusoid import EXPERIMENTS
 
-EXPERIMENTS = {**_SINUSOID}
+FEWSHOT = ("omniglot", "miniimagenet")
 
-__all__ = ["EXPERIMENTS"]
+__all__ = ["EXPERIMENTS", "FEWSHOT"]

@@ -21,6 +21,7 @@ from .. import plots
 from ..analysis.stats import format_ci
 from ..build import build_tasks
 from ..config import Config, load_config
+from ..errors import Interrupted
 from ..experiment import evaluate, predictions, train
 
 
@@ -93,6 +94,9 @@ def run(exp: Experiment, out: str | Path, full: bool = False, iterations: int | 
             f"meta-training {cfg.iterations:,} iterations x {cfg.meta_batch_size} tasks -> {out / m.name}"
             if m.trained else "no training (random initialization)"), file=sys.stderr, flush=True)
         trainer, fit = train(cfg, out / m.name, resume=True, progress=progress)
+        if fit.stopped == "interrupted":
+            raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {out / m.name}; "
+                              "run the same command again to continue")
         learners[m.name] = trainer.learner
         t0 = time.perf_counter()
         curves = evaluate(trainer.learner, cfg)

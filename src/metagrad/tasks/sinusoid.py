@@ -13,6 +13,7 @@ Two variants, both from the papers:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -51,6 +52,10 @@ class Sinusoid:
     @property
     def input_dim(self) -> int:
         return 3 if self.oracle else 1
+
+    def with_query(self, query: int) -> Sinusoid:
+        """The same distribution with ``query`` query points per task."""
+        return dataclasses.replace(self, query=query)
 
     def sample_params(self, num_tasks: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Amplitudes and phases, each of shape ``[num_tasks]``."""

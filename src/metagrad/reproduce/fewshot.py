@@ -1,0 +1,130 @@
+"""Few-shot classification: Omniglot and MiniImagenet with MAML, first-order MAML and Reptile
+(MAML paper 5.2, Table 1; Reptile paper 6.1, Tables 1 and 2).
+
+``run`` meta-trains one (dataset, algorithm, N-way, K-shot) setting from the paper's preset into
+``OUT/<setting>`` (resumable), keeps the best checkpoint by validation accuracy, tests it on 600 tasks in
+both batch-norm modes, and prints the accuracy beside the paper's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import checkpoint, plots
+from ..analysis.stats import format_ci
+from ..config import Config, load_config, preset_names
+from ..errors import ConfigError, Interrupted
+from ..experiment import evaluate, load_run, train
+
+ALGOS = ("maml", "fomaml", "reptile")
+DEFAULT_MINUTES = 30.0  # the default budget; --full runs the paper's iterations whatever the time
+
+# The papers' test accuracies (%), mean and 95% half-width: (dataset, algo, transductive) -> {(N, K): ...}.
+PAPER: dict[tuple[str, str, bool], dict[tuple[int, int], tuple[float, float]]] = {
+    ("omniglot", "maml", True): {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
+    ("omniglot", "fomaml", True): {(5, 1): (98.3, 0.5), (5, 5): (99.2, 0.2), (20, 1): (89.4, 0.5),
+                                   (20, 5): (97.9, 0.1)},
+    ("omniglot", "reptile", False): {(5, 1): (95.39, 0.09), (5, 5): (98.90, 0.10), (20, 1): (88.14, 0.15),
+                                     (20, 5): (96.65, 0.33)},
+    ("omniglot", "reptile", True): {(5, 1): (97.68, 0.04), (5, 5): (99.48, 0.06), (20, 1): (89.43, 0.14),
+                                    (20, 5): (97.12, 0.32)},
+    ("miniimagenet", "maml", True): {(5, 1): (48.70, 1.84), (5, 5): (63.11, 0.92)},
+    ("miniimagenet", "fomaml", True): {(5, 1): (48.07, 1.75), (5, 5): (63.15, 0.91)},
+    ("miniimagenet", "reptile", False): {(5, 1): (47.07, 0.26), (5, 5): (62.74, 0.37)},
+    ("miniimagenet", "reptile", True): {(5, 1): (49.97, 0.32), (5, 5): (65.99, 0.58)},
+}
+
+
+def setting_config(dataset: str, algo: str, ways: int, shots: int) -> Config:
+    """The paper's configuration for one setting: the preset, with N and K set as the paper did."""
+    if algo not in ALGOS:
+        raise ConfigError(f"unknown algo '{algo}'; choose one of {', '.join(ALGOS)}")
+    name = f"{dataset}-{algo}" + ("-20way" if ways >= 20 and f"{dataset}-{algo}-20way" in preset_names() else "")
+    cfg = load_config(name)
+    changes: dict[str, Any] = {"ways": ways, "eval_shots": (shots,)}
+    if algo == "reptile":  # trains on its own number of shots; tests with 5-example batches (15 for 5-shot mini)
+        if dataset == "miniimagenet" and shots == 5:
+            changes["eval_inner_batch_size"] = 15
+    else:  # MAML's code: K support and K query images per class (15 query for MiniImagenet training)
+        changes.update(shots=shots, eval_query=shots)
+        if dataset == "omniglot":
+            changes["query"] = shots
+        if dataset == "miniimagenet" and shots == 5:
+            changes["meta_batch_size"] = 2
+    return cfg.replace(**changes)
+
+
+def paper_steps(cfg: Config, algo: str) -> int:
+    """The number of test-time steps the paper reports (3 for 5-way MAML, 5 for 20-way, 10 on
+    MiniImagenet, 50 for Reptile)."""
+    if algo == "reptile":
+        return 50
+    if cfg.family == "miniimagenet":
+        return 10
+    return 5 if cfg.ways >= 20 else 3
+
+
+def run(dataset: str, algo: str, ways: int, shots: int, out: str | Path, full: bool = False,
+        iterations: int | None = None, time_budget: float | None = None, overrides: dict[str, Any] | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train, test in both batch-norm modes, print the table, write ``results.json`` and a figure."""
+    cfg = setting_config(dataset, algo, ways, shots).replace(**(overrides or {}))
+    if iterations is not None:
+        cfg = cfg.replace(iterations=iterations)
+    budget = time_budget if time_budget is not None else (0.0 if full or iterations is not None else DEFAULT_MINUTES)
+    cfg = cfg.replace(time_budget=budget)
+    name = f"{dataset}-{algo}-{ways}w{shots}s"
+    out = Path(out)
+    run_dir = out / name
+    limit = f", stopping after {budget:g} min" if budget else ""
+    print(f"{name}: meta-training up to {cfg.iterations:,} iterations x {cfg.meta_batch_size} tasks{limit} -> "
+          f"{run_dir}", file=sys.stderr, flush=True)
+    _, fit = train(cfg, run_dir, resume=True, progress=progress)
+    if fit.stopped == "interrupted":
+        raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; "
+                          "run the same command again to continue")
+    which = "best" if checkpoint.exists(run_dir / "best") else "last"
+    learner, _, info = load_run(run_dir, which)
+    steps = paper_steps(cfg, algo)
+    results: dict[str, Any] = {
+        "setting": name, "dataset": dataset, "algo": algo, "ways": ways, "shots": shots, "config": cfg.to_sections(),
+        "trained_iterations": fit.iteration, "train_seconds": round(fit.seconds, 1),
+        "seconds_per_iteration": round(fit.seconds / max(fit.iteration, 1), 4),
+        "sampling_seconds": round(fit.sampling_seconds, 1), "stopped": fit.stopped,
+        "checkpoint": which, "checkpoint_iteration": info["iteration"], "paper_steps": steps, "modes": {}}
+    for transductive in (True, False):
+        t0 = time.perf_counter()
+        curves = evaluate(learner, cfg.replace(transductive=transductive))[shots]
+        mode = "transductive" if transductive else "non-transductive"
+        results["modes"][mode] = {"curves": curves, "eval_seconds": round(time.perf_counter() - t0, 1),
+                                  "paper": PAPER.get((dataset, algo, transductive), {}).get((ways, shots))}
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    table = format_table(results)
+    (out / f"{name}.md").write_text(table + "\n")
+    print(table)
+    curves = {mode: {shots: r["curves"]} for mode, r in results["modes"].items()}
+    fig = plots.adaptation_curves(curves, out / f"{name}.png", metric="accuracy", ylabel="test accuracy")
+    print(f"\nresults: {out / (name + '.json')}\nfigure:  {fig}")
+    return results
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """Accuracy after the paper's number of steps, both batch-norm modes, beside the paper's."""
+    steps = r["paper_steps"]
+    per_it = r["seconds_per_iteration"]
+    share = 100 * r["sampling_seconds"] / max(r["train_seconds"], 1e-9)
+    tasks = next(iter(r["modes"].values()))["curves"]["accuracy"]["tasks"]
+    lines = [f"{r['dataset']} {r['ways']}-way {r['shots']}-shot, {r['algo']}: {r['trained_iterations']:,} "
+             f"meta-iterations in {r['train_seconds'] / 60:.1f} min ({per_it:.3f} s each, {share:.1f}% of it "
+             f"sampling tasks); {r['checkpoint']} checkpoint (iteration {r['checkpoint_iteration']:,})",
+             f"test accuracy (%) after {steps} adaptation steps, {tasks} test tasks, mean ± 95% CI", "",
+             "| batch norm | ours | paper |", "|---|---|---|"]
+    for mode, m in r["modes"].items():
+        c = m["curves"]["accuracy"]
+        paper = f"{m['paper'][0]:.2f} ± {m['paper'][1]:.2f}" if m["paper"] else "-"
+        lines.append(f"| {mode} | {format_ci(100 * c['mean'][steps], 100 * c['ci95'][steps])} | {paper} |")
+    return "\n".join(lines)

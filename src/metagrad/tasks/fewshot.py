@@ -1,0 +1,91 @@
+"""N-way K-shot classification tasks sampled from an image array ``[classes, examples, ...]``.
+
+A task draws N distinct classes, K support and Q query examples per class (no example twice), and
+shuffles the labels 0..N-1. With ``rotations`` every class also appears rotated by 90, 180 and 270
+degrees as three new classes (Omniglot, as in both papers). Sampling is a few tensor operations on the
+whole meta-batch, deterministic under the generator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .base import Split, TaskBatch
+
+
+class FewShotClassification:
+    """A distribution over N-way classification tasks on one split of an image dataset."""
+
+    def __init__(self, images: np.ndarray | Tensor, ways: int, shots: int, query: int, rotations: bool = False,
+                 split: str = "train"):
+        self.images = torch.as_tensor(images)
+        if self.images.dtype != torch.uint8:
+            raise ConfigError("images must be uint8 [classes, examples, ...]")
+        self.ways, self.shots, self.query, self.rotations, self.split = ways, shots, query, rotations, split
+        self.check(shots)
+
+    def with_query(self, query: int) -> FewShotClassification:
+        """The same distribution with ``query`` query examples per class."""
+        return FewShotClassification(self.images, self.ways, self.shots, query, self.rotations, self.split)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes to draw from (rotated copies count as classes)."""
+        return self.images.shape[0] * (4 if self.rotations else 1)
+
+    @property
+    def examples_per_class(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.images.shape[2:])
+        return shape if len(shape) == 3 else (1, *shape)
+
+    def check(self, shots: int) -> None:
+        """Refuse settings the data cannot serve, naming the limit."""
+        if self.ways < 2:
+            raise ConfigError(f"ways {self.ways} must be at least 2")
+        if shots < 1:
+            raise ConfigError(f"shots {shots} must be at least 1")
+        if self.query < 1:
+            raise ConfigError(f"query {self.query} must be at least 1")
+        if self.ways > self.num_classes:
+            raise ConfigError(f"ways {self.ways} exceeds the {self.num_classes} classes of the {self.split} split; "
+                              "use fewer ways")
+        if shots + self.query > self.examples_per_class:
+            raise ConfigError(f"shots {shots} + query {self.query} exceed the {self.examples_per_class} examples per "
+                              f"class of the {self.split} split; lower shots or query")
+
+    def sample(self, num_tasks: int, generator: torch.Generator, shots: int | None = None) -> TaskBatch:
+        """``num_tasks`` tasks: support ``[T, N*K, C, H, W]`` with labels ``[T, N*K]``, query ``[T, N*Q, ...]``."""
+        k = self.shots if shots is None else shots
+        self.check(k)
+        n, per = self.ways, k + self.query
+        classes = torch.rand(num_tasks, self.num_classes, generator=generator).argsort(dim=1)[:, :n]
+        examples = torch.rand(num_tasks, n, self.examples_per_class, generator=generator).argsort(dim=2)[..., :per]
+        labels = torch.rand(num_tasks, n, generator=generator).argsort(dim=1)  # label of each drawn class
+        base, turns = (classes // 4, classes % 4) if self.rotations else (classes, torch.zeros_like(classes))
+        x = self.images[base[..., None], examples]  # [T, N, K+Q, (C,) H, W]
+        if x.dim() == 5:
+            x = x.unsqueeze(3)  # grayscale: add the channel dimension
+        if self.rotations:
+            x = _rotate(x, turns)
+        x = x.float().div_(255.0)
+        y = labels[..., None].expand(-1, -1, per)
+        support = Split(x[:, :, :k].flatten(1, 2), y[:, :, :k].flatten(1, 2))
+        query = Split(x[:, :, k:].flatten(1, 2), y[:, :, k:].flatten(1, 2))
+        return TaskBatch(support, query)
+
+
+def _rotate(x: Tensor, turns: Tensor) -> Tensor:
+    """Rotate ``x[t, c]`` (images in the last two dimensions) by ``turns[t, c]`` quarter turns."""
+    out = x.clone()
+    for r in (1, 2, 3):
+        mask = turns == r
+        if mask.any():
+            out[mask] = torch.rot90(x[mask], r, dims=(-2, -1))
+    return out

@@ -1,0 +1,260 @@
+"""Image datasets read from a folder the user names, decoded once and cached as one array file.
+
+- Omniglot (Lake et al. 2015): ``images_background`` and ``images_evaluation``, as folders or as the two
+  original zip files; 1623 characters x 20 drawings, resized to 28x28, inverted (strokes = 1).
+- MiniImagenet (Ravi & Larochelle 2017): ``images/`` plus ``train.csv``, ``val.csv``, ``test.csv``
+  (``filename,label``), resized to 84x84 RGB.
+
+Each dataset is an array ``[classes, examples, (channels,) height, width]`` of uint8. The cache
+(``$METAGRAD_CACHE`` or ``~/.cache/metagrad``) is keyed by a fingerprint of the source files (names and
+sizes) and carries a checksum, so a stale or corrupt cache is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import sys
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError
+
+OMNIGLOT_PARTS = ("images_background", "images_evaluation")
+OMNIGLOT_DRAWINGS = 20
+OMNIGLOT_TRAIN_CHARACTERS, OMNIGLOT_VAL_CHARACTERS = 1100, 100  # 1200 for training (100 of them to validate)
+SPLIT_SEED = 1  # the MAML code shuffles the 1623 characters with seed 1 before splitting
+DATA_HELP = "set --data-root or the METAGRAD_DATA environment variable"
+
+
+@dataclass
+class ImageDataset:
+    """Images ``[classes, examples, ...]`` (uint8) and the class names, one split."""
+
+    images: np.ndarray
+    names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return self.images.shape[0]
+
+
+def data_root(given: str | None, name: str) -> Path:
+    """The dataset folder: ``given``, else ``$METAGRAD_DATA/<name>``."""
+    if given:
+        return Path(given).expanduser()
+    env = os.environ.get("METAGRAD_DATA")
+    if env:
+        return Path(env).expanduser() / name
+    raise ConfigError(f"no data folder for {name}: {DATA_HELP} (a folder holding {name}/)")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("METAGRAD_CACHE") or Path.home() / ".cache" / "metagrad")
+
+
+# ---------------------------------------------------------------------------------------------- Omniglot
+def omniglot_splits(root: str | Path, size: int = 28) -> dict[str, ImageDataset]:
+    """Omniglot as ``{"train", "val", "test"}``: 1100 + 100 training characters and 423 test characters,
+    chosen irrespective of alphabet by a fixed shuffle (the MAML paper's split)."""
+    data = load_omniglot(root, size)
+    order = list(range(data.num_classes))
+    random.Random(SPLIT_SEED).shuffle(order)
+    cuts = {"train": order[:OMNIGLOT_TRAIN_CHARACTERS],
+            "val": order[OMNIGLOT_TRAIN_CHARACTERS:OMNIGLOT_TRAIN_CHARACTERS + OMNIGLOT_VAL_CHARACTERS],
+            "test": order[OMNIGLOT_TRAIN_CHARACTERS + OMNIGLOT_VAL_CHARACTERS:]}
+    return {k: ImageDataset(data.images[idx], [data.names[i] for i in idx]) for k, idx in cuts.items()}
+
+
+def load_omniglot(root: str | Path, size: int = 28) -> ImageDataset:
+    """All 1623 characters ``[1623, 20, size, size]``, background alphabets first, each sorted by name."""
+    root = Path(root)
+    sources = _omniglot_sources(root)
+    files: list[tuple[str, int]] = []
+    for src in sources:
+        files += src.listing()
+    key = _fingerprint(files, f"omniglot-{size}")
+
+    def build() -> ImageDataset:
+        names, images = [], []
+        for src in sources:
+            chars = src.characters()
+            for name, members in _progress(chars, f"decoding Omniglot ({src.label})"):
+                if len(members) != OMNIGLOT_DRAWINGS:
+                    raise ConfigError(f"{src.label}: character {name} has {len(members)} drawings, expected "
+                                      f"{OMNIGLOT_DRAWINGS}; is this the original Omniglot layout?")
+                images.append(np.stack([_omniglot_image(src.read(m), size) for m in members]))
+                names.append(name)
+        return ImageDataset(np.stack(images), names)
+
+    return _cached(key, build)
+
+
+def _omniglot_image(data: bytes, size: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        gray = im.convert("L").resize((size, size), Image.LANCZOS)
+    return 255 - np.asarray(gray, dtype=np.uint8)  # strokes bright on a dark background
+
+
+class _Source:
+    """One Omniglot part, as a folder or a zip file: character names and their drawings."""
+
+    def __init__(self, label: str, folder: Path | None = None, archive: Path | None = None):
+        self.label, self.folder, self.archive = label, folder, archive
+        self._zip = zipfile.ZipFile(archive) if archive else None
+
+    def _pngs(self) -> list[str]:
+        if self.folder is not None:
+            return sorted(str(p.relative_to(self.folder)) for p in self.folder.glob("*/*/*.png"))
+        return sorted(n.split("/", 1)[1] for n in self._zip.namelist() if n.endswith(".png") and n.count("/") == 3)
+
+    def listing(self) -> list[tuple[str, int]]:
+        if self.folder is not None:
+            return [(f"{self.label}/{p}", (self.folder / p).stat().st_size) for p in self._pngs()]
+        return sorted((i.filename, i.file_size) for i in self._zip.infolist() if i.filename.endswith(".png"))
+
+    def characters(self) -> list[tuple[str, list[str]]]:
+        groups: dict[str, list[str]] = {}
+        for p in self._pngs():
+            alphabet, character, _ = p.split("/")
+            groups.setdefault(f"{alphabet}/{character}", []).append(p)
+        if not groups:
+            where = self.folder or self.archive
+            raise ConfigError(f"{where} holds no <alphabet>/<character>/*.png drawings; expected the original "
+                              "Omniglot layout (github.com/brendenlake/omniglot)")
+        return sorted(groups.items())
+
+    def read(self, member: str) -> bytes:
+        if self.folder is not None:
+            return (self.folder / member).read_bytes()
+        return self._zip.read(f"{self.label}/{member}")
+
+
+def _omniglot_sources(root: Path) -> list[_Source]:
+    if not root.is_dir():
+        raise ConfigError(f"Omniglot folder {root} does not exist; {DATA_HELP} (it must hold images_background "
+                          "and images_evaluation, as folders or .zip files)")
+    sources = []
+    for part in OMNIGLOT_PARTS:
+        if (root / part).is_dir():
+            sources.append(_Source(part, folder=root / part))
+        elif (root / f"{part}.zip").is_file():
+            try:
+                sources.append(_Source(part, archive=root / f"{part}.zip"))
+            except zipfile.BadZipFile:
+                raise ConfigError(f"{root / (part + '.zip')} is not a readable zip file") from None
+        else:
+            raise ConfigError(f"{root} has no {part}/ folder or {part}.zip; is this the Omniglot folder? "
+                              f"({DATA_HELP})")
+    return sources
+
+
+# ------------------------------------------------------------------------------------------ MiniImagenet
+MINIIMAGENET_SPLITS = ("train", "val", "test")
+
+
+def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDataset]:
+    """MiniImagenet from the Ravi & Larochelle layout: ``images/`` and ``{train,val,test}.csv``;
+    every split ``[classes, examples, 3, size, size]`` (64 / 16 / 20 classes of 600 in the original)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"MiniImagenet folder {root} does not exist; {DATA_HELP} (it must hold images/ and "
+                          "train.csv, val.csv, test.csv from Ravi & Larochelle)")
+    out = {}
+    for split in MINIIMAGENET_SPLITS:
+        rows = _read_csv(root / f"{split}.csv")
+        classes: dict[str, list[str]] = {}
+        for filename, label in rows:
+            classes.setdefault(label, []).append(filename)
+        counts = {len(v) for v in classes.values()}
+        if len(counts) != 1:
+            raise ConfigError(f"{root / (split + '.csv')}: classes have different numbers of images {sorted(counts)}")
+        files = []
+        for names in classes.values():
+            for n in names:
+                path = root / "images" / n
+                if not path.is_file():
+                    raise ConfigError(f"{path} is listed in {split}.csv but missing")
+                files.append((n, path.stat().st_size))
+        key = _fingerprint(files, f"miniimagenet-{split}-{size}")
+
+        def build(classes: dict[str, list[str]] = classes, split: str = split) -> ImageDataset:
+            images = [np.stack([_rgb_image(root / "images" / n, size) for n in names])
+                      for _, names in _progress(sorted(classes.items()), f"decoding MiniImagenet {split}")]
+            return ImageDataset(np.stack(images), sorted(classes))
+
+        out[split] = _cached(key, build)
+    return out
+
+
+def _rgb_image(path: Path, size: int) -> np.ndarray:
+    with Image.open(path) as im:
+        rgb = im.convert("RGB").resize((size, size), Image.LANCZOS)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _read_csv(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; MiniImagenet needs images/ and train.csv, val.csv, test.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0][:2]] != ["filename", "label"]:
+        raise ConfigError(f"{path} must start with the header 'filename,label'")
+    body = [(r[0].strip(), r[1].strip()) for r in rows[1:] if r]
+    if not body:
+        raise ConfigError(f"{path} lists no images")
+    return body
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+def _fingerprint(files: Iterable[tuple[str, int]], kind: str) -> str:
+    h = hashlib.sha1(kind.encode())
+    for name, size in files:
+        h.update(f"{name}\0{size}\n".encode())
+    return f"{kind}-{h.hexdigest()[:16]}"
+
+
+def _cached(key: str, build: Callable[[], ImageDataset]) -> ImageDataset:
+    """The dataset from ``cache_dir()/key.npy`` if present and intact, else built and cached atomically."""
+    array_path, meta_path = cache_dir() / f"{key}.npy", cache_dir() / f"{key}.json"
+    if array_path.exists() and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            images = np.load(array_path)
+            if _digest(images) == meta["sha256"]:
+                return ImageDataset(images, meta["names"])
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            pass
+        print(f"metagrad: the cached {array_path.name} is corrupt; rebuilding it", file=sys.stderr)
+    data = build()
+    try:
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = array_path.with_suffix(".tmp.npy")
+        np.save(tmp, data.images)
+        os.replace(tmp, array_path)
+        meta_tmp = meta_path.with_suffix(".tmp")
+        meta_tmp.write_text(json.dumps({"sha256": _digest(data.images), "names": data.names,
+                                        "shape": list(data.images.shape)}))
+        os.replace(meta_tmp, meta_path)
+    except OSError as e:
+        print(f"metagrad: could not write the cache {array_path} ({e}); continuing without it", file=sys.stderr)
+    return data
+
+
+def _digest(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+
+
+def _progress(items: list, desc: str) -> Iterable:
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="class", leave=False, disable=len(items) < 50, file=sys.stderr)

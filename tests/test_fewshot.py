@@ -1,0 +1,88 @@
+"""The N-way K-shot task sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metagrad.errors import ConfigError
+from metagrad.tasks.fewshot import FewShotClassification
+
+
+def id_images(classes: int = 30, examples: int = 20, size: int = 6) -> np.ndarray:
+    """Images whose pixel (0, 0) says the class and (0, 1) the example; (1, 0) marks orientation."""
+    x = np.zeros((classes, examples, size, size), dtype=np.uint8)
+    x[:, :, 0, 0] = np.arange(classes)[:, None]
+    x[:, :, 0, 1] = np.arange(examples)[None, :]
+    x[:, :, 1, 0] = 255
+    return x
+
+
+def ids(x: torch.Tensor) -> list[tuple[int, int]]:
+    """(class, example) of every image of a task, read back from its pixels (unrotated sampler)."""
+    px = (x * 255).round().long()
+    return list(zip(px[:, 0, 0, 0].tolist(), px[:, 0, 0, 1].tolist(), strict=True))
+
+
+def test_sizes_labels_and_no_repeats():
+    dist = FewShotClassification(id_images(), ways=5, shots=3, query=4)
+    batch = dist.sample(50, torch.Generator().manual_seed(0))
+    assert batch.support.x.shape == (50, 15, 1, 6, 6) and batch.query.x.shape == (50, 20, 1, 6, 6)
+    for t in range(50):
+        s_ids, q_ids = ids(batch.support.x[t]), ids(batch.query.x[t])
+        assert len(set(s_ids + q_ids)) == 35  # no example twice within a task
+        assert len({c for c, _ in s_ids + q_ids}) == 5  # N distinct classes
+        assert sorted(batch.support.y[t].tolist()) == sorted(list(range(5)) * 3)
+        assert sorted(batch.query.y[t].tolist()) == sorted(list(range(5)) * 4)
+        label_of = {}
+        for (c, _), y in zip(s_ids + q_ids, batch.support.y[t].tolist() + batch.query.y[t].tolist(), strict=True):
+            assert label_of.setdefault(c, y) == y  # one label per class, support and query agree
+
+
+def test_labels_are_shuffled_and_sampling_is_seeded():
+    dist = FewShotClassification(id_images(classes=5), ways=5, shots=1, query=1)
+    batch = dist.sample(40, torch.Generator().manual_seed(1))
+    label_of_class0 = {int(batch.support.y[t][[c for c, _ in ids(batch.support.x[t])].index(0)]) for t in range(40)}
+    assert len(label_of_class0) == 5  # class 0 gets every label across tasks
+    again = dist.sample(40, torch.Generator().manual_seed(1))
+    assert torch.equal(batch.support.x, again.support.x) and torch.equal(batch.query.y, again.query.y)
+
+
+def test_splits_never_mix():
+    data = id_images(classes=40)
+    train = FewShotClassification(data[:30], ways=5, shots=1, query=5, split="train")
+    test = FewShotClassification(data[30:] + 0, ways=5, shots=1, query=5, split="test")
+    g = torch.Generator().manual_seed(0)
+    train_ids = {c for t in range(20) for c, _ in ids(train.sample(1, g).query.x[0])}
+    test_batch = test.sample(20, g)
+    test_ids = {c for t in range(20) for c, _ in ids(test_batch.support.x[t])}
+    assert train_ids <= set(range(30)) and test_ids <= set(range(30, 40))
+
+
+def test_rotated_classes_are_the_rotated_images():
+    data = id_images(classes=3, examples=20, size=8)
+    dist = FewShotClassification(data, ways=12, shots=2, query=1, rotations=True)
+    assert dist.num_classes == 12
+    batch = dist.sample(5, torch.Generator().manual_seed(0))
+    seen = set()
+    for t in range(5):
+        for x in batch.support.x[t, :, 0]:
+            img = (x * 255).round().to(torch.uint8).numpy()
+            matches = [(c, e, r) for c in range(3) for e in range(20) for r in range(4)
+                       if np.array_equal(np.rot90(data[c, e], r), img)]
+            assert len(matches) == 1  # every image is exactly one original rotated by a multiple of 90 degrees
+            seen.add(matches[0][2])
+    assert seen == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"ways": 31}, "ways 31 exceeds the 30 classes of the train split"),
+    ({"shots": 15, "query": 6}, "shots 15 \\+ query 6 exceed the 20 examples per class"),
+    ({"ways": 1}, "ways 1 must be at least 2"),
+    ({"shots": 0}, "shots 0 must be at least 1"),
+])
+def test_impossible_tasks_are_refused(kwargs, match):
+    settings = {"ways": 5, "shots": 1, "query": 1, **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        FewShotClassification(id_images(), **settings)

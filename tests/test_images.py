@@ -1,0 +1,94 @@
+"""Image datasets: the original layouts, the cache, the split, and clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from images_fixtures import fake_miniimagenet, fake_omniglot, zip_omniglot
+from metagrad.errors import ConfigError
+from metagrad.tasks import images
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+
+
+def test_folders_and_zips_give_the_same_images(tmp_path):
+    folder = fake_omniglot(tmp_path / "omniglot")
+    zipped = zip_omniglot(folder, tmp_path / "zipped")
+    a, b = images.load_omniglot(folder), images.load_omniglot(zipped)
+    assert a.images.shape == (12, 20, 28, 28) and a.images.dtype == np.uint8
+    assert np.array_equal(a.images, b.images) and a.names == b.names
+    assert a.names[0] == "Alphabet_b0/character01" and a.names[-1] == "Alphabet_e1/character03"
+
+
+def test_cache_is_used_then_rebuilt_when_corrupt_or_stale(tmp_path, monkeypatch, capsys):
+    folder = fake_omniglot(tmp_path / "omniglot")
+    first = images.load_omniglot(folder)
+    cached = list((tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == 1
+    monkeypatch.setattr(images, "_omniglot_image", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
+    assert np.array_equal(images.load_omniglot(folder).images, first.images)  # from the cache, nothing decoded
+    monkeypatch.undo()
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    raw = bytearray(cached[0].read_bytes())
+    raw[-100] ^= 0xFF  # flip bits in the pixels: the checksum no longer matches
+    cached[0].write_bytes(bytes(raw))
+    assert np.array_equal(images.load_omniglot(folder).images, first.images)
+    assert "corrupt; rebuilding" in capsys.readouterr().err
+    png = next((folder / "images_background").glob("*/*/*.png"))
+    png.write_bytes(png.read_bytes() + b"\0")  # the source changed: another fingerprint, another cache file
+    images.load_omniglot(folder)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda p: p / "nowhere", "does not exist"),
+    (lambda p: p, "has no images_background"),
+    (lambda p: (p / "images_background").mkdir() or (p / "images_evaluation").mkdir() or p, "holds no"),
+    (lambda p: fake_omniglot(p, drawings=19), "has 19 drawings, expected 20"),
+])
+def test_wrong_omniglot_folders_name_the_problem(tmp_path, make, match):
+    with pytest.raises(ConfigError, match=match):
+        images.load_omniglot(make(tmp_path))
+
+
+def test_miniimagenet_layout(tmp_path):
+    splits = images.load_miniimagenet(fake_miniimagenet(tmp_path / "mini"))
+    assert {k: v.images.shape for k, v in splits.items()} == {
+        "train": (4, 6, 3, 84, 84), "val": (2, 6, 3, 84, 84), "test": (3, 6, 3, 84, 84)}
+    assert splits["test"].names == ["ntest00000", "ntest00001", "ntest00002"]
+
+
+@pytest.mark.parametrize(("damage", "match"), [
+    (lambda p: (p / "val.csv").unlink(), "val.csv is missing"),
+    (lambda p: (p / "test.csv").write_text("file,class\na.jpg,x\n"), "header 'filename,label'"),
+    (lambda p: next((p / "images").glob("ntrain*.jpg")).unlink(), "listed in train.csv but missing"),
+])
+def test_broken_miniimagenet_folders(tmp_path, damage, match):
+    root = fake_miniimagenet(tmp_path / "mini")
+    damage(root)
+    with pytest.raises(ConfigError, match=match):
+        images.load_miniimagenet(root)
+
+
+def test_real_omniglot_split_is_fixed_and_disjoint(real_omniglot):
+    splits = real_omniglot
+    sizes = {k: v.num_classes for k, v in splits.items()}
+    assert sizes == {"train": 1100, "val": 100, "test": 423}  # 1200 training characters, 423 for test
+    names = {k: set(v.names) for k, v in splits.items()}
+    assert not (names["train"] & names["test"]) and not (names["val"] & names["test"])
+    assert not (names["train"] & names["val"])
+    assert len(names["train"] | names["val"] | names["test"]) == 1623
+    # irrespective of alphabet: test characters come from background and evaluation alphabets alike
+    assert {n.split("/")[0] for n in names["test"]} & {n.split("/")[0] for n in names["train"]}
+    # the split is fixed across versions: pinned here so that a change to it cannot pass unnoticed
+    assert splits["test"].names[:3] == ["Tifinagh/character09", "Bengali/character04", "Oriya/character09"]
+    digest = hashlib.sha1("\n".join(splits["test"].names).encode()).hexdigest()
+    assert digest == "944359009415153c6a3a5ba559dd319970a0dc7a"
+    assert splits["train"].images.shape[1:] == (20, 28, 28)
+    assert splits["train"].images.mean() < 60  # inverted: strokes bright on a dark background
