@@ -11,16 +11,21 @@ from .config import Config
 from .functional import params_of
 from .inner import make_inner
 from .models import MLP
-from .tasks import Sinusoid
+from .tasks import LinearRegression, Sinusoid
 
 
-def build_tasks(cfg: Config) -> Sinusoid:
+def build_tasks(cfg: Config) -> Sinusoid | LinearRegression:
     """The task distribution of the config."""
+    if cfg.family == "linreg":
+        return LinearRegression(dim=cfg.dim, shots=cfg.shots, query=cfg.query)
     return Sinusoid(shots=cfg.shots, query=cfg.query, amplitude=tuple(cfg.amplitude), phase=tuple(cfg.phase),
                     x_range=tuple(cfg.x_range), grid=cfg.grid, oracle=cfg.oracle)
 
 
 def build_model(cfg: Config, input_dim: int, output_dim: int = 1) -> nn.Module:
+    """The network of the config: an MLP, or ``y = theta^T x`` (linear, no bias) for meta-linear regression."""
+    if cfg.model == "linear":
+        return nn.Linear(input_dim, output_dim, bias=False)
     return MLP(input_dim, cfg.hidden, output_dim, cfg.activation)
 
 
@@ -31,7 +36,9 @@ def build_learner(cfg: Config) -> MetaLearner:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, tasks.input_dim)
     inner = make_inner(cfg.inner_optimizer, cfg.inner_lr, learn=cfg.learn_inner_lr, params=params_of(model))
-    kw = dict(loss_fn=losses.mse, inner=inner, inner_steps=cfg.inner_steps,
+    # linreg: the paper's risk 1/2 (y - theta^T x)^2 (eq. 9), so that inner_lr is the paper's alpha (eq. 12)
+    loss_fn = losses.half_mse if cfg.family == "linreg" else losses.mse
+    kw = dict(loss_fn=loss_fn, inner=inner, inner_steps=cfg.inner_steps,
               inner_batch_size=cfg.inner_batch_size, batching=cfg.batching)
     if cfg.algo in ("maml", "fomaml"):
         return MAML(model, first_order=cfg.algo == "fomaml", **kw)

@@ -37,7 +37,8 @@ class Config:
     """Everything that determines a run; a run is reproducible from its config (and seed)."""
 
     # [task]
-    family: str = opt("sinusoid", "task", "task family (sinusoid)")
+    family: str = opt("sinusoid", "task", "task family: sinusoid, or linreg (meta-linear regression, trade-off "
+                      "paper eq. 13)")
     shots: int = opt(10, "task", "support examples per task during meta-training (K)")
     query: int = opt(10, "task", "query examples per task during meta-training")
     amplitude: tuple[float, ...] = opt((0.1, 5.0), "task", "sinusoid amplitude range [low, high]")
@@ -46,8 +47,9 @@ class Config:
     grid: int = opt(0, "task", "if > 0, inputs lie on this many equally spaced points and the query is the "
                     "whole grid (Reptile's variant: 50)")
     oracle: bool = opt(False, "task", "append the task's amplitude and phase to the input (oracle baseline)")
+    dim: int = opt(1, "task", "input dimension p of linreg tasks (the paper's Figure 3: 1)")
     # [model]
-    model: str = opt("mlp", "model", "network (mlp)")
+    model: str = opt("mlp", "model", "network: mlp, or linear (y = theta^T x, no bias; for linreg)")
     hidden: tuple[int, ...] = opt((40, 40), "model", "hidden layer sizes")
     activation: str = opt("relu", "model", "hidden activation (relu, tanh)")
     # [algo]
@@ -85,7 +87,8 @@ class Config:
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Check every value; raise ``ConfigError`` naming the first bad one."""
-        choices = {"family": ("sinusoid",), "model": ("mlp",), "activation": ("relu", "tanh"), "algo": ALGOS,
+        choices = {"family": ("sinusoid", "linreg"), "model": ("mlp", "linear"), "activation": ("relu", "tanh"),
+                   "algo": ALGOS,
                    "inner_optimizer": ("sgd", "adam"), "outer_optimizer": ("adam", "sgd"),
                    "outer_lr_schedule": ("constant", "linear"), "batching": ("auto", "vmap", "loop")}
         for name, allowed in choices.items():
@@ -96,7 +99,7 @@ class Config:
         at_least = {"shots": 1, "query": 0, "grid": 0, "inner_steps": 0, "inner_batch_size": 0, "iterations": 0,
                     "meta_batch_size": 1, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
                     "val_tasks": 1, "eval_query": 1, "eval_steps": 0, "eval_tasks": 2,
-                    "eval_inner_batch_size": 0}
+                    "eval_inner_batch_size": 0, "dim": 1}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
@@ -121,6 +124,9 @@ class Config:
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
         if not self.eval_shots or min(self.eval_shots) < 1:
             raise ConfigError(f"eval_shots {list(self.eval_shots)} must hold positive sizes, e.g. 5,10,20")
+        if self.family == "linreg" and (self.grid or self.oracle):
+            raise ConfigError("grid and oracle apply to the sinusoid family only; set grid = 0 and oracle = false "
+                              "for linreg")
         if self.algo == "reptile" and self.learn_inner_lr:
             raise ConfigError("learn_inner_lr works with maml or fomaml, not reptile")
         if self.grid and max(self.shots, *self.eval_shots) > self.grid:
