@@ -58,9 +58,9 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
         return []
     if not isinstance(data, dict):
         data = {}
-    if "curves" in data:
+    if isinstance(data.get("curves"), dict):
         return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"])]
-    if "methods" in data:
+    if isinstance(data.get("methods"), dict):
         methods = data["methods"]
         if method is None and len(methods) > 1:
             raise MetagradError(f"{path} holds several methods ({', '.join(methods)}); choose one with "
@@ -69,6 +69,8 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
         if name not in methods:
             raise MetagradError(f"{path} has no method '{name}'; it holds {', '.join(methods)}")
         r = methods[name]
+        if not isinstance(r, dict) or not isinstance(r.get("curves"), dict):
+            raise MetagradError(f"{path}: method '{name}' has no curves; was its evaluation interrupted?")
         return [Evaluation(str(path), r.get("label", name), r.get("iterations"), r["curves"])]
     if strict:
         raise MetagradError(f"{path} is not an evaluation result (no 'curves' or 'methods'); "
