@@ -34,12 +34,17 @@ def test_the_simulation_is_reproducible_and_saved(tmp_path):
     npz = np.load(tmp_path / "tradeoff.npz")
     assert np.array_equal(npz["pre"], np.array(result.pre)) and npz["rotation"].shape == (2, 2)
     assert figures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # p = 3: M = 2 tasks x N = 1 point cannot determine MAML's estimate (its system has rank <= M min(N, p) = 2):
+    # such cells are left out as NaN, the others are computed
+    r3 = tradeoff.simulate(tasks=(2, 8), points=(1, 4), alphas=(0.5,), datasets=20, dim=3, progress=False)
+    post3 = np.array(r3.post)[0]
+    assert np.isnan(post3[0, 0]) and not np.isnan(post3[[0, 1, 1], [1, 0, 1]]).any()
 
 
 @pytest.mark.parametrize(("argv", "match"), [
     (["tradeoff", "linreg", "--alphas", "0.5,-1"], "alpha -1.0 must be a positive step size"),
     (["tradeoff", "linreg", "--tasks", "0,4"], "tasks (M) 0 must be at least 1"),
-    (["tradeoff", "linreg", "--dim", "3", "--tasks", "1", "--points", "1"], "cannot determine p = 3 coordinates"),
+    (["tradeoff", "linreg", "--dim", "3", "--tasks", "1,2", "--points", "1"], "no (M, N) of the grid can determine"),
     (["tradeoff", "linreg", "--datasets", "0"], "datasets 0 must be at least 1"),
     (["tradeoff", "linreg", "--points", "ten"], "'ten' is not a comma-separated list of integers"),
     (["tradeoff", "quadratic"], "invalid choice: 'quadratic'"),

@@ -67,11 +67,13 @@ def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, colum
 
 
 def _save(fig: plt.Figure, path: str | Path, tight: bool = True) -> Path:
+    """Write ``fig`` as PNG; ``tight=False`` for figures with a shared colour bar (laid out by their caller,
+    cropped to what was drawn)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches=None if tight else "tight")
     plt.close(fig)
     return path
 

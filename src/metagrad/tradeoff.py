@@ -81,11 +81,15 @@ def check_grid(tasks: Sequence[int], points: Sequence[int], alphas: Sequence[flo
     for a in alphas:
         if not (a > 0 and math.isfinite(a)):
             raise ConfigError(f"alpha {a} must be a positive step size (the paper's grid lies in (0, 1])")
-    for m in tasks:
-        for n in points:
-            if m * min(n, dim) < dim:
-                raise ConfigError(f"M = {m} tasks x N = {n} points cannot determine p = {dim} coordinates "
-                                  f"(MAML's system has rank at most M * min(N, p)); use M * min(N, p) >= {dim}")
+    if not any(determined(m, n, dim) for m in tasks for n in points):
+        raise ConfigError(f"no (M, N) of the grid can determine p = {dim} coordinates (MAML's system has rank at "
+                          f"most M * min(N, p)); use M * min(N, p) >= {dim}")
+
+
+def determined(m: int, n: int, dim: int) -> bool:
+    """Whether M tasks x N points can determine both estimates (eq. 12's system has rank <= M * min(N, p));
+    other cells of the grid are left out (NaN)."""
+    return m * min(n, dim) >= dim
 
 
 def sample_statistics(rng: np.random.Generator, rotation: np.ndarray, theta: np.ndarray, sigma2: np.ndarray,
@@ -121,12 +125,16 @@ def simulate(tasks: Sequence[int] = DEFAULT_TASKS, points: Sequence[int] = DEFAU
     (t0, t1), (s0, s1) = family.theta_range, family.noise_range
     pre_loss = lt.expected_loss_exact(V, 0.0, theta_range=family.theta_range, noise_range=family.noise_range)
     nA, nM, nN = len(alphas), len(tasks), len(points)
-    pre, post = np.zeros((nA, nM, nN)), np.zeros((nA, nM, nN))
-    med = {"drs_pre": np.zeros((nM, nN)), **{k: np.zeros((nA, nM, nN)) for k in ("drs_post", "maml_pre", "maml_post")}}
+    pre, post = np.full((nA, nM, nN), np.nan), np.full((nA, nM, nN), np.nan)
+    med = {"drs_pre": np.full((nM, nN), np.nan),
+           **{k: np.full((nA, nM, nN), np.nan) for k in ("drs_post", "maml_pre", "maml_post")}}
     start = time.perf_counter()
     bar = tqdm(total=nM * nN, desc="M x N grid", unit="cell", disable=not progress, file=sys.stderr)
     for i, m in enumerate(tasks):
         for j, n in enumerate(points):
+            if not determined(m, n, dim):
+                bar.update()
+                continue
             rng = np.random.default_rng([seed, m, n])  # each cell reproducible on its own
             post_loss = [lt.expected_loss_exact(V, a, n, family.theta_range, family.noise_range) for a in alphas]
             drs, maml = [], []
@@ -193,8 +201,10 @@ def summary(result: TradeoffResult) -> str:
     """A few lines: the fraction at the grid's corners for every alpha, and the population optima."""
     a = result.arrays()
     ref = result.reference
+    skipped = int(np.isnan(a["pre"][0]).sum())
     lines = [f"p = {result.dim}, {result.datasets} datasets per cell, {len(result.tasks)} x {len(result.points)} "
-             f"(M x N) grid, {result.seconds:.1f} s",
+             f"(M x N) grid, {result.seconds:.1f} s"
+             + (f" ({skipped} cells with M * min(N, p) < p left out: nan)" if skipped else ""),
              f"theta*_drs = {np.round(ref['theta_drs'], 4).tolist()} (expected loss before adaptation "
              f"{ref['pre_drs']:.4f})",
              "fraction of datasets where MAML's estimate has the lower expected loss (pre / post adaptation):"]
