@@ -22,3 +22,11 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     loaded, trained = namespace["same"], namespace["learner"]
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values(),
                                                  strict=True))
+
+
+def test_readme_tradeoff_example_runs(capsys):
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "linreg_theory" in b)
+    exec(compile(block, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[1.33333333] [0.8]"
+    assert lines[1] == "[0.56259259 0.56733333] [1.1]"

@@ -14,20 +14,23 @@ from .config import IMAGE_FAMILIES, Config
 from .functional import params_of
 from .inner import make_inner
 from .models import MLP, MLPBN, Conv4
-from .tasks import Sinusoid
+from .tasks import LinearRegression, Sinusoid
 from .tasks.fewshot import FewShotClassification
 from .tasks.images import ImageDataset, data_root, load_miniimagenet, omniglot_splits
 
 SPLITS = ("train", "val", "test")
+Tasks = Sinusoid | LinearRegression | FewShotClassification
 
 
-def build_tasks(cfg: Config, split: str = "train") -> Sinusoid | FewShotClassification:
-    """The task distribution of ``split`` (train, val or test; sinusoids have one infinite distribution)."""
+def build_tasks(cfg: Config, split: str = "train") -> Tasks:
+    """The task distribution of ``split`` (train, val or test; the synthetic families have one distribution)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
     if cfg.family == "sinusoid":
         return Sinusoid(shots=cfg.shots, query=cfg.query, amplitude=tuple(cfg.amplitude), phase=tuple(cfg.phase),
                         x_range=tuple(cfg.x_range), grid=cfg.grid, oracle=cfg.oracle)
+    if cfg.family == "linreg":
+        return LinearRegression(dim=cfg.dim, shots=cfg.shots, query=cfg.query)
     data = image_splits(cfg.family, cfg.data_root)[split]
     return FewShotClassification(data.images, cfg.ways, cfg.shots, cfg.query,
                                  rotations=cfg.rotations and cfg.family == "omniglot", split=split)
@@ -40,9 +43,13 @@ def image_splits(family: str, root: str) -> dict[str, ImageDataset]:
     return omniglot_splits(folder) if family == "omniglot" else load_miniimagenet(folder)
 
 
-def build_model(cfg: Config, tasks: Sinusoid | FewShotClassification) -> nn.Module:
+def build_model(cfg: Config, tasks: Tasks) -> nn.Module:
+    """The network of the config: an MLP, ``y = theta^T x`` (linear, no bias) for meta-linear regression, or an
+    image classifier."""
     if cfg.model == "mlp":
         return MLP(tasks.input_dim, cfg.hidden, 1, cfg.activation)
+    if cfg.model == "linear":
+        return nn.Linear(tasks.input_dim, 1, bias=False)
     channels, height, _ = tasks.image_shape
     if cfg.model == "conv4":
         return Conv4(channels, cfg.ways, cfg.filters, cfg.pool, height)
@@ -57,7 +64,9 @@ def build_learner(cfg: Config) -> MetaLearner:
         model = build_model(cfg, tasks)
     inner = make_inner(cfg.inner_optimizer, cfg.inner_lr, learn=cfg.learn_inner_lr, params=params_of(model))
     classify = cfg.family in IMAGE_FAMILIES
-    kw = dict(loss_fn=losses.cross_entropy if classify else losses.mse, inner=inner, inner_steps=cfg.inner_steps,
+    # linreg: the paper's risk 1/2 (y - theta^T x)^2 (eq. 9), so that inner_lr is the paper's alpha (eq. 12)
+    loss_fn = losses.cross_entropy if classify else losses.half_mse if cfg.family == "linreg" else losses.mse
+    kw = dict(loss_fn=loss_fn, inner=inner, inner_steps=cfg.inner_steps,
               inner_batch_size=cfg.inner_batch_size, batching=cfg.batching)
     if cfg.algo in ("maml", "fomaml"):
         learner: MetaLearner = MAML(model, first_order=cfg.algo == "fomaml", **kw)

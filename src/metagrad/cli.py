@@ -1,4 +1,4 @@
-"""The ``metagrad`` command: ``train``, ``eval`` and ``reproduce``.
+"""The ``metagrad`` command: ``train``, ``eval``, ``reproduce``, ``tradeoff`` and ``compare``.
 
 User errors (bad values, missing files, diverged runs) print one line and exit with code 2;
 Ctrl-C during training saves a checkpoint and exits with code 130.
@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 from .analysis.stats import format_ci
-from .config import SECTIONS, add_config_arguments, load_config, overrides_from_args, preset_names
+from .config import IMAGE_FAMILIES, SECTIONS, add_config_arguments, load_config, overrides_from_args, preset_names
 from .errors import Interrupted, MetagradError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -46,6 +46,8 @@ def build_parser() -> Parser:
                        "test tasks, mean ± 95%% CI; writes eval.json into the run directory.")
     p.add_argument("run", help="run directory written by `metagrad train`")
     p.add_argument("--checkpoint", default="last", choices=("last", "best"), help="which checkpoint (default: last)")
+    p.add_argument("--output", help="where to write the results (default: RUN/eval.json); e.g. one file per "
+                   "checkpoint in a folder, for `metagrad compare`")
     add_config_arguments(p, ("eval",))
 
     from .reproduce import EXPERIMENTS, FEWSHOT
@@ -67,13 +69,69 @@ def build_parser() -> Parser:
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
                         "(default: 30; 0 or --full: no limit); rerun the same command to continue")
     images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>)")
+    _add_tradeoff_parsers(sub)
     return parser
+
+
+def _add_tradeoff_parsers(sub: Any) -> None:
+    """``tradeoff`` (trade-off paper, Figure 3) and ``compare`` (its Figures 1-2: Welch t-test contours)."""
+    from . import tradeoff
+
+    def csv(kind: type) -> Any:
+        def parse(text: str) -> list:
+            try:
+                return [kind(v) for v in text.replace(" ", "").split(",") if v]
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of "
+                                                 f"{'integers' if kind is int else 'numbers'}") from None
+        return parse
+
+    def join(values: tuple) -> str:
+        return ",".join(map(str, values))
+
+    p = sub.add_parser("tradeoff", help="modeling-vs-optimization trade-off: DRS vs MAML (trade-off paper, Fig. 3)",
+                       description="Meta-linear regression (trade-off paper, section 4): over a grid of M tasks x "
+                       "N points and for each step size alpha, the fraction of sampled datasets on which MAML's "
+                       "estimate (eq. 12) has lower exact expected loss than DRS's (eq. 11), before and after one "
+                       "adaptation step on N points (Theorem 5). Writes tradeoff.json, tradeoff.npz, figure3.png.")
+    p.add_argument("study", choices=("linreg",), help="which study (linreg: meta-linear regression)")
+    p.add_argument("--dim", type=int, default=1, help="input dimension p (default: 1, the paper's Figure 3)")
+    p.add_argument("--alphas", type=csv(float), default=list(tradeoff.DEFAULT_ALPHAS), metavar="A,B,...",
+                   help=f"step sizes alpha (default: {join(tradeoff.DEFAULT_ALPHAS)})")
+    p.add_argument("--tasks", type=csv(int), default=list(tradeoff.DEFAULT_TASKS), metavar="M1,M2,...",
+                   help=f"numbers of tasks M (default: {join(tradeoff.DEFAULT_TASKS)})")
+    p.add_argument("--points", type=csv(int), default=list(tradeoff.DEFAULT_POINTS), metavar="N1,N2,...",
+                   help=f"points per task and per half, N (default: {join(tradeoff.DEFAULT_POINTS)})")
+    p.add_argument("--datasets", type=int, default=tradeoff.DEFAULT_DATASETS,
+                   help=f"datasets drawn per (M, N) cell (default: {tradeoff.DEFAULT_DATASETS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the datasets (default: 0)")
+    p.add_argument("--rotation-seed", type=int, default=0, help="seed of the rotation V for p > 1 (default: 0)")
+    p.add_argument("--out", default="results/tradeoff-linreg", help="results folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("compare", help="P(A better than B) by the one-sided Welch t-test over checkpoints x test "
+                       "updates", description="Compare two methods from saved evaluations (eval.json of `metagrad "
+                       "eval`, results.json of `metagrad reproduce`, or a folder of them, one per checkpoint): the "
+                       "one-sided Welch t-test probability that A beats B after each number of test updates, as the "
+                       "trade-off paper's Figures 1-2. Writes compare.json and compare.png.")
+    p.add_argument("results_a", metavar="RESULTS_A", help="method A: eval.json, results.json or a folder of them")
+    p.add_argument("results_b", metavar="RESULTS_B", help="method B: the same kind, as many checkpoints as A")
+    p.add_argument("--metric", default="loss", help="which curve (default: loss; lower is better for losses)")
+    p.add_argument("--shots", type=csv(int), metavar="K1,K2,...", help="support sizes (default: all shared)")
+    p.add_argument("--higher-is-better", action=argparse.BooleanOptionalAction, default=None,
+                   help="direction of the metric (default: lower for loss, higher otherwise)")
+    p.add_argument("--method-a", help="method of RESULTS_A when it is a results.json with several")
+    p.add_argument("--method-b", help="method of RESULTS_B when it is a results.json with several")
+    p.add_argument("--label-a", help="name of A in the table and figure (default: its folder's name)")
+    p.add_argument("--label-b", help="name of B")
+    p.add_argument("--out", default="compare", help="folder for compare.json and compare.png (default: compare)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "tradeoff": cmd_tradeoff,
+                "compare": cmd_compare}[args.command](args)
     except Interrupted as e:
         print(f"metagrad {args.command}: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -111,13 +169,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     learner, cfg, info = load_run(args.run, args.checkpoint)
     cfg = cfg.replace(**overrides_from_args(args))
     results = evaluate(learner, cfg)
-    print(f"{args.run} ({args.checkpoint} checkpoint, iteration {info['iteration']}): query loss, "
-          f"{cfg.eval_tasks} test tasks, mean ± 95% CI")
+    mode = "" if cfg.family not in IMAGE_FAMILIES else (", transductive" if cfg.transductive else
+                                                         ", non-transductive")
+    print(f"{args.run} ({args.checkpoint} checkpoint, iteration {info['iteration']}): query metrics after k steps, "
+          f"{cfg.eval_tasks} test tasks{mode}, mean ± 95% CI")
     for k, r in results.items():
-        c = r["loss"]
-        row = "  ".join(f"{s}: {format_ci(c['mean'][s], c['ci95'][s], 3)}" for s in range(len(c["mean"])))
-        print(f"  K={k} (step size {r['lr']})  {row}")
-    path = Path(args.run) / "eval.json"
+        for metric in ("loss", "accuracy"):
+            if metric in r:
+                c = r[metric]
+                row = "  ".join(f"{s}: {format_ci(c['mean'][s], c['ci95'][s], 3)}" for s in range(len(c["mean"])))
+                print(f"  K={k} {metric} (step size {r['lr']})  {row}")
+    path = Path(args.output) if args.output else Path(args.run) / "eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"checkpoint": args.checkpoint, "iteration": info["iteration"],
                                "eval": cfg.to_sections()["eval"], "curves": {str(k): v for k, v in results.items()}}
     path.write_text(json.dumps(payload, indent=1))
@@ -141,4 +204,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         overrides["data_root"] = args.data_root
     fewshot.run(args.experiment, args.algo, args.ways, args.shots, out, full=args.full, iterations=args.iterations,
                 time_budget=args.time_budget, overrides=overrides, progress=not args.no_progress)
+    return 0
+
+
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from . import tradeoff
+
+    tradeoff.check_grid(args.tasks, args.points, args.alphas, args.datasets, args.dim)
+    result, figures = tradeoff.run(args.out, progress=not args.no_progress, tasks=args.tasks, points=args.points,
+                                   alphas=args.alphas, datasets=args.datasets, dim=args.dim, seed=args.seed,
+                                   rotation_seed=args.rotation_seed)
+    print(tradeoff.summary(result))
+    print(f"results: {Path(args.out) / 'tradeoff.json'} (and tradeoff.npz)")
+    for f in figures:
+        print(f"figure:  {f}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from . import compare
+
+    grid, paths = compare.run(args.results_a, args.results_b, args.out, metric=args.metric, shots=args.shots,
+                              higher_is_better=args.higher_is_better, method_a=args.method_a,
+                              method_b=args.method_b, label_a=args.label_a, label_b=args.label_b)
+    print(compare.format_grid(grid))
+    for p in paths:
+        print(f"written: {p}")
     return 0

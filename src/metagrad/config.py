@@ -23,7 +23,7 @@ from .errors import ConfigError
 
 SECTIONS = ("task", "model", "algo", "train", "eval")
 ALGOS = ("maml", "fomaml", "reptile", "joint")
-FAMILIES = ("sinusoid", "omniglot", "miniimagenet")
+FAMILIES = ("sinusoid", "linreg", "omniglot", "miniimagenet")
 IMAGE_FAMILIES = ("omniglot", "miniimagenet")
 
 
@@ -39,7 +39,8 @@ class Config:
     """Everything that determines a run; a run is reproducible from its config (and seed)."""
 
     # [task]
-    family: str = opt("sinusoid", "task", "task family (sinusoid, omniglot, miniimagenet)")
+    family: str = opt("sinusoid", "task", "task family: sinusoid, linreg (meta-linear regression, trade-off paper "
+                      "eq. 13), omniglot, miniimagenet")
     shots: int = opt(10, "task", "support examples per task during meta-training (K; per class for images)")
     query: int = opt(10, "task", "query examples per task during meta-training (per class for images)")
     ways: int = opt(5, "task", "classes per task (N) for image classification")
@@ -51,8 +52,10 @@ class Config:
     grid: int = opt(0, "task", "if > 0, inputs lie on this many equally spaced points and the query is the "
                     "whole grid (Reptile's variant: 50)")
     oracle: bool = opt(False, "task", "append the task's amplitude and phase to the input (oracle baseline)")
+    dim: int = opt(1, "task", "input dimension p of linreg tasks (the paper's Figure 3: 1)")
     # [model]
-    model: str = opt("mlp", "model", "network: mlp, conv4 (few-shot images), mlp-bn (images, non-convolutional)")
+    model: str = opt("mlp", "model", "network: mlp, linear (y = theta^T x, no bias; for linreg), conv4 (few-shot "
+                     "images), mlp-bn (images, non-convolutional)")
     hidden: tuple[int, ...] = opt((40, 40), "model", "hidden layer sizes (mlp, mlp-bn)")
     activation: str = opt("relu", "model", "hidden activation of mlp (relu, tanh)")
     filters: int = opt(64, "model", "conv4 filters per layer (64 for Omniglot, 32 for MiniImagenet)")
@@ -94,7 +97,7 @@ class Config:
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Check every value; raise ``ConfigError`` naming the first bad one."""
-        choices = {"family": FAMILIES, "model": ("mlp", "conv4", "mlp-bn"), "activation": ("relu", "tanh"),
+        choices = {"family": FAMILIES, "model": ("mlp", "linear", "conv4", "mlp-bn"), "activation": ("relu", "tanh"),
                    "algo": ALGOS,
                    "inner_optimizer": ("sgd", "adam"), "outer_optimizer": ("adam", "sgd"),
                    "outer_lr_schedule": ("constant", "linear"), "batching": ("auto", "vmap", "loop")}
@@ -107,7 +110,7 @@ class Config:
                     "inner_batch_size": 0, "iterations": 0,
                     "meta_batch_size": 1, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
                     "val_tasks": 1, "eval_query": 1, "eval_steps": 0, "eval_tasks": 2,
-                    "eval_inner_batch_size": 0}
+                    "eval_inner_batch_size": 0, "dim": 1}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
@@ -132,11 +135,14 @@ class Config:
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
         if not self.eval_shots or min(self.eval_shots) < 1:
             raise ConfigError(f"eval_shots {list(self.eval_shots)} must hold positive sizes, e.g. 5,10,20")
+        if self.family == "linreg" and (self.grid or self.oracle):
+            raise ConfigError("grid and oracle apply to the sinusoid family only; set grid = 0 and oracle = false "
+                              "for linreg")
         if self.algo == "reptile" and self.learn_inner_lr:
             raise ConfigError("learn_inner_lr works with maml or fomaml, not reptile")
         if (self.family in IMAGE_FAMILIES) != (self.model in ("conv4", "mlp-bn")):
             raise ConfigError(f"model '{self.model}' does not fit family '{self.family}'; use conv4 or mlp-bn for "
-                              "images and mlp for sinusoids")
+                              "images, mlp or linear otherwise")
         if self.family in IMAGE_FAMILIES and self.query < 1:
             raise ConfigError(f"query {self.query} must be >= 1 for image classification")
         if self.grid and max(self.shots, *self.eval_shots) > self.grid:

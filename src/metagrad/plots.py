@@ -66,10 +66,90 @@ def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, colum
     return _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: plt.Figure, path: str | Path, tight: bool = True) -> Path:
+    """Write ``fig`` as PNG; ``tight=False`` for figures with a shared colour bar (laid out by their caller,
+    cropped to what was drawn)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches=None if tight else "tight")
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------- the trade-off paper's figures
+PROBABILITY_LEVELS = [i / 10 for i in range(11)]
+
+
+def tradeoff_contours(arrays: Mapping[str, Any], path: str | Path, dim: int = 1) -> Path:
+    """Trade-off paper Figure 3: per alpha, filled contours over (M tasks, N points) of the fraction of
+    datasets where MAML's estimate has the lower expected loss, before (top row) and after (bottom row)
+    adaptation. ``arrays`` holds ``tasks``, ``points``, ``alphas``, ``pre`` and ``post`` ([alpha, M, N])."""
+    import numpy as np
+
+    tasks, points, alphas = (np.asarray(arrays[k]) for k in ("tasks", "points", "alphas"))
+    cols = len(alphas)
+    fig, axes = plt.subplots(2, cols, figsize=(3.6 * cols + 0.8, 6.2), squeeze=False)
+    for row, key in enumerate(("pre", "post")):
+        for k, alpha in enumerate(alphas):
+            ax = axes[row][k]
+            frac = np.asarray(arrays[key])[k].T  # [N, M]
+            cs = _probability_map(ax, tasks, points, frac)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log", base=2)
+            ax.set_title(f"{key}, alpha = {alpha:g}", fontsize=10)
+            ax.set_xlabel("M (tasks)")
+            ax.set_ylabel("N (points)")
+    fig.suptitle(f"p = {dim}: probability that the MAML estimate has lower expected loss than DRS", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    cbar = fig.colorbar(cs, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+    cbar.set_label("P(MAML better)")
+    return _save(fig, path, tight=False)
+
+
+def welch_contours(prob: Any, checkpoints: Sequence[Any], updates: Sequence[int], path: str | Path,
+                   label_a: str = "A", label_b: str = "B", titles: Sequence[str] | None = None) -> Path:
+    """Trade-off paper Figures 1-2: filled contours of the one-sided Welch probability that method A is better
+    than method B over (meta-training checkpoint, number of test updates); ``prob`` is ``[panel, checkpoint,
+    update]`` (one panel per support size, say) or ``[checkpoint, update]``."""
+    import numpy as np
+
+    prob = np.asarray(prob, dtype=float)
+    if prob.ndim == 2:
+        prob = prob[None]
+    panels = prob.shape[0]
+    fig, axes = plt.subplots(1, panels, figsize=(4.0 * panels + 0.8, 3.4), squeeze=False)
+    y = np.arange(len(checkpoints))
+    for k in range(panels):
+        ax = axes[0][k]
+        cs = _probability_map(ax, np.asarray(updates), y, prob[k])
+        ax.set_yticks(y, [str(c) for c in checkpoints])
+        ax.set_xlabel("number of test updates")
+        ax.set_ylabel("meta-training checkpoint")
+        if titles:
+            ax.set_title(titles[k], fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    cbar = fig.colorbar(cs, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02)
+    cbar.set_label(f"P({label_a} better than {label_b})")
+    cbar.set_ticks([0, 0.5, 1], labels=[f"0: {label_b}\nbetter", "0.5", f"1: {label_a}\nbetter"])
+    return _save(fig, path, tight=False)
+
+
+def _probability_map(ax: Any, x: Any, y: Any, z: Any) -> Any:
+    """Filled contours of probabilities z[y, x] on [0, 1]; a colour grid where a side has a single value."""
+    cmap = plt.get_cmap("RdBu_r")
+    if len(x) >= 2 and len(y) >= 2:
+        return ax.contourf(x, y, z, levels=PROBABILITY_LEVELS, cmap=cmap, vmin=0, vmax=1)
+    return ax.pcolormesh(_edges(x), _edges(y), z, cmap=cmap, vmin=0, vmax=1)
+
+
+def _edges(centers: Any) -> Any:
+    """Cell edges around the given centers (midpoints; +-0.5 around a single center)."""
+    import numpy as np
+
+    c = np.asarray(centers, dtype=float)
+    if len(c) == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])

@@ -1,6 +1,7 @@
 """Task distributions: each samples ``TaskBatch`` meta-batches with a ``torch.Generator``."""
 
 from .base import Split, TaskBatch, TaskDistribution
+from .linreg import LinearRegression
 from .sinusoid import Sinusoid
 
-__all__ = ["Sinusoid", "Split", "TaskBatch", "TaskDistribution"]
+__all__ = ["LinearRegression", "Sinusoid", "Split", "TaskBatch", "TaskDistribution"]

@@ -1,0 +1,153 @@
+"""Compare two methods from saved evaluations: the one-sided Welch t-test probability that A beats B over
+(meta-training checkpoint x number of test updates), as the trade-off paper's Figures 1 and 2.
+
+An evaluation is an ``eval.json`` (``metagrad eval``) or a ``results.json`` (``metagrad reproduce``, one
+method of it); a folder stands for every evaluation in it, one per checkpoint, ordered by iteration. The test
+needs each method's mean, standard deviation and count per (K, step): the saved curves hold the mean, the 95%
+half-width 1.96 sd / sqrt(n) and n, which give the standard deviation back exactly, so no per-task values are
+stored. n is the number of test tasks (the paper's n is 5 training seeds); both methods are evaluated on the
+same test tasks, and for such paired samples the unpaired Welch test is conservative.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analysis.stats import sd_from_ci95, welch_probability_from_stats
+from .errors import MetagradError
+
+HIGHER_IS_BETTER = {"loss": False, "accuracy": True, "return": True, "reward": True}
+
+
+@dataclass
+class Evaluation:
+    """One method's adaptation curves at one checkpoint: ``curves[K][metric]`` with mean, ci95, tasks."""
+
+    source: str
+    label: str
+    iteration: int | None
+    curves: dict[str, dict[str, Any]]
+
+
+def load_evaluations(path: str | Path, method: str | None = None) -> list[Evaluation]:
+    """The evaluations in a JSON file, or in every evaluation JSON of a folder (ordered by iteration)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        found = [e for f in files for e in _read(f, method, strict=False)]
+        if not found:
+            raise MetagradError(f"no evaluation results (eval.json or results.json) in {path}; "
+                                f"run `metagrad eval {path}` first")
+        return sorted(found, key=lambda e: (e.iteration is None, e.iteration or 0, e.source))
+    if not path.exists():
+        raise MetagradError(f"evaluation results '{path}' not found; give an eval.json, a results.json or a folder")
+    return _read(path, method, strict=True)
+
+
+def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if strict:
+            raise MetagradError(f"{path}: not valid JSON ({e})") from None
+        return []
+    if not isinstance(data, dict):
+        data = {}
+    if isinstance(data.get("curves"), dict):
+        return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"])]
+    if isinstance(data.get("methods"), dict):
+        methods = data["methods"]
+        if method is None and len(methods) > 1:
+            raise MetagradError(f"{path} holds several methods ({', '.join(methods)}); choose one with "
+                                "--method-a / --method-b")
+        name = method or next(iter(methods))
+        if name not in methods:
+            raise MetagradError(f"{path} has no method '{name}'; it holds {', '.join(methods)}")
+        r = methods[name]
+        if not isinstance(r, dict) or not isinstance(r.get("curves"), dict):
+            raise MetagradError(f"{path}: method '{name}' has no curves; was its evaluation interrupted?")
+        return [Evaluation(str(path), r.get("label", name), r.get("iterations"), r["curves"])]
+    if strict:
+        raise MetagradError(f"{path} is not an evaluation result (no 'curves' or 'methods'); "
+                            "give the eval.json of `metagrad eval` or the results.json of `metagrad reproduce`")
+    return []
+
+
+def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str = "loss", shots: list[str] | None = None,
+               higher_is_better: bool | None = None) -> dict[str, Any]:
+    """P(A better than B) by the one-sided Welch t-test, ``prob[K][checkpoint][step]``, for the support sizes
+    both sides evaluated (or ``shots``) and the steps they share."""
+    if len(a) != len(b):
+        raise MetagradError(f"A has {len(a)} evaluation(s) and B has {len(b)}; compare the same number of "
+                            "checkpoints (one evaluation file each)")
+    higher = HIGHER_IS_BETTER.get(metric, True) if higher_is_better is None else higher_is_better
+    common = set.intersection(*(set(e.curves) for e in a + b))
+    ks = sorted(common, key=int) if shots is None else [str(k) for k in shots]
+    for k in ks:
+        if k not in common:
+            raise MetagradError(f"support size K={k} is not in every evaluation (they share: "
+                                f"{', '.join(sorted(common, key=int)) or 'none'})")
+    if not ks:
+        raise MetagradError("the two sides share no support size K; evaluate them with the same --eval-shots")
+    for e in a + b:
+        for k in ks:
+            if metric not in e.curves[k]:
+                raise MetagradError(f"{e.source} has no metric '{metric}' for K={k} (it has "
+                                    f"{', '.join(m for m in e.curves[k] if isinstance(e.curves[k][m], dict))})")
+    steps = min(len(e.curves[k][metric]["mean"]) for e in a + b for k in ks)
+    prob = np.zeros((len(ks), len(a), steps))
+    for i, k in enumerate(ks):
+        for j, (ea, eb) in enumerate(zip(a, b, strict=True)):
+            ca, cb = ea.curves[k][metric], eb.curves[k][metric]
+            prob[i, j] = welch_probability_from_stats(
+                np.array(ca["mean"][:steps]), sd_from_ci95(ca["ci95"][:steps], ca["tasks"]), ca["tasks"],
+                np.array(cb["mean"][:steps]), sd_from_ci95(cb["ci95"][:steps], cb["tasks"]), cb["tasks"],
+                higher_is_better=higher)
+    checkpoints = [_checkpoint_label(ea, eb) for ea, eb in zip(a, b, strict=True)]
+    return {"metric": metric, "higher_is_better": higher, "shots": [int(k) for k in ks], "steps": steps,
+            "checkpoints": checkpoints, "label_a": a[0].label, "label_b": b[0].label,
+            "sources_a": [e.source for e in a], "sources_b": [e.source for e in b], "probability": prob.tolist()}
+
+
+def format_grid(grid: dict[str, Any]) -> str:
+    """The probabilities as one table per K: rows checkpoints, columns test updates."""
+    lines = []
+    for i, k in enumerate(grid["shots"]):
+        lines.append(f"P({grid['label_a']} better than {grid['label_b']}), one-sided Welch t-test on the query "
+                     f"{grid['metric']} ({'higher' if grid['higher_is_better'] else 'lower'} is better), K = {k}")
+        lines.append("| checkpoint | " + " | ".join(f"k = {s}" for s in range(grid["steps"])) + " |")
+        lines.append("|---" * (grid["steps"] + 1) + "|")
+        for label, row in zip(grid["checkpoints"], grid["probability"][i], strict=True):
+            lines.append(f"| {label} | " + " | ".join(f"{p:.3f}" for p in row) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str = "loss",
+        shots: list[str] | None = None, higher_is_better: bool | None = None, method_a: str | None = None,
+        method_b: str | None = None, label_a: str | None = None,
+        label_b: str | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Load both sides, compute the Welch grid, write ``compare.json`` and ``compare.png`` into ``out``."""
+    from . import plots
+
+    grid = welch_grid(load_evaluations(path_a, method_a), load_evaluations(path_b, method_b), metric, shots,
+                      higher_is_better)
+    grid["label_a"], grid["label_b"] = label_a or grid["label_a"], label_b or grid["label_b"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(grid, indent=1))
+    fig = plots.welch_contours(grid["probability"], grid["checkpoints"], list(range(grid["steps"])),
+                               out / "compare.png", grid["label_a"], grid["label_b"],
+                               titles=[f"K = {k}" for k in grid["shots"]])
+    return grid, [out / "compare.json", fig]
+
+
+def _checkpoint_label(a: Evaluation, b: Evaluation) -> str:
+    if a.iteration == b.iteration:
+        return str(a.iteration)
+    return f"{a.iteration}/{b.iteration}"

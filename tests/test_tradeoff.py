@@ -1,0 +1,69 @@
+"""The Figure 3 simulation (trade-off paper, section 4.4) and `metagrad tradeoff`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from metagrad import tradeoff
+from metagrad.cli import main
+
+
+def test_large_and_small_budgets_reproduce_the_papers_finding():
+    """Large M and N: DRS's estimate has the lower loss before adaptation, MAML's after, almost always.
+    Small M and N: DRS's estimate is often better after adaptation too (MAML wins well under half the time)."""
+    r = tradeoff.simulate(tasks=(2, 4096), points=(1, 2048), alphas=(0.25, 0.5), datasets=400, progress=False)
+    pre, post = np.array(r.pre), np.array(r.post)  # [alpha, M, N]
+    assert np.all(pre[:, 1, 1] < 0.05) and np.all(post[:, 1, 1] > 0.95)
+    assert np.all(post[:, 0, 0] < 0.4)
+    ref = r.reference["alphas"]["0.5"]  # the population optima behave as Theorem 5 says
+    assert ref["pre_maml"] > r.reference["pre_drs"] and ref["post_maml"][-1] < ref["post_drs"][-1]
+    med = r.median_loss  # and the large-budget estimates' losses approach the optima's
+    assert med["maml_post"][1][1][1] == pytest.approx(ref["post_maml"][-1], rel=1e-3)
+
+
+def test_the_simulation_is_reproducible_and_saved(tmp_path):
+    kw = dict(tasks=(2, 8), points=(1, 4), alphas=(0.5,), datasets=50, dim=2, seed=3)
+    result, figures = tradeoff.run(tmp_path, progress=False, **kw)
+    again = tradeoff.simulate(progress=False, **kw)
+    assert result.post == again.post and result.pre == again.pre
+    saved = json.loads((tmp_path / "tradeoff.json").read_text())
+    assert saved["dim"] == 2 and np.array(saved["post"]).shape == (1, 2, 2)
+    npz = np.load(tmp_path / "tradeoff.npz")
+    assert np.array_equal(npz["pre"], np.array(result.pre)) and npz["rotation"].shape == (2, 2)
+    assert figures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # p = 3: M = 2 tasks x N = 1 point cannot determine MAML's estimate (its system has rank <= M min(N, p) = 2):
+    # such cells are left out as NaN, the others are computed
+    r3 = tradeoff.simulate(tasks=(2, 8), points=(1, 4), alphas=(0.5,), datasets=20, dim=3, progress=False)
+    post3 = np.array(r3.post)[0]
+    assert np.isnan(post3[0, 0]) and not np.isnan(post3[[0, 1, 1], [1, 0, 1]]).any()
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["tradeoff", "linreg", "--alphas", "0.5,-1"], "alpha -1.0 must be a positive step size"),
+    (["tradeoff", "linreg", "--tasks", "0,4"], "tasks (M) 0 must be at least 1"),
+    (["tradeoff", "linreg", "--dim", "3", "--tasks", "1,2", "--points", "1"], "no (M, N) of the grid can determine"),
+    (["tradeoff", "linreg", "--datasets", "0"], "datasets 0 must be at least 1"),
+    (["tradeoff", "linreg", "--points", "ten"], "'ten' is not a comma-separated list of integers"),
+    (["tradeoff", "quadratic"], "invalid choice: 'quadratic'"),
+])
+def test_bad_tradeoff_input_is_one_line_and_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "results").exists()
+
+
+def test_tradeoff_command_writes_data_and_figure(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["tradeoff", "linreg", "--tasks", "2,16", "--points", "1,8", "--datasets", "40",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "theta*_drs = [1.3333]" in printed and "alpha = 0.5" in printed
+    assert str(out / "figure3.png") in printed and (out / "tradeoff.npz").exists()
+    assert json.loads((out / "tradeoff.json").read_text())["alphas"] == [0.1, 0.25, 0.5]

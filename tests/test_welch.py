@@ -1,0 +1,92 @@
+"""The one-sided Welch t-test (trade-off paper, Figures 1-2) and `metagrad compare`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from metagrad.analysis.stats import mean_ci95, sd_from_ci95, welch_probability, welch_probability_from_stats
+from metagrad.cli import main
+
+
+@pytest.mark.parametrize(("n_a", "n_b", "shift"), [(5, 5, 0.3), (20, 7, -0.5), (600, 600, 0.05)])
+def test_welch_probability_matches_scipy(n_a, n_b, shift):
+    rng = np.random.default_rng(n_a + n_b)
+    a, b = rng.normal(shift, 1.0, n_a), rng.normal(0.0, 2.5, n_b)
+    less = stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue
+    greater = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+    assert welch_probability(a, b) == pytest.approx(1 - greater, abs=1e-12)  # higher is better: A > B
+    assert welch_probability(a, b, higher_is_better=False) == pytest.approx(1 - less, abs=1e-12)
+    mean, half = mean_ci95(torch.from_numpy(a))  # from the saved summary (mean, ci95, n) alike
+    p = welch_probability_from_stats(float(mean), sd_from_ci95(float(half), n_a), n_a, b.mean(), b.std(ddof=1), n_b)
+    assert p == pytest.approx(1 - greater, abs=1e-10)
+
+
+def test_welch_probability_is_vectorised_and_handles_zero_variance():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.2, 1, (3, 4, 30)), rng.normal(0, 1, (3, 4, 25))
+    grid = welch_probability(a, b)
+    assert grid.shape == (3, 4)
+    assert grid[2, 1] == pytest.approx(1 - stats.ttest_ind(a[2, 1], b[2, 1], equal_var=False,
+                                                            alternative="greater").pvalue)
+    assert list(welch_probability_from_stats([2, 1, 1], 0, 5, [1, 1, 2], 0, 5)) == [1.0, 0.5, 0.0]
+
+
+def write_eval(path, samples_by_k, iteration):
+    """An eval.json as `metagrad eval` writes it, from per-task losses [tasks, steps]."""
+    curves = {}
+    for k, values in samples_by_k.items():
+        mean, half = mean_ci95(torch.from_numpy(values), dim=0)
+        curves[str(k)] = {"lr": [0.5], "loss": {"metric": "loss", "shots": k, "tasks": values.shape[0],
+                                                "mean": mean.tolist(), "ci95": half.tolist()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"checkpoint": "last", "iteration": iteration, "curves": curves}))
+
+
+def test_compare_command_over_checkpoints_and_updates(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    samples = {}
+    for method, drift in (("drs", 0.0), ("maml", 0.1)):
+        for it in (100, 200, 400):
+            values = rng.normal(1.0 - drift * np.arange(4) * it / 400, 0.5, (80, 4))  # losses after 0..3 steps
+            samples[method, it] = values
+            write_eval(tmp_path / method / f"eval-{it}.json", {5: values}, it)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "drs"), str(tmp_path / "maml"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    grid = json.loads((out / "compare.json").read_text())
+    assert grid["checkpoints"] == ["100", "200", "400"] and grid["label_a"] == "drs" and grid["steps"] == 4
+    prob = np.array(grid["probability"])[0]
+    for i, it in enumerate((100, 200, 400)):
+        for s in range(4):
+            a, b = samples["drs", it][:, s], samples["maml", it][:, s]
+            expect = 1 - stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue  # lower loss is better
+            assert prob[i, s] == pytest.approx(expect, abs=1e-9)
+    assert prob[2, 3] < 0.05  # MAML's losses fall faster: DRS is clearly worse there
+    assert "P(drs better than maml)" in printed and "| 400 |" in printed
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_compare_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    write_eval(tmp_path / "a" / "eval.json", {5: rng.normal(size=(10, 3))}, 10)
+    write_eval(tmp_path / "b" / "e1.json", {5: rng.normal(size=(10, 3))}, 10)
+    write_eval(tmp_path / "b" / "e2.json", {5: rng.normal(size=(10, 3))}, 20)
+    write_eval(tmp_path / "c" / "eval.json", {10: rng.normal(size=(10, 3))}, 10)
+    (tmp_path / "results.json").write_text(json.dumps({"methods": {"maml": {}, "pretrained": {}}}))
+    cases = [
+        ([str(tmp_path / "nope.json"), str(tmp_path / "a")], "evaluation results '"),
+        ([str(tmp_path / "a"), str(tmp_path / "b")], "A has 1 evaluation(s) and B has 2"),
+        ([str(tmp_path / "a"), str(tmp_path / "c")], "share no support size K"),
+        ([str(tmp_path / "results.json"), str(tmp_path / "a")], "holds several methods (maml, pretrained)"),
+        ([str(tmp_path / "a"), str(tmp_path / "a"), "--metric", "accuracy"], "has no metric 'accuracy'"),
+        ([str(tmp_path), str(tmp_path / "a")], "holds several methods"),
+    ]
+    for argv, match in cases:
+        assert main(["compare", *argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and len(err.splitlines()) == 1, err
