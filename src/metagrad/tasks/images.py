@@ -31,6 +31,7 @@ from ..errors import ConfigError
 
 OMNIGLOT_PARTS = ("images_background", "images_evaluation")
 OMNIGLOT_DRAWINGS = 20
+OMNIGLOT_CHARACTERS = 1623
 OMNIGLOT_TRAIN_CHARACTERS, OMNIGLOT_VAL_CHARACTERS = 1100, 100  # 1200 for training (100 of them to validate)
 SPLIT_SEED = 1  # the MAML code shuffles the 1623 characters with seed 1 before splitting
 DATA_HELP = "set --data-root or the METAGRAD_DATA environment variable"
@@ -67,11 +68,13 @@ def omniglot_splits(root: str | Path, size: int = 28) -> dict[str, ImageDataset]
     """Omniglot as ``{"train", "val", "test"}``: 1100 + 100 training characters and 423 test characters,
     chosen irrespective of alphabet by a fixed shuffle (the MAML paper's split)."""
     data = load_omniglot(root, size)
-    order = list(range(data.num_classes))
+    n = data.num_classes
+    order = list(range(n))
     random.Random(SPLIT_SEED).shuffle(order)
-    cuts = {"train": order[:OMNIGLOT_TRAIN_CHARACTERS],
-            "val": order[OMNIGLOT_TRAIN_CHARACTERS:OMNIGLOT_TRAIN_CHARACTERS + OMNIGLOT_VAL_CHARACTERS],
-            "test": order[OMNIGLOT_TRAIN_CHARACTERS + OMNIGLOT_VAL_CHARACTERS:]}
+    # the paper's counts for the real 1623 characters; the same proportions for a smaller (test) copy
+    train = round(n * OMNIGLOT_TRAIN_CHARACTERS / OMNIGLOT_CHARACTERS)
+    val = max(1, round(n * OMNIGLOT_VAL_CHARACTERS / OMNIGLOT_CHARACTERS))
+    cuts = {"train": order[:train], "val": order[train:train + val], "test": order[train + val:]}
     return {k: ImageDataset(data.images[idx], [data.names[i] for i in idx]) for k, idx in cuts.items()}
 
 

@@ -1,0 +1,83 @@
+"""Few-shot classification end to end: a short run on the real Omniglot, and clear errors for bad data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from images_fixtures import fake_miniimagenet, fake_omniglot
+from metagrad.cli import main
+from metagrad.config import load_config
+from metagrad.experiment import evaluate, make_trainer
+
+CHANCE = 0.2
+
+
+def test_short_maml_run_on_real_omniglot_is_well_above_chance(real_omniglot, monkeypatch):
+    """Seeded MAML, 5-way 1-shot, 100 meta-iterations of 8 tasks: measured 75.6% ± 3.0% after 3 steps on 200
+    test tasks (chance 20%); the threshold leaves room for platform round-off."""
+    from images_fixtures import SHARED_OMNIGLOT
+
+    cfg = load_config("omniglot-maml").replace(iterations=100, meta_batch_size=8, val_every=0, eval_tasks=200,
+                                               eval_steps=3, data_root=str(SHARED_OMNIGLOT))
+    trainer = make_trainer(cfg, None, progress=False)
+    trainer.fit()
+    acc = evaluate(trainer.learner, cfg)[1]["accuracy"]["mean"]
+    assert acc[0] < CHANCE + 0.1  # before adaptation the labels are a coin toss
+    assert acc[3] > 0.6, acc
+
+
+def _train(tmp_path, *extra: str) -> int:
+    return main(["train", "--config", "omniglot-maml", "--out", str(tmp_path / "run"), "--iterations", "1",
+                 "--no-progress", *extra])
+
+
+@pytest.mark.parametrize(("setup", "args", "match"), [
+    (lambda p: None, ["--data-root", "{p}/missing"], "does not exist"),
+    (lambda p: (p / "empty").mkdir(), ["--data-root", "{p}/empty"], "has no images_background"),
+    (lambda p: fake_miniimagenet(p / "mini"), ["--data-root", "{p}/mini"], "has no images_background"),
+    (lambda p: fake_omniglot(p / "om"), ["--data-root", "{p}/om", "--ways", "50"],
+     "ways 50 exceeds the 32 classes of the train split"),
+    (lambda p: fake_omniglot(p / "om"), ["--data-root", "{p}/om", "--shots", "15", "--query", "6"],
+     "shots 15 + query 6 exceed the 20 examples per class"),
+])
+def test_bad_data_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch, setup, args, match):
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    setup(tmp_path)
+    assert _train(tmp_path, *[a.format(p=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err, err
+
+
+def test_no_data_folder_at_all_says_how_to_give_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("METAGRAD_DATA", raising=False)
+    assert _train(tmp_path) == 2
+    assert "METAGRAD_DATA" in capsys.readouterr().err
+
+
+def test_reproduce_on_a_small_omniglot_writes_both_modes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    root = fake_omniglot(tmp_path / "om", alphabets=5, characters=5)  # 50 characters: 34 / 3 / 13
+    out = tmp_path / "results"
+    assert main(["reproduce", "omniglot", "--algo", "fomaml", "--iterations", "3", "--eval-tasks", "10",
+                 "--data-root", str(root), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "omniglot-fomaml-5w1s.json").read_text())
+    assert set(result["modes"]) == {"transductive", "non-transductive"}
+    assert result["modes"]["transductive"]["paper"] == [98.3, 0.5]
+    assert len(result["modes"]["transductive"]["curves"]["accuracy"]["mean"]) == 11
+    printed = capsys.readouterr().out
+    assert "| transductive |" in printed and "98.30 ± 0.50" in printed
+    assert (out / "omniglot-fomaml-5w1s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_miniimagenet_runs_on_a_generated_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    root = fake_miniimagenet(tmp_path / "mini", classes={"train": 6, "val": 5, "test": 5}, per_class=16)
+    out = tmp_path / "results"
+    assert main(["reproduce", "miniimagenet", "--algo", "fomaml", "--iterations", "1", "--eval-tasks", "2",
+                 "--data-root", str(root), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "miniimagenet-fomaml-5w1s.json").read_text())
+    assert result["config"]["model"]["filters"] == 32 and result["config"]["model"]["pool"] is True
+    assert result["config"]["task"]["query"] == 15 and result["paper_steps"] == 10
+    assert result["modes"]["transductive"]["paper"] == [48.07, 1.75]
