@@ -144,12 +144,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import Distributed
     from .experiment import train
 
     cfg = load_config(args.config)
     cfg = cfg.replace(**overrides_from_args(args))
     out = Path(args.out or Path("runs") / Path(args.config).stem)
-    _, result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    group = Distributed.from_env()  # under torchrun: this process's share of every meta-batch
+    try:
+        _, result = train(cfg, out, resume=args.resume, progress=not args.no_progress, distributed=group)
+    finally:
+        if group is not None:
+            group.close()
+    if group is not None and not group.is_main:
+        return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
     rate = f"{result.iterations_per_second:.1f} it/s"
     if result.stopped == "interrupted":
         print(f"interrupted at iteration {result.iteration}; checkpoint saved in {out}; continue with: "
@@ -158,8 +166,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.stopped == "time_budget":
         print(f"time budget reached at iteration {result.iteration} ({rate}); continue with --resume", file=sys.stderr)
         return 0
-    best = f", best validation loss {result.best_val:.4f}" if result.best_val is not None else ""
-    print(f"trained {result.iteration} iterations in {result.seconds:.1f} s ({rate}){best}; run: {out}")
+    best = f", best validation {result.best_val:.4f}" if result.best_val is not None else ""
+    procs = f" on {group.world} processes" if group is not None else ""
+    print(f"trained {result.iteration} iterations in {result.seconds:.1f} s ({rate}){procs}{best}; run: {out}")
     return 0
 
 

@@ -56,7 +56,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             raise CheckpointError(f"{run_dir} was trained with another config (differs in: {', '.join(changed)});"
                                   " resume with the same options or choose another --out")
     result = trainer.fit(resume=resume)
-    (run_dir / "config.toml").write_text(dump_toml(cfg))  # the config of the latest session, for reading
+    if trainer.writes:
+        (run_dir / "config.toml").write_text(dump_toml(cfg))  # the config of the latest session, for reading
     return trainer, result
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .algorithms import MetaLearner
+from .distributed import Distributed
 from .errors import CheckpointError, TrainingDiverged
 from .tasks.base import TaskBatch, TaskDistribution
 
@@ -53,6 +54,7 @@ class Trainer:
         val_every / val_tasks: validate on fixed held-out tasks; the best is kept (highest query accuracy
             for classifiers, else lowest query loss).
         time_budget: minutes after which the run stops with a checkpoint (0: none).
+        distributed: shard each meta-batch over the processes of a ``torch.distributed`` group.
         on_iteration: called as ``on_iteration(trainer, iteration, metrics)`` after each iteration.
     """
 
@@ -62,7 +64,7 @@ class Trainer:
                  validation: TaskDistribution | None = None,
                  run_dir: str | Path | None = None, config: dict[str, Any] | None = None,
                  log_every: int = 100, checkpoint_every: int = 1000, val_every: int = 0, val_tasks: int = 100,
-                 time_budget: float = 0.0, progress: bool = True,
+                 time_budget: float = 0.0, progress: bool = True, distributed: Distributed | None = None,
                  on_iteration: Callable[[Trainer, int, dict[str, float]], None] | None = None):
         self.learner, self.tasks, self.optimizer, self.scheduler = learner, tasks, optimizer, scheduler
         self.iterations, self.meta_batch_size = iterations, meta_batch_size
@@ -72,7 +74,10 @@ class Trainer:
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.validation = validation if validation is not None else tasks
         self.val_every, self.val_tasks = val_every, val_tasks
-        self.time_budget, self.progress, self.on_iteration = time_budget, progress, on_iteration
+        self.time_budget, self.on_iteration = time_budget, on_iteration
+        self.dist = distributed
+        self.writes = distributed is None or distributed.is_main  # one process writes checkpoints and logs
+        self.progress = progress and self.writes
         self.generator = torch.Generator().manual_seed(seed)
         self.iteration = 0
         self.elapsed = 0.0
@@ -90,6 +95,8 @@ class Trainer:
     def save(self, name: str) -> Path:
         assert self.run_dir is not None
         stem = self.run_dir / name
+        if not self.writes:
+            return stem
         checkpoint.save(stem, self.state(), {"iteration": self.iteration, "elapsed": self.elapsed,
                                              "sampling": self.sampling, "best_val": self.best_val,
                                              "config": self.config})
@@ -123,7 +130,8 @@ class Trainer:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
                 raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume to "
                                       "continue it or choose another --out")
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.writes:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
         start_iteration, session_start = self.iteration, time.perf_counter()
         stopped = "done"
         window: list[float] = []
@@ -144,7 +152,7 @@ class Trainer:
                     postfix["meta_loss"] = f"{sum(window) / len(window):.4f}"
                     bar.set_postfix(postfix, refresh=False)
                     window.clear()
-                if self.val_every and self.iteration % self.val_every == 0:
+                if self.val_every and self.iteration % self.val_every == 0 and self.writes:
                     postfix["val"] = f"{self._validate():.4f}"
                     bar.set_postfix(postfix, refresh=False)
                 if self.run_dir is not None and (self.iteration % self.checkpoint_every == 0
@@ -152,10 +160,14 @@ class Trainer:
                     self.save("last")
                 if self.on_iteration is not None:
                     self.on_iteration(self, self.iteration, metrics)
+                over_time = bool(self.time_budget) and time.perf_counter() - session_start > 60 * self.time_budget
+                if self.dist is not None:  # every process stops at the same iteration
+                    self._stop_requested = self.dist.any(self._stop_requested)
+                    over_time = self.dist.any(over_time)
                 if self._stop_requested:
                     stopped = "interrupted"
                     break
-                if self.time_budget and time.perf_counter() - session_start > 60 * self.time_budget:
+                if over_time:
                     stopped = "time_budget"
                     break
         bar.close()
@@ -172,7 +184,14 @@ class Trainer:
         batch = self.tasks.sample(self.meta_batch_size, self.generator)
         self.sampling += time.perf_counter() - t0
         self.optimizer.zero_grad()
-        metrics = self.learner.meta_gradient(batch, self.generator)
+        if self.dist is None:
+            metrics = self.learner.meta_gradient(batch, self.generator)
+        else:
+            shard = self.dist.shard(batch.num_tasks)
+            metrics = self.learner.meta_gradient(batch, self.generator, shard=shard)
+            weight = (shard.stop - shard.start) / batch.num_tasks
+            self.dist.reduce_gradients(self.learner, weight)
+            metrics = self.dist.reduce_metrics(metrics, weight)
         if not math.isfinite(metrics["meta_loss"]):
             last = f"; the last checkpoint is {self.run_dir / 'last'}" if self.run_dir else ""
             raise TrainingDiverged(
@@ -206,14 +225,14 @@ class Trainer:
         return val
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.writes:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
-        path = self.run_dir / "metrics.jsonl" if self.run_dir else None
+        path = self.run_dir / "metrics.jsonl" if self.run_dir and self.writes else None
         if path is None or not path.exists():
             return
         keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iteration"] <= self.iteration]

@@ -150,11 +150,22 @@ class MetaLearner(nn.Module):
         """The outer loss of one task, differentiated with respect to ``meta`` by ``meta_gradient``."""
         raise NotImplementedError
 
-    def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None) -> dict[str, float]:
-        """Compute the meta-gradient of ``batch`` into ``.grad`` of the meta-parameters; return metrics."""
-        meta, buffers = self.meta_params(), self.buffers()
+    def sharded(self, batch: TaskBatch, generator: torch.Generator | None,
+                shard: slice | None) -> tuple[TaskBatch, Tensor | None]:
+        """The inner-loop minibatch indices of the whole meta-batch (so every process draws the same random
+        numbers), then this process's ``shard`` of tasks and indices (all of them when None)."""
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], self.inner_steps,
                                     self.inner_batch_size, generator)
+        if shard is None:
+            return batch, mb
+        return batch.slice(shard.start, shard.stop), None if mb is None else mb[shard]
+
+    def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
+                      shard: slice | None = None) -> dict[str, float]:
+        """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
+        meta-parameters, averaged over those tasks; return metrics."""
+        meta, buffers = self.meta_params(), self.buffers()
+        batch, mb = self.sharded(batch, generator, shard)
 
         def objective(meta: Meta) -> tuple[Tensor, Tensor]:
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()

@@ -30,10 +30,10 @@ class Reptile(MetaLearner):
             raise ConfigError(f"inner_steps {self.inner_steps} must be >= 1 for Reptile")
 
     @torch.no_grad()
-    def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None) -> dict[str, float]:
+    def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
+                      shard: slice | None = None) -> dict[str, float]:
         meta, buffers = self.meta_params(), self.buffers()
-        mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], self.inner_steps,
-                                    self.inner_batch_size, generator)
+        batch, mb = self.sharded(batch, generator, shard)
 
         def one_task(task: TaskBatch, m: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
             adapted = self.adapt(meta, buffers, task.support, minibatches=m)

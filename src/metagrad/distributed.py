@@ -1,0 +1,93 @@
+"""Task-sharded meta-gradients over ``torch.distributed``.
+
+Every process samples the same global meta-batch (same seed, same generator state), takes its slice of
+the tasks, forms the meta-gradient of that slice, and the slices' gradients are all-reduced with weights
+(slice size / meta-batch size), so every process takes the same outer step as one process on the whole
+meta-batch. Started by ``torchrun`` (which sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); gloo on the
+CPU, NCCL on GPUs. If a process dies, the others stop with a message instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .errors import MetagradError
+
+TIMEOUT = timedelta(seconds=float(os.environ.get("METAGRAD_DIST_TIMEOUT", "300")))
+
+
+class PeerFailure(MetagradError):
+    """Another process of a distributed run stopped; this one stops too."""
+
+
+@dataclass
+class Distributed:
+    """This process's place in a group of ``world`` processes."""
+
+    rank: int
+    world: int
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes checkpoints, logs and progress."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed | None:
+        """Join the process group that ``torchrun`` describes in the environment (None when run alone)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend, timeout=TIMEOUT)
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def shard(self, num_tasks: int) -> slice:
+        """This process's contiguous slice of a meta-batch of ``num_tasks`` tasks (sizes differ by at most 1)."""
+        if num_tasks < self.world:
+            raise MetagradError(f"meta_batch_size {num_tasks} is smaller than the {self.world} processes; use at "
+                                f"least {self.world} tasks per meta-batch")
+        base, extra = divmod(num_tasks, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def reduce_gradients(self, module: nn.Module, weight: float) -> None:
+        """Replace every ``.grad`` by the weighted sum over processes (one flat all-reduce)."""
+        params = [p for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params]) * weight
+        self._all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+    def reduce_metrics(self, metrics: dict[str, float], weight: float) -> dict[str, float]:
+        """Weighted sums of scalar metrics over processes."""
+        values = torch.tensor([metrics[k] * weight for k in metrics], dtype=torch.float64)
+        self._all_reduce(values)
+        return dict(zip(metrics, values.tolist(), strict=True))
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if it is true on one (to stop together)."""
+        value = torch.tensor([float(flag)])
+        self._all_reduce(value)
+        return bool(value.item() > 0)
+
+    def _all_reduce(self, tensor: torch.Tensor) -> None:
+        try:
+            dist.all_reduce(tensor)
+        except (RuntimeError, dist.DistError) as e:
+            raise PeerFailure(f"process {self.rank}: another process of this run stopped or is unreachable "
+                              f"({str(e).splitlines()[0]}); stopping too") from None
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,79 @@
+"""Training over 2 processes (torchrun, gloo on the loopback address) equals one process; a dead peer stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ARGS = ["--iterations", "6", "--meta-batch-size", "7", "--checkpoint-every", "3", "--val-every", "0",
+        "--log-every", "1", "--no-progress"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "METAGRAD_DIST_TIMEOUT": "60"}
+
+
+def learner_tensors(run: Path) -> dict:
+    return {k: v for k, v in load_file(str(run / "last.safetensors")).items() if k.startswith("/learner/")}
+
+
+@pytest.mark.parametrize("config", ["sinusoid-maml", "sinusoid-reptile"])
+def test_two_processes_equal_one(tmp_path, config):
+    """7 tasks split 4 + 3 over two processes, gradients all-reduced: the same parameters as one process."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run([sys.executable, "-m", "metagrad", "train", "--config", config, "--out", str(single), *ARGS],
+                   check=True, env=env(), capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "metagrad", "train",
+                           "--config", config, "--out", str(double), *ARGS],
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "on 2 processes" in proc.stdout
+    a, b = learner_tensors(single), learner_tensors(double)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert (a[k] - b[k]).abs().max() <= 1e-6, k
+    assert (double / "metrics.jsonl").read_text().count("\n") == 6  # one process writes the logs
+
+
+def test_a_dead_process_stops_the_other_with_a_message(tmp_path):
+    port = free_port()
+    run = tmp_path / "run"
+    procs = []
+    for rank in (0, 1):
+        e = {**env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "metagrad", "train", "--out", str(run), "--iterations",
+                                       "1000000", "--meta-batch-size", "4", "--log-every", "1", "--no-progress"],
+                                      env=e, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            log = run / "metrics.jsonl"
+            if log.exists() and log.read_text().count("\n") >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not start")
+        procs[1].send_signal(signal.SIGKILL)
+        code = procs[0].wait(timeout=90)  # stops instead of hanging
+        err = procs[0].stderr.read()
+        assert code == 2, err
+        assert "another process of this run stopped" in err and "Traceback" not in err
+    finally:
+        for p in procs:
+            p.kill()
