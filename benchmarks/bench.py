@@ -1,0 +1,307 @@
+"""Side-by-side speed and memory of meta-learning libraries on the same workloads, data and seed.
+
+    benchmarks/setup.sh                      # once: benchmarks/.venv with metagrad, learn2learn, higher, TorchOpt
+    benchmarks/.venv/bin/python benchmarks/bench.py [--passes 3] [--iterations 20] [--only W1,W2]
+
+Every (library, workload) runs in its own process (so that peak memory is its own), ``--passes`` times in
+turn; each pass times ``--iterations`` meta-iterations after ``--warmup`` and keeps their median. The
+table reports the median of the pass medians with its range, and ratios to the fastest peer. Results go
+to ``benchmarks/results/bench.json`` and ``bench.md``. One meta-iteration = meta-gradient over the
+meta-batch + one Adam step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PEERS = ("learn2learn", "higher", "torchopt")
+OURS = ("metagrad", "metagrad-loop")
+
+# name: (description, settings)
+WORKLOADS: dict[str, dict] = {
+    "W1": dict(desc="sinusoid MLP 1-40-40-1, 10+10 points, 25 tasks, 1 step", model="mlp", tasks=25, shots=10,
+               query=10, steps=1, lr=0.01),
+    "W2": dict(desc="Omniglot conv4 5-way 1-shot, 15 queries/class, 32 tasks, 1 step", model="conv4", ways=5,
+               shots=1, query=15, tasks=32, steps=1, lr=0.4),
+    "W3": dict(desc="Omniglot conv4 20-way 1-shot, 5 queries/class, 16 tasks, 5 steps", model="conv4", ways=20,
+               shots=1, query=5, tasks=16, steps=5, lr=0.1),
+}
+
+
+# ------------------------------------------------------------------------------------------------ data and models
+def make_data(w: dict) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    t = w["tasks"]
+    if w["model"] == "mlp":
+        xs = torch.rand(t, w["shots"], 1, generator=g) * 10 - 5
+        xq = torch.rand(t, w["query"], 1, generator=g) * 10 - 5
+        return xs, torch.sin(xs), xq, torch.sin(xq)
+    n = w["ways"]
+    xs = torch.rand(t, n * w["shots"], 1, 28, 28, generator=g)
+    xq = torch.rand(t, n * w["query"], 1, 28, 28, generator=g)
+    ys = torch.arange(n).repeat_interleave(w["shots"]).expand(t, -1).contiguous()
+    yq = torch.arange(n).repeat_interleave(w["query"]).expand(t, -1).contiguous()
+    return xs, ys, xq, yq
+
+
+def peer_model(w: dict) -> nn.Module:
+    """The same networks as metagrad's, with torch's BatchNorm (what users of the peers write)."""
+    torch.manual_seed(0)
+    if w["model"] == "mlp":
+        return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+    layers: list[nn.Module] = []
+    c = 1
+    for _ in range(4):
+        layers += [nn.Conv2d(c, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU()]
+        c = 64
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, w["ways"]))
+
+
+def loss_of(w: dict) -> Callable:
+    return F.mse_loss if w["model"] == "mlp" else F.cross_entropy
+
+
+# ------------------------------------------------------------------------------------------------ one step per lib
+def step_metagrad(w: dict, first_order: bool, batching: str) -> Callable[[], None]:
+    import metagrad as mg
+    from metagrad.tasks import Split, TaskBatch
+
+    torch.manual_seed(0)
+    model = mg.models.MLP(1, [40, 40], 1) if w["model"] == "mlp" else mg.models.Conv4(1, w["ways"])
+    learner = mg.MAML(model, loss_fn=loss_of(w), inner=mg.SGD(w["lr"]), inner_steps=w["steps"],
+                      first_order=first_order, batching=batching)
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    xs, ys, xq, yq = make_data(w)
+    batch = TaskBatch(Split(xs, ys), Split(xq, yq))
+
+    def step() -> None:
+        opt.zero_grad()
+        learner.meta_gradient(batch)
+        opt.step()
+
+    return step
+
+
+def step_learn2learn(w: dict, first_order: bool) -> Callable[[], None]:
+    import learn2learn as l2l
+
+    maml = l2l.algorithms.MAML(peer_model(w), lr=w["lr"], first_order=first_order)
+    opt = torch.optim.Adam(maml.parameters(), lr=1e-3)
+    xs, ys, xq, yq = make_data(w)
+    loss = loss_of(w)
+
+    def step() -> None:
+        opt.zero_grad()
+        for i in range(w["tasks"]):
+            learner = maml.clone()
+            for _ in range(w["steps"]):
+                learner.adapt(loss(learner(xs[i]), ys[i]))
+            (loss(learner(xq[i]), yq[i]) / w["tasks"]).backward()
+        opt.step()
+
+    return step
+
+
+def step_higher(w: dict, first_order: bool) -> Callable[[], None]:
+    import higher
+
+    if first_order:
+        raise NotImplementedError("higher has no first-order MAML mode")
+    model = peer_model(w)
+    inner = torch.optim.SGD(model.parameters(), lr=w["lr"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    xs, ys, xq, yq = make_data(w)
+    loss = loss_of(w)
+
+    def step() -> None:
+        opt.zero_grad()
+        for i in range(w["tasks"]):
+            with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
+                for _ in range(w["steps"]):
+                    diffopt.step(loss(fmodel(xs[i]), ys[i]))
+                (loss(fmodel(xq[i]), yq[i]) / w["tasks"]).backward()
+        opt.step()
+
+    return step
+
+
+def step_torchopt(w: dict, first_order: bool) -> Callable[[], None]:
+    import torchopt
+
+    if first_order:
+        raise NotImplementedError("not written for TorchOpt")
+    model = peer_model(w)
+    inner = torchopt.MetaSGD(model, lr=w["lr"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    xs, ys, xq, yq = make_data(w)
+    loss = loss_of(w)
+
+    def step() -> None:
+        opt.zero_grad()
+        state = torchopt.extract_state_dict(model)
+        for i in range(w["tasks"]):
+            for _ in range(w["steps"]):
+                inner.step(loss(model(xs[i]), ys[i]))
+            (loss(model(xq[i]), yq[i]) / w["tasks"]).backward()
+            torchopt.recover_state_dict(model, state)
+        opt.step()
+
+    return step
+
+
+def make_step(lib: str, w: dict, first_order: bool) -> Callable[[], None]:
+    if lib == "metagrad":
+        return step_metagrad(w, first_order, "vmap")
+    if lib == "metagrad-loop":
+        return step_metagrad(w, first_order, "loop")
+    return {"learn2learn": step_learn2learn, "higher": step_higher, "torchopt": step_torchopt}[lib](w, first_order)
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, iterations: int,
+                warmup: int) -> dict:
+    """Time one (library, workload) in this process: median, min, max ms per meta-iteration, peak RSS."""
+    w = dict(WORKLOADS[workload])
+    if steps is not None:
+        w["steps"] = steps
+    step = make_step(lib, w, first_order)
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        step()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_child(args: list[str], timeout: float = 1800) -> dict | str:
+    proc = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or ["failed"])[-1]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """The machine's float32 matrix-multiply rate, measured here (the ceiling for dense work)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def metagrad_gflop(workload: str) -> float:
+    """Floating-point work of one metagrad meta-gradient (per-task loop, counted by torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = step_metagrad(WORKLOADS[workload], first_order=False, batching="loop")
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--only", default="", help="comma-separated workloads (default: all)")
+    p.add_argument("--libs", default=",".join(OURS + PEERS))
+    p.add_argument("--memory-steps", default="1,2,5,10", help="inner steps for the W2 memory curve ('' to skip)")
+    p.add_argument("--one", nargs=4, metavar=("LIB", "WORKLOAD", "ORDER", "STEPS"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        lib, workload, order, steps = a.one
+        print(json.dumps(measure_one(lib, workload, order == "fo", int(steps) if steps != "-" else None,
+                                     a.iterations, a.warmup)))
+        return
+    libs = a.libs.split(",")
+    workloads = [w for w in WORKLOADS if not a.only or w in a.only.split(",")]
+    timing: dict = {}
+    for order in ("so", "fo"):
+        for w in workloads:
+            for _ in range(a.passes):
+                for lib in libs:
+                    r = run_child([lib, w, order, "-", "--iterations", str(a.iterations), "--warmup", str(a.warmup)])
+                    timing.setdefault(f"{w}-{order}", {}).setdefault(lib, []).append(r)
+                    print(f"{w} {order} {lib}: {r if isinstance(r, str) else round(r['median_ms'], 1)}",
+                          file=sys.stderr, flush=True)
+    memory: dict = {}
+    for steps in [s for s in a.memory_steps.split(",") if s]:
+        for lib in libs:
+            memory.setdefault(steps, {})[lib] = run_child([lib, "W2", "so", steps, "--iterations", "2",
+                                                           "--warmup", "1"])
+            print(f"memory W2 steps={steps} {lib}: {memory[steps][lib]}", file=sys.stderr, flush=True)
+    peak = machine_peak_gflops()
+    work = {w: metagrad_gflop(w) for w in workloads if WORKLOADS[w]["model"] == "conv4"}
+    result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "peak_gflops": peak},
+              "workloads": {w: WORKLOADS[w]["desc"] for w in workloads}, "timing": timing, "memory": memory,
+              "gflop_per_iteration": work, "settings": vars(a)}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / "bench.md").write_text(format_markdown(result))
+    print(format_markdown(result))
+
+
+def summarise(runs: list) -> tuple[float, float, float] | None:
+    meds = [r["median_ms"] for r in runs if isinstance(r, dict)]
+    return (statistics.median(meds), min(meds), max(meds)) if meds else None
+
+
+def format_markdown(result: dict) -> str:
+    lines = ["| workload | " + " | ".join(next(iter(result["timing"].values()))) + " | fastest peer / metagrad |",
+             "|---|" + "---|" * (len(next(iter(result["timing"].values()))) + 1)]
+    for key, libs in result["timing"].items():
+        cells, peers, ours = [], [], None
+        for lib, runs in libs.items():
+            s = summarise(runs)
+            cells.append("-" if s is None else f"{s[0]:.1f} ({s[1]:.1f}-{s[2]:.1f})")
+            if s and lib in PEERS:
+                peers.append(s[0])
+            if s and lib == "metagrad":
+                ours = s[0]
+        ratio = f"{min(peers) / ours:.2f}x" if peers and ours else "-"
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += ["", "ms per meta-iteration: median of the pass medians (range over passes). so = second-order, "
+              "fo = first-order.", ""]
+    if result["memory"]:
+        libs = list(next(iter(result["memory"].values())))
+        lines += ["| W2 inner steps | " + " | ".join(libs) + " |", "|---|" + "---|" * len(libs)]
+        for steps, per in result["memory"].items():
+            lines.append(f"| {steps} | " + " | ".join(
+                f"{r['peak_rss_mb']:.0f} MB" if isinstance(r, dict) else "-" for r in per.values()) + " |")
+        lines.append("")
+    peak = result["machine"]["peak_gflops"]
+    for w, gflop in result["gflop_per_iteration"].items():
+        s = summarise(result["timing"].get(f"{w}-so", {}).get("metagrad", []))
+        if s:
+            rate = gflop / (s[0] / 1e3)
+            lines.append(f"{w}: {gflop:.1f} GFLOP per iteration, {rate:.1f} GFLOP/s achieved by metagrad = "
+                         f"{100 * rate / peak:.0f}% of the measured matmul peak ({peak:.0f} GFLOP/s)")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
