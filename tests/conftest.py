@@ -25,11 +25,23 @@ def sinusoid_batch(tasks: int = 6, shots: int = 5, query: int = 7, seed: int = 0
     return mg.tasks.Sinusoid(shots=shots, query=query).sample(tasks, torch.Generator().manual_seed(seed)).to(dtype)
 
 
+def cli_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run ``metagrad argv``, which must stop with exit code 2 and a one-line message; return the message."""
+    from metagrad.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 def grads_of(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in module.named_parameters()}
 
 
-__all__ = ["Split", "TaskBatch", "grads_of", "sinusoid_batch", "small_mlp"]
+__all__ = ["Split", "TaskBatch", "cli_error", "grads_of", "sinusoid_batch", "small_mlp"]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import cli_error
 from metagrad.cli import main
 
 TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--checkpoint-every", "10",
@@ -26,11 +27,7 @@ TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--
 ])
 def test_bad_input_is_one_line_and_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        raise SystemExit(main(argv))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert match in err and len(err.splitlines()) == 1, err
+    assert match in cli_error(argv, capsys)
 
 
 def test_a_config_key_with_a_typo(capsys, tmp_path):

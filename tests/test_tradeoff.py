@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import cli_error
 from metagrad import tradeoff
 from metagrad.cli import main
 
@@ -51,11 +52,7 @@ def test_the_simulation_is_reproducible_and_saved(tmp_path):
 ])
 def test_bad_tradeoff_input_is_one_line_and_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        raise SystemExit(main(argv))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert match in err and len(err.splitlines()) == 1, err
+    assert match in cli_error(argv, capsys)
     assert not (tmp_path / "results").exists()
 
 
