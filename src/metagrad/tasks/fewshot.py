@@ -65,8 +65,9 @@ class FewShotClassification:
         k = self.shots if shots is None else shots
         self.check(k)
         n, per = self.ways, k + self.query
-        classes = torch.rand(num_tasks, self.num_classes, generator=generator).argsort(dim=1)[:, :n]
-        examples = torch.rand(num_tasks, n, self.examples_per_class, generator=generator).argsort(dim=2)[..., :per]
+        # the k largest of iid uniforms: a uniformly random k-subset in random order (topk, not a full sort)
+        classes = torch.rand(num_tasks, self.num_classes, generator=generator).topk(n, dim=1).indices
+        examples = torch.rand(num_tasks, n, self.examples_per_class, generator=generator).topk(per, dim=2).indices
         labels = torch.rand(num_tasks, n, generator=generator).argsort(dim=1)  # label of each drawn class
         base, turns = (classes // 4, classes % 4) if self.rotations else (classes, torch.zeros_like(classes))
         x = self.images[base[..., None], examples]  # [T, N, K+Q, (C,) H, W]
