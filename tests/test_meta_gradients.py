@@ -199,3 +199,24 @@ def test_joint_training_gradient_is_pooled_loss_gradient():
     learner.meta_gradient(batch)
     for n, g in grads_of(model).items():
         torch.testing.assert_close(g, expected[n], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize(("first_order", "learn", "batch_size"), [(False, False, 0), (False, True, 0),
+                                                                   (True, True, 0), (False, False, 4)])
+def test_recomputing_the_inner_steps_gives_the_same_meta_gradient(batching, first_order, learn, batch_size):
+    """The memory-saving backward (walk back through the steps with Hessian-vector products) equals autograd
+    through the whole inner loop."""
+    grads = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = small_mlp().double()
+        inner = mg.SGD([0.05, 0.03, 0.02], learn=learn, params=params_of(model))
+        learner = mg.MAML(model, inner=inner, inner_steps=3, inner_batch_size=batch_size, first_order=first_order,
+                          batching=batching, recompute=recompute).double()
+        metrics = learner.meta_gradient(sinusoid_batch(shots=10), torch.Generator().manual_seed(2))
+        grads[recompute] = (metrics["meta_loss"], grads_of(learner))
+    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-12)
+    assert grads[True][1].keys() == grads[False][1].keys()
+    for n, g in grads[False][1].items():
+        torch.testing.assert_close(grads[True][1][n], g, rtol=1e-10, atol=1e-12)

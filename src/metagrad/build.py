@@ -69,7 +69,7 @@ def build_learner(cfg: Config) -> MetaLearner:
     kw = dict(loss_fn=loss_fn, inner=inner, inner_steps=cfg.inner_steps,
               inner_batch_size=cfg.inner_batch_size, batching=cfg.batching)
     if cfg.algo in ("maml", "fomaml"):
-        learner: MetaLearner = MAML(model, first_order=cfg.algo == "fomaml", **kw)
+        learner: MetaLearner = MAML(model, first_order=cfg.algo == "fomaml", recompute=cfg.recompute, **kw)
     elif cfg.algo == "reptile":
         learner = Reptile(model, **kw)
     else:

@@ -67,6 +67,8 @@ class Config:
     inner_optimizer: str = opt("sgd", "algo", "inner-loop rule: sgd, or adam (beta1 = 0, as Reptile)")
     inner_batch_size: int = opt(0, "algo", "examples per inner step (0: the whole support set)")
     learn_inner_lr: bool = opt(False, "algo", "meta-learn a step size per parameter (Meta-SGD); maml/fomaml")
+    recompute: bool = opt(False, "algo", "maml/fomaml with sgd: keep one inner step's graph at a time and recompute "
+                          "the rest in the backward pass (less memory over many steps, about 2x the compute)")
     # [train]
     iterations: int = opt(70000, "train", "meta-iterations (outer steps)")
     meta_batch_size: int = opt(25, "train", "tasks per meta-iteration")
@@ -138,6 +140,8 @@ class Config:
         if self.family == "linreg" and (self.grid or self.oracle):
             raise ConfigError("grid and oracle apply to the sinusoid family only; set grid = 0 and oracle = false "
                               "for linreg")
+        if self.recompute and (self.algo not in ("maml", "fomaml") or self.inner_optimizer != "sgd"):
+            raise ConfigError("recompute works with algo maml or fomaml and inner_optimizer sgd")
         if self.algo == "reptile" and self.learn_inner_lr:
             raise ConfigError("learn_inner_lr works with maml or fomaml, not reptile")
         if (self.family in IMAGE_FAMILIES) != (self.model in ("conv4", "mlp-bn")):

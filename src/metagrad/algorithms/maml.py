@@ -3,15 +3,24 @@
 Second-order through any number of inner steps; ``first_order=True`` treats the inner gradients as
 constants (FOMAML), so the meta-gradient is the query-loss gradient at the adapted parameters. With
 ``SGD(lr, learn=True)`` the per-parameter step sizes are meta-learned too (Meta-SGD).
+
+``recompute=True`` trades compute for memory over many inner steps: instead of keeping the graph of every
+inner step for the backward pass, it keeps only the parameters after each step and walks back through the
+steps, recomputing each one's Hessian-vector product: g <- g - H_k (lr * g) (and d/d lr = -grad_k * g), so
+memory holds one step's graph at a time while the result is the same meta-gradient.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
+from torch.func import grad, grad_and_value, vjp
 
+from ..errors import ConfigError
 from ..functional import Params
+from ..inner import SGD, _key
 from ..tasks.base import TaskBatch
 from .base import Meta, MetaLearner
 
@@ -19,16 +28,55 @@ from .base import Meta, MetaLearner
 class MAML(MetaLearner):
     """Model-agnostic meta-learning; see ``MetaLearner`` for the shared arguments."""
 
-    def __init__(self, *args: Any, first_order: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, first_order: bool = False, recompute: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.first_order = first_order
+        self.recompute = recompute
+        if recompute and not isinstance(self.inner, SGD):
+            raise ConfigError("recompute works with the SGD inner rule (fixed, scheduled or learned step sizes)")
 
     def task_objective(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None) -> Tensor:
         adapted = self.adapt(meta, buffers, task.support, first_order=self.first_order, minibatches=minibatches)
         return self.loss_at(adapted, buffers, *task.query)
 
+    def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
+                      shard: slice | None = None) -> dict[str, float]:
+        if not self.recompute:
+            return super().meta_gradient(batch, generator, shard)
+        meta, buffers = self.meta_params(), self.buffers()
+        batch, mb = self.sharded(batch, generator, shard)
+        grads, loss = self.map_tasks(lambda t, m: self._recomputed_task_gradient(meta, buffers, t, m), batch, mb)
+        self.write_meta_gradient({part: {n: g.mean(0) for n, g in tree.items()} for part, tree in grads.items()})
+        return {"meta_loss": float(loss.mean())}
+
+    def _recomputed_task_gradient(self, meta: Meta, buffers: Params, task: TaskBatch,
+                                  minibatches: Tensor | None) -> tuple[Meta, Tensor]:
+        """One task's meta-gradient by walking back through the inner steps (see the module docstring)."""
+        rule: SGD = self.inner  # type: ignore[assignment]
+        with torch.no_grad():
+            trajectory = list(self.inner_loop(meta, buffers, task.support, self.inner_steps, minibatches=minibatches))
+        g, loss = grad_and_value(self.loss_at)(trajectory[-1], buffers, *task.query)
+        lr_grad = {k: torch.zeros_like(v) for k, v in meta["inner"].items()}
+        for k in reversed(range(self.inner_steps)):
+            x, y = task.support
+            if minibatches is not None:
+                x, y = x[minibatches[k]], y[minibatches[k]]
+            if self.first_order:  # the steps' Jacobians are taken as the identity: g stays the query gradient
+                support_grad = grad(self.loss_at)(trajectory[k], buffers, x, y) if rule.learn else None
+            else:
+                support_grad, hvp = vjp(lambda p, x=x, y=y: grad(self.loss_at)(p, buffers, x, y), trajectory[k])
+            if rule.learn:
+                for n in g:
+                    lr_grad["lr." + _key(n)] = lr_grad["lr." + _key(n)] - support_grad[n] * g[n]
+            if not self.first_order:
+                lr = {n: meta["inner"]["lr." + _key(n)] if rule.learn else rule.lr_at(k) for n in g}
+                (h,) = hvp({n: lr[n] * g[n] for n in g})
+                g = {n: g[n] - h[n] for n in g}
+        return {"model": g, "inner": lr_grad}, loss
+
     def extra_repr(self) -> str:
-        return f"inner_steps={self.inner_steps}, first_order={self.first_order}, batching={self.batching}"
+        return (f"inner_steps={self.inner_steps}, first_order={self.first_order}, recompute={self.recompute}, "
+                f"batching={self.batching}")
 
 
 def FOMAML(*args: Any, **kwargs: Any) -> MAML:
