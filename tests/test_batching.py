@@ -58,3 +58,21 @@ def test_torch_batchnorm_is_refused_under_vmap_and_auto_uses_the_loop():
     with pytest.raises(ConfigError, match="BatchNorm"):
         mg.MAML(copy.deepcopy(model), batching="vmap")
     assert not mg.MAML(model, batching="auto").vmapped
+
+
+def test_compiled_meta_gradient_equals_eager():
+    """compile=True (torch.compile of the whole meta-gradient) gives the eager numbers, step after step."""
+    states = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        learner = mg.MAML(small_mlp(hidden=(40, 40), activation="relu"), inner=mg.SGD(0.01), inner_steps=2,
+                          compile=compile)
+        opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            opt.zero_grad()
+            learner.meta_gradient(mg.tasks.Sinusoid().sample(25, gen))
+            opt.step()
+        states[compile] = learner.state_dict()
+    for k, v in states[False].items():
+        torch.testing.assert_close(states[True][k], v, rtol=1e-5, atol=1e-6)

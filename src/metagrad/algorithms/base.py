@@ -44,11 +44,13 @@ class MetaLearner(nn.Module):
         inner_batch_size: examples per inner step, drawn without replacement from the support set
             (0: the whole support set at every step, as MAML; Reptile uses minibatches).
         batching: ``vmap`` (tasks batched), ``loop`` (per-task reference path) or ``auto``.
+        compile: run the meta-gradient through ``torch.compile`` (a one-off compilation of tens of seconds;
+            several times faster for small models, e.g. the sinusoid MLP).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] = losses.mse,
                  inner: InnerRule | None = None, inner_steps: int = 1, inner_batch_size: int = 0,
-                 batching: str = "auto"):
+                 batching: str = "auto", compile: bool = False):
         super().__init__()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
@@ -65,6 +67,7 @@ class MetaLearner(nn.Module):
         self.inner_steps = inner_steps
         self.inner_batch_size = inner_batch_size
         self.batching = batching
+        self.use_compile = compile
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
 
     # ----------------------------------------------------------------- functional views
@@ -164,16 +167,30 @@ class MetaLearner(nn.Module):
                       shard: slice | None = None) -> dict[str, float]:
         """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
         meta-parameters, averaged over those tasks; return metrics."""
-        meta, buffers = self.meta_params(), self.buffers()
         batch, mb = self.sharded(batch, generator, shard)
+        grads, loss = self.compiled(self._meta_gradient)(self.meta_params(), self.buffers(), batch, mb)
+        self.write_meta_gradient(grads)
+        return {"meta_loss": float(loss)}
+
+    def _meta_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
+                       mb: Tensor | None) -> tuple[Meta, Tensor]:
+        """The meta-gradient as a pure function of its inputs (what ``compile=True`` compiles)."""
 
         def objective(meta: Meta) -> tuple[Tensor, Tensor]:
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()
             return loss, loss
 
-        grads, loss = torch.func.grad(objective, has_aux=True)(meta)
-        self.write_meta_gradient(grads)
-        return {"meta_loss": float(loss)}
+        return torch.func.grad(objective, has_aux=True)(meta)
+
+    def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` through ``torch.compile`` when the learner was built with ``compile=True`` (compiled once per
+        function and input shapes), else ``fn`` itself."""
+        if not self.use_compile:
+            return fn
+        cache = self.__dict__.setdefault("_compiled", {})
+        if fn.__name__ not in cache:
+            cache[fn.__name__] = torch.compile(fn)
+        return cache[fn.__name__]
 
     def write_meta_gradient(self, grads: Meta) -> None:
         write_grads(dict(self.model.named_parameters()), grads["model"])

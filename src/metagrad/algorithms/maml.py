@@ -43,11 +43,15 @@ class MAML(MetaLearner):
                       shard: slice | None = None) -> dict[str, float]:
         if not self.recompute:
             return super().meta_gradient(batch, generator, shard)
-        meta, buffers = self.meta_params(), self.buffers()
         batch, mb = self.sharded(batch, generator, shard)
+        grads, loss = self.compiled(self._recomputed_gradient)(self.meta_params(), self.buffers(), batch, mb)
+        self.write_meta_gradient(grads)
+        return {"meta_loss": float(loss)}
+
+    def _recomputed_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
+                             mb: Tensor | None) -> tuple[Meta, Tensor]:
         grads, loss = self.map_tasks(lambda t, m: self._recomputed_task_gradient(meta, buffers, t, m), batch, mb)
-        self.write_meta_gradient({part: {n: g.mean(0) for n, g in tree.items()} for part, tree in grads.items()})
-        return {"meta_loss": float(loss.mean())}
+        return {part: {n: g.mean(0) for n, g in tree.items()} for part, tree in grads.items()}, loss.mean()
 
     def _recomputed_task_gradient(self, meta: Meta, buffers: Params, task: TaskBatch,
                                   minibatches: Tensor | None) -> tuple[Meta, Tensor]:

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..functional import Params
 from ..tasks.base import TaskBatch
-from .base import MetaLearner
+from .base import Meta, MetaLearner
 
 
 class Reptile(MetaLearner):
@@ -29,17 +30,21 @@ class Reptile(MetaLearner):
         if self.inner_steps < 1:
             raise ConfigError(f"inner_steps {self.inner_steps} must be >= 1 for Reptile")
 
-    @torch.no_grad()
     def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
                       shard: slice | None = None) -> dict[str, float]:
-        meta, buffers = self.meta_params(), self.buffers()
         batch, mb = self.sharded(batch, generator, shard)
+        grads, query_loss = self.compiled(self._reptile_gradient)(self.meta_params(), self.buffers(), batch, mb)
+        self.write_meta_gradient({"model": grads, "inner": {}})
+        return {"meta_loss": float(query_loss)}
+
+    @torch.no_grad()
+    def _reptile_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
+                          mb: Tensor | None) -> tuple[Params, Tensor]:
+        """``initial - mean(adapted)`` over the tasks, and the mean query loss after adaptation (for logs)."""
 
         def one_task(task: TaskBatch, m: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
             adapted = self.adapt(meta, buffers, task.support, minibatches=m)
             return adapted, self.loss_at(adapted, buffers, *task.query)
 
         adapted, query_loss = self.map_tasks(one_task, batch, mb)
-        grads = {n: p - adapted[n].mean(0) for n, p in meta["model"].items()}
-        self.write_meta_gradient({"model": grads, "inner": {}})
-        return {"meta_loss": float(query_loss.mean())}
+        return {n: p - adapted[n].mean(0) for n, p in meta["model"].items()}, query_loss.mean()
