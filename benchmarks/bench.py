@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("learn2learn", "higher", "torchopt")
-OURS = ("metagrad", "metagrad-loop", "metagrad-recompute")
+OURS = ("metagrad", "metagrad-compile", "metagrad-loop", "metagrad-recompute")
 
 # name: (description, settings)
 WORKLOADS: dict[str, dict] = {
@@ -76,14 +76,15 @@ def loss_of(w: dict) -> Callable:
 
 
 # ------------------------------------------------------------------------------------------------ one step per lib
-def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = False) -> Callable[[], None]:
+def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = False,
+                  compile: bool = False) -> Callable[[], None]:
     import metagrad as mg
     from metagrad.tasks import Split, TaskBatch
 
     torch.manual_seed(0)
     model = mg.models.MLP(1, [40, 40], 1) if w["model"] == "mlp" else mg.models.Conv4(1, w["ways"])
     learner = mg.MAML(model, loss_fn=loss_of(w), inner=mg.SGD(w["lr"]), inner_steps=w["steps"],
-                      first_order=first_order, batching=batching, recompute=recompute)
+                      first_order=first_order, batching=batching, recompute=recompute, compile=compile)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     xs, ys, xq, yq = make_data(w)
     batch = TaskBatch(Split(xs, ys), Split(xq, yq))
@@ -168,6 +169,8 @@ def make_step(lib: str, w: dict, first_order: bool) -> Callable[[], None]:
         return step_metagrad(w, first_order, "vmap")
     if lib == "metagrad-loop":
         return step_metagrad(w, first_order, "loop")
+    if lib == "metagrad-compile":
+        return step_metagrad(w, first_order, "vmap", compile=True)
     if lib == "metagrad-recompute":
         return step_metagrad(w, first_order, "vmap", recompute=True)
     return {"learn2learn": step_learn2learn, "higher": step_higher, "torchopt": step_torchopt}[lib](w, first_order)
@@ -181,6 +184,9 @@ def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, i
     if steps is not None:
         w["steps"] = steps
     step = make_step(lib, w, first_order)
+    t0 = time.perf_counter()
+    step()  # the first call (compilation, for metagrad-compile)
+    first = time.perf_counter() - t0
     for _ in range(warmup):
         step()
     times = []
@@ -188,7 +194,7 @@ def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, i
         t0 = time.perf_counter()
         step()
         times.append(1e3 * (time.perf_counter() - t0))
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "first_s": first,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
