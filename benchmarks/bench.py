@@ -279,19 +279,21 @@ def summarise(runs: list) -> tuple[float, float, float] | None:
 
 
 def format_markdown(result: dict) -> str:
-    lines = ["| workload | " + " | ".join(next(iter(result["timing"].values()))) + " | fastest peer / metagrad |",
-             "|---|" + "---|" * (len(next(iter(result["timing"].values()))) + 1)]
-    for key, libs in result["timing"].items():
-        cells, peers, ours = [], [], None
-        for lib, runs in libs.items():
+    libs = list(next(iter(result["timing"].values())))
+    lines = ["| workload | " + " | ".join(libs) + " | fastest peer / metagrad | fastest peer / metagrad-compile |",
+             "|---|" + "---|" * (len(libs) + 2)]
+    for key, per_lib in result["timing"].items():
+        cells, peers, ours = [], [], {}
+        for lib, runs in per_lib.items():
             s = summarise(runs)
             cells.append("-" if s is None else f"{s[0]:.1f} ({s[1]:.1f}-{s[2]:.1f})")
             if s and lib in PEERS:
                 peers.append(s[0])
-            if s and lib == "metagrad":
-                ours = s[0]
-        ratio = f"{min(peers) / ours:.2f}x" if peers and ours else "-"
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {ratio} |")
+            if s:
+                ours[lib] = s[0]
+        ratios = [f"{min(peers) / ours[lib]:.2f}x" if peers and lib in ours else "-"
+                  for lib in ("metagrad", "metagrad-compile")]
+        lines.append(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     lines += ["", "ms per meta-iteration: median of the pass medians (range over passes). so = second-order, "
               "fo = first-order.", ""]
     if result["memory"]:
