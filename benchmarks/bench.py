@@ -296,6 +296,11 @@ def format_markdown(result: dict) -> str:
         lines.append(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     lines += ["", "ms per meta-iteration: median of the pass medians (range over passes). so = second-order, "
               "fo = first-order.", ""]
+    compile_s = {key: [r["first_s"] for r in per_lib.get("metagrad-compile", []) if isinstance(r, dict)]
+                 for key, per_lib in result["timing"].items()}
+    if any(compile_s.values()):
+        lines += ["metagrad-compile's one-off compilation (first call): " + ", ".join(
+            f"{key} {statistics.median(v):.0f} s" for key, v in compile_s.items() if v), ""]
     if result["memory"]:
         libs = list(next(iter(result["memory"].values())))
         lines += ["| W2 inner steps | " + " | ".join(libs) + " |", "|---|" + "---|" * len(libs)]
