@@ -134,8 +134,8 @@ class Trainer:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
         start_iteration, session_start = self.iteration, time.perf_counter()
         stopped = "done"
-        window: list[float] = []
-        postfix: dict[str, str] = {}
+        self._window: list[float] = []
+        self._postfix: dict[str, str] = {}
         bar = tqdm(total=self.iterations, initial=self.iteration, disable=not self.progress, unit="it",
                    dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
         with self._sigint_saves():
@@ -144,31 +144,13 @@ class Trainer:
                 metrics = self.step()
                 self.iteration += 1
                 self.elapsed += time.perf_counter() - t0
-                window.append(metrics["meta_loss"])
                 bar.update(1)
-                if self.iteration % self.log_every == 0 or self.iteration == self.iterations:
-                    self._log({"iteration": self.iteration, "meta_loss": sum(window) / len(window),
-                               "outer_lr": self.optimizer.param_groups[0]["lr"], "elapsed": round(self.elapsed, 3)})
-                    postfix["meta_loss"] = f"{sum(window) / len(window):.4f}"
-                    bar.set_postfix(postfix, refresh=False)
-                    window.clear()
-                if self.val_every and self.iteration % self.val_every == 0 and self.writes:
-                    postfix["val"] = f"{self._validate():.4f}"
-                    bar.set_postfix(postfix, refresh=False)
-                if self.run_dir is not None and (self.iteration % self.checkpoint_every == 0
-                                                 or self.iteration == self.iterations):
-                    self.save("last")
+                self._bookkeeping(metrics, bar)
                 if self.on_iteration is not None:
                     self.on_iteration(self, self.iteration, metrics)
-                over_time = bool(self.time_budget) and time.perf_counter() - session_start > 60 * self.time_budget
-                if self.dist is not None:  # every process stops at the same iteration
-                    self._stop_requested = self.dist.any(self._stop_requested)
-                    over_time = self.dist.any(over_time)
-                if self._stop_requested:
-                    stopped = "interrupted"
-                    break
-                if over_time:
-                    stopped = "time_budget"
+                reason = self._stop_reason(session_start)
+                if reason:
+                    stopped = reason
                     break
         bar.close()
         if self.run_dir is not None and stopped != "done":
@@ -177,6 +159,32 @@ class Trainer:
         session = time.perf_counter() - session_start
         return FitResult(self.iteration, self.elapsed, done / session if session > 0 else 0.0, stopped,
                          self.best_val, self.sampling)
+
+    def _bookkeeping(self, metrics: dict[str, float], bar: tqdm) -> None:
+        """Logs, progress, validation and checkpoints due after this iteration."""
+        self._window.append(metrics["meta_loss"])
+        if self.iteration % self.log_every == 0 or self.iteration == self.iterations:
+            mean = sum(self._window) / len(self._window)
+            self._log({"iteration": self.iteration, "meta_loss": mean,
+                       "outer_lr": self.optimizer.param_groups[0]["lr"], "elapsed": round(self.elapsed, 3)})
+            self._postfix["meta_loss"] = f"{mean:.4f}"
+            bar.set_postfix(self._postfix, refresh=False)
+            self._window.clear()
+        if self.val_every and self.iteration % self.val_every == 0 and self.writes:
+            self._postfix["val"] = f"{self._validate():.4f}"
+            bar.set_postfix(self._postfix, refresh=False)
+        if self.run_dir is not None and (self.iteration % self.checkpoint_every == 0
+                                         or self.iteration == self.iterations):
+            self.save("last")
+
+    def _stop_reason(self, session_start: float) -> str | None:
+        """"interrupted" (Ctrl-C), "time_budget", or None; every process of a group agrees."""
+        over_time = bool(self.time_budget) and time.perf_counter() - session_start > 60 * self.time_budget
+        if self.dist is not None:
+            self._stop_requested, over_time = (self.dist.any(self._stop_requested), self.dist.any(over_time))
+        if self._stop_requested:
+            return "interrupted"
+        return "time_budget" if over_time else None
 
     def step(self) -> dict[str, float]:
         """One meta-iteration: sample a meta-batch, form the meta-gradient, take the outer step."""
