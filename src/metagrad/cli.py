@@ -151,11 +151,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = cfg.replace(**overrides_from_args(args))
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     group = Distributed.from_env()  # under torchrun: this process's share of every meta-batch
+    finished = False
     try:
         _, result = train(cfg, out, resume=args.resume, progress=not args.no_progress, distributed=group)
+        finished = True
     finally:
         if group is not None:
-            group.close()
+            group.close(finished)
     if group is not None and not group.is_main:
         return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
     rate = f"{result.iterations_per_second:.1f} it/s"

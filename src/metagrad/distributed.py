@@ -9,6 +9,7 @@ CPU, NCCL on GPUs. If a process dies, the others stop with a message instead of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -88,6 +89,12 @@ class Distributed:
             raise PeerFailure(f"process {self.rank}: another process of this run stopped or is unreachable "
                               f"({str(e).splitlines()[0]}); stopping too") from None
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, finished: bool = True) -> None:
+        """Leave the group; after a normal finish, wait for every process first (gloo aborts a process whose
+        peer tears down its connections while it is still shutting down)."""
+        if not dist.is_initialized():
+            return
+        if finished:
+            with contextlib.suppress(RuntimeError, dist.DistError):  # a peer already left: nothing to wait for
+                dist.barrier()
+        dist.destroy_process_group()
