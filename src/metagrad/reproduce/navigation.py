@@ -70,6 +70,8 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
     results.update(experiment="navigation", machine=_machine(),
                    paper={"maml_table4": MAML_TABLE4, "sgmrl_table1": SGMRL_TABLE1})
     configs = [method_config(m, full, iterations, time_budget, overrides or {}) for m in methods]
+    for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
+        build(cfg)
     for i, (m, cfg) in enumerate(zip(methods, configs, strict=True), 1):
         print(f"[{i}/{len(methods)}] {LABELS[m]}: " + (f"meta-training {cfg.iterations} iterations x "
               f"{cfg.meta_batch_size} tasks -> {out / m}" if cfg.iterations else "no training"),

@@ -1,0 +1,86 @@
+"""TRPO: conjugate gradient, and a trust-region step that never breaks the KL bound nor lowers the surrogate."""
+
+from __future__ import annotations
+
+import torch
+
+from metagrad.rl import MetaRL, Navigation2D, make_policy
+from metagrad.rl.trpo import conjugate_gradient, flatten, trust_region_step, unflatten
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system():
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: a @ v, b, iters=6)
+    assert torch.allclose(a @ x, b, atol=1e-8)
+
+
+def _problem(seed: int):
+    """A surrogate whose quadratic model is poor (cubic and sine terms) and a non-quadratic KL-like distance."""
+    gen = torch.Generator().manual_seed(seed)
+    d = 5
+    m = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    a = m @ m.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    c = torch.randn(d, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(d, generator=gen, dtype=torch.float64)
+
+    def surrogate(x):
+        y = x - x0
+        return float(c @ y - 3.0 * (y**3).sum() + torch.sin(5 * y).sum())
+
+    def kl(x):
+        y = x - x0
+        return float(0.5 * y @ a @ y + (y**4).sum())
+
+    g = c + 5.0  # the gradient at x0: c + 5 cos(0)
+    return x0, surrogate, kl, g, (lambda v: a @ v)
+
+
+def test_trust_region_step_respects_the_bound_and_never_lowers_the_surrogate():
+    accepted = 0
+    for seed in range(40):
+        x0, surrogate, kl, g, hvp = _problem(seed)
+        for max_kl in (1e-3, 0.05, 1.0):
+            x, info = trust_region_step(x0, surrogate, kl, g, hvp, max_kl=max_kl, max_backtracks=10)
+            if info.accepted:
+                accepted += 1
+                assert kl(x) <= max_kl
+                assert surrogate(x) > surrogate(x0)
+                assert info.kl == kl(x)
+            else:
+                assert torch.equal(x, x0)
+    assert accepted > 40  # the line search finds steps on most problems
+
+
+def test_trust_region_step_keeps_the_parameters_when_no_step_improves():
+    x0 = torch.zeros(3, dtype=torch.float64)
+    g = torch.ones(3, dtype=torch.float64)  # claims that increasing x helps, but the surrogate only falls
+
+    def surrogate(x):
+        return float(-((x - x0) ** 2).sum())
+
+    x, info = trust_region_step(x0, surrogate, lambda x: float(((x - x0) ** 2).sum()), g, lambda v: 2 * v,
+                                max_kl=0.1)
+    assert not info.accepted and torch.equal(x, x0)
+
+
+def test_maml_trpo_update_stays_in_the_trust_region_and_improves_its_surrogate():
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=20)
+    policy = make_policy(env.action_space, 2, hidden=(16, 16))
+    learner = MetaRL(policy, env, algo="maml", episodes=5, max_kl=0.01)
+    tasks = env.sample_tasks(4, torch.Generator().manual_seed(0))
+    trajs, out = learner.sample(tasks, torch.Generator().manual_seed(1))
+    theta = {k: v.clone() for k, v in learner.meta_params().items()}  # (meta_params share the storage)
+    before = float(learner.objective(theta, trajs, out))
+    metrics = learner.update(trajs, out)
+    new = learner.meta_params()
+    assert metrics["accepted"] == 1.0
+    assert float(flatten(new).sub(flatten(theta)).norm()) > 0
+    with torch.no_grad():
+        assert float(learner.kl(new, trajs, out)) <= 0.01
+        # the new parameters, adapted on the same inner episodes, score higher on the same D_o
+        assert float(learner.objective(new, trajs, out)) > before
+    assert float(learner.kl(unflatten(flatten(theta), theta), trajs, out)) < 1e-7
