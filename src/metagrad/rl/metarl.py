@@ -148,9 +148,16 @@ class MetaRL(nn.Module):
 
     def objective(self, theta: Params, trajs: Sequence[Trajectories], out: Trajectories) -> Tensor:
         """The surrogate to maximize: its gradient at the sampling parameters is the algorithm's meta-gradient."""
+        return self.objective_and_kl(theta, trajs, out)[0]
+
+    def objective_and_kl(self, theta: Params, trajs: Sequence[Trajectories],
+                         out: Trajectories) -> tuple[Tensor, Tensor]:
+        """The surrogate and the mean KL(pi_old || pi_theta') over D_o, from one pass through the inner steps."""
         path = self.adapted_path(theta, trajs)
         horizon = out.mask.shape[-1]
-        ratio = self._ratio(path[-1], out, bool(trajs))
+        dist = policy_dist(self.policy, path[-1], out.obs, bool(trajs))
+        logp = self.policy.log_prob(dist, out.actions)
+        ratio = torch.exp((logp - out.old_log_prob) * out.mask) * out.mask
         total = (ratio * out.advantages).sum((1, 2)).mean() / (out.mask.shape[1] * horizon)
         if self.algo in ("sgmrl", "sgmrl-fo") and trajs:
             coef = self.score_coefficients(out)
@@ -162,7 +169,8 @@ class MetaRL(nn.Module):
             for s, tr in enumerate(trajs):
                 lik = self._ratio(path[s], tr, s > 0).sum((1, 2)) / tr.mask.sum((1, 2)).clamp(min=1)
                 total = total + self.emaml_weight * (coef * lik).mean()
-        return total
+        kl = (self.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
+        return total, kl
 
     def score_coefficients(self, out: Trajectories) -> Tensor:
         """SG-MRL's ``J_i(theta'; D_o)``: each task's mean discounted return on ``D_o`` (minus the other tasks'
@@ -181,9 +189,7 @@ class MetaRL(nn.Module):
 
     def kl(self, theta: Params, trajs: Sequence[Trajectories], out: Trajectories) -> Tensor:
         """Mean KL(pi_old || pi_theta') over the valid steps of ``D_o``, theta' adapted from ``theta``."""
-        path = self.adapted_path(theta, trajs)
-        dist = policy_dist(self.policy, path[-1], out.obs, bool(trajs))
-        return (self.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
+        return self.objective_and_kl(theta, trajs, out)[1]
 
     def meta_gradient(self, trajs: Sequence[Trajectories], out: Trajectories) -> Params:
         """The gradient of ``objective`` at the meta-parameters (an ascent direction)."""
@@ -213,44 +219,46 @@ class MetaRL(nn.Module):
                 return (kl_grad(x0 + eps * v) - kl_grad(x0 - eps * v)) / (2 * eps) + self.cg_damping * v
 
             return fd
-        jacobians = [] if self.first_order else self._inner_jacobians(theta, trajs)
-        adapted = self.adapted_path(theta, trajs)[-1]
+        path, jacobians = self._inner_jacobians(theta, trajs)
+        if self.first_order:  # the inner gradients are constants: d theta' / d theta = I
+            jacobians = []
         tasks = out.mask.shape[0]
 
         def kl_of(p: Params) -> Tensor:
             dist = policy_dist(self.policy, p, out.obs, True)
             return (self.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
 
-        _, fisher = vjp(grad(kl_of), detach(adapted))
+        _, fisher = vjp(grad(kl_of), path[-1])
 
         def product(v: Tensor) -> Tensor:
             u = {k: t.expand(tasks, *t.shape) for k, t in unflatten(v, theta).items()}
             for jac in jacobians:  # J v = J_n ... J_1 v
                 u = jac(u)
             w = fisher(u)[0]
-            for jac in reversed(jacobians):  # J^T w (each J_s is symmetric)
+            for jac in reversed(jacobians):  # J^T w = J_1 ... J_n w (each J_s is symmetric)
                 w = jac(w)
             return flatten({k: t.sum(0) for k, t in w.items()}) + self.cg_damping * v
 
         return product
 
-    def _inner_jacobians(self, theta: Params, trajs: Sequence[Trajectories]) -> list[Any]:
-        """Per inner step s, ``u -> J_s u`` per task (``[T, ...]`` trees), ``J_s = I - alpha_s * Hessian of the
-        task's inner loss`` at its parameters before step s (symmetric, so it is its own transpose)."""
-        path = [detach(p) for p in self.adapted_path(theta, trajs)]
+    def _inner_jacobians(self, theta: Params, trajs: Sequence[Trajectories]) -> tuple[list[Params], list[Any]]:
+        """The (detached, per-task) parameters after each inner step, and per step s ``u -> J_s u`` on ``[T, ...]``
+        trees, ``J_s = I - alpha_s * Hessian of the task's inner loss`` at its parameters before step s (symmetric,
+        so it is also its transpose)."""
         tasks = trajs[0].mask.shape[0]
+        path = [{k: v.expand(tasks, *v.shape) for k, v in theta.items()}]
         jacobians = []
         for s, tr in enumerate(trajs):
-            start = path[s] if s > 0 else {k: v.expand(tasks, *v.shape) for k, v in path[0].items()}
-            _, hess = vjp(lambda p, tr=tr: vmap(grad(self.inner_loss))(p, tr), start)
+            grads, hess = vjp(lambda p, tr=tr: vmap(grad(self.inner_loss))(p, tr), path[-1])
             lr = self.inner.lr_at(s)
+            path.append(detach(self.inner.step(path[-1], grads, None, s, {})[0]))
 
             def jac(u: Params, hess: Any = hess, lr: float = lr) -> Params:
                 hu = hess(u)[0]
                 return {k: u[k] - lr * hu[k] for k in u}
 
             jacobians.append(jac)
-        return jacobians
+        return path, jacobians
 
     # ------------------------------------------------------------------ one meta-iteration
     def meta_step(self, tasks: Tensor, generator: torch.Generator | None = None,
@@ -287,15 +295,12 @@ class MetaRL(nn.Module):
         """A trust-region step from ``x0`` written into the policy's parameters."""
         theta = self.meta_params()
 
-        def surrogate(x: Tensor) -> float:
+        def evaluate(x: Tensor) -> tuple[float, float]:
             with torch.no_grad():
-                return float(self.objective(unflatten(x, theta), trajs, out))
+                sur, kl = self.objective_and_kl(unflatten(x, theta), trajs, out)
+            return float(sur), float(kl)
 
-        def kl(x: Tensor) -> float:
-            with torch.no_grad():
-                return float(self.kl(unflatten(x, theta), trajs, out))
-
-        x, info = trust_region_step(x0, surrogate, kl, g, self.kl_hvp(trajs, out), self.max_kl, self.cg_iters,
+        x, info = trust_region_step(x0, evaluate, g, self.kl_hvp(trajs, out), self.max_kl, self.cg_iters,
                                     self.backtrack, self.max_backtracks)
         with torch.no_grad():
             for p, v in zip(self.policy.parameters(), unflatten(x, theta).values(), strict=True):

@@ -57,14 +57,15 @@ class StepInfo:
     expected_improvement: float
 
 
-def trust_region_step(x0: Tensor, surrogate: Callable[[Tensor], float], kl: Callable[[Tensor], float],
-                      grad: Tensor, hvp: Callable[[Tensor], Tensor], max_kl: float = 0.01, cg_iters: int = 10,
+def trust_region_step(x0: Tensor, evaluate: Callable[[Tensor], tuple[float, float]], grad: Tensor,
+                      hvp: Callable[[Tensor], Tensor], max_kl: float = 0.01, cg_iters: int = 10,
                       backtrack: float = 0.8, max_backtracks: int = 15) -> tuple[Tensor, StepInfo]:
-    """One TRPO step that maximizes ``surrogate`` from ``x0`` subject to ``kl(x) <= max_kl``.
+    """One TRPO step that maximizes the surrogate from ``x0`` subject to ``KL(x) <= max_kl``.
 
-    ``grad`` is the surrogate's gradient at ``x0`` and ``hvp`` the KL Hessian(-vector product) there (damping
-    included). The natural-gradient direction ``s = H^-1 g`` is scaled to the bound (``sqrt(2 max_kl / s'Hs)``)
-    and shrunk by ``backtrack`` until both the bound and a strict improvement hold; if none does, ``x0`` is kept.
+    ``evaluate(x)`` returns ``(surrogate, kl)``; ``grad`` is the surrogate's gradient at ``x0`` and ``hvp`` the
+    KL Hessian(-vector product) there (damping included). The natural-gradient direction ``s = H^-1 g`` is
+    scaled to the bound (``sqrt(2 max_kl / s'Hs)``) and shrunk by ``backtrack`` until both the bound and a strict
+    improvement hold; if none does, ``x0`` is kept.
     """
     direction = conjugate_gradient(hvp, grad, cg_iters)
     shs = float(direction @ hvp(direction))
@@ -72,11 +73,11 @@ def trust_region_step(x0: Tensor, surrogate: Callable[[Tensor], float], kl: Call
         return x0, StepInfo(False, 0, 0.0, 0.0, 0.0)
     step = math.sqrt(2 * max_kl / shs) * direction
     expected = float(grad @ step)
-    old = surrogate(x0)
+    old, _ = evaluate(x0)
     scale = 1.0
     for i in range(max_backtracks):
         x = x0 + scale * step
-        new, d = surrogate(x), kl(x)
+        new, d = evaluate(x)
         if math.isfinite(new) and math.isfinite(d) and d <= max_kl and new > old:
             return x, StepInfo(True, i, d, new - old, expected * scale)
         scale *= backtrack
