@@ -117,14 +117,16 @@ def run_method(method: str, cfg: RLConfig, run_dir: Path, progress: bool) -> dic
             "seconds_per_iteration": round(per_it, 3) if per_it else None,
             "env_steps": fit.env_steps,
             "env_steps_per_second": round(fit.env_steps / fit.seconds) if fit.seconds else None,
+            "sampling_steps_per_second": round(fit.env_steps / fit.sample_seconds) if fit.sample_seconds else None,
+            "sampling_share": round(fit.sample_seconds / fit.seconds, 3) if fit.seconds else None,
             "eval_seconds": round(time.perf_counter() - t0, 2), "curve": curve}
 
 
 def format_table(results: dict[str, Any]) -> str:
     """The papers' tables with ours beside: average return after k steps on the held-out goals, mean ± 95% CI."""
     methods = results["methods"]
-    lines = ["2D navigation: average return after k VPG steps (40 episodes each, step size 0.1 then 0.05) on "
-             "held-out goals, mean ± 95% CI over goals", ""]
+    lines = ["2D navigation: average return after k VPG steps on held-out goals (episodes per step and step sizes "
+             "below), mean ± 95% CI over goals", ""]
     maml = [m for m in MAML_METHODS if m in methods]
     if maml:
         steps = len(methods[maml[0]]["curve"]["mean"])
@@ -153,9 +155,11 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append("")
     for r in methods.values():
         c = r["curve"]
-        lines.append(f"{r['label']}: {c['tasks']} goals, test step sizes {c['lr']}; best checkpoint at iteration "
+        lines.append(f"{r['label']}: {c['tasks']} goals x {c['episodes']} episodes per step, test step sizes "
+                     f"{c['lr']}; best checkpoint at iteration "
                      f"{r['best_iteration']}; " + (f"{r['seconds_per_iteration']} s per meta-iteration, "
-                                                   f"{r['env_steps_per_second']:,} env steps/s"
+                                                   f"{r['env_steps_per_second']:,} env steps/s overall, "
+                                                   f"{r.get('sampling_steps_per_second') or 0:,} while sampling"
                                                    if r["seconds_per_iteration"] else "untrained"))
     return "\n".join(lines)
 

@@ -138,11 +138,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pretrained": {"algo": "joint", "outer": "trpo", "tune_eval_lr": True},
     "random": {"algo": "joint", "iterations": 0, "tune_eval_lr": True},
     "oracle": {"algo": "joint", "outer": "trpo", "oracle": True, "eval_lr": (0.0,)},
-    # the SG-MRL paper (5, appendix H): VPG inner and outer steps (outer learning rate 0.001), gamma 0.99
+    # the SG-MRL paper (5, appendix H): VPG inner and outer steps (Adam, learning rate 0.001), gamma 0.99; its
+    # code normalizes advantages; SG-MRL does not, since eq. (13) is the gradient of eq. (6) only with raw ones
     "sgmrl": {"algo": "sgmrl-fo", "outer": "vpg", "normalize_outer": False},
     "sgmrl-full": {"algo": "sgmrl", "outer": "vpg", "normalize_outer": False},
-    "maml-vpg": {"algo": "maml", "outer": "vpg", "normalize_outer": False},
-    "emaml": {"algo": "emaml", "outer": "vpg", "normalize_outer": False},
+    "maml-vpg": {"algo": "maml", "outer": "vpg"},
+    "emaml": {"algo": "emaml", "outer": "vpg"},
 }
 
 

@@ -62,6 +62,7 @@ class RLFitResult:
     iteration: int
     seconds: float  # training time of the whole run, across resumes
     env_steps: int
+    sample_seconds: float  # of ``seconds``, the time spent sampling episodes (environment + policy)
     best_return: float | None
     stopped: str  # "done", "time_budget" or "interrupted"
 
@@ -75,7 +76,7 @@ class RLTrainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.iteration, self.elapsed, self.env_steps = 0, 0.0, 0
+        self.iteration, self.elapsed, self.env_steps, self.sample_seconds = 0, 0.0, 0, 0.0
         self.best_return: float | None = None
         self._stop = False
 
@@ -88,7 +89,8 @@ class RLTrainer:
         assert self.run_dir is not None
         checkpoint.save(self.run_dir / name, state or self.state(),
                         {"iteration": self.iteration if iteration is None else iteration, "elapsed": self.elapsed,
-                         "env_steps": self.env_steps, "best_return": self.best_return,
+                         "env_steps": self.env_steps, "sample_seconds": self.sample_seconds,
+                         "best_return": self.best_return,
                          "config": self.cfg.to_dict()})
 
     def restore(self) -> None:
@@ -100,6 +102,7 @@ class RLTrainer:
         self.generator.set_state(state["rng"])
         self.iteration, self.elapsed = info["iteration"], info["elapsed"]
         self.env_steps, self.best_return = info["env_steps"], info["best_return"]
+        self.sample_seconds = info.get("sample_seconds", 0.0)
         path = self.run_dir / "metrics.jsonl"
         if path.exists():  # drop lines logged after the checkpoint (they will be logged again)
             keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iteration"] <= self.iteration]
@@ -139,7 +142,8 @@ class RLTrainer:
                 self.save("last")
             if not checkpoint.exists(self.run_dir / "best"):  # no iteration ran (the random baseline)
                 self.save("best")
-        return RLFitResult(self.iteration, self.elapsed, self.env_steps, self.best_return, stopped)
+        return RLFitResult(self.iteration, self.elapsed, self.env_steps, self.sample_seconds, self.best_return,
+                           stopped)
 
     def step(self) -> dict[str, float]:
         """Sample a meta-batch, keep the parameters if they are the best so far, take the outer step, log."""
@@ -160,6 +164,7 @@ class RLTrainer:
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
         self.env_steps += int(metrics["env_steps"])
+        self.sample_seconds += metrics["sample_seconds"]
         metrics.update(seconds=seconds)
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
