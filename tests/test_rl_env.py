@@ -117,6 +117,20 @@ def test_gymnasium_navigation_matches_the_vectorised_environment():
     assert torch.allclose(a.rewards, b.rewards, atol=1e-5) and torch.equal(a.mask, b.mask)
 
 
+def test_navigation_is_a_registered_gymnasium_environment():
+    gym = pytest.importorskip("gymnasium")
+    env = gym.make("metagrad.rl.envs.gym:metagrad/Navigation2D-v0")
+    env.unwrapped.set_task([0.2, -0.1])
+    obs, _ = env.reset(seed=0)
+    obs, reward, terminated, truncated, _ = env.step([0.5, 0.0])  # clipped to 0.1
+    assert obs.tolist() == pytest.approx([0.1, 0.0]) and reward == pytest.approx(-(0.1**2 + 0.1**2) ** 0.5)
+    steps = 1
+    while not (terminated or truncated):
+        _, _, terminated, truncated, _ = env.step([0.0, 0.0])
+        steps += 1
+    assert steps == 100 and truncated  # the registered horizon
+
+
 def test_unknown_environments_are_named():
     with pytest.raises(ConfigError, match=r"unknown environment 'navigaton2d' .did you mean 'navigation2d'"):
         make_env("navigaton2d")

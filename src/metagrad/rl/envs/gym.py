@@ -6,6 +6,7 @@ Needs the ``rl`` extra (``pip install 'metagrad[rl]'``); the rest of metagrad im
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -149,3 +150,7 @@ class GymTaskEnv(TaskEnv):
         shape = self._shape
         return (torch.from_numpy(self._last.copy()).view(*shape, -1), torch.from_numpy(rewards).view(shape),
                 torch.from_numpy(self._done.copy()).view(shape))
+
+
+with contextlib.suppress(ConfigError):  # importing this module registers the environment when gymnasium is there:
+    register()  # gymnasium.make("metagrad.rl.envs.gym:metagrad/Navigation2D-v0")
