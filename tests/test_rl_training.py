@@ -105,3 +105,14 @@ def test_gym_environments_without_gymnasium_name_the_extra_and_core_imports(tmp_
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "metagrad reproduce: error: this needs gymnasium; install the rl extra: pip install 'metagrad[rl]'"]
+
+
+def test_readme_meta_rl_example_runs(capsys):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "metagrad.rl" in b)
+    exec(compile(block, "README.md", "exec"), {})
+    line = capsys.readouterr().out.strip()
+    means = [float(v) for v in line.split(":")[1].strip(" []").split(",")]
+    assert len(means) == 3 and means[1] > means[0]  # one step of adaptation helps after meta-training
