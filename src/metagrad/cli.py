@@ -69,7 +69,8 @@ def build_parser() -> Parser:
     images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
     images.add_argument("--shots", type=int, default=1, help="examples per class, K (default: 1)")
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
-                        "(default: 30; 0 or --full: no limit); rerun the same command to continue")
+                        "(few-shot default: 30, 0 or --full: no limit; navigation: per method, default none); rerun "
+                        "the same command to continue")
     images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>)")
     nav = p.add_argument_group("meta-RL (navigation)")
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
