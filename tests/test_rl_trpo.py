@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from metagrad.rl import MetaRL, Navigation2D, make_policy
@@ -85,3 +86,28 @@ def test_maml_trpo_update_stays_in_the_trust_region_and_improves_its_surrogate()
         # the new parameters, adapted on the same inner episodes, score higher on the same D_o
         assert float(learner.objective(new, trajs, out)) > before
     assert float(learner.kl(unflatten(flatten(theta), theta), trajs, out)) < 1e-7
+
+
+def test_subsampled_curvature_is_symmetric_and_the_step_still_respects_the_full_kl():
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=20)
+    policy = make_policy(env.action_space, 2, hidden=(16, 16)).double()
+    tasks = env.sample_tasks(3, torch.Generator().manual_seed(0)).double()
+    full = MetaRL(policy, env, episodes=4)
+    trajs, out = full.sample(tasks, torch.Generator().manual_seed(1))
+    half = MetaRL(policy, env, episodes=4, hvp_subsample=0.5)
+    x0 = flatten(full.meta_params())
+    gen = torch.Generator().manual_seed(2)
+    u, v = (torch.randn(x0.shape, dtype=x0.dtype, generator=gen) for _ in range(2))
+    hv_full, hv_half = full.kl_hvp(trajs, out), half.kl_hvp(trajs, out)
+    assert float(u @ hv_half(v)) == pytest.approx(float(v @ hv_half(u)), rel=1e-9)
+    assert float(v @ hv_half(v)) > 0
+    gap = float((hv_half(v) - hv_full(v)).norm() / hv_full(v).norm())
+    assert 1e-3 < gap < 1.0  # another estimate of the same curvature
+    assert torch.equal(MetaRL(policy, env, episodes=4, hvp_subsample=0.9).kl_hvp(trajs, out)(v), hv_full(v))
+    before = {k: w.clone() for k, w in half.meta_params().items()}
+    metrics = half.update(trajs, out)
+    assert metrics["accepted"] == 1.0
+    with torch.no_grad():
+        assert float(half.kl(half.meta_params(), trajs, out)) <= half.max_kl
+        assert float(half.objective(half.meta_params(), trajs, out)) > float(half.objective(before, trajs, out))

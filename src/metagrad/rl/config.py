@@ -55,6 +55,8 @@ class RLConfig:
     backtrack: float = opt(0.8, "algo", "TRPO: line-search shrink factor")
     max_backtracks: int = opt(15, "algo", "TRPO: line-search steps")
     hvp: str = opt("exact", "algo", "TRPO Hessian-vector products through the inner step: exact or finite-difference")
+    hvp_subsample: float = opt(1.0, "algo", "TRPO: fraction of each task's episodes used for the Hessian-vector "
+                               "products (1: all; the gradient and the KL check always use all)")
     score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "
                               "mean return; still unbiased)")
     emaml_weight: float = opt(1.0, "algo", "E-MAML: weight of the exploration term")
@@ -104,6 +106,8 @@ class RLConfig:
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and 0 < self.backtrack < 1):
             raise ConfigError(f"gamma {self.gamma} and gae_lambda {self.gae_lambda} must lie in [0, 1], backtrack "
                               f"{self.backtrack} in (0, 1)")
+        if not 0 < self.hvp_subsample <= 1:
+            raise ConfigError(f"hvp_subsample {self.hvp_subsample} must lie in (0, 1] (1: every episode)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:
             raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
         if any(h < 1 for h in self.hidden):

@@ -53,7 +53,9 @@ class MetaRL(nn.Module):
         gamma, gae_lambda, baseline: returns, GAE and the linear feature baseline (refit per task and batch).
         normalize_inner / normalize_outer: normalize advantages per task (the papers' code does).
         max_kl, cg_iters, cg_damping, backtrack, max_backtracks: TRPO; ``hvp`` ``exact`` (Hessian-vector products
-            of the KL through the inner step, third derivatives) or ``finite-difference`` (the MAML paper's).
+            of the KL through the inner step, second derivatives only) or ``finite-difference`` (the MAML paper's);
+            ``hvp_subsample``: the fraction of each task's episodes those products use (rllab's subsampling; the
+            gradient and the line search's KL check use every episode).
         score_baseline: SG-MRL's score term with ``J`` as is (``none``, eq. 13) or minus the mean ``J`` of the
             other tasks of the meta-batch (``batch``: independent of the task's episodes, so still unbiased).
         emaml_weight: the weight of E-MAML's exploration term.
@@ -64,7 +66,8 @@ class MetaRL(nn.Module):
                  gamma: float = 0.99, gae_lambda: float = 1.0, baseline: str = "linear",
                  normalize_inner: bool = True, normalize_outer: bool = True, max_kl: float = 0.01,
                  cg_iters: int = 10, cg_damping: float = 1e-5, backtrack: float = 0.8, max_backtracks: int = 15,
-                 hvp: str = "exact", score_baseline: str = "none", emaml_weight: float = 1.0):
+                 hvp: str = "exact", hvp_subsample: float = 1.0, score_baseline: str = "none",
+                 emaml_weight: float = 1.0):
         super().__init__()
         for name, value, allowed in (("algo", algo, ALGOS), ("outer", outer, OUTERS), ("hvp", hvp, HVPS),
                                      ("score_baseline", score_baseline, SCORE_BASELINES),
@@ -75,6 +78,8 @@ class MetaRL(nn.Module):
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0 and episodes {episodes} >= 1")
         if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:
             raise ConfigError(f"gamma {gamma} and gae_lambda {gae_lambda} must lie in [0, 1]")
+        if not 0 < hvp_subsample <= 1:
+            raise ConfigError(f"hvp_subsample {hvp_subsample} must lie in (0, 1] (1: every episode)")
         if not max_kl > 0 or not 0 < backtrack < 1:
             raise ConfigError(f"max_kl {max_kl} must be positive and backtrack {backtrack} in (0, 1)")
         self.policy, self.env = policy, env
@@ -83,7 +88,7 @@ class MetaRL(nn.Module):
         self.inner_steps = 0 if algo == "joint" else inner_steps
         self.episodes, self.gamma, self.gae_lambda, self.baseline = episodes, gamma, gae_lambda, baseline
         self.normalize_inner, self.normalize_outer = normalize_inner, normalize_outer
-        self.max_kl, self.cg_iters, self.cg_damping = max_kl, cg_iters, cg_damping
+        self.max_kl, self.cg_iters, self.cg_damping, self.hvp_subsample = max_kl, cg_iters, cg_damping, hvp_subsample
         self.backtrack, self.max_backtracks = backtrack, max_backtracks
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
@@ -223,6 +228,7 @@ class MetaRL(nn.Module):
         if self.first_order:  # the inner gradients are constants: d theta' / d theta = I
             jacobians = []
         tasks = out.mask.shape[0]
+        out = self._subsample(out)
 
         def kl_of(p: Params) -> Tensor:
             dist = policy_dist(self.policy, p, out.obs, True)
@@ -249,7 +255,10 @@ class MetaRL(nn.Module):
         path = [{k: v.expand(tasks, *v.shape) for k, v in theta.items()}]
         jacobians = []
         for s, tr in enumerate(trajs):
-            grads, hess = vjp(lambda p, tr=tr: vmap(grad(self.inner_loss))(p, tr), path[-1])
+            sub = self._subsample(tr)
+            grads, hess = vjp(lambda p, sub=sub: vmap(grad(self.inner_loss))(p, sub), path[-1])
+            if sub is not tr:  # the path itself follows the inner steps on all episodes
+                grads = vmap(grad(self.inner_loss))(path[-1], tr)
             lr = self.inner.lr_at(s)
             path.append(detach(self.inner.step(path[-1], grads, None, s, {})[0]))
 
@@ -259,6 +268,12 @@ class MetaRL(nn.Module):
 
             jacobians.append(jac)
         return path, jacobians
+
+    def _subsample(self, traj: Trajectories) -> Trajectories:
+        """The first ``hvp_subsample`` fraction of each task's episodes (episodes are i.i.d.), for curvature."""
+        k = traj.mask.shape[1]
+        keep = max(1, math.ceil(self.hvp_subsample * k))
+        return traj if keep >= k else Trajectories(*(f[:, :keep] for f in traj))
 
     # ------------------------------------------------------------------ one meta-iteration
     def meta_step(self, tasks: Tensor, generator: torch.Generator | None = None,

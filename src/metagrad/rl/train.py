@@ -39,7 +39,8 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
                      episodes=cfg.episodes, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, baseline=cfg.baseline,
                      normalize_inner=cfg.normalize_inner, normalize_outer=cfg.normalize_outer, max_kl=cfg.max_kl,
                      cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping, backtrack=cfg.backtrack,
-                     max_backtracks=cfg.max_backtracks, hvp=cfg.hvp, score_baseline=cfg.score_baseline,
+                     max_backtracks=cfg.max_backtracks, hvp=cfg.hvp, hvp_subsample=cfg.hvp_subsample,
+                     score_baseline=cfg.score_baseline,
                      emaml_weight=cfg.emaml_weight)
     optimizer = None
     if cfg.outer == "vpg":
