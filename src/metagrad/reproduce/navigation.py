@@ -66,9 +66,6 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
-    results.update(experiment="navigation", machine=_machine(),
-                   paper={"maml_table4": MAML_TABLE4, "sgmrl_table1": SGMRL_TABLE1})
     configs = [method_config(m, full, iterations, time_budget, overrides or {}) for m in methods]
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
         build(cfg)
@@ -76,12 +73,12 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
         print(f"[{i}/{len(methods)}] {LABELS[m]}: " + (f"meta-training {cfg.iterations} iterations x "
               f"{cfg.meta_batch_size} tasks -> {out / m}" if cfg.iterations else "no training"),
               file=sys.stderr, flush=True)
-        results["methods"][m] = run_method(m, cfg, out / m, progress)
-        r = results["methods"][m]
+        r = run_method(m, cfg, out / m, progress)
+        _merge(path, m, r)  # re-read: another command may have added methods meanwhile
         print(f"    {r['iterations']} iterations in {r['train_seconds']:.0f} s ({r['seconds_per_iteration']} s/it, "
               f"{r['env_steps_per_second']} env steps/s); evaluated in {r['eval_seconds']:.0f} s",
               file=sys.stderr, flush=True)
-        path.write_text(json.dumps(results, indent=1))
+    results = json.loads(path.read_text())  # with what other commands added
     table = format_table(results)
     (out / "table.md").write_text(table + "\n")
     print(table)
@@ -91,6 +88,18 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
         for f in plots.navigation_figures(results, out):
             print("figure:  " + str(f))
     print("results: " + str(path))
+    return results
+
+
+def _merge(path: Path, method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Add one method's result to ``results.json`` (keeping the others') and write it atomically."""
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
+    results.update(experiment="navigation", machine=_machine(),
+                   paper={"maml_table4": MAML_TABLE4, "sgmrl_table1": SGMRL_TABLE1})
+    results["methods"][method] = result
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
     return results
 
 
