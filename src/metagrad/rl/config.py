@@ -117,6 +117,7 @@ class RLConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples), as stored in a checkpoint's sidecar."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod

@@ -95,6 +95,7 @@ class MetaRL(nn.Module):
 
     # ------------------------------------------------------------------ the inner step
     def meta_params(self) -> Params:
+        """The policy's parameters as a detached dict (sharing storage: TRPO writes into them in place)."""
         return params_of(self.policy)
 
     def inner_loss(self, params: Params, traj: Trajectories) -> Tensor:
@@ -132,6 +133,7 @@ class MetaRL(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def process(self, traj: Trajectories, normalize: bool) -> Trajectories:
+        """Returns, baseline and advantages with this learner's settings."""
         return process(traj, self.gamma, self.gae_lambda, self.baseline, normalize)
 
     def sample(self, tasks: Tensor, generator: torch.Generator | None) -> tuple[list[Trajectories], Trajectories]:

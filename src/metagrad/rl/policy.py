@@ -46,6 +46,7 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def sample(self, dist: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Actions drawn from ``dist`` with ``generator`` (reproducible sampling)."""
         raise NotImplementedError
 
     def mode(self, dist: Tensor) -> Tensor:
@@ -57,6 +58,7 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def entropy(self, dist: Tensor) -> Tensor:
+        """Entropy per state."""
         raise NotImplementedError
 
 

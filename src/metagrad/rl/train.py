@@ -82,11 +82,13 @@ class RLTrainer:
         self._stop = False
 
     def state(self) -> dict[str, Any]:
+        """What a checkpoint holds: the learner, the optimizer (outer 'vpg') and the RNG state."""
         return {"learner": self.learner.state_dict(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "rng": self.generator.get_state()}
 
     def save(self, name: str, state: dict[str, Any] | None = None, iteration: int | None = None) -> None:
+        """Write checkpoint ``run_dir/name`` (``state`` defaults to the full training state)."""
         assert self.run_dir is not None
         checkpoint.save(self.run_dir / name, state or self.state(),
                         {"iteration": self.iteration if iteration is None else iteration, "elapsed": self.elapsed,
@@ -95,6 +97,7 @@ class RLTrainer:
                          "config": self.cfg.to_dict()})
 
     def restore(self) -> None:
+        """Continue from ``run_dir/last``: parameters, optimizer, RNG, counters; later metric lines dropped."""
         assert self.run_dir is not None
         state, info = checkpoint.load(self.run_dir / "last")
         self.learner.load_state_dict(state["learner"])

@@ -24,6 +24,7 @@ class Space:
     n: int = 0
 
     def describe(self) -> str:
+        """The space in words, for error messages."""
         if self.kind == "discrete":
             return f"a discrete action space of {self.n} actions"
         return f"a continuous action space of shape {list(self.shape)} in [{self.low:g}, {self.high:g}]"
