@@ -40,6 +40,7 @@ def return_curves(methods: dict[str, Any], path: Path) -> Path:
         hi = [a + b for a, b in zip(c["mean"], c["ci95"], strict=True)]
         ax.plot(steps, c["mean"], marker="o", ms=3, label=r["label"], color=COLORS.get(m))
         ax.fill_between(steps, lo, hi, alpha=0.2, color=COLORS.get(m))
+    ax.set_xticks(range(max(len(r["curve"]["mean"]) for r in methods.values())))
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return (symlog scale)")
