@@ -179,3 +179,18 @@ def test_sgmrl_is_unbiased_for_eq6_and_maml_without_its_term_is_not():
             assert z > 10, (mean, exact, se)
     # the extra term is what separates them: its size is the gap
     assert float((sg.mean(0) - maml.mean(0)).norm()) > 0.2 * float(exact.norm())
+
+
+def test_finite_difference_curvature_is_usable_in_float32():
+    """The MAML paper's finite-difference products, in the precision training runs in: the step must not be so
+    small that rounding dominates (a 1e-5 relative step gave errors larger than the product)."""
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=30)
+    policy = make_policy(env.action_space, 2, hidden=(32, 32))
+    fd = MetaRL(policy, env, episodes=5, hvp="finite-difference")
+    trajs, out = fd.sample(env.sample_tasks(4, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    exact = MetaRL(policy, env, episodes=5)
+    x0 = flatten(fd.meta_params())
+    v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    a, b = fd.kl_hvp(trajs, out)(v), exact.kl_hvp(trajs, out)(v)
+    assert float((a - b).norm() / b.norm()) < 0.1

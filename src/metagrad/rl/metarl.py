@@ -221,8 +221,12 @@ class MetaRL(nn.Module):
                 _, product = vjp(kl_grad, x0)
                 return lambda v: product(v)[0] + self.cg_damping * v
 
+            # central differences: step ~ machine epsilon^(1/3) balances rounding and truncation (float32: 5e-3
+            # relative; a 1e-5 step gives errors of the order of the product itself in float32)
+            rel = torch.finfo(x0.dtype).eps ** (1 / 3)
+
             def fd(v: Tensor) -> Tensor:
-                eps = 1e-5 * (1 + float(x0.norm())) / (float(v.norm()) + 1e-12)
+                eps = rel * (1 + float(x0.norm())) / (float(v.norm()) + 1e-12)
                 return (kl_grad(x0 + eps * v) - kl_grad(x0 - eps * v)) / (2 * eps) + self.cg_damping * v
 
             return fd
