@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,rl]'
 	touch $(STAMP)
 
 ## Meta-train MAML, the pretrained baseline and the oracle on sinusoids; print the paper's table; draw figures.

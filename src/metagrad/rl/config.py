@@ -1,0 +1,206 @@
+"""Meta-RL run configuration: its own flat dataclass (RL needs other fields than supervised meta-learning), built
+with the same ``opt()`` fields as ``metagrad.config`` so that CLI flags and their help are generated the same way.
+
+Defaults are the MAML paper's 2D navigation (appendix A.2); ``PRESETS`` hold each paper's setting per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import typing
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any
+
+from ..config import _scalar, _suggest, opt
+from ..errors import ConfigError
+from .envs.navigation import REWARDS
+from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES
+from .policy import ACTIVATIONS, POLICIES
+
+SECTIONS = ("env", "policy", "algo", "train", "eval")
+
+
+@dataclass
+class RLConfig:
+    """Everything that determines a meta-RL run (with its seed)."""
+
+    # [env]
+    env: str = opt("navigation2d", "env", "environment: navigation2d, or gym:<id> (a gymnasium env with set_task)")
+    goal_range: tuple[float, ...] = opt((-0.5, 0.5), "env", "navigation goals uniform in [low, high]^2")
+    horizon: int = opt(100, "env", "steps per episode, H")
+    reward: str = opt("distance", "env", "navigation reward: distance (minus the distance to the goal, the papers' "
+                      "code) or squared (minus its square, the papers' text)")
+    oracle: bool = opt(False, "env", "append the goal to the observation (the oracle baseline)")
+    # [policy]
+    policy: str = opt("auto", "policy", "auto (gaussian for continuous actions, categorical for discrete), "
+                      "gaussian, categorical")
+    hidden: tuple[int, ...] = opt((100, 100), "policy", "hidden layer sizes")
+    activation: str = opt("relu", "policy", "hidden activation: relu, tanh")
+    init_std: float = opt(1.0, "policy", "initial standard deviation of the Gaussian policy")
+    # [algo]
+    algo: str = opt("maml", "algo", "maml, fomaml, sgmrl, sgmrl-fo (first-order SG-MRL), emaml, joint (pretrained)")
+    outer: str = opt("trpo", "algo", "outer step: trpo, or vpg (gradient ascent with outer_optimizer)")
+    inner_lr: tuple[float, ...] = opt((0.1,), "algo", "inner step size(s), alpha")
+    inner_steps: int = opt(1, "algo", "inner VPG steps during meta-training")
+    episodes: int = opt(20, "algo", "episodes per task and inner step, K")
+    gamma: float = opt(0.99, "algo", "discount factor")
+    gae_lambda: float = opt(1.0, "algo", "GAE lambda (1: returns minus the baseline)")
+    baseline: str = opt("linear", "algo", "linear (feature baseline of Duan et al., refit per task) or none")
+    normalize_inner: bool = opt(True, "algo", "normalize the advantages of the inner step per task")
+    normalize_outer: bool = opt(True, "algo", "normalize the advantages of the outer objective per task")
+    max_kl: float = opt(0.01, "algo", "TRPO: KL bound of a meta-step")
+    cg_iters: int = opt(10, "algo", "TRPO: conjugate-gradient iterations")
+    cg_damping: float = opt(1e-5, "algo", "TRPO: damping added to the KL Hessian")
+    backtrack: float = opt(0.8, "algo", "TRPO: line-search shrink factor")
+    max_backtracks: int = opt(15, "algo", "TRPO: line-search steps")
+    hvp: str = opt("exact", "algo", "TRPO Hessian-vector products through the inner step: exact or finite-difference")
+    hvp_subsample: float = opt(1.0, "algo", "TRPO: fraction of each task's episodes used for the Hessian-vector "
+                               "products (1: all; the gradient and the KL check always use all)")
+    score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "
+                              "mean return; still unbiased)")
+    emaml_weight: float = opt(1.0, "algo", "E-MAML: weight of the exploration term")
+    # [train]
+    iterations: int = opt(500, "train", "meta-iterations")
+    meta_batch_size: int = opt(20, "train", "tasks per meta-iteration")
+    outer_optimizer: str = opt("adam", "train", "optimizer of outer 'vpg': adam or sgd")
+    outer_lr: float = opt(0.001, "train", "step size of outer 'vpg'")
+    seed: int = opt(0, "train", "seed of the initialization, tasks and episodes")
+    checkpoint_every: int = opt(10, "train", "iterations between checkpoints (also at the end)")
+    time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
+    # [eval]
+    eval_steps: int = opt(4, "eval", "adaptation steps at test time")
+    eval_episodes: int = opt(40, "eval", "episodes per test-time step and task")
+    eval_lr: tuple[float, ...] = opt((0.1, 0.05), "eval", "test-time step sizes (the last repeats)")
+    eval_tasks: int = opt(400, "eval", "held-out test tasks")
+    eval_seed: int = opt(12345, "eval", "seed of the test tasks and episodes (the same for every method)")
+    tune_eval_lr: bool = opt(False, "eval", "choose the first test-time step size on validation tasks from "
+                             "eval_lr_grid (halved after the first step; for the pretrained and random baselines)")
+    eval_lr_grid: tuple[float, ...] = opt((0.02, 0.05, 0.1, 0.2, 0.5, 1.0), "eval", "step sizes tried by "
+                                          "tune_eval_lr")
+
+    def validate(self) -> RLConfig:
+        """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
+        choices = {"algo": ALGOS, "outer": OUTERS, "policy": POLICIES, "activation": tuple(ACTIVATIONS),
+                   "baseline": BASELINES, "hvp": HVPS, "score_baseline": SCORE_BASELINES, "reward": REWARDS,
+                   "outer_optimizer": ("adam", "sgd")}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} '{value}'{_suggest(value, allowed)}; choose one of "
+                                  f"{', '.join(allowed)}")
+        at_least = {"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
+                    "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
+                    "eval_episodes": 1, "eval_tasks": 2}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
+        positive = ("max_kl", "outer_lr", "init_std")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} {getattr(self, name)} must be positive")
+        for name in ("inner_lr", "eval_lr", "eval_lr_grid"):
+            values = getattr(self, name)
+            if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
+                raise ConfigError(f"{name} {list(values)} must hold step sizes >= 0, e.g. 0.1")
+        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and 0 < self.backtrack < 1):
+            raise ConfigError(f"gamma {self.gamma} and gae_lambda {self.gae_lambda} must lie in [0, 1], backtrack "
+                              f"{self.backtrack} in (0, 1)")
+        if not 0 < self.hvp_subsample <= 1:
+            raise ConfigError(f"hvp_subsample {self.hvp_subsample} must lie in (0, 1] (1: every episode)")
+        if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:
+            raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
+        if self.time_budget < 0:
+            raise ConfigError(f"time_budget {self.time_budget} must be >= 0 minutes")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples), as stored in a checkpoint's sidecar."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RLConfig:
+        """From ``to_dict``'s output (a checkpoint's sidecar), validated."""
+        return cls().replace(**data)
+
+    def replace(self, **changes: Any) -> RLConfig:
+        """A copy with some fields changed (values coerced and validated)."""
+        by_name = {f.name: f for f in fields(self)}
+        for key in changes:
+            if key not in by_name:
+                raise ConfigError(f"unknown config key '{key}'{_suggest(key, list(by_name))}")
+        data = asdict(self)
+        data.update({k: _coerce(by_name[k], v, k) for k, v in changes.items()})
+        return RLConfig(**data).validate()
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the MAML paper (5.3, appendix A.2): VPG inner step alpha = 0.1, TRPO outer step, meta-batch 20, K = 20
+    "maml-trpo": {"algo": "maml", "outer": "trpo"},
+    "fomaml-trpo": {"algo": "fomaml", "outer": "trpo"},
+    "pretrained": {"algo": "joint", "outer": "trpo", "tune_eval_lr": True},
+    "random": {"algo": "joint", "iterations": 0, "tune_eval_lr": True},
+    "oracle": {"algo": "joint", "outer": "trpo", "oracle": True, "eval_lr": (0.0,)},
+    # the SG-MRL paper (5, appendix H): VPG inner and outer steps (Adam, learning rate 0.001), gamma 0.99; its
+    # code normalizes advantages; SG-MRL does not, since eq. (13) is the gradient of eq. (6) only with raw ones
+    "sgmrl": {"algo": "sgmrl-fo", "outer": "vpg", "normalize_outer": False},
+    "sgmrl-full": {"algo": "sgmrl", "outer": "vpg", "normalize_outer": False},
+    "maml-vpg": {"algo": "maml", "outer": "vpg"},
+    "emaml": {"algo": "emaml", "outer": "vpg"},
+}
+
+
+def preset(name: str) -> RLConfig:
+    """The configuration of a reproduction method by name (see ``PRESETS``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown method '{name}'{_suggest(name, PRESETS)}; choose one of {', '.join(PRESETS)}")
+    return RLConfig().replace(**PRESETS[name])
+
+
+def add_rl_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = SECTIONS) -> None:
+    """One ``--option`` per RLConfig field of ``sections`` (unset options keep the preset's value)."""
+    for section in sections:
+        group = parser.add_argument_group(f"meta-RL [{section}] options")
+        for f in fields(RLConfig):
+            if f.metadata["section"] != section:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default if f.default is not MISSING else f.default_factory()
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            if _base(f) is bool:
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                   help=f"{f.metadata['help']} (default: {str(shown).lower()})")
+            else:
+                group.add_argument(flag, dest=f.name, default=None, metavar="A,B" if _is_tuple(f) else
+                                   _base(f).__name__.upper(), help=f"{f.metadata['help']} (default: {shown})")
+
+
+def rl_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The RLConfig fields given on the command line."""
+    names = {f.name for f in fields(RLConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _hint(f: Any) -> Any:
+    return typing.get_type_hints(RLConfig)[f.name]
+
+
+def _is_tuple(f: Any) -> bool:
+    return typing.get_origin(_hint(f)) is tuple
+
+
+def _base(f: Any) -> type:
+    hint = _hint(f)
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+
+
+def _coerce(f: Any, value: Any, where: str) -> Any:
+    if _is_tuple(f):
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        elif not isinstance(value, list | tuple):
+            value = [value]
+        return tuple(_scalar(_base(f), v, where) for v in value)
+    return _scalar(_base(f), value, where)

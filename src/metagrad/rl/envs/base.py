@@ -1,0 +1,55 @@
+"""What the meta-RL engine needs from an environment: a batch of tasks, each run as several episodes at once.
+
+A ``TaskEnv`` steps ``tasks x episodes`` copies of an environment together; observations are ``[T, K, obs_dim]``
+tensors, actions ``[T, K, ...]``. Any gymnasium environment whose task can be set works through
+``GymTaskEnv`` (a loop over copies); ``Navigation2D`` is written as one tensor operation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Space:
+    """An action space: ``box`` (``shape``, ``low``, ``high``) or ``discrete`` (``n`` actions)."""
+
+    kind: str
+    shape: tuple[int, ...] = ()
+    low: float = -float("inf")
+    high: float = float("inf")
+    n: int = 0
+
+    def describe(self) -> str:
+        """The space in words, for error messages."""
+        if self.kind == "discrete":
+            return f"a discrete action space of {self.n} actions"
+        return f"a continuous action space of shape {list(self.shape)} in [{self.low:g}, {self.high:g}]"
+
+
+class TaskEnv:
+    """A batch of tasks (e.g. goals), each with several episodes run side by side.
+
+    Subclasses set ``obs_dim``, ``action_space`` and ``horizon`` and implement ``sample_tasks``, ``reset`` and
+    ``step``. ``step`` returns ``(obs, reward, done)`` with ``reward``/``done`` of shape ``[T, K]``; ``done``
+    marks the episode's last step (goal reached, or the horizon); steps after it are ignored by the sampler.
+    """
+
+    obs_dim: int
+    action_space: Space
+    horizon: int
+
+    def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        """``[num_tasks, task_dim]`` task parameters drawn from the task distribution."""
+        raise NotImplementedError
+
+    def reset(self, tasks: Tensor, episodes: int) -> Tensor:
+        """Start ``episodes`` episodes of every task; the first observations ``[T, K, obs_dim]``."""
+        raise NotImplementedError
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Apply ``actions`` to every running episode: ``(obs, reward, done)``."""
+        raise NotImplementedError

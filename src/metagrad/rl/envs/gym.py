@@ -1,0 +1,156 @@
+"""gymnasium side of the meta-RL core: 2D navigation as a ``gymnasium.Env``, and ``GymTaskEnv``, which runs any
+gymnasium environment whose task can be set (``unwrapped.sample_tasks`` / ``unwrapped.set_task``) for the engine.
+
+Needs the ``rl`` extra (``pip install 'metagrad[rl]'``); the rest of metagrad imports without gymnasium.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...errors import ConfigError
+from .base import Space, TaskEnv
+
+NAVIGATION_ID = "metagrad/Navigation2D-v0"
+
+
+def require_gymnasium() -> Any:
+    """Import gymnasium, or stop with the install command (exit code 2 from the CLI)."""
+    try:
+        import gymnasium
+    except ImportError:
+        raise ConfigError("this needs gymnasium; install the rl extra: pip install 'metagrad[rl]'") from None
+    return gymnasium
+
+
+def register() -> None:
+    """Register ``metagrad/Navigation2D-v0`` with gymnasium (idempotent)."""
+    gym = require_gymnasium()
+    if NAVIGATION_ID not in gym.registry:
+        gym.register(NAVIGATION_ID, entry_point="metagrad.rl.envs.gym:Navigation2DEnv", max_episode_steps=100)
+
+
+@functools.cache
+def _navigation_env_class() -> type:
+    gym = require_gymnasium()
+
+    class Navigation2DEnv(gym.Env):
+        """One 2D navigation episode (same dynamics as ``Navigation2D``); set the goal with ``set_task`` or
+        ``reset(options={"task": goal})``. The 100-step limit comes from the registration's TimeLimit."""
+
+        metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+
+        def __init__(self, goal_low: float = -0.5, goal_high: float = 0.5, reward: str = "distance",
+                     max_speed: float = 0.1, goal_radius: float = 0.01):
+            self.goal_low, self.goal_high, self.reward = goal_low, goal_high, reward
+            self.max_speed, self.goal_radius = max_speed, goal_radius
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+            self.action_space = gym.spaces.Box(-max_speed, max_speed, (2,), np.float32)
+            self.goal = np.zeros(2)
+            self.pos = np.zeros(2)
+
+        def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
+            return rng.uniform(self.goal_low, self.goal_high, size=(num_tasks, 2))
+
+        def set_task(self, task: Any) -> None:
+            self.goal = np.asarray(task, dtype=np.float64)
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+            super().reset(seed=seed)
+            if options and "task" in options:
+                self.set_task(options["task"])
+            self.pos = np.zeros(2)
+            return self.pos.astype(np.float32), {}
+
+        def step(self, action: Any) -> Any:
+            self.pos = self.pos + np.clip(np.asarray(action, dtype=np.float64), -self.max_speed, self.max_speed)
+            sq = float(((self.pos - self.goal) ** 2).sum())
+            reward = -sq if self.reward == "squared" else -np.sqrt(sq)
+            return self.pos.astype(np.float32), reward, sq < self.goal_radius**2, False, {}
+
+    return Navigation2DEnv
+
+
+def __getattr__(name: str) -> Any:  # the class is built on first use so that importing this module needs no gym
+    if name == "Navigation2DEnv":
+        return _navigation_env_class()
+    raise AttributeError(name)
+
+
+class GymTaskEnv(TaskEnv):
+    """Any gymnasium environment with settable tasks, as a ``TaskEnv``: one copy per (task, episode), stepped in
+    a loop (the general path; vectorised environments such as ``Navigation2D`` are much faster).
+
+    ``make`` builds one environment (e.g. ``lambda: gymnasium.make(id)``); its ``unwrapped`` must have
+    ``sample_tasks(n, rng) -> array`` and ``set_task(task)``.
+    """
+
+    def __init__(self, make: Callable[[], Any], horizon: int):
+        gym = require_gymnasium()
+        if horizon < 1:
+            raise ConfigError(f"horizon {horizon} must be >= 1")
+        self.make, self.horizon = make, int(horizon)
+        probe = make()
+        for method in ("sample_tasks", "set_task"):
+            if not hasattr(probe.unwrapped, method):
+                raise ConfigError(f"{probe.unwrapped.__class__.__name__} has no {method}(); meta-RL needs an "
+                                  "environment whose task can be sampled and set")
+        space = probe.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            self.action_space = Space("discrete", n=int(space.n))
+        elif isinstance(space, gym.spaces.Box):
+            self.action_space = Space("box", tuple(space.shape), float(space.low.min()), float(space.high.max()))
+        else:
+            raise ConfigError(f"action space {space} is not supported; use a Box or a Discrete space")
+        self.obs_dim = int(np.prod(probe.observation_space.shape))
+        self._envs: list[Any] = [probe]
+        self._shape = (0, 0)
+        self._done: np.ndarray | None = None
+        self._last: np.ndarray | None = None
+
+    def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+        tasks = self._envs[0].unwrapped.sample_tasks(num_tasks, np.random.default_rng(seed))
+        return torch.as_tensor(np.asarray(tasks), dtype=torch.float32)
+
+    def reset(self, tasks: Tensor, episodes: int) -> Tensor:
+        n = tasks.shape[0] * episodes
+        while len(self._envs) < n:
+            self._envs.append(self.make())
+        self._shape = (tasks.shape[0], episodes)
+        obs = []
+        for i in range(n):
+            env = self._envs[i]
+            env.unwrapped.set_task(tasks[i // episodes].numpy())
+            o, _ = env.reset(seed=i)
+            obs.append(np.asarray(o, dtype=np.float32).ravel())
+        self._done = np.zeros(n, dtype=bool)
+        self._last = np.stack(obs)
+        return torch.from_numpy(self._last.copy()).view(*self._shape, -1)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        assert self._done is not None and self._last is not None, "call reset() first"
+        flat = actions.reshape(self._shape[0] * self._shape[1], *actions.shape[2:]).detach().cpu().numpy()
+        rewards = np.zeros(len(flat), dtype=np.float32)
+        for i, a in enumerate(flat):
+            if self._done[i]:
+                continue
+            a = int(a) if self.action_space.kind == "discrete" else a
+            o, r, terminated, truncated, _ = self._envs[i].step(a)
+            self._last[i] = np.asarray(o, dtype=np.float32).ravel()
+            rewards[i] = r
+            self._done[i] = terminated or truncated
+        shape = self._shape
+        return (torch.from_numpy(self._last.copy()).view(*shape, -1), torch.from_numpy(rewards).view(shape),
+                torch.from_numpy(self._done.copy()).view(shape))
+
+
+with contextlib.suppress(ConfigError):  # importing this module registers the environment when gymnasium is there:
+    register()  # gymnasium.make("metagrad.rl.envs.gym:metagrad/Navigation2D-v0")

@@ -1,0 +1,354 @@
+"""Meta-RL on the functional engine: MAML-TRPO, first-order MAML, SG-MRL, E-MAML and joint training (DRS).
+
+One meta-iteration: for a meta-batch of tasks, sample K episodes with the meta-parameters, take the inner
+policy-gradient step(s) (each on fresh episodes of the adapted policy), sample the evaluation episodes D_o with the
+adapted policy, then form the outer objective as a pure function of the meta-parameters (the inner steps are
+recomputed from the stored episodes, so autograd sees through them) and take a TRPO or VPG step on it.
+
+Algorithms differ only in the outer objective (all in units of the per-step surrogate, i.e. divided by H):
+- ``maml``: the post-adaptation surrogate, differentiated through the inner step (second order);
+- ``fomaml``: the same with the inner gradients held constant (first order);
+- ``sgmrl`` / ``sgmrl-fo``: SG-MRL (eq. 13): plus ``J(theta'; D_o) * sum over the inner episodes of
+  log pi(tau; theta_s)`` (the score function of the inner batches' distribution), full or first order;
+- ``emaml``: MAML plus E-MAML's exploration term (Stadie et al. 2018, in ProMP's form: the post-update reward of
+  each task, normalized over the meta-batch, times the mean log-likelihood of its pre-update episodes);
+- ``joint``: no inner step during training: one policy on the pooled tasks (the "pretrained" baseline, DRS).
+Every term uses importance ratios ``pi / pi_old`` in place of ``log pi``: same gradient at the sampling
+parameters, and a surrogate that TRPO's line search can evaluate at other parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, vjp, vmap
+
+from ..errors import ConfigError, TrainingDiverged
+from ..functional import Params, call, detach, params_of, write_grads
+from ..inner import SGD
+from .envs.base import TaskEnv
+from .policy import Policy
+from .sampler import Trajectories, policy_dist, process, rollout
+from .trpo import StepInfo, flatten, trust_region_step, unflatten
+
+ALGOS = ("maml", "fomaml", "sgmrl", "sgmrl-fo", "emaml", "joint")
+OUTERS = ("trpo", "vpg")
+HVPS = ("exact", "finite-difference")
+SCORE_BASELINES = ("none", "batch")
+BASELINES = ("linear", "none")
+
+
+class MetaRL(nn.Module):
+    """A policy meta-trained on an environment's task distribution.
+
+    Args:
+        policy, env: any ``Policy`` module and ``TaskEnv``.
+        algo: see the module docstring; ``outer``: ``trpo`` (KL-constrained, CG + line search) or ``vpg``
+            (the gradient goes to ``.grad`` and any ``torch.optim`` optimizer takes the step).
+        inner_lr / inner_steps / episodes: the inner VPG step(s) and K, the episodes per step and task.
+        gamma, gae_lambda, baseline: returns, GAE and the linear feature baseline (refit per task and batch).
+        normalize_inner / normalize_outer: normalize advantages per task (the papers' code does).
+        max_kl, cg_iters, cg_damping, backtrack, max_backtracks: TRPO; ``hvp`` ``exact`` (Hessian-vector products
+            of the KL through the inner step, second derivatives only) or ``finite-difference`` (the MAML paper's);
+            ``hvp_subsample``: the fraction of each task's episodes those products use (rllab's subsampling; the
+            gradient and the line search's KL check use every episode).
+        score_baseline: SG-MRL's score term with ``J`` as is (``none``, eq. 13) or minus the mean ``J`` of the
+            other tasks of the meta-batch (``batch``: independent of the task's episodes, so still unbiased).
+        emaml_weight: the weight of E-MAML's exploration term.
+    """
+
+    def __init__(self, policy: Policy, env: TaskEnv, algo: str = "maml", outer: str = "trpo",
+                 inner_lr: float | Sequence[float] = 0.1, inner_steps: int = 1, episodes: int = 20,
+                 gamma: float = 0.99, gae_lambda: float = 1.0, baseline: str = "linear",
+                 normalize_inner: bool = True, normalize_outer: bool = True, max_kl: float = 0.01,
+                 cg_iters: int = 10, cg_damping: float = 1e-5, backtrack: float = 0.8, max_backtracks: int = 15,
+                 hvp: str = "exact", hvp_subsample: float = 1.0, score_baseline: str = "none",
+                 emaml_weight: float = 1.0):
+        super().__init__()
+        for name, value, allowed in (("algo", algo, ALGOS), ("outer", outer, OUTERS), ("hvp", hvp, HVPS),
+                                     ("score_baseline", score_baseline, SCORE_BASELINES),
+                                     ("baseline", baseline, BASELINES)):
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} '{value}'; choose one of {', '.join(allowed)}")
+        if inner_steps < 0 or episodes < 1:
+            raise ConfigError(f"inner_steps {inner_steps} must be >= 0 and episodes {episodes} >= 1")
+        if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:
+            raise ConfigError(f"gamma {gamma} and gae_lambda {gae_lambda} must lie in [0, 1]")
+        if not 0 < hvp_subsample <= 1:
+            raise ConfigError(f"hvp_subsample {hvp_subsample} must lie in (0, 1] (1: every episode)")
+        if not max_kl > 0 or not 0 < backtrack < 1:
+            raise ConfigError(f"max_kl {max_kl} must be positive and backtrack {backtrack} in (0, 1)")
+        self.policy, self.env = policy, env
+        self.algo, self.outer, self.hvp_mode = algo, outer, hvp
+        self.inner = SGD(inner_lr)
+        self.inner_steps = 0 if algo == "joint" else inner_steps
+        self.episodes, self.gamma, self.gae_lambda, self.baseline = episodes, gamma, gae_lambda, baseline
+        self.normalize_inner, self.normalize_outer = normalize_inner, normalize_outer
+        self.max_kl, self.cg_iters, self.cg_damping, self.hvp_subsample = max_kl, cg_iters, cg_damping, hvp_subsample
+        self.backtrack, self.max_backtracks = backtrack, max_backtracks
+        self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
+        self.first_order = algo in ("fomaml", "sgmrl-fo")
+
+    # ------------------------------------------------------------------ the inner step
+    def meta_params(self) -> Params:
+        """The policy's parameters as a detached dict (sharing storage: TRPO writes into them in place)."""
+        return params_of(self.policy)
+
+    def inner_loss(self, params: Params, traj: Trajectories) -> Tensor:
+        """The VPG surrogate of one task's episodes (``[K, H, ...]``), as a loss: ``-sum log pi * A / (K H)``."""
+        logp = self.policy.log_prob(call(self.policy, params, {}, traj.obs), traj.actions)
+        return -(logp * traj.advantages * traj.mask).sum() / traj.mask.numel()
+
+    def inner_step(self, params: Params, traj: Trajectories, step: int, rule: SGD | None = None,
+                   first_order: bool = False) -> Params:
+        """One task's adapted parameters after the ``step``-th VPG step on ``traj``."""
+        grads = grad(self.inner_loss)(params, traj)
+        if first_order:
+            grads = detach(grads)
+        return (rule or self.inner).step(params, grads, None, step, {})[0]
+
+    def adapt_batch(self, params: Params, traj: Trajectories, step: int, per_task: bool,
+                    rule: SGD | None = None) -> Params:
+        """Every task's parameters after one inner step (``params`` shared, or per task with ``per_task``)."""
+        fn = vmap(lambda p, t: self.inner_step(p, t, step, rule), in_dims=(0 if per_task else None, 0))
+        return detach(fn(params, traj))
+
+    def adapted_path(self, theta: Params, trajs: Sequence[Trajectories]) -> list[Params]:
+        """The parameters before and after each inner step as differentiable functions of ``theta`` (tasks
+        batched; entry 0 is ``theta`` itself, shared)."""
+        if not trajs:
+            return [theta]
+
+        def one(theta: Params, *task_trajs: Trajectories) -> list[Params]:
+            path = [theta]
+            for s, tr in enumerate(task_trajs):
+                path.append(self.inner_step(path[-1], tr, s, first_order=self.first_order))
+            return path[1:]
+
+        return [theta, *vmap(one, in_dims=(None, *[0] * len(trajs)))(theta, *trajs)]
+
+    # ------------------------------------------------------------------ sampling
+    def process(self, traj: Trajectories, normalize: bool) -> Trajectories:
+        """Returns, baseline and advantages with this learner's settings."""
+        return process(traj, self.gamma, self.gae_lambda, self.baseline, normalize)
+
+    def sample(self, tasks: Tensor, generator: torch.Generator | None) -> tuple[list[Trajectories], Trajectories]:
+        """The inner batches (one per inner step) and the post-adaptation batch ``D_o`` of a meta-batch."""
+        params, per_task, trajs = self.meta_params(), False, []
+        for s in range(self.inner_steps):
+            tr = self.process(rollout(self.env, self.policy, params, tasks, self.episodes, generator, per_task),
+                              self.normalize_inner)
+            trajs.append(tr)
+            params, per_task = self.adapt_batch(params, tr, s, per_task), True
+        out = self.process(rollout(self.env, self.policy, params, tasks, self.episodes, generator, per_task),
+                           self.normalize_outer)
+        return trajs, out
+
+    # ------------------------------------------------------------------ the outer objective
+    def _ratio(self, params: Params, traj: Trajectories, per_task: bool) -> Tensor:
+        logp = self.policy.log_prob(policy_dist(self.policy, params, traj.obs, per_task), traj.actions)
+        return torch.exp((logp - traj.old_log_prob) * traj.mask) * traj.mask
+
+    def objective(self, theta: Params, trajs: Sequence[Trajectories], out: Trajectories) -> Tensor:
+        """The surrogate to maximize: its gradient at the sampling parameters is the algorithm's meta-gradient."""
+        return self.objective_and_kl(theta, trajs, out)[0]
+
+    def objective_and_kl(self, theta: Params, trajs: Sequence[Trajectories],
+                         out: Trajectories) -> tuple[Tensor, Tensor]:
+        """The surrogate and the mean KL(pi_old || pi_theta') over D_o, from one pass through the inner steps."""
+        path = self.adapted_path(theta, trajs)
+        horizon = out.mask.shape[-1]
+        dist = policy_dist(self.policy, path[-1], out.obs, bool(trajs))
+        logp = self.policy.log_prob(dist, out.actions)
+        ratio = torch.exp((logp - out.old_log_prob) * out.mask) * out.mask
+        total = (ratio * out.advantages).sum((1, 2)).mean() / (out.mask.shape[1] * horizon)
+        if self.algo in ("sgmrl", "sgmrl-fo") and trajs:
+            coef = self.score_coefficients(out)
+            for s, tr in enumerate(trajs):  # d/dtheta log q(D_s; theta_s(theta)), through the earlier steps
+                score = self._ratio(path[s], tr, s > 0).sum((1, 2))
+                total = total + (coef * score).mean() / horizon
+        if self.algo == "emaml" and trajs:
+            coef = self.emaml_coefficients(out)
+            for s, tr in enumerate(trajs):
+                lik = self._ratio(path[s], tr, s > 0).sum((1, 2)) / tr.mask.sum((1, 2)).clamp(min=1)
+                total = total + self.emaml_weight * (coef * lik).mean()
+        kl = (self.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
+        return total, kl
+
+    def score_coefficients(self, out: Trajectories) -> Tensor:
+        """SG-MRL's ``J_i(theta'; D_o)``: each task's mean discounted return on ``D_o`` (minus the other tasks'
+        mean with ``score_baseline='batch'``)."""
+        j = out.returns[..., 0].mean(1)
+        if self.score_baseline == "batch" and j.shape[0] > 1:
+            j = j - (j.sum() - j) / (j.shape[0] - 1)
+        return j.detach()
+
+    def emaml_coefficients(self, out: Trajectories) -> Tensor:
+        """E-MAML's weights: each task's mean post-update reward per step, normalized over the meta-batch."""
+        valid = out.mask.bool()
+        r = out.rewards[valid]
+        per_task = (out.rewards * out.mask).sum((1, 2)) / out.mask.sum((1, 2)).clamp(min=1)
+        return ((per_task - r.mean()) / (r.std() + 1e-8)).detach()
+
+    def kl(self, theta: Params, trajs: Sequence[Trajectories], out: Trajectories) -> Tensor:
+        """Mean KL(pi_old || pi_theta') over the valid steps of ``D_o``, theta' adapted from ``theta``."""
+        return self.objective_and_kl(theta, trajs, out)[1]
+
+    def meta_gradient(self, trajs: Sequence[Trajectories], out: Trajectories) -> Params:
+        """The gradient of ``objective`` at the meta-parameters (an ascent direction)."""
+        return grad(self.objective)(self.meta_params(), trajs, out)
+
+    def kl_hvp(self, trajs: Sequence[Trajectories], out: Trajectories) -> Any:
+        """``v -> (H + damping) v`` with H the Hessian of the KL through the inner step at the meta-parameters.
+
+        ``exact``: at the sampling parameters the KL's gradient with respect to the adapted parameters is zero,
+        so its Hessian through the inner steps is exactly ``sum_i J_i^T F_i J_i`` (F_i: the Fisher matrix of task
+        i's adapted policy on D_o, J_i: the Jacobian of its inner steps, each ``I - alpha * Hessian of the inner
+        loss``): Hessian-vector products of the inner losses and of the KL, no third derivatives.
+        ``finite-difference``: central differences of the KL's gradient through the inner step (the MAML paper's).
+        """
+        theta = self.meta_params()
+        x0 = flatten(theta)
+        if self.hvp_mode == "finite-difference" or not trajs:
+            def kl_grad(x: Tensor) -> Tensor:
+                return grad(lambda y: self.kl(unflatten(y, theta), trajs, out))(x)
+
+            if not trajs:  # joint training: the KL Hessian of the policy itself, exact
+                _, product = vjp(kl_grad, x0)
+                return lambda v: product(v)[0] + self.cg_damping * v
+
+            # central differences: step ~ machine epsilon^(1/3) balances rounding and truncation (float32: 5e-3
+            # relative; a 1e-5 step gives errors of the order of the product itself in float32)
+            rel = torch.finfo(x0.dtype).eps ** (1 / 3)
+
+            def fd(v: Tensor) -> Tensor:
+                eps = rel * (1 + float(x0.norm())) / (float(v.norm()) + 1e-12)
+                return (kl_grad(x0 + eps * v) - kl_grad(x0 - eps * v)) / (2 * eps) + self.cg_damping * v
+
+            return fd
+        path, jacobians = self._inner_jacobians(theta, trajs)
+        if self.first_order:  # the inner gradients are constants: d theta' / d theta = I
+            jacobians = []
+        tasks = out.mask.shape[0]
+        out = self._subsample(out)
+
+        def kl_of(p: Params) -> Tensor:
+            dist = policy_dist(self.policy, p, out.obs, True)
+            return (self.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
+
+        _, fisher = vjp(grad(kl_of), path[-1])
+
+        def product(v: Tensor) -> Tensor:
+            u = {k: t.expand(tasks, *t.shape) for k, t in unflatten(v, theta).items()}
+            for jac in jacobians:  # J v = J_n ... J_1 v
+                u = jac(u)
+            w = fisher(u)[0]
+            for jac in reversed(jacobians):  # J^T w = J_1 ... J_n w (each J_s is symmetric)
+                w = jac(w)
+            return flatten({k: t.sum(0) for k, t in w.items()}) + self.cg_damping * v
+
+        return product
+
+    def _inner_jacobians(self, theta: Params, trajs: Sequence[Trajectories]) -> tuple[list[Params], list[Any]]:
+        """The (detached, per-task) parameters after each inner step, and per step s ``u -> J_s u`` on ``[T, ...]``
+        trees, ``J_s = I - alpha_s * Hessian of the task's inner loss`` at its parameters before step s (symmetric,
+        so it is also its transpose)."""
+        tasks = trajs[0].mask.shape[0]
+        path = [{k: v.expand(tasks, *v.shape) for k, v in theta.items()}]
+        jacobians = []
+        for s, tr in enumerate(trajs):
+            sub = self._subsample(tr)
+            grads, hess = vjp(lambda p, sub=sub: vmap(grad(self.inner_loss))(p, sub), path[-1])
+            if sub is not tr:  # the path itself follows the inner steps on all episodes
+                grads = vmap(grad(self.inner_loss))(path[-1], tr)
+            lr = self.inner.lr_at(s)
+            path.append(detach(self.inner.step(path[-1], grads, None, s, {})[0]))
+
+            def jac(u: Params, hess: Any = hess, lr: float = lr) -> Params:
+                hu = hess(u)[0]
+                return {k: u[k] - lr * hu[k] for k in u}
+
+            jacobians.append(jac)
+        return path, jacobians
+
+    def _subsample(self, traj: Trajectories) -> Trajectories:
+        """The first ``hvp_subsample`` fraction of each task's episodes (episodes are i.i.d.), for curvature."""
+        k = traj.mask.shape[1]
+        keep = max(1, math.ceil(self.hvp_subsample * k))
+        return traj if keep >= k else Trajectories(*(f[:, :keep] for f in traj))
+
+    # ------------------------------------------------------------------ one meta-iteration
+    def meta_step(self, tasks: Tensor, generator: torch.Generator | None = None,
+                  optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        """One meta-iteration: ``sample`` then ``update``."""
+        trajs, out = self.sample(tasks, generator)
+        return {**self.sample_metrics(trajs, out), **self.update(trajs, out, optimizer)}
+
+    @staticmethod
+    def sample_metrics(trajs: Sequence[Trajectories], out: Trajectories) -> dict[str, float]:
+        """Average return before and after adaptation on a meta-batch, and the environment steps it took."""
+        return {"return_pre": float((trajs[0] if trajs else out).episode_returns.mean()),
+                "return_post": float(out.episode_returns.mean()),
+                "env_steps": float(sum(t.steps for t in trajs) + out.steps)}
+
+    def update(self, trajs: Sequence[Trajectories], out: Trajectories,
+               optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        """Form the meta-gradient and take the outer step: TRPO in place, or ``optimizer.step()`` for VPG."""
+        g = self.meta_gradient(trajs, out)
+        gnorm = float(flatten(g).norm())
+        if not math.isfinite(gnorm):
+            raise TrainingDiverged(f"the meta-gradient is {gnorm}; lower inner_lr or the outer step size")
+        if self.outer == "vpg":
+            if optimizer is None:
+                raise ConfigError("outer 'vpg' needs an optimizer (e.g. torch.optim.Adam(policy.parameters()))")
+            write_grads(dict(self.policy.named_parameters()), {k: -v for k, v in g.items()})
+            optimizer.step()
+            return {"grad_norm": gnorm}
+        info = self.trpo_update(flatten(self.meta_params()), flatten(g), trajs, out)
+        return {"grad_norm": gnorm, "accepted": float(info.accepted), "kl": info.kl,
+                "improvement": info.improvement, "backtracks": float(info.backtracks)}
+
+    def trpo_update(self, x0: Tensor, g: Tensor, trajs: Sequence[Trajectories], out: Trajectories) -> StepInfo:
+        """A trust-region step from ``x0`` written into the policy's parameters."""
+        theta = self.meta_params()
+
+        def evaluate(x: Tensor) -> tuple[float, float]:
+            with torch.no_grad():
+                sur, kl = self.objective_and_kl(unflatten(x, theta), trajs, out)
+            return float(sur), float(kl)
+
+        x, info = trust_region_step(x0, evaluate, g, self.kl_hvp(trajs, out), self.max_kl, self.cg_iters,
+                                    self.backtrack, self.max_backtracks)
+        with torch.no_grad():
+            for p, v in zip(self.policy.parameters(), unflatten(x, theta).values(), strict=True):
+                p.copy_(v)
+        return info
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def adaptation_returns(self, tasks: Tensor, steps: int, episodes: int = 40,
+                           lr: float | Sequence[float] = (0.1, 0.05), generator: torch.Generator | None = None,
+                           chunk: int = 50, keep_paths: int = 0) -> tuple[Tensor, list[Tensor]]:
+        """Mean undiscounted return per task after 0..``steps`` VPG steps (each on ``episodes`` fresh episodes of
+        the current policy): ``[T, steps + 1]``; with ``keep_paths`` also the positions of the first episodes of
+        the first tasks after each step (``[keep_paths, H + 1, obs_dim]`` per step), for trajectory plots."""
+        rule = SGD(lr)
+        rows, paths = [], []
+        for i in range(0, tasks.shape[0], chunk):
+            part = tasks[i: i + chunk]
+            params, per_task, cols = self.meta_params(), False, []
+            for s in range(steps + 1):
+                tr = rollout(self.env, self.policy, params, part, episodes, generator, per_task)
+                cols.append(tr.episode_returns.mean(1))
+                if i == 0 and keep_paths:  # positions of the first episode (NaN once it has ended)
+                    valid = tr.mask[:keep_paths, 0, :, None].bool()
+                    paths.append(tr.obs[:keep_paths, 0].masked_fill(~valid, float("nan")))
+                if s < steps:
+                    tr = self.process(tr, self.normalize_inner)
+                    params, per_task = self.adapt_batch(params, tr, s, per_task, rule), True
+            rows.append(torch.stack(cols, 1))
+        return torch.cat(rows), paths

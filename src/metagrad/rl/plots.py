@@ -1,0 +1,85 @@
+"""Figures of the navigation reproduction: return after k steps (MAML Figure 4, top), training curves, and
+trajectories before and after adaptation (MAML Figure 4, bottom). Drawn from saved results (matplotlib Agg)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..plots import _save, plt
+
+COLORS = {"maml-trpo": "tab:green", "fomaml-trpo": "tab:olive", "pretrained": "tab:blue", "random": "black",
+          "oracle": "tab:red", "sgmrl": "tab:purple", "sgmrl-full": "tab:pink", "maml-vpg": "tab:cyan",
+          "emaml": "tab:orange"}
+
+
+def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
+    """Every figure that the methods in ``results`` allow; returns their paths."""
+    methods = results["methods"]
+    paths = [return_curves(methods, out / "return_curves.png")]
+    logs = {m: out / m / "metrics.jsonl" for m in methods if (out / m / "metrics.jsonl").exists()}
+    if logs:
+        paths.append(training_curves(logs, {m: methods[m]["label"] for m in logs}, out / "training_curves.png"))
+    shown = [m for m in ("maml-trpo", "pretrained", "sgmrl", "maml-vpg") if (out / m / "paths.pt").exists()]
+    if shown:
+        paths.append(trajectories({m: torch.load(out / m / "paths.pt") for m in shown},
+                                  {m: methods[m]["label"] for m in shown}, out / "trajectories.png"))
+    return paths
+
+
+def return_curves(methods: dict[str, Any], path: Path) -> Path:
+    """Average return after 0..k gradient steps with 95% CI bands, one line per method."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for m, r in methods.items():
+        c = r["curve"]
+        steps = range(len(c["mean"]))
+        lo = [a - b for a, b in zip(c["mean"], c["ci95"], strict=True)]
+        hi = [a + b for a, b in zip(c["mean"], c["ci95"], strict=True)]
+        ax.plot(steps, c["mean"], marker="o", ms=3, label=r["label"], color=COLORS.get(m))
+        ax.fill_between(steps, lo, hi, alpha=0.2, color=COLORS.get(m))
+    ax.set_xticks(range(max(len(r["curve"]["mean"]) for r in methods.values())))
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return (symlog scale)")
+    ax.set_title("point robot, 2D navigation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -> Path:
+    """Average return of each training meta-batch before (dashed) and after (solid) adaptation."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for m, log in logs.items():
+        rows = [json.loads(ln) for ln in log.read_text().splitlines()]
+        its = [r["iteration"] for r in rows]
+        color = COLORS.get(m)
+        ax.plot(its, [r["return_post"] for r in rows], color=color, lw=1, label=f"{labels[m]}, after")
+        ax.plot(its, [r["return_pre"] for r in rows], color=color, lw=0.8, ls="--", alpha=0.6)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("average return (training tasks)")
+    ax.set_title("meta-training (dashed: before adaptation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def trajectories(saved: dict[str, Any], labels: dict[str, str], path: Path, after: int = 3) -> Path:
+    """Per method, one held-out goal: a sampled episode before adaptation and after ``after`` steps."""
+    fig, axes = plt.subplots(1, len(saved), figsize=(3.8 * len(saved), 3.6), squeeze=False)
+    for ax, (m, s) in zip(axes[0], saved.items(), strict=True):
+        goal = s["goals"][0]
+        steps = min(after, len(s["paths"]) - 1)
+        for k, style in ((0, dict(color="tab:blue", alpha=0.5, ls="--")), (steps, dict(color="tab:blue"))):
+            pos = s["paths"][k][0][:, :2]
+            ax.plot(pos[:, 0], pos[:, 1], label="pre-update" if k == 0 else f"{k} steps", **style)
+        ax.scatter([float(goal[0])], [float(goal[1])], marker="*", s=150, color="tab:red", zorder=5,
+                   label="goal position")
+        ax.set_title(labels[m], fontsize=10)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,153 @@
+"""Stochastic policies as plain modules that the engine calls functionally (``call(policy, params, {}, obs)``).
+
+``forward`` returns the distribution's parameters as one tensor, so that per-task parameters work under
+``vmap``; ``log_prob``, ``kl``, ``sample`` and ``entropy`` are pure functions of that tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .envs.base import Space
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+POLICIES = ("auto", "gaussian", "categorical")
+MIN_LOG_STD = math.log(1e-6)
+
+
+def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
+    if any(h < 1 for h in sizes):
+        raise ConfigError(f"hidden sizes {list(sizes[1:-1])} must be positive")
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """Interface: ``forward(obs) -> dist`` and pure functions of ``dist``."""
+
+    discrete: bool = False
+
+    def log_prob(self, dist: Tensor, actions: Tensor) -> Tensor:
+        """log pi(a | s), summed over action dimensions: shape ``dist.shape[:-1]``."""
+        raise NotImplementedError
+
+    def sample(self, dist: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Actions drawn from ``dist`` with ``generator`` (reproducible sampling)."""
+        raise NotImplementedError
+
+    def mode(self, dist: Tensor) -> Tensor:
+        """The most likely action (deterministic evaluation)."""
+        raise NotImplementedError
+
+    def kl(self, old: Tensor, new: Tensor) -> Tensor:
+        """KL(old || new) per state."""
+        raise NotImplementedError
+
+    def entropy(self, dist: Tensor) -> Tensor:
+        """Entropy per state."""
+        raise NotImplementedError
+
+
+class GaussianMLPPolicy(Policy):
+    """Diagonal Gaussian with an MLP mean (the papers: 2 hidden layers of 100, ReLU) and a learned,
+    state-independent log standard deviation. ``dist`` is ``[mean, log_std]`` along the last dimension."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int] = (100, 100), activation: str = "relu",
+                 init_std: float = 1.0):
+        super().__init__()
+        if not init_std > 0:
+            raise ConfigError(f"init_std {init_std} must be positive (e.g. 1.0)")
+        self.action_dim = action_dim
+        self.mean = _mlp([obs_dim, *hidden, action_dim], activation)
+        self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        mean = self.mean(obs)
+        return torch.cat([mean, self.log_std.clamp(min=MIN_LOG_STD).expand_as(mean)], -1)
+
+    def _split(self, dist: Tensor) -> tuple[Tensor, Tensor]:
+        return dist[..., : self.action_dim], dist[..., self.action_dim:]
+
+    def log_prob(self, dist: Tensor, actions: Tensor) -> Tensor:
+        mean, log_std = self._split(dist)
+        z = (actions - mean) * torch.exp(-log_std)
+        return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def sample(self, dist: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        mean, log_std = self._split(dist)
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + log_std.exp() * noise
+
+    def mode(self, dist: Tensor) -> Tensor:
+        return self._split(dist)[0]
+
+    def kl(self, old: Tensor, new: Tensor) -> Tensor:
+        m0, s0 = self._split(old)
+        m1, s1 = self._split(new)
+        return (s1 - s0 + (torch.exp(2 * s0) + (m0 - m1) ** 2) / (2 * torch.exp(2 * s1)) - 0.5).sum(-1)
+
+    def entropy(self, dist: Tensor) -> Tensor:
+        return (self._split(dist)[1] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+
+class CategoricalMLPPolicy(Policy):
+    """Softmax over ``n`` discrete actions from an MLP; ``dist`` holds the logits."""
+
+    discrete = True
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (100, 100), activation: str = "relu"):
+        super().__init__()
+        self.n_actions = n_actions
+        self.logits = _mlp([obs_dim, *hidden, n_actions], activation)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return torch.log_softmax(self.logits(obs), -1)
+
+    def log_prob(self, dist: Tensor, actions: Tensor) -> Tensor:
+        return torch.gather(dist, -1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def sample(self, dist: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        flat = dist.reshape(-1, dist.shape[-1]).exp()
+        return torch.multinomial(flat, 1, generator=generator).view(dist.shape[:-1])
+
+    def mode(self, dist: Tensor) -> Tensor:
+        return dist.argmax(-1)
+
+    def kl(self, old: Tensor, new: Tensor) -> Tensor:
+        return (old.exp() * (old - new)).sum(-1)
+
+    def entropy(self, dist: Tensor) -> Tensor:
+        return -(dist.exp() * dist).sum(-1)
+
+
+def make_policy(space: Space, obs_dim: int, kind: str = "auto", hidden: Sequence[int] = (100, 100),
+                activation: str = "relu", init_std: float = 1.0) -> Policy:
+    """The policy for ``space``: Gaussian for continuous actions, categorical for discrete ones; a ``kind``
+    that cannot serve the space stops with a ``ConfigError`` naming both."""
+    if kind not in POLICIES:
+        raise ConfigError(f"unknown policy '{kind}'; choose one of {', '.join(POLICIES)}")
+    if kind == "auto":
+        kind = "categorical" if space.kind == "discrete" else "gaussian"
+    if kind == "gaussian":
+        if space.kind != "box" or len(space.shape) != 1:
+            raise ConfigError(f"a gaussian policy cannot serve {space.describe()}; use policy 'categorical' "
+                              "(or 'auto')")
+        return GaussianMLPPolicy(obs_dim, space.shape[0], hidden, activation, init_std)
+    if space.kind != "discrete":
+        raise ConfigError(f"a categorical policy cannot serve {space.describe()}; use policy 'gaussian' "
+                          "(or 'auto')")
+    return CategoricalMLPPolicy(obs_dim, space.n, hidden, activation)

@@ -1,0 +1,98 @@
+"""Trajectories for a meta-batch: K episodes of each of T tasks, all stepped together, with per-task policy
+parameters (after adaptation) or shared ones (the meta-parameters); then returns and advantages."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from ..functional import Params, call
+from . import baseline as linear_baseline
+from .envs.base import TaskEnv
+from .policy import Policy
+from .returns import discounted_returns, gae, normalize
+
+
+class Trajectories(NamedTuple):
+    """Episodes of T tasks x K episodes x H steps (a pytree, so ``vmap`` maps over its task dimension).
+
+    ``mask`` is 1 on the steps an episode actually took; ``old_dist`` and ``old_log_prob`` are those of the
+    sampling policy (for importance ratios and the TRPO KL); ``returns`` are discounted rewards-to-go.
+    """
+
+    obs: Tensor  # [T, K, H, obs_dim]
+    actions: Tensor  # [T, K, H, action_dim] or [T, K, H] (discrete)
+    rewards: Tensor  # [T, K, H]
+    mask: Tensor  # [T, K, H]
+    old_dist: Tensor  # [T, K, H, dist_dim]
+    old_log_prob: Tensor  # [T, K, H]
+    returns: Tensor  # [T, K, H]
+    advantages: Tensor  # [T, K, H]
+
+    @property
+    def episode_returns(self) -> Tensor:
+        """Undiscounted return of each episode, ``[T, K]`` (what the papers report)."""
+        return (self.rewards * self.mask).sum(-1)
+
+    @property
+    def steps(self) -> int:
+        """Environment steps taken (valid transitions)."""
+        return int(self.mask.sum())
+
+
+def policy_dist(policy: Policy, params: Params, obs: Tensor, per_task: bool) -> Tensor:
+    """Distribution parameters for ``obs`` ``[T, ...]``: with per-task ``params`` (leading task dimension) under
+    vmap, or with shared ``params`` in one call."""
+    if per_task:
+        return vmap(lambda p, o: call(policy, p, {}, o))(params, obs)
+    return call(policy, params, {}, obs)
+
+
+@torch.no_grad()
+def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episodes: int,
+            generator: torch.Generator | None = None, per_task: bool = False, deterministic: bool = False,
+            dtype: torch.dtype | None = None) -> Trajectories:
+    """Run ``episodes`` episodes of every task in ``tasks`` with the policy at ``params``; all tasks and episodes
+    advance in one batched step. Returns and advantages are left at zero (see ``process``)."""
+    params = {k: v.detach() for k, v in params.items()}
+    dtype = dtype or next(iter(params.values())).dtype  # the policy's precision (float64 in gradient checks)
+    obs = env.reset(tasks, episodes).to(dtype)
+    t, k = obs.shape[:2]
+    alive = torch.ones(t, k, dtype=dtype)
+    rec: dict[str, list[Tensor]] = {"obs": [], "actions": [], "rewards": [], "mask": [], "dist": []}
+    for _ in range(env.horizon):
+        dist = policy_dist(policy, params, obs, per_task)
+        action = policy.mode(dist) if deterministic else policy.sample(dist, generator)
+        next_obs, reward, done = env.step(action)
+        for key, v in (("obs", obs), ("actions", action), ("rewards", reward.to(dtype) * alive), ("mask", alive),
+                       ("dist", dist)):
+            rec[key].append(v)
+        alive = alive * (~done).to(dtype)
+        obs = next_obs.to(dtype)
+        if not alive.any():
+            break
+    pad = env.horizon - len(rec["mask"])  # all episodes ended early: pad to the horizon (masked out)
+    out = {key: torch.stack(v + [torch.zeros_like(v[0])] * pad, 2) for key, v in rec.items()}
+    zeros = torch.zeros_like(out["rewards"])
+    log_prob = policy.log_prob(out["dist"], out["actions"]) * out["mask"]
+    return Trajectories(out["obs"], out["actions"], out["rewards"], out["mask"], out["dist"], log_prob, zeros, zeros)
+
+
+def process(traj: Trajectories, gamma: float = 0.99, gae_lambda: float = 1.0, baseline: str = "linear",
+            normalize_advantages: bool = True) -> Trajectories:
+    """Discounted returns, the baseline refitted on these trajectories (per task), advantages (GAE), optionally
+    normalized per task over its valid steps (as the papers' code does)."""
+    returns = discounted_returns(traj.rewards, traj.mask, gamma)
+    if baseline == "linear":
+        values = linear_baseline.fit_predict(traj.obs, returns, traj.mask)
+    elif baseline == "none":
+        values = torch.zeros_like(returns)
+    else:
+        raise ValueError(f"unknown baseline '{baseline}'")
+    adv = gae(traj.rewards, values, traj.mask, gamma, gae_lambda)
+    if normalize_advantages:
+        adv = normalize(adv, traj.mask, (1, 2))
+    return traj._replace(returns=returns, advantages=adv)

@@ -1,0 +1,34 @@
+"""Tiny environments with exactly computable objectives, for the meta-RL gradient tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metagrad.rl.envs.base import Space, TaskEnv
+
+
+class OneStepBandit(TaskEnv):
+    """One step, observation [1]; a task is a reward vector over ``n`` discrete actions, or, continuous
+    (``n = 0``), a target g with reward -(a - g)^2."""
+
+    def __init__(self, n: int = 2):
+        self.n, self.obs_dim, self.horizon = n, 1, 1
+        self.action_space = Space("discrete", n=n) if n else Space("box", (1,))
+        self._tasks: Tensor | None = None
+
+    def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        return torch.rand(num_tasks, max(self.n, 1), generator=generator)
+
+    def reset(self, tasks: Tensor, episodes: int) -> Tensor:
+        self._tasks = tasks[:, None].expand(-1, episodes, -1)
+        return torch.ones(tasks.shape[0], episodes, 1, dtype=tasks.dtype)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        assert self._tasks is not None
+        if self.n:
+            reward = torch.gather(self._tasks, -1, actions.long()[..., None])[..., 0]
+        else:
+            reward = -((actions[..., 0] - self._tasks[..., 0]) ** 2)
+        obs = torch.ones(*reward.shape, 1, dtype=self._tasks.dtype)
+        return obs, reward, torch.ones_like(reward, dtype=torch.bool)

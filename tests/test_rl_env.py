@@ -1,0 +1,143 @@
+"""2D navigation, the gymnasium bridge, returns, GAE and the linear feature baseline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metagrad.errors import ConfigError
+from metagrad.rl import Navigation2D, make_env, make_policy
+from metagrad.rl.baseline import features, fit_predict
+from metagrad.rl.returns import discounted_returns, gae
+from metagrad.rl.sampler import process, rollout
+
+
+def test_navigation_clips_velocity_rewards_distance_and_stops_at_the_goal():
+    env = Navigation2D(reward="distance")
+    goals = torch.tensor([[0.05, 0.0], [0.3, -0.4]])
+    obs = env.reset(goals, 2)
+    assert obs.shape == (2, 2, 2) and obs.abs().sum() == 0
+    actions = torch.tensor([[[0.05, 0.0], [1.0, -1.0]], [[0.3, -0.4], [-0.02, 0.5]]])
+    obs, reward, done = env.step(actions)
+    expected_pos = torch.tensor([[[0.05, 0.0], [0.1, -0.1]], [[0.1, -0.1], [-0.02, 0.1]]])
+    assert torch.allclose(obs, expected_pos)
+    assert torch.allclose(reward, -(expected_pos - goals[:, None]).norm(dim=-1))
+    assert done.tolist() == [[True, False], [False, False]]  # the first episode reached its goal exactly
+    squared = Navigation2D(reward="squared")
+    squared.reset(goals, 2)
+    _, r2, _ = squared.step(actions)
+    assert torch.allclose(r2, -reward**2)
+
+
+def test_navigation_goals_lie_in_the_chosen_square_and_the_oracle_sees_them():
+    gen = torch.Generator().manual_seed(0)
+    goals = Navigation2D(goal_low=0.0, goal_high=1.0).sample_tasks(500, gen)
+    assert goals.min() >= 0 and goals.max() <= 1 and goals.min() < 0.01 and goals.max() > 0.99
+    oracle = Navigation2D(oracle=True)
+    obs = oracle.reset(goals[:3], 4)
+    assert oracle.obs_dim == 4 and torch.equal(obs[..., 2:], goals[:3, None].expand(3, 4, 2))
+
+
+def test_rollout_masks_steps_after_an_episode_ends():
+    env = Navigation2D(horizon=30, goal_radius=0.15)
+    torch.manual_seed(0)
+    policy = make_policy(env.action_space, 2, hidden=(8,))
+    tasks = torch.tensor([[0.0, 0.1], [0.4, 0.4]])
+    traj = rollout(env, policy, dict(policy.named_parameters()), tasks, 6, torch.Generator().manual_seed(0))
+    assert traj.obs.shape == (2, 6, 30, 2) and traj.mask.shape == (2, 6, 30)
+    first = traj.mask[0, :, 0]
+    assert first.all()  # every episode takes its first step
+    ended = (traj.mask[0].sum(-1) < 30)
+    assert ended.any()  # the goal at distance 0.1 (radius 0.15) ends some episodes early
+    # once masked, always masked; and no reward is counted after the end
+    assert (traj.mask[..., 1:] <= traj.mask[..., :-1]).all()
+    assert (traj.rewards[traj.mask == 0] == 0).all()
+
+
+def test_discounted_returns_and_gae_match_a_loop():
+    gen = torch.Generator().manual_seed(0)
+    r = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    v = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    mask = torch.ones(3, 7, dtype=torch.float64)
+    mask[1, 4:] = 0
+    gamma, lam = 0.9, 0.7
+    ret, adv = torch.zeros_like(r), torch.zeros_like(r)
+    for i in range(3):
+        acc, a, next_v = 0.0, 0.0, 0.0
+        for t in reversed(range(7)):
+            if mask[i, t] == 0:
+                continue
+            acc = r[i, t] + gamma * acc
+            delta = r[i, t] + gamma * next_v - v[i, t]
+            a = delta + gamma * lam * a
+            ret[i, t], adv[i, t], next_v = acc, a, v[i, t]
+    assert torch.allclose(discounted_returns(r, mask, gamma), ret)
+    assert torch.allclose(gae(r, v, mask, gamma, lam), adv)
+    assert torch.allclose(gae(r, v, mask, gamma, 1.0), (ret - v) * mask)
+
+
+def test_linear_feature_baseline_fits_a_linear_return_exactly():
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(4, 5, 30, 2, generator=gen, dtype=torch.float64)
+    mask = torch.ones(4, 5, 30, dtype=torch.float64)
+    mask[2, 1, 20:] = 0
+    weights = torch.randn(4, 2 * 2 + 4, generator=gen, dtype=torch.float64)  # one linear law per task
+    returns = (features(obs, mask) * weights[:, None, None]).sum(-1)
+    exact = fit_predict(obs, returns, mask, reg=0.0)
+    assert torch.allclose(exact, returns, atol=1e-9, rtol=0)
+    ridge = fit_predict(obs.float(), returns.float(), mask.float())  # rllab's ridge 1e-5: close, not exact
+    assert torch.allclose(ridge, returns.float(), atol=1e-3, rtol=1e-3)
+    assert (exact[mask == 0] == 0).all()
+    # a least-squares fit, not an interpolation: a non-linear return is not fitted
+    cubic = returns + obs[..., 0] ** 3
+    assert not torch.allclose(fit_predict(obs, cubic, mask, reg=0.0), cubic, atol=1e-2)
+
+
+def test_process_normalizes_advantages_per_task():
+    env = Navigation2D(horizon=10)
+    torch.manual_seed(0)
+    policy = make_policy(env.action_space, 2, hidden=(8,))
+    traj = rollout(env, policy, dict(policy.named_parameters()), env.sample_tasks(3, torch.Generator()), 4)
+    adv = process(traj).advantages
+    n = traj.mask.sum((1, 2))
+    assert torch.allclose((adv * traj.mask).sum((1, 2)) / n, torch.zeros(3), atol=1e-5)
+    assert torch.allclose(((adv * traj.mask) ** 2).sum((1, 2)) / n, torch.ones(3), atol=1e-3)
+
+
+def test_gymnasium_navigation_matches_the_vectorised_environment():
+    pytest.importorskip("gymnasium")
+    env = make_env("gym:metagrad/Navigation2D-v0", horizon=12)
+    vec = Navigation2D(horizon=12)
+    goals = vec.sample_tasks(2, torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    policy = make_policy(env.action_space, env.obs_dim, hidden=(8,))
+    params = dict(policy.named_parameters())
+    a = rollout(env, policy, params, goals, 3, torch.Generator().manual_seed(1))
+    b = rollout(vec, policy, params, goals, 3, torch.Generator().manual_seed(1))
+    assert torch.allclose(a.rewards, b.rewards, atol=1e-5) and torch.equal(a.mask, b.mask)
+
+
+def test_navigation_is_a_registered_gymnasium_environment():
+    gym = pytest.importorskip("gymnasium")
+    env = gym.make("metagrad.rl.envs.gym:metagrad/Navigation2D-v0")
+    env.unwrapped.set_task([0.2, -0.1])
+    obs, _ = env.reset(seed=0)
+    obs, reward, terminated, truncated, _ = env.step([0.5, 0.0])  # clipped to 0.1
+    assert obs.tolist() == pytest.approx([0.1, 0.0]) and reward == pytest.approx(-(0.1**2 + 0.1**2) ** 0.5)
+    steps = 1
+    while not (terminated or truncated):
+        _, _, terminated, truncated, _ = env.step([0.0, 0.0])
+        steps += 1
+    assert steps == 100 and truncated  # the registered horizon
+
+
+def test_unknown_environments_are_named():
+    with pytest.raises(ConfigError, match=r"unknown environment 'navigaton2d' .did you mean 'navigation2d'"):
+        make_env("navigaton2d")
+    with pytest.raises(ConfigError, match="horizon -3 must be >= 1"):
+        make_env("navigation2d", horizon=-3)
+    pytest.importorskip("gymnasium")
+    with pytest.raises(ConfigError, match="unknown gymnasium environment 'NoSuchEnv-v0'"):
+        make_env("gym:NoSuchEnv-v0")
+    with pytest.raises(ConfigError, match="has no sample_tasks"):
+        make_env("gym:CartPole-v1")

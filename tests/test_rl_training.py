@@ -1,0 +1,118 @@
+"""Meta-RL training: a short seeded run improves the post-adaptation return; resume continues the same run;
+the navigation reproduction end to end; bad input stops with one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metagrad import checkpoint
+from metagrad.cli import main
+from metagrad.rl.config import RLConfig
+from metagrad.rl.evaluate import return_curve
+from metagrad.rl.train import RLTrainer, build
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def test_short_maml_trpo_run_improves_the_post_adaptation_return():
+    cfg = RLConfig().replace(hidden=(32, 32), meta_batch_size=10, episodes=10, horizon=50, iterations=10)
+    learner, optimizer = build(cfg)
+    before, _, _ = return_curve(learner, 20, 1, 10, (0.1,), seed=7)
+    result = RLTrainer(learner, optimizer, cfg, progress=False).fit()
+    after, _, _ = return_curve(learner, 20, 1, 10, (0.1,), seed=7)
+    assert result.iteration == 10 and result.env_steps > 10 * 2 * 10 * 10 * 40
+    gain = after["mean"][1] - before["mean"][1]
+    assert gain > 2 * (after["ci95"][1] + before["ci95"][1]), (before, after)
+
+
+def _tiny(**kw):
+    return RLConfig().replace(hidden=(8,), meta_batch_size=3, episodes=2, horizon=10, checkpoint_every=1, **kw)
+
+
+@pytest.mark.parametrize("outer", ["trpo", "vpg"])
+def test_resume_continues_the_same_trajectory(tmp_path, outer):
+    cfg = _tiny(iterations=3, outer=outer, algo="maml" if outer == "trpo" else "sgmrl")
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
+    short = cfg.replace(iterations=2)
+    learner, opt = build(short)
+    RLTrainer(learner, opt, short, tmp_path / "resumed", progress=False).fit()
+    learner, opt = build(cfg)
+    result = RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
+    assert result.iteration == 3
+    a, _ = checkpoint.load(tmp_path / "straight" / "last")
+    b, _ = checkpoint.load(tmp_path / "resumed" / "last")
+    for k, v in a["learner"].items():
+        assert torch.equal(v, b["learner"][k]), k
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["iteration"] for ln in lines] == [1, 2, 3]
+    info = checkpoint.read_info(tmp_path / "resumed" / "best")
+    assert info["best_return"] == pytest.approx(max(json.loads(ln)["return_post"] for ln in lines), abs=1e-4)
+
+
+def test_reproduce_navigation_end_to_end(tmp_path, capsys):
+    out = tmp_path / "nav"
+    sets = ["--set", "hidden=8", "--set", "meta_batch_size=2", "--set", "episodes=2", "--set", "horizon=10",
+            "--set", "eval_episodes=2", "--set", "eval_lr_grid=0.1,0.5"]
+    assert main(["reproduce", "navigation", "--algo", "maml-trpo,random,sgmrl", "--iterations", "1",
+                 "--eval-tasks", "4", "--out", str(out), "--no-progress", *sets]) == 0
+    text = capsys.readouterr().out
+    assert "| MAML-TRPO (paper) | 500 max | -40.41 | -11.68 | -3.33 | -3.23 | - |" in text
+    assert "SG-MRL (first order)" in text and "-16.90" in text
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"maml-trpo", "random", "sgmrl"}
+    assert len(results["methods"]["maml-trpo"]["curve"]["mean"]) == 5
+    assert results["methods"]["random"]["curve"]["lr"][0] in (0.1, 0.5)  # tuned on validation goals
+    for name in ("return_curves.png", "training_curves.png", "trajectories.png", "table.md"):
+        assert (out / name).stat().st_size > 0
+    # a second command adds a method to the same table; the others are kept
+    assert main(["reproduce", "navigation", "--algo", "emaml", "--iterations", "1", "--eval-tasks", "4",
+                 "--out", str(out), "--no-progress", *sets]) == 0
+    assert set(json.loads((out / "results.json").read_text())["methods"]) == {"maml-trpo", "random", "sgmrl",
+                                                                             "emaml"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "env=mujoco-nav"], "unknown environment 'mujoco-nav'"),
+    (["--set", "horizon=-5"], "horizon -5 must be >= 1"),
+    (["--set", "policy=categorical"], "a categorical policy cannot serve a continuous action space of shape [2]"),
+    (["--algo", "maml-trpp"], "unknown method 'maml-trpp' (did you mean 'maml-trpo'?)"),
+    (["--set", "gamma=2"], "gamma 2.0 and gae_lambda 1.0 must lie in [0, 1]"),
+    (["--set", "inner_lrr=0.1"], "unknown config key 'inner_lrr' (did you mean 'inner_lr'?)"),
+])
+def test_bad_input_stops_with_one_line_and_exit_code_2(tmp_path, capsys, args, message):
+    code = main(["reproduce", "navigation", "--iterations", "1", "--out", str(tmp_path), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_gym_environments_without_gymnasium_name_the_extra_and_core_imports(tmp_path):
+    """Core metagrad (and metagrad.rl) import without gymnasium; a gym: environment says what to install."""
+    block = "import sys; sys.modules['gymnasium'] = None\n"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    code = block + "import metagrad, metagrad.rl\nfrom metagrad.cli import main\nraise SystemExit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "reproduce", "navigation", "--set",
+                           "env=gym:metagrad/Navigation2D-v0", "--out", str(tmp_path), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "metagrad reproduce: error: this needs gymnasium; install the rl extra: pip install 'metagrad[rl]'"]
+
+
+def test_readme_meta_rl_example_runs(capsys):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "metagrad.rl" in b)
+    exec(compile(block, "README.md", "exec"), {})
+    line = capsys.readouterr().out.strip()
+    means = [float(v) for v in line.split(":")[1].strip(" []").split(",")]
+    assert len(means) == 3 and means[1] > means[0]  # one step of adaptation helps after meta-training

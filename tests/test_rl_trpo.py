@@ -1,0 +1,113 @@
+"""TRPO: conjugate gradient, and a trust-region step that never breaks the KL bound nor lowers the surrogate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metagrad.rl import MetaRL, Navigation2D, make_policy
+from metagrad.rl.trpo import conjugate_gradient, flatten, trust_region_step, unflatten
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system():
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: a @ v, b, iters=6)
+    assert torch.allclose(a @ x, b, atol=1e-8)
+
+
+def _problem(seed: int):
+    """A surrogate whose quadratic model is poor (cubic and sine terms) and a non-quadratic KL-like distance."""
+    gen = torch.Generator().manual_seed(seed)
+    d = 5
+    m = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    a = m @ m.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    c = torch.randn(d, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(d, generator=gen, dtype=torch.float64)
+
+    def surrogate(x):
+        y = x - x0
+        return float(c @ y - 3.0 * (y**3).sum() + torch.sin(5 * y).sum())
+
+    def kl(x):
+        y = x - x0
+        return float(0.5 * y @ a @ y + (y**4).sum())
+
+    g = c + 5.0  # the gradient at x0: c + 5 cos(0)
+    return x0, (lambda x: (surrogate(x), kl(x))), g, (lambda v: a @ v)
+
+
+def test_trust_region_step_respects_the_bound_and_never_lowers_the_surrogate():
+    accepted = 0
+    for seed in range(40):
+        x0, evaluate, g, hvp = _problem(seed)
+        for max_kl in (1e-3, 0.05, 1.0):
+            x, info = trust_region_step(x0, evaluate, g, hvp, max_kl=max_kl, max_backtracks=10)
+            (new, kl), (old, _) = evaluate(x), evaluate(x0)
+            if info.accepted:
+                accepted += 1
+                assert kl <= max_kl
+                assert new > old
+                assert info.kl == kl
+            else:
+                assert torch.equal(x, x0)
+    assert accepted > 40  # the line search finds steps on most problems
+
+
+def test_trust_region_step_keeps_the_parameters_when_no_step_improves():
+    x0 = torch.zeros(3, dtype=torch.float64)
+    g = torch.ones(3, dtype=torch.float64)  # claims that increasing x helps, but the surrogate only falls
+
+    def surrogate(x):
+        return float(-((x - x0) ** 2).sum())
+
+    x, info = trust_region_step(x0, lambda x: (surrogate(x), float(((x - x0) ** 2).sum())), g, lambda v: 2 * v,
+                                max_kl=0.1)
+    assert not info.accepted and torch.equal(x, x0)
+
+
+def test_maml_trpo_update_stays_in_the_trust_region_and_improves_its_surrogate():
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=20)
+    policy = make_policy(env.action_space, 2, hidden=(16, 16))
+    learner = MetaRL(policy, env, algo="maml", episodes=5, max_kl=0.01)
+    tasks = env.sample_tasks(4, torch.Generator().manual_seed(0))
+    trajs, out = learner.sample(tasks, torch.Generator().manual_seed(1))
+    theta = {k: v.clone() for k, v in learner.meta_params().items()}  # (meta_params share the storage)
+    before = float(learner.objective(theta, trajs, out))
+    metrics = learner.update(trajs, out)
+    new = learner.meta_params()
+    assert metrics["accepted"] == 1.0
+    assert float(flatten(new).sub(flatten(theta)).norm()) > 0
+    with torch.no_grad():
+        assert float(learner.kl(new, trajs, out)) <= 0.01
+        # the new parameters, adapted on the same inner episodes, score higher on the same D_o
+        assert float(learner.objective(new, trajs, out)) > before
+    assert float(learner.kl(unflatten(flatten(theta), theta), trajs, out)) < 1e-7
+
+
+def test_subsampled_curvature_is_symmetric_and_the_step_still_respects_the_full_kl():
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=20)
+    policy = make_policy(env.action_space, 2, hidden=(16, 16)).double()
+    tasks = env.sample_tasks(3, torch.Generator().manual_seed(0)).double()
+    full = MetaRL(policy, env, episodes=4)
+    trajs, out = full.sample(tasks, torch.Generator().manual_seed(1))
+    half = MetaRL(policy, env, episodes=4, hvp_subsample=0.5)
+    x0 = flatten(full.meta_params())
+    gen = torch.Generator().manual_seed(2)
+    u, v = (torch.randn(x0.shape, dtype=x0.dtype, generator=gen) for _ in range(2))
+    hv_full, hv_half = full.kl_hvp(trajs, out), half.kl_hvp(trajs, out)
+    assert float(u @ hv_half(v)) == pytest.approx(float(v @ hv_half(u)), rel=1e-9)
+    assert float(v @ hv_half(v)) > 0
+    gap = float((hv_half(v) - hv_full(v)).norm() / hv_full(v).norm())
+    assert 1e-3 < gap < 1.0  # another estimate of the same curvature
+    assert torch.equal(MetaRL(policy, env, episodes=4, hvp_subsample=0.9).kl_hvp(trajs, out)(v), hv_full(v))
+    before = {k: w.clone() for k, w in half.meta_params().items()}
+    metrics = half.update(trajs, out)
+    assert metrics["accepted"] == 1.0
+    with torch.no_grad():
+        assert float(half.kl(half.meta_params(), trajs, out)) <= half.max_kl
+        assert float(half.objective(half.meta_params(), trajs, out)) > float(half.objective(before, trajs, out))
