@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("learn2learn", "higher", "torchopt")
-OURS = ("metagrad", "metagrad-compile", "metagrad-loop", "metagrad-recompute")
+OURS = ("metagrad", "metagrad-vmap", "metagrad-compile", "metagrad-recompute")
 
 # name: (description, settings)
 WORKLOADS: dict[str, dict] = {
@@ -165,14 +165,14 @@ def step_torchopt(w: dict, first_order: bool) -> Callable[[], None]:
 
 
 def make_step(lib: str, w: dict, first_order: bool) -> Callable[[], None]:
-    if lib == "metagrad":
+    if lib == "metagrad":  # the default, batching="auto": vmap, or the per-task loop for convolutions on the CPU
+        return step_metagrad(w, first_order, "auto")
+    if lib == "metagrad-vmap":
         return step_metagrad(w, first_order, "vmap")
-    if lib == "metagrad-loop":
-        return step_metagrad(w, first_order, "loop")
     if lib == "metagrad-compile":
         return step_metagrad(w, first_order, "vmap", compile=True)
     if lib == "metagrad-recompute":
-        return step_metagrad(w, first_order, "vmap", recompute=True)
+        return step_metagrad(w, first_order, "auto", recompute=True)
     return {"learn2learn": step_learn2learn, "higher": step_higher, "torchopt": step_torchopt}[lib](w, first_order)
 
 
