@@ -39,6 +39,8 @@ WORKLOADS: dict[str, dict] = {
                shots=1, query=15, tasks=32, steps=1, lr=0.4),
     "W3": dict(desc="Omniglot conv4 20-way 1-shot, 5 queries/class, 16 tasks, 5 steps", model="conv4", ways=20,
                shots=1, query=5, tasks=16, steps=5, lr=0.1),
+    "W4": dict(desc="Reptile, Omniglot conv4 5-way 10-shot, 5 tasks, 5 Adam steps on minibatches of 10",
+               model="conv4", ways=5, shots=10, query=1, tasks=5, steps=5, lr=0.001, reptile=True, orders=("fo",)),
 }
 
 
@@ -92,6 +94,52 @@ def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = F
     def step() -> None:
         opt.zero_grad()
         learner.meta_gradient(batch)
+        opt.step()
+
+    return step
+
+
+def step_metagrad_reptile(w: dict, batching: str) -> Callable[[], None]:
+    import metagrad as mg
+    from metagrad.tasks import Split, TaskBatch
+
+    torch.manual_seed(0)
+    learner = mg.Reptile(mg.models.Conv4(1, w["ways"]), loss_fn=loss_of(w), inner=mg.Adam(w["lr"]),
+                         inner_steps=w["steps"], inner_batch_size=10, batching=batching)
+    opt = torch.optim.SGD(learner.parameters(), lr=1.0)  # the paper's interpolation
+    xs, ys, xq, yq = make_data(w)
+    batch, gen = TaskBatch(Split(xs, ys), Split(xq, yq)), torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        opt.zero_grad()
+        learner.meta_gradient(batch, gen)
+        opt.step()
+
+    return step
+
+
+def step_plain_reptile(w: dict) -> Callable[[], None]:
+    """Reptile as learn2learn's example writes it (none of the peers has a Reptile class): per task a copy of the
+    model, Adam(beta1=0) steps on minibatches, the mean difference as the meta-gradient."""
+    import copy
+
+    model = peer_model(w)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    xs, ys, _, _ = make_data(w)
+    loss, gen = loss_of(w), torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        opt.zero_grad()
+        for i in range(w["tasks"]):
+            clone = copy.deepcopy(model)
+            inner = torch.optim.Adam(clone.parameters(), lr=w["lr"], betas=(0.0, 0.999))
+            for _ in range(w["steps"]):
+                idx = torch.randperm(xs.shape[1], generator=gen)[:10]
+                inner.zero_grad()
+                loss(clone(xs[i, idx]), ys[i, idx]).backward()
+                inner.step()
+            for p, q in zip(model.parameters(), clone.parameters(), strict=True):
+                p.grad = (p.grad if p.grad is not None else 0) + (p.detach() - q.detach()) / w["tasks"]
         opt.step()
 
     return step
@@ -165,6 +213,12 @@ def step_torchopt(w: dict, first_order: bool) -> Callable[[], None]:
 
 
 def make_step(lib: str, w: dict, first_order: bool) -> Callable[[], None]:
+    if w.get("reptile"):
+        if lib in ("metagrad", "metagrad-vmap"):
+            return step_metagrad_reptile(w, "auto" if lib == "metagrad" else "vmap")
+        if lib == "learn2learn":
+            return step_plain_reptile(w)
+        raise NotImplementedError(f"{lib}: no Reptile variant")
     if lib == "metagrad":  # the default, batching="auto": vmap, or the per-task loop for convolutions on the CPU
         return step_metagrad(w, first_order, "auto")
     if lib == "metagrad-vmap":
@@ -249,6 +303,8 @@ def main() -> None:
     timing: dict = {}
     for order in ("so", "fo"):
         for w in workloads:
+            if order not in WORKLOADS[w].get("orders", ("so", "fo")):
+                continue
             for _ in range(a.passes):
                 for lib in libs:
                     r = run_child([lib, w, order, "-", "--iterations", str(a.iterations), "--warmup", str(a.warmup)])
