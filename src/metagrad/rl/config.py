@@ -144,9 +144,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "random": {"algo": "joint", "iterations": 0, "tune_eval_lr": True},
     "oracle": {"algo": "joint", "outer": "trpo", "oracle": True, "eval_lr": (0.0,)},
     # the SG-MRL paper (5, appendix H): VPG inner and outer steps (Adam, learning rate 0.001), gamma 0.99; its
-    # code normalizes advantages; SG-MRL does not, since eq. (13) is the gradient of eq. (6) only with raw ones
-    "sgmrl": {"algo": "sgmrl-fo", "outer": "vpg", "normalize_outer": False},
-    "sgmrl-full": {"algo": "sgmrl", "outer": "vpg", "normalize_outer": False},
+    # code normalizes advantages; SG-MRL does not, since eq. (13) is the gradient of eq. (6) only with raw ones.
+    # Its score term gets the other tasks' mean return as a baseline (still unbiased): with J as is (always
+    # negative here) the term lowers the likelihood of every sampled path and training diverged (measured)
+    "sgmrl": {"algo": "sgmrl-fo", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch"},
+    "sgmrl-full": {"algo": "sgmrl", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch"},
     "maml-vpg": {"algo": "maml", "outer": "vpg"},
     "emaml": {"algo": "emaml", "outer": "vpg"},
 }
