@@ -76,3 +76,22 @@ def test_compiled_meta_gradient_equals_eager():
         states[compile] = learner.state_dict()
     for k, v in states[False].items():
         torch.testing.assert_close(states[True][k], v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["maml", "reptile"])
+def test_the_loop_in_chunks_of_tasks_equals_vmap(monkeypatch, algo):
+    """The per-task loop differentiates LOOP_CHUNK tasks at a time (to bound memory): same meta-gradient as vmap."""
+    from metagrad.algorithms import base
+
+    monkeypatch.setattr(base, "LOOP_CHUNK", 3)
+    batch, grads = sinusoid_batch(tasks=7), {}
+    for batching in ("vmap", "loop"):
+        torch.manual_seed(0)
+        model = small_mlp().double()
+        learner = (mg.Reptile(model, inner=mg.SGD(0.02), inner_steps=2, inner_batch_size=3, batching=batching)
+                   if algo == "reptile" else mg.MAML(model, inner=mg.SGD(0.02), inner_steps=2, batching=batching))
+        metrics = learner.meta_gradient(batch, torch.Generator().manual_seed(1))
+        grads[batching] = (metrics["meta_loss"], grads_of(learner))
+    assert grads["vmap"][0] == pytest.approx(grads["loop"][0], rel=1e-12)
+    for n, g in grads["vmap"][1].items():
+        torch.testing.assert_close(grads["loop"][1][n], g, rtol=1e-10, atol=1e-12)

@@ -9,6 +9,7 @@ any ``torch.optim`` optimizer takes the outer step. An algorithm only says how o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ Meta = dict[str, Params]
 def has_torch_batchnorm(model: nn.Module) -> bool:
     """``nn.BatchNorm*`` gives wrong second-order gradients under vmap (DESIGN.md, measured pitfalls)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+LOOP_CHUNK = int(os.environ.get("METAGRAD_LOOP_CHUNK", "8"))  # tasks whose graphs the per-task loop holds at once
 
 
 def has_conv(model: nn.Module) -> bool:
@@ -185,7 +189,20 @@ class MetaLearner(nn.Module):
 
     def _meta_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:
-        """The meta-gradient as a pure function of its inputs (what ``compile=True`` compiles)."""
+        """The meta-gradient as a pure function of its inputs (what ``compile=True`` compiles). In the per-task
+        loop, tasks are differentiated ``LOOP_CHUNK`` at a time, so only their graphs are alive at once."""
+        n = batch.num_tasks
+        if not self.vmapped and n > LOOP_CHUNK:
+            total, loss_sum = None, 0.0
+            for start in range(0, n, LOOP_CHUNK):
+                stop = min(n, start + LOOP_CHUNK)
+                part_mb = None if mb is None else mb[start:stop]
+                g, loss = self._meta_gradient(meta, buffers, batch.slice(start, stop), part_mb)
+                share = (stop - start) / n
+                g, loss = tree_map(lambda x, w=share: x * w, g), loss * share
+                total = g if total is None else tree_map(torch.add, total, g)
+                loss_sum = loss_sum + loss
+            return total, loss_sum
 
         def objective(meta: Meta) -> tuple[Tensor, Tensor]:
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()
