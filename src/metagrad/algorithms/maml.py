@@ -39,14 +39,11 @@ class MAML(MetaLearner):
         adapted = self.adapt(meta, buffers, task.support, first_order=self.first_order, minibatches=minibatches)
         return self.loss_at(adapted, buffers, *task.query)
 
-    def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
-                      shard: slice | None = None) -> dict[str, float]:
-        if not self.recompute:
-            return super().meta_gradient(batch, generator, shard)
-        batch, mb = self.sharded(batch, generator, shard)
-        grads, loss = self.compiled(self._recomputed_gradient)(self.meta_params(), self.buffers(), batch, mb)
-        self.write_meta_gradient(grads)
-        return {"meta_loss": float(loss)}
+    def _meta_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
+                       mb: Tensor | None) -> tuple[Meta, Tensor]:
+        if self.recompute:
+            return self._recomputed_gradient(meta, buffers, batch, mb)
+        return super()._meta_gradient(meta, buffers, batch, mb)
 
     def _recomputed_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                              mb: Tensor | None) -> tuple[Meta, Tensor]:
