@@ -37,7 +37,7 @@ def test_task_batch_norm_matches_torch_in_training_mode(shape):
 
 
 @pytest.mark.parametrize("kind", ["conv4", "mlp-bn"])
-@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile"])
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "maml-recompute"])
 def test_batched_tasks_equal_the_per_task_loop_in_float64(kind, algo):
     """With batch norm, vmap must agree with the loop to round-off (DESIGN.md: torch's BatchNorm does not)."""
     model = classifier(kind)
@@ -46,7 +46,7 @@ def test_batched_tasks_equal_the_per_task_loop_in_float64(kind, algo):
         learner = mg.Reptile(model, loss_fn=mg.losses.cross_entropy, inner=inner, inner_steps=3, inner_batch_size=4)
     else:
         learner = mg.MAML(model, loss_fn=mg.losses.cross_entropy, inner=inner, inner_steps=2,
-                          first_order=algo == "fomaml")
+                          first_order=algo == "fomaml", recompute=algo == "maml-recompute")
     batch = image_batch()
     grads = {}
     for batching in ("vmap", "loop"):
@@ -90,6 +90,18 @@ def test_second_order_conv_meta_gradient_matches_finite_differences():
         numeric = (8 * (loss_along(d, h) - loss_along(d, -h)) - loss_along(d, 2 * h) + loss_along(d, -2 * h)) / (12 * h)
         analytic = float(sum((grads[n] * d[n]).sum() for n in params))
         assert abs(numeric - analytic) <= 1e-7 * max(1.0, abs(analytic))
+
+
+@pytest.mark.parametrize("transductive", [True, False])
+def test_batched_evaluation_equals_the_per_task_loop_in_float64(transductive):
+    """Adaptation curves with batch norm: vmap over tasks gives the loop's numbers, in both evaluation modes."""
+    learner = mg.MAML(classifier("conv4"), loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.3))
+    batch, values = image_batch(tasks=3), {}
+    for batching in ("vmap", "loop"):
+        learner.batching = batching
+        values[batching] = learner.adaptation_metrics(batch, 2, transductive=transductive)
+    for name, v in values["vmap"].items():
+        torch.testing.assert_close(v, values["loop"][name], rtol=1e-10, atol=1e-12)
 
 
 def test_non_transductive_predictions_ignore_the_other_queries():
