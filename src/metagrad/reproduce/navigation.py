@@ -26,7 +26,8 @@ from ..rl.train import RLTrainer, build, load_learner
 DEMO_ITERATIONS, FULL_ITERATIONS = 100, 500
 LABELS = {"maml-trpo": "MAML-TRPO", "fomaml-trpo": "first-order MAML-TRPO", "pretrained": "pretrained (joint)",
           "random": "random init", "oracle": "oracle (goal as input)", "sgmrl": "SG-MRL (first order)",
-          "sgmrl-full": "SG-MRL (full)", "maml-vpg": "MAML (VPG)", "emaml": "E-MAML (VPG)"}
+          "sgmrl-full": "SG-MRL (full)", "maml-vpg": "MAML (VPG)", "emaml": "E-MAML (VPG)", "promp": "ProMP",
+          "trpo-maml": "TRPO-MAML", "drs-ppo": "DRS+PPO", "drs-trpo": "DRS+TRPO"}
 MAML_TABLE4 = {"maml-trpo": [-40.41, -11.68, -3.33, -3.23]}
 SGMRL_TABLE1 = {"sgmrl": -16.901, "maml-vpg": -17.767, "emaml": -17.803}
 MAML_METHODS = ("maml-trpo", "fomaml-trpo", "pretrained", "random", "oracle")

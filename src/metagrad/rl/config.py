@@ -39,8 +39,10 @@ class RLConfig:
     activation: str = opt("relu", "policy", "hidden activation: relu, tanh")
     init_std: float = opt(1.0, "policy", "initial standard deviation of the Gaussian policy")
     # [algo]
-    algo: str = opt("maml", "algo", "maml, fomaml, sgmrl, sgmrl-fo (first-order SG-MRL), emaml, joint (pretrained)")
-    outer: str = opt("trpo", "algo", "outer step: trpo, or vpg (gradient ascent with outer_optimizer)")
+    algo: str = opt("maml", "algo", "maml, fomaml, sgmrl, sgmrl-fo (first-order SG-MRL), emaml, promp (LVC inner "
+                    "step), joint (pretrained / DRS)")
+    outer: str = opt("trpo", "algo", "outer step: trpo, vpg (gradient ascent with outer_optimizer) or ppo (clipped, "
+                     "ppo_epochs steps of outer_optimizer)")
     inner_lr: tuple[float, ...] = opt((0.1,), "algo", "inner step size(s), alpha")
     inner_steps: int = opt(1, "algo", "inner VPG steps during meta-training")
     episodes: int = opt(20, "algo", "episodes per task and inner step, K")
@@ -60,11 +62,16 @@ class RLConfig:
     score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "
                               "mean return; still unbiased)")
     emaml_weight: float = opt(1.0, "algo", "E-MAML: weight of the exploration term")
+    ppo_epochs: int = opt(5, "algo", "PPO: optimizer steps per meta-batch")
+    ppo_clip: float = opt(0.3, "algo", "PPO: likelihood ratios clipped to [1 - clip, 1 + clip]")
+    inner_kl_coef: float = opt(5e-4, "algo", "PPO: initial penalty on the KL of each inner step's pre-update policy")
+    inner_kl_target: float = opt(0.01, "algo", "PPO: that KL's target; the penalty halves or doubles to keep it "
+                                 "within a factor 1.5 (0: fixed penalty)")
     # [train]
     iterations: int = opt(500, "train", "meta-iterations")
     meta_batch_size: int = opt(20, "train", "tasks per meta-iteration")
-    outer_optimizer: str = opt("adam", "train", "optimizer of outer 'vpg': adam or sgd")
-    outer_lr: float = opt(0.001, "train", "step size of outer 'vpg'")
+    outer_optimizer: str = opt("adam", "train", "optimizer of outer 'vpg' and 'ppo': adam or sgd")
+    outer_lr: float = opt(0.001, "train", "step size of outer 'vpg' and 'ppo'")
     seed: int = opt(0, "train", "seed of the initialization, tasks and episodes")
     checkpoint_every: int = opt(10, "train", "iterations between checkpoints (also at the end)")
     time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
@@ -90,7 +97,7 @@ class RLConfig:
                 raise ConfigError(f"unknown {name} '{value}'{_suggest(value, allowed)}; choose one of "
                                   f"{', '.join(allowed)}")
         at_least = {"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
-                    "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
+                    "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0, "ppo_epochs": 1,
                     "eval_episodes": 1, "eval_tasks": 2}
         for name, low in at_least.items():
             if getattr(self, name) < low:
@@ -106,6 +113,9 @@ class RLConfig:
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and 0 < self.backtrack < 1):
             raise ConfigError(f"gamma {self.gamma} and gae_lambda {self.gae_lambda} must lie in [0, 1], backtrack "
                               f"{self.backtrack} in (0, 1)")
+        if not 0 < self.ppo_clip < 1 or self.inner_kl_coef < 0 or self.inner_kl_target < 0:
+            raise ConfigError(f"ppo_clip {self.ppo_clip} must lie in (0, 1), inner_kl_coef {self.inner_kl_coef} and "
+                              f"inner_kl_target {self.inner_kl_target} must be >= 0")
         if not 0 < self.hvp_subsample <= 1:
             raise ConfigError(f"hvp_subsample {self.hvp_subsample} must lie in (0, 1] (1: every episode)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:
@@ -151,6 +161,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sgmrl-full": {"algo": "sgmrl", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch"},
     "maml-vpg": {"algo": "maml", "outer": "vpg"},
     "emaml": {"algo": "emaml", "outer": "vpg"},
+    # the trade-off paper (section 2): ProMP (MAML + PPO: LVC inner step, clip 0.3, 5 epochs of Adam 0.001, adaptive
+    # inner KL penalty, as ProMP's scripts) vs DRS+PPO, and TRPO-MAML vs DRS+TRPO; DRS is adapted at test time with
+    # the meta-learners' step, its size chosen on validation tasks
+    "promp": {"algo": "promp", "outer": "ppo"},
+    "trpo-maml": {"algo": "maml", "outer": "trpo"},
+    "drs-ppo": {"algo": "joint", "outer": "ppo", "tune_eval_lr": True},
+    "drs-trpo": {"algo": "joint", "outer": "trpo", "tune_eval_lr": True},
 }
 
 

@@ -1,4 +1,4 @@
-"""Meta-RL on the functional engine: MAML-TRPO, first-order MAML, SG-MRL, E-MAML and joint training (DRS).
+"""Meta-RL on the functional engine: MAML-TRPO, first-order MAML, SG-MRL, E-MAML, ProMP and joint training (DRS).
 
 One meta-iteration: for a meta-batch of tasks, sample K episodes with the meta-parameters, take the inner
 policy-gradient step(s) (each on fresh episodes of the adapted policy), sample the evaluation episodes D_o with the
@@ -12,7 +12,11 @@ Algorithms differ only in the outer objective (all in units of the per-step surr
   log pi(tau; theta_s)`` (the score function of the inner batches' distribution), full or first order;
 - ``emaml``: MAML plus E-MAML's exploration term (Stadie et al. 2018, in ProMP's form: the post-update reward of
   each task, normalized over the meta-batch, times the mean log-likelihood of its pre-update episodes);
+- ``promp``: ProMP (Rothfuss et al. 2019): MAML whose inner step ascends the low-variance curvature (LVC)
+  surrogate ``sum_t pi(a_t|s_t) / pi_old(a_t|s_t) * A_t`` (same gradient at the sampling parameters, lower-variance
+  Hessian), usually with the PPO outer step and a KL penalty on the pre-update policies;
 - ``joint``: no inner step during training: one policy on the pooled tasks (the "pretrained" baseline, DRS).
+The outer step is TRPO, VPG (any ``torch.optim`` optimizer) or PPO (clipped ratios, several epochs on one batch).
 Every term uses importance ratios ``pi / pi_old`` in place of ``log pi``: same gradient at the sampling
 parameters, and a surrogate that TRPO's line search can evaluate at other parameters.
 """
@@ -35,8 +39,8 @@ from .policy import Policy
 from .sampler import Trajectories, policy_dist, process, rollout
 from .trpo import StepInfo, flatten, trust_region_step, unflatten
 
-ALGOS = ("maml", "fomaml", "sgmrl", "sgmrl-fo", "emaml", "joint")
-OUTERS = ("trpo", "vpg")
+ALGOS = ("maml", "fomaml", "sgmrl", "sgmrl-fo", "emaml", "promp", "joint")
+OUTERS = ("trpo", "vpg", "ppo")
 HVPS = ("exact", "finite-difference")
 SCORE_BASELINES = ("none", "batch")
 BASELINES = ("linear", "none")
@@ -59,6 +63,10 @@ class MetaRL(nn.Module):
         score_baseline: SG-MRL's score term with ``J`` as is (``none``, eq. 13) or minus the mean ``J`` of the
             other tasks of the meta-batch (``batch``: independent of the task's episodes, so still unbiased).
         emaml_weight: the weight of E-MAML's exploration term.
+        ppo_epochs, ppo_clip: PPO's optimizer steps per meta-batch and the ratio clip (the trade-off paper: 0.3).
+        inner_kl_coef, inner_kl_target: PPO's penalty ``coef * KL(pi_old || pi)`` on each inner step's
+            pre-update policy (ProMP); with a target > 0 the coefficient is halved or doubled after each update
+            when that KL is below target / 1.5 or above target * 1.5 (ProMP's adaptive penalty; 0: fixed).
     """
 
     def __init__(self, policy: Policy, env: TaskEnv, algo: str = "maml", outer: str = "trpo",
@@ -67,7 +75,8 @@ class MetaRL(nn.Module):
                  normalize_inner: bool = True, normalize_outer: bool = True, max_kl: float = 0.01,
                  cg_iters: int = 10, cg_damping: float = 1e-5, backtrack: float = 0.8, max_backtracks: int = 15,
                  hvp: str = "exact", hvp_subsample: float = 1.0, score_baseline: str = "none",
-                 emaml_weight: float = 1.0):
+                 emaml_weight: float = 1.0, ppo_epochs: int = 5, ppo_clip: float = 0.3,
+                 inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01):
         super().__init__()
         for name, value, allowed in (("algo", algo, ALGOS), ("outer", outer, OUTERS), ("hvp", hvp, HVPS),
                                      ("score_baseline", score_baseline, SCORE_BASELINES),
@@ -82,6 +91,9 @@ class MetaRL(nn.Module):
             raise ConfigError(f"hvp_subsample {hvp_subsample} must lie in (0, 1] (1: every episode)")
         if not max_kl > 0 or not 0 < backtrack < 1:
             raise ConfigError(f"max_kl {max_kl} must be positive and backtrack {backtrack} in (0, 1)")
+        if ppo_epochs < 1 or not 0 < ppo_clip < 1 or inner_kl_coef < 0 or inner_kl_target < 0:
+            raise ConfigError(f"ppo_epochs {ppo_epochs} must be >= 1, ppo_clip {ppo_clip} in (0, 1), inner_kl_coef "
+                              f"{inner_kl_coef} and inner_kl_target {inner_kl_target} >= 0")
         self.policy, self.env = policy, env
         self.algo, self.outer, self.hvp_mode = algo, outer, hvp
         self.inner = SGD(inner_lr)
@@ -92,6 +104,9 @@ class MetaRL(nn.Module):
         self.backtrack, self.max_backtracks = backtrack, max_backtracks
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
+        self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
+        # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
+        self.register_buffer("inner_kl_coefs", torch.full((self.inner_steps,), float(inner_kl_coef)))
 
     # ------------------------------------------------------------------ the inner step
     def meta_params(self) -> Params:
@@ -99,8 +114,12 @@ class MetaRL(nn.Module):
         return params_of(self.policy)
 
     def inner_loss(self, params: Params, traj: Trajectories) -> Tensor:
-        """The VPG surrogate of one task's episodes (``[K, H, ...]``), as a loss: ``-sum log pi * A / (K H)``."""
+        """The VPG surrogate of one task's episodes (``[K, H, ...]``), as a loss: ``-sum log pi * A / (K H)``;
+        for ProMP the LVC surrogate, ``pi / pi_old`` in place of ``log pi`` (the same gradient where the episodes
+        were sampled; its Hessian adds the ``grad log pi grad log pi^T A`` term that ``log pi`` lacks)."""
         logp = self.policy.log_prob(call(self.policy, params, {}, traj.obs), traj.actions)
+        if self.algo == "promp":
+            logp = torch.exp((logp - traj.old_log_prob) * traj.mask)
         return -(logp * traj.advantages * traj.mask).sum() / traj.mask.numel()
 
     def inner_step(self, params: Params, traj: Trajectories, step: int, rule: SGD | None = None,
@@ -160,12 +179,22 @@ class MetaRL(nn.Module):
     def objective_and_kl(self, theta: Params, trajs: Sequence[Trajectories],
                          out: Trajectories) -> tuple[Tensor, Tensor]:
         """The surrogate and the mean KL(pi_old || pi_theta') over D_o, from one pass through the inner steps."""
+        total, kl, _ = self.outer_terms(theta, trajs, out)
+        return total, kl
+
+    def outer_terms(self, theta: Params, trajs: Sequence[Trajectories], out: Trajectories,
+                    clip: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The surrogate (with PPO's ratio clipped to ``[1 - clip, 1 + clip]`` when ``clip`` is given), the mean KL
+        over D_o, and per inner step the mean KL(pi_old || pi_theta_s) over its episodes (ProMP's penalty)."""
         path = self.adapted_path(theta, trajs)
         horizon = out.mask.shape[-1]
         dist = policy_dist(self.policy, path[-1], out.obs, bool(trajs))
         logp = self.policy.log_prob(dist, out.actions)
         ratio = torch.exp((logp - out.old_log_prob) * out.mask) * out.mask
-        total = (ratio * out.advantages).sum((1, 2)).mean() / (out.mask.shape[1] * horizon)
+        gain = ratio * out.advantages
+        if clip is not None:  # pessimistic: the clipped ratio counts only where it lowers the gain
+            gain = torch.minimum(gain, ratio.clamp(1 - clip, 1 + clip) * out.advantages) * out.mask
+        total = gain.sum((1, 2)).mean() / (out.mask.shape[1] * horizon)
         if self.algo in ("sgmrl", "sgmrl-fo") and trajs:
             coef = self.score_coefficients(out)
             for s, tr in enumerate(trajs):  # d/dtheta log q(D_s; theta_s(theta)), through the earlier steps
@@ -177,7 +206,9 @@ class MetaRL(nn.Module):
                 lik = self._ratio(path[s], tr, s > 0).sum((1, 2)) / tr.mask.sum((1, 2)).clamp(min=1)
                 total = total + self.emaml_weight * (coef * lik).mean()
         kl = (self.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
-        return total, kl
+        inner_kls = [(self.policy.kl(tr.old_dist, policy_dist(self.policy, path[s], tr.obs, s > 0)) * tr.mask).sum()
+                     / tr.mask.sum().clamp(min=1) for s, tr in enumerate(trajs)]
+        return total, kl, torch.stack(inner_kls) if inner_kls else torch.zeros(0, dtype=total.dtype)
 
     def score_coefficients(self, out: Trajectories) -> Tensor:
         """SG-MRL's ``J_i(theta'; D_o)``: each task's mean discounted return on ``D_o`` (minus the other tasks'
@@ -297,20 +328,47 @@ class MetaRL(nn.Module):
 
     def update(self, trajs: Sequence[Trajectories], out: Trajectories,
                optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
-        """Form the meta-gradient and take the outer step: TRPO in place, or ``optimizer.step()`` for VPG."""
+        """Form the meta-gradient and take the outer step: TRPO in place, or ``optimizer.step()`` for VPG and PPO."""
+        if self.outer in ("vpg", "ppo") and optimizer is None:
+            raise ConfigError(f"outer '{self.outer}' needs an optimizer (e.g. torch.optim.Adam(policy.parameters()))")
+        if self.outer == "ppo":
+            return self.ppo_update(trajs, out, optimizer)
         g = self.meta_gradient(trajs, out)
-        gnorm = float(flatten(g).norm())
-        if not math.isfinite(gnorm):
-            raise TrainingDiverged(f"the meta-gradient is {gnorm}; lower inner_lr or the outer step size")
+        gnorm = _finite_norm(g)
         if self.outer == "vpg":
-            if optimizer is None:
-                raise ConfigError("outer 'vpg' needs an optimizer (e.g. torch.optim.Adam(policy.parameters()))")
             write_grads(dict(self.policy.named_parameters()), {k: -v for k, v in g.items()})
             optimizer.step()
             return {"grad_norm": gnorm}
         info = self.trpo_update(flatten(self.meta_params()), flatten(g), trajs, out)
         return {"grad_norm": gnorm, "accepted": float(info.accepted), "kl": info.kl,
                 "improvement": info.improvement, "backtracks": float(info.backtracks)}
+
+    def ppo_update(self, trajs: Sequence[Trajectories], out: Trajectories,
+                   optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """``ppo_epochs`` optimizer steps on the clipped surrogate minus the inner KL penalties (ProMP), all on this
+        meta-batch; then the penalty coefficients adapt to their target."""
+        params = dict(self.policy.named_parameters())
+
+        def loss(theta: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            sur, kl, inner_kls = self.outer_terms(theta, trajs, out, self.ppo_clip)
+            return -sur + (self.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
+
+        for epoch in range(self.ppo_epochs):
+            g, _ = grad(loss, has_aux=True)(self.meta_params())
+            if epoch == 0:  # the first epoch's gradient is the meta-gradient (ratios are 1, no penalty yet)
+                gnorm = _finite_norm(g)
+            write_grads(params, g)
+            optimizer.step()
+        with torch.no_grad():
+            _, (kl, inner_kls) = loss(self.meta_params())
+        if self.inner_kl_target > 0 and len(inner_kls):
+            low, high = inner_kls < self.inner_kl_target / 1.5, inner_kls > self.inner_kl_target * 1.5
+            self.inner_kl_coefs[low.to(self.inner_kl_coefs.device)] /= 2
+            self.inner_kl_coefs[high.to(self.inner_kl_coefs.device)] *= 2
+        stats = {"grad_norm": gnorm, "kl": float(kl)}
+        stats.update({f"inner_kl_{s}": float(v) for s, v in enumerate(inner_kls)})
+        stats.update({f"inner_kl_coef_{s}": float(c) for s, c in enumerate(self.inner_kl_coefs)})
+        return stats
 
     def trpo_update(self, x0: Tensor, g: Tensor, trajs: Sequence[Trajectories], out: Trajectories) -> StepInfo:
         """A trust-region step from ``x0`` written into the policy's parameters."""
@@ -352,3 +410,11 @@ class MetaRL(nn.Module):
                     params, per_task = self.adapt_batch(params, tr, s, per_task, rule), True
             rows.append(torch.stack(cols, 1))
         return torch.cat(rows), paths
+
+
+def _finite_norm(g: Params) -> float:
+    """The norm of a meta-gradient; a clear error when it is not finite."""
+    norm = float(flatten(g).norm())
+    if not math.isfinite(norm):
+        raise TrainingDiverged(f"the meta-gradient is {norm}; lower inner_lr or the outer step size")
+    return norm

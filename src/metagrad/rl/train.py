@@ -28,7 +28,7 @@ from .policy import make_policy
 
 
 def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
-    """The learner (environment, policy initialized from ``cfg.seed``) and, for outer 'vpg', its optimizer."""
+    """The learner (environment, policy initialized from ``cfg.seed``) and, for outer 'vpg' or 'ppo', its optimizer."""
     kwargs: dict[str, Any] = {"horizon": cfg.horizon}
     if cfg.env == "navigation2d":
         kwargs.update(goal_low=cfg.goal_range[0], goal_high=cfg.goal_range[1], reward=cfg.reward, oracle=cfg.oracle)
@@ -40,10 +40,10 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
                      normalize_inner=cfg.normalize_inner, normalize_outer=cfg.normalize_outer, max_kl=cfg.max_kl,
                      cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping, backtrack=cfg.backtrack,
                      max_backtracks=cfg.max_backtracks, hvp=cfg.hvp, hvp_subsample=cfg.hvp_subsample,
-                     score_baseline=cfg.score_baseline,
-                     emaml_weight=cfg.emaml_weight)
+                     score_baseline=cfg.score_baseline, emaml_weight=cfg.emaml_weight, ppo_epochs=cfg.ppo_epochs,
+                     ppo_clip=cfg.ppo_clip, inner_kl_coef=cfg.inner_kl_coef, inner_kl_target=cfg.inner_kl_target)
     optimizer = None
-    if cfg.outer == "vpg":
+    if cfg.outer in ("vpg", "ppo"):
         cls = torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.SGD
         optimizer = cls(policy.parameters(), lr=cfg.outer_lr)
     return learner, optimizer
