@@ -79,6 +79,13 @@ def build_parser() -> Parser:
     return parser
 
 
+RL_STUDY = ("Train DRS and the meta-learner (--pair ppo: DRS+PPO vs ProMP; trpo: DRS+TRPO vs TRPO-MAML) for several "
+            "seeds on the same number of environment steps, inner-loop rollouts included, with snapshots at evenly "
+            "spaced budgets; evaluate each snapshot after 0..5 policy-gradient updates on meta-test tasks; the "
+            "one-sided Welch t-test across seeds gives P(DRS better) per snapshot and update. Writes tradeoff_rl.json, "
+            "welch.png and returns.png; resumes where it stopped.")
+
+
 def _add_tradeoff_parsers(sub: Any) -> None:
     """``tradeoff`` (trade-off paper, Figure 3) and ``compare`` (its Figures 1-2: Welch t-test contours)."""
     from . import tradeoff
@@ -95,12 +102,15 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     def join(values: tuple) -> str:
         return ",".join(map(str, values))
 
-    p = sub.add_parser("tradeoff", help="modeling-vs-optimization trade-off: DRS vs MAML (trade-off paper, Fig. 3)",
-                       description="Meta-linear regression (trade-off paper, section 4): over a grid of M tasks x "
-                       "N points and for each step size alpha, the fraction of sampled datasets on which MAML's "
-                       "estimate (eq. 12) has lower exact expected loss than DRS's (eq. 11), before and after one "
-                       "adaptation step on N points (Theorem 5). Writes tradeoff.json, tradeoff.npz, figure3.png.")
-    p.add_argument("study", choices=("linreg",), help="which study (linreg: meta-linear regression)")
+    top = sub.add_parser("tradeoff", help="modeling-vs-optimization trade-off: DRS vs MAML (trade-off paper)",
+                         description="The trade-off paper's studies: `linreg` (section 4, Figure 3) and `rl` "
+                         "(section 2, Figures 1-2).")
+    studies = top.add_subparsers(dest="study", required=True, metavar="STUDY")
+    p = studies.add_parser("linreg", help="meta-linear regression (section 4, Figure 3)",
+                           description="Meta-linear regression (trade-off paper, section 4): over a grid of M tasks x "
+                           "N points and for each step size alpha, the fraction of sampled datasets on which MAML's "
+                           "estimate (eq. 12) has lower exact expected loss than DRS's (eq. 11), before and after one "
+                           "adaptation step on N points (Theorem 5). Writes tradeoff.json, tradeoff.npz, figure3.png.")
     p.add_argument("--dim", type=int, default=1, help="input dimension p (default: 1, the paper's Figure 3)")
     p.add_argument("--alphas", type=csv(float), default=list(tradeoff.DEFAULT_ALPHAS), metavar="A,B,...",
                    help=f"step sizes alpha (default: {join(tradeoff.DEFAULT_ALPHAS)})")
@@ -113,6 +123,34 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the datasets (default: 0)")
     p.add_argument("--rotation-seed", type=int, default=0, help="seed of the rotation V for p > 1 (default: 0)")
     p.add_argument("--out", default="results/tradeoff-linreg", help="results folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from .rl.tradeoff import Study
+
+    d = Study()
+    p = studies.add_parser("rl", help="DRS vs MAML in meta-RL on equal simulator-step budgets (section 2, Figs 1-2)",
+                           description=RL_STUDY)
+    p.add_argument("--env", default=d.env, help="task family, e.g. hopper-rand-params, walker-rand-params, "
+                   "cheetah-rand-vel, walker-rand-vel, ml1-push, ml1-reach, ml10, ml45, navigation2d "
+                   "(default: %(default)s)")
+    p.add_argument("--pair", choices=("ppo", "trpo"), default=d.pair, help="ppo: DRS+PPO vs ProMP; trpo: DRS+TRPO vs "
+                   "TRPO-MAML (default: %(default)s)")
+    p.add_argument("--budget", type=int, default=d.budget, help="environment steps per run (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="training seeds per method (default: %(default)s)")
+    p.add_argument("--checkpoints", type=int, default=d.checkpoints, help="snapshots, evenly spaced over the budget "
+                   "(default: %(default)s)")
+    p.add_argument("--meta-batch-size", type=int, default=d.meta_batch_size, help="tasks per iteration "
+                   "(default: %(default)s; the paper: 40)")
+    p.add_argument("--episodes", type=int, default=d.episodes, help="episodes per task and step (default: "
+                   "%(default)s; the paper: 20)")
+    p.add_argument("--test-tasks", type=int, default=d.test_tasks, help="meta-test tasks (default: %(default)s)")
+    p.add_argument("--test-episodes", type=int, default=d.test_episodes, help="episodes per test update (default: "
+                   "%(default)s)")
+    p.add_argument("--horizon", type=int, default=0, help="steps per episode (default: the paper's, 200 for "
+                   "locomotion, 150 for Meta-World)")
+    p.add_argument("--paper", action="store_true", help="the paper's budget: 21 snapshots 100 iterations of 40 tasks "
+                   "x 20 episodes x 200 steps apart (days on 2 cores)")
+    p.add_argument("--out", help="results folder (default: results/tradeoff-rl-ENV-PAIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("compare", help="P(A better than B) by the one-sided Welch t-test over checkpoints x test "
@@ -240,6 +278,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_tradeoff(args: argparse.Namespace) -> int:
     from . import tradeoff
 
+    if args.study == "rl":
+        return _tradeoff_rl(args)
+
     tradeoff.check_grid(args.tasks, args.points, args.alphas, args.datasets, args.dim)
     result, figures = tradeoff.run(args.out, progress=not args.no_progress, tasks=args.tasks, points=args.points,
                                    alphas=args.alphas, datasets=args.datasets, dim=args.dim, seed=args.seed,
@@ -247,6 +288,25 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     print(tradeoff.summary(result))
     print(f"results: {Path(args.out) / 'tradeoff.json'} (and tradeoff.npz)")
     for f in figures:
+        print(f"figure:  {f}")
+    return 0
+
+
+def _tradeoff_rl(args: argparse.Namespace) -> int:
+    from .rl import tradeoff as rl_tradeoff
+
+    if args.paper:
+        study = rl_tradeoff.paper_study(args.env, args.pair, args.seeds)
+    else:
+        study = rl_tradeoff.Study(env=args.env, pair=args.pair, budget=args.budget, seeds=args.seeds,
+                                  checkpoints=args.checkpoints, meta_batch_size=args.meta_batch_size,
+                                  episodes=args.episodes, test_tasks=args.test_tasks,
+                                  test_episodes=args.test_episodes, horizon=args.horizon)
+    out = Path(args.out or f"results/tradeoff-rl-{args.env}-{args.pair}")
+    results = rl_tradeoff.run(study, out, progress=not args.no_progress)
+    print(rl_tradeoff.format_table(results))
+    print(f"results: {out / 'tradeoff_rl.json'}")
+    for f in results["figures"]:
         print(f"figure:  {f}")
     return 0
 

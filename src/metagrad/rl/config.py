@@ -75,6 +75,10 @@ class RLConfig:
     seed: int = opt(0, "train", "seed of the initialization, tasks and episodes")
     checkpoint_every: int = opt(10, "train", "iterations between checkpoints (also at the end)")
     time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
+    step_budget: int = opt(0, "train", "stop once this many environment steps have been taken, inner-loop rollouts "
+                           "included (0: no limit; the run ends within one meta-batch of it)")
+    snapshot_steps: int = opt(0, "train", "keep checkpoint snapshot-<j> when the j-th multiple of this many "
+                              "environment steps is passed (0: none)")
     # [eval]
     eval_steps: int = opt(4, "eval", "adaptation steps at test time")
     eval_episodes: int = opt(40, "eval", "episodes per test-time step and task")
@@ -98,7 +102,7 @@ class RLConfig:
                                   f"{', '.join(allowed)}")
         at_least = {"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
                     "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0, "ppo_epochs": 1,
-                    "eval_episodes": 1, "eval_tasks": 2}
+                    "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0, "snapshot_steps": 0}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")

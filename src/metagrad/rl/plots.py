@@ -83,3 +83,31 @@ def trajectories(saved: dict[str, Any], labels: dict[str, str], path: Path, afte
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
+    """The trade-off paper's Figure 1 or 2 panel (P(DRS better) over snapshot x test updates, Welch t-test across
+    seeds), and the mean return of both methods against the environment steps, before and after adaptation."""
+    import numpy as np
+
+    from ..plots import welch_contours
+
+    study, (label_a, label_b) = results["study"], results["labels"]
+    steps = [f"{s / 1e6:.2g}M" if s >= 1e6 else f"{s / 1e3:.3g}k" for s in results["checkpoint_steps"]]
+    prob = np.asarray(results["p_drs_better"])
+    contour = welch_contours(prob, steps, list(range(prob.shape[1])), out / "welch.png", label_a, label_b,
+                             titles=[f"{study['env']}: {label_a} vs {label_b}"])
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for curves, label, color in zip(results["returns"].values(), results["labels"], ("tab:blue", "tab:green"),
+                                    strict=True):
+        c = np.asarray(curves)  # [seeds, snapshots, updates + 1]
+        for t, style in ((0, "--"), (c.shape[2] - 1, "-")):
+            mean, sd = c[:, :, t].mean(0), c[:, :, t].std(0, ddof=1)
+            ax.plot(results["checkpoint_steps"], mean, style, color=color, marker="o", ms=3,
+                    label=f"{label}, {t} test update{'s' if t != 1 else ''}")
+            ax.fill_between(results["checkpoint_steps"], mean - sd, mean + sd, color=color, alpha=0.12)
+    ax.set_xlabel("environment steps of meta-training")
+    ax.set_ylabel("average return (± sd over seeds)")
+    ax.set_title(study["env"], fontsize=10)
+    ax.legend(fontsize=7)
+    return [contour, _save(fig, out / "returns.png")]

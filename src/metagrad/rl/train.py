@@ -123,16 +123,21 @@ class RLTrainer:
                 self.restore()
             self.run_dir.mkdir(parents=True, exist_ok=True)
         stopped, start = "done", time.perf_counter()
-        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, disable=not self.progress, unit="it",
+        budget = self.cfg.step_budget
+        bar = tqdm(total=budget or self.cfg.iterations, initial=self.env_steps if budget else self.iteration,
+                   disable=not self.progress, unit=" steps" if budget else "it", unit_scale=bool(budget),
                    dynamic_ncols=True, file=sys.stderr)
         with self._sigint_saves():
-            while self.iteration < self.cfg.iterations:
+            while self.iteration < self.cfg.iterations and not (budget and self.env_steps >= budget):
+                before = self.env_steps
                 metrics = self.step()
-                bar.update(1)
+                self._snapshots(before)
+                bar.update(min(self.env_steps, budget) - min(before, budget) if budget else 1)
                 bar.set_postfix(pre=f"{metrics['return_pre']:.1f}", post=f"{metrics['return_post']:.1f}",
                                 refresh=False)
                 if self.run_dir is not None and (self.iteration % self.cfg.checkpoint_every == 0
-                                                 or self.iteration == self.cfg.iterations):
+                                                 or self.iteration == self.cfg.iterations
+                                                 or (budget and self.env_steps >= budget)):
                     self.save("last")
                 if self._stop:
                     stopped = "interrupted"
@@ -148,6 +153,15 @@ class RLTrainer:
                 self.save("best")
         return RLFitResult(self.iteration, self.elapsed, self.env_steps, self.sample_seconds, self.best_return,
                            stopped)
+
+    def _snapshots(self, before: int) -> None:
+        """Save ``snapshot-<j>`` for every multiple j of ``snapshot_steps`` that the last iteration passed."""
+        every = self.cfg.snapshot_steps
+        if not every or self.run_dir is None:
+            return
+        for j in range(before // every + 1, self.env_steps // every + 1):
+            if not self.cfg.step_budget or j * every <= self.cfg.step_budget:
+                self.save(f"snapshot-{j:03d}", {"learner": self.learner.state_dict()})
 
     def step(self) -> dict[str, float]:
         """Sample a meta-batch, keep the parameters if they are the best so far, take the outer step, log."""

@@ -1,0 +1,220 @@
+"""The trade-off paper's meta-RL study (section 2, Figures 1 and 2): DRS against a meta-learner on equal simulator-step
+budgets.
+
+For each seed, DRS (one policy on the pooled tasks) and the meta-learner (ProMP for ``--pair ppo``, TRPO-MAML for
+``trpo``) train until the same number of environment steps, inner-loop rollouts included, keeping a snapshot at
+evenly spaced budgets. Each snapshot is evaluated as the paper does: on meta-test tasks, take up to ``test_updates``
+policy-gradient steps (the meta-learners' inner step), each on a few fresh episodes, and record the average return
+after t = 0..``test_updates`` steps. Then, per (snapshot, t), the one-sided Welch t-test across seeds gives the
+probability that DRS is better. Every stage resumes: training from its ``last`` checkpoint, evaluations and step-size
+choices from their JSON files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..analysis.stats import welch_probability
+from ..errors import ConfigError, Interrupted
+from .config import RLConfig, preset
+from .envs import make_env
+from .evaluate import held_out_goals, tune_step_size
+from .train import RLTrainer, build, load_learner
+
+PAIRS = {"ppo": ("drs-ppo", "promp"), "trpo": ("drs-trpo", "trpo-maml")}
+LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-maml": "TRPO-MAML"}
+# episode length per environment in the trade-off paper (ProMP's locomotion, Meta-World's ML benchmarks)
+HORIZONS = {"navigation2d": 100, "ml1-push": 150, "ml1-reach": 150, "ml10": 150, "ml45": 150}
+DEFAULT_HORIZON = 200
+# the paper's budget: 21 snapshots, 100 iterations of 40 tasks x 20 episodes x 200 steps apart
+PAPER = {"checkpoints": 21, "meta_batch_size": 40, "episodes": 20, "steps_between": 100 * 40 * 20 * 200}
+
+
+@dataclass
+class Study:
+    """What a study runs; ``to_dict`` is stored in ``study.json`` and must match when a study resumes."""
+
+    env: str = "hopper-rand-params"
+    pair: str = "ppo"
+    budget: int = 400_000  # environment steps per run
+    seeds: int = 5
+    checkpoints: int = 4
+    meta_batch_size: int = 10
+    episodes: int = 10
+    hidden: tuple[int, ...] = (64, 64)  # ProMP's policy
+    inner_lr: float = 0.1
+    test_tasks: int = 10
+    test_updates: int = 5
+    test_episodes: int = 10
+    lr_grid: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2)  # DRS's test-time step size is chosen from these
+    eval_seed: int = 12345
+    horizon: int = field(default=0)  # 0: the paper's for the environment
+
+    def __post_init__(self) -> None:
+        if self.pair not in PAIRS:
+            raise ConfigError(f"unknown pair '{self.pair}'; choose ppo (DRS+PPO vs ProMP) or trpo (DRS+TRPO vs "
+                              "TRPO-MAML)")
+        for name in ("budget", "seeds", "checkpoints", "meta_batch_size", "episodes", "test_tasks", "test_episodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)} must be >= 1")
+        if self.seeds < 2:
+            raise ConfigError(f"seeds {self.seeds} must be >= 2: the Welch t-test compares the methods across seeds")
+        if self.test_updates < 0 or not self.lr_grid or min(self.lr_grid) <= 0 or self.inner_lr <= 0:
+            raise ConfigError("test_updates must be >= 0 and the step sizes (inner_lr, lr_grid) positive")
+        if self.budget < self.checkpoints:
+            raise ConfigError(f"budget {self.budget} must allow {self.checkpoints} checkpoints")
+        self.horizon = self.horizon or HORIZONS.get(self.env, DEFAULT_HORIZON)
+
+    @property
+    def methods(self) -> tuple[str, str]:
+        """(DRS, meta-learner)."""
+        return PAIRS[self.pair]
+
+    def config(self, method: str, seed: int) -> RLConfig:
+        """The training configuration of one method and seed."""
+        return preset(method).replace(
+            env=self.env, horizon=self.horizon, hidden=self.hidden, activation="tanh", inner_lr=(self.inner_lr,),
+            meta_batch_size=self.meta_batch_size, episodes=self.episodes, seed=seed, iterations=10**9,
+            step_budget=self.budget, snapshot_steps=self.budget // self.checkpoints, checkpoint_every=5,
+            eval_steps=self.test_updates, eval_episodes=self.test_episodes, eval_tasks=self.test_tasks,
+            eval_lr=(self.inner_lr,), eval_lr_grid=self.lr_grid)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def paper_study(env: str, pair: str, seeds: int = 5) -> Study:
+    """The paper's budget (hours of a cluster per run; here for completeness and for machines that have it)."""
+    steps = PAPER["checkpoints"] * PAPER["steps_between"]
+    return Study(env=env, pair=pair, budget=steps, seeds=seeds, checkpoints=PAPER["checkpoints"],
+                 meta_batch_size=PAPER["meta_batch_size"], episodes=PAPER["episodes"], test_tasks=40)
+
+
+def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train, evaluate and compare; write ``tradeoff_rl.json`` and the figures into ``out``; return the results."""
+    out = Path(out)
+    for method in study.methods:  # environment and algorithm checked before anything runs or is written
+        build(study.config(method, 0))
+    _check_resumable(study, out)
+    test_env = _test_env(study)
+    curves: dict[str, np.ndarray] = {}
+    steps: dict[str, list[list[int]]] = {}
+    for method in study.methods:
+        per_seed, seed_steps = [], []
+        for seed in range(study.seeds):
+            run_dir = out / method / f"seed-{seed}"
+            print(f"{LABELS[method]}, seed {seed}: training to {study.budget:,} environment steps -> {run_dir}",
+                  file=sys.stderr, flush=True)
+            train(study.config(method, seed), run_dir, progress)
+            curve, at = evaluate_snapshots(study, method, seed, run_dir, test_env)
+            per_seed.append(curve)
+            seed_steps.append(at)
+        curves[method], steps[method] = np.stack(per_seed), seed_steps  # [seeds, checkpoints, updates + 1]
+    drs, meta = study.methods
+    prob = welch_probability(curves[drs], curves[meta], higher_is_better=True, axis=0)
+    results = {"study": study.to_dict(), "labels": [LABELS[drs], LABELS[meta]],
+               "checkpoint_steps": [study.budget * (j + 1) // study.checkpoints for j in range(study.checkpoints)],
+               "env_steps": steps, "returns": {m: c.tolist() for m, c in curves.items()},
+               "p_drs_better": prob.tolist(), "signed": (np.sign(prob - 0.5) * np.abs(1 - 2 * prob)).tolist()}
+    _write_json(out / "tradeoff_rl.json", results)
+    from . import plots
+
+    results["figures"] = [str(f) for f in plots.tradeoff_rl_figures(results, out)]
+    return results
+
+
+def train(cfg: RLConfig, run_dir: Path, progress: bool) -> None:
+    """Train one run to its step budget (or resume it there)."""
+    learner, optimizer = build(cfg)
+    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress).fit(resume=True)
+    if fit.stopped == "interrupted":
+        raise Interrupted(f"interrupted at {fit.env_steps:,} environment steps; checkpoint saved in {run_dir}; run the "
+                          "same command again to continue")
+
+
+def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
+                       test_env: Any) -> tuple[np.ndarray, list[int]]:
+    """Average return over the meta-test tasks after 0..test_updates steps, per snapshot: ``[checkpoints, updates
+    + 1]``, and each snapshot's environment steps. DRS's step size is chosen once per seed on validation tasks
+    (at its last snapshot) and kept in ``step_size.json``."""
+    lr = study.inner_lr
+    if method.startswith("drs"):
+        lr = _drs_step_size(study, seed, run_dir)
+    rows, at = [], []
+    for j in range(1, study.checkpoints + 1):
+        path = run_dir / f"eval-{j:03d}.json"
+        if not path.exists():
+            learner, _, info = load_learner(run_dir, f"snapshot-{j:03d}")
+            learner.env = test_env
+            t0 = time.perf_counter()
+            tasks = held_out_goals(learner, study.test_tasks, study.eval_seed + seed)
+            gen = torch.Generator().manual_seed(study.eval_seed + seed + 1)
+            values, _ = learner.adaptation_returns(tasks, study.test_updates, study.test_episodes, (lr,), gen)
+            _write_json(path, {"snapshot": j, "env_steps": info["env_steps"], "iteration": info["iteration"],
+                               "lr": lr, "tasks": study.test_tasks, "episodes": study.test_episodes,
+                               "mean": values.mean(0).tolist(), "seconds": round(time.perf_counter() - t0, 2)})
+        data = json.loads(path.read_text())
+        rows.append(data["mean"])
+        at.append(data["env_steps"])
+    return np.asarray(rows), at
+
+
+def _drs_step_size(study: Study, seed: int, run_dir: Path) -> float:
+    path = run_dir / "step_size.json"
+    if not path.exists():
+        learner, _, _ = load_learner(run_dir, f"snapshot-{study.checkpoints:03d}")
+        learner.env = _test_env(study, split="train")
+        lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
+                            study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0)
+        _write_json(path, {"lr": lr, "grid": list(study.lr_grid), "chosen_on": "validation tasks (training split)"})
+    return float(json.loads(path.read_text())["lr"])
+
+
+def _test_env(study: Study, split: str = "test") -> Any:
+    """The meta-test environment: the benchmark's test split where it has one (Meta-World), else the same family."""
+    kwargs: dict[str, Any] = {"horizon": study.horizon}
+    if study.env.startswith("ml"):
+        kwargs["split"] = split
+    return make_env(study.env, **kwargs)
+
+
+def _check_resumable(study: Study, out: Path) -> None:
+    path = out / "study.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before != study.to_dict():
+            changed = sorted(k for k in before if before.get(k) != study.to_dict().get(k))
+            raise ConfigError(f"{out} holds a study with other settings ({', '.join(changed)}); resume it with the "
+                              "same settings or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(path, study.to_dict())
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Mean return across seeds per snapshot and test update, and P(DRS better) from the Welch t-test."""
+    drs, meta = PAIRS[results["study"]["pair"]]
+    a, b = np.asarray(results["returns"][drs]), np.asarray(results["returns"][meta])
+    prob = np.asarray(results["p_drs_better"])
+    lines = [f"{results['study']['env']}: {LABELS[drs]} vs {LABELS[meta]}, {results['study']['seeds']} seeds; "
+             f"mean return after t test updates (DRS / meta-learner) and P(DRS better), one-sided Welch t-test", "",
+             "| env steps | " + " | ".join(f"t = {t}" for t in range(prob.shape[1])) + " |",
+             "|---" * (prob.shape[1] + 1) + "|"]
+    for j, steps in enumerate(results["checkpoint_steps"]):
+        cells = [f"{a[:, j, t].mean():.1f} / {b[:, j, t].mean():.1f} (p {prob[j, t]:.2f})"
+                 for t in range(prob.shape[1])]
+        lines.append(f"| {steps:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

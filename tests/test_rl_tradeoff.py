@@ -1,0 +1,111 @@
+"""The trade-off paper's meta-RL study: every environment step is counted, runs on the same budget stop within one
+meta-batch of it, snapshots are resumable and reproducible, and ``metagrad tradeoff rl`` writes its results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metagrad import checkpoint
+from metagrad.analysis.stats import welch_probability
+from metagrad.cli import main
+from metagrad.rl import Navigation2D
+from metagrad.rl.config import preset
+from metagrad.rl.train import RLTrainer, build
+
+
+class CountingNavigation(Navigation2D):
+    """Navigation that counts the transitions of episodes still running (what a simulator would compute)."""
+
+    def reset(self, tasks, episodes):
+        self.running = torch.ones(tasks.shape[0], episodes, dtype=torch.bool)
+        return super().reset(tasks, episodes)
+
+    def step(self, actions):
+        self.count = getattr(self, "count", 0) + int(self.running.sum())
+        obs, reward, done = super().step(actions)
+        self.running &= ~done
+        return obs, reward, done
+
+
+def _cfg(method: str, **kw):
+    return preset(method).replace(hidden=(8,), meta_batch_size=3, episodes=2, horizon=20, iterations=10**9,
+                                  tune_eval_lr=False, **kw)
+
+
+@pytest.mark.parametrize("method", ["drs-ppo", "promp", "drs-trpo", "trpo-maml"])
+def test_every_environment_step_is_counted_and_the_budget_stops_the_run(method):
+    cfg = _cfg(method, step_budget=500)
+    learner, opt = build(cfg)
+    learner.env = CountingNavigation(horizon=20, goal_low=0.0, goal_high=0.05)  # goals nearby: episodes end early
+    result = RLTrainer(learner, opt, cfg, progress=False).fit()
+    assert result.env_steps == learner.env.count
+    per_iteration = 3 * 2 * 20 * (1 + learner.inner_steps)
+    assert 500 <= result.env_steps < 500 + per_iteration
+    assert result.env_steps < result.iteration * per_iteration  # some episodes reached the goal: fewer steps
+
+
+def test_drs_and_the_meta_learner_stop_within_one_meta_batch_of_each_other():
+    steps = {}
+    for method in ("drs-ppo", "promp"):
+        cfg = _cfg(method, step_budget=1000)
+        learner, opt = build(cfg)
+        steps[method] = RLTrainer(learner, opt, cfg, progress=False).fit()
+    drs, meta = steps["drs-ppo"], steps["promp"]
+    assert abs(drs.env_steps - meta.env_steps) <= 3 * 2 * 20 * 2
+    assert drs.iteration > meta.iteration  # DRS samples once per iteration, ProMP twice: it gets more iterations
+
+
+def test_snapshots_at_evenly_spaced_budgets_resume_to_the_same_parameters(tmp_path):
+    cfg = _cfg("promp", step_budget=1200, snapshot_steps=400, checkpoint_every=1)
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
+    cut = cfg.replace(iterations=3)  # interrupted after 3 iterations, then resumed with the full budget
+    learner, opt = build(cut)
+    RLTrainer(learner, opt, cut, tmp_path / "resumed", progress=False).fit()
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
+    for j in (1, 2, 3):
+        a, info_a = checkpoint.load(tmp_path / "straight" / f"snapshot-{j:03d}")
+        b, info_b = checkpoint.load(tmp_path / "resumed" / f"snapshot-{j:03d}")
+        assert info_a["env_steps"] == info_b["env_steps"] >= 400 * j
+        for k, v in a["learner"].items():
+            assert torch.equal(v, b["learner"][k]), (j, k)
+    assert not checkpoint.exists(tmp_path / "straight" / "snapshot-004")
+
+
+def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["tradeoff", "rl", "--env", "navigation2d", "--budget", "6000", "--seeds", "2", "--checkpoints", "2",
+            "--meta-batch-size", "3", "--episodes", "4", "--test-tasks", "4", "--test-episodes", "3",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    results = json.loads((out / "tradeoff_rl.json").read_text())
+    assert results["labels"] == ["DRS+PPO", "ProMP"] and results["checkpoint_steps"] == [3000, 6000]
+    drs, meta = (np.asarray(results["returns"][m]) for m in ("drs-ppo", "promp"))
+    assert drs.shape == meta.shape == (2, 2, 6)  # seeds x snapshots x (0..5 test updates)
+    assert np.allclose(results["p_drs_better"], welch_probability(drs, meta, axis=0))
+    assert all(3000 * (j + 1) <= s for steps in results["env_steps"].values() for run in steps
+               for j, s in enumerate(run))
+    lr = json.loads((out / "drs-ppo" / "seed-0" / "step_size.json").read_text())["lr"]
+    assert lr > 0 and not (out / "promp" / "seed-0" / "step_size.json").exists()
+    assert (out / "welch.png").stat().st_size > 0 and (out / "returns.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "P(DRS better)" in printed and "| 6,000 |" in printed
+    mtime = (out / "promp" / "seed-1" / "eval-002.json").stat().st_mtime_ns
+    assert main(args) == 0  # resumes: nothing is retrained or re-evaluated, the same results
+    assert (out / "promp" / "seed-1" / "eval-002.json").stat().st_mtime_ns == mtime
+    assert json.loads((out / "tradeoff_rl.json").read_text())["returns"] == results["returns"]
+    capsys.readouterr()
+    assert main([*args[:-3], "--seeds", "3", "--out", str(out)]) == 2
+    assert "other settings (seeds)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "message"), [(["--seeds", "1"], "seeds 1 must be >= 2"),
+                                                (["--env", "nowhere"], "unknown environment 'nowhere'")])
+def test_tradeoff_rl_bad_input_is_named(tmp_path, capsys, flags, message):
+    assert main(["tradeoff", "rl", *flags, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
