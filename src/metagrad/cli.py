@@ -54,7 +54,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("reproduce", help="reproduce a paper's experiment", description="Train the paper's methods, "
                        "evaluate them on the same test tasks, print the paper's numbers beside ours, draw figures.")
-    p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), *FEWSHOT, "navigation"], help="which experiment")
+    p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), *FEWSHOT, "navigation", "locomotion"],
+                   help="which experiment")
     p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
     p.add_argument("--out", help="results folder (default: results/<experiment>[-full])")
@@ -63,16 +64,18 @@ def build_parser() -> Parser:
     p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
-    images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile; for navigation, comma-separated "
-                        "methods: maml-trpo (default), fomaml-trpo, pretrained, random, oracle, sgmrl, sgmrl-full, "
-                        "maml-vpg, emaml, or all")
+    images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile; for navigation and locomotion, "
+                        "comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, oracle, sgmrl, "
+                        "sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, or all")
     images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
     images.add_argument("--shots", type=int, default=1, help="examples per class, K (default: 1)")
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
                         "(few-shot default: 30, 0 or --full: no limit; navigation: per method, default none); rerun "
                         "the same command to continue")
     images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>)")
-    nav = p.add_argument_group("meta-RL (navigation)")
+    nav = p.add_argument_group("meta-RL (navigation, locomotion)")
+    nav.add_argument("--env", default="cheetah-dir", help="locomotion task family: cheetah-dir (default), "
+                     "cheetah-vel, ant-dir, ant-vel, swimmer-vel")
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
                      "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
     _add_tradeoff_parsers(sub)
@@ -251,15 +254,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
                                    ("batching", args.batching)) if v is not None}
     out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
-    if args.experiment == "navigation":
-        from .reproduce import navigation
+    if args.experiment in ("navigation", "locomotion"):
+        from .reproduce import locomotion, navigation
 
         sets = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args.set)
         if "" in sets.values():
             raise MetagradError(f"--set takes KEY=VALUE, got '{next(k for k, v in sets.items() if v == '')}'")
         sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks)) if v is not None})
+        experiment = locomotion.experiment(args.env) if args.experiment == "locomotion" else None
+        if experiment is not None and args.out is None:
+            out = f"results/{experiment.name}{'-full' if args.full else ''}"
         navigation.run(navigation.parse_methods(args.algo), out, full=args.full, iterations=args.iterations,
-                       time_budget=args.time_budget, overrides=sets, progress=not args.no_progress)
+                       time_budget=args.time_budget, overrides=sets, progress=not args.no_progress,
+                       experiment=experiment)
         return 0
     if args.experiment in EXPERIMENTS:
         sinusoid.run(EXPERIMENTS[args.experiment], out, full=args.full, iterations=args.iterations,

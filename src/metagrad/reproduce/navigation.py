@@ -12,6 +12,8 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,10 @@ def parse_methods(text: str | None) -> list[str]:
 
 
 def method_config(method: str, full: bool, iterations: int | None, time_budget: float | None,
-                  overrides: dict[str, Any]) -> RLConfig:
-    """A method's preset with the budget and the user's overrides applied."""
+                  overrides: dict[str, Any], base: dict[str, Any] | None = None) -> RLConfig:
+    """A method's preset with the experiment's settings (``base``), the budget and the user's overrides applied."""
     cfg = preset(method)
-    changes = dict(overrides)
+    changes = {**(base or {}), **overrides}
     if method != "random":
         changes["iterations"] = iterations if iterations is not None else (FULL_ITERATIONS if full else
                                                                            DEMO_ITERATIONS)
@@ -62,12 +64,14 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
 
 def run(methods: list[str], out: str | Path, full: bool = False, iterations: int | None = None,
         time_budget: float | None = None, overrides: dict[str, Any] | None = None, progress: bool = True,
-        figures: bool = True) -> dict[str, Any]:
-    """Train and evaluate ``methods``; merge into ``OUT/results.json``; print the tables; draw the figures."""
+        figures: bool = True, experiment: Experiment | None = None) -> dict[str, Any]:
+    """Train and evaluate ``methods``; merge into ``OUT/results.json``; print the tables; draw the figures.
+    ``experiment`` (default: 2D navigation) gives the environment settings, the papers' numbers and the table."""
+    experiment = experiment or NAVIGATION
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    configs = [method_config(m, full, iterations, time_budget, overrides or {}) for m in methods]
+    configs = [method_config(m, full, iterations, time_budget, overrides or {}, experiment.base) for m in methods]
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
         build(cfg)
     for i, (m, cfg) in enumerate(zip(methods, configs, strict=True), 1):
@@ -75,15 +79,15 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
               f"{cfg.meta_batch_size} tasks -> {out / m}" if cfg.iterations else "no training"),
               file=sys.stderr, flush=True)
         r = run_method(m, cfg, out / m, progress)
-        _merge(path, m, r)  # re-read: another command may have added methods meanwhile
+        _merge(path, m, r, experiment)  # re-read: another command may have added methods meanwhile
         print(f"    {r['iterations']} iterations in {r['train_seconds']:.0f} s ({r['seconds_per_iteration']} s/it, "
               f"{r['env_steps_per_second']} env steps/s); evaluated in {r['eval_seconds']:.0f} s",
               file=sys.stderr, flush=True)
     results = json.loads(path.read_text())  # with what other commands added
-    table = format_table(results)
+    table = experiment.table(results)
     (out / "table.md").write_text(table + "\n")
     print(table)
-    if figures:
+    if figures and experiment.name == "navigation":
         from ..rl import plots
 
         for f in plots.navigation_figures(results, out):
@@ -92,11 +96,10 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
     return results
 
 
-def _merge(path: Path, method: str, result: dict[str, Any]) -> dict[str, Any]:
+def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
     """Add one method's result to ``results.json`` (keeping the others') and write it atomically."""
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
-    results.update(experiment="navigation", machine=_machine(),
-                   paper={"maml_table4": MAML_TABLE4, "sgmrl_table1": SGMRL_TABLE1})
+    results.update(experiment=experiment.name, machine=_machine(), paper=experiment.paper)
     results["methods"][method] = result
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1))
@@ -177,3 +180,17 @@ def format_table(results: dict[str, Any]) -> str:
 def _machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "platform": platform.platform()}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A meta-RL reproduction: its name, the config changes every method gets, the papers' numbers (stored in
+    ``results.json``) and the table that prints ours beside them."""
+
+    name: str
+    table: Callable[[dict[str, Any]], str]
+    paper: dict[str, Any] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
+
+
+NAVIGATION = Experiment("navigation", format_table, {"maml_table4": MAML_TABLE4, "sgmrl_table1": SGMRL_TABLE1})
