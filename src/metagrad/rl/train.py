@@ -32,6 +32,8 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     kwargs: dict[str, Any] = {"horizon": cfg.horizon}
     if cfg.env == "navigation2d":
         kwargs.update(goal_low=cfg.goal_range[0], goal_high=cfg.goal_range[1], reward=cfg.reward, oracle=cfg.oracle)
+    elif not cfg.env.startswith("gym:"):
+        kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World)
     env = make_env(cfg.env, **kwargs)
     torch.manual_seed(cfg.seed)
     policy = make_policy(env.action_space, env.obs_dim, cfg.policy, cfg.hidden, cfg.activation, cfg.init_std)

@@ -13,8 +13,13 @@ ENVS = {"navigation2d": Navigation2D}
 
 
 def make_env(name: str, **kwargs: Any) -> TaskEnv:
-    """A task environment by name: ``navigation2d``, or ``gym:<id>`` for a registered gymnasium environment
-    whose task can be set (``horizon`` then gives the episode length)."""
+    """A task environment by name: ``navigation2d``; a MuJoCo locomotion family (``cheetah-dir``, ``ant-vel``,
+    ``hopper-rand-params``, ... see ``locomotion.FAMILIES``; ``horizon`` default 200, ``seed``); a Meta-World
+    benchmark (``ml1-reach``, ``ml1-push``, ``ml10``, ``ml45``; ``split`` train/test, ``horizon`` default 150,
+    ``seed``); or ``gym:<id>`` for a registered gymnasium environment whose task can be set (``horizon``)."""
+    from .locomotion import FAMILIES
+    from .metaworld import BENCHMARKS
+
     if name.startswith("gym:"):
         from .gym import GymTaskEnv, register, require_gymnasium
 
@@ -27,10 +32,24 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
             raise ConfigError(f"unknown gymnasium environment '{env_id}'{hint}")
         horizon = int(kwargs.get("horizon", 100))
         return GymTaskEnv(lambda: gym.make(env_id, max_episode_steps=horizon), horizon)
+    if name in FAMILIES or name in BENCHMARKS:
+        allowed = ("horizon", "seed") if name in FAMILIES else ("horizon", "seed", "split")
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ConfigError(f"environment '{name}' takes no option {', '.join(unknown)}; it takes "
+                              f"{', '.join(allowed)}")
+        if name in FAMILIES:
+            from .locomotion import MujocoTaskEnv
+
+            return MujocoTaskEnv(name, **kwargs)
+        from .metaworld import MetaWorldTaskEnv
+
+        return MetaWorldTaskEnv(name, **kwargs)
     if name not in ENVS:
-        close = difflib.get_close_matches(name, list(ENVS), n=1)
+        names = [*ENVS, *FAMILIES, *BENCHMARKS]
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown environment '{name}'{hint}; choose one of {', '.join(ENVS)}, or gym:<id> for "
+        raise ConfigError(f"unknown environment '{name}'{hint}; choose one of {', '.join(names)}, or gym:<id> for "
                           "a gymnasium environment whose task can be set")
     return ENVS[name](**kwargs)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,13 +22,19 @@ from .base import Space, TaskEnv
 NAVIGATION_ID = "metagrad/Navigation2D-v0"
 
 
+def require(module: str) -> Any:
+    """Import an optional package of the ``rl`` extra (gymnasium, mujoco, metaworld), or stop with the install
+    command (exit code 2 from the CLI)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        broken = "" if e.name == module else f" (importing it failed: {e})"
+        raise ConfigError(f"this needs {module}{broken}; install the rl extra: pip install 'metagrad[rl]'") from None
+
+
 def require_gymnasium() -> Any:
     """Import gymnasium, or stop with the install command (exit code 2 from the CLI)."""
-    try:
-        import gymnasium
-    except ImportError:
-        raise ConfigError("this needs gymnasium; install the rl extra: pip install 'metagrad[rl]'") from None
-    return gymnasium
+    return require("gymnasium")
 
 
 def register() -> None:

@@ -1,0 +1,96 @@
+"""The shared stepping loop of simulator-backed task environments: one simulator instance per (task, episode) copy,
+stepped in one Python loop with preallocated numpy buffers (no per-copy tensors, no gymnasium wrappers).
+
+Subclasses (``MujocoTaskEnv``, ``MetaWorldTaskEnv``) say how to get a simulator for a copy and set its task
+(``_prepare``), what to remember from each step (``_record``) and how a step's rewards follow (``_rewards``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...errors import ConfigError
+from .base import TaskEnv
+
+
+class CopyTaskEnv(TaskEnv):
+    """``tasks x episodes`` simulator copies stepped in a loop; the horizon is enforced here (``done`` on the
+    step that reaches it), the simulator's own termination ends an episode earlier.
+
+    Every ``reset`` seeds copy ``i`` with the ``i``-th number of ``SeedSequence([seed, number of resets so far])``:
+    a run that makes the same calls from the same ``seed`` sees the same initial states, and successive
+    meta-iterations see different ones.
+    """
+
+    def __init__(self, horizon: int, seed: int, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray):
+        if horizon < 1:
+            raise ConfigError(f"horizon {horizon} must be >= 1 (e.g. 200)")
+        self.horizon, self.seed, self.obs_dim = int(horizon), int(seed), int(obs_dim)
+        self._low = np.asarray(action_low, dtype=np.float64)
+        self._high = np.asarray(action_high, dtype=np.float64)
+        self._resets = 0
+        self._shape = (0, 0)
+        self._copies: list[Any] = []  # the simulator of each copy in the current batch
+        self._t = 0
+
+    # -- what subclasses provide ------------------------------------------------------------------------------
+    def _prepare(self, tasks: Tensor, episodes: int) -> list[Any]:
+        """The simulator of each of the ``T * K`` copies (task-major), with its task set."""
+        raise NotImplementedError
+
+    def _record(self, i: int, reward: float, info: dict[str, Any]) -> None:
+        """Keep what ``_rewards`` needs from copy ``i``'s step."""
+
+    def _rewards(self, env_rewards: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """This step's rewards of all copies (float64 ``[T * K]``; entries of copies that did not step are
+        ignored). Default: the simulator's own reward."""
+        return env_rewards
+
+    def _reset_copy(self, env: Any, seed: int) -> Any:
+        """Reset one simulator with ``seed``; its first observation."""
+        return env.reset(seed=seed)[0]
+
+    # -- the TaskEnv interface ----------------------------------------------------------------------------------
+    def reset(self, tasks: Tensor, episodes: int) -> Tensor:
+        if episodes < 1:
+            raise ConfigError(f"episodes {episodes} must be >= 1")
+        self._shape = (int(tasks.shape[0]), int(episodes))
+        self._copies = self._prepare(tasks, episodes)
+        n = len(self._copies)
+        seeds = np.random.SeedSequence([self.seed, self._resets]).generate_state(n)
+        self._resets += 1
+        self._obs = np.empty((n, self.obs_dim), dtype=np.float32)
+        for i, env in enumerate(self._copies):
+            self._obs[i] = self._reset_copy(env, int(seeds[i]))
+        self._env_rewards = np.zeros(n, dtype=np.float64)
+        self._done = np.zeros(n, dtype=bool)
+        self._alive = list(range(n))
+        self._t = 0
+        return torch.from_numpy(self._obs.copy()).view(*self._shape, -1)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not self._copies:
+            raise RuntimeError("call reset() before step()")
+        n = len(self._copies)
+        act = np.clip(actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64), self._low, self._high)
+        stepped = ~self._done
+        obs, env_rewards, done, copies = self._obs, self._env_rewards, self._done, self._copies
+        for i in self._alive:
+            o, r, terminated, truncated, info = copies[i].step(act[i])
+            obs[i] = o
+            env_rewards[i] = r
+            self._record(i, r, info)
+            if terminated or truncated:
+                done[i] = True
+        rewards = np.where(stepped, self._rewards(env_rewards, act), 0.0).astype(np.float32)
+        self._t += 1
+        if self._t >= self.horizon:
+            done[:] = True
+        self._alive = [i for i in self._alive if not done[i]]
+        shape = self._shape
+        return (torch.from_numpy(obs.copy()).view(*shape, -1), torch.from_numpy(rewards).view(shape),
+                torch.from_numpy(done.copy()).view(shape))

@@ -1,0 +1,158 @@
+"""MuJoCo locomotion task families of the meta-RL papers, on gymnasium's v5 environments (MAML 5.3, SG-MRL
+appendix H, the trade-off paper / ProMP).
+
+One gymnasium environment (unwrapped: no TimeLimit, no checker) per (task, episode) copy, each with its own MjModel;
+instances are cached and reused across resets. Rewards follow the papers' code (rllab / maml_rl / ProMP):
+
+- ``cheetah-dir``: task = direction d = ±1 (p = 1/2 each); reward = d * x_velocity - 0.05 |a|^2.
+- ``cheetah-vel``: goal velocity g ~ U[0, 2]; reward = -|x_velocity - g| - 0.05 |a|^2.
+- ``cheetah-rand-vel``: g ~ U[0, 3] (ProMP HalfCheetahRandVel); same reward.
+  (0.05 = rllab's 0.5 * 1e-1, as maml_rl and ProMP; gymnasium's own default would be 0.1.)
+- ``ant-vel`` (g ~ U[0, 3]) and ``ant-dir`` (d = ±1): the forward term as above, plus rllab's ant costs:
+  - 0.005 |a|^2 (control) - 5e-4 |clip(contact forces, -1, 1)|^2 (contact) + 0.05 (survive);
+  episodes end on gymnasium's unhealthy condition (torso height outside [0.2, 1.0], as rllab).
+- ``swimmer-vel``: g ~ U[0, 0.5] (the speeds a trained swimmer reaches); reward -|x_velocity - g| - 0.005 |a|^2.
+- ``walker-rand-vel``: g ~ U[0, 10]; reward -|x_velocity - g| + 15 (alive) - 1e-3 |a|^2; ends when the height
+  leaves (0.8, 2.0) or |angle| >= 1 (gymnasium's Walker2d health check).
+- ``hopper-rand-params``, ``walker-rand-params``: per task, element-wise, body_mass and body_inertia times
+  1.5^U(-3,3), dof_damping times 1.3^U(-3,3), geom_friction times 1.5^U(-3,3) (rllab/ProMP rand-params); the task
+  is the natural log of those factors, flattened in that order; reward and termination are the environment's own.
+
+Actions are clipped to the action space before stepping (the simulator clamps controls anyway) and the control
+cost is that of the clipped action. Observations are the environment's own, as float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...errors import ConfigError
+from .base import Space
+from .copies import CopyTaskEnv
+from .gym import require, require_gymnasium
+
+PARAM_ARRAYS = (("body_mass", 1.5), ("body_inertia", 1.5), ("dof_damping", 1.3), ("geom_friction", 1.5))
+"""Randomized model arrays and the base of their factor ``base ** U(-3, 3)``."""
+LOG_SCALE_LIMIT = 3.0
+
+_CHEETAH = {"ctrl_cost_weight": 0.05}
+_ANT = {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward": 0.05}
+_ANT_TERMS = ("reward_ctrl", "reward_contact", "reward_survive")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A task family: the gymnasium id, the kind of task (``direction``, ``velocity`` or ``params``), the goal
+    velocity range, constructor arguments that set the papers' cost weights, and the ``info`` terms added to the
+    task's forward term."""
+
+    env_id: str
+    task: str
+    low: float = 0.0
+    high: float = 0.0
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    terms: tuple[str, ...] = ("reward_ctrl",)
+
+
+FAMILIES: dict[str, Family] = {
+    "cheetah-dir": Family("HalfCheetah-v5", "direction", env_kwargs=_CHEETAH),
+    "cheetah-vel": Family("HalfCheetah-v5", "velocity", 0.0, 2.0, _CHEETAH),
+    "cheetah-rand-vel": Family("HalfCheetah-v5", "velocity", 0.0, 3.0, _CHEETAH),
+    "ant-vel": Family("Ant-v5", "velocity", 0.0, 3.0, _ANT, _ANT_TERMS),
+    "ant-dir": Family("Ant-v5", "direction", env_kwargs=_ANT, terms=_ANT_TERMS),
+    "swimmer-vel": Family("Swimmer-v5", "velocity", 0.0, 0.5, {"ctrl_cost_weight": 0.005}),
+    "walker-rand-vel": Family("Walker2d-v5", "velocity", 0.0, 10.0, {"ctrl_cost_weight": 1e-3, "healthy_reward": 15.0},
+                              ("reward_ctrl", "reward_survive")),
+    "hopper-rand-params": Family("Hopper-v5", "params", terms=()),
+    "walker-rand-params": Family("Walker2d-v5", "params", terms=()),
+}
+
+
+def make_simulator(env_id: str, **kwargs: Any) -> Any:
+    """One unwrapped gymnasium MuJoCo environment (its own MjModel; no TimeLimit or checker wrappers)."""
+    gym = require_gymnasium()
+    require("mujoco")
+    return gym.make(env_id, disable_env_checker=True, **kwargs).unwrapped
+
+
+class MujocoTaskEnv(CopyTaskEnv):
+    """A locomotion task family (``FAMILIES``) as a ``TaskEnv``; ``horizon`` steps per episode (default 200)."""
+
+    def __init__(self, family: str, horizon: int = 200, seed: int = 0):
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
+        self.family_name, self.family = family, FAMILIES[family]
+        self._mujoco = require("mujoco")
+        probe = self._make()
+        space = probe.action_space
+        super().__init__(horizon, seed, int(np.prod(probe.observation_space.shape)), space.low, space.high)
+        self.action_space = Space("box", tuple(space.shape), float(space.low.min()), float(space.high.max()))
+        self._pool: list[Any] = [probe]  # simulators by copy index, reused across resets
+        self._defaults = {name: getattr(probe.model, name).copy() for name, _ in PARAM_ARRAYS}
+        self._sizes = [a.size for a in self._defaults.values()]
+        self.task_dim = sum(self._sizes) if self.family.task == "params" else 1
+        self._goal = np.zeros(0)
+        self._xv = np.zeros(0)
+        self._extra = np.zeros(0)
+
+    def _make(self) -> Any:
+        return make_simulator(self.family.env_id, **self.family.env_kwargs)
+
+    def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        u = torch.rand(num_tasks, self.task_dim, generator=generator)
+        if self.family.task == "direction":
+            return torch.where(u < 0.5, -1.0, 1.0)
+        if self.family.task == "velocity":
+            return self.family.low + (self.family.high - self.family.low) * u
+        log_base = torch.tensor([math.log(b) for (_, b), size in zip(PARAM_ARRAYS, self._sizes, strict=True)
+                                 for _ in range(size)])
+        return (2 * u - 1) * LOG_SCALE_LIMIT * log_base
+
+    def param_factors(self, task: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """The multiplicative factor of each randomized model array for a ``params`` task (its exp)."""
+        flat = np.exp(np.asarray(task, dtype=np.float64).reshape(-1))
+        if flat.size != self.task_dim:
+            raise ConfigError(f"a {self.family_name} task has {self.task_dim} log-scale factors, got {flat.size}")
+        parts = np.split(flat, np.cumsum(self._sizes)[:-1])
+        return {name: p.reshape(self._defaults[name].shape) for (name, _), p in zip(PARAM_ARRAYS, parts, strict=True)}
+
+    def set_params(self, env: Any, task: Tensor | np.ndarray | None) -> None:
+        """Give ``env``'s model the default arrays times the task's factors (``None``: the defaults), then
+        recompute the derived constants; nothing of an earlier task survives since every array is rewritten."""
+        factors = self.param_factors(task) if task is not None else {}
+        for name, default in self._defaults.items():
+            getattr(env.model, name)[:] = default * factors[name] if name in factors else default
+        self._mujoco.mj_setConst(env.model, env.data)
+
+    def _prepare(self, tasks: Tensor, episodes: int) -> list[Any]:
+        n = tasks.shape[0] * episodes
+        if tasks.ndim != 2 or tasks.shape[1] != self.task_dim:
+            raise ConfigError(f"{self.family_name} tasks must be [T, {self.task_dim}], got {list(tasks.shape)}")
+        while len(self._pool) < n:
+            self._pool.append(self._make())
+        copies = self._pool[:n]
+        values = tasks.detach().cpu().double().numpy()
+        if self.family.task == "params":
+            for i, env in enumerate(copies):
+                self.set_params(env, values[i // episodes])
+        self._goal = np.repeat(values[:, 0], episodes) if self.family.task != "params" else np.zeros(n)
+        self._xv, self._extra = np.zeros(n), np.zeros(n)
+        return copies
+
+    def _record(self, i: int, reward: float, info: dict[str, Any]) -> None:
+        if self.family.task != "params":
+            self._xv[i] = info["x_velocity"]
+            self._extra[i] = sum(info[k] for k in self.family.terms)
+
+    def _rewards(self, env_rewards: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        if self.family.task == "direction":
+            return self._goal * self._xv + self._extra
+        if self.family.task == "velocity":
+            return -np.abs(self._xv - self._goal) + self._extra
+        return env_rewards

@@ -1,0 +1,246 @@
+"""MuJoCo locomotion task families: what a task changes (reward terms, model arrays), isolation between copies and
+between tasks, termination, the horizon, seeding, and the error when the extra is missing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metagrad.errors import ConfigError
+from metagrad.rl import make_env, make_policy
+from metagrad.rl.envs.locomotion import FAMILIES, PARAM_ARRAYS, MujocoTaskEnv, make_simulator
+from metagrad.rl.sampler import rollout
+
+# the papers' cost terms beside the task's forward term, per family: control weight, alive bonus
+COSTS = {"cheetah-dir": (0.05, 0.0), "cheetah-vel": (0.05, 0.0), "cheetah-rand-vel": (0.05, 0.0),
+         "ant-vel": (0.005, 0.05), "ant-dir": (0.005, 0.05), "swimmer-vel": (0.005, 0.0),
+         "walker-rand-vel": (1e-3, 15.0)}
+RANGES = {"cheetah-vel": (0, 2), "cheetah-rand-vel": (0, 3), "ant-vel": (0, 3), "swimmer-vel": (0, 0.5),
+          "walker-rand-vel": (0, 10)}
+
+
+def x_position(sim) -> float:
+    """The x coordinate whose change is the forward velocity (the torso body for Ant, the root joint otherwise)."""
+    body = getattr(sim, "_main_body", None)
+    return float(sim.data.body(body).xpos[0]) if body is not None else float(sim.data.qpos[0])
+
+
+def step_and_measure(env: MujocoTaskEnv, tasks: torch.Tensor, actions: torch.Tensor):
+    """One step of one episode per task; the rewards, the velocities measured from positions, the contact costs."""
+    env.reset(tasks, 1)
+    sims = env._pool[: tasks.shape[0]]
+    before = [x_position(s) for s in sims]
+    _, reward, done = env.step(actions)
+    vel = np.array([(x_position(s) - b) / s.dt for s, b in zip(sims, before, strict=True)])
+    contact = np.array([s.contact_cost if hasattr(s, "contact_cost") else 0.0 for s in sims])
+    return reward[:, 0].double().numpy(), vel, contact, done
+
+
+@pytest.mark.parametrize("family", sorted(COSTS))
+def test_reward_is_the_task_forward_term_plus_the_papers_costs(family):
+    env = MujocoTaskEnv(family, horizon=5)
+    tasks = torch.tensor([[1.0], [-1.0]] if FAMILIES[family].task == "direction" else [[0.3], [1.7]])
+    actions = torch.full((2, 1, env.action_space.shape[0]), 0.7)
+    actions[..., 0] = 3.0  # out of range: clipped to 1 before stepping and before the control cost
+    reward, vel, contact, done = step_and_measure(env, tasks, actions)
+    assert not done.any()
+    ctrl_weight, alive = COSTS[family]
+    clipped = actions.clamp(-1, 1)[:, 0].double().numpy()
+    costs = -ctrl_weight * (clipped**2).sum(-1) - contact + alive
+    g = tasks[:, 0].double().numpy()
+    forward = g * vel if FAMILIES[family].task == "direction" else -np.abs(vel - g)
+    np.testing.assert_allclose(reward, forward + costs, rtol=1e-5, atol=1e-5)
+
+
+def test_opposite_directions_negate_the_forward_reward_of_the_same_motion():
+    actions = torch.rand(4, 1, 1, 6, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    out = {}
+    for d in (1.0, -1.0):
+        env = MujocoTaskEnv("cheetah-dir", horizon=10, seed=3)  # same seed: the same initial state
+        obs = [env.reset(torch.tensor([[d]]), 1)]
+        rewards = []
+        for a in actions:
+            o, r, _ = env.step(a)
+            obs.append(o)
+            rewards.append(float(r))
+        out[d] = (torch.stack(obs), np.array(rewards))
+    assert torch.equal(out[1.0][0], out[-1.0][0])  # the task does not change the dynamics
+    ctrl = -0.05 * (actions**2).sum((1, 2, 3)).double().numpy()
+    forward_plus, forward_minus = out[1.0][1] - ctrl, out[-1.0][1] - ctrl
+    np.testing.assert_allclose(forward_minus, -forward_plus, rtol=1e-4, atol=1e-5)
+    assert np.abs(forward_plus).min() > 1e-3
+
+
+@pytest.mark.parametrize("family", sorted(RANGES))
+def test_velocity_goals_fill_their_range(family):
+    env = MujocoTaskEnv(family)
+    goals = env.sample_tasks(400, torch.Generator().manual_seed(0))
+    low, high = RANGES[family]
+    assert goals.shape == (400, 1) and goals.min() >= low and goals.max() <= high
+    assert goals.min() < low + 0.05 * (high - low) and goals.max() > high - 0.05 * (high - low)
+
+
+def test_directions_are_plus_or_minus_one_with_equal_probability():
+    d = MujocoTaskEnv("ant-dir").sample_tasks(2000, torch.Generator().manual_seed(0))
+    assert set(d.flatten().tolist()) == {-1.0, 1.0} and abs(float(d.mean())) < 0.07
+
+
+def model_arrays(sim) -> dict[str, np.ndarray]:
+    """Every numeric array of the model (copies), to check what a task changes and what it leaves alone."""
+    out = {}
+    for name in dir(sim.model):
+        if name.startswith("_"):
+            continue
+        v = getattr(sim.model, name, None)
+        if isinstance(v, np.ndarray) and v.dtype.kind in "fi":
+            out[name] = v.copy()
+    return out
+
+
+DERIVED = {"body_subtreemass", "body_invweight0", "dof_invweight0", "tendon_invweight0", "dof_M0", "body_inertia",
+           "body_mass", "dof_damping", "geom_friction", "actuator_acc0", "actuator_length0", "tendon_length0",
+           "cam_pos0", "cam_poscom0", "cam_mat0", "light_pos0", "light_poscom0", "light_dir0", "stat"}
+
+
+@pytest.mark.parametrize("family", ["hopper-rand-params", "walker-rand-params"])
+def test_rand_params_scale_exactly_the_four_arrays_per_copy_and_leave_nothing_behind(family):
+    env = MujocoTaskEnv(family, horizon=3)
+    fresh = model_arrays(make_simulator(FAMILIES[family].env_id))
+    tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
+    sizes = [fresh[name].size for name, _ in PARAM_ARRAYS]
+    assert tasks.shape == (2, sum(sizes))
+    bounds = torch.tensor([3 * np.log(base) for (_, base), s in zip(PARAM_ARRAYS, sizes, strict=True)
+                           for _ in range(s)], dtype=torch.float32)
+    assert (tasks.abs() <= bounds + 1e-6).all()
+    env.reset(tasks, 2)
+    sims = env._pool[:4]
+    assert len({id(s.model) for s in sims}) == 4  # every copy owns its model
+    for c, sim in enumerate(sims):
+        factors = np.exp(tasks[c // 2].double().numpy())
+        now = model_arrays(sim)
+        offset = 0
+        for name, _ in PARAM_ARRAYS:
+            size = fresh[name].size
+            expected = fresh[name] * factors[offset: offset + size].reshape(fresh[name].shape)
+            np.testing.assert_allclose(now[name], expected, rtol=1e-12, atol=0)
+            offset += size
+        unchanged = [k for k in fresh if k not in DERIVED]
+        assert len(unchanged) > 50
+        for k in unchanged:
+            np.testing.assert_array_equal(now[k], fresh[k], err_msg=k)
+        # mj_setConst ran: derived constants follow the new masses (the world's subtree holds every body)
+        assert now["body_subtreemass"][0] == pytest.approx(now["body_mass"].sum(), rel=1e-12)
+    # the two tasks' copies differ; the two episodes of one task agree
+    assert not np.array_equal(sims[0].model.body_mass, sims[2].model.body_mass)
+    assert np.array_equal(sims[0].model.dof_damping, sims[1].model.dof_damping)
+    # task B after task A: B's factors on the defaults, not on A's arrays
+    other = env.sample_tasks(1, torch.Generator().manual_seed(1))
+    env.reset(other, 1)
+    np.testing.assert_allclose(sims[0].model.body_mass, fresh["body_mass"] * np.exp(other[0, : sizes[0]].double()
+                                                                                     .numpy()), rtol=1e-12)
+    # the defaults come back exactly, derived constants (mj_setConst) included
+    env.set_params(sims[0], None)
+    restored = model_arrays(sims[0])
+    for k in fresh:
+        np.testing.assert_allclose(restored[k], fresh[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_rand_params_change_the_dynamics_and_the_reward_is_the_environments_own():
+    env = MujocoTaskEnv("hopper-rand-params", horizon=4, seed=5)
+    task = env.sample_tasks(1, torch.Generator().manual_seed(2))
+    obs0 = env.reset(task, 1)
+    seed = int(np.random.SeedSequence([5, 0]).generate_state(1)[0])
+    reference = make_simulator("Hopper-v5")
+    env.set_params(reference, task[0])
+    default = make_simulator("Hopper-v5")
+    o_ref, _ = reference.reset(seed=seed)
+    default.reset(seed=seed)
+    np.testing.assert_allclose(obs0[0, 0].numpy(), o_ref, rtol=1e-6, atol=1e-6)
+    a = np.array([0.5, -0.3, 0.8])
+    obs, reward, _ = env.step(torch.tensor(a, dtype=torch.float32).view(1, 1, 3))
+    o_ref, r_ref, *_ = reference.step(a)
+    o_def, *_ = default.step(a)
+    np.testing.assert_allclose(obs[0, 0].numpy(), o_ref, rtol=1e-5, atol=1e-5)
+    assert float(reward) == pytest.approx(r_ref, rel=1e-5)
+    assert np.abs(o_def - o_ref).max() > 1e-3  # the physical parameters matter
+
+
+@pytest.mark.parametrize("family", ["walker-rand-vel", "hopper-rand-params"])
+def test_falling_ends_the_episode_and_later_steps_are_ignored(family):
+    env = MujocoTaskEnv(family, horizon=200, seed=0)
+    tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
+    env.reset(tasks, 2)
+    sims = env._pool[:4]
+    gen = torch.Generator().manual_seed(0)
+    ended_at = [None] * 4
+    obs, done = torch.zeros(2, 2, env.obs_dim), torch.zeros(2, 2, dtype=torch.bool)
+    for t in range(200):
+        before, obs_before = done.flatten(), obs.clone()
+        obs, reward, done = env.step(torch.randn(2, 2, env.action_space.shape[0], generator=gen) * 3)
+        flat = done.flatten()
+        assert (flat >= before).all()  # once done, always done
+        for i in range(4):
+            if flat[i] and not before[i]:
+                ended_at[i] = t
+                if t < 199:
+                    assert not sims[i].is_healthy  # ended by gymnasium's health check
+                    if family == "walker-rand-vel":
+                        z, angle = sims[i].data.qpos[1:3]
+                        assert not (0.8 < z < 2.0) or abs(angle) >= 1
+            elif before[i]:
+                assert reward.flatten()[i] == 0 and torch.equal(obs.view(4, -1)[i], obs_before.view(4, -1)[i])
+    assert all(e is not None for e in ended_at)
+    assert min(e for e in ended_at) < 199  # violent random actions topple the robots before the horizon
+
+
+def test_horizon_is_respected_and_rollout_masks_it():
+    env = make_env("cheetah-vel", horizon=7)
+    tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
+    env.reset(tasks, 3)
+    for t in range(7):
+        _, _, done = env.step(torch.zeros(2, 3, 6))
+        assert bool(done.all()) == (t == 6) and bool(done.any()) == (t == 6)
+    torch.manual_seed(0)
+    policy = make_policy(env.action_space, env.obs_dim, hidden=(8,))
+    traj = rollout(env, policy, dict(policy.named_parameters()), tasks, 3, torch.Generator().manual_seed(0))
+    assert traj.obs.shape == (2, 3, 7, 17) and traj.mask.all()
+
+
+def seeded_rollout(seed: int, family: str = "walker-rand-vel"):
+    env = make_env(family, horizon=30, seed=seed)
+    torch.manual_seed(0)
+    policy = make_policy(env.action_space, env.obs_dim, hidden=(16,))
+    tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
+    params = dict(policy.named_parameters())
+    gen = torch.Generator().manual_seed(1)
+    return [rollout(env, policy, params, tasks, 2, gen) for _ in range(2)]
+
+
+def test_a_seeded_rollout_is_reproducible_and_successive_resets_differ():
+    a, b, c = seeded_rollout(0), seeded_rollout(0), seeded_rollout(1)
+    for x, y in zip(a, b, strict=True):
+        for field in ("obs", "actions", "rewards", "mask"):
+            assert torch.equal(getattr(x, field), getattr(y, field)), field
+    assert not torch.equal(a[0].obs[:, :, 0], a[1].obs[:, :, 0])  # the second reset draws new initial states
+    assert not torch.equal(a[0].obs[:, :, 0], c[0].obs[:, :, 0])  # another seed, other initial states
+    assert not torch.equal(a[0].obs[:, 0, 0], a[0].obs[:, 1, 0])  # episodes of a task start apart
+
+
+def test_bad_names_options_and_tasks_are_config_errors():
+    with pytest.raises(ConfigError, match="did you mean 'cheetah-dir'"):
+        make_env("cheetah-dri")
+    with pytest.raises(ConfigError, match="takes no option split"):
+        make_env("cheetah-dir", split="test")
+    with pytest.raises(ConfigError, match="horizon 0 must be >= 1"):
+        make_env("ant-vel", horizon=0)
+    env = make_env("hopper-rand-params")
+    with pytest.raises(ConfigError, match=rf"tasks must be \[T, {env.task_dim}\]"):
+        env.reset(torch.zeros(2, 1), 1)
+
+
+@pytest.mark.parametrize("missing", ["mujoco", "gymnasium"])
+def test_a_missing_package_names_the_extra(monkeypatch, missing):
+    monkeypatch.setitem(__import__("sys").modules, missing, None)
+    with pytest.raises(ConfigError, match=rf"this needs {missing}; install the rl extra: pip install 'metagrad\[rl\]'"):
+        make_env("cheetah-dir")
