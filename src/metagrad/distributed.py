@@ -82,6 +82,10 @@ class Distributed:
         self._all_reduce(value)
         return bool(value.item() > 0)
 
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        """Sum ``tensor`` over the processes, in place."""
+        self._all_reduce(tensor)
+
     def _all_reduce(self, tensor: torch.Tensor) -> None:
         try:
             dist.all_reduce(tensor)

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from ..analysis.stats import format_ci
+from ..distributed import Distributed
 from ..errors import ConfigError, Interrupted
 from ..rl.config import PRESETS, RLConfig, preset
 from ..rl.evaluate import return_curve, tune_step_size
-from ..rl.train import RLTrainer, build, load_learner
+from ..rl.train import RLFitResult, RLTrainer, build, load_learner
 
 DEMO_ITERATIONS, FULL_ITERATIONS = 100, 500
 LABELS = {"maml-trpo": "MAML-TRPO", "fomaml-trpo": "first-order MAML-TRPO", "pretrained": "pretrained (joint)",
@@ -74,11 +75,25 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
     configs = [method_config(m, full, iterations, time_budget, overrides or {}, experiment.base) for m in methods]
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
         build(cfg)
+    fits: dict[str, RLFitResult] = {}
+    group = Distributed.from_env()  # under torchrun: every method trains on all processes, then process 0 evaluates
+    if group is not None:
+        finished = False
+        try:
+            for m, cfg in zip(methods, configs, strict=True):
+                if group.is_main:
+                    print(f"{LABELS[m]}: meta-training on {group.world} processes -> {out / m}", file=sys.stderr)
+                fits[m] = train_method(cfg, out / m, progress, group)
+            finished = True
+        finally:
+            group.close(finished)
+        if not group.is_main:
+            return {}
     for i, (m, cfg) in enumerate(zip(methods, configs, strict=True), 1):
         print(f"[{i}/{len(methods)}] {LABELS[m]}: " + (f"meta-training {cfg.iterations} iterations x "
               f"{cfg.meta_batch_size} tasks -> {out / m}" if cfg.iterations else "no training"),
               file=sys.stderr, flush=True)
-        r = run_method(m, cfg, out / m, progress)
+        r = run_method(m, cfg, out / m, progress, fits.get(m))
         _merge(path, m, r, experiment)  # re-read: another command may have added methods meanwhile
         print(f"    {r['iterations']} iterations in {r['train_seconds']:.0f} s ({r['seconds_per_iteration']} s/it, "
               f"{r['env_steps_per_second']} env steps/s); evaluated in {r['eval_seconds']:.0f} s",
@@ -107,13 +122,21 @@ def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experime
     return results
 
 
-def run_method(method: str, cfg: RLConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
-    """Train (or resume) one method, then evaluate its best checkpoint on the held-out goals."""
+def train_method(cfg: RLConfig, run_dir: Path, progress: bool, group: Distributed | None = None) -> RLFitResult:
+    """Train (or resume) one method into ``run_dir``."""
     learner, optimizer = build(cfg)
-    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress).fit(resume=True)
+    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress, group).fit(resume=True)
     if fit.stopped == "interrupted":
         raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
                           "command again to continue")
+    return fit
+
+
+def run_method(method: str, cfg: RLConfig, run_dir: Path, progress: bool,
+               fit: RLFitResult | None = None) -> dict[str, Any]:
+    """Train (or resume) one method unless ``fit`` says it was trained, then evaluate its best checkpoint on the
+    held-out goals."""
+    fit = fit or train_method(cfg, run_dir, progress)
     best, _, info = load_learner(run_dir, "best")
     t0 = time.perf_counter()
     lr = list(cfg.eval_lr)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
+from ..distributed import Distributed
 from ..errors import ConfigError, TrainingDiverged
 from ..functional import Params, call, detach, params_of, write_grads
 from ..inner import SGD
@@ -107,6 +108,9 @@ class MetaRL(nn.Module):
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
         self.register_buffer("inner_kl_coefs", torch.full((self.inner_steps,), float(inner_kl_coef)))
+        # under torch.distributed: this process's group and its share of the meta-batch's tasks (set per iteration)
+        self.group: Distributed | None = None
+        self.share = 1.0
 
     # ------------------------------------------------------------------ the inner step
     def meta_params(self) -> Params:
@@ -333,7 +337,7 @@ class MetaRL(nn.Module):
             raise ConfigError(f"outer '{self.outer}' needs an optimizer (e.g. torch.optim.Adam(policy.parameters()))")
         if self.outer == "ppo":
             return self.ppo_update(trajs, out, optimizer)
-        g = self.meta_gradient(trajs, out)
+        g = self._reduce_params(self.meta_gradient(trajs, out))
         gnorm = _finite_norm(g)
         if self.outer == "vpg":
             write_grads(dict(self.policy.named_parameters()), {k: -v for k, v in g.items()})
@@ -354,13 +358,14 @@ class MetaRL(nn.Module):
             return -sur + (self.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
 
         for epoch in range(self.ppo_epochs):
-            g, _ = grad(loss, has_aux=True)(self.meta_params())
+            g = self._reduce_params(grad(loss, has_aux=True)(self.meta_params())[0])
             if epoch == 0:  # the first epoch's gradient is the meta-gradient (ratios are 1, no penalty yet)
                 gnorm = _finite_norm(g)
             write_grads(params, g)
             optimizer.step()
         with torch.no_grad():
             _, (kl, inner_kls) = loss(self.meta_params())
+            kl, inner_kls = self._reduce(kl), self._reduce(inner_kls)
         if self.inner_kl_target > 0 and len(inner_kls):
             low, high = inner_kls < self.inner_kl_target / 1.5, inner_kls > self.inner_kl_target * 1.5
             self.inner_kl_coefs[low.to(self.inner_kl_coefs.device)] /= 2
@@ -376,15 +381,31 @@ class MetaRL(nn.Module):
 
         def evaluate(x: Tensor) -> tuple[float, float]:
             with torch.no_grad():
-                sur, kl = self.objective_and_kl(unflatten(x, theta), trajs, out)
+                sur, kl = self._reduce(torch.stack(self.objective_and_kl(unflatten(x, theta), trajs, out)))
             return float(sur), float(kl)
 
-        x, info = trust_region_step(x0, evaluate, g, self.kl_hvp(trajs, out), self.max_kl, self.cg_iters,
+        local = self.kl_hvp(trajs, out)
+        x, info = trust_region_step(x0, evaluate, g, lambda v: self._reduce(local(v)), self.max_kl, self.cg_iters,
                                     self.backtrack, self.max_backtracks)
         with torch.no_grad():
             for p, v in zip(self.policy.parameters(), unflatten(x, theta).values(), strict=True):
                 p.copy_(v)
         return info
+
+    def _reduce(self, x: Tensor) -> Tensor:
+        """The meta-batch's value of a per-task mean that this process computed on its share of the tasks: the
+        share-weighted sum over the processes (``x`` itself when run alone). Every process gets the same value."""
+        if self.group is None:
+            return x
+        y = x.detach() * self.share
+        self.group.all_reduce(y)
+        return y
+
+    def _reduce_params(self, tree: Params) -> Params:
+        """``_reduce`` on every leaf of a gradient, in one flat all-reduce."""
+        if self.group is None:
+            return tree
+        return unflatten(self._reduce(flatten(tree)), tree)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -59,6 +59,8 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
     advance in one batched step. Returns and advantages are left at zero (see ``process``)."""
     params = {k: v.detach() for k, v in params.items()}
     dtype = dtype or next(iter(params.values())).dtype  # the policy's precision (float64 in gradient checks)
+    if generator is not None:
+        env.reseed(int(torch.randint(0, 2**62, (), generator=generator)))
     obs = env.reset(tasks, episodes).to(dtype)
     t, k = obs.shape[:2]
     alive = torch.ones(t, k, dtype=dtype)

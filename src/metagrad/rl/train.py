@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .. import checkpoint
+from ..distributed import Distributed
 from ..errors import CheckpointError, TrainingDiverged
 from .config import RLConfig
 from .envs import make_env
@@ -71,13 +72,21 @@ class RLFitResult:
 
 
 class RLTrainer:
-    """Meta-trains ``learner`` for ``cfg.iterations`` meta-iterations into ``run_dir``."""
+    """Meta-trains ``learner`` for ``cfg.iterations`` meta-iterations into ``run_dir``.
+
+    With ``distributed`` (under ``torchrun``), every process draws the same meta-batch of tasks, samples and
+    differentiates its share of them (its episodes from its own generator), and the learner all-reduces
+    gradients, curvature products and line-search values, so all processes take the same step; process 0 writes
+    checkpoints, logs and progress. (SG-MRL's batch baseline and E-MAML's normalization use the process's tasks.)
+    """
 
     def __init__(self, learner: MetaRL, optimizer: torch.optim.Optimizer | None, cfg: RLConfig,
-                 run_dir: str | Path | None = None, progress: bool = True):
+                 run_dir: str | Path | None = None, progress: bool = True, distributed: Distributed | None = None):
         self.learner, self.optimizer, self.cfg = learner, optimizer, cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.progress = progress
+        self.dist = distributed
+        self.writes = distributed is None or distributed.is_main
+        self.progress = progress and self.writes
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.iteration, self.elapsed, self.env_steps, self.sample_seconds = 0, 0.0, 0, 0.0
         self.best_return: float | None = None
@@ -90,8 +99,10 @@ class RLTrainer:
                 "rng": self.generator.get_state()}
 
     def save(self, name: str, state: dict[str, Any] | None = None, iteration: int | None = None) -> None:
-        """Write checkpoint ``run_dir/name`` (``state`` defaults to the full training state)."""
+        """Write checkpoint ``run_dir/name`` (``state`` defaults to the full training state); process 0 only."""
         assert self.run_dir is not None
+        if not self.writes:
+            return
         checkpoint.save(self.run_dir / name, state or self.state(),
                         {"iteration": self.iteration if iteration is None else iteration, "elapsed": self.elapsed,
                          "env_steps": self.env_steps, "sample_seconds": self.sample_seconds,
@@ -110,7 +121,7 @@ class RLTrainer:
         self.env_steps, self.best_return = info["env_steps"], info["best_return"]
         self.sample_seconds = info.get("sample_seconds", 0.0)
         path = self.run_dir / "metrics.jsonl"
-        if path.exists():  # drop lines logged after the checkpoint (they will be logged again)
+        if path.exists() and self.writes:  # drop lines logged after the checkpoint (they will be logged again)
             keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iteration"] <= self.iteration]
             path.write_text("".join(ln + "\n" for ln in keep))
 
@@ -141,14 +152,17 @@ class RLTrainer:
                                                  or self.iteration == self.cfg.iterations
                                                  or (budget and self.env_steps >= budget)):
                     self.save("last")
+                over_time = bool(self.cfg.time_budget) and time.perf_counter() - start > 60 * self.cfg.time_budget
+                if self.dist is not None:  # every process stops at the same iteration
+                    self._stop, over_time = self.dist.any(self._stop), self.dist.any(over_time)
                 if self._stop:
                     stopped = "interrupted"
                     break
-                if self.cfg.time_budget and time.perf_counter() - start > 60 * self.cfg.time_budget:
+                if over_time:
                     stopped = "time_budget"
                     break
         bar.close()
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             if stopped != "done" or not checkpoint.exists(self.run_dir / "last"):
                 self.save("last")
             if not checkpoint.exists(self.run_dir / "best"):  # no iteration ran (the random baseline)
@@ -170,8 +184,17 @@ class RLTrainer:
         t0 = time.perf_counter()
         learner = self.learner
         tasks = learner.env.sample_tasks(self.cfg.meta_batch_size, self.generator)
-        trajs, out = learner.sample(tasks, self.generator)
+        episodes = self.generator
+        if self.dist is not None:  # this process's share of the tasks, its own episodes
+            shard = self.dist.shard(len(tasks))
+            tasks, learner.group, learner.share = tasks[shard], self.dist, (shard.stop - shard.start) / len(tasks)
+            episodes = torch.Generator().manual_seed(hash((self.cfg.seed, self.iteration, self.dist.rank)) % 2**62)
+        trajs, out = learner.sample(tasks, episodes)
         metrics = learner.sample_metrics(trajs, out)
+        if self.dist is not None:
+            steps = metrics.pop("env_steps")
+            metrics = self.dist.reduce_metrics(metrics, learner.share)
+            metrics["env_steps"] = self.dist.reduce_metrics({"s": steps}, 1.0)["s"]
         metrics["sample_seconds"] = time.perf_counter() - t0
         if not math.isfinite(metrics["return_post"]):
             raise TrainingDiverged(f"the average return is {metrics['return_post']} at iteration {self.iteration + 1}")
@@ -186,7 +209,7 @@ class RLTrainer:
         self.env_steps += int(metrics["env_steps"])
         self.sample_seconds += metrics["sample_seconds"]
         metrics.update(seconds=seconds)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"iteration": self.iteration, **{k: round(v, 5) for k, v in metrics.items()}})
                         + "\n")

@@ -50,6 +50,10 @@ class TaskEnv:
         """Start ``episodes`` episodes of every task; the first observations ``[T, K, obs_dim]``."""
         raise NotImplementedError
 
+    def reseed(self, seed: int) -> None:
+        """Seed the next ``reset``'s random initial states (the sampler draws ``seed`` from its generator, so a
+        resumed run sees the same states). Deterministic environments ignore it."""
+
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Apply ``actions`` to every running episode: ``(obs, reward, done)``."""
         raise NotImplementedError

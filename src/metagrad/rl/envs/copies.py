@@ -21,9 +21,9 @@ class CopyTaskEnv(TaskEnv):
     """``tasks x episodes`` simulator copies stepped in a loop; the horizon is enforced here (``done`` on the
     step that reaches it), the simulator's own termination ends an episode earlier.
 
-    Every ``reset`` seeds copy ``i`` with the ``i``-th number of ``SeedSequence([seed, number of resets so far])``:
-    a run that makes the same calls from the same ``seed`` sees the same initial states, and successive
-    meta-iterations see different ones.
+    Every ``reset`` seeds copy ``i`` with the ``i``-th number of ``SeedSequence([seed, s])``, ``s`` the number given
+    to ``reseed`` (the sampler draws it from the run's generator, so a resumed run sees the same initial states) or,
+    without one, the number of resets so far.
     """
 
     def __init__(self, horizon: int, seed: int, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray):
@@ -33,6 +33,7 @@ class CopyTaskEnv(TaskEnv):
         self._low = np.asarray(action_low, dtype=np.float64)
         self._high = np.asarray(action_high, dtype=np.float64)
         self._resets = 0
+        self._next_seed: int | None = None
         self._shape = (0, 0)
         self._copies: list[Any] = []  # the simulator of each copy in the current batch
         self._t = 0
@@ -61,8 +62,10 @@ class CopyTaskEnv(TaskEnv):
         self._shape = (int(tasks.shape[0]), int(episodes))
         self._copies = self._prepare(tasks, episodes)
         n = len(self._copies)
-        seeds = np.random.SeedSequence([self.seed, self._resets]).generate_state(n)
+        stream = self._resets if self._next_seed is None else self._next_seed
+        seeds = np.random.SeedSequence([self.seed, stream]).generate_state(n)
         self._resets += 1
+        self._next_seed = None
         self._obs = np.empty((n, self.obs_dim), dtype=np.float32)
         for i, env in enumerate(self._copies):
             self._obs[i] = self._reset_copy(env, int(seeds[i]))
@@ -71,6 +74,9 @@ class CopyTaskEnv(TaskEnv):
         self._alive = list(range(n))
         self._t = 0
         return torch.from_numpy(self._obs.copy()).view(*self._shape, -1)
+
+    def reseed(self, seed: int) -> None:
+        self._next_seed = int(seed)
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if not self._copies:
