@@ -29,6 +29,20 @@ def test_navigation_clips_velocity_rewards_distance_and_stops_at_the_goal():
     assert torch.allclose(r2, -reward**2)
 
 
+def test_normalized_actions_scale_to_the_velocity_limit_as_rllab_normalize():
+    """The policy acts in [-1, 1]; the environment moves by 0.1 times that, still clipped to 0.1 per axis."""
+    env = Navigation2D(normalized_actions=True)
+    assert env.action_space.low == -1.0 and env.action_space.high == 1.0
+    raw = Navigation2D()
+    goals = torch.tensor([[0.3, -0.4]])
+    env.reset(goals, 1)
+    raw.reset(goals, 1)
+    actions = torch.tensor([[[0.5, -3.0]]])
+    obs, reward, _ = env.step(actions)
+    assert torch.allclose(obs, torch.tensor([[[0.05, -0.1]]]))
+    assert torch.equal((obs, reward)[1], raw.step(torch.tensor([[[0.05, -0.1]]]))[1])
+
+
 def test_navigation_goals_lie_in_the_chosen_square_and_the_oracle_sees_them():
     gen = torch.Generator().manual_seed(0)
     goals = Navigation2D(goal_low=0.0, goal_high=1.0).sample_tasks(500, gen)

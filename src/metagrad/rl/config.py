@@ -35,6 +35,8 @@ class RLConfig:
     reward: str = opt("distance", "env", "navigation reward: distance (minus the distance to the goal, the papers' "
                       "code) or squared (minus its square, the papers' text)")
     oracle: bool = opt(False, "env", "append the goal to the observation (the oracle baseline)")
+    normalized_actions: bool = opt(True, "env", "navigation: the policy acts in [-1, 1], scaled to the velocity "
+                                   "limit (rllab's normalize(), what the MAML code trains with)")
     # [policy]
     policy: str = opt("auto", "policy", "auto (gaussian for continuous actions, categorical for discrete), "
                       "gaussian, categorical")
@@ -164,10 +166,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # code normalizes advantages; SG-MRL does not, since eq. (13) is the gradient of eq. (6) only with raw ones.
     # Its score term gets the other tasks' mean return as a baseline (still unbiased): with J as is (always
     # negative here) the term lowers the likelihood of every sampled path and training diverged (measured)
-    "sgmrl": {"algo": "sgmrl-fo", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch"},
-    "sgmrl-full": {"algo": "sgmrl", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch"},
-    "maml-vpg": {"algo": "maml", "outer": "vpg"},
-    "emaml": {"algo": "emaml", "outer": "vpg"},
+    # Its code's environment scales actions by 0.01 (normalized_env, scale 10): an initial standard deviation of 0.01
+    # in the environment's units, 0.1 here with normalized actions (x 0.1)
+    "sgmrl": {"algo": "sgmrl-fo", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch", "init_std": 0.1},
+    "sgmrl-full": {"algo": "sgmrl", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch",
+                   "init_std": 0.1},
+    "maml-vpg": {"algo": "maml", "outer": "vpg", "init_std": 0.1},
+    "emaml": {"algo": "emaml", "outer": "vpg", "init_std": 0.1},
     # the trade-off paper (section 2): ProMP (MAML + PPO: LVC inner step, clip 0.3, 5 epochs of Adam 0.001, adaptive
     # inner KL penalty, as ProMP's scripts) vs DRS+PPO, and TRPO-MAML vs DRS+TRPO; DRS is adapted at test time with
     # the meta-learners' step, its size chosen on validation tasks

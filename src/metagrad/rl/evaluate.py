@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..analysis.stats import mean_ci95
+from ..inner import SGD
 from .metarl import MetaRL
+from .sampler import Trajectories, rollout
 
 VAL_SEED_OFFSET = 1_000_003  # step-size tuning uses its own tasks, never the test ones
 
@@ -45,3 +48,50 @@ def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes:
         if best is None or score > best:
             best, best_lr = score, lr
     return best_lr
+
+
+def rllab_average(traj: Trajectories, envs: int = 40, batch: int = 4000) -> Tensor:
+    """The MAML code's ``AverageReturn`` per task from ``traj`` (``[T, envs * m, H]``; episode ``j`` of environment
+    ``i`` at index ``i * m + j``): rllab's VectorizedSampler runs ``envs`` environments side by side, each starting
+    a new episode when one ends, stops at the first step at which its completed episodes hold ``batch`` steps and
+    drops the unfinished ones, so short (successful) episodes weigh more than in a fixed-episode mean. Raises
+    ``ValueError`` when ``m`` episodes per environment do not reach ``batch`` steps."""
+    lengths, returns = traj.mask.sum(-1), traj.episode_returns
+    t = lengths.shape[0]
+    ends = lengths.view(t, envs, -1).cumsum(-1).reshape(t, -1)  # the step at which each episode completes
+    order = ends.argsort(dim=-1, stable=True)
+    done_steps = lengths.gather(1, order).cumsum(-1)
+    if not bool((done_steps[:, -1] >= batch).all()):
+        raise ValueError(f"{traj.mask.shape[1]} episodes per task do not reach {batch} steps; sample more")
+    first = (done_steps >= batch).to(torch.int64).argmax(-1, keepdim=True)
+    stop = ends.gather(1, order).gather(1, first)
+    kept = (ends <= stop).to(returns.dtype)
+    return (returns * kept).sum(-1) / kept.sum(-1)
+
+
+@torch.no_grad()
+def rllab_return_curve(learner: MetaRL, num_tasks: int, steps: int, lr: Sequence[float], seed: int, envs: int = 40,
+                       batch: int = 4000) -> dict[str, Any]:
+    """``return_curve`` with the MAML code's measurement (maml_examples/test_maml_point.py: VPG with batch_size
+    4000 steps, 40 environments; see ``rllab_average``). Each step's update uses the first episode of every
+    environment (``envs`` episodes, as ``return_curve``); the same tasks as ``return_curve`` for ``seed``."""
+    tasks = held_out_goals(learner, num_tasks, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    rule, cols = SGD(tuple(lr)), []
+    params, per_task = learner.meta_params(), False
+    for s in range(steps + 1):
+        m = max(1, -(-batch // (envs * learner.env.horizon)))
+        while True:  # more episodes per environment until the completed ones reach ``batch`` steps
+            tr = rollout(learner.env, learner.policy, params, tasks, envs * m, gen, per_task)
+            try:
+                cols.append(rllab_average(tr, envs, batch))
+                break
+            except ValueError:
+                m *= 2
+        if s < steps:
+            first = Trajectories(*(f[:, ::m] for f in tr))
+            params, per_task = learner.adapt_batch(params, learner.process(first, learner.normalize_inner), s,
+                                                   per_task, rule), True
+    mean, half = mean_ci95(torch.stack(cols, 1))
+    return {"tasks": num_tasks, "protocol": f"rllab: {envs} envs, {batch} steps per batch", "lr": list(lr),
+            "mean": [round(float(v), 4) for v in mean], "ci95": [round(float(h), 4) for h in half]}

@@ -32,7 +32,8 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     """The learner (environment, policy initialized from ``cfg.seed``) and, for outer 'vpg' or 'ppo', its optimizer."""
     kwargs: dict[str, Any] = {"horizon": cfg.horizon}
     if cfg.env == "navigation2d":
-        kwargs.update(goal_low=cfg.goal_range[0], goal_high=cfg.goal_range[1], reward=cfg.reward, oracle=cfg.oracle)
+        kwargs.update(goal_low=cfg.goal_range[0], goal_high=cfg.goal_range[1], reward=cfg.reward, oracle=cfg.oracle,
+                      normalized_actions=cfg.normalized_actions)
     elif not cfg.env.startswith("gym:"):
         kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World)
     env = make_env(cfg.env, **kwargs)

@@ -4,6 +4,10 @@ Observation: the position (plus the goal for the oracle). Action: a velocity, ea
 [-0.1, 0.1]. Reward after each step: minus the distance to the goal (``reward="distance"``, what both papers'
 code computes and what the MAML paper's Table 4 needs) or minus its square (``"squared"``, the papers' text).
 An episode ends within ``goal_radius`` (0.01) of the goal or after ``horizon`` (100) steps.
+
+``normalized_actions=True`` is rllab's ``normalize()`` wrapper, which the MAML code trains with: the policy acts in
+[-1, 1] and the environment takes ``max_speed`` times that (so a policy's initial standard deviation of 1 is 0.1 in
+the environment's units, not ten times the clip). It changes the policy's parametrization, not the task.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class Navigation2D(TaskEnv):
 
     def __init__(self, goal_low: float = -0.5, goal_high: float = 0.5, horizon: int = 100,
                  reward: str = "distance", max_speed: float = 0.1, goal_radius: float = 0.01,
-                 start: tuple[float, float] = (0.0, 0.0), oracle: bool = False):
+                 start: tuple[float, float] = (0.0, 0.0), oracle: bool = False, normalized_actions: bool = False):
         if horizon < 1:
             raise ConfigError(f"horizon {horizon} must be >= 1 (the papers use 100 steps)")
         if reward not in REWARDS:
@@ -39,7 +43,9 @@ class Navigation2D(TaskEnv):
         self.start = torch.tensor(start, dtype=torch.float32)
         self.oracle = oracle
         self.obs_dim = 4 if oracle else 2
-        self.action_space = Space("box", (2,), -self.max_speed, self.max_speed)
+        self.normalized_actions = normalized_actions
+        bound = 1.0 if normalized_actions else self.max_speed
+        self.action_space = Space("box", (2,), -bound, bound)
         self._pos: Tensor | None = None
         self._goals: Tensor | None = None
 
@@ -54,7 +60,8 @@ class Navigation2D(TaskEnv):
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         assert self._pos is not None and self._goals is not None, "call reset() first"
-        self._pos = self._pos + actions.clamp(-self.max_speed, self.max_speed)
+        velocity = actions * self.max_speed if self.normalized_actions else actions
+        self._pos = self._pos + velocity.clamp(-self.max_speed, self.max_speed)
         sq = ((self._pos - self._goals) ** 2).sum(-1)
         reward = -sq if self.reward == "squared" else -sq.sqrt()
         done = sq < self.goal_radius**2

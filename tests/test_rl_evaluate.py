@@ -1,0 +1,48 @@
+"""The MAML code's measurement of the navigation return (rllab's VectorizedSampler: 40 environments, a batch of
+4000 steps, unfinished episodes dropped) against a hand count, and its curve on a small learner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metagrad.rl.config import RLConfig
+from metagrad.rl.evaluate import return_curve, rllab_average, rllab_return_curve
+from metagrad.rl.sampler import Trajectories
+from metagrad.rl.train import build
+
+
+def _episodes(lengths: list[list[int]], returns: list[list[float]], horizon: int = 100) -> Trajectories:
+    """One task; ``lengths[i][j]``, ``returns[i][j]``: episode j of environment i (stored at i * m + j)."""
+    flat_len = torch.tensor(lengths).flatten()
+    flat_ret = torch.tensor(returns).flatten()
+    mask = (torch.arange(horizon)[None, :] < flat_len[:, None]).float()
+    rewards = mask * (flat_ret / flat_len)[:, None]
+    k = flat_len.numel()
+    z = torch.zeros(1, k, horizon)
+    return Trajectories(torch.zeros(1, k, horizon, 2), torch.zeros(1, k, horizon, 2), rewards[None], mask[None],
+                        torch.zeros(1, k, horizon, 4), z, z, z)
+
+
+def test_rllab_average_counts_the_episodes_completed_when_the_batch_fills():
+    # environment 0 ends episodes at steps 10, 20, 120; environment 1 at 100, 200, 300. Completed steps reach
+    # 200 at step 120: the episodes ending by then are kept (-1, -2, -50 and -40), the others dropped
+    traj = _episodes([[10, 10, 100], [100, 100, 100]], [[-1.0, -2.0, -50.0], [-40.0, -41.0, -42.0]])
+    got = rllab_average(traj, envs=2, batch=200)
+    assert torch.allclose(got, torch.tensor([(-1 - 2 - 50 - 40) / 4]))
+    # episodes that all run to the horizon: one per environment, the plain mean
+    full = _episodes([[100, 100], [100, 100]], [[-3.0, -9.0], [-5.0, -9.0]])
+    assert torch.allclose(rllab_average(full, envs=2, batch=200), torch.tensor([-4.0]))
+    with pytest.raises(ValueError, match="sample more"):
+        rllab_average(traj, envs=2, batch=10_000)
+
+
+def test_rllab_return_curve_runs_on_the_same_tasks_and_agrees_without_early_ends():
+    cfg = RLConfig().replace(hidden=(16, 16), horizon=20)
+    learner, _ = build(cfg)
+    curve = rllab_return_curve(learner, 6, 1, (0.1,), seed=3, envs=4, batch=4 * 20)
+    assert len(curve["mean"]) == 2 and all(v < 0 for v in curve["mean"])
+    plain, _, _ = return_curve(learner, 6, 0, 4, (0.1,), seed=3)
+    # an untrained policy never reaches the goal: every episode runs to the horizon, so the first batch is
+    # exactly one episode per environment, the same episodes as return_curve's (same tasks, same generator)
+    assert curve["mean"][0] == pytest.approx(plain["mean"][0], abs=1e-4)
