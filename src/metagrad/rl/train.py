@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..distributed import Distributed
-from ..errors import CheckpointError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from .config import RLConfig
 from .envs import make_env
 from .metarl import MetaRL
@@ -34,6 +34,8 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     if cfg.env == "navigation2d":
         kwargs.update(goal_low=cfg.goal_range[0], goal_high=cfg.goal_range[1], reward=cfg.reward, oracle=cfg.oracle,
                       normalized_actions=cfg.normalized_actions)
+    elif cfg.oracle:
+        raise ConfigError(f"oracle=True (the goal as input) is defined for navigation2d only, not for '{cfg.env}'")
     elif not cfg.env.startswith("gym:"):
         kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World)
     env = make_env(cfg.env, **kwargs)
