@@ -32,8 +32,8 @@ class CountingNavigation(Navigation2D):
 
 
 def _cfg(method: str, **kw):
-    return preset(method).replace(hidden=(8,), meta_batch_size=3, episodes=2, horizon=20, iterations=10**9,
-                                  tune_eval_lr=False, **kw)
+    settings = dict(hidden=(8,), meta_batch_size=3, episodes=2, horizon=20, iterations=10**9, tune_eval_lr=False)
+    return preset(method).replace(**{**settings, **kw})
 
 
 @pytest.mark.parametrize("method", ["drs-ppo", "promp", "drs-trpo", "trpo-maml"])
@@ -109,3 +109,21 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
 def test_tradeoff_rl_bad_input_is_named(tmp_path, capsys, flags, message):
     assert main(["tradeoff", "rl", *flags, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_interrupted_locomotion_run_resumes_to_the_same_checkpoints(tmp_path):
+    """MuJoCo copies draw their initial states from the run's generator: resuming sees the same states."""
+    pytest.importorskip("mujoco")
+    cfg = _cfg("trpo-maml", env="cheetah-dir", horizon=10, iterations=3, checkpoint_every=1)
+    for name, first in (("straight", cfg), ("resumed", cfg.replace(iterations=2))):
+        learner, opt = build(first)
+        RLTrainer(learner, opt, first, tmp_path / name, progress=False).fit()
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
+    a, _ = checkpoint.load(tmp_path / "straight" / "last")
+    b, _ = checkpoint.load(tmp_path / "resumed" / "last")
+    for k, v in a["learner"].items():
+        assert torch.equal(v, b["learner"][k]), k
+    lines = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["return_post"] for ln in lines] == [ln["return_post"] for ln in again]
