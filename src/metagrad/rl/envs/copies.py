@@ -43,7 +43,7 @@ class CopyTaskEnv(TaskEnv):
         """The simulator of each of the ``T * K`` copies (task-major), with its task set."""
         raise NotImplementedError
 
-    def _record(self, i: int, reward: float, info: dict[str, Any]) -> None:
+    def _record(self, i: int, info: dict[str, Any]) -> None:
         """Keep what ``_rewards`` needs from copy ``i``'s step."""
 
     def _rewards(self, env_rewards: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -84,12 +84,12 @@ class CopyTaskEnv(TaskEnv):
         n = len(self._copies)
         act = np.clip(actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64), self._low, self._high)
         stepped = ~self._done
-        obs, env_rewards, done, copies = self._obs, self._env_rewards, self._done, self._copies
+        obs, env_rewards, done, copies, record = self._obs, self._env_rewards, self._done, self._copies, self._record
         for i in self._alive:
             o, r, terminated, truncated, info = copies[i].step(act[i])
             obs[i] = o
             env_rewards[i] = r
-            self._record(i, r, info)
+            record(i, info)
             if terminated or truncated:
                 done[i] = True
         rewards = np.where(stepped, self._rewards(env_rewards, act), 0.0).astype(np.float32)

@@ -97,6 +97,7 @@ class MujocoTaskEnv(CopyTaskEnv):
         self._defaults = {name: getattr(probe.model, name).copy() for name, _ in PARAM_ARRAYS}
         self._sizes = [a.size for a in self._defaults.values()]
         self.task_dim = sum(self._sizes) if self.family.task == "params" else 1
+        self._forward, self._terms = self.family.task != "params", self.family.terms
         self._goal = np.zeros(0)
         self._xv = np.zeros(0)
         self._extra = np.zeros(0)
@@ -145,10 +146,13 @@ class MujocoTaskEnv(CopyTaskEnv):
         self._xv, self._extra = np.zeros(n), np.zeros(n)
         return copies
 
-    def _record(self, i: int, reward: float, info: dict[str, Any]) -> None:
-        if self.family.task != "params":
+    def _record(self, i: int, info: dict[str, Any]) -> None:
+        if self._forward:
             self._xv[i] = info["x_velocity"]
-            self._extra[i] = sum(info[k] for k in self.family.terms)
+            extra = 0.0
+            for k in self._terms:
+                extra += info[k]
+            self._extra[i] = extra
 
     def _rewards(self, env_rewards: np.ndarray, actions: np.ndarray) -> np.ndarray:
         if self.family.task == "direction":

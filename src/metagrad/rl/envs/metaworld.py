@@ -98,7 +98,7 @@ class MetaWorldTaskEnv(CopyTaskEnv):
         env.seed(seed)  # Meta-World's documented seeding (its reset() ignores the seed argument)
         return env.reset()[0]
 
-    def _record(self, i: int, reward: float, info: dict[str, Any]) -> None:
+    def _record(self, i: int, info: dict[str, Any]) -> None:
         if info.get("success"):
             self._success[i] = True
 
