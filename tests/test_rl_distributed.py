@@ -77,3 +77,18 @@ def test_navigation_reproduction_trains_on_two_processes(tmp_path):
     assert json.loads(lines[0])["env_steps"] == 2 * 4 * 2 * 100
     results = json.loads((out / "results.json").read_text())
     assert results["methods"]["maml-trpo"]["iterations"] == 2
+
+
+def test_tradeoff_rl_trains_on_two_processes_and_one_reports(tmp_path):
+    out = tmp_path / "study"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "metagrad", "tradeoff", "rl", "--env", "navigation2d", "--budget", "4000",
+                           "--seeds", "2", "--checkpoints", "2", "--meta-batch-size", "4", "--episodes", "2",
+                           "--test-tasks", "3", "--test-episodes", "2", "--out", str(out), "--no-progress"],
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("P(DRS better)") == 1
+    results = json.loads((out / "tradeoff_rl.json").read_text())
+    assert all(run[-1] >= 4000 for runs in results["env_steps"].values() for run in runs)
+    lines = (out / "promp" / "seed-1" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["env_steps"] == 2 * 4 * 2 * 100  # both processes' steps, pre and post update

@@ -311,6 +311,8 @@ def _tradeoff_rl(args: argparse.Namespace) -> int:
                                   test_episodes=args.test_episodes, horizon=args.horizon)
     out = Path(args.out or f"results/tradeoff-rl-{args.env}-{args.pair}")
     results = rl_tradeoff.run(study, out, progress=not args.no_progress)
+    if not results:  # a process other than 0 of a distributed run: process 0 evaluates and reports
+        return 0
     print(rl_tradeoff.format_table(results))
     print(f"results: {out / 'tradeoff_rl.json'}")
     for f in results["figures"]:

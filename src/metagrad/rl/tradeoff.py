@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..analysis.stats import welch_probability
+from ..distributed import Distributed
 from ..errors import ConfigError, Interrupted
 from .config import RLConfig, preset
 from .envs import make_env
@@ -103,7 +104,20 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     for method in study.methods:  # environment and algorithm checked before anything runs or is written
         build(study.config(method, 0))
-    _check_resumable(study, out)
+    group = Distributed.from_env()  # under torchrun: every run trains on all processes, then process 0 evaluates
+    if group is None or group.is_main:
+        _check_resumable(study, out)
+    if group is not None:
+        finished = False
+        try:
+            for method in study.methods:
+                for seed in range(study.seeds):
+                    train(study.config(method, seed), out / method / f"seed-{seed}", progress, group)
+            finished = True
+        finally:
+            group.close(finished)
+        if not group.is_main:
+            return {}
     test_env = _test_env(study)
     curves: dict[str, np.ndarray] = {}
     steps: dict[str, list[list[int]]] = {}
@@ -131,10 +145,10 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
     return results
 
 
-def train(cfg: RLConfig, run_dir: Path, progress: bool) -> None:
-    """Train one run to its step budget (or resume it there)."""
+def train(cfg: RLConfig, run_dir: Path, progress: bool, group: Distributed | None = None) -> None:
+    """Train one run to its step budget (or resume it there; a finished run returns at once)."""
     learner, optimizer = build(cfg)
-    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress).fit(resume=True)
+    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress, group).fit(resume=True)
     if fit.stopped == "interrupted":
         raise Interrupted(f"interrupted at {fit.env_steps:,} environment steps; checkpoint saved in {run_dir}; run the "
                           "same command again to continue")
