@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 
+from .. import checkpoint
 from ..analysis.stats import format_ci
 from ..distributed import Distributed
-from ..errors import ConfigError, Interrupted
+from ..errors import ConfigError
 from ..rl.config import PRESETS, RLConfig, preset
 from ..rl.evaluate import return_curve, rllab_return_curve, tune_step_size
-from ..rl.train import RLFitResult, RLTrainer, build, load_learner
+from ..rl.train import RLFitResult, build, load_learner, train_run
 
 DEMO_ITERATIONS, FULL_ITERATIONS = 100, 500
 LABELS = {"maml-trpo": "MAML-TRPO", "fomaml-trpo": "first-order MAML-TRPO", "pretrained": "pretrained (joint)",
@@ -87,7 +88,7 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
             for m, cfg in zip(methods, configs, strict=True):
                 if group.is_main:
                     print(f"{LABELS[m]}: meta-training on {group.world} processes -> {out / m}", file=sys.stderr)
-                fits[m] = train_method(cfg, out / m, progress, group)
+                fits[m] = train_run(cfg, out / m, progress, group)
             finished = True
         finally:
             group.close(finished)
@@ -120,27 +121,15 @@ def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experime
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
     results.update(experiment=experiment.name, machine=_machine(), paper=experiment.paper)
     results["methods"][method] = result
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
+    checkpoint.write_json(path, results)
     return results
-
-
-def train_method(cfg: RLConfig, run_dir: Path, progress: bool, group: Distributed | None = None) -> RLFitResult:
-    """Train (or resume) one method into ``run_dir``."""
-    learner, optimizer = build(cfg)
-    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress, group).fit(resume=True)
-    if fit.stopped == "interrupted":
-        raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
-                          "command again to continue")
-    return fit
 
 
 def run_method(method: str, cfg: RLConfig, run_dir: Path, progress: bool,
                fit: RLFitResult | None = None) -> dict[str, Any]:
     """Train (or resume) one method unless ``fit`` says it was trained, then evaluate its best checkpoint on the
     held-out goals."""
-    fit = fit or train_method(cfg, run_dir, progress)
+    fit = fit or train_run(cfg, run_dir, progress)
     best, _, info = load_learner(run_dir, "best")
     t0 = time.perf_counter()
     lr = list(cfg.eval_lr)

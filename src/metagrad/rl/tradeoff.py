@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import checkpoint
 from ..analysis.stats import welch_probability
 from ..distributed import Distributed
-from ..errors import ConfigError, Interrupted
+from ..errors import ConfigError
 from .config import RLConfig, preset
 from .envs import make_env
 from .evaluate import held_out_goals, tune_step_size
-from .train import RLTrainer, build, load_learner
+from .train import build, load_learner, train_run
 
 PAIRS = {"ppo": ("drs-ppo", "promp"), "trpo": ("drs-trpo", "trpo-maml")}
 LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-maml": "TRPO-MAML"}
@@ -112,7 +113,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
         try:
             for method in study.methods:
                 for seed in range(study.seeds):
-                    train(study.config(method, seed), out / method / f"seed-{seed}", progress, group)
+                    train_run(study.config(method, seed), out / method / f"seed-{seed}", progress, group)
             finished = True
         finally:
             group.close(finished)
@@ -127,7 +128,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
             run_dir = out / method / f"seed-{seed}"
             print(f"{LABELS[method]}, seed {seed}: training to {study.budget:,} environment steps -> {run_dir}",
                   file=sys.stderr, flush=True)
-            train(study.config(method, seed), run_dir, progress)
+            train_run(study.config(method, seed), run_dir, progress)
             curve, at = evaluate_snapshots(study, method, seed, run_dir, test_env)
             per_seed.append(curve)
             seed_steps.append(at)
@@ -138,20 +139,11 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
                "checkpoint_steps": [study.budget * (j + 1) // study.checkpoints for j in range(study.checkpoints)],
                "env_steps": steps, "returns": {m: c.tolist() for m, c in curves.items()},
                "p_drs_better": prob.tolist(), "signed": (np.sign(prob - 0.5) * np.abs(1 - 2 * prob)).tolist()}
-    _write_json(out / "tradeoff_rl.json", results)
+    checkpoint.write_json(out / "tradeoff_rl.json", results)
     from . import plots
 
     results["figures"] = [str(f) for f in plots.tradeoff_rl_figures(results, out)]
     return results
-
-
-def train(cfg: RLConfig, run_dir: Path, progress: bool, group: Distributed | None = None) -> None:
-    """Train one run to its step budget (or resume it there; a finished run returns at once)."""
-    learner, optimizer = build(cfg)
-    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress, group).fit(resume=True)
-    if fit.stopped == "interrupted":
-        raise Interrupted(f"interrupted at {fit.env_steps:,} environment steps; checkpoint saved in {run_dir}; run the "
-                          "same command again to continue")
 
 
 def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
@@ -172,7 +164,7 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
             tasks = held_out_goals(learner, study.test_tasks, study.eval_seed + seed)
             gen = torch.Generator().manual_seed(study.eval_seed + seed + 1)
             values, _ = learner.adaptation_returns(tasks, study.test_updates, study.test_episodes, (lr,), gen)
-            _write_json(path, {"snapshot": j, "env_steps": info["env_steps"], "iteration": info["iteration"],
+            checkpoint.write_json(path, {"snapshot": j, "env_steps": info["env_steps"], "iteration": info["iteration"],
                                "lr": lr, "tasks": study.test_tasks, "episodes": study.test_episodes,
                                "mean": values.mean(0).tolist(), "seconds": round(time.perf_counter() - t0, 2)})
         data = json.loads(path.read_text())
@@ -188,7 +180,8 @@ def _drs_step_size(study: Study, seed: int, run_dir: Path) -> float:
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
                             study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0)
-        _write_json(path, {"lr": lr, "grid": list(study.lr_grid), "chosen_on": "validation tasks (training split)"})
+        checkpoint.write_json(path, {"lr": lr, "grid": list(study.lr_grid),
+                                     "chosen_on": "validation tasks (training split)"})
     return float(json.loads(path.read_text())["lr"])
 
 
@@ -209,13 +202,7 @@ def _check_resumable(study: Study, out: Path) -> None:
             raise ConfigError(f"{out} holds a study with other settings ({', '.join(changed)}); resume it with the "
                               "same settings or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, study.to_dict())
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    checkpoint.write_json(path, study.to_dict())
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..distributed import Distributed
-from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from .config import RLConfig
 from .envs import make_env
 from .metarl import MetaRL
@@ -236,3 +236,15 @@ class RLTrainer:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def train_run(cfg: RLConfig, run_dir: str | Path, progress: bool = True,
+              group: Distributed | None = None) -> RLFitResult:
+    """Train one run into ``run_dir``, or resume it there (a finished run returns at once); Ctrl-C stops with
+    ``Interrupted`` after saving."""
+    learner, optimizer = build(cfg)
+    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress, group).fit(resume=True)
+    if fit.stopped == "interrupted":
+        raise Interrupted(f"interrupted at iteration {fit.iteration} ({fit.env_steps:,} environment steps); "
+                          f"checkpoint saved in {run_dir}; run the same command again to continue")
+    return fit
