@@ -187,9 +187,10 @@ class MetaRL(nn.Module):
         return total, kl
 
     def outer_terms(self, theta: Params, trajs: Sequence[Trajectories], out: Trajectories,
-                    clip: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                    clip: float | None = None, inner_kls: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """The surrogate (with PPO's ratio clipped to ``[1 - clip, 1 + clip]`` when ``clip`` is given), the mean KL
-        over D_o, and per inner step the mean KL(pi_old || pi_theta_s) over its episodes (ProMP's penalty)."""
+        over D_o, and with ``inner_kls`` per inner step the mean KL(pi_old || pi_theta_s) over its episodes
+        (ProMP's penalty; another forward pass over the inner episodes, so only when asked; else empty)."""
         path = self.adapted_path(theta, trajs)
         horizon = out.mask.shape[-1]
         dist = policy_dist(self.policy, path[-1], out.obs, bool(trajs))
@@ -210,9 +211,9 @@ class MetaRL(nn.Module):
                 lik = self._ratio(path[s], tr, s > 0).sum((1, 2)) / tr.mask.sum((1, 2)).clamp(min=1)
                 total = total + self.emaml_weight * (coef * lik).mean()
         kl = (self.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
-        inner_kls = [(self.policy.kl(tr.old_dist, policy_dist(self.policy, path[s], tr.obs, s > 0)) * tr.mask).sum()
-                     / tr.mask.sum().clamp(min=1) for s, tr in enumerate(trajs)]
-        return total, kl, torch.stack(inner_kls) if inner_kls else torch.zeros(0, dtype=total.dtype)
+        kls = [(self.policy.kl(tr.old_dist, policy_dist(self.policy, path[s], tr.obs, s > 0)) * tr.mask).sum()
+               / tr.mask.sum().clamp(min=1) for s, tr in enumerate(trajs) if inner_kls]
+        return total, kl, torch.stack(kls) if kls else torch.zeros(0, dtype=total.dtype)
 
     def score_coefficients(self, out: Trajectories) -> Tensor:
         """SG-MRL's ``J_i(theta'; D_o)``: each task's mean discounted return on ``D_o`` (minus the other tasks'
@@ -354,7 +355,7 @@ class MetaRL(nn.Module):
         params = dict(self.policy.named_parameters())
 
         def loss(theta: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            sur, kl, inner_kls = self.outer_terms(theta, trajs, out, self.ppo_clip)
+            sur, kl, inner_kls = self.outer_terms(theta, trajs, out, self.ppo_clip, inner_kls=True)
             return -sur + (self.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
 
         for epoch in range(self.ppo_epochs):
