@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("learn2learn", "higher", "torchopt")
-OURS = ("metagrad", "metagrad-vmap", "metagrad-compile", "metagrad-recompute")
+OURS = ("metagrad", "metagrad-1thread", "metagrad-vmap", "metagrad-compile", "metagrad-recompute")
 
 # name: (description, settings)
 WORKLOADS: dict[str, dict] = {
@@ -79,14 +79,15 @@ def loss_of(w: dict) -> Callable:
 
 # ------------------------------------------------------------------------------------------------ one step per lib
 def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = False,
-                  compile: bool = False) -> Callable[[], None]:
+                  compile: bool = False, threads: int = 0) -> Callable[[], None]:
     import metagrad as mg
     from metagrad.tasks import Split, TaskBatch
 
     torch.manual_seed(0)
     model = mg.models.MLP(1, [40, 40], 1) if w["model"] == "mlp" else mg.models.Conv4(1, w["ways"])
     learner = mg.MAML(model, loss_fn=loss_of(w), inner=mg.SGD(w["lr"]), inner_steps=w["steps"],
-                      first_order=first_order, batching=batching, recompute=recompute, compile=compile)
+                      first_order=first_order, batching=batching, recompute=recompute, compile=compile,
+                      threads=threads)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     xs, ys, xq, yq = make_data(w)
     batch = TaskBatch(Split(xs, ys), Split(xq, yq))
@@ -99,13 +100,13 @@ def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = F
     return step
 
 
-def step_metagrad_reptile(w: dict, batching: str) -> Callable[[], None]:
+def step_metagrad_reptile(w: dict, batching: str, threads: int = 0) -> Callable[[], None]:
     import metagrad as mg
     from metagrad.tasks import Split, TaskBatch
 
     torch.manual_seed(0)
     learner = mg.Reptile(mg.models.Conv4(1, w["ways"]), loss_fn=loss_of(w), inner=mg.Adam(w["lr"]),
-                         inner_steps=w["steps"], inner_batch_size=10, batching=batching)
+                         inner_steps=w["steps"], inner_batch_size=10, batching=batching, threads=threads)
     opt = torch.optim.SGD(learner.parameters(), lr=1.0)  # the paper's interpolation
     xs, ys, xq, yq = make_data(w)
     batch, gen = TaskBatch(Split(xs, ys), Split(xq, yq)), torch.Generator().manual_seed(0)
@@ -214,13 +215,16 @@ def step_torchopt(w: dict, first_order: bool) -> Callable[[], None]:
 
 def make_step(lib: str, w: dict, first_order: bool) -> Callable[[], None]:
     if w.get("reptile"):
-        if lib in ("metagrad", "metagrad-vmap"):
-            return step_metagrad_reptile(w, "auto" if lib == "metagrad" else "vmap")
+        if lib in ("metagrad", "metagrad-1thread", "metagrad-vmap"):
+            return step_metagrad_reptile(w, "vmap" if lib == "metagrad-vmap" else "auto",
+                                         threads=1 if lib == "metagrad-1thread" else 0)
         if lib == "learn2learn":
             return step_plain_reptile(w)
         raise NotImplementedError(f"{lib}: no Reptile variant")
     if lib == "metagrad":  # the default, batching="auto": vmap, or the per-task loop for convolutions on the CPU
-        return step_metagrad(w, first_order, "auto")
+        return step_metagrad(w, first_order, "auto")  # (there, tasks shared out to one thread per core)
+    if lib == "metagrad-1thread":  # the per-task loop on one Python thread (torch's kernels use every core)
+        return step_metagrad(w, first_order, "auto", threads=1)
     if lib == "metagrad-vmap":
         return step_metagrad(w, first_order, "vmap")
     if lib == "metagrad-compile":

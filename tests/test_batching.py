@@ -95,3 +95,55 @@ def test_the_loop_in_chunks_of_tasks_equals_vmap(monkeypatch, algo):
     assert grads["vmap"][0] == pytest.approx(grads["loop"][0], rel=1e-12)
     for n, g in grads["vmap"][1].items():
         torch.testing.assert_close(grads["loop"][1][n], g, rtol=1e-10, atol=1e-12)
+
+
+def conv_batch(tasks: int, ways: int = 3, shots: int = 2, query: int = 3) -> mg.tasks.TaskBatch:
+    g = torch.Generator().manual_seed(0)
+    xs = torch.rand(tasks, ways * shots, 1, 8, 8, generator=g)
+    xq = torch.rand(tasks, ways * query, 1, 8, 8, generator=g)
+    ys = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
+    yq = torch.arange(ways).repeat_interleave(query).expand(tasks, -1).contiguous()
+    return mg.tasks.TaskBatch(mg.tasks.Split(xs, ys), mg.tasks.Split(xq, yq)).to(torch.float64)
+
+
+def conv_learner(algo: str, model: torch.nn.Module, threads: int) -> mg.MetaLearner:
+    kw = dict(loss_fn=torch.nn.functional.cross_entropy, inner_steps=2, batching="loop", threads=threads)
+    if algo == "reptile":
+        return mg.Reptile(model, inner=mg.SGD(0.1), inner_batch_size=3, **kw)
+    inner = mg.SGD(0.3, learn=True, params=params_of(model)) if algo == "meta-sgd" else mg.SGD(0.3)
+    return mg.MAML(model, inner=inner, recompute=algo == "recompute", **kw)
+
+
+@pytest.mark.parametrize("algo", ["maml", "meta-sgd", "recompute", "reptile"])
+def test_task_threads_give_the_one_thread_meta_gradient(algo):
+    """Shards of tasks differentiated by several threads at once (each with a private copy of the network, since
+    functional_call swaps parameters on the module) give the single-thread meta-gradient; torch's thread count
+    and the user's module are left as they were. (SGD inner steps: Adam would blow up the round-off of the
+    gradient of a convolution bias that batch norm cancels, differently for each thread count.)"""
+    batch, out = conv_batch(tasks=7), {}
+    before = torch.get_num_threads()
+    for threads in (1, 3):
+        torch.manual_seed(0)
+        model = mg.models.Conv4(1, 3, filters=4, image_size=8).double()
+        own = dict(model.named_parameters())
+        learner = conv_learner(algo, model, threads)
+        assert learner.task_threads(batch.num_tasks) == threads
+        metrics = learner.meta_gradient(batch, torch.Generator().manual_seed(1))
+        out[threads] = (metrics["meta_loss"], grads_of(learner))
+        assert all(p is own[n] for n, p in model.named_parameters())
+    assert torch.get_num_threads() == before
+    assert out[3][0] == pytest.approx(out[1][0], rel=1e-12)
+    for n, g in out[1][1].items():
+        assert g.abs().max() > 0
+        torch.testing.assert_close(out[3][1][n], g, rtol=1e-10, atol=1e-13)
+
+
+def test_task_threads_are_chosen_and_checked():
+    model = mg.models.Conv4(1, 3, filters=4, image_size=8)
+    assert mg.MAML(model, batching="loop").task_threads(32) == min(32, torch.get_num_threads())
+    assert mg.MAML(model, batching="loop", threads=4).task_threads(3) == 3
+    assert mg.MAML(small_mlp(), batching="vmap").task_threads(32) == 1
+    with pytest.raises(ConfigError, match="threads -1"):
+        mg.MAML(model, threads=-1)
+    with pytest.raises(ConfigError, match="compile"):
+        mg.MAML(model, threads=2, compile=True)

@@ -6,6 +6,10 @@ Every algorithm works on ``Params`` (name -> tensor) so that inner loops are pur
 
 from __future__ import annotations
 
+import copy
+import itertools
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 
 import torch
@@ -25,9 +29,28 @@ def buffers_of(module: nn.Module) -> Params:
     return dict(module.named_buffers())
 
 
+_worker = threading.local()
+
+
+def use_private_shells() -> None:
+    """Make ``call`` in this thread run a private copy of each module: ``functional_call`` swaps parameters on the
+    module it is given, so threads that differentiate different tasks at once must not share one."""
+    _worker.shells = weakref.WeakKeyDictionary()
+
+
+def _shell(model: nn.Module) -> nn.Module:
+    shells = getattr(_worker, "shells", None)
+    if shells is None:
+        return model
+    if model not in shells:  # the copy shares the parameter and buffer tensors: no memory, only its own dicts
+        shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+        shells[model] = copy.deepcopy(model, shared)
+    return shells[model]
+
+
 def call(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """Run ``model`` on ``x`` with the given parameters and buffers instead of its own."""
-    return functional_call(model, ({**params, **buffers},), (x,), strict=False)
+    return functional_call(_shell(model), ({**params, **buffers},), (x,), strict=False)
 
 
 def tree_map(fn: Callable[..., Tensor], *trees: Mapping[str, Tensor]) -> Params:

@@ -9,8 +9,11 @@ any ``torch.optim`` optimizer takes the outer step. An algorithm only says how o
 
 from __future__ import annotations
 
+import ctypes
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from torch.utils._pytree import tree_map
 
 from .. import checkpoint, losses
 from ..errors import ConfigError
-from ..functional import Params, buffers_of, call, detach, params_of, write_grads
+from ..functional import Params, buffers_of, call, detach, params_of, use_private_shells, write_grads
 from ..inner import SGD, InnerRule
 from ..tasks.base import Split, TaskBatch
 
@@ -34,11 +37,53 @@ def has_torch_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-LOOP_CHUNK = int(os.environ.get("METAGRAD_LOOP_CHUNK", "8"))  # tasks whose graphs the per-task loop holds at once
+LOOP_CHUNK = int(os.environ.get("METAGRAD_LOOP_CHUNK", "1"))  # tasks whose graphs the per-task loop holds at once
 
 
 def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+def weighted_sum(outs: Sequence[Any], weights: Sequence[float]) -> Any:
+    """``sum_i weights[i] * outs[i]`` leaf-wise over trees of tensors (the mean over tasks of task shards)."""
+    return tree_map(lambda *xs: sum(w * x for w, x in zip(weights, xs, strict=True)), *outs)
+
+
+def keep_freed_memory() -> None:
+    """Have glibc's malloc keep freed blocks under 32 MB for reuse instead of returning them to the system: task
+    graphs of tens of MB are built and freed for every task, and faulting fresh pages in each time made the threaded
+    per-task loop about 25% slower (measured on W2). Process-wide; ``METAGRAD_MALLOC=0`` leaves malloc alone; a
+    no-op where there is no glibc."""
+    if os.environ.get("METAGRAD_MALLOC", "1") == "0":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the parent's threads
+
+
+def task_pool(workers: int, threads_each: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads, each running torch's kernels on ``threads_each`` threads."""
+    if (workers, threads_each) not in _POOLS:
+        keep_freed_memory()
+        def init() -> None:
+            torch.set_num_threads(threads_each)
+            use_private_shells()
+
+        total = torch.get_num_threads()
+        pool = ThreadPoolExecutor(workers, "metagrad-tasks", init)
+        started = threading.Barrier(workers)  # every worker up (and initialized) before the caller goes on
+        list(pool.map(lambda _: started.wait(), range(workers)))
+        torch.set_num_threads(total)
+        _POOLS[workers, threads_each] = pool
+    return _POOLS[workers, threads_each]
 
 
 class MetaLearner(nn.Module):
@@ -54,11 +99,14 @@ class MetaLearner(nn.Module):
         batching: ``vmap`` (tasks batched), ``loop`` (per-task reference path) or ``auto``.
         compile: run the meta-gradient through ``torch.compile`` (a one-off compilation of tens of seconds;
             several times faster for small models, e.g. the sinusoid MLP).
+        threads: threads that differentiate disjoint shards of the meta-batch at once, each running torch's
+            kernels on its share of the cores (0: as many as torch's threads in the per-task loop on the CPU,
+            where small convolutions use cores better one task per core than split across cores; else 1).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] = losses.mse,
                  inner: InnerRule | None = None, inner_steps: int = 1, inner_batch_size: int = 0,
-                 batching: str = "auto", compile: bool = False):
+                 batching: str = "auto", compile: bool = False, threads: int = 0):
         super().__init__()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
@@ -66,6 +114,11 @@ class MetaLearner(nn.Module):
             raise ConfigError(f"inner_batch_size {inner_batch_size} must be >= 0 (0: whole support set)")
         if batching not in BATCHING:
             raise ConfigError(f"unknown batching '{batching}'; choose one of {', '.join(BATCHING)}")
+        if threads < 0:
+            raise ConfigError(f"threads {threads} must be >= 0 (0: automatic)")
+        if threads > 1 and compile:
+            raise ConfigError(f"threads {threads} with compile: a compiled meta-gradient runs on one thread of "
+                              "Python; set threads to 0 or 1, or compile false")
         if batching == "vmap" and has_torch_batchnorm(model):
             raise ConfigError("batching 'vmap' with torch.nn.BatchNorm gives wrong second-order gradients; "
                               "use batching 'loop' or a batch norm written from mean/var primitives")
@@ -76,6 +129,7 @@ class MetaLearner(nn.Module):
         self.inner_batch_size = inner_batch_size
         self.batching = batching
         self.use_compile = compile
+        self.threads = threads
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
 
     # ----------------------------------------------------------------- functional views
@@ -178,12 +232,42 @@ class MetaLearner(nn.Module):
             return batch, mb
         return batch.slice(shard.start, shard.stop), None if mb is None else mb[shard]
 
+    def task_threads(self, num_tasks: int) -> int:
+        """How many threads ``over_tasks`` uses for ``num_tasks`` tasks (see ``threads``)."""
+        if self.use_compile:
+            return 1
+        if self.threads:
+            return min(self.threads, num_tasks)
+        if self.vmapped or not self._on_cpu():
+            return 1
+        return min(torch.get_num_threads(), num_tasks)
+
+    def over_tasks(self, fn: Callable[..., Any], batch: TaskBatch, mb: Tensor | None) -> Any:
+        """``fn(meta, buffers, batch, mb)``, a mean over tasks, computed on contiguous shards of the tasks by
+        ``task_threads`` threads at once and combined with the shards' weights (the same mean, summed in
+        another order); ``fn`` compiled when the learner is."""
+        meta, buffers, n = self.meta_params(), self.buffers(), batch.num_tasks
+        workers = self.task_threads(n)
+        if workers == 1:
+            return self.compiled(fn)(meta, buffers, batch, mb)
+        cuts = [n * w // workers for w in range(workers + 1)]
+        total = torch.get_num_threads()
+        each = max(1, total // workers)
+        pool = task_pool(workers, each)
+        torch.set_num_threads(each)  # partly process-wide (MKL's GEMMs): the workers' setting while they run
+        try:
+            outs = list(pool.map(lambda w: fn(meta, buffers, batch.slice(cuts[w], cuts[w + 1]),
+                                              None if mb is None else mb[cuts[w]:cuts[w + 1]]), range(workers)))
+        finally:
+            torch.set_num_threads(total)
+        return weighted_sum(outs, [(cuts[w + 1] - cuts[w]) / n for w in range(workers)])
+
     def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
                       shard: slice | None = None) -> dict[str, float]:
         """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
         meta-parameters, averaged over those tasks; return metrics."""
         batch, mb = self.sharded(batch, generator, shard)
-        grads, loss = self.compiled(self._meta_gradient)(self.meta_params(), self.buffers(), batch, mb)
+        grads, loss = self.over_tasks(self._meta_gradient, batch, mb)
         self.write_meta_gradient(grads)
         return {"meta_loss": float(loss)}
 
@@ -193,16 +277,10 @@ class MetaLearner(nn.Module):
         loop, tasks are differentiated ``LOOP_CHUNK`` at a time, so only their graphs are alive at once."""
         n = batch.num_tasks
         if not self.vmapped and n > LOOP_CHUNK:
-            total, loss_sum = None, 0.0
-            for start in range(0, n, LOOP_CHUNK):
-                stop = min(n, start + LOOP_CHUNK)
-                part_mb = None if mb is None else mb[start:stop]
-                g, loss = self._meta_gradient(meta, buffers, batch.slice(start, stop), part_mb)
-                share = (stop - start) / n
-                g, loss = tree_map(lambda x, w=share: x * w, g), loss * share
-                total = g if total is None else tree_map(torch.add, total, g)
-                loss_sum = loss_sum + loss
-            return total, loss_sum
+            starts = range(0, n, LOOP_CHUNK)
+            outs = [self._meta_gradient(meta, buffers, batch.slice(i, i + LOOP_CHUNK),
+                                        None if mb is None else mb[i:i + LOOP_CHUNK]) for i in starts]
+            return weighted_sum(outs, [(min(n, i + LOOP_CHUNK) - i) / n for i in starts])
 
         def objective(meta: Meta) -> tuple[Tensor, Tensor]:
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()

@@ -33,7 +33,7 @@ class Reptile(MetaLearner):
     def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
                       shard: slice | None = None) -> dict[str, float]:
         batch, mb = self.sharded(batch, generator, shard)
-        grads, query_loss = self.compiled(self._reptile_gradient)(self.meta_params(), self.buffers(), batch, mb)
+        grads, query_loss = self.over_tasks(self._reptile_gradient, batch, mb)
         self.write_meta_gradient({"model": grads, "inner": {}})
         return {"meta_loss": float(query_loss)}
 

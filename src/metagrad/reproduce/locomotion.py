@@ -20,8 +20,11 @@ MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65]}}
 SGMRL_TABLE2 = {"cheetah-dir": {"sgmrl": 580.143, "maml-vpg": 465.624},
                 "cheetah-vel": {"sgmrl": -91.73, "maml-vpg": -92.92}}
 ENVS = ("cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel", "swimmer-vel")
-BASE = {"horizon": 200, "meta_batch_size": 40, "episodes": 20, "eval_steps": 3, "eval_episodes": 20,
-        "eval_tasks": 40, "eval_lr": (0.1, 0.05)}
+# max_kl 0.02: the TRPO step of the run behind the MAML paper's half-cheetah numbers (maml_rl's
+# test_maml_cheetah_direc.py loads maml1_fbs20_mbs40_flr_0.1_mlr0.02/itr_100.pkl: meta-batch 40, 20 episodes,
+# inner step 0.1, KL step 0.02, iteration 100)
+BASE = {"horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02, "eval_steps": 3,
+        "eval_episodes": 20, "eval_tasks": 40, "eval_lr": (0.1, 0.05)}
 
 
 def experiment(env: str) -> Experiment:
