@@ -147,3 +147,14 @@ def test_task_threads_are_chosen_and_checked():
         mg.MAML(model, threads=-1)
     with pytest.raises(ConfigError, match="compile"):
         mg.MAML(model, threads=2, compile=True)
+
+
+def test_task_threads_give_the_one_thread_evaluation():
+    """Adaptation curves computed on shards of the test tasks by several threads equal the one-thread curves."""
+    batch, curves = conv_batch(tasks=5), {}
+    for threads in (1, 2):
+        torch.manual_seed(0)
+        learner = conv_learner("maml", mg.models.Conv4(1, 3, filters=4, image_size=8).double(), threads)
+        curves[threads] = learner.adaptation_metrics(batch, steps=3, chunk=2)["loss"]
+    assert curves[1].shape == (5, 4)
+    torch.testing.assert_close(curves[2], curves[1], rtol=1e-12, atol=1e-12)

@@ -10,10 +10,12 @@ any ``torch.optim`` optimizer takes the outer step. An algorithm only says how o
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,25 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
     libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def shard_bounds(n: int, shards: int) -> list[int]:
+    """Bounds of ``shards`` contiguous shards of ``n`` items whose sizes differ by at most one."""
+    return [n * w // shards for w in range(shards + 1)]
+
+
+def in_threads(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run the jobs at once, one thread each, torch's cores shared out among them; their results in order."""
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    total = torch.get_num_threads()
+    each = max(1, total // len(jobs))
+    pool = task_pool(len(jobs), each)
+    torch.set_num_threads(each)  # partly process-wide (MKL's GEMMs): the workers' setting while they run
+    try:
+        return list(pool.map(lambda job: job(), jobs))
+    finally:
+        torch.set_num_threads(total)
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
@@ -247,20 +268,12 @@ class MetaLearner(nn.Module):
         ``task_threads`` threads at once and combined with the shards' weights (the same mean, summed in
         another order); ``fn`` compiled when the learner is."""
         meta, buffers, n = self.meta_params(), self.buffers(), batch.num_tasks
-        workers = self.task_threads(n)
-        if workers == 1:
+        cuts = shard_bounds(n, self.task_threads(n))
+        if len(cuts) == 2:
             return self.compiled(fn)(meta, buffers, batch, mb)
-        cuts = [n * w // workers for w in range(workers + 1)]
-        total = torch.get_num_threads()
-        each = max(1, total // workers)
-        pool = task_pool(workers, each)
-        torch.set_num_threads(each)  # partly process-wide (MKL's GEMMs): the workers' setting while they run
-        try:
-            outs = list(pool.map(lambda w: fn(meta, buffers, batch.slice(cuts[w], cuts[w + 1]),
-                                              None if mb is None else mb[cuts[w]:cuts[w + 1]]), range(workers)))
-        finally:
-            torch.set_num_threads(total)
-        return weighted_sum(outs, [(cuts[w + 1] - cuts[w]) / n for w in range(workers)])
+        outs = in_threads([partial(fn, meta, buffers, batch.slice(a, b), None if mb is None else mb[a:b])
+                           for a, b in itertools.pairwise(cuts)])
+        return weighted_sum(outs, [(b - a) / n for a, b in itertools.pairwise(cuts)])
 
     def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
                       shard: slice | None = None) -> dict[str, float]:
@@ -336,7 +349,12 @@ class MetaLearner(nn.Module):
                 rows.append(torch.stack([fn(pred, task.query.y) for fn in self.metrics.values()]))
             return torch.stack(rows)
 
-        out = [self.map_tasks(one_task, batch.slice(i, i + chunk), None if mb is None else mb[i:i + chunk])
-               for i in range(0, batch.num_tasks, chunk)]
-        values = torch.cat(out)
+        def tasks_between(start: int, stop: int) -> list[Tensor]:
+            return [self.map_tasks(one_task, batch.slice(i, min(i + chunk, stop)),
+                                   None if mb is None else mb[i:min(i + chunk, stop)])
+                    for i in range(start, stop, chunk)]
+
+        cuts = shard_bounds(batch.num_tasks, self.task_threads(batch.num_tasks))
+        values = torch.cat([v for out in in_threads([partial(tasks_between, a, b) for a, b in itertools.pairwise(cuts)])
+                            for v in out])
         return {name: values[..., i] for i, name in enumerate(self.metrics)}
