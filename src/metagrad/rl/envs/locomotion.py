@@ -6,6 +6,8 @@ instances are cached and reused across resets. Rewards follow the papers' code (
 
 - ``cheetah-dir``: task = direction d = ±1 (p = 1/2 each); reward = d * x_velocity - 0.05 |a|^2.
 - ``cheetah-vel``: goal velocity g ~ U[0, 2]; reward = -|x_velocity - g| - 0.05 |a|^2.
+  (These two are rllab's, the MAML paper's: one simulator step of 0.01 s per action (frame_skip 1), so an episode
+  of 200 steps is 2 s; gymnasium's default of 5 steps would make it 10 s of coarser control.)
 - ``cheetah-rand-vel``: g ~ U[0, 3] (ProMP HalfCheetahRandVel); same reward.
   (0.05 = rllab's 0.5 * 1e-1, as maml_rl and ProMP; gymnasium's own default would be 0.1.)
 - ``ant-vel`` (g ~ U[0, 3]) and ``ant-dir`` (d = ±1): the forward term as above, plus rllab's ant costs:
@@ -42,6 +44,7 @@ PARAM_ARRAYS = (("body_mass", 1.5), ("body_inertia", 1.5), ("dof_damping", 1.3),
 LOG_SCALE_LIMIT = 3.0
 
 _CHEETAH = {"ctrl_cost_weight": 0.05}
+_RLLAB_CHEETAH = {**_CHEETAH, "frame_skip": 1}
 _ANT = {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward": 0.05}
 _ANT_TERMS = ("reward_ctrl", "reward_contact", "reward_survive")
 
@@ -61,8 +64,8 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "cheetah-dir": Family("HalfCheetah-v5", "direction", env_kwargs=_CHEETAH),
-    "cheetah-vel": Family("HalfCheetah-v5", "velocity", 0.0, 2.0, _CHEETAH),
+    "cheetah-dir": Family("HalfCheetah-v5", "direction", env_kwargs=_RLLAB_CHEETAH),
+    "cheetah-vel": Family("HalfCheetah-v5", "velocity", 0.0, 2.0, _RLLAB_CHEETAH),
     "cheetah-rand-vel": Family("HalfCheetah-v5", "velocity", 0.0, 3.0, _CHEETAH),
     "ant-vel": Family("Ant-v5", "velocity", 0.0, 3.0, _ANT, _ANT_TERMS),
     "ant-dir": Family("Ant-v5", "direction", env_kwargs=_ANT, terms=_ANT_TERMS),
