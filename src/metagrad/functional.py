@@ -38,6 +38,11 @@ def use_private_shells() -> None:
     _worker.shells = weakref.WeakKeyDictionary()
 
 
+def in_task_thread() -> bool:
+    """Whether this thread is one of the engine's task threads (``use_private_shells`` was called in it)."""
+    return getattr(_worker, "shells", None) is not None
+
+
 def _shell(model: nn.Module) -> nn.Module:
     shells = getattr(_worker, "shells", None)
     if shells is None:

@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_map
 
 from .. import checkpoint, losses
 from ..errors import ConfigError
-from ..functional import Params, buffers_of, call, detach, params_of, use_private_shells, write_grads
+from ..functional import Params, buffers_of, call, detach, in_task_thread, params_of, use_private_shells, write_grads
 from ..inner import SGD, InnerRule
 from ..tasks.base import Split, TaskBatch
 
@@ -39,7 +39,17 @@ def has_torch_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-LOOP_CHUNK = int(os.environ.get("METAGRAD_LOOP_CHUNK", "1"))  # tasks whose graphs the per-task loop holds at once
+_CHUNK = os.environ.get("METAGRAD_LOOP_CHUNK")
+LOOP_CHUNK: int | None = int(_CHUNK) if _CHUNK else None  # tasks whose graphs the per-task loop holds at once
+
+
+def loop_chunk() -> int:
+    """Tasks the per-task loop differentiates at once: ``METAGRAD_LOOP_CHUNK``, else one per task thread (their
+    memory adds up; with malloc keeping freed blocks it is as fast, measured) and 8 on a single thread (about 20%
+    faster than one at a time there, for about 1.5x the memory, on W2)."""
+    if LOOP_CHUNK is not None:
+        return LOOP_CHUNK
+    return 1 if in_task_thread() else 8
 
 
 def has_conv(model: nn.Module) -> bool:
@@ -287,13 +297,14 @@ class MetaLearner(nn.Module):
     def _meta_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:
         """The meta-gradient as a pure function of its inputs (what ``compile=True`` compiles). In the per-task
-        loop, tasks are differentiated ``LOOP_CHUNK`` at a time, so only their graphs are alive at once."""
+        loop, tasks are differentiated ``loop_chunk()`` at a time, so only their graphs are alive at once."""
         n = batch.num_tasks
-        if not self.vmapped and n > LOOP_CHUNK:
-            starts = range(0, n, LOOP_CHUNK)
-            outs = [self._meta_gradient(meta, buffers, batch.slice(i, i + LOOP_CHUNK),
-                                        None if mb is None else mb[i:i + LOOP_CHUNK]) for i in starts]
-            return weighted_sum(outs, [(min(n, i + LOOP_CHUNK) - i) / n for i in starts])
+        chunk = loop_chunk()
+        if not self.vmapped and n > chunk:
+            starts = range(0, n, chunk)
+            outs = [self._meta_gradient(meta, buffers, batch.slice(i, i + chunk),
+                                        None if mb is None else mb[i:i + chunk]) for i in starts]
+            return weighted_sum(outs, [(min(n, i + chunk) - i) / n for i in starts])
 
         def objective(meta: Meta) -> tuple[Tensor, Tensor]:
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()
