@@ -53,6 +53,17 @@ def test_reward_is_the_task_forward_term_plus_the_papers_costs(family):
     np.testing.assert_allclose(reward, forward + costs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("family", "dt"), [("cheetah-dir", 0.01), ("cheetah-vel", 0.01), ("cheetah-rand-vel", 0.05)])
+def test_time_step_per_action_is_the_papers(family, dt):
+    """The MAML paper's half-cheetah (rllab) steps 0.01 s per action; ProMP's (gym) 5 x 0.01 s."""
+    env = MujocoTaskEnv(family, horizon=3)
+    env.reset(env.sample_tasks(1, torch.Generator().manual_seed(0)), 1)
+    sim = env._pool[0]
+    start = sim.data.time
+    env.step(torch.zeros(1, 1, 6))
+    assert sim.dt == pytest.approx(dt) and sim.data.time - start == pytest.approx(dt)
+
+
 def test_opposite_directions_negate_the_forward_reward_of_the_same_motion():
     actions = torch.rand(4, 1, 1, 6, generator=torch.Generator().manual_seed(1)) * 2 - 1
     out = {}
