@@ -45,23 +45,28 @@ WORKLOADS: dict[str, dict] = {
 
 
 # ------------------------------------------------------------------------------------------------ data and models
-def make_data(w: dict) -> tuple[torch.Tensor, ...]:
+def make_data(w: dict, device: str = "cpu") -> tuple[torch.Tensor, ...]:
+    """Support and query sets of every task, drawn on the CPU with seed 0 (the same on every device)."""
     g = torch.Generator().manual_seed(0)
     t = w["tasks"]
     if w["model"] == "mlp":
         xs = torch.rand(t, w["shots"], 1, generator=g) * 10 - 5
         xq = torch.rand(t, w["query"], 1, generator=g) * 10 - 5
-        return xs, torch.sin(xs), xq, torch.sin(xq)
+        return tuple(x.to(device) for x in (xs, torch.sin(xs), xq, torch.sin(xq)))
     n = w["ways"]
     xs = torch.rand(t, n * w["shots"], 1, 28, 28, generator=g)
     xq = torch.rand(t, n * w["query"], 1, 28, 28, generator=g)
     ys = torch.arange(n).repeat_interleave(w["shots"]).expand(t, -1).contiguous()
     yq = torch.arange(n).repeat_interleave(w["query"]).expand(t, -1).contiguous()
-    return xs, ys, xq, yq
+    return tuple(x.to(device) for x in (xs, ys, xq, yq))
 
 
-def peer_model(w: dict) -> nn.Module:
+def peer_model(w: dict, device: str = "cpu") -> nn.Module:
     """The same networks as metagrad's, with torch's BatchNorm (what users of the peers write)."""
+    return _peer_model(w).to(device)
+
+
+def _peer_model(w: dict) -> nn.Module:
     torch.manual_seed(0)
     if w["model"] == "mlp":
         return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
@@ -79,17 +84,17 @@ def loss_of(w: dict) -> Callable:
 
 # ------------------------------------------------------------------------------------------------ one step per lib
 def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = False,
-                  compile: bool = False, threads: int = 0) -> Callable[[], None]:
+                  compile: bool = False, threads: int = 0, device: str = "cpu") -> Callable[[], None]:
     import metagrad as mg
     from metagrad.tasks import Split, TaskBatch
 
     torch.manual_seed(0)
-    model = mg.models.MLP(1, [40, 40], 1) if w["model"] == "mlp" else mg.models.Conv4(1, w["ways"])
+    model = (mg.models.MLP(1, [40, 40], 1) if w["model"] == "mlp" else mg.models.Conv4(1, w["ways"])).to(device)
     learner = mg.MAML(model, loss_fn=loss_of(w), inner=mg.SGD(w["lr"]), inner_steps=w["steps"],
                       first_order=first_order, batching=batching, recompute=recompute, compile=compile,
                       threads=threads)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    xs, ys, xq, yq = make_data(w)
+    xs, ys, xq, yq = make_data(w, device)
     batch = TaskBatch(Split(xs, ys), Split(xq, yq))
 
     def step() -> None:
@@ -100,15 +105,15 @@ def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = F
     return step
 
 
-def step_metagrad_reptile(w: dict, batching: str, threads: int = 0) -> Callable[[], None]:
+def step_metagrad_reptile(w: dict, batching: str, threads: int = 0, device: str = "cpu") -> Callable[[], None]:
     import metagrad as mg
     from metagrad.tasks import Split, TaskBatch
 
     torch.manual_seed(0)
-    learner = mg.Reptile(mg.models.Conv4(1, w["ways"]), loss_fn=loss_of(w), inner=mg.Adam(w["lr"]),
+    learner = mg.Reptile(mg.models.Conv4(1, w["ways"]).to(device), loss_fn=loss_of(w), inner=mg.Adam(w["lr"]),
                          inner_steps=w["steps"], inner_batch_size=10, batching=batching, threads=threads)
     opt = torch.optim.SGD(learner.parameters(), lr=1.0)  # the paper's interpolation
-    xs, ys, xq, yq = make_data(w)
+    xs, ys, xq, yq = make_data(w, device)
     batch, gen = TaskBatch(Split(xs, ys), Split(xq, yq)), torch.Generator().manual_seed(0)
 
     def step() -> None:
@@ -119,14 +124,14 @@ def step_metagrad_reptile(w: dict, batching: str, threads: int = 0) -> Callable[
     return step
 
 
-def step_plain_reptile(w: dict) -> Callable[[], None]:
+def step_plain_reptile(w: dict, device: str = "cpu") -> Callable[[], None]:
     """Reptile as learn2learn's example writes it (none of the peers has a Reptile class): per task a copy of the
     model, Adam(beta1=0) steps on minibatches, the mean difference as the meta-gradient."""
     import copy
 
-    model = peer_model(w)
+    model = peer_model(w, device)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    xs, ys, _, _ = make_data(w)
+    xs, ys, _, _ = make_data(w, device)
     loss, gen = loss_of(w), torch.Generator().manual_seed(0)
 
     def step() -> None:
@@ -135,7 +140,7 @@ def step_plain_reptile(w: dict) -> Callable[[], None]:
             clone = copy.deepcopy(model)
             inner = torch.optim.Adam(clone.parameters(), lr=w["lr"], betas=(0.0, 0.999))
             for _ in range(w["steps"]):
-                idx = torch.randperm(xs.shape[1], generator=gen)[:10]
+                idx = torch.randperm(xs.shape[1], generator=gen)[:10].to(device)
                 inner.zero_grad()
                 loss(clone(xs[i, idx]), ys[i, idx]).backward()
                 inner.step()
@@ -146,12 +151,12 @@ def step_plain_reptile(w: dict) -> Callable[[], None]:
     return step
 
 
-def step_learn2learn(w: dict, first_order: bool) -> Callable[[], None]:
+def step_learn2learn(w: dict, first_order: bool, device: str = "cpu") -> Callable[[], None]:
     import learn2learn as l2l
 
-    maml = l2l.algorithms.MAML(peer_model(w), lr=w["lr"], first_order=first_order)
+    maml = l2l.algorithms.MAML(peer_model(w, device), lr=w["lr"], first_order=first_order)
     opt = torch.optim.Adam(maml.parameters(), lr=1e-3)
-    xs, ys, xq, yq = make_data(w)
+    xs, ys, xq, yq = make_data(w, device)
     loss = loss_of(w)
 
     def step() -> None:
@@ -166,15 +171,15 @@ def step_learn2learn(w: dict, first_order: bool) -> Callable[[], None]:
     return step
 
 
-def step_higher(w: dict, first_order: bool) -> Callable[[], None]:
+def step_higher(w: dict, first_order: bool, device: str = "cpu") -> Callable[[], None]:
     import higher
 
     if first_order:
         raise NotImplementedError("higher has no first-order MAML mode")
-    model = peer_model(w)
+    model = peer_model(w, device)
     inner = torch.optim.SGD(model.parameters(), lr=w["lr"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    xs, ys, xq, yq = make_data(w)
+    xs, ys, xq, yq = make_data(w, device)
     loss = loss_of(w)
 
     def step() -> None:
@@ -189,15 +194,15 @@ def step_higher(w: dict, first_order: bool) -> Callable[[], None]:
     return step
 
 
-def step_torchopt(w: dict, first_order: bool) -> Callable[[], None]:
+def step_torchopt(w: dict, first_order: bool, device: str = "cpu") -> Callable[[], None]:
     import torchopt
 
     if first_order:
         raise NotImplementedError("not written for TorchOpt")
-    model = peer_model(w)
+    model = peer_model(w, device)
     inner = torchopt.MetaSGD(model, lr=w["lr"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    xs, ys, xq, yq = make_data(w)
+    xs, ys, xq, yq = make_data(w, device)
     loss = loss_of(w)
 
     def step() -> None:
@@ -213,35 +218,48 @@ def step_torchopt(w: dict, first_order: bool) -> Callable[[], None]:
     return step
 
 
-def make_step(lib: str, w: dict, first_order: bool) -> Callable[[], None]:
+def make_step(lib: str, w: dict, first_order: bool, device: str = "cpu") -> Callable[[], None]:
     if w.get("reptile"):
-        if lib in ("metagrad", "metagrad-1thread", "metagrad-vmap"):
-            return step_metagrad_reptile(w, "vmap" if lib == "metagrad-vmap" else "auto",
-                                         threads=1 if lib == "metagrad-1thread" else 0)
+        if lib in ("metagrad", "metagrad-1thread", "metagrad-vmap", "metagrad-loop"):
+            batching = {"metagrad-vmap": "vmap", "metagrad-loop": "loop"}.get(lib, "auto")
+            return step_metagrad_reptile(w, batching, threads=1 if lib == "metagrad-1thread" else 0, device=device)
         if lib == "learn2learn":
-            return step_plain_reptile(w)
+            return step_plain_reptile(w, device)
         raise NotImplementedError(f"{lib}: no Reptile variant")
-    if lib == "metagrad":  # the default, batching="auto": vmap, or the per-task loop for convolutions on the CPU
-        return step_metagrad(w, first_order, "auto")  # (there, tasks shared out to one thread per core)
-    if lib == "metagrad-1thread":  # the per-task loop on one Python thread (torch's kernels use every core)
-        return step_metagrad(w, first_order, "auto", threads=1)
-    if lib == "metagrad-vmap":
-        return step_metagrad(w, first_order, "vmap")
-    if lib == "metagrad-compile":
-        return step_metagrad(w, first_order, "vmap", compile=True)
-    if lib == "metagrad-recompute":
-        return step_metagrad(w, first_order, "auto", recompute=True)
-    return {"learn2learn": step_learn2learn, "higher": step_higher, "torchopt": step_torchopt}[lib](w, first_order)
+    variants = {  # the default, batching="auto": vmap, or the per-task loop for convolutions on the CPU
+        "metagrad": dict(batching="auto"),  # (there, tasks shared out to one thread per core)
+        "metagrad-1thread": dict(batching="auto", threads=1),  # the loop on one Python thread
+        "metagrad-loop": dict(batching="loop"),
+        "metagrad-vmap": dict(batching="vmap"),
+        "metagrad-compile": dict(batching="vmap", compile=True),
+        "metagrad-recompute": dict(batching="auto", recompute=True),
+    }
+    if lib in variants:
+        return step_metagrad(w, first_order, device=device, **variants[lib])
+    peers = {"learn2learn": step_learn2learn, "higher": step_higher, "torchopt": step_torchopt}
+    return peers[lib](w, first_order, device)
 
 
 # ------------------------------------------------------------------------------------------------ measuring
 def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, iterations: int,
-                warmup: int) -> dict:
-    """Time one (library, workload) in this process: median, min, max ms per meta-iteration, peak RSS."""
+                warmup: int, device: str = "cpu") -> dict:
+    """Time one (library, workload) in this process: median, min, max ms per meta-iteration, and peak memory
+    (the process's RSS on the CPU; on a GPU, the most device memory allocated since this call began)."""
     w = dict(WORKLOADS[workload])
     if steps is not None:
         w["steps"] = steps
-    step = make_step(lib, w, first_order)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    inner = make_step(lib, w, first_order, device)
+
+    def step() -> None:
+        inner()
+        if cuda:
+            torch.cuda.synchronize()  # device work is asynchronous: wait for it before reading the clock
+
     t0 = time.perf_counter()
     step()  # the first call (compilation, for metagrad-compile)
     first = time.perf_counter() - t0
@@ -252,8 +270,10 @@ def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, i
         t0 = time.perf_counter()
         step()
         times.append(1e3 * (time.perf_counter() - t0))
+    memory = (torch.cuda.max_memory_allocated() / 2**20 if cuda
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "first_s": first,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb" if not cuda else "peak_cuda_mb": memory}
 
 
 def run_child(args: list[str], timeout: float = 1800) -> dict | str:
@@ -263,11 +283,17 @@ def run_child(args: list[str], timeout: float = 1800) -> dict | str:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
-    """The machine's float32 matrix-multiply rate, measured here (the ceiling for dense work)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+def machine_peak_gflops(device: str = "cpu", n: int = 4096, repeats: int = 5) -> float:
+    """The device's float32 matrix-multiply rate, measured here (the ceiling for dense work)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def product() -> None:
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    product()
+    best = min(_timed(product) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
 
 
@@ -287,62 +313,86 @@ def metagrad_gflop(workload: str) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def measure(lib: str, workload: str, order: str, steps: str, a: argparse.Namespace) -> dict | str:
+    """One measurement: its own process on the CPU (peak RSS is per process); in this process on a GPU
+    (device memory is counted per call, and CUDA starts once). A failure comes back as its last line."""
+    if a.device == "cpu":
+        return run_child([lib, workload, order, steps, "--iterations", str(a.iterations), "--warmup", str(a.warmup)])
+    try:
+        return measure_one(lib, workload, order == "fo", int(steps) if steps != "-" else None, a.iterations,
+                           a.warmup, a.device)
+    except Exception as e:  # one library's failure must not stop the others' measurements
+        torch.cuda.empty_cache()
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--only", default="", help="comma-separated workloads (default: all)")
+    p.add_argument("--orders", default="so,fo", help="so (second-order), fo (first-order) or both")
     p.add_argument("--libs", default=",".join(OURS + PEERS))
     p.add_argument("--memory-steps", default="1,2,5,10", help="inner steps for the W2 memory curve ('' to skip)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (everything in one process; results/bench_cuda.*)")
+    p.add_argument("--results", type=Path, default=None, help="results file stem (default results/bench[_cuda])")
     p.add_argument("--recount", action="store_true",
                    help="only re-measure the matmul peak and the GFLOP counts of results/bench.json")
     p.add_argument("--one", nargs=4, metavar=("LIB", "WORKLOAD", "ORDER", "STEPS"), help=argparse.SUPPRESS)
     a = p.parse_args()
+    stem = a.results or RESULTS / ("bench" if a.device == "cpu" else "bench_cuda")
     if a.one:
         lib, workload, order, steps = a.one
         print(json.dumps(measure_one(lib, workload, order == "fo", int(steps) if steps != "-" else None,
                                      a.iterations, a.warmup)))
         return
     if a.recount:
-        result = json.loads((RESULTS / "bench.json").read_text())
-        result["machine"]["peak_gflops"] = machine_peak_gflops()
+        result = json.loads(stem.with_suffix(".json").read_text())
+        result["machine"]["peak_gflops"] = machine_peak_gflops(a.device)
         result["gflop_per_iteration"] = {w: metagrad_gflop(w) for w in result["gflop_per_iteration"]}
-        write(result)
+        write(result, stem)
         return
     libs = a.libs.split(",")
     workloads = [w for w in WORKLOADS if not a.only or w in a.only.split(",")]
-    timing: dict = {}
-    for order in ("so", "fo"):
+    result = {"machine": machine(a.device), "workloads": {w: WORKLOADS[w]["desc"] for w in workloads},
+              "timing": {}, "memory": {}, "gflop_per_iteration": {}, "settings": {**vars(a), "results": str(stem)}}
+    for order in a.orders.split(","):
         for w in workloads:
             if order not in WORKLOADS[w].get("orders", ("so", "fo")):
                 continue
             for _ in range(a.passes):
                 for lib in libs:
-                    r = run_child([lib, w, order, "-", "--iterations", str(a.iterations), "--warmup", str(a.warmup)])
-                    timing.setdefault(f"{w}-{order}", {}).setdefault(lib, []).append(r)
-                    print(f"{w} {order} {lib}: {r if isinstance(r, str) else round(r['median_ms'], 1)}",
+                    r = measure(lib, w, order, "-", a)
+                    result["timing"].setdefault(f"{w}-{order}", {}).setdefault(lib, []).append(r)
+                    print(f"{w} {order} {lib}: {r if isinstance(r, str) else round(r['median_ms'], 2)}",
                           file=sys.stderr, flush=True)
-    memory: dict = {}
+                    write(result, stem, quiet=True)  # what is measured so far survives an interrupted run
+    a.iterations, a.warmup = 2, 1
     for steps in [s for s in a.memory_steps.split(",") if s]:
         for lib in libs:
-            memory.setdefault(steps, {})[lib] = run_child([lib, "W2", "so", steps, "--iterations", "2",
-                                                           "--warmup", "1"])
-            print(f"memory W2 steps={steps} {lib}: {memory[steps][lib]}", file=sys.stderr, flush=True)
-    peak = machine_peak_gflops()
-    work = {w: metagrad_gflop(w) for w in workloads if WORKLOADS[w]["model"] == "conv4"}
-    result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "peak_gflops": peak},
-              "workloads": {w: WORKLOADS[w]["desc"] for w in workloads}, "timing": timing, "memory": memory,
-              "gflop_per_iteration": work, "settings": vars(a)}
-    write(result)
+            result["memory"].setdefault(steps, {})[lib] = r = measure(lib, "W2", "so", steps, a)
+            print(f"memory W2 steps={steps} {lib}: {r}", file=sys.stderr, flush=True)
+            write(result, stem, quiet=True)
+    result["gflop_per_iteration"] = {w: metagrad_gflop(w) for w in workloads if WORKLOADS[w]["model"] == "conv4"}
+    write(result, stem)
 
 
-def write(result: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "bench.md").write_text(format_markdown(result))
-    print(format_markdown(result))
+def machine(device: str) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": device, "peak_gflops": machine_peak_gflops(device)}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write(result: dict, stem: Path, quiet: bool = False) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    if result["timing"]:
+        stem.with_suffix(".md").write_text(format_markdown(result))
+        if not quiet:
+            print(format_markdown(result))
 
 
 def summarise(runs: list) -> tuple[float, float, float] | None:
@@ -351,13 +401,15 @@ def summarise(runs: list) -> tuple[float, float, float] | None:
 
 
 def format_markdown(result: dict) -> str:
-    libs = list(next(iter(result["timing"].values())))
-    lines = ["| workload | " + " | ".join(libs) + " | fastest peer / metagrad | fastest peer / metagrad-compile |",
+    libs = list(dict.fromkeys(lib for per_lib in result["timing"].values() for lib in per_lib))
+    m = result["machine"]
+    lines = [f"On {m.get('gpu', 'the CPU')} (torch {m['torch']}, {m['threads']} CPU threads).", "",
+             "| workload | " + " | ".join(libs) + " | fastest peer / metagrad | fastest peer / metagrad-compile |",
              "|---|" + "---|" * (len(libs) + 2)]
     for key, per_lib in result["timing"].items():
         cells, peers, ours = [], [], {}
-        for lib, runs in per_lib.items():
-            s = summarise(runs)
+        for lib in libs:
+            s = summarise(per_lib.get(lib, []))
             cells.append("-" if s is None else f"{s[0]:.1f} ({s[1]:.1f}-{s[2]:.1f})")
             if s and lib in PEERS:
                 peers.append(s[0])
@@ -375,12 +427,15 @@ def format_markdown(result: dict) -> str:
             f"{key} {statistics.median(v):.0f} s" for key, v in compile_s.items() if v), ""]
     if result["memory"]:
         libs = list(next(iter(result["memory"].values())))
-        lines += ["| W2 inner steps | " + " | ".join(libs) + " |", "|---|" + "---|" * len(libs)]
+        what = "peak GPU memory allocated" if m.get("device", "cpu") != "cpu" else "peak RSS of the process"
+        lines += [f"Memory of second-order MAML on W2 ({what}):", "",
+                  "| W2 inner steps | " + " | ".join(libs) + " |", "|---|" + "---|" * len(libs)]
         for steps, per in result["memory"].items():
             lines.append(f"| {steps} | " + " | ".join(
-                f"{r['peak_rss_mb']:.0f} MB" if isinstance(r, dict) else "-" for r in per.values()) + " |")
+                f"{r.get('peak_cuda_mb', r.get('peak_rss_mb')):.0f} MB" if isinstance(r, dict) else "-"
+                for r in per.values()) + " |")
         lines.append("")
-    peak = result["machine"]["peak_gflops"]
+    peak = m["peak_gflops"]
     for w, gflop in result["gflop_per_iteration"].items():
         s = summarise(result["timing"].get(f"{w}-so", {}).get("metagrad", []))
         if s:
