@@ -84,7 +84,8 @@ def loss_of(w: dict) -> Callable:
 
 # ------------------------------------------------------------------------------------------------ one step per lib
 def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = False,
-                  compile: bool = False, threads: int = 0, device: str = "cpu") -> Callable[[], None]:
+                  compile: bool = False, threads: int = 0, task_chunk: int = 0,
+                  device: str = "cpu") -> Callable[[], None]:
     import metagrad as mg
     from metagrad.tasks import Split, TaskBatch
 
@@ -92,7 +93,7 @@ def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = F
     model = (mg.models.MLP(1, [40, 40], 1) if w["model"] == "mlp" else mg.models.Conv4(1, w["ways"])).to(device)
     learner = mg.MAML(model, loss_fn=loss_of(w), inner=mg.SGD(w["lr"]), inner_steps=w["steps"],
                       first_order=first_order, batching=batching, recompute=recompute, compile=compile,
-                      threads=threads)
+                      threads=threads, task_chunk=task_chunk)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     xs, ys, xq, yq = make_data(w, device)
     batch = TaskBatch(Split(xs, ys), Split(xq, yq))
@@ -234,8 +235,9 @@ def make_step(lib: str, w: dict, first_order: bool, device: str = "cpu") -> Call
         "metagrad-compile": dict(batching="vmap", compile=True),
         "metagrad-recompute": dict(batching="auto", recompute=True),
     }
-    if lib in variants:
-        return step_metagrad(w, first_order, device=device, **variants[lib])
+    base, _, chunk = lib.partition("-chunk")  # e.g. metagrad-chunk4: task_chunk=4 (tasks differentiated at once)
+    if base in variants:
+        return step_metagrad(w, first_order, device=device, task_chunk=int(chunk or 0), **variants[base])
     peers = {"learn2learn": step_learn2learn, "higher": step_higher, "torchopt": step_torchopt}
     return peers[lib](w, first_order, device)
 

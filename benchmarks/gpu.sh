@@ -4,8 +4,9 @@
 #   benchmarks/gpu.sh prepare        # here, after benchmarks/setup.sh: the peers for Python 3.12 into .gpu/
 #                                    # (pure-Python copies; learn2learn's Cython parts rebuilt for 3.12;
 #                                    # optree's wheel), ignored by git, carried to the GPU machine
-#   benchmarks/gpu.sh run OUT        # there: bench.py --device cuda, results in OUT/bench_cuda.{json,md}
-#                                    # and OUT/bench_cuda_compile.{json,md}
+#   benchmarks/gpu.sh run OUT [PHASES]  # there: bench.py --device cuda; PHASES (default main,compile,chunks)
+#                                    # write OUT/bench_cuda{,_compile,_chunks}.{json,md}: every workload against
+#                                    # the peers; compiled W1/W2; W2/W3 second order with task_chunk 1/4/8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -35,10 +36,18 @@ run)
     export PYTHONPATH=$PWD/.gpu/site:/tmp/gpu-site:$PWD/src PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, learn2learn, higher, torchopt, metagrad; print('torch', torch.__version__)"
-    libs=metagrad,metagrad-loop,metagrad-recompute,learn2learn,higher,torchopt
-    python3 benchmarks/bench.py --device cuda --passes 1 --libs $libs --results "$out/bench_cuda"
-    python3 benchmarks/bench.py --device cuda --passes 1 --only W1,W2 --orders so --libs metagrad-compile \
-        --memory-steps '' --results "$out/bench_cuda_compile"
+    phases=",${3:-main,compile,chunks},"
+    bench="python3 benchmarks/bench.py --device cuda --passes 1"
+    if [[ $phases == *,main,* ]]; then
+        $bench --libs metagrad,metagrad-loop,metagrad-recompute,learn2learn,higher,torchopt --results "$out/bench_cuda"
+    fi
+    if [[ $phases == *,compile,* ]]; then
+        $bench --only W1,W2 --orders so --libs metagrad-compile --memory-steps '' --results "$out/bench_cuda_compile"
+    fi
+    if [[ $phases == *,chunks,* ]]; then
+        chunks=metagrad-chunk1,metagrad-chunk4,metagrad-chunk8,metagrad-recompute-chunk1,metagrad-recompute-chunk4
+        $bench --only W2,W3 --orders so --libs metagrad,$chunks,torchopt --results "$out/bench_cuda_chunks"
+    fi
     ;;
 *)
     echo "usage: benchmarks/gpu.sh prepare | run OUT_DIR" >&2

@@ -97,6 +97,42 @@ def test_the_loop_in_chunks_of_tasks_equals_vmap(monkeypatch, algo):
         torch.testing.assert_close(grads["loop"][1][n], g, rtol=1e-10, atol=1e-12)
 
 
+def record_chunks(monkeypatch, learner: mg.MetaLearner) -> list[int]:
+    """The number of tasks of every ``map_tasks`` call ``learner`` makes from now on."""
+    sizes: list[int] = []
+    map_tasks = learner.map_tasks
+
+    def recorded(fn, batch, mb=None):
+        sizes.append(batch.num_tasks)
+        return map_tasks(fn, batch, mb)
+
+    monkeypatch.setattr(learner, "map_tasks", recorded)
+    return sizes
+
+
+@pytest.mark.parametrize("algo", ["maml", "meta-sgd", "recompute", "reptile"])
+def test_vmap_in_chunks_of_tasks_gives_the_whole_batch_meta_gradient(monkeypatch, algo):
+    """``task_chunk`` k runs the vmapped meta-gradient on k tasks at a time (memory for speed on a GPU): the
+    chunks seen are k, k, ..., the rest, and the meta-gradient is the one of the whole batch (float64)."""
+    batch, out = sinusoid_batch(tasks=7), {}
+    for chunk in (0, 3):
+        torch.manual_seed(0)
+        model = small_mlp().double()
+        kw = dict(inner_steps=2, batching="vmap", task_chunk=chunk)
+        inner = mg.SGD(0.02, learn=True, params=params_of(model)) if algo == "meta-sgd" else mg.SGD(0.02)
+        learner = (mg.Reptile(model, inner=inner, inner_batch_size=3, **kw) if algo == "reptile"
+                   else mg.MAML(model, inner=inner, recompute=algo == "recompute", **kw))
+        sizes = record_chunks(monkeypatch, learner)
+        metrics = learner.meta_gradient(batch, torch.Generator().manual_seed(1))
+        out[chunk] = (metrics["meta_loss"], grads_of(learner), sizes)
+    assert out[0][2] == [7] and out[3][2] == [3, 3, 1]
+    assert out[3][0] == pytest.approx(out[0][0], rel=1e-12)
+    for n, g in out[0][1].items():
+        torch.testing.assert_close(out[3][1][n], g, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ConfigError, match="task_chunk -1"):
+        mg.MAML(small_mlp(), task_chunk=-1)
+
+
 def conv_batch(tasks: int, ways: int = 3, shots: int = 2, query: int = 3) -> mg.tasks.TaskBatch:
     g = torch.Generator().manual_seed(0)
     xs = torch.rand(tasks, ways * shots, 1, 8, 8, generator=g)

@@ -67,7 +67,8 @@ def build_learner(cfg: Config) -> MetaLearner:
     # linreg: the paper's risk 1/2 (y - theta^T x)^2 (eq. 9), so that inner_lr is the paper's alpha (eq. 12)
     loss_fn = losses.cross_entropy if classify else losses.half_mse if cfg.family == "linreg" else losses.mse
     kw = dict(loss_fn=loss_fn, inner=inner, inner_steps=cfg.inner_steps,
-              inner_batch_size=cfg.inner_batch_size, batching=cfg.batching, compile=cfg.compile, threads=cfg.threads)
+              inner_batch_size=cfg.inner_batch_size, batching=cfg.batching, compile=cfg.compile, threads=cfg.threads,
+              task_chunk=cfg.task_chunk)
     if cfg.algo in ("maml", "fomaml"):
         learner: MetaLearner = MAML(model, first_order=cfg.algo == "fomaml", recompute=cfg.recompute, **kw)
     elif cfg.algo == "reptile":

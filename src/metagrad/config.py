@@ -81,6 +81,8 @@ class Config:
                         "faster for small models (sinusoid MLP)")
     threads: int = opt(0, "train", "threads that differentiate shards of the meta-batch at once (0: one per core "
                        "for the per-task loop on the CPU, e.g. Conv4; 1: one thread, torch's kernels use the cores)")
+    task_chunk: int = opt(0, "train", "tasks differentiated at once (0: all under vmap, e.g. on a GPU; 1-8 in the "
+                          "per-task loop); smaller uses less memory, e.g. 4 for many inner steps on a GPU")
     log_every: int = opt(100, "train", "iterations between metric lines in metrics.jsonl")
     checkpoint_every: int = opt(2000, "train", "iterations between checkpoints (also saved at the end)")
     val_every: int = opt(2000, "train", "iterations between validations; the best is kept (0: never)")
@@ -116,7 +118,7 @@ class Config:
                     "inner_batch_size": 0, "iterations": 0,
                     "meta_batch_size": 1, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
                     "val_tasks": 1, "eval_query": 1, "eval_steps": 0, "eval_tasks": 2,
-                    "eval_inner_batch_size": 0, "dim": 1, "threads": 0}
+                    "eval_inner_batch_size": 0, "dim": 1, "threads": 0, "task_chunk": 0}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")

@@ -75,11 +75,15 @@ class MetaLearner(nn.Module):
         threads: threads that differentiate disjoint shards of the meta-batch at once, each running torch's
             kernels on its share of the cores (0: as many as torch's threads in the per-task loop on the CPU,
             where small convolutions use cores better one task per core than split across cores; else 1).
+        task_chunk: tasks differentiated at once, whose graphs are alive together: memory grows with it
+            (0: all of them under vmap; in the per-task loop ``METAGRAD_LOOP_CHUNK``, else 1 per task thread
+            and 8 on a single thread). Under vmap on a GPU, k trades speed for memory (the meta-batch runs k
+            tasks at a time); the meta-gradient is the same up to the order of the sum.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] = losses.mse,
                  inner: InnerRule | None = None, inner_steps: int = 1, inner_batch_size: int = 0,
-                 batching: str = "auto", compile: bool = False, threads: int = 0):
+                 batching: str = "auto", compile: bool = False, threads: int = 0, task_chunk: int = 0):
         super().__init__()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
@@ -89,6 +93,8 @@ class MetaLearner(nn.Module):
             raise ConfigError(f"unknown batching '{batching}'; choose one of {', '.join(BATCHING)}")
         if threads < 0:
             raise ConfigError(f"threads {threads} must be >= 0 (0: automatic)")
+        if task_chunk < 0:
+            raise ConfigError(f"task_chunk {task_chunk} must be >= 0 (0: automatic)")
         if threads > 1 and compile:
             raise ConfigError(f"threads {threads} with compile: a compiled meta-gradient runs on one thread of "
                               "Python; set threads to 0 or 1, or compile false")
@@ -103,6 +109,7 @@ class MetaLearner(nn.Module):
         self.batching = batching
         self.use_compile = compile
         self.threads = threads
+        self.task_chunk = task_chunk
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
 
     # ----------------------------------------------------------------- functional views
@@ -215,17 +222,35 @@ class MetaLearner(nn.Module):
             return 1
         return min(torch.get_num_threads(), num_tasks)
 
+    def chunk_size(self, num_tasks: int) -> int:
+        """Tasks differentiated at once (see ``task_chunk``); called in the thread that differentiates them."""
+        if self.task_chunk:
+            return self.task_chunk
+        return num_tasks if self.vmapped else loop_chunk()
+
     def over_tasks(self, fn: Callable[..., Any], batch: TaskBatch, mb: Tensor | None) -> Any:
         """``fn(meta, buffers, batch, mb)``, a mean over tasks, computed on contiguous shards of the tasks by
-        ``task_threads`` threads at once and combined with the shards' weights (the same mean, summed in
-        another order); ``fn`` compiled when the learner is."""
+        ``task_threads`` threads at once, each shard in chunks of ``chunk_size`` tasks, and combined with their
+        weights (the same mean, summed in another order); ``fn`` compiled when the learner is."""
         meta, buffers, n = self.meta_params(), self.buffers(), batch.num_tasks
+        fn = self.compiled(fn)
         cuts = shard_bounds(n, self.task_threads(n))
         if len(cuts) == 2:
-            return self.compiled(fn)(meta, buffers, batch, mb)
-        outs = in_threads([partial(fn, meta, buffers, batch.slice(a, b), None if mb is None else mb[a:b])
-                           for a, b in itertools.pairwise(cuts)])
+            return self.in_chunks(fn, meta, buffers, batch, mb)
+        outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(a, b),
+                                   None if mb is None else mb[a:b]) for a, b in itertools.pairwise(cuts)])
         return weighted_sum(outs, [(b - a) / n for a, b in itertools.pairwise(cuts)])
+
+    def in_chunks(self, fn: Callable[..., Any], meta: Meta, buffers: Params, batch: TaskBatch,
+                  mb: Tensor | None) -> Any:
+        """``fn`` (a mean over tasks) on ``chunk_size`` tasks at a time, so only their graphs are alive at once."""
+        n = batch.num_tasks
+        k = self.chunk_size(n)
+        if n <= k:
+            return fn(meta, buffers, batch, mb)
+        starts = range(0, n, k)
+        outs = [fn(meta, buffers, batch.slice(i, i + k), None if mb is None else mb[i:i + k]) for i in starts]
+        return weighted_sum(outs, [(min(n, i + k) - i) / n for i in starts])
 
     def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
                       shard: slice | None = None) -> dict[str, float]:
@@ -238,15 +263,8 @@ class MetaLearner(nn.Module):
 
     def _meta_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:
-        """The meta-gradient as a pure function of its inputs (what ``compile=True`` compiles). In the per-task
-        loop, tasks are differentiated ``loop_chunk()`` at a time, so only their graphs are alive at once."""
-        n = batch.num_tasks
-        chunk = loop_chunk()
-        if not self.vmapped and n > chunk:
-            starts = range(0, n, chunk)
-            outs = [self._meta_gradient(meta, buffers, batch.slice(i, i + chunk),
-                                        None if mb is None else mb[i:i + chunk]) for i in starts]
-            return weighted_sum(outs, [(min(n, i + chunk) - i) / n for i in starts])
+        """The meta-gradient of the tasks of ``batch`` as a pure function of its inputs (what ``compile=True``
+        compiles)."""
 
         def objective(meta: Meta) -> tuple[Tensor, Tensor]:
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()
