@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -256,6 +257,7 @@ def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, i
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     inner = make_step(lib, w, first_order, device)
+    before = rss_mb()
 
     def step() -> None:
         inner()
@@ -272,14 +274,28 @@ def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, i
         t0 = time.perf_counter()
         step()
         times.append(1e3 * (time.perf_counter() - t0))
-    memory = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "first_s": first,
-            "peak_rss_mb" if not cuda else "peak_cuda_mb": memory}
+    out = {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "first_s": first}
+    if cuda:
+        return {**out, "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**out, "peak_rss_mb": peak, "step_rss_mb": peak - before}
 
 
-def run_child(args: list[str], timeout: float = 1800) -> dict | str:
-    proc = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True, text=True, timeout=timeout)
+def rss_mb() -> float:
+    """The process's resident memory now (Linux): what the library, model and data hold before the first step."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+# For the memory curve on the CPU: every tensor over 64 KB gets its own mapping, returned when freed, so that the peak
+# RSS follows the bytes alive rather than how glibc's heaps fragment (the same program's peak moved by 90 MB between
+# runs without it, 0 with it); metagrad's own malloc setting for task threads is switched off to the same end.
+EXACT_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "METAGRAD_MALLOC": "0"}
+
+
+def run_child(args: list[str], timeout: float = 1800, env: dict[str, str] | None = None) -> dict | str:
+    proc = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         return (proc.stderr.strip().splitlines() or ["failed"])[-1]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -319,7 +335,8 @@ def measure(lib: str, workload: str, order: str, steps: str, a: argparse.Namespa
     """One measurement: its own process on the CPU (peak RSS is per process); in this process on a GPU
     (device memory is counted per call, and CUDA starts once). A failure comes back as its last line."""
     if a.device == "cpu":
-        return run_child([lib, workload, order, steps, "--iterations", str(a.iterations), "--warmup", str(a.warmup)])
+        return run_child([lib, workload, order, steps, "--iterations", str(a.iterations), "--warmup", str(a.warmup)],
+                         env=EXACT_MEMORY_ENV if steps != "-" else None)
     try:
         return measure_one(lib, workload, order == "fo", int(steps) if steps != "-" else None, a.iterations,
                            a.warmup, a.device)
@@ -391,7 +408,7 @@ def machine(device: str) -> dict:
 def write(result: dict, stem: Path, quiet: bool = False) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    if result["timing"]:
+    if result["timing"] or result["memory"]:
         stem.with_suffix(".md").write_text(format_markdown(result))
         if not quiet:
             print(format_markdown(result))
@@ -402,12 +419,24 @@ def summarise(runs: list) -> tuple[float, float, float] | None:
     return (statistics.median(meds), min(meds), max(meds)) if meds else None
 
 
+def memory_cell(r: dict | str | None) -> str:
+    if not isinstance(r, dict):
+        return "-"
+    if "peak_cuda_mb" in r:
+        return f"{r['peak_cuda_mb']:.0f} MB"
+    if "step_rss_mb" in r:
+        return f"{r['step_rss_mb']:.0f} MB ({r['peak_rss_mb']:.0f})"
+    return f"{r['peak_rss_mb']:.0f} MB"
+
+
 def format_markdown(result: dict) -> str:
-    libs = list(dict.fromkeys(lib for per_lib in result["timing"].values() for lib in per_lib))
+    libs = list(dict.fromkeys(lib for part in ("timing", "memory") for per_lib in result[part].values()
+                              for lib in per_lib))
     m = result["machine"]
-    lines = [f"On {m.get('gpu', 'the CPU')} (torch {m['torch']}, {m['threads']} CPU threads).", "",
-             "| workload | " + " | ".join(libs) + " | fastest peer / metagrad | fastest peer / metagrad-compile |",
-             "|---|" + "---|" * (len(libs) + 2)]
+    lines = [f"On {m.get('gpu', 'the CPU')} (torch {m['torch']}, {m['threads']} CPU threads).", ""]
+    if result["timing"]:
+        lines += ["| workload | " + " | ".join(libs) + " | fastest peer / metagrad | fastest peer / metagrad-compile |",
+                  "|---|" + "---|" * (len(libs) + 2)]
     for key, per_lib in result["timing"].items():
         cells, peers, ours = [], [], {}
         for lib in libs:
@@ -420,8 +449,9 @@ def format_markdown(result: dict) -> str:
         ratios = [f"{min(peers) / ours[lib]:.2f}x" if peers and lib in ours else "-"
                   for lib in ("metagrad", "metagrad-compile")]
         lines.append(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    lines += ["", "ms per meta-iteration: median of the pass medians (range over passes). so = second-order, "
-              "fo = first-order.", ""]
+    if result["timing"]:
+        lines += ["", "ms per meta-iteration: median of the pass medians (range over passes). so = second-order, "
+                  "fo = first-order.", ""]
     compile_s = {key: [r["first_s"] for r in per_lib.get("metagrad-compile", []) if isinstance(r, dict)]
                  for key, per_lib in result["timing"].items()}
     if any(compile_s.values()):
@@ -429,13 +459,13 @@ def format_markdown(result: dict) -> str:
             f"{key} {statistics.median(v):.0f} s" for key, v in compile_s.items() if v), ""]
     if result["memory"]:
         libs = list(next(iter(result["memory"].values())))
-        what = "peak GPU memory allocated" if m.get("device", "cpu") != "cpu" else "peak RSS of the process"
+        gpu = m.get("device", "cpu") != "cpu"
+        what = ("peak GPU memory allocated" if gpu else "growth of the process's RSS from before the first "
+                "meta-iteration to its peak, with large tensors mapped apart; in brackets the whole peak RSS")
         lines += [f"Memory of second-order MAML on W2 ({what}):", "",
                   "| W2 inner steps | " + " | ".join(libs) + " |", "|---|" + "---|" * len(libs)]
         for steps, per in result["memory"].items():
-            lines.append(f"| {steps} | " + " | ".join(
-                f"{r.get('peak_cuda_mb', r.get('peak_rss_mb')):.0f} MB" if isinstance(r, dict) else "-"
-                for r in per.values()) + " |")
+            lines.append(f"| {steps} | " + " | ".join(memory_cell(per.get(lib)) for lib in libs) + " |")
         lines.append("")
     peak = m["peak_gflops"]
     for w, gflop in result["gflop_per_iteration"].items():

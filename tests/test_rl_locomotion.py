@@ -53,10 +53,12 @@ def test_reward_is_the_task_forward_term_plus_the_papers_costs(family):
     np.testing.assert_allclose(reward, forward + costs, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("family", "dt"), [("cheetah-dir", 0.01), ("cheetah-vel", 0.01), ("cheetah-rand-vel", 0.05)])
-def test_time_step_per_action_is_the_papers(family, dt):
-    """The MAML paper's half-cheetah (rllab) steps 0.01 s per action; ProMP's (gym) 5 x 0.01 s."""
-    env = MujocoTaskEnv(family, horizon=3)
+@pytest.mark.parametrize(("family", "frame_skip", "dt"), [("cheetah-dir", 0, 0.01), ("cheetah-vel", 0, 0.01),
+                                                       ("cheetah-rand-vel", 0, 0.05), ("cheetah-dir", 5, 0.05)])
+def test_time_step_per_action_is_the_papers(family, frame_skip, dt):
+    """The MAML paper's half-cheetah (rllab) steps 0.01 s per action; ProMP's and the SG-MRL code's (gym) 5 x 0.01 s,
+    which ``frame_skip=5`` gives the MAML paper's families too."""
+    env = MujocoTaskEnv(family, horizon=3, frame_skip=frame_skip)
     env.reset(env.sample_tasks(1, torch.Generator().manual_seed(0)), 1)
     sim = env._pool[0]
     start = sim.data.time
@@ -255,3 +257,13 @@ def test_a_missing_package_names_the_extra(monkeypatch, missing):
     monkeypatch.setitem(__import__("sys").modules, missing, None)
     with pytest.raises(ConfigError, match=rf"this needs {missing}; install the rl extra: pip install 'metagrad\[rl\]'"):
         make_env("cheetah-dir")
+
+
+def test_frame_skip_is_checked():
+    from metagrad.rl.config import RLConfig
+    from metagrad.rl.train import build
+
+    with pytest.raises(ConfigError, match="frame_skip -1"):
+        RLConfig(env="cheetah-dir", frame_skip=-1).validate()
+    with pytest.raises(ConfigError, match="frame_skip 5 is for the MuJoCo"):
+        build(RLConfig(env="navigation2d", frame_skip=5))

@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_map
 
 from .. import checkpoint, losses
 from ..errors import ConfigError
-from ..functional import Params, buffers_of, call, detach, in_task_thread, params_of, write_grads
+from ..functional import Params, buffers_of, call, detach, grad, in_task_thread, params_of, write_grads
 from ..inner import SGD, InnerRule
 from ..tasks.base import Split, TaskBatch
 from ..threads import in_threads, shard_bounds
@@ -165,7 +165,7 @@ class MetaLearner(nn.Module):
             x, y = support
             if minibatches is not None:
                 x, y = x[minibatches[s]], y[minibatches[s]]
-            grads = torch.func.grad(self.loss_at)(params, buffers, x, y)
+            grads = grad(self.loss_at, create_graph=not first_order)(params, buffers, x, y)
             if first_order:
                 grads = detach(grads)
             params, state = rule.step(params, grads, state, s, meta["inner"])
@@ -248,9 +248,13 @@ class MetaLearner(nn.Module):
         k = self.chunk_size(n)
         if n <= k:
             return fn(meta, buffers, batch, mb)
-        starts = range(0, n, k)
-        outs = [fn(meta, buffers, batch.slice(i, i + k), None if mb is None else mb[i:i + k]) for i in starts]
-        return weighted_sum(outs, [(min(n, i + k) - i) / n for i in starts])
+        total = None  # summed as the chunks come: one gradient tree held, not one per chunk
+        for i in range(0, n, k):
+            out = fn(meta, buffers, batch.slice(i, i + k), None if mb is None else mb[i:i + k])
+            w = (min(n, i + k) - i) / n
+            total = tree_map(lambda x, w=w: w * x, out) if total is None else tree_map(
+                lambda t, x, w=w: t + w * x, total, out)
+        return total
 
     def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
                       shard: slice | None = None) -> dict[str, float]:
@@ -270,7 +274,8 @@ class MetaLearner(nn.Module):
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()
             return loss, loss
 
-        return torch.func.grad(objective, has_aux=True)(meta)
+        outer = torch.func.grad if self.vmapped or self.use_compile else grad  # autograd in the loop: less memory
+        return outer(objective, has_aux=True)(meta)
 
     def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` through ``torch.compile`` when the learner was built with ``compile=True`` (compiled once per

@@ -35,6 +35,9 @@ class RLConfig:
     reward: str = opt("distance", "env", "navigation reward: distance (minus the distance to the goal, the papers' "
                       "code) or squared (minus its square, the papers' text)")
     oracle: bool = opt(False, "env", "append the goal to the observation (the oracle baseline)")
+    frame_skip: int = opt(0, "env", "MuJoCo simulator steps per action (0: the family's own: 1 for cheetah-dir and "
+                          "cheetah-vel as rllab's, the MAML code's; 5 for the others as gym's; the SG-MRL and ProMP "
+                          "code stepped gym's half-cheetah with 5)")
     normalized_actions: bool = opt(True, "env", "navigation: the policy acts in [-1, 1], scaled to the velocity "
                                    "limit (rllab's normalize(), what the MAML code trains with)")
     # [policy]
@@ -125,6 +128,8 @@ class RLConfig:
         if not 0 < self.ppo_clip < 1 or self.inner_kl_coef < 0 or self.inner_kl_target < 0:
             raise ConfigError(f"ppo_clip {self.ppo_clip} must lie in (0, 1), inner_kl_coef {self.inner_kl_coef} and "
                               f"inner_kl_target {self.inner_kl_target} must be >= 0")
+        if self.frame_skip < 0:
+            raise ConfigError(f"frame_skip {self.frame_skip} must be >= 0 (0: the task family's own)")
         if not 0 < self.hvp_subsample <= 1:
             raise ConfigError(f"hvp_subsample {self.hvp_subsample} must lie in (0, 1] (1: every episode)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:

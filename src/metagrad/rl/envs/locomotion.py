@@ -85,12 +85,16 @@ def make_simulator(env_id: str, **kwargs: Any) -> Any:
 
 
 class MujocoTaskEnv(CopyTaskEnv):
-    """A locomotion task family (``FAMILIES``) as a ``TaskEnv``; ``horizon`` steps per episode (default 200)."""
+    """A locomotion task family (``FAMILIES``) as a ``TaskEnv``; ``horizon`` steps per episode (default 200);
+    ``frame_skip`` simulator steps per action (0: the family's own)."""
 
-    def __init__(self, family: str, horizon: int = 200, seed: int = 0):
+    def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0):
         if family not in FAMILIES:
             raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
+        if frame_skip < 0:
+            raise ConfigError(f"frame_skip {frame_skip} must be >= 0 (0: the family's own)")
         self.family_name, self.family = family, FAMILIES[family]
+        self._env_kwargs = {**self.family.env_kwargs, **({"frame_skip": frame_skip} if frame_skip else {})}
         self._mujoco = require("mujoco")
         probe = self._make()
         space = probe.action_space
@@ -106,7 +110,7 @@ class MujocoTaskEnv(CopyTaskEnv):
         self._extra = np.zeros(0)
 
     def _make(self) -> Any:
-        return make_simulator(self.family.env_id, **self.family.env_kwargs)
+        return make_simulator(self.family.env_id, **self._env_kwargs)
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
         u = torch.rand(num_tasks, self.task_dim, generator=generator)
