@@ -257,7 +257,7 @@ def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, i
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     inner = make_step(lib, w, first_order, device)
-    before = rss_mb()
+    before = rss_mb(reset_peak=not cuda)
 
     def step() -> None:
         inner()
@@ -277,14 +277,24 @@ def measure_one(lib: str, workload: str, first_order: bool, steps: int | None, i
     out = {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "first_s": first}
     if cuda:
         return {**out, "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {**out, "peak_rss_mb": peak, "step_rss_mb": peak - before}
+    return {**out, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "step_rss_mb": status_mb("VmHWM") - before}
 
 
-def rss_mb() -> float:
-    """The process's resident memory now (Linux): what the library, model and data hold before the first step."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def rss_mb(reset_peak: bool = False) -> float:
+    """The process's resident memory now (what the library, model and data hold before the first step); with
+    ``reset_peak``, its high-water mark is reset to it, so that the peak read later is the steps' own (Linux)."""
+    if reset_peak:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    return status_mb("VmRSS")
+
+
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now; VmHWM: peak resident) in MB."""
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith(field + ":"))
+    return int(kb) / 1024
 
 
 # For the memory curve on the CPU: every tensor over 64 KB gets its own mapping, returned when freed, so that the peak
@@ -387,7 +397,7 @@ def main() -> None:
                     print(f"{w} {order} {lib}: {r if isinstance(r, str) else round(r['median_ms'], 2)}",
                           file=sys.stderr, flush=True)
                     write(result, stem, quiet=True)  # what is measured so far survives an interrupted run
-    a.iterations, a.warmup = 2, 1
+    a.iterations, a.warmup = 1, 0  # the peak is reached in the first meta-iteration
     for steps in [s for s in a.memory_steps.split(",") if s]:
         for lib in libs:
             result["memory"].setdefault(steps, {})[lib] = r = measure(lib, "W2", "so", steps, a)

@@ -81,7 +81,8 @@ def autograd_grad(fn: Callable[..., Any], has_aux: bool = False, create_graph: b
             inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in leaves]
             out = fn(tree_unflatten(inputs, spec), *args)
             value, aux = out if has_aux else (out, None)
-            grads = torch.autograd.grad(value, inputs, create_graph=differentiable, allow_unused=True)
+            grads = (torch.autograd.grad(value, inputs, create_graph=differentiable, allow_unused=True)
+                     if value.requires_grad else [None] * len(inputs))  # a constant: zero gradients, as torch.func
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
         result = tree_unflatten(grads, spec)
         if not has_aux:
