@@ -64,8 +64,7 @@ class RLConfig:
     cg_damping: float = opt(1e-5, "algo", "TRPO: damping added to the KL Hessian")
     backtrack: float = opt(0.8, "algo", "TRPO: line-search shrink factor")
     max_backtracks: int = opt(15, "algo", "TRPO: line-search steps")
-    hvp: str = opt("exact", "algo", "TRPO Hessian-vector products through the inner step: exact, finite-difference, "
-                   "or rllab (finite differences at the MAML code's step: float32 rounding noise)")
+    hvp: str = opt("exact", "algo", "TRPO Hessian-vector products through the inner step: exact or finite-difference")
     hvp_subsample: float = opt(1.0, "algo", "TRPO: fraction of each task's episodes used for the Hessian-vector "
                                "products (1: all; the gradient and the KL check always use all)")
     score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "

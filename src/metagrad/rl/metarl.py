@@ -42,7 +42,7 @@ from .trpo import StepInfo, flatten, trust_region_step, unflatten
 
 ALGOS = ("maml", "fomaml", "sgmrl", "sgmrl-fo", "emaml", "promp", "joint")
 OUTERS = ("trpo", "vpg", "ppo")
-HVPS = ("exact", "finite-difference", "rllab")
+HVPS = ("exact", "finite-difference")
 SCORE_BASELINES = ("none", "batch")
 BASELINES = ("linear", "none")
 
@@ -246,13 +246,10 @@ class MetaRL(nn.Module):
         i's adapted policy on D_o, J_i: the Jacobian of its inner steps, each ``I - alpha * Hessian of the inner
         loss``): Hessian-vector products of the inner losses and of the KL, no third derivatives.
         ``finite-difference``: central differences of the KL's gradient through the inner step (the MAML paper's).
-        ``rllab``: the same with the MAML code's step (rllab's FiniteDifferenceHvp: 1e-8 / |theta| in float32): the
-        products are float32 rounding noise divided by the step, thousands of times the exact ones (test), so the
-        outer step is a KL line search along a direction that conjugate gradients draw from that noise.
         """
         theta = self.meta_params()
         x0 = flatten(theta)
-        if self.hvp_mode in ("finite-difference", "rllab") or not trajs:
+        if self.hvp_mode == "finite-difference" or not trajs:
             def kl_grad(x: Tensor) -> Tensor:
                 return grad(lambda y: self.kl(unflatten(y, theta), trajs, out))(x)
 
@@ -265,8 +262,7 @@ class MetaRL(nn.Module):
             rel = torch.finfo(x0.dtype).eps ** (1 / 3)
 
             def fd(v: Tensor) -> Tensor:
-                eps = (1e-8 / (float(x0.norm()) + 1e-8) if self.hvp_mode == "rllab"
-                       else rel * (1 + float(x0.norm())) / (float(v.norm()) + 1e-12))
+                eps = rel * (1 + float(x0.norm())) / (float(v.norm()) + 1e-12)
                 return (kl_grad(x0 + eps * v) - kl_grad(x0 - eps * v)) / (2 * eps) + self.cg_damping * v
 
             return fd
