@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,14 @@ def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
-def weighted_sum(outs: Sequence[Any], weights: Sequence[float]) -> Any:
-    """``sum_i weights[i] * outs[i]`` leaf-wise over trees of tensors (the mean over tasks of task shards)."""
-    return tree_map(lambda *xs: sum(w * x for w, x in zip(weights, xs, strict=True)), *outs)
+def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
+    """``sum_i w_i * out_i`` over ``(w_i, out_i)`` pairs, leaf-wise over trees of tensors (the mean over tasks of
+    shards or chunks of tasks), summed as the pairs come: one running tree is held, not one per part."""
+    total = None
+    for w, out in parts:
+        total = (tree_map(lambda x, w=w: w * x, out) if total is None
+                 else tree_map(lambda t, x, w=w: t + w * x, total, out))
+    return total
 
 
 class MetaLearner(nn.Module):
@@ -239,7 +244,7 @@ class MetaLearner(nn.Module):
             return self.in_chunks(fn, meta, buffers, batch, mb)
         outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(a, b),
                                    None if mb is None else mb[a:b]) for a, b in itertools.pairwise(cuts)])
-        return weighted_sum(outs, [(b - a) / n for a, b in itertools.pairwise(cuts)])
+        return weighted_sum(zip([(b - a) / n for a, b in itertools.pairwise(cuts)], outs, strict=True))
 
     def in_chunks(self, fn: Callable[..., Any], meta: Meta, buffers: Params, batch: TaskBatch,
                   mb: Tensor | None) -> Any:
@@ -248,13 +253,9 @@ class MetaLearner(nn.Module):
         k = self.chunk_size(n)
         if n <= k:
             return fn(meta, buffers, batch, mb)
-        total = None  # summed as the chunks come: one gradient tree held, not one per chunk
-        for i in range(0, n, k):
-            out = fn(meta, buffers, batch.slice(i, i + k), None if mb is None else mb[i:i + k])
-            w = (min(n, i + k) - i) / n
-            total = tree_map(lambda x, w=w: w * x, out) if total is None else tree_map(
-                lambda t, x, w=w: t + w * x, total, out)
-        return total
+        return weighted_sum(((min(n, i + k) - i) / n, fn(meta, buffers, batch.slice(i, i + k),
+                                                         None if mb is None else mb[i:i + k]))
+                            for i in range(0, n, k))  # a generator: each chunk's graph is freed before the next
 
     def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
                       shard: slice | None = None) -> dict[str, float]:
