@@ -39,7 +39,8 @@ def test_task_batch_norm_matches_torch_in_training_mode(shape):
 @pytest.mark.parametrize("kind", ["conv4", "mlp-bn"])
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "maml-recompute"])
 def test_batched_tasks_equal_the_per_task_loop_in_float64(kind, algo):
-    """With batch norm, vmap must agree with the loop to round-off (DESIGN.md: torch's BatchNorm does not)."""
+    """With batch norm, vmap (all tasks at once, or two at a time: ``task_chunk``) must agree with the loop to
+    round-off (DESIGN.md: torch's BatchNorm does not)."""
     model = classifier(kind)
     inner = mg.SGD(0.3)
     if algo == "reptile":
@@ -49,13 +50,14 @@ def test_batched_tasks_equal_the_per_task_loop_in_float64(kind, algo):
                           first_order=algo == "fomaml", recompute=algo == "maml-recompute")
     batch = image_batch()
     grads = {}
-    for batching in ("vmap", "loop"):
-        learner.batching = batching
+    for batching, chunk in (("vmap", 0), ("vmap", 2), ("loop", 0)):
+        learner.batching, learner.task_chunk = batching, chunk
         learner.zero_grad()
         learner.meta_gradient(batch, torch.Generator().manual_seed(3))
-        grads[batching] = grads_of(learner)
-    for n, g in grads["vmap"].items():
-        torch.testing.assert_close(g, grads["loop"][n], rtol=1e-10, atol=1e-12)
+        grads[batching, chunk] = grads_of(learner)
+    for key in (("vmap", 0), ("vmap", 2)):
+        for n, g in grads[key].items():
+            torch.testing.assert_close(g, grads["loop", 0][n], rtol=1e-10, atol=1e-12)
 
 
 def test_second_order_conv_meta_gradient_matches_finite_differences():
