@@ -47,10 +47,35 @@ def test_reward_is_the_task_forward_term_plus_the_papers_costs(family):
     assert not done.any()
     ctrl_weight, alive = COSTS[family]
     clipped = actions.clamp(-1, 1)[:, 0].double().numpy()
-    costs = -ctrl_weight * (clipped**2).sum(-1) - contact + alive
+    costs = -ctrl_weight * (clipped**2).sum(-1) - contact + alive + FAMILIES[family].bonus
     g = tasks[:, 0].double().numpy()
     forward = g * vel if FAMILIES[family].task == "direction" else -np.abs(vel - g)
+    forward *= FAMILIES[family].forward_weight
     np.testing.assert_allclose(reward, forward + costs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "sizes"), [("cheetah-dir", (8, 9, 0, 3)), ("swimmer-vel", (5, 5, 0, 3)),
+                                              ("ant-vel", (15, 14, 14 * 6 + 9, 3))])
+def test_rllab_observation_is_the_joints_and_the_torso_centre_of_mass(family, sizes):
+    """The MAML paper's families see rllab's observation: joint positions (the cheetah without its x), velocities,
+    for the ant contact forces and orientation, then the torso's subtree centre of mass, which moves with the robot."""
+    import mujoco
+
+    env = MujocoTaskEnv(family, horizon=20, seed=1)
+    assert env.obs_dim == sum(sizes)
+    actions = torch.rand(20, 1, 1, env.action_space.shape[0], generator=torch.Generator().manual_seed(0)) * 2 - 1
+    first = env.reset(env.sample_tasks(1, torch.Generator().manual_seed(0)), 1)[0, 0].double().numpy()
+    for a in actions:
+        obs = env.step(a)[0][0, 0].double().numpy()
+    sim = env._pool[0]
+    qpos, qvel = sim.data.qpos.copy(), sim.data.qvel.copy()
+    np.testing.assert_allclose(obs[: sizes[0]], qpos[len(qpos) - sizes[0]:], atol=1e-6)
+    np.testing.assert_allclose(obs[sizes[0]: sizes[0] + sizes[1]], qvel, atol=1e-5)
+    mujoco.mj_forward(sim.model, sim.data)  # the centre of mass of the current positions
+    torso = sim.model.body("torso").id
+    tol = 1e-6 if family != "ant-vel" else 0.05  # the ant's positions are one substep old
+    np.testing.assert_allclose(obs[-3:], sim.data.subtree_com[torso], atol=tol)
+    assert abs(obs[-3] - first[-3]) > 1e-3  # the centre of mass moved along the track
 
 
 @pytest.mark.parametrize(("family", "frame_skip", "dt"), [("cheetah-dir", 0, 0.01), ("cheetah-vel", 0, 0.01),
@@ -217,7 +242,7 @@ def test_horizon_is_respected_and_rollout_masks_it():
     torch.manual_seed(0)
     policy = make_policy(env.action_space, env.obs_dim, hidden=(8,))
     traj = rollout(env, policy, dict(policy.named_parameters()), tasks, 3, torch.Generator().manual_seed(0))
-    assert traj.obs.shape == (2, 3, 7, 17) and traj.mask.all()
+    assert traj.obs.shape == (2, 3, 7, 20) and traj.mask.all()
 
 
 def seeded_rollout(seed: int, family: str = "walker-rand-vel"):
@@ -267,3 +292,35 @@ def test_frame_skip_is_checked():
         RLConfig(env="cheetah-dir", frame_skip=-1).validate()
     with pytest.raises(ConfigError, match="frame_skip 5 is for the MuJoCo"):
         build(RLConfig(env="navigation2d", frame_skip=5))
+
+
+def test_observation_option_selects_gymnasiums_or_rllabs_and_is_checked():
+    """``observation='gym'`` gives gymnasium's own (ProMP's and the SG-MRL code's half-cheetah), ``rllab`` appends the
+    torso's centre of mass to it for the cheetah; neither changes the dynamics or the rewards."""
+    from metagrad.rl.config import RLConfig
+    from metagrad.rl.train import build
+
+    actions = torch.rand(5, 1, 1, 6, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    runs = {}
+    for observation in ("gym", "rllab"):
+        env = MujocoTaskEnv("cheetah-dir", horizon=5, seed=4, observation=observation)
+        sim = env._pool[0]
+        gym_obs = [env.reset(torch.tensor([[1.0]]), 1)[0, 0]]
+        rewards = []
+        for a in actions:
+            o, r, _ = env.step(a)
+            gym_obs.append(o[0, 0])
+            rewards.append(float(r))
+            if observation == "gym":  # the simulator's own observation, untouched
+                np.testing.assert_allclose(o[0, 0].numpy(), sim._get_obs(), atol=1e-6)
+        runs[observation] = (torch.stack(gym_obs), rewards)
+    assert runs["gym"][0].shape[-1] == 17 and runs["rllab"][0].shape[-1] == 20
+    assert torch.equal(runs["gym"][0], runs["rllab"][0][:, :17]) and runs["gym"][1] == runs["rllab"][1]
+    assert MujocoTaskEnv("cheetah-rand-vel", observation="rllab").obs_dim == 20
+    with pytest.raises(ConfigError, match="unknown observation 'pixels'"):
+        RLConfig(env="cheetah-dir", observation="pixels").validate()
+    with pytest.raises(ConfigError, match="rllab' is defined for the half-cheetah, ant and swimmer"):
+        make_env("hopper-rand-params", observation="rllab")
+    with pytest.raises(ConfigError, match="observation gym is for the MuJoCo"):
+        build(RLConfig(env="navigation2d", observation="gym"))
+    assert build(RLConfig(env="cheetah-dir", observation="gym"))[0].env.obs_dim == 17

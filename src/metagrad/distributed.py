@@ -46,7 +46,8 @@ class Distributed:
         if world <= 1:
             return None
         if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            # CPU tensors (meta-RL's gradients) need gloo even where a GPU is present: one backend per device
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend, timeout=TIMEOUT)
         return cls(dist.get_rank(), dist.get_world_size())
 

@@ -17,7 +17,8 @@ from .navigation import Experiment
 # the MAML paper's half-cheetah forward/backward average return after 0..3 steps (appendix, Table 5)
 MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65]}}
 # the SG-MRL paper's Table 2, one inner update (trained and adapted with 1 step), mean over 4 seeds; its code (on
-# ProMP's maml_zoo) steps gym's half-cheetah with frame_skip 5 (run it with frame_skip=5)
+# ProMP's maml_zoo) steps gym's half-cheetah with frame_skip 5 and gym's observation (run it with frame_skip=5,
+# observation=gym)
 SGMRL_TABLE2 = {"cheetah-dir": {"sgmrl": 580.143, "maml-vpg": 465.624},
                 "cheetah-vel": {"sgmrl": -91.73, "maml-vpg": -92.92}}
 ENVS = ("cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel", "swimmer-vel")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import _scalar, _suggest, opt
 from ..errors import ConfigError
+from .envs.locomotion import OBSERVATIONS
 from .envs.navigation import REWARDS
 from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES
 from .policy import ACTIVATIONS, POLICIES
@@ -38,6 +39,10 @@ class RLConfig:
     frame_skip: int = opt(0, "env", "MuJoCo simulator steps per action (0: the family's own: 1 for cheetah-dir and "
                           "cheetah-vel as rllab's, the MAML code's; 5 for the others as gym's; the SG-MRL and ProMP "
                           "code stepped gym's half-cheetah with 5)")
+    observation: str = opt("auto", "env", "MuJoCo locomotion observation: auto (the family's own: rllab's, with the "
+                           "torso's centre of mass, for cheetah-dir, cheetah-vel, ant-*, swimmer-vel as the MAML "
+                           "code; the simulator's for the others), rllab, or gym (gymnasium's, as ProMP's and the "
+                           "SG-MRL code's half-cheetah)")
     normalized_actions: bool = opt(True, "env", "navigation: the policy acts in [-1, 1], scaled to the velocity "
                                    "limit (rllab's normalize(), what the MAML code trains with)")
     # [policy]
@@ -102,7 +107,7 @@ class RLConfig:
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
         choices = {"algo": ALGOS, "outer": OUTERS, "policy": POLICIES, "activation": tuple(ACTIVATIONS),
                    "baseline": BASELINES, "hvp": HVPS, "score_baseline": SCORE_BASELINES, "reward": REWARDS,
-                   "outer_optimizer": ("adam", "sgd")}
+                   "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS)}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:

@@ -38,13 +38,15 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
         raise ConfigError(f"oracle=True (the goal as input) is defined for navigation2d only, not for '{cfg.env}'")
     elif not cfg.env.startswith("gym:"):
         kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World)
-    if cfg.frame_skip:
-        from .envs.locomotion import FAMILIES
+    for name, default in (("frame_skip", 0), ("observation", "auto")):
+        value = getattr(cfg, name)
+        if value != default:
+            from .envs.locomotion import FAMILIES
 
-        if cfg.env not in FAMILIES:
-            raise ConfigError(f"frame_skip {cfg.frame_skip} is for the MuJoCo locomotion families, not '{cfg.env}'; "
-                              "set it to 0")
-        kwargs["frame_skip"] = cfg.frame_skip
+            if cfg.env not in FAMILIES:
+                raise ConfigError(f"{name} {value} is for the MuJoCo locomotion families, not '{cfg.env}'; "
+                                  f"set it to {default}")
+            kwargs[name] = value
     env = make_env(cfg.env, **kwargs)
     torch.manual_seed(cfg.seed)
     policy = make_policy(env.action_space, env.obs_dim, cfg.policy, cfg.hidden, cfg.activation, cfg.init_std)

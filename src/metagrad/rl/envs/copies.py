@@ -53,7 +53,11 @@ class CopyTaskEnv(TaskEnv):
 
     def _reset_copy(self, env: Any, seed: int) -> Any:
         """Reset one simulator with ``seed``; its first observation."""
-        return env.reset(seed=seed)[0]
+        return self._observe(env, env.reset(seed=seed)[0])
+
+    def _observe(self, env: Any, obs: np.ndarray) -> np.ndarray:
+        """The observation the learner sees of ``env`` after a reset or step (default: the simulator's own)."""
+        return obs
 
     # -- the TaskEnv interface ----------------------------------------------------------------------------------
     def reset(self, tasks: Tensor, episodes: int) -> Tensor:
@@ -85,9 +89,10 @@ class CopyTaskEnv(TaskEnv):
         act = np.clip(actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64), self._low, self._high)
         stepped = ~self._done
         obs, env_rewards, done, copies, record = self._obs, self._env_rewards, self._done, self._copies, self._record
+        observe = self._observe
         for i in self._alive:
             o, r, terminated, truncated, info = copies[i].step(act[i])
-            obs[i] = o
+            obs[i] = observe(copies[i], o)
             env_rewards[i] = r
             record(i, info)
             if terminated or truncated:

@@ -10,10 +10,12 @@ instances are cached and reused across resets. Rewards follow the papers' code (
   of 200 steps is 2 s; gymnasium's default of 5 steps would make it 10 s of coarser control.)
 - ``cheetah-rand-vel``: g ~ U[0, 3] (ProMP HalfCheetahRandVel); same reward.
   (0.05 = rllab's 0.5 * 1e-1, as maml_rl and ProMP; gymnasium's own default would be 0.1.)
-- ``ant-vel`` (g ~ U[0, 3]) and ``ant-dir`` (d = ±1): the forward term as above, plus rllab's ant costs:
+- ``ant-vel`` (g ~ U[0, 3]) and ``ant-dir`` (d = ±1): the forward term as above (plus 1 per step for ant-vel,
+  rllab's "make it happy, not suicidal"), plus rllab's ant costs:
   - 0.005 |a|^2 (control) - 5e-4 |clip(contact forces, -1, 1)|^2 (contact) + 0.05 (survive);
   episodes end on gymnasium's unhealthy condition (torso height outside [0.2, 1.0], as rllab).
-- ``swimmer-vel``: g ~ U[0, 0.5] (the speeds a trained swimmer reaches); reward -|x_velocity - g| - 0.005 |a|^2.
+- ``swimmer-vel``: g ~ U[0, 0.5] (the speeds a trained swimmer reaches); reward -1.5 |x_velocity - g| - 0.005 |a|^2
+  (rllab's weights).
 - ``walker-rand-vel``: g ~ U[0, 10]; reward -|x_velocity - g| + 15 (alive) - 1e-3 |a|^2; ends when the height
   leaves (0.8, 2.0) or |angle| >= 1 (gymnasium's Walker2d health check).
 - ``hopper-rand-params``, ``walker-rand-params``: per task, element-wise, body_mass and body_inertia times
@@ -21,7 +23,13 @@ instances are cached and reused across resets. Rewards follow the papers' code (
   is the natural log of those factors, flattened in that order; reward and termination are the environment's own.
 
 Actions are clipped to the action space before stepping (the simulator clamps controls anyway) and the control
-cost is that of the clipped action. Observations are the environment's own, as float32.
+cost is that of the clipped action.
+
+Observations (``Family.observation``): the MAML / SG-MRL families (cheetah-dir, cheetah-vel, ant-*, swimmer-vel)
+see rllab's, as maml_rl and pytorch-maml-rl do: the joint positions and velocities plus the torso's subtree centre
+of mass (x, y, z; the cheetah drops the root's x from the positions, the ant adds its clipped external contact forces
+and the torso's orientation): 20 numbers for the cheetah where gymnasium's own has 17, with no position along the
+track. The trade-off families see the environment's own observation (ProMP's, up to qvel clipping), as float32.
 """
 
 from __future__ import annotations
@@ -42,6 +50,12 @@ from .gym import require, require_gymnasium
 PARAM_ARRAYS = (("body_mass", 1.5), ("body_inertia", 1.5), ("dof_damping", 1.3), ("geom_friction", 1.5))
 """Randomized model arrays and the base of their factor ``base ** U(-3, 3)``."""
 LOG_SCALE_LIMIT = 3.0
+OBSERVATIONS = ("gym", "rllab")
+RLLAB_OBS = {"HalfCheetah-v5": (1, False, True), "Ant-v5": (0, True, False), "Swimmer-v5": (0, False, True)}
+"""rllab's observation per robot: the first joint position kept; whether contact forces and the torso's orientation
+are included (the torso's subtree centre of mass always follows); whether body positions are recomputed after the step
+(rllab's ``forward``; not for the ant, whose gymnasium velocity is measured from them: its stay at the last substep's
+start, 0.01 s behind)."""
 
 _CHEETAH = {"ctrl_cost_weight": 0.05}
 _RLLAB_CHEETAH = {**_CHEETAH, "frame_skip": 1}
@@ -52,8 +66,9 @@ _ANT_TERMS = ("reward_ctrl", "reward_contact", "reward_survive")
 @dataclass(frozen=True)
 class Family:
     """A task family: the gymnasium id, the kind of task (``direction``, ``velocity`` or ``params``), the goal
-    velocity range, constructor arguments that set the papers' cost weights, and the ``info`` terms added to the
-    task's forward term."""
+    velocity range, constructor arguments that set the papers' cost weights, the ``info`` terms added to the
+    task's forward term, the observation (``gym`` or ``rllab``), a constant reward per step and the forward term's
+    weight."""
 
     env_id: str
     task: str
@@ -61,15 +76,19 @@ class Family:
     high: float = 0.0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     terms: tuple[str, ...] = ("reward_ctrl",)
+    observation: str = "gym"
+    bonus: float = 0.0
+    forward_weight: float = 1.0
 
 
 FAMILIES: dict[str, Family] = {
-    "cheetah-dir": Family("HalfCheetah-v5", "direction", env_kwargs=_RLLAB_CHEETAH),
-    "cheetah-vel": Family("HalfCheetah-v5", "velocity", 0.0, 2.0, _RLLAB_CHEETAH),
+    "cheetah-dir": Family("HalfCheetah-v5", "direction", env_kwargs=_RLLAB_CHEETAH, observation="rllab"),
+    "cheetah-vel": Family("HalfCheetah-v5", "velocity", 0.0, 2.0, _RLLAB_CHEETAH, observation="rllab"),
     "cheetah-rand-vel": Family("HalfCheetah-v5", "velocity", 0.0, 3.0, _CHEETAH),
-    "ant-vel": Family("Ant-v5", "velocity", 0.0, 3.0, _ANT, _ANT_TERMS),
-    "ant-dir": Family("Ant-v5", "direction", env_kwargs=_ANT, terms=_ANT_TERMS),
-    "swimmer-vel": Family("Swimmer-v5", "velocity", 0.0, 0.5, {"ctrl_cost_weight": 0.005}),
+    "ant-vel": Family("Ant-v5", "velocity", 0.0, 3.0, _ANT, _ANT_TERMS, "rllab", bonus=1.0),
+    "ant-dir": Family("Ant-v5", "direction", env_kwargs=_ANT, terms=_ANT_TERMS, observation="rllab"),
+    "swimmer-vel": Family("Swimmer-v5", "velocity", 0.0, 0.5, {"ctrl_cost_weight": 0.005}, observation="rllab",
+                          forward_weight=1.5),
     "walker-rand-vel": Family("Walker2d-v5", "velocity", 0.0, 10.0, {"ctrl_cost_weight": 1e-3, "healthy_reward": 15.0},
                               ("reward_ctrl", "reward_survive")),
     "hopper-rand-params": Family("Hopper-v5", "params", terms=()),
@@ -86,19 +105,32 @@ def make_simulator(env_id: str, **kwargs: Any) -> Any:
 
 class MujocoTaskEnv(CopyTaskEnv):
     """A locomotion task family (``FAMILIES``) as a ``TaskEnv``; ``horizon`` steps per episode (default 200);
-    ``frame_skip`` simulator steps per action (0: the family's own)."""
+    ``frame_skip`` simulator steps per action (0: the family's own); ``observation`` ``gym`` or ``rllab`` (``auto``:
+    the family's own)."""
 
-    def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0):
+    def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0,
+                 observation: str = "auto"):
         if family not in FAMILIES:
             raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
         if frame_skip < 0:
             raise ConfigError(f"frame_skip {frame_skip} must be >= 0 (0: the family's own)")
         self.family_name, self.family = family, FAMILIES[family]
+        observation = self.family.observation if observation == "auto" else observation
+        if observation not in OBSERVATIONS:
+            raise ConfigError(f"unknown observation '{observation}'; choose one of auto, {', '.join(OBSERVATIONS)}")
+        if observation == "rllab" and self.family.env_id not in RLLAB_OBS:
+            raise ConfigError(f"observation 'rllab' is defined for the half-cheetah, ant and swimmer families, not "
+                              f"{family}; use auto or gym")
         self._env_kwargs = {**self.family.env_kwargs, **({"frame_skip": frame_skip} if frame_skip else {})}
         self._mujoco = require("mujoco")
         probe = self._make()
         space = probe.action_space
-        super().__init__(horizon, seed, int(np.prod(probe.observation_space.shape)), space.low, space.high)
+        self._rllab = observation == "rllab"
+        if self._rllab:
+            self._qpos_from, self._contacts, self._recompute = RLLAB_OBS[self.family.env_id]
+            self._torso = probe.model.body("torso").id
+        obs_dim = self._observe(probe, probe.reset(seed=seed)[0]).size
+        super().__init__(horizon, seed, obs_dim, space.low, space.high)
         self.action_space = Space("box", tuple(space.shape), float(space.low.min()), float(space.high.max()))
         self._pool: list[Any] = [probe]  # simulators by copy index, reused across resets
         self._defaults = {name: getattr(probe.model, name).copy() for name, _ in PARAM_ARRAYS}
@@ -138,6 +170,20 @@ class MujocoTaskEnv(CopyTaskEnv):
             getattr(env.model, name)[:] = default * factors[name] if name in factors else default
         self._mujoco.mj_setConst(env.model, env.data)
 
+    def _observe(self, env: Any, obs: np.ndarray) -> np.ndarray:
+        """rllab's observation (see the module docstring) for ``rllab`` families, else ``obs``."""
+        if not self._rllab:
+            return obs
+        model, data = env.model, env.data
+        if self._recompute:  # the step leaves body positions at its last substep's start; rllab calls forward
+            self._mujoco.mj_kinematics(model, data)
+            self._mujoco.mj_comPos(model, data)
+        parts = [data.qpos[self._qpos_from:], data.qvel]
+        if self._contacts:
+            parts += [np.clip(data.cfrc_ext, -1, 1).ravel(), data.xmat[self._torso]]
+        parts.append(data.subtree_com[self._torso])
+        return np.concatenate(parts)
+
     def _prepare(self, tasks: Tensor, episodes: int) -> list[Any]:
         n = tasks.shape[0] * episodes
         if tasks.ndim != 2 or tasks.shape[1] != self.task_dim:
@@ -162,8 +208,9 @@ class MujocoTaskEnv(CopyTaskEnv):
             self._extra[i] = extra
 
     def _rewards(self, env_rewards: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        w, bonus = self.family.forward_weight, self.family.bonus
         if self.family.task == "direction":
-            return self._goal * self._xv + self._extra
+            return w * self._goal * self._xv + self._extra + bonus
         if self.family.task == "velocity":
-            return -np.abs(self._xv - self._goal) + self._extra
+            return -w * np.abs(self._xv - self._goal) + self._extra + bonus
         return env_rewards
