@@ -7,6 +7,7 @@ Subclasses (``MujocoTaskEnv``, ``MetaWorldTaskEnv``) say how to get a simulator 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,11 +54,12 @@ class CopyTaskEnv(TaskEnv):
 
     def _reset_copy(self, env: Any, seed: int) -> Any:
         """Reset one simulator with ``seed``; its first observation."""
-        return self._observe(env, env.reset(seed=seed)[0])
+        return env.reset(seed=seed)[0]
 
-    def _observe(self, env: Any, obs: np.ndarray) -> np.ndarray:
-        """The observation the learner sees of ``env`` after a reset or step (default: the simulator's own)."""
-        return obs
+    def _observer(self, env: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+        """``env``'s map from the simulator's observation to the learner's, called after each reset and step
+        (``None``: the simulator's own)."""
+        return None
 
     # -- the TaskEnv interface ----------------------------------------------------------------------------------
     def reset(self, tasks: Tensor, episodes: int) -> Tensor:
@@ -65,6 +67,8 @@ class CopyTaskEnv(TaskEnv):
             raise ConfigError(f"episodes {episodes} must be >= 1")
         self._shape = (int(tasks.shape[0]), int(episodes))
         self._copies = self._prepare(tasks, episodes)
+        observers = [self._observer(env) for env in self._copies]
+        self._observers = observers if any(f is not None for f in observers) else None
         n = len(self._copies)
         stream = self._resets if self._next_seed is None else self._next_seed
         seeds = np.random.SeedSequence([self.seed, stream]).generate_state(n)
@@ -72,7 +76,8 @@ class CopyTaskEnv(TaskEnv):
         self._next_seed = None
         self._obs = np.empty((n, self.obs_dim), dtype=np.float32)
         for i, env in enumerate(self._copies):
-            self._obs[i] = self._reset_copy(env, int(seeds[i]))
+            o = self._reset_copy(env, int(seeds[i]))
+            self._obs[i] = o if self._observers is None else self._observers[i](o)
         self._env_rewards = np.zeros(n, dtype=np.float64)
         self._done = np.zeros(n, dtype=bool)
         self._alive = list(range(n))
@@ -89,10 +94,10 @@ class CopyTaskEnv(TaskEnv):
         act = np.clip(actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64), self._low, self._high)
         stepped = ~self._done
         obs, env_rewards, done, copies, record = self._obs, self._env_rewards, self._done, self._copies, self._record
-        observe = self._observe
+        observers = self._observers
         for i in self._alive:
             o, r, terminated, truncated, info = copies[i].step(act[i])
-            obs[i] = observe(copies[i], o)
+            obs[i] = o if observers is None else observers[i](o)
             env_rewards[i] = r
             record(i, info)
             if terminated or truncated:

@@ -35,6 +35,7 @@ track. The trade-off families see the environment's own observation (ProMP's, up
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,27 @@ def make_simulator(env_id: str, **kwargs: Any) -> Any:
     return gym.make(env_id, disable_env_checker=True, **kwargs).unwrapped
 
 
+def rllab_observer(env: Any, qpos_from: int, contacts: bool, recompute: bool,
+                   mujoco: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A function giving rllab's observation of ``env`` (its arguments: ``RLLAB_OBS``); it reads the simulator's
+    arrays through views made once, since it runs after every step of every copy."""
+    model, data = env.model, env.data
+    torso = model.body("torso").id
+    qpos, qvel, com = data.qpos[qpos_from:], data.qvel, data.subtree_com[torso]
+    cfrc, xmat = data.cfrc_ext, data.xmat[torso]
+    kinematics, com_positions = mujoco.mj_kinematics, mujoco.mj_comPos
+
+    def observe(_: np.ndarray) -> np.ndarray:
+        if recompute:  # the step leaves body positions at its last substep's start; rllab calls forward
+            kinematics(model, data)
+            com_positions(model, data)
+        if contacts:
+            return np.concatenate((qpos, qvel, np.clip(cfrc, -1, 1).ravel(), xmat, com))
+        return np.concatenate((qpos, qvel, com))
+
+    return observe
+
+
 class MujocoTaskEnv(CopyTaskEnv):
     """A locomotion task family (``FAMILIES``) as a ``TaskEnv``; ``horizon`` steps per episode (default 200);
     ``frame_skip`` simulator steps per action (0: the family's own); ``observation`` ``gym`` or ``rllab`` (``auto``:
@@ -126,10 +148,9 @@ class MujocoTaskEnv(CopyTaskEnv):
         probe = self._make()
         space = probe.action_space
         self._rllab = observation == "rllab"
-        if self._rllab:
-            self._qpos_from, self._contacts, self._recompute = RLLAB_OBS[self.family.env_id]
-            self._torso = probe.model.body("torso").id
-        obs_dim = self._observe(probe, probe.reset(seed=seed)[0]).size
+        first = probe.reset(seed=seed)[0]
+        observer = self._observer(probe)
+        obs_dim = (first if observer is None else observer(first)).size
         super().__init__(horizon, seed, obs_dim, space.low, space.high)
         self.action_space = Space("box", tuple(space.shape), float(space.low.min()), float(space.high.max()))
         self._pool: list[Any] = [probe]  # simulators by copy index, reused across resets
@@ -170,19 +191,13 @@ class MujocoTaskEnv(CopyTaskEnv):
             getattr(env.model, name)[:] = default * factors[name] if name in factors else default
         self._mujoco.mj_setConst(env.model, env.data)
 
-    def _observe(self, env: Any, obs: np.ndarray) -> np.ndarray:
-        """rllab's observation (see the module docstring) for ``rllab`` families, else ``obs``."""
+    def _observer(self, env: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+        """rllab's observation of ``env`` for ``rllab`` families (made once per simulator), else None."""
         if not self._rllab:
-            return obs
-        model, data = env.model, env.data
-        if self._recompute:  # the step leaves body positions at its last substep's start; rllab calls forward
-            self._mujoco.mj_kinematics(model, data)
-            self._mujoco.mj_comPos(model, data)
-        parts = [data.qpos[self._qpos_from:], data.qvel]
-        if self._contacts:
-            parts += [np.clip(data.cfrc_ext, -1, 1).ravel(), data.xmat[self._torso]]
-        parts.append(data.subtree_com[self._torso])
-        return np.concatenate(parts)
+            return None
+        if not hasattr(env, "_metagrad_observer"):
+            env._metagrad_observer = rllab_observer(env, *RLLAB_OBS[self.family.env_id], self._mujoco)
+        return env._metagrad_observer
 
     def _prepare(self, tasks: Tensor, episodes: int) -> list[Any]:
         n = tasks.shape[0] * episodes
