@@ -77,3 +77,23 @@ def test_a_dead_process_stops_the_other_with_a_message(tmp_path):
     finally:
         for p in procs:
             p.kill()
+
+
+def test_a_gpu_machine_joins_with_gloo_for_cpu_tensors(monkeypatch):
+    """Meta-RL all-reduces CPU tensors: where CUDA is present the group must still have a CPU backend (plain nccl
+    failed on a GPU machine with 'No backend type associated with device type cpu')."""
+    import torch
+    import torch.distributed as dist
+
+    from metagrad.distributed import Distributed
+
+    seen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    assert Distributed.from_env() == Distributed(1, 2)
+    backends = dict(part.split(":") for part in seen[0].split(","))
+    assert backends == {"cpu": "gloo", "cuda": "nccl"}
