@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from test_distributed import env
+from test_distributed import env, torchrun
 
 STEP = textwrap.dedent("""
     import sys
@@ -52,10 +52,7 @@ def test_sharded_meta_rl_steps_equal_one_process(tmp_path, algo, outer):
     script.write_text(STEP)
     single, double = tmp_path / "single.pt", tmp_path / "double.pt"
     subprocess.run([sys.executable, str(script), algo, outer, str(single)], check=True, env=env(), timeout=300)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), algo, outer, str(double)], env=env(), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    torchrun([str(script), algo, outer, str(double)])
     a, b = torch.load(single), torch.load(double)
     assert float((a - b).abs().max()) < (1e-6 if outer == "trpo" else 1e-9)  # TRPO: as much as a reordering
     assert float(a.abs().max()) > 0
@@ -63,12 +60,10 @@ def test_sharded_meta_rl_steps_equal_one_process(tmp_path, algo, outer):
 
 def test_navigation_reproduction_trains_on_two_processes(tmp_path):
     out = tmp_path / "nav"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "metagrad", "reproduce", "navigation", "--algo", "maml-trpo", "--iterations", "2",
-                           "--set", "hidden=8", "--set", "meta_batch_size=4", "--set", "episodes=2",
-                           "--set", "eval_tasks=4", "--set", "eval_episodes=2", "--set", "eval_steps=1",
-                           "--out", str(out), "--no-progress"], env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = torchrun(["-m", "metagrad", "reproduce", "navigation", "--algo", "maml-trpo", "--iterations", "2",
+                     "--set", "hidden=8", "--set", "meta_batch_size=4", "--set", "episodes=2",
+                     "--set", "eval_tasks=4", "--set", "eval_episodes=2", "--set", "eval_steps=1",
+                     "--out", str(out), "--no-progress"], fresh=out)
     assert "on 2 processes" in proc.stderr
     assert proc.stdout.count("2D navigation: average return") == 1  # only process 0 evaluates and prints
     lines = (out / "maml-trpo" / "metrics.jsonl").read_text().splitlines()
@@ -81,12 +76,9 @@ def test_navigation_reproduction_trains_on_two_processes(tmp_path):
 
 def test_tradeoff_rl_trains_on_two_processes_and_one_reports(tmp_path):
     out = tmp_path / "study"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "metagrad", "tradeoff", "rl", "--env", "navigation2d", "--budget", "4000",
-                           "--seeds", "2", "--checkpoints", "2", "--meta-batch-size", "4", "--episodes", "2",
-                           "--test-tasks", "3", "--test-episodes", "2", "--out", str(out), "--no-progress"],
-                          env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = torchrun(["-m", "metagrad", "tradeoff", "rl", "--env", "navigation2d", "--budget", "4000",
+                     "--seeds", "2", "--checkpoints", "2", "--meta-batch-size", "4", "--episodes", "2",
+                     "--test-tasks", "3", "--test-episodes", "2", "--out", str(out), "--no-progress"], fresh=out)
     assert proc.stdout.count("P(DRS better)") == 1
     results = json.loads((out / "tradeoff_rl.json").read_text())
     assert all(run[-1] >= 4000 for runs in results["env_steps"].values() for run in runs)
