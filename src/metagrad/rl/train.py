@@ -24,6 +24,7 @@ from ..distributed import Distributed
 from ..errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from .config import RLConfig
 from .envs import make_env
+from .envs.locomotion import FAMILIES
 from .metarl import MetaRL
 from .policy import make_policy
 
@@ -41,8 +42,6 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     for name, default in (("frame_skip", 0), ("observation", "auto")):
         value = getattr(cfg, name)
         if value != default:
-            from .envs.locomotion import FAMILIES
-
             if cfg.env not in FAMILIES:
                 raise ConfigError(f"{name} {value} is for the MuJoCo locomotion families, not '{cfg.env}'; "
                                   f"set it to {default}")
