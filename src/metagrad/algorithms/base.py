@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.func import vmap
 from torch.utils._pytree import tree_map
 
 from .. import checkpoint, losses
+from ..batching import has_conv, has_torch_batchnorm, twice_differentiable, vmap_fault
 from ..errors import ConfigError
 from ..functional import Params, buffers_of, call, detach, grad, in_task_thread, params_of, write_grads
 from ..inner import SGD, InnerRule
@@ -30,11 +32,6 @@ from ..threads import in_threads, shard_bounds
 
 BATCHING = ("auto", "vmap", "loop")
 Meta = dict[str, Params]
-
-
-def has_torch_batchnorm(model: nn.Module) -> bool:
-    """``nn.BatchNorm*`` gives wrong second-order gradients under vmap (DESIGN.md, measured pitfalls)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 _CHUNK = os.environ.get("METAGRAD_LOOP_CHUNK")
@@ -48,10 +45,6 @@ def loop_chunk() -> int:
     if LOOP_CHUNK is not None:
         return LOOP_CHUNK
     return 1 if in_task_thread() else 8
-
-
-def has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
 def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
@@ -84,11 +77,15 @@ class MetaLearner(nn.Module):
             (0: all of them under vmap; in the per-task loop ``METAGRAD_LOOP_CHUNK``, else 1 per task thread
             and 8 on a single thread). Under vmap on a GPU, k trades speed for memory (the meta-batch runs k
             tasks at a time); the meta-gradient is the same up to the order of the sum.
+        self_check: before the first batched (vmap) computation, check once that vmap gives this model's
+            meta-gradient exactly (float64, two tasks, against the per-task loop): ``auto`` falls back to the loop
+            with one line on stderr if not, ``vmap`` raises ``ConfigError`` naming the module (metagrad.batching).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] = losses.mse,
                  inner: InnerRule | None = None, inner_steps: int = 1, inner_batch_size: int = 0,
-                 batching: str = "auto", compile: bool = False, threads: int = 0, task_chunk: int = 0):
+                 batching: str = "auto", compile: bool = False, threads: int = 0, task_chunk: int = 0,
+                 self_check: bool = True):
         super().__init__()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
@@ -115,6 +112,9 @@ class MetaLearner(nn.Module):
         self.use_compile = compile
         self.threads = threads
         self.task_chunk = task_chunk
+        self.self_check = self_check
+        self.vmap_verdict: str | None = None  # why ``auto`` does not batch this model (set by ``verify_batching``)
+        self._checked = False
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
 
     # ----------------------------------------------------------------- functional views
@@ -127,11 +127,35 @@ class MetaLearner(nn.Module):
 
     @property
     def vmapped(self) -> bool:
-        """``auto``: vmap, except for torch's batch norm (wrong under vmap) and convolutions on the CPU, where
-        the per-task loop is about twice as fast (vmap turns each convolution into a slower batched one)."""
+        """``auto``: vmap, except for torch's batch norm (wrong under vmap), convolutions on the CPU, where
+        the per-task loop is about twice as fast (vmap turns each convolution into a slower batched one), and
+        models that failed the self-check (``verify_batching``)."""
         if self.batching != "auto":
             return self.batching == "vmap"
+        if self.vmap_verdict is not None:
+            return False
         return not (has_torch_batchnorm(self.model) or (has_conv(self.model) and self._on_cpu()))
+
+    def verify_batching(self, batch: TaskBatch) -> None:
+        """Once, before the first batched computation: check vmap against the per-task loop on this model
+        (``self_check``); ``auto`` then keeps to the loop if they differ, an explicit ``vmap`` refuses."""
+        if self._checked or not self.self_check or not self.vmapped:
+            return
+        fault = vmap_fault(self, batch)
+        self._checked = True
+        if fault is None:
+            return
+        if self.batching == "vmap":
+            raise ConfigError(f"batching 'vmap' is wrong for this model: {fault}; use batching 'auto' or 'loop' "
+                              "(docs/compatibility.md)")
+        self.vmap_verdict = fault
+        print(f"metagrad: batching 'auto' takes the per-task loop for this model: {fault}", file=sys.stderr,
+              flush=True)
+
+    @property
+    def second_order(self) -> bool:
+        """Whether the meta-gradient differentiates through inner gradients (second derivatives of the model)."""
+        return False
 
     def _on_cpu(self) -> bool:
         return all(p.device.type == "cpu" for p in self.model.parameters())
@@ -237,13 +261,15 @@ class MetaLearner(nn.Module):
         """``fn(meta, buffers, batch, mb)``, a mean over tasks, computed on contiguous shards of the tasks by
         ``task_threads`` threads at once, each shard in chunks of ``chunk_size`` tasks, and combined with their
         weights (the same mean, summed in another order); ``fn`` compiled when the learner is."""
+        self.verify_batching(batch)
         meta, buffers, n = self.meta_params(), self.buffers(), batch.num_tasks
         fn = self.compiled(fn)
         cuts = shard_bounds(n, self.task_threads(n))
-        if len(cuts) == 2:
-            return self.in_chunks(fn, meta, buffers, batch, mb)
-        outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(a, b),
-                                   None if mb is None else mb[a:b]) for a, b in itertools.pairwise(cuts)])
+        with twice_differentiable(self.second_order):
+            if len(cuts) == 2:
+                return self.in_chunks(fn, meta, buffers, batch, mb)
+            outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(a, b),
+                                       None if mb is None else mb[a:b]) for a, b in itertools.pairwise(cuts)])
         return weighted_sum(zip([(b - a) / n for a, b in itertools.pairwise(cuts)], outs, strict=True))
 
     def in_chunks(self, fn: Callable[..., Any], meta: Meta, buffers: Params, batch: TaskBatch,
@@ -262,14 +288,14 @@ class MetaLearner(nn.Module):
         """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
         meta-parameters, averaged over those tasks; return metrics."""
         batch, mb = self.sharded(batch, generator, shard)
-        grads, loss = self.over_tasks(self._meta_gradient, batch, mb)
+        grads, loss = self.over_tasks(self.batch_gradient, batch, mb)
         self.write_meta_gradient(grads)
         return {"meta_loss": float(loss)}
 
-    def _meta_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
+    def batch_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:
-        """The meta-gradient of the tasks of ``batch`` as a pure function of its inputs (what ``compile=True``
-        compiles)."""
+        """The meta-gradient of the tasks of ``batch`` and their mean query loss, as a pure function of its inputs
+        (what ``compile=True`` compiles and the self-check compares): the outer loss differentiated here."""
 
         def objective(meta: Meta) -> tuple[Tensor, Tensor]:
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()
@@ -312,6 +338,7 @@ class MetaLearner(nn.Module):
                            chunk: int | None = None, transductive: bool = True) -> dict[str, Tensor]:
         """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``."""
         rule = inner if inner is not None else self.inner
+        self.verify_batching(batch)
         meta, buffers = self.meta_params(), self.buffers()
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
         if chunk is None:  # tasks per vmap call: bounded so that image tasks do not exhaust memory

@@ -35,15 +35,19 @@ class MAML(MetaLearner):
         if recompute and not isinstance(self.inner, SGD):
             raise ConfigError("recompute works with the SGD inner rule (fixed, scheduled or learned step sizes)")
 
+    @property
+    def second_order(self) -> bool:
+        return not self.first_order and self.inner_steps > 0
+
     def task_objective(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None) -> Tensor:
         adapted = self.adapt(meta, buffers, task.support, first_order=self.first_order, minibatches=minibatches)
         return self.loss_at(adapted, buffers, *task.query)
 
-    def _meta_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
+    def batch_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:
         if self.recompute:
             return self._recomputed_gradient(meta, buffers, batch, mb)
-        return super()._meta_gradient(meta, buffers, batch, mb)
+        return super().batch_gradient(meta, buffers, batch, mb)
 
     def _recomputed_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                              mb: Tensor | None) -> tuple[Meta, Tensor]:

@@ -30,16 +30,9 @@ class Reptile(MetaLearner):
         if self.inner_steps < 1:
             raise ConfigError(f"inner_steps {self.inner_steps} must be >= 1 for Reptile")
 
-    def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
-                      shard: slice | None = None) -> dict[str, float]:
-        batch, mb = self.sharded(batch, generator, shard)
-        grads, query_loss = self.over_tasks(self._reptile_gradient, batch, mb)
-        self.write_meta_gradient({"model": grads, "inner": {}})
-        return {"meta_loss": float(query_loss)}
-
     @torch.no_grad()
-    def _reptile_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
-                          mb: Tensor | None) -> tuple[Params, Tensor]:
+    def batch_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
+                       mb: Tensor | None) -> tuple[Meta, Tensor]:
         """``initial - mean(adapted)`` over the tasks, and the mean query loss after adaptation (for logs)."""
 
         def one_task(task: TaskBatch, m: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
@@ -47,4 +40,4 @@ class Reptile(MetaLearner):
             return adapted, self.loss_at(adapted, buffers, *task.query)
 
         adapted, query_loss = self.map_tasks(one_task, batch, mb)
-        return {n: p - adapted[n].mean(0) for n, p in meta["model"].items()}, query_loss.mean()
+        return {"model": {n: p - adapted[n].mean(0) for n, p in meta["model"].items()}, "inner": {}}, query_loss.mean()

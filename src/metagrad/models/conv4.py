@@ -1,46 +1,13 @@
-"""The few-shot image networks of the MAML and Reptile papers, with batch norm done per task.
-
-``TaskBatchNorm`` normalises with the statistics of the batch it is given and keeps no running
-averages, so statistics never leak between the tasks of a meta-batch or from one task to the next.
-Under ``torch.func.vmap`` it is written from mean/var primitives because torch's batch norm kernel gives wrong
-second-order gradients there (measured; see DESIGN.md); outside vmap (the per-task loop) it calls that kernel,
-which is exact there and faster. Both agree with each other and with finite differences (tests).
-"""
+"""The few-shot image networks of the MAML and Reptile papers, with batch norm done per task (``TaskBatchNorm``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ..errors import ConfigError
-
-
-def under_vmap() -> bool:
-    """Whether the caller runs inside ``torch.func.vmap`` (at any level of the transform stack)."""
-    stack = torch._C._functorch.get_interpreter_stack() or ()
-    return any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
-
-
-class TaskBatchNorm(nn.Module):
-    """Batch normalisation over every dimension but the channels (dim 1), batch statistics only."""
-
-    def __init__(self, features: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(features))
-        self.bias = nn.Parameter(torch.zeros(features))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not (torch.compiler.is_compiling() or under_vmap()):  # torch's kernel: exact outside vmap, and faster
-            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        centred = x - x.mean(dims, keepdim=True)
-        scale = torch.rsqrt((centred * centred).mean(dims, keepdim=True) + self.eps) * self.weight.view(shape)
-        return torch.addcmul(self.bias.view(shape), centred, scale)  # few full-size ops: they dominate 2nd order
+from .layers import TaskBatchNorm
 
 
 class Conv4(nn.Module):

@@ -1,0 +1,206 @@
+"""Which path maps a meta-batch over its tasks, and the self-check that trusts vmap only on models it was checked on.
+
+torch's batching rules give wrong second derivatives for some layers (``nn.BatchNorm*``, ``nn.LayerNorm`` with
+learned affine parameters: docs/compatibility.md) and cannot run others (``nn.GRU``, ``nn.LSTM``, ``nn.RNN``), while
+the per-task loop is exact. So before a learner's first batched meta-gradient, ``vmap_fault`` runs the learner's own
+meta-gradient both ways on a float64 copy of it and two tasks of the real batch; ``faulty_module`` then names the
+smallest module that disagrees on its own, so that the message says what to replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_flatten
+
+
+if TYPE_CHECKING:
+    from .algorithms.base import MetaLearner
+    from .tasks.base import TaskBatch
+
+TOLERANCE = 1e-8  # float64 round-off of a few inner steps is ~1e-14 of the gradient's scale; the faults are >1e-5
+CHECK_TASKS = 2
+REPLACEMENTS = {nn.LayerNorm: "metagrad.models.LayerNorm", nn.modules.batchnorm._BatchNorm: "metagrad.models.TaskBatchNorm"}
+
+
+def has_torch_batchnorm(model: nn.Module) -> bool:
+    """``nn.BatchNorm*`` gives wrong second-order gradients under vmap (docs/compatibility.md)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+def twice_differentiable(second_order: bool) -> contextlib.AbstractContextManager:
+    """Attention (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``) on its math kernel while second
+    derivatives are taken: the fused CPU kernels have no double backward ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented")."""
+    return sdpa_kernel([SDPBackend.MATH]) if second_order else contextlib.nullcontext()
+
+
+def under_vmap() -> bool:
+    """Whether the caller runs inside ``torch.func.vmap`` (at any level of the transform stack)."""
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    return any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
+
+
+def tree_error(got: Any, want: Any) -> tuple[float, int]:
+    """Largest absolute difference of two trees of tensors over the largest magnitude in ``want`` (leaves whose
+    true gradient is zero, such as a bias that a softmax cancels, are judged at that scale, not their own), and the
+    index of the leaf where it is."""
+    a, b = tree_flatten(got)[0], tree_flatten(want)[0]
+    scale = max((float(t.abs().max()) for t in b if t.numel()), default=0.0) or 1.0
+    diffs = [float((x - y).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b, strict=True)]
+    worst = max(range(len(diffs)), key=diffs.__getitem__) if diffs else 0
+    return (diffs[worst] / scale if diffs else 0.0), worst
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def float64_copy(learner: MetaLearner) -> MetaLearner:
+    """A float64 copy of the learner on the reference settings: eager, one thread, all tasks at once."""
+    memo = {id(learner.__dict__[k]): {} for k in ("_compiled",) if k in learner.__dict__}  # compiled code: not copied
+    ref = copy.deepcopy(learner, memo).double()
+    ref.use_compile, ref.threads, ref.task_chunk, ref.self_check = False, 1, 0, False
+    return ref
+
+
+def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
+    """Why vmap must not be trusted with this learner's meta-gradient (None: it equals the per-task loop in float64
+    on ``CHECK_TASKS`` tasks of ``batch``, to ``TOLERANCE`` of the gradient's scale)."""
+    try:
+        ref = float64_copy(learner)
+    except Exception as e:  # a model that cannot be copied cannot be checked: the loop is the safe side
+        return f"the model could not be copied to check vmap ({first_line(e)})"
+    small = batch.slice(0, min(CHECK_TASKS, batch.num_tasks)).to(torch.float64)
+    mb = ref.minibatch_indices(small.num_tasks, small.support.x.shape[1], ref.inner_steps, ref.inner_batch_size,
+                               torch.Generator().manual_seed(0))
+    outs = {}
+    for mode in ("loop", "vmap"):
+        ref.batching = mode
+        try:
+            with twice_differentiable(True):
+                outs[mode] = ref.batch_gradient(ref.meta_params(), ref.buffers(), small, mb)
+        except Exception as e:
+            if mode == "loop":
+                raise  # the reference path itself fails: the user's model or data is at fault, show it as it is
+            return f"vmap cannot run it ({first_line(e)}){where(ref.model, small)}"
+    err, leaf = tree_error(outs["vmap"], outs["loop"])
+    if err <= TOLERANCE:
+        return None
+    names = [f"{part}.{n}" for part, tree in outs["loop"][0].items() for n in tree] + ["meta_loss"]
+    name = names[leaf] if leaf < len(names) else "meta_loss"
+    return f"under vmap its meta-gradient differs from the per-task loop by {err:.1e} (float64, at {name})" + where(
+        ref.model, small)
+
+
+def where(model: nn.Module, batch: TaskBatch) -> str:
+    """``, first in module 'name' (Type)`` for the smallest faulty module, with a replacement when there is one."""
+    try:
+        with twice_differentiable(True):
+            found = faulty_module(model, batch.support.x)
+    except Exception:  # locating is a courtesy: never let it hide the fault itself
+        found = None
+    if found is None:
+        return ""
+    name, module = found
+    hint = next((f"; {r} is exact under vmap" for cls, r in REPLACEMENTS.items() if isinstance(module, cls)), "")
+    return f", first in module '{name or '(the model)'}' ({type(module).__name__}){hint}"
+
+
+def faulty_module(model: nn.Module, xs: Tensor) -> tuple[str, nn.Module] | None:
+    """The first module, in the order their forward passes end (children before parents), whose own second-order
+    MAML gradient differs under vmap from the loop, fed with the inputs it sees on the tasks ``xs`` (``[tasks, ...]``)."""
+    inputs: dict[str, list[tuple[tuple, dict]]] = {}
+    order: list[str] = []
+
+    def recorder(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if name not in inputs:
+                order.append(name)
+            inputs.setdefault(name, []).append((args, kwargs))
+        return hook
+
+    modules = dict(model.named_modules())
+    handles = [m.register_forward_hook(recorder(n), with_kwargs=True) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            for x in xs:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    for name in order:
+        if len(inputs[name]) == len(xs) and module_differs(modules[name], inputs[name]):
+            return name, modules[name]
+    return None
+
+
+def module_differs(module: nn.Module, calls: list[tuple[tuple, dict]]) -> bool:
+    """Whether a one-step MAML gradient of ``module`` alone differs under vmap from the loop. Its parameters and an
+    additive shift of each floating-point input are the meta-parameters (so parameterless functions are tested too);
+    the loss is a squared distance of every floating-point output to fixed targets."""
+    args0, kwargs0 = calls[0]
+    spots = [i for i, a in enumerate(args0) if _floating(a)]
+    for args, kwargs in calls[1:]:
+        same_rest = all(i in spots or _same(a, args0[i]) for i, a in enumerate(args))
+        if len(args) != len(args0) or not same_rest or not _same(kwargs, kwargs0) or any(
+                args[i].shape != args0[i].shape for i in spots):
+            return False  # tasks call it differently: not comparable in isolation
+    if not spots:
+        return False
+    stacked = [torch.stack([args[i] for args, _ in calls]) for i in spots]
+    params = {f"p.{n}": p.detach() for n, p in module.named_parameters()}
+    params |= {f"shift.{i}": torch.zeros_like(args0[i]) for i in spots}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        shapes = [t for t in tree_flatten(module(*args0, **kwargs0))[0] if _floating(t)]
+    targets = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in shapes]
+
+    def loss(p: dict[str, Tensor], xs: list[Tensor]) -> Tensor:
+        args = list(args0)
+        for i, x in zip(spots, xs, strict=True):
+            args[i] = x + p[f"shift.{i}"]
+        out = functional_call(module, {n[2:]: v for n, v in p.items() if n.startswith("p.")}, tuple(args), kwargs0)
+        leaves = [t for t in tree_flatten(out)[0] if _floating(t)]
+        return sum(((t - target) ** 2).sum() for t, target in zip(leaves, targets, strict=True))
+
+    def task(p: dict[str, Tensor], *xs: Tensor) -> Tensor:
+        g = grad(loss)(p, list(xs))
+        return loss({n: v - 0.1 * g[n] for n, v in p.items()}, list(xs))
+
+    try:
+        want = grad(lambda p: torch.stack([task(p, *(x[t] for x in stacked)) for t in range(len(calls))]).sum())(
+            params)
+    except Exception:
+        return False  # the module does not run this way on its own: cannot be judged
+    try:
+        got = grad(lambda p: vmap(task, in_dims=(None, *[0] * len(stacked)))(p, *stacked).sum())(params)
+    except Exception:
+        return True
+    return tree_error(got, want)[0] > TOLERANCE
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool((a == b).all())
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+
+def _floating(t: Any) -> bool:
+    return isinstance(t, Tensor) and t.is_floating_point()

@@ -1,0 +1,162 @@
+"""Any module, the right meta-gradient: every piece of the matrix (tests/compat_models.py) x MAML / Meta-SGD x every
+path, in float64, against the per-task loop. The default path is exact or falls back with one line; an explicit
+vmap is exact or refuses; the check itself is what protects (off, vmap is wrong where the matrix says)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import metagrad as mg
+from compat_models import ALGOS, CANNOT_RUN, PIECES, VMAP_WRONG, batch, learner, model
+from metagrad.batching import faulty_module
+from metagrad.errors import ConfigError
+
+TOL = 1e-10
+
+
+def meta_gradient(learn: mg.MetaLearner, name: str) -> dict[str, torch.Tensor]:
+    learn.zero_grad()
+    loss = learn.meta_gradient(batch(name), torch.Generator().manual_seed(0))["meta_loss"]
+    return {"loss": torch.tensor(loss), **{n: p.grad.clone() for n, p in learn.named_parameters()}}
+
+
+def assert_equal_to(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    scale = max(float(g.abs().max()) for g in want.values())
+    for n, g in want.items():
+        assert float((got[n] - g).abs().max()) <= TOL * scale, n
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[tuple[str, str], dict[str, torch.Tensor]]:
+    """The per-task loop on one thread: the reference of every other path."""
+    return {(n, a): meta_gradient(learner(n, a, batching="loop", threads=1), n) for n in PIECES for a in ALGOS}
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("name", PIECES)
+def test_default_path_is_exact_or_falls_back_with_one_line(name, algo, reference, capsys):
+    learn = learner(name, algo)
+    assert_equal_to(meta_gradient(learn, name), reference[name, algo])
+    err = capsys.readouterr().err.strip()
+    if learn.vmap_verdict is not None:  # checked and found wrong: the loop, said once in one line
+        assert name in VMAP_WRONG
+        assert len(err.splitlines()) == 1 and err.startswith("metagrad: batching 'auto' takes the per-task loop")
+        meta_gradient(learn, name)
+        assert capsys.readouterr().err == ""  # once
+    else:
+        assert err == ""
+        assert learn.vmapped == (name not in VMAP_WRONG and "Conv" not in name and "Pool" not in name
+                                 and "GroupNorm" not in name and "InstanceNorm" not in name)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("name", PIECES)
+def test_explicit_vmap_is_exact_or_refuses(name, algo, reference):
+    if name in VMAP_WRONG:
+        with pytest.raises(ConfigError, match="vmap"):
+            meta_gradient(learner(name, algo, batching="vmap"), name)
+    else:
+        assert_equal_to(meta_gradient(learner(name, algo, batching="vmap"), name), reference[name, algo])
+
+
+@pytest.mark.parametrize("name", PIECES)
+def test_task_threads_equal_the_loop(name, reference):
+    assert_equal_to(meta_gradient(learner(name, "maml", batching="loop", threads=2), name), reference[name, "maml"])
+
+
+@pytest.mark.parametrize("name", sorted(VMAP_WRONG - CANNOT_RUN - {"BatchNorm1d (torch)", "BatchNorm2d (torch)"}))
+def test_without_the_check_vmap_is_wrong_where_the_matrix_says(name, reference):
+    """The check is what protects: turned off, vmap gives a meta-gradient that differs from the loop."""
+    got = meta_gradient(learner(name, "maml", batching="vmap", self_check=False), name)
+    want = reference[name, "maml"]
+    scale = max(float(g.abs().max()) for g in want.values())
+    assert max(float((got[n] - g).abs().max()) for n, g in want.items()) > 1e-6 * scale
+
+
+@pytest.mark.parametrize(("name", "module", "kind"), [
+    ("LayerNorm (torch)", "1", "LayerNorm"), ("TransformerEncoderLayer", "enc.norm1", "LayerNorm"),
+    ("GRU", "rnn", "GRU"), ("LSTM", "rnn", "LSTM"), ("attention by hand", None, None),
+    ("softmax, dim 0 (over examples)", None, None)])
+def test_the_faulty_module_is_named(name, module, kind):
+    net = model(name)
+    found = faulty_module(net, batch(name).support.x)
+    assert (found and (found[0], type(found[1]).__name__)) == ((module, kind) if module else None)
+
+
+def test_the_refusal_names_the_module_and_its_replacement():
+    with pytest.raises(ConfigError) as e:
+        meta_gradient(learner("LayerNorm (torch)", "maml", batching="vmap"), "LayerNorm (torch)")
+    assert "module '1' (LayerNorm)" in str(e.value) and "metagrad.models.LayerNorm" in str(e.value)
+
+
+def test_the_check_leaves_the_users_model_alone():
+    """The check runs on a float64 copy: the float32 model keeps its dtype and values, and auto still batches it."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.GELU(), torch.nn.Linear(6, 1))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    learn = mg.MAML(net, inner=mg.SGD(0.1), inner_steps=2)
+    learn.meta_gradient(batch("GELU").to(torch.float32))
+    assert learn.vmapped and learn.vmap_verdict is None
+    for n, p in net.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p.detach(), before[n])
+
+
+def test_evaluation_first_takes_the_same_decision():
+    """A model evaluated before any training step (e.g. a loaded run) is checked there too: a GRU is never run
+    under vmap (it would raise)."""
+    learn = learner("GRU", "maml")
+    curves = learn.adaptation_metrics(batch("GRU"), steps=2)
+    assert not learn.vmapped and curves["loss"].shape == (3, 3)
+
+
+def test_layer_norm_replacement_equals_torch_and_finite_differences():
+    """metagrad.models.LayerNorm computes torch's LayerNorm (same state dict), and its batched second-order
+    meta-gradient matches central finite differences of the loop's meta-loss."""
+    torch.manual_seed(0)
+    ours, theirs = mg.models.LayerNorm(6).double(), torch.nn.LayerNorm(6).double()
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.uniform_(-0.5, 0.5)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(ours)(x[None].expand(2, -1, -1))[0], theirs(x), rtol=0, atol=1e-14)
+    name = "LayerNorm (metagrad)"
+    learn = learner(name, "maml", batching="vmap")
+    got = meta_gradient(learn, name)
+    b = batch(name)
+    p = learn.model[0].weight
+    for idx in [(0, 0), (3, 2)]:
+        def loss_at(delta: float) -> float:
+            with torch.no_grad():
+                p[idx] += delta
+            value = learn.meta_gradient(b, torch.Generator().manual_seed(0))["meta_loss"]
+            with torch.no_grad():
+                p[idx] -= delta
+            return value
+        fd = (loss_at(1e-6) - loss_at(-1e-6)) / 2e-6
+        assert got["model.0.weight"][idx].item() == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["Linear + Tanh", "LayerNorm (torch)", "LayerNorm (metagrad)", "attention by hand",
+                                  "GRU"])
+def test_compiled_path_equals_the_loop(name, reference):
+    assert_equal_to(meta_gradient(learner(name, "maml", compile=True), name), reference[name, "maml"])
+
+
+def test_upstream_reproductions_still_show_the_faults():
+    """docs/vmap_second_order.py, torch alone: the faults the self-check guards against are torch's. When this
+    fails, torch has fixed one: update the matrix (tests/compat_models.py) and docs/compatibility.md."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "docs" / "vmap_second_order.py"
+    spec = importlib.util.spec_from_file_location("vmap_second_order", path)
+    repro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repro)
+    for name in ("layer_norm", "instance_norm", "batch_norm"):
+        assert repro.difference(name) > 1e-2, name
+    with pytest.raises(RuntimeError, match="shape"):
+        repro.difference("gru")
+    assert repro.difference("softmax_dim0") < 1e-12
