@@ -110,9 +110,8 @@ def test_evaluation_first_takes_the_same_decision():
     assert not learn.vmapped and curves["loss"].shape == (3, 3)
 
 
-def test_layer_norm_replacement_equals_torch_and_finite_differences():
-    """metagrad.models.LayerNorm computes torch's LayerNorm (same state dict), and its batched second-order
-    meta-gradient matches central finite differences of the loop's meta-loss."""
+def test_layer_norm_replacement_equals_torch():
+    """metagrad.models.LayerNorm computes torch's LayerNorm, with the same state dict, in the loop and under vmap."""
     torch.manual_seed(0)
     ours, theirs = mg.models.LayerNorm(6).double(), torch.nn.LayerNorm(6).double()
     with torch.no_grad():
@@ -120,22 +119,28 @@ def test_layer_norm_replacement_equals_torch_and_finite_differences():
         theirs.bias.uniform_(-0.5, 0.5)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-14)
     torch.testing.assert_close(torch.func.vmap(ours)(x[None].expand(2, -1, -1))[0], theirs(x), rtol=0, atol=1e-14)
-    name = "LayerNorm (metagrad)"
-    learn = learner(name, "maml", batching="vmap")
+
+
+@pytest.mark.parametrize(("name", "batching"), [("LayerNorm (metagrad)", "vmap"), ("LayerNorm (torch)", "loop"),
+                                                ("InstanceNorm1d (affine)", "loop"), ("GRU", "loop")])
+def test_exact_paths_match_finite_differences(name, batching):
+    """The paths called exact match central finite differences of the meta-loss (the reference is right)."""
+    learn = learner(name, "maml", batching=batching)
     got = meta_gradient(learn, name)
     b = batch(name)
-    p = learn.model[0].weight
-    for idx in [(0, 0), (3, 2)]:
+    first_name, p = next(iter(learn.named_parameters()))
+    for k in (0, 5):
         def loss_at(delta: float) -> float:
             with torch.no_grad():
-                p[idx] += delta
+                p.view(-1)[k] += delta
             value = learn.meta_gradient(b, torch.Generator().manual_seed(0))["meta_loss"]
             with torch.no_grad():
-                p[idx] -= delta
+                p.view(-1)[k] -= delta
             return value
         fd = (loss_at(1e-6) - loss_at(-1e-6)) / 2e-6
-        assert got["model.0.weight"][idx].item() == pytest.approx(fd, rel=1e-6, abs=1e-9)
+        assert got[first_name].view(-1)[k].item() == pytest.approx(fd, rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.slow
