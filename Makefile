@@ -22,7 +22,7 @@ demo-full: $(STAMP)
 
 ## The test suite (fast tests; slow reproduction runs are marked and excluded).
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

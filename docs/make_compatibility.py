@@ -67,8 +67,9 @@ def main() -> None:
     lines = [
         "# Compatibility matrix (generated)",
         "",
-        f"Written by `python docs/make_compatibility.py` (torch {torch.__version__}, {time.perf_counter() - start:.0f} s "
-        "on 2 cores). Each cell: the largest difference of the path's meta-gradient from the per-task loop's, over "
+        f"Written by `python docs/make_compatibility.py` (torch {torch.__version__}, "
+        f"{time.perf_counter() - start:.0f} s on 2 cores). Each cell: the largest difference of the path's "
+        "meta-gradient from the per-task loop's, over "
         "the largest gradient element, in float64 (round-off is below 1e-13). **wrong**: above 1e-10; refused: "
         "ConfigError naming the module; (loop): `auto` took the per-task loop (convolutions on the CPU, torch's "
         "batch norm, or the self-check). Read it with [compatibility.md](compatibility.md).",

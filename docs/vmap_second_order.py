@@ -39,11 +39,12 @@ def difference(name: str) -> float:
 
     def after_one_step(p, x):
         g = grad(loss)(p, x)
-        return loss(tuple(v - 0.1 * gv for v, gv in zip(p, g)), x)
+        return loss(tuple(v - 0.1 * gv for v, gv in zip(p, g, strict=True)), x)
 
     loop = grad(lambda p: sum(after_one_step(p, xi) for xi in x))(params)
     batched = grad(lambda p: vmap(after_one_step, in_dims=(None, 0))(p, x).sum())(params)
-    return float(max((a - c).abs().max() for a, c in zip(batched, loop)) / max(g.abs().max() for g in loop))
+    scale = max(g.abs().max() for g in loop)
+    return float(max((a - c).abs().max() for a, c in zip(batched, loop, strict=True)) / scale)
 
 
 if __name__ == "__main__":

@@ -194,3 +194,19 @@ def test_task_threads_give_the_one_thread_evaluation():
         curves[threads] = learner.adaptation_metrics(batch, steps=3, chunk=2)["loss"]
     assert curves[1].shape == (5, 4)
     torch.testing.assert_close(curves[2], curves[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("algo", ["maml", "meta-sgd", "reptile"])
+def test_compiled_meta_gradient_has_no_graph_break(algo):
+    """compile=True compiles the whole meta-gradient as one graph: a graph break (e.g. the engine asking torch.func
+    for its transform stack, which dynamo cannot trace) leaves most of it eager, as it once did unnoticed."""
+    model = small_mlp(hidden=(40, 40), activation="relu")
+    inner = mg.SGD(0.01, learn=True, params=params_of(model)) if algo == "meta-sgd" else mg.SGD(0.01)
+    learner = (mg.Reptile(model, inner=inner, inner_steps=2, inner_batch_size=5) if algo == "reptile"
+               else mg.MAML(model, inner=inner, inner_steps=2))
+    batch = mg.tasks.Sinusoid().sample(5, torch.Generator().manual_seed(0))
+    _, mb = learner.sharded(batch, torch.Generator().manual_seed(0), None)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(learner.batch_gradient)(learner.meta_params(), learner.buffers(), batch, mb)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1

@@ -132,7 +132,7 @@ def test_exact_paths_match_finite_differences(name, batching):
     b = batch(name)
     first_name, p = next(iter(learn.named_parameters()))
     for k in (0, 5):
-        def loss_at(delta: float) -> float:
+        def loss_at(delta: float, k: int = k) -> float:
             with torch.no_grad():
                 p.view(-1)[k] += delta
             value = learn.meta_gradient(b, torch.Generator().manual_seed(0))["meta_loss"]

@@ -20,14 +20,14 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten
 
-
 if TYPE_CHECKING:
     from .algorithms.base import MetaLearner
     from .tasks.base import TaskBatch
 
 TOLERANCE = 1e-8  # float64 round-off of a few inner steps is ~1e-14 of the gradient's scale; the faults are >1e-5
 CHECK_TASKS = 2
-REPLACEMENTS = {nn.LayerNorm: "metagrad.models.LayerNorm", nn.modules.batchnorm._BatchNorm: "metagrad.models.TaskBatchNorm"}
+REPLACEMENTS = {nn.LayerNorm: "metagrad.models.LayerNorm",
+                nn.modules.batchnorm._BatchNorm: "metagrad.models.TaskBatchNorm"}
 
 
 def has_torch_batchnorm(model: nn.Module) -> bool:
@@ -121,7 +121,7 @@ def where(model: nn.Module, batch: TaskBatch) -> str:
 
 def faulty_module(model: nn.Module, xs: Tensor) -> tuple[str, nn.Module] | None:
     """The first module, in the order their forward passes end (children before parents), whose own second-order
-    MAML gradient differs under vmap from the loop, fed with the inputs it sees on the tasks ``xs`` (``[tasks, ...]``)."""
+    MAML gradient differs under vmap from the loop, fed with the inputs it sees on the tasks ``xs`` ([tasks, ...])."""
     inputs: dict[str, list[tuple[tuple, dict]]] = {}
     order: list[str] = []
 

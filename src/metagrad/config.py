@@ -80,8 +80,8 @@ class Config:
     compile: bool = opt(False, "train", "torch.compile the meta-gradient: tens of seconds once, then several times "
                         "faster for small models (sinusoid MLP)")
     self_check: bool = opt(True, "train", "before batching tasks with vmap, check once that it gives this model's "
-                           "meta-gradient exactly (float64, 2 tasks, against the per-task loop); auto falls back to the "
-                           "loop if not, vmap refuses (docs/compatibility.md)")
+                           "meta-gradient exactly (float64, 2 tasks, against the per-task loop); auto falls back to "
+                           "the loop if not, vmap refuses (docs/compatibility.md)")
     threads: int = opt(0, "train", "threads that differentiate shards of the meta-batch at once (0: one per core "
                        "for the per-task loop on the CPU, e.g. Conv4; 1: one thread, torch's kernels use the cores)")
     task_chunk: int = opt(0, "train", "tasks differentiated at once (0: all under vmap, e.g. on a GPU; 1-8 in the "

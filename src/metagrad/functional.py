@@ -62,7 +62,8 @@ def call(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, T
 
 def under_transform() -> bool:
     """Whether the caller runs inside a ``torch.func`` transform (vmap, grad) or is being compiled."""
-    return bool(torch._C._functorch.get_interpreter_stack()) or torch.compiler.is_compiling()
+    # is_compiling first: dynamo cannot trace get_interpreter_stack (a graph break that left compile=True eager)
+    return torch.compiler.is_compiling() or bool(torch._C._functorch.get_interpreter_stack())
 
 
 def autograd_grad(fn: Callable[..., Any], has_aux: bool = False, create_graph: bool = True) -> Callable[..., Any]:
