@@ -5,15 +5,17 @@ from __future__ import annotations
 import pytest
 import tomllib
 
-from metagrad.config import Config, dump_toml, load_config, preset_names
+from metagrad.config import Config, load_config
 from metagrad.errors import ConfigError
+from metagrad.rl.config import RLConfig, method_names, preset
+from metagrad.settings import preset_names
 
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_loads_and_round_trips(name, tmp_path):
     cfg = load_config(name)
     path = tmp_path / "c.toml"
-    path.write_text(dump_toml(cfg))
+    path.write_text(cfg.to_toml())
     assert load_config(path) == cfg
 
 
@@ -57,5 +59,40 @@ def test_missing_file_lists_the_presets():
 
 
 def test_dump_is_valid_toml_by_section():
-    data = tomllib.loads(dump_toml(Config()))
+    data = tomllib.loads(Config().to_toml())
     assert set(data) == {"task", "model", "algo", "train", "eval"} and data["algo"]["algo"] == "maml"
+
+
+def test_meta_rl_presets_are_files_of_the_one_config_system():
+    """Every meta-RL method has a preset file; load_config tells a meta-RL file (an [env] section) from a supervised
+    one; the same coercion, checks and messages apply."""
+    assert {"maml-trpo", "sgmrl", "promp", "drs-ppo"} <= set(method_names())
+    cfg = load_config("maml-trpo-navigation")
+    assert isinstance(cfg, RLConfig) and cfg == preset("maml-trpo")
+    assert (cfg.algo, cfg.outer, cfg.inner_lr, cfg.episodes, cfg.meta_batch_size) == ("maml", "trpo", (0.1,), 20, 20)
+    assert preset("sgmrl").init_std == 0.1 and not preset("sgmrl").normalize_outer
+    with pytest.raises(ConfigError, match="'x' is not a number"):
+        cfg.replace(max_kl="x")
+    with pytest.raises(ConfigError, match="unknown method 'mamltrpo' \\(did you mean 'maml-trpo'\\?\\)"):
+        preset("mamltrpo")
+
+
+@pytest.mark.parametrize(("toml", "match"), [
+    ('seed = 1\n[train]\niterations = 2', "'seed = ...' is outside any section.*belongs in \\[train\\]"),
+    ('[algo]\ninner_lr = inf', "is not a finite number"),
+    ('[env]\nenv = "navigation2d"\nhidden = [8]', "unknown key 'hidden' in \\[env\\] \\(it belongs in \\[policy\\]\\)"),
+])
+def test_bad_values_and_top_level_keys_name_the_problem(tmp_path, toml, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_a_directory_or_binary_file_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "x.toml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_config(binary)

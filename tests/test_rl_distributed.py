@@ -17,7 +17,7 @@ from test_distributed import env, torchrun
 STEP = textwrap.dedent("""
     import sys
     import torch
-    from metagrad.distributed import Distributed
+    from metagrad.distributed import Distributed, Share
     from metagrad.rl import MetaRL, Navigation2D, make_policy
     from metagrad.rl.sampler import Trajectories
     from metagrad.rl.trpo import flatten
@@ -32,13 +32,13 @@ STEP = textwrap.dedent("""
     opt = torch.optim.Adam(policy.parameters(), lr=0.01) if outer != "trpo" else None
     tasks = env.sample_tasks(5, torch.Generator().manual_seed(0)).double()
     trajs, out = learner.sample(tasks, torch.Generator().manual_seed(1))  # the whole meta-batch, on every process
-    group = Distributed.from_env()
+    group, share = Distributed.from_env(), None
     if group is not None:
         shard = group.shard(5)
         trajs = [Trajectories(*(f[shard] for f in t)) for t in trajs]
         out = Trajectories(*(f[shard] for f in out))
-        learner.group, learner.share = group, (shard.stop - shard.start) / 5
-    learner.update(trajs, out, opt)
+        share = Share(group, (shard.stop - shard.start) / 5)
+    learner.update(trajs, out, opt, share)
     if group is None or group.is_main:
         torch.save(flatten(dict(policy.named_parameters())).detach(), path)
     if group is not None:

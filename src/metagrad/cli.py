@@ -14,8 +14,9 @@ from typing import Any
 
 from . import __version__
 from .analysis.stats import format_ci
-from .config import IMAGE_FAMILIES, SECTIONS, add_config_arguments, load_config, overrides_from_args, preset_names
+from .config import IMAGE_FAMILIES, SECTIONS, Config, load_config
 from .errors import Interrupted, MetagradError
+from .settings import preset_names
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -39,7 +40,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_arguments(p, SECTIONS)
+    Config.add_arguments(p, SECTIONS)
 
     p = sub.add_parser("eval", help="adaptation curves of a trained run on held-out tasks",
                        description="Evaluate a run directory: query loss after 0..eval-steps adaptation steps on "
@@ -48,7 +49,7 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", default="last", choices=("last", "best"), help="which checkpoint (default: last)")
     p.add_argument("--output", help="where to write the results (default: RUN/eval.json); e.g. one file per "
                    "checkpoint in a folder, for `metagrad compare`")
-    add_config_arguments(p, ("eval",))
+    Config.add_arguments(p, ("eval",))
 
     from .reproduce import EXPERIMENTS, FEWSHOT
 
@@ -195,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .experiment import train
 
     cfg = load_config(args.config)
-    cfg = cfg.replace(**overrides_from_args(args))
+    cfg = cfg.replace(**Config.overrides(args))
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     group = Distributed.from_env()  # under torchrun: this process's share of every meta-batch
     finished = False
@@ -225,7 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .experiment import evaluate, load_run
 
     learner, cfg, info = load_run(args.run, args.checkpoint)
-    cfg = cfg.replace(**overrides_from_args(args))
+    cfg = cfg.replace(**Config.overrides(args))
     results = evaluate(learner, cfg)
     mode = "" if cfg.family not in IMAGE_FAMILIES else (", transductive" if cfg.transductive else
                                                          ", non-transductive")

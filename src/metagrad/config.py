@@ -1,42 +1,34 @@
-"""Experiment configuration: one flat dataclass, read from sectioned TOML files, overridable on the CLI.
+"""The supervised run's configuration (``Config``) and ``load_config``, which reads supervised and meta-RL configs.
 
-Every field carries its TOML section and a help line; the CLI options (``--inner-lr`` for ``inner_lr``)
-and their ``--help`` text are generated from them, so a new option is one field here. Unknown keys,
-misplaced keys and bad values stop with a message that names the value and the fix.
+Fields, TOML sections, the CLI options and their help come from ``metagrad.settings`` (the one config system that
+the meta-RL ``RLConfig`` shares); this module holds the supervised fields and their checks.
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import math
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import tomllib
+from typing import TYPE_CHECKING, ClassVar
 
 from .errors import ConfigError
+from .settings import Settings, opt, preset_path, read_toml
+
+if TYPE_CHECKING:
+    from .rl.config import RLConfig
 
 SECTIONS = ("task", "model", "algo", "train", "eval")
 ALGOS = ("maml", "fomaml", "reptile", "joint")
 FAMILIES = ("sinusoid", "linreg", "omniglot", "miniimagenet")
 IMAGE_FAMILIES = ("omniglot", "miniimagenet")
-
-
-def opt(default: Any, section: str, help: str) -> Any:
-    """A config field with its TOML section and CLI help."""
-    if isinstance(default, list | tuple):
-        return field(default_factory=lambda: tuple(default), metadata={"section": section, "help": help})
-    return field(default=default, metadata={"section": section, "help": help})
+RL_SECTIONS = {"env", "policy"}  # a config file with one of these sections is a meta-RL run's
 
 
 @dataclass
-class Config:
-    """Everything that determines a run; a run is reproducible from its config (and seed)."""
+class Config(Settings):
+    """Everything that determines a supervised run; a run is reproducible from its config (and seed)."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
 
     # [task]
     family: str = opt("sinusoid", "task", "task family: sinusoid, linreg (meta-linear regression, trade-off paper "
@@ -108,23 +100,14 @@ class Config:
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Check every value; raise ``ConfigError`` naming the first bad one."""
-        choices = {"family": FAMILIES, "model": ("mlp", "linear", "conv4", "mlp-bn"), "activation": ("relu", "tanh"),
-                   "algo": ALGOS,
-                   "inner_optimizer": ("sgd", "adam"), "outer_optimizer": ("adam", "sgd"),
-                   "outer_lr_schedule": ("constant", "linear"), "batching": ("auto", "vmap", "loop")}
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"unknown {name} '{value}'{_suggest(value, allowed)}; choose one of "
-                                  f"{', '.join(allowed)}")
-        at_least = {"ways": 2, "filters": 1, "shots": 1, "query": 0, "grid": 0, "inner_steps": 0,
-                    "inner_batch_size": 0, "iterations": 0,
-                    "meta_batch_size": 1, "log_every": 1, "checkpoint_every": 1, "val_every": 0,
-                    "val_tasks": 1, "eval_query": 1, "eval_steps": 0, "eval_tasks": 2,
-                    "eval_inner_batch_size": 0, "dim": 1, "threads": 0, "task_chunk": 0}
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
+        self.check_choices({"family": FAMILIES, "model": ("mlp", "linear", "conv4", "mlp-bn"),
+                            "activation": ("relu", "tanh"), "algo": ALGOS, "inner_optimizer": ("sgd", "adam"),
+                            "outer_optimizer": ("adam", "sgd"), "outer_lr_schedule": ("constant", "linear"),
+                            "batching": ("auto", "vmap", "loop")})
+        self.check_at_least({"ways": 2, "filters": 1, "shots": 1, "query": 0, "grid": 0, "inner_steps": 0,
+                             "inner_batch_size": 0, "iterations": 0, "meta_batch_size": 1, "log_every": 1,
+                             "checkpoint_every": 1, "val_every": 0, "val_tasks": 1, "eval_query": 1, "eval_steps": 0,
+                             "eval_tasks": 2, "eval_inner_batch_size": 0, "dim": 1, "threads": 0, "task_chunk": 0})
         for v in self.inner_lr:
             if not v > 0:
                 raise ConfigError(f"inner_lr {v} must be positive (e.g. 0.01)")
@@ -162,172 +145,14 @@ class Config:
             raise ConfigError(f"shots {max(self.shots, *self.eval_shots)} exceed grid {self.grid}")
         return self
 
-    # ------------------------------------------------------------------ (de)serialisation
-    def to_sections(self) -> dict[str, dict[str, Any]]:
-        """The config as ``{section: {key: value}}`` (lists for tuples), as written in TOML and JSON."""
-        out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-        values = asdict(self)
-        for f in fields(self):
-            v = values[f.name]
-            out[f.metadata["section"]][f.name] = list(v) if isinstance(v, tuple) else v
-        return out
 
-    @classmethod
-    def from_sections(cls, data: dict[str, Any], source: str = "config") -> Config:
-        """Build from ``{section: {key: value}}``; every key must exist in its section."""
-        by_name = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for section, entries in data.items():
-            if section not in SECTIONS:
-                raise ConfigError(f"{source}: unknown section [{section}]{_suggest(section, SECTIONS)}; "
-                                  f"sections are {', '.join(f'[{s}]' for s in SECTIONS)}")
-            if not isinstance(entries, dict):
-                raise ConfigError(f"{source}: '{section}' must be a [section] table")
-            for key, value in entries.items():
-                f = by_name.get(key)
-                if f is None or f.metadata["section"] != section:
-                    where = f" (it belongs in [{f.metadata['section']}])" if f else ""
-                    names = [n for n, g in by_name.items() if g.metadata["section"] == section]
-                    raise ConfigError(f"{source}: unknown key '{key}' in [{section}]{where}"
-                                      f"{'' if where else _suggest(key, names)}")
-                values[key] = _coerce(f, value, f"{source}: {key}")
-        return cls(**values)
+def load_config(name_or_path: str | Path) -> Config | RLConfig:
+    """Read a TOML config file, or a preset by name (``sinusoid-maml``, ``maml-trpo-navigation``), and validate it:
+    a supervised ``Config``, or a meta-RL ``RLConfig`` when the file has an [env] or [policy] section."""
+    path = preset_path(name_or_path)
+    data = read_toml(path)
+    if RL_SECTIONS & set(data):
+        from .rl.config import RLConfig
 
-    def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (values coerced and validated)."""
-        by_name = {f.name: f for f in fields(self)}
-        for key in changes:
-            if key not in by_name:
-                raise ConfigError(f"unknown config key '{key}'{_suggest(key, list(by_name))}")
-        data = asdict(self)
-        data.update({k: _coerce(by_name[k], v, k) for k, v in changes.items()})
-        return Config(**data).validate()
-
-
-# ---------------------------------------------------------------------- files and presets
-def presets_dir() -> Path:
-    return Path(str(resources.files("metagrad") / "configs"))
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in presets_dir().glob("*.toml"))
-
-
-def load_config(name_or_path: str | Path) -> Config:
-    """Read a TOML config file, or a preset by name (``sinusoid-maml``), and validate it."""
-    path = Path(name_or_path)
-    if not path.exists() and (presets_dir() / f"{name_or_path}.toml").exists():
-        path = presets_dir() / f"{name_or_path}.toml"
-    if not path.exists():
-        raise ConfigError(f"config file '{name_or_path}' not found; give a path or a preset: "
-                          f"{', '.join(preset_names())}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        return RLConfig.from_sections(data, str(path)).validate()
     return Config.from_sections(data, str(path)).validate()
-
-
-def dump_toml(cfg: Config) -> str:
-    """The config as a TOML document (every key, by section)."""
-    lines = []
-    for section, entries in cfg.to_sections().items():
-        lines.append(f"[{section}]")
-        for k, v in entries.items():
-            lines.append(f"{k} = {_toml_value(v)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
-
-
-# ---------------------------------------------------------------------- the command line
-def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = SECTIONS) -> None:
-    """One ``--option`` per config field of ``sections``; unset options leave the config file's value."""
-    for section in sections:
-        group = parser.add_argument_group(f"[{section}] options (override the config file)")
-        for f in fields(Config):
-            if f.metadata["section"] != section:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            default = f.default if f.default is not MISSING else f.default_factory()
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            if _base_type(f) is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                   help=f"{f.metadata['help']} (built-in default: {str(shown).lower()})")
-            else:
-                metavar = "A,B,..." if _is_tuple(f) else _base_type(f).__name__.upper()
-                group.add_argument(flag, dest=f.name, default=None, metavar=metavar,
-                                   help=f"{f.metadata['help']} (built-in default: {shown})")
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The config fields given on the command line."""
-    names = {f.name for f in fields(Config)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
-# ---------------------------------------------------------------------- values
-def _is_tuple(f: Any) -> bool:
-    return typing.get_origin(_hint(f)) is tuple
-
-
-def _hint(f: Any) -> Any:
-    return typing.get_type_hints(Config)[f.name]
-
-
-def _base_type(f: Any) -> type:
-    hint = _hint(f)
-    if typing.get_origin(hint) is tuple:
-        return typing.get_args(hint)[0]
-    if isinstance(hint, types.UnionType):
-        return typing.get_args(hint)[0]
-    return hint
-
-
-def _coerce(f: Any, value: Any, where: str) -> Any:
-    """Convert a TOML or command-line value to the field's type, or raise a ConfigError naming it."""
-    base = _base_type(f)
-    if _is_tuple(f):
-        if isinstance(value, str):
-            value = [v for v in value.replace(" ", "").split(",") if v]
-        elif not isinstance(value, list | tuple):
-            value = [value]
-        return tuple(_scalar(base, v, where) for v in value)
-    return _scalar(base, value, where)
-
-
-def _scalar(base: type, value: Any, where: str) -> Any:
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: '{value}' is not true or false")
-    if base is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {value!r} must be a string")
-        return value
-    try:
-        if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not {'an integer' if base is int else 'a number'}") from None
-
-
-def _suggest(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -103,3 +103,19 @@ class Distributed:
             with contextlib.suppress(RuntimeError, dist.DistError):  # a peer already left: nothing to wait for
                 dist.barrier()
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class Share:
+    """This process's part of a meta-batch: its group and the fraction of the tasks it holds. Passed to what
+    combines per-task means over the processes (the meta-RL outer step), never stored on a learner."""
+
+    group: Distributed
+    fraction: float
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The meta-batch's value of a per-task mean computed on this share: the fraction-weighted sum over the
+        processes (every process gets the same value)."""
+        y = x.detach() * self.fraction
+        self.group.all_reduce(y)
+        return y

@@ -14,14 +14,13 @@ import torch
 from . import checkpoint
 from .algorithms import MetaLearner
 from .build import build_learner, build_outer, build_tasks
-from .config import IMAGE_FAMILIES, Config, dump_toml
+from .config import IMAGE_FAMILIES, Config
 from .errors import CheckpointError
 from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
+from .seeds import VAL_EVAL_SEED_OFFSET
 from .tasks.base import Split
 from .train import FitResult, Trainer
-
-VAL_EVAL_SEED_OFFSET = 777  # tasks that choose test-time step sizes: not the test tasks
 
 
 def make_trainer(cfg: Config, run_dir: str | Path | None, progress: bool = True, **kw: Any) -> Trainer:
@@ -57,7 +56,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                                   " resume with the same options or choose another --out")
     result = trainer.fit(resume=resume)
     if trainer.writes:
-        (run_dir / "config.toml").write_text(dump_toml(cfg))  # the config of the latest session, for reading
+        (run_dir / "config.toml").write_text(cfg.to_toml())  # the config of the latest session, for reading
     return trainer, result
 
 

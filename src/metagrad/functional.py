@@ -101,19 +101,9 @@ def grad(fn: Callable[..., Any], has_aux: bool = False, create_graph: bool = Tru
     return autograd_grad(fn, has_aux=has_aux, create_graph=create_graph)
 
 
-def tree_map(fn: Callable[..., Tensor], *trees: Mapping[str, Tensor]) -> Params:
-    """Apply ``fn`` leaf-wise over dicts that share their keys."""
-    return {k: fn(*(t[k] for t in trees)) for k in trees[0]}
-
-
 def detach(tree: Mapping[str, Tensor]) -> Params:
     """Cut a tree from the autograd graph (first-order approximations)."""
     return {k: v.detach() for k, v in tree.items()}
-
-
-def max_abs_diff(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
-    """Largest absolute difference between two trees with the same keys."""
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 def write_grads(module_params: Mapping[str, nn.Parameter], grads: Mapping[str, Tensor]) -> None:
@@ -121,8 +111,3 @@ def write_grads(module_params: Mapping[str, nn.Parameter], grads: Mapping[str, T
     for name, p in module_params.items():
         g = grads[name].detach().to(p.dtype)
         p.grad = g.clone() if p.grad is None else p.grad.copy_(g)
-
-
-def to_dtype(tree: Mapping[str, Tensor], dtype: torch.dtype) -> Params:
-    """Cast floating-point leaves to ``dtype``."""
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tree.items()}

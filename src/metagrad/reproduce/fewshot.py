@@ -16,9 +16,10 @@ from typing import Any
 
 from .. import checkpoint, plots
 from ..analysis.stats import format_ci
-from ..config import Config, load_config, preset_names
+from ..config import Config, load_config
 from ..errors import ConfigError, Interrupted
 from ..experiment import evaluate, load_run, train
+from ..settings import preset_names
 
 ALGOS = ("maml", "fomaml", "reptile")
 DEFAULT_MINUTES = 30.0  # the default budget; --full runs the paper's iterations whatever the time

@@ -1,6 +1,6 @@
 """2D navigation: the MAML paper (5.3, Figure 4, appendix Table 4) and the SG-MRL paper (5, Table 1).
 
-Each method is meta-trained from its preset (``metagrad.rl.config.PRESETS``) into ``OUT/<method>`` (a rerun
+Each method is meta-trained from its preset (``configs/<method>-navigation.toml``) into ``OUT/<method>`` (a rerun
 resumes there), its best checkpoint is evaluated on the same held-out goals (return after 0..4 VPG steps of 40
 episodes, step size 0.1 then 0.05), and the results are printed beside the papers' numbers; ``results.json``
 accumulates every method run into ``OUT``, and the figures are redrawn from it.
@@ -27,7 +27,7 @@ from .. import checkpoint
 from ..analysis.stats import format_ci
 from ..distributed import Distributed
 from ..errors import ConfigError
-from ..rl.config import PRESETS, RLConfig, preset
+from ..rl.config import RLConfig, method_names, preset
 from ..rl.evaluate import return_curve, rllab_return_curve, tune_step_size
 from ..rl.train import RLFitResult, build, load_learner, train_run
 
@@ -46,10 +46,9 @@ def parse_methods(text: str | None) -> list[str]:
     """``maml-trpo,pretrained`` -> the methods, checked against the presets (``all`` for every one)."""
     names = [m for m in (text or "maml-trpo").replace(" ", "").split(",") if m]
     if names == ["all"]:
-        return list(PRESETS)
+        return method_names()
     for m in names:
-        if m not in PRESETS:
-            preset(m)  # raises with a suggestion
+        preset(m)  # raises with a suggestion
     if not names:
         raise ConfigError("--algo is empty; give methods such as maml-trpo,pretrained")
     return names

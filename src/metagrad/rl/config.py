@@ -1,30 +1,33 @@
-"""Meta-RL run configuration: its own flat dataclass (RL needs other fields than supervised meta-learning), built
-with the same ``opt()`` fields as ``metagrad.config`` so that CLI flags and their help are generated the same way.
+"""The meta-RL run's configuration: its own fields (environment, policy, outer step) on the one config system of
+``metagrad.settings``, so that TOML files, ``replace``, checks and CLI options work as for supervised runs.
 
-Defaults are the MAML paper's 2D navigation (appendix A.2); ``PRESETS`` hold each paper's setting per method.
+Defaults are the MAML paper's 2D navigation (appendix A.2). Each paper's setting of each method is a preset file in
+``configs/`` (``maml-trpo-navigation.toml``, ...), with comments on where each value comes from; ``preset(method)``
+reads one.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import typing
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from ..config import _scalar, _suggest, opt
 from ..errors import ConfigError
+from ..settings import Settings, opt, preset_names, suggest
 from .envs.locomotion import OBSERVATIONS
 from .envs.navigation import REWARDS
 from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES
 from .policy import ACTIVATIONS, POLICIES
 
 SECTIONS = ("env", "policy", "algo", "train", "eval")
+PRESET_SUFFIX = "-navigation"  # method presets: configs/<method>-navigation.toml
 
 
 @dataclass
-class RLConfig:
+class RLConfig(Settings):
     """Everything that determines a meta-RL run (with its seed)."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
 
     # [env]
     env: str = opt("navigation2d", "env", "environment: navigation2d; MuJoCo cheetah-dir, cheetah-vel, "
@@ -105,20 +108,13 @@ class RLConfig:
 
     def validate(self) -> RLConfig:
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
-        choices = {"algo": ALGOS, "outer": OUTERS, "policy": POLICIES, "activation": tuple(ACTIVATIONS),
-                   "baseline": BASELINES, "hvp": HVPS, "score_baseline": SCORE_BASELINES, "reward": REWARDS,
-                   "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS)}
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"unknown {name} '{value}'{_suggest(value, allowed)}; choose one of "
-                                  f"{', '.join(allowed)}")
-        at_least = {"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
-                    "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0, "ppo_epochs": 1,
-                    "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0, "snapshot_steps": 0}
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
+        self.check_choices({"algo": ALGOS, "outer": OUTERS, "policy": POLICIES, "activation": tuple(ACTIVATIONS),
+                            "baseline": BASELINES, "hvp": HVPS, "score_baseline": SCORE_BASELINES, "reward": REWARDS,
+                            "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS)})
+        self.check_at_least({"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
+                             "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
+                             "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,
+                             "snapshot_steps": 0})
         positive = ("max_kl", "outer_lr", "init_std")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -145,103 +141,18 @@ class RLConfig:
             raise ConfigError(f"time_budget {self.time_budget} must be >= 0 minutes")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (lists for tuples), as stored in a checkpoint's sidecar."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RLConfig:
-        """From ``to_dict``'s output (a checkpoint's sidecar), validated."""
-        return cls().replace(**data)
-
-    def replace(self, **changes: Any) -> RLConfig:
-        """A copy with some fields changed (values coerced and validated)."""
-        by_name = {f.name: f for f in fields(self)}
-        for key in changes:
-            if key not in by_name:
-                raise ConfigError(f"unknown config key '{key}'{_suggest(key, list(by_name))}")
-        data = asdict(self)
-        data.update({k: _coerce(by_name[k], v, k) for k, v in changes.items()})
-        return RLConfig(**data).validate()
+def method_names() -> list[str]:
+    """The methods that have a preset (``configs/<method>-navigation.toml``)."""
+    return [n.removesuffix(PRESET_SUFFIX) for n in preset_names() if n.endswith(PRESET_SUFFIX)]
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # the MAML paper (5.3, appendix A.2): VPG inner step alpha = 0.1, TRPO outer step, meta-batch 20, K = 20
-    "maml-trpo": {"algo": "maml", "outer": "trpo"},
-    "fomaml-trpo": {"algo": "fomaml", "outer": "trpo"},
-    "pretrained": {"algo": "joint", "outer": "trpo", "tune_eval_lr": True},
-    "random": {"algo": "joint", "iterations": 0, "tune_eval_lr": True},
-    "oracle": {"algo": "joint", "outer": "trpo", "oracle": True, "eval_lr": (0.0,)},
-    # the SG-MRL paper (5, appendix H): VPG inner and outer steps (Adam, learning rate 0.001), gamma 0.99; its
-    # code normalizes advantages; SG-MRL does not, since eq. (13) is the gradient of eq. (6) only with raw ones.
-    # Its score term gets the other tasks' mean return as a baseline (still unbiased): with J as is (always
-    # negative here) the term lowers the likelihood of every sampled path and training diverged (measured)
-    # Its code's environment scales actions by 0.01 (normalized_env, scale 10): an initial standard deviation of 0.01
-    # in the environment's units, 0.1 here with normalized actions (x 0.1)
-    "sgmrl": {"algo": "sgmrl-fo", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch", "init_std": 0.1},
-    "sgmrl-full": {"algo": "sgmrl", "outer": "vpg", "normalize_outer": False, "score_baseline": "batch",
-                   "init_std": 0.1},
-    "maml-vpg": {"algo": "maml", "outer": "vpg", "init_std": 0.1},
-    "emaml": {"algo": "emaml", "outer": "vpg", "init_std": 0.1},
-    # the trade-off paper (section 2): ProMP (MAML + PPO: LVC inner step, clip 0.3, 5 epochs of Adam 0.001, adaptive
-    # inner KL penalty, as ProMP's scripts) vs DRS+PPO, and TRPO-MAML vs DRS+TRPO; DRS is adapted at test time with
-    # the meta-learners' step, its size chosen on validation tasks
-    "promp": {"algo": "promp", "outer": "ppo"},
-    "trpo-maml": {"algo": "maml", "outer": "trpo"},
-    "drs-ppo": {"algo": "joint", "outer": "ppo", "tune_eval_lr": True},
-    "drs-trpo": {"algo": "joint", "outer": "trpo", "tune_eval_lr": True},
-}
+def preset(method: str) -> RLConfig:
+    """A method's configuration by name (``maml-trpo``, ``promp``, ...): its preset file on 2D navigation."""
+    from ..config import load_config
 
-
-def preset(name: str) -> RLConfig:
-    """The configuration of a reproduction method by name (see ``PRESETS``)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown method '{name}'{_suggest(name, PRESETS)}; choose one of {', '.join(PRESETS)}")
-    return RLConfig().replace(**PRESETS[name])
-
-
-def add_rl_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = SECTIONS) -> None:
-    """One ``--option`` per RLConfig field of ``sections`` (unset options keep the preset's value)."""
-    for section in sections:
-        group = parser.add_argument_group(f"meta-RL [{section}] options")
-        for f in fields(RLConfig):
-            if f.metadata["section"] != section:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            default = f.default if f.default is not MISSING else f.default_factory()
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            if _base(f) is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                   help=f"{f.metadata['help']} (default: {str(shown).lower()})")
-            else:
-                group.add_argument(flag, dest=f.name, default=None, metavar="A,B" if _is_tuple(f) else
-                                   _base(f).__name__.upper(), help=f"{f.metadata['help']} (default: {shown})")
-
-
-def rl_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The RLConfig fields given on the command line."""
-    names = {f.name for f in fields(RLConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
-def _hint(f: Any) -> Any:
-    return typing.get_type_hints(RLConfig)[f.name]
-
-
-def _is_tuple(f: Any) -> bool:
-    return typing.get_origin(_hint(f)) is tuple
-
-
-def _base(f: Any) -> type:
-    hint = _hint(f)
-    return typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
-
-
-def _coerce(f: Any, value: Any, where: str) -> Any:
-    if _is_tuple(f):
-        if isinstance(value, str):
-            value = [v for v in value.replace(" ", "").split(",") if v]
-        elif not isinstance(value, list | tuple):
-            value = [value]
-        return tuple(_scalar(_base(f), v, where) for v in value)
-    return _scalar(_base(f), value, where)
+    names = method_names()
+    if method not in names:
+        raise ConfigError(f"unknown method '{method}'{suggest(method, names)}; choose one of {', '.join(names)}")
+    cfg = load_config(method + PRESET_SUFFIX)
+    assert isinstance(cfg, RLConfig)
+    return cfg

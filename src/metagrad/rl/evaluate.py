@@ -10,10 +10,9 @@ from torch import Tensor
 
 from ..analysis.stats import mean_ci95
 from ..inner import SGD
+from ..seeds import VAL_SEED_OFFSET
 from .metarl import MetaRL
 from .sampler import Trajectories, rollout
-
-VAL_SEED_OFFSET = 1_000_003  # step-size tuning uses its own tasks, never the test ones
 
 
 def held_out_goals(learner: MetaRL, num_tasks: int, seed: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
-from ..distributed import Distributed
+from ..distributed import Share
 from ..errors import ConfigError, TrainingDiverged
 from ..functional import Params, call, detach, params_of, write_grads
 from ..inner import SGD
@@ -108,9 +108,6 @@ class MetaRL(nn.Module):
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
         self.register_buffer("inner_kl_coefs", torch.full((self.inner_steps,), float(inner_kl_coef)))
-        # under torch.distributed: this process's group and its share of the meta-batch's tasks (set per iteration)
-        self.group: Distributed | None = None
-        self.share = 1.0
 
     # ------------------------------------------------------------------ the inner step
     def meta_params(self) -> Params:
@@ -320,7 +317,8 @@ class MetaRL(nn.Module):
     # ------------------------------------------------------------------ one meta-iteration
     def meta_step(self, tasks: Tensor, generator: torch.Generator | None = None,
                   optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
-        """One meta-iteration: ``sample`` then ``update``."""
+        """One meta-iteration, the call a user makes: ``sample`` then ``update`` (the trainer calls the two apart to
+        keep the best parameters between them)."""
         trajs, out = self.sample(tasks, generator)
         return {**self.sample_metrics(trajs, out), **self.update(trajs, out, optimizer)}
 
@@ -332,24 +330,26 @@ class MetaRL(nn.Module):
                 "env_steps": float(sum(t.steps for t in trajs) + out.steps)}
 
     def update(self, trajs: Sequence[Trajectories], out: Trajectories,
-               optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
-        """Form the meta-gradient and take the outer step: TRPO in place, or ``optimizer.step()`` for VPG and PPO."""
+               optimizer: torch.optim.Optimizer | None = None, share: Share | None = None) -> dict[str, float]:
+        """Form the meta-gradient and take the outer step: TRPO in place, or ``optimizer.step()`` for VPG and PPO.
+        Under ``torchrun``, ``share`` is this process's part of the meta-batch: per-task means are combined over
+        the processes, so that every process takes the same step."""
         if self.outer in ("vpg", "ppo") and optimizer is None:
             raise ConfigError(f"outer '{self.outer}' needs an optimizer (e.g. torch.optim.Adam(policy.parameters()))")
         if self.outer == "ppo":
-            return self.ppo_update(trajs, out, optimizer)
-        g = self._reduce_params(self.meta_gradient(trajs, out))
+            return self.ppo_update(trajs, out, optimizer, share)
+        g = _reduce_params(self.meta_gradient(trajs, out), share)
         gnorm = _finite_norm(g)
         if self.outer == "vpg":
             write_grads(dict(self.policy.named_parameters()), {k: -v for k, v in g.items()})
             optimizer.step()
             return {"grad_norm": gnorm}
-        info = self.trpo_update(flatten(self.meta_params()), flatten(g), trajs, out)
+        info = self.trpo_update(flatten(self.meta_params()), flatten(g), trajs, out, share)
         return {"grad_norm": gnorm, "accepted": float(info.accepted), "kl": info.kl,
                 "improvement": info.improvement, "backtracks": float(info.backtracks)}
 
-    def ppo_update(self, trajs: Sequence[Trajectories], out: Trajectories,
-                   optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    def ppo_update(self, trajs: Sequence[Trajectories], out: Trajectories, optimizer: torch.optim.Optimizer,
+                   share: Share | None = None) -> dict[str, float]:
         """``ppo_epochs`` optimizer steps on the clipped surrogate minus the inner KL penalties (ProMP), all on this
         meta-batch; then the penalty coefficients adapt to their target."""
         params = dict(self.policy.named_parameters())
@@ -359,14 +359,14 @@ class MetaRL(nn.Module):
             return -sur + (self.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
 
         for epoch in range(self.ppo_epochs):
-            g = self._reduce_params(grad(loss, has_aux=True)(self.meta_params())[0])
+            g = _reduce_params(grad(loss, has_aux=True)(self.meta_params())[0], share)
             if epoch == 0:  # the first epoch's gradient is the meta-gradient (ratios are 1, no penalty yet)
                 gnorm = _finite_norm(g)
             write_grads(params, g)
             optimizer.step()
         with torch.no_grad():
             _, (kl, inner_kls) = loss(self.meta_params())
-            kl, inner_kls = self._reduce(kl), self._reduce(inner_kls)
+            kl, inner_kls = _reduce(kl, share), _reduce(inner_kls, share)
         if self.inner_kl_target > 0 and len(inner_kls):
             low, high = inner_kls < self.inner_kl_target / 1.5, inner_kls > self.inner_kl_target * 1.5
             self.inner_kl_coefs[low.to(self.inner_kl_coefs.device)] /= 2
@@ -376,37 +376,23 @@ class MetaRL(nn.Module):
         stats.update({f"inner_kl_coef_{s}": float(c) for s, c in enumerate(self.inner_kl_coefs)})
         return stats
 
-    def trpo_update(self, x0: Tensor, g: Tensor, trajs: Sequence[Trajectories], out: Trajectories) -> StepInfo:
+    def trpo_update(self, x0: Tensor, g: Tensor, trajs: Sequence[Trajectories], out: Trajectories,
+                    share: Share | None = None) -> StepInfo:
         """A trust-region step from ``x0`` written into the policy's parameters."""
         theta = self.meta_params()
 
         def evaluate(x: Tensor) -> tuple[float, float]:
             with torch.no_grad():
-                sur, kl = self._reduce(torch.stack(self.objective_and_kl(unflatten(x, theta), trajs, out)))
+                sur, kl = _reduce(torch.stack(self.objective_and_kl(unflatten(x, theta), trajs, out)), share)
             return float(sur), float(kl)
 
         local = self.kl_hvp(trajs, out)
-        x, info = trust_region_step(x0, evaluate, g, lambda v: self._reduce(local(v)), self.max_kl, self.cg_iters,
+        x, info = trust_region_step(x0, evaluate, g, lambda v: _reduce(local(v), share), self.max_kl, self.cg_iters,
                                     self.backtrack, self.max_backtracks)
         with torch.no_grad():
             for p, v in zip(self.policy.parameters(), unflatten(x, theta).values(), strict=True):
                 p.copy_(v)
         return info
-
-    def _reduce(self, x: Tensor) -> Tensor:
-        """The meta-batch's value of a per-task mean that this process computed on its share of the tasks: the
-        share-weighted sum over the processes (``x`` itself when run alone). Every process gets the same value."""
-        if self.group is None:
-            return x
-        y = x.detach() * self.share
-        self.group.all_reduce(y)
-        return y
-
-    def _reduce_params(self, tree: Params) -> Params:
-        """``_reduce`` on every leaf of a gradient, in one flat all-reduce."""
-        if self.group is None:
-            return tree
-        return unflatten(self._reduce(flatten(tree)), tree)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -440,3 +426,13 @@ def _finite_norm(g: Params) -> float:
     if not math.isfinite(norm):
         raise TrainingDiverged(f"the meta-gradient is {norm}; lower inner_lr or the outer step size")
     return norm
+
+
+def _reduce(x: Tensor, share: Share | None) -> Tensor:
+    """The meta-batch's value of a per-task mean computed on this process's ``share`` (``x`` itself alone)."""
+    return x if share is None else share.mean(x)
+
+
+def _reduce_params(tree: Params, share: Share | None) -> Params:
+    """``_reduce`` on every leaf of a gradient, in one flat all-reduce."""
+    return tree if share is None else unflatten(share.mean(flatten(tree)), tree)

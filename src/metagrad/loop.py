@@ -1,0 +1,207 @@
+"""The run loop that supervised and meta-RL training share: iterate until done, a budget, the time budget or a
+signal; ``last`` checkpoints and ``metrics.jsonl`` in the run directory; resume on the same trajectory; a progress
+bar; Ctrl-C and SIGTERM that save before stopping; under ``torchrun`` every process stops at the same iteration.
+
+A trainer says only how to take one step (``step``), what its state is (``state`` / ``load_state`` for tensors,
+``info`` / ``load_info`` for counters), and what to do after a step (``after_step``: logs, validation, snapshots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import checkpoint
+from .distributed import Distributed
+from .errors import CheckpointError
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `docker stop` send
+
+
+class RunLoop:
+    """Iterations of ``step`` with checkpoints, logs, resume, progress and signals (see the module docstring).
+
+    Args:
+        run_dir: where ``last`` (and the trainer's other checkpoints) and ``metrics.jsonl`` go (None: nothing).
+        iterations: the iteration budget; ``time_budget``: minutes of this session (0: none).
+        checkpoint_every: iterations between ``last`` checkpoints (also saved when the run stops).
+        config: stored in every checkpoint's sidecar (what ``metagrad eval`` and resume read back).
+        distributed: the process group under ``torchrun``; process 0 writes, all stop together.
+        on_iteration: called as ``on_iteration(loop, iteration, metrics)`` after each iteration.
+    """
+
+    def __init__(self, run_dir: str | Path | None, *, iterations: int, time_budget: float = 0.0,
+                 checkpoint_every: int = 1000, config: dict[str, Any] | None = None, progress: bool = True,
+                 distributed: Distributed | None = None,
+                 on_iteration: Callable[[Any, int, dict[str, float]], None] | None = None):
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.iterations, self.time_budget, self.checkpoint_every = iterations, time_budget, checkpoint_every
+        self.config = config or {}
+        self.dist = distributed
+        self.writes = distributed is None or distributed.is_main  # one process writes checkpoints and logs
+        self.progress = progress and self.writes
+        self.on_iteration = on_iteration
+        self.iteration = 0
+        self.elapsed = 0.0  # training seconds of the whole run, across resumes
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ what a trainer supplies
+    def step(self) -> dict[str, float]:
+        """One iteration; its metrics."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """The tensors a checkpoint holds (learner, optimizer, RNG states)."""
+        raise NotImplementedError
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        """Counters stored in a checkpoint's sidecar besides the iteration, elapsed time and config."""
+        return {}
+
+    def load_info(self, info: dict[str, Any]) -> None:
+        """Counters back from a sidecar."""
+
+    def after_step(self, metrics: dict[str, float], seconds: float, bar: tqdm) -> None:
+        """Logs, progress, validation, snapshots after an iteration (``seconds``: its duration)."""
+        bar.update(1)
+
+    def budget_reached(self) -> bool:
+        """A budget other than the iterations ended the run (e.g. environment steps)."""
+        return False
+
+    def make_bar(self) -> tqdm:
+        return tqdm(total=self.iterations, initial=self.iteration, disable=not self.progress, unit="it",
+                    dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+
+    def finish(self, stopped: str) -> None:
+        """After the loop, with ``last`` saved (``stopped``: done, time_budget or interrupted)."""
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, name: str, state: dict[str, Any] | None = None, iteration: int | None = None) -> Path | None:
+        """Write checkpoint ``run_dir/name`` (default: the full state at this iteration); process 0 only."""
+        if self.run_dir is None:
+            return None
+        stem = self.run_dir / name
+        if self.writes:
+            checkpoint.save(stem, state if state is not None else self.state(),
+                            {"iteration": self.iteration if iteration is None else iteration,
+                             "elapsed": self.elapsed, **self.info(), "config": self.config})
+        return stem
+
+    def restore(self, name: str = "last") -> None:
+        """Continue from a checkpoint of this run directory; metric lines logged after it are dropped."""
+        assert self.run_dir is not None
+        state, info = checkpoint.load(self.run_dir / name)
+        self.load_state(state)
+        self.iteration, self.elapsed = info["iteration"], info["elapsed"]
+        self.load_info(info)
+        self._truncate_metrics()
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one line to ``metrics.jsonl`` (process 0)."""
+        if self.run_dir is None or not self.writes:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self) -> None:
+        path = self.run_dir / "metrics.jsonl" if self.run_dir and self.writes else None
+        if path is None or not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iteration"] <= self.iteration]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+    def checkpoint_due(self) -> bool:
+        return self.run_dir is not None and (self.iteration % self.checkpoint_every == 0
+                                             or self.iteration == self.iterations or self.budget_reached())
+
+    # ------------------------------------------------------------------ the loop
+    def request_stop(self) -> None:
+        """Stop after the current iteration, with a checkpoint (what Ctrl-C and SIGTERM do)."""
+        self._stop_requested = True
+
+    def run(self, resume: bool = False) -> tuple[str, int, float]:
+        """Iterate until done, a budget or a stop request; ``(stopped, start iteration, session seconds)`` with
+        ``stopped`` one of done, time_budget, interrupted."""
+        self._prepare(resume)
+        start_iteration, session_start = self.iteration, time.perf_counter()
+        stopped = "done"
+        bar = self.make_bar()
+        with self._signals_save():
+            while self.iteration < self.iterations and not self.budget_reached():
+                t0 = time.perf_counter()
+                metrics = self.step()
+                self.iteration += 1
+                seconds = time.perf_counter() - t0
+                self.elapsed += seconds
+                self.after_step(metrics, seconds, bar)
+                if self.checkpoint_due():
+                    self.save("last")
+                if self.on_iteration is not None:
+                    self.on_iteration(self, self.iteration, metrics)
+                reason = self._stop_reason(session_start)
+                if reason:
+                    stopped = reason
+                    break
+        bar.close()
+        if self.run_dir is not None and (stopped != "done" or not checkpoint.exists(self.run_dir / "last")):
+            self.save("last")
+        self.finish(stopped)
+        return stopped, start_iteration, time.perf_counter() - session_start
+
+    def _prepare(self, resume: bool) -> None:
+        """Resume from ``last``, or refuse to overwrite another run; create the run directory."""
+        if self.run_dir is None:
+            return
+        if checkpoint.exists(self.run_dir / "last"):
+            if not resume:
+                it = checkpoint.read_info(self.run_dir / "last")["iteration"]
+                raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume to "
+                                      "continue it or choose another --out")
+            self.restore("last")
+        if self.writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _stop_reason(self, session_start: float) -> str | None:
+        """"interrupted" (a signal), "time_budget", or None; every process of a group agrees."""
+        over_time = bool(self.time_budget) and time.perf_counter() - session_start > 60 * self.time_budget
+        if self.dist is not None:
+            self._stop_requested, over_time = self.dist.any(self._stop_requested), self.dist.any(over_time)
+        if self._stop_requested:
+            return "interrupted"
+        return "time_budget" if over_time else None
+
+    @contextlib.contextmanager
+    def _signals_save(self) -> Iterator[None]:
+        """While training, Ctrl-C or SIGTERM asks the loop to stop after the current iteration (and save); a second
+        one aborts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: object) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt  # a second signal aborts at once
+            self.request_stop()
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\nmetagrad: {name}: stopping after this iteration and saving ({name} again to abort)",
+                  file=sys.stderr)
+
+        previous = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

@@ -1,0 +1,253 @@
+"""The one config system: flat dataclasses whose fields carry their TOML section and help line.
+
+``Settings`` is the base of the supervised ``Config`` and the meta-RL ``RLConfig``: reading sectioned TOML (a
+preset by name or a file), writing it back, ``replace`` with coercion and validation, and the command-line options
+(``--inner-lr`` for ``inner_lr``) generated from the fields. A new option is one field; every value is checked in
+the subclass's ``validate``. Unknown keys, misplaced keys and bad values stop with a message naming the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import tomllib
+
+from .errors import ConfigError
+
+S = TypeVar("S", bound="Settings")
+
+
+def opt(default: Any, section: str, help: str) -> Any:
+    """A config field with its TOML section and CLI help."""
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: tuple(default), metadata={"section": section, "help": help})
+    return field(default=default, metadata={"section": section, "help": help})
+
+
+@dataclass
+class Settings:
+    """Base of a run's configuration: a flat dataclass of ``opt`` fields grouped in ``SECTIONS``."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self: S) -> S:
+        """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
+        return self
+
+    def check_choices(self, choices: dict[str, tuple[str, ...]]) -> None:
+        """Each named field holds one of its allowed values."""
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} '{value}'{suggest(value, allowed)}; choose one of "
+                                  f"{', '.join(allowed)}")
+
+    def check_at_least(self, lows: dict[str, int]) -> None:
+        """Each named field is at least its bound."""
+        for name, low in lows.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples), by field name."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def to_sections(self) -> dict[str, dict[str, Any]]:
+        """The config as ``{section: {key: value}}`` (lists for tuples), as written in TOML and JSON."""
+        out: dict[str, dict[str, Any]] = {s: {} for s in self.SECTIONS}
+        values = self.to_dict()
+        for f in fields(self):
+            out[f.metadata["section"]][f.name] = values[f.name]
+        return out
+
+    @classmethod
+    def from_sections(cls: type[S], data: dict[str, Any], source: str = "config") -> S:
+        """Build from ``{section: {key: value}}``; every key must exist in its section."""
+        by_name = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for section, entries in data.items():
+            if not isinstance(entries, dict):
+                raise ConfigError(f"{source}: '{section} = ...' is outside any section; put it under one of "
+                                  f"{', '.join(f'[{s}]' for s in cls.SECTIONS)}"
+                                  + (f" (it belongs in [{by_name[section].metadata['section']}])"
+                                     if section in by_name else ""))
+            if section not in cls.SECTIONS:
+                raise ConfigError(f"{source}: unknown section [{section}]{suggest(section, cls.SECTIONS)}; "
+                                  f"sections are {', '.join(f'[{s}]' for s in cls.SECTIONS)}")
+            for key, value in entries.items():
+                f = by_name.get(key)
+                if f is None or f.metadata["section"] != section:
+                    where = f" (it belongs in [{f.metadata['section']}])" if f else ""
+                    names = [n for n, g in by_name.items() if g.metadata["section"] == section]
+                    raise ConfigError(f"{source}: unknown key '{key}' in [{section}]{where}"
+                                      f"{'' if where else suggest(key, names)}")
+                values[key] = coerce(cls, f, value, f"{source}: {key}")
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls: type[S], data: dict[str, Any]) -> S:
+        """From ``to_dict``'s output (e.g. a checkpoint's sidecar), validated."""
+        return cls().replace(**data)
+
+    def replace(self: S, **changes: Any) -> S:
+        """A copy with some fields changed (values coerced and validated)."""
+        by_name = {f.name: f for f in fields(self)}
+        for key in changes:
+            if key not in by_name:
+                raise ConfigError(f"unknown config key '{key}'{suggest(key, list(by_name))}")
+        data = asdict(self)
+        data.update({k: coerce(type(self), by_name[k], v, k) for k, v in changes.items()})
+        return type(self)(**data).validate()
+
+    def to_toml(self) -> str:
+        """The config as a TOML document (every key, by section)."""
+        lines = []
+        for section, entries in self.to_sections().items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in entries.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ the command line
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None,
+                      title: str = "[{section}] options (override the config file)") -> None:
+        """One ``--option`` per field of ``sections``; an unset option leaves the config file's value."""
+        for section in sections or cls.SECTIONS:
+            group = parser.add_argument_group(title.format(section=section))
+            for f in fields(cls):
+                if f.metadata["section"] != section or _has_flag(parser, f.name):
+                    continue
+                flag = "--" + f.name.replace("_", "-")
+                default = f.default if f.default is not MISSING else f.default_factory()
+                shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+                if base_type(cls, f) is bool:
+                    group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                       help=f"{f.metadata['help']} (built-in default: {str(shown).lower()})")
+                else:
+                    metavar = "A,B,..." if is_tuple(cls, f) else base_type(cls, f).__name__.upper()
+                    group.add_argument(flag, dest=f.name, default=None, metavar=metavar,
+                                       help=f"{f.metadata['help']} (built-in default: {shown})")
+
+    @classmethod
+    def overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """The fields given on the command line."""
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _has_flag(parser: argparse.ArgumentParser, dest: str) -> bool:
+    return any(a.dest == dest for a in parser._actions)
+
+
+# ---------------------------------------------------------------------- files and presets
+def presets_dir() -> Path:
+    return Path(str(resources.files("metagrad") / "configs"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """The file of a config given as a path or a preset name."""
+    path = Path(name_or_path)
+    if not path.exists() and (presets_dir() / f"{name_or_path}.toml").exists():
+        path = presets_dir() / f"{name_or_path}.toml"
+    if not path.exists():
+        raise ConfigError(f"config file '{name_or_path}' not found; give a path or a preset: "
+                          f"{', '.join(preset_names())}")
+    return path
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's tables, or one line naming what is wrong with the file."""
+    if path.is_dir():
+        raise ConfigError(f"config '{path}' is a directory; give a .toml file or a preset name")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a config is TOML text") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+# ---------------------------------------------------------------------- values
+def suggest(value: Any, options: Any) -> str:
+    """`` (did you mean 'x'?)`` for a near miss, else nothing."""
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _hint(cls: type, f: Any) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def is_tuple(cls: type, f: Any) -> bool:
+    return typing.get_origin(_hint(cls, f)) is tuple
+
+
+def base_type(cls: type, f: Any) -> type:
+    hint = _hint(cls, f)
+    if typing.get_origin(hint) is tuple or isinstance(hint, types.UnionType):
+        return typing.get_args(hint)[0]
+    return hint
+
+
+def coerce(cls: type, f: Any, value: Any, where: str) -> Any:
+    """Convert a TOML or command-line value to the field's type, or raise a ConfigError naming it."""
+    base = base_type(cls, f)
+    if is_tuple(cls, f):
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        elif not isinstance(value, list | tuple):
+            value = [value]
+        return tuple(scalar(base, v, where) for v in value)
+    return scalar(base, value, where)
+
+
+def scalar(base: type, value: Any, where: str) -> Any:
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: '{value}' is not true or false")
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {value!r} must be a string")
+        return value
+    try:
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where}: {value!r} is not {'an integer' if base is int else 'a number'}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
+    return number
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
