@@ -75,13 +75,23 @@ def run_supervised(name: str, tmp: Path) -> dict[str, Any]:
 
 
 def run_rl(name: str, tmp: Path) -> dict[str, Any]:
-    """A meta-RL method's preset on 2D navigation with the short settings."""
-    from metagrad.rl.config import preset
-    from metagrad.rl.train import train_run
+    """``metagrad train --config METHOD-navigation`` with the short settings."""
+    from metagrad.cli import main
 
-    cfg = preset(name).replace(**RL_SETTINGS)
-    train_run(cfg, tmp / name, progress=False)
+    args = ["train", "--config", f"{name}-navigation", "--out", str(tmp / name), "--no-progress"]
+    for k, v in RL_SETTINGS.items():
+        args += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
+    assert main(args) == 0
     return {"metrics": _metrics(tmp / name), "learner": digest(_learner_state(tmp / name))}
+
+
+def machine() -> str:
+    """The CPU model and torch version: results are bit for bit the same only on the same kind of machine."""
+    import platform
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{cpu} / torch {torch.__version__}"
 
 
 def run_all() -> dict[str, Any]:
@@ -128,9 +138,9 @@ if __name__ == "__main__":
     results = run_all()
     if sys.argv[1:] == ["record"]:
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(results, indent=1))
+        GOLDEN.write_text(json.dumps({"machine": machine(), "runs": results}, indent=1))
         print(f"recorded {len(results)} runs into {GOLDEN}")
     else:
-        diffs = differences(results, json.loads(GOLDEN.read_text()), exact=True)
+        diffs = differences(results, json.loads(GOLDEN.read_text())["runs"], exact=True)
         print("\n".join(diffs) or f"all {len(results)} runs equal, bit for bit")
         sys.exit(1 if diffs else 0)

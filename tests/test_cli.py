@@ -79,3 +79,41 @@ def test_reproduce_writes_table_results_and_figures(experiment, tmp_path, capsys
     if experiment == "sinusoid":
         assert "| MAML (paper) | - | 0.67 | 0.38 | 0.35 |" in printed
         assert "| pretrained (paper) | - | 2.41 | 2.23 | 2.19 |" in printed
+
+
+def test_meta_rl_trains_and_evaluates_like_a_supervised_run(tmp_path, capsys):
+    """`metagrad train --config <meta-RL preset>` and `metagrad eval RUN` work as for supervised runs; an option
+    of the other kind of config is refused, not ignored."""
+    from metagrad.cli import main
+
+    run = tmp_path / "nav"
+    small = ["--iterations", "2", "--meta-batch-size", "2", "--episodes", "2", "--horizon", "8", "--hidden", "8"]
+    assert main(["train", "--config", "maml-trpo-navigation", "--out", str(run), "--no-progress", *small]) == 0
+    assert "trained 2 iterations" in capsys.readouterr().out
+    assert main(["eval", str(run), "--checkpoint", "best", "--eval-tasks", "3", "--eval-episodes", "2",
+                 "--eval-steps", "1"]) == 0
+    data = json.loads((run / "eval.json").read_text())
+    curve = data["curves"]["2"]["return"]
+    assert len(curve["mean"]) == 2 and curve["tasks"] == 3
+    err = cli_error(["train", "--config", "maml-trpo-navigation", "--family", "omniglot", "--out",
+                     str(tmp_path / "x")], capsys)
+    assert "--family does not apply to a meta-RL config" in err
+    err = cli_error(["train", "--config", "sinusoid-maml", "--max-kl", "0.1", "--out", str(tmp_path / "y")], capsys)
+    assert "--max-kl does not apply to a supervised config" in err
+
+
+def test_the_resume_hint_keeps_the_users_options(tmp_path, capsys):
+    """After a time budget, the printed command continues the run with the same options (it must not fail on a
+    config that differs from the checkpoint's)."""
+    import shlex
+
+    from metagrad.cli import main
+
+    run = tmp_path / "r"
+    args = ["train", "--config", "sinusoid-maml", "--iterations", "100000", "--val-tasks", "7", "--out", str(run),
+            "--no-progress", "--time-budget", "0.002"]
+    assert main(args) == 0
+    hint = capsys.readouterr().err.strip().split("continue with: ")[1]
+    assert "--val-tasks 7" in hint and hint.endswith("--resume")
+    again = shlex.split(hint)[1:]
+    assert main(again) == 0

@@ -11,6 +11,7 @@ from torch import nn
 from . import losses
 from .algorithms import MAML, JointTraining, MetaLearner, Reptile
 from .config import IMAGE_FAMILIES, Config
+from .errors import ConfigError
 from .functional import params_of
 from .inner import make_inner
 from .models import MLP, MLPBN, Conv4
@@ -31,16 +32,18 @@ def build_tasks(cfg: Config, split: str = "train") -> Tasks:
                         x_range=tuple(cfg.x_range), grid=cfg.grid, oracle=cfg.oracle)
     if cfg.family == "linreg":
         return LinearRegression(dim=cfg.dim, shots=cfg.shots, query=cfg.query)
-    data = image_splits(cfg.family, cfg.data_root)[split]
+    if cfg.download and cfg.family != "omniglot":
+        raise ConfigError(f"download is offered for Omniglot; put {cfg.family} in a folder yourself (data_root)")
+    data = image_splits(cfg.family, cfg.data_root, cfg.download)[split]
     return FewShotClassification(data.images, cfg.ways, cfg.shots, cfg.query,
                                  rotations=cfg.rotations and cfg.family == "omniglot", split=split)
 
 
 @lru_cache(maxsize=2)
-def image_splits(family: str, root: str) -> dict[str, ImageDataset]:
+def image_splits(family: str, root: str, download: bool = False) -> dict[str, ImageDataset]:
     """The train/val/test splits of an image dataset (decoded once per process, cached on disk)."""
     folder = data_root(root or None, family)
-    return omniglot_splits(folder) if family == "omniglot" else load_miniimagenet(folder)
+    return omniglot_splits(folder, download=download) if family == "omniglot" else load_miniimagenet(folder)
 
 
 def build_model(cfg: Config, tasks: Tasks) -> nn.Module:

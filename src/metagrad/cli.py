@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from . import __version__
 from .analysis.stats import format_ci
 from .config import IMAGE_FAMILIES, SECTIONS, Config, load_config
 from .errors import Interrupted, MetagradError
+from .rl.config import RLConfig
 from .settings import preset_names
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -35,12 +37,14 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="meta-train from a config file", description="Meta-train from a config "
-                       f"file or preset ({', '.join(preset_names())}); any config value can be overridden below.")
+                       f"file or preset ({', '.join(preset_names())}); supervised presets have [task] and [model] "
+                       "sections, meta-RL ones [env] and [policy]. Any config value can be overridden below.")
     p.add_argument("--config", default="sinusoid-maml", help="config file or preset name (default: sinusoid-maml)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     Config.add_arguments(p, SECTIONS)
+    RLConfig.add_arguments(p, title="meta-RL [{section}] options (override the config file)")
 
     p = sub.add_parser("eval", help="adaptation curves of a trained run on held-out tasks",
                        description="Evaluate a run directory: query loss after 0..eval-steps adaptation steps on "
@@ -50,6 +54,7 @@ def build_parser() -> Parser:
     p.add_argument("--output", help="where to write the results (default: RUN/eval.json); e.g. one file per "
                    "checkpoint in a folder, for `metagrad compare`")
     Config.add_arguments(p, ("eval",))
+    RLConfig.add_arguments(p, ("eval",), title="meta-RL [{section}] options")
 
     from .reproduce import EXPERIMENTS, FEWSHOT
 
@@ -74,6 +79,8 @@ def build_parser() -> Parser:
                         "(few-shot default: 30, 0 or --full: no limit; navigation: per method, default none); rerun "
                         "the same command to continue")
     images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>)")
+    images.add_argument("--download", action="store_true", help="Omniglot: fetch the official zip files into the "
+                        "dataset folder when they are missing")
     nav = p.add_argument_group("meta-RL (navigation, locomotion)")
     nav.add_argument("--env", default="cheetah-dir", help="locomotion task family: cheetah-dir (default), "
                      "cheetah-vel, ant-dir, ant-vel, swimmer-vel")
@@ -129,7 +136,7 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--out", default="results/tradeoff-linreg", help="results folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    from .rl.tradeoff import Study
+    from .tradeoff_rl import Study
 
     d = Study()
     p = studies.add_parser("rl", help="DRS vs MAML in meta-RL on equal simulator-step budgets (section 2, Figs 1-2)",
@@ -176,7 +183,9 @@ def _add_tradeoff_parsers(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "tradeoff": cmd_tradeoff,
                 "compare": cmd_compare}[args.command](args)
@@ -191,13 +200,32 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def config_overrides(args: argparse.Namespace, cfg: Config | RLConfig) -> dict[str, Any]:
+    """The config values given as options; one that only the other kind of config has is an error, not ignored."""
+    own = type(cfg).overrides(args)
+    other = (RLConfig if isinstance(cfg, Config) else Config).overrides(args)
+    stray = sorted(set(other) - set(own))
+    if stray:
+        kind, flag = ("supervised" if isinstance(cfg, Config) else "meta-RL"), "--" + stray[0].replace("_", "-")
+        raise MetagradError(f"{flag} does not apply to a {kind} config; remove it (see `metagrad train --help`)")
+    return own
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """The command that continues this run: the user's own options, with --resume."""
+    words = [w for w in args.argv if w != "--resume"]
+    if "--out" not in words and not any(w.startswith("--out=") for w in words):
+        words += ["--out", str(args.out_dir)]
+    return "metagrad " + " ".join(shlex.quote(w) for w in [*words, "--resume"])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import Distributed
     from .experiment import train
 
     cfg = load_config(args.config)
-    cfg = cfg.replace(**Config.overrides(args))
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    cfg = cfg.replace(**config_overrides(args, cfg))
+    out = args.out_dir = Path(args.out or Path("runs") / Path(args.config).stem)
     group = Distributed.from_env()  # under torchrun: this process's share of every meta-batch
     finished = False
     try:
@@ -208,17 +236,23 @@ def cmd_train(args: argparse.Namespace) -> int:
             group.close(finished)
     if group is not None and not group.is_main:
         return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
-    rate = f"{result.iterations_per_second:.1f} it/s"
     if result.stopped == "interrupted":
         print(f"interrupted at iteration {result.iteration}; checkpoint saved in {out}; continue with: "
-              f"metagrad train --config {args.config} --out {out} --resume", file=sys.stderr)
+              f"{resume_hint(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.stopped == "time_budget":
-        print(f"time budget reached at iteration {result.iteration} ({rate}); continue with --resume", file=sys.stderr)
+        print(f"time budget reached at iteration {result.iteration}; continue with: {resume_hint(args)}",
+              file=sys.stderr)
         return 0
-    best = f", best validation {result.best_val:.4f}" if result.best_val is not None else ""
     procs = f" on {group.world} processes" if group is not None else ""
-    print(f"trained {result.iteration} iterations in {result.seconds:.1f} s ({rate}){procs}{best}; run: {out}")
+    if isinstance(cfg, Config):
+        best = f", best validation {result.best_val:.4f}" if result.best_val is not None else ""
+        print(f"trained {result.iteration} iterations in {result.seconds:.1f} s "
+              f"({result.iterations_per_second:.1f} it/s){procs}{best}; run: {out}")
+    else:
+        best = f", best training return {result.best_return:.2f}" if result.best_return is not None else ""
+        print(f"trained {result.iteration} iterations ({result.env_steps:,} environment steps) in "
+              f"{result.seconds:.1f} s{procs}{best}; run: {out}")
     return 0
 
 
@@ -226,25 +260,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .experiment import evaluate, load_run
 
     learner, cfg, info = load_run(args.run, args.checkpoint)
-    cfg = cfg.replace(**Config.overrides(args))
-    results = evaluate(learner, cfg)
-    mode = "" if cfg.family not in IMAGE_FAMILIES else (", transductive" if cfg.transductive else
-                                                         ", non-transductive")
-    print(f"{args.run} ({args.checkpoint} checkpoint, iteration {info['iteration']}): query metrics after k steps, "
-          f"{cfg.eval_tasks} test tasks{mode}, mean ± 95% CI")
-    for k, r in results.items():
-        for metric in ("loss", "accuracy"):
-            if metric in r:
-                c = r[metric]
-                row = "  ".join(f"{s}: {format_ci(c['mean'][s], c['ci95'][s], 3)}" for s in range(len(c["mean"])))
-                print(f"  K={k} {metric} (step size {r['lr']})  {row}")
+    cfg = cfg.replace(**config_overrides(args, cfg))
+    head = f"{args.run} ({args.checkpoint} checkpoint, iteration {info['iteration']})"
+    if isinstance(cfg, Config):
+        results = evaluate(learner, cfg)
+        mode = "" if cfg.family not in IMAGE_FAMILIES else (", transductive" if cfg.transductive else
+                                                             ", non-transductive")
+        print(f"{head}: query metrics after k steps, {cfg.eval_tasks} test tasks{mode}, mean ± 95% CI")
+        for k, r in results.items():
+            for metric in ("loss", "accuracy"):
+                if metric in r:
+                    print(f"  K={k} {metric} (step size {r['lr']})  {_row(r[metric], 3)}")
+        curves = {str(k): v for k, v in results.items()}
+    else:
+        from .rl.evaluate import evaluate as evaluate_rl
+
+        curve, _, _ = evaluate_rl(learner, cfg)
+        print(f"{head}: average return after k policy-gradient steps, {cfg.eval_tasks} test tasks x "
+              f"{cfg.eval_episodes} episodes per step, mean ± 95% CI")
+        print(f"  return (step sizes {curve['lr']})  {_row(curve, 2)}")
+        curves = {str(cfg.eval_episodes): {"lr": curve["lr"], "return": curve}}
     path = Path(args.output) if args.output else Path(args.run) / "eval.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"checkpoint": args.checkpoint, "iteration": info["iteration"],
-                               "eval": cfg.to_sections()["eval"], "curves": {str(k): v for k, v in results.items()}}
+                               "eval": cfg.to_sections()["eval"], "curves": curves}
     path.write_text(json.dumps(payload, indent=1))
     print(f"written: {path}")
     return 0
+
+
+def _row(curve: dict[str, Any], digits: int) -> str:
+    return "  ".join(f"{s}: {format_ci(curve['mean'][s], curve['ci95'][s], digits)}" for s in range(len(curve["mean"])))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -275,6 +321,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.data_root:
         overrides["data_root"] = args.data_root
+    if args.download:
+        overrides["download"] = True
     algo = args.algo or "maml"
     if algo not in ("maml", "fomaml", "reptile"):
         raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or reptile")
@@ -301,7 +349,7 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
 
 
 def _tradeoff_rl(args: argparse.Namespace) -> int:
-    from .rl import tradeoff as rl_tradeoff
+    from . import tradeoff_rl as rl_tradeoff
 
     if args.paper:
         study = rl_tradeoff.paper_study(args.env, args.pair, args.seeds)

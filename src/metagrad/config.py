@@ -29,6 +29,8 @@ class Config(Settings):
     """Everything that determines a supervised run; a run is reproducible from its config (and seed)."""
 
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"time_budget", "log_every", "checkpoint_every", "val_every",
+                                                          "self_check", "download"})
 
     # [task]
     family: str = opt("sinusoid", "task", "task family: sinusoid, linreg (meta-linear regression, trade-off paper "
@@ -37,6 +39,8 @@ class Config(Settings):
     query: int = opt(10, "task", "query examples per task during meta-training (per class for images)")
     ways: int = opt(5, "task", "classes per task (N) for image classification")
     data_root: str = opt("", "task", "image dataset folder (empty: $METAGRAD_DATA/<family>)")
+    download: bool = opt(False, "task", "Omniglot: fetch the two official zip files into data_root when they are "
+                         "missing (checksums verified, partial downloads resumed)")
     rotations: bool = opt(True, "task", "Omniglot: characters rotated by 90, 180, 270 degrees are new classes")
     amplitude: tuple[float, ...] = opt((0.1, 5.0), "task", "sinusoid amplitude range [low, high]")
     phase: tuple[float, ...] = opt((0.0, math.pi), "task", "sinusoid phase range [low, high] (radians)")
@@ -96,6 +100,10 @@ class Config(Settings):
     eval_seed: int = opt(12345, "eval", "seed of the test tasks (the same tasks for every method)")
     transductive: bool = opt(True, "eval", "batch-norm statistics over the whole query set (MAML's numbers); "
                              "false: support set + one query example at a time (Reptile's)")
+
+    def free_on_resume(self) -> set[str]:
+        """The iteration budget may change unless the outer step size is annealed over it."""
+        return super().free_on_resume() | ({"iterations"} if self.outer_lr_schedule == "constant" else set())
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:

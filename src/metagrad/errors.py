@@ -19,3 +19,7 @@ class CheckpointError(MetagradError, RuntimeError):
 
 class Interrupted(MetagradError):
     """The user stopped a run (Ctrl-C); a checkpoint was saved. The CLI exits with code 130."""
+
+
+class DataError(MetagradError, RuntimeError):
+    """A dataset could not be fetched or failed verification (no network, HTTP error, checksum mismatch)."""

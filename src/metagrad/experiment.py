@@ -1,13 +1,13 @@
-"""A run on disk: train from a config into a run directory, load it back, evaluate it.
-
-This is what ``metagrad train`` and ``metagrad eval`` do, and what the reproductions build on.
+"""A run on disk, for supervised and meta-RL configs alike: train from a config into a run directory (or continue
+it), load it back, evaluate it. This is what ``metagrad train`` and ``metagrad eval`` do, and what the reproductions
+build on.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,16 +15,28 @@ from . import checkpoint
 from .algorithms import MetaLearner
 from .build import build_learner, build_outer, build_tasks
 from .config import IMAGE_FAMILIES, Config
-from .errors import CheckpointError
+from .errors import CheckpointError, Interrupted
 from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
+from .loop import RunLoop
 from .seeds import VAL_EVAL_SEED_OFFSET
 from .tasks.base import Split
-from .train import FitResult, Trainer
+
+if TYPE_CHECKING:
+    from .rl.config import RLConfig
+    from .rl.metarl import MetaRL
 
 
-def make_trainer(cfg: Config, run_dir: str | Path | None, progress: bool = True, **kw: Any) -> Trainer:
-    """Learner, outer optimizer and trainer for ``cfg``."""
+def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: bool = True, **kw: Any) -> RunLoop:
+    """The trainer of ``cfg`` (learner, outer optimizer, tasks or environment): a ``Trainer`` for a supervised
+    config, an ``RLTrainer`` for a meta-RL one; ``kw``: ``distributed``, and ``on_iteration`` (supervised)."""
+    if not isinstance(cfg, Config):
+        from .rl.train import RLTrainer, build
+
+        learner, optimizer = build(cfg)
+        return RLTrainer(learner, optimizer, cfg, run_dir, progress, **kw)
+    from .train import Trainer
+
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
     validation = build_tasks(cfg, "val") if cfg.family in IMAGE_FAMILIES else None
@@ -35,22 +47,27 @@ def make_trainer(cfg: Config, run_dir: str | Path | None, progress: bool = True,
                    progress=progress, **kw)
 
 
-def training_fields(cfg: Config) -> list[str]:
-    """Fields a resumed run must share with its checkpoint (the rest, e.g. iterations, may change)."""
-    free = {"time_budget", "log_every", "checkpoint_every", "val_every"}
-    if cfg.outer_lr_schedule == "constant":
-        free.add("iterations")
-    return [f.name for f in fields(cfg) if f.metadata["section"] != "eval" and f.name not in free]
+def stored_config(data: dict[str, Any]) -> Config | RLConfig:
+    """The config kept in a checkpoint's sidecar (by sections; older meta-RL runs kept a flat dict)."""
+    from .rl.config import RLConfig
+
+    if all(isinstance(v, dict) for v in data.values()):
+        kind = RLConfig if "env" in data else Config
+        return kind.from_sections(data, "the run's stored config").validate()
+    return RLConfig.from_dict(data)
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          **kw: Any) -> tuple[Trainer, FitResult]:
-    """Meta-train into ``run_dir`` (``config.toml``, ``metrics.jsonl``, ``last``/``best`` checkpoints)."""
+def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          **kw: Any) -> tuple[Any, Any]:
+    """Meta-train into ``run_dir`` (``config.toml``, ``metrics.jsonl``, ``last``/``best`` checkpoints), or continue
+    it with ``resume``; returns the trainer and its fit result."""
     run_dir = Path(run_dir)
     trainer = make_trainer(cfg, run_dir, progress, **kw)
     if resume and checkpoint.exists(run_dir / "last"):
-        saved = Config.from_sections(checkpoint.read_info(run_dir / "last")["config"])
-        changed = [k for k in training_fields(cfg) if getattr(saved, k) != getattr(cfg, k)]
+        saved = stored_config(checkpoint.read_info(run_dir / "last")["config"])
+        if type(saved) is not type(cfg):
+            raise CheckpointError(f"{run_dir} holds a {_kind(saved)} run, not a {_kind(cfg)} one; choose another --out")
+        changed = cfg.resume_differences(saved)
         if changed:
             raise CheckpointError(f"{run_dir} was trained with another config (differs in: {', '.join(changed)});"
                                   " resume with the same options or choose another --out")
@@ -60,15 +77,35 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     return trainer, result
 
 
-def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner, Config, dict[str, Any]]:
+def continue_run(cfg: Config | RLConfig, run_dir: str | Path, progress: bool = True, **kw: Any) -> tuple[Any, Any]:
+    """``train`` with resume, as the reproductions run each method: a rerun continues where it stopped; Ctrl-C or
+    SIGTERM saves and raises ``Interrupted`` with what to run."""
+    trainer, fit = train(cfg, run_dir, resume=True, progress=progress, **kw)
+    if fit.stopped == "interrupted":
+        raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
+                          "command again to continue")
+    return trainer, fit
+
+
+def _kind(cfg: Config | RLConfig) -> str:
+    return "supervised" if isinstance(cfg, Config) else "meta-RL"
+
+
+def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | MetaRL, Config | RLConfig,
+                                                                 dict[str, Any]]:
     """The learner of a run directory (checkpoint ``last`` or ``best``), its config and checkpoint info."""
     stem = Path(run_dir) / which
     if not checkpoint.exists(stem):
         raise CheckpointError(f"no '{which}' checkpoint in {run_dir}; train first with `metagrad train --out "
                               f"{run_dir}`" + (" or use --checkpoint last" if which == "best" else ""))
     state, info = checkpoint.load(stem)
-    cfg = Config.from_sections(info["config"]).validate()
-    learner = build_learner(cfg)
+    cfg = stored_config(info["config"])
+    if isinstance(cfg, Config):
+        learner: MetaLearner | MetaRL = build_learner(cfg)
+    else:
+        from .rl.train import build
+
+        learner, _ = build(cfg)
     learner.load_state_dict(state["learner"])
     return learner, cfg, info
 

@@ -37,6 +37,7 @@ class Settings:
     """Base of a run's configuration: a flat dataclass of ``opt`` fields grouped in ``SECTIONS``."""
 
     SECTIONS: ClassVar[tuple[str, ...]] = ()
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset()  # besides [eval]: may change when a run resumes
 
     def validate(self: S) -> S:
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
@@ -55,6 +56,15 @@ class Settings:
         for name, low in lows.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
+
+    def free_on_resume(self) -> set[str]:
+        """Fields that may differ between a run's checkpoint and the config that resumes it."""
+        return set(self.FREE_ON_RESUME) | {f.name for f in fields(self) if f.metadata["section"] == "eval"}
+
+    def resume_differences(self, saved: Settings) -> list[str]:
+        """The fields in which this config differs from the one a run was trained with, where that matters."""
+        free = self.free_on_resume()
+        return [f.name for f in fields(self) if f.name not in free and getattr(saved, f.name) != getattr(self, f.name)]
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

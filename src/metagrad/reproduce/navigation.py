@@ -27,9 +27,10 @@ from .. import checkpoint
 from ..analysis.stats import format_ci
 from ..distributed import Distributed
 from ..errors import ConfigError
+from ..experiment import continue_run, load_run
 from ..rl.config import RLConfig, method_names, preset
-from ..rl.evaluate import return_curve, rllab_return_curve, tune_step_size
-from ..rl.train import RLFitResult, build, load_learner, train_run
+from ..rl.evaluate import evaluate, rllab_return_curve
+from ..rl.train import RLFitResult, build
 
 DEMO_ITERATIONS, FULL_ITERATIONS = 100, 500
 LABELS = {"maml-trpo": "MAML-TRPO", "fomaml-trpo": "first-order MAML-TRPO", "pretrained": "pretrained (joint)",
@@ -87,7 +88,7 @@ def run(methods: list[str], out: str | Path, full: bool = False, iterations: int
             for m, cfg in zip(methods, configs, strict=True):
                 if group.is_main:
                     print(f"{LABELS[m]}: meta-training on {group.world} processes -> {out / m}", file=sys.stderr)
-                fits[m] = train_run(cfg, out / m, progress, group)
+                fits[m] = continue_run(cfg, out / m, progress, distributed=group)[1]
             finished = True
         finally:
             group.close(finished)
@@ -128,15 +129,11 @@ def run_method(method: str, cfg: RLConfig, run_dir: Path, progress: bool,
                fit: RLFitResult | None = None) -> dict[str, Any]:
     """Train (or resume) one method unless ``fit`` says it was trained, then evaluate its best checkpoint on the
     held-out goals."""
-    fit = fit or train_run(cfg, run_dir, progress)
-    best, _, info = load_learner(run_dir, "best")
+    fit = fit or continue_run(cfg, run_dir, progress)[1]
+    best, _, info = load_run(run_dir, "best")
     t0 = time.perf_counter()
-    lr = list(cfg.eval_lr)
-    if cfg.tune_eval_lr:
-        first = tune_step_size(best, cfg.eval_lr_grid, cfg.eval_steps, 20, cfg.eval_seed)
-        lr = [first, first / 2]
-    curve, paths, goals = return_curve(best, cfg.eval_tasks, cfg.eval_steps, cfg.eval_episodes, lr, cfg.eval_seed,
-                                       keep_paths=3)
+    curve, paths, goals = evaluate(best, cfg, keep_paths=3)
+    lr = curve["lr"]
     torch.save({"paths": paths, "goals": goals}, run_dir / "paths.pt")
     extra = {}
     if method in MAML_TABLE4:  # also as the MAML code measured Table 4 (rllab's sampler: short episodes weigh more)

@@ -28,6 +28,8 @@ class RLConfig(Settings):
     """Everything that determines a meta-RL run (with its seed)."""
 
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",
+                                                          "step_budget", "snapshot_steps"})
 
     # [env]
     env: str = opt("navigation2d", "env", "environment: navigation2d; MuJoCo cheetah-dir, cheetah-vel, "

@@ -33,6 +33,17 @@ def return_curve(learner: MetaRL, num_tasks: int, steps: int, episodes: int, lr:
     return curve, paths, tasks[:keep_paths]
 
 
+def evaluate(learner: MetaRL, cfg: Any, keep_paths: int = 0) -> tuple[dict[str, Any], list[torch.Tensor],
+                                                                   torch.Tensor]:
+    """A run's test curve with its config's evaluation settings (``RLConfig``'s [eval] section): the step sizes
+    given, or the first one tuned on validation tasks (then halved, as the MAML paper does)."""
+    lr = list(cfg.eval_lr)
+    if cfg.tune_eval_lr:
+        first = tune_step_size(learner, cfg.eval_lr_grid, cfg.eval_steps, 20, cfg.eval_seed)
+        lr = [first, first / 2]
+    return return_curve(learner, cfg.eval_tasks, cfg.eval_steps, cfg.eval_episodes, lr, cfg.eval_seed, keep_paths)
+
+
 def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes: int, seed: int,
                    num_tasks: int = 40, later: float = 0.5) -> float:
     """The first test-time step size (times ``later`` after the first step: halved, as the MAML paper does) with the

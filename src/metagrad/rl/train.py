@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..distributed import Distributed, Share
-from ..errors import ConfigError, Interrupted, TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..loop import RunLoop
 from ..seeds import process_episodes
 from .config import RLConfig
@@ -60,15 +60,6 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     return learner, optimizer
 
 
-def load_learner(run_dir: str | Path, name: str = "best") -> tuple[MetaRL, RLConfig, dict[str, Any]]:
-    """A trained learner from a run directory's ``best`` (or ``last``) checkpoint, with its config and info."""
-    state, info = checkpoint.load(Path(run_dir) / name)
-    cfg = RLConfig.from_dict(info["config"])
-    learner, _ = build(cfg)
-    learner.load_state_dict(state["learner"])
-    return learner, cfg, info
-
-
 @dataclass
 class RLFitResult:
     iteration: int
@@ -92,7 +83,7 @@ class RLTrainer(RunLoop):
     def __init__(self, learner: MetaRL, optimizer: torch.optim.Optimizer | None, cfg: RLConfig,
                  run_dir: str | Path | None = None, progress: bool = True, distributed: Distributed | None = None):
         super().__init__(run_dir, iterations=cfg.iterations, time_budget=cfg.time_budget,
-                         checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), progress=progress,
+                         checkpoint_every=cfg.checkpoint_every, config=cfg.to_sections(), progress=progress,
                          distributed=distributed)
         self.learner, self.optimizer, self.cfg = learner, optimizer, cfg
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -183,15 +174,3 @@ class RLTrainer(RunLoop):
         for j in range(before // every + 1, self.env_steps // every + 1):
             if not self.cfg.step_budget or j * every <= self.cfg.step_budget:
                 self.save(f"snapshot-{j:03d}", {"learner": self.learner.state_dict()})
-
-
-def train_run(cfg: RLConfig, run_dir: str | Path, progress: bool = True,
-              group: Distributed | None = None) -> RLFitResult:
-    """Train one run into ``run_dir``, or resume it there (a finished run returns at once); Ctrl-C stops with
-    ``Interrupted`` after saving."""
-    learner, optimizer = build(cfg)
-    fit = RLTrainer(learner, optimizer, cfg, run_dir, progress, group).fit(resume=True)
-    if fit.stopped == "interrupted":
-        raise Interrupted(f"interrupted at iteration {fit.iteration} ({fit.env_steps:,} environment steps); "
-                          f"checkpoint saved in {run_dir}; run the same command again to continue")
-    return fit

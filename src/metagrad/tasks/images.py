@@ -1,7 +1,8 @@
 """Image datasets read from a folder the user names, decoded once and cached as one array file.
 
 - Omniglot (Lake et al. 2015): ``images_background`` and ``images_evaluation``, as folders or as the two
-  original zip files; 1623 characters x 20 drawings, resized to 28x28, inverted (strokes = 1).
+  original zip files; 1623 characters x 20 drawings, resized to 28x28, inverted (strokes = 1). With
+  ``download=True`` the zip files are fetched when missing (:mod:`metagrad.tasks.download`).
 - MiniImagenet (Ravi & Larochelle 2017): ``images/`` plus ``train.csv``, ``val.csv``, ``test.csv``
   (``filename,label``), resized to 84x84 RGB.
 
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
+from .download import download_omniglot
 
 OMNIGLOT_PARTS = ("images_background", "images_evaluation")
 OMNIGLOT_DRAWINGS = 20
@@ -35,6 +37,7 @@ OMNIGLOT_CHARACTERS = 1623
 OMNIGLOT_TRAIN_CHARACTERS, OMNIGLOT_VAL_CHARACTERS = 1100, 100  # 1200 for training (100 of them to validate)
 SPLIT_SEED = 1  # the MAML code shuffles the 1623 characters with seed 1 before splitting
 DATA_HELP = "set --data-root or the METAGRAD_DATA environment variable"
+OMNIGLOT_DOWNLOAD_HELP = "or pass --download (download=True) to fetch the official zip files into it"
 
 
 @dataclass
@@ -64,10 +67,11 @@ def cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- Omniglot
-def omniglot_splits(root: str | Path, size: int = 28) -> dict[str, ImageDataset]:
+def omniglot_splits(root: str | Path, size: int = 28, download: bool = False) -> dict[str, ImageDataset]:
     """Omniglot as ``{"train", "val", "test"}``: 1100 + 100 training characters and 423 test characters,
-    chosen irrespective of alphabet by a fixed shuffle (the MAML paper's split)."""
-    data = load_omniglot(root, size)
+    chosen irrespective of alphabet by a fixed shuffle (the MAML paper's split). ``download``: fetch the
+    official zip files into ``root`` first if they (or the unpacked folders) are missing."""
+    data = load_omniglot(root, size, download)
     n = data.num_classes
     order = list(range(n))
     random.Random(SPLIT_SEED).shuffle(order)
@@ -78,9 +82,12 @@ def omniglot_splits(root: str | Path, size: int = 28) -> dict[str, ImageDataset]
     return {k: ImageDataset(data.images[idx], [data.names[i] for i in idx]) for k, idx in cuts.items()}
 
 
-def load_omniglot(root: str | Path, size: int = 28) -> ImageDataset:
-    """All 1623 characters ``[1623, 20, size, size]``, background alphabets first, each sorted by name."""
-    root = Path(root)
+def load_omniglot(root: str | Path, size: int = 28, download: bool = False) -> ImageDataset:
+    """All 1623 characters ``[1623, 20, size, size]``, background alphabets first, each sorted by name;
+    ``download``: fetch the official zip files first if a part is missing (neither folder nor zip)."""
+    root = Path(root).expanduser()
+    if download and not all((root / p).is_dir() or (root / f"{p}.zip").is_file() for p in OMNIGLOT_PARTS):
+        download_omniglot(root)
     sources = _omniglot_sources(root)
     files: list[tuple[str, int]] = []
     for src in sources:
@@ -145,7 +152,7 @@ class _Source:
 def _omniglot_sources(root: Path) -> list[_Source]:
     if not root.is_dir():
         raise ConfigError(f"Omniglot folder {root} does not exist; {DATA_HELP} (it must hold images_background "
-                          "and images_evaluation, as folders or .zip files)")
+                          f"and images_evaluation, as folders or .zip files), {OMNIGLOT_DOWNLOAD_HELP}")
     sources = []
     for part in OMNIGLOT_PARTS:
         if (root / part).is_dir():
@@ -157,7 +164,7 @@ def _omniglot_sources(root: Path) -> list[_Source]:
                 raise ConfigError(f"{root / (part + '.zip')} is not a readable zip file") from None
         else:
             raise ConfigError(f"{root} has no {part}/ folder or {part}.zip; is this the Omniglot folder? "
-                              f"({DATA_HELP})")
+                              f"({DATA_HELP}, {OMNIGLOT_DOWNLOAD_HELP})")
     return sources
 
 

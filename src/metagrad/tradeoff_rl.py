@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import checkpoint
-from ..analysis.stats import welch_probability
-from ..distributed import Distributed
-from ..errors import ConfigError
-from .config import RLConfig, preset
-from .envs import make_env
-from .evaluate import held_out_goals, tune_step_size
-from .train import build, load_learner, train_run
+from . import checkpoint
+from .analysis.stats import welch_probability
+from .distributed import Distributed
+from .errors import ConfigError
+from .experiment import continue_run, load_run
+from .rl.config import RLConfig, preset
+from .rl.envs import make_env
+from .rl.evaluate import held_out_goals, tune_step_size
+from .rl.train import build
 
 PAIRS = {"ppo": ("drs-ppo", "promp"), "trpo": ("drs-trpo", "trpo-maml")}
 LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-maml": "TRPO-MAML"}
@@ -113,7 +114,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
         try:
             for method in study.methods:
                 for seed in range(study.seeds):
-                    train_run(study.config(method, seed), out / method / f"seed-{seed}", progress, group)
+                    continue_run(study.config(method, seed), out / method / f"seed-{seed}", progress, distributed=group)
             finished = True
         finally:
             group.close(finished)
@@ -128,7 +129,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
             run_dir = out / method / f"seed-{seed}"
             print(f"{LABELS[method]}, seed {seed}: training to {study.budget:,} environment steps -> {run_dir}",
                   file=sys.stderr, flush=True)
-            train_run(study.config(method, seed), run_dir, progress)
+            continue_run(study.config(method, seed), run_dir, progress)
             curve, at = evaluate_snapshots(study, method, seed, run_dir, test_env)
             per_seed.append(curve)
             seed_steps.append(at)
@@ -158,7 +159,7 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
     for j in range(1, study.checkpoints + 1):
         path = run_dir / f"eval-{j:03d}.json"
         if not path.exists():
-            learner, _, info = load_learner(run_dir, f"snapshot-{j:03d}")
+            learner, _, info = load_run(run_dir, f"snapshot-{j:03d}")
             learner.env = test_env
             t0 = time.perf_counter()
             tasks = held_out_goals(learner, study.test_tasks, study.eval_seed + seed)
@@ -176,7 +177,7 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
 def _drs_step_size(study: Study, seed: int, run_dir: Path) -> float:
     path = run_dir / "step_size.json"
     if not path.exists():
-        learner, _, _ = load_learner(run_dir, f"snapshot-{study.checkpoints:03d}")
+        learner, _, _ = load_run(run_dir, f"snapshot-{study.checkpoints:03d}")
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
                             study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0)
