@@ -11,6 +11,7 @@ from torch.func import grad, hessian, vmap
 
 from metagrad.rl import MetaRL, Navigation2D, make_policy
 from metagrad.rl.config import RLConfig, preset
+from metagrad.rl.evaluate import adaptation_returns
 from metagrad.rl.sampler import policy_dist, process, rollout
 from metagrad.rl.train import RLTrainer, build
 from metagrad.rl.trpo import flatten, unflatten
@@ -133,7 +134,7 @@ def test_short_ppo_runs_improve_the_return(method):
     tasks = learner.env.sample_tasks(40, torch.Generator().manual_seed(7))
 
     def returns():
-        values, _ = learner.adaptation_returns(tasks, k, 10, (0.1,), torch.Generator().manual_seed(8))
+        values, _ = adaptation_returns(learner, tasks, k, 10, (0.1,), torch.Generator().manual_seed(8))
         return values[:, k]
 
     before = returns()

@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_flatten
 
 if TYPE_CHECKING:
     from .algorithms.base import MetaLearner
-    from .tasks.base import TaskBatch
+    from .batch import TaskBatch
 
 TOLERANCE = 1e-8  # float64 round-off of a few inner steps is ~1e-14 of the gradient's scale; the faults are >1e-5
 CHECK_TASKS = 2

@@ -82,7 +82,7 @@ def build_parser() -> Parser:
     images.add_argument("--download", action="store_true", help="Omniglot: fetch the official zip files into the "
                         "dataset folder when they are missing")
     nav = p.add_argument_group("meta-RL (navigation, locomotion)")
-    nav.add_argument("--env", default="cheetah-dir", help="locomotion task family: cheetah-dir (default), "
+    nav.add_argument("--env", help="locomotion task family: cheetah-dir (default), "
                      "cheetah-vel, ant-dir, ant-vel, swimmer-vel")
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
                      "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
@@ -302,18 +302,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                    ("batching", args.batching)) if v is not None}
     out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
     if args.experiment in ("navigation", "locomotion"):
-        from .reproduce import locomotion, navigation
+        from .reproduce import locomotion, metarl, navigation
 
         sets = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args.set)
         if "" in sets.values():
             raise MetagradError(f"--set takes KEY=VALUE, got '{next(k for k, v in sets.items() if v == '')}'")
         sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks)) if v is not None})
-        experiment = locomotion.experiment(args.env) if args.experiment == "locomotion" else None
-        if experiment is not None and args.out is None:
-            out = f"results/{experiment.name}{'-full' if args.full else ''}"
-        navigation.run(navigation.parse_methods(args.algo), out, full=args.full, iterations=args.iterations,
-                       time_budget=args.time_budget, overrides=sets, progress=not args.no_progress,
-                       experiment=experiment)
+        if args.experiment == "navigation":
+            if args.env is not None:
+                raise MetagradError(f"--env {args.env} is for `reproduce locomotion`; navigation has one environment")
+            experiment = navigation.NAVIGATION
+        else:
+            experiment = locomotion.experiment(args.env or locomotion.ENVS[0])
+            if args.out is None:
+                out = f"results/{experiment.name}{'-full' if args.full else ''}"
+        metarl.run(experiment, metarl.parse_methods(args.algo), out, full=args.full, iterations=args.iterations,
+                   time_budget=args.time_budget, overrides=sets, progress=not args.no_progress)
         return 0
     if args.experiment in EXPERIMENTS:
         sinusoid.run(EXPERIMENTS[args.experiment], out, full=args.full, iterations=args.iterations,

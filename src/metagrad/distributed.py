@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .batch import partition
 from .errors import MetagradError
 
 TIMEOUT = timedelta(seconds=float(os.environ.get("METAGRAD_DIST_TIMEOUT", "300")))
@@ -56,9 +57,7 @@ class Distributed:
         if num_tasks < self.world:
             raise MetagradError(f"meta_batch_size {num_tasks} is smaller than the {self.world} processes; use at "
                                 f"least {self.world} tasks per meta-batch")
-        base, extra = divmod(num_tasks, self.world)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (self.rank < extra))
+        return partition(num_tasks, self.world)[self.rank]
 
     def reduce_gradients(self, module: nn.Module, weight: float) -> None:
         """Replace every ``.grad`` by the weighted sum over processes (one flat all-reduce)."""

@@ -10,8 +10,8 @@ import torch
 
 from .algorithms import MetaLearner
 from .analysis.stats import mean_ci95
+from .batch import TaskBatch
 from .inner import InnerRule
-from .tasks.base import TaskBatch
 
 DIVERGED = 10.0  # a task diverged when its loss is not finite, or above 10x its own pre-update loss and
 # above the mean pre-update loss of all tasks (so that a near-zero loss that grows a little does not count)

@@ -5,6 +5,7 @@ build on.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import torch
 
 from . import checkpoint
 from .algorithms import MetaLearner
+from .batch import Split
 from .build import build_learner, build_outer, build_tasks
 from .config import IMAGE_FAMILIES, Config
 from .errors import CheckpointError, Interrupted
@@ -20,7 +22,6 @@ from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
 from .loop import RunLoop
 from .seeds import VAL_EVAL_SEED_OFFSET
-from .tasks.base import Split
 
 if TYPE_CHECKING:
     from .rl.config import RLConfig
@@ -85,6 +86,12 @@ def continue_run(cfg: Config | RLConfig, run_dir: str | Path, progress: bool = T
         raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
                           "command again to continue")
     return trainer, fit
+
+
+def machine() -> dict[str, Any]:
+    """Where a result was measured (stored beside every reproduction's numbers)."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "platform": platform.platform()}
 
 
 def _kind(cfg: Config | RLConfig) -> str:

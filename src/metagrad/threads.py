@@ -35,11 +35,6 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
-def shard_bounds(n: int, shards: int) -> list[int]:
-    """Bounds of ``shards`` contiguous shards of ``n`` items whose sizes differ by at most one."""
-    return [n * w // shards for w in range(shards + 1)]
-
-
 def in_threads(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
     """Run the jobs at once, one thread each, torch's cores shared out among them; their results in order."""
     if len(jobs) == 1:

@@ -29,7 +29,7 @@ from .errors import ConfigError
 from .experiment import continue_run, load_run
 from .rl.config import RLConfig, preset
 from .rl.envs import make_env
-from .rl.evaluate import held_out_goals, tune_step_size
+from .rl.evaluate import adaptation_returns, held_out_goals, tune_step_size
 from .rl.train import build
 
 PAIRS = {"ppo": ("drs-ppo", "promp"), "trpo": ("drs-trpo", "trpo-maml")}
@@ -141,7 +141,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
                "env_steps": steps, "returns": {m: c.tolist() for m, c in curves.items()},
                "p_drs_better": prob.tolist(), "signed": (np.sign(prob - 0.5) * np.abs(1 - 2 * prob)).tolist()}
     checkpoint.write_json(out / "tradeoff_rl.json", results)
-    from . import plots
+    from .rl import plots
 
     results["figures"] = [str(f) for f in plots.tradeoff_rl_figures(results, out)]
     return results
@@ -164,7 +164,7 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
             t0 = time.perf_counter()
             tasks = held_out_goals(learner, study.test_tasks, study.eval_seed + seed)
             gen = torch.Generator().manual_seed(study.eval_seed + seed + 1)
-            values, _ = learner.adaptation_returns(tasks, study.test_updates, study.test_episodes, (lr,), gen)
+            values, _ = adaptation_returns(learner, tasks, study.test_updates, study.test_episodes, (lr,), gen)
             checkpoint.write_json(path, {"snapshot": j, "env_steps": info["env_steps"], "iteration": info["iteration"],
                                "lr": lr, "tasks": study.test_tasks, "episodes": study.test_episodes,
                                "mean": values.mean(0).tolist(), "seconds": round(time.perf_counter() - t0, 2)})

@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from .algorithms import MetaLearner
+from .batch import TaskBatch
 from .distributed import Distributed
 from .errors import TrainingDiverged
 from .loop import RunLoop
 from .seeds import VAL_SEED_OFFSET
-from .tasks.base import TaskBatch, TaskDistribution
+from .tasks.base import TaskDistribution
 
 
 @dataclass

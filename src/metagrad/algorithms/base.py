@@ -9,7 +9,6 @@ any ``torch.optim`` optimizer takes the outer step. An algorithm only says how o
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -23,12 +22,12 @@ from torch.func import vmap
 from torch.utils._pytree import tree_map
 
 from .. import checkpoint, losses
+from ..batch import Split, TaskBatch, partition
 from ..batching import has_conv, has_torch_batchnorm, twice_differentiable, vmap_fault
 from ..errors import ConfigError
 from ..functional import Params, buffers_of, call, detach, grad, in_task_thread, params_of, write_grads
 from ..inner import SGD, InnerRule
-from ..tasks.base import Split, TaskBatch
-from ..threads import in_threads, shard_bounds
+from ..threads import in_threads
 
 BATCHING = ("auto", "vmap", "loop")
 Meta = dict[str, Params]
@@ -264,13 +263,13 @@ class MetaLearner(nn.Module):
         self.verify_batching(batch)
         meta, buffers, n = self.meta_params(), self.buffers(), batch.num_tasks
         fn = self.compiled(fn)
-        cuts = shard_bounds(n, self.task_threads(n))
+        shards = partition(n, self.task_threads(n))
         with twice_differentiable(self.second_order):
-            if len(cuts) == 2:
+            if len(shards) == 1:
                 return self.in_chunks(fn, meta, buffers, batch, mb)
-            outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(a, b),
-                                       None if mb is None else mb[a:b]) for a, b in itertools.pairwise(cuts)])
-        return weighted_sum(zip([(b - a) / n for a, b in itertools.pairwise(cuts)], outs, strict=True))
+            outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(s.start, s.stop),
+                                       None if mb is None else mb[s]) for s in shards])
+        return weighted_sum(zip([(s.stop - s.start) / n for s in shards], outs, strict=True))
 
     def in_chunks(self, fn: Callable[..., Any], meta: Meta, buffers: Params, batch: TaskBatch,
                   mb: Tensor | None) -> Any:
@@ -358,7 +357,7 @@ class MetaLearner(nn.Module):
                                    None if mb is None else mb[i:min(i + chunk, stop)])
                     for i in range(start, stop, chunk)]
 
-        cuts = shard_bounds(batch.num_tasks, self.task_threads(batch.num_tasks))
-        values = torch.cat([v for out in in_threads([partial(tasks_between, a, b) for a, b in itertools.pairwise(cuts)])
+        shards = partition(batch.num_tasks, self.task_threads(batch.num_tasks))
+        values = torch.cat([v for out in in_threads([partial(tasks_between, s.start, s.stop) for s in shards])
                             for v in out])
         return {name: values[..., i] for i, name in enumerate(self.metrics)}

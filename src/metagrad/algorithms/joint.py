@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..batch import TaskBatch
 from ..functional import Params
-from ..tasks.base import TaskBatch
 from .base import Meta, MetaLearner
 
 

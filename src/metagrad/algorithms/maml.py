@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, vjp
 
+from ..batch import TaskBatch
 from ..errors import ConfigError
 from ..functional import Params
 from ..inner import SGD, _key
-from ..tasks.base import TaskBatch
 from .base import Meta, MetaLearner
 
 

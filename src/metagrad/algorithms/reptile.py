@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..batch import TaskBatch
 from ..errors import ConfigError
 from ..functional import Params
-from ..tasks.base import TaskBatch
 from .base import Meta, MetaLearner
 
 

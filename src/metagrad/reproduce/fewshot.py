@@ -17,8 +17,8 @@ from typing import Any
 from .. import checkpoint, plots
 from ..analysis.stats import format_ci
 from ..config import Config, load_config
-from ..errors import ConfigError, Interrupted
-from ..experiment import evaluate, load_run, train
+from ..errors import ConfigError
+from ..experiment import continue_run, evaluate, load_run
 from ..settings import preset_names
 
 ALGOS = ("maml", "fomaml", "reptile")
@@ -84,10 +84,7 @@ def run(dataset: str, algo: str, ways: int, shots: int, out: str | Path, full: b
     limit = f", stopping after {budget:g} min" if budget else ""
     print(f"{name}: meta-training up to {cfg.iterations:,} iterations x {cfg.meta_batch_size} tasks{limit} -> "
           f"{run_dir}", file=sys.stderr, flush=True)
-    _, fit = train(cfg, run_dir, resume=True, progress=progress)
-    if fit.stopped == "interrupted":
-        raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; "
-                          "run the same command again to continue")
+    _, fit = continue_run(cfg, run_dir, progress=progress)
     which = "best" if checkpoint.exists(run_dir / "best") else "last"
     learner, _, info = load_run(run_dir, which)
     steps = paper_steps(cfg, algo)

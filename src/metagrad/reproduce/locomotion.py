@@ -3,7 +3,7 @@ paper (Table 2: SG-MRL vs MAML after one step, VPG inner and outer steps, append
 
 The methods are the navigation reproduction's presets, run with the locomotion settings of the papers (horizon
 200, meta-batch 40, 20 episodes per step, inner step 0.1); ``results.json``, resuming and the evaluation are the
-same (``navigation.run`` with this module's ``Experiment``).
+same (``metarl.run`` with this module's ``Experiment``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from ..analysis.stats import format_ci
 from ..errors import ConfigError
-from .navigation import Experiment
+from .metarl import Experiment
 
 # the MAML paper's half-cheetah forward/backward average return after 0..3 steps (appendix, Table 5)
 MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65]}}

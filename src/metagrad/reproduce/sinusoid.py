@@ -8,7 +8,6 @@ there), evaluated on the same fixed test tasks, and reported beside the paper's 
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from .. import plots
 from ..analysis.stats import format_ci
 from ..build import build_tasks
 from ..config import Config, load_config
-from ..errors import Interrupted
-from ..experiment import evaluate, predictions, train
+from ..experiment import continue_run, evaluate, machine, predictions
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def run(exp: Experiment, out: str | Path, full: bool = False, iterations: int | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"experiment": exp.name, "title": exp.title, "full_budget": full,
-                               "machine": _machine(), "methods": {}, "paper": _paper_json(exp)}
+                               "machine": machine(), "methods": {}, "paper": _paper_json(exp)}
     learners, configs = {}, {}
     for i, m in enumerate(exp.methods, 1):
         cfg = _method_config(exp, m, full, iterations, overrides or {})
@@ -93,10 +91,7 @@ def run(exp: Experiment, out: str | Path, full: bool = False, iterations: int | 
         print(f"[{i}/{len(exp.methods)}] {m.label}: " + (
             f"meta-training {cfg.iterations:,} iterations x {cfg.meta_batch_size} tasks -> {out / m.name}"
             if m.trained else "no training (random initialization)"), file=sys.stderr, flush=True)
-        trainer, fit = train(cfg, out / m.name, resume=True, progress=progress)
-        if fit.stopped == "interrupted":
-            raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {out / m.name}; "
-                              "run the same command again to continue")
+        trainer, fit = continue_run(cfg, out / m.name, progress=progress)
         learners[m.name] = trainer.learner
         t0 = time.perf_counter()
         curves = evaluate(trainer.learner, cfg)
@@ -204,8 +199,3 @@ def _fit_panel(exp: Experiment, name: str, result: dict[str, Any], learner: Any,
 def _paper_json(exp: Experiment) -> dict[str, Any]:
     return {"shots": exp.table_shots, "note": exp.paper_note,
             "loss": {m: {str(s): v for s, v in per.items()} for m, per in exp.paper.items()}}
-
-
-def _machine() -> dict[str, Any]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "platform": platform.platform()}

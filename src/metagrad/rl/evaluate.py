@@ -20,13 +20,38 @@ def held_out_goals(learner: MetaRL, num_tasks: int, seed: int) -> torch.Tensor:
     return learner.env.sample_tasks(num_tasks, torch.Generator().manual_seed(seed))
 
 
+@torch.no_grad()
+def adaptation_returns(learner: MetaRL, tasks: Tensor, steps: int, episodes: int = 40,
+                       lr: float | Sequence[float] = (0.1, 0.05), generator: torch.Generator | None = None,
+                       chunk: int = 50, keep_paths: int = 0) -> tuple[Tensor, list[Tensor]]:
+    """Mean undiscounted return per task after 0..``steps`` VPG steps (each on ``episodes`` fresh episodes of
+    the current policy): ``[T, steps + 1]``; with ``keep_paths`` also the positions of the first episodes of
+    the first tasks after each step (``[keep_paths, H + 1, obs_dim]`` per step), for trajectory plots."""
+    rule = SGD(lr)
+    rows, paths = [], []
+    for i in range(0, tasks.shape[0], chunk):
+        part = tasks[i: i + chunk]
+        params, per_task, cols = learner.meta_params(), False, []
+        for s in range(steps + 1):
+            tr = rollout(learner.env, learner.policy, params, part, episodes, generator, per_task)
+            cols.append(tr.episode_returns.mean(1))
+            if i == 0 and keep_paths:  # positions of the first episode (NaN once it has ended)
+                valid = tr.mask[:keep_paths, 0, :, None].bool()
+                paths.append(tr.obs[:keep_paths, 0].masked_fill(~valid, float("nan")))
+            if s < steps:
+                tr = learner.process(tr, learner.normalize_inner)
+                params, per_task = learner.adapt_batch(params, tr, s, per_task, rule), True
+        rows.append(torch.stack(cols, 1))
+    return torch.cat(rows), paths
+
+
 def return_curve(learner: MetaRL, num_tasks: int, steps: int, episodes: int, lr: Sequence[float], seed: int,
                  keep_paths: int = 0) -> tuple[dict[str, Any], list[torch.Tensor], torch.Tensor]:
     """Mean return per test task after 0..``steps`` steps (each on ``episodes`` fresh episodes): the mean over
     tasks with its 95% half-width, per step; plus the first episodes' positions when ``keep_paths``."""
     tasks = held_out_goals(learner, num_tasks, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    values, paths = learner.adaptation_returns(tasks, steps, episodes, tuple(lr), gen, keep_paths=keep_paths)
+    values, paths = adaptation_returns(learner, tasks, steps, episodes, tuple(lr), gen, keep_paths=keep_paths)
     mean, half = mean_ci95(values)
     curve = {"tasks": num_tasks, "episodes": episodes, "lr": list(lr), "mean": [round(float(m), 4) for m in mean],
              "ci95": [round(float(h), 4) for h in half]}
@@ -53,7 +78,7 @@ def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes:
     best, best_lr = None, grid[0]
     for lr in grid:
         gen = torch.Generator().manual_seed(seed + VAL_SEED_OFFSET + 1)
-        values, _ = learner.adaptation_returns(tasks, steps, episodes, (lr, lr * later), gen)
+        values, _ = adaptation_returns(learner, tasks, steps, episodes, (lr, lr * later), gen)
         score = float(values[:, 1:].mean()) if steps else float(values.mean())
         if best is None or score > best:
             best, best_lr = score, lr

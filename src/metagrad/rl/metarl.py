@@ -1,4 +1,7 @@
-"""Meta-RL on the functional engine: MAML-TRPO, first-order MAML, SG-MRL, E-MAML, ProMP and joint training (DRS).
+"""The meta-RL algorithms on the functional engine: MAML-TRPO, first-order MAML, SG-MRL, E-MAML, ProMP and joint
+training (DRS); how one task contributes to the outer objective. Sampling lives in ``sampler`` (environment,
+rollouts, returns, baselines, the adaptation episodes), the outer steps in ``outer`` (TRPO, VPG, PPO, the KL
+Hessian-vector products), evaluation in ``evaluate``.
 
 One meta-iteration: for a meta-batch of tasks, sample K episodes with the meta-parameters, take the inner
 policy-gradient step(s) (each on fresh episodes of the adapted policy), sample the evaluation episodes D_o with the
@@ -23,22 +26,21 @@ parameters, and a surrogate that TRPO's line search can evaluate at other parame
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, vjp, vmap
+from torch.func import grad, vmap
 
 from ..distributed import Share
-from ..errors import ConfigError, TrainingDiverged
-from ..functional import Params, call, detach, params_of, write_grads
+from ..errors import ConfigError
+from ..functional import Params, call, detach, params_of
 from ..inner import SGD
+from . import outer
 from .envs.base import TaskEnv
 from .policy import Policy
-from .sampler import Trajectories, policy_dist, process, rollout
-from .trpo import StepInfo, flatten, trust_region_step, unflatten
+from .sampler import Trajectories, adaptation_episodes, policy_dist, process
 
 ALGOS = ("maml", "fomaml", "sgmrl", "sgmrl-fo", "emaml", "promp", "joint")
 OUTERS = ("trpo", "vpg", "ppo")
@@ -157,16 +159,9 @@ class MetaRL(nn.Module):
         return process(traj, self.gamma, self.gae_lambda, self.baseline, normalize)
 
     def sample(self, tasks: Tensor, generator: torch.Generator | None) -> tuple[list[Trajectories], Trajectories]:
-        """The inner batches (one per inner step) and the post-adaptation batch ``D_o`` of a meta-batch."""
-        params, per_task, trajs = self.meta_params(), False, []
-        for s in range(self.inner_steps):
-            tr = self.process(rollout(self.env, self.policy, params, tasks, self.episodes, generator, per_task),
-                              self.normalize_inner)
-            trajs.append(tr)
-            params, per_task = self.adapt_batch(params, tr, s, per_task), True
-        out = self.process(rollout(self.env, self.policy, params, tasks, self.episodes, generator, per_task),
-                           self.normalize_outer)
-        return trajs, out
+        """The inner batches (one per inner step) and the post-adaptation batch ``D_o`` of a meta-batch
+        (``sampler.adaptation_episodes``)."""
+        return adaptation_episodes(self, tasks, generator)
 
     # ------------------------------------------------------------------ the outer objective
     def _ratio(self, params: Params, traj: Trajectories, per_task: bool) -> Tensor:
@@ -236,85 +231,15 @@ class MetaRL(nn.Module):
         return grad(self.objective)(self.meta_params(), trajs, out)
 
     def kl_hvp(self, trajs: Sequence[Trajectories], out: Trajectories) -> Any:
-        """``v -> (H + damping) v`` with H the Hessian of the KL through the inner step at the meta-parameters.
+        """``v -> (H + damping) v``, H the Hessian of the KL through the inner steps (``outer.kl_hvp``)."""
+        return outer.kl_hvp(self, trajs, out)
 
-        ``exact``: at the sampling parameters the KL's gradient with respect to the adapted parameters is zero,
-        so its Hessian through the inner steps is exactly ``sum_i J_i^T F_i J_i`` (F_i: the Fisher matrix of task
-        i's adapted policy on D_o, J_i: the Jacobian of its inner steps, each ``I - alpha * Hessian of the inner
-        loss``): Hessian-vector products of the inner losses and of the KL, no third derivatives.
-        ``finite-difference``: central differences of the KL's gradient through the inner step (the MAML paper's).
-        """
-        theta = self.meta_params()
-        x0 = flatten(theta)
-        if self.hvp_mode == "finite-difference" or not trajs:
-            def kl_grad(x: Tensor) -> Tensor:
-                return grad(lambda y: self.kl(unflatten(y, theta), trajs, out))(x)
+    def update(self, trajs: Sequence[Trajectories], out: Trajectories,
+               optimizer: torch.optim.Optimizer | None = None, share: Share | None = None) -> dict[str, float]:
+        """Form the meta-gradient and take the outer step (``outer.step``: TRPO in place, or ``optimizer.step()``
+        for VPG and PPO); ``share``: this process's part of the meta-batch under ``torchrun``."""
+        return outer.step(self, trajs, out, optimizer, share)
 
-            if not trajs:  # joint training: the KL Hessian of the policy itself, exact
-                _, product = vjp(kl_grad, x0)
-                return lambda v: product(v)[0] + self.cg_damping * v
-
-            # central differences: step ~ machine epsilon^(1/3) balances rounding and truncation (float32: 5e-3
-            # relative; a 1e-5 step gives errors of the order of the product itself in float32)
-            rel = torch.finfo(x0.dtype).eps ** (1 / 3)
-
-            def fd(v: Tensor) -> Tensor:
-                eps = rel * (1 + float(x0.norm())) / (float(v.norm()) + 1e-12)
-                return (kl_grad(x0 + eps * v) - kl_grad(x0 - eps * v)) / (2 * eps) + self.cg_damping * v
-
-            return fd
-        path, jacobians = self._inner_jacobians(theta, trajs)
-        if self.first_order:  # the inner gradients are constants: d theta' / d theta = I
-            jacobians = []
-        tasks = out.mask.shape[0]
-        out = self._subsample(out)
-
-        def kl_of(p: Params) -> Tensor:
-            dist = policy_dist(self.policy, p, out.obs, True)
-            return (self.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
-
-        _, fisher = vjp(grad(kl_of), path[-1])
-
-        def product(v: Tensor) -> Tensor:
-            u = {k: t.expand(tasks, *t.shape) for k, t in unflatten(v, theta).items()}
-            for jac in jacobians:  # J v = J_n ... J_1 v
-                u = jac(u)
-            w = fisher(u)[0]
-            for jac in reversed(jacobians):  # J^T w = J_1 ... J_n w (each J_s is symmetric)
-                w = jac(w)
-            return flatten({k: t.sum(0) for k, t in w.items()}) + self.cg_damping * v
-
-        return product
-
-    def _inner_jacobians(self, theta: Params, trajs: Sequence[Trajectories]) -> tuple[list[Params], list[Any]]:
-        """The (detached, per-task) parameters after each inner step, and per step s ``u -> J_s u`` on ``[T, ...]``
-        trees, ``J_s = I - alpha_s * Hessian of the task's inner loss`` at its parameters before step s (symmetric,
-        so it is also its transpose)."""
-        tasks = trajs[0].mask.shape[0]
-        path = [{k: v.expand(tasks, *v.shape) for k, v in theta.items()}]
-        jacobians = []
-        for s, tr in enumerate(trajs):
-            sub = self._subsample(tr)
-            grads, hess = vjp(lambda p, sub=sub: vmap(grad(self.inner_loss))(p, sub), path[-1])
-            if sub is not tr:  # the path itself follows the inner steps on all episodes
-                grads = vmap(grad(self.inner_loss))(path[-1], tr)
-            lr = self.inner.lr_at(s)
-            path.append(detach(self.inner.step(path[-1], grads, None, s, {})[0]))
-
-            def jac(u: Params, hess: Any = hess, lr: float = lr) -> Params:
-                hu = hess(u)[0]
-                return {k: u[k] - lr * hu[k] for k in u}
-
-            jacobians.append(jac)
-        return path, jacobians
-
-    def _subsample(self, traj: Trajectories) -> Trajectories:
-        """The first ``hvp_subsample`` fraction of each task's episodes (episodes are i.i.d.), for curvature."""
-        k = traj.mask.shape[1]
-        keep = max(1, math.ceil(self.hvp_subsample * k))
-        return traj if keep >= k else Trajectories(*(f[:, :keep] for f in traj))
-
-    # ------------------------------------------------------------------ one meta-iteration
     def meta_step(self, tasks: Tensor, generator: torch.Generator | None = None,
                   optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
         """One meta-iteration, the call a user makes: ``sample`` then ``update`` (the trainer calls the two apart to
@@ -328,111 +253,3 @@ class MetaRL(nn.Module):
         return {"return_pre": float((trajs[0] if trajs else out).episode_returns.mean()),
                 "return_post": float(out.episode_returns.mean()),
                 "env_steps": float(sum(t.steps for t in trajs) + out.steps)}
-
-    def update(self, trajs: Sequence[Trajectories], out: Trajectories,
-               optimizer: torch.optim.Optimizer | None = None, share: Share | None = None) -> dict[str, float]:
-        """Form the meta-gradient and take the outer step: TRPO in place, or ``optimizer.step()`` for VPG and PPO.
-        Under ``torchrun``, ``share`` is this process's part of the meta-batch: per-task means are combined over
-        the processes, so that every process takes the same step."""
-        if self.outer in ("vpg", "ppo") and optimizer is None:
-            raise ConfigError(f"outer '{self.outer}' needs an optimizer (e.g. torch.optim.Adam(policy.parameters()))")
-        if self.outer == "ppo":
-            return self.ppo_update(trajs, out, optimizer, share)
-        g = _reduce_params(self.meta_gradient(trajs, out), share)
-        gnorm = _finite_norm(g)
-        if self.outer == "vpg":
-            write_grads(dict(self.policy.named_parameters()), {k: -v for k, v in g.items()})
-            optimizer.step()
-            return {"grad_norm": gnorm}
-        info = self.trpo_update(flatten(self.meta_params()), flatten(g), trajs, out, share)
-        return {"grad_norm": gnorm, "accepted": float(info.accepted), "kl": info.kl,
-                "improvement": info.improvement, "backtracks": float(info.backtracks)}
-
-    def ppo_update(self, trajs: Sequence[Trajectories], out: Trajectories, optimizer: torch.optim.Optimizer,
-                   share: Share | None = None) -> dict[str, float]:
-        """``ppo_epochs`` optimizer steps on the clipped surrogate minus the inner KL penalties (ProMP), all on this
-        meta-batch; then the penalty coefficients adapt to their target."""
-        params = dict(self.policy.named_parameters())
-
-        def loss(theta: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            sur, kl, inner_kls = self.outer_terms(theta, trajs, out, self.ppo_clip, inner_kls=True)
-            return -sur + (self.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
-
-        for epoch in range(self.ppo_epochs):
-            g = _reduce_params(grad(loss, has_aux=True)(self.meta_params())[0], share)
-            if epoch == 0:  # the first epoch's gradient is the meta-gradient (ratios are 1, no penalty yet)
-                gnorm = _finite_norm(g)
-            write_grads(params, g)
-            optimizer.step()
-        with torch.no_grad():
-            _, (kl, inner_kls) = loss(self.meta_params())
-            kl, inner_kls = _reduce(kl, share), _reduce(inner_kls, share)
-        if self.inner_kl_target > 0 and len(inner_kls):
-            low, high = inner_kls < self.inner_kl_target / 1.5, inner_kls > self.inner_kl_target * 1.5
-            self.inner_kl_coefs[low.to(self.inner_kl_coefs.device)] /= 2
-            self.inner_kl_coefs[high.to(self.inner_kl_coefs.device)] *= 2
-        stats = {"grad_norm": gnorm, "kl": float(kl)}
-        stats.update({f"inner_kl_{s}": float(v) for s, v in enumerate(inner_kls)})
-        stats.update({f"inner_kl_coef_{s}": float(c) for s, c in enumerate(self.inner_kl_coefs)})
-        return stats
-
-    def trpo_update(self, x0: Tensor, g: Tensor, trajs: Sequence[Trajectories], out: Trajectories,
-                    share: Share | None = None) -> StepInfo:
-        """A trust-region step from ``x0`` written into the policy's parameters."""
-        theta = self.meta_params()
-
-        def evaluate(x: Tensor) -> tuple[float, float]:
-            with torch.no_grad():
-                sur, kl = _reduce(torch.stack(self.objective_and_kl(unflatten(x, theta), trajs, out)), share)
-            return float(sur), float(kl)
-
-        local = self.kl_hvp(trajs, out)
-        x, info = trust_region_step(x0, evaluate, g, lambda v: _reduce(local(v), share), self.max_kl, self.cg_iters,
-                                    self.backtrack, self.max_backtracks)
-        with torch.no_grad():
-            for p, v in zip(self.policy.parameters(), unflatten(x, theta).values(), strict=True):
-                p.copy_(v)
-        return info
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def adaptation_returns(self, tasks: Tensor, steps: int, episodes: int = 40,
-                           lr: float | Sequence[float] = (0.1, 0.05), generator: torch.Generator | None = None,
-                           chunk: int = 50, keep_paths: int = 0) -> tuple[Tensor, list[Tensor]]:
-        """Mean undiscounted return per task after 0..``steps`` VPG steps (each on ``episodes`` fresh episodes of
-        the current policy): ``[T, steps + 1]``; with ``keep_paths`` also the positions of the first episodes of
-        the first tasks after each step (``[keep_paths, H + 1, obs_dim]`` per step), for trajectory plots."""
-        rule = SGD(lr)
-        rows, paths = [], []
-        for i in range(0, tasks.shape[0], chunk):
-            part = tasks[i: i + chunk]
-            params, per_task, cols = self.meta_params(), False, []
-            for s in range(steps + 1):
-                tr = rollout(self.env, self.policy, params, part, episodes, generator, per_task)
-                cols.append(tr.episode_returns.mean(1))
-                if i == 0 and keep_paths:  # positions of the first episode (NaN once it has ended)
-                    valid = tr.mask[:keep_paths, 0, :, None].bool()
-                    paths.append(tr.obs[:keep_paths, 0].masked_fill(~valid, float("nan")))
-                if s < steps:
-                    tr = self.process(tr, self.normalize_inner)
-                    params, per_task = self.adapt_batch(params, tr, s, per_task, rule), True
-            rows.append(torch.stack(cols, 1))
-        return torch.cat(rows), paths
-
-
-def _finite_norm(g: Params) -> float:
-    """The norm of a meta-gradient; a clear error when it is not finite."""
-    norm = float(flatten(g).norm())
-    if not math.isfinite(norm):
-        raise TrainingDiverged(f"the meta-gradient is {norm}; lower inner_lr or the outer step size")
-    return norm
-
-
-def _reduce(x: Tensor, share: Share | None) -> Tensor:
-    """The meta-batch's value of a per-task mean computed on this process's ``share`` (``x`` itself alone)."""
-    return x if share is None else share.mean(x)
-
-
-def _reduce_params(tree: Params, share: Share | None) -> Params:
-    """``_reduce`` on every leaf of a gradient, in one flat all-reduce."""
-    return tree if share is None else unflatten(share.mean(flatten(tree)), tree)

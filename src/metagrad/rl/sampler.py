@@ -3,7 +3,7 @@ parameters (after adaptation) or shared ones (the meta-parameters); then returns
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -14,6 +14,9 @@ from . import baseline as linear_baseline
 from .envs.base import TaskEnv
 from .policy import Policy
 from .returns import discounted_returns, gae, normalize
+
+if TYPE_CHECKING:
+    from .metarl import MetaRL
 
 
 class Trajectories(NamedTuple):
@@ -98,3 +101,18 @@ def process(traj: Trajectories, gamma: float = 0.99, gae_lambda: float = 1.0, ba
     if normalize_advantages:
         adv = normalize(adv, traj.mask, (1, 2))
     return traj._replace(returns=returns, advantages=adv)
+
+
+def adaptation_episodes(learner: MetaRL, tasks: Tensor,
+                        generator: torch.Generator | None) -> tuple[list[Trajectories], Trajectories]:
+    """A meta-batch's episodes: one batch per inner step (each with the policy adapted by the steps before it) and
+    the post-adaptation batch ``D_o``, with returns and advantages."""
+    params, per_task, trajs = learner.meta_params(), False, []
+    for s in range(learner.inner_steps):
+        tr = learner.process(rollout(learner.env, learner.policy, params, tasks, learner.episodes, generator,
+                                     per_task), learner.normalize_inner)
+        trajs.append(tr)
+        params, per_task = learner.adapt_batch(params, tr, s, per_task), True
+    out = learner.process(rollout(learner.env, learner.policy, params, tasks, learner.episodes, generator, per_task),
+                          learner.normalize_outer)
+    return trajs, out

@@ -1,6 +1,7 @@
 """Task distributions: each samples ``TaskBatch`` meta-batches with a ``torch.Generator``."""
 
-from .base import Split, TaskBatch, TaskDistribution
+from ..batch import Split, TaskBatch
+from .base import TaskDistribution
 from .linreg import LinearRegression
 from .sinusoid import Sinusoid
 

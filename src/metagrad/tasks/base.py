@@ -1,46 +1,12 @@
-"""A meta-batch of tasks: support and query sets with a leading task dimension."""
+"""What a task family is: anything that samples meta-batches (``TaskBatch``, defined in the core)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import torch
-from torch import Tensor
 
-
-class Split(NamedTuple):
-    """Inputs and targets of one split; shapes ``[tasks, examples, ...]`` (or without ``tasks`` for one task)."""
-
-    x: Tensor
-    y: Tensor
-
-
-class TaskBatch(NamedTuple):
-    """Support (adaptation) and query (evaluation) sets of a meta-batch. A NamedTuple so that
-    ``torch.func.vmap`` maps over every leaf at once."""
-
-    support: Split
-    query: Split
-
-    @property
-    def num_tasks(self) -> int:
-        return self.support.x.shape[0]
-
-    def task(self, i: int) -> TaskBatch:
-        """The i-th task, without the task dimension."""
-        return TaskBatch(Split(self.support.x[i], self.support.y[i]), Split(self.query.x[i], self.query.y[i]))
-
-    def slice(self, start: int, stop: int) -> TaskBatch:
-        """Tasks ``start:stop``, keeping the task dimension."""
-        return TaskBatch(Split(self.support.x[start:stop], self.support.y[start:stop]),
-                         Split(self.query.x[start:stop], self.query.y[start:stop]))
-
-    def to(self, dtype: torch.dtype) -> TaskBatch:
-        """Cast floating-point inputs and targets (e.g. to float64 for gradient checks)."""
-        def cast(t: Tensor) -> Tensor:
-            return t.to(dtype) if t.is_floating_point() else t
-        return TaskBatch(Split(cast(self.support.x), cast(self.support.y)),
-                         Split(cast(self.query.x), cast(self.query.y)))
+from ..batch import TaskBatch
 
 
 class TaskDistribution(Protocol):

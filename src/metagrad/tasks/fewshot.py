@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..batch import Split, TaskBatch
 from ..errors import ConfigError
-from .base import Split, TaskBatch
 
 
 class FewShotClassification:

@@ -18,8 +18,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from ..batch import Split, TaskBatch
 from ..errors import ConfigError
-from .base import Split, TaskBatch
 
 
 def haar_rotation(dim: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:

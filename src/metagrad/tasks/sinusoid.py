@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..batch import Split, TaskBatch
 from ..errors import ConfigError
-from .base import Split, TaskBatch
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,193 @@
+"""The outer steps of meta-RL: TRPO (conjugate gradient on the KL's Hessian through the inner steps, then a line
+search), VPG (any ``torch.optim`` optimizer on the meta-gradient) and PPO (clipped ratios, several epochs, ProMP's
+adaptive KL penalty on the pre-update policies). Each takes the learner's objective as it is (``MetaRL``) and, under
+``torchrun``, this process's ``Share`` of the meta-batch, over which per-task means are combined.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.func import grad, vjp, vmap
+
+from ..distributed import Share
+from ..errors import ConfigError, TrainingDiverged
+from ..functional import Params, detach, write_grads
+from .sampler import Trajectories, policy_dist
+from .trpo import StepInfo, flatten, trust_region_step, unflatten
+
+if TYPE_CHECKING:
+    from .metarl import MetaRL
+
+
+def step(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories,
+         optimizer: torch.optim.Optimizer | None = None, share: Share | None = None) -> dict[str, float]:
+    """Form the meta-gradient and take the outer step: TRPO in place, or ``optimizer.step()`` for VPG and PPO.
+    Under ``torchrun``, ``share`` is this process's part of the meta-batch: per-task means are combined over
+    the processes, so that every process takes the same step."""
+    if learner.outer in ("vpg", "ppo") and optimizer is None:
+        raise ConfigError(f"outer '{learner.outer}' needs an optimizer (e.g. torch.optim.Adam(policy.parameters()))")
+    if learner.outer == "ppo":
+        return ppo_update(learner, trajs, out, optimizer, share)
+    g = _reduce_params(learner.meta_gradient(trajs, out), share)
+    gnorm = _finite_norm(g)
+    if learner.outer == "vpg":
+        write_grads(dict(learner.policy.named_parameters()), {k: -v for k, v in g.items()})
+        optimizer.step()
+        return {"grad_norm": gnorm}
+    info = trpo_update(learner, flatten(learner.meta_params()), flatten(g), trajs, out, share)
+    return {"grad_norm": gnorm, "accepted": float(info.accepted), "kl": info.kl,
+            "improvement": info.improvement, "backtracks": float(info.backtracks)}
+
+
+def ppo_update(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories, optimizer: torch.optim.Optimizer,
+               share: Share | None = None) -> dict[str, float]:
+    """``ppo_epochs`` optimizer steps on the clipped surrogate minus the inner KL penalties (ProMP), all on this
+    meta-batch; then the penalty coefficients adapt to their target."""
+    params = dict(learner.policy.named_parameters())
+
+    def loss(theta: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        sur, kl, inner_kls = learner.outer_terms(theta, trajs, out, learner.ppo_clip, inner_kls=True)
+        return -sur + (learner.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
+
+    for epoch in range(learner.ppo_epochs):
+        g = _reduce_params(grad(loss, has_aux=True)(learner.meta_params())[0], share)
+        if epoch == 0:  # the first epoch's gradient is the meta-gradient (ratios are 1, no penalty yet)
+            gnorm = _finite_norm(g)
+        write_grads(params, g)
+        optimizer.step()
+    with torch.no_grad():
+        _, (kl, inner_kls) = loss(learner.meta_params())
+        kl, inner_kls = _reduce(kl, share), _reduce(inner_kls, share)
+    if learner.inner_kl_target > 0 and len(inner_kls):
+        low, high = inner_kls < learner.inner_kl_target / 1.5, inner_kls > learner.inner_kl_target * 1.5
+        learner.inner_kl_coefs[low.to(learner.inner_kl_coefs.device)] /= 2
+        learner.inner_kl_coefs[high.to(learner.inner_kl_coefs.device)] *= 2
+    stats = {"grad_norm": gnorm, "kl": float(kl)}
+    stats.update({f"inner_kl_{s}": float(v) for s, v in enumerate(inner_kls)})
+    stats.update({f"inner_kl_coef_{s}": float(c) for s, c in enumerate(learner.inner_kl_coefs)})
+    return stats
+
+
+def trpo_update(learner: MetaRL, x0: Tensor, g: Tensor, trajs: Sequence[Trajectories], out: Trajectories,
+                share: Share | None = None) -> StepInfo:
+    """A trust-region step from ``x0`` written into the policy's parameters."""
+    theta = learner.meta_params()
+
+    def evaluate(x: Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            sur, kl = _reduce(torch.stack(learner.objective_and_kl(unflatten(x, theta), trajs, out)), share)
+        return float(sur), float(kl)
+
+    local = kl_hvp(learner, trajs, out)
+    x, info = trust_region_step(x0, evaluate, g, lambda v: _reduce(local(v), share), learner.max_kl, learner.cg_iters,
+                                learner.backtrack, learner.max_backtracks)
+    with torch.no_grad():
+        for p, v in zip(learner.policy.parameters(), unflatten(x, theta).values(), strict=True):
+            p.copy_(v)
+    return info
+
+
+def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) -> Any:
+    """``v -> (H + damping) v`` with H the Hessian of the KL through the inner step at the meta-parameters.
+
+    ``exact``: at the sampling parameters the KL's gradient with respect to the adapted parameters is zero,
+    so its Hessian through the inner steps is exactly ``sum_i J_i^T F_i J_i`` (F_i: the Fisher matrix of task
+    i's adapted policy on D_o, J_i: the Jacobian of its inner steps, each ``I - alpha * Hessian of the inner
+    loss``): Hessian-vector products of the inner losses and of the KL, no third derivatives.
+    ``finite-difference``: central differences of the KL's gradient through the inner step (the MAML paper's).
+    """
+    theta = learner.meta_params()
+    x0 = flatten(theta)
+    if learner.hvp_mode == "finite-difference" or not trajs:
+        def kl_grad(x: Tensor) -> Tensor:
+            return grad(lambda y: learner.kl(unflatten(y, theta), trajs, out))(x)
+
+        if not trajs:  # joint training: the KL Hessian of the policy itself, exact
+            _, product = vjp(kl_grad, x0)
+            return lambda v: product(v)[0] + learner.cg_damping * v
+
+        # central differences: step ~ machine epsilon^(1/3) balances rounding and truncation (float32: 5e-3
+        # relative; a 1e-5 step gives errors of the order of the product itself in float32)
+        rel = torch.finfo(x0.dtype).eps ** (1 / 3)
+
+        def fd(v: Tensor) -> Tensor:
+            eps = rel * (1 + float(x0.norm())) / (float(v.norm()) + 1e-12)
+            return (kl_grad(x0 + eps * v) - kl_grad(x0 - eps * v)) / (2 * eps) + learner.cg_damping * v
+
+        return fd
+    path, jacobians = inner_jacobians(learner, theta, trajs)
+    if learner.first_order:  # the inner gradients are constants: d theta' / d theta = I
+        jacobians = []
+    tasks = out.mask.shape[0]
+    out = subsample(learner, out)
+
+    def kl_of(p: Params) -> Tensor:
+        dist = policy_dist(learner.policy, p, out.obs, True)
+        return (learner.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
+
+    _, fisher = vjp(grad(kl_of), path[-1])
+
+    def product(v: Tensor) -> Tensor:
+        u = {k: t.expand(tasks, *t.shape) for k, t in unflatten(v, theta).items()}
+        for jac in jacobians:  # J v = J_n ... J_1 v
+            u = jac(u)
+        w = fisher(u)[0]
+        for jac in reversed(jacobians):  # J^T w = J_1 ... J_n w (each J_s is symmetric)
+            w = jac(w)
+        return flatten({k: t.sum(0) for k, t in w.items()}) + learner.cg_damping * v
+
+    return product
+
+def inner_jacobians(learner: MetaRL, theta: Params,
+                    trajs: Sequence[Trajectories]) -> tuple[list[Params], list[Any]]:
+    """The (detached, per-task) parameters after each inner step, and per step s ``u -> J_s u`` on ``[T, ...]``
+    trees, ``J_s = I - alpha_s * Hessian of the task's inner loss`` at its parameters before step s (symmetric,
+    so it is also its transpose)."""
+    tasks = trajs[0].mask.shape[0]
+    path = [{k: v.expand(tasks, *v.shape) for k, v in theta.items()}]
+    jacobians = []
+    for s, tr in enumerate(trajs):
+        sub = subsample(learner, tr)
+        grads, hess = vjp(lambda p, sub=sub: vmap(grad(learner.inner_loss))(p, sub), path[-1])
+        if sub is not tr:  # the path itself follows the inner steps on all episodes
+            grads = vmap(grad(learner.inner_loss))(path[-1], tr)
+        lr = learner.inner.lr_at(s)
+        path.append(detach(learner.inner.step(path[-1], grads, None, s, {})[0]))
+
+        def jac(u: Params, hess: Any = hess, lr: float = lr) -> Params:
+            hu = hess(u)[0]
+            return {k: u[k] - lr * hu[k] for k in u}
+
+        jacobians.append(jac)
+    return path, jacobians
+
+def subsample(learner: MetaRL, traj: Trajectories) -> Trajectories:
+    """The first ``hvp_subsample`` fraction of each task's episodes (episodes are i.i.d.), for curvature."""
+    k = traj.mask.shape[1]
+    keep = max(1, math.ceil(learner.hvp_subsample * k))
+    return traj if keep >= k else Trajectories(*(f[:, :keep] for f in traj))
+
+# ------------------------------------------------------------------ one meta-iteration
+
+
+def _finite_norm(g: Params) -> float:
+    """The norm of a meta-gradient; a clear error when it is not finite."""
+    norm = float(flatten(g).norm())
+    if not math.isfinite(norm):
+        raise TrainingDiverged(f"the meta-gradient is {norm}; lower inner_lr or the outer step size")
+    return norm
+
+
+def _reduce(x: Tensor, share: Share | None) -> Tensor:
+    """The meta-batch's value of a per-task mean computed on this process's ``share`` (``x`` itself alone)."""
+    return x if share is None else share.mean(x)
+
+
+def _reduce_params(tree: Params, share: Share | None) -> Params:
+    """``_reduce`` on every leaf of a gradient, in one flat all-reduce."""
+    return tree if share is None else unflatten(share.mean(flatten(tree)), tree)
