@@ -86,7 +86,6 @@ class Config(Settings):
     checkpoint_every: int = opt(2000, "train", "iterations between checkpoints (also saved at the end)")
     val_every: int = opt(2000, "train", "iterations between validations; the best is kept (0: never)")
     val_tasks: int = opt(200, "train", "validation tasks")
-    time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
     # [eval]
     eval_shots: tuple[int, ...] = opt((5, 10, 20), "eval", "support sizes K to evaluate")
     eval_query: int = opt(100, "eval", "query examples per test task (per class for images)")
@@ -127,8 +126,6 @@ class Config(Settings):
             raise ConfigError("inner_lr is empty; give a step size such as 0.01")
         if not self.outer_lr > 0:
             raise ConfigError(f"outer_lr {self.outer_lr} must be positive (e.g. 0.001)")
-        if self.time_budget < 0:
-            raise ConfigError(f"time_budget {self.time_budget} must be >= 0 minutes")
         for name in ("amplitude", "phase", "x_range"):
             v = getattr(self, name)
             if len(v) != 2 or v[0] > v[1]:
@@ -151,7 +148,7 @@ class Config(Settings):
             raise ConfigError(f"query {self.query} must be >= 1 for image classification")
         if self.grid and max(self.shots, *self.eval_shots) > self.grid:
             raise ConfigError(f"shots {max(self.shots, *self.eval_shots)} exceed grid {self.grid}")
-        return self
+        return super().validate()
 
 
 def load_config(name_or_path: str | Path) -> Config | RLConfig:

@@ -39,8 +39,12 @@ class Settings:
     SECTIONS: ClassVar[tuple[str, ...]] = ()
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset()  # besides [eval]: may change when a run resumes
 
+    time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
+
     def validate(self: S) -> S:
-        """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
+        """Check every value; raise ``ConfigError`` naming the first bad one and the fix (subclasses add theirs)."""
+        if self.time_budget < 0:
+            raise ConfigError(f"time_budget {self.time_budget} must be >= 0 minutes")
         return self
 
     def check_choices(self, choices: dict[str, tuple[str, ...]]) -> None:

@@ -87,16 +87,15 @@ class RLConfig(Settings):
                                  "within a factor 1.5 (0: fixed penalty)")
     # [train]
     iterations: int = opt(500, "train", "meta-iterations")
+    step_budget: int = opt(0, "train", "stop once this many environment steps have been taken, inner-loop rollouts "
+                           "included (0: no limit; the run ends within one meta-batch of it)")
+    snapshot_steps: int = opt(0, "train", "keep checkpoint snapshot-<j> when the j-th multiple of this many "
+                              "environment steps is passed (0: none)")
     meta_batch_size: int = opt(20, "train", "tasks per meta-iteration")
     outer_optimizer: str = opt("adam", "train", "optimizer of outer 'vpg' and 'ppo': adam or sgd")
     outer_lr: float = opt(0.001, "train", "step size of outer 'vpg' and 'ppo'")
     seed: int = opt(0, "train", "seed of the initialization, tasks and episodes")
     checkpoint_every: int = opt(10, "train", "iterations between checkpoints (also at the end)")
-    time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
-    step_budget: int = opt(0, "train", "stop once this many environment steps have been taken, inner-loop rollouts "
-                           "included (0: no limit; the run ends within one meta-batch of it)")
-    snapshot_steps: int = opt(0, "train", "keep checkpoint snapshot-<j> when the j-th multiple of this many "
-                              "environment steps is passed (0: none)")
     # [eval]
     eval_steps: int = opt(4, "eval", "adaptation steps at test time")
     eval_episodes: int = opt(40, "eval", "episodes per test-time step and task")
@@ -139,9 +138,7 @@ class RLConfig(Settings):
             raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
-        if self.time_budget < 0:
-            raise ConfigError(f"time_budget {self.time_budget} must be >= 0 minutes")
-        return self
+        return super().validate()
 
 def method_names() -> list[str]:
     """The methods that have a preset (``configs/<method>-navigation.toml``)."""

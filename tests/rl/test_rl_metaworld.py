@@ -18,7 +18,7 @@ from metagrad.rl import make_env, make_policy
 from metagrad.rl.envs import metaworld as mw
 from metagrad.rl.sampler import rollout
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from metagrad.rl.config import RLConfig
 from metagrad.rl.evaluate import return_curve
 from metagrad.rl.train import RLTrainer, build
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def test_short_maml_trpo_run_improves_the_post_adaptation_return():
@@ -110,7 +110,7 @@ def test_gym_environments_without_gymnasium_name_the_extra_and_core_imports(tmp_
 def test_readme_meta_rl_example_runs(capsys):
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "metagrad.rl" in b)
     exec(compile(block, "README.md", "exec"), {})
     line = capsys.readouterr().out.strip()
