@@ -97,7 +97,7 @@ def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
                 raise  # the reference path itself fails: the user's model or data is at fault, show it as it is
             return f"vmap cannot run it ({first_line(e)}){where(ref.model, small)}"
     err, leaf = tree_error(outs["vmap"], outs["loop"])
-    if err <= TOLERANCE:
+    if err <= TOLERANCE or err != err:  # equal, or NaN on this slice (a diverging model: nothing to judge)
         return None
     names = [f"{part}.{n}" for part, tree in outs["loop"][0].items() for n in tree] + ["meta_loss"]
     name = names[leaf] if leaf < len(names) else "meta_loss"

@@ -1,87 +1,132 @@
-"""Checkpoints: tensors in safetensors, everything else in a JSON sidecar, both written atomically.
+"""Checkpoints: one atomic, checksummed file each.
 
-``save(stem, state, info)`` writes ``stem.safetensors`` and ``stem.json``. ``state`` may nest dicts,
-lists and tensors (optimizer and scheduler state dicts, RNG states); its tensors go to safetensors and
-its shape (with the non-tensor leaves) to the sidecar, so ``load`` returns the same nested object.
-Each file is written to a temporary name and renamed; a shared random id in both files detects a pair
-torn apart by a crash between the two renames.
+``save(stem, state, info)`` writes ``stem.safetensors``: the tensors of ``state`` (which may nest dicts, lists and
+tensors: optimizer and scheduler state dicts, RNG states), and in its header ``info`` with the shape of ``state``
+(the non-tensor leaves) and a SHA-256 of all of it. The file is written to a temporary name, flushed to disk and
+renamed, so ``stem.safetensors`` is always a whole checkpoint, the new one or the one before; a kill -9 or a full
+disk at any moment leaves a resumable run. ``load`` verifies the checksum: a truncated or bit-flipped file is named
+in one line, never used. ``stem.json`` is a readable copy of ``info`` for people and scripts; nothing reads it back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
 
-FORMAT = 1
+FORMAT = 2
+HEADER_KEY, DIGEST_KEY = "metagrad", "sha256"
 
 
 def save(stem: str | Path, state: Any, info: dict[str, Any]) -> None:
-    """Write ``stem.safetensors`` (the tensors of ``state``) and ``stem.json`` (``info`` and the rest)."""
+    """Write ``stem.safetensors`` (``state`` and ``info``, checksummed) atomically, then the readable ``stem.json``."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, "", tensors)
-    token = uuid.uuid4().hex
-    sidecar = {"format": FORMAT, "id": token, **info, "state": skeleton}
-    tensor_tmp = stem.with_name(stem.name + ".safetensors.tmp")
-    save_file(tensors, str(tensor_tmp), metadata={"id": token})
-    _fsync(tensor_tmp)
-    json_tmp = stem.with_name(stem.name + ".json.tmp")
-    json_tmp.write_text(json.dumps(sidecar, indent=1))
-    _fsync(json_tmp)
-    os.replace(tensor_tmp, stem.with_suffix(".safetensors"))
-    os.replace(json_tmp, stem.with_suffix(".json"))
+    header = json.dumps({"format": FORMAT, **info, "state": skeleton})
+    tmp = stem.with_name(stem.name + ".safetensors.tmp")
+    save_file(tensors, str(tmp), metadata={HEADER_KEY: header, DIGEST_KEY: _digest(header, tensors)})
+    _fsync(tmp)
+    os.replace(tmp, stem.with_suffix(".safetensors"))
+    _fsync_dir(stem.parent)
+    write_json(stem.with_suffix(".json"), {"format": FORMAT, **info})
 
 
 def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:
-    """Read a checkpoint written by ``save``: ``(state, info)``."""
-    stem = Path(stem)
-    json_path, tensor_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    if not json_path.exists() or not tensor_path.exists():
-        raise CheckpointError(f"no checkpoint at {stem} (expected {tensor_path.name} and {json_path.name})")
+    """Read and verify a checkpoint written by ``save``: ``(state, info)``."""
+    path = Path(stem).with_suffix(".safetensors")
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {stem} ({path.name} is missing)")
     try:
-        info = json.loads(json_path.read_text())
-        with safe_open(str(tensor_path), "pt") as f:
-            token = (f.metadata() or {}).get("id")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (json.JSONDecodeError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {stem} is unreadable ({e}); delete it or resume from another") from None
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); delete it and resume from another "
+                              "(e.g. best), or start a new run") from None
+    if HEADER_KEY not in meta:
+        raise CheckpointError(f"checkpoint {path} was not written by this metagrad (format 1 or another program); "
+                              "start a new run")
+    if meta.get(DIGEST_KEY) != _digest(meta[HEADER_KEY], tensors):
+        raise CheckpointError(f"checkpoint {path} is damaged (its checksum does not match its contents); delete it "
+                              "and resume from another (e.g. best), or start a new run")
+    info = json.loads(meta[HEADER_KEY])
     if info.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {stem} has format {info.get('format')}, this metagrad reads {FORMAT}")
-    if token != info.get("id"):
-        raise CheckpointError(f"checkpoint {stem}: {tensor_path.name} and {json_path.name} come from different "
-                              "saves (interrupted while writing); resume from another checkpoint")
-    state = _decode(info.pop("state"), tensors)
-    return state, info
+        raise CheckpointError(f"checkpoint {path} has format {info.get('format')}, this metagrad reads {FORMAT}")
+    return _decode(info.pop("state"), tensors), info
 
 
 def read_info(stem: str | Path) -> dict[str, Any]:
-    """The JSON sidecar alone (cheap: no tensors read)."""
-    path = Path(stem).with_suffix(".json")
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {stem} ({path.name} missing)")
-    info = json.loads(path.read_text())
+    """The checkpoint's ``info`` alone (its header: no tensors read, no checksum verified)."""
+    path = Path(stem).with_suffix(".safetensors")
+    try:
+        with safe_open(str(path), "pt") as f:
+            info = json.loads((f.metadata() or {})[HEADER_KEY])
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {stem} ({path.name} is missing)") from None
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); delete it and resume from another "
+                              "(e.g. best), or start a new run") from None
     info.pop("state", None)
     return info
 
 
 def exists(stem: str | Path) -> bool:
-    stem = Path(stem)
-    return stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists()
+    return Path(stem).with_suffix(".safetensors").exists()
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (temporary file, then rename): a reader never sees half a file."""
+    write_text(path, json.dumps(data, indent=1))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(header.encode())
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"\0{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (the directory entry), where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -109,11 +154,3 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, list):
         return [_decode(v, tensors) for v in obj]
     return obj
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically (temporary file, then rename): a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

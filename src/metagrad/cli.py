@@ -10,6 +10,7 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     except MetagradError as e:
         print(f"metagrad {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # a full or read-only disk, an unwritable folder: the file and the reason, in one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; free space, or "
+              "choose another folder", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"metagrad {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -261,6 +267,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     learner, cfg, info = load_run(args.run, args.checkpoint)
     cfg = cfg.replace(**config_overrides(args, cfg))
+    path = Path(args.output) if args.output else Path(args.run) / "eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=path.parent).close()  # writable: found before the evaluation's work, not after
     head = f"{args.run} ({args.checkpoint} checkpoint, iteration {info['iteration']})"
     if isinstance(cfg, Config):
         results = evaluate(learner, cfg)
@@ -280,8 +289,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"{cfg.eval_episodes} episodes per step, mean ± 95% CI")
         print(f"  return (step sizes {curve['lr']})  {_row(curve, 2)}")
         curves = {str(cfg.eval_episodes): {"lr": curve["lr"], "return": curve}}
-    path = Path(args.output) if args.output else Path(args.run) / "eval.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"checkpoint": args.checkpoint, "iteration": info["iteration"],
                                "eval": cfg.to_sections()["eval"], "curves": curves}
     path.write_text(json.dumps(payload, indent=1))

@@ -58,12 +58,14 @@ def stored_config(data: dict[str, Any]) -> Config | RLConfig:
     return RLConfig.from_dict(data)
 
 
-def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = False, progress: bool = True,
           **kw: Any) -> tuple[Any, Any]:
     """Meta-train into ``run_dir`` (``config.toml``, ``metrics.jsonl``, ``last``/``best`` checkpoints), or continue
-    it with ``resume``; returns the trainer and its fit result."""
+    it with ``resume`` (True: its last checkpoint must exist; "auto": continue it if there is one); the step sizes
+    may change on resume (recorded in ``metrics.jsonl``). Returns the trainer and its fit result."""
     run_dir = Path(run_dir)
     trainer = make_trainer(cfg, run_dir, progress, **kw)
+    changes = None
     if resume and checkpoint.exists(run_dir / "last"):
         saved = stored_config(checkpoint.read_info(run_dir / "last")["config"])
         if type(saved) is not type(cfg):
@@ -72,7 +74,9 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool = False, pro
         if changed:
             raise CheckpointError(f"{run_dir} was trained with another config (differs in: {', '.join(changed)});"
                                   " resume with the same options or choose another --out")
-    result = trainer.fit(resume=resume)
+        old, new = saved.to_dict(), cfg.to_dict()
+        changes = {k: [old[k], new[k]] for k in new if old[k] != new[k]}
+    result = trainer.fit(resume=resume, changes=changes)
     if trainer.writes:
         (run_dir / "config.toml").write_text(cfg.to_toml())  # the config of the latest session, for reading
     return trainer, result
@@ -81,7 +85,7 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool = False, pro
 def continue_run(cfg: Config | RLConfig, run_dir: str | Path, progress: bool = True, **kw: Any) -> tuple[Any, Any]:
     """``train`` with resume, as the reproductions run each method: a rerun continues where it stopped; Ctrl-C or
     SIGTERM saves and raises ``Interrupted`` with what to run."""
-    trainer, fit = train(cfg, run_dir, resume=True, progress=progress, **kw)
+    trainer, fit = train(cfg, run_dir, resume="auto", progress=progress, **kw)
     if fit.stopped == "interrupted":
         raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
                           "command again to continue")

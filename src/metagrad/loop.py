@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from . import checkpoint
 from .distributed import Distributed
-from .errors import CheckpointError
+from .errors import CheckpointError, TrainingDiverged
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `docker stop` send
 
@@ -90,14 +91,19 @@ class RunLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, state: dict[str, Any] | None = None, iteration: int | None = None) -> Path | None:
-        """Write checkpoint ``run_dir/name`` (default: the full state at this iteration); process 0 only."""
+        """Write checkpoint ``run_dir/name`` (default: the full state at this iteration); process 0 only. A state
+        holding a NaN or an infinity is not written: the checkpoint before it stays, to resume from."""
         if self.run_dir is None:
             return None
         stem = self.run_dir / name
+        state = state if state is not None else self.state()
+        if not _finite(state):
+            print(f"metagrad: not saving {name} at iteration {self.iteration}: the state holds NaN or infinite "
+                  "values; the previous checkpoint stays", file=sys.stderr)
+            return None
         if self.writes:
-            checkpoint.save(stem, state if state is not None else self.state(),
-                            {"iteration": self.iteration if iteration is None else iteration,
-                             "elapsed": self.elapsed, **self.info(), "config": self.config})
+            checkpoint.save(stem, state, {"iteration": self.iteration if iteration is None else iteration,
+                                          "elapsed": self.elapsed, **self.info(), "config": self.config})
         return stem
 
     def restore(self, name: str = "last") -> None:
@@ -117,11 +123,12 @@ class RunLoop:
             f.write(json.dumps(record) + "\n")
 
     def _truncate_metrics(self) -> None:
+        """Keep the lines up to the resumed iteration (a line torn by a crash is dropped)."""
         path = self.run_dir / "metrics.jsonl" if self.run_dir and self.writes else None
         if path is None or not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iteration"] <= self.iteration]
-        path.write_text("".join(ln + "\n" for ln in keep))
+        keep = [ln for ln in path.read_text(errors="replace").splitlines() if _line_iteration(ln) <= self.iteration]
+        checkpoint.write_text(path, "".join(ln + "\n" for ln in keep))
 
     def checkpoint_due(self) -> bool:
         return self.run_dir is not None and (self.iteration % self.checkpoint_every == 0
@@ -132,17 +139,23 @@ class RunLoop:
         """Stop after the current iteration, with a checkpoint (what Ctrl-C and SIGTERM do)."""
         self._stop_requested = True
 
-    def run(self, resume: bool = False) -> tuple[str, int, float]:
+    def run(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> tuple[str, int, float]:
         """Iterate until done, a budget or a stop request; ``(stopped, start iteration, session seconds)`` with
-        ``stopped`` one of done, time_budget, interrupted."""
-        self._prepare(resume)
+        ``stopped`` one of done, time_budget, interrupted. ``resume``: False (a new run), True (continue the run in
+        ``run_dir``, which must have a ``last`` checkpoint) or "auto" (continue it if there is one, else start);
+        ``changes``: settings that differ from the checkpoint's, recorded in ``metrics.jsonl`` when resuming."""
+        if self._prepare(resume) and changes:
+            self.log({"iteration": self.iteration, "resumed_with": changes})
         start_iteration, session_start = self.iteration, time.perf_counter()
         stopped = "done"
         bar = self.make_bar()
         with self._signals_save():
             while self.iteration < self.iterations and not self.budget_reached():
                 t0 = time.perf_counter()
-                metrics = self.step()
+                try:
+                    metrics = self.step()
+                except TrainingDiverged as e:
+                    raise TrainingDiverged(f"{e}; {self._after_divergence()}") from None
                 self.iteration += 1
                 seconds = time.perf_counter() - t0
                 self.elapsed += seconds
@@ -161,18 +174,40 @@ class RunLoop:
         self.finish(stopped)
         return stopped, start_iteration, time.perf_counter() - session_start
 
-    def _prepare(self, resume: bool) -> None:
-        """Resume from ``last``, or refuse to overwrite another run; create the run directory."""
+    def _prepare(self, resume: bool | str) -> bool:
+        """Resume from ``last`` (True when it did), or refuse to overwrite another run or to start one over; create
+        the run directory."""
         if self.run_dir is None:
-            return
+            return False
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise CheckpointError(f"--out {self.run_dir} is a file; give a folder for the run")
         if checkpoint.exists(self.run_dir / "last"):
             if not resume:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
                 raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume to "
                                       "continue it or choose another --out")
             self.restore("last")
+            return True
+        saved = sorted(p.name for p in self.run_dir.glob("*") if p.name == "last.json" or p.suffix == ".safetensors"
+                       ) if self.run_dir.exists() else []
+        if saved:  # a run whose last checkpoint is gone: starting over would overwrite its history and best
+            raise CheckpointError(f"{self.run_dir} holds a run ({', '.join(saved)}) but no last checkpoint to "
+                                  "continue from; choose another --out (or delete the folder to start over)")
+        if resume is True:
+            raise CheckpointError(f"nothing to resume in {self.run_dir} (no last checkpoint: the run stopped before "
+                                  "its first one, or never started); drop --resume to start a new run there")
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the log of a run that saved nothing
+        return False
+
+    def _after_divergence(self) -> str:
+        """What to do after a diverged step: resume from the last (finite) checkpoint with smaller step sizes."""
+        if self.run_dir is None or not checkpoint.exists(self.run_dir / "last"):
+            return "no checkpoint was written yet: start again with a smaller step size"
+        it = checkpoint.read_info(self.run_dir / "last")["iteration"]
+        return (f"the last checkpoint ({self.run_dir / 'last'}, iteration {it}) holds finite values: continue from "
+                "it with a smaller step size, e.g. the same command with --outer-lr halved and --resume")
 
     def _stop_reason(self, session_start: float) -> str | None:
         """"interrupted" (a signal), "time_budget", or None; every process of a group agrees."""
@@ -205,3 +240,36 @@ class RunLoop:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def _finite(state: Any) -> bool:
+    """Whether every floating-point tensor in a (nested) state is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(_finite(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return all(_finite(v) for v in state)
+    return True
+
+
+def _line_iteration(line: str) -> float:
+    """The iteration of a ``metrics.jsonl`` line; a torn or foreign line counts as past every iteration."""
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: list[float]) -> None:
+    """Give a resumed optimizer the configured step sizes where they differ from its checkpoint's (the user lowered
+    them after a divergence); a ``LambdaLR`` schedule keeps its shape over the new base."""
+    saved = list(scheduler.base_lrs) if scheduler is not None else [g["lr"] for g in optimizer.param_groups]
+    if saved == base_lrs:
+        return
+    for i, (group, base) in enumerate(zip(optimizer.param_groups, base_lrs, strict=True)):
+        if scheduler is None:
+            group["lr"] = base
+        else:
+            scheduler.base_lrs[i] = group["initial_lr"] = base
+            group["lr"] = base * scheduler.lr_lambdas[i](scheduler.last_epoch)

@@ -22,7 +22,7 @@ from .algorithms import MetaLearner
 from .batch import TaskBatch
 from .distributed import Distributed
 from .errors import TrainingDiverged
-from .loop import RunLoop
+from .loop import RunLoop, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
 from .tasks.base import TaskDistribution
 
@@ -70,6 +70,7 @@ class Trainer(RunLoop):
         self.validation = validation if validation is not None else tasks
         self.val_every, self.val_tasks = val_every, val_tasks
         self.generator = torch.Generator().manual_seed(seed)
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]  # the configured ones, kept when resuming
         self.sampling = 0.0  # seconds spent sampling tasks, across resumes
         self.best_val: float | None = None
         self._val_batch: TaskBatch | None = None
@@ -87,6 +88,7 @@ class Trainer(RunLoop):
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        set_base_lrs(self.optimizer, self.scheduler, self.base_lrs)
         self.generator.set_state(state["rng"])
 
     def info(self) -> dict[str, Any]:
@@ -96,9 +98,10 @@ class Trainer(RunLoop):
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = False) -> FitResult:
-        """Train until ``iterations`` (or the time budget, or Ctrl-C); checkpoints on the way and at the end."""
-        stopped, start_iteration, session = self.run(resume)
+    def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> FitResult:
+        """Train until ``iterations`` (or the time budget, or Ctrl-C); checkpoints on the way and at the end
+        (``resume`` and ``changes``: see ``RunLoop.run``)."""
+        stopped, start_iteration, session = self.run(resume, changes)
         done = self.iteration - start_iteration
         return FitResult(self.iteration, self.elapsed, done / session if session > 0 else 0.0, stopped,
                          self.best_val, self.sampling)
@@ -133,11 +136,10 @@ class Trainer(RunLoop):
             self.dist.reduce_gradients(self.learner, weight)
             metrics = self.dist.reduce_metrics(metrics, weight)
         if not math.isfinite(metrics["meta_loss"]):
-            last = f"; the last checkpoint is {self.run_dir / 'last'}" if self.run_dir else ""
             raise TrainingDiverged(
                 f"meta-loss is {metrics['meta_loss']} at iteration {self.iteration + 1}: training diverged; "
                 f"lower the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g}) or the "
-                f"inner step size{last}")
+                "inner step size")
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

@@ -140,6 +140,8 @@ class MetaLearner(nn.Module):
         (``self_check``); ``auto`` then keeps to the loop if they differ, an explicit ``vmap`` refuses."""
         if self._checked or not self.self_check or not self.vmapped:
             return
+        if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            return  # nothing to compare on NaN or infinite parameters (the run reports its divergence itself)
         fault = vmap_fault(self, batch)
         self._checked = True
         if fault is None:

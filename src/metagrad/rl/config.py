@@ -29,7 +29,8 @@ class RLConfig(Settings):
 
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",
-                                                          "step_budget", "snapshot_steps"})
+                                                          "step_budget", "snapshot_steps", "outer_lr", "inner_lr",
+                                                          "max_kl"})
 
     # [env]
     env: str = opt("navigation2d", "env", "environment: navigation2d; MuJoCo cheetah-dir, cheetah-vel, "

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..distributed import Distributed, Share
 from ..errors import ConfigError, TrainingDiverged
-from ..loop import RunLoop
+from ..loop import RunLoop, set_base_lrs
 from ..seeds import process_episodes
 from .config import RLConfig
 from .envs import make_env
@@ -87,6 +87,7 @@ class RLTrainer(RunLoop):
                          distributed=distributed)
         self.learner, self.optimizer, self.cfg = learner, optimizer, cfg
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups] if optimizer else []
         self.env_steps, self.sample_seconds = 0, 0.0
         self.best_return: float | None = None
 
@@ -100,6 +101,7 @@ class RLTrainer(RunLoop):
         self.learner.load_state_dict(state["learner"])
         if self.optimizer is not None and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+            set_base_lrs(self.optimizer, None, self.base_lrs)
         self.generator.set_state(state["rng"])
 
     def info(self) -> dict[str, Any]:
@@ -109,9 +111,9 @@ class RLTrainer(RunLoop):
         self.env_steps, self.best_return = info["env_steps"], info["best_return"]
         self.sample_seconds = info.get("sample_seconds", 0.0)
 
-    def fit(self, resume: bool = False) -> RLFitResult:
+    def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> RLFitResult:
         """Train (or continue with ``resume``) until done, a budget, or Ctrl-C; checkpoints on the way."""
-        stopped, _, _ = self.run(resume)
+        stopped, _, _ = self.run(resume, changes)
         return RLFitResult(self.iteration, self.elapsed, self.env_steps, self.sample_seconds, self.best_return,
                            stopped)
 

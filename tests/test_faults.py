@@ -1,0 +1,235 @@
+"""Nothing lost: faults injected into runs (a crash at each step of a checkpoint write, kill -9, SIGTERM, damaged and
+missing checkpoints, a torn log line, a full disk, divergence). Every fault leaves a run that resumes to the same
+parameters as an uninterrupted one, bit for bit, or stops with one line that names the file and the fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli_error
+from metagrad import checkpoint
+from metagrad.cli import main
+from metagrad.config import load_config
+from metagrad.errors import CheckpointError
+from metagrad.experiment import make_trainer
+from test_checkpoint import STEPS, Crash, crash_at
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+SMALL = {"iterations": 24, "meta_batch_size": 4, "checkpoint_every": 1, "log_every": 1, "val_every": 6,
+         "val_tasks": 5}
+CLI_SMALL = ["--iterations", "24", "--meta-batch-size", "4", "--checkpoint-every", "1", "--log-every", "1",
+             "--val-every", "6", "--val-tasks", "5", "--no-progress"]
+
+
+def config(**changes):
+    return load_config("sinusoid-maml").replace(**{**SMALL, **changes})
+
+
+def final(run: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(run / "last")[0]["learner"]
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def log_lines(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(ln).items() if k != "elapsed"}
+            for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("straight") / "run"
+    make_trainer(config(), run, progress=False).fit()
+    return run
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_crash_while_writing_a_checkpoint_resumes_to_the_same_run(tmp_path, monkeypatch, straight, step):
+    """The process dies inside the checkpoint write of iteration 10 (in-process kill -9 at each step of it)."""
+    run = tmp_path / "run"
+    saves = {"n": 0}
+    real_save = checkpoint.save
+
+    def counting(stem, state, info):
+        if Path(stem).name == "last":
+            saves["n"] += 1
+            if saves["n"] == 10:
+                crash_at(monkeypatch, step)
+        return real_save(stem, state, info)
+
+    monkeypatch.setattr(checkpoint, "save", counting)
+    with pytest.raises(Crash):
+        make_trainer(config(), run, progress=False).fit()
+    monkeypatch.undo()
+    resumed = make_trainer(config(), run, progress=False)
+    assert resumed.fit(resume=True).stopped == "done"
+    assert same(final(run), final(straight))
+    assert log_lines(run) == log_lines(straight)
+
+
+def launch(run: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "metagrad", "train", "--config", "sinusoid-maml", "--out", str(run),
+                             *CLI_SMALL, "--threads", "1", *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_iteration(run: Path, at_least: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            if checkpoint.read_info(run / "last")["iteration"] >= at_least:
+                return
+        except CheckpointError:
+            pass
+        time.sleep(0.02)
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_same_run(tmp_path):
+    """Three SIGKILLs at random moments of a run that checkpoints every iteration; each rerun with --resume picks
+    up the newest whole checkpoint, and the run ends where an uninterrupted one does."""
+    straight_run = tmp_path / "straight"
+    assert launch(straight_run).wait(timeout=300) == 0
+    run, rng = tmp_path / "run", random.Random(0)
+    for k in range(3):
+        proc = launch(run, *(["--resume"] if k else []))
+        wait_for_iteration(run, 3 + 6 * k, proc)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.kill()
+        proc.wait(timeout=60)
+    done = launch(run, "--resume")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert same(final(run), final(straight_run))
+    assert log_lines(run) == log_lines(straight_run)
+
+
+def test_sigterm_saves_and_the_resumed_run_is_the_same(tmp_path):
+    straight_run = tmp_path / "straight"
+    assert launch(straight_run).wait(timeout=300) == 0
+    run = tmp_path / "run"
+    proc = launch(run, "--checkpoint-every", "1000")  # only the stop itself saves
+    while proc.poll() is None:
+        try:
+            if len((run / "metrics.jsonl").read_text().splitlines()) >= 4:
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGTERM" in err and "--resume" in err
+    stopped_at = checkpoint.read_info(run / "last")["iteration"]
+    assert 4 <= stopped_at < 24
+    again = launch(run, "--resume", "--checkpoint-every", "1000")
+    assert again.wait(timeout=300) == 0
+    assert same(final(run), final(straight_run))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "deleted"])
+def test_a_damaged_or_missing_checkpoint_stops_resume_in_one_line_and_is_kept(tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--iterations", "8"]) == 0
+    capsys.readouterr()
+    path = run / "last.safetensors"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "flipped":
+        data = bytearray(path.read_bytes())
+        data[-7] ^= 0x10
+        path.write_bytes(bytes(data))
+    else:
+        path.unlink()
+    before = path.read_bytes() if path.exists() else None
+    best_before = (run / "best.safetensors").read_bytes()
+    err = cli_error(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--resume"], capsys)
+    assert ("damaged" in err and "last.safetensors" in err) if damage != "deleted" else "no last checkpoint" in err
+    assert (path.read_bytes() if path.exists() else None) == before  # never replaced
+    assert (run / "best.safetensors").read_bytes() == best_before  # best never overwritten by a fresh start
+
+
+def test_resume_never_starts_over_on_its_own(tmp_path, capsys):
+    err = cli_error(["train", "--config", "sinusoid-maml", "--out", str(tmp_path / "empty"), "--resume"], capsys)
+    assert "nothing to resume" in err and "drop --resume" in err
+    (tmp_path / "file").write_text("x")
+    err = cli_error(["train", "--config", "sinusoid-maml", "--out", str(tmp_path / "file")], capsys)
+    assert "is a file" in err
+
+
+def test_a_torn_last_log_line_does_not_stop_resume(tmp_path, straight):
+    run = tmp_path / "run"
+    make_trainer(config(), run, progress=False,
+                 on_iteration=lambda t, i, m: t.request_stop() if i == 9 else None).fit()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 10, "meta_lo')  # a crash in the middle of a line
+    make_trainer(config(), run, progress=False).fit(resume=True)
+    assert same(final(run), final(straight)) and log_lines(run) == log_lines(straight)
+
+
+def test_a_full_disk_stops_in_one_line(tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "last.safetensors.tmp"))
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    err = cli_error(["train", "--config", "sinusoid-maml", "--out", str(tmp_path / "run"), *CLI_SMALL], capsys)
+    assert "No space left on device" in err and "last.safetensors.tmp" in err
+
+
+def test_divergence_names_a_finite_checkpoint_and_resumes_with_a_smaller_step(tmp_path, capsys):
+    """A NaN stops the run with what to do; the last checkpoint holds no NaN or infinity, and resuming it with
+    other step sizes is allowed and recorded in metrics.jsonl."""
+    run = tmp_path / "run"
+    args = ["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL]
+    assert main([*args, "--iterations", "6"]) == 0
+    err = cli_error([*args, "--inner-lr", "1e12", "--resume"], capsys)  # the inner step overflows: NaN
+    assert "diverged" in err and f"{run / 'last'}, iteration 6" in err and "--resume" in err
+    state, info = checkpoint.load(run / "last")
+    assert info["iteration"] == 6 and all(_finite(v) for v in state.values())
+    assert main([*args, "--inner-lr", "0.01", "--outer-lr", "0.0005", "--resume"]) == 0
+    resumed = [x for x in log_lines(run) if "resumed_with" in x]
+    assert resumed[-1]["iteration"] == 6 and resumed[-1]["resumed_with"]["outer_lr"] == [0.001, 0.0005]
+    assert checkpoint.read_info(run / "last")["iteration"] == 24
+    err = cli_error([*args, "--iterations", "2", "--out", str(tmp_path / "early"), "--inner-lr", "1e12"], capsys)
+    assert "no checkpoint was written yet" in err
+
+
+def _finite(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return not x.is_floating_point() or bool(torch.isfinite(x).all())
+    if isinstance(x, dict):
+        return all(_finite(v) for v in x.values())
+    if isinstance(x, list | tuple):
+        return all(_finite(v) for v in x)
+    return True
+
+
+def test_a_state_with_nan_or_inf_is_not_saved(tmp_path, capsys):
+    trainer = make_trainer(config(iterations=2), tmp_path / "run", progress=False)
+    trainer.fit()
+    with torch.no_grad():
+        next(trainer.learner.parameters())[0] = float("inf")
+    assert trainer.save("last") is None and "not saving last" in capsys.readouterr().err
+    assert _finite(checkpoint.load(tmp_path / "run" / "last")[0])
+
+
+def test_an_unwritable_eval_output_fails_before_the_evaluation(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--iterations", "2"]) == 0
+    capsys.readouterr()
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    err = cli_error(["eval", str(run), "--output", str(tmp_path / "blocker" / "eval.json")], capsys)
+    assert "blocker" in err
