@@ -59,6 +59,9 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
     if not isinstance(data, dict):
         data = {}
     if isinstance(data.get("curves"), dict):
+        if method is not None and strict:
+            raise MetagradError(f"{path} is one evaluation (an eval.json): --method-a/--method-b '{method}' apply to "
+                                "a results.json with several methods; leave them out")
         return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"])]
     if isinstance(data.get("methods"), dict):
         methods = data["methods"]

@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints their message as one line and exits with code 2."""
 
+import os
+
 
 class MetagradError(Exception):
     """A problem the user can fix (bad config value, missing file, diverged run); the message names the fix."""
@@ -23,3 +25,19 @@ class Interrupted(MetagradError):
 
 class DataError(MetagradError, RuntimeError):
     """A dataset could not be fetched or failed verification (no network, HTTP error, checksum mismatch)."""
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (0 where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_memory(needed: float, what: str, fix: str) -> None:
+    """Refuse, before allocating, a size that cannot fit in this machine's memory (``needed`` bytes)."""
+    total = memory_bytes()
+    if total and needed > total:
+        raise ConfigError(f"{what} needs about {needed / 2**30:,.1f} GiB, more than this machine's "
+                          f"{total / 2**30:,.1f} GiB; {fix}")

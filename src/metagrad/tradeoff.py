@@ -15,7 +15,6 @@ A_ij ~ N(0, 1) below the diagonal; for N < p the N points themselves), whatever 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -27,13 +26,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .analysis import linreg_theory as lt
-from .errors import ConfigError
+from .errors import ConfigError, check_memory
 
 DEFAULT_TASKS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_POINTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_ALPHAS = (0.1, 0.25, 0.5)  # within Theorem 5's 0 < alpha <= 1/lambda (lambda = 2 bounds ||Q_t||)
 DEFAULT_DATASETS = 2000
 CHUNK = 1_000_000  # datasets x tasks x p^2 numbers per vectorised block (about 8 MB per array)
+WORKING_ARRAYS = 8  # float64 arrays of a block's size alive at once (support and query statistics, factors)
 
 
 @dataclass
@@ -79,8 +79,14 @@ def check_grid(tasks: Sequence[int], points: Sequence[int], alphas: Sequence[flo
         if n < 1:
             raise ConfigError(f"points (N) {n} must be at least 1")
     for a in alphas:
-        if not (a > 0 and math.isfinite(a)):
+        if not a > 0:
             raise ConfigError(f"alpha {a} must be a positive step size (the paper's grid lies in (0, 1])")
+        if a > 1:
+            raise ConfigError(f"alpha {a} must lie in (0, 1] (the paper's grid: 0.1 to 0.5): beyond 1, the one-step "
+                              "adaptation I - alpha Q amplifies directions of Q's eigenvalues (up to 2)")
+    block = max(CHUNK, max(tasks) * dim * dim)  # numbers per array of one vectorised block (at least one dataset)
+    check_memory(8 * WORKING_ARRAYS * block, f"tasks {max(tasks)} x dim {dim} (one dataset's p x p matrices)",
+                 "lower --tasks or --dim")
     if not any(determined(m, n, dim) for m in tasks for n in points):
         raise ConfigError(f"no (M, N) of the grid can determine p = {dim} coordinates (MAML's system has rank at "
                           f"most M * min(N, p)); use M * min(N, p) >= {dim}")

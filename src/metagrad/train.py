@@ -21,10 +21,12 @@ from tqdm import tqdm
 from .algorithms import MetaLearner
 from .batch import TaskBatch
 from .distributed import Distributed
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, check_memory
 from .loop import RunLoop, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
 from .tasks.base import TaskDistribution
+
+DATA_COPIES = 4  # a meta-batch's data is held a few times over (sampled, batched, cast, in the graph)
 
 
 @dataclass
@@ -66,6 +68,10 @@ class Trainer(RunLoop):
                          config=config, progress=progress, distributed=distributed, on_iteration=on_iteration)
         self.learner, self.tasks, self.optimizer, self.scheduler = learner, tasks, optimizer, scheduler
         self.meta_batch_size, self.seed = meta_batch_size, seed
+        one = tasks.sample(1, torch.Generator().manual_seed(0))  # its own generator: the run's stream is untouched
+        per_task = sum(t.numel() * t.element_size() for t in (*one.support, *one.query))
+        check_memory(DATA_COPIES * per_task * meta_batch_size, f"meta_batch_size {meta_batch_size:,} "
+                     f"({per_task:,} bytes of data per task)", "lower --meta-batch-size")
         self.log_every = log_every
         self.validation = validation if validation is not None else tasks
         self.val_every, self.val_tasks = val_every, val_tasks

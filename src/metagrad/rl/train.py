@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..distributed import Distributed, Share
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged, check_memory
 from ..loop import RunLoop, set_base_lrs
 from ..seeds import process_episodes
 from .config import RLConfig
@@ -86,6 +86,10 @@ class RLTrainer(RunLoop):
                          checkpoint_every=cfg.checkpoint_every, config=cfg.to_sections(), progress=progress,
                          distributed=distributed)
         self.learner, self.optimizer, self.cfg = learner, optimizer, cfg
+        numbers = cfg.meta_batch_size * cfg.episodes * cfg.horizon * (2 * learner.env.obs_dim + 12)
+        check_memory(4 * numbers * (learner.inner_steps + 1), f"meta_batch_size {cfg.meta_batch_size:,} x episodes "
+                     f"{cfg.episodes:,} x horizon {cfg.horizon:,} (the episodes of one meta-iteration)",
+                     "lower --meta-batch-size, --episodes or --horizon")
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.base_lrs = [g["lr"] for g in optimizer.param_groups] if optimizer else []
         self.env_steps, self.sample_seconds = 0, 0.0

@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,17 +103,25 @@ def load_omniglot(root: str | Path, size: int = 28, download: bool = False) -> I
                 if len(members) != OMNIGLOT_DRAWINGS:
                     raise ConfigError(f"{src.label}: character {name} has {len(members)} drawings, expected "
                                       f"{OMNIGLOT_DRAWINGS}; is this the original Omniglot layout?")
-                images.append(np.stack([_omniglot_image(src.read(m), size) for m in members]))
+                images.append(np.stack([_omniglot_image(src.read(m), size, src.where(m)) for m in members]))
                 names.append(name)
         return ImageDataset(np.stack(images), names)
 
     return _cached(key, build)
 
 
-def _omniglot_image(data: bytes, size: int) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        gray = im.convert("L").resize((size, size), Image.LANCZOS)
+def _omniglot_image(data: bytes, size: int, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            gray = im.convert("L").resize((size, size), Image.LANCZOS)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for a damaged or foreign file
+        raise ConfigError(f"{where} is not a readable image ({_first_line(e)}); restore it from the original "
+                          "Omniglot files (or --download into an empty folder)") from None
     return 255 - np.asarray(gray, dtype=np.uint8)  # strokes bright on a dark background
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 class _Source:
@@ -143,13 +152,24 @@ class _Source:
                               "Omniglot layout (github.com/brendenlake/omniglot)")
         return sorted(groups.items())
 
+    def where(self, member: str) -> str:
+        """A drawing's file, as the user would find it."""
+        return str(self.folder / member) if self.folder is not None else f"{self.archive}:{self.label}/{member}"
+
     def read(self, member: str) -> bytes:
         if self.folder is not None:
             return (self.folder / member).read_bytes()
-        return self._zip.read(f"{self.label}/{member}")
+        try:
+            return self._zip.read(f"{self.label}/{member}")
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise ConfigError(f"{self.where(member)} is damaged in the archive ({_first_line(e)}); download "
+                              f"{self.archive.name} again (--download into an empty folder)") from None
 
 
 def _omniglot_sources(root: Path) -> list[_Source]:
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"the Omniglot folder {root} is a file; give the folder that holds images_background and "
+                          "images_evaluation (--data-root)")
     if not root.is_dir():
         raise ConfigError(f"Omniglot folder {root} does not exist; {DATA_HELP} (it must hold images_background "
                           f"and images_evaluation, as folders or .zip files), {OMNIGLOT_DOWNLOAD_HELP}")
@@ -176,6 +196,9 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
     """MiniImagenet from the Ravi & Larochelle layout: ``images/`` and ``{train,val,test}.csv``;
     every split ``[classes, examples, 3, size, size]`` (64 / 16 / 20 classes of 600 in the original)."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"the MiniImagenet folder {root} is a file; give the folder that holds images/ and the "
+                          "CSVs (--data-root)")
     if not root.is_dir():
         raise ConfigError(f"MiniImagenet folder {root} does not exist; {DATA_HELP} (it must hold images/ and "
                           "train.csv, val.csv, test.csv from Ravi & Larochelle)")
@@ -207,8 +230,14 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
 
 
 def _rgb_image(path: Path, size: int) -> np.ndarray:
-    with Image.open(path) as im:
-        rgb = im.convert("RGB").resize((size, size), Image.LANCZOS)
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB").resize((size, size), Image.LANCZOS)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is listed but missing; MiniImagenet's images/ must hold every file of its CSVs"
+                          ) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ConfigError(f"{path} is not a readable image ({_first_line(e)}); restore or replace it") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 

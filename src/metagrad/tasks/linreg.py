@@ -12,6 +12,7 @@ for this fixed-V family.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -62,6 +63,10 @@ class LinearRegression:
     @property
     def input_dim(self) -> int:
         return self.dim
+
+    def with_query(self, query: int) -> LinearRegression:
+        """The same distribution with ``query`` query points per task (the held-out tasks of an evaluation)."""
+        return dataclasses.replace(self, query=query)
 
     @cached_property
     def rotation(self) -> Tensor:
