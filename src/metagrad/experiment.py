@@ -5,7 +5,6 @@ build on.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,12 +89,6 @@ def continue_run(cfg: Config | RLConfig, run_dir: str | Path, progress: bool = T
         raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
                           "command again to continue")
     return trainer, fit
-
-
-def machine() -> dict[str, Any]:
-    """Where a result was measured (stored beside every reproduction's numbers)."""
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "platform": platform.platform()}
 
 
 def _kind(cfg: Config | RLConfig) -> str:

@@ -172,7 +172,24 @@ class RunLoop:
         if self.run_dir is not None and (stopped != "done" or not checkpoint.exists(self.run_dir / "last")):
             self.save("last")
         self.finish(stopped)
-        return stopped, start_iteration, time.perf_counter() - session_start
+        session = time.perf_counter() - session_start
+        self._record_segment(start_iteration, session, stopped)
+        return stopped, start_iteration, session
+
+    def segment_info(self) -> dict[str, Any]:
+        """What a trainer adds to a segment's record (e.g. environment steps)."""
+        return {}
+
+    def _record_segment(self, start: int, seconds: float, stopped: str) -> None:
+        """Append this session to ``segments.jsonl``: iterations, time, how it stopped, the command, the commit and
+        the machine that produced it (a long run accumulates over sessions; each says where it came from)."""
+        if self.run_dir is None or not self.writes:
+            return
+        record = {"start": start, "end": self.iteration, "seconds": round(seconds, 1), "stopped": stopped,
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.segment_info(),
+                  "command": command(), "commit": commit(), "machine": machine()}
+        with open(self.run_dir / "segments.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _prepare(self, resume: bool | str) -> bool:
         """Resume from ``last`` (True when it did), or refuse to overwrite another run or to start one over; create
@@ -273,3 +290,38 @@ def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: lis
         else:
             scheduler.base_lrs[i] = group["initial_lr"] = base
             group["lr"] = base * scheduler.lr_lambdas[i](scheduler.last_epoch)
+
+
+def machine() -> dict[str, Any]:
+    """Where a result was measured (stored beside runs and reproductions)."""
+    import os
+    import platform
+
+    return {"host": platform.node(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def commit() -> str | None:
+    """The git commit of this metagrad (``+dirty`` with uncommitted changes), or None outside a checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def command() -> str | None:
+    """The ``metagrad ...`` command line of this process (None when metagrad was called from Python)."""
+    import shlex
+
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return "metagrad " + shlex.join(sys.argv[1:]) if "metagrad" in (argv0.name, argv0.parent.name) else None

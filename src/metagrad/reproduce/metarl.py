@@ -19,7 +19,8 @@ import torch
 from .. import checkpoint
 from ..distributed import Distributed
 from ..errors import ConfigError
-from ..experiment import continue_run, load_run, machine
+from ..experiment import continue_run, load_run
+from ..loop import machine
 from ..rl.config import RLConfig, method_names, preset
 from ..rl.evaluate import evaluate, rllab_return_curve
 from ..rl.train import RLFitResult, build

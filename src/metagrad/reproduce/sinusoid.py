@@ -20,7 +20,8 @@ from .. import plots
 from ..analysis.stats import format_ci
 from ..build import build_tasks
 from ..config import Config, load_config
-from ..experiment import continue_run, evaluate, machine, predictions
+from ..experiment import continue_run, evaluate, predictions
+from ..loop import machine
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,9 @@ class RLTrainer(RunLoop):
         return RLFitResult(self.iteration, self.elapsed, self.env_steps, self.sample_seconds, self.best_return,
                            stopped)
 
+    def segment_info(self) -> dict[str, Any]:
+        return {"env_steps": self.env_steps}
+
     def budget_reached(self) -> bool:
         return bool(self.cfg.step_budget) and self.env_steps >= self.cfg.step_budget
 
