@@ -88,6 +88,10 @@ def build_parser() -> Parser:
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
                      "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
     _add_tradeoff_parsers(sub)
+    p = sub.add_parser("status", help="where the long paper runs stand (results/long)", description="For every "
+                       "long paper run kept in the repository: its budget, how much of it is done, the wall time and "
+                       "sessions so far, and the command that continues it. Writes FOLDER/INDEX.md.")
+    p.add_argument("folder", nargs="?", default="results/long", help="where the long runs live (default: %(default)s)")
     return parser
 
 
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "tradeoff": cmd_tradeoff,
-                "compare": cmd_compare}[args.command](args)
+                "compare": cmd_compare, "status": cmd_status}[args.command](args)
     except Interrupted as e:
         print(f"metagrad {args.command}: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -389,4 +393,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(compare.format_grid(grid))
     for p in paths:
         print(f"written: {p}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .checkpoint import write_text
+    from .reproduce import longruns
+
+    folder = Path(args.folder)
+    text = longruns.index(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "INDEX.md", text)
+    print(text)
+    print(f"written: {folder / 'INDEX.md'}")
     return 0

@@ -1,0 +1,106 @@
+"""The paper runs that take days on 2 cores, kept small and in the repository (``results/long/``) so that they
+accumulate a few hours at a time: each row's command continues it where it stopped (every run resumes), each
+session appends a segment (iterations, time, commit, machine) to its runs' ``segments.jsonl``, and ``metagrad
+status`` writes ``results/long/INDEX.md``: for every row, how much of its budget is done.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import checkpoint
+from ..errors import CheckpointError
+
+ROOT = Path("results/long")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One paper result and the command that produces it here."""
+
+    name: str
+    paper: str  # the paper's budget, in words
+    folder: str  # under ROOT
+    command: str  # run again to continue (it resumes)
+    target: int  # our budget: iterations per run, or environment steps per run (``unit``)
+    unit: str = "iterations"  # or "env steps"
+    runs: int = 1  # runs the budget applies to (methods x seeds)
+
+
+ROWS = (
+    Row("MAML Fig. 5 / Table 5: half-cheetah forward/backward, MAML-TRPO", "100-500 iterations of 40 tasks x 20 "
+        "episodes", "locomotion-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo "
+        "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out results/long/locomotion-cheetah-dir",
+        500),
+    Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO and pretrained", "500 iterations",
+        "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained "
+        "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out results/long/locomotion-cheetah-vel",
+        500, runs=2),
+    Row("SG-MRL Table 2: half-cheetah direction, 1 step, SG-MRL and MAML (VPG)", "500 epochs, 4 seeds",
+        "sgmrl-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 "
+        "--time-budget 120 --out results/long/sgmrl-cheetah-dir", 500, runs=2),
+    Row("Trade-off Fig. 1: HalfCheetah Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
+        "tradeoff-rl-cheetah-rand-vel-ppo", "metagrad tradeoff rl --env cheetah-rand-vel --pair ppo --budget 2000000 "
+        "--checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-ppo",
+        2_000_000, "env steps", runs=10),
+    Row("Trade-off Fig. 2: HalfCheetah Rand Vel, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds",
+        "tradeoff-rl-cheetah-rand-vel-trpo", "metagrad tradeoff rl --env cheetah-rand-vel --pair trpo --budget "
+        "2000000 --checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-trpo",
+        2_000_000, "env steps", runs=10),
+    Row("Trade-off Figs. 1-2: ML10, DRS+PPO vs ProMP", "336M steps per run, 5 seeds", "tradeoff-rl-ml10-ppo",
+        "metagrad tradeoff rl --env ml10 --pair ppo --budget 60000 --checkpoints 3 --seeds 5 --meta-batch-size 5 "
+        "--episodes 5 --test-tasks 5 --test-episodes 5 --out results/long/tradeoff-rl-ml10-ppo", 60_000, "env steps",
+        runs=10),
+)
+
+
+def runs_in(folder: Path) -> list[Path]:
+    """The run directories under ``folder`` (those with a last checkpoint)."""
+    return sorted(p.parent for p in folder.rglob("last.safetensors"))
+
+
+def run_progress(run: Path) -> dict[str, Any]:
+    """Iterations, environment steps and time of one run, from its checkpoint and segments."""
+    try:
+        info = checkpoint.read_info(run / "last")
+    except CheckpointError as e:
+        return {"run": str(run), "error": str(e)}
+    segments = []
+    if (run / "segments.jsonl").exists():
+        for line in (run / "segments.jsonl").read_text().splitlines():
+            try:
+                segments.append(json.loads(line))
+            except ValueError:
+                continue
+    return {"run": str(run), "iteration": info["iteration"], "env_steps": info.get("env_steps"),
+            "seconds": round(sum(s.get("seconds", 0.0) for s in segments) or info.get("elapsed", 0.0)),
+            "segments": len(segments), "commits": sorted({s["commit"] for s in segments if s.get("commit")}),
+            "hosts": sorted({s["machine"]["host"] for s in segments if s.get("machine")})}
+
+
+def row_status(row: Row, root: Path = ROOT) -> dict[str, Any]:
+    """How much of a row's budget is done (over all its runs)."""
+    runs = [run_progress(r) for r in runs_in(root / row.folder)] if (root / row.folder).exists() else []
+    key = "env_steps" if row.unit == "env steps" else "iteration"
+    done = sum(min(r.get(key) or 0, row.target) for r in runs)
+    return {"row": row.name, "paper": row.paper, "budget": f"{row.runs} x {row.target:,} {row.unit}",
+            "done": round(done / (row.target * row.runs), 3), "runs": runs, "command": row.command}
+
+
+def index(root: Path = ROOT) -> str:
+    """``INDEX.md``: every long row, its budget, how much of it is done, and the command that continues it."""
+    lines = ["# Long paper runs: where each stands", "", "Written by `metagrad status`. Each command resumes its "
+             "runs where they stopped; run it again for another segment (its `--time-budget` bounds a session).", "",
+             "| result | paper's budget | ours | done | wall time | segments |", "|---|---|---|---|---|---|"]
+    details = []
+    for row in ROWS:
+        s = row_status(row, root)
+        hours = sum(r.get("seconds", 0) for r in s["runs"]) / 3600
+        segments = sum(r.get("segments", 0) for r in s["runs"])
+        lines.append(f"| {row.name} | {row.paper} | {s['budget']} | {100 * s['done']:.0f}% | {hours:.1f} h | "
+                     f"{segments} |")
+        details += [f"- {row.name}: `{row.command}`"]
+    return "\n".join([*lines, "", "Commands:", "", *details, ""])
