@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,7 @@ class MetaLearner(nn.Module):
         self.self_check = self_check
         self.vmap_verdict: str | None = None  # why ``auto`` does not batch this model (set by ``verify_batching``)
         self._checked = False
+        self._structure  # noqa: B018 (looked up now, outside any compiled region)
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
 
     # ----------------------------------------------------------------- functional views
@@ -133,7 +134,13 @@ class MetaLearner(nn.Module):
             return self.batching == "vmap"
         if self.vmap_verdict is not None:
             return False
-        return not (has_torch_batchnorm(self.model) or (has_conv(self.model) and self._on_cpu()))
+        torch_bn, conv = self._structure
+        return not (torch_bn or (conv and self._on_cpu()))
+
+    @cached_property
+    def _structure(self) -> tuple[bool, bool]:
+        """Whether the model has torch's batch norm, and convolutions (looked up once: every step asks)."""
+        return has_torch_batchnorm(self.model), has_conv(self.model)
 
     def verify_batching(self, batch: TaskBatch) -> None:
         """Once, before the first batched computation: check vmap against the per-task loop on this model
