@@ -81,3 +81,16 @@ def test_miniimagenet_runs_on_a_generated_folder(tmp_path, monkeypatch):
     assert result["config"]["model"]["filters"] == 32 and result["config"]["model"]["pool"] is True
     assert result["config"]["task"]["query"] == 15 and result["paper_steps"] == 10
     assert result["modes"]["transductive"]["paper"] == [48.07, 1.75]
+
+
+def test_reproduce_reaches_the_non_convolutional_maml(tmp_path, capsys, monkeypatch):
+    """`reproduce omniglot --algo maml-nonconv`: the MAML paper's fully connected network, its Table 1 row beside."""
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    root = fake_omniglot(tmp_path / "om", alphabets=5, characters=5)
+    out = tmp_path / "results"
+    assert main(["reproduce", "omniglot", "--algo", "maml-nonconv", "--iterations", "2", "--eval-tasks", "4",
+                 "--data-root", str(root), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "omniglot-maml-nonconv-5w1s.json").read_text())
+    assert result["config"]["model"]["model"] == "mlp-bn" and result["paper_steps"] == 3
+    assert result["modes"]["transductive"]["paper"] == [89.7, 1.1]
+    assert "89.70 ± 1.10" in capsys.readouterr().out

@@ -71,7 +71,8 @@ def build_parser() -> Parser:
     p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
-    images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile; for navigation and locomotion, "
+    images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile, maml-nonconv (Omniglot, the MAML "
+                        "paper's fully connected network); for navigation and locomotion, "
                         "comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, oracle, sgmrl, "
                         "sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, or all")
     images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
@@ -339,8 +340,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.download:
         overrides["download"] = True
     algo = args.algo or "maml"
-    if algo not in ("maml", "fomaml", "reptile"):
-        raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or reptile")
+    from .reproduce.fewshot import ALGOS
+
+    if algo not in ALGOS or (algo == "maml-nonconv" and args.experiment != "omniglot"):
+        raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or reptile"
+                            + (" (or maml-nonconv on omniglot)" if args.experiment == "omniglot" else ""))
     fewshot.run(args.experiment, algo, args.ways, args.shots, out, full=args.full, iterations=args.iterations,
                 time_budget=args.time_budget, overrides=overrides, progress=not args.no_progress)
     return 0
