@@ -61,7 +61,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("reproduce", help="reproduce a paper's experiment", description="Train the paper's methods, "
                        "evaluate them on the same test tasks, print the paper's numbers beside ours, draw figures.")
-    p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), *FEWSHOT, "navigation", "locomotion"],
+    p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), "sinusoid-multitask", *FEWSHOT, "navigation",
+                                          "locomotion"],
                    help="which experiment")
     p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
@@ -330,6 +331,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 out = f"results/{experiment.name}{'-full' if args.full else ''}"
         metarl.run(experiment, metarl.parse_methods(args.algo), out, full=args.full, iterations=args.iterations,
                    time_budget=args.time_budget, overrides=sets, progress=not args.no_progress)
+        return 0
+    if args.experiment == "sinusoid-multitask":
+        from .reproduce import multitask
+
+        setting = multitask.Setting(**({} if args.full else {"models": 100}),
+                                    **({"eval_tasks": args.eval_tasks} if args.eval_tasks else {}),
+                                    **({"seed": args.seed} if args.seed is not None else {}))
+        if args.iterations is not None:
+            setting = multitask.Setting(**{**setting.__dict__, "steps": args.iterations})
+        multitask.run(out, setting, progress=not args.no_progress)
         return 0
     if args.experiment in EXPERIMENTS:
         sinusoid.run(EXPERIMENTS[args.experiment], out, full=args.full, iterations=args.iterations,
