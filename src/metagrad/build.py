@@ -71,7 +71,7 @@ def build_learner(cfg: Config) -> MetaLearner:
     loss_fn = losses.cross_entropy if classify else losses.half_mse if cfg.family == "linreg" else losses.mse
     kw = dict(loss_fn=loss_fn, inner=inner, inner_steps=cfg.inner_steps,
               inner_batch_size=cfg.inner_batch_size, batching=cfg.batching, compile=cfg.compile, threads=cfg.threads,
-              task_chunk=cfg.task_chunk, self_check=cfg.self_check)
+              task_chunk=cfg.task_chunk, self_check=cfg.self_check, adapt=cfg.adapt or None)
     if cfg.algo in ("maml", "fomaml"):
         learner: MetaLearner = MAML(model, first_order=cfg.algo == "fomaml", recompute=cfg.recompute, **kw)
     elif cfg.algo == "reptile":

@@ -62,9 +62,13 @@ class Config(Settings):
     inner_steps: int = opt(1, "algo", "inner-loop steps during meta-training")
     inner_optimizer: str = opt("sgd", "algo", "inner-loop rule: sgd, or adam (beta1 = 0, as Reptile)")
     inner_batch_size: int = opt(0, "algo", "examples per inner step (0: the whole support set)")
-    learn_inner_lr: bool = opt(False, "algo", "meta-learn a step size per parameter (Meta-SGD); maml/fomaml")
+    learn_inner_lr: bool = opt(False, "algo", "meta-learn a step size per parameter element and inner step "
+                               "(Meta-SGD); maml/fomaml")
     recompute: bool = opt(False, "algo", "maml/fomaml with sgd: keep one inner step's graph at a time and recompute "
                           "the rest in the backward pass (less memory over many steps, about 2x the compute)")
+    adapt: tuple[str, ...] = opt((), "algo", "parameters the inner loop adapts, as module or parameter names, e.g. "
+                                 "classifier (ANIL); the others get the meta-gradient only (empty: all; joint: "
+                                 "what evaluation fine-tunes)")
     # [train]
     iterations: int = opt(70000, "train", "meta-iterations (outer steps)")
     meta_batch_size: int = opt(25, "train", "tasks per meta-iteration")

@@ -2,16 +2,17 @@
 
 A rule is an ``nn.Module`` so that meta-learned hyperparameters (Meta-SGD's per-parameter step sizes)
 are ordinary parameters that the outer optimizer updates; ``step`` receives them functionally as
-``hyper`` so that meta-gradients reach them.
+``hyper`` so that meta-gradients reach them. A rule updates the parameters it is given: the learner passes only
+those that the inner loop adapts (``MetaLearner(adapt=...)``, trainable ones).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import ConfigError
 from .functional import Params
@@ -40,8 +41,17 @@ class InnerRule(nn.Module):
         return None
 
     def step(self, params: Params, grads: Params, state: Any, step: int, hyper: Params) -> tuple[Params, Any]:
-        """One update; ``hyper`` holds this rule's own parameters in functional form."""
+        """One update of ``params`` (the adapted parameters); ``hyper`` holds this rule's own parameters in
+        functional form (those that are meta-learned: frozen ones may be missing and are then read from the rule)."""
         raise NotImplementedError
+
+    def hyper(self, adapted: Collection[str]) -> Params:
+        """This rule's meta-learned parameters (detached) that adapting the parameters ``adapted`` uses, frozen ones
+        (``requires_grad=False``) left out: what the meta-gradient is taken with respect to."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def restrict(self, adapted: Collection[str]) -> None:
+        """Drop the meta-learned hyperparameters of parameters outside ``adapted`` (called once by the learner)."""
 
     def with_lr(self, lr: float | Sequence[float]) -> InnerRule:
         """The same rule with another (fixed) step-size schedule, e.g. a tuned one for evaluation."""
@@ -49,10 +59,13 @@ class InnerRule(nn.Module):
 
 
 class SGD(InnerRule):
-    """Gradient descent with a fixed step size, a per-step schedule, or (``learn=True``) a meta-learned
-    step size per parameter element as in Meta-SGD (the MAML paper's "step size may be meta-learned").
+    """Gradient descent with a fixed step size, a per-step schedule, or (``learn=True``) meta-learned step sizes as
+    in Meta-SGD (the MAML paper's "step size may be meta-learned").
 
-    A schedule shorter than the number of steps repeats its last value (e.g. ``[0.1, 0.05]``).
+    A schedule shorter than the number of steps repeats its last value (e.g. ``[0.1, 0.05]``). With ``learn=True``
+    every element of every parameter in ``params`` has its own step size, initialised from ``lr``: one for all steps
+    when ``lr`` is one value (``lr.<name>`` shaped like the parameter), else one per inner step of the schedule
+    (``lr.<name>`` of shape ``[len(lr), *parameter.shape]``; later steps use the last one).
     """
 
     def __init__(self, lr: float | Sequence[float] = 0.01, learn: bool = False, params: Params | None = None):
@@ -62,18 +75,84 @@ class SGD(InnerRule):
         if learn:
             if params is None:
                 raise ConfigError("a learned inner step size needs the model's parameters to shape it")
-            self.lr = nn.ParameterDict(
-                {_key(n): nn.Parameter(torch.full_like(p, self.schedule[0])) for n, p in params.items()}
-            )
+            self.lr = nn.ParameterDict({_key(n): nn.Parameter(self._initial(p.detach())) for n, p in params.items()})
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the learned step sizes have one slice per inner step (a schedule of several step sizes)."""
+        return self.learn and len(self.schedule) > 1
+
+    def _initial(self, p: Tensor) -> Tensor:
+        if len(self.schedule) == 1:
+            return torch.full_like(p, self.schedule[0])
+        return torch.stack([torch.full_like(p, v) for v in self.schedule])
 
     def lr_at(self, step: int) -> float:
         return self.schedule[min(step, len(self.schedule) - 1)]
 
+    def slot(self, step: int) -> int:
+        """The index of the learned step sizes that inner step ``step`` uses (per-step ones)."""
+        return min(step, len(self.schedule) - 1)
+
+    def step_size(self, name: str, step: int, hyper: Params) -> Tensor | float:
+        """The step size of parameter ``name`` at inner step ``step``: learned (from ``hyper``, or the rule's own
+        value when it is frozen) or the schedule's."""
+        if not self.learn:
+            return self.lr_at(step)
+        key = _key(name)
+        lr = hyper.get("lr." + key)
+        if lr is None:
+            if key not in self.lr:
+                raise ConfigError(f"no learned inner step size for parameter '{name}'; build SGD(lr, learn=True, "
+                                  "params=...) from the parameters that the inner loop adapts")
+            lr = self.lr[key].detach()
+        return lr[self.slot(step)] if self.per_step else lr
+
     def step(self, params: Params, grads: Params, state: Any, step: int, hyper: Params) -> tuple[Params, Any]:
         if self.learn:
-            return {n: p - hyper["lr." + _key(n)] * grads[n] for n, p in params.items()}, state
+            return {n: p - self.step_size(n, step, hyper) * grads[n] for n, p in params.items()}, state
         lr = self.lr_at(step)
         return {n: p - lr * grads[n] for n, p in params.items()}, state
+
+    def hyper(self, adapted: Collection[str]) -> Params:
+        if not self.learn:
+            return {}
+        out = {}
+        for n in adapted:
+            key = _key(n)
+            if key not in self.lr:
+                raise ConfigError(f"no learned inner step size for parameter '{n}'; build SGD(lr, learn=True, "
+                                  "params=...) from the parameters that the inner loop adapts")
+            if self.lr[key].requires_grad:
+                out["lr." + key] = self.lr[key].detach()
+        return out
+
+    def restrict(self, adapted: Collection[str]) -> None:
+        if not self.learn:
+            return
+        keep = {_key(n) for n in adapted}
+        missing = sorted(n for n in adapted if _key(n) not in self.lr)
+        if missing:
+            raise ConfigError(f"no learned inner step size for the adapted parameter(s) {', '.join(missing)}; build "
+                              "SGD(lr, learn=True, params=...) from the model's parameters")
+        for key in [k for k in self.lr if k not in keep]:
+            del self.lr[key]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Learned step sizes saved with another number of inner_lr values (one, or one per step) do not fit: say so
+        in one line rather than as a size mismatch."""
+        if self.learn:
+            for key, lr in self.lr.items():
+                saved = state_dict.get(f"{prefix}lr.{key}")
+                if saved is None or saved.shape == lr.shape:
+                    continue
+                param_dim = lr.dim() - self.per_step  # the saved values were per step if they have one more dim
+                count = saved.shape[0] if saved.dim() == param_dim + 1 else 1
+                if count != len(self.schedule):
+                    raise ConfigError(f"the learned inner step sizes were saved for {count} inner_lr value(s), this "
+                                      f"learner has {len(self.schedule)}; keep inner_lr as it was trained (one value: "
+                                      "one step size for all steps; several: one per step)")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def with_lr(self, lr: float | Sequence[float]) -> SGD:
         if self.learn:

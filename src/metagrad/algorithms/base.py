@@ -5,13 +5,17 @@ function of the meta-parameters, maps it over the tasks of a meta-batch (``torch
 per-task loop that serves as the reference path), and writes the meta-gradient into ``.grad`` so that
 any ``torch.optim`` optimizer takes the outer step. An algorithm only says how one task contributes:
 ``task_objective`` (differentiated here) or, for Reptile, its own ``meta_gradient``.
+
+Parameter subsets: a parameter with ``requires_grad=False`` is a constant (held with the buffers: never adapted, no
+meta-gradient, its ``.grad`` stays None); ``adapt`` names the trainable parameters the inner loop adapts (ANIL: the
+head), while the meta-gradient reaches every trainable parameter.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,9 @@ from .. import checkpoint, losses
 from ..batch import Split, TaskBatch, partition
 from ..batching import has_conv, has_torch_batchnorm, twice_differentiable, vmap_fault
 from ..errors import ConfigError
-from ..functional import Params, buffers_of, call, detach, grad, in_task_thread, params_of, write_grads
+from ..functional import Params, buffers_of, call, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule
+from ..settings import suggest
 from ..threads import in_threads
 
 BATCHING = ("auto", "vmap", "loop")
@@ -79,12 +84,24 @@ class MetaLearner(nn.Module):
         self_check: before the first batched (vmap) computation, check once that vmap gives this model's
             meta-gradient exactly (float64, two tasks, against the per-task loop): ``auto`` falls back to the loop
             with one line on stderr if not, ``vmap`` raises ``ConfigError`` naming the module (metagrad.batching).
+        adapt: the parameters that the inner loop adapts, as parameter-name prefixes: a module's name (``"classifier"``
+            adapts ``classifier.weight`` and ``classifier.bias``; ``"features.0"`` one block) or a parameter's full
+            name. None or empty: every trainable parameter. The others stay at their meta-learned values during
+            adaptation (training and evaluation) but still receive the meta-gradient: ``adapt=["classifier"]`` is
+            ANIL (Raghu et al. 2020), a context vector's name is CAVIA-style adaptation. With a learned step size
+            (``SGD(learn=True)``) only the adapted parameters keep one (the rule is restricted to them). Reptile's
+            direction ``initial - adapted`` is 0 for the parameters it does not adapt. A prefix that matches no
+            parameter, or only frozen ones, is a ``ConfigError`` naming the model's modules.
+
+    Frozen parameters (``requires_grad=False``, e.g. ``model.features.requires_grad_(False)``, also after
+    construction) are constants on every path: not adapted, no meta-gradient (their ``.grad`` stays None, so no
+    ``torch.optim`` optimizer moves them) and no learned step size.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] = losses.mse,
                  inner: InnerRule | None = None, inner_steps: int = 1, inner_batch_size: int = 0,
                  batching: str = "auto", compile: bool = False, threads: int = 0, task_chunk: int = 0,
-                 self_check: bool = True):
+                 self_check: bool = True, adapt: Sequence[str] | None = None):
         super().__init__()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
@@ -116,14 +133,33 @@ class MetaLearner(nn.Module):
         self._checked = False
         self._structure  # noqa: B018 (looked up now, outside any compiled region)
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
+        self.adapt_prefixes = adapt_prefixes(model, adapt)
+        self.inner.restrict(self.adapted_names(self.trainable()))
+
+    # ----------------------------------------------------------------- parameter subsets
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """The model's parameters that are meta-learned (``requires_grad``); the others are constants."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def adapts(self, name: str) -> bool:
+        """Whether the inner loop adapts the (trainable) parameter ``name`` (see ``adapt``)."""
+        return not self.adapt_prefixes or any(matches(name, prefix) for prefix in self.adapt_prefixes)
+
+    def adapted_names(self, params: Iterable[str]) -> list[str]:
+        """The names among ``params`` (trainable parameters) that the inner loop adapts."""
+        return [n for n in params if self.adapts(n)]
 
     # ----------------------------------------------------------------- functional views
     def meta_params(self) -> Meta:
-        """The meta-parameters as detached trees: the model's and the inner rule's (learned step sizes)."""
-        return {"model": params_of(self.model), "inner": params_of(self.inner)}
+        """The meta-parameters as detached trees: the model's trainable parameters and the inner rule's (learned step
+        sizes of the adapted parameters); frozen parameters are not meta-parameters (see ``buffers``)."""
+        model = {n: p.detach() for n, p in self.trainable().items()}
+        return {"model": model, "inner": self.inner.hyper(self.adapted_names(model))}
 
     def buffers(self) -> Params:
-        return buffers_of(self.model)
+        """The constants of the model's functional call: its buffers and its frozen parameters."""
+        frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
+        return {**buffers_of(self.model), **frozen} if frozen else buffers_of(self.model)
 
     @property
     def vmapped(self) -> bool:
@@ -192,21 +228,36 @@ class MetaLearner(nn.Module):
         """Yield the parameters before and after each of ``steps`` inner updates on ``support``.
 
         Differentiable with respect to ``meta`` unless ``first_order`` (then the inner gradients are
-        treated as constants, so d(adapted)/d(initial) = I).
+        treated as constants, so d(adapted)/d(initial) = I). Only the parameters that ``adapts`` are updated; the
+        others enter the inner gradients as they are (differentiable: the meta-gradient reaches them through them).
         """
         rule = inner if inner is not None else self.inner
         params = meta["model"]
-        state = rule.init_state(params)
+        adapted = {n: params[n] for n in self.adapted_names(params)}
+        consts = self.constants(params, adapted, buffers)
+        state = rule.init_state(adapted)
         yield params
         for s in range(steps):
+            if not adapted:
+                yield params
+                continue
             x, y = support
             if minibatches is not None:
                 x, y = x[minibatches[s]], y[minibatches[s]]
-            grads = grad(self.loss_at, create_graph=not first_order)(params, buffers, x, y)
+            grads = grad(self.loss_at, create_graph=not first_order)(adapted, consts, x, y)
             if first_order:
                 grads = detach(grads)
-            params, state = rule.step(params, grads, state, s, meta["inner"])
+            adapted, state = rule.step(adapted, grads, state, s, meta["inner"])
+            params = {n: adapted.get(n, p) for n, p in params.items()} if len(adapted) < len(params) else adapted
             yield params
+
+    @staticmethod
+    def constants(params: Params, adapted: Params, buffers: Params) -> Params:
+        """What an inner gradient holds fixed: the buffers (with the frozen parameters) and the parameters of
+        ``params`` that are not ``adapted``."""
+        if len(adapted) == len(params):
+            return buffers
+        return {**buffers, **{n: p for n, p in params.items() if n not in adapted}}
 
     def adapt(self, meta: Meta, buffers: Params, support: Split, steps: int | None = None, **kw: Any) -> Params:
         """Parameters after ``steps`` inner updates (default: ``inner_steps``)."""
@@ -323,8 +374,9 @@ class MetaLearner(nn.Module):
         return cache[fn.__name__]
 
     def write_meta_gradient(self, grads: Meta) -> None:
-        write_grads(dict(self.model.named_parameters()), grads["model"])
-        write_grads(dict(self.inner.named_parameters()), grads["inner"])
+        """Write ``grads`` into ``.grad`` of the meta-parameters it holds (frozen ones are left with None)."""
+        for module, tree in ((self.model, grads["model"]), (self.inner, grads["inner"])):
+            write_grads({n: p for n, p in module.named_parameters() if n in tree}, tree)
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -370,3 +422,29 @@ class MetaLearner(nn.Module):
         values = torch.cat([v for out in in_threads([partial(tasks_between, s.start, s.stop) for s in shards])
                             for v in out])
         return {name: values[..., i] for i, name in enumerate(self.metrics)}
+
+
+def matches(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` lies under ``prefix`` (a module's name, or the parameter's own full name)."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def adapt_prefixes(model: nn.Module, adapt: Sequence[str] | str | None) -> tuple[str, ...]:
+    """``adapt`` checked against ``model``: each prefix must name trainable parameters (see ``MetaLearner``)."""
+    if adapt is None:
+        return ()
+    prefixes = (adapt,) if isinstance(adapt, str) else tuple(adapt)
+    params = dict(model.named_parameters())
+    modules = list(dict.fromkeys(".".join(n.split(".")[:k]) for n in params for k in range(1, n.count(".") + 1)))
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigError(f"adapt {prefix!r} must be a module or parameter name, e.g. 'classifier'")
+        matched = [n for n in params if matches(n, prefix)]
+        if not matched:
+            names = modules or list(params)
+            raise ConfigError(f"adapt '{prefix}' matches no parameter of the model{suggest(prefix, names)}; its "
+                              f"modules with parameters are: {', '.join(names) or '(none)'}")
+        if not any(params[n].requires_grad for n in matched):
+            raise ConfigError(f"adapt '{prefix}' matches only frozen parameters (requires_grad=False): "
+                              f"{', '.join(matched)}; adapt trainable ones or unfreeze them")
+    return prefixes

@@ -7,7 +7,8 @@ constants (FOMAML), so the meta-gradient is the query-loss gradient at the adapt
 ``recompute=True`` trades compute for memory over many inner steps: instead of keeping the graph of every
 inner step for the backward pass, it keeps only the parameters after each step and walks back through the
 steps, recomputing each one's Hessian-vector product: g <- g - H_k (lr * g) (and d/d lr = -grad_k * g), so
-memory holds one step's graph at a time while the result is the same meta-gradient.
+memory holds one step's graph at a time while the result is the same meta-gradient. With per-step learned step
+sizes (``SGD([a, b], learn=True)``) step k's d/d lr_k lands in slot k of each ``lr.<name>``.
 """
 
 from __future__ import annotations
@@ -56,28 +57,40 @@ class MAML(MetaLearner):
 
     def _recomputed_task_gradient(self, meta: Meta, buffers: Params, task: TaskBatch,
                                   minibatches: Tensor | None) -> tuple[Meta, Tensor]:
-        """One task's meta-gradient by walking back through the inner steps (see the module docstring)."""
+        """One task's meta-gradient by walking back through the inner steps (see the module docstring). With
+        ``adapt``, step k maps (a, b) to (a - lr * grad_a, b): the Hessian-vector product is that of grad_a with
+        respect to all the parameters, so g_b collects H_ba (lr * g_a) while g_a <- g_a - H_aa (lr * g_a)."""
         rule: SGD = self.inner  # type: ignore[assignment]
         with torch.no_grad():
             trajectory = list(self.inner_loop(meta, buffers, task.support, self.inner_steps, minibatches=minibatches))
         g, loss = grad_and_value(self.loss_at)(trajectory[-1], buffers, *task.query)
-        lr_grad = {k: torch.zeros_like(v) for k, v in meta["inner"].items()}
+        names = self.adapted_names(g)
+        hyper = meta["inner"]
+        keys = {n: "lr." + _key(n) for n in names if "lr." + _key(n) in hyper}  # learned step sizes with a gradient
+        slots = len(rule.schedule) if rule.per_step else 1
+        lr_grad = {n: [torch.zeros_like(g[n]) for _ in range(slots)] for n in keys}
+
+        def inner_grad(p: Params, x: Tensor, y: Tensor) -> Params:
+            adapted = {n: p[n] for n in names}
+            return grad(self.loss_at)(adapted, self.constants(p, adapted, buffers), x, y)
+
         for k in reversed(range(self.inner_steps)):
             x, y = task.support
             if minibatches is not None:
                 x, y = x[minibatches[k]], y[minibatches[k]]
             if self.first_order:  # the steps' Jacobians are taken as the identity: g stays the query gradient
-                support_grad = grad(self.loss_at)(trajectory[k], buffers, x, y) if rule.learn else None
+                support_grad = inner_grad(trajectory[k], x, y) if keys else None
             else:
-                support_grad, hvp = vjp(lambda p, x=x, y=y: grad(self.loss_at)(p, buffers, x, y), trajectory[k])
-            if rule.learn:
-                for n in g:
-                    lr_grad["lr." + _key(n)] = lr_grad["lr." + _key(n)] - support_grad[n] * g[n]
+                support_grad, hvp = vjp(lambda p, x=x, y=y: inner_grad(p, x, y), trajectory[k])
+            j = rule.slot(k) if rule.per_step else 0
+            for n in keys:
+                lr_grad[n][j] = lr_grad[n][j] - support_grad[n] * g[n]
             if not self.first_order:
-                lr = {n: meta["inner"]["lr." + _key(n)] if rule.learn else rule.lr_at(k) for n in g}
-                (h,) = hvp({n: lr[n] * g[n] for n in g})
+                lr = {n: rule.step_size(n, k, hyper) for n in names}
+                (h,) = hvp({n: lr[n] * g[n] for n in names})
                 g = {n: g[n] - h[n] for n in g}
-        return {"model": g, "inner": lr_grad}, loss
+        inner = {keys[n]: torch.stack(parts) if rule.per_step else parts[0] for n, parts in lr_grad.items()}
+        return {"model": g, "inner": inner}, loss
 
     def extra_repr(self) -> str:
         return (f"inner_steps={self.inner_steps}, first_order={self.first_order}, recompute={self.recompute}, "
