@@ -2,7 +2,8 @@
 stepped in one Python loop with preallocated numpy buffers (no per-copy tensors, no gymnasium wrappers).
 
 Subclasses (``MujocoTaskEnv``, ``MetaWorldTaskEnv``) say how to get a simulator for a copy and set its task
-(``_prepare``), what to remember from each step (``_record``) and how a step's rewards follow (``_rewards``).
+(``_prepare``), what to remember from each step (``_record``) and how a step's rewards follow (``_rewards``); one
+may also replace the stepping loop itself (``_simulate``, as ``MujocoTaskEnv`` does for robots it steps in MuJoCo).
 """
 
 from __future__ import annotations
@@ -93,6 +94,22 @@ class CopyTaskEnv(TaskEnv):
         n = len(self._copies)
         act = np.clip(actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64), self._low, self._high)
         stepped = ~self._done
+        self._simulate(act)
+        done = self._done
+        rewards = np.where(stepped, self._rewards(self._env_rewards, act), 0.0).astype(np.float32)
+        self._t += 1
+        if self._t >= self.horizon:
+            done[:] = True
+        self._alive = [i for i in self._alive if not done[i]]
+        shape = self._shape
+        return (torch.from_numpy(self._obs.copy()).view(*shape, -1), torch.from_numpy(rewards).view(shape),
+                torch.from_numpy(done.copy()).view(shape))
+
+    def _simulate(self, act: np.ndarray) -> None:
+        """One ``step`` of each alive copy's simulator with its (clipped) action: the learner's observation into
+        ``_obs``, the simulator's reward into ``_env_rewards``, its termination into ``_done``, and ``_record`` of
+        its ``info``. A subclass may replace this loop with one that skips the simulator's Python and gives the
+        same numbers."""
         obs, env_rewards, done, copies, record = self._obs, self._env_rewards, self._done, self._copies, self._record
         observers = self._observers
         for i in self._alive:
@@ -102,11 +119,3 @@ class CopyTaskEnv(TaskEnv):
             record(i, info)
             if terminated or truncated:
                 done[i] = True
-        rewards = np.where(stepped, self._rewards(env_rewards, act), 0.0).astype(np.float32)
-        self._t += 1
-        if self._t >= self.horizon:
-            done[:] = True
-        self._alive = [i for i in self._alive if not done[i]]
-        shape = self._shape
-        return (torch.from_numpy(obs.copy()).view(*shape, -1), torch.from_numpy(rewards).view(shape),
-                torch.from_numpy(done.copy()).view(shape))

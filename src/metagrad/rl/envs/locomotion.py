@@ -30,6 +30,10 @@ see rllab's, as maml_rl and pytorch-maml-rl do: the joint positions and velociti
 of mass (x, y, z; the cheetah drops the root's x from the positions, the ant adds its clipped external contact forces
 and the torso's orientation): 20 numbers for the cheetah where gymnasium's own has 17, with no position along the
 track. The trade-off families see the environment's own observation (ProMP's, up to qvel clipping), as float32.
+
+The half-cheetah and swimmer families (no early end, a reward of x velocity and control cost only) are stepped in
+MuJoCo directly (``direct_stepper``), not through gymnasium's ``step``: the same observations and rewards, to the bit,
+without the Python that builds gymnasium's observation, reward and info on every step of every copy.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ RLLAB_OBS = {"HalfCheetah-v5": (1, False, True), "Ant-v5": (0, True, False), "Sw
 are included (the torso's subtree centre of mass always follows); whether body positions are recomputed after the step
 (rllab's ``forward``; not for the ant, whose gymnasium velocity is measured from them: its stay at the last substep's
 start, 0.01 s behind)."""
+
+DIRECT_ROBOTS = ("HalfCheetah-v5", "Swimmer-v5")
+"""Robots whose families ``MujocoTaskEnv`` steps through ``direct_stepper``: they never terminate and their
+families' rewards read only the x velocity and the control cost."""
 
 _CHEETAH = {"ctrl_cost_weight": 0.05}
 _RLLAB_CHEETAH = {**_CHEETAH, "frame_skip": 1}
@@ -125,10 +133,42 @@ def rllab_observer(env: Any, qpos_from: int, contacts: bool, recompute: bool,
     return observe
 
 
+def gym_observer(env: Any) -> Callable[[Any], np.ndarray]:
+    """gymnasium's own observation of a half-cheetah or swimmer (its ``_get_obs``: the joint positions after the
+    excluded root coordinates, then the velocities), read through views made once."""
+    qpos, qvel = env.data.qpos[env.observation_structure["skipped_qpos"]:], env.data.qvel
+    return lambda _: np.concatenate((qpos, qvel))
+
+
+def direct_stepper(env: Any, observe: Callable[[Any], np.ndarray],
+                   mujoco: Any) -> Callable[[np.ndarray], tuple[np.ndarray, float]]:
+    """A function stepping a half-cheetah or swimmer ``env`` with one action as its gymnasium ``step`` does, and
+    returning ``observe``'s observation and the x velocity.
+
+    gymnasium's ``step`` sets the controls, calls ``mj_step`` ``frame_skip`` times and then ``mj_rnePostConstraint``
+    (the bodies' accelerations and contact forces, which neither these robots' observations nor the next step
+    read: skipped here), then builds its observation, reward and info. The velocity is computed as it does (the root
+    joint's x after minus before, over ``dt``); the control cost is left to the caller, for all copies at once."""
+    model, data = env.model, env.data
+    qpos, ctrl, nstep, dt = data.qpos, data.ctrl, env.frame_skip, env.dt
+    mj_step = mujoco.mj_step
+
+    def step(action: np.ndarray) -> tuple[np.ndarray, float]:
+        x = qpos[0]
+        ctrl[:] = action
+        mj_step(model, data, nstep)
+        return observe(None), (qpos[0] - x) / dt
+
+    return step
+
+
 class MujocoTaskEnv(CopyTaskEnv):
     """A locomotion task family (``FAMILIES``) as a ``TaskEnv``; ``horizon`` steps per episode (default 200);
     ``frame_skip`` simulator steps per action (0: the family's own); ``observation`` ``gym`` or ``rllab`` (``auto``:
-    the family's own)."""
+    the family's own).
+
+    ``direct`` is True where the family is stepped in MuJoCo directly (``DIRECT_ROBOTS``); setting it False before a
+    ``reset`` steps through gymnasium's ``step`` instead (the same numbers, slower: the tests compare the two)."""
 
     def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0,
                  observation: str = "auto"):
@@ -161,6 +201,9 @@ class MujocoTaskEnv(CopyTaskEnv):
         self._goal = np.zeros(0)
         self._xv = np.zeros(0)
         self._extra = np.zeros(0)
+        self.direct = self.family.env_id in DIRECT_ROBOTS and self._terms == ("reward_ctrl",)
+        self._ctrl_weight = float(getattr(probe, "_ctrl_cost_weight", 0.0))
+        self._steppers: list[Callable[[np.ndarray], tuple[np.ndarray, float]]] = []
 
     def _make(self) -> Any:
         return make_simulator(self.family.env_id, **self._env_kwargs)
@@ -199,6 +242,13 @@ class MujocoTaskEnv(CopyTaskEnv):
             env._metagrad_observer = rllab_observer(env, *RLLAB_OBS[self.family.env_id], self._mujoco)
         return env._metagrad_observer
 
+    def _stepper(self, env: Any) -> Callable[[np.ndarray], tuple[np.ndarray, float]]:
+        """``env``'s ``direct_stepper`` with the learner's observation (made once per simulator)."""
+        if not hasattr(env, "_metagrad_step"):
+            observe = self._observer(env) or gym_observer(env)
+            env._metagrad_step = direct_stepper(env, observe, self._mujoco)
+        return env._metagrad_step
+
     def _prepare(self, tasks: Tensor, episodes: int) -> list[Any]:
         n = tasks.shape[0] * episodes
         if tasks.ndim != 2 or tasks.shape[1] != self.task_dim:
@@ -212,7 +262,20 @@ class MujocoTaskEnv(CopyTaskEnv):
                 self.set_params(env, values[i // episodes])
         self._goal = np.repeat(values[:, 0], episodes) if self.family.task != "params" else np.zeros(n)
         self._xv, self._extra = np.zeros(n), np.zeros(n)
+        self._steppers = [self._stepper(env) for env in copies] if self.direct else []
         return copies
+
+    def _simulate(self, act: np.ndarray) -> None:
+        """Direct families: each alive copy through its ``direct_stepper``, then the control cost of all copies,
+        as gymnasium's ``reward_ctrl`` (numpy's row sums equal its per-action sums, to the bit); others: gymnasium's
+        ``step``."""
+        if not self.direct:
+            super()._simulate(act)
+            return
+        obs, xv, steppers = self._obs, self._xv, self._steppers
+        for i in self._alive:
+            obs[i], xv[i] = steppers[i](act[i])
+        self._extra = -(self._ctrl_weight * np.sum(np.square(act), axis=1))
 
     def _record(self, i: int, info: dict[str, Any]) -> None:
         if self._forward:
