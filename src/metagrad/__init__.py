@@ -7,18 +7,36 @@
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     mg.Trainer(learner, tasks, opt, iterations=10000, meta_batch_size=25).fit()
     curves = mg.adaptation_curves(learner, mg.held_out_tasks(tasks, 600, shots=5, seed=1), steps=10)
+
+The names below are imported on first use (PEP 562), so that ``metagrad`` on the command line can answer Ctrl-C
+during its own start-up (importing torch takes seconds) with one line instead of a traceback.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from . import losses, models, tasks
-from .algorithms import FOMAML, MAML, JointTraining, MetaLearner, Reptile
-from .config import Config, load_config
-from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
-from .experiment import load_run, train
-from .inner import SGD, Adam, InnerRule
-from .train import FitResult, Trainer
+_HOMES = {
+    "FOMAML": "algorithms", "MAML": "algorithms", "JointTraining": "algorithms", "MetaLearner": "algorithms",
+    "Reptile": "algorithms", "Config": "config", "load_config": "config", "Curve": "evaluate",
+    "adaptation_curves": "evaluate", "held_out_tasks": "evaluate", "tune_step_size": "evaluate",
+    "load_run": "experiment", "SGD": "inner", "Adam": "inner", "InnerRule": "inner",
+    "FitResult": "train", "Trainer": "train",
+}
+__all__ = sorted([*_HOMES, "losses", "models", "tasks"])
 
-__all__ = ["FOMAML", "MAML", "SGD", "Adam", "Config", "Curve", "FitResult", "InnerRule", "JointTraining",
-           "MetaLearner", "Reptile", "Trainer", "adaptation_curves", "held_out_tasks", "load_config", "load_run",
-           "losses", "models", "tasks", "train", "tune_step_size"]
+
+def __getattr__(name: str) -> Any:
+    """``mg.MAML`` and the other public names, and any submodule (``mg.models``), imported when first asked for."""
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'metagrad' has no attribute '{name}'") from None
+    globals()[name] = value
+    return value
