@@ -233,3 +233,16 @@ def test_an_unwritable_eval_output_fails_before_the_evaluation(tmp_path, capsys)
     (tmp_path / "blocker").write_text("a file where a folder should be")
     err = cli_error(["eval", str(run), "--output", str(tmp_path / "blocker" / "eval.json")], capsys)
     assert "blocker" in err
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.4])
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
+    """Ctrl-C while the command is still importing torch (or just after) ends with exit code 130, no traceback."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "metagrad", "train", "--out", str(tmp_path / "r"), "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted" in err or "Ctrl-C" in err
