@@ -351,3 +351,32 @@ def test_observation_option_selects_gymnasiums_or_rllabs_and_is_checked():
     with pytest.raises(ConfigError, match="observation gym is for the MuJoCo"):
         build(RLConfig(env="navigation2d", observation="gym"))
     assert build(RLConfig(env="cheetah-dir", observation="gym"))[0].env.obs_dim == 17
+
+
+@pytest.mark.parametrize("family", ["cheetah-vel", "cheetah-dir", "ant-dir"])
+def test_the_oracle_sees_the_goal_and_otherwise_the_same_observation(family):
+    """The MAML paper's oracle: the task's goal appended to the observation; dynamics and rewards unchanged."""
+    from metagrad.rl.envs.locomotion import MujocoTaskEnv
+
+    plain, oracle = MujocoTaskEnv(family, horizon=5, seed=3), MujocoTaskEnv(family, horizon=5, seed=3, oracle=True)
+    assert oracle.obs_dim == plain.obs_dim + 1
+    tasks = plain.sample_tasks(3, torch.Generator().manual_seed(0))
+    a, b = plain.reset(tasks, 2), oracle.reset(tasks, 2)
+    torch.testing.assert_close(b[..., :-1], a, rtol=0, atol=0)
+    assert torch.equal(b[..., -1], tasks[:, None, 0].float().expand(3, 2))
+    actions = torch.rand(3, 2, *plain.action_space.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    (oa, ra, _), (ob, rb, _) = plain.step(actions), oracle.step(actions)
+    assert torch.equal(ob[..., :-1], oa) and torch.equal(rb, ra) and torch.equal(ob[..., -1], b[..., -1])
+
+
+def test_the_oracle_is_refused_where_there_is_no_goal():
+    from metagrad.rl.config import RLConfig
+    from metagrad.rl.envs.locomotion import MujocoTaskEnv
+    from metagrad.rl.train import build
+
+    with pytest.raises(ConfigError, match="oracle"):
+        MujocoTaskEnv("hopper-rand-params", oracle=True)
+    with pytest.raises(ConfigError, match="oracle True is for the MuJoCo locomotion families"):
+        build(RLConfig(env="ml1-reach", oracle=True))
+    learner, _ = build(RLConfig(env="cheetah-dir", oracle=True, horizon=5, hidden=(8,)))
+    assert learner.env.oracle and learner.policy.mean[0].in_features == learner.env.obs_dim

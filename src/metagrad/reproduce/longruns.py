@@ -35,10 +35,10 @@ ROWS = (
         "episodes", "locomotion-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo "
         "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out results/long/locomotion-cheetah-dir",
         500),
-    Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO and pretrained", "500 iterations",
-        "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained "
-        "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out results/long/locomotion-cheetah-vel",
-        500, runs=2),
+    Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
+        "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained,"
+        "oracle,random --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out "
+        "results/long/locomotion-cheetah-vel", 500, runs=3),
     Row("SG-MRL Table 2: half-cheetah direction, 1 step, SG-MRL and MAML (VPG)", "500 epochs, 4 seeds",
         "sgmrl-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 "
         "--time-budget 120 --out results/long/sgmrl-cheetah-dir", 500, runs=2),

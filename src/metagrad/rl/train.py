@@ -32,11 +32,11 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     if cfg.env == "navigation2d":
         kwargs.update(goal_low=cfg.goal_range[0], goal_high=cfg.goal_range[1], reward=cfg.reward, oracle=cfg.oracle,
                       normalized_actions=cfg.normalized_actions)
-    elif cfg.oracle:
-        raise ConfigError(f"oracle=True (the goal as input) is defined for navigation2d only, not for '{cfg.env}'")
     elif not cfg.env.startswith("gym:"):
         kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World)
-    for name, default in (("frame_skip", 0), ("observation", "auto")):
+    for name, default in (("frame_skip", 0), ("observation", "auto"), ("oracle", False)):
+        if cfg.env == "navigation2d" and name == "oracle":
+            continue
         value = getattr(cfg, name)
         if value != default:
             if cfg.env not in FAMILIES:

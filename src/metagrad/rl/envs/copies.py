@@ -32,6 +32,7 @@ class CopyTaskEnv(TaskEnv):
         if horizon < 1:
             raise ConfigError(f"horizon {horizon} must be >= 1 (e.g. 200)")
         self.horizon, self.seed, self.obs_dim = int(horizon), int(seed), int(obs_dim)
+        self._sim_dim = self.obs_dim  # the simulator's part of the observation (the rest: ``_task_features``)
         self._low = np.asarray(action_low, dtype=np.float64)
         self._high = np.asarray(action_high, dtype=np.float64)
         self._resets = 0
@@ -75,7 +76,7 @@ class CopyTaskEnv(TaskEnv):
         seeds = np.random.SeedSequence([self.seed, stream]).generate_state(n)
         self._resets += 1
         self._next_seed = None
-        self._obs = np.empty((n, self.obs_dim), dtype=np.float32)
+        self._obs = np.empty((n, self._sim_dim), dtype=np.float32)
         for i, env in enumerate(self._copies):
             o = self._reset_copy(env, int(seeds[i]))
             self._obs[i] = o if self._observers is None else self._observers[i](o)
@@ -83,7 +84,7 @@ class CopyTaskEnv(TaskEnv):
         self._done = np.zeros(n, dtype=bool)
         self._alive = list(range(n))
         self._t = 0
-        return torch.from_numpy(self._obs.copy()).view(*self._shape, -1)
+        return self._observation()
 
     def reseed(self, seed: int) -> None:
         self._next_seed = int(seed)
@@ -102,8 +103,17 @@ class CopyTaskEnv(TaskEnv):
             done[:] = True
         self._alive = [i for i in self._alive if not done[i]]
         shape = self._shape
-        return (torch.from_numpy(self._obs.copy()).view(*shape, -1), torch.from_numpy(rewards).view(shape),
-                torch.from_numpy(done.copy()).view(shape))
+        return self._observation(), torch.from_numpy(rewards).view(shape), torch.from_numpy(done.copy()).view(shape)
+
+    def _observation(self) -> Tensor:
+        """The learner's observation ``[T, K, obs_dim]``: the simulators', then the task's features if any."""
+        extra = self._task_features()
+        obs = self._obs if extra is None else np.concatenate((self._obs, extra), 1)
+        return torch.from_numpy(obs.copy() if extra is None else obs).view(*self._shape, -1)
+
+    def _task_features(self) -> np.ndarray | None:
+        """Numbers appended to every copy's observation (the oracle's goal, ``[T * K, d]``), or None."""
+        return None
 
     def _simulate(self, act: np.ndarray) -> None:
         """One ``step`` of each alive copy's simulator with its (clipped) action: the learner's observation into

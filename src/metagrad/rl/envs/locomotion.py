@@ -165,13 +165,14 @@ def direct_stepper(env: Any, observe: Callable[[Any], np.ndarray],
 class MujocoTaskEnv(CopyTaskEnv):
     """A locomotion task family (``FAMILIES``) as a ``TaskEnv``; ``horizon`` steps per episode (default 200);
     ``frame_skip`` simulator steps per action (0: the family's own); ``observation`` ``gym`` or ``rllab`` (``auto``:
-    the family's own).
+    the family's own); ``oracle``: the task's goal (direction or velocity) appended to the observation (the MAML
+    paper's oracle baseline).
 
     ``direct`` is True where the family is stepped in MuJoCo directly (``DIRECT_ROBOTS``); setting it False before a
     ``reset`` steps through gymnasium's ``step`` instead (the same numbers, slower: the tests compare the two)."""
 
     def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0,
-                 observation: str = "auto"):
+                 observation: str = "auto", oracle: bool = False):
         if family not in FAMILIES:
             raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
         if frame_skip < 0:
@@ -198,6 +199,11 @@ class MujocoTaskEnv(CopyTaskEnv):
         self._sizes = [a.size for a in self._defaults.values()]
         self.task_dim = sum(self._sizes) if self.family.task == "params" else 1
         self._forward, self._terms = self.family.task != "params", self.family.terms
+        if oracle and not self._forward:
+            raise ConfigError(f"oracle (the goal in the observation) is defined for the goal velocity and direction "
+                              f"families, not {family}; set oracle false")
+        self.oracle = oracle
+        self.obs_dim += self.task_dim if oracle else 0
         self._goal = np.zeros(0)
         self._xv = np.zeros(0)
         self._extra = np.zeros(0)
@@ -276,6 +282,10 @@ class MujocoTaskEnv(CopyTaskEnv):
         for i in self._alive:
             obs[i], xv[i] = steppers[i](act[i])
         self._extra = -(self._ctrl_weight * np.sum(np.square(act), axis=1))
+
+    def _task_features(self) -> np.ndarray | None:
+        """The oracle's extra input: each copy's goal (direction or velocity), as the MAML paper's oracle sees it."""
+        return self._goal[:, None].astype(np.float32) if self.oracle else None
 
     def _record(self, i: int, info: dict[str, Any]) -> None:
         if self._forward:
