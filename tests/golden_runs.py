@@ -22,7 +22,8 @@ TIMINGS = {"elapsed", "seconds", "sample_seconds"}
 
 SUPERVISED = ["sinusoid-maml", "sinusoid-fomaml", "sinusoid-metasgd", "sinusoid-pretrained", "sinusoid-oracle",
               "sinusoid-reptile", "sinusoid-reptile-maml", "linreg-maml", "linreg-drs", "omniglot-maml",
-              "omniglot-fomaml", "omniglot-reptile", "omniglot-maml-nonconv"]
+              "omniglot-fomaml", "omniglot-reptile", "omniglot-maml-nonconv", "omniglot-anil", "omniglot-context",
+              "sinusoid-context"]
 SUPERVISED_SETTINGS = {"iterations": 4, "meta_batch_size": 3, "log_every": 1, "checkpoint_every": 2, "val_every": 2,
                        "val_tasks": 4, "threads": 1}
 RL = ["maml-trpo", "fomaml-trpo", "pretrained", "oracle", "sgmrl", "sgmrl-full", "maml-vpg", "emaml", "promp",

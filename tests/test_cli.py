@@ -79,6 +79,18 @@ def test_reproduce_writes_table_results_and_figures(experiment, tmp_path, capsys
     if experiment == "sinusoid":
         assert "| MAML (paper) | - | 0.67 | 0.38 | 0.35 |" in printed
         assert "| pretrained (paper) | - | 2.41 | 2.23 | 2.19 |" in printed
+        assert "| context vector |" in printed and set(results["methods"]) == {"maml", "pretrained", "oracle",
+                                                                             "context"}
+        # MAML Figure 2, left: K = 5 points from [-5, 0] only, the fit drawn over [-5, 5], the MSE on [0, 5] noted
+        half = results["half_range"]
+        assert half["seen"] == [-5.0, 0.0] and half["unseen"] == [0.0, 5.0] and half["shots"] == 5
+        assert len(half["figure"]["support_x"]) == 5 and all(-5 <= x <= 0 for x in half["figure"]["support_x"])
+        assert {m: len(r["loss"]["mean"]) for m, r in half["methods"].items()} == dict.fromkeys(results["methods"], 11)
+        assert "MSE on the unseen half [0.0, 5.0]" in printed
+        png = out / "sinusoid_half_range.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in printed
+    else:
+        assert "half_range" not in results and not (out / "sinusoid_half_range.png").exists()
 
 
 def test_meta_rl_trains_and_evaluates_like_a_supervised_run(tmp_path, capsys):

@@ -84,8 +84,7 @@ def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     except Exception as e:  # a model that cannot be copied cannot be checked: the loop is the safe side
         return f"the model could not be copied to check vmap ({first_line(e)})"
     small = batch.slice(0, min(CHECK_TASKS, batch.num_tasks)).to(torch.float64)
-    mb = ref.minibatch_indices(small.num_tasks, small.support.x.shape[1], ref.inner_steps, ref.inner_batch_size,
-                               torch.Generator().manual_seed(0))
+    mb = ref.training_minibatches(small, torch.Generator().manual_seed(0))
     outs = {}
     for mode in ("loop", "vmap"):
         ref.batching = mode

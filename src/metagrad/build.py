@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import torch
@@ -14,7 +13,7 @@ from .config import IMAGE_FAMILIES, Config
 from .errors import ConfigError
 from .functional import params_of
 from .inner import make_inner
-from .models import MLP, MLPBN, Conv4
+from .models import MLP, MLPBN, ContextVector, Conv4
 from .tasks import LinearRegression, Sinusoid
 from .tasks.fewshot import FewShotClassification
 from .tasks.images import ImageDataset, data_root, load_miniimagenet, omniglot_splits
@@ -48,15 +47,24 @@ def image_splits(family: str, root: str, download: bool = False) -> dict[str, Im
 
 def build_model(cfg: Config, tasks: Tasks) -> nn.Module:
     """The network of the config: an MLP, ``y = theta^T x`` (linear, no bias) for meta-linear regression, or an
-    image classifier."""
-    if cfg.model == "mlp":
-        return MLP(tasks.input_dim, cfg.hidden, 1, cfg.activation)
-    if cfg.model == "linear":
-        return nn.Linear(tasks.input_dim, 1, bias=False)
-    channels, height, _ = tasks.image_shape
+    image classifier; with ``context`` > 0 wrapped in ``ContextVector`` (the network then takes ``context`` more
+    inputs, or for images ``context`` more channels, each a free map of the image's size)."""
+    if cfg.context < 0:
+        raise ConfigError(f"context {cfg.context} must be >= 0 (0: no context vector)")
+    extra = cfg.context
+    if cfg.model in ("mlp", "linear"):
+        net: nn.Module = (MLP(tasks.input_dim + extra, cfg.hidden, 1, cfg.activation) if cfg.model == "mlp"
+                          else nn.Linear(tasks.input_dim + extra, 1, bias=False))
+        return ContextVector(net, extra) if extra else net
+    channels, height, width = tasks.image_shape
     if cfg.model == "conv4":
-        return Conv4(channels, cfg.ways, cfg.filters, cfg.pool, height)
-    return MLPBN(math.prod(tasks.image_shape), cfg.ways, cfg.hidden)
+        net = Conv4(channels + extra, cfg.ways, cfg.filters, cfg.pool, height)
+        # images: `context` free HxW maps as extra channels (constant channels would be removed by the batch norm)
+        return ContextVector(net, extra, channels=True, image_size=(height, width)) if extra else net
+    if extra:
+        raise ConfigError("context does not work with model mlp-bn: the batch norm after its first layer removes "
+                          "whatever is the same for every image of a batch, the context with it; use conv4")
+    return MLPBN(channels * height * width, cfg.ways, cfg.hidden)
 
 
 def build_learner(cfg: Config) -> MetaLearner:
@@ -71,11 +79,13 @@ def build_learner(cfg: Config) -> MetaLearner:
     loss_fn = losses.cross_entropy if classify else losses.half_mse if cfg.family == "linreg" else losses.mse
     kw = dict(loss_fn=loss_fn, inner=inner, inner_steps=cfg.inner_steps,
               inner_batch_size=cfg.inner_batch_size, batching=cfg.batching, compile=cfg.compile, threads=cfg.threads,
-              task_chunk=cfg.task_chunk, self_check=cfg.self_check, adapt=cfg.adapt or None)
+              task_chunk=cfg.task_chunk, self_check=cfg.self_check, adapt=cfg.adapt or None,
+              inner_sampling=cfg.inner_sampling, inner_state=cfg.inner_state)
     if cfg.algo in ("maml", "fomaml"):
-        learner: MetaLearner = MAML(model, first_order=cfg.algo == "fomaml", recompute=cfg.recompute, **kw)
+        learner: MetaLearner = MAML(model, first_order=cfg.algo == "fomaml", recompute=cfg.recompute,
+                                    tail=cfg.tail or "separate", **kw)
     elif cfg.algo == "reptile":
-        learner = Reptile(model, **kw)
+        learner = Reptile(model, tail=cfg.tail or "shared", combination=cfg.combination or None, **kw)
     else:
         kw["inner_steps"] = 0
         learner = JointTraining(model, **kw)

@@ -61,8 +61,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("reproduce", help="reproduce a paper's experiment", description="Train the paper's methods, "
                        "evaluate them on the same test tasks, print the paper's numbers beside ours, draw figures.")
-    p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), "sinusoid-multitask", *FEWSHOT, "navigation",
-                                          "locomotion"],
+    p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), "sinusoid-multitask", *FEWSHOT, "reptile-gradients",
+                                          "reptile-overlap", "navigation", "locomotion"],
                    help="which experiment")
     p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
@@ -73,7 +73,8 @@ def build_parser() -> Parser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
     images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile, maml-nonconv (Omniglot, the MAML "
-                        "paper's fully connected network); for navigation and locomotion, "
+                        "paper's fully connected network), context (Omniglot, the MAML paper's context-vector "
+                        "baseline); for navigation and locomotion, "
                         "comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, oracle, sgmrl, "
                         "sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, or all")
     images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
@@ -332,6 +333,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         metarl.run(experiment, metarl.parse_methods(args.algo), out, full=args.full, iterations=args.iterations,
                    time_budget=args.time_budget, overrides=sets, progress=not args.no_progress)
         return 0
+    if args.experiment in ("reptile-gradients", "reptile-overlap"):
+        from .reproduce import reptile_studies
+
+        study = reptile_studies.run_gradients if args.experiment == "reptile-gradients" else reptile_studies.run_overlap
+        study(out, full=args.full, iterations=args.iterations, progress=not args.no_progress,
+              data_root=args.data_root)
+        return 0
     if args.experiment == "sinusoid-multitask":
         from .reproduce import multitask
 
@@ -351,11 +359,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.download:
         overrides["download"] = True
     algo = args.algo or "maml"
-    from .reproduce.fewshot import ALGOS
+    from .reproduce.fewshot import ALGOS, OMNIGLOT_ONLY
 
-    if algo not in ALGOS or (algo == "maml-nonconv" and args.experiment != "omniglot"):
+    if algo not in ALGOS or (algo in OMNIGLOT_ONLY and args.experiment != "omniglot"):
         raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or reptile"
-                            + (" (or maml-nonconv on omniglot)" if args.experiment == "omniglot" else ""))
+                            + (" (or maml-nonconv or context on omniglot)" if args.experiment == "omniglot" else ""))
     fewshot.run(args.experiment, algo, args.ways, args.shots, out, full=args.full, iterations=args.iterations,
                 time_budget=args.time_budget, overrides=overrides, progress=not args.no_progress)
     return 0

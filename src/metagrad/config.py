@@ -56,6 +56,9 @@ class Config(Settings):
     activation: str = opt("relu", "model", "hidden activation of mlp (relu, tanh)")
     filters: int = opt(64, "model", "conv4 filters per layer (64 for Omniglot, 32 for MiniImagenet)")
     pool: bool = opt(False, "model", "conv4: 2x2 max-pooling (MiniImagenet) instead of stride-2 convolutions")
+    context: int = opt(0, "model", "if > 0, a learned context vector of this many numbers is concatenated to every "
+                       "input (images: this many extra channels, each a free map of the image's size; conv4), the "
+                       "MAML paper's appendix C.2 baseline; adapt it alone with adapt = context (0: off)")
     # [algo]
     algo: str = opt("maml", "algo", "algorithm: maml, fomaml (first-order MAML), reptile, joint (pretrained/DRS)")
     inner_lr: tuple[float, ...] = opt((0.01,), "algo", "inner step size, or one per inner step (the last repeats)")
@@ -69,6 +72,18 @@ class Config(Settings):
     adapt: tuple[str, ...] = opt((), "algo", "parameters the inner loop adapts, as module or parameter names, e.g. "
                                  "classifier (ANIL); the others get the meta-gradient only (empty: all; joint: "
                                  "what evaluation fine-tunes)")
+    inner_sampling: str = opt("cycle", "algo", "how inner-loop minibatches are drawn from the support set: cycle "
+                              "(epochs of random permutations, consumed in order) or replacement (each minibatch a "
+                              "random subset drawn anew; Reptile paper 6.3); also at evaluation")
+    inner_state: str = opt("fresh", "algo", "inner optimizer state: fresh for every task, or carried (one Adam state "
+                           "runs on across the tasks, in order, and the meta-iterations, as the Reptile paper's code; "
+                           "evaluation starts from it and leaves it unchanged); carried: reptile/fomaml with adam")
+    tail: str = opt("", "algo", "data of the final minibatch (Reptile paper 6.3): separate (the query set, disjoint "
+                    "from the inner loop's) or shared (the next minibatch from the support set); maml/fomaml: the "
+                    "outer loss's, reptile: the last inner step's; empty: separate for maml/fomaml, shared for reptile")
+    combination: tuple[float, ...] = opt((), "algo", "reptile: the weight of each inner step's update in the outer "
+                                         "update, one per inner step (Reptile paper 6.2): 0,1 is two-step FOMAML "
+                                         "(g2), 1,1 two-step Reptile, 0.5,0.5 their average (empty: all ones)")
     # [train]
     iterations: int = opt(70000, "train", "meta-iterations (outer steps)")
     meta_batch_size: int = opt(25, "train", "tasks per meta-iteration")
@@ -118,7 +133,8 @@ class Config(Settings):
         self.check_at_least({"ways": 2, "filters": 1, "shots": 1, "query": 0, "grid": 0, "inner_steps": 0,
                              "inner_batch_size": 0, "iterations": 0, "meta_batch_size": 1, "log_every": 1,
                              "checkpoint_every": 1, "val_every": 0, "val_tasks": 1, "eval_query": 1, "eval_steps": 0,
-                             "eval_tasks": 2, "eval_inner_batch_size": 0, "dim": 1, "threads": 0, "task_chunk": 0})
+                             "eval_tasks": 2, "eval_inner_batch_size": 0, "dim": 1, "threads": 0, "task_chunk": 0,
+                             "context": 0})
         for v in self.inner_lr:
             if not v > 0:
                 raise ConfigError(f"inner_lr {v} must be positive (e.g. 0.01)")
@@ -143,6 +159,18 @@ class Config(Settings):
                               "for linreg")
         if self.recompute and (self.algo not in ("maml", "fomaml") or self.inner_optimizer != "sgd"):
             raise ConfigError("recompute works with algo maml or fomaml and inner_optimizer sgd")
+        self.check_choices({"inner_sampling": ("cycle", "replacement"), "inner_state": ("fresh", "carried"),
+                            "tail": ("", "separate", "shared")})
+        if self.tail and self.algo == "joint":
+            raise ConfigError(f"tail '{self.tail}' applies to maml, fomaml and reptile; leave it empty for joint")
+        if self.combination and (self.algo != "reptile" or len(self.combination) != self.inner_steps
+                                 or not all(math.isfinite(w) for w in self.combination)):
+            raise ConfigError(f"combination {list(self.combination)} needs algo reptile and one finite weight per "
+                              f"inner step ({self.inner_steps}), e.g. 0,1 for two-step FOMAML")
+        if self.inner_state == "carried" and (self.algo not in ("reptile", "fomaml")
+                                              or self.inner_optimizer != "adam"):
+            raise ConfigError("inner_state 'carried' works with algo reptile or fomaml and inner_optimizer adam "
+                              "(a stateful inner rule whose state can run on across tasks)")
         if self.algo == "reptile" and self.learn_inner_lr:
             raise ConfigError("learn_inner_lr works with maml or fomaml, not reptile")
         if (self.family in IMAGE_FAMILIES) != (self.model in ("conv4", "mlp-bn")):

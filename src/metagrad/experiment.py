@@ -149,7 +149,8 @@ def predictions(learner: MetaLearner, support: tuple[torch.Tensor, torch.Tensor]
     inner = learner.inner.with_lr(lr) if lr else learner.inner
     meta, buffers = learner.meta_params(), learner.buffers()
     out = {}
-    for s, params in enumerate(learner.inner_loop(meta, buffers, Split(*support), max(steps), inner=inner)):
+    loop = learner.inner_loop(meta, buffers, Split(*support), max(steps), inner=inner, state=learner.start_state(inner))
+    for s, params in enumerate(loop):
         if s in steps:
             out[s] = call(learner.model, params, buffers, x)
     return out

@@ -9,7 +9,7 @@ those that the inner loop adapts (``MetaLearner(adapt=...)``, trainable ones).
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,12 @@ class InnerRule(nn.Module):
     def init_state(self, params: Params) -> Any:
         """Optimizer state for a fresh adaptation (one per task)."""
         return None
+
+    def carry(self, params: Params) -> Any:
+        """The state at the start of training when it is carried from one inner loop to the next
+        (``MetaLearner(inner_state="carried")``): what ``step`` continues across tasks (None: the rule has no state
+        to carry). By default the fresh state."""
+        return self.init_state(params)
 
     def step(self, params: Params, grads: Params, state: Any, step: int, hyper: Params) -> tuple[Params, Any]:
         """One update of ``params`` (the adapted parameters); ``hyper`` holds this rule's own parameters in
@@ -163,8 +169,22 @@ class SGD(InnerRule):
         return f"lr={list(self.schedule)}, learn={self.learn}"
 
 
+class AdamState(NamedTuple):
+    """Adam's first and second moments, and the number of steps behind them when the state is carried across
+    inner loops (None: a fresh state, whose steps are the inner loop's own step index)."""
+
+    m: Params
+    v: Params
+    t: int | None = None
+
+
 class Adam(InnerRule):
-    """Adam for the inner loop; Reptile uses ``betas=(0, 0.999)``. State is fresh for every task."""
+    """Adam for the inner loop; Reptile uses ``betas=(0, 0.999)``.
+
+    The state is fresh for every task (``init_state``), or carried across tasks and meta-iterations (``carry``, as
+    the Reptile paper's code let its TensorFlow Adam run on): then the bias correction counts every step the moments
+    have seen, while a per-step schedule of step sizes still follows the inner loop's own step index.
+    """
 
     def __init__(self, lr: float | Sequence[float] = 0.001, betas: tuple[float, float] = (0.0, 0.999),
                  eps: float = 1e-8):
@@ -173,20 +193,23 @@ class Adam(InnerRule):
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = eps
 
-    def init_state(self, params: Params) -> tuple[Params, Params]:
-        return ({n: torch.zeros_like(p) for n, p in params.items()},
-                {n: torch.zeros_like(p) for n, p in params.items()})
+    def init_state(self, params: Params) -> AdamState:
+        return AdamState({n: torch.zeros_like(p) for n, p in params.items()},
+                         {n: torch.zeros_like(p) for n, p in params.items()})
+
+    def carry(self, params: Params) -> AdamState:
+        return self.init_state(params)._replace(t=0)
 
     def step(self, params: Params, grads: Params, state: Any, step: int, hyper: Params) -> tuple[Params, Any]:
         b1, b2 = self.betas
-        m, v = state
-        t = step + 1
+        m, v, done = state
+        t = step + 1 if done is None else done + 1
         lr = self.schedule[min(step, len(self.schedule) - 1)]
         m = {n: b1 * m[n] + (1 - b1) * grads[n] for n in params}
         v = {n: b2 * v[n] + (1 - b2) * grads[n] * grads[n] for n in params}
         c1, c2 = 1 - b1**t, 1 - b2**t
         new = {n: p - lr * (m[n] / c1) / ((v[n] / c2).sqrt() + self.eps) for n, p in params.items()}
-        return new, (m, v)
+        return new, AdamState(m, v, None if done is None else t)
 
     def with_lr(self, lr: float | Sequence[float]) -> Adam:
         return Adam(lr, self.betas, self.eps)

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 COLORS = {"maml": "tab:green", "pretrained": "tab:blue", "oracle": "tab:red", "reptile": "tab:purple",
-          "fomaml": "tab:olive", "metasgd": "tab:cyan", "random": "tab:gray"}
+          "fomaml": "tab:olive", "metasgd": "tab:cyan", "random": "tab:gray", "context": "tab:orange"}
 
 
 def adaptation_curves(curves: Mapping[str, Mapping[int, Mapping[str, Any]]], path: str | Path,
@@ -46,11 +46,14 @@ def adaptation_curves(curves: Mapping[str, Mapping[int, Mapping[str, Any]]], pat
 def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, columns: int = 3) -> Path:
     """Few-shot fits (MAML Fig. 2/7, Reptile Fig. 1): per panel the true function, the K points and the
     model's prediction after each number of steps. A panel holds ``title``, ``x``, ``y_true``,
-    ``support_x``, ``support_y`` and ``predictions`` ({steps: y})."""
+    ``support_x``, ``support_y`` and ``predictions`` ({steps: y}); optionally ``color``, and ``shade``: the
+    interval ``(lo, hi)`` the K points were drawn from, shaded (MAML Fig. 2 left: half of the input range)."""
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
     styles = [":", "-.", "--", "-"]
     for ax, panel in zip(axes.flat, panels, strict=False):
+        if panel.get("shade") is not None:
+            ax.axvspan(*panel["shade"], color="tab:gray", alpha=0.12, lw=0, label="K points drawn here")
         ax.plot(panel["x"], panel["y_true"], color="tab:red", lw=2, label="ground truth")
         for i, (steps, y) in enumerate(sorted(panel["predictions"].items())):
             label = "pre-update" if steps == 0 else f"{steps} grad step{'s' if steps > 1 else ''}"

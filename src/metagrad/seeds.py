@@ -7,6 +7,7 @@ import torch
 
 VAL_SEED_OFFSET = 1_000_003  # validation tasks (and meta-RL step-size tuning): never the training stream
 VAL_EVAL_SEED_OFFSET = 777  # tasks that choose test-time step sizes (supervised): not the test tasks
+HALF_RANGE_SEED_OFFSET = 555  # sinusoid tasks whose K points come from half the input range (MAML Figure 2)
 
 
 def process_episodes(seed: int, iteration: int, rank: int) -> torch.Generator:

@@ -6,6 +6,12 @@ per-task loop that serves as the reference path), and writes the meta-gradient i
 any ``torch.optim`` optimizer takes the outer step. An algorithm only says how one task contributes:
 ``task_objective`` (differentiated here) or, for Reptile, its own ``meta_gradient``.
 
+Inner-loop variants (Reptile paper, sections 6 and 6.3): minibatches drawn by cycling through the support set or
+anew for every step (``inner_sampling``), and an inner optimizer state that is fresh for every task or carried from
+one task to the next across meta-iterations (``inner_state``, the paper's Adam; a buffer of the learner, so that it
+is checkpointed). Algorithms add which data the final minibatch holds (``tail``) and, for Reptile, how the inner
+steps' updates combine into the outer one.
+
 Parameter subsets: a parameter with ``requires_grad=False`` is a constant (held with the buffers: never adapted, no
 meta-gradient, its ``.grad`` stays None); ``adapt`` names the trainable parameters the inner loop adapts (ANIL: the
 head), while the meta-gradient reaches every trainable parameter.
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -23,18 +29,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_flatten_with_path, tree_map, tree_unflatten
 
 from .. import checkpoint, losses
 from ..batch import Split, TaskBatch, partition
 from ..batching import has_conv, has_torch_batchnorm, twice_differentiable, vmap_fault
 from ..errors import ConfigError
 from ..functional import Params, buffers_of, call, detach, grad, in_task_thread, write_grads
-from ..inner import SGD, InnerRule
+from ..inner import SGD, InnerRule, _key
 from ..settings import suggest
 from ..threads import in_threads
 
 BATCHING = ("auto", "vmap", "loop")
+INNER_SAMPLING = ("cycle", "replacement")
+INNER_STATE = ("fresh", "carried")
 Meta = dict[str, Params]
 
 
@@ -49,6 +57,67 @@ def loop_chunk() -> int:
     if LOOP_CHUNK is not None:
         return LOOP_CHUNK
     return 1 if in_task_thread() else 8
+
+
+class Trajectory:
+    """The parameters of an inner loop (``MetaLearner.inner_loop``) as an iterable; once it has been iterated to its
+    end, ``state`` holds the inner rule's final state (the generator's return value)."""
+
+    def __init__(self, loop: Generator[Params, None, Any]):
+        self.loop = loop
+        self.state: Any = None
+
+    def __iter__(self) -> Iterator[Params]:
+        self.state = yield from self.loop
+
+
+def run_inner(loop: Generator[Params, None, Any]) -> tuple[Params, Any]:
+    """Run an inner loop to its end: the last parameters and the rule's final state."""
+    trajectory = Trajectory(loop)
+    *_, last = trajectory
+    return last, trajectory.state
+
+
+class CarriedState(nn.Module):
+    """An inner rule's state carried from one task's inner loop to the next (``inner_state="carried"``).
+
+    Held as buffers (tensors as they are, step counts as int64 scalars) so that checkpoints save it with the
+    learner, a resumed run continues it bit for bit, and it moves with the learner between devices and dtypes.
+    """
+
+    def __init__(self, state: Any):
+        super().__init__()
+        leaves, spec = tree_flatten(state)
+        self.skeleton = tree_unflatten(list(range(len(leaves))), spec)  # the structure, leaf i as the number i
+        self.names: list[str] = []
+        for path, leaf in tree_flatten_with_path(state)[0]:
+            name = "_".join(_key(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))) for k in path)
+            if isinstance(leaf, Tensor):
+                value = leaf.detach().clone()
+            elif isinstance(leaf, int):
+                value = torch.tensor(leaf, dtype=torch.int64)
+            else:
+                raise ConfigError(f"inner_state 'carried' cannot hold the inner rule's state entry {name} "
+                                  f"({type(leaf).__name__}); carry tensors and step counts")
+            self.register_buffer(name, value)
+            self.names.append(name)
+        self.counts = [not isinstance(leaf, Tensor) for leaf in leaves]
+
+    def value(self) -> Any:
+        """The state as the inner rule uses it (the buffers themselves: rules update functionally)."""
+        leaves = [int(getattr(self, n)) if count else getattr(self, n)
+                  for n, count in zip(self.names, self.counts, strict=True)]
+        return tree_map(leaves.__getitem__, self.skeleton)
+
+    @torch.no_grad()
+    def store(self, state: Any) -> None:
+        """Keep ``state`` (the rule's state after the last inner loop) in the buffers."""
+        leaves, spec = tree_flatten(state)
+        if spec != tree_flatten(self.skeleton)[1]:
+            raise ConfigError("the inner rule's state no longer has the shape it was carried with (were parameters "
+                              "frozen or unfrozen after the learner was built?); build the learner after freezing")
+        for name, leaf in zip(self.names, leaves, strict=True):
+            getattr(self, name).copy_(torch.as_tensor(leaf))
 
 
 def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
@@ -84,6 +153,17 @@ class MetaLearner(nn.Module):
         self_check: before the first batched (vmap) computation, check once that vmap gives this model's
             meta-gradient exactly (float64, two tasks, against the per-task loop): ``auto`` falls back to the loop
             with one line on stderr if not, ``vmap`` raises ``ConfigError`` naming the module (metagrad.batching).
+        inner_sampling: how inner-loop minibatches are drawn from the support set: ``cycle`` (epochs of random
+            permutations consumed in order, so that consecutive minibatches do not overlap until the data is used
+            up) or ``replacement`` (every minibatch a random subset drawn anew: minibatches of one inner loop may
+            overlap), as the Reptile paper's ``--replacement`` (section 6.3). Also used at evaluation.
+        inner_state: ``fresh`` (the inner rule's state, e.g. Adam's moments, starts anew for every task) or
+            ``carried`` (first-order learners with a stateful rule: one state runs on from task to task, the tasks of a
+            meta-batch in order, across meta-iterations, as the Reptile paper's Adam; held in the ``carried``
+            buffers, so that checkpoints keep it). Training then processes the tasks one after another on one
+            thread (``batching`` and ``threads`` still apply to evaluation). Evaluation starts every task from the
+            carried state and never changes it, as the paper's code backed up and restored the whole state around
+            each test task.
         adapt: the parameters that the inner loop adapts, as parameter-name prefixes: a module's name (``"classifier"``
             adapts ``classifier.weight`` and ``classifier.bias``; ``"features.0"`` one block) or a parameter's full
             name. None or empty: every trainable parameter. The others stay at their meta-learned values during
@@ -101,7 +181,8 @@ class MetaLearner(nn.Module):
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] = losses.mse,
                  inner: InnerRule | None = None, inner_steps: int = 1, inner_batch_size: int = 0,
                  batching: str = "auto", compile: bool = False, threads: int = 0, task_chunk: int = 0,
-                 self_check: bool = True, adapt: Sequence[str] | None = None):
+                 self_check: bool = True, adapt: Sequence[str] | None = None, inner_sampling: str = "cycle",
+                 inner_state: str = "fresh"):
         super().__init__()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
@@ -116,6 +197,10 @@ class MetaLearner(nn.Module):
         if threads > 1 and compile:
             raise ConfigError(f"threads {threads} with compile: a compiled meta-gradient runs on one thread of "
                               "Python; set threads to 0 or 1, or compile false")
+        if inner_sampling not in INNER_SAMPLING:
+            raise ConfigError(f"unknown inner_sampling '{inner_sampling}'; choose one of {', '.join(INNER_SAMPLING)}")
+        if inner_state not in INNER_STATE:
+            raise ConfigError(f"unknown inner_state '{inner_state}'; choose one of {', '.join(INNER_STATE)}")
         if batching == "vmap" and has_torch_batchnorm(model):
             raise ConfigError("batching 'vmap' with torch.nn.BatchNorm gives wrong second-order gradients; "
                               "use batching 'loop' or a batch norm written from mean/var primitives")
@@ -135,6 +220,16 @@ class MetaLearner(nn.Module):
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
         self.adapt_prefixes = adapt_prefixes(model, adapt)
         self.inner.restrict(self.adapted_names(self.trainable()))
+        self.inner_sampling = inner_sampling
+        self.inner_state = inner_state
+        self.carried: CarriedState | None = None
+        if inner_state == "carried":
+            trainable = self.trainable()
+            start = self.inner.carry({n: trainable[n].detach() for n in self.adapted_names(trainable)})
+            if start is None:
+                raise ConfigError(f"inner_state 'carried' needs an inner rule with a state to carry, such as Adam; "
+                                  f"{type(self.inner).__name__} has none (use inner_state 'fresh')")
+            self.carried = CarriedState(start)
 
     # ----------------------------------------------------------------- parameter subsets
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -224,25 +319,31 @@ class MetaLearner(nn.Module):
 
     def inner_loop(self, meta: Meta, buffers: Params, support: Split, steps: int, *,
                    inner: InnerRule | None = None, first_order: bool = False,
-                   minibatches: Tensor | None = None) -> Iterator[Params]:
-        """Yield the parameters before and after each of ``steps`` inner updates on ``support``.
+                   minibatches: Tensor | None = None, state: Any = None,
+                   last: Split | None = None) -> Generator[Params, None, Any]:
+        """Yield the parameters before and after each of ``steps`` inner updates on ``support``; the generator's
+        return value is the rule's final state (``run_inner`` collects both).
 
         Differentiable with respect to ``meta`` unless ``first_order`` (then the inner gradients are
         treated as constants, so d(adapted)/d(initial) = I). Only the parameters that ``adapts`` are updated; the
         others enter the inner gradients as they are (differentiable: the meta-gradient reaches them through them).
+        ``state``: the rule's state to start from (None: a fresh one). ``last``: the data of the final step instead
+        of the support set (Reptile's separate tail); the steps before it use ``minibatches[0..steps-2]``.
         """
         rule = inner if inner is not None else self.inner
         params = meta["model"]
         adapted = {n: params[n] for n in self.adapted_names(params)}
         consts = self.constants(params, adapted, buffers)
-        state = rule.init_state(adapted)
+        state = rule.init_state(adapted) if state is None else state
         yield params
         for s in range(steps):
             if not adapted:
                 yield params
                 continue
             x, y = support
-            if minibatches is not None:
+            if last is not None and s == steps - 1:
+                x, y = last
+            elif minibatches is not None:
                 x, y = x[minibatches[s]], y[minibatches[s]]
             grads = grad(self.loss_at, create_graph=not first_order)(adapted, consts, x, y)
             if first_order:
@@ -250,6 +351,7 @@ class MetaLearner(nn.Module):
             adapted, state = rule.step(adapted, grads, state, s, meta["inner"])
             params = {n: adapted.get(n, p) for n, p in params.items()} if len(adapted) < len(params) else adapted
             yield params
+        return state
 
     @staticmethod
     def constants(params: Params, adapted: Params, buffers: Params) -> Params:
@@ -266,10 +368,16 @@ class MetaLearner(nn.Module):
 
     def minibatch_indices(self, num_tasks: int, support_size: int, steps: int, batch_size: int,
                           generator: torch.Generator | None) -> Tensor | None:
-        """Indices ``[tasks, steps, batch]`` of each inner step's minibatch: epochs of random permutations
-        of the support set, consumed in order (as Reptile's inner loop); ``None`` for full-batch steps."""
+        """Indices ``[tasks, steps, batch]`` of each inner step's minibatch; ``None`` for full-batch steps.
+
+        ``inner_sampling`` cycle: epochs of random permutations of the support set, consumed in order (as Reptile's
+        inner loop; a minibatch may span two epochs). replacement: every minibatch a uniformly random subset of
+        ``batch_size`` distinct examples, independent of the others (the Reptile code's ``random.sample``)."""
         if batch_size == 0 or batch_size >= support_size or steps == 0:
             return None
+        if self.inner_sampling == "replacement":
+            noise = torch.rand(num_tasks, steps, support_size, generator=generator)
+            return noise.argsort(dim=-1)[..., :batch_size]
         epochs = -(-steps * batch_size // support_size)
         noise = torch.rand(num_tasks, epochs, support_size, generator=generator)
         order = noise.argsort(dim=-1).reshape(num_tasks, -1)[:, : steps * batch_size]
@@ -290,12 +398,22 @@ class MetaLearner(nn.Module):
         """The outer loss of one task, differentiated with respect to ``meta`` by ``meta_gradient``."""
         raise NotImplementedError
 
+    @property
+    def minibatch_steps(self) -> int:
+        """Minibatches drawn from each task's support set in training: one per inner step (algorithms whose final
+        minibatch is elsewhere or extra say so: MAML's shared tail, Reptile's separate tail)."""
+        return self.inner_steps
+
+    def training_minibatches(self, batch: TaskBatch, generator: torch.Generator | None) -> Tensor | None:
+        """The minibatch indices ``[tasks, minibatch_steps, inner_batch_size]`` of a training meta-batch."""
+        return self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], self.minibatch_steps,
+                                      self.inner_batch_size, generator)
+
     def sharded(self, batch: TaskBatch, generator: torch.Generator | None,
                 shard: slice | None) -> tuple[TaskBatch, Tensor | None]:
         """The inner-loop minibatch indices of the whole meta-batch (so every process draws the same random
         numbers), then this process's ``shard`` of tasks and indices (all of them when None)."""
-        mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], self.inner_steps,
-                                    self.inner_batch_size, generator)
+        mb = self.training_minibatches(batch, generator)
         if shard is None:
             return batch, mb
         return batch.slice(shard.start, shard.stop), None if mb is None else mb[shard]
@@ -346,10 +464,47 @@ class MetaLearner(nn.Module):
                       shard: slice | None = None) -> dict[str, float]:
         """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
         meta-parameters, averaged over those tasks; return metrics."""
-        batch, mb = self.sharded(batch, generator, shard)
-        grads, loss = self.over_tasks(self.batch_gradient, batch, mb)
+        if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
+            raise ConfigError("inner_state 'carried' runs the tasks of a meta-batch in order in one process; train "
+                              "it without torchrun (or use inner_state 'fresh')")
+        batch, mb = self.sharded(batch, generator, None if self.carried is not None else shard)
+        if self.carried is not None:
+            grads, loss = self.carried_gradient(batch, mb)
+        else:
+            grads, loss = self.over_tasks(self.batch_gradient, batch, mb)
         self.write_meta_gradient(grads)
         return {"meta_loss": float(loss)}
+
+    def carried_gradient(self, batch: TaskBatch, mb: Tensor | None) -> tuple[Meta, Tensor]:
+        """``batch_gradient`` with the inner rule's state carried (``inner_state="carried"``): the tasks one after
+        another in order, each inner loop starting from the state the previous one left, which is kept at the end.
+        The tasks' contributions are stacked and combined as the per-task loop combines them."""
+        meta, buffers = self.meta_params(), self.buffers()
+        state = self.carried.value()
+        outs = []
+        for i in range(batch.num_tasks):
+            out, state = self.carried_task(meta, buffers, batch.task(i), None if mb is None else mb[i], state)
+            outs.append(out)
+        self.carried.store(state)
+        return self.combine_tasks(meta, tree_map(lambda *xs: torch.stack(xs), *outs))
+
+    def carried_task(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None,
+                     state: Any) -> tuple[Any, Any]:
+        """One task's contribution (what ``combine_tasks`` reads, stacked over tasks) with the inner loop started
+        from ``state``, and the state it leaves: defined by the first-order learners that can carry a state."""
+        raise ConfigError(f"{type(self).__name__} cannot carry its inner state across tasks; use inner_state 'fresh'")
+
+    def combine_tasks(self, meta: Meta, outs: Any) -> tuple[Meta, Tensor]:
+        """The meta-gradient and mean query loss from the stacked outputs of ``carried_task``."""
+        raise NotImplementedError
+
+    def start_state(self, rule: InnerRule) -> Any:
+        """The state an evaluation's inner loop starts from: a copy-free view of the carried state when the
+        learner carries one and ``rule`` is of its inner rule's kind (the step size may differ), else None (fresh).
+        Inner rules update functionally, so evaluation never changes the carried state."""
+        if self.carried is None or type(rule) is not type(self.inner):
+            return None
+        return self.carried.value()
 
     def batch_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:
@@ -400,6 +555,7 @@ class MetaLearner(nn.Module):
         rule = inner if inner is not None else self.inner
         self.verify_batching(batch)
         meta, buffers = self.meta_params(), self.buffers()
+        start = self.start_state(rule)
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
         if chunk is None:  # tasks per vmap call: bounded so that image tasks do not exhaust memory
             per_task = batch.support.x[0].numel() + batch.query.x[0].numel() * (
@@ -408,7 +564,7 @@ class MetaLearner(nn.Module):
 
         def one_task(task: TaskBatch, m: Tensor | None) -> Tensor:
             rows = []
-            for params in self.inner_loop(meta, buffers, task.support, steps, inner=rule, minibatches=m):
+            for params in self.inner_loop(meta, buffers, task.support, steps, inner=rule, minibatches=m, state=start):
                 pred = self.predict(params, buffers, task.support.x, task.query.x, transductive)
                 rows.append(torch.stack([fn(pred, task.query.y) for fn in self.metrics.values()]))
             return torch.stack(rows)

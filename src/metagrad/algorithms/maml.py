@@ -9,6 +9,11 @@ inner step for the backward pass, it keeps only the parameters after each step a
 steps, recomputing each one's Hessian-vector product: g <- g - H_k (lr * g) (and d/d lr = -grad_k * g), so
 memory holds one step's graph at a time while the result is the same meta-gradient. With per-step learned step
 sizes (``SGD([a, b], learn=True)``) step k's d/d lr_k lands in slot k of each ``lr.<name>``.
+
+``tail`` says which data the outer loss is taken on (Reptile paper, section 6.3): ``separate`` (default) the query
+set, disjoint from the inner loop's data, as MAML; ``shared`` the next minibatch drawn from the support set after the
+inner steps' ones (cycling on through it, or drawn anew with ``inner_sampling="replacement"``; the whole support set
+with full-batch steps), so that it overlaps the inner loop's data once that is used up: shared-tail FOMAML.
 """
 
 from __future__ import annotations
@@ -19,22 +24,47 @@ import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, vjp
 
-from ..batch import TaskBatch
+from ..batch import Split, TaskBatch
 from ..errors import ConfigError
 from ..functional import Params
+from ..functional import grad as functional_grad
 from ..inner import SGD, _key
-from .base import Meta, MetaLearner
+from .base import Meta, MetaLearner, run_inner
+
+TAILS = ("separate", "shared")
 
 
 class MAML(MetaLearner):
-    """Model-agnostic meta-learning; see ``MetaLearner`` for the shared arguments."""
+    """Model-agnostic meta-learning; see ``MetaLearner`` for the shared arguments and the module docstring for
+    ``tail`` (``separate``: the query set; ``shared``: the next support minibatch)."""
 
-    def __init__(self, *args: Any, first_order: bool = False, recompute: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, first_order: bool = False, recompute: bool = False, tail: str = "separate",
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.first_order = first_order
         self.recompute = recompute
         if recompute and not isinstance(self.inner, SGD):
             raise ConfigError("recompute works with the SGD inner rule (fixed, scheduled or learned step sizes)")
+        if tail not in TAILS:
+            raise ConfigError(f"unknown tail '{tail}' for MAML; choose one of {', '.join(TAILS)}")
+        self.tail = tail
+        if self.carried is not None and not first_order:
+            raise ConfigError("inner_state 'carried' works with first-order MAML (fomaml) and Reptile: second-order "
+                              "MAML would differentiate through the earlier tasks' inner steps")
+
+    @property
+    def minibatch_steps(self) -> int:
+        return self.inner_steps + (self.tail == "shared")
+
+    def outer_split(self, task: TaskBatch, minibatches: Tensor | None) -> Split:
+        """The data of the outer loss: the query set (separate tail), or the support minibatch after the inner
+        steps' (shared tail; the whole support set when the steps are full-batch)."""
+        if self.tail == "separate":
+            return task.query
+        x, y = task.support
+        if minibatches is None:
+            return Split(x, y)
+        return Split(x[minibatches[self.inner_steps]], y[minibatches[self.inner_steps]])
 
     @property
     def second_order(self) -> bool:
@@ -42,7 +72,27 @@ class MAML(MetaLearner):
 
     def task_objective(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None) -> Tensor:
         adapted = self.adapt(meta, buffers, task.support, first_order=self.first_order, minibatches=minibatches)
-        return self.loss_at(adapted, buffers, *task.query)
+        return self.loss_at(adapted, buffers, *self.outer_split(task, minibatches))
+
+    def carried_task(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None,
+                     state: Any) -> tuple[tuple[Meta, Tensor], Any]:
+        """First-order MAML with the inner state carried: the outer loss's gradient at the adapted parameters (the
+        inner steps' Jacobians taken as the identity), and the state the inner loop leaves."""
+        with torch.no_grad():
+            adapted, state = run_inner(self.inner_loop(meta, buffers, task.support, self.inner_steps,
+                                                       first_order=True, minibatches=minibatches, state=state))
+        split = self.outer_split(task, minibatches)
+
+        def outer(params: Params) -> tuple[Tensor, Tensor]:
+            loss = self.loss_at(params, buffers, *split)
+            return loss, loss
+
+        g, loss = functional_grad(outer, has_aux=True, create_graph=False)(adapted)
+        return ({"model": g, "inner": {}}, loss), state
+
+    def combine_tasks(self, meta: Meta, outs: tuple[Meta, Tensor]) -> tuple[Meta, Tensor]:
+        grads, loss = outs
+        return {part: {n: g.mean(0) for n, g in tree.items()} for part, tree in grads.items()}, loss.mean()
 
     def batch_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:
@@ -63,7 +113,7 @@ class MAML(MetaLearner):
         rule: SGD = self.inner  # type: ignore[assignment]
         with torch.no_grad():
             trajectory = list(self.inner_loop(meta, buffers, task.support, self.inner_steps, minibatches=minibatches))
-        g, loss = grad_and_value(self.loss_at)(trajectory[-1], buffers, *task.query)
+        g, loss = grad_and_value(self.loss_at)(trajectory[-1], buffers, *self.outer_split(task, minibatches))
         names = self.adapted_names(g)
         hyper = meta["inner"]
         keys = {n: "lr." + _key(n) for n in names if "lr." + _key(n) in hyper}  # learned step sizes with a gradient
@@ -93,8 +143,9 @@ class MAML(MetaLearner):
         return {"model": g, "inner": inner}, loss
 
     def extra_repr(self) -> str:
+        tail = f", tail={self.tail}" if self.tail != "separate" else ""
         return (f"inner_steps={self.inner_steps}, first_order={self.first_order}, recompute={self.recompute}, "
-                f"batching={self.batching}")
+                f"batching={self.batching}{tail}")
 
 
 def FOMAML(*args: Any, **kwargs: Any) -> MAML:

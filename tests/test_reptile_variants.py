@@ -1,0 +1,427 @@
+"""The Reptile paper's inner-loop variants (sections 6, 6.2, 6.3), each against a computation written here with plain
+autograd or torch.optim, in float64: combinations of the inner gradients, the tail of first-order MAML and Reptile
+(shared or separate), minibatches cycled or drawn with replacement, and the inner Adam state carried across tasks;
+then resume, the config fields, and the two studies (reproduce/reptile_studies.py) on a tiny synthetic Omniglot."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch.func import functional_call
+from torch.nn import functional as F
+
+import metagrad as mg
+from conftest import grads_of, sinusoid_batch, small_mlp
+from metagrad.config import load_config
+from metagrad.errors import ConfigError
+from metagrad.experiment import load_run, make_trainer
+from metagrad.tasks import Split
+
+LR = 0.05
+PATHS = [("loop", 1), ("vmap", 1), ("loop", 2)]  # (batching, task threads)
+SAMPLINGS = ["cycle", "replacement"]
+Tree = dict[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- plain-autograd references
+def loss(model: torch.nn.Module, params: Tree, split: Split) -> torch.Tensor:
+    return F.mse_loss(functional_call(model, params, (split.x,)), split.y)
+
+
+def initial(model: torch.nn.Module) -> Tree:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def select(split: Split, idx: torch.Tensor | None) -> Split:
+    return split if idx is None else Split(split.x[idx], split.y[idx])
+
+
+def sgd_steps(model: torch.nn.Module, p0: Tree, batches: list[Split]) -> tuple[Tree, list[Tree]]:
+    """SGD on each minibatch in turn: the final parameters and each step's gradient at that step's parameters."""
+    params, grads = p0, []
+    for split in batches:
+        p = {n: t.detach().requires_grad_() for n, t in params.items()}
+        g = dict(zip(p, torch.autograd.grad(loss(model, p, split), list(p.values())), strict=True))
+        grads.append(g)
+        params = {n: p[n].detach() - LR * g[n] for n in p}
+    return params, grads
+
+
+def maml_gradient(model: torch.nn.Module, p0: Tree, inner: list[Split], outer: Split, first_order: bool) -> Tree:
+    """d outer_loss(adapted) / d p0 through SGD steps (the inner gradients held constant when ``first_order``)."""
+    start = {n: t.clone().requires_grad_() for n, t in p0.items()}
+    p = start
+    for split in inner:
+        g = torch.autograd.grad(loss(model, p, split), list(p.values()), create_graph=not first_order)
+        p = {n: p[n] - LR * (gn.detach() if first_order else gn) for n, gn in zip(p, g, strict=True)}
+    return dict(zip(start, torch.autograd.grad(loss(model, p, outer), list(start.values())), strict=True))
+
+
+def meta_grad(learner: mg.MetaLearner, batch, seed: int) -> tuple[Tree, torch.Tensor | None]:
+    """The learner's meta-gradient (``.grad``) and the minibatch indices it drew with ``seed``."""
+    mb = learner.training_minibatches(batch, torch.Generator().manual_seed(seed))
+    learner.zero_grad(set_to_none=True)
+    learner.meta_gradient(batch, torch.Generator().manual_seed(seed))
+    return grads_of(learner.model), mb
+
+
+def assert_trees_close(got: Tree, want: Tree) -> None:
+    assert got.keys() == want.keys()
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-9, atol=1e-12)
+
+
+def mean_over_tasks(parts: list[Tree]) -> Tree:
+    return {n: torch.stack([p[n] for p in parts]).mean(0) for n in parts[0]}
+
+
+# --------------------------------------------------------------------------- 6.2: inner-gradient combinations
+COMBINATIONS = [(1.0,), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5), (0.0, 0.0, 1.0), (1.0, 1.0, 1.0), (1 / 3, 1 / 3, 1 / 3),
+                (0.0, 0.0, 0.0, 1.0), (1.0, 1.0, 1.0, 1.0), (0.25, 0.25, 0.25, 0.25), (0.3, -0.2, 1.5)]
+
+
+@pytest.mark.parametrize(("batching", "threads"), PATHS)
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("weights", COMBINATIONS, ids=lambda w: ",".join(f"{x:.2g}" for x in w))
+def test_combination_is_the_weighted_sum_of_the_inner_gradients(weights, sampling, batching, threads):
+    """``combination=w``: the outer update is sum_i w_i * lr * g_i over the tasks' mean, g_i the gradient of minibatch
+    i's loss at the parameters of step i (g1: joint training; g_k: k-step FOMAML; sums and averages: Reptile)."""
+    k = len(weights)
+    model = small_mlp().double()
+    learner = mg.Reptile(model, inner=mg.SGD(LR), inner_steps=k, inner_batch_size=3, combination=weights,
+                         inner_sampling=sampling, batching=batching, threads=threads).double()
+    batch = sinusoid_batch(tasks=4, shots=12)
+    p0 = initial(model)
+    got, mb = meta_grad(learner, batch, seed=7)
+    parts = []
+    for i in range(batch.num_tasks):
+        task = batch.task(i)
+        _, grads = sgd_steps(model, p0, [select(task.support, mb[i, s]) for s in range(k)])
+        parts.append({n: sum(w * LR * g[n] for w, g in zip(weights, grads, strict=True)) for n in p0})
+    assert_trees_close(got, mean_over_tasks(parts))
+
+
+def test_all_ones_is_reptile():
+    model = small_mlp().double()
+    batch = sinusoid_batch(tasks=3, shots=12)
+    kw = dict(inner=mg.SGD(LR), inner_steps=3, inner_batch_size=4)
+    plain, _ = meta_grad(mg.Reptile(model, **kw).double(), batch, seed=1)
+    ones, _ = meta_grad(mg.Reptile(model, combination=(1, 1, 1), **kw).double(), batch, seed=1)
+    assert_trees_close(ones, plain)
+
+
+# --------------------------------------------------------------------------- 6.3: tails and minibatch sampling
+@pytest.mark.parametrize(("batching", "threads"), PATHS)
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("tail", ["separate", "shared"])
+@pytest.mark.parametrize("first_order", [True, False], ids=["fomaml", "maml"])
+def test_maml_tail_is_the_outer_loss_data(first_order, tail, sampling, batching, threads):
+    """Separate tail: the outer loss on the query set (as always). Shared tail: on the minibatch drawn after the inner
+    steps' ones from the support set, so that it overlaps them once the support set is used up."""
+    steps = 2
+    model = small_mlp().double()
+    learner = mg.MAML(model, inner=mg.SGD(LR), inner_steps=steps, inner_batch_size=4, first_order=first_order,
+                      tail=tail, inner_sampling=sampling, batching=batching, threads=threads).double()
+    batch = sinusoid_batch(tasks=4, shots=12)
+    p0 = initial(model)
+    got, mb = meta_grad(learner, batch, seed=3)
+    assert mb.shape[1] == steps + (tail == "shared")
+    parts = []
+    for i in range(batch.num_tasks):
+        task = batch.task(i)
+        outer = select(task.support, mb[i, steps]) if tail == "shared" else task.query
+        parts.append(maml_gradient(model, p0, [select(task.support, mb[i, s]) for s in range(steps)], outer,
+                                   first_order))
+    assert_trees_close(got, mean_over_tasks(parts))
+
+
+@pytest.mark.parametrize("first_order", [True, False], ids=["fomaml", "maml"])
+def test_shared_tail_with_full_batch_steps_is_the_support_set_and_recompute_agrees(first_order):
+    model = small_mlp().double()
+    batch = sinusoid_batch(tasks=3, shots=6)
+    kw = dict(inner=mg.SGD(LR), inner_steps=2, first_order=first_order, tail="shared")
+    got, mb = meta_grad(mg.MAML(model, **kw).double(), batch, seed=0)
+    assert mb is None
+    p0 = initial(model)
+    want = mean_over_tasks([maml_gradient(model, p0, [batch.task(i).support] * 2, batch.task(i).support, first_order)
+                            for i in range(batch.num_tasks)])
+    assert_trees_close(got, want)
+    minibatched = dict(kw, inner_batch_size=4)
+    direct, _ = meta_grad(mg.MAML(model, **minibatched).double(), batch, seed=2)
+    recomputed, _ = meta_grad(mg.MAML(model, recompute=True, **minibatched).double(), batch, seed=2)
+    assert_trees_close(recomputed, direct)
+
+
+@pytest.mark.parametrize(("batching", "threads"), PATHS)
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("weights", [None, (0.0, 0.0, 1.0), (1.0, 0.5, 0.25)], ids=["reptile", "foml", "mixed"])
+@pytest.mark.parametrize("tail", ["shared", "separate"])
+def test_reptile_tail_is_the_last_inner_steps_data(tail, weights, sampling, batching, threads):
+    """Reptile's (and the reference code's FOMAML, ``combination`` (0, .., 0, 1)) last inner step on the support
+    set like the others (shared), or on the query set after steps on the support set alone (separate)."""
+    steps = 3
+    model = small_mlp().double()
+    learner = mg.Reptile(model, inner=mg.SGD(LR), inner_steps=steps, inner_batch_size=4, tail=tail,
+                         combination=weights, inner_sampling=sampling, batching=batching, threads=threads).double()
+    batch = sinusoid_batch(tasks=4, shots=12)
+    p0 = initial(model)
+    got, mb = meta_grad(learner, batch, seed=5)
+    separate = tail == "separate"
+    assert mb.shape[1] == steps - separate
+    parts = []
+    for i in range(batch.num_tasks):
+        task = batch.task(i)
+        data = [select(task.support, mb[i, s]) for s in range(steps - separate)] + ([task.query] if separate else [])
+        adapted, grads = sgd_steps(model, p0, data)
+        parts.append({n: p0[n] - adapted[n] for n in p0} if weights is None else
+                     {n: sum(w * LR * g[n] for w, g in zip(weights, grads, strict=True)) for n in p0})
+    assert_trees_close(got, mean_over_tasks(parts))
+
+
+def test_cycle_and_replacement_minibatches():
+    """Cycle: consecutive epochs of permutations (no overlap until the support set is used up; bit for bit the
+    indices drawn before the option existed). Replacement: each minibatch distinct examples, drawn anew, so that the
+    minibatches of one inner loop overlap."""
+    model = small_mlp()
+    tasks, size, steps, b = 40, 12, 7, 4
+    cycle = mg.Reptile(model, inner_steps=1).minibatch_indices(tasks, size, steps, b, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    before = torch.rand(tasks, 3, size, generator=gen).argsort(-1).reshape(tasks, -1)[:, :steps * b]
+    assert torch.equal(cycle, before.reshape(tasks, steps, b))
+    flat = cycle.reshape(tasks, -1)
+    for epoch in (flat[:, :size], flat[:, size:2 * size]):
+        assert torch.equal(epoch.sort(-1).values, torch.arange(size).expand(tasks, -1))
+    learner = mg.Reptile(model, inner_steps=1, inner_sampling="replacement")
+    drawn = learner.minibatch_indices(tasks, size, steps, b, torch.Generator().manual_seed(0))
+    assert drawn.shape == (tasks, steps, b) and drawn.min() >= 0 and drawn.max() < size
+    assert (drawn.sort(-1).values.diff(dim=-1) > 0).all()  # distinct within a minibatch
+    first_epoch = drawn[:, :3].reshape(tasks, -1).sort(-1).values
+    assert (first_epoch.diff(dim=-1) == 0).any()  # three minibatches of 4 of 12 examples overlap somewhere
+    assert learner.minibatch_indices(tasks, size, steps, size, None) is None  # full batch either way
+
+
+# --------------------------------------------------------------------------- section 6: the carried inner Adam
+@pytest.mark.parametrize("algo", ["reptile", "fomaml"])
+def test_carried_adam_is_one_adam_run_over_the_tasks_in_order(algo):
+    """One torch.optim.Adam (beta1 = 0), never reset, stepping through every task's minibatches in order across
+    meta-iterations (the model reset to the initialization for each task): the learner's parameters after each
+    outer step and its carried moments and step count equal it."""
+    eps, tasks, steps = 0.5, 3, 3
+    model = small_mlp().double()
+    kw = dict(inner=mg.Adam(LR), inner_steps=steps, inner_batch_size=4, inner_state="carried")
+    learner = (mg.Reptile(model, **kw) if algo == "reptile" else mg.FOMAML(model, **kw)).double()
+    outer = torch.optim.SGD(learner.parameters(), lr=eps)
+    clone = copy.deepcopy(model)
+    adam = torch.optim.Adam(clone.parameters(), lr=LR, betas=(0.0, 0.999), eps=1e-8)
+    phi = initial(model)
+    for it in range(3):
+        batch = sinusoid_batch(tasks=tasks, shots=12, seed=it)
+        mb = learner.training_minibatches(batch, torch.Generator().manual_seed(it))
+        outer.zero_grad()
+        learner.meta_gradient(batch, torch.Generator().manual_seed(it))
+        outer.step()
+        parts = []
+        for i in range(tasks):
+            task = batch.task(i)
+            with torch.no_grad():
+                for n, p in clone.named_parameters():
+                    p.copy_(phi[n])
+            for s in range(steps):
+                split = select(task.support, mb[i, s])
+                adam.zero_grad()
+                F.mse_loss(clone(split.x), split.y).backward()
+                adam.step()
+            if algo == "reptile":
+                parts.append({n: phi[n] - p.detach() for n, p in clone.named_parameters()})
+            else:
+                clone.zero_grad()
+                F.mse_loss(clone(task.query.x), task.query.y).backward()
+                parts.append({n: p.grad.detach().clone() for n, p in clone.named_parameters()})
+        update = mean_over_tasks(parts)
+        phi = {n: phi[n] - eps * update[n] for n in phi}
+        assert_trees_close(initial(model), phi)
+    m, v, t = learner.carried.value()
+    assert t == 3 * tasks * steps
+    for n, p in clone.named_parameters():
+        assert int(adam.state[p]["step"]) == t
+        torch.testing.assert_close(m[n], adam.state[p]["exp_avg"], rtol=1e-9, atol=1e-14)
+        torch.testing.assert_close(v[n], adam.state[p]["exp_avg_sq"], rtol=1e-9, atol=1e-14)
+
+
+def test_evaluation_starts_from_the_carried_state_and_leaves_it_unchanged():
+    model = small_mlp().double()
+    learner = mg.Reptile(model, inner=mg.Adam(LR), inner_steps=3, inner_batch_size=4, inner_state="carried").double()
+    outer = torch.optim.SGD(learner.parameters(), lr=0.5)
+    for it in range(2):
+        outer.zero_grad()
+        learner.meta_gradient(sinusoid_batch(tasks=3, shots=12, seed=it), torch.Generator().manual_seed(it))
+        outer.step()
+    saved = {k: v.clone() for k, v in learner.carried.state_dict().items()}
+    batch = sinusoid_batch(tasks=5, shots=6, seed=9)
+    first = learner.adaptation_metrics(batch, 2)["loss"]
+    assert torch.equal(learner.adaptation_metrics(batch, 2)["loss"], first)  # each task from the same state
+    assert all(torch.equal(saved[k], v) for k, v in learner.carried.state_dict().items())
+    _, v, t = learner.carried.value()
+    p0 = initial(model)
+    for i in range(batch.num_tasks):  # one Adam step (beta1 = 0) continued from the carried moments
+        task = batch.task(i)
+        p = {n: x.clone().requires_grad_() for n, x in p0.items()}
+        g = dict(zip(p, torch.autograd.grad(loss(model, p, task.support), list(p.values())), strict=True))
+        c2 = 1 - 0.999 ** (t + 1)
+        step = {n: p0[n] - LR * g[n] / (((0.999 * v[n] + 0.001 * g[n] ** 2) / c2).sqrt() + 1e-8) for n in p0}
+        torch.testing.assert_close(first[i, 1], loss(model, step, task.query), rtol=1e-9, atol=1e-12)
+    fresh = mg.Reptile(copy.deepcopy(model), inner=mg.Adam(LR), inner_steps=3).double()
+    assert not torch.allclose(fresh.adaptation_metrics(batch, 2)["loss"][:, 1], first[:, 1])
+    assert learner.start_state(mg.SGD(0.1)) is None  # another kind of rule at evaluation starts fresh
+
+
+def test_carried_state_is_refused_where_it_cannot_apply():
+    model = small_mlp()
+    with pytest.raises(ConfigError, match="state to carry"):
+        mg.Reptile(model, inner=mg.SGD(0.1), inner_steps=2, inner_state="carried")
+    with pytest.raises(ConfigError, match="second-order"):
+        mg.MAML(model, inner=mg.Adam(0.1), inner_state="carried")
+    learner = mg.Reptile(model, inner=mg.Adam(0.1), inner_steps=2, inner_state="carried")
+    batch = sinusoid_batch(tasks=4, dtype=torch.float32)
+    with pytest.raises(ConfigError, match="torchrun"):
+        learner.meta_gradient(batch, torch.Generator().manual_seed(0), shard=slice(0, 2))
+    learner.meta_gradient(batch, torch.Generator().manual_seed(0), shard=slice(0, 4))  # one process: all of it
+    with pytest.raises(ConfigError, match="inner_state"):
+        mg.Reptile(model, inner_steps=2, inner_state="kept")
+    with pytest.raises(ConfigError, match="inner_sampling"):
+        mg.Reptile(model, inner_steps=2, inner_sampling="shuffle")
+    with pytest.raises(ConfigError, match="one weight per inner step"):
+        mg.Reptile(model, inner_steps=2, combination=(1.0,))
+    with pytest.raises(ConfigError, match="tail"):
+        mg.MAML(model, tail="overlap")
+
+
+# --------------------------------------------------------------------------- runs: resume and config
+def _config(**kw):
+    return load_config("sinusoid-reptile").replace(**{
+        "inner_optimizer": "adam", "inner_lr": (0.01,), "inner_state": "carried", "iterations": 12,
+        "meta_batch_size": 3, "checkpoint_every": 4, "val_every": 4, "val_tasks": 5, "log_every": 2, **kw})
+
+
+@pytest.mark.parametrize("changes", [{}, {"algo": "fomaml", "tail": "shared", "inner_sampling": "replacement"},
+                                     {"combination": (0.0, 0.5, 1.0, 0.5, 0.25), "tail": "separate"}],
+                         ids=["reptile", "fomaml-shared-replacement", "combination-separate"])
+def test_resume_with_a_carried_state_equals_an_uninterrupted_run(tmp_path, changes):
+    cfg = _config(**changes)
+    straight = make_trainer(cfg, tmp_path / "straight", progress=False)
+    straight.fit()
+    first = make_trainer(cfg, tmp_path / "split", progress=False,
+                         on_iteration=lambda t, i, m: t.request_stop() if i == 6 else None)
+    assert first.fit().iteration == 6
+    second = make_trainer(cfg, tmp_path / "split", progress=False)
+    second.fit(resume=True)
+    a, b = straight.learner.state_dict(), second.learner.state_dict()
+    assert any(k.startswith("carried.") for k in a) and int(a["carried.t"]) > 0
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def lines(run: str) -> list[dict]:
+        rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "elapsed"} for r in rows]
+
+    assert lines("split") == lines("straight")
+
+
+def test_config_fields_defaults_and_checks():
+    default = load_config("sinusoid-maml")
+    assert (default.inner_sampling, default.inner_state, default.tail, default.combination) == ("cycle", "fresh", "",
+                                                                                                 ())
+    learner = make_trainer(default, None, progress=False).learner
+    assert learner.carried is None and learner.tail == "separate" and learner.inner_sampling == "cycle"
+    assert not any(k.startswith("carried") for k in learner.state_dict())
+    for preset in ("omniglot-reptile", "omniglot-reptile-20way", "miniimagenet-reptile"):
+        assert load_config(preset).inner_state == "carried"  # the paper's Adam
+    assert load_config("sinusoid-reptile").inner_state == "fresh"  # SGD: nothing to carry
+    reptile = make_trainer(load_config("sinusoid-reptile").replace(combination=(0, 0, 0, 0, 1), tail="separate"),
+                           None, progress=False).learner
+    assert reptile.combination == (0, 0, 0, 0, 1) and reptile.tail == "separate"
+    for bad, match in [({"inner_state": "carried"}, "inner_optimizer adam"),
+                       ({"inner_state": "carried", "inner_optimizer": "adam", "algo": "maml"}, "reptile or fomaml"),
+                       ({"combination": (1.0,)}, "one finite weight per inner step"),
+                       ({"combination": (1.0,), "algo": "maml"}, "needs algo reptile"),
+                       ({"tail": "shared", "algo": "joint"}, "leave it empty for joint"),
+                       ({"tail": "both"}, "unknown tail"), ({"inner_sampling": "random"}, "unknown inner_sampling")]:
+        with pytest.raises(ConfigError, match=match):
+            default.replace(**bad)
+
+
+# --------------------------------------------------------------------------- the studies
+@pytest.fixture
+def tiny_omniglot(tmp_path, monkeypatch):
+    from images_fixtures import fake_omniglot
+
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    return fake_omniglot(tmp_path / "om", alphabets=2, characters=4)  # 16 characters: 11 / 1 / 4
+
+
+def test_gradient_study_runs_every_combination_and_resumes(tmp_path, tiny_omniglot, monkeypatch):
+    from metagrad.reproduce import reptile_studies as rs
+
+    monkeypatch.setattr(rs, "SHORT_GRADIENTS", rs.Budget(iterations=2, eval_tasks=2, curve_points=1))
+    out = tmp_path / "results"
+    result = rs.run_gradients(out, full=False, iterations=None, progress=False, data_root=str(tiny_omniglot))
+    assert set(result["runs"]) == set(rs.COMBINATIONS)
+    for name, run in result["runs"].items():
+        assert run["weights"] == list(rs.COMBINATIONS[name])
+        assert [c[0] for c in run["curve"]] == [0, 2] and 0 <= run["final"][0] <= 1
+    assert len(result["findings"]) == len(rs.PAPER_GRADIENTS)
+    saved = json.loads((out / "reptile-gradients.json").read_text())
+    assert saved["runs"].keys() == result["runs"].keys()
+    table = (out / "reptile-gradients.md").read_text()
+    assert "| g1+..+g4 | 1, 1, 1, 1 | 20 |" in table and "quite ineffective" in table
+    assert (out / "reptile-gradients.png").read_bytes()[:4] == b"\x89PNG"
+    again = rs.run_gradients(out, full=False, iterations=None, progress=False, data_root=str(tiny_omniglot))
+    assert {n: r["final"] for n, r in again["runs"].items()} == {n: r["final"] for n, r in result["runs"].items()}
+
+
+def test_overlap_study_runs_every_method_and_sampling(tmp_path, tiny_omniglot, monkeypatch):
+    from metagrad.reproduce import reptile_studies as rs
+
+    sweeps = {"4a": (5,), "4c": (1.0,)}  # 4b differs from 4a only in the swept argument
+    monkeypatch.setattr(rs, "SHORT_OVERLAP", rs.Budget(iterations=5, eval_tasks=2, curve_points=1, sweeps=sweeps))
+    out = tmp_path / "results"
+    result = rs.run_overlap(out, full=False, iterations=1, progress=False, data_root=str(tiny_omniglot))
+    assert result["budget"]["iterations"] == 1
+    assert set(result["panels"]) == set(sweeps)
+    for panel, p in result["panels"].items():
+        assert set(p["runs"]) == {f"{m}, {s}" for m in rs.METHODS for s in rs.SAMPLINGS}
+        assert all([q["value"] for q in pts] == list(sweeps[panel]) for pts in p["runs"].values())
+    table = (out / "reptile-overlap.md").read_text()
+    assert "| fomaml-shared, cycle |" in table and "shared-tail FOMAML (cycle) degrades" in table
+    assert (out / "reptile-overlap.png").read_bytes()[:4] == b"\x89PNG"
+    learner, cfg, _ = load_run(out / "reptile-overlap" / "4a" / "fomaml-separate-cycle-5")
+    assert cfg.combination == (0.0, 0.0, 0.0, 0.0, 1.0) and cfg.tail == "separate"
+    assert cfg.inner_state == "carried" and int(learner.carried.t) == 5  # one task: 4 steps, then the tail's
+
+
+def test_study_findings_are_read_from_the_accuracies():
+    from metagrad.reproduce import reptile_studies as rs
+
+    acc = {"g1": 0.3, "g2": 0.6, "g1+g2": 0.5, "avg(g1,g2)": 0.4, "g3": 0.65, "g1+g2+g3": 0.7, "avg(g1..g3)": 0.5,
+           "g4": 0.7, "g1+..+g4": 0.9, "avg(g1..g4)": 0.6}
+    found = rs.gradient_findings({n: {"final": [a, 0.01]} for n, a in acc.items()})
+    assert [f["holds"] for f in found] == [True, True, True, True]
+    found = rs.gradient_findings({n: {"final": [0.5 if n == "g1" else a, 0.01]} for n, a in acc.items()})
+    assert not found[0]["holds"]
+
+    def panel(values, curves):
+        return {"runs": {run: [{"value": v, "mean": m} for v, m in zip(values, ms, strict=True)]
+                         for run, ms in curves.items()}}
+
+    flat = [0.9, 0.9, 0.9, 0.9]
+    runs = {"fomaml-shared, cycle": [0.9, 0.9, 0.5, 0.4], "fomaml-shared, replacement": [0.9, 0.85, 0.7, 0.6],
+            "fomaml-separate, cycle": flat, "fomaml-separate, replacement": flat, "reptile, cycle": flat,
+            "reptile, replacement": flat}
+    step = {run: ([0.4, 0.5] if run.startswith("fomaml-shared") else [0.8, 0.9]) for run in runs}
+    panels = {"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs), "4c": panel([0.5, 1.0], step)}
+    assert [f["holds"] for f in rs.overlap_findings(panels)] == [True, True, True, True]
+    runs["reptile, cycle"] = [0.9, 0.9, 0.3, 0.2]  # Reptile degrading as much as shared-tail FOMAML: not the paper's
+    panels.update({"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs)})
+    assert not rs.overlap_findings(panels)[2]["holds"]
