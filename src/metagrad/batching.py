@@ -46,6 +46,13 @@ def twice_differentiable(second_order: bool) -> contextlib.AbstractContextManage
     return sdpa_kernel([SDPBackend.MATH]) if second_order else contextlib.nullcontext()
 
 
+def needs_math_attention(error: BaseException) -> bool:
+    """Whether ``error`` is a fused attention kernel's missing double backward (``twice_differentiable`` cures it;
+    entering that context at every step costs about 0.1 ms, so the engine enters it only after this error)."""
+    text = str(error)
+    return "scaled_dot_product" in text and "not implemented" in text
+
+
 def under_vmap() -> bool:
     """Whether the caller runs inside ``torch.func.vmap`` (at any level of the transform stack)."""
     stack = torch._C._functorch.get_interpreter_stack() or ()

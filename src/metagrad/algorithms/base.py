@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten, tree_flatten_with_path, tree_map, 
 
 from .. import checkpoint, losses
 from ..batch import Split, TaskBatch, partition
-from ..batching import has_conv, has_torch_batchnorm, twice_differentiable, vmap_fault
+from ..batching import has_conv, has_torch_batchnorm, needs_math_attention, twice_differentiable, vmap_fault
 from ..errors import ConfigError
 from ..functional import Params, buffers_of, call, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
@@ -216,6 +216,7 @@ class MetaLearner(nn.Module):
         self.self_check = self_check
         self.vmap_verdict: str | None = None  # why ``auto`` does not batch this model (set by ``verify_batching``)
         self._checked = False
+        self._math_attention = False  # attention on torch's math kernel (set when a fused one lacks double backward)
         self._structure  # noqa: B018 (looked up now, outside any compiled region)
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
         self.adapt_prefixes = adapt_prefixes(model, adapt)
@@ -442,11 +443,17 @@ class MetaLearner(nn.Module):
         meta, buffers, n = self.meta_params(), self.buffers(), batch.num_tasks
         fn = self.compiled(fn)
         shards = partition(n, self.task_threads(n))
-        with twice_differentiable(self.second_order):
-            if len(shards) == 1:
-                return self.in_chunks(fn, meta, buffers, batch, mb)
-            outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(s.start, s.stop),
-                                       None if mb is None else mb[s]) for s in shards])
+        try:
+            with twice_differentiable(self.second_order and self._math_attention):
+                if len(shards) == 1:
+                    return self.in_chunks(fn, meta, buffers, batch, mb)
+                outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(s.start, s.stop),
+                                           None if mb is None else mb[s]) for s in shards])
+        except RuntimeError as e:  # a fused attention kernel without double backward: its math kernel from now on
+            if self._math_attention or not self.second_order or not needs_math_attention(e):
+                raise
+            self._math_attention = True
+            return self.over_tasks(fn, batch, mb)
         return weighted_sum(zip([(s.stop - s.start) / n for s in shards], outs, strict=True))
 
     def in_chunks(self, fn: Callable[..., Any], meta: Meta, buffers: Params, batch: TaskBatch,
