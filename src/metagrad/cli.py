@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metagrad {args.command}: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MetagradError as e:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting with this line: torchrun's SIGTERM must not cut it
         print(f"metagrad {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # a full or read-only disk, an unwritable folder: the file and the reason, in one line
