@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._pytree import tree_flatten
 
 from conftest import cli_error
 from metagrad import checkpoint
@@ -207,14 +208,9 @@ def test_divergence_names_a_finite_checkpoint_and_resumes_with_a_smaller_step(tm
     assert "no checkpoint was written yet" in err
 
 
-def _finite(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return not x.is_floating_point() or bool(torch.isfinite(x).all())
-    if isinstance(x, dict):
-        return all(_finite(v) for v in x.values())
-    if isinstance(x, list | tuple):
-        return all(_finite(v) for v in x)
-    return True
+def _finite(tree) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tree_flatten(tree)[0]
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
 
 
 def test_a_state_with_nan_or_inf_is_not_saved(tmp_path, capsys):
