@@ -165,3 +165,20 @@ def test_upstream_reproductions_still_show_the_faults():
     with pytest.raises(RuntimeError, match="shape"):
         repro.difference("gru")
     assert repro.difference("softmax_dim0") < 1e-12
+
+
+def test_the_model_zoo_uses_the_exact_layer_norm():
+    """MLP(norm="layer") takes metagrad's LayerNorm: the default path keeps vmap and equals the loop in float64."""
+    torch.manual_seed(0)
+    net = mg.models.MLP(4, [6, 6], 1, activation="tanh", norm="layer").double()
+    assert sum(isinstance(m, mg.models.LayerNorm) for m in net) == 2
+    b = batch("Linear + Tanh")
+    grads = {}
+    for batching in ("auto", "loop"):
+        learn = mg.MAML(net, inner=mg.SGD(0.1), inner_steps=2, batching=batching).double()
+        learn.zero_grad()
+        learn.meta_gradient(b)
+        grads[batching] = {n: p.grad.clone() for n, p in learn.named_parameters()}
+        if batching == "auto":
+            assert learn.vmapped and learn.vmap_verdict is None
+    assert_equal_to(grads["auto"], grads["loop"])

@@ -8,14 +8,20 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..errors import ConfigError
+from .layers import LayerNorm
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class MLP(nn.Sequential):
-    """``in -> hidden... -> out`` with the given activation between layers; ``MLP(1, [40, 40], 1)`` is MAML's."""
+    """``in -> hidden... -> out`` with the given activation between layers; ``MLP(1, [40, 40], 1)`` is MAML's.
+    ``norm="layer"`` puts a layer norm before each hidden activation (``metagrad.models.LayerNorm``: exact under
+    vmap, where torch's is not; docs/compatibility.md)."""
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu"):
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu",
+                 norm: str | None = None):
+        if norm not in (None, "layer"):
+            raise ConfigError(f"unknown norm '{norm}'; choose None or 'layer'")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}")
         if in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden):
@@ -25,5 +31,7 @@ class MLP(nn.Sequential):
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
+                if norm == "layer":
+                    layers.append(LayerNorm(b))
                 layers.append(ACTIVATIONS[activation]())
         super().__init__(*layers)
