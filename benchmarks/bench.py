@@ -30,7 +30,8 @@ from torch.nn import functional as F
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("learn2learn", "higher", "torchopt")
-OURS = ("metagrad", "metagrad-1thread", "metagrad-vmap", "metagrad-compile", "metagrad-recompute")
+OURS = ("metagrad", "metagrad-1thread", "metagrad-vmap", "metagrad-compile", "metagrad-cudagraphs",
+        "metagrad-recompute")
 
 # name: (description, settings)
 WORKLOADS: dict[str, dict] = {
@@ -85,7 +86,7 @@ def loss_of(w: dict) -> Callable:
 
 # ------------------------------------------------------------------------------------------------ one step per lib
 def step_metagrad(w: dict, first_order: bool, batching: str, recompute: bool = False,
-                  compile: bool = False, threads: int = 0, task_chunk: int = 0,
+                  compile: bool | str = False, threads: int = 0, task_chunk: int = 0,
                   device: str = "cpu") -> Callable[[], None]:
     import metagrad as mg
     from metagrad.tasks import Split, TaskBatch
@@ -234,6 +235,7 @@ def make_step(lib: str, w: dict, first_order: bool, device: str = "cpu") -> Call
         "metagrad-loop": dict(batching="loop"),
         "metagrad-vmap": dict(batching="vmap"),
         "metagrad-compile": dict(batching="vmap", compile=True),
+        "metagrad-cudagraphs": dict(batching="vmap", compile="reduce-overhead"),  # compiled, then CUDA graphs
         "metagrad-recompute": dict(batching="auto", recompute=True),
     }
     base, _, chunk = lib.partition("-chunk")  # e.g. metagrad-chunk4: task_chunk=4 (tasks differentiated at once)
@@ -462,11 +464,12 @@ def format_markdown(result: dict) -> str:
     if result["timing"]:
         lines += ["", "ms per meta-iteration: median of the pass medians (range over passes). so = second-order, "
                   "fo = first-order.", ""]
-    compile_s = {key: [r["first_s"] for r in per_lib.get("metagrad-compile", []) if isinstance(r, dict)]
-                 for key, per_lib in result["timing"].items()}
-    if any(compile_s.values()):
-        lines += ["metagrad-compile's one-off compilation (first call): " + ", ".join(
-            f"{key} {statistics.median(v):.0f} s" for key, v in compile_s.items() if v), ""]
+    for lib in ("metagrad-compile", "metagrad-cudagraphs"):
+        compile_s = {key: [r["first_s"] for r in per_lib.get(lib, []) if isinstance(r, dict)]
+                     for key, per_lib in result["timing"].items()}
+        if any(compile_s.values()):
+            lines += [f"{lib}'s one-off compilation (first call): " + ", ".join(
+                f"{key} {statistics.median(v):.0f} s" for key, v in compile_s.items() if v), ""]
     if result["memory"]:
         libs = list(next(iter(result["memory"].values())))
         gpu = m.get("device", "cpu") != "cpu"

@@ -1,10 +1,15 @@
 """Seconds per MAML-TRPO meta-iteration on 2D navigation (meta-batch 20, 20 episodes, one inner step), split into
-sampling (environment + policy + inner step) and the TRPO update, and environment steps per second.
+sampling (environment + policy + inner step) and the TRPO update, with pytorch-maml-rl's in the same run.
 
-    python benchmarks/navigation_speed.py --iterations 10 --threads 2                     # the papers' policy
-    python benchmarks/navigation_speed.py --hidden 64,64 --activation tanh                # pytorch-maml-rl's policy
+    python benchmarks/navigation_speed.py                                   # pytorch-maml-rl's policy (64x64 tanh)
+    python benchmarks/navigation_speed.py --maml-rl PATH                    # and pytorch-maml-rl, from a checkout
+    python benchmarks/navigation_speed.py --hidden 100,100 --activation relu  # the papers' policy
 
-Compare with pytorch-maml-rl's 3.27 s per meta-iteration on this machine (DESIGN.md, 64x64 tanh policy).
+metagrad runs twice: the Hessian-vector products of TRPO's conjugate gradient on every episode (``hvp_subsample``
+1, what pytorch-maml-rl does) and on a quarter of them (0.25; OpenAI baselines' TRPO takes every 5th sample for its
+Fisher products, rllab has ``subsample_factor``). pytorch-maml-rl runs in its own environment
+(``benchmarks/setup_maml_rl.sh``) through ``maml_rl_speed.py``; without ``--maml-rl`` its column says so.
+Results: results/navigation_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -12,27 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from metagrad.rl.config import preset
 from metagrad.rl.train import RLTrainer, build
 
+HERE = Path(__file__).resolve().parent
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--hidden", default="100,100")
-    p.add_argument("--activation", default="relu")
-    p.add_argument("--method", default="maml-trpo")
-    p.add_argument("--hvp-subsample", type=float, default=1.0)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = preset(args.method).replace(hidden=args.hidden, activation=args.activation, hvp_subsample=args.hvp_subsample,
-                                      iterations=args.iterations + args.warmup)
+
+def metagrad_row(args: argparse.Namespace, subsample: float) -> dict:
+    """Median seconds per meta-iteration of metagrad's trainer (the call ``metagrad train`` makes)."""
+    cfg = preset(args.method).replace(hidden=args.hidden, activation=args.activation, hvp_subsample=subsample,
+                                      iterations=args.iterations + args.warmup, seed=1)
     learner, optimizer = build(cfg)
     trainer = RLTrainer(learner, optimizer, cfg, progress=False)
     rows = []
@@ -42,16 +43,69 @@ def main() -> None:
         if i >= args.warmup:
             rows.append({**m, "wall": time.perf_counter() - t0})
     wall = [r["wall"] for r in rows]
-    out = {"method": args.method, "hidden": args.hidden, "activation": args.activation, "threads": args.threads,
-           "hvp_subsample": args.hvp_subsample,
-           "iterations": len(rows), "seconds_per_iteration_median": round(statistics.median(wall), 3),
-           "seconds_per_iteration_range": [round(min(wall), 3), round(max(wall), 3)],
-           "sampling_seconds_median": round(statistics.median(r["sample_seconds"] for r in rows), 3),
-           "env_steps_per_second": round(sum(r["env_steps"] for r in rows) / sum(wall)),
-           "sampling_env_steps_per_second": round(sum(r["env_steps"] for r in rows)
-                                                  / sum(r["sample_seconds"] for r in rows))}
-    print(json.dumps(out))
+    return {"library": f"metagrad (hvp_subsample {subsample:g})", "threads": args.threads,
+            "iterations": len(rows), "seconds_per_iteration_median": round(statistics.median(wall), 3),
+            "seconds_per_iteration_range": [round(min(wall), 3), round(max(wall), 3)],
+            "sampling_seconds_median": round(statistics.median(r["sample_seconds"] for r in rows), 3),
+            "update_seconds_median": round(statistics.median(r["wall"] - r["sample_seconds"] for r in rows), 3),
+            "return_post_last": round(rows[-1]["return_post"], 2)}
+
+
+def maml_rl_row(args: argparse.Namespace) -> dict:
+    """pytorch-maml-rl's row, run in its own environment, or why there is none."""
+    if not args.maml_rl:
+        return {"library": "pytorch-maml-rl", "skipped": "no checkout given (--maml-rl PATH)"}
+    python = args.maml_rl_python or str(HERE / ".venv-maml-rl" / "bin" / "python")
+    if not Path(python).exists():
+        return {"library": "pytorch-maml-rl", "skipped": f"{python} missing: run benchmarks/setup_maml_rl.sh"}
+    cmd = [python, str(HERE / "maml_rl_speed.py"), "--repo", args.maml_rl, "--iterations", str(args.iterations),
+           "--warmup", str(args.warmup), "--workers", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        return {"library": "pytorch-maml-rl", "skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], reference: dict) -> str:
+    """The results as markdown, each row's speed-up over pytorch-maml-rl."""
+    ref = reference.get("seconds_per_iteration_median")
+    lines = ["| library | s per meta-iteration (median, range) | sampling | update | pytorch-maml-rl / this |",
+             "|---|---|---|---|---|"]
+    for r in [*rows, reference]:
+        if "skipped" in r:
+            lines.append(f"| {r['library']} | not run: {r['skipped']} | | | |")
+            continue
+        lo, hi = r["seconds_per_iteration_range"]
+        speedup = f"{ref / r['seconds_per_iteration_median']:.2f}x" if ref else "-"
+        lines.append(f"| {r['library']} | {r['seconds_per_iteration_median']:.2f} ({lo:.2f}-{hi:.2f}) | "
+                     f"{r.get('sampling_seconds_median', '-')} | {r.get('update_seconds_median', '-')} | {speedup} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (pytorch-maml-rl: sampler workers)")
+    p.add_argument("--hidden", default="64,64")
+    p.add_argument("--activation", default="tanh")
+    p.add_argument("--method", default="maml-trpo")
+    p.add_argument("--subsample", default="1,0.25", help="hvp_subsample values to run")
+    p.add_argument("--maml-rl", default="", help="a checkout of tristandeleu/pytorch-maml-rl")
+    p.add_argument("--maml-rl-python", default="", help="its environment's python (default benchmarks/.venv-maml-rl)")
+    p.add_argument("--results", default=str(HERE / "results" / "navigation_speed"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [metagrad_row(args, float(s)) for s in args.subsample.split(",")]
+    reference = maml_rl_row(args)
+    setting = (f"2D navigation, MAML-TRPO, meta-batch 20 x 20 episodes x 100 steps, one inner step, "
+               f"{args.hidden} {args.activation} policy, {args.threads} threads, torch {torch.__version__}")
+    out = {"setting": setting, "rows": [*rows, reference]}
+    Path(args.results).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    md = f"{setting}.\n\n{table(rows, reference)}\n"
+    Path(args.results).with_suffix(".md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -183,6 +183,9 @@ def test_task_threads_are_chosen_and_checked():
         mg.MAML(model, threads=-1)
     with pytest.raises(ConfigError, match="compile"):
         mg.MAML(model, threads=2, compile=True)
+    with pytest.raises(ConfigError, match="reduce-overhead"):  # a typo in a torch.compile mode names the modes
+        mg.MAML(model, compile="reduce_overhead")
+    assert mg.MAML(small_mlp(), compile="reduce-overhead").compile_mode == "reduce-overhead"
 
 
 def test_task_threads_give_the_one_thread_evaluation():

@@ -43,6 +43,7 @@ from ..threads import in_threads
 BATCHING = ("auto", "vmap", "loop")
 INNER_SAMPLING = ("cycle", "replacement")
 INNER_STATE = ("fresh", "carried")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 Meta = dict[str, Params]
 
 
@@ -142,7 +143,8 @@ class MetaLearner(nn.Module):
             (0: the whole support set at every step, as MAML; Reptile uses minibatches).
         batching: ``vmap`` (tasks batched), ``loop`` (per-task reference path) or ``auto``.
         compile: run the meta-gradient through ``torch.compile`` (a one-off compilation of tens of seconds;
-            several times faster for small models, e.g. the sinusoid MLP).
+            several times faster for small models, e.g. the sinusoid MLP); ``True`` or one of torch.compile's
+            modes, e.g. ``"reduce-overhead"`` (CUDA graphs: on a GPU, one launch for the whole meta-gradient).
         threads: threads that differentiate disjoint shards of the meta-batch at once, each running torch's
             kernels on its share of the cores (0: as many as torch's threads in the per-task loop on the CPU,
             where small convolutions use cores better one task per core than split across cores; else 1).
@@ -180,7 +182,7 @@ class MetaLearner(nn.Module):
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] = losses.mse,
                  inner: InnerRule | None = None, inner_steps: int = 1, inner_batch_size: int = 0,
-                 batching: str = "auto", compile: bool = False, threads: int = 0, task_chunk: int = 0,
+                 batching: str = "auto", compile: bool | str = False, threads: int = 0, task_chunk: int = 0,
                  self_check: bool = True, adapt: Sequence[str] | None = None, inner_sampling: str = "cycle",
                  inner_state: str = "fresh"):
         super().__init__()
@@ -194,6 +196,9 @@ class MetaLearner(nn.Module):
             raise ConfigError(f"threads {threads} must be >= 0 (0: automatic)")
         if task_chunk < 0:
             raise ConfigError(f"task_chunk {task_chunk} must be >= 0 (0: automatic)")
+        if isinstance(compile, str) and compile not in COMPILE_MODES:
+            raise ConfigError(f"compile '{compile}' is not a torch.compile mode; choose true or one of "
+                              f"{', '.join(COMPILE_MODES)}")
         if threads > 1 and compile:
             raise ConfigError(f"threads {threads} with compile: a compiled meta-gradient runs on one thread of "
                               "Python; set threads to 0 or 1, or compile false")
@@ -210,7 +215,8 @@ class MetaLearner(nn.Module):
         self.inner_steps = inner_steps
         self.inner_batch_size = inner_batch_size
         self.batching = batching
-        self.use_compile = compile
+        self.use_compile = bool(compile)
+        self.compile_mode = compile if isinstance(compile, str) else "default"
         self.threads = threads
         self.task_chunk = task_chunk
         self.self_check = self_check
@@ -532,7 +538,7 @@ class MetaLearner(nn.Module):
             return fn
         cache = self.__dict__.setdefault("_compiled", {})
         if fn.__name__ not in cache:
-            cache[fn.__name__] = torch.compile(fn)
+            cache[fn.__name__] = torch.compile(fn, mode=self.compile_mode)
         return cache[fn.__name__]
 
     def write_meta_gradient(self, grads: Meta) -> None:
