@@ -1,0 +1,147 @@
+"""pytorch-maml-rl's MAML-TRPO (its sampler, linear baseline and ``MAMLTRPO``, unchanged) trained on metagrad's
+half-cheetah direction environment, for the side-by-side comparison with metagrad's MAML-TRPO (issue 18, the
+half-cheetah gap). Runs in pytorch-maml-rl's own environment (``benchmarks/setup_maml_rl.sh``, plus mujoco and
+gymnasium for metagrad's environment); resumes from its folder.
+
+    benchmarks/.venv-maml-rl/bin/python benchmarks/maml_rl_cheetah.py --repo PATH --out results/long/maml-rl-cheetah-dir
+
+A thin gym-0.17 shim (``MetagradCheetahDir``) steps one copy of ``metagrad.rl.envs.make_env("cheetah-dir")``:
+the same simulator, observation, reward, clipping and horizon as metagrad's runs. Settings default to the MAML
+paper's (2 x 100 ReLU, 40 tasks x 20 episodes x 200 steps, inner step 0.1, max KL 0.01), metagrad's preset too.
+Each iteration appends to ``metrics.jsonl`` (returns before and after the inner step, seconds) and writes the
+policy atomically to ``policy.pt``; the command continues from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def register_shim(horizon: int) -> str:
+    """Register metagrad's half-cheetah direction as a gym 0.17 environment with pytorch-maml-rl's task API."""
+    import gym
+    import numpy as np
+    import torch
+
+    from metagrad.rl.envs import make_env
+
+    class MetagradCheetahDir(gym.Env):
+        """One copy of metagrad's environment; ``sample_tasks``/``reset_task`` as pytorch-maml-rl's samplers call."""
+
+        def __init__(self) -> None:
+            self.env = make_env("cheetah-dir")
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.env.obs_dim,), np.float32)
+            space = self.env.action_space
+            self.action_space = gym.spaces.Box(space.low, space.high, space.shape, np.float32)
+            self.task = torch.ones(1, 1)
+
+        def seed(self, seed: int | None = None) -> list[int]:
+            if seed is not None:
+                self.env.reseed(int(seed))
+            return [seed]
+
+        def sample_tasks(self, num_tasks: int) -> list[dict]:
+            return [{"direction": float(d)} for d in 2 * np.random.binomial(1, 0.5, size=num_tasks) - 1]
+
+        def reset_task(self, task: dict) -> None:
+            self.task = torch.tensor([[task["direction"]]])
+
+        def reset(self) -> np.ndarray:
+            return self.env.reset(self.task, 1)[0, 0].numpy()
+
+        def step(self, action: np.ndarray) -> tuple:
+            obs, reward, done = self.env.step(torch.as_tensor(action, dtype=torch.float32).reshape(1, 1, -1))
+            return obs[0, 0].numpy(), float(reward[0, 0]), bool(done[0, 0]), {"task": self.task}
+
+    sys.modules[__name__].MetagradCheetahDir = MetagradCheetahDir
+    name = "MetagradCheetahDir-v0"
+    gym.envs.registration.register(name, entry_point=f"{__name__}:MetagradCheetahDir", max_episode_steps=horizon)
+    return name
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repo", required=True, help="a checkout of tristandeleu/pytorch-maml-rl")
+    p.add_argument("--out", required=True)
+    p.add_argument("--iterations", type=int, default=500)
+    p.add_argument("--time-budget", type=float, default=0, help="minutes for this segment (0: none)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--hidden", default="100,100")
+    p.add_argument("--activation", default="relu")
+    p.add_argument("--horizon", type=int, default=200)
+    p.add_argument("--meta-batch-size", type=int, default=40)
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    sys.path[:0] = [str(Path(args.repo).resolve()), str(ROOT / "src")]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # its sampler forks workers: OpenMP started before a fork hangs
+    import torch
+
+    def lstsq(b, a):  # torch < 2.0's torch.lstsq(B, A) -> (solution, QR)
+        return torch.linalg.lstsq(a, b).solution, None
+
+    torch.lstsq = lstsq
+    from maml_rl.baseline import LinearFeatureBaseline
+    from maml_rl.metalearners import MAMLTRPO
+    from maml_rl.policies import NormalMLPPolicy
+    from maml_rl.samplers import MultiTaskSampler
+
+    import gym
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo")}
+    settings_file = out / "settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        sys.exit(f"{out} holds a run with other settings ({settings_file}); use another --out")
+    settings_file.write_text(json.dumps(settings, indent=1) + "\n")
+    name = register_shim(args.horizon)
+    env = gym.make(name)
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    activation = {"relu": torch.relu, "tanh": torch.tanh}[args.activation]
+    torch.manual_seed(args.seed)
+    policy = NormalMLPPolicy(env.observation_space.shape[0], env.action_space.shape[0], hidden_sizes=hidden,
+                             nonlinearity=activation)
+    metrics, state = out / "metrics.jsonl", out / "policy.pt"
+    done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    if done and state.exists():
+        policy.load_state_dict(torch.load(state))
+    policy.share_memory()
+    baseline = LinearFeatureBaseline(env.observation_space.shape[0])
+    sampler = MultiTaskSampler(name, env_kwargs={}, batch_size=args.episodes, policy=policy, baseline=baseline,
+                               env=env, seed=args.seed + done, num_workers=args.workers)
+    learner = MAMLTRPO(policy, fast_lr=0.1, first_order=False, device="cpu")
+    start = time.monotonic()
+    for it in range(done, args.iterations):
+        if args.time_budget and time.monotonic() - start > 60 * args.time_budget:
+            break
+        t0 = time.perf_counter()
+        tasks = sampler.sample_tasks(num_tasks=args.meta_batch_size)
+        futures = sampler.sample_async(tasks, num_steps=1, fast_lr=0.1, gamma=0.99, gae_lambda=1.0, device="cpu")
+        logs = learner.step(*futures, max_kl=0.01, cg_iters=10, cg_damping=1e-5, ls_max_steps=15,
+                            ls_backtrack_ratio=0.8)
+        train, valid = sampler.sample_wait(futures)
+        row = {"iteration": it + 1,
+               "return_pre": float(sum(e.rewards.sum(0).mean() for e in train[0]) / len(train[0])),
+               "return_post": float(sum(e.rewards.sum(0).mean() for e in valid) / len(valid)),
+               "kl_after": float(sum(logs["kl_after"]) / len(logs["kl_after"])) if "kl_after" in logs else None,
+               "env_steps": int(sum(sum(e.lengths) for e in train[0]) + sum(sum(e.lengths) for e in valid)),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        tmp = state.with_suffix(".tmp")
+        torch.save(policy.state_dict(), tmp)
+        os.replace(tmp, state)
+        with metrics.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    sampler.close()
+
+
+if __name__ == "__main__":
+    main()
