@@ -35,6 +35,12 @@ ROWS = (
         "episodes", "locomotion-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo "
         "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out results/long/locomotion-cheetah-dir",
         500),
+    Row("Half-cheetah direction side by side with pytorch-maml-rl (its run: benchmarks/maml_rl_cheetah.py, into "
+        "side-by-side-cheetah-dir/pytorch-maml-rl), metagrad's MAML-TRPO with the same settings", "500 iterations",
+        "side-by-side-cheetah-dir/metagrad", "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo "
+        "--iterations 500 --time-budget 60 --set hvp_subsample=1.0 --out "
+        "results/long/side-by-side-cheetah-dir/metagrad",
+        500),
     Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
         "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained,"
         "oracle,random --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out "
