@@ -231,9 +231,11 @@ def test_an_unwritable_eval_output_fails_before_the_evaluation(tmp_path, capsys)
     assert "blocker" in err
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.4])
+@pytest.mark.parametrize("delay", [0.3, 1.0])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
-    """Ctrl-C while the command is still importing torch (or just after) ends with exit code 130, no traceback."""
+    """Ctrl-C while the command is still importing torch (or just after) ends with exit code 130, no traceback.
+    Not earlier: within Python's own start-up (runpy finding the module, ~0.05 s on a loaded machine) the
+    interpreter prints its traceback before any of metagrad runs."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "metagrad", "train", "--out", str(tmp_path / "r"), "--no-progress"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
