@@ -7,7 +7,7 @@ gymnasium for metagrad's environment); resumes from its folder.
 
 A thin gym-0.17 shim (``MetagradCheetahDir``) steps one copy of ``metagrad.rl.envs.make_env("cheetah-dir")``:
 the same simulator, observation, reward, clipping and horizon as metagrad's runs. Settings default to the MAML
-paper's (2 x 100 ReLU, 40 tasks x 20 episodes x 200 steps, inner step 0.1, max KL 0.01), metagrad's preset too.
+paper's (2 x 100 ReLU, 40 tasks x 20 episodes x 200 steps, inner step 0.1, max KL 0.02), metagrad's preset too.
 Each iteration appends to ``metrics.jsonl`` (returns before and after the inner step, seconds) and writes the
 policy atomically to ``policy.pt``; the command continues from there.
 """
@@ -78,6 +78,8 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=200)
     p.add_argument("--meta-batch-size", type=int, default=40)
     p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--max-kl", type=float, default=0.02, help="TRPO step (metagrad's locomotion runs: 0.02, the KL "
+                   "step of the MAML paper's half-cheetah run; pytorch-maml-rl's config: 0.01)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     sys.path[:0] = [str(Path(args.repo).resolve()), str(ROOT / "src")]
@@ -88,12 +90,11 @@ def main() -> None:
         return torch.linalg.lstsq(a, b).solution, None
 
     torch.lstsq = lstsq
+    import gym
     from maml_rl.baseline import LinearFeatureBaseline
     from maml_rl.metalearners import MAMLTRPO
     from maml_rl.policies import NormalMLPPolicy
     from maml_rl.samplers import MultiTaskSampler
-
-    import gym
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,7 @@ def main() -> None:
         t0 = time.perf_counter()
         tasks = sampler.sample_tasks(num_tasks=args.meta_batch_size)
         futures = sampler.sample_async(tasks, num_steps=1, fast_lr=0.1, gamma=0.99, gae_lambda=1.0, device="cpu")
-        logs = learner.step(*futures, max_kl=0.01, cg_iters=10, cg_damping=1e-5, ls_max_steps=15,
+        logs = learner.step(*futures, max_kl=args.max_kl, cg_iters=10, cg_damping=1e-5, ls_max_steps=15,
                             ls_backtrack_ratio=0.8)
         train, valid = sampler.sample_wait(futures)
         row = {"iteration": it + 1,

@@ -213,3 +213,19 @@ def test_compiled_meta_gradient_has_no_graph_break(algo):
     explained = torch._dynamo.explain(learner.batch_gradient)(learner.meta_params(), learner.buffers(), batch, mb)
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_one_task_at_a_time_takes_the_per_task_loop_under_auto():
+    """``task_chunk=1`` with ``auto`` differentiates each task by plain autograd (leaner and faster than vmap over
+    one task); an explicit vmap stays vmap; both give the loop's meta-gradient."""
+    batch = mg.tasks.Sinusoid().sample(4, torch.Generator().manual_seed(0))
+    grads = {}
+    for batching, chunk in (("loop", 0), ("auto", 1), ("vmap", 1)):
+        torch.manual_seed(0)
+        learner = mg.MAML(small_mlp(hidden=(8, 8)).double(), inner=mg.SGD(0.1), batching=batching, task_chunk=chunk)
+        assert learner.vmapped == (batching == "vmap")
+        learner.meta_gradient(batch.to(torch.float64))
+        grads[batching] = [p.grad for p in learner.parameters()]
+    for name in ("auto", "vmap"):
+        for a, b in zip(grads[name], grads["loop"], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

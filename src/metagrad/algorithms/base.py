@@ -151,7 +151,8 @@ class MetaLearner(nn.Module):
         task_chunk: tasks differentiated at once, whose graphs are alive together: memory grows with it
             (0: all of them under vmap; in the per-task loop ``METAGRAD_LOOP_CHUNK``, else 1 per task thread
             and 8 on a single thread). Under vmap on a GPU, k trades speed for memory (the meta-batch runs k
-            tasks at a time); the meta-gradient is the same up to the order of the sum.
+            tasks at a time); the meta-gradient is the same up to the order of the sum. ``1`` with batching
+            ``auto`` takes the per-task loop: the peers' memory (94 MB on W2 on a GPU) at 2.3x vmap's speed there.
         self_check: before the first batched (vmap) computation, check once that vmap gives this model's
             meta-gradient exactly (float64, two tasks, against the per-task loop): ``auto`` falls back to the loop
             with one line on stderr if not, ``vmap`` raises ``ConfigError`` naming the module (metagrad.batching).
@@ -267,10 +268,12 @@ class MetaLearner(nn.Module):
     def vmapped(self) -> bool:
         """``auto``: vmap, except for torch's batch norm (wrong under vmap), convolutions on the CPU, where
         the per-task loop is about twice as fast (vmap turns each convolution into a slower batched one), and
-        models that failed the self-check (``verify_batching``)."""
+        models that failed the self-check (``verify_batching``), and ``task_chunk=1``: one task at a time, the
+        per-task loop (autograd) is leaner and faster than vmap over one task (W2 on an H200: 94 vs 250 MB,
+        472 vs 1098 ms; ``benchmarks/results/bench_cuda_memory_loop.md``)."""
         if self.batching != "auto":
             return self.batching == "vmap"
-        if self.vmap_verdict is not None:
+        if self.vmap_verdict is not None or self.task_chunk == 1:
             return False
         torch_bn, conv = self._structure
         return not (torch_bn or (conv and self._on_cpu()))
