@@ -364,7 +364,7 @@ def tiny_omniglot(tmp_path, monkeypatch):
 def test_gradient_study_runs_every_combination_and_resumes(tmp_path, tiny_omniglot, monkeypatch):
     from metagrad.reproduce import reptile_studies as rs
 
-    monkeypatch.setattr(rs, "SHORT_GRADIENTS", rs.Budget(iterations=2, eval_tasks=2, curve_points=1))
+    monkeypatch.setattr(rs, "DEFAULT_GRADIENTS", rs.Budget(iterations=2, eval_tasks=2, curve_points=1))
     out = tmp_path / "results"
     result = rs.run_gradients(out, full=False, iterations=None, progress=False, data_root=str(tiny_omniglot))
     assert set(result["runs"]) == set(rs.COMBINATIONS)
@@ -385,7 +385,7 @@ def test_overlap_study_runs_every_method_and_sampling(tmp_path, tiny_omniglot, m
     from metagrad.reproduce import reptile_studies as rs
 
     sweeps = {"4a": (5,), "4c": (1.0,)}  # 4b differs from 4a only in the swept argument
-    monkeypatch.setattr(rs, "SHORT_OVERLAP", rs.Budget(iterations=5, eval_tasks=2, curve_points=1, sweeps=sweeps))
+    monkeypatch.setattr(rs, "DEFAULT_OVERLAP", rs.Budget(iterations=5, eval_tasks=2, curve_points=1, sweeps=sweeps))
     out = tmp_path / "results"
     result = rs.run_overlap(out, full=False, iterations=1, progress=False, data_root=str(tiny_omniglot))
     assert result["budget"]["iterations"] == 1
@@ -425,3 +425,34 @@ def test_study_findings_are_read_from_the_accuracies():
     runs["reptile, cycle"] = [0.9, 0.9, 0.3, 0.2]  # Reptile degrading as much as shared-tail FOMAML: not the paper's
     panels.update({"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs)})
     assert not rs.overlap_findings(panels)[2]["holds"]
+
+
+def test_overlap_study_in_two_processes_equals_one(tmp_path, tiny_omniglot, monkeypatch):
+    """``jobs=2`` runs the settings in spawned processes: the same accuracies as in this process, and a rerun
+    of the finished study reads every test result back instead of testing again."""
+    from metagrad.reproduce import reptile_studies as rs
+
+    monkeypatch.setattr(rs, "DEFAULT_OVERLAP", rs.Budget(iterations=2, eval_tasks=3, curve_points=1,
+                                                         sweeps={"4a": (2, 5)}))
+    kwargs = {"full": False, "iterations": None, "progress": False, "data_root": str(tiny_omniglot)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: another thread count may round differently
+    try:
+        one = rs.run_overlap(tmp_path / "one", **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    two = rs.run_overlap(tmp_path / "two", jobs=2, **kwargs)
+
+    def means(r):
+        return {run: [q["mean"] for q in pts] for run, pts in r["panels"]["4a"]["runs"].items()}
+
+    assert means(one) == means(two) and len(means(one)) == len(rs.METHODS) * len(rs.SAMPLINGS)
+    monkeypatch.setattr(rs, "test_accuracy", lambda *a: pytest.fail("a finished run was tested again"))
+    assert means(rs.run_overlap(tmp_path / "two", **kwargs)) == means(one)
+
+
+def test_jobs_only_for_the_reptile_studies(capsys):
+    from metagrad.cli import main
+
+    assert main(["reproduce", "sinusoid", "--jobs", "2"]) != 0
+    assert "--jobs 2" in capsys.readouterr().err

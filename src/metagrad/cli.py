@@ -91,6 +91,9 @@ def build_parser() -> Parser:
                      "cheetah-vel, ant-dir, ant-vel, swimmer-vel")
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
                      "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
+    studies = p.add_argument_group("Reptile's studies (reptile-gradients, reptile-overlap)")
+    studies.add_argument("--jobs", type=int, default=1, help="runs at once, one process of one thread each "
+                         "(default: 1; 2 uses both cores of a 2-core machine)")
     _add_tradeoff_parsers(sub)
     p = sub.add_parser("status", help="where the long paper runs stand (results/long)", description="For every "
                        "long paper run kept in the repository: its budget, how much of it is done, the wall time and "
@@ -314,6 +317,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.iterations is not None and args.iterations < 0:
         raise MetagradError(f"--iterations {args.iterations} must be >= 0")
+    if args.jobs < 1 or (args.jobs != 1 and not args.experiment.startswith("reptile-")):
+        raise MetagradError(f"--jobs {args.jobs}: takes a number >= 1, and only for reptile-gradients and "
+                            "reptile-overlap (other experiments: --threads in `metagrad train`, torchrun)")
     overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
                                    ("batching", args.batching)) if v is not None}
     out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
@@ -340,7 +346,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
         study = reptile_studies.run_gradients if args.experiment == "reptile-gradients" else reptile_studies.run_overlap
         study(out, full=args.full, iterations=args.iterations, progress=not args.no_progress,
-              data_root=args.data_root)
+              data_root=args.data_root, jobs=args.jobs)
         return 0
     if args.experiment == "sinusoid-multitask":
         from .reproduce import multitask
