@@ -77,7 +77,7 @@ def build_parser() -> Parser:
                         "paper's fully connected network), context (Omniglot, the MAML paper's context-vector "
                         "baseline); for navigation and locomotion, "
                         "comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, oracle, sgmrl, "
-                        "sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, or all")
+                        "sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, context, or all")
     images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
     images.add_argument("--shots", type=int, default=1, help="examples per class, K (default: 1)")
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "

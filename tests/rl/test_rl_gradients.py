@@ -195,3 +195,77 @@ def test_finite_difference_curvature_is_usable_in_float32():
     v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     a, b = fd.kl_hvp(trajs, out)(v), exact.kl_hvp(trajs, out)(v)
     assert float((a - b).norm() / b.norm()) < 0.3
+
+
+# ---------------------------------------------------------------------- the context-vector baseline
+def _context_learner(adapt=("context",)) -> tuple[MetaRL, list, object]:
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=8)
+    policy = make_policy(env.action_space, 2, hidden=(6, 6), activation="tanh", init_std=0.5, context=3).double()
+    with torch.no_grad():
+        policy.context.normal_()  # z starts at 0; a random start makes every term of the check count
+    learner = MetaRL(policy, env, inner_lr=(0.3, 0.2), inner_steps=2, episodes=3, adapt=adapt)
+    tasks = env.sample_tasks(3, torch.Generator().manual_seed(0)).double()
+    trajs, out = learner.sample(tasks, torch.Generator().manual_seed(1))
+    return learner, trajs, out
+
+
+def test_context_inner_steps_move_z_alone_and_the_meta_gradient_matches_plain_autograd():
+    """Appendix C.2's baseline: the inner steps adapt z only; the meta-gradient (second order, through both steps)
+    reaches every parameter, as plain autograd with create_graph computes it task by task."""
+    learner, trajs, out = _context_learner()
+    policy = learner.policy
+    theta = {n: p.detach().clone().requires_grad_() for n, p in policy.named_parameters()}
+    path = learner.adapted_path(learner.meta_params(), trajs)
+    for name, value in path[-1].items():
+        moved = (value - theta[name].detach()).abs().amax()
+        assert (moved > 1e-6) if name == "context" else (moved == 0), name
+
+    total = 0.0
+    tasks, k, horizon = out.mask.shape
+    for i in range(tasks):
+        params = dict(theta)
+        for s, tr in enumerate(trajs):
+            logp = policy.log_prob(call(policy, params, {}, tr.obs[i]), tr.actions[i])
+            loss = -(logp * tr.advantages[i] * tr.mask[i]).sum() / tr.mask[i].numel()
+            (g,) = torch.autograd.grad(loss, params["context"], create_graph=True)
+            params = {**params, "context": params["context"] - (0.3, 0.2)[s] * g}
+        logp = policy.log_prob(call(policy, params, {}, out.obs[i]), out.actions[i])
+        ratio = torch.exp((logp - out.old_log_prob[i]) * out.mask[i]) * out.mask[i]
+        total = total + (ratio * out.advantages[i]).sum() / (k * horizon) / tasks
+    expected = dict(zip(theta, torch.autograd.grad(total, list(theta.values())), strict=True))
+    got = learner.meta_gradient(trajs, out)
+    for name in theta:
+        assert torch.allclose(got[name], expected[name], rtol=1e-10, atol=1e-13), name
+        assert float(expected[name].abs().max()) > 1e-6, name  # every parameter gets a meta-gradient
+
+
+def test_context_kl_curvature_through_the_inner_steps_matches_finite_differences():
+    """TRPO's exact products with J = I - alpha P H (P: z only) and J^T = I - alpha H P, against finite
+    differences of the KL's gradient; adapting every parameter gives another curvature."""
+    learner, trajs, out = _context_learner()
+    theta = learner.meta_params()
+    x0 = flatten(theta)
+
+    def kl_grad(x):
+        return grad(lambda y: learner.kl(unflatten(y, theta), trajs, out))(x)
+
+    product = learner.kl_hvp(trajs, out)
+    v = torch.randn(x0.shape, dtype=x0.dtype, generator=torch.Generator().manual_seed(3))
+    fd = (kl_grad(x0 + 1e-5 * v) - kl_grad(x0 - 1e-5 * v)) / 2e-5
+    hv = product(v) - learner.cg_damping * v
+    assert float((hv - fd).norm() / fd.norm()) < 1e-7
+    every = MetaRL(learner.policy, learner.env, inner_lr=(0.3, 0.2), inner_steps=2, episodes=3)
+    hv_every = every.kl_hvp(trajs, out)(v) - every.cg_damping * v
+    assert float((hv_every - hv).norm() / hv.norm()) > 1e-3
+
+
+def test_adapt_names_must_match_the_policy():
+    from metagrad.errors import ConfigError
+
+    env = Navigation2D(horizon=8)
+    policy = make_policy(env.action_space, 2, hidden=(4,), context=2)
+    with pytest.raises(ConfigError, match="adapt 'contxt' matches no parameter"):
+        MetaRL(policy, env, adapt=["contxt"])
+    with pytest.raises(ConfigError, match="context -1 must be >= 0"):
+        make_policy(env.action_space, 2, context=-1)

@@ -15,7 +15,8 @@ from ..errors import ConfigError
 from .metarl import Experiment
 
 # the MAML paper's half-cheetah forward/backward average return after 0..3 steps (appendix, Table 5)
-MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65]}}
+MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65],
+                              "context": [-40.49, -44.08, -38.27, -42.50]}}  # context vector: appendix C.2
 # the SG-MRL paper's Table 2, one inner update (trained and adapted with 1 step), mean over 4 seeds; its code (on
 # ProMP's maml_zoo) steps gym's half-cheetah with frame_skip 5 and gym's observation (run it with frame_skip=5,
 # observation=gym)

@@ -29,7 +29,8 @@ DEMO_ITERATIONS, FULL_ITERATIONS = 100, 500
 LABELS = {"maml-trpo": "MAML-TRPO", "fomaml-trpo": "first-order MAML-TRPO", "pretrained": "pretrained (joint)",
           "random": "random init", "oracle": "oracle (goal as input)", "sgmrl": "SG-MRL (first order)",
           "sgmrl-full": "SG-MRL (full)", "maml-vpg": "MAML (VPG)", "emaml": "E-MAML (VPG)", "promp": "ProMP",
-          "trpo-maml": "TRPO-MAML", "drs-ppo": "DRS+PPO", "drs-trpo": "DRS+TRPO"}
+          "trpo-maml": "TRPO-MAML", "drs-ppo": "DRS+PPO", "drs-trpo": "DRS+TRPO",
+          "context": "context vector"}
 
 @dataclass(frozen=True)
 class Experiment:

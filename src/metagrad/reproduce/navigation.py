@@ -13,9 +13,9 @@ from typing import Any
 from ..analysis.stats import format_ci
 from .metarl import Experiment
 
-MAML_TABLE4 = {"maml-trpo": [-40.41, -11.68, -3.33, -3.23]}
+MAML_TABLE4 = {"maml-trpo": [-40.41, -11.68, -3.33, -3.23], "context": [-42.42, -13.90, -5.17, -3.18]}
 SGMRL_TABLE1 = {"sgmrl": -16.901, "maml-vpg": -17.767, "emaml": -17.803}
-MAML_METHODS = ("maml-trpo", "fomaml-trpo", "pretrained", "random", "oracle")
+MAML_METHODS = ("maml-trpo", "fomaml-trpo", "pretrained", "random", "oracle", "context")
 SGMRL_METHODS = ("sgmrl", "sgmrl-full", "maml-vpg", "emaml")
 
 
@@ -67,4 +67,4 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 NAVIGATION = Experiment("navigation", format_table, {"maml_table4": MAML_TABLE4, "sgmrl_table1": SGMRL_TABLE1},
-                        rllab_methods=tuple(MAML_TABLE4))
+                        rllab_methods=tuple(MAML_TABLE4))  # Table 4's context-vector row: appendix C.2

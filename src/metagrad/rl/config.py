@@ -57,6 +57,8 @@ class RLConfig(Settings):
     hidden: tuple[int, ...] = opt((100, 100), "policy", "hidden layer sizes")
     activation: str = opt("relu", "policy", "hidden activation: relu, tanh")
     init_std: float = opt(1.0, "policy", "initial standard deviation of the Gaussian policy")
+    context: int = opt(0, "policy", "size of a learned context vector z appended to the observation (the MAML "
+                       "paper's context-vector baseline, with adapt = context; 0: none)")
     # [algo]
     algo: str = opt("maml", "algo", "maml, fomaml, sgmrl, sgmrl-fo (first-order SG-MRL), emaml, promp (LVC inner "
                     "step), joint (pretrained / DRS)")
@@ -64,6 +66,8 @@ class RLConfig(Settings):
                      "ppo_epochs steps of outer_optimizer)")
     inner_lr: tuple[float, ...] = opt((0.1,), "algo", "inner step size(s), alpha")
     inner_steps: int = opt(1, "algo", "inner VPG steps during meta-training")
+    adapt: tuple[str, ...] = opt((), "algo", "parameters the inner steps adapt, as module or parameter names, e.g. "
+                                 "context (empty: all); the outer step trains all of them")
     episodes: int = opt(20, "algo", "episodes per task and inner step, K")
     gamma: float = opt(0.99, "algo", "discount factor")
     gae_lambda: float = opt(1.0, "algo", "GAE lambda (1: returns minus the baseline)")
@@ -116,7 +120,7 @@ class RLConfig(Settings):
         self.check_at_least({"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
                              "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
                              "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,
-                             "snapshot_steps": 0})
+                             "snapshot_steps": 0, "context": 0})
         positive = ("max_kl", "outer_lr", "init_std")
         for name in positive:
             if not getattr(self, name) > 0:

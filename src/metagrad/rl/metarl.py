@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from ..algorithms.base import adapt_prefixes, matches
 from ..distributed import Share
 from ..errors import ConfigError
 from ..functional import Params, call, detach, params_of
@@ -67,6 +68,8 @@ class MetaRL(nn.Module):
             other tasks of the meta-batch (``batch``: independent of the task's episodes, so still unbiased).
         emaml_weight: the weight of E-MAML's exploration term.
         ppo_epochs, ppo_clip: PPO's optimizer steps per meta-batch and the ratio clip (the trade-off paper: 0.3).
+        adapt: the parameters the inner steps adapt, as module or parameter names (``["context"]`` for the MAML
+            paper's context-vector baseline; empty: all); the meta-gradient and the outer step reach all of them.
         inner_kl_coef, inner_kl_target: PPO's penalty ``coef * KL(pi_old || pi)`` on each inner step's
             pre-update policy (ProMP); with a target > 0 the coefficient is halved or doubled after each update
             when that KL is below target / 1.5 or above target * 1.5 (ProMP's adaptive penalty; 0: fixed).
@@ -79,7 +82,7 @@ class MetaRL(nn.Module):
                  cg_iters: int = 10, cg_damping: float = 1e-5, backtrack: float = 0.8, max_backtracks: int = 15,
                  hvp: str = "exact", hvp_subsample: float = 1.0, score_baseline: str = "none",
                  emaml_weight: float = 1.0, ppo_epochs: int = 5, ppo_clip: float = 0.3,
-                 inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01):
+                 inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] = ()):
         super().__init__()
         for name, value, allowed in (("algo", algo, ALGOS), ("outer", outer, OUTERS), ("hvp", hvp, HVPS),
                                      ("score_baseline", score_baseline, SCORE_BASELINES),
@@ -98,6 +101,9 @@ class MetaRL(nn.Module):
             raise ConfigError(f"ppo_epochs {ppo_epochs} must be >= 1, ppo_clip {ppo_clip} in (0, 1), inner_kl_coef "
                               f"{inner_kl_coef} and inner_kl_target {inner_kl_target} >= 0")
         self.policy, self.env = policy, env
+        prefixes = adapt_prefixes(policy, tuple(adapt))
+        names = [n for n, _ in policy.named_parameters()]
+        self.adapted = frozenset(n for n in names if not prefixes or any(matches(n, q) for q in prefixes))
         self.algo, self.outer, self.hvp_mode = algo, outer, hvp
         self.inner = SGD(inner_lr)
         self.inner_steps = 0 if algo == "joint" else inner_steps
@@ -127,11 +133,21 @@ class MetaRL(nn.Module):
 
     def inner_step(self, params: Params, traj: Trajectories, step: int, rule: SGD | None = None,
                    first_order: bool = False) -> Params:
-        """One task's adapted parameters after the ``step``-th VPG step on ``traj``."""
-        grads = grad(self.inner_loss)(params, traj)
+        """One task's adapted parameters after the ``step``-th VPG step on ``traj`` (on the adapted ones only)."""
+        moving, fixed = self.split(params)
+        grads = grad(lambda m: self.inner_loss({**fixed, **m}, traj))(moving)
         if first_order:
             grads = detach(grads)
-        return (rule or self.inner).step(params, grads, None, step, {})[0]
+        return {**params, **(rule or self.inner).step(moving, grads, None, step, {})[0]}
+
+    def split(self, params: Params) -> tuple[Params, Params]:
+        """``params`` as (the inner steps' parameters, the others)."""
+        return ({n: p for n, p in params.items() if n in self.adapted},
+                {n: p for n, p in params.items() if n not in self.adapted})
+
+    def masked(self, tree: Params) -> Params:
+        """``tree`` with zeros in place of the parameters the inner steps leave alone (the projection P)."""
+        return {n: t if n in self.adapted else torch.zeros_like(t) for n, t in tree.items()}
 
     def adapt_batch(self, params: Params, traj: Trajectories, step: int, per_task: bool,
                     rule: SGD | None = None) -> Params:

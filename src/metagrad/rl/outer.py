@@ -134,37 +134,46 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
 
     def product(v: Tensor) -> Tensor:
         u = {k: t.expand(tasks, *t.shape) for k, t in unflatten(v, theta).items()}
-        for jac in jacobians:  # J v = J_n ... J_1 v
+        for jac, _ in jacobians:  # J v = J_n ... J_1 v
             u = jac(u)
         w = fisher(u)[0]
-        for jac in reversed(jacobians):  # J^T w = J_1 ... J_n w (each J_s is symmetric)
-            w = jac(w)
+        for _, jac_t in reversed(jacobians):  # J^T w = J_1^T ... J_n^T w
+            w = jac_t(w)
         return flatten({k: t.sum(0) for k, t in w.items()}) + learner.cg_damping * v
 
     return product
 
+
 def inner_jacobians(learner: MetaRL, theta: Params,
-                    trajs: Sequence[Trajectories]) -> tuple[list[Params], list[Any]]:
-    """The (detached, per-task) parameters after each inner step, and per step s ``u -> J_s u`` on ``[T, ...]``
-    trees, ``J_s = I - alpha_s * Hessian of the task's inner loss`` at its parameters before step s (symmetric,
-    so it is also its transpose)."""
+                    trajs: Sequence[Trajectories]) -> tuple[list[Params], list[tuple[Any, Any]]]:
+    """The (detached, per-task) parameters after each inner step, and per step s the maps ``u -> J_s u`` and
+    ``w -> J_s^T w`` on ``[T, ...]`` trees: ``J_s = I - alpha_s * P H_s``, H_s the Hessian of the task's inner loss at
+    its parameters before step s, P the projection on the parameters the inner steps adapt (``I`` when they adapt
+    all; then ``J_s`` is symmetric), so ``J_s^T = I - alpha_s * H_s P``."""
     tasks = trajs[0].mask.shape[0]
     path = [{k: v.expand(tasks, *v.shape) for k, v in theta.items()}]
     jacobians = []
+    every = len(learner.adapted) == len(theta)
     for s, tr in enumerate(trajs):
         sub = subsample(learner, tr)
         grads, hess = vjp(lambda p, sub=sub: vmap(grad(learner.inner_loss))(p, sub), path[-1])
         if sub is not tr:  # the path itself follows the inner steps on all episodes
             grads = vmap(grad(learner.inner_loss))(path[-1], tr)
         lr = learner.inner.lr_at(s)
-        path.append(detach(learner.inner.step(path[-1], grads, None, s, {})[0]))
+        moved = detach(learner.inner.step(learner.split(path[-1])[0], learner.split(grads)[0], None, s, {})[0])
+        path.append({k: moved.get(k, v) for k, v in path[-1].items()})
 
         def jac(u: Params, hess: Any = hess, lr: float = lr) -> Params:
-            hu = hess(u)[0]
+            hu = hess(u)[0] if every else learner.masked(hess(u)[0])
             return {k: u[k] - lr * hu[k] for k in u}
 
-        jacobians.append(jac)
+        def jac_t(w: Params, hess: Any = hess, lr: float = lr) -> Params:
+            hw = hess(w if every else learner.masked(w))[0]
+            return {k: w[k] - lr * hw[k] for k in w}
+
+        jacobians.append((jac, jac_t))
     return path, jacobians
+
 
 def subsample(learner: MetaRL, traj: Trajectories) -> Trajectories:
     """The first ``hvp_subsample`` fraction of each task's episodes (episodes are i.i.d.), for curvature."""

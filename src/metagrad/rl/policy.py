@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models.context import ContextVector
 from .envs.base import Space
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -134,10 +135,40 @@ class CategoricalMLPPolicy(Policy):
         return -(dist.exp() * dist).sum(-1)
 
 
+class ContextPolicy(ContextVector, Policy):
+    """``policy`` reading the observation with a learned context vector ``z`` (the parameter ``context``, ``size``
+    numbers starting at 0) appended: the MAML paper's context-vector baseline (appendix C.2, Tables 4-5), whose
+    inner steps adapt ``z`` alone (``MetaRL(adapt=["context"])``). The wrapped policy is ``model``."""
+
+    def __init__(self, policy: Policy, size: int):
+        super().__init__(policy, size)
+        self.discrete = policy.discrete
+
+    def log_prob(self, dist: Tensor, actions: Tensor) -> Tensor:
+        return self.model.log_prob(dist, actions)
+
+    def sample(self, dist: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.model.sample(dist, generator)
+
+    def mode(self, dist: Tensor) -> Tensor:
+        return self.model.mode(dist)
+
+    def kl(self, old: Tensor, new: Tensor) -> Tensor:
+        return self.model.kl(old, new)
+
+    def entropy(self, dist: Tensor) -> Tensor:
+        return self.model.entropy(dist)
+
+
 def make_policy(space: Space, obs_dim: int, kind: str = "auto", hidden: Sequence[int] = (100, 100),
-                activation: str = "relu", init_std: float = 1.0) -> Policy:
-    """The policy for ``space``: Gaussian for continuous actions, categorical for discrete ones; a ``kind``
-    that cannot serve the space stops with a ``ConfigError`` naming both."""
+                activation: str = "relu", init_std: float = 1.0, context: int = 0) -> Policy:
+    """The policy for ``space``: Gaussian for continuous actions, categorical for discrete ones, reading a learned
+    context vector of ``context`` numbers beside the observation when ``context > 0``; a ``kind`` that cannot
+    serve the space stops with a ``ConfigError`` naming both."""
+    if context < 0:
+        raise ConfigError(f"context {context} must be >= 0 (0: no context vector)")
+    if context:
+        return ContextPolicy(make_policy(space, obs_dim + context, kind, hidden, activation, init_std), context)
     if kind not in POLICIES:
         raise ConfigError(f"unknown policy '{kind}'; choose one of {', '.join(POLICIES)}")
     if kind == "auto":

@@ -45,14 +45,16 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
             kwargs[name] = value
     env = make_env(cfg.env, **kwargs)
     torch.manual_seed(cfg.seed)
-    policy = make_policy(env.action_space, env.obs_dim, cfg.policy, cfg.hidden, cfg.activation, cfg.init_std)
+    policy = make_policy(env.action_space, env.obs_dim, cfg.policy, cfg.hidden, cfg.activation, cfg.init_std,
+                         cfg.context)
     learner = MetaRL(policy, env, algo=cfg.algo, outer=cfg.outer, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
                      episodes=cfg.episodes, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, baseline=cfg.baseline,
                      normalize_inner=cfg.normalize_inner, normalize_outer=cfg.normalize_outer, max_kl=cfg.max_kl,
                      cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping, backtrack=cfg.backtrack,
                      max_backtracks=cfg.max_backtracks, hvp=cfg.hvp, hvp_subsample=cfg.hvp_subsample,
                      score_baseline=cfg.score_baseline, emaml_weight=cfg.emaml_weight, ppo_epochs=cfg.ppo_epochs,
-                     ppo_clip=cfg.ppo_clip, inner_kl_coef=cfg.inner_kl_coef, inner_kl_target=cfg.inner_kl_target)
+                     ppo_clip=cfg.ppo_clip, inner_kl_coef=cfg.inner_kl_coef, inner_kl_target=cfg.inner_kl_target,
+                     adapt=cfg.adapt)
     optimizer = None
     if cfg.outer in ("vpg", "ppo"):
         cls = torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.SGD
