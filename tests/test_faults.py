@@ -231,6 +231,12 @@ def test_an_unwritable_eval_output_fails_before_the_evaluation(tmp_path, capsys)
     assert "blocker" in err
 
 
+def _default_sigint() -> None:
+    """Ctrl-C's default action in the child, as in a terminal: a test run started in the background of a
+    non-interactive shell ignores SIGINT, and the child would inherit that (Python then installs no handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.0])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     """Ctrl-C while the command is still importing torch (or just after) ends with exit code 130, no traceback.
@@ -238,7 +244,8 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     interpreter prints its traceback before any of metagrad runs."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "metagrad", "train", "--out", str(tmp_path / "r"), "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -48,6 +48,16 @@ ROWS = (
     Row("SG-MRL Table 2: half-cheetah direction, 1 step, SG-MRL and MAML (VPG)", "500 epochs, 4 seeds",
         "sgmrl-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 "
         "--time-budget 120 --out results/long/sgmrl-cheetah-dir", 500, runs=2),
+    Row("MAML Table 4: 2D navigation, the context-vector baseline (appendix C.2)", "500 iterations max",
+        "navigation-context", "metagrad reproduce navigation --algo context --full --time-budget 40 --set "
+        "hvp_subsample=0.25 --out results/long/navigation-context", 500),
+    Row("MAML Table 5: half-cheetah forward/backward, the context-vector baseline (appendix C.2)", "100-500 "
+        "iterations", "locomotion-cheetah-dir-context", "metagrad reproduce locomotion --env cheetah-dir --algo "
+        "context --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out "
+        "results/long/locomotion-cheetah-dir-context", 500),
+    Row("Reptile Fig. 3 (6.2): inner-gradient combinations, 5-shot 5-way Omniglot", "40K iterations per "
+        "combination (--full)", "reptile-gradients", "metagrad reproduce reptile-gradients --jobs 2 --data-root "
+        "../shared/data/omniglot --no-progress --out results/long/reptile-gradients", 10_000, runs=10),
     Row("Trade-off Fig. 1: HalfCheetah Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
         "tradeoff-rl-cheetah-rand-vel-ppo", "metagrad tradeoff rl --env cheetah-rand-vel --pair ppo --budget 2000000 "
         "--checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-ppo",
