@@ -107,7 +107,73 @@ def detach(tree: Mapping[str, Tensor]) -> Params:
 
 
 def write_grads(module_params: Mapping[str, nn.Parameter], grads: Mapping[str, Tensor]) -> None:
-    """Store ``grads`` in the ``.grad`` fields so that any ``torch.optim`` optimizer can take the step."""
+    """Store ``grads`` in the ``.grad`` fields so that any ``torch.optim`` optimizer can take the step (the fields
+    that exist are overwritten in one foreach copy)."""
+    dst, src = [], []
     for name, p in module_params.items():
-        g = grads[name].detach().to(p.dtype)
-        p.grad = g.clone() if p.grad is None else p.grad.copy_(g)
+        g = grads[name].detach()
+        if p.grad is None:
+            p.grad = g.to(p.dtype, copy=True)
+        else:
+            dst.append(p.grad)
+            src.append(g)
+    if dst:
+        torch._foreach_copy_(dst, src)  # casts to each field's dtype
+
+
+_registrations = [0]  # how many modules, parameters and buffers any module has registered, process-wide
+
+
+def _count_registration(*_: Any) -> None:
+    _registrations[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_count_registration)
+nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+nn.modules.module.register_module_buffer_registration_hook(_count_registration)
+
+
+class Members:
+    """A module's parameters and buffers, as ``named_parameters`` / ``named_buffers`` give them (same names, order
+    and deduplication), read through where each lives (its owner's ``_parameters`` or ``_buffers`` and key).
+
+    The walk over the submodules that finds them costs tens of microseconds, a tenth of a compiled small-model
+    meta-gradient; it runs once, and again after any module, parameter or buffer is registered anywhere (torch's
+    global registration hooks) or deleted from the module (seen as a table of a submodule changing size). Values
+    are read at each call, so a member that is replaced (``module.weight = nn.Parameter(...)``, ``.to()``) is seen
+    at once."""
+
+    KINDS = ("_parameters", "_buffers")
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.seen = -1
+        self.slots: dict[str, list[tuple[str, dict[str, Any], str]]] = {}
+        self.sizes: list[tuple[dict[str, Any], int]] = []
+
+    def _walk(self) -> None:
+        owners = list(self.module.named_modules(remove_duplicate=False))
+        self.slots = {kind: [] for kind in self.KINDS}
+        for kind, slots in self.slots.items():
+            found: set[int] = set()
+            for prefix, owner in owners:
+                for key, value in getattr(owner, kind).items():
+                    if value is not None and id(value) not in found:
+                        found.add(id(value))
+                        slots.append((f"{prefix}.{key}" if prefix else key, getattr(owner, kind), key))
+        tables = [getattr(owner, t) for _, owner in owners for t in ("_modules", *self.KINDS)]
+        self.sizes = [(t, len(t)) for t in tables]
+        self.seen = _registrations[0]
+
+    def _read(self, kind: str) -> list[tuple[str, Any]]:
+        if self.seen != _registrations[0] or any(len(t) != n for t, n in self.sizes):
+            self._walk()
+        return [(name, v) for name, table, key in self.slots[kind] if (v := table[key]) is not None]
+
+    def parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``list(module.named_parameters())``."""
+        return self._read("_parameters")
+
+    def buffers(self) -> Params:
+        """``dict(module.named_buffers())``."""
+        return dict(self._read("_buffers"))

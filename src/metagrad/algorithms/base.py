@@ -35,7 +35,7 @@ from .. import checkpoint, losses
 from ..batch import Split, TaskBatch, partition
 from ..batching import has_conv, has_torch_batchnorm, needs_math_attention, twice_differentiable, vmap_fault
 from ..errors import ConfigError
-from ..functional import Params, buffers_of, call, detach, grad, in_task_thread, write_grads
+from ..functional import Members, Params, call, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
 from ..settings import suggest
 from ..threads import in_threads
@@ -240,9 +240,17 @@ class MetaLearner(nn.Module):
             self.carried = CarriedState(start)
 
     # ----------------------------------------------------------------- parameter subsets
+    def members(self, module: nn.Module) -> Members:
+        """``module``'s parameters and buffers, found without walking it at every call (``functional.Members``)."""
+        cache = self.__dict__.setdefault("_members", {})
+        found = cache.get(id(module))
+        if found is None or found.module is not module:
+            found = cache[id(module)] = Members(module)
+        return found
+
     def trainable(self) -> dict[str, nn.Parameter]:
         """The model's parameters that are meta-learned (``requires_grad``); the others are constants."""
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        return {n: p for n, p in self.members(self.model).parameters() if p.requires_grad}
 
     def adapts(self, name: str) -> bool:
         """Whether the inner loop adapts the (trainable) parameter ``name`` (see ``adapt``)."""
@@ -261,8 +269,9 @@ class MetaLearner(nn.Module):
 
     def buffers(self) -> Params:
         """The constants of the model's functional call: its buffers and its frozen parameters."""
-        frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
-        return {**buffers_of(self.model), **frozen} if frozen else buffers_of(self.model)
+        members = self.members(self.model)
+        frozen = {n: p.detach() for n, p in members.parameters() if not p.requires_grad}
+        return {**members.buffers(), **frozen} if frozen else members.buffers()
 
     @property
     def vmapped(self) -> bool:
@@ -547,7 +556,7 @@ class MetaLearner(nn.Module):
     def write_meta_gradient(self, grads: Meta) -> None:
         """Write ``grads`` into ``.grad`` of the meta-parameters it holds (frozen ones are left with None)."""
         for module, tree in ((self.model, grads["model"]), (self.inner, grads["inner"])):
-            write_grads({n: p for n, p in module.named_parameters() if n in tree}, tree)
+            write_grads({n: p for n, p in self.members(module).parameters() if n in tree}, tree)
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
