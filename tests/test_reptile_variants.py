@@ -456,3 +456,21 @@ def test_jobs_only_for_the_reptile_studies(capsys):
 
     assert main(["reproduce", "sinusoid", "--jobs", "2"]) != 0
     assert "--jobs 2" in capsys.readouterr().err
+
+
+def test_a_time_budget_stops_the_studies_and_the_same_call_continues(tmp_path, tiny_omniglot, monkeypatch):
+    """Past the deadline no run starts: the results say partial, keep no findings, and the next call (no budget)
+    finishes every run from its checkpoint."""
+    from metagrad.reproduce import reptile_studies as rs
+
+    monkeypatch.setattr(rs, "DEFAULT_GRADIENTS", rs.Budget(iterations=2, eval_tasks=2, curve_points=1))
+    monkeypatch.setattr(rs, "DEFAULT_OVERLAP", rs.Budget(iterations=2, eval_tasks=2, curve_points=1,
+                                                         sweeps={"4a": (2,)}))
+    monkeypatch.setattr(rs, "_deadline", lambda minutes: 0.0 if minutes else None)  # already past
+    kwargs = {"full": False, "iterations": None, "progress": False, "data_root": str(tiny_omniglot)}
+    for study, name in ((rs.run_gradients, "reptile-gradients"), (rs.run_overlap, "reptile-overlap")):
+        partial = study(tmp_path / name, time_budget=5, **kwargs)
+        assert partial["complete"] is False and partial["findings"] == []
+        assert "Partial: the time budget ended the study" in (tmp_path / name / f"{name}.md").read_text()
+        whole = study(tmp_path / name, **kwargs)
+        assert whole["complete"] is True and whole["findings"]

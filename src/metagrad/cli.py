@@ -81,8 +81,8 @@ def build_parser() -> Parser:
     images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
     images.add_argument("--shots", type=int, default=1, help="examples per class, K (default: 1)")
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
-                        "(few-shot default: 30, 0 or --full: no limit; navigation: per method, default none); rerun "
-                        "the same command to continue")
+                        "(few-shot default: 30, 0 or --full: no limit; navigation: per method, the Reptile "
+                        "studies: for the whole study, default none); rerun the same command to continue")
     images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>)")
     images.add_argument("--download", action="store_true", help="Omniglot: fetch the official zip files into the "
                         "dataset folder when they are missing")
@@ -346,7 +346,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
         study = reptile_studies.run_gradients if args.experiment == "reptile-gradients" else reptile_studies.run_overlap
         study(out, full=args.full, iterations=args.iterations, progress=not args.no_progress,
-              data_root=args.data_root, jobs=args.jobs)
+              data_root=args.data_root, jobs=args.jobs, time_budget=args.time_budget or 0.0)
         return 0
     if args.experiment == "sinusoid-multitask":
         from .reproduce import multitask

@@ -144,9 +144,9 @@ def base_config(data_root: str | None, budget: Budget) -> Config:
 
 
 def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool,
-              on_iteration: Callable[[Trainer, int], None] | None = None) -> Trainer:
+              on_iteration: Callable[[Trainer, int], None] | None = None, time_budget: float = 0.0) -> Trainer:
     """Meta-train ``cfg`` on the training tasks ``tasks`` into ``run_dir``, continuing it if it has a checkpoint
-    (which must come from the same config)."""
+    (which must come from the same config); stop with a checkpoint after ``time_budget`` minutes (0: no limit)."""
     if checkpoint.exists(run_dir / "last"):
         saved = stored_config(checkpoint.read_info(run_dir / "last")["config"])
         changed = cfg.resume_differences(saved)
@@ -158,7 +158,8 @@ def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool,
     trainer = Trainer(learner, tasks, opt, scheduler=sched, iterations=cfg.iterations,
                       meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir, config=cfg.to_sections(),
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, val_every=0,
-                      progress=progress, on_iteration=(lambda t, i, m: on_iteration(t, i)) if on_iteration else None)
+                      progress=progress, on_iteration=(lambda t, i, m: on_iteration(t, i)) if on_iteration else None,
+                      time_budget=time_budget)
     fit = trainer.fit(resume="auto")
     if fit.stopped == "interrupted":
         raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
@@ -205,27 +206,36 @@ def gradients_config(base: Config, weights: tuple[float, ...]) -> Config:
 
 
 def run_gradients(out: str | Path, full: bool = False, iterations: int | None = None, progress: bool = True,
-                  data_root: str | None = None, jobs: int = 1) -> dict[str, Any]:
+                  data_root: str | None = None, jobs: int = 1, time_budget: float = 0.0) -> dict[str, Any]:
     """Section 6.2 (Figure 3): train every inner-gradient combination (``jobs`` at once, one process each), record
     its test accuracy along training, write ``reptile-gradients.json``, ``.md`` (the table, the paper's findings
-    beside) and ``.png``."""
+    beside) and ``.png``. With ``time_budget`` (minutes) the runs stop then with checkpoints, the results say how
+    far each got, and the same call continues them."""
     budget = _budget(DEFAULT_GRADIENTS, full, iterations)
     out = Path(out)
     base = base_config(data_root, budget)
     points = sorted({round(budget.iterations * j / budget.curve_points) for j in range(budget.curve_points + 1)})
     results: dict[str, Any] = {"study": "reptile-gradients", "budget": asdict(budget), "full": full,
                                "machine": machine(), "paper": PAPER_GRADIENTS, "runs": {}}
+    deadline = _deadline(time_budget)
     work = [(name, weights, gradients_config(base, weights), out / "reptile-gradients" / _slug(name), points,
-             progress and jobs == 1) for name, weights in COMBINATIONS.items()]
+             progress and jobs == 1, deadline) for name, weights in COMBINATIONS.items()]
     for name, run in zip(COMBINATIONS, _map(_gradient_run, work, base, jobs), strict=True):
-        results["runs"][name] = run
-    results["findings"] = gradient_findings(results["runs"])
+        if run is not None:
+            results["runs"][name] = run
+    results["complete"] = len(results["runs"]) == len(COMBINATIONS) and all(
+        r["curve"][-1][0] == budget.iterations for r in results["runs"].values())
+    results["findings"] = gradient_findings(results["runs"]) if results["complete"] else []
     return _write(out, "reptile-gradients", results, format_gradients(results), gradients_figure)
 
 
 def _gradient_run(name: str, weights: tuple[float, ...], cfg: Config, run_dir: Path, points: list[int],
-                  progress: bool) -> dict[str, Any]:
-    """Train one combination into ``run_dir``, testing it at ``points`` (kept in ``curve.json``: a rerun resumes)."""
+                  progress: bool, deadline: float | None = None) -> dict[str, Any] | None:
+    """Train one combination into ``run_dir``, testing it at ``points`` (kept in ``curve.json``: a rerun resumes),
+    until ``deadline`` (``time.time()``; None when past it before the run starts)."""
+    minutes = _minutes_left(deadline)
+    if minutes is not None and minutes <= 0:
+        return None
     images, tests = _WORKER["images"], _WORKER["tests"]
     curve_file = run_dir / "curve.json"
     curve: dict[int, list[float]] = ({int(k): v for k, v in json.loads(curve_file.read_text()).items()}
@@ -243,7 +253,7 @@ def _gradient_run(name: str, weights: tuple[float, ...], cfg: Config, run_dir: P
     if 0 not in curve:  # the initialization's accuracy (the same for every combination: one seed)
         curve[0] = list(test_accuracy(build_learner(cfg), cfg, tests))
         curve_file.write_text(json.dumps(curve))
-    trainer = train_run(cfg, TrainingTasks(images, WAYS, 5 * len(weights)), run_dir, progress, record)
+    trainer = train_run(cfg, TrainingTasks(images, WAYS, 5 * len(weights)), run_dir, progress, record, minutes or 0.0)
     if trainer.iteration not in curve:  # e.g. stopped by a time limit between the evaluation points
         curve[trainer.iteration] = list(test_accuracy(trainer.learner, cfg, tests))
         curve_file.write_text(json.dumps(curve))
@@ -279,10 +289,10 @@ def format_gradients(r: dict[str, Any]) -> str:
     b = r["budget"]
     lines = [f"Reptile paper 6.2, inner-gradient combinations (Figure 3): 5-shot 5-way Omniglot, {b['iterations']:,} "
              f"outer iterations each, test accuracy (%) after 5 steps on {b['eval_tasks']} test tasks, mean ± 95% CI",
-             "", "| combination | weights of g1..gk | training drawings per class | test accuracy |",
-             "|---|---|---|---|"]
+             "", "| combination | weights of g1..gk | training drawings per class | iterations | test accuracy |",
+             "|---|---|---|---|---|"]
     for name, run in r["runs"].items():
-        lines.append(f"| {name} | {_weights(run['weights'])} | {run['train_shots']} | "
+        lines.append(f"| {name} | {_weights(run['weights'])} | {run['train_shots']} | {run['curve'][-1][0]:,} | "
                      f"{format_ci(100 * run['final'][0], 100 * run['final'][1])} |")
     return "\n".join([*lines, "", *_findings_table(r)])
 
@@ -319,10 +329,11 @@ def overlap_config(base: Config, method: str, sampling: str, steps: int = 4, bat
 
 
 def run_overlap(out: str | Path, full: bool = False, iterations: int | None = None, progress: bool = True,
-                data_root: str | None = None, jobs: int = 1) -> dict[str, Any]:
+                data_root: str | None = None, jobs: int = 1, time_budget: float = 0.0) -> dict[str, Any]:
     """Section 6.3 (Figure 4): shared-tail FOMAML, separate-tail FOMAML and Reptile, cycling or sampling with
     replacement, over the three sweeps (``jobs`` runs at once, one process each); write ``reptile-overlap.json``,
-    ``.md`` and ``.png``."""
+    ``.md`` and ``.png``. With ``time_budget`` (minutes) the runs stop then with checkpoints, the results hold the
+    settings finished so far, and the same call continues."""
     budget = _budget(DEFAULT_OVERLAP, full, iterations)
     out = Path(out)
     base = base_config(data_root, budget)
@@ -331,37 +342,43 @@ def run_overlap(out: str | Path, full: bool = False, iterations: int | None = No
     fixed = {"4a": {"batch": BATCH, "outer_lr": 1.0}, "4b": {"steps": 4, "outer_lr": 1.0},
              "4c": {"steps": 4, "batch": 100}}
     arg = {"4a": "steps", "4b": "batch", "4c": "outer_lr"}
-    keys, work = [], []
+    keys, work, deadline = [], [], _deadline(time_budget)
     for panel, values in budget.sweeps.items():
         for method, sampling, value in itertools.product(METHODS, SAMPLINGS, values):
             setting = {**fixed[panel], arg[panel]: int(value) if panel != "4c" else float(value)}
             keys.append((panel, f"{method}, {sampling}"))
             work.append((panel, method, sampling, value, overlap_config(base, method, sampling, **setting),
                          out / "reptile-overlap" / panel / f"{method}-{sampling}-{_slug(str(value))}",
-                         progress and jobs == 1))
+                         progress and jobs == 1, deadline))
     points = _map(_overlap_run, work, base, jobs)
+    results["complete"] = all(p is not None for p in points)
     for panel in budget.sweeps:
         runs: dict[str, list[dict[str, float]]] = {}
         for (p, run), point in zip(keys, points, strict=True):
-            if p == panel:
+            if p == panel and point is not None:
                 runs.setdefault(run, []).append(point)
         key, label = PANELS[panel]
         results["panels"][panel] = {"parameter": key, "label": label, "fixed": fixed[panel], "runs": runs}
-    results["findings"] = overlap_findings(results["panels"])
+    results["findings"] = overlap_findings(results["panels"]) if results["complete"] else []
     return _write(out, "reptile-overlap", results, format_overlap(results), overlap_figure)
 
 
 def _overlap_run(panel: str, method: str, sampling: str, value: float, cfg: Config, run_dir: Path,
-                 progress: bool) -> dict[str, float]:
+                 progress: bool, deadline: float | None = None) -> dict[str, float] | None:
     """Train one setting into ``run_dir`` and test it; the test result is kept in ``test.json`` (a rerun of a
-    finished run only reads it)."""
+    finished run only reads it). None when ``deadline`` passes first (the run keeps its checkpoint)."""
+    minutes = _minutes_left(deadline)
+    if minutes is not None and minutes <= 0:
+        return None
     _say(f"reptile-overlap {panel}: {method}, {sampling}, {PANELS[panel][1]} {value:g}, {cfg.iterations:,} "
          f"iterations -> {run_dir}")
     t0 = time.perf_counter()
     images = _WORKER["images"]
     train = (FewShotClassification(images, WAYS, cfg.shots, cfg.query, rotations=True)
              if method == "fomaml-separate" else TrainingTasks(images, WAYS, DRAWINGS))
-    trainer = train_run(cfg, train, run_dir, progress)
+    trainer = train_run(cfg, train, run_dir, progress, time_budget=minutes or 0.0)
+    if trainer.iteration < cfg.iterations:
+        return None
     test_file, key = run_dir / "test.json", {"iteration": trainer.iteration, "eval_tasks": cfg.eval_tasks,
                                             "eval_seed": cfg.eval_seed}
     saved = json.loads(test_file.read_text()) if test_file.exists() else {}
@@ -419,12 +436,14 @@ def format_overlap(r: dict[str, Any]) -> str:
              f"{b['iterations']:,} outer iterations each, test accuracy (%) after 5 steps on {b['eval_tasks']} test "
              "tasks, mean ± 95% CI"]
     for panel, p in r["panels"].items():
-        values = [pt["value"] for pt in next(iter(p["runs"].values()))]
+        values = b["sweeps"][panel]
         fixed = ", ".join(f"{k} {v:g}" for k, v in p["fixed"].items())
         lines += ["", f"Figure {panel}: {p['label']} swept ({fixed})", "",
                   "| method | " + " | ".join(f"{v:g}" for v in values) + " |", "|---" * (len(values) + 1) + "|"]
         for run, pts in p["runs"].items():
-            lines.append(f"| {run} | " + " | ".join(format_ci(100 * q["mean"], 100 * q["ci95"]) for q in pts) + " |")
+            got = {q["value"]: q for q in pts}
+            lines.append(f"| {run} | " + " | ".join(format_ci(100 * got[v]["mean"], 100 * got[v]["ci95"])
+                                                      if v in got else "-" for v in values) + " |")
     return "\n".join([*lines, "", *_findings_table(r)])
 
 
@@ -439,7 +458,7 @@ def overlap_figure(r: dict[str, Any], path: Path) -> Path:
             ax.errorbar([q["value"] for q in pts], [100 * q["mean"] for q in pts],
                         yerr=[100 * q["ci95"] for q in pts], marker="o", ms=3, capsize=2, color=colors[method],
                         linestyle="-" if sampling == "cycle" else "--", label=run)
-        ax.set_xticks([q["value"] for q in next(iter(p["runs"].values()))])
+        ax.set_xticks(list(r["budget"]["sweeps"][panel]))
         ax.set_ylim(0, 100)
         ax.set_xlabel(p["label"])
         ax.set_ylabel("test accuracy (%)")
@@ -459,6 +478,17 @@ def _load_data(base: Config, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
     _WORKER["images"] = build_tasks(base, "train").images
     _WORKER["tests"] = test_tasks(base)
+
+
+def _deadline(time_budget: float) -> float | None:
+    """``time.time()`` at which a study with ``time_budget`` minutes stops (None: no limit)."""
+    if time_budget < 0:
+        raise ValueError(f"time_budget {time_budget} must be >= 0 minutes (0: no limit)")
+    return time.time() + 60 * time_budget if time_budget else None
+
+
+def _minutes_left(deadline: float | None) -> float | None:
+    return None if deadline is None else (deadline - time.time()) / 60
 
 
 def _call(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
@@ -491,6 +521,9 @@ def _budget(default: Budget, full: bool, iterations: int | None) -> Budget:
 
 
 def _findings_table(r: dict[str, Any]) -> list[str]:
+    if not r.get("complete", True):
+        return ["Partial: the time budget ended the study before every run finished; the same command continues it "
+                "(the paper's findings are checked once all runs are done)."]
     note = "" if r["full"] else " (a shorter run than the paper's 40K iterations; `--full` runs its budget)"
     lines = [f"The paper's findings{note}:", "", "| paper | ours | holds here |", "|---|---|---|"]
     for f in r["findings"]:
