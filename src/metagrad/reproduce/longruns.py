@@ -56,8 +56,8 @@ ROWS = (
         "context --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out "
         "results/long/locomotion-cheetah-dir-context", 500),
     Row("Reptile Fig. 3 (6.2): inner-gradient combinations, 5-shot 5-way Omniglot", "40K iterations per "
-        "combination (--full)", "reptile-gradients", "metagrad reproduce reptile-gradients --jobs 2 --time-budget 120 "
-        "--data-root ../shared/data/omniglot --no-progress --out results/long/reptile-gradients", 10_000, runs=10),
+        "combination", "reptile-gradients", "metagrad reproduce reptile-gradients --jobs 2 --time-budget 120 "
+        "--data-root ../shared/data/omniglot --no-progress --out results/long/reptile-gradients", 40_000, runs=10),
     Row("Trade-off Fig. 1: HalfCheetah Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
         "tradeoff-rl-cheetah-rand-vel-ppo", "metagrad tradeoff rl --env cheetah-rand-vel --pair ppo --budget 2000000 "
         "--checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-ppo",
