@@ -474,3 +474,24 @@ def test_a_time_budget_stops_the_studies_and_the_same_call_continues(tmp_path, t
         assert "Partial: the time budget ended the study" in (tmp_path / name / f"{name}.md").read_text()
         whole = study(tmp_path / name, **kwargs)
         assert whole["complete"] is True and whole["findings"]
+
+
+def _fail_first(i: int, folder: str) -> int:
+    """A study's run for the pool test: the first fails at once, the others take a while and leave a mark."""
+    import pathlib
+    import time as _time
+
+    if i == 0:
+        raise RuntimeError("run 0 failed")
+    _time.sleep(1.0)
+    (pathlib.Path(folder) / f"ran-{i}").touch()
+    return i
+
+
+def test_a_failed_run_in_the_pool_stops_the_runs_not_yet_started(tmp_path, tiny_omniglot):
+    from metagrad.reproduce import reptile_studies as rs
+
+    base = rs.base_config(str(tiny_omniglot), rs.Budget(iterations=1, eval_tasks=2, curve_points=1))
+    with pytest.raises(RuntimeError, match="run 0 failed"):
+        rs._map(_fail_first, [(i, str(tmp_path)) for i in range(8)], base, jobs=2)
+    assert len(list(tmp_path.glob("ran-*"))) <= 3  # at most those under way or queued when run 0 failed
