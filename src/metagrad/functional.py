@@ -26,11 +26,6 @@ def params_of(module: nn.Module) -> Params:
     return {name: p.detach() for name, p in module.named_parameters()}
 
 
-def buffers_of(module: nn.Module) -> Params:
-    """The module's buffers (e.g. batch-norm running statistics) as a dict."""
-    return dict(module.named_buffers())
-
-
 _worker = threading.local()
 
 

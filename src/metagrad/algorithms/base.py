@@ -254,7 +254,7 @@ class MetaLearner(nn.Module):
 
     def adapts(self, name: str) -> bool:
         """Whether the inner loop adapts the (trainable) parameter ``name`` (see ``adapt``)."""
-        return not self.adapt_prefixes or any(matches(name, prefix) for prefix in self.adapt_prefixes)
+        return adapted_by(name, self.adapt_prefixes)
 
     def adapted_names(self, params: Iterable[str]) -> list[str]:
         """The names among ``params`` (trainable parameters) that the inner loop adapts."""
@@ -608,6 +608,11 @@ class MetaLearner(nn.Module):
 def matches(name: str, prefix: str) -> bool:
     """Whether parameter ``name`` lies under ``prefix`` (a module's name, or the parameter's own full name)."""
     return name == prefix or name.startswith(prefix + ".")
+
+
+def adapted_by(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether an inner loop told to adapt ``prefixes`` (empty: everything) adapts parameter ``name``."""
+    return not prefixes or any(matches(name, prefix) for prefix in prefixes)
 
 
 def adapt_prefixes(model: nn.Module, adapt: Sequence[str] | str | None) -> tuple[str, ...]:

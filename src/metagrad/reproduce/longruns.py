@@ -49,7 +49,7 @@ ROWS = (
         "sgmrl-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 "
         "--time-budget 120 --out results/long/sgmrl-cheetah-dir", 500, runs=2),
     Row("MAML Table 4: 2D navigation, the context-vector baseline (appendix C.2)", "500 iterations max",
-        "navigation-context", "metagrad reproduce navigation --algo context --full --time-budget 40 --set "
+        "navigation-context", "metagrad reproduce navigation --algo context --full --time-budget 60 --set "
         "hvp_subsample=0.25 --out results/long/navigation-context", 500),
     Row("MAML Table 5: half-cheetah forward/backward, the context-vector baseline (appendix C.2)", "100-500 "
         "iterations", "locomotion-cheetah-dir-context", "metagrad reproduce locomotion --env cheetah-dir --algo "

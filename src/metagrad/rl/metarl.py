@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from ..algorithms.base import adapt_prefixes, matches
+from ..algorithms.base import adapt_prefixes, adapted_by
 from ..distributed import Share
 from ..errors import ConfigError
 from ..functional import Params, call, detach, params_of
@@ -102,8 +102,7 @@ class MetaRL(nn.Module):
                               f"{inner_kl_coef} and inner_kl_target {inner_kl_target} >= 0")
         self.policy, self.env = policy, env
         prefixes = adapt_prefixes(policy, tuple(adapt))
-        names = [n for n, _ in policy.named_parameters()]
-        self.adapted = frozenset(n for n in names if not prefixes or any(matches(n, q) for q in prefixes))
+        self.adapted = frozenset(n for n, _ in policy.named_parameters() if adapted_by(n, prefixes))
         self.algo, self.outer, self.hvp_mode = algo, outer, hvp
         self.inner = SGD(inner_lr)
         self.inner_steps = 0 if algo == "joint" else inner_steps
