@@ -30,10 +30,11 @@ from metagrad.rl.train import RLTrainer, build
 HERE = Path(__file__).resolve().parent
 
 
-def metagrad_row(args: argparse.Namespace, subsample: float) -> dict:
-    """Median seconds per meta-iteration of metagrad's trainer (the call ``metagrad train`` makes)."""
+def metagrad_row(args: argparse.Namespace, subsample: float, compile: bool = False, **settings: object) -> dict:
+    """Median seconds per meta-iteration of metagrad's trainer (the call ``metagrad train`` makes), with the
+    preset's ``settings`` replaced (e.g. the environment); the warm-up iterations (compilation) are not counted."""
     cfg = preset(args.method).replace(hidden=args.hidden, activation=args.activation, hvp_subsample=subsample,
-                                      iterations=args.iterations + args.warmup, seed=1)
+                                      iterations=args.iterations + args.warmup, seed=1, compile=compile, **settings)
     learner, optimizer = build(cfg)
     trainer = RLTrainer(learner, optimizer, cfg, progress=False)
     rows = []
@@ -43,7 +44,8 @@ def metagrad_row(args: argparse.Namespace, subsample: float) -> dict:
         if i >= args.warmup:
             rows.append({**m, "wall": time.perf_counter() - t0})
     wall = [r["wall"] for r in rows]
-    return {"library": f"metagrad (hvp_subsample {subsample:g})", "threads": args.threads,
+    name = f"metagrad (hvp_subsample {subsample:g}{', compile=True' if compile else ''})"
+    return {"library": name, "threads": args.threads,
             "iterations": len(rows), "seconds_per_iteration_median": round(statistics.median(wall), 3),
             "seconds_per_iteration_range": [round(min(wall), 3), round(max(wall), 3)],
             "sampling_seconds_median": round(statistics.median(r["sample_seconds"] for r in rows), 3),

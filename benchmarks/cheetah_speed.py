@@ -1,0 +1,78 @@
+"""Seconds per MAML-TRPO meta-iteration on half-cheetah direction at the MAML paper's meta-batch (40 tasks x 20
+episodes x 200 steps, one inner step, 2 x 100 ReLU), split into sampling and the TRPO update: metagrad eager and
+with ``compile=True`` (the curvature products, the meta-gradient and the line search through ``torch.compile``),
+beside pytorch-maml-rl's ``MAMLTRPO`` on the same environment in the same run.
+
+    python benchmarks/cheetah_speed.py [--maml-rl PATH] [--iterations 2] [--warmup 1] [--threads 2]
+
+pytorch-maml-rl runs ``maml_rl_cheetah.py`` (its sampler, baseline and ``MAMLTRPO`` on a gym shim of metagrad's
+environment) in its own environment (``benchmarks/setup_maml_rl.sh``, plus mujoco and gymnasium), with
+``--threads`` sampler workers; it reports whole iterations only. Results: results/cheetah_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from navigation_speed import metagrad_row, table
+
+HERE = Path(__file__).resolve().parent
+PAPER = {"env": "cheetah-dir", "horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02}
+
+
+def maml_rl_row(args: argparse.Namespace) -> dict:
+    """pytorch-maml-rl's seconds per meta-iteration on metagrad's half-cheetah, or why there is none."""
+    if not args.maml_rl:
+        return {"library": "pytorch-maml-rl", "skipped": "no checkout given (--maml-rl PATH)"}
+    python = args.maml_rl_python or str(HERE / ".venv-maml-rl" / "bin" / "python")
+    if not Path(python).exists():
+        return {"library": "pytorch-maml-rl", "skipped": f"{python} missing: run benchmarks/setup_maml_rl.sh"}
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [python, str(HERE / "maml_rl_cheetah.py"), "--repo", args.maml_rl, "--out", out, "--iterations",
+               str(args.iterations + args.warmup), "--workers", str(args.threads), "--seed", "1"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            return {"library": "pytorch-maml-rl", "skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
+        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()][args.warmup:]
+    wall = [r["seconds"] for r in rows]
+    return {"library": "pytorch-maml-rl", "workers": args.threads, "iterations": len(rows),
+            "seconds_per_iteration_median": round(statistics.median(wall), 3),
+            "seconds_per_iteration_range": [round(min(wall), 3), round(max(wall), 3)],
+            "return_post_last": round(rows[-1]["return_post"], 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1, help="iterations not timed (compilation happens there)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (pytorch-maml-rl: sampler workers)")
+    p.add_argument("--subsample", default="1", help="hvp_subsample values to run")
+    p.add_argument("--maml-rl", default="", help="a checkout of tristandeleu/pytorch-maml-rl")
+    p.add_argument("--maml-rl-python", default="", help="its environment's python (default benchmarks/.venv-maml-rl)")
+    p.add_argument("--results", default=str(HERE / "results" / "cheetah_speed"))
+    args = p.parse_args()
+    args.method, args.hidden, args.activation = "maml-trpo", "100,100", "relu"
+    torch.set_num_threads(args.threads)
+    rows = [metagrad_row(args, float(s), compile, **PAPER) for s in args.subsample.split(",")
+            for compile in (False, True)]
+    reference = maml_rl_row(args)
+    setting = (f"Half-cheetah direction, MAML-TRPO, meta-batch 40 x 20 episodes x 200 steps, one inner step, "
+               f"100,100 relu policy, {args.threads} threads, {args.iterations} timed iterations after "
+               f"{args.warmup} warm-up, torch {torch.__version__}")
+    out = {"setting": setting, "rows": [*rows, reference]}
+    Path(args.results).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    md = f"{setting}.\n\n{table(rows, reference)}\n"
+    Path(args.results).with_suffix(".md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
