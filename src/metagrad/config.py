@@ -30,7 +30,8 @@ class Config(Settings):
 
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"time_budget", "log_every", "checkpoint_every", "val_every",
-                                                          "self_check", "download", "outer_lr", "inner_lr"})
+                                                          "self_check", "download", "outer_lr", "inner_lr",
+                                                          "compile"})
 
     # [task]
     family: str = opt("sinusoid", "task", "task family: sinusoid, linreg (meta-linear regression, trade-off paper "

@@ -33,12 +33,13 @@ class Row:
 ROWS = (
     Row("MAML Fig. 5 / Table 5: half-cheetah forward/backward, MAML-TRPO", "100-500 iterations of 40 tasks x 20 "
         "episodes", "locomotion-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo "
-        "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out results/long/locomotion-cheetah-dir",
+        "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --set compile=true --out "
+        "results/long/locomotion-cheetah-dir",
         500),
     Row("Half-cheetah direction side by side with pytorch-maml-rl (its run: benchmarks/maml_rl_cheetah.py, into "
         "side-by-side-cheetah-dir/pytorch-maml-rl), metagrad's MAML-TRPO with the same settings", "500 iterations",
         "side-by-side-cheetah-dir/metagrad", "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo "
-        "--iterations 500 --time-budget 60 --set hvp_subsample=1.0 --out "
+        "--iterations 500 --time-budget 60 --set hvp_subsample=1.0 --set compile=true --out "
         "results/long/side-by-side-cheetah-dir/metagrad",
         500),
     Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
@@ -58,6 +59,10 @@ ROWS = (
     Row("Reptile Fig. 3 (6.2): inner-gradient combinations, 5-shot 5-way Omniglot", "40K iterations per "
         "combination", "reptile-gradients", "metagrad reproduce reptile-gradients --jobs 2 --time-budget 120 "
         "--data-root ../shared/data/omniglot --no-progress --out results/long/reptile-gradients", 40_000, runs=10),
+    Row("MAML Table 1: Omniglot 5-way 1-shot, MAML with the non-convolutional network (256-128-64-64)", "60K "
+        "iterations of 32 tasks", "omniglot-maml-nonconv", "metagrad reproduce omniglot --algo maml-nonconv --ways 5 "
+        "--shots 1 --time-budget 110 --data-root ../shared/data/omniglot --no-progress --out "
+        "results/long/omniglot-maml-nonconv", 60_000),
     Row("Trade-off Fig. 1: HalfCheetah Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
         "tradeoff-rl-cheetah-rand-vel-ppo", "metagrad tradeoff rl --env cheetah-rand-vel --pair ppo --budget 2000000 "
         "--checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-ppo",
