@@ -60,6 +60,7 @@ class Study:
     lr_grid: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2)  # DRS's test-time step size is chosen from these
     eval_seed: int = 12345
     horizon: int = field(default=0)  # 0: the paper's for the environment
+    compile: bool = False  # torch.compile the outer steps (speed only: not stored, may change on resume)
 
     def __post_init__(self) -> None:
         if self.pair not in PAIRS:
@@ -88,10 +89,10 @@ class Study:
             meta_batch_size=self.meta_batch_size, episodes=self.episodes, seed=seed, iterations=10**9,
             step_budget=self.budget, snapshot_steps=self.budget // self.checkpoints, checkpoint_every=5,
             eval_steps=self.test_updates, eval_episodes=self.test_episodes, eval_tasks=self.test_tasks,
-            eval_lr=(self.inner_lr,), eval_lr_grid=self.lr_grid)
+            eval_lr=(self.inner_lr,), eval_lr_grid=self.lr_grid, compile=self.compile)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "compile"}
 
 
 def paper_study(env: str, pair: str, seeds: int = 5) -> Study:

@@ -148,3 +148,28 @@ def test_bad_ppo_settings_are_named():
         RLConfig().replace(ppo_clip=1.5)
     with pytest.raises(Exception, match="ppo_epochs"):
         RLConfig().replace(ppo_epochs=0)
+
+
+def test_compiled_ppo_update_equals_eager_as_the_penalties_adapt():
+    """``compile=True`` on ProMP's PPO step: two meta-batches, the KL penalty coefficients (a buffer) changing after
+    the first; the compiled gradient must read them afresh (not baked in), so both steps equal eager's in float64."""
+    import copy
+
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=10)
+    policy = make_policy(env.action_space, 2, hidden=(8, 8)).double()
+    kwargs = {"algo": "promp", "outer": "ppo", "episodes": 3, "ppo_epochs": 2, "inner_kl_target": 1e-6}
+    learners = [MetaRL(copy.deepcopy(policy), env, compile=c, **kwargs) for c in (False, True)]
+    optimizers = [torch.optim.Adam(lr.policy.parameters(), lr=0.01) for lr in learners]
+    gen, coefs = torch.Generator().manual_seed(0), []
+    for _ in range(2):
+        tasks = env.sample_tasks(3, gen).double()
+        trajs, out = learners[0].sample(tasks, torch.Generator().manual_seed(1))
+        coefs.append(learners[0].inner_kl_coefs.clone())
+        metrics = [lr.update(trajs, out, opt) for lr, opt in zip(learners, optimizers, strict=True)]
+        assert metrics[0]["grad_norm"] == pytest.approx(metrics[1]["grad_norm"], rel=1e-9)
+        eager, compiled = (flatten(lr.meta_params()) for lr in learners)
+        assert torch.allclose(compiled, eager, rtol=1e-9, atol=1e-12)
+        assert torch.equal(learners[0].inner_kl_coefs, learners[1].inner_kl_coefs)
+    assert not torch.equal(coefs[0], coefs[1])  # the second step ran with other penalties than the first
+    assert "ppo_gradient" in learners[1].__dict__["_compiled"]

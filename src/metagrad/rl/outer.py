@@ -50,19 +50,15 @@ def ppo_update(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories
     """``ppo_epochs`` optimizer steps on the clipped surrogate minus the inner KL penalties (ProMP), all on this
     meta-batch; then the penalty coefficients adapt to their target."""
     params = dict(learner.policy.named_parameters())
-
-    def loss(theta: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        sur, kl, inner_kls = learner.outer_terms(theta, trajs, out, learner.ppo_clip, inner_kls=True)
-        return -sur + (learner.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
-
+    gradient = learner.compiled(ppo_gradient)
     for epoch in range(learner.ppo_epochs):
-        g = _reduce_params(grad(loss, has_aux=True)(learner.meta_params())[0], share)
+        g = _reduce_params(gradient(learner, learner.meta_params(), trajs, out)[0], share)
         if epoch == 0:  # the first epoch's gradient is the meta-gradient (ratios are 1, no penalty yet)
             gnorm = _finite_norm(g)
         write_grads(params, g)
         optimizer.step()
     with torch.no_grad():
-        _, (kl, inner_kls) = loss(learner.meta_params())
+        _, (kl, inner_kls) = ppo_loss(learner, learner.meta_params(), trajs, out)
         kl, inner_kls = _reduce(kl, share), _reduce(inner_kls, share)
     if learner.inner_kl_target > 0 and len(inner_kls):
         low, high = inner_kls < learner.inner_kl_target / 1.5, inner_kls > learner.inner_kl_target * 1.5
@@ -72,6 +68,20 @@ def ppo_update(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories
     stats.update({f"inner_kl_{s}": float(v) for s, v in enumerate(inner_kls)})
     stats.update({f"inner_kl_coef_{s}": float(c) for s, c in enumerate(learner.inner_kl_coefs)})
     return stats
+
+
+def ppo_loss(learner: MetaRL, theta: Params, trajs: Sequence[Trajectories],
+             out: Trajectories) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """PPO's loss at ``theta``: minus the clipped surrogate plus the inner KL penalties (ProMP), with the mean KL
+    over D_o and each inner step's KL."""
+    sur, kl, inner_kls = learner.outer_terms(theta, trajs, out, learner.ppo_clip, inner_kls=True)
+    return -sur + (learner.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
+
+
+def ppo_gradient(learner: MetaRL, theta: Params, trajs: Sequence[Trajectories],
+                 out: Trajectories) -> tuple[Params, tuple[Tensor, Tensor]]:
+    """The gradient of ``ppo_loss`` at ``theta`` (a pure function: what ``compile=True`` compiles)."""
+    return grad(ppo_loss, argnums=1, has_aux=True)(learner, theta, trajs, out)
 
 
 def trpo_update(learner: MetaRL, x0: Tensor, g: Tensor, trajs: Sequence[Trajectories], out: Trajectories,
