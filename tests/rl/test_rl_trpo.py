@@ -135,3 +135,25 @@ def test_compiled_update_equals_the_eager_one_in_one_graph_per_function():
     assert m_eager["accepted"] == m_comp["accepted"] == 1.0
     assert torch.allclose(flatten(compiled.meta_params()), flatten(eager.meta_params()), rtol=1e-9, atol=1e-12)
     assert set(compiled.__dict__["_compiled"]) == {"objective_gradient", "curvature_product", "surrogate_and_kl"}
+
+
+def test_compiled_joint_training_curvature_equals_eager():
+    """DRS+TRPO (``algo='joint'``, no inner step): the compiled KL Hessian-vector product and update equal eager."""
+    import copy
+
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=10)
+    policy = make_policy(env.action_space, 2, hidden=(8, 8)).double()
+    eager, compiled = (MetaRL(copy.deepcopy(policy), env, algo="joint", episodes=3, compile=c) for c in (False, True))
+    trajs, out = eager.sample(env.sample_tasks(3, torch.Generator().manual_seed(0)).double(),
+                              torch.Generator().manual_seed(1))
+    assert trajs == []
+    v = torch.randn(flatten(eager.meta_params()).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    hv_eager, hv_comp = eager.kl_hvp(trajs, out)(v), compiled.kl_hvp(trajs, out)(v)
+    assert torch.allclose(hv_comp, hv_eager, rtol=1e-10, atol=1e-12) and float(v @ hv_eager) > 0
+    assert eager.update(trajs, out)["accepted"] == compiled.update(trajs, out)["accepted"] == 1.0
+    # conjugate gradient on the policy's nearly singular KL Hessian (damping 1e-5) turns rounding (1e-16 in the
+    # products) into 1e-7 in the step; a wrong product would move it by the step's own size (1e-2)
+    step = float((flatten(eager.meta_params()) - flatten(dict(policy.named_parameters()))).abs().max())
+    assert float((flatten(compiled.meta_params()) - flatten(eager.meta_params())).abs().max()) < 1e-3 * step
+    assert "policy_curvature" in compiled.__dict__["_compiled"]

@@ -123,6 +123,9 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
         def kl_grad(x: Tensor) -> Tensor:
             return grad(lambda y: learner.kl(unflatten(y, theta), trajs, out))(x)
 
+        if not trajs and learner.use_compile:  # joint training, compiled: the products recompute their forward
+            joint = learner.compiled(policy_curvature)
+            return lambda v: joint(learner, theta, out, v) + learner.cg_damping * v
         if not trajs:  # joint training: the KL Hessian of the policy itself, exact
             _, product = vjp(kl_grad, x0)
             return lambda v: product(v)[0] + learner.cg_damping * v
@@ -145,6 +148,13 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
     _, fisher = vjp(grad(partial(_kl_at_sampling, learner, out)), path[-1])
     tasks = out.mask.shape[0]
     return lambda v: curvature_chain(learner, theta, tasks, hessians, fisher, v) + learner.cg_damping * v
+
+
+def policy_curvature(learner: MetaRL, theta: Params, out: Trajectories, v: Tensor) -> Tensor:
+    """The KL's Hessian at ``theta`` times ``v``, with no inner step (joint training; what ``compile=True``
+    compiles)."""
+    kl_grad = grad(lambda x: learner.kl(unflatten(x, theta), [], out))
+    return vjp(kl_grad, flatten(theta))[1](v)[0]
 
 
 def curvature_product(learner: MetaRL, theta: Params, path: list[Params], subs: Sequence[Trajectories],
