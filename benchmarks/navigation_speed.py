@@ -5,9 +5,10 @@ sampling (environment + policy + inner step) and the TRPO update, with pytorch-m
     python benchmarks/navigation_speed.py --maml-rl PATH                    # and pytorch-maml-rl, from a checkout
     python benchmarks/navigation_speed.py --hidden 100,100 --activation relu  # the papers' policy
 
-metagrad runs twice: the Hessian-vector products of TRPO's conjugate gradient on every episode (``hvp_subsample``
-1, what pytorch-maml-rl does) and on a quarter of them (0.25; OpenAI baselines' TRPO takes every 5th sample for its
-Fisher products, rllab has ``subsample_factor``). pytorch-maml-rl runs in its own environment
+metagrad runs eager and with ``compile=True`` (the TRPO update's functions through ``torch.compile``; the
+compilation falls in the warm-up), each twice: the Hessian-vector products of TRPO's conjugate gradient on every
+episode (``hvp_subsample`` 1, what pytorch-maml-rl does) and on a quarter of them (0.25; OpenAI baselines' TRPO takes
+every 5th sample for its Fisher products, rllab has ``subsample_factor``). pytorch-maml-rl runs in its own environment
 (``benchmarks/setup_maml_rl.sh``) through ``maml_rl_speed.py``; without ``--maml-rl`` its column says so.
 Results: results/navigation_speed.{json,md}.
 """
@@ -93,12 +94,14 @@ def main() -> None:
     p.add_argument("--activation", default="tanh")
     p.add_argument("--method", default="maml-trpo")
     p.add_argument("--subsample", default="1,0.25", help="hvp_subsample values to run")
+    p.add_argument("--no-compile", action="store_true", help="skip the compile=True rows")
     p.add_argument("--maml-rl", default="", help="a checkout of tristandeleu/pytorch-maml-rl")
     p.add_argument("--maml-rl-python", default="", help="its environment's python (default benchmarks/.venv-maml-rl)")
     p.add_argument("--results", default=str(HERE / "results" / "navigation_speed"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [metagrad_row(args, float(s)) for s in args.subsample.split(",")]
+    rows = [metagrad_row(args, float(s), compile) for s in args.subsample.split(",")
+            for compile in ((False,) if args.no_compile else (False, True))]
     reference = maml_rl_row(args)
     setting = (f"2D navigation, MAML-TRPO, meta-batch 20 x 20 episodes x 100 steps, one inner step, "
                f"{args.hidden} {args.activation} policy, {args.threads} threads, torch {torch.__version__}")

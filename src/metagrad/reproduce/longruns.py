@@ -44,17 +44,17 @@ ROWS = (
         500),
     Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
         "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained,"
-        "oracle,random --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out "
+        "oracle,random --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --set compile=true --out "
         "results/long/locomotion-cheetah-vel", 500, runs=3),
     Row("SG-MRL Table 2: half-cheetah direction, 1 step, SG-MRL and MAML (VPG)", "500 epochs, 4 seeds",
         "sgmrl-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 "
-        "--time-budget 120 --out results/long/sgmrl-cheetah-dir", 500, runs=2),
+        "--time-budget 120 --set compile=true --out results/long/sgmrl-cheetah-dir", 500, runs=2),
     Row("MAML Table 4: 2D navigation, the context-vector baseline (appendix C.2)", "500 iterations max",
         "navigation-context", "metagrad reproduce navigation --algo context --full --time-budget 60 --set "
         "hvp_subsample=0.25 --out results/long/navigation-context", 500),
     Row("MAML Table 5: half-cheetah forward/backward, the context-vector baseline (appendix C.2)", "100-500 "
         "iterations", "locomotion-cheetah-dir-context", "metagrad reproduce locomotion --env cheetah-dir --algo "
-        "context --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --out "
+        "context --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --set compile=true --out "
         "results/long/locomotion-cheetah-dir-context", 500),
     Row("Reptile Fig. 3 (6.2): inner-gradient combinations, 5-shot 5-way Omniglot", "40K iterations per "
         "combination", "reptile-gradients", "metagrad reproduce reptile-gradients --jobs 2 --time-budget 120 "
