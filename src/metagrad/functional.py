@@ -144,7 +144,8 @@ class Members:
         self.module = module
         self.seen = -1
         self.slots: dict[str, list[tuple[str, dict[str, Any], str]]] = {}
-        self.sizes: list[tuple[dict[str, Any], int]] = []
+        self.tables: list[dict[str, Any]] = []  # every submodule's tables, and their sizes when last walked
+        self.sizes: list[int] = []
 
     def _walk(self) -> None:
         owners = list(self.module.named_modules(remove_duplicate=False))
@@ -156,12 +157,12 @@ class Members:
                     if value is not None and id(value) not in found:
                         found.add(id(value))
                         slots.append((f"{prefix}.{key}" if prefix else key, getattr(owner, kind), key))
-        tables = [getattr(owner, t) for _, owner in owners for t in ("_modules", *self.KINDS)]
-        self.sizes = [(t, len(t)) for t in tables]
+        self.tables = [getattr(owner, t) for _, owner in owners for t in ("_modules", *self.KINDS)]
+        self.sizes = list(map(len, self.tables))
         self.seen = _registrations[0]
 
     def _read(self, kind: str) -> list[tuple[str, Any]]:
-        if self.seen != _registrations[0] or any(len(t) != n for t, n in self.sizes):
+        if self.seen != _registrations[0] or list(map(len, self.tables)) != self.sizes:
             self._walk()
         return [(name, v) for name, table, key in self.slots[kind] if (v := table[key]) is not None]
 
