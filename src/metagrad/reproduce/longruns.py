@@ -46,6 +46,14 @@ ROWS = (
         "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained,"
         "oracle,random --iterations 500 --time-budget 120 --set hvp_subsample=0.25 --set compile=true --out "
         "results/long/locomotion-cheetah-vel", 500, runs=3),
+    Row("MAML Fig. 5: ant goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
+        "locomotion-ant-vel", "metagrad reproduce locomotion --env ant-vel --algo maml-trpo,pretrained,oracle,random "
+        "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --set compile=true --out "
+        "results/long/locomotion-ant-vel", 500, runs=3),
+    Row("MAML Fig. 5: ant direction, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
+        "locomotion-ant-dir", "metagrad reproduce locomotion --env ant-dir --algo maml-trpo,pretrained,oracle,random "
+        "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --set compile=true --out "
+        "results/long/locomotion-ant-dir", 500, runs=3),
     Row("SG-MRL Table 2: half-cheetah direction, 1 step, SG-MRL and MAML (VPG)", "500 epochs, 4 seeds",
         "sgmrl-cheetah-dir", "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 "
         "--time-budget 120 --set compile=true --out results/long/sgmrl-cheetah-dir", 500, runs=2),
