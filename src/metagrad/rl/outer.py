@@ -123,10 +123,10 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
         def kl_grad(x: Tensor) -> Tensor:
             return grad(lambda y: learner.kl(unflatten(y, theta), trajs, out))(x)
 
-        if not trajs and learner.use_compile:  # joint training, compiled: the products recompute their forward
-            joint = learner.compiled(policy_curvature)
-            return lambda v: joint(learner, theta, out, v) + learner.cg_damping * v
         if not trajs:  # joint training: the KL Hessian of the policy itself, exact
+            if learner.use_compile:  # the products recompute their forward pass, fused by the compiler
+                joint = learner.compiled(policy_curvature)
+                return lambda v: joint(learner, theta, out, v) + learner.cg_damping * v
             _, product = vjp(kl_grad, x0)
             return lambda v: product(v)[0] + learner.cg_damping * v
 
@@ -139,7 +139,7 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
             return (kl_grad(x0 + eps * v) - kl_grad(x0 - eps * v)) / (2 * eps) + learner.cg_damping * v
 
         return fd
-    path, hessians = inner_jacobians(learner, theta, trajs)
+    path, hessians = inner_path(learner, theta, trajs)
     out = subsample(learner, out)
     if learner.use_compile:  # the products recompute their forward passes, fused by the compiler (2-3x faster)
         product = learner.compiled(curvature_product)
@@ -161,8 +161,7 @@ def curvature_product(learner: MetaRL, theta: Params, path: list[Params], subs: 
                       out: Trajectories, v: Tensor) -> Tensor:
     """``sum_i J_i^T F_i J_i v`` as a pure function of its inputs (what ``compile=True`` compiles): the inner
     losses' and the KL's Hessian-vector products taken afresh at the kept inner path."""
-    hessians = [] if learner.first_order else [vjp(lambda p, sub=sub: vmap(grad(learner.inner_loss))(p, sub),
-                                                     path[s])[1] for s, sub in enumerate(subs)]
+    hessians = [] if learner.first_order else [inner_gradient(learner, path[s], sub)[1] for s, sub in enumerate(subs)]
     _, fisher = vjp(grad(partial(_kl_at_sampling, learner, out)), path[-1])
     return curvature_chain(learner, theta, out.mask.shape[0], hessians, fisher, v)
 
@@ -193,8 +192,7 @@ def _kl_at_sampling(learner: MetaRL, out: Trajectories, p: Params) -> Tensor:
     return (learner.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
 
 
-def inner_jacobians(learner: MetaRL, theta: Params,
-                    trajs: Sequence[Trajectories]) -> tuple[list[Params], list[Any]]:
+def inner_path(learner: MetaRL, theta: Params, trajs: Sequence[Trajectories]) -> tuple[list[Params], list[Any]]:
     """The (detached, per-task) parameters after each inner step, and per step s the Hessian-vector product
     ``u -> H_s u`` of the task's inner loss at its parameters before step s (on ``[T, ...]`` trees, on the
     ``hvp_subsample`` episodes), from which ``curvature_chain`` forms the inner steps' Jacobians."""
@@ -203,13 +201,19 @@ def inner_jacobians(learner: MetaRL, theta: Params,
     hessians = []
     for s, tr in enumerate(trajs):
         sub = subsample(learner, tr)
-        grads, hess = vjp(lambda p, sub=sub: vmap(grad(learner.inner_loss))(p, sub), path[-1])
+        grads, hess = inner_gradient(learner, path[-1], sub)
         if sub is not tr:  # the path itself follows the inner steps on all episodes
             grads = vmap(grad(learner.inner_loss))(path[-1], tr)
         moved = detach(learner.inner.step(learner.split(path[-1])[0], learner.split(grads)[0], None, s, {})[0])
         path.append({k: moved.get(k, v) for k, v in path[-1].items()})
         hessians.append(hess)
     return path, hessians
+
+
+def inner_gradient(learner: MetaRL, params: Params, traj: Trajectories) -> tuple[Params, Any]:
+    """Every task's inner-loss gradient at its ``params`` (``[T, ...]``) on ``traj``, and its Hessian-vector product
+    ``u -> (H u,)`` (the gradient's vjp: second derivatives only)."""
+    return vjp(lambda p: vmap(grad(learner.inner_loss))(p, traj), params)
 
 
 def subsample(learner: MetaRL, traj: Trajectories) -> Trajectories:
