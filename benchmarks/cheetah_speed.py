@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from navigation_speed import metagrad_row, table
+from navigation_speed import metagrad_row, run_maml_rl, write_results
 
 HERE = Path(__file__).resolve().parent
 PAPER = {"env": "cheetah-dir", "horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02}
@@ -30,18 +29,12 @@ PAPER = {"env": "cheetah-dir", "horizon": 200, "meta_batch_size": 40, "episodes"
 
 def maml_rl_row(args: argparse.Namespace) -> dict:
     """pytorch-maml-rl's seconds per meta-iteration on metagrad's half-cheetah, or why there is none."""
-    if not args.maml_rl:
-        return {"library": "pytorch-maml-rl", "skipped": "no checkout given (--maml-rl PATH)"}
-    python = args.maml_rl_python or str(HERE / ".venv-maml-rl" / "bin" / "python")
-    if not Path(python).exists():
-        return {"library": "pytorch-maml-rl", "skipped": f"{python} missing: run benchmarks/setup_maml_rl.sh"}
-    with tempfile.TemporaryDirectory() as out:
-        cmd = [python, str(HERE / "maml_rl_cheetah.py"), "--repo", args.maml_rl, "--out", out, "--iterations",
-               str(args.iterations + args.warmup), "--workers", str(args.threads), "--seed", "1"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            return {"library": "pytorch-maml-rl", "skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
-        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()][args.warmup:]
+    with tempfile.TemporaryDirectory() as folder:
+        out = run_maml_rl(args, "maml_rl_cheetah.py", "--out", folder, "--iterations",
+                          str(args.iterations + args.warmup), "--workers", str(args.threads), "--seed", "1")
+        if isinstance(out, dict):
+            return out
+        rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()][args.warmup:]
     wall = [r["seconds"] for r in rows]
     return {"library": "pytorch-maml-rl", "workers": args.threads, "iterations": len(rows),
             "seconds_per_iteration_median": round(statistics.median(wall), 3),
@@ -67,11 +60,7 @@ def main() -> None:
     setting = (f"Half-cheetah direction, MAML-TRPO, meta-batch 40 x 20 episodes x 200 steps, one inner step, "
                f"100,100 relu policy, {args.threads} threads, {args.iterations} timed iterations after "
                f"{args.warmup} warm-up, torch {torch.__version__}")
-    out = {"setting": setting, "rows": [*rows, reference]}
-    Path(args.results).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-    md = f"{setting}.\n\n{table(rows, reference)}\n"
-    Path(args.results).with_suffix(".md").write_text(md)
-    print(md)
+    write_results(args.results, setting, rows, reference)
 
 
 if __name__ == "__main__":

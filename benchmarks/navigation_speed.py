@@ -54,19 +54,35 @@ def metagrad_row(args: argparse.Namespace, subsample: float, compile: bool = Fal
             "return_post_last": round(rows[-1]["return_post"], 2)}
 
 
-def maml_rl_row(args: argparse.Namespace) -> dict:
-    """pytorch-maml-rl's row, run in its own environment, or why there is none."""
+def run_maml_rl(args: argparse.Namespace, script: str, *options: str) -> str | dict:
+    """Run ``script`` of this folder in pytorch-maml-rl's own environment with its checkout and ``options``: its
+    standard output, or the row that says why it did not run."""
     if not args.maml_rl:
         return {"library": "pytorch-maml-rl", "skipped": "no checkout given (--maml-rl PATH)"}
     python = args.maml_rl_python or str(HERE / ".venv-maml-rl" / "bin" / "python")
     if not Path(python).exists():
         return {"library": "pytorch-maml-rl", "skipped": f"{python} missing: run benchmarks/setup_maml_rl.sh"}
-    cmd = [python, str(HERE / "maml_rl_speed.py"), "--repo", args.maml_rl, "--iterations", str(args.iterations),
-           "--warmup", str(args.warmup), "--workers", str(args.threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run([python, str(HERE / script), "--repo", args.maml_rl, *options], capture_output=True,
+                          text=True)
     if done.returncode:
         return {"library": "pytorch-maml-rl", "skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout
+
+
+def maml_rl_row(args: argparse.Namespace) -> dict:
+    """pytorch-maml-rl's row, run in its own environment, or why there is none."""
+    out = run_maml_rl(args, "maml_rl_speed.py", "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+                      "--workers", str(args.threads))
+    return out if isinstance(out, dict) else json.loads(out.strip().splitlines()[-1])
+
+
+def write_results(path: str, setting: str, rows: list[dict], reference: dict) -> None:
+    """``path``.json (every row) and ``path``.md (the table under its setting), printed too."""
+    out = {"setting": setting, "rows": [*rows, reference]}
+    Path(path).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    md = f"{setting}.\n\n{table(rows, reference)}\n"
+    Path(path).with_suffix(".md").write_text(md)
+    print(md)
 
 
 def table(rows: list[dict], reference: dict) -> str:
@@ -105,11 +121,7 @@ def main() -> None:
     reference = maml_rl_row(args)
     setting = (f"2D navigation, MAML-TRPO, meta-batch 20 x 20 episodes x 100 steps, one inner step, "
                f"{args.hidden} {args.activation} policy, {args.threads} threads, torch {torch.__version__}")
-    out = {"setting": setting, "rows": [*rows, reference]}
-    Path(args.results).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-    md = f"{setting}.\n\n{table(rows, reference)}\n"
-    Path(args.results).with_suffix(".md").write_text(md)
-    print(md)
+    write_results(args.results, setting, rows, reference)
 
 
 if __name__ == "__main__":
