@@ -9,7 +9,8 @@ metagrad runs eager and with ``compile=True`` (the TRPO update's functions throu
 compilation falls in the warm-up), each twice: the Hessian-vector products of TRPO's conjugate gradient on every
 episode (``hvp_subsample`` 1, what pytorch-maml-rl does) and on a quarter of them (0.25; OpenAI baselines' TRPO takes
 every 5th sample for its Fisher products, rllab has ``subsample_factor``). pytorch-maml-rl runs in its own environment
-(``benchmarks/setup_maml_rl.sh``) through ``maml_rl_speed.py``; without ``--maml-rl`` its column says so.
+(``benchmarks/setup_maml_rl.sh``) through ``maml_rl_speed.py``, one thread per process (learner and each of
+``--threads`` sampler workers: its fastest setting); without ``--maml-rl`` its column says so.
 Results: results/navigation_speed.{json,md}.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -62,8 +64,11 @@ def run_maml_rl(args: argparse.Namespace, script: str, *options: str) -> str | d
     python = args.maml_rl_python or str(HERE / ".venv-maml-rl" / "bin" / "python")
     if not Path(python).exists():
         return {"library": "pytorch-maml-rl", "skipped": f"{python} missing: run benchmarks/setup_maml_rl.sh"}
+    # one thread per process (its learner and each sampler worker), its fastest setting on 2 cores: with torch's
+    # default threads everywhere, 2 workers and the learner took 14.6 s per navigation iteration, with one 5.0 s
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run([python, str(HERE / script), "--repo", args.maml_rl, *options], capture_output=True,
-                          text=True)
+                          text=True, env=one_thread)
     if done.returncode:
         return {"library": "pytorch-maml-rl", "skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
     return done.stdout

@@ -251,12 +251,14 @@ class MetaRL(nn.Module):
         return self.compiled(objective_gradient)(self, self.meta_params(), trajs, out)
 
     def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` through ``torch.compile`` (one graph, made once per learner) with ``compile=True``, else ``fn``."""
+        """``fn`` through ``torch.compile`` (one graph, made once per learner and input shapes) with ``compile=True``,
+        else ``fn``. Static shapes: dynamo's automatic dynamic shapes, tried on a second set of shapes (e.g. another
+        number of episodes), cannot size the batched tensors inside ``vmap`` and fail."""
         if not self.use_compile:
             return fn
         cache = self.__dict__.setdefault("_compiled", {})
         if fn.__name__ not in cache:
-            cache[fn.__name__] = torch.compile(fn, fullgraph=True)
+            cache[fn.__name__] = torch.compile(fn, fullgraph=True, dynamic=False)
         return cache[fn.__name__]
 
     def kl_hvp(self, trajs: Sequence[Trajectories], out: Trajectories) -> Any:
