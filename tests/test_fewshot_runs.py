@@ -94,3 +94,19 @@ def test_reproduce_reaches_the_non_convolutional_maml(tmp_path, capsys, monkeypa
     assert result["config"]["model"]["model"] == "mlp-bn" and result["paper_steps"] == 3
     assert result["modes"]["transductive"]["paper"] == [89.7, 1.1]
     assert "89.70 ± 1.10" in capsys.readouterr().out
+
+
+def test_reproduce_reaches_anil_with_its_paper_number_at_20_way(tmp_path, capsys, monkeypatch):
+    """`reproduce omniglot --algo anil`: the inner loop adapts the head alone (the body's parameters leave the
+    inner loop untouched but get a meta-gradient); the ANIL paper's Omniglot number (20-way) printed beside."""
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    root = fake_omniglot(tmp_path / "om", alphabets=10, characters=10)  # a validation split of 20+ classes
+    out = tmp_path / "results"
+    assert main(["reproduce", "omniglot", "--algo", "anil", "--ways", "20", "--iterations", "2", "--eval-tasks", "2",
+                 "--data-root", str(root), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "omniglot-anil-20w1s.json").read_text())
+    assert result["config"]["algo"]["adapt"] == ["classifier"] and result["paper_steps"] == 5
+    assert result["modes"]["transductive"]["paper"] == [96.2, 0.5]
+    assert "96.20 ± 0.50" in capsys.readouterr().out
+    assert main(["reproduce", "miniimagenet", "--algo", "anil", "--iterations", "1"]) == 2
+    assert "--algo 'anil' does not apply to miniimagenet" in capsys.readouterr().err

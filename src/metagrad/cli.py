@@ -75,9 +75,9 @@ def build_parser() -> Parser:
     images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
     images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile, maml-nonconv (Omniglot, the MAML "
                         "paper's fully connected network), context (Omniglot, the MAML paper's context-vector "
-                        "baseline); for navigation and locomotion, "
-                        "comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, oracle, sgmrl, "
-                        "sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, context, or all")
+                        "baseline), anil (Omniglot, the inner loop adapts the head alone); for navigation and "
+                        "locomotion, comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, "
+                        "oracle, sgmrl, sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, context, or all")
     images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
     images.add_argument("--shots", type=int, default=1, help="examples per class, K (default: 1)")
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
@@ -372,8 +372,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce.fewshot import ALGOS, OMNIGLOT_ONLY
 
     if algo not in ALGOS or (algo in OMNIGLOT_ONLY and args.experiment != "omniglot"):
-        raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or reptile"
-                            + (" (or maml-nonconv or context on omniglot)" if args.experiment == "omniglot" else ""))
+        extra = " (or maml-nonconv, context or anil on omniglot)" if args.experiment == "omniglot" else ""
+        raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or "
+                            f"reptile{extra}")
     fewshot.run(args.experiment, algo, args.ways, args.shots, out, full=args.full, iterations=args.iterations,
                 time_budget=args.time_budget, overrides=overrides, progress=not args.no_progress)
     return 0

@@ -1,6 +1,7 @@
 """Few-shot classification: Omniglot and MiniImagenet with MAML, first-order MAML and Reptile
 (MAML paper 5.2, Table 1; Reptile paper 6.1, Tables 1 and 2), and on Omniglot the MAML paper's non-convolutional
-network (Table 1) and context-vector baseline (appendix C.2, Table 3).
+network (Table 1) and context-vector baseline (appendix C.2, Table 3), and ANIL (the inner loop adapts the head
+alone; Raghu et al. 2020, whose Omniglot numbers are 20-way).
 
 ``run`` meta-trains one (dataset, algorithm, N-way, K-shot) setting from the paper's preset into
 ``OUT/<setting>`` (resumable), keeps the best checkpoint by validation accuracy, tests it on 600 tasks in
@@ -22,8 +23,8 @@ from ..errors import ConfigError
 from ..experiment import continue_run, evaluate, load_run
 from ..settings import preset_names
 
-ALGOS = ("maml", "fomaml", "reptile", "maml-nonconv", "context")
-OMNIGLOT_ONLY = ("maml-nonconv", "context")  # the MAML paper's fully connected network; its context-vector baseline
+ALGOS = ("maml", "fomaml", "reptile", "maml-nonconv", "context", "anil")
+OMNIGLOT_ONLY = ("maml-nonconv", "context", "anil")  # MAML's fully connected network, its context vector; ANIL
 DEFAULT_MINUTES = 30.0  # the default budget; --full runs the paper's iterations whatever the time
 
 # The papers' test accuracies (%), mean and 95% half-width: (dataset, algo, transductive) -> {(N, K): ...}.
@@ -31,6 +32,7 @@ PAPER: dict[tuple[str, str, bool], dict[tuple[int, int], tuple[float, float]]] =
     ("omniglot", "maml", True): {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
     ("omniglot", "maml-nonconv", True): {(5, 1): (89.7, 1.1), (5, 5): (97.5, 0.6)},  # MAML Table 1, "no conv"
     ("omniglot", "context", True): {(5, 1): (94.9, 0.9), (5, 5): (97.7, 0.3)},  # MAML Table 3 (appendix C.2)
+    ("omniglot", "anil", True): {(20, 1): (96.2, 0.5), (20, 5): (98.0, 0.3)},  # ANIL paper (20-way only)
     ("omniglot", "fomaml", True): {(5, 1): (98.3, 0.5), (5, 5): (99.2, 0.2), (20, 1): (89.4, 0.5),
                                    (20, 5): (97.9, 0.1)},
     ("omniglot", "reptile", False): {(5, 1): (95.39, 0.09), (5, 5): (98.90, 0.10), (20, 1): (88.14, 0.15),

@@ -71,6 +71,12 @@ ROWS = (
         "iterations of 32 tasks", "omniglot-maml-nonconv", "metagrad reproduce omniglot --algo maml-nonconv --ways 5 "
         "--shots 1 --time-budget 110 --data-root ../shared/data/omniglot --no-progress --out "
         "results/long/omniglot-maml-nonconv", 60_000),
+    Row("MAML Table 3: Omniglot 5-way 1-shot, the context-vector baseline (appendix C.2)", "60K iterations of 32 "
+        "tasks", "omniglot-context", "metagrad reproduce omniglot --algo context --ways 5 --shots 1 --time-budget 110 "
+        "--data-root ../shared/data/omniglot --no-progress --out results/long/omniglot-context", 60_000),
+    Row("ANIL on Omniglot 5-way 1-shot (the ANIL paper reports 20-way only)", "60K iterations of 32 tasks (MAML's)",
+        "omniglot-anil", "metagrad reproduce omniglot --algo anil --ways 5 --shots 1 --time-budget 110 --data-root "
+        "../shared/data/omniglot --no-progress --out results/long/omniglot-anil", 60_000),
     Row("Trade-off Fig. 1: HalfCheetah Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
         "tradeoff-rl-cheetah-rand-vel-ppo", "metagrad tradeoff rl --env cheetah-rand-vel --pair ppo --budget 2000000 "
         "--checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-ppo",
