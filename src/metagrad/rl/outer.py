@@ -195,15 +195,19 @@ def _kl_at_sampling(learner: MetaRL, out: Trajectories, p: Params) -> Tensor:
 def inner_path(learner: MetaRL, theta: Params, trajs: Sequence[Trajectories]) -> tuple[list[Params], list[Any]]:
     """The (detached, per-task) parameters after each inner step, and per step s the Hessian-vector product
     ``u -> H_s u`` of the task's inner loss at its parameters before step s (on ``[T, ...]`` trees, on the
-    ``hvp_subsample`` episodes), from which ``curvature_chain`` forms the inner steps' Jacobians."""
+    ``hvp_subsample`` episodes), from which ``curvature_chain`` forms the inner steps' Jacobians (None where they
+    are not needed: first-order methods, and ``compile=True``, whose products take them afresh)."""
     tasks = trajs[0].mask.shape[0]
     path = [{k: v.expand(tasks, *v.shape) for k, v in theta.items()}]
     hessians = []
     for s, tr in enumerate(trajs):
         sub = subsample(learner, tr)
-        grads, hess = inner_gradient(learner, path[-1], sub)
-        if sub is not tr:  # the path itself follows the inner steps on all episodes
-            grads = vmap(grad(learner.inner_loss))(path[-1], tr)
+        if learner.first_order or learner.use_compile:  # no curvature of the inner losses (J = I), or compiled
+            grads, hess = vmap(grad(learner.inner_loss))(path[-1], tr), None  # products that recompute it
+        else:
+            grads, hess = inner_gradient(learner, path[-1], sub)
+            if sub is not tr:  # the path itself follows the inner steps on all episodes
+                grads = vmap(grad(learner.inner_loss))(path[-1], tr)
         moved = detach(learner.inner.step(learner.split(path[-1])[0], learner.split(grads)[0], None, s, {})[0])
         path.append({k: moved.get(k, v) for k, v in path[-1].items()})
         hessians.append(hess)
