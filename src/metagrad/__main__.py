@@ -3,17 +3,24 @@ torch) answered in one line, exit code 130."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def run() -> int:
-    """Import the command line and run it; Ctrl-C while importing stops quietly."""
+    """Import the command line and run it; Ctrl-C while importing or reading the options stops quietly."""
     try:
         from .cli import main
     except KeyboardInterrupt:
+        print("metagrad: interrupted", file=sys.stderr, flush=True)
+        # straight out: nothing is open yet, and the finalization of a half-imported torch can meet the interrupt
+        # again and end the process by SIGINT (exit status -2, seen once in three runs with Ctrl-C after 1 s)
+        os._exit(130)
+    try:
+        return main()
+    except KeyboardInterrupt:  # while the options and presets are read, before a command handles its own
         print("metagrad: interrupted", file=sys.stderr)
         return 130
-    return main()
 
 
 if __name__ == "__main__":
