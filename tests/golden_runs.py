@@ -139,8 +139,8 @@ def differences(got: dict[str, Any], want: dict[str, Any], exact: bool) -> list[
 
 
 def recordings() -> list[dict[str, Any]]:
-    """Every recording: ``{"machine": ..., "runs": ...}`` per kind of machine."""
-    return json.loads(GOLDEN.read_text())["recordings"]
+    """Every recording: ``{"machine": ..., "runs": ...}`` per kind of machine (none before the first)."""
+    return json.loads(GOLDEN.read_text())["recordings"] if GOLDEN.exists() else []
 
 
 def recording_for(kind: str) -> dict[str, Any] | None:
@@ -158,6 +158,7 @@ if __name__ == "__main__":
     results = run_all()
     if sys.argv[1:] == ["record"]:
         others = [r for r in recordings() if r["machine"] != machine()]
+        GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps({"recordings": [*others, {"machine": machine(), "runs": results}]}, indent=1))
         print(f"recorded {len(results)} runs for {machine()} into {GOLDEN}")
     else:
