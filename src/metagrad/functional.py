@@ -106,7 +106,9 @@ def write_grads(module_params: Mapping[str, nn.Parameter], grads: Mapping[str, T
     that exist are overwritten in one foreach copy)."""
     dst, src = [], []
     for name, p in module_params.items():
-        g = grads[name].detach()
+        g = grads[name]
+        if g.requires_grad:
+            g = g.detach()
         if p.grad is None:
             p.grad = g.to(p.dtype, copy=True)
         else:

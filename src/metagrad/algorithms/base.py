@@ -44,6 +44,9 @@ BATCHING = ("auto", "vmap", "loop")
 INNER_SAMPLING = ("cycle", "replacement")
 INNER_STATE = ("fresh", "carried")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+# The compiled graph's kernels called from C++ rather than Python on the CPU: W1 0.39 vs 0.46 ms per meta-gradient
+# (benchmarks/compile_w1.py), the Python wrapper's ~100 tensor allocations and calls being a sixth of it.
+CPU_COMPILE_OPTIONS = {"cpp_wrapper": True}
 Meta = dict[str, Params]
 
 
@@ -264,14 +267,23 @@ class MetaLearner(nn.Module):
     def meta_params(self) -> Meta:
         """The meta-parameters as detached trees: the model's trainable parameters and the inner rule's (learned step
         sizes of the adapted parameters); frozen parameters are not meta-parameters (see ``buffers``)."""
-        model = {n: p.detach() for n, p in self.trainable().items()}
-        return {"model": model, "inner": self.inner.hyper(self.adapted_names(model))}
+        return self.functional_inputs()[0]
 
     def buffers(self) -> Params:
         """The constants of the model's functional call: its buffers and its frozen parameters."""
+        return self.functional_inputs()[1]
+
+    def functional_inputs(self) -> tuple[Meta, Params]:
+        """``meta_params()`` and ``buffers()`` from one read of the model's members (a compiled W1 meta-gradient
+        is half a millisecond: each read is a few percent of it)."""
         members = self.members(self.model)
-        frozen = {n: p.detach() for n, p in members.parameters() if not p.requires_grad}
-        return {**members.buffers(), **frozen} if frozen else members.buffers()
+        model: Params = {}
+        frozen: Params = {}
+        for n, p in members.parameters():
+            (model if p.requires_grad else frozen)[n] = p.detach()
+        buffers = members.buffers()
+        meta = {"model": model, "inner": self.inner.hyper(self.adapted_names(model))}
+        return meta, {**buffers, **frozen} if frozen else buffers
 
     @property
     def vmapped(self) -> bool:
@@ -458,7 +470,7 @@ class MetaLearner(nn.Module):
         ``task_threads`` threads at once, each shard in chunks of ``chunk_size`` tasks, and combined with their
         weights (the same mean, summed in another order); ``fn`` compiled when the learner is."""
         self.verify_batching(batch)
-        meta, buffers, n = self.meta_params(), self.buffers(), batch.num_tasks
+        (meta, buffers), n = self.functional_inputs(), batch.num_tasks
         fn = self.compiled(fn)
         shards = partition(n, self.task_threads(n))
         try:
@@ -504,7 +516,7 @@ class MetaLearner(nn.Module):
         """``batch_gradient`` with the inner rule's state carried (``inner_state="carried"``): the tasks one after
         another in order, each inner loop starting from the state the previous one left, which is kept at the end.
         The tasks' contributions are stacked and combined as the per-task loop combines them."""
-        meta, buffers = self.meta_params(), self.buffers()
+        meta, buffers = self.functional_inputs()
         state = self.carried.value()
         outs = []
         for i in range(batch.num_tasks):
@@ -550,13 +562,17 @@ class MetaLearner(nn.Module):
             return fn
         cache = self.__dict__.setdefault("_compiled", {})
         if fn.__name__ not in cache:
-            cache[fn.__name__] = torch.compile(fn, mode=self.compile_mode)
+            if self.compile_mode == "default" and self._on_cpu():
+                cache[fn.__name__] = torch.compile(fn, options=CPU_COMPILE_OPTIONS)
+            else:
+                cache[fn.__name__] = torch.compile(fn, mode=self.compile_mode)
         return cache[fn.__name__]
 
     def write_meta_gradient(self, grads: Meta) -> None:
         """Write ``grads`` into ``.grad`` of the meta-parameters it holds (frozen ones are left with None)."""
         for module, tree in ((self.model, grads["model"]), (self.inner, grads["inner"])):
-            write_grads({n: p for n, p in self.members(module).parameters() if n in tree}, tree)
+            if tree:
+                write_grads({n: p for n, p in self.members(module).parameters() if n in tree}, tree)
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -579,7 +595,7 @@ class MetaLearner(nn.Module):
         """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``."""
         rule = inner if inner is not None else self.inner
         self.verify_batching(batch)
-        meta, buffers = self.meta_params(), self.buffers()
+        meta, buffers = self.functional_inputs()
         start = self.start_state(rule)
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
         if chunk is None:  # tasks per vmap call: bounded so that image tasks do not exhaust memory
