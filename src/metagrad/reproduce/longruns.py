@@ -91,6 +91,14 @@ ROWS = (
         "metagrad tradeoff rl --env ml10 --pair ppo --budget 60000 --checkpoints 3 --seeds 5 --meta-batch-size 5 "
         "--episodes 5 --test-tasks 5 --test-episodes 5 --out results/long/tradeoff-rl-ml10-ppo", 60_000, "env steps",
         runs=10),
+    Row("Trade-off Figs. 1-2: ML10, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds", "tradeoff-rl-ml10-trpo",
+        "metagrad tradeoff rl --env ml10 --pair trpo --budget 60000 --checkpoints 3 --seeds 5 --meta-batch-size 5 "
+        "--episodes 5 --test-tasks 5 --test-episodes 5 --out results/long/tradeoff-rl-ml10-trpo", 60_000, "env steps",
+        runs=10),
+    Row("Trade-off Figs. 1-2: ML45, DRS+PPO vs ProMP", "336M steps per run, 5 seeds", "tradeoff-rl-ml45-ppo",
+        "metagrad tradeoff rl --env ml45 --pair ppo --budget 60000 --checkpoints 3 --seeds 5 --meta-batch-size 5 "
+        "--episodes 5 --test-tasks 5 --test-episodes 5 --out results/long/tradeoff-rl-ml45-ppo", 60_000, "env steps",
+        runs=10),
 )
 
 
