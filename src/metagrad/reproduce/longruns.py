@@ -79,6 +79,16 @@ ROWS = (
     Row("ANIL on Omniglot 5-way 1-shot (the ANIL paper reports 20-way only)", "60K iterations of 32 tasks (MAML's)",
         "omniglot-anil", "metagrad reproduce omniglot --algo anil --ways 5 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-anil", 60_000),
+    Row("Reptile Tables 1-2: Omniglot 5-way, Reptile with Adam's state carried (its 1- and 5-shot tests are of one "
+        "run)", "100K iterations of 5 tasks", "omniglot-reptile", "metagrad reproduce omniglot --algo reptile --ways 5 "
+        "--shots 1 --time-budget 110 --data-root ../shared/data/omniglot --no-progress --out "
+        "results/long/omniglot-reptile", 100_000),
+    Row("MAML Table 1: Omniglot 20-way 1-shot, MAML", "60K iterations of 16 tasks", "omniglot-maml-20way",
+        "metagrad reproduce omniglot --algo maml --ways 20 --shots 1 --time-budget 110 --data-root "
+        "../shared/data/omniglot --no-progress --out results/long/omniglot-maml-20way", 60_000),
+    Row("Reptile Tables 1-2: Omniglot 20-way 1-shot, Reptile", "200K iterations of 5 tasks", "omniglot-reptile-20way",
+        "metagrad reproduce omniglot --algo reptile --ways 20 --shots 1 --time-budget 110 --data-root "
+        "../shared/data/omniglot --no-progress --out results/long/omniglot-reptile-20way", 200_000),
     Row("Trade-off Fig. 1: HalfCheetah Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
         "tradeoff-rl-cheetah-rand-vel-ppo", "metagrad tradeoff rl --env cheetah-rand-vel --pair ppo --budget 2000000 "
         "--checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-ppo",
