@@ -269,3 +269,37 @@ def test_adapt_names_must_match_the_policy():
         MetaRL(policy, env, adapt=["contxt"])
     with pytest.raises(ConfigError, match="context -1 must be >= 0"):
         make_policy(env.action_space, 2, context=-1)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_fisher_product_is_the_kl_hessian_at_the_sampling_parameters(kind):
+    """The TRPO Fisher product (per-task parameters) against finite differences of the KL's gradient: by
+    Gauss-Newton where the distribution's parameters are free (Gaussian), by double backward where they are not
+    (categorical log-probs, whose KL gradient is -p_old: Gauss-Newton there would miss the curvature)."""
+    from types import SimpleNamespace
+
+    from metagrad.rl.outer import _dist, _kl_of_dist, fisher_product
+    from metagrad.rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy
+
+    torch.manual_seed(0)
+    policy = (GaussianMLPPolicy(3, 2, (8, 8), "tanh") if kind == "gaussian"
+              else CategoricalMLPPolicy(3, 4, (8, 8), "tanh")).double()
+    assert policy.free_dist == (kind == "gaussian")
+    tasks = 3
+    p = {k: v.detach().expand(tasks, *v.shape) + 0.1 * torch.randn(tasks, *v.shape, dtype=torch.float64)
+         for k, v in policy.named_parameters()}
+    obs = torch.randn(tasks, 2, 5, 3, dtype=torch.float64)
+    learner = SimpleNamespace(policy=policy)
+    out = SimpleNamespace(obs=obs, mask=(torch.rand(tasks, 2, 5) > 0.2).double(), old_dist=None)
+    out.old_dist = _dist(learner, out, p).detach()
+    kl_grad = grad(lambda q: _kl_of_dist(learner, out, _dist(learner, out, q)))
+    product = fisher_product(learner, out, p)
+    for seed in (1, 2):
+        gen = torch.Generator().manual_seed(seed)
+        u = {k: torch.randn(v.shape, dtype=v.dtype, generator=gen) for k, v in p.items()}
+        eps = 1e-5
+        plus, minus = (kl_grad({k: p[k] + s * eps * u[k] for k in p}) for s in (1, -1))
+        fd = flatten({k: (plus[k] - minus[k]) / (2 * eps) for k in p})
+        fu = flatten(product(u)[0])
+        assert float((fu - fd).norm() / fd.norm()) < 1e-7
+        assert float(fu.norm()) > 1e-3

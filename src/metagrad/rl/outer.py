@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.func import grad, vjp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
 from ..distributed import Share
 from ..errors import ConfigError, TrainingDiverged
@@ -145,7 +145,7 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
         product = learner.compiled(curvature_product)
         subs = [subsample(learner, tr) for tr in trajs]
         return lambda v: product(learner, theta, path, subs, out, v) + learner.cg_damping * v
-    _, fisher = vjp(grad(partial(_kl_at_sampling, learner, out)), path[-1])
+    fisher = fisher_product(learner, out, path[-1])
     tasks = out.mask.shape[0]
     return lambda v: curvature_chain(learner, theta, tasks, hessians, fisher, v) + learner.cg_damping * v
 
@@ -162,7 +162,7 @@ def curvature_product(learner: MetaRL, theta: Params, path: list[Params], subs: 
     """``sum_i J_i^T F_i J_i v`` as a pure function of its inputs (what ``compile=True`` compiles): the inner
     losses' and the KL's Hessian-vector products taken afresh at the kept inner path."""
     hessians = [] if learner.first_order else [inner_gradient(learner, path[s], sub)[1] for s, sub in enumerate(subs)]
-    _, fisher = vjp(grad(partial(_kl_at_sampling, learner, out)), path[-1])
+    fisher = fisher_product(learner, out, path[-1])
     return curvature_chain(learner, theta, out.mask.shape[0], hessians, fisher, v)
 
 
@@ -186,9 +186,37 @@ def curvature_chain(learner: MetaRL, theta: Params, tasks: int, hessians: Sequen
     return flatten({k: t.sum(0) for k, t in w.items()})
 
 
-def _kl_at_sampling(learner: MetaRL, out: Trajectories, p: Params) -> Tensor:
-    """The mean KL(pi_old || pi_p) over the valid steps of ``out`` with per-task parameters ``p``."""
-    dist = policy_dist(learner.policy, p, out.obs, True)
+def fisher_product(learner: MetaRL, out: Trajectories, p: Params) -> Any:
+    """``u -> (F u,)``, F the Hessian of the mean KL(pi_old || pi_p) at the sampling parameters ``p`` (per task).
+
+    Where the policy's distribution parameters are free (``Policy.free_dist``: a Gaussian's mean and log-std) the
+    KL's gradient in them is zero at the old distribution, so F is exactly the Gauss-Newton product ``J^T H J`` (J:
+    the Jacobian of the distribution parameters, H: the KL's Hessian in them, taken on the distribution alone):
+    one forward-mode and one reverse pass through the policy instead of the double backward (40 tasks x 4,000
+    states, 2x100 ReLU, one thread: 0.72-1.01 against 1.17 s a product, equal to the bit). Categorical log-probs
+    are not free (the KL's gradient in them is -p_old): there the double backward."""
+    kl = partial(_kl_of_dist, learner, out)
+    if not learner.policy.free_dist:
+        _, double_backward = vjp(grad(lambda q: kl(_dist(learner, out, q))), p)
+        return double_backward
+    p = {k: t.contiguous() for k, t in p.items()}  # forward mode refuses expanded primals and tangents
+    d, pullback = vjp(partial(_dist, learner, out), p)
+    _, kl_hessian = vjp(grad(kl), d)
+
+    def product(u: Params) -> tuple[Params]:
+        _, ju = jvp(partial(_dist, learner, out), (p,), ({k: t.contiguous() for k, t in u.items()},))
+        return pullback(kl_hessian(ju)[0])
+
+    return product
+
+
+def _dist(learner: MetaRL, out: Trajectories, p: Params) -> Tensor:
+    """The policy's distribution parameters on the states of ``out`` with per-task parameters ``p``."""
+    return policy_dist(learner.policy, p, out.obs, True)
+
+
+def _kl_of_dist(learner: MetaRL, out: Trajectories, dist: Tensor) -> Tensor:
+    """The mean KL(pi_old || dist) over the valid steps of ``out``."""
     return (learner.policy.kl(out.old_dist, dist) * out.mask).sum() / out.mask.sum().clamp(min=1)
 
 

@@ -41,6 +41,7 @@ class Policy(nn.Module):
     """Interface: ``forward(obs) -> dist`` and pure functions of ``dist``."""
 
     discrete: bool = False
+    free_dist: bool = False  # dist's entries are unconstrained, so the KL's gradient in them is 0 at the old dist
 
     def log_prob(self, dist: Tensor, actions: Tensor) -> Tensor:
         """log pi(a | s), summed over action dimensions: shape ``dist.shape[:-1]``."""
@@ -66,6 +67,8 @@ class Policy(nn.Module):
 class GaussianMLPPolicy(Policy):
     """Diagonal Gaussian with an MLP mean (the papers: 2 hidden layers of 100, ReLU) and a learned,
     state-independent log standard deviation. ``dist`` is ``[mean, log_std]`` along the last dimension."""
+
+    free_dist = True  # mean and log-std
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int] = (100, 100), activation: str = "relu",
                  init_std: float = 1.0):
@@ -142,7 +145,7 @@ class ContextPolicy(ContextVector, Policy):
 
     def __init__(self, policy: Policy, size: int):
         super().__init__(policy, size)
-        self.discrete = policy.discrete
+        self.discrete, self.free_dist = policy.discrete, policy.free_dist
 
     def log_prob(self, dist: Tensor, actions: Tensor) -> Tensor:
         return self.model.log_prob(dist, actions)
