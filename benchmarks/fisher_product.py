@@ -1,13 +1,14 @@
-"""The TRPO curvature product of MAML-TRPO (``learner.kl_hvp``) with its Fisher part taken two ways, in one
-process on the same sampled meta-batch: by double backward through the policy (what metagrad did before) and by
-Gauss-Newton, ``J^T H J`` (what it does now for Gaussian policies; ``metagrad.rl.outer.fisher_product``).
+"""The compiled TRPO curvature product of MAML-TRPO (``learner.kl_hvp`` with ``compile=True``) with its Fisher part
+taken two ways, in one process on the same sampled meta-batch: by double backward through the policy (what metagrad
+compiled before) and by Gauss-Newton, ``J^T H J`` (what it compiles now for Gaussian policies;
+``metagrad.rl.outer.fisher_product``). Eager products keep the double backward over a kept graph (as fast there).
 
-    .venv/bin/python benchmarks/fisher_product.py [--env cheetah|navigation] [--threads 2] [--compile] [--repeats 3]
+    .venv/bin/python benchmarks/fisher_product.py [--env cheetah|navigation] [--threads 2] [--repeats 3]
 
 Half-cheetah direction at the MAML paper's meta-batch (40 tasks x 20 episodes x 200 steps, 2 x 100 ReLU) or 2D
 navigation (20 x 20 x 100, pytorch-maml-rl's 64 x 64 tanh). Reports seconds per product (median of ``--repeats``
 after the first, which holds any compilation) and the relative difference of the two products.
-Results: results/fisher_product_<env>[_compiled].{json,md}.
+Results: results/fisher_product_<env>.{json,md}.
 """
 
 from __future__ import annotations
@@ -33,18 +34,17 @@ SETTINGS = {"cheetah": {"env": "cheetah-dir", "horizon": 200, "meta_batch_size":
 
 def double_backward(learner, out, p):
     """The Fisher product as metagrad took it before: the Hessian of the KL by double backward through the policy."""
-    return vjp(grad(lambda q: outer._kl_of_dist(learner, out, outer._dist(learner, out, q))), p)[1]
+    return vjp(grad(lambda q: outer._kl_at(learner, out, q)), p)[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", choices=sorted(SETTINGS), default="cheetah")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = preset("maml-trpo").replace(hvp_subsample=1.0, seed=1, compile=args.compile, **SETTINGS[args.env])
+    cfg = preset("maml-trpo").replace(hvp_subsample=1.0, seed=1, compile=True, **SETTINGS[args.env])
     learners = {name: build(cfg)[0] for name in ("double backward", "Gauss-Newton")}
     learners["Gauss-Newton"].load_state_dict(learners["double backward"].state_dict())
     first = learners["double backward"]
@@ -70,15 +70,15 @@ def main() -> None:
                       "setup_and_first_seconds": round(setup, 2)}
     a, b = products["double backward"], products["Gauss-Newton"]
     diff = float((a - b).norm() / a.norm())
-    tag = f"{args.env}{'_compiled' if args.compile else ''}"
-    lines = [f"TRPO curvature product, {args.env}, {'compile=True' if args.compile else 'eager'}, {args.threads} "
-             f"threads: seconds per product (median of {args.repeats}; relative difference {diff:.1e})", "",
+    tag = args.env
+    lines = [f"TRPO curvature product, {args.env}, compile=True, {args.threads} threads: seconds per product (median "
+             f"of {args.repeats}; relative difference {diff:.1e})", "",
              "| Fisher part | s per product | runs | setup + first product (s) |", "|---|---|---|---|"]
     lines += [f"| {n} | {r['seconds']} | {', '.join(map(str, r['all']))} | {r['setup_and_first_seconds']} |"
               for n, r in rows.items()]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"fisher_product_{tag}.json").write_text(json.dumps(
-        {"env": args.env, "compile": args.compile, "threads": args.threads, "relative_difference": diff,
+        {"env": args.env, "threads": args.threads, "relative_difference": diff,
          "rows": rows, "torch": torch.__version__}, indent=1))
     (RESULTS / f"fisher_product_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -145,7 +145,8 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
         product = learner.compiled(curvature_product)
         subs = [subsample(learner, tr) for tr in trajs]
         return lambda v: product(learner, theta, path, subs, out, v) + learner.cg_damping * v
-    fisher = fisher_product(learner, out, path[-1])
+    # eager: the double backward over the kept graph (as fast here as Gauss-Newton, which pays off compiled)
+    _, fisher = vjp(grad(partial(_kl_at, learner, out)), path[-1])
     tasks = out.mask.shape[0]
     return lambda v: curvature_chain(learner, theta, tasks, hessians, fisher, v) + learner.cg_damping * v
 
@@ -192,22 +193,25 @@ def fisher_product(learner: MetaRL, out: Trajectories, p: Params) -> Any:
     Where the policy's distribution parameters are free (``Policy.free_dist``: a Gaussian's mean and log-std) the
     KL's gradient in them is zero at the old distribution, so F is exactly the Gauss-Newton product ``J^T H J`` (J:
     the Jacobian of the distribution parameters, H: the KL's Hessian in them, taken on the distribution alone):
-    one forward-mode and one reverse pass through the policy instead of the double backward (40 tasks x 4,000
-    states, 2x100 ReLU, one thread: 0.72-1.01 against 1.17 s a product, equal to the bit). Categorical log-probs
-    are not free (the KL's gradient in them is -p_old): there the double backward."""
-    kl = partial(_kl_of_dist, learner, out)
+    one forward-mode and one reverse pass through the policy instead of the double backward: what ``compile=True``
+    compiles (half-cheetah's product 1.09-1.17 against 1.25 s, equal to the bit; ``benchmarks/fisher_product.py``).
+    Categorical log-probs are not free (the KL's gradient in them is -p_old): there the double backward."""
     if not learner.policy.free_dist:
-        _, double_backward = vjp(grad(lambda q: kl(_dist(learner, out, q))), p)
-        return double_backward
+        return vjp(grad(partial(_kl_at, learner, out)), p)[1]
     p = {k: t.contiguous() for k, t in p.items()}  # forward mode refuses expanded primals and tangents
     d, pullback = vjp(partial(_dist, learner, out), p)
-    _, kl_hessian = vjp(grad(kl), d)
+    _, kl_hessian = vjp(grad(partial(_kl_of_dist, learner, out)), d)
 
     def product(u: Params) -> tuple[Params]:
         _, ju = jvp(partial(_dist, learner, out), (p,), ({k: t.contiguous() for k, t in u.items()},))
         return pullback(kl_hessian(ju)[0])
 
     return product
+
+
+def _kl_at(learner: MetaRL, out: Trajectories, p: Params) -> Tensor:
+    """The mean KL(pi_old || pi_p) over the valid steps of ``out`` with per-task parameters ``p``."""
+    return _kl_of_dist(learner, out, _dist(learner, out, p))
 
 
 def _dist(learner: MetaRL, out: Trajectories, p: Params) -> Tensor:
