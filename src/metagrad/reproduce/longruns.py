@@ -44,6 +44,12 @@ ROWS = (
         "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --set compile=true --out "
         "results/long/locomotion-cheetah-dir",
         500),
+    Row("Half-cheetah forward/backward, MAML-TRPO with the MAML code's baseline order (each task's advantages from "
+        "the previous task's linear fit; --set baseline=linear-previous): one change against the run of record",
+        "100 iterations (to compare with the run of record's first 100)", "cheetah-dir-baseline-previous",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --time-budget 60 --set "
+        "hvp_subsample=1.0 --set compile=true --set baseline=linear-previous --out "
+        "results/long/cheetah-dir-baseline-previous", 100),
     Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
         "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained,"
         "oracle,random --iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --out "

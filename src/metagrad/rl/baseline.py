@@ -18,12 +18,15 @@ def features(obs: Tensor, mask: Tensor) -> Tensor:
     return feats * mask[..., None]
 
 
-def fit_predict(obs: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5, tries: int = 5) -> Tensor:
+def fit_predict(obs: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5, tries: int = 5,
+                previous: bool = False) -> Tensor:
     """Fit one linear baseline per task and predict the returns of its steps.
 
     ``obs`` is ``[T, K, H, obs_dim]``, ``returns`` and ``mask`` ``[T, K, H]``: the least-squares fit uses every
     valid step of the task's K episodes (ridge ``reg``, multiplied by 10 while the solve fails, as rllab does),
-    in float64. Returns ``[T, K, H]`` predictions (0 on invalid steps).
+    in float64. Returns ``[T, K, H]`` predictions (0 on invalid steps). ``previous``: each task's steps are
+    predicted with the fit of the task before it (the first with the last's), as the MAML paper's code did (rllab
+    predicts a batch with the baseline fitted on the batch before, and that code processes the tasks in turn).
     """
     x = features(obs.double(), mask.double())
     t = x.shape[0]
@@ -45,4 +48,6 @@ def fit_predict(obs: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5, t
     else:
         raise TrainingDiverged("the linear feature baseline could not be fitted (singular normal equations even "
                                f"with ridge {reg:g}); observations are probably not finite")
+    if previous:
+        weights = weights.roll(1, dims=0)
     return (x @ weights[:, None]).squeeze(-1).to(returns.dtype) * mask

@@ -47,7 +47,7 @@ ALGOS = ("maml", "fomaml", "sgmrl", "sgmrl-fo", "emaml", "promp", "joint")
 OUTERS = ("trpo", "vpg", "ppo")
 HVPS = ("exact", "finite-difference")
 SCORE_BASELINES = ("none", "batch")
-BASELINES = ("linear", "none")
+BASELINES = ("linear", "linear-previous", "none")
 
 
 class MetaRL(nn.Module):
