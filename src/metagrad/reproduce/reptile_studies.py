@@ -546,7 +546,13 @@ def _findings_table(r: dict[str, Any]) -> list[str]:
     if not r.get("complete", True):
         return ["Partial: the time budget ended the study before every run finished; the same command continues it "
                 "(the paper's findings are checked once all runs are done)."]
-    note = "" if r["full"] else " (a shorter run than the paper's 40K iterations; `--full` runs its budget)"
+    b = r["budget"]
+    short = []
+    if b["iterations"] < FULL.iterations:
+        short.append(f"{b['iterations']:,} of the paper's {FULL.iterations:,} iterations")
+    if b["eval_tasks"] < FULL.eval_tasks:
+        short.append(f"{b['eval_tasks']:,} test tasks, not {FULL.eval_tasks:,}")
+    note = f" ({'; '.join(short)}; `--full` runs the paper's budget)" if short and not r["full"] else ""
     lines = [f"The paper's findings{note}:", "", "| paper | ours | holds here |", "|---|---|---|"]
     for f in r["findings"]:
         lines.append(f"| {f['paper']} | {f['ours']} | {'yes' if f['holds'] else 'no'} |")
