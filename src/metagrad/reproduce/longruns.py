@@ -50,6 +50,11 @@ ROWS = (
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --time-budget 60 --set "
         "hvp_subsample=1.0 --set compile=true --set baseline=linear-previous --out "
         "results/long/cheetah-dir-baseline-previous", 100),
+    Row("Half-cheetah forward/backward, MAML-TRPO, the control of the row above (the same command and seed with the "
+        "default baseline; the run of record was sampled by older code, its random stream differs from iteration 1)",
+        "100 iterations", "cheetah-dir-baseline-own",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --time-budget 60 --set "
+        "hvp_subsample=1.0 --set compile=true --out results/long/cheetah-dir-baseline-own", 100),
     Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
         "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained,"
         "oracle,random --iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --out "
