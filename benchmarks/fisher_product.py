@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.func import grad, vjp
 
 from metagrad.rl import outer
 from metagrad.rl.config import preset
@@ -30,11 +29,6 @@ from metagrad.rl.trpo import flatten
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"cheetah": {"env": "cheetah-dir", "horizon": 200, "meta_batch_size": 40, "episodes": 20},
             "navigation": {"hidden": (64, 64), "activation": "tanh"}}
-
-
-def double_backward(learner, out, p):
-    """The Fisher product as metagrad took it before: the Hessian of the KL by double backward through the policy."""
-    return vjp(grad(lambda q: outer._kl_at(learner, out, q)), p)[1]
 
 
 def main() -> None:
@@ -52,7 +46,7 @@ def main() -> None:
     trajs, out = first.sample(tasks, torch.Generator().manual_seed(1))
     v = torch.randn(flatten(first.meta_params()).shape, generator=torch.Generator().manual_seed(2))
     rows, products = {}, {}
-    for name, fisher in (("double backward", double_backward), ("Gauss-Newton", outer.fisher_product)):
+    for name, fisher in (("double backward", outer.kl_hessian_product), ("Gauss-Newton", outer.fisher_product)):
         outer.fisher_product, kept = fisher, outer.fisher_product
         try:
             t = time.perf_counter()
@@ -70,17 +64,16 @@ def main() -> None:
                       "setup_and_first_seconds": round(setup, 2)}
     a, b = products["double backward"], products["Gauss-Newton"]
     diff = float((a - b).norm() / a.norm())
-    tag = args.env
     lines = [f"TRPO curvature product, {args.env}, compile=True, {args.threads} threads: seconds per product (median "
              f"of {args.repeats}; relative difference {diff:.1e})", "",
              "| Fisher part | s per product | runs | setup + first product (s) |", "|---|---|---|---|"]
     lines += [f"| {n} | {r['seconds']} | {', '.join(map(str, r['all']))} | {r['setup_and_first_seconds']} |"
               for n, r in rows.items()]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"fisher_product_{tag}.json").write_text(json.dumps(
+    (RESULTS / f"fisher_product_{args.env}.json").write_text(json.dumps(
         {"env": args.env, "threads": args.threads, "relative_difference": diff,
          "rows": rows, "torch": torch.__version__}, indent=1))
-    (RESULTS / f"fisher_product_{tag}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"fisher_product_{args.env}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

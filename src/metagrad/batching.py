@@ -97,7 +97,7 @@ def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
         ref.batching = mode
         try:
             with twice_differentiable(True):
-                outs[mode] = ref.batch_gradient(ref.meta_params(), ref.buffers(), small, mb)
+                outs[mode] = ref.batch_gradient(*ref.functional_inputs(), small, mb)
         except Exception as e:
             if mode == "loop":
                 raise  # the reference path itself fails: the user's model or data is at fault, show it as it is

@@ -147,7 +147,7 @@ def predictions(learner: MetaLearner, support: tuple[torch.Tensor, torch.Tensor]
                 steps: list[int], lr: tuple[float, ...] | None = None) -> dict[int, torch.Tensor]:
     """The model's outputs on ``x`` after each number of adaptation ``steps`` on one task's support set."""
     inner = learner.inner.with_lr(lr) if lr else learner.inner
-    meta, buffers = learner.meta_params(), learner.buffers()
+    meta, buffers = learner.functional_inputs()
     out = {}
     loop = learner.inner_loop(meta, buffers, Split(*support), max(steps), inner=inner, state=learner.start_state(inner))
     for s, params in enumerate(loop):

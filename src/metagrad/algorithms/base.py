@@ -44,8 +44,8 @@ BATCHING = ("auto", "vmap", "loop")
 INNER_SAMPLING = ("cycle", "replacement")
 INNER_STATE = ("fresh", "carried")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-# The compiled graph's kernels called from C++ rather than Python on the CPU: W1 0.39 vs 0.46 ms per meta-gradient
-# (benchmarks/compile_w1.py), the Python wrapper's ~100 tensor allocations and calls being a sixth of it.
+# The compiled graph's kernels called from C++ rather than Python on the CPU: W1's compiled graph 0.39 vs 0.46 ms in a
+# warm loop, the Python wrapper's ~100 tensor allocations and calls being a sixth of it (docs/speed.md).
 CPU_COMPILE_OPTIONS = {"cpp_wrapper": True}
 Meta = dict[str, Params]
 

@@ -175,7 +175,7 @@ def test_accuracy(learner: MetaLearner, cfg: Config, batch: TaskBatch) -> tuple[
 
     The same adaptation as ``MetaLearner.adaptation_metrics``, but only the final parameters are tested: the curve
     over every step costs several times more at 50 steps in the non-transductive mode."""
-    meta, buffers = learner.meta_params(), learner.buffers()
+    meta, buffers = learner.functional_inputs()
     start = learner.start_state(learner.inner)
     mb = learner.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], cfg.eval_steps,
                                    cfg.eval_inner_batch_size, torch.Generator().manual_seed(cfg.eval_seed))

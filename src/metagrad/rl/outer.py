@@ -146,7 +146,7 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
         subs = [subsample(learner, tr) for tr in trajs]
         return lambda v: product(learner, theta, path, subs, out, v) + learner.cg_damping * v
     # eager: the double backward over the kept graph (as fast here as Gauss-Newton, which pays off compiled)
-    _, fisher = vjp(grad(partial(_kl_at, learner, out)), path[-1])
+    fisher = kl_hessian_product(learner, out, path[-1])
     tasks = out.mask.shape[0]
     return lambda v: curvature_chain(learner, theta, tasks, hessians, fisher, v) + learner.cg_damping * v
 
@@ -197,7 +197,7 @@ def fisher_product(learner: MetaRL, out: Trajectories, p: Params) -> Any:
     compiles (half-cheetah's product 1.09-1.17 against 1.25 s, equal to the bit; ``benchmarks/fisher_product.py``).
     Categorical log-probs are not free (the KL's gradient in them is -p_old): there the double backward."""
     if not learner.policy.free_dist:
-        return vjp(grad(partial(_kl_at, learner, out)), p)[1]
+        return kl_hessian_product(learner, out, p)
     p = {k: t.contiguous() for k, t in p.items()}  # forward mode refuses expanded primals and tangents
     d, pullback = vjp(partial(_dist, learner, out), p)
     _, kl_hessian = vjp(grad(partial(_kl_of_dist, learner, out)), d)
@@ -207,6 +207,11 @@ def fisher_product(learner: MetaRL, out: Trajectories, p: Params) -> Any:
         return pullback(kl_hessian(ju)[0])
 
     return product
+
+
+def kl_hessian_product(learner: MetaRL, out: Trajectories, p: Params) -> Any:
+    """``u -> (F u,)`` by double backward of the mean KL through the policy (any policy), its graph kept once."""
+    return vjp(grad(partial(_kl_at, learner, out)), p)[1]
 
 
 def _kl_at(learner: MetaRL, out: Trajectories, p: Params) -> Tensor:
