@@ -273,14 +273,15 @@ class MetaLearner(nn.Module):
         """The constants of the model's functional call: its buffers and its frozen parameters."""
         return self.functional_inputs()[1]
 
-    def functional_inputs(self) -> tuple[Meta, Params]:
+    def functional_inputs(self, detached: bool = True) -> tuple[Meta, Params]:
         """``meta_params()`` and ``buffers()`` from one read of the model's members (a compiled W1 meta-gradient
-        is half a millisecond: each read is a few percent of it)."""
+        is half a millisecond: each read is a few percent of it); ``detached=False``: the model's parameters
+        themselves, for a caller that computes under ``torch.no_grad``."""
         members = self.members(self.model)
         model: Params = {}
         frozen: Params = {}
         for n, p in members.parameters():
-            (model if p.requires_grad else frozen)[n] = p.detach()
+            (model if p.requires_grad else frozen)[n] = p.detach() if detached else p
         buffers = members.buffers()
         meta = {"model": model, "inner": self.inner.hyper(self.adapted_names(model))}
         return meta, {**buffers, **frozen} if frozen else buffers
@@ -473,18 +474,27 @@ class MetaLearner(nn.Module):
         (meta, buffers), n = self.functional_inputs(), batch.num_tasks
         fn = self.compiled(fn)
         shards = partition(n, self.task_threads(n))
+
+        def run() -> Any:
+            if len(shards) == 1:
+                return self.in_chunks(fn, meta, buffers, batch, mb)
+            outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(s.start, s.stop),
+                                       None if mb is None else mb[s]) for s in shards])
+            return weighted_sum(zip([(s.stop - s.start) / n for s in shards], outs, strict=True))
+
+        return self.attention_safe(run)
+
+    def attention_safe(self, call: Callable[[], Any]) -> Any:
+        """``call()`` with attention on its math kernel while second derivatives are taken, once a fused attention
+        kernel has failed for want of a double backward (then ``call`` runs again on the math kernel)."""
         try:
             with twice_differentiable(self.second_order and self._math_attention):
-                if len(shards) == 1:
-                    return self.in_chunks(fn, meta, buffers, batch, mb)
-                outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(s.start, s.stop),
-                                           None if mb is None else mb[s]) for s in shards])
-        except RuntimeError as e:  # a fused attention kernel without double backward: its math kernel from now on
+                return call()
+        except RuntimeError as e:
             if self._math_attention or not self.second_order or not needs_math_attention(e):
                 raise
             self._math_attention = True
-            return self.over_tasks(fn, batch, mb)
-        return weighted_sum(zip([(s.stop - s.start) / n for s in shards], outs, strict=True))
+            return self.attention_safe(call)
 
     def in_chunks(self, fn: Callable[..., Any], meta: Meta, buffers: Params, batch: TaskBatch,
                   mb: Tensor | None) -> Any:
@@ -507,10 +517,51 @@ class MetaLearner(nn.Module):
         batch, mb = self.sharded(batch, generator, None if self.carried is not None else shard)
         if self.carried is not None:
             grads, loss = self.carried_gradient(batch, mb)
+        elif self.fuses_write(batch.num_tasks):
+            return {"meta_loss": float(self.fused_gradient(batch, mb))}
         else:
             grads, loss = self.over_tasks(self.batch_gradient, batch, mb)
         self.write_meta_gradient(grads)
         return {"meta_loss": float(loss)}
+
+    def fuses_write(self, num_tasks: int) -> bool:
+        """Whether ``meta_gradient`` takes ``fused_gradient``: compiled in torch.compile's default mode (CUDA graphs
+        would not capture a graph that writes into ``.grad``), all the tasks in one chunk."""
+        return self.use_compile and self.compile_mode == "default" and self.chunk_size(num_tasks) >= num_tasks
+
+    def fused_gradient(self, batch: TaskBatch, mb: Tensor | None) -> Tensor:
+        """The meta-gradient computed and copied into the ``.grad`` fields by one compiled graph (``gradient_into``),
+        its mean query loss returned: the copy made by the graph's kernels, not Python's (a compiled W1
+        meta-gradient is half a millisecond, the Python write a tenth of it). Fields that do not exist start at 0."""
+        self.verify_batching(batch)
+        # the parameters themselves, not detached copies (dynamo guards the same tensors faster than fresh ones),
+        # under no_grad: torch.func's transforms differentiate all the same, and the graph records no autograd
+        meta, buffers = self.functional_inputs(detached=False)
+        fields = {part: self.grad_fields(module, tree) for part, module, tree in
+                  (("model", self.model, meta["model"]), ("inner", self.inner, meta["inner"]))}
+        with torch.no_grad():
+            return self.attention_safe(lambda: self.compiled(self.gradient_into)(meta, buffers, batch, mb, fields))
+
+    def grad_fields(self, module: nn.Module, tree: Params) -> Params:
+        """The ``.grad`` fields of ``module``'s parameters named in ``tree``, zero-filled where there is none."""
+        if not tree:
+            return {}
+        fields = {}
+        for n, p in self.members(module).parameters():
+            if n in tree:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                fields[n] = p.grad
+        return fields
+
+    def gradient_into(self, meta: Meta, buffers: Params, batch: TaskBatch, mb: Tensor | None,
+                      fields: Meta) -> Tensor:
+        """``batch_gradient`` with the meta-gradient copied into ``fields`` (``grad_fields``) in the same graph; the
+        mean query loss."""
+        grads, loss = self.batch_gradient(meta, buffers, batch, mb)
+        pairs = [(fields[part][n], g) for part, tree in grads.items() for n, g in tree.items()]
+        torch._foreach_copy_([f for f, _ in pairs], [g for _, g in pairs])
+        return loss
 
     def carried_gradient(self, batch: TaskBatch, mb: Tensor | None) -> tuple[Meta, Tensor]:
         """``batch_gradient`` with the inner rule's state carried (``inner_state="carried"``): the tasks one after

@@ -120,6 +120,38 @@ ROWS = (
         "metagrad tradeoff rl --env ml45 --pair ppo --budget 60000 --checkpoints 3 --seeds 5 --meta-batch-size 5 "
         "--episodes 5 --test-tasks 5 --test-episodes 5 --out results/long/tradeoff-rl-ml45-ppo", 60_000, "env steps",
         runs=10),
+    Row("Trade-off Figs. 1-2: Walker Rand Params, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
+        "tradeoff-rl-walker-rand-params-ppo",
+        "metagrad tradeoff rl --env walker-rand-params --pair ppo --budget 300000 --checkpoints 3 "
+        "--seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-walker-rand-params-ppo",
+        300_000, "env steps", runs=10),
+    Row("Trade-off Figs. 1-2: Walker Rand Params, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds",
+        "tradeoff-rl-walker-rand-params-trpo",
+        "metagrad tradeoff rl --env walker-rand-params --pair trpo --budget 300000 --checkpoints 3 "
+        "--seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-walker-rand-params-trpo",
+        300_000, "env steps", runs=10),
+    Row("Trade-off Figs. 1-2: Walker Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
+        "tradeoff-rl-walker-rand-vel-ppo",
+        "metagrad tradeoff rl --env walker-rand-vel --pair ppo --budget 300000 --checkpoints 3 --seeds 5 "
+        "--test-episodes 5 --out results/long/tradeoff-rl-walker-rand-vel-ppo",
+        300_000, "env steps", runs=10),
+    Row("Trade-off Figs. 1-2: Walker Rand Vel, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds",
+        "tradeoff-rl-walker-rand-vel-trpo",
+        "metagrad tradeoff rl --env walker-rand-vel --pair trpo --budget 300000 --checkpoints 3 --seeds "
+        "5 --test-episodes 5 --out results/long/tradeoff-rl-walker-rand-vel-trpo",
+        300_000, "env steps", runs=10),
+    Row("Trade-off Figs. 1-2: ML1-Push, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
+        "tradeoff-rl-ml1-push-ppo",
+        "metagrad tradeoff rl --env ml1-push --pair ppo --budget 60000 --checkpoints 3 --seeds 5 "
+        "--meta-batch-size 5 --episodes 5 --test-tasks 5 --test-episodes 5 --out "
+        "results/long/tradeoff-rl-ml1-push-ppo",
+        60_000, "env steps", runs=10),
+    Row("Trade-off Figs. 1-2: ML1-Push, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds",
+        "tradeoff-rl-ml1-push-trpo",
+        "metagrad tradeoff rl --env ml1-push --pair trpo --budget 60000 --checkpoints 3 --seeds 5 "
+        "--meta-batch-size 5 --episodes 5 --test-tasks 5 --test-episodes 5 --out "
+        "results/long/tradeoff-rl-ml1-push-trpo",
+        60_000, "env steps", runs=10),
 )
 
 
