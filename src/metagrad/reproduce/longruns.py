@@ -55,6 +55,14 @@ ROWS = (
         "100 iterations", "cheetah-dir-baseline-own",
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --time-budget 60 --set "
         "hvp_subsample=1.0 --set compile=true --out results/long/cheetah-dir-baseline-own", 100),
+    Row("Half-cheetah forward/backward, MAML-TRPO, the control's command with seed 1 (the spread between seeds, "
+        "against which one-seed differences are read)", "100 iterations", "cheetah-dir-seed-1",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --seed 1 --time-budget "
+        "60 --set hvp_subsample=1.0 --set compile=true --out results/long/cheetah-dir-seed-1", 100),
+    Row("Half-cheetah forward/backward, MAML-TRPO, the control's command with seed 2 (the spread between seeds, "
+        "against which one-seed differences are read)", "100 iterations", "cheetah-dir-seed-2",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --seed 2 --time-budget "
+        "60 --set hvp_subsample=1.0 --set compile=true --out results/long/cheetah-dir-seed-2", 100),
     Row("MAML Fig. 5: half-cheetah goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
         "locomotion-cheetah-vel", "metagrad reproduce locomotion --env cheetah-vel --algo maml-trpo,pretrained,"
         "oracle,random --iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --out "
