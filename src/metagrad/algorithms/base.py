@@ -597,7 +597,8 @@ class MetaLearner(nn.Module):
     def batch_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:
         """The meta-gradient of the tasks of ``batch`` and their mean query loss, as a pure function of its inputs
-        (what ``compile=True`` compiles and the self-check compares): the outer loss differentiated here."""
+        (what the self-check compares; ``compile=True`` compiles it inside ``gradient_into``): the outer loss
+        differentiated here."""
 
         def objective(meta: Meta) -> tuple[Tensor, Tensor]:
             loss = self.map_tasks(lambda t, m: self.task_objective(meta, buffers, t, m), batch, mb).mean()
