@@ -30,6 +30,22 @@ class Row:
     runs: int = 1  # runs the budget applies to (methods x seeds)
 
 
+PAIRS = {"ppo": "DRS+PPO vs ProMP", "trpo": "DRS+TRPO vs TRPO-MAML"}
+
+
+def tradeoff_row(env: str, title: str, pair: str, budget: int, checkpoints: int, small: bool,
+                 figure: str | None) -> Row:
+    """The trade-off paper's meta-RL study on ``env`` with one outer-optimizer ``pair`` (5 seeds), at ``budget``
+    environment steps per run; ``small``: Meta-World's settings (meta-batch 5 x 5 episodes, 5 test tasks);
+    ``figure`` None: the pair's own (Fig. 1 for PPO, Fig. 2 for TRPO)."""
+    folder = f"tradeoff-rl-{env}-{pair}"
+    sizes = "--meta-batch-size 5 --episodes 5 --test-tasks 5 " if small else ""
+    return Row(f"Trade-off {figure or ('Fig. 1' if pair == 'ppo' else 'Fig. 2')}: {title}, {PAIRS[pair]}",
+               "336M steps per run, 5 seeds", folder,
+               f"metagrad tradeoff rl --env {env} --pair {pair} --budget {budget} --checkpoints {checkpoints} "
+               f"--seeds 5 {sizes}--test-episodes 5 --out results/long/{folder}", budget, "env steps", runs=10)
+
+
 ROWS = (
     Row("MAML Fig. 5 / Table 5: half-cheetah forward/backward, MAML-TRPO, curvature on every episode (the paper's; "
         "also the side-by-side run: pytorch-maml-rl's continues with benchmarks/maml_rl_cheetah.py into "
@@ -109,58 +125,15 @@ ROWS = (
     Row("Reptile Tables 1-2: Omniglot 20-way 1-shot, Reptile", "200K iterations of 5 tasks", "omniglot-reptile-20way",
         "metagrad reproduce omniglot --algo reptile --ways 20 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-reptile-20way", 200_000),
-    Row("Trade-off Fig. 1: HalfCheetah Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
-        "tradeoff-rl-cheetah-rand-vel-ppo", "metagrad tradeoff rl --env cheetah-rand-vel --pair ppo --budget 2000000 "
-        "--checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-ppo",
-        2_000_000, "env steps", runs=10),
-    Row("Trade-off Fig. 2: HalfCheetah Rand Vel, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds",
-        "tradeoff-rl-cheetah-rand-vel-trpo", "metagrad tradeoff rl --env cheetah-rand-vel --pair trpo --budget "
-        "2000000 --checkpoints 4 --seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-cheetah-rand-vel-trpo",
-        2_000_000, "env steps", runs=10),
-    Row("Trade-off Figs. 1-2: ML10, DRS+PPO vs ProMP", "336M steps per run, 5 seeds", "tradeoff-rl-ml10-ppo",
-        "metagrad tradeoff rl --env ml10 --pair ppo --budget 60000 --checkpoints 3 --seeds 5 --meta-batch-size 5 "
-        "--episodes 5 --test-tasks 5 --test-episodes 5 --out results/long/tradeoff-rl-ml10-ppo", 60_000, "env steps",
-        runs=10),
-    Row("Trade-off Figs. 1-2: ML10, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds", "tradeoff-rl-ml10-trpo",
-        "metagrad tradeoff rl --env ml10 --pair trpo --budget 60000 --checkpoints 3 --seeds 5 --meta-batch-size 5 "
-        "--episodes 5 --test-tasks 5 --test-episodes 5 --out results/long/tradeoff-rl-ml10-trpo", 60_000, "env steps",
-        runs=10),
-    Row("Trade-off Figs. 1-2: ML45, DRS+PPO vs ProMP", "336M steps per run, 5 seeds", "tradeoff-rl-ml45-ppo",
-        "metagrad tradeoff rl --env ml45 --pair ppo --budget 60000 --checkpoints 3 --seeds 5 --meta-batch-size 5 "
-        "--episodes 5 --test-tasks 5 --test-episodes 5 --out results/long/tradeoff-rl-ml45-ppo", 60_000, "env steps",
-        runs=10),
-    Row("Trade-off Figs. 1-2: Walker Rand Params, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
-        "tradeoff-rl-walker-rand-params-ppo",
-        "metagrad tradeoff rl --env walker-rand-params --pair ppo --budget 300000 --checkpoints 3 "
-        "--seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-walker-rand-params-ppo",
-        300_000, "env steps", runs=10),
-    Row("Trade-off Figs. 1-2: Walker Rand Params, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds",
-        "tradeoff-rl-walker-rand-params-trpo",
-        "metagrad tradeoff rl --env walker-rand-params --pair trpo --budget 300000 --checkpoints 3 "
-        "--seeds 5 --test-episodes 5 --out results/long/tradeoff-rl-walker-rand-params-trpo",
-        300_000, "env steps", runs=10),
-    Row("Trade-off Figs. 1-2: Walker Rand Vel, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
-        "tradeoff-rl-walker-rand-vel-ppo",
-        "metagrad tradeoff rl --env walker-rand-vel --pair ppo --budget 300000 --checkpoints 3 --seeds 5 "
-        "--test-episodes 5 --out results/long/tradeoff-rl-walker-rand-vel-ppo",
-        300_000, "env steps", runs=10),
-    Row("Trade-off Figs. 1-2: Walker Rand Vel, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds",
-        "tradeoff-rl-walker-rand-vel-trpo",
-        "metagrad tradeoff rl --env walker-rand-vel --pair trpo --budget 300000 --checkpoints 3 --seeds "
-        "5 --test-episodes 5 --out results/long/tradeoff-rl-walker-rand-vel-trpo",
-        300_000, "env steps", runs=10),
-    Row("Trade-off Figs. 1-2: ML1-Push, DRS+PPO vs ProMP", "336M steps per run, 5 seeds",
-        "tradeoff-rl-ml1-push-ppo",
-        "metagrad tradeoff rl --env ml1-push --pair ppo --budget 60000 --checkpoints 3 --seeds 5 "
-        "--meta-batch-size 5 --episodes 5 --test-tasks 5 --test-episodes 5 --out "
-        "results/long/tradeoff-rl-ml1-push-ppo",
-        60_000, "env steps", runs=10),
-    Row("Trade-off Figs. 1-2: ML1-Push, DRS+TRPO vs TRPO-MAML", "336M steps per run, 5 seeds",
-        "tradeoff-rl-ml1-push-trpo",
-        "metagrad tradeoff rl --env ml1-push --pair trpo --budget 60000 --checkpoints 3 --seeds 5 "
-        "--meta-batch-size 5 --episodes 5 --test-tasks 5 --test-episodes 5 --out "
-        "results/long/tradeoff-rl-ml1-push-trpo",
-        60_000, "env steps", runs=10),
+    *(tradeoff_row(env, title, pair, budget, checkpoints, small, figure)
+      for env, title, budget, checkpoints, small, pairs, figure in (
+          ("cheetah-rand-vel", "HalfCheetah Rand Vel", 2_000_000, 4, False, ("ppo", "trpo"), None),
+          ("ml10", "ML10", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"),
+          ("ml45", "ML45", 60_000, 3, True, ("ppo",), "Figs. 1-2"),
+          ("walker-rand-params", "Walker Rand Params", 300_000, 3, False, ("ppo", "trpo"), "Figs. 1-2"),
+          ("walker-rand-vel", "Walker Rand Vel", 300_000, 3, False, ("ppo", "trpo"), "Figs. 1-2"),
+          ("ml1-push", "ML1-Push", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"))
+      for pair in pairs),
 )
 
 
