@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -70,41 +69,29 @@ VARIANTS = {"metagrad": lambda: metagrad_step(False), "metagrad compile=True": l
 
 
 PAIR = "compiled pair"  # both compiled variants alternating in one process
+COMPILED = ["metagrad compile=True", "plain vmap + torch.compile"]
 
 
-def time_variant(name: str, iterations: int) -> dict[str, float]:
-    """Warm-up seconds (five calls, compilation included) and the median ms per call of ``iterations`` calls."""
-    step = VARIANTS[name]()
+def time_steps(names: list[str], iterations: int) -> dict[str, float]:
+    """The variants ``names`` built in this process, warmed up (five calls each, compilation included: its seconds as
+    ``warmup_s``), then called in turn ``iterations`` times: the median ms per call of each."""
+    steps = {name: VARIANTS[name]() for name in names}
     t = time.perf_counter()
-    for _ in range(5):
-        step()
-    warm = time.perf_counter() - t
-    times = []
-    for _ in range(iterations):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return {"ms": 1000 * statistics.median(times), "warmup_s": warm}
-
-
-def time_compiled_pair(iterations: int) -> dict[str, float]:
-    """Both compiled variants in this process, called alternately: ms per call of each, and their ratio."""
-    steps = {name: VARIANTS[name]() for name in ("metagrad compile=True", "plain vmap + torch.compile")}
-    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(5):
         for step in steps.values():
             step()
+    out = {"warmup_s": time.perf_counter() - t}
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(iterations):
         for name, step in steps.items():
             t = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t)
-    ms = {name: 1000 * statistics.median(v) for name, v in times.items()}
-    return {**ms, "ratio": ms["metagrad compile=True"] / ms["plain vmap + torch.compile"]}
+    return {**out, **{name: 1000 * statistics.median(v) for name, v in times.items()}}
 
 
 def in_process(name: str, iterations: int) -> dict[str, float]:
-    """``time_variant`` in a fresh Python process."""
+    """``time_steps`` of the variant ``name`` (or of both compiled variants, ``PAIR``) in a fresh Python process."""
     out = subprocess.run([sys.executable, __file__, "--variant", name, "--iterations", str(iterations)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -117,36 +104,39 @@ def main() -> None:
     parser.add_argument("--variant", choices=[*VARIANTS, PAIR], help="time this variant here and print it (internal)")
     args = parser.parse_args()
     if args.variant:
-        timed = time_compiled_pair if args.variant == PAIR else partial(time_variant, args.variant)
-        print(json.dumps(timed(iterations=args.iterations)))
+        print(json.dumps(time_steps(COMPILED if args.variant == PAIR else [args.variant], args.iterations)))
         return
     names = list(VARIANTS)
-    passes: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    passes: dict[str, list[float]] = {name: [] for name in names}
+    warmup: dict[str, list[float]] = {name: [] for name in names}
     pairs = []
     for p in range(args.passes):
         for name in names[p % len(names):] + names[:p % len(names)]:
-            passes[name].append(in_process(name, args.iterations))
-        pairs.append(in_process(PAIR, args.iterations))
+            timed = in_process(name, args.iterations)
+            passes[name].append(timed[name])
+            warmup[name].append(timed["warmup_s"])
+        timed = in_process(PAIR, args.iterations)
+        pairs.append({**timed, "ratio": timed[COMPILED[0]] / timed[COMPILED[1]]})
     counterpart = {"metagrad": "plain vmap", "metagrad compile=True": "plain vmap + torch.compile"}
     rows = {}
-    for name, runs in passes.items():
-        ms = [r["ms"] for r in runs]
-        ratios = [r["ms"] / c["ms"] for r, c in zip(runs, passes[counterpart.get(name, name)], strict=True)]
-        rows[name] = {"ms": round(statistics.median(ms), 3), "range": [round(min(ms), 3), round(max(ms), 3)],
-                      "vs_plain": round(statistics.median(ratios), 3),
-                      "vs_plain_range": [round(min(ratios), 3), round(max(ratios), 3)],
-                      "warmup_s": round(statistics.median(r["warmup_s"] for r in runs), 2)}
+    for name, ms in passes.items():
+        row = {"ms": round(statistics.median(ms), 3), "range": [round(min(ms), 3), round(max(ms), 3)],
+               "warmup_s": round(statistics.median(warmup[name]), 2)}
+        if name in counterpart:
+            ratios = [a / b for a, b in zip(ms, passes[counterpart[name]], strict=True)]
+            row |= {"vs_plain": round(statistics.median(ratios), 3),
+                    "vs_plain_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+        rows[name] = row
     lines = ["| W1, second order | ms per meta-gradient (median, range) | vs the same in plain torch (median of the "
              "passes' ratios, range) | warm-up (s) |", "|---|---|---|---|"]
-    lines += [f"| {n} | {r['ms']:.2f} ({r['range'][0]:.2f}-{r['range'][1]:.2f}) | {r['vs_plain']:.2f}x "
-              f"({r['vs_plain_range'][0]:.2f}-{r['vs_plain_range'][1]:.2f}) | {r['warmup_s']} |"
-              for n, r in rows.items() if n in counterpart]
-    lines += [f"| {n} | {r['ms']:.2f} ({r['range'][0]:.2f}-{r['range'][1]:.2f}) | - | {r['warmup_s']} |"
-              for n, r in rows.items() if n not in counterpart]
+    lines += [f"| {n} | {r['ms']:.2f} ({r['range'][0]:.2f}-{r['range'][1]:.2f}) | "
+              + (f"{r['vs_plain']:.2f}x ({r['vs_plain_range'][0]:.2f}-{r['vs_plain_range'][1]:.2f})"
+                 if "vs_plain" in r else "-") + f" | {r['warmup_s']} |"
+              for n, r in sorted(rows.items(), key=lambda item: item[0] not in counterpart)]
     ratios = [r["ratio"] for r in pairs]
     lines += ["", f"Both compiled variants alternating in one process ({args.passes} processes): metagrad compile=True "
-              f"{statistics.median(r['metagrad compile=True'] for r in pairs):.2f} ms, plain vmap + torch.compile "
-              f"{statistics.median(r['plain vmap + torch.compile'] for r in pairs):.2f} ms; ratio "
+              f"{statistics.median(r[COMPILED[0]] for r in pairs):.2f} ms, plain vmap + torch.compile "
+              f"{statistics.median(r[COMPILED[1]] for r in pairs):.2f} ms; ratio "
               f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})."]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compile_w1.json").write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
