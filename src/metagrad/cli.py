@@ -1,4 +1,4 @@
-"""The ``metagrad`` command: ``train``, ``eval``, ``reproduce``, ``tradeoff`` and ``compare``.
+"""The ``metagrad`` command: ``train``, ``eval``, ``reproduce``, ``tradeoff``, ``compare``, ``curves`` and ``status``.
 
 User errors (bad values, missing files, diverged runs) print one line and exit with code 2;
 Ctrl-C during training saves a checkpoint and exits with code 130.
@@ -95,6 +95,7 @@ def build_parser() -> Parser:
     studies.add_argument("--jobs", type=int, default=1, help="runs at once, one process of one thread each "
                          "(default: 1; 2 uses both cores of a 2-core machine)")
     _add_tradeoff_parsers(sub)
+    _add_curves_parser(sub)
     p = sub.add_parser("status", help="where the long paper runs stand (results/long)", description="For every "
                        "long paper run kept in the repository: its budget, how much of it is done, the wall time and "
                        "sessions so far, and the command that continues it. Writes FOLDER/INDEX.md.")
@@ -196,13 +197,30 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--out", default="compare", help="folder for compare.json and compare.png (default: compare)")
 
 
+
+def _add_curves_parser(sub: Any) -> None:
+    """``curves``: the logged numbers of several runs in one figure."""
+    p = sub.add_parser("curves", help="training curves of several runs in one figure", description="Draw the "
+                       "numbers logged in runs' metrics.jsonl against the iteration, one colour per run (the "
+                       "metric by line style), and print each run's last iteration and recent means.")
+    p.add_argument("runs", nargs="+", metavar="RUN[=LABEL]", help="a run folder holding metrics.jsonl, or the file; "
+                   "=LABEL names it in the figure (default: its folder's name)")
+    p.add_argument("--metric", type=lambda text: [m for m in text.replace(" ", "").split(",") if m],
+                   metavar="M1,M2", help="logged numbers to draw (default: return_post and return_pre for meta-RL "
+                   "runs, meta_loss for supervised ones)")
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help="trailing mean over N logged points (default 1)")
+    p.add_argument("--last", type=int, default=10, metavar="N", help="the printed means are over the last N points")
+    p.add_argument("--title", help="the figure's title")
+    p.add_argument("--out", default="curves.png", help="the figure's path (default: curves.png)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
         return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "tradeoff": cmd_tradeoff,
-                "compare": cmd_compare, "status": cmd_status}[args.command](args)
+                "compare": cmd_compare, "curves": cmd_curves, "status": cmd_status}[args.command](args)
     except Interrupted as e:
         print(f"metagrad {args.command}: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -428,6 +446,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(compare.format_grid(grid))
     for p in paths:
         print(f"written: {p}")
+    return 0
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from . import curves
+
+    if args.last < 1:
+        raise MetagradError(f"--last {args.last}: give 1 or more points")
+    runs = [curves.load(spec) for spec in args.runs]
+    metrics = curves.choose_metrics(runs, args.metric)
+    path = curves.draw(runs, metrics, args.out, window=args.smooth, title=args.title)
+    print(curves.summary(runs, metrics, last=args.last))
+    print(f"figure:  {path}")
     return 0
 
 

@@ -1,0 +1,130 @@
+"""Training curves of several runs in one figure, read from their ``metrics.jsonl`` (``metagrad curves``).
+
+Any run this library writes (``train``, ``reproduce``, meta-RL or supervised) logs one JSON line per logged
+iteration; this draws chosen numbers of those lines against the iteration, one colour per run, so that runs with
+different seeds, settings or libraries can be read side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MetagradError
+from .plots import _save, plt
+
+DEFAULT_METRICS = (("return_post", "return_pre"), ("meta_loss",))
+STYLES = ("-", "--", ":", "-.")
+
+
+@dataclass
+class Run:
+    """One run's logged rows and the name it is drawn under."""
+
+    label: str
+    path: Path
+    rows: list[dict]
+
+    def series(self, metric: str) -> tuple[list[int], list[float]]:
+        """The iterations and values of every row that logged ``metric`` (resume notes and the like are skipped)."""
+        rows = [r for r in self.rows if isinstance(r.get(metric), int | float) and "iteration" in r]
+        return [int(r["iteration"]) for r in rows], [float(r[metric]) for r in rows]
+
+    def metrics(self) -> list[str]:
+        """Every numeric quantity this run logged."""
+        names = {k for r in self.rows for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        return sorted(names - {"iteration"})
+
+
+def load(spec: str) -> Run:
+    """``PATH`` or ``PATH=LABEL``: a ``metrics.jsonl`` file, or a run folder that holds one."""
+    where, _, label = spec.partition("=")
+    path = Path(where)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise MetagradError(f"no metrics log at {path}: give a run folder that holds metrics.jsonl, or the file")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise MetagradError(f"{path}, line {n}: not JSON ({e.msg}); is it a metrics.jsonl?") from None
+    name = path.parent.name if path.parent.name not in ("", ".") else path.stem
+    return Run(label or name, path, rows)
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start); window 1 returns the values."""
+    if window < 1:
+        raise MetagradError(f"--smooth {window}: the window must be 1 or more points")
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def choose_metrics(runs: Sequence[Run], metrics: Sequence[str] | None) -> list[str]:
+    """The metrics asked for, each logged by at least one run; by default the runs' returns or meta-loss."""
+    logged = {m for r in runs for m in r.metrics()}
+    if not metrics:
+        for group in DEFAULT_METRICS:
+            if group[0] in logged:
+                return [m for m in group if m in logged]
+        raise MetagradError(f"none of the default metrics in these logs; choose with --metric among: "
+                            f"{', '.join(sorted(logged)) or 'nothing numeric'}")
+    missing = [m for m in metrics if m not in logged]
+    if missing:
+        raise MetagradError(f"--metric {missing[0]}: no run logged it; these did: {', '.join(sorted(logged))}")
+    if len(metrics) > len(STYLES):
+        raise MetagradError(f"--metric: at most {len(STYLES)} metrics in one figure, got {len(metrics)}")
+    return list(metrics)
+
+
+def tail_mean(values: Sequence[float], last: int) -> float:
+    """Mean of the last ``last`` values (NaN when there are none)."""
+    tail = values[-last:]
+    return sum(tail) / len(tail) if tail else math.nan
+
+
+def draw(runs: Sequence[Run], metrics: Sequence[str], path: str | Path, window: int = 1,
+         title: str | None = None) -> Path:
+    """One line per run and metric (the metric by line style, the run by colour), smoothed over ``window``."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        for metric, style in zip(metrics, STYLES, strict=False):
+            its, values = run.series(metric)
+            if its:
+                ax.plot(its, smooth(values, window), ls=style, color=color, lw=1.2,
+                        label=f"{run.label}: {metric}" if len(metrics) > 1 else run.label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(metrics[0] if len(metrics) == 1 else ", ".join(metrics))
+    suffix = f" (trailing mean of {window})" if window > 1 else ""
+    ax.set_title((title or "training curves") + suffix, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def summary(runs: Sequence[Run], metrics: Sequence[str], last: int = 10) -> str:
+    """A markdown table: each run's last iteration and the mean of each metric over its last ``last`` rows."""
+    head = ["run", "last iteration", *[f"{m}, mean of last {last}" for m in metrics]]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for run in runs:
+        cells = [run.label]
+        its = [it for m in metrics for it in run.series(m)[0]]
+        cells.append(str(max(its)) if its else "-")
+        for m in metrics:
+            mean = tail_mean(run.series(m)[1], last)
+            cells.append("-" if math.isnan(mean) else f"{mean:.4g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""`metagrad curves`: runs' logged numbers read, smoothed, drawn and summarised; bad input named."""
+
+import json
+
+import pytest
+
+from metagrad import curves
+from metagrad.cli import main
+from metagrad.errors import MetagradError
+
+
+def write_log(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def rl_rows(n, offset=0.0):
+    rows = [{"iteration": i, "return_pre": -40.0 + offset, "return_post": float(i) + offset} for i in range(1, n + 1)]
+    rows.insert(3, {"iteration": 3, "resumed_with": {"time_budget": [10, 20]}})  # a resume note: no metric
+    return rows
+
+
+def test_load_skips_rows_without_the_metric_and_takes_folder_or_file(tmp_path):
+    run = curves.load(str(write_log(tmp_path / "a", rl_rows(5))))
+    assert run.label == "a"
+    assert run.series("return_post") == ([1, 2, 3, 4, 5], [1.0, 2.0, 3.0, 4.0, 5.0])
+    same = curves.load(f"{tmp_path / 'a' / 'metrics.jsonl'}=seed 1")
+    assert same.label == "seed 1" and same.series("return_pre")[1] == [-40.0] * 5
+    assert run.metrics() == ["return_post", "return_pre"]
+
+
+def test_smooth_is_a_trailing_mean():
+    assert curves.smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert curves.smooth([1.0, 3.0, 5.0], 1) == [1.0, 3.0, 5.0]
+    assert curves.smooth([2.0, 4.0, 9.0], 10) == [2.0, 3.0, 5.0]
+    with pytest.raises(MetagradError, match="--smooth 0"):
+        curves.smooth([1.0], 0)
+
+
+def test_default_metrics_follow_the_kind_of_run(tmp_path):
+    rl = curves.load(str(write_log(tmp_path / "rl", rl_rows(3))))
+    sup = curves.load(str(write_log(tmp_path / "sup", [{"iteration": 100, "meta_loss": 1.2, "elapsed": 3.0},
+                                                       {"iteration": 1000, "val_accuracy": 0.9, "best": True}])))
+    assert curves.choose_metrics([rl], None) == ["return_post", "return_pre"]
+    assert curves.choose_metrics([sup], None) == ["meta_loss"]
+    assert curves.choose_metrics([sup], ["val_accuracy"]) == ["val_accuracy"]
+    assert "best" not in sup.metrics()  # booleans are flags, not curves
+    with pytest.raises(MetagradError, match=r"--metric accuracy: no run logged it; these did: .*val_accuracy"):
+        curves.choose_metrics([sup], ["accuracy"])
+
+
+def test_missing_or_broken_logs_are_named(tmp_path):
+    with pytest.raises(MetagradError, match=r"no metrics log at .*nowhere"):
+        curves.load(str(tmp_path / "nowhere"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"iteration": 1}\nnot json\n')
+    with pytest.raises(MetagradError, match="line 2: not JSON"):
+        curves.load(str(tmp_path / "bad"))
+
+
+def test_summary_gives_each_runs_last_iteration_and_recent_mean(tmp_path):
+    a = curves.load(f"{write_log(tmp_path / 'a', rl_rows(20))}=A")
+    b = curves.load(f"{write_log(tmp_path / 'b', rl_rows(4, offset=100.0))}=B")
+    table = curves.summary([a, b], ["return_post"], last=10).splitlines()
+    assert table[2] == "| A | 20 | 15.5 |"  # mean of 11..20
+    assert table[3] == "| B | 4 | 102.5 |"  # fewer rows than the window: all of them
+
+
+def test_cli_draws_the_figure_and_prints_the_table(tmp_path, capsys):
+    a = write_log(tmp_path / "seed-0", rl_rows(30))
+    b = write_log(tmp_path / "seed-1", rl_rows(12, offset=5.0))
+    out = tmp_path / "fig" / "curves.png"
+    assert main(["curves", str(a), f"{b}=second", "--smooth", "5", "--last", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| seed-0 | 30 | 28 | -40 |" in printed and "| second | 12 | 15 | -35 |" in printed
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert main(["curves", str(a), "--metric", "kl", "--out", str(out)]) == 2
+    assert "--metric kl: no run logged it" in capsys.readouterr().err
+    assert main(["curves", str(a), "--last", "0"]) == 2
