@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -60,6 +61,8 @@ def test_two_processes_equal_one(tmp_path, config):
     for k in a:
         assert (a[k] - b[k]).abs().max() <= 1e-6, k
     assert (double / "metrics.jsonl").read_text().count("\n") == 6  # one process writes the logs
+    machines = [json.loads((run / "segments.jsonl").read_text())["machine"] for run in (single, double)]
+    assert [m["processes"] for m in machines] == [1, 2]  # each segment says how many processes made it
 
 
 def test_a_dead_process_stops_the_other_with_a_message(tmp_path):

@@ -20,7 +20,8 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     assert [(s["start"], s["end"], s["stopped"]) for s in segments] == [(0, 3, "done"), (3, 8, "done")]
     assert segments[1]["command"].startswith("metagrad train --config sinusoid-maml") and "--resume" in \
         segments[1]["command"]
-    assert segments[0]["machine"]["cpus"] >= 1 and all(s["seconds"] >= 0 for s in segments)
+    assert segments[0]["machine"]["cpus"] >= 1 and segments[0]["machine"]["processes"] == 1
+    assert all(s["seconds"] >= 0 for s in segments)
     row = longruns.Row("a test row", "10 iterations", "row", "metagrad train ...", target=10)
     status = longruns.row_status(row, tmp_path / "long")
     assert status["done"] == 0.8 and status["runs"][0]["segments"] == 2

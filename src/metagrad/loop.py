@@ -293,11 +293,14 @@ def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: lis
 
 
 def machine() -> dict[str, Any]:
-    """Where a result was measured (stored beside runs and reproductions)."""
+    """Where a result was measured (stored beside runs and reproductions): the host, its cores, the threads and
+    processes (``torchrun``'s world) of the run, and the software."""
     import os
     import platform
 
-    return {"host": platform.node(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+    dist = torch.distributed
+    processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return {"host": platform.node(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "processes": processes,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
