@@ -68,7 +68,7 @@ run)
     exit "$status"
     ;;
 *)
-    sed -n '2,19p' "$0"
+    sed -n '2,17p' "$0"
     exit 2
     ;;
 esac

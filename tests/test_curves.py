@@ -30,6 +30,14 @@ def test_load_skips_rows_without_the_metric_and_takes_folder_or_file(tmp_path):
     assert run.metrics() == ["return_post", "return_pre"]
 
 
+def test_runs_whose_folders_share_a_name_are_told_apart(tmp_path):
+    a = write_log(tmp_path / "seed-0" / "maml-trpo", rl_rows(3))
+    b = write_log(tmp_path / "seed-1" / "maml-trpo", rl_rows(3))
+    c = write_log(tmp_path / "other" / "ppo", rl_rows(3))
+    runs = curves.load_all([str(a), str(b), str(c), f"{a}=mine"])
+    assert [r.label for r in runs] == ["seed-0/maml-trpo", "seed-1/maml-trpo", "ppo", "mine"]
+
+
 def test_smooth_is_a_trailing_mean():
     assert curves.smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert curves.smooth([1.0, 3.0, 5.0], 1) == [1.0, 3.0, 5.0]

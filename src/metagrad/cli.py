@@ -197,7 +197,6 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--out", default="compare", help="folder for compare.json and compare.png (default: compare)")
 
 
-
 def _add_curves_parser(sub: Any) -> None:
     """``curves``: the logged numbers of several runs in one figure."""
     p = sub.add_parser("curves", help="training curves of several runs in one figure", description="Draw the "
@@ -454,7 +453,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
     if args.last < 1:
         raise MetagradError(f"--last {args.last}: give 1 or more points")
-    runs = [curves.load(spec) for spec in args.runs]
+    runs = curves.load_all(args.runs)
     metrics = curves.choose_metrics(runs, args.metric)
     path = curves.draw(runs, metrics, args.out, window=args.smooth, title=args.title)
     print(curves.summary(runs, metrics, last=args.last))

@@ -59,6 +59,17 @@ def load(spec: str) -> Run:
     return Run(label or name, path, rows)
 
 
+def load_all(specs: Sequence[str]) -> list[Run]:
+    """Every run of ``specs``; runs left unnamed whose folders share a name (``maml-trpo``, say) are named by
+    their parent folder too, so that the figure tells them apart."""
+    runs = [load(spec) for spec in specs]
+    unnamed = [run for spec, run in zip(specs, runs, strict=True) if "=" not in spec]
+    shared = [run for run in unnamed if sum(other.label == run.label for other in runs) > 1]
+    for run in shared:
+        run.label = f"{run.path.parent.parent.name}/{run.label}"
+    return runs
+
+
 def smooth(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean over the last ``window`` values (fewer at the start); window 1 returns the values."""
     if window < 1:
