@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ def draw(runs: Sequence[Run], metrics: Sequence[str], path: str | Path, window: 
     ax.set_xlabel("iteration")
     ax.set_ylabel(metrics[0] if len(metrics) == 1 else ", ".join(metrics))
     suffix = f" (trailing mean of {window})" if window > 1 else ""
-    ax.set_title((title or "training curves") + suffix, fontsize=10)
+    ax.set_title(textwrap.fill((title or "training curves") + suffix, 90), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
