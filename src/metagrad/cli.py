@@ -110,18 +110,20 @@ RL_STUDY = ("Train DRS and the meta-learner (--pair ppo: DRS+PPO vs ProMP; trpo:
             "welch.png and returns.png; resumes where it stopped.")
 
 
+def csv(kind: type) -> Any:
+    """An argparse type: a comma-separated list of ``kind`` (spaces ignored)."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of "
+                                             f"{'integers' if kind is int else 'numbers'}") from None
+    return parse
+
+
 def _add_tradeoff_parsers(sub: Any) -> None:
     """``tradeoff`` (trade-off paper, Figure 3) and ``compare`` (its Figures 1-2: Welch t-test contours)."""
     from . import tradeoff
-
-    def csv(kind: type) -> Any:
-        def parse(text: str) -> list:
-            try:
-                return [kind(v) for v in text.replace(" ", "").split(",") if v]
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of "
-                                                 f"{'integers' if kind is int else 'numbers'}") from None
-        return parse
 
     def join(values: tuple) -> str:
         return ",".join(map(str, values))
@@ -204,9 +206,8 @@ def _add_curves_parser(sub: Any) -> None:
                        "metric by line style), and print each run's last iteration and recent means.")
     p.add_argument("runs", nargs="+", metavar="RUN[=LABEL]", help="a run folder holding metrics.jsonl, or the file; "
                    "=LABEL names it in the figure (default: its folder's name)")
-    p.add_argument("--metric", type=lambda text: [m for m in text.replace(" ", "").split(",") if m],
-                   metavar="M1,M2", help="logged numbers to draw (default: return_post and return_pre for meta-RL "
-                   "runs, meta_loss for supervised ones)")
+    p.add_argument("--metric", type=csv(str), metavar="M1,M2", help="logged numbers to draw (default: "
+                   "return_post and return_pre for meta-RL runs, meta_loss for supervised ones)")
     p.add_argument("--smooth", type=int, default=1, metavar="N", help="trailing mean over N logged points (default 1)")
     p.add_argument("--last", type=int, default=10, metavar="N", help="the printed means are over the last N points")
     p.add_argument("--title", help="the figure's title")

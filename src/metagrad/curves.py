@@ -132,11 +132,10 @@ def summary(runs: Sequence[Run], metrics: Sequence[str], last: int = 10) -> str:
     head = ["run", "last iteration", *[f"{m}, mean of last {last}" for m in metrics]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for run in runs:
-        cells = [run.label]
-        its = [it for m in metrics for it in run.series(m)[0]]
-        cells.append(str(max(its)) if its else "-")
-        for m in metrics:
-            mean = tail_mean(run.series(m)[1], last)
-            cells.append("-" if math.isnan(mean) else f"{mean:.4g}")
+        series = [run.series(m) for m in metrics]
+        its = [it for iterations, _ in series for it in iterations]
+        means = [tail_mean(values, last) for _, values in series]
+        cells = [run.label, str(max(its)) if its else "-",
+                 *("-" if math.isnan(mean) else f"{mean:.4g}" for mean in means)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
