@@ -5,8 +5,9 @@
 One thread, W2's 32 tasks (Omniglot Conv4 5-way 1-shot, second order):
 1. `torch.profiler` over one `learner.meta_gradient` (the public API, the per-task loop), grouped into convolutions,
    batch norm, elementwise work and the rest;
-2. the same meta-gradient in plain autograd with NCHW against `channels_last` tensors, and the one-task meta-gradient
-   compiled without vmap (`torch.compile(grad(meta_loss))`) against it eager: best of alternating repeats.
+2. the same meta-gradient in plain autograd with NCHW against `channels_last` tensors, against convolutions taken as
+   `unfold` + matmul (MKL's GEMM instead of oneDNN's small convolutions), and the one-task meta-gradient compiled
+   without vmap (`torch.compile(grad(meta_loss))`) against it eager: best of alternating repeats.
 Writes benchmarks/results/w2_profile.json and .md.
 """
 
@@ -17,6 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,9 +53,22 @@ def profile_public(w: dict) -> dict[str, float]:
     return {"seconds": seconds, **{g: 100 * v / total for g, v in shares.items()}}
 
 
-def per_task_loop(w: dict, channels_last: bool) -> Callable[[], None]:
-    """The 32 tasks' second-order meta-gradients in plain autograd, optionally in `channels_last` layout."""
+def unfold_conv(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` as im2col (`F.unfold`) and one matrix product (stride and padding as the layer's)."""
+    n, _, h, wd = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))
+    out = conv.weight.reshape(conv.out_channels, -1) @ cols + conv.bias[:, None]
+    return out.reshape(n, conv.out_channels, (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1)
+
+
+def per_task_loop(w: dict, channels_last: bool, unfold: bool = False) -> Callable[[], None]:
+    """The 32 tasks' second-order meta-gradients in plain autograd, optionally in `channels_last` layout or with
+    the convolutions as `unfold` + matmul."""
     model = bench._peer_model(w)
+    for m in model.modules() if unfold else ():
+        if isinstance(m, torch.nn.Conv2d):
+            m.forward = partial(unfold_conv, m)
     xs, ys, xq, yq = bench.make_data(w)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
@@ -110,8 +125,8 @@ def main() -> None:
     keep_freed_memory()  # as metagrad's task threads run
     w = bench.WORKLOADS["W2"]
     result = {"torch": torch.__version__, "profile": profile_public(w),
-              "layout": best_of({"NCHW": per_task_loop(w, False), "channels_last": per_task_loop(w, True)},
-                                args.repeats),
+              "layout": best_of({"NCHW": per_task_loop(w, False), "channels_last": per_task_loop(w, True),
+                                 "unfold + matmul": per_task_loop(w, False, unfold=True)}, args.repeats),
               "one_task": best_of({"eager autograd loop": per_task_loop(w, False),
                                    "compiled grad(meta_loss)": one_task_functional(w, True)}, args.repeats)}
     prof = result["profile"]
