@@ -54,12 +54,23 @@ def profile_public(w: dict) -> dict[str, float]:
 
 
 def unfold_conv(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` as im2col (`F.unfold`) and one matrix product (stride and padding as the layer's)."""
+    """``conv(x)`` as im2col (`F.unfold`) and one matrix product (stride and padding as the layer's; W2's layers have
+    no groups or dilation)."""
     n, _, h, wd = x.shape
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))
     out = conv.weight.reshape(conv.out_channels, -1) @ cols + conv.bias[:, None]
     return out.reshape(n, conv.out_channels, (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1)
+
+
+def check_unfold(w: dict) -> None:
+    """Stop unless the `unfold` convolutions give the layers' own outputs on W2's query images."""
+    conv = bench._peer_model(w)[0]
+    x = bench.make_data(w)[2][0]
+    with torch.no_grad():
+        gap = float((unfold_conv(conv, x) - conv(x)).abs().max())
+    if gap > 1e-4:
+        raise SystemExit(f"unfold + matmul differs from the convolution by {gap:.1e}")
 
 
 def per_task_loop(w: dict, channels_last: bool, unfold: bool = False) -> Callable[[], None]:
@@ -124,6 +135,7 @@ def main() -> None:
 
     keep_freed_memory()  # as metagrad's task threads run
     w = bench.WORKLOADS["W2"]
+    check_unfold(w)
     result = {"torch": torch.__version__, "profile": profile_public(w),
               "layout": best_of({"NCHW": per_task_loop(w, False), "channels_last": per_task_loop(w, True),
                                  "unfold + matmul": per_task_loop(w, False, unfold=True)}, args.repeats),
