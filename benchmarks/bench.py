@@ -333,6 +333,16 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def alternating(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Each step's seconds over ``repeats`` rounds that call the steps in turn (so that a change in the machine's
+    load falls on all of them alike)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(_timed(step))
+    return times
+
+
 def metagrad_gflop(workload: str) -> float:
     """Floating-point work of one metagrad meta-gradient (per-task loop, counted by torch's FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode

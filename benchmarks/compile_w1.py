@@ -31,6 +31,9 @@ from torch.func import functional_call, grad, vmap
 import metagrad as mg
 from metagrad.tasks import Sinusoid
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -81,12 +84,7 @@ def time_steps(names: list[str], iterations: int) -> dict[str, float]:
         for step in steps.values():
             step()
     out = {"warmup_s": time.perf_counter() - t}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(iterations):
-        for name, step in steps.items():
-            t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
+    times = bench.alternating(steps, iterations)
     return {**out, **{name: 1000 * statistics.median(v) for name, v in times.items()}}
 
 

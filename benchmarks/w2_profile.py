@@ -1,4 +1,4 @@
-"""Where one thread's time goes on W2, and two layouts tried for the 2x goal (docs/speed.md, "On the CPU").
+"""Where one thread's time goes on W2, and the variants tried for the 2x goal (docs/speed.md, "On the CPU").
 
     .venv/bin/python benchmarks/w2_profile.py [--repeats 5]
 
@@ -117,13 +117,7 @@ def best_of(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str, 
     """Each variant called once to warm up (compilation included), then in turn ``repeats`` times: best seconds."""
     for run in variants.values():
         run()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            t = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t)
-    return {name: min(v) for name, v in times.items()}
+    return {name: min(v) for name, v in bench.alternating(variants, repeats).items()}
 
 
 def main() -> None:
