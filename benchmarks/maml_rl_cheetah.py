@@ -9,7 +9,12 @@ A thin gym-0.17 shim (``MetagradCheetahDir``) steps one copy of ``metagrad.rl.en
 the same simulator, observation, reward, clipping and horizon as metagrad's runs. Settings default to the MAML
 paper's (2 x 100 ReLU, 40 tasks x 20 episodes x 200 steps, inner step 0.1, max KL 0.02), metagrad's preset too.
 Each iteration appends to ``metrics.jsonl`` (returns before and after the inner step, seconds) and writes the
-policy atomically to ``policy.pt``; the command continues from there.
+policy atomically to ``policy.pt`` (and to ``best.pt`` when its training return after the step is the best so far);
+the command continues from there. ``--test`` evaluates ``best.pt`` as metagrad's runs are tested (its weights in
+metagrad's Gaussian policy, checked to give the same distribution; the MAML paper's 40 held-out tasks x 20
+episodes, steps 0.1 then 0.05, metagrad's adaptation step) and writes ``test.json``:
+
+    benchmarks/.venv-maml-rl/bin/python benchmarks/maml_rl_cheetah.py --repo PATH --out DIR --test
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def main() -> None:
     p.add_argument("--max-kl", type=float, default=0.02, help="TRPO step (metagrad's locomotion runs: 0.02, the KL "
                    "step of the MAML paper's half-cheetah run; pytorch-maml-rl's config: 0.01)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test", action="store_true", help="evaluate OUT/best.pt on held-out tasks instead of training")
     args = p.parse_args()
     sys.path[:0] = [str(Path(args.repo).resolve()), str(ROOT / "src")]
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # its sampler forks workers: OpenMP started before a fork hangs
@@ -98,7 +104,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo", "test")}
     settings_file = out / "settings.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         sys.exit(f"{out} holds a run with other settings ({settings_file}); use another --out")
@@ -114,6 +120,10 @@ def main() -> None:
     done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     if done and state.exists():
         policy.load_state_dict(torch.load(state))
+    if args.test:
+        return test(policy, out)
+    best_so_far = max((json.loads(line)["return_post"] for line in metrics.read_text().splitlines()),
+                      default=float("-inf")) if done else float("-inf")
     policy.share_memory()
     baseline = LinearFeatureBaseline(env.observation_space.shape[0])
     sampler = MultiTaskSampler(name, env_kwargs={}, batch_size=args.episodes, policy=policy, baseline=baseline,
@@ -124,6 +134,7 @@ def main() -> None:
         if args.time_budget and time.monotonic() - start > 60 * args.time_budget:
             break
         t0 = time.perf_counter()
+        before = {k: v.clone() for k, v in policy.state_dict().items()}
         tasks = sampler.sample_tasks(num_tasks=args.meta_batch_size)
         futures = sampler.sample_async(tasks, num_steps=1, fast_lr=0.1, gamma=0.99, gae_lambda=1.0, device="cpu")
         logs = learner.step(*futures, max_kl=args.max_kl, cg_iters=10, cg_damping=1e-5, ls_max_steps=15,
@@ -135,13 +146,75 @@ def main() -> None:
                "kl_after": float(sum(logs["kl_after"]) / len(logs["kl_after"])) if "kl_after" in logs else None,
                "env_steps": int(sum(sum(e.lengths) for e in train[0]) + sum(sum(e.lengths) for e in valid)),
                "seconds": round(time.perf_counter() - t0, 2)}
-        tmp = state.with_suffix(".tmp")
-        torch.save(policy.state_dict(), tmp)
-        os.replace(tmp, state)
+        save(policy.state_dict(), state)
+        if row["return_post"] > best_so_far:  # the policy this iteration's episodes were sampled from
+            best_so_far = row["return_post"]
+            save(before, out / "best.pt")
+            atomic_text(out / "best.json", json.dumps({"iteration": it + 1, "return_post": best_so_far}) + "\n")
         with metrics.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     sampler.close()
+
+
+def save(state: dict, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename: a killed run leaves the old file or the new one."""
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file and a rename."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def metagrad_policy(policy, learner) -> None:
+    """Copy pytorch-maml-rl's ``NormalMLPPolicy`` weights into metagrad's ``GaussianMLPPolicy`` and check that both
+    give the same action distribution on random observations."""
+    import torch
+
+    src = policy.state_dict()
+    layers = [m for m in learner.policy.mean if isinstance(m, torch.nn.Linear)]
+    names = [f"layer{i}" for i in range(1, len(layers))] + ["mu"]
+    with torch.no_grad():
+        for layer, name in zip(layers, names, strict=True):
+            layer.weight.copy_(src[f"{name}.weight"])
+            layer.bias.copy_(src[f"{name}.bias"])
+        learner.policy.log_std.copy_(src["sigma"])
+        obs = torch.randn(64, layers[0].in_features)
+        theirs, ours = policy(obs), learner.policy(obs)
+        mean, log_std = ours[:, : learner.policy.action_dim], ours[:, learner.policy.action_dim:]
+        if not (torch.allclose(theirs.mean, mean, atol=1e-5) and torch.allclose(theirs.stddev, log_std.exp())):
+            raise SystemExit("the copied policy gives another distribution than pytorch-maml-rl's: check the layers")
+
+
+def test(policy, out: Path) -> None:
+    """Evaluate ``OUT/best.pt`` (else ``policy.pt``) with metagrad's test of the half-cheetah runs; write
+    ``OUT/test.json``."""
+    import torch
+
+    from metagrad.reproduce import locomotion, metarl
+    from metagrad.rl.evaluate import evaluate
+    from metagrad.rl.train import build
+
+    ckpt = out / "best.pt" if (out / "best.pt").exists() else out / "policy.pt"
+    policy.load_state_dict(torch.load(ckpt))
+    cfg = metarl.method_config("maml-trpo", False, None, None, {}, locomotion.experiment("cheetah-dir").base)
+    learner, _ = build(cfg)
+    metagrad_policy(policy, learner)
+    t0 = time.perf_counter()
+    curve, _, _ = evaluate(learner, cfg)
+    best = json.loads((out / "best.json").read_text()) if ckpt.name == "best.pt" else None
+    trained = len((out / "metrics.jsonl").read_text().splitlines())
+    result = {"checkpoint": ckpt.name, "best": best, "iterations": trained, "curve": curve,
+              "eval_seconds": round(time.perf_counter() - t0, 1)}
+    atomic_text(out / "test.json", json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
