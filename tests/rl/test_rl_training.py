@@ -79,6 +79,24 @@ def test_reproduce_navigation_end_to_end(tmp_path, capsys):
                                                                              "emaml"}
 
 
+def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
+    """MAML Figure 5's protocol on half-cheetah direction: the table beside the paper's appendix numbers, the
+    results file, and the figures (return after k steps with the paper's values, training curves)."""
+    out = tmp_path / "cheetah"
+    sets = ["--set", "hidden=8", "--set", "meta_batch_size=2", "--set", "episodes=2", "--set", "horizon=10",
+            "--set", "eval_episodes=2", "--set", "eval_lr_grid=0.1,0.5"]
+    assert main(["reproduce", "locomotion", "--env", "cheetah-dir", "--algo", "maml-trpo,oracle", "--iterations",
+                 "1", "--eval-tasks", "4", "--out", str(out), "--no-progress", *sets]) == 0
+    text = capsys.readouterr().out
+    assert "| MAML-TRPO (paper) | | -50.7 | 293.2 | 313.5 | 315.6 |" in text
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"maml-trpo", "oracle"}
+    assert all(len(r["curve"]["mean"]) == 4 for r in results["methods"].values())
+    for name in ("return_curves.png", "training_curves.png", "table.md"):
+        assert (out / name).stat().st_size > 0
+    assert not (out / "trajectories.png").exists()  # positions are navigation's
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "env=mujoco-nav"], "unknown environment 'mujoco-nav'"),
     (["--set", "horizon=-5"], "horizon -5 must be >= 1"),

@@ -8,6 +8,7 @@ same (``metarl.run`` with this module's ``Experiment``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..analysis.stats import format_ci
@@ -35,7 +36,14 @@ def experiment(env: str) -> Experiment:
     if env not in ENVS:
         raise ConfigError(f"unknown locomotion task family '{env}'; choose one of {', '.join(ENVS)}")
     paper = {"maml": MAML_PAPER.get(env, {}), "sgmrl_table2": SGMRL_TABLE2.get(env, {})}
-    return Experiment(f"locomotion-{env}", format_table, paper, {**BASE, "env": env})
+    return Experiment(f"locomotion-{env}", format_table, paper, {**BASE, "env": env}, figures=figures)
+
+
+def figures(results: dict[str, Any], out: Path) -> list[Path]:
+    """MAML Figure 5's panel (return after k steps) and the training curves (matplotlib imported only here)."""
+    from ..rl import plots
+
+    return plots.locomotion_figures(results, out)
 
 
 def format_table(results: dict[str, Any]) -> str:

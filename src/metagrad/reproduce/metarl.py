@@ -42,6 +42,7 @@ class Experiment:
     paper: dict[str, Any] = field(default_factory=dict)
     base: dict[str, Any] = field(default_factory=dict)
     rllab_methods: tuple[str, ...] = ()  # also measured as the MAML code measured them (rllab's sampler)
+    figures: Callable[[dict[str, Any], Path], list[Path]] | None = None  # (results, OUT) -> the figures drawn
 
 
 def parse_methods(text: str | None) -> list[str]:
@@ -107,10 +108,8 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     table = experiment.table(results)
     (out / "table.md").write_text(table + "\n")
     print(table)
-    if figures and experiment.name == "navigation":
-        from ..rl import plots
-
-        for f in plots.navigation_figures(results, out):
+    if figures and experiment.figures is not None:
+        for f in experiment.figures(results, out):
             print("figure:  " + str(f))
     print("results: " + str(path))
     return results

@@ -8,6 +8,7 @@ episodes, which weighs short, successful ones more); the fixed-episode curve sta
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..analysis.stats import format_ci
@@ -66,5 +67,12 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def figures(results: dict[str, Any], out: Path) -> list[Path]:
+    """MAML Figure 4: return after k steps, training curves, trajectories (matplotlib imported only here)."""
+    from ..rl import plots
+
+    return plots.navigation_figures(results, out)
+
+
 NAVIGATION = Experiment("navigation", format_table, {"maml_table4": MAML_TABLE4, "sgmrl_table1": SGMRL_TABLE1},
-                        rllab_methods=tuple(MAML_TABLE4))  # Table 4's context-vector row: appendix C.2
+                        rllab_methods=tuple(MAML_TABLE4), figures=figures)  # Table 4's context-vector row: appendix C.2

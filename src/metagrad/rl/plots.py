@@ -1,5 +1,6 @@
-"""Figures of the navigation reproduction: return after k steps (MAML Figure 4, top), training curves, and
-trajectories before and after adaptation (MAML Figure 4, bottom). Drawn from saved results (matplotlib Agg)."""
+"""Figures of the meta-RL reproductions: return after k steps (MAML Figures 4, top, and 5), training curves, and
+on 2D navigation trajectories before and after adaptation (MAML Figure 4, bottom). Drawn from saved results
+(matplotlib Agg)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ COLORS = {"maml-trpo": "tab:green", "fomaml-trpo": "tab:olive", "pretrained": "t
           "oracle": "tab:red", "sgmrl": "tab:purple", "sgmrl-full": "tab:pink", "maml-vpg": "tab:cyan",
           "emaml": "tab:orange"}
 
+TITLES = {"cheetah-dir": "half-cheetah, forward/backward", "cheetah-vel": "half-cheetah, goal velocity",
+          "ant-dir": "ant, forward/backward", "ant-vel": "ant, goal velocity", "swimmer-vel": "swimmer, goal velocity"}
+
 
 def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
     """Every figure that the methods in ``results`` allow; returns their paths."""
     methods = results["methods"]
-    paths = [return_curves(methods, out / "return_curves.png")]
-    logs = {m: out / m / "metrics.jsonl" for m in methods if (out / m / "metrics.jsonl").exists()}
-    if logs:
-        paths.append(training_curves(logs, {m: methods[m]["label"] for m in logs}, out / "training_curves.png"))
+    paths = [return_curves(methods, out / "return_curves.png"), *_training_figure(methods, out)]
     shown = [m for m in ("maml-trpo", "pretrained", "sgmrl", "maml-vpg") if (out / m / "paths.pt").exists()]
     if shown:
         paths.append(trajectories({m: torch.load(out / m / "paths.pt") for m in shown},
@@ -30,8 +31,26 @@ def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def return_curves(methods: dict[str, Any], path: Path) -> Path:
-    """Average return after 0..k gradient steps with 95% CI bands, one line per method."""
+def locomotion_figures(results: dict[str, Any], out: Path) -> list[Path]:
+    """MAML Figure 5's panel for one task family (return after 0..k steps, the paper's values beside where its
+    appendix tables give them) and the training curves."""
+    methods, env = results["methods"], results["experiment"].removeprefix("locomotion-")
+    paper = {m: v for m, v in results.get("paper", {}).get("maml", {}).items() if m in methods}
+    return [return_curves(methods, out / "return_curves.png", TITLES.get(env, env), symlog=False, paper=paper),
+            *_training_figure(methods, out)]
+
+
+def _training_figure(methods: dict[str, Any], out: Path) -> list[Path]:
+    logs = {m: out / m / "metrics.jsonl" for m in methods if (out / m / "metrics.jsonl").exists()}
+    if not logs:
+        return []
+    return [training_curves(logs, {m: methods[m]["label"] for m in logs}, out / "training_curves.png")]
+
+
+def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot, 2D navigation",
+                  symlog: bool = True, paper: dict[str, list[float]] | None = None) -> Path:
+    """Average return after 0..k gradient steps with 95% CI bands, one line per method; ``paper``'s values per
+    method as open markers."""
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for m, r in methods.items():
         c = r["curve"]
@@ -40,11 +59,15 @@ def return_curves(methods: dict[str, Any], path: Path) -> Path:
         hi = [a + b for a, b in zip(c["mean"], c["ci95"], strict=True)]
         ax.plot(steps, c["mean"], marker="o", ms=3, label=r["label"], color=COLORS.get(m))
         ax.fill_between(steps, lo, hi, alpha=0.2, color=COLORS.get(m))
+        if m in (paper or {}):
+            ax.plot(range(len(paper[m])), paper[m], ls=":", marker="o", mfc="none", color=COLORS.get(m),
+                    label=f"{r['label']} (paper)")
     ax.set_xticks(range(max(len(r["curve"]["mean"]) for r in methods.values())))
-    ax.set_yscale("symlog", linthresh=1.0)
+    if symlog:
+        ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("number of gradient steps")
-    ax.set_ylabel("average return (symlog scale)")
-    ax.set_title("point robot, 2D navigation")
+    ax.set_ylabel("average return" + (" (symlog scale)" if symlog else ""))
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
