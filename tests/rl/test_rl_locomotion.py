@@ -380,3 +380,32 @@ def test_the_oracle_is_refused_where_there_is_no_goal():
         build(RLConfig(env="ml1-reach", oracle=True))
     learner, _ = build(RLConfig(env="cheetah-dir", oracle=True, horizon=5, hidden=(8,)))
     assert learner.env.oracle and learner.policy.mean[0].in_features == learner.env.obs_dim
+
+
+@pytest.mark.parametrize("family", ["cheetah-dir", "hopper-rand-params"])
+def test_action_scale_steps_the_simulator_with_the_scaled_clipped_action(family):
+    """``action_scale=0.1`` (the SG-MRL code's normalize() with scale 10): the policy's action u steps the simulator
+    as 0.1 u does at scale 1, clipping (and the control cost) included, to the bit; the policy's range is [-10, 10]."""
+    plain, scaled = MujocoTaskEnv(family, horizon=4, seed=5), MujocoTaskEnv(family, horizon=4, seed=5,
+                                                                            action_scale=0.1)
+    assert (scaled.action_space.low, scaled.action_space.high) == (-10.0, 10.0)
+    tasks = plain.sample_tasks(2, torch.Generator().manual_seed(0))
+    assert torch.equal(plain.reset(tasks, 2), scaled.reset(tasks, 2))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):  # up to 15 in the policy's units: beyond the simulator's limits after scaling, clipped
+        u = (torch.rand(2, 2, *plain.action_space.shape, generator=gen, dtype=torch.float64) * 2 - 1) * 15
+        (oa, ra, da), (ob, rb, db) = plain.step(u * 0.1), scaled.step(u)
+        assert torch.equal(oa, ob) and torch.equal(ra, rb) and torch.equal(da, db)
+
+
+def test_action_scale_is_checked():
+    from metagrad.rl.config import RLConfig
+    from metagrad.rl.train import build
+
+    with pytest.raises(ConfigError, match=r"action_scale 0\.0 must be positive"):
+        RLConfig(env="cheetah-dir", action_scale=0.0).validate()
+    with pytest.raises(ConfigError, match="action_scale -1 must be positive"):
+        MujocoTaskEnv("cheetah-dir", action_scale=-1)
+    with pytest.raises(ConfigError, match=r"action_scale 0\.1 is for the MuJoCo locomotion families"):
+        build(RLConfig(env="navigation2d", action_scale=0.1))
+    assert build(RLConfig(env="cheetah-dir", action_scale=0.1))[0].env.action_space.high == 10.0

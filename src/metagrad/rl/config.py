@@ -49,6 +49,9 @@ class RLConfig(Settings):
                            "torso's centre of mass, for cheetah-dir, cheetah-vel, ant-*, swimmer-vel as the MAML "
                            "code; the simulator's for the others), rllab, or gym (gymnasium's, as ProMP's and the "
                            "SG-MRL code's half-cheetah)")
+    action_scale: float = opt(1.0, "env", "MuJoCo locomotion: the simulator's action is the policy's times this "
+                              "(0.1: the SG-MRL and ProMP code's normalize() with scale 10, the policy acting in "
+                              "[-10, 10] for the half-cheetah's [-1, 1])")
     normalized_actions: bool = opt(True, "env", "navigation: the policy acts in [-1, 1], scaled to the velocity "
                                    "limit (rllab's normalize(), what the MAML code trains with)")
     # [policy]
@@ -124,7 +127,7 @@ class RLConfig(Settings):
                              "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
                              "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,
                              "snapshot_steps": 0, "context": 0})
-        positive = ("max_kl", "outer_lr", "init_std")
+        positive = ("max_kl", "outer_lr", "init_std", "action_scale")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be positive")

@@ -28,13 +28,15 @@ class CopyTaskEnv(TaskEnv):
     without one, the number of resets so far.
     """
 
-    def __init__(self, horizon: int, seed: int, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray):
+    def __init__(self, horizon: int, seed: int, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray,
+                 action_scale: float = 1.0):
         if horizon < 1:
             raise ConfigError(f"horizon {horizon} must be >= 1 (e.g. 200)")
         self.horizon, self.seed, self.obs_dim = int(horizon), int(seed), int(obs_dim)
         self._sim_dim = self.obs_dim  # the simulator's part of the observation (the rest: ``_task_features``)
         self._low = np.asarray(action_low, dtype=np.float64)
         self._high = np.asarray(action_high, dtype=np.float64)
+        self._action_scale = float(action_scale)  # the simulator's action per unit of the policy's
         self._resets = 0
         self._next_seed: int | None = None
         self._shape = (0, 0)
@@ -93,7 +95,8 @@ class CopyTaskEnv(TaskEnv):
         if not self._copies:
             raise RuntimeError("call reset() before step()")
         n = len(self._copies)
-        act = np.clip(actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64), self._low, self._high)
+        act = actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64)
+        act = np.clip(act * self._action_scale if self._action_scale != 1.0 else act, self._low, self._high)
         stepped = ~self._done
         self._simulate(act)
         done = self._done

@@ -166,17 +166,20 @@ class MujocoTaskEnv(CopyTaskEnv):
     """A locomotion task family (``FAMILIES``) as a ``TaskEnv``; ``horizon`` steps per episode (default 200);
     ``frame_skip`` simulator steps per action (0: the family's own); ``observation`` ``gym`` or ``rllab`` (``auto``:
     the family's own); ``oracle``: the task's goal (direction or velocity) appended to the observation (the MAML
-    paper's oracle baseline).
+    paper's oracle baseline); ``action_scale``: the simulator's action is the policy's times this, before clipping
+    (rllab's and maml_zoo's ``normalize()`` with scale 10 is 0.1; ``action_space`` is then the policy's range).
 
     ``direct`` is True where the family is stepped in MuJoCo directly (``DIRECT_ROBOTS``); setting it False before a
     ``reset`` steps through gymnasium's ``step`` instead (the same numbers, slower: the tests compare the two)."""
 
     def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0,
-                 observation: str = "auto", oracle: bool = False):
+                 observation: str = "auto", oracle: bool = False, action_scale: float = 1.0):
         if family not in FAMILIES:
             raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
         if frame_skip < 0:
             raise ConfigError(f"frame_skip {frame_skip} must be >= 0 (0: the family's own)")
+        if not action_scale > 0:
+            raise ConfigError(f"action_scale {action_scale} must be positive (1: the simulator's units)")
         self.family_name, self.family = family, FAMILIES[family]
         observation = self.family.observation if observation == "auto" else observation
         if observation not in OBSERVATIONS:
@@ -192,8 +195,9 @@ class MujocoTaskEnv(CopyTaskEnv):
         first = probe.reset(seed=seed)[0]
         observer = self._observer(probe)
         obs_dim = (first if observer is None else observer(first)).size
-        super().__init__(horizon, seed, obs_dim, space.low, space.high)
-        self.action_space = Space("box", tuple(space.shape), float(space.low.min()), float(space.high.max()))
+        super().__init__(horizon, seed, obs_dim, space.low, space.high, action_scale)
+        self.action_space = Space("box", tuple(space.shape), float(space.low.min()) / action_scale,
+                                  float(space.high.max()) / action_scale)
         self._pool: list[Any] = [probe]  # simulators by copy index, reused across resets
         self._defaults = {name: getattr(probe.model, name).copy() for name, _ in PARAM_ARRAYS}
         self._sizes = [a.size for a in self._defaults.values()]
