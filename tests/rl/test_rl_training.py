@@ -95,6 +95,12 @@ def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
     for name in ("return_curves.png", "training_curves.png", "table.md"):
         assert (out / name).stat().st_size > 0
     assert not (out / "trajectories.png").exists()  # positions are navigation's
+    # resumed with a longer budget: the log gains a resume note, which the figures skip
+    assert main(["reproduce", "locomotion", "--env", "cheetah-dir", "--algo", "maml-trpo", "--iterations", "2",
+                 "--eval-tasks", "4", "--out", str(out), "--no-progress", *sets]) == 0
+    log = [json.loads(line) for line in (out / "maml-trpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if "return_post" in r] == [1, 2] and any("resumed_with" in r for r in log)
+    assert "figure:  " + str(out / "training_curves.png") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,12 +4,12 @@ on 2D navigation trajectories before and after adaptation (MAML Figure 4, bottom
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import curves
 from ..plots import _save, plt
 
 COLORS = {"maml-trpo": "tab:green", "fomaml-trpo": "tab:olive", "pretrained": "tab:blue", "random": "black",
@@ -77,11 +77,9 @@ def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -
     """Average return of each training meta-batch before (dashed) and after (solid) adaptation."""
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for m, log in logs.items():
-        rows = [json.loads(ln) for ln in log.read_text().splitlines()]
-        its = [r["iteration"] for r in rows]
-        color = COLORS.get(m)
-        ax.plot(its, [r["return_post"] for r in rows], color=color, lw=1, label=f"{labels[m]}, after")
-        ax.plot(its, [r["return_pre"] for r in rows], color=color, lw=0.8, ls="--", alpha=0.6)
+        run, color = curves.load(str(log)), COLORS.get(m)
+        ax.plot(*run.series("return_post"), color=color, lw=1, label=f"{labels[m]}, after")
+        ax.plot(*run.series("return_pre"), color=color, lw=0.8, ls="--", alpha=0.6)
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("average return (training tasks)")
     ax.set_title("meta-training (dashed: before adaptation)")
@@ -121,9 +119,9 @@ def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
     contour = welch_contours(prob, steps, list(range(prob.shape[1])), out / "welch.png", label_a, label_b,
                              titles=[f"{study['env']}: {label_a} vs {label_b}"])
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for curves, label, color in zip(results["returns"].values(), results["labels"], ("tab:blue", "tab:green"),
+    for runs, label, color in zip(results["returns"].values(), results["labels"], ("tab:blue", "tab:green"),
                                     strict=True):
-        c = np.asarray(curves)  # [seeds, snapshots, updates + 1]
+        c = np.asarray(runs)  # [seeds, snapshots, updates + 1]
         for t, style in ((0, "--"), (c.shape[2] - 1, "-")):
             mean, sd = c[:, :, t].mean(0), c[:, :, t].std(0, ddof=1)
             ax.plot(results["checkpoint_steps"], mean, style, color=color, marker="o", ms=3,
