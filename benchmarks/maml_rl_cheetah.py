@@ -102,6 +102,8 @@ def main() -> None:
     from maml_rl.policies import NormalMLPPolicy
     from maml_rl.samplers import MultiTaskSampler
 
+    from metagrad.checkpoint import write_json
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo", "test")}
@@ -117,13 +119,13 @@ def main() -> None:
     policy = NormalMLPPolicy(env.observation_space.shape[0], env.action_space.shape[0], hidden_sizes=hidden,
                              nonlinearity=activation)
     metrics, state = out / "metrics.jsonl", out / "policy.pt"
-    done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    logged = metrics.read_text().splitlines() if metrics.exists() else []
+    done = len(logged)
     if done and state.exists():
         policy.load_state_dict(torch.load(state))
     if args.test:
-        return test(policy, out)
-    best_so_far = max((json.loads(line)["return_post"] for line in metrics.read_text().splitlines()),
-                      default=float("-inf")) if done else float("-inf")
+        return test(policy, out, done, hidden, args.activation)
+    best_so_far = max((json.loads(line)["return_post"] for line in logged), default=float("-inf"))
     policy.share_memory()
     baseline = LinearFeatureBaseline(env.observation_space.shape[0])
     sampler = MultiTaskSampler(name, env_kwargs={}, batch_size=args.episodes, policy=policy, baseline=baseline,
@@ -150,7 +152,7 @@ def main() -> None:
         if row["return_post"] > best_so_far:  # the policy this iteration's episodes were sampled from
             best_so_far = row["return_post"]
             save(before, out / "best.pt")
-            atomic_text(out / "best.json", json.dumps({"iteration": it + 1, "return_post": best_so_far}) + "\n")
+            write_json(out / "best.json", {"iteration": it + 1, "return_post": best_so_far})
         with metrics.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
@@ -163,13 +165,6 @@ def save(state: dict, path: Path) -> None:
 
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file and a rename."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -193,27 +188,28 @@ def metagrad_policy(policy, learner) -> None:
             raise SystemExit("the copied policy gives another distribution than pytorch-maml-rl's: check the layers")
 
 
-def test(policy, out: Path) -> None:
-    """Evaluate ``OUT/best.pt`` (else ``policy.pt``) with metagrad's test of the half-cheetah runs; write
-    ``OUT/test.json``."""
+def test(policy, out: Path, done: int, hidden: tuple[int, ...], activation: str) -> None:
+    """Evaluate ``OUT/best.pt`` (else ``policy.pt``, the run's ``done`` iterations) in metagrad's policy of the
+    same ``hidden`` sizes and ``activation`` with metagrad's test of the half-cheetah runs; write ``OUT/test.json``."""
     import torch
 
+    from metagrad.checkpoint import write_json
     from metagrad.reproduce import locomotion, metarl
     from metagrad.rl.evaluate import evaluate
     from metagrad.rl.train import build
 
     ckpt = out / "best.pt" if (out / "best.pt").exists() else out / "policy.pt"
     policy.load_state_dict(torch.load(ckpt))
-    cfg = metarl.method_config("maml-trpo", False, None, None, {}, locomotion.experiment("cheetah-dir").base)
+    cfg = metarl.method_config("maml-trpo", False, None, None, {"hidden": hidden, "activation": activation},
+                               locomotion.experiment("cheetah-dir").base)
     learner, _ = build(cfg)
     metagrad_policy(policy, learner)
     t0 = time.perf_counter()
     curve, _, _ = evaluate(learner, cfg)
     best = json.loads((out / "best.json").read_text()) if ckpt.name == "best.pt" else None
-    trained = len((out / "metrics.jsonl").read_text().splitlines())
-    result = {"checkpoint": ckpt.name, "best": best, "iterations": trained, "curve": curve,
+    result = {"checkpoint": ckpt.name, "best": best, "iterations": done, "curve": curve,
               "eval_seconds": round(time.perf_counter() - t0, 1)}
-    atomic_text(out / "test.json", json.dumps(result, indent=1) + "\n")
+    write_json(out / "test.json", result)
     print(json.dumps(result))
 
 

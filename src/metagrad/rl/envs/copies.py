@@ -95,8 +95,8 @@ class CopyTaskEnv(TaskEnv):
         if not self._copies:
             raise RuntimeError("call reset() before step()")
         n = len(self._copies)
-        act = actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64)
-        act = np.clip(act * self._action_scale if self._action_scale != 1.0 else act, self._low, self._high)
+        act = actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64) * self._action_scale
+        act = np.clip(act, self._low, self._high)
         stepped = ~self._done
         self._simulate(act)
         done = self._done

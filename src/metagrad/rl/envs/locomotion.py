@@ -167,7 +167,8 @@ class MujocoTaskEnv(CopyTaskEnv):
     ``frame_skip`` simulator steps per action (0: the family's own); ``observation`` ``gym`` or ``rllab`` (``auto``:
     the family's own); ``oracle``: the task's goal (direction or velocity) appended to the observation (the MAML
     paper's oracle baseline); ``action_scale``: the simulator's action is the policy's times this, before clipping
-    (rllab's and maml_zoo's ``normalize()`` with scale 10 is 0.1; ``action_space`` is then the policy's range).
+    (maml_zoo's ``normalize()`` with scale 10, as the SG-MRL and ProMP code ran, is 0.1; ``action_space`` is then
+    the policy's range).
 
     ``direct`` is True where the family is stepped in MuJoCo directly (``DIRECT_ROBOTS``); setting it False before a
     ``reset`` steps through gymnasium's ``step`` instead (the same numbers, slower: the tests compare the two)."""
