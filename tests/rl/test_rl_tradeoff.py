@@ -111,10 +111,17 @@ def test_tradeoff_rl_bad_input_is_named(tmp_path, capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
-def test_an_interrupted_locomotion_run_resumes_to_the_same_checkpoints(tmp_path):
-    """MuJoCo copies draw their initial states from the run's generator: resuming sees the same states."""
+SGMRL_ROW = dict(env="cheetah-dir", frame_skip=5, observation="gym", action_scale=0.1, init_std=1.0,
+                 activation="tanh", outer="vpg", outer_optimizer="adam", outer_lr=1e-3)
+
+
+@pytest.mark.parametrize("cfg", [_cfg("trpo-maml", env="cheetah-dir", horizon=10, iterations=3, checkpoint_every=1),
+                                 _cfg("trpo-maml", horizon=10, iterations=3, checkpoint_every=1, compile=True,
+                                      **SGMRL_ROW)], ids=["trpo", "sgmrl-row-vpg-adam-compiled"])
+def test_an_interrupted_locomotion_run_resumes_to_the_same_checkpoints(tmp_path, cfg):
+    """MuJoCo copies draw their initial states from the run's generator: resuming sees the same states. Also on the
+    SG-MRL row's settings with the compiled meta-gradient and Adam's state carried through the checkpoint."""
     pytest.importorskip("mujoco")
-    cfg = _cfg("trpo-maml", env="cheetah-dir", horizon=10, iterations=3, checkpoint_every=1)
     for name, first in (("straight", cfg), ("resumed", cfg.replace(iterations=2))):
         learner, opt = build(first)
         RLTrainer(learner, opt, first, tmp_path / name, progress=False).fit()
