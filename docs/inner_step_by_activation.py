@@ -19,7 +19,7 @@ from metagrad.rl.config import RLConfig
 from metagrad.rl.sampler import policy_dist
 from metagrad.rl.train import build
 
-ROW = dict(env="cheetah-dir", frame_skip=5, observation="gym", action_scale=0.1, init_std=1.0, algo="maml",
+ROW = dict(env="cheetah-dir", horizon=200, frame_skip=5, observation="gym", action_scale=0.1, init_std=1.0, algo="maml",
            outer="vpg")
 
 

@@ -109,6 +109,20 @@ ROWS = (
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --set "
         "frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set compile=true --out "
         "results/long/sgmrl-cheetah-dir-scaled", 500),
+    Row("SG-MRL Table 2, MAML (VPG) with its code's action scale, ReLU and an inner step of 0.35 (ReLU's first inner "
+        "step at 0.1 moves the mean action 3-5x less than tanh's; docs/inner_step_by_activation.py): one change, and "
+        "ReLU learns (+215 after one step over iterations 51-60, where 0.1 stays flat)", "500 epochs",
+        "sgmrl-cheetah-dir-scaled-relu-lr",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 25 --set "
+        "frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=relu --set "
+        "inner_lr=0.35 --set eval_lr=0.35,0.175 --set compile=true --out results/long/sgmrl-cheetah-dir-scaled-relu-lr",
+        500),
+    Row("MAML Table 4: 2D navigation, MAML-TRPO (curvature on a quarter of the episodes, which learns as every "
+        "episode does here)", "500 iterations max", "navigation", "metagrad reproduce navigation --algo maml-trpo "
+        "--full --time-budget 40 --set hvp_subsample=0.25 --out results/long/navigation", 500),
+    Row("SG-MRL Table 1: 2D navigation after one step, SG-MRL (first order), MAML (VPG), E-MAML (VPG)",
+        "500 iterations", "navigation-sgmrl", "metagrad reproduce navigation --algo sgmrl,maml-vpg,emaml --full "
+        "--time-budget 7 --out results/long/navigation-sgmrl", 500, runs=3),
     Row("MAML Table 4: 2D navigation, the context-vector baseline (appendix C.2)", "500 iterations max",
         "navigation-context", "metagrad reproduce navigation --algo context --full --time-budget 60 --set "
         "hvp_subsample=0.25 --out results/long/navigation-context", 500),
