@@ -118,8 +118,9 @@ ROWS = (
         "inner_lr=0.35 --set eval_lr=0.35,0.175 --set compile=true --out results/long/sgmrl-cheetah-dir-scaled-relu-lr",
         500),
     Row("MAML Table 4: 2D navigation, MAML-TRPO (curvature on a quarter of the episodes, which learns as every "
-        "episode does here)", "500 iterations max", "navigation", "metagrad reproduce navigation --algo maml-trpo "
-        "--full --time-budget 40 --set hvp_subsample=0.25 --out results/long/navigation", 500),
+        "episode does here), pretrained, oracle (and random)", "500 iterations max", "navigation",
+        "metagrad reproduce navigation --algo maml-trpo,pretrained,oracle,random --full --time-budget 40 --set "
+        "hvp_subsample=0.25 --out results/long/navigation", 500, runs=3),
     Row("SG-MRL Table 1: 2D navigation after one step, SG-MRL (first order), MAML (VPG), E-MAML (VPG)",
         "500 iterations", "navigation-sgmrl", "metagrad reproduce navigation --algo sgmrl,maml-vpg,emaml --full "
         "--time-budget 7 --out results/long/navigation-sgmrl", 500, runs=3),
