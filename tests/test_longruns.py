@@ -29,3 +29,33 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     assert main(["status", str(tmp_path / "long")]) == 0
     index = (tmp_path / "long" / "INDEX.md").read_text()
     assert "| a test row | 10 iterations | 1 x 10 iterations | 80% |" in index and "metagrad train ..." in index
+
+
+def test_every_meta_rl_row_command_resumes_its_kept_runs():
+    """A row's command must continue its runs: a change of defaults that alters the config it builds (which
+    `reproduce` then refuses to resume) fails here. Compares each command's configs with the kept checkpoints'."""
+    import shlex
+
+    from metagrad import checkpoint
+    from metagrad.experiment import stored_config
+    from metagrad.reproduce import locomotion, navigation
+    from metagrad.reproduce.metarl import method_config
+
+    checked = 0
+    for command in [c for row in longruns.ROWS for c in row.command.split("; ")]:
+        words = shlex.split(command)
+        if words[1:3] not in (["reproduce", "locomotion"], ["reproduce", "navigation"]):
+            continue
+        flag = dict(zip(words, [*words[1:], None], strict=True))
+        sets = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--set")
+        sets.update({"seed": flag["--seed"]} if "--seed" in flag else {})
+        exp = locomotion.experiment(flag["--env"]) if words[2] == "locomotion" else navigation.NAVIGATION
+        for method in flag["--algo"].split(","):
+            stem = longruns.ROOT / flag["--out"].removeprefix("results/long/") / method / "last"
+            if not checkpoint.exists(stem):
+                continue
+            cfg = method_config(method, "--full" in words, int(flag.get("--iterations", 500)),
+                                float(flag["--time-budget"]), sets, {**exp.base, **exp.method_base.get(method, {})})
+            assert cfg.resume_differences(stored_config(checkpoint.read_info(stem)["config"])) == [], (command, method)
+            checked += 1
+    assert checked >= 15

@@ -140,3 +140,26 @@ def test_readme_meta_rl_example_runs(capsys):
     line = capsys.readouterr().out.strip()
     means = [float(v) for v in line.split(":")[1].strip(" []").split(",")]
     assert len(means) == 3 and means[1] > means[0]  # one step of adaptation helps after meta-training
+
+
+def test_the_sgmrl_study_on_half_cheetah_runs_its_codes_environment_and_policy(tmp_path):
+    """SG-MRL Table 2's methods get the SG-MRL code's settings (what learns there); MAML-TRPO keeps the MAML code's,
+    and an explicit --set still wins."""
+    from metagrad.reproduce.locomotion import SGMRL_CODE, experiment
+    from metagrad.reproduce.metarl import method_config
+
+    exp = experiment("cheetah-dir")
+    for method, expected in (("maml-vpg", SGMRL_CODE), ("sgmrl", SGMRL_CODE),
+                             ("maml-trpo", {"frame_skip": 0, "observation": "auto", "action_scale": 1.0,
+                                            "activation": "relu"})):
+        cfg = method_config(method, False, 1, None, {}, {**exp.base, **exp.method_base.get(method, {})})
+        assert {k: getattr(cfg, k) for k in expected} == expected, method
+    mine = method_config("sgmrl", False, 1, None, {"activation": "relu"}, {**exp.base, **exp.method_base["sgmrl"]})
+    assert mine.activation == "relu" and mine.action_scale == 0.1
+    assert experiment("ant-dir").method_base == {}  # the SG-MRL code's settings are read for its half-cheetah only
+    # through the command: the stored config of a one-iteration run has them
+    assert main(["reproduce", "locomotion", "--env", "cheetah-dir", "--algo", "maml-vpg", "--iterations", "1",
+                 "--eval-tasks", "2", "--out", str(tmp_path), "--no-progress", "--set", "hidden=8", "--set",
+                 "meta_batch_size=2", "--set", "episodes=2", "--set", "horizon=10", "--set", "eval_episodes=2"]) == 0
+    stored = json.loads((tmp_path / "results.json").read_text())["methods"]["maml-vpg"]["config"]
+    assert {k: stored[k] for k in SGMRL_CODE} == SGMRL_CODE

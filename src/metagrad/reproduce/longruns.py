@@ -24,7 +24,7 @@ class Row:
     name: str
     paper: str  # the paper's budget, in words
     folder: str  # under ROOT
-    command: str  # run again to continue (it resumes)
+    command: str  # run again to continue (it resumes); commands for different methods joined by "; "
     target: int  # our budget: iterations per run, or environment steps per run (``unit``)
     unit: str = "iterations"  # or "env steps"
     runs: int = 1  # runs the budget applies to (methods x seeds)
@@ -107,13 +107,14 @@ ROWS = (
     Row("SG-MRL Table 2 as above with ReLU (the paper's text) and actions in the simulator's units: flat (training "
         "returns near -45 over 172-193 iterations)", "500 epochs", "sgmrl-cheetah-dir",
         "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 --time-budget 120 "
-        "--set frame_skip=5 --set observation=gym --set compile=true --out results/long/sgmrl-cheetah-dir", 500,
+        "--set frame_skip=5 --set observation=gym --set action_scale=1.0 --set init_std=0.1 --set activation=relu "
+        "--set compile=true --out results/long/sgmrl-cheetah-dir", 500,
         runs=2),
     Row("SG-MRL Table 2, MAML (VPG) with its code's action scale but ReLU: flat (training returns near -0.6 over 174 "
         "iterations, where tanh passes +100 after one step by iteration 25)", "500 epochs", "sgmrl-cheetah-dir-scaled",
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --set "
-        "frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set compile=true --out "
-        "results/long/sgmrl-cheetah-dir-scaled", 500),
+        "frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=relu --set "
+        "compile=true --out results/long/sgmrl-cheetah-dir-scaled", 500),
     Row("SG-MRL Table 2, MAML (VPG) with its code's action scale, ReLU and an inner step of 0.35 (ReLU's first inner "
         "step at 0.1 moves the mean action 3-5x less than tanh's; docs/inner_step_by_activation.py): one change, and "
         "ReLU learns (+215 after one step over iterations 51-60, where 0.1 stays flat)", "500 epochs",
@@ -124,8 +125,9 @@ ROWS = (
         500),
     Row("MAML Table 4: 2D navigation, MAML-TRPO (curvature on a quarter of the episodes, which learns as every "
         "episode does here), pretrained, oracle (and random)", "500 iterations max", "navigation",
-        "metagrad reproduce navigation --algo maml-trpo,pretrained,oracle,random --full --time-budget 40 --set "
-        "hvp_subsample=0.25 --out results/long/navigation", 500, runs=3),
+        "metagrad reproduce navigation --algo maml-trpo --full --time-budget 40 --set hvp_subsample=0.25 --out "
+        "results/long/navigation; metagrad reproduce navigation --algo pretrained,oracle,random --full --time-budget 8 "
+        "--out results/long/navigation", 500, runs=3),
     Row("SG-MRL Table 1: 2D navigation after one step, SG-MRL (first order), MAML (VPG), E-MAML (VPG)",
         "500 iterations", "navigation-sgmrl", "metagrad reproduce navigation --algo sgmrl,maml-vpg,emaml --full "
         "--time-budget 7 --out results/long/navigation-sgmrl", 500, runs=3),

@@ -42,6 +42,7 @@ class Experiment:
     paper: dict[str, Any] = field(default_factory=dict)
     base: dict[str, Any] = field(default_factory=dict)
     rllab_methods: tuple[str, ...] = ()  # also measured as the MAML code measured them (rllab's sampler)
+    method_base: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, over ``base``
     figures: Callable[[dict[str, Any], Path], list[Path]] | None = None  # (results, OUT) -> the figures drawn
 
 
@@ -78,7 +79,8 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    configs = [method_config(m, full, iterations, time_budget, overrides or {}, experiment.base) for m in methods]
+    configs = [method_config(m, full, iterations, time_budget, overrides or {},
+                             {**experiment.base, **experiment.method_base.get(m, {})}) for m in methods]
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
         build(cfg)
     fits: dict[str, RLFitResult] = {}
