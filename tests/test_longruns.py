@@ -55,7 +55,7 @@ def test_every_meta_rl_row_command_resumes_its_kept_runs():
             if not checkpoint.exists(stem):
                 continue
             cfg = method_config(method, "--full" in words, int(flag.get("--iterations", 500)),
-                                float(flag["--time-budget"]), sets, {**exp.base, **exp.method_base.get(method, {})})
+                                float(flag["--time-budget"]), sets, exp.settings(method))
             assert cfg.resume_differences(stored_config(checkpoint.read_info(stem)["config"])) == [], (command, method)
             checked += 1
     assert checked >= 15

@@ -152,9 +152,9 @@ def test_the_sgmrl_study_on_half_cheetah_runs_its_codes_environment_and_policy(t
     for method, expected in (("maml-vpg", SGMRL_CODE), ("sgmrl", SGMRL_CODE),
                              ("maml-trpo", {"frame_skip": 0, "observation": "auto", "action_scale": 1.0,
                                             "activation": "relu"})):
-        cfg = method_config(method, False, 1, None, {}, {**exp.base, **exp.method_base.get(method, {})})
+        cfg = method_config(method, False, 1, None, {}, exp.settings(method))
         assert {k: getattr(cfg, k) for k in expected} == expected, method
-    mine = method_config("sgmrl", False, 1, None, {"activation": "relu"}, {**exp.base, **exp.method_base["sgmrl"]})
+    mine = method_config("sgmrl", False, 1, None, {"activation": "relu"}, exp.settings("sgmrl"))
     assert mine.activation == "relu" and mine.action_scale == 0.1
     assert experiment("ant-dir").method_base == {}  # the SG-MRL code's settings are read for its half-cheetah only
     # through the command: the stored config of a one-iteration run has them

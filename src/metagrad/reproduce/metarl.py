@@ -45,6 +45,10 @@ class Experiment:
     method_base: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, over ``base``
     figures: Callable[[dict[str, Any], Path], list[Path]] | None = None  # (results, OUT) -> the figures drawn
 
+    def settings(self, method: str) -> dict[str, Any]:
+        """The config changes ``method`` gets here: ``base``, then its own ``method_base``."""
+        return {**self.base, **self.method_base.get(method, {})}
+
 
 def parse_methods(text: str | None) -> list[str]:
     """``maml-trpo,pretrained`` -> the methods, checked against the presets (``all`` for every one)."""
@@ -79,8 +83,8 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    configs = [method_config(m, full, iterations, time_budget, overrides or {},
-                             {**experiment.base, **experiment.method_base.get(m, {})}) for m in methods]
+    overrides = overrides or {}
+    configs = [method_config(m, full, iterations, time_budget, overrides, experiment.settings(m)) for m in methods]
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
         build(cfg)
     fits: dict[str, RLFitResult] = {}
