@@ -2,11 +2,11 @@
 
     OMP_NUM_THREADS=1 python docs/inner_step_by_activation.py [--seeds 0 1 2] [--lr 0.1] [--tasks 10]
 
-Half-cheetah direction as the SG-MRL code runs it (5 simulator steps per action, gym's observation, actions scaled by
-0.1, initial std 1, 2 x 100 units): for each seed and activation, one meta-batch at the initialization, the inner VPG
-step (normalized advantages), then the mean absolute change of the policy's mean action over the post-step states
-(in units of the policy's std, 1 here) and the returns before and after. Used in docs/meta-rl.md to say why ReLU
-stays flat where tanh learns.
+Half-cheetah direction as `metagrad reproduce locomotion --algo maml-vpg` runs it, the SG-MRL code's environment and
+policy (5 simulator steps per action, gym's observation, actions scaled by 0.1, initial std 1, 2 x 100 units): for
+each seed and activation, one meta-batch at the initialization, the inner VPG step (normalized advantages), then the
+mean absolute change of the policy's mean action over the post-step states (in units of the policy's std, 1 here) and
+the returns before and after. Used in docs/meta-rl.md to say why ReLU stays flat where tanh learns.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import argparse
 
 import torch
 
-from metagrad.rl.config import RLConfig
+from metagrad.reproduce import locomotion
+from metagrad.reproduce.metarl import method_config
 from metagrad.rl.sampler import policy_dist
 from metagrad.rl.train import build
-
-ROW = dict(env="cheetah-dir", horizon=200, frame_skip=5, observation="gym", action_scale=0.1, init_std=1.0, algo="maml",
-           outer="vpg")
 
 
 def inner_step_size(activation: str, seed: int, lr: float, tasks: int) -> tuple[float, float, float]:
     """(mean |change of the mean action|, return before, return after) of one inner step at the initialization."""
-    cfg = RLConfig().replace(**ROW, activation=activation, inner_lr=(lr,), meta_batch_size=tasks, seed=seed)
+    overrides = {"activation": activation, "inner_lr": (lr,), "meta_batch_size": tasks, "seed": seed}
+    settings = locomotion.experiment("cheetah-dir").settings("maml-vpg")
+    cfg = method_config("maml-vpg", False, None, None, overrides, settings)
     learner, _ = build(cfg)
     generator = torch.Generator().manual_seed(seed + 1000)
     trajs, out = learner.sample(learner.env.sample_tasks(tasks, generator), generator)
