@@ -37,25 +37,22 @@ def test_every_meta_rl_row_command_resumes_its_kept_runs():
     import shlex
 
     from metagrad import checkpoint
+    from metagrad.cli import build_parser, metarl_request
     from metagrad.experiment import stored_config
-    from metagrad.reproduce import locomotion, navigation
-    from metagrad.reproduce.metarl import method_config
+    from metagrad.reproduce.metarl import method_configs
 
     checked = 0
     for command in [c for row in longruns.ROWS for c in row.command.split("; ")]:
         words = shlex.split(command)
         if words[1:3] not in (["reproduce", "locomotion"], ["reproduce", "navigation"]):
             continue
-        flag = dict(zip(words, [*words[1:], None], strict=True))
-        sets = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--set")
-        sets.update({"seed": flag["--seed"]} if "--seed" in flag else {})
-        exp = locomotion.experiment(flag["--env"]) if words[2] == "locomotion" else navigation.NAVIGATION
-        for method in flag["--algo"].split(","):
-            stem = longruns.ROOT / flag["--out"].removeprefix("results/long/") / method / "last"
-            if not checkpoint.exists(stem):
-                continue
-            cfg = method_config(method, "--full" in words, int(flag.get("--iterations", 500)),
-                                float(flag["--time-budget"]), sets, exp.settings(method))
-            assert cfg.resume_differences(stored_config(checkpoint.read_info(stem)["config"])) == [], (command, method)
-            checked += 1
+        args = build_parser().parse_args(words[1:])
+        experiment, methods, out, sets = metarl_request(args)
+        configs = method_configs(experiment, methods, args.full, args.iterations, args.time_budget, sets)
+        for method, cfg in zip(methods, configs, strict=True):
+            stem = longruns.ROOT / out.removeprefix("results/long/") / method / "last"
+            if checkpoint.exists(stem):
+                assert cfg.resume_differences(stored_config(checkpoint.read_info(stem)["config"])) == [], \
+                    (command, method)
+                checked += 1
     assert checked >= 15

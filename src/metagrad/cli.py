@@ -13,7 +13,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .analysis.stats import format_ci
@@ -21,6 +21,9 @@ from .config import IMAGE_FAMILIES, SECTIONS, Config, load_config
 from .errors import Interrupted, MetagradError
 from .rl.config import RLConfig
 from .settings import preset_names
+
+if TYPE_CHECKING:
+    from .reproduce.metarl import Experiment
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -332,6 +335,25 @@ def _row(curve: dict[str, Any], digits: int) -> str:
     return "  ".join(f"{s}: {format_ci(curve['mean'][s], curve['ci95'][s], digits)}" for s in range(len(curve["mean"])))
 
 
+def metarl_request(args: argparse.Namespace) -> tuple[Experiment, list[str], str, dict[str, Any]]:
+    """`reproduce navigation|locomotion`'s arguments -> (experiment, methods, output folder, the --set overrides with
+    --seed and --eval-tasks); also what the long-run index's test reads a row's command with."""
+    from .reproduce import locomotion, metarl, navigation
+
+    sets = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args.set)
+    if "" in sets.values():
+        raise MetagradError(f"--set takes KEY=VALUE, got '{next(k for k, v in sets.items() if v == '')}'")
+    sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks)) if v is not None})
+    if args.experiment == "navigation":
+        if args.env is not None:
+            raise MetagradError(f"--env {args.env} is for `reproduce locomotion`; navigation has one environment")
+        experiment = navigation.NAVIGATION
+    else:
+        experiment = locomotion.experiment(args.env or locomotion.ENVS[0])
+    out = args.out or f"results/{experiment.name}{'-full' if args.full else ''}"
+    return experiment, metarl.parse_methods(args.algo), out, sets
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import EXPERIMENTS, fewshot, sinusoid
 
@@ -344,22 +366,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                    ("batching", args.batching)) if v is not None}
     out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
     if args.experiment in ("navigation", "locomotion"):
-        from .reproduce import locomotion, metarl, navigation
+        from .reproduce import metarl
 
-        sets = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args.set)
-        if "" in sets.values():
-            raise MetagradError(f"--set takes KEY=VALUE, got '{next(k for k, v in sets.items() if v == '')}'")
-        sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks)) if v is not None})
-        if args.experiment == "navigation":
-            if args.env is not None:
-                raise MetagradError(f"--env {args.env} is for `reproduce locomotion`; navigation has one environment")
-            experiment = navigation.NAVIGATION
-        else:
-            experiment = locomotion.experiment(args.env or locomotion.ENVS[0])
-            if args.out is None:
-                out = f"results/{experiment.name}{'-full' if args.full else ''}"
-        metarl.run(experiment, metarl.parse_methods(args.algo), out, full=args.full, iterations=args.iterations,
-                   time_budget=args.time_budget, overrides=sets, progress=not args.no_progress)
+        experiment, methods, out, sets = metarl_request(args)
+        metarl.run(experiment, methods, out, full=args.full, iterations=args.iterations, time_budget=args.time_budget,
+                   overrides=sets, progress=not args.no_progress)
         return 0
     if args.experiment in ("reptile-gradients", "reptile-overlap"):
         from .reproduce import reptile_studies

@@ -75,6 +75,12 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
     return cfg.replace(**changes)
 
 
+def method_configs(experiment: Experiment, methods: list[str], full: bool = False, iterations: int | None = None,
+                   time_budget: float | None = None, overrides: dict[str, Any] | None = None) -> list[RLConfig]:
+    """The config each of ``methods`` trains with in ``experiment`` (what ``run`` builds and resumes)."""
+    return [method_config(m, full, iterations, time_budget, overrides or {}, experiment.settings(m)) for m in methods]
+
+
 def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool = False, iterations: int | None = None,
         time_budget: float | None = None, overrides: dict[str, Any] | None = None, progress: bool = True,
         figures: bool = True) -> dict[str, Any]:
@@ -84,7 +90,7 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     overrides = overrides or {}
-    configs = [method_config(m, full, iterations, time_budget, overrides, experiment.settings(m)) for m in methods]
+    configs = method_configs(experiment, methods, full, iterations, time_budget, overrides)
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
         build(cfg)
     fits: dict[str, RLFitResult] = {}
