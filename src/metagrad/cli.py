@@ -90,8 +90,9 @@ def build_parser() -> Parser:
     images.add_argument("--download", action="store_true", help="Omniglot: fetch the official zip files into the "
                         "dataset folder when they are missing")
     nav = p.add_argument_group("meta-RL (navigation, locomotion)")
-    nav.add_argument("--env", help="locomotion task family: cheetah-dir (default), "
-                     "cheetah-vel, ant-dir, ant-vel, swimmer-vel")
+    nav.add_argument("--env", help="locomotion task family: cheetah-dir (default), cheetah-vel, ant-dir, ant-vel, "
+                     "swimmer-vel (the MAML paper's); cheetah-rand-vel, swimmer-rand-vel (maml_zoo's, the SG-MRL "
+                     "paper's Table 2 with cheetah-dir)")
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
                      "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
     studies = p.add_argument_group("Reptile's studies (reptile-gradients, reptile-overlap)")

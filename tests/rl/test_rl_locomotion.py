@@ -15,9 +15,9 @@ from metagrad.rl.sampler import rollout
 # the papers' cost terms beside the task's forward term, per family: control weight, alive bonus
 COSTS = {"cheetah-dir": (0.05, 0.0), "cheetah-vel": (0.05, 0.0), "cheetah-rand-vel": (0.05, 0.0),
          "ant-vel": (0.005, 0.05), "ant-dir": (0.005, 0.05), "swimmer-vel": (0.005, 0.0),
-         "walker-rand-vel": (1e-3, 15.0)}
+         "swimmer-rand-vel": (1e-4, 0.0), "walker-rand-vel": (1e-3, 15.0)}
 RANGES = {"cheetah-vel": (0, 2), "cheetah-rand-vel": (0, 3), "ant-vel": (0, 3), "swimmer-vel": (0, 0.5),
-          "walker-rand-vel": (0, 10)}
+          "swimmer-rand-vel": (0.1, 0.2), "walker-rand-vel": (0, 10)}
 
 
 def x_position(sim) -> float:
@@ -52,6 +52,17 @@ def test_reward_is_the_task_forward_term_plus_the_papers_costs(family):
     forward = g * vel if FAMILIES[family].task == "direction" else -np.abs(vel - g)
     forward *= FAMILIES[family].forward_weight
     np.testing.assert_allclose(reward, forward + costs, rtol=1e-5, atol=1e-5)
+
+
+def test_maml_zoos_swimmer_pays_for_missing_the_goal_velocity():
+    """The SG-MRL code's swimmer (maml_zoo's SwimmerRandVelEnv): reward +|v - g| - 1e-4 |a|^2 at gym's 0.04 s per
+    action, with gym's observation (joint angles without the root's x and y, then velocities)."""
+    env = MujocoTaskEnv("swimmer-rand-vel", horizon=5)
+    tasks = torch.tensor([[0.15], [0.15]])
+    actions = torch.tensor([[[1.0, 1.0]], [[-1.0, 1.0]]])
+    reward, vel, _, _ = step_and_measure(env, tasks, actions)
+    np.testing.assert_allclose(reward, np.abs(vel - 0.15) - 1e-4 * 2, rtol=1e-5, atol=1e-6)
+    assert env._pool[0].dt == pytest.approx(0.04) and env.obs_dim == 3 + 5
 
 
 @pytest.mark.parametrize(("family", "sizes"), [("cheetah-dir", (8, 9, 0, 3)), ("swimmer-vel", (5, 5, 0, 3)),
@@ -106,7 +117,8 @@ def test_direct_mujoco_steps_give_gymnasiums_observations_and_rewards_to_the_bit
 
 
 @pytest.mark.parametrize(("family", "frame_skip", "dt"), [("cheetah-dir", 0, 0.01), ("cheetah-vel", 0, 0.01),
-                                                       ("cheetah-rand-vel", 0, 0.05), ("cheetah-dir", 5, 0.05)])
+                                                       ("cheetah-rand-vel", 0, 0.05), ("cheetah-dir", 5, 0.05),
+                                                       ("swimmer-rand-vel", 0, 0.04)])
 def test_time_step_per_action_is_the_papers(family, frame_skip, dt):
     """The MAML paper's half-cheetah (rllab) steps 0.01 s per action; ProMP's and the SG-MRL code's (gym) 5 x 0.01 s,
     which ``frame_skip=5`` gives the MAML paper's families too."""
@@ -114,7 +126,7 @@ def test_time_step_per_action_is_the_papers(family, frame_skip, dt):
     env.reset(env.sample_tasks(1, torch.Generator().manual_seed(0)), 1)
     sim = env._pool[0]
     start = sim.data.time
-    env.step(torch.zeros(1, 1, 6))
+    env.step(torch.zeros(1, 1, env.action_space.shape[0]))
     assert sim.dt == pytest.approx(dt) and sim.data.time - start == pytest.approx(dt)
 
 

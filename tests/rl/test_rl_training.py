@@ -142,24 +142,45 @@ def test_readme_meta_rl_example_runs(capsys):
     assert len(means) == 3 and means[1] > means[0]  # one step of adaptation helps after meta-training
 
 
-def test_the_sgmrl_study_on_half_cheetah_runs_its_codes_environment_and_policy(tmp_path):
-    """SG-MRL Table 2's methods get the SG-MRL code's settings (what learns there); MAML-TRPO keeps the MAML code's,
-    and an explicit --set still wins."""
-    from metagrad.reproduce.locomotion import SGMRL_CODE, experiment
+def test_the_sgmrl_study_runs_its_codes_environments_and_policy(tmp_path):
+    """SG-MRL Table 2's methods get the SG-MRL code's settings (what learns there) on its three families; MAML-TRPO
+    keeps the MAML code's, and an explicit --set still wins."""
+    from metagrad.reproduce.locomotion import SGMRL_CODE, SGMRL_ENVS, experiment
     from metagrad.reproduce.metarl import method_config
 
     exp = experiment("cheetah-dir")
-    for method, expected in (("maml-vpg", SGMRL_CODE), ("sgmrl", SGMRL_CODE),
+    code = {**SGMRL_CODE, "frame_skip": 5}  # maml_zoo's half-cheetah steps 5 x 0.01 s; the family's own is rllab's 1
+    for method, expected in (("maml-vpg", code), ("sgmrl", code),
                              ("maml-trpo", {"frame_skip": 0, "observation": "auto", "action_scale": 1.0,
-                                            "activation": "relu"})):
+                                            "activation": "relu", "eval_lr": (0.1, 0.05)})):
         cfg = method_config(method, False, 1, None, {}, exp.settings(method))
         assert {k: getattr(cfg, k) for k in expected} == expected, method
     mine = method_config("sgmrl", False, 1, None, {"activation": "relu"}, exp.settings("sgmrl"))
     assert mine.activation == "relu" and mine.action_scale == 0.1
-    assert experiment("ant-dir").method_base == {}  # the SG-MRL code's settings are read for its half-cheetah only
+    assert experiment("ant-dir").method_base == {}  # the SG-MRL code's settings are read for Table 2's families only
+    for env in ("cheetah-rand-vel", "swimmer-rand-vel"):  # maml_zoo's as they are: their own frame skip (5, 4)
+        cfg = method_config("maml-vpg", False, 1, None, {}, experiment(env).settings("maml-vpg"))
+        assert cfg.frame_skip == 0 and cfg.activation == "tanh" and cfg.action_scale == 0.1 and SGMRL_ENVS[env] == {}
     # through the command: the stored config of a one-iteration run has them
     assert main(["reproduce", "locomotion", "--env", "cheetah-dir", "--algo", "maml-vpg", "--iterations", "1",
                  "--eval-tasks", "2", "--out", str(tmp_path), "--no-progress", "--set", "hidden=8", "--set",
                  "meta_batch_size=2", "--set", "episodes=2", "--set", "horizon=10", "--set", "eval_episodes=2"]) == 0
     stored = json.loads((tmp_path / "results.json").read_text())["methods"]["maml-vpg"]["config"]
-    assert {k: stored[k] for k in SGMRL_CODE} == SGMRL_CODE
+    assert {k: stored[k] for k in code} == {k: list(v) if isinstance(v, tuple) else v for k, v in code.items()}
+
+
+def test_table2_numbers_stand_beside_the_step_count_a_run_trained_with():
+    """The SG-MRL paper's Table 2 row for n inner steps is printed under k = n, and only for runs trained with n."""
+    from metagrad.reproduce.locomotion import SGMRL_TABLE2, format_table
+
+    def result(steps: int) -> dict:
+        curve = {"mean": [1.0] * 4, "ci95": [0.5] * 4, "tasks": 2, "episodes": 2, "lr": [0.1]}
+        return {"label": "MAML (VPG)", "iterations": 3, "config": {"inner_steps": steps}, "curve": curve,
+                "seconds_per_iteration": 0}
+
+    paper = {"maml": {}, "sgmrl_table2": SGMRL_TABLE2["swimmer-rand-vel"]}
+    for steps, value in ((1, "104.5"), (2, "108.5"), (3, "90.6")):
+        table = format_table({"experiment": "locomotion-swimmer-rand-vel", "paper": paper,
+                              "methods": {"maml-vpg": result(steps)}})
+        row = next(line for line in table.splitlines() if "(paper)" in line).split("|")[3:-1]
+        assert [c.strip() for c in row] == ["-"] * steps + [value] + ["-"] * (3 - steps)

@@ -1,10 +1,10 @@
 """MuJoCo locomotion: the MAML paper (5.3, Figure 5: half-cheetah forward/backward after 0..3 steps) and the SG-MRL
-paper (Table 2: SG-MRL vs MAML after one step, VPG inner and outer steps, appendix H settings).
+paper (Table 2: SG-MRL vs MAML after 1-3 steps, VPG inner and outer steps, appendix H settings).
 
 The methods are the navigation reproduction's presets, run with the locomotion settings of the papers (horizon
-200, meta-batch 40, 20 episodes per step, inner step 0.1), the SG-MRL study's on half-cheetah also with its code's
-environment and policy (``SGMRL_CODE``); ``results.json``, resuming and the evaluation are the same (``metarl.run``
-with this module's ``Experiment``).
+200, meta-batch 40, 20 episodes per step, inner step 0.1), the SG-MRL study's on Table 2's families also with its
+code's environments and policy (``SGMRL_CODE``, ``SGMRL_ENVS``); ``results.json``, resuming and the evaluation are
+the same (``metarl.run`` with this module's ``Experiment``).
 """
 
 from __future__ import annotations
@@ -19,17 +19,27 @@ from .metarl import Experiment
 # the MAML paper's half-cheetah forward/backward average return after 0..3 steps (appendix, Table 5)
 MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65],
                               "context": [-40.49, -44.08, -38.27, -42.50]}}  # context vector: appendix C.2
-# the SG-MRL paper's Table 2, one inner update (trained and adapted with 1 step), mean over 4 seeds; its methods run
-# on its code's environment and policy (SGMRL_CODE)
-SGMRL_TABLE2 = {"cheetah-dir": {"sgmrl": 580.143, "maml-vpg": 465.624},
-                "cheetah-vel": {"sgmrl": -91.73, "maml-vpg": -92.92}}
-# what the SG-MRL code ran for Table 2's half-cheetah rows, and what learns here (docs/meta-rl.md): gym's
-# half-cheetah at 5 simulator steps per action and gym's observation, maml_zoo's normalize() with scale 10 (actions
+# the SG-MRL paper's Table 2: mean meta-test return over 4 seeds, per number of inner steps (trained and adapted with
+# that many); its methods run on its code's environments and policy (SGMRL_CODE, SGMRL_ENVS)
+SGMRL_TABLE2 = {"cheetah-dir": {"1": {"sgmrl": 580.143, "maml-vpg": 465.624},
+                                "2": {"sgmrl": 580.203, "maml-vpg": 441.247},
+                                "3": {"sgmrl": 504.747, "maml-vpg": 477.086}},
+                "cheetah-rand-vel": {"1": {"sgmrl": -91.73, "maml-vpg": -92.92},
+                                     "2": {"sgmrl": -52.64, "maml-vpg": -56.71},
+                                     "3": {"sgmrl": -33.39, "maml-vpg": -32.48}},
+                "swimmer-rand-vel": {"1": {"sgmrl": 118.77, "maml-vpg": 104.53},
+                                     "2": {"sgmrl": 134.57, "maml-vpg": 108.47},
+                                     "3": {"sgmrl": 110.91, "maml-vpg": 90.60}}}
+# the SG-MRL code's policy, and what learns here (docs/meta-rl.md): maml_zoo's normalize() with scale 10 (actions
 # x 0.1, initial std 1 in the policy's units) and MetaGaussianMLPPolicy's default tanh (the paper's text says ReLU,
-# which at its inner step of 0.1 moves the policy 3-5x less and stays flat)
-SGMRL_CODE = {"frame_skip": 5, "observation": "gym", "action_scale": 0.1, "init_std": 1.0, "activation": "tanh"}
+# which at its inner step of 0.1 moves the policy 3-5x less and stays flat), gym's observations; its Tester adapts
+# with the inner step (0.1) at every test step
+SGMRL_CODE = {"observation": "gym", "action_scale": 0.1, "init_std": 1.0, "activation": "tanh", "eval_lr": (0.1,)}
+# its environments (maml_zoo's): half-cheetah direction at gym's 5 simulator steps per action (our cheetah-dir
+# family is rllab's, 1 step); its velocity and swimmer families are cheetah-rand-vel and swimmer-rand-vel as they are
+SGMRL_ENVS = {"cheetah-dir": {"frame_skip": 5}, "cheetah-rand-vel": {}, "swimmer-rand-vel": {}}
 SGMRL_METHODS = ("sgmrl", "sgmrl-full", "maml-vpg", "emaml")
-ENVS = ("cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel", "swimmer-vel")
+ENVS = ("cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel", "swimmer-vel", "cheetah-rand-vel", "swimmer-rand-vel")
 # max_kl 0.02: the TRPO step of the run behind the MAML paper's half-cheetah numbers (maml_rl's
 # test_maml_cheetah_direc.py loads maml1_fbs20_mbs40_flr_0.1_mlr0.02/itr_100.pkl: meta-batch 40, 20 episodes,
 # inner step 0.1, KL step 0.02, iteration 100)
@@ -42,7 +52,7 @@ def experiment(env: str) -> Experiment:
     if env not in ENVS:
         raise ConfigError(f"unknown locomotion task family '{env}'; choose one of {', '.join(ENVS)}")
     paper = {"maml": MAML_PAPER.get(env, {}), "sgmrl_table2": SGMRL_TABLE2.get(env, {})}
-    method_base = {m: SGMRL_CODE for m in SGMRL_METHODS} if env in SGMRL_TABLE2 else {}
+    method_base = {m: {**SGMRL_CODE, **SGMRL_ENVS[env]} for m in SGMRL_METHODS} if env in SGMRL_ENVS else {}
     return Experiment(f"locomotion-{env}", format_table, paper, {**BASE, "env": env}, figures=figures,
                       method_base=method_base)
 
@@ -68,8 +78,10 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"| {r['label']} | {r['iterations']} | " + " | ".join(cells + ["-"] * (steps - len(cells)))
                      + " |")
         reference = paper.get("maml", {}).get(m)
-        if reference is None and m in paper.get("sgmrl_table2", {}):
-            reference = [None, paper["sgmrl_table2"][m]]
+        inner_steps = r["config"].get("inner_steps", 1)
+        table2 = paper.get("sgmrl_table2", {}).get(str(inner_steps), {})
+        if reference is None and m in table2:
+            reference = [None] * inner_steps + [table2[m]]
         if reference is not None:
             shown = [f"{v:.1f}" if v is not None else "-" for v in reference] + ["-"] * steps
             lines.append(f"| {r['label']} (paper) | | " + " | ".join(shown[:steps]) + " |")

@@ -108,6 +108,14 @@ ROWS = (
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --seed 2 "
         "--set frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=tanh "
         "--set compile=true --out results/long/sgmrl-cheetah-dir-scaled-tanh-seed-2", 500),
+    Row("SG-MRL Table 2: swimmer goal velocity as its code's library (maml_zoo) defines it (reward +|v - g|), 1 step, "
+        "MAML (VPG) (the SG-MRL code's SG-MRL is its MAML-VPG)", "500 epochs, 4 seeds", "sgmrl-swimmer-rand-vel",
+        "metagrad reproduce locomotion --env swimmer-rand-vel --algo maml-vpg --iterations 500 --time-budget 120 "
+        "--set compile=true --out results/long/sgmrl-swimmer-rand-vel", 500),
+    Row("SG-MRL Table 2: half-cheetah goal velocity as maml_zoo defines it (g ~ U[0, 3], 5 simulator steps per "
+        "action), 1 step, MAML (VPG)", "500 epochs, 4 seeds", "sgmrl-cheetah-rand-vel",
+        "metagrad reproduce locomotion --env cheetah-rand-vel --algo maml-vpg --iterations 500 --time-budget 120 "
+        "--set compile=true --out results/long/sgmrl-cheetah-rand-vel", 500),
     Row("SG-MRL Table 2 as above with ReLU (the paper's text) and actions in the simulator's units: flat (training "
         "returns near -45 over 172-193 iterations)", "500 epochs", "sgmrl-cheetah-dir",
         "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 --time-budget 120 "
@@ -167,6 +175,8 @@ ROWS = (
         "../shared/data/omniglot --no-progress --out results/long/omniglot-reptile-20way", 200_000),
     *(tradeoff_row(env, title, pair, budget, checkpoints, small, figure)
       for env, title, budget, checkpoints, small, pairs, figure in (
+          ("hopper-rand-params", "Hopper Rand Params", 300_000, 3, False, ("ppo", "trpo"), "Figs. 1-2"),
+          ("ml1-reach", "ML1-Reach", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"),
           ("cheetah-rand-vel", "HalfCheetah Rand Vel", 2_000_000, 4, False, ("ppo", "trpo"), None),
           ("ml10", "ML10", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"),
           ("ml45", "ML45", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"),

@@ -34,9 +34,9 @@ class RLConfig(Settings):
 
     # [env]
     env: str = opt("navigation2d", "env", "environment: navigation2d; MuJoCo cheetah-dir, cheetah-vel, "
-                   "cheetah-rand-vel, ant-vel, ant-dir, swimmer-vel, walker-rand-vel, hopper-rand-params, "
-                   "walker-rand-params; Meta-World ml1-reach, ml1-push, ml10, ml45 (train split); or gym:<id> "
-                   "(a gymnasium env with set_task)")
+                   "cheetah-rand-vel, ant-vel, ant-dir, swimmer-vel, swimmer-rand-vel, walker-rand-vel, "
+                   "hopper-rand-params, walker-rand-params; Meta-World ml1-reach, ml1-push, ml10, ml45 (train "
+                   "split); or gym:<id> (a gymnasium env with set_task)")
     goal_range: tuple[float, ...] = opt((-0.5, 0.5), "env", "navigation goals uniform in [low, high]^2")
     horizon: int = opt(100, "env", "steps per episode, H")
     reward: str = opt("distance", "env", "navigation reward: distance (minus the distance to the goal, the papers' "

@@ -17,7 +17,9 @@ COLORS = {"maml-trpo": "tab:green", "fomaml-trpo": "tab:olive", "pretrained": "t
           "emaml": "tab:orange"}
 
 TITLES = {"cheetah-dir": "half-cheetah, forward/backward", "cheetah-vel": "half-cheetah, goal velocity",
-          "ant-dir": "ant, forward/backward", "ant-vel": "ant, goal velocity", "swimmer-vel": "swimmer, goal velocity"}
+          "ant-dir": "ant, forward/backward", "ant-vel": "ant, goal velocity", "swimmer-vel": "swimmer, goal velocity",
+          "cheetah-rand-vel": "half-cheetah, goal velocity (maml_zoo)",
+          "swimmer-rand-vel": "swimmer, |velocity - goal| (maml_zoo)"}
 
 
 def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:

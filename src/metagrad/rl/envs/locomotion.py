@@ -16,6 +16,10 @@ instances are cached and reused across resets. Rewards follow the papers' code (
   episodes end on gymnasium's unhealthy condition (torso height outside [0.2, 1.0], as rllab).
 - ``swimmer-vel``: g ~ U[0, 0.5] (the speeds a trained swimmer reaches); reward -1.5 |x_velocity - g| - 0.005 |a|^2
   (rllab's weights).
+- ``swimmer-rand-vel``: maml_zoo's (the library of the SG-MRL code, Table 2's swimmer): g ~ U[0.1, 0.2], gym's 4
+  simulator steps per action and gym's observation, reward **+**|x_velocity - g| - 1e-4 |a|^2: its code's sign, which
+  pays for moving away from the goal velocity (so Table 2's swimmer returns are positive; ``swimmer-vel`` is the
+  goal-tracking family).
 - ``walker-rand-vel``: g ~ U[0, 10]; reward -|x_velocity - g| + 15 (alive) - 1e-3 |a|^2; ends when the height
   leaves (0.8, 2.0) or |angle| >= 1 (gymnasium's Walker2d health check).
 - ``hopper-rand-params``, ``walker-rand-params``: per task, element-wise, body_mass and body_inertia times
@@ -98,6 +102,7 @@ FAMILIES: dict[str, Family] = {
     "ant-dir": Family("Ant-v5", "direction", env_kwargs=_ANT, terms=_ANT_TERMS, observation="rllab"),
     "swimmer-vel": Family("Swimmer-v5", "velocity", 0.0, 0.5, {"ctrl_cost_weight": 0.005}, observation="rllab",
                           forward_weight=1.5),
+    "swimmer-rand-vel": Family("Swimmer-v5", "velocity", 0.1, 0.2, {"ctrl_cost_weight": 1e-4}, forward_weight=-1.0),
     "walker-rand-vel": Family("Walker2d-v5", "velocity", 0.0, 10.0, {"ctrl_cost_weight": 1e-3, "healthy_reward": 15.0},
                               ("reward_ctrl", "reward_survive")),
     "hopper-rand-params": Family("Hopper-v5", "params", terms=()),
