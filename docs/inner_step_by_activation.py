@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from metagrad.reproduce import locomotion
-from metagrad.reproduce.metarl import method_config
+from metagrad.reproduce.metarl import method_configs
 from metagrad.rl.sampler import policy_dist
 from metagrad.rl.train import build
 
@@ -24,8 +24,7 @@ from metagrad.rl.train import build
 def inner_step_size(activation: str, seed: int, lr: float, tasks: int) -> tuple[float, float, float]:
     """(mean |change of the mean action|, return before, return after) of one inner step at the initialization."""
     overrides = {"activation": activation, "inner_lr": (lr,), "meta_batch_size": tasks, "seed": seed}
-    settings = locomotion.experiment("cheetah-dir").settings("maml-vpg")
-    cfg = method_config("maml-vpg", False, None, None, overrides, settings)
+    cfg = method_configs(locomotion.experiment("cheetah-dir"), ["maml-vpg"], overrides=overrides)[0]
     learner, _ = build(cfg)
     generator = torch.Generator().manual_seed(seed + 1000)
     trajs, out = learner.sample(learner.env.sample_tasks(tasks, generator), generator)

@@ -363,9 +363,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.jobs < 1 or (args.jobs != 1 and not args.experiment.startswith("reptile-")):
         raise MetagradError(f"--jobs {args.jobs}: takes a number >= 1, and only for reptile-gradients and "
                             "reptile-overlap (other experiments: --threads in `metagrad train`, torchrun)")
-    overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
-                                   ("batching", args.batching)) if v is not None}
-    out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
     if args.experiment in ("navigation", "locomotion"):
         from .reproduce import metarl
 
@@ -373,6 +370,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         metarl.run(experiment, methods, out, full=args.full, iterations=args.iterations, time_budget=args.time_budget,
                    overrides=sets, progress=not args.no_progress)
         return 0
+    overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
+                                   ("batching", args.batching)) if v is not None}
+    out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
     if args.experiment in ("reptile-gradients", "reptile-overlap"):
         from .reproduce import reptile_studies
 

@@ -145,7 +145,7 @@ def test_readme_meta_rl_example_runs(capsys):
 def test_the_sgmrl_study_runs_its_codes_environments_and_policy(tmp_path):
     """SG-MRL Table 2's methods get the SG-MRL code's settings (what learns there) on its three families; MAML-TRPO
     keeps the MAML code's, and an explicit --set still wins."""
-    from metagrad.reproduce.locomotion import SGMRL_CODE, SGMRL_ENVS, experiment
+    from metagrad.reproduce.locomotion import SGMRL_CODE, SGMRL_ENVS, SGMRL_TABLE2, experiment
     from metagrad.reproduce.metarl import method_config
 
     exp = experiment("cheetah-dir")
@@ -158,9 +158,10 @@ def test_the_sgmrl_study_runs_its_codes_environments_and_policy(tmp_path):
     mine = method_config("sgmrl", False, 1, None, {"activation": "relu"}, exp.settings("sgmrl"))
     assert mine.activation == "relu" and mine.action_scale == 0.1
     assert experiment("ant-dir").method_base == {}  # the SG-MRL code's settings are read for Table 2's families only
+    assert SGMRL_ENVS.keys() == SGMRL_TABLE2.keys()  # the SG-MRL settings for exactly Table 2's families
     for env in ("cheetah-rand-vel", "swimmer-rand-vel"):  # maml_zoo's as they are: their own frame skip (5, 4)
         cfg = method_config("maml-vpg", False, 1, None, {}, experiment(env).settings("maml-vpg"))
-        assert cfg.frame_skip == 0 and cfg.activation == "tanh" and cfg.action_scale == 0.1 and SGMRL_ENVS[env] == {}
+        assert cfg.frame_skip == 0 and cfg.activation == "tanh" and cfg.action_scale == 0.1
     # through the command: the stored config of a one-iteration run has them
     assert main(["reproduce", "locomotion", "--env", "cheetah-dir", "--algo", "maml-vpg", "--iterations", "1",
                  "--eval-tasks", "2", "--out", str(tmp_path), "--no-progress", "--set", "hidden=8", "--set",

@@ -20,7 +20,8 @@ from .metarl import Experiment
 MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65],
                               "context": [-40.49, -44.08, -38.27, -42.50]}}  # context vector: appendix C.2
 # the SG-MRL paper's Table 2: mean meta-test return over 4 seeds, per number of inner steps (trained and adapted with
-# that many); its methods run on its code's environments and policy (SGMRL_CODE, SGMRL_ENVS)
+# that many; string keys, as they come back from results.json); its methods run on its code's environments and
+# policy (SGMRL_CODE, SGMRL_ENVS: the same families)
 SGMRL_TABLE2 = {"cheetah-dir": {"1": {"sgmrl": 580.143, "maml-vpg": 465.624},
                                 "2": {"sgmrl": 580.203, "maml-vpg": 441.247},
                                 "3": {"sgmrl": 504.747, "maml-vpg": 477.086}},
@@ -30,10 +31,11 @@ SGMRL_TABLE2 = {"cheetah-dir": {"1": {"sgmrl": 580.143, "maml-vpg": 465.624},
                 "swimmer-rand-vel": {"1": {"sgmrl": 118.77, "maml-vpg": 104.53},
                                      "2": {"sgmrl": 134.57, "maml-vpg": 108.47},
                                      "3": {"sgmrl": 110.91, "maml-vpg": 90.60}}}
-# the SG-MRL code's policy, and what learns here (docs/meta-rl.md): maml_zoo's normalize() with scale 10 (actions
-# x 0.1, initial std 1 in the policy's units) and MetaGaussianMLPPolicy's default tanh (the paper's text says ReLU,
-# which at its inner step of 0.1 moves the policy 3-5x less and stays flat), gym's observations; its Tester adapts
-# with the inner step (0.1) at every test step
+# the SG-MRL code's policy, observation and test step, and what learns here (docs/meta-rl.md): maml_zoo's normalize()
+# with scale 10 (actions x 0.1, initial std 1 in the policy's units) and MetaGaussianMLPPolicy's default tanh (the
+# paper's text says ReLU, which at its inner step of 0.1 moves the policy 3-5x less and stays flat), gym's
+# observations; its Tester adapts with its inner step, 0.1, at every test step (a fixed 0.1 here: with --set
+# inner_lr=..., set eval_lr too)
 SGMRL_CODE = {"observation": "gym", "action_scale": 0.1, "init_std": 1.0, "activation": "tanh", "eval_lr": (0.1,)}
 # its environments (maml_zoo's): half-cheetah direction at gym's 5 simulator steps per action (our cheetah-dir
 # family is rllab's, 1 step); its velocity and swimmer families are cheetah-rand-vel and swimmer-rand-vel as they are
@@ -68,7 +70,7 @@ def format_table(results: dict[str, Any]) -> str:
     """Return after k steps on held-out tasks (mean ± 95% CI over tasks) per method, the papers' beside."""
     methods, paper = results["methods"], results.get("paper", {})
     env = results["experiment"].removeprefix("locomotion-")
-    steps = max(len(r["curve"]["mean"]) for r in methods.values())
+    steps = max(max(len(r["curve"]["mean"]), r["config"].get("inner_steps", 1) + 1) for r in methods.values())
     lines = [f"{env}: average return after k policy-gradient steps on held-out tasks, mean ± 95% CI over tasks", "",
              "| method | iterations | " + " | ".join(f"k = {s}" for s in range(steps)) + " |",
              "|" + "---|" * (steps + 2)]

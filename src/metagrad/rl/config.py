@@ -43,15 +43,15 @@ class RLConfig(Settings):
                       "code) or squared (minus its square, the papers' text)")
     oracle: bool = opt(False, "env", "append the goal to the observation (the oracle baseline)")
     frame_skip: int = opt(0, "env", "MuJoCo simulator steps per action (0: the family's own: 1 for cheetah-dir and "
-                          "cheetah-vel as rllab's, the MAML code's; 5 for the others as gym's; the SG-MRL and ProMP "
-                          "code stepped gym's half-cheetah with 5)")
+                          "cheetah-vel as rllab's, the MAML code's; gym's own for the others: 5 half-cheetah and ant, "
+                          "4 swimmer, hopper and walker; the SG-MRL and ProMP code stepped gym's half-cheetah with 5)")
     observation: str = opt("auto", "env", "MuJoCo locomotion observation: auto (the family's own: rllab's, with the "
                            "torso's centre of mass, for cheetah-dir, cheetah-vel, ant-*, swimmer-vel as the MAML "
                            "code; the simulator's for the others), rllab, or gym (gymnasium's, as ProMP's and the "
-                           "SG-MRL code's half-cheetah)")
+                           "SG-MRL code's environments)")
     action_scale: float = opt(1.0, "env", "MuJoCo locomotion: the simulator's action is the policy's times this "
                               "(0.1: the SG-MRL and ProMP code's normalize() with scale 10, the policy acting in "
-                              "[-10, 10] for the half-cheetah's [-1, 1])")
+                              "[-10, 10] for the simulator's [-1, 1])")
     normalized_actions: bool = opt(True, "env", "navigation: the policy acts in [-1, 1], scaled to the velocity "
                                    "limit (rllab's normalize(), what the MAML code trains with)")
     # [policy]

@@ -29,11 +29,12 @@ instances are cached and reused across resets. Rewards follow the papers' code (
 Actions are clipped to the action space before stepping (the simulator clamps controls anyway) and the control
 cost is that of the clipped action.
 
-Observations (``Family.observation``): the MAML / SG-MRL families (cheetah-dir, cheetah-vel, ant-*, swimmer-vel)
+Observations (``Family.observation``): the MAML paper's families (cheetah-dir, cheetah-vel, ant-*, swimmer-vel)
 see rllab's, as maml_rl and pytorch-maml-rl do: the joint positions and velocities plus the torso's subtree centre
 of mass (x, y, z; the cheetah drops the root's x from the positions, the ant adds its clipped external contact forces
 and the torso's orientation): 20 numbers for the cheetah where gymnasium's own has 17, with no position along the
-track. The trade-off families see the environment's own observation (ProMP's, up to qvel clipping), as float32.
+track. maml_zoo's (cheetah-rand-vel, swimmer-rand-vel) and the trade-off families see the environment's own
+observation (ProMP's, up to qvel clipping), as float32.
 
 The half-cheetah and swimmer families (no early end, a reward of x velocity and control cost only) are stepped in
 MuJoCo directly (``direct_stepper``), not through gymnasium's ``step``: the same observations and rewards, to the bit,
@@ -81,7 +82,7 @@ class Family:
     """A task family: the gymnasium id, the kind of task (``direction``, ``velocity`` or ``params``), the goal
     velocity range, constructor arguments that set the papers' cost weights, the ``info`` terms added to the
     task's forward term, the observation (``gym`` or ``rllab``), a constant reward per step and the forward term's
-    weight."""
+    weight w (direction: w d v; velocity: -w |v - g|, so w < 0 gives maml_zoo's swimmer its +|v - g|)."""
 
     env_id: str
     task: str
