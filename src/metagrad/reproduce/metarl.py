@@ -89,7 +89,6 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    overrides = overrides or {}
     configs = method_configs(experiment, methods, full, iterations, time_budget, overrides)
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
         build(cfg)
