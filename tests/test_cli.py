@@ -129,3 +129,16 @@ def test_the_resume_hint_keeps_the_users_options(tmp_path, capsys):
     assert "--val-tasks 7" in hint and hint.endswith("--resume")
     again = shlex.split(hint)[1:]
     assert main(again) == 0
+
+
+def test_no_progress_also_silences_the_data_loaders_bars(tmp_path, capsys, monkeypatch):
+    """--no-progress reaches bars the command does not draw itself (Omniglot's decoding, 1623 classes)."""
+    from metagrad.tasks.images import _progress
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    list(_progress(list(range(60)), "decoding"))
+    assert "decoding" in capsys.readouterr().err  # a bar without the option: the check below can fail
+    main(["train", "--config", "no-such-preset", "--no-progress", "--out", str(tmp_path)])
+    capsys.readouterr()
+    list(_progress(list(range(60)), "decoding"))
+    assert "decoding" not in capsys.readouterr().err

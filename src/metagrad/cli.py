@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import sys
@@ -222,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "no_progress", False):
+        os.environ["TQDM_DISABLE"] = "1"  # every bar, the data loaders' decoding bars too (tqdm reads this)
     try:
         return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "tradeoff": cmd_tradeoff,
                 "compare": cmd_compare, "curves": cmd_curves, "status": cmd_status}[args.command](args)

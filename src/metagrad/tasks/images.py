@@ -296,4 +296,6 @@ def _digest(images: np.ndarray) -> str:
 def _progress(items: list, desc: str) -> Iterable:
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="class", leave=False, disable=len(items) < 50, file=sys.stderr)
+    # no bar for a small test copy, nor under tqdm's TQDM_DISABLE (set by --no-progress; tqdm reads it at import)
+    quiet = len(items) < 50 or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    return tqdm(items, desc=desc, unit="class", leave=False, disable=quiet, file=sys.stderr)
