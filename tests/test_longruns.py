@@ -25,10 +25,15 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     row = longruns.Row("a test row", "10 iterations", "row", "metagrad train ...", target=10)
     status = longruns.row_status(row, tmp_path / "long")
     assert status["done"] == 0.8 and status["runs"][0]["segments"] == 2
-    monkeypatch.setattr(longruns, "ROWS", (row,))
+    piped = longruns.Row("reward +|v - g|", "5 iterations", "none", "metagrad train ...", target=5)
+    monkeypatch.setattr(longruns, "ROWS", (row, piped))
     assert main(["status", str(tmp_path / "long")]) == 0
     index = (tmp_path / "long" / "INDEX.md").read_text()
-    assert "| a test row | 10 iterations | 1 x 10 iterations | 80% |" in index and "metagrad train ..." in index
+    table = [ln.replace("\\|", "") for ln in index.splitlines() if ln.startswith("|")]
+    assert len(table) == 4 and len({ln.count("|") for ln in table}) == 1  # a pipe in a name ends no cell
+    assert "| a test row | 10 iterations | 1 x 10 iterations | 80% | 8 | - |" in index and "metagrad train ..." in index
+    runs = [{"iteration": 5, "env_steps": 2e6}, {"iteration": 7, "env_steps": 1.5e6}]
+    assert (longruns._iterations(runs), longruns._steps(runs)) == ("5-7 over 2 runs", "3.5M")
 
 
 def test_every_meta_rl_row_command_resumes_its_kept_runs():

@@ -224,13 +224,31 @@ def index(root: Path = ROOT) -> str:
     """``INDEX.md``: every long row, its budget, how much of it is done, and the command that continues it."""
     lines = ["# Long paper runs: where each stands", "", "Written by `metagrad status`. Each command resumes its "
              "runs where they stopped; run it again for another segment (its `--time-budget` bounds a session).", "",
-             "| result | paper's budget | ours | done | wall time | segments |", "|---|---|---|---|---|---|"]
+             "| result | paper's budget | ours | done | iterations so far | environment steps | wall time | segments |",
+             "|---|---|---|---|---|---|---|---|"]
     details = []
     for row in ROWS:
         s = row_status(row, root)
         hours = sum(r.get("seconds", 0) for r in s["runs"]) / 3600
         segments = sum(r.get("segments", 0) for r in s["runs"])
-        lines.append(f"| {row.name} | {row.paper} | {s['budget']} | {100 * s['done']:.0f}% | {hours:.1f} h | "
-                     f"{segments} |")
+        name = row.name.replace("|", "\\|")  # a pipe in a name (|v - g|) would end its table cell
+        lines.append(f"| {name} | {row.paper} | {s['budget']} | {100 * s['done']:.0f}% | "
+                     f"{_iterations(s['runs'])} | {_steps(s['runs'])} | {hours:.1f} h | {segments} |")
         details += [f"- {row.name}: `{row.command}`"]
     return "\n".join([*lines, "", "Commands:", "", *details, ""])
+
+
+def _iterations(runs: list[dict[str, Any]]) -> str:
+    """The runs' iterations: one number, ``N each``, or ``low-high over K runs``."""
+    its = sorted(r["iteration"] for r in runs if "iteration" in r)
+    if not its:
+        return "-"
+    if len(its) == 1:
+        return f"{its[0]:,}"
+    return f"{its[0]:,} each" if its[0] == its[-1] else f"{its[0]:,}-{its[-1]:,} over {len(its)} runs"
+
+
+def _steps(runs: list[dict[str, Any]]) -> str:
+    """All the runs' environment steps together (``-`` for supervised runs, which have none)."""
+    total = sum(r.get("env_steps") or 0 for r in runs)
+    return f"{total / 1e6:,.1f}M" if total else "-"
