@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from conftest import cli_error
-from metagrad.cli import main
+from metagrad.cli import bars_off, main
 
 TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--checkpoint-every", "10",
         "--no-progress"]
@@ -138,7 +139,17 @@ def test_no_progress_also_silences_the_data_loaders_bars(tmp_path, capsys, monke
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     list(_progress(list(range(60)), "decoding"))
     assert "decoding" in capsys.readouterr().err  # a bar without the option: the check below can fail
-    main(["train", "--config", "no-such-preset", "--no-progress", "--out", str(tmp_path)])
-    capsys.readouterr()
-    list(_progress(list(range(60)), "decoding"))
+    with bars_off(True):
+        list(_progress(list(range(60)), "decoding"))
     assert "decoding" not in capsys.readouterr().err
+    assert "TQDM_DISABLE" not in os.environ  # the setting ends with the command
+
+    def run(args):  # the command as main runs it, with its options parsed
+        list(_progress(list(range(60)), "decoding"))
+        return 0
+
+    monkeypatch.setattr("metagrad.cli.run_command", run)
+    assert main(["train", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert "decoding" not in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path)]) == 0
+    assert "decoding" in capsys.readouterr().err

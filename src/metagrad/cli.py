@@ -7,6 +7,7 @@ Ctrl-C during training saves a checkpoint and exits with code 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -24,6 +25,8 @@ from .rl.config import RLConfig
 from .settings import preset_names
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from .reproduce.metarl import Experiment
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -223,8 +226,28 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    if getattr(args, "no_progress", False):
-        os.environ["TQDM_DISABLE"] = "1"  # every bar, the data loaders' decoding bars too (tqdm reads this)
+    with bars_off(getattr(args, "no_progress", False)):
+        return run_command(args)
+
+
+@contextlib.contextmanager
+def bars_off(quiet: bool) -> Iterator[None]:
+    """tqdm's ``TQDM_DISABLE`` while a command runs with --no-progress: it reaches the bars the command does not
+    draw itself (the data loaders' decoding), and ends with the command."""
+    before = os.environ.get("TQDM_DISABLE")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if quiet and before is None:
+            del os.environ["TQDM_DISABLE"]
+        elif quiet:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command's function; a known failure ends as one line on stderr and an exit code."""
     try:
         return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "tradeoff": cmd_tradeoff,
                 "compare": cmd_compare, "curves": cmd_curves, "status": cmd_status}[args.command](args)
