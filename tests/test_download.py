@@ -202,6 +202,24 @@ def test_omniglot_splits_downloads_only_on_request(tmp_path, server, monkeypatch
     assert len(server.requests) == 2 and np.array_equal(first["test"].images, again["test"].images)
 
 
+def test_no_progress_reaches_the_download_bar(tmp_path, monkeypatch):
+    """--no-progress (``cli.bars_off``) turns off the bar of a download that loading starts, as of decoding."""
+    from metagrad.cli import bars_off
+
+    seen = []
+
+    def record(root, progress=True):
+        seen.append(progress)
+        raise ConfigError("recorded")
+
+    monkeypatch.setattr(images, "download_omniglot", record)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    for quiet in (True, False):
+        with bars_off(quiet), pytest.raises(ConfigError, match="recorded"):
+            images.load_omniglot(tmp_path / "omniglot", download=True)
+    assert seen == [False, True]
+
+
 def test_a_missing_part_names_the_download_option(tmp_path, zips):
     (tmp_path / FILES[0]).write_bytes(zips[FILES[0]])
     with pytest.raises(ConfigError, match=r"has no images_evaluation/ folder .*--download"):

@@ -88,7 +88,7 @@ def load_omniglot(root: str | Path, size: int = 28, download: bool = False) -> I
     ``download``: fetch the official zip files first if a part is missing (neither folder nor zip)."""
     root = Path(root).expanduser()
     if download and not all((root / p).is_dir() or (root / f"{p}.zip").is_file() for p in OMNIGLOT_PARTS):
-        download_omniglot(root)
+        download_omniglot(root, progress=not _bars_off())
     sources = _omniglot_sources(root)
     files: list[tuple[str, int]] = []
     for src in sources:
@@ -296,6 +296,11 @@ def _digest(images: np.ndarray) -> str:
 def _progress(items: list, desc: str) -> Iterable:
     from tqdm import tqdm
 
-    # no bar for a small test copy, nor under tqdm's TQDM_DISABLE (set by --no-progress; tqdm reads it at import)
-    quiet = len(items) < 50 or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
-    return tqdm(items, desc=desc, unit="class", leave=False, disable=quiet, file=sys.stderr)
+    # no bar for a small test copy either
+    return tqdm(items, desc=desc, unit="class", leave=False, disable=len(items) < 50 or _bars_off(), file=sys.stderr)
+
+
+def _bars_off() -> bool:
+    """--no-progress reached the loaders (``cli.bars_off``: tqdm's TQDM_DISABLE, which tqdm itself reads only when
+    imported, so it is read here)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
