@@ -112,3 +112,32 @@ def test_a_gpu_machine_joins_with_gloo_for_cpu_tensors(monkeypatch):
     assert Distributed.from_env() == Distributed(1, 2)
     backends = dict(part.split(":") for part in seen[0].split(","))
     assert backends == {"cpu": "gloo", "cuda": "nccl"}
+
+
+def test_after_a_peer_failure_the_command_leaves_without_the_teardown(monkeypatch):
+    """The CI once saw the surviving process print its message and then abort in the interpreter's teardown
+    (gloo: 'terminate called without an active exception', exit -6 instead of 2): after a peer failure the entry
+    point leaves with os._exit and the command's exit code; without one it returns normally."""
+    import torch.distributed as dist
+
+    from metagrad import __main__ as entry
+    from metagrad import cli
+    from metagrad import distributed as d
+
+    def broken_all_reduce(tensor):
+        raise RuntimeError("Connection reset by peer")
+
+    def command():
+        with pytest.raises(d.PeerFailure, match="another process of this run stopped"):
+            d.Distributed(0, 2).any(True)
+        return 2
+
+    exits = []
+    monkeypatch.setattr(d, "_peer_failed", False)
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    monkeypatch.setattr(entry.os, "_exit", exits.append)
+    assert entry.run() == 0 and exits == []
+    monkeypatch.setattr(dist, "all_reduce", broken_all_reduce)
+    monkeypatch.setattr(cli, "main", command)
+    entry.run()
+    assert exits == [2] and d.peer_failed()

@@ -28,6 +28,15 @@ class PeerFailure(MetagradError):
     """Another process of a distributed run stopped; this one stops too."""
 
 
+_peer_failed = False
+
+
+def peer_failed() -> bool:
+    """True once this process has seen another process of its run stop (its group's threads are then unsafe to
+    tear down: gloo can abort the interpreter's exit with 'terminate called without an active exception')."""
+    return _peer_failed
+
+
 @dataclass
 class Distributed:
     """This process's place in a group of ``world`` processes."""
@@ -90,6 +99,8 @@ class Distributed:
         try:
             dist.all_reduce(tensor)
         except (RuntimeError, dist.DistError) as e:
+            global _peer_failed
+            _peer_failed = True
             raise PeerFailure(f"process {self.rank}: another process of this run stopped or is unreachable "
                               f"({str(e).splitlines()[0]}); stopping too") from None
 
