@@ -153,3 +153,5 @@ def test_no_progress_also_silences_the_data_loaders_bars(tmp_path, capsys, monke
     assert "decoding" not in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path)]) == 0
     assert "decoding" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "--no-progress"]) == 0  # evaluating an Omniglot run decodes it too
+    assert "decoding" not in capsys.readouterr().err

@@ -62,6 +62,7 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", default="last", choices=("last", "best"), help="which checkpoint (default: last)")
     p.add_argument("--output", help="where to write the results (default: RUN/eval.json); e.g. one file per "
                    "checkpoint in a folder, for `metagrad compare`")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the data loaders')")
     Config.add_arguments(p, ("eval",))
     RLConfig.add_arguments(p, ("eval",), title="meta-RL [{section}] options")
 
