@@ -155,3 +155,24 @@ def test_no_progress_also_silences_the_data_loaders_bars(tmp_path, capsys, monke
     assert "decoding" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--no-progress"]) == 0  # evaluating an Omniglot run decodes it too
     assert "decoding" not in capsys.readouterr().err
+
+
+def test_every_command_that_trains_evaluates_or_loads_data_takes_no_progress():
+    """--no-progress is offered wherever a bar can appear (train, eval, reproduce, both trade-off studies); only the
+    commands that read result files (compare, curves, status) go without it."""
+    import argparse
+
+    from metagrad.cli import build_parser
+
+    def leaves(parser, path=()):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+        for action in subs:
+            for name, child in action.choices.items():
+                yield from leaves(child, (*path, name))
+
+    found = {" ".join(path): any("--no-progress" in a.option_strings for a in p._actions)
+             for path, p in leaves(build_parser())}
+    assert found == {"train": True, "eval": True, "reproduce": True, "tradeoff linreg": True, "tradeoff rl": True,
+                     "compare": False, "curves": False, "status": False}
