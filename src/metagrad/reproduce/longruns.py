@@ -119,6 +119,10 @@ ROWS = (
         "sgmrl-cheetah-dir-k2",
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --set "
         "inner_steps=2 --set compile=true --out results/long/sgmrl-cheetah-dir-k2", 500),
+    Row("SG-MRL Table 2, half-cheetah direction, 3 inner steps (the row's third line), MAML (VPG), as the 2-step line",
+        "500 epochs, 4 seeds", "sgmrl-cheetah-dir-k3",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --set "
+        "inner_steps=3 --set compile=true --out results/long/sgmrl-cheetah-dir-k3", 500),
     Row("SG-MRL Table 2: swimmer goal velocity as its code's library (maml_zoo) defines it (reward +|v - g|), 1 step, "
         "MAML (VPG) (the SG-MRL code's SG-MRL is its MAML-VPG)", "500 epochs, 4 seeds", "sgmrl-swimmer-rand-vel",
         "metagrad reproduce locomotion --env swimmer-rand-vel --algo maml-vpg --iterations 500 --time-budget 120 "
