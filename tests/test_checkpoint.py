@@ -121,3 +121,28 @@ def test_a_crash_at_any_step_of_a_write_leaves_a_whole_checkpoint(tmp_path, monk
     assert info["iteration"] == (1 if step in ("save_file", "_fsync", "replace") else 2)
     checkpoint.save(tmp_path / "ck", {"x": torch.ones(4)}, {"iteration": 3})  # the next save goes through
     assert checkpoint.load(tmp_path / "ck")[1]["iteration"] == 3
+
+
+def test_a_reader_never_sees_a_checkpoint_that_is_being_replaced(tmp_path):
+    """`metagrad status`, a test's poll or a second process read `last` while the run replaces it: each read
+    gives one whole checkpoint (its header and tensors from the same write), never an error."""
+    import threading
+
+    stem, done = tmp_path / "last", threading.Event()
+
+    def writer():
+        for i in range(300):  # headers of changing length, as a run's growing counters give
+            checkpoint.save(stem, {"w": torch.full((50 + i % 7,), float(i))}, {"iteration": i, "note": "x" * (i % 13)})
+        done.set()
+
+    checkpoint.save(stem, {"w": torch.zeros(50)}, {"iteration": 0})
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = 0
+    while not done.is_set():
+        assert checkpoint.read_info(stem)["iteration"] >= 0
+        state, info = checkpoint.load(stem)
+        assert torch.all(state["w"] == info["iteration"]) and len(state["w"]) == 50 + info["iteration"] % 7
+        reads += 1
+    thread.join()
+    assert reads > 10

@@ -101,21 +101,27 @@ def wait_for_iteration(run: Path, at_least: int, proc: subprocess.Popen, timeout
 
 def test_kill_9_at_random_moments_then_resume_gives_the_same_run(tmp_path):
     """Three SIGKILLs at random moments of a run that checkpoints every iteration; each rerun with --resume picks
-    up the newest whole checkpoint, and the run ends where an uninterrupted one does."""
+    up the newest whole checkpoint, the run ends where an uninterrupted one does, and every killed session is
+    still in ``segments.jsonl``. The run is long enough that each kill lands while it is training."""
+    longer = ("--iterations", "600")
     straight_run = tmp_path / "straight"
-    assert launch(straight_run).wait(timeout=300) == 0
+    assert launch(straight_run, *longer).wait(timeout=300) == 0
     run, rng = tmp_path / "run", random.Random(0)
     for k in range(3):
-        proc = launch(run, *(["--resume"] if k else []))
-        wait_for_iteration(run, 3 + 6 * k, proc)
+        proc = launch(run, *longer, *(["--resume"] if k else []))
+        wait_for_iteration(run, 60 + 150 * k, proc)
         time.sleep(rng.uniform(0.0, 0.3))
         proc.kill()
-        proc.wait(timeout=60)
-    done = launch(run, "--resume")
+        assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before the kill: make it longer"
+    done = launch(run, *longer, "--resume")
     _, err = done.communicate(timeout=300)
     assert done.returncode == 0, err
     assert same(final(run), final(straight_run))
     assert log_lines(run) == log_lines(straight_run)
+    segments = [json.loads(ln) for ln in (run / "segments.jsonl").read_text().splitlines()]
+    assert [s["stopped"] for s in segments] == ["killed"] * 3 + ["done"]  # a killed session is still recorded
+    assert [s["start"] for s in segments] == [0] + [s["end"] for s in segments[:-1]]  # no iteration unaccounted
+    assert segments[-1]["end"] == 600 and all(s["end"] > s["start"] for s in segments[:-1])
 
 
 def test_sigterm_saves_and_the_resumed_run_is_the_same(tmp_path):

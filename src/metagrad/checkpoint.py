@@ -11,13 +11,15 @@ in one line, never used. ``stem.json`` is a readable copy of ``info`` for people
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import safetensors.torch
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
@@ -47,9 +49,8 @@ def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {stem} ({path.name} is missing)")
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        data = path.read_bytes()  # one read of one file: a checkpoint replaced meanwhile is never half-seen
+        meta, tensors = _metadata(io.BytesIO(data)), safetensors.torch.load(data)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); delete it and resume from another "
                               "(e.g. best), or start a new run") from None
@@ -69,8 +70,8 @@ def read_info(stem: str | Path) -> dict[str, Any]:
     """The checkpoint's ``info`` alone (its header: no tensors read, no checksum verified)."""
     path = Path(stem).with_suffix(".safetensors")
     try:
-        with safe_open(str(path), "pt") as f:
-            info = json.loads((f.metadata() or {})[HEADER_KEY])
+        with open(path, "rb") as f:  # one open file: the checkpoint as it was, even if replaced meanwhile
+            info = json.loads(_metadata(f)[HEADER_KEY])
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {stem} ({path.name} is missing)") from None
     except (SafetensorError, OSError, KeyError, ValueError) as e:
@@ -78,6 +79,17 @@ def read_info(stem: str | Path) -> dict[str, Any]:
                               "(e.g. best), or start a new run") from None
     info.pop("state", None)
     return info
+
+
+def _metadata(f: BinaryIO) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (its header: 8 bytes of length, then JSON)."""
+    length = int.from_bytes(f.read(8), "little")
+    if length > 100_000_000:  # safetensors' own limit; a damaged length would otherwise be read as such
+        raise ValueError(f"its header claims {length} bytes")
+    header = f.read(length)
+    if len(header) != length or length == 0:
+        raise ValueError(f"the header is cut short ({len(header)} of {length} bytes)")
+    return json.loads(header).get("__metadata__") or {}
 
 
 def exists(stem: str | Path) -> bool:

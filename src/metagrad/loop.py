@@ -54,6 +54,7 @@ class RunLoop:
         self.iteration = 0
         self.elapsed = 0.0  # training seconds of the whole run, across resumes
         self._stop_requested = False
+        self._segment: dict[str, Any] | None = None  # this session, kept in each checkpoint until it is recorded
 
     # ------------------------------------------------------------------ what a trainer supplies
     def step(self) -> dict[str, float]:
@@ -102,8 +103,9 @@ class RunLoop:
                   "values; the previous checkpoint stays", file=sys.stderr)
             return None
         if self.writes:
+            segment = {"segment": self._open_segment()} if self._segment is not None else {}
             checkpoint.save(stem, state, {"iteration": self.iteration if iteration is None else iteration,
-                                          "elapsed": self.elapsed, **self.info(), "config": self.config})
+                                          "elapsed": self.elapsed, **self.info(), "config": self.config, **segment})
         return stem
 
     def restore(self, name: str = "last") -> None:
@@ -147,6 +149,8 @@ class RunLoop:
         if self._prepare(resume) and changes:
             self.log({"iteration": self.iteration, "resumed_with": changes})
         start_iteration, session_start = self.iteration, time.perf_counter()
+        self._segment = {"start": start_iteration, "clock": session_start, "command": command(), "commit": commit(),
+                         "machine": machine()}
         stopped = "done"
         bar = self.make_bar()
         with self._signals_save():
@@ -180,16 +184,29 @@ class RunLoop:
         """What a trainer adds to a segment's record (e.g. environment steps)."""
         return {}
 
+    def _open_segment(self, stopped: str = "killed") -> dict[str, Any]:
+        """This session's segment record as of now; each checkpoint keeps it, so that a session killed before it
+        could append its record (kill -9, a machine taken away) is still recorded when the run resumes."""
+        assert self._segment is not None
+        s = self._segment
+        return {"start": s["start"], "end": self.iteration, "seconds": round(time.perf_counter() - s["clock"], 1),
+                "stopped": stopped, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.segment_info(),
+                "command": s["command"], "commit": s["commit"], "machine": s["machine"]}
+
     def _record_segment(self, start: int, seconds: float, stopped: str) -> None:
         """Append this session to ``segments.jsonl``: iterations, time, how it stopped, the command, the commit and
         the machine that produced it (a long run accumulates over sessions; each says where it came from)."""
         if self.run_dir is None or not self.writes:
             return
-        record = {"start": start, "end": self.iteration, "seconds": round(seconds, 1), "stopped": stopped,
-                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.segment_info(),
-                  "command": command(), "commit": commit(), "machine": machine()}
-        with open(self.run_dir / "segments.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        record = {**self._open_segment(stopped), "start": start, "seconds": round(seconds, 1)}
+        self._segment = None
+        _append_segment(self.run_dir, record)
+
+    def _recover_segment(self, info: dict[str, Any]) -> None:
+        """Record the segment that made the ``last`` checkpoint if its session died before recording it."""
+        segment = info.get("segment")
+        if segment is not None and self.writes and _recorded_end(self.run_dir) < info["iteration"]:
+            _append_segment(self.run_dir, {**segment, "end": info["iteration"]})
 
     def _prepare(self, resume: bool | str) -> bool:
         """Resume from ``last`` (True when it did), or refuse to overwrite another run or to start one over; create
@@ -204,6 +221,7 @@ class RunLoop:
                 raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume to "
                                       "continue it or choose another --out")
             self.restore("last")
+            self._recover_segment(checkpoint.read_info(self.run_dir / "last"))
             return True
         saved = sorted(p.name for p in self.run_dir.glob("*") if p.name == "last.json" or p.suffix == ".safetensors"
                        ) if self.run_dir.exists() else []
@@ -290,6 +308,20 @@ def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: lis
         else:
             scheduler.base_lrs[i] = group["initial_lr"] = base
             group["lr"] = base * scheduler.lr_lambdas[i](scheduler.last_epoch)
+
+
+def _append_segment(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / "segments.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _recorded_end(run_dir: Path) -> int:
+    """The iteration the recorded segments reach (0 with none; a line torn by a crash is skipped)."""
+    path = run_dir / "segments.jsonl"
+    for line in reversed(path.read_text(errors="replace").splitlines() if path.exists() else []):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return int(json.loads(line)["end"])
+    return 0
 
 
 def machine() -> dict[str, Any]:
