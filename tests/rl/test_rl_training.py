@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,26 @@ def test_resume_continues_the_same_trajectory(tmp_path, outer):
     assert [json.loads(ln)["iteration"] for ln in lines] == [1, 2, 3]
     info = checkpoint.read_info(tmp_path / "resumed" / "best")
     assert info["best_return"] == pytest.approx(max(json.loads(ln)["return_post"] for ln in lines), abs=1e-4)
+
+
+def test_a_resumed_vpg_run_steps_at_a_lowered_outer_step_with_its_adam_moments(tmp_path):
+    """The fall-back remedy of docs/meta-rl.md: resume with ``outer_lr`` lowered; the optimizer steps at the new size
+    and keeps its moments (the same run continued at 0.001 and at 0.0001 differ by the step's ratio, not its sign)."""
+    cfg = _tiny(iterations=2, outer="vpg", algo="maml")
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "run", progress=False).fit()
+    start, _ = checkpoint.load(tmp_path / "run" / "last")
+    moves = {}
+    for lr in (1e-3, 1e-4):  # each from a copy of the run at iteration 2: the same state, episodes and gradient
+        run = shutil.copytree(tmp_path / "run", tmp_path / f"lr-{lr:g}")
+        lowered = cfg.replace(iterations=3, outer_lr=lr)
+        learner, opt = build(lowered)
+        RLTrainer(learner, opt, lowered, run, progress=False).fit(resume=True, changes={"outer_lr": [1e-3, lr]})
+        assert [g["lr"] for g in opt.param_groups] == [lr] and opt.state_dict()["state"][0]["step"] == 3
+        end, _ = checkpoint.load(run / "last")
+        moves[lr] = torch.cat([(end["learner"][k] - v).flatten() for k, v in start["learner"].items()])
+    ratio = moves[1e-4].norm() / moves[1e-3].norm()
+    assert 0.05 < ratio < 0.2 and torch.nn.functional.cosine_similarity(moves[1e-3], moves[1e-4], dim=0) > 0.9
 
 
 def test_reproduce_navigation_end_to_end(tmp_path, capsys):
