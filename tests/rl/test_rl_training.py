@@ -15,6 +15,7 @@ import torch
 
 from metagrad import checkpoint
 from metagrad.cli import main
+from metagrad.errors import ConfigError
 from metagrad.rl.config import RLConfig
 from metagrad.rl.evaluate import return_curve
 from metagrad.rl.train import RLTrainer, build
@@ -76,6 +77,64 @@ def test_a_resumed_vpg_run_steps_at_a_lowered_outer_step_with_its_adam_moments(t
         moves[lr] = torch.cat([(end["learner"][k] - v).flatten() for k, v in start["learner"].items()])
     ratio = moves[1e-4].norm() / moves[1e-3].norm()
     assert 0.05 < ratio < 0.2 and torch.nn.functional.cosine_similarity(moves[1e-3], moves[1e-4], dim=0) > 0.9
+
+
+def _plateau_lrs(returns: list[float], lr: float, patience: int, factor: float) -> list[float]:
+    """The plateau rule written out: the step of each iteration, from the training returns logged before it."""
+    lrs, best, best_at, lowered, scale = [], None, 0, 0, 1.0
+    for i, r in enumerate(returns):
+        if best is None or r > best:
+            best, best_at = r, i
+        lrs.append(lr * scale)
+        if i + 1 - max(best_at, lowered) >= patience:
+            scale, lowered = scale * factor, i + 1
+    return lrs
+
+
+def test_the_plateau_schedule_lowers_the_outer_step_after_patience_iterations_without_a_new_best(tmp_path):
+    """The remedy of MAML-VPG's fall-back in one run: each iteration's step is the configured one times the factor
+    for every ``patience`` iterations that passed without a new best training return; a resumed run takes the same
+    steps as a straight one."""
+    cfg = _tiny(iterations=12, outer="vpg", algo="maml", outer_lr_schedule="plateau", outer_lr_patience=2,
+                outer_lr_factor=0.5)
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
+    logged = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [m["outer_lr"] for m in logged]
+    assert lrs == pytest.approx(_plateau_lrs([m["return_post"] for m in logged], 1e-3, 2, 0.5), rel=1e-4)
+    assert min(lrs) < 1e-3  # the rule fired (a run that set a new best at every iteration would test nothing)
+    short = cfg.replace(iterations=5)
+    learner, opt = build(short)
+    RLTrainer(learner, opt, short, tmp_path / "resumed", progress=False).fit()
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
+    resumed = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["outer_lr"] for m in resumed] == lrs
+    a, _ = checkpoint.load(tmp_path / "straight" / "last")
+    b, _ = checkpoint.load(tmp_path / "resumed" / "last")
+    assert all(torch.equal(v, b["learner"][k]) for k, v in a["learner"].items())
+
+
+def test_the_linear_schedule_anneals_the_outer_step_to_zero_over_the_run(tmp_path):
+    cfg = _tiny(iterations=4, outer="ppo", algo="maml", outer_lr_schedule="linear", outer_lr=0.01)
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "run", progress=False).fit()
+    logged = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["outer_lr"] for m in logged] == pytest.approx([0.01, 0.0075, 0.005, 0.0025])
+
+
+def test_outer_step_schedules_are_checked_and_may_switch_to_plateau_on_resume():
+    with pytest.raises(ConfigError, match="outer_lr_schedule plateau is for outer 'vpg' and 'ppo'"):
+        RLConfig().replace(outer_lr_schedule="plateau").validate()
+    with pytest.raises(ConfigError, match=r"outer_lr_factor 1\.0 must lie in"):
+        RLConfig().replace(outer="vpg", outer_lr_factor=1.0).validate()
+    with pytest.raises(ConfigError, match="outer_lr_schedule 'cosine'"):
+        RLConfig().replace(outer="vpg", outer_lr_schedule="cosine").validate()
+    saved = RLConfig().replace(outer="vpg")
+    assert saved.replace(outer_lr_schedule="plateau", outer_lr_patience=20).resume_differences(saved) == []
+    assert saved.replace(outer_lr_schedule="linear").resume_differences(saved) == ["outer_lr_schedule"]
+    linear = saved.replace(outer_lr_schedule="linear")
+    assert linear.replace(iterations=900).resume_differences(linear) == ["iterations"]
 
 
 def test_reproduce_navigation_end_to_end(tmp_path, capsys):

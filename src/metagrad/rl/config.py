@@ -20,6 +20,7 @@ from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES
 from .policy import ACTIVATIONS, POLICIES
 
 SECTIONS = ("env", "policy", "algo", "train", "eval")
+OUTER_LR_SCHEDULES = ("constant", "linear", "plateau")
 PRESET_SUFFIX = "-navigation"  # method presets: configs/<method>-navigation.toml
 
 
@@ -30,7 +31,8 @@ class RLConfig(Settings):
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",
                                                           "step_budget", "snapshot_steps", "outer_lr", "inner_lr",
-                                                          "max_kl", "compile"})
+                                                          "max_kl", "compile", "outer_lr_patience",
+                                                          "outer_lr_factor"})
 
     # [env]
     env: str = opt("navigation2d", "env", "environment: navigation2d; MuJoCo cheetah-dir, cheetah-vel, "
@@ -105,6 +107,13 @@ class RLConfig(Settings):
     meta_batch_size: int = opt(20, "train", "tasks per meta-iteration")
     outer_optimizer: str = opt("adam", "train", "optimizer of outer 'vpg' and 'ppo': adam or sgd")
     outer_lr: float = opt(0.001, "train", "step size of outer 'vpg' and 'ppo'")
+    outer_lr_schedule: str = opt("constant", "train", "outer 'vpg' and 'ppo': constant; linear (annealed to 0 over "
+                                 "the run); or plateau (times outer_lr_factor whenever the training return after "
+                                 "adaptation, the best checkpoint's measure, has not passed its best for "
+                                 "outer_lr_patience iterations: MAML-VPG falls back at a constant 0.001, "
+                                 "docs/meta-rl.md)")
+    outer_lr_patience: int = opt(50, "train", "plateau: iterations without a new best before the step is lowered")
+    outer_lr_factor: float = opt(0.1, "train", "plateau: what each lowering multiplies the step by")
     seed: int = opt(0, "train", "seed of the initialization, tasks and episodes")
     checkpoint_every: int = opt(10, "train", "iterations between checkpoints (also at the end)")
     # [eval]
@@ -122,11 +131,12 @@ class RLConfig(Settings):
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
         self.check_choices({"algo": ALGOS, "outer": OUTERS, "policy": POLICIES, "activation": tuple(ACTIVATIONS),
                             "baseline": BASELINES, "hvp": HVPS, "score_baseline": SCORE_BASELINES, "reward": REWARDS,
-                            "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS)})
+                            "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS),
+                            "outer_lr_schedule": OUTER_LR_SCHEDULES})
         self.check_at_least({"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
                              "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
                              "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,
-                             "snapshot_steps": 0, "context": 0})
+                             "snapshot_steps": 0, "context": 0, "outer_lr_patience": 1})
         positive = ("max_kl", "outer_lr", "init_std", "action_scale")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -141,6 +151,11 @@ class RLConfig(Settings):
         if not 0 < self.ppo_clip < 1 or self.inner_kl_coef < 0 or self.inner_kl_target < 0:
             raise ConfigError(f"ppo_clip {self.ppo_clip} must lie in (0, 1), inner_kl_coef {self.inner_kl_coef} and "
                               f"inner_kl_target {self.inner_kl_target} must be >= 0")
+        if not 0 < self.outer_lr_factor < 1:
+            raise ConfigError(f"outer_lr_factor {self.outer_lr_factor} must lie in (0, 1), e.g. 0.1")
+        if self.outer_lr_schedule != "constant" and self.outer not in ("vpg", "ppo"):
+            raise ConfigError(f"outer_lr_schedule {self.outer_lr_schedule} is for outer 'vpg' and 'ppo'; outer "
+                              f"'{self.outer}' steps by max_kl: set outer_lr_schedule to constant")
         if self.frame_skip < 0:
             raise ConfigError(f"frame_skip {self.frame_skip} must be >= 0 (0: the task family's own)")
         if not 0 < self.hvp_subsample <= 1:
@@ -150,6 +165,19 @@ class RLConfig(Settings):
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
         return super().validate()
+
+    def free_on_resume(self) -> set[str]:
+        """A schedule may be switched between constant and plateau on resume (and the budget changed) unless it is
+        linear, which anneals over the budget."""
+        return super().free_on_resume() | {"outer_lr_schedule"}
+
+    def resume_differences(self, saved: Settings) -> list[str]:
+        differences = super().resume_differences(saved)
+        schedules = {self.outer_lr_schedule, getattr(saved, "outer_lr_schedule", "constant")}
+        if "linear" in schedules:
+            differences += [n for n in ("outer_lr_schedule", "iterations") if getattr(saved, n) != getattr(self, n)]
+        return differences
+
 
 def method_names() -> list[str]:
     """The methods that have a preset (``configs/<method>-navigation.toml``)."""

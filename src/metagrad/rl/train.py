@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..distributed import Distributed, Share
 from ..errors import ConfigError, TrainingDiverged, check_memory
-from ..loop import RunLoop, set_base_lrs
+from ..loop import RunLoop
 from ..seeds import process_episodes
 from .config import RLConfig
 from .envs import make_env
@@ -96,6 +96,8 @@ class RLTrainer(RunLoop):
         self.base_lrs = [g["lr"] for g in optimizer.param_groups] if optimizer else []
         self.env_steps, self.sample_seconds = 0, 0.0
         self.best_return: float | None = None
+        self.best_iteration = self.last_lowered = 0  # the plateau schedule's counters
+        self.lr_scale = 1.0  # what the plateau schedule has multiplied the outer step by
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds: the learner, the optimizer (outer 'vpg', 'ppo') and the RNG state."""
@@ -106,16 +108,19 @@ class RLTrainer(RunLoop):
     def load_state(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
         if self.optimizer is not None and state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            set_base_lrs(self.optimizer, None, self.base_lrs)
+            self.optimizer.load_state_dict(state["optimizer"])  # its step sizes are set from cfg at every step
         self.generator.set_state(state["rng"])
 
     def info(self) -> dict[str, Any]:
-        return {"env_steps": self.env_steps, "sample_seconds": self.sample_seconds, "best_return": self.best_return}
+        return {"env_steps": self.env_steps, "sample_seconds": self.sample_seconds, "best_return": self.best_return,
+                "best_iteration": self.best_iteration, "last_lowered": self.last_lowered, "lr_scale": self.lr_scale}
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.env_steps, self.best_return = info["env_steps"], info["best_return"]
         self.sample_seconds = info.get("sample_seconds", 0.0)
+        # checkpoints from before the plateau schedule: its patience counts from the resume
+        self.best_iteration = info.get("best_iteration", self.iteration)
+        self.last_lowered, self.lr_scale = info.get("last_lowered", 0), info.get("lr_scale", 1.0)
 
     def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> RLFitResult:
         """Train (or continue with ``resume``) until done, a budget, or Ctrl-C; checkpoints on the way."""
@@ -160,17 +165,41 @@ class RLTrainer(RunLoop):
         if not math.isfinite(metrics["return_post"]):
             raise TrainingDiverged(f"the average return is {metrics['return_post']} at iteration {self.iteration + 1}")
         if self.best_return is None or metrics["return_post"] > self.best_return:
-            self.best_return = metrics["return_post"]
+            self.best_return, self.best_iteration = metrics["return_post"], self.iteration
             self.save("best", {"learner": learner.state_dict()})  # the parameters that earned it, before the update
+        if self.optimizer is not None:
+            metrics["outer_lr"] = self._set_outer_lr()
         metrics.update(learner.update(trajs, out, self.optimizer, share))
+        self._plateau()
         self.env_steps += int(metrics["env_steps"])
         self.sample_seconds += metrics["sample_seconds"]
         return metrics
 
+    def _set_outer_lr(self) -> float:
+        """Set the optimizer's step sizes for this iteration from the config's (which a resume may have lowered) and
+        the schedule; return the first."""
+        scale = self.lr_scale
+        if self.cfg.outer_lr_schedule == "linear":
+            scale = max(0.0, 1.0 - self.iteration / max(self.cfg.iterations, 1))
+        assert self.optimizer is not None
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * scale
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _plateau(self) -> None:
+        """The plateau schedule: lower the step once ``outer_lr_patience`` iterations have passed without a new best
+        training return since the best or the last lowering."""
+        done = self.iteration + 1
+        if (self.cfg.outer_lr_schedule == "plateau"
+                and done - max(self.best_iteration, self.last_lowered) >= self.cfg.outer_lr_patience):
+            self.lr_scale *= self.cfg.outer_lr_factor
+            self.last_lowered = done
+
     def after_step(self, metrics: dict[str, float], seconds: float, bar: tqdm) -> None:
         """The metrics line, snapshots and progress."""
         metrics["seconds"] = seconds
-        self.log({"iteration": self.iteration, **{k: round(v, 5) for k, v in metrics.items()}})
+        self.log({"iteration": self.iteration, **{k: float(f"{v:.6g}") if k == "outer_lr" else round(v, 5)
+                                                  for k, v in metrics.items()}})
         before = self.env_steps - int(metrics["env_steps"])
         self._snapshots(before)
         budget = self.cfg.step_budget
