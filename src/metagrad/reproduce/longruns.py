@@ -113,6 +113,13 @@ ROWS = (
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --seed 3 "
         "--set frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=tanh "
         "--set compile=true --out results/long/sgmrl-cheetah-dir-scaled-tanh-seed-3", 500),
+    Row("SG-MRL Table 2 as above, MAML (VPG), seed 0 again with the outer step lowered tenfold after 20 iterations "
+        "without a new best training return (outer_lr_schedule plateau: the fall-back's remedy from the start)",
+        "500 epochs", "sgmrl-cheetah-dir-plateau",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --seed 0 "
+        "--set frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=tanh "
+        "--set compile=true --set outer_lr_schedule=plateau --set outer_lr_patience=20 "
+        "--out results/long/sgmrl-cheetah-dir-plateau", 500),
     Row("SG-MRL Table 2, half-cheetah direction, 2 inner steps (the row's second line), MAML (VPG), on the 1-step "
         "rows' environment and policy (the study's defaults: gym's half-cheetah at 5 simulator steps per action, "
         "actions scaled by 0.1, tanh), step 0.1 at every inner and test step", "500 epochs, 4 seeds",
