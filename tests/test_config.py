@@ -96,3 +96,16 @@ def test_a_directory_or_binary_file_is_not_a_config(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="not a UTF-8 text file"):
         load_config(binary)
+
+
+def test_the_linear_outer_schedule_anneals_the_step_to_zero_over_the_iterations():
+    from metagrad.build import build_learner, build_outer
+
+    cfg = Config().replace(iterations=4, outer_lr=0.01, outer_lr_schedule="linear")
+    opt, scheduler = build_outer(cfg, build_learner(cfg))
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.01, 0.0075, 0.005, 0.0025, 0.0])

@@ -13,6 +13,7 @@ from .config import IMAGE_FAMILIES, Config
 from .errors import ConfigError
 from .functional import params_of
 from .inner import make_inner
+from .loop import linear_to_zero
 from .models import MLP, MLPBN, ContextVector, Conv4
 from .tasks import LinearRegression, Sinusoid
 from .tasks.fewshot import FewShotClassification
@@ -103,6 +104,5 @@ def build_outer(cfg: Config, learner: MetaLearner
     else:
         opt = torch.optim.SGD(params, lr=cfg.outer_lr)
     if cfg.outer_lr_schedule == "linear":
-        total = max(cfg.iterations, 1)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total))
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: linear_to_zero(it, cfg.iterations))
     return opt, None

@@ -296,6 +296,12 @@ def _line_iteration(line: str) -> float:
         return float("inf")
 
 
+def linear_to_zero(iteration: int, iterations: int) -> float:
+    """The factor of a step size annealed linearly from 1 at iteration 0 to 0 at ``iterations`` (both worlds'
+    ``outer_lr_schedule`` linear)."""
+    return max(0.0, 1.0 - iteration / max(iterations, 1))
+
+
 def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: list[float]) -> None:
     """Give a resumed optimizer the configured step sizes where they differ from its checkpoint's (the user lowered
     them after a divergence); a ``LambdaLR`` schedule keeps its shape over the new base."""

@@ -31,8 +31,8 @@ class RLConfig(Settings):
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",
                                                           "step_budget", "snapshot_steps", "outer_lr", "inner_lr",
-                                                          "max_kl", "compile", "outer_lr_patience",
-                                                          "outer_lr_factor"})
+                                                          "max_kl", "compile", "outer_lr_schedule",
+                                                          "outer_lr_patience", "outer_lr_factor"})
 
     # [env]
     env: str = opt("navigation2d", "env", "environment: navigation2d; MuJoCo cheetah-dir, cheetah-vel, "
@@ -166,12 +166,9 @@ class RLConfig(Settings):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
         return super().validate()
 
-    def free_on_resume(self) -> set[str]:
-        """A schedule may be switched between constant and plateau on resume (and the budget changed) unless it is
-        linear, which anneals over the budget."""
-        return super().free_on_resume() | {"outer_lr_schedule"}
-
     def resume_differences(self, saved: Settings) -> list[str]:
+        """As every config's, but the schedule may switch between constant and plateau on resume (and the budget
+        change) only while neither is linear, which anneals over the budget."""
         differences = super().resume_differences(saved)
         schedules = {self.outer_lr_schedule, getattr(saved, "outer_lr_schedule", "constant")}
         if "linear" in schedules:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..distributed import Distributed, Share
 from ..errors import ConfigError, TrainingDiverged, check_memory
-from ..loop import RunLoop
+from ..loop import RunLoop, linear_to_zero
 from ..seeds import process_episodes
 from .config import RLConfig
 from .envs import make_env
@@ -180,7 +180,7 @@ class RLTrainer(RunLoop):
         the schedule; return the first."""
         scale = self.lr_scale
         if self.cfg.outer_lr_schedule == "linear":
-            scale = max(0.0, 1.0 - self.iteration / max(self.cfg.iterations, 1))
+            scale = linear_to_zero(self.iteration, self.cfg.iterations)
         assert self.optimizer is not None
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * scale
