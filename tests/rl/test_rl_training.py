@@ -115,6 +115,47 @@ def test_the_plateau_schedule_lowers_the_outer_step_after_patience_iterations_wi
     assert all(torch.equal(v, b["learner"][k]) for k, v in a["learner"].items())
 
 
+def _grad_norm_lrs(norms: list[float], lr: float, window: int, warmup: int, growth: float,
+                   factor: float) -> list[float]:
+    """The grad-norm rule written out: the step of each iteration, from the gradient norms logged before it."""
+    lrs, scale, start, lowest = [], 1.0, 0, None
+    for i in range(len(norms)):
+        lrs.append(lr * scale)
+        recent = norms[max(start, i + 1 - window): i + 1]
+        if i + 1 <= warmup or len(recent) < window:
+            continue
+        mean = sum(recent) / window
+        if lowest is not None and mean > growth * lowest:
+            scale, start, lowest = scale * factor, i + 1, None
+        else:
+            lowest = mean if lowest is None else min(lowest, mean)
+    return lrs
+
+
+def test_the_grad_norm_schedule_lowers_the_outer_step_when_the_gradient_norm_grows(tmp_path):
+    """The fall-back's early sign (docs/meta-rl.md): the step is lowered when the windowed mean of the outer gradient
+    norm passes ``outer_lr_growth`` times its lowest since warm-up or the last lowering; a resumed run takes the same
+    steps as a straight one and ends bit-identical (the rule's window and lowest mean travel in the checkpoint)."""
+    cfg = _tiny(iterations=20, outer="vpg", algo="maml", outer_lr_schedule="grad-norm", outer_lr_window=2,
+                outer_lr_warmup=2, outer_lr_growth=1.2, outer_lr_factor=0.5)
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
+    logged = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [m["outer_lr"] for m in logged]
+    assert lrs == pytest.approx(_grad_norm_lrs([m["grad_norm"] for m in logged], 1e-3, 2, 2, 1.2, 0.5), rel=1e-4)
+    assert len(set(lrs)) >= 3  # the rule fired more than once: then again after starting afresh
+    short = cfg.replace(iterations=15)  # after the first lowering, its lowest mean set again
+    learner, opt = build(short)
+    RLTrainer(learner, opt, short, tmp_path / "resumed", progress=False).fit()
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
+    resumed = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["outer_lr"] for m in resumed] == lrs
+    a, _ = checkpoint.load(tmp_path / "straight" / "last")
+    b, _ = checkpoint.load(tmp_path / "resumed" / "last")
+    assert all(torch.equal(v, b["learner"][k]) for k, v in a["learner"].items())
+
+
 def test_the_linear_schedule_anneals_the_outer_step_to_zero_over_the_run(tmp_path):
     cfg = _tiny(iterations=4, outer="ppo", algo="maml", outer_lr_schedule="linear", outer_lr=0.01)
     learner, opt = build(cfg)
@@ -128,10 +169,15 @@ def test_outer_step_schedules_are_checked_and_may_switch_to_plateau_on_resume():
         RLConfig().replace(outer_lr_schedule="plateau").validate()
     with pytest.raises(ConfigError, match=r"outer_lr_factor 1\.0 must lie in"):
         RLConfig().replace(outer="vpg", outer_lr_factor=1.0).validate()
+    with pytest.raises(ConfigError, match=r"outer_lr_growth 1\.0 must be above 1"):
+        RLConfig().replace(outer="vpg", outer_lr_schedule="grad-norm", outer_lr_growth=1.0).validate()
+    with pytest.raises(ConfigError, match="outer_lr_window"):
+        RLConfig().replace(outer="vpg", outer_lr_window=0).validate()
     with pytest.raises(ConfigError, match="outer_lr_schedule 'cosine'"):
         RLConfig().replace(outer="vpg", outer_lr_schedule="cosine").validate()
     saved = RLConfig().replace(outer="vpg")
     assert saved.replace(outer_lr_schedule="plateau", outer_lr_patience=20).resume_differences(saved) == []
+    assert saved.replace(outer_lr_schedule="grad-norm", outer_lr_growth=2.5).resume_differences(saved) == []
     assert saved.replace(outer_lr_schedule="linear").resume_differences(saved) == ["outer_lr_schedule"]
     linear = saved.replace(outer_lr_schedule="linear")
     assert linear.replace(iterations=900).resume_differences(linear) == ["iterations"]

@@ -20,7 +20,7 @@ from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES
 from .policy import ACTIVATIONS, POLICIES
 
 SECTIONS = ("env", "policy", "algo", "train", "eval")
-OUTER_LR_SCHEDULES = ("constant", "linear", "plateau")
+OUTER_LR_SCHEDULES = ("constant", "linear", "plateau", "grad-norm")
 PRESET_SUFFIX = "-navigation"  # method presets: configs/<method>-navigation.toml
 
 
@@ -32,7 +32,8 @@ class RLConfig(Settings):
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",
                                                           "step_budget", "snapshot_steps", "outer_lr", "inner_lr",
                                                           "max_kl", "compile", "outer_lr_schedule",
-                                                          "outer_lr_patience", "outer_lr_factor"})
+                                                          "outer_lr_patience", "outer_lr_factor",
+                                                          "outer_lr_growth", "outer_lr_window", "outer_lr_warmup"})
 
     # [env]
     env: str = opt("navigation2d", "env", "environment: navigation2d; MuJoCo cheetah-dir, cheetah-vel, "
@@ -108,12 +109,19 @@ class RLConfig(Settings):
     outer_optimizer: str = opt("adam", "train", "optimizer of outer 'vpg' and 'ppo': adam or sgd")
     outer_lr: float = opt(0.001, "train", "step size of outer 'vpg' and 'ppo'")
     outer_lr_schedule: str = opt("constant", "train", "outer 'vpg' and 'ppo': constant; linear (annealed to 0 over "
-                                 "the run); or plateau (times outer_lr_factor whenever the training return after "
+                                 "the run); plateau (times outer_lr_factor whenever the training return after "
                                  "adaptation, the best checkpoint's measure, has not passed its best for "
-                                 "outer_lr_patience iterations: MAML-VPG falls back at a constant 0.001, "
-                                 "docs/meta-rl.md)")
+                                 "outer_lr_patience iterations); or grad-norm (times outer_lr_factor when the "
+                                 "outer gradient norm's mean over outer_lr_window iterations passes outer_lr_growth "
+                                 "times its lowest since outer_lr_warmup or the last lowering): MAML-VPG falls back "
+                                 "at a constant 0.001, docs/meta-rl.md")
     outer_lr_patience: int = opt(50, "train", "plateau: iterations without a new best before the step is lowered")
-    outer_lr_factor: float = opt(0.1, "train", "plateau: what each lowering multiplies the step by")
+    outer_lr_factor: float = opt(0.1, "train", "plateau, grad-norm: what each lowering multiplies the step by")
+    outer_lr_growth: float = opt(3.0, "train", "grad-norm: how many times its lowest windowed mean the gradient "
+                                 "norm's must pass to lower the step")
+    outer_lr_window: int = opt(10, "train", "grad-norm: iterations the gradient norm is averaged over")
+    outer_lr_warmup: int = opt(50, "train", "grad-norm: iterations before the lowest mean is tracked (the norm "
+                               "moves most while the policy first learns)")
     seed: int = opt(0, "train", "seed of the initialization, tasks and episodes")
     checkpoint_every: int = opt(10, "train", "iterations between checkpoints (also at the end)")
     # [eval]
@@ -136,7 +144,8 @@ class RLConfig(Settings):
         self.check_at_least({"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
                              "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
                              "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,
-                             "snapshot_steps": 0, "context": 0, "outer_lr_patience": 1})
+                             "snapshot_steps": 0, "context": 0, "outer_lr_patience": 1,
+                             "outer_lr_window": 1, "outer_lr_warmup": 0})
         positive = ("max_kl", "outer_lr", "init_std", "action_scale")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -153,6 +162,8 @@ class RLConfig(Settings):
                               f"inner_kl_target {self.inner_kl_target} must be >= 0")
         if not 0 < self.outer_lr_factor < 1:
             raise ConfigError(f"outer_lr_factor {self.outer_lr_factor} must lie in (0, 1), e.g. 0.1")
+        if not self.outer_lr_growth > 1:
+            raise ConfigError(f"outer_lr_growth {self.outer_lr_growth} must be above 1, e.g. 3")
         if self.outer_lr_schedule != "constant" and self.outer not in ("vpg", "ppo"):
             raise ConfigError(f"outer_lr_schedule {self.outer_lr_schedule} is for outer 'vpg' and 'ppo'; outer "
                               f"'{self.outer}' steps by max_kl: set outer_lr_schedule to constant")
@@ -167,8 +178,8 @@ class RLConfig(Settings):
         return super().validate()
 
     def resume_differences(self, saved: Settings) -> list[str]:
-        """As every config's, but the schedule may switch between constant and plateau on resume (and the budget
-        change) only while neither is linear, which anneals over the budget."""
+        """As every config's, but the schedule may switch among constant, plateau and grad-norm on resume (and the
+        budget change) only while neither is linear, which anneals over the budget."""
         differences = super().resume_differences(saved)
         schedules = {self.outer_lr_schedule, getattr(saved, "outer_lr_schedule", "constant")}
         if "linear" in schedules:

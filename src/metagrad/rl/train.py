@@ -97,7 +97,9 @@ class RLTrainer(RunLoop):
         self.env_steps, self.sample_seconds = 0, 0.0
         self.best_return: float | None = None
         self.best_iteration = self.last_lowered = 0  # the plateau schedule's counters
-        self.lr_scale = 1.0  # what the plateau schedule has multiplied the outer step by
+        self.lr_scale = 1.0  # what the plateau and grad-norm schedules have multiplied the outer step by
+        self.grad_norms: list[float] = []  # grad-norm: the last outer_lr_window norms since the last lowering
+        self.lowest_grad_norm: float | None = None  # grad-norm: the lowest of their means since warm-up or lowering
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds: the learner, the optimizer (outer 'vpg', 'ppo') and the RNG state."""
@@ -113,7 +115,8 @@ class RLTrainer(RunLoop):
 
     def info(self) -> dict[str, Any]:
         return {"env_steps": self.env_steps, "sample_seconds": self.sample_seconds, "best_return": self.best_return,
-                "best_iteration": self.best_iteration, "last_lowered": self.last_lowered, "lr_scale": self.lr_scale}
+                "best_iteration": self.best_iteration, "last_lowered": self.last_lowered, "lr_scale": self.lr_scale,
+                "grad_norms": self.grad_norms, "lowest_grad_norm": self.lowest_grad_norm}
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.env_steps, self.best_return = info["env_steps"], info["best_return"]
@@ -121,6 +124,7 @@ class RLTrainer(RunLoop):
         # checkpoints from before the plateau schedule: its patience counts from the resume
         self.best_iteration = info.get("best_iteration", self.iteration)
         self.last_lowered, self.lr_scale = info.get("last_lowered", 0), info.get("lr_scale", 1.0)
+        self.grad_norms, self.lowest_grad_norm = info.get("grad_norms", []), info.get("lowest_grad_norm")
 
     def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> RLFitResult:
         """Train (or continue with ``resume``) until done, a budget, or Ctrl-C; checkpoints on the way."""
@@ -170,7 +174,7 @@ class RLTrainer(RunLoop):
         if self.optimizer is not None:
             metrics["outer_lr"] = self._set_outer_lr()
         metrics.update(learner.update(trajs, out, self.optimizer, share))
-        self._plateau()
+        self._schedule(metrics.get("grad_norm", 0.0))
         self.env_steps += int(metrics["env_steps"])
         self.sample_seconds += metrics["sample_seconds"]
         return metrics
@@ -186,14 +190,30 @@ class RLTrainer(RunLoop):
             group["lr"] = base * scale
         return self.optimizer.param_groups[0]["lr"]
 
-    def _plateau(self) -> None:
-        """The plateau schedule: lower the step once ``outer_lr_patience`` iterations have passed without a new best
-        training return since the best or the last lowering."""
-        done = self.iteration + 1
-        if (self.cfg.outer_lr_schedule == "plateau"
-                and done - max(self.best_iteration, self.last_lowered) >= self.cfg.outer_lr_patience):
-            self.lr_scale *= self.cfg.outer_lr_factor
-            self.last_lowered = done
+    def _schedule(self, grad_norm: float) -> None:
+        """Lower the step for the next iterations when the schedule's rule fires. plateau: ``outer_lr_patience``
+        iterations without a new best training return since the best or the last lowering. grad-norm: the mean
+        gradient norm of the last ``outer_lr_window`` iterations above ``outer_lr_growth`` times the lowest such mean
+        since ``outer_lr_warmup`` or the last lowering (it grows before MAML-VPG's fall-back, docs/meta-rl.md)."""
+        cfg, done = self.cfg, self.iteration + 1
+        if cfg.outer_lr_schedule == "plateau":
+            if done - max(self.best_iteration, self.last_lowered) >= cfg.outer_lr_patience:
+                self._lower(done)
+        elif cfg.outer_lr_schedule == "grad-norm":
+            self.grad_norms = [*self.grad_norms, grad_norm][-cfg.outer_lr_window:]
+            if done <= cfg.outer_lr_warmup or len(self.grad_norms) < cfg.outer_lr_window:
+                return
+            mean = sum(self.grad_norms) / len(self.grad_norms)
+            if self.lowest_grad_norm is not None and mean > cfg.outer_lr_growth * self.lowest_grad_norm:
+                self._lower(done)
+            else:
+                self.lowest_grad_norm = mean if self.lowest_grad_norm is None else min(self.lowest_grad_norm, mean)
+
+    def _lower(self, done: int) -> None:
+        """Multiply the step by ``outer_lr_factor`` from the next iteration; the grad-norm rule starts afresh."""
+        self.lr_scale *= self.cfg.outer_lr_factor
+        self.last_lowered = done
+        self.grad_norms, self.lowest_grad_norm = [], None
 
     def after_step(self, metrics: dict[str, float], seconds: float, bar: tqdm) -> None:
         """The metrics line, snapshots and progress."""
