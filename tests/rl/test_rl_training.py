@@ -79,6 +79,25 @@ def test_a_resumed_vpg_run_steps_at_a_lowered_outer_step_with_its_adam_moments(t
     assert 0.05 < ratio < 0.2 and torch.nn.functional.cosine_similarity(moves[1e-3], moves[1e-4], dim=0) > 0.9
 
 
+def _straight_and_resumed(cfg: RLConfig, stop: int, tmp_path: Path) -> list[dict]:
+    """Run ``cfg`` straight, and again stopped after ``stop`` iterations and resumed; assert that both took the same
+    outer steps and ended bit-identical; the straight run's logged iterations."""
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
+    short = cfg.replace(iterations=stop)
+    learner, opt = build(short)
+    RLTrainer(learner, opt, short, tmp_path / "resumed", progress=False).fit()
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
+    logged, resumed = ([json.loads(ln) for ln in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                       for run in ("straight", "resumed"))
+    assert [m["outer_lr"] for m in resumed] == [m["outer_lr"] for m in logged]
+    a, _ = checkpoint.load(tmp_path / "straight" / "last")
+    b, _ = checkpoint.load(tmp_path / "resumed" / "last")
+    assert all(torch.equal(v, b["learner"][k]) for k, v in a["learner"].items())
+    return logged
+
+
 def _plateau_lrs(returns: list[float], lr: float, patience: int, factor: float) -> list[float]:
     """The plateau rule written out: the step of each iteration, from the training returns logged before it."""
     lrs, best, best_at, lowered, scale = [], None, 0, 0, 1.0
@@ -97,22 +116,10 @@ def test_the_plateau_schedule_lowers_the_outer_step_after_patience_iterations_wi
     steps as a straight one."""
     cfg = _tiny(iterations=12, outer="vpg", algo="maml", outer_lr_schedule="plateau", outer_lr_patience=2,
                 outer_lr_factor=0.5)
-    learner, opt = build(cfg)
-    RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
-    logged = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    logged = _straight_and_resumed(cfg, 5, tmp_path)
     lrs = [m["outer_lr"] for m in logged]
     assert lrs == pytest.approx(_plateau_lrs([m["return_post"] for m in logged], 1e-3, 2, 0.5), rel=1e-4)
     assert min(lrs) < 1e-3  # the rule fired (a run that set a new best at every iteration would test nothing)
-    short = cfg.replace(iterations=5)
-    learner, opt = build(short)
-    RLTrainer(learner, opt, short, tmp_path / "resumed", progress=False).fit()
-    learner, opt = build(cfg)
-    RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
-    resumed = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["outer_lr"] for m in resumed] == lrs
-    a, _ = checkpoint.load(tmp_path / "straight" / "last")
-    b, _ = checkpoint.load(tmp_path / "resumed" / "last")
-    assert all(torch.equal(v, b["learner"][k]) for k, v in a["learner"].items())
 
 
 def _grad_norm_lrs(norms: list[float], lr: float, window: int, warmup: int, growth: float,
@@ -138,22 +145,10 @@ def test_the_grad_norm_schedule_lowers_the_outer_step_when_the_gradient_norm_gro
     steps as a straight one and ends bit-identical (the rule's window and lowest mean travel in the checkpoint)."""
     cfg = _tiny(iterations=20, outer="vpg", algo="maml", outer_lr_schedule="grad-norm", outer_lr_window=2,
                 outer_lr_warmup=2, outer_lr_growth=1.2, outer_lr_factor=0.5)
-    learner, opt = build(cfg)
-    RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
-    logged = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    logged = _straight_and_resumed(cfg, 15, tmp_path)  # resumed after the first lowering, its lowest mean set again
     lrs = [m["outer_lr"] for m in logged]
     assert lrs == pytest.approx(_grad_norm_lrs([m["grad_norm"] for m in logged], 1e-3, 2, 2, 1.2, 0.5), rel=1e-4)
     assert len(set(lrs)) >= 3  # the rule fired more than once: then again after starting afresh
-    short = cfg.replace(iterations=15)  # after the first lowering, its lowest mean set again
-    learner, opt = build(short)
-    RLTrainer(learner, opt, short, tmp_path / "resumed", progress=False).fit()
-    learner, opt = build(cfg)
-    RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
-    resumed = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["outer_lr"] for m in resumed] == lrs
-    a, _ = checkpoint.load(tmp_path / "straight" / "last")
-    b, _ = checkpoint.load(tmp_path / "resumed" / "last")
-    assert all(torch.equal(v, b["learner"][k]) for k, v in a["learner"].items())
 
 
 def test_the_linear_schedule_anneals_the_outer_step_to_zero_over_the_run(tmp_path):
