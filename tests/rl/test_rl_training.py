@@ -3,6 +3,7 @@ the navigation reproduction end to end; bad input stops with one line and exit c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ from metagrad.rl.config import RLConfig
 from metagrad.rl.evaluate import return_curve
 from metagrad.rl.train import RLTrainer, build
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+ROOT = Path(__file__).resolve().parents[2]
+SRC = str(ROOT / "src")
 
 
 def test_short_maml_trpo_run_improves_the_post_adaptation_return():
@@ -149,6 +151,23 @@ def test_the_grad_norm_schedule_lowers_the_outer_step_when_the_gradient_norm_gro
     lrs = [m["outer_lr"] for m in logged]
     assert lrs == pytest.approx(_grad_norm_lrs([m["grad_norm"] for m in logged], 1e-3, 2, 2, 1.2, 0.5), rel=1e-4)
     assert len(set(lrs)) >= 3  # the rule fired more than once: then again after starting afresh
+
+
+def test_the_trigger_replay_of_docs_fires_where_the_grad_norm_schedule_lowers_the_step(tmp_path):
+    """docs/fallback_triggers.py reads a rule's first firing off a constant-step log; on a run's own log (identical
+    to its constant-step run up to the firing) its grad-norm rule fires at the iteration after which the trainer
+    lowered the step."""
+    spec = importlib.util.spec_from_file_location("triggers", ROOT / "docs" / "fallback_triggers.py")
+    triggers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(triggers)
+    cfg = _tiny(iterations=12, outer="vpg", algo="maml", outer_lr_schedule="grad-norm", outer_lr_window=2,
+                outer_lr_warmup=2, outer_lr_growth=1.2)
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path, progress=False).fit()
+    rows = triggers.read(tmp_path)
+    fired = triggers.grad_norm(1.2, 2, warmup=2)(rows)
+    assert fired is not None and fired + 1 < len(rows)
+    assert [r["outer_lr"] for r in rows[: fired + 2]] == [1e-3] * (fired + 1) + [1e-4]
 
 
 def test_the_linear_schedule_anneals_the_outer_step_to_zero_over_the_run(tmp_path):
