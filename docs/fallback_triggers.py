@@ -1,6 +1,6 @@
 """Could a rule have lowered MAML-VPG's outer step at its peak? Replay candidate triggers on kept constant-step logs.
 
-    python docs/fallback_triggers.py RUN [RUN ...] [--names A,B,...] [--out FILE]
+    python docs/fallback_triggers.py RUN [RUN ...] [--names A,B,...] [--out FILE] [--figure PNG]
 
 A run with a constant outer step is the same run as one with a trigger up to the trigger's first firing (same seed,
 same episodes), so each rule's first firing can be read off the constant-step log. For each rule and run: the
@@ -13,7 +13,8 @@ where the return is still near the peak; `kept` is the worst run's return at the
 - ``grad-norm k, mean W``: the W-iteration mean of the outer gradient norm above k times its lowest value seen after
   iteration 50 (the norm grows before every fall-back on these logs).
 
-Used in docs/meta-rl.md.
+``--figure`` draws each run's return and gradient norm (10-iteration means) with where the default grad-norm rule
+(3x, mean 10) and the plateau rule (patience 20) first fire. Used in docs/meta-rl.md.
 """
 
 from __future__ import annotations
@@ -103,11 +104,42 @@ def table(runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def figure(runs: dict[str, list[dict]], path: Path) -> None:
+    """Per run, the training return after adaptation and the outer gradient norm (10-iteration means), and where
+    the default grad-norm rule and the plateau rule (patience 20) first fire."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(runs), figsize=(3.2 * len(runs), 5), sharex="col", squeeze=False)
+    marks = {"grad-norm 3, mean 10": (grad_norm(3.0, 10), "tab:red"), "plateau 20": (plateau(20), "tab:gray")}
+    for col, (name, rows) in enumerate(runs.items()):
+        its = [r["iteration"] for r in rows]
+        for row, key in enumerate(("return_post", "grad_norm")):
+            values = [r[key] for r in rows]
+            ax = axes[row][col]
+            ax.plot(its, [moving_mean(values, 10, i) for i in range(len(rows))], color="tab:blue", lw=1)
+            for label, (rule, color) in marks.items():
+                i = rule(rows)
+                if i is not None:
+                    ax.axvline(its[i], color=color, ls="--", lw=1, label=label)
+            if key == "grad_norm":
+                ax.set_yscale("log")
+                ax.set_xlabel("iteration")
+        axes[0][col].set_title(name, fontsize=9)
+    axes[0][0].set_ylabel("return after adaptation")
+    axes[1][0].set_ylabel("outer gradient norm")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="kept constant-step MAML-VPG run directories")
     parser.add_argument("--names", help="the runs' column names, comma-separated (default: their folders' names)")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--figure", type=Path, help="also draw the runs' curves and firings into this PNG")
     args = parser.parse_args()
     names = args.names.split(",") if args.names else [run.name for run in args.runs]
     if len(names) != len(args.runs):
@@ -117,6 +149,8 @@ def main() -> None:
     print(text, end="")
     if args.out:
         args.out.write_text(text)
+    if args.figure:
+        figure(runs, args.figure)
 
 
 if __name__ == "__main__":
