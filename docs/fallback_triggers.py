@@ -24,6 +24,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from metagrad.rl.train import GradNormRule
+
 Rule = Callable[[list[dict]], int | None]  # the index of the first firing, None if it never fires
 
 
@@ -49,16 +51,11 @@ def plateau(patience: int, window: int = 1) -> Rule:
 
 
 def grad_norm(factor: float, window: int, warmup: int = 50) -> Rule:
-    """Fire when the gradient norm's ``window``-iteration mean passes ``factor`` times its lowest after ``warmup``."""
+    """The trainer's grad-norm rule (``GradNormRule``): the gradient norm's ``window``-iteration mean passing
+    ``factor`` times its lowest after ``warmup``."""
     def rule(rows: list[dict]) -> int | None:
-        norms = [r["grad_norm"] for r in rows]
-        lowest = float("inf")
-        for i in range(warmup, len(rows)):
-            mean = moving_mean(norms, window, i)
-            if mean > factor * lowest:
-                return i
-            lowest = min(lowest, mean)
-        return None
+        trigger = GradNormRule(factor, window, warmup)
+        return next((i for i, r in enumerate(rows) if trigger.fires(r["grad_norm"], i + 1)), None)
     return rule
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,32 @@ from .envs import make_env
 from .envs.locomotion import FAMILIES
 from .metarl import MetaRL
 from .policy import make_policy
+
+
+@dataclass
+class GradNormRule:
+    """The grad-norm schedule's trigger: fires when the mean outer gradient norm of the last ``window`` iterations
+    passes ``growth`` times the lowest such mean since ``warmup`` iterations or the last firing (the norm grows before
+    MAML-VPG's fall-back, docs/meta-rl.md). The trainer and ``docs/fallback_triggers.py`` share it."""
+
+    growth: float
+    window: int
+    warmup: int
+    norms: list[float] = field(default_factory=list)  # the last ``window`` norms since the last firing
+    lowest: float | None = None  # the lowest of their means since warm-up or the last firing
+
+    def fires(self, norm: float, done: int) -> bool:
+        """Take the gradient norm of iteration ``done`` (1-based); True when the step is to be lowered, after which
+        the rule starts afresh."""
+        self.norms = [*self.norms, norm][-self.window:]
+        if done <= self.warmup or len(self.norms) < self.window:
+            return False
+        mean = sum(self.norms) / self.window
+        if self.lowest is not None and mean > self.growth * self.lowest:
+            self.norms, self.lowest = [], None
+            return True
+        self.lowest = mean if self.lowest is None else min(self.lowest, mean)
+        return False
 
 
 def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
@@ -98,8 +124,7 @@ class RLTrainer(RunLoop):
         self.best_return: float | None = None
         self.best_iteration = self.last_lowered = 0  # the plateau schedule's counters
         self.lr_scale = 1.0  # what the plateau and grad-norm schedules have multiplied the outer step by
-        self.grad_norms: list[float] = []  # grad-norm: the last outer_lr_window norms since the last lowering
-        self.lowest_grad_norm: float | None = None  # grad-norm: the lowest of their means since warm-up or lowering
+        self.grad_rule = GradNormRule(cfg.outer_lr_growth, cfg.outer_lr_window, cfg.outer_lr_warmup)
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds: the learner, the optimizer (outer 'vpg', 'ppo') and the RNG state."""
@@ -116,7 +141,7 @@ class RLTrainer(RunLoop):
     def info(self) -> dict[str, Any]:
         return {"env_steps": self.env_steps, "sample_seconds": self.sample_seconds, "best_return": self.best_return,
                 "best_iteration": self.best_iteration, "last_lowered": self.last_lowered, "lr_scale": self.lr_scale,
-                "grad_norms": self.grad_norms, "lowest_grad_norm": self.lowest_grad_norm}
+                "grad_norms": self.grad_rule.norms, "lowest_grad_norm": self.grad_rule.lowest}
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.env_steps, self.best_return = info["env_steps"], info["best_return"]
@@ -124,7 +149,7 @@ class RLTrainer(RunLoop):
         # checkpoints from before the plateau schedule: its patience counts from the resume
         self.best_iteration = info.get("best_iteration", self.iteration)
         self.last_lowered, self.lr_scale = info.get("last_lowered", 0), info.get("lr_scale", 1.0)
-        self.grad_norms, self.lowest_grad_norm = info.get("grad_norms", []), info.get("lowest_grad_norm")
+        self.grad_rule.norms, self.grad_rule.lowest = info.get("grad_norms", []), info.get("lowest_grad_norm")
 
     def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> RLFitResult:
         """Train (or continue with ``resume``) until done, a budget, or Ctrl-C; checkpoints on the way."""
@@ -192,28 +217,14 @@ class RLTrainer(RunLoop):
 
     def _schedule(self, grad_norm: float) -> None:
         """Lower the step for the next iterations when the schedule's rule fires. plateau: ``outer_lr_patience``
-        iterations without a new best training return since the best or the last lowering. grad-norm: the mean
-        gradient norm of the last ``outer_lr_window`` iterations above ``outer_lr_growth`` times the lowest such mean
-        since ``outer_lr_warmup`` or the last lowering (it grows before MAML-VPG's fall-back, docs/meta-rl.md)."""
+        iterations without a new best training return since the best or the last lowering. grad-norm:
+        ``GradNormRule``."""
         cfg, done = self.cfg, self.iteration + 1
-        if cfg.outer_lr_schedule == "plateau":
-            if done - max(self.best_iteration, self.last_lowered) >= cfg.outer_lr_patience:
-                self._lower(done)
-        elif cfg.outer_lr_schedule == "grad-norm":
-            self.grad_norms = [*self.grad_norms, grad_norm][-cfg.outer_lr_window:]
-            if done <= cfg.outer_lr_warmup or len(self.grad_norms) < cfg.outer_lr_window:
-                return
-            mean = sum(self.grad_norms) / len(self.grad_norms)
-            if self.lowest_grad_norm is not None and mean > cfg.outer_lr_growth * self.lowest_grad_norm:
-                self._lower(done)
-            else:
-                self.lowest_grad_norm = mean if self.lowest_grad_norm is None else min(self.lowest_grad_norm, mean)
-
-    def _lower(self, done: int) -> None:
-        """Multiply the step by ``outer_lr_factor`` from the next iteration; the grad-norm rule starts afresh."""
-        self.lr_scale *= self.cfg.outer_lr_factor
-        self.last_lowered = done
-        self.grad_norms, self.lowest_grad_norm = [], None
+        plateau = (cfg.outer_lr_schedule == "plateau"
+                   and done - max(self.best_iteration, self.last_lowered) >= cfg.outer_lr_patience)
+        if plateau or (cfg.outer_lr_schedule == "grad-norm" and self.grad_rule.fires(grad_norm, done)):
+            self.lr_scale *= cfg.outer_lr_factor
+            self.last_lowered = done
 
     def after_step(self, metrics: dict[str, float], seconds: float, bar: tqdm) -> None:
         """The metrics line, snapshots and progress."""
