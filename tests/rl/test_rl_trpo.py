@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metagrad.rl import MetaRL, Navigation2D, make_policy
+from metagrad.errors import ConfigError
+from metagrad.rl import MetaRL, Navigation2D, make_policy, outer
 from metagrad.rl.trpo import conjugate_gradient, flatten, trust_region_step, unflatten
 
 
@@ -116,23 +117,31 @@ def test_subsampled_curvature_is_symmetric_and_the_step_still_respects_the_full_
 def test_compiled_meta_gradient_and_curvature_equal_eager_in_one_graph_each():
     """``compile=True``: the meta-gradient and the curvature products (through the inner step, the context policy's
     projection) compile with ``fullgraph=True`` (a graph break fails here) and equal eager (the line search's compiled
-    evaluations: the joint-training test below)."""
+    evaluations: the joint-training test below); so does the product summed over chunks of tasks
+    (``curvature_chunk``: 4 tasks asked in chunks of 3 make two of 2, each weighted by its share of the KL's steps)."""
     import copy
 
     torch.manual_seed(0)
     env = Navigation2D(horizon=10)
     policy = make_policy(env.action_space, 2, hidden=(8, 8), context=2).double()
-    tasks = env.sample_tasks(3, torch.Generator().manual_seed(0)).double()
+    tasks = env.sample_tasks(4, torch.Generator().manual_seed(0)).double()
     kwargs = {"inner_steps": 1, "episodes": 3, "adapt": ["context"]}
     eager = MetaRL(copy.deepcopy(policy), env, **kwargs)
     compiled = MetaRL(copy.deepcopy(policy), env, compile=True, **kwargs)
+    chunked = MetaRL(copy.deepcopy(policy), env, compile=True, curvature_chunk=3, **kwargs)
     trajs, out = eager.sample(tasks, torch.Generator().manual_seed(1))
     g_eager, g_comp = flatten(eager.meta_gradient(trajs, out)), flatten(compiled.meta_gradient(trajs, out))
     assert torch.allclose(g_comp, g_eager, rtol=1e-10, atol=1e-12) and float(g_eager.norm()) > 0
     v = torch.randn(g_eager.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    hv_eager, hv_comp = eager.kl_hvp(trajs, out)(v), compiled.kl_hvp(trajs, out)(v)
-    assert torch.allclose(hv_comp, hv_eager, rtol=1e-10, atol=1e-12) and float(v @ hv_eager) > 0
+    hv_eager = eager.kl_hvp(trajs, out)(v)
+    for learner in (compiled, chunked):
+        assert torch.allclose(learner.kl_hvp(trajs, out)(v), hv_eager, rtol=1e-10, atol=1e-12)
+    assert float(v @ hv_eager) > 0
     assert set(compiled.__dict__["_compiled"]) == {"objective_gradient", "curvature_product"}
+    path = outer.inner_path(eager, eager.meta_params(), trajs)[0]
+    assert [p[2].mask.shape[0] for p in outer.task_chunks(3, eager.meta_params(), path, trajs, out)] == [2, 2]
+    with pytest.raises(ConfigError, match="curvature_chunk -1"):
+        MetaRL(copy.deepcopy(policy), env, curvature_chunk=-1)
 
 
 def test_compiled_curvature_equals_eager_when_the_episode_count_changes():

@@ -89,6 +89,8 @@ class RLConfig(Settings):
     hvp: str = opt("exact", "algo", "TRPO Hessian-vector products through the inner step: exact or finite-difference")
     hvp_subsample: float = opt(1.0, "algo", "TRPO: fraction of each task's episodes used for the Hessian-vector "
                                "products (1: all; the gradient and the KL check always use all)")
+    curvature_chunk: int = opt(0, "algo", "TRPO with compile=True: tasks per compiled curvature product, summed "
+                               "over the chunks (their activations stay in the caches; 0: all tasks at once)")
     score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "
                               "mean return; still unbiased)")
     emaml_weight: float = opt(1.0, "algo", "E-MAML: weight of the exploration term")
@@ -169,6 +171,8 @@ class RLConfig(Settings):
                               f"'{self.outer}' steps by max_kl: set outer_lr_schedule to constant")
         if self.frame_skip < 0:
             raise ConfigError(f"frame_skip {self.frame_skip} must be >= 0 (0: the task family's own)")
+        if self.curvature_chunk < 0:
+            raise ConfigError(f"curvature_chunk {self.curvature_chunk} must be >= 0 (0: every task in one product)")
         if not 0 < self.hvp_subsample <= 1:
             raise ConfigError(f"hvp_subsample {self.hvp_subsample} must lie in (0, 1] (1: every episode)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:

@@ -63,7 +63,8 @@ class MetaRL(nn.Module):
         max_kl, cg_iters, cg_damping, backtrack, max_backtracks: TRPO; ``hvp`` ``exact`` (Hessian-vector products
             of the KL through the inner step, second derivatives only) or ``finite-difference`` (the MAML paper's);
             ``hvp_subsample``: the fraction of each task's episodes those products use (rllab's subsampling; the
-            gradient and the line search's KL check use every episode).
+            gradient and the line search's KL check use every episode); ``curvature_chunk``: with ``compile=True``,
+            the tasks per compiled product, summed over the chunks (0: all at once; ``outer.task_chunks``).
         score_baseline: SG-MRL's score term with ``J`` as is (``none``, eq. 13) or minus the mean ``J`` of the
             other tasks of the meta-batch (``batch``: independent of the task's episodes, so still unbiased).
         emaml_weight: the weight of E-MAML's exploration term.
@@ -83,7 +84,8 @@ class MetaRL(nn.Module):
                  gamma: float = 0.99, gae_lambda: float = 1.0, baseline: str = "linear",
                  normalize_inner: bool = True, normalize_outer: bool = True, max_kl: float = 0.01,
                  cg_iters: int = 10, cg_damping: float = 1e-5, backtrack: float = 0.8, max_backtracks: int = 15,
-                 hvp: str = "exact", hvp_subsample: float = 1.0, score_baseline: str = "none",
+                 hvp: str = "exact", hvp_subsample: float = 1.0, curvature_chunk: int = 0,
+                 score_baseline: str = "none",
                  emaml_weight: float = 1.0, ppo_epochs: int = 5, ppo_clip: float = 0.3,
                  inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] = (),
                  compile: bool = False):
@@ -99,6 +101,8 @@ class MetaRL(nn.Module):
             raise ConfigError(f"gamma {gamma} and gae_lambda {gae_lambda} must lie in [0, 1]")
         if not 0 < hvp_subsample <= 1:
             raise ConfigError(f"hvp_subsample {hvp_subsample} must lie in (0, 1] (1: every episode)")
+        if curvature_chunk < 0:
+            raise ConfigError(f"curvature_chunk {curvature_chunk} must be >= 0 (0: every task in one product)")
         if not max_kl > 0 or not 0 < backtrack < 1:
             raise ConfigError(f"max_kl {max_kl} must be positive and backtrack {backtrack} in (0, 1)")
         if ppo_epochs < 1 or not 0 < ppo_clip < 1 or inner_kl_coef < 0 or inner_kl_target < 0:
@@ -113,7 +117,7 @@ class MetaRL(nn.Module):
         self.episodes, self.gamma, self.gae_lambda, self.baseline = episodes, gamma, gae_lambda, baseline
         self.normalize_inner, self.normalize_outer = normalize_inner, normalize_outer
         self.max_kl, self.cg_iters, self.cg_damping, self.hvp_subsample = max_kl, cg_iters, cg_damping, hvp_subsample
-        self.backtrack, self.max_backtracks = backtrack, max_backtracks
+        self.backtrack, self.max_backtracks, self.curvature_chunk = backtrack, max_backtracks, curvature_chunk
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
         self.use_compile = bool(compile)

@@ -143,12 +143,33 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
     out = subsample(learner, out)
     if learner.use_compile:  # the products recompute their forward passes, fused by the compiler (2-3x faster)
         product = learner.compiled(curvature_product)
-        subs = [subsample(learner, tr) for tr in trajs]
-        return lambda v: product(learner, theta, path, subs, out, v) + learner.cg_damping * v
+        parts = task_chunks(learner.curvature_chunk, theta, path, [subsample(learner, tr) for tr in trajs], out)
+        return lambda v: sum(w * product(learner, theta, p, s, o, v) for p, s, o, w in parts) + learner.cg_damping * v
     # eager: the double backward over the kept graph (as fast here as Gauss-Newton, which pays off compiled)
     fisher = kl_hessian_product(learner, out, path[-1])
     tasks = out.mask.shape[0]
     return lambda v: curvature_chain(learner, theta, tasks, hessians, fisher, v) + learner.cg_damping * v
+
+
+def task_chunks(size: int, theta: Params, path: list[Params], subs: Sequence[Trajectories],
+                out: Trajectories) -> list[tuple[list[Params], list[Trajectories], Trajectories, Tensor]]:
+    """``curvature_product``'s per-task inputs cut into chunks of about ``size`` tasks (0: one chunk of all), each
+    with its share of the KL's steps (the KL is a mean over every task's steps, the product linear in it): the
+    product is the weighted sum over chunks, whose activations stay in the caches. Copies, not views: compiled
+    forward-mode products of views of the inputs fail inside torch (an internal assert, torch 2.13)."""
+    tasks = out.mask.shape[0]
+    if size <= 0 or size >= tasks:
+        return [(path, list(subs), out, torch.ones((), dtype=out.mask.dtype))]
+    total = out.mask.sum()
+    parts = []
+    for index in torch.arange(tasks).tensor_split(math.ceil(tasks / size)):
+        a, b = int(index[0]), int(index[-1]) + 1
+        chunk = [{k: t.expand(b - a, *t.shape) for k, t in theta.items()}]
+        chunk += [{k: t[a:b].clone() for k, t in p.items()} for p in path[1:]]
+        sub = [Trajectories(*(f[a:b].clone() for f in tr)) for tr in subs]
+        part = Trajectories(*(f[a:b].clone() for f in out))
+        parts.append((chunk, sub, part, part.mask.sum() / total))
+    return parts
 
 
 def policy_curvature(learner: MetaRL, theta: Params, out: Trajectories, v: Tensor) -> Tensor:

@@ -78,6 +78,7 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
                      normalize_inner=cfg.normalize_inner, normalize_outer=cfg.normalize_outer, max_kl=cfg.max_kl,
                      cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping, backtrack=cfg.backtrack,
                      max_backtracks=cfg.max_backtracks, hvp=cfg.hvp, hvp_subsample=cfg.hvp_subsample,
+                     curvature_chunk=cfg.curvature_chunk,
                      score_baseline=cfg.score_baseline, emaml_weight=cfg.emaml_weight, ppo_epochs=cfg.ppo_epochs,
                      ppo_clip=cfg.ppo_clip, inner_kl_coef=cfg.inner_kl_coef, inner_kl_target=cfg.inner_kl_target,
                      adapt=cfg.adapt, compile=cfg.compile)
