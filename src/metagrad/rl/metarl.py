@@ -84,7 +84,7 @@ class MetaRL(nn.Module):
                  gamma: float = 0.99, gae_lambda: float = 1.0, baseline: str = "linear",
                  normalize_inner: bool = True, normalize_outer: bool = True, max_kl: float = 0.01,
                  cg_iters: int = 10, cg_damping: float = 1e-5, backtrack: float = 0.8, max_backtracks: int = 15,
-                 hvp: str = "exact", hvp_subsample: float = 1.0, curvature_chunk: int = 0,
+                 hvp: str = "exact", hvp_subsample: float = 1.0, curvature_chunk: int = 4,
                  score_baseline: str = "none",
                  emaml_weight: float = 1.0, ppo_epochs: int = 5, ppo_clip: float = 0.3,
                  inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] = (),
