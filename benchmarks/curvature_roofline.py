@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = preset("maml-trpo").replace(hvp_subsample=1.0, seed=1, hidden=(64, 64), activation="tanh")
+    cfg = preset("maml-trpo").replace(hvp_subsample=1.0, seed=1, hidden=(64, 64), activation="tanh", curvature_chunk=0)
     eager, compiled = build(cfg)[0], build(cfg.replace(compile=True))[0]
     compiled.load_state_dict(eager.state_dict())
     tasks = eager.env.sample_tasks(cfg.meta_batch_size, torch.Generator().manual_seed(0))
