@@ -13,20 +13,16 @@ Results: results/curvature_chunks_<env>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from fisher_product import SETTINGS
 from metagrad.rl.config import preset
 from metagrad.rl.train import build
 from metagrad.rl.trpo import flatten
-
-RESULTS = Path(__file__).resolve().parent / "results"
-SETTINGS = {"navigation": {"hidden": (64, 64), "activation": "tanh"},
-            "cheetah": {"env": "cheetah-dir", "horizon": 200, "meta_batch_size": 40, "episodes": 20}}
+from report import write_report
 
 
 def main() -> None:
@@ -78,11 +74,8 @@ def main() -> None:
              "|---|---|---|---|---|"]
     lines += [f"| {c or 'all'} | {r['product_seconds']} | {base / r['product_seconds']:.2f}x | {r['update_seconds']} | "
               f"{r['relative_difference']:.1e} |" for c, r in rows.items()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"curvature_chunks_{args.env}.json").write_text(json.dumps(
-        {"env": args.env, "threads": args.threads, "rows": rows, "torch": torch.__version__}, indent=1))
-    (RESULTS / f"curvature_chunks_{args.env}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(f"curvature_chunks_{args.env}", {"env": args.env, "threads": args.threads, "rows": rows,
+                                                  "torch": torch.__version__}, lines)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -29,8 +28,7 @@ from metagrad.rl import outer
 from metagrad.rl.config import preset
 from metagrad.rl.train import build
 from metagrad.rl.trpo import flatten
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from report import RESULTS, write_report
 
 
 def seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -119,10 +117,7 @@ def main() -> None:
              f"{row['sampling_seconds']} s |",
              f"| one product's budget for 5x | {row['product_budget_seconds_for_5x']} s = "
              f"{needed} GFLOP/s of matrix products alone |"]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "curvature_roofline.json").write_text(json.dumps(row, indent=1))
-    (RESULTS / "curvature_roofline.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("curvature_roofline", row, lines)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ Results: results/fisher_product_<env>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,8 +23,8 @@ from metagrad.rl import outer
 from metagrad.rl.config import preset
 from metagrad.rl.train import build
 from metagrad.rl.trpo import flatten
+from report import write_report
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"cheetah": {"env": "cheetah-dir", "horizon": 200, "meta_batch_size": 40, "episodes": 20},
             "navigation": {"hidden": (64, 64), "activation": "tanh"}}
 
@@ -69,12 +67,8 @@ def main() -> None:
              "| Fisher part | s per product | runs | setup + first product (s) |", "|---|---|---|---|"]
     lines += [f"| {n} | {r['seconds']} | {', '.join(map(str, r['all']))} | {r['setup_and_first_seconds']} |"
               for n, r in rows.items()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"fisher_product_{args.env}.json").write_text(json.dumps(
-        {"env": args.env, "threads": args.threads, "relative_difference": diff,
-         "rows": rows, "torch": torch.__version__}, indent=1))
-    (RESULTS / f"fisher_product_{args.env}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(f"fisher_product_{args.env}", {"env": args.env, "threads": args.threads, "relative_difference": diff,
+                                                "rows": rows, "torch": torch.__version__}, lines)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Writes benchmarks/results/w2_profile.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from torch.func import functional_call, grad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
+from report import write_report
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GROUPS = {"convolutions": ("convolution", "conv"), "batch norm": ("batch_norm",),
           "elementwise (ReLU, arithmetic, copies)": ("clamp", "threshold", "mul", "add", "sub", "div", "copy", "neg")}
 
@@ -140,10 +139,7 @@ def main() -> None:
              + ", ".join(f"{g} {prof[g]:.0f}%" for g in [*GROUPS, "other"]), "",
              "| variant | best seconds for the 32 tasks |", "|---|---|"]
     lines += [f"| {name} | {s:.2f} |" for part in ("layout", "one_task") for name, s in result[part].items()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "w2_profile.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "w2_profile.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("w2_profile", result, lines)
 
 
 if __name__ == "__main__":
