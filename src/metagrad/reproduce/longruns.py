@@ -120,17 +120,23 @@ ROWS = (
         "--set frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=tanh "
         "--set compile=true --set outer_lr_schedule=plateau --set outer_lr_patience=20 "
         "--out results/long/sgmrl-cheetah-dir-plateau", 500),
-    Row("SG-MRL Table 2 as above, MAML (VPG), seeds 1 and 2 again with the outer step lowered tenfold when the outer "
+    Row("SG-MRL Table 2 as above, MAML (VPG), seeds 0-3 again with the outer step lowered tenfold when the outer "
         "gradient norm's 10-iteration mean passes 3x its lowest after iteration 50 (outer_lr_schedule grad-norm: "
         "on the constant-step logs it fires near every seed's peak, docs/fallback_triggers.py)",
-        "500 epochs", "sgmrl-cheetah-dir-grad-norm",
+        "500 epochs, 4 seeds", "sgmrl-cheetah-dir-grad-norm",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --seed 0 "
+        "--set frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=tanh "
+        "--set compile=true --set outer_lr_schedule=grad-norm --out results/long/sgmrl-cheetah-dir-grad-norm/seed-0; "
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --seed 1 "
         "--set frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=tanh "
         "--set compile=true --set outer_lr_schedule=grad-norm --out results/long/sgmrl-cheetah-dir-grad-norm/seed-1; "
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --seed 2 "
         "--set frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=tanh "
-        "--set compile=true --set outer_lr_schedule=grad-norm --out results/long/sgmrl-cheetah-dir-grad-norm/seed-2",
-        500, runs=2),
+        "--set compile=true --set outer_lr_schedule=grad-norm --out results/long/sgmrl-cheetah-dir-grad-norm/seed-2; "
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-vpg --iterations 500 --time-budget 120 --seed 3 "
+        "--set frame_skip=5 --set observation=gym --set action_scale=0.1 --set init_std=1.0 --set activation=tanh "
+        "--set compile=true --set outer_lr_schedule=grad-norm --out results/long/sgmrl-cheetah-dir-grad-norm/seed-3",
+        500, runs=4),
     Row("SG-MRL Table 2, half-cheetah direction, 2 inner steps (the row's second line), MAML (VPG), on the 1-step "
         "rows' environment and policy (the study's defaults: gym's half-cheetah at 5 simulator steps per action, "
         "actions scaled by 0.1, tanh), step 0.1 at every inner and test step", "500 epochs, 4 seeds",
