@@ -10,7 +10,10 @@ compilation falls in the warm-up), each twice: the Hessian-vector products of TR
 episode (``hvp_subsample`` 1, what pytorch-maml-rl does) and on a quarter of them (0.25; OpenAI baselines' TRPO takes
 every 5th sample for its Fisher products, rllab has ``subsample_factor``). pytorch-maml-rl runs in its own environment
 (``benchmarks/setup_maml_rl.sh``) through ``maml_rl_speed.py``, one thread per process (learner and each of
-``--threads`` sampler workers: its fastest setting); without ``--maml-rl`` its column says so.
+``--threads`` sampler workers: its fastest setting); without ``--maml-rl`` its column says so. ``--rounds`` repeats
+the whole measurement, metagrad's rows then pytorch-maml-rl's, and reports each round's ratio: this machine's speed
+drifts by up to 1.5x within minutes, and a ratio taken within one round carries less of the drift than one between
+medians of separate stretches.
 Results: results/navigation_speed.{json,md}.
 """
 
@@ -90,8 +93,31 @@ def write_results(path: str, setting: str, rows: list[dict], reference: dict) ->
     print(md)
 
 
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One row per library from its rows of every round (``rounds[k][i]``: round k's row i, the last pytorch-maml-rl's):
+    medians of the rounds' medians, the whole range, and each round's speed-up of pytorch-maml-rl over the row."""
+    references = [r[-1] for r in rounds]
+    combined = []
+    for rows in zip(*rounds, strict=True):
+        if "skipped" in rows[0]:
+            combined.append(rows[0])
+            continue
+        row = {**rows[-1], "rounds": len(rows),
+               "seconds_per_iteration_range": [min(r["seconds_per_iteration_range"][0] for r in rows),
+                                               max(r["seconds_per_iteration_range"][1] for r in rows)]}
+        for key in ("seconds_per_iteration_median", "sampling_seconds_median", "update_seconds_median"):
+            if key in row:
+                row[key] = round(statistics.median(r[key] for r in rows), 3)
+        if "skipped" not in references[0]:
+            row["speedup_by_round"] = [round(ref["seconds_per_iteration_median"] / r["seconds_per_iteration_median"], 2)
+                                       for ref, r in zip(references, rows, strict=True)]
+        combined.append(row)
+    return combined
+
+
 def table(rows: list[dict], reference: dict) -> str:
-    """The results as markdown, each row's speed-up over pytorch-maml-rl."""
+    """The results as markdown, each row's speed-up over pytorch-maml-rl (the median of the rounds' and their range
+    where there were several rounds)."""
     ref = reference.get("seconds_per_iteration_median")
     lines = ["| library | s per meta-iteration (median, range) | sampling | update | pytorch-maml-rl / this |",
              "|---|---|---|---|---|"]
@@ -101,6 +127,9 @@ def table(rows: list[dict], reference: dict) -> str:
             continue
         lo, hi = r["seconds_per_iteration_range"]
         speedup = f"{ref / r['seconds_per_iteration_median']:.2f}x" if ref else "-"
+        if len(r.get("speedup_by_round", ())) > 1:
+            by_round = r["speedup_by_round"]
+            speedup = f"{statistics.median(by_round):.2f}x ({min(by_round):.2f}-{max(by_round):.2f})"
         lines.append(f"| {r['library']} | {r['seconds_per_iteration_median']:.2f} ({lo:.2f}-{hi:.2f}) | "
                      f"{r.get('sampling_seconds_median', '-')} | {r.get('update_seconds_median', '-')} | {speedup} |")
     return "\n".join(lines)
@@ -118,14 +147,20 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the compile=True rows")
     p.add_argument("--maml-rl", default="", help="a checkout of tristandeleu/pytorch-maml-rl")
     p.add_argument("--maml-rl-python", default="", help="its environment's python (default benchmarks/.venv-maml-rl)")
+    p.add_argument("--rounds", type=int, default=3, help="repeats of the whole measurement, ratios taken per round")
     p.add_argument("--results", default=str(HERE / "results" / "navigation_speed"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [metagrad_row(args, float(s), compile) for s in args.subsample.split(",")
-            for compile in ((False,) if args.no_compile else (False, True))]
-    reference = maml_rl_row(args)
+    rounds = []
+    for _ in range(args.rounds):
+        rows = [metagrad_row(args, float(s), compile) for s in args.subsample.split(",")
+                for compile in ((False,) if args.no_compile else (False, True))]
+        rounds.append([*rows, maml_rl_row(args)])
+    *rows, reference = combine_rounds(rounds)
     setting = (f"2D navigation, MAML-TRPO, meta-batch 20 x 20 episodes x 100 steps, one inner step, "
-               f"{args.hidden} {args.activation} policy, {args.threads} threads, torch {torch.__version__}")
+               f"{args.hidden} {args.activation} policy, {args.threads} threads, {args.rounds} rounds of "
+               f"{args.iterations} timed iterations per row (speed-ups: the median and range of the rounds'), "
+               f"torch {torch.__version__}")
     write_results(args.results, setting, rows, reference)
 
 
