@@ -123,13 +123,9 @@ class CopyTaskEnv(TaskEnv):
         ``_obs``, the simulator's reward into ``_env_rewards``, its termination into ``_done``, and ``_record`` of
         its ``info``. A subclass may replace this loop with one that skips the simulator's Python and gives the
         same numbers."""
-        self._step_copies(self._alive, act)
-
-    def _step_copies(self, indices: list[int], act: np.ndarray) -> None:
-        """``_simulate``'s loop on the copies ``indices`` (each copy writes only its own entries)."""
         obs, env_rewards, done, copies, record = self._obs, self._env_rewards, self._done, self._copies, self._record
         observers = self._observers
-        for i in indices:
+        for i in self._alive:
             o, r, terminated, truncated, info = copies[i].step(act[i])
             obs[i] = o if observers is None else observers[i](o)
             env_rewards[i] = r

@@ -179,8 +179,8 @@ class MujocoTaskEnv(CopyTaskEnv):
 
     ``direct`` is True where the family is stepped in MuJoCo directly (``DIRECT_ROBOTS``); setting it False before a
     ``reset`` steps through gymnasium's ``step`` instead (the same numbers, slower: the tests compare the two).
-    ``sim_threads``: threads the copies are stepped on (0, the default: torch's thread count, so one under
-    ``OMP_NUM_THREADS=1``); the numbers do not depend on it."""
+    ``sim_threads``: threads the direct families' copies are stepped on (0, the default: torch's thread count, so one
+    under ``OMP_NUM_THREADS=1``); the numbers do not depend on it."""
 
     def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0,
                  observation: str = "auto", oracle: bool = False, action_scale: float = 1.0):
@@ -224,7 +224,7 @@ class MujocoTaskEnv(CopyTaskEnv):
         self.direct = self.family.env_id in DIRECT_ROBOTS and self._terms == ("reward_ctrl",)
         self._ctrl_weight = float(getattr(probe, "_ctrl_cost_weight", 0.0))
         self._steppers: list[Callable[[np.ndarray], tuple[np.ndarray, float]]] = []
-        self.sim_threads = 0  # threads stepping the copies (0: torch's thread count)
+        self.sim_threads = 0  # threads stepping the direct families' copies (0: torch's thread count)
 
     def _make(self) -> Any:
         return make_simulator(self.family.env_id, **self._env_kwargs)
@@ -287,12 +287,12 @@ class MujocoTaskEnv(CopyTaskEnv):
         return copies
 
     def _simulate(self, act: np.ndarray) -> None:
-        """The alive copies shared out to ``sim_threads`` threads (``mj_step`` releases the GIL; each copy's numbers
-        are its own, whatever the threads). Direct families: each copy through its ``direct_stepper``, then the
+        """Direct families: each alive copy through its ``direct_stepper``, the copies shared out to ``sim_threads``
+        threads (``mj_step`` releases the GIL; each copy's numbers are its own, whatever the threads), then the
         control cost of all copies, as gymnasium's ``reward_ctrl`` (numpy's row sums equal its per-action sums, to
         the bit); others: gymnasium's ``step``."""
         if not self.direct:
-            in_shares(lambda share: self._step_copies(share, act), self._alive, self.sim_threads)
+            super()._simulate(act)
             return
         obs, xv, steppers = self._obs, self._xv, self._steppers
 
