@@ -1,6 +1,5 @@
 """Task threads: disjoint shards of a meta-batch differentiated at once, one Python thread each, torch's cores shared
-out among them (on the CPU a small convolution uses one core better than a share of several); and plain shares of
-work that releases the GIL (simulator steps).
+out among them (on the CPU a small convolution uses one core better than a share of several).
 
 The workers call private copies of the network (``functional.use_private_shells``); MKL's thread setting is
 process-wide, so it is held at the workers' share while they run; glibc's malloc is asked to keep freed blocks.
@@ -51,25 +50,7 @@ def in_threads(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_PLAIN_POOLS: dict[int, ThreadPoolExecutor] = {}
 os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the parent's threads
-os.register_at_fork(after_in_child=_PLAIN_POOLS.clear)
-
-
-def in_shares(job: Callable[[list[int]], None], items: list[int], threads: int = 0) -> None:
-    """``job`` on ``threads`` interleaved shares of ``items`` at once (0: torch's thread count), the caller taking
-    the first share: for work that releases the GIL, e.g. stepping MuJoCo simulators (``mj_step`` does). One share,
-    the caller alone, when there is one thread or fewer than two items per thread."""
-    threads = threads or torch.get_num_threads()
-    if threads <= 1 or len(items) < 2 * threads:
-        job(items)
-        return
-    if threads not in _PLAIN_POOLS:
-        _PLAIN_POOLS[threads] = ThreadPoolExecutor(threads - 1, "metagrad-shares")
-    others = [_PLAIN_POOLS[threads].submit(job, items[j::threads]) for j in range(1, threads)]
-    job(items[0::threads])
-    for done in others:
-        done.result()
 
 
 def task_pool(workers: int, threads_each: int) -> ThreadPoolExecutor:

@@ -95,12 +95,10 @@ def test_rllab_observation_is_the_joints_and_the_torso_centre_of_mass(family, si
 def test_direct_mujoco_steps_give_gymnasiums_observations_and_rewards_to_the_bit(family, observation, frame_skip):
     """The half-cheetah and swimmer step in MuJoCo directly; through gymnasium's ``step`` instead, the same tasks,
     seeds and actions give the same states, velocities and control costs (float64) and the same observations,
-    rewards and ends (float32), over two resets of the same simulators; with the 6 copies stepped on one thread or
-    shared out to three."""
+    rewards and ends (float32), over two resets of the same simulators."""
     direct, gym = (MujocoTaskEnv(family, horizon=25, seed=7, frame_skip=frame_skip, observation=observation)
                    for _ in range(2))
     assert direct.direct and gym.direct
-    direct.sim_threads = 3 if frame_skip == 5 else 1
     gym.direct = False
     tasks = direct.sample_tasks(3, torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
@@ -116,48 +114,6 @@ def test_direct_mujoco_steps_give_gymnasiums_observations_and_rewards_to_the_bit
                 np.testing.assert_array_equal(s.data.qpos, t.data.qpos)
                 np.testing.assert_array_equal(s.data.qvel, t.data.qvel)
     assert not MujocoTaskEnv("ant-dir").direct and not MujocoTaskEnv("walker-rand-vel").direct
-
-
-def test_direct_copies_step_on_several_threads_and_mujoco_lets_them_run_together():
-    """``sim_threads`` shares the copies out, each share on a thread of its own, every copy stepped exactly once;
-    what makes that pay: ``mj_step`` releases the GIL (during one long call, another thread runs on)."""
-    import threading
-    import time
-
-    import mujoco
-
-    env = MujocoTaskEnv("cheetah-dir", horizon=5, seed=0)
-    env.sim_threads = 2
-    env.reset(env.sample_tasks(2, torch.Generator().manual_seed(0)), 4)
-    seen: dict[int, int] = {}
-
-    def recorded(i: int, stepper):
-        def step(action):
-            seen[i] = threading.get_ident()
-            return stepper(action)
-        return step
-
-    env._steppers = [recorded(i, f) for i, f in enumerate(env._steppers)]
-    env.step(torch.zeros(2, 4, env.action_space.shape[0]))
-    assert sorted(seen) == list(range(8)) and len(set(seen.values())) == 2
-
-    sim, stop, stamps = env._pool[0], threading.Event(), []
-
-    def tick() -> None:
-        while not stop.is_set():
-            stamps.append(time.perf_counter())
-
-    ticker = threading.Thread(target=tick)
-    ticker.start()
-    while not stamps:
-        time.sleep(0.001)
-    t0 = time.perf_counter()
-    mujoco.mj_step(sim.model, sim.data, 20000)  # one call, about a tenth of a second or more
-    t1 = time.perf_counter()
-    stop.set()
-    ticker.join()
-    middle = [t for t in stamps if t0 + 0.25 * (t1 - t0) < t < t0 + 0.75 * (t1 - t0)]
-    assert len(middle) > 1000  # a call that held the GIL would leave the other thread no turn inside it
 
 
 @pytest.mark.parametrize(("family", "frame_skip", "dt"), [("cheetah-dir", 0, 0.01), ("cheetah-vel", 0, 0.01),

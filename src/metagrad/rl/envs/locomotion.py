@@ -53,7 +53,6 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
-from ...threads import in_shares
 from .base import Space
 from .copies import CopyTaskEnv
 from .gym import require, require_gymnasium
@@ -178,9 +177,7 @@ class MujocoTaskEnv(CopyTaskEnv):
     the policy's range).
 
     ``direct`` is True where the family is stepped in MuJoCo directly (``DIRECT_ROBOTS``); setting it False before a
-    ``reset`` steps through gymnasium's ``step`` instead (the same numbers, slower: the tests compare the two).
-    ``sim_threads``: threads the direct families' copies are stepped on (0, the default: torch's thread count, so one
-    under ``OMP_NUM_THREADS=1``); the numbers do not depend on it."""
+    ``reset`` steps through gymnasium's ``step`` instead (the same numbers, slower: the tests compare the two)."""
 
     def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0,
                  observation: str = "auto", oracle: bool = False, action_scale: float = 1.0):
@@ -224,7 +221,6 @@ class MujocoTaskEnv(CopyTaskEnv):
         self.direct = self.family.env_id in DIRECT_ROBOTS and self._terms == ("reward_ctrl",)
         self._ctrl_weight = float(getattr(probe, "_ctrl_cost_weight", 0.0))
         self._steppers: list[Callable[[np.ndarray], tuple[np.ndarray, float]]] = []
-        self.sim_threads = 0  # threads stepping the direct families' copies (0: torch's thread count)
 
     def _make(self) -> Any:
         return make_simulator(self.family.env_id, **self._env_kwargs)
@@ -287,20 +283,15 @@ class MujocoTaskEnv(CopyTaskEnv):
         return copies
 
     def _simulate(self, act: np.ndarray) -> None:
-        """Direct families: each alive copy through its ``direct_stepper``, the copies shared out to ``sim_threads``
-        threads (``mj_step`` releases the GIL; each copy's numbers are its own, whatever the threads), then the
-        control cost of all copies, as gymnasium's ``reward_ctrl`` (numpy's row sums equal its per-action sums, to
-        the bit); others: gymnasium's ``step``."""
+        """Direct families: each alive copy through its ``direct_stepper``, then the control cost of all copies,
+        as gymnasium's ``reward_ctrl`` (numpy's row sums equal its per-action sums, to the bit); others: gymnasium's
+        ``step``."""
         if not self.direct:
             super()._simulate(act)
             return
         obs, xv, steppers = self._obs, self._xv, self._steppers
-
-        def run(share: list[int]) -> None:
-            for i in share:
-                obs[i], xv[i] = steppers[i](act[i])
-
-        in_shares(run, self._alive, self.sim_threads)
+        for i in self._alive:
+            obs[i], xv[i] = steppers[i](act[i])
         self._extra = -(self._ctrl_weight * np.sum(np.square(act), axis=1))
 
     def _task_features(self) -> np.ndarray | None:
