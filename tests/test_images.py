@@ -46,6 +46,30 @@ def test_cache_is_used_then_rebuilt_when_corrupt_or_stale(tmp_path, monkeypatch,
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
 
 
+def test_two_runs_building_the_same_cache_at_once_both_keep_it(tmp_path, monkeypatch, capsys):
+    """A second run writes the same cache between the first's write and rename (two jobs started together): each
+    renames a whole file of its own, so neither fails nor leaves a partial or stray file."""
+    folder = fake_omniglot(tmp_path / "omniglot")
+    real_replace, raced = images.os.replace, []
+
+    def replace_after_another_run(src, dst):
+        if not raced:
+            raced.append(dst)
+            monkeypatch.setattr(images.os, "replace", real_replace)
+            images.load_omniglot(folder)  # the other run, start to finish
+            monkeypatch.setattr(images.os, "replace", replace_after_another_run)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(images.os, "replace", replace_after_another_run)
+    first = images.load_omniglot(folder)
+    monkeypatch.setattr(images.os, "replace", real_replace)
+    assert raced and "could not write" not in capsys.readouterr().err
+    cache = tmp_path / "cache"
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]  # no temporary file left behind
+    monkeypatch.setattr(images, "_omniglot_image", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
+    assert np.array_equal(images.load_omniglot(folder).images, first.images)  # intact: read back, nothing decoded
+
+
 @pytest.mark.parametrize(("make", "match"), [
     (lambda p: p / "nowhere", "does not exist"),
     (lambda p: p, "has no images_background"),
