@@ -44,9 +44,16 @@ class TaskBatch(NamedTuple):
         return TaskBatch(Split(self.support.x[start:stop], self.support.y[start:stop]),
                          Split(self.query.x[start:stop], self.query.y[start:stop]))
 
-    def to(self, dtype: torch.dtype) -> TaskBatch:
-        """Cast floating-point inputs and targets (e.g. to float64 for gradient checks)."""
+    @property
+    def device(self) -> torch.device:
+        return self.support.x.device
+
+    def to(self, target: torch.dtype | torch.device | str) -> TaskBatch:
+        """Cast floating-point inputs and targets to a dtype (e.g. float64 for gradient checks), or move every
+        tensor to a device (integer labels stay integers)."""
         def cast(t: Tensor) -> Tensor:
-            return t.to(dtype) if t.is_floating_point() else t
+            if isinstance(target, torch.dtype):
+                return t.to(target) if t.is_floating_point() else t
+            return t.to(target)
         return TaskBatch(Split(cast(self.support.x), cast(self.support.y)),
                          Split(cast(self.query.x), cast(self.query.y)))

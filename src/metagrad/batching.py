@@ -92,6 +92,7 @@ def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
         return f"the model could not be copied to check vmap ({first_line(e)})"
     small = batch.slice(0, min(CHECK_TASKS, batch.num_tasks)).to(torch.float64)
     mb = ref.training_minibatches(small, torch.Generator().manual_seed(0))
+    mb = None if mb is None else mb.to(small.device)
     outs = {}
     for mode in ("loop", "vmap"):
         ref.batching = mode

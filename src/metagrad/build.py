@@ -9,7 +9,7 @@ from torch import nn
 
 from . import losses
 from .algorithms import MAML, JointTraining, MetaLearner, Reptile
-from .config import IMAGE_FAMILIES, Config
+from .config import IMAGE_FAMILIES, Config, usable_device
 from .errors import ConfigError
 from .functional import params_of
 from .inner import make_inner
@@ -92,7 +92,7 @@ def build_learner(cfg: Config) -> MetaLearner:
         learner = JointTraining(model, **kw)
     if classify:
         learner.metrics["accuracy"] = losses.accuracy
-    return learner
+    return learner.to(usable_device(cfg.device))  # initialised on the CPU: the same start on any device
 
 
 def build_outer(cfg: Config, learner: MetaLearner

@@ -143,7 +143,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().contiguous().clone()
+        tensors[path] = obj.detach().to("cpu", copy=True).contiguous()  # a GPU run's checkpoint is read anywhere
         return {"__tensor__": path}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):

@@ -79,6 +79,7 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, help="training seed of every method (default: 0)")
     p.add_argument("--eval-tasks", type=int, help="test tasks (default: 600)")
     p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
+    p.add_argument("--device", help="where the sinusoid and few-shot methods train: cpu (default), cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
     images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile, maml-nonconv (Omniglot, the MAML "
@@ -390,6 +391,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.jobs < 1 or (args.jobs != 1 and not args.experiment.startswith("reptile-")):
         raise MetagradError(f"--jobs {args.jobs}: takes a number >= 1, and only for reptile-gradients and "
                             "reptile-overlap (other experiments: --threads in `metagrad train`, torchrun)")
+    if args.device is not None and (args.experiment in ("navigation", "locomotion", "sinusoid-multitask")
+                                    or args.experiment.startswith("reptile-")):
+        raise MetagradError(f"--device {args.device}: the sinusoid and few-shot reproductions train on a device; "
+                            f"{args.experiment} runs on the CPU (leave --device out)")
     if args.experiment in ("navigation", "locomotion"):
         from .reproduce import metarl
 
@@ -398,7 +403,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                    overrides=sets, progress=not args.no_progress)
         return 0
     overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
-                                   ("batching", args.batching)) if v is not None}
+                                   ("batching", args.batching), ("device", args.device)) if v is not None}
     out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
     if args.experiment in ("reptile-gradients", "reptile-overlap"):
         from .reproduce import reptile_studies

@@ -7,6 +7,7 @@ the meta-RL ``RLConfig`` shares); this module holds the supervised fields and th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -31,7 +32,7 @@ class Config(Settings):
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"time_budget", "log_every", "checkpoint_every", "val_every",
                                                           "self_check", "download", "outer_lr", "inner_lr",
-                                                          "compile"})
+                                                          "compile", "device"})
 
     # [task]
     family: str = opt("sinusoid", "task", "task family: sinusoid, linreg (meta-linear regression, trade-off paper "
@@ -102,6 +103,8 @@ class Config(Settings):
                        "for the per-task loop on the CPU, e.g. Conv4; 1: one thread, torch's kernels use the cores)")
     task_chunk: int = opt(0, "train", "tasks differentiated at once (0: all under vmap, e.g. on a GPU; 1-8 in the "
                           "per-task loop); smaller uses less memory, e.g. 4 for many inner steps on a GPU")
+    device: str = opt("cpu", "train", "where the model and its meta-batches live: cpu, cuda or cuda:N (tasks are "
+                      "sampled on the CPU, the same ones on either; a run may move when it resumes)")
     log_every: int = opt(100, "train", "iterations between metric lines in metrics.jsonl")
     checkpoint_every: int = opt(2000, "train", "iterations between checkpoints (also saved at the end)")
     val_every: int = opt(2000, "train", "iterations between validations; the best is kept (0: never)")
@@ -179,9 +182,32 @@ class Config(Settings):
                               "images, mlp or linear otherwise")
         if self.family in IMAGE_FAMILIES and self.query < 1:
             raise ConfigError(f"query {self.query} must be >= 1 for image classification")
+        check_device(self.device)
         if self.grid and max(self.shots, *self.eval_shots) > self.grid:
             raise ConfigError(f"shots {max(self.shots, *self.eval_shots)} exceed grid {self.grid}")
         return super().validate()
+
+
+def check_device(device: str) -> None:
+    """``device`` is written as torch names the CPU or a GPU (whether this machine has it is ``usable_device``'s
+    question: a run trained on a GPU is still read on a CPU machine)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"device '{device}' is not one of cpu, cuda, cuda:N (e.g. cuda:0)")
+
+
+def usable_device(device: str) -> str:
+    """``device`` if torch can use it on this machine, else a ``ConfigError`` naming the fix."""
+    if device == "cpu":
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}': torch sees no GPU on this machine (torch.cuda.is_available() is "
+                          "False); use device cpu")
+    if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device '{device}': this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def load_config(name_or_path: str | Path) -> Config | RLConfig:

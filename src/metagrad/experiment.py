@@ -5,6 +5,7 @@ build on.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,10 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | Me
                               f"{run_dir}`" + (" or use --checkpoint last" if which == "best" else ""))
     state, info = checkpoint.load(stem)
     cfg = stored_config(info["config"])
+    if isinstance(cfg, Config) and cfg.device != "cpu" and not torch.cuda.is_available():
+        print(f"metagrad: {run_dir} trained on {cfg.device}; no GPU here, so it is read onto the CPU",
+              file=sys.stderr)
+        cfg = cfg.replace(device="cpu")
     if isinstance(cfg, Config):
         learner: MetaLearner | MetaRL = build_learner(cfg)
     else:
@@ -148,9 +153,11 @@ def predictions(learner: MetaLearner, support: tuple[torch.Tensor, torch.Tensor]
     """The model's outputs on ``x`` after each number of adaptation ``steps`` on one task's support set."""
     inner = learner.inner.with_lr(lr) if lr else learner.inner
     meta, buffers = learner.functional_inputs()
+    device = next(learner.model.parameters()).device
+    support, x = Split(*(t.to(device) for t in support)), x.to(device)
     out = {}
-    loop = learner.inner_loop(meta, buffers, Split(*support), max(steps), inner=inner, state=learner.start_state(inner))
+    loop = learner.inner_loop(meta, buffers, support, max(steps), inner=inner, state=learner.start_state(inner))
     for s, params in enumerate(loop):
         if s in steps:
-            out[s] = call(learner.model, params, buffers, x)
+            out[s] = call(learner.model, params, buffers, x).cpu()
     return out

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .algorithms import MetaLearner
 from .batch import TaskBatch
 from .distributed import Distributed
-from .errors import TrainingDiverged, check_memory
+from .errors import ConfigError, TrainingDiverged, check_memory
 from .loop import RunLoop, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
 from .tasks.base import TaskDistribution
@@ -66,6 +66,9 @@ class Trainer(RunLoop):
                  on_iteration: Callable[[Trainer, int, dict[str, float]], None] | None = None):
         super().__init__(run_dir, iterations=iterations, time_budget=time_budget, checkpoint_every=checkpoint_every,
                          config=config, progress=progress, distributed=distributed, on_iteration=on_iteration)
+        if distributed is not None and not learner._on_cpu():
+            raise ConfigError("device cuda under torchrun is not supported: its processes would share one GPU; "
+                              "train on one GPU in one process, or on the CPU under torchrun")
         self.learner, self.tasks, self.optimizer, self.scheduler = learner, tasks, optimizer, scheduler
         self.meta_batch_size, self.seed = meta_batch_size, seed
         one = tasks.sample(1, torch.Generator().manual_seed(0))  # its own generator: the run's stream is untouched

@@ -331,6 +331,14 @@ class MetaLearner(nn.Module):
     def _on_cpu(self) -> bool:
         return all(p.device.type == "cpu" for p in self.model.parameters())
 
+    def on_model_device(self, batch: TaskBatch, mb: Tensor | None) -> tuple[TaskBatch, Tensor | None]:
+        """``batch`` and its minibatch indices on the model's device: tasks are sampled on the CPU (one random
+        stream wherever the model runs) and a learner on a GPU takes them as they come."""
+        param = next(self.model.parameters(), None)
+        if param is None or batch.device == param.device:
+            return batch, mb
+        return batch.to(param.device), None if mb is None else mb.to(param.device)
+
     def forward(self, x: Tensor) -> Tensor:
         """The model at its meta-learned initialization."""
         return self.model(x)
@@ -514,7 +522,7 @@ class MetaLearner(nn.Module):
         if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
             raise ConfigError("inner_state 'carried' runs the tasks of a meta-batch in order in one process; train "
                               "it without torchrun (or use inner_state 'fresh')")
-        batch, mb = self.sharded(batch, generator, None if self.carried is not None else shard)
+        batch, mb = self.on_model_device(*self.sharded(batch, generator, None if self.carried is not None else shard))
         if self.carried is not None:
             grads, loss = self.carried_gradient(batch, mb)
         elif self.fuses_write(batch.num_tasks):
@@ -646,10 +654,11 @@ class MetaLearner(nn.Module):
                            chunk: int | None = None, transductive: bool = True) -> dict[str, Tensor]:
         """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``."""
         rule = inner if inner is not None else self.inner
+        mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
+        batch, mb = self.on_model_device(batch, mb)
         self.verify_batching(batch)
         meta, buffers = self.functional_inputs()
         start = self.start_state(rule)
-        mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
         if chunk is None:  # tasks per vmap call: bounded so that image tasks do not exhaust memory
             per_task = batch.support.x[0].numel() + batch.query.x[0].numel() * (
                 1 if transductive else batch.support.x.shape[1] + 1)
