@@ -10,10 +10,13 @@ import torch
 
 from metagrad import checkpoint
 from metagrad.batch import Split, TaskBatch
+from metagrad.build import build_tasks
 from metagrad.cli import main
 from metagrad.config import load_config
+from metagrad.distributed import Distributed
 from metagrad.errors import ConfigError
 from metagrad.experiment import load_run, make_trainer, train
+from metagrad.train import Trainer
 
 SMALL = {"iterations": 20, "meta_batch_size": 4, "checkpoint_every": 10, "val_every": 0, "log_every": 10,
          "eval_tasks": 20, "eval_shots": (5,)}
@@ -63,6 +66,15 @@ def test_the_cli_takes_the_device_and_refuses_a_wrong_one(tmp_path, capsys):
     code = main(["train", "--config", "sinusoid-maml", "--device", "tpu", "--iterations", "2",
                  "--out", str(tmp_path / "run"), "--no-progress"])
     assert code != 0 and "device 'tpu' is not one of cpu, cuda, cuda:N" in capsys.readouterr().err
+
+
+def test_torchrun_on_a_gpu_is_refused():
+    """Its processes would all take the one GPU the learner is on (and NCCL refuses ranks sharing a GPU)."""
+    cfg = load_config("sinusoid-maml").replace(**SMALL)
+    learner = make_trainer(cfg, None, progress=False).learner.to("meta")
+    with pytest.raises(ConfigError, match="device cuda under torchrun is not supported"):
+        Trainer(learner, build_tasks(cfg), torch.optim.SGD(learner.parameters(), lr=0.1), iterations=1,
+                meta_batch_size=4, distributed=Distributed(rank=0, world=2))
 
 
 @pytest.mark.parametrize(("experiment", "device", "match"), [
