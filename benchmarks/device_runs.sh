@@ -2,9 +2,11 @@
 # A segment of a long paper run (results/long, `metagrad status`) on a lent 16-core machine: the `device` tool's
 # H200 host, Python 3.12 with torch 2.11, numpy, scipy, matplotlib, safetensors and tqdm, but no MuJoCo,
 # gymnasium or Meta-World and no package index. Two steps:
-#   benchmarks/device_runs.sh prepare [--metaworld]
+#   benchmarks/device_runs.sh prepare [--metaworld | --omniglot]
 #       here: Python 3.12 wheels of MuJoCo and gymnasium (and Meta-World) into .whl/, which git ignores and the
-#       device tool carries (name .whl in `carry`)
+#       device tool carries (name .whl in `carry`); --omniglot instead zips ../shared/data/omniglot as its two
+#       official zip files into .data/omniglot (carry .data; the run then takes --data-root .data/omniglot and,
+#       for the GPU, --device cuda with PROCS 1)
 #   benchmarks/device_runs.sh run PROCS OUT METAGRAD_ARGS...
 #       there: installs the wheels, runs `metagrad METAGRAD_ARGS...` under torchrun with PROCS processes of one
 #       thread each, and packs the run's --out folder into OUT/run.tar.gz (the device tool brings at most 8
@@ -20,6 +22,15 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 case "${1:-}" in
 prepare)
+    if [ "${2:-}" = "--omniglot" ]; then  # the data the device does not have (../shared does not travel)
+        grep -qx "/.data/" .git/info/exclude 2>/dev/null || echo "/.data/" >>.git/info/exclude
+        rm -rf .data/omniglot && mkdir -p .data/omniglot
+        for part in images_background images_evaluation; do
+            (cd ../shared/data/omniglot && zip -qr -0 "$OLDPWD/.data/omniglot/$part.zip" "$part")
+        done
+        du -sh .data/omniglot
+        exit 0
+    fi
     grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >>.git/info/exclude
     rm -rf .whl && mkdir -p .whl
     fetch() {

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from images_fixtures import fake_miniimagenet, fake_omniglot
+from images_fixtures import fake_miniimagenet, fake_omniglot, zip_omniglot
 from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.experiment import evaluate, make_trainer
@@ -110,3 +110,17 @@ def test_reproduce_reaches_anil_with_its_paper_number_at_20_way(tmp_path, capsys
     assert "96.20 ± 0.50" in capsys.readouterr().out
     assert main(["reproduce", "miniimagenet", "--algo", "anil", "--iterations", "1"]) == 2
     assert "--algo 'anil' does not apply to miniimagenet" in capsys.readouterr().err
+
+
+def test_a_run_continues_with_its_data_in_another_place(tmp_path, capsys, monkeypatch):
+    """The data root is where the data is, not a setting: a run moved to a machine that holds the dataset
+    elsewhere (e.g. as the official zips, for a lent GPU machine) resumes from it."""
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    folder = fake_omniglot(tmp_path / "om")
+    zipped = zip_omniglot(folder, tmp_path / "zipped")
+    small = ["--ways", "3", "--meta-batch-size", "2", "--val-every", "0", "--eval-tasks", "4"]
+    assert _train(tmp_path, "--data-root", str(folder), *small) == 0
+    assert main(["train", "--config", "omniglot-maml", "--out", str(tmp_path / "run"), "--iterations", "2",
+                 "--no-progress", "--resume", "--data-root", str(zipped), *small]) == 0, capsys.readouterr().err
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("data_root" in m.get("resumed_with", {}) for m in metrics)  # the move is on record

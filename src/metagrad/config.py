@@ -32,7 +32,7 @@ class Config(Settings):
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"time_budget", "log_every", "checkpoint_every", "val_every",
                                                           "self_check", "download", "outer_lr", "inner_lr",
-                                                          "compile", "device"})
+                                                          "compile", "device", "data_root"})
 
     # [task]
     family: str = opt("sinusoid", "task", "task family: sinusoid, linreg (meta-linear regression, trade-off paper "
