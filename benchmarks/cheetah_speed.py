@@ -3,11 +3,13 @@ episodes x 200 steps, one inner step, 2 x 100 ReLU), split into sampling and the
 with ``compile=True`` (the curvature products, the meta-gradient and the line search through ``torch.compile``),
 beside pytorch-maml-rl's ``MAMLTRPO`` on the same environment in the same run.
 
-    python benchmarks/cheetah_speed.py [--maml-rl PATH] [--iterations 2] [--warmup 1] [--threads 2]
+    python benchmarks/cheetah_speed.py [--maml-rl PATH] [--iterations 2] [--warmup 1] [--threads 2] [--rounds 1]
 
 pytorch-maml-rl runs ``maml_rl_cheetah.py`` (its sampler, baseline and ``MAMLTRPO`` on a gym shim of metagrad's
 environment) in its own environment (``benchmarks/setup_maml_rl.sh``, plus mujoco and gymnasium), with
-``--threads`` sampler workers; it reports whole iterations only. Results: results/cheetah_speed.{json,md}.
+``--threads`` sampler workers; it reports whole iterations only. ``--rounds N`` repeats the whole measurement and
+reports the median and range of the rounds' speed-ups (about 8 minutes a round on 2 cores), as navigation_speed.py
+does. Results: results/cheetah_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from navigation_speed import metagrad_row, run_maml_rl, write_results
+from navigation_speed import combine_rounds, metagrad_row, run_maml_rl, write_results
 
 HERE = Path(__file__).resolve().parent
 PAPER = {"env": "cheetah-dir", "horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02}
@@ -50,16 +52,20 @@ def main() -> None:
     p.add_argument("--subsample", default="1", help="hvp_subsample values to run")
     p.add_argument("--maml-rl", default="", help="a checkout of tristandeleu/pytorch-maml-rl")
     p.add_argument("--maml-rl-python", default="", help="its environment's python (default benchmarks/.venv-maml-rl)")
+    p.add_argument("--rounds", type=int, default=1, help="repeats of the whole measurement, ratios taken per round")
     p.add_argument("--results", default=str(HERE / "results" / "cheetah_speed"))
     args = p.parse_args()
     args.method, args.hidden, args.activation = "maml-trpo", "100,100", "relu"
     torch.set_num_threads(args.threads)
-    rows = [metagrad_row(args, float(s), compile, **PAPER) for s in args.subsample.split(",")
-            for compile in (False, True)]
-    reference = maml_rl_row(args)
+    rounds = []
+    for _ in range(args.rounds):
+        rows = [metagrad_row(args, float(s), compile, **PAPER) for s in args.subsample.split(",")
+                for compile in (False, True)]
+        rounds.append([*rows, maml_rl_row(args)])
+    *rows, reference = combine_rounds(rounds)
     setting = (f"Half-cheetah direction, MAML-TRPO, meta-batch 40 x 20 episodes x 200 steps, one inner step, "
-               f"100,100 relu policy, {args.threads} threads, {args.iterations} timed iterations after "
-               f"{args.warmup} warm-up, torch {torch.__version__}")
+               f"100,100 relu policy, {args.threads} threads, {args.rounds} round(s) of {args.iterations} timed "
+               f"iterations after {args.warmup} warm-up, torch {torch.__version__}")
     write_results(args.results, setting, rows, reference)
 
 
