@@ -293,6 +293,7 @@ def _replace_atomically(path: Path, write: Callable) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # as np.save would make it (mkstemp's file is the owner's alone)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
