@@ -91,12 +91,23 @@ def run_rl(name: str, tmp: Path) -> dict[str, Any]:
 
 
 def machine() -> str:
-    """The CPU model and torch version: results are bit for bit the same only on the same kind of machine."""
+    """The CPU model, its widest vector instructions and the torch version: results are bit for bit the same only on
+    the same kind of machine (two virtual machines both named "AMD EPYC", one with AVX-512 and one without, round
+    the convolutions differently)."""
     import platform
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{cpu} / torch {torch.__version__}"
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+               platform.processor())
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    return f"{cpu} / {isa} / torch {torch.__version__}"
+
+
+def _without_isa(kind: str) -> str:
+    """The key recordings had before the vector instructions were part of it."""
+    cpu, _, rest = kind.partition(" / ")
+    return f"{cpu} / {rest.partition(' / ')[2]}"
 
 
 def run_all() -> dict[str, Any]:
@@ -144,8 +155,10 @@ def recordings() -> list[dict[str, Any]]:
 
 
 def recording_for(kind: str) -> dict[str, Any] | None:
-    """The runs recorded on ``kind`` of machine, if any."""
-    return next((r["runs"] for r in recordings() if r["machine"] == kind), None)
+    """The runs recorded on ``kind`` of machine, if any (a recording made before the key named the vector
+    instructions serves every machine of that CPU name that has none of its own)."""
+    runs = {r["machine"]: r["runs"] for r in recordings()}
+    return runs.get(kind, runs.get(_without_isa(kind)))
 
 
 def stable(runs: dict[str, Any]) -> dict[str, Any]:

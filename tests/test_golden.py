@@ -1,8 +1,9 @@
 """The run layer gives the metrics and parameters recorded before it was rewritten (tests/golden/runs.json): every
 supervised preset and every meta-RL method, a few iterations each, through `metagrad train`. Bit for bit on a kind
-of machine that recorded them (an Intel Xeon, then an AMD EPYC, whose recording was made from the commit before
-this test's change of format and matched by the code after it); on another kind of CPU, the runs that do not depend
-on how its kernels round (the MLP regressions) to 1e-6 against every recording."""
+of machine that recorded them (an Intel Xeon, then an AMD EPYC, whose recording was made from the commit before this
+test's change of format and matched by the code after it, then an AMD EPYC without AVX-512, whose convolutions round
+otherwise: recorded from code the earlier commit 66f3a1d matches bit for bit there); on another kind of CPU, the
+runs that do not depend on how its kernels round (the MLP regressions) to 1e-6 against every recording."""
 
 from __future__ import annotations
 
