@@ -176,3 +176,31 @@ def test_every_command_that_trains_evaluates_or_loads_data_takes_no_progress():
              for path, p in leaves(build_parser())}
     assert found == {"train": True, "eval": True, "reproduce": True, "tradeoff linreg": True, "tradeoff rl": True,
                      "compare": False, "curves": False, "status": False}
+
+
+def test_reproduce_compile_reaches_every_trained_method_and_is_refused_where_none_is(monkeypatch, capsys, tmp_path):
+    """``--compile`` sets ``compile`` in the configs the sinusoid, few-shot and meta-RL reproductions train with (what
+    a GPU run of the convolutions needs); the studies that train with plain autograd refuse it."""
+    from metagrad.cli import build_parser, metarl_request
+    from metagrad.reproduce import fewshot, sinusoid
+    from metagrad.reproduce.metarl import method_configs
+
+    seen: dict = {}
+    monkeypatch.setattr(fewshot, "run", lambda *a, overrides, **k: seen.update(fewshot=(a, overrides)))
+    monkeypatch.setattr(sinusoid, "run", lambda exp, out, overrides, **k: seen.update(sinusoid=(exp, overrides)))
+    out = ["--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(["reproduce", "omniglot", "--ways", "20", "--compile", *out]) == 0
+    (dataset, algo, ways, shots, _), overrides = seen["fewshot"]
+    assert fewshot.setting_config(dataset, algo, ways, shots).replace(**overrides).compile is True
+    assert main(["reproduce", "sinusoid", "--compile", *out]) == 0
+    exp, overrides = seen["sinusoid"]
+    assert all(sinusoid._method_config(exp, m, False, 2, overrides).compile for m in exp.methods)
+    assert main(["reproduce", "sinusoid", *out]) == 0 and "compile" not in seen["sinusoid"][1]
+
+    args = build_parser().parse_args(["reproduce", "navigation", "--algo", "maml-trpo,maml-vpg", "--compile"])
+    experiment, methods, _, sets = metarl_request(args)
+    assert all(cfg.compile for cfg in method_configs(experiment, methods, False, 2, None, sets))
+
+    for study in ("reptile-gradients", "sinusoid-multitask"):
+        assert main(["reproduce", study, "--compile", *out]) != 0
+        assert "trains with plain autograd" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Training on a device: the ``device`` setting, batches moved to the model's device, checkpoints readable anywhere.
 
 The CPU machines of CI check the setting, the moves (onto torch's ``meta`` device, which needs no GPU) and the
-errors; the last test trains on a GPU against the CPU where torch sees one (a lent device machine)."""
+errors; the last two tests train on a GPU against the CPU where torch sees one (a lent device machine)."""
 
 from __future__ import annotations
 
@@ -127,3 +127,26 @@ def test_training_on_a_gpu_follows_the_cpu_run_and_its_checkpoint_loads_anywhere
         torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-4, msg=name)
     learner, _, _ = load_run(tmp_path / "gpu")
     assert next(learner.parameters()).device.type == "cuda"  # the stored config says cuda
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs a GPU (torch.cuda.is_available())")
+def test_a_compiled_conv4_meta_gradient_on_a_gpu_equals_the_cpu_loop():
+    """What the 20-way Omniglot rows run on a lent GPU (`reproduce omniglot --device cuda --compile`): Conv4 with
+    per-task batch norm, second order, compiled on the GPU, against the per-task loop on the CPU in float64."""
+    import metagrad as mg
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 2 * 5, 1, 28, 28, generator=gen, dtype=torch.float64)
+    labels = torch.arange(5).repeat(2).expand(4, -1)
+    batch = TaskBatch(Split(images[:, :5], labels[:, :5]), Split(images[:, 5:], labels[:, 5:]))
+    grads = {}
+    for device, compile in (("cpu", False), ("cuda", True)):
+        torch.manual_seed(0)
+        model = mg.models.Conv4(1, 5, filters=8).double().to(device)
+        learner = mg.MAML(model, loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.4), inner_steps=2,
+                          batching="loop" if device == "cpu" else "auto",
+                          compile=compile)
+        learner.meta_gradient(batch)
+        grads[device] = [p.grad.cpu() for p in learner.parameters()]
+    for a, b in zip(grads["cpu"], grads["cuda"], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)

@@ -80,6 +80,9 @@ def build_parser() -> Parser:
     p.add_argument("--eval-tasks", type=int, help="test tasks (default: 600)")
     p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
     p.add_argument("--device", help="where the sinusoid and few-shot methods train: cpu (default), cuda or cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile the meta-gradient (the sinusoid, few-shot "
+                   "and meta-RL methods; for navigation and locomotion the same as --set compile=true): pays for the "
+                   "sinusoid MLP and the meta-RL policies on the CPU, and for the convolutions on a GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
     images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile, maml-nonconv (Omniglot, the MAML "
@@ -372,7 +375,8 @@ def metarl_request(args: argparse.Namespace) -> tuple[Experiment, list[str], str
     sets = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args.set)
     if "" in sets.values():
         raise MetagradError(f"--set takes KEY=VALUE, got '{next(k for k, v in sets.items() if v == '')}'")
-    sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks)) if v is not None})
+    sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
+                                   ("compile", "true" if args.compile else None)) if v is not None})
     if args.experiment == "navigation":
         if args.env is not None:
             raise MetagradError(f"--env {args.env} is for `reproduce locomotion`; navigation has one environment")
@@ -395,6 +399,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                     or args.experiment.startswith("reptile-")):
         raise MetagradError(f"--device {args.device}: the sinusoid and few-shot reproductions train on a device; "
                             f"{args.experiment} runs on the CPU (leave --device out)")
+    if args.compile and (args.experiment == "sinusoid-multitask" or args.experiment.startswith("reptile-")):
+        raise MetagradError(f"--compile: {args.experiment} trains with plain autograd, not a learner's meta-gradient "
+                            "(leave --compile out)")
     if args.experiment in ("navigation", "locomotion"):
         from .reproduce import metarl
 
@@ -403,7 +410,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                    overrides=sets, progress=not args.no_progress)
         return 0
     overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
-                                   ("batching", args.batching), ("device", args.device)) if v is not None}
+                                   ("batching", args.batching), ("device", args.device),
+                                   ("compile", args.compile or None)) if v is not None}
     out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
     if args.experiment in ("reptile-gradients", "reptile-overlap"):
         from .reproduce import reptile_studies
