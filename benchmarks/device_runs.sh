@@ -7,6 +7,9 @@
 #       device tool carries (name .whl in `carry`); --omniglot instead zips ../shared/data/omniglot as its two
 #       official zip files into .data/omniglot (carry .data; the run then takes --data-root .data/omniglot and,
 #       for the GPU, --device cuda with PROCS 1)
+#   benchmarks/device_runs.sh check OUT
+#       there, first on a lent GPU: tests/test_device.py (training on the GPU against the CPU, a compiled Conv4
+#       meta-gradient there against the CPU's loop), output in OUT/check.txt; pytest comes from the carried wheels
 #   benchmarks/device_runs.sh run PROCS OUT METAGRAD_ARGS...
 #       there: installs the wheels, runs `metagrad METAGRAD_ARGS...` under torchrun with PROCS processes of one
 #       thread each, and packs the run's --out folder into OUT/run.tar.gz (the device tool brings at most 8
@@ -40,8 +43,24 @@ prepare)
     }
     # the versions the rl extra resolves to here; the device image has numpy, absl-py, etils, cloudpickle
     fetch mujoco==3.3.0 gymnasium==1.4.0 farama-notifications==0.0.6 glfw==2.11.0 pyopengl==3.1.10
+    fetch pytest==9.2.0 iniconfig==2.3.1 pluggy==1.7.0 pygments==2.21.0  # for `check`
     if [ "${2:-}" = "--metaworld" ]; then fetch metaworld==3.1.1; fi
     du -sh .whl
+    ;;
+check)
+    out=${2:?"usage: $0 check OUT"}
+    mkdir -p "$out"
+    export PYTHONPATH=$PWD/src
+    if ! "$PYTHON" -c "import pytest" 2>/dev/null; then  # the device: pytest from the carried wheels
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/check-site \
+            .whl/pytest-*.whl .whl/iniconfig-*.whl .whl/pluggy-*.whl .whl/pygments-*.whl
+        export PYTHONPATH=/tmp/check-site:$PWD/src
+    fi
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    status=0
+    OMP_NUM_THREADS=1 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_device.py 2>&1 \
+        | tee "$out/check.txt" || status=$?
+    exit "$status"
     ;;
 run)
     procs=${2:?"usage: $0 run PROCS OUT METAGRAD_ARGS..."}
@@ -79,7 +98,7 @@ run)
     exit "$status"
     ;;
 *)
-    sed -n '2,17p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac
