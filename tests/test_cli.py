@@ -200,6 +200,8 @@ def test_reproduce_compile_reaches_every_trained_method_and_is_refused_where_non
     args = build_parser().parse_args(["reproduce", "navigation", "--algo", "maml-trpo,maml-vpg", "--compile"])
     experiment, methods, _, sets = metarl_request(args)
     assert all(cfg.compile for cfg in method_configs(experiment, methods, False, 2, None, sets))
+    assert main(["reproduce", "navigation", "--compile", "--set", "compile=false", *out]) != 0
+    assert "--compile and --set compile=false: give one of them" in capsys.readouterr().err
 
     for study in ("reptile-gradients", "sinusoid-multitask"):
         assert main(["reproduce", study, "--compile", *out]) != 0

@@ -375,6 +375,8 @@ def metarl_request(args: argparse.Namespace) -> tuple[Experiment, list[str], str
     sets = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args.set)
     if "" in sets.values():
         raise MetagradError(f"--set takes KEY=VALUE, got '{next(k for k, v in sets.items() if v == '')}'")
+    if args.compile and "compile" in sets:
+        raise MetagradError(f"--compile and --set compile={sets['compile']}: give one of them")
     sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
                                    ("compile", "true" if args.compile else None)) if v is not None})
     if args.experiment == "navigation":
