@@ -93,12 +93,36 @@ class Recurrent(nn.Module):
 class Embed(nn.Module):
     """``nn.Embedding`` of integer inputs, averaged over positions."""
 
-    def __init__(self):
+    def __init__(self, **options):
         super().__init__()
-        self.emb, self.out = nn.Embedding(7, 4), nn.Linear(4, 1)
+        self.emb, self.out = nn.Embedding(7, 4, **options), nn.Linear(4, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.emb(x).tanh().mean(1))
+
+
+class Twice(nn.Module):
+    """One ``nn.Linear`` registered under two names (``self.second = self.first``) and applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.first, self.out = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 1)
+        self.second = self.first
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.second(self.first(self.inp(x).tanh()).tanh()).tanh())
+
+
+class Tied(nn.Module):
+    """Two ``nn.Linear`` modules holding one weight Parameter (tied weights), each with its own bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.a, self.b, self.out = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 1)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.b(self.a(self.inp(x).tanh()).tanh()).tanh())
 
 
 def mlp(*middle: nn.Module, width: int = 6) -> nn.Module:
@@ -130,6 +154,9 @@ PIECES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...] | str]] = {
     "InstanceNorm2d (affine)": (lambda: Head(nn.Sequential(nn.Conv2d(1, 2, 2), nn.InstanceNorm2d(2, affine=True),
                                                            nn.Tanh()), 2 * 4 * 4), (1, 5, 5)),
     "Embedding": (Embed, "tokens"),
+    "Embedding, padding_idx": (lambda: Embed(padding_idx=0), "tokens"),
+    "Linear under two names": (Twice, (4,)),
+    "Linear weights tied": (Tied, (4,)),
     "softmax, last dim": (lambda: Fn(lambda h: torch.softmax(h, -1)), (4,)),
     "softmax, dim 0 (over examples)": (lambda: Fn(lambda h: torch.softmax(h, 0)), (4,)),
     "softmax, transposed view": (lambda: Fn(lambda h: torch.softmax(h.T, -1).T), (4,)),
@@ -158,7 +185,7 @@ PIECES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...] | str]] = {
 # what torch 2.13's vmap gets wrong (a batched second-order meta-gradient that differs from the loop) or cannot run
 VMAP_WRONG = {"BatchNorm1d (torch)", "BatchNorm2d (torch)", "LayerNorm (torch)", "InstanceNorm1d (affine)",
               "InstanceNorm2d (affine)", "TransformerEncoderLayer",
-              "TransformerEncoderLayer, norm_first", "RNN", "GRU", "LSTM"}
+              "TransformerEncoderLayer, norm_first", "RNN", "GRU", "LSTM", "Embedding, padding_idx"}
 CANNOT_RUN = {"RNN", "GRU", "LSTM"}  # vmap raises; the others give numbers that differ
 
 

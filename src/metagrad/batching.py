@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten
+
+from .functional import apply
 
 if TYPE_CHECKING:
     from .algorithms.base import MetaLearner
@@ -81,6 +83,19 @@ def float64_copy(learner: MetaLearner) -> MetaLearner:
     ref = copy.deepcopy(learner, memo).double()
     ref.use_compile, ref.threads, ref.task_chunk, ref.self_check = False, 1, 0, False
     return ref
+
+
+def data_dependent_fault(model: nn.Module) -> str | None:
+    """Why vmap must not be trusted with a module whose batched meta-gradient is wrong only on some inputs, which a
+    check on one batch can miss: an embedding's ``padding_idx`` (wrong once the padding index occurs) or
+    ``scale_grad_by_freq`` (once a token repeats)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag):
+            options = ["padding_idx"] * (m.padding_idx is not None) + ["scale_grad_by_freq"] * m.scale_grad_by_freq
+            if options:
+                return (f"under vmap the meta-gradient of an embedding with {' or '.join(options)} is wrong on the "
+                        f"inputs that use it, first in module '{name or '(the model)'}' ({type(m).__name__})")
+    return None
 
 
 def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
@@ -179,7 +194,7 @@ def module_differs(module: nn.Module, calls: list[tuple[tuple, dict]]) -> bool:
         args = list(args0)
         for i, x in zip(spots, xs, strict=True):
             args[i] = x + p[f"shift.{i}"]
-        out = functional_call(module, {n[2:]: v for n, v in p.items() if n.startswith("p.")}, tuple(args), kwargs0)
+        out = apply(module, {n[2:]: v for n, v in p.items() if n.startswith("p.")}, tuple(args), kwargs0)
         leaves = [t for t in tree_flatten(out)[0] if _floating(t)]
         return sum(((t - target) ** 2).sum() for t, target in zip(leaves, targets, strict=True))
 

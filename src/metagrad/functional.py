@@ -52,7 +52,39 @@ def _shell(model: nn.Module) -> nn.Module:
 
 def call(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """Run ``model`` on ``x`` with the given parameters and buffers instead of its own."""
-    return functional_call(_shell(model), ({**params, **buffers},), (x,), strict=False)
+    return apply(_shell(model), {**params, **buffers}, (x,))
+
+
+def apply(module: nn.Module, tensors: Mapping[str, Tensor], args: tuple, kwargs: dict | None = None) -> Any:
+    """``functional_call``, with a tensor tied between modules set in each of their slots (``tie_weights``) but a
+    module registered under two names set once: torch's ``tie_weights`` swaps such a slot twice and restores the
+    wrong value, leaving the user's model holding the swapped-in tensors in place of its Parameters (torch 2.13)."""
+    return functional_call(module, tied(module, tensors), args, kwargs, strict=False, tie_weights=False)
+
+
+def tied(module: nn.Module, tensors: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """``tensors`` (by the names ``named_parameters`` and ``named_buffers`` give) plus, for a tensor the module
+    holds in the slots of two different submodules, its other slots' names with the same value."""
+    names: dict[Tensor, list[str]] = {}
+    for name, t in itertools.chain(module.named_parameters(remove_duplicate=False),
+                                   module.named_buffers(remove_duplicate=False)):
+        names.setdefault(t, []).append(name)
+    out = None
+    for group in names.values():
+        given = next((n for n in group if n in tensors), None) if len(group) > 1 else None
+        if given is None:
+            continue
+        owners = {id(_owner(module, given))}
+        for other in group:
+            if id(owner := _owner(module, other)) not in owners:
+                owners.add(id(owner))
+                out = dict(tensors) if out is None else out
+                out[other] = tensors[given]
+    return tensors if out is None else out
+
+
+def _owner(module: nn.Module, name: str) -> nn.Module:
+    return module.get_submodule(name.rpartition(".")[0])
 
 
 def under_transform() -> bool:

@@ -33,7 +33,14 @@ from torch.utils._pytree import tree_flatten, tree_flatten_with_path, tree_map, 
 
 from .. import checkpoint, losses
 from ..batch import Split, TaskBatch, partition
-from ..batching import has_conv, has_torch_batchnorm, needs_math_attention, twice_differentiable, vmap_fault
+from ..batching import (
+    data_dependent_fault,
+    has_conv,
+    has_torch_batchnorm,
+    needs_math_attention,
+    twice_differentiable,
+    vmap_fault,
+)
 from ..errors import ConfigError
 from ..functional import Members, Params, call, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
@@ -312,7 +319,7 @@ class MetaLearner(nn.Module):
             return
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
             return  # nothing to compare on NaN or infinite parameters (the run reports its divergence itself)
-        fault = vmap_fault(self, batch)
+        fault = data_dependent_fault(self.model) or vmap_fault(self, batch)
         self._checked = True
         if fault is None:
             return
