@@ -132,6 +132,23 @@ def test_the_resume_hint_keeps_the_users_options(tmp_path, capsys):
     assert main(again) == 0
 
 
+def test_resume_without_options_takes_the_runs_own_config(tmp_path, capsys):
+    """`metagrad train --out RUN --resume` (the README's) continues a run made with any preset and options; an
+    option that contradicts the run names both values."""
+    from metagrad import checkpoint
+
+    run = tmp_path / "r"
+    assert main(["train", "--config", "linreg-maml", "--iterations", "100000", "--meta-batch-size", "3",
+                 "--val-tasks", "5", "--time-budget", "0.002", "--out", str(run), "--no-progress"]) == 0
+    first = checkpoint.read_info(run / "last")["iteration"]
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    info = checkpoint.read_info(run / "last")
+    assert info["iteration"] > first and info["config"]["task"]["family"] == "linreg"
+    capsys.readouterr()
+    err = cli_error(["train", "--out", str(run), "--meta-batch-size", "4", "--resume"], capsys)
+    assert "meta_batch_size 3 in the run, 4 given" in err
+
+
 def test_no_progress_also_silences_the_data_loaders_bars(tmp_path, capsys, monkeypatch):
     """--no-progress reaches bars the command does not draw itself (Omniglot's decoding, 1623 classes)."""
     from metagrad.tasks.images import _progress

@@ -193,7 +193,7 @@ def test_a_full_disk_stops_in_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(checkpoint, "save_file", full)
     err = cli_error(["train", "--config", "sinusoid-maml", "--out", str(tmp_path / "run"), *CLI_SMALL], capsys)
-    assert "No space left on device" in err and "last.safetensors.tmp" in err
+    assert "No space left on device" in err and "last.safetensors.tmp" in err and "free space" in err
 
 
 def test_divergence_names_a_finite_checkpoint_and_resumes_with_a_smaller_step(tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .analysis.stats import format_ci
 from .config import IMAGE_FAMILIES, SECTIONS, Config, load_config
-from .errors import Interrupted, MetagradError
+from .errors import ConfigError, Interrupted, MetagradError
 from .rl.config import RLConfig
-from .settings import preset_names
+from .settings import check_seed, preset_names
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .reproduce.metarl import Experiment
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+DEFAULT_CONFIG = "sinusoid-maml"
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,7 +50,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("train", help="meta-train from a config file", description="Meta-train from a config "
                        f"file or preset ({', '.join(preset_names())}); supervised presets have [task] and [model] "
                        "sections, meta-RL ones [env] and [policy]. Any config value can be overridden below.")
-    p.add_argument("--config", default="sinusoid-maml", help="config file or preset name (default: sinusoid-maml)")
+    p.add_argument("--config", help="config file or preset name (default: sinusoid-maml; with --resume, the run's "
+                   "own)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -76,7 +79,7 @@ def build_parser() -> Parser:
     p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
     p.add_argument("--out", help="results folder (default: results/<experiment>[-full])")
-    p.add_argument("--seed", type=int, help="training seed of every method (default: 0)")
+    p.add_argument("--seed", type=seed, help="training seed of every method (default: 0)")
     p.add_argument("--eval-tasks", type=int, help="test tasks (default: 600)")
     p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
     p.add_argument("--device", help="where the sinusoid and few-shot methods train: cpu (default), cuda or cuda:N")
@@ -90,8 +93,8 @@ def build_parser() -> Parser:
                         "baseline), anil (Omniglot, the inner loop adapts the head alone); for navigation and "
                         "locomotion, comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, "
                         "oracle, sgmrl, sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, context, or all")
-    images.add_argument("--ways", type=int, default=5, help="classes per task, N (default: 5)")
-    images.add_argument("--shots", type=int, default=1, help="examples per class, K (default: 1)")
+    images.add_argument("--ways", type=int, help="classes per task, N (default: 5)")
+    images.add_argument("--shots", type=int, help="examples per class, K (default: 1)")
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
                         "(few-shot default: 30, 0 or --full: no limit; navigation: per method, the Reptile "
                         "studies: for the whole study, default none); rerun the same command to continue")
@@ -121,6 +124,15 @@ RL_STUDY = ("Train DRS and the meta-learner (--pair ppo: DRS+PPO vs ProMP; trpo:
             "spaced budgets; evaluate each snapshot after 0..5 policy-gradient updates on meta-test tasks; the "
             "one-sided Welch t-test across seeds gives P(DRS better) per snapshot and update. Writes tradeoff_rl.json, "
             "welch.png and returns.png; resumes where it stopped.")
+
+
+def seed(text: str) -> int:
+    """A seed option: an integer from 0 to 2**63 - 1 (what torch's and numpy's generators both take)."""
+    try:
+        check_seed("seed", value := int(text))
+    except (ValueError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer from 0 to 2**63 - 1") from e
+    return value
 
 
 def csv(kind: type) -> Any:
@@ -159,8 +171,8 @@ def _add_tradeoff_parsers(sub: Any) -> None:
                    help=f"points per task and per half, N (default: {join(tradeoff.DEFAULT_POINTS)})")
     p.add_argument("--datasets", type=int, default=tradeoff.DEFAULT_DATASETS,
                    help=f"datasets drawn per (M, N) cell (default: {tradeoff.DEFAULT_DATASETS})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the datasets (default: 0)")
-    p.add_argument("--rotation-seed", type=int, default=0, help="seed of the rotation V for p > 1 (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the datasets (default: 0)")
+    p.add_argument("--rotation-seed", type=seed, default=0, help="seed of the rotation V for p > 1 (default: 0)")
     p.add_argument("--out", default="results/tradeoff-linreg", help="results folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -265,12 +277,23 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except OSError as e:  # a full or read-only disk, an unwritable folder: the file and the reason, in one line
         where = f" ({e.filename})" if e.filename else ""
-        print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; free space, or "
-              "choose another folder", file=sys.stderr)
+        print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; {os_fix(e)}",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"metagrad {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def os_fix(e: OSError) -> str:
+    """What to do about a failed read or write: the fix its cause calls for."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space, or choose another folder"
+    if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return "a file stands where a folder is needed, or a folder where a file is: choose another path"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "choose a folder you can write to"
+    return "check the path, free space, or choose another folder"
 
 
 def config_overrides(args: argparse.Namespace, cfg: Config | RLConfig) -> dict[str, Any]:
@@ -294,11 +317,12 @@ def resume_hint(args: argparse.Namespace) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import Distributed
-    from .experiment import train
+    from .experiment import saved_config, train
 
-    cfg = load_config(args.config)
+    out = args.out_dir = Path(args.out or Path("runs") / Path(args.config or DEFAULT_CONFIG).stem)
+    own = saved_config(out) if args.resume and args.config is None and out.is_dir() else None
+    cfg = own or load_config(args.config or DEFAULT_CONFIG)
     cfg = cfg.replace(**config_overrides(args, cfg))
-    out = args.out_dir = Path(args.out or Path("runs") / Path(args.config).stem)
     group = Distributed.from_env()  # under torchrun: this process's share of every meta-batch
     finished = False
     try:
@@ -335,6 +359,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     learner, cfg, info = load_run(args.run, args.checkpoint)
     cfg = cfg.replace(**config_overrides(args, cfg))
     path = Path(args.output) if args.output else Path(args.run) / "eval.json"
+    if path.is_dir():
+        raise MetagradError(f"--output {path} is a folder; give a file name, e.g. {path / 'eval.json'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tempfile.TemporaryFile(dir=path.parent).close()  # writable: found before the evaluation's work, not after
     head = f"{args.run} ({args.checkpoint} checkpoint, iteration {info['iteration']})"
@@ -380,8 +406,6 @@ def metarl_request(args: argparse.Namespace) -> tuple[Experiment, list[str], str
     sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
                                    ("compile", "true" if args.compile else None)) if v is not None})
     if args.experiment == "navigation":
-        if args.env is not None:
-            raise MetagradError(f"--env {args.env} is for `reproduce locomotion`; navigation has one environment")
         experiment = navigation.NAVIGATION
     else:
         experiment = locomotion.experiment(args.env or locomotion.ENVS[0])
@@ -389,9 +413,25 @@ def metarl_request(args: argparse.Namespace) -> tuple[Experiment, list[str], str
     return experiment, metarl.parse_methods(args.algo), out, sets
 
 
+def refuse_stray_options(args: argparse.Namespace) -> None:
+    """An option given to an experiment that does not use it is an error, not silently ignored."""
+    from .reproduce import FEWSHOT
+
+    rl, studies = ("navigation", "locomotion"), ("reptile-gradients", "reptile-overlap")
+    scope = {"algo": (*FEWSHOT, *rl), "ways": FEWSHOT, "shots": FEWSHOT, "env": ("locomotion",), "set": rl,
+             "data_root": (*FEWSHOT, *studies), "download": FEWSHOT, "time_budget": (*FEWSHOT, *rl, *studies)}
+    for name, experiments in scope.items():
+        value = getattr(args, name)
+        if value not in (None, [], False) and args.experiment not in experiments:
+            shown = f" {value}" if isinstance(value, str | int | float) and value is not True else ""
+            raise MetagradError(f"--{name.replace('_', '-')}{shown} does not apply to {args.experiment} (it is for "
+                                f"{', '.join(experiments)}); remove it (see `metagrad reproduce --help`)")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import EXPERIMENTS, fewshot, sinusoid
 
+    refuse_stray_options(args)
     if args.iterations is not None and args.iterations < 0:
         raise MetagradError(f"--iterations {args.iterations} must be >= 0")
     if args.jobs < 1 or (args.jobs != 1 and not args.experiment.startswith("reptile-")):
@@ -447,7 +487,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         extra = " (or maml-nonconv, context or anil on omniglot)" if args.experiment == "omniglot" else ""
         raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or "
                             f"reptile{extra}")
-    fewshot.run(args.experiment, algo, args.ways, args.shots, out, full=args.full, iterations=args.iterations,
+    fewshot.run(args.experiment, algo, args.ways or 5, args.shots or 1, out, full=args.full, iterations=args.iterations,
                 time_budget=args.time_budget, overrides=overrides, progress=not args.no_progress)
     return 0
 
@@ -508,12 +548,29 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
     if args.last < 1:
         raise MetagradError(f"--last {args.last}: give 1 or more points")
+    out = figure_path(args.out)
     runs = curves.load_all(args.runs)
     metrics = curves.choose_metrics(runs, args.metric)
-    path = curves.draw(runs, metrics, args.out, window=args.smooth, title=args.title)
+    path = curves.draw(runs, metrics, out, window=args.smooth, title=args.title)
     print(curves.summary(runs, metrics, last=args.last))
     print(f"figure:  {path}")
     return 0
+
+
+def figure_path(out: str) -> Path:
+    """``--out`` of a figure: a file in a format matplotlib writes (PNG when the name has no suffix)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(out)
+    if path.is_dir():
+        raise MetagradError(f"--out {out} is a folder; give a file name, e.g. {path / 'curves.png'}")
+    if not path.suffix:
+        return path.with_suffix(".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise MetagradError(f"--out {out}: matplotlib cannot write '{path.suffix}'; end the name in one of "
+                            f"{', '.join('.' + f for f in sorted(formats))}")
+    return path
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -521,8 +578,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .reproduce import longruns
 
     folder = Path(args.folder)
+    if not folder.is_dir():
+        raise MetagradError(f"{folder} is not a folder of long runs; run `metagrad status` in the repository's root "
+                            "(it reads results/long) or give the folder that holds them")
     text = longruns.index(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "INDEX.md", text)
     print(text)
     print(f"written: {folder / 'INDEX.md'}")

@@ -58,6 +58,12 @@ def stored_config(data: dict[str, Any]) -> Config | RLConfig:
     return RLConfig.from_dict(data)
 
 
+def saved_config(run_dir: str | Path) -> Config | RLConfig | None:
+    """The config a run was trained with (from its last checkpoint), or None where it has none."""
+    last = Path(run_dir) / "last"
+    return stored_config(checkpoint.read_info(last)["config"]) if checkpoint.exists(last) else None
+
+
 def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = False, progress: bool = True,
           **kw: Any) -> tuple[Any, Any]:
     """Meta-train into ``run_dir`` (``config.toml``, ``metrics.jsonl``, ``last``/``best`` checkpoints), or continue
@@ -66,15 +72,16 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
     run_dir = Path(run_dir)
     trainer = make_trainer(cfg, run_dir, progress, **kw)
     changes = None
-    if resume and checkpoint.exists(run_dir / "last"):
-        saved = stored_config(checkpoint.read_info(run_dir / "last")["config"])
+    if resume and (saved := saved_config(run_dir)) is not None:
         if type(saved) is not type(cfg):
             raise CheckpointError(f"{run_dir} holds a {_kind(saved)} run, not a {_kind(cfg)} one; choose another --out")
         changed = cfg.resume_differences(saved)
-        if changed:
-            raise CheckpointError(f"{run_dir} was trained with another config (differs in: {', '.join(changed)});"
-                                  " resume with the same options or choose another --out")
         old, new = saved.to_dict(), cfg.to_dict()
+        if changed:
+            diffs = ", ".join(f"{k} {old[k]!r} in the run, {new[k]!r} given" for k in changed)
+            raise CheckpointError(f"{run_dir} was trained with another config ({diffs}); resume with the run's "
+                                  "own options (`metagrad train --out RUN --resume` takes them from the run) or choose "
+                                  "another --out")
         changes = {k: [old[k], new[k]] for k in new if old[k] != new[k]}
     result = trainer.fit(resume=resume, changes=changes)
     if trainer.writes:

@@ -242,7 +242,9 @@ class RunLoop:
             return "no checkpoint was written yet: start again with a smaller step size"
         it = checkpoint.read_info(self.run_dir / "last")["iteration"]
         return (f"the last checkpoint ({self.run_dir / 'last'}, iteration {it}) holds finite values: continue from "
-                "it with a smaller step size, e.g. the same command with --outer-lr halved and --resume")
+                "it with a smaller step size, e.g. the same command with --outer-lr halved and --resume (if that "
+                "diverges at once, the checkpoint's values are already too far out: start a new run, another --out, "
+                "with the smaller step)")
 
     def _stop_reason(self, session_start: float) -> str | None:
         """"interrupted" (a signal), "time_budget", or None; every process of a group agrees."""

@@ -32,6 +32,12 @@ def opt(default: Any, section: str, help: str) -> Any:
     return field(default=default, metadata={"section": section, "help": help})
 
 
+def check_seed(name: str, value: int) -> None:
+    """A seed that torch's and numpy's generators both take: 0 <= seed < 2**63."""
+    if not 0 <= value < 2**63:
+        raise ConfigError(f"{name} {value} must be an integer from 0 to 2**63 - 1")
+
+
 @dataclass
 class Settings:
     """Base of a run's configuration: a flat dataclass of ``opt`` fields grouped in ``SECTIONS``."""
@@ -45,6 +51,8 @@ class Settings:
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix (subclasses add theirs)."""
         if self.time_budget < 0:
             raise ConfigError(f"time_budget {self.time_budget} must be >= 0 minutes")
+        for name in ("seed", "eval_seed"):
+            check_seed(name, getattr(self, name, 0))
         return self
 
     def check_choices(self, choices: dict[str, tuple[str, ...]]) -> None:
