@@ -149,6 +149,16 @@ def test_resume_without_options_takes_the_runs_own_config(tmp_path, capsys):
     assert "meta_batch_size 3 in the run, 4 given" in err
 
 
+def test_eval_warns_when_the_adapted_models_diverge(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--iterations", "2", "--meta-batch-size", "2", "--out", str(run), "--no-progress"]) == 0
+    assert main(["eval", str(run), "--eval-tasks", "3", "--eval-steps", "1", "--eval-lr", "0.01"]) == 0
+    assert "diverged" not in capsys.readouterr().err
+    assert main(["eval", str(run), "--eval-tasks", "3", "--eval-steps", "1", "--eval-lr", "1e30"]) == 0
+    err = capsys.readouterr().err
+    assert "diverged" in err and "lower --eval-lr" in err
+
+
 def test_no_progress_also_silences_the_data_loaders_bars(tmp_path, capsys, monkeypatch):
     """--no-progress reaches bars the command does not draw itself (Omniglot's decoding, 1623 classes)."""
     from metagrad.tasks.images import _progress

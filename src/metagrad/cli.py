@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import os
 import shlex
 import signal
@@ -386,7 +387,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                "eval": cfg.to_sections()["eval"], "curves": curves}
     path.write_text(json.dumps(payload, indent=1))
     print(f"written: {path}")
+    if not all(math.isfinite(m) for m in _means(curves)):
+        print("metagrad eval: warning: the adapted models diverged (nan or inf above); lower --eval-lr",
+              file=sys.stderr)
     return 0
+
+
+def _means(tree: Any) -> Iterator[float]:
+    """Every mean in a tree of evaluation curves."""
+    if isinstance(tree, dict):
+        yield from tree.get("mean", [])
+        for value in tree.values():
+            yield from _means(value)
 
 
 def _row(curve: dict[str, Any], digits: int) -> str:
