@@ -199,6 +199,12 @@ ROWS = (
     Row("MAML Table 3: Omniglot 5-way 1-shot, the context-vector baseline (appendix C.2)", "60K iterations of 32 "
         "tasks", "omniglot-context", "metagrad reproduce omniglot --algo context --ways 5 --shots 1 --time-budget 110 "
         "--data-root ../shared/data/omniglot --no-progress --out results/long/omniglot-context", 60_000),
+    Row("MAML Table 1: Omniglot 5-way 5-shot, MAML", "60K iterations of 32 tasks", "omniglot-maml-5shot",
+        "metagrad reproduce omniglot --algo maml --ways 5 --shots 5 --time-budget 110 --data-root "
+        "../shared/data/omniglot --no-progress --out results/long/omniglot-maml-5shot", 60_000),
+    Row("MAML Table 1: Omniglot 5-way 5-shot, first-order MAML", "60K iterations of 32 tasks", "omniglot-fomaml-5shot",
+        "metagrad reproduce omniglot --algo fomaml --ways 5 --shots 5 --time-budget 110 --data-root "
+        "../shared/data/omniglot --no-progress --out results/long/omniglot-fomaml-5shot", 60_000),
     Row("ANIL on Omniglot 5-way 1-shot (the ANIL paper reports 20-way only)", "60K iterations of 32 tasks (MAML's)",
         "omniglot-anil", "metagrad reproduce omniglot --algo anil --ways 5 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-anil", 60_000),
