@@ -624,15 +624,17 @@ class MetaLearner(nn.Module):
 
     def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` through ``torch.compile`` when the learner was built with ``compile=True`` (compiled once per
-        function and input shapes), else ``fn`` itself."""
+        function and input shapes), else ``fn`` itself. Shapes stay static: dynamo's cache is per function, so a
+        second model in the process would otherwise recompile with symbolic shapes, where inductor fails on a 3-d
+        convolution's backward (torch 2.13; docs/compatibility_matrix.md once showed it)."""
         if not self.use_compile:
             return fn
         cache = self.__dict__.setdefault("_compiled", {})
         if fn.__name__ not in cache:
             if self.compile_mode == "default" and self._on_cpu():
-                cache[fn.__name__] = torch.compile(fn, options=CPU_COMPILE_OPTIONS)
+                cache[fn.__name__] = torch.compile(fn, dynamic=False, options=CPU_COMPILE_OPTIONS)
             else:
-                cache[fn.__name__] = torch.compile(fn, mode=self.compile_mode)
+                cache[fn.__name__] = torch.compile(fn, dynamic=False, mode=self.compile_mode)
         return cache[fn.__name__]
 
     def write_meta_gradient(self, grads: Meta) -> None:
