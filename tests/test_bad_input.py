@@ -97,6 +97,8 @@ CASES = {
                                                str(t / "r")], ["--set does not apply to sinusoid", "navigation"]),
     "few-shot option on sinusoids": (lambda t: ["reproduce", "sinusoid", "--ways", "20", "--out", str(t / "r")],
                                      ["--ways 20 does not apply to sinusoid", "omniglot"]),
+    "zero ways": (lambda t: ["reproduce", "omniglot", "--ways", "0", "--data-root", str(t), "--out", str(t / "r")],
+                  ["ways 0", ">= 2"]),
     "figure format": (lambda t: ["curves", str(trained(t)), "--out", str(t / "c.xyz")], ["'.xyz'", ".png"]),
     "figure path is a folder": (lambda t: ["curves", str(trained(t)), "--out", str(t)], ["is a folder", "curves.png"]),
     "status of no folder": (lambda t: ["status", str(t / "none")], ["not a folder of long runs", "results/long"]),

@@ -321,7 +321,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .experiment import saved_config, train
 
     out = args.out_dir = Path(args.out or Path("runs") / Path(args.config or DEFAULT_CONFIG).stem)
-    own = saved_config(out) if args.resume and args.config is None and out.is_dir() else None
+    own = saved_config(out) if args.resume and args.config is None else None
     cfg = own or load_config(args.config or DEFAULT_CONFIG)
     cfg = cfg.replace(**config_overrides(args, cfg))
     group = Distributed.from_env()  # under torchrun: this process's share of every meta-batch
@@ -499,7 +499,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         extra = " (or maml-nonconv, context or anil on omniglot)" if args.experiment == "omniglot" else ""
         raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or "
                             f"reptile{extra}")
-    fewshot.run(args.experiment, algo, args.ways or 5, args.shots or 1, out, full=args.full, iterations=args.iterations,
+    ways, shots = 5 if args.ways is None else args.ways, 1 if args.shots is None else args.shots
+    fewshot.run(args.experiment, algo, ways, shots, out, full=args.full, iterations=args.iterations,
                 time_budget=args.time_budget, overrides=overrides, progress=not args.no_progress)
     return 0
 
