@@ -233,3 +233,13 @@ def test_reproduce_compile_reaches_every_trained_method_and_is_refused_where_non
     for study in ("reptile-gradients", "sinusoid-multitask"):
         assert main(["reproduce", study, "--compile", *out]) != 0
         assert "trains with plain autograd" in capsys.readouterr().err
+
+
+def test_train_help_says_which_kind_of_config_an_option_serves(capsys):
+    """Shared options give both defaults where they differ; options a meta-RL config refuses say so."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(built-in default: 2000; meta-RL: 10)" in text  # --checkpoint-every
+    assert "metrics.jsonl (built-in default: 100); supervised configs only" in text  # --log-every
+    assert "--seed INT seed of the initialization and the task sampler (built-in default: 0) " in text

@@ -210,8 +210,11 @@ def test_divergence_names_a_finite_checkpoint_and_resumes_with_a_smaller_step(tm
     resumed = [x for x in log_lines(run) if "resumed_with" in x]
     assert resumed[-1]["iteration"] == 6 and resumed[-1]["resumed_with"]["outer_lr"] == [0.001, 0.0005]
     assert checkpoint.read_info(run / "last")["iteration"] == 24
-    err = cli_error([*args, "--iterations", "2", "--out", str(tmp_path / "early"), "--inner-lr", "1e12"], capsys)
-    assert "no checkpoint was written yet" in err
+    early = [*args, "--iterations", "2", "--out", str(tmp_path / "early")]
+    err = cli_error([*early, "--inner-lr", "1e12"], capsys)  # diverges in its first iteration
+    assert "nothing was learned yet" in err and "--resume" in err
+    assert main([*early, "--resume"]) == 0  # from the starting point the run keeps, with the smaller step
+    assert checkpoint.read_info(tmp_path / "early" / "last")["iteration"] == 2
 
 
 def _finite(tree) -> bool:

@@ -78,6 +78,26 @@ def test_ctrl_c_saves_and_the_resumed_run_matches(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_signal_after_the_final_check_still_stops_the_caller(tmp_path):
+    """Ctrl-C that lands after the last iteration's stop check (handlers still installed) was acknowledged and then
+    lost: the run reported done, and `reproduce` or `tradeoff` went on to their next runs."""
+    cfg = _config(iterations=3)
+    trainer = make_trainer(cfg, tmp_path / "run", progress=False)
+    check, sent = trainer._stop_reason, []
+
+    def check_then_signal(session_start):
+        reason = check(session_start)
+        if trainer.iteration == 3 and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return reason
+
+    trainer._stop_reason = check_then_signal
+    result = trainer.fit()
+    assert sent and result.stopped == "interrupted" and result.iteration == 3
+    again = make_trainer(cfg, tmp_path / "run", progress=False).fit(resume=True)
+    assert again.stopped == "done" and again.iteration == 3
+
+
 def test_divergence_stops_with_a_clear_error(tmp_path):
     cfg = _config(outer_lr=1e6, inner_lr=(10.0,))
     trainer = make_trainer(cfg, tmp_path / "run", progress=False)

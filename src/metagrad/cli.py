@@ -16,6 +16,7 @@ import shlex
 import signal
 import sys
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ def build_parser() -> Parser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     Config.add_arguments(p, SECTIONS)
     RLConfig.add_arguments(p, title="meta-RL [{section}] options (override the config file)")
+    _say_which_kind(p)
 
     p = sub.add_parser("eval", help="adaptation curves of a trained run on held-out tasks",
                        description="Evaluate a run directory: query loss after 0..eval-steps adaptation steps on "
@@ -295,6 +297,19 @@ def os_fix(e: OSError) -> str:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "choose a folder you can write to"
     return "check the path, free space, or choose another folder"
+
+
+def _say_which_kind(parser: argparse.ArgumentParser) -> None:
+    """In ``train --help``, mark the supervised options a meta-RL config refuses, and give the meta-RL default of a
+    shared option where it differs (``--checkpoint-every``: 2000 supervised, 10 meta-RL)."""
+    supervised, rl = {f.name for f in fields(Config)}, {f.name for f in fields(RLConfig)}
+    for action in parser._actions:
+        if action.dest in supervised - rl:
+            action.help += "; supervised configs only"
+        elif action.dest in supervised & rl:
+            theirs = RLConfig.shown_default(action.dest)
+            if theirs != Config.shown_default(action.dest):
+                action.help = action.help[:-1] + f"; meta-RL: {theirs})"
 
 
 def config_overrides(args: argparse.Namespace, cfg: Config | RLConfig) -> dict[str, Any]:

@@ -146,11 +146,14 @@ class RunLoop:
         ``stopped`` one of done, time_budget, interrupted. ``resume``: False (a new run), True (continue the run in
         ``run_dir``, which must have a ``last`` checkpoint) or "auto" (continue it if there is one, else start);
         ``changes``: settings that differ from the checkpoint's, recorded in ``metrics.jsonl`` when resuming."""
-        if self._prepare(resume) and changes:
+        resumed = self._prepare(resume)
+        if resumed and changes:
             self.log({"iteration": self.iteration, "resumed_with": changes})
         start_iteration, session_start = self.iteration, time.perf_counter()
         self._segment = {"start": start_iteration, "clock": session_start, "command": command(), "commit": commit(),
                          "machine": machine()}
+        if not resumed:  # a run's first file: a kill before its first checkpoint leaves a run to resume, not a
+            self.save("last")  # folder that holds only a `best` or a snapshot and refuses every rerun
         stopped = "done"
         bar = self.make_bar()
         with self._signals_save():
@@ -172,6 +175,8 @@ class RunLoop:
                 if reason:
                     stopped = reason
                     break
+        if stopped == "done" and self._stop_reason(session_start) == "interrupted":
+            stopped = "interrupted"  # a signal after the final iteration's check: the caller must stop too
         bar.close()
         if self.run_dir is not None and (stopped != "done" or not checkpoint.exists(self.run_dir / "last")):
             self.save("last")
@@ -229,8 +234,8 @@ class RunLoop:
             raise CheckpointError(f"{self.run_dir} holds a run ({', '.join(saved)}) but no last checkpoint to "
                                   "continue from; choose another --out (or delete the folder to start over)")
         if resume is True:
-            raise CheckpointError(f"nothing to resume in {self.run_dir} (no last checkpoint: the run stopped before "
-                                  "its first one, or never started); drop --resume to start a new run there")
+            raise CheckpointError(f"nothing to resume in {self.run_dir} (no last checkpoint: no run started there); "
+                                  "drop --resume to start a new run there")
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the log of a run that saved nothing
@@ -239,8 +244,11 @@ class RunLoop:
     def _after_divergence(self) -> str:
         """What to do after a diverged step: resume from the last (finite) checkpoint with smaller step sizes."""
         if self.run_dir is None or not checkpoint.exists(self.run_dir / "last"):
-            return "no checkpoint was written yet: start again with a smaller step size"
+            return "start again with a smaller step size"
         it = checkpoint.read_info(self.run_dir / "last")["iteration"]
+        if it == 0:
+            return (f"nothing was learned yet ({self.run_dir / 'last'} holds the starting point): run the same "
+                    "command with a smaller step size and --resume, or start anew with another --out")
         return (f"the last checkpoint ({self.run_dir / 'last'}, iteration {it}) holds finite values: continue from "
                 "it with a smaller step size, e.g. the same command with --outer-lr halved and --resume (if that "
                 "diverges at once, the checkpoint's values are already too far out: start a new run, another --out, "

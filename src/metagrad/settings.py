@@ -150,15 +150,22 @@ class Settings:
                 if f.metadata["section"] != section or _has_flag(parser, f.name):
                     continue
                 flag = "--" + f.name.replace("_", "-")
-                default = f.default if f.default is not MISSING else f.default_factory()
-                shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+                help = f"{f.metadata['help']} (built-in default: {cls.shown_default(f.name)})"
                 if base_type(cls, f) is bool:
                     group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                       help=f"{f.metadata['help']} (built-in default: {str(shown).lower()})")
+                                       help=help)
                 else:
                     metavar = "A,B,..." if is_tuple(cls, f) else base_type(cls, f).__name__.upper()
-                    group.add_argument(flag, dest=f.name, default=None, metavar=metavar,
-                                       help=f"{f.metadata['help']} (built-in default: {shown})")
+                    group.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=help)
+
+    @classmethod
+    def shown_default(cls, name: str) -> str:
+        """A field's built-in default as ``--help`` writes it (tuples comma-separated, booleans lower case)."""
+        f = next(f for f in fields(cls) if f.name == name)
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if isinstance(default, tuple):
+            return ",".join(map(str, default))
+        return str(default).lower() if isinstance(default, bool) else str(default)
 
     @classmethod
     def overrides(cls, args: argparse.Namespace) -> dict[str, Any]:

@@ -61,6 +61,40 @@ def test_resume_continues_the_same_trajectory(tmp_path, outer):
     assert info["best_return"] == pytest.approx(max(json.loads(ln)["return_post"] for ln in lines), abs=1e-4)
 
 
+class _Killed(BaseException):
+    """Stands for kill -9: nothing of the run's own handling runs after it."""
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_to_the_same_run(tmp_path, monkeypatch):
+    """`best` is written in the first iteration, the first periodic `last` only at checkpoint_every: a kill in
+    between must leave a run that a rerun continues (it left a folder that refused every rerun), and the
+    continued run must equal an uninterrupted one."""
+    cfg = _tiny(iterations=4).replace(checkpoint_every=10)
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
+    step = RLTrainer.step
+
+    def dies_in_the_second_iteration(self):
+        if self.iteration == 1:
+            raise _Killed
+        return step(self)
+
+    monkeypatch.setattr(RLTrainer, "step", dies_in_the_second_iteration)
+    learner, opt = build(cfg)
+    with pytest.raises(_Killed):
+        RLTrainer(learner, opt, cfg, tmp_path / "killed", progress=False).fit()
+    assert checkpoint.exists(tmp_path / "killed" / "best")
+    monkeypatch.setattr(RLTrainer, "step", step)
+    learner, opt = build(cfg)
+    assert RLTrainer(learner, opt, cfg, tmp_path / "killed", progress=False).fit(resume="auto").iteration == 4
+    for name in ("last", "best"):
+        a, _ = checkpoint.load(tmp_path / "straight" / name)
+        b, _ = checkpoint.load(tmp_path / "killed" / name)
+        assert all(torch.equal(v, b["learner"][k]) for k, v in a["learner"].items()), name
+    lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("straight", "killed")]
+    assert [json.loads(ln)["return_post"] for ln in lines[0]] == [json.loads(ln)["return_post"] for ln in lines[1]]
+
+
 def test_a_resumed_vpg_run_steps_at_a_lowered_outer_step_with_its_adam_moments(tmp_path):
     """The fall-back remedy of docs/meta-rl.md: resume with ``outer_lr`` lowered; the optimizer steps at the new size
     and keeps its moments (the same run continued at 0.001 and at 0.0001 differ by the step's ratio, not its sign)."""
