@@ -153,7 +153,9 @@ class RunLoop:
         self._segment = {"start": start_iteration, "clock": session_start, "command": command(), "commit": commit(),
                          "machine": machine()}
         if not resumed:  # a run's first file: a kill before its first checkpoint leaves a run to resume, not a
-            self.save("last")  # folder that holds only a `best` or a snapshot and refuses every rerun
+            if self.dist is not None:  # folder that holds only a `best` or a snapshot and refuses every rerun
+                self.dist.any(False)  # every process has looked at the folder before process 0 writes to it
+            self.save("last")
         stopped = "done"
         bar = self.make_bar()
         with self._signals_save():
