@@ -307,9 +307,10 @@ def _say_which_kind(parser: argparse.ArgumentParser) -> None:
         if action.dest in supervised - rl:
             action.help += "; supervised configs only"
         elif action.dest in supervised & rl:
-            theirs = RLConfig.shown_default(action.dest)
-            if theirs != Config.shown_default(action.dest):
-                action.help = action.help[:-1] + f"; meta-RL: {theirs})"
+            ours, theirs = Config.shown_default(action.dest), RLConfig.shown_default(action.dest)
+            if theirs != ours:
+                action.help = action.help.replace(f"(built-in default: {ours})",
+                                                  f"(built-in default: {ours}; meta-RL: {theirs})")
 
 
 def config_overrides(args: argparse.Namespace, cfg: Config | RLConfig) -> dict[str, Any]:

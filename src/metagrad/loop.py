@@ -180,7 +180,7 @@ class RunLoop:
         if stopped == "done" and self._stop_reason(session_start) == "interrupted":
             stopped = "interrupted"  # a signal after the final iteration's check: the caller must stop too
         bar.close()
-        if self.run_dir is not None and (stopped != "done" or not checkpoint.exists(self.run_dir / "last")):
+        if stopped != "done":  # a finished run saved its final iteration in the loop
             self.save("last")
         self.finish(stopped)
         session = time.perf_counter() - session_start
