@@ -5,18 +5,37 @@ can abort it."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether the interrupted code runs inside an import (its own, or one torch's C++ started)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: a KeyboardInterrupt as usual, but inside an import one line and exit code 130 at once. Raised there,
+    it aborts the process when torch's C++ called the interrupted code (pybind11 error_already_set, exit -6, seen in
+    CI), or comes out as another error with a traceback (a RuntimeError from a class being defined, exit 1), or
+    meets a half-imported torch's finalization (exit -2). Nothing is being written during an import."""
+    if _importing(frame):
+        print("metagrad: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+    signal.default_int_handler(signum, frame)
 
 
 def run() -> int:
     """Import the command line and run it; Ctrl-C while importing or reading the options stops quietly."""
-    try:
-        from .cli import main
-    except KeyboardInterrupt:
-        print("metagrad: interrupted", file=sys.stderr, flush=True)
-        # straight out: nothing is open yet, and the finalization of a half-imported torch can meet the interrupt
-        # again and end the process by SIGINT (exit status -2, seen once in three runs with Ctrl-C after 1 s)
-        os._exit(130)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
+        signal.signal(signal.SIGINT, _on_interrupt)
+    from .cli import main
+
     try:
         code = main()
     except KeyboardInterrupt:  # while the options and presets are read, before a command handles its own
