@@ -92,8 +92,11 @@ def test_a_signal_after_the_final_check_still_stops_the_caller(tmp_path):
         return reason
 
     trainer._stop_reason = check_then_signal
+    save, saves = trainer.save, []
+    trainer.save = lambda name, *a, **k: saves.append((name, trainer.iteration)) or save(name, *a, **k)
     result = trainer.fit()
     assert sent and result.stopped == "interrupted" and result.iteration == 3
+    assert saves.count(("last", 3)) == 1  # the final iteration's checkpoint, not written again on the way out
     again = make_trainer(cfg, tmp_path / "run", progress=False).fit(resume=True)
     assert again.stopped == "done" and again.iteration == 3
 

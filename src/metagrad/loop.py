@@ -156,7 +156,7 @@ class RunLoop:
             if self.dist is not None:  # folder that holds only a `best` or a snapshot and refuses every rerun
                 self.dist.any(False)  # every process has looked at the folder before process 0 writes to it
             self.save("last")
-        stopped = "done"
+        stopped, saved_at = "done", self.iteration
         bar = self.make_bar()
         with self._signals_save():
             while self.iteration < self.iterations and not self.budget_reached():
@@ -171,6 +171,7 @@ class RunLoop:
                 self.after_step(metrics, seconds, bar)
                 if self.checkpoint_due():
                     self.save("last")
+                    saved_at = self.iteration
                 if self.on_iteration is not None:
                     self.on_iteration(self, self.iteration, metrics)
                 reason = self._stop_reason(session_start)
@@ -180,7 +181,7 @@ class RunLoop:
         if stopped == "done" and self._stop_reason(session_start) == "interrupted":
             stopped = "interrupted"  # a signal after the final iteration's check: the caller must stop too
         bar.close()
-        if stopped != "done":  # a finished run saved its final iteration in the loop
+        if saved_at != self.iteration:  # a finished run saved its final iteration in the loop
             self.save("last")
         self.finish(stopped)
         session = time.perf_counter() - session_start
