@@ -7,8 +7,8 @@ simulators stepping random actions in a plain loop over the same number of insta
 The raw loop is what the sampler cannot avoid: one ``step`` of each unwrapped simulator per copy (random actions
 drawn in one numpy call per step, fallen robots reset). The sampler adds the policy, action clipping, the task's
 reward and the trajectory tensors; the goal is sampler >= 80% of raw. The raw loop calls gymnasium's ``step``; the
-sampler steps the half-cheetah and swimmer in MuJoCo directly (``metagrad.rl.envs.locomotion.direct_stepper``), so
-there it can pass 100%.
+sampler steps the half-cheetah, swimmer and ant in MuJoCo directly (``direct_stepper`` and ``ant_stepper`` in
+``metagrad.rl.envs.locomotion``), so there it can pass 100%.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"metaworld {meta['metaworld']}. `taskset -c 1 python benchmarks/rl_sampler_speed.py`.", "",
              "- raw: the same number of unwrapped simulators stepping uniform random actions in a plain loop "
              "(an episode that ends is reset and goes on), through gymnasium's `step` (the sampler steps the "
-             "half-cheetah and swimmer in MuJoCo directly, skipping its Python: there it can pass 100%);",
+             "half-cheetah, swimmer and ant in MuJoCo directly, skipping its Python: there it can pass 100%);",
              "- replay: the sampler's own actions replayed through fresh simulators from the same initial states in a "
              "plain loop: exactly the simulator work of the sampled rollout (random actions put a robot in other "
              "states, where a step may cost more or less);",
@@ -163,7 +163,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--envs", default="cheetah-dir,swimmer-vel,hopper-rand-params,ml1-reach")
+    p.add_argument("--envs", default="cheetah-dir,swimmer-vel,ant-vel,hopper-rand-params,ml1-reach")
     p.add_argument("--tasks", type=int, default=10)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--horizon", type=int, default=200)

@@ -37,8 +37,9 @@ track. maml_zoo's (cheetah-rand-vel, swimmer-rand-vel) and the trade-off familie
 observation (ProMP's, up to qvel clipping), as float32.
 
 The half-cheetah and swimmer families (no early end, a reward of x velocity and control cost only) are stepped in
-MuJoCo directly (``direct_stepper``), not through gymnasium's ``step``: the same observations and rewards, to the bit,
-without the Python that builds gymnasium's observation, reward and info on every step of every copy.
+MuJoCo directly (``direct_stepper``), and so are the ant's (``ant_stepper``: its contact cost, survive reward and
+end as well), not through gymnasium's ``step``: the same observations, rewards and ends, to the bit, without the
+Python that builds gymnasium's observation, reward and info on every step of every copy.
 """
 
 from __future__ import annotations
@@ -67,14 +68,15 @@ are included (the torso's subtree centre of mass always follows); whether body p
 (rllab's ``forward``; not for the ant, whose gymnasium velocity is measured from them: its stay at the last substep's
 start, 0.01 s behind)."""
 
-DIRECT_ROBOTS = ("HalfCheetah-v5", "Swimmer-v5")
-"""Robots whose families ``MujocoTaskEnv`` steps through ``direct_stepper``: they never terminate and their
-families' rewards read only the x velocity and the control cost."""
-
 _CHEETAH = {"ctrl_cost_weight": 0.05}
 _RLLAB_CHEETAH = {**_CHEETAH, "frame_skip": 1}
 _ANT = {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward": 0.05}
 _ANT_TERMS = ("reward_ctrl", "reward_contact", "reward_survive")
+
+DIRECT_ROBOTS = {"HalfCheetah-v5": ("reward_ctrl",), "Swimmer-v5": ("reward_ctrl",), "Ant-v5": _ANT_TERMS}
+"""Robots ``MujocoTaskEnv`` steps in MuJoCo directly, with the ``info`` terms their families add there: the half-
+cheetah and swimmer never end and add the control cost only (``direct_stepper``), the ant adds its contact cost and
+survive reward and ends when unhealthy (``ant_stepper``)."""
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,14 @@ def rllab_observer(env: Any, qpos_from: int, contacts: bool, recompute: bool,
 
 
 def gym_observer(env: Any) -> Callable[[Any], np.ndarray]:
-    """gymnasium's own observation of a half-cheetah or swimmer (its ``_get_obs``: the joint positions after the
-    excluded root coordinates, then the velocities), read through views made once."""
+    """gymnasium's own observation of a half-cheetah, swimmer or ant (its ``_get_obs``: the joint positions after
+    the excluded root coordinates, the velocities, and the ant's clipped contact forces after the world body's), read
+    through views made once."""
     qpos, qvel = env.data.qpos[env.observation_structure["skipped_qpos"]:], env.data.qvel
-    return lambda _: np.concatenate((qpos, qvel))
+    if not env.observation_structure.get("cfrc_ext"):
+        return lambda _: np.concatenate((qpos, qvel))
+    cfrc, (low, high) = env.data.cfrc_ext[1:], env._contact_force_range
+    return lambda _: np.concatenate((qpos, qvel, np.clip(cfrc, low, high).ravel()))
 
 
 def direct_stepper(env: Any, observe: Callable[[Any], np.ndarray],
@@ -164,6 +170,35 @@ def direct_stepper(env: Any, observe: Callable[[Any], np.ndarray],
         ctrl[:] = action
         mj_step(model, data, nstep)
         return observe(None), (qpos[0] - x) / dt
+
+    return step
+
+
+def ant_stepper(env: Any, observe: Callable[[Any], np.ndarray],
+                mujoco: Any) -> Callable[[np.ndarray], tuple[np.ndarray, float, float, bool]]:
+    """A function stepping an ant ``env`` with one action as its gymnasium ``step`` does, and returning ``observe``'s
+    observation, the x velocity, the sum of ``_ANT_TERMS`` (its control and contact costs, negated, and the survive
+    reward, added in that order as ``MujocoTaskEnv._record`` adds them) and whether the episode ends.
+
+    gymnasium's velocity is the torso's body position after minus before, over ``dt`` (positions one substep behind
+    the state); its health check reads the joint positions and velocities, its contact cost the contact forces
+    that ``mj_rnePostConstraint`` computes after the substeps."""
+    model, data = env.model, env.data
+    ctrl, qpos, qvel, cfrc = data.ctrl, data.qpos, data.qvel, data.cfrc_ext
+    torso, nstep, dt = data.xpos[env._main_body], env.frame_skip, env.dt
+    (low, high), (min_z, max_z) = env._contact_force_range, env._healthy_z_range
+    ctrl_w, contact_w, healthy_reward = env._ctrl_cost_weight, env._contact_cost_weight, env._healthy_reward
+    terminate = env._terminate_when_unhealthy
+    mj_step, post_constraint = mujoco.mj_step, mujoco.mj_rnePostConstraint
+
+    def step(action: np.ndarray) -> tuple[np.ndarray, float, float, bool]:
+        x = torso[0]
+        ctrl[:] = action
+        mj_step(model, data, nstep)
+        post_constraint(model, data)
+        healthy = bool(np.isfinite(qpos).all() and np.isfinite(qvel).all() and min_z <= qpos[2] <= max_z)
+        costs = -(ctrl_w * np.sum(np.square(action))) - contact_w * np.sum(np.square(np.clip(cfrc, low, high)))
+        return observe(None), (torso[0] - x) / dt, costs + healthy * healthy_reward, terminate and not healthy
 
     return step
 
@@ -218,7 +253,7 @@ class MujocoTaskEnv(CopyTaskEnv):
         self._goal = np.zeros(0)
         self._xv = np.zeros(0)
         self._extra = np.zeros(0)
-        self.direct = self.family.env_id in DIRECT_ROBOTS and self._terms == ("reward_ctrl",)
+        self.direct = DIRECT_ROBOTS.get(self.family.env_id) == self._terms
         self._ctrl_weight = float(getattr(probe, "_ctrl_cost_weight", 0.0))
         self._steppers: list[Callable[[np.ndarray], tuple[np.ndarray, float]]] = []
 
@@ -259,11 +294,13 @@ class MujocoTaskEnv(CopyTaskEnv):
             env._metagrad_observer = rllab_observer(env, *RLLAB_OBS[self.family.env_id], self._mujoco)
         return env._metagrad_observer
 
-    def _stepper(self, env: Any) -> Callable[[np.ndarray], tuple[np.ndarray, float]]:
-        """``env``'s ``direct_stepper`` with the learner's observation (made once per simulator)."""
+    def _stepper(self, env: Any) -> Callable[[np.ndarray], tuple[Any, ...]]:
+        """``env``'s ``direct_stepper`` or ``ant_stepper`` with the learner's observation (made once per
+        simulator)."""
         if not hasattr(env, "_metagrad_step"):
             observe = self._observer(env) or gym_observer(env)
-            env._metagrad_step = direct_stepper(env, observe, self._mujoco)
+            make = ant_stepper if self._terms == _ANT_TERMS else direct_stepper
+            env._metagrad_step = make(env, observe, self._mujoco)
         return env._metagrad_step
 
     def _prepare(self, tasks: Tensor, episodes: int) -> list[Any]:
@@ -283,13 +320,18 @@ class MujocoTaskEnv(CopyTaskEnv):
         return copies
 
     def _simulate(self, act: np.ndarray) -> None:
-        """Direct families: each alive copy through its ``direct_stepper``, then the control cost of all copies,
-        as gymnasium's ``reward_ctrl`` (numpy's row sums equal its per-action sums, to the bit); others: gymnasium's
-        ``step``."""
+        """Direct families: each alive copy through its stepper; the half-cheetah's and swimmer's control cost then
+        for all copies at once, as gymnasium's ``reward_ctrl`` (numpy's row sums equal its per-action sums, to the
+        bit), the ant's terms and ends from its stepper. Others: gymnasium's ``step``."""
         if not self.direct:
             super()._simulate(act)
             return
         obs, xv, steppers = self._obs, self._xv, self._steppers
+        if self._terms == _ANT_TERMS:
+            extra, done = self._extra, self._done
+            for i in self._alive:
+                obs[i], xv[i], extra[i], done[i] = steppers[i](act[i])
+            return
         for i in self._alive:
             obs[i], xv[i] = steppers[i](act[i])
         self._extra = -(self._ctrl_weight * np.sum(np.square(act), axis=1))
