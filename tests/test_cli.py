@@ -243,3 +243,12 @@ def test_train_help_says_which_kind_of_config_an_option_serves(capsys):
     assert "(built-in default: 2000; meta-RL: 10)" in text  # --checkpoint-every
     assert "metrics.jsonl (built-in default: 100); supervised configs only" in text  # --log-every
     assert "--seed INT seed of the initialization and the task sampler (built-in default: 0) " in text
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "reproduce", "tradeoff", "compare", "curves", "status"])
+def test_help_shows_no_escaped_percent_signs(command, capsys):
+    """argparse formats help strings (so they write %%) but not descriptions: an escaped sign there printed as %%."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "%%" not in out and "usage:" in out

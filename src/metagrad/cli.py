@@ -63,7 +63,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("eval", help="adaptation curves of a trained run on held-out tasks",
                        description="Evaluate a run directory: query loss after 0..eval-steps adaptation steps on "
-                       "test tasks, mean ± 95%% CI; writes eval.json into the run directory.")
+                       "test tasks, mean ± 95% CI; writes eval.json into the run directory.")
     p.add_argument("run", help="run directory written by `metagrad train`")
     p.add_argument("--checkpoint", default="last", choices=("last", "best"), help="which checkpoint (default: last)")
     p.add_argument("--output", help="where to write the results (default: RUN/eval.json); e.g. one file per "
