@@ -105,17 +105,17 @@ def test_direct_mujoco_steps_give_gymnasiums_observations_and_rewards_to_the_bit
     gen, ended_early = torch.Generator().manual_seed(1), 0
     for _ in range(2):
         assert torch.equal(direct.reset(tasks, 2), gym.reset(tasks, 2))
-        for t in range(horizon):
+        for step in range(horizon):
             actions = torch.randn(3, 2, direct.action_space.shape[0], generator=gen) * 1.5  # some clipped
             for a, b in zip(direct.step(actions), gym.step(actions), strict=True):
                 assert torch.equal(a, b)
-            ended_early += int(direct._done.sum()) if t < horizon - 1 else 0
+            ended_early += int(direct._done.sum()) if step < horizon - 1 else 0
             alive = ~direct._done
             np.testing.assert_array_equal(direct._xv[alive], gym._xv[alive])
             np.testing.assert_array_equal(direct._extra[alive], gym._extra[alive])
-            for s, t_ in zip(direct._pool[:6], gym._pool[:6], strict=True):
-                np.testing.assert_array_equal(s.data.qpos, t_.data.qpos)
-                np.testing.assert_array_equal(s.data.qvel, t_.data.qvel)
+            for s, t in zip(direct._pool[:6], gym._pool[:6], strict=True):
+                np.testing.assert_array_equal(s.data.qpos, t.data.qpos)
+                np.testing.assert_array_equal(s.data.qvel, t.data.qvel)
     assert ended_early > 0 or not family.startswith("ant")
     assert not MujocoTaskEnv("walker-rand-vel").direct and not MujocoTaskEnv("hopper-rand-params").direct
 

@@ -254,8 +254,9 @@ class MujocoTaskEnv(CopyTaskEnv):
         self._xv = np.zeros(0)
         self._extra = np.zeros(0)
         self.direct = DIRECT_ROBOTS.get(self.family.env_id) == self._terms
+        self._ant = self._terms == _ANT_TERMS  # its stepper gives every term and the end (``ant_stepper``)
         self._ctrl_weight = float(getattr(probe, "_ctrl_cost_weight", 0.0))
-        self._steppers: list[Callable[[np.ndarray], tuple[np.ndarray, float]]] = []
+        self._steppers: list[Callable[[np.ndarray], tuple[Any, ...]]] = []
 
     def _make(self) -> Any:
         return make_simulator(self.family.env_id, **self._env_kwargs)
@@ -299,7 +300,7 @@ class MujocoTaskEnv(CopyTaskEnv):
         simulator)."""
         if not hasattr(env, "_metagrad_step"):
             observe = self._observer(env) or gym_observer(env)
-            make = ant_stepper if self._terms == _ANT_TERMS else direct_stepper
+            make = ant_stepper if self._ant else direct_stepper
             env._metagrad_step = make(env, observe, self._mujoco)
         return env._metagrad_step
 
@@ -327,7 +328,7 @@ class MujocoTaskEnv(CopyTaskEnv):
             super()._simulate(act)
             return
         obs, xv, steppers = self._obs, self._xv, self._steppers
-        if self._terms == _ANT_TERMS:
+        if self._ant:
             extra, done = self._extra, self._done
             for i in self._alive:
                 obs[i], xv[i], extra[i], done[i] = steppers[i](act[i])
