@@ -4,6 +4,9 @@ vmap is exact or refuses; the check itself is what protects (off, vmap is wrong 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -223,3 +226,14 @@ def test_the_model_zoo_uses_the_exact_layer_norm():
         if batching == "auto":
             assert learn.vmapped and learn.vmap_verdict is None
     assert_equal_to(grads["auto"], grads["loop"])
+
+
+def test_the_docs_quote_the_matrix_as_tested():
+    """The generated matrix holds exactly the tested pieces, and every page that counts them gives that count."""
+    root = Path(__file__).resolve().parents[1]
+    rows = (root / "docs/compatibility_matrix.md").read_text().splitlines()
+    matrix = {r.split("|")[1].strip() for r in rows[6:] if r.startswith("| ")}
+    assert matrix == set(PIECES)
+    for page in ("README.md", "docs/api.md", "docs/compatibility.md"):
+        counts = re.findall(r"(\d+) (?:torch\.nn )?pieces", (root / page).read_text())
+        assert counts and all(int(c) == len(PIECES) for c in counts), (page, counts)
