@@ -331,7 +331,7 @@ def test_the_sgmrl_study_runs_its_codes_environments_and_policy(tmp_path):
         assert {k: getattr(cfg, k) for k in expected} == expected, method
     mine = method_config("sgmrl", False, 1, None, {"activation": "relu"}, exp.settings("sgmrl"))
     assert mine.activation == "relu" and mine.action_scale == 0.1
-    assert experiment("ant-dir").method_base == {}  # the SG-MRL code's settings are read for Table 2's families only
+    assert set(experiment("ant-dir").method_base) == {"oracle"}  # the SG-MRL code's: for Table 2's families only
     assert SGMRL_ENVS.keys() == SGMRL_TABLE2.keys()  # the SG-MRL settings for exactly Table 2's families
     for env in ("cheetah-rand-vel", "swimmer-rand-vel"):  # maml_zoo's as they are: their own frame skip (5, 4)
         cfg = method_config("maml-vpg", False, 1, None, {}, experiment(env).settings("maml-vpg"))
@@ -342,6 +342,19 @@ def test_the_sgmrl_study_runs_its_codes_environments_and_policy(tmp_path):
                  "meta_batch_size=2", "--set", "episodes=2", "--set", "horizon=10", "--set", "eval_episodes=2"]) == 0
     stored = json.loads((tmp_path / "results.json").read_text())["methods"]["maml-vpg"]["config"]
     assert {k: stored[k] for k in code} == {k: list(v) if isinstance(v, tuple) else v for k, v in code.items()}
+
+
+def test_the_locomotion_oracle_is_not_fine_tuned():
+    """MAML Figure 5 draws the oracle (goal as input) as a constant line: its test steps are of size 0, as on 2D
+    navigation, while the other methods keep the experiment's step sizes (or tune their own)."""
+    from metagrad.reproduce.locomotion import experiment
+    from metagrad.reproduce.metarl import method_config
+    from metagrad.reproduce.navigation import NAVIGATION
+
+    for exp in (experiment("cheetah-vel"), experiment("cheetah-dir"), experiment("ant-vel"), NAVIGATION):
+        assert method_config("oracle", False, 1, None, {}, exp.settings("oracle")).eval_lr == (0.0,), exp.name
+    maml = method_config("maml-trpo", False, 1, None, {}, experiment("cheetah-vel").settings("maml-trpo"))
+    assert maml.eval_lr == (0.1, 0.05)
 
 
 def test_table2_numbers_stand_beside_the_step_count_a_run_trained_with():

@@ -47,6 +47,9 @@ ENVS = ("cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel", "swimmer-vel", "chee
 # inner step 0.1, KL step 0.02, iteration 100)
 BASE = {"horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02, "eval_steps": 3,
         "eval_episodes": 20, "eval_tasks": 40, "eval_lr": (0.1, 0.05)}
+# the oracle is not fine-tuned (its preset's eval_lr 0, which BASE's would override): MAML Figure 5 draws it as a
+# constant line, its return with the goal as input
+ORACLE = {"eval_lr": (0.0,)}
 
 
 def experiment(env: str) -> Experiment:
@@ -54,7 +57,9 @@ def experiment(env: str) -> Experiment:
     if env not in ENVS:
         raise ConfigError(f"unknown locomotion task family '{env}'; choose one of {', '.join(ENVS)}")
     paper = {"maml": MAML_PAPER.get(env, {}), "sgmrl_table2": SGMRL_TABLE2.get(env, {})}
-    method_base = {m: {**SGMRL_CODE, **SGMRL_ENVS[env]} for m in SGMRL_METHODS} if env in SGMRL_ENVS else {}
+    method_base = {"oracle": ORACLE}
+    if env in SGMRL_ENVS:
+        method_base.update({m: {**SGMRL_CODE, **SGMRL_ENVS[env]} for m in SGMRL_METHODS})
     return Experiment(f"locomotion-{env}", format_table, paper, {**BASE, "env": env}, figures=figures,
                       method_base=method_base)
 
