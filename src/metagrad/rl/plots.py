@@ -59,7 +59,8 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
         steps = range(len(c["mean"]))
         lo = [a - b for a, b in zip(c["mean"], c["ci95"], strict=True)]
         hi = [a + b for a, b in zip(c["mean"], c["ci95"], strict=True)]
-        ax.plot(steps, c["mean"], marker="o", ms=3, label=r["label"], color=COLORS.get(m))
+        ax.plot(steps, c["mean"], marker="o", ms=3, label=r["label"], color=COLORS.get(m),
+                ls="--" if m == "oracle" else "-")  # the oracle dashed, as the paper's Figures 4 and 5
         ax.fill_between(steps, lo, hi, alpha=0.2, color=COLORS.get(m))
         if m in (paper or {}):
             ax.plot(range(len(paper[m])), paper[m], ls=":", marker="o", mfc="none", color=COLORS.get(m),
