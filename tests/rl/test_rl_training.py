@@ -357,6 +357,27 @@ def test_the_locomotion_oracle_is_not_fine_tuned():
     assert maml.eval_lr == (0.1, 0.05)
 
 
+def test_figure5_readings_stand_beside_methods_no_table_gives():
+    """Half-cheetah goal velocity has no table in the MAML paper: its Figure 5 readings print with "~" beside MAML,
+    pretrained and oracle; half-cheetah direction's MAML row keeps Table 5's exact numbers."""
+    from metagrad.reproduce.locomotion import experiment, format_table
+
+    def result(label: str) -> dict:
+        curve = {"mean": [1.0] * 4, "ci95": [0.5] * 4, "tasks": 2, "episodes": 2, "lr": [0.1]}
+        return {"label": label, "iterations": 3, "config": {}, "curve": curve, "seconds_per_iteration": 0}
+
+    methods = {m: result(m.upper()) for m in ("maml-trpo", "pretrained", "oracle", "random")}
+    table = format_table({"experiment": "locomotion-cheetah-vel", "paper": experiment("cheetah-vel").paper,
+                          "methods": methods}).splitlines()
+    read = {line.split("|")[1].strip(): line.split("|")[3:-1] for line in table if "read off" in line}
+    assert read.keys() == {"MAML-TRPO (paper's Figure 5, read off)", "PRETRAINED (paper's Figure 5, read off)",
+                           "ORACLE (paper's Figure 5, read off)"}
+    assert [c.strip() for c in read["MAML-TRPO (paper's Figure 5, read off)"]] == ["~-130", "~-80", "~-75", "~-75"]
+    table = format_table({"experiment": "locomotion-cheetah-dir", "paper": experiment("cheetah-dir").paper,
+                          "methods": {"maml-trpo": result("MAML-TRPO")}})
+    assert "| MAML-TRPO (paper) | | -50.7 | 293.2 | 313.5 | 315.6 |" in table and "read off" not in table
+
+
 def test_table2_numbers_stand_beside_the_step_count_a_run_trained_with():
     """The SG-MRL paper's Table 2 row for n inner steps is printed under k = n, and only for runs trained with n."""
     from metagrad.reproduce.locomotion import SGMRL_TABLE2, format_table

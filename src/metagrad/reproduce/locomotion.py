@@ -19,6 +19,12 @@ from .metarl import Experiment
 # the MAML paper's half-cheetah forward/backward average return after 0..3 steps (appendix, Table 5)
 MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65],
                               "context": [-40.49, -44.08, -38.27, -42.50]}}  # context vector: appendix C.2
+# the MAML paper's Figure 5 where no table gives numbers: the returns after 0..3 steps read off its panels
+# (approximate: from the figure's description in ../shared/papers; printed with "~"); the oracle is a constant line
+FIGURE5 = {"cheetah-vel": {"maml-trpo": [-130, -80, -75, -75], "pretrained": [-160, -135, -130, -130],
+                           "oracle": [-60] * 4},
+           "ant-vel": {"maml-trpo": [0, 95, 100, 100], "pretrained": [-20, 10, 15, 15], "oracle": [115] * 4},
+           "ant-dir": {"maml-trpo": [0, 500, 500, 500], "pretrained": [0] * 4, "oracle": [520] * 4}}
 # the SG-MRL paper's Table 2: mean meta-test return over 4 seeds, per number of inner steps (trained and adapted with
 # that many; string keys, as they come back from results.json); its methods run on its code's environments and
 # policy (SGMRL_CODE, SGMRL_ENVS: the same families)
@@ -56,7 +62,8 @@ def experiment(env: str) -> Experiment:
     """The locomotion experiment on one task family (``cheetah-dir``, ``cheetah-vel``, ``ant-dir``, ...)."""
     if env not in ENVS:
         raise ConfigError(f"unknown locomotion task family '{env}'; choose one of {', '.join(ENVS)}")
-    paper = {"maml": MAML_PAPER.get(env, {}), "sgmrl_table2": SGMRL_TABLE2.get(env, {})}
+    paper = {"maml": MAML_PAPER.get(env, {}), "maml_figure5": FIGURE5.get(env, {}),
+             "sgmrl_table2": SGMRL_TABLE2.get(env, {})}
     method_base = {"oracle": ORACLE}
     if env in SGMRL_ENVS:
         method_base.update({m: {**SGMRL_CODE, **SGMRL_ENVS[env]} for m in SGMRL_METHODS})
@@ -92,6 +99,9 @@ def format_table(results: dict[str, Any]) -> str:
         if reference is not None:
             shown = [f"{v:.1f}" if v is not None else "-" for v in reference] + ["-"] * steps
             lines.append(f"| {r['label']} (paper) | | " + " | ".join(shown[:steps]) + " |")
+        elif m in paper.get("maml_figure5", {}):
+            shown = [f"~{v}" for v in paper["maml_figure5"][m]] + ["-"] * steps
+            lines.append(f"| {r['label']} (paper's Figure 5, read off) | | " + " | ".join(shown[:steps]) + " |")
     lines.append("")
     for r in methods.values():
         c = r["curve"]
