@@ -21,7 +21,8 @@ MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65],
                               "context": [-40.49, -44.08, -38.27, -42.50]}}  # context vector: appendix C.2
 # the MAML paper's Figure 5 where no table gives numbers: the returns after 0..3 steps read off its panels
 # (approximate: from the figure's description in ../shared/papers; printed with "~"); the oracle is a constant line
-FIGURE5 = {"cheetah-vel": {"maml-trpo": [-130, -80, -75, -75], "pretrained": [-160, -135, -130, -130],
+FIGURE5 = {"cheetah-dir": {"oracle": [400] * 4},  # MAML's: Table 5; pretrained and random: only their ends read
+           "cheetah-vel": {"maml-trpo": [-130, -80, -75, -75], "pretrained": [-160, -135, -130, -130],
                            "oracle": [-60] * 4},
            "ant-vel": {"maml-trpo": [0, 95, 100, 100], "pretrained": [-20, 10, 15, 15], "oracle": [115] * 4},
            "ant-dir": {"maml-trpo": [0, 500, 500, 500], "pretrained": [0] * 4, "oracle": [520] * 4}}
