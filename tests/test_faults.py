@@ -124,6 +124,30 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_run(tmp_path):
     assert segments[-1]["end"] == 600 and all(s["end"] > s["start"] for s in segments[:-1])
 
 
+def test_the_same_run_started_twice_stops_the_second_and_spares_the_first(tmp_path, capsys):
+    """A second process on a folder whose run is training (the command started twice) stops with one line that names
+    the folder and the holder, before writing anything; the first trains on; once it is killed (-9: the system
+    drops the lock), the folder resumes."""
+    run, forever = tmp_path / "run", ("--iterations", "100000")
+    first = launch(run, *forever)
+    try:
+        wait_for_iteration(run, 3, first)
+        err = cli_error(["train", "--config", "sinusoid-maml", "--out", str(run), "--resume", *CLI_SMALL,
+                         "--threads", "1", *forever], capsys)
+        assert f"{run} is in use by another metagrad run (process {first.pid}, since" in err and "--out" in err
+        before = checkpoint.read_info(run / "last")["iteration"]
+        with pytest.raises(CheckpointError, match="in use by another metagrad run"):
+            make_trainer(config(iterations=100000), run, progress=False).fit(resume=True)
+        wait_for_iteration(run, before + 2, first)  # the first still trains and saves
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    at = checkpoint.read_info(run / "last")["iteration"]
+    assert make_trainer(config(iterations=at + 2), run, progress=False).fit(resume=True).stopped == "done"
+    assert checkpoint.read_info(run / "last")["iteration"] == at + 2
+
+
 def test_sigterm_saves_and_the_resumed_run_is_the_same(tmp_path):
     straight_run = tmp_path / "straight"
     assert launch(straight_run).wait(timeout=300) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -24,6 +25,11 @@ from tqdm import tqdm
 from . import checkpoint
 from .distributed import Distributed
 from .errors import CheckpointError, TrainingDiverged
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a folder shared by two runs is not detected there
+    fcntl = None  # type: ignore[assignment]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `docker stop` send
 
@@ -55,6 +61,7 @@ class RunLoop:
         self.elapsed = 0.0  # training seconds of the whole run, across resumes
         self._stop_requested = False
         self._segment: dict[str, Any] | None = None  # this session, kept in each checkpoint until it is recorded
+        self._lock: int | None = None  # the open lock file while this process holds the run directory
 
     # ------------------------------------------------------------------ what a trainer supplies
     def step(self) -> dict[str, float]:
@@ -146,6 +153,15 @@ class RunLoop:
         ``stopped`` one of done, time_budget, interrupted. ``resume``: False (a new run), True (continue the run in
         ``run_dir``, which must have a ``last`` checkpoint) or "auto" (continue it if there is one, else start);
         ``changes``: settings that differ from the checkpoint's, recorded in ``metrics.jsonl`` when resuming."""
+        try:
+            return self._run(resume, changes)
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)  # closing drops the lock (so does the process's death, even by kill -9)
+                self._lock = None
+
+    def _run(self, resume: bool | str, changes: dict[str, Any] | None) -> tuple[str, int, float]:
+        """``run`` while this process holds the run directory (taken in ``_prepare``, dropped by ``run``)."""
         resumed = self._prepare(resume)
         if resumed and changes:
             self.log({"iteration": self.iteration, "resumed_with": changes})
@@ -228,6 +244,7 @@ class RunLoop:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
                 raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume to "
                                       "continue it or choose another --out")
+            self._hold()
             self.restore("last")
             self._recover_segment(checkpoint.read_info(self.run_dir / "last"))
             return True
@@ -241,8 +258,28 @@ class RunLoop:
                                   "drop --resume to start a new run there")
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._hold()
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the log of a run that saved nothing
         return False
+
+    def _hold(self) -> None:
+        """Take the run directory for this process before writing to it: the same command started twice (two
+        terminals, a scheduler's retry while the first still runs) stops with one line instead of interleaving two
+        runs' checkpoints and logs. An advisory lock on ``.lock``, which the system drops when the holder dies."""
+        if not self.writes or fcntl is None:
+            return
+        assert self.run_dir is not None
+        fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise CheckpointError(f"{self.run_dir} is in use by another metagrad run ({holder}); wait for it to end "
+                                  "or stop it (Ctrl-C saves), or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        self._lock = fd
 
     def _after_divergence(self) -> str:
         """What to do after a diverged step: resume from the last (finite) checkpoint with smaller step sizes."""
