@@ -146,3 +146,35 @@ def test_a_reader_never_sees_a_checkpoint_that_is_being_replaced(tmp_path):
         reads += 1
     thread.join()
     assert reads > 10
+
+
+MERGER = """
+import sys
+from pathlib import Path
+from metagrad.reproduce.metarl import Experiment, _merge
+path, me = Path(sys.argv[1]), sys.argv[2]
+experiment = Experiment("locomotion-test", table=lambda r: "")
+for i in range(150):
+    _merge(path, f"{me}{i}", {"i": i}, experiment)
+"""
+
+
+def test_two_commands_merging_one_results_file_lose_nothing(tmp_path):
+    """Two reproduction commands (two `--algo` subsets into one --out) adding their methods to results.json at the
+    same moments: every method of both is there, and no temporary file is left."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    path = tmp_path / "results.json"
+    procs = [subprocess.Popen([sys.executable, "-c", MERGER, str(path), me], env=env, stderr=subprocess.PIPE,
+                              text=True) for me in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    methods = json.loads(path.read_text())["methods"]
+    assert set(methods) == {f"{me}{i}" for me in "ab" for i in range(150)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".results.json.lock", "results.json"]

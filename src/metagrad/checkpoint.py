@@ -10,10 +10,13 @@ in one line, never used. ``stem.json`` is a readable copy of ``info`` for people
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -21,6 +24,11 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import CheckpointError
 
@@ -102,11 +110,34 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temporary file, then rename)."""
+    """Write a text file atomically: a temporary file of this writer's own, then a rename (two processes writing
+    the same file at once each rename a whole file; a fixed temporary name let one rename the other's half)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # as a plain write would make it (mkstemp's file is the owner's alone)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold ``path``'s sidecar lock (``.NAME.lock``) for a read-modify-write of a file that several commands update
+    (a results file): one at a time, none loses another's change. Not on Windows (no advisory locks there)."""
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:

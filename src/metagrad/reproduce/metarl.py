@@ -127,11 +127,13 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
 
 
 def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
-    """Add one method's result to ``results.json`` (keeping the others') and write it atomically."""
-    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
-    results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
-    results["methods"][method] = result
-    checkpoint.write_json(path, results)
+    """Add one method's result to ``results.json`` (keeping the others', also those another command adds at the
+    same moment) and write it atomically."""
+    with checkpoint.locked(path):
+        results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
+        results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
+        results["methods"][method] = result
+        checkpoint.write_json(path, results)
     return results
 
 
