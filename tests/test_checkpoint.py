@@ -149,11 +149,14 @@ def test_a_reader_never_sees_a_checkpoint_that_is_being_replaced(tmp_path):
 
 
 MERGER = """
-import sys
+import sys, time
 from pathlib import Path
 from metagrad.reproduce.metarl import Experiment, _merge
-path, me = Path(sys.argv[1]), sys.argv[2]
+path, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 experiment = Experiment("locomotion-test", table=lambda r: "")
+(path.parent / f"ready-{me}").touch()
+while not (path.parent / f"ready-{other}").exists():  # both start merging together, whatever their imports took
+    time.sleep(0.001)
 for i in range(150):
     _merge(path, f"{me}{i}", {"i": i}, experiment)
 """
@@ -170,11 +173,25 @@ def test_two_commands_merging_one_results_file_lose_nothing(tmp_path):
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
     path = tmp_path / "results.json"
-    procs = [subprocess.Popen([sys.executable, "-c", MERGER, str(path), me], env=env, stderr=subprocess.PIPE,
-                              text=True) for me in ("a", "b")]
+    procs = [subprocess.Popen([sys.executable, "-c", MERGER, str(path), me, other], env=env,
+                              stderr=subprocess.PIPE, text=True) for me, other in (("a", "b"), ("b", "a"))]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     methods = json.loads(path.read_text())["methods"]
     assert set(methods) == {f"{me}{i}" for me in "ab" for i in range(150)}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".results.json.lock", "results.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".results.json.lock", "ready-a", "ready-b", "results.json"]
+
+
+def test_atomic_writes_keep_the_file_mode_and_follow_the_umask(tmp_path):
+    """A rewritten file keeps its mode; a new one gets what a plain write would (0o666 less the umask)."""
+    kept = tmp_path / "kept.json"
+    kept.write_text("{}")
+    kept.chmod(0o600)
+    checkpoint.write_json(kept, {"a": 1})
+    assert kept.stat().st_mode & 0o777 == 0o600 and json.loads(kept.read_text()) == {"a": 1}
+    new = tmp_path / "new.json"
+    checkpoint.write_json(new, {})
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert new.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

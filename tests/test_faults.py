@@ -128,7 +128,7 @@ def test_the_same_run_started_twice_stops_the_second_and_spares_the_first(tmp_pa
     """A second process on a folder whose run is training (the command started twice) stops with one line that names
     the folder and the holder, before writing anything; the first trains on; once it is killed (-9: the system
     drops the lock), the folder resumes."""
-    run, forever = tmp_path / "run", ("--iterations", "100000")
+    run, forever = tmp_path / "run", ("--iterations", "100000", "--time-budget", "3")  # bounded if orphaned
     first = launch(run, *forever)
     try:
         wait_for_iteration(run, 3, first)
@@ -138,7 +138,9 @@ def test_the_same_run_started_twice_stops_the_second_and_spares_the_first(tmp_pa
         before = checkpoint.read_info(run / "last")["iteration"]
         with pytest.raises(CheckpointError, match="in use by another metagrad run"):
             make_trainer(config(iterations=100000), run, progress=False).fit(resume=True)
-        wait_for_iteration(run, before + 2, first)  # the first still trains and saves
+        assert checkpoint.lock_note(run / ".lock").startswith(f"process {first.pid},")  # theirs, not overwritten
+        wait_for_iteration(run, before + 2, first)
+        assert checkpoint.read_info(run / "last")["iteration"] >= before + 2  # the first still trains and saves
         assert first.poll() is None
     finally:
         first.kill()
@@ -146,6 +148,44 @@ def test_the_same_run_started_twice_stops_the_second_and_spares_the_first(tmp_pa
     at = checkpoint.read_info(run / "last")["iteration"]
     assert make_trainer(config(iterations=at + 2), run, progress=False).fit(resume=True).stopped == "done"
     assert checkpoint.read_info(run / "last")["iteration"] == at + 2
+
+
+def test_a_run_that_ends_while_another_starts_on_its_folder_is_not_overwritten(tmp_path, monkeypatch):
+    """The folder is taken before it is looked at: a run that finishes in the moment between a new command's start
+    and its lock is seen as a run (kept, the new command refused), not as an empty folder to start in."""
+    from metagrad.loop import RunLoop
+
+    run, real_hold = tmp_path / "run", RunLoop._hold
+
+    def finish_another_run_first(loop):
+        monkeypatch.setattr(RunLoop, "_hold", real_hold)
+        make_trainer(config(iterations=5), run, progress=False).fit()  # the other command, ending just now
+        real_hold(loop)
+
+    monkeypatch.setattr(RunLoop, "_hold", finish_another_run_first)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        make_trainer(config(iterations=5), run, progress=False).fit()
+    assert checkpoint.read_info(run / "last")["iteration"] == 5
+
+
+def test_a_file_system_without_locks_trains_unguarded_with_one_warning(tmp_path, monkeypatch, capsys):
+    """Where flock is not supported (ENOLCK on NFS without lockd, ENOSYS on some cluster file systems) runs still
+    train, resume and merge results, with one line saying the guard is off."""
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(checkpoint, "_UNLOCKED", [])
+    run = tmp_path / "run"
+    make_trainer(config(iterations=3), run, progress=False).fit()
+    assert make_trainer(config(iterations=5), run, progress=False).fit(resume=True).stopped == "done"
+    with checkpoint.locked(tmp_path / "results.json"):
+        pass
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("metagrad: cannot lock")]
+    assert len(warnings) == 1 and "going on without the guard" in warnings[0]
+    assert checkpoint.read_info(run / "last")["iteration"] == 5
 
 
 def test_sigterm_saves_and_the_resumed_run_is_the_same(tmp_path):

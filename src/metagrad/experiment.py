@@ -85,7 +85,7 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
         changes = {k: [old[k], new[k]] for k in new if old[k] != new[k]}
     result = trainer.fit(resume=resume, changes=changes)
     if trainer.writes:
-        (run_dir / "config.toml").write_text(cfg.to_toml())  # the config of the latest session, for reading
+        checkpoint.write_text(run_dir / "config.toml", cfg.to_toml())  # the latest session's config, for reading
     return trainer, result
 
 

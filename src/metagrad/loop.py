@@ -26,11 +26,6 @@ from . import checkpoint
 from .distributed import Distributed
 from .errors import CheckpointError, TrainingDiverged
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; a folder shared by two runs is not detected there
-    fcntl = None  # type: ignore[assignment]
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `docker stop` send
 
 
@@ -233,18 +228,24 @@ class RunLoop:
             _append_segment(self.run_dir, {**segment, "end": info["iteration"]})
 
     def _prepare(self, resume: bool | str) -> bool:
-        """Resume from ``last`` (True when it did), or refuse to overwrite another run or to start one over; create
-        the run directory."""
+        """Take the run directory (``_hold``), then resume from ``last`` (True when it did), or refuse to overwrite
+        another run or to start one over; create the run directory."""
         if self.run_dir is None:
             return False
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise CheckpointError(f"--out {self.run_dir} is a file; give a folder for the run")
+        if resume is True and not self.run_dir.exists():
+            raise self._nothing_to_resume()  # before the folder is made
+        if self.writes:  # held before the checks: a run that finishes meanwhile is not taken for an empty folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._hold()
+            for stale in self.run_dir.glob(".*.tmp"):  # a killed writer's half-written file; nobody else writes here
+                stale.unlink(missing_ok=True)
         if checkpoint.exists(self.run_dir / "last"):
             if not resume:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
                 raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume to "
                                       "continue it or choose another --out")
-            self._hold()
             self.restore("last")
             self._recover_segment(checkpoint.read_info(self.run_dir / "last"))
             return True
@@ -254,32 +255,32 @@ class RunLoop:
             raise CheckpointError(f"{self.run_dir} holds a run ({', '.join(saved)}) but no last checkpoint to "
                                   "continue from; choose another --out (or delete the folder to start over)")
         if resume is True:
-            raise CheckpointError(f"nothing to resume in {self.run_dir} (no last checkpoint: no run started there); "
-                                  "drop --resume to start a new run there")
+            raise self._nothing_to_resume()
         if self.writes:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._hold()
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the log of a run that saved nothing
         return False
+
+    def _nothing_to_resume(self) -> CheckpointError:
+        return CheckpointError(f"nothing to resume in {self.run_dir} (no last checkpoint: no run started there); "
+                               "drop --resume to start a new run there")
 
     def _hold(self) -> None:
         """Take the run directory for this process before writing to it: the same command started twice (two
         terminals, a scheduler's retry while the first still runs) stops with one line instead of interleaving two
-        runs' checkpoints and logs. An advisory lock on ``.lock``, which the system drops when the holder dies."""
-        if not self.writes or fcntl is None:
-            return
+        runs' checkpoints and logs. An advisory lock on ``.lock``, which the system drops when the holder dies; on
+        Windows and on file systems without locks (said once) the run goes on unguarded."""
         assert self.run_dir is not None
-        fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
+        fd = checkpoint.lock(self.run_dir / ".lock", wait=False)
+        if fd is None:
+            return
+        if fd < 0:
+            holder = checkpoint.lock_note(self.run_dir / ".lock") or "another process"
             raise CheckpointError(f"{self.run_dir} is in use by another metagrad run ({holder}); wait for it to end "
-                                  "or stop it (Ctrl-C saves), or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+                                  "or stop it (Ctrl-C saves), or choose another --out")
         self._lock = fd
+        with contextlib.suppress(OSError):  # who holds it, for the message above: a courtesy (a full disk may refuse)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
 
     def _after_divergence(self) -> str:
         """What to do after a diverged step: resume from the last (finite) checkpoint with smaller step sizes."""
