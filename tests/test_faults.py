@@ -19,7 +19,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from conftest import cli_error
-from metagrad import checkpoint
+from metagrad import checkpoint, files
 from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.errors import CheckpointError
@@ -138,7 +138,7 @@ def test_the_same_run_started_twice_stops_the_second_and_spares_the_first(tmp_pa
         before = checkpoint.read_info(run / "last")["iteration"]
         with pytest.raises(CheckpointError, match="in use by another metagrad run"):
             make_trainer(config(iterations=100000), run, progress=False).fit(resume=True)
-        assert checkpoint.lock_note(run / ".lock").startswith(f"process {first.pid},")  # theirs, not overwritten
+        assert files.lock_note(run / ".lock").startswith(f"process {first.pid},")  # theirs, not overwritten
         wait_for_iteration(run, before + 2, first)
         assert checkpoint.read_info(run / "last")["iteration"] >= before + 2  # the first still trains and saves
         assert first.poll() is None
@@ -177,11 +177,11 @@ def test_a_file_system_without_locks_trains_unguarded_with_one_warning(tmp_path,
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    monkeypatch.setattr(checkpoint, "_UNLOCKED", [])
+    monkeypatch.setattr(files, "_UNLOCKED", [])
     run = tmp_path / "run"
     make_trainer(config(iterations=3), run, progress=False).fit()
     assert make_trainer(config(iterations=5), run, progress=False).fit(resume=True).stopped == "done"
-    with checkpoint.locked(tmp_path / "results.json"):
+    with files.locked(tmp_path / "results.json"):
         pass
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("metagrad: cannot lock")]
     assert len(warnings) == 1 and "going on without the guard" in warnings[0]

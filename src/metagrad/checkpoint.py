@@ -10,14 +10,10 @@ in one line, never used. ``stem.json`` is a readable copy of ``info`` for people
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,17 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks
-    fcntl = None  # type: ignore[assignment]
-
+from . import files
 from .errors import CheckpointError
 
 FORMAT = 2
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-_UNLOCKED: list[Path] = []  # said once: this file system keeps no locks
 HEADER_KEY, DIGEST_KEY = "metagrad", "sha256"
 
 
@@ -114,69 +103,8 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically: a temporary file of this writer's own, then a rename (two processes writing
-    the same file at once each rename a whole file; a fixed temporary name let one rename the other's half)."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode & 0o777  # keep the file's mode
-    except OSError:
-        mode = 0o666 & ~_UMASK  # as a plain write would make it (mkstemp's file is the owner's alone)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def lock(path: str | Path, wait: bool = True) -> int | None:
-    """Take the advisory lock of ``path`` (created if missing): its open descriptor, which holds the lock until it
-    is closed or the process dies (kill -9 included); -1 when another process holds it and ``wait`` is False; None
-    where there are no such locks (Windows, some network file systems: said once on stderr), so callers go on
-    unguarded."""
-    if fcntl is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
-    except PermissionError:  # another user's lock file in a shared folder: reading is enough to lock
-        fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
-        return -1
-    except OSError as e:  # ENOLCK, ENOSYS, EOPNOTSUPP: this file system keeps no locks
-        os.close(fd)
-        if not _UNLOCKED:
-            _UNLOCKED.append(path)
-            print(f"metagrad: cannot lock {path} ({e.strerror}); going on without the guard against two commands "
-                  "writing the same folder at once", file=sys.stderr)
-        return None
-    return fd
-
-
-def lock_note(path: str | Path) -> str:
-    """What the holder of ``path``'s lock wrote in it (who it is), or ''."""
-    try:
-        return Path(path).read_text(errors="replace").strip()[:200]
-    except OSError:
-        return ""
-
-
-@contextlib.contextmanager
-def locked(path: str | Path) -> Iterator[None]:
-    """Hold ``path``'s sidecar lock (``.NAME.lock``) for a read-modify-write of a file that several commands update
-    (a results file): one at a time, none loses another's change (see ``lock`` for where there are no locks)."""
-    path = Path(path)
-    fd = lock(path.with_name(f".{path.name}.lock"))
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
+    """Write a text file atomically (``files.replace_atomically``)."""
+    files.replace_atomically(Path(path), lambda f: f.write(text.encode()))
 
 
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, files
 from .distributed import Distributed
 from .errors import CheckpointError, TrainingDiverged
 
@@ -270,11 +270,11 @@ class RunLoop:
         runs' checkpoints and logs. An advisory lock on ``.lock``, which the system drops when the holder dies; on
         Windows and on file systems without locks (said once) the run goes on unguarded."""
         assert self.run_dir is not None
-        fd = checkpoint.lock(self.run_dir / ".lock", wait=False)
+        fd = files.lock(self.run_dir / ".lock", wait=False)
         if fd is None:
             return
         if fd < 0:
-            holder = checkpoint.lock_note(self.run_dir / ".lock") or "another process"
+            holder = files.lock_note(self.run_dir / ".lock") or "another process"
             raise CheckpointError(f"{self.run_dir} is in use by another metagrad run ({holder}); wait for it to end "
                                   "or stop it (Ctrl-C saves), or choose another --out")
         self._lock = fd

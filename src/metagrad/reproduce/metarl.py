@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint
+from .. import checkpoint, files
 from ..distributed import Distributed
 from ..errors import ConfigError
 from ..experiment import continue_run, load_run
@@ -129,7 +129,7 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
 def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
     """Add one method's result to ``results.json`` (keeping the others', also those another command adds at the
     same moment) and write it atomically."""
-    with checkpoint.locked(path):
+    with files.locked(path):
         results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
         results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
         results["methods"][method] = result

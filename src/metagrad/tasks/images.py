@@ -20,7 +20,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
+from ..files import replace_atomically
 from .download import download_omniglot
 
 OMNIGLOT_PARTS = ("images_background", "images_evaluation")
@@ -279,25 +279,11 @@ def _cached(key: str, build: Callable[[], ImageDataset]) -> ImageDataset:
     try:
         array_path.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps({"sha256": _digest(data.images), "names": data.names, "shape": list(data.images.shape)})
-        _replace_atomically(array_path, lambda f: np.save(f, data.images))
-        _replace_atomically(meta_path, lambda f: f.write(meta.encode()))
+        replace_atomically(array_path, lambda f: np.save(f, data.images))
+        replace_atomically(meta_path, lambda f: f.write(meta.encode()))
     except OSError as e:
         print(f"metagrad: could not write the cache {array_path} ({e}); continuing without it", file=sys.stderr)
     return data
-
-
-def _replace_atomically(path: Path, write: Callable) -> None:
-    """Write ``path`` through a temporary file of this writer's own, then rename it into place: two runs building the
-    same cache at once (two jobs started together) each rename a whole file, neither loses the other's."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # as np.save would make it (mkstemp's file is the owner's alone)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _digest(images: np.ndarray) -> str:
