@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A segment of a long paper run (results/long, `metagrad status`) on a lent 16-core machine: the `device` tool's
 # H200 host, Python 3.12 with torch 2.11, numpy, scipy, matplotlib, safetensors and tqdm, but no MuJoCo,
-# gymnasium or Meta-World and no package index. Two steps:
+# gymnasium or Meta-World and no package index. Its verbs:
 #   benchmarks/device_runs.sh prepare [--metaworld | --omniglot]
 #       here: Python 3.12 wheels of MuJoCo and gymnasium (and Meta-World) into .whl/, which git ignores and the
 #       device tool carries (name .whl in `carry`); --omniglot instead zips ../shared/data/omniglot as its two
@@ -9,7 +9,18 @@
 #       for the GPU, --device cuda with PROCS 1)
 #   benchmarks/device_runs.sh check OUT
 #       there, first on a lent GPU: tests/test_device.py (training on the GPU against the CPU, a compiled Conv4
-#       meta-gradient there against the CPU's loop), output in OUT/check.txt; pytest comes from the carried wheels
+#       meta-gradient there against the CPU's loop), output in OUT/check.txt (13 passed on an H200, 2026-12-04)
+#   benchmarks/device_runs.sh rows OUT MINUTES DEADLINE "METAGRAD_ARGS" ["METAGRAD_ARGS"...]
+#       there, on the GPU: each quoted command (with its --out) as its own process side by side, --time-budget
+#       MINUTES each; any still running DEADLINE seconds after the start gets SIGTERM (a checkpoint while training;
+#       evaluation just ends), then all --out folders are packed into OUT/runs.tar.gz. On one H200, three Omniglot
+#       MAML rows this way took 16.5 / 25 / 61 ms per iteration (5-way 1-shot / 5-shot / 20-way), e.g.
+#         benchmarks/device_runs.sh rows "$OUT" 5 465 "reproduce omniglot --algo maml --ways 5 --shots 1 \
+#             --device cuda --compile --data-root .data/omniglot --out results/long/omniglot-maml-1shot" ...
+#   benchmarks/device_runs.sh slim | unslim
+#       here, around a device call: the working tree travels only up to 64 MiB and results/ holds more, so `slim`
+#       takes results/ out of git's index and ignores it (the files stay; carry the row folders the call needs),
+#       `unslim` puts both back as they were
 #   benchmarks/device_runs.sh run PROCS OUT METAGRAD_ARGS...
 #       there: installs the wheels, runs `metagrad METAGRAD_ARGS...` under torchrun with PROCS processes of one
 #       thread each, and packs the run's --out folder into OUT/run.tar.gz (the device tool brings at most 8
@@ -23,6 +34,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+out_folder() {  # the --out of a metagrad command line: the run folder that is resumed and packed
+    local prev="" found=""
+    for arg in "$@"; do
+        if [ "$prev" = "--out" ]; then found=$arg; fi
+        case "$arg" in --out=*) found=${arg#--out=} ;; esac
+        prev=$arg
+    done
+    if [ -z "$found" ]; then
+        echo "$0: give the run's --out folder (the row's own), so that its checkpoint is resumed and packed" >&2
+        exit 2
+    fi
+    echo "$found"
+}
 case "${1:-}" in
 prepare)
     if [ "${2:-}" = "--omniglot" ]; then  # the data the device does not have (../shared does not travel)
@@ -62,21 +86,57 @@ check)
         | tee "$out/check.txt" || status=$?
     exit "$status"
     ;;
+rows)
+    out=${2:?"usage: $0 rows OUT MINUTES DEADLINE ARGS..."}
+    minutes=${3:?"usage: $0 rows OUT MINUTES DEADLINE ARGS..."}
+    deadline=${4:?"usage: $0 rows OUT MINUTES DEADLINE ARGS..."}
+    shift 4
+    export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+    mkdir -p "$out"
+    start=$(date +%s)
+    pids=() dirs=()
+    for spec in "$@"; do
+        read -ra words <<<"$spec"
+        dir=$(out_folder "${words[@]}")
+        log="$out/row${#pids[@]}.log"
+        "$PYTHON" -m metagrad "${words[@]}" --time-budget "$minutes" --no-progress >"$log" 2>&1 &
+        pids+=("$!") dirs+=("$dir")
+        echo "row ${#dirs[@]}: pid $! -> $dir (log $log)"
+    done
+    while [ $(($(date +%s) - start)) -lt "$deadline" ] && kill -0 "${pids[@]}" 2>/dev/null; do sleep 2; done
+    for pid in "${pids[@]}"; do  # kill -0 above is true while any one runs
+        if kill -TERM "$pid" 2>/dev/null; then echo "pid $pid still running at $(($(date +%s) - start)) s: SIGTERM"; fi
+    done
+    for _ in $(seq 30); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 1; done
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null && echo "pid $pid killed after 30 s more"; done
+    status=0
+    for i in "${!pids[@]}"; do
+        rc=0
+        wait "${pids[$i]}" || rc=$?
+        if [ "$rc" -ne 0 ]; then status=$rc; fi
+        echo "row $((i + 1)): exit $rc; $(grep -h "meta-iterations" "$out/row$i.log" || tail -n 1 "$out/row$i.log")"
+    done
+    existing=()
+    for dir in "${dirs[@]}"; do if [ -d "$dir" ]; then existing+=("$dir"); fi; done
+    if [ ${#existing[@]} -gt 0 ]; then tar czf "$out/runs.tar.gz" "${existing[@]}"; fi
+    echo "packed ${#existing[@]} folders into $out/runs.tar.gz after $(($(date +%s) - start)) s"
+    exit "$status"
+    ;;
+slim)
+    grep -qx "/results/" .git/info/exclude 2>/dev/null || echo "/results/" >>.git/info/exclude
+    git rm -r -q --cached results
+    echo "results/ out of git's index and ignored until '$0 unslim'; carry the row folders the call needs"
+    ;;
+unslim)
+    git reset -q -- results
+    sed -i '\|^/results/$|d' .git/info/exclude
+    echo "results/ back in git's index"
+    ;;
 run)
     procs=${2:?"usage: $0 run PROCS OUT METAGRAD_ARGS..."}
     out=${3:?"usage: $0 run PROCS OUT METAGRAD_ARGS..."}
     shift 3
-    run_dir=""
-    prev=""
-    for arg in "$@"; do
-        if [ "$prev" = "--out" ]; then run_dir=$arg; fi
-        case "$arg" in --out=*) run_dir=${arg#--out=} ;; esac
-        prev=$arg
-    done
-    if [ -z "$run_dir" ]; then
-        echo "$0: give the run's --out folder (the row's own), so that its checkpoint is resumed and packed" >&2
-        exit 2
-    fi
+    run_dir=$(out_folder "$@")
     export PYTHONPATH=$PWD/src
     if ! "$PYTHON" -c "import mujoco, gymnasium" 2>/dev/null; then  # the device: install the carried wheels
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -98,7 +158,7 @@ run)
     exit "$status"
     ;;
 *)
-    sed -n '2,20p' "$0"
+    sed -n '2,33p' "$0"
     exit 2
     ;;
 esac
