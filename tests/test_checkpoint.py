@@ -195,3 +195,17 @@ def test_atomic_writes_keep_the_file_mode_and_follow_the_umask(tmp_path):
     plain = tmp_path / "plain.json"
     plain.write_text("{}")
     assert new.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_a_checkpoint_gets_a_plain_files_mode_and_keeps_its_own(tmp_path):
+    """safetensors writes its files for the owner alone (0600); a checkpoint gets what a plain write would, so a
+    run folder shared with a group stays readable to it, and a mode the user gave a checkpoint survives the next
+    save."""
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    checkpoint.save(tmp_path / "last", {"w": torch.zeros(2)}, {"iteration": 1})
+    assert (tmp_path / "last.safetensors").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    (tmp_path / "last.safetensors").chmod(0o640)
+    checkpoint.save(tmp_path / "last", {"w": torch.ones(2)}, {"iteration": 2})
+    assert (tmp_path / "last.safetensors").stat().st_mode & 0o777 == 0o640
+    assert checkpoint.load(tmp_path / "last")[1]["iteration"] == 2

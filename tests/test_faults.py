@@ -168,6 +168,24 @@ def test_a_run_that_ends_while_another_starts_on_its_folder_is_not_overwritten(t
     assert checkpoint.read_info(run / "last")["iteration"] == 5
 
 
+def test_the_sessions_config_is_written_while_the_run_folder_is_held(tmp_path):
+    """``config.toml`` (the latest session's settings) is written under the run's lock, at the session's start:
+    written after the lock was dropped, a second command let in meanwhile could interleave its own with it."""
+    from metagrad.experiment import train
+
+    run, seen = tmp_path / "run", []
+
+    def look(loop, iteration, metrics):
+        if iteration == 1:
+            seen.append((files.lock(run / ".lock", wait=False), (run / "config.toml").read_text()))
+
+    cfg = config(iterations=3)
+    train(cfg, run, progress=False, on_iteration=look)
+    assert seen == [(-1, cfg.to_toml())]  # held by the training session, and the config already there
+    train(cfg.replace(iterations=4, time_budget=9.0), run, resume=True, progress=False)
+    assert "time_budget = 9.0" in (run / "config.toml").read_text()  # each session writes its own
+
+
 def test_a_file_system_without_locks_trains_unguarded_with_one_warning(tmp_path, monkeypatch, capsys):
     """Where flock is not supported (ENOLCK on NFS without lockd, ENOSYS on some cluster file systems) runs still
     train, resume and merge results, with one line saying the guard is off."""

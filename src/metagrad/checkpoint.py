@@ -36,10 +36,11 @@ def save(stem: str | Path, state: Any, info: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, "", tensors)
     header = json.dumps({"format": FORMAT, **info, "state": skeleton})
-    tmp = stem.with_name(stem.name + ".safetensors.tmp")
+    tmp, final = stem.with_name(stem.name + ".safetensors.tmp"), stem.with_suffix(".safetensors")
     save_file(tensors, str(tmp), metadata={HEADER_KEY: header, DIGEST_KEY: _digest(header, tensors)})
+    os.chmod(tmp, files.mode_for(final))  # safetensors writes its files for the owner alone (0600)
     _fsync(tmp)
-    os.replace(tmp, stem.with_suffix(".safetensors"))
+    os.replace(tmp, final)
     _fsync_dir(stem.parent)
     write_json(stem.with_suffix(".json"), {"format": FORMAT, **info})
 

@@ -83,10 +83,8 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
                                   "own options (`metagrad train --out RUN --resume` takes them from the run) or choose "
                                   "another --out")
         changes = {k: [old[k], new[k]] for k in new if old[k] != new[k]}
-    result = trainer.fit(resume=resume, changes=changes)
-    if trainer.writes:
-        checkpoint.write_text(run_dir / "config.toml", cfg.to_toml())  # the latest session's config, for reading
-    return trainer, result
+    trainer.session_files["config.toml"] = cfg.to_toml()  # the latest session's config, for reading
+    return trainer, trainer.fit(resume=resume, changes=changes)
 
 
 def continue_run(cfg: Config | RLConfig, run_dir: str | Path, progress: bool = True, **kw: Any) -> tuple[Any, Any]:

@@ -24,11 +24,8 @@ _UNLOCKED: list[Path] = []  # said once: this file system keeps no locks
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through a temporary file of this writer's own (``write`` fills it), then rename it into place:
     two processes writing the same file at once each rename a whole file, neither renames the other's half. The file
-    keeps its mode, or gets what a plain write would (0o666 less the umask)."""
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o666 & ~_UMASK  # mkstemp's file is the owner's alone
+    keeps its mode, or gets what a plain write would (``mode_for``)."""
+    mode = mode_for(path)  # mkstemp's file is the owner's alone
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -38,6 +35,15 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def mode_for(path: Path) -> int:
+    """The permissions a new version of ``path`` gets: the file's own where it exists, else what a plain write would
+    give (0o666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 def lock(path: str | Path, wait: bool = True) -> int | None:

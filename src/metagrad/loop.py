@@ -57,6 +57,7 @@ class RunLoop:
         self._stop_requested = False
         self._segment: dict[str, Any] | None = None  # this session, kept in each checkpoint until it is recorded
         self._lock: int | None = None  # the open lock file while this process holds the run directory
+        self.session_files: dict[str, str] = {}  # name -> text, written once the run directory is held
 
     # ------------------------------------------------------------------ what a trainer supplies
     def step(self) -> dict[str, float]:
@@ -158,6 +159,9 @@ class RunLoop:
     def _run(self, resume: bool | str, changes: dict[str, Any] | None) -> tuple[str, int, float]:
         """``run`` while this process holds the run directory (taken in ``_prepare``, dropped by ``run``)."""
         resumed = self._prepare(resume)
+        if self.writes and self.run_dir is not None:
+            for name, text in self.session_files.items():  # under the lock: two sessions never interleave them
+                checkpoint.write_text(self.run_dir / name, text)
         if resumed and changes:
             self.log({"iteration": self.iteration, "resumed_with": changes})
         start_iteration, session_start = self.iteration, time.perf_counter()

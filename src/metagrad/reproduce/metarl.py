@@ -146,7 +146,7 @@ def run_method(method: str, cfg: RLConfig, run_dir: Path, progress: bool, fit: R
     t0 = time.perf_counter()
     curve, paths, goals = evaluate(best, cfg, keep_paths=3)
     lr = curve["lr"]
-    torch.save({"paths": paths, "goals": goals}, run_dir / "paths.pt")
+    files.replace_atomically(run_dir / "paths.pt", lambda f: torch.save({"paths": paths, "goals": goals}, f))
     extra = {}
     if method in rllab_methods:  # also as the MAML code measured Table 4 (rllab's sampler: short episodes weigh more)
         extra["curve_rllab"] = rllab_return_curve(best, cfg.eval_tasks, cfg.eval_steps, lr, cfg.eval_seed)
