@@ -106,6 +106,8 @@ def test_reproduce_reaches_anil_with_its_paper_number_at_20_way(tmp_path, capsys
                  "--data-root", str(root), "--out", str(out), "--no-progress"]) == 0
     result = json.loads((out / "omniglot-anil-20w1s.json").read_text())
     assert result["config"]["algo"]["adapt"] == ["classifier"] and result["paper_steps"] == 5
+    algo, train = result["config"]["algo"], result["config"]["train"]  # MAML's 20-way settings, as the ANIL paper
+    assert (algo["inner_steps"], algo["inner_lr"], train["meta_batch_size"]) == (5, [0.1], 16)
     assert result["modes"]["transductive"]["paper"] == [96.2, 0.5]
     assert "96.20 ± 0.50" in capsys.readouterr().out
     assert main(["reproduce", "miniimagenet", "--algo", "anil", "--iterations", "1"]) == 2
