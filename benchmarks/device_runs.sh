@@ -93,15 +93,20 @@ rows)
     shift 4
     export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
     mkdir -p "$out"
+    specs=() dirs=()
+    for spec in "$@"; do  # every command checked before any starts: none is left running unwatched
+        read -ra words -d '' <<<"$spec" || true  # a command quoted over several lines is read whole
+        dirs+=("$(out_folder "${words[@]}")")
+        specs+=("$spec")
+    done
     start=$(date +%s)
-    pids=() dirs=()
-    for spec in "$@"; do
-        read -ra words <<<"$spec"
-        dir=$(out_folder "${words[@]}")
+    pids=()
+    for spec in "${specs[@]}"; do
+        read -ra words -d '' <<<"$spec" || true
         log="$out/row${#pids[@]}.log"
         "$PYTHON" -m metagrad "${words[@]}" --time-budget "$minutes" --no-progress >"$log" 2>&1 &
-        pids+=("$!") dirs+=("$dir")
-        echo "row ${#dirs[@]}: pid $! -> $dir (log $log)"
+        pids+=("$!")
+        echo "row ${#pids[@]}: pid $! -> ${dirs[${#pids[@]} - 1]} (log $log)"
     done
     while [ $(($(date +%s) - start)) -lt "$deadline" ] && kill -0 "${pids[@]}" 2>/dev/null; do sleep 2; done
     for pid in "${pids[@]}"; do  # kill -0 above is true while any one runs
@@ -118,19 +123,48 @@ rows)
     done
     existing=()
     for dir in "${dirs[@]}"; do if [ -d "$dir" ]; then existing+=("$dir"); fi; done
-    if [ ${#existing[@]} -gt 0 ]; then tar czf "$out/runs.tar.gz" "${existing[@]}"; fi
-    echo "packed ${#existing[@]} folders into $out/runs.tar.gz after $(($(date +%s) - start)) s"
+    if [ ${#existing[@]} -gt 0 ]; then
+        tar czf "$out/runs.tar.gz" "${existing[@]}"
+        echo "packed ${#existing[@]} folders into $out/runs.tar.gz after $(($(date +%s) - start)) s"
+    else
+        echo "no run folder to pack (every row failed before writing one)"
+    fi
     exit "$status"
     ;;
 slim)
-    grep -qx "/results/" .git/info/exclude 2>/dev/null || echo "/results/" >>.git/info/exclude
-    git rm -r -q --cached results
-    echo "results/ out of git's index and ignored until '$0 unslim'; carry the row folders the call needs"
+    saved=$(git rev-parse --git-path metagrad-slim)
+    exclude=$(git rev-parse --git-path info/exclude)
+    if [ -e "$saved" ]; then
+        echo "$0: results/ is already out of the index (since commit $(head -n 1 "$saved")); run '$0 unslim' first" >&2
+        exit 2
+    fi
+    mkdir -p "$(dirname "$exclude")" && touch "$exclude"
+    git ls-files -s -z -- results >"$saved.index"  # the index's own entries, staged changes included
+    if grep -qx "/results/" "$exclude"; then line=kept; else line=added; fi
+    git rm -r -q --cached -f results
+    if [ "$line" = added ]; then echo "/results/" >>"$exclude"; fi
+    printf '%s\n%s\n' "$(git rev-parse HEAD)" "$line" >"$saved"
+    echo "results/ out of git's index and ignored until '$0 unslim' (commit nothing meanwhile); carry the row" \
+        "folders the call needs"
     ;;
 unslim)
-    git reset -q -- results
-    sed -i '\|^/results/$|d' .git/info/exclude
-    echo "results/ back in git's index"
+    saved=$(git rev-parse --git-path metagrad-slim)
+    exclude=$(git rev-parse --git-path info/exclude)
+    if [ ! -e "$saved" ]; then
+        echo "$0: nothing to undo: '$0 slim' was not run (or was undone)" >&2
+        exit 2
+    fi
+    then_head=$(sed -n 1p "$saved")
+    if [ "$(git rev-parse HEAD)" != "$then_head" ]; then
+        echo "$0: a commit was made while results/ was out of the index, and it may record results/ as deleted;" \
+            "look at 'git show --stat HEAD', undo it with 'git reset --soft $then_head' if so, then run unslim" >&2
+        exit 2
+    fi
+    git rm -r -q --cached --ignore-unmatch results
+    git update-index -z --index-info <"$saved.index"
+    if [ "$(sed -n 2p "$saved")" = added ]; then sed -i '\|^/results/$|d' "$exclude"; fi
+    rm -f "$saved" "$saved.index"
+    echo "results/ back in git's index as it was"
     ;;
 run)
     procs=${2:?"usage: $0 run PROCS OUT METAGRAD_ARGS..."}
