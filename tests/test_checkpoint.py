@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from metagrad import checkpoint
+from metagrad import checkpoint, files
 from metagrad.errors import CheckpointError
 
 
@@ -209,3 +212,21 @@ def test_a_checkpoint_gets_a_plain_files_mode_and_keeps_its_own(tmp_path):
     checkpoint.save(tmp_path / "last", {"w": torch.ones(2)}, {"iteration": 2})
     assert (tmp_path / "last.safetensors").stat().st_mode & 0o777 == 0o640
     assert checkpoint.load(tmp_path / "last")[1]["iteration"] == 2
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path):
+    """A run folder's start clears the half-written files of writers that were killed (their process is gone), not
+    the one another command is writing right now into the same folder (e.g. an evaluation's paths.pt)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    killed = tmp_path / f".last.json.{gone.pid}.abcd1234.tmp"
+    live = tmp_path / f".paths.pt.{os.getpid()}.efgh5678.tmp"
+    older = tmp_path / ".config.toml.ijkl9012.tmp"  # from before writers named their process
+    for f in (killed, live, older):
+        f.write_text("half")
+    assert sorted(files.remove_stale_temps(tmp_path)) == sorted([killed, older])
+    assert live.exists()
+    seen = []
+    checkpoint.write_text(tmp_path / "x.txt", "")  # a writer's own temporary file carries its process id
+    files.replace_atomically(tmp_path / "y.txt", lambda f: seen.extend(tmp_path.glob(f".y.txt.{os.getpid()}.*.tmp")))
+    assert len(seen) == 1

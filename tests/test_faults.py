@@ -168,6 +168,18 @@ def test_a_run_that_ends_while_another_starts_on_its_folder_is_not_overwritten(t
     assert checkpoint.read_info(run / "last")["iteration"] == 5
 
 
+def test_a_run_folder_taken_again_loses_a_killed_writers_temporary_file_not_a_live_ones(tmp_path):
+    run = tmp_path / "run"
+    make_trainer(config(iterations=2), run, progress=False).fit()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    killed, live = run / f".last.json.{gone.pid}.abcd1234.tmp", run / f".paths.pt.{os.getpid()}.efgh5678.tmp"
+    for f in (killed, live):
+        f.write_text("half")
+    make_trainer(config(iterations=3), run, progress=False).fit(resume=True)
+    assert not killed.exists() and live.exists()
+
+
 def test_the_sessions_config_is_written_while_the_run_folder_is_held(tmp_path):
     """``config.toml`` (the latest session's settings) is written under the run's lock, at the session's start:
     written after the lock was dropped, a second command let in meanwhile could interleave its own with it."""

@@ -26,7 +26,7 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     two processes writing the same file at once each rename a whole file, neither renames the other's half. The file
     keeps its mode, or gets what a plain write would (``mode_for``)."""
     mode = mode_for(path)  # mkstemp's file is the owner's alone
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -44,6 +44,32 @@ def mode_for(path: Path) -> int:
         return path.stat().st_mode & 0o777
     except OSError:
         return 0o666 & ~_UMASK
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files that killed writers of ``replace_atomically`` left in ``folder`` (those whose
+    process is gone; a live writer's, another command's in the same folder, stays); the deleted ones."""
+    removed = []
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.split(".")[-3]  # .NAME.PID.RANDOM.tmp
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine); on Windows, where signal 0 is Ctrl-C, assumed."""
+    if sys.platform == "win32":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's, or a platform that cannot tell: assume it runs
+        return True
+    return True
 
 
 def lock(path: str | Path, wait: bool = True) -> int | None:

@@ -243,8 +243,7 @@ class RunLoop:
         if self.writes:  # held before the checks: a run that finishes meanwhile is not taken for an empty folder
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._hold()
-            for stale in self.run_dir.glob(".*.tmp"):  # a killed writer's half-written file; nobody else writes here
-                stale.unlink(missing_ok=True)
+            files.remove_stale_temps(self.run_dir)  # killed writers' half-written files (a live one's stays)
         if checkpoint.exists(self.run_dir / "last"):
             if not resume:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
