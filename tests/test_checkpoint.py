@@ -214,19 +214,43 @@ def test_a_checkpoint_gets_a_plain_files_mode_and_keeps_its_own(tmp_path):
     assert checkpoint.load(tmp_path / "last")[1]["iteration"] == 2
 
 
+HOLD = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); " \
+       "print('ready', flush=True); time.sleep(120)"
+
+
+def hold_lock(path) -> subprocess.Popen:
+    """Another process writing ``path``, as ``files.replace_atomically`` does: it holds the file's lock."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    return holder
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks")
 def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path):
-    """A run folder's start clears the half-written files of writers that were killed (their process is gone), not
-    the one another command is writing right now into the same folder (e.g. an evaluation's paths.pt)."""
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    killed = tmp_path / f".last.json.{gone.pid}.abcd1234.tmp"
-    live = tmp_path / f".paths.pt.{os.getpid()}.efgh5678.tmp"
-    older = tmp_path / ".config.toml.ijkl9012.tmp"  # from before writers named their process
-    for f in (killed, live, older):
+    """A run folder's start clears the half-written files of writers that were killed, not the one another command
+    is writing right now into the same folder (e.g. an evaluation's paths.pt), nor one too young to tell."""
+    killed, live, young = (tmp_path / f".{name}.abcd1234.tmp" for name in ("last.json", "paths.pt", "config.toml"))
+    for f in (killed, live, young):
         f.write_text("half")
-    assert sorted(files.remove_stale_temps(tmp_path)) == sorted([killed, older])
-    assert live.exists()
-    seen = []
-    checkpoint.write_text(tmp_path / "x.txt", "")  # a writer's own temporary file carries its process id
-    files.replace_atomically(tmp_path / "y.txt", lambda f: seen.extend(tmp_path.glob(f".y.txt.{os.getpid()}.*.tmp")))
-    assert len(seen) == 1
+    for f in (killed, live):
+        os.utime(f, (f.stat().st_atime - 600, f.stat().st_mtime - 600))
+    holder = hold_lock(live)
+    try:
+        assert files.remove_stale_temps(tmp_path) == [killed]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert live.exists() and young.exists()
+    assert files.remove_stale_temps(tmp_path) == [live]  # its writer gone: it goes too
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks")
+def test_a_writer_holds_its_temporary_file_until_it_is_in_place(tmp_path):
+    held = []
+
+    def write(f):
+        f.write(b"x")
+        held.extend(files._being_written(t) for t in tmp_path.glob(".y.txt.*.tmp"))
+
+    files.replace_atomically(tmp_path / "y.txt", write)
+    assert held == [True] and (tmp_path / "y.txt").read_bytes() == b"x" and not list(tmp_path.glob(".*.tmp"))

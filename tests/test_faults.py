@@ -168,15 +168,22 @@ def test_a_run_that_ends_while_another_starts_on_its_folder_is_not_overwritten(t
     assert checkpoint.read_info(run / "last")["iteration"] == 5
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks")
 def test_a_run_folder_taken_again_loses_a_killed_writers_temporary_file_not_a_live_ones(tmp_path):
+    from test_checkpoint import hold_lock
+
     run = tmp_path / "run"
     make_trainer(config(iterations=2), run, progress=False).fit()
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    killed, live = run / f".last.json.{gone.pid}.abcd1234.tmp", run / f".paths.pt.{os.getpid()}.efgh5678.tmp"
+    killed, live = run / ".last.json.abcd1234.tmp", run / ".paths.pt.efgh5678.tmp"
     for f in (killed, live):
         f.write_text("half")
-    make_trainer(config(iterations=3), run, progress=False).fit(resume=True)
+        os.utime(f, (time.time() - 600, time.time() - 600))
+    holder = hold_lock(live)  # another command writing its paths.pt into the folder
+    try:
+        make_trainer(config(iterations=3), run, progress=False).fit(resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
     assert not killed.exists() and live.exists()
 
 

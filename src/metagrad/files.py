@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -24,14 +25,22 @@ _UNLOCKED: list[Path] = []  # said once: this file system keeps no locks
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through a temporary file of this writer's own (``write`` fills it), then rename it into place:
     two processes writing the same file at once each rename a whole file, neither renames the other's half. The file
-    keeps its mode, or gets what a plain write would (``mode_for``)."""
+    keeps its mode, or gets what a plain write would (``mode_for``). The writer holds an advisory lock on its
+    temporary file until it is renamed, so ``remove_stale_temps`` leaves it alone."""
     mode = mode_for(path)  # mkstemp's file is the owner's alone
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # a file system without locks: unguarded, as `lock` says
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+            f.flush()
+            os.chmod(tmp, mode)
+            if sys.platform != "win32":  # renamed while still open and locked (Windows cannot rename an open file)
+                os.replace(tmp, path)
+        if sys.platform == "win32":
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -46,30 +55,38 @@ def mode_for(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporary files that killed writers of ``replace_atomically`` left in ``folder`` (those whose
-    process is gone; a live writer's, another command's in the same folder, stays); the deleted ones."""
+def remove_stale_temps(folder: Path, min_age: float = 60.0) -> list[Path]:
+    """Delete the temporary files that killed writers of ``replace_atomically`` left in ``folder``; the deleted
+    ones. A file whose writer still holds its lock (another command writing into the same folder, on this machine or
+    another sharing the folder) stays, and so does one younger than ``min_age`` seconds (its writer may not have
+    taken the lock yet)."""
     removed = []
     for tmp in folder.glob(".*.tmp"):
-        pid = tmp.name.split(".")[-3]  # .NAME.PID.RANDOM.tmp
-        if pid.isdigit() and _alive(int(pid)):
+        try:
+            if time.time() - tmp.stat().st_mtime < min_age or _being_written(tmp):
+                continue
+        except FileNotFoundError:  # renamed or removed meanwhile
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this id runs (on this machine); on Windows, where signal 0 is Ctrl-C, assumed."""
-    if sys.platform == "win32":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _being_written(path: Path) -> bool:
+    """Whether a live writer holds the lock on ``path`` (False where locks are not kept: Windows, some network file
+    systems)."""
+    if fcntl is None:
         return False
-    except (PermissionError, OSError):  # another user's, or a platform that cannot tell: assume it runs
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    except OSError:  # no locks on this file system
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def lock(path: str | Path, wait: bool = True) -> int | None:
