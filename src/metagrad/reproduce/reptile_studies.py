@@ -311,7 +311,8 @@ def gradients_figure(r: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("inner-gradient combinations (5-shot 5-way Omniglot)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # a study stopped before its first test has no lines yet
+        ax.legend(fontsize=8, ncol=2)
     return _save(fig, path)
 
 
@@ -465,7 +466,8 @@ def overlap_figure(r: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Figure {panel}")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7)
     return _save(fig, path)
 
 
