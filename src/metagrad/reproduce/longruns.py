@@ -86,11 +86,13 @@ ROWS = (
         "results/long/locomotion-cheetah-vel", 500, runs=3),
     Row("MAML Fig. 5: ant goal velocity, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
         "locomotion-ant-vel", "metagrad reproduce locomotion --env ant-vel --algo maml-trpo,pretrained,oracle,random "
-        "--iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --out "
+        "--iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true "
+        "--out "
         "results/long/locomotion-ant-vel", 500, runs=3),
     Row("MAML Fig. 5: ant direction, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
         "locomotion-ant-dir", "metagrad reproduce locomotion --env ant-dir --algo maml-trpo,pretrained,oracle,random "
-        "--iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --out "
+        "--iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true "
+        "--out "
         "results/long/locomotion-ant-dir", 500, runs=3),
     Row("SG-MRL Table 2: half-cheetah direction on its code's environment and policy (gym's half-cheetah, 5 "
         "simulator steps per action; actions scaled by 0.1 as its normalize(), initial std 1 in those units; tanh "

@@ -31,7 +31,7 @@ class RLConfig(Settings):
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",
                                                           "step_budget", "snapshot_steps", "outer_lr", "inner_lr",
-                                                          "max_kl", "compile", "outer_lr_schedule",
+                                                          "max_kl", "compile", "pack_episodes", "outer_lr_schedule",
                                                           "outer_lr_patience", "outer_lr_factor",
                                                           "outer_lr_growth", "outer_lr_window", "outer_lr_warmup"})
 
@@ -92,6 +92,9 @@ class RLConfig(Settings):
     curvature_chunk: int = opt(4, "algo", "TRPO with compile=True: tasks per compiled curvature product, summed "
                                "over the chunks (their activations stay in the caches: 1.2-1.3x faster products "
                                "than all at once, benchmarks/curvature_chunks.py; 0: all tasks at once)")
+    pack_episodes: bool = opt(False, "algo", "the update on each task's valid steps alone: the same losses, fewer "
+                              "slots where episodes end early (the ant's batches are 80% padding); not with SG-MRL "
+                              "or hvp_subsample < 1")
     score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "
                               "mean return; still unbiased)")
     emaml_weight: float = opt(1.0, "algo", "E-MAML: weight of the exploration term")

@@ -41,7 +41,7 @@ from ..inner import SGD
 from . import outer
 from .envs.base import TaskEnv
 from .policy import Policy
-from .sampler import Trajectories, adaptation_episodes, policy_dist, process
+from .sampler import Trajectories, adaptation_episodes, pack, policy_dist, process
 
 ALGOS = ("maml", "fomaml", "sgmrl", "sgmrl-fo", "emaml", "promp", "joint")
 OUTERS = ("trpo", "vpg", "ppo")
@@ -77,6 +77,8 @@ class MetaRL(nn.Module):
         compile: TRPO's curvature products (``exact``) through ``torch.compile``: about a minute once per batch
             shape, then each conjugate-gradient product 2-3x faster (the elementwise passes of the double backward
             fused; half-cheetah, ``benchmarks/cheetah_speed.py``).
+        pack_episodes: the update on each task's valid steps alone (``sampler.pack``: the same losses, fewer
+            slots where episodes end early); not with SG-MRL or ``hvp_subsample`` < 1, which read episodes.
     """
 
     def __init__(self, policy: Policy, env: TaskEnv, algo: str = "maml", outer: str = "trpo",
@@ -88,7 +90,7 @@ class MetaRL(nn.Module):
                  score_baseline: str = "none",
                  emaml_weight: float = 1.0, ppo_epochs: int = 5, ppo_clip: float = 0.3,
                  inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] = (),
-                 compile: bool = False):
+                 compile: bool = False, pack_episodes: bool = False):
         super().__init__()
         for name, value, allowed in (("algo", algo, ALGOS), ("outer", outer, OUTERS), ("hvp", hvp, HVPS),
                                      ("score_baseline", score_baseline, SCORE_BASELINES),
@@ -121,6 +123,7 @@ class MetaRL(nn.Module):
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
         self.use_compile = bool(compile)
+        self.pack_episodes = bool(pack_episodes) and algo not in ("sgmrl", "sgmrl-fo") and hvp_subsample == 1
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
         self.register_buffer("inner_kl_coefs", torch.full((self.inner_steps,), float(inner_kl_coef)))
@@ -273,6 +276,8 @@ class MetaRL(nn.Module):
                optimizer: torch.optim.Optimizer | None = None, share: Share | None = None) -> dict[str, float]:
         """Form the meta-gradient and take the outer step (``outer.step``: TRPO in place, or ``optimizer.step()``
         for VPG and PPO); ``share``: this process's part of the meta-batch under ``torchrun``."""
+        if self.pack_episodes:
+            trajs, out = pack(trajs, out)
         return outer.step(self, trajs, out, optimizer, share)
 
     def meta_step(self, tasks: Tensor, generator: torch.Generator | None = None,

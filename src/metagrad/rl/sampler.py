@@ -3,6 +3,7 @@ parameters (after adaptation) or shared ones (the meta-parameters); then returns
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -84,6 +85,39 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
     zeros = torch.zeros_like(out["rewards"])
     log_prob = policy.log_prob(out["dist"], out["actions"]) * out["mask"]
     return Trajectories(out["obs"], out["actions"], out["rewards"], out["mask"], out["dist"], log_prob, zeros, zeros)
+
+
+def pack(trajs: Sequence[Trajectories], out: Trajectories,
+         buckets: int = 8) -> tuple[list[Trajectories], Trajectories]:
+    """The same batches with each task's valid steps first, in one row: ``[T, 1, L, ...]`` instead of
+    ``[T, K, H, ...]``. Episodes that end early leave most slots of a batch masked (the ant's: 80%), and the update
+    costs per slot. ``L``, shared by all the batches, is the largest task's valid steps rounded up to a multiple of
+    ``K H / buckets`` (a few shapes, each compiled once). The advantages are scaled by ``L / (K H)``: the losses
+    normalize by the layout's slots per task (``K H``; every loss is linear in the advantages), so every loss,
+    gradient and curvature product is unchanged. Not for what reads episodes (SG-MRL's score, ``hvp_subsample``)."""
+    batches = [*trajs, out]
+    k, h = out.mask.shape[1:3]
+    if any(b.mask.shape[1:3] != (k, h) for b in batches):
+        return list(trajs), out
+    step = -(-k * h // buckets)
+    longest = max(int(b.mask.flatten(1).sum(1).max()) for b in batches)
+    length = min(k * h, -(-max(longest, 1) // step) * step)
+    if length >= k * h:
+        return list(trajs), out
+
+    def one(b: Trajectories) -> Trajectories:
+        t = b.mask.shape[0]
+        order = torch.argsort((b.mask.reshape(t, k * h) == 0).to(torch.uint8), dim=1, stable=True)[:, :length]
+
+        def take(x: Tensor) -> Tensor:
+            flat = x.reshape(t, k * h, *x.shape[3:])
+            index = order.view(t, length, *[1] * (flat.dim() - 2)).expand(t, length, *flat.shape[2:])
+            return flat.gather(1, index).unsqueeze(1)
+
+        packed = Trajectories(*(take(f) for f in b))
+        return packed._replace(advantages=packed.advantages * (length / (k * h)))
+
+    return [one(b) for b in trajs], one(out)
 
 
 def process(traj: Trajectories, gamma: float = 0.99, gae_lambda: float = 1.0, baseline: str = "linear",

@@ -1,0 +1,88 @@
+"""``pack_episodes``: the update on each task's valid steps alone gives the padded layout's losses, meta-gradient,
+curvature products and outer step (float64), on every algorithm it serves; SG-MRL and subsampled curvature, which
+read whole episodes, keep the padded layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metagrad.rl.envs import Navigation2D
+from metagrad.rl.metarl import MetaRL
+from metagrad.rl.policy import make_policy
+from metagrad.rl.sampler import Trajectories, pack, policy_dist
+
+T, K, H = 3, 4, 6
+
+
+def _learner(algo: str, outer: str, **kw) -> MetaRL:
+    torch.manual_seed(0)
+    env = Navigation2D()
+    policy = make_policy(env.action_space, env.obs_dim, hidden=(8, 8)).double()
+    return MetaRL(policy, env, algo=algo, outer=outer, inner_lr=0.1, episodes=K, **kw)
+
+
+def _batch(learner: MetaRL, seed: int, lengths: torch.Tensor) -> Trajectories:
+    """Episodes of the given lengths (``[T, K]``), sampled by the learner's policy: the old distribution is its own."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = (torch.arange(H) < lengths[..., None]).double()
+    obs = torch.randn(T, K, H, 2, generator=gen, dtype=torch.float64)
+    dist = policy_dist(learner.policy, learner.meta_params(), obs, False)
+    actions = torch.randn(T, K, H, 2, generator=gen, dtype=torch.float64)
+    log_prob = learner.policy.log_prob(dist, actions) * mask
+    rewards = torch.randn(T, K, H, generator=gen, dtype=torch.float64) * mask
+    adv = torch.randn(T, K, H, generator=gen, dtype=torch.float64) * mask
+    return Trajectories(obs, actions, rewards, mask, dist.detach(), log_prob.detach(), rewards.cumsum(-1), adv)
+
+
+def _batches(learner: MetaRL) -> tuple[list[Trajectories], Trajectories]:
+    gen = torch.Generator().manual_seed(1)
+    lengths = [torch.randint(1, H // 2 + 1, (T, K), generator=gen) for _ in range(2)]  # every episode ends early
+    lengths[1][0, 0] = H // 2  # the longest task's count sets L
+    return [_batch(learner, 2, lengths[0])], _batch(learner, 3, lengths[1])
+
+
+def test_pack_keeps_every_valid_step_once_in_a_shorter_row():
+    learner = _learner("maml", "trpo")
+    trajs, out = _batches(learner)
+    (packed_in,), packed = pack(trajs, out)
+    assert packed.mask.shape[:2] == (T, 1) and packed.mask.shape[2] < K * H
+    for a, b in ((trajs[0], packed_in), (out, packed)):
+        assert torch.equal(b.mask.sum((1, 2)), a.mask.sum((1, 2)))
+        valid = a.mask.bool()
+        for t in range(T):
+            kept = b.mask[t, 0].bool()
+            assert torch.equal(b.obs[t, 0][kept], a.obs[t][valid[t]])  # in order, episode after episode
+    assert pack(trajs, out._replace(mask=torch.ones(T, K, H, dtype=torch.float64)))[1] is not None
+
+
+@pytest.mark.parametrize(("algo", "outer"), [("maml", "trpo"), ("fomaml", "trpo"), ("emaml", "trpo"),
+                                             ("promp", "ppo"), ("maml", "vpg"), ("joint", "trpo")])
+def test_packed_update_equals_the_padded_one(algo, outer):
+    learner = _learner(algo, outer)
+    trajs, out = _batches(learner)
+    ptrajs, pout = pack(trajs, out)
+    theta = learner.meta_params()
+    for fn in (learner.objective, learner.kl):
+        torch.testing.assert_close(fn(theta, ptrajs, pout), fn(theta, trajs, out), rtol=1e-10, atol=1e-12)
+    if outer == "trpo":
+        g, pg = learner.meta_gradient(trajs, out), learner.meta_gradient(ptrajs, pout)
+        for k in g:
+            torch.testing.assert_close(pg[k], g[k], rtol=1e-10, atol=1e-12)
+        v = torch.randn(sum(p.numel() for p in theta.values()), dtype=torch.float64)
+        torch.testing.assert_close(learner.kl_hvp(ptrajs, pout)(v), learner.kl_hvp(trajs, out)(v), rtol=1e-9,
+                                   atol=1e-12)
+    after = {}
+    for packed in (False, True):
+        learner = _learner(algo, outer, pack_episodes=packed)
+        optimizer = torch.optim.Adam(learner.policy.parameters(), lr=1e-2) if outer != "trpo" else None
+        learner.update(*_batches(learner), optimizer)
+        after[packed] = {k: v.detach().clone() for k, v in learner.policy.named_parameters()}
+    for k in after[False]:
+        torch.testing.assert_close(after[True][k], after[False][k], rtol=1e-8, atol=1e-10)
+        assert not torch.equal(after[True][k], _learner(algo, outer).policy.state_dict()[k]) or algo == "joint"
+
+
+@pytest.mark.parametrize("kw", [{"algo": "sgmrl"}, {"algo": "maml", "hvp_subsample": 0.5}])
+def test_what_reads_whole_episodes_keeps_the_padded_layout(kw):
+    assert not _learner(outer="trpo", pack_episodes=True, **kw).pack_episodes
