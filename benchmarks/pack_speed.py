@@ -32,6 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     learner, cfg, info = load_run(args.run, "last")
+    if not learner.packable:
+        raise SystemExit(f"pack_speed: {args.run} ({cfg.algo}, hvp_subsample {cfg.hvp_subsample}) reads whole "
+                         "episodes; pack_episodes does not apply to it")
     learner.use_compile = args.compile
     state = {k: t.clone() for k, t in learner.state_dict().items()}
     tasks = learner.env.sample_tasks(cfg.meta_batch_size, torch.Generator().manual_seed(0))

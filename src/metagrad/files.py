@@ -32,7 +32,7 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     try:
         if fcntl is not None:
             with contextlib.suppress(OSError):  # a file system without locks: unguarded, as `lock` says
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock(fd, wait=False)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -79,14 +79,21 @@ def _being_written(path: Path) -> bool:
         return False
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        return not _flock(fd, wait=False)
     except OSError:  # no locks on this file system
         return False
     finally:
         os.close(fd)
-    return False
+
+
+def _flock(fd: int, wait: bool) -> bool:
+    """Take the exclusive advisory lock of the open ``fd``: False when another process holds it and ``wait`` is
+    False; OSError where the file system keeps no locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
 
 
 def lock(path: str | Path, wait: bool = True) -> int | None:
@@ -101,10 +108,9 @@ def lock(path: str | Path, wait: bool = True) -> int | None:
     except PermissionError:  # another user's lock file in a shared folder: reading is enough to lock
         fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
-        return -1
+        if not _flock(fd, wait):
+            os.close(fd)
+            return -1
     except OSError as e:  # ENOLCK, ENOSYS, EOPNOTSUPP: this file system keeps no locks
         os.close(fd)
         if not _UNLOCKED:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metagrad.errors import ConfigError
 from metagrad.rl.envs import Navigation2D
 from metagrad.rl.metarl import MetaRL
 from metagrad.rl.policy import make_policy
@@ -84,5 +85,7 @@ def test_packed_update_equals_the_padded_one(algo, outer):
 
 
 @pytest.mark.parametrize("kw", [{"algo": "sgmrl"}, {"algo": "maml", "hvp_subsample": 0.5}])
-def test_what_reads_whole_episodes_keeps_the_padded_layout(kw):
-    assert not _learner(outer="trpo", pack_episodes=True, **kw).pack_episodes
+def test_packing_what_reads_whole_episodes_is_refused(kw):
+    with pytest.raises(ConfigError, match="pack_episodes=false"):
+        _learner(outer="trpo", pack_episodes=True, **kw)
+    assert not _learner(outer="trpo", **kw).packable

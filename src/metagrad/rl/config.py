@@ -93,8 +93,8 @@ class RLConfig(Settings):
                                "over the chunks (their activations stay in the caches: 1.2-1.3x faster products "
                                "than all at once, benchmarks/curvature_chunks.py; 0: all tasks at once)")
     pack_episodes: bool = opt(False, "algo", "the update on each task's valid steps alone: the same losses, fewer "
-                              "slots where episodes end early (most of the ant's slots are padding); not with SG-MRL "
-                              "or hvp_subsample < 1")
+                              "slots where episodes end early (most of the ant's slots are padding); refused with "
+                              "SG-MRL or hvp_subsample < 1")
     score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "
                               "mean return; still unbiased)")
     emaml_weight: float = opt(1.0, "algo", "E-MAML: weight of the exploration term")

@@ -78,7 +78,8 @@ class MetaRL(nn.Module):
             shape, then each conjugate-gradient product 2-3x faster (the elementwise passes of the double backward
             fused; half-cheetah, ``benchmarks/cheetah_speed.py``).
         pack_episodes: the update on each task's valid steps alone (``sampler.pack``: the same losses, fewer
-            slots where episodes end early); not with SG-MRL or ``hvp_subsample`` < 1, which read episodes.
+            slots where episodes end early); refused (ConfigError) with SG-MRL or ``hvp_subsample`` < 1, which
+            read whole episodes.
     """
 
     def __init__(self, policy: Policy, env: TaskEnv, algo: str = "maml", outer: str = "trpo",
@@ -123,10 +124,19 @@ class MetaRL(nn.Module):
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
         self.use_compile = bool(compile)
-        self.pack_episodes = bool(pack_episodes) and algo not in ("sgmrl", "sgmrl-fo") and hvp_subsample == 1
+        if pack_episodes and not self.packable:
+            raise ConfigError(f"pack_episodes=true does not go with algo '{algo}' and hvp_subsample {hvp_subsample}: "
+                              "SG-MRL and curvature on a subsample read whole episodes; set pack_episodes=false "
+                              "(or hvp_subsample=1.0 with an algo other than sgmrl)")
+        self.pack_episodes = bool(pack_episodes)
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
         self.register_buffer("inner_kl_coefs", torch.full((self.inner_steps,), float(inner_kl_coef)))
+
+    @property
+    def packable(self) -> bool:
+        """Whether ``pack_episodes`` applies: SG-MRL and a curvature subsample read whole episodes."""
+        return self.algo not in ("sgmrl", "sgmrl-fo") and self.hvp_subsample == 1
 
     # ------------------------------------------------------------------ the inner step
     def meta_params(self) -> Params:
