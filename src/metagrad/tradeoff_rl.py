@@ -30,6 +30,7 @@ from .experiment import continue_run, load_run
 from .rl.config import RLConfig, preset
 from .rl.envs import make_env
 from .rl.evaluate import adaptation_returns, held_out_goals, tune_step_size
+from .rl.metarl import packable
 from .rl.train import build
 
 PAIRS = {"ppo": ("drs-ppo", "promp"), "trpo": ("drs-trpo", "trpo-maml")}
@@ -83,13 +84,16 @@ class Study:
         return PAIRS[self.pair]
 
     def config(self, method: str, seed: int) -> RLConfig:
-        """The training configuration of one method and seed."""
-        return preset(method).replace(
+        """The training configuration of one method and seed; the update on valid steps alone where it applies
+        (``pack_episodes``: hopper and walker episodes end early, half or more of their slots are padding)."""
+        cfg = preset(method)
+        return cfg.replace(
             env=self.env, horizon=self.horizon, hidden=self.hidden, activation="tanh", inner_lr=(self.inner_lr,),
             meta_batch_size=self.meta_batch_size, episodes=self.episodes, seed=seed, iterations=10**9,
             step_budget=self.budget, snapshot_steps=self.budget // self.checkpoints, checkpoint_every=5,
             eval_steps=self.test_updates, eval_episodes=self.test_episodes, eval_tasks=self.test_tasks,
-            eval_lr=(self.inner_lr,), eval_lr_grid=self.lr_grid, compile=self.compile)
+            eval_lr=(self.inner_lr,), eval_lr_grid=self.lr_grid, compile=self.compile,
+            pack_episodes=packable(cfg.algo, cfg.hvp_subsample))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "compile"}

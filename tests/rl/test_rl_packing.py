@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from metagrad.errors import ConfigError
+from metagrad.reproduce import locomotion
+from metagrad.reproduce.metarl import method_config
+from metagrad.rl.config import RLConfig
 from metagrad.rl.envs import Navigation2D
 from metagrad.rl.metarl import MetaRL
 from metagrad.rl.policy import make_policy
 from metagrad.rl.sampler import Trajectories, pack, policy_dist
+from metagrad.tradeoff_rl import Study
 
 T, K, H = 3, 4, 6
 
@@ -89,3 +93,23 @@ def test_packing_what_reads_whole_episodes_is_refused(kw):
     with pytest.raises(ConfigError, match="pack_episodes=false"):
         _learner(outer="trpo", pack_episodes=True, **kw)
     assert not _learner(outer="trpo", **kw).packable
+
+
+def test_a_config_that_packs_what_reads_whole_episodes_is_refused_before_anything_runs():
+    with pytest.raises(ConfigError, match="pack_episodes=false"):
+        RLConfig(algo="maml", hvp_subsample=0.5, pack_episodes=True).validate()
+
+
+def test_the_ant_and_the_tradeoff_families_pack_where_the_method_allows_it():
+    ant = locomotion.experiment("ant-vel")
+    packed = {m: method_config(m, False, 1, None, {}, ant.settings(m)).pack_episodes
+              for m in ("maml-trpo", "pretrained", "oracle", "sgmrl")}
+    assert packed == {"maml-trpo": True, "pretrained": True, "oracle": True, "sgmrl": False}
+    assert not method_config("maml-trpo", False, 1, None, {"hvp_subsample": "0.5"},
+                             ant.settings("maml-trpo")).pack_episodes
+    assert not method_config("maml-trpo", False, 1, None, {"pack_episodes": "false"},
+                             ant.settings("maml-trpo")).pack_episodes
+    cheetah = locomotion.experiment("cheetah-dir")
+    assert not method_config("maml-trpo", False, 1, None, {}, cheetah.settings("maml-trpo")).pack_episodes
+    study = Study(env="hopper-rand-params", pair="trpo")
+    assert all(study.config(m, 0).pack_episodes for m in study.methods)

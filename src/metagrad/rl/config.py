@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..settings import Settings, opt, preset_names, suggest
 from .envs.locomotion import OBSERVATIONS
 from .envs.navigation import REWARDS
-from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES
+from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES, check_packable
 from .policy import ACTIVATIONS, POLICIES
 
 SECTIONS = ("env", "policy", "algo", "train", "eval")
@@ -94,7 +94,8 @@ class RLConfig(Settings):
                                "than all at once, benchmarks/curvature_chunks.py; 0: all tasks at once)")
     pack_episodes: bool = opt(False, "algo", "the update on each task's valid steps alone: the same losses, fewer "
                               "slots where episodes end early (most of the ant's slots are padding); refused with "
-                              "SG-MRL or hvp_subsample < 1")
+                              "SG-MRL or hvp_subsample < 1; on where it applies in reproduce locomotion on the ant "
+                              "and the trade-off study")
     score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "
                               "mean return; still unbiased)")
     emaml_weight: float = opt(1.0, "algo", "E-MAML: weight of the exploration term")
@@ -179,6 +180,8 @@ class RLConfig(Settings):
             raise ConfigError(f"curvature_chunk {self.curvature_chunk} must be >= 0 (0: every task in one product)")
         if not 0 < self.hvp_subsample <= 1:
             raise ConfigError(f"hvp_subsample {self.hvp_subsample} must lie in (0, 1] (1: every episode)")
+        if self.pack_episodes:
+            check_packable(self.algo, self.hvp_subsample)
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:
             raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
         if any(h < 1 for h in self.hidden):

@@ -50,6 +50,19 @@ SCORE_BASELINES = ("none", "batch")
 BASELINES = ("linear", "linear-previous", "none")
 
 
+def packable(algo: str, hvp_subsample: float) -> bool:
+    """Whether ``pack_episodes`` applies: not to SG-MRL's score or a curvature subsample, which read whole episodes."""
+    return algo not in ("sgmrl", "sgmrl-fo") and hvp_subsample == 1
+
+
+def check_packable(algo: str, hvp_subsample: float) -> None:
+    """Stop with a ConfigError where ``pack_episodes`` was asked for and does not apply."""
+    if not packable(algo, hvp_subsample):
+        raise ConfigError(f"pack_episodes=true does not go with algo '{algo}' and hvp_subsample {hvp_subsample}: "
+                          "SG-MRL and curvature on a subsample read whole episodes; set pack_episodes=false "
+                          "(or hvp_subsample=1.0 with an algo other than sgmrl)")
+
+
 class MetaRL(nn.Module):
     """A policy meta-trained on an environment's task distribution.
 
@@ -124,10 +137,8 @@ class MetaRL(nn.Module):
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
         self.use_compile = bool(compile)
-        if pack_episodes and not self.packable:
-            raise ConfigError(f"pack_episodes=true does not go with algo '{algo}' and hvp_subsample {hvp_subsample}: "
-                              "SG-MRL and curvature on a subsample read whole episodes; set pack_episodes=false "
-                              "(or hvp_subsample=1.0 with an algo other than sgmrl)")
+        if pack_episodes:
+            check_packable(algo, hvp_subsample)
         self.pack_episodes = bool(pack_episodes)
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
@@ -135,8 +146,8 @@ class MetaRL(nn.Module):
 
     @property
     def packable(self) -> bool:
-        """Whether ``pack_episodes`` applies: SG-MRL and a curvature subsample read whole episodes."""
-        return self.algo not in ("sgmrl", "sgmrl-fo") and self.hvp_subsample == 1
+        """Whether ``pack_episodes`` applies to this learner (``packable``)."""
+        return packable(self.algo, self.hvp_subsample)
 
     # ------------------------------------------------------------------ the inner step
     def meta_params(self) -> Params:
