@@ -2,7 +2,7 @@
 meta-batch sampled by a trained policy, in one process: seconds per TRPO update, alternating repeats, and the
 largest relative difference between the two updates' parameters.
 
-    .venv/bin/python benchmarks/pack_speed.py [--run results/long/locomotion-ant-vel/maml-trpo] [--threads 1]
+    .venv/bin/python benchmarks/pack_speed.py [--run results/long/ant-vel-gym-physics/maml-trpo] [--threads 1]
         [--repeats 2] [--compile]
 
 Episodes that end early (the ant falls; hopper, walker) leave most slots of a batch masked, and the update costs
@@ -25,7 +25,7 @@ from report import write_report
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="results/long/locomotion-ant-vel/maml-trpo")
+    parser.add_argument("--run", default="results/long/ant-vel-gym-physics/maml-trpo")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true")

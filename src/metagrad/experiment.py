@@ -54,6 +54,8 @@ def stored_config(data: dict[str, Any]) -> Config | RLConfig:
 
     if all(isinstance(v, dict) for v in data.values()):
         kind = RLConfig if "env" in data else Config
+        if kind is RLConfig and "physics" not in data["env"] and data["env"].get("env") in ("ant-vel", "ant-dir"):
+            data = {**data, "env": {**data["env"], "physics": "gym"}}  # stored before the ant took rllab's physics
         return kind.from_sections(data, "the run's stored config").validate()
     return RLConfig.from_dict(data)
 

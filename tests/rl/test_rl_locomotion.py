@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from metagrad.errors import ConfigError
+from metagrad.experiment import stored_config
 from metagrad.rl import make_env, make_policy
+from metagrad.rl.config import RLConfig
 from metagrad.rl.envs.locomotion import FAMILIES, PARAM_ARRAYS, MujocoTaskEnv, make_simulator
 from metagrad.rl.sampler import rollout
 
@@ -122,7 +124,8 @@ def test_direct_mujoco_steps_give_gymnasiums_observations_and_rewards_to_the_bit
 
 @pytest.mark.parametrize(("family", "frame_skip", "dt"), [("cheetah-dir", 0, 0.01), ("cheetah-vel", 0, 0.01),
                                                        ("cheetah-rand-vel", 0, 0.05), ("cheetah-dir", 5, 0.05),
-                                                       ("swimmer-rand-vel", 0, 0.04)])
+                                                       ("swimmer-rand-vel", 0, 0.04), ("ant-vel", 0, 0.02),
+                                                       ("ant-dir", 0, 0.02)])
 def test_time_step_per_action_is_the_papers(family, frame_skip, dt):
     """The MAML paper's half-cheetah (rllab) steps 0.01 s per action; ProMP's and the SG-MRL code's (gym) 5 x 0.01 s,
     which ``frame_skip=5`` gives the MAML paper's families too."""
@@ -132,6 +135,36 @@ def test_time_step_per_action_is_the_papers(family, frame_skip, dt):
     start = sim.data.time
     env.step(torch.zeros(1, 1, env.action_space.shape[0]))
     assert sim.dt == pytest.approx(dt) and sim.data.time - start == pytest.approx(dt)
+
+
+def test_the_ant_is_rllabs_ant_xml_and_physics_gym_gives_gymnasiums():
+    """The MAML code's ant (rllab's ant.xml): 0.02 s per simulator step, one per action, softer contacts; nothing else
+    of the model differs from gymnasium's Ant-v5, which ``physics="gym"`` keeps (5 x 0.01 s per action)."""
+    rllab, gym = MujocoTaskEnv("ant-dir", horizon=3), MujocoTaskEnv("ant-dir", horizon=3, physics="gym")
+    a, b = rllab._pool[0].model, gym._pool[0].model
+    assert (a.opt.timestep, rllab._pool[0].frame_skip, b.opt.timestep, gym._pool[0].frame_skip) == (0.02, 1, 0.01, 5)
+    arrays = [n for n in dir(a) if not n.startswith("_") and isinstance(getattr(a, n), np.ndarray)]
+    assert len(arrays) > 50
+    assert [n for n in arrays if not np.array_equal(getattr(a, n), getattr(b, n))] == ["geom_solimp"]
+    np.testing.assert_array_equal(a.geom_solimp[:, :3], np.tile([0.8, 0.8, 0.01], (a.ngeom, 1)))
+    np.testing.assert_array_equal(a.geom_solimp[:, 3:], b.geom_solimp[:, 3:])
+    fields = [n for n in dir(a.opt) if not n.startswith("_") and n != "timestep"]
+    assert all(np.array_equal(getattr(a.opt, n), getattr(b.opt, n)) for n in fields)
+    with pytest.raises(ConfigError, match="ant families"):
+        MujocoTaskEnv("cheetah-dir", physics="rllab")
+    with pytest.raises(ConfigError, match="unknown physics"):
+        MujocoTaskEnv("ant-vel", physics="mujoco131")
+
+
+def test_an_ant_run_stored_before_rllabs_physics_resumes_only_with_gymnasiums():
+    """A run folder whose stored config has no ``physics`` ran gymnasium's ant: read back as ``gym``, so continuing it
+    under the new default is a config difference, not a silent change of simulator (other families: ``auto``)."""
+    for env, physics in (("ant-vel", "gym"), ("cheetah-dir", "auto")):
+        sections = RLConfig(env=env).to_sections()
+        del sections["env"]["physics"]
+        saved = stored_config(sections)
+        assert saved.physics == physics
+        assert RLConfig(env=env).resume_differences(saved) == (["physics"] if physics == "gym" else [])
 
 
 def test_opposite_directions_negate_the_forward_reward_of_the_same_motion():

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from ..errors import ConfigError
 from ..settings import Settings, opt, preset_names, suggest
-from .envs.locomotion import OBSERVATIONS
+from .envs.locomotion import OBSERVATIONS, PHYSICS
 from .envs.navigation import REWARDS
 from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES, check_packable
 from .policy import ACTIVATIONS, POLICIES
@@ -52,6 +52,10 @@ class RLConfig(Settings):
                            "torso's centre of mass, for cheetah-dir, cheetah-vel, ant-*, swimmer-vel as the MAML "
                            "code; the simulator's for the others), rllab, or gym (gymnasium's, as ProMP's and the "
                            "SG-MRL code's environments)")
+    physics: str = opt("auto", "env", "MuJoCo simulator settings: auto (the family's own: rllab's for ant-vel and "
+                       "ant-dir, as the MAML code; gymnasium's for the others), gym (gymnasium's model: the ant at 5 "
+                       "x 0.01 s per action), or rllab (rllab's ant.xml: 0.02 s per action, softer contacts; the ant "
+                       "families only)")
     action_scale: float = opt(1.0, "env", "MuJoCo locomotion: the simulator's action is the policy's times this "
                               "(0.1: the SG-MRL and ProMP code's normalize() with scale 10, the policy acting in "
                               "[-10, 10] for the simulator's [-1, 1])")
@@ -147,7 +151,7 @@ class RLConfig(Settings):
         self.check_choices({"algo": ALGOS, "outer": OUTERS, "policy": POLICIES, "activation": tuple(ACTIVATIONS),
                             "baseline": BASELINES, "hvp": HVPS, "score_baseline": SCORE_BASELINES, "reward": REWARDS,
                             "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS),
-                            "outer_lr_schedule": OUTER_LR_SCHEDULES})
+                            "physics": ("auto", *PHYSICS), "outer_lr_schedule": OUTER_LR_SCHEDULES})
         self.check_at_least({"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
                              "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
                              "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,

@@ -60,7 +60,8 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
                       normalized_actions=cfg.normalized_actions)
     elif not cfg.env.startswith("gym:"):
         kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World)
-    for name, default in (("frame_skip", 0), ("observation", "auto"), ("oracle", False), ("action_scale", 1.0)):
+    for name, default in (("frame_skip", 0), ("observation", "auto"), ("oracle", False), ("action_scale", 1.0),
+                          ("physics", "auto")):
         if cfg.env == "navigation2d" and name == "oracle":
             continue
         value = getattr(cfg, name)

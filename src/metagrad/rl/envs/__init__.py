@@ -33,7 +33,8 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
         horizon = int(kwargs.get("horizon", 100))
         return GymTaskEnv(lambda: gym.make(env_id, max_episode_steps=horizon), horizon)
     if name in FAMILIES or name in BENCHMARKS:
-        allowed = (("horizon", "seed", "frame_skip", "observation", "oracle", "action_scale") if name in FAMILIES
+        allowed = (("horizon", "seed", "frame_skip", "observation", "oracle", "action_scale", "physics")
+                   if name in FAMILIES
                    else ("horizon", "seed", "split"))
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:

@@ -13,7 +13,8 @@ instances are cached and reused across resets. Rewards follow the papers' code (
 - ``ant-vel`` (g ~ U[0, 3]) and ``ant-dir`` (d = ±1): the forward term as above (plus 1 per step for ant-vel,
   rllab's "make it happy, not suicidal"), plus rllab's ant costs:
   - 0.005 |a|^2 (control) - 5e-4 |clip(contact forces, -1, 1)|^2 (contact) + 0.05 (survive);
-  episodes end on gymnasium's unhealthy condition (torso height outside [0.2, 1.0], as rllab).
+  episodes end on gymnasium's unhealthy condition (torso height outside [0.2, 1.0], as rllab). The simulator as
+  rllab's ant.xml sets it (``RLLAB_ANT``: 0.02 s per action, softer contacts), not gymnasium's 5 x 0.01 s.
 - ``swimmer-vel``: g ~ U[0, 0.5] (the speeds a trained swimmer reaches); reward -1.5 |x_velocity - g| - 0.005 |a|^2
   (rllab's weights).
 - ``swimmer-rand-vel``: maml_zoo's (the library of the SG-MRL code, Table 2's swimmer): g ~ U[0.1, 0.2], gym's 4
@@ -73,6 +74,13 @@ _RLLAB_CHEETAH = {**_CHEETAH, "frame_skip": 1}
 _ANT = {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward": 0.05}
 _ANT_TERMS = ("reward_ctrl", "reward_contact", "reward_survive")
 
+PHYSICS = ("gym", "rllab")
+RLLAB_ANT = {"frame_skip": 1, "timestep": 0.02, "solimp": (0.8, 0.8, 0.01)}
+"""rllab's ant.xml, which the MAML code's ant families load (maml_rl's ``AntEnvRand``, ``AntEnvRandDirec``): 0.02 s
+per simulator step and one step per action (rllab's MujocoEnv steps once where the model names no frame_skip), and
+softer contacts (its default geom's solimp); gymnasium's Ant-v5 steps 5 x 0.01 s per action. The motors are the same
+behind rllab's normalize() (ctrlrange 150, gear 1) and gymnasium's (ctrlrange 1, gear 150)."""
+
 DIRECT_ROBOTS = {"HalfCheetah-v5": ("reward_ctrl",), "Swimmer-v5": ("reward_ctrl",), "Ant-v5": _ANT_TERMS}
 """Robots ``MujocoTaskEnv`` steps in MuJoCo directly, with the ``info`` terms their families add there: the half-
 cheetah and swimmer never end and add the control cost only (``direct_stepper``), the ant adds its contact cost and
@@ -83,8 +91,9 @@ survive reward and ends when unhealthy (``ant_stepper``)."""
 class Family:
     """A task family: the gymnasium id, the kind of task (``direction``, ``velocity`` or ``params``), the goal
     velocity range, constructor arguments that set the papers' cost weights, the ``info`` terms added to the
-    task's forward term, the observation (``gym`` or ``rllab``), a constant reward per step and the forward term's
-    weight w (direction: w d v; velocity: -w |v - g|, so w < 0 gives maml_zoo's swimmer its +|v - g|)."""
+    task's forward term, the observation (``gym`` or ``rllab``), a constant reward per step, the forward term's
+    weight w (direction: w d v; velocity: -w |v - g|, so w < 0 gives maml_zoo's swimmer its +|v - g|) and the
+    simulator's settings (``gym``, or ``rllab``: ``RLLAB_ANT``)."""
 
     env_id: str
     task: str
@@ -95,14 +104,16 @@ class Family:
     observation: str = "gym"
     bonus: float = 0.0
     forward_weight: float = 1.0
+    physics: str = "gym"
 
 
 FAMILIES: dict[str, Family] = {
     "cheetah-dir": Family("HalfCheetah-v5", "direction", env_kwargs=_RLLAB_CHEETAH, observation="rllab"),
     "cheetah-vel": Family("HalfCheetah-v5", "velocity", 0.0, 2.0, _RLLAB_CHEETAH, observation="rllab"),
     "cheetah-rand-vel": Family("HalfCheetah-v5", "velocity", 0.0, 3.0, _CHEETAH),
-    "ant-vel": Family("Ant-v5", "velocity", 0.0, 3.0, _ANT, _ANT_TERMS, "rllab", bonus=1.0),
-    "ant-dir": Family("Ant-v5", "direction", env_kwargs=_ANT, terms=_ANT_TERMS, observation="rllab"),
+    "ant-vel": Family("Ant-v5", "velocity", 0.0, 3.0, _ANT, _ANT_TERMS, "rllab", bonus=1.0, physics="rllab"),
+    "ant-dir": Family("Ant-v5", "direction", env_kwargs=_ANT, terms=_ANT_TERMS, observation="rllab",
+                      physics="rllab"),
     "swimmer-vel": Family("Swimmer-v5", "velocity", 0.0, 0.5, {"ctrl_cost_weight": 0.005}, observation="rllab",
                           forward_weight=1.5),
     "swimmer-rand-vel": Family("Swimmer-v5", "velocity", 0.1, 0.2, {"ctrl_cost_weight": 1e-4}, forward_weight=-1.0),
@@ -209,13 +220,14 @@ class MujocoTaskEnv(CopyTaskEnv):
     the family's own); ``oracle``: the task's goal (direction or velocity) appended to the observation (the MAML
     paper's oracle baseline); ``action_scale``: the simulator's action is the policy's times this, before clipping
     (maml_zoo's ``normalize()`` with scale 10, as the SG-MRL and ProMP code ran, is 0.1; ``action_space`` is then
-    the policy's range).
+    the policy's range); ``physics``: the simulator's settings, ``gym`` or ``rllab`` (rllab's ant.xml, ``RLLAB_ANT``;
+    ``auto``: the family's own, rllab's for the MAML paper's ant families).
 
     ``direct`` is True where the family is stepped in MuJoCo directly (``DIRECT_ROBOTS``); setting it False before a
     ``reset`` steps through gymnasium's ``step`` instead (the same numbers, slower: the tests compare the two)."""
 
     def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0,
-                 observation: str = "auto", oracle: bool = False, action_scale: float = 1.0):
+                 observation: str = "auto", oracle: bool = False, action_scale: float = 1.0, physics: str = "auto"):
         if family not in FAMILIES:
             raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
         if frame_skip < 0:
@@ -229,7 +241,15 @@ class MujocoTaskEnv(CopyTaskEnv):
         if observation == "rllab" and self.family.env_id not in RLLAB_OBS:
             raise ConfigError(f"observation 'rllab' is defined for the half-cheetah, ant and swimmer families, not "
                               f"{family}; use auto or gym")
-        self._env_kwargs = {**self.family.env_kwargs, **({"frame_skip": frame_skip} if frame_skip else {})}
+        self.physics = self.family.physics if physics == "auto" else physics
+        if self.physics not in PHYSICS:
+            raise ConfigError(f"unknown physics '{physics}'; choose one of auto, {', '.join(PHYSICS)}")
+        if self.physics == "rllab" and self.family.env_id != "Ant-v5":
+            raise ConfigError(f"physics 'rllab' (rllab's ant.xml) is defined for the ant families, not {family}; "
+                              "use auto or gym (the half-cheetah's model is the same in both; frame_skip sets its "
+                              "steps per action)")
+        rllab = {"frame_skip": RLLAB_ANT["frame_skip"]} if self.physics == "rllab" else {}
+        self._env_kwargs = {**self.family.env_kwargs, **rllab, **({"frame_skip": frame_skip} if frame_skip else {})}
         self._mujoco = require("mujoco")
         probe = self._make()
         space = probe.action_space
@@ -259,7 +279,11 @@ class MujocoTaskEnv(CopyTaskEnv):
         self._steppers: list[Callable[[np.ndarray], tuple[Any, ...]]] = []
 
     def _make(self) -> Any:
-        return make_simulator(self.family.env_id, **self._env_kwargs)
+        env = make_simulator(self.family.env_id, **self._env_kwargs)
+        if self.physics == "rllab":
+            env.model.opt.timestep = RLLAB_ANT["timestep"]
+            env.model.geom_solimp[:, :3] = RLLAB_ANT["solimp"]
+        return env
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
         u = torch.rand(num_tasks, self.task_dim, generator=generator)
