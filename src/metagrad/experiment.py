@@ -54,10 +54,16 @@ def stored_config(data: dict[str, Any]) -> Config | RLConfig:
 
     if all(isinstance(v, dict) for v in data.values()):
         kind = RLConfig if "env" in data else Config
-        if kind is RLConfig and "physics" not in data["env"] and data["env"].get("env") in ("ant-vel", "ant-dir"):
-            data = {**data, "env": {**data["env"], "physics": "gym"}}  # stored before the ant took rllab's physics
+        if kind is RLConfig:
+            data = {**data, "env": _stored_physics(data["env"])}
         return kind.from_sections(data, "the run's stored config").validate()
-    return RLConfig.from_dict(data)
+    return RLConfig.from_dict(_stored_physics(data))
+
+
+def _stored_physics(env: dict[str, Any]) -> dict[str, Any]:
+    """A meta-RL config stored before ``physics`` existed: its ant ran gymnasium's physics (the ant families' own is
+    rllab's since), so it reads back as ``gym`` and resuming it under the new default is a config difference."""
+    return {**env, "physics": "gym"} if "physics" not in env and env.get("env") in ("ant-vel", "ant-dir") else env
 
 
 def saved_config(run_dir: str | Path) -> Config | RLConfig | None:
@@ -82,8 +88,9 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
         if changed:
             diffs = ", ".join(f"{k} {old[k]!r} in the run, {new[k]!r} given" for k in changed)
             raise CheckpointError(f"{run_dir} was trained with another config ({diffs}); resume with the run's "
-                                  "own options (`metagrad train --out RUN --resume` takes them from the run) or choose "
-                                  "another --out")
+                                  "own options (`metagrad train --out RUN --resume` takes them from the run; "
+                                  "`metagrad reproduce`: --set KEY=VALUE with the run's values) or choose another "
+                                  "--out")
         changes = {k: [old[k], new[k]] for k in new if old[k] != new[k]}
     trainer.session_files["config.toml"] = cfg.to_toml()  # the latest session's config, for reading
     return trainer, trainer.fit(resume=resume, changes=changes)

@@ -93,14 +93,16 @@ def test_rllab_observation_is_the_joints_and_the_torso_centre_of_mass(family, si
 
 @pytest.mark.parametrize("frame_skip", [1, 5])
 @pytest.mark.parametrize("observation", ["gym", "rllab"])
-@pytest.mark.parametrize("family", ["cheetah-dir", "cheetah-vel", "swimmer-vel", "ant-vel", "ant-dir"])
+@pytest.mark.parametrize("family", ["cheetah-dir", "cheetah-vel", "swimmer-vel", "ant-vel", "ant-dir", "ant-dir:gym"])
 def test_direct_mujoco_steps_give_gymnasiums_observations_and_rewards_to_the_bit(family, observation, frame_skip):
     """The half-cheetah, swimmer and ant step in MuJoCo directly; through gymnasium's ``step`` instead, the same
     tasks, seeds and actions give the same states, velocities and costs (float64) and the same observations,
-    rewards and ends (float32), over two resets of the same simulators (the ant's episodes end early, some here)."""
+    rewards and ends (float32), over two resets of the same simulators (the ant's episodes end early, some here;
+    ``:gym``: with gymnasium's physics)."""
+    family, _, physics = family.partition(":")
     horizon = (200 if frame_skip == 1 else 50) if family.startswith("ant") else 15
-    direct, gym = (MujocoTaskEnv(family, horizon=horizon, seed=7, frame_skip=frame_skip, observation=observation)
-                   for _ in range(2))
+    direct, gym = (MujocoTaskEnv(family, horizon=horizon, seed=7, frame_skip=frame_skip, observation=observation,
+                                 physics=physics or "auto") for _ in range(2))
     assert direct.direct and gym.direct
     gym.direct = False
     tasks = direct.sample_tasks(3, torch.Generator().manual_seed(0))
@@ -138,8 +140,8 @@ def test_time_step_per_action_is_the_papers(family, frame_skip, dt):
 
 
 def test_the_ant_is_rllabs_ant_xml_and_physics_gym_gives_gymnasiums():
-    """The MAML code's ant (rllab's ant.xml): 0.02 s per simulator step, one per action, softer contacts; nothing else
-    of the model differs from gymnasium's Ant-v5, which ``physics="gym"`` keeps (5 x 0.01 s per action)."""
+    """The MAML code's ant (rllab's ant.xml): 0.02 s per simulator step, one per action, softer contacts; the patch
+    changes nothing else of gymnasium's compiled Ant-v5 model, which ``physics="gym"`` keeps (5 x 0.01 s)."""
     rllab, gym = MujocoTaskEnv("ant-dir", horizon=3), MujocoTaskEnv("ant-dir", horizon=3, physics="gym")
     a, b = rllab._pool[0].model, gym._pool[0].model
     assert (a.opt.timestep, rllab._pool[0].frame_skip, b.opt.timestep, gym._pool[0].frame_skip) == (0.02, 1, 0.01, 5)
@@ -154,6 +156,28 @@ def test_the_ant_is_rllabs_ant_xml_and_physics_gym_gives_gymnasiums():
         MujocoTaskEnv("cheetah-dir", physics="rllab")
     with pytest.raises(ConfigError, match="unknown physics"):
         MujocoTaskEnv("ant-vel", physics="mujoco131")
+
+
+def test_rllabs_ant_starts_bent_from_init_qpos_with_rllabs_reset_noise():
+    """rllab's MujocoEnv starts from the model's init_qpos numeric (torso 0.55, ankles ±1 rad) plus N(0, 0.01^2) on the
+    positions and N(0, 0.1^2) on the velocities; gymnasium's from the rest pose (torso 0.75, ankles 0) plus U(-0.1,
+    0.1). Both are seeded: the same seed gives the same start."""
+    starts = {}
+    for physics in ("rllab", "gym"):
+        env = MujocoTaskEnv("ant-vel", horizon=3, seed=3, physics=physics)
+        obs = env.reset(env.sample_tasks(10, torch.Generator().manual_seed(0)), 20)
+        qpos = np.stack([s.data.qpos.copy() for s in env._pool[:200]])
+        qvel = np.stack([s.data.qvel.copy() for s in env._pool[:200]])
+        starts[physics] = qpos, qvel
+        np.testing.assert_array_equal(obs.flatten(0, 1)[:, :15].numpy(), qpos.astype(np.float32))  # rllab's obs
+        again = MujocoTaskEnv("ant-vel", horizon=3, seed=3, physics=physics)
+        assert torch.equal(again.reset(env.sample_tasks(10, torch.Generator().manual_seed(0)), 20), obs)
+    init = np.array([0.0, 0.0, 0.55, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0, -1.0, 0.0, 1.0])
+    qpos, qvel = starts["rllab"]
+    assert np.abs((qpos - init).std(0) - 0.01).max() < 0.003 and np.abs(qvel.std(0) - 0.1).max() < 0.03
+    qpos, qvel = starts["gym"]
+    assert np.abs(qpos[:, 2].mean() - 0.75) < 0.01 and np.abs(qpos[:, 7:]).max() <= 0.1
+    assert np.abs(qpos[:, 7:].std(0) - 0.1 / 3**0.5).max() < 0.015  # uniform on ±0.1
 
 
 def test_an_ant_run_stored_before_rllabs_physics_resumes_only_with_gymnasiums():

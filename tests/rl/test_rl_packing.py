@@ -109,6 +109,8 @@ def test_the_ant_and_the_tradeoff_families_pack_where_the_method_allows_it():
                              ant.settings("maml-trpo")).pack_episodes
     assert not method_config("maml-trpo", False, 1, None, {"pack_episodes": "false"},
                              ant.settings("maml-trpo")).pack_episodes
+    with pytest.raises(ConfigError, match="pack_episodes=false"):  # asked for by name: refused, not dropped
+        method_config("sgmrl", False, 1, None, {"pack_episodes": "true"}, ant.settings("sgmrl"))
     cheetah = locomotion.experiment("cheetah-dir")
     assert not method_config("maml-trpo", False, 1, None, {}, cheetah.settings("maml-trpo")).pack_episodes
     study = Study(env="hopper-rand-params", pair="trpo")

@@ -54,8 +54,9 @@ ENVS = ("cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel", "swimmer-vel", "chee
 # inner step 0.1, KL step 0.02, iteration 100)
 BASE = {"horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02, "eval_steps": 3,
         "eval_episodes": 20, "eval_tasks": 40, "eval_lr": (0.1, 0.05)}
-# families whose episodes end early (the ant falls: most slots of a batch are padding): the update on valid steps
-# alone (pack_episodes; the same losses, 4x faster updates on the ant: docs/speed.md), where the method allows it
+# families whose episodes end early (the ant falls, leaving slots of a batch as padding): the update on valid steps
+# alone (pack_episodes; the same losses, an update's cost in proportion to the valid steps: docs/speed.md), where the
+# method allows it
 EARLY_ENDS = ("ant-dir", "ant-vel")
 # the oracle is not fine-tuned (its preset's eval_lr 0, which BASE's would override): MAML Figure 5 draws it as a
 # constant line, its return with the goal as input

@@ -45,9 +45,11 @@ class RLConfig(Settings):
     reward: str = opt("distance", "env", "navigation reward: distance (minus the distance to the goal, the papers' "
                       "code) or squared (minus its square, the papers' text)")
     oracle: bool = opt(False, "env", "append the goal to the observation (the oracle baseline)")
-    frame_skip: int = opt(0, "env", "MuJoCo simulator steps per action (0: the family's own: 1 for cheetah-dir and "
-                          "cheetah-vel as rllab's, the MAML code's; gym's own for the others: 5 half-cheetah and ant, "
-                          "4 swimmer, hopper and walker; the SG-MRL and ProMP code stepped gym's half-cheetah with 5)")
+    frame_skip: int = opt(0, "env", "MuJoCo simulator steps per action, each of the physics' time step (0: the "
+                          "family's own: 1 for cheetah-dir and cheetah-vel as rllab's, the MAML code's, and for the "
+                          "ant on rllab's physics (0.02 s); gym's own for the others: 5 half-cheetah and ant on gym's "
+                          "physics, 4 swimmer, hopper and walker; the SG-MRL and ProMP code stepped gym's "
+                          "half-cheetah with 5)")
     observation: str = opt("auto", "env", "MuJoCo locomotion observation: auto (the family's own: rllab's, with the "
                            "torso's centre of mass, for cheetah-dir, cheetah-vel, ant-*, swimmer-vel as the MAML "
                            "code; the simulator's for the others), rllab, or gym (gymnasium's, as ProMP's and the "
@@ -97,7 +99,7 @@ class RLConfig(Settings):
                                "over the chunks (their activations stay in the caches: 1.2-1.3x faster products "
                                "than all at once, benchmarks/curvature_chunks.py; 0: all tasks at once)")
     pack_episodes: bool = opt(False, "algo", "the update on each task's valid steps alone: the same losses, fewer "
-                              "slots where episodes end early (most of the ant's slots are padding); refused with "
+                              "slots where episodes end early (the ant falls, hopper and walker too); refused with "
                               "SG-MRL or hvp_subsample < 1; on where it applies in reproduce locomotion on the ant "
                               "and the trade-off study")
     score_baseline: str = opt("none", "algo", "SG-MRL score term: none (eq. 13) or batch (minus the other tasks' "

@@ -90,10 +90,10 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
 def pack(trajs: Sequence[Trajectories], out: Trajectories,
          buckets: int = 8) -> tuple[list[Trajectories], Trajectories]:
     """The same batches with each task's valid steps first, in one row: ``[T, 1, L, ...]`` instead of
-    ``[T, K, H, ...]``. Episodes that end early leave most slots of a batch masked (the ant's: 80%), and the update
-    costs per slot. ``L``, shared by all the batches, is the largest task's valid steps rounded up to a multiple of
-    ``K H / buckets`` (a few shapes, each compiled once). The advantages are scaled by ``L / (K H)``: the losses
-    normalize by the layout's slots per task (``K H``; every loss is linear in the advantages), so every loss,
+    ``[T, K, H, ...]``. Episodes that end early leave slots of a batch masked (65-80% on gymnasium's ant), and the
+    update costs per slot. ``L``, shared by all the batches, is the largest task's valid steps rounded up to a
+    multiple of ``K H / buckets`` (a few shapes, each compiled once). The advantages are scaled by ``L / (K H)``: the
+    losses normalize by the layout's slots per task (``K H``; every loss is linear in the advantages), so every loss,
     gradient and curvature product is unchanged. Not for what reads episodes (SG-MRL's score, ``hvp_subsample``)."""
     batches = [*trajs, out]
     k, h = out.mask.shape[1:3]

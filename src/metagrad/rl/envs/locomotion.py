@@ -75,11 +75,14 @@ _ANT = {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward"
 _ANT_TERMS = ("reward_ctrl", "reward_contact", "reward_survive")
 
 PHYSICS = ("gym", "rllab")
-RLLAB_ANT = {"frame_skip": 1, "timestep": 0.02, "solimp": (0.8, 0.8, 0.01)}
-"""rllab's ant.xml, which the MAML code's ant families load (maml_rl's ``AntEnvRand``, ``AntEnvRandDirec``): 0.02 s
-per simulator step and one step per action (rllab's MujocoEnv steps once where the model names no frame_skip), and
-softer contacts (its default geom's solimp); gymnasium's Ant-v5 steps 5 x 0.01 s per action. The motors are the same
-behind rllab's normalize() (ctrlrange 150, gear 1) and gymnasium's (ctrlrange 1, gear 150)."""
+RLLAB_ANT = {"frame_skip": 1, "timestep": 0.02, "solimp": (0.8, 0.8, 0.01), "qpos_noise": 0.01, "qvel_noise": 0.1}
+"""rllab's ant.xml and MujocoEnv, which the MAML code's ant families use (maml_rl's ``AntEnvRand``,
+``AntEnvRandDirec``): 0.02 s per simulator step and one step per action (rllab's MujocoEnv steps once where the model
+names no frame_skip), softer contacts (its default geom's solimp), and episodes that start from the model's
+``init_qpos`` numeric (the torso at 0.55, the ankles bent ±1 rad; gymnasium's Ant-v5 has the same numeric and starts
+from the model's rest pose, torso 0.75, ankles 0) plus N(0, 0.01^2) on the positions and N(0, 0.1^2) on the
+velocities (gymnasium: U(-0.1, 0.1) and N(0, 0.1^2)). Gymnasium's Ant-v5 steps 5 x 0.01 s per action. The motors are
+the same behind rllab's normalize() (ctrlrange 150, gear 1) and gymnasium's (ctrlrange 1, gear 150)."""
 
 DIRECT_ROBOTS = {"HalfCheetah-v5": ("reward_ctrl",), "Swimmer-v5": ("reward_ctrl",), "Ant-v5": _ANT_TERMS}
 """Robots ``MujocoTaskEnv`` steps in MuJoCo directly, with the ``info`` terms their families add there: the half-
@@ -283,7 +286,19 @@ class MujocoTaskEnv(CopyTaskEnv):
         if self.physics == "rllab":
             env.model.opt.timestep = RLLAB_ANT["timestep"]
             env.model.geom_solimp[:, :3] = RLLAB_ANT["solimp"]
+            env.init_qpos = env.model.numeric("init_qpos").data.copy()
         return env
+
+    def _reset_copy(self, env: Any, seed: int) -> np.ndarray:
+        """gymnasium's reset (seeding the copy's generator), then with rllab's physics rllab's start: ``init_qpos``
+        plus N(0, 0.01^2), velocities N(0, 0.1^2), drawn from that generator."""
+        obs = super()._reset_copy(env, seed)
+        if self.physics != "rllab":
+            return obs
+        rng = env.np_random
+        env.set_state(env.init_qpos + RLLAB_ANT["qpos_noise"] * rng.standard_normal(env.model.nq),
+                      env.init_qvel + RLLAB_ANT["qvel_noise"] * rng.standard_normal(env.model.nv))
+        return env._get_obs()
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
         u = torch.rand(num_tasks, self.task_dim, generator=generator)
