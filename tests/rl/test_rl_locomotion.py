@@ -29,12 +29,15 @@ def x_position(sim) -> float:
 
 
 def step_and_measure(env: MujocoTaskEnv, tasks: torch.Tensor, actions: torch.Tensor):
-    """One step of one episode per task; the rewards, the velocities measured from positions, the contact costs."""
+    """One step of one episode per task; the rewards, the velocities measured from positions (rllab's ant: its
+    centre-of-mass velocity, checked on its own below), the contact costs."""
     env.reset(tasks, 1)
     sims = env._pool[: tasks.shape[0]]
     before = [x_position(s) for s in sims]
     _, reward, done = env.step(actions)
     vel = np.array([(x_position(s) - b) / s.dt for s, b in zip(sims, before, strict=True)])
+    if env.physics == "rllab":
+        vel = np.array([s.data.subtree_linvel[s._main_body][0] for s in sims])
     contact = np.array([s.contact_cost if hasattr(s, "contact_cost") else 0.0 for s in sims])
     return reward[:, 0].double().numpy(), vel, contact, done
 
@@ -93,12 +96,12 @@ def test_rllab_observation_is_the_joints_and_the_torso_centre_of_mass(family, si
 
 @pytest.mark.parametrize("frame_skip", [1, 5])
 @pytest.mark.parametrize("observation", ["gym", "rllab"])
-@pytest.mark.parametrize("family", ["cheetah-dir", "cheetah-vel", "swimmer-vel", "ant-vel", "ant-dir", "ant-dir:gym"])
+@pytest.mark.parametrize("family", ["cheetah-dir", "cheetah-vel", "swimmer-vel", "ant-vel:gym", "ant-dir:gym"])
 def test_direct_mujoco_steps_give_gymnasiums_observations_and_rewards_to_the_bit(family, observation, frame_skip):
     """The half-cheetah, swimmer and ant step in MuJoCo directly; through gymnasium's ``step`` instead, the same
     tasks, seeds and actions give the same states, velocities and costs (float64) and the same observations,
     rewards and ends (float32), over two resets of the same simulators (the ant's episodes end early, some here;
-    ``:gym``: with gymnasium's physics)."""
+    ``:gym``: with gymnasium's physics; rllab's ant is checked against rllab's computation below)."""
     family, _, physics = family.partition(":")
     horizon = (200 if frame_skip == 1 else 50) if family.startswith("ant") else 15
     direct, gym = (MujocoTaskEnv(family, horizon=horizon, seed=7, frame_skip=frame_skip, observation=observation,
@@ -178,6 +181,55 @@ def test_rllabs_ant_starts_bent_from_init_qpos_with_rllabs_reset_noise():
     qpos, qvel = starts["gym"]
     assert np.abs(qpos[:, 2].mean() - 0.75) < 0.01 and np.abs(qpos[:, 7:]).max() <= 0.1
     assert np.abs(qpos[:, 7:].std(0) - 0.1 / 3**0.5).max() < 0.015  # uniform on ±0.1
+
+
+@pytest.mark.parametrize("observation", ["rllab", "gym"])
+def test_rllabs_ant_steps_forwards_and_reads_the_centre_of_mass_velocity(observation):
+    """rllab's ant, stepped as rllab's MujocoEnv and ``AntEnvRand`` do, written out here on a copy of each simulator:
+    ``mj_step``, ``forward``, the contact forces of the new state, and the forward velocity as rllab's
+    ``body_comvels``: each body's linear momentum (``mj_objectVelocity`` at its centre of mass) summed over the robot,
+    over its mass. The environment gives the same velocities, costs, ends and observations, over whole episodes."""
+    import copy
+
+    import mujoco
+
+    env = MujocoTaskEnv("ant-vel", horizon=60, seed=5, observation=observation)
+    tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
+    env.reset(tasks, 2)
+    gen, ended = torch.Generator().manual_seed(2), 0
+    for t in range(60):
+        sims = env._pool[:4]
+        alive = ~env._done.copy()
+        twins = [copy.copy(s.data) for s in sims]
+        actions = torch.randn(2, 2, 8, generator=gen) * 1.5
+        obs, _, done = env.step(actions)
+        for i, (sim, d) in enumerate(zip(sims, twins, strict=True)):
+            if not alive[i]:
+                continue
+            m = sim.model
+            d.ctrl[:] = np.clip(actions.reshape(4, 8)[i].double().numpy(), -1, 1)
+            mujoco.mj_step(m, d)
+            mujoco.mj_forward(m, d)
+            mujoco.mj_rnePostConstraint(m, d)
+            velocities = np.zeros((m.nbody, 6))
+            for b in range(m.nbody):
+                mujoco.mj_objectVelocity(m, d, mujoco.mjtObj.mjOBJ_BODY, b, velocities[b], 0)
+            robot = [b for b in range(1, m.nbody)]  # the torso's subtree: every body but the world
+            com_velocity = (m.body_mass[robot, None] * velocities[robot, 3:]).sum(0) / m.body_mass[robot].sum()
+            assert env._xv[i] == pytest.approx(com_velocity[0], abs=1e-9)
+            contact = 5e-4 * np.sum(np.square(np.clip(d.cfrc_ext, -1, 1)))
+            healthy = 0.2 <= d.qpos[2] <= 1.0
+            expected = -0.005 * np.sum(np.square(d.ctrl)) - contact + 0.05 * healthy
+            assert env._extra[i] == pytest.approx(expected, abs=1e-9)
+            assert bool(done.flatten()[i]) == (not healthy or t == 59)  # or the horizon
+            if observation == "rllab":
+                want = np.concatenate((d.qpos, d.qvel, np.clip(d.cfrc_ext, -1, 1).ravel(), d.xmat[1], d.subtree_com[1]))
+                np.testing.assert_allclose(obs.flatten(0, 1)[i].numpy(), want.astype(np.float32), rtol=1e-5, atol=1e-6)
+            ended += int(not healthy)
+    assert ended > 0  # episodes ended early among them, and later steps left them alone
+    env.direct = False
+    with pytest.raises(ConfigError, match="directly"):
+        env.reset(tasks, 1)
 
 
 def test_an_ant_run_stored_before_rllabs_physics_resumes_only_with_gymnasiums():

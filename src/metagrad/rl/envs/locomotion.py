@@ -81,8 +81,10 @@ RLLAB_ANT = {"frame_skip": 1, "timestep": 0.02, "solimp": (0.8, 0.8, 0.01), "qpo
 names no frame_skip), softer contacts (its default geom's solimp), and episodes that start from the model's
 ``init_qpos`` numeric (the torso at 0.55, the ankles bent ±1 rad; gymnasium's Ant-v5 has the same numeric and starts
 from the model's rest pose, torso 0.75, ankles 0) plus N(0, 0.01^2) on the positions and N(0, 0.1^2) on the
-velocities (gymnasium: U(-0.1, 0.1) and N(0, 0.1^2)). Gymnasium's Ant-v5 steps 5 x 0.01 s per action. The motors are
-the same behind rllab's normalize() (ctrlrange 150, gear 1) and gymnasium's (ctrlrange 1, gear 150)."""
+velocities (gymnasium: U(-0.1, 0.1) and N(0, 0.1^2)); after each action, ``forward`` on the new state (what the
+observation and contact cost read) and the robot's centre-of-mass velocity as the forward velocity (``ant_stepper``).
+Gymnasium's Ant-v5 steps 5 x 0.01 s per action. The motors are the same behind rllab's normalize() (ctrlrange 150,
+gear 1) and gymnasium's (ctrlrange 1, gear 150)."""
 
 DIRECT_ROBOTS = {"HalfCheetah-v5": ("reward_ctrl",), "Swimmer-v5": ("reward_ctrl",), "Ant-v5": _ANT_TERMS}
 """Robots ``MujocoTaskEnv`` steps in MuJoCo directly, with the ``info`` terms their families add there: the half-
@@ -188,15 +190,19 @@ def direct_stepper(env: Any, observe: Callable[[Any], np.ndarray],
     return step
 
 
-def ant_stepper(env: Any, observe: Callable[[Any], np.ndarray],
-                mujoco: Any) -> Callable[[np.ndarray], tuple[np.ndarray, float, float, bool]]:
-    """A function stepping an ant ``env`` with one action as its gymnasium ``step`` does, and returning ``observe``'s
-    observation, the x velocity, the sum of ``_ANT_TERMS`` (its control and contact costs, negated, and the survive
-    reward, added in that order as ``MujocoTaskEnv._record`` adds them) and whether the episode ends.
+def ant_stepper(env: Any, observe: Callable[[Any], np.ndarray], mujoco: Any,
+                rllab: bool = False) -> Callable[[np.ndarray], tuple[np.ndarray, float, float, bool]]:
+    """A function stepping an ant ``env`` with one action as its gymnasium ``step`` does (``rllab``: as rllab's
+    MujocoEnv and ant families do), and returning ``observe``'s observation, the x velocity, the sum of
+    ``_ANT_TERMS`` (its control and contact costs, negated, and the survive reward, added in that order as
+    ``MujocoTaskEnv._record`` adds them) and whether the episode ends.
 
     gymnasium's velocity is the torso's body position after minus before, over ``dt`` (positions one substep behind
-    the state); its health check reads the joint positions and velocities, its contact cost the contact forces
-    that ``mj_rnePostConstraint`` computes after the substeps."""
+    the state: with one substep per action, the previous action's motion); its health check reads the joint positions
+    and velocities, its contact cost the contact forces that ``mj_rnePostConstraint`` computes after the substeps.
+    rllab's calls ``forward`` after stepping (positions, contacts and velocities of the new state, which its
+    observation and contact cost read) and its velocity is the whole robot's centre-of-mass velocity (the torso's
+    subtree: ``get_body_comvel``), MuJoCo's ``subtree_linvel``."""
     model, data = env.model, env.data
     ctrl, qpos, qvel, cfrc = data.ctrl, data.qpos, data.qvel, data.cfrc_ext
     torso, nstep, dt = data.xpos[env._main_body], env.frame_skip, env.dt
@@ -204,15 +210,22 @@ def ant_stepper(env: Any, observe: Callable[[Any], np.ndarray],
     ctrl_w, contact_w, healthy_reward = env._ctrl_cost_weight, env._contact_cost_weight, env._healthy_reward
     terminate = env._terminate_when_unhealthy
     mj_step, post_constraint = mujoco.mj_step, mujoco.mj_rnePostConstraint
+    forward, subtree_velocities = mujoco.mj_forward, mujoco.mj_subtreeVel
+    com_velocity = data.subtree_linvel[env._main_body]
 
     def step(action: np.ndarray) -> tuple[np.ndarray, float, float, bool]:
         x = torso[0]
         ctrl[:] = action
         mj_step(model, data, nstep)
+        if rllab:
+            forward(model, data)
         post_constraint(model, data)
+        if rllab:
+            subtree_velocities(model, data)
+        velocity = com_velocity[0] if rllab else (torso[0] - x) / dt
         healthy = bool(np.isfinite(qpos).all() and np.isfinite(qvel).all() and min_z <= qpos[2] <= max_z)
         costs = -(ctrl_w * np.sum(np.square(action))) - contact_w * np.sum(np.square(np.clip(cfrc, low, high)))
-        return observe(None), (torso[0] - x) / dt, costs + healthy * healthy_reward, terminate and not healthy
+        return observe(None), float(velocity), costs + healthy * healthy_reward, terminate and not healthy
 
     return step
 
@@ -339,11 +352,16 @@ class MujocoTaskEnv(CopyTaskEnv):
         simulator)."""
         if not hasattr(env, "_metagrad_step"):
             observe = self._observer(env) or gym_observer(env)
-            make = ant_stepper if self._ant else direct_stepper
-            env._metagrad_step = make(env, observe, self._mujoco)
+            if self._ant:
+                env._metagrad_step = ant_stepper(env, observe, self._mujoco, rllab=self.physics == "rllab")
+            else:
+                env._metagrad_step = direct_stepper(env, observe, self._mujoco)
         return env._metagrad_step
 
     def _prepare(self, tasks: Tensor, episodes: int) -> list[Any]:
+        if self.physics == "rllab" and not self.direct:
+            raise ConfigError("rllab's ant steps only in MuJoCo directly (gymnasium's step is gymnasium's ant); keep "
+                              "direct True or use physics 'gym'")
         n = tasks.shape[0] * episodes
         if tasks.ndim != 2 or tasks.shape[1] != self.task_dim:
             raise ConfigError(f"{self.family_name} tasks must be [T, {self.task_dim}], got {list(tasks.shape)}")
