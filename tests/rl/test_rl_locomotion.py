@@ -534,3 +534,17 @@ def test_action_scale_is_checked():
     with pytest.raises(ConfigError, match=r"action_scale 0\.1 is for the MuJoCo locomotion families"):
         build(RLConfig(env="navigation2d", action_scale=0.1))
     assert build(RLConfig(env="cheetah-dir", action_scale=0.1))[0].env.action_space.high == 10.0
+
+
+def test_the_ant_rows_take_the_maml_codes_settings():
+    """`reproduce locomotion` on the ant: the MAML code's KL step of 0.01 (the cheetah's run took 0.02), and 40
+    episodes per step on the forward/backward task (the paper's section 5.3), at test too."""
+    from metagrad.reproduce import locomotion
+    from metagrad.reproduce.metarl import method_config
+
+    cfg = {env: method_config("maml-trpo", True, None, None, {}, locomotion.experiment(env).settings("maml-trpo"))
+           for env in ("ant-vel", "ant-dir", "cheetah-dir")}
+    assert [(c.max_kl, c.episodes, c.eval_episodes) for c in cfg.values()] == [(0.01, 20, 20), (0.01, 40, 40),
+                                                                               (0.02, 20, 20)]
+    assert method_config("maml-trpo", True, None, None, {"max_kl": "0.02"},
+                         locomotion.experiment("ant-vel").settings("maml-trpo")).max_kl == 0.02

@@ -54,10 +54,13 @@ ENVS = ("cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel", "swimmer-vel", "chee
 # inner step 0.1, KL step 0.02, iteration 100)
 BASE = {"horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02, "eval_steps": 3,
         "eval_episodes": 20, "eval_tasks": 40, "eval_lr": (0.1, 0.05)}
-# families whose episodes end early (the ant falls, leaving slots of a batch as padding): the update on valid steps
-# alone (pack_episodes; the same losses, an update's cost in proportion to the valid steps: docs/speed.md), where the
-# method allows it
-EARLY_ENDS = ("ant-dir", "ant-vel")
+# per family, over BASE: the MAML code's ant runs took a KL step of 0.01 (maml_rl's cluster_maml_trpo_ant.py and the
+# checkpoints its test scripts load, maml1_fbs20_mbs40_flr_0.1_mlr0.01 and maml1_fbs40_..._mlr0.01); the ant
+# forward/backward task used 40 episodes per step (the paper's section 5.3; its test script too). The ant's episodes
+# end early (it falls): the update on valid steps alone (pack_episodes: the same losses, an update's cost in
+# proportion to the valid steps, docs/speed.md), where the method allows it.
+FAMILY_SETTINGS = {"ant-vel": {"max_kl": 0.01, "pack_episodes": True},
+                   "ant-dir": {"max_kl": 0.01, "episodes": 40, "eval_episodes": 40, "pack_episodes": True}}
 # the oracle is not fine-tuned (its preset's eval_lr 0, which BASE's would override): MAML Figure 5 draws it as a
 # constant line, its return with the goal as input
 ORACLE = {"eval_lr": (0.0,)}
@@ -72,7 +75,7 @@ def experiment(env: str) -> Experiment:
     method_base = {"oracle": ORACLE}
     if env in SGMRL_ENVS:
         method_base.update({m: {**SGMRL_CODE, **SGMRL_ENVS[env]} for m in SGMRL_METHODS})
-    base = {**BASE, "env": env, **({"pack_episodes": True} if env in EARLY_ENDS else {})}
+    base = {**BASE, "env": env, **FAMILY_SETTINGS.get(env, {})}
     return Experiment(f"locomotion-{env}", format_table, paper, base, figures=figures, method_base=method_base)
 
 
