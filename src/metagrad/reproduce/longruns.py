@@ -95,7 +95,8 @@ ROWS = (
         "ant-vel-gym-physics", "metagrad reproduce locomotion --env ant-vel --algo maml-trpo --iterations 500 "
         "--time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true --set physics=gym "
         "--set max_kl=0.02 --out results/long/ant-vel-gym-physics", 500),
-    Row("MAML Fig. 5: ant direction, MAML-TRPO, pretrained, oracle (and random)", "500 iterations",
+    Row("MAML Fig. 5: ant direction, MAML-TRPO, pretrained, oracle (and random), on rllab's ant.xml, 40 episodes "
+        "per step (the paper's for this task)", "500 iterations",
         "locomotion-ant-dir", "metagrad reproduce locomotion --env ant-dir --algo maml-trpo,pretrained,oracle,random "
         "--iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true "
         "--out "
