@@ -61,9 +61,13 @@ def stored_config(data: dict[str, Any]) -> Config | RLConfig:
 
 
 def _stored_physics(env: dict[str, Any]) -> dict[str, Any]:
-    """A meta-RL config stored before ``physics`` existed: its ant ran gymnasium's physics (the ant families' own is
-    rllab's since), so it reads back as ``gym`` and resuming it under the new default is a config difference."""
-    return {**env, "physics": "gym"} if "physics" not in env and env.get("env") in ("ant-vel", "ant-dir") else env
+    """A meta-RL config stored before ``physics`` existed ran gymnasium's physics; where its family's own is now
+    another (the ant's: rllab's) it reads back as ``gym``, so resuming it under the new default is a config
+    difference."""
+    from .rl.envs.locomotion import FAMILIES
+
+    family = FAMILIES.get(env.get("env", ""))
+    return {**env, "physics": "gym"} if "physics" not in env and family and family.physics != "gym" else env
 
 
 def saved_config(run_dir: str | Path) -> Config | RLConfig | None:
