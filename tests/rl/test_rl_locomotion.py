@@ -11,7 +11,7 @@ from metagrad.errors import ConfigError
 from metagrad.experiment import stored_config
 from metagrad.rl import make_env, make_policy
 from metagrad.rl.config import RLConfig
-from metagrad.rl.envs.locomotion import FAMILIES, PARAM_ARRAYS, MujocoTaskEnv, make_simulator
+from metagrad.rl.envs.locomotion import FAMILIES, PARAM_ARRAYS, MujocoTaskEnv, make_simulator, rllab_advance
 from metagrad.rl.sampler import rollout
 
 # the papers' cost terms beside the task's forward term, per family: control weight, alive bonus
@@ -183,17 +183,18 @@ def test_rllabs_ant_starts_bent_from_init_qpos_with_rllabs_reset_noise():
     assert np.abs(qpos[:, 7:].std(0) - 0.1 / 3**0.5).max() < 0.015  # uniform on ±0.1
 
 
-@pytest.mark.parametrize("observation", ["rllab", "gym"])
-def test_rllabs_ant_steps_forwards_and_reads_the_centre_of_mass_velocity(observation):
+@pytest.mark.parametrize("observation,frame_skip", [("rllab", 0), ("gym", 0), ("rllab", 2)])
+def test_rllabs_ant_steps_forwards_and_reads_the_centre_of_mass_velocity(observation, frame_skip):
     """rllab's ant, stepped as rllab's MujocoEnv and ``AntEnvRand`` do, written out here on a copy of each simulator:
     ``mj_step``, ``forward``, the contact forces of the new state, and the forward velocity as rllab's
     ``body_comvels``: each body's linear momentum (``mj_objectVelocity`` at its centre of mass) summed over the robot,
-    over its mass. The environment gives the same velocities, costs, ends and observations, over whole episodes."""
+    over its mass. The environment gives the same states to the bit (it skips stages the last ``forward`` did), and
+    the same velocities, costs, ends and observations, over whole episodes."""
     import copy
 
     import mujoco
 
-    env = MujocoTaskEnv("ant-vel", horizon=60, seed=5, observation=observation)
+    env = MujocoTaskEnv("ant-vel", horizon=60, seed=5, observation=observation, frame_skip=frame_skip)
     tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
     env.reset(tasks, 2)
     gen, ended = torch.Generator().manual_seed(2), 0
@@ -208,9 +209,11 @@ def test_rllabs_ant_steps_forwards_and_reads_the_centre_of_mass_velocity(observa
                 continue
             m = sim.model
             d.ctrl[:] = np.clip(actions.reshape(4, 8)[i].double().numpy(), -1, 1)
-            mujoco.mj_step(m, d)
+            mujoco.mj_step(m, d, sim.frame_skip)
             mujoco.mj_forward(m, d)
             mujoco.mj_rnePostConstraint(m, d)
+            for name in ("qpos", "qvel", "qacc", "qacc_warmstart", "act", "efc_force", "cfrc_ext", "xpos", "time"):
+                np.testing.assert_array_equal(getattr(sim.data, name), getattr(d, name), err_msg=name)
             velocities = np.zeros((m.nbody, 6))
             for b in range(m.nbody):
                 mujoco.mj_objectVelocity(m, d, mujoco.mjtObj.mjOBJ_BODY, b, velocities[b], 0)
@@ -230,6 +233,16 @@ def test_rllabs_ant_steps_forwards_and_reads_the_centre_of_mass_velocity(observa
     env.direct = False
     with pytest.raises(ConfigError, match="directly"):
         env.reset(tasks, 1)
+
+
+def test_rllabs_stepping_refuses_an_integrator_it_does_not_write_out():
+    import mujoco
+
+    env = MujocoTaskEnv("ant-vel", horizon=5)
+    sim = env._make()
+    sim.model.opt.integrator = mujoco.mjtIntegrator.mjINT_EULER
+    with pytest.raises(ConfigError, match="RK4"):
+        rllab_advance(sim.model, sim.data, 1, mujoco)
 
 
 def test_an_ant_run_stored_before_rllabs_physics_resumes_only_with_gymnasiums():

@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -190,6 +191,33 @@ def direct_stepper(env: Any, observe: Callable[[Any], np.ndarray],
     return step
 
 
+def rllab_advance(model: Any, data: Any, nstep: int, mujoco: Any) -> Callable[[], None]:
+    """A function doing rllab's simulator work for one action: ``mj_step`` ``nstep`` times, then ``mj_forward``
+    on the new state. That ``mj_forward`` has already done the position and velocity stages of the next action's
+    first ``mj_step`` (they read only the positions and velocities, unchanged since; a reset ends in ``mj_forward``
+    too), so that step runs only its acceleration stage, with the new controls, before integrating: the same
+    arithmetic to the bit (a test compares every array the step writes), without one forward pass's costliest
+    stages."""
+    if model.opt.integrator != mujoco.mjtIntegrator.mjINT_RK4:  # the ant.xml's: mj_step's integrator is written here
+        raise ConfigError(f"rllab's stepping integrates as the ant.xml says, with RK4; this model has integrator "
+                          f"{model.opt.integrator}")
+    integrate, velocity_stage = partial(mujoco.mj_RungeKutta, model, data, 4), mujoco.mjtStage.mjSTAGE_VEL
+    check_pos, check_vel, check_acc = mujoco.mj_checkPos, mujoco.mj_checkVel, mujoco.mj_checkAcc
+    forward_skip, forward, mj_step = mujoco.mj_forwardSkip, mujoco.mj_forward, mujoco.mj_step
+
+    def advance() -> None:
+        check_pos(model, data)  # mj_step's own order: checks, forward pass, check, integrator
+        check_vel(model, data)
+        forward_skip(model, data, velocity_stage, 0)
+        check_acc(model, data)
+        integrate()
+        if nstep > 1:
+            mj_step(model, data, nstep - 1)
+        forward(model, data)
+
+    return advance
+
+
 def ant_stepper(env: Any, observe: Callable[[Any], np.ndarray], mujoco: Any,
                 rllab: bool = False) -> Callable[[np.ndarray], tuple[np.ndarray, float, float, bool]]:
     """A function stepping an ant ``env`` with one action as its gymnasium ``step`` does (``rllab``: as rllab's
@@ -202,23 +230,21 @@ def ant_stepper(env: Any, observe: Callable[[Any], np.ndarray], mujoco: Any,
     and velocities, its contact cost the contact forces that ``mj_rnePostConstraint`` computes after the substeps.
     rllab's calls ``forward`` after stepping (positions, contacts and velocities of the new state, which its
     observation and contact cost read) and its velocity is the whole robot's centre-of-mass velocity (the torso's
-    subtree: ``get_body_comvel``), MuJoCo's ``subtree_linvel``."""
+    subtree: ``get_body_comvel``), MuJoCo's ``subtree_linvel`` (stepped by ``rllab_advance``)."""
     model, data = env.model, env.data
     ctrl, qpos, qvel, cfrc = data.ctrl, data.qpos, data.qvel, data.cfrc_ext
     torso, nstep, dt = data.xpos[env._main_body], env.frame_skip, env.dt
     (low, high), (min_z, max_z) = env._contact_force_range, env._healthy_z_range
     ctrl_w, contact_w, healthy_reward = env._ctrl_cost_weight, env._contact_cost_weight, env._healthy_reward
     terminate = env._terminate_when_unhealthy
-    mj_step, post_constraint = mujoco.mj_step, mujoco.mj_rnePostConstraint
-    forward, subtree_velocities = mujoco.mj_forward, mujoco.mj_subtreeVel
+    post_constraint, subtree_velocities = mujoco.mj_rnePostConstraint, mujoco.mj_subtreeVel
+    advance = rllab_advance(model, data, nstep, mujoco) if rllab else partial(mujoco.mj_step, model, data, nstep)
     com_velocity = data.subtree_linvel[env._main_body]
 
     def step(action: np.ndarray) -> tuple[np.ndarray, float, float, bool]:
         x = torso[0]
         ctrl[:] = action
-        mj_step(model, data, nstep)
-        if rllab:
-            forward(model, data)
+        advance()
         post_constraint(model, data)
         if rllab:
             subtree_velocities(model, data)
