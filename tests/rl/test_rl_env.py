@@ -105,7 +105,7 @@ def test_linear_feature_baseline_fits_a_linear_return_exactly():
     # a least-squares fit, not an interpolation: a non-linear return is not fitted
     cubic = returns + obs[..., 0] ** 3
     assert not torch.allclose(fit_predict(obs, cubic, mask, reg=0.0), cubic, atol=1e-2)
-    # the MAML code's order: each task's steps predicted with the law fitted on the task before it
+    # rllab's older order: each task's steps predicted with the law fitted on the task before it
     shifted = fit_predict(obs, returns, mask, reg=0.0, previous=True)
     before = (features(obs, mask) * weights.roll(1, 0)[:, None, None]).sum(-1)
     assert torch.allclose(shifted, before, atol=1e-9, rtol=0)

@@ -357,9 +357,9 @@ def test_the_locomotion_oracle_is_not_fine_tuned():
     assert maml.eval_lr == (0.1, 0.05)
 
 
-def test_figure5_readings_stand_beside_methods_no_table_gives():
-    """Half-cheetah goal velocity has no table in the MAML paper: its Figure 5 readings print with "~" beside MAML,
-    pretrained and oracle; half-cheetah direction's MAML row keeps Table 5's exact numbers."""
+def test_figure5_numbers_stand_beside_every_method_on_every_family():
+    """MAML Figure 5's numbers (the MAML code's stored test returns) print beside MAML, pretrained, random and the
+    oracle on each family, one row per method; half-cheetah direction's MAML row is Table 5's."""
     from metagrad.reproduce.locomotion import experiment, format_table
 
     def result(label: str) -> dict:
@@ -367,15 +367,17 @@ def test_figure5_readings_stand_beside_methods_no_table_gives():
         return {"label": label, "iterations": 3, "config": {}, "curve": curve, "seconds_per_iteration": 0}
 
     methods = {m: result(m.upper()) for m in ("maml-trpo", "pretrained", "oracle", "random")}
-    table = format_table({"experiment": "locomotion-cheetah-vel", "paper": experiment("cheetah-vel").paper,
-                          "methods": methods}).splitlines()
-    read = {line.split("|")[1].strip(): line.split("|")[3:-1] for line in table if "read off" in line}
-    assert read.keys() == {"MAML-TRPO (paper's Figure 5, read off)", "PRETRAINED (paper's Figure 5, read off)",
-                           "ORACLE (paper's Figure 5, read off)"}
-    assert [c.strip() for c in read["MAML-TRPO (paper's Figure 5, read off)"]] == ["~-130", "~-80", "~-75", "~-75"]
-    table = format_table({"experiment": "locomotion-cheetah-dir", "paper": experiment("cheetah-dir").paper,
-                          "methods": {"maml-trpo": result("MAML-TRPO")}})
-    assert "| MAML-TRPO (paper) | | -50.7 | 293.2 | 313.5 | 315.6 |" in table and "read off" not in table
+    for env in ("cheetah-dir", "cheetah-vel", "ant-vel", "ant-dir"):
+        table = format_table({"experiment": f"locomotion-{env}", "paper": experiment(env).paper,
+                              "methods": methods}).splitlines()
+        rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:-1]] for line in table
+                if "(paper)" in line}
+        assert rows.keys() == {f"{m.upper()} (paper)" for m in methods}, env
+        assert len(set(rows["ORACLE (paper)"])) == 1, env  # a constant line
+    cheetah_dir = format_table({"experiment": "locomotion-cheetah-dir", "paper": experiment("cheetah-dir").paper,
+                                "methods": {"maml-trpo": result("MAML-TRPO")}})
+    assert "| MAML-TRPO (paper) | | -50.7 | 293.2 | 313.5 | 315.6 |" in cheetah_dir
+    assert rows["MAML-TRPO (paper)"] == ["8.7", "499.1", "500.7", "499.1"]  # ant direction
 
 
 def test_table2_numbers_stand_beside_the_step_count_a_run_trained_with():

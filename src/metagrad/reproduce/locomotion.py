@@ -16,16 +16,22 @@ from ..analysis.stats import format_ci
 from ..errors import ConfigError
 from .metarl import Experiment
 
-# the MAML paper's half-cheetah forward/backward average return after 0..3 steps (appendix, Table 5)
+# the MAML paper's Figure 5 and Table 5: average return after 0..3 steps on its 40 test tasks, as the MAML code's
+# repository keeps them (cbfinn/maml_rl, icml/icml_{cheetahdirec,cheetah,antdirec,ant}_results_*.pkl, the test
+# scripts' "task_avg_returns" that icml/make_*_plots.py draw; its half-cheetah direction row is Table 5's); pretrained
+# fine-tuned with step 0.2, random with 1.0, the oracle not fine-tuned (a constant line); the context vector is
+# appendix C.2's Table 5
 MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65],
-                              "context": [-40.49, -44.08, -38.27, -42.50]}}  # context vector: appendix C.2
-# the MAML paper's Figure 5 where no table gives numbers: the returns after 0..3 steps read off its panels
-# (approximate: from the figure's description in ../shared/papers; printed with "~"); the oracle is a constant line
-FIGURE5 = {"cheetah-dir": {"oracle": [400] * 4},  # MAML's: Table 5; pretrained and random: only their ends read
-           "cheetah-vel": {"maml-trpo": [-130, -80, -75, -75], "pretrained": [-160, -135, -130, -130],
-                           "oracle": [-60] * 4},
-           "ant-vel": {"maml-trpo": [0, 95, 100, 100], "pretrained": [-20, 10, 15, 15], "oracle": [115] * 4},
-           "ant-dir": {"maml-trpo": [0, 500, 500, 500], "pretrained": [0] * 4, "oracle": [520] * 4}}
+                              "pretrained": [-43.03, -24.75, -12.85, 19.57],
+                              "random": [-35.73, 21.83, 62.32, 86.18], "oracle": [442.69] * 4,
+                              "context": [-40.49, -44.08, -38.27, -42.50]},
+              "cheetah-vel": {"maml-trpo": [-129.53, -78.57, -66.62, -60.78],
+                              "pretrained": [-158.00, -135.39, -128.47, -133.61],
+                              "random": [-254.83, -254.33, -246.79, -230.83], "oracle": [-54.47] * 4},
+              "ant-vel": {"maml-trpo": [30.58, 96.74, 100.06, 101.41], "pretrained": [-1.83, 6.11, 8.47, 9.47],
+                          "random": [-78.64, -62.81, -48.55, -35.56], "oracle": [107.89] * 4},
+              "ant-dir": {"maml-trpo": [8.66, 499.15, 500.68, 499.11], "pretrained": [3.16, 1.27, 6.51, 6.86],
+                          "random": [3.11, 9.25, 15.96, 26.11], "oracle": [524.80] * 4}}
 # the SG-MRL paper's Table 2: mean meta-test return over 4 seeds, per number of inner steps (trained and adapted with
 # that many; string keys, as they come back from results.json); its methods run on its code's environments and
 # policy (SGMRL_CODE, SGMRL_ENVS: the same families)
@@ -70,8 +76,7 @@ def experiment(env: str) -> Experiment:
     """The locomotion experiment on one task family (``cheetah-dir``, ``cheetah-vel``, ``ant-dir``, ...)."""
     if env not in ENVS:
         raise ConfigError(f"unknown locomotion task family '{env}'; choose one of {', '.join(ENVS)}")
-    paper = {"maml": MAML_PAPER.get(env, {}), "maml_figure5": FIGURE5.get(env, {}),
-             "sgmrl_table2": SGMRL_TABLE2.get(env, {})}
+    paper = {"maml": MAML_PAPER.get(env, {}), "sgmrl_table2": SGMRL_TABLE2.get(env, {})}
     method_base = {"oracle": ORACLE}
     if env in SGMRL_ENVS:
         method_base.update({m: {**SGMRL_CODE, **SGMRL_ENVS[env]} for m in SGMRL_METHODS})
@@ -107,9 +112,6 @@ def format_table(results: dict[str, Any]) -> str:
         if reference is not None:
             shown = [f"{v:.1f}" if v is not None else "-" for v in reference] + ["-"] * steps
             lines.append(f"| {r['label']} (paper) | | " + " | ".join(shown[:steps]) + " |")
-        elif m in paper.get("maml_figure5", {}):
-            shown = [f"~{v}" for v in paper["maml_figure5"][m]] + ["-"] * steps
-            lines.append(f"| {r['label']} (paper's Figure 5, read off) | | " + " | ".join(shown[:steps]) + " |")
     lines.append("")
     for r in methods.values():
         c = r["curve"]

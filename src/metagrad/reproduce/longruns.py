@@ -60,8 +60,9 @@ ROWS = (
         "--iterations 500 --time-budget 120 --set hvp_subsample=0.25 --set compile=true --out "
         "results/long/locomotion-cheetah-dir",
         500),
-    Row("Half-cheetah forward/backward, MAML-TRPO with the MAML code's baseline order (each task's advantages from "
-        "the previous task's linear fit; --set baseline=linear-previous): one change against the run of record",
+    Row("Half-cheetah forward/backward, MAML-TRPO with rllab's older baseline order (each task's advantages from "
+        "the previous task's linear fit; --set baseline=linear-previous; the MAML code fits each task's own, as ours): "
+        "one change against the run of record",
         "100 iterations (to compare with the run of record's first 100)", "cheetah-dir-baseline-previous",
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --time-budget 60 --set "
         "hvp_subsample=1.0 --set compile=true --set baseline=linear-previous --out "

@@ -25,8 +25,8 @@ def fit_predict(obs: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5, t
     ``obs`` is ``[T, K, H, obs_dim]``, ``returns`` and ``mask`` ``[T, K, H]``: the least-squares fit uses every
     valid step of the task's K episodes (ridge ``reg``, multiplied by 10 while the solve fails, as rllab does),
     in float64. Returns ``[T, K, H]`` predictions (0 on invalid steps). ``previous``: each task's steps are
-    predicted with the fit of the task before it (the first with the last's), as the MAML paper's code did (rllab
-    predicts a batch with the baseline fitted on the batch before, and that code processes the tasks in turn).
+    predicted with the fit of the task before it (the first with the last's): rllab's order, which predicts a batch
+    with the baseline fitted on the batch before (the MAML code fits each task's own first since its commit 87325bb).
     """
     x = features(obs.double(), mask.double())
     t = x.shape[0]

@@ -84,7 +84,8 @@ class RLConfig(Settings):
     gamma: float = opt(0.99, "algo", "discount factor")
     gae_lambda: float = opt(1.0, "algo", "GAE lambda (1: returns minus the baseline)")
     baseline: str = opt("linear", "algo", "linear (feature baseline of Duan et al., refit per task), "
-                        "linear-previous (each task predicted with the previous task's fit, as the MAML code) or none")
+                        "linear-previous (each task predicted with the previous task's fit, as rllab before the MAML "
+                        "code's own fit) or none")
     normalize_inner: bool = opt(True, "algo", "normalize the advantages of the inner step per task")
     normalize_outer: bool = opt(True, "algo", "normalize the advantages of the outer objective per task")
     max_kl: float = opt(0.01, "algo", "TRPO: KL bound of a meta-step")

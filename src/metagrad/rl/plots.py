@@ -34,11 +34,11 @@ def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
 
 
 def locomotion_figures(results: dict[str, Any], out: Path) -> list[Path]:
-    """MAML Figure 5's panel for one task family (return after 0..k steps, the paper's values beside: its appendix
-    tables' where they give them, else read off its Figure 5) and the training curves."""
+    """MAML Figure 5's panel for one task family (return after 0..k steps, the paper's values beside: the MAML
+    code's stored test returns) and the training curves."""
     methods, env = results["methods"], results["experiment"].removeprefix("locomotion-")
     given = results.get("paper", {})
-    paper = {m: v for m, v in {**given.get("maml_figure5", {}), **given.get("maml", {})}.items() if m in methods}
+    paper = {m: v for m, v in given.get("maml", {}).items() if m in methods}
     return [return_curves(methods, out / "return_curves.png", TITLES.get(env, env), symlog=False, paper=paper),
             *_training_figure(methods, out)]
 

@@ -123,8 +123,8 @@ def pack(trajs: Sequence[Trajectories], out: Trajectories,
 def process(traj: Trajectories, gamma: float = 0.99, gae_lambda: float = 1.0, baseline: str = "linear",
             normalize_advantages: bool = True) -> Trajectories:
     """Discounted returns, the baseline refitted on these trajectories (per task; ``linear-previous``: each task
-    predicted with the fit of the task before it, as the MAML code), advantages (GAE), optionally normalized per
-    task over its valid steps (as the papers' code does)."""
+    predicted with the fit of the task before it, rllab's order), advantages (GAE), optionally normalized per task
+    over its valid steps (as the papers' code does)."""
     returns = discounted_returns(traj.rewards, traj.mask, gamma)
     if baseline in ("linear", "linear-previous"):
         values = linear_baseline.fit_predict(traj.obs, returns, traj.mask, previous=baseline == "linear-previous")
