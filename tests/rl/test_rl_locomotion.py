@@ -163,8 +163,13 @@ def test_the_ant_is_rllabs_ant_xml_and_physics_gym_gives_gymnasiums():
 
 def test_rllabs_ant_starts_bent_from_init_qpos_with_rllabs_reset_noise():
     """rllab's MujocoEnv starts from the model's init_qpos numeric (torso 0.55, ankles ±1 rad) plus N(0, 0.01^2) on the
-    positions and N(0, 0.1^2) on the velocities; gymnasium's from the rest pose (torso 0.75, ankles 0) plus U(-0.1,
-    0.1). Both are seeded: the same seed gives the same start."""
+    positions and N(0, 0.1^2) on the velocities, and its first observation holds the start's contact forces;
+    gymnasium's from the rest pose (torso 0.75, ankles 0) plus U(-0.1, 0.1). Both are seeded: the same seed gives
+    the same start."""
+    import copy
+
+    import mujoco
+
     starts = {}
     for physics in ("rllab", "gym"):
         env = MujocoTaskEnv("ant-vel", horizon=3, seed=3, physics=physics)
@@ -173,6 +178,12 @@ def test_rllabs_ant_starts_bent_from_init_qpos_with_rllabs_reset_noise():
         qvel = np.stack([s.data.qvel.copy() for s in env._pool[:200]])
         starts[physics] = qpos, qvel
         np.testing.assert_array_equal(obs.flatten(0, 1)[:, :15].numpy(), qpos.astype(np.float32))  # rllab's obs
+        if physics == "rllab":  # the contact forces of the start state, as forward and rnePostConstraint give them
+            d = copy.copy(env._pool[0].data)
+            mujoco.mj_forward(env._pool[0].model, d)
+            mujoco.mj_rnePostConstraint(env._pool[0].model, d)
+            forces = np.clip(d.cfrc_ext, -1, 1).ravel().astype(np.float32)
+            assert np.abs(forces).sum() > 1 and np.array_equal(obs[0, 0, 29:29 + forces.size].numpy(), forces)
         again = MujocoTaskEnv("ant-vel", horizon=3, seed=3, physics=physics)
         assert torch.equal(again.reset(env.sample_tasks(10, torch.Generator().manual_seed(0)), 20), obs)
     init = np.array([0.0, 0.0, 0.55, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0, -1.0, 0.0, 1.0])
@@ -222,7 +233,7 @@ def test_rllabs_ant_steps_forwards_and_reads_the_centre_of_mass_velocity(observa
             assert env._xv[i] == pytest.approx(com_velocity[0], abs=1e-9)
             contact = 5e-4 * np.sum(np.square(np.clip(d.cfrc_ext, -1, 1)))
             healthy = 0.2 <= d.qpos[2] <= 1.0
-            expected = -0.005 * np.sum(np.square(d.ctrl)) - contact + 0.05 * healthy
+            expected = -0.005 * np.sum(np.square(d.ctrl)) - contact + 0.05  # rllab's survive reward, every step
             assert env._extra[i] == pytest.approx(expected, abs=1e-9)
             assert bool(done.flatten()[i]) == (not healthy or t == 59)  # or the horizon
             if observation == "rllab":
@@ -550,8 +561,9 @@ def test_action_scale_is_checked():
 
 
 def test_the_ant_rows_take_the_maml_codes_settings():
-    """`reproduce locomotion` on the ant: the MAML code's KL step of 0.01 (the cheetah's run took 0.02), and 40
-    episodes per step on the forward/backward task (the paper's section 5.3), at test too."""
+    """`reproduce locomotion` on the ant: the MAML code's KL step of 0.01 (the cheetah's run took 0.02), losses
+    averaged over each task's valid steps, 40 episodes per step on the forward/backward task (the paper's section
+    5.3), at test too, and that task's test steps 0.1 then 0.001 (its test script's)."""
     from metagrad.reproduce import locomotion
     from metagrad.reproduce.metarl import method_config
 
@@ -559,5 +571,7 @@ def test_the_ant_rows_take_the_maml_codes_settings():
            for env in ("ant-vel", "ant-dir", "cheetah-dir")}
     assert [(c.max_kl, c.episodes, c.eval_episodes) for c in cfg.values()] == [(0.01, 20, 20), (0.01, 40, 40),
                                                                                (0.02, 20, 20)]
+    assert [(c.loss_mean, c.eval_lr) for c in cfg.values()] == [("steps", (0.1, 0.05)), ("steps", (0.1, 0.001)),
+                                                                ("slots", (0.1, 0.05))]
     assert method_config("maml-trpo", True, None, None, {"max_kl": "0.02"},
                          locomotion.experiment("ant-vel").settings("maml-trpo")).max_kl == 0.02

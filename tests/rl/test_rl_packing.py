@@ -1,6 +1,7 @@
 """``pack_episodes``: the update on each task's valid steps alone gives the padded layout's losses, meta-gradient,
 curvature products and outer step (float64), on every algorithm it serves; SG-MRL and subsampled curvature, which
-read whole episodes, keep the padded layout."""
+read whole episodes, keep the padded layout. ``loss_mean``: each task's losses average over its K x H slots
+(``slots``) or over its valid steps (``steps``, the papers' code), checked against the means written out here."""
 
 from __future__ import annotations
 
@@ -115,3 +116,59 @@ def test_the_ant_and_the_tradeoff_families_pack_where_the_method_allows_it():
     assert not method_config("maml-trpo", False, 1, None, {}, cheetah.settings("maml-trpo")).pack_episodes
     study = Study(env="hopper-rand-params", pair="trpo")
     assert all(study.config(m, 0).pack_episodes for m in study.methods)
+
+
+def _task(traj: Trajectories, t: int) -> Trajectories:
+    return Trajectories(*(f[t] for f in traj))
+
+
+def _learners() -> tuple[MetaRL, MetaRL, list[Trajectories], Trajectories]:
+    slots, steps = _learner("maml", "trpo"), _learner("maml", "trpo", loss_mean="steps")
+    trajs, out = _batches(slots)
+    return slots, steps, trajs, out
+
+
+def test_steps_scales_each_tasks_advantages_by_its_slots_over_its_valid_steps():
+    slots, steps, _, out = _learners()
+    a, b = slots.process(out, True), steps.process(out, True)
+    valid = out.mask.sum((1, 2))
+    assert (valid < out.mask[0].numel()).all()  # every task has episodes that end early
+    torch.testing.assert_close(b.advantages, a.advantages * (out.mask[0].numel() / valid)[:, None, None])
+    full = out._replace(mask=torch.ones_like(out.mask))  # no episode ends early: the two agree
+    torch.testing.assert_close(steps.process(full, True).advantages, slots.process(full, True).advantages)
+
+
+def test_the_inner_loss_and_the_outer_surrogate_average_over_valid_steps():
+    slots, steps, trajs, out = _learners()
+    theta = steps.meta_params()
+    inner, out_s = steps.process(trajs[0], True), steps.process(out, True)
+    plain_inner, plain_out = slots.process(trajs[0], True), slots.process(out, True)
+    for t in range(T):
+        task, plain = _task(inner, t), _task(plain_inner, t)
+        logp = steps.policy.log_prob(policy_dist(steps.policy, theta, task.obs, False), task.actions)
+        expected = -(logp * plain.advantages * task.mask).sum() / task.mask.sum()
+        torch.testing.assert_close(steps.inner_loss(theta, task), expected, rtol=1e-12, atol=1e-12)
+    joint = _learner("joint", "trpo", loss_mean="steps")  # no inner step: the surrogate at moved parameters
+    moved = {k: v + 0.05 * torch.randn_like(v) for k, v in theta.items()}
+    logp = joint.policy.log_prob(policy_dist(joint.policy, moved, out_s.obs, False), out_s.actions)
+    ratio = torch.exp((logp - out_s.old_log_prob) * out_s.mask) * out_s.mask
+    expected = ((ratio * plain_out.advantages).sum((1, 2)) / out_s.mask.sum((1, 2))).mean()
+    torch.testing.assert_close(joint.objective(moved, [], out_s), expected, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(slots.objective(moved, [], plain_out), expected)
+
+
+def test_packing_keeps_the_valid_step_means():
+    _, steps, trajs, out = _learners()
+    trajs, out = [steps.process(t, True) for t in trajs], steps.process(out, True)
+    theta = steps.meta_params()
+    ptrajs, pout = pack(trajs, out)
+    torch.testing.assert_close(steps.objective(theta, ptrajs, pout), steps.objective(theta, trajs, out),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_loss_mean_is_checked():
+    with pytest.raises(ConfigError, match="loss_mean"):
+        _learner("maml", "trpo", loss_mean="episodes")
+    with pytest.raises(ConfigError, match="loss_mean"):
+        RLConfig(loss_mean="mean").validate()
+    assert RLConfig().loss_mean == "slots"

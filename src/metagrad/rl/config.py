@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..settings import Settings, opt, preset_names, suggest
 from .envs.locomotion import OBSERVATIONS, PHYSICS
 from .envs.navigation import REWARDS
-from .metarl import ALGOS, BASELINES, HVPS, OUTERS, SCORE_BASELINES, check_packable
+from .metarl import ALGOS, BASELINES, HVPS, LOSS_MEANS, OUTERS, SCORE_BASELINES, check_packable
 from .policy import ACTIVATIONS, POLICIES
 
 SECTIONS = ("env", "policy", "algo", "train", "eval")
@@ -87,6 +87,9 @@ class RLConfig(Settings):
                         "linear-previous (each task predicted with the previous task's fit, as rllab before the MAML "
                         "code's own fit) or none")
     normalize_inner: bool = opt(True, "algo", "normalize the advantages of the inner step per task")
+    loss_mean: str = opt("slots", "algo", "what each task's losses average over: slots (episodes x horizon, the "
+                         "steps after an episode's end as zeros) or steps (its valid steps, as the papers' code: a "
+                         "task whose episodes end early weighs as much and takes the same inner step)")
     normalize_outer: bool = opt(True, "algo", "normalize the advantages of the outer objective per task")
     max_kl: float = opt(0.01, "algo", "TRPO: KL bound of a meta-step")
     cg_iters: int = opt(10, "algo", "TRPO: conjugate-gradient iterations")
@@ -154,7 +157,8 @@ class RLConfig(Settings):
         self.check_choices({"algo": ALGOS, "outer": OUTERS, "policy": POLICIES, "activation": tuple(ACTIVATIONS),
                             "baseline": BASELINES, "hvp": HVPS, "score_baseline": SCORE_BASELINES, "reward": REWARDS,
                             "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS),
-                            "physics": ("auto", *PHYSICS), "outer_lr_schedule": OUTER_LR_SCHEDULES})
+                            "physics": ("auto", *PHYSICS), "outer_lr_schedule": OUTER_LR_SCHEDULES,
+                            "loss_mean": LOSS_MEANS})
         self.check_at_least({"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
                              "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
                              "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,

@@ -48,6 +48,7 @@ OUTERS = ("trpo", "vpg", "ppo")
 HVPS = ("exact", "finite-difference")
 SCORE_BASELINES = ("none", "batch")
 BASELINES = ("linear", "linear-previous", "none")
+LOSS_MEANS = ("steps", "slots")
 
 
 def packable(algo: str, hvp_subsample: float) -> bool:
@@ -93,6 +94,10 @@ class MetaRL(nn.Module):
         pack_episodes: the update on each task's valid steps alone (``sampler.pack``: the same losses, fewer
             slots where episodes end early); refused (ConfigError) with SG-MRL or ``hvp_subsample`` < 1, which
             read whole episodes.
+        loss_mean: what each task's losses average over: ``slots``, all ``K H`` (steps after an episode's end
+            count as zeros: where episodes end early, a smaller inner step and a smaller weight in the outer
+            objective), or ``steps``, its valid steps (the MAML and ProMP code's mean over a task's samples). The
+            same where no episode ends early.
     """
 
     def __init__(self, policy: Policy, env: TaskEnv, algo: str = "maml", outer: str = "trpo",
@@ -104,11 +109,11 @@ class MetaRL(nn.Module):
                  score_baseline: str = "none",
                  emaml_weight: float = 1.0, ppo_epochs: int = 5, ppo_clip: float = 0.3,
                  inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] = (),
-                 compile: bool = False, pack_episodes: bool = False):
+                 compile: bool = False, pack_episodes: bool = False, loss_mean: str = "slots"):
         super().__init__()
         for name, value, allowed in (("algo", algo, ALGOS), ("outer", outer, OUTERS), ("hvp", hvp, HVPS),
                                      ("score_baseline", score_baseline, SCORE_BASELINES),
-                                     ("baseline", baseline, BASELINES)):
+                                     ("baseline", baseline, BASELINES), ("loss_mean", loss_mean, LOSS_MEANS)):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} '{value}'; choose one of {', '.join(allowed)}")
         if inner_steps < 0 or episodes < 1:
@@ -131,7 +136,7 @@ class MetaRL(nn.Module):
         self.inner = SGD(inner_lr)
         self.inner_steps = 0 if algo == "joint" else inner_steps
         self.episodes, self.gamma, self.gae_lambda, self.baseline = episodes, gamma, gae_lambda, baseline
-        self.normalize_inner, self.normalize_outer = normalize_inner, normalize_outer
+        self.normalize_inner, self.normalize_outer, self.loss_mean = normalize_inner, normalize_outer, loss_mean
         self.max_kl, self.cg_iters, self.cg_damping, self.hvp_subsample = max_kl, cg_iters, cg_damping, hvp_subsample
         self.backtrack, self.max_backtracks, self.curvature_chunk = backtrack, max_backtracks, curvature_chunk
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
@@ -203,8 +208,15 @@ class MetaRL(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def process(self, traj: Trajectories, normalize: bool) -> Trajectories:
-        """Returns, baseline and advantages with this learner's settings."""
-        return process(traj, self.gamma, self.gae_lambda, self.baseline, normalize)
+        """Returns, baseline and advantages with this learner's settings. The losses divide each task's sums by its
+        ``K H`` slots and are linear in the advantages, so ``loss_mean='steps'`` scales each task's advantages by
+        ``K H`` over its valid steps: every loss then averages over the task's valid steps."""
+        traj = process(traj, self.gamma, self.gae_lambda, self.baseline, normalize)
+        if self.loss_mean == "slots":
+            return traj
+        slots = traj.mask[0].numel()
+        valid = traj.mask.flatten(1).sum(1).clamp(min=1)
+        return traj._replace(advantages=traj.advantages * (slots / valid).view(-1, *[1] * (traj.mask.dim() - 1)))
 
     def sample(self, tasks: Tensor, generator: torch.Generator | None) -> tuple[list[Trajectories], Trajectories]:
         """The inner batches (one per inner step) and the post-adaptation batch ``D_o`` of a meta-batch

@@ -12,7 +12,8 @@ instances are cached and reused across resets. Rewards follow the papers' code (
   (0.05 = rllab's 0.5 * 1e-1, as maml_rl and ProMP; gymnasium's own default would be 0.1.)
 - ``ant-vel`` (g ~ U[0, 3]) and ``ant-dir`` (d = ±1): the forward term as above (plus 1 per step for ant-vel,
   rllab's "make it happy, not suicidal"), plus rllab's ant costs:
-  - 0.005 |a|^2 (control) - 5e-4 |clip(contact forces, -1, 1)|^2 (contact) + 0.05 (survive);
+  - 0.005 |a|^2 (control) - 5e-4 |clip(contact forces, -1, 1)|^2 (contact) + 0.05 (survive; on rllab's physics
+  also on the step that ends the episode, as rllab's ant);
   episodes end on gymnasium's unhealthy condition (torso height outside [0.2, 1.0], as rllab). The simulator as
   rllab's ant.xml sets it (``RLLAB_ANT``: 0.02 s per action, softer contacts), not gymnasium's 5 x 0.01 s.
 - ``swimmer-vel``: g ~ U[0, 0.5] (the speeds a trained swimmer reaches); reward -1.5 |x_velocity - g| - 0.005 |a|^2
@@ -230,7 +231,8 @@ def ant_stepper(env: Any, observe: Callable[[Any], np.ndarray], mujoco: Any,
     and velocities, its contact cost the contact forces that ``mj_rnePostConstraint`` computes after the substeps.
     rllab's calls ``forward`` after stepping (positions, contacts and velocities of the new state, which its
     observation and contact cost read) and its velocity is the whole robot's centre-of-mass velocity (the torso's
-    subtree: ``get_body_comvel``), MuJoCo's ``subtree_linvel`` (stepped by ``rllab_advance``)."""
+    subtree: ``get_body_comvel``), MuJoCo's ``subtree_linvel`` (stepped by ``rllab_advance``); its survive reward
+    is paid on every step, the one where the ant falls too (gymnasium's only while healthy)."""
     model, data = env.model, env.data
     ctrl, qpos, qvel, cfrc = data.ctrl, data.qpos, data.qvel, data.cfrc_ext
     torso, nstep, dt = data.xpos[env._main_body], env.frame_skip, env.dt
@@ -250,8 +252,9 @@ def ant_stepper(env: Any, observe: Callable[[Any], np.ndarray], mujoco: Any,
             subtree_velocities(model, data)
         velocity = com_velocity[0] if rllab else (torso[0] - x) / dt
         healthy = bool(np.isfinite(qpos).all() and np.isfinite(qvel).all() and min_z <= qpos[2] <= max_z)
+        survive = healthy_reward if healthy or rllab else 0.0
         costs = -(ctrl_w * np.sum(np.square(action))) - contact_w * np.sum(np.square(np.clip(cfrc, low, high)))
-        return observe(None), float(velocity), costs + healthy * healthy_reward, terminate and not healthy
+        return observe(None), float(velocity), costs + survive, terminate and not healthy
 
     return step
 
@@ -330,13 +333,16 @@ class MujocoTaskEnv(CopyTaskEnv):
 
     def _reset_copy(self, env: Any, seed: int) -> np.ndarray:
         """gymnasium's reset (seeding the copy's generator), then with rllab's physics rllab's start: ``init_qpos``
-        plus N(0, 0.01^2), velocities N(0, 0.1^2), drawn from that generator."""
+        plus N(0, 0.01^2), velocities N(0, 0.1^2), drawn from that generator, and the contact forces of that state
+        (rllab's MuJoCo 1.31 computed them in ``forward``; MuJoCo 3 in ``mj_rnePostConstraint``, which gymnasium's
+        reset skips: its first observation shows none)."""
         obs = super()._reset_copy(env, seed)
         if self.physics != "rllab":
             return obs
         rng = env.np_random
         env.set_state(env.init_qpos + RLLAB_ANT["qpos_noise"] * rng.standard_normal(env.model.nq),
                       env.init_qvel + RLLAB_ANT["qvel_noise"] * rng.standard_normal(env.model.nv))
+        self._mujoco.mj_rnePostConstraint(env.model, env.data)
         return env._get_obs()
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
