@@ -72,6 +72,11 @@ ROWS = (
         "100 iterations", "cheetah-dir-baseline-own",
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --time-budget 60 --set "
         "hvp_subsample=1.0 --set compile=true --out results/long/cheetah-dir-baseline-own", 100),
+    Row("Half-cheetah forward/backward, MAML-TRPO stepping along the gradient, scaled to the KL bound (--set "
+        "cg_iters=1: where the MAML code's float32 finite-difference curvature products leave its conjugate gradient, "
+        "docs/maml_code_trpo.py): one change against the control", "100 iterations", "cheetah-dir-cg1",
+        "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --time-budget 60 --set "
+        "hvp_subsample=1.0 --set compile=true --set cg_iters=1 --out results/long/cheetah-dir-cg1", 100),
     Row("Half-cheetah forward/backward, MAML-TRPO, the control's command with seed 1 (the spread between seeds, "
         "against which one-seed differences are read; still climbing at 100 iterations, so on to the paper's 500)",
         "100 iterations, then 500", "cheetah-dir-seed-1",
@@ -96,7 +101,7 @@ ROWS = (
         "rllab's ant.xml): no adaptation in 347 iterations, stopped", "500 iterations",
         "ant-vel-gym-physics", "metagrad reproduce locomotion --env ant-vel --algo maml-trpo --iterations 500 "
         "--time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true --set physics=gym "
-        "--set max_kl=0.02 --out results/long/ant-vel-gym-physics", 500),
+        "--set max_kl=0.02 --set loss_mean=slots --out results/long/ant-vel-gym-physics", 500),
     Row("MAML Fig. 5: ant direction, MAML-TRPO, pretrained, oracle (and random), on rllab's ant.xml, 40 episodes "
         "per step (the paper's for this task), losses averaged over valid steps", "500 iterations",
         "locomotion-ant-dir", "metagrad reproduce locomotion --env ant-dir --algo maml-trpo,pretrained,oracle,random "
