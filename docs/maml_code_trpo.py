@@ -31,7 +31,7 @@ def main() -> None:
     learner, cfg, info = load_run(args.run, "best")
     if args.fresh:  # the policy as the run's seed initialized it
         learner, _ = build(cfg)
-    learner.use_compile = False
+    learner.use_compile, learner.hvp_subsample = False, 1.0  # both products over every episode
     theta = learner.meta_params()
     tasks = learner.env.sample_tasks(args.tasks, torch.Generator().manual_seed(1))
     trajs, out = learner.sample(tasks, torch.Generator().manual_seed(2))

@@ -246,14 +246,39 @@ def test_rllabs_ant_steps_forwards_and_reads_the_centre_of_mass_velocity(observa
         env.reset(tasks, 1)
 
 
-def test_rllabs_stepping_refuses_an_integrator_it_does_not_write_out():
+def test_rllabs_stepping_refuses_what_it_does_not_write_out():
+    import mujoco
+
+    sim = MujocoTaskEnv("ant-vel", horizon=5)._make()
+    sim.model.opt.integrator = mujoco.mjtIntegrator.mjINT_EULER
+    with pytest.raises(ConfigError, match="RK4"):
+        rllab_advance(sim.model, sim.data, 1, mujoco)
+    sim = MujocoTaskEnv("ant-vel", horizon=5)._make()
+    sim.model.opt.enableflags |= mujoco.mjtEnableBit.mjENBL_FWDINV
+    with pytest.raises(ConfigError, match="FWDINV"):
+        rllab_advance(sim.model, sim.data, 1, mujoco)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 2e10])
+def test_rllabs_stepping_follows_mj_step_where_its_checks_reset_a_bad_state(bad):
+    """A velocity that ``mj_checkVel`` resets (non-finite, or beyond 1e10) after the last forward: the skipped stages
+    are no longer the state's, and the step runs the whole forward pass as ``mj_step`` does."""
+    import copy
+
     import mujoco
 
     env = MujocoTaskEnv("ant-vel", horizon=5)
     sim = env._make()
-    sim.model.opt.integrator = mujoco.mjtIntegrator.mjINT_EULER
-    with pytest.raises(ConfigError, match="RK4"):
-        rllab_advance(sim.model, sim.data, 1, mujoco)
+    env._reset_copy(sim, 0)
+    sim.data.qvel[3] = bad
+    twin = copy.copy(sim.data)
+    sim.data.ctrl[:] = twin.ctrl[:] = 0.5
+    rllab_advance(sim.model, sim.data, 1, mujoco)()
+    mujoco.mj_step(sim.model, twin)
+    mujoco.mj_forward(sim.model, twin)
+    for name in ("qpos", "qvel", "qacc", "xpos"):
+        np.testing.assert_array_equal(getattr(sim.data, name), getattr(twin, name), err_msg=name)
+    assert sim.data.warning[mujoco.mjtWarning.mjWARN_BADQVEL].number == 1
 
 
 def test_an_ant_run_stored_before_rllabs_physics_resumes_only_with_gymnasiums():

@@ -112,6 +112,10 @@ def test_the_ant_and_the_tradeoff_families_pack_where_the_method_allows_it():
                              ant.settings("maml-trpo")).pack_episodes
     with pytest.raises(ConfigError, match="pack_episodes=false"):  # asked for by name: refused, not dropped
         method_config("sgmrl", False, 1, None, {"pack_episodes": "true"}, ant.settings("sgmrl"))
+    means = {m: method_config(m, False, 1, None, {}, ant.settings(m)).loss_mean for m in ("maml-trpo", "sgmrl")}
+    assert means == {"maml-trpo": "steps", "sgmrl": "slots"}  # the ant's valid-step means where they apply
+    with pytest.raises(ConfigError, match="score term"):
+        method_config("sgmrl", False, 1, None, {"loss_mean": "steps"}, ant.settings("sgmrl"))
     cheetah = locomotion.experiment("cheetah-dir")
     assert not method_config("maml-trpo", False, 1, None, {}, cheetah.settings("maml-trpo")).pack_episodes
     study = Study(env="hopper-rand-params", pair="trpo")
@@ -171,4 +175,9 @@ def test_loss_mean_is_checked():
         _learner("maml", "trpo", loss_mean="episodes")
     with pytest.raises(ConfigError, match="loss_mean"):
         RLConfig(loss_mean="mean").validate()
+    for algo in ("sgmrl", "sgmrl-fo"):  # its score term is no advantage sum: the scaling would not make it a mean
+        with pytest.raises(ConfigError, match="score term"):
+            _learner(algo, "vpg", loss_mean="steps")
+        with pytest.raises(ConfigError, match="score term"):
+            RLConfig(algo=algo, outer="vpg", loss_mean="steps").validate()
     assert RLConfig().loss_mean == "slots"

@@ -357,6 +357,26 @@ def test_the_locomotion_oracle_is_not_fine_tuned():
     assert maml.eval_lr == (0.1, 0.05)
 
 
+def test_tuned_test_steps_take_eval_later_after_the_first(monkeypatch):
+    """With tune_eval_lr the steps after the first are ``eval_later`` times the tuned one, in the tuning too (the MAML
+    code's ant direction test: 0.01)."""
+    from metagrad.rl import evaluate
+
+    later_seen = []
+
+    def tune(learner, grid, steps, episodes, seed, later=0.5):
+        later_seen.append(later)
+        return 0.2
+
+    monkeypatch.setattr(evaluate, "tune_step_size", tune)
+    monkeypatch.setattr(evaluate, "return_curve", lambda learner, tasks, steps, episodes, lr, seed, keep: (lr, 0, 0))
+    for later in (0.5, 0.01):
+        lr, _, _ = evaluate.evaluate(None, RLConfig(tune_eval_lr=True, eval_later=later))
+        assert lr == [0.2, 0.2 * later] and later_seen[-1] == later
+    with pytest.raises(ConfigError, match="eval_later"):
+        RLConfig(eval_later=0.0).validate()
+
+
 def test_figure5_numbers_stand_beside_every_method_on_every_family():
     """MAML Figure 5's numbers (the MAML code's stored test returns) print beside MAML, pretrained, random and the
     oracle on each family, one row per method; half-cheetah direction's MAML row is Table 5's."""

@@ -23,7 +23,7 @@ from ..experiment import continue_run, load_run
 from ..loop import machine
 from ..rl.config import RLConfig, method_names, preset
 from ..rl.evaluate import evaluate, rllab_return_curve
-from ..rl.metarl import packable
+from ..rl.metarl import SCORE_ALGOS, packable
 from ..rl.train import RLFitResult, build
 
 DEMO_ITERATIONS, FULL_ITERATIONS = 100, 500
@@ -66,8 +66,8 @@ def parse_methods(text: str | None) -> list[str]:
 def method_config(method: str, full: bool, iterations: int | None, time_budget: float | None,
                   overrides: dict[str, Any], base: dict[str, Any] | None = None) -> RLConfig:
     """A method's preset with the experiment's settings (``base``), the budget and the user's overrides applied.
-    A base's ``pack_episodes=True`` means "where it applies": the methods that read whole episodes keep the padded
-    layout unless the user's overrides say otherwise."""
+    A base's ``pack_episodes=True`` and ``loss_mean='steps'`` mean "where it applies": the methods that read whole
+    episodes keep the padded layout, SG-MRL its slot means, unless the user's overrides say otherwise."""
     cfg = preset(method)
     changes = {**(base or {}), **overrides}
     if method != "random":
@@ -76,6 +76,8 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
     if time_budget is not None:
         changes["time_budget"] = time_budget
     pack = "pack_episodes" not in overrides and changes.pop("pack_episodes", False)
+    if "loss_mean" not in overrides and changes.get("algo", cfg.algo) in SCORE_ALGOS:
+        changes.pop("loss_mean", None)
     cfg = cfg.replace(**changes)
     return cfg.replace(pack_episodes=packable(cfg.algo, cfg.hvp_subsample)) if pack else cfg
 

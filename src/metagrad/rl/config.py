@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..settings import Settings, opt, preset_names, suggest
 from .envs.locomotion import OBSERVATIONS, PHYSICS
 from .envs.navigation import REWARDS
-from .metarl import ALGOS, BASELINES, HVPS, LOSS_MEANS, OUTERS, SCORE_BASELINES, check_packable
+from .metarl import ALGOS, BASELINES, HVPS, LOSS_MEANS, OUTERS, SCORE_BASELINES, check_loss_mean, check_packable
 from .policy import ACTIVATIONS, POLICIES
 
 SECTIONS = ("env", "policy", "algo", "train", "eval")
@@ -151,6 +151,8 @@ class RLConfig(Settings):
                              "eval_lr_grid (halved after the first step; for the pretrained and random baselines)")
     eval_lr_grid: tuple[float, ...] = opt((0.02, 0.05, 0.1, 0.2, 0.5, 1.0), "eval", "step sizes tried by "
                                           "tune_eval_lr")
+    eval_later: float = opt(0.5, "eval", "with tune_eval_lr: the steps after the first, as a fraction of the tuned "
+                            "first (the MAML code's tests: 0.5; its ant direction test: 0.01)")
 
     def validate(self) -> RLConfig:
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
@@ -193,6 +195,9 @@ class RLConfig(Settings):
             raise ConfigError(f"hvp_subsample {self.hvp_subsample} must lie in (0, 1] (1: every episode)")
         if self.pack_episodes:
             check_packable(self.algo, self.hvp_subsample)
+        check_loss_mean(self.algo, self.loss_mean)
+        if not 0 < self.eval_later <= 1:
+            raise ConfigError(f"eval_later {self.eval_later} must lie in (0, 1] (0.5: half the first test step)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:
             raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
         if any(h < 1 for h in self.hidden):

@@ -61,11 +61,13 @@ def return_curve(learner: MetaRL, num_tasks: int, steps: int, episodes: int, lr:
 def evaluate(learner: MetaRL, cfg: Any, keep_paths: int = 0) -> tuple[dict[str, Any], list[torch.Tensor],
                                                                    torch.Tensor]:
     """A run's test curve with its config's evaluation settings (``RLConfig``'s [eval] section): the step sizes
-    given, or the first one tuned on validation tasks (then halved, as the MAML paper does)."""
+    given, or the first one tuned on validation tasks (then times ``eval_later``: halved, as the MAML code's
+    tests)."""
     lr = list(cfg.eval_lr)
     if cfg.tune_eval_lr:
-        first = tune_step_size(learner, cfg.eval_lr_grid, cfg.eval_steps, 20, cfg.eval_seed)
-        lr = [first, first / 2]
+        later = cfg.eval_later
+        first = tune_step_size(learner, cfg.eval_lr_grid, cfg.eval_steps, 20, cfg.eval_seed, later=later)
+        lr = [first, first * later]
     return return_curve(learner, cfg.eval_tasks, cfg.eval_steps, cfg.eval_episodes, lr, cfg.eval_seed, keep_paths)
 
 

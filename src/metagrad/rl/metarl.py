@@ -49,11 +49,20 @@ HVPS = ("exact", "finite-difference")
 SCORE_BASELINES = ("none", "batch")
 BASELINES = ("linear", "linear-previous", "none")
 LOSS_MEANS = ("steps", "slots")
+SCORE_ALGOS = ("sgmrl", "sgmrl-fo")  # an episode-level score term beside the advantages
 
 
 def packable(algo: str, hvp_subsample: float) -> bool:
     """Whether ``pack_episodes`` applies: not to SG-MRL's score or a curvature subsample, which read whole episodes."""
-    return algo not in ("sgmrl", "sgmrl-fo") and hvp_subsample == 1
+    return algo not in SCORE_ALGOS and hvp_subsample == 1
+
+
+def check_loss_mean(algo: str, loss_mean: str) -> None:
+    """Stop with a ConfigError where ``loss_mean='steps'`` was asked for SG-MRL, whose score term is no advantage
+    sum (``MetaRL.process`` scales the advantages)."""
+    if loss_mean == "steps" and algo in SCORE_ALGOS:
+        raise ConfigError(f"loss_mean 'steps' does not go with algo '{algo}': its score term does not average over "
+                          "valid steps; set loss_mean=slots")
 
 
 def check_packable(algo: str, hvp_subsample: float) -> None:
@@ -142,6 +151,7 @@ class MetaRL(nn.Module):
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
         self.use_compile = bool(compile)
+        check_loss_mean(algo, loss_mean)
         if pack_episodes:
             check_packable(algo, hvp_subsample)
         self.pack_episodes = bool(pack_episodes)
@@ -208,9 +218,10 @@ class MetaRL(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def process(self, traj: Trajectories, normalize: bool) -> Trajectories:
-        """Returns, baseline and advantages with this learner's settings. The losses divide each task's sums by its
-        ``K H`` slots and are linear in the advantages, so ``loss_mean='steps'`` scales each task's advantages by
-        ``K H`` over its valid steps: every loss then averages over the task's valid steps."""
+        """Returns, baseline and advantages with this learner's settings. The advantage terms of the losses divide
+        each task's sums by its ``K H`` slots and are linear in the advantages, so ``loss_mean='steps'`` scales each
+        task's advantages by ``K H`` over its valid steps: those terms then average over the task's valid steps
+        (SG-MRL's score term is refused, ``check_loss_mean``)."""
         traj = process(traj, self.gamma, self.gae_lambda, self.baseline, normalize)
         if self.loss_mean == "slots":
             return traj

@@ -124,7 +124,7 @@ def process(traj: Trajectories, gamma: float = 0.99, gae_lambda: float = 1.0, ba
             normalize_advantages: bool = True) -> Trajectories:
     """Discounted returns, the baseline refitted on these trajectories (per task; ``linear-previous``: each task
     predicted with the fit of the task before it, rllab's order), advantages (GAE), optionally normalized per task
-    over its valid steps (as the papers' code does)."""
+    over its valid steps (as the papers' code does). ``MetaRL.process`` adds its ``loss_mean`` scaling."""
     returns = discounted_returns(traj.rewards, traj.mask, gamma)
     if baseline in ("linear", "linear-previous"):
         values = linear_baseline.fit_predict(traj.obs, returns, traj.mask, previous=baseline == "linear-previous")

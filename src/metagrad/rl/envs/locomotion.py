@@ -198,18 +198,26 @@ def rllab_advance(model: Any, data: Any, nstep: int, mujoco: Any) -> Callable[[]
     first ``mj_step`` (they read only the positions and velocities, unchanged since; a reset ends in ``mj_forward``
     too), so that step runs only its acceleration stage, with the new controls, before integrating: the same
     arithmetic to the bit (a test compares every array the step writes), without one forward pass's costliest
-    stages."""
+    stages. Where ``mj_step``'s checks reset a bad state, the whole forward pass runs, as in ``mj_step``. Only for
+    data that nothing else steps (each action ends in ``mj_forward``)."""
     if model.opt.integrator != mujoco.mjtIntegrator.mjINT_RK4:  # the ant.xml's: mj_step's integrator is written here
         raise ConfigError(f"rllab's stepping integrates as the ant.xml says, with RK4; this model has integrator "
                           f"{model.opt.integrator}")
+    if model.opt.enableflags & mujoco.mjtEnableBit.mjENBL_FWDINV:
+        raise ConfigError("rllab's stepping does not compare forward and inverse dynamics; clear mjENBL_FWDINV")
+    resets = [data.warning[w] for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL)]
     integrate, velocity_stage = partial(mujoco.mj_RungeKutta, model, data, 4), mujoco.mjtStage.mjSTAGE_VEL
     check_pos, check_vel, check_acc = mujoco.mj_checkPos, mujoco.mj_checkVel, mujoco.mj_checkAcc
     forward_skip, forward, mj_step = mujoco.mj_forwardSkip, mujoco.mj_forward, mujoco.mj_step
 
     def advance() -> None:
+        before = [w.number for w in resets]
         check_pos(model, data)  # mj_step's own order: checks, forward pass, check, integrator
         check_vel(model, data)
-        forward_skip(model, data, velocity_stage, 0)
+        if [w.number for w in resets] == before:
+            forward_skip(model, data, velocity_stage, 0)
+        else:  # the checks reset the state: its stages are not the last forward's
+            forward(model, data)
         check_acc(model, data)
         integrate()
         if nstep > 1:
