@@ -596,7 +596,7 @@ def test_the_ant_rows_take_the_maml_codes_settings():
            for env in ("ant-vel", "ant-dir", "cheetah-dir")}
     assert [(c.max_kl, c.episodes, c.eval_episodes) for c in cfg.values()] == [(0.01, 20, 20), (0.01, 40, 40),
                                                                                (0.02, 20, 20)]
-    assert [(c.loss_mean, c.eval_lr) for c in cfg.values()] == [("steps", (0.1, 0.05)), ("steps", (0.1, 0.001)),
-                                                                ("slots", (0.1, 0.05))]
+    assert [(c.loss_mean, c.eval_lr, c.eval_later) for c in cfg.values()] == [
+        ("steps", (0.1, 0.05), 0.5), ("steps", (0.1, 0.001), 0.01), ("slots", (0.1, 0.05), 0.5)]
     assert method_config("maml-trpo", True, None, None, {"max_kl": "0.02"},
                          locomotion.experiment("ant-vel").settings("maml-trpo")).max_kl == 0.02
