@@ -260,12 +260,14 @@ def test_rllabs_stepping_refuses_what_it_does_not_write_out():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), 2e10])
-def test_rllabs_stepping_follows_mj_step_where_its_checks_reset_a_bad_state(bad):
+def test_rllabs_stepping_follows_mj_step_where_its_checks_reset_a_bad_state(bad, tmp_path, monkeypatch):
     """A velocity that ``mj_checkVel`` resets (non-finite, or beyond 1e10) after the last forward: the skipped stages
     are no longer the state's, and the step runs the whole forward pass as ``mj_step`` does."""
     import copy
 
     import mujoco
+
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings to MUJOCO_LOG.TXT in the working directory
 
     env = MujocoTaskEnv("ant-vel", horizon=5)
     sim = env._make()
