@@ -23,7 +23,7 @@ from ..experiment import continue_run, load_run
 from ..loop import machine
 from ..rl.config import RLConfig, method_names, preset
 from ..rl.evaluate import evaluate, rllab_return_curve
-from ..rl.metarl import SCORE_ALGOS, packable
+from ..rl.metarl import packable, steps_mean_applies
 from ..rl.train import RLFitResult, build
 
 DEMO_ITERATIONS, FULL_ITERATIONS = 100, 500
@@ -76,7 +76,7 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
     if time_budget is not None:
         changes["time_budget"] = time_budget
     pack = "pack_episodes" not in overrides and changes.pop("pack_episodes", False)
-    if "loss_mean" not in overrides and changes.get("algo", cfg.algo) in SCORE_ALGOS:
+    if "loss_mean" not in overrides and not steps_mean_applies(changes.get("algo", cfg.algo)):
         changes.pop("loss_mean", None)
     cfg = cfg.replace(**changes)
     return cfg.replace(pack_episodes=packable(cfg.algo, cfg.hvp_subsample)) if pack else cfg

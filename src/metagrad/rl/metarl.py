@@ -57,10 +57,15 @@ def packable(algo: str, hvp_subsample: float) -> bool:
     return algo not in SCORE_ALGOS and hvp_subsample == 1
 
 
+def steps_mean_applies(algo: str) -> bool:
+    """Whether ``loss_mean='steps'`` applies: not to SG-MRL, whose score term is no advantage sum
+    (``MetaRL.process`` scales the advantages)."""
+    return algo not in SCORE_ALGOS
+
+
 def check_loss_mean(algo: str, loss_mean: str) -> None:
-    """Stop with a ConfigError where ``loss_mean='steps'`` was asked for SG-MRL, whose score term is no advantage
-    sum (``MetaRL.process`` scales the advantages)."""
-    if loss_mean == "steps" and algo in SCORE_ALGOS:
+    """Stop with a ConfigError where ``loss_mean='steps'`` was asked for and does not apply."""
+    if loss_mean == "steps" and not steps_mean_applies(algo):
         raise ConfigError(f"loss_mean 'steps' does not go with algo '{algo}': its score term does not average over "
                           "valid steps; set loss_mean=slots")
 
