@@ -199,6 +199,89 @@ def test_task_threads_give_the_one_thread_evaluation():
     torch.testing.assert_close(curves[2], curves[1], rtol=1e-12, atol=1e-12)
 
 
+class Counter(torch.nn.Module):
+    """A module that counts its calls in a buffer and scales its output by the count (state that a forward pass
+    updates, as batch norm's running statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(1, 1)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.lin(x) * (1 + 0.1 * self.calls)
+
+
+def buffered_models() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {"counter": Counter().double(),
+            "batch norm": torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
+                                              torch.nn.Linear(8, 1)).double()}
+
+
+def threaded_calls(monkeypatch) -> list[int]:
+    """Record the number of jobs of every ``in_threads`` call the engine makes."""
+    import metagrad.algorithms.base as base
+    calls: list[int] = []
+    real = base.in_threads
+    monkeypatch.setattr(base, "in_threads", lambda jobs: calls.append(len(jobs)) or real(jobs))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["counter", "batch norm"])
+def test_models_that_update_buffers_keep_to_one_thread(monkeypatch, capsys, name):
+    """Task threads share the model's buffers: a model that updates them as it runs would have the threads race
+    (8 identical runs once gave 3 different meta-gradients). Automatic threads keep such a model on one thread (one
+    line on stderr), so the meta-gradient and the buffers are the one-thread ones; explicit threads refuse."""
+    batch = sinusoid_batch(tasks=6, dtype=torch.float64)
+    out = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        calls = threaded_calls(monkeypatch)
+        for threads in (1, 0):
+            model = buffered_models()[name]
+            learner = mg.MAML(model, inner=mg.SGD(0.1), inner_steps=2, batching="loop", threads=threads)
+            assert learner.task_threads(batch.num_tasks) == (1 if threads else 2)
+            for _ in range(2):
+                learner.zero_grad()
+                learner.meta_gradient(batch)
+            out[threads] = (grads_of(learner), {n: b.clone() for n, b in model.named_buffers()})
+        assert calls == []
+        assert capsys.readouterr().err.count("task threads off for this model: it updates its buffers") == 1
+        for part in (0, 1):
+            for n, t in out[1][part].items():
+                assert torch.equal(out[0][part][n], t), n
+        with pytest.raises(ConfigError, match="threads 2 would change this model's results from run to run"):
+            mg.MAML(buffered_models()[name], inner=mg.SGD(0.1), batching="loop", threads=2).meta_gradient(batch)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_models_whose_buffers_stay_put_run_in_threads(monkeypatch):
+    """Buffers that a forward pass only reads (batch norm in eval mode, a constant) do not stop task threads; nor
+    does a module that keeps a computed tensor as an attribute (legacy ``weight_norm``), which a plain deepcopy
+    refuses. Each equals the one-thread meta-gradient."""
+    batch = sinusoid_batch(tasks=6, dtype=torch.float64)
+    torch.manual_seed(0)
+    with pytest.warns(FutureWarning):
+        legacy = torch.nn.utils.weight_norm(torch.nn.Linear(1, 8))
+    models = {"eval batch norm": buffered_models()["batch norm"].eval(),
+              "weight norm": torch.nn.Sequential(legacy, torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()}
+    for name, model in models.items():
+        grads, calls = {}, threaded_calls(monkeypatch)
+        for threads in (1, 2):
+            learner = mg.MAML(model, inner=mg.SGD(0.1), batching="loop", threads=threads)
+            for _ in range(2):  # with buffers, the first call runs on one thread and watches them
+                learner.zero_grad()
+                learner.meta_gradient(batch)
+            grads[threads] = grads_of(learner)
+        assert calls == ([2] if name == "eval batch norm" else [2, 2]), name
+        for n, g in grads[1].items():
+            torch.testing.assert_close(grads[2][n], g, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("algo", ["maml", "meta-sgd", "reptile"])
 def test_compiled_meta_gradient_has_no_graph_break(algo):
     """compile=True compiles the whole meta-gradient as one graph: a graph break (e.g. the engine asking torch.func

@@ -237,3 +237,50 @@ def test_the_docs_quote_the_matrix_as_tested():
     for page in ("README.md", "docs/api.md", "docs/compatibility.md"):
         counts = re.findall(r"(\d+) (?:torch\.nn )?pieces", (root / page).read_text())
         assert counts and all(int(c) == len(PIECES) for c in counts), (page, counts)
+
+
+class Bag(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = torch.nn.EmbeddingBag(9, 3, mode="mean")
+        self.out = torch.nn.Linear(3, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.bag(tokens).tanh())
+
+
+def token_batch() -> TaskBatch:
+    g = torch.Generator().manual_seed(0)
+    return TaskBatch(Split(torch.randint(0, 9, (3, 5, 4), generator=g), torch.randn(3, 5, 1, generator=g)),
+                     Split(torch.randint(0, 9, (3, 4, 4), generator=g), torch.randn(3, 4, 1, generator=g)))
+
+
+@pytest.mark.parametrize("batching", ["auto", "loop", "vmap"])
+def test_an_operation_without_second_derivatives_is_named_with_the_fix(batching):
+    """torch has no second derivative of nn.EmbeddingBag's backward: second-order MAML stops with a ConfigError that
+    names the operation and the fix (first order), on every path; first order runs and matches the reference."""
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match=r"_embedding_bag_backward.*nn.EmbeddingBag.*first_order=True"):
+        mg.MAML(Bag(), inner=mg.SGD(0.1), batching=batching).meta_gradient(token_batch())
+    model = Bag().double()
+    learn = mg.MAML(model, inner=mg.SGD(0.1), batching=batching, first_order=True)
+    learn.meta_gradient(token_batch())
+    ref = mg.MAML(model, inner=mg.SGD(0.1), batching="loop", first_order=True, self_check=False)
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref.meta_gradient(token_batch())
+    assert any(float(g.abs().max()) > 0 for g in got.values())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_recompute_refuses_a_model_that_updates_its_buffers():
+    """``recompute=True`` differentiates with torch.func, which cannot run batch norm's running-statistics update:
+    a ConfigError with the ways out instead of torch.func's message about captured tensors."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+    data = TaskBatch(Split(torch.randn(3, 5, 4), torch.randn(3, 5, 1)),
+                     Split(torch.randn(3, 4, 4), torch.randn(3, 4, 1)))
+    with pytest.raises(ConfigError, match=r"updates its buffers.*recompute=False"):
+        mg.MAML(model, inner=mg.SGD(0.1), recompute=True).meta_gradient(data)
+    mg.MAML(model.eval(), inner=mg.SGD(0.1), recompute=True).meta_gradient(data)  # eval mode: nothing updated
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +21,7 @@ from torch.func import grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten
 
+from .errors import ConfigError
 from .functional import apply
 
 if TYPE_CHECKING:
@@ -53,6 +55,39 @@ def needs_math_attention(error: BaseException) -> bool:
     entering that context at every step costs about 0.1 ms, so the engine enters it only after this error)."""
     text = str(error)
     return "scaled_dot_product" in text and "not implemented" in text
+
+
+MISSING_DERIVATIVE = re.compile(r"derivative for '(\w+)' is not implemented")
+HINTS = {"_embedding_bag_backward": " (nn.EmbeddingBag's; nn.Embedding followed by a sum or mean has them)"}
+
+
+def torch_fault(error: BaseException) -> str | None:
+    """What a torch error raised while differentiating a model means for metagrad's user, with the fix; None for
+    errors this does not know."""
+    text = str(error)
+    if needs_math_attention(error):
+        return None  # the engine's own cure (``MetaLearner.attention_safe``)
+    if missing := MISSING_DERIVATIVE.search(text):
+        op = missing[1]
+        return (f"second-order meta-gradients need the second derivative of every operation in the model, and torch "
+                f"has none for '{op}'{HINTS.get(op, '')}; use first_order=True (or Reptile), or replace that module")
+    if "would mutate a captured Tensor" in text:
+        return ("this path differentiates with torch.func, which cannot run a model that updates its buffers as it "
+                "runs (e.g. batch norm's running statistics in training mode); use recompute=False and batching "
+                "'loop', track_running_stats=False, or the module in eval mode")
+    return None
+
+
+@contextlib.contextmanager
+def explained_torch_errors() -> Iterator[None]:
+    """Turn the torch errors that ``torch_fault`` knows into a ``ConfigError`` that names the fix."""
+    try:
+        yield
+    except RuntimeError as e:  # also torch's NotImplementedError (a RuntimeError)
+        fault = torch_fault(e)
+        if fault is None:
+            raise
+        raise ConfigError(fault) from e
 
 
 def under_vmap() -> bool:

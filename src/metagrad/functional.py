@@ -44,10 +44,26 @@ def _shell(model: nn.Module) -> nn.Module:
     shells = getattr(_worker, "shells", None)
     if shells is None:
         return model
-    if model not in shells:  # the copy shares the parameter and buffer tensors: no memory, only its own dicts
-        shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-        shells[model] = copy.deepcopy(model, shared)
+    if model not in shells:
+        shells[model] = shell_copy(model)
     return shells[model]
+
+
+def shell_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` that shares every tensor it holds (parameters, buffers, and tensors kept as plain
+    attributes, e.g. legacy ``weight_norm``'s computed weight): no memory, only its own dicts."""
+    tensors = itertools.chain(model.parameters(), model.buffers(),
+                              (v for m in model.modules() for v in vars(m).values() if isinstance(v, Tensor)))
+    return copy.deepcopy(model, {id(t): t for t in tensors})
+
+
+def copy_fault(model: nn.Module) -> str | None:
+    """Why task threads cannot run ``model`` (each runs a ``shell_copy`` of it), or None."""
+    try:
+        shell_copy(model)
+    except Exception as e:  # any failure to copy: reported, the caller keeps to one thread
+        return f"it cannot be copied for a task thread ({type(e).__name__}: {e})"
+    return None
 
 
 def call(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor) -> Tensor:

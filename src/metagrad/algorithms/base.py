@@ -35,6 +35,7 @@ from .. import checkpoint, losses
 from ..batch import Split, TaskBatch, partition
 from ..batching import (
     data_dependent_fault,
+    explained_torch_errors,
     has_conv,
     has_torch_batchnorm,
     needs_math_attention,
@@ -42,7 +43,7 @@ from ..batching import (
     vmap_fault,
 )
 from ..errors import ConfigError
-from ..functional import Members, Params, call, detach, grad, in_task_thread, write_grads
+from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
 from ..settings import suggest
 from ..threads import in_threads
@@ -157,7 +158,9 @@ class MetaLearner(nn.Module):
             modes, e.g. ``"reduce-overhead"`` (CUDA graphs: on a GPU, one launch for the whole meta-gradient).
         threads: threads that differentiate disjoint shards of the meta-batch at once, each running torch's
             kernels on its share of the cores (0: as many as torch's threads in the per-task loop on the CPU,
-            where small convolutions use cores better one task per core than split across cores; else 1).
+            where small convolutions use cores better one task per core than split across cores; else 1). A model
+            that updates its buffers as it runs (batch norm's running statistics) stays on one thread: threads would
+            race on them (``threads=0`` says so on stderr once, explicit threads raise ``ConfigError``).
         task_chunk: tasks differentiated at once, whose graphs are alive together: memory grows with it
             (0: all of them under vmap; in the per-task loop ``METAGRAD_LOOP_CHUNK``, else 1 per task thread
             and 8 on a single thread). Under vmap on a GPU, k trades speed for memory (the meta-batch runs k
@@ -234,6 +237,7 @@ class MetaLearner(nn.Module):
         self.vmap_verdict: str | None = None  # why ``auto`` does not batch this model (set by ``verify_batching``)
         self._checked = False
         self._math_attention = False  # attention on torch's math kernel (set when a fused one lacks double backward)
+        self._thread_verdicts: dict[tuple[bool, ...], str | None] = {}  # see ``in_shards``
         self._structure  # noqa: B018 (looked up now, outside any compiled region)
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
         self.adapt_prefixes = adapt_prefixes(model, adapt)
@@ -319,7 +323,8 @@ class MetaLearner(nn.Module):
             return
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
             return  # nothing to compare on NaN or infinite parameters (the run reports its divergence itself)
-        fault = data_dependent_fault(self.model) or vmap_fault(self, batch)
+        with explained_torch_errors():
+            fault = data_dependent_fault(self.model) or vmap_fault(self, batch)
         self._checked = True
         if fault is None:
             return
@@ -488,24 +493,60 @@ class MetaLearner(nn.Module):
         self.verify_batching(batch)
         (meta, buffers), n = self.functional_inputs(), batch.num_tasks
         fn = self.compiled(fn)
-        shards = partition(n, self.task_threads(n))
+
+        def shard(s: slice) -> Any:
+            if (s.start, s.stop) == (0, n):
+                return self.in_chunks(fn, meta, buffers, batch, mb)
+            return self.in_chunks(fn, meta, buffers, batch.slice(s.start, s.stop), None if mb is None else mb[s])
 
         def run() -> Any:
-            if len(shards) == 1:
-                return self.in_chunks(fn, meta, buffers, batch, mb)
-            outs = in_threads([partial(self.in_chunks, fn, meta, buffers, batch.slice(s.start, s.stop),
-                                       None if mb is None else mb[s]) for s in shards])
-            return weighted_sum(zip([(s.stop - s.start) / n for s in shards], outs, strict=True))
+            parts = self.in_shards(n, buffers, shard)
+            return parts[0][1] if len(parts) == 1 else weighted_sum(((s.stop - s.start) / n, out) for s, out in parts)
 
         return self.attention_safe(run)
 
+    def in_shards(self, n: int, buffers: Params, job: Callable[[slice], Any]) -> list[tuple[slice, Any]]:
+        """``job`` on contiguous shards of ``n`` tasks, ``task_threads`` threads at once where that gives the
+        one-thread result. Threads share the model's buffers: a model that updates them as it runs (batch norm's
+        running statistics in training mode, a counter) would have them race, in an order that changes from run to
+        run. So the first call with buffers (per train/eval setting) runs on one thread and watches them; if they
+        changed, ``threads=0`` keeps to one thread from then on (one line on stderr), explicit threads refuse."""
+        threads = self.task_threads(n)
+        key = tuple(m.training for m in self.model.modules())
+        if threads > 1 and key not in self._thread_verdicts:
+            fault = copy_fault(self.model)
+            if fault is None and buffers:
+                before = {name: (b._version, b.clone()) for name, b in buffers.items()}  # kernels may skip _version
+                out = job(slice(0, n))
+                changed = sorted(name for name, b in buffers.items()
+                                 if b._version != before[name][0] or not torch.equal(b, before[name][1]))
+                fault = f"it updates its buffers {', '.join(changed)} as it runs" if changed else None
+                self.thread_verdict(key, fault)
+                return [(slice(0, n), out)]
+            self.thread_verdict(key, fault)
+        if threads == 1 or self._thread_verdicts[key] is not None:
+            return [(slice(0, n), job(slice(0, n)))]
+        shards = partition(n, threads)
+        return list(zip(shards, in_threads([partial(job, s) for s in shards]), strict=True))
+
+    def thread_verdict(self, key: tuple[bool, ...], fault: str | None) -> None:
+        """Record whether task threads give this model's one-thread result (``fault``: why not)."""
+        self._thread_verdicts[key] = fault
+        if fault is None:
+            return
+        if self.threads > 1:
+            raise ConfigError(f"threads {self.threads} would change this model's results from run to run: {fault}; "
+                              "set threads to 1 (or 0: automatic)")
+        print(f"metagrad: task threads off for this model: {fault}", file=sys.stderr, flush=True)
+
     def attention_safe(self, call: Callable[[], Any]) -> Any:
         """``call()`` with attention on its math kernel while second derivatives are taken, once a fused attention
-        kernel has failed for want of a double backward (then ``call`` runs again on the math kernel)."""
+        kernel has failed for want of a double backward (then ``call`` runs again on the math kernel); other torch
+        errors that a model's modules cause on these paths become a ``ConfigError`` that names the fix."""
         try:
-            with twice_differentiable(self.second_order and self._math_attention):
+            with explained_torch_errors(), twice_differentiable(self.second_order and self._math_attention):
                 return call()
-        except RuntimeError as e:
+        except RuntimeError as e:  # also torch's NotImplementedError (a RuntimeError)
             if self._math_attention or not self.second_order or not needs_math_attention(e):
                 raise
             self._math_attention = True
@@ -685,9 +726,8 @@ class MetaLearner(nn.Module):
                                    None if mb is None else mb[i:min(i + chunk, stop)])
                     for i in range(start, stop, chunk)]
 
-        shards = partition(batch.num_tasks, self.task_threads(batch.num_tasks))
-        values = torch.cat([v for out in in_threads([partial(tasks_between, s.start, s.stop) for s in shards])
-                            for v in out])
+        parts = self.in_shards(batch.num_tasks, buffers, lambda s: tasks_between(s.start, s.stop))
+        values = torch.cat([v for _, out in parts for v in out])
         return {name: values[..., i] for i, name in enumerate(self.metrics)}
 
 
