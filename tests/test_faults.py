@@ -268,6 +268,59 @@ def test_a_damaged_or_missing_checkpoint_stops_resume_in_one_line_and_is_kept(tm
     assert ("damaged" in err and "last.safetensors" in err) if damage != "deleted" else "no last checkpoint" in err
     assert (path.read_bytes() if path.exists() else None) == before  # never replaced
     assert (run / "best.safetensors").read_bytes() == best_before  # best never overwritten by a fresh start
+    advice = f"cp {run / 'best.safetensors'} {path}"
+    assert advice in err  # the way on, as a command: follow it and resume from best
+    best_at = checkpoint.read_info(run / "best")["iteration"]
+    subprocess.run(advice.split(), check=True)
+    assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--iterations", "8",
+                 "--resume"]) == 0
+    assert checkpoint.read_info(run / "last")["iteration"] == 8
+    assert [r["iteration"] for r in log_lines(run) if "meta_loss" in r] == list(range(1, 9))
+    assert best_at < 8
+
+
+def test_a_damaged_best_checkpoint_names_another_to_evaluate(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--iterations", "8"]) == 0
+    (run / "best.safetensors").write_bytes((run / "best.safetensors").read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"damaged.*--checkpoint last"):
+        checkpoint.load(run / "best")
+
+
+class Noisy(torch.nn.Module):
+    """An MLP with dropout in training mode: its randomness comes from torch's global generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Tanh(), torch.nn.Dropout(0.3),
+                                       torch.nn.Linear(16, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def noisy_trainer(run: Path, stop_at: int = 0):
+    import metagrad as mg
+
+    torch.manual_seed(0)
+    learner = mg.MAML(Noisy(), inner=mg.SGD(0.05), batching="loop", threads=1)
+    return mg.Trainer(learner, mg.tasks.Sinusoid(shots=5, query=5), torch.optim.Adam(learner.parameters(), 1e-3),
+                      iterations=12, meta_batch_size=3, run_dir=run, log_every=5, checkpoint_every=1,
+                      progress=False, on_iteration=lambda t, i, m: t.request_stop() if i == stop_at else None)
+
+
+def test_a_model_with_its_own_randomness_resumes_bit_for_bit(tmp_path):
+    """Dropout draws from torch's global generator, which the checkpoint keeps with the task stream's; and the
+    meta-losses since the last log line are kept too, so the line after the resume averages the same iterations."""
+    noisy_trainer(tmp_path / "straight").fit()
+    noisy_trainer(tmp_path / "split", stop_at=7).fit()
+    torch.manual_seed(123)  # another draw in between, as a new process would start elsewhere
+    torch.rand(5)
+    noisy_trainer(tmp_path / "split").fit(resume=True)
+    assert checkpoint.read_info(tmp_path / "split" / "last")["iteration"] == 12
+    assert same(final(tmp_path / "split"), final(tmp_path / "straight"))
+    assert log_lines(tmp_path / "split") == log_lines(tmp_path / "straight")
+    assert [r["iteration"] for r in log_lines(tmp_path / "straight")] == [5, 10, 12]
 
 
 def test_resume_never_starts_over_on_its_own(tmp_path, capsys):

@@ -54,18 +54,27 @@ def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:
         data = path.read_bytes()  # one read of one file: a checkpoint replaced meanwhile is never half-seen
         meta, tensors = _metadata(io.BytesIO(data)), safetensors.torch.load(data)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); delete it and resume from another "
-                              "(e.g. best), or start a new run") from None
+        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); {_instead(path)}") from None
     if HEADER_KEY not in meta:
         raise CheckpointError(f"checkpoint {path} was not written by this metagrad (format 1 or another program); "
                               "start a new run")
     if meta.get(DIGEST_KEY) != _digest(meta[HEADER_KEY], tensors):
-        raise CheckpointError(f"checkpoint {path} is damaged (its checksum does not match its contents); delete it "
-                              "and resume from another (e.g. best), or start a new run")
+        raise CheckpointError(f"checkpoint {path} is damaged (its checksum does not match its contents); "
+                              f"{_instead(path)}")
     info = json.loads(meta[HEADER_KEY])
     if info.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {info.get('format')}, this metagrad reads {FORMAT}")
     return _decode(info.pop("state"), tensors), info
+
+
+def _instead(path: Path) -> str:
+    """What to do about a damaged checkpoint: resume from another of the run (a copy over ``last`` is what
+    ``--resume`` reads), evaluate another, or start anew."""
+    if path.stem == "last":
+        other = path.with_name("best.safetensors")
+        copy = f"cp {other} {path}, then resume" if other.exists() else "copy another checkpoint of the run over it"
+        return f"to continue from the best checkpoint instead: {copy}; or start a new run"
+    return "evaluate another checkpoint of the run (e.g. --checkpoint last), or start a new run"
 
 
 def read_info(stem: str | Path) -> dict[str, Any]:
@@ -77,8 +86,7 @@ def read_info(stem: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {stem} ({path.name} is missing)") from None
     except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); delete it and resume from another "
-                              "(e.g. best), or start a new run") from None
+        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); {_instead(path)}") from None
     info.pop("state", None)
     return info
 

@@ -255,8 +255,12 @@ class RunLoop:
         saved = sorted(p.name for p in self.run_dir.glob("*") if p.name == "last.json" or p.suffix == ".safetensors"
                        ) if self.run_dir.exists() else []
         if saved:  # a run whose last checkpoint is gone: starting over would overwrite its history and best
+            best = self.run_dir / "best.safetensors"
+            restart = (f"to continue from its best checkpoint, cp {best} {self.run_dir / 'last.safetensors'} and "
+                       "resume; " if best.exists() else "")
             raise CheckpointError(f"{self.run_dir} holds a run ({', '.join(saved)}) but no last checkpoint to "
-                                  "continue from; choose another --out (or delete the folder to start over)")
+                                  f"continue from; {restart}or choose another --out (or delete the folder to start "
+                                  "over)")
         if resume is True:
             raise self._nothing_to_resume()
         if self.writes:

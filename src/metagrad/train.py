@@ -88,9 +88,12 @@ class Trainer(RunLoop):
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
+        """The learner, optimizer and scheduler, the task stream's generator, and torch's global generator (what a
+        model's own randomness, e.g. dropout, draws from): a resumed run continues bit for bit."""
         return {"learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "rng": self.generator.get_state()}
+                "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if not self.learner._on_cpu() else None}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
@@ -99,12 +102,19 @@ class Trainer(RunLoop):
             self.scheduler.load_state_dict(state["scheduler"])
         set_base_lrs(self.optimizer, self.scheduler, self.base_lrs)
         self.generator.set_state(state["rng"])
+        if state.get("torch_rng") is not None:  # checkpoints before it was kept lack it
+            torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and not self.learner._on_cpu():
+            torch.cuda.set_rng_state(state["cuda_rng"])
 
     def info(self) -> dict[str, Any]:
-        return {"sampling": self.sampling, "best_val": self.best_val}
+        """Counters, and the meta-losses since the last log line (so that the first line after a resume averages
+        the same iterations as an uninterrupted run's)."""
+        return {"sampling": self.sampling, "best_val": self.best_val, "loss_window": self._window}
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
+        self._window = list(info.get("loss_window", []))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> FitResult:
