@@ -107,6 +107,15 @@ CASES = {
                                  ["tradeoff", "linreg", "--tasks", "2", "--points", "1", "--no-progress", "--out",
                                   str(t / "f")],
                                  ["f", "choose another path"]),
+    "zero query": (lambda t: ["train", "--query", "0", "--out", str(t / "r"), *TINY], ["query 0", ">= 1"]),
+    "zero query for reptile": (lambda t: ["train", "--config", "sinusoid-reptile", "--query", "0", "--out",
+                                          str(t / "r"), *TINY], ["query 0", ">= 1"]),
+    "grid below shots": (lambda t: ["train", "--grid", "3", "--out", str(t / "r"), *TINY],
+                         ["shots 10 exceed grid 3", "raise grid or lower shots"]),
+    "grid below eval shots": (lambda t: ["train", "--grid", "12", "--out", str(t / "r"), *TINY],
+                              ["eval_shots 20 exceed grid 12", "lower eval_shots"]),
+    "huge inner loop": (lambda t: ["train", "--inner-steps", "100000000", "--out", str(t / "r"), *TINY],
+                        ["inner_steps 100,000,000", "GiB", "lower inner_steps"]),
     "download for miniimagenet": (lambda t: ["train", "--config", "miniimagenet-maml", "--download",
                                              "--data-root", str(t), "--out", str(t / "r")], ["download", "Omniglot"]),
 }
@@ -136,3 +145,65 @@ def test_train_then_eval_works_for_the_presets(preset, tmp_path, capsys):
                  "--no-progress", *train]) == 0
     assert main(["eval", str(run), *evals]) == 0
     assert json.loads((run / "eval.json").read_text())["curves"]
+
+
+def test_running_out_of_memory_is_one_line_with_the_sizes_to_lower(tmp_path, capsys, monkeypatch):
+    """torch's allocation failure (a size too large for the machine that no check foresaw, e.g. --hidden
+    100000,100000 asks for 40 GB at once) ends in one line with the sizes to lower, not a traceback."""
+    import metagrad.cli as cli
+
+    def fail(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(cli, "cmd_train", fail)
+    err = cli_error(["train", "--out", str(tmp_path / "r")], capsys)
+    assert "out of memory (asked for 40.0 GB at once)" in err and "hidden" in err and "shots" in err
+    monkeypatch.setattr(cli, "cmd_train", lambda args: (_ for _ in ()).throw(RuntimeError("another failure")))
+    with pytest.raises(RuntimeError, match="another failure"):  # other errors are not dressed up as memory
+        main(["train", "--out", str(tmp_path / "r")])
+
+
+def api_batch(tasks: int = 3, support: int = 5, query: int = 4, query_tasks: int | None = None):
+    import torch
+
+    from metagrad.tasks import Split, TaskBatch
+    q = tasks if query_tasks is None else query_tasks
+    return TaskBatch(Split(torch.randn(tasks, support, 1), torch.randn(tasks, support, 1)),
+                     Split(torch.randn(q, query, 1), torch.randn(q, query, 1)))
+
+
+API_CASES = {
+    # name: (a call through the public API, words the ConfigError must hold)
+    "no tasks": (lambda mg, net: mg.MAML(net).meta_gradient(api_batch(tasks=0)), ["no tasks"]),
+    "task counts differ": (lambda mg, net: mg.MAML(net).meta_gradient(api_batch(query_tasks=2)),
+                           ["same number of tasks", "query.x [2, 4, 1]"]),
+    "empty query": (lambda mg, net: mg.MAML(net).meta_gradient(api_batch(query=0)), ["query set is empty"]),
+    "empty support": (lambda mg, net: mg.MAML(net).meta_gradient(api_batch(support=0)), ["support set is empty"]),
+    "empty query, evaluation": (lambda mg, net: mg.MAML(net).adaptation_metrics(api_batch(query=0), 1),
+                                ["query set is empty"]),
+    "infinite step": (lambda mg, net: mg.SGD(float("inf")), ["inner_lr inf", "finite"]),
+    "step as text": (lambda mg, net: mg.SGD("0.1"), ["inner_lr '0.1'", "number"]),
+    "fractional steps": (lambda mg, net: mg.MAML(net, inner_steps=1.5), ["inner_steps 1.5", "whole number"]),
+    "torch optimizer as inner rule": (lambda mg, net: mg.MAML(net, inner=__import__("torch").optim.SGD),
+                                      ["mg.SGD(0.01)", "outer step"]),
+    "not a module": (lambda mg, net: mg.MAML(lambda x: x), ["torch.nn.Module", "function"]),
+    "optimizer of another model": (
+        lambda mg, net: mg.Trainer(mg.MAML(net), mg.tasks.Sinusoid(), __import__("torch").optim.Adam(
+            __import__("torch").nn.Linear(1, 1).parameters()), iterations=1, meta_batch_size=2, progress=False),
+        ["none of the learner's trainable parameters", "learner.parameters()"]),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_bad_input_through_the_api_is_a_config_error_naming_it(case):
+    import torch
+
+    import metagrad as mg
+    from metagrad.errors import ConfigError
+    call, words = API_CASES[case]
+    net = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    with pytest.raises(ConfigError) as e:
+        call(mg, net)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))

@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
+
 
 def partition(n: int, parts: int) -> list[slice]:
     """``parts`` contiguous slices of ``n`` items whose sizes differ by at most one (the larger ones last): how a
@@ -34,6 +36,24 @@ class TaskBatch(NamedTuple):
     @property
     def num_tasks(self) -> int:
         return self.support.x.shape[0]
+
+    def check(self, support: bool = True, query: bool = True) -> None:
+        """Raise ``ConfigError`` unless every tensor is ``[tasks, examples, ...]`` with the same tasks (at least
+        one), each split's inputs and targets the same examples, and the splits asked for non-empty."""
+        splits = (("support", self.support), ("query", self.query))
+        shapes = {f"{split}.{part}": tuple(t.shape)
+                  for split, pair in splits for part, t in (("x", pair.x), ("y", pair.y))}
+        if any(len(s) < 2 for s in shapes.values()) or len({s[0] for s in shapes.values()}) != 1:
+            raise ConfigError(f"a TaskBatch holds tensors [tasks, examples, ...] with the same number of tasks; got "
+                              f"{', '.join(f'{k} {list(v)}' for k, v in shapes.items())}")
+        if self.num_tasks < 1:
+            raise ConfigError("the TaskBatch holds no tasks; give at least one")
+        for split, wanted in (("support", support), ("query", query)):
+            x, y = shapes[f"{split}.x"][1], shapes[f"{split}.y"][1]
+            if x != y:
+                raise ConfigError(f"the {split} set has {x} inputs but {y} targets per task")
+            if wanted and x < 1:
+                raise ConfigError(f"the {split} set is empty (0 examples per task); give at least one")
 
     def task(self, i: int) -> TaskBatch:
         """The i-th task, without the task dimension."""

@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import sys
@@ -286,6 +287,22 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"metagrad {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RuntimeError as e:  # torch's allocation failures (its OutOfMemoryError is a RuntimeError too)
+        wanted = out_of_memory(e)
+        if wanted is None:
+            raise
+        print(f"metagrad {args.command}: error: out of memory{wanted}; lower the sizes that set it (shots, query, "
+              "hidden, meta_batch_size, inner_steps, eval_query or task_chunk)", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def out_of_memory(e: RuntimeError) -> str | None:
+    """For torch's failure to allocate: how much it asked for (e.g. " (asked for 32.0 GB at once)"); else None."""
+    text = str(e)
+    if type(e).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    return f" (asked for {int(asked[1]) / 1e9:,.1f} GB at once)" if asked else ""
 
 
 def os_fix(e: OSError) -> str:

@@ -134,7 +134,7 @@ class Config(Settings):
                             "activation": ("relu", "tanh"), "algo": ALGOS, "inner_optimizer": ("sgd", "adam"),
                             "outer_optimizer": ("adam", "sgd"), "outer_lr_schedule": ("constant", "linear"),
                             "batching": ("auto", "vmap", "loop")})
-        self.check_at_least({"ways": 2, "filters": 1, "shots": 1, "query": 0, "grid": 0, "inner_steps": 0,
+        self.check_at_least({"ways": 2, "filters": 1, "shots": 1, "query": 1, "grid": 0, "inner_steps": 0,
                              "inner_batch_size": 0, "iterations": 0, "meta_batch_size": 1, "log_every": 1,
                              "checkpoint_every": 1, "val_every": 0, "val_tasks": 1, "eval_query": 1, "eval_steps": 0,
                              "eval_tasks": 2, "eval_inner_batch_size": 0, "dim": 1, "threads": 0, "task_chunk": 0,
@@ -180,11 +180,11 @@ class Config(Settings):
         if (self.family in IMAGE_FAMILIES) != (self.model in ("conv4", "mlp-bn")):
             raise ConfigError(f"model '{self.model}' does not fit family '{self.family}'; use conv4 or mlp-bn for "
                               "images, mlp or linear otherwise")
-        if self.family in IMAGE_FAMILIES and self.query < 1:
-            raise ConfigError(f"query {self.query} must be >= 1 for image classification")
         check_device(self.device)
-        if self.grid and max(self.shots, *self.eval_shots) > self.grid:
-            raise ConfigError(f"shots {max(self.shots, *self.eval_shots)} exceed grid {self.grid}")
+        for name, k in (("shots", self.shots), ("eval_shots", max(self.eval_shots))):
+            if self.grid and k > self.grid:
+                raise ConfigError(f"{name} {k} exceed grid {self.grid}: a task's support points are drawn from the "
+                                  f"grid's {self.grid} points; raise grid or lower {name}")
         return super().validate()
 
 

@@ -8,7 +8,9 @@ those that the inner loop adapts (``MetaLearner(adapt=...)``, trainable ones).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import math
+import numbers
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -24,13 +26,23 @@ def _key(name: str) -> str:
 
 
 def _schedule(lr: float | Sequence[float]) -> tuple[float, ...]:
-    lrs = (float(lr),) if isinstance(lr, int | float) else tuple(float(v) for v in lr)
-    if not lrs:
+    """The step sizes as a tuple of finite floats >= 0 (0 is allowed at test time: "do not fine-tune" is a
+    candidate when tuning), else a ``ConfigError`` naming the value."""
+    if isinstance(lr, numbers.Real) or (isinstance(lr, Tensor) and lr.dim() == 0):
+        values = [lr]
+    elif isinstance(lr, str | bytes) or not isinstance(lr, Iterable):
+        raise ConfigError(f"inner_lr {lr!r} must be a number or a sequence of numbers, one per inner step "
+                          "(e.g. 0.01 or [0.1, 0.02])")
+    else:
+        values = list(lr)
+    if not values:
         raise ConfigError("inner_lr is empty; give a step size such as 0.01, or one per inner step")
-    for v in lrs:
-        if not v >= 0:  # 0 is allowed at test time: "do not fine-tune" is a candidate when tuning
-            raise ConfigError(f"inner_lr {v} must not be negative (e.g. 0.01)")
-    return lrs
+    for v in values:
+        if not isinstance(v, numbers.Real | Tensor):
+            raise ConfigError(f"inner_lr {v!r} is not a number (e.g. 0.01)")
+        if not 0 <= float(v) < math.inf:
+            raise ConfigError(f"inner_lr {float(v)} must be finite and not negative (e.g. 0.01)")
+    return tuple(float(v) for v in values)
 
 
 class InnerRule(nn.Module):

@@ -41,6 +41,30 @@ class FitResult:
     sampling_seconds: float  # of ``seconds``, the time spent sampling meta-batches (data loading)
 
 
+def check_optimizer(learner: MetaLearner, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer that holds none of the learner's trainable parameters (built from another model): it
+    would take its steps elsewhere and the run would train nothing."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = [p for p in learner.parameters() if p.requires_grad]
+    if trainable and not any(id(p) in held for p in trainable):
+        raise ConfigError("the optimizer holds none of the learner's trainable parameters, so no step would change "
+                          "them; build it from learner.parameters(), e.g. torch.optim.Adam(learner.parameters(), 1e-3)")
+
+
+def check_sizes(learner: MetaLearner, tasks: TaskDistribution, meta_batch_size: int) -> None:
+    """Refuse, before allocating, sizes that cannot fit in this machine's memory: a meta-batch's data, and the
+    graph of a second-order inner loop, which keeps at least the adapted parameters and their gradient per step."""
+    one = tasks.sample(1, torch.Generator().manual_seed(0))  # its own generator: the run's stream is untouched
+    per_task = sum(t.numel() * t.element_size() for t in (*one.support, *one.query))
+    check_memory(DATA_COPIES * per_task * meta_batch_size, f"meta_batch_size {meta_batch_size:,} "
+                 f"({per_task:,} bytes of data per task)", "lower --meta-batch-size")
+    if learner.second_order and not getattr(learner, "recompute", False):
+        params = sum(p.numel() * p.element_size() for p in learner.parameters())
+        check_memory(2 * params * learner.inner_steps, f"inner_steps {learner.inner_steps:,} through second "
+                     f"derivatives (each step's graph keeps the adapted parameters and their gradient: 2 x {params:,} "
+                     "bytes)", "lower inner_steps, or use first order or recompute=True")
+
+
 class Trainer(RunLoop):
     """Meta-trains ``learner`` on ``tasks``.
 
@@ -71,10 +95,8 @@ class Trainer(RunLoop):
                               "train on one GPU in one process, or on the CPU under torchrun")
         self.learner, self.tasks, self.optimizer, self.scheduler = learner, tasks, optimizer, scheduler
         self.meta_batch_size, self.seed = meta_batch_size, seed
-        one = tasks.sample(1, torch.Generator().manual_seed(0))  # its own generator: the run's stream is untouched
-        per_task = sum(t.numel() * t.element_size() for t in (*one.support, *one.query))
-        check_memory(DATA_COPIES * per_task * meta_batch_size, f"meta_batch_size {meta_batch_size:,} "
-                     f"({per_task:,} bytes of data per task)", "lower --meta-batch-size")
+        check_optimizer(learner, optimizer)
+        check_sizes(learner, tasks, meta_batch_size)
         self.log_every = log_every
         self.validation = validation if validation is not None else tasks
         self.val_every, self.val_tasks = val_every, val_tasks

@@ -19,6 +19,7 @@ head), while the meta-gradient reaches every trainable parameter.
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -200,6 +201,15 @@ class MetaLearner(nn.Module):
                  self_check: bool = True, adapt: Sequence[str] | None = None, inner_sampling: str = "cycle",
                  inner_state: str = "fresh"):
         super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if inner is not None and not isinstance(inner, InnerRule):
+            raise ConfigError(f"inner must be a metagrad inner rule such as mg.SGD(0.01) or mg.Adam(0.001), not "
+                              f"{inner!r} (torch.optim optimizers take the outer step)")
+        for name, value in (("inner_steps", inner_steps), ("inner_batch_size", inner_batch_size),
+                            ("threads", threads), ("task_chunk", task_chunk)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"{name} {value!r} must be a whole number")
         if inner_steps < 0:
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
         if inner_batch_size < 0:
@@ -524,7 +534,7 @@ class MetaLearner(nn.Module):
                 self.thread_verdict(key, fault)
                 return [(slice(0, n), out)]
             self.thread_verdict(key, fault)
-        if threads == 1 or self._thread_verdicts[key] is not None:
+        if threads <= 1 or self._thread_verdicts[key] is not None:
             return [(slice(0, n), job(slice(0, n)))]
         shards = partition(n, threads)
         return list(zip(shards, in_threads([partial(job, s) for s in shards]), strict=True))
@@ -567,6 +577,7 @@ class MetaLearner(nn.Module):
                       shard: slice | None = None) -> dict[str, float]:
         """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
         meta-parameters, averaged over those tasks; return metrics."""
+        batch.check(support=self.inner_steps > 0)
         if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
             raise ConfigError("inner_state 'carried' runs the tasks of a meta-batch in order in one process; train "
                               "it without torchrun (or use inner_state 'fresh')")
@@ -703,6 +714,7 @@ class MetaLearner(nn.Module):
                            inner_batch_size: int = 0, generator: torch.Generator | None = None,
                            chunk: int | None = None, transductive: bool = True) -> dict[str, Tensor]:
         """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``."""
+        batch.check(support=steps > 0)
         rule = inner if inner is not None else self.inner
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
         batch, mb = self.on_model_device(batch, mb)
