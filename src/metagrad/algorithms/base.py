@@ -522,20 +522,23 @@ class MetaLearner(nn.Module):
         run. So the first call with buffers (per train/eval setting) runs on one thread and watches them; if they
         changed, ``threads=0`` keeps to one thread from then on (one line on stderr), explicit threads refuse."""
         threads = self.task_threads(n)
+        whole = slice(0, n)
+        if threads <= 1:
+            return [(whole, job(whole))]
         key = tuple(m.training for m in self.model.modules())
-        if threads > 1 and key not in self._thread_verdicts:
+        if key not in self._thread_verdicts:
             fault = copy_fault(self.model)
             if fault is None and buffers:
                 before = {name: (b._version, b.clone()) for name, b in buffers.items()}  # kernels may skip _version
-                out = job(slice(0, n))
+                out = job(whole)
                 changed = sorted(name for name, b in buffers.items()
                                  if b._version != before[name][0] or not torch.equal(b, before[name][1]))
-                fault = f"it updates its buffers {', '.join(changed)} as it runs" if changed else None
-                self.thread_verdict(key, fault)
-                return [(slice(0, n), out)]
+                self.thread_verdict(key, f"it updates its buffers {', '.join(changed)} as it runs, and threads "
+                                    "would race on them (results changing from run to run)" if changed else None)
+                return [(whole, out)]
             self.thread_verdict(key, fault)
-        if threads <= 1 or self._thread_verdicts[key] is not None:
-            return [(slice(0, n), job(slice(0, n)))]
+        if self._thread_verdicts[key] is not None:
+            return [(whole, job(whole))]
         shards = partition(n, threads)
         return list(zip(shards, in_threads([partial(job, s) for s in shards]), strict=True))
 
@@ -545,8 +548,8 @@ class MetaLearner(nn.Module):
         if fault is None:
             return
         if self.threads > 1:
-            raise ConfigError(f"threads {self.threads} would change this model's results from run to run: {fault}; "
-                              "set threads to 1 (or 0: automatic)")
+            raise ConfigError(f"threads {self.threads} cannot run this model: {fault}; set threads to 1 (or 0: "
+                              "automatic)")
         print(f"metagrad: task threads off for this model: {fault}", file=sys.stderr, flush=True)
 
     def attention_safe(self, call: Callable[[], Any]) -> Any:
