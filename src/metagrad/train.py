@@ -115,7 +115,7 @@ class Trainer(RunLoop):
         return {"learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if not self.learner._on_cpu() else None}
+                "cuda_rng": None if self.learner._on_cpu() else torch.cuda.get_rng_state(self._device())}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
@@ -127,7 +127,10 @@ class Trainer(RunLoop):
         if state.get("torch_rng") is not None:  # checkpoints before it was kept lack it
             torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and not self.learner._on_cpu():
-            torch.cuda.set_rng_state(state["cuda_rng"])
+            torch.cuda.set_rng_state(state["cuda_rng"], self._device())
+
+    def _device(self) -> torch.device:
+        return next(self.learner.parameters()).device
 
     def info(self) -> dict[str, Any]:
         """Counters, and the meta-losses since the last log line (so that the first line after a resume averages
