@@ -40,16 +40,15 @@ class TaskBatch(NamedTuple):
     def check(self, support: bool = True, query: bool = True) -> None:
         """Raise ``ConfigError`` unless every tensor is ``[tasks, examples, ...]`` with the same tasks (at least
         one), each split's inputs and targets the same examples, and the splits asked for non-empty."""
-        splits = (("support", self.support), ("query", self.query))
-        shapes = {f"{split}.{part}": tuple(t.shape)
-                  for split, pair in splits for part, t in (("x", pair.x), ("y", pair.y))}
-        if any(len(s) < 2 for s in shapes.values()) or len({s[0] for s in shapes.values()}) != 1:
+        sx, sy, qx, qy = self.support.x.shape, self.support.y.shape, self.query.x.shape, self.query.y.shape
+        if min(len(sx), len(sy), len(qx), len(qy)) < 2 or not sx[0] == sy[0] == qx[0] == qy[0]:
+            got = ", ".join(f"{k} {list(v)}" for k, v in zip(("support.x", "support.y", "query.x", "query.y"),
+                                                               (sx, sy, qx, qy), strict=True))
             raise ConfigError(f"a TaskBatch holds tensors [tasks, examples, ...] with the same number of tasks; got "
-                              f"{', '.join(f'{k} {list(v)}' for k, v in shapes.items())}")
-        if self.num_tasks < 1:
+                              f"{got}")
+        if sx[0] < 1:
             raise ConfigError("the TaskBatch holds no tasks; give at least one")
-        for split, wanted in (("support", support), ("query", query)):
-            x, y = shapes[f"{split}.x"][1], shapes[f"{split}.y"][1]
+        for split, x, y, wanted in (("support", sx[1], sy[1], support), ("query", qx[1], qy[1], query)):
             if x != y:
                 raise ConfigError(f"the {split} set has {x} inputs but {y} targets per task")
             if wanted and x < 1:
