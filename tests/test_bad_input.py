@@ -102,6 +102,8 @@ CASES = {
     "figure format": (lambda t: ["curves", str(trained(t)), "--out", str(t / "c.xyz")], ["'.xyz'", ".png"]),
     "figure path is a folder": (lambda t: ["curves", str(trained(t)), "--out", str(t)], ["is a folder", "curves.png"]),
     "status of no folder": (lambda t: ["status", str(t / "none")], ["not a folder of long runs", "results/long"]),
+    "status of a run directory": (lambda t: ["status", str(trained(t))], ["holds none of the long runs",
+                                                                          "not a run directory"]),
     "eval output is a folder": (lambda t: ["eval", str(trained(t)), "--output", str(t)], ["is a folder", "eval.json"]),
     "results folder is a file": (lambda t: (t / "f").write_text("x") and
                                  ["tradeoff", "linreg", "--tasks", "2", "--points", "1", "--no-progress", "--out",

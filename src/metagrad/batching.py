@@ -169,6 +169,11 @@ def where(model: nn.Module, batch: TaskBatch) -> str:
             found = faulty_module(model, batch.support.x)
     except Exception:  # locating is a courtesy: never let it hide the fault itself
         found = None
+    return located(found)
+
+
+def located(found: tuple[str, nn.Module] | None) -> str:
+    """``, first in module 'name' (Type)`` for what ``faulty_module`` found, with a replacement where there is one."""
     if found is None:
         return ""
     name, module = found

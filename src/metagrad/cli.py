@@ -84,7 +84,8 @@ def build_parser() -> Parser:
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
     p.add_argument("--out", help="results folder (default: results/<experiment>[-full])")
     p.add_argument("--seed", type=seed, help="training seed of every method (default: 0)")
-    p.add_argument("--eval-tasks", type=int, help="test tasks (default: 600)")
+    p.add_argument("--eval-tasks", type=int, help="test tasks (default: the experiment's, e.g. 600 sinusoid tasks, "
+                   "the meta-RL presets' eval_tasks)")
     p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
     p.add_argument("--device", help="where the sinusoid and few-shot methods train: cpu (default), cuda or cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile the meta-gradient (the sinusoid, few-shot "
@@ -627,6 +628,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise MetagradError(f"{folder} is not a folder of long runs; run `metagrad status` in the repository's root "
                             "(it reads results/long) or give the folder that holds them")
+    if not any((folder / row.folder).is_dir() for row in longruns.ROWS):
+        raise MetagradError(f"{folder} holds none of the long runs (folders such as {longruns.ROWS[0].folder}); give "
+                            "the folder that holds them (results/long), not a run directory")
     text = longruns.index(folder)
     write_text(folder / "INDEX.md", text)
     print(text)

@@ -87,15 +87,7 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
     if resume and (saved := saved_config(run_dir)) is not None:
         if type(saved) is not type(cfg):
             raise CheckpointError(f"{run_dir} holds a {_kind(saved)} run, not a {_kind(cfg)} one; choose another --out")
-        changed = cfg.resume_differences(saved)
-        old, new = saved.to_dict(), cfg.to_dict()
-        if changed:
-            diffs = ", ".join(f"{k} {old[k]!r} in the run, {new[k]!r} given" for k in changed)
-            raise CheckpointError(f"{run_dir} was trained with another config ({diffs}); resume with the run's "
-                                  "own options (`metagrad train --out RUN --resume` takes them from the run; "
-                                  "`metagrad reproduce`: --set KEY=VALUE with the run's values) or choose another "
-                                  "--out")
-        changes = {k: [old[k], new[k]] for k in new if old[k] != new[k]}
+        changes = cfg.resume_changes(saved, run_dir)
     trainer.session_files["config.toml"] = cfg.to_toml()  # the latest session's config, for reading
     return trainer, trainer.fit(resume=resume, changes=changes)
 

@@ -48,6 +48,7 @@ class RunLoop:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.iterations, self.time_budget, self.checkpoint_every = iterations, time_budget, checkpoint_every
         self.config = config or {}
+        self._resume_changes: dict[str, Any] = {}
         self.dist = distributed
         self.writes = distributed is None or distributed.is_main  # one process writes checkpoints and logs
         self.progress = progress and self.writes
@@ -70,6 +71,11 @@ class RunLoop:
 
     def load_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def resume_changes(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Check the config of the checkpoint to resume (its sidecar ``info``) against this run's before anything is
+        restored: a CheckpointError where it may not change; else the changes to log (here none are known)."""
+        return {}
 
     def info(self) -> dict[str, Any]:
         """Counters stored in a checkpoint's sidecar besides the iteration, elapsed time and config."""
@@ -162,8 +168,8 @@ class RunLoop:
         if self.writes and self.run_dir is not None:
             for name, text in self.session_files.items():  # under the lock: two sessions never interleave them
                 checkpoint.write_text(self.run_dir / name, text)
-        if resumed and changes:
-            self.log({"iteration": self.iteration, "resumed_with": changes})
+        if resumed and (changes or self._resume_changes):
+            self.log({"iteration": self.iteration, "resumed_with": changes or self._resume_changes})
         start_iteration, session_start = self.iteration, time.perf_counter()
         self._segment = {"start": start_iteration, "clock": session_start, "command": command(), "commit": commit(),
                          "machine": machine()}
@@ -249,8 +255,10 @@ class RunLoop:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
                 raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume to "
                                       "continue it or choose another --out")
+            info = checkpoint.read_info(self.run_dir / "last")
+            self._resume_changes = self.resume_changes(info)
             self.restore("last")
-            self._recover_segment(checkpoint.read_info(self.run_dir / "last"))
+            self._recover_segment(info)
             return True
         saved = sorted(p.name for p in self.run_dir.glob("*") if p.name == "last.json" or p.suffix == ".safetensors"
                        ) if self.run_dir.exists() else []

@@ -78,6 +78,21 @@ class Settings:
         free = self.free_on_resume()
         return [f.name for f in fields(self) if f.name not in free and getattr(saved, f.name) != getattr(self, f.name)]
 
+    def resume_changes(self, saved: Settings, run_dir: str | Path) -> dict[str, list[Any]]:
+        """The fields that differ from the config run ``run_dir`` was trained with (``saved``), as ``{name: [old,
+        new]}`` for its log; a CheckpointError where one of them may not change on resume."""
+        from .errors import CheckpointError
+
+        old, new = saved.to_dict(), self.to_dict()
+        changed = self.resume_differences(saved)
+        if changed:
+            diffs = ", ".join(f"{k} {old[k]!r} in the run, {new[k]!r} given" for k in changed)
+            raise CheckpointError(f"{run_dir} was trained with another config ({diffs}); resume with the run's "
+                                  "own options (`metagrad train --out RUN --resume` takes them from the run; "
+                                  "`metagrad reproduce`: --set KEY=VALUE with the run's values) or choose another "
+                                  "--out")
+        return {k: [old[k], new[k]] for k in new if old[k] != new[k]}
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists for tuples), by field name."""

@@ -133,4 +133,5 @@ def test_an_interrupted_locomotion_run_resumes_to_the_same_checkpoints(tmp_path,
         assert torch.equal(v, b["learner"][k]), k
     lines = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     again = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert [ln["return_post"] for ln in lines] == [ln["return_post"] for ln in again]
+    assert [ln["resumed_with"] for ln in again if "resumed_with" in ln] == [{"iterations": [2, 3]}]
+    assert [ln["return_post"] for ln in lines] == [ln["return_post"] for ln in again if "return_post" in ln]

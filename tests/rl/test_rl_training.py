@@ -55,10 +55,13 @@ def test_resume_continues_the_same_trajectory(tmp_path, outer):
     b, _ = checkpoint.load(tmp_path / "resumed" / "last")
     for k, v in a["learner"].items():
         assert torch.equal(v, b["learner"][k]), k
-    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(ln)["iteration"] for ln in lines] == [1, 2, 3]
+    logged = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    lines = [ln for ln in logged if "return_post" in ln]
+    assert [ln["iteration"] for ln in lines] == [1, 2, 3]
+    resumed = [ln for ln in logged if "return_post" not in ln]
+    assert resumed == [{"iteration": 2, "resumed_with": {"iterations": [2, 3]}}]
     info = checkpoint.read_info(tmp_path / "resumed" / "best")
-    assert info["best_return"] == pytest.approx(max(json.loads(ln)["return_post"] for ln in lines), abs=1e-4)
+    assert info["best_return"] == pytest.approx(max(ln["return_post"] for ln in lines), abs=1e-4)
 
 
 class _Killed(BaseException):
@@ -127,7 +130,7 @@ def _straight_and_resumed(cfg: RLConfig, stop: int, tmp_path: Path) -> list[dict
     RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
     logged, resumed = ([json.loads(ln) for ln in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
                        for run in ("straight", "resumed"))
-    assert [m["outer_lr"] for m in resumed] == [m["outer_lr"] for m in logged]
+    assert [m["outer_lr"] for m in resumed if "outer_lr" in m] == [m["outer_lr"] for m in logged]
     a, _ = checkpoint.load(tmp_path / "straight" / "last")
     b, _ = checkpoint.load(tmp_path / "resumed" / "last")
     assert all(torch.equal(v, b["learner"][k]) for k, v in a["learner"].items())
@@ -247,10 +250,12 @@ def test_reproduce_navigation_end_to_end(tmp_path, capsys):
     for name in ("return_curves.png", "training_curves.png", "trajectories.png", "table.md"):
         assert (out / name).stat().st_size > 0
     # a second command adds a method to the same table; the others are kept
-    assert main(["reproduce", "navigation", "--algo", "emaml", "--iterations", "1", "--eval-tasks", "4",
+    assert main(["reproduce", "navigation", "--algo", "emaml,drs-ppo", "--iterations", "1", "--eval-tasks", "4",
                  "--out", str(out), "--no-progress", *sets]) == 0
     assert set(json.loads((out / "results.json").read_text())["methods"]) == {"maml-trpo", "random", "sgmrl",
-                                                                             "emaml"}
+                                                                             "emaml", "drs-ppo"}
+    text = capsys.readouterr().out  # a method without a paper number has its row too
+    assert "Other methods (no paper number on 2D navigation)" in text and "| DRS+PPO | 1 | " in text
 
 
 def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
@@ -284,6 +289,7 @@ def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
     (["--algo", "maml-trpp"], "unknown method 'maml-trpp' (did you mean 'maml-trpo'?)"),
     (["--set", "gamma=2"], "gamma 2.0 and gae_lambda 1.0 must lie in [0, 1]"),
     (["--set", "inner_lrr=0.1"], "unknown config key 'inner_lrr' (did you mean 'inner_lr'?)"),
+    (["--set", "algo=joint"], "--set algo=joint would make --algo maml-trpo another method"),
 ])
 def test_bad_input_stops_with_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     code = main(["reproduce", "navigation", "--iterations", "1", "--out", str(tmp_path), "--no-progress", *args])

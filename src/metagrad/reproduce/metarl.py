@@ -69,6 +69,11 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
     A base's ``pack_episodes=True`` and ``loss_mean='steps'`` mean "where it applies": the methods that read whole
     episodes keep the padded layout, SG-MRL its slot means, unless the user's overrides say otherwise."""
     cfg = preset(method)
+    for key in ("algo", "outer"):
+        if key in overrides and overrides[key] != getattr(cfg, key):
+            raise ConfigError(f"--set {key}={overrides[key]} would make --algo {method} another method ({key} "
+                              f"'{getattr(cfg, key)}' in its preset) under {method}'s label; choose the method with "
+                              f"--algo ({', '.join(method_names())})")
     changes = {**(base or {}), **overrides}
     if method != "random":
         changes["iterations"] = iterations if iterations is not None else (FULL_ITERATIONS if full else
@@ -119,9 +124,10 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
               file=sys.stderr, flush=True)
         r = run_method(m, cfg, out / m, progress, fits.get(m), experiment.rllab_methods)
         _merge(path, m, r, experiment)  # re-read: another command may have added methods meanwhile
-        print(f"    {r['iterations']} iterations in {r['train_seconds']:.0f} s ({r['seconds_per_iteration']} s/it, "
-              f"{r['env_steps_per_second']} env steps/s); evaluated in {r['eval_seconds']:.0f} s",
-              file=sys.stderr, flush=True)
+        speed = (f" ({r['seconds_per_iteration']} s/it, {r['env_steps_per_second']} env steps/s)"
+                 if r["seconds_per_iteration"] else "")
+        print(f"    {r['iterations']} iterations in {r['train_seconds']:.0f} s{speed}; evaluated in "
+              f"{r['eval_seconds']:.0f} s", file=sys.stderr, flush=True)
     results = json.loads(path.read_text())  # with what other commands added
     table = experiment.table(results)
     (out / "table.md").write_text(table + "\n")

@@ -56,6 +56,18 @@ def format_table(results: dict[str, Any]) -> str:
             paper = f"{SGMRL_TABLE1[m]:.2f}" if m in SGMRL_TABLE1 else "-"
             lines.append(f"| {r['label']} | {r['iterations']} | {ours[0]} | {ours[1]} | {paper} |")
         lines.append("")
+    other = [m for m in methods if m not in MAML_METHODS + SGMRL_METHODS]
+    if other:
+        steps = max(len(methods[m]["curve"]["mean"]) for m in other)
+        lines += ["Other methods (no paper number on 2D navigation)", "",
+                  "| method | iterations | " + " | ".join(f"k = {s}" for s in range(steps)) + " |",
+                  "|" + "---|" * (steps + 2)]
+        for m in other:
+            r = methods[m]
+            cells = [format_ci(a, b) for a, b in zip(r["curve"]["mean"], r["curve"]["ci95"], strict=True)]
+            lines.append(f"| {r['label']} | {r['iterations']} | " + " | ".join(cells + ["-"] * (steps - len(cells)))
+                         + " |")
+        lines.append("")
     for r in methods.values():
         c = r["curve"]
         lines.append(f"{r['label']}: {c['tasks']} goals x {c['episodes']} episodes per step, test step sizes "

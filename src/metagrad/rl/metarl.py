@@ -26,6 +26,7 @@ parameters, and a surrogate that TRPO's line search can evaluate at other parame
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,9 +37,10 @@ from torch.func import grad, vmap
 from ..algorithms.base import adapt_prefixes, adapted_by
 from ..distributed import Share
 from ..errors import ConfigError
-from ..functional import Params, call, detach, params_of
+from ..functional import Params, call, detach
 from ..inner import SGD
 from . import outer
+from .checks import check_batching, check_fit
 from .envs.base import TaskEnv
 from .policy import Policy
 from .sampler import Trajectories, adaptation_episodes, pack, policy_dist, process
@@ -130,8 +132,6 @@ class MetaRL(nn.Module):
                                      ("baseline", baseline, BASELINES), ("loss_mean", loss_mean, LOSS_MEANS)):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} '{value}'; choose one of {', '.join(allowed)}")
-        if inner_steps < 0 or episodes < 1:
-            raise ConfigError(f"inner_steps {inner_steps} must be >= 0 and episodes {episodes} >= 1")
         if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:
             raise ConfigError(f"gamma {gamma} and gae_lambda {gae_lambda} must lie in [0, 1]")
         if not 0 < hvp_subsample <= 1:
@@ -143,9 +143,19 @@ class MetaRL(nn.Module):
         if ppo_epochs < 1 or not 0 < ppo_clip < 1 or inner_kl_coef < 0 or inner_kl_target < 0:
             raise ConfigError(f"ppo_epochs {ppo_epochs} must be >= 1, ppo_clip {ppo_clip} in (0, 1), inner_kl_coef "
                               f"{inner_kl_coef} and inner_kl_target {inner_kl_target} >= 0")
+        for name, value, low in (("inner_steps", inner_steps, 0), ("episodes", episodes, 1),
+                                 ("cg_iters", cg_iters, 1), ("max_backtracks", max_backtracks, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} {value!r} must be a whole number >= {low}")
+        if not (math.isfinite(max_kl) and math.isfinite(cg_damping) and cg_damping >= 0):
+            raise ConfigError(f"max_kl {max_kl} and cg_damping {cg_damping} must be finite, cg_damping >= 0 "
+                              "(e.g. max_kl 0.01, cg_damping 1e-5)")
+        check_fit(policy, env)
         self.policy, self.env = policy, env
         prefixes = adapt_prefixes(policy, tuple(adapt))
-        self.adapted = frozenset(n for n, _ in policy.named_parameters() if adapted_by(n, prefixes))
+        self.adapted = frozenset(n for n, p in policy.named_parameters() if p.requires_grad and adapted_by(n, prefixes))
+        if not self.trainable():
+            raise ConfigError("every parameter of the policy has requires_grad=False: nothing to meta-train")
         self.algo, self.outer, self.hvp_mode = algo, outer, hvp
         self.inner = SGD(inner_lr)
         self.inner_steps = 0 if algo == "joint" else inner_steps
@@ -163,6 +173,8 @@ class MetaRL(nn.Module):
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
         self.register_buffer("inner_kl_coefs", torch.full((self.inner_steps,), float(inner_kl_coef)))
+        if self.inner_steps and (not self.first_order or outer == "trpo"):  # second derivatives under vmap
+            check_batching(policy, env.obs_dim, algo)
 
     @property
     def packable(self) -> bool:
@@ -170,9 +182,14 @@ class MetaRL(nn.Module):
         return packable(self.algo, self.hvp_subsample)
 
     # ------------------------------------------------------------------ the inner step
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """The parameters the outer step moves: those with ``requires_grad`` (the others are constants everywhere:
+        not adapted, no meta-gradient)."""
+        return {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
+
     def meta_params(self) -> Params:
-        """The policy's parameters as a detached dict (sharing storage: TRPO writes into them in place)."""
-        return params_of(self.policy)
+        """The trainable parameters as a detached dict (sharing storage: TRPO writes into them in place)."""
+        return {n: p.detach() for n, p in self.trainable().items()}
 
     def inner_loss(self, params: Params, traj: Trajectories) -> Tensor:
         """The VPG surrogate of one task's episodes (``[K, H, ...]``), as a loss: ``-sum log pi * A / (K H)``;
@@ -237,6 +254,9 @@ class MetaRL(nn.Module):
     def sample(self, tasks: Tensor, generator: torch.Generator | None) -> tuple[list[Trajectories], Trajectories]:
         """The inner batches (one per inner step) and the post-adaptation batch ``D_o`` of a meta-batch
         (``sampler.adaptation_episodes``)."""
+        if not isinstance(tasks, Tensor) or tasks.dim() != 2 or not len(tasks):
+            raise ConfigError(f"tasks must be a [tasks, task_dim] tensor of at least one task (env.sample_tasks(n, "
+                              f"generator) draws them), not {describe(tasks)}")
         return adaptation_episodes(self, tasks, generator)
 
     # ------------------------------------------------------------------ the outer objective
@@ -342,6 +362,11 @@ class MetaRL(nn.Module):
         return {"return_pre": float((trajs[0] if trajs else out).episode_returns.mean()),
                 "return_post": float(out.episode_returns.mean()),
                 "env_steps": float(sum(t.steps for t in trajs) + out.steps)}
+
+
+def describe(x: Any) -> str:
+    """A value in words for error messages: a tensor by its shape."""
+    return f"a tensor of shape {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def objective_gradient(learner: MetaRL, theta: Params, trajs: Sequence[Trajectories], out: Trajectories) -> Params:

@@ -37,7 +37,7 @@ def step(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories,
     g = _reduce_params(learner.meta_gradient(trajs, out), share)
     gnorm = _finite_norm(g)
     if learner.outer == "vpg":
-        write_grads(dict(learner.policy.named_parameters()), {k: -v for k, v in g.items()})
+        write_grads(learner.trainable(), {k: -v for k, v in g.items()})
         optimizer.step()
         return {"grad_norm": gnorm}
     info = trpo_update(learner, flatten(learner.meta_params()), flatten(g), trajs, out, share)
@@ -49,7 +49,7 @@ def ppo_update(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories
                share: Share | None = None) -> dict[str, float]:
     """``ppo_epochs`` optimizer steps on the clipped surrogate minus the inner KL penalties (ProMP), all on this
     meta-batch; then the penalty coefficients adapt to their target."""
-    params = dict(learner.policy.named_parameters())
+    params = learner.trainable()
     gradient = learner.compiled(ppo_gradient)
     for epoch in range(learner.ppo_epochs):
         g = _reduce_params(gradient(learner, learner.meta_params(), trajs, out)[0], share)
@@ -98,8 +98,9 @@ def trpo_update(learner: MetaRL, x0: Tensor, g: Tensor, trajs: Sequence[Trajecto
     x, info = trust_region_step(x0, evaluate, g, lambda v: _reduce(local(v), share), learner.max_kl, learner.cg_iters,
                                 learner.backtrack, learner.max_backtracks)
     with torch.no_grad():
-        for p, v in zip(learner.policy.parameters(), unflatten(x, theta).values(), strict=True):
-            p.copy_(v)
+        params = learner.trainable()
+        for name, v in unflatten(x, theta).items():
+            params[name].copy_(v)
     return info
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from ..errors import TrainingDiverged
 from ..functional import Params, call
 from . import baseline as linear_baseline
 from .envs.base import TaskEnv
@@ -125,6 +126,9 @@ def process(traj: Trajectories, gamma: float = 0.99, gae_lambda: float = 1.0, ba
     """Discounted returns, the baseline refitted on these trajectories (per task; ``linear-previous``: each task
     predicted with the fit of the task before it, rllab's order), advantages (GAE), optionally normalized per task
     over its valid steps (as the papers' code does). ``MetaRL.process`` adds its ``loss_mean`` scaling."""
+    if not bool(torch.isfinite(traj.rewards.masked_fill(~traj.mask.bool(), 0)).all()):
+        raise TrainingDiverged("the environment returned a non-finite reward (NaN or inf) in a running episode; "
+                               "check its reward function")
     returns = discounted_returns(traj.rewards, traj.mask, gamma)
     if baseline in ("linear", "linear-previous"):
         values = linear_baseline.fit_predict(traj.obs, returns, traj.mask, previous=baseline == "linear-previous")

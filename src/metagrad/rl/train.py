@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..distributed import Distributed, Share
-from ..errors import ConfigError, TrainingDiverged, check_memory
+from ..errors import CheckpointError, ConfigError, TrainingDiverged, check_memory
 from ..loop import RunLoop, linear_to_zero
 from ..seeds import process_episodes
 from .config import RLConfig
@@ -58,8 +58,8 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     if cfg.env == "navigation2d":
         kwargs.update(goal_low=cfg.goal_range[0], goal_high=cfg.goal_range[1], reward=cfg.reward, oracle=cfg.oracle,
                       normalized_actions=cfg.normalized_actions)
-    elif not cfg.env.startswith("gym:"):
-        kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World)
+    else:
+        kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World, gymnasium)
     for name, default in (("frame_skip", 0), ("observation", "auto"), ("oracle", False), ("action_scale", 1.0),
                           ("physics", "auto")):
         if cfg.env == "navigation2d" and name == "oracle":
@@ -90,6 +90,24 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     return learner, optimizer
 
 
+LEARNER_FIELDS = {**{name: name for name in ("algo", "outer", "episodes", "gamma", "gae_lambda", "baseline", "max_kl",
+                                              "cg_iters", "cg_damping", "hvp_subsample", "loss_mean", "pack_episodes")},
+                  "hvp": "hvp_mode"}  # the config's names and the learner's
+
+
+def check_built_from(learner: MetaRL, cfg: RLConfig) -> None:
+    """Stop with a ConfigError where the learner's settings are not the config's: the run records the config, so a
+    learner built otherwise would train something its run directory misdescribes."""
+    pairs = [(name, getattr(learner, attr), getattr(cfg, name)) for name, attr in LEARNER_FIELDS.items()]
+    pairs += [("horizon", learner.env.horizon, cfg.horizon),
+              ("inner_steps", learner.inner_steps, 0 if cfg.algo == "joint" else cfg.inner_steps)]
+    differ = [f"{name} {mine!r} in the learner, {theirs!r} in the config" for name, mine, theirs in pairs
+              if mine != theirs]
+    if differ:
+        raise ConfigError(f"the learner was not built from this config ({', '.join(differ)}); build both from one "
+                          "config with metagrad.rl.train.build(cfg)")
+
+
 @dataclass
 class RLFitResult:
     iteration: int
@@ -115,6 +133,7 @@ class RLTrainer(RunLoop):
         super().__init__(run_dir, iterations=cfg.iterations, time_budget=cfg.time_budget,
                          checkpoint_every=cfg.checkpoint_every, config=cfg.to_sections(), progress=progress,
                          distributed=distributed)
+        check_built_from(learner, cfg)
         self.learner, self.optimizer, self.cfg = learner, optimizer, cfg
         numbers = cfg.meta_batch_size * cfg.episodes * cfg.horizon * (2 * learner.env.obs_dim + 12)
         check_memory(4 * numbers * (learner.inner_steps + 1), f"meta_batch_size {cfg.meta_batch_size:,} x episodes "
@@ -127,6 +146,14 @@ class RLTrainer(RunLoop):
         self.best_iteration = self.last_lowered = 0  # the plateau schedule's counters
         self.lr_scale = 1.0  # what the plateau and grad-norm schedules have multiplied the outer step by
         self.grad_rule = GradNormRule(cfg.outer_lr_growth, cfg.outer_lr_window, cfg.outer_lr_warmup)
+
+    def resume_changes(self, info: dict[str, Any]) -> dict[str, Any]:
+        from ..experiment import stored_config
+
+        saved = stored_config(info["config"])
+        if not isinstance(saved, RLConfig):
+            raise CheckpointError(f"{self.run_dir} holds a supervised run, not a meta-RL one; choose another run_dir")
+        return self.cfg.resume_changes(saved, self.run_dir)
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds: the learner, the optimizer (outer 'vpg', 'ppo') and the RNG state."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any
 
 from ...errors import ConfigError
@@ -16,7 +17,8 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
     """A task environment by name: ``navigation2d``; a MuJoCo locomotion family (``cheetah-dir``, ``ant-vel``,
     ``hopper-rand-params``, ... see ``locomotion.FAMILIES``; ``horizon`` default 200, ``seed``); a Meta-World
     benchmark (``ml1-reach``, ``ml1-push``, ``ml10``, ``ml45``; ``split`` train/test, ``horizon`` default 150,
-    ``seed``); or ``gym:<id>`` for a registered gymnasium environment whose task can be set (``horizon``)."""
+    ``seed``); or ``gym:<id>`` (or ``gym:<module>:<id>``, importing the module first) for a registered gymnasium
+    environment whose task can be set (``horizon``, ``seed``)."""
     from .locomotion import FAMILIES
     from .metaworld import BENCHMARKS
 
@@ -26,12 +28,20 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
         gym = require_gymnasium()
         register()
         env_id = name[4:]
+        module, _, bare = env_id.rpartition(":")
+        if module:  # gymnasium's "module:id": importing the module registers the id
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ConfigError(f"cannot import module '{module}' for gymnasium environment '{bare}' ({e}); put "
+                                  "its folder on PYTHONPATH") from None
+            env_id = bare
         if env_id not in gym.registry:
             close = difflib.get_close_matches(env_id, list(gym.registry), n=1)
             hint = f" (did you mean 'gym:{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown gymnasium environment '{env_id}'{hint}")
         horizon = int(kwargs.get("horizon", 100))
-        return GymTaskEnv(lambda: gym.make(env_id, max_episode_steps=horizon), horizon)
+        return GymTaskEnv(lambda: gym.make(env_id, max_episode_steps=horizon), horizon, int(kwargs.get("seed", 0)))
     if name in FAMILIES or name in BENCHMARKS:
         allowed = (("horizon", "seed", "frame_skip", "observation", "oracle", "action_scale", "physics")
                    if name in FAMILIES

@@ -96,14 +96,17 @@ class GymTaskEnv(TaskEnv):
     a loop (the general path; vectorised environments such as ``Navigation2D`` are much faster).
 
     ``make`` builds one environment (e.g. ``lambda: gymnasium.make(id)``); its ``unwrapped`` must have
-    ``sample_tasks(n, rng) -> array`` and ``set_task(task)``.
+    ``sample_tasks(n, rng) -> array`` and ``set_task(task)``. Every ``reset`` seeds copy ``i`` with the ``i``-th
+    number of ``SeedSequence([seed, s])``, ``s`` the number given to ``reseed`` (the sampler draws it from the run's
+    generator) or the number of resets so far: each batch of episodes starts from fresh random states.
     """
 
-    def __init__(self, make: Callable[[], Any], horizon: int):
+    def __init__(self, make: Callable[[], Any], horizon: int, seed: int = 0):
         gym = require_gymnasium()
         if horizon < 1:
             raise ConfigError(f"horizon {horizon} must be >= 1")
-        self.make, self.horizon = make, int(horizon)
+        self.make, self.horizon, self.seed = make, int(horizon), int(seed)
+        self._resets, self._next_seed = 0, None
         probe = make()
         for method in ("sample_tasks", "set_task"):
             if not hasattr(probe.unwrapped, method):
@@ -132,15 +135,21 @@ class GymTaskEnv(TaskEnv):
         while len(self._envs) < n:
             self._envs.append(self.make())
         self._shape = (tasks.shape[0], episodes)
+        stream = self._resets if self._next_seed is None else self._next_seed
+        seeds = np.random.SeedSequence([self.seed, stream]).generate_state(n)
+        self._resets, self._next_seed = self._resets + 1, None
         obs = []
         for i in range(n):
             env = self._envs[i]
             env.unwrapped.set_task(tasks[i // episodes].numpy())
-            o, _ = env.reset(seed=i)
+            o, _ = env.reset(seed=int(seeds[i]))
             obs.append(np.asarray(o, dtype=np.float32).ravel())
         self._done = np.zeros(n, dtype=bool)
         self._last = np.stack(obs)
         return torch.from_numpy(self._last.copy()).view(*self._shape, -1)
+
+    def reseed(self, seed: int) -> None:
+        self._next_seed = int(seed)
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         assert self._done is not None and self._last is not None, "call reset() first"

@@ -1,0 +1,224 @@
+"""Meta-RL on policies and environments the papers never used: the meta-gradient against plain autograd task by task
+(float64) for layer norm, tied weights and frozen parameters; policies vmap differentiates wrongly, or that do not fit
+the environment, refused by name; a user's gymnasium environment seeded afresh for every batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import metagrad as mg
+from metagrad.errors import CheckpointError, ConfigError, TrainingDiverged
+from metagrad.functional import call
+from metagrad.rl import MetaRL, Navigation2D, make_policy
+from metagrad.rl.config import preset
+from metagrad.rl.policy import CategoricalMLPPolicy
+from metagrad.rl.train import RLTrainer, build
+
+LRS = (0.3, 0.2)
+
+
+def _policy(body: nn.Module | None = None, frozen: str = "") -> nn.Module:
+    """A Gaussian policy for 2D navigation whose mean network is ``body``; the parameter ``frozen`` made constant."""
+    torch.manual_seed(0)
+    policy = make_policy(Navigation2D().action_space, 2, hidden=(6, 6), activation="tanh", init_std=0.5)
+    if body is not None:
+        policy.mean = body
+    if frozen:
+        policy.get_parameter(frozen).requires_grad_(False)
+    return policy.double()
+
+
+def _tied() -> nn.Module:
+    first, last = nn.Linear(2, 6), nn.Linear(6, 2)
+    middle = nn.Linear(6, 6)
+    body = nn.Sequential(first, nn.Tanh(), middle, nn.Tanh(), middle, nn.Tanh(), last)  # one layer used twice
+    return body
+
+
+def _sampled(policy: nn.Module, **kw):
+    env = Navigation2D(horizon=8)
+    learner = MetaRL(policy, env, inner_lr=LRS, inner_steps=2, episodes=3, **kw)
+    tasks = env.sample_tasks(3, torch.Generator().manual_seed(0)).double()
+    return learner, *learner.sample(tasks, torch.Generator().manual_seed(1))
+
+
+def _reference(learner: MetaRL, trajs, out) -> dict[str, torch.Tensor]:
+    """MAML's meta-gradient with plain autograd (create_graph), task by task: no vmap."""
+    policy = learner.policy
+    theta = {n: p.detach().clone().requires_grad_() for n, p in policy.named_parameters() if p.requires_grad}
+    tasks, k, horizon = out.mask.shape
+    total = 0.0
+    for i in range(tasks):
+        params = dict(theta)
+        for s, tr in enumerate(trajs):
+            logp = policy.log_prob(call(policy, params, {}, tr.obs[i]), tr.actions[i])
+            loss = -(logp * tr.advantages[i] * tr.mask[i]).sum() / tr.mask[i].numel()
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params = {n: p - LRS[s] * g for (n, p), g in zip(params.items(), grads, strict=True)}
+        logp = policy.log_prob(call(policy, params, {}, out.obs[i]), out.actions[i])
+        ratio = torch.exp((logp - out.old_log_prob[i]) * out.mask[i]) * out.mask[i]
+        total = total + (ratio * out.advantages[i]).sum() / (k * horizon) / tasks
+    return dict(zip(theta, torch.autograd.grad(total, list(theta.values())), strict=True))
+
+
+@pytest.mark.parametrize("case", ["layer-norm", "tied", "frozen"])
+def test_meta_gradient_of_any_policy_equals_plain_autograd_task_by_task(case):
+    body = {"layer-norm": nn.Sequential(nn.Linear(2, 6), mg.models.LayerNorm(6), nn.Tanh(), nn.Linear(6, 2)),
+            "tied": _tied(), "frozen": None}[case]
+    learner, trajs, out = _sampled(_policy(body, frozen="mean.0.weight" if case == "frozen" else ""))
+    got, want = learner.meta_gradient(trajs, out), _reference(learner, trajs, out)
+    assert set(got) == set(want)
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-9, atol=1e-13), name
+        assert float(want[name].abs().max()) > 1e-6, name
+
+
+@pytest.mark.parametrize("outer", ["trpo", "vpg", "ppo"])
+def test_frozen_parameters_stay_frozen_in_the_inner_and_outer_steps(outer):
+    policy = _policy(frozen="mean.0.weight")
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    optimizer = None if outer == "trpo" else torch.optim.Adam(policy.parameters(), lr=1e-2)
+    learner, trajs, out = _sampled(policy, outer=outer)
+    assert "mean.0.weight" not in learner.adapted and "mean.0.weight" not in learner.meta_gradient(trajs, out)
+    path = learner.adapted_path(learner.meta_params(), trajs)
+    assert "mean.0.weight" not in path[-1] and float((path[-1]["mean.2.weight"][0] - before["mean.2.weight"]).abs()
+                                                     .max()) > 1e-6  # the others adapt
+    learner.update(trajs, out, optimizer)
+    assert torch.equal(policy.mean[0].weight, before["mean.0.weight"]) and policy.mean[0].weight.grad is None
+    assert not torch.equal(policy.mean[2].weight, before["mean.2.weight"])  # the others moved
+
+
+def test_a_policy_vmap_differentiates_wrongly_is_refused_naming_the_module():
+    body = nn.Sequential(nn.Linear(2, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 2))
+    env = Navigation2D(horizon=8)
+    with pytest.raises(ConfigError, match=r"first in module 'mean.1' \(LayerNorm\); metagrad.models.LayerNorm is "
+                                          r"exact under vmap.*algo 'maml' needs them"):
+        MetaRL(_policy(body), env)
+    with pytest.raises(ConfigError, match=r"mean\.1"):  # TRPO's curvature needs them after a first-order step too
+        MetaRL(_policy(body), env, algo="fomaml")
+    MetaRL(_policy(body), env, algo="fomaml", outer="vpg")  # first derivatives only: exact under vmap
+    MetaRL(_policy(body), env, algo="joint")  # no inner step: no vmap over tasks
+
+
+def test_a_policy_that_does_not_fit_the_environment_is_refused():
+    env = Navigation2D(horizon=8)
+    cases = [(nn.Sequential(nn.Linear(2, 2)), "policy must be a metagrad.rl Policy .* not Sequential"),
+             (make_policy(mg.rl.envs.base.Space("box", (1,)), 2), r"actions have shape \[1\], a continuous action "
+                                                                   r"space of shape \[2\].* needs \[2\]"),
+             (make_policy(env.action_space, 4), "cannot read the environment's observations of 2 numbers"),
+             (CategoricalMLPPolicy(2, 2), "a discrete .categorical. policy cannot serve a continuous")]
+    for policy, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            MetaRL(policy, env)
+    learner = MetaRL(make_policy(env.action_space, 2), env)
+    for tasks in (torch.zeros(0, 2), torch.zeros(2)):
+        with pytest.raises(ConfigError, match=r"tasks must be a \[tasks, task_dim\] tensor of at least one task"):
+            learner.meta_step(tasks)
+
+
+def test_the_trainer_refuses_a_learner_or_a_resume_that_is_not_its_config(tmp_path):
+    cfg = preset("maml-trpo").replace(horizon=6, episodes=2, meta_batch_size=2, iterations=2, hidden=(4,))
+    learner, _ = build(cfg.replace(episodes=3))
+    with pytest.raises(ConfigError, match="episodes 3 in the learner, 2 in the config"):
+        RLTrainer(learner, None, cfg, tmp_path / "run", progress=False)
+    learner, _ = build(cfg)
+    RLTrainer(learner, None, cfg, tmp_path / "run", progress=False).fit()
+    other = cfg.replace(seed=5, iterations=3)
+    learner, _ = build(other)
+    with pytest.raises(CheckpointError, match="seed 0 in the run, 5 given"):
+        RLTrainer(learner, None, other, tmp_path / "run", progress=False).fit(resume=True)
+
+
+class NoisyWalk:
+    """A gymnasium environment with a random start and noisy steps (a user's own task family: its goal)."""
+
+    def __init__(self):
+        import gymnasium as gym
+
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-0.1, 0.1, (2,), np.float32)
+        self.goal, self.pos, self.np_random = np.zeros(2), np.zeros(2), np.random.default_rng()
+        self.nan_reward = False
+
+    def sample_tasks(self, n, rng):
+        return rng.uniform(-0.5, 0.5, size=(n, 2))
+
+    def set_task(self, task):
+        self.goal = np.asarray(task, dtype=np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        self.np_random = np.random.default_rng(seed)
+        self.pos = self.np_random.uniform(-0.2, 0.2, size=2)
+        return self.pos.astype(np.float32), {}
+
+    def step(self, action):
+        self.pos = self.pos + np.clip(action, -0.1, 0.1) + self.np_random.normal(0, 0.01, 2)
+        reward = np.nan if self.nan_reward else -float(np.linalg.norm(self.pos - self.goal))
+        return self.pos.astype(np.float32), reward, False, False, {}
+
+    @property
+    def unwrapped(self):
+        return self
+
+
+def test_a_gymnasium_environment_starts_every_batch_from_fresh_random_states():
+    pytest.importorskip("gymnasium")
+    from metagrad.rl.envs.gym import GymTaskEnv
+
+    env = GymTaskEnv(NoisyWalk, horizon=5, seed=3)
+    tasks = torch.zeros(2, 2)
+    first, second = env.reset(tasks, 2), env.reset(tasks, 2)
+    assert not torch.equal(first, second)  # a new batch, new states
+    assert not torch.equal(first[0, 0], first[0, 1])  # the episodes of one task differ
+    env.reseed(11)
+    again = env.reset(tasks, 2)
+    env.reseed(11)
+    assert torch.equal(env.reset(tasks, 2), again)  # the sampler's seeds replay (a resumed run sees the same)
+    assert torch.equal(GymTaskEnv(NoisyWalk, horizon=5, seed=3).reset(tasks, 2), first)
+    policy = make_policy(env.action_space, env.obs_dim, hidden=(4,))
+    learner = MetaRL(policy, env, episodes=2, outer="vpg", algo="fomaml")
+    env._envs[0].nan_reward = True
+    with pytest.raises(TrainingDiverged, match="non-finite reward"):
+        learner.sample(tasks, torch.Generator().manual_seed(0))
+
+
+USER_MODULE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Walk(gym.Env):
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-0.1, 0.1, (2,), np.float32)
+
+    def sample_tasks(self, n, rng):
+        return rng.uniform(-0.5, 0.5, size=(n, 2))
+
+    def set_task(self, task):
+        self.goal = np.asarray(task, dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-0.2, 0.2, size=2).astype(np.float32)
+        return self.pos, {}
+
+    def step(self, action):
+        self.pos = (self.pos + np.clip(action, -0.1, 0.1)).astype(np.float32)
+        return self.pos, -float(np.linalg.norm(self.pos - self.goal)), False, False, {}
+
+
+gym.register("user/Walk-v0", entry_point=Walk)
+'''
+
+
+def test_a_gymnasium_id_of_the_users_own_module_is_made_after_importing_it(tmp_path, monkeypatch):
+    pytest.importorskip("gymnasium")
+    (tmp_path / "user_walk.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = mg.rl.make_env("gym:user_walk:user/Walk-v0", horizon=4, seed=1)
+    assert env.reset(torch.zeros(1, 2), 2).shape == (1, 2, 2)
+    with pytest.raises(ConfigError, match=r"cannot import module 'no_such_module' .* put its folder on PYTHONPATH"):
+        mg.rl.make_env("gym:no_such_module:user/Walk-v0")
