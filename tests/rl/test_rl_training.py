@@ -421,3 +421,15 @@ def test_table2_numbers_stand_beside_the_step_count_a_run_trained_with():
                               "methods": {"maml-vpg": result(steps)}})
         row = next(line for line in table.splitlines() if "(paper)" in line).split("|")[3:-1]
         assert [c.strip() for c in row] == ["-"] * steps + [value] + ["-"] * (3 - steps)
+
+
+def test_a_run_whose_trpo_steps_are_all_rejected_says_so_once(tmp_path, capsys):
+    """A KL bound far too large: every line search fails and the policy never moves; the trainer says so."""
+    cfg = _tiny(iterations=12, max_kl=1e30)
+    learner, opt = build(cfg)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    RLTrainer(learner, opt, cfg, tmp_path / "run", progress=False).fit()
+    assert all(torch.equal(v, learner.state_dict()[k]) for k, v in before.items())
+    err = capsys.readouterr().err
+    assert err.count("TRPO rejected the outer step in 10 iterations in a row (iteration 10)") == 1
+    assert "check max_kl 1e+30" in err

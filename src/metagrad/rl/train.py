@@ -25,6 +25,8 @@ from .envs.locomotion import FAMILIES
 from .metarl import MetaRL
 from .policy import make_policy
 
+REJECTIONS = 10  # TRPO steps rejected in a row before the trainer says the run is not moving
+
 
 @dataclass
 class GradNormRule:
@@ -67,8 +69,9 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
         value = getattr(cfg, name)
         if value != default:
             if cfg.env not in FAMILIES:
-                raise ConfigError(f"{name} {value} is for the MuJoCo locomotion families, not '{cfg.env}'; "
-                                  f"set it to {default}")
+                where = "navigation2d and the MuJoCo locomotion families" if name == "oracle" else \
+                    "the MuJoCo locomotion families"
+                raise ConfigError(f"{name} {value} is for {where}, not '{cfg.env}'; set it to {default}")
             kwargs[name] = value
     env = make_env(cfg.env, **kwargs)
     torch.manual_seed(cfg.seed)
@@ -144,6 +147,7 @@ class RLTrainer(RunLoop):
         self.env_steps, self.sample_seconds = 0, 0.0
         self.best_return: float | None = None
         self.best_iteration = self.last_lowered = 0  # the plateau schedule's counters
+        self.rejected = 0  # TRPO steps rejected in a row
         self.lr_scale = 1.0  # what the plateau and grad-norm schedules have multiplied the outer step by
         self.grad_rule = GradNormRule(cfg.outer_lr_growth, cfg.outer_lr_window, cfg.outer_lr_warmup)
 
@@ -228,10 +232,20 @@ class RLTrainer(RunLoop):
         if self.optimizer is not None:
             metrics["outer_lr"] = self._set_outer_lr()
         metrics.update(learner.update(trajs, out, self.optimizer, share))
+        self._watch_rejections(metrics.get("accepted"))
         self._schedule(metrics.get("grad_norm", 0.0))
         self.env_steps += int(metrics["env_steps"])
         self.sample_seconds += metrics["sample_seconds"]
         return metrics
+
+    def _watch_rejections(self, accepted: float | None) -> None:
+        """Say once on stderr when TRPO's line search has rejected ``REJECTIONS`` steps in a row: the run is not
+        moving (a KL bound too large for the line search, or a gradient of zero)."""
+        self.rejected = 0 if accepted is None or accepted else self.rejected + 1
+        if self.rejected == REJECTIONS and self.writes:
+            print(f"metagrad: TRPO rejected the outer step in {REJECTIONS} iterations in a row (iteration "
+                  f"{self.iteration + 1}): the policy is not moving; check max_kl {self.cfg.max_kl:g} (e.g. 0.01) "
+                  "and that episodes carry a learning signal (horizon, episodes)", file=sys.stderr)
 
     def _set_outer_lr(self) -> float:
         """Set the optimizer's step sizes for this iteration from the config's (which a resume may have lowered) and
