@@ -66,7 +66,8 @@ def build_parser() -> Parser:
                        description="Evaluate a run directory: query loss after 0..eval-steps adaptation steps on "
                        "test tasks, mean ± 95% CI; writes eval.json into the run directory.")
     p.add_argument("run", help="run directory written by `metagrad train`")
-    p.add_argument("--checkpoint", default="last", choices=("last", "best"), help="which checkpoint (default: last)")
+    p.add_argument("--checkpoint", default="last", type=checkpoint_name,
+                   help="which checkpoint: last (default), best, or a meta-RL step budget's snapshot-NNN")
     p.add_argument("--output", help="where to write the results (default: RUN/eval.json); e.g. one file per "
                    "checkpoint in a folder, for `metagrad compare`")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the data loaders')")
@@ -439,14 +440,26 @@ def _row(curve: dict[str, Any], digits: int) -> str:
     return "  ".join(f"{s}: {format_ci(curve['mean'][s], curve['ci95'][s], digits)}" for s in range(len(curve["mean"])))
 
 
+def checkpoint_name(text: str) -> str:
+    """``--checkpoint``: last, best or snapshot-NNN."""
+    if text in ("last", "best") or re.fullmatch(r"snapshot-\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"'{text}' is no checkpoint; choose last, best or snapshot-NNN (e.g. "
+                                     "snapshot-003)")
+
+
 def metarl_request(args: argparse.Namespace) -> tuple[Experiment, list[str], str, dict[str, Any]]:
     """`reproduce navigation|locomotion`'s arguments -> (experiment, methods, output folder, the --set overrides with
     --seed and --eval-tasks); also what the long-run index's test reads a row's command with."""
     from .reproduce import locomotion, metarl, navigation
 
-    sets = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in args.set)
-    if "" in sets.values():
-        raise MetagradError(f"--set takes KEY=VALUE, got '{next(k for k, v in sets.items() if v == '')}'")
+    for kv in args.set:
+        if not kv.partition("=")[2]:
+            raise MetagradError(f"--set takes KEY=VALUE, got '{kv}' (a value is missing; e.g. --set hidden=64,64)")
+    sets = dict(kv.split("=", 1) for kv in args.set)
+    if args.batching is not None:
+        raise MetagradError(f"--batching {args.batching} is for the supervised experiments; meta-RL batches its tasks "
+                            "with vmap (leave --batching out)")
     if args.compile and "compile" in sets:
         raise MetagradError(f"--compile and --set compile={sets['compile']}: give one of them")
     sets.update({k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),

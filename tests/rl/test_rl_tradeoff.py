@@ -75,6 +75,13 @@ def test_snapshots_at_evenly_spaced_budgets_resume_to_the_same_parameters(tmp_pa
         for k, v in a["learner"].items():
             assert torch.equal(v, b["learner"][k]), (j, k)
     assert not checkpoint.exists(tmp_path / "straight" / "snapshot-004")
+    out = tmp_path / "snapshot-002.json"  # a snapshot is evaluated as any checkpoint
+    assert main(["eval", str(tmp_path / "straight"), "--checkpoint", "snapshot-002", "--eval-tasks", "2",
+                 "--output", str(out), "--no-progress"]) == 0
+    evaluated = json.loads(out.read_text())
+    info = checkpoint.read_info(tmp_path / "straight" / "snapshot-002")
+    assert (evaluated["checkpoint"], evaluated["iteration"]) == ("snapshot-002", info["iteration"])
+    assert info["iteration"] < checkpoint.read_info(tmp_path / "straight" / "last")["iteration"]
 
 
 def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(tmp_path, capsys):
