@@ -63,8 +63,10 @@ def build_parser() -> Parser:
     _say_which_kind(p)
 
     p = sub.add_parser("eval", help="adaptation curves of a trained run on held-out tasks",
-                       description="Evaluate a run directory: query loss after 0..eval-steps adaptation steps on "
-                       "test tasks, mean ± 95% CI; writes eval.json into the run directory.")
+                       description="Evaluate a run directory: query loss (meta-RL: return) after 0..eval-steps "
+                       "adaptation steps on test tasks, mean ± 95% CI; writes eval.json into the run directory. An "
+                       "option left out takes the run's own value (the built-in defaults below are the supervised "
+                       "config's).")
     p.add_argument("run", help="run directory written by `metagrad train`")
     p.add_argument("--checkpoint", default="last", type=checkpoint_name,
                    help="which checkpoint: last (default), best, or a meta-RL step budget's snapshot-NNN")
