@@ -113,6 +113,8 @@ def test_a_policy_that_does_not_fit_the_environment_is_refused():
     for policy, message in cases:
         with pytest.raises(ConfigError, match=message):
             MetaRL(policy, env)
+    with pytest.raises(ConfigError, match="episodes 1 x horizon 1: advantages normalized over a task's one step"):
+        MetaRL(make_policy(env.action_space, 2), Navigation2D(horizon=1), episodes=1)
     learner = MetaRL(make_policy(env.action_space, 2), env)
     for tasks in (torch.zeros(0, 2), torch.zeros(2)):
         with pytest.raises(ConfigError, match=r"tasks must be a \[tasks, task_dim\] tensor of at least one task"):

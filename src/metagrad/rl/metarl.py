@@ -151,6 +151,9 @@ class MetaRL(nn.Module):
             raise ConfigError(f"max_kl {max_kl} and cg_damping {cg_damping} must be finite, cg_damping >= 0 "
                               "(e.g. max_kl 0.01, cg_damping 1e-5)")
         check_fit(policy, env)
+        if (normalize_inner or normalize_outer) and episodes * env.horizon < 2:
+            raise ConfigError(f"episodes {episodes} x horizon {env.horizon}: advantages normalized over a task's one "
+                              "step are all 0, so nothing would learn; give more episodes or a longer horizon")
         self.policy, self.env = policy, env
         prefixes = adapt_prefixes(policy, tuple(adapt))
         self.adapted = frozenset(n for n, p in policy.named_parameters() if p.requires_grad and adapted_by(n, prefixes))
