@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 ARGS = ["--iterations", "6", "--meta-batch-size", "7", "--checkpoint-every", "3", "--val-every", "0",
@@ -103,7 +104,8 @@ def test_a_gpu_machine_joins_with_gloo_for_cpu_tensors(monkeypatch):
     from metagrad.distributed import Distributed
 
     seen = []
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):
+        monkeypatch.setenv(key, value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.append(backend))
@@ -141,3 +143,42 @@ def test_after_a_peer_failure_the_command_leaves_without_the_teardown(monkeypatc
     monkeypatch.setattr(cli, "main", command)
     entry.run()
     assert exits == [2] and d.peer_failed()
+
+
+def test_a_distributed_setup_that_cannot_work_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    """WORLD_SIZE without torchrun's other variables, a timeout that is no number, peers that never join, and more
+    processes than tasks: each a message, and no run folder left behind to block the corrected command."""
+    import torch.distributed as dist
+
+    import metagrad as mg
+    from metagrad.distributed import Distributed, timeout
+    from metagrad.errors import MetagradError
+    from metagrad.rl.config import preset
+    from metagrad.rl.train import RLTrainer, build
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(MetagradError, match="WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT not: start"):
+        Distributed.from_env()
+    for bad in ("abc", "-1", "inf"):
+        monkeypatch.setenv("METAGRAD_DIST_TIMEOUT", bad)
+        with pytest.raises(MetagradError, match=f"METAGRAD_DIST_TIMEOUT='{bad}' must be a positive number"):
+            timeout()
+    monkeypatch.setenv("METAGRAD_DIST_TIMEOUT", "1")
+    for key, value in (("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    with pytest.raises(MetagradError, match="the 2 processes of the run did not all join within 1 s"):
+        Distributed.from_env()  # rank 1 never starts
+
+    two = Distributed(0, 2)
+    learner = mg.MAML(mg.models.MLP(1, [4], 1), inner=mg.SGD(0.1))
+    optimizer = torch.optim.Adam(learner.parameters())
+    with pytest.raises(MetagradError, match="meta_batch_size 1 is smaller than the 2 processes"):
+        mg.Trainer(learner, mg.tasks.Sinusoid(), optimizer, iterations=2, meta_batch_size=1,
+                   run_dir=tmp_path / "sup", distributed=two)
+    cfg = preset("maml-trpo").replace(meta_batch_size=1, horizon=4, episodes=2, hidden=(4,))
+    with pytest.raises(MetagradError, match="meta_batch_size 1 is smaller than the 2 processes"):
+        RLTrainer(*build(cfg), cfg, tmp_path / "rl", progress=False, distributed=two)
+    assert not (tmp_path / "sup").exists() and not (tmp_path / "rl").exists()

@@ -86,7 +86,31 @@ def test_bad_compare_input_is_one_line_and_exit_code_2(tmp_path, capsys):
         ([str(tmp_path / "a"), str(tmp_path / "a"), "--metric", "accuracy"], "has no metric 'accuracy'"),
         ([str(tmp_path), str(tmp_path / "a")], "holds several methods"),
     ]
+    good = json.loads((tmp_path / "a" / "eval.json").read_text())
+    doctored = {"no ci95": ({"ci95": None}, "has no ci95"), "one task": ({"tasks": 1}, "tasks 1 must be"),
+                "text": ({"mean": ["abc", 1.0, 1.0]}, "lists of numbers"), "empty": ({"mean": [], "ci95": []},
+                                                                                  "lists of numbers"),
+                "short ci95": ({"ci95": [0.1]}, "of one length"), "scalar": (3.0, "is not a curve (a float")}
+    for name, (change, match) in doctored.items():
+        data = json.loads(json.dumps(good))
+        curve = data["curves"]["5"]["loss"]
+        if isinstance(change, dict):
+            curve.update(change)
+            curve = {k: v for k, v in curve.items() if v is not None}
+        data["curves"]["5"]["loss"] = curve if isinstance(change, dict) else change
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        cases.append(([str(tmp_path / "a" / "eval.json"), str(tmp_path / f"{name}.json")], "K=5 'loss'"))
+        cases.append(([str(tmp_path / "a" / "eval.json"), str(tmp_path / f"{name}.json")], match))
     for argv, match in cases:
         assert main(["compare", *argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip()
         assert match in err and len(err.splitlines()) == 1, err
+
+
+def test_welch_probability_of_values_that_are_not_numbers_is_nan_not_certainty():
+    """A NaN or infinite input, or a negative standard deviation, has nothing to judge (it once read as 1.0)."""
+    assert np.isnan(welch_probability_from_stats(1.0, np.nan, 5, 0.0, 1.0, 5))
+    assert np.isnan(welch_probability_from_stats(1.0, -0.3, 5, 0.0, 1.0, 5))
+    assert np.isnan(welch_probability([1.0, np.inf, 3.0], [1.0, 2.0, 3.0]))
+    both = welch_probability_from_stats(np.array([1.0, 1.0]), np.array([np.nan, 1.0]), 5, 0.0, 1.0, 5)
+    assert np.isnan(both[0]) and 0.5 < both[1] < 1

@@ -99,9 +99,13 @@ def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str = "loss", s
         raise MetagradError("the two sides share no support size K; evaluate them with the same --eval-shots")
     for e in a + b:
         for k in ks:
+            if not isinstance(e.curves[k], dict):
+                raise MetagradError(f"{e.source}: K={k} holds no metrics (a {type(e.curves[k]).__name__}); evaluate "
+                                    "it again with `metagrad eval`")
             if metric not in e.curves[k]:
                 raise MetagradError(f"{e.source} has no metric '{metric}' for K={k} (it has "
                                     f"{', '.join(m for m in e.curves[k] if isinstance(e.curves[k][m], dict))})")
+            check_curve(e.curves[k][metric], f"{e.source}: K={k} '{metric}'")
     steps = min(len(e.curves[k][metric]["mean"]) for e in a + b for k in ks)
     prob = np.zeros((len(ks), len(a), steps))
     for i, k in enumerate(ks):
@@ -115,6 +119,28 @@ def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str = "loss", s
     return {"metric": metric, "higher_is_better": higher, "shots": [int(k) for k in ks], "steps": steps,
             "checkpoints": checkpoints, "label_a": a[0].label, "label_b": b[0].label,
             "sources_a": [e.source for e in a], "sources_b": [e.source for e in b], "probability": prob.tolist()}
+
+
+def check_curve(curve: Any, where: str) -> None:
+    """Stop with a message naming ``where`` unless ``curve`` holds lists ``mean`` and ``ci95`` of numbers, of one
+    length, and ``tasks`` >= 2 (what Welch's test reads)."""
+    redo = "; evaluate it again with `metagrad eval`"
+    if not isinstance(curve, dict):
+        raise MetagradError(f"{where} is not a curve (a {type(curve).__name__}, not mean, ci95, tasks){redo}")
+    missing = [key for key in ("mean", "ci95", "tasks") if key not in curve]
+    if missing:
+        raise MetagradError(f"{where} has no {', '.join(missing)}{redo}")
+    mean, ci95, tasks = curve["mean"], curve["ci95"], curve["tasks"]
+
+    def numbers(x: Any) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                       for v in x)
+
+    if not (numbers(mean) and numbers(ci95) and len(mean) == len(ci95)):
+        raise MetagradError(f"{where}: mean and ci95 must be lists of numbers of one length{redo}")
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 2:
+        raise MetagradError(f"{where}: tasks {tasks!r} must be a whole number >= 2 (Welch's test needs two values per "
+                            f"method){redo}")
 
 
 def format_grid(grid: dict[str, Any]) -> str:

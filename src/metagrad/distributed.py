@@ -21,7 +21,18 @@ from torch import nn
 from .batch import partition
 from .errors import MetagradError
 
-TIMEOUT = timedelta(seconds=float(os.environ.get("METAGRAD_DIST_TIMEOUT", "300")))
+
+def timeout() -> timedelta:
+    """How long a process waits for the others (``METAGRAD_DIST_TIMEOUT`` seconds, default 300), read when a group
+    starts, so that a bad value stops only a distributed run, with a message."""
+    text = os.environ.get("METAGRAD_DIST_TIMEOUT", "300")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise MetagradError(f"METAGRAD_DIST_TIMEOUT={text!r} must be a positive number of seconds (e.g. 300)")
+    return timedelta(seconds=seconds)
 
 
 class PeerFailure(MetagradError):
@@ -52,13 +63,27 @@ class Distributed:
     @classmethod
     def from_env(cls) -> Distributed | None:
         """Join the process group that ``torchrun`` describes in the environment (None when run alone)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        text = os.environ.get("WORLD_SIZE", "1")
+        if not text.isdigit():
+            raise MetagradError(f"WORLD_SIZE={text!r} must be a whole number of processes (torchrun sets it)")
+        world = int(text)
         if world <= 1:
             return None
         if not dist.is_initialized():
+            missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+            if missing:
+                raise MetagradError(f"WORLD_SIZE={world} is set but {', '.join(missing)} not: start the processes "
+                                    "with torchrun (e.g. torchrun --standalone --nproc_per_node=2 -m metagrad ...), "
+                                    "or unset WORLD_SIZE to run in one process")
             # CPU tensors (meta-RL's gradients) need gloo even where a GPU is present: one backend per device
             backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend, timeout=TIMEOUT)
+            wait = timeout()
+            try:
+                dist.init_process_group(backend, timeout=wait)
+            except dist.DistStoreError as e:
+                raise MetagradError(f"the {world} processes of the run did not all join within "
+                                    f"{wait.total_seconds():g} s ({str(e).splitlines()[0]}); start every one of them "
+                                    "(torchrun does), or raise METAGRAD_DIST_TIMEOUT") from None
         return cls(dist.get_rank(), dist.get_world_size())
 
     def shard(self, num_tasks: int) -> slice:

@@ -112,6 +112,8 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
     for method in study.methods:  # environment and algorithm checked before anything runs or is written
         build(study.config(method, 0))
     group = Distributed.from_env()  # under torchrun: every run trains on all processes, then process 0 evaluates
+    if group is not None:
+        group.shard(study.meta_batch_size)  # too few tasks for the processes: refused before study.json is written
     if group is None or group.is_main:
         _check_resumable(study, out)
     if group is not None:

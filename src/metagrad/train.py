@@ -97,6 +97,8 @@ class Trainer(RunLoop):
         self.meta_batch_size, self.seed = meta_batch_size, seed
         check_optimizer(learner, optimizer)
         check_sizes(learner, tasks, meta_batch_size)
+        if distributed is not None:
+            distributed.shard(meta_batch_size)  # too few tasks for the processes: refused before a file is written
         self.log_every = log_every
         self.validation = validation if validation is not None else tasks
         self.val_every, self.val_tasks = val_every, val_tasks

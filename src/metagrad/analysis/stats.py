@@ -51,7 +51,8 @@ def welch_probability_from_stats(mean_a: Any, sd_a: Any, n_a: Any, mean_b: Any, 
                                  higher_is_better: bool = True) -> np.ndarray:
     """The probability that A is better than B by the one-sided Welch t-test: the Student-t CDF of Welch's t
     (= 1 - the p-value of H1 "A better"). 0.5 means no evidence either way; near 1, A is better; near 0, B.
-    For losses pass ``higher_is_better=False``. With zero variance on both sides: 1, 0 or 0.5 by the means."""
+    For losses pass ``higher_is_better=False``. With zero variance on both sides: 1, 0 or 0.5 by the means; NaN where
+    an input is not finite or a standard deviation is negative (nothing to judge)."""
     from scipy import stats  # imported here: the CLI imports this module at start-up
 
     t, df = welch_t(mean_a, sd_a, n_a, mean_b, sd_b, n_b)
@@ -61,7 +62,9 @@ def welch_probability_from_stats(mean_a: Any, sd_a: Any, n_a: Any, mean_b: Any, 
         prob = stats.t.cdf(t, df)
     diff = np.asarray(mean_a, dtype=np.float64) - np.asarray(mean_b, dtype=np.float64)
     sign = np.sign(diff if higher_is_better else -diff)
-    return np.where(np.isfinite(t), prob, 0.5 + 0.5 * sign)
+    inputs = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (mean_a, sd_a, mean_b, sd_b)))
+    judged = np.logical_and.reduce([np.isfinite(x) for x in inputs]) & (inputs[1] >= 0) & (inputs[3] >= 0)
+    return np.where(judged, np.where(np.isfinite(t), prob, 0.5 + 0.5 * sign), np.nan)
 
 
 def welch_probability(a: Any, b: Any, higher_is_better: bool = True, axis: int = -1) -> np.ndarray:

@@ -137,6 +137,8 @@ class RLTrainer(RunLoop):
                          checkpoint_every=cfg.checkpoint_every, config=cfg.to_sections(), progress=progress,
                          distributed=distributed)
         check_built_from(learner, cfg)
+        if distributed is not None:
+            distributed.shard(cfg.meta_batch_size)  # too few tasks for the processes: refused before a file is written
         self.learner, self.optimizer, self.cfg = learner, optimizer, cfg
         numbers = cfg.meta_batch_size * cfg.episodes * cfg.horizon * (2 * learner.env.obs_dim + 12)
         check_memory(4 * numbers * (learner.inner_steps + 1), f"meta_batch_size {cfg.meta_batch_size:,} x episodes "
