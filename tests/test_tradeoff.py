@@ -64,3 +64,23 @@ def test_tradeoff_command_writes_data_and_figure(tmp_path, capsys):
     assert "theta*_drs = [1.3333]" in printed and "alpha = 0.5" in printed
     assert str(out / "figure3.png") in printed and (out / "tradeoff.npz").exists()
     assert json.loads((out / "tradeoff.json").read_text())["alphas"] == [0.1, 0.25, 0.5]
+
+
+def test_a_numerically_singular_dataset_is_left_out_and_counted_not_fatal():
+    """Where M * min(N, p) is near p a dataset's system can be numerically singular (here M = 3 tasks x N = 1 point
+    for p = 3, seed 6: one dataset of 2,000); it once stopped the whole study. Now it is left out of its cell and
+    counted, and the cell's fraction is over the others."""
+    from metagrad.analysis import linreg_theory as lt
+
+    kw = dict(tasks=(3,), points=(1,), alphas=(0.1, 0.5), datasets=2000, dim=3, seed=6, progress=False)
+    result = tradeoff.simulate(**kw)
+    dropped = np.array(result.singular)[:, 0, 0]
+    assert dropped.max() >= 1 and dropped.max() < 10
+    assert np.all(np.isfinite(np.array(result.pre))) and np.all(np.isfinite(np.array(result.median_loss["maml_post"])))
+    assert "numerically singular" in tradeoff.summary(result)
+    A = np.stack([np.diag([2.0, 1.0]), np.diag([1.0, 0.0]), np.eye(2)])  # the middle one singular
+    b = np.ones((3, 2))
+    theta = lt._solve(A, b, "test", singular="nan")
+    assert np.isnan(theta[1]).all() and np.allclose(theta[[0, 2]], [[0.5, 1.0], [1.0, 1.0]])
+    with pytest.raises(lt.SingularSystemError, match=r"test is singular \(dataset \[1\]\)"):
+        lt._solve(A, b, "test")

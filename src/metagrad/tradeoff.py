@@ -54,6 +54,7 @@ class TradeoffResult:
     median_loss: dict[str, list]  # drs_pre [M][N], drs_post / maml_pre / maml_post [alpha][M][N]
     reference: dict[str, Any]
     seconds: float
+    singular: list | None = None  # [alpha][M][N]: datasets left out, their DRS or MAML system numerically singular
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The grid and results as numpy arrays (what ``tradeoff.npz`` holds)."""
@@ -132,6 +133,7 @@ def simulate(tasks: Sequence[int] = DEFAULT_TASKS, points: Sequence[int] = DEFAU
     pre_loss = lt.expected_loss_exact(V, 0.0, theta_range=family.theta_range, noise_range=family.noise_range)
     nA, nM, nN = len(alphas), len(tasks), len(points)
     pre, post = np.full((nA, nM, nN), np.nan), np.full((nA, nM, nN), np.nan)
+    singular = np.zeros((nA, nM, nN), dtype=int)
     med = {"drs_pre": np.full((nM, nN), np.nan),
            **{k: np.full((nA, nM, nN), np.nan) for k in ("drs_post", "maml_pre", "maml_post")}}
     start = time.perf_counter()
@@ -151,25 +153,33 @@ def simulate(tasks: Sequence[int] = DEFAULT_TASKS, points: Sequence[int] = DEFAU
                 sigma2 = s0 + (s1 - s0) * rng.random((d, m))
                 Ws, bs = sample_statistics(rng, V, theta, sigma2, n)
                 Wq, bq = sample_statistics(rng, V, theta, sigma2, n)
-                drs.append(lt.drs_from_statistics(Ws + Wq, bs + bq))
-                maml.append(np.stack([lt.maml_from_statistics(Ws, bs, Wq, bq, a, n) for a in alphas]))
+                # a dataset whose system is numerically singular (possible where M * min(N, p) is near p) is
+                # left out of the cell and counted, not allowed to stop the study
+                drs.append(lt.drs_from_statistics(Ws + Wq, bs + bq, singular="nan"))
+                maml.append(np.stack([lt.maml_from_statistics(Ws, bs, Wq, bq, a, n, singular="nan")
+                                      for a in alphas]))
             th_drs, th_maml = np.concatenate(drs), np.concatenate(maml, axis=1)  # [D, p], [alpha, D, p]
-            drs_pre, maml_pre = pre_loss(th_drs), pre_loss(th_maml)
-            pre[:, i, j] = (maml_pre < drs_pre).mean(axis=-1)
-            med["drs_pre"][i, j] = np.median(drs_pre)
-            med["maml_pre"][:, i, j] = np.median(maml_pre, axis=-1)
+            drs_pre = pre_loss(th_drs)
+            med["drs_pre"][i, j] = np.nanmedian(drs_pre) if np.isfinite(drs_pre).any() else np.nan
             for k, loss in enumerate(post_loss):
+                maml_pre = pre_loss(th_maml[k])
                 drs_post, maml_post = loss(th_drs), loss(th_maml[k])
-                post[k, i, j] = (maml_post < drs_post).mean()
-                med["drs_post"][k, i, j] = np.median(drs_post)
-                med["maml_post"][k, i, j] = np.median(maml_post)
+                ok = np.isfinite(drs_pre) & np.isfinite(maml_pre)
+                singular[k, i, j] = int((~ok).sum())
+                if not ok.any():
+                    continue
+                pre[k, i, j] = (maml_pre[ok] < drs_pre[ok]).mean()
+                post[k, i, j] = (maml_post[ok] < drs_post[ok]).mean()
+                med["maml_pre"][k, i, j] = np.median(maml_pre[ok])
+                med["drs_post"][k, i, j] = np.median(drs_post[ok])
+                med["maml_post"][k, i, j] = np.median(maml_post[ok])
             bar.update()
     bar.close()
     return TradeoffResult(dim=dim, tasks=list(tasks), points=list(points), alphas=[float(a) for a in alphas],
                           datasets=datasets, seed=seed, rotation=V.tolist(), pre=pre.tolist(), post=post.tolist(),
                           median_loss={k: v.tolist() for k, v in med.items()},
                           reference=reference_losses(V, alphas, points, family.theta_range, family.noise_range),
-                          seconds=round(time.perf_counter() - start, 2))
+                          seconds=round(time.perf_counter() - start, 2), singular=singular.tolist())
 
 
 def reference_losses(V: np.ndarray, alphas: Sequence[float], points: Sequence[int],
@@ -208,9 +218,12 @@ def summary(result: TradeoffResult) -> str:
     a = result.arrays()
     ref = result.reference
     skipped = int(np.isnan(a["pre"][0]).sum())
+    dropped = np.array(result.singular or 0)
     lines = [f"p = {result.dim}, {result.datasets} datasets per cell, {len(result.tasks)} x {len(result.points)} "
              f"(M x N) grid, {result.seconds:.1f} s"
-             + (f" ({skipped} cells with M * min(N, p) < p left out: nan)" if skipped else ""),
+             + (f" ({skipped} cells with M * min(N, p) < p left out: nan)" if skipped else "")
+             + (f"; {int(dropped.max())} datasets at most in a cell left out, their system numerically singular "
+                f"({int(dropped.sum())} over the grid and step sizes)" if dropped.any() else ""),
              f"theta*_drs = {np.round(ref['theta_drs'], 4).tolist()} (expected loss before adaptation "
              f"{ref['pre_drs']:.4f})",
              "fraction of datasets where MAML's estimate has the lower expected loss (pre / post adaptation):"]

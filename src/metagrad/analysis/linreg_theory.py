@@ -215,36 +215,43 @@ def maml_estimate(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarray:
     return maml_from_statistics(Ws, bs, Wq, bq, alpha, n)
 
 
-def drs_from_statistics(W: ArrayLike, b: ArrayLike) -> np.ndarray:
-    """Eq. (11) from per-task X^T X ``[..., M, p, p]`` and X^T y ``[..., M, p]``: (sum W) theta = sum b."""
-    return _solve(np.sum(W, axis=-3), np.sum(b, axis=-2), "eq. (11) (DRS): sum_j X_j^T X_j")
+def drs_from_statistics(W: ArrayLike, b: ArrayLike, singular: str = "raise") -> np.ndarray:
+    """Eq. (11) from per-task X^T X ``[..., M, p, p]`` and X^T y ``[..., M, p]``: (sum W) theta = sum b.
+    ``singular``: ``raise`` (SingularSystemError) or ``nan`` (NaN estimates for the datasets that do not determine
+    theta)."""
+    return _solve(np.sum(W, axis=-3), np.sum(b, axis=-2), "eq. (11) (DRS): sum_j X_j^T X_j", singular)
 
 
 def maml_from_statistics(Ws: ArrayLike, bs: ArrayLike, Wq: ArrayLike, bq: ArrayLike, alpha: float,
-                         n: int) -> np.ndarray:
+                         n: int, singular: str = "raise") -> np.ndarray:
     """Eq. (12) from support/query statistics. The adapted parameters are affine in theta,
     theta~_j = B_j theta + c_j with B_j = I - alpha Ws_j / N and c_j = alpha bs_j / N, so the outer loss
-    sum_j ||y_q - X_q theta~_j||^2 is least squares: (sum_j B_j Wq_j B_j) theta = sum_j B_j (bq_j - Wq_j c_j)."""
+    sum_j ||y_q - X_q theta~_j||^2 is least squares: (sum_j B_j Wq_j B_j) theta = sum_j B_j (bq_j - Wq_j c_j).
+    ``singular`` as ``drs_from_statistics``."""
     Ws, bs, Wq, bq = (np.asarray(a, dtype=np.float64) for a in (Ws, bs, Wq, bq))
     B = np.eye(Ws.shape[-1]) - alpha * Ws / n
     c = alpha * bs / n
     lhs = np.sum(B @ Wq @ B, axis=-3)
     rhs = np.sum(np.einsum("...ij,...j->...i", B, bq - np.einsum("...ij,...j->...i", Wq, c)), axis=-2)
-    return _solve(lhs, rhs, f"eq. (12) (MAML, alpha={alpha}): sum_j B_j X_q^T X_q B_j")
+    return _solve(lhs, rhs, f"eq. (12) (MAML, alpha={alpha}): sum_j B_j X_q^T X_q B_j", singular)
 
 
 # ---------------------------------------------------------------------- helpers
-def _solve(A: np.ndarray, b: np.ndarray, what: str) -> np.ndarray:
-    """Solve A theta = b (batched over leading axes) for symmetric positive semi-definite A, or raise
-    ``SingularSystemError`` when A is (numerically) singular."""
+def _solve(A: np.ndarray, b: np.ndarray, what: str, singular: str = "raise") -> np.ndarray:
+    """Solve A theta = b (batched over leading axes) for symmetric positive semi-definite A; where A is (numerically)
+    singular raise ``SingularSystemError`` or, with ``singular='nan'``, give NaN there."""
     eig = np.linalg.eigvalsh(A)
     bad = ~(eig[..., 0] > SINGULAR_RCOND * np.maximum(eig[..., -1], np.finfo(float).tiny))
+    if singular == "nan" and np.any(bad):
+        A = np.where(bad[..., None, None], np.eye(A.shape[-1]), A)
+        return np.where(bad[..., None], np.nan, np.linalg.solve(A, b[..., None])[..., 0])
     if np.any(bad):
         where = "" if A.ndim == 2 else f" (dataset {np.argwhere(bad)[0].tolist()})"
         raise SingularSystemError(
             f"{what} is singular{where}: smallest/largest eigenvalue {eig[bad][0, 0]:.3g}/{eig[bad][0, -1]:.3g}; "
-            f"the data do not determine all {A.shape[-1]} coordinates of theta - use more tasks or points "
-            "(M * N >= p at least), or a step size alpha with I - alpha X^T X / N non-singular")
+            f"the data do not determine all {A.shape[-1]} coordinates of theta (or barely: smallest/largest below "
+            f"{SINGULAR_RCOND:g}) - use more tasks or points (M * N >= p at least)"
+            + (", or a step size alpha with I - alpha X^T X / N non-singular" if "alpha" in what else ""))
     return np.linalg.solve(A, b[..., None])[..., 0]
 
 
