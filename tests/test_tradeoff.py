@@ -48,6 +48,7 @@ def test_the_simulation_is_reproducible_and_saved(tmp_path):
     (["tradeoff", "linreg", "--dim", "3", "--tasks", "1,2", "--points", "1"], "no (M, N) of the grid can determine"),
     (["tradeoff", "linreg", "--datasets", "0"], "datasets 0 must be at least 1"),
     (["tradeoff", "linreg", "--points", "ten"], "'ten' is not a comma-separated list of integers"),
+    (["tradeoff", "linreg", "--alphas", "0.5,,0.1"], "'0.5,,0.1' has an empty entry"),
     (["tradeoff", "quadratic"], "invalid choice: 'quadratic'"),
 ])
 def test_bad_tradeoff_input_is_one_line_and_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):

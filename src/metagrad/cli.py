@@ -146,8 +146,11 @@ def seed(text: str) -> int:
 def csv(kind: type) -> Any:
     """An argparse type: a comma-separated list of ``kind`` (spaces ignored)."""
     def parse(text: str) -> list:
+        parts = text.replace(" ", "").split(",")
+        if "" in parts[:-1] or not parts[0]:  # one trailing comma is harmless; an empty entry inside is a typo
+            raise argparse.ArgumentTypeError(f"'{text}' has an empty entry; give numbers separated by single commas")
         try:
-            return [kind(v) for v in text.replace(" ", "").split(",") if v]
+            return [kind(v) for v in parts if v]
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of "
                                              f"{'integers' if kind is int else 'numbers'}") from None
