@@ -72,7 +72,18 @@ def test_summary_gives_each_runs_last_iteration_and_recent_mean(tmp_path):
     b = curves.load(f"{write_log(tmp_path / 'b', rl_rows(4, offset=100.0))}=B")
     table = curves.summary([a, b], ["return_post"], last=10).splitlines()
     assert table[2] == "| A | 20 | 15.5 |"  # mean of 11..20
-    assert table[3] == "| B | 4 | 102.5 |"  # fewer rows than the window: all of them
+    assert table[3] == "| B | 4 | 102.5 (of 4) |"  # fewer rows than the window: all of them, said so
+
+
+def test_runs_that_log_different_metrics_are_not_drawn_as_one_and_their_last_iteration_counts_every_row(tmp_path):
+    rl = curves.load(f"{write_log(tmp_path / 'rl', rl_rows(5))}=RL")
+    supervised = tmp_path / "sup" / "metrics.jsonl"
+    supervised.parent.mkdir()
+    supervised.write_text("".join(json.dumps({"iteration": i, "meta_loss": 1.0 / i}) + "\n" for i in range(1, 8)))
+    sup = curves.load(f"{supervised}=SUP")
+    with pytest.raises(MetagradError, match=r"different default metrics \(RL: return_post, SUP: meta_loss\)"):
+        curves.choose_metrics([rl, sup], None)
+    assert curves.summary([rl, sup], ["return_post"]).splitlines()[3] == "| SUP | 7 | - |"
 
 
 def test_cli_draws_the_figure_and_prints_the_table(tmp_path, capsys):

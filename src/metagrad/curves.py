@@ -88,6 +88,11 @@ def choose_metrics(runs: Sequence[Run], metrics: Sequence[str] | None) -> list[s
     """The metrics asked for, each logged by at least one run; by default the runs' returns or meta-loss."""
     logged = {m for r in runs for m in r.metrics()}
     if not metrics:
+        groups = {r.label: next((g for g in DEFAULT_METRICS if g[0] in r.metrics()), None) for r in runs}
+        if len({g for g in groups.values() if g}) > 1:
+            kinds = ", ".join(f"{label}: {g[0]}" for label, g in groups.items() if g)
+            raise MetagradError(f"these runs log different default metrics ({kinds}); draw them apart or choose "
+                                "one with --metric")
         for group in DEFAULT_METRICS:
             if group[0] in logged:
                 return [m for m in group if m in logged]
@@ -132,10 +137,12 @@ def summary(runs: Sequence[Run], metrics: Sequence[str], last: int = 10) -> str:
     head = ["run", "last iteration", *[f"{m}, mean of last {last}" for m in metrics]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for run in runs:
-        series = [run.series(m) for m in metrics]
-        its = [it for iterations, _ in series for it in iterations]
-        means = [tail_mean(values, last) for _, values in series]
-        cells = [run.label, str(max(its)) if its else "-",
-                 *("-" if math.isnan(mean) else f"{mean:.4g}" for mean in means)]
+        its = [int(r["iteration"]) for r in run.rows if isinstance(r.get("iteration"), int | float)]
+        cells = [run.label, str(max(its)) if its else "-"]
+        for metric in metrics:
+            values = run.series(metric)[1]
+            mean = tail_mean(values, last)
+            few = f" (of {len(values)})" if 0 < len(values) < last else ""
+            cells.append("-" if math.isnan(mean) else f"{mean:.4g}{few}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
