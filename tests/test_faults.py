@@ -461,3 +461,20 @@ def test_ctrl_c_inside_an_import_leaves_at_once_and_elsewhere_raises(tmp_path, w
                           text=True, timeout=120)
     assert done.returncode == code, done.stderr
     assert ("metagrad: interrupted" in done.stderr) == (where == "import") and "Traceback" not in done.stderr
+
+
+def test_a_resumed_command_line_run_saves_every_tensor_of_an_uninterrupted_one(tmp_path):
+    """Including torch's global generator, from which a model's dropout draws: a run seeds it from its config (it
+    was left at the process's random start, so two runs of one command differed there), the self-check leaves it
+    alone, and a resume restores it."""
+    from safetensors.torch import load_file
+
+    args = ["train", "--config", "sinusoid-maml", "--no-progress", "--threads", "1"]
+    assert main([*args, "--iterations", "4", "--out", str(tmp_path / "straight")]) == 0
+    torch.manual_seed(999)  # as another process would start
+    assert main([*args, "--iterations", "2", "--out", str(tmp_path / "resumed")]) == 0
+    torch.manual_seed(12345)  # and another before the resume
+    assert main([*args, "--iterations", "4", "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("straight", "resumed"))
+    assert a.keys() == b.keys() and "/torch_rng" in a
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]

@@ -86,3 +86,14 @@ def test_impossible_tasks_are_refused(kwargs, match):
     settings = {"ways": 5, "shots": 1, "query": 1, **kwargs}
     with pytest.raises(ConfigError, match=match):
         FewShotClassification(id_images(), **settings)
+
+
+def test_an_evaluation_query_is_checked_against_the_evaluation_shots_not_the_training_ones():
+    """1-shot tests with 15 queries fit 20 examples per class even when training used 10 shots (it was refused)."""
+    import metagrad as mg
+
+    train = FewShotClassification(np.zeros((10, 20, 4, 4), np.uint8), ways=5, shots=10, query=10)
+    batch = mg.held_out_tasks(train, 3, shots=1, seed=1, query=15)
+    assert batch.support.x.shape[1] == 5 and batch.query.x.shape[1] == 75
+    with pytest.raises(ConfigError, match=r"shots 10 \+ query 15 exceed the 20 examples"):
+        mg.held_out_tasks(train, 3, shots=10, seed=1, query=15)

@@ -135,7 +135,13 @@ def data_dependent_fault(model: nn.Module) -> str | None:
 
 def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     """Why vmap must not be trusted with this learner's meta-gradient (None: it equals the per-task loop in float64
-    on ``CHECK_TASKS`` tasks of ``batch``, to ``TOLERANCE`` of the gradient's scale)."""
+    on ``CHECK_TASKS`` tasks of ``batch``, to ``TOLERANCE`` of the gradient's scale). torch's global random state is
+    left as it was (a model's dropout in the check must not shift the run's stream: resumes stay bit for bit)."""
+    with torch.random.fork_rng():
+        return _vmap_fault(learner, batch)
+
+
+def _vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     try:
         ref = float64_copy(learner)
     except Exception as e:  # a model that cannot be copied cannot be checked: the loop is the safe side

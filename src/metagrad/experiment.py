@@ -89,6 +89,7 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
             raise CheckpointError(f"{run_dir} holds a {_kind(saved)} run, not a {_kind(cfg)} one; choose another --out")
         changes = cfg.resume_changes(saved, run_dir)
     trainer.session_files["config.toml"] = cfg.to_toml()  # the latest session's config, for reading
+    torch.manual_seed(cfg.seed)  # a model's own randomness (dropout) from the run's seed; a resume restores its state
     return trainer, trainer.fit(resume=resume, changes=changes)
 
 

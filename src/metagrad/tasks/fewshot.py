@@ -28,8 +28,13 @@ class FewShotClassification:
         self.check(shots)
 
     def with_query(self, query: int) -> FewShotClassification:
-        """The same distribution with ``query`` query examples per class."""
-        return FewShotClassification(self.images, self.ways, self.shots, query, self.rotations, self.split)
+        """The same distribution with ``query`` query examples per class (checked against the support sizes its
+        tasks are then drawn with: ``sample``'s ``shots``, e.g. the evaluation's, not the training ``shots``)."""
+        out = object.__new__(FewShotClassification)
+        out.__dict__.update(self.__dict__, query=query)
+        if query < 1:
+            raise ConfigError(f"query {query} must be at least 1")
+        return out
 
     @property
     def num_classes(self) -> int:
