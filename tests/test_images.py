@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -44,6 +45,11 @@ def test_cache_is_used_then_rebuilt_when_corrupt_or_stale(tmp_path, monkeypatch,
     png.write_bytes(png.read_bytes() + b"\0")  # the source changed: another fingerprint, another cache file
     images.load_omniglot(folder)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    stat = png.stat()
+    png.write_bytes(bytes(stat.st_size))  # same size, other content (a damaged copy): read again, and refused
+    os.utime(png, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(ConfigError, match="not a readable image"):
+        images.load_omniglot(folder)
 
 
 def test_two_runs_building_the_same_cache_at_once_both_keep_it(tmp_path, monkeypatch, capsys):
@@ -86,6 +92,26 @@ def test_miniimagenet_layout(tmp_path):
     assert {k: v.images.shape for k, v in splits.items()} == {
         "train": (4, 6, 3, 84, 84), "val": (2, 6, 3, 84, 84), "test": (3, 6, 3, 84, 84)}
     assert splits["test"].names == ["ntest00000", "ntest00001", "ntest00002"]
+
+
+def _rows(root, csv_name: str, per_class: int = 6) -> None:
+    """Append a whole class of ``train.csv`` to ``csv_name``."""
+    rows = (root / "train.csv").read_text().splitlines()[1:1 + per_class]
+    with open(root / csv_name, "a") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize(("damage", "match"), [
+    (lambda p: _rows(p, "test.csv"), "class ntrain00000 is listed in test.csv and in train.csv"),
+    (lambda p: (p / "val.csv").write_text((p / "val.csv").read_text().replace("nval00001", "nval00000")
+                                          .replace("nval0000100000000", "nval0000000000000")),
+     "file nval0000000000000.jpg is listed twice"),
+])
+def test_miniimagenet_splits_that_overlap_or_repeat_an_image_are_refused(tmp_path, damage, match):
+    root = fake_miniimagenet(tmp_path / "mini")
+    damage(root)
+    with pytest.raises(ConfigError, match=match):
+        images.load_miniimagenet(root)
 
 
 @pytest.mark.parametrize(("damage", "match"), [

@@ -7,8 +7,9 @@
   (``filename,label``), resized to 84x84 RGB.
 
 Each dataset is an array ``[classes, examples, (channels,) height, width]`` of uint8. The cache
-(``$METAGRAD_CACHE`` or ``~/.cache/metagrad``) is keyed by a fingerprint of the source files (names and
-sizes) and carries a checksum, so a stale or corrupt cache is detected and rebuilt.
+(``$METAGRAD_CACHE`` or ``~/.cache/metagrad``) is keyed by a fingerprint of the source files (names,
+sizes and modification times; in a zip, CRCs) and carries a checksum, so a stale or corrupt cache is detected and
+rebuilt.
 """
 
 from __future__ import annotations
@@ -139,8 +140,9 @@ class _Source:
 
     def listing(self) -> list[tuple[str, int]]:
         if self.folder is not None:
-            return [(f"{self.label}/{p}", (self.folder / p).stat().st_size) for p in self._pngs()]
-        return sorted((i.filename, i.file_size) for i in self._zip.infolist() if i.filename.endswith(".png"))
+            return [(f"{self.label}/{p}", _stamp(self.folder / p)) for p in self._pngs()]
+        return sorted((i.filename, f"{i.file_size}-{i.CRC}") for i in self._zip.infolist()
+                      if i.filename.endswith(".png"))
 
     def characters(self) -> list[tuple[str, list[str]]]:
         groups: dict[str, list[str]] = {}
@@ -204,11 +206,13 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
         raise ConfigError(f"MiniImagenet folder {root} does not exist; {DATA_HELP} (it must hold images/ and "
                           "train.csv, val.csv, test.csv from Ravi & Larochelle)")
     out = {}
+    seen: dict[str, str] = {}  # class and file names -> the split that listed them first
     for split in MINIIMAGENET_SPLITS:
         rows = _read_csv(root / f"{split}.csv")
         classes: dict[str, list[str]] = {}
         for filename, label in rows:
             classes.setdefault(label, []).append(filename)
+        _check_disjoint(root, split, classes, seen)
         counts = {len(v) for v in classes.values()}
         if len(counts) != 1:
             raise ConfigError(f"{root / (split + '.csv')}: classes have different numbers of images {sorted(counts)}")
@@ -218,7 +222,7 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
                 path = root / "images" / n
                 if not path.is_file():
                     raise ConfigError(f"{path} is listed in {split}.csv but missing")
-                files.append((n, path.stat().st_size))
+                files.append((n, _stamp(path)))
         key = _fingerprint(files, f"miniimagenet-{split}-{size}")
 
         def build(classes: dict[str, list[str]] = classes, split: str = split) -> ImageDataset:
@@ -228,6 +232,25 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
 
         out[split] = _cached(key, build)
     return out
+
+
+def _check_disjoint(root: Path, split: str, classes: dict[str, list[str]], seen: dict[str, str]) -> None:
+    """Stop where a split's CSV lists a file twice, or a class or file another split listed: either would put one
+    image in a task's support and query, or a test class in training."""
+    for label, names in classes.items():
+        for kind, name in [("class", label), *(("file", n) for n in names)]:
+            if f"{kind} {name}" in seen:
+                where = seen[f"{kind} {name}"]
+                twice = "twice" if where == split else f"in {split}.csv and in {where}.csv"
+                raise ConfigError(f"{root}: {kind} {name} is listed {twice}; the splits must be disjoint and list "
+                                  "each image once (restore the original CSVs)")
+            seen[f"{kind} {name}"] = split
+
+
+def _stamp(path: Path) -> str:
+    """What the cache's key records of a source file: its size and modification time (a changed file rebuilds)."""
+    st = path.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def _rgb_image(path: Path, size: int) -> np.ndarray:
@@ -256,7 +279,7 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- the cache
-def _fingerprint(files: Iterable[tuple[str, int]], kind: str) -> str:
+def _fingerprint(files: Iterable[tuple[str, object]], kind: str) -> str:
     h = hashlib.sha1(kind.encode())
     for name, size in files:
         h.update(f"{name}\0{size}\n".encode())
