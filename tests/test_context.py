@@ -211,3 +211,14 @@ def test_reproduce_omniglot_context_prints_the_papers_table_3_row(tmp_path, caps
 def test_the_context_algo_is_omniglot_only(tmp_path, capsys):
     assert main(["reproduce", "miniimagenet", "--algo", "context", "--out", str(tmp_path)]) == 2
     assert "--algo 'context' does not apply to miniimagenet" in capsys.readouterr().err
+
+
+def test_a_setting_without_its_own_preset_says_which_settings_it_takes(capsys):
+    """20-way context vector: no 20-way preset, so the 5-way one's settings train it, said on stderr (it was
+    silent, while maml, fomaml, anil and reptile switch to their 20-way presets)."""
+    from metagrad.reproduce import fewshot
+
+    cfg = fewshot.setting_config("omniglot", "context", 20, 1)
+    assert cfg.ways == 20 and "omniglot-context has no 20-way preset" in capsys.readouterr().err
+    assert fewshot.setting_config("omniglot", "maml", 20, 1).meta_batch_size == 16  # its own 20-way preset
+    assert "preset" not in capsys.readouterr().err
