@@ -97,3 +97,22 @@ def test_an_evaluation_query_is_checked_against_the_evaluation_shots_not_the_tra
     assert batch.support.x.shape[1] == 5 and batch.query.x.shape[1] == 75
     with pytest.raises(ConfigError, match=r"shots 10 \+ query 15 exceed the 20 examples"):
         mg.held_out_tasks(train, 3, shots=10, seed=1, query=15)
+
+
+def test_your_own_images_through_the_api_get_accuracy_and_clear_errors():
+    """A user's RGB images: channels last and floats refused naming the fix; a classifier learner reports accuracy
+    (it had only the loss, so curves had no accuracy and the best checkpoint was ranked by loss)."""
+    import metagrad as mg
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (6, 8, 3, 12, 12), dtype=np.uint8)
+    with pytest.raises(ConfigError, match="channels last"):
+        mg.tasks.FewShotClassification(np.moveaxis(rgb, 2, -1), ways=3, shots=1, query=2)
+    with pytest.raises(ConfigError, match=r"not torch.float32 \(e.g. \(x \* 255\)"):
+        mg.tasks.FewShotClassification(rgb.astype(np.float32) / 255, ways=3, shots=1, query=2)
+    tasks = mg.tasks.FewShotClassification(rgb, ways=3, shots=1, query=2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, 3))
+    learner = mg.MAML(model, loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.1))
+    curves = mg.adaptation_curves(learner, mg.held_out_tasks(tasks, 4, shots=1, seed=1), steps=1)
+    accuracy = curves["accuracy"]
+    assert 0 <= accuracy.at(0)[0] <= 1 and set(learner.metrics) == {"loss", "accuracy"}

@@ -90,8 +90,6 @@ def build_learner(cfg: Config) -> MetaLearner:
     else:
         kw["inner_steps"] = 0
         learner = JointTraining(model, **kw)
-    if classify:
-        learner.metrics["accuracy"] = losses.accuracy
     return learner.to(usable_device(cfg.device))  # initialised on the CPU: the same start on any device
 
 

@@ -250,6 +250,8 @@ class MetaLearner(nn.Module):
         self._thread_verdicts: dict[tuple[bool, ...], str | None] = {}  # see ``in_shards``
         self._structure  # noqa: B018 (looked up now, outside any compiled region)
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
+        if loss_fn is losses.cross_entropy:  # a classifier: accuracy beside the loss (curves, the best checkpoint)
+            self.metrics["accuracy"] = losses.accuracy
         self.adapt_prefixes = adapt_prefixes(model, adapt)
         self.inner.restrict(self.adapted_names(self.trainable()))
         self.inner_sampling = inner_sampling

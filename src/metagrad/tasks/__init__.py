@@ -2,7 +2,8 @@
 
 from ..batch import Split, TaskBatch
 from .base import TaskDistribution
+from .fewshot import FewShotClassification
 from .linreg import LinearRegression
 from .sinusoid import Sinusoid
 
-__all__ = ["LinearRegression", "Sinusoid", "Split", "TaskBatch", "TaskDistribution"]
+__all__ = ["FewShotClassification", "LinearRegression", "Sinusoid", "Split", "TaskBatch", "TaskDistribution"]

@@ -23,7 +23,14 @@ class FewShotClassification:
                  split: str = "train"):
         self.images = torch.as_tensor(images)
         if self.images.dtype != torch.uint8:
-            raise ConfigError("images must be uint8 [classes, examples, ...]")
+            raise ConfigError(f"images must be uint8 [classes, examples, (channels,) height, width], not "
+                              f"{self.images.dtype} (e.g. (x * 255).round().astype(np.uint8) from floats in [0, 1])")
+        if self.images.dim() == 5 and self.images.shape[-1] in (1, 3) and self.images.shape[2] not in (1, 3):
+            raise ConfigError(f"images of shape {list(self.images.shape)} hold channels last; give [classes, "
+                              "examples, channels, height, width] (e.g. np.moveaxis(x, -1, 2))")
+        if self.images.dim() not in (4, 5):
+            raise ConfigError(f"images must be [classes, examples, (channels,) height, width], not of shape "
+                              f"{list(self.images.shape)}")
         self.ways, self.shots, self.query, self.rotations, self.split = ways, shots, query, rotations, split
         self.check(shots)
 
