@@ -48,8 +48,9 @@ def test_cache_is_used_then_rebuilt_when_corrupt_or_stale(tmp_path, monkeypatch,
     stat = png.stat()
     png.write_bytes(bytes(stat.st_size))  # same size, other content (a damaged copy): read again, and refused
     os.utime(png, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    with pytest.raises(ConfigError, match="not a readable image"):
+    with pytest.raises(ConfigError, match="not a readable image") as refused:
         images.load_omniglot(folder)
+    assert "BytesIO" not in str(refused.value)  # PIL's name for its buffer, said as "its bytes"
 
 
 def test_two_runs_building_the_same_cache_at_once_both_keep_it(tmp_path, monkeypatch, capsys):

@@ -253,8 +253,8 @@ class RunLoop:
         if checkpoint.exists(self.run_dir / "last"):
             if not resume:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
-                raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume to "
-                                      "continue it or choose another --out")
+                raise CheckpointError(f"{self.run_dir} already holds a run (iteration {it}); pass --resume "
+                                      "(Python: fit(resume=True)) to continue it or choose another --out (run_dir)")
             info = checkpoint.read_info(self.run_dir / "last")
             self._resume_changes = self.resume_changes(info)
             self.restore("last")

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import random
+import re
 import sys
 import zipfile
 import zlib
@@ -123,7 +124,8 @@ def _omniglot_image(data: bytes, size: int, where: str) -> np.ndarray:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "its bytes", line)[:160]  # PIL names the buffer
 
 
 class _Source:
