@@ -40,7 +40,12 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
 
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
-    validation = build_tasks(cfg, "val") if cfg.family in IMAGE_FAMILIES else None
+    images = cfg.family in IMAGE_FAMILIES
+    validation = build_tasks(cfg, "val") if images and cfg.val_every else None  # off: its limits do not apply
+    if images:  # the evaluation this run will get: refused now, not after training
+        test = build_tasks(cfg, "test").with_query(cfg.eval_query)
+        for shots in cfg.eval_shots:
+            test.check(shots)
     return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, validation=validation, iterations=cfg.iterations,
                    meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir,
                    config=cfg.to_sections(), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
