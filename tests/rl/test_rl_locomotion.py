@@ -552,7 +552,7 @@ def test_the_oracle_is_refused_where_there_is_no_goal():
 
     with pytest.raises(ConfigError, match="oracle"):
         MujocoTaskEnv("hopper-rand-params", oracle=True)
-    with pytest.raises(ConfigError, match="oracle True is for the MuJoCo locomotion families"):
+    with pytest.raises(ConfigError, match="oracle True is for navigation2d and the MuJoCo locomotion families"):
         build(RLConfig(env="ml1-reach", oracle=True))
     learner, _ = build(RLConfig(env="cheetah-dir", oracle=True, horizon=5, hidden=(8,)))
     assert learner.env.oracle and learner.policy.mean[0].in_features == learner.env.obs_dim

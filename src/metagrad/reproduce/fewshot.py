@@ -51,9 +51,6 @@ def setting_config(dataset: str, algo: str, ways: int, shots: int) -> Config:
     if algo not in ALGOS:
         raise ConfigError(f"unknown algo '{algo}'; choose one of {', '.join(ALGOS)}")
     name = f"{dataset}-{algo}" + ("-20way" if ways >= 20 and f"{dataset}-{algo}-20way" in preset_names() else "")
-    if ways != 5 and not name.endswith("-20way") and dataset == "omniglot":
-        print(f"metagrad: {dataset}-{algo} has no {ways}-way preset; its 5-way settings (inner steps, step sizes, "
-              f"meta-batch) train {ways}-way tasks", file=sys.stderr)
     cfg = load_config(name)
     changes: dict[str, Any] = {"ways": ways, "eval_shots": (shots,)}
     if algo == "reptile":  # trains on its own number of shots; tests with 5-example batches (15 for 5-shot mini)
@@ -65,7 +62,11 @@ def setting_config(dataset: str, algo: str, ways: int, shots: int) -> Config:
             changes["query"] = shots
         if dataset == "miniimagenet" and shots == 5:
             changes["meta_batch_size"] = 2
-    return cfg.replace(**changes)
+    cfg = cfg.replace(**changes)  # checks the values first
+    if ways != 5 and not name.endswith("-20way") and dataset == "omniglot":
+        print(f"metagrad: {dataset}-{algo} has no {ways}-way preset; its 5-way settings (inner steps, step sizes, "
+              f"meta-batch) train {ways}-way tasks", file=sys.stderr)
+    return cfg
 
 
 def paper_steps(cfg: Config, algo: str) -> int:
