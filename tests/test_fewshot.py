@@ -116,3 +116,27 @@ def test_your_own_images_through_the_api_get_accuracy_and_clear_errors():
     curves = mg.adaptation_curves(learner, mg.held_out_tasks(tasks, 4, shots=1, seed=1), steps=1)
     accuracy = curves["accuracy"]
     assert 0 <= accuracy.at(0)[0] <= 1 and set(learner.metrics) == {"loss", "accuracy"}
+
+
+def test_distinct_characters_draw_each_character_once_per_task_in_a_random_rotation():
+    """The MAML code's Omniglot tasks: N distinct characters, each turned by its own multiple of 90 degrees; the
+    default (any N of the rotated classes, the Reptile code's) can hold one character twice in a task."""
+    chars = 25
+    images = np.zeros((chars, 4, 4, 4), np.uint8)
+    images[:, :, 0, 0] = np.arange(1, chars + 1)[:, None]  # the character's number in one corner: its turn moves it
+
+    def characters_and_turns(batch):
+        x = (batch.support.x[:, :, 0] * 255).round().long()  # [T, N*K, 4, 4]
+        corners = torch.stack([x[..., 0, 0], x[..., 3, 0], x[..., 3, 3], x[..., 0, 3]], -1)
+        return corners.amax(-1), corners.argmax(-1)
+
+    def repeats(distinct):
+        tasks = FewShotClassification(images, ways=20, shots=1, query=1, rotations=True,
+                                      distinct_characters=distinct)
+        char, turn = characters_and_turns(tasks.sample(200, torch.Generator().manual_seed(0)))
+        return sum(len(set(c.tolist())) < 20 for c in char), set(turn.flatten().tolist())
+
+    assert repeats(True) == (0, {0, 1, 2, 3})
+    assert repeats(False)[0] > 100
+    with pytest.raises(ConfigError, match="ways 30 exceeds the 25 characters"):
+        FewShotClassification(images, ways=30, shots=1, query=1, rotations=True, distinct_characters=True)

@@ -36,7 +36,8 @@ def build_tasks(cfg: Config, split: str = "train") -> Tasks:
         raise ConfigError(f"download is offered for Omniglot; put {cfg.family} in a folder yourself (data_root)")
     data = image_splits(cfg.family, cfg.data_root, cfg.download)[split]
     return FewShotClassification(data.images, cfg.ways, cfg.shots, cfg.query,
-                                 rotations=cfg.rotations and cfg.family == "omniglot", split=split)
+                                 rotations=cfg.rotations and cfg.family == "omniglot", split=split,
+                                 distinct_characters=cfg.distinct_characters)
 
 
 @lru_cache(maxsize=2)

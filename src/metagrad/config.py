@@ -44,6 +44,9 @@ class Config(Settings):
     download: bool = opt(False, "task", "Omniglot: fetch the two official zip files into data_root when they are "
                          "missing (checksums verified, partial downloads resumed)")
     rotations: bool = opt(True, "task", "Omniglot: characters rotated by 90, 180, 270 degrees are new classes")
+    distinct_characters: bool = opt(False, "task", "Omniglot with rotations: a task's N classes are N distinct "
+                                    "characters, each turned by a random multiple of 90 degrees (the MAML code); "
+                                    "false: any N of the rotated classes (the Reptile code)")
     amplitude: tuple[float, ...] = opt((0.1, 5.0), "task", "sinusoid amplitude range [low, high]")
     phase: tuple[float, ...] = opt((0.0, math.pi), "task", "sinusoid phase range [low, high] (radians)")
     x_range: tuple[float, ...] = opt((-5.0, 5.0), "task", "sinusoid input range [low, high]")

@@ -2,8 +2,9 @@
 
 A task draws N distinct classes, K support and Q query examples per class (no example twice), and
 shuffles the labels 0..N-1. With ``rotations`` every class also appears rotated by 90, 180 and 270
-degrees as three new classes (Omniglot, as in both papers). Sampling is a few tensor operations on the
-whole meta-batch, deterministic under the generator.
+degrees as three new classes (Omniglot, as in both papers); ``distinct_characters`` draws N distinct characters
+and turns each by a random multiple of 90 degrees instead (the MAML code), so no task holds one in two rotations.
+Sampling is a few tensor operations on the whole meta-batch, deterministic under the generator.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class FewShotClassification:
     """A distribution over N-way classification tasks on one split of an image dataset."""
 
     def __init__(self, images: np.ndarray | Tensor, ways: int, shots: int, query: int, rotations: bool = False,
-                 split: str = "train"):
+                 split: str = "train", distinct_characters: bool = False):
         self.images = torch.as_tensor(images)
         if self.images.dtype != torch.uint8:
             raise ConfigError(f"images must be uint8 [classes, examples, (channels,) height, width], not "
@@ -32,6 +33,7 @@ class FewShotClassification:
             raise ConfigError(f"images must be [classes, examples, (channels,) height, width], not of shape "
                               f"{list(self.images.shape)}")
         self.ways, self.shots, self.query, self.rotations, self.split = ways, shots, query, rotations, split
+        self.distinct_characters = distinct_characters and rotations
         self.check(shots)
 
     def with_query(self, query: int) -> FewShotClassification:
@@ -68,6 +70,9 @@ class FewShotClassification:
         if self.ways > self.num_classes:
             raise ConfigError(f"ways {self.ways} exceeds the {self.num_classes} classes of the {self.split} split; "
                               "use fewer ways")
+        if self.distinct_characters and self.ways > self.images.shape[0]:
+            raise ConfigError(f"ways {self.ways} exceeds the {self.images.shape[0]} characters of the {self.split} "
+                              "split (distinct_characters); use fewer ways")
         if shots + self.query > self.examples_per_class:
             raise ConfigError(f"shots {shots} + query {self.query} exceed the {self.examples_per_class} examples per "
                               f"class of the {self.split} split; lower shots or query")
@@ -78,7 +83,11 @@ class FewShotClassification:
         self.check(k)
         n, per = self.ways, k + self.query
         # the k largest of iid uniforms: a uniformly random k-subset in random order (topk, not a full sort)
-        classes = torch.rand(num_tasks, self.num_classes, generator=generator).topk(n, dim=1).indices
+        if self.distinct_characters:  # N distinct characters, each turned by its own random multiple of 90 degrees
+            chars = torch.rand(num_tasks, self.images.shape[0], generator=generator).topk(n, dim=1).indices
+            classes = chars * 4 + torch.randint(0, 4, (num_tasks, n), generator=generator)
+        else:
+            classes = torch.rand(num_tasks, self.num_classes, generator=generator).topk(n, dim=1).indices
         examples = torch.rand(num_tasks, n, self.examples_per_class, generator=generator).topk(per, dim=2).indices
         labels = torch.rand(num_tasks, n, generator=generator).argsort(dim=1)  # label of each drawn class
         base, turns = (classes // 4, classes % 4) if self.rotations else (classes, torch.zeros_like(classes))
