@@ -197,7 +197,21 @@ API_CASES = {
         lambda mg, net: mg.Trainer(mg.MAML(net), mg.tasks.Sinusoid(), __import__("torch").optim.Adam(
             __import__("torch").nn.Linear(1, 1).parameters()), iterations=1, meta_batch_size=2, progress=False),
         ["none of the learner's trainable parameters", "learner.parameters()"]),
+    **{f"trainer {key}={value!r}": (
+        lambda mg, net, key=key, value=value: api_trainer(mg, net, **{key: value}), [f"{key} {value!r}", words])
+       for key, value, words in (("iterations", 2.5, "whole number >= 0"), ("iterations", -1, "whole number >= 0"),
+                                 ("meta_batch_size", 0, "whole number >= 1"), ("log_every", 0, "whole number >= 1"),
+                                 ("checkpoint_every", 0, "whole number >= 1"), ("val_tasks", 1.5, "whole number"),
+                                 ("val_every", True, "whole number"), ("seed", -1, "2**63 - 1"),
+                                 ("time_budget", float("nan"), "minutes >= 0"))},
 }
+
+
+def api_trainer(mg, net, **settings):
+    """A Trainer on sinusoids with two tasks per step and one iteration, ``settings`` overriding."""
+    import torch
+    kwargs = {"iterations": 1, "meta_batch_size": 2, "progress": False, **settings}
+    return mg.Trainer(mg.MAML(net), mg.tasks.Sinusoid(), torch.optim.Adam(net.parameters()), **kwargs)
 
 
 @pytest.mark.parametrize("case", list(API_CASES))

@@ -331,6 +331,22 @@ def test_resume_never_starts_over_on_its_own(tmp_path, capsys):
     assert "is a file" in err
 
 
+def test_a_run_resumed_with_the_other_kind_of_config_is_refused_and_kept(tmp_path):
+    """A supervised run resumed with a meta-RL config, and the reverse, stop before anything is restored."""
+    from metagrad.experiment import train
+    from metagrad.rl.config import RLConfig
+    supervised = load_config("sinusoid-maml").replace(iterations=1, meta_batch_size=2)
+    rl = RLConfig().replace(hidden=(8,), meta_batch_size=2, episodes=2, horizon=5, iterations=1)
+    for first, then, words in ((supervised, rl, "holds a supervised run, not a meta-RL one"),
+                               (rl, supervised, "holds a meta-RL run, not a supervised one")):
+        run = tmp_path / type(first).__name__
+        train(first, run, progress=False)
+        before = (run / "last.safetensors").read_bytes()
+        with pytest.raises(CheckpointError, match=words):
+            train(then, run, resume=True, progress=False)
+        assert (run / "last.safetensors").read_bytes() == before
+
+
 def test_a_torn_last_log_line_does_not_stop_resume(tmp_path, straight):
     run = tmp_path / "run"
     make_trainer(config(), run, progress=False,

@@ -1,5 +1,6 @@
 """User-facing errors: the CLI prints their message as one line and exits with code 2."""
 
+import numbers
 import os
 
 
@@ -25,6 +26,13 @@ class Interrupted(MetagradError):
 
 class DataError(MetagradError, RuntimeError):
     """A dataset could not be fetched or failed verification (no network, HTTP error, checksum mismatch)."""
+
+
+def check_whole(name: str, value: object, low: int | None = None) -> None:
+    """Refuse a count that is not a whole number (``True`` and ``2.0`` included), or below ``low`` when given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+        at_least = "" if low is None else f" >= {low}"
+        raise ConfigError(f"{name} {value!r} must be a whole number{at_least}")
 
 
 def memory_bytes() -> int:

@@ -88,8 +88,8 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
     may change on resume (recorded in ``metrics.jsonl``). Returns the trainer and its fit result."""
     run_dir = Path(run_dir)
     trainer = make_trainer(cfg, run_dir, progress, **kw)
-    changes = None
-    if resume and (saved := saved_config(run_dir)) is not None:
+    changes = None  # meta-RL's trainer checks the saved config itself (RLTrainer.resume_changes); a supervised one here
+    if resume and isinstance(cfg, Config) and (saved := saved_config(run_dir)) is not None:
         if type(saved) is not type(cfg):
             raise CheckpointError(f"{run_dir} holds a {_kind(saved)} run, not a {_kind(cfg)} one; choose another --out")
         changes = cfg.resume_changes(saved, run_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from . import checkpoint, files
 from .distributed import Distributed
-from .errors import CheckpointError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged, check_whole
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `docker stop` send
 
@@ -45,6 +46,10 @@ class RunLoop:
                  checkpoint_every: int = 1000, config: dict[str, Any] | None = None, progress: bool = True,
                  distributed: Distributed | None = None,
                  on_iteration: Callable[[Any, int, dict[str, float]], None] | None = None):
+        check_whole("iterations", iterations, 0)
+        check_whole("checkpoint_every", checkpoint_every, 1)
+        if not (isinstance(time_budget, int | float) and math.isfinite(time_budget) and time_budget >= 0):
+            raise ConfigError(f"time_budget {time_budget!r} must be a number of minutes >= 0 (0: no limit)")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.iterations, self.time_budget, self.checkpoint_every = iterations, time_budget, checkpoint_every
         self.config = config or {}

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 import tomllib
 
-from .errors import ConfigError
+from .errors import ConfigError, check_whole
 
 S = TypeVar("S", bound="Settings")
 
@@ -34,6 +34,7 @@ def opt(default: Any, section: str, help: str) -> Any:
 
 def check_seed(name: str, value: int) -> None:
     """A seed that torch's and numpy's generators both take: 0 <= seed < 2**63."""
+    check_whole(name, value)
     if not 0 <= value < 2**63:
         raise ConfigError(f"{name} {value} must be an integer from 0 to 2**63 - 1")
 

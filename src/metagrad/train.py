@@ -21,9 +21,10 @@ from tqdm import tqdm
 from .algorithms import MetaLearner
 from .batch import TaskBatch
 from .distributed import Distributed
-from .errors import ConfigError, TrainingDiverged, check_memory
+from .errors import ConfigError, TrainingDiverged, check_memory, check_whole
 from .loop import RunLoop, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
+from .settings import check_seed
 from .tasks.base import TaskDistribution
 
 DATA_COPIES = 4  # a meta-batch's data is held a few times over (sampled, batched, cast, in the graph)
@@ -93,6 +94,10 @@ class Trainer(RunLoop):
         if distributed is not None and not learner._on_cpu():
             raise ConfigError("device cuda under torchrun is not supported: its processes would share one GPU; "
                               "train on one GPU in one process, or on the CPU under torchrun")
+        for name, value, low in (("meta_batch_size", meta_batch_size, 1), ("log_every", log_every, 1),
+                                 ("val_every", val_every, 0), ("val_tasks", val_tasks, 1)):
+            check_whole(name, value, low)
+        check_seed("seed", seed)
         self.learner, self.tasks, self.optimizer, self.scheduler = learner, tasks, optimizer, scheduler
         self.meta_batch_size, self.seed = meta_batch_size, seed
         check_optimizer(learner, optimizer)

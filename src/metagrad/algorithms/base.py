@@ -19,7 +19,6 @@ head), while the meta-gradient reaches every trainable parameter.
 
 from __future__ import annotations
 
-import numbers
 import os
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -43,7 +42,7 @@ from ..batching import (
     twice_differentiable,
     vmap_fault,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
 from ..settings import suggest
@@ -208,8 +207,7 @@ class MetaLearner(nn.Module):
                               f"{inner!r} (torch.optim optimizers take the outer step)")
         for name, value in (("inner_steps", inner_steps), ("inner_batch_size", inner_batch_size),
                             ("threads", threads), ("task_chunk", task_chunk)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ConfigError(f"{name} {value!r} must be a whole number")
+            check_whole(name, value)
         if inner_steps < 0:
             raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
         if inner_batch_size < 0:

@@ -36,7 +36,7 @@ from torch.func import grad, vmap
 
 from ..algorithms.base import adapt_prefixes, adapted_by
 from ..distributed import Share
-from ..errors import ConfigError
+from ..errors import ConfigError, check_whole
 from ..functional import Params, call, detach
 from ..inner import SGD
 from . import outer
@@ -145,8 +145,7 @@ class MetaRL(nn.Module):
                               f"{inner_kl_coef} and inner_kl_target {inner_kl_target} >= 0")
         for name, value, low in (("inner_steps", inner_steps, 0), ("episodes", episodes, 1),
                                  ("cg_iters", cg_iters, 1), ("max_backtracks", max_backtracks, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} {value!r} must be a whole number >= {low}")
+            check_whole(name, value, low)
         if not (math.isfinite(max_kl) and math.isfinite(cg_damping) and cg_damping >= 0):
             raise ConfigError(f"max_kl {max_kl} and cg_damping {cg_damping} must be finite, cg_damping >= 0 "
                               "(e.g. max_kl 0.01, cg_damping 1e-5)")
