@@ -89,10 +89,13 @@ class Reptile(MetaLearner):
         return (direction, self.loss_at(after, buffers, *task.query)), trajectory.state
 
     def combine_tasks(self, meta: Meta, outs: tuple[Params, Tensor]) -> tuple[Meta, Tensor]:
-        """``initial - mean(adapted)`` (or the mean weighted update) over the tasks, and the mean query loss."""
+        """``initial - mean(adapted)`` (or the mean weighted update) over the tasks, and the mean query loss; exactly
+        zero for parameters the inner loop does not adapt (a mean of copies differs from the copy by round-off, which
+        an outer Adam would scale up to whole steps)."""
         out, query_loss = outs
         if self.combination is None:
-            return {"model": {n: p - out[n].mean(0) for n, p in meta["model"].items()}, "inner": {}}, query_loss.mean()
+            return {"model": {n: p - out[n].mean(0) if self.adapts(n) else torch.zeros_like(p)
+                              for n, p in meta["model"].items()}, "inner": {}}, query_loss.mean()
         return {"model": {n: d.mean(0) for n, d in out.items()}, "inner": {}}, query_loss.mean()
 
     @torch.no_grad()
