@@ -16,9 +16,9 @@ from metagrad.cli import main
 TINY = ["--iterations", "2", "--meta-batch-size", "2", "--no-progress"]
 
 
-def trained(tmp: Path) -> Path:
+def trained(tmp: Path, config: str = "sinusoid-maml") -> Path:
     run = tmp / "run"
-    assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *TINY]) == 0
+    assert main(["train", "--config", config, "--out", str(run), *TINY]) == 0
     return run
 
 
@@ -121,6 +121,27 @@ CASES = {
                               ["eval_shots 20 exceed grid 12", "lower eval_shots"]),
     "huge inner loop": (lambda t: ["train", "--inner-steps", "100000000", "--out", str(t / "r"), *TINY],
                         ["inner_steps 100,000,000", "GiB", "lower inner_steps"]),
+    "batching for a study": (lambda t: ["reproduce", "reptile-overlap", "--batching", "loop", "--out", str(t / "r")],
+                             ["--batching loop does not apply to reptile-overlap", "omniglot"]),
+    "batching for multitask": (lambda t: ["reproduce", "sinusoid-multitask", "--batching", "vmap", "--out",
+                                          str(t / "r")], ["--batching vmap does not apply to sinusoid-multitask"]),
+    "no steps for multitask": (lambda t: ["reproduce", "sinusoid-multitask", "--iterations", "0", "--out",
+                                          str(t / "r")], ["--iterations 0", "at least 1"]),
+    "no iterations for a study": (lambda t: ["reproduce", "reptile-overlap", "--iterations", "0", "--data-root",
+                                             str(t), "--out", str(t / "r")], ["iterations 0", ">= 1"]),
+    "one test task for a study": (lambda t: ["reproduce", "reptile-gradients", "--eval-tasks", "1", "--data-root",
+                                             str(t), "--out", str(t / "r")], ["eval_tasks 1", ">= 2"]),
+    "negative study budget": (lambda t: ["reproduce", "reptile-overlap", "--time-budget", "-1", "--data-root",
+                                         str(t), "--out", str(t / "r")], ["time_budget -1", ">= 0 minutes"]),
+    "learned step sizes for joint training": (lambda t: ["train", "--config", "sinusoid-pretrained",
+                                                        "--learn-inner-lr", "--out", str(t / "r"), *TINY],
+                                              ["learn_inner_lr", "not joint"]),
+    "test step size for a Meta-SGD run": (lambda t: ["eval", str(trained(t, "sinusoid-metasgd")), "--eval-lr", "0.5"],
+                                          ["eval_lr", "learns its step sizes"]),
+    "tuned step size for a Meta-SGD run": (lambda t: ["eval", str(trained(t, "sinusoid-metasgd")), "--tune-eval-lr"],
+                                           ["tune_eval_lr", "learns its step sizes"]),
+    "replacement without minibatches": (lambda t: ["train", "--inner-sampling", "replacement", "--out", str(t / "r"),
+                                                   *TINY], ["inner_sampling 'replacement'", "inner_batch_size"]),
     "download for miniimagenet": (lambda t: ["train", "--config", "miniimagenet-maml", "--download",
                                              "--data-root", str(t), "--out", str(t / "r")], ["download", "Omniglot"]),
 }
@@ -197,6 +218,18 @@ API_CASES = {
         lambda mg, net: mg.Trainer(mg.MAML(net), mg.tasks.Sinusoid(), __import__("torch").optim.Adam(
             __import__("torch").nn.Linear(1, 1).parameters()), iterations=1, meta_batch_size=2, progress=False),
         ["none of the learner's trainable parameters", "learner.parameters()"]),
+    "adam beta1 of 1": (lambda mg, net: mg.Adam(0.01, betas=(1.0, 0.999)), ["betas (1.0, 0.999)", "[0, 1)"]),
+    "adam beta2 above 1": (lambda mg, net: mg.Adam(0.01, betas=(0.0, 1.5)), ["betas (0.0, 1.5)", "[0, 1)"]),
+    "adam one beta": (lambda mg, net: mg.Adam(0.01, betas=0.9), ["betas 0.9", "two numbers"]),
+    "adam negative eps": (lambda mg, net: mg.Adam(0.01, eps=-1), ["eps -1", "positive"]),
+    "learned steps shaped by a list": (lambda mg, net: mg.SGD(0.1, learn=True, params=list(net.parameters())),
+                                       ["params list", "named_parameters"]),
+    "combination as text": (lambda mg, net: mg.Reptile(net, inner_steps=2, combination="0,1"),
+                            ["combination '0,1'", "sequence of numbers"]),
+    "combination as a number": (lambda mg, net: mg.Reptile(net, combination=1), ["combination 1", "sequence"]),
+    "carried state for joint training": (lambda mg, net: mg.JointTraining(net, inner_state="carried"),
+                                         ["inner_state 'carried'", "joint training"]),
+    "no loss function": (lambda mg, net: mg.MAML(net, loss_fn=None), ["loss_fn None", "mg.losses.mse"]),
     **{f"trainer {key}={value!r}": (
         lambda mg, net, key=key, value=value: api_trainer(mg, net, **{key: value}), [f"{key} {value!r}", words])
        for key, value, words in (("iterations", 2.5, "whole number >= 0"), ("iterations", -1, "whole number >= 0"),

@@ -44,3 +44,13 @@ def test_learned_step_sizes_cannot_be_overridden():
     assert {n for n, _ in rule.named_parameters()} == {"lr.weight", "lr.bias"}
     with pytest.raises(ConfigError, match="meta-learns"):
         rule.with_lr(0.2)
+
+
+def test_learned_step_sizes_take_the_model_or_its_named_parameters_alike():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    by_model = mg.SGD([0.1, 0.05], learn=True, params=net)
+    by_name = mg.SGD([0.1, 0.05], learn=True, params=dict(net.named_parameters()))
+    assert by_model.lr.keys() == by_name.lr.keys() == {"0__weight", "0__bias", "2__weight", "2__bias"}
+    for key, lr in by_model.lr.items():
+        assert torch.equal(lr, by_name.lr[key]) and lr.shape[0] == 2

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 import metagrad as mg
 from conftest import grads_of, sinusoid_batch, small_mlp
+from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.errors import ConfigError
 from metagrad.experiment import load_run, make_trainer
@@ -344,7 +345,7 @@ def test_config_fields_defaults_and_checks():
     assert reptile.combination == (0, 0, 0, 0, 1) and reptile.tail == "separate"
     for bad, match in [({"inner_state": "carried"}, "inner_optimizer adam"),
                        ({"inner_state": "carried", "inner_optimizer": "adam", "algo": "maml"}, "reptile or fomaml"),
-                       ({"combination": (1.0,)}, "one finite weight per inner step"),
+                       ({"combination": (1.0, 2.0), "algo": "reptile"}, "one finite weight per inner step"),
                        ({"combination": (1.0,), "algo": "maml"}, "needs algo reptile"),
                        ({"tail": "shared", "algo": "joint"}, "leave it empty for joint"),
                        ({"tail": "both"}, "unknown tail"), ({"inner_sampling": "random"}, "unknown inner_sampling")]:
@@ -399,6 +400,33 @@ def test_overlap_study_runs_every_method_and_sampling(tmp_path, tiny_omniglot, m
     learner, cfg, _ = load_run(out / "reptile-overlap" / "4a" / "fomaml-separate-cycle-5")
     assert cfg.combination == (0.0, 0.0, 0.0, 0.0, 1.0) and cfg.tail == "separate"
     assert cfg.inner_state == "carried" and int(learner.carried.t) == 5  # one task: 4 steps, then the tail's
+
+
+def test_the_command_line_seed_and_test_tasks_reach_every_run_of_a_study(tmp_path, tiny_omniglot, monkeypatch):
+    from metagrad.reproduce import reptile_studies as rs
+
+    monkeypatch.setattr(rs, "DEFAULT_OVERLAP", rs.Budget(iterations=1, eval_tasks=2, curve_points=1,
+                                                         sweeps={"4a": (2,)}))
+    out = tmp_path / "results"
+    assert main(["reproduce", "reptile-overlap", "--seed", "5", "--eval-tasks", "3", "--data-root",
+                 str(tiny_omniglot), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "reptile-overlap.json").read_text())
+    assert (result["budget"]["seed"], result["budget"]["eval_tasks"]) == (5, 3)
+    assert "on 3 test tasks" in (out / "reptile-overlap.md").read_text()
+    _, cfg, _ = load_run(out / "reptile-overlap" / "4a" / "reptile-cycle-2")
+    assert (cfg.seed, cfg.eval_tasks) == (5, 3)
+
+
+def test_download_reaches_the_studies_config(monkeypatch, tmp_path):
+    """A missing Omniglot suggests --download; the studies take it (and fetch once, before their workers)."""
+    from metagrad.reproduce import reptile_studies as rs
+
+    seen = {}
+    monkeypatch.setattr(rs, "_map", lambda fn, work, base, jobs: seen.setdefault("base", base) and [None] * len(work))
+    monkeypatch.setattr(rs, "_write", lambda *a: {})
+    assert main(["reproduce", "reptile-gradients", "--download", "--data-root", str(tmp_path), "--out",
+                 str(tmp_path / "r"), "--no-progress"]) == 0
+    assert seen["base"].download and seen["base"].data_root == str(tmp_path)
 
 
 def test_study_findings_are_read_from_the_accuracies():

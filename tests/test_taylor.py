@@ -195,3 +195,42 @@ def test_quadratic_losses_make_13_exact_for_two_steps():
     g1, H1, H2 = g[task, seqs[:, 0]], H[task, seqs[:, 0]], H[task, seqs[:, 1]]
     expected = a**2 * torch.einsum("nij,njk,nk->ni", H1, H2, g1)
     assert torch.allclose(grads["maml"] - approx["maml"], expected, atol=1e-14)
+
+
+def _asymmetric() -> tt.MinibatchLosses:
+    p = problem()
+    A = p.A.clone()
+    A[..., 0, 1] += 1.0
+    return tt.MinibatchLosses(A, p.c, p.b, p.u, p.gamma)
+
+
+@pytest.mark.parametrize("call, words", [
+    (_asymmetric, "symmetric"),
+    (lambda: tt.random_problem(eig_range=(-1.0, -0.5)), "0 < low <= high"),
+    (lambda: tt.random_problem(gamma=-1.0), "gamma -1.0"),
+    (lambda: tt.random_problem(n_tasks=0), "n_tasks 0"),
+    (lambda: tt.MinibatchLosses(*(x.float() for x in (problem().A, problem().c, problem().b, problem().u))),
+     "float64"),
+    (lambda: tt.series(tt.random_problem(2, 1, 3), phi0(), 2, "without_replacement"), "at least k minibatches"),
+    (lambda: tt.series(problem(), phi0(), 1), "k 1"),
+    (lambda: tt.series(problem(), torch.zeros(2, dtype=torch.float64), 2), "shape [3]"),
+    (lambda: tt.expected_gradients(problem(), phi0(), -0.01, 2), "alpha -0.01"),
+    (lambda: tt.expected_gradients(problem(), phi0(), float("nan"), 2), "alpha nan"),
+    (lambda: tt.expected_gradients(problem(), phi0(), 0.01, 2, "bootstrap"), "unknown sampling"),
+])
+def test_inputs_outside_the_analysis_assumptions_are_refused(call, words):
+    """An asymmetric or indefinite A, a float32 problem, k beyond the minibatches drawn without replacement, a bad
+    point or step size: each a ConfigError naming it (an asymmetric A made the series miss by 0.23 silently)."""
+    from metagrad.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        call()
+    assert words in str(e.value), str(e.value)
+
+
+def test_a_float32_point_gives_the_float64_series():
+    expected = tt.series(problem(), phi0(), 2)
+    got = tt.series(problem(), phi0().float(), 2)
+    assert got.avg_grad.dtype == torch.float64
+    torch.testing.assert_close(got.avg_grad, tt.avg_grad(problem(), phi0().float().double()))
+    assert torch.allclose(got.avg_grad, expected.avg_grad, atol=1e-6)

@@ -122,6 +122,15 @@ def test_time_budget_stops_with_a_checkpoint(tmp_path):
     assert json.loads((tmp_path / "run" / "last.json").read_text())["iteration"] == 1
 
 
+def test_the_logged_outer_step_is_the_one_each_iteration_took(tmp_path):
+    """Annealed linearly to 0 over 4 iterations, the steps taken are 0.1, 0.075, 0.05, 0.025 (the schedule moves on
+    after each step: what it holds afterwards is the next iteration's)."""
+    cfg = _config("sinusoid-reptile", iterations=4, log_every=1, outer_lr=0.1, outer_lr_schedule="linear")
+    make_trainer(cfg, tmp_path / "run", progress=False).fit()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["outer_lr"] for x in lines if "meta_loss" in x] == pytest.approx([0.1, 0.075, 0.05, 0.025])
+
+
 def test_metrics_lines_follow_their_schema(tmp_path):
     make_trainer(_config(val_every=10), tmp_path / "run", progress=False).fit()
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -69,6 +69,9 @@ def test_compare_command_over_checkpoints_and_updates(tmp_path, capsys):
     assert prob[2, 3] < 0.05  # MAML's losses fall faster: DRS is clearly worse there
     assert "P(drs better than maml)" in printed and "| 400 |" in printed
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["compare", str(tmp_path / "drs" / "eval-100.json"), str(tmp_path / "drs" / "eval-200.json"),
+                 "--out", str(out)]) == 0  # two files of one folder are named by their files, not the folder
+    assert "P(eval-100 better than eval-200)" in capsys.readouterr().out
 
 
 def test_bad_compare_input_is_one_line_and_exit_code_2(tmp_path, capsys):
@@ -78,12 +81,16 @@ def test_bad_compare_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     write_eval(tmp_path / "b" / "e2.json", {5: rng.normal(size=(10, 3))}, 20)
     write_eval(tmp_path / "c" / "eval.json", {10: rng.normal(size=(10, 3))}, 10)
     (tmp_path / "results.json").write_text(json.dumps({"methods": {"maml": {}, "pretrained": {}}}))
+    for method in ("drs", "maml"):  # two methods' evaluations in one folder: not two checkpoints of one run
+        write_eval(tmp_path / "d" / f"{method}.json", {5: rng.normal(size=(10, 3))}, 10)
     cases = [
         ([str(tmp_path / "nope.json"), str(tmp_path / "a")], "evaluation results '"),
         ([str(tmp_path / "a"), str(tmp_path / "b")], "A has 1 evaluation(s) and B has 2"),
         ([str(tmp_path / "a"), str(tmp_path / "c")], "share no support size K"),
         ([str(tmp_path / "results.json"), str(tmp_path / "a")], "holds several methods (maml, pretrained)"),
-        ([str(tmp_path / "a"), str(tmp_path / "a"), "--metric", "accuracy"], "has no metric 'accuracy'"),
+        ([str(tmp_path / "a"), str(tmp_path / "b" / "e1.json"), "--metric", "accuracy"], "has no metric 'accuracy'"),
+        ([str(tmp_path / "a"), str(tmp_path / "a")], "A and B are the same evaluations"),
+        ([str(tmp_path / "d"), str(tmp_path / "b")], "holds two evaluations of iteration 10 (drs.json, maml.json)"),
         ([str(tmp_path), str(tmp_path / "a")], "holds several methods"),
     ]
     good = json.loads((tmp_path / "a" / "eval.json").read_text())

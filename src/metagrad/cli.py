@@ -479,11 +479,13 @@ def metarl_request(args: argparse.Namespace) -> tuple[Experiment, list[str], str
 
 def refuse_stray_options(args: argparse.Namespace) -> None:
     """An option given to an experiment that does not use it is an error, not silently ignored."""
-    from .reproduce import FEWSHOT
+    from .reproduce import EXPERIMENTS, FEWSHOT
 
     rl, studies = ("navigation", "locomotion"), ("reptile-gradients", "reptile-overlap")
     scope = {"algo": (*FEWSHOT, *rl), "ways": FEWSHOT, "shots": FEWSHOT, "env": ("locomotion",), "set": rl,
-             "data_root": (*FEWSHOT, *studies), "download": FEWSHOT, "time_budget": (*FEWSHOT, *rl, *studies)}
+             "data_root": (*FEWSHOT, *studies), "download": (*FEWSHOT, *studies),
+             "time_budget": (*FEWSHOT, *rl, *studies),
+             "batching": (*FEWSHOT, *EXPERIMENTS)}
     for name, experiments in scope.items():
         value = getattr(args, name)
         if value not in (None, [], False) and args.experiment not in experiments:
@@ -524,7 +526,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
         study = reptile_studies.run_gradients if args.experiment == "reptile-gradients" else reptile_studies.run_overlap
         study(out, full=args.full, iterations=args.iterations, progress=not args.no_progress,
-              data_root=args.data_root, jobs=args.jobs, time_budget=args.time_budget or 0.0)
+              data_root=args.data_root, jobs=args.jobs, time_budget=args.time_budget or 0.0,
+              eval_tasks=args.eval_tasks, seed=args.seed, download=args.download)
         return 0
     if args.experiment == "sinusoid-multitask":
         from .reproduce import multitask
@@ -533,6 +536,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                     **({"eval_tasks": args.eval_tasks} if args.eval_tasks else {}),
                                     **({"seed": args.seed} if args.seed is not None else {}))
         if args.iterations is not None:
+            if args.iterations < 1:
+                raise MetagradError(f"--iterations {args.iterations}: sinusoid-multitask trains each regressor for "
+                                    "that many Adam steps; give at least 1")
             setting = multitask.Setting(**{**setting.__dict__, "steps": args.iterations})
         multitask.run(out, setting, progress=not args.no_progress)
         return 0

@@ -11,6 +11,7 @@ same test tasks, and for such paired samples the unpaired Welch test is conserva
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,13 @@ def load_evaluations(path: str | Path, method: str | None = None) -> list[Evalua
         if not found:
             raise MetagradError(f"no evaluation results (eval.json or results.json) in {path}; "
                                 f"run `metagrad eval {path}` first")
-        return sorted(found, key=lambda e: (e.iteration is None, e.iteration or 0, e.source))
+        found.sort(key=lambda e: (e.iteration is None, e.iteration or 0, e.source))
+        for first, second in itertools.pairwise(found):
+            if first.iteration == second.iteration:
+                raise MetagradError(f"{path} holds two evaluations of iteration {first.iteration} "
+                                    f"({Path(first.source).name}, {Path(second.source).name}); a folder stands for one "
+                                    "run's checkpoints: give the files themselves, or one folder per method")
+        return found
     if not path.exists():
         raise MetagradError(f"evaluation results '{path}' not found; give an eval.json, a results.json or a folder")
     return _read(path, method, strict=True)
@@ -164,8 +171,12 @@ def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str = "
     """Load both sides, compute the Welch grid, write ``compare.json`` and ``compare.png`` into ``out``."""
     from . import plots
 
-    grid = welch_grid(load_evaluations(path_a, method_a), load_evaluations(path_b, method_b), metric, shots,
-                      higher_is_better)
+    a, b = load_evaluations(path_a, method_a), load_evaluations(path_b, method_b)
+    if [(e.source, e.label) for e in a] == [(e.source, e.label) for e in b]:
+        raise MetagradError(f"A and B are the same evaluations ({path_a}); give the other method's as B")
+    grid = welch_grid(a, b, metric, shots, higher_is_better)
+    if grid["label_a"] == grid["label_b"]:  # e.g. two eval.json files of one folder: name them by their files
+        grid["label_a"], grid["label_b"] = Path(a[0].source).stem, Path(b[0].source).stem
     grid["label_a"], grid["label_b"] = label_a or grid["label_a"], label_b or grid["label_b"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

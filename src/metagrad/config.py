@@ -71,7 +71,8 @@ class Config(Settings):
     inner_lr: tuple[float, ...] = opt((0.01,), "algo", "inner step size, or one per inner step (the last repeats)")
     inner_steps: int = opt(1, "algo", "inner-loop steps during meta-training")
     inner_optimizer: str = opt("sgd", "algo", "inner-loop rule: sgd, or adam (beta1 = 0, as Reptile)")
-    inner_batch_size: int = opt(0, "algo", "examples per inner step (0: the whole support set)")
+    inner_batch_size: int = opt(0, "algo", "examples per inner step (0, or the support set's size or more: the whole "
+                                "support set)")
     learn_inner_lr: bool = opt(False, "algo", "meta-learn a step size per parameter element and inner step "
                                "(Meta-SGD); maml/fomaml")
     recompute: bool = opt(False, "algo", "maml/fomaml with sgd: keep one inner step's graph at a time and recompute "
@@ -85,9 +86,10 @@ class Config(Settings):
     inner_state: str = opt("fresh", "algo", "inner optimizer state: fresh for every task, or carried (one Adam state "
                            "runs on across the tasks, in order, and the meta-iterations, as the Reptile paper's code; "
                            "evaluation starts from it and leaves it unchanged); carried: reptile/fomaml with adam")
-    tail: str = opt("", "algo", "data of the final minibatch (Reptile paper 6.3): separate (the query set, disjoint "
-                    "from the inner loop's) or shared (the next minibatch from the support set); maml/fomaml: the "
-                    "outer loss's, reptile: the last inner step's; empty: separate for maml/fomaml, shared for reptile")
+    tail: str = opt("", "algo", "data of the final minibatch (Reptile paper 6.3): separate (the query set, drawn "
+                    "apart from the support set; on grid tasks the whole grid, support points included) or shared "
+                    "(the next minibatch from the support set); maml/fomaml: the outer loss's, reptile: the last "
+                    "inner step's; empty: separate for maml/fomaml, shared for reptile")
     combination: tuple[float, ...] = opt((), "algo", "reptile: the weight of each inner step's update in the outer "
                                          "update, one per inner step (Reptile paper 6.2): 0,1 is two-step FOMAML "
                                          "(g2), 1,1 two-step Reptile, 0.5,0.5 their average (empty: all ones)")
@@ -124,7 +126,8 @@ class Config(Settings):
     tune_eval_lr: bool = opt(False, "eval", "choose the test-time step size on validation tasks (pretrained)")
     eval_lr_grid: tuple[float, ...] = opt((0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), "eval",
                                           "step sizes tried by tune_eval_lr (0: no fine-tuning)")
-    eval_inner_batch_size: int = opt(0, "eval", "examples per test-time step (0: the whole support set)")
+    eval_inner_batch_size: int = opt(0, "eval", "examples per test-time step (0, or the support set's size or more: "
+                                     "the whole support set)")
     eval_seed: int = opt(12345, "eval", "seed of the test tasks (the same tasks for every method)")
     transductive: bool = opt(True, "eval", "batch-norm statistics over the whole query set (MAML's numbers); "
                              "false: support set + one query example at a time (Reptile's)")
@@ -171,18 +174,30 @@ class Config(Settings):
             raise ConfigError("recompute works with algo maml or fomaml and inner_optimizer sgd")
         self.check_choices({"inner_sampling": ("cycle", "replacement"), "inner_state": ("fresh", "carried"),
                             "tail": ("", "separate", "shared")})
+        if self.inner_sampling == "replacement" and not (self.inner_batch_size or self.eval_inner_batch_size):
+            raise ConfigError("inner_sampling 'replacement' draws minibatches, and inner_batch_size 0 and "
+                              "eval_inner_batch_size 0 take the whole support set at every step; give "
+                              "inner_batch_size (e.g. 25) or leave inner_sampling out")
         if self.tail and self.algo == "joint":
             raise ConfigError(f"tail '{self.tail}' applies to maml, fomaml and reptile; leave it empty for joint")
-        if self.combination and (self.algo != "reptile" or len(self.combination) != self.inner_steps
+        if self.combination and self.algo != "reptile":
+            raise ConfigError(f"combination {list(self.combination)} weighs Reptile's inner steps; it needs algo "
+                              f"reptile, not {self.algo}")
+        if self.combination and (len(self.combination) != self.inner_steps
                                  or not all(math.isfinite(w) for w in self.combination)):
-            raise ConfigError(f"combination {list(self.combination)} needs algo reptile and one finite weight per "
-                              f"inner step ({self.inner_steps}), e.g. 0,1 for two-step FOMAML")
+            raise ConfigError(f"combination {list(self.combination)} needs one finite weight per inner step "
+                              f"(inner_steps {self.inner_steps}), e.g. 0,1 for two-step FOMAML")
         if self.inner_state == "carried" and (self.algo not in ("reptile", "fomaml")
                                               or self.inner_optimizer != "adam"):
             raise ConfigError("inner_state 'carried' works with algo reptile or fomaml and inner_optimizer adam "
                               "(a stateful inner rule whose state can run on across tasks)")
-        if self.algo == "reptile" and self.learn_inner_lr:
-            raise ConfigError("learn_inner_lr works with maml or fomaml, not reptile")
+        if self.learn_inner_lr and self.algo not in ("maml", "fomaml"):
+            raise ConfigError(f"learn_inner_lr works with maml or fomaml, not {self.algo} (its meta-gradient does not "
+                              "pass through the inner step sizes, so they would never be learned)")
+        if self.learn_inner_lr and (self.eval_lr or self.tune_eval_lr):
+            given = "eval_lr" if self.eval_lr else "tune_eval_lr"
+            raise ConfigError(f"{given}: this run learns its step sizes (learn_inner_lr) and tests with them; leave "
+                              f"{given} out")
         if (self.family in IMAGE_FAMILIES) != (self.model in ("conv4", "mlp-bn")):
             raise ConfigError(f"model '{self.model}' does not fit family '{self.family}'; use conv4 or mlp-bn for "
                               "images, mlp or linear otherwise")

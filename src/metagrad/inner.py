@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -86,13 +86,20 @@ class SGD(InnerRule):
     (``lr.<name>`` of shape ``[len(lr), *parameter.shape]``; later steps use the last one).
     """
 
-    def __init__(self, lr: float | Sequence[float] = 0.01, learn: bool = False, params: Params | None = None):
+    def __init__(self, lr: float | Sequence[float] = 0.01, learn: bool = False,
+                 params: Params | nn.Module | None = None):
         super().__init__()
         self.schedule = _schedule(lr)
         self.learn = learn
         if learn:
             if params is None:
                 raise ConfigError("a learned inner step size needs the model's parameters to shape it")
+            if isinstance(params, nn.Module):
+                params = dict(params.named_parameters())
+            if not (isinstance(params, Mapping) and all(isinstance(n, str) and isinstance(p, Tensor)
+                                                        for n, p in params.items())):
+                raise ConfigError(f"params {type(params).__name__} must be the model, or its parameters by name "
+                                  "(dict(model.named_parameters())), to shape the learned step sizes")
             self.lr = nn.ParameterDict({_key(n): nn.Parameter(self._initial(p.detach())) for n, p in params.items()})
 
     @property
@@ -202,8 +209,14 @@ class Adam(InnerRule):
                  eps: float = 1e-8):
         super().__init__()
         self.schedule = _schedule(lr)
+        if not (isinstance(betas, Sequence) and len(betas) == 2 and all(isinstance(b, numbers.Real) for b in betas)
+                and all(0 <= b < 1 for b in betas)):
+            raise ConfigError(f"betas {betas!r} must be two numbers in [0, 1) (e.g. (0.0, 0.999), the Reptile paper's)")
+        if not (isinstance(eps, numbers.Real) and 0 < eps < math.inf):
+            raise ConfigError(f"eps {eps!r} must be a positive number (e.g. 1e-8): it keeps a step finite where a "
+                              "gradient is 0")
         self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = eps
+        self.eps = float(eps)
 
     def init_state(self, params: Params) -> AdamState:
         return AdamState({n: torch.zeros_like(p) for n, p in params.items()},

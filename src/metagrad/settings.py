@@ -61,8 +61,8 @@ class Settings:
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
-                raise ConfigError(f"unknown {name} '{value}'{suggest(value, allowed)}; choose one of "
-                                  f"{', '.join(allowed)}")
+                shown = ", ".join(a if a else "'' (the default)" for a in allowed)
+                raise ConfigError(f"unknown {name} '{value}'{suggest(value, allowed)}; choose one of {shown}")
 
     def check_at_least(self, lows: dict[str, int]) -> None:
         """Each named field is at least its bound."""

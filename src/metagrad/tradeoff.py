@@ -227,7 +227,8 @@ def summary(result: TradeoffResult) -> str:
              f"theta*_drs = {np.round(ref['theta_drs'], 4).tolist()} (expected loss before adaptation "
              f"{ref['pre_drs']:.4f})",
              "fraction of datasets where MAML's estimate has the lower expected loss (pre / post adaptation):"]
-    corners = [(0, 0), (0, -1), (-1, 0), (-1, -1)]
+    m, n = len(result.tasks), len(result.points)
+    corners = list(dict.fromkeys([(0, 0), (0, n - 1), (m - 1, 0), (m - 1, n - 1)]))  # each corner once
     for k, alpha in enumerate(result.alphas):
         r = ref["alphas"][str(alpha)]
         cells = ", ".join(f"M={result.tasks[i]} N={result.points[j]}: {a['pre'][k, i, j]:.2f} / "

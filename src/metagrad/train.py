@@ -163,8 +163,8 @@ class Trainer(RunLoop):
         self._window.append(metrics["meta_loss"])
         if self.iteration % self.log_every == 0 or self.iteration == self.iterations:
             mean = sum(self._window) / len(self._window)
-            self.log({"iteration": self.iteration, "meta_loss": mean,
-                      "outer_lr": self.optimizer.param_groups[0]["lr"], "elapsed": round(self.elapsed, 3)})
+            self.log({"iteration": self.iteration, "meta_loss": mean, "outer_lr": metrics["outer_lr"],
+                      "elapsed": round(self.elapsed, 3)})
             self._postfix["meta_loss"] = f"{mean:.4f}"
             bar.set_postfix(self._postfix, refresh=False)
             self._window.clear()
@@ -191,10 +191,11 @@ class Trainer(RunLoop):
                 f"meta-loss is {metrics['meta_loss']} at iteration {self.iteration + 1}: training diverged; "
                 f"lower the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g}) or the "
                 "inner step size")
+        used = self.optimizer.param_groups[0]["lr"]  # this iteration's outer step size, before the schedule moves on
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return metrics
+        return {**metrics, "outer_lr": used}
 
     # ------------------------------------------------------------------ validation
     def validation_metrics(self) -> dict[str, float]:

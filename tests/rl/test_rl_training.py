@@ -291,7 +291,7 @@ def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
     (["--set", "inner_lrr=0.1"], "unknown config key 'inner_lrr' (did you mean 'inner_lr'?)"),
     (["--set", "algo=joint"], "--set algo=joint would make --algo maml-trpo another method"),
     (["--set", "hidden="], "--set takes KEY=VALUE, got 'hidden=' (a value is missing"),
-    (["--batching", "loop"], "--batching loop is for the supervised experiments"),
+    (["--batching", "loop"], "--batching loop does not apply to navigation"),
 ])
 def test_bad_input_stops_with_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     code = main(["reproduce", "navigation", "--iterations", "1", "--out", str(tmp_path), "--no-progress", *args])

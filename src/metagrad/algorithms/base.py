@@ -202,6 +202,9 @@ class MetaLearner(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if not callable(loss_fn):
+            raise ConfigError(f"loss_fn {loss_fn!r} must be a function loss(prediction, target) -> scalar, e.g. "
+                              "mg.losses.mse or mg.losses.cross_entropy")
         if inner is not None and not isinstance(inner, InnerRule):
             raise ConfigError(f"inner must be a metagrad inner rule such as mg.SGD(0.01) or mg.Adam(0.001), not "
                               f"{inner!r} (torch.optim optimizers take the outer step)")

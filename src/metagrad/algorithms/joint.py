@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..batch import TaskBatch
+from ..errors import ConfigError
 from ..functional import Params
 from .base import Meta, MetaLearner
 
@@ -23,6 +24,9 @@ class JointTraining(MetaLearner):
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("inner_steps", 0)
+        if kwargs.get("inner_state", "fresh") != "fresh":
+            raise ConfigError(f"inner_state {kwargs['inner_state']!r}: joint training has no inner loop whose state "
+                              "could be carried; leave inner_state out")
         super().__init__(*args, **kwargs)
 
     def task_objective(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None) -> Tensor:

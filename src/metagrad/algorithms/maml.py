@@ -11,9 +11,10 @@ memory holds one step's graph at a time while the result is the same meta-gradie
 sizes (``SGD([a, b], learn=True)``) step k's d/d lr_k lands in slot k of each ``lr.<name>``.
 
 ``tail`` says which data the outer loss is taken on (Reptile paper, section 6.3): ``separate`` (default) the query
-set, disjoint from the inner loop's data, as MAML; ``shared`` the next minibatch drawn from the support set after the
-inner steps' ones (cycling on through it, or drawn anew with ``inner_sampling="replacement"``; the whole support set
-with full-batch steps), so that it overlaps the inner loop's data once that is used up: shared-tail FOMAML.
+set, drawn apart from the inner loop's data, as MAML (on grid tasks the whole grid, support points included);
+``shared`` the next minibatch drawn from the support set after the inner steps' ones (cycling on through it, or drawn
+anew with ``inner_sampling="replacement"``; the whole support set with full-batch steps), so that it overlaps the
+inner loop's data once that is used up: shared-tail FOMAML.
 """
 
 from __future__ import annotations

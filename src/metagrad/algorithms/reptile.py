@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +58,10 @@ class Reptile(MetaLearner):
         self.tail = tail
         self.combination: tuple[float, ...] | None = None
         if combination is not None:
+            if isinstance(combination, str | bytes) or not isinstance(combination, Sequence) or not all(
+                    isinstance(w, numbers.Real) for w in combination):
+                raise ConfigError(f"combination {combination!r} must be a sequence of numbers, one weight per inner "
+                                  "step (e.g. (0, 1) for two-step FOMAML)")
             weights = tuple(float(w) for w in combination)
             if len(weights) != self.inner_steps:
                 raise ConfigError(f"combination has {len(weights)} weight(s) but inner_steps is {self.inner_steps}; "

@@ -50,11 +50,15 @@ axes (``A [T, m, d, d]``, ``c, b, u [T, m, d]``).
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from ..errors import ConfigError, check_whole
 
 Sampling = Literal["iid", "without_replacement"]
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "reptile")
@@ -71,6 +75,25 @@ class MinibatchLosses:
     b: Tensor  # [T, m, d]
     u: Tensor  # [T, m, d]
     gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        """The closed-form gradient and Hessian assume a float64 problem of consistent shapes, A symmetric positive
+        definite and gamma >= 0 (an asymmetric A would make the series disagree with the computed gradients)."""
+        arrays = {"A": self.A, "c": self.c, "b": self.b, "u": self.u}
+        if not all(isinstance(x, Tensor) and x.dtype == torch.float64 for x in arrays.values()):
+            raise ConfigError("A, c, b and u must be float64 tensors (the analysis compares terms of order alpha^2)")
+        if self.A.dim() != 4 or self.A.shape[-1] != self.A.shape[-2] or 0 in self.A.shape:
+            raise ConfigError(f"A {list(self.A.shape)} must be [tasks, minibatches, d, d] with every size >= 1")
+        for name in "cbu":
+            if arrays[name].shape != self.A.shape[:-1]:
+                raise ConfigError(f"{name} {list(arrays[name].shape)} must be {list(self.A.shape[:-1])} "
+                                  "([tasks, minibatches, d], as A)")
+        if not torch.allclose(self.A, self.A.transpose(-1, -2), rtol=1e-12, atol=1e-12):
+            raise ConfigError("A must be symmetric (the closed-form gradient and Hessian assume it); use (A + A^T) / 2")
+        if not bool((torch.linalg.eigvalsh(self.A) > 0).all()):
+            raise ConfigError("A must be positive definite: every eigenvalue > 0 (section 5.1's losses are convex)")
+        if not 0 <= self.gamma < math.inf:
+            raise ConfigError(f"gamma {self.gamma} must be finite and >= 0 (0: quadratic losses)")
 
     @property
     def n_tasks(self) -> int:
@@ -107,6 +130,10 @@ def random_problem(n_tasks: int = 3, n_minibatches: int = 4, dim: int = 3, *, ga
                    eig_range: tuple[float, float] = (0.2, 1.0), seed: int = 0) -> MinibatchLosses:
     """A random instance: A_tb = Q diag(eigenvalues in eig_range) Q^T with random rotations Q; minibatch centres
     c_tb scattered around a per-task centre (so minibatches of one task are alike but not equal)."""
+    for name, value in (("n_tasks", n_tasks), ("n_minibatches", n_minibatches), ("dim", dim)):
+        check_whole(name, value, 1)
+    if not 0 < eig_range[0] <= eig_range[1] < math.inf:
+        raise ConfigError(f"eig_range {eig_range} must be two finite eigenvalues 0 < low <= high (A positive definite)")
     gen = torch.Generator().manual_seed(seed)
     kw = {"generator": gen, "dtype": torch.float64}
     shape = (n_tasks, n_minibatches)
@@ -127,15 +154,31 @@ def minibatch_sequences(n_minibatches: int, k: int, sampling: Sampling = "iid") 
 
     "iid": independent uniform draws (m^k sequences); "without_replacement": ordered draws of k distinct
     minibatches (m!/(m-k)! sequences). Both are exchangeable, as (37)-(41) require."""
+    _check_k(k, n_minibatches, sampling)
     if sampling == "iid":
         seqs = list(itertools.product(range(n_minibatches), repeat=k))
-    elif sampling == "without_replacement":
-        if k > n_minibatches:
-            raise ValueError(f"k = {k} draws without replacement need at least k minibatches, not {n_minibatches}")
-        seqs = list(itertools.permutations(range(n_minibatches), k))
     else:
-        raise ValueError(f"unknown sampling {sampling!r}")
+        seqs = list(itertools.permutations(range(n_minibatches), k))
     return torch.tensor(seqs, dtype=torch.long).reshape(len(seqs), k)
+
+
+def _check_k(k: int, n_minibatches: int, sampling: Sampling) -> None:
+    """Section 5.1 needs k >= 2 minibatches; drawn without replacement, no more than the task has."""
+    if sampling not in ("iid", "without_replacement"):
+        raise ConfigError(f"unknown sampling {sampling!r}; choose 'iid' or 'without_replacement'")
+    check_whole("k", k, 2)
+    if sampling == "without_replacement" and k > n_minibatches:
+        raise ConfigError(f"k = {k} draws without replacement need at least k minibatches, not {n_minibatches}")
+
+
+def _check_point(problem: MinibatchLosses, phi: Tensor, alpha: float | None = None) -> Tensor:
+    """``phi`` as float64 ``[d]``; ``alpha`` a finite step size > 0 (Reptile's gradient divides by it)."""
+    if not isinstance(phi, Tensor) or phi.shape != (problem.dim,):
+        shape = list(phi.shape) if isinstance(phi, Tensor) else type(phi).__name__
+        raise ConfigError(f"phi {shape} must be a tensor of shape [{problem.dim}] (the problem's dimension)")
+    if alpha is not None and not (isinstance(alpha, numbers.Real) and 0 < alpha < math.inf):
+        raise ConfigError(f"alpha {alpha!r} must be a finite step size > 0")
+    return phi.detach().to(torch.float64)
 
 
 def _all_draws(problem: MinibatchLosses, k: int, sampling: Sampling) -> tuple[Tensor, Tensor]:
@@ -194,8 +237,7 @@ def per_draw_gradients(problem: MinibatchLosses, phi: Tensor, alpha: float, k: i
                        sampling: Sampling = "iid") -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Each algorithm's meta-gradient for every (task, minibatch sequence) draw: task ``[N]``, sequences
     ``[N, k]`` and ``{algorithm: [N, d]}``."""
-    if k < 2:
-        raise ValueError(f"section 5.1 needs k >= 2 minibatches, not {k}")
+    phi = _check_point(problem, phi, alpha)
     task, seqs = _all_draws(problem, k, sampling)
     return task, seqs, {name: fn(problem, task, seqs, phi, alpha) for name, fn in _GRADIENTS.items()}
 
@@ -210,7 +252,7 @@ def expected_gradients(problem: MinibatchLosses, phi: Tensor, alpha: float, k: i
 # ---------------------------------------------------------------------- the paper's series
 def avg_grad(problem: MinibatchLosses, phi: Tensor) -> Tensor:
     """Eq. (28): AvgGrad = E_tau,1[gbar_1], the gradient of the expected loss (uniform tasks and minibatches)."""
-    return problem.grad(phi).mean((0, 1))
+    return problem.grad(_check_point(problem, phi)).mean((0, 1))
 
 
 def _pair_weights(m: int, sampling: Sampling, dtype: torch.dtype) -> Tensor:
@@ -218,13 +260,16 @@ def _pair_weights(m: int, sampling: Sampling, dtype: torch.dtype) -> Tensor:
     if sampling == "iid":
         return torch.full((m, m), 1.0 / m**2, dtype=dtype)
     if sampling == "without_replacement":
+        if m < 2:
+            raise ConfigError(f"two draws without replacement need at least 2 minibatches per task, not {m}")
         return (1 - torch.eye(m, dtype=dtype)) / (m * (m - 1))
-    raise ValueError(f"unknown sampling {sampling!r}")
+    raise ConfigError(f"unknown sampling {sampling!r}; choose 'iid' or 'without_replacement'")
 
 
 def avg_grad_inner(problem: MinibatchLosses, phi: Tensor, sampling: Sampling = "iid", form: int = 29) -> Tensor:
     """AvgGradInner by one of its equal forms: (29) E[Hbar_2 gbar_1], (30) E[Hbar_1 gbar_2], (31) their average,
     or (32) 1/2 E[d/dphi_1 (gbar_1 . gbar_2)] (autograd of the closed-form gradients' inner product)."""
+    phi = _check_point(problem, phi)
     m = problem.n_minibatches
     w = _pair_weights(m, sampling, torch.float64)  # w[a, b]: minibatch 1 = a, minibatch 2 = b
     if form == 32:
@@ -242,14 +287,13 @@ def avg_grad_inner(problem: MinibatchLosses, phi: Tensor, sampling: Sampling = "
         return h1g2
     if form == 31:
         return 0.5 * (h2g1 + h1g2)
-    raise ValueError(f"AvgGradInner has forms 29-32, not {form}")
+    raise ConfigError(f"AvgGradInner has forms 29-32, not {form}")
 
 
 def leading_coefficients(k: int) -> dict[str, tuple[float, float]]:
     """(c0, c1) of E[g] = c0 AvgGrad - c1 alpha AvgGradInner + O(alpha^2): MAML (37) (1, 2(k-1)), FOMAML (39)
     (1, k-1), Reptile (41) (k, k(k-1)/2); for k = 2 these are (33)-(35)."""
-    if k < 2:
-        raise ValueError(f"section 5.1 needs k >= 2 minibatches, not {k}")
+    check_whole("k", k, 2)
     return {"maml": (1.0, 2.0 * (k - 1)), "fomaml": (1.0, float(k - 1)), "reptile": (float(k), k * (k - 1) / 2)}
 
 
@@ -269,6 +313,8 @@ class Series:
 
 def series(problem: MinibatchLosses, phi: Tensor, k: int, sampling: Sampling = "iid") -> Series:
     """Eqs. (28), (29) and (37)/(39)/(41) at phi for k minibatches."""
+    _check_k(k, problem.n_minibatches, sampling)
+    phi = _check_point(problem, phi)
     return Series(avg_grad(problem, phi), avg_grad_inner(problem, phi, sampling), leading_coefficients(k))
 
 

@@ -27,11 +27,13 @@ from ..algorithms import JointTraining
 from ..analysis.stats import format_ci
 from ..build import build_tasks
 from ..config import load_config
+from ..errors import ConfigError, check_whole
 from ..experiment import evaluate
 from ..functional import params_of
 from ..inner import SGD
 from ..loop import machine
 from ..models import MLP
+from ..settings import check_seed
 
 VARIANTS = ("none", "l2", "mean")
 LABELS = {"none": "multi-task, no reg", "l2": "multi-task, l2 reg", "mean": "multi-task, reg to mean theta"}
@@ -53,6 +55,13 @@ class Setting:
     lr: float = 3e-3
     eval_tasks: int = 600
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("models", 1), ("group", 1), ("steps", 1), ("batch", 1), ("eval_tasks", 2)):
+            check_whole(name, getattr(self, name), low)
+        check_seed("seed", self.seed)
+        if not self.lr > 0:
+            raise ConfigError(f"lr {self.lr} must be positive (e.g. 3e-3)")
 
 
 def train_regressors(variant: str, setting: Setting, progress: bool = True) -> tuple[dict[str, torch.Tensor],
@@ -113,7 +122,8 @@ def batched_mlp(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tenso
 
 
 def _penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor] | None) -> torch.Tensor:
-    """Squared distance of every regressor to the anchor (0: plain weight decay), summed over regressors."""
+    """Squared distance of every regressor to the anchor, summed over regressors; without an anchor (variant "l2",
+    and the first group of "mean", which has no models before it) plain weight decay towards 0."""
     if anchor is None:
         return sum((v**2).sum() for v in params.values())
     return sum(((v - anchor[k]) ** 2).sum() for k, v in params.items())

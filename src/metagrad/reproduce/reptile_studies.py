@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,13 @@ from .. import checkpoint, losses
 from ..algorithms import MetaLearner
 from ..analysis.stats import format_ci, mean_ci95
 from ..batch import Split, TaskBatch
-from ..build import build_learner, build_outer, build_tasks
+from ..build import build_learner, build_outer, build_tasks, image_splits
 from ..config import Config, load_config
-from ..errors import CheckpointError, Interrupted
+from ..errors import CheckpointError, ConfigError, Interrupted, check_whole
 from ..evaluate import held_out_tasks
 from ..experiment import stored_config
 from ..loop import machine
+from ..settings import check_seed
 from ..tasks.fewshot import FewShotClassification
 from ..train import Trainer
 
@@ -134,11 +135,12 @@ class TrainingTasks:
         return TaskBatch(support, batch.query)
 
 
-def base_config(data_root: str | None, budget: Budget) -> Config:
+def base_config(data_root: str | None, budget: Budget, download: bool = False) -> Config:
     """What every run of both studies shares: 5-way Omniglot with Conv4, the paper's test protocol (5-shot tasks,
     minibatches of 25, non-transductive), one task per outer step, plain outer SGD annealed linearly to 0."""
     return load_config("omniglot-reptile").replace(
-        data_root=data_root or "", ways=WAYS, meta_batch_size=1, outer_optimizer="sgd", outer_lr_schedule="linear",
+        data_root=data_root or "", download=download, ways=WAYS, meta_batch_size=1, outer_optimizer="sgd",
+        outer_lr_schedule="linear",
         iterations=budget.iterations, seed=budget.seed, val_every=0, log_every=max(1, budget.iterations // 20),
         checkpoint_every=max(1, budget.iterations // 10), eval_shots=(TEST_SHOTS,), eval_query=1,
         eval_inner_batch_size=BATCH, eval_tasks=budget.eval_tasks, transductive=False)
@@ -207,14 +209,15 @@ def gradients_config(base: Config, weights: tuple[float, ...]) -> Config:
 
 
 def run_gradients(out: str | Path, full: bool = False, iterations: int | None = None, progress: bool = True,
-                  data_root: str | None = None, jobs: int = 1, time_budget: float = 0.0) -> dict[str, Any]:
+                  data_root: str | None = None, jobs: int = 1, time_budget: float = 0.0, eval_tasks: int | None = None,
+                  seed: int | None = None, download: bool = False) -> dict[str, Any]:
     """Section 6.2 (Figure 3): train every inner-gradient combination (``jobs`` at once, one process each), record
     its test accuracy along training, write ``reptile-gradients.json``, ``.md`` (the table, the paper's findings
     beside) and ``.png``. With ``time_budget`` (minutes) the runs stop then with checkpoints, the results say how
     far each got, and the same call continues them."""
-    budget = _budget(DEFAULT_GRADIENTS, full, iterations)
+    budget = _budget(DEFAULT_GRADIENTS, full, iterations, eval_tasks, seed)
     out = Path(out)
-    base = base_config(data_root, budget)
+    base = base_config(data_root, budget, download)
     points = sorted({round(budget.iterations * j / budget.curve_points) for j in range(budget.curve_points + 1)})
     results: dict[str, Any] = {"study": "reptile-gradients", "budget": asdict(budget), "full": full,
                                "machine": machine(), "paper": PAPER_GRADIENTS, "runs": {}}
@@ -331,14 +334,15 @@ def overlap_config(base: Config, method: str, sampling: str, steps: int = 4, bat
 
 
 def run_overlap(out: str | Path, full: bool = False, iterations: int | None = None, progress: bool = True,
-                data_root: str | None = None, jobs: int = 1, time_budget: float = 0.0) -> dict[str, Any]:
+                data_root: str | None = None, jobs: int = 1, time_budget: float = 0.0, eval_tasks: int | None = None,
+                seed: int | None = None, download: bool = False) -> dict[str, Any]:
     """Section 6.3 (Figure 4): shared-tail FOMAML, separate-tail FOMAML and Reptile, cycling or sampling with
     replacement, over the three sweeps (``jobs`` runs at once, one process each); write ``reptile-overlap.json``,
     ``.md`` and ``.png``. With ``time_budget`` (minutes) the runs stop then with checkpoints, the results hold the
     settings finished so far, and the same call continues."""
-    budget = _budget(DEFAULT_OVERLAP, full, iterations)
+    budget = _budget(DEFAULT_OVERLAP, full, iterations, eval_tasks, seed)
     out = Path(out)
-    base = base_config(data_root, budget)
+    base = base_config(data_root, budget, download)
     results: dict[str, Any] = {"study": "reptile-overlap", "budget": asdict(budget), "full": full,
                                "machine": machine(), "paper": PAPER_OVERLAP, "panels": {}}
     fixed = {"4a": {"batch": BATCH, "outer_lr": 1.0}, "4b": {"steps": 4, "outer_lr": 1.0},
@@ -487,8 +491,8 @@ def _load_data(base: Config, threads: int | None = None, stop: Any = None) -> No
 
 def _deadline(time_budget: float) -> float | None:
     """``time.time()`` at which a study with ``time_budget`` minutes stops (None: no limit)."""
-    if time_budget < 0:
-        raise ValueError(f"time_budget {time_budget} must be >= 0 minutes (0: no limit)")
+    if not time_budget >= 0:
+        raise ConfigError(f"time_budget {time_budget} must be >= 0 minutes (0: no limit)")
     return time.time() + 60 * time_budget if time_budget else None
 
 
@@ -515,10 +519,12 @@ def _map(fn: Callable[..., Any], work: list[tuple[Any, ...]], base: Config, jobs
     one thread each (the runs are independent; each keeps its own checkpoints). Ctrl-C reaches every process: the
     runs under way stop with checkpoints, no other starts, and the first error is raised here."""
     if jobs < 1:
-        raise ValueError(f"jobs {jobs} must be >= 1")
+        raise ConfigError(f"jobs {jobs} must be >= 1")
     if jobs == 1:
         _load_data(base)
         return [fn(*args) for args in work]
+    if base.download:
+        image_splits(base.family, base.data_root, True)  # fetched once, here, before the workers read the folder
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_load_data, initargs=(base, 1, stop))
@@ -534,14 +540,18 @@ def _map(fn: Callable[..., Any], work: list[tuple[Any, ...]], base: Config, jobs
         pool.shutdown(wait=True)
 
 
-def _budget(default: Budget, full: bool, iterations: int | None) -> Budget:
-    """The paper's budget (``full``) or the default, with ``iterations`` outer iterations if given."""
+def _budget(default: Budget, full: bool, iterations: int | None, eval_tasks: int | None = None,
+            seed: int | None = None) -> Budget:
+    """The paper's budget (``full``) or the default, with ``iterations`` outer iterations, ``eval_tasks`` test tasks
+    and the ``seed`` of every run where given."""
     budget = FULL if full else default
-    if iterations is not None:
-        if iterations < 1:
-            raise ValueError(f"iterations {iterations} must be >= 1")
-        budget = Budget(iterations, budget.eval_tasks, budget.curve_points, budget.sweeps, budget.seed)
-    return budget
+    given = {k: v for k, v in (("iterations", iterations), ("eval_tasks", eval_tasks), ("seed", seed)) if v is not None}
+    for name, low in (("iterations", 1), ("eval_tasks", 2)):
+        if name in given:
+            check_whole(name, given[name], low)
+    if seed is not None:
+        check_seed("seed", seed)
+    return replace(budget, **given)
 
 
 def _findings_table(r: dict[str, Any]) -> list[str]:
