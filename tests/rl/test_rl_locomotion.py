@@ -14,9 +14,10 @@ from metagrad.rl.config import RLConfig
 from metagrad.rl.envs.locomotion import FAMILIES, PARAM_ARRAYS, MujocoTaskEnv, make_simulator, rllab_advance
 from metagrad.rl.sampler import rollout
 
-# the papers' cost terms beside the task's forward term, per family: control weight, alive bonus
+# the papers' cost terms beside the task's forward term, per family: control weight, constant per step (rllab's ant:
+# 0.05 survive, ant-vel 1 more; ProMP's walker 15 alive)
 COSTS = {"cheetah-dir": (0.05, 0.0), "cheetah-vel": (0.05, 0.0), "cheetah-rand-vel": (0.05, 0.0),
-         "ant-vel": (0.005, 0.05), "ant-dir": (0.005, 0.05), "swimmer-vel": (0.005, 0.0),
+         "ant-vel": (0.005, 1.05), "ant-dir": (0.005, 0.05), "swimmer-vel": (0.005, 0.0),
          "swimmer-rand-vel": (1e-4, 0.0), "walker-rand-vel": (1e-3, 15.0)}
 RANGES = {"cheetah-vel": (0, 2), "cheetah-rand-vel": (0, 3), "ant-vel": (0, 3), "swimmer-vel": (0, 0.5),
           "swimmer-rand-vel": (0.1, 0.2), "walker-rand-vel": (0, 10)}
@@ -52,7 +53,7 @@ def test_reward_is_the_task_forward_term_plus_the_papers_costs(family):
     assert not done.any()
     ctrl_weight, alive = COSTS[family]
     clipped = actions.clamp(-1, 1)[:, 0].double().numpy()
-    costs = -ctrl_weight * (clipped**2).sum(-1) - contact + alive + FAMILIES[family].bonus
+    costs = -ctrl_weight * (clipped**2).sum(-1) - contact + alive
     g = tasks[:, 0].double().numpy()
     forward = g * vel if FAMILIES[family].task == "direction" else -np.abs(vel - g)
     forward *= FAMILIES[family].forward_weight
@@ -130,10 +131,13 @@ def test_direct_mujoco_steps_give_gymnasiums_observations_and_rewards_to_the_bit
 @pytest.mark.parametrize(("family", "frame_skip", "dt"), [("cheetah-dir", 0, 0.01), ("cheetah-vel", 0, 0.01),
                                                        ("cheetah-rand-vel", 0, 0.05), ("cheetah-dir", 5, 0.05),
                                                        ("swimmer-rand-vel", 0, 0.04), ("ant-vel", 0, 0.02),
-                                                       ("ant-dir", 0, 0.02)])
+                                                       ("ant-dir", 0, 0.02), ("walker-rand-vel", 0, 0.016),
+                                                       ("walker-rand-params", 0, 0.01),
+                                                       ("hopper-rand-params", 0, 0.008)])
 def test_time_step_per_action_is_the_papers(family, frame_skip, dt):
     """The MAML paper's half-cheetah (rllab) steps 0.01 s per action; ProMP's and the SG-MRL code's (gym) 5 x 0.01 s,
-    which ``frame_skip=5`` gives the MAML paper's families too."""
+    which ``frame_skip=5`` gives the MAML paper's families too; ProMP's walker 8 x 0.002 s, rand_param_envs' walker
+    5 x 0.002 s and hopper 4 x 0.002 s (gymnasium's walker default, 4, was half and 80% of these)."""
     env = MujocoTaskEnv(family, horizon=3, frame_skip=frame_skip)
     env.reset(env.sample_tasks(1, torch.Generator().manual_seed(0)), 1)
     sim = env._pool[0]
@@ -347,7 +351,7 @@ DERIVED = {"body_subtreemass", "body_invweight0", "dof_invweight0", "tendon_invw
 @pytest.mark.parametrize("family", ["hopper-rand-params", "walker-rand-params"])
 def test_rand_params_scale_exactly_the_four_arrays_per_copy_and_leave_nothing_behind(family):
     env = MujocoTaskEnv(family, horizon=3)
-    fresh = model_arrays(make_simulator(FAMILIES[family].env_id))
+    fresh = model_arrays(make_simulator(FAMILIES[family].env_id, **FAMILIES[family].env_kwargs))
     tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
     sizes = [fresh[name].size for name, _ in PARAM_ARRAYS]
     assert tasks.shape == (2, sum(sizes))
@@ -405,6 +409,43 @@ def test_rand_params_change_the_dynamics_and_the_reward_is_the_environments_own(
     np.testing.assert_allclose(obs[0, 0].numpy(), o_ref, rtol=1e-5, atol=1e-5)
     assert float(reward) == pytest.approx(r_ref, rel=1e-5)
     assert np.abs(o_def - o_ref).max() > 1e-3  # the physical parameters matter
+
+
+@pytest.mark.parametrize("family", ["walker-rand-vel", "walker-rand-params", "hopper-rand-params"])
+def test_the_alive_bonus_is_paid_on_the_step_that_ends_the_episode_too(family):
+    """ProMP's and rand_param_envs' reward: x-velocity (or its distance to the goal) + the alive bonus on every step,
+    the one where the robot falls included (gymnasium's v5 pays it only while healthy), - 1e-3 |a|^2; measured from
+    the simulator's positions."""
+    env = MujocoTaskEnv(family, horizon=200, seed=1)
+    tasks = env.sample_tasks(3, torch.Generator().manual_seed(1))
+    env.reset(tasks, 2)
+    sims, gen = env._pool[:6], torch.Generator().manual_seed(1)
+    bonus = 15.0 if family == "walker-rand-vel" else 1.0
+    goals = np.repeat(tasks[:, 0].double().numpy(), 2)
+    ends = 0
+    done = torch.zeros(3, 2, dtype=torch.bool)
+    for _ in range(200):
+        before, x = done.flatten(), [float(s.data.qpos[0]) for s in sims]
+        actions = torch.randn(3, 2, env.action_space.shape[0], generator=gen) * 3
+        _, reward, done = env.step(actions)
+        for i in np.flatnonzero(~before.numpy()):
+            v = (float(sims[i].data.qpos[0]) - x[i]) / sims[i].dt
+            forward = -abs(v - goals[i]) if family == "walker-rand-vel" else v
+            a = actions.view(6, -1)[i].clamp(-1, 1).double().numpy()
+            expected = forward + bonus - 1e-3 * float((a**2).sum())
+            assert float(reward.flatten()[i]) == pytest.approx(expected, rel=1e-5, abs=1e-4)
+            ends += bool(done.flatten()[i])
+        if done.all():
+            break
+    assert ends >= 3  # falls checked, not only healthy steps
+
+
+def test_the_walkers_are_on_the_older_walker2d_xml():
+    """ProMP and rand_param_envs load walker2d.xml: the right foot's friction 0.9 (gymnasium's v5 file: 1.9)."""
+    for family in ("walker-rand-vel", "walker-rand-params"):
+        model = MujocoTaskEnv(family, horizon=3)._pool[0].model
+        assert model.geom("foot_geom").friction[0] == pytest.approx(0.9)
+        assert model.geom("foot_left_geom").friction[0] == pytest.approx(1.9)
 
 
 @pytest.mark.parametrize("family", ["walker-rand-vel", "hopper-rand-params"])

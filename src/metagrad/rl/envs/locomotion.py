@@ -17,16 +17,20 @@ instances are cached and reused across resets. Rewards follow the papers' code (
   episodes end on gymnasium's unhealthy condition (torso height outside [0.2, 1.0], as rllab). The simulator as
   rllab's ant.xml sets it (``RLLAB_ANT``: 0.02 s per action, softer contacts), not gymnasium's 5 x 0.01 s.
 - ``swimmer-vel``: g ~ U[0, 0.5] (the speeds a trained swimmer reaches); reward -1.5 |x_velocity - g| - 0.005 |a|^2
-  (rllab's weights).
+  (rllab's weights) on gymnasium's swimmer (RK4, 4 x 0.01 s per action, gear 150), not rllab's swimmer.xml (Euler,
+  50 x 0.001 s, gear 1 with controls in [-50, 50]); no paper table uses it.
 - ``swimmer-rand-vel``: maml_zoo's (the library of the SG-MRL code, Table 2's swimmer): g ~ U[0.1, 0.2], gym's 4
   simulator steps per action and gym's observation, reward **+**|x_velocity - g| - 1e-4 |a|^2: its code's sign, which
   pays for moving away from the goal velocity (so Table 2's swimmer returns are positive; ``swimmer-vel`` is the
   goal-tracking family).
-- ``walker-rand-vel``: g ~ U[0, 10]; reward -|x_velocity - g| + 15 (alive) - 1e-3 |a|^2; ends when the height
-  leaves (0.8, 2.0) or |angle| >= 1 (gymnasium's Walker2d health check).
-- ``hopper-rand-params``, ``walker-rand-params``: per task, element-wise, body_mass and body_inertia times
-  1.5^U(-3,3), dof_damping times 1.3^U(-3,3), geom_friction times 1.5^U(-3,3) (rllab/ProMP rand-params); the task
-  is the natural log of those factors, flattened in that order; reward and termination are the environment's own.
+- ``walker-rand-vel``: ProMP's: g ~ U[0, 10]; reward -|x_velocity - g| + 15 (alive, on every step, the one that ends
+  the episode too) - 1e-3 |a|^2; 8 simulator steps of 0.002 s per action on the older walker2d.xml; ends when the
+  height leaves (0.8, 2.0) or |angle| >= 1 (the same health check as gymnasium's Walker2d).
+- ``hopper-rand-params``, ``walker-rand-params``: rand_param_envs' (ProMP's): per task, element-wise, body_mass and
+  body_inertia times 1.5^U(-3,3), dof_damping times 1.3^U(-3,3), geom_friction times 1.5^U(-3,3); the task is the
+  natural log of those factors, flattened in that order; reward x_velocity + 1 (alive, on every step, the last one
+  too) - 1e-3 |a|^2 and termination as gymnasium's hopper and walker; the hopper 4 simulator steps of 0.002 s per
+  action, the walker 5 on the older walker2d.xml.
 
 Actions are clipped to the action space before stepping (the simulator clamps controls anyway) and the control
 cost is that of the clipped action.
@@ -114,6 +118,11 @@ class Family:
     physics: str = "gym"
 
 
+# ProMP's and rand_param_envs' walker: the older walker2d.xml (gymnasium's v5 file gives the right foot the left one's
+# friction, 1.9 for 0.9); the alive bonus is the family's own, paid on every step, the last one too (gymnasium's v5
+# pays it only while healthy)
+_PROMP_WALKER = {"xml_file": "walker2d.xml", "healthy_reward": 0.0}
+
 FAMILIES: dict[str, Family] = {
     "cheetah-dir": Family("HalfCheetah-v5", "direction", env_kwargs=_RLLAB_CHEETAH, observation="rllab"),
     "cheetah-vel": Family("HalfCheetah-v5", "velocity", 0.0, 2.0, _RLLAB_CHEETAH, observation="rllab"),
@@ -124,10 +133,10 @@ FAMILIES: dict[str, Family] = {
     "swimmer-vel": Family("Swimmer-v5", "velocity", 0.0, 0.5, {"ctrl_cost_weight": 0.005}, observation="rllab",
                           forward_weight=1.5),
     "swimmer-rand-vel": Family("Swimmer-v5", "velocity", 0.1, 0.2, {"ctrl_cost_weight": 1e-4}, forward_weight=-1.0),
-    "walker-rand-vel": Family("Walker2d-v5", "velocity", 0.0, 10.0, {"ctrl_cost_weight": 1e-3, "healthy_reward": 15.0},
-                              ("reward_ctrl", "reward_survive")),
-    "hopper-rand-params": Family("Hopper-v5", "params", terms=()),
-    "walker-rand-params": Family("Walker2d-v5", "params", terms=()),
+    "walker-rand-vel": Family("Walker2d-v5", "velocity", 0.0, 10.0, {**_PROMP_WALKER, "frame_skip": 8}, bonus=15.0),
+    "hopper-rand-params": Family("Hopper-v5", "params", env_kwargs={"healthy_reward": 0.0}, terms=(), bonus=1.0),
+    "walker-rand-params": Family("Walker2d-v5", "params", env_kwargs={**_PROMP_WALKER, "frame_skip": 5}, terms=(),
+                                 bonus=1.0),
 }
 
 
@@ -452,4 +461,4 @@ class MujocoTaskEnv(CopyTaskEnv):
             return w * self._goal * self._xv + self._extra + bonus
         if self.family.task == "velocity":
             return -w * np.abs(self._xv - self._goal) + self._extra + bonus
-        return env_rewards
+        return env_rewards + bonus
