@@ -224,3 +224,35 @@ def test_a_gymnasium_id_of_the_users_own_module_is_made_after_importing_it(tmp_p
     assert env.reset(torch.zeros(1, 2), 2).shape == (1, 2, 2)
     with pytest.raises(ConfigError, match=r"cannot import module 'no_such_module' .* put its folder on PYTHONPATH"):
         mg.rl.make_env("gym:no_such_module:user/Walk-v0")
+
+
+class _Tasks(NoisyWalk):
+    """NoisyWalk whose ``sample_tasks`` is one a user might write: ``kind`` picks it."""
+
+    kind = "no-rng"
+
+    def sample_tasks(self, n, rng=None):
+        if self.kind == "no-rng":
+            return super().sample_tasks(n)  # ProMP's signature: no generator (TypeError below)
+        if self.kind == "dicts":
+            return [{"goal": np.zeros(2)} for _ in range(n)]
+        return rng.uniform(-0.5, 0.5, size=n)  # "flat": one number per task
+
+
+@pytest.mark.parametrize("kind, words", [("no-rng", "sample_tasks(n, rng) failed"),
+                                         ("dicts", "flatten dict tasks in sample_tasks")])
+def test_a_user_sample_tasks_that_does_not_fit_is_named(kind, words, monkeypatch):
+    pytest.importorskip("gymnasium")
+    from metagrad.rl.envs.gym import GymTaskEnv
+
+    monkeypatch.setattr(_Tasks, "kind", kind)
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        GymTaskEnv(_Tasks, horizon=5).sample_tasks(3, torch.Generator().manual_seed(0))
+
+
+def test_one_number_per_task_is_a_task_column(monkeypatch):
+    pytest.importorskip("gymnasium")
+    from metagrad.rl.envs.gym import GymTaskEnv
+
+    monkeypatch.setattr(_Tasks, "kind", "flat")
+    assert GymTaskEnv(_Tasks, horizon=5).sample_tasks(3, torch.Generator().manual_seed(0)).shape == (3, 1)

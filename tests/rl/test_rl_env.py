@@ -153,10 +153,60 @@ def test_navigation_is_a_registered_gymnasium_environment():
 def test_unknown_environments_are_named():
     with pytest.raises(ConfigError, match=r"unknown environment 'navigaton2d' .did you mean 'navigation2d'"):
         make_env("navigaton2d")
-    with pytest.raises(ConfigError, match="horizon -3 must be >= 1"):
+    with pytest.raises(ConfigError, match="horizon -3 must be a whole number >= 1"):
         make_env("navigation2d", horizon=-3)
     pytest.importorskip("gymnasium")
     with pytest.raises(ConfigError, match="unknown gymnasium environment 'NoSuchEnv-v0'"):
         make_env("gym:NoSuchEnv-v0")
     with pytest.raises(ConfigError, match="has no sample_tasks"):
         make_env("gym:CartPole-v1")
+
+
+def test_navigation_marks_done_at_the_horizon_and_done_stays_done():
+    """The TaskEnv contract: done on the step that reaches the goal or the horizon, and from then on."""
+    env = Navigation2D(horizon=3)
+    env.reset(torch.tensor([[0.05, 0.0]]), 2)
+    to_goal, away = torch.tensor([[[0.05, 0.0], [0.0, 0.0]]]), torch.tensor([[[0.1, 0.0], [0.0, 0.0]]])
+    _, _, done = env.step(to_goal)
+    assert done.tolist() == [[True, False]]
+    _, _, done = env.step(away)  # the first copy moves off the goal: still done
+    assert done.tolist() == [[True, False]]
+    _, _, done = env.step(torch.zeros(1, 2, 2))
+    assert done.tolist() == [[True, True]]  # the horizon
+
+
+def _bad_env_calls():
+    nav = Navigation2D()
+    nav.reset(torch.zeros(2, 2), 3)
+    cheetah = make_env("cheetah-vel", horizon=5)
+    cheetah.reset(torch.tensor([[1.0], [0.5]]), 2)
+    return {
+        "navigation action of one number per episode": (lambda: nav.step(torch.zeros(2, 3, 1)), "actions [2, 3, 1]"),
+        "navigation action without episodes": (lambda: nav.step(torch.zeros(2)), "must be [2, 3, 2]"),
+        "navigation tasks of one number": (lambda: Navigation2D().reset(torch.zeros(2, 1), 1), "tasks [2, 1]"),
+        "navigation without episodes": (lambda: Navigation2D().reset(torch.zeros(2, 2), 0), "episodes 0"),
+        "navigation NaN action": (lambda: nav.step(torch.full((2, 3, 2), float("nan"))), "NaN"),
+        "cheetah action of one joint": (lambda: cheetah.step(torch.full((2, 2, 1), 0.5)), "must be [2, 2, 6]"),
+        "cheetah NaN action": (lambda: cheetah.step(torch.full((2, 2, 6), float("nan"))), "NaN"),
+        "cheetah NaN goal": (lambda: cheetah.reset(torch.tensor([[float("nan")]]), 1), "NaN"),
+        "cheetah direction 0.3": (lambda: make_env("cheetah-dir", horizon=5).reset(torch.tensor([[0.3]]), 1),
+                                  "-1 or 1"),
+        "horizon 2.5": (lambda: make_env("cheetah-vel", horizon=2.5), "horizon 2.5"),
+        "frame_skip 2.5": (lambda: make_env("cheetah-vel", frame_skip=2.5), "frame_skip 2.5"),
+        "oracle 'yes'": (lambda: make_env("cheetah-vel", oracle="yes"), "oracle 'yes'"),
+        "infinite action scale": (lambda: make_env("cheetah-vel", action_scale=float("inf")), "action_scale inf"),
+        "negative seed": (lambda: make_env("cheetah-vel", seed=-1), "seed -1"),
+        "unknown navigation option": (lambda: make_env("navigation2d", foo=1), "takes no option foo"),
+        "unknown gym option": (lambda: make_env("gym:metagrad/Navigation2D-v0", oracle=True),
+                               "takes no option oracle"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_env_calls()))
+def test_bad_actions_tasks_and_options_are_config_errors(case):
+    """A wrong action shape was broadcast over the joints or episodes; NaN went on into the simulator; options the
+    environment does not take were dropped: each now a ConfigError naming it."""
+    call, words = _bad_env_calls()[case]
+    with pytest.raises(ConfigError) as e:
+        call()
+    assert words in str(e.value), str(e.value)

@@ -514,7 +514,7 @@ def test_bad_names_options_and_tasks_are_config_errors():
         make_env("cheetah-dri")
     with pytest.raises(ConfigError, match="takes no option split"):
         make_env("cheetah-dir", split="test")
-    with pytest.raises(ConfigError, match="horizon 0 must be >= 1"):
+    with pytest.raises(ConfigError, match="horizon 0 must be a whole number >= 1"):
         make_env("ant-vel", horizon=0)
     env = make_env("hopper-rand-params")
     with pytest.raises(ConfigError, match=rf"tasks must be \[T, {env.task_dim}\]"):
@@ -621,7 +621,7 @@ def test_action_scale_is_checked():
 
     with pytest.raises(ConfigError, match=r"action_scale 0\.0 must be positive"):
         RLConfig(env="cheetah-dir", action_scale=0.0).validate()
-    with pytest.raises(ConfigError, match="action_scale -1 must be positive"):
+    with pytest.raises(ConfigError, match="action_scale -1 must be a positive number"):
         MujocoTaskEnv("cheetah-dir", action_scale=-1)
     with pytest.raises(ConfigError, match=r"action_scale 0\.1 is for the MuJoCo locomotion families"):
         build(RLConfig(env="navigation2d", action_scale=0.1))

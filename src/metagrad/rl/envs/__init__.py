@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from typing import Any
 
-from ...errors import ConfigError
+from ...errors import ConfigError, check_whole
 from .base import Space, TaskEnv
 from .navigation import Navigation2D
 
@@ -38,10 +39,16 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
             env_id = bare
         if env_id not in gym.registry:
             close = difflib.get_close_matches(env_id, list(gym.registry), n=1)
-            hint = f" (did you mean 'gym:{close[0]}'?)" if close else ""
+            prefix = f"{module}:" if module else ""
+            hint = f" (did you mean 'gym:{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown gymnasium environment '{env_id}'{hint}")
-        horizon = int(kwargs.get("horizon", 100))
-        return GymTaskEnv(lambda: gym.make(env_id, max_episode_steps=horizon), horizon, int(kwargs.get("seed", 0)))
+        unknown = sorted(set(kwargs) - {"horizon", "seed"})
+        if unknown:
+            raise ConfigError(f"environment 'gym:{env_id}' takes no option {', '.join(unknown)}; it takes horizon, "
+                              "seed (set the rest in the environment's registration)")
+        horizon, seed = kwargs.get("horizon", 100), kwargs.get("seed", 0)
+        check_whole("horizon", horizon, 1)
+        return GymTaskEnv(lambda: gym.make(env_id, max_episode_steps=horizon), horizon, seed)
     if name in FAMILIES or name in BENCHMARKS:
         allowed = (("horizon", "seed", "frame_skip", "observation", "oracle", "action_scale", "physics")
                    if name in FAMILIES
@@ -63,6 +70,10 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"unknown environment '{name}'{hint}; choose one of {', '.join(names)}, or gym:<id> for "
                           "a gymnasium environment whose task can be set")
+    accepted = inspect.signature(ENVS[name]).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(f"environment '{name}' takes no option {', '.join(unknown)}; it takes {', '.join(accepted)}")
     return ENVS[name](**kwargs)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...errors import ConfigError, check_whole
+
 
 @dataclass(frozen=True)
 class Space:
@@ -28,6 +30,33 @@ class Space:
         if self.kind == "discrete":
             return f"a discrete action space of {self.n} actions"
         return f"a continuous action space of shape {list(self.shape)} in [{self.low:g}, {self.high:g}]"
+
+
+def check_tasks(tasks: Tensor, episodes: int, task_dim: int | None = None) -> None:
+    """``reset``'s input: tasks ``[T, task_dim]`` (T >= 1) of finite numbers and a whole number of episodes >= 1."""
+    if not isinstance(tasks, Tensor) or tasks.ndim != 2 or tasks.shape[0] < 1 or (
+            task_dim is not None and tasks.shape[1] != task_dim):
+        shape = list(tasks.shape) if isinstance(tasks, Tensor) else type(tasks).__name__
+        dim = "task_dim" if task_dim is None else task_dim
+        raise ConfigError(f"tasks {shape} must be a tensor [tasks, {dim}] with at least one task "
+                          "(env.sample_tasks(n, generator) draws them)")
+    if tasks.is_floating_point() and not bool(torch.isfinite(tasks).all()):
+        raise ConfigError("tasks hold NaN or infinite values")
+    check_whole("episodes", episodes, 1)
+
+
+def check_actions(actions: Tensor, batch: tuple[int, int], space: Space) -> None:
+    """``step``'s input: actions ``[T, K, *action shape]`` (a discrete space: ``[T, K]`` whole numbers in [0, n)) of
+    finite numbers; a wrong shape would otherwise be broadcast over the joints or tasks without a word."""
+    want = [*batch, *space.shape] if space.kind == "box" else list(batch)
+    if list(actions.shape) != want:
+        raise ConfigError(f"actions {list(actions.shape)} must be {want} ([tasks, episodes, *action shape]) for "
+                          f"{space.describe()}")
+    if actions.is_floating_point() and not bool(torch.isfinite(actions).all()):
+        raise ConfigError("actions hold NaN or infinite values (has the policy diverged?)")
+    if space.kind == "discrete" and not bool(((actions == actions.round()) & (actions >= 0) & (actions < space.n))
+                                             .all()):
+        raise ConfigError(f"discrete actions must be whole numbers in [0, {space.n})")
 
 
 class TaskEnv:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError
-from .base import TaskEnv
+from ...errors import check_whole
+from ...settings import check_seed
+from .base import TaskEnv, check_actions, check_tasks
 
 
 class CopyTaskEnv(TaskEnv):
@@ -30,8 +31,8 @@ class CopyTaskEnv(TaskEnv):
 
     def __init__(self, horizon: int, seed: int, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray,
                  action_scale: float = 1.0):
-        if horizon < 1:
-            raise ConfigError(f"horizon {horizon} must be >= 1 (e.g. 200)")
+        check_whole("horizon", horizon, 1)
+        check_seed("seed", seed)
         self.horizon, self.seed, self.obs_dim = int(horizon), int(seed), int(obs_dim)
         self._sim_dim = self.obs_dim  # the simulator's part of the observation (the rest: ``_task_features``)
         self._low = np.asarray(action_low, dtype=np.float64)
@@ -67,8 +68,7 @@ class CopyTaskEnv(TaskEnv):
 
     # -- the TaskEnv interface ----------------------------------------------------------------------------------
     def reset(self, tasks: Tensor, episodes: int) -> Tensor:
-        if episodes < 1:
-            raise ConfigError(f"episodes {episodes} must be >= 1")
+        check_tasks(tasks, episodes)
         self._shape = (int(tasks.shape[0]), int(episodes))
         self._copies = self._prepare(tasks, episodes)
         observers = [self._observer(env) for env in self._copies]
@@ -94,6 +94,7 @@ class CopyTaskEnv(TaskEnv):
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if not self._copies:
             raise RuntimeError("call reset() before step()")
+        check_actions(actions, self._shape, self.action_space)
         n = len(self._copies)
         act = actions.detach().reshape(n, -1).cpu().numpy().astype(np.float64) * self._action_scale
         act = np.clip(act, self._low, self._high)

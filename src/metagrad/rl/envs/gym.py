@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError
-from .base import Space, TaskEnv
+from ...errors import ConfigError, check_whole
+from ...settings import check_seed
+from .base import Space, TaskEnv, check_actions, check_tasks
 
 NAVIGATION_ID = "metagrad/Navigation2D-v0"
 
@@ -103,8 +104,8 @@ class GymTaskEnv(TaskEnv):
 
     def __init__(self, make: Callable[[], Any], horizon: int, seed: int = 0):
         gym = require_gymnasium()
-        if horizon < 1:
-            raise ConfigError(f"horizon {horizon} must be >= 1")
+        check_whole("horizon", horizon, 1)
+        check_seed("seed", seed)
         self.make, self.horizon, self.seed = make, int(horizon), int(seed)
         self._resets, self._next_seed = 0, None
         probe = make()
@@ -127,10 +128,28 @@ class GymTaskEnv(TaskEnv):
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-        tasks = self._envs[0].unwrapped.sample_tasks(num_tasks, np.random.default_rng(seed))
-        return torch.as_tensor(np.asarray(tasks), dtype=torch.float32)
+        env = self._envs[0].unwrapped
+        name = type(env).__name__
+        try:
+            drawn = env.sample_tasks(num_tasks, np.random.default_rng(seed))
+        except TypeError as e:
+            raise ConfigError(f"{name}.sample_tasks(n, rng) failed ({e}); metagrad calls it with the number of tasks "
+                              "and a numpy Generator to draw them from") from None
+        try:
+            tasks = np.asarray(drawn, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}.sample_tasks returned {type(drawn).__name__} of "
+                              f"{type(drawn[0]).__name__ if len(drawn) else 'nothing'}: tasks must be numbers, an "
+                              "array [n, task_dim]; flatten dict tasks in sample_tasks and rebuild them in set_task"
+                              ) from None
+        tasks = tasks.reshape(num_tasks, -1) if tasks.ndim == 1 and len(tasks) == num_tasks else tasks
+        if tasks.ndim != 2 or tasks.shape[0] != num_tasks:
+            raise ConfigError(f"{name}.sample_tasks({num_tasks}, rng) returned shape {list(tasks.shape)}; it must "
+                              f"return [{num_tasks}, task_dim]")
+        return torch.from_numpy(tasks)
 
     def reset(self, tasks: Tensor, episodes: int) -> Tensor:
+        check_tasks(tasks, episodes)
         n = tasks.shape[0] * episodes
         while len(self._envs) < n:
             self._envs.append(self.make())
@@ -152,7 +171,9 @@ class GymTaskEnv(TaskEnv):
         self._next_seed = int(seed)
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        assert self._done is not None and self._last is not None, "call reset() first"
+        if self._done is None or self._last is None:
+            raise RuntimeError("call reset() before step()")
+        check_actions(actions, self._shape, self.action_space)
         flat = actions.reshape(self._shape[0] * self._shape[1], *actions.shape[2:]).detach().cpu().numpy()
         rewards = np.zeros(len(flat), dtype=np.float32)
         for i, a in enumerate(flat):

@@ -60,7 +60,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError
+from ...errors import ConfigError, check_whole
+from ...settings import check_seed
 from .base import Space
 from .copies import CopyTaskEnv
 from .gym import require, require_gymnasium
@@ -292,10 +293,13 @@ class MujocoTaskEnv(CopyTaskEnv):
                  observation: str = "auto", oracle: bool = False, action_scale: float = 1.0, physics: str = "auto"):
         if family not in FAMILIES:
             raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
-        if frame_skip < 0:
-            raise ConfigError(f"frame_skip {frame_skip} must be >= 0 (0: the family's own)")
-        if not action_scale > 0:
-            raise ConfigError(f"action_scale {action_scale} must be positive (1: the simulator's units)")
+        check_whole("horizon", horizon, 1)
+        check_seed("seed", seed)
+        check_whole("frame_skip", frame_skip, 0)  # 0: the family's own
+        if not (isinstance(action_scale, int | float) and 0 < action_scale < math.inf):
+            raise ConfigError(f"action_scale {action_scale!r} must be a positive number (1: the simulator's units)")
+        if not isinstance(oracle, bool):
+            raise ConfigError(f"oracle {oracle!r} must be True or False")
         self.family_name, self.family = family, FAMILIES[family]
         observation = self.family.observation if observation == "auto" else observation
         if observation not in OBSERVATIONS:
@@ -418,6 +422,8 @@ class MujocoTaskEnv(CopyTaskEnv):
             self._pool.append(self._make())
         copies = self._pool[:n]
         values = tasks.detach().cpu().double().numpy()
+        if self.family.task == "direction" and not np.isin(values, (-1.0, 1.0)).all():
+            raise ConfigError(f"{self.family_name} tasks are directions, -1 or 1; got {values[:, 0].tolist()[:5]}")
         if self.family.task == "params":
             for i, env in enumerate(copies):
                 self.set_params(env, values[i // episodes])

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError
+from ...errors import ConfigError, check_whole
+from ...settings import check_seed
 from .base import Space
 from .copies import CopyTaskEnv
 from .gym import require
@@ -46,6 +47,8 @@ class MetaWorldTaskEnv(CopyTaskEnv):
                  benchmark_seed: int = 0):
         if split not in SPLITS:
             raise ConfigError(f"unknown Meta-World split '{split}'; choose train or test")
+        check_whole("horizon", horizon, 1)
+        check_seed("seed", seed)
         self.name, self.split = name, split
         self.benchmark = benchmark(name, benchmark_seed)
         self.classes = self.benchmark.train_classes if split == "train" else self.benchmark.test_classes
@@ -74,9 +77,11 @@ class MetaWorldTaskEnv(CopyTaskEnv):
         return idx.view(-1, 1)
 
     def _prepare(self, tasks: Tensor, episodes: int) -> list[Any]:
-        idx = tasks.detach().cpu().reshape(-1).long().tolist()
         if tasks.ndim != 2 or tasks.shape[1] != 1:
             raise ConfigError(f"Meta-World tasks are [T, 1] task indices, got shape {list(tasks.shape)}")
+        if not bool((tasks == tasks.round()).all()):
+            raise ConfigError(f"Meta-World task indices are whole numbers, got {tasks.reshape(-1).tolist()[:5]}")
+        idx = tasks.detach().cpu().reshape(-1).long().tolist()
         bad = [i for i in idx if not 0 <= i < len(self.tasks)]
         if bad:
             raise ConfigError(f"task index {bad[0]} is outside the {len(self.tasks)} {self.split} tasks of "

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError
-from .base import Space, TaskEnv
+from ...errors import ConfigError, check_whole
+from .base import Space, TaskEnv, check_actions, check_tasks
 
 REWARDS = ("distance", "squared")
 
@@ -30,8 +30,7 @@ class Navigation2D(TaskEnv):
     def __init__(self, goal_low: float = -0.5, goal_high: float = 0.5, horizon: int = 100,
                  reward: str = "distance", max_speed: float = 0.1, goal_radius: float = 0.01,
                  start: tuple[float, float] = (0.0, 0.0), oracle: bool = False, normalized_actions: bool = False):
-        if horizon < 1:
-            raise ConfigError(f"horizon {horizon} must be >= 1 (the papers use 100 steps)")
+        check_whole("horizon", horizon, 1)  # the papers: 100 steps
         if reward not in REWARDS:
             raise ConfigError(f"unknown reward '{reward}'; choose one of {', '.join(REWARDS)}")
         if not goal_low < goal_high:
@@ -48,24 +47,32 @@ class Navigation2D(TaskEnv):
         self.action_space = Space("box", (2,), -bound, bound)
         self._pos: Tensor | None = None
         self._goals: Tensor | None = None
+        self._done: Tensor | None = None
+        self._t = 0
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
         u = torch.rand(num_tasks, 2, generator=generator)
         return self.goal_low + (self.goal_high - self.goal_low) * u
 
     def reset(self, tasks: Tensor, episodes: int) -> Tensor:
+        check_tasks(tasks, episodes, 2)
         self._goals = tasks[:, None, :].expand(-1, episodes, -1)
         self._pos = self.start.to(tasks).expand(tasks.shape[0], episodes, 2).clone()
+        self._done = torch.zeros(tasks.shape[0], episodes, dtype=torch.bool)
+        self._t = 0
         return self._observe()
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        assert self._pos is not None and self._goals is not None, "call reset() first"
+        if self._pos is None or self._goals is None or self._done is None:
+            raise RuntimeError("call reset() before step()")
+        check_actions(actions, tuple(self._done.shape), self.action_space)
         velocity = actions * self.max_speed if self.normalized_actions else actions
         self._pos = self._pos + velocity.clamp(-self.max_speed, self.max_speed)
         sq = ((self._pos - self._goals) ** 2).sum(-1)
         reward = -sq if self.reward == "squared" else -sq.sqrt()
-        done = sq < self.goal_radius**2
-        return self._observe(), reward, done
+        self._t += 1
+        self._done = self._done | (sq < self.goal_radius**2) | (self._t >= self.horizon)  # once done, always done
+        return self._observe(), reward, self._done.clone()
 
     def _observe(self) -> Tensor:
         assert self._pos is not None and self._goals is not None
