@@ -229,6 +229,9 @@ API_CASES = {
     "combination as a number": (lambda mg, net: mg.Reptile(net, combination=1), ["combination 1", "sequence"]),
     "carried state for joint training": (lambda mg, net: mg.JointTraining(net, inner_state="carried"),
                                          ["inner_state 'carried'", "joint training"]),
+    "learned step sizes for joint training": (lambda mg, net: mg.JointTraining(net, inner=mg.SGD(0.1, learn=True,
+                                                                                                 params=net)),
+                                              ["joint training cannot meta-learn inner step sizes"]),
     "no loss function": (lambda mg, net: mg.MAML(net, loss_fn=None), ["loss_fn None", "mg.losses.mse"]),
     **{f"trainer {key}={value!r}": (
         lambda mg, net, key=key, value=value: api_trainer(mg, net, **{key: value}), [f"{key} {value!r}", words])

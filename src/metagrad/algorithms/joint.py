@@ -28,6 +28,9 @@ class JointTraining(MetaLearner):
             raise ConfigError(f"inner_state {kwargs['inner_state']!r}: joint training has no inner loop whose state "
                               "could be carried; leave inner_state out")
         super().__init__(*args, **kwargs)
+        if any(True for _ in self.inner.parameters()):
+            raise ConfigError("joint training cannot meta-learn inner step sizes (its loss never takes an inner step, "
+                              "so they get no gradient); use a fixed mg.SGD(lr), or MAML")
 
     def task_objective(self, meta: Meta, buffers: Params, task: TaskBatch, minibatches: Tensor | None) -> Tensor:
         x = torch.cat([task.support.x, task.query.x])
