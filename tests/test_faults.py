@@ -494,3 +494,13 @@ def test_a_resumed_command_line_run_saves_every_tensor_of_an_uninterrupted_one(t
     a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("straight", "resumed"))
     assert a.keys() == b.keys() and "/torch_rng" in a
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_resuming_with_fewer_iterations_than_done_says_nothing_was_trained(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "--iterations", "4", "--meta-batch-size", "2", "--no-progress", "--out", run]) == 0
+    before = (tmp_path / "run" / "last.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--out", run, "--resume", "--iterations", "2", "--no-progress"]) == 0
+    assert "at iteration 4, past --iterations 2: nothing trained" in capsys.readouterr().out
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() == before

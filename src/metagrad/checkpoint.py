@@ -29,25 +29,38 @@ FORMAT = 2
 HEADER_KEY, DIGEST_KEY = "metagrad", "sha256"
 
 
+def paths(stem: str | Path) -> tuple[Path, Path]:
+    """``stem.safetensors`` and ``stem.json``: the suffix appended, so that a dotted name (``model.v1``,
+    ``maml_lr0.01``) is a name of its own; a name given with either suffix means the same checkpoint."""
+    stem = Path(stem)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    if not stem.name or stem.name in (".", ".."):
+        raise CheckpointError(f"checkpoint path {str(stem)!r} has no file name; give one, e.g. runs/model")
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
 def save(stem: str | Path, state: Any, info: dict[str, Any]) -> None:
     """Write ``stem.safetensors`` (``state`` and ``info``, checksummed) atomically, then the readable ``stem.json``."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    final, sidecar = paths(stem)
+    if final.is_dir() or Path(stem).is_dir():
+        raise CheckpointError(f"{stem} is a folder; give a file name in it, e.g. {Path(stem) / 'model'}")
+    final.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, "", tensors)
     header = json.dumps({"format": FORMAT, **info, "state": skeleton})
-    tmp, final = stem.with_name(stem.name + ".safetensors.tmp"), stem.with_suffix(".safetensors")
+    tmp = final.with_name(final.name + ".tmp")
     save_file(tensors, str(tmp), metadata={HEADER_KEY: header, DIGEST_KEY: _digest(header, tensors)})
     os.chmod(tmp, files.mode_for(final))  # safetensors writes its files for the owner alone (0600)
     _fsync(tmp)
     os.replace(tmp, final)
-    _fsync_dir(stem.parent)
-    write_json(stem.with_suffix(".json"), {"format": FORMAT, **info})
+    _fsync_dir(final.parent)
+    write_json(sidecar, {"format": FORMAT, **info})
 
 
 def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:
     """Read and verify a checkpoint written by ``save``: ``(state, info)``."""
-    path = Path(stem).with_suffix(".safetensors")
+    path, _ = paths(stem)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {stem} ({path.name} is missing)")
     try:
@@ -72,14 +85,26 @@ def _instead(path: Path) -> str:
     ``--resume`` reads), evaluate another, or start anew."""
     if path.stem == "last":
         other = path.with_name("best.safetensors")
+        if other.exists() and not _holds_run_state(other):  # a meta-RL run's best: the policy alone
+            return (f"evaluate {other} (--checkpoint best; it holds the policy alone, no run to resume), or start a "
+                    "new run")
         copy = f"cp {other} {path}, then resume" if other.exists() else "copy another checkpoint of the run over it"
         return f"to continue from the best checkpoint instead: {copy}; or start a new run"
     return "evaluate another checkpoint of the run (e.g. --checkpoint last), or start a new run"
 
 
+def _holds_run_state(path: Path) -> bool:
+    """Whether a checkpoint holds what resuming needs (the random state beside the learner), not the learner alone."""
+    try:
+        with open(path, "rb") as f:
+            return "rng" in json.loads(_metadata(f)[HEADER_KEY]).get("state", {})
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def read_info(stem: str | Path) -> dict[str, Any]:
     """The checkpoint's ``info`` alone (its header: no tensors read, no checksum verified)."""
-    path = Path(stem).with_suffix(".safetensors")
+    path, _ = paths(stem)
     try:
         with open(path, "rb") as f:  # one open file: the checkpoint as it was, even if replaced meanwhile
             info = json.loads(_metadata(f)[HEADER_KEY])
@@ -103,7 +128,7 @@ def _metadata(f: BinaryIO) -> dict[str, str]:
 
 
 def exists(stem: str | Path) -> bool:
-    return Path(stem).with_suffix(".safetensors").exists()
+    return paths(stem)[0].exists()
 
 
 def write_json(path: str | Path, data: Any) -> None:

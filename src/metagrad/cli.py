@@ -224,7 +224,8 @@ def _add_tradeoff_parsers(sub: Any) -> None:
                        "trade-off paper's Figures 1-2. Writes compare.json and compare.png.")
     p.add_argument("results_a", metavar="RESULTS_A", help="method A: eval.json, results.json or a folder of them")
     p.add_argument("results_b", metavar="RESULTS_B", help="method B: the same kind, as many checkpoints as A")
-    p.add_argument("--metric", default="loss", help="which curve (default: loss; lower is better for losses)")
+    p.add_argument("--metric", help="which curve (default: loss, or return for meta-RL evaluations; lower is better "
+                   "for losses)")
     p.add_argument("--shots", type=csv(int), metavar="K1,K2,...", help="support sizes (default: all shared)")
     p.add_argument("--higher-is-better", action=argparse.BooleanOptionalAction, default=None,
                    help="direction of the metric (default: lower for loss, higher otherwise)")
@@ -344,7 +345,8 @@ def config_overrides(args: argparse.Namespace, cfg: Config | RLConfig) -> dict[s
     stray = sorted(set(other) - set(own))
     if stray:
         kind, flag = ("supervised" if isinstance(cfg, Config) else "meta-RL"), "--" + stray[0].replace("_", "-")
-        raise MetagradError(f"{flag} does not apply to a {kind} config; remove it (see `metagrad train --help`)")
+        raise MetagradError(f"{flag} does not apply to a {kind} config; remove it (see `metagrad "
+                            f"{getattr(args, 'command', None) or 'train'} --help`)")
     return own
 
 
@@ -383,6 +385,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     procs = f" on {group.world} processes" if group is not None else ""
+    if result.iteration > cfg.iterations:
+        print(f"{out} is at iteration {result.iteration}, past --iterations {cfg.iterations}: nothing trained; give "
+              "more iterations to continue it")
+        return 0
     if isinstance(cfg, Config):
         best = f", best validation {result.best_val:.4f}" if result.best_val is not None else ""
         print(f"trained {result.iteration} iterations in {result.seconds:.1f} s "
@@ -398,7 +404,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .experiment import evaluate, load_run
 
     learner, cfg, info = load_run(args.run, args.checkpoint)
-    cfg = cfg.replace(**config_overrides(args, cfg))
+    overrides = config_overrides(args, cfg)
+    if "eval_lr" in overrides and getattr(cfg, "tune_eval_lr", False) and "tune_eval_lr" not in overrides:
+        overrides["tune_eval_lr"] = False  # the step sizes given are the ones to test with, not a tuned one
+    cfg = cfg.replace(**overrides)
     path = Path(args.output) if args.output else Path(args.run) / "eval.json"
     if path.is_dir():
         raise MetagradError(f"--output {path} is a folder; give a file name, e.g. {path / 'eval.json'}")

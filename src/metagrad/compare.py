@@ -88,10 +88,14 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
     return []
 
 
-def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str = "loss", shots: list[str] | None = None,
-               higher_is_better: bool | None = None) -> dict[str, Any]:
+def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str | None = "loss",
+               shots: list[str] | None = None, higher_is_better: bool | None = None) -> dict[str, Any]:
     """P(A better than B) by the one-sided Welch t-test, ``prob[K][checkpoint][step]``, for the support sizes
-    both sides evaluated (or ``shots``) and the steps they share."""
+    both sides evaluated (or ``shots``) and the steps they share; ``metric`` None: loss, or return where every
+    evaluation holds returns and no loss (meta-RL)."""
+    if metric is None:
+        held = {m for e in a + b for curves in e.curves.values() if isinstance(curves, dict) for m in curves}
+        metric = "return" if "return" in held and "loss" not in held else "loss"
     if len(a) != len(b):
         raise MetagradError(f"A has {len(a)} evaluation(s) and B has {len(b)}; compare the same number of "
                             "checkpoints (one evaluation file each)")
@@ -164,7 +168,7 @@ def format_grid(grid: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip()
 
 
-def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str = "loss",
+def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str | None = None,
         shots: list[str] | None = None, higher_is_better: bool | None = None, method_a: str | None = None,
         method_b: str | None = None, label_a: str | None = None,
         label_b: str | None = None) -> tuple[dict[str, Any], list[Path]]:

@@ -78,7 +78,15 @@ def _stored_physics(env: dict[str, Any]) -> dict[str, Any]:
 def saved_config(run_dir: str | Path) -> Config | RLConfig | None:
     """The config a run was trained with (from its last checkpoint), or None where it has none."""
     last = Path(run_dir) / "last"
-    return stored_config(checkpoint.read_info(last)["config"]) if checkpoint.exists(last) else None
+    return stored_config(_run_info(last, checkpoint.read_info(last))["config"]) if checkpoint.exists(last) else None
+
+
+def _run_info(stem: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """A run checkpoint's info; a file of ``learner.save`` (the meta-parameters alone, no config) named as such."""
+    if "config" not in info:
+        raise CheckpointError(f"{stem}.safetensors is a learner file (learner.save: the meta-parameters alone), not a "
+                              "run's checkpoint; load it with learner.load(path), or train a run with `metagrad train`")
+    return info
 
 
 def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = False, progress: bool = True,
@@ -117,10 +125,13 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | Me
     """The learner of a run directory (checkpoint ``last`` or ``best``), its config and checkpoint info."""
     stem = Path(run_dir) / which
     if not checkpoint.exists(stem):
+        found = sorted(p.stem for p in Path(run_dir).glob("*.safetensors")) if Path(run_dir).is_dir() else []
+        if found:
+            raise CheckpointError(f"no '{which}' checkpoint in {run_dir}; it holds {', '.join(found)}")
         raise CheckpointError(f"no '{which}' checkpoint in {run_dir}; train first with `metagrad train --out "
-                              f"{run_dir}`" + (" or use --checkpoint last" if which == "best" else ""))
+                              f"{run_dir}`")
     state, info = checkpoint.load(stem)
-    cfg = stored_config(info["config"])
+    cfg = stored_config(_run_info(stem, info)["config"])
     if isinstance(cfg, Config) and cfg.device != "cpu" and not torch.cuda.is_available():
         print(f"metagrad: {run_dir} trained on {cfg.device}; no GPU here, so it is read onto the CPU",
               file=sys.stderr)

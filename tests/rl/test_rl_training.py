@@ -435,3 +435,23 @@ def test_a_run_whose_trpo_steps_are_all_rejected_says_so_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("TRPO rejected the outer step in 10 iterations in a row (iteration 10)") == 1
     assert "check max_kl 1e+30" in err
+
+
+def test_a_run_of_a_tuned_preset_evaluates_at_the_step_given_and_compares_on_returns(tmp_path, capsys):
+    """``--eval-lr`` on a preset that tunes its test step (pretrained) is the step tested (it was ignored);
+    ``metagrad compare`` of two meta-RL evaluations takes their returns by default; a damaged ``last`` of a meta-RL
+    run does not send the user to copy ``best`` (the policy alone) over it."""
+    run = tmp_path / "run"
+    tiny = ["--meta-batch-size", "4", "--episodes", "4", "--horizon", "20", "--hidden", "16,16", "--no-progress"]
+    assert main(["train", "--config", "pretrained-navigation", "--iterations", "2", "--out", str(run), *tiny]) == 0
+    for lr, name in ((0.3, "a.json"), (0.05, "b.json")):
+        assert main(["eval", str(run), "--eval-lr", str(lr), "--eval-tasks", "4", "--eval-episodes", "4",
+                     "--output", str(tmp_path / name)]) == 0
+        assert json.loads((tmp_path / name).read_text())["curves"]["4"]["lr"] == [lr]
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "compare.json").read_text())["metric"] == "return"
+    (run / "last.safetensors").write_bytes(b"damaged")
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the policy alone" in err and "cp " not in err

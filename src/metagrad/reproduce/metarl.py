@@ -53,13 +53,19 @@ class Experiment:
 
 def parse_methods(text: str | None) -> list[str]:
     """``maml-trpo,pretrained`` -> the methods, checked against the presets (``all`` for every one)."""
-    names = [m for m in ("maml-trpo" if text is None else text).replace(" ", "").split(",") if m]
+    given = ("maml-trpo" if text is None else text).replace(" ", "").split(",")
+    names = [m for m in given if m]
+    if not names:
+        raise ConfigError("--algo is empty; give methods such as maml-trpo,pretrained")
+    if len(names) < len(given):
+        raise ConfigError(f"--algo {text}: an empty entry between commas; give methods such as maml-trpo,pretrained")
     if names == ["all"]:
         return method_names()
     for m in names:
         preset(m)  # raises with a suggestion
-    if not names:
-        raise ConfigError("--algo is empty; give methods such as maml-trpo,pretrained")
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise ConfigError(f"--algo names {', '.join(twice)} twice; each method trains once")
     return names
 
 

@@ -1,0 +1,59 @@
+"""learner.save / learner.load as a user calls them: dotted names, failed loads, files of another kind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import metagrad as mg
+from metagrad.errors import CheckpointError
+
+
+def maml(lr: float = 0.01, hidden: int = 8, **kw) -> mg.MAML:
+    torch.manual_seed(int(lr * 1000) + hidden)
+    return mg.MAML(mg.models.MLP(1, [hidden], 1), inner=mg.SGD(lr), **kw)
+
+
+def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_dotted_names_are_names_of_their_own(tmp_path):
+    """``save("maml_lr0.01")`` once dropped ".01": the next save overwrote it and load returned the other model."""
+    first, second = maml(0.01), maml(0.02)
+    first.save(tmp_path / "maml_lr0.01")
+    second.save(tmp_path / "maml_lr0.02")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maml_lr0.01.json", "maml_lr0.01.safetensors",
+                                                           "maml_lr0.02.json", "maml_lr0.02.safetensors"]
+    assert same(maml(0.05).load(tmp_path / "maml_lr0.01"), first)
+    assert same(maml(0.05).load(tmp_path / "maml_lr0.02.safetensors"), second)  # the suffix may be given
+
+
+def test_a_folder_or_an_empty_name_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder"):
+        maml().save(tmp_path)
+    with pytest.raises(CheckpointError, match="no file name"):
+        maml().save("")
+
+
+@pytest.mark.parametrize("other", ["wider", "meta-sgd", "reptile"])
+def test_a_file_that_does_not_fit_is_refused_in_one_line_and_changes_nothing(tmp_path, other):
+    saved = {"wider": maml(hidden=16), "meta-sgd": mg.MAML(mg.models.MLP(1, [8], 1), inner=mg.SGD(
+        [0.1, 0.05], learn=True, params=mg.models.MLP(1, [8], 1))), "reptile": mg.Reptile(mg.models.MLP(1, [8], 1))}
+    saved[other].save(tmp_path / "other")
+    target = maml(0.03) if other != "meta-sgd" else mg.MAML(mg.models.MLP(1, [8], 1), inner=mg.SGD(
+        0.1, learn=True, params=mg.models.MLP(1, [8], 1)))
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError) as e:
+        target.load(tmp_path / "other")
+    assert "\n" not in str(e.value) and ("does not fit" in str(e.value) or "holds a Reptile" in str(e.value))
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # not half-loaded
+
+
+def test_a_learner_file_in_a_run_folder_is_named_as_such(tmp_path, capsys):
+    from conftest import cli_error
+
+    run = tmp_path / "run"
+    maml().save(run / "last")
+    err = cli_error(["eval", str(run)], capsys)
+    assert "learner file (learner.save" in err
