@@ -57,3 +57,24 @@ def test_a_learner_file_in_a_run_folder_is_named_as_such(tmp_path, capsys):
     maml().save(run / "last")
     err = cli_error(["eval", str(run)], capsys)
     assert "learner file (learner.save" in err
+
+
+def test_a_meta_rl_learner_saves_and_loads_as_the_supervised_ones(tmp_path):
+    from metagrad.rl import MetaRL, Navigation2D, make_policy
+
+    def learner(hidden: int = 8, seed: int = 0) -> MetaRL:
+        torch.manual_seed(seed)
+        env = Navigation2D(horizon=5)
+        return MetaRL(make_policy(env.action_space, env.obs_dim, hidden=(hidden,)), env, episodes=2)
+
+    trained = learner(seed=1)
+    trained.save(tmp_path / "policy.v1")
+    assert same(learner(seed=2).load(tmp_path / "policy.v1"), trained)
+    wider = learner(hidden=16)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(CheckpointError, match="does not fit this learner"):
+        wider.load(tmp_path / "policy.v1")
+    assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())
+    maml().save(tmp_path / "maml")
+    with pytest.raises(CheckpointError, match="holds a MAML learner, not a MetaRL"):
+        learner().load(tmp_path / "maml")

@@ -15,7 +15,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import safetensors.torch
 import torch
@@ -23,7 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from . import files
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 FORMAT = 2
 HEADER_KEY, DIGEST_KEY = "metagrad", "sha256"
@@ -78,6 +80,33 @@ def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:
     if info.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {info.get('format')}, this metagrad reads {FORMAT}")
     return _decode(info.pop("state"), tensors), info
+
+
+def save_learner(path: str | Path, learner: torch.nn.Module) -> None:
+    """``learner.save``: its state dict, labelled with its class."""
+    save(path, {"learner": learner.state_dict()}, {"learner": type(learner).__name__})
+
+
+def load_learner(path: str | Path, learner: M) -> M:
+    """``learner.load``: the state saved by ``save_learner`` or a run's checkpoint; a file of another learner class
+    or shape is refused in one line and leaves ``learner`` as it was (``load_state_dict`` copies what fits before
+    it raises: undone here)."""
+    state, info = load(path)
+    saved, mine = info.get("learner"), type(learner).__name__
+    if isinstance(saved, str) and saved != mine:
+        raise CheckpointError(f"{path} holds a {saved} learner, not a {mine}; load it into a {saved} (the same model "
+                              "and inner rule)")
+    if not isinstance(state.get("learner") if isinstance(state, dict) else None, dict):
+        raise CheckpointError(f"{path} holds no learner state (a checkpoint of another kind)")
+    kept = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+    try:
+        learner.load_state_dict(state["learner"])
+    except (RuntimeError, ConfigError) as e:
+        learner.load_state_dict(kept)
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        raise CheckpointError(f"{path} does not fit this learner ({'; '.join(lines)[:400]}); build the learner as it "
+                              "was saved (model or policy, inner rule, learned step sizes, inner_state)") from None
+    return learner
 
 
 def _instead(path: Path) -> str:

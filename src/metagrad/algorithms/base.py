@@ -42,7 +42,7 @@ from ..batching import (
     twice_differentiable,
     vmap_fault,
 )
-from ..errors import CheckpointError, ConfigError, check_whole
+from ..errors import ConfigError, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
 from ..settings import suggest
@@ -370,27 +370,12 @@ class MetaLearner(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write the meta-parameters to ``path.safetensors`` (+ ``path.json``), atomically."""
-        checkpoint.save(path, {"learner": self.state_dict()}, {"learner": type(self).__name__})
+        checkpoint.save_learner(path, self)
 
     def load(self, path: str | Path) -> MetaLearner:
         """Load meta-parameters saved by ``save`` or by the Trainer (``run_dir/last``, ``run_dir/best``); a file of
         another algorithm or shape is refused in one line and leaves this learner as it was."""
-        state, info = checkpoint.load(path)
-        saved = info.get("learner")
-        if isinstance(saved, str) and saved != type(self).__name__:
-            raise CheckpointError(f"{path} holds a {saved} learner, not a {type(self).__name__}; load it into a "
-                                  f"{saved} (the same model and inner rule)")
-        if not isinstance(state.get("learner") if isinstance(state, dict) else None, dict):
-            raise CheckpointError(f"{path} holds no learner state (a checkpoint of another kind)")
-        kept = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        try:
-            self.load_state_dict(state["learner"])
-        except (RuntimeError, ConfigError) as e:
-            self.load_state_dict(kept)  # a failed load copies what fits before it raises: undo it
-            lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
-            raise CheckpointError(f"{path} does not fit this learner ({'; '.join(lines)[:400]}); build the learner as "
-                                  "it was saved (model, inner rule, learned step sizes, inner_state)") from None
-        return self
+        return checkpoint.load_learner(path, self)
 
     # ----------------------------------------------------------------- the inner loop
     def loss_at(self, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from .. import checkpoint
 from ..algorithms.base import adapt_prefixes, adapted_by
 from ..distributed import Share
 from ..errors import ConfigError, check_whole
@@ -184,6 +186,15 @@ class MetaRL(nn.Module):
         return packable(self.algo, self.hvp_subsample)
 
     # ------------------------------------------------------------------ the inner step
+    def save(self, path: str | Path) -> None:
+        """Write the policy's meta-parameters to ``path.safetensors`` (+ ``path.json``), atomically."""
+        checkpoint.save_learner(path, self)
+
+    def load(self, path: str | Path) -> MetaRL:
+        """Load what ``save`` or an RLTrainer run (``run_dir/last``, ``best``) wrote; a file of another learner or
+        policy shape is refused in one line and leaves this learner as it was."""
+        return checkpoint.load_learner(path, self)
+
     def trainable(self) -> dict[str, nn.Parameter]:
         """The parameters the outer step moves: those with ``requires_grad`` (the others are constants everywhere:
         not adapted, no meta-gradient)."""
