@@ -1,7 +1,7 @@
 """The ``metagrad`` command: ``train``, ``eval``, ``reproduce``, ``tradeoff``, ``compare``, ``curves`` and ``status``.
 
 User errors (bad values, missing files, diverged runs) print one line and exit with code 2;
-Ctrl-C during training saves a checkpoint and exits with code 130.
+Ctrl-C during training saves a checkpoint and exits with code 130 (`metagrad train` after SIGTERM: 143).
 """
 
 from __future__ import annotations
@@ -369,7 +369,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     group = Distributed.from_env()  # under torchrun: this process's share of every meta-batch
     finished = False
     try:
-        _, result = train(cfg, out, resume=args.resume, progress=not args.no_progress, distributed=group)
+        trainer, result = train(cfg, out, resume=args.resume, progress=not args.no_progress, distributed=group)
         finished = True
     finally:
         if group is not None:
@@ -379,7 +379,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.stopped == "interrupted":
         print(f"interrupted at iteration {result.iteration}; checkpoint saved in {out}; continue with: "
               f"{resume_hint(args)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + signal.SIGTERM if trainer.stop_signal == signal.SIGTERM else EXIT_INTERRUPTED
     if result.stopped == "time_budget":
         print(f"time budget reached at iteration {result.iteration}; continue with: {resume_hint(args)}",
               file=sys.stderr)

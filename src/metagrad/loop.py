@@ -61,6 +61,7 @@ class RunLoop:
         self.iteration = 0
         self.elapsed = 0.0  # training seconds of the whole run, across resumes
         self._stop_requested = False
+        self.stop_signal: int | None = None  # the signal that stopped the run (SIGINT or SIGTERM), for the exit code
         self._segment: dict[str, Any] | None = None  # this session, kept in each checkpoint until it is recorded
         self._lock: int | None = None  # the open lock file while this process holds the run directory
         self.session_files: dict[str, str] = {}  # name -> text, written once the run directory is held
@@ -336,6 +337,7 @@ class RunLoop:
             if self._stop_requested:
                 raise KeyboardInterrupt  # a second signal aborts at once
             self.request_stop()
+            self.stop_signal = signum
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             print(f"\nmetagrad: {name}: stopping after this iteration and saving ({name} again to abort)",
                   file=sys.stderr)
