@@ -405,7 +405,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     learner, cfg, info = load_run(args.run, args.checkpoint)
     overrides = config_overrides(args, cfg)
-    if "eval_lr" in overrides and getattr(cfg, "tune_eval_lr", False) and "tune_eval_lr" not in overrides:
+    if "eval_lr" in overrides and cfg.tune_eval_lr and "tune_eval_lr" not in overrides:
         overrides["tune_eval_lr"] = False  # the step sizes given are the ones to test with, not a tuned one
     cfg = cfg.replace(**overrides)
     path = Path(args.output) if args.output else Path(args.run) / "eval.json"

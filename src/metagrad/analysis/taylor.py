@@ -314,7 +314,6 @@ class Series:
 def series(problem: MinibatchLosses, phi: Tensor, k: int, sampling: Sampling = "iid") -> Series:
     """Eqs. (28), (29) and (37)/(39)/(41) at phi for k minibatches."""
     _check_k(k, problem.n_minibatches, sampling)
-    phi = _check_point(problem, phi)
     return Series(avg_grad(problem, phi), avg_grad_inner(problem, phi, sampling), leading_coefficients(k))
 
 

@@ -93,7 +93,7 @@ def load_omniglot(root: str | Path, size: int = 28, download: bool = False) -> I
     if download and not all((root / p).is_dir() or (root / f"{p}.zip").is_file() for p in OMNIGLOT_PARTS):
         download_omniglot(root, progress=not _bars_off())
     sources = _omniglot_sources(root)
-    files: list[tuple[str, int]] = []
+    files: list[tuple[str, str]] = []
     for src in sources:
         files += src.listing()
     key = _fingerprint(files, f"omniglot-{size}")
@@ -140,7 +140,7 @@ class _Source:
             return sorted(str(p.relative_to(self.folder)) for p in self.folder.glob("*/*/*.png"))
         return sorted(n.split("/", 1)[1] for n in self._zip.namelist() if n.endswith(".png") and n.count("/") == 3)
 
-    def listing(self) -> list[tuple[str, int]]:
+    def listing(self) -> list[tuple[str, str]]:
         if self.folder is not None:
             return [(f"{self.label}/{p}", _stamp(self.folder / p)) for p in self._pngs()]
         return sorted((i.filename, f"{i.file_size}-{i.CRC}") for i in self._zip.infolist()
