@@ -504,3 +504,16 @@ def test_resuming_with_fewer_iterations_than_done_says_nothing_was_trained(tmp_p
     assert main(["train", "--out", run, "--resume", "--iterations", "2", "--no-progress"]) == 0
     assert "at iteration 4, past --iterations 2: nothing trained" in capsys.readouterr().out
     assert (tmp_path / "run" / "last.safetensors").read_bytes() == before
+
+
+def test_resuming_a_finished_run_with_other_settings_leaves_its_files_as_trained(tmp_path, capsys):
+    """Nothing trains, so its config.toml keeps the step size it was trained with and its logs gain no line."""
+    run = tmp_path / "run"
+    assert main(["train", "--iterations", "3", "--meta-batch-size", "2", "--no-progress", "--out", str(run)]) == 0
+    files = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}  # noqa: E731
+    before = files()
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--iterations", "3", "--inner-lr", "0.5",
+                 "--no-progress"]) == 0
+    assert "at iteration 3, at --iterations 3: nothing trained (its files unchanged)" in capsys.readouterr().out
+    assert files() == before and "config.toml" in before

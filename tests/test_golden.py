@@ -3,7 +3,9 @@ supervised preset and every meta-RL method, a few iterations each, through `meta
 of machine that recorded them (an Intel Xeon, then an AMD EPYC, whose recording was made from the commit before this
 test's change of format and matched by the code after it, then an AMD EPYC without AVX-512, whose convolutions round
 otherwise: recorded from code the earlier commit 66f3a1d matches bit for bit there); on another kind of CPU, the
-runs that do not depend on how its kernels round (the MLP regressions) to 1e-6 against every recording."""
+runs that do not depend on how its kernels round (the MLP regressions) to 1e-6 against every recording. E-MAML's
+weights changed on purpose (ProMP's population std, not the sample std): its run was re-recorded on the AMD EPYC and
+left out of the two recordings whose machines were not at hand."""
 
 from __future__ import annotations
 

@@ -385,9 +385,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     procs = f" on {group.world} processes" if group is not None else ""
-    if result.iteration > cfg.iterations:
-        print(f"{out} is at iteration {result.iteration}, past --iterations {cfg.iterations}: nothing trained; give "
-              "more iterations to continue it")
+    if args.resume and result.iteration >= cfg.iterations and trainer.session_iterations == 0:
+        where = "past" if result.iteration > cfg.iterations else "at"
+        print(f"{out} is at iteration {result.iteration}, {where} --iterations {cfg.iterations}: nothing trained "
+              "(its files unchanged); give more iterations to continue it")
         return 0
     if isinstance(cfg, Config):
         best = f", best validation {result.best_val:.4f}" if result.best_val is not None else ""

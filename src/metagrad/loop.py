@@ -60,6 +60,7 @@ class RunLoop:
         self.on_iteration = on_iteration
         self.iteration = 0
         self.elapsed = 0.0  # training seconds of the whole run, across resumes
+        self.session_iterations = 0  # iterations trained by this session's ``run``
         self._stop_requested = False
         self.stop_signal: int | None = None  # the signal that stopped the run (SIGINT or SIGTERM), for the exit code
         self._segment: dict[str, Any] | None = None  # this session, kept in each checkpoint until it is recorded
@@ -171,6 +172,9 @@ class RunLoop:
     def _run(self, resume: bool | str, changes: dict[str, Any] | None) -> tuple[str, int, float]:
         """``run`` while this process holds the run directory (taken in ``_prepare``, dropped by ``run``)."""
         resumed = self._prepare(resume)
+        if resumed and self.iteration >= self.iterations:  # a finished run: its files stay as they were trained
+            self.finish("done")
+            return "done", self.iteration, 0.0
         if self.writes and self.run_dir is not None:
             for name, text in self.session_files.items():  # under the lock: two sessions never interleave them
                 checkpoint.write_text(self.run_dir / name, text)
@@ -193,6 +197,7 @@ class RunLoop:
                 except TrainingDiverged as e:
                     raise TrainingDiverged(f"{e}; {self._after_divergence()}") from None
                 self.iteration += 1
+                self.session_iterations += 1
                 seconds = time.perf_counter() - t0
                 self.elapsed += seconds
                 self.after_step(metrics, seconds, bar)

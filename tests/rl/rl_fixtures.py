@@ -32,3 +32,30 @@ class OneStepBandit(TaskEnv):
             reward = -((actions[..., 0] - self._tasks[..., 0]) ** 2)
         obs = torch.ones(*reward.shape, 1, dtype=self._tasks.dtype)
         return obs, reward, torch.ones_like(reward, dtype=torch.bool)
+
+
+class EndsThenBreaks(TaskEnv):
+    """Episode 0 of every task ends at its first step; after that the environment returns ``bad`` rewards and
+    observations for it (a simulator stepped past its end), which the sampler must ignore. Reward 1 per step."""
+
+    obs_dim, action_space, horizon = 2, Space("box", (2,)), 4
+
+    def __init__(self, bad: float = float("nan")):
+        self.bad, self.t, self.shape = bad, 0, (0, 0)
+
+    def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        return torch.zeros(num_tasks, 1)
+
+    def reset(self, tasks: Tensor, episodes: int) -> Tensor:
+        self.t, self.shape = 0, (tasks.shape[0], episodes)
+        return torch.zeros(*self.shape, 2)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self.t += 1
+        done = torch.zeros(self.shape, dtype=torch.bool)
+        done[:, 0] = True
+        done |= self.t >= self.horizon
+        reward, obs = torch.ones(self.shape), torch.full((*self.shape, 2), float(self.t))
+        if self.t > 1:
+            reward[:, 0], obs[:, 0] = self.bad, self.bad
+        return obs, reward, done

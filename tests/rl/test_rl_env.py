@@ -8,8 +8,9 @@ import torch
 from metagrad.errors import ConfigError
 from metagrad.rl import Navigation2D, make_env, make_policy
 from metagrad.rl.baseline import features, fit_predict
-from metagrad.rl.returns import discounted_returns, gae
+from metagrad.rl.returns import discounted_returns, gae, normalize
 from metagrad.rl.sampler import process, rollout
+from rl_fixtures import EndsThenBreaks
 
 
 def test_navigation_clips_velocity_rewards_distance_and_stops_at_the_goal():
@@ -210,3 +211,36 @@ def test_bad_actions_tasks_and_options_are_config_errors(case):
     with pytest.raises(ConfigError) as e:
         call()
     assert words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+@pytest.mark.parametrize("baseline", ["none", "linear"])
+def test_what_an_environment_returns_after_an_episode_ends_is_ignored(bad, baseline):
+    """A NaN or infinite reward or observation after ``done`` leaves the episode's return, the policy's inputs and
+    the advantages as if the steps were never taken (it reached every step of the episode through 0 x NaN)."""
+    env = EndsThenBreaks(bad)
+    torch.manual_seed(0)
+    policy = make_policy(env.action_space, 2, hidden=(8,))
+    traj = rollout(env, policy, dict(policy.named_parameters()), torch.zeros(2, 1), 3, torch.Generator())
+    assert traj.mask[:, 0].tolist() == [[1.0, 0.0, 0.0, 0.0]] * 2
+    assert traj.rewards[:, 0].tolist() == [[1.0, 0.0, 0.0, 0.0]] * 2
+    assert traj.episode_returns.tolist() == [[1.0, 4.0, 4.0]] * 2
+    assert torch.isfinite(traj.obs).all() and torch.isfinite(traj.old_log_prob).all()
+    out = process(traj, 0.99, 1.0, baseline, True)
+    assert torch.isfinite(out.advantages).all()
+    assert out.returns[0, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("reward", [0.1, -3.7, 123.456])
+def test_normalizing_equal_advantages_gives_zero_in_float32(reward):
+    """Their std is the float32 mean's rounding error: divided by it, every advantage came out near -1 (0.1: -0.43,
+    123.456: -0.999), all of one sign, lowering the likelihood of every sampled action."""
+    x = torch.full((3, 5, 7), reward)
+    mask = torch.ones_like(x)
+    mask[1, :, 4:] = 0
+    assert (normalize(x, mask, (1, 2)) == 0).all()
+    y = torch.randn(3, 5, 7)  # a real spread: mean 0 and std 1 per task over its valid steps
+    z = normalize(y, mask, (1, 2))
+    n = mask.sum((1, 2))
+    assert torch.allclose((z * mask).sum((1, 2)) / n, torch.zeros(3), atol=1e-6)
+    assert torch.allclose((z ** 2 * mask).sum((1, 2)) / n, torch.ones(3), atol=1e-5)

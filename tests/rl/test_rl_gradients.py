@@ -303,3 +303,37 @@ def test_fisher_product_is_the_kl_hessian_at_the_sampling_parameters(kind):
         fu = flatten(product(u)[0])
         assert float((fu - fd).norm() / fd.norm()) < 1e-7
         assert float(fu.norm()) > 1e-3
+
+
+def test_emaml_weights_are_promps_population_normalized_post_update_rewards():
+    """ProMP: each task's mean of (r - mean of all r) / (np.std(all r) + 1e-8) over its valid post-update steps. The
+    sample std made them 1/1.013 of ProMP's here and NaN with one valid step (a diverged run, wrongly blamed)."""
+    torch.manual_seed(0)
+    env = Navigation2D(horizon=12, goal_radius=0.2)
+    learner = MetaRL(make_policy(env.action_space, 2, hidden=(8,)), env, algo="emaml", episodes=3)
+    _, out = learner.sample(env.sample_tasks(4, torch.Generator().manual_seed(1)), torch.Generator().manual_seed(2))
+    valid = out.mask.bool()
+    assert not valid.all()  # some episodes ended early: their slots are not steps
+    everything = out.rewards[valid].double().numpy()
+    promp = [((out.rewards[t][valid[t]].double().numpy() - everything.mean()) / (everything.std() + 1e-8)).mean()
+             for t in range(4)]
+    assert torch.allclose(learner.emaml_coefficients(out).double(), torch.tensor(promp), atol=1e-5)
+    first = torch.zeros_like(out.mask[:1, :1])
+    first[..., 0] = 1  # one task whose one episode ended at its first step
+    assert learner.emaml_coefficients(out._replace(rewards=out.rewards[:1, :1], mask=first)).tolist() == [0.0]
+
+
+def test_settings_under_which_an_algorithm_does_not_do_what_it_says_are_refused():
+    from metagrad.errors import ConfigError
+    from metagrad.rl.config import preset
+
+    env = Navigation2D(horizon=8)
+    policy = make_policy(env.action_space, 2, hidden=(4,))
+    with pytest.raises(ConfigError, match="max_backtracks 0 must be a whole number >= 1"):
+        MetaRL(policy, env, max_backtracks=0)  # TRPO would try no step: every update rejected, nothing trained
+    assert not MetaRL(policy, env, algo="sgmrl").normalize_outer and MetaRL(policy, env).normalize_outer
+    message = "algo 'sgmrl-fo' with normalize_outer=true: SG-MRL's gradient .eq. 13. holds only with raw advantages"
+    with pytest.raises(ConfigError, match=message):
+        MetaRL(policy, env, algo="sgmrl-fo", normalize_outer=True)
+    with pytest.raises(ConfigError, match=message):
+        preset("maml-trpo").replace(algo="sgmrl-fo", outer="vpg").validate()

@@ -42,7 +42,8 @@ def _tiny(**kw):
 
 @pytest.mark.parametrize("outer", ["trpo", "vpg"])
 def test_resume_continues_the_same_trajectory(tmp_path, outer):
-    cfg = _tiny(iterations=3, outer=outer, algo="maml" if outer == "trpo" else "sgmrl")
+    cfg = _tiny(iterations=3, outer=outer, algo="maml" if outer == "trpo" else "sgmrl",
+                normalize_outer=outer == "trpo")
     learner, opt = build(cfg)
     RLTrainer(learner, opt, cfg, tmp_path / "straight", progress=False).fit()
     short = cfg.replace(iterations=2)

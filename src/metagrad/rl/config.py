@@ -16,7 +16,17 @@ from ..errors import ConfigError
 from ..settings import Settings, opt, preset_names, suggest
 from .envs.locomotion import OBSERVATIONS, PHYSICS
 from .envs.navigation import REWARDS
-from .metarl import ALGOS, BASELINES, HVPS, LOSS_MEANS, OUTERS, SCORE_BASELINES, check_loss_mean, check_packable
+from .metarl import (
+    ALGOS,
+    BASELINES,
+    HVPS,
+    LOSS_MEANS,
+    OUTERS,
+    SCORE_BASELINES,
+    check_loss_mean,
+    check_packable,
+    check_score_normalization,
+)
 from .policy import ACTIVATIONS, POLICIES
 
 SECTIONS = ("env", "policy", "algo", "train", "eval")
@@ -90,7 +100,8 @@ class RLConfig(Settings):
     loss_mean: str = opt("slots", "algo", "what each task's losses average over: slots (episodes x horizon, the "
                          "steps after an episode's end as zeros) or steps (its valid steps, as the papers' code: a "
                          "task whose episodes end early weighs as much and takes the same inner step)")
-    normalize_outer: bool = opt(True, "algo", "normalize the advantages of the outer objective per task")
+    normalize_outer: bool = opt(True, "algo", "normalize the advantages of the outer objective per task "
+                                 "(false for sgmrl, whose gradient holds only with raw ones)")
     max_kl: float = opt(0.01, "algo", "TRPO: KL bound of a meta-step")
     cg_iters: int = opt(10, "algo", "TRPO: conjugate-gradient iterations")
     cg_damping: float = opt(1e-5, "algo", "TRPO: damping added to the KL Hessian")
@@ -196,6 +207,7 @@ class RLConfig(Settings):
         if self.pack_episodes:
             check_packable(self.algo, self.hvp_subsample)
         check_loss_mean(self.algo, self.loss_mean)
+        check_score_normalization(self.algo, self.normalize_outer)
         if not 0 < self.eval_later <= 1:
             raise ConfigError(f"eval_later {self.eval_later} must lie in (0, 1] (0.5: half the first test step)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:

@@ -74,6 +74,14 @@ def check_loss_mean(algo: str, loss_mean: str) -> None:
                           "valid steps; set loss_mean=slots")
 
 
+def check_score_normalization(algo: str, normalize_outer: bool) -> None:
+    """Stop with a ConfigError for SG-MRL with normalized outer advantages: eq. 13 is the gradient of eq. 6 only with
+    raw ones (normalizing scales its advantage term by 1/std and leaves the score term as is)."""
+    if algo in SCORE_ALGOS and normalize_outer:
+        raise ConfigError(f"algo '{algo}' with normalize_outer=true: SG-MRL's gradient (eq. 13) holds only with raw "
+                          "advantages; set normalize_outer=false")
+
+
 def check_packable(algo: str, hvp_subsample: float) -> None:
     """Stop with a ConfigError where ``pack_episodes`` was asked for and does not apply."""
     if not packable(algo, hvp_subsample):
@@ -91,7 +99,8 @@ class MetaRL(nn.Module):
             (the gradient goes to ``.grad`` and any ``torch.optim`` optimizer takes the step).
         inner_lr / inner_steps / episodes: the inner VPG step(s) and K, the episodes per step and task.
         gamma, gae_lambda, baseline: returns, GAE and the linear feature baseline (refit per task and batch).
-        normalize_inner / normalize_outer: normalize advantages per task (the papers' code does).
+        normalize_inner / normalize_outer: normalize advantages per task (the papers' code does; outer: by default
+            on, off for SG-MRL, whose gradient holds only with raw advantages).
         max_kl, cg_iters, cg_damping, backtrack, max_backtracks: TRPO; ``hvp`` ``exact`` (Hessian-vector products
             of the KL through the inner step, second derivatives only) or ``finite-difference`` (the MAML paper's);
             ``hvp_subsample``: the fraction of each task's episodes those products use (rllab's subsampling; the
@@ -121,7 +130,7 @@ class MetaRL(nn.Module):
     def __init__(self, policy: Policy, env: TaskEnv, algo: str = "maml", outer: str = "trpo",
                  inner_lr: float | Sequence[float] = 0.1, inner_steps: int = 1, episodes: int = 20,
                  gamma: float = 0.99, gae_lambda: float = 1.0, baseline: str = "linear",
-                 normalize_inner: bool = True, normalize_outer: bool = True, max_kl: float = 0.01,
+                 normalize_inner: bool = True, normalize_outer: bool | None = None, max_kl: float = 0.01,
                  cg_iters: int = 10, cg_damping: float = 1e-5, backtrack: float = 0.8, max_backtracks: int = 15,
                  hvp: str = "exact", hvp_subsample: float = 1.0, curvature_chunk: int = 4,
                  score_baseline: str = "none",
@@ -146,12 +155,14 @@ class MetaRL(nn.Module):
             raise ConfigError(f"ppo_epochs {ppo_epochs} must be >= 1, ppo_clip {ppo_clip} in (0, 1), inner_kl_coef "
                               f"{inner_kl_coef} and inner_kl_target {inner_kl_target} >= 0")
         for name, value, low in (("inner_steps", inner_steps, 0), ("episodes", episodes, 1),
-                                 ("cg_iters", cg_iters, 1), ("max_backtracks", max_backtracks, 0)):
+                                 ("cg_iters", cg_iters, 1), ("max_backtracks", max_backtracks, 1)):
             check_whole(name, value, low)
         if not (math.isfinite(max_kl) and math.isfinite(cg_damping) and cg_damping >= 0):
             raise ConfigError(f"max_kl {max_kl} and cg_damping {cg_damping} must be finite, cg_damping >= 0 "
                               "(e.g. max_kl 0.01, cg_damping 1e-5)")
         check_fit(policy, env)
+        normalize_outer = algo not in SCORE_ALGOS if normalize_outer is None else normalize_outer
+        check_score_normalization(algo, normalize_outer)
         if (normalize_inner or normalize_outer) and episodes * env.horizon < 2:
             raise ConfigError(f"episodes {episodes} x horizon {env.horizon}: advantages normalized over a task's one "
                               "step are all 0, so nothing would learn; give more episodes or a longer horizon")
@@ -301,7 +312,7 @@ class MetaRL(nn.Module):
         if clip is not None:  # pessimistic: the clipped ratio counts only where it lowers the gain
             gain = torch.minimum(gain, ratio.clamp(1 - clip, 1 + clip) * out.advantages) * out.mask
         total = gain.sum((1, 2)).mean() / (out.mask.shape[1] * horizon)
-        if self.algo in ("sgmrl", "sgmrl-fo") and trajs:
+        if self.algo in SCORE_ALGOS and trajs:
             coef = self.score_coefficients(out)
             for s, tr in enumerate(trajs):  # d/dtheta log q(D_s; theta_s(theta)), through the earlier steps
                 score = self._ratio(path[s], tr, s > 0).sum((1, 2))
@@ -329,7 +340,7 @@ class MetaRL(nn.Module):
         valid = out.mask.bool()
         r = out.rewards[valid]
         per_task = (out.rewards * out.mask).sum((1, 2)) / out.mask.sum((1, 2)).clamp(min=1)
-        return ((per_task - r.mean()) / (r.std() + 1e-8)).detach()
+        return ((per_task - r.mean()) / (r.std(correction=0) + 1e-8)).detach()  # ProMP's np.std
 
     def kl(self, theta: Params, trajs: Sequence[Trajectories], out: Trajectories) -> Tensor:
         """Mean KL(pi_old || pi_theta') over the valid steps of ``D_o``, theta' adapted from ``theta``."""

@@ -31,8 +31,11 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 
 
 def normalize(x: Tensor, mask: Tensor, dims: tuple[int, ...], eps: float = 1e-8) -> Tensor:
-    """``(x - mean) / std`` over the valid entries along ``dims`` (per task), zero elsewhere."""
+    """``(x - mean) / std`` over the valid entries along ``dims`` (per task), zero elsewhere. Entries equal up to
+    round-off give 0 (their std is the mean's rounding error, which would make every one of them about +-1)."""
     n = mask.sum(dims, keepdim=True).clamp(min=1)
     mean = (x * mask).sum(dims, keepdim=True) / n
     var = (((x - mean) * mask) ** 2).sum(dims, keepdim=True) / n
-    return (x - mean) / (var.sqrt() + eps) * mask
+    std = var.sqrt()
+    flat = std <= 1e-5 * mean.abs()
+    return torch.where(flat, 0.0, (x - mean) / (std + eps)) * mask

@@ -74,11 +74,11 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
         dist = policy_dist(policy, params, obs, per_task)
         action = policy.mode(dist) if deterministic else policy.sample(dist, generator)
         next_obs, reward, done = env.step(action)
-        for key, v in (("obs", obs), ("actions", action), ("rewards", reward.to(dtype) * alive), ("mask", alive),
-                       ("dist", dist)):
+        reward = torch.where(alive.bool(), reward.to(dtype), 0.0)  # after an episode's end: 0, even a NaN
+        for key, v in (("obs", obs), ("actions", action), ("rewards", reward), ("mask", alive), ("dist", dist)):
             rec[key].append(v)
         alive = alive * (~done).to(dtype)
-        obs = next_obs.to(dtype)
+        obs = torch.where(alive.bool()[..., None], next_obs.to(dtype), obs)  # an ended episode keeps its last one
         if not alive.any():
             break
     pad = env.horizon - len(rec["mask"])  # all episodes ended early: pad to the horizon (masked out)
