@@ -22,16 +22,21 @@ STEP = textwrap.dedent("""
     from metagrad.rl.sampler import Trajectories
     from metagrad.rl.trpo import flatten
 
-    algo, outer, path = sys.argv[1], sys.argv[2], sys.argv[3]
+    algo, outer, subsample, path = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
     torch.manual_seed(0)
-    env = Navigation2D(horizon=5)  # no episode can reach its goal: every process sees full masks
+    # goals within reach: episodes end early, each process's share of the valid steps differs from its share of
+    # the tasks (the pooled KLs must weigh processes by the former)
+    env = Navigation2D(horizon=5, goal_low=-0.3, goal_high=0.3, goal_radius=0.25)
     policy = make_policy(env.action_space, 2, hidden=(8,), activation="tanh", init_std=0.5).double()
     # damping 0.1: with 1e-5 the conjugate gradient amplifies round-off so much that merely reordering the tasks
     # in one process moves the TRPO step by 2e-5 (measured); with 0.1 reordering moves it by 1.7e-7
-    learner = MetaRL(policy, env, algo=algo, outer=outer, inner_lr=0.3, episodes=3, ppo_epochs=3, cg_damping=0.1)
+    learner = MetaRL(policy, env, algo=algo, outer=outer, inner_lr=0.3, episodes=3, ppo_epochs=3, cg_damping=0.1,
+                     hvp_subsample=subsample)
     opt = torch.optim.Adam(policy.parameters(), lr=0.01) if outer != "trpo" else None
     tasks = env.sample_tasks(5, torch.Generator().manual_seed(0)).double()
     trajs, out = learner.sample(tasks, torch.Generator().manual_seed(1))  # the whole meta-batch, on every process
+    valid = [float(t.mask[:3].sum() / t.mask.sum()) for t in (*trajs, out)]
+    assert all(0.3 < v < 0.9 for v in valid) and max(valid) - min(valid) > 0.005 and valid[-1] != 0.6, valid
     group, share = Distributed.from_env(), None
     if group is not None:
         shard = group.shard(5)
@@ -46,13 +51,18 @@ STEP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize(("algo", "outer"), [("maml", "trpo"), ("promp", "ppo"), ("maml", "vpg")])
-def test_sharded_meta_rl_steps_equal_one_process(tmp_path, algo, outer):
+@pytest.mark.parametrize(("algo", "outer", "subsample"),
+                         [("maml", "trpo", 1.0), ("maml", "trpo", 0.6), ("promp", "ppo", 1.0), ("maml", "vpg", 1.0)])
+def test_sharded_meta_rl_steps_equal_one_process(tmp_path, algo, outer, subsample):
+    """Also where episodes end early: the KLs and their curvature (on every episode or a subsample) are means over
+    the meta-batch's valid steps, weighed by each process's share of them (by its share of the tasks, TRPO's step
+    moved by 2e-3, PPO's by 2e-5)."""
     script = tmp_path / "step.py"
     script.write_text(STEP)
     single, double = tmp_path / "single.pt", tmp_path / "double.pt"
-    subprocess.run([sys.executable, str(script), algo, outer, str(single)], check=True, env=env(), timeout=300)
-    torchrun([str(script), algo, outer, str(double)])
+    subprocess.run([sys.executable, str(script), algo, outer, str(subsample), str(single)], check=True, env=env(),
+                   timeout=300)
+    torchrun([str(script), algo, outer, str(subsample), str(double)])
     a, b = torch.load(single), torch.load(double)
     assert float((a - b).abs().max()) < (1e-6 if outer == "trpo" else 1e-9)  # TRPO: as much as a reordering
     assert float(a.abs().max()) > 0

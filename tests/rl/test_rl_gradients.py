@@ -337,3 +337,18 @@ def test_settings_under_which_an_algorithm_does_not_do_what_it_says_are_refused(
         MetaRL(policy, env, algo="sgmrl-fo", normalize_outer=True)
     with pytest.raises(ConfigError, match=message):
         preset("maml-trpo").replace(algo="sgmrl-fo", outer="vpg").validate()
+
+
+def test_what_normalizes_over_the_whole_meta_batch_is_refused_on_a_share_of_it():
+    from metagrad.distributed import Share
+    from metagrad.errors import ConfigError
+
+    env = Navigation2D(horizon=8)
+    policy = make_policy(env.action_space, 2, hidden=(4,))
+    tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
+    for kw, what in (({"algo": "emaml"}, "E-MAML's weights"),
+                     ({"algo": "sgmrl-fo", "score_baseline": "batch"}, "SG-MRL's score_baseline=batch")):
+        learner = MetaRL(policy, env, outer="vpg", episodes=2, **kw)
+        trajs, out = learner.sample(tasks, torch.Generator().manual_seed(1))
+        with pytest.raises(ConfigError, match=f"on several processes: {what} normalize over the whole meta-batch"):
+            learner.update(trajs, out, torch.optim.SGD(policy.parameters(), lr=0.1), Share(None, 0.5))

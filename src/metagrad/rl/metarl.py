@@ -82,6 +82,15 @@ def check_score_normalization(algo: str, normalize_outer: bool) -> None:
                           "advantages; set normalize_outer=false")
 
 
+def check_shardable(algo: str, score_baseline: str) -> None:
+    """Stop with a ConfigError for what normalizes over the whole meta-batch, which no process of several sees: E-MAML's
+    weights, SG-MRL's batch baseline (their reductions over processes are not written)."""
+    if algo == "emaml" or (algo in SCORE_ALGOS and score_baseline == "batch"):
+        what = "E-MAML's weights" if algo == "emaml" else "SG-MRL's score_baseline=batch"
+        raise ConfigError(f"algo '{algo}' on several processes: {what} normalize over the whole meta-batch, which "
+                          "each process sees only a share of; run it on one process (without torchrun)")
+
+
 def check_packable(algo: str, hvp_subsample: float) -> None:
     """Stop with a ConfigError where ``pack_episodes`` was asked for and does not apply."""
     if not packable(algo, hvp_subsample):
@@ -369,6 +378,8 @@ class MetaRL(nn.Module):
                optimizer: torch.optim.Optimizer | None = None, share: Share | None = None) -> dict[str, float]:
         """Form the meta-gradient and take the outer step (``outer.step``: TRPO in place, or ``optimizer.step()``
         for VPG and PPO); ``share``: this process's part of the meta-batch under ``torchrun``."""
+        if share is not None:
+            check_shardable(self.algo, self.score_baseline)
         if self.pack_episodes:
             trajs, out = pack(trajs, out)
         return outer.step(self, trajs, out, optimizer, share)

@@ -29,7 +29,8 @@ def step(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories,
          optimizer: torch.optim.Optimizer | None = None, share: Share | None = None) -> dict[str, float]:
     """Form the meta-gradient and take the outer step: TRPO in place, or ``optimizer.step()`` for VPG and PPO.
     Under ``torchrun``, ``share`` is this process's part of the meta-batch: per-task means are combined over
-    the processes, so that every process takes the same step."""
+    the processes by their tasks, means over valid steps (the KLs) by their steps, so that every process takes the
+    step one process takes on the whole meta-batch."""
     if learner.outer in ("vpg", "ppo") and optimizer is None:
         raise ConfigError(f"outer '{learner.outer}' needs an optimizer (e.g. torch.optim.Adam(policy.parameters()))")
     if learner.outer == "ppo":
@@ -51,15 +52,24 @@ def ppo_update(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories
     meta-batch; then the penalty coefficients adapt to their target."""
     params = learner.trainable()
     gradient = learner.compiled(ppo_gradient)
-    for epoch in range(learner.ppo_epochs):
-        g = _reduce_params(gradient(learner, learner.meta_params(), trajs, out)[0], share)
-        if epoch == 0:  # the first epoch's gradient is the meta-gradient (ratios are 1, no penalty yet)
-            gnorm = _finite_norm(g)
-        write_grads(params, g)
-        optimizer.step()
+    *inner_pools, out_pool = pooled(share, [tr.mask for tr in (*trajs, out)])
+    coefs = learner.inner_kl_coefs.clone()
+    if share is not None and len(coefs):  # the penalties are means over steps: reduced by tasks, weighed by steps
+        learner.inner_kl_coefs.mul_(coefs.new_tensor([p.fraction / share.fraction for p in inner_pools]))
+    try:
+        for epoch in range(learner.ppo_epochs):
+            g = _reduce_params(gradient(learner, learner.meta_params(), trajs, out)[0], share)
+            if epoch == 0:  # the first epoch's gradient is the meta-gradient (ratios are 1, no penalty yet)
+                gnorm = _finite_norm(g)
+            write_grads(params, g)
+            optimizer.step()
+    finally:
+        learner.inner_kl_coefs.copy_(coefs)
     with torch.no_grad():
         _, (kl, inner_kls) = ppo_loss(learner, learner.meta_params(), trajs, out)
-        kl, inner_kls = _reduce(kl, share), _reduce(inner_kls, share)
+        kl = _reduce(kl, out_pool)
+        inner_kls = torch.stack([_reduce(k, p) for k, p in zip(inner_kls, inner_pools, strict=True)]) \
+            if len(inner_kls) else inner_kls
     if learner.inner_kl_target > 0 and len(inner_kls):
         low, high = inner_kls < learner.inner_kl_target / 1.5, inner_kls > learner.inner_kl_target * 1.5
         learner.inner_kl_coefs[low.to(learner.inner_kl_coefs.device)] /= 2
@@ -88,15 +98,17 @@ def trpo_update(learner: MetaRL, x0: Tensor, g: Tensor, trajs: Sequence[Trajecto
                 share: Share | None = None) -> StepInfo:
     """A trust-region step from ``x0`` written into the policy's parameters."""
     theta = learner.meta_params()
+    curvature_steps = subsample(learner, out).mask if learner.hvp_mode == "exact" and trajs else out.mask
+    out_pool, curvature_pool = pooled(share, [out.mask, curvature_steps])
 
     def evaluate(x: Tensor) -> tuple[float, float]:
         with torch.no_grad():
-            sur, kl = _reduce(learner.compiled(surrogate_and_kl)(learner, unflatten(x, theta), trajs, out), share)
-        return float(sur), float(kl)
+            sur, kl = learner.compiled(surrogate_and_kl)(learner, unflatten(x, theta), trajs, out)
+        return float(_reduce(sur, share)), float(_reduce(kl, out_pool))
 
     local = kl_hvp(learner, trajs, out)
-    x, info = trust_region_step(x0, evaluate, g, lambda v: _reduce(local(v), share), learner.max_kl, learner.cg_iters,
-                                learner.backtrack, learner.max_backtracks)
+    x, info = trust_region_step(x0, evaluate, g, lambda v: _reduce(local(v), curvature_pool), learner.max_kl,
+                                learner.cg_iters, learner.backtrack, learner.max_backtracks)
     with torch.no_grad():
         params = learner.trainable()
         for name, v in unflatten(x, theta).items():
@@ -299,6 +311,17 @@ def _finite_norm(g: Params) -> float:
 def _reduce(x: Tensor, share: Share | None) -> Tensor:
     """The meta-batch's value of a per-task mean computed on this process's ``share`` (``x`` itself alone)."""
     return x if share is None else share.mean(x)
+
+
+def pooled(share: Share | None, masks: Sequence[Tensor]) -> list[Share | None]:
+    """Per batch (its mask), this process's share of the meta-batch's valid steps: the weight of its means over
+    valid steps (the KLs), which its share of the tasks misweighs where episodes end early. One all-reduce."""
+    if share is None:
+        return [None] * len(masks)
+    counts = torch.stack([m.sum() for m in masks]).double()
+    totals = counts.clone()
+    share.group.all_reduce(totals)
+    return [Share(share.group, float(c / t)) for c, t in zip(counts, totals.clamp(min=1), strict=True)]
 
 
 def _reduce_params(tree: Params, share: Share | None) -> Params:

@@ -22,7 +22,7 @@ from ..seeds import process_episodes
 from .config import RLConfig
 from .envs import make_env
 from .envs.locomotion import FAMILIES
-from .metarl import MetaRL
+from .metarl import MetaRL, check_shardable
 from .policy import make_policy
 
 REJECTIONS = 10  # TRPO steps rejected in a row before the trainer says the run is not moving
@@ -139,6 +139,7 @@ class RLTrainer(RunLoop):
         check_built_from(learner, cfg)
         if distributed is not None:
             distributed.shard(cfg.meta_batch_size)  # too few tasks for the processes: refused before a file is written
+            check_shardable(cfg.algo, cfg.score_baseline)
         self.learner, self.optimizer, self.cfg = learner, optimizer, cfg
         numbers = cfg.meta_batch_size * cfg.episodes * cfg.horizon * (2 * learner.env.obs_dim + 12)
         check_memory(4 * numbers * (learner.inner_steps + 1), f"meta_batch_size {cfg.meta_batch_size:,} x episodes "
