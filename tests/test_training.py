@@ -139,3 +139,24 @@ def test_metrics_lines_follow_their_schema(tmp_path):
     assert [x["iteration"] for x in train] == [10, 20, 30] and [x["iteration"] for x in val] == [10, 20, 30]
     assert all(set(x) == {"iteration", "meta_loss", "outer_lr", "elapsed"} for x in train)
     assert all(set(x) == {"iteration", "val_loss", "best"} and x["val_loss"] > 0 for x in val)
+
+
+def test_a_meta_gradient_that_is_not_finite_stops_before_the_step():
+    """A finite meta-loss with a NaN or infinite gradient (here sqrt's at 0) used to write NaN parameters, and the
+    next iteration blamed the outer step size."""
+
+    class SqrtScale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w, self.b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.w.sqrt() * x + self.b
+
+    model = SqrtScale()
+    trainer = mg.Trainer(mg.MAML(model, inner=mg.SGD(0.1), adapt=["b"]), mg.tasks.Sinusoid(shots=5, query=5),
+                         torch.optim.Adam(model.parameters(), lr=1e-3), iterations=2, meta_batch_size=2,
+                         progress=False)
+    with pytest.raises(TrainingDiverged, match="the meta-gradient holds NaN or infinite values at iteration 1"):
+        trainer.fit()
+    assert model.w.item() == 0.0  # the parameters are left as they were

@@ -233,7 +233,7 @@ class Adam(InnerRule):
         m = {n: b1 * m[n] + (1 - b1) * grads[n] for n in params}
         v = {n: b2 * v[n] + (1 - b2) * grads[n] * grads[n] for n in params}
         c1, c2 = 1 - b1**t, 1 - b2**t
-        new = {n: p - lr * (m[n] / c1) / ((v[n] / c2).sqrt() + self.eps) for n, p in params.items()}
+        new = {n: p - lr * (m[n] / c1) / (_sqrt0(v[n] / c2) + self.eps) for n, p in params.items()}
         return new, AdamState(m, v, None if done is None else t)
 
     def with_lr(self, lr: float | Sequence[float]) -> Adam:
@@ -241,6 +241,13 @@ class Adam(InnerRule):
 
     def extra_repr(self) -> str:
         return f"lr={list(self.schedule)}, betas={self.betas}, eps={self.eps}"
+
+
+def _sqrt0(x: Tensor) -> Tensor:
+    """``sqrt(x)`` for ``x >= 0`` with derivative 0 at 0, not infinity: a gradient entry that is exactly 0 (a ReLU
+    unit dead on a task's support set) made the second-order meta-gradient NaN (0 x inf)."""
+    positive = x > 0
+    return torch.where(positive, x, 1).sqrt() * positive
 
 
 def make_inner(name: str, lr: float | Sequence[float], learn: bool = False, params: Params | None = None) -> InnerRule:

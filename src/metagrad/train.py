@@ -191,6 +191,12 @@ class Trainer(RunLoop):
                 f"meta-loss is {metrics['meta_loss']} at iteration {self.iteration + 1}: training diverged; "
                 f"lower the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g}) or the "
                 "inner step size")
+        grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            raise TrainingDiverged(
+                f"the meta-gradient holds NaN or infinite values at iteration {self.iteration + 1} (meta-loss "
+                f"{metrics['meta_loss']:.4g}); the parameters are left as they were: lower the inner step size or "
+                "look for a non-differentiable point in the model or the inner rule")
         used = self.optimizer.param_groups[0]["lr"]  # this iteration's outer step size, before the schedule moves on
         self.optimizer.step()
         if self.scheduler is not None:

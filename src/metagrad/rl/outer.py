@@ -133,8 +133,17 @@ def kl_hvp(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories) ->
     theta = learner.meta_params()
     x0 = flatten(theta)
     if learner.hvp_mode == "finite-difference" or not trajs:
-        def kl_grad(x: Tensor) -> Tensor:
-            return grad(lambda y: learner.kl(unflatten(y, theta), trajs, out))(x)
+        if learner.first_order and trajs:  # J = I: the adapted parameters move with theta, the inner path held
+            adapted = inner_path(learner, theta, trajs)[0][-1]
+
+            def kl_grad(x: Tensor) -> Tensor:
+                def kl(y: Tensor) -> Tensor:
+                    shift = unflatten(y - x0, theta)
+                    return _kl_at(learner, out, {k: adapted[k] + shift[k] for k in adapted})
+                return grad(kl)(x)
+        else:
+            def kl_grad(x: Tensor) -> Tensor:
+                return grad(lambda y: learner.kl(unflatten(y, theta), trajs, out))(x)
 
         if not trajs:  # joint training: the KL Hessian of the policy itself, exact
             if learner.use_compile:  # the products recompute their forward pass, fused by the compiler
