@@ -102,6 +102,23 @@ def test_ppo_clips_the_ratio_pessimistically():
     assert float((flatten(g_clip) - flatten(g_plain)).abs().max()) < 1e-12
 
 
+def test_ppo_loss_averages_the_inner_kl_penalties_over_the_steps_as_promp():
+    """ProMP: ``reduce_mean(inner_kl_coeff * mean_inner_kl_per_step)``; the sum made a coefficient twice as strong
+    with two inner steps."""
+    from metagrad.rl.outer import ppo_loss
+
+    learner, trajs, out = _navigation(inner_steps=2, inner_kl_coef=0.5)
+    learner.inner_kl_coefs.copy_(torch.tensor([0.5, 2.0]))
+    theta = learner.meta_params()
+    x0 = flatten(theta)
+    moved = unflatten(x0 + 0.2 * torch.randn(x0.shape, dtype=x0.dtype, generator=torch.Generator().manual_seed(4)),
+                      theta)
+    loss, (_, inner_kls) = ppo_loss(learner, moved, trajs, out)
+    sur, _, kls = learner.outer_terms(moved, trajs, out, learner.ppo_clip, inner_kls=True)
+    assert torch.equal(kls, inner_kls) and float(kls.min()) > 1e-4  # both steps' policies moved
+    assert float(loss) == pytest.approx(float(-sur + (0.5 * kls[0] + 2.0 * kls[1]) / 2), rel=1e-12)
+
+
 def test_inner_kl_penalty_adapts_to_its_target_and_is_checkpointed():
     learner, trajs, out = _navigation(inner_kl_coef=1e-3, inner_kl_target=1e-9, ppo_epochs=3)
     opt = torch.optim.Adam(learner.policy.parameters(), lr=1e-2)

@@ -82,10 +82,12 @@ def ppo_update(learner: MetaRL, trajs: Sequence[Trajectories], out: Trajectories
 
 def ppo_loss(learner: MetaRL, theta: Params, trajs: Sequence[Trajectories],
              out: Trajectories) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """PPO's loss at ``theta``: minus the clipped surrogate plus the inner KL penalties (ProMP), with the mean KL
-    over D_o and each inner step's KL."""
+    """PPO's loss at ``theta``: minus the clipped surrogate plus the inner KL penalties averaged over the inner steps
+    (ProMP's ``reduce_mean(inner_kl_coeff * mean_inner_kl_per_step)``), with the mean KL over D_o and each inner
+    step's KL."""
     sur, kl, inner_kls = learner.outer_terms(theta, trajs, out, learner.ppo_clip, inner_kls=True)
-    return -sur + (learner.inner_kl_coefs.to(sur.dtype) * inner_kls).sum(), (kl, inner_kls)
+    penalty = (learner.inner_kl_coefs.to(sur.dtype) * inner_kls).sum() / max(1, len(inner_kls))
+    return -sur + penalty, (kl, inner_kls)
 
 
 def ppo_gradient(learner: MetaRL, theta: Params, trajs: Sequence[Trajectories],
