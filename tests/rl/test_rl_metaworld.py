@@ -132,3 +132,21 @@ def test_ml10_train_and_test_classes_are_disjoint_and_tasks_follow_their_class()
         assert isinstance(env, test.classes[test.tasks[int(tasks[c // 2])].env_name])
     _, _, done = test.step(torch.zeros(5, 2, 4))
     assert not done.any()
+
+
+def test_a_runs_test_curve_is_taken_on_the_benchmarks_test_split(monkeypatch):
+    """`metagrad eval` of a Meta-World run tested on its training split (printed as held-out test tasks); the
+    step size is still tuned on the training split (validation), the curve taken on the test split."""
+    from metagrad.rl import evaluate as ev
+    from metagrad.rl.config import preset
+    from metagrad.rl.train import build
+
+    cfg = preset("drs-ppo").replace(env="ml1-reach", horizon=6, hidden=(4,), eval_tasks=2, eval_steps=1,
+                                    eval_episodes=1, tune_eval_lr=True, eval_lr_grid=(0.1,))
+    learner, _ = build(cfg)
+    seen = []
+    monkeypatch.setattr(ev, "tune_step_size", lambda lr, *a, **k: seen.append(("tune", lr.env.split)) or 0.1)
+    monkeypatch.setattr(ev, "return_curve", lambda lr, *a, **k: seen.append(("test", lr.env.split)) or "curve")
+    assert ev.evaluate(learner, cfg) == "curve"
+    assert seen == [("tune", "train"), ("test", "test")] and learner.env.split == "train"
+    assert ev.meta_test_env(learner.env).tasks is learner.env.benchmark.test_tasks

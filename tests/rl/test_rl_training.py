@@ -456,3 +456,18 @@ def test_a_run_of_a_tuned_preset_evaluates_at_the_step_given_and_compares_on_ret
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert "holds the policy alone" in err and "cp " not in err
+
+
+def test_a_reproduction_refuses_another_environment_under_its_papers_numbers():
+    """`locomotion --env cheetah-dir --set env=cheetah-vel` trained half-cheetah velocity and printed the direction
+    task's paper row beside it."""
+    from metagrad.reproduce import locomotion as loco
+    from metagrad.reproduce.metarl import method_config
+
+    exp = loco.experiment("cheetah-dir")
+    with pytest.raises(ConfigError, match="--set env=cheetah-vel would train another environment than 'cheetah-dir'"):
+        method_config("maml-trpo", False, 1, None, {"env": "cheetah-vel"}, exp.settings("maml-trpo"))
+    with pytest.raises(ConfigError, match="than 'navigation2d'"):
+        method_config("maml-trpo", False, 1, None, {"env": "cheetah-dir"})
+    assert method_config("maml-trpo", False, 1, None, {"env": "cheetah-dir"}, exp.settings("maml-trpo")).env == \
+        "cheetah-dir"

@@ -80,6 +80,10 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
             raise ConfigError(f"--set {key}={overrides[key]} would make --algo {method} another method ({key} "
                               f"'{getattr(cfg, key)}' in its preset) under {method}'s label; choose the method with "
                               f"--algo ({', '.join(method_names())})")
+    env = (base or {}).get("env", cfg.env)
+    if overrides.get("env", env) != env:
+        raise ConfigError(f"--set env={overrides['env']} would train another environment than '{env}' beside its "
+                          "paper's numbers; choose the environment with --env (locomotion) or the experiment")
     changes = {**(base or {}), **overrides}
     if method != "random":
         changes["iterations"] = iterations if iterations is not None else (FULL_ITERATIONS if full else

@@ -64,11 +64,24 @@ def evaluate(learner: MetaRL, cfg: Any, keep_paths: int = 0) -> tuple[dict[str, 
     given, or the first one tuned on validation tasks (then times ``eval_later``: halved, as the MAML code's
     tests)."""
     lr = list(cfg.eval_lr)
-    if cfg.tune_eval_lr:
+    if cfg.tune_eval_lr:  # on validation tasks: other goals of the family, or a benchmark's training split
         later = cfg.eval_later
         first = tune_step_size(learner, cfg.eval_lr_grid, cfg.eval_steps, 20, cfg.eval_seed, later=later)
         lr = [first, first * later]
-    return return_curve(learner, cfg.eval_tasks, cfg.eval_steps, cfg.eval_episodes, lr, cfg.eval_seed, keep_paths)
+    trained_on = learner.env
+    learner.env = meta_test_env(trained_on)
+    try:
+        return return_curve(learner, cfg.eval_tasks, cfg.eval_steps, cfg.eval_episodes, lr, cfg.eval_seed,
+                            keep_paths)
+    finally:
+        learner.env = trained_on
+
+
+def meta_test_env(env: Any) -> Any:
+    """Where a run is tested: a benchmark's meta-test split where it has one (Meta-World), else the family's own
+    environment (its test tasks are other draws of the same distribution)."""
+    split = getattr(env, "test_split", None)
+    return split() if callable(split) else env
 
 
 def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes: int, seed: int,

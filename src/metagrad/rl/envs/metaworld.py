@@ -49,7 +49,7 @@ class MetaWorldTaskEnv(CopyTaskEnv):
             raise ConfigError(f"unknown Meta-World split '{split}'; choose train or test")
         check_whole("horizon", horizon, 1)
         check_seed("seed", seed)
-        self.name, self.split = name, split
+        self.name, self.split, self.benchmark_seed = name, split, benchmark_seed
         self.benchmark = benchmark(name, benchmark_seed)
         self.classes = self.benchmark.train_classes if split == "train" else self.benchmark.test_classes
         self.tasks = self.benchmark.train_tasks if split == "train" else self.benchmark.test_tasks
@@ -60,6 +60,12 @@ class MetaWorldTaskEnv(CopyTaskEnv):
         self.action_space = Space("box", tuple(space.shape), float(space.low.min()), float(space.high.max()))
         self.success = torch.zeros(0, 0, dtype=torch.bool)
         self._success = np.zeros(0, dtype=bool)
+
+    def test_split(self) -> MetaWorldTaskEnv:
+        """The same benchmark's meta-test tasks (held-out classes for ML10/ML45, held-out goals for ML1)."""
+        if self.split == "test":
+            return self
+        return MetaWorldTaskEnv(self.name, "test", self.horizon, self.seed, self.benchmark_seed)
 
     def _acquire(self, env_name: str, k: int) -> Any:
         """The ``k``-th cached environment of class ``env_name`` (made on first use)."""
