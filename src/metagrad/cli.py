@@ -115,6 +115,8 @@ def build_parser() -> Parser:
                      "paper's Table 2 with cheetah-dir)")
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
                      "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
+    nav.add_argument("--redraw", action="store_true", help="print the table and draw the figures again from "
+                     "OUT/results.json with the papers' numbers as they are now; trains and evaluates nothing")
     studies = p.add_argument_group("Reptile's studies (reptile-gradients, reptile-overlap)")
     studies.add_argument("--jobs", type=int, default=1, help="runs at once, one process of one thread each "
                          "(default: 1; 2 uses both cores of a 2-core machine)")
@@ -493,6 +495,7 @@ def refuse_stray_options(args: argparse.Namespace) -> None:
 
     rl, studies = ("navigation", "locomotion"), ("reptile-gradients", "reptile-overlap")
     scope = {"algo": (*FEWSHOT, *rl), "ways": FEWSHOT, "shots": FEWSHOT, "env": ("locomotion",), "set": rl,
+             "redraw": rl,
              "data_root": (*FEWSHOT, *studies), "download": (*FEWSHOT, *studies),
              "time_budget": (*FEWSHOT, *rl, *studies),
              "batching": (*FEWSHOT, *EXPERIMENTS)}
@@ -524,6 +527,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from .reproduce import metarl
 
         experiment, methods, out, sets = metarl_request(args)
+        if args.redraw:
+            metarl.report(experiment, Path(out))
+            return 0
         metarl.run(experiment, methods, out, full=args.full, iterations=args.iterations, time_budget=args.time_budget,
                    overrides=sets, progress=not args.no_progress)
         return 0

@@ -257,6 +257,22 @@ def test_reproduce_navigation_end_to_end(tmp_path, capsys):
                                                                              "emaml", "drs-ppo"}
     text = capsys.readouterr().out  # a method without a paper number has its row too
     assert "Other methods (no paper number on 2D navigation)" in text and "| DRS+PPO | 1 | " in text
+    # --redraw: the table and figures again from results.json, its papers' numbers refreshed; nothing trained
+    results = json.loads((out / "results.json").read_text())
+    results["paper"]["maml_table4"]["maml-trpo"] = [-1.0, -2.0, -3.0, -4.0]  # as an older version recorded them
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "table.md").unlink()
+    (out / "return_curves.png").unlink()
+    logs = {m: (out / m / "metrics.jsonl").read_bytes() for m in ("maml-trpo", "sgmrl")}
+    assert main(["reproduce", "navigation", "--redraw", "--out", str(out)]) == 0
+    assert "| MAML-TRPO (paper) | 500 max | -40.41 | -11.68 | -3.33 | -3.23 | - |" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["paper"]["maml_table4"]["maml-trpo"][0] == -40.41
+    assert (out / "table.md").stat().st_size > 0 and (out / "return_curves.png").stat().st_size > 0
+    assert {m: (out / m / "metrics.jsonl").read_bytes() for m in logs} == logs
+    assert main(["reproduce", "locomotion", "--env", "ant-vel", "--redraw", "--out", str(out)]) == 2
+    assert "holds experiment 'navigation', not 'locomotion-ant-vel'" in capsys.readouterr().err
+    assert main(["reproduce", "navigation", "--redraw", "--out", str(tmp_path / "empty")]) == 2
+    assert "no results.json in " in capsys.readouterr().err
 
 
 def test_reproduce_locomotion_end_to_end(tmp_path, capsys):

@@ -92,12 +92,25 @@ def figures(results: dict[str, Any], out: Path) -> list[Path]:
     """MAML Figure 5's panel (return after k steps) and the training curves (matplotlib imported only here)."""
     from ..rl import plots
 
-    return plots.locomotion_figures(results, out)
+    paper = {m: row for m in results["methods"] if (row := paper_row(results, m)) is not None}
+    return plots.locomotion_figures(results, out, paper)
+
+
+def paper_row(results: dict[str, Any], method: str) -> list[float | None] | None:
+    """The paper's returns after 0..k steps for ``method``: the MAML code's (Figure 5, Table 5), or the SG-MRL
+    paper's Table 2 value at k = the run's inner steps (None before it); None where neither has the method."""
+    paper = results.get("paper", {})
+    reference = paper.get("maml", {}).get(method)
+    if reference is None:
+        inner_steps = results["methods"][method]["config"].get("inner_steps", 1)
+        value = paper.get("sgmrl_table2", {}).get(str(inner_steps), {}).get(method)
+        reference = None if value is None else [None] * inner_steps + [value]
+    return reference
 
 
 def format_table(results: dict[str, Any]) -> str:
     """Return after k steps on held-out tasks (mean ± 95% CI over tasks) per method, the papers' beside."""
-    methods, paper = results["methods"], results.get("paper", {})
+    methods = results["methods"]
     env = results["experiment"].removeprefix("locomotion-")
     steps = max(max(len(r["curve"]["mean"]), r["config"].get("inner_steps", 1) + 1) for r in methods.values())
     lines = [f"{env}: average return after k policy-gradient steps on held-out tasks, mean ± 95% CI over tasks", "",
@@ -108,11 +121,7 @@ def format_table(results: dict[str, Any]) -> str:
         cells = [format_ci(a, b, 1) for a, b in zip(c["mean"], c["ci95"], strict=True)]
         lines.append(f"| {r['label']} | {r['iterations']} | " + " | ".join(cells + ["-"] * (steps - len(cells)))
                      + " |")
-        reference = paper.get("maml", {}).get(m)
-        inner_steps = r["config"].get("inner_steps", 1)
-        table2 = paper.get("sgmrl_table2", {}).get(str(inner_steps), {})
-        if reference is None and m in table2:
-            reference = [None] * inner_steps + [table2[m]]
+        reference = paper_row(results, m)
         if reference is not None:
             shown = [f"{v:.1f}" if v is not None else "-" for v in reference] + ["-"] * steps
             lines.append(f"| {r['label']} (paper) | | " + " | ".join(shown[:steps]) + " |")

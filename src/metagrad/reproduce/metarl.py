@@ -138,7 +138,23 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
                  if r["seconds_per_iteration"] else "")
         print(f"    {r['iterations']} iterations in {r['train_seconds']:.0f} s{speed}; evaluated in "
               f"{r['eval_seconds']:.0f} s", file=sys.stderr, flush=True)
-    results = json.loads(path.read_text())  # with what other commands added
+    return report(experiment, out, figures)  # with what other commands added
+
+
+def report(experiment: Experiment, out: Path, figures: bool = True) -> dict[str, Any]:
+    """Print the table and draw the figures from ``OUT/results.json``, its papers' numbers refreshed from
+    ``experiment`` (what ``reproduce --redraw`` runs alone: nothing trained or evaluated)."""
+    path = out / "results.json"
+    if not path.exists():
+        raise ConfigError(f"no results.json in {out}: run the reproduction first (the same command without --redraw)")
+    with files.locked(path):
+        results = json.loads(path.read_text())
+        if results.get("experiment") != experiment.name:
+            raise ConfigError(f"{path} holds experiment '{results.get('experiment')}', not '{experiment.name}'; "
+                              "choose it with --env (locomotion) or the experiment")
+        if results.get("paper") != experiment.paper:
+            results["paper"] = experiment.paper
+            checkpoint.write_json(path, results)
     table = experiment.table(results)
     (out / "table.md").write_text(table + "\n")
     print(table)

@@ -14,7 +14,8 @@ from ..plots import _save, plt
 
 COLORS = {"maml-trpo": "tab:green", "fomaml-trpo": "tab:olive", "pretrained": "tab:blue", "random": "black",
           "oracle": "tab:red", "sgmrl": "tab:purple", "sgmrl-full": "tab:pink", "maml-vpg": "tab:cyan",
-          "emaml": "tab:orange"}
+          "emaml": "tab:orange", "context": "tab:brown", "drs-ppo": "tab:blue", "drs-trpo": "tab:blue",
+          "promp": "tab:green", "trpo-maml": "tab:green"}
 
 TITLES = {"cheetah-dir": "half-cheetah, forward/backward", "cheetah-vel": "half-cheetah, goal velocity",
           "ant-dir": "ant, forward/backward", "ant-vel": "ant, goal velocity", "swimmer-vel": "swimmer, goal velocity",
@@ -33,12 +34,10 @@ def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def locomotion_figures(results: dict[str, Any], out: Path) -> list[Path]:
-    """MAML Figure 5's panel for one task family (return after 0..k steps, the paper's values beside: the MAML
-    code's stored test returns) and the training curves."""
+def locomotion_figures(results: dict[str, Any], out: Path, paper: dict[str, list[float | None]]) -> list[Path]:
+    """MAML Figure 5's panel for one task family (return after 0..k steps, ``paper``'s values beside: the MAML
+    code's stored test returns, or the SG-MRL paper's after its inner steps) and the training curves."""
     methods, env = results["methods"], results["experiment"].removeprefix("locomotion-")
-    given = results.get("paper", {})
-    paper = {m: v for m, v in given.get("maml", {}).items() if m in methods}
     return [return_curves(methods, out / "return_curves.png", TITLES.get(env, env), symlog=False, paper=paper),
             *_training_figure(methods, out)]
 
@@ -51,9 +50,9 @@ def _training_figure(methods: dict[str, Any], out: Path) -> list[Path]:
 
 
 def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot, 2D navigation",
-                  symlog: bool = True, paper: dict[str, list[float]] | None = None) -> Path:
+                  symlog: bool = True, paper: dict[str, list[float | None]] | None = None) -> Path:
     """Average return after 0..k gradient steps with 95% CI bands, one line per method; ``paper``'s values per
-    method as open markers."""
+    method as open markers (None: no value at that step)."""
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for m, r in methods.items():
         c = r["curve"]
@@ -64,9 +63,12 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
                 ls="--" if m == "oracle" else "-")  # the oracle dashed, as the paper's Figures 4 and 5
         ax.fill_between(steps, lo, hi, alpha=0.2, color=COLORS.get(m))
         if m in (paper or {}):
-            ax.plot(range(len(paper[m])), paper[m], ls=":", marker="o", mfc="none", color=COLORS.get(m),
+            values = [float("nan") if v is None else v for v in paper[m]]
+            ax.plot(range(len(values)), values, ls=":", marker="o", mfc="none", color=COLORS.get(m),
                     label=f"{r['label']} (paper)")
     ax.set_xticks(range(max(len(r["curve"]["mean"]) for r in methods.values())))
+    sizes = [abs(v) for r in methods.values() for v in r["curve"]["mean"]]
+    symlog = symlog and max(sizes) > 20 * max(min(sizes), 1.0)  # within a factor 20 decade ticks leave one label
     if symlog:
         ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("number of gradient steps")
@@ -82,8 +84,11 @@ def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for m, log in logs.items():
         run, color = curves.load(str(log)), COLORS.get(m)
-        ax.plot(*run.series("return_post"), color=color, lw=1, label=f"{labels[m]}, after")
-        ax.plot(*run.series("return_pre"), color=color, lw=0.8, ls="--", alpha=0.6)
+        post, pre = run.series("return_post"), run.series("return_pre")
+        adapts = list(post[1]) != list(pre[1])  # joint training and the oracle take no inner step
+        ax.plot(*post, color=color, lw=1, label=f"{labels[m]}, after" if adapts else labels[m])
+        if adapts:
+            ax.plot(*pre, color=color, lw=0.8, ls="--", alpha=0.6)
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("average return (training tasks)")
     ax.set_title("meta-training (dashed: before adaptation)")
