@@ -16,8 +16,9 @@ COLORS = {"maml": "tab:green", "pretrained": "tab:blue", "oracle": "tab:red", "r
 
 
 def adaptation_curves(curves: Mapping[str, Mapping[int, Mapping[str, Any]]], path: str | Path,
-                      metric: str = "loss", ylabel: str = "mean squared error") -> Path:
-    """One panel per K: each method's query metric after 0..k steps with its 95% CI band (MAML Fig. 3/6).
+                      metric: str = "loss", ylabel: str = "mean squared error", ways: int | None = None) -> Path:
+    """One panel per K: each method's query metric after 0..k steps with its 95% CI band (MAML Fig. 3/6); ``ways``
+    (classification) named in the titles.
 
     ``curves[method][K][metric]`` holds ``mean`` and ``ci95`` lists, as ``experiment.evaluate`` returns.
     """
@@ -34,7 +35,7 @@ def adaptation_curves(curves: Mapping[str, Mapping[int, Mapping[str, Any]]], pat
             color = COLORS.get(method)
             ax.plot(steps, c["mean"], marker="o", ms=3, label=method, color=color)
             ax.fill_between(steps, lo, hi, alpha=0.2, color=color)
-        ax.set_title(f"{k}-shot")
+        ax.set_title(f"{ways}-way {k}-shot" if ways else f"{k}-shot")
         ax.set_xlabel("number of gradient steps")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)

@@ -115,7 +115,8 @@ def run(dataset: str, algo: str, ways: int, shots: int, out: str | Path, full: b
     (out / f"{name}.md").write_text(table + "\n")
     print(table)
     curves = {mode: {shots: r["curves"]} for mode, r in results["modes"].items()}
-    fig = plots.adaptation_curves(curves, out / f"{name}.png", metric="accuracy", ylabel="test accuracy")
+    fig = plots.adaptation_curves(curves, out / f"{name}.png", metric="accuracy", ylabel="test accuracy (fraction)",
+                                  ways=ways)
     print(f"\nresults: {out / (name + '.json')}\nfigure:  {fig}")
     return results
 
