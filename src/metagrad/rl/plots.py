@@ -128,15 +128,15 @@ def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
     contour = welch_contours(prob, steps, list(range(prob.shape[1])), out / "welch.png", label_a, label_b,
                              titles=[f"{study['env']}: {label_a} vs {label_b}"])
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for runs, label, color in zip(results["returns"].values(), results["labels"], ("tab:blue", "tab:green"),
-                                    strict=True):
-        c = np.asarray(runs)  # [seeds, snapshots, updates + 1]
+    for method, label, color in zip(results["returns"], results["labels"], ("tab:blue", "tab:green"), strict=True):
+        c = np.asarray(results["returns"][method])  # [seeds, snapshots, updates + 1]
+        at = np.asarray(results["env_steps"][method]).mean(0)  # where the snapshots were taken (past each multiple)
         for t, style in ((0, "--"), (c.shape[2] - 1, "-")):
             mean, sd = c[:, :, t].mean(0), c[:, :, t].std(0, ddof=1)
-            ax.plot(results["checkpoint_steps"], mean, style, color=color, marker="o", ms=3,
+            ax.plot(at, mean, style, color=color, marker="o", ms=3,
                     label=f"{label}, {t} test update{'s' if t != 1 else ''}")
-            ax.fill_between(results["checkpoint_steps"], mean - sd, mean + sd, color=color, alpha=0.12)
-    ax.set_xlabel("environment steps of meta-training")
+            ax.fill_between(at, mean - sd, mean + sd, color=color, alpha=0.12)
+    ax.set_xlabel("environment steps of meta-training (snapshots, mean over seeds)")
     ax.set_ylabel("average return (± sd over seeds)")
     ax.set_title(study["env"], fontsize=10)
     ax.legend(fontsize=7)
