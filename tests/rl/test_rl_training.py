@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -300,7 +301,7 @@ def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--set", "env=mujoco-nav"], "unknown environment 'mujoco-nav'"),
+    (["--set", "env=mujoco-nav"], "--set env=mujoco-nav would train another environment than 'navigation2d'"),
     (["--set", "horizon=-5"], "horizon -5 must be >= 1"),
     (["--set", "policy=categorical"], "a categorical policy cannot serve a continuous action space of shape [2]"),
     (["--algo", "maml-trpp"], "unknown method 'maml-trpp' (did you mean 'maml-trpo'?)"),
@@ -322,12 +323,12 @@ def test_gym_environments_without_gymnasium_name_the_extra_and_core_imports(tmp_
     block = "import sys; sys.modules['gymnasium'] = None\n"
     env = {**os.environ, "PYTHONPATH": SRC}
     code = block + "import metagrad, metagrad.rl\nfrom metagrad.cli import main\nraise SystemExit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "reproduce", "navigation", "--set",
-                           "env=gym:metagrad/Navigation2D-v0", "--out", str(tmp_path), "--no-progress"],
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--config", "maml-trpo-navigation", "--env",
+                           "gym:metagrad/Navigation2D-v0", "--out", str(tmp_path), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "metagrad reproduce: error: this needs gymnasium; install the rl extra: pip install 'metagrad[rl]'"]
+        "metagrad train: error: this needs gymnasium; install the rl extra: pip install 'metagrad[rl]'"]
 
 
 def test_readme_meta_rl_example_runs(capsys):
@@ -396,7 +397,7 @@ def test_tuned_test_steps_take_eval_later_after_the_first(monkeypatch):
     monkeypatch.setattr(evaluate, "tune_step_size", tune)
     monkeypatch.setattr(evaluate, "return_curve", lambda learner, tasks, steps, episodes, lr, seed, keep: (lr, 0, 0))
     for later in (0.5, 0.01):
-        lr, _, _ = evaluate.evaluate(None, RLConfig(tune_eval_lr=True, eval_later=later))
+        lr, _, _ = evaluate.evaluate(SimpleNamespace(env=None), RLConfig(tune_eval_lr=True, eval_later=later))
         assert lr == [0.2, 0.2 * later] and later_seen[-1] == later
     with pytest.raises(ConfigError, match="eval_later"):
         RLConfig(eval_later=0.0).validate()
