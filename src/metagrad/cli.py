@@ -216,6 +216,9 @@ def _add_tradeoff_parsers(sub: Any) -> None:
                    "x 20 episodes x 200 steps apart (days on 2 cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the outer steps (about a minute once per "
                    "run, then each update up to 2x faster; the same results)")
+    p.add_argument("--settings", choices=("metagrad", "promp"), default=d.settings, help="metagrad (default; the "
+                   "kept panels') or promp: as ProMP's code, the policy acting in normalize()'s units (a tenth of the "
+                   "simulator's; locomotion), each task's losses over its valid steps, a fixed inner KL coefficient")
     p.add_argument("--out", help="results folder (default: results/tradeoff-rl-ENV-PAIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -600,13 +603,14 @@ def _tradeoff_rl(args: argparse.Namespace) -> int:
     from . import tradeoff_rl as rl_tradeoff
 
     if args.paper:
-        study = rl_tradeoff.paper_study(args.env, args.pair, args.seeds)
+        study = rl_tradeoff.paper_study(args.env, args.pair, args.seeds, args.settings)
         study.compile = args.compile
     else:
         study = rl_tradeoff.Study(env=args.env, pair=args.pair, budget=args.budget, seeds=args.seeds,
                                   checkpoints=args.checkpoints, meta_batch_size=args.meta_batch_size,
                                   episodes=args.episodes, test_tasks=args.test_tasks,
-                                  test_episodes=args.test_episodes, horizon=args.horizon, compile=args.compile)
+                                  test_episodes=args.test_episodes, horizon=args.horizon, compile=args.compile,
+                                  settings=args.settings)
     out = Path(args.out or f"results/tradeoff-rl-{args.env}-{args.pair}")
     results = rl_tradeoff.run(study, out, progress=not args.no_progress)
     if not results:  # a process other than 0 of a distributed run: process 0 evaluates and reports

@@ -29,8 +29,9 @@ from .errors import ConfigError
 from .experiment import continue_run, load_run
 from .rl.config import RLConfig, preset
 from .rl.envs import make_env
+from .rl.envs.locomotion import FAMILIES
 from .rl.evaluate import adaptation_returns, held_out_goals, tune_step_size
-from .rl.metarl import packable
+from .rl.metarl import packable, steps_mean_applies
 from .rl.train import build
 
 PAIRS = {"ppo": ("drs-ppo", "promp"), "trpo": ("drs-trpo", "trpo-maml")}
@@ -38,6 +39,11 @@ LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-
 # episode length per environment in the trade-off paper (ProMP's locomotion, Meta-World's ML benchmarks)
 HORIZONS = {"navigation2d": 100, "ml1-push": 150, "ml1-reach": 150, "ml10": 150, "ml45": 150}
 DEFAULT_HORIZON = 200
+# what ``settings="promp"`` changes, as ProMP's code runs (its normalize(): the policy acts in [-10, 10], a tenth of
+# the simulator's units, so its initial standard deviation of 1 is 0.1 there; each task's losses averaged over its
+# valid steps; the inner KL penalty's coefficient fixed, as its run scripts: adaptive_inner_kl_penalty False)
+SETTINGS = ("metagrad", "promp")
+PROMP_ACTION_SCALE = 0.1
 # the paper's budget: 21 snapshots, 100 iterations of 40 tasks x 20 episodes x 200 steps apart
 PAPER = {"checkpoints": 21, "meta_batch_size": 40, "episodes": 20, "steps_between": 100 * 40 * 20 * 200}
 
@@ -62,8 +68,13 @@ class Study:
     eval_seed: int = 12345
     horizon: int = field(default=0)  # 0: the paper's for the environment
     compile: bool = False  # torch.compile the outer steps (speed only: not stored, may change on resume)
+    settings: str = "metagrad"  # or "promp": ProMP's code where ours differs (SETTINGS); stored unless the default
 
     def __post_init__(self) -> None:
+        if self.settings not in SETTINGS:
+            raise ConfigError(f"unknown settings '{self.settings}'; choose metagrad (the kept panels') or promp "
+                              "(ProMP's code: actions in normalize()'s units, valid-step means, a fixed inner KL "
+                              "coefficient)")
         if self.pair not in PAIRS:
             raise ConfigError(f"unknown pair '{self.pair}'; choose ppo (DRS+PPO vs ProMP) or trpo (DRS+TRPO vs "
                               "TRPO-MAML)")
@@ -87,23 +98,30 @@ class Study:
         """The training configuration of one method and seed; the update on valid steps alone where it applies
         (``pack_episodes``: hopper and walker episodes end early, half or more of their slots are padding)."""
         cfg = preset(method)
-        return cfg.replace(
+        cfg = cfg.replace(
             env=self.env, horizon=self.horizon, hidden=self.hidden, activation="tanh", inner_lr=(self.inner_lr,),
             meta_batch_size=self.meta_batch_size, episodes=self.episodes, seed=seed, iterations=10**9,
             step_budget=self.budget, snapshot_steps=self.budget // self.checkpoints, checkpoint_every=5,
             eval_steps=self.test_updates, eval_episodes=self.test_episodes, eval_tasks=self.test_tasks,
             eval_lr=(self.inner_lr,), eval_lr_grid=self.lr_grid, compile=self.compile,
             pack_episodes=packable(cfg.algo, cfg.hvp_subsample))
+        if self.settings == "promp":
+            cfg = cfg.replace(inner_kl_target=0.0, **({"loss_mean": "steps"} if steps_mean_applies(cfg.algo) else {}),
+                              **({"action_scale": PROMP_ACTION_SCALE} if self.env in FAMILIES else {}))
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "compile"}
+        """What must match on resume (without ``compile``, and without ``settings`` at its default: the studies
+        stored before it existed resume)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k != "compile" and not (k == "settings" and v == "metagrad")}
 
 
-def paper_study(env: str, pair: str, seeds: int = 5) -> Study:
+def paper_study(env: str, pair: str, seeds: int = 5, settings: str = "metagrad") -> Study:
     """The paper's budget (hours of a cluster per run; here for completeness and for machines that have it)."""
     steps = PAPER["checkpoints"] * PAPER["steps_between"]
     return Study(env=env, pair=pair, budget=steps, seeds=seeds, checkpoints=PAPER["checkpoints"],
-                 meta_batch_size=PAPER["meta_batch_size"], episodes=PAPER["episodes"], test_tasks=40)
+                 meta_batch_size=PAPER["meta_batch_size"], episodes=PAPER["episodes"], test_tasks=40, settings=settings)
 
 
 def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:

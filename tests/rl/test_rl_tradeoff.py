@@ -12,6 +12,7 @@ import torch
 from metagrad import checkpoint
 from metagrad.analysis.stats import welch_probability
 from metagrad.cli import main
+from metagrad.errors import ConfigError
 from metagrad.rl import Navigation2D
 from metagrad.rl.config import preset
 from metagrad.rl.train import RLTrainer, build
@@ -109,6 +110,31 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     capsys.readouterr()
     assert main([*args[:-3], "--seeds", "3", "--out", str(out)]) == 2
     assert "other settings (seeds)" in capsys.readouterr().err
+
+
+def test_promp_settings_are_its_codes_and_the_kept_studies_still_resume(tmp_path):
+    """``--settings promp``: ProMP's normalize() (actions a tenth of the simulator's on the locomotion families; the
+    Meta-World environments take none), valid-step means, a fixed inner KL coefficient; a study stored before the
+    option existed (no ``settings`` in study.json) is the default's and resumes."""
+    from metagrad.tradeoff_rl import Study
+
+    for env, scale in (("hopper-rand-params", 0.1), ("ml1-reach", 1.0)):
+        for method in ("drs-ppo", "promp"):
+            cfg = Study(env=env, settings="promp").config(method, 0)
+            assert (cfg.action_scale, cfg.loss_mean, cfg.inner_kl_target, cfg.init_std) == (scale, "steps", 0.0, 1.0)
+            kept = Study(env=env).config(method, 0)
+            assert (kept.action_scale, kept.loss_mean, kept.inner_kl_target) == (1.0, "slots", 0.01)
+    assert "settings" not in Study().to_dict() and Study(settings="promp").to_dict()["settings"] == "promp"
+    with pytest.raises(ConfigError, match="unknown settings 'rllab'; choose metagrad"):
+        Study(settings="rllab")
+    out = tmp_path / "study"
+    args = ["tradeoff", "rl", "--env", "navigation2d", "--budget", "3000", "--seeds", "2", "--checkpoints", "1",
+            "--meta-batch-size", "3", "--episodes", "2", "--test-tasks", "3", "--test-episodes", "2",
+            "--out", str(out), "--no-progress"]
+    assert main([*args, "--settings", "promp"]) == 0
+    assert json.loads((out / "study.json").read_text())["settings"] == "promp"
+    assert checkpoint.read_info(out / "promp" / "seed-0" / "last")["config"]["algo"]["inner_kl_target"] == 0.0
+    assert main(args) == 2  # the default's settings are other settings for this study
 
 
 @pytest.mark.parametrize(("flags", "message"), [(["--seeds", "1"], "seeds 1 must be >= 2"),
