@@ -24,9 +24,11 @@ TITLES = {"cheetah-dir": "half-cheetah, forward/backward", "cheetah-vel": "half-
 
 
 def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
-    """Every figure that the methods in ``results`` allow; returns their paths."""
+    """Every figure that the methods in ``results`` allow (MAML Table 4's values beside its methods); returns their
+    paths."""
     methods = results["methods"]
-    paths = [return_curves(methods, out / "return_curves.png"), *_training_figure(methods, out)]
+    paper = {m: v for m, v in results.get("paper", {}).get("maml_table4", {}).items() if m in methods}
+    paths = [return_curves(methods, out / "return_curves.png", paper=paper), *_training_figure(methods, out)]
     shown = [m for m in ("maml-trpo", "pretrained", "sgmrl", "maml-vpg") if (out / m / "paths.pt").exists()]
     if shown:
         paths.append(trajectories({m: torch.load(out / m / "paths.pt") for m in shown},
