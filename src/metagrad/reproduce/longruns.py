@@ -277,13 +277,13 @@ ROWS = (
           ("walker-rand-vel", "Walker Rand Vel", 300_000, 3, False, ("ppo", "trpo"), "Figs. 1-2"),
           ("ml1-push", "ML1-Push", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"))
       for pair in pairs),
-    *(Row(f"Trade-off Figs. 1-2: Hopper Rand Params, {PAIRS[pair]} as ProMP's code runs them (`--settings promp`: "
-          "the policy in normalize()'s units, each task's losses over its valid steps, a fixed inner KL coefficient): "
-          "what the kept panel's differences from it are worth", "336M steps per run, 5 seeds",
-          f"tradeoff-rl-hopper-rand-params-{pair}-promp",
-          f"metagrad tradeoff rl --env hopper-rand-params --pair {pair} --budget 300000 --checkpoints 3 --seeds 5 "
-          "--test-episodes 5 --settings promp --out "
-          f"results/long/tradeoff-rl-hopper-rand-params-{pair}-promp", 300_000, "env steps", runs=10)
+    *(Row(f"Trade-off Figs. 1-2: {title}, {PAIRS[pair]} as ProMP's code runs them (`--settings promp`: the policy in "
+          "normalize()'s units, each task's losses over its valid steps, a fixed inner KL coefficient): what the kept "
+          "panel's differences from it are worth", "336M steps per run, 5 seeds", f"tradeoff-rl-{env}-{pair}-promp",
+          f"metagrad tradeoff rl --env {env} --pair {pair} --budget 300000 --checkpoints 3 --seeds 5 "
+          f"--test-episodes 5 --settings promp --out results/long/tradeoff-rl-{env}-{pair}-promp", 300_000,
+          "env steps", runs=10)
+      for env, title in (("hopper-rand-params", "Hopper Rand Params"), ("walker-rand-vel", "Walker Rand Vel"))
       for pair in ("ppo", "trpo")),
 )
 
