@@ -28,9 +28,8 @@ from .distributed import Distributed
 from .errors import ConfigError
 from .experiment import continue_run, load_run
 from .rl.config import RLConfig, preset
-from .rl.envs import make_env
 from .rl.envs.locomotion import FAMILIES
-from .rl.evaluate import adaptation_returns, held_out_goals, tune_step_size
+from .rl.evaluate import adaptation_returns, held_out_goals, meta_test_env, tune_step_size
 from .rl.metarl import packable, steps_mean_applies
 from .rl.train import build
 
@@ -212,11 +211,10 @@ def _drs_step_size(study: Study, seed: int, run_dir: Path) -> float:
 
 
 def _test_env(study: Study, split: str = "test") -> Any:
-    """The meta-test environment: the benchmark's test split where it has one (Meta-World), else the same family."""
-    kwargs: dict[str, Any] = {"horizon": study.horizon}
-    if study.env.startswith("ml"):
-        kwargs["split"] = split
-    return make_env(study.env, **kwargs)
+    """The environment the study's configs build (horizon, action scale), on the benchmark's test split where it has
+    one (Meta-World) for ``split`` test."""
+    env = build(study.config(study.methods[0], 0))[0].env
+    return meta_test_env(env) if split == "test" else env
 
 
 def _check_resumable(study: Study, out: Path) -> None:

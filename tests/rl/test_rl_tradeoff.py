@@ -125,6 +125,8 @@ def test_promp_settings_are_its_codes_and_the_kept_studies_still_resume(tmp_path
             kept = Study(env=env).config(method, 0)
             assert (kept.action_scale, kept.loss_mean, kept.inner_kl_target) == (1.0, "slots", 0.01)
     assert "settings" not in Study().to_dict() and Study(settings="promp").to_dict()["settings"] == "promp"
+    from metagrad.tradeoff_rl import _test_env  # the snapshots are tested on the environment they trained on: it
+    assert _test_env(Study(env="hopper-rand-params", settings="promp"))._action_scale == 0.1  # tested at scale 1
     with pytest.raises(ConfigError, match="unknown settings 'rllab'; choose metagrad"):
         Study(settings="rllab")
     out = tmp_path / "study"
