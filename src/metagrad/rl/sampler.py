@@ -68,21 +68,22 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
         env.reseed(int(torch.randint(0, 2**62, (), generator=generator)))
     obs = env.reset(tasks, episodes).to(dtype)
     t, k = obs.shape[:2]
-    alive = torch.ones(t, k, dtype=dtype)
+    alive = torch.ones(t, k, dtype=torch.bool)
     rec: dict[str, list[Tensor]] = {"obs": [], "actions": [], "rewards": [], "mask": [], "dist": []}
     for _ in range(env.horizon):
         dist = policy_dist(policy, params, obs, per_task)
         action = policy.mode(dist) if deterministic else policy.sample(dist, generator)
         next_obs, reward, done = env.step(action)
-        reward = torch.where(alive.bool(), reward.to(dtype), 0.0)  # after an episode's end: 0, even a NaN
+        reward = torch.where(alive, reward.to(dtype), 0.0)  # after an episode's end: 0, even a NaN
         for key, v in (("obs", obs), ("actions", action), ("rewards", reward), ("mask", alive), ("dist", dist)):
             rec[key].append(v)
-        alive = alive * (~done).to(dtype)
-        obs = torch.where(alive.bool()[..., None], next_obs.to(dtype), obs)  # an ended episode keeps its last one
+        alive = alive & ~done
+        obs = torch.where(alive[..., None], next_obs.to(dtype), obs)  # an ended episode keeps its last one
         if not alive.any():
             break
     pad = env.horizon - len(rec["mask"])  # all episodes ended early: pad to the horizon (masked out)
     out = {key: torch.stack(v + [torch.zeros_like(v[0])] * pad, 2) for key, v in rec.items()}
+    out["mask"] = out["mask"].to(dtype)
     zeros = torch.zeros_like(out["rewards"])
     log_prob = policy.log_prob(out["dist"], out["actions"]) * out["mask"]
     return Trajectories(out["obs"], out["actions"], out["rewards"], out["mask"], out["dist"], log_prob, zeros, zeros)
