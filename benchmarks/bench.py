@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from report import provenance, provenance_line
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("learn2learn", "higher", "torchopt")
 OURS = ("metagrad", "metagrad-1thread", "metagrad-vmap", "metagrad-compile", "metagrad-cudagraphs",
@@ -420,8 +422,8 @@ def main() -> None:
 
 
 def machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": device, "peak_gflops": machine_peak_gflops(device)}
+    info = {**provenance(), "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": device, "peak_gflops": machine_peak_gflops(device)}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -455,15 +457,20 @@ def format_markdown(result: dict) -> str:
     libs = list(dict.fromkeys(lib for part in ("timing", "memory") for per_lib in result[part].values()
                               for lib in per_lib))
     m = result["machine"]
-    lines = [f"On {m.get('gpu', 'the CPU')} (torch {m['torch']}, {m['threads']} CPU threads).", ""]
+    lines = [provenance_line(m) if "commit" in m else "", "",
+             f"On {m.get('gpu', 'the CPU')} (torch {m['torch']}, {m['threads']} CPU threads).", ""]
     if result["timing"]:
         lines += ["| workload | " + " | ".join(libs) + " | fastest peer / metagrad | fastest peer / metagrad-compile |",
                   "|---|" + "---|" * (len(libs) + 2)]
+    failed = []
     for key, per_lib in result["timing"].items():
         cells, peers, ours = [], [], {}
         for lib in libs:
             s = summarise(per_lib.get(lib, []))
-            cells.append("-" if s is None else f"{s[0]:.1f} ({s[1]:.1f}-{s[2]:.1f})")
+            errors = [r for r in per_lib.get(lib, []) if isinstance(r, str) and not r.startswith("NotImplementedError")]
+            if s is None and errors:  # a failure, not a variant the library lacks: named, so no ratio hides it
+                failed.append(f"{lib} on {key}: {errors[0]}")
+            cells.append(("failed" if errors else "-") if s is None else f"{s[0]:.1f} ({s[1]:.1f}-{s[2]:.1f})")
             if s and lib in PEERS:
                 peers.append(s[0])
             if s:
@@ -473,7 +480,10 @@ def format_markdown(result: dict) -> str:
         lines.append(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     if result["timing"]:
         lines += ["", "ms per meta-iteration: median of the pass medians (range over passes). so = second-order, "
-                  "fo = first-order.", ""]
+                  "fo = first-order; - = no such variant (W4's learn2learn column is a plain torch Reptile loop: "
+                  "learn2learn has no Reptile). The fastest peer is taken over the peers that ran.", ""]
+        if failed:
+            lines += ["Failed (not in the fastest peer):", "", *[f"- {f}" for f in failed], ""]
     for lib in ("metagrad-compile", "metagrad-cudagraphs"):
         compile_s = {key: [r["first_s"] for r in per_lib.get(lib, []) if isinstance(r, dict)]
                      for key, per_lib in result["timing"].items()}

@@ -3,11 +3,12 @@ episodes x 200 steps, one inner step, 2 x 100 ReLU), split into sampling and the
 with ``compile=True`` (the curvature products, the meta-gradient and the line search through ``torch.compile``),
 beside pytorch-maml-rl's ``MAMLTRPO`` on the same environment in the same run.
 
-    python benchmarks/cheetah_speed.py [--maml-rl PATH] [--iterations 2] [--warmup 1] [--threads 2] [--rounds 1]
+    python benchmarks/cheetah_speed.py [--maml-rl PATH] [--iterations 2] [--warmup 1] [--threads 2] [--rounds 3]
 
 pytorch-maml-rl runs ``maml_rl_cheetah.py`` (its sampler, baseline and ``MAMLTRPO`` on a gym shim of metagrad's
 environment) in its own environment (``benchmarks/setup_maml_rl.sh``, plus mujoco and gymnasium), with
-``--threads`` sampler workers; it reports whole iterations only. ``--rounds N`` repeats the whole measurement and
+``--threads`` sampler workers of one thread each and its learner on each of ``--maml-rl-learner-threads`` (its
+row: the fastest); it reports whole iterations only. ``--rounds N`` repeats the whole measurement and
 reports the median and range of the rounds' speed-ups (about 8 minutes a round on 2 cores), as navigation_speed.py
 does. Results: results/cheetah_speed.{json,md}.
 """
@@ -23,22 +24,29 @@ from pathlib import Path
 
 import torch
 
-from navigation_speed import combine_rounds, metagrad_row, run_maml_rl, write_results
+from navigation_speed import combine_rounds, fastest, metagrad_row, run_maml_rl, write_results
 
 HERE = Path(__file__).resolve().parent
 PAPER = {"env": "cheetah-dir", "horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02}
 
 
 def maml_rl_row(args: argparse.Namespace) -> dict:
-    """pytorch-maml-rl's seconds per meta-iteration on metagrad's half-cheetah, or why there is none."""
+    """pytorch-maml-rl's seconds per meta-iteration on metagrad's half-cheetah at its fastest learner thread count, or
+    why there is none."""
+    return fastest([maml_rl_run(args, int(t)) for t in args.maml_rl_learner_threads.split(",")])
+
+
+def maml_rl_run(args: argparse.Namespace, threads: int) -> dict:
+    """pytorch-maml-rl with its learner on ``threads`` torch threads (its workers: one each)."""
     with tempfile.TemporaryDirectory() as folder:
         out = run_maml_rl(args, "maml_rl_cheetah.py", "--out", folder, "--iterations",
-                          str(args.iterations + args.warmup), "--workers", str(args.threads), "--seed", "1")
+                          str(args.iterations + args.warmup), "--workers", str(args.threads), "--seed", "1",
+                          "--threads", str(threads))
         if isinstance(out, dict):
             return out
         rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()][args.warmup:]
     wall = [r["seconds"] for r in rows]
-    return {"library": "pytorch-maml-rl", "workers": args.threads, "iterations": len(rows),
+    return {"library": "pytorch-maml-rl", "workers": args.threads, "learner_threads": threads, "iterations": len(rows),
             "seconds_per_iteration_median": round(statistics.median(wall), 3),
             "seconds_per_iteration_range": [round(min(wall), 3), round(max(wall), 3)],
             "return_post_last": round(rows[-1]["return_post"], 2)}
@@ -51,8 +59,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (pytorch-maml-rl: sampler workers)")
     p.add_argument("--subsample", default="1", help="hvp_subsample values to run")
     p.add_argument("--maml-rl", default="", help="a checkout of tristandeleu/pytorch-maml-rl")
+    p.add_argument("--maml-rl-learner-threads", default="1,2", help="torch threads of pytorch-maml-rl's learner to "
+                   "try (its workers: one each); the fastest is its row")
     p.add_argument("--maml-rl-python", default="", help="its environment's python (default benchmarks/.venv-maml-rl)")
-    p.add_argument("--rounds", type=int, default=1, help="repeats of the whole measurement, ratios taken per round")
+    p.add_argument("--rounds", type=int, default=3, help="repeats of the whole measurement, ratios taken per round")
     p.add_argument("--results", default=str(HERE / "results" / "cheetah_speed"))
     args = p.parse_args()
     args.method, args.hidden, args.activation = "maml-trpo", "100,100", "relu"

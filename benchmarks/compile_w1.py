@@ -33,6 +33,7 @@ from metagrad.tasks import Sinusoid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
+from report import write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -136,12 +137,8 @@ def main() -> None:
               f"{statistics.median(r[COMPILED[0]] for r in pairs):.2f} ms, plain vmap + torch.compile "
               f"{statistics.median(r[COMPILED[1]] for r in pairs):.2f} ms; ratio "
               f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})."]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compile_w1.json").write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                                          "passes": args.passes, "iterations": args.iterations,
-                                                          "rows": rows, "alternating": pairs}, indent=1))
-    (RESULTS / "compile_w1.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("compile_w1", {"torch": torch.__version__, "threads": torch.get_num_threads(), "passes": args.passes,
+                                "iterations": args.iterations, "rows": rows, "alternating": pairs}, lines)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=500)
     p.add_argument("--time-budget", type=float, default=0, help="minutes for this segment (0: none)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the learner (0: the environment's)")
     p.add_argument("--hidden", default="100,100")
     p.add_argument("--activation", default="relu")
     p.add_argument("--horizon", type=int, default=200)
@@ -130,6 +131,8 @@ def main() -> None:
     baseline = LinearFeatureBaseline(env.observation_space.shape[0])
     sampler = MultiTaskSampler(name, env_kwargs={}, batch_size=args.episodes, policy=policy, baseline=baseline,
                                env=env, seed=args.seed + done, num_workers=args.workers)
+    if args.threads:  # the learner's own, set once the sampler's workers run (they keep the environment's)
+        torch.set_num_threads(args.threads)
     learner = MAMLTRPO(policy, fast_lr=0.1, first_order=False, device="cpu")
     start = time.monotonic()
     for it in range(done, args.iterations):

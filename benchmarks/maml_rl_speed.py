@@ -37,8 +37,6 @@ def main() -> None:
         return torch.linalg.lstsq(a, b).solution, None
 
     torch.lstsq = lstsq
-    if args.threads:
-        torch.set_num_threads(args.threads)
     import maml_rl.envs  # noqa: F401  (registers its environments)
     from maml_rl.baseline import LinearFeatureBaseline
     from maml_rl.metalearners import MAMLTRPO
@@ -55,6 +53,8 @@ def main() -> None:
     sampler = MultiTaskSampler(config["env-name"], env_kwargs=config.get("env-kwargs", {}),
                                batch_size=config["fast-batch-size"], policy=policy, baseline=baseline, env=env,
                                seed=args.seed, num_workers=args.workers)
+    if args.threads:  # the learner's own threads, set once the sampler's workers run (they keep the environment's)
+        torch.set_num_threads(args.threads)
     learner = MAMLTRPO(policy, fast_lr=config["fast-lr"], first_order=config["first-order"], device="cpu")
     walls, returns = [], []
     for i in range(args.warmup + args.iterations):
@@ -70,6 +70,7 @@ def main() -> None:
             returns.append(float(sum(e.rewards.sum(0).mean() for e in valid) / len(valid)))
     sampler.close()
     print(json.dumps({"library": "pytorch-maml-rl", "config": args.config, "workers": args.workers,
+                      "learner_threads": torch.get_num_threads(),
                       "hidden": config["hidden-sizes"], "activation": config["nonlinearity"],
                       "meta_batch_size": config["meta-batch-size"], "episodes": config["fast-batch-size"],
                       "iterations": len(walls), "seconds_per_iteration_median": round(statistics.median(walls), 3),

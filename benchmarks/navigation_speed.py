@@ -9,8 +9,9 @@ metagrad runs eager and with ``compile=True`` (the TRPO update's functions throu
 compilation falls in the warm-up), each twice: the Hessian-vector products of TRPO's conjugate gradient on every
 episode (``hvp_subsample`` 1, what pytorch-maml-rl does) and on a quarter of them (0.25; OpenAI baselines' TRPO takes
 every 5th sample for its Fisher products, rllab has ``subsample_factor``). pytorch-maml-rl runs in its own environment
-(``benchmarks/setup_maml_rl.sh``) through ``maml_rl_speed.py``, one thread per process (learner and each of
-``--threads`` sampler workers: its fastest setting); without ``--maml-rl`` its column says so. ``--rounds`` repeats
+(``benchmarks/setup_maml_rl.sh``) through ``maml_rl_speed.py``, one thread per sampler worker (``--threads`` of
+them) and its learner on each of ``--maml-rl-learner-threads`` (its row: the fastest); without ``--maml-rl`` its
+column says so. ``--rounds`` repeats
 the whole measurement, metagrad's rows then pytorch-maml-rl's, and reports each round's ratio: this machine's speed
 drifts by up to 1.5x within minutes, and a ratio taken within one round carries less of the drift than one between
 medians of separate stretches.
@@ -32,6 +33,7 @@ import torch
 
 from metagrad.rl.config import preset
 from metagrad.rl.train import RLTrainer, build
+from report import provenance, provenance_line
 
 HERE = Path(__file__).resolve().parent
 
@@ -67,8 +69,8 @@ def run_maml_rl(args: argparse.Namespace, script: str, *options: str) -> str | d
     python = args.maml_rl_python or str(HERE / ".venv-maml-rl" / "bin" / "python")
     if not Path(python).exists():
         return {"library": "pytorch-maml-rl", "skipped": f"{python} missing: run benchmarks/setup_maml_rl.sh"}
-    # one thread per process (its learner and each sampler worker), its fastest setting on 2 cores: with torch's
-    # default threads everywhere, 2 workers and the learner took 14.6 s per navigation iteration, with one 5.0 s
+    # one thread per sampler worker (with torch's default threads everywhere, 2 workers and the learner took 14.6 s
+    # per navigation iteration, with one 5.0 s); the learner's own count is set by maml_rl_speed.py --threads
     one_thread = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run([python, str(HERE / script), "--repo", args.maml_rl, *options], capture_output=True,
                           text=True, env=one_thread)
@@ -77,18 +79,34 @@ def run_maml_rl(args: argparse.Namespace, script: str, *options: str) -> str | d
     return done.stdout
 
 
+def fastest(rows: list[dict]) -> dict:
+    """The fastest of a peer's rows under different settings, the others' medians kept beside it."""
+    ran = [r for r in rows if "skipped" not in r]
+    if not ran:
+        return rows[0]
+    best = min(ran, key=lambda r: r["seconds_per_iteration_median"])
+    keys = ("learner_threads", "seconds_per_iteration_median")
+    others = [{key: r[key] for key in keys} for r in ran if r is not best]
+    return {**best, "library": f"pytorch-maml-rl (learner on {best['learner_threads']} thread(s), its fastest)",
+            "other_settings": others}
+
+
 def maml_rl_row(args: argparse.Namespace) -> dict:
-    """pytorch-maml-rl's row, run in its own environment, or why there is none."""
-    out = run_maml_rl(args, "maml_rl_speed.py", "--iterations", str(args.iterations), "--warmup", str(args.warmup),
-                      "--workers", str(args.threads))
-    return out if isinstance(out, dict) else json.loads(out.strip().splitlines()[-1])
+    """pytorch-maml-rl's row at its fastest learner thread count, run in its own environment, or why there is none."""
+    rows = []
+    for threads in args.maml_rl_learner_threads.split(","):
+        out = run_maml_rl(args, "maml_rl_speed.py", "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+                          "--workers", str(args.threads), "--threads", threads)
+        rows.append(out if isinstance(out, dict) else json.loads(out.strip().splitlines()[-1]))
+    return fastest(rows)
 
 
 def write_results(path: str, setting: str, rows: list[dict], reference: dict) -> None:
     """``path``.json (every row) and ``path``.md (the table under its setting), printed too."""
-    out = {"setting": setting, "rows": [*rows, reference]}
+    p = provenance()
+    out = {"provenance": p, "setting": setting, "rows": [*rows, reference]}
     Path(path).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-    md = f"{setting}.\n\n{table(rows, reference)}\n"
+    md = f"{provenance_line(p)}\n\n{setting}.\n\n{table(rows, reference)}\n"
     Path(path).with_suffix(".md").write_text(md)
     print(md)
 
@@ -146,6 +164,8 @@ def main() -> None:
     p.add_argument("--subsample", default="1,0.25", help="hvp_subsample values to run")
     p.add_argument("--no-compile", action="store_true", help="skip the compile=True rows")
     p.add_argument("--maml-rl", default="", help="a checkout of tristandeleu/pytorch-maml-rl")
+    p.add_argument("--maml-rl-learner-threads", default="1,2", help="torch threads of pytorch-maml-rl's learner to "
+                   "try (its workers: one each); the fastest is its row")
     p.add_argument("--maml-rl-python", default="", help="its environment's python (default benchmarks/.venv-maml-rl)")
     p.add_argument("--rounds", type=int, default=3, help="repeats of the whole measurement, ratios taken per round")
     p.add_argument("--results", default=str(HERE / "results" / "navigation_speed"))

@@ -2,12 +2,13 @@
 meta-batch sampled by a trained policy, in one process: seconds per TRPO update, alternating repeats, and the
 largest relative difference between the two updates' parameters.
 
-    .venv/bin/python benchmarks/pack_speed.py [--run results/long/ant-vel-gym-physics/maml-trpo] [--threads 1]
-        [--repeats 2] [--compile]
+    .venv/bin/python benchmarks/pack_speed.py [--run results/long/ant-vel-gym-physics/maml-trpo] [--checkpoint last]
+        [--threads 1] [--repeats 2] [--compile]
 
 Episodes that end early (the ant falls; hopper, walker) leave most slots of a batch masked, and the update costs
-per slot. The run's last checkpoint gives the policy and settings (its own meta-batch: 40 x 20 x 200 for the ant);
-without ``--compile`` the updates run eagerly (no compilation in the timing; the share of padding is the same).
+per slot. The run's checkpoint (``last``, ``best`` or another it holds) gives the policy and settings (its own
+meta-batch: 40 x 20 x 200 for the ant); without ``--compile`` the updates run eagerly (no compilation in the
+timing; the share of padding is the same).
 Results: results/pack_speed.{json,md}.
 """
 
@@ -26,12 +27,13 @@ from report import write_report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="results/long/ant-vel-gym-physics/maml-trpo")
+    parser.add_argument("--checkpoint", default="last", help="last, best or another checkpoint the run holds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    learner, cfg, info = load_run(args.run, "last")
+    learner, cfg, info = load_run(args.run, args.checkpoint)
     if not learner.packable:
         raise SystemExit(f"pack_speed: {args.run} ({cfg.algo}, hvp_subsample {cfg.hvp_subsample}) reads whole "
                          "episodes; pack_episodes does not apply to it")
@@ -64,7 +66,8 @@ def main() -> None:
              f"| padded `[T, K, H]` | {rows['padded']} |",
              f"| packed `[T, 1, L]` (`pack_episodes`) | {rows['packed']} ({rows['padded'] / rows['packed']:.2f}x) |",
              "", f"largest relative difference between the updated parameters: {diff:.1e}"]
-    write_report("pack_speed", {"run": args.run, "iteration": info["iteration"], "valid": valid, "slots": slots,
+    write_report("pack_speed", {"run": args.run, "checkpoint": args.checkpoint, "iteration": info["iteration"],
+                                "valid": valid, "slots": slots,
                                 "compile": args.compile, "threads": args.threads, "seconds": rows,
                                 "relative_difference": diff, "torch": torch.__version__}, lines)
 

@@ -29,6 +29,7 @@ import torch
 from metagrad.rl import make_env, make_policy
 from metagrad.rl.envs.copies import CopyTaskEnv
 from metagrad.rl.sampler import rollout
+from report import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -177,14 +178,16 @@ def main() -> None:
         rows.append(measure(name, args.tasks, args.episodes, args.horizon, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
     affinity = sorted(os.sched_getaffinity(0))
-    meta = {"tasks": args.tasks, "episodes": args.episodes, "horizon": args.horizon, "repeats": args.repeats,
+    meta = {"provenance": provenance(), "tasks": args.tasks, "episodes": args.episodes, "horizon": args.horizon,
+            "repeats": args.repeats,
             "threads": args.threads, "affinity": affinity, "python": platform.python_version(),
             "torch": torch.__version__, **{m: version(m) for m in ("gymnasium", "mujoco", "metaworld")}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rl_sampler.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    (out / "rl_sampler.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    text = provenance_line(meta["provenance"]) + "\n\n" + markdown(rows, meta)
+    (out / "rl_sampler.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

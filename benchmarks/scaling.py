@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from report import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -40,7 +42,8 @@ def main() -> None:
     a, extra = p.parse_known_args()
     one = run(a.config, a.iterations, 1, a.threads, extra)
     many = run(a.config, a.iterations, a.processes, max(1, a.threads // a.processes), extra)
-    result = {"config": a.config, "extra": extra, "iterations": a.iterations, "threads": a.threads,
+    result = {"provenance": provenance(), "config": a.config, "extra": extra, "iterations": a.iterations,
+              "threads": a.threads,
               "seconds_per_iteration": {"1 process": one, f"{a.processes} processes": many},
               "speedup": one / many}
     RESULTS.mkdir(exist_ok=True)

@@ -12,7 +12,6 @@ meta-iterations (70,000 in the sinusoid paper run, 40,000 for Omniglot).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 import metagrad as mg
 from bench import WORKLOADS, loss_of, make_data
 from metagrad.tasks import Split, TaskBatch
+from report import write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,15 +80,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     args = parser.parse_args()
     rows = [measure(name, args.iterations) for name in ("W1", "W2", "attention")]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "self_check.json").write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                                         "rows": rows}, indent=1))
     lines = ["| workload | first call, checked (s) | unchecked (s) | check (s) | meta-iteration (ms) | check in "
              "meta-iterations |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['workload']} | {r['first_call_s']:.3f} | {r['first_call_unchecked_s']:.3f} | {r['check_s']:.3f} | "
               f"{1000 * r['iteration_s']:.1f} | {r['check_in_iterations']:.1f} |" for r in rows]
-    (RESULTS / "self_check.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("self_check", {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -280,10 +280,13 @@ ROWS = (
     *(Row(f"Trade-off Figs. 1-2: {title}, {PAIRS[pair]} as ProMP's code runs them (`--settings promp`: the policy in "
           "normalize()'s units, each task's losses over its valid steps, a fixed inner KL coefficient): what the kept "
           "panel's differences from it are worth", "336M steps per run, 5 seeds", f"tradeoff-rl-{env}-{pair}-promp",
-          f"metagrad tradeoff rl --env {env} --pair {pair} --budget 300000 --checkpoints 3 --seeds 5 "
-          f"--test-episodes 5 --settings promp --out results/long/tradeoff-rl-{env}-{pair}-promp", 300_000,
+          f"metagrad tradeoff rl --env {env} --pair {pair} --budget {budget} --checkpoints {checkpoints} --seeds 5 "
+          f"--test-episodes 5 --settings promp --out results/long/tradeoff-rl-{env}-{pair}-promp", budget,
           "env steps", runs=10)
-      for env, title in (("hopper-rand-params", "Hopper Rand Params"), ("walker-rand-vel", "Walker Rand Vel"))
+      for env, title, budget, checkpoints in (("hopper-rand-params", "Hopper Rand Params", 300_000, 3),
+                                              ("walker-rand-params", "Walker Rand Params", 300_000, 3),
+                                              ("walker-rand-vel", "Walker Rand Vel", 300_000, 3),
+                                              ("cheetah-rand-vel", "HalfCheetah Rand Vel", 2_000_000, 4))
       for pair in ("ppo", "trpo")),
 )
 
