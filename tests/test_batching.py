@@ -60,8 +60,10 @@ def test_torch_batchnorm_is_refused_under_vmap_and_auto_uses_the_loop():
     assert not mg.MAML(model, batching="auto").vmapped
 
 
-def test_compiled_meta_gradient_equals_eager():
-    """compile=True (torch.compile of the whole meta-gradient) gives the eager numbers, step after step."""
+def test_compiled_meta_gradient_equals_eager(monkeypatch):
+    """compile=True (torch.compile of the whole meta-gradient) gives the eager numbers, step after step, and compiles
+    once: new parameter values and new batches of the same shapes reuse the graph (a recompilation per call would
+    cost seconds each)."""
     states = {}
     for compile in (False, True):
         torch.manual_seed(0)
@@ -69,7 +71,9 @@ def test_compiled_meta_gradient_equals_eager():
                           compile=compile)
         opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
         gen = torch.Generator().manual_seed(0)
-        for _ in range(3):
+        for i in range(3):
+            if compile and i == 1:
+                monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
             opt.zero_grad()
             learner.meta_gradient(mg.tasks.Sinusoid().sample(25, gen))
             opt.step()
@@ -282,15 +286,20 @@ def test_models_whose_buffers_stay_put_run_in_threads(monkeypatch):
             torch.testing.assert_close(grads[2][n], g, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("algo", ["maml", "meta-sgd", "reptile"])
+@pytest.mark.parametrize("algo", ["maml", "meta-sgd", "reptile", "maml-conv4"])
 def test_compiled_meta_gradient_has_no_graph_break(algo):
     """compile=True compiles the whole meta-gradient as one graph: a graph break (e.g. the engine asking torch.func
-    for its transform stack, which dynamo cannot trace) leaves most of it eager, as it once did unnoticed."""
-    model = small_mlp(hidden=(40, 40), activation="relu")
+    for its transform stack, which dynamo cannot trace) leaves most of it eager, as it once did unnoticed. Also the
+    vmapped Conv4 with per-task batch norm (W2's compiled path)."""
+    conv = algo == "maml-conv4"
+    model = mg.models.Conv4(1, 3, filters=4, image_size=8) if conv else small_mlp(hidden=(40, 40), activation="relu")
     inner = mg.SGD(0.01, learn=True, params=params_of(model)) if algo == "meta-sgd" else mg.SGD(0.01)
     learner = (mg.Reptile(model, inner=inner, inner_steps=2, inner_batch_size=5) if algo == "reptile"
+               else mg.MAML(model, inner=inner, inner_steps=2, batching="vmap",
+                            loss_fn=torch.nn.functional.cross_entropy) if conv
                else mg.MAML(model, inner=inner, inner_steps=2))
-    batch = mg.tasks.Sinusoid().sample(5, torch.Generator().manual_seed(0))
+    batch = (conv_batch(tasks=5).to(torch.float32) if conv
+             else mg.tasks.Sinusoid().sample(5, torch.Generator().manual_seed(0)))
     _, mb = learner.sharded(batch, torch.Generator().manual_seed(0), None)
     assert learner.fuses_write(batch.num_tasks) is False  # not compiled; the function below is what compile=True takes
     meta, buffers = learner.functional_inputs()
