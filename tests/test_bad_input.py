@@ -80,7 +80,7 @@ CASES = {
                                "--ways", "2", *TINY], ["not a readable image", ".png"]),
     "evaluation larger than the test split": (lambda t: ["train", "--config", "omniglot-maml", "--data-root",
                                                          str(omniglot(t)), "--ways", "2", "--eval-shots", "25",
-                                                         *TINY], ["shots 25 + query", "test split"]),
+                                                         *TINY], ["eval_shots 25 + eval_query", "test split"]),
     "bad zip crc": (lambda t: ["train", "--config", "omniglot-maml", "--data-root", str(damage_zip_member(t)),
                                "--ways", "2", *TINY], ["damaged in the archive", "images_background.zip"]),
     "env on navigation": (lambda t: ["reproduce", "navigation", "--env", "ant-dir", "--out", str(t / "r")],

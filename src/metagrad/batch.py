@@ -11,6 +11,8 @@ from torch import Tensor
 
 from .errors import ConfigError
 
+NAMES = ("support.x", "support.y", "query.x", "query.y")
+
 
 def partition(n: int, parts: int) -> list[slice]:
     """``parts`` contiguous slices of ``n`` items whose sizes differ by at most one (the larger ones last): how a
@@ -39,11 +41,25 @@ class TaskBatch(NamedTuple):
 
     def check(self, support: bool = True, query: bool = True) -> None:
         """Raise ``ConfigError`` unless every tensor is ``[tasks, examples, ...]`` with the same tasks (at least
-        one), each split's inputs and targets the same examples, and the splits asked for non-empty."""
-        sx, sy, qx, qy = self.support.x.shape, self.support.y.shape, self.query.x.shape, self.query.y.shape
+        one), each split's inputs and targets the same examples, and the splits asked for non-empty; ``TypeError``
+        unless both splits are ``Split``s of tensors."""
+        s, q = self.support, self.query
+        if not (isinstance(s, Split) and isinstance(q, Split)):
+            raise TypeError(f"a TaskBatch holds two Splits, TaskBatch(Split(x, y), Split(x, y)), not "
+                            f"({type(s).__name__}, {type(q).__name__})")
+        if not (isinstance(s.x, Tensor) and isinstance(s.y, Tensor) and isinstance(q.x, Tensor)
+                and isinstance(q.y, Tensor)):
+            name, t = next((n, t) for n, t in zip(NAMES, (*s, *q), strict=True) if not isinstance(t, Tensor))
+            raise TypeError(f"TaskBatch {name} must be a torch tensor, not {type(t).__name__}; convert it with "
+                            "torch.as_tensor(...)")
+        sx, sy, qx, qy = s.x.shape, s.y.shape, q.x.shape, q.y.shape
+        if min(len(sx), len(qx)) < 3:
+            raise ConfigError(f"a TaskBatch holds inputs [tasks, examples, features...], got support.x {list(sx)} "
+                              f"and query.x {list(qx)}; for one task add the task dimension (x[None] and y[None], or "
+                              "batch.slice(i, i + 1) rather than batch.task(i)), for one number per example the "
+                              "feature dimension (x[..., None])")
         if min(len(sx), len(sy), len(qx), len(qy)) < 2 or not sx[0] == sy[0] == qx[0] == qy[0]:
-            got = ", ".join(f"{k} {list(v)}" for k, v in zip(("support.x", "support.y", "query.x", "query.y"),
-                                                               (sx, sy, qx, qy), strict=True))
+            got = ", ".join(f"{k} {list(v)}" for k, v in zip(NAMES, (sx, sy, qx, qy), strict=True))
             raise ConfigError(f"a TaskBatch holds tensors [tasks, examples, ...] with the same number of tasks; got "
                               f"{got}")
         if sx[0] < 1:

@@ -114,11 +114,16 @@ def _instead(path: Path) -> str:
     ``--resume`` reads), evaluate another, or start anew."""
     if path.stem == "last":
         other = path.with_name("best.safetensors")
-        if other.exists() and not _holds_run_state(other):  # a meta-RL run's best: the policy alone
+        if not other.exists():
+            snapshots = sorted(p.name.removesuffix(".safetensors") for p in path.parent.glob("snapshot-*.safetensors"))
+            return (f"evaluate another checkpoint of the run (--checkpoint {snapshots[-1]}), or start a new run"
+                    if snapshots else "the run has no other checkpoint (no best) to evaluate or resume: start a new "
+                    "run")
+        if not _holds_run_state(other):  # a meta-RL run's best: the policy alone
             return (f"evaluate {other} (--checkpoint best; it holds the policy alone, no run to resume), or start a "
                     "new run")
-        copy = f"cp {other} {path}, then resume" if other.exists() else "copy another checkpoint of the run over it"
-        return f"to continue from the best checkpoint instead: {copy}; or start a new run"
+        return (f"evaluate the best checkpoint instead (--checkpoint best), or resume from it (cp {other} {path}, "
+                "then resume); or start a new run")
     return "evaluate another checkpoint of the run (e.g. --checkpoint last), or start a new run"
 
 

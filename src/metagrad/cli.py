@@ -38,7 +38,12 @@ DEFAULT_CONFIG = "sinusoid-maml"
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump)."""
+    """argparse with one-line errors (no usage dump); a value that starts with '-' and a digit (``--inner-lr
+    -0.1,0.05``, ``--alphas -1e-3``) is a value, not an option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -349,10 +354,15 @@ def config_overrides(args: argparse.Namespace, cfg: Config | RLConfig) -> dict[s
     other = (RLConfig if isinstance(cfg, Config) else Config).overrides(args)
     stray = sorted(set(other) - set(own))
     if stray:
-        kind, flag = ("supervised" if isinstance(cfg, Config) else "meta-RL"), "--" + stray[0].replace("_", "-")
-        raise MetagradError(f"{flag} does not apply to a {kind} config; remove it (see `metagrad "
+        kind = "supervised" if isinstance(cfg, Config) else "meta-RL"
+        raise MetagradError(f"{flag(stray[0])} does not apply to a {kind} config; remove it (see `metagrad "
                             f"{getattr(args, 'command', None) or 'train'} --help`)")
     return own
+
+
+def flag(name: str) -> str:
+    """A config field's command-line option: ``inner_lr`` -> ``--inner-lr``."""
+    return "--" + name.replace("_", "-")
 
 
 def resume_hint(args: argparse.Namespace) -> str:
@@ -370,7 +380,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out_dir = Path(args.out or Path("runs") / Path(args.config or DEFAULT_CONFIG).stem)
     own = saved_config(out) if args.resume and args.config is None else None
     cfg = own or load_config(args.config or DEFAULT_CONFIG)
-    cfg = cfg.replace(**config_overrides(args, cfg))
+    given = config_overrides(args, cfg)
+    cfg = cfg.replace(**given)
+    cfg.check_applies(given, flag)
     group = Distributed.from_env()  # under torchrun: this process's share of every meta-batch
     finished = False
     try:
@@ -411,9 +423,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     learner, cfg, info = load_run(args.run, args.checkpoint)
     overrides = config_overrides(args, cfg)
+    given = set(overrides)
     if "eval_lr" in overrides and cfg.tune_eval_lr and "tune_eval_lr" not in overrides:
         overrides["tune_eval_lr"] = False  # the step sizes given are the ones to test with, not a tuned one
     cfg = cfg.replace(**overrides)
+    cfg.check_applies(given, flag)
     path = Path(args.output) if args.output else Path(args.run) / "eval.json"
     if path.is_dir():
         raise MetagradError(f"--output {path} is a folder; give a file name, e.g. {path / 'eval.json'}")
@@ -476,7 +490,15 @@ def metarl_request(args: argparse.Namespace) -> tuple[Experiment, list[str], str
     for kv in args.set:
         if not kv.partition("=")[2]:
             raise MetagradError(f"--set takes KEY=VALUE, got '{kv}' (a value is missing; e.g. --set hidden=64,64)")
+    keys = [kv.partition("=")[0] for kv in args.set]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice:
+        raise MetagradError(f"--set {twice}= is given {keys.count(twice)} times "
+                            f"({', '.join(kv for kv in args.set if kv.startswith(twice + '='))}); give it once")
     sets = dict(kv.split("=", 1) for kv in args.set)
+    for name, value in (("seed", args.seed), ("eval_tasks", args.eval_tasks)):
+        if value is not None and name in sets:
+            raise MetagradError(f"{flag(name)} {value} and --set {name}={sets[name]}: give one of them")
     if args.batching is not None:
         raise MetagradError(f"--batching {args.batching} is for the supervised experiments; meta-RL batches its tasks "
                             "with vmap (leave --batching out)")

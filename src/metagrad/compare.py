@@ -88,13 +88,23 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
     return []
 
 
+def _metrics(e: Evaluation) -> set[str]:
+    """The metrics an evaluation holds (loss, accuracy; return for meta-RL)."""
+    return {m for curves in e.curves.values() if isinstance(curves, dict) for m in curves}
+
+
 def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str | None = "loss",
                shots: list[str] | None = None, higher_is_better: bool | None = None) -> dict[str, Any]:
     """P(A better than B) by the one-sided Welch t-test, ``prob[K][checkpoint][step]``, for the support sizes
     both sides evaluated (or ``shots``) and the steps they share; ``metric`` None: loss, or return where every
     evaluation holds returns and no loss (meta-RL)."""
+    kinds = {e.source: "meta-RL" if "return" in _metrics(e) else "supervised" for e in a + b}
+    if len(set(kinds.values())) > 1:
+        rl, sup = (next(s for s, k in kinds.items() if k == kind) for kind in ("meta-RL", "supervised"))
+        raise MetagradError(f"{rl} is a meta-RL evaluation (returns) and {sup} a supervised one (losses); compare "
+                            "evaluations of the same kind of run")
     if metric is None:
-        held = {m for e in a + b for curves in e.curves.values() if isinstance(curves, dict) for m in curves}
+        held = set().union(*(_metrics(e) for e in a + b))
         metric = "return" if "return" in held and "loss" not in held else "loss"
     if len(a) != len(b):
         raise MetagradError(f"A has {len(a)} evaluation(s) and B has {len(b)}; compare the same number of "

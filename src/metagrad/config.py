@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import ConfigError
 from .settings import Settings, opt, preset_path, read_toml
@@ -33,6 +33,12 @@ class Config(Settings):
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"time_budget", "log_every", "checkpoint_every", "val_every",
                                                           "self_check", "download", "outer_lr", "inner_lr",
                                                           "compile", "device", "data_root"})
+    APPLIES: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
+        **dict.fromkeys(("amplitude", "phase", "x_range", "grid", "oracle"), ("family", ("sinusoid",))),
+        **dict.fromkeys(("ways", "data_root", "transductive"), ("family", IMAGE_FAMILIES)),
+        **dict.fromkeys(("rotations", "distinct_characters"), ("family", ("omniglot",))),  # download: build.py
+        "dim": ("family", ("linreg",)), "hidden": ("model", ("mlp", "mlp-bn")), "activation": ("model", ("mlp",)),
+        **dict.fromkeys(("filters", "pool"), ("model", ("conv4",)))}
 
     # [task]
     family: str = opt("sinusoid", "task", "task family: sinusoid, linreg (meta-linear regression, trade-off paper "
@@ -161,8 +167,9 @@ class Config(Settings):
             raise ConfigError(f"outer_lr {self.outer_lr} must be positive (e.g. 0.001)")
         for name in ("amplitude", "phase", "x_range"):
             v = getattr(self, name)
-            if len(v) != 2 or v[0] > v[1]:
-                raise ConfigError(f"{name} {list(v)} must be [low, high] with low <= high")
+            if len(v) != 2 or v[0] > v[1] or (name == "x_range" and v[0] == v[1]):
+                strict = "<" if name == "x_range" else "<="  # one input for every point: no function to learn
+                raise ConfigError(f"{name} {list(v)} must be [low, high] with low {strict} high")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
         if not self.eval_shots or min(self.eval_shots) < 1:
@@ -198,6 +205,9 @@ class Config(Settings):
             given = "eval_lr" if self.eval_lr else "tune_eval_lr"
             raise ConfigError(f"{given}: this run learns its step sizes (learn_inner_lr) and tests with them; leave "
                               f"{given} out")
+        if self.eval_lr and self.tune_eval_lr:
+            raise ConfigError(f"eval_lr {list(self.eval_lr)} and tune_eval_lr: tune_eval_lr chooses the test-time "
+                              "step size; give one of them")
         if (self.family in IMAGE_FAMILIES) != (self.model in ("conv4", "mlp-bn")):
             raise ConfigError(f"model '{self.model}' does not fit family '{self.family}'; use conv4 or mlp-bn for "
                               "images, mlp or linear otherwise")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 from .algorithms import MetaLearner
 from .analysis.stats import mean_ci95
 from .batch import TaskBatch
+from .errors import ConfigError
 from .inner import InnerRule
 
 DIVERGED = 10.0  # a task diverged when its loss is not finite, or above 10x its own pre-update loss and
@@ -48,6 +49,9 @@ def adaptation_curves(learner: MetaLearner, batch: TaskBatch, steps: int, inner:
     values = learner.adaptation_metrics(batch, steps, inner=inner, inner_batch_size=inner_batch_size,
                                         generator=torch.Generator().manual_seed(seed), transductive=transductive)
     shots = batch.support.x.shape[1]
+    if batch.num_tasks < 2:
+        raise ConfigError(f"adaptation curves need at least 2 test tasks for their 95% intervals, got "
+                          f"{batch.num_tasks}; give more, e.g. held_out_tasks(tasks, 100, shots, seed)")
     out = {}
     for name, v in values.items():
         mean, half = mean_ci95(v, dim=0)
@@ -64,6 +68,8 @@ def tune_step_size(learner: MetaLearner, batch: TaskBatch, steps: int, grid: Seq
                    inner_batch_size: int = 0) -> tuple[float, dict[float, float]]:
     """The test-time step size from ``grid`` with the lowest query loss averaged over steps 1..steps on
     ``batch`` (validation tasks, never the test tasks); returns it and the loss of every candidate."""
+    if isinstance(grid, str | bytes) or not isinstance(grid, Iterable) or not (grid := list(grid)):
+        raise ConfigError(f"grid {grid!r} must hold the step sizes to try, e.g. [0.001, 0.01, 0.1]")
     scores = {}
     for lr in grid:
         loss = learner.adaptation_metrics(batch, steps, inner=learner.inner.with_lr(lr),

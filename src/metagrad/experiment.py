@@ -17,7 +17,7 @@ from .algorithms import MetaLearner
 from .batch import Split
 from .build import build_learner, build_outer, build_tasks
 from .config import IMAGE_FAMILIES, Config
-from .errors import CheckpointError, Interrupted
+from .errors import CheckpointError, ConfigError, Interrupted
 from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
 from .loop import RunLoop
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: bool = True, **kw: Any) -> RunLoop:
     """The trainer of ``cfg`` (learner, outer optimizer, tasks or environment): a ``Trainer`` for a supervised
     config, an ``RLTrainer`` for a meta-RL one; ``kw``: ``distributed``, and ``on_iteration`` (supervised)."""
+    cfg.validate()  # a config built directly (``mg.Config(outer_lr=-1.0)``) is checked as a loaded one is
     if not isinstance(cfg, Config):
         from .rl.train import RLTrainer, build
 
@@ -45,6 +46,10 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
     if images:  # the evaluation this run will get: refused now, not after training
         test = build_tasks(cfg, "test").with_query(cfg.eval_query)
         for shots in cfg.eval_shots:
+            if shots + cfg.eval_query > test.examples_per_class:
+                raise ConfigError(f"eval_shots {shots} + eval_query {cfg.eval_query} exceed the "
+                                  f"{test.examples_per_class} examples per class of the test split; lower eval_shots "
+                                  "or eval_query")
             test.check(shots)
     return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, validation=validation, iterations=cfg.iterations,
                    meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir,

@@ -38,7 +38,7 @@ def _schedule(lr: float | Sequence[float]) -> tuple[float, ...]:
     if not values:
         raise ConfigError("inner_lr is empty; give a step size such as 0.01, or one per inner step")
     for v in values:
-        if not isinstance(v, numbers.Real | Tensor):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real | Tensor):
             raise ConfigError(f"inner_lr {v!r} is not a number (e.g. 0.01)")
         if not 0 <= float(v) < math.inf:
             raise ConfigError(f"inner_lr {float(v)} must be finite and not negative (e.g. 0.01)")

@@ -162,6 +162,9 @@ class RunLoop:
         ``stopped`` one of done, time_budget, interrupted. ``resume``: False (a new run), True (continue the run in
         ``run_dir``, which must have a ``last`` checkpoint) or "auto" (continue it if there is one, else start);
         ``changes``: settings that differ from the checkpoint's, recorded in ``metrics.jsonl`` when resuming."""
+        if not (resume is True or resume is False or resume == "auto"):
+            raise ConfigError(f"resume {resume!r} must be False (a new run), True (continue the run in run_dir) or "
+                              "'auto' (continue it if there is one)")
         try:
             return self._run(resume, changes)
         finally:

@@ -22,9 +22,12 @@ def half_mse(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Softmax cross-entropy for N-way classification."""
+    """Softmax cross-entropy for N-way classification: integer labels (or class probabilities shaped like the
+    logits)."""
+    if labels.is_floating_point() and labels.shape != logits.shape:
+        raise ValueError(f"cross_entropy: labels must be integer class indices 0..N-1, not {labels.dtype} of shape "
+                         f"{list(labels.shape)} against logits {list(logits.shape)}; convert them with labels.long()")
     return F.cross_entropy(logits, labels)
-
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:

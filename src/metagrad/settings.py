@@ -45,6 +45,8 @@ class Settings:
 
     SECTIONS: ClassVar[tuple[str, ...]] = ()
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset()  # besides [eval]: may change when a run resumes
+    # fields only some configs use: name -> (the field that decides, the values with which it is used)
+    APPLIES: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {}
 
     time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
 
@@ -55,6 +57,18 @@ class Settings:
         for name in ("seed", "eval_seed"):
             check_seed(name, getattr(self, name, 0))
         return self
+
+    def check_applies(self, given: typing.Iterable[str], flag: typing.Callable[[str], str] = str) -> None:
+        """Each of the ``given`` fields (set explicitly, not carried as a default) is one this config uses: where its
+        family, algo or outer step ignores it (``APPLIES``), it would be stored and ignored, so it is an error."""
+        for name in given:
+            if name in self.APPLIES:
+                by, values = self.APPLIES[name]
+                if getattr(self, by) not in values:
+                    shown = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+                    now = getattr(self, by)
+                    raise ConfigError(f"{flag(name)} applies to {by} {shown} only; this config's {by} is "
+                                      f"{str(now).lower() if isinstance(now, bool) else now}: remove it")
 
     def check_choices(self, choices: dict[str, tuple[str, ...]]) -> None:
         """Each named field holds one of its allowed values."""
@@ -255,7 +269,11 @@ def coerce(cls: type, f: Any, value: Any, where: str) -> Any:
     base = base_type(cls, f)
     if is_tuple(cls, f):
         if isinstance(value, str):
-            value = [v for v in value.replace(" ", "").split(",") if v]
+            value = value.replace(" ", "").split(",")
+            if "" in value[:-1]:  # one trailing comma is harmless (as cli.csv); an empty entry inside is a typo
+                raise ConfigError(f"{where}: '{','.join(value)}' has an empty entry; give values separated by "
+                                  "single commas, e.g. 5,10")
+            value = [v for v in value if v]
         elif not isinstance(value, list | tuple):
             value = [value]
         return tuple(scalar(base, v, where) for v in value)
@@ -274,15 +292,16 @@ def scalar(base: type, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} must be a string")
         return value
     try:
+        if isinstance(value, bool):  # a TOML true is no number, though Python's int and float take it
+            raise ValueError
         if base is int:
             if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if isinstance(value, bool):
                 raise ValueError
             return int(value)
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{where}: {value!r} is not {'an integer' if base is int else 'a number'}") from None
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)  # a TOML boolean as TOML writes it
+        raise ConfigError(f"{where}: {shown} is not {'an integer' if base is int else 'a number'}") from None
     if not math.isfinite(number):
         raise ConfigError(f"{where}: {value!r} is not a finite number")
     return number

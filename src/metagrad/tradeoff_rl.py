@@ -87,6 +87,14 @@ class Study:
         if self.budget < self.checkpoints:
             raise ConfigError(f"budget {self.budget} must allow {self.checkpoints} checkpoints")
         self.horizon = self.horizon or HORIZONS.get(self.env, DEFAULT_HORIZON)
+        # each snapshot at least one iteration of either method apart: else they repeat one policy, past the budget
+        step = max(preset(m).replace(meta_batch_size=self.meta_batch_size, episodes=self.episodes,
+                                     horizon=self.horizon).iteration_steps for m in self.methods)
+        if self.budget // self.checkpoints < step:
+            raise ConfigError(f"budget {self.budget:,} puts the {self.checkpoints} snapshots less than one iteration "
+                              f"apart (up to {step:,} environment steps: meta_batch_size x episodes x horizon x "
+                              f"(inner steps + 1)); give a budget of at least {step * self.checkpoints} or fewer "
+                              "checkpoints")
 
     @property
     def methods(self) -> tuple[str, str]:
@@ -218,15 +226,30 @@ def _test_env(study: Study, split: str = "test") -> Any:
 
 
 def _check_resumable(study: Study, out: Path) -> None:
+    """Refuse to resume a study with other settings, but for a larger budget at the same snapshot spacing (the runs
+    go on from their last checkpoints, the snapshots taken so far kept)."""
     path = out / "study.json"
     if path.exists():
-        before = json.loads(path.read_text())
-        if before != study.to_dict():
-            changed = sorted(k for k in before if before.get(k) != study.to_dict().get(k))
+        before, now = json.loads(path.read_text()), study.to_dict()
+        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        if changed and not extends(before, now):
+            spacing = before.get("budget", 0) // max(before.get("checkpoints", 1), 1)
             raise ConfigError(f"{out} holds a study with other settings ({', '.join(changed)}); resume it with the "
-                              "same settings or choose another --out")
+                              f"same settings (or a larger --budget with --checkpoints keeping its snapshots "
+                              f"{spacing:,} steps apart) or choose another --out")
+        if changed:
+            print(f"{out}: the study extended from {before['budget']:,} to {study.budget:,} environment steps per "
+                  f"run, its snapshots {study.budget // study.checkpoints:,} apart as before", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.write_json(path, study.to_dict())
+
+
+def extends(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether study settings ``now`` continue ``before`` to a larger budget at exactly the same snapshot steps."""
+    same = all(before.get(k) == now.get(k) for k in {*before, *now} - {"budget", "checkpoints"})
+    return (same and now["budget"] > before["budget"]
+            and before["budget"] * now["checkpoints"] == now["budget"] * before["checkpoints"]
+            and before["budget"] % before["checkpoints"] == 0)
 
 
 def format_table(results: dict[str, Any]) -> str:

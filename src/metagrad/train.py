@@ -42,6 +42,24 @@ class FitResult:
     sampling_seconds: float  # of ``seconds``, the time spent sampling meta-batches (data loading)
 
 
+def check_parts(learner: object, tasks: object, optimizer: object, scheduler: object, validation: object) -> None:
+    """``TypeError`` naming the argument that is not what the Trainer takes; ``ConfigError`` for a scheduler of
+    another optimizer (its schedule would never reach the one that trains)."""
+    if not isinstance(learner, MetaLearner):
+        raise TypeError(f"learner must be a metagrad MetaLearner (e.g. mg.MAML(model)), not {type(learner).__name__}")
+    for name, value in (("tasks", tasks), ("validation", validation)):
+        if (value is not None or name == "tasks") and not callable(getattr(value, "sample", None)):
+            raise TypeError(f"{name} must be a task distribution with sample(num_tasks, generator) (e.g. "
+                            f"mg.tasks.Sinusoid()), not {type(value).__name__}; held_out_tasks(...) gives a fixed "
+                            "TaskBatch for evaluation, not a distribution to train on")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer over the learner's parameters (e.g. "
+                        f"torch.optim.Adam(learner.parameters(), 1e-3)), not {optimizer!r}")
+    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise ConfigError("the scheduler was built on another optimizer, so its schedule would never change the one "
+                          "that trains; build it on this one, e.g. StepLR(optimizer, ...)")
+
+
 def check_optimizer(learner: MetaLearner, optimizer: torch.optim.Optimizer) -> None:
     """Refuse an optimizer that holds none of the learner's trainable parameters (built from another model): it
     would take its steps elsewhere and the run would train nothing."""
@@ -98,6 +116,7 @@ class Trainer(RunLoop):
                                  ("val_every", val_every, 0), ("val_tasks", val_tasks, 1)):
             check_whole(name, value, low)
         check_seed("seed", seed)
+        check_parts(learner, tasks, optimizer, scheduler, validation)
         self.learner, self.tasks, self.optimizer, self.scheduler = learner, tasks, optimizer, scheduler
         self.meta_batch_size, self.seed = meta_batch_size, seed
         check_optimizer(learner, optimizer)

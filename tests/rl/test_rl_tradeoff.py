@@ -110,6 +110,32 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     capsys.readouterr()
     assert main([*args[:-3], "--seeds", "3", "--out", str(out)]) == 2
     assert "other settings (seeds)" in capsys.readouterr().err
+    assert main([*args[:-3], "--budget", "8000", "--checkpoints", "3", "--out", str(out)]) == 2  # other snapshots
+    assert "snapshots 3,000 steps apart" in capsys.readouterr().err
+
+
+def test_a_study_extends_to_a_larger_budget_at_the_same_snapshots(tmp_path, capsys):
+    """A larger budget with the snapshot spacing kept continues the runs from their checkpoints: the snapshots taken
+    so far and their evaluations stay as they were, and the extended runs equal runs trained to the larger budget
+    in one go."""
+    def args(out, budget, checkpoints):
+        return ["tradeoff", "rl", "--env", "navigation2d", "--budget", str(budget), "--seeds", "2", "--checkpoints",
+                str(checkpoints), "--meta-batch-size", "3", "--episodes", "4", "--test-tasks", "4",
+                "--test-episodes", "3", "--out", str(out), "--no-progress"]
+
+    assert main(args(tmp_path / "ext", 3000, 1)) == 0
+    first = json.loads((tmp_path / "ext" / "tradeoff_rl.json").read_text())
+    mtime = (tmp_path / "ext" / "promp" / "seed-1" / "eval-001.json").stat().st_mtime_ns
+    assert main(args(tmp_path / "ext", 6000, 2)) == 0
+    assert "extended from 3,000 to 6,000" in capsys.readouterr().err
+    assert (tmp_path / "ext" / "promp" / "seed-1" / "eval-001.json").stat().st_mtime_ns == mtime
+    assert main(args(tmp_path / "once", 6000, 2)) == 0
+    extended, once = (json.loads((tmp_path / d / "tradeoff_rl.json").read_text()) for d in ("ext", "once"))
+    assert extended["checkpoint_steps"] == once["checkpoint_steps"] == [3000, 6000]
+    assert extended["env_steps"] == once["env_steps"]
+    for m in ("drs-ppo", "promp"):
+        np.testing.assert_allclose(np.asarray(extended["returns"][m])[:, :1], np.asarray(first["returns"][m]))
+        np.testing.assert_allclose(extended["returns"][m], once["returns"][m], rtol=1e-6)
 
 
 def test_promp_settings_are_its_codes_and_the_kept_studies_still_resume(tmp_path):

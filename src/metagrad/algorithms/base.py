@@ -36,13 +36,14 @@ from ..batch import Split, TaskBatch, partition
 from ..batching import (
     data_dependent_fault,
     explained_torch_errors,
+    first_line,
     has_conv,
     has_torch_batchnorm,
     needs_math_attention,
     twice_differentiable,
     vmap_fault,
 )
-from ..errors import ConfigError, check_whole
+from ..errors import ConfigError, MetagradError, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
 from ..settings import suggest
@@ -205,9 +206,7 @@ class MetaLearner(nn.Module):
         if not callable(loss_fn):
             raise ConfigError(f"loss_fn {loss_fn!r} must be a function loss(prediction, target) -> scalar, e.g. "
                               "mg.losses.mse or mg.losses.cross_entropy")
-        if inner is not None and not isinstance(inner, InnerRule):
-            raise ConfigError(f"inner must be a metagrad inner rule such as mg.SGD(0.01) or mg.Adam(0.001), not "
-                              f"{inner!r} (torch.optim optimizers take the outer step)")
+        check_rule(inner)
         for name, value in (("inner_steps", inner_steps), ("inner_batch_size", inner_batch_size),
                             ("threads", threads), ("task_chunk", task_chunk)):
             check_whole(name, value)
@@ -247,6 +246,7 @@ class MetaLearner(nn.Module):
         self.self_check = self_check
         self.vmap_verdict: str | None = None  # why ``auto`` does not batch this model (set by ``verify_batching``)
         self._checked = False
+        self._inputs_checked = False  # see ``check_inputs``
         self._math_attention = False  # attention on torch's math kernel (set when a fused one lacks double backward)
         self._thread_verdicts: dict[tuple[bool, ...], str | None] = {}  # see ``in_shards``
         self._structure  # noqa: B018 (looked up now, outside any compiled region)
@@ -362,7 +362,50 @@ class MetaLearner(nn.Module):
         param = next(self.model.parameters(), None)
         if param is None or batch.device == param.device:
             return batch, mb
+        if batch.device.type == "meta":
+            raise TypeError("the TaskBatch holds meta tensors, which have no data; build it from real tensors")
         return batch.to(param.device), None if mb is None else mb.to(param.device)
+
+    def explained(self, batch: TaskBatch, compute: Callable[[], Any]) -> Any:
+        """``compute()``, the model checked against ``batch`` first on the learner's first batch (``check_inputs``)
+        and again when torch fails later (a batch of another shape or dtype), so that the error names the input."""
+        if not self._inputs_checked:
+            self.check_inputs(batch)
+        try:
+            return compute()
+        except (RuntimeError, IndexError) as e:
+            if not isinstance(e, MetagradError | torch.OutOfMemoryError):
+                self.check_inputs(batch)
+            raise
+
+    def check_inputs(self, batch: TaskBatch) -> None:
+        """A ``ConfigError`` naming the shapes, dtypes and fix where the model cannot read one task's inputs (a dry
+        run outside any transform, leaving the model's buffers and torch's random state as they were), or, with
+        ``losses.cross_entropy``, where the labels do not index its outputs. Tensor reductions: not on every step."""
+        x = batch.support.x if batch.support.x.shape[1] else batch.query.x
+        param = next(self.model.parameters(), None)
+        name = type(self.model).__name__
+        meta, buffers = self.functional_inputs()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                out = call(self.model, meta["model"], {n: b.clone() for n, b in buffers.items()}, x[0])
+        except Exception as e:
+            if param is not None and x.is_floating_point() and x.dtype != param.dtype:
+                raise ConfigError(f"the batch's inputs are {x.dtype} but the model's parameters {param.dtype} "
+                                  f"({first_line(e)}); cast one to the other: batch.to({param.dtype}) or "
+                                  f"learner.to({x.dtype})") from None
+            fix = (f"integer inputs need a model that embeds them (nn.Embedding), else give floats, e.g. "
+                   f"x.to({param.dtype if param is not None else torch.float32})" if not x.is_floating_point()
+                   else f"give inputs of the size its first layer reads, or a model that reads {list(x.shape[2:])}")
+            raise ConfigError(f"the model ({name}) cannot read one task's inputs, of shape {list(x.shape[1:])} and "
+                              f"dtype {x.dtype} ({first_line(e)}); {fix}") from None
+        if self.loss_fn is losses.cross_entropy and isinstance(out, Tensor) and out.dim() > 0:
+            for split, y in (("support", batch.support.y), ("query", batch.query.y)):
+                if y.numel() and not y.is_floating_point() and not (0 <= int(y.min()) <= int(y.max()) < out.shape[-1]):
+                    raise ConfigError(f"the {split} labels range over {int(y.min())}..{int(y.max())} but the model "
+                                      f"({name}) has {out.shape[-1]} outputs; give labels 0..{out.shape[-1] - 1}, or "
+                                      "a model with one output per class (ways)")
+        self._inputs_checked = True
 
     def forward(self, x: Tensor) -> Tensor:
         """The model at its meta-learned initialization."""
@@ -582,11 +625,16 @@ class MetaLearner(nn.Module):
                       shard: slice | None = None) -> dict[str, float]:
         """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
         meta-parameters, averaged over those tasks; return metrics."""
+        check_call("meta_gradient", batch, generator)
         batch.check(support=self.inner_steps > 0)
         if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
             raise ConfigError("inner_state 'carried' runs the tasks of a meta-batch in order in one process; train "
                               "it without torchrun (or use inner_state 'fresh')")
         batch, mb = self.on_model_device(*self.sharded(batch, generator, None if self.carried is not None else shard))
+        return self.explained(batch, lambda: self.meta_gradient_of(batch, mb))
+
+    def meta_gradient_of(self, batch: TaskBatch, mb: Tensor | None) -> dict[str, float]:
+        """``meta_gradient`` of a checked batch on the model's device, with its minibatch indices ``mb``."""
         if self.carried is not None:
             grads, loss = self.carried_gradient(batch, mb)
         elif self.fuses_write(batch.num_tasks):
@@ -719,10 +767,19 @@ class MetaLearner(nn.Module):
                            inner_batch_size: int = 0, generator: torch.Generator | None = None,
                            chunk: int | None = None, transductive: bool = True) -> dict[str, Tensor]:
         """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``."""
+        check_call("adaptation_metrics", batch, generator)
+        check_whole("steps", steps, 0)
+        check_whole("inner_batch_size", inner_batch_size, 0)
+        check_rule(inner)
         batch.check(support=steps > 0)
         rule = inner if inner is not None else self.inner
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
         batch, mb = self.on_model_device(batch, mb)
+        return self.explained(batch, lambda: self.metrics_of(batch, steps, rule, mb, chunk, transductive))
+
+    def metrics_of(self, batch: TaskBatch, steps: int, rule: InnerRule, mb: Tensor | None, chunk: int | None,
+                   transductive: bool) -> dict[str, Tensor]:
+        """``adaptation_metrics`` of a checked batch on the model's device, with its minibatch indices ``mb``."""
         self.verify_batching(batch)
         meta, buffers = self.functional_inputs()
         start = self.start_state(rule)
@@ -746,6 +803,24 @@ class MetaLearner(nn.Module):
         parts = self.in_shards(batch.num_tasks, buffers, lambda s: tasks_between(s.start, s.stop))
         values = torch.cat([v for _, out in parts for v in out])
         return {name: values[..., i] for i, name in enumerate(self.metrics)}
+
+
+def check_call(method: str, batch: object, generator: object) -> None:
+    """``TypeError`` unless ``batch`` is a ``TaskBatch`` and ``generator`` a ``torch.Generator`` or None (O(1): every
+    meta-gradient checks them)."""
+    if not isinstance(batch, TaskBatch):
+        raise TypeError(f"{method} takes a TaskBatch(Split(support_x, support_y), Split(query_x, query_y)) of tensors "
+                        f"[tasks, examples, ...] (tasks.sample(n, generator) makes one), not {type(batch).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator {generator!r} must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) "
+                        "or None")
+
+
+def check_rule(inner: object) -> None:
+    """``ConfigError`` unless ``inner`` is None or a metagrad inner rule."""
+    if inner is not None and not isinstance(inner, InnerRule):
+        raise ConfigError(f"inner must be a metagrad inner rule such as mg.SGD(0.01) or mg.Adam(0.001), not "
+                          f"{inner!r} (torch.optim optimizers take the outer step)")
 
 
 def matches(name: str, prefix: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ..settings import Settings, opt, preset_names, suggest
@@ -22,6 +22,7 @@ from .metarl import (
     HVPS,
     LOSS_MEANS,
     OUTERS,
+    SCORE_ALGOS,
     SCORE_BASELINES,
     check_loss_mean,
     check_packable,
@@ -44,6 +45,18 @@ class RLConfig(Settings):
                                                           "max_kl", "compile", "pack_episodes", "outer_lr_schedule",
                                                           "outer_lr_patience", "outer_lr_factor",
                                                           "outer_lr_growth", "outer_lr_window", "outer_lr_warmup"})
+    APPLIES: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
+        **dict.fromkeys(("max_kl", "cg_iters", "cg_damping", "backtrack", "max_backtracks", "hvp", "hvp_subsample",
+                         "curvature_chunk"), ("outer", ("trpo",))),
+        **dict.fromkeys(("ppo_epochs", "ppo_clip", "inner_kl_coef", "inner_kl_target"), ("outer", ("ppo",))),
+        **dict.fromkeys(("outer_optimizer", "outer_lr"), ("outer", ("vpg", "ppo"))),
+        "emaml_weight": ("algo", ("emaml",)), "score_baseline": ("algo", SCORE_ALGOS),
+        **dict.fromkeys(("goal_range", "reward", "normalized_actions"), ("env", ("navigation2d",))),
+        "outer_lr_patience": ("outer_lr_schedule", ("plateau",)),
+        "outer_lr_factor": ("outer_lr_schedule", ("plateau", "grad-norm")),
+        **dict.fromkeys(("outer_lr_growth", "outer_lr_window", "outer_lr_warmup"),
+                        ("outer_lr_schedule", ("grad-norm",))),
+        "eval_lr": ("tune_eval_lr", (False,))}
 
     # [env]
     env: str = opt("navigation2d", "env", "environment: navigation2d; MuJoCo cheetah-dir, cheetah-vel, "
@@ -214,7 +227,21 @@ class RLConfig(Settings):
             raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
+        if not (self.emaml_weight >= 0 and math.isfinite(self.emaml_weight)):
+            raise ConfigError(f"emaml_weight {self.emaml_weight} must be a finite number >= 0, e.g. 1")
+        for name in ("step_budget", "snapshot_steps"):
+            if 0 < getattr(self, name) < self.iteration_steps:
+                raise ConfigError(f"{name} {getattr(self, name):,} is less than one meta-iteration's environment steps "
+                                  f"(up to {self.iteration_steps:,}: meta_batch_size x episodes x horizon x (inner "
+                                  f"steps + 1)); give at least {self.iteration_steps} or 0 (none)")
         return super().validate()
+
+    @property
+    def iteration_steps(self) -> int:
+        """The environment steps of one meta-iteration, inner-loop rollouts included (fewer where episodes end early):
+        meta_batch_size x episodes x horizon x (inner steps + 1; joint training has none)."""
+        inner = 0 if self.algo == "joint" else self.inner_steps
+        return self.meta_batch_size * self.episodes * self.horizon * (inner + 1)
 
     def resume_differences(self, saved: Settings) -> list[str]:
         """As every config's, but the schedule may switch among constant, plateau and grad-norm on resume (and the

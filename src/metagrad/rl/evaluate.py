@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..analysis.stats import mean_ci95
+from ..errors import ConfigError, check_whole
 from ..inner import SGD
 from ..seeds import VAL_SEED_OFFSET
 from .metarl import MetaRL
@@ -27,6 +28,7 @@ def adaptation_returns(learner: MetaRL, tasks: Tensor, steps: int, episodes: int
     """Mean undiscounted return per task after 0..``steps`` VPG steps (each on ``episodes`` fresh episodes of
     the current policy): ``[T, steps + 1]``; with ``keep_paths`` also the positions of the first episodes of
     the first tasks after each step (``[keep_paths, H + 1, obs_dim]`` per step), for trajectory plots."""
+    check_whole("steps", steps, 0)
     rule = SGD(lr)
     rows, paths = [], []
     for i in range(0, tasks.shape[0], chunk):
@@ -49,6 +51,10 @@ def return_curve(learner: MetaRL, num_tasks: int, steps: int, episodes: int, lr:
                  keep_paths: int = 0) -> tuple[dict[str, Any], list[torch.Tensor], torch.Tensor]:
     """Mean return per test task after 0..``steps`` steps (each on ``episodes`` fresh episodes): the mean over
     tasks with its 95% half-width, per step; plus the first episodes' positions when ``keep_paths``."""
+    check_whole("steps", steps, 0)
+    check_whole("num_tasks", num_tasks)
+    if num_tasks < 2:
+        raise ConfigError(f"num_tasks {num_tasks}: a return curve needs at least 2 test tasks for its 95% intervals")
     tasks = held_out_goals(learner, num_tasks, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     values, paths = adaptation_returns(learner, tasks, steps, episodes, tuple(lr), gen, keep_paths=keep_paths)

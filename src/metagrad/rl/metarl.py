@@ -27,6 +27,7 @@ parameters, and a surrogate that TRPO's line search can evaluate at other parame
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,9 @@ class MetaRL(nn.Module):
         for name, value, low in (("inner_steps", inner_steps, 0), ("episodes", episodes, 1),
                                  ("cg_iters", cg_iters, 1), ("max_backtracks", max_backtracks, 1)):
             check_whole(name, value, low)
+        if isinstance(emaml_weight, bool) or not (isinstance(emaml_weight, numbers.Real)
+                                                  and math.isfinite(emaml_weight) and emaml_weight >= 0):
+            raise ConfigError(f"emaml_weight {emaml_weight!r} must be a finite number >= 0, e.g. 1")
         if not (math.isfinite(max_kl) and math.isfinite(cg_damping) and cg_damping >= 0):
             raise ConfigError(f"max_kl {max_kl} and cg_damping {cg_damping} must be finite, cg_damping >= 0 "
                               "(e.g. max_kl 0.01, cg_damping 1e-5)")
@@ -290,6 +294,9 @@ class MetaRL(nn.Module):
         if not isinstance(tasks, Tensor) or tasks.dim() != 2 or not len(tasks):
             raise ConfigError(f"tasks must be a [tasks, task_dim] tensor of at least one task (env.sample_tasks(n, "
                               f"generator) draws them), not {describe(tasks)}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator {generator!r} must be a torch.Generator (e.g. "
+                            "torch.Generator().manual_seed(0)) or None")
         return adaptation_episodes(self, tasks, generator)
 
     # ------------------------------------------------------------------ the outer objective

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_whole
 from ..models.context import ContextVector
 from .envs.base import Space
 
@@ -168,6 +168,7 @@ def make_policy(space: Space, obs_dim: int, kind: str = "auto", hidden: Sequence
     """The policy for ``space``: Gaussian for continuous actions, categorical for discrete ones, reading a learned
     context vector of ``context`` numbers beside the observation when ``context > 0``; a ``kind`` that cannot
     serve the space stops with a ``ConfigError`` naming both."""
+    check_whole("obs_dim", obs_dim, 1)
     if context < 0:
         raise ConfigError(f"context {context} must be >= 0 (0: no context vector)")
     if context:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Split, TaskBatch
-from ..errors import ConfigError
+from ..errors import ConfigError, check_whole
 
 
 class FewShotClassification:
@@ -41,8 +41,7 @@ class FewShotClassification:
         tasks are then drawn with: ``sample``'s ``shots``, e.g. the evaluation's, not the training ``shots``)."""
         out = object.__new__(FewShotClassification)
         out.__dict__.update(self.__dict__, query=query)
-        if query < 1:
-            raise ConfigError(f"query {query} must be at least 1")
+        check_whole("query", query, 1)
         return out
 
     @property
@@ -61,6 +60,8 @@ class FewShotClassification:
 
     def check(self, shots: int) -> None:
         """Refuse settings the data cannot serve, naming the limit."""
+        for name, value in (("ways", self.ways), ("shots", shots), ("query", self.query)):
+            check_whole(name, value)
         if self.ways < 2:
             raise ConfigError(f"ways {self.ways} must be at least 2")
         if shots < 1:
@@ -80,6 +81,7 @@ class FewShotClassification:
     def sample(self, num_tasks: int, generator: torch.Generator, shots: int | None = None) -> TaskBatch:
         """``num_tasks`` tasks: support ``[T, N*K, C, H, W]`` with labels ``[T, N*K]``, query ``[T, N*Q, ...]``."""
         k = self.shots if shots is None else shots
+        check_whole("num_tasks", num_tasks, 0)
         self.check(k)
         n, per = self.ways, k + self.query
         # the k largest of iid uniforms: a uniformly random k-subset in random order (topk, not a full sort)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Split, TaskBatch
-from ..errors import ConfigError
+from ..errors import ConfigError, check_whole
 
 
 def haar_rotation(dim: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -47,6 +47,8 @@ class LinearRegression:
     rotation_seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("dim", "shots", "query", "rotation_seed"):
+            check_whole(name, getattr(self, name))
         if self.dim < 1:
             raise ConfigError(f"dim {self.dim} must be at least 1 (the paper shows p = 1)")
         if self.shots < 1:
@@ -86,14 +88,14 @@ class LinearRegression:
 
     def sample(self, num_tasks: int, generator: torch.Generator, shots: int | None = None) -> TaskBatch:
         """A meta-batch of ``num_tasks`` tasks with ``shots`` support points each (default: ``self.shots``)."""
+        check_whole("num_tasks", num_tasks, 0)
         theta, sigma2 = self.sample_params(num_tasks, generator)
         return self.make(theta, sigma2, generator, shots)
 
     def make(self, theta: Tensor, sigma2: Tensor, generator: torch.Generator, shots: int | None = None) -> TaskBatch:
         """Support and query sets (float32) for the given task parameters."""
         k = self.shots if shots is None else shots
-        if k < 1:
-            raise ConfigError(f"shots {k} must be at least 1")
+        check_whole("shots", k, 1)
         t, n = theta.shape[0], k + self.query
         z = torch.randn(t, n, self.dim, generator=generator, dtype=torch.float64)
         # x = V diag(sqrt(theta)) z has covariance V diag(theta) V^T

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Split, TaskBatch
-from ..errors import ConfigError
+from ..errors import ConfigError, check_whole
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Sinusoid:
     oracle: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("shots", "query", "grid"):
+            check_whole(name, getattr(self, name))
         if self.shots < 1:
             raise ConfigError(f"shots {self.shots} must be at least 1 (the paper uses 10)")
         if self.query < 0:
@@ -65,14 +67,14 @@ class Sinusoid:
 
     def sample(self, num_tasks: int, generator: torch.Generator, shots: int | None = None) -> TaskBatch:
         """A meta-batch of ``num_tasks`` tasks with ``shots`` support points each (default: ``self.shots``)."""
+        check_whole("num_tasks", num_tasks, 0)
         amp, phase = self.sample_params(num_tasks, generator)
         return self.make(amp, phase, generator, shots)
 
     def make(self, amp: Tensor, phase: Tensor, generator: torch.Generator, shots: int | None = None) -> TaskBatch:
         """Support and query sets for the given task parameters."""
         k = self.shots if shots is None else shots
-        if k < 1:
-            raise ConfigError(f"shots {k} must be at least 1")
+        check_whole("shots", k, 1)
         t = amp.shape[0]
         lo, hi = self.x_range
         if self.grid:

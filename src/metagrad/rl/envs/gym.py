@@ -127,6 +127,7 @@ class GymTaskEnv(TaskEnv):
         self._last: np.ndarray | None = None
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        check_whole("num_tasks", num_tasks, 0)
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         env = self._envs[0].unwrapped
         name = type(env).__name__

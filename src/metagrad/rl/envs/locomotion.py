@@ -367,6 +367,7 @@ class MujocoTaskEnv(CopyTaskEnv):
         return env._get_obs()
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        check_whole("num_tasks", num_tasks, 0)
         u = torch.rand(num_tasks, self.task_dim, generator=generator)
         if self.family.task == "direction":
             return torch.where(u < 0.5, -1.0, 1.0)

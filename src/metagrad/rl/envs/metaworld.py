@@ -75,6 +75,7 @@ class MetaWorldTaskEnv(CopyTaskEnv):
         return pool[k]
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        check_whole("num_tasks", num_tasks, 0)
         n = len(self.tasks)
         if num_tasks <= n:
             idx = torch.randperm(n, generator=generator)[:num_tasks]

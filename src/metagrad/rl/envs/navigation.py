@@ -51,6 +51,7 @@ class Navigation2D(TaskEnv):
         self._t = 0
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        check_whole("num_tasks", num_tasks, 0)
         u = torch.rand(num_tasks, 2, generator=generator)
         return self.goal_low + (self.goal_high - self.goal_low) * u
 

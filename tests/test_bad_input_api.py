@@ -1,0 +1,188 @@
+"""Bad input through the Python API stops with a ConfigError, TypeError or ValueError that names the value and the fix,
+never nonsense silently accepted nor a raw error from deep inside torch (table-driven; each case builds what it
+needs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import metagrad as mg
+from metagrad.errors import ConfigError
+from metagrad.rl import MetaRL
+from metagrad.rl.envs.navigation import Navigation2D
+from metagrad.rl.evaluate import return_curve
+from metagrad.rl.policy import make_policy
+from metagrad.tasks import FewShotClassification, Split, TaskBatch
+
+
+def net(inputs: int = 1, outputs: int = 1) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return mg.models.MLP(inputs, [8], outputs)
+
+
+def sines(tasks: int = 3) -> TaskBatch:
+    return mg.tasks.Sinusoid(shots=5, query=5).sample(tasks, torch.Generator().manual_seed(0))
+
+
+def learner(**kw) -> mg.MAML:
+    return mg.MAML(net(), **kw)
+
+
+def batch(x_shape=(3, 5, 1), y=None, dtype=torch.float32) -> TaskBatch:
+    x = torch.randn(*x_shape).to(dtype)
+    y = torch.randn(*x_shape[:2], 1) if y is None else y
+    return TaskBatch(Split(x, y), Split(x, y))
+
+
+def classifier_batch(labels: list[int]) -> TaskBatch:
+    y = torch.tensor(labels).expand(2, -1)
+    return batch((2, len(labels), 4), y=y)
+
+
+def trainer(**kw) -> mg.Trainer:
+    lrn = learner()
+    args = {"tasks": mg.tasks.Sinusoid(), "optimizer": torch.optim.Adam(lrn.parameters()), **kw}
+    return mg.Trainer(lrn, args["tasks"], args["optimizer"], iterations=1, meta_batch_size=2, progress=False,
+                      **{k: v for k, v in kw.items() if k not in ("tasks", "optimizer")})
+
+
+def metarl(**kw) -> MetaRL:
+    env = Navigation2D(horizon=2)
+    return MetaRL(make_policy(env.action_space, env.obs_dim, hidden=(4,)), env, episodes=2, **kw)
+
+
+def other_scheduler():
+    return torch.optim.lr_scheduler.StepLR(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), 0.1), 1)
+
+
+def fewshot(**kw) -> FewShotClassification:
+    return FewShotClassification(np.zeros((6, 20, 4, 4), np.uint8), **{"ways": 2, "shots": 1, "query": 1, **kw})
+
+
+G = torch.Generator
+CASES = {
+    # name: (the call, the error type, words its message must hold)
+    "S11 one task without the task dimension": (lambda: learner().meta_gradient(sines().task(0)), ConfigError,
+                                                ["support.x [5, 1]", "task dimension", "x[None]"]),
+    "S11 one task in adaptation curves": (lambda: mg.adaptation_curves(learner(), sines().task(0), steps=1),
+                                          ConfigError, ["support.x [5, 1]", "batch.slice(i, i + 1)"]),
+    "S12 negative steps": (lambda: mg.adaptation_curves(learner(), sines(), steps=-1), ConfigError, ["steps -1"]),
+    "S13 a bool step size": (lambda: mg.SGD(True), ConfigError, ["inner_lr True", "not a number"]),
+    "S14 scheduler of another optimizer": (lambda: trainer(scheduler=other_scheduler()), ConfigError,
+                                           ["scheduler was built on another optimizer"]),
+    "S15 unknown resume": (lambda: trainer().fit(resume="yes"), ConfigError, ["resume 'yes'", "'auto'"]),
+    "S18 generator as a number": (lambda: learner().meta_gradient(sines(), generator=42), TypeError,
+                                  ["generator 42", "torch.Generator"]),
+    "U13 generator as a number, minibatches": (
+        lambda: learner(inner_batch_size=2).meta_gradient(sines(), generator=42), TypeError, ["generator 42"]),
+    "U13 meta-RL generator as a number": (
+        lambda: metarl().meta_step(Navigation2D().sample_tasks(2, G().manual_seed(0)), 0), TypeError,
+        ["generator 0", "torch.Generator"]),
+    "S6 NaN emaml weight": (lambda: metarl(algo="emaml", emaml_weight=float("nan")), ConfigError,
+                            ["emaml_weight nan", "finite number >= 0"]),
+    "S6 negative emaml weight": (lambda: metarl(algo="emaml", emaml_weight=-5), ConfigError, ["emaml_weight -5"]),
+    "U5 inputs of the wrong size": (lambda: learner().meta_gradient(batch((3, 5, 3))), ConfigError,
+                                    ["model (MLP)", "inputs, of shape [5, 3]", "cannot be multiplied"]),
+    "U5 inputs of the wrong size in evaluation": (lambda: learner().adaptation_metrics(batch((3, 5, 3)), 1),
+                                                  ConfigError, ["inputs, of shape [5, 3]"]),
+    "U6 float64 inputs": (lambda: learner().meta_gradient(batch(dtype=torch.float64)), ConfigError,
+                          ["torch.float64", "torch.float32", "batch.to(torch.float32)", "learner.to(torch.float64)"]),
+    "U6 int64 inputs": (lambda: learner().meta_gradient(batch(dtype=torch.int64)), ConfigError,
+                        ["dtype torch.int64", "nn.Embedding", "x.to(torch.float32)"]),
+    "U7 a tuple": (lambda: learner().meta_gradient((torch.zeros(3, 5, 1), torch.zeros(3, 5, 1))), TypeError,
+                   ["meta_gradient takes a TaskBatch", "not tuple"]),
+    "U7 a list": (lambda: learner().adaptation_metrics([[1, 2], [3, 4]], 1), TypeError,
+                  ["adaptation_metrics takes a TaskBatch", "not list"]),
+    "U7 numpy arrays": (lambda: learner().meta_gradient(TaskBatch(*(Split(*(np.zeros((3, 5, 1)),) * 2),) * 2)),
+                        TypeError, ["support.x must be a torch tensor, not ndarray", "torch.as_tensor"]),
+    "U7 meta tensors": (lambda: learner().meta_gradient(TaskBatch(*(Split(*(torch.empty(3, 5, 1, device="meta"),) * 2),)
+                                                                  * 2)), TypeError, ["meta tensors", "no data"]),
+    "U7 plain tuples as splits": (lambda: learner().meta_gradient(TaskBatch(*((torch.zeros(3, 5, 1),) * 2,) * 2)),
+                                  TypeError, ["two Splits", "not (tuple, tuple)"]),
+    "U8 a label beyond the outputs": (
+        lambda: mg.MAML(net(4, 3), loss_fn=mg.losses.cross_entropy).meta_gradient(classifier_batch([0, 1, 7])),
+        ConfigError, ["labels range over 0..7", "3 outputs", "0..2"]),
+    "U8 a negative label": (
+        lambda: mg.MAML(net(4, 3), loss_fn=mg.losses.cross_entropy).meta_gradient(classifier_batch([0, -1, 2])),
+        ConfigError, ["labels range over -1..2", "3 outputs"]),
+    "U8 float labels": (
+        lambda: mg.MAML(net(4, 3), loss_fn=mg.losses.cross_entropy).meta_gradient(
+            batch((2, 3, 4), y=torch.zeros(2, 3))), ValueError, ["integer class indices", "labels.long()"]),
+    "U9 fractional shots": (lambda: mg.tasks.Sinusoid(shots=2.5), ConfigError, ["shots 2.5", "whole number"]),
+    "U9 shots as text": (lambda: mg.tasks.Sinusoid(shots="10"), ConfigError, ["shots '10'", "whole number"]),
+    "U9 negative tasks": (lambda: mg.tasks.Sinusoid().sample(-2, G()), ConfigError, ["num_tasks -2"]),
+    "U9 fractional sampled shots": (lambda: mg.tasks.Sinusoid().sample(2, G(), shots=2.5), ConfigError,
+                                    ["shots 2.5"]),
+    "U9 linear regression, fractional shots": (lambda: mg.tasks.LinearRegression(shots=2.5), ConfigError,
+                                               ["shots 2.5"]),
+    "U9 linear regression, negative tasks": (lambda: mg.tasks.LinearRegression().sample(-2, G()), ConfigError,
+                                             ["num_tasks -2"]),
+    "U10 fractional ways": (lambda: fewshot(ways=2.5), ConfigError, ["ways 2.5", "whole number"]),
+    "U10 fractional query": (lambda: fewshot(query=1.5), ConfigError, ["query 1.5", "whole number"]),
+    "U11 fractional steps": (lambda: mg.adaptation_curves(learner(), sines(), steps=1.5), ConfigError,
+                             ["steps 1.5"]),
+    "U11 negative inner batch": (lambda: mg.adaptation_curves(learner(), sines(), 1, inner_batch_size=-3),
+                                 ConfigError, ["inner_batch_size -3"]),
+    "U11 a number as inner rule": (lambda: mg.adaptation_curves(learner(), sines(), 1, inner=0.1), ConfigError,
+                                   ["inner must be a metagrad inner rule", "mg.SGD(0.01)"]),
+    "U12 empty grid": (lambda: mg.tune_step_size(learner(), sines(), 1, grid=[]), ConfigError,
+                       ["grid []", "step sizes to try"]),
+    "U14 a number as optimizer": (lambda: trainer(optimizer=0.001), TypeError,
+                                  ["optimizer must be a torch.optim.Optimizer", "0.001"]),
+    "U14 no tasks": (lambda: trainer(tasks=None), TypeError, ["tasks must be a task distribution", "NoneType"]),
+    "U14 a TaskBatch as tasks": (lambda: trainer(tasks=sines()), TypeError, ["not TaskBatch", "held_out_tasks"]),
+    "U15 no observations": (lambda: make_policy(Navigation2D().action_space, 0), ConfigError, ["obs_dim 0"]),
+    "U16 negative tasks": (lambda: Navigation2D().sample_tasks(-1, G()), ConfigError, ["num_tasks -1"]),
+    "U17 negative steps": (lambda: return_curve(metarl(), 2, steps=-1, episodes=1, lr=(0.1,), seed=0), ConfigError,
+                           ["steps -1"]),
+    "U18 one test task, meta-RL": (lambda: return_curve(metarl(), 1, steps=1, episodes=1, lr=(0.1,), seed=0),
+                                   ConfigError, ["num_tasks 1", "at least 2 test tasks"]),
+    "U18 one test task": (lambda: mg.adaptation_curves(learner(), sines(1), steps=1), ConfigError,
+                          ["at least 2 test tasks", "got 1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_refused_naming_it(case):
+    call, error, words = CASES[case]
+    with pytest.raises(error) as e:
+        call()
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_a_later_batch_of_another_shape_is_explained_too():
+    """The model is checked against the first batch only; a later one that torch refuses is checked then."""
+    lrn = learner()
+    lrn.meta_gradient(sines())
+    assert lrn._inputs_checked
+    with pytest.raises(ConfigError, match=r"inputs, of shape \[5, 3\]"):
+        lrn.meta_gradient(batch((3, 5, 3)))
+    lrn.meta_gradient(sines())
+
+
+def test_the_input_check_leaves_random_state_and_buffers_alone():
+    """The dry run of the first call does not move torch's random stream (dropout) nor the model's buffers."""
+    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(8, 1))
+    lrn = mg.MAML(model, batching="loop")
+    before = model[1].running_mean.clone()
+    state = torch.get_rng_state()
+    lrn.check_inputs(sines())
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(model[1].running_mean, before)
+
+
+def test_valid_inputs_still_pass():
+    """What the engine legitimately takes: scalar-label classifiers, images, integer tokens, zero step sizes."""
+    images = FewShotClassification(np.zeros((6, 20, 8, 8), np.uint8), ways=3, shots=1, query=2).sample(2, G())
+    conv = mg.MAML(mg.models.Conv4(1, ways=3, filters=4, image_size=8), loss_fn=mg.losses.cross_entropy)
+    assert conv.meta_gradient(images)["meta_loss"] > 0
+    tokens = TaskBatch(Split(torch.randint(0, 9, (2, 4, 3)), torch.randn(2, 4, 1)),
+                       Split(torch.randint(0, 9, (2, 4, 3)), torch.randn(2, 4, 1)))
+    embed = torch.nn.Sequential(torch.nn.Embedding(9, 4), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    assert mg.MAML(embed, first_order=True).meta_gradient(tokens)["meta_loss"] > 0
+    mg.SGD(0.0)  # "do not fine-tune": a candidate of the evaluation's step-size grid
+    mg.tune_step_size(learner(), sines(), 1, grid=(0.0, 0.01))
+    assert mg.adaptation_curves(learner(), sines(), steps=0)["loss"].tasks == 3

@@ -1,0 +1,155 @@
+"""Bad command-line and config input that used to be accepted silently, or refused in a misleading way: each now
+stops with exit code 2 and one line naming the value and the fix (table-driven; nothing trains)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import metagrad as mg
+from conftest import cli_error
+from images_fixtures import fake_omniglot
+from metagrad import checkpoint
+from metagrad.cli import main
+from metagrad.errors import ConfigError
+from metagrad.rl.config import RLConfig
+from metagrad.tradeoff_rl import Study
+
+TINY = ["--iterations", "1", "--meta-batch-size", "2", "--no-progress"]
+NAV = ["--config", "maml-trpo-navigation", "--iterations", "1", "--meta-batch-size", "2", "--episodes", "2",
+       "--horizon", "10", "--no-progress"]
+
+
+def toml(tmp: Path, text: str) -> str:
+    path = tmp / "c.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def curve_json(tmp: Path, name: str, curves: dict) -> str:
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps({"iteration": 1, "curves": curves}))
+    return str(path)
+
+
+def mixed_kinds(t: Path) -> list[str]:
+    curve = {"mean": [1.0, 2.0], "ci95": [0.1, 0.1], "tasks": 10}
+    return ["compare", curve_json(t, "rl", {"40": {"lr": [0.1], "return": curve}}),
+            curve_json(t, "sup", {"5": {"lr": 0.01, "loss": curve}}), "--out", str(t / "c")]
+
+
+CASES = {
+    # name: (setup(tmp) -> argv, words the line must hold)
+    "S1 boolean for a number": (lambda t: ["train", "--config", toml(t, "[train]\nouter_lr = true\n"), *TINY,
+                                           "--out", str(t / "r")], ["outer_lr: true is not a number"]),
+    "S2 empty list entry": (lambda t: ["train", "--eval-shots", "5,,10", *TINY, "--out", str(t / "r")],
+                            ["eval_shots", "'5,,10' has an empty entry"]),
+    "S3 ways on sinusoid": (lambda t: ["train", "--ways", "20", *TINY, "--out", str(t / "r")],
+                            ["--ways applies to family omniglot, miniimagenet only", "family is sinusoid", "remove"]),
+    "S3 filters on an mlp": (lambda t: ["train", "--filters", "3", *TINY, "--out", str(t / "r")],
+                             ["--filters applies to model conv4", "model is mlp"]),
+    "S3 rotations on sinusoid": (lambda t: ["train", "--rotations", *TINY, "--out", str(t / "r")],
+                                 ["--rotations applies to family omniglot"]),
+    "S3 dim on sinusoid": (lambda t: ["train", "--dim", "3", *TINY, "--out", str(t / "r")],
+                           ["--dim applies to family linreg"]),
+    "S3 x-range on linreg": (lambda t: ["train", "--config", "linreg-maml", "--x-range", "0,1", *TINY,
+                                        "--out", str(t / "r")], ["--x-range applies to family sinusoid"]),
+    "S3 emaml weight on maml": (lambda t: ["train", *NAV, "--emaml-weight", "3", "--out", str(t / "r")],
+                                ["--emaml-weight applies to algo emaml only", "algo is maml"]),
+    "S3 ppo epochs on trpo": (lambda t: ["train", *NAV, "--ppo-epochs", "9", "--out", str(t / "r")],
+                              ["--ppo-epochs applies to outer ppo only", "outer is trpo"]),
+    "S3 max kl on ppo": (lambda t: ["train", *NAV, "--outer", "ppo", "--max-kl", "0.5", "--out", str(t / "r")],
+                         ["--max-kl applies to outer trpo only", "outer is ppo"]),
+    "S3 cg iters on ppo": (lambda t: ["train", *NAV, "--outer", "ppo", "--cg-iters", "50", "--out", str(t / "r")],
+                           ["--cg-iters applies to outer trpo"]),
+    "S3 outer lr on trpo": (lambda t: ["train", *NAV, "--outer-lr", "0.1", "--out", str(t / "r")],
+                            ["--outer-lr applies to outer vpg, ppo"]),
+    "S3 goal range on locomotion": (lambda t: ["train", *NAV, "--env", "cheetah-dir", "--goal-range", "0,1",
+                                               "--out", str(t / "r")], ["--goal-range applies to env navigation2d"]),
+    "S4 eval lr and its tuning": (lambda t: ["train", "--algo", "joint", "--eval-lr", "0.1", "--tune-eval-lr",
+                                             *TINY, "--out", str(t / "r")],
+                                  ["eval_lr [0.1] and tune_eval_lr", "give one of them"]),
+    "S4 meta-RL eval lr of a tuned baseline": (lambda t: ["train", "--config", "random-navigation", "--eval-lr", "0.1",
+                                                          "--out", str(t / "r")],
+                                               ["--eval-lr applies to tune_eval_lr false only"]),
+    "S5 empty input range": (lambda t: ["train", "--x-range", "1,1", *TINY, "--out", str(t / "r")],
+                             ["x_range [1.0, 1.0]", "low < high"]),
+    "S6 negative exploration weight": (lambda t: ["train", *NAV, "--algo", "emaml", "--emaml-weight", "-5",
+                                                  "--out", str(t / "r")], ["emaml_weight -5.0", ">= 0"]),
+    "S7 step budget below one iteration": (lambda t: ["train", *NAV, "--step-budget", "5", "--out", str(t / "r")],
+                                           ["step_budget 5", "at least 80"]),
+    "S7 snapshots below one iteration": (lambda t: ["train", *NAV, "--snapshot-steps", "1", "--out", str(t / "r")],
+                                         ["snapshot_steps 1", "at least 80"]),
+    "S8 trade-off budget below one iteration": (lambda t: ["tradeoff", "rl", "--env", "navigation2d", "--budget",
+                                                           "10", "--no-progress", "--out", str(t / "r")],
+                                                ["budget 10", "at least 80000"]),
+    "S9 seed twice": (lambda t: ["reproduce", "navigation", "--algo", "random", "--seed", "1", "--set", "seed=2",
+                                 "--out", str(t / "r")], ["--seed 1 and --set seed=2", "give one of them"]),
+    "S9 eval tasks twice": (lambda t: ["reproduce", "navigation", "--eval-tasks", "3", "--set", "eval_tasks=4",
+                                       "--out", str(t / "r")], ["--eval-tasks 3 and --set eval_tasks=4"]),
+    "S10 a key set twice": (lambda t: ["reproduce", "navigation", "--set", "horizon=5", "--set", "horizon=6",
+                                       "--out", str(t / "r")], ["--set horizon= is given 2 times", "give it once"]),
+    "U1 negative first value": (lambda t: ["train", "--inner-lr", "-0.1,0.05", *TINY, "--out", str(t / "r")],
+                                ["inner_lr -0.1 must be positive"]),
+    "U1 negative grid value": (lambda t: ["tradeoff", "linreg", "--alphas", "-0.1,0.5", "--out", str(t / "r")],
+                               ["-0.1"]),
+    "U2 evaluation larger than the test split": (
+        lambda t: ["train", "--config", "omniglot-maml", "--data-root",
+                   str(fake_omniglot(t / "om", alphabets=1, characters=3, drawings=20)), "--ways", "2",
+                   "--eval-shots", "25", *TINY, "--out", str(t / "r")],
+        ["eval_shots 25 + eval_query", "lower eval_shots or eval_query"]),
+    "U3 meta-RL against supervised": (mixed_kinds, ["rl.json is a meta-RL evaluation", "sup.json a supervised",
+                                                    "same kind"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_cli_input_is_one_line_naming_the_value_and_the_fix(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    setup, words = CASES[case]
+    err = cli_error(setup(tmp_path), capsys)
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
+def test_options_that_apply_and_defaults_carried_by_presets_are_accepted():
+    """Only options given explicitly are checked against the config: a preset's own values never are."""
+    cfg = mg.Config(family="omniglot", model="conv4")
+    cfg.check_applies(["ways", "filters", "rotations", "transductive"])
+    rl = RLConfig(algo="emaml", outer="ppo")
+    rl.check_applies(["emaml_weight", "ppo_epochs", "outer_lr"])
+    with pytest.raises(ConfigError, match="--hvp applies to outer trpo"):
+        rl.check_applies(["hvp"], lambda n: "--" + n)
+    for preset in ("sinusoid-maml", "omniglot-maml", "linreg-maml", "emaml-navigation", "promp-navigation"):
+        mg.config.load_config(preset)  # every field of a preset is present, and none is refused
+
+
+def test_the_api_refuses_what_the_command_line_does():
+    with pytest.raises(ConfigError, match="emaml_weight nan must be a finite number >= 0"):
+        RLConfig(algo="emaml", emaml_weight=float("nan")).validate()
+    with pytest.raises(ConfigError, match="budget 10 puts the 4 snapshots less than one iteration apart"):
+        Study(env="navigation2d", budget=10)
+    Study(env="navigation2d", budget=80_000)  # four snapshots, one ProMP iteration apart
+
+
+def test_a_config_built_directly_is_validated_before_training(tmp_path):
+    from metagrad.experiment import train
+
+    with pytest.raises(ConfigError, match=r"outer_lr -1\.0 must be positive"):
+        train(mg.Config(outer_lr=-1.0, iterations=1, meta_batch_size=2), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_last_checkpoint_without_best_says_what_there_is(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY, "--val-every", "0"]) == 0
+    for f in run.glob("best.*"):
+        f.unlink()
+    (run / "last.safetensors").write_bytes(b"garbage")
+    err = cli_error(["eval", str(run), "--eval-tasks", "2"], capsys)
+    assert "no other checkpoint (no best) to evaluate or resume: start a new run" in err, err
+    assert not checkpoint.exists(run / "best")
