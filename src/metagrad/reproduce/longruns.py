@@ -286,7 +286,7 @@ ROWS = (
       for env, title, budget, checkpoints in (("hopper-rand-params", "Hopper Rand Params", 300_000, 3),
                                               ("walker-rand-params", "Walker Rand Params", 300_000, 3),
                                               ("walker-rand-vel", "Walker Rand Vel", 300_000, 3),
-                                              ("cheetah-rand-vel", "HalfCheetah Rand Vel", 2_000_000, 4))
+                                              ("cheetah-rand-vel", "HalfCheetah Rand Vel", 4_000_000, 8))
       for pair in ("ppo", "trpo")),
 )
 
