@@ -153,3 +153,17 @@ def test_a_damaged_last_checkpoint_without_best_says_what_there_is(tmp_path, cap
     err = cli_error(["eval", str(run), "--eval-tasks", "2"], capsys)
     assert "no other checkpoint (no best) to evaluate or resume: start a new run" in err, err
     assert not checkpoint.exists(run / "best")
+
+
+def test_reproduce_set_key_that_no_method_run_uses_is_refused(tmp_path, capsys):
+    """`reproduce navigation --set KEY=...` with a key none of the methods run reads (E-MAML's weight under MAML-TRPO
+    and its baselines) is refused before anything trains; one some of them read is taken."""
+    out = tmp_path / "nav"
+    err = cli_error(["reproduce", "navigation", "--algo", "maml-trpo,pretrained", "--set", "emaml_weight=2",
+                     "--out", str(out)], capsys)
+    assert "--set emaml_weight applies to algo emaml only" in err and "maml-trpo, pretrained" in err
+    assert not out.exists()
+    from metagrad.reproduce import metarl, navigation
+
+    cfgs = metarl.method_configs(navigation.NAVIGATION, ["maml-trpo", "sgmrl"], overrides={"max_kl": "0.02"})
+    assert cfgs[0].max_kl == 0.02

@@ -99,8 +99,20 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
 
 def method_configs(experiment: Experiment, methods: list[str], full: bool = False, iterations: int | None = None,
                    time_budget: float | None = None, overrides: dict[str, Any] | None = None) -> list[RLConfig]:
-    """The config each of ``methods`` trains with in ``experiment`` (what ``run`` builds and resumes)."""
-    return [method_config(m, full, iterations, time_budget, overrides or {}, experiment.settings(m)) for m in methods]
+    """The config each of ``methods`` trains with in ``experiment`` (what ``run`` builds and resumes); a ``--set``
+    that none of them uses (``RLConfig.APPLIES``) is an error, not stored and ignored."""
+    cfgs = [method_config(m, full, iterations, time_budget, overrides or {}, experiment.settings(m)) for m in methods]
+    for key in overrides or {}:
+        errors = []
+        for cfg in cfgs:
+            try:
+                cfg.check_applies([key], lambda name: f"--set {name}")
+            except ConfigError as e:
+                errors.append(str(e))
+        if len(errors) == len(cfgs):
+            raise ConfigError(f"{errors[0].removesuffix(': remove it')}, and no method run here ({', '.join(methods)}) "
+                              "has it: remove it")
+    return cfgs
 
 
 def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool = False, iterations: int | None = None,
@@ -109,11 +121,11 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     """Train and evaluate ``methods``; merge into ``OUT/results.json``; print the tables; draw the figures.
     ``experiment`` gives the environment settings, the papers' numbers and the table."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     configs = method_configs(experiment, methods, full, iterations, time_budget, overrides)
-    for cfg in configs:  # environment, policy and algorithm of every method checked before anything runs
+    for cfg in configs:  # environment, policy and algorithm of every method checked before anything is written
         build(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     fits: dict[str, RLFitResult] = {}
     group = Distributed.from_env()  # under torchrun: every method trains on all processes, then process 0 evaluates
     if group is not None:
