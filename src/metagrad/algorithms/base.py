@@ -4,7 +4,8 @@ A ``MetaLearner`` owns a model, its task loss and an inner-loop rule. It runs th
 function of the meta-parameters, maps it over the tasks of a meta-batch (``torch.func.vmap``, or a
 per-task loop that serves as the reference path), and writes the meta-gradient into ``.grad`` so that
 any ``torch.optim`` optimizer takes the outer step. An algorithm only says how one task contributes:
-``task_objective`` (differentiated here) or, for Reptile, its own ``meta_gradient``.
+``task_objective`` (differentiated here) or, for Reptile, the adapted weights of each task and how they combine
+(``combine_tasks``: the step towards them is the meta-gradient).
 
 Inner-loop variants (Reptile paper, sections 6 and 6.3): minibatches drawn by cycling through the support set or
 anew for every step (``inner_sampling``), and an inner optimizer state that is fresh for every task or carried from

@@ -1,5 +1,6 @@
 """Meta-reinforcement learning on the functional engine: environments, policies, sampler, baseline, TRPO and the
-meta-RL algorithms (MAML-TRPO, first-order MAML, SG-MRL, E-MAML, joint training)."""
+meta-RL algorithms (MAML, first-order MAML, SG-MRL, E-MAML, ProMP, joint training) with TRPO, VPG or PPO outer
+steps."""
 
 from .envs import ENVS, Navigation2D, Space, TaskEnv, make_env
 from .metarl import ALGOS, MetaRL

@@ -105,8 +105,9 @@ class MetaRL(nn.Module):
 
     Args:
         policy, env: any ``Policy`` module and ``TaskEnv``.
-        algo: see the module docstring; ``outer``: ``trpo`` (KL-constrained, CG + line search) or ``vpg``
-            (the gradient goes to ``.grad`` and any ``torch.optim`` optimizer takes the step).
+        algo: see the module docstring; ``outer``: ``trpo`` (KL-constrained, CG + line search), ``vpg`` (the
+            gradient goes to ``.grad`` and any ``torch.optim`` optimizer takes the step) or ``ppo`` (clipped
+            ratios, ``ppo_epochs`` passes over one batch, with ProMP's KL penalty on the pre-update policies).
         inner_lr / inner_steps / episodes: the inner VPG step(s) and K, the episodes per step and task.
         gamma, gae_lambda, baseline: returns, GAE and the linear feature baseline (refit per task and batch).
         normalize_inner / normalize_outer: normalize advantages per task (the papers' code does; outer: by default

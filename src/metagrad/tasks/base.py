@@ -10,7 +10,8 @@ from ..batch import TaskBatch
 
 
 class TaskDistribution(Protocol):
-    """Anything that samples meta-batches: ``sample(num_tasks, generator, shots=None)``."""
+    """Anything that samples meta-batches: ``sample(num_tasks, generator, shots=None)``, and ``with_query(query)``:
+    the same distribution with another number of query examples per task (evaluation)."""
 
     def sample(self, num_tasks: int, generator: torch.Generator, shots: int | None = None) -> TaskBatch: ...
 
