@@ -33,10 +33,10 @@ def cpu_model() -> str:
 
 
 def provenance() -> dict:
-    """Where and when a result was measured: the commit (and whether the tree had changes outside
-    ``benchmarks/results``), the UTC time, the CPU, its cores, the load average before the run, the command line."""
-    dirty = [line for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
-             if "benchmarks/results/" not in line]
+    """Where and when a result was measured: the commit (and whether its code, ``src`` or ``benchmarks`` but their
+    results, had changes), the UTC time, the CPU, its cores, the load average before the run, the command line."""
+    dirty = [line for line in _git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+                                   ":!benchmarks/results").splitlines()]
     return {"commit": _git("rev-parse", "--short", "HEAD") or "unknown", "uncommitted_changes": bool(dirty),
             "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "load_average_1min": round(LOAD_AT_IMPORT, 2),
