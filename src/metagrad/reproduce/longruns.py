@@ -283,11 +283,13 @@ ROWS = (
           f"metagrad tradeoff rl --env {env} --pair {pair} --budget {budget} --checkpoints {checkpoints} --seeds 5 "
           f"--test-episodes 5 --settings promp --out results/long/tradeoff-rl-{env}-{pair}-promp", budget,
           "env steps", runs=10)
-      for env, title, budget, checkpoints in (("hopper-rand-params", "Hopper Rand Params", 300_000, 3),
-                                              ("walker-rand-params", "Walker Rand Params", 300_000, 3),
-                                              ("walker-rand-vel", "Walker Rand Vel", 300_000, 3),
-                                              ("cheetah-rand-vel", "HalfCheetah Rand Vel", 4_000_000, 8))
-      for pair in ("ppo", "trpo")),
+      for env, title, pair, budget, checkpoints in (
+          *((env, title, pair, 300_000, 3) for env, title in (("hopper-rand-params", "Hopper Rand Params"),
+                                                              ("walker-rand-params", "Walker Rand Params"),
+                                                              ("walker-rand-vel", "Walker Rand Vel"))
+            for pair in ("ppo", "trpo")),
+          ("cheetah-rand-vel", "HalfCheetah Rand Vel", "ppo", 6_000_000, 12),  # extended 2M -> 4M -> 6M
+          ("cheetah-rand-vel", "HalfCheetah Rand Vel", "trpo", 4_000_000, 8))),
 )
 
 
