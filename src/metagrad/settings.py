@@ -58,17 +58,23 @@ class Settings:
             check_seed(name, getattr(self, name, 0))
         return self
 
-    def check_applies(self, given: typing.Iterable[str], flag: typing.Callable[[str], str] = str) -> None:
+    def applies(self, name: str) -> bool:
+        """Whether this config uses field ``name`` (``APPLIES``: its family, algo or outer step may ignore it)."""
+        by, values = self.APPLIES.get(name, (None, ()))
+        return by is None or getattr(self, by) in values
+
+    def check_applies(self, given: typing.Iterable[str], flag: typing.Callable[[str], str] = str,
+                      context: str = "") -> None:
         """Each of the ``given`` fields (set explicitly, not carried as a default) is one this config uses: where its
-        family, algo or outer step ignores it (``APPLIES``), it would be stored and ignored, so it is an error."""
+        family, algo or outer step ignores it, it would be stored and ignored, so it is an error (``context`` added
+        to its message)."""
         for name in given:
-            if name in self.APPLIES:
+            if not self.applies(name):
                 by, values = self.APPLIES[name]
-                if getattr(self, by) not in values:
-                    shown = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
-                    now = getattr(self, by)
-                    raise ConfigError(f"{flag(name)} applies to {by} {shown} only; this config's {by} is "
-                                      f"{str(now).lower() if isinstance(now, bool) else now}: remove it")
+                shown = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+                now = getattr(self, by)
+                raise ConfigError(f"{flag(name)} applies to {by} {shown} only; this config's {by} is "
+                                  f"{str(now).lower() if isinstance(now, bool) else now}{context}: remove it")
 
     def check_choices(self, choices: dict[str, tuple[str, ...]]) -> None:
         """Each named field holds one of its allowed values."""

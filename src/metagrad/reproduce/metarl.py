@@ -103,15 +103,9 @@ def method_configs(experiment: Experiment, methods: list[str], full: bool = Fals
     that none of them uses (``RLConfig.APPLIES``) is an error, not stored and ignored."""
     cfgs = [method_config(m, full, iterations, time_budget, overrides or {}, experiment.settings(m)) for m in methods]
     for key in overrides or {}:
-        errors = []
-        for cfg in cfgs:
-            try:
-                cfg.check_applies([key], lambda name: f"--set {name}")
-            except ConfigError as e:
-                errors.append(str(e))
-        if len(errors) == len(cfgs):
-            raise ConfigError(f"{errors[0].removesuffix(': remove it')}, and no method run here ({', '.join(methods)}) "
-                              "has it: remove it")
+        if not any(cfg.applies(key) for cfg in cfgs):
+            cfgs[0].check_applies([key], lambda name: f"--set {name}",
+                                  f", and no method run here ({', '.join(methods)}) has it")
     return cfgs
 
 
