@@ -83,6 +83,11 @@ CASES = {
     "S6 NaN emaml weight": (lambda: metarl(algo="emaml", emaml_weight=float("nan")), ConfigError,
                             ["emaml_weight nan", "finite number >= 0"]),
     "S6 negative emaml weight": (lambda: metarl(algo="emaml", emaml_weight=-5), ConfigError, ["emaml_weight -5"]),
+    # MetaRL checks its values with RLConfig's rules: the same words from the config file and from Python
+    "S6 negative CG damping": (lambda: metarl(cg_damping=-1.0), ConfigError, ["cg_damping -1.0", "finite number >= 0"]),
+    "S6 infinite max_kl": (lambda: metarl(max_kl=float("inf")), ConfigError, ["max_kl inf", "positive number"]),
+    "S6 fractional inner steps": (lambda: metarl(inner_steps=1.5), ConfigError, ["inner_steps 1.5", "whole number"]),
+    "S6 unknown outer step": (lambda: metarl(outer="trop"), ConfigError, ["unknown outer 'trop'", "did you mean"]),
     "U5 inputs of the wrong size": (lambda: learner().meta_gradient(batch((3, 5, 3))), ConfigError,
                                     ["model (MLP)", "inputs, of shape [5, 3]", "cannot be multiplied"]),
     "U5 inputs of the wrong size in evaluation": (lambda: learner().adaptation_metrics(batch((3, 5, 3)), 1),

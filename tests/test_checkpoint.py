@@ -108,7 +108,7 @@ def crash_at(monkeypatch, step: str) -> None:
 
         monkeypatch.setattr(checkpoint, "save_file", half)
     else:
-        monkeypatch.setattr(checkpoint, step, boom)
+        monkeypatch.setattr(files if step == "write_json" else checkpoint, step, boom)
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -191,10 +191,10 @@ def test_atomic_writes_keep_the_file_mode_and_follow_the_umask(tmp_path):
     kept = tmp_path / "kept.json"
     kept.write_text("{}")
     kept.chmod(0o600)
-    checkpoint.write_json(kept, {"a": 1})
+    files.write_json(kept, {"a": 1})
     assert kept.stat().st_mode & 0o777 == 0o600 and json.loads(kept.read_text()) == {"a": 1}
     new = tmp_path / "new.json"
-    checkpoint.write_json(new, {})
+    files.write_json(new, {})
     plain = tmp_path / "plain.json"
     plain.write_text("{}")
     assert new.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -18,7 +18,7 @@ TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--
 
 @pytest.mark.parametrize(("argv", "match"), [
     (["train", "--inner-lr", "-0.1"], "inner_lr -0.1 must be positive"),
-    (["train", "--shots", "0"], "shots 0 must be >= 1"),
+    (["train", "--shots", "0"], "shots 0 must be a whole number >= 1"),
     (["train", "--algo", "mamll"], "unknown algo 'mamll' (did you mean 'maml'?)"),
     (["train", "--config", "missing.toml"], "config file 'missing.toml' not found"),
     (["train", "--shots", "ten"], "'ten' is not an integer"),

@@ -32,7 +32,7 @@ def test_presets_hold_the_papers_settings():
 def test_overrides_are_coerced_and_validated():
     cfg = load_config("sinusoid-maml").replace(inner_lr="0.1,0.05", hidden="64,64", oracle="true")
     assert cfg.inner_lr == (0.1, 0.05) and cfg.hidden == (64, 64) and cfg.oracle is True
-    with pytest.raises(ConfigError, match="shots 0 must be >= 1"):
+    with pytest.raises(ConfigError, match="shots 0 must be a whole number >= 1"):
         cfg.replace(shots=0)
     with pytest.raises(ConfigError, match="'abc' is not an integer"):
         cfg.replace(shots="abc")

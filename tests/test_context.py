@@ -168,7 +168,7 @@ def test_build_model_wraps_the_network_and_widens_its_input():
     assert isinstance(model, ContextVector) and not model.channels
     assert model.model[0].in_features == 11
     assert isinstance(build_model(cfg.replace(context=0), SimpleNamespace(input_dim=1)), MLP)  # 0: off
-    with pytest.raises(ConfigError, match="context -1 must be >= 0"):
+    with pytest.raises(ConfigError, match="context -1 must be a whole number >= 0"):
         build_model(cfg.replace(context=-1), SimpleNamespace(input_dim=1))
     images = SimpleNamespace(image_shape=(1, 28, 28))
     omni = load_config("omniglot-context")

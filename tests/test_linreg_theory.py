@@ -218,5 +218,5 @@ def test_linreg_config_trains_towards_the_closed_forms():
         assert float(trainer.learner.model.weight.detach()) == pytest.approx(target, abs=0.03), preset
     with pytest.raises(ConfigError, match="grid and oracle apply to the sinusoid family only"):
         Config(family="linreg", grid=50).validate()
-    with pytest.raises(ConfigError, match="dim 0 must be >= 1"):
+    with pytest.raises(ConfigError, match="dim 0 must be a whole number >= 1"):
         Config(family="linreg", dim=0).validate()

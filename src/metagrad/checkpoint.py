@@ -57,7 +57,7 @@ def save(stem: str | Path, state: Any, info: dict[str, Any]) -> None:
     _fsync(tmp)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
-    write_json(sidecar, {"format": FORMAT, **info})
+    files.write_json(sidecar, {"format": FORMAT, **info})
 
 
 def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -163,16 +163,6 @@ def _metadata(f: BinaryIO) -> dict[str, str]:
 
 def exists(stem: str | Path) -> bool:
     return paths(stem)[0].exists()
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically (temporary file, then rename): a reader never sees half a file."""
-    write_text(path, json.dumps(data, indent=1))
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (``files.replace_atomically``)."""
-    files.replace_atomically(Path(path), lambda f: f.write(text.encode()))
 
 
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:

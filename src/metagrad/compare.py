@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from . import files
 from .analysis.stats import sd_from_ci95, welch_probability_from_stats
 from .errors import MetagradError
+from .tables import k_columns, md_head, md_row
 
 HIGHER_IS_BETTER = {"loss": False, "accuracy": True, "return": True, "reward": True}
 
@@ -170,10 +172,9 @@ def format_grid(grid: dict[str, Any]) -> str:
     for i, k in enumerate(grid["shots"]):
         lines.append(f"P({grid['label_a']} better than {grid['label_b']}), one-sided Welch t-test on the query "
                      f"{grid['metric']} ({'higher' if grid['higher_is_better'] else 'lower'} is better), K = {k}")
-        lines.append("| checkpoint | " + " | ".join(f"k = {s}" for s in range(grid["steps"])) + " |")
-        lines.append("|---" * (grid["steps"] + 1) + "|")
+        lines += md_head(["checkpoint", *k_columns(range(grid["steps"]))])
         for label, row in zip(grid["checkpoints"], grid["probability"][i], strict=True):
-            lines.append(f"| {label} | " + " | ".join(f"{p:.3f}" for p in row) + " |")
+            lines.append(md_row([label, *(f"{p:.3f}" for p in row)]))
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -194,7 +195,7 @@ def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str | N
     grid["label_a"], grid["label_b"] = label_a or grid["label_a"], label_b or grid["label_b"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(grid, indent=1))
+    files.write_json(out / "compare.json", grid)
     fig = plots.welch_contours(grid["probability"], grid["checkpoints"], list(range(grid["steps"])),
                                out / "compare.png", grid["label_a"], grid["label_b"],
                                titles=[f"K = {k}" for k in grid["shots"]])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import MetagradError
 from .plots import _save, plt
+from .tables import md_head, md_row
 
 DEFAULT_METRICS = (("return_post", "return_pre"), ("meta_loss",))
 STYLES = ("-", "--", ":", "-.")
@@ -135,7 +136,7 @@ def draw(runs: Sequence[Run], metrics: Sequence[str], path: str | Path, window: 
 def summary(runs: Sequence[Run], metrics: Sequence[str], last: int = 10) -> str:
     """A markdown table: each run's last iteration and the mean of each metric over its last ``last`` rows."""
     head = ["run", "last iteration", *[f"{m}, mean of last {last}" for m in metrics]]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines = md_head(head)
     for run in runs:
         its = [int(r["iteration"]) for r in run.rows if isinstance(r.get("iteration"), int | float)]
         cells = [run.label, str(max(its)) if its else "-"]
@@ -144,5 +145,5 @@ def summary(runs: Sequence[Run], metrics: Sequence[str], last: int = 10) -> str:
             mean = tail_mean(values, last)
             few = f" (of {len(values)})" if 0 < len(values) < last else ""
             cells.append("-" if math.isnan(mean) else f"{mean:.4g}{few}")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return "\n".join(lines)

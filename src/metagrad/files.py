@@ -4,13 +4,14 @@ file's). No torch here: the data loaders use it too."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 try:
     import fcntl
@@ -44,6 +45,16 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (temporary file, then rename): a reader never sees half a file."""
+    write_text(path, json.dumps(data, indent=1))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (``replace_atomically``)."""
+    replace_atomically(Path(path), lambda f: f.write(text.encode()))
 
 
 def mode_for(path: Path) -> int:

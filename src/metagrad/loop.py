@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, files
+from . import checkpoint, files, provenance
 from .distributed import Distributed
 from .errors import CheckpointError, ConfigError, TrainingDiverged, check_whole
 
@@ -146,7 +146,7 @@ class RunLoop:
         if path is None or not path.exists():
             return
         keep = [ln for ln in path.read_text(errors="replace").splitlines() if _line_iteration(ln) <= self.iteration]
-        checkpoint.write_text(path, "".join(ln + "\n" for ln in keep))
+        files.write_text(path, "".join(ln + "\n" for ln in keep))
 
     def checkpoint_due(self) -> bool:
         return self.run_dir is not None and (self.iteration % self.checkpoint_every == 0
@@ -180,12 +180,12 @@ class RunLoop:
             return "done", self.iteration, 0.0
         if self.writes and self.run_dir is not None:
             for name, text in self.session_files.items():  # under the lock: two sessions never interleave them
-                checkpoint.write_text(self.run_dir / name, text)
+                files.write_text(self.run_dir / name, text)
         if resumed and (changes or self._resume_changes):
             self.log({"iteration": self.iteration, "resumed_with": changes or self._resume_changes})
         start_iteration, session_start = self.iteration, time.perf_counter()
-        self._segment = {"start": start_iteration, "clock": session_start, "command": command(), "commit": commit(),
-                         "machine": machine()}
+        self._segment = {"start": start_iteration, "clock": session_start, "command": provenance.command(),
+                         "commit": provenance.commit(), "machine": provenance.machine()}
         if not resumed:  # a run's first file: a kill before its first checkpoint leaves a run to resume, not a
             if self.dist is not None:  # folder that holds only a `best` or a snapshot and refuses every rerun
                 self.dist.any(False)  # every process has looked at the folder before process 0 writes to it
@@ -409,41 +409,3 @@ def _recorded_end(run_dir: Path) -> int:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             return int(json.loads(line)["end"])
     return 0
-
-
-def machine() -> dict[str, Any]:
-    """Where a result was measured (stored beside runs and reproductions): the host, its cores, the threads and
-    processes (``torchrun``'s world) of the run, and the software."""
-    import os
-    import platform
-
-    dist = torch.distributed
-    processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    return {"host": platform.node(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "processes": processes,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
-
-
-def commit() -> str | None:
-    """The git commit of this metagrad (``+dirty`` with uncommitted changes), or None outside a checkout."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=5)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def command() -> str | None:
-    """The ``metagrad ...`` command line of this process (None when metagrad was called from Python)."""
-    import shlex
-
-    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    return "metagrad " + shlex.join(sys.argv[1:]) if "metagrad" in (argv0.name, argv0.parent.name) else None

@@ -85,10 +85,9 @@ class Settings:
                 raise ConfigError(f"unknown {name} '{value}'{suggest(value, allowed)}; choose one of {shown}")
 
     def check_at_least(self, lows: dict[str, int]) -> None:
-        """Each named field is at least its bound."""
+        """Each named field is a whole number at least its bound."""
         for name, low in lows.items():
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} {getattr(self, name)} must be >= {low}")
+            check_whole(name, getattr(self, name), low)
 
     def free_on_resume(self) -> set[str]:
         """Fields that may differ between a run's checkpoint and the config that resumes it."""

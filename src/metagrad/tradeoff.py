@@ -14,7 +14,6 @@ A_ij ~ N(0, 1) below the diagonal; for N < p the N points themselves), whatever 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from . import files
 from .analysis import linreg_theory as lt
 from .errors import ConfigError, check_memory
 
@@ -207,7 +207,7 @@ def run(out: str | Path, progress: bool = True, **settings: Any) -> tuple[Tradeo
     result = simulate(progress=progress, **settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tradeoff.json").write_text(json.dumps(asdict(result), indent=1))
+    files.write_json(out / "tradeoff.json", asdict(result))
     np.savez(out / "tradeoff.npz", **result.arrays())
     figures = [plots.tradeoff_contours(result.arrays(), out / "figure3.png", dim=result.dim)]
     return result, figures

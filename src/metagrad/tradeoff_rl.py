@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import files
 from .analysis.stats import welch_probability
 from .distributed import Distributed
 from .errors import ConfigError
@@ -32,6 +32,7 @@ from .rl.envs.locomotion import FAMILIES
 from .rl.evaluate import adaptation_returns, held_out_goals, meta_test_env, tune_step_size
 from .rl.metarl import packable, steps_mean_applies
 from .rl.train import build
+from .tables import md_head, md_row
 
 PAIRS = {"ppo": ("drs-ppo", "promp"), "trpo": ("drs-trpo", "trpo-maml")}
 LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-maml": "TRPO-MAML"}
@@ -172,7 +173,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
                "checkpoint_steps": [study.budget * (j + 1) // study.checkpoints for j in range(study.checkpoints)],
                "env_steps": steps, "returns": {m: c.tolist() for m, c in curves.items()},
                "p_drs_better": prob.tolist(), "signed": (np.sign(prob - 0.5) * np.abs(1 - 2 * prob)).tolist()}
-    checkpoint.write_json(out / "tradeoff_rl.json", results)
+    files.write_json(out / "tradeoff_rl.json", results)
     from .rl import plots
 
     results["figures"] = [str(f) for f in plots.tradeoff_rl_figures(results, out)]
@@ -197,7 +198,7 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
             tasks = held_out_goals(learner, study.test_tasks, study.eval_seed + seed)
             gen = torch.Generator().manual_seed(study.eval_seed + seed + 1)
             values, _ = adaptation_returns(learner, tasks, study.test_updates, study.test_episodes, (lr,), gen)
-            checkpoint.write_json(path, {"snapshot": j, "env_steps": info["env_steps"], "iteration": info["iteration"],
+            files.write_json(path, {"snapshot": j, "env_steps": info["env_steps"], "iteration": info["iteration"],
                                "lr": lr, "tasks": study.test_tasks, "episodes": study.test_episodes,
                                "mean": values.mean(0).tolist(), "seconds": round(time.perf_counter() - t0, 2)})
         data = json.loads(path.read_text())
@@ -213,7 +214,7 @@ def _drs_step_size(study: Study, seed: int, run_dir: Path) -> float:
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
                             study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0)
-        checkpoint.write_json(path, {"lr": lr, "grid": list(study.lr_grid),
+        files.write_json(path, {"lr": lr, "grid": list(study.lr_grid),
                                      "chosen_on": "validation tasks (training split)"})
     return float(json.loads(path.read_text())["lr"])
 
@@ -241,7 +242,7 @@ def _check_resumable(study: Study, out: Path) -> None:
             print(f"{out}: the study extended from {before['budget']:,} to {study.budget:,} environment steps per "
                   f"run, its snapshots {study.budget // study.checkpoints:,} apart as before", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json(path, study.to_dict())
+    files.write_json(path, study.to_dict())
 
 
 def extends(before: dict[str, Any], now: dict[str, Any]) -> bool:
@@ -259,10 +260,9 @@ def format_table(results: dict[str, Any]) -> str:
     prob = np.asarray(results["p_drs_better"])
     lines = [f"{results['study']['env']}: {LABELS[drs]} vs {LABELS[meta]}, {results['study']['seeds']} seeds; "
              f"mean return after t test updates (DRS / meta-learner) and P(DRS better), one-sided Welch t-test", "",
-             "| env steps | " + " | ".join(f"t = {t}" for t in range(prob.shape[1])) + " |",
-             "|---" * (prob.shape[1] + 1) + "|"]
+             *md_head(["env steps", *(f"t = {t}" for t in range(prob.shape[1]))])]
     for j, steps in enumerate(results["checkpoint_steps"]):
         cells = [f"{a[:, j, t].mean():.1f} / {b[:, j, t].mean():.1f} (p {prob[j, t]:.2f})"
                  for t in range(prob.shape[1])]
-        lines.append(f"| {steps:,} | " + " | ".join(cells) + " |")
+        lines.append(md_row([f"{steps:,}", *cells]))
     return "\n".join(lines)

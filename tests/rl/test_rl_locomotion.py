@@ -619,7 +619,7 @@ def test_action_scale_is_checked():
     from metagrad.rl.config import RLConfig
     from metagrad.rl.train import build
 
-    with pytest.raises(ConfigError, match=r"action_scale 0\.0 must be positive"):
+    with pytest.raises(ConfigError, match=r"action_scale 0\.0 must be a positive number"):
         RLConfig(env="cheetah-dir", action_scale=0.0).validate()
     with pytest.raises(ConfigError, match="action_scale -1 must be a positive number"):
         MujocoTaskEnv("cheetah-dir", action_scale=-1)

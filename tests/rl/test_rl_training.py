@@ -302,7 +302,7 @@ def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "env=mujoco-nav"], "--set env=mujoco-nav would train another environment than 'navigation2d'"),
-    (["--set", "horizon=-5"], "horizon -5 must be >= 1"),
+    (["--set", "horizon=-5"], "horizon -5 must be a whole number >= 1"),
     (["--set", "policy=categorical"], "a categorical policy cannot serve a continuous action space of shape [2]"),
     (["--algo", "maml-trpp"], "unknown method 'maml-trpp' (did you mean 'maml-trpo'?)"),
     (["--set", "gamma=2"], "gamma 2.0 and gae_lambda 1.0 must lie in [0, 1]"),

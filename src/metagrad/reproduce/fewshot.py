@@ -10,13 +10,12 @@ both batch-norm modes, and prints the accuracy beside the paper's.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoint, plots
+from .. import checkpoint, files, plots
 from ..analysis.stats import format_ci
 from ..config import Config, load_config
 from ..errors import ConfigError
@@ -110,9 +109,9 @@ def run(dataset: str, algo: str, ways: int, shots: int, out: str | Path, full: b
         mode = "transductive" if transductive else "non-transductive"
         results["modes"][mode] = {"curves": curves, "eval_seconds": round(time.perf_counter() - t0, 1),
                                   "paper": PAPER.get((dataset, algo, transductive), {}).get((ways, shots))}
-    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    files.write_json(out / f"{name}.json", results)
     table = format_table(results)
-    (out / f"{name}.md").write_text(table + "\n")
+    files.write_text(out / f"{name}.md", table + "\n")
     print(table)
     curves = {mode: {shots: r["curves"]} for mode, r in results["modes"].items()}
     fig = plots.adaptation_curves(curves, out / f"{name}.png", metric="accuracy", ylabel="test accuracy (fraction)",

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..analysis.stats import format_ci
 from ..errors import ConfigError
+from ..tables import k_columns, md_head, md_row
 from .metarl import Experiment
 
 # the MAML paper's Figure 5 and Table 5: average return after 0..3 steps on its 40 test tasks, as the MAML code's
@@ -114,17 +115,15 @@ def format_table(results: dict[str, Any]) -> str:
     env = results["experiment"].removeprefix("locomotion-")
     steps = max(max(len(r["curve"]["mean"]), r["config"].get("inner_steps", 1) + 1) for r in methods.values())
     lines = [f"{env}: average return after k policy-gradient steps on held-out tasks, mean ± 95% CI over tasks", "",
-             "| method | iterations | " + " | ".join(f"k = {s}" for s in range(steps)) + " |",
-             "|" + "---|" * (steps + 2)]
+             *md_head(["method", "iterations", *k_columns(range(steps))])]
     for m, r in methods.items():
         c = r["curve"]
         cells = [format_ci(a, b, 1) for a, b in zip(c["mean"], c["ci95"], strict=True)]
-        lines.append(f"| {r['label']} | {r['iterations']} | " + " | ".join(cells + ["-"] * (steps - len(cells)))
-                     + " |")
+        lines.append(md_row([r["label"], r["iterations"], *cells, *["-"] * (steps - len(cells))]))
         reference = paper_row(results, m)
         if reference is not None:
             shown = [f"{v:.1f}" if v is not None else "-" for v in reference] + ["-"] * steps
-            lines.append(f"| {r['label']} (paper) | | " + " | ".join(shown[:steps]) + " |")
+            lines.append(md_row([f"{r['label']} (paper)", "", *shown[:steps]]))
     lines.append("")
     for r in methods.values():
         c = r["curve"]

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint, files
+from .. import files
 from ..distributed import Distributed
 from ..errors import ConfigError
 from ..experiment import continue_run, load_run
-from ..loop import machine
+from ..provenance import machine
 from ..rl.config import RLConfig, method_names, preset
 from ..rl.evaluate import evaluate, rllab_return_curve
 from ..rl.metarl import packable, steps_mean_applies
@@ -160,7 +160,7 @@ def report(experiment: Experiment, out: Path, figures: bool = True) -> dict[str,
                               "choose it with --env (locomotion) or the experiment")
         if results.get("paper") != experiment.paper:
             results["paper"] = experiment.paper
-            checkpoint.write_json(path, results)
+            files.write_json(path, results)
     table = experiment.table(results)
     (out / "table.md").write_text(table + "\n")
     print(table)
@@ -178,7 +178,7 @@ def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experime
         results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
         results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
         results["methods"][method] = result
-        checkpoint.write_json(path, results)
+        files.write_json(path, results)
     return results
 
 

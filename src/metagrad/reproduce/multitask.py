@@ -12,7 +12,6 @@ holds ours, chosen that way (the individual MSE is reported beside the results).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from torch.func import stack_module_state
 from tqdm import tqdm
 
+from .. import files
 from ..algorithms import JointTraining
 from ..analysis.stats import format_ci
 from ..build import build_tasks
@@ -31,8 +31,8 @@ from ..errors import ConfigError, check_whole
 from ..experiment import evaluate
 from ..functional import params_of
 from ..inner import SGD
-from ..loop import machine
 from ..models import MLP
+from ..provenance import machine
 from ..settings import check_seed
 
 VARIANTS = ("none", "l2", "mean")
@@ -152,9 +152,9 @@ def run(out: str | Path, setting: Setting | None = None, progress: bool = True,
                                                               ** 0.5), 3)}
         print(f"{LABELS[v]}: individual training MSE {train_mse:.4f}, {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
-    (out / "multitask.json").write_text(json.dumps(results, indent=1))
+    files.write_json(out / "multitask.json", results)
     table = format_table(results)
-    (out / "multitask.md").write_text(table + "\n")
+    files.write_text(out / "multitask.md", table + "\n")
     print(table)
     return results
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.stats import format_ci
+from ..tables import k_columns, md_head, md_row
 from .metarl import Experiment
 
 MAML_TABLE4 = {"maml-trpo": [-40.41, -11.68, -3.33, -3.23], "context": [-42.42, -13.90, -5.17, -3.18]}
@@ -30,20 +31,17 @@ def format_table(results: dict[str, Any]) -> str:
     if maml:
         steps = len(methods[maml[0]]["curve"]["mean"])
         lines += ["MAML paper (appendix Table 4; Figure 4)", "",
-                  "| method | iterations | " + " | ".join(f"k = {s}" for s in range(steps)) + " |",
-                  "|" + "---|" * (steps + 2)]
+                  *md_head(["method", "iterations", *k_columns(range(steps))])]
         for m in maml:
             r = methods[m]
-            lines.append(f"| {r['label']} | {r['iterations']} | " + " | ".join(
-                format_ci(a, b) for a, b in zip(r["curve"]["mean"], r["curve"]["ci95"], strict=True)) + " |")
+            lines.append(md_row([r["label"], r["iterations"], *_cells(r["curve"])]))
             if "curve_rllab" in r:
-                c = r["curve_rllab"]
-                lines.append(f"| {r['label']} (the MAML code's measurement) | {r['iterations']} | " + " | ".join(
-                    format_ci(a, b) for a, b in zip(c["mean"], c["ci95"], strict=True)) + " |")
+                lines.append(md_row([f"{r['label']} (the MAML code's measurement)", r["iterations"],
+                                     *_cells(r["curve_rllab"])]))
             if m in MAML_TABLE4:
                 paper = MAML_TABLE4[m] + [None] * (steps - len(MAML_TABLE4[m]))
-                lines.append(f"| {r['label']} (paper) | 500 max | " + " | ".join(
-                    f"{v:.2f}" if v is not None else "-" for v in paper[:steps]) + " |")
+                lines.append(md_row([f"{r['label']} (paper)", "500 max",
+                                     *(f"{v:.2f}" if v is not None else "-" for v in paper[:steps])]))
         lines.append("")
     sg = [m for m in SGMRL_METHODS if m in methods]
     if sg:
@@ -60,13 +58,11 @@ def format_table(results: dict[str, Any]) -> str:
     if other:
         steps = max(len(methods[m]["curve"]["mean"]) for m in other)
         lines += ["Other methods (no paper number on 2D navigation)", "",
-                  "| method | iterations | " + " | ".join(f"k = {s}" for s in range(steps)) + " |",
-                  "|" + "---|" * (steps + 2)]
+                  *md_head(["method", "iterations", *k_columns(range(steps))])]
         for m in other:
             r = methods[m]
-            cells = [format_ci(a, b) for a, b in zip(r["curve"]["mean"], r["curve"]["ci95"], strict=True)]
-            lines.append(f"| {r['label']} | {r['iterations']} | " + " | ".join(cells + ["-"] * (steps - len(cells)))
-                         + " |")
+            cells = _cells(r["curve"])
+            lines.append(md_row([r["label"], r["iterations"], *cells, *["-"] * (steps - len(cells))]))
         lines.append("")
     for r in methods.values():
         c = r["curve"]
@@ -77,6 +73,11 @@ def format_table(results: dict[str, Any]) -> str:
                                                    f"{r.get('sampling_steps_per_second') or 0:,} while sampling"
                                                    if r["seconds_per_iteration"] else "untrained"))
     return "\n".join(lines)
+
+
+def _cells(curve: dict[str, list[float]]) -> list[str]:
+    """A return curve as table cells, mean ± 95% CI after each number of steps."""
+    return [format_ci(m, c) for m, c in zip(curve["mean"], curve["ci95"], strict=True)]
 
 
 def figures(results: dict[str, Any], out: Path) -> list[Path]:

@@ -46,7 +46,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from .. import checkpoint, losses
+from .. import checkpoint, files, losses
 from ..algorithms import MetaLearner
 from ..analysis.stats import format_ci, mean_ci95
 from ..batch import Split, TaskBatch
@@ -55,8 +55,9 @@ from ..config import Config, load_config
 from ..errors import CheckpointError, ConfigError, Interrupted, check_whole
 from ..evaluate import held_out_tasks
 from ..experiment import stored_config
-from ..loop import machine
+from ..provenance import machine
 from ..settings import check_seed
+from ..tables import md_head, md_row
 from ..tasks.fewshot import FewShotClassification
 from ..train import Trainer
 
@@ -248,7 +249,7 @@ def _gradient_run(name: str, weights: tuple[float, ...], cfg: Config, run_dir: P
     def record(trainer: Trainer, iteration: int) -> None:
         if iteration in points:
             curve[iteration] = list(test_accuracy(trainer.learner, cfg, tests))
-            curve_file.write_text(json.dumps(curve))
+            files.write_json(curve_file, curve)
 
     t0 = time.perf_counter()
     _say(f"reptile-gradients: {name} (weights {_weights(weights)}, {5 * len(weights)} drawings per class), "
@@ -256,11 +257,11 @@ def _gradient_run(name: str, weights: tuple[float, ...], cfg: Config, run_dir: P
     run_dir.mkdir(parents=True, exist_ok=True)
     if 0 not in curve:  # the initialization's accuracy (the same for every combination: one seed)
         curve[0] = list(test_accuracy(build_learner(cfg), cfg, tests))
-        curve_file.write_text(json.dumps(curve))
+        files.write_json(curve_file, curve)
     trainer = train_run(cfg, TrainingTasks(images, WAYS, 5 * len(weights)), run_dir, progress, record, minutes or 0.0)
     if trainer.iteration not in curve:  # e.g. stopped by a time limit between the evaluation points
         curve[trainer.iteration] = list(test_accuracy(trainer.learner, cfg, tests))
-        curve_file.write_text(json.dumps(curve))
+        files.write_json(curve_file, curve)
     return {"weights": list(weights), "train_shots": 5 * len(weights),
             "curve": [[i, *curve[i]] for i in sorted(curve)], "final": list(curve[trainer.iteration]),
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -392,7 +393,7 @@ def _overlap_run(panel: str, method: str, sampling: str, value: float, cfg: Conf
         mean, ci = saved["mean"], saved["ci95"]
     else:
         mean, ci = test_accuracy(trainer.learner, cfg, _WORKER["tests"])
-        test_file.write_text(json.dumps({**key, "mean": mean, "ci95": ci}))
+        files.write_json(test_file, {**key, "mean": mean, "ci95": ci})
     return {"value": value, "mean": mean, "ci95": ci, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -445,11 +446,11 @@ def format_overlap(r: dict[str, Any]) -> str:
         values = b["sweeps"][panel]
         fixed = ", ".join(f"{k} {v:g}" for k, v in p["fixed"].items())
         lines += ["", f"Figure {panel}: {p['label']} swept ({fixed})", "",
-                  "| method | " + " | ".join(f"{v:g}" for v in values) + " |", "|---" * (len(values) + 1) + "|"]
+                  *md_head(["method", *(f"{v:g}" for v in values)])]
         for run, pts in p["runs"].items():
             got = {q["value"]: q for q in pts}
-            lines.append(f"| {run} | " + " | ".join(format_ci(100 * got[v]["mean"], 100 * got[v]["ci95"])
-                                                      if v in got else "-" for v in values) + " |")
+            lines.append(md_row([run, *(format_ci(100 * got[v]["mean"], 100 * got[v]["ci95"]) if v in got else "-"
+                                        for v in values)]))
     return "\n".join([*lines, "", *_findings_table(r)])
 
 
@@ -574,8 +575,8 @@ def _findings_table(r: dict[str, Any]) -> list[str]:
 def _write(out: Path, name: str, results: dict[str, Any], table: str,
            figure: Callable[[dict[str, Any], Path], Path]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
-    (out / f"{name}.md").write_text(table + "\n")
+    files.write_json(out / f"{name}.json", results)
+    files.write_text(out / f"{name}.md", table + "\n")
     path = figure(results, out / f"{name}.png")
     print(table)
     print(f"\nresults: {out / (name + '.json')}\nfigure:  {path}")

@@ -9,7 +9,6 @@ only: its figure, and the MSE on the other half over the test tasks, go there to
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .. import plots
+from .. import files, plots
 from ..algorithms import MetaLearner
 from ..analysis.stats import format_ci
 from ..batch import TaskBatch
@@ -26,8 +25,9 @@ from ..build import build_tasks
 from ..config import Config, load_config
 from ..evaluate import adaptation_curves
 from ..experiment import continue_run, evaluate, predictions
-from ..loop import machine
+from ..provenance import machine
 from ..seeds import HALF_RANGE_SEED_OFFSET
+from ..tables import k_columns, md_head, md_row
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ def run(exp: Experiment, out: str | Path, full: bool = False, iterations: int | 
                   f"evaluated in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     if exp.half_range is not None:
         results["half_range"] = half_range_results(exp, results, learners, configs)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    files.write_json(out / "results.json", results)
     table = format_table(exp, results)
-    (out / "table.md").write_text(table + "\n")
+    files.write_text(out / "table.md", table + "\n")
     print(table)
     figs = _figures(exp, results, learners, configs, out, figures)
     print("\nresults: " + str(out / "results.json"))
@@ -136,15 +136,14 @@ def format_table(exp: Experiment, results: dict[str, Any]) -> str:
                        if r["iterations"])
     lines = [f"{exp.title}", f"{exp.table_shots}-shot query MSE after k gradient steps, {n_tasks} test tasks, "
              f"mean ± 95% CI ({budget})", ""]
-    header = "| method | " + " | ".join(f"k = {s}" for s in exp.table_steps) + " |"
-    lines += [header, "|" + "---|" * (len(exp.table_steps) + 1)]
+    lines += md_head(["method", *k_columns(exp.table_steps)])
     for name, r in results["methods"].items():
         c = r["curves"][str(exp.table_shots)]["loss"]
-        lines.append(f"| {r['label']} | " + " | ".join(format_ci(c["mean"][s], c["ci95"][s]) for s in exp.table_steps)
-                     + " |")
+        lines.append(md_row([r["label"], *(format_ci(c["mean"][s], c["ci95"][s]) for s in exp.table_steps)]))
         if name in exp.paper:
-            lines.append(f"| {r['label']} (paper) | " + " | ".join(
-                f"{exp.paper[name][s]:.2f}" if s in exp.paper[name] else "-" for s in exp.table_steps) + " |")
+            paper = exp.paper[name]
+            lines.append(md_row([f"{r['label']} (paper)",
+                                 *(f"{paper[s]:.2f}" if s in paper else "-" for s in exp.table_steps)]))
     lines += ["", exp.paper_note]
     for r in results["methods"].values():
         c = r["curves"][str(exp.table_shots)]["loss"]

@@ -9,6 +9,7 @@ reads one.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -190,10 +191,11 @@ class RLConfig(Settings):
                              "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,
                              "snapshot_steps": 0, "context": 0, "outer_lr_patience": 1,
                              "outer_lr_window": 1, "outer_lr_warmup": 0})
-        positive = ("max_kl", "outer_lr", "init_std", "action_scale")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} {getattr(self, name)} must be positive")
+        for name in ("max_kl", "outer_lr", "init_std", "action_scale"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"{name} {getattr(self, name)} must be a positive number")
+        if not (self.cg_damping >= 0 and math.isfinite(self.cg_damping)):
+            raise ConfigError(f"cg_damping {self.cg_damping} must be a finite number >= 0, e.g. 1e-5")
         for name in ("inner_lr", "eval_lr", "eval_lr_grid"):
             values = getattr(self, name)
             if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
@@ -227,7 +229,8 @@ class RLConfig(Settings):
             raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
-        if not (self.emaml_weight >= 0 and math.isfinite(self.emaml_weight)):
+        if isinstance(self.emaml_weight, bool) or not (isinstance(self.emaml_weight, numbers.Real)
+                                                       and self.emaml_weight >= 0 and math.isfinite(self.emaml_weight)):
             raise ConfigError(f"emaml_weight {self.emaml_weight} must be a finite number >= 0, e.g. 1")
         for name in ("step_budget", "snapshot_steps"):
             if 0 < getattr(self, name) < self.iteration_steps:

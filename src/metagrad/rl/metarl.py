@@ -26,8 +26,6 @@ parameters, and a surrogate that TRPO's line search can evaluate at other parame
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from torch.func import grad, vmap
 from .. import checkpoint
 from ..algorithms.base import adapt_prefixes, adapted_by
 from ..distributed import Share
-from ..errors import ConfigError, check_whole
+from ..errors import ConfigError
 from ..functional import Params, call, detach
 from ..inner import SGD
 from . import outer
@@ -149,34 +147,18 @@ class MetaRL(nn.Module):
                  inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] = (),
                  compile: bool = False, pack_episodes: bool = False, loss_mean: str = "slots"):
         super().__init__()
-        for name, value, allowed in (("algo", algo, ALGOS), ("outer", outer, OUTERS), ("hvp", hvp, HVPS),
-                                     ("score_baseline", score_baseline, SCORE_BASELINES),
-                                     ("baseline", baseline, BASELINES), ("loss_mean", loss_mean, LOSS_MEANS)):
-            if value not in allowed:
-                raise ConfigError(f"unknown {name} '{value}'; choose one of {', '.join(allowed)}")
-        if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:
-            raise ConfigError(f"gamma {gamma} and gae_lambda {gae_lambda} must lie in [0, 1]")
-        if not 0 < hvp_subsample <= 1:
-            raise ConfigError(f"hvp_subsample {hvp_subsample} must lie in (0, 1] (1: every episode)")
-        if curvature_chunk < 0:
-            raise ConfigError(f"curvature_chunk {curvature_chunk} must be >= 0 (0: every task in one product)")
-        if not max_kl > 0 or not 0 < backtrack < 1:
-            raise ConfigError(f"max_kl {max_kl} must be positive and backtrack {backtrack} in (0, 1)")
-        if ppo_epochs < 1 or not 0 < ppo_clip < 1 or inner_kl_coef < 0 or inner_kl_target < 0:
-            raise ConfigError(f"ppo_epochs {ppo_epochs} must be >= 1, ppo_clip {ppo_clip} in (0, 1), inner_kl_coef "
-                              f"{inner_kl_coef} and inner_kl_target {inner_kl_target} >= 0")
-        for name, value, low in (("inner_steps", inner_steps, 0), ("episodes", episodes, 1),
-                                 ("cg_iters", cg_iters, 1), ("max_backtracks", max_backtracks, 1)):
-            check_whole(name, value, low)
-        if isinstance(emaml_weight, bool) or not (isinstance(emaml_weight, numbers.Real)
-                                                  and math.isfinite(emaml_weight) and emaml_weight >= 0):
-            raise ConfigError(f"emaml_weight {emaml_weight!r} must be a finite number >= 0, e.g. 1")
-        if not (math.isfinite(max_kl) and math.isfinite(cg_damping) and cg_damping >= 0):
-            raise ConfigError(f"max_kl {max_kl} and cg_damping {cg_damping} must be finite, cg_damping >= 0 "
-                              "(e.g. max_kl 0.01, cg_damping 1e-5)")
-        check_fit(policy, env)
         normalize_outer = algo not in SCORE_ALGOS if normalize_outer is None else normalize_outer
-        check_score_normalization(algo, normalize_outer)
+        inner_lr = tuple(inner_lr) if isinstance(inner_lr, Sequence) else (inner_lr,)
+        from .config import RLConfig  # the config's checks, the same messages (the config imports this module)
+
+        RLConfig(algo=algo, outer=outer, inner_lr=inner_lr, inner_steps=inner_steps, episodes=episodes, gamma=gamma,
+                 gae_lambda=gae_lambda, baseline=baseline, normalize_inner=normalize_inner,
+                 normalize_outer=normalize_outer, max_kl=max_kl, cg_iters=cg_iters, cg_damping=cg_damping,
+                 backtrack=backtrack, max_backtracks=max_backtracks, hvp=hvp, hvp_subsample=hvp_subsample,
+                 curvature_chunk=curvature_chunk, score_baseline=score_baseline, emaml_weight=emaml_weight,
+                 ppo_epochs=ppo_epochs, ppo_clip=ppo_clip, inner_kl_coef=inner_kl_coef, inner_kl_target=inner_kl_target,
+                 adapt=tuple(adapt), compile=compile, pack_episodes=pack_episodes, loss_mean=loss_mean).validate()
+        check_fit(policy, env)
         if (normalize_inner or normalize_outer) and episodes * env.horizon < 2:
             raise ConfigError(f"episodes {episodes} x horizon {env.horizon}: advantages normalized over a task's one "
                               "step are all 0, so nothing would learn; give more episodes or a longer horizon")
@@ -195,9 +177,6 @@ class MetaRL(nn.Module):
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
         self.use_compile = bool(compile)
-        check_loss_mean(algo, loss_mean)
-        if pack_episodes:
-            check_packable(algo, hvp_subsample)
         self.pack_episodes = bool(pack_episodes)
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value

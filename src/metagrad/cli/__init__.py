@@ -1,0 +1,100 @@
+"""The ``metagrad`` command: ``train``, ``eval``, ``reproduce``, ``tradeoff``, ``compare``, ``curves`` and ``status``.
+
+User errors (bad values, missing files, diverged runs) print one line and exit with code 2;
+Ctrl-C during training saves a checkpoint and exits with code 130 (`metagrad train` after SIGTERM: 143).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import re
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from ..errors import Interrupted, MetagradError
+from .parser import EXIT_INTERRUPTED, EXIT_USAGE, build_parser
+from .reproduce import cmd_reproduce, metarl_request
+from .studies import cmd_compare, cmd_curves, cmd_status, cmd_tradeoff
+from .train import cmd_eval, cmd_train
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["bars_off", "build_parser", "main", "metarl_request", "run_command"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    with bars_off(getattr(args, "no_progress", False)):
+        return run_command(args)
+
+
+@contextlib.contextmanager
+def bars_off(quiet: bool) -> Iterator[None]:
+    """tqdm's ``TQDM_DISABLE`` while a command runs with --no-progress: it reaches the bars the command does not
+    draw itself (the data loaders' decoding), and ends with the command."""
+    before = os.environ.get("TQDM_DISABLE")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if quiet and before is None:
+            del os.environ["TQDM_DISABLE"]
+        elif quiet:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command's function; a known failure ends as one line on stderr and an exit code."""
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "tradeoff": cmd_tradeoff,
+                "compare": cmd_compare, "curves": cmd_curves, "status": cmd_status}[args.command](args)
+    except Interrupted as e:
+        print(f"metagrad {args.command}: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MetagradError as e:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting with this line: torchrun's SIGTERM must not cut it
+        print(f"metagrad {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a full or read-only disk, an unwritable folder: the file and the reason, in one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; {os_fix(e)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"metagrad {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RuntimeError as e:  # torch's allocation failures (its OutOfMemoryError is a RuntimeError too)
+        wanted = out_of_memory(e)
+        if wanted is None:
+            raise
+        print(f"metagrad {args.command}: error: out of memory{wanted}; lower the sizes that set it (shots, query, "
+              "hidden, meta_batch_size, inner_steps, eval_query or task_chunk)", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def out_of_memory(e: RuntimeError) -> str | None:
+    """For torch's failure to allocate: how much it asked for (e.g. " (asked for 32.0 GB at once)"); else None."""
+    text = str(e)
+    if type(e).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    return f" (asked for {int(asked[1]) / 1e9:,.1f} GB at once)" if asked else ""
+
+
+def os_fix(e: OSError) -> str:
+    """What to do about a failed read or write: the fix its cause calls for."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space, or choose another folder"
+    if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return "a file stands where a folder is needed, or a folder where a file is: choose another path"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "choose a folder you can write to"
+    return "check the path, free space, or choose another folder"

@@ -1,0 +1,267 @@
+"""The command line's options: the ``metagrad`` parser and its argument types."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..config import SECTIONS, Config
+from ..errors import ConfigError
+from ..rl.config import RLConfig
+from ..settings import check_seed, preset_names
+
+if TYPE_CHECKING:
+
+    pass
+
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump); a value that starts with '-' and a digit (``--inner-lr
+    -0.1,0.05``, ``--alphas -1e-3``) is a value, not an option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="metagrad", description="Gradient-based meta-learning: MAML, first-order MAML, Reptile, "
+                    "joint training; paper reproductions.")
+    parser.add_argument("--version", action="version", version=f"metagrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="meta-train from a config file", description="Meta-train from a config "
+                       f"file or preset ({', '.join(preset_names())}); supervised presets have [task] and [model] "
+                       "sections, meta-RL ones [env] and [policy]. Any config value can be overridden below.")
+    p.add_argument("--config", help="config file or preset name (default: sinusoid-maml; with --resume, the run's "
+                   "own)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    Config.add_arguments(p, SECTIONS)
+    RLConfig.add_arguments(p, title="meta-RL [{section}] options (override the config file)")
+    _say_which_kind(p)
+
+    p = sub.add_parser("eval", help="adaptation curves of a trained run on held-out tasks",
+                       description="Evaluate a run directory: query loss (meta-RL: return) after 0..eval-steps "
+                       "adaptation steps on test tasks, mean ± 95% CI; writes eval.json into the run directory. An "
+                       "option left out takes the run's own value (the built-in defaults below are the supervised "
+                       "config's).")
+    p.add_argument("run", help="run directory written by `metagrad train`")
+    p.add_argument("--checkpoint", default="last", type=checkpoint_name,
+                   help="which checkpoint: last (default), best, or a meta-RL step budget's snapshot-NNN")
+    p.add_argument("--output", help="where to write the results (default: RUN/eval.json); e.g. one file per "
+                   "checkpoint in a folder, for `metagrad compare`")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the data loaders')")
+    Config.add_arguments(p, ("eval",))
+    RLConfig.add_arguments(p, ("eval",), title="meta-RL [{section}] options")
+
+    from ..reproduce import EXPERIMENTS, FEWSHOT
+
+    p = sub.add_parser("reproduce", help="reproduce a paper's experiment", description="Train the paper's methods, "
+                       "evaluate them on the same test tasks, print the paper's numbers beside ours, draw figures.")
+    p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), "sinusoid-multitask", *FEWSHOT, "reptile-gradients",
+                                          "reptile-overlap", "navigation", "locomotion"],
+                   help="which experiment")
+    p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
+    p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
+    p.add_argument("--out", help="results folder (default: results/<experiment>[-full])")
+    p.add_argument("--seed", type=seed, help="training seed of every method (default: 0)")
+    p.add_argument("--eval-tasks", type=int, help="test tasks (default: the experiment's, e.g. 600 sinusoid tasks, "
+                   "the meta-RL presets' eval_tasks)")
+    p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
+    p.add_argument("--device", help="where the sinusoid and few-shot methods train: cpu (default), cuda or cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile the meta-gradient (the sinusoid, few-shot "
+                   "and meta-RL methods; for navigation and locomotion the same as --set compile=true): pays for the "
+                   "sinusoid MLP and the meta-RL policies on the CPU, and for the convolutions on a GPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
+    images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile, maml-nonconv (Omniglot, the MAML "
+                        "paper's fully connected network), context (Omniglot, the MAML paper's context-vector "
+                        "baseline), anil (Omniglot, the inner loop adapts the head alone); for navigation and "
+                        "locomotion, comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, "
+                        "oracle, sgmrl, sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, context, or all")
+    images.add_argument("--ways", type=int, help="classes per task, N (default: 5)")
+    images.add_argument("--shots", type=int, help="examples per class, K (default: 1)")
+    images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
+                        "(few-shot default: 30, 0 or --full: no limit; navigation: per method, the Reptile "
+                        "studies: for the whole study, default none); rerun the same command to continue")
+    images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>)")
+    images.add_argument("--download", action="store_true", help="Omniglot: fetch the official zip files into the "
+                        "dataset folder when they are missing")
+    nav = p.add_argument_group("meta-RL (navigation, locomotion)")
+    nav.add_argument("--env", help="locomotion task family: cheetah-dir (default), cheetah-vel, ant-dir, ant-vel, "
+                     "swimmer-vel (the MAML paper's); cheetah-rand-vel, swimmer-rand-vel (maml_zoo's, the SG-MRL "
+                     "paper's Table 2 with cheetah-dir)")
+    nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
+                     "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
+    nav.add_argument("--redraw", action="store_true", help="print the table and draw the figures again from "
+                     "OUT/results.json with the papers' numbers as they are now; trains and evaluates nothing")
+    studies = p.add_argument_group("Reptile's studies (reptile-gradients, reptile-overlap)")
+    studies.add_argument("--jobs", type=int, default=1, help="runs at once, one process of one thread each "
+                         "(default: 1; 2 uses both cores of a 2-core machine)")
+    _add_tradeoff_parsers(sub)
+    _add_curves_parser(sub)
+    p = sub.add_parser("status", help="where the long paper runs stand (results/long)", description="For every "
+                       "long paper run kept in the repository: its budget, how much of it is done, the wall time and "
+                       "sessions so far, and the command that continues it. Writes FOLDER/INDEX.md.")
+    p.add_argument("folder", nargs="?", default="results/long", help="where the long runs live (default: %(default)s)")
+    return parser
+
+
+def _say_which_kind(parser: argparse.ArgumentParser) -> None:
+    """In ``train --help``, mark the supervised options a meta-RL config refuses, and give the meta-RL default of a
+    shared option where it differs (``--checkpoint-every``: 2000 supervised, 10 meta-RL)."""
+    supervised, rl = {f.name for f in fields(Config)}, {f.name for f in fields(RLConfig)}
+    for action in parser._actions:
+        if action.dest in supervised - rl:
+            action.help += "; supervised configs only"
+        elif action.dest in supervised & rl:
+            ours, theirs = Config.shown_default(action.dest), RLConfig.shown_default(action.dest)
+            if theirs != ours:
+                action.help = action.help.replace(f"(built-in default: {ours})",
+                                                  f"(built-in default: {ours}; meta-RL: {theirs})")
+
+
+def checkpoint_name(text: str) -> str:
+    """``--checkpoint``: last, best or snapshot-NNN."""
+    if text in ("last", "best") or re.fullmatch(r"snapshot-\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"'{text}' is no checkpoint; choose last, best or snapshot-NNN (e.g. "
+                                     "snapshot-003)")
+
+
+RL_STUDY = ("Train DRS and the meta-learner (--pair ppo: DRS+PPO vs ProMP; trpo: DRS+TRPO vs TRPO-MAML) for several "
+            "seeds on the same number of environment steps, inner-loop rollouts included, with snapshots at evenly "
+            "spaced budgets; evaluate each snapshot after 0..5 policy-gradient updates on meta-test tasks; the "
+            "one-sided Welch t-test across seeds gives P(DRS better) per snapshot and update. Writes tradeoff_rl.json, "
+            "welch.png and returns.png; resumes where it stopped.")
+
+
+def seed(text: str) -> int:
+    """A seed option: an integer from 0 to 2**63 - 1 (what torch's and numpy's generators both take)."""
+    try:
+        check_seed("seed", value := int(text))
+    except (ValueError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer from 0 to 2**63 - 1") from e
+    return value
+
+
+def csv(kind: type) -> Any:
+    """An argparse type: a comma-separated list of ``kind`` (spaces ignored)."""
+    def parse(text: str) -> list:
+        parts = text.replace(" ", "").split(",")
+        if "" in parts[:-1] or not parts[0]:  # one trailing comma is harmless; an empty entry inside is a typo
+            raise argparse.ArgumentTypeError(f"'{text}' has an empty entry; give numbers separated by single commas")
+        try:
+            return [kind(v) for v in parts if v]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of "
+                                             f"{'integers' if kind is int else 'numbers'}") from None
+    return parse
+
+
+def _add_tradeoff_parsers(sub: Any) -> None:
+    """``tradeoff`` (trade-off paper, Figure 3) and ``compare`` (its Figures 1-2: Welch t-test contours)."""
+    from .. import tradeoff
+
+    def join(values: tuple) -> str:
+        return ",".join(map(str, values))
+
+    top = sub.add_parser("tradeoff", help="modeling-vs-optimization trade-off: DRS vs MAML (trade-off paper)",
+                         description="The trade-off paper's studies: `linreg` (section 4, Figure 3) and `rl` "
+                         "(section 2, Figures 1-2).")
+    studies = top.add_subparsers(dest="study", required=True, metavar="STUDY")
+    p = studies.add_parser("linreg", help="meta-linear regression (section 4, Figure 3)",
+                           description="Meta-linear regression (trade-off paper, section 4): over a grid of M tasks x "
+                           "N points and for each step size alpha, the fraction of sampled datasets on which MAML's "
+                           "estimate (eq. 12) has lower exact expected loss than DRS's (eq. 11), before and after one "
+                           "adaptation step on N points (Theorem 5). Writes tradeoff.json, tradeoff.npz, figure3.png.")
+    p.add_argument("--dim", type=int, default=1, help="input dimension p (default: 1, the paper's Figure 3)")
+    p.add_argument("--alphas", type=csv(float), default=list(tradeoff.DEFAULT_ALPHAS), metavar="A,B,...",
+                   help=f"step sizes alpha (default: {join(tradeoff.DEFAULT_ALPHAS)})")
+    p.add_argument("--tasks", type=csv(int), default=list(tradeoff.DEFAULT_TASKS), metavar="M1,M2,...",
+                   help=f"numbers of tasks M (default: {join(tradeoff.DEFAULT_TASKS)})")
+    p.add_argument("--points", type=csv(int), default=list(tradeoff.DEFAULT_POINTS), metavar="N1,N2,...",
+                   help=f"points per task and per half, N (default: {join(tradeoff.DEFAULT_POINTS)})")
+    p.add_argument("--datasets", type=int, default=tradeoff.DEFAULT_DATASETS,
+                   help=f"datasets drawn per (M, N) cell (default: {tradeoff.DEFAULT_DATASETS})")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the datasets (default: 0)")
+    p.add_argument("--rotation-seed", type=seed, default=0, help="seed of the rotation V for p > 1 (default: 0)")
+    p.add_argument("--out", default="results/tradeoff-linreg", help="results folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from ..tradeoff_rl import Study
+
+    d = Study()
+    p = studies.add_parser("rl", help="DRS vs MAML in meta-RL on equal simulator-step budgets (section 2, Figs 1-2)",
+                           description=RL_STUDY)
+    p.add_argument("--env", default=d.env, help="task family, e.g. hopper-rand-params, walker-rand-params, "
+                   "cheetah-rand-vel, walker-rand-vel, ml1-push, ml1-reach, ml10, ml45, navigation2d "
+                   "(default: %(default)s)")
+    p.add_argument("--pair", choices=("ppo", "trpo"), default=d.pair, help="ppo: DRS+PPO vs ProMP; trpo: DRS+TRPO vs "
+                   "TRPO-MAML (default: %(default)s)")
+    p.add_argument("--budget", type=int, default=d.budget, help="environment steps per run (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="training seeds per method (default: %(default)s)")
+    p.add_argument("--checkpoints", type=int, default=d.checkpoints, help="snapshots, evenly spaced over the budget "
+                   "(default: %(default)s)")
+    p.add_argument("--meta-batch-size", type=int, default=d.meta_batch_size, help="tasks per iteration "
+                   "(default: %(default)s; the paper: 40)")
+    p.add_argument("--episodes", type=int, default=d.episodes, help="episodes per task and step (default: "
+                   "%(default)s; the paper: 20)")
+    p.add_argument("--test-tasks", type=int, default=d.test_tasks, help="meta-test tasks (default: %(default)s)")
+    p.add_argument("--test-episodes", type=int, default=d.test_episodes, help="episodes per test update (default: "
+                   "%(default)s)")
+    p.add_argument("--horizon", type=int, default=0, help="steps per episode (default: the paper's, 200 for "
+                   "locomotion, 150 for Meta-World)")
+    p.add_argument("--paper", action="store_true", help="the paper's budget: 21 snapshots 100 iterations of 40 tasks "
+                   "x 20 episodes x 200 steps apart (days on 2 cores)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the outer steps (about a minute once per "
+                   "run, then each update up to 2x faster; the same results)")
+    p.add_argument("--settings", choices=("metagrad", "promp"), default=d.settings, help="metagrad (default; the "
+                   "kept panels') or promp: as ProMP's code, the policy acting in normalize()'s units (a tenth of the "
+                   "simulator's; locomotion), each task's losses over its valid steps, a fixed inner KL coefficient")
+    p.add_argument("--out", help="results folder (default: results/tradeoff-rl-ENV-PAIR)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("compare", help="P(A better than B) by the one-sided Welch t-test over checkpoints x test "
+                       "updates", description="Compare two methods from saved evaluations (eval.json of `metagrad "
+                       "eval`, results.json of `metagrad reproduce`, or a folder of them, one per checkpoint): the "
+                       "one-sided Welch t-test probability that A beats B after each number of test updates, as the "
+                       "trade-off paper's Figures 1-2. Writes compare.json and compare.png.")
+    p.add_argument("results_a", metavar="RESULTS_A", help="method A: eval.json, results.json or a folder of them")
+    p.add_argument("results_b", metavar="RESULTS_B", help="method B: the same kind, as many checkpoints as A")
+    p.add_argument("--metric", help="which curve (default: loss, or return for meta-RL evaluations; lower is better "
+                   "for losses)")
+    p.add_argument("--shots", type=csv(int), metavar="K1,K2,...", help="support sizes (default: all shared)")
+    p.add_argument("--higher-is-better", action=argparse.BooleanOptionalAction, default=None,
+                   help="direction of the metric (default: lower for loss, higher otherwise)")
+    p.add_argument("--method-a", help="method of RESULTS_A when it is a results.json with several")
+    p.add_argument("--method-b", help="method of RESULTS_B when it is a results.json with several")
+    p.add_argument("--label-a", help="name of A in the table and figure (default: its folder's name)")
+    p.add_argument("--label-b", help="name of B")
+    p.add_argument("--out", default="compare", help="folder for compare.json and compare.png (default: compare)")
+
+
+def _add_curves_parser(sub: Any) -> None:
+    """``curves``: the logged numbers of several runs in one figure."""
+    p = sub.add_parser("curves", help="training curves of several runs in one figure", description="Draw the "
+                       "numbers logged in runs' metrics.jsonl against the iteration, one colour per run (the "
+                       "metric by line style), and print each run's last iteration and recent means.")
+    p.add_argument("runs", nargs="+", metavar="RUN[=LABEL]", help="a run folder holding metrics.jsonl, or the file; "
+                   "=LABEL names it in the figure (default: its folder's name)")
+    p.add_argument("--metric", type=csv(str), metavar="M1,M2", help="logged numbers to draw (default: "
+                   "return_post and return_pre for meta-RL runs, meta_loss for supervised ones)")
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help="trailing mean over N logged points (default 1)")
+    p.add_argument("--last", type=int, default=10, metavar="N", help="the printed means are over the last N points")
+    p.add_argument("--title", help="the figure's title")
+    p.add_argument("--out", default="curves.png", help="the figure's path (default: curves.png)")
