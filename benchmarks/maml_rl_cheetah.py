@@ -103,7 +103,7 @@ def main() -> None:
     from maml_rl.policies import NormalMLPPolicy
     from maml_rl.samplers import MultiTaskSampler
 
-    from metagrad.checkpoint import write_json
+    from metagrad.files import write_json
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def test(policy, out: Path, done: int, hidden: tuple[int, ...], activation: str)
     same ``hidden`` sizes and ``activation`` with metagrad's test of the half-cheetah runs; write ``OUT/test.json``."""
     import torch
 
-    from metagrad.checkpoint import write_json
+    from metagrad.files import write_json
     from metagrad.reproduce import locomotion, metarl
     from metagrad.rl.evaluate import evaluate
     from metagrad.rl.train import build

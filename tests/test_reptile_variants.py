@@ -19,6 +19,9 @@ from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.errors import ConfigError
 from metagrad.experiment import load_run, make_trainer
+from metagrad.reproduce import reptile_gradients as rg
+from metagrad.reproduce import reptile_overlap as ro
+from metagrad.reproduce import reptile_studies as rs
 from metagrad.tasks import Split
 
 LR = 0.05
@@ -363,36 +366,32 @@ def tiny_omniglot(tmp_path, monkeypatch):
 
 
 def test_gradient_study_runs_every_combination_and_resumes(tmp_path, tiny_omniglot, monkeypatch):
-    from metagrad.reproduce import reptile_studies as rs
-
-    monkeypatch.setattr(rs, "DEFAULT_GRADIENTS", rs.Budget(iterations=2, eval_tasks=2, curve_points=1))
+    monkeypatch.setattr(rg, "DEFAULT_GRADIENTS", rs.Budget(iterations=2, eval_tasks=2, curve_points=1))
     out = tmp_path / "results"
-    result = rs.run_gradients(out, full=False, iterations=None, progress=False, data_root=str(tiny_omniglot))
-    assert set(result["runs"]) == set(rs.COMBINATIONS)
+    result = rg.run_gradients(out, full=False, iterations=None, progress=False, data_root=str(tiny_omniglot))
+    assert set(result["runs"]) == set(rg.COMBINATIONS)
     for name, run in result["runs"].items():
-        assert run["weights"] == list(rs.COMBINATIONS[name])
+        assert run["weights"] == list(rg.COMBINATIONS[name])
         assert [c[0] for c in run["curve"]] == [0, 2] and 0 <= run["final"][0] <= 1
-    assert len(result["findings"]) == len(rs.PAPER_GRADIENTS)
+    assert len(result["findings"]) == len(rg.PAPER_GRADIENTS)
     saved = json.loads((out / "reptile-gradients.json").read_text())
     assert saved["runs"].keys() == result["runs"].keys()
     table = (out / "reptile-gradients.md").read_text()
     assert "| g1+..+g4 | 1, 1, 1, 1 | 20 |" in table and "quite ineffective" in table
     assert (out / "reptile-gradients.png").read_bytes()[:4] == b"\x89PNG"
-    again = rs.run_gradients(out, full=False, iterations=None, progress=False, data_root=str(tiny_omniglot))
+    again = rg.run_gradients(out, full=False, iterations=None, progress=False, data_root=str(tiny_omniglot))
     assert {n: r["final"] for n, r in again["runs"].items()} == {n: r["final"] for n, r in result["runs"].items()}
 
 
 def test_overlap_study_runs_every_method_and_sampling(tmp_path, tiny_omniglot, monkeypatch):
-    from metagrad.reproduce import reptile_studies as rs
-
     sweeps = {"4a": (5,), "4c": (1.0,)}  # 4b differs from 4a only in the swept argument
-    monkeypatch.setattr(rs, "DEFAULT_OVERLAP", rs.Budget(iterations=5, eval_tasks=2, curve_points=1, sweeps=sweeps))
+    monkeypatch.setattr(ro, "DEFAULT_OVERLAP", rs.Budget(iterations=5, eval_tasks=2, curve_points=1, sweeps=sweeps))
     out = tmp_path / "results"
-    result = rs.run_overlap(out, full=False, iterations=1, progress=False, data_root=str(tiny_omniglot))
+    result = ro.run_overlap(out, full=False, iterations=1, progress=False, data_root=str(tiny_omniglot))
     assert result["budget"]["iterations"] == 1
     assert set(result["panels"]) == set(sweeps)
     for panel, p in result["panels"].items():
-        assert set(p["runs"]) == {f"{m}, {s}" for m in rs.METHODS for s in rs.SAMPLINGS}
+        assert set(p["runs"]) == {f"{m}, {s}" for m in ro.METHODS for s in ro.SAMPLINGS}
         assert all([q["value"] for q in pts] == list(sweeps[panel]) for pts in p["runs"].values())
     table = (out / "reptile-overlap.md").read_text()
     assert "| fomaml-shared, cycle |" in table and "shared-tail FOMAML (cycle) degrades" in table
@@ -403,9 +402,7 @@ def test_overlap_study_runs_every_method_and_sampling(tmp_path, tiny_omniglot, m
 
 
 def test_the_command_line_seed_and_test_tasks_reach_every_run_of_a_study(tmp_path, tiny_omniglot, monkeypatch):
-    from metagrad.reproduce import reptile_studies as rs
-
-    monkeypatch.setattr(rs, "DEFAULT_OVERLAP", rs.Budget(iterations=1, eval_tasks=2, curve_points=1,
+    monkeypatch.setattr(ro, "DEFAULT_OVERLAP", rs.Budget(iterations=1, eval_tasks=2, curve_points=1,
                                                          sweeps={"4a": (2,)}))
     out = tmp_path / "results"
     assert main(["reproduce", "reptile-overlap", "--seed", "5", "--eval-tasks", "3", "--data-root",
@@ -419,24 +416,21 @@ def test_the_command_line_seed_and_test_tasks_reach_every_run_of_a_study(tmp_pat
 
 def test_download_reaches_the_studies_config(monkeypatch, tmp_path):
     """A missing Omniglot suggests --download; the studies take it (and fetch once, before their workers)."""
-    from metagrad.reproduce import reptile_studies as rs
-
     seen = {}
-    monkeypatch.setattr(rs, "_map", lambda fn, work, base, jobs: seen.setdefault("base", base) and [None] * len(work))
-    monkeypatch.setattr(rs, "_write", lambda *a: {})
+    monkeypatch.setattr(rg, "map_runs",
+                        lambda fn, work, base, jobs: seen.setdefault("base", base) and [None] * len(work))
+    monkeypatch.setattr(rg, "write_study", lambda *a: {})
     assert main(["reproduce", "reptile-gradients", "--download", "--data-root", str(tmp_path), "--out",
                  str(tmp_path / "r"), "--no-progress"]) == 0
     assert seen["base"].download and seen["base"].data_root == str(tmp_path)
 
 
 def test_study_findings_are_read_from_the_accuracies():
-    from metagrad.reproduce import reptile_studies as rs
-
     acc = {"g1": 0.3, "g2": 0.6, "g1+g2": 0.5, "avg(g1,g2)": 0.4, "g3": 0.65, "g1+g2+g3": 0.7, "avg(g1..g3)": 0.5,
            "g4": 0.7, "g1+..+g4": 0.9, "avg(g1..g4)": 0.6}
-    found = rs.gradient_findings({n: {"final": [a, 0.01]} for n, a in acc.items()})
+    found = rg.gradient_findings({n: {"final": [a, 0.01]} for n, a in acc.items()})
     assert [f["holds"] for f in found] == [True, True, True, True]
-    found = rs.gradient_findings({n: {"final": [0.5 if n == "g1" else a, 0.01]} for n, a in acc.items()})
+    found = rg.gradient_findings({n: {"final": [0.5 if n == "g1" else a, 0.01]} for n, a in acc.items()})
     assert not found[0]["holds"]
 
     def panel(values, curves):
@@ -449,34 +443,32 @@ def test_study_findings_are_read_from_the_accuracies():
             "reptile, replacement": flat}
     step = {run: ([0.4, 0.5] if run.startswith("fomaml-shared") else [0.8, 0.9]) for run in runs}
     panels = {"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs), "4c": panel([0.5, 1.0], step)}
-    assert [f["holds"] for f in rs.overlap_findings(panels)] == [True, True, True, True]
+    assert [f["holds"] for f in ro.overlap_findings(panels)] == [True, True, True, True]
     runs["reptile, cycle"] = [0.9, 0.9, 0.3, 0.2]  # Reptile degrading as much as shared-tail FOMAML: not the paper's
     panels.update({"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs)})
-    assert not rs.overlap_findings(panels)[2]["holds"]
+    assert not ro.overlap_findings(panels)[2]["holds"]
 
 
 def test_overlap_study_in_two_processes_equals_one(tmp_path, tiny_omniglot, monkeypatch):
     """``jobs=2`` runs the settings in spawned processes: the same accuracies as in this process, and a rerun
     of the finished study reads every test result back instead of testing again."""
-    from metagrad.reproduce import reptile_studies as rs
-
-    monkeypatch.setattr(rs, "DEFAULT_OVERLAP", rs.Budget(iterations=2, eval_tasks=3, curve_points=1,
+    monkeypatch.setattr(ro, "DEFAULT_OVERLAP", rs.Budget(iterations=2, eval_tasks=3, curve_points=1,
                                                          sweeps={"4a": (2, 5)}))
     kwargs = {"full": False, "iterations": None, "progress": False, "data_root": str(tiny_omniglot)}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: another thread count may round differently
     try:
-        one = rs.run_overlap(tmp_path / "one", **kwargs)
+        one = ro.run_overlap(tmp_path / "one", **kwargs)
     finally:
         torch.set_num_threads(threads)
-    two = rs.run_overlap(tmp_path / "two", jobs=2, **kwargs)
+    two = ro.run_overlap(tmp_path / "two", jobs=2, **kwargs)
 
     def means(r):
         return {run: [q["mean"] for q in pts] for run, pts in r["panels"]["4a"]["runs"].items()}
 
-    assert means(one) == means(two) and len(means(one)) == len(rs.METHODS) * len(rs.SAMPLINGS)
+    assert means(one) == means(two) and len(means(one)) == len(ro.METHODS) * len(ro.SAMPLINGS)
     monkeypatch.setattr(rs, "test_accuracy", lambda *a: pytest.fail("a finished run was tested again"))
-    assert means(rs.run_overlap(tmp_path / "two", **kwargs)) == means(one)
+    assert means(ro.run_overlap(tmp_path / "two", **kwargs)) == means(one)
 
 
 def test_jobs_only_for_the_reptile_studies(capsys):
@@ -489,14 +481,13 @@ def test_jobs_only_for_the_reptile_studies(capsys):
 def test_a_time_budget_stops_the_studies_and_the_same_call_continues(tmp_path, tiny_omniglot, monkeypatch):
     """Past the deadline no run starts: the results say partial, keep no findings, and the next call (no budget)
     finishes every run from its checkpoint."""
-    from metagrad.reproduce import reptile_studies as rs
-
-    monkeypatch.setattr(rs, "DEFAULT_GRADIENTS", rs.Budget(iterations=2, eval_tasks=2, curve_points=1))
-    monkeypatch.setattr(rs, "DEFAULT_OVERLAP", rs.Budget(iterations=2, eval_tasks=2, curve_points=1,
+    monkeypatch.setattr(rg, "DEFAULT_GRADIENTS", rs.Budget(iterations=2, eval_tasks=2, curve_points=1))
+    monkeypatch.setattr(ro, "DEFAULT_OVERLAP", rs.Budget(iterations=2, eval_tasks=2, curve_points=1,
                                                          sweeps={"4a": (2,)}))
-    monkeypatch.setattr(rs, "_deadline", lambda minutes: 0.0 if minutes else None)  # already past
+    for module in (rg, ro):
+        monkeypatch.setattr(module, "deadline_for", lambda minutes: 0.0 if minutes else None)  # already past
     kwargs = {"full": False, "iterations": None, "progress": False, "data_root": str(tiny_omniglot)}
-    for study, name in ((rs.run_gradients, "reptile-gradients"), (rs.run_overlap, "reptile-overlap")):
+    for study, name in ((rg.run_gradients, "reptile-gradients"), (ro.run_overlap, "reptile-overlap")):
         partial = study(tmp_path / name, time_budget=5, **kwargs)
         assert partial["complete"] is False and partial["findings"] == []
         assert "Partial: the time budget ended the study" in (tmp_path / name / f"{name}.md").read_text()
@@ -517,9 +508,7 @@ def _fail_first(i: int, folder: str) -> int:
 
 
 def test_a_failed_run_in_the_pool_stops_the_runs_not_yet_started(tmp_path, tiny_omniglot):
-    from metagrad.reproduce import reptile_studies as rs
-
     base = rs.base_config(str(tiny_omniglot), rs.Budget(iterations=1, eval_tasks=2, curve_points=1))
     with pytest.raises(RuntimeError, match="run 0 failed"):
-        rs._map(_fail_first, [(i, str(tmp_path)) for i in range(8)], base, jobs=2)
+        rs.map_runs(_fail_first, [(i, str(tmp_path)) for i in range(8)], base, jobs=2)
     assert len(list(tmp_path.glob("ran-*"))) <= 3  # at most those under way or queued when run 0 failed

@@ -47,8 +47,8 @@ from ..batching import (
 from ..errors import ConfigError, MetagradError, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
-from ..settings import suggest
 from ..threads import in_threads
+from .subsets import adapt_prefixes, adapted_by
 
 BATCHING = ("auto", "vmap", "loop")
 INNER_SAMPLING = ("cycle", "replacement")
@@ -822,34 +822,3 @@ def check_rule(inner: object) -> None:
     if inner is not None and not isinstance(inner, InnerRule):
         raise ConfigError(f"inner must be a metagrad inner rule such as mg.SGD(0.01) or mg.Adam(0.001), not "
                           f"{inner!r} (torch.optim optimizers take the outer step)")
-
-
-def matches(name: str, prefix: str) -> bool:
-    """Whether parameter ``name`` lies under ``prefix`` (a module's name, or the parameter's own full name)."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def adapted_by(name: str, prefixes: Sequence[str]) -> bool:
-    """Whether an inner loop told to adapt ``prefixes`` (empty: everything) adapts parameter ``name``."""
-    return not prefixes or any(matches(name, prefix) for prefix in prefixes)
-
-
-def adapt_prefixes(model: nn.Module, adapt: Sequence[str] | str | None) -> tuple[str, ...]:
-    """``adapt`` checked against ``model``: each prefix must name trainable parameters (see ``MetaLearner``)."""
-    if adapt is None:
-        return ()
-    prefixes = (adapt,) if isinstance(adapt, str) else tuple(adapt)
-    params = dict(model.named_parameters())
-    modules = list(dict.fromkeys(".".join(n.split(".")[:k]) for n in params for k in range(1, n.count(".") + 1)))
-    for prefix in prefixes:
-        if not isinstance(prefix, str) or not prefix:
-            raise ConfigError(f"adapt {prefix!r} must be a module or parameter name, e.g. 'classifier'")
-        matched = [n for n in params if matches(n, prefix)]
-        if not matched:
-            names = modules or list(params)
-            raise ConfigError(f"adapt '{prefix}' matches no parameter of the model{suggest(prefix, names)}; its "
-                              f"modules with parameters are: {', '.join(names) or '(none)'}")
-        if not any(params[n].requires_grad for n in matched):
-            raise ConfigError(f"adapt '{prefix}' matches only frozen parameters (requires_grad=False): "
-                              f"{', '.join(matched)}; adapt trainable ones or unfreeze them")
-    return prefixes

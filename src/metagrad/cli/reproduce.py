@@ -95,9 +95,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                    ("compile", args.compile or None)) if v is not None}
     out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
     if args.experiment in ("reptile-gradients", "reptile-overlap"):
-        from ..reproduce import reptile_studies
+        from ..reproduce import reptile_gradients, reptile_overlap
 
-        study = reptile_studies.run_gradients if args.experiment == "reptile-gradients" else reptile_studies.run_overlap
+        gradients = args.experiment == "reptile-gradients"
+        study = reptile_gradients.run_gradients if gradients else reptile_overlap.run_overlap
         study(out, full=args.full, iterations=args.iterations, progress=not args.no_progress,
               data_root=args.data_root, jobs=args.jobs, time_budget=args.time_budget or 0.0,
               eval_tasks=args.eval_tasks, seed=args.seed, download=args.download)

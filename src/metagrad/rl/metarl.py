@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from .. import checkpoint
-from ..algorithms.base import adapt_prefixes, adapted_by
+from ..algorithms.subsets import adapt_prefixes, adapted_by
 from ..distributed import Share
 from ..errors import ConfigError
 from ..functional import Params, call, detach
