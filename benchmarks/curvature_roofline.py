@@ -92,7 +92,7 @@ def main() -> None:
     machine = rates(out.mask.shape[0], states, cfg.hidden[0], args.repeats)
     earlier = json.loads((RESULTS / "navigation_speed.json").read_text())["rows"]
     ours = next(r for r in earlier if r["library"] == "metagrad (hvp_subsample 1, compile=True)")
-    theirs = next(r for r in earlier if r["library"] == "pytorch-maml-rl")["seconds_per_iteration_median"]
+    theirs = next(r for r in earlier if r["library"].startswith("pytorch-maml-rl"))["seconds_per_iteration_median"]
     other = update_s - products * product_s
     budget = (theirs / 5 - ours["sampling_seconds_median"] - other) / products
     row = {"threads": args.threads, "product_gflop": round(gflop, 3), "product_seconds": round(product_s, 4),
