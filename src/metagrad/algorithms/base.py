@@ -202,38 +202,8 @@ class MetaLearner(nn.Module):
                  self_check: bool = True, adapt: Sequence[str] | None = None, inner_sampling: str = "cycle",
                  inner_state: str = "fresh"):
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        if not callable(loss_fn):
-            raise ConfigError(f"loss_fn {loss_fn!r} must be a function loss(prediction, target) -> scalar, e.g. "
-                              "mg.losses.mse or mg.losses.cross_entropy")
-        check_rule(inner)
-        for name, value in (("inner_steps", inner_steps), ("inner_batch_size", inner_batch_size),
-                            ("threads", threads), ("task_chunk", task_chunk)):
-            check_whole(name, value)
-        if inner_steps < 0:
-            raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
-        if inner_batch_size < 0:
-            raise ConfigError(f"inner_batch_size {inner_batch_size} must be >= 0 (0: whole support set)")
-        if batching not in BATCHING:
-            raise ConfigError(f"unknown batching '{batching}'; choose one of {', '.join(BATCHING)}")
-        if threads < 0:
-            raise ConfigError(f"threads {threads} must be >= 0 (0: automatic)")
-        if task_chunk < 0:
-            raise ConfigError(f"task_chunk {task_chunk} must be >= 0 (0: automatic)")
-        if isinstance(compile, str) and compile not in COMPILE_MODES:
-            raise ConfigError(f"compile '{compile}' is not a torch.compile mode; choose true or one of "
-                              f"{', '.join(COMPILE_MODES)}")
-        if threads > 1 and compile:
-            raise ConfigError(f"threads {threads} with compile: a compiled meta-gradient runs on one thread of "
-                              "Python; set threads to 0 or 1, or compile false")
-        if inner_sampling not in INNER_SAMPLING:
-            raise ConfigError(f"unknown inner_sampling '{inner_sampling}'; choose one of {', '.join(INNER_SAMPLING)}")
-        if inner_state not in INNER_STATE:
-            raise ConfigError(f"unknown inner_state '{inner_state}'; choose one of {', '.join(INNER_STATE)}")
-        if batching == "vmap" and has_torch_batchnorm(model):
-            raise ConfigError("batching 'vmap' with torch.nn.BatchNorm gives wrong second-order gradients; "
-                              "use batching 'loop' or a batch norm written from mean/var primitives")
+        check_arguments(model, loss_fn, inner, inner_steps, inner_batch_size, batching, compile, threads, task_chunk,
+                        inner_sampling, inner_state)
         self.model = model
         self.inner = inner if inner is not None else SGD(0.01)
         self.loss_fn = loss_fn
@@ -804,6 +774,44 @@ class MetaLearner(nn.Module):
         parts = self.in_shards(batch.num_tasks, buffers, lambda s: tasks_between(s.start, s.stop))
         values = torch.cat([v for _, out in parts for v in out])
         return {name: values[..., i] for i, name in enumerate(self.metrics)}
+
+
+def check_arguments(model: object, loss_fn: object, inner: object, inner_steps: int, inner_batch_size: int,
+                    batching: str, compile: bool | str, threads: int, task_chunk: int, inner_sampling: str,
+                    inner_state: str) -> None:
+    """``MetaLearner``'s arguments, each refused with its fix before anything is built."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if not callable(loss_fn):
+        raise ConfigError(f"loss_fn {loss_fn!r} must be a function loss(prediction, target) -> scalar, e.g. "
+                          "mg.losses.mse or mg.losses.cross_entropy")
+    check_rule(inner)
+    for name, value in (("inner_steps", inner_steps), ("inner_batch_size", inner_batch_size),
+                        ("threads", threads), ("task_chunk", task_chunk)):
+        check_whole(name, value)
+    if inner_steps < 0:
+        raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
+    if inner_batch_size < 0:
+        raise ConfigError(f"inner_batch_size {inner_batch_size} must be >= 0 (0: whole support set)")
+    if batching not in BATCHING:
+        raise ConfigError(f"unknown batching '{batching}'; choose one of {', '.join(BATCHING)}")
+    if threads < 0:
+        raise ConfigError(f"threads {threads} must be >= 0 (0: automatic)")
+    if task_chunk < 0:
+        raise ConfigError(f"task_chunk {task_chunk} must be >= 0 (0: automatic)")
+    if isinstance(compile, str) and compile not in COMPILE_MODES:
+        raise ConfigError(f"compile '{compile}' is not a torch.compile mode; choose true or one of "
+                          f"{', '.join(COMPILE_MODES)}")
+    if threads > 1 and compile:
+        raise ConfigError(f"threads {threads} with compile: a compiled meta-gradient runs on one thread of "
+                          "Python; set threads to 0 or 1, or compile false")
+    if inner_sampling not in INNER_SAMPLING:
+        raise ConfigError(f"unknown inner_sampling '{inner_sampling}'; choose one of {', '.join(INNER_SAMPLING)}")
+    if inner_state not in INNER_STATE:
+        raise ConfigError(f"unknown inner_state '{inner_state}'; choose one of {', '.join(INNER_STATE)}")
+    if batching == "vmap" and has_torch_batchnorm(model):
+        raise ConfigError("batching 'vmap' with torch.nn.BatchNorm gives wrong second-order gradients; "
+                          "use batching 'loop' or a batch norm written from mean/var primitives")
 
 
 def check_call(method: str, batch: object, generator: object) -> None:
