@@ -5,18 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__
 from ..config import SECTIONS, Config
 from ..errors import ConfigError
 from ..rl.config import RLConfig
 from ..settings import check_seed, preset_names
-
-if TYPE_CHECKING:
-
-    pass
-
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 

@@ -10,7 +10,6 @@ from ..errors import MetagradError
 from .train import flag
 
 if TYPE_CHECKING:
-
     from ..reproduce.metarl import Experiment
 
 

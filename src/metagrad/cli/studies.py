@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import MetagradError
-
-if TYPE_CHECKING:
-
-    pass
 
 
 def cmd_tradeoff(args: argparse.Namespace) -> int:

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
-
 DEFAULT_CONFIG = "sinusoid-maml"
 
 
