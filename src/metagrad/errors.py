@@ -1,7 +1,9 @@
 """User-facing errors: the CLI prints their message as one line and exits with code 2."""
 
+import difflib
 import numbers
 import os
+from typing import Any
 
 
 class MetagradError(Exception):
@@ -26,6 +28,19 @@ class Interrupted(MetagradError):
 
 class DataError(MetagradError, RuntimeError):
     """A dataset could not be fetched or failed verification (no network, HTTP error, checksum mismatch)."""
+
+
+def suggest(value: Any, options: Any) -> str:
+    """`` (did you mean 'x'?)`` for a near miss, else nothing."""
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Refuse a value that is not one of ``allowed``, naming them (and a near miss)."""
+    if value not in allowed:
+        shown = ", ".join(a if a else "'' (the default)" for a in allowed)
+        raise ConfigError(f"unknown {name} '{value}'{suggest(value, allowed)}; choose one of {shown}")
 
 
 def check_whole(name: str, value: object, low: int | None = None) -> None:

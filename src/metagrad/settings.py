@@ -9,7 +9,6 @@ the subclass's ``validate``. Unknown keys, misplaced keys and bad values stop wi
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import types
 import typing
@@ -20,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 import tomllib
 
-from .errors import ConfigError, check_whole
+from .errors import ConfigError, check_choice, check_whole, suggest
 
 S = TypeVar("S", bound="Settings")
 
@@ -79,10 +78,7 @@ class Settings:
     def check_choices(self, choices: dict[str, tuple[str, ...]]) -> None:
         """Each named field holds one of its allowed values."""
         for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                shown = ", ".join(a if a else "'' (the default)" for a in allowed)
-                raise ConfigError(f"unknown {name} '{value}'{suggest(value, allowed)}; choose one of {shown}")
+            check_choice(name, getattr(self, name), allowed)
 
     def check_at_least(self, lows: dict[str, int]) -> None:
         """Each named field is a whole number at least its bound."""
@@ -248,12 +244,6 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- values
-def suggest(value: Any, options: Any) -> str:
-    """`` (did you mean 'x'?)`` for a near miss, else nothing."""
-    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _hint(cls: type, f: Any) -> Any:
     return typing.get_type_hints(cls)[f.name]
 

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..errors import ConfigError
-from ..settings import suggest
+from ..errors import ConfigError, suggest
 
 
 def matches(name: str, prefix: str) -> bool:

@@ -9,25 +9,17 @@ reads one.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import ConfigError
-from ..settings import Settings, opt, preset_names, suggest
+from ..errors import ConfigError, suggest
+from ..settings import Settings, opt, preset_names
 from .envs.locomotion import OBSERVATIONS, PHYSICS
 from .envs.navigation import REWARDS
 from .metarl import (
-    ALGOS,
-    BASELINES,
-    HVPS,
-    LOSS_MEANS,
-    OUTERS,
+    LEARNER_SETTINGS,
     SCORE_ALGOS,
-    SCORE_BASELINES,
-    check_loss_mean,
-    check_packable,
-    check_score_normalization,
+    check_settings,
 )
 from .policy import ACTIVATIONS, POLICIES
 
@@ -181,31 +173,21 @@ class RLConfig(Settings):
 
     def validate(self) -> RLConfig:
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
-        self.check_choices({"algo": ALGOS, "outer": OUTERS, "policy": POLICIES, "activation": tuple(ACTIVATIONS),
-                            "baseline": BASELINES, "hvp": HVPS, "score_baseline": SCORE_BASELINES, "reward": REWARDS,
+        check_settings({name: getattr(self, name) for name in LEARNER_SETTINGS})  # the learner's, as MetaRL's
+        self.check_choices({"policy": POLICIES, "activation": tuple(ACTIVATIONS), "reward": REWARDS,
                             "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS),
-                            "physics": ("auto", *PHYSICS), "outer_lr_schedule": OUTER_LR_SCHEDULES,
-                            "loss_mean": LOSS_MEANS})
-        self.check_at_least({"horizon": 1, "inner_steps": 0, "episodes": 1, "cg_iters": 1, "max_backtracks": 1,
-                             "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1, "eval_steps": 0,
-                             "ppo_epochs": 1, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,
+                            "physics": ("auto", *PHYSICS), "outer_lr_schedule": OUTER_LR_SCHEDULES})
+        self.check_at_least({"horizon": 1, "iterations": 0, "meta_batch_size": 1, "checkpoint_every": 1,
+                             "eval_steps": 0, "eval_episodes": 1, "eval_tasks": 2, "step_budget": 0,
                              "snapshot_steps": 0, "context": 0, "outer_lr_patience": 1,
                              "outer_lr_window": 1, "outer_lr_warmup": 0})
-        for name in ("max_kl", "outer_lr", "init_std", "action_scale"):
+        for name in ("outer_lr", "init_std", "action_scale"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name} {getattr(self, name)} must be a positive number")
-        if not (self.cg_damping >= 0 and math.isfinite(self.cg_damping)):
-            raise ConfigError(f"cg_damping {self.cg_damping} must be a finite number >= 0, e.g. 1e-5")
-        for name in ("inner_lr", "eval_lr", "eval_lr_grid"):
+        for name in ("eval_lr", "eval_lr_grid"):
             values = getattr(self, name)
             if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
                 raise ConfigError(f"{name} {list(values)} must hold step sizes >= 0, e.g. 0.1")
-        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and 0 < self.backtrack < 1):
-            raise ConfigError(f"gamma {self.gamma} and gae_lambda {self.gae_lambda} must lie in [0, 1], backtrack "
-                              f"{self.backtrack} in (0, 1)")
-        if not 0 < self.ppo_clip < 1 or self.inner_kl_coef < 0 or self.inner_kl_target < 0:
-            raise ConfigError(f"ppo_clip {self.ppo_clip} must lie in (0, 1), inner_kl_coef {self.inner_kl_coef} and "
-                              f"inner_kl_target {self.inner_kl_target} must be >= 0")
         if not 0 < self.outer_lr_factor < 1:
             raise ConfigError(f"outer_lr_factor {self.outer_lr_factor} must lie in (0, 1), e.g. 0.1")
         if not self.outer_lr_growth > 1:
@@ -215,23 +197,12 @@ class RLConfig(Settings):
                               f"'{self.outer}' steps by max_kl: set outer_lr_schedule to constant")
         if self.frame_skip < 0:
             raise ConfigError(f"frame_skip {self.frame_skip} must be >= 0 (0: the task family's own)")
-        if self.curvature_chunk < 0:
-            raise ConfigError(f"curvature_chunk {self.curvature_chunk} must be >= 0 (0: every task in one product)")
-        if not 0 < self.hvp_subsample <= 1:
-            raise ConfigError(f"hvp_subsample {self.hvp_subsample} must lie in (0, 1] (1: every episode)")
-        if self.pack_episodes:
-            check_packable(self.algo, self.hvp_subsample)
-        check_loss_mean(self.algo, self.loss_mean)
-        check_score_normalization(self.algo, self.normalize_outer)
         if not 0 < self.eval_later <= 1:
             raise ConfigError(f"eval_later {self.eval_later} must lie in (0, 1] (0.5: half the first test step)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:
             raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
-        if isinstance(self.emaml_weight, bool) or not (isinstance(self.emaml_weight, numbers.Real)
-                                                       and self.emaml_weight >= 0 and math.isfinite(self.emaml_weight)):
-            raise ConfigError(f"emaml_weight {self.emaml_weight} must be a finite number >= 0, e.g. 1")
         for name in ("step_budget", "snapshot_steps"):
             if 0 < getattr(self, name) < self.iteration_steps:
                 raise ConfigError(f"{name} {getattr(self, name):,} is less than one meta-iteration's environment steps "

@@ -26,6 +26,8 @@ parameters, and a surrogate that TRPO's line search can evaluate at other parame
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from torch.func import grad, vmap
 from .. import checkpoint
 from ..algorithms.subsets import adapt_prefixes, adapted_by
 from ..distributed import Share
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice, check_whole
 from ..functional import Params, call, detach
 from ..inner import SGD
 from . import outer
@@ -88,6 +90,45 @@ def check_shardable(algo: str, score_baseline: str) -> None:
         what = "E-MAML's weights" if algo == "emaml" else "SG-MRL's score_baseline=batch"
         raise ConfigError(f"algo '{algo}' on several processes: {what} normalize over the whole meta-batch, which "
                           "each process sees only a share of; run it on one process (without torchrun)")
+
+
+def check_settings(v: dict[str, Any]) -> None:
+    """The learner's settings (``MetaRL``'s arguments, the same fields of ``RLConfig``), each refused with its fix:
+    one set of rules for the Python API and the config file."""
+    for name, allowed in (("algo", ALGOS), ("outer", OUTERS), ("hvp", HVPS), ("score_baseline", SCORE_BASELINES),
+                          ("baseline", BASELINES), ("loss_mean", LOSS_MEANS)):
+        check_choice(name, v[name], allowed)
+    for name, low in (("inner_steps", 0), ("episodes", 1), ("cg_iters", 1), ("max_backtracks", 1), ("ppo_epochs", 1),
+                      ("curvature_chunk", 0)):
+        check_whole(name, v[name], low)
+    if not (v["max_kl"] > 0 and math.isfinite(v["max_kl"])):
+        raise ConfigError(f"max_kl {v['max_kl']} must be a positive number")
+    if not (v["cg_damping"] >= 0 and math.isfinite(v["cg_damping"])):
+        raise ConfigError(f"cg_damping {v['cg_damping']} must be a finite number >= 0, e.g. 1e-5")
+    lrs = v["inner_lr"]
+    if not lrs or any(not (lr >= 0 and math.isfinite(lr)) for lr in lrs):
+        raise ConfigError(f"inner_lr {list(lrs)} must hold step sizes >= 0, e.g. 0.1")
+    if not (0 <= v["gamma"] <= 1 and 0 <= v["gae_lambda"] <= 1 and 0 < v["backtrack"] < 1):
+        raise ConfigError(f"gamma {v['gamma']} and gae_lambda {v['gae_lambda']} must lie in [0, 1], backtrack "
+                          f"{v['backtrack']} in (0, 1)")
+    if not 0 < v["ppo_clip"] < 1 or v["inner_kl_coef"] < 0 or v["inner_kl_target"] < 0:
+        raise ConfigError(f"ppo_clip {v['ppo_clip']} must lie in (0, 1), inner_kl_coef {v['inner_kl_coef']} and "
+                          f"inner_kl_target {v['inner_kl_target']} must be >= 0")
+    if not 0 < v["hvp_subsample"] <= 1:
+        raise ConfigError(f"hvp_subsample {v['hvp_subsample']} must lie in (0, 1] (1: every episode)")
+    weight = v["emaml_weight"]
+    if isinstance(weight, bool) or not (isinstance(weight, numbers.Real) and weight >= 0 and math.isfinite(weight)):
+        raise ConfigError(f"emaml_weight {weight!r} must be a finite number >= 0, e.g. 1")
+    if v["pack_episodes"]:
+        check_packable(v["algo"], v["hvp_subsample"])
+    check_loss_mean(v["algo"], v["loss_mean"])
+    check_score_normalization(v["algo"], v["normalize_outer"])
+
+
+LEARNER_SETTINGS = ("algo", "outer", "hvp", "score_baseline", "baseline", "loss_mean", "inner_steps", "episodes",
+                    "cg_iters", "max_backtracks", "ppo_epochs", "curvature_chunk", "max_kl", "cg_damping", "inner_lr",
+                    "gamma", "gae_lambda", "backtrack", "ppo_clip", "inner_kl_coef", "inner_kl_target",
+                    "hvp_subsample", "emaml_weight", "pack_episodes", "normalize_outer")  # check_settings reads
 
 
 def check_packable(algo: str, hvp_subsample: float) -> None:
@@ -149,15 +190,7 @@ class MetaRL(nn.Module):
         super().__init__()
         normalize_outer = algo not in SCORE_ALGOS if normalize_outer is None else normalize_outer
         inner_lr = tuple(inner_lr) if isinstance(inner_lr, Sequence) else (inner_lr,)
-        from .config import RLConfig  # the config's checks, the same messages (the config imports this module)
-
-        RLConfig(algo=algo, outer=outer, inner_lr=inner_lr, inner_steps=inner_steps, episodes=episodes, gamma=gamma,
-                 gae_lambda=gae_lambda, baseline=baseline, normalize_inner=normalize_inner,
-                 normalize_outer=normalize_outer, max_kl=max_kl, cg_iters=cg_iters, cg_damping=cg_damping,
-                 backtrack=backtrack, max_backtracks=max_backtracks, hvp=hvp, hvp_subsample=hvp_subsample,
-                 curvature_chunk=curvature_chunk, score_baseline=score_baseline, emaml_weight=emaml_weight,
-                 ppo_epochs=ppo_epochs, ppo_clip=ppo_clip, inner_kl_coef=inner_kl_coef, inner_kl_target=inner_kl_target,
-                 adapt=tuple(adapt), compile=compile, pack_episodes=pack_episodes, loss_mean=loss_mean).validate()
+        check_settings({name: value for name, value in locals().items() if name in LEARNER_SETTINGS})
         check_fit(policy, env)
         if (normalize_inner or normalize_outer) and episodes * env.horizon < 2:
             raise ConfigError(f"episodes {episodes} x horizon {env.horizon}: advantages normalized over a task's one "
