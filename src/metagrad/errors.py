@@ -43,11 +43,12 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {name} '{value}'{suggest(value, allowed)}; choose one of {shown}")
 
 
-def check_whole(name: str, value: object, low: int | None = None) -> None:
-    """Refuse a count that is not a whole number (``True`` and ``2.0`` included), or below ``low`` when given."""
+def check_whole(name: str, value: object, low: int | None = None, hint: str = "") -> None:
+    """Refuse a count that is not a whole number (``True`` and ``2.0`` included), or below ``low`` when given;
+    ``hint`` (e.g. what 0 means) is added to the message."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
         at_least = "" if low is None else f" >= {low}"
-        raise ConfigError(f"{name} {value!r} must be a whole number{at_least}")
+        raise ConfigError(f"{name} {value!r} must be a whole number{at_least}{f' ({hint})' if hint else ''}")
 
 
 def memory_bytes() -> int:

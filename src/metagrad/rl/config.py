@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, suggest
+from ..errors import ConfigError, check_whole, suggest
 from ..settings import Settings, opt, preset_names
 from .envs.locomotion import OBSERVATIONS, PHYSICS
 from .envs.navigation import REWARDS
@@ -195,8 +195,7 @@ class RLConfig(Settings):
         if self.outer_lr_schedule != "constant" and self.outer not in ("vpg", "ppo"):
             raise ConfigError(f"outer_lr_schedule {self.outer_lr_schedule} is for outer 'vpg' and 'ppo'; outer "
                               f"'{self.outer}' steps by max_kl: set outer_lr_schedule to constant")
-        if self.frame_skip < 0:
-            raise ConfigError(f"frame_skip {self.frame_skip} must be >= 0 (0: the task family's own)")
+        check_whole("frame_skip", self.frame_skip, 0, "0: the task family's own")
         if not 0 < self.eval_later <= 1:
             raise ConfigError(f"eval_later {self.eval_later} must lie in (0, 1] (0.5: half the first test step)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:

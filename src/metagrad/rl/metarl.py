@@ -98,9 +98,9 @@ def check_settings(v: dict[str, Any]) -> None:
     for name, allowed in (("algo", ALGOS), ("outer", OUTERS), ("hvp", HVPS), ("score_baseline", SCORE_BASELINES),
                           ("baseline", BASELINES), ("loss_mean", LOSS_MEANS)):
         check_choice(name, v[name], allowed)
-    for name, low in (("inner_steps", 0), ("episodes", 1), ("cg_iters", 1), ("max_backtracks", 1), ("ppo_epochs", 1),
-                      ("curvature_chunk", 0)):
+    for name, low in (("inner_steps", 0), ("episodes", 1), ("cg_iters", 1), ("max_backtracks", 1), ("ppo_epochs", 1)):
         check_whole(name, v[name], low)
+    check_whole("curvature_chunk", v["curvature_chunk"], 0, "0: every task in one product")
     if not (v["max_kl"] > 0 and math.isfinite(v["max_kl"])):
         raise ConfigError(f"max_kl {v['max_kl']} must be a positive number")
     if not (v["cg_damping"] >= 0 and math.isfinite(v["cg_damping"])):

@@ -295,7 +295,7 @@ class MujocoTaskEnv(CopyTaskEnv):
             raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
         check_whole("horizon", horizon, 1)
         check_seed("seed", seed)
-        check_whole("frame_skip", frame_skip, 0)  # 0: the family's own
+        check_whole("frame_skip", frame_skip, 0, "0: the task family's own")
         if not (isinstance(action_scale, int | float) and 0 < action_scale < math.inf):
             raise ConfigError(f"action_scale {action_scale!r} must be a positive number (1: the simulator's units)")
         if not isinstance(oracle, bool):
