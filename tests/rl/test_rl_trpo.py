@@ -140,7 +140,7 @@ def test_compiled_meta_gradient_and_curvature_equal_eager_in_one_graph_each():
     assert set(compiled.__dict__["_compiled"]) == {"objective_gradient", "curvature_product"}
     path = outer.inner_path(eager, eager.meta_params(), trajs)[0]
     assert [p[2].mask.shape[0] for p in outer.task_chunks(3, eager.meta_params(), path, trajs, out)] == [2, 2]
-    with pytest.raises(ConfigError, match=r"curvature_chunk -1 must be a whole number >= 0 \(0: every task in one product\)"):
+    with pytest.raises(ConfigError, match=r"curvature_chunk -1 must be a whole number >= 0 \(0: every task in one "):
         MetaRL(copy.deepcopy(policy), env, curvature_chunk=-1)
 
 
