@@ -190,7 +190,8 @@ class MetaRL(nn.Module):
         super().__init__()
         normalize_outer = algo not in SCORE_ALGOS if normalize_outer is None else normalize_outer
         inner_lr = tuple(inner_lr) if isinstance(inner_lr, Sequence) else (inner_lr,)
-        check_settings({name: value for name, value in locals().items() if name in LEARNER_SETTINGS})
+        given = dict(locals())  # the arguments, as check_settings reads them
+        check_settings({name: given[name] for name in LEARNER_SETTINGS})
         check_fit(policy, env)
         if (normalize_inner or normalize_outer) and episodes * env.horizon < 2:
             raise ConfigError(f"episodes {episodes} x horizon {env.horizon}: advantages normalized over a task's one "
