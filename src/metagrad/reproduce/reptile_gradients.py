@@ -16,15 +16,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from .. import files
 from ..analysis.stats import format_ci
 from ..build import build_learner
 from ..config import Config
+from ..plots import plt
 from ..provenance import machine
 from ..train import Trainer
 from .reptile_studies import (

@@ -23,14 +23,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from .. import files
 from ..analysis.stats import format_ci
 from ..config import Config
+from ..plots import plt
 from ..provenance import machine
 from ..tables import md_head, md_row
 from ..tasks.fewshot import FewShotClassification

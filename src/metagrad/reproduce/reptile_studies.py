@@ -15,10 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 
 from .. import checkpoint, files, losses
@@ -30,6 +26,7 @@ from ..config import Config, load_config
 from ..errors import CheckpointError, ConfigError, Interrupted, check_whole
 from ..evaluate import held_out_tasks
 from ..experiment import stored_config
+from ..plots import plt
 from ..settings import check_seed
 from ..tasks.fewshot import FewShotClassification
 from ..train import Trainer
