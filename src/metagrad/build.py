@@ -9,7 +9,8 @@ from torch import nn
 
 from . import losses
 from .algorithms import MAML, JointTraining, MetaLearner, Reptile
-from .config import IMAGE_FAMILIES, Config, usable_device
+from .choices import IMAGE_FAMILIES
+from .config import Config, usable_device
 from .errors import ConfigError
 from .functional import params_of
 from .inner import make_inner

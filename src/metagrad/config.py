@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from . import choices
+from .choices import IMAGE_FAMILIES
 from .errors import ConfigError
 from .settings import Settings, opt, preset_path, read_toml
 
@@ -19,9 +21,6 @@ if TYPE_CHECKING:
     from .rl.config import RLConfig
 
 SECTIONS = ("task", "model", "algo", "train", "eval")
-ALGOS = ("maml", "fomaml", "reptile", "joint")
-FAMILIES = ("sinusoid", "linreg", "omniglot", "miniimagenet")
-IMAGE_FAMILIES = ("omniglot", "miniimagenet")
 RL_SECTIONS = {"env", "policy"}  # a config file with one of these sections is a meta-RL run's
 
 
@@ -145,10 +144,11 @@ class Config(Settings):
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Check every value; raise ``ConfigError`` naming the first bad one."""
-        self.check_choices({"family": FAMILIES, "model": ("mlp", "linear", "conv4", "mlp-bn"),
-                            "activation": ("relu", "tanh"), "algo": ALGOS, "inner_optimizer": ("sgd", "adam"),
-                            "outer_optimizer": ("adam", "sgd"), "outer_lr_schedule": ("constant", "linear"),
-                            "batching": ("auto", "vmap", "loop")})
+        self.check_choices({"family": choices.FAMILIES, "model": choices.MODELS, "activation": choices.ACTIVATIONS,
+                            "algo": choices.ALGOS, "inner_optimizer": choices.INNER_RULES,
+                            "outer_optimizer": choices.OUTER_OPTIMIZERS, "outer_lr_schedule": ("constant", "linear"),
+                            "batching": choices.BATCHING, "inner_sampling": choices.INNER_SAMPLING,
+                            "inner_state": choices.INNER_STATE, "tail": ("", *choices.TAILS)})
         self.check_at_least({"ways": 2, "filters": 1, "shots": 1, "query": 1, "grid": 0, "inner_steps": 0,
                              "inner_batch_size": 0, "iterations": 0, "meta_batch_size": 1, "log_every": 1,
                              "checkpoint_every": 1, "val_every": 0, "val_tasks": 1, "eval_query": 1, "eval_steps": 0,
@@ -179,8 +179,6 @@ class Config(Settings):
                               "for linreg")
         if self.recompute and (self.algo not in ("maml", "fomaml") or self.inner_optimizer != "sgd"):
             raise ConfigError("recompute works with algo maml or fomaml and inner_optimizer sgd")
-        self.check_choices({"inner_sampling": ("cycle", "replacement"), "inner_state": ("fresh", "carried"),
-                            "tail": ("", "separate", "shared")})
         if self.inner_sampling == "replacement" and not (self.inner_batch_size or self.eval_inner_batch_size):
             raise ConfigError("inner_sampling 'replacement' draws minibatches, and inner_batch_size 0 and "
                               "eval_inner_batch_size 0 take the whole support set at every step; give "
@@ -208,7 +206,7 @@ class Config(Settings):
         if self.eval_lr and self.tune_eval_lr:
             raise ConfigError(f"eval_lr {list(self.eval_lr)} and tune_eval_lr: tune_eval_lr chooses the test-time "
                               "step size; give one of them")
-        if (self.family in IMAGE_FAMILIES) != (self.model in ("conv4", "mlp-bn")):
+        if (self.family in IMAGE_FAMILIES) != (self.model in choices.IMAGE_MODELS):
             raise ConfigError(f"model '{self.model}' does not fit family '{self.family}'; use conv4 or mlp-bn for "
                               "images, mlp or linear otherwise")
         check_device(self.device)

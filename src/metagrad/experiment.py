@@ -16,7 +16,8 @@ from . import checkpoint
 from .algorithms import MetaLearner
 from .batch import Split
 from .build import build_learner, build_outer, build_tasks
-from .config import IMAGE_FAMILIES, Config
+from .choices import IMAGE_FAMILIES
+from .config import Config
 from .errors import CheckpointError, ConfigError, Interrupted
 from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call

@@ -44,15 +44,13 @@ from ..batching import (
     twice_differentiable,
     vmap_fault,
 )
-from ..errors import ConfigError, MetagradError, check_whole
+from ..choices import BATCHING, INNER_SAMPLING, INNER_STATE
+from ..errors import ConfigError, MetagradError, check_choice, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule, _key
 from ..threads import in_threads
 from .subsets import adapt_prefixes, adapted_by
 
-BATCHING = ("auto", "vmap", "loop")
-INNER_SAMPLING = ("cycle", "replacement")
-INNER_STATE = ("fresh", "carried")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 # The compiled graph's kernels called from C++ rather than Python on the CPU: W1's compiled graph 0.39 vs 0.46 ms in a
 # warm loop, the Python wrapper's ~100 tensor allocations and calls being a sixth of it (docs/speed.md).
@@ -786,29 +784,19 @@ def check_arguments(model: object, loss_fn: object, inner: object, inner_steps: 
         raise ConfigError(f"loss_fn {loss_fn!r} must be a function loss(prediction, target) -> scalar, e.g. "
                           "mg.losses.mse or mg.losses.cross_entropy")
     check_rule(inner)
-    for name, value in (("inner_steps", inner_steps), ("inner_batch_size", inner_batch_size),
-                        ("threads", threads), ("task_chunk", task_chunk)):
-        check_whole(name, value)
-    if inner_steps < 0:
-        raise ConfigError(f"inner_steps {inner_steps} must be >= 0")
-    if inner_batch_size < 0:
-        raise ConfigError(f"inner_batch_size {inner_batch_size} must be >= 0 (0: whole support set)")
-    if batching not in BATCHING:
-        raise ConfigError(f"unknown batching '{batching}'; choose one of {', '.join(BATCHING)}")
-    if threads < 0:
-        raise ConfigError(f"threads {threads} must be >= 0 (0: automatic)")
-    if task_chunk < 0:
-        raise ConfigError(f"task_chunk {task_chunk} must be >= 0 (0: automatic)")
+    check_whole("inner_steps", inner_steps, 0)
+    check_whole("inner_batch_size", inner_batch_size, 0, hint="0: whole support set")
+    check_whole("threads", threads, 0, hint="0: automatic")
+    check_whole("task_chunk", task_chunk, 0, hint="0: automatic")
+    check_choice("batching", batching, BATCHING)
     if isinstance(compile, str) and compile not in COMPILE_MODES:
         raise ConfigError(f"compile '{compile}' is not a torch.compile mode; choose true or one of "
                           f"{', '.join(COMPILE_MODES)}")
     if threads > 1 and compile:
         raise ConfigError(f"threads {threads} with compile: a compiled meta-gradient runs on one thread of "
                           "Python; set threads to 0 or 1, or compile false")
-    if inner_sampling not in INNER_SAMPLING:
-        raise ConfigError(f"unknown inner_sampling '{inner_sampling}'; choose one of {', '.join(INNER_SAMPLING)}")
-    if inner_state not in INNER_STATE:
-        raise ConfigError(f"unknown inner_state '{inner_state}'; choose one of {', '.join(INNER_STATE)}")
+    check_choice("inner_sampling", inner_sampling, INNER_SAMPLING)
+    check_choice("inner_state", inner_state, INNER_STATE)
     if batching == "vmap" and has_torch_batchnorm(model):
         raise ConfigError("batching 'vmap' with torch.nn.BatchNorm gives wrong second-order gradients; "
                           "use batching 'loop' or a batch norm written from mean/var primitives")

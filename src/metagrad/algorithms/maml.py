@@ -26,13 +26,12 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vjp
 
 from ..batch import Split, TaskBatch
-from ..errors import ConfigError
+from ..choices import TAILS
+from ..errors import ConfigError, check_choice
 from ..functional import Params
 from ..functional import grad as functional_grad
 from ..inner import SGD, _key
 from .base import Meta, MetaLearner, run_inner
-
-TAILS = ("separate", "shared")
 
 
 class MAML(MetaLearner):
@@ -46,8 +45,7 @@ class MAML(MetaLearner):
         self.recompute = recompute
         if recompute and not isinstance(self.inner, SGD):
             raise ConfigError("recompute works with the SGD inner rule (fixed, scheduled or learned step sizes)")
-        if tail not in TAILS:
-            raise ConfigError(f"unknown tail '{tail}' for MAML; choose one of {', '.join(TAILS)}")
+        check_choice("tail", tail, TAILS)
         self.tail = tail
         if self.carried is not None and not first_order:
             raise ConfigError("inner_state 'carried' works with first-order MAML (fomaml) and Reptile: second-order "

@@ -27,11 +27,10 @@ import torch
 from torch import Tensor
 
 from ..batch import TaskBatch
-from ..errors import ConfigError
+from ..choices import TAILS
+from ..errors import ConfigError, check_choice
 from ..functional import Params
 from .base import Meta, MetaLearner, Trajectory, run_inner
-
-TAILS = ("shared", "separate")
 
 
 class Reptile(MetaLearner):
@@ -53,8 +52,7 @@ class Reptile(MetaLearner):
                               "set learn_inner_lr false or use MAML")
         if self.inner_steps < 1:
             raise ConfigError(f"inner_steps {self.inner_steps} must be >= 1 for Reptile")
-        if tail not in TAILS:
-            raise ConfigError(f"unknown tail '{tail}' for Reptile; choose one of {', '.join(TAILS)}")
+        check_choice("tail", tail, TAILS)
         self.tail = tail
         self.combination: tuple[float, ...] | None = None
         if combination is not None:

@@ -8,6 +8,7 @@ from dataclasses import fields
 from typing import Any
 
 from .. import __version__
+from ..choices import BATCHING
 from ..config import SECTIONS, Config
 from ..errors import ConfigError
 from ..rl.config import RLConfig
@@ -73,7 +74,7 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=seed, help="training seed of every method (default: 0)")
     p.add_argument("--eval-tasks", type=int, help="test tasks (default: the experiment's, e.g. 600 sinusoid tasks, "
                    "the meta-RL presets' eval_tasks)")
-    p.add_argument("--batching", choices=("auto", "vmap", "loop"), help="task batching (default: auto)")
+    p.add_argument("--batching", choices=BATCHING, help="task batching (default: auto)")
     p.add_argument("--device", help="where the sinusoid and few-shot methods train: cpu (default), cuda or cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile the meta-gradient (the sinusoid, few-shot "
                    "and meta-RL methods; for navigation and locomotion the same as --set compile=true): pays for the "

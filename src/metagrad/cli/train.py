@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import files
 from ..analysis.stats import format_ci
-from ..config import IMAGE_FAMILIES, Config, load_config
+from ..choices import IMAGE_FAMILIES
+from ..config import Config, load_config
 from ..errors import MetagradError
 from ..rl.config import RLConfig
 from .parser import EXIT_INTERRUPTED

@@ -18,7 +18,7 @@ from typing import Any
 from .. import checkpoint, files, plots
 from ..analysis.stats import format_ci
 from ..config import Config, load_config
-from ..errors import ConfigError
+from ..errors import check_choice
 from ..experiment import continue_run, evaluate, load_run
 from ..settings import preset_names
 
@@ -47,8 +47,7 @@ PAPER: dict[tuple[str, str, bool], dict[tuple[int, int], tuple[float, float]]] =
 
 def setting_config(dataset: str, algo: str, ways: int, shots: int) -> Config:
     """The paper's configuration for one setting: the preset, with N and K set as the paper did."""
-    if algo not in ALGOS:
-        raise ConfigError(f"unknown algo '{algo}'; choose one of {', '.join(ALGOS)}")
+    check_choice("algo", algo, ALGOS)
     name = f"{dataset}-{algo}" + ("-20way" if ways >= 20 and f"{dataset}-{algo}-20way" in preset_names() else "")
     cfg = load_config(name)
     changes: dict[str, Any] = {"ways": ways, "eval_shots": (shots,)}
