@@ -21,6 +21,7 @@ from ..config import Config, load_config
 from ..errors import check_choice
 from ..experiment import continue_run, evaluate, load_run
 from ..settings import preset_names
+from ..tables import md_head
 
 ALGOS = ("maml", "fomaml", "reptile", "maml-nonconv", "context", "anil")
 OMNIGLOT_ONLY = ("maml-nonconv", "context", "anil")  # MAML's fully connected network, its context vector; ANIL
@@ -129,7 +130,7 @@ def format_table(r: dict[str, Any]) -> str:
              f"meta-iterations in {r['train_seconds'] / 60:.1f} min ({per_it:.3f} s each, {share:.1f}% of it "
              f"sampling tasks); {r['checkpoint']} checkpoint (iteration {r['checkpoint_iteration']:,})",
              f"test accuracy (%) after {steps} adaptation steps, {tasks} test tasks, mean ± 95% CI", "",
-             "| batch norm | ours | paper |", "|---|---|---|"]
+             *md_head(["batch norm", "ours", "paper"])]
     for mode, m in r["modes"].items():
         c = m["curves"]["accuracy"]
         paper = f"{m['paper'][0]:.2f} ± {m['paper'][1]:.2f}" if m["paper"] else "-"

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import checkpoint
 from ..errors import CheckpointError
+from ..tables import md_head
 
 ROOT = Path("results/long")
 
@@ -330,8 +331,8 @@ def index(root: Path = ROOT) -> str:
     """``INDEX.md``: every long row, its budget, how much of it is done, and the command that continues it."""
     lines = ["# Long paper runs: where each stands", "", "Written by `metagrad status`. Each command resumes its "
              "runs where they stopped; run it again for another segment (its `--time-budget` bounds a session).", "",
-             "| result | paper's budget | ours | done | iterations so far | environment steps | wall time | segments |",
-             "|---|---|---|---|---|---|---|---|"]
+             *md_head(["result", "paper's budget", "ours", "done", "iterations so far", "environment steps",
+                       "wall time", "segments"])]
     details = []
     for row in ROWS:
         s = row_status(row, root)

@@ -34,6 +34,7 @@ from ..inner import SGD
 from ..models import MLP
 from ..provenance import machine
 from ..settings import check_seed
+from ..tables import k_columns, md_head
 
 VARIANTS = ("none", "l2", "mean")
 LABELS = {"none": "multi-task, no reg", "l2": "multi-task, l2 reg", "mean": "multi-task, reg to mean theta"}
@@ -165,8 +166,7 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [f"Multi-task baselines, parameter averaging (MAML appendix C.1, Table 2): {s['models']} regressors x "
              f"{s['steps']:,} Adam steps of {s['batch']} points; 5-shot MSE after k steps on {s['eval_tasks']} test "
              "tasks, mean ± 95% CI, step size tuned on validation tasks", "",
-             "| method | k = 1 | k = 5 | k = 10 | paper (1 / 5 / 10) | individual MSE | step size |",
-             "|---|---|---|---|---|---|---|"]
+             *md_head(["method", *k_columns([1, 5, 10]), "paper (1 / 5 / 10)", "individual MSE", "step size"])]
     for v, r in results["variants"].items():
         c = r["curve"]["loss"]
         cells = " | ".join(format_ci(c["mean"][k], c["ci95"][k]) for k in (1, 5, 10))

@@ -45,8 +45,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append("")
     sg = [m for m in SGMRL_METHODS if m in methods]
     if sg:
-        lines += ["SG-MRL paper (Table 1: meta-test reward after 1 step)", "", "| method | iterations | k = 0 | "
-                  "k = 1 | paper, k = 1 |", "|---|---|---|---|---|"]
+        lines += ["SG-MRL paper (Table 1: meta-test reward after 1 step)", "",
+                  *md_head(["method", "iterations", *k_columns([0, 1]), "paper, k = 1"])]
         for m in sg:
             r = methods[m]
             c = r["curve"]

@@ -22,6 +22,7 @@ from ..build import build_learner
 from ..config import Config
 from ..plots import plt
 from ..provenance import machine
+from ..tables import md_head
 from ..train import Trainer
 from .reptile_studies import (
     BATCH,
@@ -159,8 +160,8 @@ def format_gradients(r: dict[str, Any]) -> str:
     b = r["budget"]
     lines = [f"Reptile paper 6.2, inner-gradient combinations (Figure 3): 5-shot 5-way Omniglot, {b['iterations']:,} "
              f"outer iterations each, test accuracy (%) after 5 steps on {b['eval_tasks']} test tasks, mean ± 95% CI",
-             "", "| combination | weights of g1..gk | training drawings per class | iterations | test accuracy |",
-             "|---|---|---|---|---|"]
+             "", *md_head(["combination", "weights of g1..gk", "training drawings per class", "iterations",
+                           "test accuracy"])]
     for name, run in r["runs"].items():
         lines.append(f"| {name} | {weights_label(run['weights'])} | {run['train_shots']} | {run['curve'][-1][0]:,} | "
                      f"{format_ci(100 * run['final'][0], 100 * run['final'][1])} |")

@@ -28,6 +28,7 @@ from ..evaluate import held_out_tasks
 from ..experiment import stored_config
 from ..plots import plt
 from ..settings import check_seed
+from ..tables import md_head
 from ..tasks.fewshot import FewShotClassification
 from ..train import Trainer
 
@@ -221,7 +222,7 @@ def findings_table(r: dict[str, Any]) -> list[str]:
     if b["eval_tasks"] < FULL.eval_tasks:
         short.append(f"{b['eval_tasks']:,} test tasks, not {FULL.eval_tasks:,}")
     note = f" ({'; '.join(short)}; `--full` runs the paper's budget)" if short and not r["full"] else ""
-    lines = [f"The paper's findings{note}:", "", "| paper | ours | holds here |", "|---|---|---|"]
+    lines = [f"The paper's findings{note}:", "", *md_head(["paper", "ours", "holds here"])]
     for f in r["findings"]:
         lines.append(f"| {f['paper']} | {f['ours']} | {'yes' if f['holds'] else 'no'} |")
     return lines
