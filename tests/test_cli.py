@@ -25,6 +25,12 @@ TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--
     (["train", "--nonsense"], "unrecognized arguments: --nonsense"),
     (["reproduce", "imagenet"], "invalid choice: 'imagenet'"),
     (["eval", "no/such/run"], "no 'last' checkpoint in no/such/run"),
+    (["train", "--set", "inner_lr=-0.1"], "inner_lr -0.1 must be positive"),
+    (["train", "--set", "inner_lrr=0.1"], "--set inner_lrr: not a config value this command takes (did you mean "
+                                          "'inner_lr'?)"),
+    (["train", "--set", "inner_lr"], "--set takes KEY=VALUE, got 'inner_lr'"),
+    (["train", "--inner-lr", "0.1", "--set", "inner_lr=0.2"], "inner_lr is already given; give it once"),
+    (["eval", "no/such/run", "--set", "inner_steps=2"], "--set inner_steps: not a config value this command takes"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -60,6 +66,18 @@ def test_train_then_eval(tmp_path, capsys):
     curve = out["curves"]["5"]["loss"]
     assert len(curve["mean"]) == 4 and len(curve["ci95"]) == 4 and curve["tasks"] == 50
     assert all(h > 0 for h in curve["ci95"])
+
+
+def test_set_key_value_is_the_keys_own_option(tmp_path, capsys):
+    """``--set`` (the form ``reproduce`` takes) reaches the run's config and its evaluation as the options do."""
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--set", "inner-steps=2", "--set", "hidden=8,8", "--set", "compile=false",
+                 *TINY]) == 0
+    saved = (run / "config.toml").read_text()
+    assert "inner_steps = 2" in saved and "hidden = [8, 8]" in saved
+    assert main(["eval", str(run), "--set", "eval_tasks=5", "--set", "eval_steps=2", "--eval-shots", "5"]) == 0
+    out = json.loads((run / "eval.json").read_text())
+    assert len(out["curves"]["5"]["loss"]["mean"]) == 3
 
 
 @pytest.mark.parametrize("experiment", ["sinusoid", "sinusoid-reptile"])

@@ -10,7 +10,7 @@ from typing import Any
 from .. import __version__
 from ..choices import BATCHING
 from ..config import SECTIONS, Config
-from ..errors import ConfigError
+from ..errors import ConfigError, suggest
 from ..rl.config import RLConfig
 from ..settings import check_seed, preset_names
 
@@ -45,6 +45,7 @@ def build_parser() -> Parser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     Config.add_arguments(p, SECTIONS)
     RLConfig.add_arguments(p, title="meta-RL [{section}] options (override the config file)")
+    _add_set(p)
     _say_which_kind(p)
 
     p = sub.add_parser("eval", help="adaptation curves of a trained run on held-out tasks",
@@ -60,6 +61,7 @@ def build_parser() -> Parser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the data loaders')")
     Config.add_arguments(p, ("eval",))
     RLConfig.add_arguments(p, ("eval",), title="meta-RL [{section}] options")
+    _add_set(p)
 
     from ..reproduce import EXPERIMENTS, FEWSHOT
 
@@ -112,6 +114,33 @@ def build_parser() -> Parser:
                        "sessions so far, and the command that continues it. Writes FOLDER/INDEX.md.")
     p.add_argument("folder", nargs="?", default="results/long", help="where the long runs live (default: %(default)s)")
     return parser
+
+
+class SetOption(argparse.Action):
+    """``--set KEY=VALUE``, the form ``reproduce`` takes, as the key's own option: ``--set inner_lr=0.1`` is
+    ``--inner-lr 0.1``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any,
+                 option_string: str | None = None) -> None:
+        key, _, text = value.partition("=")
+        key = key.replace("-", "_")
+        options = {a.dest: a for a in parser._actions if a.dest in CONFIG_FIELDS}
+        if not text:
+            parser.error(f"--set takes KEY=VALUE, got '{value}' (e.g. --set inner_lr=0.1)")
+        if key not in options:
+            known = list(options)
+            parser.error(f"--set {key}: not a config value this command takes{suggest(key, known)}")
+        if getattr(namespace, key, None) is not None:
+            parser.error(f"--set {value}: {key} is already given; give it once")
+        setattr(namespace, key, text)
+
+
+CONFIG_FIELDS = {f.name for f in (*fields(Config), *fields(RLConfig))}
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action=SetOption, metavar="KEY=VALUE", help="any config value above by its key, as "
+                        "`reproduce` takes it: --set inner_lr=0.1 is --inner-lr 0.1 (repeatable)")
 
 
 def _say_which_kind(parser: argparse.ArgumentParser) -> None:
