@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from .layers import LayerNorm
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -22,8 +22,7 @@ class MLP(nn.Sequential):
                  norm: str | None = None):
         if norm not in (None, "layer"):
             raise ConfigError(f"unknown norm '{norm}'; choose None or 'layer'")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}")
+        check_choice("activation", activation, tuple(sorted(ACTIVATIONS)))
         if in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden):
             raise ConfigError(f"layer sizes must be positive, got {in_dim} -> {list(hidden)} -> {out_dim}")
         sizes = [in_dim, *hidden, out_dim]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.stats import format_ci
-from ..errors import ConfigError
+from ..errors import check_choice
 from ..tables import k_columns, md_head, md_row
 from .metarl import Experiment
 
@@ -79,8 +79,7 @@ ORACLE = {"eval_lr": (0.0,)}
 
 def experiment(env: str) -> Experiment:
     """The locomotion experiment on one task family (``cheetah-dir``, ``cheetah-vel``, ``ant-dir``, ...)."""
-    if env not in ENVS:
-        raise ConfigError(f"unknown locomotion task family '{env}'; choose one of {', '.join(ENVS)}")
+    check_choice("locomotion task family", env, tuple(ENVS))
     paper = {"maml": MAML_PAPER.get(env, {}), "sgmrl_table2": SGMRL_TABLE2.get(env, {})}
     method_base = {"oracle": ORACLE}
     if env in SGMRL_ENVS:

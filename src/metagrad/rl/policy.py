@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, check_whole
+from ..errors import ConfigError, check_choice, check_whole
 from ..models.context import ContextVector
 from .envs.base import Space
 
@@ -22,8 +22,7 @@ MIN_LOG_STD = math.log(1e-6)
 
 
 def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
+    check_choice("activation", activation, tuple(ACTIVATIONS))
     if any(h < 1 for h in sizes):
         raise ConfigError(f"hidden sizes {list(sizes[1:-1])} must be positive")
     layers: list[nn.Module] = []
@@ -173,8 +172,7 @@ def make_policy(space: Space, obs_dim: int, kind: str = "auto", hidden: Sequence
         raise ConfigError(f"context {context} must be >= 0 (0: no context vector)")
     if context:
         return ContextPolicy(make_policy(space, obs_dim + context, kind, hidden, activation, init_std), context)
-    if kind not in POLICIES:
-        raise ConfigError(f"unknown policy '{kind}'; choose one of {', '.join(POLICIES)}")
+    check_choice("policy", kind, tuple(POLICIES))
     if kind == "auto":
         kind = "categorical" if space.kind == "discrete" else "gaussian"
     if kind == "gaussian":

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError, check_whole
+from ...errors import ConfigError, check_choice, check_whole
 from ...settings import check_seed
 from .base import Space
 from .copies import CopyTaskEnv
@@ -291,8 +291,7 @@ class MujocoTaskEnv(CopyTaskEnv):
 
     def __init__(self, family: str, horizon: int = 200, seed: int = 0, frame_skip: int = 0,
                  observation: str = "auto", oracle: bool = False, action_scale: float = 1.0, physics: str = "auto"):
-        if family not in FAMILIES:
-            raise ConfigError(f"unknown locomotion family '{family}'; choose one of {', '.join(FAMILIES)}")
+        check_choice("locomotion family", family, tuple(FAMILIES))
         check_whole("horizon", horizon, 1)
         check_seed("seed", seed)
         check_whole("frame_skip", frame_skip, 0, "0: the task family's own")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError, check_whole
+from ...errors import ConfigError, check_choice, check_whole
 from ...settings import check_seed
 from .base import Space
 from .copies import CopyTaskEnv
@@ -31,8 +31,7 @@ SPLITS = ("train", "test")
 @functools.cache
 def benchmark(name: str, seed: int = 0) -> Any:
     """The Meta-World benchmark object (built once per process: ML45 takes about 25 s)."""
-    if name not in BENCHMARKS:
-        raise ConfigError(f"unknown Meta-World benchmark '{name}'; choose one of {', '.join(BENCHMARKS)}")
+    check_choice("Meta-World benchmark", name, tuple(BENCHMARKS))
     metaworld = require("metaworld")
     cls, env_name = BENCHMARKS[name]
     args = (env_name,) if env_name else ()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError, check_whole
+from ...errors import ConfigError, check_choice, check_whole
 from .base import Space, TaskEnv, check_actions, check_tasks
 
 REWARDS = ("distance", "squared")
@@ -31,8 +31,7 @@ class Navigation2D(TaskEnv):
                  reward: str = "distance", max_speed: float = 0.1, goal_radius: float = 0.01,
                  start: tuple[float, float] = (0.0, 0.0), oracle: bool = False, normalized_actions: bool = False):
         check_whole("horizon", horizon, 1)  # the papers: 100 steps
-        if reward not in REWARDS:
-            raise ConfigError(f"unknown reward '{reward}'; choose one of {', '.join(REWARDS)}")
+        check_choice("reward", reward, tuple(REWARDS))
         if not goal_low < goal_high:
             raise ConfigError(f"goal range [{goal_low}, {goal_high}] must have low < high, e.g. [-0.5, 0.5]")
         if not max_speed > 0:
