@@ -13,3 +13,4 @@ BATCHING = ("auto", "vmap", "loop")
 INNER_SAMPLING = ("cycle", "replacement")
 INNER_STATE = ("fresh", "carried")
 TAILS = ("separate", "shared")  # where the last inner step's minibatch comes from (MAML's default first)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import vmap
-from torch.utils._pytree import tree_flatten, tree_flatten_with_path, tree_map, tree_unflatten
+from torch.utils._pytree import tree_map
 
 from .. import checkpoint, losses
 from ..batch import Split, TaskBatch, partition
@@ -44,14 +44,14 @@ from ..batching import (
     twice_differentiable,
     vmap_fault,
 )
-from ..choices import BATCHING, INNER_SAMPLING, INNER_STATE
-from ..errors import ConfigError, MetagradError, check_choice, check_whole
+from ..errors import ConfigError, MetagradError, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
-from ..inner import SGD, InnerRule, _key
+from ..inner import SGD, InnerRule
 from ..threads import in_threads
+from .checks import check_arguments, check_call, check_rule
 from .subsets import adapt_prefixes, adapted_by
+from .trajectory import CarriedState
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 # The compiled graph's kernels called from C++ rather than Python on the CPU: W1's compiled graph 0.39 vs 0.46 ms in a
 # warm loop, the Python wrapper's ~100 tensor allocations and calls being a sixth of it (docs/speed.md).
 CPU_COMPILE_OPTIONS = {"cpp_wrapper": True}
@@ -69,67 +69,6 @@ def loop_chunk() -> int:
     if LOOP_CHUNK is not None:
         return LOOP_CHUNK
     return 1 if in_task_thread() else 8
-
-
-class Trajectory:
-    """The parameters of an inner loop (``MetaLearner.inner_loop``) as an iterable; once it has been iterated to its
-    end, ``state`` holds the inner rule's final state (the generator's return value)."""
-
-    def __init__(self, loop: Generator[Params, None, Any]):
-        self.loop = loop
-        self.state: Any = None
-
-    def __iter__(self) -> Iterator[Params]:
-        self.state = yield from self.loop
-
-
-def run_inner(loop: Generator[Params, None, Any]) -> tuple[Params, Any]:
-    """Run an inner loop to its end: the last parameters and the rule's final state."""
-    trajectory = Trajectory(loop)
-    *_, last = trajectory
-    return last, trajectory.state
-
-
-class CarriedState(nn.Module):
-    """An inner rule's state carried from one task's inner loop to the next (``inner_state="carried"``).
-
-    Held as buffers (tensors as they are, step counts as int64 scalars) so that checkpoints save it with the
-    learner, a resumed run continues it bit for bit, and it moves with the learner between devices and dtypes.
-    """
-
-    def __init__(self, state: Any):
-        super().__init__()
-        leaves, spec = tree_flatten(state)
-        self.skeleton = tree_unflatten(list(range(len(leaves))), spec)  # the structure, leaf i as the number i
-        self.names: list[str] = []
-        for path, leaf in tree_flatten_with_path(state)[0]:
-            name = "_".join(_key(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))) for k in path)
-            if isinstance(leaf, Tensor):
-                value = leaf.detach().clone()
-            elif isinstance(leaf, int):
-                value = torch.tensor(leaf, dtype=torch.int64)
-            else:
-                raise ConfigError(f"inner_state 'carried' cannot hold the inner rule's state entry {name} "
-                                  f"({type(leaf).__name__}); carry tensors and step counts")
-            self.register_buffer(name, value)
-            self.names.append(name)
-        self.counts = [not isinstance(leaf, Tensor) for leaf in leaves]
-
-    def value(self) -> Any:
-        """The state as the inner rule uses it (the buffers themselves: rules update functionally)."""
-        leaves = [int(getattr(self, n)) if count else getattr(self, n)
-                  for n, count in zip(self.names, self.counts, strict=True)]
-        return tree_map(leaves.__getitem__, self.skeleton)
-
-    @torch.no_grad()
-    def store(self, state: Any) -> None:
-        """Keep ``state`` (the rule's state after the last inner loop) in the buffers."""
-        leaves, spec = tree_flatten(state)
-        if spec != tree_flatten(self.skeleton)[1]:
-            raise ConfigError("the inner rule's state no longer has the shape it was carried with (were parameters "
-                              "frozen or unfrozen after the learner was built?); build the learner after freezing")
-        for name, leaf in zip(self.names, leaves, strict=True):
-            getattr(self, name).copy_(torch.as_tensor(leaf))
 
 
 def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
@@ -772,49 +711,3 @@ class MetaLearner(nn.Module):
         parts = self.in_shards(batch.num_tasks, buffers, lambda s: tasks_between(s.start, s.stop))
         values = torch.cat([v for _, out in parts for v in out])
         return {name: values[..., i] for i, name in enumerate(self.metrics)}
-
-
-def check_arguments(model: object, loss_fn: object, inner: object, inner_steps: int, inner_batch_size: int,
-                    batching: str, compile: bool | str, threads: int, task_chunk: int, inner_sampling: str,
-                    inner_state: str) -> None:
-    """``MetaLearner``'s arguments, each refused with its fix before anything is built."""
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    if not callable(loss_fn):
-        raise ConfigError(f"loss_fn {loss_fn!r} must be a function loss(prediction, target) -> scalar, e.g. "
-                          "mg.losses.mse or mg.losses.cross_entropy")
-    check_rule(inner)
-    check_whole("inner_steps", inner_steps, 0)
-    check_whole("inner_batch_size", inner_batch_size, 0, hint="0: whole support set")
-    check_whole("threads", threads, 0, hint="0: automatic")
-    check_whole("task_chunk", task_chunk, 0, hint="0: automatic")
-    check_choice("batching", batching, BATCHING)
-    if isinstance(compile, str) and compile not in COMPILE_MODES:
-        raise ConfigError(f"compile '{compile}' is not a torch.compile mode; choose true or one of "
-                          f"{', '.join(COMPILE_MODES)}")
-    if threads > 1 and compile:
-        raise ConfigError(f"threads {threads} with compile: a compiled meta-gradient runs on one thread of "
-                          "Python; set threads to 0 or 1, or compile false")
-    check_choice("inner_sampling", inner_sampling, INNER_SAMPLING)
-    check_choice("inner_state", inner_state, INNER_STATE)
-    if batching == "vmap" and has_torch_batchnorm(model):
-        raise ConfigError("batching 'vmap' with torch.nn.BatchNorm gives wrong second-order gradients; "
-                          "use batching 'loop' or a batch norm written from mean/var primitives")
-
-
-def check_call(method: str, batch: object, generator: object) -> None:
-    """``TypeError`` unless ``batch`` is a ``TaskBatch`` and ``generator`` a ``torch.Generator`` or None (O(1): every
-    meta-gradient checks them)."""
-    if not isinstance(batch, TaskBatch):
-        raise TypeError(f"{method} takes a TaskBatch(Split(support_x, support_y), Split(query_x, query_y)) of tensors "
-                        f"[tasks, examples, ...] (tasks.sample(n, generator) makes one), not {type(batch).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator {generator!r} must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) "
-                        "or None")
-
-
-def check_rule(inner: object) -> None:
-    """``ConfigError`` unless ``inner`` is None or a metagrad inner rule."""
-    if inner is not None and not isinstance(inner, InnerRule):
-        raise ConfigError(f"inner must be a metagrad inner rule such as mg.SGD(0.01) or mg.Adam(0.001), not "
-                          f"{inner!r} (torch.optim optimizers take the outer step)")

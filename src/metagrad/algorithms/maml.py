@@ -31,7 +31,8 @@ from ..errors import ConfigError, check_choice
 from ..functional import Params
 from ..functional import grad as functional_grad
 from ..inner import SGD, _key
-from .base import Meta, MetaLearner, run_inner
+from .base import Meta, MetaLearner
+from .trajectory import run_inner
 
 
 class MAML(MetaLearner):

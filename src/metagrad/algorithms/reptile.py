@@ -30,7 +30,8 @@ from ..batch import TaskBatch
 from ..choices import TAILS
 from ..errors import ConfigError, check_choice
 from ..functional import Params
-from .base import Meta, MetaLearner, Trajectory, run_inner
+from .base import Meta, MetaLearner
+from .trajectory import Trajectory, run_inner
 
 
 class Reptile(MetaLearner):
