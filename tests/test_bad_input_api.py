@@ -146,7 +146,20 @@ CASES = {
                                    ConfigError, ["num_tasks 1", "at least 2 test tasks"]),
     "U18 one test task": (lambda: mg.adaptation_curves(learner(), sines(1), steps=1), ConfigError,
                           ["at least 2 test tasks", "got 1"]),
+    "U19 a model returning a tuple": (lambda: mg.MAML(TwoOutputs()).meta_gradient(sines()), ConfigError,
+                                      ["(TwoOutputs) returns a tuple, not a tensor", "losses.mse", "output[0]"]),
 }
+
+
+class TwoOutputs(torch.nn.Module):
+    """A model whose forward returns its prediction and a second value (a hidden state, attention weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.linear(x), x
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -177,6 +190,23 @@ def test_the_input_check_leaves_random_state_and_buffers_alone():
     state = torch.get_rng_state()
     lrn.check_inputs(sines())
     assert torch.equal(torch.get_rng_state(), state) and torch.equal(model[1].running_mean, before)
+
+
+def test_a_model_returning_a_tuple_works_with_a_loss_that_takes_it():
+    """The tuple is refused for metagrad's losses only: a loss_fn of the user's own may read it."""
+    lrn = mg.MAML(TwoOutputs(), loss_fn=lambda out, y: mg.losses.mse(out[0], y))
+    assert lrn.meta_gradient(sines())["meta_loss"] > 0
+
+
+def test_meta_gradient_replaces_grad_and_the_batch_types_are_public():
+    """One call is one meta-step's gradient: a second call replaces ``.grad`` (no ``zero_grad`` needed), and
+    ``mg.TaskBatch`` / ``mg.Split``, which its error message names, are reachable from the package."""
+    lrn = learner()
+    lrn.meta_gradient(sines())
+    first = [p.grad.clone() for p in lrn.parameters()]
+    lrn.meta_gradient(sines())
+    assert all(torch.equal(a, p.grad) for a, p in zip(first, lrn.parameters(), strict=True))
+    assert mg.TaskBatch is TaskBatch and mg.Split is Split
 
 
 def test_valid_inputs_still_pass():

@@ -46,12 +46,12 @@ def held_out_tasks(tasks: Any, num_tasks: int, shots: int, seed: int, query: int
 def adaptation_curves(learner: MetaLearner, batch: TaskBatch, steps: int, inner: InnerRule | None = None,
                       inner_batch_size: int = 0, seed: int = 0, transductive: bool = True) -> dict[str, Curve]:
     """Every metric of ``learner`` (loss, and accuracy for classifiers) after 0..steps adaptation steps."""
+    if isinstance(batch, TaskBatch) and batch.num_tasks < 2:
+        raise ConfigError(f"adaptation curves need at least 2 test tasks for their 95% intervals, got "
+                          f"{batch.num_tasks}; give more, e.g. held_out_tasks(tasks, 100, shots, seed)")
     values = learner.adaptation_metrics(batch, steps, inner=inner, inner_batch_size=inner_batch_size,
                                         generator=torch.Generator().manual_seed(seed), transductive=transductive)
     shots = batch.support.x.shape[1]
-    if batch.num_tasks < 2:
-        raise ConfigError(f"adaptation curves need at least 2 test tasks for their 95% intervals, got "
-                          f"{batch.num_tasks}; give more, e.g. held_out_tasks(tasks, 100, shots, seed)")
     out = {}
     for name, v in values.items():
         mean, half = mean_ci95(v, dim=0)

@@ -307,6 +307,11 @@ class MetaLearner(nn.Module):
                    else f"give inputs of the size its first layer reads, or a model that reads {list(x.shape[2:])}")
             raise ConfigError(f"the model ({name}) cannot read one task's inputs, of shape {list(x.shape[1:])} and "
                               f"dtype {x.dtype} ({first_line(e)}); {fix}") from None
+        if not isinstance(out, Tensor) and self.loss_fn in (losses.mse, losses.half_mse, losses.cross_entropy):
+            raise ConfigError(f"the model ({name}) returns a {type(out).__name__}, not a tensor; "
+                              f"losses.{self.loss_fn.__name__} compares one prediction tensor with the targets: "
+                              "return the prediction alone (e.g. a wrapper whose forward returns output[0]), or give "
+                              "a loss_fn that takes what the model returns")
         if self.loss_fn is losses.cross_entropy and isinstance(out, Tensor) and out.dim() > 0:
             for split, y in (("support", batch.support.y), ("query", batch.query.y)):
                 if y.numel() and not y.is_floating_point() and not (0 <= int(y.min()) <= int(y.max()) < out.shape[-1]):
@@ -532,7 +537,8 @@ class MetaLearner(nn.Module):
     def meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
                       shard: slice | None = None) -> dict[str, float]:
         """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
-        meta-parameters, averaged over those tasks; return metrics."""
+        meta-parameters, averaged over those tasks, replacing what ``.grad`` held (one call is one meta-step's
+        gradient: no ``zero_grad`` needed); return metrics."""
         check_call("meta_gradient", batch, generator)
         batch.check(support=self.inner_steps > 0)
         if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
