@@ -102,6 +102,12 @@ CASES = {
         ["eval_shots 25 + eval_query", "lower eval_shots or eval_query"]),
     "U3 meta-RL against supervised": (mixed_kinds, ["rl.json is a meta-RL evaluation", "sup.json a supervised",
                                                     "same kind"]),
+    "U4 sinusoid reproduction, too few test tasks": (
+        lambda t: ["reproduce", "sinusoid", "--eval-tasks", "1", "--out", str(t / "r")],
+        ["eval_tasks 1 must be a whole number >= 2"]),
+    "U4 locomotion reproduction, empty layer": (
+        lambda t: ["reproduce", "locomotion", "--env", "cheetah-dir", "--set", "hidden=0", "--out", str(t / "r")],
+        ["hidden [0] must hold positive layer sizes"]),
 }
 
 

@@ -91,14 +91,14 @@ EXPERIMENTS = {e.name: e for e in (MAML_PAPER, REPTILE_PAPER)}
 def run(exp: Experiment, out: str | Path, full: bool = False, iterations: int | None = None,
         overrides: dict[str, Any] | None = None, progress: bool = True, figures: int = 3) -> dict[str, Any]:
     """Train, evaluate, print the table, write ``results.json`` and the figures into ``out``."""
+    configs = {m.name: _method_config(exp, m, full, iterations, overrides or {}) for m in exp.methods}  # all checked
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"experiment": exp.name, "title": exp.title, "full_budget": full,
                                "machine": machine(), "methods": {}, "paper": _paper_json(exp)}
-    learners, configs = {}, {}
+    learners = {}
     for i, m in enumerate(exp.methods, 1):
-        cfg = _method_config(exp, m, full, iterations, overrides or {})
-        configs[m.name] = cfg
+        cfg = configs[m.name]
         print(f"[{i}/{len(exp.methods)}] {m.label}: " + (
             f"meta-training {cfg.iterations:,} iterations x {cfg.meta_batch_size} tasks -> {out / m.name}"
             if m.trained else "no training (random initialization)"), file=sys.stderr, flush=True)
