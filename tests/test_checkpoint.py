@@ -254,3 +254,30 @@ def test_a_writer_holds_its_temporary_file_until_it_is_in_place(tmp_path):
 
     files.replace_atomically(tmp_path / "y.txt", write)
     assert held == [True] and (tmp_path / "y.txt").read_bytes() == b"x" and not list(tmp_path.glob(".*.tmp"))
+
+
+def _trainer(run_dir, hidden=8, optimizer=torch.optim.Adam, iterations=3):
+    import metagrad as mg
+
+    torch.manual_seed(0)
+    learner = mg.MAML(mg.models.MLP(1, [hidden], 1), inner=mg.SGD(0.01))
+    return mg.Trainer(learner, mg.tasks.Sinusoid(), optimizer(learner.parameters(), lr=1e-3), iterations=iterations,
+                      meta_batch_size=2, run_dir=run_dir, progress=False)
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"hidden": 16}, ["does not fit this learner", "model.0.weight", "build the learner as it was saved"]),
+    ({"optimizer": torch.optim.SGD}, ["saved with another outer optimizer", "this SGD does not have", "betas"]),
+])
+def test_resuming_with_another_model_or_optimizer_is_refused_and_loads_nothing(tmp_path, change, words):
+    """A run resumed through the Python API with a learner or outer optimizer unlike the one it was saved with: one
+    line naming the difference, before anything is loaded (torch alone raised a size table, or KeyError 'momentum'
+    at the next step after taking Adam's state into SGD)."""
+    _trainer(tmp_path).fit()
+    other = _trainer(tmp_path, iterations=5, **change)
+    before = [p.detach().clone() for p in other.learner.parameters()]
+    with pytest.raises(CheckpointError) as e:
+        other.fit(resume=True)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert all(torch.equal(a, p) for a, p in zip(before, other.learner.parameters(), strict=True))
+    assert _trainer(tmp_path, iterations=5).fit(resume=True).iteration == 5  # the run itself is intact

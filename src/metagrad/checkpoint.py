@@ -89,8 +89,7 @@ def save_learner(path: str | Path, learner: torch.nn.Module) -> None:
 
 def load_learner(path: str | Path, learner: M) -> M:
     """``learner.load``: the state saved by ``save_learner`` or a run's checkpoint; a file of another learner class
-    or shape is refused in one line and leaves ``learner`` as it was (``load_state_dict`` copies what fits before
-    it raises: undone here)."""
+    or shape is refused in one line and leaves ``learner`` as it was."""
     state, info = load(path)
     saved, mine = info.get("learner"), type(learner).__name__
     if isinstance(saved, str) and saved != mine:
@@ -98,15 +97,34 @@ def load_learner(path: str | Path, learner: M) -> M:
                               "and inner rule)")
     if not isinstance(state.get("learner") if isinstance(state, dict) else None, dict):
         raise CheckpointError(f"{path} holds no learner state (a checkpoint of another kind)")
+    restore_learner(learner, state["learner"], str(path))
+    return learner
+
+
+def restore_learner(learner: torch.nn.Module, state: dict[str, Any], where: str) -> None:
+    """``learner.load_state_dict(state)``; a state of another model, inner rule or size is refused in one line and
+    leaves ``learner`` as it was (``load_state_dict`` copies what fits before it raises: undone here)."""
     kept = {k: v.detach().clone() for k, v in learner.state_dict().items()}
     try:
-        learner.load_state_dict(state["learner"])
+        learner.load_state_dict(state)
     except (RuntimeError, ConfigError) as e:
         learner.load_state_dict(kept)
         lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
-        raise CheckpointError(f"{path} does not fit this learner ({'; '.join(lines)[:400]}); build the learner as it "
+        raise CheckpointError(f"{where} does not fit this learner ({'; '.join(lines)[:400]}); build the learner as it "
                               "was saved (model or policy, inner rule, learned step sizes, inner_state)") from None
-    return learner
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], where: str) -> None:
+    """Refuse in one line the state of another kind of optimizer (settings this one lacks: torch would load them and
+    fail at the next step) or of other parameters, before anything is loaded."""
+    saved, mine = state.get("param_groups", []), optimizer.param_groups
+    foreign = sorted({k for g in saved for k in g} - {k for g in mine for k in g})
+    sizes = [len(g["params"]) for g in saved], [len(g["params"]) for g in mine]
+    if foreign or sizes[0] != sizes[1]:
+        what = (f"settings this {type(optimizer).__name__} does not have ({', '.join(foreign)})" if foreign else
+                f"parameter groups of {sizes[0]} parameters, this one's {sizes[1]}")
+        raise CheckpointError(f"{where} was saved with another outer optimizer: its state has {what}; resume with "
+                              "the optimizer and parameters it was saved with, or start a new run elsewhere")
 
 
 def _instead(path: Path) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from . import checkpoint
 from .algorithms import MetaLearner
 from .batch import TaskBatch
 from .distributed import Distributed
@@ -144,7 +145,9 @@ class Trainer(RunLoop):
                 "cuda_rng": None if self.learner._on_cpu() else torch.cuda.get_rng_state(self._device())}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state["learner"])
+        where = f"the checkpoint in {self.run_dir}"
+        checkpoint.check_optimizer_state(self.optimizer, state["optimizer"], where)
+        checkpoint.restore_learner(self.learner, state["learner"], where)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])

@@ -169,7 +169,10 @@ class RLTrainer(RunLoop):
                 "rng": self.generator.get_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state["learner"])
+        where = f"the checkpoint in {self.run_dir}"
+        if self.optimizer is not None and state["optimizer"] is not None:
+            checkpoint.check_optimizer_state(self.optimizer, state["optimizer"], where)
+        checkpoint.restore_learner(self.learner, state["learner"], where)
         if self.optimizer is not None and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])  # its step sizes are set from cfg at every step
         self.generator.set_state(state["rng"])
