@@ -64,8 +64,29 @@ def refuse_stray_options(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from ..reproduce import EXPERIMENTS, fewshot, sinusoid
+    """Check the options that no experiment takes, then run the experiment asked for."""
+    from ..reproduce import EXPERIMENTS
 
+    check_reproduce_options(args)
+    out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
+    if args.experiment in ("navigation", "locomotion"):
+        reproduce_metarl(args)
+    elif args.experiment in ("reptile-gradients", "reptile-overlap"):
+        reproduce_reptile_study(args, out)
+    elif args.experiment == "sinusoid-multitask":
+        reproduce_multitask(args, out)
+    elif args.experiment in EXPERIMENTS:
+        from ..reproduce import sinusoid
+
+        sinusoid.run(EXPERIMENTS[args.experiment], out, full=args.full, iterations=args.iterations,
+                     overrides=engine_overrides(args), progress=not args.no_progress)
+    else:
+        reproduce_fewshot(args, out)
+    return 0
+
+
+def check_reproduce_options(args: argparse.Namespace) -> None:
+    """Options given to an experiment that does not take them, each refused naming the one that does."""
     refuse_stray_options(args)
     if args.iterations is not None and args.iterations < 0:
         raise MetagradError(f"--iterations {args.iterations} must be >= 0")
@@ -79,58 +100,65 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.compile and (args.experiment == "sinusoid-multitask" or args.experiment.startswith("reptile-")):
         raise MetagradError(f"--compile: {args.experiment} trains with plain autograd, not a learner's meta-gradient "
                             "(leave --compile out)")
-    if args.experiment in ("navigation", "locomotion"):
-        from ..reproduce import metarl
 
-        experiment, methods, out, sets = metarl_request(args)
-        if args.redraw:
-            metarl.report(experiment, Path(out))
-            return 0
-        metarl.run(experiment, methods, out, full=args.full, iterations=args.iterations, time_budget=args.time_budget,
-                   overrides=sets, progress=not args.no_progress)
-        return 0
-    overrides = {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks),
-                                   ("batching", args.batching), ("device", args.device),
-                                   ("compile", args.compile or None)) if v is not None}
-    out = args.out or f"results/{args.experiment}{'-full' if args.full else ''}"
-    if args.experiment in ("reptile-gradients", "reptile-overlap"):
-        from ..reproduce import reptile_gradients, reptile_overlap
 
-        gradients = args.experiment == "reptile-gradients"
-        study = reptile_gradients.run_gradients if gradients else reptile_overlap.run_overlap
-        study(out, full=args.full, iterations=args.iterations, progress=not args.no_progress,
-              data_root=args.data_root, jobs=args.jobs, time_budget=args.time_budget or 0.0,
-              eval_tasks=args.eval_tasks, seed=args.seed, download=args.download)
-        return 0
-    if args.experiment == "sinusoid-multitask":
-        from ..reproduce import multitask
+def engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The supervised config values given as `reproduce` options."""
+    return {k: v for k, v in (("seed", args.seed), ("eval_tasks", args.eval_tasks), ("batching", args.batching),
+                              ("device", args.device), ("compile", args.compile or None)) if v is not None}
 
-        setting = multitask.Setting(**({} if args.full else {"models": 100}),
-                                    **({"eval_tasks": args.eval_tasks} if args.eval_tasks else {}),
-                                    **({"seed": args.seed} if args.seed is not None else {}))
-        if args.iterations is not None:
-            if args.iterations < 1:
-                raise MetagradError(f"--iterations {args.iterations}: sinusoid-multitask trains each regressor for "
-                                    "that many Adam steps; give at least 1")
-            setting = multitask.Setting(**{**setting.__dict__, "steps": args.iterations})
-        multitask.run(out, setting, progress=not args.no_progress)
-        return 0
-    if args.experiment in EXPERIMENTS:
-        sinusoid.run(EXPERIMENTS[args.experiment], out, full=args.full, iterations=args.iterations,
-                     overrides=overrides, progress=not args.no_progress)
-        return 0
+
+def reproduce_metarl(args: argparse.Namespace) -> None:
+    """`reproduce navigation|locomotion`: train and test the methods asked for, or only redraw their results."""
+    from ..reproduce import metarl
+
+    experiment, methods, out, sets = metarl_request(args)
+    if args.redraw:
+        metarl.report(experiment, Path(out))
+        return
+    metarl.run(experiment, methods, out, full=args.full, iterations=args.iterations, time_budget=args.time_budget,
+               overrides=sets, progress=not args.no_progress)
+
+
+def reproduce_reptile_study(args: argparse.Namespace, out: str) -> None:
+    """The Reptile paper's Figure 3 (`reptile-gradients`) or Figure 4 (`reptile-overlap`)."""
+    from ..reproduce import reptile_gradients, reptile_overlap
+
+    study = reptile_gradients.run_gradients if args.experiment == "reptile-gradients" else reptile_overlap.run_overlap
+    study(out, full=args.full, iterations=args.iterations, progress=not args.no_progress, data_root=args.data_root,
+          jobs=args.jobs, time_budget=args.time_budget or 0.0, eval_tasks=args.eval_tasks, seed=args.seed,
+          download=args.download)
+
+
+def reproduce_multitask(args: argparse.Namespace, out: str) -> None:
+    """The MAML paper's appendix C.1: parameter averaging; --iterations is each regressor's Adam steps."""
+    from ..reproduce import multitask
+
+    setting = multitask.Setting(**({} if args.full else {"models": 100}),
+                                **({"eval_tasks": args.eval_tasks} if args.eval_tasks else {}),
+                                **({"seed": args.seed} if args.seed is not None else {}))
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise MetagradError(f"--iterations {args.iterations}: sinusoid-multitask trains each regressor for "
+                                "that many Adam steps; give at least 1")
+        setting = multitask.Setting(**{**setting.__dict__, "steps": args.iterations})
+    multitask.run(out, setting, progress=not args.no_progress)
+
+
+def reproduce_fewshot(args: argparse.Namespace, out: str) -> None:
+    """`reproduce omniglot|miniimagenet`: one N-way K-shot setting of one algorithm."""
+    from ..reproduce import fewshot
+
+    overrides = engine_overrides(args)
     if args.data_root:
         overrides["data_root"] = args.data_root
     if args.download:
         overrides["download"] = True
     algo = args.algo or "maml"
-    from ..reproduce.fewshot import ALGOS, OMNIGLOT_ONLY
-
-    if algo not in ALGOS or (algo in OMNIGLOT_ONLY and args.experiment != "omniglot"):
+    if algo not in fewshot.ALGOS or (algo in fewshot.OMNIGLOT_ONLY and args.experiment != "omniglot"):
         extra = " (or maml-nonconv, context or anil on omniglot)" if args.experiment == "omniglot" else ""
         raise MetagradError(f"--algo '{algo}' does not apply to {args.experiment}; choose maml, fomaml or "
                             f"reptile{extra}")
     ways, shots = 5 if args.ways is None else args.ways, 1 if args.shots is None else args.shots
     fewshot.run(args.experiment, algo, ways, shots, out, full=args.full, iterations=args.iterations,
                 time_budget=args.time_budget, overrides=overrides, progress=not args.no_progress)
-    return 0
