@@ -144,6 +144,13 @@ class Config(Settings):
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Check every value; raise ``ConfigError`` naming the first bad one."""
+        self.check_values()
+        self.check_combinations()
+        check_device(self.device)
+        return super().validate()
+
+    def check_values(self) -> None:
+        """Each value on its own: a known name, a count, a step size, a range."""
         self.check_choices({"family": choices.FAMILIES, "model": choices.MODELS, "activation": choices.ACTIVATIONS,
                             "algo": choices.ALGOS, "inner_optimizer": choices.INNER_RULES,
                             "outer_optimizer": choices.OUTER_OPTIMIZERS, "outer_lr_schedule": ("constant", "linear"),
@@ -174,6 +181,9 @@ class Config(Settings):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
         if not self.eval_shots or min(self.eval_shots) < 1:
             raise ConfigError(f"eval_shots {list(self.eval_shots)} must hold positive sizes, e.g. 5,10,20")
+
+    def check_combinations(self) -> None:
+        """Values that each make sense alone but not together (an option of one algorithm or family on another)."""
         if self.family == "linreg" and (self.grid or self.oracle):
             raise ConfigError("grid and oracle apply to the sinusoid family only; set grid = 0 and oracle = false "
                               "for linreg")
@@ -209,12 +219,10 @@ class Config(Settings):
         if (self.family in IMAGE_FAMILIES) != (self.model in choices.IMAGE_MODELS):
             raise ConfigError(f"model '{self.model}' does not fit family '{self.family}'; use conv4 or mlp-bn for "
                               "images, mlp or linear otherwise")
-        check_device(self.device)
         for name, k in (("shots", self.shots), ("eval_shots", max(self.eval_shots))):
             if self.grid and k > self.grid:
                 raise ConfigError(f"{name} {k} exceed grid {self.grid}: a task's support points are drawn from the "
                                   f"grid's {self.grid} points; raise grid or lower {name}")
-        return super().validate()
 
 
 def check_device(device: str) -> None:
