@@ -109,3 +109,15 @@ def test_the_linear_outer_schedule_anneals_the_step_to_zero_over_the_iterations(
         opt.step()
         scheduler.step()
     assert lrs == pytest.approx([0.01, 0.0075, 0.005, 0.0025, 0.0])
+
+
+def test_a_compiled_run_steps_with_the_fused_outer_optimizer_and_an_eager_one_does_not():
+    """The fused kernel (benchmarks/train_step.py: a fifth of a compiled sinusoid iteration) serves compiled runs;
+    eager runs keep the per-tensor step their recorded numbers (tests/golden) came from."""
+    from metagrad.build import build_learner, build_outer
+
+    for optimizer in ("adam", "sgd"):
+        eager = Config().replace(outer_optimizer=optimizer)
+        compiled = eager.replace(compile=True)
+        assert not build_outer(eager, build_learner(eager))[0].defaults.get("fused")
+        assert build_outer(compiled, build_learner(compiled))[0].defaults["fused"] is True

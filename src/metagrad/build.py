@@ -97,12 +97,14 @@ def build_learner(cfg: Config) -> MetaLearner:
 
 def build_outer(cfg: Config, learner: MetaLearner
                 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The outer optimizer over all meta-parameters, and the step-size schedule (linear: annealed to 0)."""
+    """The outer optimizer over all meta-parameters, and the step-size schedule (linear: annealed to 0). A compiled
+    run (``compile``: fast, not bit for bit the eager numbers) steps with torch's fused kernel: Adam on the sinusoid
+    MLP 62 against 250 us a step on one core, a fifth of a compiled meta-iteration (its last bits differ, so eager
+    runs keep the loop of per-tensor steps that their recorded numbers came from)."""
     params = list(learner.parameters())
-    if cfg.outer_optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.outer_lr)
-    else:
-        opt = torch.optim.SGD(params, lr=cfg.outer_lr)
+    cls = torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.SGD
+    fused = bool(cfg.compile) and all(p.is_floating_point() for p in params)
+    opt: torch.optim.Optimizer = cls(params, lr=cfg.outer_lr, **({"fused": True} if fused else {}))
     if cfg.outer_lr_schedule == "linear":
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: linear_to_zero(it, cfg.iterations))
     return opt, None
