@@ -213,7 +213,7 @@ class Trainer(RunLoop):
                 f"meta-loss is {metrics['meta_loss']} at iteration {self.iteration + 1}: training diverged; "
                 f"lower the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g}) or the "
                 "inner step size")
-        grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]  # what steps
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             raise TrainingDiverged(
                 f"the meta-gradient holds NaN or infinite values at iteration {self.iteration + 1} (meta-loss "
