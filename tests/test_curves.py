@@ -38,6 +38,22 @@ def test_runs_whose_folders_share_a_name_are_told_apart(tmp_path):
     assert [r.label for r in runs] == ["seed-0/maml-trpo", "seed-1/maml-trpo", "ppo", "mine"]
 
 
+def test_a_reproductions_folder_gives_each_of_its_runs(tmp_path):
+    """`metagrad curves results/long/locomotion-ant-dir`: the folder `reproduce` wrote, one run per method in its
+    subfolders (and figures, a results file beside them), draws every method; a label prefixes theirs."""
+    repro = tmp_path / "ant-dir"
+    for method in ("pretrained", "maml-trpo"):
+        write_log(repro / method, rl_rows(3))
+    (repro / "results.json").write_text("{}")
+    one = tmp_path / "cheetah"
+    write_log(one / "maml-trpo", rl_rows(4))
+    runs = curves.load_all([str(repro), f"{one}=cheetah"])
+    assert [r.label for r in runs] == ["maml-trpo", "pretrained", "cheetah/maml-trpo"]
+    assert runs[2].series("return_post")[0] == [1, 2, 3, 4]
+    with pytest.raises(MetagradError, match="no metrics log"):
+        curves.load_all([str(tmp_path / "empty-folder")])
+
+
 def test_smooth_is_a_trailing_mean():
     assert curves.smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert curves.smooth([1.0, 3.0, 5.0], 1) == [1.0, 3.0, 5.0]

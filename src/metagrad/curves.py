@@ -61,9 +61,22 @@ def load(spec: str) -> Run:
     return Run(label or name, path, rows)
 
 
+def run_specs(spec: str) -> list[str]:
+    """A reproduction's folder (``results/long/locomotion-ant-dir``: a run per method in its subfolders) as one spec
+    per run, labelled ``LABEL/method`` when it has a label; any other spec as it is."""
+    where, _, label = spec.partition("=")
+    path = Path(where)
+    if path.is_dir() and not (path / "metrics.jsonl").is_file():
+        runs = sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+        if runs:
+            return [f"{run}={label}/{run.name}" if label else str(run) for run in runs]
+    return [spec]
+
+
 def load_all(specs: Sequence[str]) -> list[Run]:
-    """Every run of ``specs``; runs left unnamed whose folders share a name (``maml-trpo``, say) are named by
-    their parent folder too, so that the figure tells them apart."""
+    """Every run of ``specs`` (a reproduction's folder gives all its runs); runs left unnamed whose folders share a
+    name (``maml-trpo``, say) are named by their parent folder too, so that the figure tells them apart."""
+    specs = [one for spec in specs for one in run_specs(spec)]
     runs = [load(spec) for spec in specs]
     unnamed = [run for spec, run in zip(specs, runs, strict=True) if "=" not in spec]
     shared = [run for run in unnamed if sum(other.label == run.label for other in runs) > 1]

@@ -282,8 +282,9 @@ def _add_curves_parser(sub: Any) -> None:
     p = sub.add_parser("curves", help="training curves of several runs in one figure", description="Draw the "
                        "numbers logged in runs' metrics.jsonl against the iteration, one colour per run (the "
                        "metric by line style), and print each run's last iteration and recent means.")
-    p.add_argument("runs", nargs="+", metavar="RUN[=LABEL]", help="a run folder holding metrics.jsonl, or the file; "
-                   "=LABEL names it in the figure (default: its folder's name)")
+    p.add_argument("runs", nargs="+", metavar="RUN[=LABEL]", help="a run folder holding metrics.jsonl, the file, or a "
+                   "reproduction's folder (all its methods' runs); =LABEL names it in the figure (default: its "
+                   "folder's name)")
     p.add_argument("--metric", type=csv(str), metavar="M1,M2", help="logged numbers to draw (default: "
                    "return_post and return_pre for meta-RL runs, meta_loss for supervised ones)")
     p.add_argument("--smooth", type=int, default=1, metavar="N", help="trailing mean over N logged points (default 1)")
