@@ -121,3 +121,32 @@ def test_welch_probability_of_values_that_are_not_numbers_is_nan_not_certainty()
     assert np.isnan(welch_probability([1.0, np.inf, 3.0], [1.0, 2.0, 3.0]))
     both = welch_probability_from_stats(np.array([1.0, 1.0]), np.array([np.nan, 1.0]), 5, 0.0, 1.0, 5)
     assert np.isnan(both[0]) and 0.5 < both[1] < 1
+
+
+def test_compare_reads_a_meta_rl_reproductions_results(tmp_path, capsys):
+    """`metagrad reproduce navigation|locomotion` keeps one return curve per method (`curve`, not `curves`): compare
+    reads it as K = its episodes per step, and refuses two sides of different K naming --eval-episodes."""
+    rng = np.random.default_rng(3)
+    returns = {"maml-trpo": rng.normal(-10, 3, (60, 3)), "pretrained": rng.normal(-12, 3, (60, 3))}
+
+    def curve(values, episodes):
+        mean, half = mean_ci95(torch.from_numpy(values), dim=0)
+        return {"tasks": values.shape[0], "episodes": episodes, "lr": [0.1], "mean": mean.tolist(),
+                "ci95": half.tolist()}
+
+    results = {"methods": {m: {"label": m, "iterations": 500, "curve": curve(v, 40)} for m, v in returns.items()}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "results.json"), str(tmp_path / "results.json"), "--method-a",
+                 "maml-trpo", "--method-b", "pretrained", "--out", str(out)]) == 0
+    prob = np.array(json.loads((out / "compare.json").read_text())["probability"])[0][0]
+    for s in range(3):
+        a, b = returns["maml-trpo"][:, s], returns["pretrained"][:, s]
+        assert prob[s] == pytest.approx(1 - stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue,
+                                        abs=1e-9)  # a higher return is better
+    other = {"methods": {"maml-vpg": {"label": "maml-vpg", "iterations": 500, "curve": curve(returns["maml-trpo"],
+                                                                                             20)}}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["compare", str(tmp_path / "other.json"), str(tmp_path / "results.json"), "--method-b", "pretrained",
+                 "--out", str(out)]) == 2
+    assert "share no number of episodes per step K (they hold 20 and 40)" in capsys.readouterr().err

@@ -81,9 +81,12 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
         if name not in methods:
             raise MetagradError(f"{path} has no method '{name}'; it holds {', '.join(methods)}")
         r = methods[name]
-        if not isinstance(r, dict) or not isinstance(r.get("curves"), dict):
+        curves = r.get("curves") if isinstance(r, dict) else None
+        if isinstance(r, dict) and isinstance(r.get("curve"), dict) and "episodes" in r["curve"]:
+            curves = {str(r["curve"]["episodes"]): {"return": r["curve"]}}  # a meta-RL reproduction's one curve
+        if not isinstance(curves, dict):
             raise MetagradError(f"{path}: method '{name}' has no curves; was its evaluation interrupted?")
-        return [Evaluation(str(path), r.get("label", name), r.get("iterations"), r["curves"])]
+        return [Evaluation(str(path), r.get("label", name), r.get("iterations"), curves)]
     if strict:
         raise MetagradError(f"{path} is not an evaluation result (no 'curves' or 'methods'); "
                             "give the eval.json of `metagrad eval` or the results.json of `metagrad reproduce`")
@@ -119,6 +122,10 @@ def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str | None = "l
             raise MetagradError(f"support size K={k} is not in every evaluation (they share: "
                                 f"{', '.join(sorted(common, key=int)) or 'none'})")
     if not ks:
+        if metric == "return":
+            raise MetagradError("the two sides share no number of episodes per step K (they hold "
+                                f"{' and '.join(sorted({k for e in a + b for k in e.curves}, key=int))}); evaluate "
+                                "them with the same --eval-episodes")
         raise MetagradError("the two sides share no support size K; evaluate them with the same --eval-shots")
     for e in a + b:
         for k in ks:
