@@ -34,6 +34,14 @@ def curve_json(tmp: Path, name: str, curves: dict) -> str:
     return str(path)
 
 
+def reproduction_folder(folder: Path) -> Path:
+    """What `metagrad reproduce` leaves: one run per method in subfolders, and no run of its own."""
+    for method in ("pretrained", "maml-trpo"):
+        (folder / method).mkdir(parents=True)
+        (folder / method / "last.safetensors").write_bytes(b"")
+    return folder
+
+
 def mixed_kinds(t: Path) -> list[str]:
     curve = {"mean": [1.0, 2.0], "ci95": [0.1, 0.1], "tasks": 10}
     return ["compare", curve_json(t, "rl", {"40": {"lr": [0.1], "return": curve}}),
@@ -102,6 +110,12 @@ CASES = {
         ["eval_shots 25 + eval_query", "lower eval_shots or eval_query"]),
     "U3 meta-RL against supervised": (mixed_kinds, ["rl.json is a meta-RL evaluation", "sup.json a supervised",
                                                     "same kind"]),
+    "U5 eval of a reproduction's folder": (
+        lambda t: ["eval", str(reproduction_folder(t / "repro"))],
+        ["no 'last' checkpoint in", "it holds the runs maml-trpo, pretrained", "give one of them", "repro/maml-trpo"]),
+    "U5 resume of a reproduction's folder": (
+        lambda t: ["train", "--resume", "--out", str(reproduction_folder(t / "repro"))],
+        ["nothing to resume in", "it holds the runs maml-trpo, pretrained"]),
     "U4 sinusoid reproduction, too few test tasks": (
         lambda t: ["reproduce", "sinusoid", "--eval-tasks", "1", "--out", str(t / "r")],
         ["eval_tasks 1 must be a whole number >= 2"]),

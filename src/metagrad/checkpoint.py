@@ -183,6 +183,16 @@ def exists(stem: str | Path) -> bool:
     return paths(stem)[0].exists()
 
 
+def runs_inside(folder: str | Path) -> str:
+    """For a folder with no run of its own: ``; it holds the runs a, b (...): give one, e.g. FOLDER/a`` when its
+    subfolders hold runs (a reproduction's output), else nothing."""
+    runs = sorted(p.parent for p in Path(folder).glob("*/last.safetensors")) if Path(folder).is_dir() else []
+    if not runs:
+        return ""
+    return (f"; it holds the runs {', '.join(r.name for r in runs)} (a reproduction's folder): give one of them, "
+            f"e.g. {runs[0]}")
+
+
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256(header.encode())
     for k in sorted(tensors):

@@ -134,8 +134,9 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | Me
         found = sorted(p.stem for p in Path(run_dir).glob("*.safetensors")) if Path(run_dir).is_dir() else []
         if found:
             raise CheckpointError(f"no '{which}' checkpoint in {run_dir}; it holds {', '.join(found)}")
-        raise CheckpointError(f"no '{which}' checkpoint in {run_dir}; train first with `metagrad train --out "
-                              f"{run_dir}`")
+        inside = checkpoint.runs_inside(run_dir)
+        raise CheckpointError(f"no '{which}' checkpoint in {run_dir}" + (inside or "; train first with `metagrad "
+                                                                          f"train --out {run_dir}`"))
     state, info = checkpoint.load(stem)
     cfg = stored_config(_run_info(stem, info)["config"])
     if isinstance(cfg, Config) and cfg.device != "cpu" and not torch.cuda.is_available():

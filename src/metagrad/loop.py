@@ -290,8 +290,9 @@ class RunLoop:
         return False
 
     def _nothing_to_resume(self) -> CheckpointError:
-        return CheckpointError(f"nothing to resume in {self.run_dir} (no last checkpoint: no run started there); "
-                               "drop --resume to start a new run there")
+        inside = checkpoint.runs_inside(self.run_dir) if self.run_dir is not None else ""
+        return CheckpointError(f"nothing to resume in {self.run_dir} (no last checkpoint: no run started there)"
+                               + (inside or "; drop --resume to start a new run there"))
 
     def _hold(self) -> None:
         """Take the run directory for this process before writing to it: the same command started twice (two
