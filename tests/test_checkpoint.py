@@ -256,18 +256,23 @@ def test_a_writer_holds_its_temporary_file_until_it_is_in_place(tmp_path):
     assert held == [True] and (tmp_path / "y.txt").read_bytes() == b"x" and not list(tmp_path.glob(".*.tmp"))
 
 
-def _trainer(run_dir, hidden=8, optimizer=torch.optim.Adam, iterations=3):
+def _trainer(run_dir, hidden=8, optimizer=torch.optim.Adam, iterations=3, learned_lr=False, named=False, **kw):
     import metagrad as mg
 
     torch.manual_seed(0)
-    learner = mg.MAML(mg.models.MLP(1, [hidden], 1), inner=mg.SGD(0.01))
-    return mg.Trainer(learner, mg.tasks.Sinusoid(), optimizer(learner.parameters(), lr=1e-3), iterations=iterations,
+    model = mg.models.MLP(1, [hidden], 1)
+    learner = mg.MAML(model, inner=mg.SGD(0.01, learn=True, params=model) if learned_lr else mg.SGD(0.01))
+    params = learner.named_parameters() if named else learner.parameters()
+    return mg.Trainer(learner, mg.tasks.Sinusoid(), optimizer(params, lr=1e-3, **kw), iterations=iterations,
                       meta_batch_size=2, run_dir=run_dir, progress=False)
 
 
 @pytest.mark.parametrize(("change", "words"), [
     ({"hidden": 16}, ["does not fit this learner", "model.0.weight", "build the learner as it was saved"]),
-    ({"optimizer": torch.optim.SGD}, ["saved with another outer optimizer", "this SGD does not have", "betas"]),
+    ({"optimizer": torch.optim.SGD}, ["saved with the outer optimizer Adam, this trainer's is SGD",
+                                      "resume with Adam"]),
+    ({"learned_lr": True}, ["saved with other meta-parameters (its outer optimizer held [4], this one holds [8])",
+                            "learned step sizes"]),
 ])
 def test_resuming_with_another_model_or_optimizer_is_refused_and_loads_nothing(tmp_path, change, words):
     """A run resumed through the Python API with a learner or outer optimizer unlike the one it was saved with: one
@@ -281,3 +286,15 @@ def test_resuming_with_another_model_or_optimizer_is_refused_and_loads_nothing(t
     assert all(w in str(e.value) for w in words), str(e.value)
     assert all(torch.equal(a, p) for a, p in zip(before, other.learner.parameters(), strict=True))
     assert _trainer(tmp_path, iterations=5).fit(resume=True).iteration == 5  # the run itself is intact
+
+
+def test_a_resumed_run_keeps_its_own_optimizer_kernel_and_takes_named_parameters(tmp_path):
+    """torch takes `fused` from the saved groups: a run started eager and resumed compiled (whose optimizer is
+    fused) would step per tensor again; it keeps the resumed optimizer's. An optimizer built from
+    `named_parameters()` (torch adds `param_names` to its groups) resumes one built from `parameters()`."""
+    _trainer(tmp_path / "a").fit()
+    resumed = _trainer(tmp_path / "a", iterations=5, fused=True)
+    assert resumed.fit(resume=True).iteration == 5
+    assert resumed.optimizer.param_groups[0]["fused"] is True
+    _trainer(tmp_path / "b", named=True).fit()
+    assert _trainer(tmp_path / "b", iterations=5).fit(resume=True).iteration == 5

@@ -114,17 +114,30 @@ def restore_learner(learner: torch.nn.Module, state: dict[str, Any], where: str)
                               "was saved (model or policy, inner rule, learned step sizes, inner_state)") from None
 
 
-def check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], where: str) -> None:
-    """Refuse in one line the state of another kind of optimizer (settings this one lacks: torch would load them and
-    fail at the next step) or of other parameters, before anything is loaded."""
-    saved, mine = state.get("param_groups", []), optimizer.param_groups
-    foreign = sorted({k for g in saved for k in g} - {k for g in mine for k in g})
-    sizes = [len(g["params"]) for g in saved], [len(g["params"]) for g in mine]
-    if foreign or sizes[0] != sizes[1]:
-        what = (f"settings this {type(optimizer).__name__} does not have ({', '.join(foreign)})" if foreign else
-                f"parameter groups of {sizes[0]} parameters, this one's {sizes[1]}")
-        raise CheckpointError(f"{where} was saved with another outer optimizer: its state has {what}; resume with "
-                              "the optimizer and parameters it was saved with, or start a new run elsewhere")
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], saved_class: str | None,
+                          where: str) -> None:
+    """Refuse in one line, before anything is loaded, the state of another kind of optimizer (``saved_class``, as
+    the checkpoint records it: torch would load Adam's state into SGD and fail at the next step) or of another
+    number of meta-parameters (another model, or learned step sizes added or dropped)."""
+    mine = type(optimizer).__name__
+    if saved_class is not None and saved_class != mine:
+        raise CheckpointError(f"{where} was saved with the outer optimizer {saved_class}, this trainer's is {mine}; "
+                              f"resume with {saved_class}, or start a new run elsewhere")
+    saved = [len(g["params"]) for g in state.get("param_groups", [])]
+    held = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != held:
+        raise CheckpointError(f"{where} was saved with other meta-parameters (its outer optimizer held {saved}, this "
+                              f"one holds {held}); build the learner and its optimizer as they were saved (model, "
+                              "inner rule, learned step sizes)")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)`` keeping this optimizer's kernel choice (``fused``, ``foreach``), which
+    torch would take from the saved groups: a run resumed with ``compile`` changed steps as a run started so."""
+    mine = optimizer.param_groups
+    groups = [{**g, **{k: m[k] for k in ("fused", "foreach") if k in m}}
+              for g, m in zip(state["param_groups"], mine, strict=True)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def _instead(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from dataclasses import fields
 from typing import Any
 
@@ -24,6 +25,17 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, then a key given both as ``--set KEY=VALUE`` and as its own option (in either order) refused:
+        argparse alone would keep whichever came last."""
+        parsed = super().parse_args(args, namespace)
+        words = list(sys.argv[1:] if args is None else args)
+        for key, flags in getattr(parsed, "set_flags", {}).items():
+            given = next((w for w in words for f in flags if w == f or w.startswith(f + "=")), None)
+            if given:
+                self.error(f"{key} is given twice ({given} and --set {key}=...); give it once")
+        return parsed
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -122,10 +134,10 @@ class SetOption(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any,
                  option_string: str | None = None) -> None:
-        key, _, text = value.partition("=")
+        key, sep, text = value.partition("=")
         key = key.replace("-", "_")
         options = {a.dest: a for a in parser._actions if a.dest in CONFIG_FIELDS}
-        if not text:
+        if not sep:
             parser.error(f"--set takes KEY=VALUE, got '{value}' (e.g. --set inner_lr=0.1)")
         if key not in options:
             known = list(options)
@@ -133,6 +145,7 @@ class SetOption(argparse.Action):
         if getattr(namespace, key, None) is not None:
             parser.error(f"--set {value}: {key} is already given; give it once")
         setattr(namespace, key, text)
+        namespace.set_flags = {**getattr(namespace, "set_flags", {}), key: options[key].option_strings}
 
 
 CONFIG_FIELDS = {f.name for f in (*fields(Config), *fields(RLConfig))}

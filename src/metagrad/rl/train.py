@@ -166,15 +166,16 @@ class RLTrainer(RunLoop):
         """What a checkpoint holds: the learner, the optimizer (outer 'vpg', 'ppo') and the RNG state."""
         return {"learner": self.learner.state_dict(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "optimizer_class": type(self.optimizer).__name__ if self.optimizer else None,
                 "rng": self.generator.get_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         where = f"the checkpoint in {self.run_dir}"
         if self.optimizer is not None and state["optimizer"] is not None:
-            checkpoint.check_optimizer_state(self.optimizer, state["optimizer"], where)
+            checkpoint.check_optimizer_state(self.optimizer, state["optimizer"], state.get("optimizer_class"), where)
         checkpoint.restore_learner(self.learner, state["learner"], where)
         if self.optimizer is not None and state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])  # its step sizes are set from cfg at every step
+            checkpoint.load_optimizer_state(self.optimizer, state["optimizer"])  # step sizes: set from cfg each step
         self.generator.set_state(state["rng"])
 
     def info(self) -> dict[str, Any]:
