@@ -54,8 +54,23 @@ def test_a_reproductions_folder_gives_each_of_its_runs(tmp_path):
         curves.load_all([str(tmp_path / "empty-folder")])
 
 
+def test_a_study_folder_gives_its_runs_at_any_depth_each_named_by_its_path(tmp_path):
+    """`metagrad tradeoff rl` keeps method/seed-N runs, the SG-MRL seeds seed-N/method: every run is found and
+    named by its path inside the folder; two folders of one layout are told apart by their names."""
+    for study in ("push", "reach"):
+        for method in ("drs-trpo", "trpo-maml"):
+            write_log(tmp_path / study / method / "seed-0", rl_rows(3))
+    runs = curves.load_all([str(tmp_path / "push"), str(tmp_path / "reach")])
+    assert [r.label for r in runs] == ["push/drs-trpo/seed-0", "push/trpo-maml/seed-0", "reach/drs-trpo/seed-0",
+                                       "reach/trpo-maml/seed-0"]
+    assert [r.label for r in curves.load_all([f"{tmp_path / 'push'}=P"])] == ["P/drs-trpo/seed-0",
+                                                                             "P/trpo-maml/seed-0"]
+
+
 def test_smooth_is_a_trailing_mean():
     assert curves.smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert curves.smooth([1.0, float("nan"), 3.0, 4.0], 2) == [1.0, 1.0, 3.0, 3.5]  # one NaN does not blank the rest
+    assert curves.smooth([1e20, 1.0, 1.0, 1.0], 2)[-1] == 1.0  # no running sum to lose the small values in
     assert curves.smooth([1.0, 3.0, 5.0], 1) == [1.0, 3.0, 5.0]
     assert curves.smooth([2.0, 4.0, 9.0], 10) == [2.0, 3.0, 5.0]
     with pytest.raises(MetagradError, match="--smooth 0"):
@@ -81,6 +96,10 @@ def test_missing_or_broken_logs_are_named(tmp_path):
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"iteration": 1}\nnot json\n')
     with pytest.raises(MetagradError, match="line 2: not JSON"):
         curves.load(str(tmp_path / "bad"))
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "metrics.jsonl").write_text('{"iteration": 1}\n[1, 2]\n')
+    with pytest.raises(MetagradError, match="line 2: a list, not an object"):
+        curves.load(str(tmp_path / "list"))
 
 
 def test_summary_gives_each_runs_last_iteration_and_recent_mean(tmp_path):

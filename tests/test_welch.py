@@ -134,12 +134,16 @@ def test_compare_reads_a_meta_rl_reproductions_results(tmp_path, capsys):
         return {"tasks": values.shape[0], "episodes": episodes, "lr": [0.1], "mean": mean.tolist(),
                 "ci95": half.tolist()}
 
-    results = {"methods": {m: {"label": m, "iterations": 500, "curve": curve(v, 40)} for m, v in returns.items()}}
+    results = {"methods": {m: {"label": m, "iterations": 500, "best_iteration": 271, "curve": curve(v, 40)}
+                           for m, v in returns.items()}}
     (tmp_path / "results.json").write_text(json.dumps(results))
     out = tmp_path / "cmp"
     assert main(["compare", str(tmp_path / "results.json"), str(tmp_path / "results.json"), "--method-a",
                  "maml-trpo", "--method-b", "pretrained", "--out", str(out)]) == 0
-    prob = np.array(json.loads((out / "compare.json").read_text())["probability"])[0][0]
+    grid = json.loads((out / "compare.json").read_text())
+    assert grid["checkpoints"] == ["271"]  # the curve is of the best checkpoint, not the last iteration
+    assert "on the test return, K = 40 episodes per step" in capsys.readouterr().out
+    prob = np.array(grid["probability"])[0][0]
     for s in range(3):
         a, b = returns["maml-trpo"][:, s], returns["pretrained"][:, s]
         assert prob[s] == pytest.approx(1 - stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue,
@@ -150,3 +154,38 @@ def test_compare_reads_a_meta_rl_reproductions_results(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "other.json"), str(tmp_path / "results.json"), "--method-b", "pretrained",
                  "--out", str(out)]) == 2
     assert "share no number of episodes per step K (they hold 20 and 40)" in capsys.readouterr().err
+
+
+def test_compare_reads_a_few_shot_reproduction_and_names_like_files_apart(tmp_path, capsys):
+    """`metagrad reproduce omniglot` writes one file per setting, a curve per batch-norm mode (--method-a/-b picks
+    the mode); two files of one name in two folders are named by the folders."""
+    rng = np.random.default_rng(4)
+
+    def fewshot(folder, algo, iteration, accuracy):
+        values = {mode: rng.normal(accuracy, 0.1, (50, 3)) for mode in ("transductive", "non-transductive")}
+        modes = {}
+        for mode, v in values.items():
+            mean, half = mean_ci95(torch.from_numpy(v), dim=0)
+            modes[mode] = {"curves": {"lr": [0.4], "accuracy": {"tasks": 50, "mean": mean.tolist(),
+                                                                "ci95": half.tolist()}}}
+        folder.mkdir(parents=True)
+        (folder / "omniglot-5w1s.json").write_text(json.dumps({"algo": algo, "shots": 1, "checkpoint_iteration":
+                                                                iteration, "modes": modes}))
+        return values
+
+    a = fewshot(tmp_path / "seed-0", "maml", 3000, 0.9)
+    b = fewshot(tmp_path / "seed-1", "maml", 4000, 0.8)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "seed-0" / "omniglot-5w1s.json"), str(tmp_path / "seed-1" /
+                 "omniglot-5w1s.json"), "--method-a", "non-transductive", "--method-b", "non-transductive",
+                 "--metric", "accuracy", "--out", str(out)]) == 0
+    grid = json.loads((out / "compare.json").read_text())
+    assert (grid["label_a"], grid["label_b"], grid["checkpoints"]) == ("seed-0", "seed-1", ["3000/4000"])
+    expect = 1 - stats.ttest_ind(a["non-transductive"][:, 2], b["non-transductive"][:, 2], equal_var=False,
+                                 alternative="greater").pvalue
+    assert grid["probability"][0][0][2] == pytest.approx(expect, abs=1e-9)
+    bad = {"curves": {"abc": {"loss": {"tasks": 3, "mean": [1.0], "ci95": [0.1]}}}}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    (tmp_path / "bad2.json").write_text(json.dumps(bad))
+    assert main(["compare", str(tmp_path / "bad.json"), str(tmp_path / "bad2.json"), "--out", str(out)]) == 2
+    assert "curve key 'abc' is not a number" in capsys.readouterr().err

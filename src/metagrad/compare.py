@@ -72,6 +72,15 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
             raise MetagradError(f"{path} is one evaluation (an eval.json): --method-a/--method-b '{method}' apply to "
                                 "a results.json with several methods; leave them out")
         return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"])]
+    if isinstance(data.get("modes"), dict) and "shots" in data:  # a few-shot reproduction: a mode is its method
+        modes = data["modes"]
+        name = method or next(iter(modes))
+        if name not in modes or not isinstance(modes[name], dict) or not isinstance(modes[name].get("curves"), dict):
+            raise MetagradError(f"{path} has no batch-norm mode '{name}' with curves; it holds {', '.join(modes)} "
+                                "(choose one with --method-a / --method-b)")
+        label = f"{data.get('algo', path.stem)} ({name})"
+        return [Evaluation(str(path), label, data.get("checkpoint_iteration"),
+                           {str(data["shots"]): modes[name]["curves"]})]
     if isinstance(data.get("methods"), dict):
         methods = data["methods"]
         if method is None and len(methods) > 1:
@@ -81,15 +90,16 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
         if name not in methods:
             raise MetagradError(f"{path} has no method '{name}'; it holds {', '.join(methods)}")
         r = methods[name]
-        curves = r.get("curves") if isinstance(r, dict) else None
+        curves, iteration = (r.get("curves"), r.get("iterations")) if isinstance(r, dict) else (None, None)
         if isinstance(r, dict) and isinstance(r.get("curve"), dict) and "episodes" in r["curve"]:
-            curves = {str(r["curve"]["episodes"]): {"return": r["curve"]}}  # a meta-RL reproduction's one curve
+            curves = {str(r["curve"]["episodes"]): {"return": r["curve"]}}  # a meta-RL reproduction's one curve,
+            iteration = r.get("best_iteration", iteration)  # of its best checkpoint
         if not isinstance(curves, dict):
             raise MetagradError(f"{path}: method '{name}' has no curves; was its evaluation interrupted?")
-        return [Evaluation(str(path), r.get("label", name), r.get("iterations"), curves)]
+        return [Evaluation(str(path), r.get("label", name), iteration, curves)]
     if strict:
-        raise MetagradError(f"{path} is not an evaluation result (no 'curves' or 'methods'); "
-                            "give the eval.json of `metagrad eval` or the results.json of `metagrad reproduce`")
+        raise MetagradError(f"{path} is not an evaluation result (no 'curves', 'methods' or 'modes'); give the "
+                            "eval.json of `metagrad eval` or the results file of `metagrad reproduce`")
     return []
 
 
@@ -115,6 +125,11 @@ def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str | None = "l
         raise MetagradError(f"A has {len(a)} evaluation(s) and B has {len(b)}; compare the same number of "
                             "checkpoints (one evaluation file each)")
     higher = HIGHER_IS_BETTER.get(metric, True) if higher_is_better is None else higher_is_better
+    for e in a + b:
+        odd = [k for k in e.curves if not str(k).isdigit()]
+        if odd:
+            raise MetagradError(f"{e.source}: curve key '{odd[0]}' is not a number of examples or episodes (K); is it "
+                                "an evaluation file?")
     common = set.intersection(*(set(e.curves) for e in a + b))
     ks = sorted(common, key=int) if shots is None else [str(k) for k in shots]
     for k in ks:
@@ -177,8 +192,10 @@ def format_grid(grid: dict[str, Any]) -> str:
     """The probabilities as one table per K: rows checkpoints, columns test updates."""
     lines = []
     for i, k in enumerate(grid["shots"]):
-        lines.append(f"P({grid['label_a']} better than {grid['label_b']}), one-sided Welch t-test on the query "
-                     f"{grid['metric']} ({'higher' if grid['higher_is_better'] else 'lower'} is better), K = {k}")
+        what = (f"the test return, K = {k} episodes per step" if grid["metric"] == "return" else
+                f"the query {grid['metric']}, K = {k}")
+        lines.append(f"P({grid['label_a']} better than {grid['label_b']}), one-sided Welch t-test on {what} "
+                     f"({'higher' if grid['higher_is_better'] else 'lower'} is better)")
         lines += md_head(["checkpoint", *k_columns(range(grid["steps"]))])
         for label, row in zip(grid["checkpoints"], grid["probability"][i], strict=True):
             lines.append(md_row([label, *(f"{p:.3f}" for p in row)]))
@@ -197,8 +214,8 @@ def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str | N
     if [(e.source, e.label) for e in a] == [(e.source, e.label) for e in b]:
         raise MetagradError(f"A and B are the same evaluations ({path_a}); give the other method's as B")
     grid = welch_grid(a, b, metric, shots, higher_is_better)
-    if grid["label_a"] == grid["label_b"]:  # e.g. two eval.json files of one folder: name them by their files
-        grid["label_a"], grid["label_b"] = Path(a[0].source).stem, Path(b[0].source).stem
+    if grid["label_a"] == grid["label_b"]:  # e.g. seed-0/.../results.json and seed-1/.../results.json
+        grid["label_a"], grid["label_b"] = distinct_names(Path(a[0].source), Path(b[0].source))
     grid["label_a"], grid["label_b"] = label_a or grid["label_a"], label_b or grid["label_b"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,6 +224,18 @@ def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str | N
                                out / "compare.png", grid["label_a"], grid["label_b"],
                                titles=[f"K = {k}" for k in grid["shots"]])
     return grid, [out / "compare.json", fig]
+
+
+def distinct_names(a: Path, b: Path) -> tuple[str, str]:
+    """The shortest trailing parts of two paths that tell them apart (``seed-0/maml-vpg``), without a shared file
+    name (``eval.json``, ``results.json``) or suffix."""
+    pa, pb = [*a.parent.parts, a.stem], [*b.parent.parts, b.stem]
+    if pa[-1] == pb[-1]:
+        pa, pb = pa[:-1] or pa, pb[:-1] or pb
+    for n in range(1, max(len(pa), len(pb)) + 1):
+        if pa[-n:] != pb[-n:]:
+            return "/".join(pa[-n:]), "/".join(pb[-n:])
+    return str(a), str(b)
 
 
 def _checkpoint_label(a: Evaluation, b: Evaluation) -> str:

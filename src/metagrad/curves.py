@@ -32,7 +32,8 @@ class Run:
 
     def series(self, metric: str) -> tuple[list[int], list[float]]:
         """The iterations and values of every row that logged ``metric`` (resume notes and the like are skipped)."""
-        rows = [r for r in self.rows if isinstance(r.get(metric), int | float) and "iteration" in r]
+        rows = [r for r in self.rows if isinstance(r.get(metric), int | float)
+                and isinstance(r.get("iteration"), int | float)]
         return [int(r["iteration"]) for r in rows], [float(r[metric]) for r in rows]
 
     def metrics(self) -> list[str]:
@@ -54,34 +55,44 @@ def load(spec: str) -> Run:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise MetagradError(f"{path}, line {n}: not JSON ({e.msg}); is it a metrics.jsonl?") from None
+        if not isinstance(row, dict):
+            raise MetagradError(f"{path}, line {n}: a {type(row).__name__}, not an object of logged numbers; is it a "
+                                "metrics.jsonl?")
+        rows.append(row)
     name = path.parent.name if path.parent.name not in ("", ".") else path.stem
     return Run(label or name, path, rows)
 
 
-def run_specs(spec: str) -> list[str]:
-    """A reproduction's folder (``results/long/locomotion-ant-dir``: a run per method in its subfolders) as one spec
-    per run, labelled ``LABEL/method`` when it has a label; any other spec as it is."""
+def run_specs(spec: str) -> list[tuple[str, Path | None]]:
+    """A reproduction's folder (``results/long/locomotion-ant-dir``: a run per method in its subfolders, at any
+    depth) as one spec per run, labelled by its path inside the folder (after ``LABEL/`` when the spec has one),
+    with the folder that held it; any other spec as it is, with None."""
     where, _, label = spec.partition("=")
     path = Path(where)
     if path.is_dir() and not (path / "metrics.jsonl").is_file():
-        runs = sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+        runs = sorted(p.parent for p in path.rglob("metrics.jsonl"))  # method/, seed-N/method/, method/seed-N/
         if runs:
-            return [f"{run}={label}/{run.name}" if label else str(run) for run in runs]
-    return [spec]
+            named = [(run, run.relative_to(path).as_posix()) for run in runs]
+            return [(f"{run}={label}/{name}" if label else f"{run}={name}", None if label else path)
+                    for run, name in named]
+    return [(spec, None)]
 
 
 def load_all(specs: Sequence[str]) -> list[Run]:
-    """Every run of ``specs`` (a reproduction's folder gives all its runs); runs left unnamed whose folders share a
-    name (``maml-trpo``, say) are named by their parent folder too, so that the figure tells them apart."""
-    specs = [one for spec in specs for one in run_specs(spec)]
-    runs = [load(spec) for spec in specs]
-    unnamed = [run for spec, run in zip(specs, runs, strict=True) if "=" not in spec]
-    shared = [run for run in unnamed if sum(other.label == run.label for other in runs) > 1]
-    for run in shared:
-        run.label = f"{run.path.parent.parent.name}/{run.label}"
+    """Every run of ``specs`` (a reproduction's folder gives all its runs); runs not named by the user whose labels
+    coincide (``maml-trpo`` of two seeds' folders, say) get the folder above them too, so that the figure tells
+    them apart."""
+    expanded = [one for spec in specs for one in run_specs(spec)]
+    runs = [load(spec) for spec, _ in expanded]
+    labels = [run.label for run in runs]
+    for (spec, folder), run in zip(expanded, runs, strict=True):
+        unnamed = "=" not in spec or folder is not None
+        if unnamed and labels.count(run.label) > 1:
+            above = folder.name if folder is not None else run.path.parent.parent.name
+            run.label = f"{above}/{run.label}"
     return runs
 
 
@@ -89,13 +100,13 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean over the last ``window`` values (fewer at the start); window 1 returns the values."""
     if window < 1:
         raise MetagradError(f"--smooth {window}: the window must be 1 or more points")
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+    return [finite_mean(values[max(0, i + 1 - window):i + 1]) for i in range(len(values))]
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """The mean of the finite values (a NaN logged once does not blank the curve after it); NaN if there are none."""
+    kept = [v for v in values if math.isfinite(v)]
+    return math.fsum(kept) / len(kept) if kept else math.nan
 
 
 def choose_metrics(runs: Sequence[Run], metrics: Sequence[str] | None) -> list[str]:
@@ -121,9 +132,8 @@ def choose_metrics(runs: Sequence[Run], metrics: Sequence[str] | None) -> list[s
 
 
 def tail_mean(values: Sequence[float], last: int) -> float:
-    """Mean of the last ``last`` values (NaN when there are none)."""
-    tail = values[-last:]
-    return sum(tail) / len(tail) if tail else math.nan
+    """Mean of the finite values among the last ``last`` (NaN when there are none)."""
+    return finite_mean(values[-last:])
 
 
 def draw(runs: Sequence[Run], metrics: Sequence[str], path: str | Path, window: int = 1,
