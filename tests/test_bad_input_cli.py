@@ -116,6 +116,9 @@ CASES = {
     "U5 resume of a reproduction's folder": (
         lambda t: ["train", "--resume", "--out", str(reproduction_folder(t / "repro"))],
         ["nothing to resume in", "it holds the runs maml-trpo, pretrained"]),
+    "U6 a size beside --paper": (
+        lambda t: ["tradeoff", "rl", "--paper", "--episodes", "5", "--out", str(t / "r")],
+        ["--paper sets the paper's budget and sizes; --episodes 5 would be ignored"]),
     "U4 sinusoid reproduction, too few test tasks": (
         lambda t: ["reproduce", "sinusoid", "--eval-tasks", "1", "--out", str(t / "r")],
         ["eval_tasks 1 must be a whole number >= 2"]),

@@ -262,7 +262,7 @@ def format_table(results: dict[str, Any]) -> str:
              f"mean return after t test updates (DRS / meta-learner) and P(DRS better), one-sided Welch t-test", "",
              *md_head(["env steps", *(f"t = {t}" for t in range(prob.shape[1]))])]
     for j, steps in enumerate(results["checkpoint_steps"]):
-        cells = [f"{a[:, j, t].mean():.1f} / {b[:, j, t].mean():.1f} (p {prob[j, t]:.2f})"
+        cells = [f"{a[:, j, t].mean():.1f} / {b[:, j, t].mean():.1f} (P {prob[j, t]:.2f})"  # P(DRS better), no p-value
                  for t in range(prob.shape[1])]
         lines.append(md_row([f"{steps:,}", *cells]))
     return "\n".join(lines)

@@ -262,7 +262,7 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--horizon", type=int, default=0, help="steps per episode (default: the paper's, 200 for "
                    "locomotion, 150 for Meta-World)")
     p.add_argument("--paper", action="store_true", help="the paper's budget: 21 snapshots 100 iterations of 40 tasks "
-                   "x 20 episodes x 200 steps apart (days on 2 cores)")
+                   "x 20 episodes of the family's horizon apart (days on 2 cores); the sizes above stay unset")
     p.add_argument("--compile", action="store_true", help="torch.compile the outer steps (about a minute once per "
                    "run, then each update up to 2x faster; the same results)")
     p.add_argument("--settings", choices=("metagrad", "promp"), default=d.settings, help="metagrad (default; the "

@@ -29,6 +29,12 @@ def _tradeoff_rl(args: argparse.Namespace) -> int:
     from .. import tradeoff_rl as rl_tradeoff
 
     if args.paper:
+        d = rl_tradeoff.Study()
+        sizes = ("budget", "checkpoints", "meta_batch_size", "episodes", "test_tasks", "test_episodes", "horizon")
+        given = [n for n in sizes if getattr(args, n) != (0 if n == "horizon" else getattr(d, n))]
+        if given:
+            raise MetagradError(f"--paper sets the paper's budget and sizes; --{given[0].replace('_', '-')} "
+                                f"{getattr(args, given[0])} would be ignored: leave it out, or drop --paper")
         study = rl_tradeoff.paper_study(args.env, args.pair, args.seeds, args.settings)
         study.compile = args.compile
     else:
