@@ -32,6 +32,13 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     table = [ln.replace("\\|", "") for ln in index.splitlines() if ln.startswith("|")]
     assert len(table) == 4 and len({ln.count("|") for ln in table}) == 1  # a pipe in a name ends no cell
     assert "| a test row | 10 iterations | 1 x 10 iterations | 80% | 8 | - |" in index and "metagrad train ..." in index
+    assert "could not be read" not in index
+    with open(run / "segments.jsonl", "a") as f:
+        f.write("[1, 2]\n")  # a line that is JSON but no segment: skipped
+    (run / "last.safetensors").write_bytes((run / "last.safetensors").read_bytes()[:100])  # a damaged checkpoint
+    assert main(["status", str(tmp_path / "long")]) == 0
+    index = (tmp_path / "long" / "INDEX.md").read_text()
+    assert "Checkpoints that could not be read" in index and f"- {run}:" in index and "| 0% |" in index
     runs = [{"iteration": 5, "env_steps": 2e6}, {"iteration": 7, "env_steps": 1.5e6}]
     assert (longruns._iterations(runs), longruns._steps(runs)) == ("5-7 over 2 runs", "3.5M")
 

@@ -309,13 +309,16 @@ def run_progress(run: Path) -> dict[str, Any]:
     if (run / "segments.jsonl").exists():
         for line in (run / "segments.jsonl").read_text().splitlines():
             try:
-                segments.append(json.loads(line))
+                segment = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(segment, dict):
+                segments.append(segment)
+    machines = [s["machine"] for s in segments if isinstance(s.get("machine"), dict)]
     return {"run": str(run), "iteration": info["iteration"], "env_steps": info.get("env_steps"),
             "seconds": round(sum(s.get("seconds", 0.0) for s in segments) or info.get("elapsed", 0.0)),
             "segments": len(segments), "commits": sorted({s["commit"] for s in segments if s.get("commit")}),
-            "hosts": sorted({s["machine"]["host"] for s in segments if s.get("machine")})}
+            "hosts": sorted({m["host"] for m in machines if m.get("host")})}
 
 
 def row_status(row: Row, root: Path = ROOT) -> dict[str, Any]:
@@ -333,16 +336,19 @@ def index(root: Path = ROOT) -> str:
              "runs where they stopped; run it again for another segment (its `--time-budget` bounds a session).", "",
              *md_head(["result", "paper's budget", "ours", "done", "iterations so far", "environment steps",
                        "wall time", "segments"])]
-    details = []
+    details, damaged = [], []
     for row in ROWS:
         s = row_status(row, root)
+        damaged += [f"- {r['run']}: {r['error']}" for r in s["runs"] if "error" in r]
         hours = sum(r.get("seconds", 0) for r in s["runs"]) / 3600
         segments = sum(r.get("segments", 0) for r in s["runs"])
         name = row.name.replace("|", "\\|")  # a pipe in a name (|v - g|) would end its table cell
         lines.append(f"| {name} | {row.paper} | {s['budget']} | {100 * s['done']:.0f}% | "
                      f"{_iterations(s['runs'])} | {_steps(s['runs'])} | {hours:.1f} h | {segments} |")
         details += [f"- {row.name}: `{row.command}`"]
-    return "\n".join([*lines, "", "Commands:", "", *details, ""])
+    warning = ["", "Checkpoints that could not be read (their runs count as not begun above):", "", *damaged] \
+        if damaged else []
+    return "\n".join([*lines, *warning, "", "Commands:", "", *details, ""])
 
 
 def _iterations(runs: list[dict[str, Any]]) -> str:
