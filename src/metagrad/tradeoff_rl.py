@@ -184,7 +184,9 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
                        test_env: Any) -> tuple[np.ndarray, list[int]]:
     """Average return over the meta-test tasks after 0..test_updates steps, per snapshot: ``[checkpoints, updates
     + 1]``, and each snapshot's environment steps. DRS's step size is chosen once per seed on validation tasks
-    (at its last snapshot) and kept in ``step_size.json``."""
+    (at its last snapshot) and kept in ``step_size.json``: a study extended to a larger budget keeps that first
+    choice, so that the evaluations of its earlier snapshots stay valid (a study run to the larger budget at once
+    chooses at its own last snapshot, which may pick another step size)."""
     lr = study.inner_lr
     if method.startswith("drs"):
         lr = _drs_step_size(study, seed, run_dir)
@@ -214,8 +216,8 @@ def _drs_step_size(study: Study, seed: int, run_dir: Path) -> float:
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
                             study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0)
-        files.write_json(path, {"lr": lr, "grid": list(study.lr_grid),
-                                     "chosen_on": "validation tasks (training split)"})
+        files.write_json(path, {"lr": lr, "grid": list(study.lr_grid), "snapshot": study.checkpoints,
+                                "chosen_on": "validation tasks (training split)"})
     return float(json.loads(path.read_text())["lr"])
 
 

@@ -133,6 +133,9 @@ def test_a_study_extends_to_a_larger_budget_at_the_same_snapshots(tmp_path, caps
     extended, once = (json.loads((tmp_path / d / "tradeoff_rl.json").read_text()) for d in ("ext", "once"))
     assert extended["checkpoint_steps"] == once["checkpoint_steps"] == [3000, 6000]
     assert extended["env_steps"] == once["env_steps"]
+    for seed in ("seed-0", "seed-1"):  # DRS's step size: chosen at snapshot 1 when extended, at 2 at once; the
+        chosen = [json.loads((tmp_path / d / "drs-ppo" / seed / "step_size.json").read_text()) for d in ("ext", "once")]
+        assert [c["snapshot"] for c in chosen] == [1, 2] and chosen[0]["lr"] == chosen[1]["lr"]  # same choice here
     for m in ("drs-ppo", "promp"):
         np.testing.assert_allclose(np.asarray(extended["returns"][m])[:, :1], np.asarray(first["returns"][m]))
         np.testing.assert_allclose(extended["returns"][m], once["returns"][m], rtol=1e-6)
