@@ -10,7 +10,7 @@ import pytest
 
 import metagrad as mg
 from conftest import cli_error
-from images_fixtures import fake_omniglot
+from images_fixtures import fake_miniimagenet, fake_omniglot
 from metagrad import checkpoint
 from metagrad.cli import main
 from metagrad.errors import ConfigError
@@ -116,6 +116,12 @@ CASES = {
     "U5 resume of a reproduction's folder": (
         lambda t: ["train", "--resume", "--out", str(reproduction_folder(t / "repro"))],
         ["nothing to resume in", "it holds the runs maml-trpo, pretrained"]),
+    "U7 tuning the test step size on a val split too small": (
+        lambda t: ["train", "--config", "miniimagenet-maml", "--data-root", str(fake_miniimagenet(t / "mini")),
+                   "--ways", "3", "--tune-eval-lr", "--val-every", "0", "--shots", "1", "--query", "2",
+                   "--eval-shots", "1", "--eval-query", "2", "--iterations", "2", "--no-progress", "--out",
+                   str(t / "r")],
+        ["ways 3 exceeds the 2 classes of the val split"]),
     "U6 a size beside --paper": (
         lambda t: ["tradeoff", "rl", "--paper", "--episodes", "5", "--out", str(t / "r")],
         ["--paper sets the paper's budget and sizes; --episodes 5 would be ignored"]),

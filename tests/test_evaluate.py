@@ -39,3 +39,22 @@ def test_tune_step_size_returns_the_best_candidate():
     before = learner.adaptation_metrics(batch, 0)["loss"].mean()
     assert math.isclose(scores[0.0], float(before), rel_tol=1e-12)  # step size 0 never moves
     assert scores[100.0] > scores[0.0]  # a step size far too large makes things worse
+
+
+def test_tune_step_size_scores_as_the_test_runs():
+    """Candidates are scored in the batch-norm mode the test uses (non-transductive: each query image alone), and
+    with minibatches every candidate shares (a seed, not the global random stream): the same call, the same
+    choice."""
+    images = np.random.default_rng(0).integers(0, 255, (8, 6, 8, 8), dtype=np.uint8)
+    tasks = mg.tasks.FewShotClassification(images, ways=2, shots=3, query=2)
+    batch = tasks.sample(6, torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    learner = mg.MAML(mg.models.Conv4(1, ways=2, filters=4, image_size=8), loss_fn=mg.losses.cross_entropy)
+    grid = [0.01, 0.4]
+    _, scores = mg.tune_step_size(learner, batch, 2, grid, transductive=False)
+    for lr in grid:
+        alone = learner.adaptation_metrics(batch, 2, inner=learner.inner.with_lr(lr), transductive=False)["loss"]
+        assert math.isclose(scores[lr], float(alone[:, 1:].mean()), rel_tol=1e-6)
+    assert scores != mg.tune_step_size(learner, batch, 2, grid)[1]  # transductive statistics score otherwise
+    minibatched = [mg.tune_step_size(learner, batch, 2, grid, inner_batch_size=2, seed=5)[1] for _ in range(2)]
+    assert minibatched[0] == minibatched[1]

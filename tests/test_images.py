@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -88,6 +89,16 @@ def test_wrong_omniglot_folders_name_the_problem(tmp_path, make, match):
         images.load_omniglot(make(tmp_path))
 
 
+def test_a_zip_of_another_part_under_a_parts_name_is_refused_in_one_line(tmp_path):
+    """images_background.zip that holds another folder (a renamed images_background_small1.zip): its drawings are
+    not the part's, named as such (it was a KeyError traceback when the first drawing was read)."""
+    zipped = zip_omniglot(fake_omniglot(tmp_path / "folder"), tmp_path / "zipped")
+    (tmp_path / "zipped" / "images_background.zip").unlink()
+    shutil.copy(zipped / "images_evaluation.zip", zipped / "images_background.zip")
+    with pytest.raises(ConfigError, match=r"images_background\.zip holds no <alphabet>/<character>/"):
+        images.load_omniglot(zipped)
+
+
 def test_miniimagenet_layout(tmp_path):
     splits = images.load_miniimagenet(fake_miniimagenet(tmp_path / "mini"))
     assert {k: v.images.shape for k, v in splits.items()} == {
@@ -118,6 +129,7 @@ def test_miniimagenet_splits_that_overlap_or_repeat_an_image_are_refused(tmp_pat
 @pytest.mark.parametrize(("damage", "match"), [
     (lambda p: (p / "val.csv").unlink(), "val.csv is missing"),
     (lambda p: (p / "test.csv").write_text("file,class\na.jpg,x\n"), "header 'filename,label'"),
+    (lambda p: (p / "test.csv").write_text("filename,label\na.jpg\n"), "test.csv, line 2: expected 'filename,label'"),
     (lambda p: next((p / "images").glob("ntrain*.jpg")).unlink(), "listed in train.csv but missing"),
 ])
 def test_broken_miniimagenet_folders(tmp_path, damage, match):

@@ -21,7 +21,8 @@ DIVERGED = 10.0  # a task diverged when its loss is not finite, or above 10x its
 @dataclass
 class Curve:
     """One metric after 0..steps adaptation steps over ``tasks`` test tasks: mean and 95% half-width, median,
-    and (for losses) how many tasks diverged at each step and the mean over the others."""
+    and (for losses) how many tasks diverged at each step and the mean over the others. ``shots``: the support
+    examples per task (N x K for N-way K-shot images; the curves of a results file are keyed by K itself)."""
 
     metric: str
     shots: int
@@ -65,15 +66,18 @@ def adaptation_curves(learner: MetaLearner, batch: TaskBatch, steps: int, inner:
 
 
 def tune_step_size(learner: MetaLearner, batch: TaskBatch, steps: int, grid: Sequence[float],
-                   inner_batch_size: int = 0) -> tuple[float, dict[float, float]]:
+                   inner_batch_size: int = 0, transductive: bool = True,
+                   seed: int = 0) -> tuple[float, dict[float, float]]:
     """The test-time step size from ``grid`` with the lowest query loss averaged over steps 1..steps on
-    ``batch`` (validation tasks, never the test tasks); returns it and the loss of every candidate."""
+    ``batch`` (validation tasks, never the test tasks), scored as the test will run (``transductive`` batch norm or
+    not; every candidate on the same minibatches, drawn from ``seed``); returns it and the loss of every candidate."""
     if isinstance(grid, str | bytes) or not isinstance(grid, Iterable) or not (grid := list(grid)):
         raise ConfigError(f"grid {grid!r} must hold the step sizes to try, e.g. [0.001, 0.01, 0.1]")
     scores = {}
     for lr in grid:
         loss = learner.adaptation_metrics(batch, steps, inner=learner.inner.with_lr(lr),
-                                          inner_batch_size=inner_batch_size)["loss"]
+                                          inner_batch_size=inner_batch_size, transductive=transductive,
+                                          generator=torch.Generator().manual_seed(seed))["loss"]
         score = loss[:, 1:].mean() if steps > 0 else loss.mean()
         scores[float(lr)] = float(score) if torch.isfinite(score) else float("inf")
     return min(scores, key=scores.__getitem__), scores

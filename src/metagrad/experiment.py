@@ -44,14 +44,15 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
     opt, sched = build_outer(cfg, learner)
     images = cfg.family in IMAGE_FAMILIES
     validation = build_tasks(cfg, "val") if images and cfg.val_every else None  # off: its limits do not apply
-    if images:  # the evaluation this run will get: refused now, not after training
-        test = build_tasks(cfg, "test").with_query(cfg.eval_query)
-        for shots in cfg.eval_shots:
-            if shots + cfg.eval_query > test.examples_per_class:
-                raise ConfigError(f"eval_shots {shots} + eval_query {cfg.eval_query} exceed the "
-                                  f"{test.examples_per_class} examples per class of the test split; lower eval_shots "
-                                  "or eval_query")
-            test.check(shots)
+    if images:  # the evaluation this run will get (and the tuning of its step size): refused now, not after training
+        for split in ("test", "val") if cfg.tune_eval_lr and not cfg.learn_inner_lr else ("test",):
+            tasks = build_tasks(cfg, split).with_query(cfg.eval_query)
+            for shots in cfg.eval_shots:
+                if shots + cfg.eval_query > tasks.examples_per_class:
+                    raise ConfigError(f"eval_shots {shots} + eval_query {cfg.eval_query} exceed the "
+                                      f"{tasks.examples_per_class} examples per class of the {split} split; lower "
+                                      "eval_shots or eval_query")
+                tasks.check(shots)
     return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, validation=validation, iterations=cfg.iterations,
                    meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir,
                    config=cfg.to_sections(), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
@@ -160,7 +161,8 @@ def evaluation_lrs(learner: MetaLearner, cfg: Config, shots: int) -> tuple[float
     if cfg.tune_eval_lr:
         val = held_out_tasks(build_tasks(cfg, "val"), cfg.val_tasks, shots, cfg.eval_seed + VAL_EVAL_SEED_OFFSET,
                              query=cfg.eval_query)
-        best, _ = tune_step_size(learner, val, cfg.eval_steps, cfg.eval_lr_grid, cfg.eval_inner_batch_size)
+        best, _ = tune_step_size(learner, val, cfg.eval_steps, cfg.eval_lr_grid, cfg.eval_inner_batch_size,
+                                 transductive=cfg.transductive, seed=cfg.eval_seed + VAL_EVAL_SEED_OFFSET)
         return (best,)
     return tuple(cfg.eval_lr) or None
 

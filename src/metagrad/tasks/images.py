@@ -138,7 +138,9 @@ class _Source:
     def _pngs(self) -> list[str]:
         if self.folder is not None:
             return sorted(str(p.relative_to(self.folder)) for p in self.folder.glob("*/*/*.png"))
-        return sorted(n.split("/", 1)[1] for n in self._zip.namelist() if n.endswith(".png") and n.count("/") == 3)
+        top = f"{self.label}/"  # the part's own folder (a renamed zip of another part holds none: refused below)
+        return sorted(n[len(top):] for n in self._zip.namelist()
+                      if n.startswith(top) and n.endswith(".png") and n.count("/") == 3)
 
     def listing(self) -> list[tuple[str, str]]:
         if self.folder is not None:
@@ -274,6 +276,9 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
         rows = list(csv.reader(f))
     if not rows or [c.strip() for c in rows[0][:2]] != ["filename", "label"]:
         raise ConfigError(f"{path} must start with the header 'filename,label'")
+    for line, r in enumerate(rows[1:], 2):
+        if r and len(r) < 2:
+            raise ConfigError(f"{path}, line {line}: expected 'filename,label', got {','.join(r)!r}")
     body = [(r[0].strip(), r[1].strip()) for r in rows[1:] if r]
     if not body:
         raise ConfigError(f"{path} lists no images")
