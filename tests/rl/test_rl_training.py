@@ -488,3 +488,36 @@ def test_a_reproduction_refuses_another_environment_under_its_papers_numbers():
         method_config("maml-trpo", False, 1, None, {"env": "cheetah-dir"})
     assert method_config("maml-trpo", False, 1, None, {"env": "cheetah-dir"}, exp.settings("maml-trpo")).env == \
         "cheetah-dir"
+
+
+def test_a_results_file_keeps_one_experiment_and_tables_and_figures_take_uneven_methods(tmp_path, capsys):
+    """Another experiment's results.json is refused before any training (it was relabelled and mixed in after the
+    run); a budget given by --set is refused (the methods' --iterations overrode it, and random init trained);
+    the navigation table pads a method evaluated over fewer steps; a method's paths.pt written before its result
+    is not drawn; no two methods of one figure share a colour."""
+    from metagrad.reproduce.navigation import format_table
+    from metagrad.rl.plots import colors_for, navigation_figures
+
+    out = tmp_path / "cheetah"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"experiment": "locomotion-cheetah-vel", "methods": {}}))
+    assert main(["reproduce", "navigation", "--algo", "random", "--out", str(out)]) == 2
+    assert "holds experiment 'locomotion-cheetah-vel', not 'navigation'" in capsys.readouterr().err
+    assert main(["reproduce", "navigation", "--algo", "random", "--set", "iterations=5", "--out",
+                 str(tmp_path / "n")]) == 2
+    assert "--set iterations=5: give the budget as --iterations" in capsys.readouterr().err
+
+    def result(label, steps):
+        curve = {"mean": [-10.0] * steps, "ci95": [1.0] * steps, "tasks": 2, "episodes": 2, "lr": [0.1]}
+        return {"label": label, "iterations": 3, "best_iteration": 3, "config": {}, "curve": curve,
+                "seconds_per_iteration": 1.0, "env_steps_per_second": 10}
+
+    results = {"experiment": "navigation", "paper": {}, "methods": {"maml-trpo": result("MAML", 4),
+                                                                    "random": result("random init", 2)}}
+    table = format_table(results)
+    assert "| random init | 3 | -10.00 ± 1.00 | -10.00 ± 1.00 | - | - |" in table
+    (tmp_path / "nav" / "sgmrl").mkdir(parents=True)
+    (tmp_path / "nav" / "sgmrl" / "paths.pt").write_bytes(b"being written")
+    assert all(p.exists() for p in navigation_figures(results, tmp_path / "nav"))
+    colors = colors_for(["maml-trpo", "promp", "trpo-maml", "pretrained", "drs-ppo", "drs-trpo"])
+    assert len(set(colors.values())) == 6 and colors["maml-trpo"] == "tab:green"

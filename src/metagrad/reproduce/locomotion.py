@@ -126,7 +126,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append("")
     for r in methods.values():
         c = r["curve"]
-        lines.append(f"{r['label']}: {c['tasks']} tasks x {c['episodes']} episodes per step, test step sizes "
+        tested = f" (best checkpoint, iteration {r['best_iteration']})" if r.get("best_iteration") else ""
+        lines.append(f"{r['label']}{tested}: {c['tasks']} tasks x {c['episodes']} episodes per step, test step sizes "
                      f"{c['lr']}; " + (f"{r['seconds_per_iteration']} s per meta-iteration, "
                                        f"{r['env_steps_per_second']:,} env steps/s overall, "
                                        f"{r.get('sampling_steps_per_second') or 0:,} while sampling"

@@ -75,6 +75,10 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
     A base's ``pack_episodes=True`` and ``loss_mean='steps'`` mean "where it applies": the methods that read whole
     episodes keep the padded layout, SG-MRL its slot means, unless the user's overrides say otherwise."""
     cfg = preset(method)
+    for key, option in (("iterations", "--iterations"), ("time_budget", "--time-budget")):
+        if key in overrides:
+            raise ConfigError(f"--set {key}={overrides[key]}: give the budget as {option} (it applies to every "
+                              "trained method; random init trains none)")
     for key in ("algo", "outer"):
         if key in overrides and overrides[key] != getattr(cfg, key):
             raise ConfigError(f"--set {key}={overrides[key]} would make --algo {method} another method ({key} "
@@ -116,6 +120,8 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     ``experiment`` gives the environment settings, the papers' numbers and the table."""
     out = Path(out)
     path = out / "results.json"
+    if path.exists():  # before any training: another experiment's folder is refused now, not after hours
+        check_experiment(path, json.loads(path.read_text()), experiment)
     configs = method_configs(experiment, methods, full, iterations, time_budget, overrides)
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything is written
         build(cfg)
@@ -155,9 +161,7 @@ def report(experiment: Experiment, out: Path, figures: bool = True) -> dict[str,
         raise ConfigError(f"no results.json in {out}: run the reproduction first (the same command without --redraw)")
     with files.locked(path):
         results = json.loads(path.read_text())
-        if results.get("experiment") != experiment.name:
-            raise ConfigError(f"{path} holds experiment '{results.get('experiment')}', not '{experiment.name}'; "
-                              "choose it with --env (locomotion) or the experiment")
+        check_experiment(path, results, experiment)
         if results.get("paper") != experiment.paper:
             results["paper"] = experiment.paper
             files.write_json(path, results)
@@ -171,11 +175,19 @@ def report(experiment: Experiment, out: Path, figures: bool = True) -> dict[str,
     return results
 
 
+def check_experiment(path: Path, results: dict[str, Any], experiment: Experiment) -> None:
+    """A results file holds one experiment's methods: another's is refused, not relabelled or mixed in."""
+    if results.get("experiment", experiment.name) != experiment.name:
+        raise ConfigError(f"{path} holds experiment '{results.get('experiment')}', not '{experiment.name}'; "
+                          "choose it with --env (locomotion) or the experiment, or give another --out")
+
+
 def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
     """Add one method's result to ``results.json`` (keeping the others', also those another command adds at the
     same moment) and write it atomically."""
     with files.locked(path):
         results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
+        check_experiment(path, results, experiment)
         results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
         results["methods"][method] = result
         files.write_json(path, results)

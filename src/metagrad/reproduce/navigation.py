@@ -29,15 +29,15 @@ def format_table(results: dict[str, Any]) -> str:
              "below), mean ± 95% CI over goals", ""]
     maml = [m for m in MAML_METHODS if m in methods]
     if maml:
-        steps = len(methods[maml[0]]["curve"]["mean"])
+        steps = max(len(methods[m]["curve"]["mean"]) for m in maml)  # methods added with other eval_steps: padded
         lines += ["MAML paper (appendix Table 4; Figure 4)", "",
                   *md_head(["method", "iterations", *k_columns(range(steps))])]
         for m in maml:
             r = methods[m]
-            lines.append(md_row([r["label"], r["iterations"], *_cells(r["curve"])]))
+            lines.append(md_row([r["label"], r["iterations"], *_cells(r["curve"], steps)]))
             if "curve_rllab" in r:
                 lines.append(md_row([f"{r['label']} (the MAML code's measurement)", r["iterations"],
-                                     *_cells(r["curve_rllab"])]))
+                                     *_cells(r["curve_rllab"], steps)]))
             if m in MAML_TABLE4:
                 paper = MAML_TABLE4[m] + [None] * (steps - len(MAML_TABLE4[m]))
                 lines.append(md_row([f"{r['label']} (paper)", "500 max",
@@ -61,8 +61,7 @@ def format_table(results: dict[str, Any]) -> str:
                   *md_head(["method", "iterations", *k_columns(range(steps))])]
         for m in other:
             r = methods[m]
-            cells = _cells(r["curve"])
-            lines.append(md_row([r["label"], r["iterations"], *cells, *["-"] * (steps - len(cells))]))
+            lines.append(md_row([r["label"], r["iterations"], *_cells(r["curve"], steps)]))
         lines.append("")
     for r in methods.values():
         c = r["curve"]
@@ -75,9 +74,10 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cells(curve: dict[str, list[float]]) -> list[str]:
-    """A return curve as table cells, mean ± 95% CI after each number of steps."""
-    return [format_ci(m, c) for m, c in zip(curve["mean"], curve["ci95"], strict=True)]
+def _cells(curve: dict[str, list[float]], steps: int | None = None) -> list[str]:
+    """A return curve as table cells, mean ± 95% CI after each number of steps ("-" up to ``steps`` cells)."""
+    cells = [format_ci(m, c) for m, c in zip(curve["mean"], curve["ci95"], strict=True)]
+    return cells + ["-"] * ((steps or 0) - len(cells))
 
 
 def figures(results: dict[str, Any], out: Path) -> list[Path]:

@@ -17,6 +17,20 @@ COLORS = {"maml-trpo": "tab:green", "fomaml-trpo": "tab:olive", "pretrained": "t
           "emaml": "tab:orange", "context": "tab:brown", "drs-ppo": "tab:blue", "drs-trpo": "tab:blue",
           "promp": "tab:green", "trpo-maml": "tab:green"}
 
+SPARE = ("tab:gray", "darkgoldenrod", "navy", "teal", "crimson", "yellowgreen", "indigo", "salmon")
+
+
+def colors_for(methods: list[str]) -> dict[str, str]:
+    """Each method's colour in one figure: its own (``COLORS``: a family shares one, DRS blue, the meta-learners
+    green, for the trade-off's pairs) unless a method before it took it, then a spare one, so no two lines match."""
+    taken: dict[str, str] = {}
+    spare = iter(c for c in (*SPARE, *(f"C{i}" for i in range(10))) if c not in COLORS.values())
+    for m in methods:
+        color = COLORS.get(m)
+        taken[m] = color if color is not None and color not in taken.values() else next(spare)
+    return taken
+
+
 TITLES = {"cheetah-dir": "half-cheetah, forward/backward", "cheetah-vel": "half-cheetah, goal velocity",
           "ant-dir": "ant, forward/backward", "ant-vel": "ant, goal velocity", "swimmer-vel": "swimmer, goal velocity",
           "cheetah-rand-vel": "half-cheetah, goal velocity (maml_zoo)",
@@ -29,7 +43,8 @@ def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
     methods = results["methods"]
     paper = {m: v for m, v in results.get("paper", {}).get("maml_table4", {}).items() if m in methods}
     paths = [return_curves(methods, out / "return_curves.png", paper=paper), *_training_figure(methods, out)]
-    shown = [m for m in ("maml-trpo", "pretrained", "sgmrl", "maml-vpg") if (out / m / "paths.pt").exists()]
+    shown = [m for m in ("maml-trpo", "pretrained", "sgmrl", "maml-vpg")
+             if m in methods and (out / m / "paths.pt").exists()]  # paths.pt is written before the method's result
     if shown:
         paths.append(trajectories({m: torch.load(out / m / "paths.pt") for m in shown},
                                   {m: methods[m]["label"] for m in shown}, out / "trajectories.png"))
@@ -56,17 +71,18 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
     """Average return after 0..k gradient steps with 95% CI bands, one line per method; ``paper``'s values per
     method as open markers (None: no value at that step)."""
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    color = colors_for(list(methods))
     for m, r in methods.items():
         c = r["curve"]
         steps = range(len(c["mean"]))
         lo = [a - b for a, b in zip(c["mean"], c["ci95"], strict=True)]
         hi = [a + b for a, b in zip(c["mean"], c["ci95"], strict=True)]
-        ax.plot(steps, c["mean"], marker="o", ms=3, label=r["label"], color=COLORS.get(m),
+        ax.plot(steps, c["mean"], marker="o", ms=3, label=r["label"], color=color[m],
                 ls="--" if m == "oracle" else "-")  # the oracle dashed, as the paper's Figures 4 and 5
-        ax.fill_between(steps, lo, hi, alpha=0.2, color=COLORS.get(m))
+        ax.fill_between(steps, lo, hi, alpha=0.2, color=color[m])
         if m in (paper or {}):
             values = [float("nan") if v is None else v for v in paper[m]]
-            ax.plot(range(len(values)), values, ls=":", marker="o", mfc="none", color=COLORS.get(m),
+            ax.plot(range(len(values)), values, ls=":", marker="o", mfc="none", color=color[m],
                     label=f"{r['label']} (paper)")
     ax.set_xticks(range(max(len(r["curve"]["mean"]) for r in methods.values())))
     sizes = [abs(v) for r in methods.values() for v in r["curve"]["mean"]]
@@ -84,8 +100,9 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
 def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -> Path:
     """Average return of each training meta-batch before (dashed) and after (solid) adaptation."""
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    colors = colors_for(list(logs))
     for m, log in logs.items():
-        run, color = curves.load(str(log)), COLORS.get(m)
+        run, color = curves.load(str(log)), colors[m]
         post, pre = run.series("return_post"), run.series("return_pre")
         adapts = list(post[1]) != list(pre[1])  # joint training and the oracle take no inner step
         ax.plot(*post, color=color, lw=1, label=f"{labels[m]}, after" if adapts else labels[m])
