@@ -506,6 +506,12 @@ def test_a_results_file_keeps_one_experiment_and_tables_and_figures_take_uneven_
     assert main(["reproduce", "navigation", "--algo", "random", "--set", "iterations=5", "--out",
                  str(tmp_path / "n")]) == 2
     assert "--set iterations=5: give the budget as --iterations" in capsys.readouterr().err
+    from metagrad.reproduce.metarl import method_configs
+    from metagrad.reproduce.navigation import NAVIGATION
+
+    tuned = [c.tune_eval_lr for c in method_configs(NAVIGATION, ["pretrained", "random"])]
+    given = method_configs(NAVIGATION, ["pretrained", "random"], overrides={"eval_lr": "0.3"})
+    assert tuned == [True, True] and [(c.eval_lr, c.tune_eval_lr) for c in given] == [((0.3,), False)] * 2
 
     def result(label, steps):
         curve = {"mean": [-10.0] * steps, "ci95": [1.0] * steps, "tasks": 2, "episodes": 2, "lr": [0.1]}

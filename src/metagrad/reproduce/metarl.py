@@ -89,6 +89,8 @@ def method_config(method: str, full: bool, iterations: int | None, time_budget: 
         raise ConfigError(f"--set env={overrides['env']} would train another environment than '{env}' beside its "
                           "paper's numbers; choose the environment with --env (locomotion) or the experiment")
     changes = {**(base or {}), **overrides}
+    if "eval_lr" in overrides and "tune_eval_lr" not in overrides:
+        changes["tune_eval_lr"] = False  # the step sizes given are the ones to test with (as `metagrad eval`)
     if method != "random":
         changes["iterations"] = iterations if iterations is not None else (FULL_ITERATIONS if full else
                                                                            DEMO_ITERATIONS)
