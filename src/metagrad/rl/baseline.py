@@ -47,7 +47,7 @@ def fit_predict(obs: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5, t
         reg *= 10
     else:
         raise TrainingDiverged("the linear feature baseline could not be fitted (singular normal equations even "
-                               f"with ridge {reg:g}); observations are probably not finite")
+                               f"with ridge {reg / 10:g}); observations are probably not finite")  # the last tried
     if previous:
         weights = weights.roll(1, dims=0)
     return (x @ weights[:, None]).squeeze(-1).to(returns.dtype) * mask
