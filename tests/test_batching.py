@@ -263,6 +263,41 @@ def test_models_that_update_buffers_keep_to_one_thread(monkeypatch, capsys, name
         torch.set_num_threads(before)
 
 
+def test_models_that_draw_random_numbers_keep_to_one_thread_and_refuse_recompute(monkeypatch, capsys):
+    """Dropout in training mode draws from torch's random stream: task threads would draw in a racing order (the
+    same seed gave meta-gradients half the gradient's scale apart), so automatic threads keep to one thread and
+    give the one-thread result for the seed; explicit threads refuse. recompute=True would recompute the steps
+    with other masks than the ones they took (a biased meta-gradient): refused; in eval mode it runs."""
+    batch = sinusoid_batch(tasks=6, dtype=torch.float64)
+
+    def dropout_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Tanh(), torch.nn.Dropout(0.3),
+                                   torch.nn.Linear(16, 1)).double()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        calls = threaded_calls(monkeypatch)
+        out = {}
+        for threads in (1, 0):
+            learner = mg.MAML(dropout_model(), inner=mg.SGD(0.1), inner_steps=2, batching="loop", threads=threads)
+            torch.manual_seed(5)
+            learner.meta_gradient(batch)
+            torch.manual_seed(5)
+            learner.meta_gradient(batch)  # the verdict's own call was on one thread; this one too
+            out[threads] = grads_of(learner)
+        assert calls == [] and "task threads off for this model: it draws random numbers" in capsys.readouterr().err
+        assert all(torch.equal(out[0][n], t) for n, t in out[1].items())
+        with pytest.raises(ConfigError, match=r"threads 2 cannot run this model: it draws random numbers"):
+            mg.MAML(dropout_model(), batching="loop", threads=2).meta_gradient(batch)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match=r"recompute=True cannot run a model that draws random numbers"):
+        mg.MAML(dropout_model(), batching="loop", recompute=True).meta_gradient(batch)
+    mg.MAML(dropout_model().eval(), batching="loop", recompute=True).meta_gradient(batch)
+
+
 def test_models_whose_buffers_stay_put_run_in_threads(monkeypatch):
     """Buffers that a forward pass only reads (batch norm in eval mode, a constant) do not stop task threads; nor
     does a module that keeps a computed tensor as an attribute (legacy ``weight_norm``), which a plain deepcopy
@@ -277,11 +312,11 @@ def test_models_whose_buffers_stay_put_run_in_threads(monkeypatch):
         grads, calls = {}, threaded_calls(monkeypatch)
         for threads in (1, 2):
             learner = mg.MAML(model, inner=mg.SGD(0.1), batching="loop", threads=threads)
-            for _ in range(2):  # with buffers, the first call runs on one thread and watches them
+            for _ in range(2):  # the first call runs on one thread and watches the buffers and the random stream
                 learner.zero_grad()
                 learner.meta_gradient(batch)
             grads[threads] = grads_of(learner)
-        assert calls == ([2] if name == "eval batch norm" else [2, 2]), name
+        assert calls == [2], name
         for n, g in grads[1].items():
             torch.testing.assert_close(grads[2][n], g, rtol=1e-12, atol=1e-14)
 

@@ -71,6 +71,12 @@ def loop_chunk() -> int:
     return 1 if in_task_thread() else 8
 
 
+def random_state(on_cpu: bool = True) -> list[Tensor]:
+    """torch's global random streams (the CPU's, and the GPUs' when the model is on one): what a model that draws
+    random numbers as it runs (dropout) moves."""
+    return [torch.get_rng_state(), *([] if on_cpu or not torch.cuda.is_available() else torch.cuda.get_rng_state_all())]
+
+
 def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
     """``sum_i w_i * out_i`` over ``(w_i, out_i)`` pairs, leaf-wise over trees of tensors (the mean over tasks of
     shards or chunks of tasks), summed as the pairs come: one running tree is held, not one per part."""
@@ -477,8 +483,10 @@ class MetaLearner(nn.Module):
         """``job`` on contiguous shards of ``n`` tasks, ``task_threads`` threads at once where that gives the
         one-thread result. Threads share the model's buffers: a model that updates them as it runs (batch norm's
         running statistics in training mode, a counter) would have them race, in an order that changes from run to
-        run. So the first call with buffers (per train/eval setting) runs on one thread and watches them; if they
-        changed, ``threads=0`` keeps to one thread from then on (one line on stderr), explicit threads refuse."""
+        run, and a model that draws random numbers (dropout in training mode) would draw them in a racing order. So
+        the first call (per train/eval setting) runs on one thread and watches the buffers and torch's random
+        stream; if either moved, ``threads=0`` keeps to one thread from then on (one line on stderr), explicit
+        threads refuse."""
         threads = self.task_threads(n)
         whole = slice(0, n)
         if threads <= 1:
@@ -486,13 +494,19 @@ class MetaLearner(nn.Module):
         key = tuple(m.training for m in self.model.modules())
         if key not in self._thread_verdicts:
             fault = copy_fault(self.model)
-            if fault is None and buffers:
+            if fault is None:
                 before = {name: (b._version, b.clone()) for name, b in buffers.items()}  # kernels may skip _version
+                stream = random_state(self._on_cpu())
                 out = job(whole)
                 changed = sorted(name for name, b in buffers.items()
                                  if b._version != before[name][0] or not torch.equal(b, before[name][1]))
-                self.thread_verdict(key, f"it updates its buffers {', '.join(changed)} as it runs, and threads "
-                                    "would race on them (results changing from run to run)" if changed else None)
+                if changed:
+                    fault = (f"it updates its buffers {', '.join(changed)} as it runs, and threads would race on "
+                             "them (results changing from run to run)")
+                elif not all(torch.equal(a, b) for a, b in zip(stream, random_state(self._on_cpu()), strict=True)):
+                    fault = ("it draws random numbers as it runs (dropout in training mode, say), and threads would "
+                             "draw them in an order that changes from run to run")
+                self.thread_verdict(key, fault)
                 return [(whole, out)]
             self.thread_verdict(key, fault)
         if self._thread_verdicts[key] is not None:

@@ -31,7 +31,7 @@ from ..errors import ConfigError, check_choice
 from ..functional import Params
 from ..functional import grad as functional_grad
 from ..inner import SGD, _key
-from .base import Meta, MetaLearner
+from .base import Meta, MetaLearner, random_state
 from .trajectory import run_inner
 
 
@@ -102,7 +102,13 @@ class MAML(MetaLearner):
 
     def _recomputed_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                              mb: Tensor | None) -> tuple[Meta, Tensor]:
+        watch = not torch.compiler.is_compiling()
+        stream = random_state(self._on_cpu()) if watch else []
         grads, loss = self.map_tasks(lambda t, m: self._recomputed_task_gradient(meta, buffers, t, m), batch, mb)
+        if watch and not all(torch.equal(a, b) for a, b in zip(stream, random_state(self._on_cpu()), strict=True)):
+            raise ConfigError("recompute=True cannot run a model that draws random numbers as it runs (dropout in "
+                              "training mode, say): the recomputed steps would draw other ones than the steps they "
+                              "differentiate; set recompute=False, or put the random layers in eval mode")
         return {part: {n: g.mean(0) for n, g in tree.items()} for part, tree in grads.items()}, loss.mean()
 
     def _recomputed_task_gradient(self, meta: Meta, buffers: Params, task: TaskBatch,
