@@ -282,6 +282,21 @@ def test_an_adapt_prefix_that_matches_nothing_names_the_modules():
         mg.MAML(net(), adapt=["body.0.weight", "bod"])  # prefixes are whole names: 'bod' is not 'body'
 
 
+def test_an_adapt_prefix_may_name_a_shared_module_by_its_second_name():
+    """A module registered twice (``model.alias = model.head``) has its parameters named once, by the first name:
+    adapting it by the second name adapts the same parameters (it adapted none, or was refused)."""
+    batch = sinusoid_batch(tasks=TASKS)
+    grads = {}
+    for adapt in (["head"], ["alias"], ["alias.weight", "alias.bias"]):
+        model = net()
+        model.alias = model.head
+        learner = mg.MAML(model, inner=mg.SGD(LR), inner_steps=2, adapt=adapt)
+        learner.meta_gradient(batch)
+        grads[adapt[0]] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for n, g in grads["head"].items():
+        assert torch.equal(grads["alias"][n], g) and torch.equal(grads["alias.weight"][n], g), n
+
+
 def test_an_adapt_prefix_with_only_frozen_parameters_is_refused():
     model = net()
     model.head.requires_grad_(False)

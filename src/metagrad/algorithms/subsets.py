@@ -21,21 +21,27 @@ def adapted_by(name: str, prefixes: Sequence[str]) -> bool:
 
 
 def adapt_prefixes(model: nn.Module, adapt: Sequence[str] | str | None) -> tuple[str, ...]:
-    """``adapt`` checked against ``model``: each prefix must name trainable parameters (see ``MetaLearner``)."""
+    """``adapt`` checked against ``model``: each prefix must name trainable parameters (see ``MetaLearner``). A
+    weight shared by two modules is named once (its first name) where parameters are read: a prefix that reaches
+    it only by its other name adds the first name to the prefixes returned."""
     if adapt is None:
         return ()
     prefixes = (adapt,) if isinstance(adapt, str) else tuple(adapt)
     params = dict(model.named_parameters())
-    modules = list(dict.fromkeys(".".join(n.split(".")[:k]) for n in params for k in range(1, n.count(".") + 1)))
+    first = {id(p): n for n, p in params.items()}
+    names = [(n, first[id(p)]) for n, p in model.named_parameters(remove_duplicate=False)]  # (any name, first)
+    modules = list(dict.fromkeys(".".join(n.split(".")[:k]) for n, _ in names for k in range(1, n.count(".") + 1)))
+    out: list[str] = []
     for prefix in prefixes:
         if not isinstance(prefix, str) or not prefix:
             raise ConfigError(f"adapt {prefix!r} must be a module or parameter name, e.g. 'classifier'")
-        matched = [n for n in params if matches(n, prefix)]
+        matched = list(dict.fromkeys(f for n, f in names if matches(n, prefix)))
+        out += [prefix, *(f for f in matched if not matches(f, prefix))]
         if not matched:
-            names = modules or list(params)
-            raise ConfigError(f"adapt '{prefix}' matches no parameter of the model{suggest(prefix, names)}; its "
-                              f"modules with parameters are: {', '.join(names) or '(none)'}")
+            shown = modules or list(params)
+            raise ConfigError(f"adapt '{prefix}' matches no parameter of the model{suggest(prefix, shown)}; its "
+                              f"modules with parameters are: {', '.join(shown) or '(none)'}")
         if not any(params[n].requires_grad for n in matched):
             raise ConfigError(f"adapt '{prefix}' matches only frozen parameters (requires_grad=False): "
                               f"{', '.join(matched)}; adapt trainable ones or unfreeze them")
-    return prefixes
+    return tuple(out)
