@@ -84,29 +84,24 @@ class Crash(Exception):
     """A process killed in the middle of a write (in-process stand-in for kill -9)."""
 
 
-STEPS = ["save_file", "_fsync", "replace", "_fsync_dir", "write_json"]
+STEPS = ["serialize", "write", "replace", "_fsync_dir", "write_json"]
 
 
 def crash_at(monkeypatch, step: str) -> None:
-    """Make the checkpoint write die at ``step`` (after it for the write of the temporary file: a file half on
-    disk)."""
+    """Make the checkpoint write die at ``step`` (for the write: half the file on disk when it dies)."""
     import os
 
     def boom(*args, **kwargs):
         raise Crash(step)
 
     if step == "replace":
-        monkeypatch.setattr(checkpoint.os, "replace", boom)
-    elif step == "save_file":
-        real = checkpoint.save_file
-
-        def half(tensors, path, metadata=None):
-            real(tensors, path, metadata=metadata)
-            with open(path, "r+b") as f:
-                f.truncate(os.path.getsize(path) // 2)
+        monkeypatch.setattr(files.os, "replace", boom)
+    elif step == "write":
+        def half(fd):
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)
             raise Crash(step)
 
-        monkeypatch.setattr(checkpoint, "save_file", half)
+        monkeypatch.setattr(files.os, "fsync", half)
     else:
         monkeypatch.setattr(files if step == "write_json" else checkpoint, step, boom)
 
@@ -121,7 +116,8 @@ def test_a_crash_at_any_step_of_a_write_leaves_a_whole_checkpoint(tmp_path, monk
             checkpoint.save(tmp_path / "ck", {"x": torch.ones(4)}, {"iteration": 2})
     loaded, info = checkpoint.load(tmp_path / "ck")
     assert (info["iteration"], float(loaded["x"].sum())) in ((1, 0.0), (2, 4.0))
-    assert info["iteration"] == (1 if step in ("save_file", "_fsync", "replace") else 2)
+    assert info["iteration"] == (1 if step in ("serialize", "write", "replace") else 2)
+    assert not list(tmp_path.glob(".*.tmp"))  # the dead write's temporary file is gone (a killed one: see below)
     checkpoint.save(tmp_path / "ck", {"x": torch.ones(4)}, {"iteration": 3})  # the next save goes through
     assert checkpoint.load(tmp_path / "ck")[1]["iteration"] == 3
 

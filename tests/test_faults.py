@@ -358,12 +358,21 @@ def test_a_torn_last_log_line_does_not_stop_resume(tmp_path, straight):
 
 
 def test_a_full_disk_stops_in_one_line(tmp_path, monkeypatch, capsys):
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "last.safetensors.tmp"))
+    """A full disk fails the write of a checkpoint's bytes (or their flush to disk) with an OSError that names no
+    file; it is named, in one line, and the previous checkpoint stays whole. (safetensors' own writer raised its
+    SafetensorError there, which ended in a traceback: checkpoints are written by files.replace_atomically.)"""
+    run = tmp_path / "run"
+    assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--iterations", "2"]) == 0
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
-    err = cli_error(["train", "--config", "sinusoid-maml", "--out", str(tmp_path / "run"), *CLI_SMALL], capsys)
-    assert "No space left on device" in err and "last.safetensors.tmp" in err and "free space" in err
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    err = cli_error(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--iterations", "4",
+                     "--resume"], capsys)
+    assert "No space left on device" in err and str(run) in err and "free space" in err
+    monkeypatch.undo()
+    assert checkpoint.read_info(run / "last")["iteration"] == 2 and not list(run.glob(".*.tmp"))
 
 
 def test_divergence_names_a_finite_checkpoint_and_resumes_with_a_smaller_step(tmp_path, capsys):

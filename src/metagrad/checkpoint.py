@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, TypeVar
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from . import files
 from .errors import CheckpointError, ConfigError
@@ -51,11 +51,8 @@ def save(stem: str | Path, state: Any, info: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, "", tensors)
     header = json.dumps({"format": FORMAT, **info, "state": skeleton})
-    tmp = final.with_name(final.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={HEADER_KEY: header, DIGEST_KEY: _digest(header, tensors)})
-    os.chmod(tmp, files.mode_for(final))  # safetensors writes its files for the owner alone (0600)
-    _fsync(tmp)
-    os.replace(tmp, final)
+    data = serialize(tensors, metadata={HEADER_KEY: header, DIGEST_KEY: _digest(header, tensors)})
+    files.replace_atomically(final, lambda f: f.write(data))  # a full disk: an OSError naming the file
     _fsync_dir(final.parent)
     files.write_json(sidecar, {"format": FORMAT, **info})
 
@@ -217,11 +214,6 @@ def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:

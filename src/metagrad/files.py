@@ -26,8 +26,9 @@ _UNLOCKED: list[Path] = []  # said once: this file system keeps no locks
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through a temporary file of this writer's own (``write`` fills it), then rename it into place:
     two processes writing the same file at once each rename a whole file, neither renames the other's half. The file
-    keeps its mode, or gets what a plain write would (``mode_for``). The writer holds an advisory lock on its
-    temporary file until it is renamed, so ``remove_stale_temps`` leaves it alone."""
+    keeps its mode, or gets what a plain write would (``mode_for``), and is on disk before it replaces the old one.
+    The writer holds an advisory lock on its temporary file until it is renamed, so ``remove_stale_temps`` leaves it
+    alone."""
     mode = mode_for(path)  # mkstemp's file is the owner's alone
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -37,13 +38,16 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fsync(f.fileno())  # on disk before it replaces the old file (a write error surfaces here, not after)
             os.chmod(tmp, mode)
             if sys.platform != "win32":  # renamed while still open and locked (Windows cannot rename an open file)
                 os.replace(tmp, path)
         if sys.platform == "win32":
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a write's own error (a full disk) names no file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
