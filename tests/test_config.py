@@ -121,3 +121,11 @@ def test_a_compiled_run_steps_with_the_fused_outer_optimizer_and_an_eager_one_do
         compiled = eager.replace(compile=True)
         assert not build_outer(eager, build_learner(eager))[0].defaults.get("fused")
         assert build_outer(compiled, build_learner(compiled))[0].defaults["fused"] is True
+
+
+def test_learned_inner_step_sizes_cannot_change_on_resume():
+    """Fixed inner step sizes may change when a run resumes (lower them after a divergence); learned ones are
+    parameters restored from the checkpoint, so a new value would be logged as applied and do nothing: refused."""
+    fixed, learned = Config(), Config().replace(learn_inner_lr=True)
+    assert fixed.replace(inner_lr=(0.5,)).resume_differences(fixed) == []
+    assert learned.replace(inner_lr=(0.5,)).resume_differences(learned) == ["inner_lr"]

@@ -138,8 +138,10 @@ class Config(Settings):
                              "false: support set + one query example at a time (Reptile's)")
 
     def free_on_resume(self) -> set[str]:
-        """The iteration budget may change unless the outer step size is annealed over it."""
-        return super().free_on_resume() | ({"iterations"} if self.outer_lr_schedule == "constant" else set())
+        """The iteration budget may change unless the outer step size is annealed over it; the inner step sizes
+        may not when they are learned (the checkpoint's learned values would be kept and the new ones only logged)."""
+        free = super().free_on_resume() | ({"iterations"} if self.outer_lr_schedule == "constant" else set())
+        return free - {"inner_lr"} if self.learn_inner_lr else free
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
