@@ -294,3 +294,24 @@ def test_a_resumed_run_keeps_its_own_optimizer_kernel_and_takes_named_parameters
     assert resumed.optimizer.param_groups[0]["fused"] is True
     _trainer(tmp_path / "b", named=True).fit()
     assert _trainer(tmp_path / "b", iterations=5).fit(resume=True).iteration == 5
+
+
+@pytest.mark.parametrize("schedule", ["lambda", "step"])
+def test_a_run_resumed_with_a_lower_step_size_keeps_its_schedules_shape(tmp_path, schedule):
+    """The divergence advice (lower the outer step size, resume) on a run with a schedule: the step size in force is
+    scaled as the base is, for any multiplicative schedule (a StepLR raised AttributeError 'lr_lambdas')."""
+    import metagrad as mg
+
+    def trainer(lr, iterations):
+        torch.manual_seed(0)
+        learner = mg.MAML(mg.models.MLP(1, [8], 1), inner=mg.SGD(0.01))
+        opt = torch.optim.SGD(learner.parameters(), lr=lr)
+        sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 0.5 ** it) if schedule == "lambda" else
+                 torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+        return mg.Trainer(learner, mg.tasks.Sinusoid(), opt, scheduler=sched, iterations=iterations,
+                          meta_batch_size=2, run_dir=tmp_path, progress=False)
+
+    trainer(1e-2, 3).fit()
+    resumed = trainer(1e-3, 5)
+    resumed.fit(resume=True)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 5)

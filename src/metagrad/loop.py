@@ -386,7 +386,8 @@ def linear_to_zero(iteration: int, iterations: int) -> float:
 
 def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: list[float]) -> None:
     """Give a resumed optimizer the configured step sizes where they differ from its checkpoint's (the user lowered
-    them after a divergence); a ``LambdaLR`` schedule keeps its shape over the new base."""
+    them after a divergence); a schedule keeps its shape over the new base (the current step size scaled as the
+    base is: exact for ``LambdaLR``, ``StepLR`` and the other multiplicative schedules)."""
     saved = list(scheduler.base_lrs) if scheduler is not None else [g["lr"] for g in optimizer.param_groups]
     if saved == base_lrs:
         return
@@ -394,8 +395,9 @@ def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: lis
         if scheduler is None:
             group["lr"] = base
         else:
+            old = scheduler.base_lrs[i]
             scheduler.base_lrs[i] = group["initial_lr"] = base
-            group["lr"] = base * scheduler.lr_lambdas[i](scheduler.last_epoch)
+            group["lr"] = group["lr"] * base / old if old else base
 
 
 def _append_segment(run_dir: Path, record: dict[str, Any]) -> None:
