@@ -315,3 +315,23 @@ def test_a_run_resumed_with_a_lower_step_size_keeps_its_schedules_shape(tmp_path
     resumed = trainer(1e-3, 5)
     resumed.fit(resume=True)
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 5)
+
+
+def test_a_python_trainer_built_otherwise_than_its_run_is_refused(tmp_path):
+    """The command line checks a resumed run's whole config; a Trainer of the Python API with another meta-batch
+    size, seed or schedule resumed silently (the seed came from the checkpoint and did nothing)."""
+    import metagrad as mg
+
+    def trainer(**kw):
+        torch.manual_seed(0)
+        learner = mg.MAML(mg.models.MLP(1, [8], 1), inner=mg.SGD(0.01))
+        args = {"iterations": 3, "meta_batch_size": 2, "seed": 0, **kw}
+        return mg.Trainer(learner, mg.tasks.Sinusoid(), torch.optim.Adam(learner.parameters()), run_dir=tmp_path,
+                          progress=False, **args)
+
+    trainer().fit()
+    for change, words in (({"meta_batch_size": 4}, "meta_batch_size 2, this Trainer has 4"),
+                          ({"seed": 7}, "seed 0, this Trainer has 7")):
+        with pytest.raises(CheckpointError, match=words):
+            trainer(iterations=5, **change).fit(resume=True)
+    assert trainer(iterations=5).fit(resume=True).iteration == 5

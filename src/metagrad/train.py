@@ -22,7 +22,7 @@ from . import checkpoint
 from .algorithms import MetaLearner
 from .batch import TaskBatch
 from .distributed import Distributed
-from .errors import ConfigError, TrainingDiverged, check_memory, check_whole
+from .errors import CheckpointError, ConfigError, TrainingDiverged, check_memory, check_whole
 from .loop import RunLoop, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
 from .settings import check_seed
@@ -163,9 +163,24 @@ class Trainer(RunLoop):
         return next(self.learner.parameters()).device
 
     def info(self) -> dict[str, Any]:
-        """Counters, and the meta-losses since the last log line (so that the first line after a resume averages
-        the same iterations as an uninterrupted run's)."""
-        return {"sampling": self.sampling, "best_val": self.best_val, "loss_window": self._window}
+        """Counters, the meta-losses since the last log line (so that the first line after a resume averages
+        the same iterations as an uninterrupted run's), and the settings a resumed run must share."""
+        return {"sampling": self.sampling, "best_val": self.best_val, "loss_window": self._window,
+                "trainer": self._settings()}
+
+    def _settings(self) -> dict[str, Any]:
+        return {"meta_batch_size": self.meta_batch_size, "seed": self.seed,
+                "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None}
+
+    def resume_changes(self, info: dict[str, Any]) -> dict[str, Any]:
+        """A Trainer built otherwise than the run's (Python API: the command line checks the whole config) is
+        refused: its meta-batch size, seed or schedule would continue the run as another one, silently."""
+        saved, mine = info.get("trainer") or {}, self._settings()
+        for key, value in saved.items():
+            if mine.get(key) != value:
+                raise CheckpointError(f"{self.run_dir} was trained with {key} {value!r}, this Trainer has "
+                                      f"{mine.get(key)!r}; resume with the run's own, or give another run_dir")
+        return {}
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
