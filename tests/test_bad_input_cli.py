@@ -122,6 +122,10 @@ CASES = {
                    "--eval-shots", "1", "--eval-query", "2", "--iterations", "2", "--no-progress", "--out",
                    str(t / "r")],
         ["ways 3 exceeds the 2 classes of the val split"]),
+    "U8 an abbreviated option": (lambda t: ["train", "--set", "inner_steps=2", "--inner-ste", "3", "--out",
+                                            str(t / "r")], ["unrecognized arguments: --inner-ste 3"]),
+    "U8 an empty config name": (lambda t: ["train", "--config", "", "--out", str(t / "r")],
+                                ["argument --config: an empty value"]),
     "U6 a size beside --paper": (
         lambda t: ["tradeoff", "rl", "--paper", "--episodes", "5", "--out", str(t / "r")],
         ["--paper sets the paper's budget and sizes; --episodes 5 would be ignored"]),

@@ -23,6 +23,7 @@ class Parser(argparse.ArgumentParser):
     -0.1,0.05``, ``--alphas -1e-3``) is a value, not an option."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --inner-ste would pass for --inner-steps, past the --set check
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-\.?\d")
 
@@ -50,9 +51,9 @@ def build_parser() -> Parser:
     p = sub.add_parser("train", help="meta-train from a config file", description="Meta-train from a config "
                        f"file or preset ({', '.join(preset_names())}); supervised presets have [task] and [model] "
                        "sections, meta-RL ones [env] and [policy]. Any config value can be overridden below.")
-    p.add_argument("--config", help="config file or preset name (default: sinusoid-maml; with --resume, the run's "
-                   "own)")
-    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--config", type=nonempty, help="config file or preset name (default: sinusoid-maml; with "
+                   "--resume, the run's own)")
+    p.add_argument("--out", type=nonempty, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     Config.add_arguments(p, SECTIONS)
@@ -68,12 +69,12 @@ def build_parser() -> Parser:
     p.add_argument("run", help="run directory written by `metagrad train`")
     p.add_argument("--checkpoint", default="last", type=checkpoint_name,
                    help="which checkpoint: last (default), best, or a meta-RL step budget's snapshot-NNN")
-    p.add_argument("--output", help="where to write the results (default: RUN/eval.json); e.g. one file per "
-                   "checkpoint in a folder, for `metagrad compare`")
+    p.add_argument("--output", type=nonempty, help="where to write the results (default: RUN/eval.json); e.g. one "
+                   "file per checkpoint in a folder, for `metagrad compare`")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the data loaders')")
     Config.add_arguments(p, ("eval",))
     RLConfig.add_arguments(p, ("eval",), title="meta-RL [{section}] options")
-    _add_set(p)
+    _add_set(p, "eval_tasks=100")
 
     from ..reproduce import EXPERIMENTS, FEWSHOT
 
@@ -84,7 +85,7 @@ def build_parser() -> Parser:
                    help="which experiment")
     p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
-    p.add_argument("--out", help="results folder (default: results/<experiment>[-full])")
+    p.add_argument("--out", type=nonempty, help="results folder (default: results/<experiment>[-full])")
     p.add_argument("--seed", type=seed, help="training seed of every method (default: 0)")
     p.add_argument("--eval-tasks", type=int, help="test tasks (default: the experiment's, e.g. 600 sinusoid tasks, "
                    "the meta-RL presets' eval_tasks)")
@@ -95,11 +96,12 @@ def build_parser() -> Parser:
                    "sinusoid MLP and the meta-RL policies on the CPU, and for the convolutions on a GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
-    images.add_argument("--algo", help="algorithm: maml (default), fomaml, reptile, maml-nonconv (Omniglot, the MAML "
-                        "paper's fully connected network), context (Omniglot, the MAML paper's context-vector "
-                        "baseline), anil (Omniglot, the inner loop adapts the head alone); for navigation and "
-                        "locomotion, comma-separated methods: maml-trpo (default), fomaml-trpo, pretrained, random, "
-                        "oracle, sgmrl, sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, context, or all")
+    images.add_argument("--algo", type=nonempty, help="algorithm: maml (default), fomaml, reptile, maml-nonconv "
+                        "(Omniglot, the MAML paper's fully connected network), context (Omniglot, the MAML paper's "
+                        "context-vector baseline), anil (Omniglot, the inner loop adapts the head alone); for "
+                        "navigation and locomotion, comma-separated methods: maml-trpo (default), fomaml-trpo, "
+                        "pretrained, random, oracle, sgmrl, sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, "
+                        "context, or all")
     images.add_argument("--ways", type=int, help="classes per task, N (default: 5)")
     images.add_argument("--shots", type=int, help="examples per class, K (default: 1)")
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
@@ -109,9 +111,9 @@ def build_parser() -> Parser:
     images.add_argument("--download", action="store_true", help="Omniglot: fetch the official zip files into the "
                         "dataset folder when they are missing")
     nav = p.add_argument_group("meta-RL (navigation, locomotion)")
-    nav.add_argument("--env", help="locomotion task family: cheetah-dir (default), cheetah-vel, ant-dir, ant-vel, "
-                     "swimmer-vel (the MAML paper's); cheetah-rand-vel, swimmer-rand-vel (maml_zoo's, the SG-MRL "
-                     "paper's Table 2 with cheetah-dir)")
+    nav.add_argument("--env", type=nonempty, help="locomotion task family: cheetah-dir (default), cheetah-vel, "
+                     "ant-dir, ant-vel, swimmer-vel (the MAML paper's); cheetah-rand-vel, swimmer-rand-vel "
+                     "(maml_zoo's, the SG-MRL paper's Table 2 with cheetah-dir)")
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
                      "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
     nav.add_argument("--redraw", action="store_true", help="print the table and draw the figures again from "
@@ -151,9 +153,17 @@ class SetOption(argparse.Action):
 CONFIG_FIELDS = {f.name for f in (*fields(Config), *fields(RLConfig))}
 
 
-def _add_set(parser: argparse.ArgumentParser) -> None:
+def _add_set(parser: argparse.ArgumentParser, example: str = "inner_lr=0.1") -> None:
+    key, _, value = example.partition("=")
     parser.add_argument("--set", action=SetOption, metavar="KEY=VALUE", help="any config value above by its key, as "
-                        "`reproduce` takes it: --set inner_lr=0.1 is --inner-lr 0.1 (repeatable)")
+                        f"`reproduce` takes it: --set {example} is --{key.replace('_', '-')} {value} (repeatable)")
+
+
+def nonempty(text: str) -> str:
+    """A name or path option's value: an empty one (a shell variable left unset) is refused, not the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value; give a name or a path (or leave the option out)")
+    return text
 
 
 def _say_which_kind(parser: argparse.ArgumentParser) -> None:
@@ -268,7 +278,7 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--settings", choices=("metagrad", "promp"), default=d.settings, help="metagrad (default; the "
                    "kept panels') or promp: as ProMP's code, the policy acting in normalize()'s units (a tenth of the "
                    "simulator's; locomotion), each task's losses over its valid steps, a fixed inner KL coefficient")
-    p.add_argument("--out", help="results folder (default: results/tradeoff-rl-ENV-PAIR)")
+    p.add_argument("--out", type=nonempty, help="results folder (default: results/tradeoff-rl-ENV-PAIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("compare", help="P(A better than B) by the one-sided Welch t-test over checkpoints x test "

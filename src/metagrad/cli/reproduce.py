@@ -135,7 +135,7 @@ def reproduce_multitask(args: argparse.Namespace, out: str) -> None:
     from ..reproduce import multitask
 
     setting = multitask.Setting(**({} if args.full else {"models": 100}),
-                                **({"eval_tasks": args.eval_tasks} if args.eval_tasks else {}),
+                                **({"eval_tasks": args.eval_tasks} if args.eval_tasks is not None else {}),
                                 **({"seed": args.seed} if args.seed is not None else {}))
     if args.iterations is not None:
         if args.iterations < 1:
