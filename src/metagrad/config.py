@@ -37,7 +37,7 @@ class Config(Settings):
         **dict.fromkeys(("ways", "data_root", "transductive"), ("family", IMAGE_FAMILIES)),
         **dict.fromkeys(("rotations", "distinct_characters"), ("family", ("omniglot",))),  # download: build.py
         "dim": ("family", ("linreg",)), "hidden": ("model", ("mlp", "mlp-bn")), "activation": ("model", ("mlp",)),
-        **dict.fromkeys(("filters", "pool"), ("model", ("conv4",)))}
+        **dict.fromkeys(("filters", "pool"), ("model", ("conv4",))), "eval_lr_grid": ("tune_eval_lr", (True,))}
 
     # [task]
     family: str = opt("sinusoid", "task", "task family: sinusoid, linreg (meta-linear regression, trade-off paper "
@@ -215,6 +215,9 @@ class Config(Settings):
             given = "eval_lr" if self.eval_lr else "tune_eval_lr"
             raise ConfigError(f"{given}: this run learns its step sizes (learn_inner_lr) and tests with them; leave "
                               f"{given} out")
+        if self.tune_eval_lr and not self.eval_lr_grid:
+            raise ConfigError("tune_eval_lr chooses from eval_lr_grid, which is empty; give the step sizes to try, "
+                              "e.g. 0.01,0.1,0.4")
         if self.eval_lr and self.tune_eval_lr:
             raise ConfigError(f"eval_lr {list(self.eval_lr)} and tune_eval_lr: tune_eval_lr chooses the test-time "
                               "step size; give one of them")

@@ -44,6 +44,7 @@ class RLConfig(Settings):
         **dict.fromkeys(("ppo_epochs", "ppo_clip", "inner_kl_coef", "inner_kl_target"), ("outer", ("ppo",))),
         **dict.fromkeys(("outer_optimizer", "outer_lr"), ("outer", ("vpg", "ppo"))),
         "emaml_weight": ("algo", ("emaml",)), "score_baseline": ("algo", SCORE_ALGOS),
+        **dict.fromkeys(("eval_lr_grid", "eval_later"), ("tune_eval_lr", (True,))),
         **dict.fromkeys(("goal_range", "reward", "normalized_actions"), ("env", ("navigation2d",))),
         "outer_lr_patience": ("outer_lr_schedule", ("plateau",)),
         "outer_lr_factor": ("outer_lr_schedule", ("plateau", "grad-norm")),
