@@ -112,8 +112,8 @@ def test_the_linear_outer_schedule_anneals_the_step_to_zero_over_the_iterations(
 
 
 def test_a_compiled_run_steps_with_the_fused_outer_optimizer_and_an_eager_one_does_not():
-    """The fused kernel (benchmarks/train_step.py: a fifth of a compiled sinusoid iteration) serves compiled runs;
-    eager runs keep the per-tensor step their recorded numbers (tests/golden) came from."""
+    """The fused kernel (benchmarks/train_step.py: 0.05 against 0.16 ms of a 1 ms compiled sinusoid iteration)
+    serves compiled runs; eager runs keep the per-tensor step their recorded numbers (tests/golden) came from."""
     from metagrad.build import build_learner, build_outer
 
     for optimizer in ("adam", "sgd"):
