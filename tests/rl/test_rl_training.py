@@ -506,6 +506,10 @@ def test_a_results_file_keeps_one_experiment_and_tables_and_figures_take_uneven_
     assert main(["reproduce", "navigation", "--algo", "random", "--set", "iterations=5", "--out",
                  str(tmp_path / "n")]) == 2
     assert "--set iterations=5: give the budget as --iterations" in capsys.readouterr().err
+    assert main(["reproduce", "navigation", "--algo", "random", "--iterations", "5", "--out", str(tmp_path / "n")]) == 2
+    assert "--iterations: random init trains nothing" in capsys.readouterr().err
+    assert main(["reproduce", "navigation", "--redraw", "--compile", "--out", str(tmp_path / "n")]) == 2
+    assert "--redraw draws the stored results again and trains nothing: --compile" in capsys.readouterr().err
     from metagrad.reproduce.metarl import method_configs
     from metagrad.reproduce.navigation import NAVIGATION
 

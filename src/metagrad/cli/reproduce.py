@@ -113,6 +113,14 @@ def reproduce_metarl(args: argparse.Namespace) -> None:
     from ..reproduce import metarl
 
     experiment, methods, out, sets = metarl_request(args)
+    training = [name for name, given in (("--iterations", args.iterations is not None), ("--full", args.full),
+                                         ("--time-budget", args.time_budget is not None), ("--compile", args.compile),
+                                         ("--set", bool(sets))) if given]
+    if args.redraw and (training or args.algo):
+        raise MetagradError(f"--redraw draws the stored results again and trains nothing: "
+                            f"{(training or ['--algo'])[0]} would be ignored; leave it out")
+    if methods == ["random"] and training[:1] and training[0] != "--set":
+        raise MetagradError(f"{training[0]}: random init trains nothing; leave it out (or add a trained method)")
     if args.redraw:
         metarl.report(experiment, Path(out))
         return
