@@ -111,6 +111,25 @@ def restore_learner(learner: torch.nn.Module, state: dict[str, Any], where: str)
                               "was saved (model or policy, inner rule, learned step sizes, inner_state)") from None
 
 
+def training_state(learner: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """A trainer's learner and outer optimizer as a checkpoint holds them (the optimizer's class recorded, so that
+    ``restore_training`` refuses another by name)."""
+    return {"learner": learner.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+            "optimizer_class": type(optimizer).__name__ if optimizer else None}
+
+
+def restore_training(learner: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any],
+                     where: str) -> None:
+    """``training_state`` back: the optimizer checked first (nothing loaded if it or the learner does not fit),
+    then the learner, then the optimizer's state under its own kernel choice."""
+    saved = state.get("optimizer") if optimizer is not None else None
+    if saved is not None:
+        check_optimizer_state(optimizer, saved, state.get("optimizer_class"), where)
+    restore_learner(learner, state["learner"], where)
+    if saved is not None:
+        load_optimizer_state(optimizer, saved)
+
+
 def check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], saved_class: str | None,
                           where: str) -> None:
     """Refuse in one line, before anything is loaded, the state of another kind of optimizer (``saved_class``, as
@@ -193,14 +212,19 @@ def exists(stem: str | Path) -> bool:
     return paths(stem)[0].exists()
 
 
+def runs_in(folder: str | Path) -> list[Path]:
+    """The run directories under ``folder`` (those with a last checkpoint), at any depth."""
+    return sorted(p.parent for p in Path(folder).rglob("last.safetensors")) if Path(folder).is_dir() else []
+
+
 def runs_inside(folder: str | Path) -> str:
     """For a folder with no run of its own: ``; it holds the runs a, b (...): give one, e.g. FOLDER/a`` when its
     subfolders hold runs (a reproduction's output), else nothing."""
-    runs = sorted(p.parent for p in Path(folder).glob("*/last.safetensors")) if Path(folder).is_dir() else []
+    runs = runs_in(folder)
     if not runs:
         return ""
-    return (f"; it holds the runs {', '.join(r.name for r in runs)} (a reproduction's folder): give one of them, "
-            f"e.g. {runs[0]}")
+    names = ", ".join(r.relative_to(folder).as_posix() for r in runs)
+    return f"; it holds the runs {names} (a reproduction's folder): give one of them, e.g. {runs[0]}"
 
 
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:

@@ -139,17 +139,13 @@ class Trainer(RunLoop):
     def state(self) -> dict[str, Any]:
         """The learner, optimizer and scheduler, the task stream's generator, and torch's global generator (what a
         model's own randomness, e.g. dropout, draws from): a resumed run continues bit for bit."""
-        return {"learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "optimizer_class": type(self.optimizer).__name__,
+        return {**checkpoint.training_state(self.learner, self.optimizer),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": None if self.learner._on_cpu() else torch.cuda.get_rng_state(self._device())}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        where = f"the checkpoint in {self.run_dir}"
-        checkpoint.check_optimizer_state(self.optimizer, state["optimizer"], state.get("optimizer_class"), where)
-        checkpoint.restore_learner(self.learner, state["learner"], where)
-        checkpoint.load_optimizer_state(self.optimizer, state["optimizer"])
+        checkpoint.restore_training(self.learner, self.optimizer, state, f"the checkpoint in {self.run_dir}")
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         set_base_lrs(self.optimizer, self.scheduler, self.base_lrs)

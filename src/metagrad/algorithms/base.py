@@ -77,6 +77,11 @@ def random_state(on_cpu: bool = True) -> list[Tensor]:
     return [torch.get_rng_state(), *([] if on_cpu or not torch.cuda.is_available() else torch.cuda.get_rng_state_all())]
 
 
+def random_moved(before: list[Tensor], on_cpu: bool = True) -> bool:
+    """Whether torch's random streams moved since ``before`` (``random_state``'s): something drew random numbers."""
+    return not all(torch.equal(a, b) for a, b in zip(before, random_state(on_cpu), strict=True))
+
+
 def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
     """``sum_i w_i * out_i`` over ``(w_i, out_i)`` pairs, leaf-wise over trees of tensors (the mean over tasks of
     shards or chunks of tasks), summed as the pairs come: one running tree is held, not one per part."""
@@ -503,7 +508,7 @@ class MetaLearner(nn.Module):
                 if changed:
                     fault = (f"it updates its buffers {', '.join(changed)} as it runs, and threads would race on "
                              "them (results changing from run to run)")
-                elif not all(torch.equal(a, b) for a, b in zip(stream, random_state(self._on_cpu()), strict=True)):
+                elif random_moved(stream, self._on_cpu()):
                     fault = ("it draws random numbers as it runs (dropout in training mode, say), and threads would "
                              "draw them in an order that changes from run to run")
                 self.thread_verdict(key, fault)

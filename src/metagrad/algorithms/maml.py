@@ -31,7 +31,7 @@ from ..errors import ConfigError, check_choice
 from ..functional import Params
 from ..functional import grad as functional_grad
 from ..inner import SGD, _key
-from .base import Meta, MetaLearner, random_state
+from .base import Meta, MetaLearner, random_moved, random_state
 from .trajectory import run_inner
 
 
@@ -105,7 +105,7 @@ class MAML(MetaLearner):
         watch = not torch.compiler.is_compiling()
         stream = random_state(self._on_cpu()) if watch else []
         grads, loss = self.map_tasks(lambda t, m: self._recomputed_task_gradient(meta, buffers, t, m), batch, mb)
-        if watch and not all(torch.equal(a, b) for a, b in zip(stream, random_state(self._on_cpu()), strict=True)):
+        if watch and random_moved(stream, self._on_cpu()):
             raise ConfigError("recompute=True cannot run a model that draws random numbers as it runs (dropout in "
                               "training mode, say): the recomputed steps would draw other ones than the steps they "
                               "differentiate; set recompute=False, or put the random layers in eval mode")

@@ -294,11 +294,6 @@ ROWS = (
 )
 
 
-def runs_in(folder: Path) -> list[Path]:
-    """The run directories under ``folder`` (those with a last checkpoint)."""
-    return sorted(p.parent for p in folder.rglob("last.safetensors"))
-
-
 def run_progress(run: Path) -> dict[str, Any]:
     """Iterations, environment steps and time of one run, from its checkpoint and segments."""
     try:
@@ -323,7 +318,7 @@ def run_progress(run: Path) -> dict[str, Any]:
 
 def row_status(row: Row, root: Path = ROOT) -> dict[str, Any]:
     """How much of a row's budget is done (over all its runs)."""
-    runs = [run_progress(r) for r in runs_in(root / row.folder)] if (root / row.folder).exists() else []
+    runs = [run_progress(r) for r in checkpoint.runs_in(root / row.folder)]
     key = "env_steps" if row.unit == "env steps" else "iteration"
     done = sum(min(r.get(key) or 0, row.target) for r in runs)
     return {"row": row.name, "paper": row.paper, "budget": f"{row.runs} x {row.target:,} {row.unit}",

@@ -179,7 +179,7 @@ def report(experiment: Experiment, out: Path, figures: bool = True) -> dict[str,
 
 def check_experiment(path: Path, results: dict[str, Any], experiment: Experiment) -> None:
     """A results file holds one experiment's methods: another's is refused, not relabelled or mixed in."""
-    if results.get("experiment", experiment.name) != experiment.name:
+    if results.get("experiment") != experiment.name:
         raise ConfigError(f"{path} holds experiment '{results.get('experiment')}', not '{experiment.name}'; "
                           "choose it with --env (locomotion) or the experiment, or give another --out")
 
@@ -188,8 +188,10 @@ def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experime
     """Add one method's result to ``results.json`` (keeping the others', also those another command adds at the
     same moment) and write it atomically."""
     with files.locked(path):
-        results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"methods": {}}
-        check_experiment(path, results, experiment)
+        results: dict[str, Any] = {"methods": {}}
+        if path.exists():
+            results = json.loads(path.read_text())
+            check_experiment(path, results, experiment)
         results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
         results["methods"][method] = result
         files.write_json(path, results)

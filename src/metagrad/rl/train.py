@@ -164,18 +164,11 @@ class RLTrainer(RunLoop):
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds: the learner, the optimizer (outer 'vpg', 'ppo') and the RNG state."""
-        return {"learner": self.learner.state_dict(),
-                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-                "optimizer_class": type(self.optimizer).__name__ if self.optimizer else None,
-                "rng": self.generator.get_state()}
+        return {**checkpoint.training_state(self.learner, self.optimizer), "rng": self.generator.get_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        where = f"the checkpoint in {self.run_dir}"
-        if self.optimizer is not None and state["optimizer"] is not None:
-            checkpoint.check_optimizer_state(self.optimizer, state["optimizer"], state.get("optimizer_class"), where)
-        checkpoint.restore_learner(self.learner, state["learner"], where)
-        if self.optimizer is not None and state["optimizer"] is not None:
-            checkpoint.load_optimizer_state(self.optimizer, state["optimizer"])  # step sizes: set from cfg each step
+        # the optimizer's step sizes are set from cfg at every step
+        checkpoint.restore_training(self.learner, self.optimizer, state, f"the checkpoint in {self.run_dir}")
         self.generator.set_state(state["rng"])
 
     def info(self) -> dict[str, Any]:
