@@ -148,7 +148,8 @@ CASES = {
     "replacement without minibatches": (lambda t: ["train", "--inner-sampling", "replacement", "--out", str(t / "r"),
                                                    *TINY], ["inner_sampling 'replacement'", "inner_batch_size"]),
     "download for miniimagenet": (lambda t: ["train", "--config", "miniimagenet-maml", "--download",
-                                             "--data-root", str(t), "--out", str(t / "r")], ["download", "Omniglot"]),
+                                             "--data-root", str(t), "--out", str(t / "r")],
+                                  ["--download applies to family omniglot only", "family is miniimagenet"]),
 }
 
 

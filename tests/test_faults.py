@@ -526,3 +526,36 @@ def test_resuming_a_finished_run_with_other_settings_leaves_its_files_as_trained
                  "--no-progress"]) == 0
     assert "at iteration 3, at --iterations 3: nothing trained (its files unchanged)" in capsys.readouterr().out
     assert files() == before and "config.toml" in before
+
+
+
+def test_a_best_newer_than_the_last_checkpoint_is_removed_when_resumed_with_other_settings(tmp_path, capsys):
+    """A kill between a new best and the last checkpoint leaves a best from iterations the resumed session trains
+    again: resumed as it was, they write the same best again; resumed with other settings it would be another
+    trajectory's, so it is removed (said and logged) and the best is tracked afresh."""
+    run, early = tmp_path / "run", tmp_path / "early"
+    make_trainer(config(iterations=12), run, progress=False).fit()
+    early.mkdir()
+    for path in checkpoint.paths(run / "last"):
+        early.joinpath(path.name).write_bytes(path.read_bytes())
+    make_trainer(config(), run, progress=False).fit(resume=True)
+    best, info = checkpoint.load(run / "best")
+    assert info["iteration"] > 12  # a validation after 12 improved
+
+    def kill_before_last() -> None:  # `last` of iteration 12 beside the newer `best`
+        for path in early.iterdir():
+            run.joinpath(path.name).write_bytes(path.read_bytes())
+
+    kill_before_last()
+    make_trainer(config(), run, progress=False).fit(resume=True)
+    again, again_info = checkpoint.load(run / "best")
+    assert again_info["iteration"] == info["iteration"] and same(again["learner"], best["learner"])
+    kill_before_last()
+    capsys.readouterr()
+    make_trainer(config(iterations=14, val_every=100, time_budget=60), run, progress=False).fit(resume=True)
+    assert checkpoint.read_info(run / "best")["iteration"] == info["iteration"]  # the budget shapes no iterate
+    kill_before_last()
+    make_trainer(config(iterations=14, val_every=14, outer_lr=0.0005), run, progress=False).fit(resume=True)
+    assert f"removed {run / 'best'} (iteration {info['iteration']})" in capsys.readouterr().err
+    assert checkpoint.read_info(run / "best")["iteration"] == 14  # the first validation after the resume
+    assert {"iteration": 12, "best_removed": info["iteration"]} in log_lines(run)

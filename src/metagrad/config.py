@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,7 +35,7 @@ class Config(Settings):
     APPLIES: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
         **dict.fromkeys(("amplitude", "phase", "x_range", "grid", "oracle"), ("family", ("sinusoid",))),
         **dict.fromkeys(("ways", "data_root", "transductive"), ("family", IMAGE_FAMILIES)),
-        **dict.fromkeys(("rotations", "distinct_characters"), ("family", ("omniglot",))),  # download: build.py
+        **dict.fromkeys(("rotations", "distinct_characters", "download"), ("family", ("omniglot",))),
         "dim": ("family", ("linreg",)), "hidden": ("model", ("mlp", "mlp-bn")), "activation": ("model", ("mlp",)),
         **dict.fromkeys(("filters", "pool"), ("model", ("conv4",))), "eval_lr_grid": ("tune_eval_lr", (True,))}
 
@@ -136,6 +136,12 @@ class Config(Settings):
     eval_seed: int = opt(12345, "eval", "seed of the test tasks (the same tasks for every method)")
     transductive: bool = opt(True, "eval", "batch-norm statistics over the whole query set (MAML's numbers); "
                              "false: support set + one query example at a time (Reptile's)")
+
+    def ignored(self, name: str) -> str:
+        """``Settings.ignored``, and the query sizes of grid tasks, whose query set is the whole grid."""
+        if name in ("query", "eval_query") and self.family == "sinusoid" and self.grid:
+            return f"is not used on grid tasks: their query set is the whole grid ({self.grid} points)"
+        return super().ignored(name)
 
     def free_on_resume(self) -> set[str]:
         """The iteration budget may change unless the outer step size is annealed over it; the inner step sizes
@@ -261,4 +267,18 @@ def load_config(name_or_path: str | Path) -> Config | RLConfig:
         from .rl.config import RLConfig
 
         return RLConfig.from_sections(data, str(path)).validate()
+    refuse_rl_keys(data, str(path))
     return Config.from_sections(data, str(path)).validate()
+
+
+def refuse_rl_keys(data: dict[str, Any], source: str) -> None:
+    """A file without [env] or [policy] is read as a supervised config: a key only meta-RL configs have says that a
+    meta-RL file lacks its [env] section, not that the key is unknown."""
+    from .rl.config import RLConfig
+
+    rl = {f.name for f in fields(RLConfig)} - {f.name for f in fields(Config)}
+    for section, entries in data.items():
+        if rl_only := [k for k in entries if k in rl] if isinstance(entries, dict) else []:
+            raise ConfigError(f"{source}: '{rl_only[0]}' in [{section}] is a meta-RL key, and a file without an [env] "
+                              "or [policy] section is read as a supervised config; give a meta-RL config its [env] "
+                              "section (e.g. env = \"navigation2d\")")

@@ -91,6 +91,9 @@ class RunLoop:
     def load_info(self, info: dict[str, Any]) -> None:
         """Counters back from a sidecar."""
 
+    def forget_best(self) -> None:
+        """Track the best checkpoint afresh: the next measured iteration is the best so far."""
+
     def after_step(self, metrics: dict[str, float], seconds: float, bar: tqdm) -> None:
         """Logs, progress, validation, snapshots after an iteration (``seconds``: its duration)."""
         bar.update(1)
@@ -183,6 +186,8 @@ class RunLoop:
                 files.write_text(self.run_dir / name, text)
         if resumed and (changes or self._resume_changes):
             self.log({"iteration": self.iteration, "resumed_with": changes or self._resume_changes})
+        if resumed:
+            self._drop_later_best()
         start_iteration, session_start = self.iteration, time.perf_counter()
         self._segment = {"start": start_iteration, "clock": session_start, "command": provenance.command(),
                          "commit": provenance.commit(), "machine": provenance.machine()}
@@ -289,6 +294,26 @@ class RunLoop:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the log of a run that saved nothing
         return False
 
+    def _drop_later_best(self) -> None:
+        """A ``best`` newer than the ``last`` resumed from (the run was killed between the two) came from iterations
+        this session trains again: with the settings that shape them unchanged it writes the same best again; with
+        others (a step size, compile) the file is another trajectory's, so it is removed and the best tracked afresh
+        (the one it had replaced is lost)."""
+        best = self.run_dir / "best" if self.run_dir is not None else None
+        if best is None or not checkpoint.exists(best):
+            return
+        info = checkpoint.read_info(best)
+        if info["iteration"] <= self.iteration or _trajectory(info.get("config", {})) == _trajectory(self.config):
+            return
+        if self.writes:
+            for path in checkpoint.paths(best):
+                path.unlink(missing_ok=True)
+            print(f"metagrad: removed {best} (iteration {info['iteration']}): it was written after the last "
+                  f"checkpoint (iteration {self.iteration}) with other settings; the best is kept afresh from here",
+                  file=sys.stderr)
+        self.forget_best()
+        self.log({"iteration": self.iteration, "best_removed": info["iteration"]})
+
     def _nothing_to_resume(self) -> CheckpointError:
         inside = checkpoint.runs_inside(self.run_dir) if self.run_dir is not None else ""
         return CheckpointError(f"nothing to resume in {self.run_dir} (no last checkpoint: no run started there)"
@@ -368,6 +393,16 @@ def _finite(state: Any) -> bool:
     if isinstance(state, list | tuple):
         return all(_finite(v) for v in state)
     return True
+
+
+# settings that leave the trained iterates as they are: a checkpoint written under other values is the same run's
+BOOKKEEPING = frozenset({"time_budget", "log_every", "checkpoint_every", "iterations", "val_every"})
+
+
+def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
+    """The values of a sectioned config that shape the trained iterates (not its [eval], not ``BOOKKEEPING``)."""
+    return {k: v for section, entries in config.items() if section != "eval" and isinstance(entries, dict)
+            for k, v in entries.items() if k not in BOOKKEEPING}
 
 
 def _line_iteration(line: str) -> float:

@@ -58,9 +58,24 @@ class Settings:
         return self
 
     def applies(self, name: str) -> bool:
-        """Whether this config uses field ``name`` (``APPLIES``: its family, algo or outer step may ignore it)."""
-        by, values = self.APPLIES.get(name, (None, ()))
-        return by is None or getattr(self, by) in values
+        """Whether this config uses field ``name`` (its family, algo or outer step may ignore it)."""
+        return not self.ignored(name)
+
+    def ignored(self, name: str) -> str:
+        """Why this config ignores field ``name`` ("" where it uses it): ``APPLIES`` names the field that decides and
+        the values with which it is used; joint training has no inner loop; subclasses add the cases one field cannot
+        decide."""
+        if name == "inner_steps" and getattr(self, "algo", "") == "joint":
+            return "is not used by algo joint: it trains without an inner loop (evaluation adapts for eval_steps)"
+        if name not in self.APPLIES:
+            return ""
+        by, values = self.APPLIES[name]
+        now = getattr(self, by)
+        if now in values:
+            return ""
+        def word(v: Any) -> str:
+            return str(v).lower() if isinstance(v, bool) else str(v)
+        return f"applies to {by} {', '.join(map(word, values))} only; this config's {by} is {word(now)}"
 
     def check_applies(self, given: typing.Iterable[str], flag: typing.Callable[[str], str] = str,
                       context: str = "") -> None:
@@ -68,12 +83,8 @@ class Settings:
         family, algo or outer step ignores it, it would be stored and ignored, so it is an error (``context`` added
         to its message)."""
         for name in given:
-            if not self.applies(name):
-                by, values = self.APPLIES[name]
-                shown = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
-                now = getattr(self, by)
-                raise ConfigError(f"{flag(name)} applies to {by} {shown} only; this config's {by} is "
-                                  f"{str(now).lower() if isinstance(now, bool) else now}{context}: remove it")
+            if reason := self.ignored(name):
+                raise ConfigError(f"{flag(name)} {reason}{context}: remove it")
 
     def check_choices(self, choices: dict[str, tuple[str, ...]]) -> None:
         """Each named field holds one of its allowed values."""
@@ -128,6 +139,9 @@ class Settings:
         by_name = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
         for section, entries in data.items():
+            if isinstance(entries, list) and section in cls.SECTIONS:
+                raise ConfigError(f"{source}: [[{section}]] is an array of tables; a config has one [{section}] "
+                                  "(single brackets)")
             if not isinstance(entries, dict):
                 raise ConfigError(f"{source}: '{section} = ...' is outside any section; put it under one of "
                                   f"{', '.join(f'[{s}]' for s in cls.SECTIONS)}"

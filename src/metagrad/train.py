@@ -182,6 +182,9 @@ class Trainer(RunLoop):
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
         self._window = list(info.get("loss_window", []))
 
+    def forget_best(self) -> None:
+        self.best_val = None
+
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> FitResult:
         """Train until ``iterations`` (or the time budget, or Ctrl-C); checkpoints on the way and at the end

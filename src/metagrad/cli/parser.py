@@ -244,7 +244,7 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--datasets", type=int, default=tradeoff.DEFAULT_DATASETS,
                    help=f"datasets drawn per (M, N) cell (default: {tradeoff.DEFAULT_DATASETS})")
     p.add_argument("--seed", type=seed, default=0, help="seed of the datasets (default: 0)")
-    p.add_argument("--rotation-seed", type=seed, default=0, help="seed of the rotation V for p > 1 (default: 0)")
+    p.add_argument("--rotation-seed", type=seed, help="seed of the rotation V for p > 1 (default: 0)")
     p.add_argument("--out", default="results/tradeoff-linreg", help="results folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -15,9 +15,12 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
         return _tradeoff_rl(args)
 
     tradeoff.check_grid(args.tasks, args.points, args.alphas, args.datasets, args.dim)
+    if args.rotation_seed is not None and args.dim == 1:
+        raise MetagradError(f"--rotation-seed {args.rotation_seed} draws the rotation V for p > 1; at --dim 1 "
+                            "there is none: remove it")
     result, figures = tradeoff.run(args.out, progress=not args.no_progress, tasks=args.tasks, points=args.points,
                                    alphas=args.alphas, datasets=args.datasets, dim=args.dim, seed=args.seed,
-                                   rotation_seed=args.rotation_seed)
+                                   rotation_seed=args.rotation_seed or 0)
     print(tradeoff.summary(result))
     print(f"results: {Path(args.out) / 'tradeoff.json'} (and tradeoff.npz)")
     for f in figures:

@@ -210,6 +210,12 @@ class RLConfig(Settings):
                                   f"steps + 1)); give at least {self.iteration_steps} or 0 (none)")
         return super().validate()
 
+    def ignored(self, name: str) -> str:
+        """``Settings.ignored``, and ``curvature_chunk`` of TRPO without compile (it chunks compiled products)."""
+        if name == "curvature_chunk" and self.outer == "trpo" and not self.compile:
+            return "sizes compiled curvature products; this config's compile is false"
+        return super().ignored(name)
+
     @property
     def iteration_steps(self) -> int:
         """The environment steps of one meta-iteration, inner-loop rollouts included (fewer where episodes end early):

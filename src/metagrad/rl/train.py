@@ -184,6 +184,9 @@ class RLTrainer(RunLoop):
         self.last_lowered, self.lr_scale = info.get("last_lowered", 0), info.get("lr_scale", 1.0)
         self.grad_rule.norms, self.grad_rule.lowest = info.get("grad_norms", []), info.get("lowest_grad_norm")
 
+    def forget_best(self) -> None:
+        self.best_return = None
+
     def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> RLFitResult:
         """Train (or continue with ``resume``) until done, a budget, or Ctrl-C; checkpoints on the way."""
         stopped, _, _ = self.run(resume, changes)
