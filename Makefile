@@ -29,5 +29,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+## Remove what the commands made, but not the kept results (results/long and the reference tables are tracked).
 clean:
-	rm -rf $(VENV) results runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache
+	git clean -qfdX results

@@ -1,4 +1,5 @@
-"""What `pip install metagrad` (not editable) gets: every source file, the presets and the typing marker."""
+"""What `pip install metagrad` (not editable) gets: every source file, the presets and the typing marker; what
+`make clean` leaves."""
 
 from __future__ import annotations
 
@@ -28,3 +29,23 @@ def test_the_wheel_holds_every_file_of_the_package(tmp_path):
               if p.is_file() and "__pycache__" not in p.parts}
     assert packaged == source
     assert {"metagrad/py.typed", "metagrad/configs/omniglot-maml.toml"} <= packaged
+
+
+def test_make_clean_keeps_the_tracked_results(tmp_path):
+    """`make clean` removes the environment and what the commands wrote, never the long runs kept in git: it runs
+    in a copy holding a tracked run, an ignored run folder and an untracked file."""
+    if shutil.which("make") is None or shutil.which("git") is None:
+        pytest.skip("make or git is not installed")
+    for name in ("Makefile", ".gitignore"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    kept, made = tmp_path / "results/long/run/last.json", tmp_path / "results/sinusoid/maml/last.json"
+    for path in (kept, made, tmp_path / "results/sinusoid/table.md", tmp_path / ".venv/x"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    subprocess.run(["make", "-s", "-C", str(tmp_path), "clean"], check=True)
+    assert kept.exists() and (tmp_path / "results/sinusoid/table.md").exists()
+    assert not made.exists() and not (tmp_path / ".venv").exists()
