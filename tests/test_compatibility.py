@@ -92,6 +92,9 @@ def test_the_refusal_names_the_module_and_its_replacement():
     with pytest.raises(ConfigError) as e:
         meta_gradient(learner("LayerNorm (torch)", "maml", batching="vmap"), "LayerNorm (torch)")
     assert "module '1' (LayerNorm)" in str(e.value) and "metagrad.models.LayerNorm" in str(e.value)
+    with pytest.raises(ConfigError, match=r"metagrad\.models\.TaskBatchNorm, which is exact under vmap"):
+        mg.MAML(torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1)),
+                inner=mg.SGD(0.1), batching="vmap")  # refused by its type, when it is built
 
 
 def test_the_check_leaves_the_users_model_alone():

@@ -108,8 +108,10 @@ def test_your_own_images_through_the_api_get_accuracy_and_clear_errors():
     rgb = rng.integers(0, 255, (6, 8, 3, 12, 12), dtype=np.uint8)
     with pytest.raises(ConfigError, match="channels last"):
         mg.tasks.FewShotClassification(np.moveaxis(rgb, 2, -1), ways=3, shots=1, query=2)
-    with pytest.raises(ConfigError, match=r"not torch.float32 \(e.g. \(x \* 255\)"):
+    with pytest.raises(ConfigError, match=r"not float32 \(e.g. \(x \* 255\)"):  # numpy's name for numpy's array
         mg.tasks.FewShotClassification(rgb.astype(np.float32) / 255, ways=3, shots=1, query=2)
+    with pytest.raises(ConfigError, match=r"not torch.float64 \(e.g."):
+        mg.tasks.FewShotClassification(torch.from_numpy(rgb).double(), ways=3, shots=1, query=2)
     tasks = mg.tasks.FewShotClassification(rgb, ways=3, shots=1, query=2)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, 3))
     learner = mg.MAML(model, loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.1))

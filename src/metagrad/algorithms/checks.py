@@ -37,7 +37,7 @@ def check_arguments(model: object, loss_fn: object, inner: object, inner_steps: 
     check_choice("inner_state", inner_state, INNER_STATE)
     if batching == "vmap" and has_torch_batchnorm(model):
         raise ConfigError("batching 'vmap' with torch.nn.BatchNorm gives wrong second-order gradients; "
-                          "use batching 'loop' or a batch norm written from mean/var primitives")
+                          "use batching 'loop', or metagrad.models.TaskBatchNorm, which is exact under vmap")
 
 
 def check_call(method: str, batch: object, generator: object) -> None:

@@ -24,8 +24,9 @@ class FewShotClassification:
                  split: str = "train", distinct_characters: bool = False):
         self.images = torch.as_tensor(images)
         if self.images.dtype != torch.uint8:
+            given = images.dtype if isinstance(images, np.ndarray) else self.images.dtype  # the caller's own name
             raise ConfigError(f"images must be uint8 [classes, examples, (channels,) height, width], not "
-                              f"{self.images.dtype} (e.g. (x * 255).round().astype(np.uint8) from floats in [0, 1])")
+                              f"{given} (e.g. (x * 255).round().astype(np.uint8) from floats in [0, 1])")
         if self.images.dim() == 5 and self.images.shape[-1] in (1, 3) and self.images.shape[2] not in (1, 3):
             raise ConfigError(f"images of shape {list(self.images.shape)} hold channels last; give [classes, "
                               "examples, channels, height, width] (e.g. np.moveaxis(x, -1, 2))")
