@@ -129,3 +129,31 @@ def test_classifiers_report_accuracy(tmp_path):
 
 def test_id_images_helper_is_shared():
     assert id_images(classes=2).shape == (2, 20, 6, 6)
+
+
+@pytest.mark.parametrize("transductive", [True, False])
+def test_validation_takes_the_tests_batch_norm_mode(tmp_path, monkeypatch, transductive):
+    """The best checkpoint is chosen in the batch-norm mode the run is tested in (it was always transductive), and a
+    run resumed in the other mode tracks its best afresh: the two modes' accuracies are not one measure."""
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.rand(20, 20, 12, 12, generator=gen) * 255).to(torch.uint8).numpy()
+    tasks = FewShotClassification(data, 3, 2, 3)
+    learner = mg.MAML(classifier("conv4").float(), loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.3))
+    modes, measure = [], learner.adaptation_metrics
+    monkeypatch.setattr(learner, "adaptation_metrics", lambda *a, **k: modes.append(k.get("transductive")) or
+                        measure(*a, **k))
+
+    def trainer(mode: bool) -> mg.Trainer:
+        opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+        return mg.Trainer(learner, tasks, opt, iterations=2, meta_batch_size=2, run_dir=tmp_path / "run",
+                          val_every=1, val_tasks=4, transductive=mode, progress=False)
+
+    run = trainer(transductive)
+    run.fit()
+    assert modes == [transductive] * 2 and run.best_val is not None
+    resumed = trainer(not transductive)
+    resumed.restore()
+    assert resumed.best_val is None
+    again = trainer(transductive)
+    again.restore()
+    assert again.best_val == run.best_val

@@ -5,7 +5,8 @@ test's change of format and matched by the code after it, then an AMD EPYC witho
 otherwise: recorded from code the earlier commit 66f3a1d matches bit for bit there); on another kind of CPU, the
 runs that do not depend on how its kernels round (the MLP regressions) to 1e-6 against every recording. E-MAML's
 weights changed on purpose (ProMP's population std, not the sample std): its run was re-recorded on the AMD EPYC and
-left out of the two recordings whose machines were not at hand."""
+left out of the two recordings whose machines were not at hand; so were omniglot-reptile's validation lines (it
+validates in its test's non-transductive batch-norm mode now; its weights are unchanged)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
     return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, validation=validation, iterations=cfg.iterations,
                    meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir,
                    config=cfg.to_sections(), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                   val_every=cfg.val_every, val_tasks=cfg.val_tasks, time_budget=cfg.time_budget,
+                   val_every=cfg.val_every, val_tasks=cfg.val_tasks, transductive=cfg.transductive,
+                   time_budget=cfg.time_budget,
                    progress=progress, **kw)
 
 

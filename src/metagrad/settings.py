@@ -55,6 +55,9 @@ class Settings:
             raise ConfigError(f"time_budget {self.time_budget} must be >= 0 minutes")
         for name in ("seed", "eval_seed"):
             check_seed(name, getattr(self, name, 0))
+        if getattr(self, "seed", None) == getattr(self, "eval_seed", None) is not None:
+            raise ConfigError(f"seed {self.seed} equals eval_seed: the first training tasks would be the test tasks; "
+                              "choose another seed (or eval_seed)")
         return self
 
     def applies(self, name: str) -> bool:

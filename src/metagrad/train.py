@@ -95,6 +95,7 @@ class Trainer(RunLoop):
         validation: where validation tasks come from (default: ``tasks``; a held-out split for images).
         val_every / val_tasks: validate on fixed held-out tasks; the best is kept (highest query accuracy
             for classifiers, else lowest query loss).
+        transductive: validation's batch-norm mode (models with per-task batch norm): the test's.
         time_budget: minutes after which the run stops with a checkpoint (0: none).
         distributed: shard each meta-batch over the processes of a ``torch.distributed`` group.
         on_iteration: called as ``on_iteration(trainer, iteration, metrics)`` after each iteration.
@@ -106,7 +107,8 @@ class Trainer(RunLoop):
                  validation: TaskDistribution | None = None,
                  run_dir: str | Path | None = None, config: dict[str, Any] | None = None,
                  log_every: int = 100, checkpoint_every: int = 1000, val_every: int = 0, val_tasks: int = 100,
-                 time_budget: float = 0.0, progress: bool = True, distributed: Distributed | None = None,
+                 transductive: bool = True, time_budget: float = 0.0, progress: bool = True,
+                 distributed: Distributed | None = None,
                  on_iteration: Callable[[Trainer, int, dict[str, float]], None] | None = None):
         super().__init__(run_dir, iterations=iterations, time_budget=time_budget, checkpoint_every=checkpoint_every,
                          config=config, progress=progress, distributed=distributed, on_iteration=on_iteration)
@@ -126,7 +128,7 @@ class Trainer(RunLoop):
             distributed.shard(meta_batch_size)  # too few tasks for the processes: refused before a file is written
         self.log_every = log_every
         self.validation = validation if validation is not None else tasks
-        self.val_every, self.val_tasks = val_every, val_tasks
+        self.val_every, self.val_tasks, self.transductive = val_every, val_tasks, transductive
         self.generator = torch.Generator().manual_seed(seed)
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]  # the configured ones, kept when resuming
         self.sampling = 0.0  # seconds spent sampling tasks, across resumes
@@ -162,7 +164,7 @@ class Trainer(RunLoop):
         """Counters, the meta-losses since the last log line (so that the first line after a resume averages
         the same iterations as an uninterrupted run's), and the settings a resumed run must share."""
         return {"sampling": self.sampling, "best_val": self.best_val, "loss_window": self._window,
-                "trainer": self._settings()}
+                "trainer": self._settings(), "val_transductive": self.transductive}
 
     def _settings(self) -> dict[str, Any]:
         return {"meta_batch_size": self.meta_batch_size, "seed": self.seed,
@@ -180,6 +182,8 @@ class Trainer(RunLoop):
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
+        if info.get("val_transductive", True) != self.transductive:
+            self.best_val = None  # validated in the other batch-norm mode: its best is no measure for this one
         self._window = list(info.get("loss_window", []))
 
     def forget_best(self) -> None:
@@ -246,7 +250,8 @@ class Trainer(RunLoop):
         if self._val_batch is None:
             gen = torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)
             self._val_batch = self.validation.sample(self.val_tasks, gen)
-        values = self.learner.adaptation_metrics(self._val_batch, self.learner.inner_steps)
+        values = self.learner.adaptation_metrics(self._val_batch, self.learner.inner_steps,
+                                                 transductive=self.transductive)
         return {name: float(v[:, -1].mean()) for name, v in values.items()}
 
     def _validate(self) -> float:

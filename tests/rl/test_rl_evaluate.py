@@ -46,3 +46,23 @@ def test_rllab_return_curve_runs_on_the_same_tasks_and_agrees_without_early_ends
     # an untrained policy never reaches the goal: every episode runs to the horizon, so the first batch is
     # exactly one episode per environment, the same episodes as return_curve's (same tasks, same generator)
     assert curve["mean"][0] == pytest.approx(plain["mean"][0], abs=1e-4)
+
+
+def test_tuning_passes_over_a_diverging_step_size_and_tunes_with_the_tests_episodes(monkeypatch):
+    """A step size whose policy diverges is skipped, not the end of the evaluation (the supervised tuning scores it
+    infinitely bad); all of them diverging is one line; the candidates are scored on as many episodes per step as
+    the test takes."""
+    import metagrad.rl.evaluate as rl_evaluate
+    from metagrad.errors import ConfigError
+
+    cfg = RLConfig().replace(hidden=(8,), horizon=10, eval_steps=1, eval_tasks=3, eval_episodes=3,
+                             tune_eval_lr=True, eval_lr_grid=(1e30, 0.1))
+    learner, _ = build(cfg)
+    assert rl_evaluate.tune_step_size(learner, (1e30, 0.1), 1, 2, seed=0, num_tasks=3) == 0.1
+    with pytest.raises(ConfigError, match=r"every test-time step size of eval_lr_grid \[1e\+30\] diverged"):
+        rl_evaluate.tune_step_size(learner, (1e30,), 1, 2, seed=0, num_tasks=3)
+    seen = []
+    tune = rl_evaluate.tune_step_size
+    monkeypatch.setattr(rl_evaluate, "tune_step_size", lambda *a, **k: seen.append(a[3]) or tune(*a, **k))
+    curve, _, _ = rl_evaluate.evaluate(learner, cfg)
+    assert seen == [3] and curve["lr"] == [0.1, 0.05]

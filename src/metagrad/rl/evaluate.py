@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,7 +73,7 @@ def evaluate(learner: MetaRL, cfg: Any, keep_paths: int = 0) -> tuple[dict[str, 
     lr = list(cfg.eval_lr)
     if cfg.tune_eval_lr:  # on validation tasks: other goals of the family, or a benchmark's training split
         later = cfg.eval_later
-        first = tune_step_size(learner, cfg.eval_lr_grid, cfg.eval_steps, 20, cfg.eval_seed, later=later)
+        first = tune_step_size(learner, cfg.eval_lr_grid, cfg.eval_steps, cfg.eval_episodes, cfg.eval_seed, later=later)
         lr = [first, first * later]
     trained_on = learner.env
     learner.env = meta_test_env(trained_on)
@@ -94,15 +95,23 @@ def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes:
                    num_tasks: int = 40, later: float = 0.5) -> float:
     """The first test-time step size (times ``later`` after the first step: halved, as the MAML paper does) with the
     best mean return over 1..``steps`` steps on validation tasks: the papers' "manually tuned" step size of the
-    baselines."""
+    baselines. A step size whose policy diverges (NaN actions or returns) is passed over, as the supervised tuning
+    scores it infinitely bad."""
     tasks = held_out_goals(learner, num_tasks, seed + VAL_SEED_OFFSET)
-    best, best_lr = None, grid[0]
+    best, best_lr, failed = -math.inf, None, ""
     for lr in grid:
         gen = torch.Generator().manual_seed(seed + VAL_SEED_OFFSET + 1)
-        values, _ = adaptation_returns(learner, tasks, steps, episodes, (lr, lr * later), gen)
+        try:
+            values, _ = adaptation_returns(learner, tasks, steps, episodes, (lr, lr * later), gen)
+        except ConfigError as e:  # the environment refuses a diverged policy's actions
+            failed = failed or f"{lr}: {e}"
+            continue
         score = float(values[:, 1:].mean()) if steps else float(values.mean())
-        if best is None or score > best:
+        if math.isfinite(score) and score > best:
             best, best_lr = score, lr
+    if best_lr is None:
+        raise ConfigError(f"every test-time step size of eval_lr_grid {list(grid)} diverged on the validation tasks "
+                          f"(first: {failed or 'a NaN return'}); give smaller step sizes")
     return best_lr
 
 
