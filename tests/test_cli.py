@@ -256,14 +256,22 @@ def test_reproduce_compile_reaches_every_trained_method_and_is_refused_where_non
         assert "trains with plain autograd" in capsys.readouterr().err
 
 
-def test_train_help_says_which_kind_of_config_an_option_serves(capsys):
-    """Shared options give both defaults where they differ; options a meta-RL config refuses say so."""
+def test_train_help_says_which_kind_of_config_an_option_serves(capsys, monkeypatch):
+    """Shared options give both meanings and defaults where they differ; options a meta-RL config refuses say so;
+    eval's help too."""
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens ("meta-" / "RL")
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(built-in default: 2000; meta-RL: 10)" in text  # --checkpoint-every
     assert "metrics.jsonl (built-in default: 100); supervised configs only" in text  # --log-every
-    assert "--seed INT seed of the initialization and the task sampler (built-in default: 0) " in text
+    assert ("--outer-lr FLOAT outer step size (Reptile: epsilon); meta-RL: step size of outer 'vpg' and 'ppo' "
+            "(built-in default: 0.001)") in text  # refused with meta-RL's default outer, trpo
+    assert "--init-std FLOAT" in text and "--seed INT seed of the initialization and the task sampler; meta-RL:" in text
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "support sizes K to evaluate (built-in default: 5,10,20); supervised configs only" in text
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "reproduce", "tradeoff", "compare", "curves", "status"])

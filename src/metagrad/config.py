@@ -58,7 +58,7 @@ class Config(Settings):
     grid: int = opt(0, "task", "if > 0, inputs lie on this many equally spaced points and the query is the "
                     "whole grid (Reptile's variant: 50)")
     oracle: bool = opt(False, "task", "append the task to the input (oracle baseline: a sinusoid's "
-                                  "amplitude and phase; meta-RL: the goal)")
+                                  "amplitude and phase)")
     dim: int = opt(1, "task", "input dimension p of linreg tasks (the paper's Figure 3: 1)")
     # [model]
     model: str = opt("mlp", "model", "network: mlp, linear (y = theta^T x, no bias; for linreg), conv4 (few-shot "
@@ -71,8 +71,7 @@ class Config(Settings):
                        "input (images: this many extra channels, each a free map of the image's size; conv4), the "
                        "MAML paper's appendix C.2 baseline; adapt it alone with adapt = context (0: off)")
     # [algo]
-    algo: str = opt("maml", "algo", "algorithm: maml, fomaml (first-order MAML), reptile, joint (pretrained/DRS); "
-                                    "meta-RL also sgmrl, sgmrl-fo, emaml, promp")
+    algo: str = opt("maml", "algo", "algorithm: maml, fomaml (first-order MAML), reptile, joint (pretrained/DRS)")
     inner_lr: tuple[float, ...] = opt((0.01,), "algo", "inner step size, or one per inner step (the last repeats)")
     inner_steps: int = opt(1, "algo", "inner-loop steps during meta-training")
     inner_optimizer: str = opt("sgd", "algo", "inner-loop rule: sgd, or adam (beta1 = 0, as Reptile)")
@@ -103,8 +102,7 @@ class Config(Settings):
     meta_batch_size: int = opt(25, "train", "tasks per meta-iteration")
     outer_optimizer: str = opt("adam", "train", "outer optimizer: adam, or sgd (plain step, as Reptile's)")
     outer_lr: float = opt(0.001, "train", "outer step size (Reptile: epsilon)")
-    outer_lr_schedule: str = opt("constant", "train", "constant, or linear (annealed to 0 over the run); meta-RL also "
-                                                    "plateau, grad-norm")
+    outer_lr_schedule: str = opt("constant", "train", "constant, or linear (annealed to 0 over the run)")
     seed: int = opt(0, "train", "seed of the initialization and the task sampler")
     batching: str = opt("auto", "train", "vmap (tasks batched), loop (per-task reference), auto")
     compile: bool = opt(False, "train", "torch.compile the meta-gradient: tens of seconds once, then several times "

@@ -184,3 +184,12 @@ def test_compiled_joint_training_curvature_equals_eager():
     step = float((flatten(eager.meta_params()) - flatten(dict(policy.named_parameters()))).abs().max())
     assert float((flatten(compiled.meta_params()) - flatten(eager.meta_params())).abs().max()) < 1e-3 * step
     assert "policy_curvature" in compiled.__dict__["_compiled"]
+
+
+def test_subsampled_curvature_is_refused_with_finite_difference_products():
+    """Finite-difference products use every episode: hvp_subsample < 1 there was stored and ignored."""
+    env = Navigation2D(horizon=20)
+    policy = make_policy(env.action_space, 2, hidden=(8,))
+    with pytest.raises(ConfigError, match="hvp finite-difference uses every episode"):
+        MetaRL(policy, env, episodes=4, hvp="finite-difference", hvp_subsample=0.5)
+    MetaRL(policy, env, episodes=4, hvp="finite-difference")  # every episode: fine

@@ -50,7 +50,9 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("train", help="meta-train from a config file", description="Meta-train from a config "
                        f"file or preset ({', '.join(preset_names())}); supervised presets have [task] and [model] "
-                       "sections, meta-RL ones [env] and [policy]. Any config value can be overridden below.")
+                       "sections, meta-RL ones [env] and [policy]. Any config value can be overridden below; an "
+                       "option left out keeps the config's value (the built-in defaults shown are those of keys a file "
+                       "omits).")
     p.add_argument("--config", type=nonempty, help="config file or preset name (default: sinusoid-maml; with "
                    "--resume, the run's own)")
     p.add_argument("--out", type=nonempty, help="run directory (default: runs/<config name>)")
@@ -68,13 +70,15 @@ def build_parser() -> Parser:
                        "config's).")
     p.add_argument("run", help="run directory written by `metagrad train`")
     p.add_argument("--checkpoint", default="last", type=checkpoint_name,
-                   help="which checkpoint: last (default), best, or a meta-RL step budget's snapshot-NNN")
+                   help="which checkpoint: last (default), best, or a meta-RL snapshot-NNN (kept every "
+                   "snapshot_steps environment steps)")
     p.add_argument("--output", type=nonempty, help="where to write the results (default: RUN/eval.json); e.g. one "
                    "file per checkpoint in a folder, for `metagrad compare`")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the data loaders')")
-    Config.add_arguments(p, ("eval",))
-    RLConfig.add_arguments(p, ("eval",), title="meta-RL [{section}] options")
+    Config.add_arguments(p, ("eval",), title="[{section}] options (override the run's config)")
+    RLConfig.add_arguments(p, ("eval",), title="meta-RL [{section}] options (override the run's config)")
     _add_set(p, "eval_tasks=100")
+    _say_which_kind(p)
 
     from ..reproduce import EXPERIMENTS, FEWSHOT
 
@@ -85,11 +89,13 @@ def build_parser() -> Parser:
                    help="which experiment")
     p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
-    p.add_argument("--out", type=nonempty, help="results folder (default: results/<experiment>[-full])")
+    p.add_argument("--out", type=nonempty, help="results folder (default: results/<experiment>[-full]; "
+                   "locomotion: results/locomotion-<env>[-full])")
     p.add_argument("--seed", type=seed, help="training seed of every method (default: 0)")
     p.add_argument("--eval-tasks", type=int, help="test tasks (default: the experiment's, e.g. 600 sinusoid tasks, "
-                   "the meta-RL presets' eval_tasks)")
-    p.add_argument("--batching", choices=BATCHING, help="task batching (default: auto)")
+                   "the meta-RL presets' eval_tasks, locomotion 40)")
+    p.add_argument("--batching", choices=BATCHING, help="task batching of the sinusoid and few-shot experiments "
+                   "(default: auto)")
     p.add_argument("--device", help="where the sinusoid and few-shot methods train: cpu (default), cuda or cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile the meta-gradient (the sinusoid, few-shot "
                    "and meta-RL methods; for navigation and locomotion the same as --set compile=true): pays for the "
@@ -101,15 +107,18 @@ def build_parser() -> Parser:
                         "context-vector baseline), anil (Omniglot, the inner loop adapts the head alone); for "
                         "navigation and locomotion, comma-separated methods: maml-trpo (default), fomaml-trpo, "
                         "pretrained, random, oracle, sgmrl, sgmrl-full, maml-vpg, emaml, promp, drs-ppo, drs-trpo, "
-                        "context, or all")
+                        "context, trpo-maml (the trade-off study's preset of maml-trpo), or all (every one but "
+                        "trpo-maml)")
     images.add_argument("--ways", type=int, help="classes per task, N (default: 5)")
     images.add_argument("--shots", type=int, help="examples per class, K (default: 1)")
     images.add_argument("--time-budget", type=float, help="minutes of training before testing the best checkpoint "
-                        "(few-shot default: 30, 0 or --full: no limit; navigation: per method, the Reptile "
-                        "studies: for the whole study, default none); rerun the same command to continue")
-    images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>)")
-    images.add_argument("--download", action="store_true", help="Omniglot: fetch the official zip files into the "
-                        "dataset folder when they are missing")
+                        "(few-shot default: 30; 0, --full or --iterations: no limit; navigation and locomotion: per "
+                        "method; the Reptile studies: for the whole study, default none); rerun the same command to "
+                        "continue")
+    images.add_argument("--data-root", help="dataset folder (default: $METAGRAD_DATA/<dataset>); also the "
+                        "Reptile studies' Omniglot")
+    images.add_argument("--download", action="store_true", help="Omniglot (and the Reptile studies): fetch the "
+                        "official zip files into the dataset folder when they are missing")
     nav = p.add_argument_group("meta-RL (navigation, locomotion)")
     nav.add_argument("--env", type=nonempty, help="locomotion task family: cheetah-dir (default), cheetah-vel, "
                      "ant-dir, ant-vel, swimmer-vel (the MAML paper's); cheetah-rand-vel, swimmer-rand-vel "
@@ -167,17 +176,21 @@ def nonempty(text: str) -> str:
 
 
 def _say_which_kind(parser: argparse.ArgumentParser) -> None:
-    """In ``train --help``, mark the supervised options a meta-RL config refuses, and give the meta-RL default of a
-    shared option where it differs (``--checkpoint-every``: 2000 supervised, 10 meta-RL)."""
-    supervised, rl = {f.name for f in fields(Config)}, {f.name for f in fields(RLConfig)}
+    """In ``train --help`` and ``eval --help``, mark the supervised options a meta-RL config refuses, and give the
+    meta-RL meaning and default of a shared option where they differ (``--outer-lr``: any supervised outer step,
+    meta-RL's outer vpg and ppo only; ``--checkpoint-every``: 2000 supervised, 10 meta-RL)."""
+    supervised = {f.name: f.metadata["help"] for f in fields(Config)}
+    rl = {f.name: f.metadata["help"] for f in fields(RLConfig)}
     for action in parser._actions:
-        if action.dest in supervised - rl:
+        name = action.dest
+        if name in supervised and name not in rl:
             action.help += "; supervised configs only"
-        elif action.dest in supervised & rl:
-            ours, theirs = Config.shown_default(action.dest), RLConfig.shown_default(action.dest)
-            if theirs != ours:
-                action.help = action.help.replace(f"(built-in default: {ours})",
-                                                  f"(built-in default: {ours}; meta-RL: {theirs})")
+        elif name in supervised and name in rl:
+            ours, theirs = Config.shown_default(name), RLConfig.shown_default(name)
+            meaning = f"; meta-RL: {rl[name]}" if rl[name] != supervised[name] else ""
+            default = f"; meta-RL: {theirs}" if theirs != ours else ""
+            action.help = action.help.replace(f" (built-in default: {ours})",
+                                              f"{meaning} (built-in default: {ours}{default})")
 
 
 def checkpoint_name(text: str) -> str:
@@ -270,9 +283,10 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--test-episodes", type=int, default=d.test_episodes, help="episodes per test update (default: "
                    "%(default)s)")
     p.add_argument("--horizon", type=int, default=0, help="steps per episode (default: the paper's, 200 for "
-                   "locomotion, 150 for Meta-World)")
-    p.add_argument("--paper", action="store_true", help="the paper's budget: 21 snapshots 100 iterations of 40 tasks "
-                   "x 20 episodes of the family's horizon apart (days on 2 cores); the sizes above stay unset")
+                   "locomotion, 150 for Meta-World, 100 for navigation2d)")
+    p.add_argument("--paper", action="store_true", help="the paper's budget: 21 snapshots 16M environment steps apart "
+                   "(100 iterations of 40 tasks x 20 episodes of 200 steps; days on 2 cores); the sizes above stay "
+                   "unset")
     p.add_argument("--compile", action="store_true", help="torch.compile the outer steps (about a minute once per "
                    "run, then each update up to 2x faster; the same results)")
     p.add_argument("--settings", choices=("metagrad", "promp"), default=d.settings, help="metagrad (default; the "
@@ -293,9 +307,11 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--shots", type=csv(int), metavar="K1,K2,...", help="support sizes (default: all shared)")
     p.add_argument("--higher-is-better", action=argparse.BooleanOptionalAction, default=None,
                    help="direction of the metric (default: lower for loss, higher otherwise)")
-    p.add_argument("--method-a", help="method of RESULTS_A when it is a results.json with several")
-    p.add_argument("--method-b", help="method of RESULTS_B when it is a results.json with several")
-    p.add_argument("--label-a", help="name of A in the table and figure (default: its folder's name)")
+    p.add_argument("--method-a", help="method of RESULTS_A when it is a results.json with several (a few-shot "
+                   "results file: its batch-norm mode, transductive or non-transductive)")
+    p.add_argument("--method-b", help="method of RESULTS_B, as --method-a")
+    p.add_argument("--label-a", help="name of A in the table and figure (default: an eval.json's folder name, a "
+                   "results file's method label; the shortest distinguishing path where the two names clash)")
     p.add_argument("--label-b", help="name of B")
     p.add_argument("--out", default="compare", help="folder for compare.json and compare.png (default: compare)")
 
@@ -311,6 +327,7 @@ def _add_curves_parser(sub: Any) -> None:
     p.add_argument("--metric", type=csv(str), metavar="M1,M2", help="logged numbers to draw (default: "
                    "return_post and return_pre for meta-RL runs, meta_loss for supervised ones)")
     p.add_argument("--smooth", type=int, default=1, metavar="N", help="trailing mean over N logged points (default 1)")
-    p.add_argument("--last", type=int, default=10, metavar="N", help="the printed means are over the last N points")
+    p.add_argument("--last", type=int, default=10, metavar="N", help="the printed means are over the last N points "
+                   "(default: 10)")
     p.add_argument("--title", help="the figure's title")
     p.add_argument("--out", default="curves.png", help="the figure's path (default: curves.png)")

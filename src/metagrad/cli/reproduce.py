@@ -52,7 +52,7 @@ def refuse_stray_options(args: argparse.Namespace) -> None:
     rl, studies = ("navigation", "locomotion"), ("reptile-gradients", "reptile-overlap")
     scope = {"algo": (*FEWSHOT, *rl), "ways": FEWSHOT, "shots": FEWSHOT, "env": ("locomotion",), "set": rl,
              "redraw": rl,
-             "data_root": (*FEWSHOT, *studies), "download": (*FEWSHOT, *studies),
+             "data_root": (*FEWSHOT, *studies), "download": ("omniglot", *studies),
              "time_budget": (*FEWSHOT, *rl, *studies),
              "batching": (*FEWSHOT, *EXPERIMENTS)}
     for name, experiments in scope.items():

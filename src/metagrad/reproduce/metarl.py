@@ -27,6 +27,7 @@ from ..rl.metarl import packable, steps_mean_applies
 from ..rl.train import RLFitResult, build
 
 DEMO_ITERATIONS, FULL_ITERATIONS = 100, 500
+ALIASES = {"trpo-maml"}  # another paper's name for a method here: not trained twice by --algo all
 LABELS = {"maml-trpo": "MAML-TRPO", "fomaml-trpo": "first-order MAML-TRPO", "pretrained": "pretrained (joint)",
           "random": "random init", "oracle": "oracle (goal as input)", "sgmrl": "SG-MRL (first order)",
           "sgmrl-full": "SG-MRL (full)", "maml-vpg": "MAML (VPG)", "emaml": "E-MAML (VPG)", "promp": "ProMP",
@@ -60,7 +61,7 @@ def parse_methods(text: str | None) -> list[str]:
     if len(names) < len(given):
         raise ConfigError(f"--algo {text}: an empty entry between commas; give methods such as maml-trpo,pretrained")
     if names == ["all"]:
-        return method_names()
+        return [m for m in method_names() if m not in ALIASES]
     for m in names:
         preset(m)  # raises with a suggestion
     twice = sorted({m for m in names if names.count(m) > 1})

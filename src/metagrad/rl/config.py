@@ -108,7 +108,8 @@ class RLConfig(Settings):
                          "steps after an episode's end as zeros) or steps (its valid steps, as the papers' code: a "
                          "task whose episodes end early weighs as much and takes the same inner step)")
     normalize_outer: bool = opt(True, "algo", "normalize the advantages of the outer objective per task "
-                                 "(false for sgmrl, whose gradient holds only with raw ones)")
+                                 "(must be false for sgmrl and sgmrl-fo, whose gradient holds only with raw ones: "
+                                 "--no-normalize-outer; their presets set it)")
     max_kl: float = opt(0.01, "algo", "TRPO: KL bound of a meta-step")
     cg_iters: int = opt(10, "algo", "TRPO: conjugate-gradient iterations")
     cg_damping: float = opt(1e-5, "algo", "TRPO: damping added to the KL Hessian")
@@ -116,7 +117,7 @@ class RLConfig(Settings):
     max_backtracks: int = opt(15, "algo", "TRPO: line-search steps")
     hvp: str = opt("exact", "algo", "TRPO Hessian-vector products through the inner step: exact or finite-difference")
     hvp_subsample: float = opt(1.0, "algo", "TRPO: fraction of each task's episodes used for the Hessian-vector "
-                               "products (1: all; the gradient and the KL check always use all)")
+                               "products (1: all; the gradient and the KL check always use all); hvp exact only")
     curvature_chunk: int = opt(4, "algo", "TRPO with compile=True: tasks per compiled curvature product, summed "
                                "over the chunks (their activations stay in the caches: 1.2-1.3x faster products "
                                "than all at once, benchmarks/curvature_chunks.py; 0: all tasks at once)")

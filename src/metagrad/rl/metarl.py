@@ -116,6 +116,9 @@ def check_settings(v: dict[str, Any]) -> None:
                           f"inner_kl_target {v['inner_kl_target']} must be >= 0")
     if not 0 < v["hvp_subsample"] <= 1:
         raise ConfigError(f"hvp_subsample {v['hvp_subsample']} must lie in (0, 1] (1: every episode)")
+    if v["hvp_subsample"] < 1 and v["hvp"] == "finite-difference" and v["outer"] == "trpo":
+        raise ConfigError(f"hvp_subsample {v['hvp_subsample']} subsamples the exact products; hvp finite-difference "
+                          "uses every episode: set hvp exact, or hvp_subsample 1")
     weight = v["emaml_weight"]
     if isinstance(weight, bool) or not (isinstance(weight, numbers.Real) and weight >= 0 and math.isfinite(weight)):
         raise ConfigError(f"emaml_weight {weight!r} must be a finite number >= 0, e.g. 1")
