@@ -4,12 +4,14 @@ needs)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 import metagrad as mg
-from metagrad.errors import ConfigError
+from metagrad.errors import CheckpointError, ConfigError
 from metagrad.rl import MetaRL
 from metagrad.rl.envs.navigation import Navigation2D
 from metagrad.rl.evaluate import return_curve
@@ -148,7 +150,44 @@ CASES = {
                           ["at least 2 test tasks", "got 1"]),
     "U19 a model returning a tuple": (lambda: mg.MAML(TwoOutputs()).meta_gradient(sines()), ConfigError,
                                       ["(TwoOutputs) returns a tuple, not a tensor", "losses.mse", "output[0]"]),
+    "U20 a loss with parameters": (lambda: mg.MAML(net(), loss_fn=ScaledLoss()), ConfigError,
+                                   ["loss_fn holds parameters ('log_scale')", "move them into the model"]),
+    "U20 a loss per example": (lambda: learner(loss_fn=lambda p, y: (p - y) ** 2).meta_gradient(sines()),
+                               ConfigError, ["loss_fn must return one number per task", "reduction='none'"]),
+    "U20 a loss per example, vmapped": (
+        lambda: learner(loss_fn=lambda p, y: (p - y) ** 2, batching="vmap").meta_gradient(sines()), ConfigError,
+        ["loss_fn must return one number per task"]),
+    "U21 an operation without a second derivative, named unquoted": (
+        lambda: mg.MAML(torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Hardsigmoid(), torch.nn.Linear(4, 1)),
+                        batching="loop").meta_gradient(sines()), ConfigError,
+        ["has none for 'hardsigmoid_backward'", "first_order=True"]),
+    "U23 complex parameters with an inner Adam": (lambda: mg.MAML(complex_net(), inner=mg.Adam(0.1)), ConfigError,
+                                                  ["inner rule Adam on complex parameters", "mg.SGD"]),
+    "U23 complex parameters recomputed": (lambda: mg.MAML(complex_net(), recompute=True), ConfigError,
+                                          ["recompute works with real parameters"]),
+    "U23 complex parameters saved": (lambda: mg.MAML(complex_net()).save("/nonexistent/never-written"),
+                                     CheckpointError, ["model.weight is a complex tensor", "torch.view_as_real"]),
+    "U22 two parameters, one learned step-size name": (
+        lambda: mg.SGD(0.1, learn=True, params={"a.w": torch.zeros(2), "a__w": torch.zeros(2)}), ConfigError,
+        ["'a.w' and 'a__w' would share one learned step size", "rename one"]),
 }
+
+
+def complex_net() -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: complex modules are a new feature
+        return torch.nn.Linear(2, 2).to(torch.complex128)
+
+
+class ScaledLoss(torch.nn.Module):
+    """A loss with a learnable scale, which metagrad's meta-gradient would never reach."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, prediction, target):
+        return ((prediction - target) ** 2).mean() * self.log_scale.exp()
 
 
 class TwoOutputs(torch.nn.Module):

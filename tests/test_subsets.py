@@ -183,6 +183,22 @@ def test_frozen_parameters_stay_frozen_under_adam(algo, path):
             assert not torch.equal(p, start[n]), n
 
 
+@pytest.mark.parametrize("algo", ["maml", "reptile"])
+def test_a_parameter_frozen_after_a_step_stops_moving_without_zero_grad(algo):
+    """Frozen after a meta-step: the ``.grad`` that step wrote is dropped by the next meta-gradient (which replaces
+    the others: no zero_grad needed), so the optimizer no longer moves it."""
+    model = net()
+    learner = make(algo, model, PATHS["loop"])
+    opt = torch.optim.SGD(learner.parameters(), lr=0.1)
+    learner.meta_gradient(sinusoid_batch(tasks=TASKS))
+    opt.step()
+    model.body[0].requires_grad_(False)
+    frozen = model.body[0].weight.detach().clone()
+    learner.meta_gradient(sinusoid_batch(tasks=TASKS, seed=1))
+    opt.step()
+    assert model.body[0].weight.grad is None and torch.equal(model.body[0].weight, frozen)
+
+
 # ------------------------------------------------------------------------- Reptile
 @pytest.mark.parametrize("path", ["loop", "vmap", "threads"])
 def test_reptile_moves_only_the_adapted_parameters(path):

@@ -34,6 +34,20 @@ REPLACEMENTS = {nn.LayerNorm: "metagrad.models.LayerNorm",
                 nn.modules.batchnorm._BatchNorm: "metagrad.models.TaskBatchNorm"}
 
 
+def weight_normed(model: nn.Module) -> str | None:
+    """The first module using torch's weight norm (``parametrizations.weight_norm`` or the older hook), whose
+    second derivative torch 2.13 gets wrong (``torch._weight_norm`` fails gradgradcheck), on every path."""
+    from torch.nn.utils.parametrizations import _WeightNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for name, m in model.named_modules():
+        parts = getattr(m, "parametrizations", {})
+        if any(isinstance(f, _WeightNorm) for plist in parts.values() for f in plist) or any(
+                isinstance(h, WeightNorm) for h in m._forward_pre_hooks.values()):
+            return name or "(the model)"
+    return None
+
+
 def has_torch_batchnorm(model: nn.Module) -> bool:
     """``nn.BatchNorm*`` gives wrong second-order gradients under vmap (docs/compatibility.md)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -57,7 +71,7 @@ def needs_math_attention(error: BaseException) -> bool:
     return "scaled_dot_product" in text and "not implemented" in text
 
 
-MISSING_DERIVATIVE = re.compile(r"derivative for '(\w+)' is not implemented")
+MISSING_DERIVATIVE = re.compile(r"derivative for '?(?:aten::)?(\w+)'? is not implemented")  # quoted or aten::op
 HINTS = {"_embedding_bag_backward": " (nn.EmbeddingBag's; nn.Embedding followed by a sum or mean has them)"}
 
 
@@ -71,6 +85,9 @@ def torch_fault(error: BaseException) -> str | None:
         op = missing[1]
         return (f"second-order meta-gradients need the second derivative of every operation in the model, and torch "
                 f"has none for '{op}'{HINTS.get(op, '')}; use first_order=True (or Reptile), or replace that module")
+    if "only for scalar outputs" in text or "to return a scalar Tensor" in text:
+        return ("loss_fn must return one number per task, the mean over its examples (e.g. mg.losses.mse); it "
+                "returned a tensor of several (a reduction='none' loss?)")
     if "would mutate a captured Tensor" in text:
         return ("this path differentiates with torch.func, which cannot run a model that updates its buffers as it "
                 "runs (e.g. batch norm's running statistics in training mode); use recompute=False and batching "

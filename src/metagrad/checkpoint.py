@@ -47,9 +47,12 @@ def save(stem: str | Path, state: Any, info: dict[str, Any]) -> None:
     final, sidecar = paths(stem)
     if final.is_dir() or Path(stem).is_dir():
         raise CheckpointError(f"{stem} is a folder; give a file name in it, e.g. {Path(stem) / 'model'}")
-    final.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, "", tensors)
+    if complex_ := next((name for name, t in tensors.items() if t.is_complex()), None):
+        raise CheckpointError(f"{complex_} is a complex tensor, which safetensors cannot store; save the model's "
+                              "real and imaginary parts as real parameters (torch.view_as_real)")
+    final.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"format": FORMAT, **info, "state": skeleton})
     data = serialize(tensors, metadata={HEADER_KEY: header, DIGEST_KEY: _digest(header, tensors)})
     files.replace_atomically(final, lambda f: f.write(data))  # a full disk: an OSError naming the file

@@ -100,6 +100,11 @@ class SGD(InnerRule):
                                                         for n, p in params.items())):
                 raise ConfigError(f"params {type(params).__name__} must be the model, or its parameters by name "
                                   "(dict(model.named_parameters())), to shape the learned step sizes")
+            keys = [_key(n) for n in params]
+            if len(set(keys)) < len(keys):
+                a, b = next((a, b) for a in params for b in params if a < b and _key(a) == _key(b))
+                raise ConfigError(f"parameters '{a}' and '{b}' would share one learned step size (both are stored as "
+                                  f"'{_key(a)}'); rename one of them")
             self.lr = nn.ParameterDict({_key(n): nn.Parameter(self._initial(p.detach())) for n, p in params.items()})
 
     @property

@@ -568,6 +568,7 @@ class MetaLearner(nn.Module):
 
     def meta_gradient_of(self, batch: TaskBatch, mb: Tensor | None) -> dict[str, float]:
         """``meta_gradient`` of a checked batch on the model's device, with its minibatch indices ``mb``."""
+        self.clear_frozen_grads()
         if self.carried is not None:
             grads, loss = self.carried_gradient(batch, mb)
         elif self.fuses_write(batch.num_tasks):
@@ -576,6 +577,14 @@ class MetaLearner(nn.Module):
             grads, loss = self.over_tasks(self.batch_gradient, batch, mb)
         self.write_meta_gradient(grads)
         return {"meta_loss": float(loss)}
+
+    def clear_frozen_grads(self) -> None:
+        """A parameter frozen after a meta-step (``requires_grad_(False)``) loses the ``.grad`` that step wrote:
+        an optimizer would go on applying it."""
+        for module in (self.model, self.inner):
+            for _, p in self.members(module).parameters():
+                if p.grad is not None and not p.requires_grad:
+                    p.grad = None
 
     def fuses_write(self, num_tasks: int) -> bool:
         """Whether ``meta_gradient`` takes ``fused_gradient``: compiled in torch.compile's default mode (CUDA graphs

@@ -9,7 +9,7 @@ from ..batch import TaskBatch
 from ..batching import has_torch_batchnorm
 from ..choices import BATCHING, COMPILE_MODES, INNER_SAMPLING, INNER_STATE
 from ..errors import ConfigError, check_choice, check_whole
-from ..inner import InnerRule
+from ..inner import Adam, InnerRule
 
 
 def check_arguments(model: object, loss_fn: object, inner: object, inner_steps: int, inner_batch_size: int,
@@ -21,7 +21,13 @@ def check_arguments(model: object, loss_fn: object, inner: object, inner_steps: 
     if not callable(loss_fn):
         raise ConfigError(f"loss_fn {loss_fn!r} must be a function loss(prediction, target) -> scalar, e.g. "
                           "mg.losses.mse or mg.losses.cross_entropy")
+    if isinstance(loss_fn, nn.Module) and (held := next(iter(loss_fn.named_parameters()), None)):
+        raise ConfigError(f"loss_fn holds parameters ('{held[0]}'), which the meta-gradient does not reach: metagrad "
+                          "meta-learns the model's; move them into the model (e.g. its output's log-variance)")
     check_rule(inner)
+    if isinstance(inner, Adam) and any(p.is_complex() for p in model.parameters()):
+        raise ConfigError("inner rule Adam on complex parameters: its second moments are real-valued only; use "
+                          "mg.SGD, or real parameters (torch.view_as_real)")
     check_whole("inner_steps", inner_steps, 0)
     check_whole("inner_batch_size", inner_batch_size, 0, hint="0: whole support set")
     check_whole("threads", threads, 0, hint="0: automatic")
