@@ -193,3 +193,17 @@ def test_subsampled_curvature_is_refused_with_finite_difference_products():
     with pytest.raises(ConfigError, match="hvp finite-difference uses every episode"):
         MetaRL(policy, env, episodes=4, hvp="finite-difference", hvp_subsample=0.5)
     MetaRL(policy, env, episodes=4, hvp="finite-difference")  # every episode: fine
+
+
+def test_a_weight_normed_policy_is_refused_where_second_derivatives_are_taken():
+    """torch's weight norm has a wrong second derivative: TRPO's curvature and second-order inner steps refuse it;
+    first order with a VPG outer step takes it."""
+    from torch.nn.utils import parametrizations
+
+    env = Navigation2D(horizon=20)
+    policy = make_policy(env.action_space, 2, hidden=(8,))
+    parametrizations.weight_norm(policy.mean[0])
+    for algo, outer_step in (("maml", "vpg"), ("fomaml", "trpo")):
+        with pytest.raises(ConfigError, match="weight norm, whose second derivative torch gets wrong"):
+            MetaRL(policy, env, algo=algo, outer=outer_step, episodes=2)
+    MetaRL(policy, env, algo="fomaml", outer="vpg", episodes=2)
