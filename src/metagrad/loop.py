@@ -396,7 +396,8 @@ def _finite(state: Any) -> bool:
 
 
 # settings that leave the trained iterates as they are: a checkpoint written under other values is the same run's
-BOOKKEEPING = frozenset({"time_budget", "log_every", "checkpoint_every", "iterations", "val_every"})
+BOOKKEEPING = frozenset({"time_budget", "log_every", "checkpoint_every", "iterations", "val_every", "step_budget",
+                         "snapshot_steps"})
 
 
 def _trajectory(config: dict[str, Any]) -> dict[str, Any]:

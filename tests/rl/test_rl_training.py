@@ -531,3 +531,25 @@ def test_a_results_file_keeps_one_experiment_and_tables_and_figures_take_uneven_
     assert all(p.exists() for p in navigation_figures(results, tmp_path / "nav"))
     colors = colors_for(["maml-trpo", "promp", "trpo-maml", "pretrained", "drs-ppo", "drs-trpo"])
     assert len(set(colors.values())) == 6 and colors["maml-trpo"] == "tab:green"
+
+
+def test_a_step_budget_raised_on_resume_writes_the_snapshot_its_last_iteration_passed(tmp_path):
+    """The session that stopped at its budget passed a snapshot multiple beyond it (skipped then: past the budget);
+    resumed with a larger budget, that snapshot is written from the restored state, as the uninterrupted run has it;
+    the budgets and snapshot spacing shape no iterate, so the best checkpoint stays."""
+    from metagrad import checkpoint as ckpt
+    from metagrad.cli import main as cli
+
+    args = ["train", "--config", "maml-trpo-navigation", "--iterations", "500", "--meta-batch-size", "2",
+            "--episodes", "2", "--horizon", "10", "--no-progress", "--checkpoint-every", "5", "--snapshot-steps", "515"]
+    assert cli([*args, "--step-budget", "2000", "--out", str(tmp_path / "straight")]) == 0
+    assert cli([*args, "--step-budget", "1000", "--out", str(tmp_path / "raised")]) == 0
+    assert not ckpt.exists(tmp_path / "raised" / "snapshot-002")
+    assert cli([*args, "--step-budget", "2000", "--out", str(tmp_path / "raised"), "--resume"]) == 0
+    for j in (1, 2, 3):
+        a, info_a = ckpt.load(tmp_path / "straight" / f"snapshot-00{j}")
+        b, info_b = ckpt.load(tmp_path / "raised" / f"snapshot-00{j}")
+        assert info_a["iteration"] == info_b["iteration"]
+        assert all(torch.equal(a["learner"][k], b["learner"][k]) for k in a["learner"])
+    lines = (tmp_path / "raised" / "metrics.jsonl").read_text()
+    assert "best_removed" not in lines
