@@ -311,7 +311,8 @@ def test_models_whose_buffers_stay_put_run_in_threads(monkeypatch):
     for name, model in models.items():
         grads, calls = {}, threaded_calls(monkeypatch)
         for threads in (1, 2):
-            learner = mg.MAML(model, inner=mg.SGD(0.1), batching="loop", threads=threads)
+            learner = mg.MAML(model, inner=mg.SGD(0.1), batching="loop", threads=threads,
+                              first_order=name == "weight norm")  # torch's weight norm: no true second derivative
             for _ in range(2):  # the first call runs on one thread and watches the buffers and the random stream
                 learner.zero_grad()
                 learner.meta_gradient(batch)
