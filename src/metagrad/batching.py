@@ -34,6 +34,11 @@ REPLACEMENTS = {nn.LayerNorm: "metagrad.models.LayerNorm",
                 nn.modules.batchnorm._BatchNorm: "metagrad.models.TaskBatchNorm"}
 
 
+WEIGHT_NORM_FAULT = ("uses torch's weight norm, whose second derivative torch gets wrong (torch._weight_norm fails "
+                     "gradgradcheck)")
+WEIGHT_NORM_FIX = "write the norm in the module (g * v / v.norm(dim=1, keepdim=True))"
+
+
 def weight_normed(model: nn.Module) -> str | None:
     """The first module using torch's weight norm (``parametrizations.weight_norm`` or the older hook), whose
     second derivative torch 2.13 gets wrong (``torch._weight_norm`` fails gradgradcheck), on every path."""

@@ -568,7 +568,6 @@ class MetaLearner(nn.Module):
 
     def meta_gradient_of(self, batch: TaskBatch, mb: Tensor | None) -> dict[str, float]:
         """``meta_gradient`` of a checked batch on the model's device, with its minibatch indices ``mb``."""
-        self.clear_frozen_grads()
         if self.carried is not None:
             grads, loss = self.carried_gradient(batch, mb)
         elif self.fuses_write(batch.num_tasks):
@@ -577,14 +576,6 @@ class MetaLearner(nn.Module):
             grads, loss = self.over_tasks(self.batch_gradient, batch, mb)
         self.write_meta_gradient(grads)
         return {"meta_loss": float(loss)}
-
-    def clear_frozen_grads(self) -> None:
-        """A parameter frozen after a meta-step (``requires_grad_(False)``) loses the ``.grad`` that step wrote:
-        an optimizer would go on applying it."""
-        for module in (self.model, self.inner):
-            for _, p in self.members(module).parameters():
-                if p.grad is not None and not p.requires_grad:
-                    p.grad = None
 
     def fuses_write(self, num_tasks: int) -> bool:
         """Whether ``meta_gradient`` takes ``fused_gradient``: compiled in torch.compile's default mode (CUDA graphs
@@ -606,15 +597,24 @@ class MetaLearner(nn.Module):
 
     def grad_fields(self, module: nn.Module, tree: Params) -> Params:
         """The ``.grad`` fields of ``module``'s parameters named in ``tree``, zero-filled where there is none."""
-        if not tree:
-            return {}
         fields = {}
+        for n, p in self.grad_targets(module, tree).items():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            fields[n] = p.grad
+        return fields
+
+    def grad_targets(self, module: nn.Module, tree: Params) -> dict[str, nn.Parameter]:
+        """``module``'s parameters named in ``tree`` (what a meta-gradient writes); a parameter frozen since an
+        earlier meta-step (``requires_grad_(False)``) loses the ``.grad`` that step wrote, which an optimizer would
+        go on applying."""
+        targets = {}
         for n, p in self.members(module).parameters():
             if n in tree:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                fields[n] = p.grad
-        return fields
+                targets[n] = p
+            elif p.grad is not None and not p.requires_grad:
+                p.grad = None
+        return targets
 
     def gradient_into(self, meta: Meta, buffers: Params, batch: TaskBatch, mb: Tensor | None,
                       fields: Meta) -> Tensor:
@@ -687,8 +687,7 @@ class MetaLearner(nn.Module):
     def write_meta_gradient(self, grads: Meta) -> None:
         """Write ``grads`` into ``.grad`` of the meta-parameters it holds (frozen ones are left with None)."""
         for module, tree in ((self.model, grads["model"]), (self.inner, grads["inner"])):
-            if tree:
-                write_grads({n: p for n, p in self.members(module).parameters() if n in tree}, tree)
+            write_grads(self.grad_targets(module, tree), tree)
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vjp
 
 from ..batch import Split, TaskBatch
-from ..batching import weight_normed
+from ..batching import WEIGHT_NORM_FAULT, WEIGHT_NORM_FIX, weight_normed
 from ..choices import TAILS
 from ..errors import ConfigError, check_choice
 from ..functional import Params
@@ -53,9 +53,8 @@ class MAML(MetaLearner):
         check_choice("tail", tail, TAILS)
         self.tail = tail
         if not first_order and (module := weight_normed(self.model)):
-            raise ConfigError(f"module '{module}' uses torch's weight norm, whose second derivative torch gets wrong "
-                              "(torch._weight_norm fails gradgradcheck; second-order MAML would be silently off): use "
-                              "first_order=True, or write the norm in the module (g * v / v.norm(dim=1, keepdim=True))")
+            raise ConfigError(f"module '{module}' {WEIGHT_NORM_FAULT}, and second-order MAML would be silently off "
+                              f"with it: use first_order=True, or {WEIGHT_NORM_FIX}")
         if self.carried is not None and not first_order:
             raise ConfigError("inner_state 'carried' works with first-order MAML (fomaml) and Reptile: second-order "
                               "MAML would differentiate through the earlier tasks' inner steps")

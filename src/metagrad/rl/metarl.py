@@ -38,7 +38,7 @@ from torch.func import grad, vmap
 
 from .. import checkpoint
 from ..algorithms.subsets import adapt_prefixes, adapted_by
-from ..batching import weight_normed
+from ..batching import WEIGHT_NORM_FAULT, WEIGHT_NORM_FIX, weight_normed
 from ..distributed import Share
 from ..errors import ConfigError, check_choice, check_whole
 from ..functional import Params, call, detach
@@ -222,10 +222,8 @@ class MetaRL(nn.Module):
         if self.inner_steps and (not self.first_order or outer == "trpo"):  # second derivatives under vmap
             check_batching(policy, env.obs_dim, algo)
         if ((self.inner_steps and not self.first_order) or outer == "trpo") and (module := weight_normed(policy)):
-            raise ConfigError(f"policy module '{module}' uses torch's weight norm, whose second derivative torch gets "
-                              f"wrong (torch._weight_norm fails gradgradcheck), and algo {algo} with outer {outer} "
-                              "needs second derivatives: write the norm in the module (g * v / v.norm(dim=1, "
-                              "keepdim=True))")
+            raise ConfigError(f"policy module '{module}' {WEIGHT_NORM_FAULT}, and algo {algo} with outer {outer} "
+                              f"needs second derivatives: {WEIGHT_NORM_FIX}")
 
     @property
     def packable(self) -> bool:

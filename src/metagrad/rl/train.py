@@ -183,19 +183,11 @@ class RLTrainer(RunLoop):
         self.best_iteration = info.get("best_iteration", self.iteration)
         self.last_lowered, self.lr_scale = info.get("last_lowered", 0), info.get("lr_scale", 1.0)
         self.grad_rule.norms, self.grad_rule.lowest = info.get("grad_norms", []), info.get("lowest_grad_norm")
-        saved = info.get("config", {})
-        self._snapshots_past(next((v["step_budget"] for v in saved.values() if isinstance(v, dict)
-                                   and v.get("step_budget")), 0))
-
-    def _snapshots_past(self, old_budget: int) -> None:
-        """Resumed with a larger step budget: the multiples of ``snapshot_steps`` that the last iteration passed
-        beyond the old budget were skipped then; the state restored is the one that passed them, so save them now."""
-        every, budget = self.cfg.snapshot_steps, self.cfg.step_budget
-        if not (every and old_budget and self.run_dir is not None) or (budget and budget <= old_budget):
-            return
-        for j in range(old_budget // every + 1, self.env_steps // every + 1):
-            if (not budget or j * every <= budget) and not checkpoint.exists(self.run_dir / f"snapshot-{j:03d}"):
-                self.save(f"snapshot-{j:03d}", {"learner": self.learner.state_dict()})
+        # resumed with a larger step budget: the multiples of snapshot_steps that the stopping iteration passed beyond
+        # the old budget were skipped then; the state restored is the one that passed them
+        old_budget = info.get("config", {}).get("train", {}).get("step_budget", 0)
+        if old_budget:
+            self._snapshots(old_budget)
 
     def forget_best(self) -> None:
         self.best_return = None
