@@ -559,3 +559,90 @@ def test_a_best_newer_than_the_last_checkpoint_is_removed_when_resumed_with_othe
     assert f"removed {run / 'best'} (iteration {info['iteration']})" in capsys.readouterr().err
     assert checkpoint.read_info(run / "best")["iteration"] == 14  # the first validation after the resume
     assert {"iteration": 12, "best_removed": info["iteration"]} in log_lines(run)
+
+
+def test_a_second_sigterm_aborts_in_one_line_that_names_the_checkpoint_that_stays(tmp_path, monkeypatch, capsys,
+                                                                                   straight):
+    """The first SIGTERM asks for a stop after the iteration; a second aborts inside it: exit code 143, the last
+    checkpoint named, and the command that continues it (it ended as a bare "interrupted", code 130)."""
+    from metagrad.train import Trainer
+
+    step, run = Trainer.step, tmp_path / "run"
+
+    def terminated_twice(self):
+        if self.iteration == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "step", terminated_twice)
+    args = ["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL]
+    assert main(args) == 143
+    err = capsys.readouterr().err
+    assert f"aborted by a second SIGTERM in iteration 6; the last checkpoint ({run / 'last'}, iteration 5) stays" in err
+    assert "continue with: metagrad train" in err and err.rstrip().endswith("--resume"), err
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    assert same(final(run), final(straight)) and log_lines(run) == log_lines(straight)
+
+
+def test_resume_attempts_killed_before_a_checkpoint_leave_one_resumed_with_line(tmp_path):
+    """Each resume logs the settings it changed; one killed before its first checkpoint trained nothing that stays,
+    so its line goes when the run is resumed again (two attempts left two lines)."""
+    from metagrad.experiment import train
+
+    run = tmp_path / "run"
+    train(config(iterations=4), run, progress=False)
+
+    def killed(trainer, iteration, metrics):
+        raise Crash
+
+    for _ in range(2):
+        with pytest.raises(Crash):
+            train(config(iterations=6, checkpoint_every=100), run, resume=True, progress=False, on_iteration=killed)
+    train(config(iterations=6, checkpoint_every=100), run, resume=True, progress=False)
+    notes = [ln for ln in log_lines(run) if "resumed_with" in ln]
+    assert len(notes) == 1 and notes[0]["iteration"] == 4 and notes[0]["resumed_with"]["iterations"] == [4, 6]
+
+
+class _FullAt:
+    """A file whose write stores half its bytes and then fails as a full disk does."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def write(self, data: bytes):
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_appending_a_log_line_leaves_no_torn_line_and_names_the_file(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """The session's record in segments.jsonl is its last write: a full disk there stopped with an error that named
+    no file and left half a line."""
+    import builtins
+
+    run = tmp_path / "run"
+    args = ["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL]
+    assert main([*args, "--iterations", "2"]) == 0
+    before = (run / "segments.jsonl").read_bytes()
+    real_open = builtins.open
+    monkeypatch.setattr(files, "open", lambda path, mode="r", *a: _FullAt(real_open(path, mode, *a))
+                        if Path(path).name == "segments.jsonl" else real_open(path, mode, *a), raising=False)
+    err = cli_error([*args, "--iterations", "3", "--resume"], capsys)
+    assert "No space left on device" in err and str(run / "segments.jsonl") in err and "free space" in err
+    assert (run / "segments.jsonl").read_bytes() == before
+    monkeypatch.undo()
+    assert main([*args, "--iterations", "4", "--resume"]) == 0
+    segments = [json.loads(ln) for ln in (run / "segments.jsonl").read_text().splitlines()]
+    assert [(s["start"], s["end"]) for s in segments] == [(0, 2), (2, 3), (3, 4)]  # the lost record recovered

@@ -3,6 +3,7 @@
 import difflib
 import numbers
 import os
+import signal
 from typing import Any
 
 
@@ -23,7 +24,15 @@ class CheckpointError(MetagradError, RuntimeError):
 
 
 class Interrupted(MetagradError):
-    """The user stopped a run (Ctrl-C); a checkpoint was saved. The CLI exits with code 130."""
+    """The user stopped a run (Ctrl-C, SIGTERM). The CLI exits with code 128 + the signal's number (Ctrl-C: 130)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+    def then(self, hint: str) -> "Interrupted":
+        """The same stop, its message followed by what to run next."""
+        return Interrupted(f"{self}; {hint}", self.signum)
 
 
 class DataError(MetagradError, RuntimeError):

@@ -5,6 +5,7 @@ build on.
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -117,10 +118,14 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
 def continue_run(cfg: Config | RLConfig, run_dir: str | Path, progress: bool = True, **kw: Any) -> tuple[Any, Any]:
     """``train`` with resume, as the reproductions run each method: a rerun continues where it stopped; Ctrl-C or
     SIGTERM saves and raises ``Interrupted`` with what to run."""
-    trainer, fit = train(cfg, run_dir, resume="auto", progress=progress, **kw)
+    again = "run the same command again to continue"
+    try:
+        trainer, fit = train(cfg, run_dir, resume="auto", progress=progress, **kw)
+    except Interrupted as e:  # a second signal: aborted mid-iteration
+        raise e.then(again) from None
     if fit.stopped == "interrupted":
-        raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
-                          "command again to continue")
+        raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; {again}",
+                          trainer.stop_signal or signal.SIGINT)
     return trainer, fit
 
 

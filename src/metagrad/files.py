@@ -61,6 +61,20 @@ def write_text(path: str | Path, text: str) -> None:
     replace_atomically(Path(path), lambda f: f.write(text.encode()))
 
 
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a log; a write that fails (a full disk) is cut back off, so no torn line stays, and its
+    error names the file."""
+    with open(path, "ab") as f:
+        size = f.tell()
+        try:
+            f.write(line.encode() + b"\n")
+            f.flush()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                f.truncate(size)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
 def mode_for(path: Path) -> int:
     """The permissions a new version of ``path`` gets: the file's own where it exists, else what a plain write would
     give (0o666 less the umask)."""

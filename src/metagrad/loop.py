@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import checkpoint, files, provenance
 from .distributed import Distributed
-from .errors import CheckpointError, ConfigError, TrainingDiverged, check_whole
+from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, check_whole
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `docker stop` send
 
@@ -140,15 +140,15 @@ class RunLoop:
         """Append one line to ``metrics.jsonl`` (process 0)."""
         if self.run_dir is None or not self.writes:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        files.append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
 
     def _truncate_metrics(self) -> None:
-        """Keep the lines up to the resumed iteration (a line torn by a crash is dropped)."""
+        """Keep the lines up to the resumed iteration (a line torn by a crash is dropped), less the ``resumed_with``
+        of an earlier resume at this iteration: that session left no checkpoint, this one says what it changes."""
         path = self.run_dir / "metrics.jsonl" if self.run_dir and self.writes else None
         if path is None or not path.exists():
             return
-        keep = [ln for ln in path.read_text(errors="replace").splitlines() if _line_iteration(ln) <= self.iteration]
+        keep = [ln for ln in path.read_text(errors="replace").splitlines() if _kept(ln, self.iteration)]
         files.write_text(path, "".join(ln + "\n" for ln in keep))
 
     def checkpoint_due(self) -> bool:
@@ -178,7 +178,7 @@ class RunLoop:
     def _run(self, resume: bool | str, changes: dict[str, Any] | None) -> tuple[str, int, float]:
         """``run`` while this process holds the run directory (taken in ``_prepare``, dropped by ``run``)."""
         resumed = self._prepare(resume)
-        if resumed and self.iteration >= self.iterations:  # a finished run: its files stay as they were trained
+        if resumed and (self.iteration >= self.iterations or self.budget_reached()):  # finished: files stay as are
             self.finish("done")
             return "done", self.iteration, 0.0
         if self.writes and self.run_dir is not None:
@@ -197,7 +197,7 @@ class RunLoop:
             self.save("last")
         stopped, saved_at = "done", self.iteration
         bar = self.make_bar()
-        with self._signals_save():
+        with self._signals_save(), self._aborted(bar):
             while self.iteration < self.iterations and not self.budget_reached():
                 t0 = time.perf_counter()
                 try:
@@ -360,6 +360,22 @@ class RunLoop:
         return "time_budget" if over_time else None
 
     @contextlib.contextmanager
+    def _aborted(self, bar: tqdm) -> Iterator[None]:
+        """A second signal (``_signals_save``) as ``Interrupted``: the checkpoint that stays, the signal's exit code."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if not self._stop_requested:
+                raise
+            bar.close()
+            name = "Ctrl-C" if self.stop_signal in (None, signal.SIGINT) else signal.Signals(self.stop_signal).name
+            last = self.run_dir / "last" if self.run_dir is not None else None
+            kept = (f"; the last checkpoint ({last}, iteration {checkpoint.read_info(last)['iteration']}) stays"
+                    if last is not None and checkpoint.exists(last) else "")
+            raise Interrupted(f"aborted by a second {name} in iteration {self.iteration + 1}{kept}",
+                              signum=self.stop_signal or signal.SIGINT) from None
+
+    @contextlib.contextmanager
     def _signals_save(self) -> Iterator[None]:
         """While training, Ctrl-C or SIGTERM asks the loop to stop after the current iteration (and save); a second
         one aborts at once."""
@@ -406,6 +422,12 @@ def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
             for k, v in entries.items() if k not in BOOKKEEPING}
 
 
+def _kept(line: str, iteration: int) -> bool:
+    """Whether a ``metrics.jsonl`` line stays when the run resumes at ``iteration`` (``_truncate_metrics``)."""
+    at = _line_iteration(line)
+    return at < iteration or (at == iteration and "resumed_with" not in json.loads(line))
+
+
 def _line_iteration(line: str) -> float:
     """The iteration of a ``metrics.jsonl`` line; a torn or foreign line counts as past every iteration."""
     try:
@@ -437,8 +459,7 @@ def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: lis
 
 
 def _append_segment(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / "segments.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    files.append_line(run_dir / "segments.jsonl", json.dumps(record))
 
 
 def _recorded_end(run_dir: Path) -> int:

@@ -453,6 +453,12 @@ def test_a_run_whose_trpo_steps_are_all_rejected_says_so_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("TRPO rejected the outer step in 10 iterations in a row (iteration 10)") == 1
     assert "check max_kl 1e+30" in err
+    short = cfg.replace(iterations=6)  # stopped at 6 and resumed: the count goes on from the checkpoint
+    learner, opt = build(short)
+    RLTrainer(learner, opt, short, tmp_path / "resumed", progress=False).fit()
+    learner, opt = build(cfg)
+    RLTrainer(learner, opt, cfg, tmp_path / "resumed", progress=False).fit(resume=True)
+    assert capsys.readouterr().err.count("in 10 iterations in a row (iteration 10)") == 1
 
 
 def test_a_run_of_a_tuned_preset_evaluates_at_the_step_given_and_compares_on_returns(tmp_path, capsys):
@@ -553,3 +559,18 @@ def test_a_step_budget_raised_on_resume_writes_the_snapshot_its_last_iteration_p
         assert all(torch.equal(a["learner"][k], b["learner"][k]) for k in a["learner"])
     lines = (tmp_path / "raised" / "metrics.jsonl").read_text()
     assert "best_removed" not in lines
+
+
+def test_resuming_a_run_finished_by_its_step_budget_trains_nothing_and_says_so(tmp_path, capsys):
+    """Its files stay as trained (a new session record in segments.jsonl, and "trained N iterations", said
+    otherwise); a larger --step-budget continues it."""
+    run = tmp_path / "run"
+    args = ["train", "--config", "maml-trpo-navigation", "--iterations", "500", "--meta-batch-size", "2",
+            "--episodes", "2", "--horizon", "10", "--no-progress", "--step-budget", "100", "--out", str(run)]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert "at 160 environment steps, past --step-budget 100: nothing trained (its files unchanged); give a " \
+        "larger --step-budget to continue it" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before

@@ -1,7 +1,7 @@
 """The ``metagrad`` command: ``train``, ``eval``, ``reproduce``, ``tradeoff``, ``compare``, ``curves`` and ``status``.
 
 User errors (bad values, missing files, diverged runs) print one line and exit with code 2;
-Ctrl-C during training saves a checkpoint and exits with code 130 (`metagrad train` after SIGTERM: 143).
+Ctrl-C during training saves a checkpoint and exits with code 130 (after SIGTERM: 143).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def run_command(args: argparse.Namespace) -> int:
                 "compare": cmd_compare, "curves": cmd_curves, "status": cmd_status}[args.command](args)
     except Interrupted as e:
         print(f"metagrad {args.command}: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return e.exit_code
     except MetagradError as e:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting with this line: torchrun's SIGTERM must not cut it
         print(f"metagrad {args.command}: error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ from .. import files
 from ..analysis.stats import format_ci
 from ..choices import IMAGE_FAMILIES
 from ..config import Config, load_config
-from ..errors import MetagradError
+from ..errors import Interrupted, MetagradError
 from ..rl.config import RLConfig
 from .parser import EXIT_INTERRUPTED
 
@@ -51,6 +51,18 @@ def resume_hint(args: argparse.Namespace) -> str:
     return "metagrad " + " ".join(shlex.quote(w) for w in [*words, "--resume"])
 
 
+def _finished(cfg: Config | RLConfig, result: Any) -> str:
+    """Where a resumed run that trained nothing stands against the budget that ended it, and what raises it."""
+    if result.iteration < cfg.iterations:  # a meta-RL step budget
+        done, budget, flag = result.env_steps, cfg.step_budget, "--step-budget"
+        at = f"at {done:,} environment steps"
+    else:
+        done, budget, flag = result.iteration, cfg.iterations, "--iterations"
+        at = f"at iteration {done}"
+    return f"{at}, {'past' if done > budget else 'at'} {flag} {budget:,}: nothing trained (its files unchanged); " \
+        f"give a larger {flag} to continue it"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..distributed import Distributed
     from ..experiment import saved_config, train
@@ -66,6 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         trainer, result = train(cfg, out, resume=args.resume, progress=not args.no_progress, distributed=group)
         finished = True
+    except Interrupted as e:  # a second signal: aborted mid-iteration
+        raise e.then(f"continue with: {resume_hint(args)}") from None
     finally:
         if group is not None:
             group.close(finished)
@@ -80,10 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     procs = f" on {group.world} processes" if group is not None else ""
-    if args.resume and result.iteration >= cfg.iterations and trainer.session_iterations == 0:
-        where = "past" if result.iteration > cfg.iterations else "at"
-        print(f"{out} is at iteration {result.iteration}, {where} --iterations {cfg.iterations}: nothing trained "
-              "(its files unchanged); give more iterations to continue it")
+    if args.resume and trainer.session_iterations == 0:
+        print(f"{out} is {_finished(cfg, result)}")
         return 0
     if isinstance(cfg, Config):
         best = f", best validation {result.best_val:.4f}" if result.best_val is not None else ""

@@ -174,7 +174,8 @@ class RLTrainer(RunLoop):
     def info(self) -> dict[str, Any]:
         return {"env_steps": self.env_steps, "sample_seconds": self.sample_seconds, "best_return": self.best_return,
                 "best_iteration": self.best_iteration, "last_lowered": self.last_lowered, "lr_scale": self.lr_scale,
-                "grad_norms": self.grad_rule.norms, "lowest_grad_norm": self.grad_rule.lowest}
+                "grad_norms": self.grad_rule.norms, "lowest_grad_norm": self.grad_rule.lowest,
+                "rejected": self.rejected}
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.env_steps, self.best_return = info["env_steps"], info["best_return"]
@@ -183,6 +184,7 @@ class RLTrainer(RunLoop):
         self.best_iteration = info.get("best_iteration", self.iteration)
         self.last_lowered, self.lr_scale = info.get("last_lowered", 0), info.get("lr_scale", 1.0)
         self.grad_rule.norms, self.grad_rule.lowest = info.get("grad_norms", []), info.get("lowest_grad_norm")
+        self.rejected = info.get("rejected", 0)
         # resumed with a larger step budget: the multiples of snapshot_steps that the stopping iteration passed beyond
         # the old budget were skipped then; the state restored is the one that passed them
         old_budget = info.get("config", {}).get("train", {}).get("step_budget", 0)
