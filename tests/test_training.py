@@ -160,3 +160,33 @@ def test_a_meta_gradient_that_is_not_finite_stops_before_the_step():
     with pytest.raises(TrainingDiverged, match="the meta-gradient holds NaN or infinite values at iteration 1"):
         trainer.fit()
     assert model.w.item() == 0.0  # the parameters are left as they were
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_trainer_steps_on_each_iterations_meta_gradient_alone(compile):
+    """The trainer takes no zero_grad (meta_gradient replaces ``.grad``): its parameters are those of a loop that
+    zeroes before each meta-gradient, and a compiled run writes into the same ``.grad`` tensors every iteration
+    (zero_grad's None had it allocate, and dynamo guard, fresh ones each time)."""
+    tasks = mg.tasks.Sinusoid()
+    runs, fields = [], []
+    for trainer_run in (False, True):
+        torch.manual_seed(0)
+        learner = mg.MAML(torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)),
+                          inner=mg.SGD(0.01), compile=compile)
+        opt = torch.optim.Adam(learner.parameters(), lr=0.01)
+        if trainer_run:
+            def look(trainer, iteration, metrics):
+                fields.append([p.grad for p in trainer.learner.parameters()])  # held: no id is reused
+
+            mg.Trainer(learner, tasks, opt, iterations=4, meta_batch_size=5, progress=False, seed=0,
+                       on_iteration=look).fit()
+        else:
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(4):
+                opt.zero_grad()
+                learner.meta_gradient(tasks.sample(5, gen), gen)
+                opt.step()
+        runs.append([p.detach().clone() for p in learner.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    if compile:
+        assert all(a is b for later in fields[1:] for a, b in zip(fields[0], later, strict=True))
