@@ -66,3 +66,38 @@ def test_tuning_passes_over_a_diverging_step_size_and_tunes_with_the_tests_episo
     monkeypatch.setattr(rl_evaluate, "tune_step_size", lambda *a, **k: seen.append(a[3]) or tune(*a, **k))
     curve, _, _ = rl_evaluate.evaluate(learner, cfg)
     assert seen == [3] and curve["lr"] == [0.1, 0.05]
+
+
+def test_tuning_passes_over_a_step_size_whose_rewards_are_not_finite():
+    """An environment that returns NaN rewards once actions grow (a simulator blowing up) ended the tuning with
+    TrainingDiverged instead of passing over that step size."""
+    import metagrad.rl.evaluate as rl_evaluate
+
+    learner, _ = build(RLConfig().replace(hidden=(8,), horizon=10))
+    step = learner.env.step
+
+    def blows_up(actions):
+        obs, reward, done = step(actions)
+        return obs, torch.where(actions.abs().amax(-1) > 5, torch.nan, reward), done
+
+    learner.env.step = blows_up
+    assert rl_evaluate.tune_step_size(learner, (0.1, 20.0), 2, 3, seed=7, num_tasks=3) == 0.1
+
+
+def test_the_test_step_follows_the_trained_one_unless_given(capsys):
+    """No eval_lr: the test steps are the trained inner_lr, then eval_later times it (the MAML paper's alpha, then
+    alpha / 2); a run trained at another inner_lr was tested at 0.1 whatever it trained with. eval_lr given is
+    tested as given, and eval_later beside it is refused (it would be ignored)."""
+    from metagrad.cli import main
+    from metagrad.rl import evaluate as rl_evaluate
+
+    cfg = RLConfig().replace(hidden=(8,), horizon=10, eval_steps=2, eval_tasks=2, eval_episodes=2, inner_lr=(0.3,))
+    learner, _ = build(cfg)
+    assert rl_evaluate.evaluate(learner, cfg)[0]["lr"] == [0.3, 0.15]
+    assert rl_evaluate.evaluate(learner, cfg.replace(eval_later=0.1))[0]["lr"] == [0.3, pytest.approx(0.03)]
+    assert rl_evaluate.evaluate(learner, cfg.replace(eval_lr=(0.2,)))[0]["lr"] == [0.2]
+    args = ["train", "--config", "maml-trpo-navigation", "--set", "eval_lr=0.2", "--set", "eval_later=0.1",
+            "--out", "unused"]
+    assert main(args) == 2
+    assert "--eval-later scales a tuned or the trained first step; this config tests at eval_lr [0.2]" in \
+        capsys.readouterr().err

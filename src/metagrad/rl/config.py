@@ -44,7 +44,7 @@ class RLConfig(Settings):
         **dict.fromkeys(("ppo_epochs", "ppo_clip", "inner_kl_coef", "inner_kl_target"), ("outer", ("ppo",))),
         **dict.fromkeys(("outer_optimizer", "outer_lr"), ("outer", ("vpg", "ppo"))),
         "emaml_weight": ("algo", ("emaml",)), "score_baseline": ("algo", SCORE_ALGOS),
-        **dict.fromkeys(("eval_lr_grid", "eval_later"), ("tune_eval_lr", (True,))),
+        "eval_lr_grid": ("tune_eval_lr", (True,)),
         **dict.fromkeys(("goal_range", "reward", "normalized_actions"), ("env", ("navigation2d",))),
         "outer_lr_patience": ("outer_lr_schedule", ("plateau",)),
         "outer_lr_factor": ("outer_lr_schedule", ("plateau", "grad-norm")),
@@ -163,15 +163,21 @@ class RLConfig(Settings):
     # [eval]
     eval_steps: int = opt(4, "eval", "adaptation steps at test time")
     eval_episodes: int = opt(40, "eval", "episodes per test-time step and task")
-    eval_lr: tuple[float, ...] = opt((0.1, 0.05), "eval", "test-time step sizes (the last repeats)")
+    eval_lr: tuple[float, ...] = opt((), "eval", "test-time step sizes (the last repeats; empty: the trained "
+                                     "inner_lr, times eval_later after the first step)")
     eval_tasks: int = opt(400, "eval", "held-out test tasks")
     eval_seed: int = opt(12345, "eval", "seed of the test tasks and episodes (the same for every method)")
     tune_eval_lr: bool = opt(False, "eval", "choose the first test-time step size on validation tasks from "
                              "eval_lr_grid (halved after the first step; for the pretrained and random baselines)")
     eval_lr_grid: tuple[float, ...] = opt((0.02, 0.05, 0.1, 0.2, 0.5, 1.0), "eval", "step sizes tried by "
                                           "tune_eval_lr")
-    eval_later: float = opt(0.5, "eval", "with tune_eval_lr: the steps after the first, as a fraction of the tuned "
-                            "first (the MAML code's tests: 0.5; its ant direction test: 0.01)")
+    eval_later: float = opt(0.5, "eval", "with tune_eval_lr or no eval_lr: the steps after the first, as a fraction "
+                            "of the first (the MAML code's tests: 0.5; its ant direction test: 0.01)")
+
+    def test_lr(self) -> list[float]:
+        """The test-time step sizes when none is tuned: ``eval_lr``, or the trained first step then ``eval_later``
+        times it (the MAML paper's tests: alpha, then alpha / 2)."""
+        return list(self.eval_lr) or [self.inner_lr[0], self.inner_lr[0] * self.eval_later]
 
     def validate(self) -> RLConfig:
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
@@ -188,7 +194,7 @@ class RLConfig(Settings):
                 raise ConfigError(f"{name} {getattr(self, name)} must be a positive number")
         for name in ("eval_lr", "eval_lr_grid"):
             values = getattr(self, name)
-            if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
+            if (not values and name == "eval_lr_grid") or any(not (v >= 0 and math.isfinite(v)) for v in values):
                 raise ConfigError(f"{name} {list(values)} must hold step sizes >= 0, e.g. 0.1")
         if not 0 < self.outer_lr_factor < 1:
             raise ConfigError(f"outer_lr_factor {self.outer_lr_factor} must lie in (0, 1), e.g. 0.1")
@@ -212,9 +218,13 @@ class RLConfig(Settings):
         return super().validate()
 
     def ignored(self, name: str) -> str:
-        """``Settings.ignored``, and ``curvature_chunk`` of TRPO without compile (it chunks compiled products)."""
+        """``Settings.ignored``, ``curvature_chunk`` of TRPO without compile (it chunks compiled products), and
+        ``eval_later`` beside the step sizes given (it scales a tuned or the trained step)."""
         if name == "curvature_chunk" and self.outer == "trpo" and not self.compile:
             return "sizes compiled curvature products; this config's compile is false"
+        if name == "eval_later" and self.eval_lr and not self.tune_eval_lr:
+            return (f"scales a tuned or the trained first step; this config tests at eval_lr {list(self.eval_lr)} "
+                    "(give the later steps there)")
         return super().ignored(name)
 
     @property

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..analysis.stats import mean_ci95
-from ..errors import ConfigError, check_whole
+from ..errors import ConfigError, TrainingDiverged, check_whole
 from ..inner import SGD
 from ..seeds import VAL_SEED_OFFSET
 from .metarl import MetaRL
@@ -68,9 +68,9 @@ def return_curve(learner: MetaRL, num_tasks: int, steps: int, episodes: int, lr:
 def evaluate(learner: MetaRL, cfg: Any, keep_paths: int = 0) -> tuple[dict[str, Any], list[torch.Tensor],
                                                                    torch.Tensor]:
     """A run's test curve with its config's evaluation settings (``RLConfig``'s [eval] section): the step sizes
-    given, or the first one tuned on validation tasks (then times ``eval_later``: halved, as the MAML code's
-    tests)."""
-    lr = list(cfg.eval_lr)
+    given (none: the trained one), or the first one tuned on validation tasks (each then times ``eval_later`` after
+    the first step: halved, as the MAML code's tests)."""
+    lr = cfg.test_lr()
     if cfg.tune_eval_lr:  # on validation tasks: other goals of the family, or a benchmark's training split
         later = cfg.eval_later
         first = tune_step_size(learner, cfg.eval_lr_grid, cfg.eval_steps, cfg.eval_episodes, cfg.eval_seed, later=later)
@@ -103,7 +103,7 @@ def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes:
         gen = torch.Generator().manual_seed(seed + VAL_SEED_OFFSET + 1)
         try:
             values, _ = adaptation_returns(learner, tasks, steps, episodes, (lr, lr * later), gen)
-        except ConfigError as e:  # the environment refuses a diverged policy's actions
+        except (ConfigError, TrainingDiverged) as e:  # a diverged policy's actions refused, or its rewards not finite
             failed = failed or f"{lr}: {e}"
             continue
         score = float(values[:, 1:].mean()) if steps else float(values.mean())
