@@ -258,6 +258,11 @@ def test_reproduce_navigation_end_to_end(tmp_path, capsys):
                                                                              "emaml", "drs-ppo"}
     text = capsys.readouterr().out  # a method without a paper number has its row too
     assert "Other methods (no paper number on 2D navigation)" in text and "| DRS+PPO | 1 | " in text
+    # a method tested on other tasks is refused before it trains (the table set the two side by side)
+    assert main(["reproduce", "navigation", "--algo", "pretrained", "--iterations", "1", "--eval-tasks", "6",
+                 "--out", str(out), "--no-progress", *sets]) == 2
+    assert "would be tested with eval_tasks 6 (theirs 4): test it as" in capsys.readouterr().err
+    assert not (out / "pretrained").exists()
     # --redraw: the table and figures again from results.json, its papers' numbers refreshed; nothing trained
     results = json.loads((out / "results.json").read_text())
     results["paper"]["maml_table4"]["maml-trpo"] = [-1.0, -2.0, -3.0, -4.0]  # as an older version recorded them

@@ -123,9 +123,12 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     ``experiment`` gives the environment settings, the papers' numbers and the table."""
     out = Path(out)
     path = out / "results.json"
-    if path.exists():  # before any training: another experiment's folder is refused now, not after hours
-        check_experiment(path, json.loads(path.read_text()), experiment)
     configs = method_configs(experiment, methods, full, iterations, time_budget, overrides)
+    if path.exists():  # before any training: another experiment's folder, or other test tasks, refused now
+        results = json.loads(path.read_text())
+        check_experiment(path, results, experiment)
+        for m, cfg in zip(methods, configs, strict=True):
+            check_same_tests(path, results, m, cfg.to_dict())
     for cfg in configs:  # environment, policy and algorithm of every method checked before anything is written
         build(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +188,24 @@ def check_experiment(path: Path, results: dict[str, Any], experiment: Experiment
                           "choose it with --env (locomotion) or the experiment, or give another --out")
 
 
+# what makes two methods' test numbers comparable: the same test tasks and episodes per step (metagrad compare's
+# Welch test and the table put them side by side)
+SAME_TESTS = ("eval_seed", "eval_tasks", "eval_episodes")
+
+
+def check_same_tests(path: Path, results: dict[str, Any], method: str, config: dict[str, Any]) -> None:
+    """Refuse a method tested on other tasks or episodes than the other methods in ``results`` (the table and
+    ``metagrad compare`` would set their numbers side by side); its own earlier result may differ."""
+    for other, r in results.get("methods", {}).items():
+        theirs = {k: r.get("config", {}).get(k) for k in SAME_TESTS}
+        ours = {k: config.get(k) for k in SAME_TESTS}
+        if other != method and theirs != ours:
+            diff = ", ".join(f"{k} {ours[k]} (theirs {theirs[k]})" for k in SAME_TESTS if ours[k] != theirs[k])
+            same = " ".join(f"--set {k}={theirs[k]}" for k in SAME_TESTS if ours[k] != theirs[k])
+            raise ConfigError(f"{path} holds {other} tested on other tasks or episodes; {method} would be tested "
+                              f"with {diff}: test it as {other} ({same}) or give another --out")
+
+
 def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
     """Add one method's result to ``results.json`` (keeping the others', also those another command adds at the
     same moment) and write it atomically."""
@@ -193,6 +214,7 @@ def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experime
         if path.exists():
             results = json.loads(path.read_text())
             check_experiment(path, results, experiment)
+            check_same_tests(path, results, method, result["config"])
         results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
         results["methods"][method] = result
         files.write_json(path, results)
