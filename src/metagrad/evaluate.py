@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,4 +81,13 @@ def tune_step_size(learner: MetaLearner, batch: TaskBatch, steps: int, grid: Seq
                                           generator=torch.Generator().manual_seed(seed))["loss"]
         score = loss[:, 1:].mean() if steps > 0 else loss.mean()
         scores[float(lr)] = float(score) if torch.isfinite(score) else float("inf")
-    return min(scores, key=scores.__getitem__), scores
+    best = min(scores, key=scores.__getitem__)
+    say_if_at_edge(best, grid)
+    return best, scores
+
+
+def say_if_at_edge(best: float, grid: Sequence[float]) -> None:
+    """Say on stderr when the tuned step size is the grid's largest: a larger one may do better."""
+    if len(set(grid)) > 1 and best == max(grid):
+        print(f"metagrad: the tuned test-time step size {best:g} is eval_lr_grid's largest; a larger one may do "
+              "better: widen the grid (--set eval_lr_grid=...) to see", file=sys.stderr)

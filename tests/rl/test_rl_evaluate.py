@@ -101,3 +101,19 @@ def test_the_test_step_follows_the_trained_one_unless_given(capsys):
     assert main(args) == 2
     assert "--eval-later scales a tuned or the trained first step; this config tests at eval_lr [0.2]" in \
         capsys.readouterr().err
+
+
+def test_a_tuned_step_at_the_top_of_the_grid_is_said(capsys, monkeypatch):
+    """The best step size being the grid's largest says the grid may cut the best off (navigation's random and
+    ant direction's baselines were tuned to 1.0, the default grid's top, without a word)."""
+    import metagrad.rl.evaluate as rl_evaluate
+
+    learner, _ = build(RLConfig().replace(hidden=(8,), horizon=10))
+    for sign in (1.0, -1.0):  # the return rises with the step size, then falls with it
+        def returns(learner, tasks, steps, episodes, lr, gen, sign=sign):
+            return torch.full((3, steps + 1), sign * lr[0]), None
+
+        monkeypatch.setattr(rl_evaluate, "adaptation_returns", returns)
+        best = rl_evaluate.tune_step_size(learner, (0.1, 0.5, 1.0), 1, 2, seed=0, num_tasks=3)
+        assert best == (1.0 if sign > 0 else 0.1)
+        assert ("tuned test-time step size 1 is eval_lr_grid's largest" in capsys.readouterr().err) == (sign > 0)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..analysis.stats import mean_ci95
 from ..errors import ConfigError, TrainingDiverged, check_whole
+from ..evaluate import say_if_at_edge
 from ..inner import SGD
 from ..seeds import VAL_SEED_OFFSET
 from .metarl import MetaRL
@@ -112,6 +113,7 @@ def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes:
     if best_lr is None:
         raise ConfigError(f"every test-time step size of eval_lr_grid {list(grid)} diverged on the validation tasks "
                           f"(first: {failed or 'a NaN return'}); give smaller step sizes")
+    say_if_at_edge(best_lr, grid)
     return best_lr
 
 
