@@ -15,7 +15,8 @@ Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 def mean_ci95(values: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
     """Mean and 95% half-width ``1.96 * std / sqrt(n)`` along ``dim`` (the MAML code's interval, with the sample
     (n - 1) standard deviation where its ``np.std`` divides by n: 0.08% wider at 600 tasks, and what Welch's test
-    reads back; the normal approximation is accurate for the papers' 600 test tasks)."""
+    reads back; the normal approximation is accurate for the papers' 600 test tasks; over the 40 tasks of a
+    locomotion test the t quantile, 2.02, would be 3% wider, over 10 tasks 15%)."""
     n = values.shape[dim]
     if n < 2:
         raise ValueError(f"a confidence interval needs at least 2 values, got {n}")
