@@ -189,3 +189,21 @@ def test_compare_reads_a_few_shot_reproduction_and_names_like_files_apart(tmp_pa
     (tmp_path / "bad2.json").write_text(json.dumps(bad))
     assert main(["compare", str(tmp_path / "bad.json"), str(tmp_path / "bad2.json"), "--out", str(out)]) == 2
     assert "curve key 'abc' is not a number" in capsys.readouterr().err
+
+
+def test_compare_refuses_evaluations_tested_differently_and_says_where_steps_are_cut(tmp_path, capsys):
+    """Two evaluations with other query sizes (or batch-norm modes, inner batches) measure different things: refused
+    in one line (they were compared without a word); other test tasks (eval_seed) stay an unpaired comparison; a
+    curve cut to the other's steps is said."""
+    rng = np.random.default_rng(0)
+    for name, steps, query, seed in (("a", 4, 100, 12345), ("b", 4, 5, 12345), ("c", 3, 100, 999)):
+        write_eval(tmp_path / f"{name}.json", {5: rng.normal(1.0, 0.5, (40, steps))}, 10)
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        data["eval"] = {"eval_query": query, "eval_seed": seed, "transductive": True, "eval_steps": steps - 1}
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    out = str(tmp_path / "cmp")
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", out]) == 2
+    assert "were tested under different settings (eval_query 100 against 5)" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", out]) == 0
+    assert "the evaluations hold 2 and 3 test steps; compared over the 2 all hold" in capsys.readouterr().err
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["steps"] == 3

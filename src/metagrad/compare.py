@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,21 @@ class Evaluation:
     label: str
     iteration: int | None
     curves: dict[str, dict[str, Any]]
+    protocol: dict[str, Any] = field(default_factory=dict)  # the test settings stored with it (``PROTOCOL``)
+
+
+# test settings that change what a curve measures: two evaluations compared must share the ones both record (other
+# test tasks, eval_seed, leave the comparison an unpaired one, as Welch's test takes it)
+PROTOCOL = ("eval_query", "eval_inner_batch_size", "transductive", "horizon")
+
+
+def _protocol(settings: Any, **known: Any) -> dict[str, Any]:
+    """The ``PROTOCOL`` values of a stored config (flat or sectioned), with ``known`` ones over them."""
+    flat = {}
+    if isinstance(settings, dict):
+        for key, value in settings.items():
+            flat.update(value if isinstance(value, dict) else {key: value})
+    return {k: v for k, v in {**flat, **known}.items() if k in PROTOCOL}
 
 
 def load_evaluations(path: str | Path, method: str | None = None) -> list[Evaluation]:
@@ -71,7 +87,8 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
         if method is not None and strict:
             raise MetagradError(f"{path} is one evaluation (an eval.json): --method-a/--method-b '{method}' apply to "
                                 "a results.json with several methods; leave them out")
-        return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"])]
+        return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"],
+                           _protocol(data.get("eval")))]
     if isinstance(data.get("modes"), dict) and "shots" in data:  # a few-shot reproduction: a mode is its method
         modes = data["modes"]
         name = method or next(iter(modes))
@@ -80,7 +97,8 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
                                 "(choose one with --method-a / --method-b)")
         label = f"{data.get('algo', path.stem)} ({name})"
         return [Evaluation(str(path), label, data.get("checkpoint_iteration"),
-                           {str(data["shots"]): modes[name]["curves"]})]
+                           {str(data["shots"]): modes[name]["curves"]},
+                           _protocol(data.get("config"), transductive=name == "transductive"))]
     if isinstance(data.get("methods"), dict):
         methods = data["methods"]
         if method is None and len(methods) > 1:
@@ -96,7 +114,7 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
             iteration = r.get("best_iteration", iteration)  # of its best checkpoint
         if not isinstance(curves, dict):
             raise MetagradError(f"{path}: method '{name}' has no curves; was its evaluation interrupted?")
-        return [Evaluation(str(path), r.get("label", name), iteration, curves)]
+        return [Evaluation(str(path), r.get("label", name), iteration, curves, _protocol(r.get("config")))]
     if strict:
         raise MetagradError(f"{path} is not an evaluation result (no 'curves', 'methods' or 'modes'); give the "
                             "eval.json of `metagrad eval` or the results file of `metagrad reproduce`")
@@ -125,6 +143,7 @@ def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str | None = "l
         raise MetagradError(f"A has {len(a)} evaluation(s) and B has {len(b)}; compare the same number of "
                             "checkpoints (one evaluation file each)")
     higher = HIGHER_IS_BETTER.get(metric, True) if higher_is_better is None else higher_is_better
+    check_protocols(a + b)
     for e in a + b:
         odd = [k for k in e.curves if not str(k).isdigit()]
         if odd:
@@ -151,7 +170,11 @@ def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str | None = "l
                 raise MetagradError(f"{e.source} has no metric '{metric}' for K={k} (it has "
                                     f"{', '.join(m for m in e.curves[k] if isinstance(e.curves[k][m], dict))})")
             check_curve(e.curves[k][metric], f"{e.source}: K={k} '{metric}'")
-    steps = min(len(e.curves[k][metric]["mean"]) for e in a + b for k in ks)
+    lengths = {len(e.curves[k][metric]["mean"]) for e in a + b for k in ks}
+    steps = min(lengths)
+    if len(lengths) > 1:
+        print(f"metagrad compare: the evaluations hold {' and '.join(str(n - 1) for n in sorted(lengths))} test "
+              f"steps; compared over the {steps - 1} all hold", file=sys.stderr)
     prob = np.zeros((len(ks), len(a), steps))
     for i, k in enumerate(ks):
         for j, (ea, eb) in enumerate(zip(a, b, strict=True)):
@@ -164,6 +187,18 @@ def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str | None = "l
     return {"metric": metric, "higher_is_better": higher, "shots": [int(k) for k in ks], "steps": steps,
             "checkpoints": checkpoints, "label_a": a[0].label, "label_b": b[0].label,
             "sources_a": [e.source for e in a], "sources_b": [e.source for e in b], "probability": prob.tolist()}
+
+
+def check_protocols(evaluations: list[Evaluation]) -> None:
+    """Refuse evaluations tested under different settings of ``PROTOCOL`` (where both record it): their curves
+    measure different things (a transductive accuracy against a non-transductive one, 5 query points against 100)."""
+    first = evaluations[0]
+    for e in evaluations[1:]:
+        differ = [k for k in PROTOCOL if k in first.protocol and k in e.protocol and first.protocol[k] != e.protocol[k]]
+        if differ:
+            what = ", ".join(f"{k} {first.protocol[k]} against {e.protocol[k]}" for k in differ)
+            raise MetagradError(f"{first.source} and {e.source} were tested under different settings ({what}); "
+                                "evaluate them the same way (metagrad eval with the same --set values) to compare")
 
 
 def check_curve(curve: Any, where: str) -> None:
