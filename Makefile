@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,rl]'
 	touch $(STAMP)
 
-## Meta-train MAML, the pretrained baseline and the oracle on sinusoids; print the paper's table; draw figures.
+## Meta-train MAML, the pretrained, oracle and context-vector baselines on sinusoids; print the paper's table; draw figures.
 demo: $(STAMP)
 	$(BIN)/metagrad reproduce sinusoid $(ARGS)
 

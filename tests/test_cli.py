@@ -21,6 +21,7 @@ TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--
     (["train", "--shots", "0"], "shots 0 must be a whole number >= 1"),
     (["train", "--algo", "mamll"], "unknown algo 'mamll' (did you mean 'maml'?)"),
     (["train", "--config", "missing.toml"], "config file 'missing.toml' not found"),
+    (["train", "--config", "sinusoid-mmal"], "config file 'sinusoid-mmal' not found (did you mean 'sinusoid-maml'?)"),
     (["train", "--shots", "ten"], "'ten' is not an integer"),
     (["train", "--nonsense"], "unrecognized arguments: --nonsense"),
     (["reproduce", "imagenet"], "invalid choice: 'imagenet'"),

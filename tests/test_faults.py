@@ -515,6 +515,18 @@ def test_resuming_with_fewer_iterations_than_done_says_nothing_was_trained(tmp_p
     assert (tmp_path / "run" / "last.safetensors").read_bytes() == before
 
 
+def test_a_resumed_run_says_what_this_session_trained(tmp_path, capsys):
+    """`trained 4 iterations in 3.2 s (77 it/s)` after a session of 2 read as 4 in 3.2 s at a rate that did not
+    divide: the span, this session's count and the total time are said apart."""
+    run = str(tmp_path / "run")
+    assert main(["train", "--iterations", "2", "--meta-batch-size", "2", "--no-progress", "--out", run]) == 0
+    assert "trained 2 iterations in " in capsys.readouterr().out
+    assert main(["train", "--out", run, "--resume", "--iterations", "5", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "trained iterations 2 -> 5 (3 this session) in " in said and " s in all (" in said, said
+    assert "it/s this session)" in said
+
+
 def test_resuming_a_finished_run_with_other_settings_leaves_its_files_as_trained(tmp_path, capsys):
     """Nothing trains, so its config.toml keeps the step size it was trained with and its logs gain no line."""
     run = tmp_path / "run"

@@ -241,8 +241,8 @@ def preset_path(name_or_path: str | Path) -> Path:
     if not path.exists() and (presets_dir() / f"{name_or_path}.toml").exists():
         path = presets_dir() / f"{name_or_path}.toml"
     if not path.exists():
-        raise ConfigError(f"config file '{name_or_path}' not found; give a path or a preset: "
-                          f"{', '.join(preset_names())}")
+        raise ConfigError(f"config file '{name_or_path}' not found{suggest(name_or_path, preset_names())}; give a "
+                          f"path or a preset: {', '.join(preset_names())}")
     return path
 
 

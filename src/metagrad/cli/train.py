@@ -97,14 +97,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and trainer.session_iterations == 0:
         print(f"{out} is {_finished(cfg, result)}")
         return 0
+    start = result.iteration - trainer.session_iterations
+    span = (f"{result.iteration} iterations" if start == 0 else
+            f"iterations {start} -> {result.iteration} ({trainer.session_iterations} this session)")
+    took = f"{result.seconds:.1f} s{' in all' if start else ''}"
     if isinstance(cfg, Config):
         best = f", best validation {result.best_val:.4f}" if result.best_val is not None else ""
-        print(f"trained {result.iteration} iterations in {result.seconds:.1f} s "
-              f"({result.iterations_per_second:.1f} it/s){procs}{best}; run: {out}")
+        print(f"trained {span} in {took} ({result.iterations_per_second:.1f} it/s this session){procs}{best}; "
+              f"run: {out}")
     else:
         best = f", best training return {result.best_return:.2f}" if result.best_return is not None else ""
-        print(f"trained {result.iteration} iterations ({result.env_steps:,} environment steps) in "
-              f"{result.seconds:.1f} s{procs}{best}; run: {out}")
+        print(f"trained {span} ({result.env_steps:,} environment steps) in {took}{procs}{best}; run: {out}")
     return 0
 
 
