@@ -21,9 +21,10 @@ DIVERGED = 10.0  # a task diverged when its loss is not finite, or above 10x its
 
 @dataclass
 class Curve:
-    """One metric after 0..steps adaptation steps over ``tasks`` test tasks: mean and 95% half-width, median,
-    and (for losses) how many tasks diverged at each step and the mean over the others. ``shots``: the support
-    examples per task (N x K for N-way K-shot images; the curves of a results file are keyed by K itself)."""
+    """One metric after 0..steps adaptation steps over ``tasks`` test tasks: mean and 95% half-width, median (torch's:
+    the lower middle value of an even count), and (for losses) how many tasks diverged at each step and the mean over
+    the others. ``shots``: the support examples per task (N x K for N-way K-shot images; the curves of a results file
+    are keyed by K itself)."""
 
     metric: str
     shots: int
