@@ -142,3 +142,19 @@ def test_distinct_characters_draw_each_character_once_per_task_in_a_random_rotat
     assert repeats(False)[0] > 100
     with pytest.raises(ConfigError, match="ways 30 exceeds the 25 characters"):
         FewShotClassification(images, ways=30, shots=1, query=1, rotations=True, distinct_characters=True)
+
+
+def test_the_few_shot_table_says_what_reptiles_paper_error_is():
+    """The table's header says mean ± 95% CI; Reptile's paper gives the standard deviation over 3 seeds instead,
+    and the table says so under it (only for Reptile)."""
+    from metagrad.reproduce.fewshot import format_table
+
+    curve = {"tasks": 600, "mean": [0.2, 0.95], "ci95": [0.01, 0.005]}
+    r = {"paper_steps": 1, "seconds_per_iteration": 0.1, "sampling_seconds": 1.0, "train_seconds": 10.0,
+         "dataset": "omniglot", "ways": 5, "shots": 1, "trained_iterations": 100, "checkpoint": "best",
+         "checkpoint_iteration": 100, "modes": {"non-transductive": {"curves": {"accuracy": curve},
+                                                                      "paper": (95.39, 0.09)}}}
+    for algo in ("reptile", "maml"):
+        table = format_table({**r, "algo": algo})
+        assert "| non-transductive | 95.00 ± 0.50 | 95.39 ± 0.09 |" in table
+        assert ("standard deviation over 3 training seeds" in table) == (algo == "reptile")
