@@ -25,7 +25,7 @@ import torch
 from . import files
 from .analysis.stats import welch_probability
 from .distributed import Distributed
-from .errors import ConfigError
+from .errors import ConfigError, suggest
 from .experiment import continue_run, load_run
 from .rl.config import RLConfig, preset
 from .rl.envs.locomotion import FAMILIES
@@ -43,6 +43,9 @@ DEFAULT_HORIZON = 200
 # the simulator's units, so its initial standard deviation of 1 is 0.1 there; each task's losses averaged over its
 # valid steps; the inner KL penalty's coefficient fixed, as its run scripts: adaptive_inner_kl_penalty False)
 SETTINGS = ("metagrad", "promp")
+# whose test-time step size is chosen on validation tasks from lr_grid: DRS's alone (the kept panels'; the
+# meta-learner tests at inner_lr, its training step), each method's, or neither's (both at inner_lr)
+TEST_STEPS = ("drs-tuned", "tuned", "fixed")
 PROMP_ACTION_SCALE = 0.1
 # the paper's budget: 21 snapshots, 100 iterations of 40 tasks x 20 episodes x 200 steps apart
 PAPER = {"checkpoints": 21, "meta_batch_size": 40, "episodes": 20, "steps_between": 100 * 40 * 20 * 200}
@@ -69,12 +72,16 @@ class Study:
     horizon: int = field(default=0)  # 0: the paper's for the environment
     compile: bool = False  # torch.compile the outer steps (speed only: not stored, may change on resume)
     settings: str = "metagrad"  # or "promp": ProMP's code where ours differs (SETTINGS); stored unless the default
+    test_step: str = "drs-tuned"  # whose test-time step size is chosen on validation tasks (TEST_STEPS)
 
     def __post_init__(self) -> None:
         if self.settings not in SETTINGS:
             raise ConfigError(f"unknown settings '{self.settings}'; choose metagrad (the kept panels') or promp "
                               "(ProMP's code: actions in normalize()'s units, valid-step means, a fixed inner KL "
                               "coefficient)")
+        if self.test_step not in TEST_STEPS:
+            raise ConfigError(f"unknown test_step '{self.test_step}'{suggest(self.test_step, TEST_STEPS)}; choose "
+                              f"{', '.join(TEST_STEPS)}")
         if self.pair not in PAIRS:
             raise ConfigError(f"unknown pair '{self.pair}'; choose ppo (DRS+PPO vs ProMP) or trpo (DRS+TRPO vs "
                               "TRPO-MAML)")
@@ -121,10 +128,15 @@ class Study:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        """What must match on resume (without ``compile``, and without ``settings`` at its default: the studies
-        stored before it existed resume)."""
+        """What must match on resume (without ``compile``, and without ``settings`` or ``test_step`` at their
+        defaults: the studies stored before they existed resume)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if k != "compile" and not (k == "settings" and v == "metagrad")}
+                if k != "compile" and not (k == "settings" and v == "metagrad")
+                and not (k == "test_step" and v == "drs-tuned")}
+
+    def tunes(self, method: str) -> bool:
+        """Whether ``method``'s test-time step size is chosen on validation tasks (else it is ``inner_lr``)."""
+        return self.test_step == "tuned" or (self.test_step == "drs-tuned" and method.startswith("drs"))
 
 
 def paper_study(env: str, pair: str, seeds: int = 5, settings: str = "metagrad") -> Study:
@@ -185,17 +197,16 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
 def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
                        test_env: Any) -> tuple[np.ndarray, list[int]]:
     """Average return over the meta-test tasks after 0..test_updates steps, per snapshot: ``[checkpoints, updates
-    + 1]``, and each snapshot's environment steps. DRS's step size is chosen once per seed on validation tasks
-    (at its last snapshot) and kept in ``step_size.json``: a study extended to a larger budget keeps that first
-    choice, so that the evaluations of its earlier snapshots stay valid (a study run to the larger budget at once
-    chooses at its own last snapshot, which may pick another step size)."""
-    lr = study.inner_lr
-    if method.startswith("drs"):
-        lr = _drs_step_size(study, seed, run_dir)
+    + 1]``, and each snapshot's environment steps. A tuned step size (``Study.tunes``) is chosen once per seed on
+    validation tasks (at its last snapshot) and kept in ``step_size.json``: a study extended to a larger budget keeps
+    that first choice, so that the evaluations of its earlier snapshots stay valid (a study run to the larger budget
+    at once chooses at its own last snapshot, which may pick another step size). An evaluation made at another step
+    size (another ``test_step``) is made again."""
+    lr = _tuned_step_size(study, seed, run_dir) if study.tunes(method) else study.inner_lr
     rows, at = [], []
     for j in range(1, study.checkpoints + 1):
         path = run_dir / f"eval-{j:03d}.json"
-        if not path.exists():
+        if not path.exists() or json.loads(path.read_text())["lr"] != lr:  # another --test-step's: tested again
             learner, _, info = load_run(run_dir, f"snapshot-{j:03d}")
             learner.env = test_env
             t0 = time.perf_counter()
@@ -211,7 +222,8 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
     return np.asarray(rows), at
 
 
-def _drs_step_size(study: Study, seed: int, run_dir: Path) -> float:
+def _tuned_step_size(study: Study, seed: int, run_dir: Path) -> float:
+    """A run's test-time step size from ``lr_grid``, chosen on validation tasks at its last snapshot (kept)."""
     path = run_dir / "step_size.json"
     if not path.exists():
         learner, _, _ = load_run(run_dir, f"snapshot-{study.checkpoints:03d}")
@@ -236,7 +248,10 @@ def _check_resumable(study: Study, out: Path) -> None:
     path = out / "study.json"
     if path.exists():
         before, now = json.loads(path.read_text()), study.to_dict()
-        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k) and k != "test_step")
+        if before.get("test_step", "drs-tuned") != study.test_step:  # evaluation only: the runs stay as trained
+            print(f"{out}: tested again with test_step {study.test_step} (was {before.get('test_step', 'drs-tuned')})",
+                  file=sys.stderr)
         if changed and not extends(before, now):
             spacing = before.get("budget", 0) // max(before.get("checkpoints", 1), 1)
             raise ConfigError(f"{out} holds a study with other settings ({', '.join(changed)}); resume it with the "

@@ -112,6 +112,18 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     assert "other settings (seeds)" in capsys.readouterr().err
     assert main([*args[:-3], "--budget", "8000", "--checkpoints", "3", "--out", str(out)]) == 2  # other snapshots
     assert "snapshots 3,000 steps apart" in capsys.readouterr().err
+    # --test-step tuned: each method's step chosen on validation tasks; the runs are tested again, not retrained
+    last = (out / "promp" / "seed-1" / "last.safetensors").read_bytes()
+    assert main([*args, "--test-step", "tuned"]) == 0
+    assert "tested again with test_step tuned (was drs-tuned)" in capsys.readouterr().err
+    meta_lr = json.loads((out / "promp" / "seed-0" / "step_size.json").read_text())["lr"]
+    tested = json.loads((out / "promp" / "seed-0" / "eval-002.json").read_text())
+    assert tested["lr"] == meta_lr and (out / "promp" / "seed-1" / "last.safetensors").read_bytes() == last
+    again = json.loads((out / "tradeoff_rl.json").read_text())
+    assert again["returns"]["drs-ppo"] == results["returns"]["drs-ppo"]  # DRS tuned either way
+    assert (again["returns"]["promp"] == results["returns"]["promp"]) == (meta_lr == 0.1)
+    assert main([*args, "--test-step", "fixed"]) == 0  # both at 0.1: DRS tested again unless it chose 0.1
+    assert json.loads((out / "drs-ppo" / "seed-0" / "eval-001.json").read_text())["lr"] == 0.1
 
 
 def test_a_study_extends_to_a_larger_budget_at_the_same_snapshots(tmp_path, capsys):

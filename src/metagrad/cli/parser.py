@@ -292,6 +292,10 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--settings", choices=("metagrad", "promp"), default=d.settings, help="metagrad (default; the "
                    "kept panels') or promp: as ProMP's code, the policy acting in normalize()'s units (a tenth of the "
                    "simulator's; locomotion), each task's losses over its valid steps, a fixed inner KL coefficient")
+    p.add_argument("--test-step", choices=("drs-tuned", "tuned", "fixed"), default=d.test_step, help="whose "
+                   "test-time step size is chosen on validation tasks: drs-tuned (default; the kept panels': DRS's, "
+                   "the meta-learner tested at its training step 0.1), tuned (each method's) or fixed (both at 0.1); "
+                   "may change on resume (the runs are tested again, not retrained)")
     p.add_argument("--out", type=nonempty, help="results folder (default: results/tradeoff-rl-ENV-PAIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
