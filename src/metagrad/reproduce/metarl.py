@@ -214,7 +214,7 @@ def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experime
         if path.exists():
             results = json.loads(path.read_text())
             check_experiment(path, results, experiment)
-            check_same_tests(path, results, method, result["config"])
+            check_same_tests(path, results, method, result.get("config", {}))
         results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
         results["methods"][method] = result
         files.write_json(path, results)
