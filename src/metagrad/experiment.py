@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,15 +119,21 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
 def continue_run(cfg: Config | RLConfig, run_dir: str | Path, progress: bool = True, **kw: Any) -> tuple[Any, Any]:
     """``train`` with resume, as the reproductions run each method: a rerun continues where it stopped; Ctrl-C or
     SIGTERM saves and raises ``Interrupted`` with what to run."""
+    return stop_when_interrupted(lambda: train(cfg, run_dir, resume="auto", progress=progress, **kw), run_dir)
+
+
+def stop_when_interrupted(fit: Callable[[], tuple[Any, Any]], run_dir: str | Path) -> tuple[Any, Any]:
+    """``fit()`` (a trainer and its fit result) for a reproduction, whose rerun continues the run: a stop by Ctrl-C or
+    SIGTERM, or an abort by a second one, raises ``Interrupted`` saying so, with the signal's exit code."""
     again = "run the same command again to continue"
     try:
-        trainer, fit = train(cfg, run_dir, resume="auto", progress=progress, **kw)
+        trainer, result = fit()
     except Interrupted as e:  # a second signal: aborted mid-iteration
         raise e.then(again) from None
-    if fit.stopped == "interrupted":
-        raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; {again}",
+    if result.stopped == "interrupted":
+        raise Interrupted(f"interrupted at iteration {result.iteration}; checkpoint saved in {run_dir}; {again}",
                           trainer.stop_signal or signal.SIGINT)
-    return trainer, fit
+    return trainer, result
 
 
 def _kind(cfg: Config | RLConfig) -> str:

@@ -206,17 +206,18 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
     rows, at = [], []
     for j in range(1, study.checkpoints + 1):
         path = run_dir / f"eval-{j:03d}.json"
-        if not path.exists() or json.loads(path.read_text())["lr"] != lr:  # another --test-step's: tested again
+        data = json.loads(path.read_text()) if path.exists() else None
+        if data is None or data["lr"] != lr:  # none yet, or another --test-step's: tested again
             learner, _, info = load_run(run_dir, f"snapshot-{j:03d}")
             learner.env = test_env
             t0 = time.perf_counter()
             tasks = held_out_goals(learner, study.test_tasks, study.eval_seed + seed)
             gen = torch.Generator().manual_seed(study.eval_seed + seed + 1)
             values, _ = adaptation_returns(learner, tasks, study.test_updates, study.test_episodes, (lr,), gen)
-            files.write_json(path, {"snapshot": j, "env_steps": info["env_steps"], "iteration": info["iteration"],
-                               "lr": lr, "tasks": study.test_tasks, "episodes": study.test_episodes,
-                               "mean": values.mean(0).tolist(), "seconds": round(time.perf_counter() - t0, 2)})
-        data = json.loads(path.read_text())
+            data = {"snapshot": j, "env_steps": info["env_steps"], "iteration": info["iteration"], "lr": lr,
+                    "tasks": study.test_tasks, "episodes": study.test_episodes, "mean": values.mean(0).tolist(),
+                    "seconds": round(time.perf_counter() - t0, 2)}
+            files.write_json(path, data)
         rows.append(data["mean"])
         at.append(data["env_steps"])
     return np.asarray(rows), at

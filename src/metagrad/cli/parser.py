@@ -261,7 +261,7 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--out", default="results/tradeoff-linreg", help="results folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    from ..tradeoff_rl import Study
+    from ..tradeoff_rl import TEST_STEPS, Study
 
     d = Study()
     p = studies.add_parser("rl", help="DRS vs MAML in meta-RL on equal simulator-step budgets (section 2, Figs 1-2)",
@@ -292,7 +292,7 @@ def _add_tradeoff_parsers(sub: Any) -> None:
     p.add_argument("--settings", choices=("metagrad", "promp"), default=d.settings, help="metagrad (default; the "
                    "kept panels') or promp: as ProMP's code, the policy acting in normalize()'s units (a tenth of the "
                    "simulator's; locomotion), each task's losses over its valid steps, a fixed inner KL coefficient")
-    p.add_argument("--test-step", choices=("drs-tuned", "tuned", "fixed"), default=d.test_step, help="whose "
+    p.add_argument("--test-step", choices=TEST_STEPS, default=d.test_step, help="whose "
                    "test-time step size is chosen on validation tasks: drs-tuned (default; the kept panels': DRS's, "
                    "the meta-learner tested at its training step 0.1), tuned (each method's) or fixed (both at 0.1); "
                    "may change on resume (the runs are tested again, not retrained)")

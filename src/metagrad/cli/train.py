@@ -88,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.stopped == "interrupted":
         print(f"interrupted at iteration {result.iteration}; checkpoint saved in {out}; continue with: "
               f"{resume_hint(args)}", file=sys.stderr)
-        return 128 + signal.SIGTERM if trainer.stop_signal == signal.SIGTERM else EXIT_INTERRUPTED
+        return 128 + (trainer.stop_signal or signal.SIGINT)  # as Interrupted's: 130 after Ctrl-C, 143 after SIGTERM
     if result.stopped == "time_budget":
         print(f"time budget reached at iteration {result.iteration}; continue with: {resume_hint(args)}",
               file=sys.stderr)

@@ -196,12 +196,13 @@ SAME_TESTS = ("eval_seed", "eval_tasks", "eval_episodes")
 def check_same_tests(path: Path, results: dict[str, Any], method: str, config: dict[str, Any]) -> None:
     """Refuse a method tested on other tasks or episodes than the other methods in ``results`` (the table and
     ``metagrad compare`` would set their numbers side by side); its own earlier result may differ."""
+    ours = {k: config.get(k) for k in SAME_TESTS}
     for other, r in results.get("methods", {}).items():
         theirs = {k: r.get("config", {}).get(k) for k in SAME_TESTS}
-        ours = {k: config.get(k) for k in SAME_TESTS}
-        if other != method and theirs != ours:
-            diff = ", ".join(f"{k} {ours[k]} (theirs {theirs[k]})" for k in SAME_TESTS if ours[k] != theirs[k])
-            same = " ".join(f"--set {k}={theirs[k]}" for k in SAME_TESTS if ours[k] != theirs[k])
+        differ = [k for k in SAME_TESTS if ours[k] != theirs[k]]
+        if other != method and differ:
+            diff = ", ".join(f"{k} {ours[k]} (theirs {theirs[k]})" for k in differ)
+            same = " ".join(f"--set {k}={theirs[k]}" for k in differ)
             raise ConfigError(f"{path} holds {other} tested on other tasks or episodes; {method} would be tested "
                               f"with {diff}: test it as {other} ({same}) or give another --out")
 

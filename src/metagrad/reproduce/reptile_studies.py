@@ -25,7 +25,7 @@ from ..build import build_learner, build_outer, build_tasks, image_splits
 from ..config import Config, load_config
 from ..errors import CheckpointError, ConfigError, Interrupted, check_whole
 from ..evaluate import held_out_tasks
-from ..experiment import stored_config
+from ..experiment import stop_when_interrupted, stored_config
 from ..plots import plt
 from ..settings import check_seed
 from ..tables import md_head
@@ -99,11 +99,7 @@ def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, val_every=0,
                       progress=progress, on_iteration=(lambda t, i, m: on_iteration(t, i)) if on_iteration else None,
                       time_budget=time_budget)
-    fit = trainer.fit(resume="auto")
-    if fit.stopped == "interrupted":
-        raise Interrupted(f"interrupted at iteration {fit.iteration}; checkpoint saved in {run_dir}; run the same "
-                          "command again to continue")
-    return trainer
+    return stop_when_interrupted(lambda: (trainer, trainer.fit(resume="auto")), run_dir)[0]
 
 
 @torch.no_grad()
