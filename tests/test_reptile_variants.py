@@ -25,7 +25,7 @@ from metagrad.reproduce import reptile_studies as rs
 from metagrad.tasks import Split
 
 LR = 0.05
-PATHS = [("loop", 1), ("vmap", 1), ("loop", 2)]  # (batching, task threads)
+PATHS = [("loop", 1, 0), ("vmap", 1, 0), ("loop", 2, 0), ("vmap", 1, 3)]  # (batching, task threads, task chunk)
 SAMPLINGS = ["cycle", "replacement"]
 Tree = dict[str, torch.Tensor]
 
@@ -87,16 +87,16 @@ COMBINATIONS = [(1.0,), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5), (0.0, 0.0, 1.0), (1.
                 (0.0, 0.0, 0.0, 1.0), (1.0, 1.0, 1.0, 1.0), (0.25, 0.25, 0.25, 0.25), (0.3, -0.2, 1.5)]
 
 
-@pytest.mark.parametrize(("batching", "threads"), PATHS)
+@pytest.mark.parametrize(("batching", "threads", "chunk"), PATHS)
 @pytest.mark.parametrize("sampling", SAMPLINGS)
 @pytest.mark.parametrize("weights", COMBINATIONS, ids=lambda w: ",".join(f"{x:.2g}" for x in w))
-def test_combination_is_the_weighted_sum_of_the_inner_gradients(weights, sampling, batching, threads):
+def test_combination_is_the_weighted_sum_of_the_inner_gradients(weights, sampling, batching, threads, chunk):
     """``combination=w``: the outer update is sum_i w_i * lr * g_i over the tasks' mean, g_i the gradient of minibatch
     i's loss at the parameters of step i (g1: joint training; g_k: k-step FOMAML; sums and averages: Reptile)."""
     k = len(weights)
     model = small_mlp().double()
     learner = mg.Reptile(model, inner=mg.SGD(LR), inner_steps=k, inner_batch_size=3, combination=weights,
-                         inner_sampling=sampling, batching=batching, threads=threads).double()
+                         inner_sampling=sampling, batching=batching, threads=threads, task_chunk=chunk).double()
     batch = sinusoid_batch(tasks=4, shots=12)
     p0 = initial(model)
     got, mb = meta_grad(learner, batch, seed=7)
@@ -118,17 +118,18 @@ def test_all_ones_is_reptile():
 
 
 # --------------------------------------------------------------------------- 6.3: tails and minibatch sampling
-@pytest.mark.parametrize(("batching", "threads"), PATHS)
+@pytest.mark.parametrize(("batching", "threads", "chunk"), PATHS)
 @pytest.mark.parametrize("sampling", SAMPLINGS)
 @pytest.mark.parametrize("tail", ["separate", "shared"])
 @pytest.mark.parametrize("first_order", [True, False], ids=["fomaml", "maml"])
-def test_maml_tail_is_the_outer_loss_data(first_order, tail, sampling, batching, threads):
+def test_maml_tail_is_the_outer_loss_data(first_order, tail, sampling, batching, threads, chunk):
     """Separate tail: the outer loss on the query set (as always). Shared tail: on the minibatch drawn after the inner
     steps' ones from the support set, so that it overlaps them once the support set is used up."""
     steps = 2
     model = small_mlp().double()
     learner = mg.MAML(model, inner=mg.SGD(LR), inner_steps=steps, inner_batch_size=4, first_order=first_order,
-                      tail=tail, inner_sampling=sampling, batching=batching, threads=threads).double()
+                      tail=tail, inner_sampling=sampling, batching=batching, threads=threads,
+                      task_chunk=chunk).double()
     batch = sinusoid_batch(tasks=4, shots=12)
     p0 = initial(model)
     got, mb = meta_grad(learner, batch, seed=3)
@@ -159,17 +160,18 @@ def test_shared_tail_with_full_batch_steps_is_the_support_set_and_recompute_agre
     assert_trees_close(recomputed, direct)
 
 
-@pytest.mark.parametrize(("batching", "threads"), PATHS)
+@pytest.mark.parametrize(("batching", "threads", "chunk"), PATHS)
 @pytest.mark.parametrize("sampling", SAMPLINGS)
 @pytest.mark.parametrize("weights", [None, (0.0, 0.0, 1.0), (1.0, 0.5, 0.25)], ids=["reptile", "foml", "mixed"])
 @pytest.mark.parametrize("tail", ["shared", "separate"])
-def test_reptile_tail_is_the_last_inner_steps_data(tail, weights, sampling, batching, threads):
+def test_reptile_tail_is_the_last_inner_steps_data(tail, weights, sampling, batching, threads, chunk):
     """Reptile's (and the reference code's FOMAML, ``combination`` (0, .., 0, 1)) last inner step on the support
     set like the others (shared), or on the query set after steps on the support set alone (separate)."""
     steps = 3
     model = small_mlp().double()
     learner = mg.Reptile(model, inner=mg.SGD(LR), inner_steps=steps, inner_batch_size=4, tail=tail,
-                         combination=weights, inner_sampling=sampling, batching=batching, threads=threads).double()
+                         combination=weights, inner_sampling=sampling, batching=batching, threads=threads,
+                         task_chunk=chunk).double()
     batch = sinusoid_batch(tasks=4, shots=12)
     p0 = initial(model)
     got, mb = meta_grad(learner, batch, seed=5)
@@ -183,6 +185,23 @@ def test_reptile_tail_is_the_last_inner_steps_data(tail, weights, sampling, batc
         parts.append({n: p0[n] - adapted[n] for n in p0} if weights is None else
                      {n: sum(w * LR * g[n] for w, g in zip(weights, grads, strict=True)) for n in p0})
     assert_trees_close(got, mean_over_tasks(parts))
+
+
+VARIANTS = {"reptile-mixed-separate": (mg.Reptile, dict(combination=(1.0, 0.5, 0.25), tail="separate")),
+            "fomaml-shared-replacement": (mg.MAML, dict(first_order=True, tail="shared", inner_sampling="replacement")),
+            "maml-shared": (mg.MAML, dict(tail="shared"))}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_compiled_variants_equal_the_per_task_loop(variant):
+    """compile=True (the whole meta-gradient compiled) on the section 6.2-6.3 variants gives the loop's numbers."""
+    kind, kw = VARIANTS[variant]
+    model = small_mlp().double()
+    batch = sinusoid_batch(tasks=4, shots=12)
+    make = lambda **path: kind(model, inner=mg.SGD(LR), inner_steps=3, inner_batch_size=4, **kw, **path).double()  # noqa: E731
+    want, _ = meta_grad(make(batching="loop"), batch, seed=4)
+    got, _ = meta_grad(make(batching="vmap", compile=True), batch, seed=4)
+    assert_trees_close(got, want)
 
 
 def test_cycle_and_replacement_minibatches():
@@ -208,15 +227,26 @@ def test_cycle_and_replacement_minibatches():
 
 
 # --------------------------------------------------------------------------- section 6: the carried inner Adam
-@pytest.mark.parametrize("algo", ["reptile", "fomaml"])
-def test_carried_adam_is_one_adam_run_over_the_tasks_in_order(algo):
+CARRIED = {"reptile": ("reptile", {}), "fomaml": ("fomaml", {}),
+           "reptile-last-step-separate": ("reptile", dict(combination=(0.0, 0.0, 1.0), tail="separate")),
+           "reptile-mixed-replacement": ("reptile", dict(combination=(1.0, 0.5, 0.25), inner_sampling="replacement")),
+           "fomaml-shared-tail": ("fomaml", dict(tail="shared")),
+           "fomaml-shared-tail-replacement": ("fomaml", dict(tail="shared", inner_sampling="replacement"))}
+
+
+@pytest.mark.parametrize("case", list(CARRIED))
+def test_carried_adam_is_one_adam_run_over_the_tasks_in_order(case):
     """One torch.optim.Adam (beta1 = 0), never reset, stepping through every task's minibatches in order across
     meta-iterations (the model reset to the initialization for each task): the learner's parameters after each
-    outer step and its carried moments and step count equal it."""
+    outer step and its carried moments and step count equal it; with Figure 4's combinations and tails too (the
+    weighted steps' updates; Reptile's separate last step on the query set; FOMAML's shared tail as its outer loss)."""
+    algo, variant = CARRIED[case]
     eps, tasks, steps = 0.5, 3, 3
     model = small_mlp().double()
-    kw = dict(inner=mg.Adam(LR), inner_steps=steps, inner_batch_size=4, inner_state="carried")
+    kw = dict(inner=mg.Adam(LR), inner_steps=steps, inner_batch_size=4, inner_state="carried", **variant)
     learner = (mg.Reptile(model, **kw) if algo == "reptile" else mg.FOMAML(model, **kw)).double()
+    separate, weights = variant.get("tail", "separate" if algo == "fomaml" else "shared") == "separate", \
+        variant.get("combination", (1.0,) * steps)
     outer = torch.optim.SGD(learner.parameters(), lr=eps)
     clone = copy.deepcopy(model)
     adam = torch.optim.Adam(clone.parameters(), lr=LR, betas=(0.0, 0.999), eps=1e-8)
@@ -233,16 +263,23 @@ def test_carried_adam_is_one_adam_run_over_the_tasks_in_order(algo):
             with torch.no_grad():
                 for n, p in clone.named_parameters():
                     p.copy_(phi[n])
-            for s in range(steps):
-                split = select(task.support, mb[i, s])
+            data = [select(task.support, mb[i, s]) for s in range(mb.shape[1])]
+            if algo == "reptile":  # its last step on the query set when separate
+                inner, tail = [*data, task.query] if separate else data, None
+            else:  # FOMAML's outer loss on the query set, or on the minibatch after the inner steps' (shared)
+                inner, tail = data[:steps], task.query if separate else data[steps]
+            assert len(inner) == steps
+            path = [initial(clone)]
+            for split in inner:
                 adam.zero_grad()
                 F.mse_loss(clone(split.x), split.y).backward()
                 adam.step()
+                path.append(initial(clone))
             if algo == "reptile":
-                parts.append({n: phi[n] - p.detach() for n, p in clone.named_parameters()})
+                parts.append({n: sum(w * (path[s][n] - path[s + 1][n]) for s, w in enumerate(weights)) for n in phi})
             else:
                 clone.zero_grad()
-                F.mse_loss(clone(task.query.x), task.query.y).backward()
+                F.mse_loss(clone(tail.x), tail.y).backward()
                 parts.append({n: p.grad.detach().clone() for n, p in clone.named_parameters()})
         update = mean_over_tasks(parts)
         phi = {n: phi[n] - eps * update[n] for n in phi}
@@ -426,15 +463,21 @@ def test_download_reaches_the_studies_config(monkeypatch, tmp_path):
 
 
 def test_study_findings_are_read_from_the_accuracies():
+    """Each finding's direction from the means; "within noise" where a deciding difference is inside the 95%
+    half-width of a difference of two means; "partly" naming the settings that clearly go against it."""
     acc = {"g1": 0.3, "g2": 0.6, "g1+g2": 0.5, "avg(g1,g2)": 0.4, "g3": 0.65, "g1+g2+g3": 0.7, "avg(g1..g3)": 0.5,
            "g4": 0.7, "g1+..+g4": 0.9, "avg(g1..g4)": 0.6}
     found = rg.gradient_findings({n: {"final": [a, 0.01]} for n, a in acc.items()})
     assert [f["holds"] for f in found] == [True, True, True, True]
+    assert [f["verdict"] for f in found] == ["yes"] * 4
     found = rg.gradient_findings({n: {"final": [0.5 if n == "g1" else a, 0.01]} for n, a in acc.items()})
-    assert not found[0]["holds"]
+    assert not found[0]["holds"] and found[0]["verdict"] == "no"
+    found = rg.gradient_findings({n: {"final": [a, 0.04]} for n, a in acc.items()})  # gaps of 0.05 < 0.057
+    assert found[0]["verdict"] == "yes" and found[1]["verdict"] == "yes"
+    assert found[2]["verdict"] == "yes, within noise: g2 -> g3 +5.0; g3 -> g4 +5.0"
 
-    def panel(values, curves):
-        return {"runs": {run: [{"value": v, "mean": m} for v, m in zip(values, ms, strict=True)]
+    def panel(values, curves, ci=0.01):
+        return {"runs": {run: [{"value": v, "mean": m, "ci95": ci} for v, m in zip(values, ms, strict=True)]
                          for run, ms in curves.items()}}
 
     flat = [0.9, 0.9, 0.9, 0.9]
@@ -443,7 +486,14 @@ def test_study_findings_are_read_from_the_accuracies():
             "reptile, replacement": flat}
     step = {run: ([0.4, 0.5] if run.startswith("fomaml-shared") else [0.8, 0.9]) for run in runs}
     panels = {"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs), "4c": panel([0.5, 1.0], step)}
-    assert [f["holds"] for f in ro.overlap_findings(panels)] == [True, True, True, True]
+    assert [f["verdict"] for f in ro.overlap_findings(panels)] == ["yes"] * 4
+    runs["reptile, cycle"] = [0.9, 0.9, 0.9, 0.8]  # one overlapping setting 10 points down: beyond its noise
+    panels.update({"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs)})
+    assert ro.overlap_findings(panels)[2]["verdict"] == "partly, not: reptile, cycle at inner iterations 6 -10.0; " \
+                                                        "reptile, cycle at inner batch size 100 -10.0"
+    panels.update({"4a": panel([3, 4, 5, 6], runs, ci=0.1), "4b": panel([20, 25, 50, 100], runs, ci=0.1)})
+    found = ro.overlap_findings(panels)  # the same numbers with intervals of ± 10 points: Reptile's drop is noise
+    assert [f["verdict"] for f in found] == ["yes"] * 4
     runs["reptile, cycle"] = [0.9, 0.9, 0.3, 0.2]  # Reptile degrading as much as shared-tail FOMAML: not the paper's
     panels.update({"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs)})
     assert not ro.overlap_findings(panels)[2]["holds"]

@@ -4,6 +4,8 @@ learns a step size per inner step. Every meta-gradient is checked in float64 aga
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,7 +208,8 @@ def test_reptile_moves_only_the_adapted_parameters(path):
     exactly 0 for the body, which it does not adapt."""
     batch, model = sinusoid_batch(tasks=TASKS), net()
     theta = {n: p.detach().clone() for n, p in model.named_parameters()}
-    learner = mg.Reptile(model, inner=mg.SGD(LR), inner_steps=3, adapt=["head"], **PATHS[path])
+    with pytest.warns(UserWarning, match=r"never moves the parameters .* \(body\.0\.weight, body\.0\.bias, "):
+        learner = mg.Reptile(model, inner=mg.SGD(LR), inner_steps=3, adapt=["head"], **PATHS[path])
     learner.meta_gradient(batch)
     for n, p in model.named_parameters():
         if n.startswith("body."):
@@ -226,6 +229,15 @@ def test_reptile_moves_only_the_adapted_parameters(path):
                                    rtol=1e-10, atol=1e-12)
 
 
+def test_reptile_says_nothing_when_what_it_does_not_adapt_is_frozen():
+    """The warning is about trainable parameters that would stay put: frozen ones are meant to."""
+    model = net()
+    model.body.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mg.Reptile(model, inner=mg.SGD(LR), inner_steps=3, adapt=["head"])
+
+
 @pytest.mark.parametrize("path", ["loop", "vmap"])
 def test_reptile_leaves_the_parameters_it_does_not_adapt_in_place_in_float32(path):
     """In float32 over 25 tasks the mean of the copies of a fixed parameter is not the parameter; an outer Adam
@@ -233,7 +245,8 @@ def test_reptile_leaves_the_parameters_it_does_not_adapt_in_place_in_float32(pat
     torch.manual_seed(0)
     model = Net()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    learner = mg.Reptile(model, inner=mg.SGD(0.01), inner_steps=5, adapt=["head"], **PATHS[path])
+    with pytest.warns(UserWarning, match="keep their initial values"):
+        learner = mg.Reptile(model, inner=mg.SGD(0.01), inner_steps=5, adapt=["head"], **PATHS[path])
     mg.Trainer(learner, mg.tasks.Sinusoid(shots=10, query=10), torch.optim.Adam(learner.parameters(), 1e-3),
                iterations=3, meta_batch_size=25, progress=False).fit()
     for n, p in model.named_parameters():

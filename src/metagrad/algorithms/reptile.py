@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,12 @@ class Reptile(MetaLearner):
         if self.inner_steps < 1:
             raise ConfigError(f"inner_steps {self.inner_steps} must be >= 1 for Reptile")
         check_choice("tail", tail, TAILS)
+        still = [n for n in self.trainable() if not self.adapts(n)]
+        if still:
+            warnings.warn(f"Reptile with adapt={list(self.adapt_prefixes)} never moves the parameters its inner loop "
+                          f"does not adapt ({', '.join(still[:3])}{', ...' if len(still) > 3 else ''}): its direction "
+                          "is 0 for them, so they keep their initial values; to train them too (ANIL), use MAML or "
+                          "first-order MAML, or freeze them (requires_grad=False) to silence this", stacklevel=2)
         self.tail = tail
         self.combination: tuple[float, ...] | None = None
         if combination is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from .reptile_studies import (
     findings_table,
     map_runs,
     minutes_left,
+    noise,
     pct,
     save_figure,
     say,
@@ -49,6 +49,7 @@ from .reptile_studies import (
     study_budget,
     test_accuracy,
     train_run,
+    verdict,
     write_study,
 )
 
@@ -125,7 +126,6 @@ def _overlap_run(panel: str, method: str, sampling: str, value: float, cfg: Conf
         return None
     say(f"reptile-overlap {panel}: {method}, {sampling}, {PANELS[panel][1]} {value:g}, {cfg.iterations:,} "
          f"iterations -> {run_dir}")
-    t0 = time.perf_counter()
     images = WORKER["images"]
     train = (FewShotClassification(images, WAYS, cfg.shots, cfg.query, rotations=True)
              if method == "fomaml-separate" else TrainingTasks(images, WAYS, DRAWINGS))
@@ -140,38 +140,64 @@ def _overlap_run(panel: str, method: str, sampling: str, value: float, cfg: Conf
     else:
         mean, ci = test_accuracy(trainer.learner, cfg, WORKER["tests"])
         files.write_json(test_file, {**key, "mean": mean, "ci95": ci})
-    return {"value": value, "mean": mean, "ci95": ci, "seconds": round(time.perf_counter() - t0, 1)}
+    return {"value": value, "mean": mean, "ci95": ci, "seconds": round(trainer.elapsed, 1)}  # training, across resumes
 
 
 def overlap_findings(panels: dict[str, Any]) -> list[dict[str, Any]]:
-    """The paper's findings of section 6.3, each checked on our final accuracies (where the sweeps allow)."""
+    """The paper's findings of section 6.3, each checked on our final accuracies and their intervals (where the sweeps
+    allow)."""
 
-    def drop(panel: str, run: str) -> float | None:
-        """Mean accuracy where the data overlaps (4a: > 4 iterations, 4b: batch > 25) minus where it does not."""
-        if panel not in panels:
-            return None
+    def split(panel: str, run: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+        """``run``'s settings in ``panel`` whose minibatches do not overlap (4a: <= 4 iterations of 25, 4b: batches
+        up to 25) and those whose minibatches do."""
         limit = 4 if panel == "4a" else BATCH
         pts = panels[panel]["runs"][run]
-        lo = [p["mean"] for p in pts if p["value"] <= limit]
-        hi = [p["mean"] for p in pts if p["value"] > limit]
-        return sum(hi) / len(hi) - sum(lo) / len(lo) if lo and hi else None
+        return [p for p in pts if p["value"] <= limit], [p for p in pts if p["value"] > limit]
 
-    def describe(run: str) -> tuple[str, list[float]]:
-        drops = {p: drop(p, run) for p in ("4a", "4b")}
-        known = [d for d in drops.values() if d is not None]
-        return ", ".join(f"{p} {100 * d:+.1f}" for p, d in drops.items() if d is not None) or "not swept", known
+    def mean(pts: list[dict[str, float]]) -> tuple[float, float]:
+        """The settings' mean accuracy and its 95% half-width."""
+        return sum(p["mean"] for p in pts) / len(pts), noise(*(p["ci95"] for p in pts)) / len(pts)
 
-    found = []
-    text, shared = describe("fomaml-shared, cycle")
-    found.append({"paper": PAPER_OVERLAP[0], "ours": f"change once overlapping (points): {text}",
-                  "holds": bool(shared) and all(d < 0 for d in shared)})
-    text_r, shared_r = describe("fomaml-shared, replacement")
-    found.append({"paper": PAPER_OVERLAP[1], "ours": f"cycle: {text}; replacement: {text_r}",
-                  "holds": bool(shared and shared_r) and sum(shared_r) > sum(shared)})
-    others = {run: describe(run) for run in ("fomaml-separate, cycle", "fomaml-separate, replacement",
-                                             "reptile, cycle", "reptile, replacement")}
-    found.append({"paper": PAPER_OVERLAP[2], "ours": "; ".join(f"{run}: {t}" for run, (t, _) in others.items()),
-                  "holds": bool(shared) and all(min(d) > min(shared) for _, d in others.values() if d)})
+    def drops(run: str) -> dict[str, tuple[float, float]]:
+        """Per panel swept: mean accuracy where the minibatches overlap minus where they do not, and its noise."""
+        out = {}
+        for panel in ("4a", "4b"):
+            lo, hi = split(panel, run) if panel in panels else ([], [])
+            if lo and hi:
+                (a, ha), (b, hb) = mean(lo), mean(hi)
+                out[panel] = (b - a, noise(ha, hb))
+        return out
+
+    def describe(d: dict[str, tuple[float, float]]) -> str:
+        return ", ".join(f"{p} {100 * x:+.1f}" for p, (x, _) in d.items()) or "not swept"
+
+    def degraded(run: str) -> list[str]:
+        """The overlapping settings of ``run`` clearly below its non-overlapping ones' mean."""
+        found = []
+        for panel in ("4a", "4b"):
+            lo, hi = split(panel, run) if panel in panels else ([], [])
+            if lo:
+                base, h = mean(lo)
+                found += [f"{run} at {PANELS[panel][1]} {p['value']:g} {100 * (p['mean'] - base):+.1f}" for p in hi
+                          if base - p["mean"] > noise(h, p["ci95"])]
+        return found
+
+    shared, shared_r = drops("fomaml-shared, cycle"), drops("fomaml-shared, replacement")
+    gaps = {p: (shared_r[p][0] - shared[p][0], noise(shared_r[p][1], shared[p][1])) for p in shared if p in shared_r}
+    others = {run: drops(run) for run in ("fomaml-separate, cycle", "fomaml-separate, replacement",
+                                          "reptile, cycle", "reptile, replacement")}
+    found = [
+        {"paper": PAPER_OVERLAP[0], "ours": f"change once overlapping (points): {describe(shared)}",
+         "holds": bool(shared) and all(d < 0 for d, _ in shared.values()),
+         "unclear": [f"{p} {100 * d:+.1f} of ± {100 * h:.1f}" for p, (d, h) in shared.items() if -d <= h]},
+        {"paper": PAPER_OVERLAP[1], "ours": f"cycle: {describe(shared)}; replacement: {describe(shared_r)}",
+         "holds": bool(gaps) and sum(g for g, _ in gaps.values()) > 0,
+         "unclear": [f"{p}: {100 * g:+.1f} of ± {100 * h:.1f}" for p, (g, h) in gaps.items() if g <= h]},
+        {"paper": PAPER_OVERLAP[2], "ours": "; ".join(f"{run}: {describe(d)}" for run, d in others.items()),
+         "holds": bool(shared) and all(min(x for x, _ in d.values()) > min(x for x, _ in shared.values())
+                                       for d in others.values() if d),
+         "against": [w for run in others for w in degraded(run)]},
+    ]
     if "4c" in panels:
         best = {run: max(p["mean"] for p in pts) for run, pts in panels["4c"]["runs"].items()}
         shared_best = max(v for run, v in best.items() if run.startswith("fomaml-shared"))
@@ -179,6 +205,8 @@ def overlap_findings(panels: dict[str, Any]) -> list[dict[str, Any]]:
         found.append({"paper": PAPER_OVERLAP[3], "ours": f"best over step sizes: shared-tail {pct(shared_best)}, the "
                                                          f"others at least {pct(rest_best)}",
                       "holds": shared_best < rest_best})
+    for f in found:
+        f["verdict"] = verdict(f["holds"], f.pop("unclear", ()), f.pop("against", ()))
     return found
 
 

@@ -218,10 +218,28 @@ def findings_table(r: dict[str, Any]) -> list[str]:
     if b["eval_tasks"] < FULL.eval_tasks:
         short.append(f"{b['eval_tasks']:,} test tasks, not {FULL.eval_tasks:,}")
     note = f" ({'; '.join(short)}; `--full` runs the paper's budget)" if short and not r["full"] else ""
-    lines = [f"The paper's findings{note}:", "", *md_head(["paper", "ours", "holds here"])]
+    lines = [f"The paper's findings{note}; \"within noise\": the direction holds, but a difference that decides it is "
+             "smaller than the 95% half-width of a difference of two independent means:", "",
+             *md_head(["paper", "ours", "holds here"])]
     for f in r["findings"]:
-        lines.append(f"| {f['paper']} | {f['ours']} | {'yes' if f['holds'] else 'no'} |")
+        lines.append(f"| {f['paper']} | {f['ours']} | {f.get('verdict', 'yes' if f['holds'] else 'no')} |")
     return lines
+
+
+def noise(*half_widths: float) -> float:
+    """The 95% half-width of a sum or difference of independent means with these half-widths (the runs are
+    tested on the same tasks, so this overstates the noise of a paired difference)."""
+    return math.sqrt(sum(h * h for h in half_widths))
+
+
+def verdict(holds: bool, unclear: Sequence[str] = (), against: Sequence[str] = ()) -> str:
+    """``no`` when a finding's direction fails; ``partly`` naming the cases that clearly go against it; ``yes, within
+    noise`` naming the differences that decide it but do not clear their noise (``noise``); else ``yes``."""
+    if not holds:
+        return "no"
+    if against:
+        return f"partly, not: {'; '.join(against)}"
+    return f"yes, within noise: {'; '.join(unclear)}" if unclear else "yes"
 
 
 def write_study(out: Path, name: str, results: dict[str, Any], table: str,
