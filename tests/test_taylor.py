@@ -16,7 +16,9 @@ import functools
 import pytest
 import torch
 
+import metagrad as mg
 from metagrad.analysis import taylor as tt
+from metagrad.batch import Split, TaskBatch
 
 ALPHAS = (0.02, 0.01, 0.005)
 KS = (2, 3, 4)
@@ -234,3 +236,60 @@ def test_a_float32_point_gives_the_float64_series():
     assert got.avg_grad.dtype == torch.float64
     torch.testing.assert_close(got.avg_grad, tt.avg_grad(problem(), phi0().float().double()))
     assert torch.allclose(got.avg_grad, expected.avg_grad, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- through the library's learners
+class Point(torch.nn.Module):
+    """Section 5.1's model as a module: its one parameter is phi; an "example" is a (task, minibatch) index pair
+    whose loss is L_tb(phi) (``minibatch_loss``), so that an inner step on one example is the paper's SGD step."""
+
+    def __init__(self, phi: torch.Tensor):
+        super().__init__()
+        self.phi = torch.nn.Parameter(phi.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.phi.expand(x.shape[0], -1)
+
+
+def minibatch_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return problem().loss(y[:, 0], y[:, 1], pred).mean()
+
+
+def learner_draws(algo: str, k: int, sampling: str, alpha: float, batching: str) -> tuple[torch.Tensor, ...]:
+    """Every (task, minibatch sequence) draw as one task of a meta-batch whose support set is that sequence, one
+    example per inner minibatch: MAML and FOMAML take k - 1 steps and their outer loss on the k-th minibatch (the
+    shared tail), Reptile k steps. The learner's mean meta-gradient (Reptile's ``.grad`` / alpha, its direction
+    being phi - phi~), the task of each draw and the sequences in the order the learner took them (it permutes
+    each support set: cycling minibatches)."""
+    task, seqs = tt._all_draws(problem(), k, sampling)
+    support = Split(torch.zeros(len(task), k, 1, dtype=torch.float64),
+                       torch.stack([task[:, None].expand(-1, k), seqs], -1))
+    batch = TaskBatch(support, support)
+    model = Point(phi0())
+    kw = dict(loss_fn=minibatch_loss, inner=mg.SGD(alpha), inner_batch_size=1, batching=batching, tail="shared")
+    learner = (mg.Reptile(model, inner_steps=k, **kw) if algo == "reptile" else
+               mg.MAML(model, inner_steps=k - 1, first_order=algo == "fomaml", **kw)).double()
+    mb = learner.training_minibatches(batch, torch.Generator().manual_seed(k))
+    learner.meta_gradient(batch, torch.Generator().manual_seed(k))
+    grad = model.phi.grad / alpha if algo == "reptile" else model.phi.grad
+    return grad, task, seqs.gather(1, mb[:, :, 0])
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("k", (2, 3))
+@pytest.mark.parametrize("algo", tt.ALGORITHMS)
+def test_the_learners_compute_the_analysed_gradients_and_their_expansions(algo, k, sampling, batching):
+    """mg.MAML, first-order MAML and mg.Reptile on section 5.1's model: their meta-gradient is the mean over the
+    draws of (17) / (38) / (40) as written in the analysis (float64, to round-off), and it minus the mean of the
+    expansions (36) / (38) / (40) over the same draws shrinks 4x per halving of alpha (O(alpha^2))."""
+    p, phi = problem(), phi0()
+    differences = []
+    for a in ALPHAS:
+        got, task, drawn = learner_draws(algo, k, sampling, a, batching)
+        want = {"maml": tt.maml_gradients, "fomaml": tt.fomaml_gradients,
+                "reptile": tt.reptile_gradients}[algo](p, task, drawn, phi, a).mean(0)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+        differences.append((got - tt.per_draw_series(p, task, drawn, phi, a)[algo].mean(0)).norm().item())
+    ratios = [differences[0] / differences[1], differences[1] / differences[2]]
+    assert all(abs(r / 4 - 1) < 0.1 for r in ratios), (differences, ratios)
