@@ -420,6 +420,24 @@ def test_gradient_study_runs_every_combination_and_resumes(tmp_path, tiny_omnigl
     assert {n: r["final"] for n, r in again["runs"].items()} == {n: r["final"] for n, r in result["runs"].items()}
 
 
+def test_a_study_run_is_not_continued_outside_its_study(tmp_path, tiny_omniglot, monkeypatch, capsys):
+    """A Reptile run of the studies trains on all 20 drawings per class, which its config (19 + 1) cannot say:
+    ``metagrad train --resume`` on its folder refuses, naming the tasks and the study's command."""
+    monkeypatch.setattr(ro, "DEFAULT_OVERLAP", rs.Budget(iterations=2, eval_tasks=2, curve_points=1,
+                                                         sweeps={"4a": (5,)}))
+    ro.run_overlap(tmp_path, progress=False, data_root=str(tiny_omniglot))
+    runs = {p.parent.name: p.parent for p in tmp_path.rglob("study.json")}
+    assert len(runs) == len(ro.METHODS) * len(ro.SAMPLINGS)
+    reptile = runs["reptile-cycle-5"]
+    assert json.loads((reptile / "study.json").read_text())["tasks"] == \
+        "20 drawings per class in the support set, the query set one of them"
+    before = (reptile / "last.json").read_text()
+    assert main(["train", "--resume", "--out", str(reptile), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "20 drawings per class" in err and "metagrad reproduce reptile-overlap" in err
+    assert (reptile / "last.json").read_text() == before
+
+
 def test_overlap_study_runs_every_method_and_sampling(tmp_path, tiny_omniglot, monkeypatch):
     sweeps = {"4a": (5,), "4c": (1.0,)}  # 4b differs from 4a only in the swept argument
     monkeypatch.setattr(ro, "DEFAULT_OVERLAP", rs.Budget(iterations=5, eval_tasks=2, curve_points=1, sweeps=sweeps))

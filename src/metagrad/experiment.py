@@ -5,6 +5,7 @@ build on.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from collections.abc import Callable
@@ -99,12 +100,19 @@ def _run_info(stem: Path, info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+STUDY_MARK = "study.json"  # in a run directory trained by a study on its own tasks: what they are, what continues it
+
+
 def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = False, progress: bool = True,
           **kw: Any) -> tuple[Any, Any]:
     """Meta-train into ``run_dir`` (``config.toml``, ``metrics.jsonl``, ``last``/``best`` checkpoints), or continue
     it with ``resume`` (True: its last checkpoint must exist; "auto": continue it if there is one); the step sizes
     may change on resume (recorded in ``metrics.jsonl``). Returns the trainer and its fit result."""
     run_dir = Path(run_dir)
+    if resume and (run_dir / STUDY_MARK).exists():
+        study = json.loads((run_dir / STUDY_MARK).read_text())
+        raise ConfigError(f"{run_dir} is a run of a study whose training tasks its config does not describe "
+                          f"({study['tasks']}); continue it with the study's command: {study['command']}")
     trainer = make_trainer(cfg, run_dir, progress, **kw)
     changes = None  # meta-RL's trainer checks the saved config itself (RLTrainer.resume_changes); a supervised one here
     if resume and isinstance(cfg, Config) and (saved := saved_config(run_dir)) is not None:

@@ -124,7 +124,8 @@ def _gradient_run(name: str, weights: tuple[float, ...], cfg: Config, run_dir: P
     if 0 not in curve:  # the initialization's accuracy (the same for every combination: one seed)
         curve[0] = list(test_accuracy(build_learner(cfg), cfg, tests))
         files.write_json(curve_file, curve)
-    trainer = train_run(cfg, TrainingTasks(images, WAYS, 5 * len(weights)), run_dir, progress, record, minutes or 0.0)
+    trainer = train_run(cfg, TrainingTasks(images, WAYS, 5 * len(weights)), run_dir, progress, "reptile-gradients",
+                        record, minutes or 0.0)
     if trainer.iteration not in curve:  # e.g. stopped by a time limit between the evaluation points
         curve[trainer.iteration] = list(test_accuracy(trainer.learner, cfg, tests))
         files.write_json(curve_file, curve)

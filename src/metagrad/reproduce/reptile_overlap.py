@@ -129,7 +129,7 @@ def _overlap_run(panel: str, method: str, sampling: str, value: float, cfg: Conf
     images = WORKER["images"]
     train = (FewShotClassification(images, WAYS, cfg.shots, cfg.query, rotations=True)
              if method == "fomaml-separate" else TrainingTasks(images, WAYS, DRAWINGS))
-    trainer = train_run(cfg, train, run_dir, progress, time_budget=minutes or 0.0)
+    trainer = train_run(cfg, train, run_dir, progress, "reptile-overlap", time_budget=minutes or 0.0)
     if trainer.iteration < cfg.iterations:
         return None
     test_file, key = run_dir / "test.json", {"iteration": trainer.iteration, "eval_tasks": cfg.eval_tasks,

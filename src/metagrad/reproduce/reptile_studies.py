@@ -25,7 +25,7 @@ from ..build import build_learner, build_outer, build_tasks, image_splits
 from ..config import Config, load_config
 from ..errors import CheckpointError, ConfigError, Interrupted, check_whole
 from ..evaluate import held_out_tasks
-from ..experiment import stop_when_interrupted, stored_config
+from ..experiment import STUDY_MARK, stop_when_interrupted, stored_config
 from ..plots import plt
 from ..settings import check_seed
 from ..tables import md_head
@@ -63,6 +63,11 @@ class TrainingTasks:
         self.whole = shots >= DRAWINGS
         self.base = FewShotClassification(images, ways, shots - 1 if self.whole else shots, 1, rotations=rotations)
 
+    def __str__(self) -> str:
+        shots = self.base.shots + self.whole
+        return (f"{shots} drawings per class in the support set" + (", the query set one of them" if self.whole else
+                                                                     ", one more in the query set"))
+
     def sample(self, num_tasks: int, generator: torch.Generator, shots: int | None = None) -> TaskBatch:
         batch = self.base.sample(num_tasks, generator)
         if not self.whole:
@@ -82,16 +87,23 @@ def base_config(data_root: str | None, budget: Budget, download: bool = False) -
         eval_inner_batch_size=BATCH, eval_tasks=budget.eval_tasks, transductive=False)
 
 
-def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool,
+def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool, study: str,
               on_iteration: Callable[[Trainer, int], None] | None = None, time_budget: float = 0.0) -> Trainer:
     """Meta-train ``cfg`` on the training tasks ``tasks`` into ``run_dir``, continuing it if it has a checkpoint
-    (which must come from the same config); stop with a checkpoint after ``time_budget`` minutes (0: no limit)."""
+    (which must come from the same config); stop with a checkpoint after ``time_budget`` minutes (0: no limit).
+    The run directory is marked as the study's (``experiment.STUDY_MARK``): ``metagrad train --resume`` would
+    rebuild other tasks from the config (it cannot say that a support set holds all 20 drawings), so it refuses."""
     if checkpoint.exists(run_dir / "last"):
         saved = stored_config(checkpoint.read_info(run_dir / "last")["config"])
         changed = cfg.resume_differences(saved)
         if changed:
             raise CheckpointError(f"{run_dir} was trained with another config (differs in: {', '.join(changed)}); "
                                   "choose another output folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    what = str(tasks) if isinstance(tasks, TrainingTasks) else (f"{cfg.shots} drawings per class in the support set, "
+                                                               f"{cfg.query} in the query set")
+    files.write_json(run_dir / STUDY_MARK, {"study": study, "tasks": what,
+                                            "command": f"metagrad reproduce {study} with the --out that holds it"})
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
     trainer = Trainer(learner, tasks, opt, scheduler=sched, iterations=cfg.iterations,
