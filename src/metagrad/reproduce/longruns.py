@@ -48,9 +48,10 @@ def tradeoff_row(env: str, title: str, pair: str, budget: int, checkpoints: int,
 
 
 ROWS = (
-    Row("MAML Fig. 5 / Table 5: half-cheetah forward/backward, MAML-TRPO, curvature on every episode (the paper's; "
-        "also the side-by-side run: pytorch-maml-rl's continues with benchmarks/maml_rl_cheetah.py into "
-        "side-by-side-cheetah-dir/pytorch-maml-rl)", "100-500 iterations of 40 tasks x 20 episodes",
+    Row("Half-cheetah forward/backward, MAML-TRPO, seed 0, curvature on every episode: the side-by-side run "
+        "(pytorch-maml-rl's continues with benchmarks/maml_rl_cheetah.py into "
+        "side-by-side-cheetah-dir/pytorch-maml-rl; the README's Table 5 row is seed 1's, below)",
+        "100-500 iterations of 40 tasks x 20 episodes",
         "side-by-side-cheetah-dir/metagrad", "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo "
         "--iterations 500 --time-budget 60 --set hvp_subsample=1.0 --set compile=true --out "
         "results/long/side-by-side-cheetah-dir/metagrad",
@@ -78,8 +79,9 @@ ROWS = (
         "docs/maml_code_trpo.py): one change against the control", "100 iterations", "cheetah-dir-cg1",
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 100 --time-budget 60 --set "
         "hvp_subsample=1.0 --set compile=true --set cg_iters=1 --out results/long/cheetah-dir-cg1", 100),
-    Row("Half-cheetah forward/backward, MAML-TRPO, the control's command with seed 1 (the spread between seeds, "
-        "against which one-seed differences are read; still climbing at 100 iterations, so on to the paper's 500)",
+    Row("MAML Table 5: half-cheetah forward/backward, MAML-TRPO, the control's command with seed 1 (the README's row; "
+        "first the spread between seeds, against which one-seed differences are read; still climbing at 100 "
+        "iterations, so on to the paper's 500)",
         "100 iterations, then 500", "cheetah-dir-seed-1",
         "metagrad reproduce locomotion --env cheetah-dir --algo maml-trpo --iterations 500 --seed 1 --time-budget "
         "60 --set hvp_subsample=1.0 --set compile=true --out results/long/cheetah-dir-seed-1", 500),
@@ -104,11 +106,13 @@ ROWS = (
         "--time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true --set physics=gym "
         "--set max_kl=0.02 --set loss_mean=slots --out results/long/ant-vel-gym-physics", 500),
     Row("MAML Fig. 5: ant direction, MAML-TRPO, pretrained, oracle (and random), on rllab's ant.xml, 40 episodes "
-        "per step (the paper's for this task), losses averaged over valid steps", "500 iterations",
-        "locomotion-ant-dir", "metagrad reproduce locomotion --env ant-dir --algo maml-trpo,pretrained,oracle,random "
+        "per step (the paper's for this task), losses averaged over valid steps; MAML-TRPO on to iteration 575, the "
+        "checkpoint the paper's test loads", "500 iterations (MAML-TRPO: 575 of 800)",
+        "locomotion-ant-dir", "metagrad reproduce locomotion --env ant-dir --algo maml-trpo --iterations 575 "
+        "--time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true --out "
+        "results/long/locomotion-ant-dir; metagrad reproduce locomotion --env ant-dir --algo pretrained,oracle,random "
         "--iterations 500 --time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true "
-        "--out "
-        "results/long/locomotion-ant-dir", 500, runs=3),
+        "--out results/long/locomotion-ant-dir", 500, runs=3),
     Row("SG-MRL Table 2: half-cheetah direction on its code's environment and policy (gym's half-cheetah, 5 "
         "simulator steps per action; actions scaled by 0.1 as its normalize(), initial std 1 in those units; tanh "
         "hidden units, its code's default), 1 step, SG-MRL and MAML (VPG)", "500 epochs, 4 seeds",
