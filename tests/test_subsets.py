@@ -340,6 +340,38 @@ def test_learned_step_sizes_must_cover_the_adapted_parameters():
         mg.MAML(model, inner=inner, adapt=["head"])
 
 
+@pytest.mark.parametrize("lr", [0.1, (0.1, 0.05)], ids=["one", "per-step"])
+def test_learned_step_sizes_shaped_by_the_learner_equal_those_built_from_the_model(lr):
+    """``mg.SGD(lr, learn=True)`` without ``params``: the learner shapes the step sizes from the parameters its inner
+    loop adapts (the head only here, the frozen ``body.0`` left out); the meta-gradient, the step sizes' own
+    gradients and an outer step equal those of a rule built from the model's parameters."""
+    batch = sinusoid_batch(tasks=TASKS)
+    grads, steps = [], []
+    for given in (True, False):
+        model = net()
+        model.body[0].requires_grad_(False)
+        inner = mg.SGD(lr, learn=True, params=params_of(model) if given else None)
+        learner = mg.MAML(model, inner=inner, inner_steps=2, adapt=["head", "body.2"])
+        opt = torch.optim.SGD(learner.parameters(), lr=0.1)
+        learner.meta_gradient(batch)
+        grads.append({n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None})
+        opt.step()
+        steps.append({n: p.detach().clone() for n, p in learner.named_parameters()})
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("inner.lr.") for n in grads[1])
+    assert sorted(n for n in grads[1] if n.startswith("inner.")) == [
+        "inner.lr.body__2__bias", "inner.lr.body__2__weight", "inner.lr.head__bias", "inner.lr.head__weight"]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=0)
+        torch.testing.assert_close(steps[1][n], steps[0][n], rtol=0, atol=0)
+
+
+def test_an_unshaped_learned_step_size_says_how_to_shape_it():
+    inner = mg.SGD(0.1, learn=True)
+    with pytest.raises(ConfigError, match=r"'head.weight': this SGD\(learn=True\) has not been shaped yet; give it "
+                                          r"to a learner"):
+        inner.step({"head.weight": torch.zeros(2)}, {"head.weight": torch.ones(2)}, None, 0, {})
+
+
 def test_config_adapt_reaches_the_learner():
     from metagrad.build import build_learner
     from metagrad.config import load_config

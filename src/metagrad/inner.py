@@ -68,6 +68,10 @@ class InnerRule(nn.Module):
         (``requires_grad=False``) left out: what the meta-gradient is taken with respect to."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
+    def shape(self, adapted: Params) -> None:
+        """Create the meta-learned hyperparameters that a rule built without the model's parameters leaves to the
+        learner, shaped like the parameters ``adapted`` (called once by the learner, before ``restrict``)."""
+
     def restrict(self, adapted: Collection[str]) -> None:
         """Drop the meta-learned hyperparameters of parameters outside ``adapted`` (called once by the learner)."""
 
@@ -83,7 +87,9 @@ class SGD(InnerRule):
     A schedule shorter than the number of steps repeats its last value (e.g. ``[0.1, 0.05]``). With ``learn=True``
     every element of every parameter in ``params`` has its own step size, initialised from ``lr``: one for all steps
     when ``lr`` is one value (``lr.<name>`` shaped like the parameter), else one per inner step of the schedule
-    (``lr.<name>`` of shape ``[len(lr), *parameter.shape]``; later steps use the last one).
+    (``lr.<name>`` of shape ``[len(lr), *parameter.shape]``; later steps use the last one). Without ``params`` the
+    learner it is given to shapes them from the parameters its inner loop adapts (build the outer optimizer from
+    the learner's parameters afterwards, as usual).
     """
 
     def __init__(self, lr: float | Sequence[float] = 0.01, learn: bool = False,
@@ -91,21 +97,34 @@ class SGD(InnerRule):
         super().__init__()
         self.schedule = _schedule(lr)
         self.learn = learn
-        if learn:
-            if params is None:
-                raise ConfigError("a learned inner step size needs the model's parameters to shape it")
+        self.lr = nn.ParameterDict()
+        self.pending = learn  # learned step sizes not shaped yet: from ``params``, or by the learner (``shape``)
+        if learn and params is not None:
             if isinstance(params, nn.Module):
                 params = dict(params.named_parameters())
             if not (isinstance(params, Mapping) and all(isinstance(n, str) and isinstance(p, Tensor)
                                                         for n, p in params.items())):
                 raise ConfigError(f"params {type(params).__name__} must be the model, or its parameters by name "
                                   "(dict(model.named_parameters())), to shape the learned step sizes")
-            keys = [_key(n) for n in params]
-            if len(set(keys)) < len(keys):
-                a, b = next((a, b) for a in params for b in params if a < b and _key(a) == _key(b))
-                raise ConfigError(f"parameters '{a}' and '{b}' would share one learned step size (both are stored as "
-                                  f"'{_key(a)}'); rename one of them")
-            self.lr = nn.ParameterDict({_key(n): nn.Parameter(self._initial(p.detach())) for n, p in params.items()})
+            self.shape(params)
+
+    def shape(self, adapted: Params) -> None:
+        if not self.pending:
+            return
+        keys = [_key(n) for n in adapted]
+        if len(set(keys)) < len(keys):
+            a, b = next((a, b) for a in adapted for b in adapted if a < b and _key(a) == _key(b))
+            raise ConfigError(f"parameters '{a}' and '{b}' would share one learned step size (both are stored as "
+                              f"'{_key(a)}'); rename one of them")
+        self.lr.update({_key(n): nn.Parameter(self._initial(p.detach())) for n, p in adapted.items()})
+        self.pending = False
+
+    def _missing(self, name: str) -> ConfigError:
+        if self.pending:
+            return ConfigError(f"no learned inner step size for parameter '{name}': this SGD(learn=True) has not been "
+                               "shaped yet; give it to a learner (mg.MAML(model, inner=...)) or build it with params=")
+        return ConfigError(f"no learned inner step size for parameter '{name}'; build SGD(lr, learn=True, params=...) "
+                           "from the parameters that the inner loop adapts")
 
     @property
     def per_step(self) -> bool:
@@ -133,8 +152,7 @@ class SGD(InnerRule):
         lr = hyper.get("lr." + key)
         if lr is None:
             if key not in self.lr:
-                raise ConfigError(f"no learned inner step size for parameter '{name}'; build SGD(lr, learn=True, "
-                                  "params=...) from the parameters that the inner loop adapts")
+                raise self._missing(name)
             lr = self.lr[key].detach()
         return lr[self.slot(step)] if self.per_step else lr
 
@@ -151,8 +169,7 @@ class SGD(InnerRule):
         for n in adapted:
             key = _key(n)
             if key not in self.lr:
-                raise ConfigError(f"no learned inner step size for parameter '{n}'; build SGD(lr, learn=True, "
-                                  "params=...) from the parameters that the inner loop adapts")
+                raise self._missing(n)
             if self.lr[key].requires_grad:
                 out["lr." + key] = self.lr[key].detach()
         return out

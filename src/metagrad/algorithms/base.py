@@ -173,7 +173,9 @@ class MetaLearner(nn.Module):
         if loss_fn is losses.cross_entropy:  # a classifier: accuracy beside the loss (curves, the best checkpoint)
             self.metrics["accuracy"] = losses.accuracy
         self.adapt_prefixes = adapt_prefixes(model, adapt)
-        self.inner.restrict(self.adapted_names(self.trainable()))
+        trainable = self.trainable()
+        self.inner.shape({n: trainable[n] for n in self.adapted_names(trainable)})
+        self.inner.restrict(self.adapted_names(trainable))
         self.inner_sampling = inner_sampling
         self.inner_state = inner_state
         self.carried: CarriedState | None = None
