@@ -445,11 +445,13 @@ def test_overlap_study_runs_every_method_and_sampling(tmp_path, tiny_omniglot, m
     result = ro.run_overlap(out, full=False, iterations=1, progress=False, data_root=str(tiny_omniglot))
     assert result["budget"]["iterations"] == 1
     assert set(result["panels"]) == set(sweeps)
-    for panel, p in result["panels"].items():
-        assert set(p["runs"]) == {f"{m}, {s}" for m in ro.METHODS for s in ro.SAMPLINGS}
+    for panel, p in result["panels"].items():  # 4c: batches of 100 take the whole support set, cycling only
+        samplings = ro.SAMPLINGS if panel != "4c" else ("cycle",)
+        assert set(p["runs"]) == {f"{m}, {s}" for m in ro.METHODS for s in samplings}
         assert all([q["value"] for q in pts] == list(sweeps[panel]) for pts in p["runs"].values())
     table = (out / "reptile-overlap.md").read_text()
     assert "| fomaml-shared, cycle |" in table and "shared-tail FOMAML (cycle) degrades" in table
+    assert [f["verdict"].split(":")[0] for f in result["findings"][:3]] == ["not checked"] * 3  # 4a only at 5
     assert (out / "reptile-overlap.png").read_bytes()[:4] == b"\x89PNG"
     learner, cfg, _ = load_run(out / "reptile-overlap" / "4a" / "fomaml-separate-cycle-5")
     assert cfg.combination == (0.0, 0.0, 0.0, 0.0, 1.0) and cfg.tail == "separate"
@@ -544,6 +546,24 @@ def test_jobs_only_for_the_reptile_studies(capsys):
 
     assert main(["reproduce", "sinusoid", "--jobs", "2"]) != 0
     assert "--jobs 2" in capsys.readouterr().err
+
+
+def test_panels_run_only_those_sweeps_and_are_checked(tmp_path, tiny_omniglot, monkeypatch, capsys):
+    """--panels 4c runs the outer-step sweep alone (cycling only: its batches take the whole support set); a wrong
+    panel, or --panels for another experiment, is refused naming the choices."""
+    monkeypatch.setattr(ro, "DEFAULT_OVERLAP", rs.Budget(iterations=1, eval_tasks=2, curve_points=1,
+                                                         sweeps={"4a": (5,), "4c": (1.0, 2.0)}))
+    out = tmp_path / "o"
+    assert main(["reproduce", "reptile-overlap", "--panels", "4c", "--data-root", str(tiny_omniglot), "--out",
+                 str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "reptile-overlap.json").read_text())
+    assert list(saved["panels"]) == ["4c"] and sorted(saved["panels"]["4c"]["runs"]) == [
+        "fomaml-separate, cycle", "fomaml-shared, cycle", "reptile, cycle"]
+    assert [f["paper"] for f in saved["findings"]] == [ro.PAPER_OVERLAP[3]]
+    assert main(["reproduce", "reptile-overlap", "--panels", "4d", "--out", str(out)]) == 2
+    assert "panels ['4d']: choose among 4a, 4b, 4c" in capsys.readouterr().err
+    assert main(["reproduce", "reptile-gradients", "--panels", "4c", "--out", str(out)]) != 0
+    assert "--panels 4c: only for reptile-overlap" in capsys.readouterr().err
 
 
 def test_a_time_budget_stops_the_studies_and_the_same_call_continues(tmp_path, tiny_omniglot, monkeypatch):

@@ -130,6 +130,8 @@ def build_parser() -> Parser:
     studies = p.add_argument_group("Reptile's studies (reptile-gradients, reptile-overlap)")
     studies.add_argument("--jobs", type=int, default=1, help="runs at once, one process of one thread each "
                          "(default: 1; 2 uses both cores of a 2-core machine)")
+    studies.add_argument("--panels", default=None, help="reptile-overlap: only these sweeps, comma-separated among "
+                         "4a, 4b, 4c (default: all three; a later call finds the finished runs)")
     _add_tradeoff_parsers(sub)
     _add_curves_parser(sub)
     p = sub.add_parser("status", help="where the long paper runs stand (results/long)", description="For every "

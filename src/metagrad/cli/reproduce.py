@@ -90,6 +90,8 @@ def check_reproduce_options(args: argparse.Namespace) -> None:
     refuse_stray_options(args)
     if args.iterations is not None and args.iterations < 0:
         raise MetagradError(f"--iterations {args.iterations} must be >= 0")
+    if args.panels is not None and args.experiment != "reptile-overlap":
+        raise MetagradError(f"--panels {args.panels}: only for reptile-overlap (its sweeps 4a, 4b, 4c)")
     if args.jobs < 1 or (args.jobs != 1 and not args.experiment.startswith("reptile-")):
         raise MetagradError(f"--jobs {args.jobs}: takes a number >= 1, and only for reptile-gradients and "
                             "reptile-overlap (other experiments: --threads in `metagrad train`, torchrun)")
@@ -132,10 +134,14 @@ def reproduce_reptile_study(args: argparse.Namespace, out: str) -> None:
     """The Reptile paper's Figure 3 (`reptile-gradients`) or Figure 4 (`reptile-overlap`)."""
     from ..reproduce import reptile_gradients, reptile_overlap
 
-    study = reptile_gradients.run_gradients if args.experiment == "reptile-gradients" else reptile_overlap.run_overlap
-    study(out, full=args.full, iterations=args.iterations, progress=not args.no_progress, data_root=args.data_root,
-          jobs=args.jobs, time_budget=args.time_budget or 0.0, eval_tasks=args.eval_tasks, seed=args.seed,
-          download=args.download)
+    kw = dict(full=args.full, iterations=args.iterations, progress=not args.no_progress, data_root=args.data_root,
+              jobs=args.jobs, time_budget=args.time_budget or 0.0, eval_tasks=args.eval_tasks, seed=args.seed,
+              download=args.download)
+    if args.experiment == "reptile-gradients":
+        reptile_gradients.run_gradients(out, **kw)
+    else:
+        panels = None if args.panels is None else tuple(p.strip() for p in args.panels.split(",") if p.strip())
+        reptile_overlap.run_overlap(out, panels=panels, **kw)
 
 
 def reproduce_multitask(args: argparse.Namespace, out: str) -> None:
