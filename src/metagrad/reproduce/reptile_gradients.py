@@ -62,9 +62,10 @@ PAPER_GRADIENTS = [
     "the improvement is larger for the sum of all gradients (Reptile) than for the final gradient alone (FOMAML)",
 ]
 # The defaults, measured on this machine (0.07 s per outer iteration of the gradient study, 0.04-0.17 s in the overlap
-# study as the inner iterations and batch grow, 0.1 s per test task): the overlap study ~70 minutes on 2 cores for 4a-b, ~40 more on one for 4c
-# (``jobs=2``); the gradient study the paper's 40K iterations, ~4 hours on 2 cores: its plain SGD learns slowly, and
-# at 10,000 iterations (annealed to 0 there) g1, g2 and g1+g2 all tested at 28-30%, within each other's intervals.
+# study as the inner iterations and batch grow, 0.1 s per test task): the overlap study ~70 minutes on 2 cores for
+# 4a-b (``jobs=2``), ~40 more on one for 4c; the gradient study the paper's 40K iterations, ~4 hours on 2 cores:
+# its plain SGD learns slowly, and at 10,000 iterations (annealed to 0 there) g1, g2 and g1+g2 all tested at 28-30%,
+# within each other's intervals.
 DEFAULT_GRADIENTS = Budget(iterations=40000, eval_tasks=100, curve_points=10)
 # --------------------------------------------------------------------------- section 6.2
 def gradients_config(base: Config, weights: tuple[float, ...]) -> Config:
