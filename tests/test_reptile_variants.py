@@ -426,15 +426,16 @@ def test_a_study_run_is_not_continued_outside_its_study(tmp_path, tiny_omniglot,
     monkeypatch.setattr(ro, "DEFAULT_OVERLAP", rs.Budget(iterations=2, eval_tasks=2, curve_points=1,
                                                          sweeps={"4a": (5,)}))
     ro.run_overlap(tmp_path, progress=False, data_root=str(tiny_omniglot))
-    runs = {p.parent.name: p.parent for p in tmp_path.rglob("study.json")}
+    runs = {p.parent.name: p.parent for p in tmp_path.rglob("reptile-study.json")}
     assert len(runs) == len(ro.METHODS) * len(ro.SAMPLINGS)
     reptile = runs["reptile-cycle-5"]
-    assert json.loads((reptile / "study.json").read_text())["tasks"] == \
+    assert json.loads((reptile / "reptile-study.json").read_text())["tasks"] == \
         "20 drawings per class in the support set, the query set one of them"
     before = (reptile / "last.json").read_text()
     assert main(["train", "--resume", "--out", str(reptile), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "20 drawings per class" in err and "metagrad reproduce reptile-overlap" in err
+    assert "a run of the reptile-overlap study (its training tasks: 20 drawings per class" in err
+    assert "metagrad reproduce reptile-overlap" in err
     assert (reptile / "last.json").read_text() == before
 
 
@@ -507,6 +508,15 @@ def test_study_findings_are_read_from_the_accuracies():
     step = {run: ([0.4, 0.5] if run.startswith("fomaml-shared") else [0.8, 0.9]) for run in runs}
     panels = {"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs), "4c": panel([0.5, 1.0], step)}
     assert [f["verdict"] for f in ro.overlap_findings(panels)] == ["yes"] * 4
+    def with_replacement(curve):  # shared-tail FOMAML sampling with replacement along one panel's four settings
+        return dict(runs, **{"fomaml-shared, replacement": curve})
+
+    found = ro.overlap_findings({"4a": panel([3, 4, 5, 6], with_replacement([0.9, 0.9, 0.85, 0.85])),  # gap +0.40
+                                 "4b": panel([20, 25, 50, 100], with_replacement([0.9, 0.9, 0.5, 0.41]))})  # +0.005
+    assert found[1]["verdict"] == "yes, within noise: 4b: +0.5 of ± 1.4"
+    found = ro.overlap_findings({"4a": panel([3, 4, 5, 6], with_replacement([0.9, 0.9, 0.1, 0.1])),  # gap -0.35
+                                 "4b": panel([20, 25, 50, 100], with_replacement([0.9, 0.9, 0.9, 0.9]))})  # +0.45
+    assert found[1]["verdict"] == "partly, not: 4a: replacement degrades more, -35.0 of ± 1.4"
     runs["reptile, cycle"] = [0.9, 0.9, 0.9, 0.8]  # one overlapping setting 10 points down: beyond its noise
     panels.update({"4a": panel([3, 4, 5, 6], runs), "4b": panel([20, 25, 50, 100], runs)})
     assert ro.overlap_findings(panels)[2]["verdict"] == "partly, not: reptile, cycle at inner iterations 6 -10.0; " \
@@ -560,6 +570,10 @@ def test_panels_run_only_those_sweeps_and_are_checked(tmp_path, tiny_omniglot, m
     assert list(saved["panels"]) == ["4c"] and sorted(saved["panels"]["4c"]["runs"]) == [
         "fomaml-separate, cycle", "fomaml-shared, cycle", "reptile, cycle"]
     assert [f["paper"] for f in saved["findings"]] == [ro.PAPER_OVERLAP[3]]
+    assert main(["reproduce", "reptile-overlap", "--panels", "4a", "--data-root", str(tiny_omniglot), "--out",
+                 str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "reptile-overlap.json").read_text())  # 4c kept beside the new 4a, in panel order
+    assert list(saved["panels"]) == list(saved["budget"]["sweeps"]) == ["4a", "4c"] and len(saved["findings"]) == 4
     assert main(["reproduce", "reptile-overlap", "--panels", "4d", "--out", str(out)]) == 2
     assert "panels ['4d']: choose among 4a, 4b, 4c" in capsys.readouterr().err
     assert main(["reproduce", "reptile-gradients", "--panels", "4c", "--out", str(out)]) != 0

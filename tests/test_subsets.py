@@ -245,7 +245,7 @@ def test_reptile_leaves_the_parameters_it_does_not_adapt_in_place_in_float32(pat
     torch.manual_seed(0)
     model = Net()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with pytest.warns(UserWarning, match="keep their initial values"):
+    with pytest.warns(UserWarning, match="get no update from it"):
         learner = mg.Reptile(model, inner=mg.SGD(0.01), inner_steps=5, adapt=["head"], **PATHS[path])
     mg.Trainer(learner, mg.tasks.Sinusoid(shots=10, query=10), torch.optim.Adam(learner.parameters(), 1e-3),
                iterations=3, meta_batch_size=25, progress=False).fit()
@@ -363,6 +363,14 @@ def test_learned_step_sizes_shaped_by_the_learner_equal_those_built_from_the_mod
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=0)
         torch.testing.assert_close(steps[1][n], steps[0][n], rtol=0, atol=0)
+
+
+def test_a_learner_shaped_step_size_serves_one_learner():
+    """A second learner given the same rule would delete or share the first one's step sizes: refused."""
+    inner = mg.SGD(0.1, learn=True)
+    mg.MAML(net(), inner=inner, adapt=["head"])
+    with pytest.raises(ConfigError, match=r"shaped by another learner.*copy.deepcopy\(inner\)"):
+        mg.MAML(net(), inner=inner)
 
 
 def test_an_unshaped_learned_step_size_says_how_to_shape_it():

@@ -100,7 +100,7 @@ def _run_info(stem: Path, info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-STUDY_MARK = "study.json"  # in a run directory trained by a study on its own tasks: what they are, what continues it
+STUDY_MARK = "reptile-study.json"  # in a run of a Reptile study: its training tasks and the command that continues it
 
 
 def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = False, progress: bool = True,
@@ -111,8 +111,9 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
     run_dir = Path(run_dir)
     if resume and (run_dir / STUDY_MARK).exists():
         study = json.loads((run_dir / STUDY_MARK).read_text())
-        raise ConfigError(f"{run_dir} is a run of a study whose training tasks its config does not describe "
-                          f"({study['tasks']}); continue it with the study's command: {study['command']}")
+        raise ConfigError(f"{run_dir} is a run of the {study['study']} study (its training tasks: {study['tasks']}; "
+                          f"its tests and curves are the study's); continue it with the study's command: "
+                          f"{study['command']}")
     trainer = make_trainer(cfg, run_dir, progress, **kw)
     changes = None  # meta-RL's trainer checks the saved config itself (RLTrainer.resume_changes); a supervised one here
     if resume and isinstance(cfg, Config) and (saved := saved_config(run_dir)) is not None:

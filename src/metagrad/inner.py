@@ -89,7 +89,7 @@ class SGD(InnerRule):
     when ``lr`` is one value (``lr.<name>`` shaped like the parameter), else one per inner step of the schedule
     (``lr.<name>`` of shape ``[len(lr), *parameter.shape]``; later steps use the last one). Without ``params`` the
     learner it is given to shapes them from the parameters its inner loop adapts (build the outer optimizer from
-    the learner's parameters afterwards, as usual).
+    the learner's parameters afterwards, as usual); such a rule serves one learner.
     """
 
     def __init__(self, lr: float | Sequence[float] = 0.01, learn: bool = False,
@@ -106,11 +106,19 @@ class SGD(InnerRule):
                                                         for n, p in params.items())):
                 raise ConfigError(f"params {type(params).__name__} must be the model, or its parameters by name "
                                   "(dict(model.named_parameters())), to shape the learned step sizes")
-            self.shape(params)
+            self._make(params)
+        self.shaped_by_learner = False
 
     def shape(self, adapted: Params) -> None:
-        if not self.pending:
-            return
+        if self.shaped_by_learner:
+            raise ConfigError("this SGD(learn=True) was shaped by another learner, whose step sizes it holds; give "
+                              "each learner its own rule (copy.deepcopy(inner) before the first learner takes it)")
+        if self.pending:
+            self._make(adapted)
+            self.shaped_by_learner = True
+
+    def _make(self, adapted: Params) -> None:
+        """The learned step sizes, one per element of each parameter in ``adapted``, initialised from the schedule."""
         keys = [_key(n) for n in adapted]
         if len(set(keys)) < len(keys):
             a, b = next((a, b) for a in adapted for b in adapted if a < b and _key(a) == _key(b))

@@ -59,7 +59,7 @@ class Reptile(MetaLearner):
         if still:
             warnings.warn(f"Reptile with adapt={list(self.adapt_prefixes)} never moves the parameters its inner loop "
                           f"does not adapt ({', '.join(still[:3])}{', ...' if len(still) > 3 else ''}): its direction "
-                          "is 0 for them, so they keep their initial values; to train them too (ANIL), use MAML or "
+                          "is 0 for them, so they get no update from it; to train them too (ANIL), use MAML or "
                           "first-order MAML, or freeze them (requires_grad=False) to silence this", stacklevel=2)
         self.tail = tail
         self.combination: tuple[float, ...] | None = None

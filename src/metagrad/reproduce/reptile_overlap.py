@@ -98,6 +98,9 @@ def run_overlap(out: str | Path, full: bool = False, iterations: int | None = No
         unknown = [p for p in panels if p not in PANELS]
         if unknown or not panels:
             raise ConfigError(f"panels {list(panels)}: choose among {', '.join(PANELS)} (e.g. --panels 4c)")
+        lacking = [p for p in panels if p not in budget.sweeps]
+        if lacking:
+            raise ConfigError(f"panels {list(panels)}: this budget sweeps only {', '.join(budget.sweeps)}")
         budget = replace(budget, sweeps={p: v for p, v in budget.sweeps.items() if p in panels})
     out = Path(out)
     base = base_config(data_root, budget, download)
@@ -123,8 +126,29 @@ def run_overlap(out: str | Path, full: bool = False, iterations: int | None = No
                 runs.setdefault(run, []).append(point)
         key, label = PANELS[panel]
         results["panels"][panel] = {"parameter": key, "label": label, "fixed": fixed[panel], "runs": runs}
+    if panels is not None:
+        keep_other_panels(results, out / "reptile-overlap.json")
     results["findings"] = overlap_findings(results["panels"]) if results["complete"] else []
     return write_study(out, "reptile-overlap", results, format_overlap(results), overlap_figure)
+
+
+def keep_other_panels(results: dict[str, Any], saved: Path) -> None:
+    """Into a ``--panels`` call's ``results``, the other panels of a finished study saved at ``saved`` with the same
+    budget (iterations, test tasks, seed, ``--full``), so that running 4c after 4a-b keeps both."""
+    if not saved.exists():
+        return
+    before = json.loads(saved.read_text())
+    budget = {k: v for k, v in results["budget"].items() if k != "sweeps"}
+    if not before.get("complete") or before.get("full") != results["full"] or budget != {
+            k: v for k, v in before["budget"].items() if k != "sweeps"}:
+        return
+    for panel in PANELS:
+        if panel in before["panels"] and panel not in results["panels"]:
+            results["panels"][panel] = before["panels"][panel]
+            results["budget"]["sweeps"][panel] = before["budget"]["sweeps"][panel]
+    order = list(PANELS)
+    results["panels"] = dict(sorted(results["panels"].items(), key=lambda kv: order.index(kv[0])))
+    results["budget"]["sweeps"] = dict(sorted(results["budget"]["sweeps"].items(), key=lambda kv: order.index(kv[0])))
 
 
 def _overlap_run(panel: str, method: str, sampling: str, value: float, cfg: Config, run_dir: Path,
@@ -205,7 +229,9 @@ def overlap_findings(panels: dict[str, Any]) -> list[dict[str, Any]]:
              "unclear": [f"{p} {100 * d:+.1f} of ± {100 * h:.1f}" for p, (d, h) in shared.items() if -d <= h]},
             {"paper": PAPER_OVERLAP[1], "ours": f"cycle: {describe(shared)}; replacement: {describe(shared_r)}",
              "holds": bool(gaps) and sum(g for g, _ in gaps.values()) > 0,
-             "unclear": [f"{p}: {100 * g:+.1f} of ± {100 * h:.1f}" for p, (g, h) in gaps.items() if g <= h]},
+             "unclear": [f"{p}: {100 * g:+.1f} of ± {100 * h:.1f}" for p, (g, h) in gaps.items() if abs(g) <= h],
+             "against": [f"{p}: replacement degrades more, {100 * g:+.1f} of ± {100 * h:.1f}"
+                         for p, (g, h) in gaps.items() if g < -h]},
             {"paper": PAPER_OVERLAP[2], "ours": "; ".join(f"{run}: {describe(d)}" for run, d in others.items()),
              "holds": bool(shared) and all(min(x for x, _ in d.values()) > min(x for x, _ in shared.values())
                                            for d in others.values() if d),

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint, files, losses
+from .. import checkpoint, files, losses, provenance
 from ..algorithms import MetaLearner
 from ..analysis.stats import mean_ci95
 from ..batch import Split, TaskBatch
@@ -91,8 +91,9 @@ def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool, study: str
               on_iteration: Callable[[Trainer, int], None] | None = None, time_budget: float = 0.0) -> Trainer:
     """Meta-train ``cfg`` on the training tasks ``tasks`` into ``run_dir``, continuing it if it has a checkpoint
     (which must come from the same config); stop with a checkpoint after ``time_budget`` minutes (0: no limit).
-    The run directory is marked as the study's (``experiment.STUDY_MARK``): ``metagrad train --resume`` would
-    rebuild other tasks from the config (it cannot say that a support set holds all 20 drawings), so it refuses."""
+    The run directory is marked as the study's (``experiment.STUDY_MARK``): ``metagrad train --resume`` refuses it,
+    since it would rebuild the tasks from the config (which cannot say that a support set holds all 20 drawings) and
+    leave the study's tests and curves behind."""
     if checkpoint.exists(run_dir / "last"):
         saved = stored_config(checkpoint.read_info(run_dir / "last")["config"])
         changed = cfg.resume_differences(saved)
@@ -102,8 +103,8 @@ def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool, study: str
     run_dir.mkdir(parents=True, exist_ok=True)
     what = str(tasks) if isinstance(tasks, TrainingTasks) else (f"{cfg.shots} drawings per class in the support set, "
                                                                f"{cfg.query} in the query set")
-    files.write_json(run_dir / STUDY_MARK, {"study": study, "tasks": what,
-                                            "command": f"metagrad reproduce {study} with the --out that holds it"})
+    files.write_json(run_dir / STUDY_MARK, {"study": study, "tasks": what, "command": provenance.command()
+                                            or f"metagrad reproduce {study} with the options and --out that made it"})
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
     trainer = Trainer(learner, tasks, opt, scheduler=sched, iterations=cfg.iterations,
@@ -231,7 +232,7 @@ def findings_table(r: dict[str, Any]) -> list[str]:
         short.append(f"{b['eval_tasks']:,} test tasks, not {FULL.eval_tasks:,}")
     note = f" ({'; '.join(short)}; `--full` runs the paper's budget)" if short and not r["full"] else ""
     lines = [f"The paper's findings{note}; \"within noise\": the direction holds, but a difference that decides it is "
-             "smaller than the 95% half-width of a difference of two independent means:", "",
+             "smaller than the 95% half-width of that difference, the means taken as independent:", "",
              *md_head(["paper", "ours", "holds here"])]
     for f in r["findings"]:
         lines.append(f"| {f['paper']} | {f['ours']} | {f.get('verdict', 'yes' if f['holds'] else 'no')} |")
