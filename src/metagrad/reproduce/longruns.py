@@ -213,10 +213,11 @@ ROWS = (
     Row("Reptile Fig. 3 (6.2): inner-gradient combinations, 5-shot 5-way Omniglot", "40K iterations per "
         "combination", "reptile-gradients", "metagrad reproduce reptile-gradients --jobs 2 --time-budget 120 "
         "--data-root ../shared/data/omniglot --no-progress --out results/long/reptile-gradients", 40_000, runs=10),
-    Row("Reptile Fig. 4c (6.3): the outer step size swept (0.25, 1, 2; batches of 100, 4 inner iterations), "
-        "shared- and separate-tail first-order MAML and Reptile, 5-shot 5-way Omniglot (4a-b: docs/fewshot.md, not "
-        "kept)", "40K iterations per setting", "reptile-overlap", "metagrad reproduce reptile-overlap --panels 4c "
-        "--data-root ../shared/data/omniglot --no-progress --out results/long/reptile-overlap", 1_500, runs=9),
+    Row("Reptile Fig. 4 (6.3): shared- and separate-tail first-order MAML and Reptile, cycling or sampling with "
+        "replacement, over the inner iterations (4a), the inner batch (4b) and the outer step size (4c), 5-shot 5-way "
+        "Omniglot (4c done first with --panels 4c; docs/fewshot.md's 4a-b table is an earlier run, not kept)",
+        "40K iterations per setting", "reptile-overlap", "metagrad reproduce reptile-overlap --jobs 2 --time-budget 60 "
+        "--data-root ../shared/data/omniglot --no-progress --out results/long/reptile-overlap", 1_500, runs=69),
     Row("MAML Table 1: Omniglot 5-way 1-shot, MAML with the non-convolutional network (256-128-64-64)", "60K "
         "iterations of 32 tasks", "omniglot-maml-nonconv", "metagrad reproduce omniglot --algo maml-nonconv --ways 5 "
         "--shots 1 --time-budget 110 --data-root ../shared/data/omniglot --no-progress --out "
