@@ -174,8 +174,9 @@ class MetaLearner(nn.Module):
             self.metrics["accuracy"] = losses.accuracy
         self.adapt_prefixes = adapt_prefixes(model, adapt)
         trainable = self.trainable()
-        self.inner.shape({n: trainable[n] for n in self.adapted_names(trainable)})
-        self.inner.restrict(self.adapted_names(trainable))
+        adapted = {n: trainable[n] for n in self.adapted_names(trainable)}
+        self.inner.shape(adapted)
+        self.inner.restrict(adapted)
         self.inner_sampling = inner_sampling
         self.inner_state = inner_state
         self.carried: CarriedState | None = None

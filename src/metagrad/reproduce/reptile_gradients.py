@@ -151,11 +151,11 @@ def gradient_findings(runs: dict[str, Any]) -> list[dict[str, Any]]:
     improving = {f: all(acc[a] < acc[b] for a, b in itertools.pairwise(ns)) for f, ns in families.items()}
     gain_sum, gain_last = acc["g1+..+g4"] - acc["g1+g2"], acc["g4"] - acc["g2"]
     gains_noise = noise(*(half[n] for n in ("g1+..+g4", "g1+g2", "g4", "g2")))
-    lowest = min((n for n in acc if n != "g1"), key=acc.__getitem__)
-    others = [v for n, v in acc.items() if n != "g1"]
+    others = sorted((n for n in acc if n != "g1"), key=acc.__getitem__)
+    lowest = others[0]
     found = [
-        {"paper": PAPER_GRADIENTS[0], "ours": f"g1 {pct(acc['g1'])}; the others {pct(min(others))}-"
-                                             f"{pct(max(others))}", "holds": acc["g1"] < min(others),
+        {"paper": PAPER_GRADIENTS[0], "ours": f"g1 {pct(acc['g1'])}; the others {pct(acc[lowest])}-"
+                                             f"{pct(acc[others[-1]])}", "holds": acc["g1"] < acc[lowest],
          "unclear": within("g1", lowest)},
         {"paper": PAPER_GRADIENTS[1], "ours": f"g1+g2 {pct(acc['g1+g2'])}, g2 {pct(acc['g2'])}",
          "holds": acc["g1+g2"] < acc["g2"], "unclear": within("g1+g2", "g2")},

@@ -146,9 +146,8 @@ def keep_other_panels(results: dict[str, Any], saved: Path) -> None:
         if panel in before["panels"] and panel not in results["panels"]:
             results["panels"][panel] = before["panels"][panel]
             results["budget"]["sweeps"][panel] = before["budget"]["sweeps"][panel]
-    order = list(PANELS)
-    results["panels"] = dict(sorted(results["panels"].items(), key=lambda kv: order.index(kv[0])))
-    results["budget"]["sweeps"] = dict(sorted(results["budget"]["sweeps"].items(), key=lambda kv: order.index(kv[0])))
+    for key, table in (("panels", results), ("sweeps", results["budget"])):  # in the figure's order
+        table[key] = {p: table[key][p] for p in PANELS if p in table[key]}
 
 
 def _overlap_run(panel: str, method: str, sampling: str, value: float, cfg: Config, run_dir: Path,
@@ -183,9 +182,9 @@ def overlap_findings(panels: dict[str, Any]) -> list[dict[str, Any]]:
 
     def split(panel: str, run: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
         """``run``'s settings in ``panel`` whose minibatches do not overlap (4a: <= 4 iterations of 25, 4b: batches
-        up to 25) and those whose minibatches do."""
+        up to 25) and those whose minibatches do (none where the panel was not swept)."""
         limit = 4 if panel == "4a" else BATCH
-        pts = panels[panel]["runs"][run]
+        pts = panels[panel]["runs"][run] if panel in panels else []
         return [p for p in pts if p["value"] <= limit], [p for p in pts if p["value"] > limit]
 
     def mean(pts: list[dict[str, float]]) -> tuple[float, float]:
@@ -196,7 +195,7 @@ def overlap_findings(panels: dict[str, Any]) -> list[dict[str, Any]]:
         """Per panel swept: mean accuracy where the minibatches overlap minus where they do not, and its noise."""
         out = {}
         for panel in ("4a", "4b"):
-            lo, hi = split(panel, run) if panel in panels else ([], [])
+            lo, hi = split(panel, run)
             if lo and hi:
                 (a, ha), (b, hb) = mean(lo), mean(hi)
                 out[panel] = (b - a, noise(ha, hb))
@@ -209,7 +208,7 @@ def overlap_findings(panels: dict[str, Any]) -> list[dict[str, Any]]:
         """The overlapping settings of ``run`` clearly below its non-overlapping ones' mean."""
         below = []
         for panel in ("4a", "4b"):
-            lo, hi = split(panel, run) if panel in panels else ([], [])
+            lo, hi = split(panel, run)
             if lo:
                 base, h = mean(lo)
                 below += [f"{run} at {PANELS[panel][1]} {p['value']:g} {100 * (p['mean'] - base):+.1f}" for p in hi
