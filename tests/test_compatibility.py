@@ -117,6 +117,56 @@ def test_evaluation_first_takes_the_same_decision():
     assert not learn.vmapped and curves["loss"].shape == (3, 3)
 
 
+def loop_gradient(net: torch.nn.Module, data: TaskBatch) -> torch.Tensor:
+    """The per-task loop's meta-gradient of a copy of ``net``, flattened."""
+    import copy
+
+    ref = copy.deepcopy(net)
+    mg.MAML(ref, inner=mg.SGD(0.1), batching="loop").meta_gradient(data)
+    return torch.cat([p.grad.flatten() for p in ref.parameters()])
+
+
+def test_a_layer_swapped_in_after_the_check_is_checked_again(capsys):
+    """The check holds for the model it saw: a layer that vmap gets wrong, swapped in after a checked step (an
+    Identity becoming torch's LayerNorm), is checked again, so auto falls back and an explicit vmap refuses."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Identity(), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    data = batch("Linear + Tanh")
+    learn = mg.MAML(net.double(), inner=mg.SGD(0.1))
+    learn.meta_gradient(data)
+    assert learn.vmapped
+    net[1] = torch.nn.LayerNorm(8).double()
+    learn.zero_grad()
+    learn.meta_gradient(data)
+    got = torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert not learn.vmapped and "LayerNorm" in capsys.readouterr().err
+    assert float((got - loop_gradient(net, data)).abs().max()) <= TOL * float(got.abs().max())
+    explicit = mg.MAML(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Identity(), torch.nn.Linear(8, 1)).double(),
+                       inner=mg.SGD(0.1), batching="vmap")
+    explicit.meta_gradient(data)
+    explicit.model[1] = torch.nn.LayerNorm(8).double()
+    with pytest.raises(ConfigError, match="LayerNorm"):
+        explicit.meta_gradient(data)
+
+
+def test_a_mode_change_after_the_check_is_checked_again(capsys):
+    """Dropout checked in eval mode (no random numbers) and trained after ``.train()``: checked again, so auto
+    takes the loop instead of vmap's raw randomness error."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Tanh(),
+                              torch.nn.Linear(8, 1)).double().eval()
+    data = batch("Linear + Tanh")
+    learn = mg.MAML(net, inner=mg.SGD(0.1))
+    learn.meta_gradient(data)
+    assert learn.vmapped
+    net.train()
+    learn.meta_gradient(data)
+    assert not learn.vmapped and "Dropout" in capsys.readouterr().err
+    net.eval()  # back to a model vmap runs exactly: batched again
+    learn.meta_gradient(data)
+    assert learn.vmapped
+
+
 def test_layer_norm_replacement_equals_torch():
     """metagrad.models.LayerNorm computes torch's LayerNorm, with the same state dict, in the loop and under vmap."""
     torch.manual_seed(0)
@@ -287,6 +337,29 @@ def test_recompute_refuses_a_model_that_updates_its_buffers():
         mg.MAML(model, inner=mg.SGD(0.1), recompute=True).meta_gradient(data)
     mg.MAML(model.eval(), inner=mg.SGD(0.1), recompute=True).meta_gradient(data)  # eval mode: nothing updated
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("parametrized", [True, False])
+def test_recompute_refuses_spectral_norm_in_training_mode(parametrized):
+    """Spectral norm in training mode advances its power iteration (buffers written under no_grad, which torch.func
+    lets through) on every forward pass, and recompute makes more of them than the loop: refused, naming the
+    buffers; in eval mode its state stays put and recompute equals the loop."""
+    norm = torch.nn.utils.parametrizations.spectral_norm if parametrized else torch.nn.utils.spectral_norm
+
+    def make() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), norm(torch.nn.Linear(8, 8)),
+                                   torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+
+    data = batch("Linear + Tanh")
+    with pytest.raises(ConfigError, match=r"updates its buffers as it runs \(2\..*_u.*recompute=False"):
+        mg.MAML(make(), inner=mg.SGD(0.1), batching="loop", recompute=True).meta_gradient(data)
+    grads = {}
+    for recompute in (False, True):
+        net = make().eval()
+        mg.MAML(net, inner=mg.SGD(0.1), inner_steps=2, batching="loop", recompute=recompute).meta_gradient(data)
+        grads[recompute] = torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert float((grads[True] - grads[False]).abs().max()) <= TOL * float(grads[False].abs().max())
 
 
 def test_torch_weight_norm_is_refused_for_second_order_and_its_fault_is_torchs():

@@ -169,6 +169,38 @@ def test_a_run_that_ends_while_another_starts_on_its_folder_is_not_overwritten(t
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks")
+def test_a_second_ctrl_c_during_the_final_save_lands_after_it(tmp_path, monkeypatch, capsys, straight):
+    """A second Ctrl-C that arrives between the checkpoint's two files (its tensors renamed into place, its readable
+    copy not yet written) waits until both are written: the copy says the checkpoint's iteration, the abort names
+    it, and the resumed run is the uninterrupted one."""
+    from metagrad.train import Trainer
+
+    step, replace, run = Trainer.step, files.replace_atomically, tmp_path / "run"
+    stopping = []
+
+    def interrupted(self):
+        if self.iteration == 5:
+            stopping.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    def replace_then_interrupted(path, write):
+        replace(path, write)
+        if stopping and path.name == "last.safetensors":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    monkeypatch.setattr(files, "replace_atomically", replace_then_interrupted)
+    args = ["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--checkpoint-every", "100"]
+    assert main(args) == 130  # checkpoints only at the end: the stop's own save is the one interrupted
+    err = capsys.readouterr().err
+    assert f"aborted by a second Ctrl-C after iteration 6; the last checkpoint ({run / 'last'}, iteration 6)" in err
+    assert json.loads((run / "last.json").read_text())["iteration"] == checkpoint.read_info(run / "last")["iteration"]
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    assert same(final(run), final(straight)) and log_lines(run) == log_lines(straight)
+
+
 def test_a_run_folder_taken_again_loses_a_killed_writers_temporary_file_not_a_live_ones(tmp_path):
     from test_checkpoint import hold_lock
 

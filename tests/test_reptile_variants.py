@@ -437,6 +437,10 @@ def test_a_study_run_is_not_continued_outside_its_study(tmp_path, tiny_omniglot,
     assert "a run of the reptile-overlap study (its training tasks: 20 drawings per class" in err
     assert "metagrad reproduce reptile-overlap" in err
     assert (reptile / "last.json").read_text() == before
+    mark = json.loads((reptile / "reptile-study.json").read_text())
+    monkeypatch.setattr(rs.provenance, "command", lambda: "metagrad reproduce reptile-overlap --another-call")
+    ro.run_overlap(tmp_path, progress=False, data_root=str(tiny_omniglot))  # finds the finished runs
+    assert json.loads((reptile / "reptile-study.json").read_text()) == mark  # the mark of the command that trained it
 
 
 def test_overlap_study_runs_every_method_and_sampling(tmp_path, tiny_omniglot, monkeypatch):

@@ -104,7 +104,8 @@ def test_a_signal_after_the_final_check_still_stops_the_caller(tmp_path):
 def test_divergence_stops_with_a_clear_error(tmp_path):
     cfg = _config(outer_lr=1e6, inner_lr=(10.0,))
     trainer = make_trainer(cfg, tmp_path / "run", progress=False)
-    with pytest.raises(TrainingDiverged, match="diverged; lower the outer step size"):
+    with pytest.raises(TrainingDiverged, match=r"diverged; lower the outer step size \(outer_lr, now 1e\+06\) or the "
+                                               r"inner one \(inner_lr: SGD\(lr=\[10.0\]"):
         trainer.fit()
 
 

@@ -129,9 +129,13 @@ def tree_error(got: Any, want: Any) -> tuple[float, int]:
     return (diffs[worst] / scale if diffs else 0.0), worst
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """``e``'s type and first line, cut at a word boundary (with "...") past ``limit`` characters."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    line = text[0] if len(text[0]) <= limit else text[0][:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {line}"
 
 
 def float64_copy(learner: MetaLearner) -> MetaLearner:

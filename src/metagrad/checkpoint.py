@@ -55,9 +55,10 @@ def save(stem: str | Path, state: Any, info: dict[str, Any]) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"format": FORMAT, **info, "state": skeleton})
     data = serialize(tensors, metadata={HEADER_KEY: header, DIGEST_KEY: _digest(header, tensors)})
-    files.replace_atomically(final, lambda f: f.write(data))  # a full disk: an OSError naming the file
-    _fsync_dir(final.parent)
-    files.write_json(sidecar, {"format": FORMAT, **info})
+    with files.signals_deferred():  # a signal in between would leave the readable copy one checkpoint behind
+        files.replace_atomically(final, lambda f: f.write(data))  # a full disk: an OSError naming the file
+        _fsync_dir(final.parent)
+        files.write_json(sidecar, {"format": FORMAT, **info})
 
 
 def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ except ImportError:  # Windows: no advisory locks
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _UNLOCKED: list[Path] = []  # said once: this file system keeps no locks
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `docker stop` send
 
 
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -49,6 +52,25 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         if isinstance(e, OSError) and e.filename is None:  # a write's own error (a full disk) names no file
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back until the block ends, then delivered to the handlers they would have met (main
+    thread only; elsewhere signals do not reach Python code): files written together (a checkpoint and its readable
+    copy) are never left one without the other by a signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for signum in caught[:1]:  # one delivery: the handler a second signal would have met
+            signal.raise_signal(signum)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -196,9 +196,11 @@ class Members:
         self.slots: dict[str, list[tuple[str, dict[str, Any], str]]] = {}
         self.tables: list[dict[str, Any]] = []  # every submodule's tables, and their sizes when last walked
         self.sizes: list[int] = []
+        self.owners: list[nn.Module] = []  # the module and its submodules, as last walked
 
     def _walk(self) -> None:
         owners = list(self.module.named_modules(remove_duplicate=False))
+        self.owners = [owner for _, owner in owners]
         self.slots = {kind: [] for kind in self.KINDS}
         for kind, slots in self.slots.items():
             found: set[int] = set()
@@ -211,10 +213,18 @@ class Members:
         self.sizes = list(map(len, self.tables))
         self.seen = _registrations[0]
 
-    def _read(self, kind: str) -> list[tuple[str, Any]]:
+    def _fresh(self) -> None:
         if self.seen != _registrations[0] or list(map(len, self.tables)) != self.sizes:
             self._walk()
+
+    def _read(self, kind: str) -> list[tuple[str, Any]]:
+        self._fresh()
         return [(name, v) for name, table, key in self.slots[kind] if (v := table[key]) is not None]
+
+    def modules(self) -> list[nn.Module]:
+        """``list(module.modules())`` with repeats (``named_modules(remove_duplicate=False)``)."""
+        self._fresh()
+        return self.owners
 
     def parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``list(module.named_parameters())``."""

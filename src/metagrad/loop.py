@@ -27,8 +27,6 @@ from . import checkpoint, files, provenance
 from .distributed import Distributed
 from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, check_whole
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `docker stop` send
-
 
 class RunLoop:
     """Iterations of ``step`` with checkpoints, logs, resume, progress and signals (see the module docstring).
@@ -63,6 +61,7 @@ class RunLoop:
         self.session_iterations = 0  # iterations trained by this session's ``run``
         self._stop_requested = False
         self.stop_signal: int | None = None  # the signal that stopped the run (SIGINT or SIGTERM), for the exit code
+        self._closing = False  # past the last iteration: saving and finishing
         self._segment: dict[str, Any] | None = None  # this session, kept in each checkpoint until it is recorded
         self._lock: int | None = None  # the open lock file while this process holds the run directory
         self.session_files: dict[str, str] = {}  # name -> text, written once the run directory is held
@@ -218,12 +217,13 @@ class RunLoop:
                 if reason:
                     stopped = reason
                     break
-        if stopped == "done" and self._stop_reason(session_start) == "interrupted":
-            stopped = "interrupted"  # a signal after the final iteration's check: the caller must stop too
-        bar.close()
-        if saved_at != self.iteration:  # a finished run saved its final iteration in the loop
-            self.save("last")
-        self.finish(stopped)
+            self._closing = True  # the final save is in the signals' care too: a second one aborts after it
+            if stopped == "done" and self._stop_reason(session_start) == "interrupted":
+                stopped = "interrupted"  # a signal after the final iteration's check: the caller must stop too
+            bar.close()
+            if saved_at != self.iteration:  # a finished run saved its final iteration in the loop
+                self.save("last")
+            self.finish(stopped)
         session = time.perf_counter() - session_start
         self._record_segment(start_iteration, session, stopped)
         return stopped, start_iteration, session
@@ -346,9 +346,9 @@ class RunLoop:
             return (f"nothing was learned yet ({self.run_dir / 'last'} holds the starting point): run the same "
                     "command with a smaller step size and --resume, or start anew with another --out")
         return (f"the last checkpoint ({self.run_dir / 'last'}, iteration {it}) holds finite values: continue from "
-                "it with a smaller step size, e.g. the same command with --outer-lr halved and --resume (if that "
-                "diverges at once, the checkpoint's values are already too far out: start a new run, another --out, "
-                "with the smaller step)")
+                "it with a smaller step size, e.g. the same command with --outer-lr halved and --resume (in Python: "
+                "a trainer built with the smaller step, fit(resume=True)); if that diverges at once, the checkpoint's "
+                "values are already too far out: start a new run, another --out, with the smaller step")
 
     def _stop_reason(self, session_start: float) -> str | None:
         """"interrupted" (a signal), "time_budget", or None; every process of a group agrees."""
@@ -372,7 +372,8 @@ class RunLoop:
             last = self.run_dir / "last" if self.run_dir is not None else None
             kept = (f"; the last checkpoint ({last}, iteration {checkpoint.read_info(last)['iteration']}) stays"
                     if last is not None and checkpoint.exists(last) else "")
-            raise Interrupted(f"aborted by a second {name} in iteration {self.iteration + 1}{kept}",
+            when = f"after iteration {self.iteration}" if self._closing else f"in iteration {self.iteration + 1}"
+            raise Interrupted(f"aborted by a second {name} {when}{kept}",
                               signum=self.stop_signal or signal.SIGINT) from None
 
     @contextlib.contextmanager
@@ -392,7 +393,7 @@ class RunLoop:
             print(f"\nmetagrad: {name}: stopping after this iteration and saving ({name} again to abort)",
                   file=sys.stderr)
 
-        previous = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
+        previous = {s: signal.signal(s, handle) for s in files.STOP_SIGNALS}
         try:
             yield
         finally:

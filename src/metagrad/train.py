@@ -229,21 +229,26 @@ class Trainer(RunLoop):
             self.dist.reduce_gradients(self.learner, weight)
             metrics = self.dist.reduce_metrics(metrics, weight)
         if not math.isfinite(metrics["meta_loss"]):
-            raise TrainingDiverged(
-                f"meta-loss is {metrics['meta_loss']} at iteration {self.iteration + 1}: training diverged; "
-                f"lower the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g}) or the "
-                "inner step size")
+            raise TrainingDiverged(f"meta-loss is {metrics['meta_loss']} at iteration {self.iteration + 1}: training "
+                                   f"diverged; lower {self.step_sizes()}")
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]  # what steps
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             raise TrainingDiverged(
                 f"the meta-gradient holds NaN or infinite values at iteration {self.iteration + 1} (meta-loss "
-                f"{metrics['meta_loss']:.4g}); the parameters are left as they were: lower the inner step size or "
+                f"{metrics['meta_loss']:.4g}); the parameters are left as they were: lower {self.step_sizes()}, or "
                 "look for a non-differentiable point in the model or the inner rule")
         used = self.optimizer.param_groups[0]["lr"]  # this iteration's outer step size, before the schedule moves on
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         return {**metrics, "outer_lr": used}
+
+    def step_sizes(self) -> str:
+        """The step sizes a divergence asks to lower, with their values (either may be the cause: a large outer step
+        blows the parameters up a few iterations before the inner loop's gradients overflow)."""
+        inner = self.learner.inner
+        return (f"the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g}) or the inner one "
+                f"(inner_lr: {type(inner).__name__}({inner.extra_repr()}))")
 
     # ------------------------------------------------------------------ validation
     def validation_metrics(self) -> dict[str, float]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Generator, Iterable, Sequence
-from functools import cached_property, partial
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,17 @@ def random_state(on_cpu: bool = True) -> list[Tensor]:
 def random_moved(before: list[Tensor], on_cpu: bool = True) -> bool:
     """Whether torch's random streams moved since ``before`` (``random_state``'s): something drew random numbers."""
     return not all(torch.equal(a, b) for a, b in zip(before, random_state(on_cpu), strict=True))
+
+
+def buffer_state(buffers: Params) -> dict[str, tuple[int, Tensor]]:
+    """Each buffer's version counter and a copy of its values (kernels may write without moving the counter)."""
+    return {name: (b._version, b.clone()) for name, b in buffers.items()}
+
+
+def buffers_moved(before: dict[str, tuple[int, Tensor]], buffers: Params) -> list[str]:
+    """The buffers written since ``before`` (``buffer_state``'s): what a model that updates its state as it runs
+    (batch norm's running statistics, spectral norm's power iteration in training mode) changes."""
+    return sorted(n for n, b in buffers.items() if b._version != before[n][0] or not torch.equal(b, before[n][1]))
 
 
 def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
@@ -165,10 +176,11 @@ class MetaLearner(nn.Module):
         self.self_check = self_check
         self.vmap_verdict: str | None = None  # why ``auto`` does not batch this model (set by ``verify_batching``)
         self._checked = False
+        self._checked_for: tuple[tuple[int, ...], tuple[bool, ...]] | None = None  # see ``model_layout``
         self._inputs_checked = False  # see ``check_inputs``
         self._math_attention = False  # attention on torch's math kernel (set when a fused one lacks double backward)
         self._thread_verdicts: dict[tuple[bool, ...], str | None] = {}  # see ``in_shards``
-        self._structure  # noqa: B018 (looked up now, outside any compiled region)
+        self._structure = has_torch_batchnorm(model), has_conv(model)  # looked up outside any compiled region
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
         if loss_fn is losses.cross_entropy:  # a classifier: accuracy beside the loss (curves, the best checkpoint)
             self.metrics["accuracy"] = losses.accuracy
@@ -246,14 +258,21 @@ class MetaLearner(nn.Module):
         torch_bn, conv = self._structure
         return not (torch_bn or (conv and self._on_cpu()))
 
-    @cached_property
-    def _structure(self) -> tuple[bool, bool]:
-        """Whether the model has torch's batch norm, and convolutions (looked up once: every step asks)."""
-        return has_torch_batchnorm(self.model), has_conv(self.model)
+    def model_layout(self) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+        """Which modules the model is made of and which are in training mode: what the batching checks depend on
+        (a layer swapped in, or ``.train()`` / ``.eval()``, after a check invalidates it)."""
+        modules = self.members(self.model).modules()
+        return tuple(map(id, modules)), tuple(m.training for m in modules)
 
     def verify_batching(self, batch: TaskBatch) -> None:
-        """Once, before the first batched computation: check vmap against the per-task loop on this model
-        (``self_check``); ``auto`` then keeps to the loop if they differ, an explicit ``vmap`` refuses."""
+        """Before the first batched computation, and again after the model's modules or modes change: check vmap
+        against the per-task loop on this model (``self_check``); ``auto`` then keeps to the loop if they differ,
+        an explicit ``vmap`` refuses. The model's structure (batch norm, convolutions) is looked up again too."""
+        layout = self.model_layout()
+        if layout != self._checked_for:
+            self._checked_for, self._checked, self.vmap_verdict = layout, False, None
+            self._structure = has_torch_batchnorm(self.model), has_conv(self.model)
+            self._thread_verdicts.clear()
         if self._checked or not self.self_check or not self.vmapped:
             return
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
@@ -503,11 +522,10 @@ class MetaLearner(nn.Module):
         if key not in self._thread_verdicts:
             fault = copy_fault(self.model)
             if fault is None:
-                before = {name: (b._version, b.clone()) for name, b in buffers.items()}  # kernels may skip _version
+                before = buffer_state(buffers)
                 stream = random_state(self._on_cpu())
                 out = job(whole)
-                changed = sorted(name for name, b in buffers.items()
-                                 if b._version != before[name][0] or not torch.equal(b, before[name][1]))
+                changed = buffers_moved(before, buffers)
                 if changed:
                     fault = (f"it updates its buffers {', '.join(changed)} as it runs, and threads would race on "
                              "them (results changing from run to run)")

@@ -32,7 +32,7 @@ from ..errors import ConfigError, check_choice
 from ..functional import Params
 from ..functional import grad as functional_grad
 from ..inner import SGD, _key
-from .base import Meta, MetaLearner, random_moved, random_state
+from .base import Meta, MetaLearner, buffer_state, buffers_moved, random_moved, random_state
 from .trajectory import run_inner
 
 
@@ -45,6 +45,7 @@ class MAML(MetaLearner):
         super().__init__(*args, **kwargs)
         self.first_order = first_order
         self.recompute = recompute
+        self._recompute_checked_for: object = None  # the model layout whose buffers recompute was seen to keep
         if recompute and not isinstance(self.inner, SGD):
             raise ConfigError("recompute works with the SGD inner rule (fixed, scheduled or learned step sizes)")
         if recompute and any(p.is_complex() for p in self.model.parameters()):
@@ -111,11 +112,21 @@ class MAML(MetaLearner):
                              mb: Tensor | None) -> tuple[Meta, Tensor]:
         watch = not torch.compiler.is_compiling()
         stream = random_state(self._on_cpu()) if watch else []
+        layout = self.model_layout() if watch else None
+        before = buffer_state(buffers) if watch and layout != self._recompute_checked_for else None
         grads, loss = self.map_tasks(lambda t, m: self._recomputed_task_gradient(meta, buffers, t, m), batch, mb)
         if watch and random_moved(stream, self._on_cpu()):
             raise ConfigError("recompute=True cannot run a model that draws random numbers as it runs (dropout in "
                               "training mode, say): the recomputed steps would draw other ones than the steps they "
                               "differentiate; set recompute=False, or put the random layers in eval mode")
+        if before is not None:
+            changed = buffers_moved(before, buffers)
+            if changed:
+                raise ConfigError(f"recompute=True cannot run a model that updates its buffers as it runs "
+                                  f"({', '.join(changed)}; spectral_norm in training mode, say): each recomputed step "
+                                  "would advance them once more, and the meta-gradient would differ from the one "
+                                  "without recompute; set recompute=False, or put those modules in eval mode")
+            self._recompute_checked_for = layout
         return {part: {n: g.mean(0) for n, g in tree.items()} for part, tree in grads.items()}, loss.mean()
 
     def _recomputed_task_gradient(self, meta: Meta, buffers: Params, task: TaskBatch,

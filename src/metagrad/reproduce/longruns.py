@@ -176,6 +176,10 @@ ROWS = (
         "action), 1 step, MAML (VPG)", "500 epochs, 4 seeds", "sgmrl-cheetah-rand-vel",
         "metagrad reproduce locomotion --env cheetah-rand-vel --algo maml-vpg --iterations 500 --time-budget 120 "
         "--set compile=true --out results/long/sgmrl-cheetah-rand-vel", 500),
+    Row("SG-MRL Table 2: half-cheetah goal velocity as above, 2 inner steps (the row's second line), MAML (VPG)",
+        "500 epochs, 4 seeds", "sgmrl-cheetah-rand-vel-k2",
+        "metagrad reproduce locomotion --env cheetah-rand-vel --algo maml-vpg --iterations 500 --time-budget 100 "
+        "--set inner_steps=2 --set compile=true --out results/long/sgmrl-cheetah-rand-vel-k2", 500),
     Row("SG-MRL Table 2 as above with ReLU (the paper's text) and actions in the simulator's units: flat (training "
         "returns near -45 over 172-193 iterations)", "500 epochs", "sgmrl-cheetah-dir",
         "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 --time-budget 120 "
@@ -215,13 +219,17 @@ ROWS = (
         "--data-root ../shared/data/omniglot --no-progress --out results/long/reptile-gradients", 40_000, runs=10),
     Row("Reptile Fig. 4 (6.3): shared- and separate-tail first-order MAML and Reptile, cycling or sampling with "
         "replacement, over the inner iterations (4a), the inner batch (4b) and the outer step size (4c), 5-shot 5-way "
-        "Omniglot (4c done first with --panels 4c; docs/fewshot.md's 4a-b table is an earlier run, not kept)",
+        "Omniglot (4c first with --panels 4c, then 4a-b)",
         "40K iterations per setting", "reptile-overlap", "metagrad reproduce reptile-overlap --jobs 2 --time-budget 60 "
         "--data-root ../shared/data/omniglot --no-progress --out results/long/reptile-overlap", 1_500, runs=69),
     Row("MAML Table 1: Omniglot 5-way 1-shot, MAML with the non-convolutional network (256-128-64-64)", "60K "
         "iterations of 32 tasks", "omniglot-maml-nonconv", "metagrad reproduce omniglot --algo maml-nonconv --ways 5 "
         "--shots 1 --time-budget 110 --data-root ../shared/data/omniglot --no-progress --out "
         "results/long/omniglot-maml-nonconv", 60_000),
+    Row("MAML Table 1: Omniglot 5-way 5-shot, MAML with the non-convolutional network (256-128-64-64)", "60K "
+        "iterations of 32 tasks", "omniglot-maml-nonconv-5shot", "metagrad reproduce omniglot --algo maml-nonconv "
+        "--ways 5 --shots 5 --time-budget 100 --data-root ../shared/data/omniglot --no-progress --out "
+        "results/long/omniglot-maml-nonconv-5shot", 60_000),
     Row("MAML Table 3: Omniglot 5-way 1-shot, the context-vector baseline (appendix C.2)", "60K iterations of 32 "
         "tasks", "omniglot-context", "metagrad reproduce omniglot --algo context --ways 5 --shots 1 --time-budget 110 "
         "--data-root ../shared/data/omniglot --no-progress --out results/long/omniglot-context", 60_000),

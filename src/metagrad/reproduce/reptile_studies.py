@@ -94,17 +94,20 @@ def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool, study: str
     The run directory is marked as the study's (``experiment.STUDY_MARK``): ``metagrad train --resume`` refuses it,
     since it would rebuild the tasks from the config (which cannot say that a support set holds all 20 drawings) and
     leave the study's tests and curves behind."""
+    finished = False
     if checkpoint.exists(run_dir / "last"):
-        saved = stored_config(checkpoint.read_info(run_dir / "last")["config"])
-        changed = cfg.resume_differences(saved)
+        info = checkpoint.read_info(run_dir / "last")
+        changed = cfg.resume_differences(stored_config(info["config"]))
         if changed:
             raise CheckpointError(f"{run_dir} was trained with another config (differs in: {', '.join(changed)}); "
                                   "choose another output folder")
+        finished = info["iteration"] >= cfg.iterations
     run_dir.mkdir(parents=True, exist_ok=True)
     what = str(tasks) if isinstance(tasks, TrainingTasks) else (f"{cfg.shots} drawings per class in the support set, "
                                                                f"{cfg.query} in the query set")
-    files.write_json(run_dir / STUDY_MARK, {"study": study, "tasks": what, "command": provenance.command()
-                                            or f"metagrad reproduce {study} with the options and --out that made it"})
+    command = provenance.command() or f"metagrad reproduce {study} with the options and --out that made it"
+    if not finished:  # a finished run keeps the mark of the command that trained it
+        files.write_json(run_dir / STUDY_MARK, {"study": study, "tasks": what, "command": command})
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
     trainer = Trainer(learner, tasks, opt, scheduler=sched, iterations=cfg.iterations,
