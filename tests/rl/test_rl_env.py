@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metagrad.errors import ConfigError
+from metagrad.errors import ConfigError, TrainingDiverged
 from metagrad.rl import Navigation2D, make_env, make_policy
 from metagrad.rl.baseline import features, fit_predict
 from metagrad.rl.returns import discounted_returns, gae, normalize
@@ -163,6 +163,19 @@ def test_unknown_environments_are_named():
         make_env("gym:CartPole-v1")
 
 
+def test_a_gymnasium_environment_without_its_extra_is_one_line(monkeypatch):
+    """gymnasium's own families that need an extra (Box2D, MuJoCo) raise DependencyNotInstalled when made: one
+    ConfigError naming the package, not a traceback."""
+    gym = pytest.importorskip("gymnasium")
+
+    def missing(*args, **kwargs):
+        raise gym.error.DependencyNotInstalled('Box2D is not installed, run `pip install "gymnasium[box2d]"`')
+
+    monkeypatch.setattr(gym, "make", missing)
+    with pytest.raises(ConfigError, match=r"needs a package that is not installed: Box2D .*gymnasium\[box2d\]"):
+        make_env("gym:LunarLander-v3")
+
+
 def test_navigation_marks_done_at_the_horizon_and_done_stays_done():
     """The TaskEnv contract: done on the step that reaches the goal or the horizon, and from then on."""
     env = Navigation2D(horizon=3)
@@ -206,9 +219,10 @@ def _bad_env_calls():
 @pytest.mark.parametrize("case", list(_bad_env_calls()))
 def test_bad_actions_tasks_and_options_are_config_errors(case):
     """A wrong action shape was broadcast over the joints or episodes; NaN went on into the simulator; options the
-    environment does not take were dropped: each now a ConfigError naming it."""
+    environment does not take were dropped: each now a ConfigError naming it; NaN actions, which a diverged policy
+    gives, a TrainingDiverged (the trainer then names the step sizes and the checkpoint to resume from)."""
     call, words = _bad_env_calls()[case]
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(TrainingDiverged if case.endswith("NaN action") else ConfigError) as e:
         call()
     assert words in str(e.value), str(e.value)
 

@@ -579,3 +579,18 @@ def test_resuming_a_run_finished_by_its_step_budget_trains_nothing_and_says_so(t
     assert "at 160 environment steps, past --step-budget 100: nothing trained (its files unchanged); give a " \
         "larger --step-budget to continue it" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+
+
+@pytest.mark.parametrize(("outer", "change", "named"), [
+    ("vpg", {"outer_lr": 1e30, "outer_optimizer": "sgd"}, r"outer step size \(outer_lr, now 1e\+30\)"),
+    ("trpo", {"inner_lr": (1e30,)}, r"inner step size \(inner_lr 1e\+30\)")])
+def test_a_diverged_meta_rl_run_names_its_step_sizes_and_the_checkpoint_to_resume(tmp_path, outer, change, named):
+    """A policy whose actions overflow stops as a diverged run (TrainingDiverged, not a config error): the step sizes
+    with their values, and the finite checkpoint to continue from with a smaller step."""
+    from metagrad.errors import TrainingDiverged
+    from metagrad.experiment import make_trainer
+
+    cfg = _tiny(outer=outer, iterations=3, **change)
+    expected = rf"the policy has diverged at iteration \d; lower .*{named}.*(last checkpoint|nothing was learned)"
+    with pytest.raises(TrainingDiverged, match=expected):
+        make_trainer(cfg, tmp_path / "run", progress=False).fit()

@@ -227,7 +227,10 @@ class RLTrainer(RunLoop):
             share = Share(self.dist, (shard.stop - shard.start) / len(tasks))
             tasks = tasks[shard]
             episodes = process_episodes(self.cfg.seed, self.iteration, self.dist.rank)
-        trajs, out = learner.sample(tasks, episodes)
+        try:
+            trajs, out = learner.sample(tasks, episodes)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e} at iteration {self.iteration + 1}; lower {self.step_sizes()}") from None
         metrics = learner.sample_metrics(trajs, out)
         if share is not None:
             steps = metrics.pop("env_steps")
@@ -235,7 +238,8 @@ class RLTrainer(RunLoop):
             metrics["env_steps"] = share.group.reduce_metrics({"s": steps}, 1.0)["s"]
         metrics["sample_seconds"] = time.perf_counter() - t0
         if not math.isfinite(metrics["return_post"]):
-            raise TrainingDiverged(f"the average return is {metrics['return_post']} at iteration {self.iteration + 1}")
+            raise TrainingDiverged(f"the average return is {metrics['return_post']} at iteration {self.iteration + 1}; "
+                                   f"lower {self.step_sizes()}")
         if self.best_return is None or metrics["return_post"] > self.best_return:
             self.best_return, self.best_iteration = metrics["return_post"], self.iteration
             self.save("best", {"learner": learner.state_dict()})  # the parameters that earned it, before the update
@@ -247,6 +251,12 @@ class RLTrainer(RunLoop):
         self.env_steps += int(metrics["env_steps"])
         self.sample_seconds += metrics["sample_seconds"]
         return metrics
+
+    def step_sizes(self) -> str:
+        """The step sizes a divergence asks to lower, with their values."""
+        outer = (f"the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g})"
+                 if self.optimizer is not None else f"the KL bound (max_kl {self.cfg.max_kl:g})")
+        return f"{outer} or the inner step size (inner_lr {', '.join(f'{lr:g}' for lr in self.cfg.inner_lr)})"
 
     def _watch_rejections(self, accepted: float | None) -> None:
         """Say once on stderr when TRPO's line search has rejected ``REJECTIONS`` steps in a row: the run is not

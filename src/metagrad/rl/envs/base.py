@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError, check_whole
+from ...errors import ConfigError, TrainingDiverged, check_whole
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def check_actions(actions: Tensor, batch: tuple[int, int], space: Space) -> None
         raise ConfigError(f"actions {list(actions.shape)} must be {want} ([tasks, episodes, *action shape]) for "
                           f"{space.describe()}")
     if actions.is_floating_point() and not bool(torch.isfinite(actions).all()):
-        raise ConfigError("actions hold NaN or infinite values (has the policy diverged?)")
+        raise TrainingDiverged("actions hold NaN or infinite values: the policy has diverged")
     if space.kind == "discrete" and not bool(((actions == actions.round()) & (actions >= 0) & (actions < space.n))
                                              .all()):
         raise ConfigError(f"discrete actions must be whole numbers in [0, {space.n})")

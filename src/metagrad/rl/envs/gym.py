@@ -108,7 +108,10 @@ class GymTaskEnv(TaskEnv):
         check_seed("seed", seed)
         self.make, self.horizon, self.seed = make, int(horizon), int(seed)
         self._resets, self._next_seed = 0, None
-        probe = make()
+        try:
+            probe = make()
+        except gym.error.DependencyNotInstalled as e:  # e.g. Box2D or MuJoCo for gymnasium's own families
+            raise ConfigError(f"the environment needs a package that is not installed: {e}") from None
         for method in ("sample_tasks", "set_task"):
             if not hasattr(probe.unwrapped, method):
                 raise ConfigError(f"{probe.unwrapped.__class__.__name__} has no {method}(); meta-RL needs an "
