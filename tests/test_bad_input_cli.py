@@ -142,6 +142,9 @@ CASES = {
     "U5 eval of a reproduction's folder": (
         lambda t: ["eval", str(reproduction_folder(t / "repro"))],
         ["no 'last' checkpoint in", "it holds the runs maml-trpo, pretrained", "give one of them", "repro/maml-trpo"]),
+    "U5 eval of a checkpoint file": (
+        lambda t: ["eval", str(t / "run" / "last.safetensors")],
+        ["last.safetensors is a file, not a run folder", "/run --checkpoint last"]),
     "U5 resume of a reproduction's folder": (
         lambda t: ["train", "--resume", "--out", str(reproduction_folder(t / "repro"))],
         ["nothing to resume in", "it holds the runs maml-trpo, pretrained"]),

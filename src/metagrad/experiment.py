@@ -153,6 +153,10 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | Me
                                                                  dict[str, Any]]:
     """The learner of a run directory (checkpoint ``last`` or ``best``), its config and checkpoint info."""
     stem = Path(run_dir) / which
+    if Path(run_dir).is_file() or Path(run_dir).suffix in (".safetensors", ".json"):
+        folder, name = Path(run_dir).parent, Path(run_dir).with_suffix("").name
+        raise CheckpointError(f"{run_dir} is a file, not a run folder: give the folder and the checkpoint apart, "
+                              f"e.g. `metagrad eval {folder} --checkpoint {name}`")
     if not checkpoint.exists(stem):
         found = sorted(p.stem for p in Path(run_dir).glob("*.safetensors")) if Path(run_dir).is_dir() else []
         if found:

@@ -85,13 +85,13 @@ class Study:
         if self.pair not in PAIRS:
             raise ConfigError(f"unknown pair '{self.pair}'; choose ppo (DRS+PPO vs ProMP) or trpo (DRS+TRPO vs "
                               "TRPO-MAML)")
-        for name in ("budget", "seeds", "checkpoints", "meta_batch_size", "episodes", "test_episodes", "horizon"):
+        if self.seeds < 2:  # before the general floor below: one rule for every count under 2
+            raise ConfigError(f"seeds {self.seeds} must be >= 2: the Welch t-test compares the methods across seeds")
+        for name in ("budget", "checkpoints", "meta_batch_size", "episodes", "test_episodes", "horizon"):
             if getattr(self, name) < (0 if name == "horizon" else 1):
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= {0 if name == 'horizon' else 1}")
         if self.test_tasks < 2:
             raise ConfigError(f"test_tasks {self.test_tasks} must be >= 2: the test returns' 95% interval needs two")
-        if self.seeds < 2:
-            raise ConfigError(f"seeds {self.seeds} must be >= 2: the Welch t-test compares the methods across seeds")
         if self.test_updates < 0 or not self.lr_grid or min(self.lr_grid) <= 0 or self.inner_lr <= 0:
             raise ConfigError("test_updates must be >= 0 and the step sizes (inner_lr, lr_grid) positive")
         if self.budget < self.checkpoints:

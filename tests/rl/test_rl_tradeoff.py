@@ -181,6 +181,7 @@ def test_promp_settings_are_its_codes_and_the_kept_studies_still_resume(tmp_path
 
 
 @pytest.mark.parametrize(("flags", "message"), [(["--seeds", "1"], "seeds 1 must be >= 2"),
+                                                (["--seeds", "-2"], "seeds -2 must be >= 2"),
                                                 (["--env", "nowhere"], "unknown environment 'nowhere'")])
 def test_tradeoff_rl_bad_input_is_named(tmp_path, capsys, flags, message):
     assert main(["tradeoff", "rl", *flags, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
