@@ -238,8 +238,7 @@ ROWS = (
         "omniglot-maml-1shot",
         "metagrad reproduce omniglot --algo maml --ways 5 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-maml-1shot", 60_000),
-    Row("MAML Table 1: Omniglot 5-way 1-shot, first-order MAML (the README's row: an uncommitted 14,291-iteration "
-        "run)", "60K iterations of 32 tasks", "omniglot-fomaml-1shot",
+    Row("MAML Table 1: Omniglot 5-way 1-shot, first-order MAML", "60K iterations of 32 tasks", "omniglot-fomaml-1shot",
         "metagrad reproduce omniglot --algo fomaml --ways 5 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-fomaml-1shot", 60_000),
     Row("MAML Table 1: Omniglot 5-way 5-shot, MAML", "60K iterations of 32 tasks", "omniglot-maml-5shot",
