@@ -55,6 +55,17 @@ def test_the_installed_command_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown algo 'nope'" in proc.stderr
 
 
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
+    """`metagrad status | head -1`: the pipe's reader gone before the output is written ends the command quietly
+    with exit code 0 (it was 'cannot write or read: Broken pipe', exit 2)."""
+    (tmp_path / "long" / "navigation").mkdir(parents=True)  # one row's folder, empty: a table of every row
+    proc = subprocess.Popen([sys.executable, "-m", "metagrad", "status", str(tmp_path / "long")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the interpreter has started: every write the command makes meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait() == 0 and err == "", err
+
+
 def test_train_then_eval(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), *TINY]) == 0

@@ -63,6 +63,9 @@ def run_command(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting with this line: torchrun's SIGTERM must not cut it
         print(f"metagrad {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader of stdout left (`metagrad eval RUN | head`): what was asked is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 0
     except OSError as e:  # a full or read-only disk, an unwritable folder: the file and the reason, in one line
         where = f" ({e.filename})" if e.filename else ""
         print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; {os_fix(e)}",
