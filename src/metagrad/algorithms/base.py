@@ -82,6 +82,9 @@ def random_moved(before: list[Tensor], on_cpu: bool = True) -> bool:
     return not all(torch.equal(a, b) for a, b in zip(before, random_state(on_cpu), strict=True))
 
 
+Layout = tuple[tuple[int, ...], tuple[bool, ...]]  # a model's module identities and training flags
+
+
 def buffer_state(buffers: Params) -> dict[str, tuple[int, Tensor]]:
     """Each buffer's version counter and a copy of its values (kernels may write without moving the counter)."""
     return {name: (b._version, b.clone()) for name, b in buffers.items()}
@@ -176,11 +179,11 @@ class MetaLearner(nn.Module):
         self.self_check = self_check
         self.vmap_verdict: str | None = None  # why ``auto`` does not batch this model (set by ``verify_batching``)
         self._checked = False
-        self._checked_for: tuple[tuple[int, ...], tuple[bool, ...]] | None = None  # see ``model_layout``
         self._inputs_checked = False  # see ``check_inputs``
         self._math_attention = False  # attention on torch's math kernel (set when a fused one lacks double backward)
-        self._thread_verdicts: dict[tuple[bool, ...], str | None] = {}  # see ``in_shards``
+        self._thread_verdicts: dict[Layout, str | None] = {}  # see ``in_shards``
         self._structure = has_torch_batchnorm(model), has_conv(model)  # looked up outside any compiled region
+        self._checked_for = self.model_layout()  # the layout the structure and checks are of (``verify_batching``)
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
         if loss_fn is losses.cross_entropy:  # a classifier: accuracy beside the loss (curves, the best checkpoint)
             self.metrics["accuracy"] = losses.accuracy
@@ -258,7 +261,7 @@ class MetaLearner(nn.Module):
         torch_bn, conv = self._structure
         return not (torch_bn or (conv and self._on_cpu()))
 
-    def model_layout(self) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    def model_layout(self) -> Layout:
         """Which modules the model is made of and which are in training mode: what the batching checks depend on
         (a layer swapped in, or ``.train()`` / ``.eval()``, after a check invalidates it)."""
         modules = self.members(self.model).modules()
@@ -272,7 +275,6 @@ class MetaLearner(nn.Module):
         if layout != self._checked_for:
             self._checked_for, self._checked, self.vmap_verdict = layout, False, None
             self._structure = has_torch_batchnorm(self.model), has_conv(self.model)
-            self._thread_verdicts.clear()
         if self._checked or not self.self_check or not self.vmapped:
             return
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
@@ -518,7 +520,7 @@ class MetaLearner(nn.Module):
         whole = slice(0, n)
         if threads <= 1:
             return [(whole, job(whole))]
-        key = tuple(m.training for m in self.model.modules())
+        key = self.model_layout()  # per module tree and train/eval setting
         if key not in self._thread_verdicts:
             fault = copy_fault(self.model)
             if fault is None:
@@ -540,7 +542,7 @@ class MetaLearner(nn.Module):
         shards = partition(n, threads)
         return list(zip(shards, in_threads([partial(job, s) for s in shards]), strict=True))
 
-    def thread_verdict(self, key: tuple[bool, ...], fault: str | None) -> None:
+    def thread_verdict(self, key: Layout, fault: str | None) -> None:
         """Record whether task threads give this model's one-thread result (``fault``: why not)."""
         self._thread_verdicts[key] = fault
         if fault is None:
