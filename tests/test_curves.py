@@ -100,6 +100,11 @@ def test_missing_or_broken_logs_are_named(tmp_path):
     (tmp_path / "list" / "metrics.jsonl").write_text('{"iteration": 1}\n[1, 2]\n')
     with pytest.raises(MetagradError, match="line 2: a list, not an object"):
         curves.load(str(tmp_path / "list"))
+    a, b = write_log(tmp_path / "a", rl_rows(3)), write_log(tmp_path / "b", rl_rows(3))
+    with pytest.raises(MetagradError, match="two runs are labelled 'same'"):  # once drawn as one legend entry twice
+        curves.load_all([f"{a}=same", f"{b}=same"])
+    with pytest.raises(MetagradError, match="'=x' names no run"):  # once read every metrics.jsonl under the cwd
+        curves.load_all(["=x"])
 
 
 def test_summary_gives_each_runs_last_iteration_and_recent_mean(tmp_path):

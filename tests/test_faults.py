@@ -209,7 +209,7 @@ def test_a_run_folder_taken_again_loses_a_killed_writers_temporary_file_not_a_li
     killed, live = run / ".last.json.abcd1234.tmp", run / ".paths.pt.efgh5678.tmp"
     for f in (killed, live):
         f.write_text("half")
-        os.utime(f, (time.time() - 600, time.time() - 600))
+        os.utime(f, (time.time() - 5, time.time() - 5))  # a kill -9 seconds before the resume (once kept for 60 s)
     holder = hold_lock(live)  # another command writing its paths.pt into the folder
     try:
         make_trainer(config(iterations=3), run, progress=False).fit(resume=True)
@@ -417,6 +417,9 @@ def test_divergence_names_a_finite_checkpoint_and_resumes_with_a_smaller_step(tm
     assert "diverged" in err and f"{run / 'last'}, iteration 6" in err and "--resume" in err
     state, info = checkpoint.load(run / "last")
     assert info["iteration"] == 6 and all(_finite(v) for v in state.values())
+    segments = [json.loads(line) for line in (run / "segments.jsonl").read_text().splitlines()]
+    assert [(s["start"], s["end"], s["stopped"]) for s in segments] == [(0, 6, "done"),
+                                                                        (6, 6, "diverged at iteration 7")]
     assert main([*args, "--inner-lr", "0.01", "--outer-lr", "0.0005", "--resume"]) == 0
     resumed = [x for x in log_lines(run) if "resumed_with" in x]
     assert resumed[-1]["iteration"] == 6 and resumed[-1]["resumed_with"]["outer_lr"] == [0.001, 0.0005]

@@ -90,10 +90,13 @@ def test_bad_compare_input_is_one_line_and_exit_code_2(tmp_path, capsys):
         ([str(tmp_path / "results.json"), str(tmp_path / "a")], "holds several methods (maml, pretrained)"),
         ([str(tmp_path / "a"), str(tmp_path / "b" / "e1.json"), "--metric", "accuracy"], "has no metric 'accuracy'"),
         ([str(tmp_path / "a"), str(tmp_path / "a")], "A and B are the same evaluations"),
+        ([str(tmp_path / "a"), str(tmp_path / "copy" / "eval.json")], "hold the same curves (a copy"),
         ([str(tmp_path / "d"), str(tmp_path / "b")], "holds two evaluations of iteration 10 (drs.json, maml.json)"),
         ([str(tmp_path), str(tmp_path / "a")], "holds several methods"),
     ]
     good = json.loads((tmp_path / "a" / "eval.json").read_text())
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "eval.json").write_text((tmp_path / "a" / "eval.json").read_text())  # once read as P = 0.5
     doctored = {"no ci95": ({"ci95": None}, "has no ci95"), "one task": ({"tasks": 1}, "tasks 1 must be"),
                 "text": ({"mean": ["abc", 1.0, 1.0]}, "lists of numbers"), "empty": ({"mean": [], "ci95": []},
                                                                                   "lists of numbers"),

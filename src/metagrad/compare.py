@@ -249,6 +249,9 @@ def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str | N
     if [(e.source, e.label) for e in a] == [(e.source, e.label) for e in b]:
         raise MetagradError(f"A and B are the same evaluations ({path_a}); give the other method's as B")
     grid = welch_grid(a, b, metric, shots, higher_is_better)
+    if [e.curves for e in a] == [e.curves for e in b]:
+        raise MetagradError(f"{path_a} and {path_b} hold the same curves (a copy of one evaluation?); give the other "
+                            "method's as B")
     if grid["label_a"] == grid["label_b"]:  # e.g. seed-0/.../results.json and seed-1/.../results.json
         grid["label_a"], grid["label_b"] = distinct_names(Path(a[0].source), Path(b[0].source))
     grid["label_a"], grid["label_b"] = label_a or grid["label_a"], label_b or grid["label_b"]

@@ -71,6 +71,9 @@ def run_specs(spec: str) -> list[tuple[str, Path | None]]:
     depth) as one spec per run, labelled by its path inside the folder (after ``LABEL/`` when the spec has one),
     with the folder that held it; any other spec as it is, with None."""
     where, _, label = spec.partition("=")
+    if not where.strip():
+        raise MetagradError(f"'{spec}' names no run: give PATH or PATH=LABEL (a run folder, its metrics.jsonl, or a "
+                            "reproduction's folder)")
     path = Path(where)
     if path.is_dir() and not (path / "metrics.jsonl").is_file():
         runs = sorted(p.parent for p in path.rglob("metrics.jsonl"))  # method/, seed-N/method/, method/seed-N/
@@ -93,6 +96,12 @@ def load_all(specs: Sequence[str]) -> list[Run]:
         if unnamed and labels.count(run.label) > 1:
             above = folder.name if folder is not None else run.path.parent.parent.name
             run.label = f"{above}/{run.label}"
+    seen: dict[str, Path] = {}
+    for run in runs:
+        if run.label in seen:
+            raise MetagradError(f"two runs are labelled '{run.label}' ({seen[run.label]} and {run.path}); give each "
+                                "its own label (PATH=LABEL)")
+        seen[run.label] = run.path
     return runs
 
 

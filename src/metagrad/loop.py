@@ -202,6 +202,9 @@ class RunLoop:
                 try:
                     metrics = self.step()
                 except TrainingDiverged as e:
+                    with contextlib.suppress(OSError):  # the session's record; a full disk must not hide the cause
+                        self._record_segment(start_iteration, time.perf_counter() - session_start,
+                                             f"diverged at iteration {self.iteration + 1}", end=saved_at)
                     raise TrainingDiverged(f"{e}; {self._after_divergence()}") from None
                 self.iteration += 1
                 self.session_iterations += 1
@@ -241,12 +244,15 @@ class RunLoop:
                 "stopped": stopped, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.segment_info(),
                 "command": s["command"], "commit": s["commit"], "machine": s["machine"]}
 
-    def _record_segment(self, start: int, seconds: float, stopped: str) -> None:
+    def _record_segment(self, start: int, seconds: float, stopped: str, end: int | None = None) -> None:
         """Append this session to ``segments.jsonl``: iterations, time, how it stopped, the command, the commit and
-        the machine that produced it (a long run accumulates over sessions; each says where it came from)."""
+        the machine that produced it (a long run accumulates over sessions; each says where it came from). ``end``:
+        the iteration the run keeps, where it is not the current one (a diverged session's last checkpoint)."""
         if self.run_dir is None or not self.writes:
             return
         record = {**self._open_segment(stopped), "start": start, "seconds": round(seconds, 1)}
+        if end is not None:
+            record["end"] = end
         self._segment = None
         _append_segment(self.run_dir, record)
 
@@ -268,7 +274,9 @@ class RunLoop:
         if self.writes:  # held before the checks: a run that finishes meanwhile is not taken for an empty folder
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._hold()
-            files.remove_stale_temps(self.run_dir)  # killed writers' half-written files (a live one's stays)
+            # killed writers' half-written files (a live one's stays: its writer holds its lock, taken a moment
+            # after the file is made; where locks are kept, as the run's own shows, one second guards that moment)
+            files.remove_stale_temps(self.run_dir, min_age=1.0 if self._lock is not None else 60.0)
         if checkpoint.exists(self.run_dir / "last"):
             if not resume:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
