@@ -165,6 +165,21 @@ def test_the_resume_hint_keeps_the_users_options(tmp_path, capsys):
     assert main(again) == 0
 
 
+def test_the_resume_hint_of_a_torchrun_process_starts_torchrun(monkeypatch):
+    """Continued on another number of processes a run leaves the bit-for-bit path: the hint says how it was run."""
+    import argparse
+
+    from metagrad.cli.train import resume_hint
+
+    args = argparse.Namespace(argv=["train", "--out", "r"], out_dir="r")
+    assert resume_hint(args) == "metagrad train --out r --resume"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resume_hint(args) == "torchrun --standalone --nproc_per_node=2 -m metagrad train --out r --resume"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resume_hint(args).startswith("torchrun --nnodes=... --nproc_per_node=2 -m metagrad train")
+
+
 def test_resume_without_options_takes_the_runs_own_config(tmp_path, capsys):
     """`metagrad train --out RUN --resume` (the README's) continues a run made with any preset and options; an
     option that contradicts the run names both values."""

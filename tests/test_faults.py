@@ -633,6 +633,24 @@ def test_a_second_sigterm_aborts_in_one_line_that_names_the_checkpoint_that_stay
     assert same(final(run), final(straight)) and log_lines(run) == log_lines(straight)
 
 
+def test_a_sigterm_after_a_ctrl_c_is_named_as_such(tmp_path, monkeypatch, capsys):
+    """torchrun escalates a doubled Ctrl-C to SIGTERM: the abort names both (it read "a second Ctrl-C") and exits
+    with the code of the signal that aborted (143)."""
+    from metagrad.train import Trainer
+
+    step, run = Trainer.step, tmp_path / "run"
+
+    def interrupted_then_terminated(self):
+        if self.iteration == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "step", interrupted_then_terminated)
+    assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL]) == 143
+    assert "aborted by SIGTERM after Ctrl-C in iteration 6" in capsys.readouterr().err
+
+
 def test_resume_attempts_killed_before_a_checkpoint_leave_one_resumed_with_line(tmp_path):
     """Each resume logs the settings it changed; one killed before its first checkpoint trained nothing that stays,
     so its line goes when the run is resumed again (two attempts left two lines)."""

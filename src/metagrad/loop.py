@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, files, provenance
+from . import distributed as processes
 from .distributed import Distributed
 from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, check_whole
 
@@ -48,6 +49,13 @@ class RunLoop:
         check_whole("checkpoint_every", checkpoint_every, 1)
         if not (isinstance(time_budget, int | float) and math.isfinite(time_budget) and time_budget >= 0):
             raise ConfigError(f"time_budget {time_budget!r} must be a number of minutes >= 0 (0: no limit)")
+        if distributed is None and processes.launched_world() > 1 and not processes.joined():
+            raise ConfigError(
+                f"this process is one of WORLD_SIZE={processes.launched_world()} that torchrun started, but its "
+                "trainer has no process group: each would train the whole run alone. `metagrad train`, `reproduce "
+                "navigation|locomotion` and `tradeoff rl` share the work under torchrun; run other commands as one "
+                "process; in Python pass distributed=Distributed.from_env() (metagrad.distributed), or unset "
+                "WORLD_SIZE to train alone")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.iterations, self.time_budget, self.checkpoint_every = iterations, time_budget, checkpoint_every
         self.config = config or {}
@@ -61,6 +69,7 @@ class RunLoop:
         self.session_iterations = 0  # iterations trained by this session's ``run``
         self._stop_requested = False
         self.stop_signal: int | None = None  # the signal that stopped the run (SIGINT or SIGTERM), for the exit code
+        self.abort_signal: int | None = None  # a second one, which aborted the iteration under way
         self._closing = False  # past the last iteration: saving and finishing
         self._segment: dict[str, Any] | None = None  # this session, kept in each checkpoint until it is recorded
         self._lock: int | None = None  # the open lock file while this process holds the run directory
@@ -193,6 +202,7 @@ class RunLoop:
         if not resumed:  # a run's first file: a kill before its first checkpoint leaves a run to resume, not a
             if self.dist is not None:  # folder that holds only a `best` or a snapshot and refuses every rerun
                 self.dist.any(False)  # every process has looked at the folder before process 0 writes to it
+                self.start_together()
             self.save("last")
         stopped, saved_at = "done", self.iteration
         bar = self.make_bar()
@@ -230,6 +240,14 @@ class RunLoop:
         session = time.perf_counter() - session_start
         self._record_segment(start_iteration, session, stopped)
         return stopped, start_iteration, session
+
+    def start_together(self) -> None:
+        """Every process of the group starts from process 0's learner: a model initialised without a seed differs
+        from process to process, and nothing else would bring them together."""
+        assert self.dist is not None
+        learner = self.state().get("learner")
+        if isinstance(learner, dict):  # the learner's state_dict: views of its parameters and buffers
+            self.dist.broadcast([t for t in learner.values() if isinstance(t, torch.Tensor)])
 
     def segment_info(self) -> dict[str, Any]:
         """What a trainer adds to a segment's record (e.g. environment steps)."""
@@ -361,9 +379,11 @@ class RunLoop:
     def _stop_reason(self, session_start: float) -> str | None:
         """"interrupted" (a signal), "time_budget", or None; every process of a group agrees."""
         over_time = bool(self.time_budget) and time.perf_counter() - session_start > 60 * self.time_budget
-        if self.dist is not None:
-            self._stop_requested, over_time = self.dist.any(self._stop_requested), self.dist.any(over_time)
-        if self._stop_requested:
+        stop = self._stop_requested
+        if self.dist is not None:  # a signal that lands during the exchange stays asked for, for the next one
+            stop, over_time = self.dist.any(stop), self.dist.any(over_time)
+            self._stop_requested = self._stop_requested or stop
+        if stop:
             return "interrupted"
         return "time_budget" if over_time else None
 
@@ -376,13 +396,15 @@ class RunLoop:
             if not self._stop_requested:
                 raise
             bar.close()
-            name = "Ctrl-C" if self.stop_signal in (None, signal.SIGINT) else signal.Signals(self.stop_signal).name
+            first = signal_name(self.stop_signal or signal.SIGINT)
+            second = signal_name(self.abort_signal) if self.abort_signal is not None else first
+            by = f"a second {first}" if second == first else f"{second} after {first}"
             last = self.run_dir / "last" if self.run_dir is not None else None
             kept = (f"; the last checkpoint ({last}, iteration {checkpoint.read_info(last)['iteration']}) stays"
                     if last is not None and checkpoint.exists(last) else "")
             when = f"after iteration {self.iteration}" if self._closing else f"in iteration {self.iteration + 1}"
-            raise Interrupted(f"aborted by a second {name} {when}{kept}",
-                              signum=self.stop_signal or signal.SIGINT) from None
+            raise Interrupted(f"aborted by {by} {when}{kept}",
+                              signum=self.abort_signal or self.stop_signal or signal.SIGINT) from None
 
     @contextlib.contextmanager
     def _signals_save(self) -> Iterator[None]:
@@ -394,10 +416,11 @@ class RunLoop:
 
         def handle(signum: int, frame: object) -> None:
             if self._stop_requested:
+                self.abort_signal = signum
                 raise KeyboardInterrupt  # a second signal aborts at once
             self.request_stop()
             self.stop_signal = signum
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            name = signal_name(signum)
             print(f"\nmetagrad: {name}: stopping after this iteration and saving ({name} again to abort)",
                   file=sys.stderr)
 
@@ -407,6 +430,11 @@ class RunLoop:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def signal_name(signum: int) -> str:
+    """Ctrl-C for SIGINT, else the signal's name (SIGTERM)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def _finite(state: Any) -> bool:

@@ -126,6 +126,9 @@ class Trainer(RunLoop):
         check_sizes(learner, tasks, meta_batch_size)
         if distributed is not None:
             distributed.shard(meta_batch_size)  # too few tasks for the processes: refused before a file is written
+            if getattr(learner, "carried", None) is not None:
+                raise ConfigError("inner_state 'carried' runs the tasks of a meta-batch in order in one process; "
+                                  "train it without torchrun (or use inner_state 'fresh')")
         self.log_every = log_every
         self.validation = validation if validation is not None else tasks
         self.val_every, self.val_tasks, self.transductive = val_every, val_tasks, transductive

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import signal
 import sys
@@ -44,11 +45,18 @@ def flag(name: str) -> str:
 
 
 def resume_hint(args: argparse.Namespace) -> str:
-    """The command that continues this run: the user's own options, with --resume."""
+    """The command that continues this run: the user's own options, with --resume (under torchrun as torchrun
+    started it, since another number of processes leaves the bit-for-bit path)."""
+    from ..distributed import launched_world
+
     words = [w for w in args.argv if w != "--resume"]
     if "--out" not in words and not any(w.startswith("--out=") for w in words):
         words += ["--out", str(args.out_dir)]
-    return "metagrad " + " ".join(shlex.quote(w) for w in [*words, "--resume"])
+    world = launched_world()
+    local = os.environ.get("LOCAL_WORLD_SIZE", str(world))
+    launcher = ("" if world <= 1 else f"torchrun --standalone --nproc_per_node={world} -m " if local == str(world)
+                else f"torchrun --nnodes=... --nproc_per_node={local} -m ")
+    return launcher + "metagrad " + " ".join(shlex.quote(w) for w in [*words, "--resume"])
 
 
 def _finished(cfg: Config | RLConfig, result: Any) -> str:
