@@ -608,47 +608,32 @@ def test_a_best_newer_than_the_last_checkpoint_is_removed_when_resumed_with_othe
     assert {"iteration": 12, "best_removed": info["iteration"]} in log_lines(run)
 
 
-def test_a_second_sigterm_aborts_in_one_line_that_names_the_checkpoint_that_stays(tmp_path, monkeypatch, capsys,
-                                                                                   straight):
-    """The first SIGTERM asks for a stop after the iteration; a second aborts inside it: exit code 143, the last
-    checkpoint named, and the command that continues it (it ended as a bare "interrupted", code 130)."""
+@pytest.mark.parametrize(("first", "by"), [(signal.SIGTERM, "a second SIGTERM"),
+                                           (signal.SIGINT, "SIGTERM after Ctrl-C")])
+def test_a_second_signal_aborts_in_one_line_that_names_the_checkpoint_that_stays(tmp_path, monkeypatch, capsys,
+                                                                                  straight, first, by):
+    """The first signal asks for a stop after the iteration; a SIGTERM after it aborts inside it: exit code 143, the
+    last checkpoint named, and the command that continues it (it ended as a bare "interrupted", code 130). torchrun
+    escalates a doubled Ctrl-C to SIGTERM: the abort names both (it read "a second Ctrl-C")."""
     from metagrad.train import Trainer
 
     step, run = Trainer.step, tmp_path / "run"
 
-    def terminated_twice(self):
+    def stopped_twice(self):
         if self.iteration == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), first)
             os.kill(os.getpid(), signal.SIGTERM)
         return step(self)
 
-    monkeypatch.setattr(Trainer, "step", terminated_twice)
+    monkeypatch.setattr(Trainer, "step", stopped_twice)
     args = ["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL]
     assert main(args) == 143
     err = capsys.readouterr().err
-    assert f"aborted by a second SIGTERM in iteration 6; the last checkpoint ({run / 'last'}, iteration 5) stays" in err
+    assert f"aborted by {by} in iteration 6; the last checkpoint ({run / 'last'}, iteration 5) stays" in err
     assert "continue with: metagrad train" in err and err.rstrip().endswith("--resume"), err
     monkeypatch.undo()
     assert main([*args, "--resume"]) == 0
     assert same(final(run), final(straight)) and log_lines(run) == log_lines(straight)
-
-
-def test_a_sigterm_after_a_ctrl_c_is_named_as_such(tmp_path, monkeypatch, capsys):
-    """torchrun escalates a doubled Ctrl-C to SIGTERM: the abort names both (it read "a second Ctrl-C") and exits
-    with the code of the signal that aborted (143)."""
-    from metagrad.train import Trainer
-
-    step, run = Trainer.step, tmp_path / "run"
-
-    def interrupted_then_terminated(self):
-        if self.iteration == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "step", interrupted_then_terminated)
-    assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL]) == 143
-    assert "aborted by SIGTERM after Ctrl-C in iteration 6" in capsys.readouterr().err
 
 
 def test_resume_attempts_killed_before_a_checkpoint_leave_one_resumed_with_line(tmp_path):
