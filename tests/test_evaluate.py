@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import metagrad as mg
@@ -58,3 +59,24 @@ def test_tune_step_size_scores_as_the_test_runs():
     assert scores != mg.tune_step_size(learner, batch, 2, grid)[1]  # transductive statistics score otherwise
     minibatched = [mg.tune_step_size(learner, batch, 2, grid, inner_batch_size=2, seed=5)[1] for _ in range(2)]
     assert minibatched[0] == minibatched[1]
+
+
+def test_non_transductive_metrics_of_a_torch_batch_norm_model_follow_the_loop_and_leave_its_statistics():
+    """torch's BatchNorm2d in training mode trains on the per-task loop; its non-transductive test (each query
+    example with the support set alone) once went through vmap regardless and stopped in torch's error, and every
+    evaluation moved the model's running statistics."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3)).double()
+    learner = mg.MAML(model, loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.1))
+    x = torch.randn(2, 9, 1, 6, 6, dtype=torch.float64)
+    y = torch.arange(3).repeat(3).expand(2, 9)
+    batch = mg.TaskBatch(mg.Split(x[:, :3], y[:, :3]), mg.Split(x[:, 3:], y[:, 3:]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = learner.adaptation_metrics(batch, steps=1, transductive=False)["loss"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    for t in range(2):  # before adaptation: each query example's output with the task's support set, by hand
+        outs = torch.stack([model(torch.cat([x[t, :3], q[None]]))[-1] for q in x[t, 3:]])
+        expect = torch.nn.functional.cross_entropy(outs, y[t, 3:])
+        assert loss[t, 0].item() == pytest.approx(expect.item(), abs=1e-12)
+    model.load_state_dict(before)  # the hand computation moved the statistics; the learner's did not

@@ -725,6 +725,8 @@ class MetaLearner(nn.Module):
         def one(q: Tensor) -> Tensor:
             return call(self.model, params, buffers, torch.cat([support_x, q[None]]))[-1]
 
+        if not self.vmapped:  # the per-task loop's models (torch's batch norm in training mode) see no vmap here too
+            return torch.stack([one(q) for q in query_x])
         return vmap(one)(query_x)
 
     def adaptation_metrics(self, batch: TaskBatch, steps: int, inner: InnerRule | None = None,
@@ -746,6 +748,7 @@ class MetaLearner(nn.Module):
         """``adaptation_metrics`` of a checked batch on the model's device, with its minibatch indices ``mb``."""
         self.verify_batching(batch)
         meta, buffers = self.functional_inputs()
+        buffers = {k: v.clone() for k, v in buffers.items()}  # evaluating leaves the learner as it was (running stats)
         start = self.start_state(rule)
         if chunk is None:  # tasks per vmap call: bounded so that image tasks do not exhaust memory
             per_task = batch.support.x[0].numel() + batch.query.x[0].numel() * (
