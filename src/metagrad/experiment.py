@@ -171,6 +171,7 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | Me
               file=sys.stderr)
         cfg = cfg.replace(device="cpu")
     if isinstance(cfg, Config):
+        check_data(cfg, info, run_dir)
         learner: MetaLearner | MetaRL = build_learner(cfg)
     else:
         from .rl.train import build
@@ -178,6 +179,19 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | Me
         learner, _ = build(cfg)
     learner.load_state_dict(state["learner"])
     return learner, cfg, info
+
+
+def check_data(cfg: Config, info: dict[str, Any], run_dir: str | Path) -> None:
+    """Refuse to read a run against other images than it was trained on (its checkpoint's fingerprint of the
+    training split; a data folder missing an alphabet reshuffles the split, its test classes then seen in training)."""
+    trained = (info.get("data") or {}).get("tasks")
+    if trained is None or cfg.family not in IMAGE_FAMILIES:
+        return
+    here = build_tasks(cfg).fingerprint
+    if here != trained:
+        raise CheckpointError(f"the {cfg.family} data at {cfg.data_root or '$METAGRAD_DATA'} is not what {run_dir} "
+                              f"was trained on (training images' fingerprint {trained}, here {here}): its test classes "
+                              "may have been seen in training; point data_root at the data it was trained on")
 
 
 def evaluation_lrs(learner: MetaLearner, cfg: Config, shots: int) -> tuple[float, ...] | None:

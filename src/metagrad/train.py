@@ -167,7 +167,13 @@ class Trainer(RunLoop):
         """Counters, the meta-losses since the last log line (so that the first line after a resume averages
         the same iterations as an uninterrupted run's), and the settings a resumed run must share."""
         return {"sampling": self.sampling, "best_val": self.best_val, "loss_window": self._window,
-                "trainer": self._settings(), "val_transductive": self.transductive}
+                "trainer": self._settings(), "val_transductive": self.transductive, "data": self.data_fingerprints()}
+
+    def data_fingerprints(self) -> dict[str, str]:
+        """The training and validation images' fingerprints (image tasks; others have none), which a resumed run
+        must share."""
+        return {name: tasks.fingerprint for name, tasks in (("tasks", self.tasks), ("validation", self.validation))
+                if isinstance(getattr(tasks, "fingerprint", None), str)}
 
     def _settings(self) -> dict[str, Any]:
         return {"meta_batch_size": self.meta_batch_size, "seed": self.seed,
@@ -181,6 +187,12 @@ class Trainer(RunLoop):
             if mine.get(key) != value:
                 raise CheckpointError(f"{self.run_dir} was trained with {key} {value!r}, this Trainer has "
                                       f"{mine.get(key)!r}; resume with the run's own, or give another run_dir")
+        here = self.data_fingerprints()
+        for key, value in (info.get("data") or {}).items():  # runs from before 2026-12-06 recorded none
+            if key in here and here[key] != value:
+                raise CheckpointError(f"{self.run_dir} was trained on other images than these (its {key} images' "
+                                      f"fingerprint {value}, these {here[key]}): resume with the data it was trained "
+                                      "on (--data-root), or start a new run (another --out)")
         return {}
 
     def load_info(self, info: dict[str, Any]) -> None:

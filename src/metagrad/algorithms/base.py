@@ -725,7 +725,7 @@ class MetaLearner(nn.Module):
         def one(q: Tensor) -> Tensor:
             return call(self.model, params, buffers, torch.cat([support_x, q[None]]))[-1]
 
-        if not self.vmapped:  # the per-task loop's models (torch's batch norm in training mode) see no vmap here too
+        if self._structure[0] or self.vmap_verdict is not None:  # wrong or failing under vmap (torch's batch norm)
             return torch.stack([one(q) for q in query_x])
         return vmap(one)(query_x)
 

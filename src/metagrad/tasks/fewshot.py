@@ -9,6 +9,9 @@ Sampling is a few tensor operations on the whole meta-batch, deterministic under
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -44,6 +47,12 @@ class FewShotClassification:
         out.__dict__.update(self.__dict__, query=query)
         check_whole("query", query, 1)
         return out
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short hash of the images and their order: a run records its data's, so that a resume or an evaluation
+        on other data (another folder, a copy missing an alphabet, which reshuffles the split) is noticed."""
+        return hashlib.sha1(memoryview(self.images.contiguous().numpy())).hexdigest()[:16]  # no copy
 
     @property
     def num_classes(self) -> int:
