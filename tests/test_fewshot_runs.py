@@ -147,9 +147,16 @@ def test_a_run_is_tied_to_the_images_it_was_trained_on(tmp_path, capsys, monkeyp
     capsys.readouterr()
     assert main([*train, "--data-root", str(other), "--iterations", "3", "--resume"]) == 2
     assert "was trained on other images than these" in capsys.readouterr().err
+    shutil.copytree(root, tmp_path / "moved")
     shutil.rmtree(root)
     shutil.copytree(other, root)  # other drawings at the run's own data_root
     image_splits.cache_clear()  # as a new process: the splits of a data root are kept for the process's life
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"data at {root} is not what {run} was trained on" in err and len(err.strip().splitlines()) == 1
+    assert main(["eval", str(run), "--data-root", str(tmp_path / "moved")]) == 0  # the run's images, moved
+    assert main(["eval", str(run), "--data-root", str(other)]) == 2
+    capsys.readouterr()
+    assert main(["train", "--iterations", "1", "--out", str(tmp_path / "sine"), "--no-progress"]) == 0
+    assert main(["eval", str(tmp_path / "sine"), "--data-root", str(root)]) == 2
+    assert "--data-root applies to few-shot runs" in capsys.readouterr().err

@@ -149,9 +149,10 @@ def _kind(cfg: Config | RLConfig) -> str:
     return "supervised" if isinstance(cfg, Config) else "meta-RL"
 
 
-def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | MetaRL, Config | RLConfig,
-                                                                 dict[str, Any]]:
-    """The learner of a run directory (checkpoint ``last`` or ``best``), its config and checkpoint info."""
+def load_run(run_dir: str | Path, which: str = "last", data_root: str | None = None) -> tuple[
+        MetaLearner | MetaRL, Config | RLConfig, dict[str, Any]]:
+    """The learner of a run directory (checkpoint ``last`` or ``best``), its config and checkpoint info;
+    ``data_root``: where a few-shot run's images are now, if not at its recorded data root."""
     stem = Path(run_dir) / which
     if Path(run_dir).is_file() or Path(run_dir).suffix in (".safetensors", ".json"):
         folder, name = Path(run_dir).parent, Path(run_dir).with_suffix("").name
@@ -170,6 +171,10 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[MetaLearner | Me
         print(f"metagrad: {run_dir} trained on {cfg.device}; no GPU here, so it is read onto the CPU",
               file=sys.stderr)
         cfg = cfg.replace(device="cpu")
+    if data_root is not None:
+        if not isinstance(cfg, Config) or cfg.family not in IMAGE_FAMILIES:
+            raise ConfigError(f"--data-root applies to few-shot runs; {run_dir} needs no data folder")
+        cfg = cfg.replace(data_root=data_root)
     if isinstance(cfg, Config):
         check_data(cfg, info, run_dir)
         learner: MetaLearner | MetaRL = build_learner(cfg)

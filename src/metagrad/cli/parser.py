@@ -75,6 +75,9 @@ def build_parser() -> Parser:
     p.add_argument("--output", type=nonempty, help="where to write the results (default: RUN/eval.json); e.g. one "
                    "file per checkpoint in a folder, for `metagrad compare`")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the data loaders')")
+    p.add_argument("--data-root", dest="run_data_root", type=nonempty, help="few-shot runs: the image data's folder "
+                   "where it is not at the run's recorded data_root (e.g. a relative one, from another folder); "
+                   "checked against the images the run was trained on")
     Config.add_arguments(p, ("eval",), title="[{section}] options (override the run's config)")
     RLConfig.add_arguments(p, ("eval",), title="meta-RL [{section}] options (override the run's config)")
     _add_set(p, "eval_tasks=100")

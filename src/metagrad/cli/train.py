@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..experiment import evaluate, load_run
 
-    learner, cfg, info = load_run(args.run, args.checkpoint)
+    learner, cfg, info = load_run(args.run, args.checkpoint, data_root=args.run_data_root)
     overrides = config_overrides(args, cfg)
     given = set(overrides)
     if "eval_lr" in overrides and cfg.tune_eval_lr and "tune_eval_lr" not in overrides:
