@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .algorithms import MetaLearner
+from .algorithms.base import CARRIED_IN_ONE_PROCESS
 from .batch import TaskBatch
 from .distributed import Distributed
 from .errors import CheckpointError, ConfigError, TrainingDiverged, check_memory, check_whole
@@ -127,8 +128,7 @@ class Trainer(RunLoop):
         if distributed is not None:
             distributed.shard(meta_batch_size)  # too few tasks for the processes: refused before a file is written
             if getattr(learner, "carried", None) is not None:
-                raise ConfigError("inner_state 'carried' runs the tasks of a meta-batch in order in one process; "
-                                  "train it without torchrun (or use inner_state 'fresh')")
+                raise ConfigError(CARRIED_IN_ONE_PROCESS)
         self.log_every = log_every
         self.validation = validation if validation is not None else tasks
         self.val_every, self.val_tasks, self.transductive = val_every, val_tasks, transductive

@@ -83,6 +83,8 @@ def random_moved(before: list[Tensor], on_cpu: bool = True) -> bool:
 
 
 Layout = tuple[tuple[int, ...], tuple[bool, ...]]  # a model's module identities and training flags
+CARRIED_IN_ONE_PROCESS = ("inner_state 'carried' runs the tasks of a meta-batch in order in one process; train it "
+                          "without torchrun (or use inner_state 'fresh')")
 
 
 def buffer_state(buffers: Params) -> dict[str, tuple[int, Tensor]]:
@@ -256,10 +258,15 @@ class MetaLearner(nn.Module):
         472 vs 1098 ms; ``benchmarks/results/bench_cuda_memory_loop.md``)."""
         if self.batching != "auto":
             return self.batching == "vmap"
-        if self.vmap_verdict is not None or self.task_chunk == 1:
+        if self.vmap_unsafe or self.task_chunk == 1:
             return False
-        torch_bn, conv = self._structure
-        return not (torch_bn or (conv and self._on_cpu()))
+        return not (self._structure[1] and self._on_cpu())  # convolutions
+
+    @property
+    def vmap_unsafe(self) -> bool:
+        """Whether vmap is wrong or fails for this model, not merely slower: torch's batch norm, or a failed
+        self-check (``verify_batching``)."""
+        return self._structure[0] or self.vmap_verdict is not None
 
     def model_layout(self) -> Layout:
         """Which modules the model is made of and which are in training mode: what the batching checks depend on
@@ -584,8 +591,7 @@ class MetaLearner(nn.Module):
         check_call("meta_gradient", batch, generator)
         batch.check(support=self.inner_steps > 0)
         if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
-            raise ConfigError("inner_state 'carried' runs the tasks of a meta-batch in order in one process; train "
-                              "it without torchrun (or use inner_state 'fresh')")
+            raise ConfigError(CARRIED_IN_ONE_PROCESS)
         batch, mb = self.on_model_device(*self.sharded(batch, generator, None if self.carried is not None else shard))
         return self.explained(batch, lambda: self.meta_gradient_of(batch, mb))
 
@@ -725,7 +731,7 @@ class MetaLearner(nn.Module):
         def one(q: Tensor) -> Tensor:
             return call(self.model, params, buffers, torch.cat([support_x, q[None]]))[-1]
 
-        if self._structure[0] or self.vmap_verdict is not None:  # wrong or failing under vmap (torch's batch norm)
+        if self.vmap_unsafe:
             return torch.stack([one(q) for q in query_x])
         return vmap(one)(query_x)
 
