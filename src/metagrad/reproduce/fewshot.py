@@ -18,10 +18,11 @@ from typing import Any
 from .. import checkpoint, files, plots
 from ..analysis.stats import format_ci
 from ..config import Config, load_config
-from ..errors import check_choice
+from ..errors import ConfigError, check_choice
 from ..experiment import continue_run, evaluate, load_run
 from ..settings import preset_names
 from ..tables import md_head
+from ..tasks.images import OMNIGLOT_DRAWINGS
 
 ALGOS = ("maml", "fomaml", "reptile", "maml-nonconv", "context", "anil")
 OMNIGLOT_ONLY = ("maml-nonconv", "context", "anil")  # MAML's fully connected network, its context vector; ANIL
@@ -57,6 +58,10 @@ def setting_config(dataset: str, algo: str, ways: int, shots: int) -> Config:
         if dataset == "miniimagenet" and shots == 5:
             changes["eval_inner_batch_size"] = 15
     else:  # MAML's code: K support and K query images per class (15 query for MiniImagenet training)
+        if dataset == "omniglot" and 2 * shots > OMNIGLOT_DRAWINGS:
+            raise ConfigError(f"--shots {shots}: the MAML paper's Omniglot setting draws K support and K query "
+                              f"images of each character's {OMNIGLOT_DRAWINGS}; use --shots "
+                              f"{OMNIGLOT_DRAWINGS // 2} or fewer")
         changes.update(shots=shots, eval_query=shots)
         if dataset == "omniglot":
             changes["query"] = shots

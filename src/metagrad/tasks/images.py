@@ -217,9 +217,7 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
         for filename, label in rows:
             classes.setdefault(label, []).append(filename)
         _check_disjoint(root, split, classes, seen)
-        counts = {len(v) for v in classes.values()}
-        if len(counts) != 1:
-            raise ConfigError(f"{root / (split + '.csv')}: classes have different numbers of images {sorted(counts)}")
+        _check_even(root / f"{split}.csv", classes)
         files = []
         for names in classes.values():
             for n in names:
@@ -236,6 +234,16 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
 
         out[split] = _cached(key, build)
     return out
+
+
+def _check_even(csv: Path, classes: dict[str, list[str]]) -> None:
+    """Stop where a split's classes differ in size (images are stacked per class), naming the odd classes."""
+    sizes = sorted(len(v) for v in classes.values())
+    common = max(set(sizes), key=sizes.count)
+    odd = [f"{label} ({len(v)})" for label, v in classes.items() if len(v) != common][:3]
+    if odd:
+        raise ConfigError(f"{csv}: every class needs the same number of images; most have {common}, but "
+                          f"{', '.join(odd)}; list the same number for each class")
 
 
 def _check_disjoint(root: Path, split: str, classes: dict[str, list[str]], seen: dict[str, str]) -> None:
