@@ -6,7 +6,8 @@ otherwise: recorded from code the earlier commit 66f3a1d matches bit for bit the
 runs that do not depend on how its kernels round (the MLP regressions) to 1e-6 against every recording. E-MAML's
 weights changed on purpose (ProMP's population std, not the sample std): its run was re-recorded on the AMD EPYC and
 left out of the two recordings whose machines were not at hand; so were omniglot-reptile's validation lines (it
-validates in its test's non-transductive batch-norm mode now; its weights are unchanged)."""
+validates in its test's non-transductive batch-norm mode now, and since 2026-12-06 with its test's shots and steps,
+val_as "test": its validation lines re-recorded on the AMD EPYC; its weights are unchanged)."""
 
 from __future__ import annotations
 

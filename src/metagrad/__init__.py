@@ -24,7 +24,7 @@ _HOMES = {
     "Reptile": "algorithms", "Config": "config", "load_config": "config", "Curve": "evaluate",
     "adaptation_curves": "evaluate", "held_out_tasks": "evaluate", "tune_step_size": "evaluate",
     "load_run": "experiment", "SGD": "inner", "Adam": "inner", "InnerRule": "inner",
-    "FitResult": "train", "Trainer": "train", "Split": "batch", "TaskBatch": "batch",
+    "FitResult": "train", "Trainer": "train", "Validation": "train", "Split": "batch", "TaskBatch": "batch",
 }
 __all__ = sorted([*_HOMES, "losses", "models", "tasks"])
 

@@ -30,6 +30,7 @@ class Config(Settings):
 
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"time_budget", "log_every", "checkpoint_every", "val_every",
+                                                          "val_as",
                                                           "self_check", "download", "outer_lr", "inner_lr",
                                                           "compile", "device", "data_root"})
     APPLIES: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
@@ -120,6 +121,9 @@ class Config(Settings):
     checkpoint_every: int = opt(2000, "train", "iterations between checkpoints (also saved at the end)")
     val_every: int = opt(2000, "train", "iterations between validations; the best is kept (0: never)")
     val_tasks: int = opt(200, "train", "validation tasks")
+    val_as: str = opt("training", "train", "how validation adapts: training (the training shots and inner steps on "
+                      "the whole support set) or test (the smallest eval_shots, eval_query, eval_steps, "
+                      "eval_inner_batch_size and eval_lr, as the test runs)")
     # [eval]
     eval_shots: tuple[int, ...] = opt((5, 10, 20), "eval", "support sizes K to evaluate")
     eval_query: int = opt(100, "eval", "query examples per test task (per class for images)")
@@ -161,7 +165,8 @@ class Config(Settings):
                             "algo": choices.ALGOS, "inner_optimizer": choices.INNER_RULES,
                             "outer_optimizer": choices.OUTER_OPTIMIZERS, "outer_lr_schedule": ("constant", "linear"),
                             "batching": choices.BATCHING, "inner_sampling": choices.INNER_SAMPLING,
-                            "inner_state": choices.INNER_STATE, "tail": ("", *choices.TAILS)})
+                            "inner_state": choices.INNER_STATE, "tail": ("", *choices.TAILS),
+                            "val_as": ("training", "test")})
         self.check_at_least({"ways": 2, "filters": 1, "shots": 1, "query": 1, "grid": 0, "inner_steps": 0,
                              "inner_batch_size": 0, "iterations": 0, "meta_batch_size": 1, "log_every": 1,
                              "checkpoint_every": 1, "val_every": 0, "val_tasks": 1, "eval_query": 1, "eval_steps": 0,
@@ -225,6 +230,9 @@ class Config(Settings):
         if self.eval_lr and self.tune_eval_lr:
             raise ConfigError(f"eval_lr {list(self.eval_lr)} and tune_eval_lr: tune_eval_lr chooses the test-time "
                               "step size; give one of them")
+        if self.val_as == "test" and self.tune_eval_lr:
+            raise ConfigError("val_as 'test' validates with the test's step size, which tune_eval_lr chooses only "
+                              "after training; give eval_lr, or leave val_as 'training'")
         if (self.family in IMAGE_FAMILIES) != (self.model in choices.IMAGE_MODELS):
             raise ConfigError(f"model '{self.model}' does not fit family '{self.family}'; use conv4 or mlp-bn for "
                               "images, mlp or linear otherwise")

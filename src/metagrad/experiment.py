@@ -26,6 +26,7 @@ from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
 from .loop import RunLoop
 from .seeds import VAL_EVAL_SEED_OFFSET
+from .train import Trainer, Validation
 
 if TYPE_CHECKING:
     from .rl.config import RLConfig
@@ -41,14 +42,14 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
 
         learner, optimizer = build(cfg)
         return RLTrainer(learner, optimizer, cfg, run_dir, progress, **kw)
-    from .train import Trainer
 
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
     images = cfg.family in IMAGE_FAMILIES
     validation = build_tasks(cfg, "val") if images and cfg.val_every else None  # off: its limits do not apply
     if images:  # the evaluation this run will get (and the tuning of its step size): refused now, not after training
-        for split in ("test", "val") if cfg.tune_eval_lr and not cfg.learn_inner_lr else ("test",):
+        val_like_test = (cfg.tune_eval_lr and not cfg.learn_inner_lr) or (cfg.val_as == "test" and cfg.val_every)
+        for split in ("test", "val") if val_like_test else ("test",):
             tasks = build_tasks(cfg, split).with_query(cfg.eval_query)
             for shots in cfg.eval_shots:
                 if shots + cfg.eval_query > tasks.examples_per_class:
@@ -59,9 +60,19 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
     return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, validation=validation, iterations=cfg.iterations,
                    meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir,
                    config=cfg.to_sections(), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                   val_every=cfg.val_every, val_tasks=cfg.val_tasks, transductive=cfg.transductive,
+                   val_every=cfg.val_every, val_tasks=cfg.val_tasks, val_as=validation_setting(cfg),
+                   transductive=cfg.transductive,
                    time_budget=cfg.time_budget,
                    progress=progress, **kw)
+
+
+def validation_setting(cfg: Config) -> Validation | None:
+    """``val_as = "test"``: validation adapts as the test does, at the smallest of its shots; else None (as
+    training)."""
+    if cfg.val_as != "test":
+        return None
+    return Validation(shots=min(cfg.eval_shots), query=cfg.eval_query, steps=cfg.eval_steps,
+                      inner_batch_size=cfg.eval_inner_batch_size, lr=tuple(cfg.eval_lr) or None)
 
 
 def stored_config(data: dict[str, Any]) -> Config | RLConfig:

@@ -8,10 +8,11 @@ trajectory as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .algorithms.base import CARRIED_IN_ONE_PROCESS
 from .batch import TaskBatch
 from .distributed import Distributed
 from .errors import CheckpointError, ConfigError, TrainingDiverged, check_memory, check_whole
+from .evaluate import held_out_tasks
 from .loop import RunLoop, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
 from .settings import check_seed
@@ -42,6 +44,24 @@ class FitResult:
     stopped: str  # "done", "time_budget" or "interrupted"
     best_val: float | None
     sampling_seconds: float  # of ``seconds``, the time spent sampling meta-batches (data loading)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Validation adapted as the test is (rather than as training): ``shots`` support and ``query`` query examples per
+    task (per class for images), ``steps`` steps on minibatches of ``inner_batch_size`` (0: the whole support set),
+    step sizes ``lr`` (None: the training ones). Where training is an easier setting than the test (Reptile trains
+    on 10 shots and tests on 1), validation as training saturates and picks its best checkpoint by noise."""
+
+    shots: int
+    query: int
+    steps: int
+    inner_batch_size: int = 0
+    lr: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name, low in (("shots", 1), ("query", 1), ("steps", 0), ("inner_batch_size", 0)):
+            check_whole(f"Validation {name}", getattr(self, name), low)
 
 
 def check_parts(learner: object, tasks: object, optimizer: object, scheduler: object, validation: object) -> None:
@@ -96,6 +116,8 @@ class Trainer(RunLoop):
         validation: where validation tasks come from (default: ``tasks``; a held-out split for images).
         val_every / val_tasks: validate on fixed held-out tasks; the best is kept (highest query accuracy
             for classifiers, else lowest query loss).
+        val_as: how validation adapts (a ``Validation``, e.g. the test's shots and steps); None: as training does
+            (the task distribution's shots, the learner's inner steps, each on the whole support set).
         transductive: validation's batch-norm mode (models with per-task batch norm): the test's.
         time_budget: minutes after which the run stops with a checkpoint (0: none).
         distributed: shard each meta-batch over the processes of a ``torch.distributed`` group.
@@ -108,7 +130,8 @@ class Trainer(RunLoop):
                  validation: TaskDistribution | None = None,
                  run_dir: str | Path | None = None, config: dict[str, Any] | None = None,
                  log_every: int = 100, checkpoint_every: int = 1000, val_every: int = 0, val_tasks: int = 100,
-                 transductive: bool = True, time_budget: float = 0.0, progress: bool = True,
+                 val_as: Validation | None = None, transductive: bool = True, time_budget: float = 0.0,
+                 progress: bool = True,
                  distributed: Distributed | None = None,
                  on_iteration: Callable[[Trainer, int, dict[str, float]], None] | None = None):
         super().__init__(run_dir, iterations=iterations, time_budget=time_budget, checkpoint_every=checkpoint_every,
@@ -131,7 +154,10 @@ class Trainer(RunLoop):
                 raise ConfigError(CARRIED_IN_ONE_PROCESS)
         self.log_every = log_every
         self.validation = validation if validation is not None else tasks
-        self.val_every, self.val_tasks, self.transductive = val_every, val_tasks, transductive
+        if val_as is not None and not isinstance(val_as, Validation):
+            raise TypeError(f"val_as must be a metagrad Validation (e.g. Validation(shots=1, query=15, steps=3)), not "
+                            f"{type(val_as).__name__}")
+        self.val_every, self.val_tasks, self.val_as, self.transductive = val_every, val_tasks, val_as, transductive
         self.generator = torch.Generator().manual_seed(seed)
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]  # the configured ones, kept when resuming
         self.sampling = 0.0  # seconds spent sampling tasks, across resumes
@@ -167,13 +193,18 @@ class Trainer(RunLoop):
         """Counters, the meta-losses since the last log line (so that the first line after a resume averages
         the same iterations as an uninterrupted run's), and the settings a resumed run must share."""
         return {"sampling": self.sampling, "best_val": self.best_val, "loss_window": self._window,
-                "trainer": self._settings(), "val_transductive": self.transductive, "data": self.data_fingerprints()}
+                "trainer": self._settings(), "val_transductive": self.transductive, "data": self.data_fingerprints(),
+                "val_as": self._val_as_record()}
 
     def data_fingerprints(self) -> dict[str, str]:
         """The training and validation images' fingerprints (image tasks; others have none), which a resumed run
         must share."""
         return {name: tasks.fingerprint for name, tasks in (("tasks", self.tasks), ("validation", self.validation))
                 if isinstance(getattr(tasks, "fingerprint", None), str)}
+
+    def _val_as_record(self) -> dict[str, Any] | None:
+        """``val_as`` as a checkpoint's sidecar keeps it (JSON: tuples become lists)."""
+        return json.loads(json.dumps(asdict(self.val_as))) if self.val_as else None
 
     def _settings(self) -> dict[str, Any]:
         return {"meta_batch_size": self.meta_batch_size, "seed": self.seed,
@@ -197,8 +228,8 @@ class Trainer(RunLoop):
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
-        if info.get("val_transductive", True) != self.transductive:
-            self.best_val = None  # validated in the other batch-norm mode: its best is no measure for this one
+        if info.get("val_transductive", True) != self.transductive or info.get("val_as") != self._val_as_record():
+            self.best_val = None  # validated otherwise (batch-norm mode, shots, steps): its best is no measure here
         self._window = list(info.get("loss_window", []))
 
     def forget_best(self) -> None:
@@ -267,12 +298,18 @@ class Trainer(RunLoop):
 
     # ------------------------------------------------------------------ validation
     def validation_metrics(self) -> dict[str, float]:
-        """Mean query metrics after the training number of inner steps on fixed validation tasks."""
+        """Mean query metrics on fixed validation tasks, after the training number of inner steps or as ``val_as``
+        says."""
+        gen = torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)
+        val = self.val_as
         if self._val_batch is None:
-            gen = torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)
-            self._val_batch = self.validation.sample(self.val_tasks, gen)
-        values = self.learner.adaptation_metrics(self._val_batch, self.learner.inner_steps,
-                                                 transductive=self.transductive)
+            self._val_batch = (held_out_tasks(self.validation, self.val_tasks, val.shots, self.seed + VAL_SEED_OFFSET,
+                                              query=val.query) if val else self.validation.sample(self.val_tasks, gen))
+        values = self.learner.adaptation_metrics(
+            self._val_batch, val.steps if val else self.learner.inner_steps,
+            inner=self.learner.inner.with_lr(val.lr) if val and val.lr else None,
+            inner_batch_size=val.inner_batch_size if val else 0, generator=gen, transductive=self.transductive,
+            last_only=True)
         return {name: float(v[:, -1].mean()) for name, v in values.items()}
 
     def _validate(self) -> float:

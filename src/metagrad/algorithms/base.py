@@ -737,8 +737,10 @@ class MetaLearner(nn.Module):
 
     def adaptation_metrics(self, batch: TaskBatch, steps: int, inner: InnerRule | None = None,
                            inner_batch_size: int = 0, generator: torch.Generator | None = None,
-                           chunk: int | None = None, transductive: bool = True) -> dict[str, Tensor]:
-        """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``."""
+                           chunk: int | None = None, transductive: bool = True,
+                           last_only: bool = False) -> dict[str, Tensor]:
+        """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``
+        (``last_only``: after ``steps`` alone, ``[tasks, 1]``, skipping the predictions on the way)."""
         check_call("adaptation_metrics", batch, generator)
         check_whole("steps", steps, 0)
         check_whole("inner_batch_size", inner_batch_size, 0)
@@ -747,10 +749,11 @@ class MetaLearner(nn.Module):
         rule = inner if inner is not None else self.inner
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
         batch, mb = self.on_model_device(batch, mb)
-        return self.explained(batch, lambda: self.metrics_of(batch, steps, rule, mb, chunk, transductive))
+        return self.explained(batch, lambda: self.metrics_of(batch, steps, rule, mb, chunk, transductive,
+                                                                    last_only))
 
     def metrics_of(self, batch: TaskBatch, steps: int, rule: InnerRule, mb: Tensor | None, chunk: int | None,
-                   transductive: bool) -> dict[str, Tensor]:
+                   transductive: bool, last_only: bool = False) -> dict[str, Tensor]:
         """``adaptation_metrics`` of a checked batch on the model's device, with its minibatch indices ``mb``."""
         self.verify_batching(batch)
         meta, buffers = self.functional_inputs()
@@ -763,7 +766,10 @@ class MetaLearner(nn.Module):
 
         def one_task(task: TaskBatch, m: Tensor | None) -> Tensor:
             rows = []
-            for params in self.inner_loop(meta, buffers, task.support, steps, inner=rule, minibatches=m, state=start):
+            loop = self.inner_loop(meta, buffers, task.support, steps, inner=rule, minibatches=m, state=start)
+            for step, params in enumerate(loop):
+                if last_only and step < steps:
+                    continue
                 pred = self.predict(params, buffers, task.support.x, task.query.x, transductive)
                 rows.append(torch.stack([fn(pred, task.query.y) for fn in self.metrics.values()]))
             return torch.stack(rows)

@@ -180,6 +180,10 @@ ROWS = (
         "500 epochs, 4 seeds", "sgmrl-cheetah-rand-vel-k2",
         "metagrad reproduce locomotion --env cheetah-rand-vel --algo maml-vpg --iterations 500 --time-budget 100 "
         "--set inner_steps=2 --set compile=true --out results/long/sgmrl-cheetah-rand-vel-k2", 500),
+    Row("SG-MRL Table 2: half-cheetah goal velocity as above, 3 inner steps (the row's third line), MAML (VPG)",
+        "500 epochs, 4 seeds", "sgmrl-cheetah-rand-vel-k3",
+        "metagrad reproduce locomotion --env cheetah-rand-vel --algo maml-vpg --iterations 500 --time-budget 100 "
+        "--set inner_steps=3 --set compile=true --out results/long/sgmrl-cheetah-rand-vel-k3", 500),
     Row("SG-MRL Table 2 as above with ReLU (the paper's text) and actions in the simulator's units: flat (training "
         "returns near -45 over 172-193 iterations)", "500 epochs", "sgmrl-cheetah-dir",
         "metagrad reproduce locomotion --env cheetah-dir --algo sgmrl,maml-vpg --iterations 500 --time-budget 120 "
