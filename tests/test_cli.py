@@ -25,7 +25,7 @@ TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--
     (["train", "--shots", "ten"], "'ten' is not an integer"),
     (["train", "--nonsense"], "unrecognized arguments: --nonsense"),
     (["reproduce", "imagenet"], "invalid choice: 'imagenet'"),
-    (["eval", "no/such/run"], "no 'last' checkpoint in no/such/run"),
+    (["eval", "no/such/run"], "no 'last' checkpoint in no/such/run: there is no folder no/such/run; check the path"),
     (["train", "--set", "inner_lr=-0.1"], "inner_lr -0.1 must be positive"),
     (["train", "--set", "inner_lrr=0.1"], "--set inner_lrr: not a config value this command takes (did you mean "
                                           "'inner_lr'?)"),

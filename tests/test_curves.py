@@ -96,6 +96,13 @@ def test_missing_or_broken_logs_are_named(tmp_path):
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"iteration": 1}\nnot json\n')
     with pytest.raises(MetagradError, match="line 2: not JSON"):
         curves.load(str(tmp_path / "bad"))
+    torn = write_log(tmp_path / "torn", rl_rows(3))
+    (torn / "metrics.jsonl").write_text((torn / "metrics.jsonl").read_text()[:-30])  # killed mid-write
+    assert len(curves.load(str(torn)).rows) == 3  # plotted without the cut line (it was refused)
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "last.safetensors").write_bytes(b"x")
+    with pytest.raises(MetagradError, match="early is a run that has logged nothing yet"):
+        curves.load(str(tmp_path / "early"))
     (tmp_path / "list").mkdir()
     (tmp_path / "list" / "metrics.jsonl").write_text('{"iteration": 1}\n[1, 2]\n')
     with pytest.raises(MetagradError, match="line 2: a list, not an object"):

@@ -655,6 +655,35 @@ def test_resume_attempts_killed_before_a_checkpoint_leave_one_resumed_with_line(
     assert len(notes) == 1 and notes[0]["iteration"] == 4 and notes[0]["resumed_with"]["iterations"] == [4, 6]
 
 
+def test_a_folder_with_another_runs_config_and_no_checkpoint_is_not_overwritten(tmp_path, capsys):
+    """A run whose checkpoints are gone (or a mistyped --out) kept its config.toml and log; a new run of other
+    settings there overwrote both without a word (eval's hint led there). The same run killed before its first
+    checkpoint still starts over."""
+    from metagrad.cli import main
+    from metagrad.experiment import train
+
+    run = tmp_path / "run"
+    run.mkdir()  # as a run killed (-9) before its first checkpoint leaves it: the same command starts it over
+    (run / "config.toml").write_text(config(iterations=4, time_budget=5).to_toml())
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 1, "meta_loss": 1.0}) + "\n")
+    train(config(iterations=4), run, progress=False)
+    assert checkpoint.exists(run / "last")
+    for f in run.glob("*.safetensors"):
+        f.unlink()
+    for f in run.glob("*.json"):
+        f.unlink()
+    kept = {name: (run / name).read_text() for name in ("config.toml", "metrics.jsonl")}
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "it holds a run's config.toml: the run saved no checkpoint yet" in err
+    assert f"metagrad train --config {run / 'config.toml'} --out {run}" in err
+    with pytest.raises(CheckpointError, match=r"holds another run.s config\.toml \(and its log\) but no checkpoint"):
+        train(config(iterations=4, inner_lr=(0.02,)), run, progress=False)
+    assert {name: (run / name).read_text() for name in kept} == kept
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "holds no run (no checkpoint, no config.toml); give a run's folder" in capsys.readouterr().err
+
+
 class _FullAt:
     """A file whose write stores half its bytes and then fails as a full disk does."""
 

@@ -220,3 +220,18 @@ def test_linreg_config_trains_towards_the_closed_forms():
         Config(family="linreg", grid=50).validate()
     with pytest.raises(ConfigError, match="dim 0 must be a whole number >= 1"):
         Config(family="linreg", dim=0).validate()
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: lt.expected_loss_exact(np.eye(1), alpha=0.5, n=-1), "n -1 must be a number of points >= 1"),
+    (lambda: lt.expected_loss_exact(np.eye(1), alpha=0.5, n=0), "n 0 must be a number of points >= 1"),
+    (lambda: lt.exact_optimum(np.eye(1), alpha=-1.0), "alpha -1.0 must be a finite step size >= 0"),
+    (lambda: lt.exact_optimum(np.eye(0)), "rotation of shape \\[0, 0\\] must be a square"),
+    (lambda: lt.exact_optimum(np.array([[2.0]])), "rotation must be orthogonal"),
+    (lambda: lt.weight_matrices(np.eye(2)[None], alpha=float("nan")), "alpha nan must be a finite step size"),
+])
+def test_closed_forms_refuse_what_they_do_not_describe(call, match):
+    """Python callers got numbers for these (a negative expected loss for n = -1, a ZeroDivisionError for n = 0, an
+    IndexError for a 0 x 0 rotation), where the command line refuses them."""
+    with pytest.raises(ConfigError, match=match):
+        call()

@@ -25,7 +25,8 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     row = longruns.Row("a test row", "10 iterations", "row", "metagrad train ...", target=10)
     status = longruns.row_status(row, tmp_path / "long")
     assert status["done"] == 0.8 and status["runs"][0]["segments"] == 2
-    piped = longruns.Row("reward +|v - g|", "5 iterations", "none", "metagrad train ...", target=5)
+    piped = longruns.Row("reward +|v - g|", "5 iterations", "none", "metagrad train --out results/long/none",
+                         target=5)
     monkeypatch.setattr(longruns, "ROWS", (row, piped))
     assert main(["status", str(tmp_path / "long")]) == 0
     index = (tmp_path / "long" / "INDEX.md").read_text()
@@ -33,6 +34,8 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     assert len(table) == 4 and len({ln.count("|") for ln in table}) == 1  # a pipe in a name ends no cell
     assert "| a test row | 10 iterations | 1 x 10 iterations | 80% | 8 | - |" in index and "metagrad train ..." in index
     assert "could not be read" not in index
+    assert "| reward +v - g | 5 iterations | 1 x 5 iterations | not started |" in table[-1].replace("\\|", "")
+    assert f"`metagrad train --out {tmp_path / 'long'}/none`" in index  # continues the runs it counted, not main's
     with open(run / "segments.jsonl", "a") as f:
         f.write("[1, 2]\n")  # a line that is JSON but no segment: skipped
     (run / "last.safetensors").write_bytes((run / "last.safetensors").read_bytes()[:100])  # a damaged checkpoint

@@ -11,6 +11,9 @@ from scipy import stats
 
 from metagrad.analysis.stats import mean_ci95, sd_from_ci95, welch_probability, welch_probability_from_stats
 from metagrad.cli import main
+from metagrad.compare import task_of
+from metagrad.config import Config
+from metagrad.rl.config import RLConfig
 
 
 @pytest.mark.parametrize(("n_a", "n_b", "shift"), [(5, 5, 0.3), (20, 7, -0.5), (600, 600, 0.05)])
@@ -210,3 +213,22 @@ def test_compare_refuses_evaluations_tested_differently_and_says_where_steps_are
     assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", out]) == 0
     assert "the evaluations hold 2 and 3 test steps; compared over the 2 all hold" in capsys.readouterr().err
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["steps"] == 3
+
+
+def test_compare_refuses_evaluations_of_different_tasks(tmp_path, capsys):
+    """Two runs of different task families (or meta-RL environments) were compared without a word when their
+    protocols matched by chance: each eval.json now names its task, and compare refuses two."""
+    for preset in ("sinusoid-maml", "linreg-maml"):
+        run = tmp_path / preset
+        assert main(["train", "--config", preset, "--iterations", "2", "--meta-batch-size", "2", "--val-every", "0",
+                     "--no-progress", "--out", str(run)]) == 0
+        assert main(["eval", str(run), "--eval-tasks", "4", "--eval-shots", "5", "--eval-query", "10",
+                     "--eval-steps", "1"]) == 0
+    assert json.loads((tmp_path / "linreg-maml" / "eval.json").read_text())["task"] == "linreg"
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "sinusoid-maml" / "eval.json"), str(tmp_path / "linreg-maml" / "eval.json"),
+                 "--out", str(tmp_path / "cmp")]) == 2
+    assert "are evaluations of different tasks (sinusoid against linreg); compare runs of one task" in \
+        capsys.readouterr().err
+    assert task_of(RLConfig(env="cheetah-vel").to_sections()) == "cheetah-vel"
+    assert task_of(Config(family="omniglot", model="conv4", ways=20).to_sections()) == "omniglot 20-way"

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import files
 from .analysis.stats import sd_from_ci95, welch_probability_from_stats
+from .choices import IMAGE_FAMILIES
 from .errors import MetagradError
 from .tables import k_columns, md_head, md_row
 
@@ -41,16 +42,34 @@ class Evaluation:
 
 # test settings that change what a curve measures: two evaluations compared must share the ones both record (other
 # test tasks, eval_seed, leave the comparison an unpaired one, as Welch's test takes it)
-PROTOCOL = ("eval_query", "eval_inner_batch_size", "transductive", "horizon")
+PROTOCOL = ("task", "eval_query", "eval_inner_batch_size", "transductive", "horizon")
+
+
+def _flat(settings: Any) -> dict[str, Any]:
+    """A stored config's values, flat or by sections, as one dict."""
+    flat: dict[str, Any] = {}
+    if isinstance(settings, dict):
+        for key, value in settings.items():
+            flat.update(value if isinstance(value, dict) else {key: value})
+    return flat
+
+
+def task_of(settings: Any) -> str | None:
+    """What a config's runs are tested on, for telling two evaluations apart: the meta-RL environment, or the task
+    family (with its N-way for images); None where the config names neither."""
+    flat = _flat(settings)
+    if isinstance(flat.get("env"), str):
+        return flat["env"]
+    family = flat.get("family")
+    if not isinstance(family, str):
+        return None
+    return f"{family} {flat['ways']}-way" if family in IMAGE_FAMILIES and "ways" in flat else family
 
 
 def _protocol(settings: Any, **known: Any) -> dict[str, Any]:
     """The ``PROTOCOL`` values of a stored config (flat or sectioned), with ``known`` ones over them."""
-    flat = {}
-    if isinstance(settings, dict):
-        for key, value in settings.items():
-            flat.update(value if isinstance(value, dict) else {key: value})
-    return {k: v for k, v in {**flat, **known}.items() if k in PROTOCOL}
+    flat = {**_flat(settings), "task": task_of(settings)}
+    return {k: v for k, v in {**flat, **known}.items() if k in PROTOCOL and v is not None}
 
 
 def load_evaluations(path: str | Path, method: str | None = None) -> list[Evaluation]:
@@ -88,7 +107,7 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
             raise MetagradError(f"{path} is one evaluation (an eval.json): --method-a/--method-b '{method}' apply to "
                                 "a results.json with several methods; leave them out")
         return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"],
-                           _protocol(data.get("eval")))]
+                           _protocol(data.get("eval"), task=data.get("task")))]
     if isinstance(data.get("modes"), dict) and "shots" in data:  # a few-shot reproduction: a mode is its method
         modes = data["modes"]
         name = method or next(iter(modes))
@@ -195,6 +214,9 @@ def check_protocols(evaluations: list[Evaluation]) -> None:
     first = evaluations[0]
     for e in evaluations[1:]:
         differ = [k for k in PROTOCOL if k in first.protocol and k in e.protocol and first.protocol[k] != e.protocol[k]]
+        if "task" in differ:
+            raise MetagradError(f"{first.source} and {e.source} are evaluations of different tasks "
+                                f"({first.protocol['task']} against {e.protocol['task']}); compare runs of one task")
         if differ:
             what = ", ".join(f"{k} {first.protocol[k]} against {e.protocol[k]}" for k in differ)
             raise MetagradError(f"{first.source} and {e.source} were tested under different settings ({what}); "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,14 +50,24 @@ def load(spec: str) -> Run:
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
+        if path.parent.is_dir() and any(path.parent.glob("*.safetensors")):
+            raise MetagradError(f"{path.parent} is a run that has logged nothing yet (no metrics.jsonl); plot it once "
+                                "it has trained some iterations")
         raise MetagradError(f"no metrics log at {path}: give a run folder that holds metrics.jsonl, or the file")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    text = path.read_text()
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
+            if n == len(lines) and rows and line.startswith("{") and not text.endswith("\n"):  # torn by a kill
+                # mid-write (train --resume repairs it)
+                print(f"metagrad curves: {path}, line {n} is cut short (a run killed while writing it); plotted "
+                      "without it", file=sys.stderr)
+                break
             raise MetagradError(f"{path}, line {n}: not JSON ({e.msg}); is it a metrics.jsonl?") from None
         if not isinstance(row, dict):
             raise MetagradError(f"{path}, line {n}: a {type(row).__name__}, not an object of logged numbers; is it a "
@@ -94,7 +105,7 @@ def load_all(specs: Sequence[str]) -> list[Run]:
     for (spec, folder), run in zip(expanded, runs, strict=True):
         unnamed = "=" not in spec or folder is not None
         if unnamed and labels.count(run.label) > 1:
-            above = folder.name if folder is not None else run.path.parent.parent.name
+            above = folder.name if folder is not None else run.path.parent.resolve().parent.name
             run.label = f"{above}/{run.label}"
     seen: dict[str, Path] = {}
     for run in runs:

@@ -160,6 +160,17 @@ def _kind(cfg: Config | RLConfig) -> str:
     return "supervised" if isinstance(cfg, Config) else "meta-RL"
 
 
+def _no_run_yet(run_dir: Path) -> str:
+    """What to do about a folder with no checkpoint at all: a path that is not there, a run that saved nothing yet
+    (its config.toml says how to train it), or a folder that holds no run."""
+    if not run_dir.exists():
+        return f": there is no folder {run_dir}; check the path"
+    if (run_dir / "config.toml").is_file():
+        return (f" (it holds a run's config.toml: the run saved no checkpoint yet); train it with `metagrad train "
+                f"--config {run_dir / 'config.toml'} --out {run_dir}`")
+    return f": {run_dir} holds no run (no checkpoint, no config.toml); give a run's folder"
+
+
 def load_run(run_dir: str | Path, which: str = "last", data_root: str | None = None) -> tuple[
         MetaLearner | MetaRL, Config | RLConfig, dict[str, Any]]:
     """The learner of a run directory (checkpoint ``last`` or ``best``), its config and checkpoint info;
@@ -173,9 +184,8 @@ def load_run(run_dir: str | Path, which: str = "last", data_root: str | None = N
         found = sorted(p.stem for p in Path(run_dir).glob("*.safetensors")) if Path(run_dir).is_dir() else []
         if found:
             raise CheckpointError(f"no '{which}' checkpoint in {run_dir}; it holds {', '.join(found)}")
-        inside = checkpoint.runs_inside(run_dir)
-        raise CheckpointError(f"no '{which}' checkpoint in {run_dir}" + (inside or "; train first with `metagrad "
-                                                                          f"train --out {run_dir}`"))
+        raise CheckpointError(f"no '{which}' checkpoint in {run_dir}" + (checkpoint.runs_inside(run_dir)
+                                                                          or _no_run_yet(Path(run_dir))))
     state, info = checkpoint.load(stem)
     cfg = stored_config(_run_info(stem, info)["config"])
     if isinstance(cfg, Config) and cfg.device != "cpu" and not torch.cuda.is_available():

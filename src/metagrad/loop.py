@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 from tqdm import tqdm
 
@@ -317,8 +318,24 @@ class RunLoop:
         if resume is True:
             raise self._nothing_to_resume()
         if self.writes:
+            self._refuse_another_runs_files()
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the log of a run that saved nothing
         return False
+
+    def _refuse_another_runs_files(self) -> None:
+        """Stop where a folder without checkpoints holds another run's ``config.toml`` (a run whose checkpoints were
+        deleted, or a mistyped --out): starting here would overwrite its config and its log. The same run's files
+        (one killed before its first checkpoint) are started over."""
+        path = self.run_dir / "config.toml"
+        if not path.exists() or not self.config:
+            return
+        try:
+            saved = _trajectory(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+            saved = None
+        if saved != _trajectory(json.loads(json.dumps(self.config))):
+            raise CheckpointError(f"{self.run_dir} holds another run's config.toml (and its log) but no checkpoint; "
+                                  "starting here would overwrite them: choose another --out, or delete the folder")
 
     def _drop_later_best(self) -> None:
         """A ``best`` newer than the ``last`` resumed from (the run was killed between the two) came from iterations

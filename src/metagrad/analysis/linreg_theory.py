@@ -38,12 +38,13 @@ Array conventions: numpy float64; tasks along the first axis of ``Q [T, p, p]``,
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import MetagradError
+from ..errors import ConfigError, MetagradError
 
 ArrayLike = np.ndarray
 SINGULAR_RCOND = 1e-12  # smallest eigenvalue / largest of a normal matrix below which we call it singular
@@ -85,8 +86,26 @@ class Optimum(NamedTuple):
     stderr: np.ndarray | None
 
 
+def check_step(alpha: float, n: float) -> None:
+    """Refuse a step size or a number of points the formulas do not describe (they would return a number: a
+    negative expected loss for n < 0, a step uphill for alpha < 0)."""
+    if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha >= 0):
+        raise ConfigError(f"alpha {alpha!r} must be a finite step size >= 0")
+    if not (isinstance(n, numbers.Real) and n >= 1):
+        raise ConfigError(f"n {n!r} must be a number of points >= 1 (math.inf: exact task gradients)")
+
+
+def check_rotation(V: np.ndarray) -> None:
+    """Refuse a V that is not a rotation of at least one dimension (eq. 13 takes Q = V diag(theta)^2 V^T)."""
+    if V.ndim != 2 or V.shape[0] != V.shape[1] or V.shape[0] == 0:
+        raise ConfigError(f"rotation of shape {list(V.shape)} must be a square p x p matrix with p >= 1")
+    if not np.allclose(V.T @ V, np.eye(V.shape[0]), atol=1e-8):
+        raise ConfigError("rotation must be orthogonal (V^T V = I), e.g. np.eye(p) or scipy.stats.ortho_group.rvs(p)")
+
+
 def weight_matrices(Q: ArrayLike, alpha: float = 0.0, n: float = math.inf) -> np.ndarray:
     """W_t for each task: Q (alpha = 0), S(alpha) (n = inf) or A(alpha, n) (Gaussian inputs), ``[T, p, p]``."""
+    check_step(alpha, n)
     Q = _as_tasks(Q)
     eye = np.eye(Q.shape[-1])
     B = eye - alpha * Q
@@ -146,6 +165,8 @@ def expected_loss_exact(rotation: ArrayLike, alpha: float = 0.0, n: float = math
     """The exact expected loss for the paper's task family (eq. 13) with rotation V: before adaptation
     (alpha = 0), MAML's population objective (n = inf), after one step of size alpha on n points (Theorem 5)."""
     V = np.asarray(rotation, dtype=np.float64)
+    check_step(alpha, n)
+    check_rotation(V)
     m = uniform_moments(*theta_range, 6)
     inv_n = 0.0 if not math.isfinite(n) else 1.0 / n
     poly = np.array([0.0, 1.0, -2.0 * alpha, alpha**2 * (1.0 + 2.0 * inv_n)])

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import files
 from ..analysis.stats import format_ci
 from ..choices import IMAGE_FAMILIES
+from ..compare import task_of
 from ..config import Config, load_config
 from ..errors import Interrupted, MetagradError
 from ..rl.config import RLConfig
@@ -154,7 +155,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  return (step sizes {curve['lr']})  {_row(curve, 2)}")
         curves = {str(cfg.eval_episodes): {"lr": curve["lr"], "return": curve}}
     payload: dict[str, Any] = {"checkpoint": args.checkpoint, "iteration": info["iteration"],
-                               "eval": cfg.to_sections()["eval"], "curves": curves}
+                               "task": task_of(cfg.to_sections()), "eval": cfg.to_sections()["eval"],
+                               "curves": curves}
     files.write_json(path, payload)
     print(f"written: {path}")
     if not all(math.isfinite(m) for m in _means(curves)):

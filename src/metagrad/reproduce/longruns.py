@@ -342,7 +342,8 @@ def row_status(row: Row, root: Path = ROOT) -> dict[str, Any]:
     key = "env_steps" if row.unit == "env steps" else "iteration"
     done = sum(min(r.get(key) or 0, row.target) for r in runs)
     return {"row": row.name, "paper": row.paper, "budget": f"{row.runs} x {row.target:,} {row.unit}",
-            "done": round(done / (row.target * row.runs), 3), "runs": runs, "command": row.command}
+            "done": round(done / (row.target * row.runs), 3), "runs": runs,
+            "command": row.command.replace(f"--out {ROOT}/", f"--out {root}/")}  # continues the runs it counted
 
 
 def index(root: Path = ROOT) -> str:
@@ -358,9 +359,10 @@ def index(root: Path = ROOT) -> str:
         hours = sum(r.get("seconds", 0) for r in s["runs"]) / 3600
         segments = sum(r.get("segments", 0) for r in s["runs"])
         name = row.name.replace("|", "\\|")  # a pipe in a name (|v - g|) would end its table cell
-        lines.append(f"| {name} | {row.paper} | {s['budget']} | {100 * s['done']:.0f}% | "
+        done = f"{100 * s['done']:.0f}%" if s["runs"] else "not started"
+        lines.append(f"| {name} | {row.paper} | {s['budget']} | {done} | "
                      f"{_iterations(s['runs'])} | {_steps(s['runs'])} | {hours:.1f} h | {segments} |")
-        details += [f"- {row.name}: `{row.command}`"]
+        details += [f"- {row.name}: `{s['command']}`"]
     warning = ["", "Checkpoints that could not be read (their runs count as not begun above):", "", *damaged] \
         if damaged else []
     return "\n".join([*lines, *warning, "", "Commands:", "", *details, ""])
