@@ -164,6 +164,9 @@ CASES = {
     "U4 sinusoid reproduction, too few test tasks": (
         lambda t: ["reproduce", "sinusoid", "--eval-tasks", "1", "--out", str(t / "r")],
         ["eval_tasks 1 must be a whole number >= 2"]),
+    "a few-shot reproduction without its data (said before the training line, which it followed)": (
+        lambda t: ["reproduce", "omniglot", "--data-root", str(t / "none"), "--out", str(t / "r")],
+        ["Omniglot folder", "none does not exist", "--download"]),
     "the MAML paper's Omniglot setting, more shots than half a character's drawings": (
         lambda t: ["reproduce", "omniglot", "--shots", "11", "--data-root", str(t / "none"), "--out", str(t / "r")],
         ["--shots 11", "K support and K query images", "use --shots 10 or fewer"]),

@@ -155,6 +155,8 @@ class SetOption(argparse.Action):
         options = {a.dest: a for a in parser._actions if a.dest in CONFIG_FIELDS}
         if not sep:
             parser.error(f"--set takes KEY=VALUE, got '{value}' (e.g. --set inner_lr=0.1)")
+        if key not in options and key in CONFIG_FIELDS:  # e.g. eval --set ways=20: the head was trained for 5
+            parser.error(f"--set {key}: not a value this command changes ({key} is fixed when a run is trained)")
         if key not in options:
             known = list(options)
             parser.error(f"--set {key}: not a config value this command takes{suggest(key, known)}")

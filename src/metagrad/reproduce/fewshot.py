@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import checkpoint, files, plots
 from ..analysis.stats import format_ci
+from ..build import build_tasks
 from ..config import Config, load_config
 from ..errors import ConfigError, check_choice
 from ..experiment import continue_run, evaluate, load_run
@@ -96,6 +97,7 @@ def run(dataset: str, algo: str, ways: int, shots: int, out: str | Path, full: b
     name = f"{dataset}-{algo}-{ways}w{shots}s"
     out = Path(out)
     run_dir = out / name
+    build_tasks(cfg, "train")  # a missing or wrong dataset is said before the training line, not after it
     limit = f", stopping after {budget:g} min" if budget else ""
     print(f"{name}: meta-training up to {cfg.iterations:,} iterations x {cfg.meta_batch_size} tasks{limit} -> "
           f"{run_dir}", file=sys.stderr, flush=True)
