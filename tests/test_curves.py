@@ -99,6 +99,11 @@ def test_missing_or_broken_logs_are_named(tmp_path):
     torn = write_log(tmp_path / "torn", rl_rows(3))
     (torn / "metrics.jsonl").write_text((torn / "metrics.jsonl").read_text()[:-30])  # killed mid-write
     assert len(curves.load(str(torn)).rows) == 3  # plotted without the cut line (it was refused)
+    (torn / "metrics.jsonl").write_text((torn / "metrics.jsonl").read_text() + "\0" * 50)  # a zero-filled tail
+    assert len(curves.load(str(torn)).rows) == 3
+    (torn / "metrics.jsonl").write_text("")
+    with pytest.raises(MetagradError, match=r"metrics\.jsonl is empty: its run has logged nothing yet"):
+        curves.load(str(torn))
     (tmp_path / "early").mkdir()
     (tmp_path / "early" / "last.safetensors").write_bytes(b"x")
     with pytest.raises(MetagradError, match="early is a run that has logged nothing yet"):

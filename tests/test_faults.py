@@ -682,6 +682,15 @@ def test_a_folder_with_another_runs_config_and_no_checkpoint_is_not_overwritten(
     assert {name: (run / name).read_text() for name in kept} == kept
     assert main(["eval", str(tmp_path)]) == 2
     assert "holds no run (no checkpoint, no config.toml); give a run's folder" in capsys.readouterr().err
+    old = tmp_path / "old"  # a config.toml from before keys were added (they take their defaults): eval's hint works
+    old.mkdir()
+    (old / "config.toml").write_text("\n".join(ln for ln in config(iterations=2).to_toml().splitlines()
+                                               if not ln.startswith(("val_as", "device", "distinct_characters"))))
+    assert main(["train", "--config", str(old / "config.toml"), "--out", str(old), "--no-progress"]) == 0
+    mine = tmp_path / "mine"  # a config written into the folder to train from
+    mine.mkdir()
+    (mine / "config.toml").write_text('[task]\nfamily = "linreg"\n[train]\niterations = 2\n')
+    assert main(["train", "--config", str(mine / "config.toml"), "--out", str(mine), "--no-progress"]) == 0
 
 
 class _FullAt:

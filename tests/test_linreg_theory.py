@@ -222,6 +222,12 @@ def test_linreg_config_trains_towards_the_closed_forms():
         Config(family="linreg", dim=0).validate()
 
 
+def test_closed_forms_take_float32_rotations_and_scalar_tensors():
+    V = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    want = lt.exact_optimum(V, alpha=0.25)
+    np.testing.assert_allclose(lt.exact_optimum(V.astype(np.float32), alpha=torch.tensor(0.25)), want, rtol=1e-6)
+
+
 @pytest.mark.parametrize(("call", "match"), [
     (lambda: lt.expected_loss_exact(np.eye(1), alpha=0.5, n=-1), "n -1 must be a number of points >= 1"),
     (lambda: lt.expected_loss_exact(np.eye(1), alpha=0.5, n=0), "n 0 must be a number of points >= 1"),
@@ -229,6 +235,13 @@ def test_linreg_config_trains_towards_the_closed_forms():
     (lambda: lt.exact_optimum(np.eye(0)), "rotation of shape \\[0, 0\\] must be a square"),
     (lambda: lt.exact_optimum(np.array([[2.0]])), "rotation must be orthogonal"),
     (lambda: lt.weight_matrices(np.eye(2)[None], alpha=float("nan")), "alpha nan must be a finite step size"),
+    (lambda: lt.expected_loss_exact(np.eye(1), noise_range=(-4, -2)), "noise_range \\(-4, -2\\) must be two finite "
+                                                                      "numbers low <= high, low >= 0"),
+    (lambda: lt.expected_loss_exact(np.eye(1), theta_range=(0, float("inf"))), "theta_range"),
+    (lambda: lt.expected_loss_sampled(np.eye(1)[None], np.ones((1, 1)), sigma2=-np.ones(1)), "sigma2 must hold"),
+    (lambda: lt.expected_loss_sampled(-np.eye(1)[None], np.ones((1, 1))), "positive semi-definite"),
+    (lambda: lt.maml_from_statistics(*(np.ones((2, 1, 1)), np.ones((2, 1))) * 2, alpha=0.1, n=0), "n 0 must be"),
+    (lambda: lt.maml_estimate(np.ones((2, 4, 1)), np.ones((2, 4)), float("nan")), "alpha nan must be"),
 ])
 def test_closed_forms_refuse_what_they_do_not_describe(call, match):
     """Python callers got numbers for these (a negative expected loss for n = -1, a ZeroDivisionError for n = 0, an

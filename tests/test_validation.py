@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import metagrad as mg
+from metagrad import checkpoint
 from metagrad.config import load_config
 from metagrad.errors import ConfigError
 from metagrad.experiment import make_trainer
@@ -69,10 +70,19 @@ def test_validation_minibatches_come_from_the_runs_seed():
 @pytest.mark.parametrize(("kw", "match"), [
     ({"shots": 0, "query": 5, "steps": 1}, "Validation shots 0"),
     ({"shots": 1, "query": 5, "steps": -1}, "Validation steps -1"),
+    ({"shots": 1, "query": 5, "steps": 1, "lr": -1.0}, "Validation lr -1.0 must be None"),
+    ({"shots": 1, "query": 5, "steps": 1, "lr": (0.1, float("inf"))}, r"Validation lr \(0.1, inf\)"),
+    ({"shots": 1, "query": 5, "steps": 1, "lr": "0.1"}, "Validation lr '0.1'"),
+    ({"shots": 1, "query": 5, "steps": 1, "lr": ()}, r"Validation lr \(\)"),
 ])
 def test_bad_validation_settings_are_refused(kw, match):
     with pytest.raises(ConfigError, match=match):
         mg.Validation(**kw)
+
+
+def test_one_validation_step_size_is_a_tuple_of_one():
+    assert mg.Validation(shots=1, query=5, steps=2, lr=0.05).lr == (0.05,)
+    assert mg.Validation(shots=1, query=5, steps=2, lr=[0.1, 0]).lr == (0.1, 0.0)
 
 
 def test_a_trainer_refuses_a_validation_that_is_not_one():
@@ -98,9 +108,9 @@ def test_config_val_as_refusals(kw, match):
 
 
 
-def test_a_run_resumed_with_another_validation_tracks_its_best_afresh(tmp_path):
+def test_a_run_resumed_with_another_validation_tracks_its_best_afresh(tmp_path, capsys):
     """A best validated one way is no measure for another: switching val_as on resume forgets it (and the switch is
-    allowed); resuming with the same keeps it."""
+    allowed), and sets its file aside (evaluations may have been made of it); resuming with the same keeps it."""
     cfg = load_config("sinusoid-maml").replace(iterations=4, meta_batch_size=2, val_every=2, val_tasks=4,
                                                 checkpoint_every=2, eval_shots=(3,), eval_steps=1)
     first = make_trainer(cfg, tmp_path / "run", progress=False)
@@ -109,12 +119,13 @@ def test_a_run_resumed_with_another_validation_tracks_its_best_afresh(tmp_path):
     same = make_trainer(cfg.replace(iterations=6), tmp_path / "run", progress=False)
     same.load_info(first.info())
     assert same.best_val == first.best_val
-    other = make_trainer(cfg.replace(iterations=6, val_as="test"), tmp_path / "run", progress=False)
-    other.load_info(first.info())
-    assert other.best_val is None
+    before = (tmp_path / "run" / "best.safetensors").read_bytes()
     resumed = make_trainer(cfg.replace(iterations=6, val_as="test"), tmp_path / "run", progress=False)
     assert resumed.fit(resume=True).iteration == 6
     assert resumed.val_as == mg.Validation(shots=3, query=cfg.eval_query, steps=1)
+    assert "its best so far is kept as best-before-4" in capsys.readouterr().err
+    assert (tmp_path / "run" / "best-before-4.safetensors").read_bytes() == before  # not overwritten by the new best
+    assert checkpoint.read_info(tmp_path / "run" / "best")["iteration"] == 6
 
 
 def test_metrics_after_the_last_step_alone_are_the_last_column_of_the_curve():

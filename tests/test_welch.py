@@ -230,5 +230,15 @@ def test_compare_refuses_evaluations_of_different_tasks(tmp_path, capsys):
                  "--out", str(tmp_path / "cmp")]) == 2
     assert "are evaluations of different tasks (sinusoid against linreg); compare runs of one task" in \
         capsys.readouterr().err
+    for preset in ("sinusoid-maml", "linreg-maml"):  # files from before eval.json named its task
+        path = tmp_path / preset / "eval.json"
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "task"}))
+    sides = [str(tmp_path / "sinusoid-maml" / "eval.json"), str(tmp_path / "linreg-maml" / "eval.json")]
+    assert main(["compare", *sides, "--out", str(tmp_path / "cmp")]) == 2  # read from their runs' config.toml
+    assert "different tasks (sinusoid against linreg)" in capsys.readouterr().err
+    away = tmp_path / "away.json"  # one copied away from its run: no config.toml beside it
+    away.write_text((tmp_path / "linreg-maml" / "eval.json").read_text())
+    assert main(["compare", sides[0], str(away), "--out", str(tmp_path / "cmp")]) == 0
+    assert f"{away} does not say which task it evaluates" in capsys.readouterr().err
     assert task_of(RLConfig(env="cheetah-vel").to_sections()) == "cheetah-vel"
     assert task_of(Config(family="omniglot", model="conv4", ways=20).to_sections()) == "omniglot 20-way"

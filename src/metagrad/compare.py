@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
 from . import files
 from .analysis.stats import sd_from_ci95, welch_probability_from_stats
@@ -66,6 +67,16 @@ def task_of(settings: Any) -> str | None:
     return f"{family} {flat['ways']}-way" if family in IMAGE_FAMILIES and "ways" in flat else family
 
 
+def _task_beside(path: Path) -> str | None:
+    """The task of an eval.json that does not record it (written before 2026-12-06): its run's config.toml's, when
+    the file lies in its run's folder."""
+    config = path.parent / "config.toml"
+    try:
+        return task_of(tomllib.loads(config.read_text())) if config.is_file() else None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
 def _protocol(settings: Any, **known: Any) -> dict[str, Any]:
     """The ``PROTOCOL`` values of a stored config (flat or sectioned), with ``known`` ones over them."""
     flat = {**_flat(settings), "task": task_of(settings)}
@@ -107,7 +118,7 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
             raise MetagradError(f"{path} is one evaluation (an eval.json): --method-a/--method-b '{method}' apply to "
                                 "a results.json with several methods; leave them out")
         return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"],
-                           _protocol(data.get("eval"), task=data.get("task")))]
+                           _protocol(data.get("eval"), task=data.get("task") or _task_beside(path)))]
     if isinstance(data.get("modes"), dict) and "shots" in data:  # a few-shot reproduction: a mode is its method
         modes = data["modes"]
         name = method or next(iter(modes))
@@ -212,6 +223,11 @@ def check_protocols(evaluations: list[Evaluation]) -> None:
     """Refuse evaluations tested under different settings of ``PROTOCOL`` (where both record it): their curves
     measure different things (a transductive accuracy against a non-transductive one, 5 query points against 100)."""
     first = evaluations[0]
+    unknown = [e.source for e in evaluations if "task" not in e.protocol]
+    if unknown and len(unknown) < len(evaluations):
+        print(f"metagrad compare: {', '.join(unknown)} does not say which task it evaluates (an eval.json from before "
+              "2026-12-06, away from its run's folder); make sure both sides are of one task, or evaluate again",
+              file=sys.stderr)
     for e in evaluations[1:]:
         differ = [k for k in PROTOCOL if k in first.protocol and k in e.protocol and first.protocol[k] != e.protocol[k]]
         if "task" in differ:

@@ -56,6 +56,12 @@ def load(spec: str) -> Run:
         raise MetagradError(f"no metrics log at {path}: give a run folder that holds metrics.jsonl, or the file")
     rows = []
     text = path.read_text()
+    if text.endswith("\0"):  # a crash can leave the file's last block zero-filled past its last line
+        text = text.rstrip("\0")
+        print(f"metagrad curves: {path} ends in zero bytes (a crash mid-write); plotted without them", file=sys.stderr)
+    if not text.strip():
+        raise MetagradError(f"{path} is empty: its run has logged nothing yet; plot it once it has trained some "
+                            "iterations")
     lines = text.splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():

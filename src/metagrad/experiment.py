@@ -21,11 +21,12 @@ from .batch import Split
 from .build import build_learner, build_outer, build_tasks
 from .choices import IMAGE_FAMILIES
 from .config import Config
-from .errors import CheckpointError, ConfigError, Interrupted
+from .errors import CheckpointError, ConfigError, Interrupted, MetagradError
 from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
-from .loop import RunLoop
+from .loop import RunLoop, trajectory
 from .seeds import VAL_EVAL_SEED_OFFSET
+from .settings import read_toml
 from .train import Trainer, Validation
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
         raise ConfigError(f"{run_dir} is a run of the {study['study']} study (its training tasks: {study['tasks']}; "
                           f"its tests and curves are the study's); continue it with the study's command: "
                           f"{study['command']}")
+    refuse_another_runs_files(cfg, run_dir)
     trainer = make_trainer(cfg, run_dir, progress, **kw)
     changes = None  # meta-RL's trainer checks the saved config itself (RLTrainer.resume_changes); a supervised one here
     if resume and isinstance(cfg, Config) and (saved := saved_config(run_dir)) is not None:
@@ -134,6 +136,23 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
     trainer.session_files["config.toml"] = cfg.to_toml()  # the latest session's config, for reading
     torch.manual_seed(cfg.seed)  # a model's own randomness (dropout) from the run's seed; a resume restores its state
     return trainer, trainer.fit(resume=resume, changes=changes)
+
+
+def refuse_another_runs_files(cfg: Config | RLConfig, run_dir: Path) -> None:
+    """Stop where a folder without checkpoints holds another run's ``config.toml`` (a run whose checkpoints were
+    deleted, or a mistyped --out): starting here would overwrite it and its log. The same run's (one killed before
+    its first checkpoint, or a config written there to train from) is started, whatever keys it leaves to defaults."""
+    path = run_dir / "config.toml"
+    if checkpoint.exists(run_dir / "last") or not path.is_file():
+        return
+    try:
+        same = trajectory(stored_config(read_toml(path)).to_sections()) == trajectory(cfg.to_sections())
+    except (MetagradError, ValueError, TypeError):
+        same = False
+    if not same:
+        log = " (and its log)" if (run_dir / "metrics.jsonl").exists() else ""
+        raise CheckpointError(f"{run_dir} holds another run's config.toml{log} but no checkpoint; starting here would "
+                              "overwrite it: choose another --out, or move it away")
 
 
 def continue_run(cfg: Config | RLConfig, run_dir: str | Path, progress: bool = True, **kw: Any) -> tuple[Any, Any]:

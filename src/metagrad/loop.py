@@ -18,9 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import tomllib
 import torch
 from tqdm import tqdm
 
@@ -213,17 +212,14 @@ class RunLoop:
                 try:
                     metrics = self.step()
                 except TrainingDiverged as e:
-                    with contextlib.suppress(OSError):  # the session's record; a full disk must not hide the cause
-                        self._record_segment(start_iteration, time.perf_counter() - session_start,
-                                             f"diverged at iteration {self.iteration + 1}", end=saved_at)
-                    raise TrainingDiverged(f"{e}; {self._after_divergence()}") from None
+                    self._stop_diverged(e, self.iteration + 1, start_iteration, session_start, saved_at)
                 self.iteration += 1
                 self.session_iterations += 1
                 seconds = time.perf_counter() - t0
                 self.elapsed += seconds
                 self.after_step(metrics, seconds, bar)
                 if self.checkpoint_due():
-                    self.save("last")
+                    self._save_finite(start_iteration, session_start, saved_at)
                     saved_at = self.iteration
                 if self.on_iteration is not None:
                     self.on_iteration(self, self.iteration, metrics)
@@ -236,11 +232,34 @@ class RunLoop:
                 stopped = "interrupted"  # a signal after the final iteration's check: the caller must stop too
             bar.close()
             if saved_at != self.iteration:  # a finished run saved its final iteration in the loop
-                self.save("last")
+                self._save_finite(start_iteration, session_start, saved_at)
             self.finish(stopped)
         session = time.perf_counter() - session_start
         self._record_segment(start_iteration, session, stopped)
         return stopped, start_iteration, session
+
+    def _save_finite(self, start_iteration: int, session_start: float, saved_at: int) -> None:
+        """Save ``last``, or stop as diverged where the state holds NaN or infinite values (a step that overflowed
+        without a non-finite metric: the run went on, and a finished one said "done" over its starting point)."""
+        state = self.state()
+        if not _finite(state):
+            e = TrainingDiverged(f"the parameters after iteration {self.iteration} hold NaN or infinite values; lower "
+                                 f"{self.step_sizes()}")
+            self._stop_diverged(e, self.iteration, start_iteration, session_start, saved_at)
+        self.save("last", state)
+
+    def _stop_diverged(self, e: TrainingDiverged, at: int, start_iteration: int, session_start: float,
+                       saved_at: int) -> NoReturn:
+        """Record the session as diverged at iteration ``at`` (its end the last checkpoint) and stop, saying how to
+        go on."""
+        with contextlib.suppress(OSError):  # the session's record; a full disk must not hide the cause
+            self._record_segment(start_iteration, time.perf_counter() - session_start, f"diverged at iteration {at}",
+                                 end=saved_at)
+        raise TrainingDiverged(f"{e}; {self._after_divergence()}") from None
+
+    def step_sizes(self) -> str:
+        """The step sizes a divergence asks to lower, with their values (a trainer names its own)."""
+        return "the step sizes"
 
     def start_together(self) -> None:
         """Every process of the group starts from process 0's learner: a model initialised without a seed differs
@@ -318,24 +337,8 @@ class RunLoop:
         if resume is True:
             raise self._nothing_to_resume()
         if self.writes:
-            self._refuse_another_runs_files()
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the log of a run that saved nothing
         return False
-
-    def _refuse_another_runs_files(self) -> None:
-        """Stop where a folder without checkpoints holds another run's ``config.toml`` (a run whose checkpoints were
-        deleted, or a mistyped --out): starting here would overwrite its config and its log. The same run's files
-        (one killed before its first checkpoint) are started over."""
-        path = self.run_dir / "config.toml"
-        if not path.exists() or not self.config:
-            return
-        try:
-            saved = _trajectory(tomllib.loads(path.read_text()))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
-            saved = None
-        if saved != _trajectory(json.loads(json.dumps(self.config))):
-            raise CheckpointError(f"{self.run_dir} holds another run's config.toml (and its log) but no checkpoint; "
-                                  "starting here would overwrite them: choose another --out, or delete the folder")
 
     def _drop_later_best(self) -> None:
         """A ``best`` newer than the ``last`` resumed from (the run was killed between the two) came from iterations
@@ -346,7 +349,7 @@ class RunLoop:
         if best is None or not checkpoint.exists(best):
             return
         info = checkpoint.read_info(best)
-        if info["iteration"] <= self.iteration or _trajectory(info.get("config", {})) == _trajectory(self.config):
+        if info["iteration"] <= self.iteration or trajectory(info.get("config", {})) == trajectory(self.config):
             return
         if self.writes:
             for path in checkpoint.paths(best):
@@ -470,7 +473,7 @@ BOOKKEEPING = frozenset({"time_budget", "log_every", "checkpoint_every", "iterat
                          "snapshot_steps"})
 
 
-def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
+def trajectory(config: dict[str, Any]) -> dict[str, Any]:
     """The values of a sectioned config that shape the trained iterates (not its [eval], not ``BOOKKEEPING``)."""
     return {k: v for section, entries in config.items() if section != "eval" and isinstance(entries, dict)
             for k, v in entries.items() if k not in BOOKKEEPING}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -62,6 +64,14 @@ class Validation:
     def __post_init__(self) -> None:
         for name, low in (("shots", 1), ("query", 1), ("steps", 0), ("inner_batch_size", 0)):
             check_whole(f"Validation {name}", getattr(self, name), low)
+        if self.lr is None:
+            return
+        lrs = (self.lr,) if isinstance(self.lr, int | float) else self.lr  # one step size for every step
+        if not (isinstance(lrs, tuple | list) and lrs and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in lrs)):
+            raise ConfigError(f"Validation lr {self.lr!r} must be None (the training step sizes), a step size or a "
+                              "tuple of them, each finite and >= 0, e.g. lr=0.01 or lr=(0.1, 0.05)")
+        object.__setattr__(self, "lr", tuple(float(v) for v in lrs))
 
 
 def check_parts(learner: object, tasks: object, optimizer: object, scheduler: object, validation: object) -> None:
@@ -230,10 +240,24 @@ class Trainer(RunLoop):
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
         if info.get("val_transductive", True) != self.transductive or info.get("val_as") != self._val_as_record():
             self.best_val = None  # validated otherwise (batch-norm mode, shots, steps): its best is no measure here
+            self._set_best_aside(info["iteration"])
         self._window = list(info.get("loss_window", []))
 
     def forget_best(self) -> None:
         self.best_val = None
+
+    def _set_best_aside(self, iteration: int) -> None:
+        """Keep the best checkpoint of a validation that no longer holds as ``best-before-<iteration>`` (evaluations
+        may have been made of it), so that the one tracked afresh does not overwrite it without a word."""
+        best = self.run_dir / "best" if self.run_dir is not None else None
+        if best is None or not self.writes or not checkpoint.exists(best):
+            return
+        aside = best.with_name(f"best-before-{iteration}")
+        for src, dst in zip(checkpoint.paths(best), checkpoint.paths(aside), strict=True):
+            if src.exists():
+                os.replace(src, dst)
+        print(f"metagrad: {self.run_dir} now validates otherwise; its best so far is kept as {aside.name}, and the "
+              "best is tracked afresh", file=sys.stderr)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> FitResult:

@@ -103,6 +103,29 @@ def test_a_policy_vmap_differentiates_wrongly_is_refused_naming_the_module():
     MetaRL(_policy(body), env, algo="joint")  # no inner step: no vmap over tasks
 
 
+class _GRUMean(nn.Module):
+    """A mean network through a one-step GRU: vmap cannot batch torch's recurrent modules at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru, self.head = nn.GRU(2, 6, batch_first=True), nn.Linear(6, 2)
+
+    def forward(self, obs):
+        h, _ = self.gru(obs.reshape(-1, 1, obs.shape[-1]))
+        return self.head(h[:, 0]).reshape(*obs.shape[:-1], 2)
+
+
+def test_a_policy_vmap_cannot_run_is_refused_for_first_order_too():
+    """A GRU policy was refused for second order with the advice to train first order, which then crashed on its
+    first meta-batch inside vmap (a raw RuntimeError)."""
+    env = Navigation2D(horizon=8)
+    for algo, outer in (("maml", "trpo"), ("fomaml", "vpg"), ("sgmrl", "vpg")):
+        with pytest.raises(ConfigError, match=r"meta-RL batches its tasks with vmap, which cannot run this policy .*"
+                                              r"recurrent modules \(nn.GRU, nn.LSTM, nn.RNN\) cannot be batched"):
+            MetaRL(_policy(_GRUMean()), env, algo=algo, outer=outer)
+    MetaRL(_policy(_GRUMean()), env, algo="joint")  # no inner step: no vmap over tasks
+
+
 def test_a_policy_that_does_not_fit_the_environment_is_refused():
     env = Navigation2D(horizon=8)
     cases = [(nn.Sequential(nn.Linear(2, 2)), "policy must be a metagrad.rl Policy .* not Sequential"),

@@ -310,7 +310,8 @@ def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
     (["--set", "horizon=-5"], "horizon -5 must be a whole number >= 1"),
     (["--set", "policy=categorical"], "a categorical policy cannot serve a continuous action space of shape [2]"),
     (["--algo", "maml-trpp"], "unknown method 'maml-trpp' (did you mean 'maml-trpo'?)"),
-    (["--set", "gamma=2"], "gamma 2.0 and gae_lambda 1.0 must lie in [0, 1]"),
+    (["--set", "gamma=2"], "gamma 2.0 must lie in [0, 1]"),
+    (["--set", "gae_lambda=2"], "gae_lambda 2.0 must lie in [0, 1]"),
     (["--set", "inner_lrr=0.1"], "unknown config key 'inner_lrr' (did you mean 'inner_lr'?)"),
     (["--set", "algo=joint"], "--set algo=joint would make --algo maml-trpo another method"),
     (["--set", "hidden="], "--set takes KEY=VALUE, got 'hidden=' (a value is missing"),
@@ -594,3 +595,34 @@ def test_a_diverged_meta_rl_run_names_its_step_sizes_and_the_checkpoint_to_resum
     expected = rf"the policy has diverged at iteration \d; lower .*{named}.*(last checkpoint|nothing was learned)"
     with pytest.raises(TrainingDiverged, match=expected):
         make_trainer(cfg, tmp_path / "run", progress=False).fit()
+
+
+def test_a_resumed_diverged_run_names_the_step_size_it_now_uses_and_a_bad_start_is_not_blamed_on_steps(tmp_path):
+    """Resumed with a lowered outer_lr, a run that diverges again named the checkpoint's optimizer's old step size
+    (1e+30), not the one it was given; a policy whose very first actions overflow (init_std) was told to lower an
+    outer step size, though none was taken."""
+    from metagrad.errors import TrainingDiverged
+    from metagrad.experiment import make_trainer
+
+    cfg = _tiny(outer="vpg", outer_optimizer="sgd", outer_lr=1e30, iterations=3)
+    with pytest.raises(TrainingDiverged):
+        make_trainer(cfg, tmp_path / "run", progress=False).fit()
+    with pytest.raises(TrainingDiverged, match=r"outer_lr, now 0\.5\)"):  # its checkpoint's values are too far out
+        make_trainer(cfg.replace(outer_lr=0.5), tmp_path / "run", progress=False).fit(resume=True)
+    with pytest.raises(TrainingDiverged, match=r"at iteration 1; lower the inner step size \(inner_lr 0\.1\), or, if "
+                                               r"the starting policy's own actions overflow, check init_std 1e\+300"):
+        make_trainer(_tiny(init_std=1e300, iterations=2), tmp_path / "start", progress=False).fit()
+
+
+def test_a_step_that_overflows_the_parameters_at_the_last_iteration_is_a_divergence_not_done(tmp_path):
+    """PPO with an absurd outer step: the last iteration's parameters overflow with finite metrics; the run said
+    "done" (exit 0) with its last checkpoint at the start, and eval then tested the starting point."""
+    from metagrad.errors import TrainingDiverged
+    from metagrad.experiment import make_trainer
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"the parameters after iteration 1 hold NaN or infinite values; lower "
+                                               r"the outer step size \(outer_lr, now 1e\+30\).*nothing was learned"):
+        make_trainer(_tiny(outer="ppo", outer_lr=1e30, iterations=1), run, progress=False).fit()
+    last = json.loads((run / "segments.jsonl").read_text().splitlines()[-1])
+    assert last["stopped"] == "diverged at iteration 1" and last["end"] == 0

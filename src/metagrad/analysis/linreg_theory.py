@@ -38,7 +38,6 @@ Array conventions: numpy float64; tasks along the first axis of ``Q [T, p, p]``,
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -86,26 +85,46 @@ class Optimum(NamedTuple):
     stderr: np.ndarray | None
 
 
-def check_step(alpha: float, n: float) -> None:
-    """Refuse a step size or a number of points the formulas do not describe (they would return a number: a
-    negative expected loss for n < 0, a step uphill for alpha < 0)."""
-    if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha >= 0):
+def check_step(alpha: float, n: float) -> tuple[float, float]:
+    """``alpha`` and ``n`` as floats, or a ConfigError for a step size or a number of points the formulas do not
+    describe (they would return a number: a negative expected loss for n < 0, a step uphill for alpha < 0)."""
+    a, m = _real(alpha), _real(n)
+    if not (math.isfinite(a) and a >= 0):
         raise ConfigError(f"alpha {alpha!r} must be a finite step size >= 0")
-    if not (isinstance(n, numbers.Real) and n >= 1):
+    if not m >= 1:
         raise ConfigError(f"n {n!r} must be a number of points >= 1 (math.inf: exact task gradients)")
+    return a, m
+
+
+def check_range(name: str, bounds: tuple[float, float], low: float = -math.inf) -> None:
+    """Refuse a (low, high) range that is not finite, ordered and at least ``low``."""
+    lo, hi = (_real(b) for b in bounds) if isinstance(bounds, tuple | list) and len(bounds) == 2 else (math.nan,) * 2
+    if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi):
+        raise ConfigError(f"{name} {bounds!r} must be two finite numbers low <= high" +
+                          (f", low >= {low:g}" if math.isfinite(low) else ""))
+
+
+def _real(x: object) -> float:
+    """A real number as a float (numpy and 0-d torch scalars too); NaN for what is not one."""
+    if isinstance(x, bool | str | bytes):
+        return math.nan
+    try:
+        return float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def check_rotation(V: np.ndarray) -> None:
     """Refuse a V that is not a rotation of at least one dimension (eq. 13 takes Q = V diag(theta)^2 V^T)."""
     if V.ndim != 2 or V.shape[0] != V.shape[1] or V.shape[0] == 0:
         raise ConfigError(f"rotation of shape {list(V.shape)} must be a square p x p matrix with p >= 1")
-    if not np.allclose(V.T @ V, np.eye(V.shape[0]), atol=1e-8):
+    if not np.allclose(V.T @ V, np.eye(V.shape[0]), atol=1e-6):  # float32 rotations are orthogonal to ~1e-7
         raise ConfigError("rotation must be orthogonal (V^T V = I), e.g. np.eye(p) or scipy.stats.ortho_group.rvs(p)")
 
 
 def weight_matrices(Q: ArrayLike, alpha: float = 0.0, n: float = math.inf) -> np.ndarray:
     """W_t for each task: Q (alpha = 0), S(alpha) (n = inf) or A(alpha, n) (Gaussian inputs), ``[T, p, p]``."""
-    check_step(alpha, n)
+    alpha, n = check_step(alpha, n)
     Q = _as_tasks(Q)
     eye = np.eye(Q.shape[-1])
     B = eye - alpha * Q
@@ -122,6 +141,9 @@ def expected_loss_sampled(Q: ArrayLike, theta: ArrayLike, sigma2: ArrayLike | No
     ``weights``): before adaptation (alpha = 0), MAML's population objective (n = inf), or after one step of
     size alpha on n Gaussian points (Theorem 5)."""
     Q, theta = _as_tasks(Q), np.asarray(theta, dtype=np.float64)
+    alpha, n = check_step(alpha, n)
+    if sigma2 is not None and not np.all(np.asarray(sigma2, dtype=np.float64) >= 0):
+        raise ConfigError("sigma2 must hold noise variances >= 0")
     w = _weights(weights, Q.shape[0])
     W = weight_matrices(Q, alpha, n)
     Wt = np.einsum("tij,tj->ti", W, theta)
@@ -165,8 +187,10 @@ def expected_loss_exact(rotation: ArrayLike, alpha: float = 0.0, n: float = math
     """The exact expected loss for the paper's task family (eq. 13) with rotation V: before adaptation
     (alpha = 0), MAML's population objective (n = inf), after one step of size alpha on n points (Theorem 5)."""
     V = np.asarray(rotation, dtype=np.float64)
-    check_step(alpha, n)
+    alpha, n = check_step(alpha, n)
     check_rotation(V)
+    check_range("theta_range", theta_range)
+    check_range("noise_range", noise_range, low=0.0)
     m = uniform_moments(*theta_range, 6)
     inv_n = 0.0 if not math.isfinite(n) else 1.0 / n
     poly = np.array([0.0, 1.0, -2.0 * alpha, alpha**2 * (1.0 + 2.0 * inv_n)])
@@ -249,6 +273,7 @@ def maml_from_statistics(Ws: ArrayLike, bs: ArrayLike, Wq: ArrayLike, bq: ArrayL
     theta~_j = B_j theta + c_j with B_j = I - alpha Ws_j / N and c_j = alpha bs_j / N, so the outer loss
     sum_j ||y_q - X_q theta~_j||^2 is least squares: (sum_j B_j Wq_j B_j) theta = sum_j B_j (bq_j - Wq_j c_j).
     ``singular`` as ``drs_from_statistics``."""
+    alpha, _ = check_step(alpha, n)
     Ws, bs, Wq, bq = (np.asarray(a, dtype=np.float64) for a in (Ws, bs, Wq, bq))
     B = np.eye(Ws.shape[-1]) - alpha * Ws / n
     c = alpha * bs / n
@@ -280,6 +305,9 @@ def _as_tasks(Q: ArrayLike) -> np.ndarray:
     Q = np.asarray(Q, dtype=np.float64)
     if Q.ndim != 3 or Q.shape[1] != Q.shape[2]:
         raise MetagradError(f"Q must have shape [tasks, p, p], got {list(Q.shape)}")
+    eig = np.linalg.eigvalsh(Q) if Q.size else np.zeros((0, 1))
+    if not (np.all(np.isfinite(Q)) and np.all(eig[:, 0] >= -1e-10 * np.maximum(np.abs(eig[:, -1]), 1.0))):
+        raise ConfigError("Q must hold finite, positive semi-definite input covariances (E[x x^T] of each task)")
     return Q
 
 

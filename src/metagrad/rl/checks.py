@@ -10,9 +10,11 @@ import warnings
 
 import torch
 from torch import nn
+from torch.func import vmap
 
 from ..batching import CHECK_TASKS, faulty_module, first_line, located, twice_differentiable
 from ..errors import ConfigError
+from ..functional import call
 from .envs.base import TaskEnv
 from .policy import Policy
 
@@ -48,6 +50,22 @@ def check_fit(policy: nn.Module, env: TaskEnv) -> None:
     if tuple(action.shape) != want:
         raise ConfigError(f"the policy's actions have shape {list(action.shape[1:])}, {space.describe()} needs "
                           f"{list(want[1:])}; {BUILD}")
+
+
+def check_vmappable(policy: Policy, obs_dim: int) -> None:
+    """Stop with a ConfigError where vmap, which batches the tasks of every algorithm, cannot run the policy at all
+    (``nn.GRU``, ``nn.LSTM``, ``nn.RNN``): first order too would crash on its first meta-batch."""
+    params = {name: p.detach().expand(2, *p.shape) for name, p in policy.named_parameters()}
+    ref = next(iter(params.values()), None)
+    obs = torch.zeros(2, 3, obs_dim, dtype=ref.dtype if ref is not None else torch.float32,
+                      device=ref.device if ref is not None else None)
+    try:
+        with torch.no_grad():
+            vmap(lambda p, o: call(policy, p, dict(policy.named_buffers()), o))(params, obs)
+    except Exception as e:
+        raise ConfigError(f"meta-RL batches its tasks with vmap, which cannot run this policy ({first_line(e)}); "
+                          "recurrent modules (nn.GRU, nn.LSTM, nn.RNN) cannot be batched: use a feed-forward policy"
+                          ) from None
 
 
 def vmap_fault(policy: Policy, obs_dim: int) -> str | None:

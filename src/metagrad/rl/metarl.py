@@ -44,7 +44,7 @@ from ..errors import ConfigError, check_choice, check_whole
 from ..functional import Params, call, detach
 from ..inner import SGD
 from . import outer
-from .checks import check_batching, check_fit
+from .checks import check_batching, check_fit, check_vmappable
 from .envs.base import TaskEnv
 from .policy import Policy
 from .sampler import Trajectories, adaptation_episodes, pack, policy_dist, process
@@ -109,12 +109,13 @@ def check_settings(v: dict[str, Any]) -> None:
     lrs = v["inner_lr"]
     if not lrs or any(not (lr >= 0 and math.isfinite(lr)) for lr in lrs):
         raise ConfigError(f"inner_lr {list(lrs)} must hold step sizes >= 0, e.g. 0.1")
-    if not (0 <= v["gamma"] <= 1 and 0 <= v["gae_lambda"] <= 1 and 0 < v["backtrack"] < 1):
-        raise ConfigError(f"gamma {v['gamma']} and gae_lambda {v['gae_lambda']} must lie in [0, 1], backtrack "
-                          f"{v['backtrack']} in (0, 1)")
-    if not 0 < v["ppo_clip"] < 1 or v["inner_kl_coef"] < 0 or v["inner_kl_target"] < 0:
-        raise ConfigError(f"ppo_clip {v['ppo_clip']} must lie in (0, 1), inner_kl_coef {v['inner_kl_coef']} and "
-                          f"inner_kl_target {v['inner_kl_target']} must be >= 0")
+    unit, open_unit, at_least_0 = (lambda x: 0 <= x <= 1, "[0, 1]"), (lambda x: 0 < x < 1, "(0, 1)"), (
+        lambda x: x >= 0, "[0, inf)")
+    for name, (inside, where) in (("gamma", unit), ("gae_lambda", unit), ("backtrack", open_unit),
+                                  ("ppo_clip", open_unit), ("inner_kl_coef", at_least_0),
+                                  ("inner_kl_target", at_least_0)):
+        if not inside(v[name]):  # NaN too
+            raise ConfigError(f"{name} {v[name]} must lie in {where}")
     if not 0 < v["hvp_subsample"] <= 1:
         raise ConfigError(f"hvp_subsample {v['hvp_subsample']} must lie in (0, 1] (1: every episode)")
     if v["hvp_subsample"] < 1 and v["hvp"] == "finite-difference" and v["outer"] == "trpo":
@@ -219,6 +220,8 @@ class MetaRL(nn.Module):
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
         self.register_buffer("inner_kl_coefs", torch.full((self.inner_steps,), float(inner_kl_coef)))
+        if self.inner_steps:  # the inner steps run under vmap over the tasks
+            check_vmappable(policy, env.obs_dim)
         if self.inner_steps and (not self.first_order or outer == "trpo"):  # second derivatives under vmap
             check_batching(policy, env.obs_dim, algo)
         if ((self.inner_steps and not self.first_order) or outer == "trpo") and (module := weight_normed(policy)):

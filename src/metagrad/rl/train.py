@@ -230,7 +230,7 @@ class RLTrainer(RunLoop):
         try:
             trajs, out = learner.sample(tasks, episodes)
         except TrainingDiverged as e:
-            raise TrainingDiverged(f"{e} at iteration {self.iteration + 1}; lower {self.step_sizes()}") from None
+            raise TrainingDiverged(f"{e} at iteration {self.iteration + 1}; {self._remedy()}") from None
         metrics = learner.sample_metrics(trajs, out)
         if share is not None:
             steps = metrics.pop("env_steps")
@@ -239,7 +239,7 @@ class RLTrainer(RunLoop):
         metrics["sample_seconds"] = time.perf_counter() - t0
         if not math.isfinite(metrics["return_post"]):
             raise TrainingDiverged(f"the average return is {metrics['return_post']} at iteration {self.iteration + 1}; "
-                                   f"lower {self.step_sizes()}")
+                                   f"{self._remedy()}")
         if self.best_return is None or metrics["return_post"] > self.best_return:
             self.best_return, self.best_iteration = metrics["return_post"], self.iteration
             self.save("best", {"learner": learner.state_dict()})  # the parameters that earned it, before the update
@@ -252,9 +252,17 @@ class RLTrainer(RunLoop):
         self.sample_seconds += metrics["sample_seconds"]
         return metrics
 
+    def _remedy(self) -> str:
+        """What a divergence while sampling asks for: smaller step sizes, or, before any step, other settings."""
+        inner = f"the inner step size (inner_lr {', '.join(f'{lr:g}' for lr in self.cfg.inner_lr)})"
+        if self.iteration == 0:  # no outer step yet: the inner one, or the starting policy itself
+            return f"lower {inner}, or, if the starting policy's own actions overflow, check init_std " \
+                   f"{self.cfg.init_std:g}"
+        return f"lower {self.step_sizes()}"
+
     def step_sizes(self) -> str:
         """The step sizes a divergence asks to lower, with their values."""
-        outer = (f"the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g})"
+        outer = (f"the outer step size (outer_lr, now {self.base_lrs[0] * self._outer_scale():g})"
                  if self.optimizer is not None else f"the KL bound (max_kl {self.cfg.max_kl:g})")
         return f"{outer} or the inner step size (inner_lr {', '.join(f'{lr:g}' for lr in self.cfg.inner_lr)})"
 
@@ -270,13 +278,17 @@ class RLTrainer(RunLoop):
     def _set_outer_lr(self) -> float:
         """Set the optimizer's step sizes for this iteration from the config's (which a resume may have lowered) and
         the schedule; return the first."""
-        scale = self.lr_scale
-        if self.cfg.outer_lr_schedule == "linear":
-            scale = linear_to_zero(self.iteration, self.cfg.iterations)
+        scale = self._outer_scale()
         assert self.optimizer is not None
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * scale
         return self.optimizer.param_groups[0]["lr"]
+
+    def _outer_scale(self) -> float:
+        """This iteration's factor on the configured outer step sizes (the schedule's)."""
+        if self.cfg.outer_lr_schedule == "linear":
+            return linear_to_zero(self.iteration, self.cfg.iterations)
+        return self.lr_scale
 
     def _schedule(self, grad_norm: float) -> None:
         """Lower the step for the next iterations when the schedule's rule fires. plateau: ``outer_lr_patience``
