@@ -34,8 +34,8 @@ TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--
     (["train", "--set", "inner_lr=0.2", "--inner-lr", "0.1"], "inner_lr is given twice (--inner-lr and --set"),
     (["train", "--set", "compile=false", "--compile"], "compile is given twice (--compile and --set"),
     (["train", "--set", "inner_lr="], "inner_lr is empty"),
-    (["eval", "no/such/run", "--set", "inner_steps=2"], "--set inner_steps: not a value this command changes "
-                                                        "(inner_steps is fixed when a run is trained)"),
+    (["eval", "no/such/run", "--set", "inner_steps=2"], "--set inner_steps: a training setting, not a value this "
+                                                        "command changes"),
     (["eval", "no/such/run", "--set", "inner_stepz=2"], "--set inner_stepz: not a config value this command takes"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):

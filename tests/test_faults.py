@@ -678,7 +678,7 @@ def test_a_folder_with_another_runs_config_and_no_checkpoint_is_not_overwritten(
     assert "it holds a run's config.toml: the run saved no checkpoint yet" in err
     assert f"metagrad train --config {run / 'config.toml'} --out {run}" in err
     with pytest.raises(CheckpointError, match=r"holds another run.s config\.toml \(and its log\) but no checkpoint"):
-        train(config(iterations=4, inner_lr=(0.02,)), run, progress=False)
+        train(config(iterations=4, inner_steps=2), run, progress=False)
     assert {name: (run / name).read_text() for name in kept} == kept
     assert main(["eval", str(tmp_path)]) == 2
     assert "holds no run (no checkpoint, no config.toml); give a run's folder" in capsys.readouterr().err

@@ -240,6 +240,8 @@ def test_closed_forms_take_float32_rotations_and_scalar_tensors():
     (lambda: lt.expected_loss_exact(np.eye(1), theta_range=(0, float("inf"))), "theta_range"),
     (lambda: lt.expected_loss_sampled(np.eye(1)[None], np.ones((1, 1)), sigma2=-np.ones(1)), "sigma2 must hold"),
     (lambda: lt.expected_loss_sampled(-np.eye(1)[None], np.ones((1, 1))), "positive semi-definite"),
+    (lambda: lt.expected_loss_sampled(np.array([[[1.0, 5.0], [0.0, 1.0]]]), np.ones((1, 2))), "symmetric"),
+    (lambda: lt.maml_from_statistics(*(np.ones((2, 1, 1)), np.ones((2, 1))) * 2, alpha=0.1, n=1.5), "n 1.5 must be"),
     (lambda: lt.maml_from_statistics(*(np.ones((2, 1, 1)), np.ones((2, 1))) * 2, alpha=0.1, n=0), "n 0 must be"),
     (lambda: lt.maml_estimate(np.ones((2, 4, 1)), np.ones((2, 4)), float("nan")), "alpha nan must be"),
 ])

@@ -110,22 +110,34 @@ def test_config_val_as_refusals(kw, match):
 
 def test_a_run_resumed_with_another_validation_tracks_its_best_afresh(tmp_path, capsys):
     """A best validated one way is no measure for another: switching val_as on resume forgets it (and the switch is
-    allowed), and sets its file aside (evaluations may have been made of it); resuming with the same keeps it."""
+    allowed), and sets its file aside (evaluations may have been made of it) once training goes on; resuming with the
+    same keeps it; a finished run keeps its best; a later resume never overwrites what was set aside."""
+    from metagrad.cli import main
+
     cfg = load_config("sinusoid-maml").replace(iterations=4, meta_batch_size=2, val_every=2, val_tasks=4,
                                                 checkpoint_every=2, eval_shots=(3,), eval_steps=1)
-    first = make_trainer(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    first = make_trainer(cfg, run, progress=False)
     first.fit()
     assert first.best_val is not None
-    same = make_trainer(cfg.replace(iterations=6), tmp_path / "run", progress=False)
-    same.load_info(first.info())
+    same = make_trainer(cfg.replace(iterations=6), run, progress=False)
+    same.restore()
     assert same.best_val == first.best_val
-    before = (tmp_path / "run" / "best.safetensors").read_bytes()
-    resumed = make_trainer(cfg.replace(iterations=6, val_as="test"), tmp_path / "run", progress=False)
+    before = (run / "best.safetensors").read_bytes()
+    assert make_trainer(cfg.replace(val_as="test"), run, progress=False).fit(resume=True).iteration == 4
+    assert (run / "best.safetensors").read_bytes() == before  # finished: nothing trains, its best stays
+    resumed = make_trainer(cfg.replace(iterations=6, checkpoint_every=100, val_as="test"), run, progress=False)
+    resumed.on_iteration = lambda t, i, m: t.request_stop() if i == 6 else None
     assert resumed.fit(resume=True).iteration == 6
     assert resumed.val_as == mg.Validation(shots=3, query=cfg.eval_query, steps=1)
-    assert "its best so far is kept as best-before-4" in capsys.readouterr().err
-    assert (tmp_path / "run" / "best-before-4.safetensors").read_bytes() == before  # not overwritten by the new best
-    assert checkpoint.read_info(tmp_path / "run" / "best")["iteration"] == 6
+    assert "its best so far (iteration 4) is kept as best-before-4" in capsys.readouterr().err
+    assert (run / "best-before-4.safetensors").read_bytes() == before  # not overwritten by the new best
+    assert checkpoint.read_info(run / "best")["iteration"] == 6
+    again = make_trainer(cfg.replace(iterations=8, val_as="test"), run, progress=False)
+    again.fit(resume=True)  # its best is of this validation already: nothing set aside
+    assert (run / "best-before-4.safetensors").read_bytes() == before
+    assert sorted(p.name for p in run.glob("best*.safetensors")) == ["best-before-4.safetensors", "best.safetensors"]
+    assert main(["eval", str(run), "--checkpoint", "best-before-4", "--eval-tasks", "4"]) == 0
 
 
 def test_metrics_after_the_last_step_alone_are_the_last_column_of_the_curve():

@@ -239,6 +239,6 @@ def test_compare_refuses_evaluations_of_different_tasks(tmp_path, capsys):
     away = tmp_path / "away.json"  # one copied away from its run: no config.toml beside it
     away.write_text((tmp_path / "linreg-maml" / "eval.json").read_text())
     assert main(["compare", sides[0], str(away), "--out", str(tmp_path / "cmp")]) == 0
-    assert f"{away} does not say which task it evaluates" in capsys.readouterr().err
+    assert f"{away} does not say which task it evaluates (it records none" in capsys.readouterr().err
     assert task_of(RLConfig(env="cheetah-vel").to_sections()) == "cheetah-vel"
     assert task_of(Config(family="omniglot", model="conv4", ways=20).to_sections()) == "omniglot 20-way"

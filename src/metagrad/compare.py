@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
 from . import files
 from .analysis.stats import sd_from_ci95, welch_probability_from_stats
 from .choices import IMAGE_FAMILIES
 from .errors import MetagradError
+from .settings import read_toml
 from .tables import k_columns, md_head, md_row
 
 HIGHER_IS_BETTER = {"loss": False, "accuracy": True, "return": True, "reward": True}
@@ -72,8 +72,8 @@ def _task_beside(path: Path) -> str | None:
     the file lies in its run's folder."""
     config = path.parent / "config.toml"
     try:
-        return task_of(tomllib.loads(config.read_text())) if config.is_file() else None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return task_of(read_toml(config)) if config.is_file() else None
+    except MetagradError:
         return None
 
 
@@ -225,9 +225,9 @@ def check_protocols(evaluations: list[Evaluation]) -> None:
     first = evaluations[0]
     unknown = [e.source for e in evaluations if "task" not in e.protocol]
     if unknown and len(unknown) < len(evaluations):
-        print(f"metagrad compare: {', '.join(unknown)} does not say which task it evaluates (an eval.json from before "
-              "2026-12-06, away from its run's folder); make sure both sides are of one task, or evaluate again",
-              file=sys.stderr)
+        for source in unknown:
+            print(f"metagrad compare: {source} does not say which task it evaluates (it records none, nor does a "
+                  "config.toml beside it); make sure both sides are of one task", file=sys.stderr)
     for e in evaluations[1:]:
         differ = [k for k in PROTOCOL if k in first.protocol and k in e.protocol and first.protocol[k] != e.protocol[k]]
         if "task" in differ:

@@ -145,8 +145,13 @@ def refuse_another_runs_files(cfg: Config | RLConfig, run_dir: Path) -> None:
     path = run_dir / "config.toml"
     if checkpoint.exists(run_dir / "last") or not path.is_file():
         return
+    free = type(cfg).FREE_ON_RESUME  # what may differ between the sessions of one run (device, step sizes, ...)
+
+    def identity(c: Config | RLConfig) -> dict[str, Any]:
+        return {k: v for k, v in trajectory(c.to_sections()).items() if k not in free}
+
     try:
-        same = trajectory(stored_config(read_toml(path)).to_sections()) == trajectory(cfg.to_sections())
+        same = identity(stored_config(read_toml(path))) == identity(cfg)
     except (MetagradError, ValueError, TypeError):
         same = False
     if not same:

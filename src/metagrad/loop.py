@@ -99,6 +99,9 @@ class RunLoop:
     def load_info(self, info: dict[str, Any]) -> None:
         """Counters back from a sidecar."""
 
+    def before_training_on(self) -> None:
+        """Called when a resumed run is about to train on (not when it was finished): a trainer's own preparations."""
+
     def forget_best(self) -> None:
         """Track the best checkpoint afresh: the next measured iteration is the best so far."""
 
@@ -196,6 +199,7 @@ class RunLoop:
             self.log({"iteration": self.iteration, "resumed_with": changes or self._resume_changes})
         if resumed:
             self._drop_later_best()
+            self.before_training_on()
         start_iteration, session_start = self.iteration, time.perf_counter()
         self._segment = {"start": start_iteration, "clock": session_start, "command": provenance.command(),
                          "commit": provenance.commit(), "machine": provenance.machine()}
@@ -470,7 +474,7 @@ def _finite(state: Any) -> bool:
 
 # settings that leave the trained iterates as they are: a checkpoint written under other values is the same run's
 BOOKKEEPING = frozenset({"time_budget", "log_every", "checkpoint_every", "iterations", "val_every", "step_budget",
-                         "snapshot_steps"})
+                         "snapshot_steps", "val_as"})
 
 
 def trajectory(config: dict[str, Any]) -> dict[str, Any]:

@@ -167,6 +167,8 @@ class Trainer(RunLoop):
         if val_as is not None and not isinstance(val_as, Validation):
             raise TypeError(f"val_as must be a metagrad Validation (e.g. Validation(shots=1, query=15, steps=3)), not "
                             f"{type(val_as).__name__}")
+        if val_as is not None and val_as.lr is not None:
+            learner.inner.with_lr(val_as.lr)  # refused now (e.g. a learner that learns its step sizes), not mid-run
         self.val_every, self.val_tasks, self.val_as, self.transductive = val_every, val_tasks, val_as, transductive
         self.generator = torch.Generator().manual_seed(seed)
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]  # the configured ones, kept when resuming
@@ -240,24 +242,31 @@ class Trainer(RunLoop):
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
         if info.get("val_transductive", True) != self.transductive or info.get("val_as") != self._val_as_record():
             self.best_val = None  # validated otherwise (batch-norm mode, shots, steps): its best is no measure here
-            self._set_best_aside(info["iteration"])
         self._window = list(info.get("loss_window", []))
 
     def forget_best(self) -> None:
         self.best_val = None
 
-    def _set_best_aside(self, iteration: int) -> None:
-        """Keep the best checkpoint of a validation that no longer holds as ``best-before-<iteration>`` (evaluations
-        may have been made of it), so that the one tracked afresh does not overwrite it without a word."""
+    def before_training_on(self) -> None:
+        """Keep a ``best`` validated otherwise than this session validates (another ``val_as`` or batch-norm mode) as
+        ``best-before-<its iteration>`` (evaluations may have been made of it), so that the best tracked afresh does
+        not overwrite it without a word; a name already taken is never overwritten."""
         best = self.run_dir / "best" if self.run_dir is not None else None
-        if best is None or not self.writes or not checkpoint.exists(best):
+        if best is None or not self.writes or not self.val_every or not checkpoint.exists(best):
             return
-        aside = best.with_name(f"best-before-{iteration}")
+        info = checkpoint.read_info(best)
+        if info.get("val_transductive", True) == self.transductive and info.get("val_as") == self._val_as_record():
+            return
+        aside = best.with_name(f"best-before-{self.iteration}")
+        while checkpoint.exists(aside):
+            aside = aside.with_name(aside.name + "-again")
         for src, dst in zip(checkpoint.paths(best), checkpoint.paths(aside), strict=True):
             if src.exists():
                 os.replace(src, dst)
-        print(f"metagrad: {self.run_dir} now validates otherwise; its best so far is kept as {aside.name}, and the "
-              "best is tracked afresh", file=sys.stderr)
+        self.best_val = None
+        print(f"metagrad: {self.run_dir} now validates otherwise; its best so far (iteration {info['iteration']}) is "
+              f"kept as {aside.name} (metagrad eval {self.run_dir} --checkpoint {aside.name}), and the best is tracked "
+              "afresh", file=sys.stderr)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool | str = False, changes: dict[str, Any] | None = None) -> FitResult:

@@ -610,8 +610,12 @@ def test_a_resumed_diverged_run_names_the_step_size_it_now_uses_and_a_bad_start_
     with pytest.raises(TrainingDiverged, match=r"outer_lr, now 0\.5\)"):  # its checkpoint's values are too far out
         make_trainer(cfg.replace(outer_lr=0.5), tmp_path / "run", progress=False).fit(resume=True)
     with pytest.raises(TrainingDiverged, match=r"at iteration 1; lower the inner step size \(inner_lr 0\.1\), or, if "
-                                               r"the starting policy's own actions overflow, check init_std 1e\+300"):
+                                               r"the starting policy's own actions overflow: check init_std 1e\+300"):
         make_trainer(_tiny(init_std=1e300, iterations=2), tmp_path / "start", progress=False).fit()
+    with pytest.raises(TrainingDiverged, match=r"at iteration 1; no step was taken yet, so the starting policy's own "
+                                               r"actions overflow: check init_std 1e\+300"):  # DRS: no inner step
+        make_trainer(_tiny(init_std=1e300, iterations=2, algo="joint", outer="vpg"), tmp_path / "joint",
+                     progress=False).fit()
 
 
 def test_a_step_that_overflows_the_parameters_at_the_last_iteration_is_a_divergence_not_done(tmp_path):

@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import ConfigError, MetagradError
+from ..errors import ConfigError, MetagradError, check_whole
 
 ArrayLike = np.ndarray
 SINGULAR_RCOND = 1e-12  # smallest eigenvalue / largest of a normal matrix below which we call it singular
@@ -273,7 +273,8 @@ def maml_from_statistics(Ws: ArrayLike, bs: ArrayLike, Wq: ArrayLike, bq: ArrayL
     theta~_j = B_j theta + c_j with B_j = I - alpha Ws_j / N and c_j = alpha bs_j / N, so the outer loss
     sum_j ||y_q - X_q theta~_j||^2 is least squares: (sum_j B_j Wq_j B_j) theta = sum_j B_j (bq_j - Wq_j c_j).
     ``singular`` as ``drs_from_statistics``."""
-    alpha, _ = check_step(alpha, n)
+    alpha, _ = check_step(alpha, 1)
+    check_whole("n", n, 1)
     Ws, bs, Wq, bq = (np.asarray(a, dtype=np.float64) for a in (Ws, bs, Wq, bq))
     B = np.eye(Ws.shape[-1]) - alpha * Ws / n
     c = alpha * bs / n
@@ -306,8 +307,10 @@ def _as_tasks(Q: ArrayLike) -> np.ndarray:
     if Q.ndim != 3 or Q.shape[1] != Q.shape[2]:
         raise MetagradError(f"Q must have shape [tasks, p, p], got {list(Q.shape)}")
     eig = np.linalg.eigvalsh(Q) if Q.size else np.zeros((0, 1))
-    if not (np.all(np.isfinite(Q)) and np.all(eig[:, 0] >= -1e-10 * np.maximum(np.abs(eig[:, -1]), 1.0))):
-        raise ConfigError("Q must hold finite, positive semi-definite input covariances (E[x x^T] of each task)")
+    if not (np.all(np.isfinite(Q)) and np.allclose(Q, Q.swapaxes(1, 2))
+            and np.all(eig[:, 0] >= -1e-10 * np.maximum(np.abs(eig[:, -1]), 1.0))):
+        raise ConfigError("Q must hold finite, symmetric, positive semi-definite input covariances (E[x x^T] of each "
+                          "task)")
     return Q
 
 

@@ -156,7 +156,7 @@ class SetOption(argparse.Action):
         if not sep:
             parser.error(f"--set takes KEY=VALUE, got '{value}' (e.g. --set inner_lr=0.1)")
         if key not in options and key in CONFIG_FIELDS:  # e.g. eval --set ways=20: the head was trained for 5
-            parser.error(f"--set {key}: not a value this command changes ({key} is fixed when a run is trained)")
+            parser.error(f"--set {key}: a training setting, not a value this command changes")
         if key not in options:
             known = list(options)
             parser.error(f"--set {key}: not a config value this command takes{suggest(key, known)}")
@@ -201,11 +201,11 @@ def _say_which_kind(parser: argparse.ArgumentParser) -> None:
 
 
 def checkpoint_name(text: str) -> str:
-    """``--checkpoint``: last, best or snapshot-NNN."""
-    if text in ("last", "best") or re.fullmatch(r"snapshot-\d+", text):
+    """``--checkpoint``: last, best, snapshot-NNN or best-before-N (a best set aside when validation changed)."""
+    if text in ("last", "best") or re.fullmatch(r"snapshot-\d+|best-before-\d+(-again)*", text):
         return text
-    raise argparse.ArgumentTypeError(f"'{text}' is no checkpoint; choose last, best or snapshot-NNN (e.g. "
-                                     "snapshot-003)")
+    raise argparse.ArgumentTypeError(f"'{text}' is no checkpoint; choose last, best, snapshot-NNN (e.g. "
+                                     "snapshot-003) or best-before-N")
 
 
 RL_STUDY = ("Train DRS and the meta-learner (--pair ppo: DRS+PPO vs ProMP; trpo: DRS+TRPO vs TRPO-MAML) for several "

@@ -254,10 +254,12 @@ class RLTrainer(RunLoop):
 
     def _remedy(self) -> str:
         """What a divergence while sampling asks for: smaller step sizes, or, before any step, other settings."""
-        inner = f"the inner step size (inner_lr {', '.join(f'{lr:g}' for lr in self.cfg.inner_lr)})"
         if self.iteration == 0:  # no outer step yet: the inner one, or the starting policy itself
-            return f"lower {inner}, or, if the starting policy's own actions overflow, check init_std " \
-                   f"{self.cfg.init_std:g}"
+            start = f"the starting policy's own actions overflow: check init_std {self.cfg.init_std:g}"
+            if not self.learner.inner_steps:
+                return f"no step was taken yet, so {start}"
+            inner = f"the inner step size (inner_lr {', '.join(f'{lr:g}' for lr in self.cfg.inner_lr)})"
+            return f"lower {inner}, or, if {start}"
         return f"lower {self.step_sizes()}"
 
     def step_sizes(self) -> str:

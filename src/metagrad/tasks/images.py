@@ -238,12 +238,16 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
 
 def _check_even(csv: Path, classes: dict[str, list[str]]) -> None:
     """Stop where a split's classes differ in size (images are stacked per class), naming the odd classes."""
-    sizes = sorted(len(v) for v in classes.values())
+    sizes = [len(v) for v in classes.values()]
     common = max(set(sizes), key=sizes.count)
+    if len(set(sizes)) < 2:
+        return
+    if 2 * sizes.count(common) <= len(sizes):  # no majority to call the rule
+        raise ConfigError(f"{csv}: every class needs the same number of images; they have {min(sizes)} to "
+                          f"{max(sizes)}; list the same number for each class")
     odd = [f"{label} ({len(v)})" for label, v in classes.items() if len(v) != common][:3]
-    if odd:
-        raise ConfigError(f"{csv}: every class needs the same number of images; most have {common}, but "
-                          f"{', '.join(odd)}; list the same number for each class")
+    raise ConfigError(f"{csv}: every class needs the same number of images; most have {common}, but "
+                      f"{', '.join(odd)}; list the same number for each class")
 
 
 def _check_disjoint(root: Path, split: str, classes: dict[str, list[str]], seen: dict[str, str]) -> None:
