@@ -74,6 +74,7 @@ class RunLoop:
         self._segment: dict[str, Any] | None = None  # this session, kept in each checkpoint until it is recorded
         self._lock: int | None = None  # the open lock file while this process holds the run directory
         self.session_files: dict[str, str] = {}  # name -> text, written once the run directory is held
+        self.last_metrics: dict[str, float] = {}  # the last iteration's, e.g. the outer step size it took
 
     # ------------------------------------------------------------------ what a trainer supplies
     def step(self) -> dict[str, float]:
@@ -221,6 +222,7 @@ class RunLoop:
                 self.session_iterations += 1
                 seconds = time.perf_counter() - t0
                 self.elapsed += seconds
+                self.last_metrics = metrics
                 self.after_step(metrics, seconds, bar)
                 if self.checkpoint_due():
                     self._save_finite(start_iteration, session_start, saved_at)
@@ -248,7 +250,7 @@ class RunLoop:
         state = self.state()
         if not _finite(state):
             e = TrainingDiverged(f"the parameters after iteration {self.iteration} hold NaN or infinite values; lower "
-                                 f"{self.step_sizes()}")
+                                 f"{self.step_sizes(self.last_metrics.get('outer_lr'))}")
             self._stop_diverged(e, self.iteration, start_iteration, session_start, saved_at)
         self.save("last", state)
 
@@ -261,8 +263,9 @@ class RunLoop:
                                  end=saved_at)
         raise TrainingDiverged(f"{e}; {self._after_divergence()}") from None
 
-    def step_sizes(self) -> str:
-        """The step sizes a divergence asks to lower, with their values (a trainer names its own)."""
+    def step_sizes(self, outer_lr: float | None = None) -> str:
+        """The step sizes a divergence asks to lower, with their values (a trainer names its own; ``outer_lr``: the
+        outer step size the diverged step took, where the optimizer's has moved on with the schedule)."""
         return "the step sizes"
 
     def start_together(self) -> None:

@@ -322,11 +322,12 @@ class Trainer(RunLoop):
             self.scheduler.step()
         return {**metrics, "outer_lr": used}
 
-    def step_sizes(self) -> str:
+    def step_sizes(self, outer_lr: float | None = None) -> str:
         """The step sizes a divergence asks to lower, with their values (either may be the cause: a large outer step
         blows the parameters up a few iterations before the inner loop's gradients overflow)."""
         inner = self.learner.inner
-        return (f"the outer step size (outer_lr, now {self.optimizer.param_groups[0]['lr']:g}) or the inner one "
+        lr = self.optimizer.param_groups[0]["lr"] if outer_lr is None else outer_lr
+        return (f"the outer step size (outer_lr, now {lr:g}) or the inner one "
                 f"(inner_lr: {type(inner).__name__}({inner.extra_repr()}))")
 
     # ------------------------------------------------------------------ validation

@@ -630,3 +630,6 @@ def test_a_step_that_overflows_the_parameters_at_the_last_iteration_is_a_diverge
         make_trainer(_tiny(outer="ppo", outer_lr=1e30, iterations=1), run, progress=False).fit()
     last = json.loads((run / "segments.jsonl").read_text().splitlines()[-1])
     assert last["stopped"] == "diverged at iteration 1" and last["end"] == 0
+    with pytest.raises(TrainingDiverged, match=r"outer_lr, now 1e\+30\)"):  # the step it took, not the next (0)
+        make_trainer(_tiny(outer="ppo", outer_lr=1e30, iterations=1, outer_lr_schedule="linear"), tmp_path / "linear",
+                     progress=False).fit()

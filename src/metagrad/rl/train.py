@@ -262,9 +262,11 @@ class RLTrainer(RunLoop):
             return f"lower {inner}, or, if {start}"
         return f"lower {self.step_sizes()}"
 
-    def step_sizes(self) -> str:
-        """The step sizes a divergence asks to lower, with their values."""
-        outer = (f"the outer step size (outer_lr, now {self.base_lrs[0] * self._outer_scale():g})"
+    def step_sizes(self, outer_lr: float | None = None) -> str:
+        """The step sizes a divergence asks to lower, with their values (``outer_lr``: the one the diverged step
+        took; else the one the next step takes)."""
+        lr = self.base_lrs[0] * self._outer_scale() if outer_lr is None else outer_lr
+        outer = (f"the outer step size (outer_lr, now {lr:g})"
                  if self.optimizer is not None else f"the KL bound (max_kl {self.cfg.max_kl:g})")
         return f"{outer} or the inner step size (inner_lr {', '.join(f'{lr:g}' for lr in self.cfg.inner_lr)})"
 
