@@ -7,6 +7,7 @@ import json
 import pytest
 
 from images_fixtures import fake_miniimagenet, fake_omniglot, zip_omniglot
+from metagrad import build
 from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.experiment import evaluate, make_trainer
@@ -69,6 +70,11 @@ def test_reproduce_on_a_small_omniglot_writes_both_modes(tmp_path, capsys, monke
     printed = capsys.readouterr().out
     assert "| transductive |" in printed and "98.30 ± 0.50" in printed
     assert (out / "omniglot-fomaml-5w1s.png").read_bytes()[:4] == b"\x89PNG"
+    moved = root.rename(tmp_path / "moved")  # the images elsewhere now (a run trained on another machine): its test
+    build.image_splits.cache_clear()  # as a new process finds them
+    assert main(["reproduce", "omniglot", "--algo", "fomaml", "--iterations", "3", "--eval-tasks", "10",  # looked
+                 "--data-root", str(moved), "--out", str(out), "--no-progress"]) == 0  # for them where it trained
+    assert json.loads((out / "omniglot-fomaml-5w1s.json").read_text())["trained_iterations"] == 3
 
 
 def test_miniimagenet_runs_on_a_generated_folder(tmp_path, monkeypatch):

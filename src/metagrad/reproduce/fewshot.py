@@ -103,7 +103,7 @@ def run(dataset: str, algo: str, ways: int, shots: int, out: str | Path, full: b
           f"{run_dir}", file=sys.stderr, flush=True)
     _, fit = continue_run(cfg, run_dir, progress=progress)
     which = "best" if checkpoint.exists(run_dir / "best") else "last"
-    learner, _, info = load_run(run_dir, which)
+    learner, _, info = load_run(run_dir, which, data_root=cfg.data_root)  # the images given now, wherever trained
     steps = paper_steps(cfg, algo)
     results: dict[str, Any] = {
         "setting": name, "dataset": dataset, "algo": algo, "ways": ways, "shots": shots, "config": cfg.to_sections(),
