@@ -218,6 +218,11 @@ class Trainer(RunLoop):
         """``val_as`` as a checkpoint's sidecar keeps it (JSON: tuples become lists)."""
         return json.loads(json.dumps(asdict(self.val_as))) if self.val_as else None
 
+    def _validates_as(self, info: dict[str, Any]) -> bool:
+        """Whether a checkpoint was validated as this session validates (batch-norm mode, ``val_as``): only then is
+        its best a measure here."""
+        return info.get("val_transductive", True) == self.transductive and info.get("val_as") == self._val_as_record()
+
     def _settings(self) -> dict[str, Any]:
         return {"meta_batch_size": self.meta_batch_size, "seed": self.seed,
                 "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None}
@@ -240,7 +245,7 @@ class Trainer(RunLoop):
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)
-        if info.get("val_transductive", True) != self.transductive or info.get("val_as") != self._val_as_record():
+        if not self._validates_as(info):
             self.best_val = None  # validated otherwise (batch-norm mode, shots, steps): its best is no measure here
         self._window = list(info.get("loss_window", []))
 
@@ -255,7 +260,7 @@ class Trainer(RunLoop):
         if best is None or not self.writes or not self.val_every or not checkpoint.exists(best):
             return
         info = checkpoint.read_info(best)
-        if info.get("val_transductive", True) == self.transductive and info.get("val_as") == self._val_as_record():
+        if self._validates_as(info):
             return
         aside = best.with_name(f"best-before-{self.iteration}")
         while checkpoint.exists(aside):
