@@ -38,6 +38,14 @@ def test_overrides_are_coerced_and_validated():
         cfg.replace(shots="abc")
 
 
+def test_overrides_take_tomls_array_syntax():
+    cfg = load_config("sinusoid-maml")
+    assert cfg.replace(hidden="[64, 32]").hidden == (64, 32) and cfg.replace(hidden="[]").hidden == ()
+    assert load_config("omniglot-anil").replace(adapt='["head"]').adapt == ("head",)
+    with pytest.raises(ConfigError, match="'x' is not an integer"):
+        cfg.replace(hidden="[x]")
+
+
 @pytest.mark.parametrize(("toml", "match"), [
     ('[algo]\ninner_lrr = 0.1', "unknown key 'inner_lrr' in \\[algo\\] \\(did you mean 'inner_lr'\\?\\)"),
     ('[train]\ninner_lr = 0.1', "belongs in \\[algo\\]"),

@@ -24,6 +24,7 @@ from .config import Config
 from .errors import CheckpointError, ConfigError, Interrupted, MetagradError
 from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
+from .inner import schedule_used
 from .loop import RunLoop, trajectory
 from .seeds import VAL_EVAL_SEED_OFFSET
 from .settings import read_toml
@@ -268,7 +269,7 @@ def evaluate(learner: MetaLearner, cfg: Config, shots: list[int] | None = None) 
         curves: dict[str, Curve] = adaptation_curves(learner, batch, cfg.eval_steps, inner=inner,
                                                      inner_batch_size=cfg.eval_inner_batch_size, seed=cfg.eval_seed,
                                                      transductive=cfg.transductive)
-        lr_used = list(lrs) if lrs else (list(cfg.inner_lr) if not cfg.learn_inner_lr else "learned")
+        lr_used = "learned" if cfg.learn_inner_lr else schedule_used(lrs or cfg.inner_lr, cfg.eval_steps)
         out[k] = {"lr": lr_used, **{name: asdict(c) for name, c in curves.items()}}
     return out
 

@@ -25,6 +25,12 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+def schedule_used(lr: Sequence[float], steps: int) -> list[float]:
+    """The step sizes ``steps`` inner steps take from schedule ``lr`` (its first ``steps``; all when none is taken),
+    as results files and tables report them: a schedule longer than the steps lists values never used."""
+    return list(lr[:steps] if steps else lr)
+
+
 def _schedule(lr: float | Sequence[float]) -> tuple[float, ...]:
     """The step sizes as a tuple of finite floats >= 0 (0 is allowed at test time: "do not fine-tune" is a
     candidate when tuning), else a ``ConfigError`` naming the value."""

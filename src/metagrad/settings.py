@@ -281,7 +281,10 @@ def coerce(cls: type, f: Any, value: Any, where: str) -> Any:
     base = base_type(cls, f)
     if is_tuple(cls, f):
         if isinstance(value, str):
-            value = value.replace(" ", "").split(",")
+            value = value.replace(" ", "")
+            if value.startswith("[") and value.endswith("]"):  # TOML's array syntax on the command line: [40,40], []
+                value = value[1:-1].replace('"', "").replace("'", "")
+            value = value.split(",")
             if "" in value[:-1]:  # one trailing comma is harmless (as cli.csv); an empty entry inside is a typo
                 raise ConfigError(f"{where}: '{','.join(value)}' has an empty entry; give values separated by "
                                   "single commas, e.g. 5,10")

@@ -40,8 +40,9 @@ def test_rllab_average_counts_the_episodes_completed_when_the_batch_fills():
 def test_rllab_return_curve_runs_on_the_same_tasks_and_agrees_without_early_ends():
     cfg = RLConfig().replace(hidden=(16, 16), horizon=20)
     learner, _ = build(cfg)
-    curve = rllab_return_curve(learner, 6, 1, (0.1,), seed=3, envs=4, batch=4 * 20)
+    curve = rllab_return_curve(learner, 6, 1, (0.1, 0.05), seed=3, envs=4, batch=4 * 20)
     assert len(curve["mean"]) == 2 and all(v < 0 for v in curve["mean"])
+    assert curve["lr"] == [0.1]  # the step size its one step took, not the schedule's unused tail
     plain, _, _ = return_curve(learner, 6, 0, 4, (0.1,), seed=3)
     # an untrained policy never reaches the goal: every episode runs to the horizon, so the first batch is
     # exactly one episode per environment, the same episodes as return_curve's (same tasks, same generator)
@@ -65,7 +66,7 @@ def test_tuning_passes_over_a_diverging_step_size_and_tunes_with_the_tests_episo
     tune = rl_evaluate.tune_step_size
     monkeypatch.setattr(rl_evaluate, "tune_step_size", lambda *a, **k: seen.append(a[3]) or tune(*a, **k))
     curve, _, _ = rl_evaluate.evaluate(learner, cfg)
-    assert seen == [3] and curve["lr"] == [0.1, 0.05]
+    assert seen == [3] and curve["lr"] == [0.1]  # tuned 0.1 (then 0.05, unused by the one step)
 
 
 def test_tuning_passes_over_a_step_size_whose_rewards_are_not_finite():

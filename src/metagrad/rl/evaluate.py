@@ -12,7 +12,7 @@ from torch import Tensor
 from ..analysis.stats import mean_ci95
 from ..errors import ConfigError, TrainingDiverged, check_whole
 from ..evaluate import say_if_at_edge
-from ..inner import SGD
+from ..inner import SGD, schedule_used
 from ..seeds import VAL_SEED_OFFSET
 from .metarl import MetaRL
 from .sampler import Trajectories, rollout
@@ -61,8 +61,8 @@ def return_curve(learner: MetaRL, num_tasks: int, steps: int, episodes: int, lr:
     gen = torch.Generator().manual_seed(seed + 1)
     values, paths = adaptation_returns(learner, tasks, steps, episodes, tuple(lr), gen, keep_paths=keep_paths)
     mean, half = mean_ci95(values)
-    curve = {"tasks": num_tasks, "episodes": episodes, "lr": list(lr), "mean": [round(float(m), 4) for m in mean],
-             "ci95": [round(float(h), 4) for h in half]}
+    curve = {"tasks": num_tasks, "episodes": episodes, "lr": schedule_used(lr, steps),
+             "mean": [round(float(m), 4) for m in mean], "ci95": [round(float(h), 4) for h in half]}
     return curve, paths, tasks[:keep_paths]
 
 
@@ -160,5 +160,6 @@ def rllab_return_curve(learner: MetaRL, num_tasks: int, steps: int, lr: Sequence
             params, per_task = learner.adapt_batch(params, learner.process(first, learner.normalize_inner), s,
                                                    per_task, rule), True
     mean, half = mean_ci95(torch.stack(cols, 1))
-    return {"tasks": num_tasks, "protocol": f"rllab: {envs} envs, {batch} steps per batch", "lr": list(lr),
-            "mean": [round(float(v), 4) for v in mean], "ci95": [round(float(h), 4) for h in half]}
+    return {"tasks": num_tasks, "protocol": f"rllab: {envs} envs, {batch} steps per batch",
+            "lr": schedule_used(lr, steps), "mean": [round(float(v), 4) for v in mean],
+            "ci95": [round(float(h), 4) for h in half]}
