@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/metagrad reproduce sinusoid $(ARGS)
 
-## The same at the paper's full budget (70,000 meta-iterations, meta-batch 25).
+## The same at the MAML code's full budget (70,000 meta-iterations, meta-batch 25; the paper's text gives none).
 demo-full: $(STAMP)
 	$(BIN)/metagrad reproduce sinusoid --full $(ARGS)
 

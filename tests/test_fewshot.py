@@ -157,4 +157,4 @@ def test_the_few_shot_table_says_what_reptiles_paper_error_is():
     for algo in ("reptile", "maml"):
         table = format_table({**r, "algo": algo})
         assert "| non-transductive | 95.00 ± 0.50 | 95.39 ± 0.09 |" in table
-        assert ("standard deviation over 3 training seeds" in table) == (algo == "reptile")
+        assert ("standard deviation over its 3 training seeds" in table) == (algo == "reptile")

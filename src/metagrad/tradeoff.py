@@ -83,7 +83,7 @@ def check_grid(tasks: Sequence[int], points: Sequence[int], alphas: Sequence[flo
         if not a > 0:
             raise ConfigError(f"alpha {a} must be a positive step size (the paper's grid lies in (0, 1])")
         if a > 1:
-            raise ConfigError(f"alpha {a} must lie in (0, 1] (the paper's grid: 0.1 to 0.5): beyond 1, the one-step "
+            raise ConfigError(f"alpha {a} must lie in (0, 1] (the paper's grid lies in [0, 1]): beyond 1, the one-step "
                               "adaptation I - alpha Q amplifies directions of Q's eigenvalues (up to 2)")
     block = max(CHUNK, max(tasks) * dim * dim)  # numbers per array of one vectorised block (at least one dataset)
     check_memory(8 * WORKING_ARRAYS * block, f"tasks {max(tasks)} x dim {dim} (one dataset's p x p matrices)",

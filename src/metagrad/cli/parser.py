@@ -90,7 +90,9 @@ def build_parser() -> Parser:
     p.add_argument("experiment", choices=[*sorted(EXPERIMENTS), "sinusoid-multitask", *FEWSHOT, "reptile-gradients",
                                           "reptile-overlap", "navigation", "locomotion"],
                    help="which experiment")
-    p.add_argument("--full", action="store_true", help="the paper's full budget (e.g. 70,000 meta-iterations)")
+    p.add_argument("--full", action="store_true",
+                   help="the full budget of the paper (or of its code where the text gives none, e.g. 70,000 sinusoid "
+                   "meta-iterations)")
     p.add_argument("--iterations", type=int, help="meta-iterations for every trained method (overrides --full)")
     p.add_argument("--out", type=nonempty, help="results folder (default: results/<experiment>[-full]; "
                    "locomotion: results/locomotion-<env>[-full])")
@@ -124,8 +126,8 @@ def build_parser() -> Parser:
                         "official zip files into the dataset folder when they are missing")
     nav = p.add_argument_group("meta-RL (navigation, locomotion)")
     nav.add_argument("--env", type=nonempty, help="locomotion task family: cheetah-dir (default), cheetah-vel, "
-                     "ant-dir, ant-vel, swimmer-vel (the MAML paper's); cheetah-rand-vel, swimmer-rand-vel "
-                     "(maml_zoo's, the SG-MRL paper's Table 2 with cheetah-dir)")
+                     "ant-dir, ant-vel (the MAML paper's), swimmer-vel (the same family on the swimmer); "
+                     "cheetah-rand-vel, swimmer-rand-vel (maml_zoo's, the SG-MRL paper's Table 2 with cheetah-dir)")
     nav.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a meta-RL config "
                      "value of every method, e.g. --set hidden=64,64 --set reward=squared (repeatable)")
     nav.add_argument("--redraw", action="store_true", help="print the table and draw the figures again from "

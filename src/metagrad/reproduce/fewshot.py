@@ -29,7 +29,8 @@ ALGOS = ("maml", "fomaml", "reptile", "maml-nonconv", "context", "anil")
 OMNIGLOT_ONLY = ("maml-nonconv", "context", "anil")  # MAML's fully connected network, its context vector; ANIL
 DEFAULT_MINUTES = 30.0  # the default budget; --full runs the paper's iterations whatever the time
 
-# The papers' test accuracies (%), mean and their ± (95% half-width; Reptile's: the standard deviation over 3 seeds):
+# The papers' test accuracies (%), mean and their ± (95% half-width; Reptile's: intervals from the standard deviation
+# over its 3 seeds); first-order MAML's are the Reptile paper's Table 2 (the MAML code; MAML's has MiniImagenet only):
 # (dataset, algo, transductive) -> {(N, K): ...}.
 PAPER: dict[tuple[str, str, bool], dict[tuple[int, int], tuple[float, float]]] = {
     ("omniglot", "maml", True): {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
@@ -144,5 +145,6 @@ def format_table(r: dict[str, Any]) -> str:
         paper = f"{m['paper'][0]:.2f} ± {m['paper'][1]:.2f}" if m["paper"] else "-"
         lines.append(f"| {mode} | {format_ci(100 * c['mean'][steps], 100 * c['ci95'][steps])} | {paper} |")
     if r["algo"] == "reptile":
-        lines += ["", "The paper's ± is its standard deviation over 3 training seeds, not a 95% interval over tasks."]
+        lines += ["", "The paper's ± is a confidence interval from the standard deviation over its 3 training seeds, "
+                      "not over tasks."]
     return "\n".join(lines)

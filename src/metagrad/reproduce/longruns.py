@@ -107,7 +107,7 @@ ROWS = (
         "--set max_kl=0.02 --set loss_mean=slots --out results/long/ant-vel-gym-physics", 500),
     Row("MAML Fig. 5: ant direction, MAML-TRPO, pretrained, oracle (and random), on rllab's ant.xml, 40 episodes "
         "per step (the paper's for this task), losses averaged over valid steps; MAML-TRPO on to iteration 575, the "
-        "checkpoint the paper's test loads", "500 iterations (MAML-TRPO: 575 of 800)",
+        "checkpoint the MAML code's test loads", "500 iterations (the MAML code's test: 575 of 800)",
         "locomotion-ant-dir", "metagrad reproduce locomotion --env ant-dir --algo maml-trpo --iterations 575 "
         "--time-budget 120 --set hvp_subsample=1.0 --set compile=true --set pack_episodes=true --out "
         "results/long/locomotion-ant-dir; metagrad reproduce locomotion --env ant-dir --algo pretrained,oracle,random "
@@ -242,19 +242,21 @@ ROWS = (
         "omniglot-maml-1shot",
         "metagrad reproduce omniglot --algo maml --ways 5 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-maml-1shot", 60_000),
-    Row("MAML Table 1: Omniglot 5-way 1-shot, first-order MAML", "60K iterations of 32 tasks", "omniglot-fomaml-1shot",
+    Row("Reptile Table 2 (MAML's code): Omniglot 5-way 1-shot, first-order MAML", "60K iterations of 32 tasks",
+        "omniglot-fomaml-1shot",
         "metagrad reproduce omniglot --algo fomaml --ways 5 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-fomaml-1shot", 60_000),
     Row("MAML Table 1: Omniglot 5-way 5-shot, MAML", "60K iterations of 32 tasks", "omniglot-maml-5shot",
         "metagrad reproduce omniglot --algo maml --ways 5 --shots 5 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-maml-5shot", 60_000),
-    Row("MAML Table 1: Omniglot 5-way 5-shot, first-order MAML", "60K iterations of 32 tasks", "omniglot-fomaml-5shot",
+    Row("Reptile Table 2 (MAML's code): Omniglot 5-way 5-shot, first-order MAML", "60K iterations of 32 tasks",
+        "omniglot-fomaml-5shot",
         "metagrad reproduce omniglot --algo fomaml --ways 5 --shots 5 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-fomaml-5shot", 60_000),
     Row("ANIL on Omniglot 5-way 1-shot (the ANIL paper reports 20-way only)", "60K iterations of 32 tasks (MAML's)",
         "omniglot-anil", "metagrad reproduce omniglot --algo anil --ways 5 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-anil", 60_000),
-    Row("Reptile Tables 1-2: Omniglot 5-way, Reptile with Adam's state carried (its 1- and 5-shot tests are of one "
+    Row("Reptile Table 2: Omniglot 5-way, Reptile with Adam's state carried (its 1- and 5-shot tests are of one "
         "run)", "100K iterations of 5 tasks", "omniglot-reptile", "metagrad reproduce omniglot --algo reptile --ways 5 "
         "--shots 1 --time-budget 110 --data-root ../shared/data/omniglot --no-progress --out "
         "results/long/omniglot-reptile", 100_000),
@@ -267,11 +269,11 @@ ROWS = (
         "60K iterations of 16 tasks", "omniglot-maml-20way-5shot",
         "metagrad reproduce omniglot --algo maml --ways 20 --shots 5 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-maml-20way-5shot", 60_000),
-    Row("MAML Table 1: Omniglot 20-way 1-shot, first-order MAML (a run for a lent GPU)",
+    Row("Reptile Table 2 (MAML's code): Omniglot 20-way 1-shot, first-order MAML (a run for a lent GPU)",
         "60K iterations of 16 tasks", "omniglot-fomaml-20way",
         "metagrad reproduce omniglot --algo fomaml --ways 20 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-fomaml-20way", 60_000),
-    Row("MAML Table 1: Omniglot 20-way 5-shot, first-order MAML (a run for a lent GPU)",
+    Row("Reptile Table 2 (MAML's code): Omniglot 20-way 5-shot, first-order MAML (a run for a lent GPU)",
         "60K iterations of 16 tasks", "omniglot-fomaml-20way-5shot",
         "metagrad reproduce omniglot --algo fomaml --ways 20 --shots 5 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-fomaml-20way-5shot", 60_000),
@@ -283,7 +285,7 @@ ROWS = (
         "60K iterations of 16 tasks (MAML's)", "omniglot-anil-20way-5shot",
         "metagrad reproduce omniglot --algo anil --ways 20 --shots 5 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-anil-20way-5shot", 60_000),
-    Row("Reptile Tables 1-2: Omniglot 20-way 1-shot, Reptile (358 iterations in 374 s on one core here: about 2.5 days "
+    Row("Reptile Table 2: Omniglot 20-way 1-shot, Reptile (358 iterations in 374 s on one core here: about 2.5 days "
         "in all)", "200K iterations of 5 tasks", "omniglot-reptile-20way",
         "metagrad reproduce omniglot --algo reptile --ways 20 --shots 1 --time-budget 110 --data-root "
         "../shared/data/omniglot --no-progress --out results/long/omniglot-reptile-20way", 200_000),

@@ -1,12 +1,13 @@
 """Sinusoid regression tasks: y = a sin(x + b) (Reptile's form; MAML's phase is b - the same family).
 
-Two variants, both from the papers:
+Two variants:
 
 - MAML 5.1: a ~ U[0.1, 5], b ~ U[0, pi], support and query x ~ U[-5, 5].
-- Reptile 4: b ~ U[0, 2 pi]; the support set is a fixed grid of 50 equally spaced points of [-5, 5]
-  (the task's "training data", minibatched by Reptile's inner loop) and the loss is the squared error
-  on that grid (eq. 8). With ``grid > 0`` the support set is ``shots`` points drawn from the grid (all of
-  them for Reptile's training, K for evaluation) and the query set is the whole grid.
+- Reptile 4, as its reference script (the sine-wave demo) runs it: b ~ U[0, 2 pi]; the support set is a fixed grid
+  of 50 equally spaced points of [-5, 5] (the task's "training data", minibatched by Reptile's inner loop) and the
+  loss is the squared error on that grid (eq. 8, whose integral the paper computes on those 50 points; its text
+  samples the training points from U[-5, 5] instead). With ``grid > 0`` the support set is ``shots`` points drawn
+  from the grid (all of them for Reptile's training, K for evaluation) and the query set is the whole grid.
 
 ``oracle=True`` appends the amplitude and phase to every input (the MAML paper's oracle baseline).
 """

@@ -35,7 +35,7 @@ instances are cached and reused across resets. Rewards follow the papers' code (
 Actions are clipped to the action space before stepping (the simulator clamps controls anyway) and the control
 cost is that of the clipped action.
 
-Observations (``Family.observation``): the MAML paper's families (cheetah-dir, cheetah-vel, ant-*, swimmer-vel)
+Observations (``Family.observation``): the MAML paper's families (cheetah-dir, cheetah-vel, ant-*; swimmer-vel too)
 see rllab's, as maml_rl and pytorch-maml-rl do: the joint positions and velocities plus the torso's subtree centre
 of mass (x, y, z; the cheetah drops the root's x from the positions, the ant adds its clipped external contact forces
 and the torso's orientation): 20 numbers for the cheetah where gymnasium's own has 17, with no position along the
