@@ -72,6 +72,16 @@ CASES = {
                                           ConfigError, ["support.x [5, 1]", "batch.slice(i, i + 1)"]),
     "S12 negative steps": (lambda: mg.adaptation_curves(learner(), sines(), steps=-1), ConfigError, ["steps -1"]),
     "S13 a bool step size": (lambda: mg.SGD(True), ConfigError, ["inner_lr True", "not a number"]),
+    "a step size that requires grad (never trained)": (lambda: mg.SGD(torch.nn.Parameter(torch.tensor(0.1))),
+                                                      ConfigError, ["inner_lr 0.1", "requires grad", "learn=True"]),
+    "class labels shaped [N, 1]": (
+        lambda: mg.MAML(net(4, 3), loss_fn=mg.losses.cross_entropy).meta_gradient(
+            batch((2, 3, 4), y=torch.tensor([[[0], [1], [2]]] * 2))), ValueError,
+        ["labels of shape [3, 1]", "squeeze"]),
+    "support and query inputs of different widths": (
+        lambda: learner().meta_gradient(TaskBatch(Split(torch.randn(3, 5, 1), torch.randn(3, 5, 1)),
+                                                  Split(torch.randn(3, 5, 2), torch.randn(3, 5, 1)))), ConfigError,
+        ["support.x [3, 5, 1] and query.x [3, 5, 2]", "different shapes"]),
     "S14 scheduler of another optimizer": (lambda: trainer(scheduler=other_scheduler()), ConfigError,
                                            ["scheduler was built on another optimizer"]),
     "S15 unknown resume": (lambda: trainer().fit(resume="yes"), ConfigError, ["resume 'yes'", "'auto'"]),
@@ -208,6 +218,20 @@ def test_bad_input_is_refused_naming_it(case):
         call()
     for w in words:
         assert w in str(e.value), (w, str(e.value))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_class_labels_of_any_integer_dtype_give_the_int64_gradient(dtype, batching):
+    """int32 / int16 / int8 labels ended in torch's "expected target dtype to be Long"; uint8 under vmap blamed the
+    model ("gather(): Expected dtype int32/int64") and auto left vmap for the rest of the run."""
+    grads = []
+    for labels_dtype in (torch.int64, dtype):
+        torch.manual_seed(0)
+        learn = mg.MAML(net(4, 3), loss_fn=mg.losses.cross_entropy, batching=batching)
+        learn.meta_gradient(TaskBatch(*(Split(s.x, s.y.to(labels_dtype)) for s in classifier_batch([0, 1, 2, 1]))))
+        grads.append([p.grad for p in learn.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_a_later_batch_of_another_shape_is_explained_too():

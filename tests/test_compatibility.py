@@ -4,6 +4,7 @@ vmap is exact or refuses; the check itself is what protects (off, vmap is wrong 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -209,6 +210,127 @@ def test_a_padding_index_in_a_later_batch_is_not_missed():
     learn.meta_gradient(first)
     assert not learn.vmapped
     assert_equal_to(meta_gradient(learn, name), meta_gradient(loop, name))
+
+
+class NormedAttention(torch.nn.Module):
+    """Batch norm in training mode before multi-head attention: the fused attention kernel has no double backward,
+    so the first second-order call fails and runs again on the math kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.inp = torch.nn.BatchNorm1d(4), torch.nn.Linear(1, 8)
+        self.att, self.out = torch.nn.MultiheadAttention(8, 2, batch_first=True), torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(self.bn(x)[..., None]))
+        return self.out(self.att(h, h, h, need_weights=False)[0].mean(-2))
+
+
+def test_the_attention_retry_does_not_move_the_running_statistics_twice():
+    """The failed first pass on the fused kernel had already updated batch norm's running statistics: the retry
+    counted every forward pass twice (18 batches tracked for 3 tasks x (2 steps + the query)); now as on the math
+    kernel from the start."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator().manual_seed(0)
+    data = TaskBatch(Split(torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, 2, generator=g)),
+                     Split(torch.randn(3, 6, 4, generator=g), torch.randn(3, 6, 2, generator=g)))
+    models = []
+    for math_kernel in (False, True):
+        torch.manual_seed(0)
+        models.append(NormedAttention())
+        with sdpa_kernel([SDPBackend.MATH]) if math_kernel else contextlib.nullcontext():
+            mg.MAML(models[-1], inner=mg.SGD(0.1), inner_steps=2).meta_gradient(data)
+    fused, math = models
+    assert int(fused.bn.num_batches_tracked) == int(math.bn.num_batches_tracked) == 9
+    assert torch.equal(fused.bn.running_mean, math.bn.running_mean)
+    assert torch.equal(fused.bn.running_var, math.bn.running_var)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(fused.parameters(), math.parameters(), strict=True))
+
+
+class Pixels(torch.nn.Module):
+    """A forward pass that casts its input to float32 itself (uint8 pixels / 255)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.float() / 255)
+
+
+def test_a_model_that_casts_its_input_is_not_stopped_by_the_float64_check(capsys):
+    """The self-check's float64 copy fed float32 into float64 layers and crashed with torch's dtype error, though
+    the model runs as it is: auto now takes the loop (the safe side) and says why; the gradient is the loop's."""
+    g = torch.Generator().manual_seed(0)
+    pixels = lambda: torch.randint(0, 256, (2, 5, 4), dtype=torch.uint8, generator=g)  # noqa: E731
+    labels = lambda: torch.randint(0, 3, (2, 5), generator=g)  # noqa: E731
+    data = TaskBatch(Split(pixels(), labels()), Split(pixels(), labels()))
+    grads = []
+    for batching in ("auto", "loop"):
+        torch.manual_seed(0)
+        learn = mg.MAML(Pixels(), loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.1), batching=batching)
+        learn.meta_gradient(data)
+        grads.append([p.grad for p in learn.parameters()])
+    assert "float64 copy cannot run" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    with pytest.raises(ConfigError, match=r"could not be checked.*self_check=False"):
+        mg.MAML(Pixels(), loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.1), batching="vmap").meta_gradient(data)
+
+
+@pytest.mark.parametrize("name", ["GRU", "Dropout"])
+def test_non_transductive_metrics_on_the_loop_do_not_vmap(name):
+    """With batching 'loop' given (the self-check never runs), predicting each query alone vmapped over the queries
+    and crashed on a GRU ("Batching rule not implemented") or dropout (random operation under vmap)."""
+    models = {"GRU": lambda: model("GRU"), "Dropout": lambda: torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 2))}
+    data = batch("GRU") if name == "GRU" else TaskBatch(Split(torch.randn(3, 5, 4), torch.randn(3, 5, 2)),
+                                                         Split(torch.randn(3, 6, 4), torch.randn(3, 6, 2)))
+    learn = mg.MAML(models[name](), inner=mg.SGD(0.1), batching="loop")
+    metrics = learn.adaptation_metrics(data, steps=2, transductive=False)
+    assert metrics["loss"].shape == (3, 3) and bool(torch.isfinite(metrics["loss"]).all())
+
+
+class FunctionalEmbed(torch.nn.Module):
+    """An embedding written with ``F.embedding`` in the forward pass: no ``nn.Embedding`` module to look up."""
+
+    def __init__(self, **options):
+        super().__init__()
+        self.weight, self.out, self.options = torch.nn.Parameter(torch.randn(7, 4)), torch.nn.Linear(4, 1), options
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.nn.functional.embedding(x, self.weight, **self.options).tanh().mean(1))
+
+
+def token_tasks(low: int, seed: int) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    tokens = lambda n: torch.randint(low, 7, (3, n, 5), generator=g)  # noqa: E731
+    return TaskBatch(Split(tokens(4), torch.randn(3, 4, 1, generator=g, dtype=torch.float64)),
+                     Split(tokens(6), torch.randn(3, 6, 1, generator=g, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("options", [{"padding_idx": 0}, {"scale_grad_by_freq": True}])
+def test_a_functional_embeddings_data_dependent_options_are_found(options):
+    """F.embedding with padding_idx escaped the module check and, with a first batch free of the padding index, passed
+    the one-batch comparison: every later batch took a wrong vmapped gradient (12% off). The options are now
+    recorded while the check's loop runs: auto takes the loop, an explicit vmap refuses."""
+    first, later = token_tasks(1, 0), token_tasks(0, 1)
+    grads = {}
+    for batching in ("auto", "loop"):
+        torch.manual_seed(0)
+        learn = mg.MAML(FunctionalEmbed(**options).double(), inner=mg.SGD(0.5), inner_steps=2, batching=batching)
+        learn.meta_gradient(first)
+        learn.zero_grad()
+        learn.meta_gradient(later)
+        grads[batching] = {n: p.grad.clone() for n, p in learn.named_parameters()}
+        assert not learn.vmapped
+    assert_equal_to(grads["auto"], grads["loop"])
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match=rf"{next(iter(options))}.*F\.embedding"):
+        mg.MAML(FunctionalEmbed(**options).double(), inner=mg.SGD(0.5), batching="vmap").meta_gradient(first)
+    plain = mg.MAML(FunctionalEmbed().double(), inner=mg.SGD(0.5))
+    plain.meta_gradient(first)
+    assert plain.vmapped  # without those options the functional embedding is exact under vmap and keeps it
 
 
 @pytest.mark.parametrize(("name", "batching"), [("LayerNorm (metagrad)", "vmap"), ("LayerNorm (torch)", "loop"),

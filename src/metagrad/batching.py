@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .errors import ConfigError
@@ -76,6 +77,7 @@ def needs_math_attention(error: BaseException) -> bool:
     return "scaled_dot_product" in text and "not implemented" in text
 
 
+DTYPE_CLASH = re.compile(r"\b(Float|Double|Half|BFloat16)\b.*\b(Float|Double|Half|BFloat16)\b|expected scalar type")
 MISSING_DERIVATIVE = re.compile(r"derivative for '?(?:aten::)?(\w+)'? is not implemented")  # quoted or aten::op
 HINTS = {"_embedding_bag_backward": " (nn.EmbeddingBag's; nn.Embedding followed by a sum or mean has them)"}
 
@@ -159,6 +161,34 @@ def data_dependent_fault(model: nn.Module) -> str | None:
     return None
 
 
+class EmbeddingOptions(TorchDispatchMode):
+    """Records the data-dependent options (``padding_idx``, ``scale_grad_by_freq``) of the embedding operations that
+    run inside it: ``F.embedding`` and ``F.embedding_bag`` written in a forward pass escape ``data_dependent_fault``'s
+    look at the modules, and a one-batch check misses them when that batch lacks the padding index."""
+
+    OPS = ("embedding", "_embedding_bag", "_embedding_bag_forward_only", "embedding_dense_backward")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: set[str] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ in self.OPS:
+            bound = dict(zip((a.name for a in func._schema.arguments), args, strict=False)) | kwargs
+            if bound.get("padding_idx", -1) not in (-1, None):
+                self.found.add("padding_idx")
+            if bound.get("scale_grad_by_freq", False):
+                self.found.add("scale_grad_by_freq")
+        return func(*args, **kwargs)
+
+    def fault(self) -> str | None:
+        if not self.found:
+            return None
+        return (f"under vmap the meta-gradient of an embedding with {' or '.join(sorted(self.found))} is wrong on "
+                "the inputs that use it (an F.embedding or F.embedding_bag call in the model's forward)")
+
+
 def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     """Why vmap must not be trusted with this learner's meta-gradient (None: it equals the per-task loop in float64
     on ``CHECK_TASKS`` tasks of ``batch``, to ``TOLERANCE`` of the gradient's scale). torch's global random state is
@@ -178,13 +208,19 @@ def _vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     outs = {}
     for mode in ("loop", "vmap"):
         ref.batching = mode
+        recorder = EmbeddingOptions() if mode == "loop" else contextlib.nullcontext()
         try:
-            with twice_differentiable(True):
+            with twice_differentiable(True), recorder:
                 outs[mode] = ref.batch_gradient(*ref.functional_inputs(), small, mb)
         except Exception as e:
+            if mode == "loop" and DTYPE_CLASH.search(str(e)):  # a forward that casts (x.float() / 255): fine as is
+                return (f"its float64 copy cannot run ({first_line(e)}; a forward pass that casts to its own dtype?), "
+                        "so vmap could not be checked against the loop (self_check=False runs it unchecked)")
             if mode == "loop":
                 raise  # the reference path itself fails: the user's model or data is at fault, show it as it is
             return f"vmap cannot run it ({first_line(e)}){where(ref.model, small)}"
+        if mode == "loop" and (fault := recorder.fault()):
+            return fault
     err, leaf = tree_error(outs["vmap"], outs["loop"])
     if err <= TOLERANCE or err != err:  # equal, or NaN on this slice (a diverging model: nothing to judge)
         return None

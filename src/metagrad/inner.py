@@ -46,6 +46,10 @@ def _schedule(lr: float | Sequence[float]) -> tuple[float, ...]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Real | Tensor):
             raise ConfigError(f"inner_lr {v!r} is not a number (e.g. 0.01)")
+        if isinstance(v, Tensor) and v.requires_grad:
+            raise ConfigError(f"inner_lr {float(v.detach()):g} is a tensor that requires grad, but the rule takes "
+                              "its value once and never trains it; to meta-learn step sizes use learn=True (e.g. "
+                              "mg.SGD(0.01, learn=True): the learner then holds them as parameters)")
         if not 0 <= float(v) < math.inf:
             raise ConfigError(f"inner_lr {float(v)} must be finite and not negative (e.g. 0.01)")
     return tuple(float(v) for v in values)

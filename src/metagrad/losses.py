@@ -22,11 +22,17 @@ def half_mse(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Softmax cross-entropy for N-way classification: integer labels (or class probabilities shaped like the
-    logits)."""
+    """Softmax cross-entropy for N-way classification: integer labels of any integer dtype (int32, uint8, ...: torch
+    takes int64 alone, uint8 not under vmap) or class probabilities shaped like the logits."""
     if labels.is_floating_point() and labels.shape != logits.shape:
         raise ValueError(f"cross_entropy: labels must be integer class indices 0..N-1, not {labels.dtype} of shape "
                          f"{list(labels.shape)} against logits {list(logits.shape)}; convert them with labels.long()")
+    if not labels.is_floating_point():
+        if labels.dim() == logits.dim() and labels.shape[-1] == 1 != logits.shape[-1]:
+            raise ValueError(f"cross_entropy: labels of shape {list(labels.shape)} against logits "
+                             f"{list(logits.shape)}; give one class index per example (shape "
+                             f"{list(labels.shape[:-1])}, e.g. y.squeeze(-1))")
+        labels = labels.long()
     return F.cross_entropy(logits, labels)
 
 

@@ -183,6 +183,7 @@ class MetaLearner(nn.Module):
         self._checked = False
         self._inputs_checked = False  # see ``check_inputs``
         self._math_attention = False  # attention on torch's math kernel (set when a fused one lacks double backward)
+        self._attention_probed = False  # a call has run through: attention_safe stops copying the buffers first
         self._thread_verdicts: dict[Layout, str | None] = {}  # see ``in_shards``
         self._structure = has_torch_batchnorm(model), has_conv(model)  # looked up outside any compiled region
         self._checked_for = self.model_layout()  # the layout the structure and checks are of (``verify_batching``)
@@ -563,14 +564,21 @@ class MetaLearner(nn.Module):
         """``call()`` with attention on its math kernel while second derivatives are taken, once a fused attention
         kernel has failed for want of a double backward (then ``call`` runs again on the math kernel); other torch
         errors that a model's modules cause on these paths become a ``ConfigError`` that names the fix."""
+        probing = self.second_order and not self._math_attention and not self._attention_probed
+        saved = [(b, b.clone()) for b in self.model.buffers()] if probing else []
         try:
             with explained_torch_errors(), twice_differentiable(self.second_order and self._math_attention):
-                return call()
+                out = call()
         except RuntimeError as e:  # also torch's NotImplementedError (a RuntimeError)
             if self._math_attention or not self.second_order or not needs_math_attention(e):
                 raise
             self._math_attention = True
+            with torch.no_grad():  # the failed pass's forward passes moved them (batch norm's running statistics)
+                for b, before in saved:
+                    b.copy_(before)
             return self.attention_safe(call)
+        self._attention_probed = True  # fused kernels ran (or none was used): no more copies of the buffers
+        return out
 
     def in_chunks(self, fn: Callable[..., Any], meta: Meta, buffers: Params, batch: TaskBatch,
                   mb: Tensor | None) -> Any:
@@ -731,7 +739,7 @@ class MetaLearner(nn.Module):
         def one(q: Tensor) -> Tensor:
             return call(self.model, params, buffers, torch.cat([support_x, q[None]]))[-1]
 
-        if self.vmap_unsafe:
+        if self.vmap_unsafe or self.batching == "loop":  # loop: never checked under vmap (a GRU, dropout)
             return torch.stack([one(q) for q in query_x])
         return vmap(one)(query_x)
 
