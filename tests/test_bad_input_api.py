@@ -63,6 +63,17 @@ def fewshot(**kw) -> FewShotClassification:
     return FewShotClassification(np.zeros((6, 20, 4, 4), np.uint8), **{"ways": 2, "shots": 1, "query": 1, **kw})
 
 
+class TwoInputs(torch.nn.Module):
+    """A forward pass that needs a second input (a mask)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, x, mask):
+        return self.linear(x) * mask
+
+
 G = torch.Generator
 CASES = {
     # name: (the call, the error type, words its message must hold)
@@ -82,6 +93,8 @@ CASES = {
         lambda: learner().meta_gradient(TaskBatch(Split(torch.randn(3, 5, 1), torch.randn(3, 5, 1)),
                                                   Split(torch.randn(3, 5, 2), torch.randn(3, 5, 1)))), ConfigError,
         ["support.x [3, 5, 1] and query.x [3, 5, 2]", "different shapes"]),
+    "a model whose forward takes two inputs": (lambda: mg.MAML(TwoInputs()).meta_gradient(batch()), ConfigError,
+                                                ["missing 1 required positional argument", "model(x) with one input"]),
     "S14 scheduler of another optimizer": (lambda: trainer(scheduler=other_scheduler()), ConfigError,
                                            ["scheduler was built on another optimizer"]),
     "S15 unknown resume": (lambda: trainer().fit(resume="yes"), ConfigError, ["resume 'yes'", "'auto'"]),

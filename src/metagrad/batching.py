@@ -218,7 +218,7 @@ def _vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
                         "so vmap could not be checked against the loop (self_check=False runs it unchecked)")
             if mode == "loop":
                 raise  # the reference path itself fails: the user's model or data is at fault, show it as it is
-            return f"vmap cannot run it ({first_line(e)}){where(ref.model, small)}"
+            return f"vmap cannot run it ({torch_fault(e) or first_line(e)}){where(ref.model, small)}"
         if mode == "loop" and (fault := recorder.fault()):
             return fault
     err, leaf = tree_error(outs["vmap"], outs["loop"])

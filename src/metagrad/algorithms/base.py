@@ -345,9 +345,14 @@ class MetaLearner(nn.Module):
                 raise ConfigError(f"the batch's inputs are {x.dtype} but the model's parameters {param.dtype} "
                                   f"({first_line(e)}); cast one to the other: batch.to({param.dtype}) or "
                                   f"learner.to({x.dtype})") from None
-            fix = (f"integer inputs need a model that embeds them (nn.Embedding), else give floats, e.g. "
-                   f"x.to({param.dtype if param is not None else torch.float32})" if not x.is_floating_point()
-                   else f"give inputs of the size its first layer reads, or a model that reads {list(x.shape[2:])}")
+            if isinstance(e, TypeError) and "positional argument" in str(e):
+                fix = ("metagrad calls model(x) with one input per example batch; wrap a model that takes more "
+                       "(a mask, keyword arguments) in a module whose forward takes x alone")
+            elif not x.is_floating_point():
+                fix = (f"integer inputs need a model that embeds them (nn.Embedding), else give floats, e.g. "
+                       f"x.to({param.dtype if param is not None else torch.float32})")
+            else:
+                fix = f"give inputs of the size its first layer reads, or a model that reads {list(x.shape[2:])}"
             raise ConfigError(f"the model ({name}) cannot read one task's inputs, of shape {list(x.shape[1:])} and "
                               f"dtype {x.dtype} ({first_line(e)}); {fix}") from None
         if not isinstance(out, Tensor) and self.loss_fn in (losses.mse, losses.half_mse, losses.cross_entropy):
