@@ -192,10 +192,14 @@ def read_info(stem: str | Path) -> dict[str, Any]:
     path, _ = paths(stem)
     try:
         with open(path, "rb") as f:  # one open file: the checkpoint as it was, even if replaced meanwhile
-            info = json.loads(_metadata(f)[HEADER_KEY])
+            meta = _metadata(f)
+        info = json.loads(meta[HEADER_KEY])
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {stem} ({path.name} is missing)") from None
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
+    except KeyError:  # a whole safetensors file without metagrad's header: as load() says it
+        raise CheckpointError(f"checkpoint {path} was not written by this metagrad (format 1 or another program); "
+                              "start a new run") from None
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); {_instead(path)}") from None
     info.pop("state", None)
     return info

@@ -84,17 +84,39 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def append_line(path: str | Path, line: str) -> None:
-    """Append one line to a log; a write that fails (a full disk) is cut back off, so no torn line stays, and its
-    error names the file."""
-    with open(path, "ab") as f:
-        size = f.tell()
+    """Append one line to a log, unbuffered: a write that fails (a full disk, a file size limit) is cut back off, so
+    no torn line stays, and its error names the file. A torn last line that an earlier writer left (killed, or a
+    disk that filled outside Python's reach) is dropped first, so that this line does not join it."""
+    data = line.encode() + b"\n"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = _whole_lines(fd)
         try:
-            f.write(line.encode() + b"\n")
-            f.flush()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
         except OSError as e:
             with contextlib.suppress(OSError):
-                f.truncate(size)
+                os.ftruncate(fd, size)
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    finally:
+        os.close(fd)
+
+
+def _whole_lines(fd: int, chunk: int = 1 << 16) -> int:
+    """The size of the file ``fd`` up to its last newline, the file cut back to it when a torn line follows."""
+    size = end = os.fstat(fd).st_size
+    while end > 0:
+        start = max(0, end - chunk)
+        tail = os.pread(fd, end - start, start)
+        cut = tail.rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    if end != size:
+        os.ftruncate(fd, end)
+    return end
 
 
 def mode_for(path: Path) -> int:

@@ -199,6 +199,7 @@ class RunLoop:
         if resumed and (changes or self._resume_changes):
             self.log({"iteration": self.iteration, "resumed_with": changes or self._resume_changes})
         if resumed:
+            self._set_aside_damaged_best()
             self._drop_later_best()
             self.before_training_on()
         start_iteration, session_start = self.iteration, time.perf_counter()
@@ -280,9 +281,10 @@ class RunLoop:
         """What a trainer adds to a segment's record (e.g. environment steps)."""
         return {}
 
-    def _open_segment(self, stopped: str = "killed") -> dict[str, Any]:
+    def _open_segment(self, stopped: str = "killed or failed") -> dict[str, Any]:
         """This session's segment record as of now; each checkpoint keeps it, so that a session killed before it
-        could append its record (kill -9, a machine taken away) is still recorded when the run resumes."""
+        could append its record (kill -9, a machine taken away, a full disk) is still recorded when the run
+        resumes."""
         assert self._segment is not None
         s = self._segment
         return {"start": s["start"], "end": self.iteration, "seconds": round(time.perf_counter() - s["clock"], 1),
@@ -331,6 +333,7 @@ class RunLoop:
             self._resume_changes = self.resume_changes(info)
             self.restore("last")
             self._recover_segment(info)
+            self._say_if_threads_differ(info)
             return True
         saved = sorted(p.name for p in self.run_dir.glob("*") if p.name == "last.json" or p.suffix == ".safetensors"
                        ) if self.run_dir.exists() else []
@@ -346,6 +349,33 @@ class RunLoop:
         if self.writes:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the log of a run that saved nothing
         return False
+
+    def _say_if_threads_differ(self, info: dict[str, Any]) -> None:
+        """torch's thread count orders its float sums: a run resumed on another count goes on to other (equally
+        valid) numbers than an uninterrupted one. Said, with how to match it; not refused (a run may move machine)."""
+        before = ((info.get("segment") or {}).get("machine") or {}).get("threads")
+        now = torch.get_num_threads()
+        if isinstance(before, int) and before != now and self.writes:
+            print(f"metagrad: {self.run_dir} was trained on {before} torch thread(s), this session has {now}: its "
+                  f"sums are ordered otherwise, so it continues to slightly other numbers than an uninterrupted "
+                  f"run (OMP_NUM_THREADS={before}, or torch.set_num_threads({before}), continues it exactly)",
+                  file=sys.stderr)
+
+    def _set_aside_damaged_best(self) -> None:
+        """A ``best`` that fails its check (a disk error, a copy cut short, another program's file) must not stop a
+        run from resuming from a whole ``last``, nor stay to fail an evaluation later: it is kept as
+        ``best-damaged`` (nothing overwritten), said, and the best tracked afresh."""
+        best = self.run_dir / "best" if self.run_dir is not None else None
+        if best is None or not self.writes or not checkpoint.exists(best):
+            return
+        try:
+            checkpoint.load(best)
+        except CheckpointError as e:
+            aside = set_aside(best, "best-damaged")
+            self.forget_best()
+            reason = str(e).split(";")[0]
+            print(f"metagrad: {reason}: kept as {aside.name}; the run resumes from its last checkpoint and tracks its "
+                  "best afresh", file=sys.stderr)
 
     def _drop_later_best(self) -> None:
         """A ``best`` newer than the ``last`` resumed from (the run was killed between the two) came from iterations
@@ -520,6 +550,18 @@ def set_base_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, base_lrs: lis
             old = scheduler.base_lrs[i]
             scheduler.base_lrs[i] = group["initial_lr"] = base
             group["lr"] = group["lr"] * base / old if old else base
+
+
+def set_aside(stem: Path, name: str) -> Path:
+    """Rename checkpoint ``stem``'s files to ``name`` (``name-again``... where that is taken: nothing is
+    overwritten); the new stem."""
+    aside = stem.with_name(name)
+    while checkpoint.exists(aside) or any(p.exists() for p in checkpoint.paths(aside)):
+        aside = aside.with_name(aside.name + "-again")
+    for src, dst in zip(checkpoint.paths(stem), checkpoint.paths(aside), strict=True):
+        if src.exists():
+            os.replace(src, dst)
+    return aside
 
 
 def _append_segment(run_dir: Path, record: dict[str, Any]) -> None:

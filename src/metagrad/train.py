@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from .batch import TaskBatch
 from .distributed import Distributed
 from .errors import CheckpointError, ConfigError, TrainingDiverged, check_memory, check_whole
 from .evaluate import held_out_tasks
-from .loop import RunLoop, set_base_lrs
+from .loop import RunLoop, set_aside, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
 from .settings import check_seed
 from .tasks.base import TaskDistribution
@@ -262,12 +261,7 @@ class Trainer(RunLoop):
         info = checkpoint.read_info(best)
         if self._validates_as(info):
             return
-        aside = best.with_name(f"best-before-{self.iteration}")
-        while checkpoint.exists(aside):
-            aside = aside.with_name(aside.name + "-again")
-        for src, dst in zip(checkpoint.paths(best), checkpoint.paths(aside), strict=True):
-            if src.exists():
-                os.replace(src, dst)
+        aside = set_aside(best, f"best-before-{self.iteration}")
         self.best_val = None
         print(f"metagrad: {self.run_dir} now validates otherwise; its best so far (iteration {info['iteration']}) is "
               f"kept as {aside.name} (metagrad eval {self.run_dir} --checkpoint {aside.name}), and the best is tracked "

@@ -68,8 +68,8 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     except OSError as e:  # a full or read-only disk, an unwritable folder: the file and the reason, in one line
         where = f" ({e.filename})" if e.filename else ""
-        print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; {os_fix(e)}",
-              file=sys.stderr)
+        print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; {os_fix(e)}"
+              f"{_resumes(args.command) if e.errno in FULL else ''}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"metagrad {args.command}: interrupted", file=sys.stderr)
@@ -92,10 +92,22 @@ def out_of_memory(e: RuntimeError) -> str | None:
     return f" (asked for {int(asked[1]) / 1e9:,.1f} GB at once)" if asked else ""
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a disk, a quota or a file size limit that filled mid-run
+
+
+def _resumes(command: str) -> str:
+    """What a run stopped by a full disk keeps: its checkpoints are written whole or not at all."""
+    if command == "train":
+        return " (the run's last checkpoint is whole: run the command again with --resume)"
+    if command in ("reproduce", "tradeoff"):
+        return " (every checkpoint written is whole: run the command again and it resumes)"
+    return ""
+
+
 def os_fix(e: OSError) -> str:
     """What to do about a failed read or write: the fix its cause calls for."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "free space, or choose another folder"
+    if e.errno in FULL:
+        return "free space (or raise the file size limit), or choose another folder"
     if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
         return "a file stands where a folder is needed, or a folder where a file is: choose another path"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -9,7 +9,6 @@ the same (``metarl.run`` with this module's ``Experiment``).
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +97,6 @@ def figures(results: dict[str, Any], out: Path) -> list[Path]:
     return plots.locomotion_figures(results, out, paper)
 
 
-def _tenths(value: float) -> str:
-    """A paper's value to one decimal as printed rounding does it (315.65 -> 315.7; binary floats give 315.6)."""
-    return str(Decimal(repr(value)).quantize(Decimal("0.1"), ROUND_HALF_UP))
-
-
 def paper_row(results: dict[str, Any], method: str) -> list[float | None] | None:
     """The paper's returns after 0..k steps for ``method``: the MAML code's (Figure 5, Table 5), or the SG-MRL
     paper's Table 2 value at k = the run's inner steps (None before it); None where neither has the method."""
@@ -128,7 +122,7 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(md_row([r["label"], r["iterations"], *cells, *["-"] * (steps - len(cells))]))
         reference = paper_row(results, m)
         if reference is not None:
-            shown = [_tenths(v) if v is not None else "-" for v in reference] + ["-"] * steps
+            shown = [str(v) if v is not None else "-" for v in reference] + ["-"] * steps  # as the source gives them
             lines.append(md_row([f"{r['label']} (paper)", "", *shown[:steps]]))
     lines.append("")
     for r in methods.values():
