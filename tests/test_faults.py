@@ -594,6 +594,20 @@ def test_resuming_with_fewer_iterations_than_done_says_nothing_was_trained(tmp_p
     assert (tmp_path / "run" / "last.safetensors").read_bytes() == before
 
 
+def test_a_finished_run_whose_step_anneals_over_its_iterations_is_not_told_to_raise_them(tmp_path, capsys):
+    """A finished Reptile-style run (outer step annealed to 0 over its iterations) said "give a larger --iterations
+    to continue it", which the resume then refused without saying why."""
+    run = str(tmp_path / "run")
+    args = ["--config", "sinusoid-reptile", "--iterations", "3", "--val-every", "0", "--no-progress", "--out", run]
+    assert main(["train", *args]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", run, "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "it is finished" in out and "anneals the outer step to 0" in out and "give a larger" not in out
+    err = cli_error(["train", "--out", run, "--resume", "--iterations", "6", "--no-progress"], capsys)
+    assert "iterations 3 in the run, 6 given (outer_lr_schedule 'linear' anneals" in err
+
+
 def test_a_resumed_run_says_what_this_session_trained(tmp_path, capsys):
     """`trained 4 iterations in 3.2 s (77 it/s)` after a session of 2 read as 4 in 3.2 s at a rate that did not
     divide: the span, this session's count and the total time are said apart."""

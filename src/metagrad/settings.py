@@ -103,6 +103,10 @@ class Settings:
         """Fields that may differ between a run's checkpoint and the config that resumes it."""
         return set(self.FREE_ON_RESUME) | {f.name for f in fields(self) if f.metadata["section"] == "eval"}
 
+    def fixed_because(self, name: str) -> str:
+        """Why setting ``name`` may not change on resume where it is not plain (e.g. `` (...)``); else ""."""
+        return ""
+
     def resume_differences(self, saved: Settings) -> list[str]:
         """The fields in which this config differs from the one a run was trained with, where that matters."""
         free = self.free_on_resume()
@@ -116,11 +120,10 @@ class Settings:
         old, new = saved.to_dict(), self.to_dict()
         changed = self.resume_differences(saved)
         if changed:
-            diffs = ", ".join(f"{k} {old[k]!r} in the run, {new[k]!r} given" for k in changed)
+            diffs = ", ".join(f"{k} {old[k]!r} in the run, {new[k]!r} given{self.fixed_because(k)}" for k in changed)
             raise CheckpointError(f"{run_dir} was trained with another config ({diffs}); resume with the run's "
                                   "own options (`metagrad train --out RUN --resume` takes them from the run; "
-                                  "`metagrad reproduce`: --set KEY=VALUE with the run's values) or choose another "
-                                  "--out")
+                                  "`metagrad reproduce`: the options it was run with) or choose another --out")
         return {k: [old[k], new[k]] for k in new if old[k] != new[k]}
 
     # ------------------------------------------------------------------ (de)serialisation

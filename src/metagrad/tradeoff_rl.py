@@ -250,14 +250,14 @@ def _check_resumable(study: Study, out: Path) -> None:
     if path.exists():
         before, now = json.loads(path.read_text()), study.to_dict()
         changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k) and k != "test_step")
-        if before.get("test_step", "drs-tuned") != study.test_step:  # evaluation only: the runs stay as trained
-            print(f"{out}: tested again with test_step {study.test_step} (was {before.get('test_step', 'drs-tuned')})",
-                  file=sys.stderr)
-        if changed and not extends(before, now):
+        if changed and not extends(before, now):  # refused before anything is said to happen
             spacing = before.get("budget", 0) // max(before.get("checkpoints", 1), 1)
             raise ConfigError(f"{out} holds a study with other settings ({', '.join(changed)}); resume it with the "
                               f"same settings (or a larger --budget with --checkpoints keeping its snapshots "
                               f"{spacing:,} steps apart) or choose another --out")
+        if before.get("test_step", "drs-tuned") != study.test_step:  # evaluation only: the runs stay as trained
+            print(f"{out}: tested again with test_step {study.test_step} (was {before.get('test_step', 'drs-tuned')})",
+                  file=sys.stderr)
         if changed:
             print(f"{out}: the study extended from {before['budget']:,} to {study.budget:,} environment steps per "
                   f"run, its snapshots {study.budget // study.checkpoints:,} apart as before", file=sys.stderr)

@@ -108,8 +108,9 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     assert (out / "promp" / "seed-1" / "eval-002.json").stat().st_mtime_ns == mtime
     assert json.loads((out / "tradeoff_rl.json").read_text())["returns"] == results["returns"]
     capsys.readouterr()
-    assert main([*args[:-3], "--seeds", "3", "--out", str(out)]) == 2
-    assert "other settings (seeds)" in capsys.readouterr().err
+    assert main([*args[:-3], "--seeds", "3", "--test-step", "tuned", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (seeds)" in err and "tested again" not in err  # refused before a re-test is announced
     assert main([*args[:-3], "--budget", "8000", "--checkpoints", "3", "--out", str(out)]) == 2  # other snapshots
     assert "snapshots 3,000 steps apart" in capsys.readouterr().err
     # --test-step tuned: each method's step chosen on validation tasks; the runs are tested again, not retrained

@@ -68,8 +68,10 @@ def _finished(cfg: Config | RLConfig, result: Any) -> str:
     else:
         done, budget, flag = result.iteration, cfg.iterations, "--iterations"
         at = f"at iteration {done}"
-    return f"{at}, {'past' if done > budget else 'at'} {flag} {budget:,}: nothing trained (its files unchanged); " \
-        f"give a larger {flag} to continue it"
+    head = f"{at}, {'past' if done > budget else 'at'} {flag} {budget:,}: nothing trained (its files unchanged); "
+    if flag == "--iterations" and (fixed := cfg.fixed_because("iterations")):
+        return head + f"it is finished{fixed}"
+    return head + f"give a larger {flag} to continue it"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
