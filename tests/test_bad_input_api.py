@@ -89,10 +89,10 @@ CASES = {
         lambda: mg.MAML(net(4, 3), loss_fn=mg.losses.cross_entropy).meta_gradient(
             batch((2, 3, 4), y=torch.tensor([[[0], [1], [2]]] * 2))), ValueError,
         ["labels of shape [3, 1]", "squeeze"]),
-    "support and query inputs of different widths": (
+    "query inputs the model cannot read": (
         lambda: learner().meta_gradient(TaskBatch(Split(torch.randn(3, 5, 1), torch.randn(3, 5, 1)),
                                                   Split(torch.randn(3, 5, 2), torch.randn(3, 5, 1)))), ConfigError,
-        ["support.x [3, 5, 1] and query.x [3, 5, 2]", "different shapes"]),
+        ["cannot read one task's query inputs, of shape [5, 2]", "cannot be multiplied"]),
     "a model whose forward takes two inputs": (lambda: mg.MAML(TwoInputs()).meta_gradient(batch()), ConfigError,
                                                 ["missing 1 required positional argument", "model(x) with one input"]),
     "S14 scheduler of another optimizer": (lambda: trainer(scheduler=other_scheduler()), ConfigError,

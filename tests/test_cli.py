@@ -210,14 +210,12 @@ def test_eval_warns_when_the_adapted_models_diverge(tmp_path, capsys):
 
 
 def test_eval_reports_the_step_sizes_its_steps_took(tmp_path, capsys):
-    """A schedule longer than the steps is not listed whole: eval.json and the table name the sizes used."""
+    """A schedule longer than the steps is not listed whole: the table names the sizes used."""
     run = tmp_path / "r"
     assert main(["train", "--iterations", "2", "--meta-batch-size", "2", "--out", str(run), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["eval", str(run), "--eval-tasks", "3", "--eval-steps", "2", "--eval-lr", "0.01,0.02,0.03"]) == 0
-    assert "(step size [0.01, 0.02])" in capsys.readouterr().out
-    curves = json.loads((run / "eval.json").read_text())["curves"]
-    assert curves and all(c["lr"] == [0.01, 0.02] for c in curves.values())
+    assert "(step size [0.01, 0.02])" in capsys.readouterr().out  # eval.json keeps the schedule (figures go further)
 
 
 def test_no_progress_also_silences_the_data_loaders_bars(tmp_path, capsys, monkeypatch):

@@ -291,6 +291,42 @@ def test_non_transductive_metrics_on_the_loop_do_not_vmap(name):
     assert metrics["loss"].shape == (3, 3) and bool(torch.isfinite(metrics["loss"]).all())
 
 
+def test_support_and_query_sequences_of_other_lengths_are_read():
+    """Token sequences padded per split (support [3, 4, 5], query [3, 6, 9]) for a model that pools over them: an
+    input check that wanted equal shapes refused them for a while."""
+    g = torch.Generator().manual_seed(0)
+    data = TaskBatch(Split(torch.randint(0, 7, (3, 4, 5), generator=g), torch.randn(3, 4, 1, dtype=torch.float64)),
+                     Split(torch.randint(0, 7, (3, 6, 9), generator=g), torch.randn(3, 6, 1, dtype=torch.float64)))
+    torch.manual_seed(0)
+    learn = mg.MAML(FunctionalEmbed().double(), inner=mg.SGD(0.5))
+    assert torch.isfinite(torch.tensor(learn.meta_gradient(data)["meta_loss"]))
+
+
+class Branching(torch.nn.Module):
+    """A forward pass with one of torch's higher-order operators (``torch.cond``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda x: self.lin(x), lambda x: 2 * self.lin(x), (x,))
+
+
+def test_a_model_with_a_higher_order_operator_still_passes_the_embedding_recorder():
+    """The recorder of embedding options was first a dispatch mode, which refuses torch.cond: the self-check's loop
+    failed and the model was said to be unreadable; the function mode lets it run (auto then takes the loop, as
+    vmap cannot run it), its gradient the loop's."""
+    data = mg.tasks.Sinusoid(shots=5, query=5).sample(3, torch.Generator().manual_seed(0))
+    grads = []
+    for batching in ("auto", "loop"):
+        torch.manual_seed(0)
+        learn = mg.MAML(Branching(), batching=batching)
+        learn.meta_gradient(data)
+        grads.append([p.grad for p in learn.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
 class FunctionalEmbed(torch.nn.Module):
     """An embedding written with ``F.embedding`` in the forward pass: no ``nn.Embedding`` module to look up."""
 

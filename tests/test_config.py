@@ -38,6 +38,14 @@ def test_overrides_are_coerced_and_validated():
         cfg.replace(shots="abc")
 
 
+def test_command_line_lists_take_tomls_array_syntax_too():
+    from metagrad.cli.parser import csv
+
+    assert csv(int)("[1, 5]") == [1, 5] and csv(float)("0.5,0.1,") == [0.5, 0.1]
+    with pytest.raises(Exception, match="empty entry"):
+        csv(int)("1,,5")
+
+
 def test_overrides_take_tomls_array_syntax():
     cfg = load_config("sinusoid-maml")
     assert cfg.replace(hidden="[64, 32]").hidden == (64, 32) and cfg.replace(hidden="[]").hidden == ()

@@ -777,7 +777,7 @@ def test_a_full_disk_while_appending_a_log_line_leaves_no_torn_line_and_names_th
     monkeypatch.setattr(files.os, "write", _full_disk_at("segments.jsonl"))
     err = cli_error([*args, "--iterations", "3", "--resume"], capsys)
     assert "No space left on device" in err and str(run / "segments.jsonl") in err and "free space" in err
-    assert "last checkpoint is whole: run the command again with --resume" in err
+    assert "any checkpoint it wrote is whole: run the command again with --resume" in err
     assert (run / "segments.jsonl").read_bytes() == before
     monkeypatch.undo()
     assert main([*args, "--iterations", "4", "--resume"]) == 0
@@ -795,3 +795,6 @@ def test_a_torn_line_left_in_a_log_is_dropped_before_the_next_is_appended(tmp_pa
     log.write_text('{"sta')  # nothing whole: the fragment alone goes
     files.append_line(log, "{}")
     assert log.read_text() == "{}\n"
+    log.write_text('{"start": 0}\n{"start": 2}')  # a whole line without its newline (edited by hand) stays
+    files.append_line(log, "{}")
+    assert log.read_text() == '{"start": 0}\n{"start": 2}\n{}\n'

@@ -64,9 +64,6 @@ class TaskBatch(NamedTuple):
                               f"{got}")
         if sx[0] < 1:
             raise ConfigError("the TaskBatch holds no tasks; give at least one")
-        if sx[2:] != qx[2:] and min(sx[1], qx[1]) > 0:
-            raise ConfigError(f"support.x {list(sx)} and query.x {list(qx)} hold inputs of different shapes "
-                              f"({list(sx[2:])} vs {list(qx[2:])}); one model reads both, so give them the same")
         for split, x, y, wanted in (("support", sx[1], sy[1], support), ("query", qx[1], qy[1], query)):
             if x != y:
                 raise ConfigError(f"the {split} set has {x} inputs but {y} targets per task")

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
+from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from .errors import ConfigError
@@ -77,7 +79,8 @@ def needs_math_attention(error: BaseException) -> bool:
     return "scaled_dot_product" in text and "not implemented" in text
 
 
-DTYPE_CLASH = re.compile(r"\b(Float|Double|Half|BFloat16)\b.*\b(Float|Double|Half|BFloat16)\b|expected scalar type")
+FLOATS = r"\b(Float|Double|Half|BFloat16)\b"
+DTYPE_CLASH = re.compile(rf"{FLOATS}.*{FLOATS}", re.IGNORECASE)  # two floating dtypes named: float32 met float64
 MISSING_DERIVATIVE = re.compile(r"derivative for '?(?:aten::)?(\w+)'? is not implemented")  # quoted or aten::op
 HINTS = {"_embedding_bag_backward": " (nn.EmbeddingBag's; nn.Embedding followed by a sum or mean has them)"}
 
@@ -161,24 +164,28 @@ def data_dependent_fault(model: nn.Module) -> str | None:
     return None
 
 
-class EmbeddingOptions(TorchDispatchMode):
-    """Records the data-dependent options (``padding_idx``, ``scale_grad_by_freq``) of the embedding operations that
-    run inside it: ``F.embedding`` and ``F.embedding_bag`` written in a forward pass escape ``data_dependent_fault``'s
-    look at the modules, and a one-batch check misses them when that batch lacks the padding index."""
+class EmbeddingOptions(TorchFunctionMode):
+    """Records the data-dependent options (``padding_idx``, ``scale_grad_by_freq``) of the embedding calls made inside
+    it: ``F.embedding`` and ``F.embedding_bag`` written in a forward pass escape ``data_dependent_fault``'s look at
+    the modules, and a one-batch check misses them when that batch lacks the padding index. (A function mode, not a
+    dispatch mode: those refuse torch's higher-order operators, ``torch.cond`` among them.)"""
 
-    OPS = ("embedding", "_embedding_bag", "_embedding_bag_forward_only", "embedding_dense_backward")
+    CALLS: ClassVar[dict[Callable, inspect.Signature]] = {f: inspect.signature(f) for f in (F.embedding,
+                                                                                           F.embedding_bag)}
+    ATEN = ("weight", "indices", "padding_idx", "scale_grad_by_freq", "sparse")  # torch.embedding's arguments
 
     def __init__(self) -> None:
         super().__init__()
         self.found: set[str] = set()
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func.overloadpacket.__name__ in self.OPS:
-            bound = dict(zip((a.name for a in func._schema.arguments), args, strict=False)) | kwargs
-            if bound.get("padding_idx", -1) not in (-1, None):
+        if func in self.CALLS or func is torch.embedding:
+            bound = (self.CALLS[func].bind(*args, **kwargs).arguments if func in self.CALLS
+                     else dict(zip(self.ATEN, args, strict=False)) | kwargs)
+            if bound.get("padding_idx") not in (-1, None):
                 self.found.add("padding_idx")
-            if bound.get("scale_grad_by_freq", False):
+            if bound.get("scale_grad_by_freq"):
                 self.found.add("scale_grad_by_freq")
         return func(*args, **kwargs)
 

@@ -145,12 +145,6 @@ class Config(Settings):
             return f"is not used on grid tasks: their query set is the whole grid ({self.grid} points)"
         return super().ignored(name)
 
-    def fixed_because(self, name: str) -> str:
-        if name == "iterations" and "iterations" not in self.free_on_resume():
-            return (f" (outer_lr_schedule {self.outer_lr_schedule!r} anneals the outer step to 0 over the run's "
-                    "iterations: they are its whole budget, fixed when it starts)")
-        return super().fixed_because(name)
-
     def free_on_resume(self) -> set[str]:
         """The iteration budget may change unless the outer step size is annealed over it; the inner step sizes
         may not when they are learned (the checkpoint's learned values would be kept and the new ones only logged)."""

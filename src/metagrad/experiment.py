@@ -24,7 +24,6 @@ from .config import Config
 from .errors import CheckpointError, ConfigError, Interrupted, MetagradError
 from .evaluate import Curve, adaptation_curves, held_out_tasks, tune_step_size
 from .functional import call
-from .inner import schedule_used
 from .loop import RunLoop, trajectory
 from .seeds import VAL_EVAL_SEED_OFFSET
 from .settings import read_toml
@@ -269,7 +268,7 @@ def evaluate(learner: MetaLearner, cfg: Config, shots: list[int] | None = None) 
         curves: dict[str, Curve] = adaptation_curves(learner, batch, cfg.eval_steps, inner=inner,
                                                      inner_batch_size=cfg.eval_inner_batch_size, seed=cfg.eval_seed,
                                                      transductive=cfg.transductive)
-        lr_used = "learned" if cfg.learn_inner_lr else schedule_used(lrs or cfg.inner_lr, cfg.eval_steps)
+        lr_used = "learned" if cfg.learn_inner_lr else list(lrs or cfg.inner_lr)  # the schedule: figures go further
         out[k] = {"lr": lr_used, **{name: asdict(c) for name, c in curves.items()}}
     return out
 

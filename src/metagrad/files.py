@@ -86,37 +86,55 @@ def write_text(path: str | Path, text: str) -> None:
 def append_line(path: str | Path, line: str) -> None:
     """Append one line to a log, unbuffered: a write that fails (a full disk, a file size limit) is cut back off, so
     no torn line stays, and its error names the file. A torn last line that an earlier writer left (killed, or a
-    disk that filled outside Python's reach) is dropped first, so that this line does not join it."""
+    disk that filled outside Python's reach) is dropped first, so that this line does not join it; a whole one
+    that only lacks its newline (a file edited by hand) gets it."""
     data = line.encode() + b"\n"
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    size = -1
     try:
         size = _whole_lines(fd)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError as e:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        if size >= 0:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     finally:
         os.close(fd)
 
 
 def _whole_lines(fd: int, chunk: int = 1 << 16) -> int:
-    """The size of the file ``fd`` up to its last newline, the file cut back to it when a torn line follows."""
-    size = end = os.fstat(fd).st_size
+    """The size of file ``fd`` once its last line is whole: a torn one cut off, a whole JSON line given its
+    newline."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0 or _read_at(fd, size - 1, 1) == b"\n":
+        return size
+    end = size
     while end > 0:
         start = max(0, end - chunk)
-        tail = os.pread(fd, end - start, start)
-        cut = tail.rfind(b"\n")
+        cut = _read_at(fd, start, end - start).rfind(b"\n")
         if cut >= 0:
             end = start + cut + 1
             break
         end = start
-    if end != size:
+    try:
+        json.loads(_read_at(fd, end, size - end))
+    except ValueError:
         os.ftruncate(fd, end)
-    return end
+        return end
+    os.write(fd, b"\n")
+    return size + 1
+
+
+def _read_at(fd: int, offset: int, length: int) -> bytes:
+    """``length`` bytes of file ``fd`` from ``offset`` (``os.pread``, which Windows lacks, by seek and read)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, length)
 
 
 def mode_for(path: Path) -> int:

@@ -363,8 +363,9 @@ class RunLoop:
 
     def _set_aside_damaged_best(self) -> None:
         """A ``best`` that fails its check (a disk error, a copy cut short, another program's file) must not stop a
-        run from resuming from a whole ``last``, nor stay to fail an evaluation later: it is kept as
-        ``best-damaged`` (nothing overwritten), said, and the best tracked afresh."""
+        run from resuming from a whole ``last``, nor stay to fail an evaluation after it trains on: it is kept as
+        ``best-damaged`` (nothing overwritten), said, and the best tracked afresh. (A finished run's files stay as
+        they are; evaluating its best then names the damage.)"""
         best = self.run_dir / "best" if self.run_dir is not None else None
         if best is None or not self.writes or not checkpoint.exists(best):
             return
@@ -385,7 +386,10 @@ class RunLoop:
         best = self.run_dir / "best" if self.run_dir is not None else None
         if best is None or not checkpoint.exists(best):
             return
-        info = checkpoint.read_info(best)
+        try:
+            info = checkpoint.read_info(best)
+        except CheckpointError:  # damaged, or set aside meanwhile by the process that writes (a distributed run)
+            return
         if info["iteration"] <= self.iteration or trajectory(info.get("config", {})) == trajectory(self.config):
             return
         if self.writes:

@@ -104,7 +104,10 @@ class Settings:
         return set(self.FREE_ON_RESUME) | {f.name for f in fields(self) if f.metadata["section"] == "eval"}
 
     def fixed_because(self, name: str) -> str:
-        """Why setting ``name`` may not change on resume where it is not plain (e.g. `` (...)``); else ""."""
+        """Why setting ``name`` may not change on resume where it is not plain (as `` (...)``); else ""."""
+        if name == "iterations" and getattr(self, "outer_lr_schedule", None) == "linear":
+            return (" (outer_lr_schedule 'linear' anneals the outer step to 0 over the run's iterations: they are its "
+                    "whole budget, fixed when it starts)")
         return ""
 
     def resume_differences(self, saved: Settings) -> list[str]:
@@ -279,19 +282,26 @@ def base_type(cls: type, f: Any) -> type:
     return hint
 
 
+def list_items(text: str) -> list[str] | None:
+    """The items of a command-line list: ``5,10`` or TOML's array syntax ``[5, 10]`` (``[]`` for none; spaces and
+    quotes ignored); None where an entry inside is empty (a typo: one trailing comma is harmless)."""
+    text = text.replace(" ", "")
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1].replace('"', "").replace("'", "")
+    parts = text.split(",")
+    return None if "" in parts[:-1] else [p for p in parts if p]
+
+
 def coerce(cls: type, f: Any, value: Any, where: str) -> Any:
     """Convert a TOML or command-line value to the field's type, or raise a ConfigError naming it."""
     base = base_type(cls, f)
     if is_tuple(cls, f):
         if isinstance(value, str):
-            value = value.replace(" ", "")
-            if value.startswith("[") and value.endswith("]"):  # TOML's array syntax on the command line: [40,40], []
-                value = value[1:-1].replace('"', "").replace("'", "")
-            value = value.split(",")
-            if "" in value[:-1]:  # one trailing comma is harmless (as cli.csv); an empty entry inside is a typo
-                raise ConfigError(f"{where}: '{','.join(value)}' has an empty entry; give values separated by "
-                                  "single commas, e.g. 5,10")
-            value = [v for v in value if v]
+            items = list_items(value)
+            if items is None:
+                raise ConfigError(f"{where}: '{value}' has an empty entry; give values separated by single commas, "
+                                  "e.g. 5,10")
+            value = items
         elif not isinstance(value, list | tuple):
             value = [value]
         return tuple(scalar(base, v, where) for v in value)

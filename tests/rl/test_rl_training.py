@@ -582,6 +582,20 @@ def test_resuming_a_run_finished_by_its_step_budget_trains_nothing_and_says_so(t
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
 
 
+def test_a_finished_meta_rl_run_with_a_linear_schedule_says_its_budget_is_fixed(tmp_path, capsys):
+    """As a supervised one: it was told to give a larger --iterations, which the resume then refused unexplained."""
+    run = tmp_path / "run"
+    args = ["train", "--config", "maml-vpg-navigation", "--set", "outer_lr_schedule=linear", "--iterations", "2",
+            "--meta-batch-size", "2", "--episodes", "2", "--horizon", "10", "--no-progress", "--out", str(run)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "it is finished (outer_lr_schedule 'linear' anneals" in out and "give a larger" not in out
+    assert main(["train", "--out", str(run), "--resume", "--iterations", "4", "--no-progress"]) == 2
+    assert "iterations 2 in the run, 4 given (outer_lr_schedule 'linear'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("outer", "change", "named"), [
     ("vpg", {"outer_lr": 1e30, "outer_optimizer": "sgd"}, r"outer step size \(outer_lr, now 1e\+30\)"),
     ("trpo", {"inner_lr": (1e30,)}, r"inner step size \(inner_lr 1e\+30\)")])

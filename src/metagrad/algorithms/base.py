@@ -20,6 +20,7 @@ head), while the meta-gradient reaches every trainable parameter.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -96,6 +97,17 @@ def buffers_moved(before: dict[str, tuple[int, Tensor]], buffers: Params) -> lis
     """The buffers written since ``before`` (``buffer_state``'s): what a model that updates its state as it runs
     (batch norm's running statistics, spectral norm's power iteration in training mode) changes."""
     return sorted(n for n, b in buffers.items() if b._version != before[n][0] or not torch.equal(b, before[n][1]))
+
+
+def _takes_one_input(model: nn.Module) -> bool:
+    """Whether ``model(x)`` binds to its forward's signature (a forward that needs a mask as well does not)."""
+    try:
+        inspect.signature(model.forward).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): assume it does
+        return True
+    return True
 
 
 def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
@@ -333,28 +345,10 @@ class MetaLearner(nn.Module):
         """A ``ConfigError`` naming the shapes, dtypes and fix where the model cannot read one task's inputs (a dry
         run outside any transform, leaving the model's buffers and torch's random state as they were), or, with
         ``losses.cross_entropy``, where the labels do not index its outputs. Tensor reductions: not on every step."""
-        x = batch.support.x if batch.support.x.shape[1] else batch.query.x
-        param = next(self.model.parameters(), None)
         name = type(self.model).__name__
-        meta, buffers = self.functional_inputs()
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                out = call(self.model, meta["model"], {n: b.clone() for n, b in buffers.items()}, x[0])
-        except Exception as e:
-            if param is not None and x.is_floating_point() and x.dtype != param.dtype:
-                raise ConfigError(f"the batch's inputs are {x.dtype} but the model's parameters {param.dtype} "
-                                  f"({first_line(e)}); cast one to the other: batch.to({param.dtype}) or "
-                                  f"learner.to({x.dtype})") from None
-            if isinstance(e, TypeError) and "positional argument" in str(e):
-                fix = ("metagrad calls model(x) with one input per example batch; wrap a model that takes more "
-                       "(a mask, keyword arguments) in a module whose forward takes x alone")
-            elif not x.is_floating_point():
-                fix = (f"integer inputs need a model that embeds them (nn.Embedding), else give floats, e.g. "
-                       f"x.to({param.dtype if param is not None else torch.float32})")
-            else:
-                fix = f"give inputs of the size its first layer reads, or a model that reads {list(x.shape[2:])}"
-            raise ConfigError(f"the model ({name}) cannot read one task's inputs, of shape {list(x.shape[1:])} and "
-                              f"dtype {x.dtype} ({first_line(e)}); {fix}") from None
+        outs = [self._dry_run(x, split) for split, x in (("", batch.support.x), ("query ", batch.query.x))
+                if x.shape[1]]  # the query set too: a model that reads the support may still not read it
+        out = outs[0]
         if not isinstance(out, Tensor) and self.loss_fn in (losses.mse, losses.half_mse, losses.cross_entropy):
             raise ConfigError(f"the model ({name}) returns a {type(out).__name__}, not a tensor; "
                               f"losses.{self.loss_fn.__name__} compares one prediction tensor with the targets: "
@@ -367,6 +361,30 @@ class MetaLearner(nn.Module):
                                       f"({name}) has {out.shape[-1]} outputs; give labels 0..{out.shape[-1] - 1}, or "
                                       "a model with one output per class (ways)")
         self._inputs_checked = True
+
+    def _dry_run(self, x: Tensor, split: str) -> Any:
+        """The model's output on one task's inputs ``x`` (of the support or, ``split`` "query ", the query set), or
+        a ``ConfigError`` naming their shape and dtype and the fix."""
+        param = next(self.model.parameters(), None)
+        meta, buffers = self.functional_inputs()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                return call(self.model, meta["model"], {n: b.clone() for n, b in buffers.items()}, x[0])
+        except Exception as e:
+            if param is not None and x.is_floating_point() and x.dtype != param.dtype:
+                raise ConfigError(f"the batch's inputs are {x.dtype} but the model's parameters {param.dtype} "
+                                  f"({first_line(e)}); cast one to the other: batch.to({param.dtype}) or "
+                                  f"learner.to({x.dtype})") from None
+            if not _takes_one_input(self.model):
+                fix = ("metagrad calls model(x) with one input per example batch; wrap a model that takes more "
+                       "(a mask, keyword arguments) in a module whose forward takes x alone")
+            elif not x.is_floating_point():
+                fix = (f"integer inputs need a model that embeds them (nn.Embedding), else give floats, e.g. "
+                       f"x.to({param.dtype if param is not None else torch.float32})")
+            else:
+                fix = f"give inputs of the size its first layer reads, or a model that reads {list(x.shape[2:])}"
+            raise ConfigError(f"the model ({type(self.model).__name__}) cannot read one task's {split}inputs, of "
+                              f"shape {list(x.shape[1:])} and dtype {x.dtype} ({first_line(e)}); {fix}") from None
 
     def forward(self, x: Tensor) -> Tensor:
         """The model at its meta-learned initialization."""
@@ -567,8 +585,9 @@ class MetaLearner(nn.Module):
 
     def attention_safe(self, call: Callable[[], Any]) -> Any:
         """``call()`` with attention on its math kernel while second derivatives are taken, once a fused attention
-        kernel has failed for want of a double backward (then ``call`` runs again on the math kernel); other torch
-        errors that a model's modules cause on these paths become a ``ConfigError`` that names the fix."""
+        kernel has failed for want of a double backward (then ``call`` runs again on the math kernel, the model's
+        buffers first put back as they were before the failed pass); other torch errors that a model's modules
+        cause on these paths become a ``ConfigError`` that names the fix."""
         probing = self.second_order and not self._math_attention and not self._attention_probed
         saved = [(b, b.clone()) for b in self.model.buffers()] if probing else []
         try:

@@ -98,9 +98,9 @@ FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a disk, a quota or a file si
 def _resumes(command: str) -> str:
     """What a run stopped by a full disk keeps: its checkpoints are written whole or not at all."""
     if command == "train":
-        return " (the run's last checkpoint is whole: run the command again with --resume)"
+        return " (any checkpoint it wrote is whole: run the command again with --resume)"
     if command in ("reproduce", "tradeoff"):
-        return " (every checkpoint written is whole: run the command again and it resumes)"
+        return " (any checkpoint it wrote is whole: run the command again and it resumes)"
     return ""
 
 

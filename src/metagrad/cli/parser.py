@@ -13,7 +13,7 @@ from ..choices import BATCHING
 from ..config import SECTIONS, Config
 from ..errors import ConfigError, suggest
 from ..rl.config import RLConfig
-from ..settings import check_seed, preset_names
+from ..settings import check_seed, list_items, preset_names
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -229,11 +229,11 @@ def seed(text: str) -> int:
 def csv(kind: type) -> Any:
     """An argparse type: a comma-separated list of ``kind`` (spaces ignored)."""
     def parse(text: str) -> list:
-        parts = text.replace(" ", "").split(",")
-        if "" in parts[:-1] or not parts[0]:  # one trailing comma is harmless; an empty entry inside is a typo
+        parts = list_items(text)
+        if not parts:  # an empty entry inside (one trailing comma is harmless), or none at all
             raise argparse.ArgumentTypeError(f"'{text}' has an empty entry; give numbers separated by single commas")
         try:
-            return [kind(v) for v in parts if v]
+            return [kind(v) for v in parts]
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of "
                                              f"{'integers' if kind is int else 'numbers'}") from None

@@ -18,6 +18,7 @@ from ..choices import IMAGE_FAMILIES
 from ..compare import task_of
 from ..config import Config, load_config
 from ..errors import Interrupted, MetagradError
+from ..inner import schedule_used
 from ..rl.config import RLConfig
 from .parser import EXIT_INTERRUPTED
 
@@ -146,7 +147,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for k, r in results.items():
             for metric in ("loss", "accuracy"):
                 if metric in r:
-                    print(f"  K={k} {metric} (step size {r['lr']})  {_row(r[metric], 3)}")
+                    lr = r["lr"] if r["lr"] == "learned" else schedule_used(r["lr"], cfg.eval_steps)
+                    print(f"  K={k} {metric} (step size {lr})  {_row(r[metric], 3)}")
         curves = {str(k): v for k, v in results.items()}
     else:
         from ..rl.evaluate import evaluate as evaluate_rl
