@@ -148,7 +148,7 @@ class Config(Settings):
     def free_on_resume(self) -> set[str]:
         """The iteration budget may change unless the outer step size is annealed over it; the inner step sizes
         may not when they are learned (the checkpoint's learned values would be kept and the new ones only logged)."""
-        free = super().free_on_resume() | ({"iterations"} if self.outer_lr_schedule == "constant" else set())
+        free = super().free_on_resume() | (set() if self.budget_fixed() else {"iterations"})
         return free - {"inner_lr"} if self.learn_inner_lr else free
 
     # ------------------------------------------------------------------ validation

@@ -103,9 +103,14 @@ class Settings:
         """Fields that may differ between a run's checkpoint and the config that resumes it."""
         return set(self.FREE_ON_RESUME) | {f.name for f in fields(self) if f.metadata["section"] == "eval"}
 
+    def budget_fixed(self) -> bool:
+        """Whether the iteration budget is fixed when a run starts: a linear schedule anneals the outer step to 0
+        over it, so another budget would be another trajectory."""
+        return getattr(self, "outer_lr_schedule", None) == "linear"
+
     def fixed_because(self, name: str) -> str:
         """Why setting ``name`` may not change on resume where it is not plain (as `` (...)``); else ""."""
-        if name == "iterations" and getattr(self, "outer_lr_schedule", None) == "linear":
+        if name == "iterations" and self.budget_fixed():
             return (" (outer_lr_schedule 'linear' anneals the outer step to 0 over the run's iterations: they are its "
                     "whole budget, fixed when it starts)")
         return ""
