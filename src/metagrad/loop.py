@@ -560,7 +560,7 @@ def set_aside(stem: Path, name: str) -> Path:
     """Rename checkpoint ``stem``'s files to ``name`` (``name-again``... where that is taken: nothing is
     overwritten); the new stem."""
     aside = stem.with_name(name)
-    while checkpoint.exists(aside) or any(p.exists() for p in checkpoint.paths(aside)):
+    while any(p.exists() for p in checkpoint.paths(aside)):  # the tensors or the readable header copy
         aside = aside.with_name(aside.name + "-again")
     for src, dst in zip(checkpoint.paths(stem), checkpoint.paths(aside), strict=True):
         if src.exists():

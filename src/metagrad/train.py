@@ -262,7 +262,7 @@ class Trainer(RunLoop):
         if self._validates_as(info):
             return
         aside = set_aside(best, f"best-before-{self.iteration}")
-        self.best_val = None
+        self.forget_best()
         print(f"metagrad: {self.run_dir} now validates otherwise; its best so far (iteration {info['iteration']}) is "
               f"kept as {aside.name} (metagrad eval {self.run_dir} --checkpoint {aside.name}), and the best is tracked "
               "afresh", file=sys.stderr)
