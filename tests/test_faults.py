@@ -363,6 +363,26 @@ def test_a_run_resumed_on_another_thread_count_says_it_continues_otherwise(tmp_p
     assert "trained on 1 torch thread(s), this session has 2" in capsys.readouterr().err
 
 
+def test_a_gpu_run_resumed_on_another_thread_count_says_nothing(tmp_path, capsys, monkeypatch):
+    """A GPU's sums do not depend on torch's CPU thread count: the note fired for CUDA runs, where it is untrue."""
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        make_trainer(config(iterations=4), run, progress=False).fit()
+        torch.set_num_threads(2)
+        trainer = make_trainer(config(iterations=6), run, progress=False)
+        assert trainer._computes_on_cpu()
+        monkeypatch.setattr(trainer.learner, "_on_cpu", lambda: False)  # as a CUDA learner answers
+        assert not trainer._computes_on_cpu()
+        monkeypatch.undo()  # (the learner's answer would also restore CUDA's random state)
+        monkeypatch.setattr(trainer, "_computes_on_cpu", lambda: False)
+        trainer.fit(resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert "torch thread" not in capsys.readouterr().err
+
+
 class Noisy(torch.nn.Module):
     """An MLP with dropout in training mode: its randomness comes from torch's global generator."""
 

@@ -355,11 +355,15 @@ class RunLoop:
         valid) numbers than an uninterrupted one. Said, with how to match it; not refused (a run may move machine)."""
         before = ((info.get("segment") or {}).get("machine") or {}).get("threads")
         now = torch.get_num_threads()
-        if isinstance(before, int) and before != now and self.writes:
+        if isinstance(before, int) and before != now and self.writes and self._computes_on_cpu():
             print(f"metagrad: {self.run_dir} was trained on {before} torch thread(s), this session has {now}: its "
                   f"sums are ordered otherwise, so it continues to slightly other numbers than an uninterrupted "
                   f"run (OMP_NUM_THREADS={before}, or torch.set_num_threads({before}), continues it exactly)",
                   file=sys.stderr)
+
+    def _computes_on_cpu(self) -> bool:
+        """Whether the run's sums are the CPU's (a GPU's do not depend on torch's thread count)."""
+        return True
 
     def _set_aside_damaged_best(self) -> None:
         """A ``best`` that fails its check (a disk error, a copy cut short, another program's file) must not stop a

@@ -200,6 +200,9 @@ class Trainer(RunLoop):
     def _device(self) -> torch.device:
         return next(self.learner.parameters()).device
 
+    def _computes_on_cpu(self) -> bool:
+        return self.learner._on_cpu()
+
     def info(self) -> dict[str, Any]:
         """Counters, the meta-losses since the last log line (so that the first line after a resume averages
         the same iterations as an uninterrupted run's), and the settings a resumed run must share."""
