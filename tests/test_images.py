@@ -157,3 +157,58 @@ def test_real_omniglot_split_is_fixed_and_disjoint(real_omniglot):
     assert digest == "944359009415153c6a3a5ba559dd319970a0dc7a"
     assert splits["train"].images.shape[1:] == (20, 28, 28)
     assert splits["train"].images.mean() < 60  # inverted: strokes bright on a dark background
+
+
+def test_a_relabelled_miniimagenet_csv_is_not_read_from_the_old_cache(tmp_path):
+    """The cache's key held file names and stamps only: merging classes in train.csv (rows and images unchanged)
+    reloaded the old 4 classes from the cache, silently."""
+    root = fake_miniimagenet(tmp_path / "mini")
+    assert images.load_miniimagenet(root)["train"].images.shape[:2] == (4, 6)
+    csv_path = root / "train.csv"
+    merged = {"ntrain00001": "ntrain00000", "ntrain00003": "ntrain00002"}
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    csv_path.write_text("".join(f"{name},{merged.get(label, label)}\n" for name, label in rows))
+    relabelled = images.load_miniimagenet(root)["train"]
+    assert relabelled.images.shape[:2] == (2, 12) and relabelled.names == ["ntrain00000", "ntrain00002"]
+
+
+def test_miniimagenet_images_in_a_folder_per_class_and_a_csv_with_a_byte_order_mark(tmp_path):
+    """images/<label>/<file> (mmfewshot's layout; mini-imagenet-tools' processed_images/<split>/<label>/ moved
+    into images/) was refused file by file; a CSV saved with a byte-order mark (Excel's) was refused as headerless."""
+    flat = images.load_miniimagenet(fake_miniimagenet(tmp_path / "flat"))
+    root = fake_miniimagenet(tmp_path / "nested")
+    for split in images.MINIIMAGENET_SPLITS:
+        for name, label in (line.split(",") for line in (root / f"{split}.csv").read_text().splitlines()[1:]):
+            (root / "images" / label).mkdir(exist_ok=True)
+            (root / "images" / name).rename(root / "images" / label / name)
+    (root / "val.csv").write_text((root / "val.csv").read_text(), encoding="utf-8-sig")
+    nested = images.load_miniimagenet(root)
+    for split in images.MINIIMAGENET_SPLITS:
+        assert np.array_equal(nested[split].images, flat[split].images) and nested[split].names == flat[split].names
+
+
+def test_sixteen_bit_and_rotated_images_decode_as_they_look_and_float_ones_are_refused(tmp_path):
+    """A 16-bit grey ramp came out near white (convert clips it), an EXIF-rotated JPEG unrotated, a floating-point
+    TIFF all black."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 84 * 84).reshape(84, 84).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    got = images._rgb_image(tmp_path / "grey16.png", 84)
+    assert np.abs(got[0].astype(float) - ramp / 257).max() <= 1 and (got[0] == got[2]).all()
+    wide = np.zeros((40, 84, 3), dtype=np.uint8)
+    wide[:, :42] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    Image.fromarray(wide).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    upright = images._rgb_image(tmp_path / "rotated.jpg", 84)[0].astype(float)
+    assert upright[:42].mean() > 200 and upright[42:].mean() < 50  # the white half on top once rotated
+    Image.fromarray(np.linspace(0, 1, 64).reshape(8, 8).astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ConfigError, match=r"float\.tif has floating-point pixels \(PIL mode F\).*8-bit"):
+        images._rgb_image(tmp_path / "float.tif", 84)
+
+
+def test_an_omniglot_copy_short_of_the_original_says_its_split_is_not_the_papers(tmp_path, capsys):
+    """A copy with alphabets missing (an extraction cut short) loaded silently with a reshuffled split."""
+    images.omniglot_splits(fake_omniglot(tmp_path / "omniglot"))
+    assert "holds 12 characters, not the original's 1623" in capsys.readouterr().err

@@ -60,3 +60,16 @@ def test_grid_variant_support_is_drawn_from_the_grid_and_query_is_the_grid():
 def test_bad_task_settings(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         mg.tasks.Sinusoid(**kwargs)
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("amplitude", (0.1, float("inf")), "amplitude .* must be a pair"),
+    ("x_range", (float("-inf"), 5.0), "x_range .* must be a pair"),
+    ("amplitude", (0.1,), r"amplitude \(0.1,\) must be a pair \[low, high\] of finite numbers"),
+    ("phase", (2.0, 1.0), r"phase range \[2.0, 1.0\] is empty"),
+])
+def test_sinusoid_ranges_must_be_finite_pairs(field, value, match):
+    """An infinite amplitude sampled y = inf, an infinite x_range NaN inputs; a one-number range was a bare
+    unpacking ValueError."""
+    with pytest.raises(ConfigError, match=match):
+        mg.tasks.Sinusoid(**{field: value})

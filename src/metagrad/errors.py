@@ -1,6 +1,7 @@
 """User-facing errors: the CLI prints their message as one line and exits with code 2."""
 
 import difflib
+import math
 import numbers
 import os
 import signal
@@ -58,6 +59,20 @@ def check_whole(name: str, value: object, low: int | None = None, hint: str = ""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
         at_least = "" if low is None else f" >= {low}"
         raise ConfigError(f"{name} {value!r} must be a whole number{at_least}{f' ({hint})' if hint else ''}")
+
+
+def check_range(name: str, value: object) -> tuple[float, float]:
+    """A ``(low, high)`` pair of finite real numbers with low <= high, or a ConfigError naming it."""
+    try:
+        lo, hi = value  # type: ignore[misc]
+        ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name} {value!r} must be a pair [low, high] of finite numbers")
+    if not lo <= hi:
+        raise ConfigError(f"{name} range [{lo}, {hi}] is empty; give [low, high] with low <= high")
+    return float(lo), float(hi)
 
 
 def memory_bytes() -> int:

@@ -4,12 +4,12 @@
   original zip files; 1623 characters x 20 drawings, resized to 28x28, inverted (strokes = 1). With
   ``download=True`` the zip files are fetched when missing (:mod:`metagrad.tasks.download`).
 - MiniImagenet (Ravi & Larochelle 2017): ``images/`` plus ``train.csv``, ``val.csv``, ``test.csv``
-  (``filename,label``), resized to 84x84 RGB.
+  (``filename,label``), resized to 84x84 RGB; the images flat in ``images/`` or in a folder per class.
 
 Each dataset is an array ``[classes, examples, (channels,) height, width]`` of uint8. The cache
 (``$METAGRAD_CACHE`` or ``~/.cache/metagrad``) is keyed by a fingerprint of the source files (names,
-sizes and modification times; in a zip, CRCs) and carries a checksum, so a stale or corrupt cache is detected and
-rebuilt.
+sizes and modification times; in a zip, CRCs; MiniImagenet's labels) and carries a checksum, so a stale or corrupt
+cache is detected and rebuilt.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import ConfigError
 from ..files import replace_atomically
@@ -77,6 +77,10 @@ def omniglot_splits(root: str | Path, size: int = 28, download: bool = False) ->
     official zip files into ``root`` first if they (or the unpacked folders) are missing."""
     data = load_omniglot(root, size, download)
     n = data.num_classes
+    if n != OMNIGLOT_CHARACTERS:
+        print(f"metagrad: the Omniglot copy in {root} holds {n} characters, not the original's {OMNIGLOT_CHARACTERS}:"
+              " its splits are scaled to it and differ from the paper's (an alphabet unpacked in part or left out? "
+              "restore the folders, or keep only the two zip files)", file=sys.stderr)
     order = list(range(n))
     random.Random(SPLIT_SEED).shuffle(order)
     # the paper's counts for the real 1623 characters; the same proportions for a smaller (test) copy
@@ -116,11 +120,25 @@ def load_omniglot(root: str | Path, size: int = 28, download: bool = False) -> I
 def _omniglot_image(data: bytes, size: int, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
-            gray = im.convert("L").resize((size, size), Image.LANCZOS)
+            gray = _eight_bit(im, where).convert("L").resize((size, size), Image.LANCZOS)
+    except ConfigError:
+        raise
     except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for a damaged or foreign file
         raise ConfigError(f"{where} is not a readable image ({_first_line(e)}); restore it from the original "
                           "Omniglot files (or --download into an empty folder)") from None
     return 255 - np.asarray(gray, dtype=np.uint8)  # strokes bright on a dark background
+
+
+def _eight_bit(im: Image.Image, where: object) -> Image.Image:
+    """The image upright (its EXIF orientation applied) in 8-bit channels: 16-bit grey scaled down (``convert``
+    clips it to near white); 32-bit integer and floating-point pixels, whose range no format fixes, refused."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8))
+    if im.mode in ("I", "F"):
+        raise ConfigError(f"{where} has {'floating-point' if im.mode == 'F' else '32-bit integer'} pixels (PIL mode "
+                          f"{im.mode}), whose range is not defined; save it as an 8-bit image")
+    return im
 
 
 def _first_line(e: BaseException) -> str:
@@ -218,22 +236,26 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
             classes.setdefault(label, []).append(filename)
         _check_disjoint(root, split, classes, seen)
         _check_even(root / f"{split}.csv", classes)
-        files = []
-        for names in classes.values():
-            for n in names:
-                path = root / "images" / n
-                if not path.is_file():
-                    raise ConfigError(f"{path} is listed in {split}.csv but missing")
-                files.append((n, _stamp(path)))
+        paths = {label: [_image_path(root, split, label, n) for n in names] for label, names in classes.items()}
+        files = [(f"{label}\0{p.relative_to(root)}", _stamp(p)) for label, ps in paths.items() for p in ps]
         key = _fingerprint(files, f"miniimagenet-{split}-{size}")
 
-        def build(classes: dict[str, list[str]] = classes, split: str = split) -> ImageDataset:
-            images = [np.stack([_rgb_image(root / "images" / n, size) for n in names])
-                      for _, names in _progress(sorted(classes.items()), f"decoding MiniImagenet {split}")]
-            return ImageDataset(np.stack(images), sorted(classes))
+        def build(paths: dict[str, list[Path]] = paths, split: str = split) -> ImageDataset:
+            images = [np.stack([_rgb_image(p, size) for p in ps])
+                      for _, ps in _progress(sorted(paths.items()), f"decoding MiniImagenet {split}")]
+            return ImageDataset(np.stack(images), sorted(paths))
 
         out[split] = _cached(key, build)
     return out
+
+
+def _image_path(root: Path, split: str, label: str, name: str) -> Path:
+    """An image listed in a split's CSV: ``images/<name>``, or ``images/<label>/<name>`` (a folder per class)."""
+    for path in (root / "images" / name, root / "images" / label / name):
+        if path.is_file():
+            return path
+    raise ConfigError(f"{root / 'images' / name} is listed in {split}.csv but missing (nor is it in "
+                      f"images/{label}/); images/ must hold every file of the CSVs, flat or in a folder per class")
 
 
 def _check_even(csv: Path, classes: dict[str, list[str]]) -> None:
@@ -272,7 +294,9 @@ def _stamp(path: Path) -> str:
 def _rgb_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB").resize((size, size), Image.LANCZOS)
+            rgb = _eight_bit(im, path).convert("RGB").resize((size, size), Image.LANCZOS)
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(f"{path} is listed but missing; MiniImagenet's images/ must hold every file of its CSVs"
                           ) from None
@@ -284,7 +308,7 @@ def _rgb_image(path: Path, size: int) -> np.ndarray:
 def _read_csv(path: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise ConfigError(f"{path} is missing; MiniImagenet needs images/ and train.csv, val.csv, test.csv")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel's) is no part of the header
         rows = list(csv.reader(f))
     if not rows or [c.strip() for c in rows[0][:2]] != ["filename", "label"]:
         raise ConfigError(f"{path} must start with the header 'filename,label'")

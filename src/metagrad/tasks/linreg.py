@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Split, TaskBatch
-from ..errors import ConfigError, check_whole
+from ..errors import ConfigError, check_range, check_whole
 
 
 def haar_rotation(dim: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -55,10 +55,10 @@ class LinearRegression:
             raise ConfigError(f"shots {self.shots} must be at least 1")
         if self.query < 0:
             raise ConfigError(f"query {self.query} must be >= 0")
-        lo, hi = self.theta_range
+        lo, hi = check_range("theta_range", self.theta_range)
         if not 0 <= lo < hi:
             raise ConfigError(f"theta_range [{lo}, {hi}] must satisfy 0 <= low < high (theta_t are variances)")
-        lo, hi = self.noise_range
+        lo, hi = check_range("noise_range", self.noise_range)
         if not 0 <= lo <= hi:
             raise ConfigError(f"noise_range [{lo}, {hi}] must satisfy 0 <= low <= high (a variance range)")
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Split, TaskBatch
-from ..errors import ConfigError, check_whole
+from ..errors import ConfigError, check_range, check_whole
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,8 @@ class Sinusoid:
             raise ConfigError(f"grid {self.grid} must be >= 0 (0: x ~ U(x_range); 50 in the Reptile paper)")
         if self.grid and self.shots > self.grid:
             raise ConfigError(f"shots {self.shots} exceeds grid {self.grid}: sample at most grid points")
-        for name, (lo, hi) in (("amplitude", self.amplitude), ("phase", self.phase), ("x_range", self.x_range)):
-            if not lo <= hi:
-                raise ConfigError(f"{name} range [{lo}, {hi}] is empty; give [low, high] with low <= high")
+        for name in ("amplitude", "phase", "x_range"):
+            check_range(name, getattr(self, name))
 
     @property
     def input_dim(self) -> int:
