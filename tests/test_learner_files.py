@@ -78,3 +78,28 @@ def test_a_meta_rl_learner_saves_and_loads_as_the_supervised_ones(tmp_path):
     maml().save(tmp_path / "maml")
     with pytest.raises(CheckpointError, match="holds a MAML learner, not a MetaRL"):
         learner().load(tmp_path / "maml")
+
+
+def test_a_file_of_another_activation_is_refused_from_save_and_from_a_run(tmp_path):
+    """A ReLU policy's best checkpoint loaded into a tanh policy of the same shapes without a word (the state dict
+    holds no activation)."""
+    from metagrad.rl import MetaRL, Navigation2D, make_policy
+    from metagrad.rl.config import preset
+    from metagrad.rl.train import RLTrainer, build
+
+    def learner(activation: str) -> MetaRL:
+        env = Navigation2D(horizon=5)
+        policy = make_policy(env.action_space, env.obs_dim, hidden=(8,), activation=activation)
+        return MetaRL(policy, env, episodes=2, outer="vpg")
+
+    learner("relu").save(tmp_path / "relu")
+    with pytest.raises(CheckpointError, match=r"relu was saved from a model whose layer 2 is ReLU, where this "
+                                              r"one's is Tanh; build the learner as it was saved"):
+        learner("tanh").load(tmp_path / "relu")
+    cfg = preset("maml-trpo").replace(horizon=5, episodes=2, meta_batch_size=2, iterations=1, hidden=(8,),
+                                      activation="relu")
+    trained, optimizer = build(cfg)
+    RLTrainer(trained, optimizer, cfg, tmp_path / "run", progress=False).fit()
+    build(cfg)[0].load(tmp_path / "run" / "best")  # the run's own kind loads
+    with pytest.raises(CheckpointError, match="layer 2 is ReLU, where this one's is Tanh"):
+        build(cfg.replace(activation="tanh"))[0].load(tmp_path / "run" / "best")

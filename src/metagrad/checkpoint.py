@@ -84,8 +84,25 @@ def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:
 
 
 def save_learner(path: str | Path, learner: torch.nn.Module) -> None:
-    """``learner.save``: its state dict, labelled with its class."""
-    save(path, {"learner": learner.state_dict()}, {"learner": type(learner).__name__})
+    """``learner.save``: its state dict, labelled with its class and its layers' kinds."""
+    save(path, {"learner": learner.state_dict()}, {"learner": type(learner).__name__, "layers": layers(learner)})
+
+
+def layers(module: torch.nn.Module) -> list[str]:
+    """The kinds of a module's innermost modules, in order: what its state dict does not hold (a ReLU or a Tanh)."""
+    return [type(m).__name__ for m in module.modules() if next(m.children(), None) is None]
+
+
+def _check_layers(path: str | Path, saved: object, learner: torch.nn.Module) -> None:
+    """Refuse a file saved from a model of other layer kinds (a ReLU policy's parameters loaded into a tanh one of
+    the same shapes went through without a word)."""
+    mine = layers(learner)
+    if not isinstance(saved, list) or saved == mine:
+        return
+    at = next((i for i, (a, b) in enumerate(zip(saved, mine, strict=False)) if a != b), min(len(saved), len(mine)))
+    theirs, ours = (saved[at] if at < len(saved) else "nothing"), (mine[at] if at < len(mine) else "nothing")
+    raise CheckpointError(f"{path} was saved from a model whose layer {at + 1} is {theirs}, where this one's is "
+                          f"{ours}; build the learner as it was saved (the same layers and activations)")
 
 
 def load_learner(path: str | Path, learner: M) -> M:
@@ -98,6 +115,7 @@ def load_learner(path: str | Path, learner: M) -> M:
                               "and inner rule)")
     if not isinstance(state.get("learner") if isinstance(state, dict) else None, dict):
         raise CheckpointError(f"{path} holds no learner state (a checkpoint of another kind)")
+    _check_layers(path, info.get("layers"), learner)
     restore_learner(learner, state["learner"], str(path))
     return learner
 

@@ -36,6 +36,10 @@ class Interrupted(MetagradError):
         return Interrupted(f"{self}; {hint}", self.signum)
 
 
+class EnvironmentFault(MetagradError, RuntimeError):
+    """A meta-RL environment returned what no policy can use: non-finite rewards or observations."""
+
+
 class DataError(MetagradError, RuntimeError):
     """A dataset could not be fetched or failed verification (no network, HTTP error, checksum mismatch)."""
 

@@ -208,7 +208,7 @@ class Trainer(RunLoop):
         the same iterations as an uninterrupted run's), and the settings a resumed run must share."""
         return {"sampling": self.sampling, "best_val": self.best_val, "loss_window": self._window,
                 "trainer": self._settings(), "val_transductive": self.transductive, "data": self.data_fingerprints(),
-                "val_as": self._val_as_record()}
+                "val_as": self._val_as_record(), "layers": checkpoint.layers(self.learner)}
 
     def data_fingerprints(self) -> dict[str, str]:
         """The training and validation images' fingerprints (image tasks; others have none), which a resumed run

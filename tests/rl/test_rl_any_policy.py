@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import metagrad as mg
-from metagrad.errors import CheckpointError, ConfigError, TrainingDiverged
+from metagrad.errors import CheckpointError, ConfigError, EnvironmentFault
 from metagrad.functional import call
 from metagrad.rl import MetaRL, Navigation2D, make_policy
 from metagrad.rl.config import preset
@@ -206,7 +206,7 @@ def test_a_gymnasium_environment_starts_every_batch_from_fresh_random_states():
     policy = make_policy(env.action_space, env.obs_dim, hidden=(4,))
     learner = MetaRL(policy, env, episodes=2, outer="vpg", algo="fomaml")
     env._envs[0].nan_reward = True
-    with pytest.raises(TrainingDiverged, match="non-finite reward"):
+    with pytest.raises(EnvironmentFault, match="non-finite reward"):
         learner.sample(tasks, torch.Generator().manual_seed(0))
 
 
@@ -279,3 +279,67 @@ def test_one_number_per_task_is_a_task_column(monkeypatch):
 
     monkeypatch.setattr(_Tasks, "kind", "flat")
     assert GymTaskEnv(_Tasks, horizon=5).sample_tasks(3, torch.Generator().manual_seed(0)).shape == (3, 1)
+
+
+class Recording(NoisyWalk):
+    """NoisyWalk that keeps what it was given, with an action space, observations and task ids of the test's."""
+
+    def __init__(self, action_space=None, obs_size: int = 2, obs_value: float = 0.0):
+        super().__init__()
+        self.action_space = action_space or self.action_space
+        self.obs_size, self.obs_value, self.actions, self.tasks = obs_size, obs_value, [], []
+
+    def sample_tasks(self, n, rng):
+        return rng.integers(2**30, 2**31, size=n)  # task ids above float32's 2**24 whole numbers
+
+    def set_task(self, task):
+        self.tasks.append(np.asarray(task).copy())
+
+    def reset(self, *, seed=None, options=None):
+        return np.full(self.obs_size, self.obs_value, dtype=np.float32), {}
+
+    def step(self, action):
+        self.actions.append(action)
+        return np.full(self.obs_size, self.obs_value, dtype=np.float32), 0.0, False, False, {}
+
+
+def test_a_gymnasium_environment_gets_its_own_actions_and_tasks():
+    """Discrete(3, start=-1) was stepped with 0..2 (every action shifted by one), a Box's bounds were not applied
+    to the Gaussian policy's samples (the MuJoCo families clip), and task ids were rounded to float32."""
+    gym = pytest.importorskip("gymnasium")
+    from metagrad.rl.envs.gym import GymTaskEnv
+
+    env = GymTaskEnv(lambda: Recording(gym.spaces.Discrete(3, start=-1)), horizon=1)
+    drawn = env.sample_tasks(3, torch.Generator().manual_seed(0))
+    env.reset(drawn, 1)
+    env.step(torch.tensor([[0], [1], [2]]))
+    copies = env._envs
+    assert [c.actions for c in copies] == [[-1], [0], [1]]
+    assert [int(c.tasks[-1][0]) for c in copies] == [int(t) for t in drawn[:, 0]]
+    assert all(int(t) == t and t > 2**30 for t in drawn[:, 0].tolist())  # whole numbers, as sample_tasks drew them
+    unrounded = Recording().sample_tasks(3, np.random.default_rng(int(torch.randint(
+        0, 2**31 - 1, (), generator=torch.Generator().manual_seed(0)))))
+    assert drawn[:, 0].tolist() == unrounded.tolist()
+    space = gym.spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, 0.5]), dtype=np.float32)
+    box = GymTaskEnv(lambda: Recording(space), horizon=1)
+    box.reset(torch.zeros(1, 1), 1)
+    box.step(torch.tensor([[[-2.5, 0.7]]]))
+    assert box._envs[0].actions[0].tolist() == [-1.0, 0.5]
+
+
+@pytest.mark.parametrize(("kw", "error", "match"), [
+    ({"obs_size": 5}, ConfigError, r"Recording\.reset returned an observation of 5 numbers, and its "
+                                   r"observation_space .* declares 2"),
+    ({"obs_value": float("nan")}, EnvironmentFault, r"reset returned non-finite observations"),
+])
+def test_an_environment_whose_observations_the_policy_cannot_read_is_named(kw, error, match):
+    """Observations of another size than declared crashed in the policy's matrix product; NaN observations were
+    reported as a diverged policy and blamed on the inner step size."""
+    pytest.importorskip("gymnasium")
+    from metagrad.rl.envs.gym import GymTaskEnv
+
+    env = GymTaskEnv(lambda: Recording(**kw), horizon=3)
+    learner = MetaRL(make_policy(env.action_space, env.obs_dim, hidden=(4,)), env, episodes=2, outer="vpg",
+                     algo="fomaml")
+    with pytest.raises(error, match=match):
+        learner.sample(env.sample_tasks(2, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(0))

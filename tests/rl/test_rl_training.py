@@ -647,3 +647,12 @@ def test_a_step_that_overflows_the_parameters_at_the_last_iteration_is_a_diverge
     with pytest.raises(TrainingDiverged, match=r"outer_lr, now 1e\+30\)"):  # the step it took, not the next (0)
         make_trainer(_tiny(outer="ppo", outer_lr=1e30, iterations=1, outer_lr_schedule="linear"), tmp_path / "linear",
                      progress=False).fit()
+
+
+def test_a_batch_score_baseline_needs_other_tasks():
+    """score_baseline batch with one task per meta-batch was accepted and ran as none (eq. 13, which the docs
+    found to diverge on navigation) without a word."""
+    cfg = RLConfig().replace(algo="sgmrl", outer="vpg", score_baseline="batch", normalize_outer=False)
+    cfg.replace(meta_batch_size=2).validate()
+    with pytest.raises(ConfigError, match="meta_batch_size 1 has none; give meta_batch_size 2 or more"):
+        cfg.replace(meta_batch_size=1).validate()

@@ -208,6 +208,9 @@ class RLConfig(Settings):
             raise ConfigError(f"eval_later {self.eval_later} must lie in (0, 1] (0.5: half the first test step)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:
             raise ConfigError(f"goal_range {list(self.goal_range)} must be [low, high] with low < high")
+        if self.score_baseline == "batch" and self.algo in SCORE_ALGOS and self.meta_batch_size < 2:
+            raise ConfigError("score_baseline batch subtracts the other tasks' mean score, and meta_batch_size 1 has "
+                              "none; give meta_batch_size 2 or more, or score_baseline none")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden {list(self.hidden)} must hold positive layer sizes")
         for name in ("step_budget", "snapshot_steps"):

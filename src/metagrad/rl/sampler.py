@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from ..errors import TrainingDiverged
+from ..errors import EnvironmentFault
 from ..functional import Params, call
 from . import baseline as linear_baseline
 from .envs.base import TaskEnv
@@ -66,7 +66,7 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
     dtype = dtype or next(iter(params.values())).dtype  # the policy's precision (float64 in gradient checks)
     if generator is not None:
         env.reseed(int(torch.randint(0, 2**62, (), generator=generator)))
-    obs = env.reset(tasks, episodes).to(dtype)
+    obs = _finite_observations(env.reset(tasks, episodes).to(dtype), "reset")
     t, k = obs.shape[:2]
     alive = torch.ones(t, k, dtype=torch.bool)
     rec: dict[str, list[Tensor]] = {"obs": [], "actions": [], "rewards": [], "mask": [], "dist": []}
@@ -79,6 +79,7 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
             rec[key].append(v)
         alive = alive & ~done
         obs = torch.where(alive[..., None], next_obs.to(dtype), obs)  # an ended episode keeps its last one
+        _finite_observations(obs, "step")
         if not alive.any():
             break
     pad = env.horizon - len(rec["mask"])  # all episodes ended early: pad to the horizon (masked out)
@@ -87,6 +88,15 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
     zeros = torch.zeros_like(out["rewards"])
     log_prob = policy.log_prob(out["dist"], out["actions"]) * out["mask"]
     return Trajectories(out["obs"], out["actions"], out["rewards"], out["mask"], out["dist"], log_prob, zeros, zeros)
+
+
+def _finite_observations(obs: Tensor, where: str) -> Tensor:
+    """Stop where the environment's observations of running episodes hold NaN or inf (the policy would turn them
+    into NaN actions, and the error would blame its step sizes)."""
+    if not bool(torch.isfinite(obs).all()):
+        raise EnvironmentFault(f"the environment's {where} returned non-finite observations (NaN or inf) for a "
+                               "running episode, from finite actions; check its reset and step")
+    return obs
 
 
 def pack(trajs: Sequence[Trajectories], out: Trajectories,
@@ -128,7 +138,7 @@ def process(traj: Trajectories, gamma: float = 0.99, gae_lambda: float = 1.0, ba
     predicted with the fit of the task before it, rllab's order), advantages (GAE), optionally normalized per task
     over its valid steps (as the papers' code does). ``MetaRL.process`` adds its ``loss_mean`` scaling."""
     if not bool(torch.isfinite(traj.rewards.masked_fill(~traj.mask.bool(), 0)).all()):
-        raise TrainingDiverged("the environment returned a non-finite reward (NaN or inf) in a running episode; "
+        raise EnvironmentFault("the environment returned a non-finite reward (NaN or inf) in a running episode; "
                                "check its reward function")
     returns = discounted_returns(traj.rewards, traj.mask, gamma)
     if baseline in ("linear", "linear-previous"):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..distributed import Distributed, Share
-from ..errors import CheckpointError, ConfigError, TrainingDiverged, check_memory
+from ..errors import CheckpointError, ConfigError, EnvironmentFault, TrainingDiverged, check_memory
 from ..loop import RunLoop, linear_to_zero
 from ..seeds import process_episodes
 from .config import RLConfig
@@ -175,7 +175,7 @@ class RLTrainer(RunLoop):
         return {"env_steps": self.env_steps, "sample_seconds": self.sample_seconds, "best_return": self.best_return,
                 "best_iteration": self.best_iteration, "last_lowered": self.last_lowered, "lr_scale": self.lr_scale,
                 "grad_norms": self.grad_rule.norms, "lowest_grad_norm": self.grad_rule.lowest,
-                "rejected": self.rejected}
+                "rejected": self.rejected, "layers": checkpoint.layers(self.learner)}
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.env_steps, self.best_return = info["env_steps"], info["best_return"]
@@ -231,6 +231,9 @@ class RLTrainer(RunLoop):
             trajs, out = learner.sample(tasks, episodes)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e} at iteration {self.iteration + 1}; {self._remedy()}") from None
+        except EnvironmentFault as e:
+            raise EnvironmentFault(f"{e} (iteration {self.iteration + 1}); if only large actions blow its simulator "
+                                   f"up, {self._remedy()}") from None
         metrics = learner.sample_metrics(trajs, out)
         if share is not None:
             steps = metrics.pop("env_steps")

@@ -117,10 +117,12 @@ class GymTaskEnv(TaskEnv):
                 raise ConfigError(f"{probe.unwrapped.__class__.__name__} has no {method}(); meta-RL needs an "
                                   "environment whose task can be sampled and set")
         space = probe.action_space
-        if isinstance(space, gym.spaces.Discrete):
+        if isinstance(space, gym.spaces.Discrete):  # the policy's actions 0..n-1, the space's start..start+n-1
             self.action_space = Space("discrete", n=int(space.n))
-        elif isinstance(space, gym.spaces.Box):
+            self._start = int(space.start)
+        elif isinstance(space, gym.spaces.Box):  # actions clipped to its bounds, as the MuJoCo families do
             self.action_space = Space("box", tuple(space.shape), float(space.low.min()), float(space.high.max()))
+            self._low, self._high = space.low, space.high
         else:
             raise ConfigError(f"action space {space} is not supported; use a Box or a Discrete space")
         self.obs_dim = int(np.prod(probe.observation_space.shape))
@@ -140,7 +142,7 @@ class GymTaskEnv(TaskEnv):
             raise ConfigError(f"{name}.sample_tasks(n, rng) failed ({e}); metagrad calls it with the number of tasks "
                               "and a numpy Generator to draw them from") from None
         try:
-            tasks = np.asarray(drawn, dtype=np.float32)
+            tasks = np.asarray(drawn, dtype=np.float64)  # float32 rounds integer task ids above 2**24
         except (TypeError, ValueError):
             raise ConfigError(f"{name}.sample_tasks returned {type(drawn).__name__} of "
                               f"{type(drawn[0]).__name__ if len(drawn) else 'nothing'}: tasks must be numbers, an "
@@ -166,13 +168,22 @@ class GymTaskEnv(TaskEnv):
             env = self._envs[i]
             env.unwrapped.set_task(tasks[i // episodes].numpy())
             o, _ = env.reset(seed=int(seeds[i]))
-            obs.append(np.asarray(o, dtype=np.float32).ravel())
+            obs.append(self._observation(o, "reset"))
         self._done = np.zeros(n, dtype=bool)
         self._last = np.stack(obs)
         return torch.from_numpy(self._last.copy()).view(*self._shape, -1)
 
     def reseed(self, seed: int) -> None:
         self._next_seed = int(seed)
+
+    def _observation(self, o: Any, where: str) -> np.ndarray:
+        """One copy's observation, flat, of the size its observation space declares (the policy's input size)."""
+        flat = np.asarray(o, dtype=np.float32).ravel()
+        if flat.size != self.obs_dim:
+            raise ConfigError(f"{type(self._envs[0].unwrapped).__name__}.{where} returned an observation of "
+                              f"{flat.size} numbers, and its observation_space "
+                              f"{self._envs[0].observation_space} declares {self.obs_dim}; make them agree")
+        return flat
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self._done is None or self._last is None:
@@ -183,9 +194,9 @@ class GymTaskEnv(TaskEnv):
         for i, a in enumerate(flat):
             if self._done[i]:
                 continue
-            a = int(a) if self.action_space.kind == "discrete" else a
+            a = int(a) + self._start if self.action_space.kind == "discrete" else np.clip(a, self._low, self._high)
             o, r, terminated, truncated, _ = self._envs[i].step(a)
-            self._last[i] = np.asarray(o, dtype=np.float32).ravel()
+            self._last[i] = self._observation(o, "step")
             rewards[i] = r
             self._done[i] = terminated or truncated
         shape = self._shape
