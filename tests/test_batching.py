@@ -395,3 +395,34 @@ def test_one_task_at_a_time_takes_the_per_task_loop_under_auto():
     for name in ("auto", "vmap"):
         for a, b in zip(grads[name], grads["loop"], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+class _Broken(torch.nn.Module):
+    """A tiny MLP whose forward asks dynamo to break its graph (as a GRU's does: RNN modules are not traced)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(1, 4), torch.nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        torch._dynamo.graph_break()
+        return self.b(h)
+
+
+def test_compile_says_where_torch_compile_broke_the_graph(capsys):
+    """compile=True on a GRU broke the graph at every RNN call and ran 6.5x slower than eager, without a word. The
+    gradient stays exact (checked here against the eager learner's)."""
+    torch.manual_seed(0)
+    batch = mg.tasks.Sinusoid().sample(3, torch.Generator().manual_seed(0))
+    eager, compiled = _Broken(), _Broken()
+    compiled.load_state_dict(eager.state_dict())
+    mg.MAML(eager, inner=mg.SGD(0.01), batching="loop", self_check=False).meta_gradient(batch)
+    learner = mg.MAML(compiled, inner=mg.SGD(0.01), batching="loop", self_check=False, compile=True)
+    torch._dynamo.reset()
+    learner.meta_gradient(batch)
+    assert "torch.compile broke the meta-gradient's graph" in capsys.readouterr().err
+    learner.meta_gradient(batch)
+    assert "broke" not in capsys.readouterr().err  # said once
+    for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6)

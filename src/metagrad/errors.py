@@ -65,6 +65,13 @@ def check_whole(name: str, value: object, low: int | None = None, hint: str = ""
         raise ConfigError(f"{name} {value!r} must be a whole number{at_least}{f' ({hint})' if hint else ''}")
 
 
+def check_flag(name: str, value: object) -> None:
+    """Refuse a switch that is not ``True`` or ``False`` (the string "False" is true to Python: it picked
+    first-order MAML without a word)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} {value!r} must be True or False")
+
+
 def check_range(name: str, value: object) -> tuple[float, float]:
     """A ``(low, high)`` pair of finite real numbers with low <= high, or a ConfigError naming it."""
     try:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .errors import ConfigError, check_flag
 from .functional import Params
 
 
@@ -105,6 +105,7 @@ class SGD(InnerRule):
     def __init__(self, lr: float | Sequence[float] = 0.01, learn: bool = False,
                  params: Params | nn.Module | None = None):
         super().__init__()
+        check_flag("learn", learn)
         self.schedule = _schedule(lr)
         self.learn = learn
         self.lr = nn.ParameterDict()

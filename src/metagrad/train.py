@@ -8,6 +8,8 @@ trajectory as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import sys
@@ -99,6 +101,32 @@ def check_optimizer(learner: MetaLearner, optimizer: torch.optim.Optimizer) -> N
     if trainable and not any(id(p) in held for p in trainable):
         raise ConfigError("the optimizer holds none of the learner's trainable parameters, so no step would change "
                           "them; build it from learner.parameters(), e.g. torch.optim.Adam(learner.parameters(), 1e-3)")
+    rule = [n for n, p in learner.inner.named_parameters() if p.requires_grad and id(p) not in held]
+    if rule:  # built from model.parameters(): the learned step sizes get gradients and never move
+        raise ConfigError(f"the optimizer holds the model's parameters but not the inner rule's learned ones "
+                          f"({', '.join(rule[:2])}{', ...' if len(rule) > 2 else ''}), so they would never be trained; "
+                          "build it from learner.parameters(), e.g. torch.optim.Adam(learner.parameters(), 1e-3)")
+
+
+def task_settings(tasks: TaskDistribution) -> dict[str, Any] | None:
+    """A metagrad task distribution's settings (shots, query, ranges, ways...; not its data, fingerprinted apart),
+    which a resumed run must share; None for a user's own class, whose attributes may be anything."""
+    if not type(tasks).__module__.startswith("metagrad."):
+        return None
+    names = [f.name for f in dataclasses.fields(tasks)] if dataclasses.is_dataclass(tasks) else list(vars(tasks))
+    plain = {n: getattr(tasks, n) for n in names if not n.startswith("_")
+             and not isinstance(getattr(type(tasks), n, None), functools.cached_property)}
+    return {n: list(v) if isinstance(v, tuple) else v for n, v in plain.items()
+            if isinstance(v, (bool, int, float, str, tuple)) or v is None}
+
+
+def _first_difference(key: str, saved: Any, mine: Any) -> tuple[str, Any, Any]:
+    """The setting a resumed Trainer changed: ``key``, or its first differing entry (``learner first_order``)."""
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        for name in [*saved, *(n for n in mine if n not in saved)]:
+            if saved.get(name) != mine.get(name):
+                return f"{key} {name}", saved.get(name), mine.get(name)
+    return key, saved, mine
 
 
 def check_sizes(learner: MetaLearner, tasks: TaskDistribution, meta_batch_size: int) -> None:
@@ -208,7 +236,8 @@ class Trainer(RunLoop):
         the same iterations as an uninterrupted run's), and the settings a resumed run must share."""
         return {"sampling": self.sampling, "best_val": self.best_val, "loss_window": self._window,
                 "trainer": self._settings(), "val_transductive": self.transductive, "data": self.data_fingerprints(),
-                "val_as": self._val_as_record(), "layers": checkpoint.layers(self.learner)}
+                "val_as": self._val_as_record(), "layers": checkpoint.layers(self.learner),
+                "step_sizes": self._step_sizes()}
 
     def data_fingerprints(self) -> dict[str, str]:
         """The training and validation images' fingerprints (image tasks; others have none), which a resumed run
@@ -226,24 +255,35 @@ class Trainer(RunLoop):
         return info.get("val_transductive", True) == self.transductive and info.get("val_as") == self._val_as_record()
 
     def _settings(self) -> dict[str, Any]:
+        """What a resumed Trainer must share with the run: the meta-batch, seed and schedule, the learner's
+        algorithm (``MetaLearner.defining``) and the task distribution's settings."""
         return {"meta_batch_size": self.meta_batch_size, "seed": self.seed,
-                "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None}
+                "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+                "learner": self.learner.defining(), "tasks": task_settings(self.tasks)}
+
+    def _step_sizes(self) -> dict[str, Any]:
+        """The step sizes a resumed run may change (recorded as ``resumed_with`` in metrics.jsonl)."""
+        schedule = getattr(self.learner.inner, "schedule", None)
+        inner = None if getattr(self.learner.inner, "learn", False) or schedule is None else list(schedule)
+        return {"inner_lr": inner, "outer_lr": list(self.base_lrs)}
 
     def resume_changes(self, info: dict[str, Any]) -> dict[str, Any]:
         """A Trainer built otherwise than the run's (Python API: the command line checks the whole config) is
         refused: its meta-batch size, seed or schedule would continue the run as another one, silently."""
         saved, mine = info.get("trainer") or {}, self._settings()
-        for key, value in saved.items():
+        for key, value in saved.items():  # runs from before 2026-12-06 recorded no learner or tasks
             if mine.get(key) != value:
-                raise CheckpointError(f"{self.run_dir} was trained with {key} {value!r}, this Trainer has "
-                                      f"{mine.get(key)!r}; resume with the run's own, or give another run_dir")
+                what, theirs, ours = _first_difference(key, value, mine.get(key))
+                raise CheckpointError(f"{self.run_dir} was trained with {what} {theirs!r}, this Trainer has {ours!r}; "
+                                      "resume with the run's own, or give another run_dir")
         here = self.data_fingerprints()
         for key, value in (info.get("data") or {}).items():  # runs from before 2026-12-06 recorded none
             if key in here and here[key] != value:
                 raise CheckpointError(f"{self.run_dir} was trained on other images than these (its {key} images' "
                                       f"fingerprint {value}, these {here[key]}): resume with the data it was trained "
                                       "on (--data-root), or start a new run (another --out)")
-        return {}
+        steps = info.get("step_sizes") or {}
+        return {k: v for k, v in self._step_sizes().items() if k in steps and steps[k] != v}
 
     def load_info(self, info: dict[str, Any]) -> None:
         self.best_val, self.sampling = info["best_val"], info.get("sampling", 0.0)

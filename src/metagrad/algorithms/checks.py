@@ -8,7 +8,7 @@ from torch import nn
 from ..batch import TaskBatch
 from ..batching import has_torch_batchnorm
 from ..choices import BATCHING, COMPILE_MODES, INNER_SAMPLING, INNER_STATE
-from ..errors import ConfigError, check_choice, check_whole
+from ..errors import ConfigError, check_choice, check_flag, check_whole
 from ..inner import Adam, InnerRule
 
 
@@ -33,7 +33,9 @@ def check_arguments(model: object, loss_fn: object, inner: object, inner_steps: 
     check_whole("threads", threads, 0, hint="0: automatic")
     check_whole("task_chunk", task_chunk, 0, hint="0: automatic")
     check_choice("batching", batching, BATCHING)
-    if isinstance(compile, str) and compile not in COMPILE_MODES:
+    if not isinstance(compile, str):
+        check_flag("compile", compile)
+    elif compile not in COMPILE_MODES:
         raise ConfigError(f"compile '{compile}' is not a torch.compile mode; choose true or one of "
                           f"{', '.join(COMPILE_MODES)}")
     if threads > 1 and compile:

@@ -28,7 +28,7 @@ from torch.func import grad, grad_and_value, vjp
 from ..batch import Split, TaskBatch
 from ..batching import WEIGHT_NORM_FAULT, WEIGHT_NORM_FIX, weight_normed
 from ..choices import TAILS
-from ..errors import ConfigError, check_choice
+from ..errors import ConfigError, check_choice, check_flag
 from ..functional import Params
 from ..functional import grad as functional_grad
 from ..inner import SGD, _key
@@ -40,8 +40,12 @@ class MAML(MetaLearner):
     """Model-agnostic meta-learning; see ``MetaLearner`` for the shared arguments and the module docstring for
     ``tail`` (``separate``: the query set; ``shared``: the next support minibatch)."""
 
+    DEFINING = (*MetaLearner.DEFINING, "first_order", "tail")
+
     def __init__(self, *args: Any, first_order: bool = False, recompute: bool = False, tail: str = "separate",
                  **kwargs: Any):
+        check_flag("first_order", first_order)
+        check_flag("recompute", recompute)
         super().__init__(*args, **kwargs)
         self.first_order = first_order
         self.recompute = recompute

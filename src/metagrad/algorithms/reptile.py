@@ -46,6 +46,8 @@ class Reptile(MetaLearner):
             ``separate`` (the query set: the steps before it use the support set only).
     """
 
+    DEFINING = (*MetaLearner.DEFINING, "tail", "combination")
+
     def __init__(self, *args: Any, combination: Sequence[float] | None = None, tail: str = "shared",
                  **kwargs: Any):
         super().__init__(*args, **kwargs)
