@@ -203,6 +203,9 @@ def test_sixteen_bit_and_rotated_images_decode_as_they_look_and_float_ones_are_r
     Image.fromarray(wide).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
     upright = images._rgb_image(tmp_path / "rotated.jpg", 84)[0].astype(float)
     assert upright[:42].mean() > 200 and upright[42:].mean() < 50  # the white half on top once rotated
+    older = Image.fromarray(ramp.astype(np.int32))  # how Pillow before 10.3 opens a 16-bit grey PNG: mode I
+    older.format = "PNG"
+    assert np.abs(np.asarray(images._eight_bit(older, "x"), dtype=float) - ramp / 257).max() <= 0.5
     Image.fromarray(np.linspace(0, 1, 64).reshape(8, 8).astype(np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(ConfigError, match=r"float\.tif has floating-point pixels \(PIL mode F\).*8-bit"):
         images._rgb_image(tmp_path / "float.tif", 84)

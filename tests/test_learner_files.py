@@ -103,3 +103,20 @@ def test_a_file_of_another_activation_is_refused_from_save_and_from_a_run(tmp_pa
     build(cfg)[0].load(tmp_path / "run" / "best")  # the run's own kind loads
     with pytest.raises(CheckpointError, match="layer 2 is ReLU, where this one's is Tanh"):
         build(cfg.replace(activation="tanh"))[0].load(tmp_path / "run" / "best")
+
+
+def test_a_python_trainer_resumed_with_other_activations_is_refused_and_the_inner_rule_is_not_a_layer(tmp_path):
+    """A Trainer resumed with a tanh model over a ReLU run trained on without a word; the layers' record once took in
+    the inner rule, so a first-order MAML file loaded into an Adam-inner learner was refused as another layer."""
+    def trainer(activation: str) -> mg.Trainer:
+        torch.manual_seed(0)
+        learner = mg.MAML(mg.models.MLP(1, [8], 1, activation=activation), inner=mg.SGD(0.01))
+        return mg.Trainer(learner, mg.tasks.Sinusoid(), torch.optim.Adam(learner.parameters()), iterations=2,
+                          meta_batch_size=2, run_dir=tmp_path / "run", progress=False)
+
+    trainer("relu").fit()
+    with pytest.raises(CheckpointError, match="layer 2 is ReLU, where this one's is Tanh"):
+        trainer("tanh").fit(resume=True)
+    maml(first_order=True).save(tmp_path / "fo")
+    adam = mg.MAML(mg.models.MLP(1, [8], 1), inner=mg.Adam(0.01))
+    assert same(adam.load(tmp_path / "fo").model, maml(first_order=True).model)

@@ -88,14 +88,16 @@ def save_learner(path: str | Path, learner: torch.nn.Module) -> None:
     save(path, {"learner": learner.state_dict()}, {"learner": type(learner).__name__, "layers": layers(learner)})
 
 
-def layers(module: torch.nn.Module) -> list[str]:
-    """The kinds of a module's innermost modules, in order: what its state dict does not hold (a ReLU or a Tanh)."""
-    return [type(m).__name__ for m in module.modules() if next(m.children(), None) is None]
+def layers(learner: torch.nn.Module) -> list[str]:
+    """The kinds of the innermost modules of a learner's network (its ``model`` or ``policy``), in order: what its
+    state dict does not hold (a ReLU or a Tanh). The inner rule is left to the state dict's own check."""
+    network = getattr(learner, "model", None) or getattr(learner, "policy", None) or learner
+    return [type(m).__name__ for m in network.modules() if next(m.children(), None) is None]
 
 
-def _check_layers(path: str | Path, saved: object, learner: torch.nn.Module) -> None:
-    """Refuse a file saved from a model of other layer kinds (a ReLU policy's parameters loaded into a tanh one of
-    the same shapes went through without a word)."""
+def check_layers(path: str | Path, saved: object, learner: torch.nn.Module) -> None:
+    """Refuse a file saved from a network of other layer kinds (a ReLU policy's parameters loaded into a tanh one of
+    the same shapes went through without a word); files from before the record pass."""
     mine = layers(learner)
     if not isinstance(saved, list) or saved == mine:
         return
@@ -115,7 +117,7 @@ def load_learner(path: str | Path, learner: M) -> M:
                               "and inner rule)")
     if not isinstance(state.get("learner") if isinstance(state, dict) else None, dict):
         raise CheckpointError(f"{path} holds no learner state (a checkpoint of another kind)")
-    _check_layers(path, info.get("layers"), learner)
+    check_layers(path, info.get("layers"), learner)
     restore_learner(learner, state["learner"], str(path))
     return learner
 

@@ -36,8 +36,9 @@ class Interrupted(MetagradError):
         return Interrupted(f"{self}; {hint}", self.signum)
 
 
-class EnvironmentFault(MetagradError, RuntimeError):
-    """A meta-RL environment returned what no policy can use: non-finite rewards or observations."""
+class EnvironmentFault(TrainingDiverged):
+    """A meta-RL environment returned non-finite rewards or observations: the run stops as a diverged one (its
+    session recorded, the last finite checkpoint kept), its message naming the environment, not the step sizes."""
 
 
 class DataError(MetagradError, RuntimeError):

@@ -262,7 +262,7 @@ class RunLoop:
         with contextlib.suppress(OSError):  # the session's record; a full disk must not hide the cause
             self._record_segment(start_iteration, time.perf_counter() - session_start, f"diverged at iteration {at}",
                                  end=saved_at)
-        raise TrainingDiverged(f"{e}; {self._after_divergence()}") from None
+        raise type(e)(f"{e}; {self._after_divergence()}") from None
 
     def step_sizes(self, outer_lr: float | None = None) -> str:
         """The step sizes a divergence asks to lower, with their values (a trainer names its own; ``outer_lr``: the

@@ -265,11 +265,12 @@ class Trainer(RunLoop):
         """The step sizes a resumed run may change (recorded as ``resumed_with`` in metrics.jsonl)."""
         schedule = getattr(self.learner.inner, "schedule", None)
         inner = None if getattr(self.learner.inner, "learn", False) or schedule is None else list(schedule)
-        return {"inner_lr": inner, "outer_lr": list(self.base_lrs)}
+        return {"inner_lr": inner, "outer_lr": [float(lr) for lr in self.base_lrs]}
 
     def resume_changes(self, info: dict[str, Any]) -> dict[str, Any]:
         """A Trainer built otherwise than the run's (Python API: the command line checks the whole config) is
         refused: its meta-batch size, seed or schedule would continue the run as another one, silently."""
+        checkpoint.check_layers(self.run_dir / "last", info.get("layers"), self.learner)
         saved, mine = info.get("trainer") or {}, self._settings()
         for key, value in saved.items():  # runs from before 2026-12-06 recorded no learner or tasks
             if mine.get(key) != value:

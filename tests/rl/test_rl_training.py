@@ -656,3 +656,27 @@ def test_a_batch_score_baseline_needs_other_tasks():
     cfg.replace(meta_batch_size=2).validate()
     with pytest.raises(ConfigError, match="meta_batch_size 1 has none; give meta_batch_size 2 or more"):
         cfg.replace(meta_batch_size=1).validate()
+
+
+def test_an_environment_turning_nan_stops_as_a_diverged_run_naming_the_environment(tmp_path):
+    """Non-finite rewards from the environment: its own error, still a stopped diverged run (the session recorded,
+    the last finite checkpoint named); TRPO's remedy once raised IndexError on its empty outer step sizes."""
+    from metagrad.errors import EnvironmentFault
+    from metagrad.experiment import make_trainer
+
+    run = tmp_path / "run"
+    trainer = make_trainer(_tiny(outer="trpo", iterations=3), run, progress=False)
+    env, calls = trainer.learner.env, []
+    step = env.step
+
+    def nan_later(actions):  # an iteration samples 2 batches of 10 steps: NaN from the second iteration on
+        calls.append(1)
+        obs, reward, done = step(actions)
+        return obs, reward * float("nan") if len(calls) > 20 else reward, done
+
+    env.step = nan_later
+    with pytest.raises(EnvironmentFault, match=r"non-finite reward .* check its reward function \(iteration 2\); "
+                                               r"if only large actions make it fail, lower the KL bound \(max_kl"):
+        trainer.fit()
+    last = json.loads((run / "segments.jsonl").read_text().splitlines()[-1])
+    assert last["stopped"] == "diverged at iteration 2" and last["end"] == 1

@@ -160,6 +160,7 @@ class RLTrainer(RunLoop):
         saved = stored_config(info["config"])
         if not isinstance(saved, RLConfig):
             raise CheckpointError(f"{self.run_dir} holds a supervised run, not a meta-RL one; choose another run_dir")
+        checkpoint.check_layers(self.run_dir / "last", info.get("layers"), self.learner)
         return self.cfg.resume_changes(saved, self.run_dir)
 
     def state(self) -> dict[str, Any]:
@@ -229,11 +230,11 @@ class RLTrainer(RunLoop):
             episodes = process_episodes(self.cfg.seed, self.iteration, self.dist.rank)
         try:
             trajs, out = learner.sample(tasks, episodes)
+        except EnvironmentFault as e:  # (a TrainingDiverged, whose remedy would blame the step sizes)
+            raise EnvironmentFault(f"{e} (iteration {self.iteration + 1}); if only large actions make it fail, "
+                                   f"{self._remedy()}") from None
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e} at iteration {self.iteration + 1}; {self._remedy()}") from None
-        except EnvironmentFault as e:
-            raise EnvironmentFault(f"{e} (iteration {self.iteration + 1}); if only large actions blow its simulator "
-                                   f"up, {self._remedy()}") from None
         metrics = learner.sample_metrics(trajs, out)
         if share is not None:
             steps = metrics.pop("env_steps")
@@ -268,9 +269,11 @@ class RLTrainer(RunLoop):
     def step_sizes(self, outer_lr: float | None = None) -> str:
         """The step sizes a divergence asks to lower, with their values (``outer_lr``: the one the diverged step
         took; else the one the next step takes)."""
-        lr = self.base_lrs[0] * self._outer_scale() if outer_lr is None else outer_lr
-        outer = (f"the outer step size (outer_lr, now {lr:g})"
-                 if self.optimizer is not None else f"the KL bound (max_kl {self.cfg.max_kl:g})")
+        if self.optimizer is None:  # TRPO: no outer step size
+            outer = f"the KL bound (max_kl {self.cfg.max_kl:g})"
+        else:
+            lr = self.base_lrs[0] * self._outer_scale() if outer_lr is None else outer_lr
+            outer = f"the outer step size (outer_lr, now {lr:g})"
         return f"{outer} or the inner step size (inner_lr {', '.join(f'{lr:g}' for lr in self.cfg.inner_lr)})"
 
     def _watch_rejections(self, accepted: float | None) -> None:

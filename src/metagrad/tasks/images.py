@@ -132,8 +132,9 @@ def _omniglot_image(data: bytes, size: int, where: str) -> np.ndarray:
 def _eight_bit(im: Image.Image, where: object) -> Image.Image:
     """The image upright (its EXIF orientation applied) in 8-bit channels: 16-bit grey scaled down (``convert``
     clips it to near white); 32-bit integer and floating-point pixels, whose range no format fixes, refused."""
+    sixteen = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")  # older Pillow: 16-bit as I
     im = ImageOps.exif_transpose(im)
-    if im.mode.startswith("I;16"):
+    if sixteen:
         return Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8))
     if im.mode in ("I", "F"):
         raise ConfigError(f"{where} has {'floating-point' if im.mode == 'F' else '32-bit integer'} pixels (PIL mode "
