@@ -229,14 +229,17 @@ def test_closed_forms_take_float32_rotations_and_scalar_tensors():
 
 
 @pytest.mark.parametrize(("call", "match"), [
-    (lambda: lt.expected_loss_exact(np.eye(1), alpha=0.5, n=-1), "n -1 must be a number of points >= 1"),
-    (lambda: lt.expected_loss_exact(np.eye(1), alpha=0.5, n=0), "n 0 must be a number of points >= 1"),
+    (lambda: lt.expected_loss_exact(np.eye(1), alpha=0.5, n=-1), "n -1 must be a whole number of points >= 1"),
+    (lambda: lt.expected_loss_exact(np.eye(1), alpha=0.5, n=0), "n 0 must be a whole number of points >= 1"),
     (lambda: lt.exact_optimum(np.eye(1), alpha=-1.0), "alpha -1.0 must be a finite step size >= 0"),
     (lambda: lt.exact_optimum(np.eye(0)), "rotation of shape \\[0, 0\\] must be a square"),
     (lambda: lt.exact_optimum(np.array([[2.0]])), "rotation must be orthogonal"),
     (lambda: lt.weight_matrices(np.eye(2)[None], alpha=float("nan")), "alpha nan must be a finite step size"),
-    (lambda: lt.expected_loss_exact(np.eye(1), noise_range=(-4, -2)), "noise_range \\(-4, -2\\) must be two finite "
-                                                                      "numbers low <= high, low >= 0"),
+    (lambda: lt.expected_loss_exact(np.eye(1), noise_range=(-4, -2)), "noise_range \\(-4, -2\\) must be a pair "
+                                                                      "\\[low, high\\] of finite numbers >= 0"),
+    (lambda: lt.exact_optimum(np.eye(1), 0.0, (-0.5, 2.0)), "theta_range \\(-0.5, 2.0\\) must be a pair .* >= 0"),
+    (lambda: lt.exact_optimum(np.eye(1), 0.0, (0.0, 0.0)), "makes every task's input covariance 0"),
+    (lambda: lt.expected_loss_exact(np.eye(1), 0.5, 1.5), "n 1.5 must be a whole number of points"),
     (lambda: lt.expected_loss_exact(np.eye(1), theta_range=(0, float("inf"))), "theta_range"),
     (lambda: lt.expected_loss_sampled(np.eye(1)[None], np.ones((1, 1)), sigma2=-np.ones(1)), "sigma2 must hold"),
     (lambda: lt.expected_loss_sampled(-np.eye(1)[None], np.ones((1, 1))), "positive semi-definite"),

@@ -10,6 +10,7 @@ import pytest
 from conftest import cli_error
 from metagrad import tradeoff
 from metagrad.cli import main
+from metagrad.errors import ConfigError
 
 
 def test_large_and_small_budgets_reproduce_the_papers_finding():
@@ -42,11 +43,23 @@ def test_the_simulation_is_reproducible_and_saved(tmp_path):
     assert np.isnan(post3[0, 0]) and not np.isnan(post3[[0, 1, 1], [1, 0, 1]]).any()
 
 
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"datasets": 2.5}, "datasets 2.5 must be a whole number >= 1"),
+    ({"tasks": (2.5,)}, r"tasks \(M\) 2.5 must be a whole number >= 1"),
+    ({"alphas": ("0.5",)}, "alpha '0.5' must be a number"),
+    ({"seed": -1}, "seed -1 must be a whole number >= 0"),
+])
+def test_bad_simulate_arguments_are_named(kw, match):
+    """From Python these ended in bare TypeErrors ("seed must be integer") deep in numpy."""
+    with pytest.raises(ConfigError, match=match):
+        tradeoff.simulate(progress=False, **kw)
+
+
 @pytest.mark.parametrize(("argv", "match"), [
     (["tradeoff", "linreg", "--alphas", "0.5,-1"], "alpha -1.0 must be a positive step size"),
-    (["tradeoff", "linreg", "--tasks", "0,4"], "tasks (M) 0 must be at least 1"),
+    (["tradeoff", "linreg", "--tasks", "0,4"], "tasks (M) 0 must be a whole number >= 1"),
     (["tradeoff", "linreg", "--dim", "3", "--tasks", "1,2", "--points", "1"], "no (M, N) of the grid can determine"),
-    (["tradeoff", "linreg", "--datasets", "0"], "datasets 0 must be at least 1"),
+    (["tradeoff", "linreg", "--datasets", "0"], "datasets 0 must be a whole number >= 1 (e.g. 1000)"),
     (["tradeoff", "linreg", "--points", "ten"], "'ten' is not a comma-separated list of integers"),
     (["tradeoff", "linreg", "--alphas", "0.5,,0.1"], "'0.5,,0.1' has an empty entry"),
     (["tradeoff", "quadratic"], "invalid choice: 'quadratic'"),

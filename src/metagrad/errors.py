@@ -73,18 +73,28 @@ def check_flag(name: str, value: object) -> None:
         raise ConfigError(f"{name} {value!r} must be True or False")
 
 
-def check_range(name: str, value: object) -> tuple[float, float]:
-    """A ``(low, high)`` pair of finite real numbers with low <= high, or a ConfigError naming it."""
-    try:
-        lo, hi = value  # type: ignore[misc]
-        ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"{name} {value!r} must be a pair [low, high] of finite numbers")
+def check_range(name: str, value: object, low: float = -math.inf) -> tuple[float, float]:
+    """A ``(low, high)`` pair of finite real numbers with low <= high (and at least ``low``), as floats, or a
+    ConfigError naming it."""
+    pair = value if isinstance(value, tuple | list) and len(value) == 2 else (math.nan, math.nan)
+    lo, hi = (real_number(v) for v in pair)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo >= low):
+        at_least = f" >= {low:g}" if math.isfinite(low) else ""
+        raise ConfigError(f"{name} {value!r} must be a pair [low, high] of finite numbers{at_least}")
     if not lo <= hi:
-        raise ConfigError(f"{name} range [{lo}, {hi}] is empty; give [low, high] with low <= high")
-    return float(lo), float(hi)
+        raise ConfigError(f"{name} range [{lo:g}, {hi:g}] is empty; give [low, high] with low <= high")
+    return lo, hi
+
+
+def real_number(x: object) -> float:
+    """A real number as a float (numpy and 0-d torch scalars too); NaN for what is not one (bools and strings
+    included, which float() would take)."""
+    if isinstance(x, bool | str | bytes):
+        return math.nan
+    try:
+        return float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def memory_bytes() -> int:

@@ -14,6 +14,7 @@ A_ij ~ N(0, 1) below the diagonal; for N < p the N points themselves), whatever 
 
 from __future__ import annotations
 
+import numbers
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from . import files
 from .analysis import linreg_theory as lt
-from .errors import ConfigError, check_memory
+from .errors import ConfigError, check_memory, check_whole
 
 DEFAULT_TASKS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_POINTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -66,20 +67,18 @@ class TradeoffResult:
 
 def check_grid(tasks: Sequence[int], points: Sequence[int], alphas: Sequence[float], datasets: int, dim: int) -> None:
     """Stop with a ``ConfigError`` naming the bad value (before any work is done)."""
-    if dim < 1:
-        raise ConfigError(f"dim {dim} must be at least 1 (the paper's Figure 3 uses p = 1)")
-    if datasets < 1:
-        raise ConfigError(f"datasets {datasets} must be at least 1 (e.g. 1000)")
+    check_whole("dim", dim, 1, "the paper's Figure 3 uses p = 1")
+    check_whole("datasets", datasets, 1, "e.g. 1000")
     for name, grid in (("tasks", tasks), ("points", points), ("alphas", alphas)):
         if not grid:
             raise ConfigError(f"the {name} grid is empty; give comma-separated values")
     for m in tasks:
-        if m < 1:
-            raise ConfigError(f"tasks (M) {m} must be at least 1")
+        check_whole("tasks (M)", m, 1)
     for n in points:
-        if n < 1:
-            raise ConfigError(f"points (N) {n} must be at least 1")
+        check_whole("points (N)", n, 1)
     for a in alphas:
+        if isinstance(a, bool) or not isinstance(a, numbers.Real):
+            raise ConfigError(f"alpha {a!r} must be a number")
         if not a > 0:
             raise ConfigError(f"alpha {a} must be a positive step size (the paper's grid lies in (0, 1])")
         if a > 1:
@@ -127,6 +126,8 @@ def simulate(tasks: Sequence[int] = DEFAULT_TASKS, points: Sequence[int] = DEFAU
     from .tasks.linreg import LinearRegression
 
     check_grid(tasks, points, alphas, datasets, dim)
+    check_whole("seed", seed, 0)
+    check_whole("rotation_seed", rotation_seed, 0)
     family = LinearRegression(dim=dim, rotation_seed=rotation_seed)
     V = family.rotation.numpy()
     (t0, t1), (s0, s1) = family.theta_range, family.noise_range

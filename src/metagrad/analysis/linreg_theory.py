@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import ConfigError, MetagradError, check_whole
+from ..errors import ConfigError, MetagradError, check_range, check_whole, real_number
 
 ArrayLike = np.ndarray
 SINGULAR_RCOND = 1e-12  # smallest eigenvalue / largest of a normal matrix below which we call it singular
@@ -88,34 +88,16 @@ class Optimum(NamedTuple):
 def check_step(alpha: float, n: float) -> tuple[float, float]:
     """``alpha`` and ``n`` as floats, or a ConfigError for a step size or a number of points the formulas do not
     describe (they would return a number: a negative expected loss for n < 0, a step uphill for alpha < 0)."""
-    a, m = _real(alpha), _real(n)
+    a, m = real_number(alpha), real_number(n)
     if not (math.isfinite(a) and a >= 0):
         raise ConfigError(f"alpha {alpha!r} must be a finite step size >= 0")
-    if not m >= 1:
-        raise ConfigError(f"n {n!r} must be a number of points >= 1 (math.inf: exact task gradients)")
+    if not m >= 1 or (math.isfinite(m) and m != int(m)):
+        raise ConfigError(f"n {n!r} must be a whole number of points >= 1 (math.inf: exact task gradients)")
     return a, m
 
 
-def check_range(name: str, bounds: tuple[float, float], low: float = -math.inf) -> None:
-    """Refuse a (low, high) range that is not finite, ordered and at least ``low``."""
-    lo, hi = (_real(b) for b in bounds) if isinstance(bounds, tuple | list) and len(bounds) == 2 else (math.nan,) * 2
-    if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi):
-        raise ConfigError(f"{name} {bounds!r} must be two finite numbers low <= high" +
-                          (f", low >= {low:g}" if math.isfinite(low) else ""))
-
-
-def _real(x: object) -> float:
-    """A real number as a float (numpy and 0-d torch scalars too); NaN for what is not one."""
-    if isinstance(x, bool | str | bytes):
-        return math.nan
-    try:
-        return float(x)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def check_rotation(V: np.ndarray) -> None:
-    """Refuse a V that is not a rotation of at least one dimension (eq. 13 takes Q = V diag(theta)^2 V^T)."""
+    """Refuse a V that is not a rotation of at least one dimension (eq. 13 takes Q = V diag(theta) V^T)."""
     if V.ndim != 2 or V.shape[0] != V.shape[1] or V.shape[0] == 0:
         raise ConfigError(f"rotation of shape {list(V.shape)} must be a square p x p matrix with p >= 1")
     if not np.allclose(V.T @ V, np.eye(V.shape[0]), atol=1e-6):  # float32 rotations are orthogonal to ~1e-7
@@ -189,7 +171,8 @@ def expected_loss_exact(rotation: ArrayLike, alpha: float = 0.0, n: float = math
     V = np.asarray(rotation, dtype=np.float64)
     alpha, n = check_step(alpha, n)
     check_rotation(V)
-    check_range("theta_range", theta_range)
+    if check_range("theta_range", theta_range, low=0.0)[1] == 0:  # theta_t are the input covariance's eigenvalues
+        raise ConfigError(f"theta_range {theta_range!r} makes every task's input covariance 0; give high > 0")
     check_range("noise_range", noise_range, low=0.0)
     m = uniform_moments(*theta_range, 6)
     inv_n = 0.0 if not math.isfinite(n) else 1.0 / n
