@@ -91,7 +91,8 @@ def save_learner(path: str | Path, learner: torch.nn.Module) -> None:
 def layers(learner: torch.nn.Module) -> list[str]:
     """The kinds of the innermost modules of a learner's network (its ``model`` or ``policy``), in order: what its
     state dict does not hold (a ReLU or a Tanh). The inner rule is left to the state dict's own check."""
-    network = getattr(learner, "model", None) or getattr(learner, "policy", None) or learner
+    network = next((m for m in (getattr(learner, "model", None), getattr(learner, "policy", None)) if m is not None),
+                   learner)  # (not `or`: an empty nn.Sequential is falsy)
     return [type(m).__name__ for m in network.modules() if next(m.children(), None) is None]
 
 
