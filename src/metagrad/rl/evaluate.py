@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..analysis.stats import mean_ci95
-from ..errors import ConfigError, EnvironmentFault, TrainingDiverged, check_whole
+from ..errors import ConfigError, TrainingDiverged, check_whole
 from ..evaluate import say_if_at_edge
 from ..inner import SGD, schedule_used
 from ..seeds import VAL_SEED_OFFSET
@@ -104,7 +104,7 @@ def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes:
         gen = torch.Generator().manual_seed(seed + VAL_SEED_OFFSET + 1)
         try:
             values, _ = adaptation_returns(learner, tasks, steps, episodes, (lr, lr * later), gen)
-        except (ConfigError, TrainingDiverged, EnvironmentFault) as e:  # its actions refused, or the simulator blew up
+        except (ConfigError, TrainingDiverged) as e:  # its actions refused, or the simulator blew up (EnvironmentFault)
             failed = failed or f"{lr}: {e}"
             continue
         score = float(values[:, 1:].mean()) if steps else float(values.mean())
