@@ -172,6 +172,25 @@ def test_a_relabelled_miniimagenet_csv_is_not_read_from_the_old_cache(tmp_path):
     assert relabelled.images.shape[:2] == (2, 12) and relabelled.names == ["ntrain00000", "ntrain00002"]
 
 
+def test_one_file_name_in_two_class_folders_is_two_images_and_a_repeat_spelt_otherwise_is_refused(tmp_path):
+    """The once-listed check compared the CSV's strings: images/<label>/<file> folders that reuse file names (1.jpg
+    per class) were refused as a repeat, while ``./a.jpg`` beside ``a.jpg`` (one image twice) passed."""
+    root = fake_miniimagenet(tmp_path / "mini")
+    for split in images.MINIIMAGENET_SPLITS:
+        rows = [line.split(",") for line in (root / f"{split}.csv").read_text().splitlines()[1:]]
+        for i, (name, label) in enumerate(rows):
+            (root / "images" / label).mkdir(exist_ok=True)
+            (root / "images" / name).rename(root / "images" / label / f"{i % 6}.jpg")
+        (root / f"{split}.csv").write_text("filename,label\n" + "".join(f"{i % 6}.jpg,{label}\n"
+                                                                       for i, (_, label) in enumerate(rows)))
+    assert images.load_miniimagenet(root)["train"].images.shape[:2] == (4, 6)
+    flat = fake_miniimagenet(tmp_path / "flat")
+    csv_text = (flat / "val.csv").read_text()  # its second image replaced by its first, spelt ./<name>
+    (flat / "val.csv").write_text(csv_text.replace("nval0000000000001.jpg", "./nval0000000000000.jpg"))
+    with pytest.raises(ConfigError, match=r"file nval0000000000000\.jpg is listed twice"):
+        images.load_miniimagenet(flat)
+
+
 def test_miniimagenet_images_in_a_folder_per_class_and_a_csv_with_a_byte_order_mark(tmp_path):
     """images/<label>/<file> (mmfewshot's layout; mini-imagenet-tools' processed_images/<split>/<label>/ moved
     into images/) was refused file by file; a CSV saved with a byte-order mark (Excel's) was refused as headerless."""
@@ -220,3 +239,25 @@ def test_an_omniglot_copy_short_of_the_original_says_its_split_is_not_the_papers
     monkeypatch.setattr(images, "OMNIGLOT_CHARACTERS", 14)  # 12 characters: most of such an original
     images.omniglot_splits(folder)
     assert "holds 12 characters, not the original's 14" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_decode_as_white_as_a_viewer_shows_them(tmp_path, mode):
+    """A drawing on a transparent background stored as black (RGBA (0, 0, 0, 0)) came out as a black page: an
+    Omniglot character all bright once inverted, a MiniImagenet image black."""
+    from PIL import Image
+
+    stroke = np.zeros((28, 28), dtype=bool)
+    stroke[10:18, 4:24] = True
+    if mode == "P":  # palette index 0 black and transparent, index 1 the opaque black stroke
+        im = Image.fromarray(stroke.astype(np.uint8), "P")
+        im.putpalette([0, 0, 0] * 256)
+        im.save(tmp_path / "drawing.png", transparency=0)
+    else:
+        rgba = np.zeros((28, 28, 4), dtype=np.uint8)  # transparent black
+        rgba[stroke, 3] = 255  # the stroke opaque black
+        Image.fromarray(rgba, "RGBA").convert(mode).save(tmp_path / "drawing.png")
+    rgb = images._rgb_image(tmp_path / "drawing.png", 28).astype(int)
+    assert (rgb[:, ~stroke] == 255).all() and (rgb[:, stroke] == 0).all()
+    drawing = images._omniglot_image((tmp_path / "drawing.png").read_bytes(), 28, "drawing.png")
+    assert (drawing[~stroke] == 0).all() and (drawing[stroke] == 255).all()  # strokes bright on a dark background

@@ -131,9 +131,13 @@ def _omniglot_image(data: bytes, size: int, where: str) -> np.ndarray:
 
 def _eight_bit(im: Image.Image, where: object) -> Image.Image:
     """The image upright (its EXIF orientation applied) in 8-bit channels: 16-bit grey scaled down (``convert``
-    clips it to near white); 32-bit integer and floating-point pixels, whose range no format fixes, refused."""
+    clips it to near white); transparent pixels on white, as a viewer shows them (``convert`` keeps their stored
+    colour, often black: an Omniglot drawing then came out inverted); 32-bit integer and floating-point pixels,
+    whose range no format fixes, refused."""
     sixteen = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")  # older Pillow: 16-bit as I
     im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        return Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
     if sixteen:
         return Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8))
     if im.mode in ("I", "F"):
@@ -235,9 +239,9 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
         classes: dict[str, list[str]] = {}
         for filename, label in rows:
             classes.setdefault(label, []).append(filename)
-        _check_disjoint(root, split, classes, seen)
         _check_even(root / f"{split}.csv", classes)
         paths = {label: [_image_path(root, split, label, n) for n in names] for label, names in classes.items()}
+        _check_disjoint(root, split, paths, seen)
         files = [(f"{label}\0{p.relative_to(root)}", _stamp(p)) for label, ps in paths.items() for p in ps]
         key = _fingerprint(files, f"miniimagenet-{split}-{size}")
 
@@ -273,10 +277,12 @@ def _check_even(csv: Path, classes: dict[str, list[str]]) -> None:
                       f"{', '.join(odd)}; list the same number for each class")
 
 
-def _check_disjoint(root: Path, split: str, classes: dict[str, list[str]], seen: dict[str, str]) -> None:
+def _check_disjoint(root: Path, split: str, paths: dict[str, list[Path]], seen: dict[str, str]) -> None:
     """Stop where a split's CSV lists a file twice, or a class or file another split listed: either would put one
-    image in a task's support and query, or a test class in training."""
-    for label, names in classes.items():
+    image in a task's support and query, or a test class in training. Files are compared as found on disk (one name
+    in two class folders is two images; ``a.jpg`` and ``./a.jpg`` one)."""
+    for label, files in paths.items():
+        names = [os.path.relpath(f.resolve(), (root / "images").resolve()) for f in files]
         for kind, name in [("class", label), *(("file", n) for n in names)]:
             if f"{kind} {name}" in seen:
                 where = seen[f"{kind} {name}"]
