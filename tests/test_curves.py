@@ -149,3 +149,16 @@ def test_cli_draws_the_figure_and_prints_the_table(tmp_path, capsys):
     assert main(["curves", str(a), "--metric", "kl", "--out", str(out)]) == 2
     assert "--metric kl: no run logged it" in capsys.readouterr().err
     assert main(["curves", str(a), "--last", "0"]) == 2
+
+
+def test_a_run_folder_named_with_an_equals_sign_is_a_path_not_a_label(tmp_path):
+    """``sweep/lr=0.01`` was cut at its '=' (no metrics log at sweep/lr), given alone, with a label, or through the
+    sweep's folder."""
+    write_log(tmp_path / "sweep" / "lr=0.01", rl_rows(3))
+    write_log(tmp_path / "sweep" / "lr=0.02", rl_rows(4))
+    assert curves.load(str(tmp_path / "sweep" / "lr=0.01")).label == "lr=0.01"
+    assert curves.load(f"{tmp_path / 'sweep' / 'lr=0.01'}=a=b").label == "a=b"
+    runs = curves.load_all([str(tmp_path / "sweep")])
+    assert [(r.label, len(r.rows)) for r in runs] == [("lr=0.01", 4), ("lr=0.02", 5)]  # a resume note each
+    with pytest.raises(MetagradError, match=r"no metrics log at .*nowhere"):
+        curves.load(f"{tmp_path / 'nowhere'}=label")

@@ -242,3 +242,27 @@ def test_compare_refuses_evaluations_of_different_tasks(tmp_path, capsys):
     assert f"{away} does not say which task it evaluates (it records none" in capsys.readouterr().err
     assert task_of(RLConfig(env="cheetah-vel").to_sections()) == "cheetah-vel"
     assert task_of(Config(family="omniglot", model="conv4", ways=20).to_sections()) == "omniglot 20-way"
+
+
+def test_compare_refuses_two_sinusoid_distributions_and_says_when_no_side_names_its_task(tmp_path, capsys):
+    """MAML's sine tasks (phase [0, pi], random inputs) against Reptile's grid variant (phase [0, 2 pi], the 50-point
+    grid) were compared without a word: both recorded only 'sinusoid'. Two results.json files that record no task
+    were compared without the line the docs promise."""
+    runs = {"maml": [], "grid": ["--set", "grid=50", "--set", "phase=0,6.283185307179586"]}
+    for name, extra in runs.items():
+        run = tmp_path / name
+        assert main(["train", "--config", "sinusoid-maml", "--iterations", "2", "--meta-batch-size", "2",
+                     "--val-every", "0", "--no-progress", "--out", str(run), *extra]) == 0
+        assert main(["eval", str(run), "--eval-tasks", "4", "--eval-shots", "5", "--eval-steps", "1"]) == 0
+    capsys.readouterr()
+    sides = [str(tmp_path / name / "eval.json") for name in runs]
+    assert main(["compare", *sides, "--out", str(tmp_path / "cmp")]) == 2
+    assert "were tested under different settings (phase [0.0, 3.14159" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):  # a sinusoid reproduction's results.json from before it stored its config
+        write_eval(tmp_path / f"{name}.json", {5: rng.normal(1.0, 0.5, (40, 3))}, 10)
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        (tmp_path / f"{name}.json").write_text(json.dumps({"methods": {"maml": data}}))
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "c2")]) == 0
+    err = capsys.readouterr().err
+    assert all(f"{tmp_path / n}.json does not say which task it evaluates" in err for n in ("a", "b"))

@@ -43,7 +43,8 @@ class Evaluation:
 
 # test settings that change what a curve measures: two evaluations compared must share the ones both record (other
 # test tasks, eval_seed, leave the comparison an unpaired one, as Welch's test takes it)
-PROTOCOL = ("task", "eval_query", "eval_inner_batch_size", "transductive", "horizon")
+PROTOCOL = ("task", "eval_query", "eval_inner_batch_size", "transductive", "horizon",
+            "amplitude", "phase", "x_range", "grid", "dim")  # the last five: a sinusoid's or linreg's distribution
 
 
 def _flat(settings: Any) -> dict[str, Any]:
@@ -118,7 +119,8 @@ def _read(path: Path, method: str | None, strict: bool) -> list[Evaluation]:
             raise MetagradError(f"{path} is one evaluation (an eval.json): --method-a/--method-b '{method}' apply to "
                                 "a results.json with several methods; leave them out")
         return [Evaluation(str(path), path.parent.name or path.stem, data.get("iteration"), data["curves"],
-                           _protocol(data.get("eval"), task=data.get("task") or _task_beside(path)))]
+                           _protocol({"task": data.get("task_settings"), "eval": data.get("eval")},
+                                     task=data.get("task") or _task_beside(path)))]
     if isinstance(data.get("modes"), dict) and "shots" in data:  # a few-shot reproduction: a mode is its method
         modes = data["modes"]
         name = method or next(iter(modes))
@@ -223,11 +225,6 @@ def check_protocols(evaluations: list[Evaluation]) -> None:
     """Refuse evaluations tested under different settings of ``PROTOCOL`` (where both record it): their curves
     measure different things (a transductive accuracy against a non-transductive one, 5 query points against 100)."""
     first = evaluations[0]
-    unknown = [e.source for e in evaluations if "task" not in e.protocol]
-    if unknown and len(unknown) < len(evaluations):
-        for source in unknown:
-            print(f"metagrad compare: {source} does not say which task it evaluates (it records none, nor does a "
-                  "config.toml beside it); make sure both sides are of one task", file=sys.stderr)
     for e in evaluations[1:]:
         differ = [k for k in PROTOCOL if k in first.protocol and k in e.protocol and first.protocol[k] != e.protocol[k]]
         if "task" in differ:
@@ -237,6 +234,14 @@ def check_protocols(evaluations: list[Evaluation]) -> None:
             what = ", ".join(f"{k} {first.protocol[k]} against {e.protocol[k]}" for k in differ)
             raise MetagradError(f"{first.source} and {e.source} were tested under different settings ({what}); "
                                 "evaluate them the same way (metagrad eval with the same --set values) to compare")
+
+
+def say_unknown_tasks(evaluations: list[Evaluation]) -> None:
+    """Name, on stderr, each side that records no task (older files, a results.json copied away from its run):
+    ``check_protocols`` cannot tell whether it is the other side's."""
+    for source in [e.source for e in evaluations if "task" not in e.protocol]:
+        print(f"metagrad compare: {source} does not say which task it evaluates (it records none, nor does a "
+              "config.toml beside it); make sure both sides are of one task", file=sys.stderr)
 
 
 def check_curve(curve: Any, where: str) -> None:
@@ -293,6 +298,7 @@ def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str | N
     if grid["label_a"] == grid["label_b"]:  # e.g. seed-0/.../results.json and seed-1/.../results.json
         grid["label_a"], grid["label_b"] = distinct_names(Path(a[0].source), Path(b[0].source))
     grid["label_a"], grid["label_b"] = label_a or grid["label_a"], label_b or grid["label_b"]
+    say_unknown_tasks(a + b)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files.write_json(out / "compare.json", grid)

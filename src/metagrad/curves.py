@@ -43,9 +43,20 @@ class Run:
         return sorted(names - {"iteration"})
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """``PATH`` or ``PATH=LABEL`` as the path and the label ('' for none). A path may hold '=' (a sweep's
+    ``lr=0.01``): the longest part before an '=' that exists is the path; if none does, the first '=' splits."""
+    cuts = [i for i, c in enumerate(spec) if c == "="]
+    for i in [len(spec), *reversed(cuts)]:
+        if Path(spec[:i]).exists():
+            return spec[:i], spec[i + 1:]
+    where, _, label = spec.partition("=")
+    return where, label
+
+
 def load(spec: str) -> Run:
     """``PATH`` or ``PATH=LABEL``: a ``metrics.jsonl`` file, or a run folder that holds one."""
-    where, _, label = spec.partition("=")
+    where, label = split_spec(spec)
     path = Path(where)
     if path.is_dir():
         path = path / "metrics.jsonl"
@@ -87,7 +98,7 @@ def run_specs(spec: str) -> list[tuple[str, Path | None]]:
     """A reproduction's folder (``results/long/locomotion-ant-dir``: a run per method in its subfolders, at any
     depth) as one spec per run, labelled by its path inside the folder (after ``LABEL/`` when the spec has one),
     with the folder that held it; any other spec as it is, with None."""
-    where, _, label = spec.partition("=")
+    where, label = split_spec(spec)
     if not where.strip():
         raise MetagradError(f"'{spec}' names no run: give PATH or PATH=LABEL (a run folder, its metrics.jsonl, or a "
                             "reproduction's folder)")
@@ -109,7 +120,7 @@ def load_all(specs: Sequence[str]) -> list[Run]:
     runs = [load(spec) for spec, _ in expanded]
     labels = [run.label for run in runs]
     for (spec, folder), run in zip(expanded, runs, strict=True):
-        unnamed = "=" not in spec or folder is not None
+        unnamed = not split_spec(spec)[1] or folder is not None
         if unnamed and labels.count(run.label) > 1:
             above = folder.name if folder is not None else run.path.parent.resolve().parent.name
             run.label = f"{above}/{run.label}"

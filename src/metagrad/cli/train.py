@@ -159,7 +159,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  return (step sizes {curve['lr']})  {_row(curve, 2)}")
         curves = {str(cfg.eval_episodes): {"lr": curve["lr"], "return": curve}}
     payload: dict[str, Any] = {"checkpoint": args.checkpoint, "iteration": info["iteration"],
-                               "task": task_of(cfg.to_sections()), "eval": cfg.to_sections()["eval"],
+                               "task": task_of(cfg.to_sections()), "task_settings": cfg.to_sections().get("task"),
+                               "eval": cfg.to_sections()["eval"],
                                "curves": curves}
     files.write_json(path, payload)
     print(f"written: {path}")

@@ -111,7 +111,7 @@ def run(exp: Experiment, out: str | Path, full: bool = False, iterations: int | 
             "train_seconds": round(fit.seconds, 2),
             "iterations_per_second": round(fit.iteration / fit.seconds, 1) if fit.seconds > 0 else None,
             "eval_seconds": round(time.perf_counter() - t0, 2),
-            "curves": {str(k): v for k, v in curves.items()}}
+            "curves": {str(k): v for k, v in curves.items()}, "config": cfg.to_sections()}
         if m.trained:
             print(f"    trained in {fit.seconds:.0f} s ({fit.iteration / max(fit.seconds, 1e-9):.0f} it/s); "
                   f"evaluated in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
