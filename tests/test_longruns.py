@@ -36,12 +36,20 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     assert "could not be read" not in index
     assert "| reward +v - g | 5 iterations | 1 x 5 iterations | not started |" in table[-1].replace("\\|", "")
     assert f"`metagrad train --out {tmp_path / 'long'}/none`" in index  # continues the runs it counted, not main's
-    with open(run / "segments.jsonl", "a") as f:
-        f.write("[1, 2]\n")  # a line that is JSON but no segment: skipped
-    (run / "last.safetensors").write_bytes((run / "last.safetensors").read_bytes()[:100])  # a damaged checkpoint
+    with open(run / "segments.jsonl", "a") as f:  # lines that are JSON but no segment, or a hand-edited one
+        f.write('[1, 2]\n{"seconds": "abc", "commit": 3, "machine": {"host": null}}\n')  # (a TypeError stopped it)
+    assert main(["status", str(tmp_path / "long")]) == 0
+    assert longruns.row_status(row, tmp_path / "long")["runs"][0]["segments"] == 3
+    data = (run / "last.safetensors").read_bytes()
+    (run / "last.safetensors").write_bytes(data[:-5000])  # its tensors cut short, the header whole: counted as whole
     assert main(["status", str(tmp_path / "long")]) == 0
     index = (tmp_path / "long" / "INDEX.md").read_text()
     assert "Checkpoints that could not be read" in index and f"- {run}:" in index and "| 0% |" in index
+    assert f"checkpoint {run / 'last.safetensors'} is damaged (the file is cut short ({len(data) - 5000} of " \
+        f"{len(data)} bytes))" in index
+    (run / "last.safetensors").write_bytes(data[:100])  # the header itself cut short
+    assert main(["status", str(tmp_path / "long")]) == 0
+    assert "the header is cut short" in (tmp_path / "long" / "INDEX.md").read_text()
     runs = [{"iteration": 5, "env_steps": 2e6}, {"iteration": 7, "env_steps": 1.5e6}]
     assert (longruns._iterations(runs), longruns._steps(runs)) == ("5-7 over 2 runs", "3.5M")
 

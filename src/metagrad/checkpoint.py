@@ -227,14 +227,24 @@ def read_info(stem: str | Path) -> dict[str, Any]:
 
 
 def _metadata(f: BinaryIO) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file (its header: 8 bytes of length, then JSON)."""
+    """The ``__metadata__`` of a safetensors file (its header: 8 bytes of length, then JSON); a file shorter than
+    its header's tensors reach (cut short after the header) refused, so that a reader of the header alone does not
+    count it whole."""
     length = int.from_bytes(f.read(8), "little")
     if length > 100_000_000:  # safetensors' own limit; a damaged length would otherwise be read as such
         raise ValueError(f"its header claims {length} bytes")
     header = f.read(length)
     if len(header) != length or length == 0:
         raise ValueError(f"the header is cut short ({len(header)} of {length} bytes)")
-    return json.loads(header).get("__metadata__") or {}
+    table = json.loads(header)
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in table.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, IndexError, AttributeError):
+        raise ValueError("its header is not a safetensors table") from None
+    size = f.seek(0, io.SEEK_END)
+    if size < 8 + length + end:
+        raise ValueError(f"the file is cut short ({size} of {8 + length + end} bytes)")
+    return table.get("__metadata__") or {}
 
 
 def exists(stem: str | Path) -> bool:

@@ -7,6 +7,7 @@ status`` writes ``results/long/INDEX.md``: for every row, how much of its budget
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,10 +333,16 @@ def run_progress(run: Path) -> dict[str, Any]:
             if isinstance(segment, dict):
                 segments.append(segment)
     machines = [s["machine"] for s in segments if isinstance(s.get("machine"), dict)]
+    seconds = [s.get("seconds") for s in segments]  # a line edited by hand may hold anything: numbers counted
     return {"run": str(run), "iteration": info["iteration"], "env_steps": info.get("env_steps"),
-            "seconds": round(sum(s.get("seconds", 0.0) for s in segments) or info.get("elapsed", 0.0)),
-            "segments": len(segments), "commits": sorted({s["commit"] for s in segments if s.get("commit")}),
-            "hosts": sorted({m["host"] for m in machines if m.get("host")})}
+            "seconds": round(sum(t for t in seconds if _number(t)) or info.get("elapsed", 0.0)),
+            "segments": len(segments),
+            "commits": sorted({s["commit"] for s in segments if isinstance(s.get("commit"), str) and s["commit"]}),
+            "hosts": sorted({m["host"] for m in machines if isinstance(m.get("host"), str) and m["host"]})}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def row_status(row: Row, root: Path = ROOT) -> dict[str, Any]:
