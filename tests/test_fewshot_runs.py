@@ -89,6 +89,25 @@ def test_miniimagenet_runs_on_a_generated_folder(tmp_path, monkeypatch):
     assert result["modes"]["transductive"]["paper"] == [48.07, 1.75]
 
 
+def test_a_test_split_is_checked_against_the_evaluations_sizes_not_trainings(tmp_path, capsys, monkeypatch):
+    """A test split of K + K images per class (what the MAML code's evaluation draws) was refused for want of
+    K + 15, the training query, naming 'query 15' as the limit."""
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    root = fake_miniimagenet(tmp_path / "mini", classes={"train": 6, "val": 5, "test": 5}, per_class=20)
+    rows = (root / "test.csv").read_text().splitlines()
+    (root / "test.csv").write_text("\n".join(rows[:1] + [r for i, r in enumerate(rows[1:]) if i % 20 < 2]) + "\n")
+    out = tmp_path / "results"
+    assert main(["reproduce", "miniimagenet", "--algo", "fomaml", "--iterations", "1", "--eval-tasks", "2",
+                 "--data-root", str(root), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "miniimagenet-fomaml-5w1s.json").read_text())
+    assert result["config"]["task"]["query"] == 15 and result["config"]["eval"]["eval_query"] == 1
+    assert len(result["modes"]["transductive"]["curves"]["accuracy"]["mean"]) == 11
+    capsys.readouterr()
+    assert main(["reproduce", "miniimagenet", "--algo", "fomaml", "--shots", "5", "--iterations", "1",
+                 "--eval-tasks", "2", "--data-root", str(root), "--out", str(out), "--no-progress"]) == 2
+    assert "eval_shots 5 + eval_query 5 exceed the 2 examples per class of the test split" in capsys.readouterr().err
+
+
 def test_reproduce_reaches_the_non_convolutional_maml(tmp_path, capsys, monkeypatch):
     """`reproduce omniglot --algo maml-nonconv`: the MAML paper's fully connected network, its Table 1 row beside."""
     monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))

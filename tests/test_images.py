@@ -131,6 +131,8 @@ def test_miniimagenet_splits_that_overlap_or_repeat_an_image_are_refused(tmp_pat
     (lambda p: (p / "test.csv").write_text("file,class\na.jpg,x\n"), "header 'filename,label'"),
     (lambda p: (p / "test.csv").write_text("filename,label\na.jpg\n"), "test.csv, line 2: expected 'filename,label'"),
     (lambda p: next((p / "images").glob("ntrain*.jpg")).unlink(), "listed in train.csv but missing"),
+    (lambda p: (p / "test.csv").write_text((p / "test.csv").read_text() + "ntest0000000000099.jpg,ntest00000\n"),
+     r"ntest0000000000099.jpg is listed in test.csv but missing"),  # was: every class needs the same number
     (lambda p: (p / "test.csv").write_text("\n".join((p / "test.csv").read_text().splitlines()[:-1]) + "\n"),
      r"test.csv: every class needs the same number of images; most have 6, but ntest00002 \(5\)"),
 ])

@@ -33,12 +33,36 @@ def build_tasks(cfg: Config, split: str = "train") -> Tasks:
                         x_range=tuple(cfg.x_range), grid=cfg.grid, oracle=cfg.oracle)
     if cfg.family == "linreg":
         return LinearRegression(dim=cfg.dim, shots=cfg.shots, query=cfg.query)
-    if cfg.download and cfg.family != "omniglot":
-        raise ConfigError(f"download is offered for Omniglot; put {cfg.family} in a folder yourself (data_root)")
-    data = image_splits(cfg.family, cfg.data_root, cfg.download)[split]
-    return FewShotClassification(data.images, cfg.ways, cfg.shots, cfg.query,
+    return _few_shot(cfg, split, cfg.shots, cfg.query)
+
+
+def evaluation_tasks(cfg: Config, split: str = "test") -> Tasks:
+    """``split``'s tasks as an evaluation draws them: ``eval_query`` query examples beside each of the ``eval_shots``
+    support sizes, checked against the split's images (the training shots and query do not apply there: a test
+    split of K + K images per class serves a run trained with 15 queries)."""
+    if cfg.family not in IMAGE_FAMILIES:
+        return build_tasks(cfg, split).with_query(cfg.eval_query)
+    per_class = _images(cfg, split).images.shape[1]
+    for shots in cfg.eval_shots:
+        if shots + cfg.eval_query > per_class:
+            raise ConfigError(f"eval_shots {shots} + eval_query {cfg.eval_query} exceed the {per_class} examples per "
+                              f"class of the {split} split; lower eval_shots or eval_query")
+    tasks = _few_shot(cfg, split, min(cfg.eval_shots), cfg.eval_query)
+    for shots in cfg.eval_shots:
+        tasks.check(shots)
+    return tasks
+
+
+def _few_shot(cfg: Config, split: str, shots: int, query: int) -> FewShotClassification:
+    return FewShotClassification(_images(cfg, split).images, cfg.ways, shots, query,
                                  rotations=cfg.rotations and cfg.family == "omniglot", split=split,
                                  distinct_characters=cfg.distinct_characters)
+
+
+def _images(cfg: Config, split: str) -> ImageDataset:
+    if cfg.download and cfg.family != "omniglot":
+        raise ConfigError(f"download is offered for Omniglot; put {cfg.family} in a folder yourself (data_root)")
+    return image_splits(cfg.family, cfg.data_root, cfg.download)[split]
 
 
 @lru_cache(maxsize=2)

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint
 from .algorithms import MetaLearner
 from .batch import Split
-from .build import build_learner, build_outer, build_tasks
+from .build import build_learner, build_outer, build_tasks, evaluation_tasks
 from .choices import IMAGE_FAMILIES
 from .config import Config
 from .errors import CheckpointError, ConfigError, Interrupted, MetagradError
@@ -51,13 +51,7 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
     if images:  # the evaluation this run will get (and the tuning of its step size): refused now, not after training
         val_like_test = (cfg.tune_eval_lr and not cfg.learn_inner_lr) or (cfg.val_as == "test" and cfg.val_every)
         for split in ("test", "val") if val_like_test else ("test",):
-            tasks = build_tasks(cfg, split).with_query(cfg.eval_query)
-            for shots in cfg.eval_shots:
-                if shots + cfg.eval_query > tasks.examples_per_class:
-                    raise ConfigError(f"eval_shots {shots} + eval_query {cfg.eval_query} exceed the "
-                                      f"{tasks.examples_per_class} examples per class of the {split} split; lower "
-                                      "eval_shots or eval_query")
-                tasks.check(shots)
+            evaluation_tasks(cfg, split)
     return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, validation=validation, iterations=cfg.iterations,
                    meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir,
                    config=cfg.to_sections(), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
@@ -249,7 +243,7 @@ def evaluation_lrs(learner: MetaLearner, cfg: Config, shots: int) -> tuple[float
     if cfg.learn_inner_lr:
         return None
     if cfg.tune_eval_lr:
-        val = held_out_tasks(build_tasks(cfg, "val"), cfg.val_tasks, shots, cfg.eval_seed + VAL_EVAL_SEED_OFFSET,
+        val = held_out_tasks(evaluation_tasks(cfg, "val"), cfg.val_tasks, shots, cfg.eval_seed + VAL_EVAL_SEED_OFFSET,
                              query=cfg.eval_query)
         best, _ = tune_step_size(learner, val, cfg.eval_steps, cfg.eval_lr_grid, cfg.eval_inner_batch_size,
                                  transductive=cfg.transductive, seed=cfg.eval_seed + VAL_EVAL_SEED_OFFSET)
@@ -259,7 +253,7 @@ def evaluation_lrs(learner: MetaLearner, cfg: Config, shots: int) -> tuple[float
 
 def evaluate(learner: MetaLearner, cfg: Config, shots: list[int] | None = None) -> dict[int, dict[str, Any]]:
     """Adaptation curves on ``cfg.eval_tasks`` test tasks for every K in ``shots`` (default: eval_shots)."""
-    tasks = build_tasks(cfg, "test")
+    tasks = evaluation_tasks(cfg, "test")
     out: dict[int, dict[str, Any]] = {}
     for k in shots or list(cfg.eval_shots):
         lrs = evaluation_lrs(learner, cfg, k)

@@ -66,7 +66,7 @@ def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, colum
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="lower left")
+    axes.flat[0].legend(fontsize=7, loc="best")  # where it covers the fewest points
     return _save(fig, path)
 
 

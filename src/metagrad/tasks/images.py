@@ -239,9 +239,9 @@ def load_miniimagenet(root: str | Path, size: int = 84) -> dict[str, ImageDatase
         classes: dict[str, list[str]] = {}
         for filename, label in rows:
             classes.setdefault(label, []).append(filename)
-        _check_even(root / f"{split}.csv", classes)
         paths = {label: [_image_path(root, split, label, n) for n in names] for label, names in classes.items()}
         _check_disjoint(root, split, paths, seen)
+        _check_even(root / f"{split}.csv", classes)  # after the files are found: a row naming none is said as such
         files = [(f"{label}\0{p.relative_to(root)}", _stamp(p)) for label, ps in paths.items() for p in ps]
         key = _fingerprint(files, f"miniimagenet-{split}-{size}")
 
