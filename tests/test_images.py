@@ -263,3 +263,23 @@ def test_transparent_pixels_decode_as_white_as_a_viewer_shows_them(tmp_path, mod
     assert (rgb[:, ~stroke] == 255).all() and (rgb[:, stroke] == 0).all()
     drawing = images._omniglot_image((tmp_path / "drawing.png").read_bytes(), 28, "drawing.png")
     assert (drawing[~stroke] == 0).all() and (drawing[stroke] == 255).all()  # strokes bright on a dark background
+
+
+def test_images_linked_to_one_stored_file_are_not_a_repeat_and_16_bit_with_transparency_is_scaled(tmp_path):
+    """Stores by content (git-annex, DVC, the Hugging Face cache) link equal images to one file: following the links
+    refused them as one file listed twice. A 16-bit grey PNG with a transparent value decoded all white."""
+    from PIL import Image
+
+    root = fake_miniimagenet(tmp_path / "mini")
+    (root / "blobs").mkdir()
+    files = sorted((root / "images").iterdir())
+    shutil.copy(files[1], files[0])  # two equal images
+    for f in files:
+        blob = root / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        f.replace(blob)
+        f.symlink_to(os.path.relpath(blob, f.parent))
+    assert images.load_miniimagenet(root)["train"].images.shape[:2] == (4, 6)
+    ramp = np.linspace(0, 65535, 84 * 84).reshape(84, 84).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png", transparency=5)
+    got = images._rgb_image(tmp_path / "grey16.png", 84)
+    assert np.abs(got[0].astype(float) - ramp / 257).max() <= 1

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from metagrad import checkpoint
 from metagrad.cli import main
+from metagrad.errors import CheckpointError
 from metagrad.reproduce import longruns
 
 
@@ -47,6 +51,9 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     assert "Checkpoints that could not be read" in index and f"- {run}:" in index and "| 0% |" in index
     assert f"checkpoint {run / 'last.safetensors'} is damaged (the file is cut short ({len(data) - 5000} of " \
         f"{len(data)} bytes))" in index
+    (run / "best.safetensors").write_bytes(data[:-100])  # best damaged too: not offered as the policy alone
+    with pytest.raises(CheckpointError, match=r"best\.safetensors is damaged too: start a new run"):
+        checkpoint.read_info(run / "last")
     (run / "last.safetensors").write_bytes(data[:100])  # the header itself cut short
     assert main(["status", str(tmp_path / "long")]) == 0
     assert "the header is cut short" in (tmp_path / "long" / "INDEX.md").read_text()

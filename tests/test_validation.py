@@ -150,3 +150,23 @@ def test_metrics_after_the_last_step_alone_are_the_last_column_of_the_curve():
                                               **kw)
     assert full["loss"].shape == (5, 4) and last["loss"].shape == (5, 1)
     torch.testing.assert_close(last["loss"][:, 0], full["loss"][:, -1], rtol=0, atol=0)
+
+
+def test_val_as_test_checks_the_validation_split_against_the_tests_sizes(tmp_path, monkeypatch):
+    """Validating as the test does draws min(eval_shots) + eval_query images per class; the validation split was
+    still held to the training's shots + query (1 + 15 of a split of 2 per class: refused)."""
+    from images_fixtures import fake_miniimagenet
+
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    root = fake_miniimagenet(tmp_path / "mini", classes={"train": 6, "val": 5, "test": 5}, per_class=16)
+    for split in ("val", "test"):  # two images per class
+        rows = (root / f"{split}.csv").read_text().splitlines()
+        (root / f"{split}.csv").write_text("\n".join(rows[:1] + [r for i, r in enumerate(rows[1:]) if i % 16 < 2]))
+    cfg = load_config("miniimagenet-maml").replace(data_root=str(root), shots=1, query=15, eval_shots=(1,),
+                                                    eval_query=1, iterations=1, meta_batch_size=1, val_every=1,
+                                                    val_tasks=2, val_as="test", filters=4, device="cpu")
+    trainer = make_trainer(cfg, None, progress=False)
+    trainer.fit()
+    assert trainer.best_val is not None
+    with pytest.raises(ConfigError, match="query 15 exceed the 2 examples per class of the val split"):
+        make_trainer(cfg.replace(val_as="training"), None, progress=False)

@@ -191,7 +191,10 @@ def _instead(path: Path) -> str:
             return (f"evaluate another checkpoint of the run (--checkpoint {snapshots[-1]}), or start a new run"
                     if snapshots else "the run has no other checkpoint (no best) to evaluate or resume: start a new "
                     "run")
-        if not _holds_run_state(other):  # a meta-RL run's best: the policy alone
+        holds = _holds_run_state(other)
+        if holds is None:
+            return f"{other.name} is damaged too: start a new run (or restore the run's folder from a copy)"
+        if not holds:  # a meta-RL run's best: the policy alone
             return (f"evaluate {other} (--checkpoint best; it holds the policy alone, no run to resume), or start a "
                     "new run")
         return (f"evaluate the best checkpoint instead (--checkpoint best), or resume from it (cp {other} {path}, "
@@ -199,13 +202,14 @@ def _instead(path: Path) -> str:
     return "evaluate another checkpoint of the run (e.g. --checkpoint last), or start a new run"
 
 
-def _holds_run_state(path: Path) -> bool:
-    """Whether a checkpoint holds what resuming needs (the random state beside the learner), not the learner alone."""
+def _holds_run_state(path: Path) -> bool | None:
+    """Whether a checkpoint holds what resuming needs (the random state beside the learner), not the learner alone;
+    None where it cannot be read."""
     try:
         with open(path, "rb") as f:
             return "rng" in json.loads(_metadata(f)[HEADER_KEY]).get("state", {})
     except (OSError, KeyError, ValueError):
-        return False
+        return None
 
 
 def read_info(stem: str | Path) -> dict[str, Any]:

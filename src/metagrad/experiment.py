@@ -47,7 +47,9 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
     images = cfg.family in IMAGE_FAMILIES
-    validation = build_tasks(cfg, "val") if images and cfg.val_every else None  # off: its limits do not apply
+    validation = None  # off: its limits do not apply
+    if images and cfg.val_every:  # drawn as training draws tasks, or as the test does (val_as = "test")
+        validation = evaluation_tasks(cfg, "val") if cfg.val_as == "test" else build_tasks(cfg, "val")
     if images:  # the evaluation this run will get (and the tuning of its step size): refused now, not after training
         val_like_test = (cfg.tune_eval_lr and not cfg.learn_inner_lr) or (cfg.val_as == "test" and cfg.val_every)
         for split in ("test", "val") if val_like_test else ("test",):

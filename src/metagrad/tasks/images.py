@@ -136,10 +136,10 @@ def _eight_bit(im: Image.Image, where: object) -> Image.Image:
     whose range no format fixes, refused."""
     sixteen = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")  # older Pillow: 16-bit as I
     im = ImageOps.exif_transpose(im)
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        return Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
     if sixteen:
         return Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in im.info:
+        return Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
     if im.mode in ("I", "F"):
         raise ConfigError(f"{where} has {'floating-point' if im.mode == 'F' else '32-bit integer'} pixels (PIL mode "
                           f"{im.mode}), whose range is not defined; save it as an 8-bit image")
@@ -279,10 +279,11 @@ def _check_even(csv: Path, classes: dict[str, list[str]]) -> None:
 
 def _check_disjoint(root: Path, split: str, paths: dict[str, list[Path]], seen: dict[str, str]) -> None:
     """Stop where a split's CSV lists a file twice, or a class or file another split listed: either would put one
-    image in a task's support and query, or a test class in training. Files are compared as found on disk (one name
-    in two class folders is two images; ``a.jpg`` and ``./a.jpg`` one)."""
+    image in a task's support and query, or a test class in training. Files are compared by their paths under
+    ``images/`` (one name in two class folders is two images; ``a.jpg`` and ``./a.jpg`` one), links not followed
+    (git-annex, DVC and the Hugging Face cache link equal images to one stored file)."""
     for label, files in paths.items():
-        names = [os.path.relpath(f.resolve(), (root / "images").resolve()) for f in files]
+        names = [os.path.relpath(f, root / "images") for f in files]  # links not followed: a store by content
         for kind, name in [("class", label), *(("file", n) for n in names)]:
             if f"{kind} {name}" in seen:
                 where = seen[f"{kind} {name}"]
