@@ -51,9 +51,9 @@ def make_trainer(cfg: Config | RLConfig, run_dir: str | Path | None, progress: b
     if images and cfg.val_every:  # drawn as training draws tasks, or as the test does (val_as = "test")
         validation = evaluation_tasks(cfg, "val") if cfg.val_as == "test" else build_tasks(cfg, "val")
     if images:  # the evaluation this run will get (and the tuning of its step size): refused now, not after training
-        val_like_test = (cfg.tune_eval_lr and not cfg.learn_inner_lr) or (cfg.val_as == "test" and cfg.val_every)
-        for split in ("test", "val") if val_like_test else ("test",):
-            evaluation_tasks(cfg, split)
+        evaluation_tasks(cfg, "test")  # (validation as the test, above, has checked its split already)
+        if cfg.tune_eval_lr and not cfg.learn_inner_lr:
+            evaluation_tasks(cfg, "val")
     return Trainer(learner, build_tasks(cfg), opt, scheduler=sched, validation=validation, iterations=cfg.iterations,
                    meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir,
                    config=cfg.to_sections(), log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,

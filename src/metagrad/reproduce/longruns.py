@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import checkpoint
-from ..errors import CheckpointError
+from ..errors import CheckpointError, real_number
 from ..tables import md_head
 
 ROOT = Path("results/long")
@@ -333,16 +333,12 @@ def run_progress(run: Path) -> dict[str, Any]:
             if isinstance(segment, dict):
                 segments.append(segment)
     machines = [s["machine"] for s in segments if isinstance(s.get("machine"), dict)]
-    seconds = [s.get("seconds") for s in segments]  # a line edited by hand may hold anything: numbers counted
+    seconds = [real_number(s.get("seconds")) for s in segments]  # a line edited by hand may hold anything
     return {"run": str(run), "iteration": info["iteration"], "env_steps": info.get("env_steps"),
-            "seconds": round(sum(t for t in seconds if _number(t)) or info.get("elapsed", 0.0)),
+            "seconds": round(sum(t for t in seconds if math.isfinite(t)) or info.get("elapsed", 0.0)),
             "segments": len(segments),
             "commits": sorted({s["commit"] for s in segments if isinstance(s.get("commit"), str) and s["commit"]}),
             "hosts": sorted({m["host"] for m in machines if isinstance(m.get("host"), str) and m["host"]})}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def row_status(row: Row, root: Path = ROOT) -> dict[str, Any]:
