@@ -54,6 +54,22 @@ def test_cache_is_used_then_rebuilt_when_corrupt_or_stale(tmp_path, monkeypatch,
     assert "BytesIO" not in str(refused.value)  # PIL's name for its buffer, said as "its bytes"
 
 
+def test_a_changed_decoding_is_not_served_the_old_decodings_pixels(tmp_path, monkeypatch):
+    """The cache's key held the files alone: after a change to how pixels are decoded (transparency composited on
+    white), images cached by the older decoding came back unchanged. The decoding's version is part of the key."""
+    folder = fake_omniglot(tmp_path / "omniglot")
+    first = images.load_omniglot(folder)
+    decoded = []
+    real = images._omniglot_image
+    monkeypatch.setattr(images, "_omniglot_image", lambda *a: decoded.append(1) or real(*a))
+    images.load_omniglot(folder)
+    assert not decoded  # the same decoding: from the cache
+    monkeypatch.setattr(images, "DECODING", images.DECODING + 1)
+    again = images.load_omniglot(folder)
+    assert decoded and np.array_equal(again.images, first.images)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
 def test_two_runs_building_the_same_cache_at_once_both_keep_it(tmp_path, monkeypatch, capsys):
     """A second run writes the same cache between the first's write and rename (two jobs started together): each
     renames a whole file of its own, so neither fails nor leaves a partial or stray file."""

@@ -266,3 +266,7 @@ def test_compare_refuses_two_sinusoid_distributions_and_says_when_no_side_names_
     assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "c2")]) == 0
     err = capsys.readouterr().err
     assert all(f"{tmp_path / n}.json does not say which task it evaluates" in err for n in ("a", "b"))
+    from metagrad import compare  # the Python call as well, which once said nothing
+
+    compare.welch_grid(compare.load_evaluations(tmp_path / "a.json"), compare.load_evaluations(tmp_path / "b.json"))
+    assert err.count("does not say") == 2 and capsys.readouterr().err.count("does not say which task") == 2

@@ -162,7 +162,16 @@ def welch_grid(a: list[Evaluation], b: list[Evaluation], metric: str | None = "l
                shots: list[str] | None = None, higher_is_better: bool | None = None) -> dict[str, Any]:
     """P(A better than B) by the one-sided Welch t-test, ``prob[K][checkpoint][step]``, for the support sizes
     both sides evaluated (or ``shots``) and the steps they share; ``metric`` None: loss, or return where every
-    evaluation holds returns and no loss (meta-RL)."""
+    evaluation holds returns and no loss (meta-RL). A side that records no task is named on stderr
+    (``say_unknown_tasks``)."""
+    grid = grid_of(a, b, metric, shots, higher_is_better)
+    say_unknown_tasks(a + b)
+    return grid
+
+
+def grid_of(a: list[Evaluation], b: list[Evaluation], metric: str | None, shots: list[str] | None,
+            higher_is_better: bool | None) -> dict[str, Any]:
+    """``welch_grid`` without the line on sides of unknown tasks (``run`` says it once its own checks pass too)."""
     kinds = {e.source: "meta-RL" if "return" in _metrics(e) else "supervised" for e in a + b}
     if len(set(kinds.values())) > 1:
         rl, sup = (next(s for s, k in kinds.items() if k == kind) for kind in ("meta-RL", "supervised"))
@@ -291,7 +300,7 @@ def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str | N
     a, b = load_evaluations(path_a, method_a), load_evaluations(path_b, method_b)
     if [(e.source, e.label) for e in a] == [(e.source, e.label) for e in b]:
         raise MetagradError(f"A and B are the same evaluations ({path_a}); give the other method's as B")
-    grid = welch_grid(a, b, metric, shots, higher_is_better)
+    grid = grid_of(a, b, metric, shots, higher_is_better)
     if [e.curves for e in a] == [e.curves for e in b]:
         raise MetagradError(f"{path_a} and {path_b} hold the same curves (a copy of one evaluation?); give the other "
                             "method's as B")

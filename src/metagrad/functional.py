@@ -197,10 +197,12 @@ class Members:
         self.tables: list[dict[str, Any]] = []  # every submodule's tables, and their sizes when last walked
         self.sizes: list[int] = []
         self.owners: list[nn.Module] = []  # the module and its submodules, as last walked
+        self.ids: tuple[int, ...] = ()  # their identities
 
     def _walk(self) -> None:
         owners = list(self.module.named_modules(remove_duplicate=False))
         self.owners = [owner for _, owner in owners]
+        self.ids = tuple(map(id, self.owners))
         self.slots = {kind: [] for kind in self.KINDS}
         for kind, slots in self.slots.items():
             found: set[int] = set()
@@ -220,6 +222,27 @@ class Members:
     def _read(self, kind: str) -> list[tuple[str, Any]]:
         self._fresh()
         return [(name, v) for name, table, key in self.slots[kind] if (v := table[key]) is not None]
+
+    def key(self) -> list[Any]:
+        """Every parameter, each followed by its ``requires_grad`` flag and ``.grad``, then every buffer: what a cache
+        of values derived from them (``MetaLearner.fused_inputs``) compares by identity."""
+        self._fresh()
+        out: list[Any] = []
+        for _, table, key in self.slots["_parameters"]:
+            if (p := table[key]) is not None:
+                out += (p, p.requires_grad, p.grad)
+        out += [b for _, table, key in self.slots["_buffers"] if (b := table[key]) is not None]
+        return out
+
+    def first_parameter(self) -> nn.Parameter | None:
+        """``next(module.parameters(), None)``."""
+        self._fresh()
+        return next((p for _, table, key in self.slots["_parameters"] if (p := table[key]) is not None), None)
+
+    def module_ids(self) -> tuple[int, ...]:
+        """The identities of ``modules()``, in order."""
+        self._fresh()
+        return self.ids
 
     def modules(self) -> list[nn.Module]:
         """``list(module.modules())`` with repeats (``named_modules(remove_duplicate=False)``)."""

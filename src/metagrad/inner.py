@@ -74,9 +74,10 @@ class InnerRule(nn.Module):
         raise NotImplementedError
 
     def hyper(self, adapted: Collection[str]) -> Params:
-        """This rule's meta-learned parameters (detached) that adapting the parameters ``adapted`` uses, frozen ones
-        (``requires_grad=False``) left out: what the meta-gradient is taken with respect to."""
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        """This rule's meta-learned parameters that adapting the parameters ``adapted`` uses, frozen ones
+        (``requires_grad=False``) left out: what the meta-gradient is taken with respect to (the learner detaches
+        them)."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def shape(self, adapted: Params) -> None:
         """Create the meta-learned hyperparameters that a rule built without the model's parameters leaves to the
@@ -190,7 +191,7 @@ class SGD(InnerRule):
             if key not in self.lr:
                 raise self._missing(n)
             if self.lr[key].requires_grad:
-                out["lr." + key] = self.lr[key].detach()
+                out["lr." + key] = self.lr[key]
         return out
 
     def restrict(self, adapted: Collection[str]) -> None:

@@ -21,6 +21,7 @@ head), while the meta-gradient reaches every trainable parameter.
 from __future__ import annotations
 
 import inspect
+import operator
 import os
 import sys
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -42,6 +43,7 @@ from ..batching import (
     has_conv,
     has_torch_batchnorm,
     needs_math_attention,
+    torch_fault,
     twice_differentiable,
     vmap_fault,
 )
@@ -229,6 +231,11 @@ class MetaLearner(nn.Module):
                                   f"{type(self.inner).__name__} has none (use inner_state 'fresh')")
             self.carried = CarriedState(start)
 
+    # the submodules, read from nn.Module's table by a property: nn.Module's __getattr__, which finds them otherwise,
+    # costs 1.5 us a read on these machines, and a compiled W1 meta-gradient read them a dozen times (half a ms)
+    model = property(lambda self: self._modules["model"], doc="The model whose initialization is meta-learned.")
+    inner = property(lambda self: self._modules["inner"], doc="The inner-loop update rule.")
+
     # ----------------------------------------------------------------- parameter subsets
     def members(self, module: nn.Module) -> Members:
         """``module``'s parameters and buffers, found without walking it at every call (``functional.Members``)."""
@@ -270,8 +277,28 @@ class MetaLearner(nn.Module):
         for n, p in members.parameters():
             (model if p.requires_grad else frozen)[n] = p.detach() if detached else p
         buffers = members.buffers()
-        meta = {"model": model, "inner": self.inner.hyper(self.adapted_names(model))}
+        inner = self.inner.hyper(self.adapted_names(model))
+        meta = {"model": model, "inner": {n: p.detach() for n, p in inner.items()} if detached else inner}
         return meta, {**buffers, **frozen} if frozen else buffers
+
+    def fused_inputs(self) -> tuple[Meta, Params, Meta]:
+        """``functional_inputs(detached=False)`` and the ``.grad`` fields (``grad_fields``) that ``fused_gradient``
+        writes: the same dicts again while the model's and the inner rule's members, their ``requires_grad`` flags
+        and ``.grad`` fields are the objects they were (rebuilding them is a tenth of a compiled W1 meta-gradient)."""
+        key = self.members_key()
+        cached = self.__dict__.get("_fused_inputs")
+        if cached is not None and len(cached[0]) == len(key) and all(map(operator.is_, cached[0], key)):
+            return cached[1]
+        meta, buffers = self.functional_inputs(detached=False)
+        fields = {part: self.grad_fields(module, tree) for part, module, tree in
+                  (("model", self.model, meta["model"]), ("inner", self.inner, meta["inner"]))}
+        self.__dict__["_fused_inputs"] = self.members_key(), (meta, buffers, fields)  # grad_fields made some fields
+        return meta, buffers, fields
+
+    def members_key(self) -> list[Any]:
+        """The model's and the inner rule's parameters, each with its ``requires_grad`` flag and ``.grad``, and their
+        buffers: what ``fused_inputs`` are made of, compared by identity."""
+        return self.members(self.model).key() + self.members(self.inner).key()
 
     @property
     def vmapped(self) -> bool:
@@ -295,8 +322,8 @@ class MetaLearner(nn.Module):
     def model_layout(self) -> Layout:
         """Which modules the model is made of and which are in training mode: what the batching checks depend on
         (a layer swapped in, or ``.train()`` / ``.eval()``, after a check invalidates it)."""
-        modules = self.members(self.model).modules()
-        return tuple(map(id, modules)), tuple(m.training for m in modules)
+        members = self.members(self.model)
+        return members.module_ids(), tuple(m.training for m in members.owners)  # owners: as module_ids walked
 
     def verify_batching(self, batch: TaskBatch) -> None:
         """Before the first batched computation, and again after the model's modules or modes change: check vmap
@@ -333,7 +360,7 @@ class MetaLearner(nn.Module):
     def on_model_device(self, batch: TaskBatch, mb: Tensor | None) -> tuple[TaskBatch, Tensor | None]:
         """``batch`` and its minibatch indices on the model's device: tasks are sampled on the CPU (one random
         stream wherever the model runs) and a learner on a GPU takes them as they come."""
-        param = next(self.model.parameters(), None)
+        param = self.members(self.model).first_parameter()
         if param is None or batch.device == param.device:
             return batch, mb
         if batch.device.type == "meta":
@@ -602,17 +629,23 @@ class MetaLearner(nn.Module):
         probing = self.second_order and not self._math_attention and not self._attention_probed
         saved = [(b, b.clone()) for b in self.model.buffers()] if probing else []
         try:
-            with explained_torch_errors(), twice_differentiable(self.second_order and self._math_attention):
+            if self.second_order and self._math_attention:
+                with twice_differentiable(True):
+                    out = call()
+            else:  # no context entered: a compiled W1 meta-gradient is half a millisecond, each context 1-2 us
                 out = call()
         except RuntimeError as e:  # also torch's NotImplementedError (a RuntimeError)
             if self._math_attention or not self.second_order or not needs_math_attention(e):
-                raise
+                if (fault := torch_fault(e)) is None:
+                    raise
+                raise ConfigError(fault) from e
             self._math_attention = True
             with torch.no_grad():  # the failed pass's forward passes moved them (batch norm's running statistics)
                 for b, before in saved:
                     b.copy_(before)
             return self.attention_safe(call)
-        self._attention_probed = True  # fused kernels ran (or none was used): no more copies of the buffers
+        if not self._attention_probed:  # (nn.Module's setattr costs microseconds)
+            self._attention_probed = True  # fused kernels ran (or none was used): no more copies of the buffers
         return out
 
     def in_chunks(self, fn: Callable[..., Any], meta: Meta, buffers: Params, batch: TaskBatch,
@@ -661,9 +694,7 @@ class MetaLearner(nn.Module):
         self.verify_batching(batch)
         # the parameters themselves, not detached copies (dynamo guards the same tensors faster than fresh ones),
         # under no_grad: torch.func's transforms differentiate all the same, and the graph records no autograd
-        meta, buffers = self.functional_inputs(detached=False)
-        fields = {part: self.grad_fields(module, tree) for part, module, tree in
-                  (("model", self.model, meta["model"]), ("inner", self.inner, meta["inner"]))}
+        meta, buffers, fields = self.fused_inputs()
         with torch.no_grad():
             return self.attention_safe(lambda: self.compiled(self.gradient_into)(meta, buffers, batch, mb, fields))
 

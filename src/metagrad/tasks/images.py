@@ -330,8 +330,14 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- the cache
+# How images are decoded into pixels: part of every cache key, so that a change to the decoding (2: transparency
+# composited on white, 2026-12-06) is not served the pixels an older one cached. Raise it with any such change.
+DECODING = 2
+
+
 def _fingerprint(files: Iterable[tuple[str, object]], kind: str) -> str:
-    h = hashlib.sha1(kind.encode())
+    """The cache key of a dataset ``kind`` made of ``files`` (name, stamp) pairs, decoded as ``DECODING`` says."""
+    h = hashlib.sha1(f"{kind}\0decoding {DECODING}".encode())
     for name, size in files:
         h.update(f"{name}\0{size}\n".encode())
     return f"{kind}-{h.hexdigest()[:16]}"
