@@ -319,3 +319,20 @@ def test_help_shows_no_escaped_percent_signs(command, capsys):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert "%%" not in out and "usage:" in out
+
+
+@pytest.mark.parametrize(("command", "argv"), [("tradeoff", ["tradeoff", "rl"]),
+                                               ("reproduce", ["reproduce", "sinusoid"])])
+def test_an_interrupt_between_runs_says_the_command_resumes(monkeypatch, capsys, command, argv):
+    """Ctrl-C outside a training loop (between a study's runs, while one is built) said only "interrupted", where one
+    inside a run says how to go on: both say that the same command resumes."""
+    import metagrad.cli as cli
+    from metagrad.cli.parser import EXIT_INTERRUPTED
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"cmd_{command}", interrupted)
+    assert main(argv) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == (f"metagrad {command}: interrupted (any checkpoint it wrote is whole: "
+                                               "run the command again and it resumes)")

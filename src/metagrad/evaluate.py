@@ -87,8 +87,10 @@ def tune_step_size(learner: MetaLearner, batch: TaskBatch, steps: int, grid: Seq
     return best, scores
 
 
-def say_if_at_edge(best: float, grid: Sequence[float]) -> None:
-    """Say on stderr when the tuned step size is the grid's largest: a larger one may do better."""
+def say_if_at_edge(best: float, grid: Sequence[float], setting: str | None = "eval_lr_grid") -> None:
+    """Say on stderr when the tuned step size is the grid's largest: a larger one may do better. ``setting``: the
+    configuration value that holds the grid (None: a grid the user cannot change, such as a study's)."""
     if len(set(grid)) > 1 and best == max(grid):
-        print(f"metagrad: the tuned test-time step size {best:g} is eval_lr_grid's largest; a larger one may do "
-              "better: widen the grid (--set eval_lr_grid=...) to see", file=sys.stderr)
+        fix = f"widen the grid (--set {setting}=...) to see" if setting else "this grid is fixed, so say so beside it"
+        print(f"metagrad: the tuned test-time step size {best:g} is the largest of the grid {list(grid)}; a larger one "
+              f"may do better: {fix}", file=sys.stderr)

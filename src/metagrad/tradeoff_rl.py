@@ -51,6 +51,11 @@ PROMP_ACTION_SCALE = 0.1
 PAPER = {"checkpoints": 21, "meta_batch_size": 40, "episodes": 20, "steps_between": 100 * 40 * 20 * 200}
 
 
+def _named(name: str, value: object) -> str:
+    """A study's setting and its value as messages name them: the field, then the option that sets it."""
+    return f"{name} {value} (--{name.replace('_', '-')})"
+
+
 @dataclass
 class Study:
     """What a study runs; ``to_dict`` is stored in ``study.json`` and must match when a study resumes."""
@@ -86,25 +91,25 @@ class Study:
             raise ConfigError(f"unknown pair '{self.pair}'; choose ppo (DRS+PPO vs ProMP) or trpo (DRS+TRPO vs "
                               "TRPO-MAML)")
         if self.seeds < 2:  # before the general floor below: one rule for every count under 2
-            raise ConfigError(f"seeds {self.seeds} must be >= 2: the Welch t-test compares the methods across seeds")
-        for name in ("budget", "checkpoints", "meta_batch_size", "episodes", "test_episodes", "horizon"):
+            raise ConfigError(f"{_named('seeds', self.seeds)} must be >= 2: the Welch t-test compares the methods "
+                              "across seeds")
+        for name in ("checkpoints", "meta_batch_size", "episodes", "test_episodes", "horizon"):
             if getattr(self, name) < (0 if name == "horizon" else 1):
-                raise ConfigError(f"{name} {getattr(self, name)} must be >= {0 if name == 'horizon' else 1}")
+                raise ConfigError(f"{_named(name, getattr(self, name))} must be >= {0 if name == 'horizon' else 1}")
         if self.test_tasks < 2:
-            raise ConfigError(f"test_tasks {self.test_tasks} must be >= 2: the test returns' 95% interval needs two")
+            raise ConfigError(f"{_named('test_tasks', self.test_tasks)} must be >= 2: the test returns' 95% interval "
+                              "needs two")
         if self.test_updates < 0 or not self.lr_grid or min(self.lr_grid) <= 0 or self.inner_lr <= 0:
             raise ConfigError("test_updates must be >= 0 and the step sizes (inner_lr, lr_grid) positive")
-        if self.budget < self.checkpoints:
-            raise ConfigError(f"budget {self.budget} must allow {self.checkpoints} checkpoints")
         self.horizon = self.horizon or HORIZONS.get(self.env, DEFAULT_HORIZON)
         # each snapshot at least one iteration of either method apart: else they repeat one policy, past the budget
         step = max(preset(m).replace(meta_batch_size=self.meta_batch_size, episodes=self.episodes,
                                      horizon=self.horizon).iteration_steps for m in self.methods)
         if self.budget // self.checkpoints < step:
-            raise ConfigError(f"budget {self.budget:,} puts the {self.checkpoints} snapshots less than one iteration "
-                              f"apart (up to {step:,} environment steps: meta_batch_size x episodes x horizon x "
-                              f"(inner steps + 1)); give a budget of at least {step * self.checkpoints} or fewer "
-                              "checkpoints")
+            raise ConfigError(f"{_named('budget', f'{self.budget:,}')} puts the {self.checkpoints} snapshots less "
+                              f"than one iteration apart (up to {step:,} environment steps: meta_batch_size x episodes "
+                              f"x horizon x (inner steps + 1)); give a budget of at least {step * self.checkpoints} or "
+                              "fewer checkpoints")
 
     @property
     def methods(self) -> tuple[str, str]:
@@ -230,7 +235,7 @@ def _tuned_step_size(study: Study, seed: int, run_dir: Path) -> float:
         learner, _, _ = load_run(run_dir, f"snapshot-{study.checkpoints:03d}")
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
-                            study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0)
+                            study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0, setting=None)
         files.write_json(path, {"lr": lr, "grid": list(study.lr_grid), "snapshot": study.checkpoints,
                                 "chosen_on": "validation tasks (training split)"})
     return float(json.loads(path.read_text())["lr"])

@@ -60,7 +60,7 @@ def test_tuning_passes_over_a_diverging_step_size_and_tunes_with_the_tests_episo
                              tune_eval_lr=True, eval_lr_grid=(1e30, 0.1))
     learner, _ = build(cfg)
     assert rl_evaluate.tune_step_size(learner, (1e30, 0.1), 1, 2, seed=0, num_tasks=3) == 0.1
-    with pytest.raises(ConfigError, match=r"every test-time step size of eval_lr_grid \[1e\+30\] diverged"):
+    with pytest.raises(ConfigError, match=r"step size of the grid \[1e\+30\] diverged.*--set eval_lr_grid"):
         rl_evaluate.tune_step_size(learner, (1e30,), 1, 2, seed=0, num_tasks=3)
     seen = []
     tune = rl_evaluate.tune_step_size
@@ -117,4 +117,10 @@ def test_a_tuned_step_at_the_top_of_the_grid_is_said(capsys, monkeypatch):
         monkeypatch.setattr(rl_evaluate, "adaptation_returns", returns)
         best = rl_evaluate.tune_step_size(learner, (0.1, 0.5, 1.0), 1, 2, seed=0, num_tasks=3)
         assert best == (1.0 if sign > 0 else 0.1)
-        assert ("tuned test-time step size 1 is eval_lr_grid's largest" in capsys.readouterr().err) == (sign > 0)
+        err = capsys.readouterr().err
+        assert ("tuned test-time step size 1 is the largest of the grid [0.1, 0.5, 1.0]" in err) == (sign > 0)
+        assert ("--set eval_lr_grid=" in err) == (sign > 0)
+    monkeypatch.setattr(rl_evaluate, "adaptation_returns", lambda *a: (torch.full((3, 2), a[4][0]), None))
+    rl_evaluate.tune_step_size(learner, (0.1, 0.5, 1.0), 1, 2, seed=0, num_tasks=3, setting=None)  # a study's grid
+    err = capsys.readouterr().err  # the trade-off study has no --set: no advice to use one
+    assert "largest of the grid" in err and "--set" not in err and "fixed" in err

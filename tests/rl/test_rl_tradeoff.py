@@ -181,10 +181,16 @@ def test_promp_settings_are_its_codes_and_the_kept_studies_still_resume(tmp_path
     assert main(args) == 2  # the default's settings are other settings for this study
 
 
-@pytest.mark.parametrize(("flags", "message"), [(["--seeds", "1"], "seeds 1 must be >= 2"),
-                                                (["--seeds", "-2"], "seeds -2 must be >= 2"),
-                                                (["--env", "nowhere"], "unknown environment 'nowhere'")])
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seeds", "1"], "seeds 1 (--seeds) must be >= 2"), (["--seeds", "-2"], "seeds -2 (--seeds) must be >= 2"),
+    (["--env", "nowhere"], "unknown environment 'nowhere'"),
+    (["--meta-batch-size", "0"], "meta_batch_size 0 (--meta-batch-size) must be >= 1"),
+    (["--test-tasks", "1"], "test_tasks 1 (--test-tasks) must be >= 2"),
+    (["--budget", "-5"], "budget -5 (--budget) puts the 4 snapshots less than one iteration apart"),  # and the least
+    (["--paper", "--test-tasks", "10"], "--test-tasks 10 would be ignored")])  # the default, but given: not ignored
 def test_tradeoff_rl_bad_input_is_named(tmp_path, capsys, flags, message):
+    """Each message names the option that sets the value (the study's field names alone read as internal names),
+    and a size given with --paper is refused even when it equals the default (it was silently replaced)."""
     assert main(["tradeoff", "rl", *flags, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
 
@@ -213,3 +219,12 @@ def test_an_interrupted_locomotion_run_resumes_to_the_same_checkpoints(tmp_path,
     again = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [ln["resumed_with"] for ln in again if "resumed_with" in ln] == [{"iterations": [2, 3]}]
     assert [ln["return_post"] for ln in lines] == [ln["return_post"] for ln in again if "return_post" in ln]
+
+
+def test_step_counts_read_as_numbers_on_the_figures():
+    """The snapshots' labels on welch.png were ``f"{s / 1e6:.2g}M"``: 1.1e+02M for 112M steps (15 of the paper's 21
+    snapshots) and 2.2M for 2.25M; returns.png printed raw counts that ran together. Both use ``step_count``."""
+    from metagrad.rl.plots import step_count
+
+    assert [step_count(s) for s in (336_000_000, 112_000_000, 2_250_000, 16_000_000, 150_000, 10_000, 999, 0)] == \
+        ["336M", "112M", "2.25M", "16M", "150k", "10k", "999", "0"]

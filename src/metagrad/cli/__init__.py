@@ -71,8 +71,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; {os_fix(e)}"
               f"{_resumes(args.command) if e.errno in FULL else ''}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"metagrad {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # outside a training loop (which says so itself): between runs, building them
+        print(f"metagrad {args.command}: interrupted{_resumes(args.command)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RuntimeError as e:  # torch's allocation failures (its OutOfMemoryError is a RuntimeError too)
         wanted = out_of_memory(e)
@@ -96,7 +96,7 @@ FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a disk, a quota or a file si
 
 
 def _resumes(command: str) -> str:
-    """What a run stopped by a full disk keeps: its checkpoints are written whole or not at all."""
+    """What a run stopped by a full disk or an interrupt keeps: its checkpoints are written whole or not at all."""
     if command == "train":
         return " (any checkpoint it wrote is whole: run the command again with --resume)"
     if command in ("reproduce", "tradeoff"):

@@ -280,18 +280,18 @@ def _add_tradeoff_parsers(sub: Any) -> None:
                    "(default: %(default)s)")
     p.add_argument("--pair", choices=("ppo", "trpo"), default=d.pair, help="ppo: DRS+PPO vs ProMP; trpo: DRS+TRPO vs "
                    "TRPO-MAML (default: %(default)s)")
-    p.add_argument("--budget", type=int, default=d.budget, help="environment steps per run (default: %(default)s)")
+    # the sizes default to None, so that --paper can tell a size given (refused) from one left out
+    p.add_argument("--budget", type=int, help=f"environment steps per run (default: {d.budget})")
     p.add_argument("--seeds", type=int, default=d.seeds, help="training seeds per method (default: %(default)s)")
-    p.add_argument("--checkpoints", type=int, default=d.checkpoints, help="snapshots, evenly spaced over the budget "
-                   "(default: %(default)s)")
-    p.add_argument("--meta-batch-size", type=int, default=d.meta_batch_size, help="tasks per iteration "
-                   "(default: %(default)s; the paper: 40)")
-    p.add_argument("--episodes", type=int, default=d.episodes, help="episodes per task and step (default: "
-                   "%(default)s; the paper: 20)")
-    p.add_argument("--test-tasks", type=int, default=d.test_tasks, help="meta-test tasks (default: %(default)s)")
-    p.add_argument("--test-episodes", type=int, default=d.test_episodes, help="episodes per test update (default: "
-                   "%(default)s)")
-    p.add_argument("--horizon", type=int, default=0, help="steps per episode (default: the paper's, 200 for "
+    p.add_argument("--checkpoints", type=int, help=f"snapshots, evenly spaced over the budget (default: "
+                   f"{d.checkpoints})")
+    p.add_argument("--meta-batch-size", type=int, help=f"tasks per iteration (default: {d.meta_batch_size}; the "
+                   "paper: 40)")
+    p.add_argument("--episodes", type=int, help=f"episodes per task and step (default: {d.episodes}; the paper: "
+                   "20)")
+    p.add_argument("--test-tasks", type=int, help=f"meta-test tasks (default: {d.test_tasks})")
+    p.add_argument("--test-episodes", type=int, help=f"episodes per test update (default: {d.test_episodes})")
+    p.add_argument("--horizon", type=int, help="steps per episode (default: the paper's, 200 for "
                    "locomotion, 150 for Meta-World, 100 for navigation2d)")
     p.add_argument("--paper", action="store_true", help="the paper's budget: 21 snapshots 16M environment steps apart "
                    "(100 iterations of 40 tasks x 20 episodes of 200 steps; days on 2 cores); the sizes above stay "

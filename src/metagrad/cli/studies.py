@@ -31,21 +31,18 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
 def _tradeoff_rl(args: argparse.Namespace) -> int:
     from .. import tradeoff_rl as rl_tradeoff
 
+    sizes = {n: getattr(args, n) for n in ("budget", "checkpoints", "meta_batch_size", "episodes", "test_tasks",
+                                           "test_episodes", "horizon") if getattr(args, n) is not None}
     if args.paper:
-        d = rl_tradeoff.Study()
-        sizes = ("budget", "checkpoints", "meta_batch_size", "episodes", "test_tasks", "test_episodes", "horizon")
-        given = [n for n in sizes if getattr(args, n) != (0 if n == "horizon" else getattr(d, n))]
-        if given:
-            raise MetagradError(f"--paper sets the paper's budget and sizes; --{given[0].replace('_', '-')} "
-                                f"{getattr(args, given[0])} would be ignored: leave it out, or drop --paper")
+        if sizes:
+            name, value = next(iter(sizes.items()))
+            raise MetagradError(f"--paper sets the paper's budget and sizes; --{name.replace('_', '-')} {value} would "
+                                "be ignored: leave it out, or drop --paper")
         study = rl_tradeoff.paper_study(args.env, args.pair, args.seeds, args.settings)
         study.compile, study.test_step = args.compile, args.test_step
     else:
-        study = rl_tradeoff.Study(env=args.env, pair=args.pair, budget=args.budget, seeds=args.seeds,
-                                  checkpoints=args.checkpoints, meta_batch_size=args.meta_batch_size,
-                                  episodes=args.episodes, test_tasks=args.test_tasks,
-                                  test_episodes=args.test_episodes, horizon=args.horizon, compile=args.compile,
-                                  settings=args.settings, test_step=args.test_step)
+        study = rl_tradeoff.Study(env=args.env, pair=args.pair, seeds=args.seeds, compile=args.compile,
+                                  settings=args.settings, test_step=args.test_step, **sizes)
     out = Path(args.out or f"results/tradeoff-rl-{args.env}-{args.pair}")
     results = rl_tradeoff.run(study, out, progress=not args.no_progress)
     if not results:  # a process other than 0 of a distributed run: process 0 evaluates and reports

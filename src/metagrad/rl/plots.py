@@ -84,7 +84,8 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
             values = [float("nan") if v is None else v for v in paper[m]]
             ax.plot(range(len(values)), values, ls=":", marker="o", mfc="none", color=color[m],
                     label=f"{r['label']} (paper)")
-    ax.set_xticks(range(max(len(r["curve"]["mean"]) for r in methods.values())))
+    ax.set_xticks(range(max(len(v) for v in [*(r["curve"]["mean"] for r in methods.values()),
+                                              *(paper or {}).values()])))  # the paper's steps too
     sizes = [abs(v) for r in methods.values() for v in r["curve"]["mean"]]
     symlog = symlog and max(sizes) > 20 * max(min(sizes), 1.0)  # within a factor 20 decade ticks leave one label
     if symlog:
@@ -108,6 +109,7 @@ def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -
         ax.plot(*post, color=color, lw=1, label=f"{labels[m]}, after" if adapts else labels[m])
         if adapts:
             ax.plot(*pre, color=color, lw=0.8, ls="--", alpha=0.6)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a short run: no ticks at iteration 1.2
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("average return (training tasks)")
     ax.set_title("meta-training (dashed: before adaptation)")
@@ -128,10 +130,20 @@ def trajectories(saved: dict[str, Any], labels: dict[str, str], path: Path, afte
         ax.scatter([float(goal[0])], [float(goal[1])], marker="*", s=150, color="tab:red", zorder=5,
                    label="goal position")
         ax.set_title(labels[m], fontsize=10)
+        ax.set_xlabel("x position")
+        ax.set_ylabel("y position")
         ax.set_aspect("equal", adjustable="datalim")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def step_count(n: float) -> str:
+    """A number of environment steps as a tick label: 336M, 2.25M, 150k, 20."""
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
 
 
 def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
@@ -142,7 +154,7 @@ def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
     from ..plots import welch_contours
 
     study, (label_a, label_b) = results["study"], results["labels"]
-    steps = [f"{s / 1e6:.2g}M" if s >= 1e6 else f"{s / 1e3:.3g}k" for s in results["checkpoint_steps"]]
+    steps = [step_count(s) for s in results["checkpoint_steps"]]
     prob = np.asarray(results["p_drs_better"])
     contour = welch_contours(prob, steps, list(range(prob.shape[1])), out / "welch.png", label_a, label_b,
                              titles=[f"{study['env']}: {label_a} vs {label_b}"])
@@ -155,7 +167,9 @@ def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
             ax.plot(at, mean, style, color=color, marker="o", ms=3,
                     label=f"{label}, {t} test update{'s' if t != 1 else ''}")
             ax.fill_between(at, mean - sd, mean + sd, color=color, alpha=0.12)
-    ax.set_xlabel("environment steps of meta-training (snapshots, mean over seeds)")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: step_count(x)))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+    ax.set_xlabel("environment steps of meta-training (mean over seeds)")
     ax.set_ylabel("average return (± sd over seeds)")
     ax.set_title(study["env"], fontsize=10)
     ax.legend(fontsize=7)
