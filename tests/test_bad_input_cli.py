@@ -97,7 +97,7 @@ CASES = {
                                                       "--out", str(t / "r")],
                                            ["[[train]] is an array of tables", "one [train]"]),
     "S8 one trade-off test task": (lambda t: ["tradeoff", "rl", "--test-tasks", "1", "--out", str(t / "r")],
-                                   ["test_tasks 1 must be >= 2"]),
+                                   ["test_tasks 1 (--test-tasks) must be >= 2"]),
     "S4 the training seed is the test seed": (lambda t: ["train", "--seed", "12345", *TINY, "--out", str(t / "r")],
                                               ["seed 12345 equals eval_seed", "test tasks"]),
     "S4 meta-RL training seed is the test seed": (lambda t: ["train", *NAV, "--seed", "7", "--eval-seed", "7",
@@ -121,7 +121,7 @@ CASES = {
                                          ["snapshot_steps 1", "at least 80"]),
     "S8 trade-off budget below one iteration": (lambda t: ["tradeoff", "rl", "--env", "navigation2d", "--budget",
                                                            "10", "--no-progress", "--out", str(t / "r")],
-                                                ["budget 10", "at least 80000"]),
+                                                ["budget 10 (--budget)", "at least 80,000"]),
     "S9 seed twice": (lambda t: ["reproduce", "navigation", "--algo", "random", "--seed", "1", "--set", "seed=2",
                                  "--out", str(t / "r")], ["--seed 1 and --set seed=2", "give one of them"]),
     "S9 eval tasks twice": (lambda t: ["reproduce", "navigation", "--eval-tasks", "3", "--set", "eval_tasks=4",
@@ -201,7 +201,7 @@ def test_options_that_apply_and_defaults_carried_by_presets_are_accepted():
 def test_the_api_refuses_what_the_command_line_does():
     with pytest.raises(ConfigError, match="emaml_weight nan must be a finite number >= 0"):
         RLConfig(algo="emaml", emaml_weight=float("nan")).validate()
-    with pytest.raises(ConfigError, match="budget 10 puts the 4 snapshots less than one iteration apart"):
+    with pytest.raises(ConfigError, match=r"budget 10 \(--budget\) puts the 4 snapshots less than one iteration apart"):
         Study(env="navigation2d", budget=10)
     Study(env="navigation2d", budget=80_000)  # four snapshots, one ProMP iteration apart
 

@@ -375,33 +375,37 @@ class _Scaled(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.a, self.b = torch.nn.Linear(1, 6), torch.nn.Linear(6, 1)
+        self.body = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
         self.register_buffer("scale", torch.tensor(1.0))
 
     def forward(self, x):
-        return self.b(torch.tanh(self.a(x))) * self.scale
+        return self.body(x) * self.scale
 
 
 def test_compiled_meta_gradient_sees_every_change_under_its_reused_inputs():
     """compile=True reuses its input dicts and ``.grad`` fields while nothing changed (rebuilding them was a tenth of
     a compiled W1 meta-gradient): the same dicts come back on a second call, and a parameter frozen or unfrozen, a
     ``.grad`` set to None or replaced, a parameter or a buffer replaced each still give the eager meta-gradient,
-    written into the ``.grad`` the user left there."""
+    written into the ``.grad`` the user left there; so does a layer inserted in front, which renames every parameter
+    while keeping them (the cached dicts' old names once gave a zero meta-gradient)."""
     batch = mg.tasks.Sinusoid().sample(4, torch.Generator().manual_seed(0))
     learners = {}
     for compile in (False, True):
         torch.manual_seed(0)
         learners[compile] = mg.MAML(_Scaled(), inner=mg.SGD(0.1), compile=compile)
-    changes = {"nothing": lambda m: None, "frozen": lambda m: m.a.weight.requires_grad_(False),
-               "unfrozen": lambda m: m.a.weight.requires_grad_(True),
-               ".grad None": lambda m: setattr(m.b.bias, "grad", None),
-               ".grad replaced": lambda m: setattr(m.b.weight, "grad", torch.full_like(m.b.weight, 7.0)),
-               "parameter replaced": lambda m: setattr(m.b, "weight", torch.nn.Parameter(m.b.weight.detach() * 2)),
-               "buffer replaced": lambda m: setattr(m, "scale", torch.tensor(0.5))}
+    first, last = (lambda m: m.body[-3]), (lambda m: m.body[-1])
+    changes = {"nothing": lambda m: None, "frozen": lambda m: first(m).weight.requires_grad_(False),
+               "unfrozen": lambda m: first(m).weight.requires_grad_(True),
+               ".grad None": lambda m: setattr(last(m).bias, "grad", None),
+               ".grad replaced": lambda m: setattr(last(m).weight, "grad", torch.full_like(last(m).weight, 7.0)),
+               "parameter replaced": lambda m: setattr(last(m), "weight",
+                                                       torch.nn.Parameter(last(m).weight.detach() * 2)),
+               "buffer replaced": lambda m: setattr(m, "scale", torch.tensor(0.5)),
+               "layer inserted": lambda m: m.body.insert(0, torch.nn.Identity())}
     for what, change in changes.items():
         for learner in learners.values():
             change(learner.model)
-        left = learners[True].model.b.weight.grad
+        left = last(learners[True].model).weight.grad
         for learner in learners.values():
             learner.meta_gradient(batch)
         eager, compiled = (dict(learners[c].model.named_parameters()) for c in (False, True))
@@ -411,7 +415,7 @@ def test_compiled_meta_gradient_sees_every_change_under_its_reused_inputs():
             else:
                 torch.testing.assert_close(compiled[n].grad, p.grad, rtol=1e-5, atol=1e-6, msg=f"{what}: {n}")
         if what == ".grad replaced":
-            assert learners[True].model.b.weight.grad is left
+            assert last(learners[True].model).weight.grad is left
     first, second = learners[True].fused_inputs(), learners[True].fused_inputs()
     assert all(a is b for a, b in zip(first, second, strict=True))
 
@@ -434,6 +438,27 @@ def test_a_compiled_meta_gradient_after_the_first_reads_nothing_through_nn_modul
     monkeypatch.setattr(type(learner), "grad_fields", lambda *a: pytest.fail("the .grad fields were gathered again"))
     learner.meta_gradient(batch)
     assert seen == []
+
+
+def test_a_copy_of_a_compiled_learner_computes_its_own_meta_gradient_and_pickles(tmp_path):
+    """A deep copy of a compiled learner kept the original's compiled function, bound to the original: with its own
+    inner step size the copy still got the original's meta-gradient; pickling failed on that function. The copy
+    compiles its own (``__getstate__`` leaves them out), and ``torch.save`` writes the learner."""
+    batch = mg.tasks.Sinusoid().sample(4, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    learner = mg.MAML(small_mlp(hidden=(8,)), inner=mg.SGD(0.1), compile=True)
+    learner.meta_gradient(batch)
+    copies = {c: copy.deepcopy(learner) for c in (False, True)}
+    copies[False].use_compile = False
+    for c in copies.values():
+        c.inner = mg.SGD(0.5)
+        c.meta_gradient(batch)
+    for (n, a), b in zip(copies[True].named_parameters(), copies[False].parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
+    torch.save(learner, tmp_path / "learner.pt")
+    assert hasattr(learner, "model") and not hasattr(torch.nn.Module(), "model")
+    del learner.model  # the property answers as nn.Module does: no attribute, not a KeyError
+    assert not hasattr(learner, "model") and getattr(learner, "model", None) is None
 
 
 def test_compiled_meta_gradient_calls_its_kernels_from_cpp_on_the_cpu():

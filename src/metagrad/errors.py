@@ -66,6 +66,11 @@ def check_whole(name: str, value: object, low: int | None = None, hint: str = ""
         raise ConfigError(f"{name} {value!r} must be a whole number{at_least}{f' ({hint})' if hint else ''}")
 
 
+def flag(name: str) -> str:
+    """A setting's command-line option: ``inner_lr`` -> ``--inner-lr``."""
+    return "--" + name.replace("_", "-")
+
+
 def check_flag(name: str, value: object) -> None:
     """Refuse a switch that is not ``True`` or ``False`` (the string "False" is true to Python: it picked
     first-order MAML without a word)."""

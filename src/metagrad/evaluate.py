@@ -91,6 +91,6 @@ def say_if_at_edge(best: float, grid: Sequence[float], setting: str | None = "ev
     """Say on stderr when the tuned step size is the grid's largest: a larger one may do better. ``setting``: the
     configuration value that holds the grid (None: a grid the user cannot change, such as a study's)."""
     if len(set(grid)) > 1 and best == max(grid):
-        fix = f"widen the grid (--set {setting}=...) to see" if setting else "this grid is fixed, so say so beside it"
+        fix = f"widen the grid (--set {setting}=...) to see" if setting else "the study fixes this grid"
         print(f"metagrad: the tuned test-time step size {best:g} is the largest of the grid {list(grid)}; a larger one "
               f"may do better: {fix}", file=sys.stderr)

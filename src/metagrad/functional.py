@@ -224,10 +224,11 @@ class Members:
         return [(name, v) for name, table, key in self.slots[kind] if (v := table[key]) is not None]
 
     def key(self) -> list[Any]:
-        """Every parameter, each followed by its ``requires_grad`` flag and ``.grad``, then every buffer: what a cache
-        of values derived from them (``MetaLearner.fused_inputs``) compares by identity."""
+        """The walk's slots (new at every walk: names and order), every parameter, each followed by its
+        ``requires_grad`` flag and ``.grad``, then every buffer: what a cache of values derived from them
+        (``MetaLearner.fused_inputs``, keyed by name) compares by identity."""
         self._fresh()
-        out: list[Any] = []
+        out: list[Any] = [self.slots]
         for _, table, key in self.slots["_parameters"]:
             if (p := table[key]) is not None:
                 out += (p, p.requires_grad, p.grad)

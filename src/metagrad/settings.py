@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 import tomllib
 
-from .errors import ConfigError, check_choice, check_whole, suggest
+from .errors import ConfigError, check_choice, check_whole, flag, suggest
 
 S = TypeVar("S", bound="Settings")
 
@@ -208,14 +208,13 @@ class Settings:
             for f in fields(cls):
                 if f.metadata["section"] != section or _has_flag(parser, f.name):
                     continue
-                flag = "--" + f.name.replace("_", "-")
                 help = f"{f.metadata['help']} (built-in default: {cls.shown_default(f.name)})"
                 if base_type(cls, f) is bool:
-                    group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                    group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                        help=help)
                 else:
                     metavar = "A,B,..." if is_tuple(cls, f) else base_type(cls, f).__name__.upper()
-                    group.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=help)
+                    group.add_argument(flag(f.name), dest=f.name, default=None, metavar=metavar, help=help)
 
     @classmethod
     def shown_default(cls, name: str) -> str:

@@ -25,7 +25,7 @@ import torch
 from . import files
 from .analysis.stats import welch_probability
 from .distributed import Distributed
-from .errors import ConfigError, suggest
+from .errors import ConfigError, flag, suggest
 from .experiment import continue_run, load_run
 from .rl.config import RLConfig, preset
 from .rl.envs.locomotion import FAMILIES
@@ -53,7 +53,7 @@ PAPER = {"checkpoints": 21, "meta_batch_size": 40, "episodes": 20, "steps_betwee
 
 def _named(name: str, value: object) -> str:
     """A study's setting and its value as messages name them: the field, then the option that sets it."""
-    return f"{name} {value} (--{name.replace('_', '-')})"
+    return f"{name} {value} ({flag(name)})"
 
 
 @dataclass
@@ -106,10 +106,11 @@ class Study:
         step = max(preset(m).replace(meta_batch_size=self.meta_batch_size, episodes=self.episodes,
                                      horizon=self.horizon).iteration_steps for m in self.methods)
         if self.budget // self.checkpoints < step:
+            fewer = " or fewer checkpoints" if self.budget >= step else ""  # one snapshot fits
             raise ConfigError(f"{_named('budget', f'{self.budget:,}')} puts the {self.checkpoints} snapshots less "
                               f"than one iteration apart (up to {step:,} environment steps: meta_batch_size x episodes "
-                              f"x horizon x (inner steps + 1)); give a budget of at least {step * self.checkpoints} or "
-                              "fewer checkpoints")
+                              f"x horizon x (inner steps + 1)); give a budget of at least {step * self.checkpoints:,}"
+                              f"{fewer}")
 
     @property
     def methods(self) -> tuple[str, str]:

@@ -228,3 +228,4 @@ def test_step_counts_read_as_numbers_on_the_figures():
 
     assert [step_count(s) for s in (336_000_000, 112_000_000, 2_250_000, 16_000_000, 150_000, 10_000, 999, 0)] == \
         ["336M", "112M", "2.25M", "16M", "150k", "10k", "999", "0"]
+    assert [step_count(s) for s in (999_600, 999_600_000, 999.7, 999_400)] == ["1M", "1G", "1k", "999k"]  # rounding up

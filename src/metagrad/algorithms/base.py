@@ -122,6 +122,19 @@ def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
     return total
 
 
+def _submodule(name: str, doc: str) -> property:
+    """A property that reads the submodule ``name`` from nn.Module's table (an AttributeError where there is none, as
+    nn.Module's ``__getattr__`` gives, so that ``hasattr`` and ``getattr(..., default)`` still work)."""
+
+    def read(self: nn.Module) -> nn.Module:
+        try:
+            return self._modules[name]
+        except KeyError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
+
+    return property(read, doc=doc)
+
+
 class MetaLearner(nn.Module):
     """Base class of MAML, Reptile and joint training: a model adapted to each task by an inner loop.
 
@@ -233,8 +246,15 @@ class MetaLearner(nn.Module):
 
     # the submodules, read from nn.Module's table by a property: nn.Module's __getattr__, which finds them otherwise,
     # costs 1.5 us a read on these machines, and a compiled W1 meta-gradient read them a dozen times (half a ms)
-    model = property(lambda self: self._modules["model"], doc="The model whose initialization is meta-learned.")
-    inner = property(lambda self: self._modules["inner"], doc="The inner-loop update rule.")
+    model = _submodule("model", "The model whose initialization is meta-learned.")
+    inner = _submodule("inner", "The inner-loop update rule.")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """nn.Module's state without the compiled functions, which are bound to this learner: a deep copy used the
+        original's (its inner rule, its parameters) and pickling failed on them; a copy compiles its own."""
+        state = super().__getstate__()
+        state.pop("_compiled", None)
+        return state
 
     # ----------------------------------------------------------------- parameter subsets
     def members(self, module: nn.Module) -> Members:
@@ -296,9 +316,11 @@ class MetaLearner(nn.Module):
         return meta, buffers, fields
 
     def members_key(self) -> list[Any]:
-        """The model's and the inner rule's parameters, each with its ``requires_grad`` flag and ``.grad``, and their
-        buffers: what ``fused_inputs`` are made of, compared by identity."""
-        return self.members(self.model).key() + self.members(self.inner).key()
+        """The model's and the inner rule's members (``Members.key``: names, parameters with their ``requires_grad``
+        flags and ``.grad``, buffers) and the settings that choose among them: what ``fused_inputs`` are made of,
+        compared by identity."""
+        return [self.adapt_prefixes, getattr(self.inner, "learn", None), *self.members(self.model).key(),
+                *self.members(self.inner).key()]
 
     @property
     def vmapped(self) -> bool:

@@ -72,7 +72,9 @@ def run_command(args: argparse.Namespace) -> int:
               f"{_resumes(args.command) if e.errno in FULL else ''}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # outside a training loop (which says so itself): between runs, building them
-        print(f"metagrad {args.command}: interrupted{_resumes(args.command)}", file=sys.stderr)
+        again = (" (run the command again, with --resume once it has written a checkpoint)" if args.command == "train"
+                 else _resumes(args.command))
+        print(f"metagrad {args.command}: interrupted{again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RuntimeError as e:  # torch's allocation failures (its OutOfMemoryError is a RuntimeError too)
         wanted = out_of_memory(e)

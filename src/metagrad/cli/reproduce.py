@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MetagradError
-from .train import flag
+from ..errors import MetagradError, flag
 
 if TYPE_CHECKING:
     from ..reproduce.metarl import Experiment

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import MetagradError
+from ..errors import MetagradError, flag
 
 
 def cmd_tradeoff(args: argparse.Namespace) -> int:
@@ -36,8 +36,8 @@ def _tradeoff_rl(args: argparse.Namespace) -> int:
     if args.paper:
         if sizes:
             name, value = next(iter(sizes.items()))
-            raise MetagradError(f"--paper sets the paper's budget and sizes; --{name.replace('_', '-')} {value} would "
-                                "be ignored: leave it out, or drop --paper")
+            raise MetagradError(f"--paper sets the paper's budget and sizes; {flag(name)} {value} would be ignored: "
+                                "leave it out, or drop --paper")
         study = rl_tradeoff.paper_study(args.env, args.pair, args.seeds, args.settings)
         study.compile, study.test_step = args.compile, args.test_step
     else:

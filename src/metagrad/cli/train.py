@@ -17,7 +17,7 @@ from ..analysis.stats import format_ci
 from ..choices import IMAGE_FAMILIES
 from ..compare import task_of
 from ..config import Config, load_config
-from ..errors import Interrupted, MetagradError
+from ..errors import Interrupted, MetagradError, flag
 from ..inner import schedule_used
 from ..rl.config import RLConfig
 from .parser import EXIT_INTERRUPTED
@@ -39,11 +39,6 @@ def config_overrides(args: argparse.Namespace, cfg: Config | RLConfig) -> dict[s
         raise MetagradError(f"{flag(stray[0])} does not apply to a {kind} config; remove it (see `metagrad "
                             f"{getattr(args, 'command', None) or 'train'} --help`)")
     return own
-
-
-def flag(name: str) -> str:
-    """A config field's command-line option: ``inner_lr`` -> ``--inner-lr``."""
-    return "--" + name.replace("_", "-")
 
 
 def resume_hint(args: argparse.Namespace) -> str:

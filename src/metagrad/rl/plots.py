@@ -139,9 +139,9 @@ def trajectories(saved: dict[str, Any], labels: dict[str, str], path: Path, afte
 
 
 def step_count(n: float) -> str:
-    """A number of environment steps as a tick label: 336M, 2.25M, 150k, 20."""
-    for scale, unit in ((1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
+    """A number of environment steps as a tick label: 1G, 336M, 2.25M, 150k, 20."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale * 0.9995:  # 999,600 rounds to 1M, not 1e+03k
             return f"{n / scale:.3g}{unit}"
     return f"{n:.3g}"
 
