@@ -245,7 +245,7 @@ class MetaLearner(nn.Module):
             self.carried = CarriedState(start)
 
     # the submodules, read from nn.Module's table by a property: nn.Module's __getattr__, which finds them otherwise,
-    # costs 1.5 us a read on these machines, and a compiled W1 meta-gradient read them a dozen times (half a ms)
+    # costs 1.5 us a read on these machines, and a compiled W1 meta-gradient (half a ms) read them a dozen times
     model = _submodule("model", "The model whose initialization is meta-learned.")
     inner = _submodule("inner", "The inner-loop update rule.")
 
