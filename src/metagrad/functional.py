@@ -240,10 +240,10 @@ class Members:
         self._fresh()
         return next((p for _, table, key in self.slots["_parameters"] if (p := table[key]) is not None), None)
 
-    def module_ids(self) -> tuple[int, ...]:
-        """The identities of ``modules()``, in order."""
+    def layout(self) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+        """The identities of ``modules()``, in order, and their training flags."""
         self._fresh()
-        return self.ids
+        return self.ids, tuple(m.training for m in self.owners)
 
     def modules(self) -> list[nn.Module]:
         """``list(module.modules())`` with repeats (``named_modules(remove_duplicate=False)``)."""

@@ -344,8 +344,7 @@ class MetaLearner(nn.Module):
     def model_layout(self) -> Layout:
         """Which modules the model is made of and which are in training mode: what the batching checks depend on
         (a layer swapped in, or ``.train()`` / ``.eval()``, after a check invalidates it)."""
-        members = self.members(self.model)
-        return members.module_ids(), tuple(m.training for m in members.owners)  # owners: as module_ids walked
+        return self.members(self.model).layout()
 
     def verify_batching(self, batch: TaskBatch) -> None:
         """Before the first batched computation, and again after the model's modules or modes change: check vmap
