@@ -401,7 +401,8 @@ def test_compiled_meta_gradient_sees_every_change_under_its_reused_inputs():
                "parameter replaced": lambda m: setattr(last(m), "weight",
                                                        torch.nn.Parameter(last(m).weight.detach() * 2)),
                "buffer replaced": lambda m: setattr(m, "scale", torch.tensor(0.5)),
-               "layer inserted": lambda m: m.body.insert(0, torch.nn.Identity())}
+               "layer inserted": lambda m: m.body.insert(0, torch.nn.Identity()),
+               "zero_grad": lambda m: m.zero_grad()}
     for what, change in changes.items():
         for learner in learners.values():
             change(learner.model)
@@ -416,8 +417,25 @@ def test_compiled_meta_gradient_sees_every_change_under_its_reused_inputs():
                 torch.testing.assert_close(compiled[n].grad, p.grad, rtol=1e-5, atol=1e-6, msg=f"{what}: {n}")
         if what == ".grad replaced":
             assert last(learners[True].model).weight.grad is left
-    first, second = learners[True].fused_inputs(), learners[True].fused_inputs()
+    first, second = learners[True].fused_inputs(batch), learners[True].fused_inputs(batch)
     assert all(a is b for a, b in zip(first, second, strict=True))
+
+
+def test_a_compiled_meta_gradient_checks_batching_again_when_a_module_changes_mode(monkeypatch):
+    """The compiled call skips the batching check while its cached inputs stand (``fused_inputs``); a module put in
+    eval mode (or back) changes what vmap computes (dropout, batch norm), so the check runs again, once."""
+    learner = mg.MAML(_Scaled(), inner=mg.SGD(0.1), compile=True)
+    batch = mg.tasks.Sinusoid().sample(4, torch.Generator().manual_seed(0))
+    learner.meta_gradient(batch)
+    checks, real = [], type(learner).verify_batching
+    monkeypatch.setattr(type(learner), "verify_batching", lambda self, b: (checks.append(1), real(self, b)))
+    learner.meta_gradient(batch)
+    assert checks == []
+    learner.model.body[1].eval()
+    learner.meta_gradient(batch)
+    learner.meta_gradient(batch)
+    assert checks == [1]
+    assert learner._checked_for == learner.model_layout()
 
 
 def test_a_compiled_meta_gradient_after_the_first_reads_nothing_through_nn_modules_getattr(monkeypatch):

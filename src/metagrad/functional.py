@@ -224,21 +224,26 @@ class Members:
         return [(name, v) for name, table, key in self.slots[kind] if (v := table[key]) is not None]
 
     def key(self) -> list[Any]:
-        """The walk's slots (new at every walk: names and order), every parameter, each followed by its
-        ``requires_grad`` flag and ``.grad``, then every buffer: what a cache of values derived from them
-        (``MetaLearner.fused_inputs``, keyed by name) compares by identity."""
+        """The walk's slots (new at every walk: names, order and modules), every parameter, each followed by its
+        ``requires_grad`` flag, then every buffer, then every module's training flag: what a cache of values derived
+        from them (``MetaLearner.fused_inputs``, keyed by name, and the batching check it stands for) compares by
+        identity."""
         self._fresh()
         out: list[Any] = [self.slots]
         for _, table, key in self.slots["_parameters"]:
             if (p := table[key]) is not None:
-                out += (p, p.requires_grad, p.grad)
+                out += (p, p.requires_grad)
         out += [b for _, table, key in self.slots["_buffers"] if (b := table[key]) is not None]
+        out += [m.training for m in self.owners]
         return out
 
     def first_parameter(self) -> nn.Parameter | None:
         """``next(module.parameters(), None)``."""
         self._fresh()
-        return next((p for _, table, key in self.slots["_parameters"] if (p := table[key]) is not None), None)
+        for _, table, key in self.slots["_parameters"]:
+            if (p := table[key]) is not None:
+                return p
+        return None
 
     def layout(self) -> tuple[tuple[int, ...], tuple[bool, ...]]:
         """The identities of ``modules()``, in order, and their training flags."""

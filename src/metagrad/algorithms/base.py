@@ -301,24 +301,29 @@ class MetaLearner(nn.Module):
         meta = {"model": model, "inner": {n: p.detach() for n, p in inner.items()} if detached else inner}
         return meta, {**buffers, **frozen} if frozen else buffers
 
-    def fused_inputs(self) -> tuple[Meta, Params, Meta]:
+    def fused_inputs(self, batch: TaskBatch) -> tuple[Meta, Params, Meta]:
         """``functional_inputs(detached=False)`` and the ``.grad`` fields (``grad_fields``) that ``fused_gradient``
-        writes: the same dicts again while the model's and the inner rule's members, their ``requires_grad`` flags
-        and ``.grad`` fields are the objects they were (rebuilding them is a tenth of a compiled W1 meta-gradient)."""
+        writes, the model checked against ``batch`` first (``verify_batching``). While the members (``members_key``)
+        are the objects they were, the same dicts come back with no check (rebuilding them is a tenth of a compiled W1
+        meta-gradient), and the same fields while they are the parameters' ``.grad`` (``zero_grad`` unsets them)."""
         key = self.members_key()
         cached = self.__dict__.get("_fused_inputs")
-        if cached is not None and len(cached[0]) == len(key) and all(map(operator.is_, cached[0], key)):
-            return cached[1]
-        meta, buffers = self.functional_inputs(detached=False)
-        fields = {part: self.grad_fields(module, tree) for part, module, tree in
-                  (("model", self.model, meta["model"]), ("inner", self.inner, meta["inner"]))}
-        self.__dict__["_fused_inputs"] = self.members_key(), (meta, buffers, fields)  # grad_fields made some fields
+        if cached is None or len(cached[0]) != len(key) or not all(map(operator.is_, cached[0], key)):
+            self.verify_batching(batch)
+            cached = self.__dict__["_fused_inputs"] = [key, *self.functional_inputs(detached=False), None, []]
+        elif not self._checked:
+            self.verify_batching(batch)
+        _, meta, buffers, fields, written = cached
+        if fields is None or any(p.grad is not g for p, g in written):
+            fields = {part: self.grad_fields(module, meta[part]) for part, module in
+                      (("model", self.model), ("inner", self.inner))}
+            cached[3:] = fields, [(meta[part][n], g) for part, tree in fields.items() for n, g in tree.items()]
         return meta, buffers, fields
 
     def members_key(self) -> list[Any]:
-        """The model's and the inner rule's members (``Members.key``: names, parameters with their ``requires_grad``
-        flags and ``.grad``, buffers) and the settings that choose among them: what ``fused_inputs`` are made of,
-        compared by identity."""
+        """The model's and the inner rule's members (``Members.key``: names, modules and their training flags,
+        parameters with their ``requires_grad`` flags, buffers) and the settings that choose among them: what
+        ``fused_inputs`` are made of and what ``verify_batching`` depends on, compared by identity."""
         return [self.adapt_prefixes, getattr(self.inner, "learn", None), *self.members(self.model).key(),
                 *self.members(self.inner).key()]
 
@@ -712,11 +717,10 @@ class MetaLearner(nn.Module):
         """The meta-gradient computed and copied into the ``.grad`` fields by one compiled graph (``gradient_into``),
         its mean query loss returned: the copy made by the graph's kernels, not Python's (a compiled W1
         meta-gradient is half a millisecond, the Python write a tenth of it). Fields that do not exist start at 0."""
-        self.verify_batching(batch)
         # the parameters themselves, not detached copies (dynamo guards the same tensors faster than fresh ones),
-        # under no_grad: torch.func's transforms differentiate all the same, and the graph records no autograd
-        meta, buffers, fields = self.fused_inputs()
-        with torch.no_grad():
+        # with grad mode off: torch.func's transforms differentiate all the same, and the graph records no autograd
+        meta, buffers, fields = self.fused_inputs(batch)
+        with torch.set_grad_enabled(False):  # (torch.no_grad() costs twice as much)
             return self.attention_safe(lambda: self.compiled(self.gradient_into)(meta, buffers, batch, mb, fields))
 
     def grad_fields(self, module: nn.Module, tree: Params) -> Params:
