@@ -321,11 +321,13 @@ def test_help_shows_no_escaped_percent_signs(command, capsys):
     assert "%%" not in out and "usage:" in out
 
 
-@pytest.mark.parametrize(("command", "argv"), [("tradeoff", ["tradeoff", "rl"]),
-                                               ("reproduce", ["reproduce", "sinusoid"])])
-def test_an_interrupt_between_runs_says_the_command_resumes(monkeypatch, capsys, command, argv):
+@pytest.mark.parametrize(("command", "argv", "again"),
+                         [("tradeoff", ["tradeoff", "rl"], "run the command again and it resumes"),
+                          ("reproduce", ["reproduce", "sinusoid"], "run the command again and it resumes"),
+                          ("train", ["train"], "run the command again, with --resume once it has written one")])
+def test_an_interrupt_between_runs_says_the_command_resumes(monkeypatch, capsys, command, argv, again):
     """Ctrl-C outside a training loop (between a study's runs, while one is built) said only "interrupted", where one
-    inside a run says how to go on: both say that the same command resumes."""
+    inside a run says how to go on: both say how the command goes on, in the words a full disk gets."""
     import metagrad.cli as cli
     from metagrad.cli.parser import EXIT_INTERRUPTED
 
@@ -334,5 +336,5 @@ def test_an_interrupt_between_runs_says_the_command_resumes(monkeypatch, capsys,
 
     monkeypatch.setattr(cli, f"cmd_{command}", interrupted)
     assert main(argv) == EXIT_INTERRUPTED
-    assert capsys.readouterr().err.strip() == (f"metagrad {command}: interrupted (any checkpoint it wrote is whole: "
-                                               "run the command again and it resumes)")
+    said = capsys.readouterr().err.strip()
+    assert said == f"metagrad {command}: interrupted (any checkpoint it wrote is whole: {again})"

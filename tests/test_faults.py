@@ -797,7 +797,7 @@ def test_a_full_disk_while_appending_a_log_line_leaves_no_torn_line_and_names_th
     monkeypatch.setattr(files.os, "write", _full_disk_at("segments.jsonl"))
     err = cli_error([*args, "--iterations", "3", "--resume"], capsys)
     assert "No space left on device" in err and str(run / "segments.jsonl") in err and "free space" in err
-    assert "any checkpoint it wrote is whole: run the command again with --resume" in err
+    assert "any checkpoint it wrote is whole: run the command again, with --resume once it has written one" in err
     assert (run / "segments.jsonl").read_bytes() == before
     monkeypatch.undo()
     assert main([*args, "--iterations", "4", "--resume"]) == 0

@@ -72,9 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
               f"{_resumes(args.command) if e.errno in FULL else ''}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # outside a training loop (which says so itself): between runs, building them
-        again = (" (run the command again, with --resume once it has written a checkpoint)" if args.command == "train"
-                 else _resumes(args.command))
-        print(f"metagrad {args.command}: interrupted{again}", file=sys.stderr)
+        print(f"metagrad {args.command}: interrupted{_resumes(args.command)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RuntimeError as e:  # torch's allocation failures (its OutOfMemoryError is a RuntimeError too)
         wanted = out_of_memory(e)
@@ -100,7 +98,7 @@ FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a disk, a quota or a file si
 def _resumes(command: str) -> str:
     """What a run stopped by a full disk or an interrupt keeps: its checkpoints are written whole or not at all."""
     if command == "train":
-        return " (any checkpoint it wrote is whole: run the command again with --resume)"
+        return " (any checkpoint it wrote is whole: run the command again, with --resume once it has written one)"
     if command in ("reproduce", "tradeoff"):
         return " (any checkpoint it wrote is whole: run the command again and it resumes)"
     return ""
