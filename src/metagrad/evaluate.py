@@ -87,10 +87,9 @@ def tune_step_size(learner: MetaLearner, batch: TaskBatch, steps: int, grid: Seq
     return best, scores
 
 
-def say_if_at_edge(best: float, grid: Sequence[float], setting: str | None = "eval_lr_grid") -> None:
-    """Say on stderr when the tuned step size is the grid's largest: a larger one may do better. ``setting``: the
-    configuration value that holds the grid (None: a grid the user cannot change, such as a study's)."""
+def say_if_at_edge(best: float, grid: Sequence[float], option: str = "--set eval_lr_grid=...") -> None:
+    """Say on stderr when the tuned step size is the grid's largest: a larger one may do better. ``option``: how the
+    command that runs the tuning sets the grid."""
     if len(set(grid)) > 1 and best == max(grid):
-        fix = f"widen the grid (--set {setting}=...) to see" if setting else "the study fixes this grid"
         print(f"metagrad: the tuned test-time step size {best:g} is the largest of the grid {list(grid)}; a larger one "
-              f"may do better: {fix}", file=sys.stderr)
+              f"may do better: widen the grid ({option}) to see", file=sys.stderr)

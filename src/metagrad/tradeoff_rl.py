@@ -13,6 +13,7 @@ choices from their JSON files.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,7 @@ SETTINGS = ("metagrad", "promp")
 # whose test-time step size is chosen on validation tasks from lr_grid: DRS's alone (the kept panels'; the
 # meta-learner tests at inner_lr, its training step), each method's, or neither's (both at inner_lr)
 TEST_STEPS = ("drs-tuned", "tuned", "fixed")
+EVALUATION_ONLY = ("test_step", "lr_grid")  # study settings that change how the runs are tested, not the runs
 PROMP_ACTION_SCALE = 0.1
 # the paper's budget: 21 snapshots, 100 iterations of 40 tasks x 20 episodes x 200 steps apart
 PAPER = {"checkpoints": 21, "meta_batch_size": 40, "episodes": 20, "steps_between": 100 * 40 * 20 * 200}
@@ -99,8 +101,11 @@ class Study:
         if self.test_tasks < 2:
             raise ConfigError(f"{_named('test_tasks', self.test_tasks)} must be >= 2: the test returns' 95% interval "
                               "needs two")
-        if self.test_updates < 0 or not self.lr_grid or min(self.lr_grid) <= 0 or self.inner_lr <= 0:
-            raise ConfigError("test_updates must be >= 0 and the step sizes (inner_lr, lr_grid) positive")
+        if self.test_updates < 0 or not self.inner_lr > 0:
+            raise ConfigError("test_updates must be >= 0 and inner_lr positive")
+        if not self.lr_grid or not all(0 < v < math.inf for v in self.lr_grid):
+            grid = ",".join(f"{v:g}" for v in self.lr_grid) or "(empty)"
+            raise ConfigError(f"{_named('lr_grid', grid)} must hold positive step sizes, e.g. 0.025,0.05,0.1,0.2")
         self.horizon = self.horizon or HORIZONS.get(self.env, DEFAULT_HORIZON)
         # each snapshot at least one iteration of either method apart: else they repeat one policy, past the budget
         step = max(preset(m).replace(meta_batch_size=self.meta_batch_size, episodes=self.episodes,
@@ -134,8 +139,8 @@ class Study:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        """What must match on resume (without ``compile``, and without ``settings`` or ``test_step`` at their
-        defaults: the studies stored before they existed resume)."""
+        """What must match on resume, but for ``EVALUATION_ONLY`` (without ``compile``, and without ``settings`` or
+        ``test_step`` at their defaults: the studies stored before they existed resume)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
                 if k != "compile" and not (k == "settings" and v == "metagrad")
                 and not (k == "test_step" and v == "drs-tuned")}
@@ -206,8 +211,9 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
     + 1]``, and each snapshot's environment steps. A tuned step size (``Study.tunes``) is chosen once per seed on
     validation tasks (at its last snapshot) and kept in ``step_size.json``: a study extended to a larger budget keeps
     that first choice, so that the evaluations of its earlier snapshots stay valid (a study run to the larger budget
-    at once chooses at its own last snapshot, which may pick another step size). An evaluation made at another step
-    size (another ``test_step``) is made again."""
+    at once chooses at its own last snapshot, which may pick another step size); from another ``lr_grid`` it is
+    chosen again, at the same snapshot. An evaluation made at another step size (another ``test_step`` or grid) is
+    made again."""
     lr = _tuned_step_size(study, seed, run_dir) if study.tunes(method) else study.inner_lr
     rows, at = [], []
     for j in range(1, study.checkpoints + 1):
@@ -230,16 +236,20 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
 
 
 def _tuned_step_size(study: Study, seed: int, run_dir: Path) -> float:
-    """A run's test-time step size from ``lr_grid``, chosen on validation tasks at its last snapshot (kept)."""
+    """A run's test-time step size from ``lr_grid``, chosen on validation tasks at its last snapshot (kept, and
+    chosen again at that snapshot from another grid)."""
     path = run_dir / "step_size.json"
-    if not path.exists():
-        learner, _, _ = load_run(run_dir, f"snapshot-{study.checkpoints:03d}")
+    kept = json.loads(path.read_text()) if path.exists() else None
+    if kept is None or kept["grid"] != list(study.lr_grid):
+        snapshot = kept["snapshot"] if kept else study.checkpoints
+        learner, _, _ = load_run(run_dir, f"snapshot-{snapshot:03d}")
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
-                            study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0, setting=None)
-        files.write_json(path, {"lr": lr, "grid": list(study.lr_grid), "snapshot": study.checkpoints,
-                                "chosen_on": "validation tasks (training split)"})
-    return float(json.loads(path.read_text())["lr"])
+                            study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0, option="--lr-grid A,B,...")
+        kept = {"lr": lr, "grid": list(study.lr_grid), "snapshot": snapshot,
+                "chosen_on": "validation tasks (training split)"}
+        files.write_json(path, kept)
+    return float(kept["lr"])
 
 
 def _test_env(study: Study, split: str = "test") -> Any:
@@ -255,7 +265,7 @@ def _check_resumable(study: Study, out: Path) -> None:
     path = out / "study.json"
     if path.exists():
         before, now = json.loads(path.read_text()), study.to_dict()
-        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k) and k != "test_step")
+        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k) and k not in EVALUATION_ONLY)
         if changed and not extends(before, now):  # refused before anything is said to happen
             spacing = before.get("budget", 0) // max(before.get("checkpoints", 1), 1)
             raise ConfigError(f"{out} holds a study with other settings ({', '.join(changed)}); resume it with the "
@@ -264,6 +274,8 @@ def _check_resumable(study: Study, out: Path) -> None:
         if before.get("test_step", "drs-tuned") != study.test_step:  # evaluation only: the runs stay as trained
             print(f"{out}: tested again with test_step {study.test_step} (was {before.get('test_step', 'drs-tuned')})",
                   file=sys.stderr)
+        if before.get("lr_grid") != now["lr_grid"] and any(map(study.tunes, study.methods)):
+            print(f"{out}: tuned again with lr_grid {now['lr_grid']} (was {before.get('lr_grid')})", file=sys.stderr)
         if changed:
             print(f"{out}: the study extended from {before['budget']:,} to {study.budget:,} environment steps per "
                   f"run, its snapshots {study.budget // study.checkpoints:,} apart as before", file=sys.stderr)
@@ -272,8 +284,9 @@ def _check_resumable(study: Study, out: Path) -> None:
 
 
 def extends(before: dict[str, Any], now: dict[str, Any]) -> bool:
-    """Whether study settings ``now`` continue ``before`` to a larger budget at exactly the same snapshot steps."""
-    same = all(before.get(k) == now.get(k) for k in {*before, *now} - {"budget", "checkpoints"})
+    """Whether study settings ``now`` continue ``before`` to a larger budget at exactly the same snapshot steps (the
+    settings of the evaluation may change too)."""
+    same = all(before.get(k) == now.get(k) for k in {*before, *now} - {"budget", "checkpoints", *EVALUATION_ONLY})
     return (same and now["budget"] > before["budget"]
             and before["budget"] * now["checkpoints"] == now["budget"] * before["checkpoints"]
             and before["budget"] % before["checkpoints"] == 0)

@@ -121,6 +121,6 @@ def test_a_tuned_step_at_the_top_of_the_grid_is_said(capsys, monkeypatch):
         assert ("tuned test-time step size 1 is the largest of the grid [0.1, 0.5, 1.0]" in err) == (sign > 0)
         assert ("--set eval_lr_grid=" in err) == (sign > 0)
     monkeypatch.setattr(rl_evaluate, "adaptation_returns", lambda *a: (torch.full((3, 2), a[4][0]), None))
-    rl_evaluate.tune_step_size(learner, (0.1, 0.5, 1.0), 1, 2, seed=0, num_tasks=3, setting=None)  # a study's grid
-    err = capsys.readouterr().err  # the trade-off study has no --set: no advice to use one
-    assert "largest of the grid" in err and "--set" not in err and "the study fixes this grid" in err
+    rl_evaluate.tune_step_size(learner, (0.1, 0.5, 1.0), 1, 2, seed=0, num_tasks=3, option="--lr-grid A,B,...")
+    err = capsys.readouterr().err  # the trade-off study has no --set: its own option is named
+    assert "largest of the grid" in err and "--set" not in err and "widen the grid (--lr-grid A,B,...)" in err

@@ -125,6 +125,15 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     assert (again["returns"]["promp"] == results["returns"]["promp"]) == (meta_lr == 0.1)
     assert main([*args, "--test-step", "fixed"]) == 0  # both at 0.1: DRS tested again unless it chose 0.1
     assert json.loads((out / "drs-ppo" / "seed-0" / "eval-001.json").read_text())["lr"] == 0.1
+    # --lr-grid: DRS's step chosen again from the new grid, at the same snapshot; the runs are not retrained
+    assert main([*args, "--lr-grid", "0.3"]) == 0
+    assert "tuned again with lr_grid [0.3] (was [0.025, 0.05, 0.1, 0.2])" in capsys.readouterr().err
+    kept = json.loads((out / "drs-ppo" / "seed-0" / "step_size.json").read_text())
+    assert (kept["lr"], kept["grid"], kept["snapshot"]) == (0.3, [0.3], 2)
+    assert json.loads((out / "drs-ppo" / "seed-0" / "eval-001.json").read_text())["lr"] == 0.3
+    assert (out / "promp" / "seed-1" / "last.safetensors").read_bytes() == last
+    assert main([*args, "--lr-grid", "0.3,-1"]) == 2
+    assert "lr_grid 0.3,-1 (--lr-grid) must hold positive step sizes" in capsys.readouterr().err
 
 
 def test_a_study_extends_to_a_larger_budget_at_the_same_snapshots(tmp_path, capsys):
@@ -152,6 +161,18 @@ def test_a_study_extends_to_a_larger_budget_at_the_same_snapshots(tmp_path, caps
     for m in ("drs-ppo", "promp"):
         np.testing.assert_allclose(np.asarray(extended["returns"][m])[:, :1], np.asarray(first["returns"][m]))
         np.testing.assert_allclose(extended["returns"][m], once["returns"][m], rtol=1e-6)
+
+
+def test_a_budget_extends_with_the_evaluation_settings_changed_but_not_with_the_runs():
+    """``extends``: a larger budget at the same snapshot spacing continues a study even with another test step or
+    grid (they change the evaluation alone: once they counted as other settings, and the extension was refused)."""
+    from metagrad.tradeoff_rl import Study, extends
+
+    before = Study(env="navigation2d", budget=3000, checkpoints=1, meta_batch_size=3, episodes=4).to_dict()
+    now = Study(env="navigation2d", budget=6000, checkpoints=2, meta_batch_size=3, episodes=4, test_step="tuned",
+                lr_grid=(0.3,)).to_dict()
+    assert extends(before, now)
+    assert not extends(before, {**now, "episodes": 5})
 
 
 def test_promp_settings_are_its_codes_and_the_kept_studies_still_resume(tmp_path):

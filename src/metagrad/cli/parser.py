@@ -70,8 +70,9 @@ def build_parser() -> Parser:
                        "config's).")
     p.add_argument("run", help="run directory written by `metagrad train`")
     p.add_argument("--checkpoint", default="last", type=checkpoint_name,
-                   help="which checkpoint: last (default), best, or a meta-RL snapshot-NNN (kept every "
-                   "snapshot_steps environment steps)")
+                   help="which checkpoint: last (default), best, best-before-N (a best set aside at iteration N "
+                   "when a resume changed the validation), or a meta-RL snapshot-NNN (kept every snapshot_steps "
+                   "environment steps)")
     p.add_argument("--output", type=nonempty, help="where to write the results (default: RUN/eval.json); e.g. one "
                    "file per checkpoint in a folder, for `metagrad compare`")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the data loaders')")
@@ -305,6 +306,9 @@ def _add_tradeoff_parsers(sub: Any) -> None:
                    "test-time step size is chosen on validation tasks: drs-tuned (default; the kept panels': DRS's, "
                    "the meta-learner tested at its training step 0.1), tuned (each method's) or fixed (both at 0.1); "
                    "may change on resume (the runs are tested again, not retrained)")
+    p.add_argument("--lr-grid", type=csv(float), metavar="A,B,...", help="test-time step sizes a tuned method chooses "
+                   f"from on validation tasks (default: {','.join(map(str, d.lr_grid))}); may change on resume (the "
+                   "step size is chosen again, the runs tested again, not retrained)")
     p.add_argument("--out", type=nonempty, help="results folder (default: results/tradeoff-rl-ENV-PAIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

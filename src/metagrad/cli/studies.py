@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import MetagradError, flag
@@ -33,16 +34,17 @@ def _tradeoff_rl(args: argparse.Namespace) -> int:
 
     sizes = {n: getattr(args, n) for n in ("budget", "checkpoints", "meta_batch_size", "episodes", "test_tasks",
                                            "test_episodes", "horizon") if getattr(args, n) is not None}
+    grid = {"lr_grid": tuple(args.lr_grid)} if args.lr_grid else {}
     if args.paper:
         if sizes:
             name, value = next(iter(sizes.items()))
             raise MetagradError(f"--paper sets the paper's budget and sizes; {flag(name)} {value} would be ignored: "
                                 "leave it out, or drop --paper")
-        study = rl_tradeoff.paper_study(args.env, args.pair, args.seeds, args.settings)
-        study.compile, study.test_step = args.compile, args.test_step
+        study = replace(rl_tradeoff.paper_study(args.env, args.pair, args.seeds, args.settings), compile=args.compile,
+                        test_step=args.test_step, **grid)
     else:
         study = rl_tradeoff.Study(env=args.env, pair=args.pair, seeds=args.seeds, compile=args.compile,
-                                  settings=args.settings, test_step=args.test_step, **sizes)
+                                  settings=args.settings, test_step=args.test_step, **sizes, **grid)
     out = Path(args.out or f"results/tradeoff-rl-{args.env}-{args.pair}")
     results = rl_tradeoff.run(study, out, progress=not args.no_progress)
     if not results:  # a process other than 0 of a distributed run: process 0 evaluates and reports

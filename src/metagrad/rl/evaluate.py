@@ -93,12 +93,12 @@ def meta_test_env(env: Any) -> Any:
 
 
 def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes: int, seed: int,
-                   num_tasks: int = 40, later: float = 0.5, setting: str | None = "eval_lr_grid") -> float:
+                   num_tasks: int = 40, later: float = 0.5, option: str = "--set eval_lr_grid=...") -> float:
     """The first test-time step size (times ``later`` after the first step: halved, as the MAML paper does) with the
     best mean return over 1..``steps`` steps on validation tasks: the papers' "manually tuned" step size of the
     baselines. A step size whose policy diverges (NaN actions or returns) is passed over, as the supervised tuning
-    scores it infinitely bad. ``setting``: the configuration value holding ``grid``, named in the messages (None: a
-    grid the user cannot change)."""
+    scores it infinitely bad. ``option``: how the command that runs the tuning sets ``grid``, named in the
+    messages."""
     tasks = held_out_goals(learner, num_tasks, seed + VAL_SEED_OFFSET)
     best, best_lr, failed = -math.inf, None, ""
     for lr in grid:
@@ -113,10 +113,8 @@ def tune_step_size(learner: MetaRL, grid: Sequence[float], steps: int, episodes:
             best, best_lr = score, lr
     if best_lr is None:
         raise ConfigError(f"every test-time step size of the grid {list(grid)} diverged on the validation tasks "
-                          f"(first: {failed or 'a NaN return'}); "
-                          + (f"give smaller step sizes (--set {setting}=...)" if setting else
-                             "the policy is unstable at every one of them"))
-    say_if_at_edge(best_lr, grid, setting)
+                          f"(first: {failed or 'a NaN return'}); give smaller step sizes ({option})")
+    say_if_at_edge(best_lr, grid, option)
     return best_lr
 
 
