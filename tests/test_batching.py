@@ -438,6 +438,24 @@ def test_a_compiled_meta_gradient_checks_batching_again_when_a_module_changes_mo
     assert learner._checked_for == learner.model_layout()
 
 
+def test_a_compiled_meta_gradient_checks_its_layout_again_after_an_evaluation_checked_another():
+    """A dropout model fails the vmap self-check in training mode (the loop takes over) and passes it in eval mode;
+    an evaluation in eval mode checks that layout, and back in training mode the compiled call's cached inputs once
+    skipped the check, vmapped the dropout and failed: the training layout is checked again."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Dropout(0.5), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    learner = mg.MAML(model, inner=mg.SGD(0.1), compile=True)
+    batch = mg.tasks.Sinusoid().sample(4, torch.Generator().manual_seed(0))
+    learner.meta_gradient(batch)
+    assert not learner.vmapped
+    learner.eval()
+    learner.adaptation_metrics(batch, 1)
+    assert learner.vmapped
+    learner.train()
+    learner.meta_gradient(batch)
+    assert not learner.vmapped and learner.vmap_verdict is not None
+
+
 def test_a_compiled_meta_gradient_after_the_first_reads_nothing_through_nn_modules_getattr(monkeypatch):
     """The learner's model and inner rule are read by a property, not by nn.Module's ``__getattr__`` (1.5 us a read
     here, a dozen reads a call: a few percent of a compiled W1 meta-gradient), and the compiled call's inputs come

@@ -241,7 +241,7 @@ def _tuned_step_size(study: Study, seed: int, run_dir: Path) -> float:
     path = run_dir / "step_size.json"
     kept = json.loads(path.read_text()) if path.exists() else None
     if kept is None or kept["grid"] != list(study.lr_grid):
-        snapshot = kept["snapshot"] if kept else study.checkpoints
+        snapshot = kept.get("snapshot", study.checkpoints) if kept else study.checkpoints  # (files before 12-05)
         learner, _, _ = load_run(run_dir, f"snapshot-{snapshot:03d}")
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,

@@ -125,7 +125,10 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     assert (again["returns"]["promp"] == results["returns"]["promp"]) == (meta_lr == 0.1)
     assert main([*args, "--test-step", "fixed"]) == 0  # both at 0.1: DRS tested again unless it chose 0.1
     assert json.loads((out / "drs-ppo" / "seed-0" / "eval-001.json").read_text())["lr"] == 0.1
-    # --lr-grid: DRS's step chosen again from the new grid, at the same snapshot; the runs are not retrained
+    # --lr-grid: DRS's step chosen again from the new grid, at the same snapshot; the runs are not retrained (a
+    # step_size.json written before it recorded its snapshot, as 35 of the kept ones, chooses at the last)
+    older = out / "drs-ppo" / "seed-1" / "step_size.json"
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "snapshot"}))
     assert main([*args, "--lr-grid", "0.3"]) == 0
     assert "tuned again with lr_grid [0.3] (was [0.025, 0.05, 0.1, 0.2])" in capsys.readouterr().err
     kept = json.loads((out / "drs-ppo" / "seed-0" / "step_size.json").read_text())

@@ -358,6 +358,7 @@ class MetaLearner(nn.Module):
         layout = self.model_layout()
         if layout != self._checked_for:
             self._checked_for, self._checked, self.vmap_verdict = layout, False, None
+            self.__dict__.pop("_fused_inputs", None)  # its hits skip this check: they stood for the layout checked
             self._structure = has_torch_batchnorm(self.model), has_conv(self.model)
         if self._checked or not self.self_check or not self.vmapped:
             return
