@@ -308,11 +308,11 @@ class MetaLearner(nn.Module):
         meta-gradient), and the same fields while they are the parameters' ``.grad`` (``zero_grad`` unsets them)."""
         key = self.members_key()
         cached = self.__dict__.get("_fused_inputs")
-        if cached is None or len(cached[0]) != len(key) or not all(map(operator.is_, cached[0], key)):
-            self.verify_batching(batch)
+        hit = cached is not None and len(cached[0]) == len(key) and all(map(operator.is_, cached[0], key))
+        if not (hit and self._checked):
+            self.verify_batching(batch)  # before a miss rebuilds: a check of another layout drops the cache
+        if not hit:
             cached = self.__dict__["_fused_inputs"] = [key, *self.functional_inputs(detached=False), None, []]
-        elif not self._checked:
-            self.verify_batching(batch)
         _, meta, buffers, fields, written = cached
         if fields is None or any(p.grad is not g for p, g in written):
             fields = {part: self.grad_fields(module, meta[part]) for part, module in
