@@ -246,6 +246,9 @@ def _tuned_step_size(study: Study, seed: int, run_dir: Path) -> float:
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
                             study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0, option="--lr-grid A,B,...")
+        if kept:  # said where it happens: a study interrupted while choosing again chooses the rest on resume
+            print(f"{run_dir}: step size chosen again from lr_grid {list(study.lr_grid)}: {lr:g} (was {kept['lr']:g} "
+                  f"from {kept['grid']})", file=sys.stderr)
         kept = {"lr": lr, "grid": list(study.lr_grid), "snapshot": snapshot,
                 "chosen_on": "validation tasks (training split)"}
         files.write_json(path, kept)
@@ -274,8 +277,6 @@ def _check_resumable(study: Study, out: Path) -> None:
         if before.get("test_step", "drs-tuned") != study.test_step:  # evaluation only: the runs stay as trained
             print(f"{out}: tested again with test_step {study.test_step} (was {before.get('test_step', 'drs-tuned')})",
                   file=sys.stderr)
-        if before.get("lr_grid") != now["lr_grid"] and any(map(study.tunes, study.methods)):
-            print(f"{out}: tuned again with lr_grid {now['lr_grid']} (was {before.get('lr_grid')})", file=sys.stderr)
         if changed:
             print(f"{out}: the study extended from {before['budget']:,} to {study.budget:,} environment steps per "
                   f"run, its snapshots {study.budget // study.checkpoints:,} apart as before", file=sys.stderr)

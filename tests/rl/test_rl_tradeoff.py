@@ -130,7 +130,9 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     older = out / "drs-ppo" / "seed-1" / "step_size.json"
     older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "snapshot"}))
     assert main([*args, "--lr-grid", "0.3"]) == 0
-    assert "tuned again with lr_grid [0.3] (was [0.025, 0.05, 0.1, 0.2])" in capsys.readouterr().err
+    err = capsys.readouterr().err  # said per run, where the step is chosen again
+    assert f"{out / 'drs-ppo' / 'seed-0'}: step size chosen again from lr_grid [0.3]: 0.3 (was " in err
+    assert err.count("step size chosen again") == 2  # DRS's two seeds: the meta-learner is not tuned
     kept = json.loads((out / "drs-ppo" / "seed-0" / "step_size.json").read_text())
     assert (kept["lr"], kept["grid"], kept["snapshot"]) == (0.3, [0.3], 2)
     assert json.loads((out / "drs-ppo" / "seed-0" / "eval-001.json").read_text())["lr"] == 0.3
