@@ -13,6 +13,7 @@ import torch
 
 import metagrad as mg
 from compat_models import ALGOS, CANNOT_RUN, PIECES, VMAP_WRONG, batch, learner, model
+from conftest import sinusoid_batch
 from metagrad.batching import faulty_module
 from metagrad.errors import ConfigError
 from metagrad.tasks import Split, TaskBatch
@@ -540,3 +541,29 @@ def test_torch_weight_norm_is_refused_for_second_order_and_its_fault_is_torchs()
         with pytest.raises(ConfigError, match="weight norm, whose second derivative torch gets wrong"):
             mg.MAML(torch.nn.Sequential(torch.nn.Tanh(), module), inner=mg.SGD(0.1))
         mg.MAML(torch.nn.Sequential(torch.nn.Tanh(), module), inner=mg.SGD(0.1), first_order=True)
+
+
+@pytest.mark.parametrize("form", ["parametrization", "hook"])
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_weight_norm_put_on_after_the_learner_is_built_is_refused_at_the_next_meta_gradient(form, compile):
+    """The refusal above holds for a model changed after the learner was built (it once ran, 0.46-2.1 off); a
+    first-order learner goes on."""
+    import warnings
+
+    from torch.nn.utils import parametrizations
+
+    batch = sinusoid_batch(tasks=3, dtype=torch.float64)
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+              for _ in range(2)]
+    learners = [mg.MAML(m, inner=mg.SGD(0.1), first_order=fo, compile=compile and not fo)
+                for m, fo in zip(models, (False, True), strict=True)]
+    for one, net in zip(learners, models, strict=True):
+        one.meta_gradient(batch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            (parametrizations.weight_norm if form == "parametrization" else torch.nn.utils.weight_norm)(net[2])
+    with pytest.raises(ConfigError, match="module '2' uses torch's weight norm"):
+        learners[0].meta_gradient(batch)
+    learners[1].meta_gradient(batch)
+    assert all(p.grad is not None for p in models[1].parameters())

@@ -185,20 +185,25 @@ def test_frozen_parameters_stay_frozen_under_adam(algo, path):
             assert not torch.equal(p, start[n]), n
 
 
-@pytest.mark.parametrize("algo", ["maml", "reptile"])
+@pytest.mark.parametrize("algo", ["maml", "reptile", "meta-sgd"])
 def test_a_parameter_frozen_after_a_step_stops_moving_without_zero_grad(algo):
     """Frozen after a meta-step: the ``.grad`` that step wrote is dropped by the next meta-gradient (which replaces
-    the others: no zero_grad needed), so the optimizer no longer moves it."""
+    the others: no zero_grad needed), so the optimizer no longer moves it, nor its learned step sizes (Meta-SGD),
+    which are no longer meta-parameters."""
     model = net()
     learner = make(algo, model, PATHS["loop"])
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)
     learner.meta_gradient(sinusoid_batch(tasks=TASKS))
     opt.step()
     model.body[0].requires_grad_(False)
-    frozen = model.body[0].weight.detach().clone()
-    learner.meta_gradient(sinusoid_batch(tasks=TASKS, seed=1))
-    opt.step()
-    assert model.body[0].weight.grad is None and torch.equal(model.body[0].weight, frozen)
+    step_sizes = [p for n, p in learner.inner.named_parameters() if "body__0" in n]
+    frozen = [t.detach().clone() for t in (model.body[0].weight, *step_sizes)]
+    assert len(step_sizes) == (2 if algo == "meta-sgd" else 0)  # weight and bias (each one row per inner step)
+    for seed in (1, 2):
+        learner.meta_gradient(sinusoid_batch(tasks=TASKS, seed=seed))
+        opt.step()
+    for t, before in zip((model.body[0].weight, *step_sizes), frozen, strict=True):
+        assert t.grad is None and torch.equal(t, before)
 
 
 # ------------------------------------------------------------------------- Reptile
@@ -405,3 +410,16 @@ def test_compiled_meta_gradient_keeps_the_subsets():
     learner.meta_gradient(batch)
     assert_grads(learner, {f"lr.{n[3:].replace('.', '__')}" if n.startswith("lr.") else n: g
                            for n, g in expected.items()})
+    # a .grad given to a frozen parameter is taken away, as the eager path does
+    model.body[0].weight.grad = torch.ones_like(model.body[0].weight)
+    learner.meta_gradient(batch)
+    assert model.body[0].weight.grad is None
+    assert_grads(learner, {f"lr.{n[3:].replace('.', '__')}" if n.startswith("lr.") else n: g
+                           for n, g in expected.items()})
+    # frozen after a step: the parameter and its learned step size lose the .grad that step wrote
+    model.head.weight.requires_grad_(False)
+    learner.meta_gradient(batch)
+    assert model.head.weight.grad is None and learner.inner.lr["head__weight"].grad is None
+    assert model.head.bias.grad is not None and learner.inner.lr["head__bias"].grad is not None
+    model.requires_grad_(False)  # nothing left to write: the loss alone (the graph copied into no fields)
+    assert learner.meta_gradient(batch)["meta_loss"] > 0 and all(p.grad is None for p in model.parameters())

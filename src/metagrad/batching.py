@@ -100,8 +100,8 @@ def torch_fault(error: BaseException) -> str | None:
                 "returned a tensor of several (a reduction='none' loss?)")
     if "would mutate a captured Tensor" in text:
         return ("this path differentiates with torch.func, which cannot run a model that updates its buffers as it "
-                "runs (e.g. batch norm's running statistics in training mode); use recompute=False and batching "
-                "'loop', track_running_stats=False, or the module in eval mode")
+                "runs (e.g. batch norm's running statistics in training mode); use batching 'loop' with "
+                "compile=False and recompute=False, track_running_stats=False, or the module in eval mode")
     return None
 
 

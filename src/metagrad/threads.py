@@ -44,9 +44,15 @@ def in_threads(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
     pool = task_pool(len(jobs), each)
     torch.set_num_threads(each)  # partly process-wide (MKL's GEMMs): the workers' setting while they run
     try:
-        return list(pool.map(lambda job: job(), jobs))
+        return list(pool.map(_with_fresh_shells, jobs))
     finally:
         torch.set_num_threads(total)
+
+
+def _with_fresh_shells(job: Callable[[], Any]) -> Any:
+    """``job()`` on copies of the modules made as they are now (``use_private_shells``)."""
+    use_private_shells()
+    return job()
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}

@@ -225,6 +225,7 @@ class MetaLearner(nn.Module):
         self._thread_verdicts: dict[Layout, str | None] = {}  # see ``in_shards``
         self._structure = has_torch_batchnorm(model), has_conv(model)  # looked up outside any compiled region
         self._checked_for = self.model_layout()  # the layout the structure and checks are of (``verify_batching``)
+        self._model_checked_at: object = None  # the walk of the model's members that check_model last passed
         self.metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"loss": loss_fn}
         if loss_fn is losses.cross_entropy:  # a classifier: accuracy beside the loss (curves, the best checkpoint)
             self.metrics["accuracy"] = losses.accuracy
@@ -315,9 +316,10 @@ class MetaLearner(nn.Module):
             cached = self.__dict__["_fused_inputs"] = [key, *self.functional_inputs(detached=False), None, []]
         _, meta, buffers, fields, written = cached
         if fields is None or any(p.grad is not g for p, g in written):
-            fields = {part: self.grad_fields(module, meta[part]) for part, module in
-                      (("model", self.model), ("inner", self.inner))}
-            cached[3:] = fields, [(meta[part][n], g) for part, tree in fields.items() for n, g in tree.items()]
+            parts = ("model", self.model), ("inner", self.inner)
+            fields = {part: self.grad_fields(module, meta[part]) for part, module in parts}
+            written = [(p, fields[part].get(n)) for part, module in parts for n, p in self.members(module).parameters()]
+            cached[3:] = fields, written  # the others' None too: a .grad given to one of them is taken away again
         return meta, buffers, fields
 
     def members_key(self) -> list[Any]:
@@ -354,8 +356,13 @@ class MetaLearner(nn.Module):
     def verify_batching(self, batch: TaskBatch) -> None:
         """Before the first batched computation, and again after the model's modules or modes change: check vmap
         against the per-task loop on this model (``self_check``); ``auto`` then keeps to the loop if they differ,
-        an explicit ``vmap`` refuses. The model's structure (batch norm, convolutions) is looked up again too."""
-        layout = self.model_layout()
+        an explicit ``vmap`` refuses. The model's structure (batch norm, convolutions) is looked up again too, and
+        ``check_model`` runs again after any member was added or removed."""
+        members = self.members(self.model)
+        layout = members.layout()
+        if members.slots is not self._model_checked_at:  # (a new walk: something registered or removed)
+            self.check_model()
+            self._model_checked_at = members.slots
         if layout != self._checked_for:
             self._checked_for, self._checked, self.vmap_verdict = layout, False, None
             self.__dict__.pop("_fused_inputs", None)  # its hits skip this check: they stood for the layout checked
@@ -375,6 +382,10 @@ class MetaLearner(nn.Module):
         self.vmap_verdict = fault
         print(f"metagrad: batching 'auto' takes the per-task loop for this model: {fault}", file=sys.stderr,
               flush=True)
+
+    def check_model(self) -> None:
+        """Refuse a model that this learner would compute wrongly (``MAML``: torch's weight norm at second order):
+        at construction, and again when the model's members change (``verify_batching``)."""
 
     @property
     def second_order(self) -> bool:
@@ -734,14 +745,14 @@ class MetaLearner(nn.Module):
         return fields
 
     def grad_targets(self, module: nn.Module, tree: Params) -> dict[str, nn.Parameter]:
-        """``module``'s parameters named in ``tree`` (what a meta-gradient writes); a parameter frozen since an
-        earlier meta-step (``requires_grad_(False)``) loses the ``.grad`` that step wrote, which an optimizer would
-        go on applying."""
+        """``module``'s parameters named in ``tree`` (what a meta-gradient writes); the others (a parameter frozen
+        since an earlier meta-step, or the learned step size of one) lose the ``.grad`` that step wrote, which an
+        optimizer would go on applying."""
         targets = {}
         for n, p in self.members(module).parameters():
             if n in tree:
                 targets[n] = p
-            elif p.grad is not None and not p.requires_grad:
+            elif p.grad is not None:
                 p.grad = None
         return targets
 
@@ -751,7 +762,8 @@ class MetaLearner(nn.Module):
         mean query loss."""
         grads, loss = self.batch_gradient(meta, buffers, batch, mb)
         pairs = [(fields[part][n], g) for part, tree in grads.items() for n, g in tree.items()]
-        torch._foreach_copy_([f for f, _ in pairs], [g for _, g in pairs])
+        if pairs:  # none when every parameter is frozen
+            torch._foreach_copy_([f for f, _ in pairs], [g for _, g in pairs])
         return loss
 
     def carried_gradient(self, batch: TaskBatch, mb: Tensor | None) -> tuple[Meta, Tensor]:

@@ -57,12 +57,15 @@ class MAML(MetaLearner):
                               "conjugates); use recompute=False")
         check_choice("tail", tail, TAILS)
         self.tail = tail
-        if not first_order and (module := weight_normed(self.model)):
-            raise ConfigError(f"module '{module}' {WEIGHT_NORM_FAULT}, and second-order MAML would be silently off "
-                              f"with it: use first_order=True, or {WEIGHT_NORM_FIX}")
+        self.check_model()
         if self.carried is not None and not first_order:
             raise ConfigError("inner_state 'carried' works with first-order MAML (fomaml) and Reptile: second-order "
                               "MAML would differentiate through the earlier tasks' inner steps")
+
+    def check_model(self) -> None:
+        if not self.first_order and (module := weight_normed(self.model)):
+            raise ConfigError(f"module '{module}' {WEIGHT_NORM_FAULT}, and second-order MAML would be silently off "
+                              f"with it: use first_order=True, or {WEIGHT_NORM_FIX}")
 
     @property
     def minibatch_steps(self) -> int:
