@@ -818,3 +818,58 @@ def test_a_torn_line_left_in_a_log_is_dropped_before_the_next_is_appended(tmp_pa
     log.write_text('{"start": 0}\n{"start": 2}')  # a whole line without its newline (edited by hand) stays
     files.append_line(log, "{}")
     assert log.read_text() == '{"start": 0}\n{"start": 2}\n{}\n'
+
+
+def test_a_damaged_json_file_is_named_with_its_fix_or_made_again(tmp_path, capsys):
+    """A results file damaged from outside (metagrad replaces its files whole) gave a JSONDecodeError traceback:
+    ``files.read_json`` names it and what to do, or, for a file its caller makes again, says so and gives None."""
+    path = tmp_path / "study.json"
+    assert files.read_json(path, fix="restore it") is None  # none yet
+    path.write_text('{"env": "navigation2d",\n')
+    with pytest.raises(CheckpointError, match=rf"{path} is damaged \(not JSON: .*\); restore it$"):
+        files.read_json(path, fix="restore it")
+    assert files.read_json(path) is None
+    err = capsys.readouterr().err
+    assert f"{path} is damaged (not JSON" in err and "making it again" in err
+    path.write_bytes(b"\xff\xfe{")  # not even text
+    assert files.read_json(path) is None
+    path.write_text('{"a": 1}')
+    assert files.read_json(path, fix="restore it") == {"a": 1}
+
+
+def test_an_interrupted_figure_leaves_the_one_before(tmp_path, monkeypatch):
+    """Figures are written as every results file, atomically: Ctrl-C inside matplotlib's write left a 124-byte
+    PNG that no viewer opens."""
+    from metagrad.plots import plt, save_figure
+
+    path = tmp_path / "welch.png"
+    save_figure(plt.subplots()[0], path)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+    fig = plt.subplots()[0]
+
+    def torn(target, **kw):
+        target.write(b"\x89PNG\r\n\x1a\n")  # the first bytes, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fig, "savefig", torn)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["welch.png"]
+
+
+def test_sigterm_outside_a_training_loop_ends_as_ctrl_c_does(monkeypatch, capsys):
+    """Between runs, or while they are tested, SIGTERM ended the process without a word (exit -15); it now ends the
+    command in one line with 143, and the handler before is put back."""
+    import metagrad.cli as cli
+
+    def terminated_while_testing(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # (the handler raises before this ends)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_status", terminated_while_testing)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["status"]) == 143
+    assert "metagrad status: interrupted (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before

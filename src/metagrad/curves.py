@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MetagradError
-from .plots import _save, plt
+from .plots import plt, save_figure
 from .tables import md_head, md_row
 
 DEFAULT_METRICS = (("return_post", "return_pre"), ("meta_loss",))
@@ -190,7 +190,7 @@ def draw(runs: Sequence[Run], metrics: Sequence[str], path: str | Path, window: 
     ax.set_title(textwrap.fill((title or "training curves") + suffix, 90), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def summary(runs: Sequence[Run], metrics: Sequence[str], last: int = 10) -> str:

@@ -5,7 +5,6 @@ build on.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, files
 from .algorithms import MetaLearner
 from .batch import Split
 from .build import build_learner, build_outer, build_tasks, evaluation_tasks
@@ -118,7 +117,7 @@ def train(cfg: Config | RLConfig, run_dir: str | Path, resume: bool | str = Fals
     may change on resume (recorded in ``metrics.jsonl``). Returns the trainer and its fit result."""
     run_dir = Path(run_dir)
     if resume and (run_dir / STUDY_MARK).exists():
-        study = json.loads((run_dir / STUDY_MARK).read_text())
+        study = files.read_json(run_dir / STUDY_MARK, fix="restore it, or run the study's command")
         raise ConfigError(f"{run_dir} is a run of the {study['study']} study (its training tasks: {study['tasks']}; "
                           f"its tests and curves are the study's); continue it with the study's command: "
                           f"{study['command']}")

@@ -78,6 +78,24 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=1))
 
 
+def read_json(path: str | Path, fix: str | None = None) -> Any:
+    """The JSON that ``path`` holds, None where there is no file. metagrad's writers replace files whole, so one that
+    does not parse was damaged from outside: a ``CheckpointError`` that names it and ``fix`` (what to do), or, with
+    no ``fix`` (a file the caller makes again, e.g. a kept evaluation), None and a line that says so."""
+    from .errors import CheckpointError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if fix is not None:
+            raise CheckpointError(f"{path} is damaged (not JSON: {e}); {fix}") from None
+        print(f"metagrad: {path} is damaged (not JSON: {e}); making it again", file=sys.stderr, flush=True)
+        return None
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically (``replace_atomically``)."""
     replace_atomically(Path(path), lambda f: f.write(text.encode()))

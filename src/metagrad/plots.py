@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from . import files
+
 COLORS = {"maml": "tab:green", "pretrained": "tab:blue", "oracle": "tab:red", "reptile": "tab:purple",
           "fomaml": "tab:olive", "metasgd": "tab:cyan", "random": "tab:gray", "context": "tab:orange"}
 
@@ -41,7 +43,7 @@ def adaptation_curves(curves: Mapping[str, Mapping[int, Mapping[str, Any]]], pat
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, columns: int = 3) -> Path:
@@ -67,18 +69,21 @@ def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, colum
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="best")  # where it covers the fewest points
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path, tight: bool = True) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path, tight: bool = True) -> Path:
     """Write ``fig`` as PNG; ``tight=False`` for figures with a shared colour bar (laid out by their caller,
     cropped to what was drawn)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches=None if tight else "tight")
-    plt.close(fig)
+    try:  # atomically, as every results file: an interrupted write leaves the figure before it
+        files.replace_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120,
+                                                             bbox_inches=None if tight else "tight"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -109,7 +114,7 @@ def tradeoff_contours(arrays: Mapping[str, Any], path: str | Path, dim: int = 1)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     cbar = fig.colorbar(cs, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
     cbar.set_label("P(MAML better)")
-    return _save(fig, path, tight=False)
+    return save_figure(fig, path, tight=False)
 
 
 def welch_contours(prob: Any, checkpoints: Sequence[Any], updates: Sequence[int], path: str | Path,
@@ -137,7 +142,7 @@ def welch_contours(prob: Any, checkpoints: Sequence[Any], updates: Sequence[int]
     cbar = fig.colorbar(cs, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02)
     cbar.set_label(f"P({label_a} better than {label_b})")
     cbar.set_ticks([0, 0.5, 1], labels=[f"0: {label_b}\nbetter", "0.5", f"1: {label_a}\nbetter"])
-    return _save(fig, path, tight=False)
+    return save_figure(fig, path, tight=False)
 
 
 def _probability_map(ax: Any, x: Any, y: Any, z: Any) -> Any:

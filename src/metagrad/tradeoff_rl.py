@@ -12,7 +12,6 @@ choices from their JSON files.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -26,7 +25,7 @@ import torch
 from . import files
 from .analysis.stats import welch_probability
 from .distributed import Distributed
-from .errors import ConfigError, flag, suggest
+from .errors import CheckpointError, ConfigError, flag, suggest
 from .experiment import continue_run, load_run
 from .rl.config import RLConfig, preset
 from .rl.envs.locomotion import FAMILIES
@@ -47,6 +46,8 @@ SETTINGS = ("metagrad", "promp")
 # whose test-time step size is chosen on validation tasks from lr_grid: DRS's alone (the kept panels'; the
 # meta-learner tests at inner_lr, its training step), each method's, or neither's (both at inner_lr)
 TEST_STEPS = ("drs-tuned", "tuned", "fixed")
+STUDY_FIX = ("restore it, or delete it to go on with the settings given now (its runs refuse other settings, but for a "
+             "larger budget or other step sizes)")
 EVALUATION_ONLY = ("test_step", "lr_grid")  # study settings that change how the runs are tested, not the runs
 PROMP_ACTION_SCALE = 0.1
 # the paper's budget: 21 snapshots, 100 iterations of 40 tasks x 20 episodes x 200 steps apart
@@ -218,9 +219,9 @@ def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
     rows, at = [], []
     for j in range(1, study.checkpoints + 1):
         path = run_dir / f"eval-{j:03d}.json"
-        data = json.loads(path.read_text()) if path.exists() else None
-        if data is None or data["lr"] != lr:  # none yet, or another --test-step's: tested again
-            learner, _, info = load_run(run_dir, f"snapshot-{j:03d}")
+        data = files.read_json(path)  # (a damaged one is made again)
+        if not _kept_evaluation(data, study) or data["lr"] != lr:  # none yet, or another --test-step's: tested again
+            learner, info = _snapshot(run_dir, j)
             learner.env = test_env
             t0 = time.perf_counter()
             tasks = held_out_goals(learner, study.test_tasks, study.eval_seed + seed)
@@ -239,10 +240,12 @@ def _tuned_step_size(study: Study, seed: int, run_dir: Path) -> float:
     """A run's test-time step size from ``lr_grid``, chosen on validation tasks at its last snapshot (kept, and
     chosen again at that snapshot from another grid)."""
     path = run_dir / "step_size.json"
-    kept = json.loads(path.read_text()) if path.exists() else None
+    kept = files.read_json(path)  # (a damaged one is made again)
+    if not (isinstance(kept, dict) and _positive(kept.get("lr")) and isinstance(kept.get("grid"), list)):
+        kept = None
     if kept is None or kept["grid"] != list(study.lr_grid):
         snapshot = kept.get("snapshot", study.checkpoints) if kept else study.checkpoints  # (files before 12-05)
-        learner, _, _ = load_run(run_dir, f"snapshot-{snapshot:03d}")
+        learner, _ = _snapshot(run_dir, snapshot)
         learner.env = _test_env(study, split="train")
         lr = tune_step_size(learner, study.lr_grid, min(study.test_updates, 2), study.test_episodes,
                             study.eval_seed + seed, num_tasks=study.test_tasks, later=1.0, option="--lr-grid A,B,...")
@@ -253,6 +256,29 @@ def _tuned_step_size(study: Study, seed: int, run_dir: Path) -> float:
                 "chosen_on": "validation tasks (training split)"}
         files.write_json(path, kept)
     return float(kept["lr"])
+
+
+def _snapshot(run_dir: Path, j: int) -> tuple[Any, dict[str, Any]]:
+    """A run's learner at snapshot ``j`` and its checkpoint's info; a damaged snapshot says how to make it again."""
+    try:
+        learner, _, info = load_run(run_dir, f"snapshot-{j:03d}")
+    except CheckpointError as e:
+        if "is damaged" not in str(e):
+            raise
+        raise CheckpointError(f"{str(e).rsplit('; ', 1)[0]}; delete {run_dir} and run the command again to train "
+                              "this run anew (the other runs are kept)") from None
+    return learner, info
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and 0 < value < math.inf
+
+
+def _kept_evaluation(data: Any, study: Study) -> bool:
+    """Whether ``data`` (an ``eval-NNN.json``) holds what ``evaluate_snapshots`` wrote: else it is made again."""
+    return (isinstance(data, dict) and _positive(data.get("lr")) and isinstance(data.get("env_steps"), int)
+            and isinstance(data.get("mean"), list) and len(data["mean"]) == study.test_updates + 1
+            and all(isinstance(v, int | float) for v in data["mean"]))
 
 
 def _test_env(study: Study, split: str = "test") -> Any:
@@ -267,7 +293,10 @@ def _check_resumable(study: Study, out: Path) -> None:
     go on from their last checkpoints, the snapshots taken so far kept)."""
     path = out / "study.json"
     if path.exists():
-        before, now = json.loads(path.read_text()), study.to_dict()
+        before = files.read_json(path, fix=STUDY_FIX)
+        if not isinstance(before, dict):
+            raise CheckpointError(f"{path} is damaged (not a study's settings); {STUDY_FIX}")
+        now = study.to_dict()
         changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k) and k not in EVALUATION_ONLY)
         if changed and not extends(before, now):  # refused before anything is said to happen
             spacing = before.get("budget", 0) // max(before.get("checkpoints", 1), 1)

@@ -4,6 +4,7 @@ meta-batch of it, snapshots are resumable and reproducible, and ``metagrad trade
 from __future__ import annotations
 
 import json
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -107,6 +108,21 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     assert main(args) == 0  # resumes: nothing is retrained or re-evaluated, the same results
     assert (out / "promp" / "seed-1" / "eval-002.json").stat().st_mtime_ns == mtime
     assert json.loads((out / "tradeoff_rl.json").read_text())["returns"] == results["returns"]
+    # damaged from outside: a kept evaluation or step size is made again (the same), the study's settings refused
+    evaluation, step = out / "promp" / "seed-1" / "eval-002.json", out / "drs-ppo" / "seed-0" / "step_size.json"
+    kept = evaluation.read_text(), json.loads(step.read_text())
+    evaluation.write_text(kept[0][:40])
+    step.write_text(json.dumps({"lr": "abc", "grid": 3}))
+    assert main(args) == 0
+    assert json.loads(evaluation.read_text()) == {**json.loads(kept[0]), "seconds": ANY}
+    assert json.loads(step.read_text()) == kept[1]
+    assert json.loads((out / "tradeoff_rl.json").read_text())["returns"] == results["returns"]
+    study = (out / "study.json").read_text()
+    (out / "study.json").write_text(study[:50])
+    capsys.readouterr()
+    assert main(args) == 2
+    assert f"{out / 'study.json'} is damaged (not JSON" in capsys.readouterr().err
+    (out / "study.json").write_text(study)
     capsys.readouterr()
     assert main([*args[:-3], "--seeds", "3", "--test-step", "tuned", "--out", str(out)]) == 2
     err = capsys.readouterr().err

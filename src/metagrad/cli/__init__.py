@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 from ..errors import Interrupted, MetagradError
@@ -31,8 +32,30 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    with bars_off(getattr(args, "no_progress", False)):
+    with bars_off(getattr(args, "no_progress", False)), sigterm_as_interrupt():
         return run_command(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which handles it itself): ends the command as Ctrl-C does, with 143."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` while a command runs (it ended the process without a word between runs or
+    while they were tested); the handler before is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    before = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -71,9 +94,10 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; {os_fix(e)}"
               f"{_resumes(args.command) if e.errno in FULL else ''}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # outside a training loop (which says so itself): between runs, building them
-        print(f"metagrad {args.command}: interrupted{_resumes(args.command)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # outside a training loop (which says so itself): between runs, building them
+        how = " (SIGTERM)" if isinstance(e, Terminated) else ""
+        print(f"metagrad {args.command}: interrupted{how}{_resumes(args.command)}", file=sys.stderr)
+        return 128 + signal.SIGTERM if how else EXIT_INTERRUPTED
     except RuntimeError as e:  # torch's allocation failures (its OutOfMemoryError is a RuntimeError too)
         wanted = out_of_memory(e)
         if wanted is None:

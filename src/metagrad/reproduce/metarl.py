@@ -6,7 +6,6 @@ are merged into ``OUT/results.json`` and printed beside the papers' numbers (the
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +32,9 @@ LABELS = {"maml-trpo": "MAML-TRPO", "fomaml-trpo": "first-order MAML-TRPO", "pre
           "sgmrl-full": "SG-MRL (full)", "maml-vpg": "MAML (VPG)", "emaml": "E-MAML (VPG)", "promp": "ProMP",
           "trpo-maml": "TRPO-MAML", "drs-ppo": "DRS+PPO", "drs-trpo": "DRS+TRPO",
           "context": "context vector"}
+RESULTS_FIX = ("restore it, or delete it and run the command again with every method it held (their runs are kept "
+               "and tested again)")
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -125,7 +127,7 @@ def run(experiment: Experiment, methods: list[str], out: str | Path, full: bool 
     path = out / "results.json"
     configs = method_configs(experiment, methods, full, iterations, time_budget, overrides)
     if path.exists():  # before any training: another experiment's folder, or other test tasks, refused now
-        results = json.loads(path.read_text())
+        results = files.read_json(path, fix=RESULTS_FIX)
         check_experiment(path, results, experiment)
         for m, cfg in zip(methods, configs, strict=True):
             check_same_tests(path, results, m, cfg.to_dict())
@@ -166,7 +168,7 @@ def report(experiment: Experiment, out: Path, figures: bool = True) -> dict[str,
     if not path.exists():
         raise ConfigError(f"no results.json in {out}: run the reproduction first (the same command without --redraw)")
     with files.locked(path):
-        results = json.loads(path.read_text())
+        results = files.read_json(path, fix=RESULTS_FIX)
         check_experiment(path, results, experiment)
         if results.get("paper") != experiment.paper:
             results["paper"] = experiment.paper
@@ -213,7 +215,7 @@ def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experime
     with files.locked(path):
         results: dict[str, Any] = {"methods": {}}
         if path.exists():
-            results = json.loads(path.read_text())
+            results = files.read_json(path, fix=RESULTS_FIX)
             check_experiment(path, results, experiment)
             check_same_tests(path, results, method, result.get("config", {}))
         results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)

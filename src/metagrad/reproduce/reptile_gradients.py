@@ -10,7 +10,6 @@ of every combination."""
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from .. import files
 from ..analysis.stats import format_ci
 from ..build import build_learner
 from ..config import Config
-from ..plots import plt
+from ..plots import plt, save_figure
 from ..provenance import machine
 from ..tables import md_head
 from ..train import Trainer
@@ -37,7 +36,6 @@ from .reptile_studies import (
     minutes_left,
     noise,
     pct,
-    save_figure,
     say,
     slug,
     study_budget,
@@ -111,8 +109,9 @@ def _gradient_run(name: str, weights: tuple[float, ...], cfg: Config, run_dir: P
         return None
     images, tests = WORKER["images"], WORKER["tests"]
     curve_file = run_dir / "curve.json"
-    curve: dict[int, list[float]] = ({int(k): v for k, v in json.loads(curve_file.read_text()).items()}
-                                     if curve_file.exists() else {})
+    kept = files.read_json(curve_file, fix=f"restore it, or delete {run_dir} and run the command again to train "
+                                         "this run anew (the curve is recorded as it trains)") or {}
+    curve: dict[int, list[float]] = {int(k): v for k, v in kept.items()}
 
     def record(trainer: Trainer, iteration: int) -> None:
         if iteration in points:

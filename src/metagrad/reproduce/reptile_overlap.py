@@ -17,7 +17,6 @@ paper being silent: the swept values, and the separate tail's 5 drawings per cla
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from .. import files
 from ..analysis.stats import format_ci
 from ..config import Config
 from ..errors import ConfigError
-from ..plots import plt
+from ..plots import plt, save_figure
 from ..provenance import machine
 from ..tables import md_head, md_row
 from ..tasks.fewshot import FewShotClassification
@@ -45,7 +44,6 @@ from .reptile_studies import (
     minutes_left,
     noise,
     pct,
-    save_figure,
     say,
     slug,
     study_budget,
@@ -135,9 +133,9 @@ def run_overlap(out: str | Path, full: bool = False, iterations: int | None = No
 def keep_other_panels(results: dict[str, Any], saved: Path) -> None:
     """Into a ``--panels`` call's ``results``, the other panels of a finished study saved at ``saved`` with the same
     budget (iterations, test tasks, seed, ``--full``), so that running 4c after 4a-b keeps both."""
-    if not saved.exists():
+    before = files.read_json(saved)  # (a damaged one is written again, with this call's panels)
+    if not isinstance(before, dict):
         return
-    before = json.loads(saved.read_text())
     budget = {k: v for k, v in results["budget"].items() if k != "sweeps"}
     if not before.get("complete") or before.get("full") != results["full"] or budget != {
             k: v for k, v in before["budget"].items() if k != "sweeps"}:
@@ -167,7 +165,7 @@ def _overlap_run(panel: str, method: str, sampling: str, value: float, cfg: Conf
         return None
     test_file, key = run_dir / "test.json", {"iteration": trainer.iteration, "eval_tasks": cfg.eval_tasks,
                                             "eval_seed": cfg.eval_seed}
-    saved = json.loads(test_file.read_text()) if test_file.exists() else {}
+    saved = files.read_json(test_file) or {}  # (a damaged one is tested again)
     if {k: saved.get(k) for k in key} == key:
         mean, ci = saved["mean"], saved["ci95"]
     else:

@@ -26,7 +26,6 @@ from ..config import Config, load_config
 from ..errors import CheckpointError, ConfigError, Interrupted, check_whole
 from ..evaluate import held_out_tasks
 from ..experiment import STUDY_MARK, stop_when_interrupted, stored_config
-from ..plots import plt
 from ..settings import check_seed
 from ..tables import md_head
 from ..tasks.fewshot import FewShotClassification
@@ -267,13 +266,6 @@ def write_study(out: Path, name: str, results: dict[str, Any], table: str,
     print(table)
     print(f"\nresults: {out / (name + '.json')}\nfigure:  {path}")
     return results
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def slug(text: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import curves
-from ..plots import _save, plt
+from ..plots import plt, save_figure
 
 COLORS = {"maml-trpo": "tab:green", "fomaml-trpo": "tab:olive", "pretrained": "tab:blue", "random": "black",
           "oracle": "tab:red", "sgmrl": "tab:purple", "sgmrl-full": "tab:pink", "maml-vpg": "tab:cyan",
@@ -95,7 +95,7 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -> Path:
@@ -115,7 +115,7 @@ def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -
     ax.set_title("meta-training (dashed: before adaptation)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def trajectories(saved: dict[str, Any], labels: dict[str, str], path: Path, after: int = 3) -> Path:
@@ -135,7 +135,7 @@ def trajectories(saved: dict[str, Any], labels: dict[str, str], path: Path, afte
         ax.set_aspect("equal", adjustable="datalim")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def step_count(n: float) -> str:
@@ -173,4 +173,4 @@ def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("average return (± sd over seeds)")
     ax.set_title(study["env"], fontsize=10)
     ax.legend(fontsize=7)
-    return [contour, _save(fig, out / "returns.png")]
+    return [contour, save_figure(fig, out / "returns.png")]
