@@ -284,7 +284,7 @@ def test_carried_adam_is_one_adam_run_over_the_tasks_in_order(case):
         update = mean_over_tasks(parts)
         phi = {n: phi[n] - eps * update[n] for n in phi}
         assert_trees_close(initial(model), phi)
-    m, v, t = learner.carried.value()
+    m, v, t = learner.start_state(learner.inner)
     assert t == 3 * tasks * steps
     for n, p in clone.named_parameters():
         assert int(adam.state[p]["step"]) == t
@@ -305,7 +305,7 @@ def test_evaluation_starts_from_the_carried_state_and_leaves_it_unchanged():
     first = learner.adaptation_metrics(batch, 2)["loss"]
     assert torch.equal(learner.adaptation_metrics(batch, 2)["loss"], first)  # each task from the same state
     assert all(torch.equal(saved[k], v) for k, v in learner.carried.state_dict().items())
-    _, v, t = learner.carried.value()
+    _, v, t = learner.start_state(learner.inner)
     p0 = initial(model)
     for i in range(batch.num_tasks):  # one Adam step (beta1 = 0) continued from the carried moments
         task = batch.task(i)
@@ -338,6 +338,27 @@ def test_carried_state_is_refused_where_it_cannot_apply():
         mg.Reptile(model, inner_steps=2, combination=(1.0,))
     with pytest.raises(ConfigError, match="tail"):
         mg.MAML(model, tail="overlap")
+
+
+@pytest.mark.parametrize("change", ["freeze", "unfreeze"])
+def test_a_carried_state_refuses_parameters_frozen_or_unfrozen_after_it_was_made(change):
+    """The carried moments are per adapted parameter: one frozen or unfrozen after the learner was built is refused
+    in one line, by training and evaluation alike (unfrozen, it was a bare KeyError), the state left as it was."""
+    model = small_mlp()
+    weight = next(model.parameters())
+    if change == "unfreeze":
+        weight.requires_grad_(False)
+    learner = mg.Reptile(model, inner=mg.Adam(0.01), inner_steps=2, inner_state="carried")
+    batch = sinusoid_batch(tasks=3, dtype=torch.float32)
+    saved = {k: v.clone() for k, v in learner.carried.state_dict().items()}
+    weight.requires_grad_(change == "unfreeze")
+    for call in (lambda: learner.meta_gradient(batch, torch.Generator().manual_seed(0)),
+                 lambda: learner.adaptation_metrics(batch, 1)):
+        with pytest.raises(ConfigError, match=r"carried state was made for other parameters.*build the learner after"):
+            call()
+    assert all(torch.equal(saved[k], v) for k, v in learner.carried.state_dict().items())
+    weight.requires_grad_(change == "freeze")  # as built: it goes on
+    learner.meta_gradient(batch, torch.Generator().manual_seed(0))
 
 
 # --------------------------------------------------------------------------- runs: resume and config

@@ -239,11 +239,12 @@ class MetaLearner(nn.Module):
         self.carried: CarriedState | None = None
         if inner_state == "carried":
             trainable = self.trainable()
-            start = self.inner.carry({n: trainable[n].detach() for n in self.adapted_names(trainable)})
+            adapted = self.adapted_names(trainable)
+            start = self.inner.carry({n: trainable[n].detach() for n in adapted})
             if start is None:
                 raise ConfigError(f"inner_state 'carried' needs an inner rule with a state to carry, such as Adam; "
                                   f"{type(self.inner).__name__} has none (use inner_state 'fresh')")
-            self.carried = CarriedState(start)
+            self.carried = CarriedState(start, adapted)
 
     # the submodules, read from nn.Module's table by a property: nn.Module's __getattr__, which finds them otherwise,
     # costs 1.5 us a read on these machines, and a compiled W1 meta-gradient (half a ms) read them a dozen times
@@ -771,7 +772,7 @@ class MetaLearner(nn.Module):
         another in order, each inner loop starting from the state the previous one left, which is kept at the end.
         The tasks' contributions are stacked and combined as the per-task loop combines them."""
         meta, buffers = self.functional_inputs()
-        state = self.carried.value()
+        state = self.start_state(self.inner)
         outs = []
         for i in range(batch.num_tasks):
             out, state = self.carried_task(meta, buffers, batch.task(i), None if mb is None else mb[i], state)
@@ -795,7 +796,7 @@ class MetaLearner(nn.Module):
         Inner rules update functionally, so evaluation never changes the carried state."""
         if self.carried is None or type(rule) is not type(self.inner):
             return None
-        return self.carried.value()
+        return self.carried.value(self.adapted_names(self.trainable()))
 
     def batch_gradient(self, meta: Meta, buffers: Params, batch: TaskBatch,
                        mb: Tensor | None) -> tuple[Meta, Tensor]:

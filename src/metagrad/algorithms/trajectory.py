@@ -3,7 +3,7 @@ inner loop to the next (``CarriedState``)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -34,6 +34,10 @@ def run_inner(loop: Generator[Params, None, Any]) -> tuple[Params, Any]:
     return last, trajectory.state
 
 
+RESHAPED = ("the inner rule's carried state was made for other parameters (were parameters frozen or unfrozen after "
+            "the learner was built?); build the learner after freezing")
+
+
 class CarriedState(nn.Module):
     """An inner rule's state carried from one task's inner loop to the next (``inner_state="carried"``).
 
@@ -41,8 +45,9 @@ class CarriedState(nn.Module):
     learner, a resumed run continues it bit for bit, and it moves with the learner between devices and dtypes.
     """
 
-    def __init__(self, state: Any):
+    def __init__(self, state: Any, params: Iterable[str]):
         super().__init__()
+        self.params = set(params)  # the parameters it is carried for: the adapted ones when the learner was built
         leaves, spec = tree_flatten(state)
         self.skeleton = tree_unflatten(list(range(len(leaves))), spec)  # the structure, leaf i as the number i
         self.names: list[str] = []
@@ -59,8 +64,11 @@ class CarriedState(nn.Module):
             self.names.append(name)
         self.counts = [not isinstance(leaf, Tensor) for leaf in leaves]
 
-    def value(self) -> Any:
-        """The state as the inner rule uses it (the buffers themselves: rules update functionally)."""
+    def value(self, params: Iterable[str]) -> Any:
+        """The state as the inner rule uses it (the buffers themselves: rules update functionally) for the parameters
+        ``params`` adapted now: refused where they are not those it was carried for."""
+        if set(params) != self.params:
+            raise ConfigError(RESHAPED)
         leaves = [int(getattr(self, n)) if count else getattr(self, n)
                   for n, count in zip(self.names, self.counts, strict=True)]
         return tree_map(leaves.__getitem__, self.skeleton)
@@ -70,7 +78,6 @@ class CarriedState(nn.Module):
         """Keep ``state`` (the rule's state after the last inner loop) in the buffers."""
         leaves, spec = tree_flatten(state)
         if spec != tree_flatten(self.skeleton)[1]:
-            raise ConfigError("the inner rule's state no longer has the shape it was carried with (were parameters "
-                              "frozen or unfrozen after the learner was built?); build the learner after freezing")
+            raise ConfigError(RESHAPED)
         for name, leaf in zip(self.names, leaves, strict=True):
             getattr(self, name).copy_(torch.as_tensor(leaf))
