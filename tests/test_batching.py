@@ -360,6 +360,40 @@ def test_task_threads_run_the_model_as_it_is_at_each_call(monkeypatch):
     assert calls.count(2) >= 4  # the comparisons ran on two threads
 
 
+class Aliased(torch.nn.Module):
+    """A layer also reached through a plain list attribute, and a forward pre-hook bound to the module: a thread's
+    copy must rebind both to itself (a shallow copy left them on the original's weights: 1.0-1.07 off)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.v, self.out = torch.nn.Linear(1, 8), torch.nn.Parameter(torch.randn(8, 8)), torch.nn.Linear(8, 1)
+        self.__dict__["path"] = [self.lin]
+        self.register_forward_pre_hook(self._weight)
+
+    def _weight(self, module: torch.nn.Module, args: tuple) -> None:
+        self.w = self.v * 2.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.path:
+            x = torch.tanh(layer(x))
+        return self.out(torch.tanh(x @ self.w.T))
+
+
+def test_task_threads_rebind_references_among_the_modules(monkeypatch):
+    batch = sinusoid_batch(tasks=6, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = Aliased().double()
+    calls, grads = threaded_calls(monkeypatch), {}
+    for threads in (1, 2):
+        learner = mg.MAML(model, inner=mg.SGD(0.1), batching="loop", threads=threads)
+        for _ in range(2):  # the first call runs on one thread and watches the buffers
+            learner.meta_gradient(batch)
+        grads[threads] = grads_of(model)
+    assert calls == [2]
+    for n, g in grads[1].items():
+        torch.testing.assert_close(grads[2][n], g, rtol=1e-12, atol=1e-14, msg=n)
+
+
 @pytest.mark.parametrize("algo", ["maml", "meta-sgd", "reptile", "maml-conv4"])
 def test_compiled_meta_gradient_has_no_graph_break(algo):
     """compile=True compiles the whole meta-gradient as one graph: a graph break (e.g. the engine asking torch.func

@@ -856,6 +856,8 @@ def test_an_interrupted_figure_leaves_the_one_before(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_figure(fig, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["welch.png"]
+    for suffix, start in ((".pdf", b"%PDF"), (".svg", b"<?xml")):  # the format its suffix names
+        assert save_figure(plt.subplots()[0], path.with_suffix(suffix)).read_bytes().startswith(start)
 
 
 def test_sigterm_outside_a_training_loop_ends_as_ctrl_c_does(monkeypatch, capsys):
@@ -873,3 +875,14 @@ def test_sigterm_outside_a_training_loop_ends_as_ctrl_c_does(monkeypatch, capsys
     assert main(["status"]) == 143
     assert "metagrad status: interrupted (SIGTERM)" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
+    # a command that ends in an error ignores SIGTERM while it exits (torchrun's must not cut the line short): kept
+    monkeypatch.setattr(cli, "cmd_status", lambda args: cli_error_raised())
+    try:
+        assert main(["status"]) == 2
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def cli_error_raised() -> int:
+    raise CheckpointError("a peer stopped")

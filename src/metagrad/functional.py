@@ -6,10 +6,10 @@ Every algorithm works on ``Params`` (name -> tensor) so that inner loops are pur
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,23 +51,14 @@ def _shell(model: nn.Module) -> nn.Module:
     return shells[model]
 
 
-CONTAINERS = (list, dict, set, OrderedDict)  # what shell_copy copies (one level deep)
-
-
 def shell_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model``'s module tree that shares every tensor, hook and setting it holds but has its own
-    attributes and containers (member tables, lists such as an RNN's flat weights), which ``functional_call`` and
-    forward hooks write (e.g. legacy ``weight_norm``'s computed weight); a module found twice is copied once."""
-    copies: dict[int, nn.Module] = {}
-
-    def copy_of(module: nn.Module) -> nn.Module:
-        if id(module) not in copies:
-            twin = copies[id(module)] = type(module).__new__(type(module))
-            twin.__dict__.update({k: v.copy() if type(v) in CONTAINERS else v for k, v in vars(module).items()})
-            twin._modules = {k: None if m is None else copy_of(m) for k, m in module._modules.items()}
-        return copies[id(module)]
-
-    return copy_of(model)
+    """A copy of ``model`` that shares every tensor it holds (parameters, buffers, and tensors kept as plain
+    attributes, e.g. legacy ``weight_norm``'s computed weight): no memory, only its own modules, hooks and
+    attributes, references among them rebound to the copy (a deep copy: a shallow one left a hook bound to the
+    original, or a cache shared between threads)."""
+    tensors = itertools.chain(model.parameters(), model.buffers(),
+                              (v for m in model.modules() for v in vars(m).values() if isinstance(v, Tensor)))
+    return copy.deepcopy(model, {id(t): t for t in tensors})
 
 
 def copy_fault(model: nn.Module) -> str | None:

@@ -73,14 +73,14 @@ def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, colum
 
 
 def save_figure(fig: plt.Figure, path: str | Path, tight: bool = True) -> Path:
-    """Write ``fig`` as PNG; ``tight=False`` for figures with a shared colour bar (laid out by their caller,
-    cropped to what was drawn)."""
+    """Write ``fig`` in the format its suffix names (PNG without one), atomically; ``tight=False`` for figures with a
+    shared colour bar (laid out by their caller, cropped to what was drawn)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
     try:  # atomically, as every results file: an interrupted write leaves the figure before it
-        files.replace_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120,
+        files.replace_atomically(path, lambda f: fig.savefig(f, format=path.suffix[1:] or "png", dpi=120,
                                                              bbox_inches=None if tight else "tight"))
     finally:
         plt.close(fig)

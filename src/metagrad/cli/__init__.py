@@ -44,8 +44,8 @@ class Terminated(KeyboardInterrupt):
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM raises ``Terminated`` while a command runs (it ended the process without a word between runs or
     while they were tested); the handler before is put back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("WORLD_SIZE", "1") != "1":
+        yield  # (under torchrun, whose SIGTERM must end a process blocked in a collective at once)
         return
 
     def terminated(_signum: int, _frame: object) -> None:
@@ -55,7 +55,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+        if signal.getsignal(signal.SIGTERM) is terminated:  # not if an error's exit set it aside (run_command)
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
