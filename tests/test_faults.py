@@ -833,6 +833,10 @@ def test_a_damaged_json_file_is_named_with_its_fix_or_made_again(tmp_path, capsy
     assert f"{path} is damaged (not JSON" in err and "making it again" in err
     path.write_bytes(b"\xff\xfe{")  # not even text
     assert files.read_json(path) is None
+    path.write_text("[1, 2]")  # JSON, but not the object every results file is
+    with pytest.raises(CheckpointError, match=rf"{path} is damaged \(a JSON list, not an object\); restore it$"):
+        files.read_json(path, fix="restore it")
+    assert files.read_json(path) is None
     path.write_text('{"a": 1}')
     assert files.read_json(path, fix="restore it") == {"a": 1}
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import CheckpointError
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks
@@ -78,22 +80,25 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=1))
 
 
-def read_json(path: str | Path, fix: str | None = None) -> Any:
-    """The JSON that ``path`` holds, None where there is no file. metagrad's writers replace files whole, so one that
-    does not parse was damaged from outside: a ``CheckpointError`` that names it and ``fix`` (what to do), or, with
-    no ``fix`` (a file the caller makes again, e.g. a kept evaluation), None and a line that says so."""
-    from .errors import CheckpointError
-
+def read_json(path: str | Path, fix: str | None = None) -> dict[str, Any] | None:
+    """The JSON object (every results file metagrad writes is one) that ``path`` holds, None where there is no file.
+    metagrad's writers replace files whole, so one that holds no object was damaged from outside: a
+    ``CheckpointError`` that names it and ``fix`` (what to do), or, with no ``fix`` (a file the caller makes again,
+    e.g. a kept evaluation), None and a line that says so."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
+        fault = None if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        if fix is not None:
-            raise CheckpointError(f"{path} is damaged (not JSON: {e}); {fix}") from None
-        print(f"metagrad: {path} is damaged (not JSON: {e}); making it again", file=sys.stderr, flush=True)
-        return None
+        fault = f"not JSON: {e}"
+    if fault is None:
+        return data
+    if fix is not None:
+        raise CheckpointError(f"{path} is damaged ({fault}); {fix}") from None
+    print(f"metagrad: {path} is damaged ({fault}); making it again", file=sys.stderr, flush=True)
+    return None
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -241,7 +241,7 @@ def _tuned_step_size(study: Study, seed: int, run_dir: Path) -> float:
     chosen again at that snapshot from another grid)."""
     path = run_dir / "step_size.json"
     kept = files.read_json(path)  # (a damaged one is made again)
-    if not (isinstance(kept, dict) and _positive(kept.get("lr")) and isinstance(kept.get("grid"), list)):
+    if not (kept and _positive(kept.get("lr")) and isinstance(kept.get("grid"), list)):
         kept = None
     if kept is None or kept["grid"] != list(study.lr_grid):
         snapshot = kept.get("snapshot", study.checkpoints) if kept else study.checkpoints  # (files before 12-05)
@@ -276,7 +276,7 @@ def _positive(value: Any) -> bool:
 
 def _kept_evaluation(data: Any, study: Study) -> bool:
     """Whether ``data`` (an ``eval-NNN.json``) holds what ``evaluate_snapshots`` wrote: else it is made again."""
-    return (isinstance(data, dict) and _positive(data.get("lr")) and isinstance(data.get("env_steps"), int)
+    return (data is not None and _positive(data.get("lr")) and isinstance(data.get("env_steps"), int)
             and isinstance(data.get("mean"), list) and len(data["mean"]) == study.test_updates + 1
             and all(isinstance(v, int | float) for v in data["mean"]))
 
@@ -293,10 +293,7 @@ def _check_resumable(study: Study, out: Path) -> None:
     go on from their last checkpoints, the snapshots taken so far kept)."""
     path = out / "study.json"
     if path.exists():
-        before = files.read_json(path, fix=STUDY_FIX)
-        if not isinstance(before, dict):
-            raise CheckpointError(f"{path} is damaged (not a study's settings); {STUDY_FIX}")
-        now = study.to_dict()
+        before, now = files.read_json(path, fix=STUDY_FIX), study.to_dict()
         changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k) and k not in EVALUATION_ONLY)
         if changed and not extends(before, now):  # refused before anything is said to happen
             spacing = before.get("budget", 0) // max(before.get("checkpoints", 1), 1)

@@ -18,7 +18,6 @@ from .. import files
 from ..analysis.stats import format_ci
 from ..build import build_learner
 from ..config import Config
-from ..errors import CheckpointError
 from ..plots import plt, save_figure
 from ..provenance import machine
 from ..tables import md_head
@@ -110,10 +109,8 @@ def _gradient_run(name: str, weights: tuple[float, ...], cfg: Config, run_dir: P
         return None
     images, tests = WORKER["images"], WORKER["tests"]
     curve_file = run_dir / "curve.json"
-    fix = f"restore it, or delete {run_dir} and run the command again to train this run anew (recorded as it trains)"
-    kept = files.read_json(curve_file, fix=fix) or {}
-    if not isinstance(kept, dict):
-        raise CheckpointError(f"{curve_file} is damaged (not a curve); {fix}")
+    kept = files.read_json(curve_file, fix=f"restore it, or delete {run_dir} and run the command again to train this "
+                                         "run anew (recorded as it trains)") or {}
     curve: dict[int, list[float]] = {int(k): v for k, v in kept.items()}
 
     def record(trainer: Trainer, iteration: int) -> None:

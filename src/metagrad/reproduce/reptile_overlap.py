@@ -134,7 +134,7 @@ def keep_other_panels(results: dict[str, Any], saved: Path) -> None:
     """Into a ``--panels`` call's ``results``, the other panels of a finished study saved at ``saved`` with the same
     budget (iterations, test tasks, seed, ``--full``), so that running 4c after 4a-b keeps both."""
     before = files.read_json(saved)  # (a damaged one is written again, with this call's panels)
-    if not isinstance(before, dict):
+    if before is None:
         return
     budget = {k: v for k, v in results["budget"].items() if k != "sweeps"}
     if not before.get("complete") or before.get("full") != results["full"] or budget != {
