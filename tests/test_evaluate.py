@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import metagrad as mg
 from conftest import sinusoid_batch, small_mlp
@@ -30,6 +31,22 @@ def test_curves_count_diverged_tasks():
     wild = mg.adaptation_curves(learner, batch, steps=3, inner=mg.SGD(1.0))["loss"]  # some tasks blow up
     assert wild.diverged[0] == 0 and 0 < wild.diverged[-1] < 20
     assert wild.mean_converged[-1] < 10 * wild.mean_converged[0] < wild.mean[-1]
+
+
+@pytest.mark.parametrize("batching", ["auto", "loop"])
+def test_curves_of_a_dropout_model_in_training_mode_repeat_and_leave_the_global_stream(batching):
+    """Dropout drew from torch's global generator during an evaluation: the same call with the same seed gave
+    another curve, and the caller's random stream moved on. Now its draws come from the evaluation's seed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Dropout(0.5), nn.Linear(32, 1)).double()
+    learner = mg.MAML(model, inner=mg.SGD(0.01), batching=batching)
+    batch = sinusoid_batch(tasks=8)
+    state = torch.get_rng_state()
+    first, again = (mg.adaptation_curves(learner, batch, steps=2, seed=3)["loss"].mean for _ in range(2))
+    assert first == again and torch.equal(torch.get_rng_state(), state)
+    assert mg.adaptation_curves(learner, batch, steps=2, seed=4)["loss"].mean != first  # another seed, other draws
+    model.eval()
+    assert mg.adaptation_curves(learner, batch, steps=2, seed=3)["loss"].mean != first  # the draws counted
 
 
 def test_tune_step_size_returns_the_best_candidate():

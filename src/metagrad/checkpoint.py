@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save as serialize
 
 from . import files
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, Damaged
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -70,13 +70,12 @@ def load(stem: str | Path) -> tuple[Any, dict[str, Any]]:
         data = path.read_bytes()  # one read of one file: a checkpoint replaced meanwhile is never half-seen
         meta, tensors = _metadata(io.BytesIO(data)), safetensors.torch.load(data)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); {_instead(path)}") from None
+        raise Damaged(f"checkpoint {path}", _first_line(e), _instead(path)) from None
     if HEADER_KEY not in meta:
         raise CheckpointError(f"checkpoint {path} was not written by this metagrad (format 1 or another program); "
                               "start a new run")
     if meta.get(DIGEST_KEY) != _digest(meta[HEADER_KEY], tensors):
-        raise CheckpointError(f"checkpoint {path} is damaged (its checksum does not match its contents); "
-                              f"{_instead(path)}")
+        raise Damaged(f"checkpoint {path}", "its checksum does not match its contents", _instead(path))
     info = json.loads(meta[HEADER_KEY])
     if info.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {info.get('format')}, this metagrad reads {FORMAT}")
@@ -225,7 +224,7 @@ def read_info(stem: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} was not written by this metagrad (format 1 or another program); "
                               "start a new run") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); {_instead(path)}") from None
+        raise Damaged(f"checkpoint {path}", _first_line(e), _instead(path)) from None
     info.pop("state", None)
     return info
 

@@ -24,6 +24,19 @@ class CheckpointError(MetagradError, RuntimeError):
     """A checkpoint is missing, incomplete or inconsistent."""
 
 
+class Damaged(CheckpointError):
+    """A file metagrad wrote (a checkpoint, a results file) was damaged from outside: its message names the file,
+    what is wrong with it and what to do instead."""
+
+    def __init__(self, what: str, fault: str, fix: str):
+        super().__init__(f"{what} is damaged ({fault}); {fix}")
+        self.what, self.fault, self.fix = what, fault, fix
+
+    def instead(self, fix: str) -> "Damaged":
+        """The same fault with another fix (the caller knows better how to make the file again)."""
+        return Damaged(self.what, self.fault, fix)
+
+
 class Interrupted(MetagradError):
     """The user stopped a run (Ctrl-C, SIGTERM). The CLI exits with code 128 + the signal's number (Ctrl-C: 130)."""
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import CheckpointError
+from .errors import Damaged
 
 try:
     import fcntl
@@ -83,7 +83,7 @@ def write_json(path: str | Path, data: Any) -> None:
 def read_json(path: str | Path, fix: str | None = None) -> dict[str, Any] | None:
     """The JSON object (every results file metagrad writes is one) that ``path`` holds, None where there is no file.
     metagrad's writers replace files whole, so one that holds no object was damaged from outside: a
-    ``CheckpointError`` that names it and ``fix`` (what to do), or, with no ``fix`` (a file the caller makes again,
+    ``Damaged`` error that names it and ``fix`` (what to do), or, with no ``fix`` (a file the caller makes again,
     e.g. a kept evaluation), None and a line that says so."""
     path = Path(path)
     try:
@@ -96,7 +96,7 @@ def read_json(path: str | Path, fix: str | None = None) -> dict[str, Any] | None
     if fault is None:
         return data
     if fix is not None:
-        raise CheckpointError(f"{path} is damaged ({fault}); {fix}") from None
+        raise Damaged(str(path), fault, fix) from None
     print(f"metagrad: {path} is damaged ({fault}); making it again", file=sys.stderr, flush=True)
     return None
 

@@ -3,6 +3,9 @@ choose a test-time step size, test tasks, a process's episodes) comes from its o
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 VAL_SEED_OFFSET = 1_000_003  # validation tasks (and meta-RL step-size tuning): never the training stream
@@ -13,3 +16,17 @@ HALF_RANGE_SEED_OFFSET = 555  # sinusoid tasks whose K points come from half the
 def process_episodes(seed: int, iteration: int, rank: int) -> torch.Generator:
     """The episode generator of one process at one meta-RL iteration under ``torchrun`` (its own stream)."""
     return torch.Generator().manual_seed(hash((seed, iteration, rank)) % 2**62)
+
+
+@contextlib.contextmanager
+def global_stream_from(generator: torch.Generator | None, device: torch.device) -> Iterator[None]:
+    """Within, torch's global generator (what dropout draws from) runs on a stream seeded from ``generator``, and is
+    restored after: an evaluation given a generator repeats, and leaves its caller's stream where it was. Without a
+    generator the global stream is used as it is."""
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(2**62, (), generator=generator))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

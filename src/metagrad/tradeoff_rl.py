@@ -25,7 +25,7 @@ import torch
 from . import files
 from .analysis.stats import welch_probability
 from .distributed import Distributed
-from .errors import CheckpointError, ConfigError, flag, suggest
+from .errors import ConfigError, Damaged, flag, suggest
 from .experiment import continue_run, load_run
 from .rl.config import RLConfig, preset
 from .rl.envs.locomotion import FAMILIES
@@ -262,11 +262,9 @@ def _snapshot(run_dir: Path, j: int) -> tuple[Any, dict[str, Any]]:
     """A run's learner at snapshot ``j`` and its checkpoint's info; a damaged snapshot says how to make it again."""
     try:
         learner, _, info = load_run(run_dir, f"snapshot-{j:03d}")
-    except CheckpointError as e:
-        if "is damaged" not in str(e):
-            raise
-        raise CheckpointError(f"{str(e).rsplit('; ', 1)[0]}; delete {run_dir} and run the command again to train "
-                              "this run anew (the other runs are kept)") from None
+    except Damaged as e:
+        raise e.instead(f"delete {run_dir} and run the command again to train this run anew (the other runs are "
+                        "kept)") from None
     return learner, info
 
 

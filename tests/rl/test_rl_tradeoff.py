@@ -155,6 +155,14 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     assert (out / "promp" / "seed-1" / "last.safetensors").read_bytes() == last
     assert main([*args, "--lr-grid", "0.3,-1"]) == 2
     assert "lr_grid 0.3,-1 (--lr-grid) must hold positive step sizes" in capsys.readouterr().err
+    # a damaged snapshot to test again: named with its fault, and how to train that run anew (no --checkpoint here)
+    snapshot, run = out / "promp" / "seed-0" / "snapshot-001.safetensors", out / "promp" / "seed-0"
+    snapshot.write_bytes(snapshot.read_bytes()[:-100])
+    (run / "eval-001.json").unlink()
+    assert main([*args, "--lr-grid", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {snapshot} is damaged (the file is cut short" in err and "--checkpoint" not in err
+    assert f"; delete {run} and run the command again to train this run anew (the other runs are kept)" in err
 
 
 def test_a_study_extends_to_a_larger_budget_at_the_same_snapshots(tmp_path, capsys):

@@ -50,6 +50,7 @@ from ..batching import (
 from ..errors import ConfigError, MetagradError, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule
+from ..seeds import global_stream_from
 from ..threads import in_threads
 from .checks import check_arguments, check_call, check_rule
 from .subsets import adapt_prefixes, adapted_by
@@ -854,7 +855,8 @@ class MetaLearner(nn.Module):
                            chunk: int | None = None, transductive: bool = True,
                            last_only: bool = False) -> dict[str, Tensor]:
         """Query metrics after 0..steps inner updates on each task's support set: ``{name: [tasks, steps+1]}``
-        (``last_only``: after ``steps`` alone, ``[tasks, 1]``, skipping the predictions on the way)."""
+        (``last_only``: after ``steps`` alone, ``[tasks, 1]``, skipping the predictions on the way). With a
+        ``generator`` the metrics repeat, dropout's draws included, and torch's global generator is left as it was."""
         check_call("adaptation_metrics", batch, generator)
         check_whole("steps", steps, 0)
         check_whole("inner_batch_size", inner_batch_size, 0)
@@ -863,8 +865,9 @@ class MetaLearner(nn.Module):
         rule = inner if inner is not None else self.inner
         mb = self.minibatch_indices(batch.num_tasks, batch.support.x.shape[1], steps, inner_batch_size, generator)
         batch, mb = self.on_model_device(batch, mb)
-        return self.explained(batch, lambda: self.metrics_of(batch, steps, rule, mb, chunk, transductive,
-                                                                    last_only))
+        with global_stream_from(generator, batch.support.x.device):  # dropout's draws repeat with the generator
+            return self.explained(batch, lambda: self.metrics_of(batch, steps, rule, mb, chunk, transductive,
+                                                                        last_only))
 
     def metrics_of(self, batch: TaskBatch, steps: int, rule: InnerRule, mb: Tensor | None, chunk: int | None,
                    transductive: bool, last_only: bool = False) -> dict[str, Tensor]:
