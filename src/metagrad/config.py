@@ -128,7 +128,7 @@ class Config(Settings):
     eval_shots: tuple[int, ...] = opt((5, 10, 20), "eval", "support sizes K to evaluate")
     eval_query: int = opt(100, "eval", "query examples per test task (per class for images)")
     eval_steps: int = opt(10, "eval", "adaptation steps at test time (curves report 0..eval_steps)")
-    eval_tasks: int = opt(600, "eval", "test tasks (the MAML paper's 600; the Reptile code tests 10,000)")
+    eval_tasks: int = opt(600, "eval", "test tasks (the MAML code's 600; the Reptile code tests 10,000)")
     eval_lr: tuple[float, ...] = opt((), "eval", "test-time step size(s) (empty: the training inner_lr)")
     tune_eval_lr: bool = opt(False, "eval", "choose the test-time step size on validation tasks (pretrained)")
     eval_lr_grid: tuple[float, ...] = opt((0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), "eval",

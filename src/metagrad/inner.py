@@ -240,7 +240,8 @@ class AdamState(NamedTuple):
 
 
 class Adam(InnerRule):
-    """Adam for the inner loop; Reptile uses ``betas=(0, 0.999)``.
+    """Adam for the inner loop; Reptile uses ``betas=(0, 0.999)``: beta1 = 0 is the Reptile paper's, 0.999 Adam's
+    default (as its code leaves it).
 
     The state is fresh for every task (``init_state``), or carried across tasks and meta-iterations (``carry``, as
     the Reptile paper's code let its TensorFlow Adam run on): then the bias correction counts every step the moments
@@ -253,7 +254,8 @@ class Adam(InnerRule):
         self.schedule = _schedule(lr)
         if not (isinstance(betas, Sequence) and len(betas) == 2 and all(isinstance(b, numbers.Real) for b in betas)
                 and all(0 <= b < 1 for b in betas)):
-            raise ConfigError(f"betas {betas!r} must be two numbers in [0, 1) (e.g. (0.0, 0.999), the Reptile paper's)")
+            raise ConfigError(f"betas {betas!r} must be two numbers in [0, 1) (e.g. (0.0, 0.999): beta1 = 0 the "
+                              "Reptile paper's, 0.999 Adam's default, as its code)")
         if not (isinstance(eps, numbers.Real) and 0 < eps < math.inf):
             raise ConfigError(f"eps {eps!r} must be a positive number (e.g. 1e-8): it keeps a step finite where a "
                               "gradient is 0")

@@ -409,9 +409,26 @@ def test_tuned_test_steps_take_eval_later_after_the_first(monkeypatch):
         RLConfig(eval_later=0.0).validate()
 
 
+def test_figure5_legend_names_the_source_of_the_numbers_beside(tmp_path, monkeypatch):
+    """The figure's open markers were all labelled "(paper)", the MAML code's stored returns too."""
+    from metagrad.reproduce.locomotion import experiment, figures
+    from metagrad.rl import plots
+
+    legends = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: legends.append(
+        [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]) or path)
+    curve = {"mean": [1.0] * 4, "ci95": [0.5] * 4}
+    methods = {m: {"label": m.upper(), "curve": curve, "config": {}} for m in ("maml-trpo", "context")}
+    for env in ("cheetah-dir", "ant-vel"):
+        figures({"experiment": f"locomotion-{env}", "paper": experiment(env).paper, "methods": methods}, tmp_path)
+    assert legends == [["MAML-TRPO", "MAML-TRPO (paper)", "CONTEXT", "CONTEXT (paper)"],
+                       ["MAML-TRPO", "MAML-TRPO (MAML code)", "CONTEXT"]]
+
+
 def test_figure5_numbers_stand_beside_every_method_on_every_family():
     """MAML Figure 5's numbers (the MAML code's stored test returns) print beside MAML, pretrained, random and the
-    oracle on each family, one row per method; half-cheetah direction's MAML row is Table 5's."""
+    oracle on each family, one row per method, as the MAML code's; half-cheetah direction's MAML and context rows are
+    Table 5's, the paper's."""
     from metagrad.reproduce.locomotion import experiment, format_table
 
     def result(label: str) -> dict:
@@ -423,13 +440,15 @@ def test_figure5_numbers_stand_beside_every_method_on_every_family():
         table = format_table({"experiment": f"locomotion-{env}", "paper": experiment(env).paper,
                               "methods": methods}).splitlines()
         rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:-1]] for line in table
-                if "(paper)" in line}
-        assert rows.keys() == {f"{m.upper()} (paper)" for m in methods}, env
-        assert len(set(rows["ORACLE (paper)"])) == 1, env  # a constant line
+                if "(paper)" in line or "(MAML code)" in line}
+        in_paper = {"maml-trpo"} if env == "cheetah-dir" else set()
+        assert rows.keys() == {f"{m.upper()} ({'paper' if m in in_paper else 'MAML code'})" for m in methods}, env
+        assert len(set(rows["ORACLE (MAML code)"])) == 1, env  # a constant line
     cheetah_dir = format_table({"experiment": "locomotion-cheetah-dir", "paper": experiment("cheetah-dir").paper,
-                                "methods": {"maml-trpo": result("MAML-TRPO")}})
+                                "methods": {"maml-trpo": result("MAML-TRPO"), "context": result("CONTEXT")}})
     assert "| MAML-TRPO (paper) | | -50.69 | 293.19 | 313.48 | 315.65 |" in cheetah_dir
-    assert rows["MAML-TRPO (paper)"] == ["8.66", "499.15", "500.68", "499.11"]  # ant direction, as the source gives
+    assert "| CONTEXT (paper) | | -40.49 | -44.08 | -38.27 | -42.5 |" in cheetah_dir
+    assert rows["MAML-TRPO (MAML code)"] == ["8.66", "499.15", "500.68", "499.11"]  # ant direction, as the code gives
 
 
 def test_table2_numbers_stand_beside_the_step_count_a_run_trained_with():

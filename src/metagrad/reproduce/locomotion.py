@@ -33,6 +33,8 @@ MAML_PAPER = {"cheetah-dir": {"maml-trpo": [-50.69, 293.19, 313.48, 315.65],
                           "random": [-78.64, -62.81, -48.55, -35.56], "oracle": [107.89] * 4},
               "ant-dir": {"maml-trpo": [8.66, 499.15, 500.68, 499.11], "pretrained": [3.16, 1.27, 6.51, 6.86],
                           "random": [3.11, 9.25, 15.96, 26.11], "oracle": [524.80] * 4}}
+# the rows the paper prints (Table 5), labelled "(paper)"; the others "(MAML code)": Figure 5 is a plot
+TABLE5 = {("cheetah-dir", "maml-trpo"), ("cheetah-dir", "context")}
 # the SG-MRL paper's Table 2: mean meta-test return over 4 seeds, per number of inner steps (trained and adapted with
 # that many; string keys, as they come back from results.json); its methods run on its code's environments and
 # policy (SGMRL_CODE, SGMRL_ENVS: the same families)
@@ -94,7 +96,7 @@ def figures(results: dict[str, Any], out: Path) -> list[Path]:
     from ..rl import plots
 
     paper = {m: row for m in results["methods"] if (row := paper_row(results, m)) is not None}
-    return plots.locomotion_figures(results, out, paper)
+    return plots.locomotion_figures(results, out, paper, {m: source(results, m) for m in paper})
 
 
 def paper_row(results: dict[str, Any], method: str) -> list[float | None] | None:
@@ -107,6 +109,13 @@ def paper_row(results: dict[str, Any], method: str) -> list[float | None] | None
         value = paper.get("sgmrl_table2", {}).get(str(inner_steps), {}).get(method)
         reference = None if value is None else [None] * inner_steps + [value]
     return reference
+
+
+def source(results: dict[str, Any], method: str) -> str:
+    """Where ``paper_row``'s values for ``method`` come from: "paper" (its tables) or "MAML code" (stored returns)."""
+    env = results["experiment"].removeprefix("locomotion-")
+    from_code = method in results.get("paper", {}).get("maml", {}) and (env, method) not in TABLE5
+    return "MAML code" if from_code else "paper"
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -123,7 +132,7 @@ def format_table(results: dict[str, Any]) -> str:
         reference = paper_row(results, m)
         if reference is not None:
             shown = [str(v) if v is not None else "-" for v in reference] + ["-"] * steps  # as the source gives them
-            lines.append(md_row([f"{r['label']} (paper)", "", *shown[:steps]]))
+            lines.append(md_row([f"{r['label']} ({source(results, m)})", "", *shown[:steps]]))
     lines.append("")
     for r in methods.values():
         c = r["curve"]

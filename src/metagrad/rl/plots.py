@@ -51,11 +51,14 @@ def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def locomotion_figures(results: dict[str, Any], out: Path, paper: dict[str, list[float | None]]) -> list[Path]:
+def locomotion_figures(results: dict[str, Any], out: Path, paper: dict[str, list[float | None]],
+                       sources: dict[str, str] | None = None) -> list[Path]:
     """MAML Figure 5's panel for one task family (return after 0..k steps, ``paper``'s values beside: the MAML
-    code's stored test returns, or the SG-MRL paper's after its inner steps) and the training curves."""
+    code's stored test returns, or the SG-MRL paper's after its inner steps; ``sources`` names each method's in the
+    legend, "paper" where it names none) and the training curves."""
     methods, env = results["methods"], results["experiment"].removeprefix("locomotion-")
-    return [return_curves(methods, out / "return_curves.png", TITLES.get(env, env), symlog=False, paper=paper),
+    return [return_curves(methods, out / "return_curves.png", TITLES.get(env, env), symlog=False, paper=paper,
+                          sources=sources),
             *_training_figure(methods, out)]
 
 
@@ -67,9 +70,10 @@ def _training_figure(methods: dict[str, Any], out: Path) -> list[Path]:
 
 
 def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot, 2D navigation",
-                  symlog: bool = True, paper: dict[str, list[float | None]] | None = None) -> Path:
+                  symlog: bool = True, paper: dict[str, list[float | None]] | None = None,
+                  sources: dict[str, str] | None = None) -> Path:
     """Average return after 0..k gradient steps with 95% CI bands, one line per method; ``paper``'s values per
-    method as open markers (None: no value at that step)."""
+    method as open markers (None: no value at that step), labelled with ``sources``' name for them ("paper")."""
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     color = colors_for(list(methods))
     for m, r in methods.items():
@@ -83,7 +87,7 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
         if m in (paper or {}):
             values = [float("nan") if v is None else v for v in paper[m]]
             ax.plot(range(len(values)), values, ls=":", marker="o", mfc="none", color=color[m],
-                    label=f"{r['label']} (paper)")
+                    label=f"{r['label']} ({(sources or {}).get(m, 'paper')})")
     ax.set_xticks(range(max(len(v) for v in [*(r["curve"]["mean"] for r in methods.values()),
                                               *(paper or {}).values()])))  # the paper's steps too
     sizes = [abs(v) for r in methods.values() for v in r["curve"]["mean"]]
