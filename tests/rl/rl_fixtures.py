@@ -34,6 +34,23 @@ class OneStepBandit(TaskEnv):
         return obs, reward, torch.ones_like(reward, dtype=torch.bool)
 
 
+class RepeatedBandit(OneStepBandit):
+    """``OneStepBandit`` (discrete) played ``horizon`` times an episode: the same observation and rewards each step."""
+
+    def __init__(self, n: int = 2, horizon: int = 2):
+        super().__init__(n)
+        self.horizon, self.t = horizon, 0
+
+    def reset(self, tasks: Tensor, episodes: int) -> Tensor:
+        self.t = 0
+        return super().reset(tasks, episodes)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        obs, reward, _ = super().step(actions)
+        self.t += 1
+        return obs, reward, torch.full_like(reward, self.t >= self.horizon, dtype=torch.bool)
+
+
 class EndsThenBreaks(TaskEnv):
     """Episode 0 of every task ends at its first step; after that the environment returns ``bad`` rewards and
     observations for it (a simulator stepped past its end), which the sampler must ignore. Reward 1 per step."""

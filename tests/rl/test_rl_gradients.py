@@ -14,7 +14,7 @@ from metagrad.functional import call
 from metagrad.rl import MetaRL, Navigation2D, make_policy
 from metagrad.rl.sampler import process, rollout
 from metagrad.rl.trpo import flatten, unflatten
-from rl_fixtures import OneStepBandit
+from rl_fixtures import OneStepBandit, RepeatedBandit
 
 
 def test_vpg_estimator_matches_the_exact_policy_gradient_of_a_gaussian_bandit():
@@ -181,6 +181,68 @@ def test_sgmrl_is_unbiased_for_eq6_and_maml_without_its_term_is_not():
             assert z > 10, (mean, exact, se)
     # the extra term is what separates them: its size is the gap
     assert float((sg.mean(0) - maml.mean(0)).norm()) > 0.2 * float(exact.norm())
+
+
+GAMMA, H = 0.5, 2
+
+
+def _exact_discounted_v1_gradient(policy, from_start: bool) -> torch.Tensor:
+    """grad V1 of eq. (6) with J the return discounted from the episode's start (eq. 2), on the two-armed bandit
+    played H = 2 times an episode, enumerating every inner batch of K episodes; the inner estimator weighs the
+    reward at s by gamma^s (eq. 4, ``from_start``) or gamma^(s-t) in step t's term (reward-to-go), and averages
+    over the K H slots as metagrad's surrogate does."""
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(x[:2] + x[2:], -1)
+
+    def v1(x: torch.Tensor) -> torch.Tensor:
+        total, discount = torch.zeros((), dtype=torch.float64), sum(GAMMA ** t for t in range(H))
+        for batch in itertools.product(itertools.product(range(2), repeat=H), repeat=K):
+            lp = logits(x)
+            q = torch.exp(sum(lp[a] for episode in batch for a in episode))
+            surrogate = sum(lp[episode[t]] * sum(GAMMA ** (s if from_start else s - t) * REWARDS[episode[s]]
+                                                 for s in range(t, H)) for episode in batch for t in range(H))
+            g = torch.autograd.grad(surrogate / (K * H), x, create_graph=True)[0]
+            total = total + q * discount * (torch.exp(logits(x + ALPHA * g)) * REWARDS).sum()
+        return total
+
+    x = flatten(dict(policy.named_parameters())).detach().clone().requires_grad_(True)
+    return torch.autograd.grad(v1(x), x)[0]
+
+
+def test_sgmrl_is_unbiased_for_the_discounted_return_with_discount_from_start():
+    """With gamma < 1 the advantages weigh rewards from each step (gamma^(s-t)), where eq. (4) weighs them from the
+    episode's start (gamma^s): SG-MRL's mean then misses the gradient of the discounted return (an outside check:
+    42% off at gamma 0.5); ``discount_from='start'`` is eq. (4), and the estimator is unbiased again."""
+    env = RepeatedBandit(n=2, horizon=H)
+    torch.manual_seed(0)
+    policy = make_policy(env.action_space, 1, hidden=()).double()
+    with torch.no_grad():
+        policy.logits[0].weight.copy_(torch.tensor([[0.3], [-0.2]]))
+        policy.logits[0].bias.copy_(torch.tensor([0.1, 0.0]))
+    for from_start in (True, False):
+        learner = MetaRL(policy, env, algo="sgmrl", outer="vpg", inner_lr=ALPHA, episodes=K, baseline="none",
+                         normalize_inner=False, gamma=GAMMA, score_baseline="batch",  # (less variance, unbiased)
+                         discount_from="start" if from_start else "step")
+        gen = torch.Generator().manual_seed(7)
+        est = torch.stack([flatten(learner.meta_gradient(*learner.sample(REWARDS.expand(3000, 2).clone(), gen)))
+                           for _ in range(30)]) * H  # metagrad's objective: the return over the H slots' mean
+        exact = _exact_discounted_v1_gradient(policy, from_start)
+        z = ((est.mean(0) - exact).abs() / (est.std(0) / math.sqrt(len(est)))).max()
+        assert (z < 4.5) if from_start else (z > 10), (from_start, est.mean(0), exact)
+
+
+def test_discount_from_reaches_the_learner_from_the_command_line_and_is_checked(tmp_path, capsys):
+    from conftest import cli_error
+    from metagrad.errors import ConfigError
+    from metagrad.rl.config import preset
+    from metagrad.rl.train import build
+
+    learner, _ = build(preset("sgmrl").replace(discount_from="start", episodes=2, meta_batch_size=2))
+    assert learner.discount_from == "start"
+    with pytest.raises(ConfigError, match=r"unknown discount_from 'begin'.*choose one of step, start"):
+        preset("sgmrl").replace(discount_from="begin")
+    assert "unknown discount_from 'begin'" in cli_error(["train", "--config", "sgmrl-navigation", "--discount-from",
+                                                          "begin", "--out", str(tmp_path)], capsys)
 
 
 def test_finite_difference_curvature_is_usable_in_float32():

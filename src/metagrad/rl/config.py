@@ -103,6 +103,9 @@ class RLConfig(Settings):
     baseline: str = opt("linear", "algo", "linear (feature baseline of Duan et al., refit per task), "
                         "linear-previous (each task predicted with the previous task's fit, as rllab before the MAML "
                         "code's own fit) or none")
+    discount_from: str = opt("step", "algo", "step (the reward at s weighs gamma^(s-t) in step t's advantage, as "
+                             "every policy-gradient code) or start (gamma^s, eq. 4 of the SG-MRL paper: the gradient "
+                             "of the discounted return, SG-MRL unbiased for gamma < 1)")
     normalize_inner: bool = opt(True, "algo", "normalize the advantages of the inner step per task")
     loss_mean: str = opt("slots", "algo", "what each task's losses average over: slots (episodes x horizon, the "
                          "steps after an episode's end as zeros) or steps (its valid steps, as the papers' code: a "

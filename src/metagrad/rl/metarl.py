@@ -55,6 +55,7 @@ HVPS = ("exact", "finite-difference")
 SCORE_BASELINES = ("none", "batch")
 BASELINES = ("linear", "linear-previous", "none")
 LOSS_MEANS = ("steps", "slots")
+DISCOUNTS_FROM = ("step", "start")
 SCORE_ALGOS = ("sgmrl", "sgmrl-fo")  # an episode-level score term beside the advantages
 
 
@@ -99,6 +100,7 @@ def check_settings(v: dict[str, Any]) -> None:
     for name, allowed in (("algo", ALGOS), ("outer", OUTERS), ("hvp", HVPS), ("score_baseline", SCORE_BASELINES),
                           ("baseline", BASELINES), ("loss_mean", LOSS_MEANS)):
         check_choice(name, v[name], allowed)
+    check_choice("discount_from", v["discount_from"], DISCOUNTS_FROM)
     for name, low in (("inner_steps", 0), ("episodes", 1), ("cg_iters", 1), ("max_backtracks", 1), ("ppo_epochs", 1)):
         check_whole(name, v[name], low)
     check_whole("curvature_chunk", v["curvature_chunk"], 0, "0: every task in one product")
@@ -133,7 +135,8 @@ def check_settings(v: dict[str, Any]) -> None:
 LEARNER_SETTINGS = ("algo", "outer", "hvp", "score_baseline", "baseline", "loss_mean", "inner_steps", "episodes",
                     "cg_iters", "max_backtracks", "ppo_epochs", "curvature_chunk", "max_kl", "cg_damping", "inner_lr",
                     "gamma", "gae_lambda", "backtrack", "ppo_clip", "inner_kl_coef", "inner_kl_target",
-                    "hvp_subsample", "emaml_weight", "pack_episodes", "normalize_outer")  # check_settings reads
+                    "hvp_subsample", "emaml_weight", "pack_episodes", "normalize_outer",
+                    "discount_from")  # check_settings reads
 
 
 def check_packable(algo: str, hvp_subsample: float) -> None:
@@ -154,6 +157,9 @@ class MetaRL(nn.Module):
             ratios, ``ppo_epochs`` passes over one batch, with ProMP's KL penalty on the pre-update policies).
         inner_lr / inner_steps / episodes: the inner VPG step(s) and K, the episodes per step and task.
         gamma, gae_lambda, baseline: returns, GAE and the linear feature baseline (refit per task and batch).
+        discount_from: ``step`` (every policy-gradient code's: the reward at s weighs gamma^(s-t) in step t's
+            advantage) or ``start`` (eq. (4) of the SG-MRL paper: gamma^s, from the episode's start, so that the
+            estimates are of the gradient of the discounted return, SG-MRL's unbiased for gamma < 1 too).
         normalize_inner / normalize_outer: normalize advantages per task (the papers' code does; outer: by default
             on, off for SG-MRL, whose gradient holds only with raw advantages).
         max_kl, cg_iters, cg_damping, backtrack, max_backtracks: TRPO; ``hvp`` ``exact`` (Hessian-vector products
@@ -191,7 +197,8 @@ class MetaRL(nn.Module):
                  score_baseline: str = "none",
                  emaml_weight: float = 1.0, ppo_epochs: int = 5, ppo_clip: float = 0.3,
                  inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] = (),
-                 compile: bool = False, pack_episodes: bool = False, loss_mean: str = "slots"):
+                 compile: bool = False, pack_episodes: bool = False, loss_mean: str = "slots",
+                 discount_from: str = "step"):
         super().__init__()
         normalize_outer = algo not in SCORE_ALGOS if normalize_outer is None else normalize_outer
         inner_lr = tuple(inner_lr) if isinstance(inner_lr, Sequence) else (inner_lr,)
@@ -211,6 +218,7 @@ class MetaRL(nn.Module):
         self.inner_steps = 0 if algo == "joint" else inner_steps
         self.episodes, self.gamma, self.gae_lambda, self.baseline = episodes, gamma, gae_lambda, baseline
         self.normalize_inner, self.normalize_outer, self.loss_mean = normalize_inner, normalize_outer, loss_mean
+        self.discount_from = discount_from
         self.max_kl, self.cg_iters, self.cg_damping, self.hvp_subsample = max_kl, cg_iters, cg_damping, hvp_subsample
         self.backtrack, self.max_backtracks, self.curvature_chunk = backtrack, max_backtracks, curvature_chunk
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
@@ -302,10 +310,13 @@ class MetaRL(nn.Module):
     # ------------------------------------------------------------------ sampling
     def process(self, traj: Trajectories, normalize: bool) -> Trajectories:
         """Returns, baseline and advantages with this learner's settings. The advantage terms of the losses divide
-        each task's sums by its ``K H`` slots and are linear in the advantages, so ``loss_mean='steps'`` scales each
-        task's advantages by ``K H`` over its valid steps: those terms then average over the task's valid steps
-        (SG-MRL's score term is refused, ``check_loss_mean``)."""
+        each task's sums by its ``K H`` slots and are linear in the advantages, so ``discount_from='start'`` weighs
+        step t's by gamma^t, and ``loss_mean='steps'`` scales each task's advantages by ``K H`` over its valid steps:
+        those terms then average over the task's valid steps (SG-MRL's score term is refused, ``check_loss_mean``)."""
         traj = process(traj, self.gamma, self.gae_lambda, self.baseline, normalize)
+        if self.discount_from == "start":  # step t's advantage weighs gamma^t more: gamma^s from the start
+            traj = traj._replace(advantages=traj.advantages * self.gamma ** torch.arange(
+                traj.mask.shape[-1], dtype=traj.advantages.dtype, device=traj.advantages.device))
         if self.loss_mean == "slots":
             return traj
         slots = traj.mask[0].numel()
