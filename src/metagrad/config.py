@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from . import choices
 from .choices import IMAGE_FAMILIES
 from .errors import ConfigError
+from .seeds import HALF_RANGE_SEED_OFFSET, VAL_EVAL_SEED_OFFSET
 from .settings import Settings, opt, preset_path, read_toml
 
 if TYPE_CHECKING:
@@ -33,6 +34,10 @@ class Config(Settings):
                                                           "val_as",
                                                           "self_check", "download", "outer_lr", "inner_lr",
                                                           "compile", "device", "data_root"})
+    HELD_OUT_SEEDS: ClassVar[dict[int, str]] = {
+        0: "the test tasks", VAL_EVAL_SEED_OFFSET: "the tasks that choose the test-time step size",
+        HALF_RANGE_SEED_OFFSET: "the half-range test tasks (MAML Figure 2)",
+        HALF_RANGE_SEED_OFFSET + 1: "the half-range figure's task"}
     APPLIES: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
         **dict.fromkeys(("amplitude", "phase", "x_range", "grid", "oracle"), ("family", ("sinusoid",))),
         **dict.fromkeys(("ways", "data_root", "transductive"), ("family", IMAGE_FAMILIES)),

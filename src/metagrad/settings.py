@@ -46,6 +46,8 @@ class Settings:
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset()  # besides [eval]: may change when a run resumes
     # fields only some configs use: name -> (the field that decides, the values with which it is used)
     APPLIES: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {}
+    # eval_seed + offset: the seeds of held-out task streams (seeds.py), which the training seed must not take
+    HELD_OUT_SEEDS: ClassVar[dict[int, str]] = {0: "the test tasks"}
 
     time_budget: float = opt(0.0, "train", "stop (with a checkpoint) after this many minutes (0: no limit)")
 
@@ -55,9 +57,12 @@ class Settings:
             raise ConfigError(f"time_budget {self.time_budget} must be >= 0 minutes")
         for name in ("seed", "eval_seed"):
             check_seed(name, getattr(self, name, 0))
-        if getattr(self, "seed", None) == getattr(self, "eval_seed", None) is not None:
-            raise ConfigError(f"seed {self.seed} equals eval_seed: the first training tasks would be the test tasks; "
-                              "choose another seed (or eval_seed)")
+        seed, eval_seed = getattr(self, "seed", None), getattr(self, "eval_seed", None)
+        for offset, what in self.HELD_OUT_SEEDS.items() if seed is not None and eval_seed is not None else ():
+            if seed == eval_seed + offset:
+                at = f"eval_seed + {offset}" if offset else "eval_seed"
+                raise ConfigError(f"seed {seed} equals {at}, the seed of {what}: the training tasks' random stream "
+                                  "would start as theirs does; choose another seed (or eval_seed)")
         return self
 
     def applies(self, name: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, check_whole, suggest
+from ..seeds import VAL_SEED_OFFSET
 from ..settings import Settings, opt, preset_names
 from .envs.locomotion import OBSERVATIONS, PHYSICS
 from .envs.navigation import REWARDS
@@ -33,6 +34,9 @@ class RLConfig(Settings):
     """Everything that determines a meta-RL run (with its seed)."""
 
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
+    HELD_OUT_SEEDS: ClassVar[dict[int, str]] = {0: "the test tasks and episodes",
+                                                VAL_SEED_OFFSET: "the tasks that choose the test-time step size",
+                                                VAL_SEED_OFFSET + 1: "those tasks' episodes"}
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",
                                                           "step_budget", "snapshot_steps", "outer_lr", "inner_lr",
                                                           "max_kl", "compile", "pack_episodes", "outer_lr_schedule",

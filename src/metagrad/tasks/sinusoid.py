@@ -7,7 +7,8 @@ Two variants:
   of 50 equally spaced points of [-5, 5] (the task's "training data", minibatched by Reptile's inner loop) and the
   loss is the squared error on that grid (eq. 8, whose integral the paper computes on those 50 points; its text
   samples the training points from U[-5, 5] instead). With ``grid > 0`` the support set is ``shots`` points drawn
-  from the grid (all of them for Reptile's training, K for evaluation) and the query set is the whole grid.
+  from the grid (all of them for Reptile's training, K for evaluation) and the query set is the whole grid. The K
+  points are distinct; the script draws its test points with replacement (10 of 50: a repeat in 62% of its tasks).
 
 ``oracle=True`` appends the amplitude and phase to every input (the MAML paper's oracle baseline).
 """
