@@ -13,6 +13,7 @@ so that its set-up (checkpoints, the commit) is apart. Results: results/train_st
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -52,9 +53,12 @@ def one(compile: bool, fused: bool, iterations: int) -> dict[str, float]:
             fn()
         return (time.perf_counter() - start) / iterations * 1e3
 
+    kept = copy.deepcopy((learner.state_dict(), opt.state_dict()))
     parts = {"meta-gradient": per_iteration(lambda: learner.meta_gradient(batch)),
              "outer step": per_iteration(opt.step),
              "sampling": per_iteration(lambda: tasks.sample(cfg.meta_batch_size, gen))}
+    learner.load_state_dict(kept[0])  # the outer steps above, all along one gradient, carried the model far away
+    opt.load_state_dict(kept[1])  # (2,000 of them made the fits below diverge)
 
     def fit_seconds(n: int) -> float:
         trainer = Trainer(learner, tasks, opt, iterations=n, meta_batch_size=cfg.meta_batch_size, progress=False)
