@@ -2,7 +2,7 @@
 the meta-gradient, the outer optimizer's step, sampling the tasks, and the rest of the run loop, eager and compiled,
 with the outer Adam stepping tensor by tensor (torch's CPU default) or fused (what a compiled run uses).
 
-    .venv/bin/python benchmarks/train_step.py [--iterations 2000] [--passes 3]
+    .venv/bin/python benchmarks/train_step.py [--iterations 2000] [--passes 3] [--threads 1]
 
 Each variant runs in its own process, built from the `sinusoid-maml` preset as `metagrad train` builds it (its
 config, learner, optimizer and `Trainer`); the loop's own time is `Trainer.fit`'s minus its parts, timed apart in
@@ -77,8 +77,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each variant's process (default 1)")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     if args.variant:
         print(json.dumps(one(*VARIANTS[args.variant], args.iterations)))
         return
@@ -86,7 +88,8 @@ def main() -> None:
     for i in range(args.passes):
         order = list(VARIANTS)[i % len(VARIANTS):] + list(VARIANTS)[:i % len(VARIANTS)]
         for v in order:
-            out = subprocess.run([sys.executable, __file__, "--variant", v, "--iterations", str(args.iterations)],
+            out = subprocess.run([sys.executable, __file__, "--variant", v, "--iterations", str(args.iterations),
+                                  "--threads", str(args.threads)],
                                  capture_output=True, text=True, check=True).stdout
             runs[v].append(json.loads(out.strip().splitlines()[-1]))
     cols = ["meta-gradient", "outer step", "sampling", "run loop", "Trainer.fit", "set-up (ms, once)"]
