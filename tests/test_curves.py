@@ -162,3 +162,15 @@ def test_a_run_folder_named_with_an_equals_sign_is_a_path_not_a_label(tmp_path):
     assert [(r.label, len(r.rows)) for r in runs] == [("lr=0.01", 4), ("lr=0.02", 5)]  # a resume note each
     with pytest.raises(MetagradError, match=r"no metrics log at .*nowhere"):
         curves.load(f"{tmp_path / 'nowhere'}=label")
+
+
+def test_the_figure_names_known_metrics_in_words(tmp_path, monkeypatch):
+    """The y axis read "return_post", the log's key; known keys get a readable name, others stay as logged."""
+    drawn = []
+    monkeypatch.setattr(curves, "save_figure", lambda fig, path: drawn.append(fig.axes[0]) or path)
+    runs = [curves.load(str(write_log(tmp_path / "a", rl_rows(5))))]
+    curves.draw(runs, ["return_post"], tmp_path / "c.png")
+    curves.draw(runs, ["return_post", "return_pre"], tmp_path / "c.png")
+    assert drawn[0].get_ylabel() == "training return after the inner step(s)"
+    assert drawn[1].get_legend().get_texts()[1].get_text() == "a: training return before adaptation"
+    assert curves.metric_label("kl") == "kl"

@@ -158,3 +158,19 @@ def test_the_few_shot_table_says_what_reptiles_paper_error_is():
         table = format_table({**r, "algo": algo})
         assert "| non-transductive | 95.00 ± 0.50 | 95.39 ± 0.09 |" in table
         assert ("standard deviation over its 3 training seeds" in table) == (algo == "reptile")
+
+
+def test_the_few_shot_figure_names_the_method_and_the_iterations_done_of_the_budget(tmp_path, monkeypatch):
+    """The Omniglot figures were titled "5-way 1-shot" alone: MAML, ANIL or Reptile, 8,000 or 60,000 iterations,
+    looked alike."""
+    from metagrad import plots
+    from metagrad.reproduce.fewshot import figure
+
+    titles = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: titles.append(fig._suptitle.get_text()) or path)
+    curve = {"tasks": 600, "mean": [0.2, 0.95], "ci95": [0.01, 0.005]}
+    r = {"dataset": "omniglot", "algo": "anil", "ways": 5, "shots": 1, "trained_iterations": 8839,
+         "config": {"train": {"iterations": 60000}}, "checkpoint": "best", "checkpoint_iteration": 6000,
+         "modes": {"transductive": {"curves": {"accuracy": curve}}}}
+    figure(r, tmp_path / "f.png")
+    assert titles == ["Omniglot, ANIL\n8,839 of 60,000 meta-iterations\ntested: best checkpoint (iteration 6,000)"]

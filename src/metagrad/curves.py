@@ -16,11 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MetagradError
-from .plots import plt, save_figure
+from .plots import legend_outside, plt, save_figure
 from .tables import md_head, md_row
 
 DEFAULT_METRICS = (("return_post", "return_pre"), ("meta_loss",))
 STYLES = ("-", "--", ":", "-.")
+# axis and legend names of the logged keys that have a readable one (others are shown as logged)
+METRIC_LABELS = {"return_post": "training return after the inner step(s)",
+                 "return_pre": "training return before adaptation", "meta_loss": "meta-loss",
+                 "grad_norm": "outer gradient norm", "outer_lr": "outer step size", "env_steps": "environment steps",
+                 "val_accuracy": "validation accuracy", "val_loss": "validation loss"}
+
+
+def metric_label(metric: str) -> str:
+    """A logged key as the figure names it: ``METRIC_LABELS``' name where it has one (the raw "return_post" was the
+    y-axis label), else the key."""
+    return METRIC_LABELS.get(metric, metric)
 
 
 @dataclass
@@ -175,21 +186,22 @@ def tail_mean(values: Sequence[float], last: int) -> float:
 
 def draw(runs: Sequence[Run], metrics: Sequence[str], path: str | Path, window: int = 1,
          title: str | None = None) -> Path:
-    """One line per run and metric (the metric by line style, the run by colour), smoothed over ``window``."""
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    """One line per run and metric (the metric by line style, the run by colour), smoothed over ``window``; the
+    legend right of the axes, where it hides no curve."""
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
         for metric, style in zip(metrics, STYLES, strict=False):
             its, values = run.series(metric)
             if its:
                 ax.plot(its, smooth(values, window), ls=style, color=color, lw=1.2,
-                        label=f"{run.label}: {metric}" if len(metrics) > 1 else run.label)
+                        label=f"{run.label}: {metric_label(metric)}" if len(metrics) > 1 else run.label)
     ax.set_xlabel("iteration")
-    ax.set_ylabel(metrics[0] if len(metrics) == 1 else ", ".join(metrics))
+    ax.set_ylabel(metric_label(metrics[0]) if len(metrics) == 1 else ", ".join(map(metric_label, metrics)))
     suffix = f" (trailing mean of {window})" if window > 1 else ""
     ax.set_title(textwrap.fill((title or "training curves") + suffix, 90), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=7)
     return save_figure(fig, path)
 
 

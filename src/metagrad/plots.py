@@ -18,14 +18,16 @@ COLORS = {"maml": "tab:green", "pretrained": "tab:blue", "oracle": "tab:red", "r
 
 
 def adaptation_curves(curves: Mapping[str, Mapping[int, Mapping[str, Any]]], path: str | Path,
-                      metric: str = "loss", ylabel: str = "mean squared error", ways: int | None = None) -> Path:
+                      metric: str = "loss", ylabel: str = "mean squared error", ways: int | None = None,
+                      title: str | None = None) -> Path:
     """One panel per K: each method's query metric after 0..k steps with its 95% CI band (MAML Fig. 3/6); ``ways``
-    (classification) named in the titles.
+    (classification) named in the titles; ``title`` above the panels (what was trained, and how long: the panels
+    of two methods or budgets looked alike).
 
     ``curves[method][K][metric]`` holds ``mean`` and ``ci95`` lists, as ``experiment.evaluate`` returns.
     """
     shots = sorted({k for per in curves.values() for k in per})
-    fig, axes = plt.subplots(1, len(shots), figsize=(4.2 * len(shots), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(shots), figsize=(4.2 * len(shots) + 1.5, 3.4), squeeze=False)
     for ax, k in zip(axes[0], shots, strict=True):
         for method, per in curves.items():
             if k not in per:
@@ -42,7 +44,11 @@ def adaptation_curves(curves: Mapping[str, Mapping[int, Mapping[str, Any]]], pat
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    # right of the last panel (inside the first it hid the pretrained curve), every method once
+    legend_outside(axes[0][-1], handles=list(handles.values()), labels=list(handles))
+    if title:
+        fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 
@@ -52,7 +58,7 @@ def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, colum
     ``support_x``, ``support_y`` and ``predictions`` ({steps: y}); optionally ``color``, and ``shade``: the
     interval ``(lo, hi)`` the K points were drawn from, shaded (MAML Fig. 2 left: half of the input range)."""
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.5, 3.2 * rows), squeeze=False)
     styles = [":", "-.", "--", "-"]
     for ax, panel in zip(axes.flat, panels, strict=False):
         if panel.get("shade") is not None:
@@ -68,8 +74,15 @@ def regression_fits(panels: Sequence[Mapping[str, Any]], path: str | Path, colum
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="best")  # where it covers the fewest points
+    handles, labels = axes.flat[0].get_legend_handles_labels()  # one legend for all, right of the first row
+    legend_outside(axes.flat[min(columns, len(panels)) - 1], handles=handles, labels=labels, fontsize=8)
     return save_figure(fig, path)
+
+
+def legend_outside(ax: Any, **kw: Any) -> Any:
+    """``ax``'s legend right of the axes, where it covers no data (inside, "best" still hid points and curves);
+    ``save_figure``'s layout makes room for it."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
 
 
 def save_figure(fig: plt.Figure, path: str | Path, tight: bool = True) -> Path:

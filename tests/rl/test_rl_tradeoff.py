@@ -279,3 +279,24 @@ def test_step_counts_read_as_numbers_on_the_figures():
     assert [step_count(s) for s in (336_000_000, 112_000_000, 2_250_000, 16_000_000, 150_000, 10_000, 999, 0)] == \
         ["336M", "112M", "2.25M", "16M", "150k", "10k", "999", "0"]
     assert [step_count(s) for s in (999_600, 999_600_000, 999.7, 999_400)] == ["1M", "1G", "1k", "999k"]  # rounding up
+
+
+def test_the_study_figures_name_the_pair_and_the_options_it_ran_with(tmp_path, monkeypatch):
+    """returns.png was titled with the environment alone, and neither figure said a study ran with --settings promp
+    or was tested again with --test-step; its legend drew "0 test updates" (dashed) as "5" (solid)."""
+    from metagrad.rl import plots
+
+    saved = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: saved.append(fig.axes[0]) or path)
+    returns = np.arange(2 * 2 * 6, dtype=float).reshape(2, 2, 6)
+    results = {"study": {"env": "hopper-rand-params", "inner_lr": 0.1, "settings": "promp", "test_step": "fixed"},
+               "labels": ["DRS+PPO", "ProMP"], "checkpoint_steps": [100, 200],
+               "env_steps": {"drs-ppo": [[101, 201]] * 2, "promp": [[102, 202]] * 2},
+               "returns": {"drs-ppo": returns, "promp": returns + 1}, "p_drs_better": np.full((2, 6), 0.5)}
+    monkeypatch.setattr("metagrad.plots.save_figure", lambda fig, path, tight=True: saved.append(fig.axes[0]) or path)
+    plots.tradeoff_rl_figures(results, tmp_path)
+    title = "hopper-rand-params: DRS+PPO vs ProMP\n--settings promp (as ProMP's code)\n--test-step fixed (both at 0.1)"
+    assert [ax.get_title() for ax in saved] == [title, title]
+    legend = saved[1].get_legend()
+    assert legend.handlelength >= 4  # the dashes show around the marker
+    assert plots.study_title({"study": {"env": "ml10"}, "labels": ["A", "B"]}) == "ml10: A vs B"

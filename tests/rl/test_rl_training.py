@@ -699,3 +699,25 @@ def test_an_environment_turning_nan_stops_as_a_diverged_run_naming_the_environme
         trainer.fit()
     last = json.loads((run / "segments.jsonl").read_text().splitlines()[-1])
     assert last["stopped"] == "diverged at iteration 2" and last["end"] == 1
+
+
+def test_return_and_training_figures_keep_their_legends_off_the_data_and_say_what_ran(tmp_path, monkeypatch):
+    """Navigation's symlog axis ran to +1 above returns that are all negative; the legends sat on the curves; every
+    training_curves.png had the same title, without the task or the methods."""
+    from metagrad.rl import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig.axes[0]) or path)
+    curve = {"mean": [-40.0, -12.0, -4.5, -2.7], "ci95": [1.4, 0.7, 0.4, 0.3]}
+    methods = {"maml-trpo": {"label": "MAML-TRPO", "curve": curve},
+               "oracle": {"label": "oracle", "curve": {"mean": [-0.5] * 4, "ci95": [0.03] * 4}}}
+    plots.return_curves(methods, tmp_path / "r.png", paper={"maml-trpo": [-40.4, -11.7, -3.3, None]})
+    ax = drawn[-1]
+    assert ax.get_yscale() == "symlog" and -100 < ax.get_ylim()[0] < -41.4 and -0.47 < ax.get_ylim()[1] < 0
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1  # right of the axes
+    for m in methods:
+        (tmp_path / m).mkdir()
+        (tmp_path / m / "metrics.jsonl").write_text('{"iteration": 1, "return_pre": -9.0, "return_post": -5.0}\n')
+    plots.navigation_figures({"methods": methods}, tmp_path)
+    assert drawn[-1].get_title() == ("point robot, 2D navigation: MAML-TRPO, oracle\n"
+                                     "meta-training (dashed: before adaptation)")

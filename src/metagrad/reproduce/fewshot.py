@@ -122,11 +122,27 @@ def run(dataset: str, algo: str, ways: int, shots: int, out: str | Path, full: b
     table = format_table(results)
     files.write_text(out / f"{name}.md", table + "\n")
     print(table)
-    curves = {mode: {shots: r["curves"]} for mode, r in results["modes"].items()}
-    fig = plots.adaptation_curves(curves, out / f"{name}.png", metric="accuracy", ylabel="test accuracy (fraction)",
-                                  ways=ways)
+    fig = figure(results, out / f"{name}.png")
     print(f"\nresults: {out / (name + '.json')}\nfigure:  {fig}")
     return results
+
+
+METHOD_NAMES = {"maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile", "anil": "ANIL",
+                "maml-nonconv": "non-convolutional MAML", "context": "context vector"}
+
+
+def figure(results: dict[str, Any], path: str | Path) -> Path:
+    """The test accuracy after 0..k steps in both batch-norm modes, from ``run``'s results (its JSON file: the kept
+    figures are redrawn from it), titled with the method and the meta-iterations done of the budget (the figures of
+    different methods and budgets looked alike)."""
+    curves = {mode: {results["shots"]: r["curves"]} for mode, r in results["modes"].items()}
+    budget = results["config"]["train"]["iterations"]
+    dataset = {"omniglot": "Omniglot", "miniimagenet": "MiniImagenet"}.get(results["dataset"], results["dataset"])
+    title = (f"{dataset}, {METHOD_NAMES.get(results['algo'], results['algo'])}\n"
+             f"{results['trained_iterations']:,} of {budget:,} meta-iterations\n"
+             f"tested: {results['checkpoint']} checkpoint (iteration {results['checkpoint_iteration']:,})")
+    return plots.adaptation_curves(curves, path, metric="accuracy", ylabel="test accuracy (fraction)",
+                                   ways=results["ways"], title=title)
 
 
 def format_table(r: dict[str, Any]) -> str:

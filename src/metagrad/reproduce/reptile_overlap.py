@@ -33,6 +33,7 @@ from ..tasks.fewshot import FewShotClassification
 from .reptile_studies import (
     BATCH,
     DRAWINGS,
+    FULL,
     WAYS,
     WORKER,
     Budget,
@@ -272,7 +273,8 @@ def format_overlap(r: dict[str, Any]) -> str:
 
 
 def overlap_figure(r: dict[str, Any], path: Path) -> Path:
-    """Final test accuracy against each swept setting, one panel per sweep (Figure 4)."""
+    """Final test accuracy against each swept setting, one panel per sweep (Figure 4), titled with the budget (the
+    figure did not say its runs had a small part of the paper's iterations)."""
     panels = r["panels"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
     colors = {"reptile": "tab:purple", "fomaml-shared": "tab:red", "fomaml-separate": "tab:blue"}
@@ -290,4 +292,8 @@ def overlap_figure(r: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=7)
+    b = r["budget"]
+    fig.suptitle(f"Reptile paper Figure 4, 5-shot 5-way Omniglot: {b['iterations']:,} outer iterations per setting"
+                 + ("" if b["iterations"] >= FULL.iterations else f" (the paper's: {FULL.iterations:,})")
+                 + f", {b['eval_tasks']:,} test tasks", fontsize=10)
     return save_figure(fig, path)

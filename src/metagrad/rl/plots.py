@@ -4,13 +4,15 @@ on 2D navigation trajectories before and after adaptation (MAML Figure 4, bottom
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.ticker import SymmetricalLogLocator
 
 from .. import curves
-from ..plots import plt, save_figure
+from ..plots import legend_outside, plt, save_figure
 
 COLORS = {"maml-trpo": "tab:green", "fomaml-trpo": "tab:olive", "pretrained": "tab:blue", "random": "black",
           "oracle": "tab:red", "sgmrl": "tab:purple", "sgmrl-full": "tab:pink", "maml-vpg": "tab:cyan",
@@ -42,7 +44,8 @@ def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
     paths."""
     methods = results["methods"]
     paper = {m: v for m, v in results.get("paper", {}).get("maml_table4", {}).items() if m in methods}
-    paths = [return_curves(methods, out / "return_curves.png", paper=paper), *_training_figure(methods, out)]
+    paths = [return_curves(methods, out / "return_curves.png", paper=paper),
+             *_training_figure(methods, out, "point robot, 2D navigation")]
     shown = [m for m in ("maml-trpo", "pretrained", "sgmrl", "maml-vpg")
              if m in methods and (out / m / "paths.pt").exists()]  # paths.pt is written before the method's result
     if shown:
@@ -59,22 +62,27 @@ def locomotion_figures(results: dict[str, Any], out: Path, paper: dict[str, list
     methods, env = results["methods"], results["experiment"].removeprefix("locomotion-")
     return [return_curves(methods, out / "return_curves.png", TITLES.get(env, env), symlog=False, paper=paper,
                           sources=sources),
-            *_training_figure(methods, out)]
+            *_training_figure(methods, out, TITLES.get(env, env))]
 
 
-def _training_figure(methods: dict[str, Any], out: Path) -> list[Path]:
+def _training_figure(methods: dict[str, Any], out: Path, task: str | None = None) -> list[Path]:
+    """The training curves of the methods that logged any, titled with the ``task`` and their labels."""
     logs = {m: out / m / "metrics.jsonl" for m in methods if (out / m / "metrics.jsonl").exists()}
     if not logs:
         return []
-    return [training_curves(logs, {m: methods[m]["label"] for m in logs}, out / "training_curves.png")]
+    labels = {m: methods[m]["label"] for m in logs}
+    title = f"{task}: {', '.join(labels.values())}" if task else None
+    return [training_curves(logs, labels, out / "training_curves.png", title=title)]
 
 
 def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot, 2D navigation",
                   symlog: bool = True, paper: dict[str, list[float | None]] | None = None,
                   sources: dict[str, str] | None = None) -> Path:
     """Average return after 0..k gradient steps with 95% CI bands, one line per method; ``paper``'s values per
-    method as open markers (None: no value at that step), labelled with ``sources``' name for them ("paper")."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    method as open markers (None: no value at that step), labelled with ``sources``' name for them ("paper"). The
+    legend stands right of the axes (inside it hid curves), and the limits follow the data (symlog's own reached
+    +1 above returns that are all negative)."""
+    fig, ax = plt.subplots(figsize=(7.4, 3.8))
     color = colors_for(list(methods))
     for m, r in methods.items():
         c = r["curve"]
@@ -94,17 +102,34 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
     symlog = symlog and max(sizes) > 20 * max(min(sizes), 1.0)  # within a factor 20 decade ticks leave one label
     if symlog:
         ax.set_yscale("symlog", linthresh=1.0)
+        drawn = [v for r in methods.values() for a, b in zip(r["curve"]["mean"], r["curve"]["ci95"], strict=True)
+                 for v in (a - b, a + b)] + [v for row in (paper or {}).values() for v in row if v is not None]
+        ax.set_ylim(*data_limits(ax, min(drawn), max(drawn)))
+        # ticks at 1, 2 and 5 of each decade, as plain numbers: the limits hold one or two decades
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=1.0, base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return" + (" (symlog scale)" if symlog else ""))
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=7)
     return save_figure(fig, path)
 
 
-def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -> Path:
-    """Average return of each training meta-batch before (dashed) and after (solid) adaptation."""
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+def data_limits(ax: Any, low: float, high: float, margin: float = 0.05) -> tuple[float, float]:
+    """y limits from ``low`` to ``high`` with ``margin`` of the span on each side, measured on the axis's scale (a
+    symlog axis's autoscale rounds out to whole decades: +1 above negative returns)."""
+    scale = ax.yaxis.get_transform()
+    a, b = (float(v) for v in scale.transform([[low], [high]]).ravel())
+    pad = margin * (b - a) if b > a else 0.5
+    lo, hi = (float(v) for v in scale.inverted().transform([[a - pad], [b + pad]]).ravel())
+    return lo, hi
+
+
+def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path, title: str | None = None) -> Path:
+    """Average return of each training meta-batch before (dashed) and after (solid) adaptation; ``title`` names
+    what was trained (the task and methods: every run's figure had the same title)."""
+    fig, ax = plt.subplots(figsize=(8.0, 3.8))
     colors = colors_for(list(logs))
     for m, log in logs.items():
         run, color = curves.load(str(log)), colors[m]
@@ -116,9 +141,10 @@ def training_curves(logs: dict[str, Path], labels: dict[str, str], path: Path) -
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a short run: no ticks at iteration 1.2
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("average return (training tasks)")
-    ax.set_title("meta-training (dashed: before adaptation)")
+    head = "meta-training (dashed: before adaptation)"
+    ax.set_title("\n".join(textwrap.fill(line, 90) for line in (title, head) if line), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=7)
     return save_figure(fig, path)
 
 
@@ -157,12 +183,13 @@ def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
 
     from ..plots import welch_contours
 
-    study, (label_a, label_b) = results["study"], results["labels"]
+    label_a, label_b = results["labels"]
     steps = [step_count(s) for s in results["checkpoint_steps"]]
     prob = np.asarray(results["p_drs_better"])
+    title = study_title(results)
     contour = welch_contours(prob, steps, list(range(prob.shape[1])), out / "welch.png", label_a, label_b,
-                             titles=[f"{study['env']}: {label_a} vs {label_b}"])
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+                             titles=[title])
+    fig, ax = plt.subplots(figsize=(7.4, 3.8))
     for method, label, color in zip(results["returns"], results["labels"], ("tab:blue", "tab:green"), strict=True):
         c = np.asarray(results["returns"][method])  # [seeds, snapshots, updates + 1]
         at = np.asarray(results["env_steps"][method]).mean(0)  # where the snapshots were taken (past each multiple)
@@ -175,6 +202,23 @@ def tradeoff_rl_figures(results: dict[str, Any], out: Path) -> list[Path]:
     ax.xaxis.set_major_locator(plt.MaxNLocator(5))
     ax.set_xlabel("environment steps of meta-training (mean over seeds)")
     ax.set_ylabel("average return (± sd over seeds)")
-    ax.set_title(study["env"], fontsize=10)
-    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    legend_outside(ax, fontsize=7, handlelength=4.5)  # long enough to show the dashes around the marker
     return [contour, save_figure(fig, out / "returns.png")]
+
+
+def study_title(results: dict[str, Any]) -> str:
+    """A trade-off study's environment and pair, and the options of a study not run as the kept panels
+    (``settings`` and ``test_step`` are stored only when not at their defaults)."""
+    study, (label_a, label_b) = results["study"], results["labels"]
+    notes = []
+    if study.get("settings", "metagrad") != "metagrad":
+        notes.append(f"--settings {study['settings']}" + (" (as ProMP's code)" if study["settings"] == "promp" else ""))
+    test_step = study.get("test_step", "drs-tuned")
+    if test_step == "tuned":
+        notes.append("--test-step tuned (each method's step tuned)")
+    elif test_step == "fixed":
+        notes.append(f"--test-step fixed (both at {study['inner_lr']:g})")
+    elif test_step != "drs-tuned":
+        notes.append(f"--test-step {test_step}")
+    return "\n".join([f"{study['env']}: {label_a} vs {label_b}", *notes])
