@@ -890,3 +890,27 @@ def test_sigterm_outside_a_training_loop_ends_as_ctrl_c_does(monkeypatch, capsys
 
 def cli_error_raised() -> int:
     raise CheckpointError("a peer stopped")
+
+
+def test_a_damaged_files_error_crosses_a_process_pool_whole_and_keeps_its_fault():
+    """``Damaged`` did not unpickle (its arguments were not the message), so a study worker's error became a
+    BrokenProcessPool; ``instead`` replaces the fix alone, also where the fault holds a semicolon."""
+    import pickle
+
+    from metagrad.errors import Damaged
+
+    e = Damaged("checkpoint runs/a;b/last.safetensors", "bad header; cut short", "start a new run")
+    again = pickle.loads(pickle.dumps(e))
+    assert (type(again), str(again), again.fault) == (Damaged, str(e), e.fault)
+    assert str(e.instead("retrain it")) == ("checkpoint runs/a;b/last.safetensors is damaged (bad header; cut short); "
+                                            "retrain it")
+
+
+def test_a_best_from_before_a_setting_existed_counts_as_the_same_trajectory():
+    """A best written after the last checkpoint is removed when the resumed session's settings differ; a config
+    stored before a setting existed (meta-RL's discount_from) read as different, and the best was removed."""
+    from metagrad.loop import same_trajectory
+
+    now = {"algo": {"algo": "maml", "discount_from": "step"}, "train": {"outer_lr": 0.1}}
+    assert same_trajectory({"algo": {"algo": "maml"}, "train": {"outer_lr": 0.1}}, now)
+    assert not same_trajectory({"algo": {"algo": "maml"}, "train": {"outer_lr": 0.2}}, now)

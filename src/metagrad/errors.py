@@ -32,6 +32,9 @@ class Damaged(CheckpointError):
         super().__init__(f"{what} is damaged ({fault}); {fix}")
         self.what, self.fault, self.fix = what, fault, fix
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # (a pool worker's error reaches its parent whole)
+        return Damaged, (self.what, self.fault, self.fix)
+
     def instead(self, fix: str) -> "Damaged":
         """The same fault with another fix (the caller knows better how to make the file again)."""
         return Damaged(self.what, self.fault, fix)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import checkpoint, files, provenance
 from . import distributed as processes
 from .distributed import Distributed
-from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, check_whole
+from .errors import CheckpointError, ConfigError, Damaged, Interrupted, TrainingDiverged, check_whole
 
 
 class RunLoop:
@@ -378,7 +378,7 @@ class RunLoop:
         except CheckpointError as e:
             aside = set_aside(best, "best-damaged")
             self.forget_best()
-            reason = str(e).split(";")[0]
+            reason = f"{e.what} is damaged ({e.fault})" if isinstance(e, Damaged) else str(e).split("; ")[0]
             print(f"metagrad: {reason}: kept as {aside.name}; the run resumes from its last checkpoint and tracks its "
                   "best afresh", file=sys.stderr)
 
@@ -394,7 +394,7 @@ class RunLoop:
             info = checkpoint.read_info(best)
         except CheckpointError:  # damaged, or set aside meanwhile by the process that writes (a distributed run)
             return
-        if info["iteration"] <= self.iteration or trajectory(info.get("config", {})) == trajectory(self.config):
+        if info["iteration"] <= self.iteration or same_trajectory(info.get("config", {}), self.config):
             return
         if self.writes:
             for path in checkpoint.paths(best):
@@ -522,6 +522,13 @@ def trajectory(config: dict[str, Any]) -> dict[str, Any]:
     """The values of a sectioned config that shape the trained iterates (not its [eval], not ``BOOKKEEPING``)."""
     return {k: v for section, entries in config.items() if section != "eval" and isinstance(entries, dict)
             for k, v in entries.items() if k not in BOOKKEEPING}
+
+
+def same_trajectory(stored: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a checkpoint's stored config and ``config`` shape the same iterates, over the keys both hold: a key
+    added to metagrad since the checkpoint was written is at its default there, the behaviour it had."""
+    old, new = trajectory(stored), trajectory(config)
+    return all(old[k] == new[k] for k in old.keys() & new.keys())
 
 
 def _kept(line: str, iteration: int) -> bool:

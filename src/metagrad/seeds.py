@@ -26,7 +26,11 @@ def global_stream_from(generator: torch.Generator | None, device: torch.device) 
     if generator is None:
         yield
         return
-    seed = int(torch.randint(2**62, (), generator=generator))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):  # restores the generators seeded below
+        torch.default_generator.manual_seed(seed)  # (torch.manual_seed would reseed every GPU, restored or not)
+        if cuda:
+            torch.cuda.default_generators[device.index if device.index is not None else
+                                          torch.cuda.current_device()].manual_seed(seed)
         yield

@@ -721,3 +721,14 @@ def test_return_and_training_figures_keep_their_legends_off_the_data_and_say_wha
     plots.navigation_figures({"methods": methods}, tmp_path)
     assert drawn[-1].get_title() == ("point robot, 2D navigation: MAML-TRPO, oracle\n"
                                      "meta-training (dashed: before adaptation)")
+
+
+def test_return_curves_draw_a_diverged_tasks_nan_as_a_gap(tmp_path):
+    """The symlog limits taken from the data met a NaN or an infinite interval and matplotlib refused them."""
+    from metagrad.rl.plots import return_curves
+
+    methods = {"maml-trpo": {"label": "MAML", "curve": {"mean": [-40.0, -10.0, -5.0], "ci95": [float("nan"), 1.0,
+                                                                                             float("inf")]}},
+               "random": {"label": "random", "curve": {"mean": [-0.5, -0.4, -0.3], "ci95": [0.1, 0.1, 0.1]}}}
+    path = return_curves(methods, tmp_path / "curves.png")
+    assert path.stat().st_size > 0

@@ -34,7 +34,7 @@ class RLConfig(Settings):
     """Everything that determines a meta-RL run (with its seed)."""
 
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
-    HELD_OUT_SEEDS: ClassVar[dict[int, str]] = {0: "the test tasks and episodes",
+    HELD_OUT_SEEDS: ClassVar[dict[int, str]] = {0: "the test tasks", 1: "the test episodes",
                                                 VAL_SEED_OFFSET: "the tasks that choose the test-time step size",
                                                 VAL_SEED_OFFSET + 1: "those tasks' episodes"}
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",

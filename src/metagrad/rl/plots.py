@@ -4,6 +4,7 @@ on 2D navigation trajectories before and after adaptation (MAML Figure 4, bottom
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
         ax.set_yscale("symlog", linthresh=1.0)
         drawn = [v for r in methods.values() for a, b in zip(r["curve"]["mean"], r["curve"]["ci95"], strict=True)
                  for v in (a - b, a + b)] + [v for row in (paper or {}).values() for v in row if v is not None]
-        ax.set_ylim(*data_limits(ax, min(drawn), max(drawn)))
+        drawn = [v for v in drawn if math.isfinite(v)]  # (a diverged task's NaN or inf is drawn as a gap)
+        if drawn:
+            ax.set_ylim(*data_limits(ax, min(drawn), max(drawn)))
         # ticks at 1, 2 and 5 of each decade, as plain numbers: the limits hold one or two decades
         ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=1.0, base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
