@@ -732,3 +732,17 @@ def test_return_curves_draw_a_diverged_tasks_nan_as_a_gap(tmp_path):
                "random": {"label": "random", "curve": {"mean": [-0.5, -0.4, -0.3], "ci95": [0.1, 0.1, 0.1]}}}
     path = return_curves(methods, tmp_path / "curves.png")
     assert path.stat().st_size > 0
+
+
+def test_navigation_figure_marks_the_sgmrl_papers_table1_beside_its_methods(tmp_path, monkeypatch):
+    """The SG-MRL paper's Table 1 (return after one step), stored in results.json, was left off the figure."""
+    from metagrad.rl import plots
+
+    legends = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: legends.append(
+        [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]) or path)
+    curve = {"mean": [-37.0, -14.0], "ci95": [1.0, 1.0]}
+    results = {"methods": {"sgmrl": {"label": "SG-MRL", "curve": curve}},
+               "paper": {"maml_table4": {"maml-trpo": [-40.4, -11.7]}, "sgmrl_table1": {"sgmrl": -16.9}}}
+    plots.navigation_figures(results, tmp_path)
+    assert legends[0] == ["SG-MRL", "SG-MRL (paper)"]

@@ -45,6 +45,8 @@ def navigation_figures(results: dict[str, Any], out: Path) -> list[Path]:
     paths."""
     methods = results["methods"]
     paper = {m: v for m, v in results.get("paper", {}).get("maml_table4", {}).items() if m in methods}
+    paper |= {m: [None, v] for m, v in results.get("paper", {}).get("sgmrl_table1", {}).items()
+              if m in methods}  # the SG-MRL paper's Table 1: after one step
     paths = [return_curves(methods, out / "return_curves.png", paper=paper),
              *_training_figure(methods, out, "point robot, 2D navigation")]
     shown = [m for m in ("maml-trpo", "pretrained", "sgmrl", "maml-vpg")
