@@ -29,8 +29,13 @@ class Damaged(CheckpointError):
     what is wrong with it and what to do instead."""
 
     def __init__(self, what: str, fault: str, fix: str):
-        super().__init__(f"{what} is damaged ({fault}); {fix}")
         self.what, self.fault, self.fix = what, fault, fix
+        super().__init__(f"{self.problem}; {fix}")
+
+    @property
+    def problem(self) -> str:
+        """The message without its fix: which file, and what is wrong with it."""
+        return f"{self.what} is damaged ({self.fault})"
 
     def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # (a pool worker's error reaches its parent whole)
         return Damaged, (self.what, self.fault, self.fix)

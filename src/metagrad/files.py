@@ -95,9 +95,10 @@ def read_json(path: str | Path, fix: str | None = None) -> dict[str, Any] | None
         fault = f"not JSON: {e}"
     if fault is None:
         return data
+    damaged = Damaged(str(path), fault, fix or "making it again")
     if fix is not None:
-        raise Damaged(str(path), fault, fix) from None
-    print(f"metagrad: {path} is damaged ({fault}); making it again", file=sys.stderr, flush=True)
+        raise damaged from None
+    print(f"metagrad: {damaged}", file=sys.stderr, flush=True)
     return None
 
 

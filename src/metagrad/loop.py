@@ -378,7 +378,7 @@ class RunLoop:
         except CheckpointError as e:
             aside = set_aside(best, "best-damaged")
             self.forget_best()
-            reason = f"{e.what} is damaged ({e.fault})" if isinstance(e, Damaged) else str(e).split("; ")[0]
+            reason = e.problem if isinstance(e, Damaged) else str(e).split("; ")[0]
             print(f"metagrad: {reason}: kept as {aside.name}; the run resumes from its last checkpoint and tracks its "
                   "best afresh", file=sys.stderr)
 

@@ -377,13 +377,12 @@ class Trainer(RunLoop):
     def validation_metrics(self) -> dict[str, float]:
         """Mean query metrics on fixed validation tasks, after the training number of inner steps or as ``val_as``
         says."""
-        val = self.val_as
-        if self._val_batch is None:  # (its own generator: the one below starts afresh at every validation, so that a
-            # resumed session's first validation draws what an uninterrupted run's later ones do)
-            self._val_batch = (held_out_tasks(self.validation, self.val_tasks, val.shots, self.seed + VAL_SEED_OFFSET,
-                                              query=val.query) if val else self.validation.sample(
-                self.val_tasks, torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)))
-        gen = torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)
+        val, seed = self.val_as, self.seed + VAL_SEED_OFFSET
+        if self._val_batch is None:  # from a generator of its own: the evaluation's below starts afresh every time,
+            # so a resumed session's first validation draws what an uninterrupted run's later ones do
+            self._val_batch = (held_out_tasks(self.validation, self.val_tasks, val.shots, seed, query=val.query)
+                               if val else self.validation.sample(self.val_tasks, torch.Generator().manual_seed(seed)))
+        gen = torch.Generator().manual_seed(seed)
         values = self.learner.adaptation_metrics(
             self._val_batch, val.steps if val else self.learner.inner_steps,
             inner=self.learner.inner.with_lr(val.lr) if val and val.lr else None,
