@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import tomllib
 
@@ -42,7 +44,7 @@ def test_command_line_lists_take_tomls_array_syntax_too():
     from metagrad.cli.parser import csv
 
     assert csv(int)("[1, 5]") == [1, 5] and csv(float)("0.5,0.1,") == [0.5, 0.1]
-    with pytest.raises(Exception, match="empty entry"):
+    with pytest.raises(argparse.ArgumentTypeError, match="empty entry"):
         csv(int)("1,,5")
 
 

@@ -33,6 +33,19 @@ def test_curves_count_diverged_tasks():
     assert wild.mean_converged[-1] < 10 * wild.mean_converged[0] < wild.mean[-1]
 
 
+def test_a_task_diverged_only_above_ten_times_its_start_and_the_mean_start():
+    """A task's loss that grows tenfold but stays below the mean pre-update loss (a tiny loss wobbling) is not
+    counted as diverged; above both, or not finite, it is."""
+
+    class Fixed:
+        def adaptation_metrics(self, *args, **kwargs):
+            return {"loss": torch.tensor([[1e-3, 0.5], [1.0, 20.0], [2.0, math.nan], [3.0, 2.0]])}
+
+    curve = mg.adaptation_curves(Fixed(), sinusoid_batch(tasks=4), steps=1)["loss"]
+    assert curve.diverged == [0, 2]  # 1e-3 -> 0.5 (500x, below the mean start 1.5) stays; 1 -> 20 and NaN do not
+    assert curve.mean_converged[1] == pytest.approx((0.5 + 2.0) / 2)
+
+
 @pytest.mark.parametrize("batching", ["auto", "loop"])
 def test_curves_of_a_dropout_model_in_training_mode_repeat_and_leave_the_global_stream(batching):
     """Dropout drew from torch's global generator during an evaluation: the same call with the same seed gave

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from images_fixtures import fake_miniimagenet, fake_omniglot, zip_omniglot
 from metagrad import build
@@ -75,6 +76,31 @@ def test_reproduce_on_a_small_omniglot_writes_both_modes(tmp_path, capsys, monke
     assert main(["reproduce", "omniglot", "--algo", "fomaml", "--iterations", "3", "--eval-tasks", "10",  # looked
                  "--data-root", str(moved), "--out", str(out), "--no-progress"]) == 0  # for them where it trained
     assert json.loads((out / "omniglot-fomaml-5w1s.json").read_text())["trained_iterations"] == 3
+
+
+@pytest.mark.parametrize("tune", [False, True])
+def test_evaluation_draws_test_classes_and_tunes_on_validation_classes(tmp_path, monkeypatch, tune):
+    """The reported accuracy is measured on the test split's images and the step size tuned on the validation
+    split's: never on classes seen in training."""
+    from metagrad import experiment
+
+    monkeypatch.setenv("METAGRAD_CACHE", str(tmp_path / "cache"))
+    root = fake_omniglot(tmp_path / "om", alphabets=5, characters=5)
+    cfg = load_config("omniglot-fomaml").replace(iterations=1, meta_batch_size=2, val_every=0, eval_tasks=4,
+                                                 eval_steps=1, data_root=str(root), tune_eval_lr=tune,
+                                                 eval_lr_grid=[0.1, 0.4], val_tasks=4)
+    drawn = []
+    original = experiment.held_out_tasks
+    monkeypatch.setattr(experiment, "held_out_tasks", lambda tasks, *a, **k: drawn.append(tasks) or original(
+        tasks, *a, **k))
+    trainer = make_trainer(cfg, None, progress=False)
+    trainer.fit()
+    evaluate(trainer.learner, cfg)
+    splits = build.image_splits("omniglot", str(root))
+    expected = (["val"] if tune else []) + ["test"]
+    assert len(drawn) == len(expected)
+    for tasks, split in zip(drawn, expected, strict=True):
+        assert torch.equal(tasks.images, torch.as_tensor(splits[split].images)), split
 
 
 def test_miniimagenet_runs_on_a_generated_folder(tmp_path, monkeypatch):

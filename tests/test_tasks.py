@@ -26,6 +26,26 @@ def test_shapes_ranges_and_targets():
     torch.testing.assert_close(batch.query.y, expected)
 
 
+def ks_uniform(values: torch.Tensor, low: float, high: float) -> float:
+    """Kolmogorov-Smirnov distance between ``values``' empirical distribution and U(low, high)."""
+    u = ((values.flatten().double().sort().values - low) / (high - low)).clamp(0, 1)
+    n = u.numel()
+    above = torch.arange(1, n + 1, dtype=torch.float64) / n - u
+    below = u - torch.arange(0, n, dtype=torch.float64) / n
+    return float(torch.maximum(above, below).max())
+
+
+def test_amplitudes_phases_and_inputs_are_uniform_on_their_ranges():
+    """The MAML paper's distribution: amplitude U[0.1, 5], phase U[0, pi], x U[-5, 5] (a KS distance under the 0.1%
+    critical value 1.95 / sqrt(n), where a skewed or halved range is far above it)."""
+    tasks = mg.tasks.Sinusoid(shots=10, query=0)
+    n = 4000
+    amp, phase = tasks.sample_params(n, gen(7))
+    x = tasks.sample(n // 10, gen(8)).support.x
+    for values, (low, high) in ((amp, (0.1, 5.0)), (phase, (0.0, math.pi)), (x, (-5.0, 5.0))):
+        assert ks_uniform(values, low, high) < 1.95 / math.sqrt(values.numel())
+
+
 def test_same_seed_same_tasks_and_other_shots():
     tasks = mg.tasks.Sinusoid()
     a, b = tasks.sample(4, gen(3)), tasks.sample(4, gen(3))

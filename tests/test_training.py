@@ -133,11 +133,17 @@ def test_the_logged_outer_step_is_the_one_each_iteration_took(tmp_path):
 
 
 def test_metrics_lines_follow_their_schema(tmp_path):
-    make_trainer(_config(val_every=10), tmp_path / "run", progress=False).fit()
+    """Lines every ``log_every`` iterations, each meta-loss the mean of its window's iterations."""
+    losses = []
+    make_trainer(_config(val_every=10, log_every=10), tmp_path / "run", progress=False,
+                 on_iteration=lambda _, i, m: losses.append(m["meta_loss"])).fit()
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if "meta_loss" in x]
     val = [x for x in lines if "val_loss" in x]
     assert [x["iteration"] for x in train] == [10, 20, 30] and [x["iteration"] for x in val] == [10, 20, 30]
+    assert len(losses) == 30 and len(set(losses)) > 20
+    for x in train:
+        assert x["meta_loss"] == pytest.approx(sum(losses[x["iteration"] - 10:x["iteration"]]) / 10, rel=1e-12)
     assert all(set(x) == {"iteration", "meta_loss", "outer_lr", "elapsed"} for x in train)
     assert all(set(x) == {"iteration", "val_loss", "best"} and x["val_loss"] > 0 for x in val)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.func import grad, hessian, vmap
 
+from metagrad.errors import ConfigError
 from metagrad.rl import MetaRL, Navigation2D, make_policy
 from metagrad.rl.config import RLConfig, preset
 from metagrad.rl.evaluate import adaptation_returns
@@ -136,7 +137,7 @@ def test_inner_kl_penalty_adapts_to_its_target_and_is_checkpointed():
 
 def test_ppo_without_an_optimizer_is_refused():
     learner, trajs, out = _navigation()
-    with pytest.raises(Exception, match="needs an optimizer"):
+    with pytest.raises(ConfigError, match="needs an optimizer"):
         learner.update(trajs, out, None)
 
 
@@ -161,9 +162,9 @@ def test_short_ppo_runs_improve_the_return(method):
 
 
 def test_bad_ppo_settings_are_named():
-    with pytest.raises(Exception, match="ppo_clip"):
+    with pytest.raises(ConfigError, match="ppo_clip"):
         RLConfig().replace(ppo_clip=1.5)
-    with pytest.raises(Exception, match="ppo_epochs"):
+    with pytest.raises(ConfigError, match="ppo_epochs"):
         RLConfig().replace(ppo_epochs=0)
 
 

@@ -342,10 +342,17 @@ def test_readme_meta_rl_example_runs(capsys):
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "metagrad.rl" in b)
-    exec(compile(block, "README.md", "exec"), {})
-    line = capsys.readouterr().out.strip()
-    means = [float(v) for v in line.split(":")[1].strip(" []").split(",")]
+    assert "for it in range(10):" in block
+
+    def run(code: str) -> list[float]:
+        exec(compile(code, "README.md", "exec"), {})
+        line = capsys.readouterr().out.strip()
+        return [float(v) for v in line.split(":")[1].strip(" []").split(",")]
+
+    means = run(block)
+    untrained = run(block.replace("for it in range(10):", "for it in range(0):"))  # the same test, no meta-training
     assert len(means) == 3 and means[1] > means[0]  # one step of adaptation helps after meta-training
+    assert means[1] > untrained[1] + 1.0, (means, untrained)  # and meta-training made that step worth more
 
 
 def test_the_sgmrl_study_runs_its_codes_environments_and_policy(tmp_path):

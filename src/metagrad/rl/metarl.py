@@ -382,7 +382,10 @@ class MetaRL(nn.Module):
         """SG-MRL's ``J_i(theta'; D_o)``: each task's mean discounted return on ``D_o`` (minus the other tasks'
         mean with ``score_baseline='batch'``)."""
         j = out.returns[..., 0].mean(1)
-        if self.score_baseline == "batch" and j.shape[0] > 1:
+        if self.score_baseline == "batch":
+            if j.shape[0] < 2:
+                raise ConfigError("score_baseline batch subtracts the other tasks' mean score, and a meta-batch of one "
+                                  "task has none; sample 2 or more tasks, or use score_baseline none")
             j = j - (j.sum() - j) / (j.shape[0] - 1)
         return j.detach()
 

@@ -1,0 +1,75 @@
+"""The thin half-cheetah shim of benchmarks/maml_rl_cheetah.py gives pytorch-maml-rl the environment metagrad's runs
+see: the same reset, observations and rewards as one copy of ``make_env("cheetah-dir")``, for both directions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mujoco")
+pytest.importorskip("gymnasium")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import maml_rl_cheetah
+from metagrad.rl.envs import make_env
+
+SEED, STREAM, STEPS = 3, 11, 50
+
+
+def copy_seed() -> int:
+    """The seed ``make_env("cheetah-dir", seed=SEED)`` gives its one copy after ``reseed(STREAM)`` (CopyTaskEnv)."""
+    return int(np.random.SeedSequence([SEED, STREAM]).generate_state(1)[0])
+
+
+@pytest.mark.parametrize("direction", [-1.0, 1.0])
+def test_thin_shim_steps_as_metagrads_environment(direction):
+    ours = make_env("cheetah-dir", seed=SEED)
+    ours.reseed(STREAM)
+    first = ours.reset(torch.tensor([[direction]]), 1)[0, 0].numpy()
+    thin = maml_rl_cheetah.ThinCheetahDir()
+    thin.reset_task({"direction": direction})
+    thin.seed(copy_seed())
+    obs = thin.reset()
+    assert obs.dtype == np.float32 and obs.shape == (20,) == first.shape
+    np.testing.assert_array_equal(obs, first)  # the same reset formula and generator, and rllab's observation
+    actions = np.random.default_rng(0).normal(0.0, 1.5, (STEPS, 6)).astype(np.float32)
+    assert (np.abs(actions) > 1).mean() > 0.3  # clipping matters
+    for a in actions:
+        o, r, _ = ours.step(torch.from_numpy(a).view(1, 1, 6))
+        obs, reward, thin_done, info = thin.step(a)
+        assert obs.dtype == np.float32 and isinstance(reward, float) and thin_done is False
+        assert info["task"] == {"direction": direction}
+        np.testing.assert_allclose(obs, o[0, 0].numpy(), rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(reward, float(r[0, 0]), rtol=1e-6, atol=1e-5)
+
+
+def test_thin_shim_resets_as_a_seeded_gym_environment():
+    """Seeded once, it draws each episode's start from gymnasium's formula, continuing its generator (the copy shim
+    started every environment of a batch from the same state from the second episode on)."""
+    a, b = maml_rl_cheetah.ThinCheetahDir(), maml_rl_cheetah.ThinCheetahDir()
+    a.seed(1)
+    b.seed(2)
+    starts = [env.reset() for env in (a, a, b, b)]
+    assert all(not np.array_equal(x, y) for i, x in enumerate(starts) for y in starts[i + 1:])
+    sim = a.sim
+    noise = sim.data.qpos - sim.init_qpos
+    assert np.abs(noise).max() <= 0.1 and np.abs(noise).max() > 0.01  # U(-0.1, 0.1) on the positions
+    a.seed(1)
+    np.testing.assert_array_equal(a.reset(), starts[0])
+
+
+def test_thin_shim_draws_tasks_from_its_seed():
+    """Tasks come from the generator ``seed`` sets (pytorch-maml-rl's environments: their seeded ``np_random``), so a
+    run's tasks follow its ``--seed`` (the copy shim drew them from numpy's unseeded global generator)."""
+    draws = []
+    for seed in (5, 5, 6):
+        env = maml_rl_cheetah.ThinCheetahDir()
+        env.seed(seed)
+        draws.append([t["direction"] for t in env.sample_tasks(40)])
+    assert draws[0] == draws[1] != draws[2]
+    assert set(draws[0]) == {-1.0, 1.0} and 10 < draws[0].count(1.0) < 30
