@@ -5,12 +5,13 @@ beside pytorch-maml-rl's ``MAMLTRPO`` on the same environment in the same run.
 
     python benchmarks/cheetah_speed.py [--maml-rl PATH] [--iterations 2] [--warmup 1] [--threads 2] [--rounds 3]
 
-pytorch-maml-rl runs ``maml_rl_cheetah.py`` (its sampler, baseline and ``MAMLTRPO`` on a gym shim of metagrad's
-environment) in its own environment (``benchmarks/setup_maml_rl.sh``, plus mujoco and gymnasium), with
-``--threads`` sampler workers of one thread each and its learner on each of ``--maml-rl-learner-threads`` (its
-row: the fastest); it reports whole iterations only. ``--rounds N`` repeats the whole measurement and
-reports the median and range of the rounds' speed-ups (about 8 minutes a round on 2 cores), as navigation_speed.py
-does. Results: results/cheetah_speed.{json,md}.
+pytorch-maml-rl runs ``maml_rl_cheetah.py`` (its sampler, baseline and ``MAMLTRPO`` on its thin gym shim: one
+gymnasium simulator stepped as metagrad's environment steps it, at about gymnasium's own cost) in its own
+environment (``benchmarks/setup_maml_rl.sh``, plus mujoco and gymnasium), with ``--threads`` sampler workers of
+one thread each and its learner on each of ``--maml-rl-learner-threads`` (its row: the fastest); it reports whole
+iterations only. ``--rounds N`` repeats the whole measurement and reports the median and range of the rounds'
+speed-ups (about 8 minutes a round on 2 cores), as navigation_speed.py does. Results:
+results/cheetah_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ def maml_rl_run(args: argparse.Namespace, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         out = run_maml_rl(args, "maml_rl_cheetah.py", "--out", folder, "--iterations",
                           str(args.iterations + args.warmup), "--workers", str(args.threads), "--seed", "1",
-                          "--threads", str(threads))
+                          "--threads", str(threads), "--shim", "thin")
         if isinstance(out, dict):
             return out
         rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()][args.warmup:]
     wall = [r["seconds"] for r in rows]
-    return {"library": "pytorch-maml-rl", "workers": args.threads, "learner_threads": threads, "iterations": len(rows),
+    return {"library": "pytorch-maml-rl", "shim": "thin", "workers": args.threads, "learner_threads": threads,
+            "iterations": len(rows),
             "seconds_per_iteration_median": round(statistics.median(wall), 3),
             "seconds_per_iteration_range": [round(min(wall), 3), round(max(wall), 3)],
             "return_post_last": round(rows[-1]["return_post"], 2)}
@@ -75,7 +77,8 @@ def main() -> None:
     *rows, reference = combine_rounds(rounds)
     setting = (f"Half-cheetah direction, MAML-TRPO, meta-batch 40 x 20 episodes x 200 steps, one inner step, "
                f"100,100 relu policy, {args.threads} threads, {args.rounds} round(s) of {args.iterations} timed "
-               f"iterations after {args.warmup} warm-up, torch {torch.__version__}")
+               f"iterations after {args.warmup} warm-up, torch {torch.__version__}; pytorch-maml-rl on the thin shim "
+               f"(maml_rl_cheetah.py --shim thin)")
     write_results(args.results, setting, rows, reference)
 
 

@@ -5,8 +5,12 @@ gymnasium for metagrad's environment); resumes from its folder.
 
     benchmarks/.venv-maml-rl/bin/python benchmarks/maml_rl_cheetah.py --repo PATH --out results/long/maml-rl-cheetah-dir
 
-A thin gym-0.17 shim (``MetagradCheetahDir``) steps one copy of ``metagrad.rl.envs.make_env("cheetah-dir")``:
-the same simulator, observation, reward, clipping and horizon as metagrad's runs. Settings default to the MAML
+The environment (``--shim thin``, new runs' default: ``ThinCheetahDir``) is one gymnasium ``HalfCheetah-v5``
+stepped in MuJoCo by metagrad's own helpers, with no tensors: the simulator, rllab observation, reward, clipping and
+reset of one copy of ``metagrad.rl.envs.make_env("cheetah-dir")`` (equal to the bit: tests/test_maml_rl_cheetah_shim.py)
+at about gymnasium's own cost per step; gym's TimeLimit ends episodes at ``--horizon``. ``--shim copy`` steps a copy
+of ``make_env`` itself through tensors (about 7x the CPU per step), as runs did before the option; a run folder
+resumes with its own shim (``copy`` where its ``settings.json`` has none). Settings default to the MAML
 paper's (2 x 100 ReLU, 40 tasks x 20 episodes x 200 steps, inner step 0.1, max KL 0.02), metagrad's preset too.
 Each iteration appends to ``metrics.jsonl`` (returns before and after the inner step, seconds) and writes the
 policy atomically to ``policy.pt`` (and to ``best.pt`` when its training return after the step is the best so far);
@@ -27,47 +31,122 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+OLDER_RUNS = {"threads": 0, "shim": "copy"}
+"""Settings of runs from before each option, which their ``settings.json`` lacks: they resume with these."""
 
 
-def register_shim(horizon: int) -> str:
-    """Register metagrad's half-cheetah direction as a gym 0.17 environment with pytorch-maml-rl's task API."""
+class ThinCheetahDir:
+    """metagrad's half-cheetah direction task on one gymnasium ``HalfCheetah-v5`` simulator, in pytorch-maml-rl's task
+    API (``sample_tasks``, ``reset_task``, gym-0.17 ``seed``/``reset``/``step``) without needing gym 0.17: the same
+    simulator, rllab observation (float32), clipping, reward and reset distribution as one copy of
+    ``make_env("cheetah-dir")``, stepped in MuJoCo with metagrad's own helpers and no tensors."""
+
+    def __init__(self) -> None:
+        import mujoco
+        import numpy as np
+
+        from metagrad.rl.envs.locomotion import FAMILIES, RLLAB_OBS, direct_stepper, make_simulator, rllab_observer
+
+        family = FAMILIES["cheetah-dir"]
+        self.sim = make_simulator(family.env_id, **family.env_kwargs)  # frame_skip 1, control cost weight 0.05
+        self._observe = rllab_observer(self.sim, *RLLAB_OBS[family.env_id], mujoco)
+        self._step = direct_stepper(self.sim, self._observe, mujoco)  # (observation, x velocity)
+        space = self.sim.action_space
+        self.action_low, self.action_high = space.low.astype(np.float32), space.high.astype(np.float32)
+        self._low, self._high = space.low.astype(np.float64), space.high.astype(np.float64)
+        self._ctrl_weight = float(self.sim._ctrl_cost_weight)  # as MujocoTaskEnv reads it
+        self.obs_dim = self._observe(None).size
+        self._np, self._seed, self._tasks = np, None, np.random.RandomState()
+        self.reset_task({"direction": 1.0})
+
+    def seed(self, seed: int | None = None) -> list[int | None]:
+        """Seed the simulator's generator at the next reset (gymnasium's ``reset(seed=)``; later resets go on
+        drawing from it) and the task generator, as pytorch-maml-rl's environments draw tasks from their seeded
+        ``np_random`` (its sampler seeds the environment it samples tasks from with ``--seed``)."""
+        self._seed = None if seed is None else int(seed)
+        self._tasks = self._np.random.RandomState(seed)
+        return [seed]
+
+    def sample_tasks(self, num_tasks: int) -> list[dict]:
+        return [{"direction": float(d)} for d in 2 * self._tasks.binomial(1, 0.5, size=num_tasks) - 1]
+
+    def reset_task(self, task: dict) -> None:
+        self.direction, self._task = float(task["direction"]), task
+
+    def reset(self):
+        """gymnasium's reset (qpos + U(-0.1, 0.1), qvel + N(0, 0.1^2)), then rllab's observation, as
+        ``CopyTaskEnv.reset`` gives it."""
+        obs = self.sim.reset(seed=self._seed)[0]
+        self._seed = None
+        return self._observe(obs).astype(self._np.float32)
+
+    def step(self, action) -> tuple:
+        """Clip, step, reward d * v - w |a|^2 of the clipped action (``MujocoTaskEnv._rewards``, rounded to float32
+        as metagrad's); never done (gym's TimeLimit ends episodes at the horizon, writing in the step's own info)."""
+        np = self._np
+        act = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), self._low, self._high)
+        obs, velocity = self._step(act)
+        reward = self.direction * velocity - self._ctrl_weight * np.sum(np.square(act))
+        return obs.astype(np.float32), float(np.float32(reward)), False, {"task": self._task}
+
+
+def register_shim(horizon: int, shim: str = "thin") -> str:
+    """Register metagrad's half-cheetah direction as a gym 0.17 environment with pytorch-maml-rl's task API:
+    ``thin`` (``ThinCheetahDir``) or ``copy`` (one copy of ``make_env("cheetah-dir")``, tensors at every step: the
+    runs before the thin shim)."""
     import gym
     import numpy as np
-    import torch
 
-    from metagrad.rl.envs import make_env
+    if shim == "thin":
+        class MetagradThinCheetahDir(ThinCheetahDir, gym.Env):
+            """``ThinCheetahDir`` with gym's spaces."""
 
-    class MetagradCheetahDir(gym.Env):
-        """One copy of metagrad's environment; ``sample_tasks``/``reset_task`` as pytorch-maml-rl's samplers call."""
+            def __init__(self) -> None:
+                ThinCheetahDir.__init__(self)
+                self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+                self.action_space = gym.spaces.Box(self.action_low, self.action_high, dtype=np.float32)
 
-        def __init__(self) -> None:
-            self.env = make_env("cheetah-dir")
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.env.obs_dim,), np.float32)
-            space = self.env.action_space
-            self.action_space = gym.spaces.Box(space.low, space.high, space.shape, np.float32)
-            self.task = torch.ones(1, 1)
+        cls = MetagradThinCheetahDir
+    elif shim == "copy":
+        import torch
 
-        def seed(self, seed: int | None = None) -> list[int]:
-            if seed is not None:
-                self.env.reseed(int(seed))
-            return [seed]
+        from metagrad.rl.envs import make_env
 
-        def sample_tasks(self, num_tasks: int) -> list[dict]:
-            return [{"direction": float(d)} for d in 2 * np.random.binomial(1, 0.5, size=num_tasks) - 1]
+        class MetagradCheetahDir(gym.Env):
+            """One copy of metagrad's environment; ``sample_tasks``/``reset_task`` as pytorch-maml-rl's samplers
+            call."""
 
-        def reset_task(self, task: dict) -> None:
-            self.task = torch.tensor([[task["direction"]]])
+            def __init__(self) -> None:
+                self.env = make_env("cheetah-dir")
+                self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.env.obs_dim,), np.float32)
+                space = self.env.action_space
+                self.action_space = gym.spaces.Box(space.low, space.high, space.shape, np.float32)
+                self.task = torch.ones(1, 1)
 
-        def reset(self) -> np.ndarray:
-            return self.env.reset(self.task, 1)[0, 0].numpy()
+            def seed(self, seed: int | None = None) -> list[int]:
+                if seed is not None:
+                    self.env.reseed(int(seed))
+                return [seed]
 
-        def step(self, action: np.ndarray) -> tuple:
-            obs, reward, done = self.env.step(torch.as_tensor(action, dtype=torch.float32).reshape(1, 1, -1))
-            return obs[0, 0].numpy(), float(reward[0, 0]), bool(done[0, 0]), {"task": self.task}
+            def sample_tasks(self, num_tasks: int) -> list[dict]:
+                return [{"direction": float(d)} for d in 2 * np.random.binomial(1, 0.5, size=num_tasks) - 1]
 
-    sys.modules[__name__].MetagradCheetahDir = MetagradCheetahDir
-    name = "MetagradCheetahDir-v0"
-    gym.envs.registration.register(name, entry_point=f"{__name__}:MetagradCheetahDir", max_episode_steps=horizon)
+            def reset_task(self, task: dict) -> None:
+                self.task = torch.tensor([[task["direction"]]])
+
+            def reset(self) -> np.ndarray:
+                return self.env.reset(self.task, 1)[0, 0].numpy()
+
+            def step(self, action: np.ndarray) -> tuple:
+                obs, reward, done = self.env.step(torch.as_tensor(action, dtype=torch.float32).reshape(1, 1, -1))
+                return obs[0, 0].numpy(), float(reward[0, 0]), bool(done[0, 0]), {"task": self.task}
+
+        cls = MetagradCheetahDir
+    else:
+        raise ValueError(f"unknown shim {shim!r}; choose thin or copy")
+    setattr(sys.modules[__name__], cls.__name__, cls)
+    name = f"{cls.__name__}-v0"
+    gym.envs.registration.register(name, entry_point=f"{__name__}:{cls.__name__}", max_episode_steps=horizon)
     return name
 
 
@@ -87,6 +166,9 @@ def main() -> None:
     p.add_argument("--max-kl", type=float, default=0.02, help="TRPO step (metagrad's locomotion runs: 0.02, the KL "
                    "step of the MAML paper's half-cheetah run; pytorch-maml-rl's config: 0.01)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shim", choices=("thin", "copy"), default=None, help="the environment: thin (one simulator "
+                   "stepped directly; new runs' default) or copy (one copy of make_env, tensors at every step: the "
+                   "runs before it, whose settings.json lacks the key and resume with it)")
     p.add_argument("--test", action="store_true", help="evaluate OUT/best.pt on held-out tasks instead of training")
     args = p.parse_args()
     sys.path[:0] = [str(Path(args.repo).resolve()), str(ROOT / "src")]
@@ -107,12 +189,16 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo", "test")}
     settings_file = out / "settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+    stored = json.loads(settings_file.read_text()) if settings_file.exists() else None
+    if args.shim is None:  # a run's own shim (copy for those from before the option), thin for new runs
+        args.shim = "thin" if stored is None else {**OLDER_RUNS, **stored}["shim"]
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo", "test")}
+    if stored is not None and {**OLDER_RUNS, **stored} != settings:
         sys.exit(f"{out} holds a run with other settings ({settings_file}); use another --out")
-    settings_file.write_text(json.dumps(settings, indent=1) + "\n")
-    name = register_shim(args.horizon)
+    if stored is None:  # an existing run's file stays as it is
+        settings_file.write_text(json.dumps(settings, indent=1) + "\n")
+    name = register_shim(args.horizon, args.shim)
     env = gym.make(name)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     activation = {"relu": torch.relu, "tanh": torch.tanh}[args.activation]
