@@ -68,9 +68,11 @@ class ThinCheetahDir:
         return [seed]
 
     def sample_tasks(self, num_tasks: int) -> list[dict]:
+        """Directions -1 or +1 with probability 1/2 each, as pytorch-maml-rl's ``HalfCheetahDirEnv``."""
         return [{"direction": float(d)} for d in 2 * self._tasks.binomial(1, 0.5, size=num_tasks) - 1]
 
     def reset_task(self, task: dict) -> None:
+        """The direction the following episodes are rewarded for."""
         self.direction, self._task = float(task["direction"]), task
 
     def reset(self):
@@ -88,6 +90,15 @@ class ThinCheetahDir:
         obs, velocity = self._step(act)
         reward = self.direction * velocity - self._ctrl_weight * np.sum(np.square(act))
         return obs.astype(np.float32), float(np.float32(reward)), False, {"task": self._task}
+
+
+def run_settings(given: dict, stored: dict | None) -> tuple[dict, list[str]]:
+    """The settings a run goes on with, and the names of those ``given`` that differ from a folder's ``stored`` ones
+    (a run's own shim where none is given: ``copy`` for folders from before the option, ``thin`` for new ones)."""
+    before = None if stored is None else {**OLDER_RUNS, **stored}
+    settings = {**given, "shim": given["shim"] or ("thin" if before is None else before["shim"])}
+    differ = [] if before is None else sorted(k for k in {*settings, *before} if settings.get(k) != before.get(k))
+    return settings, differ
 
 
 def register_shim(horizon: int, shim: str = "thin") -> str:
@@ -191,11 +202,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
     stored = json.loads(settings_file.read_text()) if settings_file.exists() else None
-    if args.shim is None:  # a run's own shim (copy for those from before the option), thin for new runs
-        args.shim = "thin" if stored is None else {**OLDER_RUNS, **stored}["shim"]
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo", "test")}
-    if stored is not None and {**OLDER_RUNS, **stored} != settings:
-        sys.exit(f"{out} holds a run with other settings ({settings_file}); use another --out")
+    given = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo", "test")}
+    settings, differ = run_settings(given, stored)
+    if differ:
+        sys.exit(f"{out} holds a run with other settings ({settings_file}: {', '.join(differ)}); use another --out")
+    args.shim = settings["shim"]
     if stored is None:  # an existing run's file stays as it is
         settings_file.write_text(json.dumps(settings, indent=1) + "\n")
     name = register_shim(args.horizon, args.shim)

@@ -44,8 +44,8 @@ def test_thin_shim_steps_as_metagrads_environment(direction):
         obs, reward, thin_done, info = thin.step(a)
         assert obs.dtype == np.float32 and isinstance(reward, float) and thin_done is False
         assert info["task"] == {"direction": direction}
-        np.testing.assert_allclose(obs, o[0, 0].numpy(), rtol=1e-6, atol=1e-5)
-        np.testing.assert_allclose(reward, float(r[0, 0]), rtol=1e-6, atol=1e-5)
+        np.testing.assert_array_equal(obs, o[0, 0].numpy())  # to the bit
+        assert reward == float(r[0, 0])
 
 
 def test_thin_shim_resets_as_a_seeded_gym_environment():
@@ -73,3 +73,17 @@ def test_thin_shim_draws_tasks_from_its_seed():
         draws.append([t["direction"] for t in env.sample_tasks(40)])
     assert draws[0] == draws[1] != draws[2]
     assert set(draws[0]) == {-1.0, 1.0} and 10 < draws[0].count(1.0) < 30
+
+
+def test_run_folders_resume_with_their_own_shim_and_refuse_other_settings():
+    """A folder from before ``--shim`` (its settings name none) goes on with the copy shim; a new one takes the thin
+    one; a setting that differs from the folder's is named and refused."""
+    given = {"seed": 0, "threads": 0, "shim": None}
+    old = {"seed": 0}  # written before --threads and --shim
+    assert maml_rl_cheetah.run_settings(given, old) == ({"seed": 0, "threads": 0, "shim": "copy"}, [])
+    assert maml_rl_cheetah.run_settings(given, None) == ({"seed": 0, "threads": 0, "shim": "thin"}, [])
+    assert maml_rl_cheetah.run_settings({**given, "shim": "thin"}, old)[1] == ["shim"]
+    assert maml_rl_cheetah.run_settings({**given, "seed": 1, "shim": "copy"}, old)[1] == ["seed"]
+    new = {"seed": 0, "threads": 0, "shim": "thin"}
+    assert maml_rl_cheetah.run_settings({**given, "shim": "copy"}, new)[1] == ["shim"]
+    assert maml_rl_cheetah.run_settings(given, new) == (new, [])

@@ -380,7 +380,7 @@ class MetaRL(nn.Module):
 
     def score_coefficients(self, out: Trajectories) -> Tensor:
         """SG-MRL's ``J_i(theta'; D_o)``: each task's mean discounted return on ``D_o`` (minus the other tasks'
-        mean with ``score_baseline='batch'``)."""
+        mean with ``score_baseline='batch'``, which a meta-batch of one task cannot have: a ConfigError)."""
         j = out.returns[..., 0].mean(1)
         if self.score_baseline == "batch":
             if j.shape[0] < 2:
