@@ -39,7 +39,8 @@ class RLConfig(Settings):
                                                 VAL_SEED_OFFSET + 1: "those tasks' episodes"}
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"iterations", "time_budget", "checkpoint_every",
                                                           "step_budget", "snapshot_steps", "outer_lr", "inner_lr",
-                                                          "max_kl", "compile", "pack_episodes", "outer_lr_schedule",
+                                                          "max_kl", "compile", "env_workers", "pack_episodes",
+                                                          "outer_lr_schedule",
                                                           "outer_lr_patience", "outer_lr_factor",
                                                           "outer_lr_growth", "outer_lr_window", "outer_lr_warmup"})
     APPLIES: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
@@ -144,6 +145,8 @@ class RLConfig(Settings):
     iterations: int = opt(500, "train", "meta-iterations")
     compile: bool = opt(False, "train", "torch.compile TRPO's curvature products: about a minute once, then each "
                         "conjugate-gradient step 2-3x faster")
+    env_workers: int = opt(1, "train", "processes that step the simulator copies (MuJoCo locomotion, Meta-World): "
+                           "the same episodes on more cores (1: this process)")
     step_budget: int = opt(0, "train", "stop once this many environment steps have been taken, inner-loop rollouts "
                            "included (0: no limit; the run ends within one meta-batch of it)")
     snapshot_steps: int = opt(0, "train", "keep checkpoint snapshot-<j> when the j-th multiple of this many "
@@ -211,6 +214,7 @@ class RLConfig(Settings):
             raise ConfigError(f"outer_lr_schedule {self.outer_lr_schedule} is for outer 'vpg' and 'ppo'; outer "
                               f"'{self.outer}' steps by max_kl: set outer_lr_schedule to constant")
         check_whole("frame_skip", self.frame_skip, 0, "0: the task family's own")
+        check_whole("env_workers", self.env_workers, 1, "1: the simulators in this process")
         if not 0 < self.eval_later <= 1:
             raise ConfigError(f"eval_later {self.eval_later} must lie in (0, 1] (0.5: half the first test step)")
         if len(self.goal_range) != 2 or not self.goal_range[0] < self.goal_range[1]:

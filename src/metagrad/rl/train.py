@@ -58,10 +58,15 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
     """The learner (environment, policy initialized from ``cfg.seed``) and, for outer 'vpg' or 'ppo', its optimizer."""
     kwargs: dict[str, Any] = {"horizon": cfg.horizon}
     if cfg.env == "navigation2d":
+        if cfg.env_workers != 1:
+            raise ConfigError(f"env_workers {cfg.env_workers}: navigation2d steps all its episodes as one tensor, in "
+                              "this process; set env_workers 1")
         kwargs.update(goal_low=cfg.goal_range[0], goal_high=cfg.goal_range[1], reward=cfg.reward, oracle=cfg.oracle,
                       normalized_actions=cfg.normalized_actions)
     else:
         kwargs["seed"] = cfg.seed  # the simulators' initial states (MuJoCo locomotion, Meta-World, gymnasium)
+        if cfg.env_workers != 1:
+            kwargs["workers"] = cfg.env_workers
     for name, default in (("frame_skip", 0), ("observation", "auto"), ("oracle", False), ("action_scale", 1.0),
                           ("physics", "auto")):
         if cfg.env == "navigation2d" and name == "oracle":

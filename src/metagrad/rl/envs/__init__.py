@@ -18,8 +18,9 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
     """A task environment by name: ``navigation2d``; a MuJoCo locomotion family (``cheetah-dir``, ``ant-vel``,
     ``hopper-rand-params``, ... see ``locomotion.FAMILIES``; ``horizon`` default 200, ``seed``); a Meta-World
     benchmark (``ml1-reach``, ``ml1-push``, ``ml10``, ``ml45``; ``split`` train/test, ``horizon`` default 150,
-    ``seed``); or ``gym:<id>`` (or ``gym:<module>:<id>``, importing the module first) for a registered gymnasium
-    environment whose task can be set (``horizon``, ``seed``)."""
+    ``seed``); these two kinds step their copies in ``workers`` processes where it is above 1 (``ProcessCopies``:
+    the same episodes, on more cores); or ``gym:<id>`` (or ``gym:<module>:<id>``, importing the module first) for
+    a registered gymnasium environment whose task can be set (``horizon``, ``seed``)."""
     from .locomotion import FAMILIES
     from .metaworld import BENCHMARKS
 
@@ -53,10 +54,15 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
         allowed = (("horizon", "seed", "frame_skip", "observation", "oracle", "action_scale", "physics")
                    if name in FAMILIES
                    else ("horizon", "seed", "split"))
-        unknown = sorted(set(kwargs) - set(allowed))
+        unknown = sorted(set(kwargs) - {*allowed, "workers"})
         if unknown:
             raise ConfigError(f"environment '{name}' takes no option {', '.join(unknown)}; it takes "
-                              f"{', '.join(allowed)}")
+                              f"{', '.join(allowed)}, workers")
+        workers = kwargs.pop("workers", 1)
+        if workers != 1:
+            from .processes import ProcessCopies
+
+            return ProcessCopies(name, workers, **kwargs)
         if name in FAMILIES:
             from .locomotion import MujocoTaskEnv
 

@@ -69,15 +69,26 @@ class CopyTaskEnv(TaskEnv):
     # -- the TaskEnv interface ----------------------------------------------------------------------------------
     def reset(self, tasks: Tensor, episodes: int) -> Tensor:
         check_tasks(tasks, episodes)
+        return self.reset_seeded(tasks, episodes, self.next_seeds(int(tasks.shape[0]) * int(episodes)))
+
+    def next_seeds(self, n: int) -> np.ndarray:
+        """The seeds of the next reset's ``n`` copies (``reseed``'s stream, else the count of resets), moving on to
+        the reset after: a reset split over processes (``ProcessCopies``) gives each its share of one stream."""
+        stream = self._resets if self._next_seed is None else self._next_seed
+        self._resets += 1
+        self._next_seed = None
+        return np.random.SeedSequence([self.seed, stream]).generate_state(n)
+
+    def reset_seeded(self, tasks: Tensor, episodes: int, seeds: np.ndarray) -> Tensor:
+        """``reset`` with copy ``i`` seeded by ``seeds[i]``."""
+        check_tasks(tasks, episodes)
         self._shape = (int(tasks.shape[0]), int(episodes))
         self._copies = self._prepare(tasks, episodes)
         observers = [self._observer(env) for env in self._copies]
         self._observers = observers if any(f is not None for f in observers) else None
         n = len(self._copies)
-        stream = self._resets if self._next_seed is None else self._next_seed
-        seeds = np.random.SeedSequence([self.seed, stream]).generate_state(n)
-        self._resets += 1
-        self._next_seed = None
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} copies")
         self._obs = np.empty((n, self._sim_dim), dtype=np.float32)
         for i, env in enumerate(self._copies):
             o = self._reset_copy(env, int(seeds[i]))
