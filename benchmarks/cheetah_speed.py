@@ -4,6 +4,7 @@ with ``compile=True`` (the curvature products, the meta-gradient and the line se
 beside pytorch-maml-rl's ``MAMLTRPO`` on the same environment in the same run.
 
     python benchmarks/cheetah_speed.py [--maml-rl PATH] [--iterations 2] [--warmup 1] [--threads 2] [--rounds 3]
+        [--env-workers 1,2]
 
 pytorch-maml-rl runs ``maml_rl_cheetah.py`` (its sampler, baseline and ``MAMLTRPO`` on its thin gym shim: one
 gymnasium simulator stepped as metagrad's environment steps it, at about gymnasium's own cost) in its own
@@ -60,6 +61,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1, help="iterations not timed (compilation happens there)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (pytorch-maml-rl: sampler workers)")
     p.add_argument("--subsample", default="1", help="hvp_subsample values to run")
+    p.add_argument("--env-workers", default="1,2", help="env_workers values to run (processes stepping the "
+                   "simulator copies; pytorch-maml-rl's sampler workers: --threads)")
     p.add_argument("--maml-rl", default="", help="a checkout of tristandeleu/pytorch-maml-rl")
     p.add_argument("--maml-rl-learner-threads", default="1,2", help="torch threads of pytorch-maml-rl's learner to "
                    "try (its workers: one each); the fastest is its row")
@@ -71,8 +74,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rounds = []
     for _ in range(args.rounds):
-        rows = [metagrad_row(args, float(s), compile, **PAPER) for s in args.subsample.split(",")
-                for compile in (False, True)]
+        rows = [metagrad_row(args, float(s), compile, **PAPER, env_workers=int(w)) for s in args.subsample.split(",")
+                for w in args.env_workers.split(",") for compile in (False, True)]
         rounds.append([*rows, maml_rl_row(args)])
     *rows, reference = combine_rounds(rounds)
     setting = (f"Half-cheetah direction, MAML-TRPO, meta-batch 40 x 20 episodes x 200 steps, one inner step, "

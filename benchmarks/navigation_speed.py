@@ -51,8 +51,10 @@ def metagrad_row(args: argparse.Namespace, subsample: float, compile: bool = Fal
         m = trainer.step()
         if i >= args.warmup:
             rows.append({**m, "wall": time.perf_counter() - t0})
+    getattr(learner.env, "close", lambda: None)()  # worker processes (env_workers), if any
     wall = [r["wall"] for r in rows]
-    name = f"metagrad (hvp_subsample {subsample:g}{', compile=True' if compile else ''})"
+    workers = f", env_workers {settings['env_workers']}" if settings.get("env_workers", 1) != 1 else ""
+    name = f"metagrad (hvp_subsample {subsample:g}{', compile=True' if compile else ''}{workers})"
     return {"library": name, "threads": args.threads,
             "iterations": len(rows), "seconds_per_iteration_median": round(statistics.median(wall), 3),
             "seconds_per_iteration_range": [round(min(wall), 3), round(max(wall), 3)],

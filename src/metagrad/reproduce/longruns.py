@@ -296,7 +296,7 @@ ROWS = (
           ("ml1-reach", "ML1-Reach", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"),
           ("cheetah-rand-vel", "HalfCheetah Rand Vel", 2_000_000, 4, False, ("ppo", "trpo"), None),
           ("ml10", "ML10", 240_000, 12, True, ("ppo", "trpo"), "Figs. 1-2"),  # extended 60k -> 240k
-          ("ml45", "ML45", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"),
+          ("ml45", "ML45", 240_000, 12, True, ("ppo", "trpo"), "Figs. 1-2"),  # extended 60k -> 240k
           ("walker-rand-params", "Walker Rand Params", 300_000, 3, False, ("ppo", "trpo"), "Figs. 1-2"),
           ("walker-rand-vel", "Walker Rand Vel", 300_000, 3, False, ("ppo", "trpo"), "Figs. 1-2"),
           ("ml1-push", "ML1-Push", 60_000, 3, True, ("ppo", "trpo"), "Figs. 1-2"))

@@ -4,7 +4,8 @@ The sampler's loop over the ``tasks x episodes`` copies runs in one Python threa
 GIL changes hands at every copy), processes do. Each worker holds its own environment of the same name and options
 and steps a contiguous share of the tasks; the main process keeps one more for what is not stepping (task sampling,
 spaces, the stream of reset seeds), so every copy gets the seed the one-process environment would give it: the same
-episodes, to the bit, in less wall time on several cores.
+episodes, to the bit. The workers are spawned (no fork of a process running OpenMP), so a script that makes them
+must do so under ``if __name__ == "__main__":``, as any script that spawns processes.
 """
 
 from __future__ import annotations
@@ -102,8 +103,15 @@ class ProcessCopies(TaskEnv):
         return tuple(torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in range(3))  # type: ignore
 
     def _answers(self) -> list[Any]:
-        """Each busy worker's answer, in order; a worker's error stops here with its message."""
-        answers = [conn.recv() for conn, _ in zip(self._conns, self._shares, strict=False)]
+        """Each busy worker's answer, in order; a worker's error stops here with its message, a worker that died
+        with its exit code."""
+        try:
+            answers = [conn.recv() for conn, _ in zip(self._conns, self._shares, strict=False)]
+        except (EOFError, OSError):
+            codes = [proc.exitcode for proc in self._procs]
+            raise MetagradError(f"an environment worker stopped (exit codes {codes}); workers are spawned processes "
+                                "that import the main script again: start them under `if __name__ == '__main__':`"
+                                ) from None
         for status, value in answers:
             if status == "error":
                 raise MetagradError(f"an environment worker failed: {value}")
