@@ -76,3 +76,10 @@ class EndsThenBreaks(TaskEnv):
         if self.t > 1:
             reward[:, 0], obs[:, 0] = self.bad, self.bad
         return obs, reward, done
+
+
+def spd_matrix(d: int, ridge: float, generator: torch.Generator) -> Tensor:
+    """A random symmetric positive definite ``d x d`` float64 matrix, ``M M^T / d + ridge I`` (a trust-region
+    problem's curvature)."""
+    m = torch.randn(d, d, generator=generator, dtype=torch.float64)
+    return m @ m.T / d + ridge * torch.eye(d, dtype=torch.float64)

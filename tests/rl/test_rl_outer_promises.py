@@ -17,6 +17,7 @@ from metagrad.functional import call, write_grads
 from metagrad.rl import MetaRL, Navigation2D, make_policy
 from metagrad.rl.outer import ppo_loss
 from metagrad.rl.trpo import flatten, trust_region_step
+from rl_fixtures import spd_matrix
 from test_rl_promp import _navigation
 
 LRS = (0.3, 0.2)
@@ -186,8 +187,7 @@ def test_trust_region_full_step_reaches_the_kl_bound_on_a_quadratic(max_kl):
     step lands just inside the bound rather than on it, where rounding would decide.)"""
     gen = torch.Generator().manual_seed(0)
     d = 4
-    m = torch.randn(d, d, generator=gen, dtype=torch.float64)
-    a = m @ m.T / d + 0.5 * torch.eye(d, dtype=torch.float64)
+    a = spd_matrix(d, 0.5, gen)
     g = torch.randn(d, generator=gen, dtype=torch.float64)
     x0 = torch.randn(d, generator=gen, dtype=torch.float64)
 

@@ -8,6 +8,7 @@ import torch
 from metagrad.errors import ConfigError
 from metagrad.rl import MetaRL, Navigation2D, make_policy, outer
 from metagrad.rl.trpo import conjugate_gradient, flatten, trust_region_step, unflatten
+from rl_fixtures import spd_matrix
 
 
 def test_conjugate_gradient_solves_a_positive_definite_system():
@@ -23,8 +24,7 @@ def _problem(seed: int):
     """A surrogate whose quadratic model is poor (cubic and sine terms) and a non-quadratic KL-like distance."""
     gen = torch.Generator().manual_seed(seed)
     d = 5
-    m = torch.randn(d, d, generator=gen, dtype=torch.float64)
-    a = m @ m.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    a = spd_matrix(d, 0.1, gen)
     c = torch.randn(d, generator=gen, dtype=torch.float64)
     x0 = torch.randn(d, generator=gen, dtype=torch.float64)
 

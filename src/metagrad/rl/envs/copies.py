@@ -67,26 +67,16 @@ class CopyTaskEnv(TaskEnv):
         return None
 
     # -- the TaskEnv interface ----------------------------------------------------------------------------------
-    def reset(self, tasks: Tensor, episodes: int) -> Tensor:
-        check_tasks(tasks, episodes)
-        return self.reset_seeded(tasks, episodes, self.next_seeds(int(tasks.shape[0]) * int(episodes)))
-
-    def next_seeds(self, n: int) -> np.ndarray:
-        """The seeds of the next reset's ``n`` copies (``reseed``'s stream, else the count of resets), moving on to
-        the reset after: a reset split over processes (``ProcessCopies``) gives each its share of one stream."""
-        stream = self._resets if self._next_seed is None else self._next_seed
-        self._resets += 1
-        self._next_seed = None
-        return np.random.SeedSequence([self.seed, stream]).generate_state(n)
-
-    def reset_seeded(self, tasks: Tensor, episodes: int, seeds: np.ndarray) -> Tensor:
-        """``reset`` with copy ``i`` seeded by ``seeds[i]``."""
+    def reset(self, tasks: Tensor, episodes: int, seeds: np.ndarray | None = None) -> Tensor:
+        """``TaskEnv.reset``; copy ``i`` seeded by ``seeds[i]`` where given (a process's share of the seeds of a reset
+        split over processes, ``ProcessCopies``), else by the stream's next seeds (``next_seeds``)."""
         check_tasks(tasks, episodes)
         self._shape = (int(tasks.shape[0]), int(episodes))
         self._copies = self._prepare(tasks, episodes)
         observers = [self._observer(env) for env in self._copies]
         self._observers = observers if any(f is not None for f in observers) else None
         n = len(self._copies)
+        seeds = self.next_seeds(n) if seeds is None else seeds
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} copies")
         self._obs = np.empty((n, self._sim_dim), dtype=np.float32)
@@ -98,6 +88,14 @@ class CopyTaskEnv(TaskEnv):
         self._alive = list(range(n))
         self._t = 0
         return self._observation()
+
+    def next_seeds(self, n: int) -> np.ndarray:
+        """The seeds of the next reset's ``n`` copies (``reseed``'s stream, else the count of resets), moving on to
+        the reset after."""
+        stream = self._resets if self._next_seed is None else self._next_seed
+        self._resets += 1
+        self._next_seed = None
+        return np.random.SeedSequence([self.seed, stream]).generate_state(n)
 
     def reseed(self, seed: int) -> None:
         self._next_seed = int(seed)

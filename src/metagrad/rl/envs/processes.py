@@ -37,7 +37,7 @@ def _serve(conn: Any, name: str, kwargs: dict[str, Any]) -> None:
         try:
             if command == "reset":
                 tasks, episodes, seeds = args
-                out: Any = env.reset_seeded(torch.from_numpy(tasks), episodes, seeds).numpy()
+                out: Any = env.reset(torch.from_numpy(tasks), episodes, seeds).numpy()
             else:
                 out = tuple(t.numpy() for t in env.step(torch.from_numpy(args[0])))
             conn.send(("ok", out))
@@ -58,7 +58,6 @@ class ProcessCopies(TaskEnv):
         if not isinstance(self.local, CopyTaskEnv):
             raise ConfigError(f"workers {workers}: environment '{name}' is not stepped copy by copy (the MuJoCo "
                               "locomotion families and Meta-World are); use workers 1")
-        self.obs_dim, self.action_space, self.horizon = self.local.obs_dim, self.local.action_space, self.local.horizon
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs OpenMP
         self._conns, self._procs = [], []
         for _ in range(workers):
@@ -70,7 +69,8 @@ class ProcessCopies(TaskEnv):
         self._shares: list[tuple[int, int]] = []
 
     def __getattr__(self, attr: str) -> Any:
-        """What the environment offers besides stepping (``task_dim``, ``oracle``, ``param_factors``, ...)."""
+        """What the environment offers besides stepping (``obs_dim``, ``action_space``, ``horizon``, ``task_dim``,
+        ``param_factors``, ...)."""
         if attr == "local":
             raise AttributeError(attr)
         return getattr(self.local, attr)
