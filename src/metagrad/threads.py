@@ -7,10 +7,11 @@ process-wide, so it is held at the workers' share while they run; glibc's malloc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,6 +34,18 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
     libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Torch's intra-op threads held at ``n`` for the block (``None``: left as they are)."""
+    total = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(total)
 
 
 def in_threads(jobs: Sequence[Callable[[], Any]]) -> list[Any]:

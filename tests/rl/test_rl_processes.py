@@ -80,3 +80,31 @@ def test_a_run_with_env_workers_trains_as_one_process(tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in one)
     with pytest.raises(ConfigError, match="env_workers 2: navigation2d"):
         build(RLConfig(env="navigation2d", env_workers=2))
+
+
+def test_copy_environments_sample_on_one_torch_thread_with_the_same_episodes(monkeypatch):
+    """The sampler holds torch at the environment's ``sampling_threads`` (1 for simulator copies, whose idle OpenMP
+    threads would spin on the workers' cores) while it steps, restores the caller's count after, and the episodes
+    are those of a rollout on the caller's two threads, to the bit (a 2 x 100 policy: products of the papers' size)."""
+    env = make_env("cheetah-dir", horizon=20, seed=3)
+    assert env.sampling_threads == 1 and make_env("navigation2d").sampling_threads is None
+    seen = []
+    step = type(env).step
+    monkeypatch.setattr(type(env), "step", lambda self, a: (seen.append(torch.get_num_threads()), step(self, a))[1])
+    tasks = env.sample_tasks(4, torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    policy = make_policy(env.action_space, env.obs_dim, hidden=(100, 100))
+    params = dict(policy.named_parameters())
+    kept = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = rollout(env, policy, params, tasks, 5, torch.Generator().manual_seed(7))
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        monkeypatch.setattr(env, "sampling_threads", None)
+        two = rollout(env, policy, params, tasks, 5, torch.Generator().manual_seed(7))
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(kept)
+    for field in ("obs", "actions", "rewards", "mask", "old_dist"):
+        assert torch.equal(getattr(one, field), getattr(two, field)), field

@@ -12,6 +12,7 @@ from torch.func import vmap
 
 from ..errors import EnvironmentFault
 from ..functional import Params, call
+from ..threads import torch_threads
 from . import baseline as linear_baseline
 from .envs.base import TaskEnv
 from .policy import Policy
@@ -56,12 +57,19 @@ def policy_dist(policy: Policy, params: Params, obs: Tensor, per_task: bool) -> 
     return call(policy, params, {}, obs)
 
 
-@torch.no_grad()
 def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episodes: int,
             generator: torch.Generator | None = None, per_task: bool = False, deterministic: bool = False,
             dtype: torch.dtype | None = None) -> Trajectories:
     """Run ``episodes`` episodes of every task in ``tasks`` with the policy at ``params``; all tasks and episodes
-    advance in one batched step. Returns and advantages are left at zero (see ``process``)."""
+    advance in one batched step, on the environment's ``sampling_threads``. Returns and advantages are left at zero
+    (see ``process``)."""
+    with torch.no_grad(), torch_threads(env.sampling_threads):
+        return _rollout(env, policy, params, tasks, episodes, generator, per_task, deterministic, dtype)
+
+
+def _rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episodes: int,
+             generator: torch.Generator | None, per_task: bool, deterministic: bool,
+             dtype: torch.dtype | None) -> Trajectories:
     params = {k: v.detach() for k, v in params.items()}
     dtype = dtype or next(iter(params.values())).dtype  # the policy's precision (float64 in gradient checks)
     if generator is not None:

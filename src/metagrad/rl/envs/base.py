@@ -70,6 +70,10 @@ class TaskEnv:
     obs_dim: int
     action_space: Space
     horizon: int
+    # torch threads for the sampler's policy passes between steps (None: as set): environments stepped copy by copy
+    # in Python take 1, since the passes on their small batches gain nothing from more, and idle threads spin on the
+    # cores that simulator workers need (benchmarks/sampler_workers.py)
+    sampling_threads: int | None = None
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> Tensor:
         """``[num_tasks, task_dim]`` task parameters drawn from the task distribution."""

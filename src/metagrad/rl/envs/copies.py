@@ -29,6 +29,8 @@ class CopyTaskEnv(TaskEnv):
     without one, the number of resets so far.
     """
 
+    sampling_threads = 1
+
     def __init__(self, horizon: int, seed: int, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray,
                  action_scale: float = 1.0):
         check_whole("horizon", horizon, 1)

@@ -102,6 +102,8 @@ class GymTaskEnv(TaskEnv):
     generator) or the number of resets so far: each batch of episodes starts from fresh random states.
     """
 
+    sampling_threads = 1
+
     def __init__(self, make: Callable[[], Any], horizon: int, seed: int = 0):
         gym = require_gymnasium()
         check_whole("horizon", horizon, 1)

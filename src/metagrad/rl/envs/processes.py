@@ -50,6 +50,8 @@ class ProcessCopies(TaskEnv):
     tasks of every ``reset``; equal to the one-process environment, episode for episode. ``close`` (or the end of
     the process) stops the workers."""
 
+    sampling_threads = 1
+
     def __init__(self, name: str, workers: int, **kwargs: Any):
         from . import make_env
 
