@@ -297,3 +297,18 @@ def test_valid_inputs_still_pass():
     mg.SGD(0.0)  # "do not fine-tune": a candidate of the evaluation's step-size grid
     mg.tune_step_size(learner(), sines(), 1, grid=(0.0, 0.01))
     assert mg.adaptation_curves(learner(), sines(), steps=0)["loss"].tasks == 3
+
+
+def test_compile_without_a_cpp_compiler_names_the_fix(monkeypatch):
+    """torch.compile's CPU kernels need a C++ compiler: without one, a learner with compile=True stops with the fix
+    (the meta-RL learner when it is built, the supervised one at its first compiled meta-gradient), not with
+    inductor's error in the middle of a run; `reproduce locomotion` compiles by default."""
+    from torch._inductor import config
+
+    monkeypatch.setattr(config.cpp, "cxx", ("metagrad-no-such-c++",))
+    fix = r"found none .*install one \(e\.g\. apt install g\+\+\) or set compile false"
+    env = Navigation2D(horizon=5)
+    with pytest.raises(ConfigError, match=fix):
+        MetaRL(make_policy(env.action_space, env.obs_dim, hidden=(4,)), env, compile=True)
+    with pytest.raises(ConfigError, match=fix):
+        learner(compile=True).meta_gradient(sines())

@@ -131,6 +131,17 @@ def memory_bytes() -> int:
         return 0
 
 
+def check_compiler() -> None:
+    """Stop with the fix where ``torch.compile`` cannot build kernels for the CPU: inductor needs a C++ compiler."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise ConfigError("compile=True: torch.compile builds its CPU kernels with a C++ compiler and found none (g++, "
+                          "or the one $CXX names); install one (e.g. apt install g++) or set compile false") from None
+
+
 def check_memory(needed: float, what: str, fix: str) -> None:
     """Refuse, before allocating, a size that cannot fit in this machine's memory (``needed`` bytes)."""
     total = memory_bytes()

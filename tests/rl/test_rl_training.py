@@ -286,7 +286,8 @@ def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
     results file, and the figures (return after k steps with the paper's values, training curves)."""
     out = tmp_path / "cheetah"
     sets = ["--set", "hidden=8", "--set", "meta_batch_size=2", "--set", "episodes=2", "--set", "horizon=10",
-            "--set", "eval_episodes=2"]  # neither method tunes its test step size: no eval_lr_grid
+            "--set", "eval_episodes=2", "--set", "compile=false"]  # neither method tunes its test step size: no
+    # eval_lr_grid; compile=false: the default's compilation takes longer than these runs
     assert main(["reproduce", "locomotion", "--env", "cheetah-dir", "--algo", "maml-trpo,oracle", "--iterations",
                  "1", "--eval-tasks", "4", "--out", str(out), "--no-progress", *sets]) == 0
     text = capsys.readouterr().out
@@ -378,9 +379,25 @@ def test_the_sgmrl_study_runs_its_codes_environments_and_policy(tmp_path):
     # through the command: the stored config of a one-iteration run has them
     assert main(["reproduce", "locomotion", "--env", "cheetah-dir", "--algo", "maml-vpg", "--iterations", "1",
                  "--eval-tasks", "2", "--out", str(tmp_path), "--no-progress", "--set", "hidden=8", "--set",
-                 "meta_batch_size=2", "--set", "episodes=2", "--set", "horizon=10", "--set", "eval_episodes=2"]) == 0
+                 "meta_batch_size=2", "--set", "episodes=2", "--set", "horizon=10", "--set", "eval_episodes=2",
+                 "--set", "compile=false"]) == 0
     stored = json.loads((tmp_path / "results.json").read_text())["methods"]["maml-vpg"]["config"]
     assert {k: stored[k] for k in code} == {k: list(v) if isinstance(v, tuple) else v for k, v in code.items()}
+
+
+def test_locomotion_compiles_by_default():
+    """`reproduce locomotion` takes its outer steps through torch.compile unless told otherwise (3x faster TRPO
+    updates on half-cheetah, docs/speed.md); navigation does not (its compilation outlasts short runs)."""
+    from metagrad.reproduce.locomotion import ENVS, experiment
+    from metagrad.reproduce.metarl import method_config
+    from metagrad.reproduce.navigation import NAVIGATION
+
+    for env in ENVS:
+        for method in ("maml-trpo", "maml-vpg", "oracle"):
+            assert method_config(method, False, 1, None, {}, experiment(env).settings(method)).compile, (env, method)
+    assert not method_config("maml-trpo", False, 1, None, {"compile": "false"},
+                             experiment("cheetah-dir").settings("maml-trpo")).compile
+    assert not method_config("maml-trpo", False, 1, None, {}, NAVIGATION.settings("maml-trpo")).compile
 
 
 def test_the_locomotion_oracle_is_not_fine_tuned():

@@ -47,7 +47,7 @@ from ..batching import (
     twice_differentiable,
     vmap_fault,
 )
-from ..errors import ConfigError, MetagradError, check_whole
+from ..errors import ConfigError, MetagradError, check_compiler, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
 from ..inner import SGD, InnerRule
 from ..seeds import global_stream_from
@@ -821,6 +821,8 @@ class MetaLearner(nn.Module):
             return fn
         cache = self.__dict__.setdefault("_compiled", {})
         if fn.__name__ not in cache:
+            if self._on_cpu():
+                check_compiler()
             if self.compile_mode == "default" and self._on_cpu():
                 compiled = torch.compile(fn, dynamic=False, options=CPU_COMPILE_OPTIONS)
             else:

@@ -104,8 +104,9 @@ def build_parser() -> Parser:
                    "(default: auto)")
     p.add_argument("--device", help="where the sinusoid and few-shot methods train: cpu (default), cuda or cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile the meta-gradient (the sinusoid, few-shot "
-                   "and meta-RL methods; for navigation and locomotion the same as --set compile=true): pays for the "
-                   "sinusoid MLP and the meta-RL policies on the CPU, and for the convolutions on a GPU")
+                   "and meta-RL methods; for navigation the same as --set compile=true; locomotion compiles by "
+                   "default, --set compile=false does not): pays for the sinusoid MLP and the meta-RL policies on the "
+                   "CPU, and for the convolutions on a GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     images = p.add_argument_group("few-shot classification (omniglot, miniimagenet)")
     images.add_argument("--algo", type=nonempty, help="algorithm: maml (default), fomaml, reptile, maml-nonconv "

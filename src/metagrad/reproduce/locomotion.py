@@ -61,8 +61,10 @@ ENVS = ("cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel", "swimmer-vel", "chee
 # max_kl 0.02: the TRPO step of the run behind the MAML paper's half-cheetah numbers (maml_rl's
 # test_maml_cheetah_direc.py loads maml1_fbs20_mbs40_flr_0.1_mlr0.02/itr_100.pkl: meta-batch 40, 20 episodes,
 # inner step 0.1, KL step 0.02, iteration 100)
+# compile: the outer step through torch.compile (about a minute once per run, then half-cheetah's TRPO update about
+# 3x faster: docs/speed.md, benchmarks/cheetah_speed.py); --set compile=false for short tries
 BASE = {"horizon": 200, "meta_batch_size": 40, "episodes": 20, "max_kl": 0.02, "eval_steps": 3,
-        "eval_episodes": 20, "eval_tasks": 40, "eval_lr": (0.1, 0.05)}
+        "eval_episodes": 20, "eval_tasks": 40, "eval_lr": (0.1, 0.05), "compile": True}
 # per family, over BASE: the MAML code's ant runs took a KL step of 0.01 (maml_rl's cluster_maml_trpo_ant.py and the
 # checkpoints its test scripts load, maml1_fbs20_mbs40_flr_0.1_mlr0.01 and maml1_fbs40_..._mlr0.01); the ant
 # forward/backward task used 40 episodes per step (the paper's section 5.3; its test script too). The ant's episodes

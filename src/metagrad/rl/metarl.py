@@ -40,7 +40,7 @@ from .. import checkpoint
 from ..algorithms.subsets import adapt_prefixes, adapted_by
 from ..batching import WEIGHT_NORM_FAULT, WEIGHT_NORM_FIX, weight_normed
 from ..distributed import Share
-from ..errors import ConfigError, check_choice, check_whole
+from ..errors import ConfigError, check_choice, check_compiler, check_whole
 from ..functional import Params, call, detach
 from ..inner import SGD
 from . import outer
@@ -224,6 +224,8 @@ class MetaRL(nn.Module):
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
         self.use_compile = bool(compile)
+        if self.use_compile:
+            check_compiler()
         self.pack_episodes = bool(pack_episodes)
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
