@@ -227,7 +227,8 @@ def main() -> None:
     policy.share_memory()
     baseline = LinearFeatureBaseline(env.observation_space.shape[0])
     sampler = MultiTaskSampler(name, env_kwargs={}, batch_size=args.episodes, policy=policy, baseline=baseline,
-                               env=env, seed=args.seed + done, num_workers=args.workers)
+                               env=env, seed=segment_seed(args.seed, done, args.workers, args.episodes),
+                               num_workers=args.workers)
     if args.threads:  # the learner's own, set once the sampler's workers run (they keep the environment's)
         torch.set_num_threads(args.threads)
     learner = MAMLTRPO(policy, fast_lr=0.1, first_order=False, device="cpu")
@@ -257,6 +258,14 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     sampler.close()
+
+
+def segment_seed(seed: int, done: int, workers: int, episodes: int) -> int:
+    """The sampler's seed for a segment resumed after ``done`` iterations. Its sampler seeds worker i's environments
+    with ``seed + i * episodes + 0..episodes-1``, so each segment takes the next ``workers * episodes`` seeds: none
+    that an earlier segment used (``seed + done``, before 2026-12-07, made a segment resumed one iteration later
+    redraw 19 of every 20 streams)."""
+    return seed + done * workers * episodes
 
 
 def save(state: dict, path: Path) -> None:

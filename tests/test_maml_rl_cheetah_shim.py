@@ -87,3 +87,15 @@ def test_run_folders_resume_with_their_own_shim_and_refuse_other_settings():
     new = {"seed": 0, "threads": 0, "shim": "thin"}
     assert maml_rl_cheetah.run_settings({**given, "shim": "copy"}, new)[1] == ["shim"]
     assert maml_rl_cheetah.run_settings(given, new) == (new, [])
+
+
+def test_resumed_segments_seed_their_samplers_with_seeds_no_earlier_segment_used():
+    """pytorch-maml-rl's sampler seeds worker i's environments with ``seed + i * episodes + j``: the seeds of the
+    segments resumed after 0, 1, ... iterations never overlap (``seed + done`` made neighbours share 19 of 20)."""
+    for workers, episodes in ((1, 20), (2, 20), (3, 5)):
+        used: set[int] = set()
+        for done in range(12):
+            start = maml_rl_cheetah.segment_seed(7, done, workers, episodes)
+            mine = {start + i * episodes + j for i in range(workers) for j in range(episodes)}
+            assert not mine & used, (workers, episodes, done)
+            used |= mine
