@@ -60,7 +60,7 @@ def replay_steps_per_second(twin: CopyTaskEnv, tasks: torch.Tensor, episodes: in
                             resets: int) -> tuple[float, float]:
     """The sampler's own actions replayed through the twin's simulators from the same initial states (the same
     reset number, hence the same seeds): exactly the simulator work of that rollout, in a plain loop."""
-    twin._resets = resets
+    twin.reset_seeds.resets = resets
     twin.reset(tasks, episodes)
     sims, n, horizon = twin._copies, len(twin._copies), traj.mask.shape[-1]
     actions = np.clip(traj.actions.reshape(n, horizon, -1).double().numpy(), twin._low, twin._high)
@@ -115,7 +115,7 @@ def measure(name: str, num_tasks: int, episodes: int, horizon: int, repeats: int
     raw, replay, sampled = [], [], []
     for r in range(repeats):  # interleaved, so that a slow phase of the machine hits all alike
         raw.append(raw_steps_per_second(twin._copies, horizon, env._low, env._high, r))
-        resets = env._resets
+        resets = env.reset_seeds.resets
         speed, traj = sampler_steps_per_second(env, tasks, episodes, r)
         sampled.append(speed)
         replay.append(replay_steps_per_second(twin, tasks, episodes, traj, resets))

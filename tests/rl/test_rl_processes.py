@@ -108,3 +108,18 @@ def test_copy_environments_sample_on_one_torch_thread_with_the_same_episodes(mon
         torch.set_num_threads(kept)
     for field in ("obs", "actions", "rewards", "mask", "old_dist"):
         assert torch.equal(getattr(one, field), getattr(two, field)), field
+
+
+def test_a_reset_the_workers_refuse_leaves_the_seed_stream_where_it_was():
+    """A reset refused for its tasks (found in the workers) does not use up a reset's seeds, as in one process: the
+    next reset starts from the states the one-process environment gives."""
+    one = make_env("cheetah-dir", horizon=10, seed=3)
+    split = make_env("cheetah-dir", horizon=10, seed=3, workers=2)
+    try:
+        tasks = one.sample_tasks(3, torch.Generator().manual_seed(1))
+        for env in (one, split):
+            with pytest.raises((ConfigError, MetagradError), match="directions, -1 or 1"):
+                env.reset(torch.full((2, 1), 0.5), 1)
+        assert torch.equal(one.reset(tasks, 2), split.reset(tasks, 2))
+    finally:
+        split.close()

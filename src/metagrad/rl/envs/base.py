@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,6 +58,24 @@ def check_actions(actions: Tensor, batch: tuple[int, int], space: Space) -> None
     if space.kind == "discrete" and not bool(((actions == actions.round()) & (actions >= 0) & (actions < space.n))
                                              .all()):
         raise ConfigError(f"discrete actions must be whole numbers in [0, {space.n})")
+
+
+class ResetSeeds:
+    """The seeds of successive resets' copies: copy ``i`` gets the ``i``-th number of ``SeedSequence([seed, s])``,
+    ``s`` the number last given to ``reseed`` (the sampler draws it from the run's generator, so a resumed run sees
+    the same initial states) or, without one, the count of resets so far."""
+
+    def __init__(self, seed: int):
+        self.seed, self.resets, self._given = int(seed), 0, None
+
+    def reseed(self, stream: int) -> None:
+        self._given = int(stream)
+
+    def next(self, n: int) -> np.ndarray:
+        """The next reset's ``n`` seeds, moving on to the reset after."""
+        stream = self.resets if self._given is None else self._given
+        self.resets, self._given = self.resets + 1, None
+        return np.random.SeedSequence([self.seed, stream]).generate_state(n)
 
 
 class TaskEnv:

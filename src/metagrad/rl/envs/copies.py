@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ...errors import check_whole
 from ...settings import check_seed
-from .base import TaskEnv, check_actions, check_tasks
+from .base import ResetSeeds, TaskEnv, check_actions, check_tasks
 
 
 class CopyTaskEnv(TaskEnv):
@@ -40,8 +40,7 @@ class CopyTaskEnv(TaskEnv):
         self._low = np.asarray(action_low, dtype=np.float64)
         self._high = np.asarray(action_high, dtype=np.float64)
         self._action_scale = float(action_scale)  # the simulator's action per unit of the policy's
-        self._resets = 0
-        self._next_seed: int | None = None
+        self.reset_seeds = ResetSeeds(seed)
         self._shape = (0, 0)
         self._copies: list[Any] = []  # the simulator of each copy in the current batch
         self._t = 0
@@ -71,14 +70,14 @@ class CopyTaskEnv(TaskEnv):
     # -- the TaskEnv interface ----------------------------------------------------------------------------------
     def reset(self, tasks: Tensor, episodes: int, seeds: np.ndarray | None = None) -> Tensor:
         """``TaskEnv.reset``; copy ``i`` seeded by ``seeds[i]`` where given (a process's share of the seeds of a reset
-        split over processes, ``ProcessCopies``), else by the stream's next seeds (``next_seeds``)."""
+        split over processes, ``ProcessCopies``), else by the next of ``reset_seeds``."""
         check_tasks(tasks, episodes)
         self._shape = (int(tasks.shape[0]), int(episodes))
         self._copies = self._prepare(tasks, episodes)
         observers = [self._observer(env) for env in self._copies]
         self._observers = observers if any(f is not None for f in observers) else None
         n = len(self._copies)
-        seeds = self.next_seeds(n) if seeds is None else seeds
+        seeds = self.reset_seeds.next(n) if seeds is None else seeds
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} copies")
         self._obs = np.empty((n, self._sim_dim), dtype=np.float32)
@@ -91,16 +90,8 @@ class CopyTaskEnv(TaskEnv):
         self._t = 0
         return self._observation()
 
-    def next_seeds(self, n: int) -> np.ndarray:
-        """The seeds of the next reset's ``n`` copies (``reseed``'s stream, else the count of resets), moving on to
-        the reset after."""
-        stream = self._resets if self._next_seed is None else self._next_seed
-        self._resets += 1
-        self._next_seed = None
-        return np.random.SeedSequence([self.seed, stream]).generate_state(n)
-
     def reseed(self, seed: int) -> None:
-        self._next_seed = int(seed)
+        self.reset_seeds.reseed(seed)
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if not self._copies:

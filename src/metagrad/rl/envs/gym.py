@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ...errors import ConfigError, check_whole
 from ...settings import check_seed
-from .base import Space, TaskEnv, check_actions, check_tasks
+from .base import ResetSeeds, Space, TaskEnv, check_actions, check_tasks
 
 NAVIGATION_ID = "metagrad/Navigation2D-v0"
 
@@ -109,7 +109,7 @@ class GymTaskEnv(TaskEnv):
         check_whole("horizon", horizon, 1)
         check_seed("seed", seed)
         self.make, self.horizon, self.seed = make, int(horizon), int(seed)
-        self._resets, self._next_seed = 0, None
+        self.reset_seeds = ResetSeeds(seed)
         try:
             probe = make()
         except gym.error.DependencyNotInstalled as e:  # e.g. Box2D or MuJoCo for gymnasium's own families
@@ -162,9 +162,7 @@ class GymTaskEnv(TaskEnv):
         while len(self._envs) < n:
             self._envs.append(self.make())
         self._shape = (tasks.shape[0], episodes)
-        stream = self._resets if self._next_seed is None else self._next_seed
-        seeds = np.random.SeedSequence([self.seed, stream]).generate_state(n)
-        self._resets, self._next_seed = self._resets + 1, None
+        seeds = self.reset_seeds.next(n)
         obs = []
         for i in range(n):
             env = self._envs[i]
@@ -176,7 +174,7 @@ class GymTaskEnv(TaskEnv):
         return torch.from_numpy(self._last.copy()).view(*self._shape, -1)
 
     def reseed(self, seed: int) -> None:
-        self._next_seed = int(seed)
+        self.reset_seeds.reseed(seed)
 
     def _observation(self, o: Any, where: str) -> np.ndarray:
         """One copy's observation, flat, of the size its observation space declares (the policy's input size)."""
