@@ -221,6 +221,7 @@ def main() -> None:
     done = len(logged)
     if done and state.exists():
         policy.load_state_dict(torch.load(state))
+        torch.manual_seed(segment_seed(args.seed, done, args.workers, args.episodes))  # its workers' action noise
     if args.test:
         return test(policy, out, done, hidden, args.activation)
     best_so_far = max((json.loads(line)["return_post"] for line in logged), default=float("-inf"))
@@ -264,7 +265,8 @@ def segment_seed(seed: int, done: int, workers: int, episodes: int) -> int:
     """The sampler's seed for a segment resumed after ``done`` iterations. Its sampler seeds worker i's environments
     with ``seed + i * episodes + 0..episodes-1``, so each segment takes the next ``workers * episodes`` seeds: none
     that an earlier segment used (``seed + done``, before 2026-12-07, made a segment resumed one iteration later
-    redraw 19 of every 20 streams)."""
+    redraw 19 of every 20 streams). Also the torch seed of a resumed segment, whose forked workers draw the action
+    noise from it."""
     return seed + done * workers * episodes
 
 

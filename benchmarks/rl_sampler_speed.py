@@ -57,10 +57,11 @@ def twin_env(env: CopyTaskEnv) -> CopyTaskEnv:
 
 
 def replay_steps_per_second(twin: CopyTaskEnv, tasks: torch.Tensor, episodes: int, traj: Any,
-                            resets: int) -> tuple[float, float]:
-    """The sampler's own actions replayed through the twin's simulators from the same initial states (the same
-    reset number, hence the same seeds): exactly the simulator work of that rollout, in a plain loop."""
-    twin.reset_seeds.resets = resets
+                            seed: int) -> tuple[float, float]:
+    """The sampler's own actions replayed through the twin's simulators from the same initial states (reseeded as
+    ``rollout`` reseeds from its generator, ``seed``'s): exactly the simulator work of that rollout, in a plain
+    loop."""
+    twin.reseed(int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(seed))))
     twin.reset(tasks, episodes)
     sims, n, horizon = twin._copies, len(twin._copies), traj.mask.shape[-1]
     actions = np.clip(traj.actions.reshape(n, horizon, -1).double().numpy(), twin._low, twin._high)
@@ -115,10 +116,9 @@ def measure(name: str, num_tasks: int, episodes: int, horizon: int, repeats: int
     raw, replay, sampled = [], [], []
     for r in range(repeats):  # interleaved, so that a slow phase of the machine hits all alike
         raw.append(raw_steps_per_second(twin._copies, horizon, env._low, env._high, r))
-        resets = env.reset_seeds.resets
         speed, traj = sampler_steps_per_second(env, tasks, episodes, r)
         sampled.append(speed)
-        replay.append(replay_steps_per_second(twin, tasks, episodes, traj, resets))
+        replay.append(replay_steps_per_second(twin, tasks, episodes, traj, r))
     out: dict[str, Any] = {"env": name, "tasks": num_tasks, "episodes": episodes, "horizon": horizon,
                            "copies": num_tasks * episodes, "repeats": repeats,
                            "mean_episode_length": round(float(traj.mask.sum(-1).mean()), 1),

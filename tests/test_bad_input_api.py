@@ -300,15 +300,16 @@ def test_valid_inputs_still_pass():
 
 
 def test_compile_without_a_cpp_compiler_names_the_fix(monkeypatch):
-    """torch.compile's CPU kernels need a C++ compiler: without one, a learner with compile=True stops with the fix
-    (the meta-RL learner when it is built, the supervised one at its first compiled meta-gradient), not with
-    inductor's error in the middle of a run; `reproduce locomotion` compiles by default."""
+    """torch.compile's CPU kernels need a C++ compiler: without one, a learner with compile=True stops with the fix at
+    its first compiled call (a meta-RL step, a supervised meta-gradient), not with inductor's error; `reproduce
+    locomotion` compiles by default. Building the learner does not ask (evaluating a compiled run compiles
+    nothing)."""
     from torch._inductor import config
 
     monkeypatch.setattr(config.cpp, "cxx", ("metagrad-no-such-c++",))
     fix = r"found none .*install one \(e\.g\. apt install g\+\+\) or set compile false"
-    env = Navigation2D(horizon=5)
+    compiled = metarl(compile=True)
     with pytest.raises(ConfigError, match=fix):
-        MetaRL(make_policy(env.action_space, env.obs_dim, hidden=(4,)), env, compile=True)
+        compiled.meta_step(compiled.env.sample_tasks(2, G().manual_seed(0)), G().manual_seed(1))
     with pytest.raises(ConfigError, match=fix):
         learner(compile=True).meta_gradient(sines())

@@ -27,6 +27,23 @@ def test_workers_get_their_share_of_the_threads_and_the_count_is_restored():
         torch.set_num_threads(before)
 
 
+def test_torch_threads_holds_the_count_for_its_block_and_restores_it_after_an_error():
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with threads.torch_threads(None):
+            assert torch.get_num_threads() == 3
+        try:
+            with threads.torch_threads(1):
+                assert torch.get_num_threads() == 1
+                raise KeyError("inside")
+        except KeyError:
+            pass
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 class FakeLibc:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []

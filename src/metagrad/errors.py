@@ -132,12 +132,18 @@ def memory_bytes() -> int:
 
 
 def check_compiler() -> None:
-    """Stop with the fix where ``torch.compile`` cannot build kernels for the CPU: inductor needs a C++ compiler."""
-    from torch._inductor import cpp_builder, exc
-
+    """Stop with the fix where ``torch.compile`` cannot build kernels for the CPU: inductor needs a C++ compiler.
+    (Asked through inductor's own search, a private API: where it has moved, nothing is checked.)"""
     try:
-        cpp_builder.get_cpp_compiler()
-    except exc.InvalidCxxCompiler:
+        from torch._inductor import cpp_builder, exc
+
+        search = cpp_builder.get_cpp_compiler
+        missing: tuple[type[Exception], ...] = (exc.InvalidCxxCompiler, RuntimeError)  # RuntimeError: Windows' cl
+    except (ImportError, AttributeError):
+        return
+    try:
+        search()
+    except missing:
         raise ConfigError("compile=True: torch.compile builds its CPU kernels with a C++ compiler and found none (g++, "
                           "or the one $CXX names); install one (e.g. apt install g++) or set compile false") from None
 

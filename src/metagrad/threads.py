@@ -52,14 +52,10 @@ def in_threads(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
     """Run the jobs at once, one thread each, torch's cores shared out among them; their results in order."""
     if len(jobs) == 1:
         return [jobs[0]()]
-    total = torch.get_num_threads()
-    each = max(1, total // len(jobs))
+    each = max(1, torch.get_num_threads() // len(jobs))
     pool = task_pool(len(jobs), each)
-    torch.set_num_threads(each)  # partly process-wide (MKL's GEMMs): the workers' setting while they run
-    try:
+    with torch_threads(each):  # partly process-wide (MKL's GEMMs): the workers' setting while they run
         return list(pool.map(_with_fresh_shells, jobs))
-    finally:
-        torch.set_num_threads(total)
 
 
 def _with_fresh_shells(job: Callable[[], Any]) -> Any:

@@ -110,16 +110,35 @@ def test_copy_environments_sample_on_one_torch_thread_with_the_same_episodes(mon
         assert torch.equal(getattr(one, field), getattr(two, field)), field
 
 
-def test_a_reset_the_workers_refuse_leaves_the_seed_stream_where_it_was():
-    """A reset refused for its tasks (found in the workers) does not use up a reset's seeds, as in one process: the
-    next reset starts from the states the one-process environment gives."""
+def test_a_failed_reset_uses_no_seeds_in_one_process_or_in_workers(monkeypatch):
+    """A reset refused for its tasks (found in the workers) or failing in a copy's own reset, after its seeds were
+    drawn, leaves the seed stream where it was, ``reseed``'s number included: the next reset starts from the states
+    a reset that never failed gives."""
+    fresh = make_env("cheetah-dir", horizon=10, seed=3)
     one = make_env("cheetah-dir", horizon=10, seed=3)
     split = make_env("cheetah-dir", horizon=10, seed=3, workers=2)
     try:
+        assert split.sampling_threads == 1  # not TaskEnv's None: the workers' cores stay theirs
         tasks = one.sample_tasks(3, torch.Generator().manual_seed(1))
+        for env in (fresh, one, split):
+            env.reseed(5)
         for env in (one, split):
             with pytest.raises((ConfigError, MetagradError), match="directions, -1 or 1"):
                 env.reset(torch.full((2, 1), 0.5), 1)
-        assert torch.equal(one.reset(tasks, 2), split.reset(tasks, 2))
+        calls = []
+        reset_copy = type(one)._reset_copy
+
+        def fails_once(self, env, seed):
+            calls.append(seed)
+            if len(calls) == 1:
+                raise RuntimeError("the simulator failed")
+            return reset_copy(self, env, seed)
+
+        monkeypatch.setattr(type(one), "_reset_copy", fails_once)
+        with pytest.raises(RuntimeError, match="the simulator failed"):
+            one.reset(tasks, 2)
+        monkeypatch.undo()
+        expected = fresh.reset(tasks, 2)
+        assert torch.equal(one.reset(tasks, 2), expected) and torch.equal(split.reset(tasks, 2), expected)
     finally:
         split.close()

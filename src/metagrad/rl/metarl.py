@@ -224,8 +224,6 @@ class MetaRL(nn.Module):
         self.score_baseline, self.emaml_weight = score_baseline, emaml_weight
         self.first_order = algo in ("fomaml", "sgmrl-fo")
         self.use_compile = bool(compile)
-        if self.use_compile:
-            check_compiler()
         self.pack_episodes = bool(pack_episodes)
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
@@ -409,11 +407,13 @@ class MetaRL(nn.Module):
     def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` through ``torch.compile`` (one graph, made once per learner and input shapes) with ``compile=True``,
         else ``fn``. Static shapes: dynamo's automatic dynamic shapes, tried on a second set of shapes (e.g. another
-        number of episodes), cannot size the batched tensors inside ``vmap`` and fail."""
+        number of episodes), cannot size the batched tensors inside ``vmap`` and fail. Checked for a C++ compiler at
+        the first (not when built: evaluating a compiled run compiles nothing)."""
         if not self.use_compile:
             return fn
         cache = self.__dict__.setdefault("_compiled", {})
         if fn.__name__ not in cache:
+            check_compiler()
             cache[fn.__name__] = torch.compile(fn, fullgraph=True, dynamic=False)
         return cache[fn.__name__]
 

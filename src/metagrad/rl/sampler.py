@@ -63,7 +63,7 @@ def rollout(env: TaskEnv, policy: Policy, params: Params, tasks: Tensor, episode
     """Run ``episodes`` episodes of every task in ``tasks`` with the policy at ``params``; all tasks and episodes
     advance in one batched step, on the environment's ``sampling_threads``. Returns and advantages are left at zero
     (see ``process``)."""
-    with torch.no_grad(), torch_threads(env.sampling_threads):
+    with torch.no_grad(), torch_threads(getattr(env, "sampling_threads", None)):  # any object with TaskEnv's methods
         return _rollout(env, policy, params, tasks, episodes, generator, per_task, deterministic, dtype)
 
 

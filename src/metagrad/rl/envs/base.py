@@ -7,6 +7,8 @@ tensors, actions ``[T, K, ...]``. Any gymnasium environment whose task can be se
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +78,16 @@ class ResetSeeds:
         stream = self.resets if self._given is None else self._given
         self.resets, self._given = self.resets + 1, None
         return np.random.SeedSequence([self.seed, stream]).generate_state(n)
+
+    @contextlib.contextmanager
+    def kept_on_error(self) -> Iterator[None]:
+        """The stream put back where it was if the block raises: a reset that fails uses no seeds."""
+        state = self.resets, self._given
+        try:
+            yield
+        except BaseException:
+            self.resets, self._given = state
+            raise
 
 
 class TaskEnv:

@@ -77,13 +77,14 @@ class CopyTaskEnv(TaskEnv):
         observers = [self._observer(env) for env in self._copies]
         self._observers = observers if any(f is not None for f in observers) else None
         n = len(self._copies)
-        seeds = self.reset_seeds.next(n) if seeds is None else seeds
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds for {n} copies")
         self._obs = np.empty((n, self._sim_dim), dtype=np.float32)
-        for i, env in enumerate(self._copies):
-            o = self._reset_copy(env, int(seeds[i]))
-            self._obs[i] = o if self._observers is None else self._observers[i](o)
+        with self.reset_seeds.kept_on_error():
+            seeds = self.reset_seeds.next(n) if seeds is None else seeds
+            if len(seeds) != n:
+                raise ValueError(f"{len(seeds)} seeds for {n} copies")
+            for i, env in enumerate(self._copies):
+                o = self._reset_copy(env, int(seeds[i]))
+                self._obs[i] = o if self._observers is None else self._observers[i](o)
         self._env_rewards = np.zeros(n, dtype=np.float64)
         self._done = np.zeros(n, dtype=bool)
         self._alive = list(range(n))

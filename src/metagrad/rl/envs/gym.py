@@ -162,13 +162,14 @@ class GymTaskEnv(TaskEnv):
         while len(self._envs) < n:
             self._envs.append(self.make())
         self._shape = (tasks.shape[0], episodes)
-        seeds = self.reset_seeds.next(n)
         obs = []
-        for i in range(n):
-            env = self._envs[i]
-            env.unwrapped.set_task(tasks[i // episodes].numpy())
-            o, _ = env.reset(seed=int(seeds[i]))
-            obs.append(self._observation(o, "reset"))
+        with self.reset_seeds.kept_on_error():
+            seeds = self.reset_seeds.next(n)
+            for i in range(n):
+                env = self._envs[i]
+                env.unwrapped.set_task(tasks[i // episodes].numpy())
+                o, _ = env.reset(seed=int(seeds[i]))
+                obs.append(self._observation(o, "reset"))
         self._done = np.zeros(n, dtype=bool)
         self._last = np.stack(obs)
         return torch.from_numpy(self._last.copy()).view(*self._shape, -1)

@@ -11,7 +11,6 @@ must do so under ``if __name__ == "__main__":``, as any script that spawns proce
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import multiprocessing
 from typing import Any
@@ -86,19 +85,15 @@ class ProcessCopies(TaskEnv):
 
     def reset(self, tasks: Tensor, episodes: int) -> Tensor:
         check_tasks(tasks, episodes)
-        before = copy.copy(self.local.reset_seeds)  # a reset the workers refuse leaves the stream where it was
-        seeds = self.local.reset_seeds.next(int(tasks.shape[0]) * int(episodes))
-        bounds = np.linspace(0, tasks.shape[0], len(self._conns) + 1).round().astype(int)
-        self._shares = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
-        values = tasks.detach().cpu().numpy()
-        for conn, (a, b) in zip(self._conns, self._shares, strict=False):
-            conn.send(("reset", values[a:b], episodes, seeds[a * episodes:b * episodes]))
-        self._shape = (int(tasks.shape[0]), int(episodes))
-        try:
+        with self.local.reset_seeds.kept_on_error():  # a reset the workers refuse uses no seeds, as in one process
+            seeds = self.local.reset_seeds.next(int(tasks.shape[0]) * int(episodes))
+            bounds = np.linspace(0, tasks.shape[0], len(self._conns) + 1).round().astype(int)
+            self._shares = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+            values = tasks.detach().cpu().numpy()
+            for conn, (a, b) in zip(self._conns, self._shares, strict=False):
+                conn.send(("reset", values[a:b], episodes, seeds[a * episodes:b * episodes]))
+            self._shape = (int(tasks.shape[0]), int(episodes))
             return torch.from_numpy(np.concatenate(self._answers()))
-        except MetagradError:
-            self.local.reset_seeds = before
-            raise
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if not self._shares:
