@@ -304,9 +304,12 @@ def test_compile_without_a_cpp_compiler_names_the_fix(monkeypatch):
     its first compiled call (a meta-RL step, a supervised meta-gradient), not with inductor's error; `reproduce
     locomotion` compiles by default. Building the learner does not ask (evaluating a compiled run compiles
     nothing)."""
-    from torch._inductor import config
+    from torch._inductor import cpp_builder, exc
 
-    monkeypatch.setattr(config.cpp, "cxx", ("metagrad-no-such-c++",))
+    def no_compiler() -> str:  # what inductor's search raises where none is found (its config is left alone)
+        raise exc.InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
     fix = r"found none .*install one \(e\.g\. apt install g\+\+\) or set compile false"
     compiled = metarl(compile=True)
     with pytest.raises(ConfigError, match=fix):
