@@ -66,7 +66,7 @@ def main() -> None:
                 rows.append({"torch_threads": threads, "sampling_threads": 1 if held else threads,
                              "env_workers": workers, "seconds_median": round(statistics.median(wall), 3),
                              "seconds_range": [round(min(wall), 3), round(max(wall), 3)]})
-            print(rows[-1], flush=True)
+                print(rows[-1], flush=True)
     prov = provenance()
     Path(args.results).with_suffix(".json").write_text(json.dumps({"provenance": prov, "rows": rows}, indent=1) + "\n")
     lines = [provenance_line(prov), "", "One rollout of 40 x 20 half-cheetah direction episodes x 200 steps, 2 x 100 "

@@ -821,9 +821,10 @@ class MetaLearner(nn.Module):
             return fn
         cache = self.__dict__.setdefault("_compiled", {})
         if fn.__name__ not in cache:
-            if self._on_cpu():
+            on_cpu = self._on_cpu()
+            if on_cpu:
                 check_compiler()
-            if self.compile_mode == "default" and self._on_cpu():
+            if self.compile_mode == "default" and on_cpu:
                 compiled = torch.compile(fn, dynamic=False, options=CPU_COMPILE_OPTIONS)
             else:
                 compiled = torch.compile(fn, dynamic=False, mode=self.compile_mode)
