@@ -338,3 +338,35 @@ def test_an_interrupt_between_runs_says_the_command_resumes(monkeypatch, capsys,
     assert main(argv) == EXIT_INTERRUPTED
     said = capsys.readouterr().err.strip()
     assert said == f"metagrad {command}: interrupted (any checkpoint it wrote is whole: {again})"
+
+
+@pytest.mark.parametrize("reader_left", [True, False])
+def test_a_broken_pipe_is_success_only_when_stdout_lost_its_reader(monkeypatch, capsys, reader_left):
+    """`metagrad eval RUN | head` ends quietly with 0; a broken pipe elsewhere (a simulator worker killed under a
+    run: it ended a training run silently with 0, nothing saved) is an error with code 2."""
+    import os
+    import sys
+
+    import metagrad.cli as cli
+
+    def writes(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    read, write = os.pipe()
+    saved = os.dup(1)
+    try:
+        os.dup2(write, 1)
+        os.close(write)
+        if reader_left:
+            os.close(read)
+        monkeypatch.setattr(cli, "cmd_status", writes)
+        monkeypatch.setattr(sys, "stdout", os.fdopen(os.dup(1), "w"))
+        code = main(["status", "results"])
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        if not reader_left:
+            os.close(read)
+    assert code == (0 if reader_left else 2)
+    err = capsys.readouterr().err
+    assert ("Broken pipe" in err) is not reader_left

@@ -62,6 +62,11 @@ class EnvironmentFault(TrainingDiverged):
     session recorded, the last finite checkpoint kept), its message naming the environment, not the step sizes."""
 
 
+class WorkerLost(MetagradError, RuntimeError):
+    """A process the run steps its simulators in ended mid-run (killed, out of memory): the run stops without saving
+    the iteration it was in; its checkpoints are whole, and resuming gives the run an uninterrupted one would."""
+
+
 class DataError(MetagradError, RuntimeError):
     """A dataset could not be fetched or failed verification (no network, HTTP error, checksum mismatch)."""
 

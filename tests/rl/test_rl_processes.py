@@ -3,14 +3,25 @@ episodes to the bit: the same reset seeds per copy, tasks and ends, whatever sha
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
-from metagrad.errors import ConfigError, MetagradError
+from metagrad import checkpoint
+from metagrad.errors import CheckpointError, ConfigError, MetagradError
 from metagrad.rl import make_env, make_policy
 from metagrad.rl.sampler import rollout
 
 pytest.importorskip("mujoco")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def episodes(env, tasks: torch.Tensor, seed: int) -> list:
@@ -142,3 +153,108 @@ def test_a_failed_reset_uses_no_seeds_in_one_process_or_in_workers(monkeypatch):
         assert torch.equal(one.reset(tasks, 2), expected) and torch.equal(split.reset(tasks, 2), expected)
     finally:
         split.close()
+
+
+RUN = ["train", "--config", "maml-trpo-navigation", "--env", "cheetah-dir", "--horizon", "20", "--meta-batch-size",
+       "4", "--episodes", "4", "--hidden", "8", "--iterations", "10", "--checkpoint-every", "1", "--no-progress"]
+LOGGED = ("iteration", "return_pre", "return_post", "kl", "grad_norm", "env_steps")
+
+
+def _launch(out, *extra: str) -> subprocess.Popen:
+    """``metagrad train`` with two simulator workers in a session of its own: its process group is what a terminal's
+    Ctrl-C or a scheduler's SIGTERM reaches, workers included."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "metagrad", *RUN, "--env-workers", "2", "--out", str(out), *extra],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _iteration_past(out, proc: subprocess.Popen, done: int) -> int:
+    """Wait until the run has checkpointed two iterations past ``done``; return the workers' process ids."""
+    end = time.monotonic() + 120
+    while time.monotonic() < end and proc.poll() is None:
+        with contextlib.suppress(CheckpointError):
+            if checkpoint.read_info(out / "last")["iteration"] >= done + 2:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    found = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def test_signals_and_kills_under_env_workers_lose_nothing(tmp_path):
+    """A run with ``env_workers 2``: Ctrl-C and SIGTERM to its whole process group (the workers died of Ctrl-C and
+    the run ended in an error, unsaved), kill -9 of a worker (the run ended silently with code 0: the broken pipe
+    read as a closed stdout), kill -9 of the main process (the orphaned workers must end, quietly). After each, the
+    command resumes; the whole equals an uninterrupted run, logged values and final policy to the bit."""
+    from metagrad.cli import main
+
+    assert main([*RUN, "--out", str(tmp_path / "straight")]) == 0  # one process: the same episodes (tests above)
+    out, done = tmp_path / "run", 0
+    for fault in ("SIGINT", "kill-worker", "kill-main", "SIGTERM"):
+        proc = _launch(out, *(["--resume"] if done else []))
+        workers = _iteration_past(out, proc, done)
+        assert len(workers) == 2, workers
+        if fault in ("SIGINT", "SIGTERM"):
+            os.killpg(proc.pid, getattr(signal, fault))
+        else:
+            os.kill(workers[0] if fault == "kill-worker" else proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+        deadline = time.monotonic() + 15
+        while not all(_gone(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(p) for p in workers), (fault, workers)
+        assert "Traceback" not in err, (fault, err)
+        if fault == "kill-worker":
+            assert proc.returncode == 2, err
+            assert err.strip().splitlines()[-1] == (
+                "metagrad train: error: an environment worker stopped in the middle of the run (worker 1 of 2 killed "
+                "by SIGKILL) (any checkpoint it wrote is whole: run the command again, with --resume once it has "
+                "written one)")
+        elif fault == "kill-main":
+            assert proc.returncode == -signal.SIGKILL
+        else:
+            assert proc.returncode == 128 + getattr(signal, fault), err
+            assert "checkpoint saved" in err, err
+        done = checkpoint.read_info(out / "last")["iteration"]
+    assert main([*RUN, "--env-workers", "2", "--out", str(out), "--resume"]) == 0
+    straight, _ = checkpoint.load(tmp_path / "straight" / "last")
+    resumed, _ = checkpoint.load(out / "last")
+    assert straight["learner"].keys() == resumed["learner"].keys()
+    assert all(torch.equal(v, resumed["learner"][k]) for k, v in straight["learner"].items())
+
+    def logged(run):
+        lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: ln[k] for k in LOGGED} for ln in lines if "return_post" in ln]
+
+    assert logged(out) == logged(tmp_path / "straight") and len(logged(out)) == 10
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_script_ending_with_its_workers_open_exits(tmp_path, guarded):
+    """Workers ignore SIGTERM (the main process's to act on), which is how multiprocessing ends daemon processes at
+    exit: a script whose environment is still alive at its end waited for them forever, unless ``close`` runs first.
+    Without ``if __name__ == "__main__":`` each worker dies importing the script again: the error says so."""
+    body = ('env = make_env("cheetah-dir", horizon=5, workers=2)\n'
+            'env.reset(env.sample_tasks(2, torch.Generator().manual_seed(0)), 1)\n'
+            'print(*(p.pid for p in env._procs))\n')
+    script = tmp_path / "script.py"
+    script.write_text("import torch\nfrom metagrad.rl import make_env\n"
+                      + ('if __name__ == "__main__":\n' + "".join(f"    {ln}\n" for ln in body.splitlines())
+                         if guarded else body))
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=90)
+    if not guarded:
+        assert done.returncode == 1
+        assert "MetagradError: an environment worker stopped before its first answer (worker " in done.stderr
+        assert "start them under `if __name__ == '__main__':`" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    assert all(_gone(int(p)) for p in done.stdout.split()) and len(done.stdout.split()) == 2

@@ -11,12 +11,13 @@ import contextlib
 import errno
 import os
 import re
+import select
 import signal
 import sys
 import threading
 from typing import TYPE_CHECKING
 
-from ..errors import Interrupted, MetagradError
+from ..errors import Interrupted, MetagradError, WorkerLost
 from .parser import EXIT_INTERRUPTED, EXIT_USAGE, build_parser
 from .reproduce import cmd_reproduce, metarl_request
 from .studies import cmd_compare, cmd_curves, cmd_status, cmd_tradeoff
@@ -85,12 +86,13 @@ def run_command(args: argparse.Namespace) -> int:
         return e.exit_code
     except MetagradError as e:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting with this line: torchrun's SIGTERM must not cut it
-        print(f"metagrad {args.command}: error: {e}", file=sys.stderr)
+        print(f"metagrad {args.command}: error: {e}{_resumes(args.command) if isinstance(e, WorkerLost) else ''}",
+              file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:  # the reader of stdout left (`metagrad eval RUN | head`): what was asked is done
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
-        return 0
     except OSError as e:  # a full or read-only disk, an unwritable folder: the file and the reason, in one line
+        if isinstance(e, BrokenPipeError) and stdout_gone():  # its reader left (`metagrad eval RUN | head`): done
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+            return 0
         where = f" ({e.filename})" if e.filename else ""
         print(f"metagrad {args.command}: error: cannot write or read{where}: {e.strerror or e}; {os_fix(e)}"
               f"{_resumes(args.command) if e.errno in FULL else ''}", file=sys.stderr)
@@ -106,6 +108,16 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"metagrad {args.command}: error: out of memory{wanted}; lower the sizes that set it (shots, query, "
               "hidden, meta_batch_size, inner_steps, eval_query or task_chunk)", file=sys.stderr)
         return EXIT_USAGE
+
+
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has left (``poll`` flags it): a broken pipe elsewhere is an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # (no file descriptor behind sys.stdout)
+        return False
 
 
 def out_of_memory(e: RuntimeError) -> str | None:
