@@ -639,3 +639,52 @@ def test_a_failed_run_in_the_pool_stops_the_runs_not_yet_started(tmp_path, tiny_
     with pytest.raises(RuntimeError, match="run 0 failed"):
         rs.map_runs(_fail_first, [(i, str(tmp_path)) for i in range(8)], base, jobs=2)
     assert len(list(tmp_path.glob("ran-*"))) <= 3  # at most those under way or queued when run 0 failed
+
+
+@pytest.mark.parametrize("fault", ["SIGTERM", "SIGKILL"])
+def test_a_pooled_study_whose_main_process_alone_is_stopped_stops_its_runs(tmp_path, tiny_omniglot, fault):
+    """SIGTERM to the study's main process alone (``kill PID``, ``docker stop``): it waited for the runs under way to
+    end (hours at the paper's budget); kill -9 of it left them training on, orphans. Now the runs under way stop
+    after their iteration with a checkpoint, no other starts, the workers end, and SIGTERM exits with 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from metagrad import checkpoint
+
+    out = tmp_path / "study"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "metagrad", "reproduce", "reptile-gradients", "--jobs", "2",
+                             "--iterations", "100000", "--eval-tasks", "2", "--data-root", str(tiny_omniglot),
+                             "--out", str(out), "--no-progress"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = out / "reptile-gradients"
+    end = time.monotonic() + 120
+    while time.monotonic() < end and len([r for r in runs.glob("*") if checkpoint.exists(r / "last")]) < 2:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # into their iterations
+    workers = [int(p) for p in subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "spawn_main"],
+                                              capture_output=True, text=True).stdout.split()]
+    assert len(workers) == 2
+    proc.send_signal(getattr(signal, fault))
+    if fault == "SIGTERM":
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert err.strip().splitlines()[-1].startswith("metagrad reproduce: interrupted (SIGTERM)"), err
+    def alive(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(map(alive, workers)):
+        time.sleep(0.1)
+    assert not any(map(alive, workers))
+    started = [r for r in runs.glob("*") if checkpoint.exists(r / "last")]
+    assert len(started) == 2  # no other run started
+    assert all(checkpoint.read_info(r / "last")["iteration"] > 0 for r in started)  # each saved where it stopped

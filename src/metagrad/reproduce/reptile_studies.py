@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -109,11 +111,18 @@ def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool, study: str
         files.write_json(run_dir / STUDY_MARK, {"study": study, "tasks": what, "command": command})
     learner = build_learner(cfg)
     opt, sched = build_outer(cfg, learner)
+    stop = WORKER.get("stop")  # set by the pool's main process when a signal stopped it, or once it is gone
+
+    def after(trainer: Trainer, iteration: int, _metrics: dict[str, float]) -> None:
+        if on_iteration is not None:
+            on_iteration(trainer, iteration)
+        if stop is not None and stop.is_set():
+            trainer.request_stop()  # after this iteration, with a checkpoint, as on a signal of its own
+
     trainer = Trainer(learner, tasks, opt, scheduler=sched, iterations=cfg.iterations,
                       meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, run_dir=run_dir, config=cfg.to_sections(),
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, val_every=0,
-                      progress=progress, on_iteration=(lambda t, i, m: on_iteration(t, i)) if on_iteration else None,
-                      time_budget=time_budget)
+                      progress=progress, on_iteration=after, time_budget=time_budget)
     return stop_when_interrupted(lambda: (trainer, trainer.fit(resume="auto")), run_dir)[0]
 
 
@@ -155,6 +164,19 @@ def load_data(base: Config, threads: int | None = None, stop: Any = None) -> Non
     WORKER["images"] = build_tasks(base, "train").images
     WORKER["tests"] = test_tasks(base)
     WORKER["stop"] = stop
+    if stop is not None:
+        threading.Thread(target=_watch_parent, args=(stop, os.getppid()), daemon=True).start()
+
+
+def _watch_parent(stop: Any, parent: int) -> None:
+    """A pool worker's watch: once the study's main process is gone (kill -9), the run under way stops after its
+    iteration with a checkpoint (``stop``), and the worker ends instead of training on, an orphan, for hours."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    stop.set()
+    while WORKER.get("busy"):  # the run's last iteration and its save
+        time.sleep(0.05)
+    os._exit(1)
 
 
 def deadline_for(time_budget: float) -> float | None:
@@ -174,18 +196,23 @@ def _call(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
     stop = WORKER.get("stop")
     if stop is not None and stop.is_set():
         raise Interrupted("another run of the study stopped first")
+    WORKER["busy"] = True
     try:
         return fn(*args)
     except BaseException:
         if stop is not None:
             stop.set()
         raise
+    finally:
+        WORKER["busy"] = False
 
 
 def map_runs(fn: Callable[..., Any], work: list[tuple[Any, ...]], base: Config, jobs: int) -> list[Any]:
     """``fn(*args)`` for every ``args`` in ``work``, in order: here, or ``jobs`` at a time in fresh processes of
-    one thread each (the runs are independent; each keeps its own checkpoints). Ctrl-C reaches every process: the
-    runs under way stop with checkpoints, no other starts, and the first error is raised here."""
+    one thread each (the runs are independent; each keeps its own checkpoints). A stop reaches every run under way,
+    whether the signal came to every process (a terminal's Ctrl-C) or to this one alone (``kill``, ``docker stop``)
+    or this one was killed: each stops after its iteration with a checkpoint, no other starts, and the first error
+    is raised here."""
     if jobs < 1:
         raise ConfigError(f"jobs {jobs} must be >= 1")
     if jobs == 1:
