@@ -5,6 +5,7 @@ then resume, the config fields, and the two studies (reproduce/reptile_studies.p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 
@@ -641,11 +642,41 @@ def test_a_failed_run_in_the_pool_stops_the_runs_not_yet_started(tmp_path, tiny_
     assert len(list(tmp_path.glob("ran-*"))) <= 3  # at most those under way or queued when run 0 failed
 
 
-@pytest.mark.parametrize("fault", ["SIGTERM", "SIGKILL"])
+def _stopped_by_the_others(i: int) -> int:
+    """A study's run for the pool tests: run 0 trains until the pool's stop flag (as a trainer's hook does), run 1
+    fails after a while, run 2 kills its own process."""
+    import os
+    import signal
+    import time as _time
+
+    if i == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if i == 1:
+        _time.sleep(0.5)
+        raise RuntimeError("run 1 failed")
+    while not rs.WORKER["stop"].value:
+        _time.sleep(0.01)
+    raise mg.errors.Interrupted("interrupted at iteration 3")
+
+
+def test_a_pooled_run_that_fails_is_the_error_not_the_stop_it_causes(tiny_omniglot):
+    """A failed run stops the runs under way (the pool's flag): their ``Interrupted``, first in order, hid the
+    failure (the command said "interrupted ... run the same command again"); a killed worker is ``WorkerLost``."""
+    from metagrad.errors import WorkerLost
+
+    base = rs.base_config(str(tiny_omniglot), rs.Budget(iterations=1, eval_tasks=2, curve_points=1))
+    with pytest.raises(RuntimeError, match="run 1 failed"):
+        rs.map_runs(_stopped_by_the_others, [(0,), (1,)], base, jobs=2)
+    with pytest.raises(WorkerLost, match="a process of the study's pool stopped in the middle of its runs"):
+        rs.map_runs(_stopped_by_the_others, [(0,), (2,)], base, jobs=2)
+
+
+@pytest.mark.parametrize("fault", ["SIGTERM", "SIGKILL", "SIGKILL-at-start"])
 def test_a_pooled_study_whose_main_process_alone_is_stopped_stops_its_runs(tmp_path, tiny_omniglot, fault):
     """SIGTERM to the study's main process alone (``kill PID``, ``docker stop``): it waited for the runs under way to
-    end (hours at the paper's budget); kill -9 of it left them training on, orphans. Now the runs under way stop
-    after their iteration with a checkpoint, no other starts, the workers end, and SIGTERM exits with 143."""
+    end (hours at the paper's budget); kill -9 of it left them training on, orphans, also when it came before the
+    workers had loaded their data. Now the runs under way stop after their iteration with a checkpoint, no other
+    starts, the workers end, and SIGTERM exits with 143."""
     import os
     import signal
     import subprocess
@@ -655,6 +686,16 @@ def test_a_pooled_study_whose_main_process_alone_is_stopped_stops_its_runs(tmp_p
 
     from metagrad import checkpoint
 
+    def alive(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    def workers() -> list[int]:
+        found = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+        return [int(p) for p in found.stdout.split()]
+
     out = tmp_path / "study"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "metagrad", "reproduce", "reptile-gradients", "--jobs", "2",
@@ -662,29 +703,31 @@ def test_a_pooled_study_whose_main_process_alone_is_stopped_stops_its_runs(tmp_p
                              "--out", str(out), "--no-progress"], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = out / "reptile-gradients"
-    end = time.monotonic() + 120
-    while time.monotonic() < end and len([r for r in runs.glob("*") if checkpoint.exists(r / "last")]) < 2:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    time.sleep(1.0)  # into their iterations
-    workers = [int(p) for p in subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "spawn_main"],
-                                              capture_output=True, text=True).stdout.split()]
-    assert len(workers) == 2
-    proc.send_signal(getattr(signal, fault))
-    if fault == "SIGTERM":
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 128 + signal.SIGTERM, err
-        assert err.strip().splitlines()[-1].startswith("metagrad reproduce: interrupted (SIGTERM)"), err
-    def alive(pid: int) -> bool:
-        try:
-            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return False
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(map(alive, workers)):
-        time.sleep(0.1)
-    assert not any(map(alive, workers))
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and (len(workers()) < 2 if fault == "SIGKILL-at-start" else
+                                          len([r for r in runs.glob("*") if checkpoint.exists(r / "last")]) < 2):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        if fault != "SIGKILL-at-start":
+            time.sleep(1.0)  # into their iterations
+        pool = workers()
+        assert len(pool) == 2
+        proc.send_signal(signal.SIGKILL if fault.startswith("SIGKILL") else signal.SIGTERM)
+        if fault == "SIGTERM":
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 128 + signal.SIGTERM, err
+            assert err.strip().splitlines()[-1].startswith("metagrad reproduce: interrupted (SIGTERM)"), err
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(map(alive, pool)):
+            time.sleep(0.1)
+        assert not any(map(alive, pool))
+    finally:  # nothing the test started trains on after it (the workers keep the process group)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     started = [r for r in runs.glob("*") if checkpoint.exists(r / "last")]
+    if fault == "SIGKILL-at-start":
+        assert all(checkpoint.read_info(r / "last")["iteration"] < 1000 for r in started)
+        return
     assert len(started) == 2  # no other run started
     assert all(checkpoint.read_info(r / "last")["iteration"] > 0 for r in started)  # each saved where it stopped

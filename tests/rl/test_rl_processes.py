@@ -156,7 +156,7 @@ def test_a_failed_reset_uses_no_seeds_in_one_process_or_in_workers(monkeypatch):
 
 
 RUN = ["train", "--config", "maml-trpo-navigation", "--env", "cheetah-dir", "--horizon", "20", "--meta-batch-size",
-       "4", "--episodes", "4", "--hidden", "8", "--iterations", "10", "--checkpoint-every", "1", "--no-progress"]
+       "4", "--episodes", "4", "--hidden", "8", "--iterations", "20", "--checkpoint-every", "1", "--no-progress"]
 LOGGED = ("iteration", "return_pre", "return_post", "kl", "grad_norm", "env_steps")
 
 
@@ -182,6 +182,16 @@ def _iteration_past(out, proc: subprocess.Popen, done: int) -> int:
     return [int(p) for p in found.stdout.split()]
 
 
+@contextlib.contextmanager
+def _group_killed_after(proc: subprocess.Popen):
+    """Whatever the test finds, nothing it started trains on after it (workers keep the process group)."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _gone(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
@@ -200,17 +210,18 @@ def test_signals_and_kills_under_env_workers_lose_nothing(tmp_path):
     out, done = tmp_path / "run", 0
     for fault in ("SIGINT", "kill-worker", "kill-main", "SIGTERM"):
         proc = _launch(out, *(["--resume"] if done else []))
-        workers = _iteration_past(out, proc, done)
-        assert len(workers) == 2, workers
-        if fault in ("SIGINT", "SIGTERM"):
-            os.killpg(proc.pid, getattr(signal, fault))
-        else:
-            os.kill(workers[0] if fault == "kill-worker" else proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)
-        deadline = time.monotonic() + 15
-        while not all(_gone(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(_gone(p) for p in workers), (fault, workers)
+        with _group_killed_after(proc):
+            workers = _iteration_past(out, proc, done)
+            assert len(workers) == 2, workers
+            if fault in ("SIGINT", "SIGTERM"):
+                os.killpg(proc.pid, getattr(signal, fault))
+            else:
+                os.kill(workers[0] if fault == "kill-worker" else proc.pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=120)
+            deadline = time.monotonic() + 15
+            while not all(_gone(p) for p in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert all(_gone(p) for p in workers), (fault, workers)  # (before the group is killed on the way out)
         assert "Traceback" not in err, (fault, err)
         if fault == "kill-worker":
             assert proc.returncode == 2, err
@@ -234,7 +245,7 @@ def test_signals_and_kills_under_env_workers_lose_nothing(tmp_path):
         lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
         return [{k: ln[k] for k in LOGGED} for ln in lines if "return_post" in ln]
 
-    assert logged(out) == logged(tmp_path / "straight") and len(logged(out)) == 10
+    assert logged(out) == logged(tmp_path / "straight") and len(logged(out)) == 20
 
 
 @pytest.mark.parametrize("guarded", [True, False])
@@ -258,3 +269,23 @@ def test_a_script_ending_with_its_workers_open_exits(tmp_path, guarded):
         return
     assert done.returncode == 0, done.stderr
     assert all(_gone(int(p)) for p in done.stdout.split()) and len(done.stdout.split()) == 2
+
+
+def test_workers_hold_stop_signals_from_birth(tmp_path):
+    """In a fresh process the first spawn starts multiprocessing's resource tracker, which unblocked SIGINT and
+    SIGTERM in the spawning thread before the workers were made: for the seconds a worker spends importing torch, a
+    terminal's Ctrl-C killed it. Each worker must block or ignore both from its start."""
+    script = tmp_path / "script.py"
+    script.write_text('from pathlib import Path\nfrom metagrad.rl import make_env\nif __name__ == "__main__":\n'
+                      '    env = make_env("cheetah-dir", horizon=5, workers=2)\n'
+                      '    for p in env._procs:\n'
+                      '        status = dict(ln.split(":", 1) for ln in Path(f"/proc/{p.pid}/status").read_text()'
+                      '.splitlines())\n'
+                      '        print(int(status["SigBlk"], 16) | int(status["SigIgn"], 16))\n'
+                      '    env.close()\n')
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    held = [int(v) for v in done.stdout.split()]
+    both = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    assert len(held) == 2 and all(h & both == both for h in held), held

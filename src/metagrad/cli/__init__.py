@@ -111,11 +111,14 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def stdout_gone() -> bool:
-    """Whether stdout is a pipe whose reader has left (``poll`` flags it): a broken pipe elsewhere is an error."""
+    """Whether stdout is a pipe or socket whose reader has left (``poll`` flags it): a broken pipe elsewhere is an
+    error. Without ``poll`` (Windows) every broken pipe is taken for stdout's."""
+    if not hasattr(select, "poll"):
+        return True
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
     except (OSError, ValueError, AttributeError):  # (no file descriptor behind sys.stdout)
         return False
 

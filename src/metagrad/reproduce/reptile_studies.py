@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from ..analysis.stats import mean_ci95
 from ..batch import Split, TaskBatch
 from ..build import build_learner, build_outer, build_tasks, image_splits
 from ..config import Config, load_config
-from ..errors import CheckpointError, ConfigError, Interrupted, check_whole
+from ..errors import CheckpointError, ConfigError, Interrupted, WorkerLost, check_whole
 from ..evaluate import held_out_tasks
 from ..experiment import STUDY_MARK, stop_when_interrupted, stored_config
 from ..settings import check_seed
@@ -116,7 +117,7 @@ def train_run(cfg: Config, tasks: Any, run_dir: Path, progress: bool, study: str
     def after(trainer: Trainer, iteration: int, _metrics: dict[str, float]) -> None:
         if on_iteration is not None:
             on_iteration(trainer, iteration)
-        if stop is not None and stop.is_set():
+        if stop is not None and stop.value:
             trainer.request_stop()  # after this iteration, with a checkpoint, as on a signal of its own
 
     trainer = Trainer(learner, tasks, opt, scheduler=sched, iterations=cfg.iterations,
@@ -156,16 +157,17 @@ def test_tasks(cfg: Config) -> TaskBatch:
 WORKER: dict[str, Any] = {}  # a study's training images and test tasks, once per process
 
 
-def load_data(base: Config, threads: int | None = None, stop: Any = None) -> None:
+def load_data(base: Config, threads: int | None = None, stop: Any = None, parent: int | None = None) -> None:
     """Load the training images and the fixed test tasks into ``WORKER`` (a process pool's initializer); ``stop``:
-    the pool's event that tells its workers to start no other run."""
+    the pool's shared flag that tells its workers to stop their runs and start no other; ``parent``: the pool's
+    process, watched from the start."""
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(stop, parent), daemon=True).start()
     if threads is not None:
         torch.set_num_threads(threads)
     WORKER["images"] = build_tasks(base, "train").images
     WORKER["tests"] = test_tasks(base)
     WORKER["stop"] = stop
-    if stop is not None:
-        threading.Thread(target=_watch_parent, args=(stop, os.getppid()), daemon=True).start()
 
 
 def _watch_parent(stop: Any, parent: int) -> None:
@@ -173,7 +175,7 @@ def _watch_parent(stop: Any, parent: int) -> None:
     iteration with a checkpoint (``stop``), and the worker ends instead of training on, an orphan, for hours."""
     while os.getppid() == parent:
         time.sleep(1)
-    stop.set()
+    stop.value = 1
     while WORKER.get("busy"):  # the run's last iteration and its save
         time.sleep(0.05)
     os._exit(1)
@@ -194,14 +196,14 @@ def _call(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
     """One run in a pool's worker; once any run is interrupted or fails, the others that had not started do not."""
     fn, args = job
     stop = WORKER.get("stop")
-    if stop is not None and stop.is_set():
-        raise Interrupted("another run of the study stopped first")
-    WORKER["busy"] = True
+    WORKER["busy"] = True  # (before the check: the parent's watch never ends a run it let start)
     try:
+        if stop is not None and stop.value:
+            raise Interrupted("another run of the study stopped first")
         return fn(*args)
     except BaseException:
         if stop is not None:
-            stop.set()
+            stop.value = 1
         raise
     finally:
         WORKER["busy"] = False
@@ -221,18 +223,32 @@ def map_runs(fn: Callable[..., Any], work: list[tuple[Any, ...]], base: Config, 
     if base.download:
         image_splits(base.family, base.data_root, True)  # fetched once, here, before the workers read the folder
     ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=load_data, initargs=(base, 1, stop))
+    stop = ctx.RawValue("b", 0)  # (no lock: a worker killed holding one would hang the others)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=load_data,
+                               initargs=(base, 1, stop, os.getpid()))
     try:
         futures = [pool.submit(_call, (fn, args)) for args in work]
+        pool.submit(int)  # a wake-up after the last spawn: CPython 3.11's pool missed a worker killed before the next
         wait(futures, return_when=FIRST_EXCEPTION)
-        return [f.result() for f in futures]
     except BaseException:
-        stop.set()
+        stop.value = 1
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
         pool.shutdown(wait=True)
+    return outcomes(futures)
+
+
+def outcomes(futures: list[Future]) -> list[Any]:
+    """The pooled runs' results in order; else the first error that is not a stop (a failed run stops those under
+    way: their ``Interrupted`` came after it), else the first stop; a lost worker process as ``WorkerLost``."""
+    errors = [e for f in futures if (e := f.exception()) is not None]
+    if not errors:
+        return [f.result() for f in futures]
+    first = next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
+    if isinstance(first, BrokenProcessPool):
+        raise WorkerLost(f"a process of the study's pool stopped in the middle of its runs ({first})") from first
+    raise first
 
 
 def study_budget(default: Budget, full: bool, iterations: int | None, eval_tasks: int | None = None,

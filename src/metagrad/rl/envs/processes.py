@@ -20,7 +20,10 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import signal
+import time
 import weakref
+from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from typing import Any
 
 import numpy as np
@@ -40,7 +43,8 @@ def _serve(conn: Any, name: str, kwargs: dict[str, Any]) -> None:
 
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (those that came while blocked are dropped, ignored)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (those that came while blocked are dropped)
     torch.set_num_threads(1)
     env = make_env(name, **kwargs)
     while True:
@@ -82,16 +86,13 @@ class ProcessCopies(TaskEnv):
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs OpenMP
         self._conns, self._procs = [], []
         self._answered = False
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a child inherits the mask; here they wait
-        try:
+        with _stop_signals_blocked():
             for _ in range(workers):
                 mine, theirs = context.Pipe()
                 proc = context.Process(target=_serve, args=(theirs, name, kwargs), daemon=True)
                 proc.start()
                 self._conns.append(mine)
                 self._procs.append(proc)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._shares: list[tuple[int, int]] = []
         closing = weakref.WeakMethod(self.close)  # before multiprocessing's exit hook, whose SIGTERM workers ignore
         self._at_exit = lambda: (close := closing()) is not None and close()
@@ -149,22 +150,23 @@ class ProcessCopies(TaskEnv):
         """The error for a worker that is gone: killed mid-run (``WorkerLost``: the run resumes), or dead before its
         first answer (most often a script that spawns without ``if __name__ == "__main__":``)."""
         ended = multiprocessing.connection.wait([proc.sentinel for proc in self._procs], timeout=2)
-        ends = ", ".join(f"worker {i + 1} of {len(self._procs)} {_ending(proc.join() or proc.exitcode)}"
-                         for i, proc in enumerate(self._procs) if proc.sentinel in ended)  # (join: reaped)
+        codes = {i: proc.join() or proc.exitcode for i, proc in enumerate(self._procs) if proc.sentinel in ended}
+        ends = ", ".join(f"worker {i + 1} of {len(self._procs)} {_ending(code)}" for i, code in codes.items())
         ends = ends or "a broken pipe, the workers still running"
-        if self._answered:
+        if self._answered or any(code < 0 for code in codes.values()):  # (a signal: not the script's import)
             return WorkerLost(f"an environment worker stopped in the middle of the run ({ends})")
         return MetagradError(f"an environment worker stopped before its first answer ({ends}); workers "
                              "are spawned processes that import the main script again: start them under "
                              "`if __name__ == '__main__':`")
 
     def close(self) -> None:
-        """Stop the workers: each is told to end, and killed if it has not within 10 s (busy in a simulator step)."""
+        """Stop the workers: each is told to end, and killed if they have not within 10 s (busy in a step)."""
         for conn in self._conns:
             with contextlib.suppress(OSError):  # (a worker already gone)
                 conn.send(("close",))
+        deadline = time.monotonic() + 10
         for proc in self._procs:
-            proc.join(timeout=10)
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
                 proc.join()
@@ -174,6 +176,21 @@ class ProcessCopies(TaskEnv):
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown the daemon workers end with the process
             self.close()
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back in this thread while workers are spawned: each inherits the mask, so none lands
+    before it ignores them (there is no mask on Windows)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    resource_tracker.ensure_running()  # started inside the first spawn instead, it unblocks both in this thread
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _ending(code: int) -> str:
