@@ -370,3 +370,4 @@ def test_a_broken_pipe_is_success_only_when_stdout_lost_its_reader(monkeypatch, 
     assert code == (0 if reader_left else 2)
     err = capsys.readouterr().err
     assert ("Broken pipe" in err) is not reader_left
+    assert ("a process it wrote to has ended" in err) is not reader_left

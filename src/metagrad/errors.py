@@ -63,8 +63,9 @@ class EnvironmentFault(TrainingDiverged):
 
 
 class WorkerLost(MetagradError, RuntimeError):
-    """A process the run steps its simulators in ended mid-run (killed, out of memory): the run stops without saving
-    the iteration it was in; its checkpoints are whole, and resuming gives the run an uninterrupted one would."""
+    """A helper process (a simulator worker, a study's pool worker) ended mid-run (killed, out of memory): the run
+    stops without saving the iteration it was in; its checkpoints are whole, and resuming gives the run an
+    uninterrupted one would."""
 
 
 class DataError(MetagradError, RuntimeError):

@@ -152,4 +152,6 @@ def os_fix(e: OSError) -> str:
         return "a file stands where a folder is needed, or a folder where a file is: choose another path"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "choose a folder you can write to"
+    if e.errno == errno.EPIPE:
+        return "a process it wrote to has ended: see the lines before this one for why"
     return "check the path, free space, or choose another folder"
