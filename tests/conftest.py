@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,16 @@ from metagrad.tasks import Split, TaskBatch
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers():
+    """Each test starts with the process's Ctrl-C and SIGTERM handlers: a command run in-process that ends in an error
+    leaves SIGTERM ignored (as it exits, in a real process), which processes spawned by later tests inherited."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
 
 
 def small_mlp(in_dim: int = 1, hidden: tuple[int, ...] = (8, 8), activation: str = "tanh") -> nn.Module:

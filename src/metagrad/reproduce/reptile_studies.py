@@ -230,6 +230,7 @@ def map_runs(fn: Callable[..., Any], work: list[tuple[Any, ...]], base: Config, 
         futures = [pool.submit(_call, (fn, args)) for args in work]
         pool.submit(int)  # a wake-up after the last spawn: CPython 3.11's pool missed a worker killed before the next
         wait(futures, return_when=FIRST_EXCEPTION)
+        stop.value = 1  # all done, or one failed: the others stop (a broken pool's SIGTERM may be ignored)
     except BaseException:
         stop.value = 1
         pool.shutdown(wait=True, cancel_futures=True)
