@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +80,33 @@ def real_omniglot(tmp_path_factory):
             os.environ.pop("METAGRAD_CACHE", None)
         else:
             os.environ["METAGRAD_CACHE"] = old
+
+
+def spawned_workers(proc: subprocess.Popen) -> list[int]:
+    """The process ids of the spawned multiprocessing workers in ``proc``'s process group."""
+    found = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def all_ended(pids: list[int], within: float) -> bool:
+    """Whether every process in ``pids`` has ended (gone, or a zombie not yet reaped) within ``within`` seconds."""
+    def ended(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, IndexError):
+            return True
+
+    deadline = time.monotonic() + within
+    while not all(map(ended, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return all(map(ended, pids))
+
+
+@contextlib.contextmanager
+def group_killed_after(proc: subprocess.Popen):
+    """Whatever the test finds, nothing it started runs on after it (spawned workers keep the process group)."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -5,7 +5,6 @@ then resume, the config fields, and the two studies (reproduce/reptile_studies.p
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 
@@ -15,7 +14,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 import metagrad as mg
-from conftest import grads_of, sinusoid_batch, small_mlp
+from conftest import all_ended, grads_of, group_killed_after, sinusoid_batch, small_mlp, spawned_workers
 from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.errors import ConfigError
@@ -689,16 +688,6 @@ def test_a_pooled_study_whose_main_process_alone_is_stopped_stops_its_runs(tmp_p
 
     from metagrad import checkpoint
 
-    def alive(pid: int) -> bool:
-        try:
-            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return False
-
-    def workers() -> list[int]:
-        found = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
-        return [int(p) for p in found.stdout.split()]
-
     out = tmp_path / "study"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "metagrad", "reproduce", "reptile-gradients", "--jobs", "2",
@@ -706,28 +695,22 @@ def test_a_pooled_study_whose_main_process_alone_is_stopped_stops_its_runs(tmp_p
                              "--out", str(out), "--no-progress"], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = out / "reptile-gradients"
-    try:
+    with group_killed_after(proc):  # nothing the test started trains on after it
         end = time.monotonic() + 120
-        while time.monotonic() < end and (len(workers()) < 2 if fault == "SIGKILL-at-start" else
+        while time.monotonic() < end and (len(spawned_workers(proc)) < 2 if fault == "SIGKILL-at-start" else
                                           len([r for r in runs.glob("*") if checkpoint.exists(r / "last")]) < 2):
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
         if fault != "SIGKILL-at-start":
             time.sleep(1.0)  # into their iterations
-        pool = workers()
+        pool = spawned_workers(proc)
         assert len(pool) == 2
         proc.send_signal(signal.SIGKILL if fault.startswith("SIGKILL") else signal.SIGTERM)
         if fault == "SIGTERM":
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 128 + signal.SIGTERM, err
             assert err.strip().splitlines()[-1].startswith("metagrad reproduce: interrupted (SIGTERM)"), err
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(map(alive, pool)):
-            time.sleep(0.1)
-        assert not any(map(alive, pool))
-    finally:  # nothing the test started trains on after it (the workers keep the process group)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        assert all_ended(pool, within=30)
     started = [r for r in runs.glob("*") if checkpoint.exists(r / "last")]
     if fault == "SIGKILL-at-start":
         assert all(checkpoint.read_info(r / "last")["iteration"] < 1000 for r in started)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import all_ended, group_killed_after, spawned_workers
 from metagrad import checkpoint
 from metagrad.errors import CheckpointError, ConfigError, MetagradError
 from metagrad.rl import make_env, make_policy
@@ -178,25 +179,7 @@ def _iteration_past(out, proc: subprocess.Popen, done: int) -> int:
                 break
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()
-    found = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
-    return [int(p) for p in found.stdout.split()]
-
-
-@contextlib.contextmanager
-def _group_killed_after(proc: subprocess.Popen):
-    """Whatever the test finds, nothing it started trains on after it (workers keep the process group)."""
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, IndexError):
-        return True
+    return spawned_workers(proc)
 
 
 def test_signals_and_kills_under_env_workers_lose_nothing(tmp_path):
@@ -210,7 +193,7 @@ def test_signals_and_kills_under_env_workers_lose_nothing(tmp_path):
     out, done = tmp_path / "run", 0
     for fault in ("SIGINT", "kill-worker", "kill-main", "SIGTERM"):
         proc = _launch(out, *(["--resume"] if done else []))
-        with _group_killed_after(proc):
+        with group_killed_after(proc):
             workers = _iteration_past(out, proc, done)
             assert len(workers) == 2, workers
             if fault in ("SIGINT", "SIGTERM"):
@@ -218,10 +201,7 @@ def test_signals_and_kills_under_env_workers_lose_nothing(tmp_path):
             else:
                 os.kill(workers[0] if fault == "kill-worker" else proc.pid, signal.SIGKILL)
             _, err = proc.communicate(timeout=120)
-            deadline = time.monotonic() + 15
-            while not all(_gone(p) for p in workers) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert all(_gone(p) for p in workers), (fault, workers)  # (before the group is killed on the way out)
+            assert all_ended(workers, within=15), (fault, workers)  # (before the group is killed on the way out)
         assert "Traceback" not in err, (fault, err)
         if fault == "kill-worker":
             assert proc.returncode == 2, err
@@ -268,7 +248,7 @@ def test_a_script_ending_with_its_workers_open_exits(tmp_path, guarded):
         assert "start them under `if __name__ == '__main__':`" in done.stderr
         return
     assert done.returncode == 0, done.stderr
-    assert all(_gone(int(p)) for p in done.stdout.split()) and len(done.stdout.split()) == 2
+    assert all_ended([int(p) for p in done.stdout.split()], within=0) and len(done.stdout.split()) == 2
 
 
 def test_workers_hold_stop_signals_from_birth(tmp_path):
