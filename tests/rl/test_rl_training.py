@@ -747,6 +747,23 @@ def test_return_and_training_figures_keep_their_legends_off_the_data_and_say_wha
                                      "meta-training (dashed: before adaptation)")
 
 
+def test_symlog_returns_within_one_of_zero_get_ticks_of_their_own(tmp_path, monkeypatch):
+    """The symlog axis's linear range was (-1, 1) always: an oracle at -0.5 had no tick between -1 and the top."""
+    from metagrad.rl import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig.axes[0]) or path)
+    methods = {"maml-trpo": {"label": "MAML", "curve": {"mean": [-40.0, -12.0, -4.5], "ci95": [1.4, 0.7, 0.4]}},
+               "oracle": {"label": "oracle", "curve": {"mean": [-0.5] * 3, "ci95": [0.03] * 3}}}
+    plots.return_curves(methods, tmp_path / "r.png")
+    ax = drawn[-1]
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.yaxis.get_major_locator()() if low <= t <= high]
+    assert -0.5 in ticks and {-1, -2, -5, -10, -20} <= set(ticks)
+    assert plots.linear_threshold([-40.0, -0.47]) == 0.1 and plots.linear_threshold([-40.0, -2.0]) == 1.0
+    assert plots.linear_threshold([-400.0, -1e-6]) == 0.1  # no more than three decades under the largest
+
+
 def test_return_curves_draw_a_diverged_tasks_nan_as_a_gap(tmp_path):
     """The symlog limits taken from the data met a NaN or an infinite interval and matplotlib refused them."""
     from metagrad.rl.plots import return_curves

@@ -104,14 +104,18 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
     sizes = [abs(v) for r in methods.values() for v in r["curve"]["mean"]]
     symlog = symlog and max(sizes) > 20 * max(min(sizes), 1.0)  # within a factor 20 decade ticks leave one label
     if symlog:
-        ax.set_yscale("symlog", linthresh=1.0)
         drawn = [v for r in methods.values() for a, b in zip(r["curve"]["mean"], r["curve"]["ci95"], strict=True)
                  for v in (a - b, a + b)] + [v for row in (paper or {}).values() for v in row if v is not None]
         drawn = [v for v in drawn if math.isfinite(v)]  # (a diverged task's NaN or inf is drawn as a gap)
+        linthresh = linear_threshold(drawn)
+        ax.set_yscale("symlog", linthresh=linthresh)
         if drawn:
             ax.set_ylim(*data_limits(ax, min(drawn), max(drawn)))
-        # ticks at 1, 2 and 5 of each decade, as plain numbers: the limits hold one or two decades
-        ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=1.0, base=10, subs=(1.0, 2.0, 5.0)))
+        # ticks at 1, 2 and 5 of each decade, as plain numbers, where the limits hold one or two decades a side
+        sizes = [abs(v) for v in drawn if abs(v) >= linthresh]
+        wide = bool(sizes) and max(sizes) > 300 * min(sizes)
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=linthresh, base=10,
+                                                         subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return" + (" (symlog scale)" if symlog else ""))
@@ -119,6 +123,15 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
     ax.grid(alpha=0.3)
     legend_outside(ax, fontsize=7)
     return save_figure(fig, path)
+
+
+def linear_threshold(values: list[float], decades: int = 3) -> float:
+    """The symlog axis's linear range: the decade of the smallest nonzero ``|value|`` below 1 (no more than
+    ``decades`` under the largest), else 1: returns within (-1, 1) had no tick between them and 0."""
+    sizes = [abs(v) for v in values if v != 0]
+    if not sizes or min(sizes) >= 1:
+        return 1.0
+    return 10.0 ** max(math.floor(math.log10(min(sizes))), math.floor(math.log10(max(sizes))) - decades)
 
 
 def data_limits(ax: Any, low: float, high: float, margin: float = 0.05) -> tuple[float, float]:
