@@ -61,6 +61,24 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     assert (longruns._iterations(runs), longruns._steps(runs)) == ("5-7 over 2 runs", "3.5M")
 
 
+def test_the_index_says_the_hours_each_row_needs_at_its_latest_rate():
+    """Planning the next segments needed each run's rate read off by hand; a GPU segment's rate is not a CPU one's,
+    so the latest segment's is used, and env-step budgets convert at the run's own steps per iteration."""
+    segments = [{"start": 0, "end": 100, "seconds": 100.0}, {"start": 100, "end": 150, "seconds": 200.0},
+                {"start": 150, "end": 150, "seconds": 5.0}, {"seconds": "abc"}]  # a segment that did not advance
+    rate = longruns._last_rate(segments)
+    assert rate == 4.0 and longruns._last_rate([{"start": 0, "end": 0, "seconds": 1.0}]) is None
+    run = {"iteration": 150, "env_steps": 3_000, "seconds_per_iteration": rate}
+    assert longruns.seconds_left(run, 500, "iterations") == 350 * 4.0
+    assert longruns.seconds_left(run, 4_000, "env steps") == 50 * 4.0  # 20 steps an iteration
+    assert longruns.seconds_left(run, 100, "iterations") == 0.0
+    assert longruns.seconds_left({**run, "seconds_per_iteration": None}, 500, "iterations") is None
+    status = {"hours_left": 1.25, "unknown_runs": 1, "runs": [run]}
+    assert longruns._left(status) == "1.2 h+" and longruns._left({**status, "unknown_runs": 0}) == "1.2 h"
+    assert longruns._left({**status, "hours_left": 0.0}) == "done"
+    assert longruns._left({**status, "hours_left": None}) == "-"
+
+
 def test_every_meta_rl_row_command_resumes_its_kept_runs():
     """A row's command must continue its runs: a change of defaults that alters the config it builds (which
     `reproduce` then refuses to resume) fails here. Compares each command's configs with the kept checkpoints'."""

@@ -336,18 +336,46 @@ def run_progress(run: Path) -> dict[str, Any]:
     seconds = [real_number(s.get("seconds")) for s in segments]  # a line edited by hand may hold anything
     return {"run": str(run), "iteration": info["iteration"], "env_steps": info.get("env_steps"),
             "seconds": round(sum(t for t in seconds if math.isfinite(t)) or info.get("elapsed", 0.0)),
+            "seconds_per_iteration": _last_rate(segments),
             "segments": len(segments),
             "commits": sorted({s["commit"] for s in segments if isinstance(s.get("commit"), str) and s["commit"]}),
             "hosts": sorted({m["host"] for m in machines if isinstance(m.get("host"), str) and m["host"]})}
 
 
+def _last_rate(segments: list[dict[str, Any]]) -> float | None:
+    """Seconds per iteration in the run's latest segment that advanced it (its machine and load are the likeliest
+    for the next one); None where no segment says."""
+    for s in reversed(segments):
+        start, end, seconds = (real_number(s.get(k)) for k in ("start", "end", "seconds"))
+        if all(math.isfinite(v) for v in (start, end, seconds)) and end > start and seconds > 0:
+            return seconds / (end - start)
+    return None
+
+
+def seconds_left(run: dict[str, Any], target: int, unit: str) -> float | None:
+    """Seconds until ``run`` reaches ``target`` at its latest segment's rate (env steps converted at its steps per
+    iteration so far); 0 when it has; None where its rate is unknown."""
+    iteration, rate = run.get("iteration") or 0, run.get("seconds_per_iteration")
+    steps = run.get("env_steps") or 0
+    left = target - (steps if unit == "env steps" else iteration)
+    if left <= 0:
+        return 0.0
+    if rate is None or (unit == "env steps" and not (steps and iteration)):
+        return None
+    return rate * (left * iteration / steps if unit == "env steps" else left)
+
+
 def row_status(row: Row, root: Path = ROOT) -> dict[str, Any]:
-    """How much of a row's budget is done (over all its runs)."""
+    """How much of a row's budget is done (over all its runs), and the hours its begun runs need to finish."""
     runs = [run_progress(r) for r in checkpoint.runs_in(root / row.folder)]
     key = "env_steps" if row.unit == "env steps" else "iteration"
     done = sum(min(r.get(key) or 0, row.target) for r in runs)
+    left = [t for r in runs if "error" not in r and (t := seconds_left(r, row.target, row.unit)) is not None]
+    finished = done >= row.target * row.runs  # (a random baseline's run, never trained, counts for none)
     return {"row": row.name, "paper": row.paper, "budget": f"{row.runs} x {row.target:,} {row.unit}",
             "done": round(done / (row.target * row.runs), 3), "runs": runs,
+            "hours_left": 0.0 if finished else sum(left) / 3600 if left else None,
+            "unknown_runs": 0 if finished else max(row.runs - len(left), 0),  # not begun, or no rate to go by
             "command": row.command.replace(f"--out {ROOT}/", f"--out {root}/")}  # continues the runs it counted
 
 
@@ -355,8 +383,10 @@ def index(root: Path = ROOT) -> str:
     """``INDEX.md``: every long row, its budget, how much of it is done, and the command that continues it."""
     lines = ["# Long paper runs: where each stands", "", "Written by `metagrad status`. Each command resumes its "
              "runs where they stopped; run it again for another segment (its `--time-budget` bounds a session).", "",
+             "Time left: at each begun run's latest segment's rate, on its machine (\"+\": runs not begun, or "
+             "without a rate, add more).", "",
              *md_head(["result", "paper's budget", "ours", "done", "iterations so far", "environment steps",
-                       "wall time", "segments"])]
+                       "wall time", "time left", "segments"])]
     details, damaged = [], []
     for row in ROWS:
         s = row_status(row, root)
@@ -366,11 +396,19 @@ def index(root: Path = ROOT) -> str:
         name = row.name.replace("|", "\\|")  # a pipe in a name (|v - g|) would end its table cell
         done = f"{100 * s['done']:.0f}%" if s["runs"] else "not started"
         lines.append(f"| {name} | {row.paper} | {s['budget']} | {done} | "
-                     f"{_iterations(s['runs'])} | {_steps(s['runs'])} | {hours:.1f} h | {segments} |")
+                     f"{_iterations(s['runs'])} | {_steps(s['runs'])} | {hours:.1f} h | {_left(s)} | {segments} |")
         details += [f"- {row.name}: `{s['command']}`"]
     warning = ["", "Checkpoints that could not be read (their runs count as not begun above):", "", *damaged] \
         if damaged else []
     return "\n".join([*lines, *warning, "", "Commands:", "", *details, ""])
+
+
+def _left(status: dict[str, Any]) -> str:
+    """``done``, the hours left (``+`` where runs not begun or without a rate add more), or ``-`` (no rate)."""
+    hours = status["hours_left"]
+    if hours is None:
+        return "-"
+    return "done" if hours == 0 else f"{hours:.1f} h" + ("+" if status["unknown_runs"] else "")
 
 
 def _iterations(runs: list[dict[str, Any]]) -> str:
