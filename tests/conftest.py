@@ -110,3 +110,10 @@ def group_killed_after(proc: subprocess.Popen):
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def folder_state(root: Path) -> dict[str, tuple[int, int] | None]:
+    """Every file under ``root`` with its size and modification time, and every folder: equal before and after a
+    command that must write nothing."""
+    return {str(f.relative_to(root)): None if f.is_dir() else (f.stat().st_size, f.stat().st_mtime_ns)
+            for f in root.rglob("*")}

@@ -177,7 +177,10 @@ def test_train_then_eval_works_for_the_presets(preset, tmp_path, capsys):
     assert main(["train", "--config", preset, "--out", str(run), "--iterations", "2", "--meta-batch-size", "2",
                  "--no-progress", *train]) == 0
     assert main(["eval", str(run), *evals]) == 0
-    assert json.loads((run / "eval.json").read_text())["curves"]
+    curves = json.loads((run / "eval.json").read_text())["curves"]
+    tasks, steps = (3, 1) if rl else (4, 2)  # as given to eval: every metric over those tasks, after 0..steps
+    metrics = [m for curve in curves.values() for m in curve.values() if isinstance(m, dict)]
+    assert metrics and all(m["tasks"] == tasks and len(m["mean"]) == steps + 1 for m in metrics), curves
 
 
 def test_running_out_of_memory_is_one_line_with_the_sizes_to_lower(tmp_path, capsys, monkeypatch):

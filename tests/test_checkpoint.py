@@ -139,9 +139,10 @@ def test_a_reader_never_sees_a_checkpoint_that_is_being_replaced(tmp_path):
     thread.start()
     reads = 0
     while not done.is_set():
-        assert checkpoint.read_info(stem)["iteration"] >= 0
+        seen = checkpoint.read_info(stem)["iteration"]
         state, info = checkpoint.load(stem)
         assert torch.all(state["w"] == info["iteration"]) and len(state["w"]) == 50 + info["iteration"] % 7
+        assert 0 <= seen <= info["iteration"] < 300  # one the writer saved, and no later than the load after it
         reads += 1
     thread.join()
     assert reads > 10

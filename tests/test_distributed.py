@@ -217,14 +217,22 @@ UNSEEDED = """
 import sys, torch
 import metagrad as mg
 from metagrad.distributed import Distributed
+from metagrad.loop import RunLoop
 group = Distributed.from_env()
 torch.manual_seed(group.rank)  # each process its own initialisation, as an unseeded script's
 learner = mg.MAML(mg.models.MLP(1, [8], 1), inner=mg.SGD(0.01))
 start = [p.detach().clone() for p in learner.parameters()]
+together = []
+start_together = RunLoop.start_together
+def recorded(loop):  # the parameters as training begins, once the processes have been brought together
+    start_together(loop)
+    together.extend(p.detach().clone() for p in learner.parameters())
+RunLoop.start_together = recorded
 trainer = mg.Trainer(learner, mg.tasks.Sinusoid(), torch.optim.Adam(learner.parameters(), 1e-3), iterations=3,
                      meta_batch_size=4, run_dir=sys.argv[1], progress=False, distributed=group)
 trainer.fit()
-torch.save({"start": start, "end": [p.detach() for p in learner.parameters()]}, f"{sys.argv[1]}-{group.rank}.pt")
+torch.save({"start": start, "together": together, "end": [p.detach() for p in learner.parameters()]},
+           f"{sys.argv[1]}-{group.rank}.pt")
 group.close()
 """
 
@@ -238,6 +246,8 @@ def test_processes_initialised_apart_train_one_model(tmp_path):
     torchrun([str(script), str(run)], fresh=run)  # a retry after gloo aborted a process starts the run afresh
     zero, one = (torch.load(f"{run}-{rank}.pt") for rank in (0, 1))
     assert any((a - b).abs().max() > 1e-3 for a, b in zip(zero["start"], one["start"], strict=True))
+    for start, a, b in zip(zero["start"], zero["together"], one["together"], strict=True):
+        assert torch.equal(a, start) and torch.equal(b, start)  # process 0's initialisation, in both
     for a, b in zip(zero["end"], one["end"], strict=True):
         assert torch.equal(a, b)
 

@@ -509,13 +509,21 @@ def test_a_state_with_nan_or_inf_is_not_saved(tmp_path, capsys):
     assert _finite(checkpoint.load(tmp_path / "run" / "last")[0])
 
 
-def test_an_unwritable_eval_output_fails_before_the_evaluation(tmp_path, capsys):
+def test_an_unwritable_eval_output_fails_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    """An output that cannot be written was found only after the evaluation's work. A file where its folder should
+    be, and a folder that refuses new files even to root (sysfs), each stop before any evaluation runs."""
+    import metagrad.experiment
+
     run = tmp_path / "run"
     assert main(["train", "--config", "sinusoid-maml", "--out", str(run), *CLI_SMALL, "--iterations", "2"]) == 0
     capsys.readouterr()
+    monkeypatch.setattr(metagrad.experiment, "evaluate", lambda *a, **k: pytest.fail("evaluated first"))
     (tmp_path / "blocker").write_text("a file where a folder should be")
     err = cli_error(["eval", str(run), "--output", str(tmp_path / "blocker" / "eval.json")], capsys)
     assert "blocker" in err
+    if sys.platform.startswith("linux") and Path("/sys/kernel").is_dir():
+        err = cli_error(["eval", str(run), "--output", "/sys/eval.json"], capsys)
+        assert "/sys" in err and "ermission denied" in err
 
 
 def _default_sigint() -> None:

@@ -115,9 +115,12 @@ def test_your_own_images_through_the_api_get_accuracy_and_clear_errors():
     tasks = mg.tasks.FewShotClassification(rgb, ways=3, shots=1, query=2)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, 3))
     learner = mg.MAML(model, loss_fn=mg.losses.cross_entropy, inner=mg.SGD(0.1))
-    curves = mg.adaptation_curves(learner, mg.held_out_tasks(tasks, 4, shots=1, seed=1), steps=1)
-    accuracy = curves["accuracy"]
-    assert 0 <= accuracy.at(0)[0] <= 1 and set(learner.metrics) == {"loss", "accuracy"}
+    batch = mg.held_out_tasks(tasks, 4, shots=1, seed=1)
+    curves = mg.adaptation_curves(learner, batch, steps=1)
+    with torch.no_grad():  # before adaptation: the share of queries whose largest logit is their class
+        counted = (model(batch.query.x.flatten(0, 1)).argmax(-1) == batch.query.y.flatten()).double().mean()
+    assert curves["accuracy"].at(0)[0] == pytest.approx(float(counted), abs=1e-6)
+    assert set(learner.metrics) == {"loss", "accuracy"}
 
 
 def test_distinct_characters_draw_each_character_once_per_task_in_a_random_rotation():

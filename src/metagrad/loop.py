@@ -318,12 +318,24 @@ class RunLoop:
             raise CheckpointError(f"--out {self.run_dir} is a file; give a folder for the run")
         if resume is True and not self.run_dir.exists():
             raise self._nothing_to_resume()  # before the folder is made
+        lock = self.run_dir / ".lock"
+        fresh = self.writes and not lock.exists()
         if self.writes:  # held before the checks: a run that finishes meanwhile is not taken for an empty folder
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._hold()
             # killed writers' half-written files (a live one's stays: its writer holds its lock, taken a moment
             # after the file is made; where locks are kept, as the run's own shows, one second guards that moment)
             files.remove_stale_temps(self.run_dir, min_age=1.0 if self._lock is not None else 60.0)
+        try:
+            return self._resume_or_start(resume)
+        except Exception:
+            if fresh:  # a refused command leaves the folder as it found it (no lock file left in a study's folder)
+                lock.unlink(missing_ok=True)
+            raise
+
+    def _resume_or_start(self, resume: bool | str) -> bool:
+        """Resume from ``last`` (True), or refuse to overwrite another run or to start one over (False: a new run)."""
+        assert self.run_dir is not None
         if checkpoint.exists(self.run_dir / "last"):
             if not resume:
                 it = checkpoint.read_info(self.run_dir / "last")["iteration"]
