@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -43,4 +46,13 @@ def test_the_study_writes_its_table_beside_the_papers(tmp_path, capsys):
     curve = results["variants"]["none"]["curve"]["loss"]
     assert len(curve["mean"]) == 11 and curve["tasks"] == 10
     printed = capsys.readouterr().out
-    assert "4.19 / 3.85 / 3.69" in printed and (tmp_path / "multitask.json").exists()
+    assert "4.19 / 3.85 / 3.69" in printed and (tmp_path / "multitask.md").read_text() in printed
+    saved = json.loads((tmp_path / "multitask.json").read_text())
+    assert saved == json.loads(json.dumps(results))  # the file holds what the run returned
+    assert set(saved) == {"setting", "machine", "paper", "variants"} and saved["setting"] == asdict(setting)
+    assert saved["paper"] == multitask.PAPER and list(saved["variants"]) == ["none"]  # the variants run, no other
+    none = saved["variants"]["none"]
+    assert set(none) == {"label", "strength", "train_mse", "seconds", "curve", "average_norm"}
+    assert (none["label"], none["strength"]) == (multitask.LABELS["none"], multitask.STRENGTH["none"])
+    assert 0 < none["train_mse"] < float("inf") and none["average_norm"] > 0
+    assert none["curve"]["loss"]["tasks"] == setting.eval_tasks and len(none["curve"]["loss"]["ci95"]) == 11

@@ -244,7 +244,17 @@ def test_a_gymnasium_id_of_the_users_own_module_is_made_after_importing_it(tmp_p
     (tmp_path / "user_walk.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     env = mg.rl.make_env("gym:user_walk:user/Walk-v0", horizon=4, seed=1)
-    assert env.reset(torch.zeros(1, 2), 2).shape == (1, 2, 2)
+    import user_walk
+
+    goal = torch.tensor([[0.3, -0.2]])
+    start = env.reset(goal, 2)
+    assert start.shape == (1, 2, 2) and all(type(e.unwrapped) is user_walk.Walk for e in env._envs)
+    assert bool((start.abs() <= 0.2).all()) and not torch.equal(start[0, 0], start[0, 1])  # Walk's random starts
+    action = torch.tensor([[[0.05, -0.1], [-0.1, 0.08]]])
+    obs, reward, done = env.step(action)
+    torch.testing.assert_close(obs, start + action)
+    torch.testing.assert_close(reward, -(start + action - goal).norm(dim=-1))  # Walk.step's reward, at its goal
+    assert not done.any()
     with pytest.raises(ConfigError, match=r"cannot import module 'no_such_module' .* put its folder on PYTHONPATH"):
         mg.rl.make_env("gym:no_such_module:user/Walk-v0")
 

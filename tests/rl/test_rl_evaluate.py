@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from metagrad.rl.config import RLConfig
-from metagrad.rl.evaluate import return_curve, rllab_average, rllab_return_curve
+from metagrad.rl.evaluate import held_out_goals, return_curve, rllab_average, rllab_return_curve
 from metagrad.rl.sampler import Trajectories
 from metagrad.rl.train import build
 
@@ -41,7 +41,15 @@ def test_rllab_return_curve_runs_on_the_same_tasks_and_agrees_without_early_ends
     cfg = RLConfig().replace(hidden=(16, 16), horizon=20)
     learner, _ = build(cfg)
     curve = rllab_return_curve(learner, 6, 1, (0.1, 0.05), seed=3, envs=4, batch=4 * 20)
-    assert len(curve["mean"]) == 2 and all(v < 0 for v in curve["mean"])
+    assert len(curve["mean"]) == 2
+    # each step moves the point at most max_speed * sqrt(2) (each component clipped), so after t steps its distance
+    # to a goal g is within |g| -+ t max_speed sqrt(2): whatever the policy, a task's mean return lies between these
+    # sums (goal_radius: a run that ended at the goal). Only a return below zero was checked, which every one is
+    env = learner.env
+    goals = held_out_goals(learner, 6, 3).double().norm(dim=1)[:, None]
+    moved = torch.arange(1, env.horizon + 1, dtype=torch.float64) * env.max_speed * 2**0.5
+    low, high = -(goals + moved).sum(1).mean(), -(goals - moved).clamp(min=0).sum(1).mean() + env.goal_radius
+    assert all(low <= v <= high for v in curve["mean"]), (float(low), curve["mean"], float(high))
     assert curve["lr"] == [0.1]  # the step size its one step took, not the schedule's unused tail
     plain, _, _ = return_curve(learner, 6, 0, 4, (0.1,), seed=3)
     # an untrained policy never reaches the goal: every episode runs to the horizon, so the first batch is

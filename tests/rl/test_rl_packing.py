@@ -59,7 +59,11 @@ def test_pack_keeps_every_valid_step_once_in_a_shorter_row():
         for t in range(T):
             kept = b.mask[t, 0].bool()
             assert torch.equal(b.obs[t, 0][kept], a.obs[t][valid[t]])  # in order, episode after episode
-    assert pack(trajs, out._replace(mask=torch.ones(T, K, H, dtype=torch.float64)))[1] is not None
+    # a batch whose episodes all run to the horizon sets L = K H (shared by all the batches): nothing to drop, the
+    # very batches come back, unpacked (it was only checked that pack returned something)
+    full = out._replace(mask=torch.ones(T, K, H, dtype=torch.float64))
+    (same_in,), same = pack(trajs, full)
+    assert same_in is trajs[0] and same is full
 
 
 @pytest.mark.parametrize(("algo", "outer"), [("maml", "trpo"), ("fomaml", "trpo"), ("emaml", "trpo"),

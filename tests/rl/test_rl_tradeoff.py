@@ -101,7 +101,8 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
                for j, s in enumerate(run))
     lr = json.loads((out / "drs-ppo" / "seed-0" / "step_size.json").read_text())["lr"]
     assert lr > 0 and not (out / "promp" / "seed-0" / "step_size.json").exists()
-    assert (out / "welch.png").stat().st_size > 0 and (out / "returns.png").stat().st_size > 0
+    for png in ("welch.png", "returns.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "P(DRS better)" in printed and "| 6,000 |" in printed
     mtime = (out / "promp" / "seed-1" / "eval-002.json").stat().st_mtime_ns

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +25,7 @@ from metagrad.rl.train import RLTrainer, build
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = str(ROOT / "src")
+PNG = b"\x89PNG\r\n\x1a\n"  # a PNG file's first bytes
 
 
 def test_short_maml_trpo_run_improves_the_post_adaptation_return():
@@ -249,8 +251,10 @@ def test_reproduce_navigation_end_to_end(tmp_path, capsys):
     assert set(results["methods"]) == {"maml-trpo", "random", "sgmrl"}
     assert len(results["methods"]["maml-trpo"]["curve"]["mean"]) == 5
     assert results["methods"]["random"]["curve"]["lr"][0] in (0.1, 0.5)  # tuned on validation goals
-    for name in ("return_curves.png", "training_curves.png", "trajectories.png", "table.md"):
-        assert (out / name).stat().st_size > 0
+    for name in ("return_curves.png", "training_curves.png", "trajectories.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    table = (out / "table.md").read_text()  # the table printed
+    assert table in text and "| MAML-TRPO (paper) | 500 max | -40.41 | -11.68 | -3.33 | -3.23 | - |" in table
     # a second command adds a method to the same table; the others are kept
     assert main(["reproduce", "navigation", "--algo", "emaml,drs-ppo", "--iterations", "1", "--eval-tasks", "4",
                  "--out", str(out), "--no-progress", *sets]) == 0
@@ -273,7 +277,8 @@ def test_reproduce_navigation_end_to_end(tmp_path, capsys):
     assert main(["reproduce", "navigation", "--redraw", "--out", str(out)]) == 0
     assert "| MAML-TRPO (paper) | 500 max | -40.41 | -11.68 | -3.33 | -3.23 | - |" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["paper"]["maml_table4"]["maml-trpo"][0] == -40.41
-    assert (out / "table.md").stat().st_size > 0 and (out / "return_curves.png").stat().st_size > 0
+    assert "| MAML-TRPO (paper) | 500 max | -40.41 | -11.68 | -3.33 | -3.23 | - |" in (out / "table.md").read_text()
+    assert (out / "return_curves.png").read_bytes()[:8] == PNG
     assert {m: (out / m / "metrics.jsonl").read_bytes() for m in logs} == logs
     assert main(["reproduce", "locomotion", "--env", "ant-vel", "--redraw", "--out", str(out)]) == 2
     assert "holds experiment 'navigation', not 'locomotion-ant-vel'" in capsys.readouterr().err
@@ -295,8 +300,10 @@ def test_reproduce_locomotion_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"maml-trpo", "oracle"}
     assert all(len(r["curve"]["mean"]) == 4 for r in results["methods"].values())
-    for name in ("return_curves.png", "training_curves.png", "table.md"):
-        assert (out / name).stat().st_size > 0
+    for name in ("return_curves.png", "training_curves.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    table = (out / "table.md").read_text()  # the table printed
+    assert table in text and "| MAML-TRPO (paper) | | -50.69 | 293.19 | 313.48 | 315.65 |" in table
     assert not (out / "trajectories.png").exists()  # positions are navigation's
     # resumed with a longer budget: the log gains a resume note, which the figures skip
     assert main(["reproduce", "locomotion", "--env", "cheetah-dir", "--algo", "maml-trpo", "--iterations", "2",
@@ -581,9 +588,16 @@ def test_a_results_file_keeps_one_experiment_and_tables_and_figures_take_uneven_
                                                                     "random": result("random init", 2)}}
     table = format_table(results)
     assert "| random init | 3 | -10.00 ± 1.00 | -10.00 ± 1.00 | - | - |" in table
-    (tmp_path / "nav" / "sgmrl").mkdir(parents=True)
-    (tmp_path / "nav" / "sgmrl" / "paths.pt").write_bytes(b"being written")
-    assert all(p.exists() for p in navigation_figures(results, tmp_path / "nav"))
+    nav = tmp_path / "nav"
+    (nav / "sgmrl").mkdir(parents=True)
+    (nav / "sgmrl" / "paths.pt").write_bytes(b"being written")
+    assert navigation_figures(results, nav) == [nav / "return_curves.png"]  # no metrics.jsonl: no training curves
+    assert not (nav / "trajectories.png").exists()
+    (nav / "maml-trpo").mkdir()  # a whole paths.pt of a method with its result is drawn
+    torch.save({"paths": [torch.zeros(1, 4, 2), torch.ones(1, 4, 2)], "goals": torch.ones(1, 2)},
+               nav / "maml-trpo" / "paths.pt")
+    assert navigation_figures(results, nav) == [nav / "return_curves.png", nav / "trajectories.png"]
+    assert (nav / "trajectories.png").read_bytes()[:8] == PNG
     colors = colors_for(["maml-trpo", "promp", "trpo-maml", "pretrained", "drs-ppo", "drs-trpo"])
     assert len(set(colors.values())) == 6 and colors["maml-trpo"] == "tab:green"
 
@@ -764,15 +778,28 @@ def test_symlog_returns_within_one_of_zero_get_ticks_of_their_own(tmp_path, monk
     assert plots.linear_threshold([-400.0, -1e-6]) == 0.1  # no more than three decades under the largest
 
 
-def test_return_curves_draw_a_diverged_tasks_nan_as_a_gap(tmp_path):
+def test_return_curves_draw_a_diverged_tasks_nan_as_a_gap(tmp_path, monkeypatch):
     """The symlog limits taken from the data met a NaN or an infinite interval and matplotlib refused them."""
-    from metagrad.rl.plots import return_curves
+    from metagrad.rl import plots
 
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig.axes[0]) or path)
     methods = {"maml-trpo": {"label": "MAML", "curve": {"mean": [-40.0, -10.0, -5.0], "ci95": [float("nan"), 1.0,
                                                                                              float("inf")]}},
                "random": {"label": "random", "curve": {"mean": [-0.5, -0.4, -0.3], "ci95": [0.1, 0.1, 0.1]}}}
-    path = return_curves(methods, tmp_path / "curves.png")
-    assert path.stat().st_size > 0
+    plots.return_curves(methods, tmp_path / "curves.png")
+    ax = drawn[-1]
+    (maml, random), (maml_band, random_band) = ax.lines, ax.collections
+    assert maml.get_ydata().tolist() == [-40.0, -10.0, -5.0] and random.get_ydata().tolist() == [-0.5, -0.4, -0.3]
+    # the band leaves out the steps whose interval is NaN or inf (a gap), and spans every step of the other method
+    maml_at = np.concatenate([q.vertices for q in maml_band.get_paths()])
+    random_at = np.concatenate([q.vertices for q in random_band.get_paths()])
+    assert np.isfinite(maml_at).all() and set(maml_at[:, 0]) == {1.0} and set(random_at[:, 0]) == {0.0, 1.0, 2.0}
+    assert maml_at[:, 1].min() == -11.0 and maml_at[:, 1].max() == -9.0
+    # finite limits around every finite end of the bands
+    low, high = ax.get_ylim()
+    assert ax.get_yscale() == "symlog" and np.isfinite([low, high]).all()
+    assert low < -40.0 and -0.2 < high < 0  # the first step's mean (-40) within, though its interval is NaN
 
 
 def test_navigation_figure_marks_the_sgmrl_papers_table1_beside_its_methods(tmp_path, monkeypatch):

@@ -105,8 +105,9 @@ def return_curves(methods: dict[str, Any], path: Path, title: str = "point robot
     symlog = symlog and max(sizes) > 20 * max(min(sizes), 1.0)  # within a factor 20 decade ticks leave one label
     if symlog:
         drawn = [v for r in methods.values() for a, b in zip(r["curve"]["mean"], r["curve"]["ci95"], strict=True)
-                 for v in (a - b, a + b)] + [v for row in (paper or {}).values() for v in row if v is not None]
-        drawn = [v for v in drawn if math.isfinite(v)]  # (a diverged task's NaN or inf is drawn as a gap)
+                 for v in (a, a - b, a + b)] + [v for row in (paper or {}).values() for v in row if v is not None]
+        drawn = [v for v in drawn if math.isfinite(v)]  # (a diverged task's NaN or inf is drawn as a gap; its mean
+        # stays within the limits where it is finite)
         linthresh = linear_threshold(drawn)
         ax.set_yscale("symlog", linthresh=linthresh)
         if drawn:
