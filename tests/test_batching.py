@@ -186,7 +186,7 @@ def test_task_threads_are_chosen_and_checked():
     assert mg.MAML(small_mlp(), batching="vmap").task_threads(32) == 1
     with pytest.raises(ConfigError, match="threads -1"):
         mg.MAML(model, threads=-1)
-    with pytest.raises(ConfigError, match="compile"):
+    with pytest.raises(ConfigError, match=r"threads 2 with compile: a compiled meta-gradient runs on one thread"):
         mg.MAML(model, threads=2, compile=True)
     with pytest.raises(ConfigError, match="reduce-overhead"):  # a typo in a torch.compile mode names the modes
         mg.MAML(model, compile="reduce_overhead")
@@ -550,11 +550,13 @@ def test_a_compiled_meta_gradient_after_the_first_reads_nothing_through_nn_modul
 def test_a_copy_of_a_compiled_learner_computes_its_own_meta_gradient_and_pickles(tmp_path):
     """A deep copy of a compiled learner kept the original's compiled function, bound to the original: with its own
     inner step size the copy still got the original's meta-gradient; pickling failed on that function. The copy
-    compiles its own (``__getstate__`` leaves them out), and ``torch.save`` writes the learner."""
+    compiles its own (``__getstate__`` leaves them out), and ``torch.save`` writes the learner, which loads back with
+    its state and computes the same meta-gradient."""
     batch = mg.tasks.Sinusoid().sample(4, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     learner = mg.MAML(small_mlp(hidden=(8,)), inner=mg.SGD(0.1), compile=True)
     learner.meta_gradient(batch)
+    want = {n: p.grad.clone() for n, p in learner.named_parameters()}
     copies = {c: copy.deepcopy(learner) for c in (False, True)}
     copies[False].use_compile = False
     for c in copies.values():
@@ -563,6 +565,13 @@ def test_a_copy_of_a_compiled_learner_computes_its_own_meta_gradient_and_pickles
     for (n, a), b in zip(copies[True].named_parameters(), copies[False].parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
     torch.save(learner, tmp_path / "learner.pt")
+    loaded = torch.load(tmp_path / "learner.pt", weights_only=False)
+    assert type(loaded) is type(learner) and loaded.use_compile
+    assert loaded.state_dict().keys() == learner.state_dict().keys()
+    assert all(torch.equal(v, learner.state_dict()[k]) for k, v in loaded.state_dict().items())
+    loaded.meta_gradient(batch)
+    for n, p in loaded.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-5, atol=1e-6, msg=n)
     assert hasattr(learner, "model") and not hasattr(torch.nn.Module(), "model")
     del learner.model  # the property answers as nn.Module does: no attribute, not a KeyError
     assert not hasattr(learner, "model") and getattr(learner, "model", None) is None

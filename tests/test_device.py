@@ -63,9 +63,18 @@ def test_training_on_a_device_that_is_not_here_is_refused_with_the_fix(device, m
 
 
 def test_the_cli_takes_the_device_and_refuses_a_wrong_one(tmp_path, capsys):
+    """--device overrides the config file's: a file naming a GPU that no machine has (cuda:64) trains on the CPU
+    with --device cpu, which the run's config.toml records."""
     code = main(["train", "--config", "sinusoid-maml", "--device", "tpu", "--iterations", "2",
                  "--out", str(tmp_path / "run"), "--no-progress"])
     assert code != 0 and "device 'tpu' is not one of cpu, cuda, cuda:N" in capsys.readouterr().err
+    config = tmp_path / "gpu.toml"
+    config.write_text(load_config("sinusoid-maml").replace(device="cuda:64", meta_batch_size=2).to_toml())
+    code = main(["train", "--config", str(config), "--device", "cpu", "--iterations", "2",
+                 "--out", str(tmp_path / "cpu"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert load_config(tmp_path / "cpu" / "config.toml").device == "cpu"
+    assert 'device = "cpu"' in (tmp_path / "cpu" / "config.toml").read_text()
 
 
 def test_torchrun_on_a_gpu_is_refused():

@@ -82,7 +82,8 @@ def test_a_meta_rl_learner_saves_and_loads_as_the_supervised_ones(tmp_path):
 
 def test_a_file_of_another_activation_is_refused_from_save_and_from_a_run(tmp_path):
     """A ReLU policy's best checkpoint loaded into a tanh policy of the same shapes without a word (the state dict
-    holds no activation)."""
+    holds no activation). A learner of the run's own kind takes the file's weights."""
+    from metagrad import checkpoint
     from metagrad.rl import MetaRL, Navigation2D, make_policy
     from metagrad.rl.config import preset
     from metagrad.rl.train import RLTrainer, build
@@ -100,7 +101,12 @@ def test_a_file_of_another_activation_is_refused_from_save_and_from_a_run(tmp_pa
                                       activation="relu")
     trained, optimizer = build(cfg)
     RLTrainer(trained, optimizer, cfg, tmp_path / "run", progress=False).fit()
-    build(cfg)[0].load(tmp_path / "run" / "best")  # the run's own kind loads
+    stored = checkpoint.load(tmp_path / "run" / "best")[0]["learner"]
+    other = build(cfg.replace(seed=1))[0]  # the run's own kind (other initial weights) loads, and takes the file's
+    assert not all(torch.equal(v, stored[k]) for k, v in other.state_dict().items())
+    loaded = other.load(tmp_path / "run" / "best")
+    assert loaded.state_dict().keys() == stored.keys()
+    assert all(torch.equal(v, stored[k]) for k, v in loaded.state_dict().items())
     with pytest.raises(CheckpointError, match="layer 2 is ReLU, where this one's is Tanh"):
         build(cfg.replace(activation="tanh"))[0].load(tmp_path / "run" / "best")
 

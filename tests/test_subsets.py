@@ -305,7 +305,12 @@ def test_step_sizes_saved_for_another_schedule_length_are_refused_in_one_line():
         mg.SGD(0.1, learn=True, params=params).load_state_dict(saved)
     with pytest.raises(ConfigError, match=r"saved for 2 inner_lr value.*this learner has 3"):
         mg.SGD([0.1, 0.05, 0.01], learn=True, params=params).load_state_dict(saved)
-    mg.SGD([0.3, 0.2], learn=True, params=params).load_state_dict(saved)  # the same length: the learned values load
+    same_length = mg.SGD([0.3, 0.2], learn=True, params=params)
+    same_length.load_state_dict(saved)  # the same length: the learned values load (0.1, 0.05 over 0.3, 0.2)
+    loaded = same_length.state_dict()
+    assert loaded.keys() == saved.keys() and {"lr.weight", "lr.bias"} <= set(saved)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    torch.testing.assert_close(same_length.lr["bias"].detach(), torch.tensor([[0.1], [0.05]]))
 
 # ------------------------------------------------------------------------- errors and config
 def test_an_adapt_prefix_that_matches_nothing_names_the_modules():
