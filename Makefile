@@ -21,7 +21,7 @@ demo-full: $(STAMP)
 	$(BIN)/metagrad reproduce sinusoid --full $(ARGS)
 
 ## The test suite (fast tests; slow reproduction runs are marked and excluded), in two worker processes of one
-## thread each (most tests are single-threaded: one process took 8:52 on 2 idle cores, two take 5:45).
+## thread each (most tests are single-threaded; two take about 7.5 minutes on 2 idle cores: README).
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2

@@ -14,7 +14,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 import metagrad as mg
-from conftest import all_ended, grads_of, group_killed_after, sinusoid_batch, small_mlp, spawned_workers
+from conftest import all_ended, cli_error, grads_of, group_killed_after, sinusoid_batch, small_mlp, spawned_workers
 from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.errors import ConfigError
@@ -581,6 +581,16 @@ def test_jobs_only_for_the_reptile_studies(capsys):
 
     assert main(["reproduce", "sinusoid", "--jobs", "2"]) != 0
     assert "--jobs 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("study", ["reptile-overlap", "reptile-gradients"])
+def test_a_pooled_study_without_its_data_says_so_in_one_line(study, tmp_path, capsys, monkeypatch):
+    """With --jobs the images were first read in the pool's workers: a missing data folder broke the pool, and the
+    study ended in two tracebacks and a 'process stopped' error whose fix (run it again) could not help."""
+    monkeypatch.delenv("METAGRAD_DATA", raising=False)
+    err = cli_error(["reproduce", study, "--jobs", "2", "--data-root", str(tmp_path / "none"), "--out",
+                     str(tmp_path / "out")], capsys)
+    assert "none does not exist" in err and "process" not in err
 
 
 def test_panels_run_only_those_sweeps_and_are_checked(tmp_path, tiny_omniglot, monkeypatch, capsys):

@@ -24,7 +24,7 @@ from .. import checkpoint, files, losses, provenance
 from ..algorithms import MetaLearner
 from ..analysis.stats import mean_ci95
 from ..batch import Split, TaskBatch
-from ..build import build_learner, build_outer, build_tasks, image_splits
+from ..build import build_learner, build_outer, build_tasks
 from ..config import Config, load_config
 from ..errors import CheckpointError, ConfigError, Interrupted, WorkerLost, check_whole
 from ..evaluate import held_out_tasks
@@ -220,8 +220,9 @@ def map_runs(fn: Callable[..., Any], work: list[tuple[Any, ...]], base: Config, 
     if jobs == 1:
         load_data(base)
         return [fn(*args) for args in work]
-    if base.download:
-        image_splits(base.family, base.data_root, True)  # fetched once, here, before the workers read the folder
+    # here first (fetched once, if asked): a missing or wrong data folder is one line, not a pool broken in its
+    # workers' start-up and taken for a lost process
+    load_data(base)
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.RawValue("b", 0)  # (no lock: a worker killed holding one would hang the others)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=load_data,
