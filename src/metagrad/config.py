@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 SECTIONS = ("task", "model", "algo", "train", "eval")
 RL_SECTIONS = {"env", "policy"}  # a config file with one of these sections is a meta-RL run's
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: torch's optimizers cast the outer step size to it
 
 
 @dataclass
@@ -186,8 +187,8 @@ class Config(Settings):
                     raise ConfigError(f"{name} {v} must be >= 0 (0: no fine-tuning)")
         if not self.inner_lr:
             raise ConfigError("inner_lr is empty; give a step size such as 0.01")
-        if not self.outer_lr > 0:
-            raise ConfigError(f"outer_lr {self.outer_lr} must be positive (e.g. 0.001)")
+        if not 0 < self.outer_lr <= FLOAT32_MAX:  # torch's optimizers cast it to the parameters' float32
+            raise ConfigError(f"outer_lr {self.outer_lr} must be positive and within float32's range (e.g. 0.001)")
         for name in ("amplitude", "phase", "x_range"):
             v = getattr(self, name)
             if len(v) != 2 or v[0] > v[1] or (name == "x_range" and v[0] == v[1]):

@@ -22,7 +22,6 @@ import tomllib
 from .errors import ConfigError, check_choice, check_whole, flag, suggest
 
 S = TypeVar("S", bound="Settings")
-FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: a setting beyond it cannot act on a model's numbers
 
 
 def opt(default: Any, section: str, help: str) -> Any:
@@ -342,8 +341,6 @@ def scalar(base: type, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {shown} is not {'an integer' if base is int else 'a number'}") from None
     if not math.isfinite(number):
         raise ConfigError(f"{where}: {value!r} is not a finite number")
-    if abs(number) > FLOAT32_MAX:  # a step size of 1e300 stopped in torch's optimizer with a traceback
-        raise ConfigError(f"{where}: {value!r} is beyond float32's range (3.4e38), the type of the models' numbers")
     return number
 
 
