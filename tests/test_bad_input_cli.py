@@ -164,6 +164,9 @@ CASES = {
     "a step size beyond float32 (torch's optimizer stopped with a traceback)": (
         lambda t: ["train", "--set", "outer_optimizer=sgd", "--set", "outer_lr=1e300", "--out", str(t / "r")],
         ["outer_lr 1e+300 must be positive and within float32's range"]),
+    "a meta-RL step size beyond float32 (torch's Adam stopped with a traceback)": (
+        lambda t: ["train", "--config", "maml-vpg-navigation", "--outer-lr", "1e300", "--out", str(t / "r")],
+        ["outer_lr 1e+300 must be positive and within float32's range"]),
     "U8 an empty config name": (lambda t: ["train", "--config", "", "--out", str(t / "r")],
                                 ["argument --config: an empty value"]),
     "U6 a size beside --paper": (
