@@ -16,14 +16,13 @@ from . import choices
 from .choices import IMAGE_FAMILIES
 from .errors import ConfigError
 from .seeds import HALF_RANGE_SEED_OFFSET, VAL_EVAL_SEED_OFFSET
-from .settings import Settings, opt, preset_path, read_toml
+from .settings import Settings, check_outer_lr, opt, preset_path, read_toml
 
 if TYPE_CHECKING:
     from .rl.config import RLConfig
 
 SECTIONS = ("task", "model", "algo", "train", "eval")
 RL_SECTIONS = {"env", "policy"}  # a config file with one of these sections is a meta-RL run's
-FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: torch's optimizers cast the outer step size to it
 
 
 @dataclass
@@ -187,8 +186,7 @@ class Config(Settings):
                     raise ConfigError(f"{name} {v} must be >= 0 (0: no fine-tuning)")
         if not self.inner_lr:
             raise ConfigError("inner_lr is empty; give a step size such as 0.01")
-        if not 0 < self.outer_lr <= FLOAT32_MAX:  # torch's optimizers cast it to the parameters' float32
-            raise ConfigError(f"outer_lr {self.outer_lr} must be positive and within float32's range (e.g. 0.001)")
+        check_outer_lr(self.outer_lr)
         for name in ("amplitude", "phase", "x_range"):
             v = getattr(self, name)
             if len(v) != 2 or v[0] > v[1] or (name == "x_range" and v[0] == v[1]):

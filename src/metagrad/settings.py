@@ -38,6 +38,15 @@ def check_seed(name: str, value: int) -> None:
         raise ConfigError(f"{name} {value} must be an integer from 0 to 2**63 - 1")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32
+
+
+def check_outer_lr(value: float) -> None:
+    """An outer step size torch's optimizers can take: positive and within float32 (they cast it to the weights')."""
+    if not 0 < value <= FLOAT32_MAX:
+        raise ConfigError(f"outer_lr {value} must be positive and within float32's range (e.g. 0.001)")
+
+
 @dataclass
 class Settings:
     """Base of a run's configuration: a flat dataclass of ``opt`` fields grouped in ``SECTIONS``."""

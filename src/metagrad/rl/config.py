@@ -12,10 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..config import FLOAT32_MAX
 from ..errors import ConfigError, check_whole, suggest
 from ..seeds import VAL_SEED_OFFSET
-from ..settings import Settings, opt, preset_names
+from ..settings import Settings, check_outer_lr, opt, preset_names
 from .envs.locomotion import OBSERVATIONS, PHYSICS
 from .envs.navigation import REWARDS
 from .metarl import (
@@ -203,8 +202,7 @@ class RLConfig(Settings):
         for name in ("outer_lr", "init_std", "action_scale"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name} {getattr(self, name)} must be a positive number")
-        if self.outer_lr > FLOAT32_MAX:  # torch's optimizers cast it to the policy's float32
-            raise ConfigError(f"outer_lr {self.outer_lr} must be positive and within float32's range (e.g. 0.001)")
+        check_outer_lr(self.outer_lr)
         for name in ("eval_lr", "eval_lr_grid"):
             values = getattr(self, name)
             if (not values and name == "eval_lr_grid") or any(not (v >= 0 and math.isfinite(v)) for v in values):
