@@ -227,6 +227,102 @@ def test_a_padding_index_in_a_later_batch_is_not_missed():
     assert_equal_to(meta_gradient(learn, name), meta_gradient(loop, name))
 
 
+class Gated(torch.nn.Module):
+    """A residual block whose normalised branch is scaled by a gate (ReZero at 0, LayerScale at 1e-6) or by the
+    output layer (a zero-initialised head): at its start the norm's affine part counts for almost nothing in the
+    meta-gradient, so vmap's error in it is below the check's tolerance until training opens the gate."""
+
+    def __init__(self, norm: str, gate: float, zero_head: bool = False):
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(4, 6), torch.nn.Linear(6, 1)
+        self.gate = torch.nn.Parameter(torch.full((6,), gate))
+        self.norm_kind = norm
+        self.norm = {"torch": torch.nn.LayerNorm(6), "metagrad": mg.models.LayerNorm(6),
+                     "instance": torch.nn.InstanceNorm1d(1, affine=True)}.get(norm)
+        if norm == "functional":
+            self.w, self.b = torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.zeros(6))
+        if zero_head:
+            torch.nn.init.zeros_(self.out.weight)
+
+    def normed(self, h: torch.Tensor) -> torch.Tensor:
+        if self.norm_kind == "functional":
+            return torch.nn.functional.layer_norm(h, (6,), self.w, self.b)
+        if self.norm_kind == "instance":
+            return self.norm(h[..., None, :])[..., 0, :]
+        return self.norm(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(h + self.gate * torch.tanh(self.normed(h)))
+
+
+HIDDEN_AT_THE_START = {"zero head": ("torch", 1.0, True), "ReZero gate": ("torch", 0.0, False),
+                       "LayerScale gate": ("torch", 1e-6, False), "F.layer_norm, zero head": ("functional", 1.0, True),
+                       "InstanceNorm1d, zero head": ("instance", 1.0, True)}
+
+
+def plain_autograd_meta_gradient(net: torch.nn.Module, b: TaskBatch, lr: float = 0.1) -> list[torch.Tensor]:
+    """One-step second-order MAML by hand: the mean over tasks of the query loss after a step on the support."""
+    names, params = zip(*net.named_parameters(), strict=True)
+    total = 0
+    for t in range(b.num_tasks):
+        support = torch.func.functional_call(net, dict(zip(names, params, strict=True)), (b.support.x[t],))
+        g = torch.autograd.grad(((support - b.support.y[t]) ** 2).mean(), params, create_graph=True)
+        fast = {n: p - lr * gi for n, p, gi in zip(names, params, g, strict=True)}
+        query = torch.func.functional_call(net, fast, (b.query.x[t],))
+        total = total + ((query - b.query.y[t]) ** 2).mean()
+    return list(torch.autograd.grad(total / b.num_tasks, params))
+
+
+def regression_batch(seed: int) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    return TaskBatch(Split(r(3, 6, 4), r(3, 6, 1)), Split(r(3, 4, 4), r(3, 4, 1)))
+
+
+@pytest.mark.parametrize("case", HIDDEN_AT_THE_START)
+def test_a_wrong_norm_that_counts_for_nothing_at_the_check_is_found_by_its_call(case, capsys):
+    """The self-check compares numbers at the first batch's parameters; a layer norm behind a zero head or a closed
+    gate passes it there (vmap's error ~1e-16), and once training moves the weights vmap was 2e-3 off, silently. So
+    the check also goes by the call: auto takes the loop, exact through later outer steps; explicit vmap refuses."""
+    norm, gate, zero_head = HIDDEN_AT_THE_START[case]
+    torch.manual_seed(0)
+    net = Gated(norm, gate, zero_head).double()
+    with pytest.raises(ConfigError, match=r"batching 'vmap' is wrong.*(layer_norm|instance_norm) with affine"):
+        mg.MAML(Gated(norm, gate, zero_head).double(), inner=mg.SGD(0.1), batching="vmap").meta_gradient(
+            regression_batch(1))
+    learn = mg.MAML(net, inner=mg.SGD(0.1), loss_fn=mg.losses.mse)
+    opt = torch.optim.SGD(learn.parameters(), lr=0.5)
+    for seed in (1, 2, 3):
+        want = plain_autograd_meta_gradient(net, regression_batch(seed))
+        learn.zero_grad()
+        learn.meta_gradient(regression_batch(seed))
+        scale = max(float(w.abs().max()) for w in want)
+        for p, w in zip(net.parameters(), want, strict=True):
+            assert float((p.grad - w).abs().max()) <= TOL * scale
+        opt.step()
+    assert not learn.vmapped and "norm with affine parameters" in learn.vmap_verdict
+    assert capsys.readouterr().err.count("takes the per-task loop") == 1
+
+
+def test_the_exact_layer_norm_behind_a_zero_head_keeps_vmap():
+    """No false alarm: metagrad.models.LayerNorm normalises without the affine parameters under vmap, so the call
+    check passes it and vmap stays, exact after the weights move."""
+    torch.manual_seed(0)
+    net = Gated("metagrad", 1.0, zero_head=True).double()
+    learn = mg.MAML(net, inner=mg.SGD(0.1), loss_fn=mg.losses.mse)
+    opt = torch.optim.SGD(learn.parameters(), lr=0.5)
+    for seed in (1, 2):
+        want = plain_autograd_meta_gradient(net, regression_batch(seed))
+        learn.zero_grad()
+        learn.meta_gradient(regression_batch(seed))
+        scale = max(float(w.abs().max()) for w in want)
+        assert all(float((p.grad - w).abs().max()) <= TOL * scale
+                   for p, w in zip(net.parameters(), want, strict=True))
+        opt.step()
+    assert learn.vmapped and learn.vmap_verdict is None
+
+
 class NormedAttention(torch.nn.Module):
     """Batch norm in training mode before multi-head attention: the fused attention kernel has no double backward,
     so the first second-order call fails and runs again on the math kernel."""
