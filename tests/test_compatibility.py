@@ -5,6 +5,7 @@ vmap is exact or refuses; the check itself is what protects (off, vmap is wrong 
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from pathlib import Path
 
@@ -321,6 +322,92 @@ def test_the_exact_layer_norm_behind_a_zero_head_keeps_vmap():
                    for p, w in zip(net.parameters(), want, strict=True))
         opt.step()
     assert learn.vmapped and learn.vmap_verdict is None
+
+
+class ReassignedState(torch.nn.Module):
+    """Keeps a running mean by assigning a new tensor to its buffer, as plain PyTorch code may."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = torch.nn.Linear(4, 6), torch.nn.Linear(6, 1)
+        self.register_buffer("m", torch.zeros(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        self.m = 0.9 * self.m + 0.1 * h.mean(0).detach()
+        return self.out(torch.tanh(h - self.m))
+
+
+@pytest.mark.parametrize("batching", ["auto", "loop", "vmap"])
+def test_a_buffer_assigned_anew_in_forward_is_refused_not_silently_reset(batching):
+    """functional_call puts a module's buffers back after each call, so a forward that assigns ``self.m = ...``
+    lost its new value after every call on every path (the meta-gradient of a model reset before each forward,
+    silently). The first meta-gradient's dry run sees the slot replaced and refuses, naming the buffer; the model is
+    left as it was."""
+    torch.manual_seed(0)
+    net = ReassignedState().double()
+    before = {n: t.clone() for n, t in net.state_dict().items()}
+    learn = mg.MAML(net, inner=mg.SGD(0.1), loss_fn=mg.losses.mse, batching=batching)
+    with pytest.raises(ConfigError, match=r"assigns new tensors to its buffers m as it runs.*in place"):
+        learn.meta_gradient(regression_batch(1))
+    assert all(torch.equal(before[n], t) for n, t in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_a_buffer_updated_in_place_still_runs_on_the_loop():
+    """The remedy the refusal names: the same running mean updated in place is kept by the per-task loop."""
+
+    class InPlace(ReassignedState):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            self.m.mul_(0.9).add_(0.1 * h.mean(0).detach())
+            return self.out(torch.tanh(h - self.m))
+
+    net = InPlace().double()
+    mg.MAML(net, inner=mg.SGD(0.1), loss_fn=mg.losses.mse, batching="loop").meta_gradient(regression_batch(1))
+    assert float(net.m.abs().max()) > 0
+
+
+class EvalAttention(torch.nn.Module):
+    """Self-attention in eval mode, where torch's attention modules take their inference fast path when they see no
+    gradient being recorded: under torch.func they cannot see it, and the fast path has no derivative."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(1, 8), torch.nn.Linear(8, 1)
+        self.kind = kind
+        self.att = (torch.nn.MultiheadAttention(8, 2, batch_first=True) if kind == "MultiheadAttention" else
+                    torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x[..., None]))
+        h = self.att(h, h, h, need_weights=False)[0] if self.kind == "MultiheadAttention" else self.att(h)
+        return self.out(h.mean(-2))
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+@pytest.mark.parametrize("batching", ["auto", "vmap"])
+@pytest.mark.parametrize("kind", ["MultiheadAttention", "TransformerEncoderLayer"])
+def test_attention_in_eval_mode_runs_under_vmap_as_on_the_loop(kind, batching, first_order):
+    """Under vmap these stopped with "torch has none for '_native_multi_head_attention'; use first_order=True", also
+    at first order (the float64 copy of the self-check does not take the fast path, so it passed). The engine turns
+    the fast path off and runs again: the meta-gradient equals the loop's (float32: the fast path is float32's)."""
+    torch.manual_seed(0)
+    net = EvalAttention(kind).eval()
+    ref = copy.deepcopy(net)
+    b = TaskBatch(*(Split(torch.randn(3, n, 4), torch.randn(3, n, 1)) for n in (5, 4)))
+    learn = mg.MAML(net, inner=mg.SGD(0.1), first_order=first_order, loss_fn=mg.losses.mse, batching=batching)
+    loop = mg.MAML(ref, inner=mg.SGD(0.1), first_order=first_order, loss_fn=mg.losses.mse, batching="loop")
+    norms = kind == "TransformerEncoderLayer" and not first_order  # its layer norms: wrong 2nd derivatives in vmap
+    if norms and batching == "vmap":
+        with pytest.raises(ConfigError, match="layer_norm with affine parameters"):
+            learn.meta_gradient(b)
+        return
+    assert learn.meta_gradient(b)["meta_loss"] == pytest.approx(loop.meta_gradient(b)["meta_loss"], rel=1e-5)
+    assert learn.vmapped == (not norms)
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    assert torch.backends.mha.get_fastpath_enabled()  # left as it was
 
 
 class NormedAttention(torch.nn.Module):

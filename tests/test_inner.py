@@ -79,3 +79,37 @@ def test_learned_step_sizes_take_the_model_or_its_named_parameters_alike():
     assert by_model.lr.keys() == by_name.lr.keys() == {"0__weight", "0__bias", "2__weight", "2__bias"}
     for key, lr in by_model.lr.items():
         assert torch.equal(lr, by_name.lr[key]) and lr.shape[0] == 2
+
+
+class ComplexWeights(torch.nn.Module):
+    """A complex weight read through its modulus, then a real head: a real loss of complex parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4, 6, dtype=torch.complex128) * 0.4)
+        self.out = torch.nn.Linear(6, 1).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh((x.to(torch.complex128) @ self.w).abs()))
+
+
+def test_learned_step_sizes_of_a_complex_parameter_are_real_and_get_the_real_gradient():
+    """Meta-SGD on a complex weight: its step sizes were complex (0.1+0j), their gradient had an imaginary part,
+    and after one outer step the inner update rotated the gradient instead of scaling it. They are real; the
+    meta-gradient of each equals plain autograd's with a real step-size tensor."""
+    torch.manual_seed(0)
+    net = ComplexWeights()
+    x, y, qx, qy = (torch.randn(6, 4 if i % 2 == 0 else 1, dtype=torch.float64) for i in range(4))
+    learn = mg.MAML(net, inner=mg.SGD(0.1, learn=True), loss_fn=mg.losses.mse, batching="loop")
+    learn.meta_gradient(mg.TaskBatch(mg.Split(x[None], y[None]), mg.Split(qx[None], qy[None])))
+    lrs = {n: torch.full(p.shape, 0.1, dtype=torch.float64, requires_grad=True) for n, p in net.named_parameters()}
+    params = dict(net.named_parameters())
+    support = ((torch.func.functional_call(net, params, (x,)) - y) ** 2).mean()
+    grads = dict(zip(params, torch.autograd.grad(support, list(params.values()), create_graph=True), strict=True))
+    fast = {n: p - lrs[n] * grads[n] for n, p in params.items()}
+    query = ((torch.func.functional_call(net, fast, (qx,)) - qy) ** 2).mean()
+    want = dict(zip(lrs, torch.autograd.grad(query, list(lrs.values())), strict=True))
+    for n, lr in learn.inner.lr.items():
+        name = n.replace("__", ".")
+        assert lr.dtype == torch.float64 and lr.grad.dtype == torch.float64
+        assert torch.allclose(lr.grad, want[name], rtol=1e-10, atol=1e-14)

@@ -79,6 +79,28 @@ def needs_math_attention(error: BaseException) -> bool:
     return "scaled_dot_product" in text and "not implemented" in text
 
 
+FAST_PATH_OPS = ("_native_multi_head_attention", "_transformer_encoder_layer_fwd")
+
+
+def needs_slow_attention(error: BaseException) -> bool:
+    """Whether ``error`` is attention's inference fast path without a derivative: ``nn.MultiheadAttention`` and
+    ``nn.TransformerEncoderLayer`` take it in eval mode when they see no gradient being recorded, which under
+    torch.func they cannot see (``attention_fast_path(False)`` cures it)."""
+    text = str(error)
+    return "not implemented" in text and any(op in text for op in FAST_PATH_OPS)
+
+
+@contextlib.contextmanager
+def attention_fast_path(enabled: bool) -> Iterator[None]:
+    """torch's attention inference fast path (``torch.backends.mha``) on or off inside the context."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled and before)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
 FLOATS = r"\b(Float|Double|Half|BFloat16)\b"
 DTYPE_CLASH = re.compile(rf"{FLOATS}.*{FLOATS}", re.IGNORECASE)  # two floating dtypes named: float32 met float64
 MISSING_DERIVATIVE = re.compile(r"derivative for '?(?:aten::)?(\w+)'? is not implemented")  # quoted or aten::op
@@ -89,8 +111,8 @@ def torch_fault(error: BaseException) -> str | None:
     """What a torch error raised while differentiating a model means for metagrad's user, with the fix; None for
     errors this does not know."""
     text = str(error)
-    if needs_math_attention(error):
-        return None  # the engine's own cure (``MetaLearner.attention_safe``)
+    if needs_math_attention(error) or needs_slow_attention(error):
+        return None  # the engine's own cures (``MetaLearner.attention_safe``)
     if missing := MISSING_DERIVATIVE.search(text):
         op = missing[1]
         return (f"second-order meta-gradients need the second derivative of every operation in the model, and torch "
@@ -233,6 +255,13 @@ class WrongNorms(TorchFunctionMode):
         return f"under vmap torch's {what} gives wrong second derivatives, however small its share at these values"
 
 
+class FirstOrder(contextlib.nullcontext):
+    """No recorder: first-order meta-gradients take no second derivatives, where ``WrongNorms``' faults lie."""
+
+    def fault(self) -> None:
+        return None
+
+
 def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     """Why vmap must not be trusted with this learner's meta-gradient (None: it equals the per-task loop in float64
     on ``CHECK_TASKS`` tasks of ``batch``, to ``TOLERANCE`` of the gradient's scale). torch's global random state is
@@ -252,9 +281,9 @@ def _vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     outs = {}
     for mode in ("loop", "vmap"):
         ref.batching = mode
-        recorder = EmbeddingOptions() if mode == "loop" else WrongNorms()
+        recorder = EmbeddingOptions() if mode == "loop" else WrongNorms() if ref.second_order else FirstOrder()
         try:
-            with twice_differentiable(True), recorder:
+            with twice_differentiable(True), attention_fast_path(False), recorder:  # the engine cures both
                 outs[mode] = ref.batch_gradient(*ref.functional_inputs(), small, mb)
         except Exception as e:
             if mode == "loop" and DTYPE_CLASH.search(str(e)):  # a forward that casts (x.float() / 255): fine as is

@@ -107,6 +107,11 @@ def _owner(module: nn.Module, name: str) -> nn.Module:
     return module.get_submodule(name.rpartition(".")[0])
 
 
+def slot(module: nn.Module, name: str) -> Any:
+    """What ``module`` holds under the dotted parameter or buffer ``name`` now (a swapped-in tensor during a call)."""
+    return getattr(_owner(module, name), name.rpartition(".")[2])
+
+
 def under_transform() -> bool:
     """Whether the caller runs inside a ``torch.func`` transform (vmap, grad) or is being compiled."""
     # is_compiling first: dynamo cannot trace get_interpreter_stack (a graph break that left compile=True eager)

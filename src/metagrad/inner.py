@@ -152,9 +152,10 @@ class SGD(InnerRule):
         return self.learn and len(self.schedule) > 1
 
     def _initial(self, p: Tensor) -> Tensor:
+        """Real step sizes also for a complex parameter (a complex one would rotate its gradient once trained)."""
         if len(self.schedule) == 1:
-            return torch.full_like(p, self.schedule[0])
-        return torch.stack([torch.full_like(p, v) for v in self.schedule])
+            return torch.full_like(p, self.schedule[0], dtype=p.real.dtype)
+        return torch.stack([torch.full_like(p, v, dtype=p.real.dtype) for v in self.schedule])
 
     def lr_at(self, step: int) -> float:
         return self.schedule[min(step, len(self.schedule) - 1)]

@@ -37,18 +37,20 @@ from torch.utils._pytree import tree_map
 from .. import checkpoint, losses
 from ..batch import Split, TaskBatch, partition
 from ..batching import (
+    attention_fast_path,
     data_dependent_fault,
     explained_torch_errors,
     first_line,
     has_conv,
     has_torch_batchnorm,
     needs_math_attention,
+    needs_slow_attention,
     torch_fault,
     twice_differentiable,
     vmap_fault,
 )
 from ..errors import ConfigError, MetagradError, check_compiler, check_whole
-from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, write_grads
+from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, slot, write_grads
 from ..inner import SGD, InnerRule
 from ..seeds import global_stream_from
 from ..threads import in_threads
@@ -222,6 +224,7 @@ class MetaLearner(nn.Module):
         self._checked = False
         self._inputs_checked = False  # see ``check_inputs``
         self._math_attention = False  # attention on torch's math kernel (set when a fused one lacks double backward)
+        self._slow_attention = False  # attention's inference fast path off (set when it failed under torch.func)
         self._attention_probed = False  # a call has run through: attention_safe stops copying the buffers first
         self._thread_verdicts: dict[Layout, str | None] = {}  # see ``in_shards``
         self._structure = has_torch_batchnorm(model), has_conv(model)  # looked up outside any compiled region
@@ -445,9 +448,13 @@ class MetaLearner(nn.Module):
         a ``ConfigError`` naming their shape and dtype and the fix."""
         param = next(self.model.parameters(), None)
         meta, buffers = self.functional_inputs()
+        clones = {n: b.clone() for n, b in buffers.items()}
+        replaced: list[str] = []
+        watch = self.model.register_forward_hook(  # runs before functional_call puts the buffers back
+            lambda model, args, out: replaced.extend(n for n, b in clones.items() if slot(model, n) is not b))
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                return call(self.model, meta["model"], {n: b.clone() for n, b in buffers.items()}, x[0])
+                out = call(self.model, meta["model"], clones, x[0])
         except Exception as e:
             if param is not None and x.is_floating_point() and x.dtype != param.dtype:
                 raise ConfigError(f"the batch's inputs are {x.dtype} but the model's parameters {param.dtype} "
@@ -463,6 +470,15 @@ class MetaLearner(nn.Module):
                 fix = f"give inputs of the size its first layer reads, or a model that reads {list(x.shape[2:])}"
             raise ConfigError(f"the model ({type(self.model).__name__}) cannot read one task's {split}inputs, of "
                               f"shape {list(x.shape[1:])} and dtype {x.dtype} ({first_line(e)}); {fix}") from None
+        finally:
+            watch.remove()
+        if replaced:
+            raise ConfigError(f"the model ({type(self.model).__name__}) assigns new tensors to its buffers "
+                              f"{', '.join(sorted(set(replaced)))} as it runs (self.name = ...): metagrad runs it with "
+                              "its buffers swapped in (torch.func.functional_call), which puts the old ones back after "
+                              "each call, so the new values would be lost; update them in place (self.name.copy_(...), "
+                              "kept on the per-task loop) or keep that state outside the model")
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         """The model at its meta-learned initialization."""
@@ -662,24 +678,29 @@ class MetaLearner(nn.Module):
         print(f"metagrad: task threads off for this model: {fault}", file=sys.stderr, flush=True)
 
     def attention_safe(self, call: Callable[[], Any]) -> Any:
-        """``call()`` with attention on its math kernel while second derivatives are taken, once a fused attention
-        kernel has failed for want of a double backward (then ``call`` runs again on the math kernel, the model's
-        buffers first put back as they were before the failed pass); other torch errors that a model's modules
-        cause on these paths become a ``ConfigError`` that names the fix."""
-        probing = self.second_order and not self._math_attention and not self._attention_probed
-        saved = [(b, b.clone()) for b in self.model.buffers()] if probing else []
+        """``call()``, run again once on a cure when torch's attention fails (the model's buffers first put back as
+        they were before the failed pass): on the math kernel while second derivatives are taken, when a fused
+        attention kernel lacks a double backward; with the inference fast path off, when ``nn.MultiheadAttention``
+        or ``nn.TransformerEncoderLayer`` in eval mode took it under torch.func (which hides the gradient being taken
+        from them) and it has no derivative. Other torch errors that a model's modules cause on these paths become a
+        ``ConfigError`` that names the fix."""
+        saved = [(b, b.clone()) for b in self.model.buffers()] if not self._attention_probed else []
         try:
-            if self.second_order and self._math_attention:
-                with twice_differentiable(True):
+            if not (self._math_attention or self._slow_attention):
+                out = call()  # no context entered: a compiled W1 meta-gradient is half a millisecond, each 1-2 us
+            else:
+                with twice_differentiable(self.second_order and self._math_attention), \
+                        attention_fast_path(not self._slow_attention):
                     out = call()
-            else:  # no context entered: a compiled W1 meta-gradient is half a millisecond, each context 1-2 us
-                out = call()
         except RuntimeError as e:  # also torch's NotImplementedError (a RuntimeError)
-            if self._math_attention or not self.second_order or not needs_math_attention(e):
+            if not self._slow_attention and needs_slow_attention(e):
+                self._slow_attention = True
+            elif not self._math_attention and self.second_order and needs_math_attention(e):
+                self._math_attention = True
+            else:
                 if (fault := torch_fault(e)) is None:
                     raise
                 raise ConfigError(fault) from e
-            self._math_attention = True
             with torch.no_grad():  # the failed pass's forward passes moved them (batch norm's running statistics)
                 for b, before in saved:
                     b.copy_(before)
