@@ -319,12 +319,13 @@ def test_a_damaged_best_checkpoint_names_another_to_evaluate(tmp_path, capsys):
         checkpoint.load(run / "best")
 
 
-@pytest.mark.parametrize("damage", ["header", "tail", "foreign"])
+@pytest.mark.parametrize("damage", ["header", "tail", "foreign", "missing"])
 def test_a_damaged_best_is_set_aside_and_the_run_resumes_from_last(tmp_path, capsys, straight, damage):
     """A damaged best stopped `--resume` from a whole last ("best is damaged ... evaluate another checkpoint"), and
     one cut at its end resumed silently and stayed to fail an evaluation later; another program's file was called
     damaged. Now it is kept as best-damaged, said, and the resumed run is the uninterrupted one (its best written
-    afresh by the next validation)."""
+    afresh by the next validation). A deleted best was never written again while nothing beat the remembered value
+    (an outside audit): said, and tracked afresh the same way."""
     from safetensors.torch import save_file
 
     run = tmp_path / "run"
@@ -335,15 +336,20 @@ def test_a_damaged_best_is_set_aside_and_the_run_resumes_from_last(tmp_path, cap
         best.write_bytes(data[:10] + b"XXXX" + data[14:])
     elif damage == "tail":
         best.write_bytes(data[:-100])
+    elif damage == "missing":
+        best.unlink()
     else:
         save_file({"w": torch.zeros(2)}, str(best))
         with pytest.raises(CheckpointError, match="not written by this metagrad"):
             checkpoint.read_info(run / "best")
     make_trainer(config(), run, progress=False).fit(resume=True)
-    assert "kept as best-damaged; the run resumes from its last checkpoint" in capsys.readouterr().err
+    said = ("best.safetensors is missing, though the run had measured a best; it resumes from its last checkpoint"
+            if damage == "missing" else "kept as best-damaged; the run resumes from its last checkpoint")
+    assert said in capsys.readouterr().err
     assert same(final(run), final(straight)) and log_lines(run) == log_lines(straight)
     assert checkpoint.load(run / "best")[1]["iteration"] >= 12  # validated afresh after the resume
-    assert (run / "best-damaged.safetensors").read_bytes() != data
+    if damage != "missing":
+        assert (run / "best-damaged.safetensors").read_bytes() != data
 
 
 def test_a_run_resumed_on_another_thread_count_says_it_continues_otherwise(tmp_path, capsys):

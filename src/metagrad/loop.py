@@ -103,6 +103,10 @@ class RunLoop:
     def before_training_on(self) -> None:
         """Called when a resumed run is about to train on (not when it was finished): a trainer's own preparations."""
 
+    def remembers_best(self) -> bool:
+        """Whether the run has measured a best so far (a resumed run: as its last checkpoint recorded)."""
+        return False
+
     def forget_best(self) -> None:
         """Track the best checkpoint afresh: the next measured iteration is the best so far."""
 
@@ -200,6 +204,7 @@ class RunLoop:
             self.log({"iteration": self.iteration, "resumed_with": changes or self._resume_changes})
         if resumed:
             self._set_aside_damaged_best()
+            self._forget_missing_best()
             self._drop_later_best()
             self.before_training_on()
         start_iteration, session_start = self.iteration, time.perf_counter()
@@ -393,6 +398,16 @@ class RunLoop:
             reason = e.problem if isinstance(e, Damaged) else str(e).split("; ")[0]
             print(f"metagrad: {reason}: kept as {aside.name}; the run resumes from its last checkpoint and tracks its "
                   "best afresh", file=sys.stderr)
+
+    def _forget_missing_best(self) -> None:
+        """A best the resumed run remembers whose file is gone (deleted, or the folder copied without it) would not be
+        written again until a later iteration beats the remembered value: said, and the best tracked afresh."""
+        best = self.run_dir / "best" if self.run_dir is not None else None
+        if best is None or not self.writes or checkpoint.exists(best) or not self.remembers_best():
+            return
+        self.forget_best()
+        print(f"metagrad: {checkpoint.paths(best)[0]} is missing, though the run had measured a best; it resumes "
+              "from its last checkpoint and tracks its best afresh", file=sys.stderr)
 
     def _drop_later_best(self) -> None:
         """A ``best`` newer than the ``last`` resumed from (the run was killed between the two) came from iterations

@@ -292,6 +292,9 @@ class Trainer(RunLoop):
             self.best_val = None  # validated otherwise (batch-norm mode, shots, steps): its best is no measure here
         self._window = list(info.get("loss_window", []))
 
+    def remembers_best(self) -> bool:
+        return self.best_val is not None
+
     def forget_best(self) -> None:
         self.best_val = None
 

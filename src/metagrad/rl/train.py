@@ -199,6 +199,9 @@ class RLTrainer(RunLoop):
         if old_budget:
             self._snapshots(old_budget)
 
+    def remembers_best(self) -> bool:
+        return self.best_return is not None
+
     def forget_best(self) -> None:
         self.best_return = None
 
