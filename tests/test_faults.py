@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 import torch
 from torch.utils._pytree import tree_flatten
 
-from conftest import cli_error
+from conftest import cli_error, folder_state
 from metagrad import checkpoint, files
 from metagrad.cli import main
 from metagrad.config import load_config
@@ -447,6 +448,27 @@ def test_a_run_resumed_with_the_other_kind_of_config_is_refused_and_kept(tmp_pat
         with pytest.raises(CheckpointError, match=words):
             train(then, run, resume=True, progress=False)
         assert (run / "last.safetensors").read_bytes() == before
+
+
+def test_a_meta_rl_best_copied_over_last_is_refused_and_no_copy_is_advised(tmp_path, capsys):
+    """A meta-RL best (or snapshot) holds the policy's weights alone. Copied over last, as the advice for a
+    supervised run with no last says, --resume stopped in a KeyError traceback; it is refused naming why, with the
+    files kept, and a meta-RL run with no last is not told to copy its best."""
+    from metagrad.experiment import train
+    from metagrad.rl.config import RLConfig
+
+    rl = RLConfig().replace(hidden=(8,), meta_batch_size=2, episodes=2, horizon=5, iterations=2)
+    run = tmp_path / "rl"
+    train(rl, run, progress=False)
+    shutil.copy(run / "best.safetensors", run / "last.safetensors")
+    before = folder_state(run)
+    with pytest.raises(CheckpointError, match=r"holds a policy's weights alone .* cannot resume from it"):
+        train(rl.replace(iterations=3), run, resume=True, progress=False)
+    assert {**folder_state(run), ".lock": None} == {**before, ".lock": None}  # (the lock's note names its taker)
+    (run / "last.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no last checkpoint to continue from") as refused:
+        train(rl.replace(iterations=3), run, resume=True, progress=False)
+    assert "cp " not in str(refused.value)
 
 
 def test_a_torn_last_log_line_does_not_stop_resume(tmp_path, straight):

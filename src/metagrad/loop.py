@@ -103,6 +103,8 @@ class RunLoop:
     def before_training_on(self) -> None:
         """Called when a resumed run is about to train on (not when it was finished): a trainer's own preparations."""
 
+    best_resumes = True  # whether a ``best`` holds a whole state a run can go on from (meta-RL's: weights alone)
+
     def remembers_best(self) -> bool:
         """Whether the run has measured a best so far (a resumed run: as its last checkpoint recorded)."""
         return False
@@ -357,7 +359,7 @@ class RunLoop:
         if saved:  # a run whose last checkpoint is gone: starting over would overwrite its history and best
             best = self.run_dir / "best.safetensors"
             restart = (f"to continue from its best checkpoint, cp {best} {self.run_dir / 'last.safetensors'} and "
-                       "resume; " if best.exists() else "")
+                       "resume; " if best.exists() and self.best_resumes else "")
             raise CheckpointError(f"{self.run_dir} holds a run ({', '.join(saved)}) but no last checkpoint to "
                                   f"continue from; {restart}or choose another --out (or delete the folder to start "
                                   "over)")

@@ -175,6 +175,11 @@ class RLTrainer(RunLoop):
         return {**checkpoint.training_state(self.learner, self.optimizer), "rng": self.generator.get_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        if "rng" not in state:  # a best or a snapshot copied over last (as a supervised run's best can be)
+            raise CheckpointError(f"{self.run_dir} holds a policy's weights alone in its last checkpoint (a meta-RL "
+                                  "best or snapshot: without the optimizer and random state a run goes on from), so "
+                                  "the run cannot resume from it; evaluate it (metagrad eval), or start a new run "
+                                  "(another --out)")
         # the optimizer's step sizes are set from cfg at every step
         checkpoint.restore_training(self.learner, self.optimizer, state, f"the checkpoint in {self.run_dir}")
         self.generator.set_state(state["rng"])
@@ -198,6 +203,8 @@ class RLTrainer(RunLoop):
         old_budget = info.get("config", {}).get("train", {}).get("step_budget", 0)
         if old_budget:
             self._snapshots(old_budget)
+
+    best_resumes = False  # ``best`` holds the policy that earned the return, not the run's state
 
     def remembers_best(self) -> bool:
         return self.best_return is not None
