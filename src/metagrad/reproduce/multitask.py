@@ -132,13 +132,21 @@ def _penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor] | 
 
 def run(out: str | Path, setting: Setting | None = None, progress: bool = True,
         variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
-    """Train, average, fine-tune and test each variant; write ``multitask.json`` and print the table."""
+    """Train, average, fine-tune and test each variant; write ``multitask.json`` and print the table. Each variant's
+    result is kept as it finishes (``variant-<name>.json``), so that an interrupted study, run again with the same
+    setting, goes on with the variants left (the variants are seeded apart: the same numbers)."""
     setting = setting or Setting()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config("sinusoid-pretrained").replace(eval_shots=(5,), eval_tasks=setting.eval_tasks)
     results: dict[str, Any] = {"setting": setting.__dict__, "machine": machine(), "paper": PAPER, "variants": {}}
     for v in variants:
+        kept = out / f"variant-{v}.json"  # each variant's result as it finishes: a rerun goes on from there
+        saved = files.read_json(kept)
+        if saved is not None and saved.get("setting") == setting.__dict__ and "result" in saved:
+            results["variants"][v] = saved["result"]
+            print(f"{LABELS[v]}: kept from an earlier session ({kept})", file=sys.stderr, flush=True)
+            continue
         t0 = time.perf_counter()
         params, train_mse = train_regressors(v, setting, progress)
         model = MLP(1, cfg.hidden, 1, cfg.activation)
@@ -151,6 +159,7 @@ def run(out: str | Path, setting: Setting | None = None, progress: bool = True,
                                   "seconds": round(time.perf_counter() - t0, 1), "curve": curve,
                                   "average_norm": round(float(sum((p**2).sum() for p in params_of(model).values())
                                                               ** 0.5), 3)}
+        files.write_json(kept, {"setting": setting.__dict__, "result": results["variants"][v]})
         print(f"{LABELS[v]}: individual training MSE {train_mse:.4f}, {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
     files.write_json(out / "multitask.json", results)
