@@ -173,7 +173,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
         try:
             for method in study.methods:
                 for seed in range(study.seeds):
-                    continue_run(study.config(method, seed), out / method / f"seed-{seed}", progress, distributed=group)
+                    _train(study, method, seed, out / method / f"seed-{seed}", progress, distributed=group)
             finished = True
         finally:
             group.close(finished)
@@ -188,7 +188,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
             run_dir = out / method / f"seed-{seed}"
             print(f"{LABELS[method]}, seed {seed}: training to {study.budget:,} environment steps -> {run_dir}",
                   file=sys.stderr, flush=True)
-            continue_run(study.config(method, seed), run_dir, progress)
+            _train(study, method, seed, run_dir, progress)
             curve, at = evaluate_snapshots(study, method, seed, run_dir, test_env)
             per_seed.append(curve)
             seed_steps.append(at)
@@ -204,6 +204,16 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
 
     results["figures"] = [str(f) for f in plots.tradeoff_rl_figures(results, out)]
     return results
+
+
+def _train(study: Study, method: str, seed: int, run_dir: Path, progress: bool, **kw: Any) -> None:
+    """One run of the study to its budget, resumed where it stopped; a damaged checkpoint says how to make the run
+    again within the study (the advice of ``metagrad train`` is for a run of its own)."""
+    try:
+        continue_run(study.config(method, seed), run_dir, progress, **kw)
+    except Damaged as e:
+        raise e.instead(f"delete {run_dir} and run the command again to train this run anew (the other runs are "
+                        "kept)") from None
 
 
 def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,

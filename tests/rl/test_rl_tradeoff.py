@@ -164,6 +164,15 @@ def test_tradeoff_rl_command_writes_results_resumes_and_refuses_other_settings(t
     err = capsys.readouterr().err
     assert f"checkpoint {snapshot} is damaged (the file is cut short" in err and "--checkpoint" not in err
     assert f"; delete {run} and run the command again to train this run anew (the other runs are kept)" in err
+    # a damaged last of a finished run: the same advice, not metagrad train's (evaluate best, start a new run)
+    damaged_last = out / "drs-ppo" / "seed-1" / "last.safetensors"
+    data = bytearray(damaged_last.read_bytes())
+    data[-7] ^= 0x10
+    damaged_last.write_bytes(bytes(data))
+    assert main([*args, "--lr-grid", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {damaged_last} is damaged" in err and "--checkpoint" not in err
+    assert f"; delete {damaged_last.parent} and run the command again to train this run anew" in err
 
 
 def test_a_study_extends_to_a_larger_budget_at_the_same_snapshots(tmp_path, capsys):
