@@ -375,3 +375,20 @@ def test_a_broken_pipe_is_success_only_when_stdout_lost_its_reader(monkeypatch, 
     err = capsys.readouterr().err
     assert ("Broken pipe" in err) is not reader_left
     assert ("a process it wrote to has ended" in err) is not reader_left
+
+
+def test_a_signal_after_the_command_finished_does_not_turn_it_into_a_failure():
+    """Ctrl-C (or SIGTERM) landing after the command's work and output were done, in the interpreter's teardown,
+    ended a finished run with exit -2 and nothing said (outside fault audit): once done, the command ignores them."""
+    script = ("import os, signal, sys, time\n"
+              "import metagrad.cli\n"
+              "metagrad.cli.main = lambda: 0\n"
+              "from metagrad.__main__ import run\n"
+              "code = run()\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(0.2)\n"
+              "print('finished', code)\n"
+              "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "finished 0", "")

@@ -41,6 +41,8 @@ def run() -> int:
     except KeyboardInterrupt:  # while the options and presets are read, before a command handles its own
         print("metagrad: interrupted", file=sys.stderr)
         return 130
+    for sig in (signal.SIGINT, signal.SIGTERM):  # done and written: a signal in the interpreter's teardown must not
+        signal.signal(sig, signal.SIG_IGN)  # turn a finished command into a failure (exit -2 with nothing said)
     distributed = sys.modules.get("metagrad.distributed")
     if distributed is not None and distributed.peer_failed():
         # the message is out and the checkpoint saved; gloo's threads for the dead peer can abort the interpreter's
