@@ -13,6 +13,7 @@ import torch
 import metagrad as mg
 from metagrad.errors import CheckpointError, ConfigError
 from metagrad.rl import MetaRL
+from metagrad.rl.config import RLConfig
 from metagrad.rl.envs.navigation import Navigation2D
 from metagrad.rl.evaluate import return_curve
 from metagrad.rl.policy import make_policy
@@ -180,6 +181,42 @@ CASES = {
     "U20 a loss per example, vmapped": (
         lambda: learner(loss_fn=lambda p, y: (p - y) ** 2, batching="vmap").meta_gradient(sines()), ConfigError,
         ["loss_fn must return one number per task"]),
+    "a loss given as a Python float (.item())": (
+        lambda: learner(loss_fn=lambda p, y: ((p - y) ** 2).mean().item()).meta_gradient(sines()), ConfigError,
+        ["loss_fn must return one number per task", "it returned a float"]),
+    "a loss of integers": (lambda: learner(loss_fn=lambda p, y: torch.tensor(3)).meta_gradient(sines()), ConfigError,
+                           ["a real floating-point tensor", "it returned a tensor of dtype torch.int64"]),
+    "a detached loss (every meta-gradient 0, silently)": (
+        lambda: learner(loss_fn=lambda p, y: ((p - y) ** 2).mean().detach()).meta_gradient(sines()), ConfigError,
+        ["does not depend on the model's output", "every meta-gradient would be 0"]),
+    "a loss that fails on the targets": (
+        lambda: learner(loss_fn=lambda p, y: (p - y.bool()).mean()).meta_gradient(sines()), ConfigError,
+        ["loss_fn fails on the model's output (shape [5, 1], torch.float32) and one task's targets", "bool"]),
+    "cross-entropy on regression targets (read as probabilities: every loss 0, silently)": (
+        lambda: learner(loss_fn=mg.losses.cross_entropy).meta_gradient(sines()), ConfigError,
+        ["losses.cross_entropy reads float targets as class probabilities, and these are not", "losses.mse"]),
+    "a config's list given as one number (failed in a range check: 'int' object is not iterable)": (
+        lambda: mg.Config(hidden=40).validate(), ConfigError, ["hidden 40 must be a list of integers, e.g. [40, 40]"]),
+    "a config's step sizes given as text": (lambda: mg.Config(inner_lr="0.1").validate(), ConfigError,
+                                            ["inner_lr '0.1' must be a list of numbers"]),
+    "a config's flag given as a number": (lambda: mg.Config(rotations=1).validate(), ConfigError,
+                                          ["rotations 1 must be true or false"]),
+    "a meta-RL config's sizes given as one number": (
+        lambda: RLConfig(hidden=4).validate(), ConfigError,
+        ["hidden 4 must be a list of integers"]),
+    "a model where adaptation_curves takes a learner": (
+        lambda: mg.adaptation_curves(net(), sines(), steps=1), TypeError,
+        ["adaptation_curves takes a learner (e.g. mg.MAML(model)), not a MLP"]),
+    "a TaskBatch where held_out_tasks takes a task distribution": (
+        lambda: mg.held_out_tasks(sines(), 5, shots=5, seed=1), TypeError,
+        ["samples from a task distribution", "not a TaskBatch", "give it to adaptation_curves"]),
+    "a seed given as text": (lambda: mg.held_out_tasks(mg.tasks.Sinusoid(), 5, shots=5, seed="a"), ConfigError,
+                             ["seed 'a'"]),
+    "a curve read past its steps": (lambda: mg.adaptation_curves(learner(), sines(), steps=2)["loss"].at(5),
+                                    ConfigError, ["step 5 is outside this curve's steps 0..2"]),
+    "learned step sizes without an inner step (their gradient exactly 0, silently)": (
+        lambda: mg.MAML(net(), inner_steps=0, inner=mg.SGD(0.1, learn=True)), ConfigError,
+        ["inner_steps 0 takes no inner step", "never train"]),
     "U21 an operation without a second derivative, named unquoted": (
         lambda: mg.MAML(torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Hardsigmoid(), torch.nn.Linear(4, 1)),
                         batching="loop").meta_gradient(sines()), ConfigError,
@@ -316,3 +353,12 @@ def test_compile_without_a_cpp_compiler_names_the_fix(monkeypatch):
         compiled.meta_step(compiled.env.sample_tasks(2, G().manual_seed(0)), G().manual_seed(1))
     with pytest.raises(ConfigError, match=fix):
         learner(compile=True).meta_gradient(sines())
+
+
+def test_cross_entropy_takes_class_probabilities_shaped_like_the_logits():
+    """The check that refuses regression targets under cross-entropy lets soft labels through, and they train."""
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    soft = torch.softmax(torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(1)), -1)
+    learn = mg.MAML(net(4, 3), loss_fn=mg.losses.cross_entropy)
+    loss = learn.meta_gradient(TaskBatch(Split(x, soft), Split(x, soft)))["meta_loss"]
+    assert loss > 0 and all(float(p.grad.abs().max()) > 0 for p in learn.model.parameters())

@@ -159,6 +159,7 @@ class Config(Settings):
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Check every value; raise ``ConfigError`` naming the first bad one."""
+        self.check_types()
         self.check_values()
         self.check_combinations()
         check_device(self.device)

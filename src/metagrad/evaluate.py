@@ -14,6 +14,7 @@ from .analysis.stats import mean_ci95
 from .batch import TaskBatch
 from .errors import ConfigError
 from .inner import InnerRule
+from .settings import check_seed
 
 DIVERGED = 10.0  # a task diverged when its loss is not finite, or above 10x its own pre-update loss and
 # above the mean pre-update loss of all tasks (so that a near-zero loss that grows a little does not count)
@@ -36,11 +37,18 @@ class Curve:
     mean_converged: list[float]
 
     def at(self, step: int) -> tuple[float, float]:
+        """The mean and 95% half-width after ``step`` adaptation steps (0: before adapting)."""
+        if not 0 <= step < len(self.mean):
+            raise ConfigError(f"step {step} is outside this curve's steps 0..{len(self.mean) - 1}")
         return self.mean[step], self.ci95[step]
 
 
 def held_out_tasks(tasks: Any, num_tasks: int, shots: int, seed: int, query: int | None = None) -> TaskBatch:
     """A fixed set of test tasks: the same ``seed`` gives every method the same tasks."""
+    if not hasattr(tasks, "sample"):
+        raise TypeError(f"held_out_tasks samples from a task distribution (e.g. mg.tasks.Sinusoid()), not a "
+                        f"{type(tasks).__name__}; a TaskBatch is already a set of tasks: give it to adaptation_curves")
+    check_seed("seed", seed)
     if query is not None:
         tasks = tasks.with_query(query)
     return tasks.sample(num_tasks, torch.Generator().manual_seed(seed), shots=shots)
@@ -49,6 +57,9 @@ def held_out_tasks(tasks: Any, num_tasks: int, shots: int, seed: int, query: int
 def adaptation_curves(learner: MetaLearner, batch: TaskBatch, steps: int, inner: InnerRule | None = None,
                       inner_batch_size: int = 0, seed: int = 0, transductive: bool = True) -> dict[str, Curve]:
     """Every metric of ``learner`` (loss, and accuracy for classifiers) after 0..steps adaptation steps."""
+    if not hasattr(learner, "adaptation_metrics"):
+        raise TypeError(f"adaptation_curves takes a learner (e.g. mg.MAML(model)), not a {type(learner).__name__}")
+    check_seed("seed", seed)
     if isinstance(batch, TaskBatch) and batch.num_tasks < 2:
         raise ConfigError(f"adaptation curves need at least 2 test tasks for their 95% intervals, got "
                           f"{batch.num_tasks}; give more, e.g. held_out_tasks(tasks, 100, shots, seed)")

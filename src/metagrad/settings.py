@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
+import os
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -73,6 +75,23 @@ class Settings:
                 raise ConfigError(f"seed {seed} equals {at}, the seed of {what}: the training tasks' random stream "
                                   "would start as theirs does; choose another seed (or eval_seed)")
         return self
+
+    def check_types(self) -> None:
+        """Each value of its field's type: a config built in Python is not converted as a file's or the command
+        line's values are, and a string or a lone number where a list belongs failed deep in a range check."""
+        cls = type(self)
+        for f in fields(self):
+            value, hint = getattr(self, f.name), _hint(cls, f)
+            if value is None and type(None) in typing.get_args(hint):
+                continue
+            base, many = base_type(cls, f), is_tuple(cls, f)
+            if not (all(_is_a(base, v) for v in value) if many and isinstance(value, tuple | list) else
+                    not many and _is_a(base, value)):
+                kinds = {bool: ("true or false", "true or false values"), int: ("an integer", "integers"),
+                         float: ("a number", "numbers"), str: ("a string", "strings")}.get(base, (base, base))
+                default = list(f.default_factory()) if many and f.default_factory is not MISSING else f.default
+                raise ConfigError(f"{f.name} {value!r} must be {'a list of ' + kinds[1] if many else kinds[0]}, e.g. "
+                                  f"{default!r}")
 
     def applies(self, name: str) -> bool:
         """Whether this config uses field ``name`` (its family, algo or outer step may ignore it)."""
@@ -298,6 +317,13 @@ def base_type(cls: type, f: Any) -> type:
     if typing.get_origin(hint) is tuple or isinstance(hint, types.UnionType):
         return typing.get_args(hint)[0]
     return hint
+
+
+def _is_a(base: type, value: Any) -> bool:
+    """Whether ``value`` is of a config field's type, as given in Python (an int is a number; a bool is neither)."""
+    if base in (int, float):
+        return isinstance(value, numbers.Integral if base is int else numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, str | os.PathLike) if base is str else isinstance(value, base)  # a folder as a Path
 
 
 def list_items(text: str) -> list[str] | None:

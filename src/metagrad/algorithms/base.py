@@ -441,7 +441,42 @@ class MetaLearner(nn.Module):
                     raise ConfigError(f"the {split} labels range over {int(y.min())}..{int(y.max())} but the model "
                                       f"({name}) has {out.shape[-1]} outputs; give labels 0..{out.shape[-1] - 1}, or "
                                       "a model with one output per class (ways)")
+        self._check_loss(out, batch.support.y[0])
         self._inputs_checked = True
+
+    def _check_loss(self, out: Any, y: Tensor) -> None:
+        """``loss_fn`` on the model's output for one task gives one real number that depends on that output, else a
+        ``ConfigError`` naming what it gave: a float or ``.item()`` failed in a traceback, a detached or constant
+        loss gave meta-gradients of exactly 0, and cross-entropy on float targets read them as probabilities."""
+        if not (isinstance(out, Tensor) and out.is_floating_point()):
+            return  # a model returning something else: its own loss_fn reads it, or the checks before refused it
+        if self.loss_fn is losses.cross_entropy and y.is_floating_point() and y.shape == out.shape:
+            sums = y.sum(-1)
+            if bool((y < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+                raise ConfigError(f"losses.cross_entropy reads float targets as class probabilities, and these are "
+                                  f"not (entries >= 0 summing to 1 over the last dimension; {y.dtype} of shape "
+                                  f"{list(y.shape)}): integer class labels 0..ways-1 for classification, "
+                                  "losses.mse for a regression task")
+        probe = out.detach().clone().requires_grad_()
+        try:
+            with torch.enable_grad():
+                loss = self.loss_fn(probe, y)
+        except Exception as e:
+            if getattr(self.loss_fn, "__module__", None) == losses.__name__:
+                raise  # metagrad's own losses name the problem themselves
+            raise ConfigError(f"loss_fn fails on the model's output (shape {list(out.shape)}, {out.dtype}) and one "
+                              f"task's targets (shape {list(y.shape)}, {y.dtype}): {first_line(e)}") from None
+        if not (isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+            if isinstance(loss, Tensor) and loss.is_floating_point():
+                got = f"a tensor of shape {list(loss.shape)} (a reduction='none' loss? give the mean over the examples)"
+            else:
+                got = f"a tensor of dtype {loss.dtype}" if isinstance(loss, Tensor) else f"a {type(loss).__name__}"
+            raise ConfigError(f"loss_fn must return one number per task, a real floating-point tensor (e.g. "
+                              f"mg.losses.mse); it returned {got}")
+        if not loss.requires_grad:
+            raise ConfigError("loss_fn returns a value that does not depend on the model's output (detached, "
+                              ".item(), or a constant), so every meta-gradient would be 0; return the tensor "
+                              "computed from the prediction")
 
     def _dry_run(self, x: Tensor, split: str) -> Any:
         """The model's output on one task's inputs ``x`` (of the support or, ``split`` "query ", the query set), or

@@ -57,6 +57,9 @@ class MAML(MetaLearner):
                               "conjugates); use recompute=False")
         check_choice("tail", tail, TAILS)
         self.tail = tail
+        if self.inner_steps == 0 and any(True for _ in self.inner.parameters()):
+            raise ConfigError("inner_steps 0 takes no inner step, so learned inner step sizes (SGD(learn=True)) "
+                              "would get no gradient and never train; take at least one step, or a fixed mg.SGD(lr)")
         self.check_model()
         if self.carried is not None and not first_order:
             raise ConfigError("inner_state 'carried' works with first-order MAML (fomaml) and Reptile: second-order "

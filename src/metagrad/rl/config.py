@@ -191,6 +191,7 @@ class RLConfig(Settings):
 
     def validate(self) -> RLConfig:
         """Check every value; raise ``ConfigError`` naming the first bad one and the fix."""
+        self.check_types()
         check_settings({name: getattr(self, name) for name in LEARNER_SETTINGS})  # the learner's, as MetaRL's
         self.check_choices({"policy": POLICIES, "activation": tuple(ACTIVATIONS), "reward": REWARDS,
                             "outer_optimizer": ("adam", "sgd"), "observation": ("auto", *OBSERVATIONS),
