@@ -27,7 +27,9 @@ def test_sessions_append_segments_and_the_index_counts_the_budget(tmp_path, caps
     assert segments[1]["command"].startswith("metagrad train --config sinusoid-maml") and "--resume" in \
         segments[1]["command"]
     assert segments[0]["machine"]["cpus"] >= 1 and segments[0]["machine"]["processes"] == 1
-    assert sum(s["seconds"] for s in segments) <= time.monotonic() - began and all(s["seconds"] >= 0 for s in segments)
+    rounding = 0.05 * len(segments)  # each segment's seconds are rounded to 0.1: two of 0.1 s may add up to 0.2
+    assert sum(s["seconds"] for s in segments) <= time.monotonic() - began + rounding
+    assert all(s["seconds"] >= 0 for s in segments)
     row = longruns.Row("a test row", "10 iterations", "row", "metagrad train ...", target=10)
     status = longruns.row_status(row, tmp_path / "long")
     assert status["done"] == 0.8 and status["runs"][0]["segments"] == 2
