@@ -255,13 +255,6 @@ class WrongNorms(TorchFunctionMode):
         return f"under vmap torch's {what} gives wrong second derivatives, however small its share at these values"
 
 
-class FirstOrder(contextlib.nullcontext):
-    """No recorder: first-order meta-gradients take no second derivatives, where ``WrongNorms``' faults lie."""
-
-    def fault(self) -> None:
-        return None
-
-
 def vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     """Why vmap must not be trusted with this learner's meta-gradient (None: it equals the per-task loop in float64
     on ``CHECK_TASKS`` tasks of ``batch``, to ``TOLERANCE`` of the gradient's scale). torch's global random state is
@@ -281,7 +274,7 @@ def _vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
     outs = {}
     for mode in ("loop", "vmap"):
         ref.batching = mode
-        recorder = EmbeddingOptions() if mode == "loop" else WrongNorms() if ref.second_order else FirstOrder()
+        recorder = EmbeddingOptions() if mode == "loop" else WrongNorms()
         try:
             with twice_differentiable(True), attention_fast_path(False), recorder:  # the engine cures both
                 outs[mode] = ref.batch_gradient(*ref.functional_inputs(), small, mb)
@@ -292,8 +285,10 @@ def _vmap_fault(learner: MetaLearner, batch: TaskBatch) -> str | None:
             if mode == "loop":
                 raise  # the reference path itself fails: the user's model or data is at fault, show it as it is
             return f"vmap cannot run it ({torch_fault(e) or first_line(e)}){where(ref.model, small)}"
-        if fault := recorder.fault():
-            return fault + (where(ref.model, small) if mode == "vmap" else "")
+        if mode == "loop" and (fault := recorder.fault()):
+            return fault
+        if mode == "vmap" and ref.second_order and (fault := recorder.fault()):  # (first order: no 2nd derivatives)
+            return fault + where(ref.model, small)
     err, leaf = tree_error(outs["vmap"], outs["loop"])
     if err <= TOLERANCE or err != err:  # equal, or NaN on this slice (a diverging model: nothing to judge)
         return None

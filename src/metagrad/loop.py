@@ -206,7 +206,6 @@ class RunLoop:
             self.log({"iteration": self.iteration, "resumed_with": changes or self._resume_changes})
         if resumed:
             self._set_aside_damaged_best()
-            self._forget_missing_best()
             self._drop_later_best()
             self.before_training_on()
         start_iteration, session_start = self.iteration, time.perf_counter()
@@ -387,10 +386,16 @@ class RunLoop:
     def _set_aside_damaged_best(self) -> None:
         """A ``best`` that fails its check (a disk error, a copy cut short, another program's file) must not stop a
         run from resuming from a whole ``last``, nor stay to fail an evaluation after it trains on: it is kept as
-        ``best-damaged`` (nothing overwritten), said, and the best tracked afresh. (A finished run's files stay as
-        they are; evaluating its best then names the damage.)"""
+        ``best-damaged`` (nothing overwritten), said, and the best tracked afresh; so is a ``best`` that is missing.
+        (A finished run's files stay as they are; evaluating its best then names the damage.)"""
         best = self.run_dir / "best" if self.run_dir is not None else None
-        if best is None or not self.writes or not checkpoint.exists(best):
+        if best is None or not self.writes:
+            return
+        if not checkpoint.exists(best):  # deleted: not written again until a later iteration beats the remembered one
+            if self.remembers_best():
+                self.forget_best()
+                print(f"metagrad: {checkpoint.paths(best)[0]} is missing, though the run had measured a best; it "
+                      "resumes from its last checkpoint and tracks its best afresh", file=sys.stderr)
             return
         try:
             checkpoint.load(best)
@@ -400,16 +405,6 @@ class RunLoop:
             reason = e.problem if isinstance(e, Damaged) else str(e).split("; ")[0]
             print(f"metagrad: {reason}: kept as {aside.name}; the run resumes from its last checkpoint and tracks its "
                   "best afresh", file=sys.stderr)
-
-    def _forget_missing_best(self) -> None:
-        """A best the resumed run remembers whose file is gone (deleted, or the folder copied without it) would not be
-        written again until a later iteration beats the remembered value: said, and the best tracked afresh."""
-        best = self.run_dir / "best" if self.run_dir is not None else None
-        if best is None or not self.writes or checkpoint.exists(best) or not self.remembers_best():
-            return
-        self.forget_best()
-        print(f"metagrad: {checkpoint.paths(best)[0]} is missing, though the run had measured a best; it resumes "
-              "from its last checkpoint and tracks its best afresh", file=sys.stderr)
 
     def _drop_later_best(self) -> None:
         """A ``best`` newer than the ``last`` resumed from (the run was killed between the two) came from iterations

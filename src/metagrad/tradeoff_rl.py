@@ -207,13 +207,16 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
 
 
 def _train(study: Study, method: str, seed: int, run_dir: Path, progress: bool, **kw: Any) -> None:
-    """One run of the study to its budget, resumed where it stopped; a damaged checkpoint says how to make the run
-    again within the study (the advice of ``metagrad train`` is for a run of its own)."""
+    """One run of the study to its budget, resumed where it stopped; a damaged checkpoint says how to make it anew."""
     try:
         continue_run(study.config(method, seed), run_dir, progress, **kw)
     except Damaged as e:
-        raise e.instead(f"delete {run_dir} and run the command again to train this run anew (the other runs are "
-                        "kept)") from None
+        raise e.instead(_anew(run_dir)) from None
+
+
+def _anew(run_dir: Path) -> str:
+    """How to make one damaged run of a study again (``metagrad train``'s advice is for a run of its own)."""
+    return f"delete {run_dir} and run the command again to train this run anew (the other runs are kept)"
 
 
 def evaluate_snapshots(study: Study, method: str, seed: int, run_dir: Path,
@@ -273,8 +276,7 @@ def _snapshot(run_dir: Path, j: int) -> tuple[Any, dict[str, Any]]:
     try:
         learner, _, info = load_run(run_dir, f"snapshot-{j:03d}")
     except Damaged as e:
-        raise e.instead(f"delete {run_dir} and run the command again to train this run anew (the other runs are "
-                        "kept)") from None
+        raise e.instead(_anew(run_dir)) from None
     return learner, info
 
 
