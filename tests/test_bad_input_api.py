@@ -230,7 +230,44 @@ CASES = {
     "U22 two parameters, one learned step-size name": (
         lambda: mg.SGD(0.1, learn=True, params={"a.w": torch.zeros(2), "a__w": torch.zeros(2)}), ConfigError,
         ["'a.w' and 'a__w' would share one learned step size", "rename one"]),
+    "learned step sizes built from another model's parameters (failed inside torch)": (
+        lambda: mg.MAML(net(), inner=mg.SGD(0.1, learn=True, params=mg.models.MLP(3, [5], 1))), ConfigError,
+        ["learned inner step sizes of '0.weight' have shape [5, 3], the parameter [8, 1]", "another model"]),
+    "more learned step sizes than inner steps (the rest never trained, silently)": (
+        lambda: mg.MAML(net(), inner=mg.SGD([0.1, 0.2, 0.3], learn=True), inner_steps=1), ConfigError,
+        ["holds 3 learned step sizes", "inner_steps is 1", "the last 2 would never train"]),
+    "adapt=[] (adapted everything, silently)": (lambda: learner(adapt=[]), ConfigError,
+                                                ["adapt [] names no parameter", "give None"]),
+    "meta-RL adapt=[]": (lambda: metarl(adapt=[]), ConfigError, ["adapt [] names no parameter"]),
+    "a save into a folder that takes no files (named the temporary file)": (
+        lambda: learner().save("/proc/m"), OSError, ["cannot create a file in /proc", "'/proc/m.safetensors'"]),
+    "a forward that raises its own error (was: cannot read the inputs)": (
+        lambda: mg.MAML(Raises()).meta_gradient(sines()), ConfigError,
+        ["the model (Raises) raised ValueError: the model's own words", "in forward", "test_bad_input_api.py"]),
+    "class labels with the default loss (suggested y[:, None])": (
+        lambda: mg.MAML(net(4, 3)).meta_gradient(classifier_batch([0, 1, 2])), ValueError,
+        ["look like class labels", "loss_fn=mg.losses.cross_entropy"]),
+    "a meta-RL step size as text (a traceback from a comparison)": (
+        lambda: metarl(inner_lr="0.1"), ConfigError, ["inner_lr '0.1' must be a number"]),
+    "a policy's hidden sizes as one number (a traceback)": (
+        lambda: make_policy(Navigation2D().action_space, 2, hidden=4), ConfigError,
+        ["hidden 4 must be a sequence of layer sizes", "(4,) for one layer"]),
+    "a Gaussian policy's hidden sizes as text": (
+        lambda: mg.rl.GaussianMLPPolicy(2, 2, hidden="64"), ConfigError, ["hidden '64' must be a sequence"]),
+    "an action space that is neither a Space nor gymnasium's": (
+        lambda: make_policy((2,), 2), ConfigError, ["action space (2,) is not supported", "env.action_space"]),
 }
+
+
+class Raises(torch.nn.Module):
+    """A model whose forward stops with its own error."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, x):
+        raise ValueError("the model's own words")
 
 
 def complex_net() -> torch.nn.Module:
@@ -362,3 +399,55 @@ def test_cross_entropy_takes_class_probabilities_shaped_like_the_logits():
     learn = mg.MAML(net(4, 3), loss_fn=mg.losses.cross_entropy)
     loss = learn.meta_gradient(TaskBatch(Split(x, soft), Split(x, soft)))["meta_loss"]
     assert loss > 0 and all(float(p.grad.abs().max()) > 0 for p in learn.model.parameters())
+
+
+def test_a_nan_meta_loss_warns_through_the_raw_api_and_the_trainer_stops_without_it():
+    """``meta_gradient`` called by hand said nothing of a NaN meta-loss (its ``.grad`` would carry NaN into the
+    parameters at the next step); the Trainer stops on it with its own advice, without the warning besides."""
+    from metagrad.errors import NonFiniteMetaLoss, TrainingDiverged
+
+    def nan_loss(p, y):
+        return mg.losses.mse(p, y) * float("nan")
+
+    with pytest.warns(NonFiniteMetaLoss, match="meta_loss is nan"):
+        learner(loss_fn=nan_loss).meta_gradient(sines())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonFiniteMetaLoss)
+        learner().meta_gradient(sines())  # a finite one says nothing
+        lrn = learner(loss_fn=nan_loss)
+        with pytest.raises(TrainingDiverged, match="meta-loss is nan at iteration 1"):
+            mg.Trainer(lrn, mg.tasks.Sinusoid(), torch.optim.Adam(lrn.parameters()), iterations=1,
+                       meta_batch_size=2, progress=False).fit()
+
+
+def test_an_optimizer_over_part_of_the_model_warns_naming_the_rest():
+    """Parameters the optimizer does not hold get meta-gradients and never move: said, naming them."""
+    lrn = learner()
+    with pytest.warns(UserWarning, match=r"only part of the model's trainable parameters: 0\.weight, 0\.bias get "
+                                         r"meta-gradients but never move"):
+        mg.Trainer(lrn, mg.tasks.Sinusoid(), torch.optim.Adam(lrn.model[2].parameters()), iterations=1,
+                   meta_batch_size=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mg.Trainer(lrn, mg.tasks.Sinusoid(), torch.optim.Adam(lrn.parameters()), iterations=1, meta_batch_size=2,
+                   progress=False)
+
+
+def test_gymnasium_spaces_make_the_policies_metagrad_spaces_make():
+    """``make_policy`` takes a gymnasium Box or Discrete as it takes metagrad's Space (it stopped on ``.kind``)."""
+    gym = pytest.importorskip("gymnasium")
+    from metagrad.rl.envs.base import Space
+
+    box = make_policy(gym.spaces.Box(-1.0, 1.0, (3,)), 5, hidden=(4,))
+    assert isinstance(box, mg.rl.GaussianMLPPolicy) and box.action_dim == 3
+    assert make_policy(Space("box", (3,), -1.0, 1.0), 5, hidden=(4,)).mean[0].weight.shape == box.mean[0].weight.shape
+    discrete = make_policy(gym.spaces.Discrete(4, start=1), 5, hidden=(4,))
+    assert isinstance(discrete, mg.rl.CategoricalMLPPolicy) and discrete.n_actions == 4
+
+
+def test_a_return_curve_takes_one_step_size_as_a_number():
+    """``lr=0.1`` (one number) is the schedule ``(0.1,)``, as everywhere else (it stopped: float not iterable)."""
+    rl_learner = metarl()
+    one, _, _ = return_curve(rl_learner, 2, steps=1, episodes=1, lr=0.1, seed=0)
+    schedule, _, _ = return_curve(rl_learner, 2, steps=1, episodes=1, lr=(0.1,), seed=0)
+    assert one == schedule and one["lr"] == [0.1]

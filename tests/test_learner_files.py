@@ -39,7 +39,8 @@ def test_a_folder_or_an_empty_name_is_refused(tmp_path):
 @pytest.mark.parametrize("other", ["wider", "meta-sgd", "reptile"])
 def test_a_file_that_does_not_fit_is_refused_in_one_line_and_changes_nothing(tmp_path, other):
     saved = {"wider": maml(hidden=16), "meta-sgd": mg.MAML(mg.models.MLP(1, [8], 1), inner=mg.SGD(
-        [0.1, 0.05], learn=True, params=mg.models.MLP(1, [8], 1))), "reptile": mg.Reptile(mg.models.MLP(1, [8], 1))}
+        [0.1, 0.05], learn=True, params=mg.models.MLP(1, [8], 1)), inner_steps=2),
+             "reptile": mg.Reptile(mg.models.MLP(1, [8], 1))}
     saved[other].save(tmp_path / "other")
     target = maml(0.03) if other != "meta-sgd" else mg.MAML(mg.models.MLP(1, [8], 1), inner=mg.SGD(
         0.1, learn=True, params=mg.models.MLP(1, [8], 1)))

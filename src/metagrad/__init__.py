@@ -36,7 +36,9 @@ def __getattr__(name: str) -> Any:
     else:
         try:
             value = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":  # a dependency missing (torch), not the name: say that
+                raise
             raise AttributeError(f"module 'metagrad' has no attribute '{name}'") from None
     globals()[name] = value
     return value

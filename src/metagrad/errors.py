@@ -20,6 +20,11 @@ class TrainingDiverged(MetagradError, RuntimeError):
     """The meta-loss became NaN or infinite."""
 
 
+class NonFiniteMetaLoss(UserWarning):
+    """``meta_gradient`` met a NaN or infinite meta-loss: its ``.grad`` fields would carry it into the parameters
+    (the Trainer stops on this itself, with its own message)."""
+
+
 class CheckpointError(MetagradError, RuntimeError):
     """A checkpoint is missing, incomplete or inconsistent."""
 

@@ -35,7 +35,10 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     The writer holds an advisory lock on its temporary file until it is renamed, so ``remove_stale_temps`` leaves it
     alone."""
     mode = mode_for(path)  # mkstemp's file is the owner's alone
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # it names the temporary file, which the caller never asked for
+        raise OSError(e.errno, f"{e.strerror} (cannot create a file in {path.parent} to write it)", str(path)) from e
     try:
         if fcntl is not None:
             with contextlib.suppress(OSError):  # a file system without locks: unguarded, as `lock` says

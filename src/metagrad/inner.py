@@ -31,7 +31,7 @@ def schedule_used(lr: Sequence[float], steps: int) -> list[float]:
     return list(lr[:steps] if steps else lr)
 
 
-def _schedule(lr: float | Sequence[float]) -> tuple[float, ...]:
+def step_sizes(lr: float | Sequence[float]) -> tuple[float, ...]:
     """The step sizes as a tuple of finite floats >= 0 (0 is allowed at test time: "do not fine-tune" is a
     candidate when tuning), else a ``ConfigError`` naming the value."""
     if isinstance(lr, numbers.Real) or (isinstance(lr, Tensor) and lr.dim() == 0):
@@ -107,7 +107,7 @@ class SGD(InnerRule):
                  params: Params | nn.Module | None = None):
         super().__init__()
         check_flag("learn", learn)
-        self.schedule = _schedule(lr)
+        self.schedule = step_sizes(lr)
         self.learn = learn
         self.lr = nn.ParameterDict()
         self.pending = learn  # learned step sizes not shaped yet: from ``params``, or by the learner (``shape``)
@@ -128,6 +128,20 @@ class SGD(InnerRule):
         if self.pending:
             self._make(adapted)
             self.shaped_by_learner = True
+        elif self.learn:
+            self._check_shapes(adapted)
+
+    def _check_shapes(self, adapted: Params) -> None:
+        """Step sizes built from ``params`` must have the adapted parameters' shapes (those of another model would
+        fail inside torch at the first inner step, or broadcast silently)."""
+        for name, p in adapted.items():
+            lr = self.lr.get(_key(name))
+            wanted = (len(self.schedule), *p.shape) if self.per_step else tuple(p.shape)
+            if lr is not None and tuple(lr.shape) != wanted:
+                raise ConfigError(f"the learned inner step sizes of '{name}' have shape {list(lr.shape)}, the "
+                                  f"parameter {list(p.shape)}: SGD(learn=True, params=...) was built from another "
+                                  "model's parameters; build it from this model's, or leave params out (the learner "
+                                  "then shapes them)")
 
     def _make(self, adapted: Params) -> None:
         """The learned step sizes, one per element of each parameter in ``adapted``, initialised from the schedule."""
@@ -252,7 +266,7 @@ class Adam(InnerRule):
     def __init__(self, lr: float | Sequence[float] = 0.001, betas: tuple[float, float] = (0.0, 0.999),
                  eps: float = 1e-8):
         super().__init__()
-        self.schedule = _schedule(lr)
+        self.schedule = step_sizes(lr)
         if not (isinstance(betas, Sequence) and len(betas) == 2 and all(isinstance(b, numbers.Real) for b in betas)
                 and all(0 <= b < 1 for b in betas)):
             raise ConfigError(f"betas {betas!r} must be two numbers in [0, 1) (e.g. (0.0, 0.999): beta1 = 0 the "

@@ -11,6 +11,10 @@ def mse(pred: Tensor, target: Tensor) -> Tensor:
     made second-order MAML on the sinusoid MLP 5% slower (CPU time, ``benchmarks/compile_w1.py``'s meta-gradient).
     Shapes must match: broadcasting ``[N, 1]`` against ``[N]`` would silently average an ``[N, N]`` table."""
     if pred.shape != target.shape:
+        if not target.is_floating_point() and target.dim() == pred.dim() - 1 and pred.shape[-1] > 1:
+            raise ValueError(f"mse: integer targets of shape {list(target.shape)} against predictions "
+                             f"{list(pred.shape)} look like class labels; for classification give "
+                             "loss_fn=mg.losses.cross_entropy (mse is the default loss, for regression)")
         raise ValueError(f"mse: prediction of shape {list(pred.shape)} against targets of shape "
                          f"{list(target.shape)}; give targets the model's output shape (e.g. y[:, None])")
     return (pred - target).square().mean()

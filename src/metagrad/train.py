@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from .algorithms import MetaLearner
 from .algorithms.base import CARRIED_IN_ONE_PROCESS
 from .batch import TaskBatch
 from .distributed import Distributed
-from .errors import CheckpointError, ConfigError, TrainingDiverged, check_memory, check_whole
+from .errors import CheckpointError, ConfigError, NonFiniteMetaLoss, TrainingDiverged, check_memory, check_whole
 from .evaluate import held_out_tasks
 from .loop import RunLoop, set_aside, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
@@ -106,6 +107,12 @@ def check_optimizer(learner: MetaLearner, optimizer: torch.optim.Optimizer) -> N
         raise ConfigError(f"the optimizer holds the model's parameters but not the inner rule's learned ones "
                           f"({', '.join(rule[:2])}{', ...' if len(rule) > 2 else ''}), so they would never be trained; "
                           "build it from learner.parameters(), e.g. torch.optim.Adam(learner.parameters(), 1e-3)")
+    left = [n for n, p in learner.model.named_parameters() if p.requires_grad and id(p) not in held]
+    if left:  # meta-gradients computed for parameters that never move: a slip, or meant as freezing
+        warnings.warn(f"the optimizer holds only part of the model's trainable parameters: "
+                      f"{', '.join(left[:3])}{', ...' if len(left) > 3 else ''} get meta-gradients but never move; "
+                      "build it from learner.parameters(), or freeze those (requires_grad_(False)) if that is meant",
+                      stacklevel=3)
 
 
 def task_settings(tasks: TaskDistribution) -> dict[str, Any] | None:
@@ -345,14 +352,15 @@ class Trainer(RunLoop):
         self.sampling += time.perf_counter() - t0
         # no zero_grad: meta_gradient replaces the .grad fields, and a compiled one writes into the same tensors each
         # iteration (zero_grad's None had it allocate fresh ones; no faster measurably on W1, one thread)
-        if self.dist is None:
-            metrics = self.learner.meta_gradient(batch, self.generator)
-        else:
-            shard = self.dist.shard(batch.num_tasks)
-            metrics = self.learner.meta_gradient(batch, self.generator, shard=shard)
-            weight = (shard.stop - shard.start) / batch.num_tasks
-            self.dist.reduce_gradients(self.learner, weight)
-            metrics = self.dist.reduce_metrics(metrics, weight)
+        with warnings.catch_warnings(action="ignore", category=NonFiniteMetaLoss):  # stopped on below, with advice
+            if self.dist is None:
+                metrics = self.learner.meta_gradient(batch, self.generator)
+            else:
+                shard = self.dist.shard(batch.num_tasks)
+                metrics = self.learner.meta_gradient(batch, self.generator, shard=shard)
+                weight = (shard.stop - shard.start) / batch.num_tasks
+                self.dist.reduce_gradients(self.learner, weight)
+                metrics = self.dist.reduce_metrics(metrics, weight)
         if not math.isfinite(metrics["meta_loss"]):
             raise TrainingDiverged(f"meta-loss is {metrics['meta_loss']} at iteration {self.iteration + 1}: training "
                                    f"diverged; lower {self.step_sizes()}")

@@ -21,9 +21,12 @@ head), while the meta-gradient reaches every trainable parameter.
 from __future__ import annotations
 
 import inspect
+import math
 import operator
 import os
 import sys
+import traceback
+import warnings
 from collections.abc import Callable, Generator, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -49,7 +52,7 @@ from ..batching import (
     twice_differentiable,
     vmap_fault,
 )
-from ..errors import ConfigError, MetagradError, check_compiler, check_whole
+from ..errors import ConfigError, MetagradError, NonFiniteMetaLoss, check_compiler, check_whole
 from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, slot, write_grads
 from ..inner import SGD, InnerRule
 from ..seeds import global_stream_from
@@ -115,6 +118,18 @@ def _takes_one_input(model: nn.Module) -> bool:
     return True
 
 
+_LIBRARIES = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+
+
+def raised_by_user_code(e: BaseException) -> traceback.FrameSummary | None:
+    """Where ``e`` was raised when that was the user's own code (a model's forward that raises, or calls a tensor
+    method that fails), not inside torch's layers or metagrad: its own error, which says more than a shape hint."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames or frames[-1].filename.startswith(_LIBRARIES):
+        return None
+    return frames[-1]
+
+
 def weighted_sum(parts: Iterable[tuple[float, Any]]) -> Any:
     """``sum_i w_i * out_i`` over ``(w_i, out_i)`` pairs, leaf-wise over trees of tensors (the mean over tasks of
     shards or chunks of tasks), summed as the pairs come: one running tree is held, not one per part."""
@@ -147,7 +162,8 @@ class MetaLearner(nn.Module):
         inner: the inner-loop update rule (default: SGD with step size 0.01).
         inner_steps: inner steps during meta-training.
         inner_batch_size: examples per inner step, drawn without replacement from the support set
-            (0: the whole support set at every step, as MAML; Reptile uses minibatches).
+            (0, or at least the support set's size: the whole support set at every step, as MAML; Reptile uses
+            minibatches).
         batching: ``vmap`` (tasks batched), ``loop`` (per-task reference path) or ``auto``.
         compile: run the meta-gradient through ``torch.compile`` (a one-off compilation of tens of seconds;
             several times faster for small models, e.g. the sinusoid MLP); ``True`` or one of torch.compile's
@@ -178,12 +194,13 @@ class MetaLearner(nn.Module):
             each test task.
         adapt: the parameters that the inner loop adapts, as parameter-name prefixes: a module's name (``"classifier"``
             adapts ``classifier.weight`` and ``classifier.bias``; ``"features.0"`` one block) or a parameter's full
-            name. None or empty: every trainable parameter. The others stay at their meta-learned values during
-            adaptation (training and evaluation) but still receive the meta-gradient: ``adapt=["classifier"]`` is
-            ANIL (Raghu et al. 2020), a context vector's name is CAVIA-style adaptation. With a learned step size
+            name. None: every trainable parameter. The others stay at their meta-learned values during adaptation
+            (training and evaluation) but still receive the meta-gradient: ``adapt=["classifier"]`` is ANIL (Raghu et
+            al. 2020), a context vector's name is CAVIA-style adaptation. With a learned step size
             (``SGD(learn=True)``) only the adapted parameters keep one (the rule is restricted to them). Reptile's
             direction ``initial - adapted`` is 0 for the parameters it does not adapt. A prefix that matches no
-            parameter, or only frozen ones, is a ``ConfigError`` naming the model's modules.
+            parameter, or only frozen ones, is a ``ConfigError`` naming the model's modules, and so is an empty
+            list (which would adapt nothing).
 
     Frozen parameters (``requires_grad=False``, e.g. ``model.features.requires_grad_(False)``, also after
     construction) are constants on every path: not adapted, no meta-gradient (their ``.grad`` stays None, so no
@@ -495,6 +512,11 @@ class MetaLearner(nn.Module):
                 raise ConfigError(f"the batch's inputs are {x.dtype} but the model's parameters {param.dtype} "
                                   f"({first_line(e)}); cast one to the other: batch.to({param.dtype}) or "
                                   f"learner.to({x.dtype})") from None
+            if (where := raised_by_user_code(e)) is not None:
+                raise ConfigError(f"the model ({type(self.model).__name__}) raised {first_line(e)} (in "
+                                  f"{where.name}, {os.path.basename(where.filename)} line {where.lineno}) on one "
+                                  f"task's {split}inputs, of shape {list(x.shape[1:])} and dtype {x.dtype}; "
+                                  "metagrad calls model(x) on each task's examples [examples, features...]") from e
             if not _takes_one_input(self.model):
                 fix = ("metagrad calls model(x) with one input per example batch; wrap a model that takes more "
                        "(a mask, keyword arguments) in a module whose forward takes x alone")
@@ -765,7 +787,12 @@ class MetaLearner(nn.Module):
         if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
             raise ConfigError(CARRIED_IN_ONE_PROCESS)
         batch, mb = self.on_model_device(*self.sharded(batch, generator, None if self.carried is not None else shard))
-        return self.explained(batch, lambda: self.meta_gradient_of(batch, mb))
+        metrics = self.explained(batch, lambda: self.meta_gradient_of(batch, mb))
+        if not math.isfinite(metrics["meta_loss"]):
+            warnings.warn(f"meta_loss is {metrics['meta_loss']}: the meta-gradient in .grad holds NaN or infinite "
+                          "values, which an optimizer step would write into the parameters; lower the step sizes, "
+                          "or look for a NaN in the data or the loss", NonFiniteMetaLoss, stacklevel=2)
+        return metrics
 
     def meta_gradient_of(self, batch: TaskBatch, mb: Tensor | None) -> dict[str, float]:
         """``meta_gradient`` of a checked batch on the model's device, with its minibatch indices ``mb``."""

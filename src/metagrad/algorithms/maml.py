@@ -60,6 +60,11 @@ class MAML(MetaLearner):
         if self.inner_steps == 0 and any(True for _ in self.inner.parameters()):
             raise ConfigError("inner_steps 0 takes no inner step, so learned inner step sizes (SGD(learn=True)) "
                               "would get no gradient and never train; take at least one step, or a fixed mg.SGD(lr)")
+        if getattr(self.inner, "per_step", False) and len(self.inner.schedule) > self.inner_steps:
+            n = len(self.inner.schedule)
+            raise ConfigError(f"SGD(learn=True) holds {n} learned step sizes, one per inner step, but inner_steps is "
+                              f"{self.inner_steps}: the last {n - self.inner_steps} would never train; give "
+                              f"{self.inner_steps} value(s), or take {n} inner steps")
         self.check_model()
         if self.carried is not None and not first_order:
             raise ConfigError("inner_state 'carried' works with first-order MAML (fomaml) and Reptile: second-order "

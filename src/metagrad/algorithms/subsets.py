@@ -27,6 +27,9 @@ def adapt_prefixes(model: nn.Module, adapt: Sequence[str] | str | None) -> tuple
     if adapt is None:
         return ()
     prefixes = (adapt,) if isinstance(adapt, str) else tuple(adapt)
+    if not prefixes:
+        raise ConfigError(f"adapt {adapt!r} names no parameter, so the inner loop would adapt nothing; give None to "
+                          "adapt every trainable parameter, or the modules to adapt (e.g. ['classifier'])")
     params = dict(model.named_parameters())
     first = {id(p): n for n, p in params.items()}
     names = [(n, first[id(p)]) for n, p in model.named_parameters(remove_duplicate=False)]  # (any name, first)

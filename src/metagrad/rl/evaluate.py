@@ -12,7 +12,7 @@ from torch import Tensor
 from ..analysis.stats import mean_ci95
 from ..errors import ConfigError, TrainingDiverged, check_whole
 from ..evaluate import say_if_at_edge
-from ..inner import SGD, schedule_used
+from ..inner import SGD, schedule_used, step_sizes
 from ..seeds import VAL_SEED_OFFSET
 from .metarl import MetaRL
 from .sampler import Trajectories, rollout
@@ -49,17 +49,18 @@ def adaptation_returns(learner: MetaRL, tasks: Tensor, steps: int, episodes: int
     return torch.cat(rows), paths
 
 
-def return_curve(learner: MetaRL, num_tasks: int, steps: int, episodes: int, lr: Sequence[float], seed: int,
+def return_curve(learner: MetaRL, num_tasks: int, steps: int, episodes: int, lr: float | Sequence[float], seed: int,
                  keep_paths: int = 0) -> tuple[dict[str, Any], list[torch.Tensor], torch.Tensor]:
     """Mean return per test task after 0..``steps`` steps (each on ``episodes`` fresh episodes): the mean over
     tasks with its 95% half-width, per step; plus the first episodes' positions when ``keep_paths``."""
     check_whole("steps", steps, 0)
     check_whole("num_tasks", num_tasks)
+    lr = step_sizes(lr)
     if num_tasks < 2:
         raise ConfigError(f"num_tasks {num_tasks}: a return curve needs at least 2 test tasks for its 95% intervals")
     tasks = held_out_goals(learner, num_tasks, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    values, paths = adaptation_returns(learner, tasks, steps, episodes, tuple(lr), gen, keep_paths=keep_paths)
+    values, paths = adaptation_returns(learner, tasks, steps, episodes, lr, gen, keep_paths=keep_paths)
     mean, half = mean_ci95(values)
     curve = {"tasks": num_tasks, "episodes": episodes, "lr": schedule_used(lr, steps),
              "mean": [round(float(m), 4) for m in mean], "ci95": [round(float(h), 4) for h in half]}

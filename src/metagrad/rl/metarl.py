@@ -42,7 +42,7 @@ from ..batching import WEIGHT_NORM_FAULT, WEIGHT_NORM_FIX, weight_normed
 from ..distributed import Share
 from ..errors import ConfigError, check_choice, check_compiler, check_whole
 from ..functional import Params, call, detach
-from ..inner import SGD
+from ..inner import SGD, step_sizes
 from . import outer
 from .checks import check_batching, check_fit, check_vmappable
 from .envs.base import TaskEnv
@@ -172,7 +172,7 @@ class MetaRL(nn.Module):
         emaml_weight: the weight of E-MAML's exploration term.
         ppo_epochs, ppo_clip: PPO's optimizer steps per meta-batch and the ratio clip (the trade-off paper: 0.3).
         adapt: the parameters the inner steps adapt, as module or parameter names (``["context"]`` for the MAML
-            paper's context-vector baseline; empty: all); the meta-gradient and the outer step reach all of them.
+            paper's context-vector baseline; None: all); the meta-gradient and the outer step reach all of them.
         inner_kl_coef, inner_kl_target: PPO's penalty ``coef * KL(pi_old || pi)`` on each inner step's
             pre-update policy (ProMP); with a target > 0 the coefficient is halved or doubled after each update
             when that KL is below target / 1.5 or above target * 1.5 (ProMP's adaptive penalty; 0: fixed).
@@ -196,12 +196,12 @@ class MetaRL(nn.Module):
                  hvp: str = "exact", hvp_subsample: float = 1.0, curvature_chunk: int = 4,
                  score_baseline: str = "none",
                  emaml_weight: float = 1.0, ppo_epochs: int = 5, ppo_clip: float = 0.3,
-                 inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] = (),
+                 inner_kl_coef: float = 5e-4, inner_kl_target: float = 0.01, adapt: Sequence[str] | None = None,
                  compile: bool = False, pack_episodes: bool = False, loss_mean: str = "slots",
                  discount_from: str = "step"):
         super().__init__()
         normalize_outer = algo not in SCORE_ALGOS if normalize_outer is None else normalize_outer
-        inner_lr = tuple(inner_lr) if isinstance(inner_lr, Sequence) else (inner_lr,)
+        inner_lr = step_sizes(inner_lr)
         given = dict(locals())  # the arguments, as check_settings reads them
         check_settings({name: given[name] for name in LEARNER_SETTINGS})
         check_fit(policy, env)
@@ -209,7 +209,7 @@ class MetaRL(nn.Module):
             raise ConfigError(f"episodes {episodes} x horizon {env.horizon}: advantages normalized over a task's one "
                               "step are all 0, so nothing would learn; give more episodes or a longer horizon")
         self.policy, self.env = policy, env
-        prefixes = adapt_prefixes(policy, tuple(adapt))
+        prefixes = adapt_prefixes(policy, adapt)
         self.adapted = frozenset(n for n, p in policy.named_parameters() if p.requires_grad and adapted_by(n, prefixes))
         if not self.trainable():
             raise ConfigError("every parameter of the policy has requires_grad=False: nothing to meta-train")

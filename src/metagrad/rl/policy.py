@@ -14,17 +14,23 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, check_choice, check_whole
 from ..models.context import ContextVector
-from .envs.base import Space
+from .envs.base import Space, as_space
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 POLICIES = ("auto", "gaussian", "categorical")
 MIN_LOG_STD = math.log(1e-6)
 
 
-def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+def _mlp(inputs: int, hidden: Sequence[int], outputs: int, activation: str) -> nn.Sequential:
     check_choice("activation", activation, tuple(ACTIVATIONS))
+    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+        one = f", or ({hidden},) for one layer" if isinstance(hidden, int) else ""
+        raise ConfigError(f"hidden {hidden!r} must be a sequence of layer sizes, e.g. (100, 100){one}")
+    if not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden):
+        raise ConfigError(f"hidden {hidden!r} must hold whole layer sizes, e.g. (100, 100)")
+    sizes = [inputs, *hidden, outputs]
     if any(h < 1 for h in sizes):
-        raise ConfigError(f"hidden sizes {list(sizes[1:-1])} must be positive")
+        raise ConfigError(f"hidden sizes {list(hidden)} must be positive")
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         linear = nn.Linear(sizes[i], sizes[i + 1])
@@ -75,7 +81,7 @@ class GaussianMLPPolicy(Policy):
         if not init_std > 0:
             raise ConfigError(f"init_std {init_std} must be positive (e.g. 1.0)")
         self.action_dim = action_dim
-        self.mean = _mlp([obs_dim, *hidden, action_dim], activation)
+        self.mean = _mlp(obs_dim, hidden, action_dim, activation)
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -115,7 +121,7 @@ class CategoricalMLPPolicy(Policy):
     def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (100, 100), activation: str = "relu"):
         super().__init__()
         self.n_actions = n_actions
-        self.logits = _mlp([obs_dim, *hidden, n_actions], activation)
+        self.logits = _mlp(obs_dim, hidden, n_actions, activation)
 
     def forward(self, obs: Tensor) -> Tensor:
         return torch.log_softmax(self.logits(obs), -1)
@@ -168,6 +174,7 @@ def make_policy(space: Space, obs_dim: int, kind: str = "auto", hidden: Sequence
     context vector of ``context`` numbers beside the observation when ``context > 0``; a ``kind`` that cannot
     serve the space stops with a ``ConfigError`` naming both."""
     check_whole("obs_dim", obs_dim, 1)
+    space = as_space(space)
     if context < 0:
         raise ConfigError(f"context {context} must be >= 0 (0: no context vector)")
     if context:

@@ -90,8 +90,8 @@ def build(cfg: RLConfig) -> tuple[MetaRL, torch.optim.Optimizer | None]:
                      curvature_chunk=cfg.curvature_chunk,
                      score_baseline=cfg.score_baseline, emaml_weight=cfg.emaml_weight, ppo_epochs=cfg.ppo_epochs,
                      ppo_clip=cfg.ppo_clip, inner_kl_coef=cfg.inner_kl_coef, inner_kl_target=cfg.inner_kl_target,
-                     adapt=cfg.adapt, compile=cfg.compile, pack_episodes=cfg.pack_episodes, loss_mean=cfg.loss_mean,
-                     discount_from=cfg.discount_from)
+                     adapt=cfg.adapt or None, compile=cfg.compile, pack_episodes=cfg.pack_episodes,
+                     loss_mean=cfg.loss_mean, discount_from=cfg.discount_from)
     optimizer = None
     if cfg.outer in ("vpg", "ppo"):
         cls = torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.SGD

@@ -35,6 +35,20 @@ class Space:
         return f"a continuous action space of shape {list(self.shape)} in [{self.low:g}, {self.high:g}]"
 
 
+def as_space(space: object) -> Space:
+    """``space`` as metagrad's ``Space``: one already, or a gymnasium ``Box`` or ``Discrete`` (read for what a policy
+    needs: the action shape and bounds, or the number of actions)."""
+    if isinstance(space, Space):
+        return space
+    kinds = {c.__name__ for c in type(space).__mro__}
+    if "Discrete" in kinds and hasattr(space, "n"):
+        return Space("discrete", n=int(space.n))
+    if "Box" in kinds and all(hasattr(space, a) for a in ("shape", "low", "high")):
+        return Space("box", tuple(space.shape), float(np.min(space.low)), float(np.max(space.high)))
+    raise ConfigError(f"action space {space!r} is not supported; give env.action_space of a metagrad environment, or "
+                      "a gymnasium Box or Discrete")
+
+
 def check_tasks(tasks: Tensor, episodes: int, task_dim: int | None = None) -> None:
     """``reset``'s input: tasks ``[T, task_dim]`` (T >= 1) of finite numbers and a whole number of episodes >= 1."""
     if not isinstance(tasks, Tensor) or tasks.ndim != 2 or tasks.shape[0] < 1 or (

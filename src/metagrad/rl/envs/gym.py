@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ...errors import ConfigError, check_whole
 from ...settings import check_seed
-from .base import ResetSeeds, Space, TaskEnv, check_actions, check_tasks
+from .base import ResetSeeds, TaskEnv, as_space, check_actions, check_tasks
 
 NAVIGATION_ID = "metagrad/Navigation2D-v0"
 
@@ -119,14 +119,11 @@ class GymTaskEnv(TaskEnv):
                 raise ConfigError(f"{probe.unwrapped.__class__.__name__} has no {method}(); meta-RL needs an "
                                   "environment whose task can be sampled and set")
         space = probe.action_space
+        self.action_space = as_space(space)
         if isinstance(space, gym.spaces.Discrete):  # the policy's actions 0..n-1, the space's start..start+n-1
-            self.action_space = Space("discrete", n=int(space.n))
             self._start = int(space.start)
-        elif isinstance(space, gym.spaces.Box):  # actions clipped to its bounds, as the MuJoCo families do
-            self.action_space = Space("box", tuple(space.shape), float(space.low.min()), float(space.high.max()))
+        else:  # a Box: actions clipped to its bounds, as the MuJoCo families do
             self._low, self._high = space.low, space.high
-        else:
-            raise ConfigError(f"action space {space} is not supported; use a Box or a Discrete space")
         self.obs_dim = int(np.prod(probe.observation_space.shape))
         self._envs: list[Any] = [probe]
         self._shape = (0, 0)
