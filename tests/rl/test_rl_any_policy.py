@@ -91,6 +91,43 @@ def test_frozen_parameters_stay_frozen_in_the_inner_and_outer_steps(outer):
     assert not torch.equal(policy.mean[2].weight, before["mean.2.weight"])  # the others moved
 
 
+class GatedNorm(nn.Module):
+    """``x + gate * layer_norm(x)`` in one module, the gate starting at 0 (ReZero): the norm's share is nothing at
+    the start, everything once training opens the gate."""
+
+    def __init__(self, size: int, norm: nn.Module | None = None):
+        super().__init__()
+        self.norm = norm
+        self.weight, self.bias = nn.Parameter(torch.ones(size)), nn.Parameter(torch.zeros(size))
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.norm(x) if self.norm is not None else nn.functional.layer_norm(x, x.shape[-1:], self.weight,
+                                                                                     self.bias)
+        return x + self.gate * normed
+
+
+def test_a_layer_norm_behind_a_closed_gate_is_refused_by_its_call():
+    """Compared by numbers, a layer norm behind a zero gate in the same module passed the check (its second
+    derivatives count for nothing at gate 0) and MAML-TRPO trained on wrong ones once the gate opened: the check
+    also looks for the call. Opened, the numbers alone find it (so the call is no false alarm); metagrad's own
+    LayerNorm behind the same gate still trains."""
+    from metagrad.rl.checks import vmap_fault
+
+    def body(norm=None):
+        return nn.Sequential(nn.Linear(2, 6), GatedNorm(6, norm), nn.Tanh(), nn.Linear(6, 2))
+
+    env = Navigation2D(horizon=8)
+    with pytest.raises(ConfigError, match=r"layer_norm with affine parameters gives wrong second derivatives"):
+        MetaRL(_policy(body()), env)
+    opened = _policy(body())
+    with torch.no_grad():
+        opened.mean[1].gate.fill_(0.7)
+    assert "first in module 'mean.1' (GatedNorm)" in vmap_fault(opened, 2)
+    MetaRL(_policy(body(mg.models.LayerNorm(6))), env)
+    MetaRL(_policy(body()), env, algo="fomaml", outer="vpg")  # first derivatives only: exact under vmap
+
+
 def test_a_policy_vmap_differentiates_wrongly_is_refused_naming_the_module():
     body = nn.Sequential(nn.Linear(2, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 2))
     env = Navigation2D(horizon=8)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from ..batching import CHECK_TASKS, faulty_module, first_line, located, twice_differentiable
+from ..batching import CHECK_TASKS, WrongNorms, faulty_module, first_line, located, twice_differentiable
 from ..errors import ConfigError
 from ..functional import call
 from .envs.base import TaskEnv
@@ -52,16 +52,21 @@ def check_fit(policy: nn.Module, env: TaskEnv) -> None:
                           f"{list(want[1:])}; {BUILD}")
 
 
-def check_vmappable(policy: Policy, obs_dim: int) -> None:
-    """Stop with a ConfigError where vmap, which batches the tasks of every algorithm, cannot run the policy at all
-    (``nn.GRU``, ``nn.LSTM``, ``nn.RNN``): first order too would crash on its first meta-batch."""
+def batched_forward(policy: Policy, obs_dim: int) -> None:
+    """The policy's forward pass on two tasks under vmap, as the engine batches them (on zeros, without gradients)."""
     params = {name: p.detach().expand(2, *p.shape) for name, p in policy.named_parameters()}
     ref = next(iter(params.values()), None)
     obs = torch.zeros(2, 3, obs_dim, dtype=ref.dtype if ref is not None else torch.float32,
                       device=ref.device if ref is not None else None)
+    with torch.no_grad():
+        vmap(lambda p, o: call(policy, p, dict(policy.named_buffers()), o))(params, obs)
+
+
+def check_vmappable(policy: Policy, obs_dim: int) -> None:
+    """Stop with a ConfigError where vmap, which batches the tasks of every algorithm, cannot run the policy at all
+    (``nn.GRU``, ``nn.LSTM``, ``nn.RNN``): first order too would crash on its first meta-batch."""
     try:
-        with torch.no_grad():
-            vmap(lambda p, o: call(policy, p, dict(policy.named_buffers()), o))(params, obs)
+        batched_forward(policy, obs_dim)
     except Exception as e:
         raise ConfigError(f"meta-RL batches its tasks with vmap, which cannot run this policy ({first_line(e)}); "
                           "recurrent modules (nn.GRU, nn.LSTM, nn.RNN) cannot be batched: use a feed-forward policy"
@@ -69,8 +74,14 @@ def check_vmappable(policy: Policy, obs_dim: int) -> None:
 
 
 def vmap_fault(policy: Policy, obs_dim: int) -> str | None:
-    """Why vmap must not batch tasks through this policy's second derivatives (None: each of its modules' one-step
-    MAML gradient equals the per-task loop's in float64, ``batching.faulty_module``)."""
+    """Why vmap must not batch tasks through this policy's second derivatives (None: it calls none of the
+    normalisations torch differentiates wrongly under vmap whatever the values, ``batching.WrongNorms``, and each of
+    its modules' one-step MAML gradient equals the per-task loop's in float64, ``batching.faulty_module``). The
+    calls are looked for as well as the numbers compared: a layer norm behind a zero-initialised gate inside one
+    module passes the comparison, and training opens the gate."""
+    recorder = WrongNorms()
+    with recorder:
+        batched_forward(policy, obs_dim)
     try:
         ref = copy.deepcopy(policy).double()
     except Exception as e:  # not copyable: not checkable; say so rather than pass in silence
@@ -81,6 +92,8 @@ def vmap_fault(policy: Policy, obs_dim: int) -> str | None:
     param = next(iter(ref.parameters()), None)
     with twice_differentiable(True):
         found = faulty_module(ref, obs if param is None else obs.to(param.device))
+    if called := recorder.fault():
+        return called + located(found)
     return None if found is None else located(found).lstrip(", ")
 
 
