@@ -128,6 +128,33 @@ def test_a_layer_norm_behind_a_closed_gate_is_refused_by_its_call():
     MetaRL(_policy(body()), env, algo="fomaml", outer="vpg")  # first derivatives only: exact under vmap
 
 
+class Counts(nn.Module):
+    """A module that assigns a new tensor to its buffer at every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls = self.calls + 1
+        return x
+
+
+def test_a_policy_that_assigns_its_buffers_or_draws_random_numbers_is_refused_saying_so():
+    """A buffer assigned in forward is lost after every functional call (vmap stopped with torch's internal
+    assert); dropout under vmap was refused with advice about recurrent modules. Dropout in eval mode trains."""
+    env = Navigation2D(horizon=4)
+    with pytest.raises(ConfigError, match=r"assigns new tensors to its buffers mean\.1\.calls .*keep that state "
+                                          r"outside the policy"):
+        MetaRL(_policy(nn.Sequential(nn.Linear(2, 6), Counts(), nn.Tanh(), nn.Linear(6, 2))), env)
+    dropout = _policy(nn.Sequential(nn.Linear(2, 6), nn.Dropout(0.5), nn.Tanh(), nn.Linear(6, 2)))
+    with pytest.raises(ConfigError, match=r"draws random numbers \(dropout\).*policy\.eval\(\)"):
+        MetaRL(dropout, env, episodes=2)
+    learner = MetaRL(dropout.eval(), env, episodes=2)
+    g = torch.Generator().manual_seed(0)
+    assert np.isfinite(learner.meta_step(env.sample_tasks(2, g), g)["return_post"])
+
+
 def test_a_policy_vmap_differentiates_wrongly_is_refused_naming_the_module():
     body = nn.Sequential(nn.Linear(2, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 2))
     env = Navigation2D(horizon=8)

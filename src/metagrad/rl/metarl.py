@@ -44,7 +44,7 @@ from ..errors import ConfigError, check_choice, check_compiler, check_whole
 from ..functional import Params, call, detach
 from ..inner import SGD, step_sizes
 from . import outer
-from .checks import check_batching, check_fit, check_vmappable
+from .checks import check_batching, check_buffers_kept, check_fit, check_vmappable
 from .envs.base import TaskEnv
 from .policy import Policy
 from .sampler import Trajectories, adaptation_episodes, pack, policy_dist, process
@@ -228,6 +228,7 @@ class MetaRL(nn.Module):
         self.ppo_epochs, self.ppo_clip, self.inner_kl_target = ppo_epochs, ppo_clip, inner_kl_target
         # one penalty coefficient per inner step; a buffer, so that checkpoints keep its adapted value
         self.register_buffer("inner_kl_coefs", torch.full((self.inner_steps,), float(inner_kl_coef)))
+        check_buffers_kept(policy, env.obs_dim)
         if self.inner_steps:  # the inner steps run under vmap over the tasks
             check_vmappable(policy, env.obs_dim)
         if self.inner_steps and (not self.first_order or outer == "trpo"):  # second derivatives under vmap
