@@ -236,6 +236,9 @@ CASES = {
     "more learned step sizes than inner steps (the rest never trained, silently)": (
         lambda: mg.MAML(net(), inner=mg.SGD([0.1, 0.2, 0.3], learn=True), inner_steps=1), ConfigError,
         ["holds 3 learned step sizes", "inner_steps is 1", "the last 2 would never train"]),
+    "joint training's inner minibatches (accepted, never used)": (
+        lambda: mg.JointTraining(net(), inner_batch_size=3), ConfigError,
+        ["inner_batch_size 3: joint training takes no inner step in training", "adaptation_curves"]),
     "adapt=[] (adapted everything, silently)": (lambda: learner(adapt=[]), ConfigError,
                                                 ["adapt [] names no parameter", "give None"]),
     "meta-RL adapt=[]": (lambda: metarl(adapt=[]), ConfigError, ["adapt [] names no parameter"]),

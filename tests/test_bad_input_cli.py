@@ -82,6 +82,18 @@ CASES = {
     "S3 inner steps of joint training": (lambda t: ["train", "--config", "sinusoid-pretrained", "--inner-steps", "3",
                                                     *TINY, "--out", str(t / "r")],
                                          ["--inner-steps is not used by algo joint", "eval_steps"]),
+    "joint training's minibatches (accepted, never used)": (
+        lambda t: ["train", "--config", "sinusoid-pretrained", "--inner-batch-size", "3", *TINY, "--out", str(t / "r")],
+        ["--inner-batch-size is not used by algo joint", "eval_inner_batch_size"]),
+    "joint training's sampling without test minibatches (accepted, never used)": (
+        lambda t: ["train", "--config", "sinusoid-pretrained", "--inner-sampling", "cycle", *TINY, "--out",
+                   str(t / "r")], ["--inner-sampling is not used by algo joint with eval_inner_batch_size 0"]),
+    "joint training's replacement sampling (advised the training batch, never used)": (
+        lambda t: ["train", "--config", "sinusoid-pretrained", "--inner-sampling", "replacement", *TINY, "--out",
+                   str(t / "r")], ["give eval_inner_batch_size (e.g. 25)"]),
+    "validation settings without validation (accepted, never used)": (
+        lambda t: ["train", "--val-every", "0", "--val-tasks", "50", *TINY, "--out", str(t / "r")],
+        ["--val-tasks is not used with val_every 0"]),
     "S3 meta-RL inner steps of joint training": (lambda t: ["train", "--config", "pretrained-navigation",
                                                             "--inner-steps", "2", "--out", str(t / "r")],
                                                  ["--inner-steps is not used by algo joint"]),

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import cli_error
+from metagrad import provenance
 from metagrad.cli import bars_off, main
 
 TINY = ["--iterations", "20", "--meta-batch-size", "4", "--val-every", "10", "--checkpoint-every", "10",
@@ -80,6 +81,7 @@ def test_train_then_eval(tmp_path, capsys):
     assert main(["eval", str(run), "--eval-tasks", "50", "--eval-shots", "5,10", "--eval-steps", "3"]) == 0
     out = json.loads((run / "eval.json").read_text())
     assert out["iteration"] == 30 and set(out["curves"]) == {"5", "10"}
+    assert out["commit"] == provenance.commit() and out["machine"]["cpus"] >= 1 and "command" in out  # made where
     curve = out["curves"]["5"]["loss"]
     assert len(curve["mean"]) == 4 and len(curve["ci95"]) == 4 and curve["tasks"] == 50
     assert all(h > 0 for h in curve["ci95"])

@@ -50,7 +50,8 @@ def test_the_study_writes_its_table_beside_the_papers(tmp_path, capsys):
     assert "4.19 / 3.85 / 3.69" in printed and (tmp_path / "multitask.md").read_text() in printed
     saved = json.loads((tmp_path / "multitask.json").read_text())
     assert saved == json.loads(json.dumps(results))  # the file holds what the run returned
-    assert set(saved) == {"setting", "machine", "paper", "variants"} and saved["setting"] == asdict(setting)
+    assert set(saved) == {"setting", "machine", "commit", "command", "paper", "variants"}
+    assert saved["setting"] == asdict(setting)
     assert saved["paper"] == multitask.PAPER and list(saved["variants"]) == ["none"]  # the variants run, no other
     none = saved["variants"]["none"]
     assert set(none) == {"label", "strength", "train_mse", "seconds", "curve", "average_norm"}

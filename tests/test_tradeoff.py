@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_error
-from metagrad import tradeoff
+from metagrad import provenance, tradeoff
 from metagrad.cli import main
 from metagrad.errors import ConfigError
 
@@ -33,6 +33,7 @@ def test_the_simulation_is_reproducible_and_saved(tmp_path):
     assert result.post == again.post and result.pre == again.pre
     saved = json.loads((tmp_path / "tradeoff.json").read_text())
     assert saved["dim"] == 2 and np.array(saved["post"]).shape == (1, 2, 2)
+    assert saved["commit"] == provenance.commit() and saved["machine"]["cpus"] >= 1 and "command" in saved
     npz = np.load(tmp_path / "tradeoff.npz")
     assert np.array_equal(npz["pre"], np.array(result.pre)) and npz["rotation"].shape == (2, 2)
     assert figures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+from metagrad import provenance
 from metagrad.analysis.stats import mean_ci95, sd_from_ci95, welch_probability, welch_probability_from_stats
 from metagrad.cli import main
 from metagrad.compare import task_of
@@ -63,6 +64,7 @@ def test_compare_command_over_checkpoints_and_updates(tmp_path, capsys):
     printed = capsys.readouterr().out
     grid = json.loads((out / "compare.json").read_text())
     assert grid["checkpoints"] == ["100", "200", "400"] and grid["label_a"] == "drs" and grid["steps"] == 4
+    assert grid["commit"] == provenance.commit() and grid["machine"]["cpus"] >= 1 and "command" in grid
     prob = np.array(grid["probability"])[0]
     for i, it in enumerate((100, 200, 400)):
         for s in range(4):

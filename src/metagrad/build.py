@@ -111,7 +111,7 @@ def build_learner(cfg: Config) -> MetaLearner:
     elif cfg.algo == "reptile":
         learner = Reptile(model, tail=cfg.tail or "shared", combination=cfg.combination or None, **kw)
     else:
-        kw["inner_steps"] = 0
+        kw["inner_steps"] = kw["inner_batch_size"] = 0  # no inner loop in training (a preset's values are not used)
         learner = JointTraining(model, **kw)
     return learner.to(usable_device(cfg.device))  # initialised on the CPU: the same start on any device
 

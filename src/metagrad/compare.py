@@ -24,6 +24,7 @@ from . import files
 from .analysis.stats import sd_from_ci95, welch_probability_from_stats
 from .choices import IMAGE_FAMILIES
 from .errors import MetagradError
+from .provenance import stamped
 from .settings import read_toml
 from .tables import k_columns, md_head, md_row
 
@@ -310,7 +311,7 @@ def run(path_a: str | Path, path_b: str | Path, out: str | Path, metric: str | N
     say_unknown_tasks(a + b)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files.write_json(out / "compare.json", grid)
+    files.write_json(out / "compare.json", stamped(grid))
     fig = plots.welch_contours(grid["probability"], grid["checkpoints"], list(range(grid["steps"])),
                                out / "compare.png", grid["label_a"], grid["label_b"],
                                titles=[f"K = {k}" for k in grid["shots"]])

@@ -145,9 +145,17 @@ class Config(Settings):
                              "false: support set + one query example at a time (Reptile's)")
 
     def ignored(self, name: str) -> str:
-        """``Settings.ignored``, and the query sizes of grid tasks, whose query set is the whole grid."""
+        """``Settings.ignored``, the query sizes of grid tasks (their query set is the whole grid), the training
+        minibatches of joint training (no inner loop), and validation's settings where there is none."""
         if name in ("query", "eval_query") and self.family == "sinusoid" and self.grid:
             return f"is not used on grid tasks: their query set is the whole grid ({self.grid} points)"
+        if name == "inner_batch_size" and self.algo == "joint":
+            return "is not used by algo joint: it trains without an inner loop (evaluation's is eval_inner_batch_size)"
+        if name == "inner_sampling" and self.algo == "joint" and not self.eval_inner_batch_size:
+            return ("is not used by algo joint with eval_inner_batch_size 0: it trains without an inner loop and "
+                    "evaluation takes the whole support set at every step")
+        if name in ("val_tasks", "val_as") and not self.val_every:
+            return "is not used with val_every 0 (no validation)"
         return super().ignored(name)
 
     def free_on_resume(self) -> set[str]:
@@ -208,7 +216,8 @@ class Config(Settings):
         if self.inner_sampling == "replacement" and not (self.inner_batch_size or self.eval_inner_batch_size):
             raise ConfigError("inner_sampling 'replacement' draws minibatches, and inner_batch_size 0 and "
                               "eval_inner_batch_size 0 take the whole support set at every step; give "
-                              "inner_batch_size (e.g. 25) or leave inner_sampling out")
+                              f"{'eval_' * (self.algo == 'joint')}inner_batch_size (e.g. 25) or leave inner_sampling "
+                              "out")
         if self.tail and self.algo == "joint":
             raise ConfigError(f"tail '{self.tail}' applies to maml, fomaml and reptile; leave it empty for joint")
         if self.combination and self.algo != "reptile":

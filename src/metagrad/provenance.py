@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def machine() -> dict[str, Any]:
     """Where a result was measured (stored beside runs and reproductions): the host, its cores, the threads and
     processes (``torchrun``'s world) of the run, and the software."""
+    import torch  # here, not at the top: the torch-free studies (compare, trade-off closed forms) stamp files too
+
     dist = torch.distributed
     processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     return {"host": platform.node(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "processes": processes,
@@ -42,3 +42,9 @@ def command() -> str | None:
     """The ``metagrad ...`` command line of this process (None when metagrad was called from Python)."""
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
     return "metagrad " + shlex.join(sys.argv[1:]) if "metagrad" in (argv0.name, argv0.parent.name) else None
+
+
+def stamped(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with where they were made (``machine``, ``commit``, ``command``), as every results file records
+    it: a file copied out of its folder still says which code and command produced it."""
+    return {**results, "machine": machine(), "commit": commit(), "command": command()}

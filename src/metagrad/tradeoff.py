@@ -28,6 +28,7 @@ from tqdm import tqdm
 from . import files
 from .analysis import linreg_theory as lt
 from .errors import ConfigError, check_memory, check_whole
+from .provenance import stamped
 
 DEFAULT_TASKS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_POINTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -208,7 +209,7 @@ def run(out: str | Path, progress: bool = True, **settings: Any) -> tuple[Tradeo
     result = simulate(progress=progress, **settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files.write_json(out / "tradeoff.json", asdict(result))
+    files.write_json(out / "tradeoff.json", stamped(asdict(result)))
     np.savez(out / "tradeoff.npz", **result.arrays())
     figures = [plots.tradeoff_contours(result.arrays(), out / "figure3.png", dim=result.dim)]
     return result, figures

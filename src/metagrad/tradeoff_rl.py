@@ -27,6 +27,7 @@ from .analysis.stats import welch_probability
 from .distributed import Distributed
 from .errors import ConfigError, Damaged, flag, suggest
 from .experiment import continue_run, load_run
+from .provenance import stamped
 from .rl.config import RLConfig, preset
 from .rl.envs.locomotion import FAMILIES
 from .rl.evaluate import adaptation_returns, held_out_goals, meta_test_env, tune_step_size
@@ -199,6 +200,7 @@ def run(study: Study, out: str | Path, progress: bool = True) -> dict[str, Any]:
                "checkpoint_steps": [study.budget * (j + 1) // study.checkpoints for j in range(study.checkpoints)],
                "env_steps": steps, "returns": {m: c.tolist() for m, c in curves.items()},
                "p_drs_better": prob.tolist(), "signed": (np.sign(prob - 0.5) * np.abs(1 - 2 * prob)).tolist()}
+    results = stamped(results)
     files.write_json(out / "tradeoff_rl.json", results)
     from .rl import plots
 

@@ -27,6 +27,10 @@ class JointTraining(MetaLearner):
         if kwargs.get("inner_state", "fresh") != "fresh":
             raise ConfigError(f"inner_state {kwargs['inner_state']!r}: joint training has no inner loop whose state "
                               "could be carried; leave inner_state out")
+        if kwargs.get("inner_batch_size", 0):
+            raise ConfigError(f"inner_batch_size {kwargs['inner_batch_size']}: joint training takes no inner step in "
+                              "training, so it would never be used; leave it out (evaluation's minibatches are "
+                              "adaptation_curves(..., inner_batch_size=...))")
         super().__init__(*args, **kwargs)
         if any(True for _ in self.inner.parameters()):
             raise ConfigError("joint training cannot meta-learn inner step sizes (its loss never takes an inner step, "

@@ -1,4 +1,4 @@
-"""Which parameters an inner loop adapts: ``adapt`` names modules or parameters (empty: all of them), shared by the
+"""Which parameters an inner loop adapts: ``adapt`` names modules or parameters (None: all of them), shared by the
 supervised learners and meta-RL."""
 
 from __future__ import annotations

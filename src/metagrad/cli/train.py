@@ -19,6 +19,7 @@ from ..compare import task_of
 from ..config import Config, load_config
 from ..errors import Interrupted, MetagradError, flag
 from ..inner import schedule_used
+from ..provenance import stamped
 from ..rl.config import RLConfig
 from .parser import EXIT_INTERRUPTED
 
@@ -157,7 +158,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                "task": task_of(cfg.to_sections()), "task_settings": cfg.to_sections().get("task"),
                                "eval": cfg.to_sections()["eval"],
                                "curves": curves}
-    files.write_json(path, payload)
+    files.write_json(path, stamped(payload))
     print(f"written: {path}")
     if not all(math.isfinite(m) for m in _means(curves)):
         print("metagrad eval: warning: the adapted models diverged (nan or inf above); lower --eval-lr",

@@ -21,6 +21,7 @@ from ..build import build_tasks
 from ..config import Config, load_config
 from ..errors import ConfigError, check_choice
 from ..experiment import continue_run, evaluate, load_run
+from ..provenance import stamped
 from ..settings import preset_names
 from ..tables import md_head
 from ..tasks.images import OMNIGLOT_DRAWINGS
@@ -118,6 +119,7 @@ def run(dataset: str, algo: str, ways: int, shots: int, out: str | Path, full: b
         mode = "transductive" if transductive else "non-transductive"
         results["modes"][mode] = {"curves": curves, "eval_seconds": round(time.perf_counter() - t0, 1),
                                   "paper": PAPER.get((dataset, algo, transductive), {}).get((ways, shots))}
+    results = stamped(results)
     files.write_json(out / f"{name}.json", results)
     table = format_table(results)
     files.write_text(out / f"{name}.md", table + "\n")

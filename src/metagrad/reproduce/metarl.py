@@ -19,7 +19,7 @@ from .. import files
 from ..distributed import Distributed
 from ..errors import ConfigError
 from ..experiment import continue_run, load_run
-from ..provenance import machine
+from ..provenance import stamped
 from ..rl.config import RLConfig, method_names, preset
 from ..rl.evaluate import evaluate, rllab_return_curve
 from ..rl.metarl import packable, steps_mean_applies
@@ -218,7 +218,7 @@ def _merge(path: Path, method: str, result: dict[str, Any], experiment: Experime
             results = files.read_json(path, fix=RESULTS_FIX)
             check_experiment(path, results, experiment)
             check_same_tests(path, results, method, result.get("config", {}))
-        results.update(experiment=experiment.name, machine=machine(), paper=experiment.paper)
+        results.update(stamped({"experiment": experiment.name, "paper": experiment.paper}))
         results["methods"][method] = result
         files.write_json(path, results)
     return results

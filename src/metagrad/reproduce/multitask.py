@@ -32,7 +32,7 @@ from ..experiment import evaluate
 from ..functional import params_of
 from ..inner import SGD
 from ..models import MLP
-from ..provenance import machine
+from ..provenance import stamped
 from ..settings import check_seed
 from ..tables import k_columns, md_head
 
@@ -139,7 +139,7 @@ def run(out: str | Path, setting: Setting | None = None, progress: bool = True,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config("sinusoid-pretrained").replace(eval_shots=(5,), eval_tasks=setting.eval_tasks)
-    results: dict[str, Any] = {"setting": setting.__dict__, "machine": machine(), "paper": PAPER, "variants": {}}
+    results: dict[str, Any] = {"setting": setting.__dict__, "paper": PAPER, "variants": {}}
     for v in variants:
         kept = out / f"variant-{v}.json"  # each variant's result as it finishes: a rerun goes on from there
         saved = files.read_json(kept)
@@ -162,6 +162,7 @@ def run(out: str | Path, setting: Setting | None = None, progress: bool = True,
         files.write_json(kept, {"setting": setting.__dict__, "result": results["variants"][v]})
         print(f"{LABELS[v]}: individual training MSE {train_mse:.4f}, {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
+    results = stamped(results)
     files.write_json(out / "multitask.json", results)
     table = format_table(results)
     files.write_text(out / "multitask.md", table + "\n")

@@ -19,7 +19,6 @@ from ..analysis.stats import format_ci
 from ..build import build_learner
 from ..config import Config
 from ..plots import plt, save_figure
-from ..provenance import machine
 from ..tables import md_head
 from ..train import Trainer
 from .reptile_studies import (
@@ -87,7 +86,7 @@ def run_gradients(out: str | Path, full: bool = False, iterations: int | None = 
     base = base_config(data_root, budget, download)
     points = sorted({round(budget.iterations * j / budget.curve_points) for j in range(budget.curve_points + 1)})
     results: dict[str, Any] = {"study": "reptile-gradients", "budget": asdict(budget), "full": full,
-                               "machine": machine(), "paper": PAPER_GRADIENTS, "runs": {}}
+                               "paper": PAPER_GRADIENTS, "runs": {}}
     deadline = deadline_for(time_budget)
     work = [(name, weights, gradients_config(base, weights), out / "reptile-gradients" / slug(name), points,
              progress and jobs == 1, deadline) for name, weights in COMBINATIONS.items()]

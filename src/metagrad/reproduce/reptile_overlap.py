@@ -27,7 +27,6 @@ from ..analysis.stats import format_ci
 from ..config import Config
 from ..errors import ConfigError
 from ..plots import plt, save_figure
-from ..provenance import machine
 from ..tables import md_head, md_row
 from ..tasks.fewshot import FewShotClassification
 from .reptile_studies import (
@@ -104,7 +103,7 @@ def run_overlap(out: str | Path, full: bool = False, iterations: int | None = No
     out = Path(out)
     base = base_config(data_root, budget, download)
     results: dict[str, Any] = {"study": "reptile-overlap", "budget": asdict(budget), "full": full,
-                               "machine": machine(), "paper": PAPER_OVERLAP, "panels": {}}
+                               "paper": PAPER_OVERLAP, "panels": {}}
     fixed = {"4a": {"batch": BATCH, "outer_lr": 1.0}, "4b": {"steps": 4, "outer_lr": 1.0},
              "4c": {"steps": 4, "batch": 100}}
     arg = {"4a": "steps", "4b": "batch", "4c": "outer_lr"}

@@ -305,6 +305,7 @@ def verdict(holds: bool, unclear: Sequence[str] = (), against: Sequence[str] = (
 def write_study(out: Path, name: str, results: dict[str, Any], table: str,
            figure: Callable[[dict[str, Any], Path], Path]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    results = provenance.stamped(results)
     files.write_json(out / f"{name}.json", results)
     files.write_text(out / f"{name}.md", table + "\n")
     path = figure(results, out / f"{name}.png")

@@ -25,7 +25,7 @@ from ..build import build_tasks
 from ..config import Config, load_config
 from ..evaluate import adaptation_curves
 from ..experiment import continue_run, evaluate, predictions
-from ..provenance import machine
+from ..provenance import stamped
 from ..seeds import HALF_RANGE_SEED_OFFSET
 from ..tables import k_columns, md_head, md_row
 
@@ -95,7 +95,7 @@ def run(exp: Experiment, out: str | Path, full: bool = False, iterations: int | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"experiment": exp.name, "title": exp.title, "full_budget": full,
-                               "machine": machine(), "methods": {}, "paper": _paper_json(exp)}
+                               "methods": {}, "paper": _paper_json(exp)}
     learners = {}
     for i, m in enumerate(exp.methods, 1):
         cfg = configs[m.name]
@@ -117,6 +117,7 @@ def run(exp: Experiment, out: str | Path, full: bool = False, iterations: int | 
                   f"evaluated in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     if exp.half_range is not None:
         results["half_range"] = half_range_results(exp, results, learners, configs)
+    results = stamped(results)
     files.write_json(out / "results.json", results)
     table = format_table(exp, results)
     files.write_text(out / "table.md", table + "\n")

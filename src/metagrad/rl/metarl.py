@@ -142,9 +142,10 @@ LEARNER_SETTINGS = ("algo", "outer", "hvp", "score_baseline", "baseline", "loss_
 def check_packable(algo: str, hvp_subsample: float) -> None:
     """Stop with a ConfigError where ``pack_episodes`` was asked for and does not apply."""
     if not packable(algo, hvp_subsample):
-        raise ConfigError(f"pack_episodes=true does not go with algo '{algo}' and hvp_subsample {hvp_subsample}: "
-                          "SG-MRL and curvature on a subsample read whole episodes; set pack_episodes=false "
-                          "(or hvp_subsample=1.0 with an algo other than sgmrl)")
+        why = (f"algo '{algo}' (SG-MRL's score term reads whole episodes)" if algo in SCORE_ALGOS else
+               f"hvp_subsample {hvp_subsample} (curvature on a subsample reads whole episodes)")
+        fix = "an algo other than sgmrl" if algo in SCORE_ALGOS else "hvp_subsample=1.0"
+        raise ConfigError(f"pack_episodes=true does not go with {why}; set pack_episodes=false, or use {fix}")
 
 
 class MetaRL(nn.Module):
