@@ -181,6 +181,8 @@ def main() -> None:
                    "stepped directly; new runs' default) or copy (one copy of make_env, tensors at every step: the "
                    "runs before it, whose settings.json lacks the key and resume with it)")
     p.add_argument("--test", action="store_true", help="evaluate OUT/best.pt on held-out tasks instead of training")
+    p.add_argument("--last", action="store_true", help="with --test: evaluate the last policy (OUT/policy.pt) into "
+                   "OUT/test-last.json")
     args = p.parse_args()
     sys.path[:0] = [str(Path(args.repo).resolve()), str(ROOT / "src")]
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # its sampler forks workers: OpenMP started before a fork hangs
@@ -223,7 +225,7 @@ def main() -> None:
         policy.load_state_dict(torch.load(state))
         torch.manual_seed(segment_seed(args.seed, done, args.workers, args.episodes))  # its workers' action noise
     if args.test:
-        return test(policy, out, done, hidden, args.activation)
+        return test(policy, out, done, hidden, args.activation, args.last)
     best_so_far = max((json.loads(line)["return_post"] for line in logged), default=float("-inf"))
     policy.share_memory()
     baseline = LinearFeatureBaseline(env.observation_space.shape[0])
@@ -299,9 +301,10 @@ def metagrad_policy(policy, learner) -> None:
             raise SystemExit("the copied policy gives another distribution than pytorch-maml-rl's: check the layers")
 
 
-def test(policy, out: Path, done: int, hidden: tuple[int, ...], activation: str) -> None:
-    """Evaluate ``OUT/best.pt`` (else ``policy.pt``, the run's ``done`` iterations) in metagrad's policy of the
-    same ``hidden`` sizes and ``activation`` with metagrad's test of the half-cheetah runs; write ``OUT/test.json``."""
+def test(policy, out: Path, done: int, hidden: tuple[int, ...], activation: str, last: bool = False) -> None:
+    """Evaluate ``OUT/best.pt`` (else, or with ``last``, ``policy.pt``: the run's ``done`` iterations) in metagrad's
+    policy of the same ``hidden`` sizes and ``activation`` with metagrad's test of the half-cheetah runs; write
+    ``OUT/test.json`` (``test-last.json`` with ``last``)."""
     import torch
 
     from metagrad.files import write_json
@@ -309,7 +312,7 @@ def test(policy, out: Path, done: int, hidden: tuple[int, ...], activation: str)
     from metagrad.rl.evaluate import evaluate
     from metagrad.rl.train import build
 
-    ckpt = out / "best.pt" if (out / "best.pt").exists() else out / "policy.pt"
+    ckpt = out / "best.pt" if (out / "best.pt").exists() and not last else out / "policy.pt"
     policy.load_state_dict(torch.load(ckpt))
     cfg = metarl.method_config("maml-trpo", False, None, None, {"hidden": hidden, "activation": activation},
                                locomotion.experiment("cheetah-dir").base)
@@ -320,7 +323,7 @@ def test(policy, out: Path, done: int, hidden: tuple[int, ...], activation: str)
     best = json.loads((out / "best.json").read_text()) if ckpt.name == "best.pt" else None
     result = {"checkpoint": ckpt.name, "best": best, "iterations": done, "curve": curve,
               "eval_seconds": round(time.perf_counter() - t0, 1)}
-    write_json(out / "test.json", result)
+    write_json(out / ("test-last.json" if last else "test.json"), result)
     print(json.dumps(result))
 
 

@@ -4,6 +4,8 @@ the environment, refused by name; a user's gymnasium environment seeded afresh f
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -417,3 +419,63 @@ def test_an_environment_whose_observations_the_policy_cannot_read_is_named(kw, e
                      algo="fomaml")
     with pytest.raises(error, match=match):
         learner.sample(env.sample_tasks(2, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(0))
+
+
+class _Odd(NoisyWalk):
+    """NoisyWalk with one thing a user's environment might do differently (``odd`` picks it)."""
+
+    odd = ""
+
+    def __init__(self):
+        import gymnasium as gym
+
+        super().__init__()
+        if self.odd == "dict-observations":
+            self.observation_space = gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (2,))})
+        if self.odd == "integer-actions":
+            self.action_space = gym.spaces.Box(0, 4, (2,), np.int64)
+
+    def step(self, action):
+        obs, reward, *rest = super().step(action)
+        reward = {"reward-vector": np.array([reward, reward]), "reward-none": None, "reward-huge": 1e39}.get(
+            self.odd, reward)
+        return (np.full(2, 1e39) if self.odd == "observation-huge" else obs), reward, *rest
+
+
+ODD_ENVS = {  # what the environment does: the words of the one-line refusal (each was a traceback or silent)
+    "dict-observations": "observation space Dict of Odddict-observations is not supported",
+    "integer-actions": "holds integers, and metagrad's continuous policies act in real numbers",
+    "reward-vector": "returned a reward of ndarray of shape [2]; it must return one number per step",
+    "reward-none": "returned a reward of NoneType",  # (was called non-finite: NaN or inf)
+    "reward-huge": "returned a reward of 1e+39, beyond float32's range",  # (was called non-finite)
+    "observation-huge": "returned an observation beyond float32's range (largest 1e+39)",
+}
+
+
+@pytest.mark.parametrize("odd", list(ODD_ENVS))
+def test_what_a_users_environment_does_wrong_is_said_in_one_line(odd):
+    pytest.importorskip("gymnasium")
+    from metagrad.rl.envs.gym import GymTaskEnv
+
+    env_class = type(f"Odd{odd}", (_Odd,), {"odd": odd})
+    with pytest.raises(ConfigError, match=re.escape(ODD_ENVS[odd])):
+        env = GymTaskEnv(env_class, horizon=3, seed=0)
+        learner = MetaRL(make_policy(env.action_space, env.obs_dim, hidden=(4,)), env, episodes=2, outer="vpg")
+        learner.sample(torch.zeros(2, 2), torch.Generator().manual_seed(0))
+
+
+def test_a_registered_episode_limit_and_actions_of_more_dimensions_are_refused_naming_the_fix():
+    """``make_env`` overrode a registration's ``max_episode_steps`` with the horizon (episodes of 5 ran 100 steps,
+    silently); a Box of shape [2, 2] got advice to use the other policy kind, both ways round; env_workers was said
+    to be an option the registration should set."""
+    gym = pytest.importorskip("gymnasium")
+    if "audit/Walk5-v0" not in gym.registry:  # 2D navigation with episodes of 5 steps
+        gym.register("audit/Walk5-v0", entry_point="metagrad.rl.envs.gym:Navigation2DEnv", max_episode_steps=5)
+    with pytest.raises(ConfigError, match=r"horizon 8 is longer than the episodes of 'gym:audit/Walk5-v0' \(its "
+                                          r"registration's max_episode_steps 5\); give horizon 5 or less"):
+        mg.rl.make_env("gym:audit/Walk5-v0", horizon=8)
+    assert mg.rl.make_env("gym:audit/Walk5-v0", horizon=5).horizon == 5
+    with pytest.raises(ConfigError, match=r"env_workers 2 steps the copies of the MuJoCo and Meta-World"):
+        mg.rl.make_env("gym:audit/Walk5-v0", horizon=5, workers=2)
+    with pytest.raises(ConfigError, match=r"one-dimensional continuous spaces.*a Box of shape \[4\]"):
+        make_policy(gym.spaces.Box(-1.0, 1.0, (2, 2)), 2)

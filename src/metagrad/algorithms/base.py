@@ -547,7 +547,8 @@ class MetaLearner(nn.Module):
 
     def load(self, path: str | Path) -> MetaLearner:
         """Load meta-parameters saved by ``save`` or by the Trainer (``run_dir/last``, ``run_dir/best``); a file of
-        another algorithm or shape is refused in one line and leaves this learner as it was."""
+        another algorithm or shape is refused in one line and leaves this learner as it was. Values are copied into
+        this learner's tensors, so they take its dtype and device (as ``load_state_dict``)."""
         return checkpoint.load_learner(path, self)
 
     # ----------------------------------------------------------------- the inner loop

@@ -183,7 +183,11 @@ def make_policy(space: Space, obs_dim: int, kind: str = "auto", hidden: Sequence
     if kind == "auto":
         kind = "categorical" if space.kind == "discrete" else "gaussian"
     if kind == "gaussian":
-        if space.kind != "box" or len(space.shape) != 1:
+        if space.kind == "box" and len(space.shape) != 1:
+            raise ConfigError(f"metagrad's policies act in one-dimensional continuous spaces, not "
+                              f"{space.describe()}; flatten the actions (a Box of shape "
+                              f"[{math.prod(space.shape)}], reshaped in the environment's step)")
+        if space.kind != "box":
             raise ConfigError(f"a gaussian policy cannot serve {space.describe()}; use policy 'categorical' "
                               "(or 'auto')")
         return GaussianMLPPolicy(obs_dim, space.shape[0], hidden, activation, init_std)

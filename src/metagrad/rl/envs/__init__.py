@@ -20,7 +20,8 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
     benchmark (``ml1-reach``, ``ml1-push``, ``ml10``, ``ml45``; ``split`` train/test, ``horizon`` default 150,
     ``seed``); these two kinds step their copies in ``workers`` processes where it is above 1 (``ProcessCopies``:
     the same episodes, on more cores); or ``gym:<id>`` (or ``gym:<module>:<id>``, importing the module first) for
-    a registered gymnasium environment whose task can be set (``horizon``, ``seed``)."""
+    a registered gymnasium environment whose task can be set (``horizon``, at most the registration's
+    ``max_episode_steps``; ``seed``)."""
     from .locomotion import FAMILIES
     from .metaworld import BENCHMARKS
 
@@ -43,12 +44,21 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
             prefix = f"{module}:" if module else ""
             hint = f" (did you mean 'gym:{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown gymnasium environment '{env_id}'{hint}")
-        unknown = sorted(set(kwargs) - {"horizon", "seed"})
+        if kwargs.get("workers", 1) != 1:
+            raise ConfigError(f"env_workers {kwargs['workers']} steps the copies of the MuJoCo and Meta-World "
+                              f"environments in worker processes; '{name}' steps its copies in this process: leave "
+                              "env_workers 1")
+        unknown = sorted(set(kwargs) - {"horizon", "seed", "workers"})
         if unknown:
-            raise ConfigError(f"environment 'gym:{env_id}' takes no option {', '.join(unknown)}; it takes horizon, "
+            raise ConfigError(f"environment '{name}' takes no option {', '.join(unknown)}; it takes horizon, "
                               "seed (set the rest in the environment's registration)")
         horizon, seed = kwargs.get("horizon", 100), kwargs.get("seed", 0)
         check_whole("horizon", horizon, 1)
+        limit = gym.spec(env_id).max_episode_steps
+        if limit and horizon > limit:  # overriding it would run the registration's episodes longer than they are
+            raise ConfigError(f"horizon {horizon} is longer than the episodes of '{name}' (its registration's "
+                              f"max_episode_steps {limit}); give horizon {limit} or less, or register it with a "
+                              "longer max_episode_steps")
         return GymTaskEnv(lambda: gym.make(env_id, max_episode_steps=horizon), horizon, seed)
     if name in FAMILIES or name in BENCHMARKS:
         allowed = (("horizon", "seed", "frame_skip", "observation", "oracle", "action_scale", "physics")

@@ -43,6 +43,10 @@ def as_space(space: object) -> Space:
     kinds = {c.__name__ for c in type(space).__mro__}
     if "Discrete" in kinds and hasattr(space, "n"):
         return Space("discrete", n=int(space.n))
+    if "Box" in kinds and np.issubdtype(getattr(space, "dtype", np.float32), np.integer):
+        raise ConfigError(f"action space {space} holds integers, and metagrad's continuous policies act in real "
+                          "numbers (they would be passed as such); use a Discrete space, or a float Box rounded in "
+                          "the environment's step")
     if "Box" in kinds and all(hasattr(space, a) for a in ("shape", "low", "high")):
         return Space("box", tuple(space.shape), float(np.min(space.low)), float(np.max(space.high)))
     raise ConfigError(f"action space {space!r} is not supported; give env.action_space of a metagrad environment, or "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from ...settings import check_seed
 from .base import ResetSeeds, TaskEnv, as_space, check_actions, check_tasks
 
 NAVIGATION_ID = "metagrad/Navigation2D-v0"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def require(module: str) -> Any:
@@ -99,7 +101,9 @@ class GymTaskEnv(TaskEnv):
     ``make`` builds one environment (e.g. ``lambda: gymnasium.make(id)``); its ``unwrapped`` must have
     ``sample_tasks(n, rng) -> array`` and ``set_task(task)``. Every ``reset`` seeds copy ``i`` with the ``i``-th
     number of ``SeedSequence([seed, s])``, ``s`` the number given to ``reseed`` (the sampler draws it from the run's
-    generator) or the number of resets so far: each batch of episodes starts from fresh random states.
+    generator) or the number of resets so far: each batch of episodes starts from fresh random states. The copies
+    must not share state (a class-level mutable attribute that ``set_task`` writes would give every copy the last
+    task's): metagrad cannot see that from outside.
     """
 
     sampling_threads = 1
@@ -124,6 +128,11 @@ class GymTaskEnv(TaskEnv):
             self._start = int(space.start)
         else:  # a Box: actions clipped to its bounds, as the MuJoCo families do
             self._low, self._high = space.low, space.high
+        if probe.observation_space.shape is None:  # Dict, Tuple: no one array to flatten
+            raise ConfigError(f"observation space {type(probe.observation_space).__name__} of "
+                              f"{type(probe.unwrapped).__name__} is not supported: the policy reads one array; "
+                              "flatten it (gymnasium.wrappers.FlattenObservation in the registration, or in the "
+                              "environment)")
         self.obs_dim = int(np.prod(probe.observation_space.shape))
         self._envs: list[Any] = [probe]
         self._shape = (0, 0)
@@ -176,12 +185,34 @@ class GymTaskEnv(TaskEnv):
 
     def _observation(self, o: Any, where: str) -> np.ndarray:
         """One copy's observation, flat, of the size its observation space declares (the policy's input size)."""
-        flat = np.asarray(o, dtype=np.float32).ravel()
+        with np.errstate(over="ignore"):  # beyond float32's range: said below, as such
+            flat = np.asarray(o, dtype=np.float32).ravel()
         if flat.size != self.obs_dim:
             raise ConfigError(f"{type(self._envs[0].unwrapped).__name__}.{where} returned an observation of "
                               f"{flat.size} numbers, and its observation_space "
                               f"{self._envs[0].observation_space} declares {self.obs_dim}; make them agree")
+        if not np.isfinite(flat).all() and np.isfinite(np.asarray(o, dtype=np.float64)).all():
+            raise ConfigError(f"{type(self._envs[0].unwrapped).__name__}.{where} returned an observation beyond "
+                              f"float32's range (largest {np.abs(np.asarray(o, dtype=np.float64)).max():.3g}): the "
+                              "policy reads float32; scale the observations down")
         return flat
+
+    def _reward(self, r: Any) -> float:
+        """One copy's reward as a float32-sized number, or a ConfigError naming what the step returned instead."""
+        name = type(self._envs[0].unwrapped).__name__
+        try:
+            value = None if r is None else np.asarray(r, dtype=np.float64)  # (None would read as NaN)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or value.size != 1:
+            what = type(r).__name__ if value is None else f"{type(r).__name__} of shape {list(value.shape)}"
+            raise ConfigError(f"{name}.step returned a reward of {what}; it must return one number per step (a "
+                              "float; a task that arrived as an array in set_task may need float(task[0]))")
+        reward = float(value.reshape(()))
+        if math.isfinite(reward) and abs(reward) > FLOAT32_MAX:
+            raise ConfigError(f"{name}.step returned a reward of {reward:.3g}, beyond float32's range (3.4e38) in "
+                              "which the returns are computed; scale the rewards down")
+        return reward
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self._done is None or self._last is None:
@@ -195,7 +226,7 @@ class GymTaskEnv(TaskEnv):
             a = int(a) + self._start if self.action_space.kind == "discrete" else np.clip(a, self._low, self._high)
             o, r, terminated, truncated, _ = self._envs[i].step(a)
             self._last[i] = self._observation(o, "step")
-            rewards[i] = r
+            rewards[i] = self._reward(r)
             self._done[i] = terminated or truncated
         shape = self._shape
         return (torch.from_numpy(self._last.copy()).view(*shape, -1), torch.from_numpy(rewards).view(shape),
