@@ -204,7 +204,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
     stored = json.loads(settings_file.read_text()) if settings_file.exists() else None
-    given = {k: v for k, v in vars(args).items() if k not in ("out", "time_budget", "iterations", "repo", "test")}
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("out", "time_budget", "iterations", "repo", "test", "last")}
     settings, differ = run_settings(given, stored)
     if differ:
         sys.exit(f"{out} holds a run with other settings ({settings_file}: {', '.join(differ)}); use another --out")
