@@ -191,7 +191,7 @@ def test_resume_without_options_takes_the_runs_own_config(tmp_path, capsys):
 
     run = tmp_path / "r"
     assert main(["train", "--config", "linreg-maml", "--iterations", "100000", "--meta-batch-size", "3",
-                 "--val-tasks", "5", "--time-budget", "0.002", "--out", str(run), "--no-progress"]) == 0
+                 "--time-budget", "0.002", "--out", str(run), "--no-progress"]) == 0
     first = checkpoint.read_info(run / "last")["iteration"]
     assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
     info = checkpoint.read_info(run / "last")
