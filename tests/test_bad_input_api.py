@@ -454,3 +454,45 @@ def test_a_return_curve_takes_one_step_size_as_a_number():
     one, _, _ = return_curve(rl_learner, 2, steps=1, episodes=1, lr=0.1, seed=0)
     schedule, _, _ = return_curve(rl_learner, 2, steps=1, episodes=1, lr=(0.1,), seed=0)
     assert one == schedule and one["lr"] == [0.1]
+
+
+def test_a_warning_from_the_users_loss_is_shown_once_over_a_trainers_iterations():
+    """The Trainer's step once reset Python's warning registry at every iteration (a catch_warnings around the
+    meta-gradient), so a user's warning came back every iteration instead of once."""
+
+    def noisy(p, y):
+        warnings.warn("the user's own note", UserWarning, stacklevel=1)
+        return mg.losses.mse(p, y)
+
+    lrn = learner(loss_fn=noisy)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        mg.Trainer(lrn, mg.tasks.Sinusoid(), torch.optim.Adam(lrn.parameters()), iterations=4, meta_batch_size=2,
+                   progress=False, val_every=0).fit()
+    assert sum("the user's own note" in str(w.message) for w in seen) == 1
+
+
+def test_a_torch_operation_failing_in_the_users_forward_keeps_the_inputs_advice():
+    """Only the model's own raise is reported as its own error: ``x @ self.w`` on integer inputs still gets the
+    advice on integer inputs."""
+
+    class MatMul(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1, 1))
+
+        def forward(self, x):
+            return x @ self.w
+
+    with pytest.raises(ConfigError, match=r"integer inputs need a model that embeds them"):
+        mg.MAML(MatMul()).meta_gradient(batch(dtype=torch.int64))
+
+
+def test_layer_sizes_from_numpy_build_a_policy_and_both_packing_causes_are_named():
+    from metagrad.rl.metarl import check_packable
+
+    policy = mg.rl.GaussianMLPPolicy(2, 2, np.array([16, 16]))
+    assert [m.out_features for m in policy.mean if isinstance(m, torch.nn.Linear)] == [16, 16, 2]
+    with pytest.raises(ConfigError, match=r"algo 'sgmrl' .* and hvp_subsample 0\.5 .*an algo other than sgmrl and "
+                                          r"hvp_subsample=1\.0"):
+        check_packable("sgmrl", 0.5)

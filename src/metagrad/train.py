@@ -28,7 +28,7 @@ from .algorithms import MetaLearner
 from .algorithms.base import CARRIED_IN_ONE_PROCESS
 from .batch import TaskBatch
 from .distributed import Distributed
-from .errors import CheckpointError, ConfigError, NonFiniteMetaLoss, TrainingDiverged, check_memory, check_whole
+from .errors import CheckpointError, ConfigError, TrainingDiverged, check_memory, check_whole
 from .evaluate import held_out_tasks
 from .loop import RunLoop, set_aside, set_base_lrs
 from .seeds import VAL_SEED_OFFSET
@@ -278,7 +278,9 @@ class Trainer(RunLoop):
         """A Trainer built otherwise than the run's (Python API: the command line checks the whole config) is
         refused: its meta-batch size, seed or schedule would continue the run as another one, silently."""
         checkpoint.check_layers(self.run_dir / "last", info.get("layers"), self.learner)
-        saved, mine = info.get("trainer") or {}, self._settings()
+        saved, mine = dict(info.get("trainer") or {}), self._settings()
+        if (saved.get("learner") or {}).get("learner") == "JointTraining":  # runs from before 2026-12-08 kept a
+            saved["learner"] = {**saved["learner"], "inner_batch_size": 0}  # preset's minibatch it never used
         for key, value in saved.items():  # runs from before 2026-12-06 recorded no learner or tasks
             if mine.get(key) != value:
                 what, theirs, ours = _first_difference(key, value, mine.get(key))
@@ -352,15 +354,15 @@ class Trainer(RunLoop):
         self.sampling += time.perf_counter() - t0
         # no zero_grad: meta_gradient replaces the .grad fields, and a compiled one writes into the same tensors each
         # iteration (zero_grad's None had it allocate fresh ones; no faster measurably on W1, one thread)
-        with warnings.catch_warnings(action="ignore", category=NonFiniteMetaLoss):  # stopped on below, with advice
-            if self.dist is None:
-                metrics = self.learner.meta_gradient(batch, self.generator)
-            else:
-                shard = self.dist.shard(batch.num_tasks)
-                metrics = self.learner.meta_gradient(batch, self.generator, shard=shard)
-                weight = (shard.stop - shard.start) / batch.num_tasks
-                self.dist.reduce_gradients(self.learner, weight)
-                metrics = self.dist.reduce_metrics(metrics, weight)
+        # (checked_meta_gradient: a non-finite meta-loss is stopped on below, with advice, not warned of)
+        if self.dist is None:
+            metrics = self.learner.checked_meta_gradient(batch, self.generator)
+        else:
+            shard = self.dist.shard(batch.num_tasks)
+            metrics = self.learner.checked_meta_gradient(batch, self.generator, shard=shard)
+            weight = (shard.stop - shard.start) / batch.num_tasks
+            self.dist.reduce_gradients(self.learner, weight)
+            metrics = self.dist.reduce_metrics(metrics, weight)
         if not math.isfinite(metrics["meta_loss"]):
             raise TrainingDiverged(f"meta-loss is {metrics['meta_loss']} at iteration {self.iteration + 1}: training "
                                    f"diverged; lower {self.step_sizes()}")

@@ -122,8 +122,9 @@ _LIBRARIES = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(_
 
 
 def raised_by_user_code(e: BaseException) -> traceback.FrameSummary | None:
-    """Where ``e`` was raised when that was the user's own code (a model's forward that raises, or calls a tensor
-    method that fails), not inside torch's layers or metagrad: its own error, which says more than a shape hint."""
+    """Where ``e`` was raised when that was the user's own code (a model's forward that raises), not inside torch's
+    layers or metagrad: its own error, which says more than a shape hint (a torch operation failing in the user's
+    line is a RuntimeError, which the caller leaves to the shape and dtype hints)."""
     frames = traceback.extract_tb(e.__traceback__)
     if not frames or frames[-1].filename.startswith(_LIBRARIES):
         return None
@@ -512,7 +513,7 @@ class MetaLearner(nn.Module):
                 raise ConfigError(f"the batch's inputs are {x.dtype} but the model's parameters {param.dtype} "
                                   f"({first_line(e)}); cast one to the other: batch.to({param.dtype}) or "
                                   f"learner.to({x.dtype})") from None
-            if (where := raised_by_user_code(e)) is not None:
+            if not isinstance(e, RuntimeError) and (where := raised_by_user_code(e)) is not None:
                 raise ConfigError(f"the model ({type(self.model).__name__}) raised {first_line(e)} (in "
                                   f"{where.name}, {os.path.basename(where.filename)} line {where.lineno}) on one "
                                   f"task's {split}inputs, of shape {list(x.shape[1:])} and dtype {x.dtype}; "
@@ -782,18 +783,25 @@ class MetaLearner(nn.Module):
                       shard: slice | None = None) -> dict[str, float]:
         """Compute the meta-gradient of ``batch`` (or of its tasks ``shard``) into ``.grad`` of the
         meta-parameters, averaged over those tasks, replacing what ``.grad`` held (one call is one meta-step's
-        gradient: no ``zero_grad`` needed); return metrics."""
-        check_call("meta_gradient", batch, generator)
-        batch.check(support=self.inner_steps > 0)
-        if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
-            raise ConfigError(CARRIED_IN_ONE_PROCESS)
-        batch, mb = self.on_model_device(*self.sharded(batch, generator, None if self.carried is not None else shard))
-        metrics = self.explained(batch, lambda: self.meta_gradient_of(batch, mb))
+        gradient: no ``zero_grad`` needed); return metrics. A NaN or infinite meta-loss is warned of
+        (``NonFiniteMetaLoss``)."""
+        metrics = self.checked_meta_gradient(batch, generator, shard)
         if not math.isfinite(metrics["meta_loss"]):
             warnings.warn(f"meta_loss is {metrics['meta_loss']}: the meta-gradient in .grad holds NaN or infinite "
                           "values, which an optimizer step would write into the parameters; lower the step sizes, "
                           "or look for a NaN in the data or the loss", NonFiniteMetaLoss, stacklevel=2)
         return metrics
+
+    def checked_meta_gradient(self, batch: TaskBatch, generator: torch.Generator | None = None,
+                              shard: slice | None = None) -> dict[str, float]:
+        """``meta_gradient`` without the warning, for a caller that acts on a non-finite meta-loss itself (the
+        Trainer stops with its own advice)."""
+        check_call("meta_gradient", batch, generator)
+        batch.check(support=self.inner_steps > 0)
+        if self.carried is not None and shard is not None and (shard.start, shard.stop) != (0, batch.num_tasks):
+            raise ConfigError(CARRIED_IN_ONE_PROCESS)
+        batch, mb = self.on_model_device(*self.sharded(batch, generator, None if self.carried is not None else shard))
+        return self.explained(batch, lambda: self.meta_gradient_of(batch, mb))
 
     def meta_gradient_of(self, batch: TaskBatch, mb: Tensor | None) -> dict[str, float]:
         """``meta_gradient`` of a checked batch on the model's device, with its minibatch indices ``mb``."""

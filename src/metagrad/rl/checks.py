@@ -85,8 +85,9 @@ def batched_forward(policy: Policy, obs_dim: int) -> None:
     ref = next(iter(params.values()), None)
     obs = torch.zeros(2, 3, obs_dim, dtype=ref.dtype if ref is not None else torch.float32,
                       device=ref.device if ref is not None else None)
+    buffers = {n: b.clone() for n, b in policy.named_buffers()}  # the policy's own are left as they are
     with torch.no_grad():
-        vmap(lambda p, o: call(policy, p, dict(policy.named_buffers()), o))(params, obs)
+        vmap(lambda p, o: call(policy, p, buffers, o))(params, obs)
 
 
 def check_vmappable(policy: Policy, obs_dim: int) -> None:

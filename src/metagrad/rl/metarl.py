@@ -142,10 +142,11 @@ LEARNER_SETTINGS = ("algo", "outer", "hvp", "score_baseline", "baseline", "loss_
 def check_packable(algo: str, hvp_subsample: float) -> None:
     """Stop with a ConfigError where ``pack_episodes`` was asked for and does not apply."""
     if not packable(algo, hvp_subsample):
-        why = (f"algo '{algo}' (SG-MRL's score term reads whole episodes)" if algo in SCORE_ALGOS else
-               f"hvp_subsample {hvp_subsample} (curvature on a subsample reads whole episodes)")
-        fix = "an algo other than sgmrl" if algo in SCORE_ALGOS else "hvp_subsample=1.0"
-        raise ConfigError(f"pack_episodes=true does not go with {why}; set pack_episodes=false, or use {fix}")
+        causes = [(f"algo '{algo}' (SG-MRL's score term reads whole episodes)", "an algo other than sgmrl")
+                  ] * (algo in SCORE_ALGOS) + [(f"hvp_subsample {hvp_subsample} (curvature on a subsample reads "
+                                                 "whole episodes)", "hvp_subsample=1.0")] * (hvp_subsample != 1)
+        raise ConfigError(f"pack_episodes=true does not go with {' and '.join(c for c, _ in causes)}; set "
+                          f"pack_episodes=false, or use {' and '.join(f for _, f in causes)}")
 
 
 class MetaRL(nn.Module):

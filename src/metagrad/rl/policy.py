@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,12 +24,13 @@ MIN_LOG_STD = math.log(1e-6)
 
 def _mlp(inputs: int, hidden: Sequence[int], outputs: int, activation: str) -> nn.Sequential:
     check_choice("activation", activation, tuple(ACTIVATIONS))
-    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
-        one = f", or ({hidden},) for one layer" if isinstance(hidden, int) else ""
+    if isinstance(hidden, str | numbers.Number) or not isinstance(hidden, Iterable):
+        one = f", or ({hidden},) for one layer" if isinstance(hidden, numbers.Integral) else ""
         raise ConfigError(f"hidden {hidden!r} must be a sequence of layer sizes, e.g. (100, 100){one}")
-    if not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden):
+    hidden = list(hidden)
+    if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) for h in hidden):
         raise ConfigError(f"hidden {hidden!r} must hold whole layer sizes, e.g. (100, 100)")
-    sizes = [inputs, *hidden, outputs]
+    sizes = [inputs, *(int(h) for h in hidden), outputs]
     if any(h < 1 for h in sizes):
         raise ConfigError(f"hidden sizes {list(hidden)} must be positive")
     layers: list[nn.Module] = []

@@ -185,8 +185,7 @@ class GymTaskEnv(TaskEnv):
 
     def _observation(self, o: Any, where: str) -> np.ndarray:
         """One copy's observation, flat, of the size its observation space declares (the policy's input size)."""
-        with np.errstate(over="ignore"):  # beyond float32's range: said below, as such
-            flat = np.asarray(o, dtype=np.float32).ravel()
+        flat = np.asarray(o, dtype=np.float32).ravel()  # (under the caller's errstate: overflow is said below)
         if flat.size != self.obs_dim:
             raise ConfigError(f"{type(self._envs[0].unwrapped).__name__}.{where} returned an observation of "
                               f"{flat.size} numbers, and its observation_space "
@@ -199,6 +198,8 @@ class GymTaskEnv(TaskEnv):
 
     def _reward(self, r: Any) -> float:
         """One copy's reward as a float32-sized number, or a ConfigError naming what the step returned instead."""
+        if type(r) in (float, int, np.float64, np.float32) and -FLOAT32_MAX <= r <= FLOAT32_MAX:
+            return r  # the common case, at once (NaN fails the bounds: the sampler names it)
         name = type(self._envs[0].unwrapped).__name__
         try:
             value = None if r is None else np.asarray(r, dtype=np.float64)  # (None would read as NaN)
@@ -220,14 +221,16 @@ class GymTaskEnv(TaskEnv):
         check_actions(actions, self._shape, self.action_space)
         flat = actions.reshape(self._shape[0] * self._shape[1], *actions.shape[2:]).detach().cpu().numpy()
         rewards = np.zeros(len(flat), dtype=np.float32)
-        for i, a in enumerate(flat):
-            if self._done[i]:
-                continue
-            a = int(a) + self._start if self.action_space.kind == "discrete" else np.clip(a, self._low, self._high)
-            o, r, terminated, truncated, _ = self._envs[i].step(a)
-            self._last[i] = self._observation(o, "step")
-            rewards[i] = self._reward(r)
-            self._done[i] = terminated or truncated
+        with np.errstate(over="ignore"):  # an observation beyond float32's range: said as such (_observation)
+            for i, a in enumerate(flat):
+                if self._done[i]:
+                    continue
+                a = int(a) + self._start if self.action_space.kind == "discrete" else np.clip(a, self._low,
+                                                                                              self._high)
+                o, r, terminated, truncated, _ = self._envs[i].step(a)
+                self._last[i] = self._observation(o, "step")
+                rewards[i] = self._reward(r)
+                self._done[i] = terminated or truncated
         shape = self._shape
         return (torch.from_numpy(self._last.copy()).view(*shape, -1), torch.from_numpy(rewards).view(shape),
                 torch.from_numpy(self._done.copy()).view(shape))
