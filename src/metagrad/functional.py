@@ -112,6 +112,21 @@ def slot(module: nn.Module, name: str) -> Any:
     return getattr(_owner(module, name), name.rpartition(".")[2])
 
 
+def call_watching_buffers(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                          x: Tensor) -> tuple[Any, list[str]]:
+    """``call`` on copies of ``buffers``, and the names of the buffers the forward replaced by new tensors
+    (``self.name = ...``): ``functional_call`` puts the old ones back after each call, so such values are lost."""
+    clones = {n: b.clone() for n, b in buffers.items()}
+    replaced: list[str] = []
+    watch = model.register_forward_hook(  # runs before functional_call puts the buffers back
+        lambda module, args, out: replaced.extend(n for n, b in clones.items() if slot(module, n) is not b))
+    try:
+        out = call(model, params, clones, x)
+    finally:
+        watch.remove()
+    return out, sorted(set(replaced))
+
+
 def under_transform() -> bool:
     """Whether the caller runs inside a ``torch.func`` transform (vmap, grad) or is being compiled."""
     # is_compiling first: dynamo cannot trace get_interpreter_stack (a graph break that left compile=True eager)

@@ -53,7 +53,17 @@ from ..batching import (
     vmap_fault,
 )
 from ..errors import ConfigError, MetagradError, NonFiniteMetaLoss, check_compiler, check_whole
-from ..functional import Members, Params, call, copy_fault, detach, grad, in_task_thread, slot, write_grads
+from ..functional import (
+    Members,
+    Params,
+    call,
+    call_watching_buffers,
+    copy_fault,
+    detach,
+    grad,
+    in_task_thread,
+    write_grads,
+)
 from ..inner import SGD, InnerRule
 from ..seeds import global_stream_from
 from ..threads import in_threads
@@ -501,13 +511,9 @@ class MetaLearner(nn.Module):
         a ``ConfigError`` naming their shape and dtype and the fix."""
         param = next(self.model.parameters(), None)
         meta, buffers = self.functional_inputs()
-        clones = {n: b.clone() for n, b in buffers.items()}
-        replaced: list[str] = []
-        watch = self.model.register_forward_hook(  # runs before functional_call puts the buffers back
-            lambda model, args, out: replaced.extend(n for n, b in clones.items() if slot(model, n) is not b))
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                out = call(self.model, meta["model"], clones, x[0])
+                out, replaced = call_watching_buffers(self.model, meta["model"], buffers, x[0])
         except Exception as e:
             if param is not None and x.is_floating_point() and x.dtype != param.dtype:
                 raise ConfigError(f"the batch's inputs are {x.dtype} but the model's parameters {param.dtype} "
@@ -528,11 +534,9 @@ class MetaLearner(nn.Module):
                 fix = f"give inputs of the size its first layer reads, or a model that reads {list(x.shape[2:])}"
             raise ConfigError(f"the model ({type(self.model).__name__}) cannot read one task's {split}inputs, of "
                               f"shape {list(x.shape[1:])} and dtype {x.dtype} ({first_line(e)}); {fix}") from None
-        finally:
-            watch.remove()
         if replaced:
             raise ConfigError(f"the model ({type(self.model).__name__}) assigns new tensors to its buffers "
-                              f"{', '.join(sorted(set(replaced)))} as it runs (self.name = ...): metagrad runs it with "
+                              f"{', '.join(replaced)} as it runs (self.name = ...): metagrad runs it with "
                               "its buffers swapped in (torch.func.functional_call), which puts the old ones back after "
                               "each call, so the new values would be lost; update them in place (self.name.copy_(...), "
                               "kept on the per-task loop) or keep that state outside the model")

@@ -14,7 +14,7 @@ from torch.func import vmap
 
 from ..batching import CHECK_TASKS, WrongNorms, faulty_module, first_line, located, twice_differentiable
 from ..errors import ConfigError
-from ..functional import call, slot
+from ..functional import call, call_watching_buffers
 from .envs.base import TaskEnv
 from .policy import Policy
 
@@ -56,24 +56,19 @@ def check_buffers_kept(policy: Policy, obs_dim: int) -> None:
     """Stop with a ConfigError where the policy's forward assigns new tensors to its buffers (``self.n = ...``): the
     engine calls it with its buffers swapped in (``torch.func.functional_call``), which puts the old ones back, so
     the new values would be lost (under vmap torch stopped with an internal assert)."""
-    buffers = {n: b.clone() for n, b in policy.named_buffers()}
+    buffers = dict(policy.named_buffers())
     if not buffers:
         return
-    replaced: list[str] = []
-    watch = policy.register_forward_hook(  # runs before functional_call puts the buffers back
-        lambda module, args, out: replaced.extend(n for n, b in buffers.items() if slot(module, n) is not b))
     ref = next(iter(policy.parameters()), None)
     obs = torch.zeros(1, obs_dim, dtype=ref.dtype if ref is not None else torch.float32,
                       device=ref.device if ref is not None else None)
     try:
         with torch.no_grad():
-            call(policy, dict(policy.named_parameters()), buffers, obs)
+            _, replaced = call_watching_buffers(policy, dict(policy.named_parameters()), buffers, obs)
     except Exception:  # check_fit and check_vmappable say why it cannot run
         return
-    finally:
-        watch.remove()
     if replaced:
-        raise ConfigError(f"the policy assigns new tensors to its buffers {', '.join(sorted(set(replaced)))} as it "
+        raise ConfigError(f"the policy assigns new tensors to its buffers {', '.join(replaced)} as it "
                           "runs (self.name = ...): meta-RL runs it with its buffers swapped in "
                           "(torch.func.functional_call), which puts the old ones back after each call, so the new "
                           "values would be lost; keep that state outside the policy")
